@@ -1,0 +1,91 @@
+//! What the engine asks workers to do. A command is idempotent: it carries
+//! everything its step needs (the recorded inputs, so a replay or a
+//! redelivery acts on the same facts), and its id is the key a worker uses to
+//! find an outcome it already recorded.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::BuildMode;
+use crate::step::Step;
+
+/// The facts a deployment has gathered so far, handed to each step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentContext {
+    pub deployment_id: Uuid,
+    pub project: String,
+    pub environment: String,
+    pub repository: String,
+    pub git_ref: String,
+    #[serde(default)]
+    pub mode: BuildMode,
+    #[serde(default)]
+    pub no_cache: bool,
+    #[serde(default = "yes")]
+    pub run_release: bool,
+    /// Set once checked out.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// `slipway.toml` as recorded at checkout.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// Set once built or re-used.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// Set once the web container runs.
+    #[serde(default)]
+    pub web_container: Option<String>,
+    #[serde(default)]
+    pub web_port: Option<u16>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Run one pipeline step for a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStep {
+    pub step: Step,
+    pub attempt: u32,
+    pub context: DeploymentContext,
+}
+
+/// Remove a failed deployment's containers (rollback); the old release is untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveContainers {
+    pub deployment_id: Uuid,
+    pub containers: Vec<String>,
+}
+
+/// Drain and stop the containers of a release that no longer serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetireRelease {
+    pub deployment_id: Uuid,
+    pub containers: Vec<String>,
+    pub drain_seconds: u64,
+}
+
+crate::message_family! {
+    /// Every command type, with its current schema version.
+    Command, "command" {
+        RunStep(RunStep) = 1,
+        RemoveContainers(RemoveContainers) = 1,
+        RetireRelease(RetireRelease) = 1,
+    }
+}
+
+impl Command {
+    /// The step whose queue carries this command.
+    pub fn step(&self) -> Step {
+        match self {
+            Command::RunStep(c) => c.step,
+            Command::RemoveContainers(_) => Step::Cleanup,
+            Command::RetireRelease(_) => Step::Retire,
+        }
+    }
+
+    pub fn queue(&self) -> String {
+        self.step().queue()
+    }
+}

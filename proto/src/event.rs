@@ -1,0 +1,248 @@
+//! Every fact Slipway records. Deployment events live in the stream
+//! `deployment-<id>`, project facts in `project-<name>`, and which release an
+//! environment serves in `environment-<project>-<env>`. Payloads carry setting
+//! key names and fingerprints, never secret values.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::step::Step;
+
+/// Cloud builds never use the layer cache; local builds do (seed: "Docker
+/// image/layer caching and re-use").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildMode {
+    #[default]
+    Cloud,
+    Local,
+}
+
+pub fn deployment_stream(id: Uuid) -> String {
+    format!("deployment-{id}")
+}
+pub fn project_stream(project: &str) -> String {
+    format!("project-{project}")
+}
+pub fn environment_stream(project: &str, environment: &str) -> String {
+    format!("environment-{project}-{environment}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectCreated {
+    pub name: String,
+    pub repository: String,
+    #[serde(default)]
+    pub mirror_of: Option<String>,
+    pub environments: Vec<String>,
+}
+
+/// Settings changed for one environment. Values stay outside the log: the
+/// event holds each key with a fingerprint of its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsChanged {
+    pub environment: String,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRequested {
+    pub deployment_id: Uuid,
+    pub project: String,
+    pub environment: String,
+    pub repository: String,
+    pub git_ref: String,
+    pub mode: BuildMode,
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Release commands run in cloud mode always, in local mode only with `--migrate`.
+    #[serde(default = "yes")]
+    pub run_release: bool,
+    /// Fingerprints of the settings this deployment runs with.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A step's command was written to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepDispatched {
+    pub step: Step,
+    pub command_id: Uuid,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCheck {
+    pub name: String,
+    pub kind: String,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesChecked {
+    pub services: Vec<ServiceCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckedOut {
+    pub commit: String,
+    pub workspace: String,
+    /// The app's `slipway.toml` as it was at this commit (JSON form), so a
+    /// replay runs with exactly the recorded configuration.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageBuilt {
+    pub image_id: String,
+    pub tag: String,
+    pub cache_used: bool,
+    pub duration_ms: u64,
+    /// Where the build log is kept (outside event payloads) and its digest.
+    #[serde(default)]
+    pub log_ref: Option<String>,
+    #[serde(default)]
+    pub log_digest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageReused {
+    pub image_id: String,
+    pub source_deployment: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebContainerStarted {
+    pub container: String,
+    pub host_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseCommandResult {
+    pub command: String,
+    pub exit_code: i64,
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub log_ref: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseCommandsRan {
+    pub results: Vec<ReleaseCommandResult>,
+    /// True when the commands were not run (local mode without `--migrate`).
+    #[serde(default)]
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessContainer {
+    pub process: String,
+    pub replica: u32,
+    pub container: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessesStarted {
+    pub containers: Vec<ProcessContainer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckPassed {
+    pub path: String,
+    pub status: u16,
+    pub attempts: u32,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepFailed {
+    pub step: Step,
+    pub reason: String,
+    #[serde(default)]
+    pub attempt: u32,
+    /// Extra evidence, such as a container's last log lines.
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSucceeded {
+    pub image_id: String,
+    pub commit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentFailed {
+    pub step: Step,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainersRemoved {
+    pub containers: Vec<String>,
+}
+
+/// An environment now routes to a deployment's containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseActivated {
+    pub deployment_id: Uuid,
+    pub route_version: u64,
+    pub upstreams: Vec<String>,
+}
+
+/// A router applied a route version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteAcknowledged {
+    pub router_id: String,
+    pub route_version: u64,
+}
+
+crate::message_family! {
+    /// Every event type, with its current schema version.
+    Event, "event" {
+        ProjectCreated(ProjectCreated) = 1,
+        SettingsChanged(SettingsChanged) = 1,
+        DeploymentRequested(DeploymentRequested) = 2,
+        StepDispatched(StepDispatched) = 1,
+        ServicesChecked(ServicesChecked) = 1,
+        CheckedOut(CheckedOut) = 1,
+        ImageBuilt(ImageBuilt) = 1,
+        ImageReused(ImageReused) = 1,
+        WebContainerStarted(WebContainerStarted) = 1,
+        ReleaseCommandsRan(ReleaseCommandsRan) = 1,
+        ProcessesStarted(ProcessesStarted) = 1,
+        HealthCheckPassed(HealthCheckPassed) = 1,
+        StepFailed(StepFailed) = 1,
+        DeploymentSucceeded(DeploymentSucceeded) = 1,
+        DeploymentFailed(DeploymentFailed) = 1,
+        ContainersRemoved(ContainersRemoved) = 1,
+        ReleaseActivated(ReleaseActivated) = 1,
+        RouteAcknowledged(RouteAcknowledged) = 1,
+    }
+}
+
+impl Event {
+    /// The pipeline step whose successful outcome this event records, if any.
+    pub fn completes_step(&self) -> Option<Step> {
+        match self {
+            Event::ServicesChecked(_) => Some(Step::CheckServices),
+            Event::CheckedOut(_) => Some(Step::Checkout),
+            Event::ImageBuilt(_) | Event::ImageReused(_) => Some(Step::Build),
+            Event::WebContainerStarted(_) => Some(Step::Deploy),
+            Event::ReleaseCommandsRan(_) => Some(Step::Release),
+            Event::ProcessesStarted(_) => Some(Step::Processes),
+            Event::HealthCheckPassed(_) => Some(Step::HealthCheck),
+            _ => None,
+        }
+    }
+}

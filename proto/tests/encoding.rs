@@ -1,0 +1,162 @@
+//! JSON round trips and decoding errors for every message family.
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+use slipway_proto::command::{DeploymentContext, RunStep};
+use slipway_proto::envelope::{Message, Metadata};
+use slipway_proto::event::*;
+use slipway_proto::{Command, DecodeError, Envelope, Event, Step, TraceContext};
+use uuid::Uuid;
+
+fn meta() -> Metadata {
+    Metadata {
+        correlation_id: Uuid::from_u128(7),
+        causation_id: Some(Uuid::from_u128(6)),
+        actor: "cli:alice".into(),
+        trace: Some(TraceContext::root(0xabc, 0xdef)),
+    }
+}
+
+fn wrap<M: Message>(m: &M) -> Envelope {
+    let at = Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap();
+    Envelope::new(Uuid::from_u128(1), at, "deployment-x", m, meta()).unwrap()
+}
+
+fn sample_events() -> Vec<Event> {
+    let d = Uuid::from_u128(42);
+    vec![
+        Event::ProjectCreated(ProjectCreated {
+            name: "hello".into(),
+            repository: "file:///srv/hello".into(),
+            mirror_of: None,
+            environments: vec!["test".into(), "live".into()],
+        }),
+        Event::DeploymentRequested(DeploymentRequested {
+            deployment_id: d,
+            project: "hello".into(),
+            environment: "test".into(),
+            repository: "file:///srv/hello".into(),
+            git_ref: "main".into(),
+            mode: BuildMode::Local,
+            no_cache: true,
+            run_release: false,
+            settings: [("SECRET_KEY".to_string(), "sha256:ab".to_string())].into(),
+        }),
+        Event::StepFailed(StepFailed {
+            step: Step::Build,
+            reason: "step 3/4 failed".into(),
+            attempt: 1,
+            details: vec!["line".into()],
+        }),
+        Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 3, elapsed_ms: 40 }),
+        Event::ReleaseActivated(ReleaseActivated {
+            deployment_id: d,
+            route_version: 3,
+            upstreams: vec!["127.0.0.1:32768".into()],
+        }),
+    ]
+}
+
+#[test]
+fn every_sample_event_round_trips_through_json() {
+    for event in sample_events() {
+        let env = wrap(&event);
+        let bytes = env.to_json();
+        let back = Envelope::from_json(bytes.as_bytes()).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.decode::<Event>().unwrap(), event);
+        assert_eq!(back.schema_version, Event::current_version(event.message_type()).unwrap());
+    }
+}
+
+#[test]
+fn commands_round_trip_and_name_their_queue() {
+    let cmd = Command::RunStep(RunStep {
+        step: Step::HealthCheck,
+        attempt: 2,
+        context: DeploymentContext {
+            deployment_id: Uuid::from_u128(9),
+            project: "hello".into(),
+            environment: "live".into(),
+            repository: "file:///srv/hello".into(),
+            git_ref: "v1.2".into(),
+            mode: BuildMode::Cloud,
+            no_cache: false,
+            run_release: true,
+            commit: Some("abc".into()),
+            config: json!({"web": {"port": 80}}),
+            image_id: Some("sha256:1".into()),
+            web_container: Some("slipway-hello-live-web".into()),
+            web_port: Some(32768),
+        },
+    });
+    let env = wrap(&cmd);
+    let back = Envelope::from_json(env.to_json().as_bytes()).unwrap();
+    assert_eq!(back.decode::<Command>().unwrap(), cmd);
+    assert_eq!(cmd.queue(), "slipway.step.health_check");
+}
+
+#[test]
+fn unknown_type_names_the_type_and_the_known_ones() {
+    let mut env = wrap(&sample_events()[0]);
+    env.message_type = "ProjectExploded".into();
+    let err = env.decode::<Event>().unwrap_err();
+    assert!(matches!(err, DecodeError::UnknownType { .. }));
+    let text = err.to_string();
+    assert!(text.contains("ProjectExploded") && text.contains("DeploymentRequested"), "{text}");
+    // An event is not a command.
+    let err = wrap(&sample_events()[0]).decode::<Command>().unwrap_err();
+    assert!(err.to_string().contains("unknown command type `ProjectCreated`"), "{err}");
+}
+
+#[test]
+fn malformed_bytes_and_bad_payloads_are_errors_not_panics() {
+    for bytes in [&b""[..], b"{", b"[]", b"null", b"{\"id\":\"nope\"}", &[0xff, 0xfe]] {
+        let err = Envelope::from_json(bytes).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed { .. }), "{err}");
+    }
+    let mut env = wrap(&sample_events()[3]);
+    env.payload = json!({"path": "/", "status": "two hundred"});
+    let err = env.decode::<Event>().unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("HealthCheckPassed") && text.contains("bad payload"), "{text}");
+}
+
+#[test]
+fn a_newer_schema_version_is_refused_with_advice() {
+    let mut env = wrap(&sample_events()[0]);
+    env.schema_version = 99;
+    let err = env.decode::<Event>().unwrap_err();
+    assert!(err.to_string().contains("upgrade Slipway"), "{err}");
+    env.schema_version = 0;
+    assert!(matches!(env.decode::<Event>().unwrap_err(), DecodeError::BadPayload { .. }));
+}
+
+#[test]
+fn version_one_deployment_requests_are_upgraded_on_read() {
+    let mut env = wrap(&sample_events()[1]);
+    env.schema_version = 1;
+    env.payload = json!({
+        "deployment_id": Uuid::from_u128(42),
+        "project": "hello",
+        "environment": "live",
+        "repository": "file:///srv/hello",
+        "branch": "release",
+    });
+    let Event::DeploymentRequested(req) = env.decode::<Event>().unwrap() else { panic!("wrong type") };
+    assert_eq!(req.git_ref, "release");
+    assert_eq!(req.mode, BuildMode::Cloud);
+    assert!(req.run_release, "v1 deployments always ran release commands");
+}
+
+#[test]
+fn trace_context_is_validated_and_children_keep_the_trace() {
+    let root = TraceContext::root(0x1234, 0x99);
+    assert_eq!(TraceContext::parse(&root.traceparent).unwrap(), root);
+    let child = root.child(0x77);
+    assert_eq!(child.trace_id(), root.trace_id());
+    assert_ne!(child.traceparent, root.traceparent);
+    for bad in ["", "00-xyz", "00-00000000000000000000000000000000-0000000000000001-01"] {
+        assert!(TraceContext::parse(bad).is_err(), "{bad}");
+    }
+}
