@@ -1,1 +1,19 @@
-//! placeholder
+//! Slipway's persistence and messaging edge: the append-only event store
+//! (PostgreSQL for servers and build farms, SQLite as the embedded default),
+//! the outbox relay that turns stored commands into queue messages, and the
+//! queues themselves (RabbitMQ, in-process). Workers and the engine both
+//! depend on this crate; it knows nothing of deployments' decisions.
+
+pub mod chain;
+pub mod event_store;
+pub mod postgres;
+pub mod queue;
+pub mod relay;
+pub mod sqlite;
+pub mod subscription;
+
+pub use event_store::{
+    Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError,
+};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;

@@ -1,0 +1,254 @@
+//! The event store contract both backends fulfil: optimistic appends with the
+//! caused commands in the same transaction (the outbox), stream reads, a
+//! gap-safe global read order for subscribers, checkpoints, a wake-up hint,
+//! and the raw rows the integrity check walks.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use slipway_proto::Envelope;
+use tokio::sync::watch;
+
+use crate::chain::ChainRow;
+
+/// A place in the global order. Subscribers order events by `(tx, seq)`:
+/// on PostgreSQL `tx` is the writing transaction's id, so a transaction that
+/// commits late still sorts after everything a reader has already passed; on
+/// SQLite (one writer at a time) `tx` is 0 and `seq` alone is commit order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub tx: u64,
+    pub seq: i64,
+}
+
+impl Position {
+    pub const START: Position = Position { tx: 0, seq: 0 };
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.tx, self.seq)
+    }
+}
+
+/// What the appender believes the stream's version is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream holds.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have this version (1-based).
+    Exactly(u64),
+}
+
+impl ExpectedVersion {
+    pub fn accepts(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exactly(v) => v == actual,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exactly(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// The stream moved on since the appender read it: a rejection, not a failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stream `{stream}` is at version {actual}, expected {expected}")]
+pub struct Conflict {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub actual: u64,
+}
+
+/// An operational failure of the store (database down, bad stored data).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{backend} event store: {context}: {source}")]
+    Database {
+        backend: &'static str,
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{backend} event store: applying migrations failed: {source}")]
+    Migrate {
+        backend: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("stored event {stream}@{version} is unreadable: {reason}")]
+    Corrupt { stream: String, version: u64, reason: String },
+    #[error("invalid append to `{stream}`: {reason}")]
+    InvalidAppend { stream: String, reason: String },
+    #[error("event or command {id} is already stored")]
+    Duplicate { id: String },
+}
+
+/// A successful append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's version after the append.
+    pub version: u64,
+    /// The global positions of the appended events, in order.
+    pub positions: Vec<Position>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub position: Position,
+    pub stream: String,
+    pub version: u64,
+    pub envelope: Envelope,
+    /// SHA-256 over the stored bytes, chained to the previous event's hash.
+    pub hash: String,
+    pub prev_hash: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A command waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub position: Position,
+    pub message_id: uuid::Uuid,
+    pub queue: String,
+    pub body: String,
+    pub traceparent: Option<String>,
+}
+
+/// A command to enqueue when the append commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub queue: String,
+    pub envelope: Envelope,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if its version matches `expected`, and
+    /// writes `commands` to the outbox in the same transaction. A conflict
+    /// writes nothing.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[Envelope],
+        commands: &[Outgoing],
+    ) -> Result<Result<Appended, Conflict>, StoreError>;
+
+    /// Events of one stream with version >= `from_version`, in order.
+    async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The stream's current version (0 when it does not exist).
+    async fn stream_version(&self, stream: &str) -> Result<u64, StoreError>;
+
+    /// Up to `limit` events after `after`, in global order. Never returns an
+    /// event that could later be preceded by one not yet visible.
+    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` outbox commands after `after`, in the same gap-safe order.
+    async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+
+    /// Removes outbox rows at or before `upto` (they were published).
+    async fn prune_outbox(&self, upto: Position) -> Result<u64, StoreError>;
+
+    async fn load_checkpoint(&self, consumer: &str) -> Result<Position, StoreError>;
+    async fn save_checkpoint(&self, consumer: &str, position: Position) -> Result<(), StoreError>;
+
+    /// A counter that moves when something may have been appended (events or
+    /// outbox). Only a hint: readers poll too.
+    fn wakeups(&self) -> watch::Receiver<u64>;
+
+    /// Every stored event's chain fields, ordered by stream then version.
+    async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError>;
+
+    /// Backend name for messages ("postgres", "sqlite").
+    fn backend(&self) -> &'static str;
+}
+
+/// Checks an append request before any I/O: events must belong to the stream.
+pub(crate) fn validate_append(stream: &str, events: &[Envelope]) -> Result<(), StoreError> {
+    if stream.is_empty() {
+        return Err(StoreError::InvalidAppend { stream: stream.into(), reason: "stream name is empty".into() });
+    }
+    if let Some(e) = events.iter().find(|e| e.stream != stream) {
+        return Err(StoreError::InvalidAppend {
+            stream: stream.into(),
+            reason: format!("event {} ({}) names stream `{}`", e.id, e.message_type, e.stream),
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a stored body back into its envelope.
+pub(crate) fn decode_body(stream: &str, version: u64, body: &str) -> Result<Envelope, StoreError> {
+    Envelope::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt {
+        stream: stream.into(),
+        version,
+        reason: e.to_string(),
+    })
+}
+
+/// A stored event row as both backends read it, before decoding.
+pub(crate) struct RawEvent {
+    pub tx: u64,
+    pub seq: i64,
+    pub stream: String,
+    pub version: i64,
+    pub body: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RawEvent {
+    pub(crate) fn decode(self) -> Result<RecordedEvent, StoreError> {
+        let version = u64::try_from(self.version).unwrap_or(0);
+        Ok(RecordedEvent {
+            position: Position { tx: self.tx, seq: self.seq },
+            envelope: decode_body(&self.stream, version, &self.body)?,
+            stream: self.stream,
+            version,
+            hash: self.hash,
+            prev_hash: self.prev_hash,
+            recorded_at: self.recorded_at,
+        })
+    }
+}
+
+/// The chain fields of the events an append adds, computed before writing.
+pub(crate) struct PreparedEvent<'a> {
+    pub envelope: &'a Envelope,
+    pub version: i64,
+    pub body: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Serialises and chains `events` onto a stream whose last event is
+/// `version` with hash `last_hash`.
+pub(crate) fn prepare<'a>(stream: &str, version: u64, last_hash: &str, events: &'a [Envelope]) -> Vec<PreparedEvent<'a>> {
+    let mut prev = last_hash.to_string();
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, envelope)| {
+            let v = version + 1 + i as u64;
+            let body = envelope.to_json();
+            let hash = crate::chain::event_hash(&prev, stream, v, &body);
+            let prepared = PreparedEvent { envelope, version: v as i64, body, prev_hash: prev.clone(), hash: hash.clone() };
+            prev = hash;
+            prepared
+        })
+        .collect()
+}

@@ -1,0 +1,286 @@
+//! The SQLite event store, Slipway's embedded default for one machine. Same
+//! schema and guarantees as PostgreSQL. SQLite admits one writer at a time
+//! (`BEGIN IMMEDIATE`), so position order is commit order and a subscriber
+//! cannot skip an event; the wake-up hint is an in-process signal.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use slipway_proto::Envelope;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::Row;
+use tokio::sync::watch;
+
+use crate::chain::{ChainRow, GENESIS};
+use crate::event_store::{
+    prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Outgoing, Position, RawEvent,
+    RecordedEvent, StoreError,
+};
+
+const BACKEND: &str = "sqlite";
+
+fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Database { backend: BACKEND, context, source }
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    wake: watch::Sender<u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in the file at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db(format!("opening {}", path.display())))?;
+        Self::with_pool(pool).await
+    }
+
+    /// A store that lives in memory only (tests, dry runs).
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(db("opening an in-memory database"))?;
+        // One connection: each in-memory connection would be its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(db("opening an in-memory database"))?;
+        Self::with_pool(pool).await
+    }
+
+    async fn with_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
+        let (wake, _) = watch::channel(0u64);
+        Ok(SqliteStore { pool, wake })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn wake_up(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+const EVENT_COLUMNS: &str = "tx, position, stream, version, body, prev_hash, hash, recorded_at";
+
+fn raw_event(row: &SqliteRow) -> Result<RawEvent, sqlx::Error> {
+    Ok(RawEvent {
+        tx: row.try_get::<i64, _>("tx")? as u64,
+        seq: row.try_get("position")?,
+        stream: row.try_get("stream")?,
+        version: row.try_get("version")?,
+        body: row.try_get("body")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+        recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[Envelope],
+        commands: &[Outgoing],
+    ) -> Result<Result<Appended, Conflict>, StoreError> {
+        validate_append(stream, events)?;
+        let context = || format!("appending to `{stream}`");
+        // IMMEDIATE takes the write lock up front, so two writers never both
+        // read the stream's version and then race to extend it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db(context()))?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, hash FROM events WHERE stream = ?1 ORDER BY version DESC LIMIT 1")
+                .bind(stream)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db(context()))?;
+        let (actual, last_hash) = last.map_or((0, GENESIS.to_string()), |(v, h)| (v as u64, h));
+        if !expected.accepts(actual) {
+            return Ok(Err(Conflict { stream: stream.into(), expected, actual }));
+        }
+        let now = Utc::now();
+        let mut positions = Vec::with_capacity(events.len());
+        for p in prepare(stream, actual, &last_hash, events) {
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING position",
+            )
+            .bind(stream)
+            .bind(p.version)
+            .bind(p.envelope.id.to_string())
+            .bind(&p.envelope.message_type)
+            .bind(p.envelope.correlation_id.to_string())
+            .bind(&p.body)
+            .bind(&p.prev_hash)
+            .bind(&p.hash)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, stream))?;
+            positions.push(Position { tx: 0, seq });
+        }
+        for c in commands {
+            sqlx::query("INSERT INTO outbox (message_id, queue, body, traceparent, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .bind(c.envelope.id.to_string())
+                .bind(&c.queue)
+                .bind(c.envelope.to_json())
+                .bind(c.envelope.trace.as_ref().map(|t| t.traceparent.clone()))
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| insert_error(e, stream))?;
+        }
+        tx.commit().await.map_err(db(context()))?;
+        self.wake_up();
+        Ok(Ok(Appended { version: actual + events.len() as u64, positions }))
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND version >= ?2 ORDER BY version"
+        ))
+        .bind(stream)
+        .bind(from_version as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db(format!("reading `{stream}`")))?;
+        rows.iter()
+            .map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode())
+            .collect()
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM events WHERE stream = ?1")
+            .bind(stream)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db(format!("reading the version of `{stream}`")))?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"))
+            .bind(after.seq)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(format!("reading all events after {after}")))?;
+        rows.iter().map(|r| raw_event(r).map_err(db("decoding an event row"))?.decode()).collect()
+    }
+
+    async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, message_id, queue, body, traceparent FROM outbox WHERE position > ?1 ORDER BY position LIMIT ?2",
+        )
+        .bind(after.seq)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db(format!("reading the outbox after {after}")))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("message_id")?;
+                Ok(OutboxEntry {
+                    position: Position { tx: 0, seq: row.try_get("position")? },
+                    message_id: uuid::Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    queue: row.try_get("queue")?,
+                    body: row.try_get("body")?,
+                    traceparent: row.try_get("traceparent")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("decoding an outbox row"))
+    }
+
+    async fn prune_outbox(&self, upto: Position) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM outbox WHERE position <= ?1")
+            .bind(upto.seq)
+            .execute(&self.pool)
+            .await
+            .map_err(db("pruning the outbox"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn load_checkpoint(&self, consumer: &str) -> Result<Position, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as("SELECT tx, position FROM checkpoints WHERE consumer = ?1")
+            .bind(consumer)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db(format!("loading checkpoint `{consumer}`")))?;
+        Ok(row.map_or(Position::START, |(tx, seq)| Position { tx: tx as u64, seq }))
+    }
+
+    async fn save_checkpoint(&self, consumer: &str, position: Position) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (consumer, tx, position) VALUES (?1, ?2, ?3)
+             ON CONFLICT (consumer) DO UPDATE SET tx = excluded.tx, position = excluded.position",
+        )
+        .bind(consumer)
+        .bind(position.tx as i64)
+        .bind(position.seq)
+        .execute(&self.pool)
+        .await
+        .map_err(db(format!("saving checkpoint `{consumer}`")))?;
+        Ok(())
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError> {
+        let rows = sqlx::query("SELECT stream, version, body, prev_hash, hash FROM events ORDER BY stream, version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading the hash chains"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ChainRow {
+                    stream: r.try_get("stream")?,
+                    version: r.try_get::<i64, _>("version")? as u64,
+                    body: r.try_get("body")?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("decoding a chain row"))
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+}
+
+fn insert_error(e: sqlx::Error, stream: &str) -> StoreError {
+    if let sqlx::Error::Database(dbe) = &e {
+        if dbe.is_unique_violation() {
+            return StoreError::Duplicate { id: dbe.message().to_string() };
+        }
+    }
+    db(format!("appending to `{stream}`"))(e)
+}

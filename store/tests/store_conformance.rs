@@ -1,0 +1,227 @@
+//! The event store contract, written once and run against PostgreSQL and
+//! SQLite: optimistic appends, stream and global reads, the outbox written
+//! with its events, checkpoints, catch-up subscriptions and the hash chain.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use slipway_store::chain;
+use slipway_store::event_store::Outgoing;
+use slipway_store::subscription::Subscription;
+use slipway_store::{ExpectedVersion, Position, StoreError};
+
+async fn appends_and_reads_a_stream(store: DynStore) {
+    let s = "deployment-a";
+    let first = store.append(s, ExpectedVersion::NoStream, &events(s, 0..3), &[]).await.unwrap().unwrap();
+    assert_eq!(first.version, 3);
+    assert_eq!(first.positions.len(), 3);
+    assert!(first.positions.windows(2).all(|w| w[0] < w[1]));
+    let second = store.append(s, ExpectedVersion::Exactly(3), &events(s, 3..5), &[]).await.unwrap().unwrap();
+    assert_eq!(second.version, 5);
+    let read = store.read_stream(s, 1).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(read[3].envelope.payload["environment"], "env-3");
+    assert_eq!(store.read_stream(s, 4).await.unwrap().len(), 2);
+    assert_eq!(store.stream_version(s).await.unwrap(), 5);
+    assert_eq!(store.stream_version("nothing-here").await.unwrap(), 0);
+    assert!(store.read_stream("nothing-here", 1).await.unwrap().is_empty());
+}
+
+async fn a_wrong_expected_version_is_a_conflict_and_writes_nothing(store: DynStore) {
+    let s = "deployment-b";
+    let cmd = Outgoing { queue: "q".into(), envelope: event(s, 99) };
+    store.append(s, ExpectedVersion::NoStream, &events(s, 0..2), &[]).await.unwrap().unwrap();
+    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Exactly(1), ExpectedVersion::Exactly(7)] {
+        let conflict = store.append(s, expected, &events(s, 2..4), &[cmd.clone()]).await.unwrap().unwrap_err();
+        assert_eq!((conflict.stream.as_str(), conflict.actual, conflict.expected), (s, 2, expected));
+        assert!(conflict.to_string().contains("is at version 2"), "{conflict}");
+    }
+    assert_eq!(store.stream_version(s).await.unwrap(), 2);
+    assert!(store.read_outbox(Position::START, 10).await.unwrap().is_empty(), "a conflict wrote a command");
+}
+
+async fn commands_are_written_with_their_events(store: DynStore) {
+    let s = "deployment-c";
+    let cmds: Vec<_> = (0..3).map(|n| Outgoing { queue: format!("q{n}"), envelope: event(s, 100 + n) }).collect();
+    store.append(s, ExpectedVersion::Any, &events(s, 0..1), &cmds).await.unwrap().unwrap();
+    let outbox = store.read_outbox(Position::START, 10).await.unwrap();
+    assert_eq!(outbox.iter().map(|o| o.message_id).collect::<Vec<_>>(), cmds.iter().map(|c| c.envelope.id).collect::<Vec<_>>());
+    assert_eq!(outbox[1].queue, "q1");
+    assert_eq!(outbox[2].body, cmds[2].envelope.to_json());
+    let after_first = store.read_outbox(outbox[0].position, 10).await.unwrap();
+    assert_eq!(after_first.len(), 2);
+    assert_eq!(store.prune_outbox(outbox[1].position).await.unwrap(), 2);
+    assert_eq!(store.read_outbox(Position::START, 10).await.unwrap().len(), 1);
+}
+
+async fn read_all_pages_in_one_global_order(store: DynStore) {
+    for n in 0..5 {
+        let s = format!("deployment-d{n}");
+        store.append(&s, ExpectedVersion::Any, &events(&s, 0..4), &[]).await.unwrap().unwrap();
+    }
+    let everything = store.read_all(Position::START, 1000).await.unwrap();
+    assert_eq!(everything.len(), 20);
+    let mut paged = Vec::new();
+    let mut cursor = Position::START;
+    loop {
+        let page = store.read_all(cursor, 3).await.unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = last.position;
+        paged.extend(page);
+    }
+    assert_eq!(paged, everything);
+    assert!(everything.windows(2).all(|w| w[0].position < w[1].position));
+}
+
+async fn checkpoints_are_per_consumer(store: DynStore) {
+    assert_eq!(store.load_checkpoint("projector").await.unwrap(), Position::START);
+    let p = Position { tx: 7, seq: 42 };
+    store.save_checkpoint("projector", p).await.unwrap();
+    store.save_checkpoint("relay", Position { tx: 1, seq: 1 }).await.unwrap();
+    assert_eq!(store.load_checkpoint("projector").await.unwrap(), p);
+    let q = Position { tx: 8, seq: 50 };
+    store.save_checkpoint("projector", q).await.unwrap();
+    assert_eq!(store.load_checkpoint("projector").await.unwrap(), q);
+}
+
+async fn a_subscription_catches_up_then_follows_live(store: DynStore) {
+    let s = "deployment-e";
+    store.append(s, ExpectedVersion::Any, &events(s, 0..3), &[]).await.unwrap().unwrap();
+    let mut sub = Subscription::start(store.clone(), "sub").await.unwrap();
+    assert_eq!(sub.next_batch(100).await.unwrap().len(), 3);
+    sub.checkpoint().await.unwrap();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store.append(s, ExpectedVersion::Exactly(3), &events(s, 3..5), &[]).await.unwrap().unwrap();
+        })
+    };
+    let live = tokio::time::timeout(Duration::from_secs(10), sub.next_batch(100)).await.expect("live events");
+    writer.await.unwrap();
+    let mut versions: Vec<_> = live.unwrap().iter().map(|e| e.version).collect();
+    if versions.len() < 2 {
+        versions.extend(sub.next_batch(100).await.unwrap().iter().map(|e| e.version));
+    }
+    assert_eq!(versions, vec![4, 5]);
+    sub.checkpoint().await.unwrap();
+    // A restarted consumer resumes after its checkpoint.
+    let mut again = Subscription::start(store.clone(), "sub").await.unwrap();
+    assert!(again.poll_batch(100, Duration::from_millis(200)).await.unwrap().is_empty());
+    store.append(s, ExpectedVersion::Any, &events(s, 5..6), &[]).await.unwrap().unwrap();
+    assert_eq!(again.next_batch(100).await.unwrap()[0].version, 6);
+}
+
+async fn concurrent_appenders_get_contiguous_versions(store: DynStore) {
+    let s = "deployment-f";
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..5 {
+                    store.append(s, ExpectedVersion::Any, &events(s, n * 10 + i..n * 10 + i + 1), &[]).await.unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let read = store.read_stream(s, 1).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.version).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>());
+    let report = chain::verify(&store.chain_rows().await.unwrap());
+    assert!(report.is_intact(), "{:?}", report.findings);
+}
+
+async fn racing_expected_versions_let_exactly_one_win(store: DynStore) {
+    let s = "deployment-g";
+    store.append(s, ExpectedVersion::NoStream, &events(s, 0..1), &[]).await.unwrap().unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append(s, ExpectedVersion::Exactly(1), &events(s, n..n + 1), &[]).await.unwrap() })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        wins += t.await.unwrap().is_ok() as u32;
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(store.stream_version(s).await.unwrap(), 2);
+}
+
+async fn the_chain_links_every_event(store: DynStore) {
+    for s in ["deployment-h1", "deployment-h2"] {
+        store.append(s, ExpectedVersion::Any, &events(s, 0..3), &[]).await.unwrap().unwrap();
+        store.append(s, ExpectedVersion::Any, &events(s, 3..4), &[]).await.unwrap().unwrap();
+    }
+    let read = store.read_stream("deployment-h1", 1).await.unwrap();
+    assert_eq!(read[0].prev_hash, chain::GENESIS);
+    assert!(read.windows(2).all(|w| w[1].prev_hash == w[0].hash));
+    let report = chain::verify(&store.chain_rows().await.unwrap());
+    assert!(report.is_intact(), "{:?}", report.findings);
+    assert_eq!((report.streams, report.events), (2, 8));
+}
+
+async fn bad_appends_are_refused_clearly(store: DynStore) {
+    let e = event("deployment-other", 1);
+    let err = store.append("deployment-i", ExpectedVersion::Any, &[e.clone()], &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidAppend { .. }));
+    assert!(err.to_string().contains("deployment-other"), "{err}");
+    store.append("deployment-other", ExpectedVersion::Any, &[e.clone()], &[]).await.unwrap().unwrap();
+    let err = store.append("deployment-other", ExpectedVersion::Any, &[e], &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
+    assert_eq!(store.stream_version("deployment-other").await.unwrap(), 1);
+}
+
+async fn ids_are_unique_across_everything_read(store: DynStore) {
+    for n in 0..3 {
+        let s = format!("deployment-j{n}");
+        store.append(&s, ExpectedVersion::Any, &events(&s, 0..10), &[]).await.unwrap().unwrap();
+    }
+    let all = store.read_all(Position::START, 1000).await.unwrap();
+    let ids: HashSet<_> = all.iter().map(|e| e.envelope.id).collect();
+    assert_eq!(ids.len(), 30);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, schema) = pg_store().await;
+                    super::$name(Arc::new(store)).await;
+                    drop_schema(&schema).await;
+                }
+            )*
+        }
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Arc::new(sqlite_store().await)).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    appends_and_reads_a_stream,
+    a_wrong_expected_version_is_a_conflict_and_writes_nothing,
+    commands_are_written_with_their_events,
+    read_all_pages_in_one_global_order,
+    checkpoints_are_per_consumer,
+    a_subscription_catches_up_then_follows_live,
+    concurrent_appenders_get_contiguous_versions,
+    racing_expected_versions_let_exactly_one_win,
+    the_chain_links_every_event,
+    bad_appends_are_refused_clearly,
+    ids_are_unique_across_everything_read,
+);
