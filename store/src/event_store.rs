@@ -4,6 +4,7 @@
 //! and the raw rows the integrity check walks.
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use chrono::{DateTime, Utc};
 use slipway_proto::Envelope;
 use tokio::sync::watch;
@@ -155,6 +156,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `limit` events after `after`, in global order. Never returns an
     /// event that could later be preceded by one not yet visible.
     async fn read_all(&self, after: Position, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Every event after `after` that is safe to read now, as one streamed
+    /// query: the fast path for replays and projection rebuilds.
+    fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent, StoreError>>;
 
     /// Up to `limit` outbox commands after `after`, in the same gap-safe order.
     async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;

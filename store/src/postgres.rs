@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 use chrono::{DateTime, Utc};
 use slipway_proto::Envelope;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -223,6 +224,9 @@ fn raw_event(row: &PgRow) -> Result<RawEvent, sqlx::Error> {
 }
 
 const EVENT_COLUMNS: &str = "tx::text AS tx, position, stream, version, body, prev_hash, hash, recorded_at";
+const STREAM_ALL: &str = "SELECT tx::text AS tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events
+     WHERE (tx, position) > ($1::text::xid8, $2) AND tx < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY tx, position";
 
 #[async_trait]
 impl EventStore for PgStore {
@@ -279,6 +283,15 @@ impl EventStore for PgStore {
         .await
         .map_err(db(format!("reading all events after {after}")))?;
         rows.iter().map(|r| raw_event(r).map_err(db("decoding an event row"))?.decode()).collect()
+    }
+
+    fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent, StoreError>> {
+        sqlx::query(STREAM_ALL)
+            .bind(after.tx.to_string())
+            .bind(after.seq)
+            .fetch(&self.pool)
+            .map(|row| raw_event(&row.map_err(db("streaming events"))?).map_err(db("decoding an event row"))?.decode())
+            .boxed()
     }
 
     async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 use chrono::{DateTime, Utc};
 use slipway_proto::Envelope;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -190,6 +191,14 @@ impl EventStore for SqliteStore {
             .await
             .map_err(db(format!("reading all events after {after}")))?;
         rows.iter().map(|r| raw_event(r).map_err(db("decoding an event row"))?.decode()).collect()
+    }
+
+    fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent, StoreError>> {
+        sqlx::query("SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events WHERE position > ?1 ORDER BY position")
+            .bind(after.seq)
+            .fetch(&self.pool)
+            .map(|row| raw_event(&row.map_err(db("streaming events"))?).map_err(db("decoding an event row"))?.decode())
+            .boxed()
     }
 
     async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use futures::TryStreamExt;
 use slipway_store::chain;
 use slipway_store::event_store::Outgoing;
 use slipway_store::subscription::Subscription;
@@ -74,6 +75,10 @@ async fn read_all_pages_in_one_global_order(store: DynStore) {
         paged.extend(page);
     }
     assert_eq!(paged, everything);
+    let streamed: Vec<_> = store.stream_all(Position::START).try_collect().await.unwrap();
+    assert_eq!(streamed, everything);
+    let tail: Vec<_> = store.stream_all(everything[16].position).try_collect().await.unwrap();
+    assert_eq!(tail, everything[17..]);
     assert!(everything.windows(2).all(|w| w[0].position < w[1].position));
 }
 
