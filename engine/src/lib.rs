@@ -1,1 +1,11 @@
-//! placeholder
+//! Slipway's engine: the deployment projection (`deployment`), the pure
+//! decider that turns a deployment's state into the next commands and facts
+//! (`decider`), and the driver that feeds it events from the store and writes
+//! its decisions back through the outbox (`driver`).
+
+pub mod decider;
+pub mod deployment;
+pub mod driver;
+
+pub use decider::{decide, Decision};
+pub use deployment::{evolve, Deployment, IllegalTransition, Status};

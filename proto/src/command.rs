@@ -23,6 +23,8 @@ pub struct DeploymentContext {
     pub no_cache: bool,
     #[serde(default = "yes")]
     pub run_release: bool,
+    #[serde(default)]
+    pub dry_run: bool,
     /// Set once checked out.
     #[serde(default)]
     pub commit: Option<String>,

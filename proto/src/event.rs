@@ -66,6 +66,10 @@ pub struct DeploymentRequested {
     /// Fingerprints of the settings this deployment runs with.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// Walk the pipeline without side effects: every step records a
+    /// `StepSkipped` instead of acting.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 fn yes() -> bool {
@@ -175,6 +179,13 @@ pub struct StepFailed {
     pub details: Vec<String>,
 }
 
+/// A step that did nothing, and why (a dry run, or local mode without `--migrate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSkipped {
+    pub step: Step,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentSucceeded {
     pub image_id: String,
@@ -223,6 +234,7 @@ crate::message_family! {
         ProcessesStarted(ProcessesStarted) = 1,
         HealthCheckPassed(HealthCheckPassed) = 1,
         StepFailed(StepFailed) = 1,
+        StepSkipped(StepSkipped) = 1,
         DeploymentSucceeded(DeploymentSucceeded) = 1,
         DeploymentFailed(DeploymentFailed) = 1,
         ContainersRemoved(ContainersRemoved) = 1,
@@ -242,6 +254,7 @@ impl Event {
             Event::ReleaseCommandsRan(_) => Some(Step::Release),
             Event::ProcessesStarted(_) => Some(Step::Processes),
             Event::HealthCheckPassed(_) => Some(Step::HealthCheck),
+            Event::StepSkipped(s) => Some(s.step),
             _ => None,
         }
     }

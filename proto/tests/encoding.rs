@@ -41,6 +41,7 @@ fn sample_events() -> Vec<Event> {
             no_cache: true,
             run_release: false,
             settings: [("SECRET_KEY".to_string(), "sha256:ab".to_string())].into(),
+            dry_run: false,
         }),
         Event::StepFailed(StepFailed {
             step: Step::Build,
@@ -83,6 +84,7 @@ fn commands_round_trip_and_name_their_queue() {
             mode: BuildMode::Cloud,
             no_cache: false,
             run_release: true,
+            dry_run: false,
             commit: Some("abc".into()),
             config: json!({"web": {"port": 80}}),
             image_id: Some("sha256:1".into()),

@@ -1,0 +1,155 @@
+//! The deployment projection: a deployment's state folded from its stream.
+//! Pure and synchronous. `evolve` refuses events that cannot follow the
+//! current state (an illegal transition is a distinct error, not an I/O
+//! failure), so a corrupted or mis-ordered history is reported, not guessed at.
+
+use slipway_proto::command::DeploymentContext;
+use slipway_proto::{Event, Step};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Steps are running; `current` is the step dispatched last, if any.
+    Running,
+    Succeeded,
+    Failed { step: Step, reason: String },
+}
+
+/// What the engine knows about one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub status: Status,
+    pub context: DeploymentContext,
+    /// Steps whose outcome is recorded as success (or skipped), in order.
+    pub completed: Vec<Step>,
+    /// The step dispatched last and its attempt, with the command id.
+    pub dispatched: Option<(Step, u32, Uuid)>,
+    /// Containers this deployment created (removed again on failure).
+    pub containers: Vec<String>,
+    /// `DeploymentFailed` is recorded: the verdict after a `StepFailed`.
+    pub failure_recorded: bool,
+    /// The stream version this state was folded up to.
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("deployment {deployment}: event `{event}` cannot follow state {state}")]
+pub struct IllegalTransition {
+    pub deployment: String,
+    pub event: String,
+    pub state: String,
+}
+
+impl Deployment {
+    /// The first pipeline step not yet completed.
+    pub fn next_step(&self) -> Option<Step> {
+        Step::PIPELINE.into_iter().find(|s| !self.completed.contains(s))
+    }
+
+    /// Succeeded, or failed with the verdict recorded: nothing more happens.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, Status::Succeeded) || self.failure_recorded
+    }
+}
+
+fn illegal(state: &Option<Deployment>, event: &Event) -> IllegalTransition {
+    IllegalTransition {
+        deployment: state.as_ref().map_or("(none)".into(), |d| d.id.to_string()),
+        event: slipway_proto::envelope::Message::message_type(event).into(),
+        state: match state {
+            None => "not started".into(),
+            Some(d) => format!("{:?} after {:?}", d.status, d.completed),
+        },
+    }
+}
+
+/// Applies one event of a deployment's stream to its state.
+pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, IllegalTransition> {
+    let Some(mut d) = state else {
+        return match event {
+            Event::DeploymentRequested(r) => Ok(Deployment {
+                id: r.deployment_id,
+                status: Status::Running,
+                context: DeploymentContext {
+                    deployment_id: r.deployment_id,
+                    project: r.project.clone(),
+                    environment: r.environment.clone(),
+                    repository: r.repository.clone(),
+                    git_ref: r.git_ref.clone(),
+                    mode: r.mode,
+                    no_cache: r.no_cache,
+                    run_release: r.run_release,
+                    dry_run: r.dry_run,
+                    commit: None,
+                    config: serde_json::Value::Null,
+                    image_id: None,
+                    web_container: None,
+                    web_port: None,
+                },
+                completed: Vec::new(),
+                dispatched: None,
+                containers: Vec::new(),
+                failure_recorded: false,
+                version: 1,
+            }),
+            other => Err(illegal(&None, other)),
+        };
+    };
+    let finished = d.is_finished();
+    match event {
+        Event::DeploymentRequested(_) => return Err(illegal(&Some(d), event)),
+        // Cleanup facts may arrive after the end; nothing else may.
+        Event::ContainersRemoved(r) => d.containers.retain(|c| !r.containers.contains(c)),
+        _ if finished => return Err(illegal(&Some(d), event)),
+        Event::StepDispatched(s) => d.dispatched = Some((s.step, s.attempt, s.command_id)),
+        Event::StepFailed(f) => d.status = Status::Failed { step: f.step, reason: f.reason.clone() },
+        Event::DeploymentFailed(f) => {
+            d.status = Status::Failed { step: f.step, reason: f.reason.clone() };
+            d.failure_recorded = true;
+        }
+        // After a step failed only the verdict may follow.
+        _ if matches!(d.status, Status::Failed { .. }) => return Err(illegal(&Some(d), event)),
+        Event::DeploymentSucceeded(_) => {
+            if d.next_step().is_some() {
+                return Err(illegal(&Some(d), event));
+            }
+            d.status = Status::Succeeded;
+        }
+        outcome => {
+            let Some(step) = outcome.completes_step() else {
+                return Err(illegal(&Some(d), event));
+            };
+            if d.next_step() != Some(step) {
+                return Err(illegal(&Some(d), event));
+            }
+            match outcome {
+                Event::CheckedOut(c) => {
+                    d.context.commit = Some(c.commit.clone());
+                    d.context.config = c.config.clone();
+                }
+                Event::ImageBuilt(b) => d.context.image_id = Some(b.image_id.clone()),
+                Event::ImageReused(r) => d.context.image_id = Some(r.image_id.clone()),
+                Event::WebContainerStarted(w) => {
+                    d.context.web_container = Some(w.container.clone());
+                    d.context.web_port = Some(w.host_port);
+                    d.containers.push(w.container.clone());
+                }
+                Event::ProcessesStarted(p) => d.containers.extend(p.containers.iter().map(|c| c.container.clone())),
+                _ => {}
+            }
+            d.completed.push(step);
+        }
+    }
+    d.version += 1;
+    Ok(d)
+}
+
+/// Folds a whole stream.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<Deployment>, IllegalTransition> {
+    let mut state = None;
+    for e in events {
+        state = Some(evolve(state, e)?);
+    }
+    Ok(state)
+}
