@@ -1,1 +1,9 @@
-//! placeholder
+//! Slipway's workers: the loop that takes a step's command from its queue,
+//! runs the step, records the outcome in the store and only then acks
+//! (`worker`), and the executors that do each step's work (`steps`).
+
+pub mod steps;
+pub mod worker;
+
+pub use steps::Executor;
+pub use worker::{run, WorkerOptions};

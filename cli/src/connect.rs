@@ -1,0 +1,43 @@
+//! Opens the store and the queue a command line names: `sqlite://PATH` or
+//! `postgres://...` for the store, `memory` or `amqp://...` for the queue.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::queue::memory::MemoryQueue;
+use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
+use slipway_store::queue::Queue;
+use slipway_store::{EventStore, PgStore, SqliteStore};
+
+pub async fn store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = Path::new(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let store = SqliteStore::open(path).await.with_context(|| format!("opening the SQLite store {}", path.display()))?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect(url, PgOptions::default())
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
+        return Ok(Arc::new(store));
+    }
+    bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
+}
+
+pub async fn queue(url: &str) -> anyhow::Result<Arc<dyn Queue>> {
+    if url == "memory" {
+        return Ok(Arc::new(MemoryQueue::default()));
+    }
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        let queue = RabbitQueue::connect(url, RabbitOptions::default())
+            .await
+            .with_context(|| format!("connecting to RabbitMQ at {}", redact_url(url)))?;
+        return Ok(Arc::new(queue));
+    }
+    bail!("--queue `{}`: expected `memory` or amqp://USER:PASSWORD@HOST:PORT/VHOST", redact_url(url))
+}

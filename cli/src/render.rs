@@ -1,0 +1,63 @@
+//! How events look on a terminal: one line each, naming the step and the
+//! outcome, for `slipway demo` and the history views.
+
+use slipway_proto::envelope::Message;
+use slipway_proto::Event;
+use slipway_store::RecordedEvent;
+
+/// A short human description of an event's payload.
+pub fn describe(event: &Event) -> String {
+    match event {
+        Event::ProjectCreated(p) => format!("project {} from {}", p.name, p.repository),
+        Event::SettingsChanged(s) => format!("{}: {} set, {} removed", s.environment, s.set.len(), s.removed.len()),
+        Event::DeploymentRequested(r) => format!(
+            "{} {} at `{}` ({:?}{})",
+            r.project,
+            r.environment,
+            r.git_ref,
+            r.mode,
+            if r.dry_run { ", dry run" } else { "" }
+        ),
+        Event::StepDispatched(d) => format!("{} (attempt {})", d.step, d.attempt),
+        Event::ServicesChecked(s) => format!("{} service(s) reachable", s.services.len()),
+        Event::CheckedOut(c) => format!("commit {}", c.commit),
+        Event::ImageBuilt(b) => format!("image {} in {} ms (cache {})", b.image_id, b.duration_ms, if b.cache_used { "on" } else { "off" }),
+        Event::ImageReused(r) => format!("image {} from deployment {}", r.image_id, r.source_deployment),
+        Event::WebContainerStarted(w) => format!("{} on 127.0.0.1:{}", w.container, w.host_port),
+        Event::ReleaseCommandsRan(r) if r.skipped => "release commands not run".into(),
+        Event::ReleaseCommandsRan(r) => format!("{} release command(s) ran", r.results.len()),
+        Event::ProcessesStarted(p) => format!("{} process container(s)", p.containers.len()),
+        Event::HealthCheckPassed(h) => format!("GET {} -> {} after {} attempt(s)", h.path, h.status, h.attempts),
+        Event::StepFailed(f) => format!("{} failed: {}", f.step, f.reason),
+        Event::StepSkipped(s) => format!("{}: {}", s.step, s.reason),
+        Event::DeploymentSucceeded(s) => format!("commit {} image {}", or_dash(&s.commit), or_dash(&s.image_id)),
+        Event::DeploymentFailed(f) => format!("at {}: {}", f.step, f.reason),
+        Event::ContainersRemoved(r) => format!("{} container(s) removed", r.containers.len()),
+        Event::ReleaseActivated(a) => format!("deployment {} (route version {})", a.deployment_id, a.route_version),
+        Event::RouteAcknowledged(a) => format!("router {} at route version {}", a.router_id, a.route_version),
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// One line for a recorded event: version, type, actor, description.
+pub fn line(recorded: &RecordedEvent) -> String {
+    let (kind, text) = match recorded.envelope.decode::<Event>() {
+        Ok(e) => (e.message_type().to_string(), describe(&e)),
+        Err(err) => (recorded.envelope.message_type.clone(), format!("(undecodable: {err})")),
+    };
+    format!(
+        "{:>3}  {}  {:<20} {:<8} {}",
+        recorded.version,
+        recorded.recorded_at.format("%H:%M:%S%.3f"),
+        kind,
+        recorded.envelope.actor,
+        text
+    )
+}

@@ -1,0 +1,139 @@
+//! The worker loop. For each delivery: decode the command (an undecodable
+//! one goes to the dead-letter queue, it never crash-loops the worker); if
+//! its outcome is already recorded (a redelivery), just ack; otherwise run
+//! the step, append the outcome, and ack only after the append committed.
+//! The outcome's event id derives from the command id, so two workers that
+//! both ran a redelivered command record one outcome, not two.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::Utc;
+use slipway_proto::envelope::Metadata;
+use slipway_proto::event::deployment_stream;
+use slipway_proto::{Command, Envelope, Event, Step};
+use slipway_store::queue::{Delivery, Queue, QueueError};
+use slipway_store::{EventStore, ExpectedVersion, StoreError};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::steps::Executor;
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Which steps' queues this worker serves.
+    pub steps: Vec<Step>,
+    /// Unacknowledged deliveries per step queue.
+    pub prefetch: u16,
+    /// Who the outcome events name as their actor.
+    pub actor: String,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions { steps: Step::ALL.to_vec(), prefetch: 4, actor: "worker".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The id of the outcome event of command `command_id`.
+pub fn outcome_id(command_id: Uuid) -> Uuid {
+    Uuid::new_v5(&command_id, b"slipway-outcome")
+}
+
+/// Serves the configured steps' queues until `shutdown` resolves.
+pub async fn run(
+    queue: Arc<dyn Queue>,
+    store: Arc<dyn EventStore>,
+    executor: Arc<dyn Executor>,
+    options: WorkerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let mut tasks = JoinSet::new();
+    for step in &options.steps {
+        let name = step.queue();
+        queue.declare(&name).await?;
+        let mut consumer = queue.consume(&name, options.prefetch).await?;
+        let (store, executor, actor) = (store.clone(), executor.clone(), options.actor.clone());
+        tasks.spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                if let Err(e) = handle(&*store, &*executor, &actor, delivery).await {
+                    tracing::warn!(error = %e, queue = %name, "delivery not settled; it will be redelivered");
+                }
+            }
+        });
+    }
+    shutdown.await;
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Handles one delivery to the end: settled one way or another, or left
+/// unsettled (redelivered later) when the store is unavailable.
+pub async fn handle(
+    store: &dyn EventStore,
+    executor: &dyn Executor,
+    actor: &str,
+    delivery: Delivery,
+) -> Result<(), WorkerError> {
+    let envelope = match Envelope::from_json(&delivery.message.body) {
+        Ok(e) => e,
+        Err(e) => return Ok(delivery.dead_letter(&format!("undecodable envelope: {e}")).await?),
+    };
+    let command = match envelope.decode::<Command>() {
+        Ok(c) => c,
+        Err(e) => return Ok(delivery.dead_letter(&e.to_string()).await?),
+    };
+    let stream = deployment_stream(deployment_of(&command));
+    let id = outcome_id(envelope.id);
+    let history = match store.read_stream(&stream, 1).await {
+        Ok(h) => h,
+        Err(e) => {
+            delivery.retry().await?;
+            return Err(e.into());
+        }
+    };
+    if history.iter().any(|r| r.envelope.id == id) {
+        tracing::info!(command = %envelope.id, "outcome already recorded; acking the redelivery");
+        return Ok(delivery.ack().await?);
+    }
+    let span = tracing::info_span!("step", step = %command.step(), deployment = %deployment_of(&command),
+        trace = envelope.trace.as_ref().map(|t| t.trace_id().to_string()).unwrap_or_default());
+    let event = tracing::Instrument::instrument(execute(executor, &command), span).await;
+    let mut meta = Metadata::caused_by(&envelope);
+    meta.actor = actor.to_string();
+    let outcome = match Envelope::new(id, Utc::now(), &stream, &event, meta) {
+        Ok(o) => o,
+        Err(e) => return Ok(delivery.dead_letter(&format!("cannot encode the outcome: {e}")).await?),
+    };
+    match store.append(&stream, ExpectedVersion::Any, &[outcome], &[]).await {
+        Ok(_) | Err(StoreError::Duplicate { .. }) => Ok(delivery.ack().await?),
+        Err(e) => {
+            delivery.retry().await?;
+            Err(e.into())
+        }
+    }
+}
+
+async fn execute(executor: &dyn Executor, command: &Command) -> Event {
+    match command {
+        Command::RunStep(c) => executor.run_step(c).await,
+        Command::RemoveContainers(c) => executor.remove_containers(c).await,
+        Command::RetireRelease(c) => executor.retire(c).await,
+    }
+}
+
+fn deployment_of(command: &Command) -> Uuid {
+    match command {
+        Command::RunStep(c) => c.context.deployment_id,
+        Command::RemoveContainers(c) => c.deployment_id,
+        Command::RetireRelease(c) => c.deployment_id,
+    }
+}
