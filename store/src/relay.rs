@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::event_store::{EventStore, OutboxEntry, Position, StoreError};
 use crate::queue::{Queue, QueueError, QueueMessage};
+use crate::subscription::wait_for_wakeup;
 
 /// The checkpoint name the relay stores its position under.
 pub const RELAY_CHECKPOINT: &str = "outbox-relay";
@@ -104,7 +105,7 @@ impl Relay {
             };
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::timeout(wait, wake.changed()) => {}
+                _ = wait_for_wakeup(&mut wake, wait) => {}
             }
         }
     }

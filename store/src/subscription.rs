@@ -51,8 +51,8 @@ impl Subscription {
                 self.cursor = last.position;
                 return Ok(batch);
             }
-            let woke = tokio::time::timeout(retry.min(self.poll), self.wake.changed()).await;
-            retry = if matches!(woke, Ok(Ok(()))) { Duration::from_millis(2) } else { (retry * 2).min(self.poll) };
+            let woke = wait_for_wakeup(&mut self.wake, retry.min(self.poll)).await;
+            retry = if woke { Duration::from_millis(2) } else { (retry * 2).min(self.poll) };
         }
     }
 
@@ -68,4 +68,15 @@ impl Subscription {
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         self.store.save_checkpoint(&self.name, self.cursor).await
     }
+}
+
+/// Waits up to `max` for the store's wake-up hint; true if it came. A closed
+/// hint channel just means waiting out `max` (polling carries on).
+pub async fn wait_for_wakeup(wake: &mut watch::Receiver<u64>, max: Duration) -> bool {
+    let changed = async {
+        if wake.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::time::timeout(max, changed).await.is_ok()
 }
