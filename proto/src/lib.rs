@@ -4,6 +4,7 @@
 //! workers and an offline auditor all agree on what a message means.
 
 pub mod command;
+pub mod config;
 pub mod envelope;
 pub mod event;
 pub mod step;
