@@ -2,6 +2,7 @@
 //! runs the step, records the outcome in the store and only then acks
 //! (`worker`), and the executors that do each step's work (`steps`).
 
+pub mod http;
 pub mod steps;
 pub mod worker;
 

@@ -124,7 +124,7 @@ pub async fn handle(
 
 async fn execute(executor: &dyn Executor, command: &Command) -> Event {
     match command {
-        Command::RunStep(c) => executor.run_step(c).await,
+        Command::RunStep(c) => executor.run_step(c, &Default::default()).await,
         Command::RemoveContainers(c) => executor.remove_containers(c).await,
         Command::RetireRelease(c) => executor.retire(c).await,
     }

@@ -15,7 +15,7 @@ pub struct DryRun;
 
 #[async_trait]
 impl Executor for DryRun {
-    async fn run_step(&self, command: &RunStep) -> Event {
+    async fn run_step(&self, command: &RunStep, _env: &super::Settings) -> Event {
         Event::StepSkipped(StepSkipped { step: command.step, reason: "dry run: no side effects".into() })
     }
 
