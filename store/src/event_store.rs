@@ -127,6 +127,14 @@ pub struct OutboxEntry {
     pub traceparent: Option<String>,
 }
 
+/// One stream's part of a multi-stream append.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamAppend<'a> {
+    pub stream: &'a str,
+    pub expected: ExpectedVersion,
+    pub events: &'a [Envelope],
+}
+
 /// A command to enqueue when the append commits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
@@ -145,7 +153,30 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: &[Envelope],
         commands: &[Outgoing],
-    ) -> Result<Result<Appended, Conflict>, StoreError>;
+    ) -> Result<Result<Appended, Conflict>, StoreError> {
+        let one = [StreamAppend { stream, expected, events }];
+        Ok(self.append_streams(&one, commands).await?.map(|mut v| v.remove(0)))
+    }
+
+    /// Appends to several streams and writes `commands`, all in one
+    /// transaction: every stream's expected version must hold, or nothing
+    /// is written. Results come in the order of `appends`.
+    async fn append_streams(
+        &self,
+        appends: &[StreamAppend<'_>],
+        commands: &[Outgoing],
+    ) -> Result<Result<Vec<Appended>, Conflict>, StoreError>;
+
+    /// Stores a setting's value under its fingerprint. Values live outside
+    /// the event log (events carry only fingerprints); the table is
+    /// content-addressed and insert-only.
+    async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Values by fingerprint; fingerprints without a value are left out.
+    async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError>;
+
+    /// This installation's secret key for setting fingerprints, created on first use.
+    async fn installation_key(&self) -> Result<Vec<u8>, StoreError>;
 
     /// Events of one stream with version >= `from_version`, in order.
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError>;

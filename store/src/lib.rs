@@ -9,11 +9,12 @@ pub mod event_store;
 pub mod postgres;
 pub mod queue;
 pub mod relay;
+pub mod settings;
 pub mod sqlite;
 pub mod subscription;
 
 pub use event_store::{
-    Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError,
+    Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError, StreamAppend,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

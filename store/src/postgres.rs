@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::chain::{ChainRow, GENESIS};
 use crate::event_store::{
     prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Outgoing, Position, RawEvent,
-    RecordedEvent, StoreError,
+    RecordedEvent, StoreError, StreamAppend,
 };
 
 const BACKEND: &str = "postgres";
@@ -189,21 +189,27 @@ impl PgStore {
             }
             positions.sort();
         }
-        if !commands.is_empty() {
-            sqlx::query(
-                "INSERT INTO outbox (message_id, queue, body, traceparent)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])",
-            )
-            .bind(commands.iter().map(|c| c.envelope.id).collect::<Vec<Uuid>>())
-            .bind(commands.iter().map(|c| c.queue.as_str()).collect::<Vec<_>>())
-            .bind(commands.iter().map(|c| c.envelope.to_json()).collect::<Vec<_>>())
-            .bind(commands.iter().map(|c| c.envelope.trace.as_ref().map(|t| t.traceparent.clone())).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| insert_error(e, stream))?;
-        }
+        insert_outbox(&mut *tx, commands).await?;
         Ok(Ok(Appended { version: actual + events.len() as u64, positions }))
     }
+}
+
+async fn insert_outbox(tx: &mut PgConnection, commands: &[Outgoing]) -> Result<(), StoreError> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (message_id, queue, body, traceparent)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])",
+    )
+    .bind(commands.iter().map(|c| c.envelope.id).collect::<Vec<Uuid>>())
+    .bind(commands.iter().map(|c| c.queue.as_str()).collect::<Vec<_>>())
+    .bind(commands.iter().map(|c| c.envelope.to_json()).collect::<Vec<_>>())
+    .bind(commands.iter().map(|c| c.envelope.trace.as_ref().map(|t| t.traceparent.clone())).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| insert_error(e, "the outbox"))?;
+    Ok(())
 }
 
 fn parse_tx(text: &str) -> u64 {
@@ -230,20 +236,61 @@ const STREAM_ALL: &str = "SELECT tx::text AS tx, position, stream, version, body
 
 #[async_trait]
 impl EventStore for PgStore {
-    async fn append(
+    async fn append_streams(
         &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: &[Envelope],
+        appends: &[StreamAppend<'_>],
         commands: &[Outgoing],
-    ) -> Result<Result<Appended, Conflict>, StoreError> {
-        let context = || format!("appending to `{stream}`");
-        let mut tx = self.pool.begin().await.map_err(db(context()))?;
-        let appended = Self::append_in(&mut tx, stream, expected, events, commands).await?;
-        if appended.is_ok() {
-            tx.commit().await.map_err(db(context()))?;
+    ) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
+        let context = "appending";
+        let mut tx = self.pool.begin().await.map_err(db(context))?;
+        // Lock streams in name order so two multi-stream appends cannot deadlock.
+        let mut order: Vec<usize> = (0..appends.len()).collect();
+        order.sort_by_key(|&i| appends[i].stream);
+        let mut results: Vec<Option<Appended>> = vec![None; appends.len()];
+        for i in order {
+            let a = appends[i];
+            match Self::append_in(&mut tx, a.stream, a.expected, a.events, &[]).await? {
+                Ok(done) => results[i] = Some(done),
+                Err(conflict) => return Ok(Err(conflict)),
+            }
         }
-        Ok(appended)
+        insert_outbox(&mut tx, commands).await?;
+        tx.commit().await.map_err(db(context))?;
+        Ok(Ok(results.into_iter().flatten().collect()))
+    }
+
+    async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO setting_values (fingerprint, value) VALUES ($1, $2) ON CONFLICT (fingerprint) DO NOTHING")
+            .bind(fingerprint)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db("storing a setting value"))?;
+        Ok(())
+    }
+
+    async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT fingerprint, value FROM setting_values WHERE fingerprint = ANY($1)")
+                .bind(fingerprints)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading setting values"))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn installation_key(&self) -> Result<Vec<u8>, StoreError> {
+        let fresh = crate::settings::new_key();
+        sqlx::query("INSERT INTO installation (id, fingerprint_key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
+            .bind(&fresh)
+            .execute(&self.pool)
+            .await
+            .map_err(db("creating the installation key"))?;
+        let key: String = sqlx::query_scalar("SELECT fingerprint_key FROM installation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the installation key"))?;
+        Ok(key.into_bytes())
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {

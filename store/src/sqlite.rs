@@ -10,15 +10,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use chrono::{DateTime, Utc};
-use slipway_proto::Envelope;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::Row;
 use tokio::sync::watch;
 
 use crate::chain::{ChainRow, GENESIS};
 use crate::event_store::{
-    prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Outgoing, Position, RawEvent,
-    RecordedEvent, StoreError,
+    prepare, validate_append, Appended, Conflict, EventStore, OutboxEntry, Outgoing, Position, RawEvent, RecordedEvent,
+    StoreError, StreamAppend,
 };
 
 const BACKEND: &str = "sqlite";
@@ -101,48 +100,21 @@ fn raw_event(row: &SqliteRow) -> Result<RawEvent, sqlx::Error> {
 
 #[async_trait]
 impl EventStore for SqliteStore {
-    async fn append(
+    async fn append_streams(
         &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: &[Envelope],
+        appends: &[StreamAppend<'_>],
         commands: &[Outgoing],
-    ) -> Result<Result<Appended, Conflict>, StoreError> {
-        validate_append(stream, events)?;
-        let context = || format!("appending to `{stream}`");
+    ) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
         // IMMEDIATE takes the write lock up front, so two writers never both
-        // read the stream's version and then race to extend it.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db(context()))?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT version, hash FROM events WHERE stream = ?1 ORDER BY version DESC LIMIT 1")
-                .bind(stream)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db(context()))?;
-        let (actual, last_hash) = last.map_or((0, GENESIS.to_string()), |(v, h)| (v as u64, h));
-        if !expected.accepts(actual) {
-            return Ok(Err(Conflict { stream: stream.into(), expected, actual }));
-        }
+        // read a stream's version and then race to extend it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("appending"))?;
         let now = Utc::now();
-        let mut positions = Vec::with_capacity(events.len());
-        for p in prepare(stream, actual, &last_hash, events) {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING position",
-            )
-            .bind(stream)
-            .bind(p.version)
-            .bind(p.envelope.id.to_string())
-            .bind(&p.envelope.message_type)
-            .bind(p.envelope.correlation_id.to_string())
-            .bind(&p.body)
-            .bind(&p.prev_hash)
-            .bind(&p.hash)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| insert_error(e, stream))?;
-            positions.push(Position { tx: 0, seq });
+        let mut results = Vec::with_capacity(appends.len());
+        for a in appends {
+            match append_one(&mut tx, a, now).await? {
+                Ok(done) => results.push(done),
+                Err(conflict) => return Ok(Err(conflict)),
+            }
         }
         for c in commands {
             sqlx::query("INSERT INTO outbox (message_id, queue, body, traceparent, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
@@ -153,11 +125,49 @@ impl EventStore for SqliteStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| insert_error(e, stream))?;
+                .map_err(|e| insert_error(e, "the outbox"))?;
         }
-        tx.commit().await.map_err(db(context()))?;
+        tx.commit().await.map_err(db("appending"))?;
         self.wake_up();
-        Ok(Ok(Appended { version: actual + events.len() as u64, positions }))
+        Ok(Ok(results))
+    }
+
+    async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO setting_values (fingerprint, value) VALUES (?1, ?2) ON CONFLICT (fingerprint) DO NOTHING")
+            .bind(fingerprint)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db("storing a setting value"))?;
+        Ok(())
+    }
+
+    async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let mut found = std::collections::HashMap::new();
+        for f in fingerprints {
+            let v: Option<String> = sqlx::query_scalar("SELECT value FROM setting_values WHERE fingerprint = ?1")
+                .bind(f)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading setting values"))?;
+            if let Some(v) = v {
+                found.insert(f.clone(), v);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn installation_key(&self) -> Result<Vec<u8>, StoreError> {
+        sqlx::query("INSERT INTO installation (id, fingerprint_key) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING")
+            .bind(crate::settings::new_key())
+            .execute(&self.pool)
+            .await
+            .map_err(db("creating the installation key"))?;
+        let key: String = sqlx::query_scalar("SELECT fingerprint_key FROM installation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the installation key"))?;
+        Ok(key.into_bytes())
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -283,6 +293,47 @@ impl EventStore for SqliteStore {
     fn backend(&self) -> &'static str {
         BACKEND
     }
+}
+
+/// One stream's part of an append, inside the caller's write transaction.
+async fn append_one(
+    tx: &mut sqlx::SqliteConnection,
+    a: &StreamAppend<'_>,
+    now: DateTime<Utc>,
+) -> Result<Result<Appended, Conflict>, StoreError> {
+    let stream = a.stream;
+    validate_append(stream, a.events)?;
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT version, hash FROM events WHERE stream = ?1 ORDER BY version DESC LIMIT 1")
+            .bind(stream)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db(format!("appending to `{stream}`")))?;
+    let (actual, last_hash) = last.map_or((0, GENESIS.to_string()), |(v, h)| (v as u64, h));
+    if !a.expected.accepts(actual) {
+        return Ok(Err(Conflict { stream: stream.into(), expected: a.expected, actual }));
+    }
+    let mut positions = Vec::with_capacity(a.events.len());
+    for p in prepare(stream, actual, &last_hash, a.events) {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING position",
+        )
+        .bind(stream)
+        .bind(p.version)
+        .bind(p.envelope.id.to_string())
+        .bind(&p.envelope.message_type)
+        .bind(p.envelope.correlation_id.to_string())
+        .bind(&p.body)
+        .bind(&p.prev_hash)
+        .bind(&p.hash)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| insert_error(e, stream))?;
+        positions.push(Position { tx: 0, seq });
+    }
+    Ok(Ok(Appended { version: actual + a.events.len() as u64, positions }))
 }
 
 fn insert_error(e: sqlx::Error, stream: &str) -> StoreError {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use futures::TryStreamExt;
 use slipway_store::chain;
-use slipway_store::event_store::Outgoing;
+use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
 use slipway_store::{ExpectedVersion, Position, StoreError};
 
@@ -192,6 +192,39 @@ async fn ids_are_unique_across_everything_read(store: DynStore) {
     assert_eq!(ids.len(), 30);
 }
 
+async fn multi_stream_appends_are_all_or_nothing(store: DynStore) {
+    let (a, b) = ("deployment-k", "environment-k");
+    store.append(b, ExpectedVersion::NoStream, &events(b, 0..1), &[]).await.unwrap().unwrap();
+    let (ea, eb) = (events(a, 0..2), events(b, 1..2));
+    let cmd = Outgoing { queue: "q".into(), envelope: event(a, 50) };
+    let wrong = [
+        StreamAppend { stream: a, expected: ExpectedVersion::NoStream, events: &ea },
+        StreamAppend { stream: b, expected: ExpectedVersion::NoStream, events: &eb },
+    ];
+    let conflict = store.append_streams(&wrong, &[cmd.clone()]).await.unwrap().unwrap_err();
+    assert_eq!(conflict.stream, b);
+    assert_eq!(store.stream_version(a).await.unwrap(), 0, "the first stream was written despite the conflict");
+    assert!(store.read_outbox(Position::START, 10).await.unwrap().is_empty());
+    let right = [
+        StreamAppend { stream: a, expected: ExpectedVersion::NoStream, events: &ea },
+        StreamAppend { stream: b, expected: ExpectedVersion::Exactly(1), events: &eb },
+    ];
+    let done = store.append_streams(&right, &[cmd]).await.unwrap().unwrap();
+    assert_eq!(done.iter().map(|d| d.version).collect::<Vec<_>>(), vec![2, 2]);
+    assert_eq!(store.read_outbox(Position::START, 10).await.unwrap().len(), 1);
+}
+
+async fn setting_values_are_kept_by_fingerprint(store: DynStore) {
+    let key = store.installation_key().await.unwrap();
+    assert_eq!(store.installation_key().await.unwrap(), key, "the key is stable");
+    let f = slipway_store::settings::fingerprint(&key, "p", "live", "SECRET", "v1");
+    store.put_value(&f, "v1").await.unwrap();
+    store.put_value(&f, "v1").await.unwrap();
+    let got = store.values(&[f.clone(), "hmac-sha256:unknown".into()]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[&f], "v1");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -229,4 +262,6 @@ conformance!(
     the_chain_links_every_event,
     bad_appends_are_refused_clearly,
     ids_are_unique_across_everything_read,
+    multi_stream_appends_are_all_or_nothing,
+    setting_values_are_kept_by_fingerprint,
 );
