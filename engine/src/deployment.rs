@@ -81,6 +81,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     no_cache: r.no_cache,
                     run_release: r.run_release,
                     dry_run: r.dry_run,
+                    settings: r.settings.clone(),
                     commit: None,
                     config: serde_json::Value::Null,
                     image_id: None,
@@ -103,6 +104,10 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
         Event::ContainersRemoved(r) => d.containers.retain(|c| !r.containers.contains(c)),
         _ if finished => return Err(illegal(&Some(d), event)),
         Event::StepDispatched(s) => d.dispatched = Some((s.step, s.attempt, s.command_id)),
+        // A second outcome for a step already done (a redelivered command
+        // that ran twice, a late failure of an earlier attempt) changes nothing.
+        Event::StepFailed(f) if d.completed.contains(&f.step) => {}
+        e if e.completes_step().is_some_and(|s| d.completed.contains(&s)) => {}
         Event::StepFailed(f) => d.status = Status::Failed { step: f.step, reason: f.reason.clone() },
         Event::DeploymentFailed(f) => {
             d.status = Status::Failed { step: f.step, reason: f.reason.clone() };

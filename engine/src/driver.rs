@@ -12,15 +12,16 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::StepDispatched;
+use slipway_proto::event::{deployment_stream, environment_stream, StepDispatched};
 use slipway_proto::{Command, Envelope, Event};
-use slipway_store::event_store::Outgoing;
+use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
 use slipway_store::{EventStore, ExpectedVersion, RecordedEvent, StoreError};
 use uuid::Uuid;
 
-use crate::decider::{decide, Decision};
+use crate::decider::{decide, Decision, EnvironmentView};
 use crate::deployment::{fold, IllegalTransition};
+use crate::environment;
 
 /// The checkpoint name of the engine's subscription.
 pub const ENGINE_CHECKPOINT: &str = "engine";
@@ -35,13 +36,27 @@ pub enum DriverError {
     Illegal(#[from] IllegalTransition),
 }
 
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// How long a retired release's containers keep serving in-flight
+    /// requests before they are stopped.
+    pub drain_seconds: u64,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions { drain_seconds: 30 }
+    }
+}
+
 pub struct Driver {
     store: Arc<dyn EventStore>,
+    options: DriverOptions,
 }
 
 impl Driver {
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Driver { store }
+    pub fn new(store: Arc<dyn EventStore>, options: DriverOptions) -> Self {
+        Driver { store, options }
     }
 
     /// Follows the store until `shutdown` resolves.
@@ -53,9 +68,19 @@ impl Driver {
                 _ = &mut shutdown => return Ok(()),
                 batch = sub.next_batch(256) => batch?,
             };
-            let streams: BTreeSet<&str> =
-                batch.iter().map(|e| e.stream.as_str()).filter(|s| s.starts_with("deployment-")).collect();
-            for stream in streams {
+            let mut streams: BTreeSet<String> = BTreeSet::new();
+            for e in &batch {
+                if e.stream.starts_with("deployment-") {
+                    streams.insert(e.stream.clone());
+                } else if e.stream.starts_with("environment-") {
+                    // A deployment left or joined the queue: the head may start.
+                    let env = environment::fold(decode_all(&self.store.read_stream(&e.stream, 1).await?)
+                        .unwrap_or_default()
+                        .iter());
+                    streams.extend(env.queue.first().map(|d| deployment_stream(*d)));
+                }
+            }
+            for stream in &streams {
                 match self.advance(stream).await {
                     Ok(()) => {}
                     // A store outage: stop here without checkpointing; the
@@ -76,13 +101,24 @@ impl Driver {
             let recorded = self.store.read_stream(stream, 1).await?;
             let events = decode_all(&recorded)?;
             let Some(state) = fold(events.iter())? else { return Ok(()) };
-            let decisions = decide(&state);
+            let estream = environment_stream(&state.context.project, &state.context.environment);
+            let env = environment::fold(decode_all(&self.store.read_stream(&estream, 1).await?)?.iter());
+            let view = EnvironmentView {
+                may_start: env.may_start(state.id),
+                active: env.last_succeeded.map(|id| (id, env.active_containers.clone())),
+                drain_seconds: self.options.drain_seconds,
+            };
+            let decisions = decide(&state, &view);
             if decisions.is_empty() {
                 return Ok(());
             }
             let Some(cause) = recorded.last() else { return Ok(()) };
-            let (events, commands) = self.materialise(stream, &cause.envelope, decisions);
-            match self.store.append(stream, ExpectedVersion::Exactly(state.version), &events, &commands).await? {
+            let (events, env_events, commands) = self.materialise(stream, &estream, &cause.envelope, decisions);
+            let mut appends = vec![StreamAppend { stream, expected: ExpectedVersion::Exactly(state.version), events: &events }];
+            if !env_events.is_empty() {
+                appends.push(StreamAppend { stream: &estream, expected: ExpectedVersion::Exactly(env.version), events: &env_events });
+            }
+            match self.store.append_streams(&appends, &commands).await? {
                 Ok(_) => return Ok(()),
                 Err(conflict) => tracing::debug!(%conflict, "deployment moved while deciding; deciding again"),
             }
@@ -90,7 +126,13 @@ impl Driver {
     }
 
     /// Gives decisions ids, time, causation and trace context.
-    fn materialise(&self, stream: &str, cause: &Envelope, decisions: Vec<Decision>) -> (Vec<Envelope>, Vec<Outgoing>) {
+    fn materialise(
+        &self,
+        stream: &str,
+        env_stream: &str,
+        cause: &Envelope,
+        decisions: Vec<Decision>,
+    ) -> (Vec<Envelope>, Vec<Envelope>, Vec<Outgoing>) {
         let now = Utc::now();
         let meta = || {
             let mut m = Metadata::caused_by(cause);
@@ -99,10 +141,14 @@ impl Driver {
             m
         };
         let mut events = Vec::new();
+        let mut env_events = Vec::new();
         let mut commands = Vec::new();
         for decision in decisions {
             match decision {
                 Decision::Record(event) => events.extend(Envelope::new(Uuid::now_v7(), now, stream, &event, meta()).ok()),
+                Decision::RecordOnEnvironment(event) => {
+                    env_events.extend(Envelope::new(Uuid::now_v7(), now, env_stream, &event, meta()).ok())
+                }
                 Decision::Dispatch(command) => {
                     let Ok(envelope) = Envelope::new(Uuid::now_v7(), now, stream, &command, meta()) else { continue };
                     if let Command::RunStep(run) = &command {
@@ -117,7 +163,7 @@ impl Driver {
                 }
             }
         }
-        (events, commands)
+        (events, env_events, commands)
     }
 }
 

@@ -6,6 +6,9 @@
 pub mod decider;
 pub mod deployment;
 pub mod driver;
+pub mod environment;
+pub mod project;
+pub mod requests;
 
-pub use decider::{decide, Decision};
+pub use decider::{decide, Decision, EnvironmentView};
 pub use deployment::{evolve, Deployment, IllegalTransition, Status};

@@ -1,7 +1,7 @@
 //! The decider and the deployment projection, given / when / then, over
 //! named canned histories. No I/O.
 
-use slipway_engine::{decide, deployment::fold, Decision, Status};
+use slipway_engine::{decide, deployment::fold, Decision, EnvironmentView, Status};
 use slipway_proto::event::*;
 use slipway_proto::{Command, Event, Step};
 use uuid::Uuid;
@@ -85,14 +85,25 @@ fn health_check_fails() -> Vec<Event> {
 
 #[track_caller]
 fn check(given: &[Event], expect: &[&str]) {
+    check_queued(given, true, expect)
+}
+
+/// Like `check`, saying whether the deployment heads its environment's queue.
+#[track_caller]
+fn check_queued(given: &[Event], may_start: bool, expect: &[&str]) {
     let state = fold(given.iter()).expect("legal history").expect("a deployment");
-    let got: Vec<String> = decide(&state)
+    let env = EnvironmentView { may_start, active: Some((Uuid::from_u128(1), vec!["old-web".into()])), drain_seconds: 30 };
+    let got: Vec<String> = decide(&state, &env)
         .iter()
         .map(|d| match d {
             Decision::Dispatch(Command::RunStep(r)) => format!("dispatch {}", r.step),
             Decision::Dispatch(Command::RemoveContainers(r)) => format!("remove {}", r.containers.join(",")),
-            Decision::Dispatch(Command::RetireRelease(_)) => "retire".into(),
+            Decision::Dispatch(Command::RetireRelease(r)) => format!("retire {}", r.containers.join(",")),
             Decision::Record(e) => format!("record {}", slipway_proto::envelope::Message::message_type(e)),
+            Decision::RecordOnEnvironment(Event::DeploymentFinished(f)) => {
+                format!("finish {}", if f.succeeded { "succeeded" } else { "failed" })
+            }
+            Decision::RecordOnEnvironment(e) => format!("environment {}", slipway_proto::envelope::Message::message_type(e)),
         })
         .collect();
     assert_eq!(got, expect);
@@ -119,7 +130,7 @@ fn a_dispatched_step_waits_for_its_worker() {
 
 #[test]
 fn all_steps_done_means_success_and_then_nothing() {
-    check(&happy_path(), &["record DeploymentSucceeded"]);
+    check(&happy_path(), &["record DeploymentSucceeded", "finish succeeded", "retire old-web"]);
     let mut h = happy_path();
     h.push(Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "c0ffee".into() }));
     check(&h, &[]);
@@ -131,12 +142,12 @@ fn all_steps_done_means_success_and_then_nothing() {
 
 #[test]
 fn a_failed_build_fails_the_deployment_with_nothing_to_remove() {
-    check(&build_fails(), &["record DeploymentFailed"]);
+    check(&build_fails(), &["record DeploymentFailed", "finish failed"]);
 }
 
 #[test]
 fn a_failed_health_check_removes_the_new_containers() {
-    check(&health_check_fails(), &["record DeploymentFailed", "remove web-1,worker-1"]);
+    check(&health_check_fails(), &["record DeploymentFailed", "finish failed", "remove web-1,worker-1"]);
     let mut h = health_check_fails();
     h.push(Event::DeploymentFailed(DeploymentFailed { step: Step::HealthCheck, reason: "timed out".into() }));
     check(&h, &[]);
@@ -167,5 +178,36 @@ fn skipped_steps_count_as_done() {
         h.push(dispatched(step));
         h.push(Event::StepSkipped(StepSkipped { step, reason: "dry run".into() }));
     }
-    check(&h, &["record DeploymentSucceeded"]);
+    check(&h, &["record DeploymentSucceeded", "finish succeeded", "retire old-web"]);
+}
+
+#[test]
+fn a_deployment_queued_behind_another_waits_its_turn() {
+    check_queued(&[requested()], false, &[]);
+    check_queued(&[requested()], true, &["dispatch check_services"]);
+    // Once started, it carries on whatever the queue says.
+    check_queued(&happy_path()[..3], false, &["dispatch checkout"]);
+}
+
+#[test]
+fn failure_at_each_step_fails_the_deployment_at_that_step() {
+    for (n, step) in Step::PIPELINE.iter().enumerate() {
+        let mut h = happy_path()[..2 + 2 * n].to_vec();
+        h.push(Event::StepFailed(StepFailed { step: *step, reason: format!("{step} broke"), attempt: 1, details: vec![] }));
+        let state = fold(h.iter()).unwrap().unwrap();
+        assert_eq!(state.status, Status::Failed { step: *step, reason: format!("{step} broke") });
+        let decisions = decide(&state, &EnvironmentView { may_start: true, ..Default::default() });
+        assert!(matches!(&decisions[0], Decision::Record(Event::DeploymentFailed(f)) if f.step == *step), "{decisions:?}");
+    }
+}
+
+#[test]
+fn a_duplicate_outcome_changes_nothing() {
+    let mut h = happy_path()[..5].to_vec(); // .., ServicesChecked, dispatched checkout, CheckedOut
+    h.push(outcome(Step::CheckServices));
+    h.push(Event::StepFailed(StepFailed { step: Step::Checkout, reason: "late".into(), attempt: 1, details: vec![] }));
+    check(&h, &["dispatch build"]);
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert_eq!(state.completed, vec![Step::CheckServices, Step::Checkout]);
+    assert_eq!(state.status, Status::Running);
 }

@@ -25,6 +25,10 @@ pub struct DeploymentContext {
     pub run_release: bool,
     #[serde(default)]
     pub dry_run: bool,
+    /// The environment's settings as key -> fingerprint; workers resolve
+    /// the values from the store, so no value travels through the queue.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
     /// Set once checked out.
     #[serde(default)]
     pub commit: Option<String>,

@@ -37,6 +37,13 @@ pub struct ProjectCreated {
     #[serde(default)]
     pub mirror_of: Option<String>,
     pub environments: Vec<String>,
+    /// The ref deployed when none is given.
+    #[serde(default = "default_branch")]
+    pub default_branch: String,
+}
+
+fn default_branch() -> String {
+    "main".into()
 }
 
 /// Settings changed for one environment. Values stay outside the log: the
@@ -48,6 +55,26 @@ pub struct SettingsChanged {
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub removed: Vec<String>,
+    /// Which of the keys in `set` hold secrets (shown as such, never printed).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+/// A deployment joined its environment's queue: one deployment runs at a
+/// time per environment, in the order they were requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentEnqueued {
+    pub deployment_id: Uuid,
+}
+
+/// A deployment left its environment's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentFinished {
+    pub deployment_id: Uuid,
+    pub succeeded: bool,
+    /// On success: the containers of the release that now serves.
+    #[serde(default)]
+    pub containers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +265,8 @@ crate::message_family! {
         DeploymentSucceeded(DeploymentSucceeded) = 1,
         DeploymentFailed(DeploymentFailed) = 1,
         ContainersRemoved(ContainersRemoved) = 1,
+        DeploymentEnqueued(DeploymentEnqueued) = 1,
+        DeploymentFinished(DeploymentFinished) = 1,
         ReleaseActivated(ReleaseActivated) = 1,
         RouteAcknowledged(RouteAcknowledged) = 1,
     }

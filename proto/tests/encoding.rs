@@ -30,6 +30,7 @@ fn sample_events() -> Vec<Event> {
             repository: "file:///srv/hello".into(),
             mirror_of: None,
             environments: vec!["test".into(), "live".into()],
+            default_branch: "main".into(),
         }),
         Event::DeploymentRequested(DeploymentRequested {
             deployment_id: d,
@@ -85,6 +86,7 @@ fn commands_round_trip_and_name_their_queue() {
             no_cache: false,
             run_release: true,
             dry_run: false,
+            settings: Default::default(),
             commit: Some("abc".into()),
             config: json!({"web": {"port": 80}}),
             image_id: Some("sha256:1".into()),

@@ -17,7 +17,7 @@ use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::steps::Executor;
+use crate::steps::{Executor, Settings};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -106,7 +106,14 @@ pub async fn handle(
     }
     let span = tracing::info_span!("step", step = %command.step(), deployment = %deployment_of(&command),
         trace = envelope.trace.as_ref().map(|t| t.trace_id().to_string()).unwrap_or_default());
-    let event = tracing::Instrument::instrument(execute(executor, &command), span).await;
+    let settings = match resolve_settings(store, &command).await {
+        Ok(s) => s,
+        Err(e) => {
+            delivery.retry().await?;
+            return Err(e.into());
+        }
+    };
+    let event = tracing::Instrument::instrument(execute(executor, &command, &settings), span).await;
     let mut meta = Metadata::caused_by(&envelope);
     meta.actor = actor.to_string();
     let outcome = match Envelope::new(id, Utc::now(), &stream, &event, meta) {
@@ -122,9 +129,26 @@ pub async fn handle(
     }
 }
 
-async fn execute(executor: &dyn Executor, command: &Command) -> Event {
+/// The command's settings (key -> fingerprint) resolved to values. A value
+/// missing from the store stays missing; the step that needs it says so.
+async fn resolve_settings(store: &dyn EventStore, command: &Command) -> Result<Settings, StoreError> {
+    let Command::RunStep(run) = command else { return Ok(Settings::new()) };
+    let fingerprints: Vec<String> = run.context.settings.values().cloned().collect();
+    if fingerprints.is_empty() {
+        return Ok(Settings::new());
+    }
+    let values = store.values(&fingerprints).await?;
+    Ok(run
+        .context
+        .settings
+        .iter()
+        .filter_map(|(key, f)| values.get(f).map(|v| (key.clone(), v.clone())))
+        .collect())
+}
+
+async fn execute(executor: &dyn Executor, command: &Command, settings: &Settings) -> Event {
     match command {
-        Command::RunStep(c) => executor.run_step(c, &Default::default()).await,
+        Command::RunStep(c) => executor.run_step(c, settings).await,
         Command::RemoveContainers(c) => executor.remove_containers(c).await,
         Command::RetireRelease(c) => executor.retire(c).await,
     }

@@ -54,6 +54,7 @@ pub fn event(stream: &str, n: u64) -> Envelope {
         environment: format!("env-{n}"),
         set: [("KEY".to_string(), format!("sha256:{n:08}"))].into(),
         removed: vec![],
+        secrets: vec![],
     });
     let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: None, actor: "test".into(), trace: None };
     Envelope::new(Uuid::now_v7(), Utc::now(), stream, &e, meta).expect("encodable")

@@ -1,0 +1,68 @@
+//! The project projection: a project's repository, environments and
+//! settings (keys with fingerprints and which are secret, never values),
+//! folded from its `project-<name>` stream.
+
+use std::collections::BTreeMap;
+
+use slipway_proto::Event;
+
+/// One setting as the log knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub fingerprint: String,
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub name: String,
+    pub repository: String,
+    pub default_branch: String,
+    pub mirror_of: Option<String>,
+    /// Environment name -> its settings.
+    pub environments: BTreeMap<String, BTreeMap<String, Setting>>,
+    pub version: u64,
+}
+
+impl Project {
+    /// The settings of `environment` as key -> fingerprint.
+    pub fn fingerprints(&self, environment: &str) -> BTreeMap<String, String> {
+        self.environments
+            .get(environment)
+            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.fingerprint.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Folds a project's stream; `None` when it has no `ProjectCreated`.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> {
+    let mut project: Option<Project> = None;
+    for event in events {
+        match (event, project.as_mut()) {
+            (Event::ProjectCreated(c), None) => {
+                project = Some(Project {
+                    name: c.name.clone(),
+                    repository: c.repository.clone(),
+                    default_branch: c.default_branch.clone(),
+                    mirror_of: c.mirror_of.clone(),
+                    environments: c.environments.iter().map(|e| (e.clone(), BTreeMap::new())).collect(),
+                    version: 0,
+                });
+            }
+            (Event::SettingsChanged(s), Some(p)) => {
+                let env = p.environments.entry(s.environment.clone()).or_default();
+                for key in &s.removed {
+                    env.remove(key);
+                }
+                for (key, fingerprint) in &s.set {
+                    env.insert(key.clone(), Setting { fingerprint: fingerprint.clone(), secret: s.secrets.contains(key) });
+                }
+            }
+            _ => {}
+        }
+        if let Some(p) = project.as_mut() {
+            p.version += 1;
+        }
+    }
+    project
+}

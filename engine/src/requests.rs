@@ -1,0 +1,208 @@
+//! What users ask of Slipway — create a project, change settings, request a
+//! deployment — validated and recorded. A request that cannot be granted
+//! (bad name, unknown project, name taken) is a `Rejection` telling the user
+//! what to do; a store failure is a `StoreError`. The two never mix.
+
+use chrono::Utc;
+use slipway_proto::config::{is_dns_label, is_env_name};
+use slipway_proto::envelope::Metadata;
+use slipway_proto::event::{
+    deployment_stream, environment_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
+    ProjectCreated, SettingsChanged,
+};
+use slipway_proto::{Envelope, Event, TraceContext};
+use slipway_store::event_store::StreamAppend;
+use slipway_store::settings::fingerprint;
+use slipway_store::{EventStore, ExpectedVersion, StoreError};
+use uuid::Uuid;
+
+use crate::project::{self, Project};
+
+/// Why a request was refused, in words for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejection(pub String);
+
+pub type Outcome<T> = Result<Result<T, Rejection>, StoreError>;
+
+fn reject<T>(message: impl Into<String>) -> Outcome<T> {
+    Ok(Err(Rejection(message.into())))
+}
+
+fn envelope(stream: &str, event: &Event, correlation_id: Uuid, actor: &str, trace: Option<TraceContext>) -> Envelope {
+    let meta = Metadata { correlation_id, causation_id: None, actor: actor.into(), trace };
+    // Encoding our own event types cannot fail.
+    Envelope::new(Uuid::now_v7(), Utc::now(), stream, event, meta).unwrap_or_else(|e| panic!("encoding {stream}: {e}"))
+}
+
+pub async fn load_project(store: &dyn EventStore, name: &str) -> Result<Option<Project>, StoreError> {
+    let recorded = store.read_stream(&project_stream(name), 1).await?;
+    let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok()).collect();
+    Ok(project::fold(events.iter()))
+}
+
+/// Every project's name, from the log.
+pub async fn project_names(store: &dyn EventStore) -> Result<Vec<String>, StoreError> {
+    use futures::TryStreamExt;
+    let mut names = Vec::new();
+    let mut all = store.stream_all(slipway_store::Position::START);
+    while let Some(r) = all.try_next().await? {
+        if r.envelope.message_type == "ProjectCreated" && r.stream.starts_with("project-") {
+            names.push(r.stream["project-".len()..].to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProject {
+    pub name: String,
+    pub repository: String,
+    pub default_branch: String,
+    pub environments: Vec<String>,
+}
+
+pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject) -> Outcome<()> {
+    if !is_dns_label(&new.name) {
+        return reject(format!(
+            "project name `{}` must be 1-63 lowercase letters, digits or '-' (it becomes container and host names)",
+            new.name
+        ));
+    }
+    if let Some(bad) = new.environments.iter().find(|e| !is_dns_label(e)) {
+        return reject(format!("environment name `{bad}` must be 1-63 lowercase letters, digits or '-'"));
+    }
+    if new.environments.is_empty() {
+        return reject("a project needs at least one environment");
+    }
+    if new.repository.trim().is_empty() {
+        return reject("the repository must be a path or a file:// URL");
+    }
+    if new.default_branch.starts_with('-') || new.default_branch.trim().is_empty() {
+        return reject(format!("default branch `{}` is not a branch name", new.default_branch));
+    }
+    let stream = project_stream(&new.name);
+    let event = Event::ProjectCreated(ProjectCreated {
+        name: new.name.clone(),
+        repository: new.repository,
+        mirror_of: None,
+        environments: new.environments,
+        default_branch: new.default_branch,
+    });
+    let e = envelope(&stream, &event, Uuid::now_v7(), actor, None);
+    match store.append(&stream, ExpectedVersion::NoStream, &[e], &[]).await? {
+        Ok(_) => Ok(Ok(())),
+        Err(_) => reject(format!("project `{}` already exists", new.name)),
+    }
+}
+
+/// A setting to set: key, value, and whether the value is secret.
+#[derive(Debug, Clone)]
+pub struct SettingValue {
+    pub key: String,
+    pub value: String,
+    pub secret: bool,
+}
+
+/// Sets and removes settings of one environment. Values go to the value
+/// table; the event records keys and fingerprints only.
+pub async fn change_settings(
+    store: &dyn EventStore,
+    actor: &str,
+    project: &str,
+    environment: &str,
+    set: Vec<SettingValue>,
+    removed: Vec<String>,
+) -> Outcome<()> {
+    if let Some(bad) = set.iter().map(|s| &s.key).chain(&removed).find(|k| !is_env_name(k)) {
+        return reject(format!("setting name `{bad}` must be letters, digits and '_', not starting with a digit"));
+    }
+    let key = store.installation_key().await?;
+    loop {
+        let Some(p) = load_project(store, project).await? else {
+            return reject(format!("no project `{project}`; create it with `slipway project create`"));
+        };
+        if !p.environments.contains_key(environment) {
+            let known: Vec<_> = p.environments.keys().cloned().collect();
+            return reject(format!("project `{project}` has no environment `{environment}` (it has: {})", known.join(", ")));
+        }
+        let mut fingerprints = std::collections::BTreeMap::new();
+        for s in &set {
+            let f = fingerprint(&key, project, environment, &s.key, &s.value);
+            store.put_value(&f, &s.value).await?;
+            fingerprints.insert(s.key.clone(), f);
+        }
+        let event = Event::SettingsChanged(SettingsChanged {
+            environment: environment.into(),
+            set: fingerprints,
+            removed: removed.clone(),
+            secrets: set.iter().filter(|s| s.secret).map(|s| s.key.clone()).collect(),
+        });
+        let stream = project_stream(project);
+        let e = envelope(&stream, &event, Uuid::now_v7(), actor, None);
+        if store.append(&stream, ExpectedVersion::Exactly(p.version), &[e], &[]).await?.is_ok() {
+            return Ok(Ok(()));
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub project: String,
+    pub environment: String,
+    /// `None` deploys the project's default branch.
+    pub git_ref: Option<String>,
+    pub mode: BuildMode,
+    pub no_cache: bool,
+    pub run_release: bool,
+    pub dry_run: bool,
+}
+
+/// Records a deployment request and queues it on its environment; the
+/// engine starts it when it reaches the head of that queue.
+pub async fn request_deployment(store: &dyn EventStore, actor: &str, req: DeployRequest) -> Outcome<Uuid> {
+    let Some(p) = load_project(store, &req.project).await? else {
+        return reject(format!("no project `{}`; create it with `slipway project create`", req.project));
+    };
+    if !p.environments.contains_key(&req.environment) {
+        let known: Vec<_> = p.environments.keys().cloned().collect();
+        return reject(format!(
+            "project `{}` has no environment `{}` (it has: {})",
+            req.project,
+            req.environment,
+            known.join(", ")
+        ));
+    }
+    let git_ref = req.git_ref.unwrap_or_else(|| p.default_branch.clone());
+    if git_ref.starts_with('-') {
+        return reject(format!("ref `{git_ref}` looks like an option, not a branch, tag or commit"));
+    }
+    let id = Uuid::now_v7();
+    let requested = Event::DeploymentRequested(DeploymentRequested {
+        deployment_id: id,
+        project: p.name.clone(),
+        environment: req.environment.clone(),
+        repository: p.repository.clone(),
+        git_ref,
+        mode: req.mode,
+        no_cache: req.no_cache,
+        run_release: req.run_release,
+        settings: p.fingerprints(&req.environment),
+        dry_run: req.dry_run,
+    });
+    // One trace per deployment: its id is the deployment id.
+    let trace = Some(TraceContext::root(id.as_u128(), Uuid::now_v7().as_u128() as u64));
+    let dstream = deployment_stream(id);
+    let estream = environment_stream(&p.name, &req.environment);
+    let d = [envelope(&dstream, &requested, id, actor, trace.clone())];
+    let q = [envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace)];
+    let appends = [
+        StreamAppend { stream: &dstream, expected: ExpectedVersion::NoStream, events: &d },
+        StreamAppend { stream: &estream, expected: ExpectedVersion::Any, events: &q },
+    ];
+    match store.append_streams(&appends, &[]).await? {
+        Ok(_) => Ok(Ok(id)),
+        Err(c) => reject(format!("could not record the request: {c}")),
+    }
+}
