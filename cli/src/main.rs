@@ -2,29 +2,39 @@
 //! workers together for each way of running Slipway, and the client verbs.
 
 mod connect;
+mod follow;
+mod machinery;
 mod render;
+mod verbs;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use chrono::Utc;
-use clap::{Parser, Subcommand};
-use futures::future::{BoxFuture, FutureExt, Shared};
-use slipway_engine::driver::Driver;
-use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{deployment_stream, BuildMode, DeploymentRequested};
-use slipway_proto::{Envelope, Event, Step, TraceContext};
+use clap::{Args, Parser, Subcommand};
+use slipway_engine::requests::{self, DeployRequest, NewProject};
+use slipway_proto::event::{deployment_stream, BuildMode};
+use slipway_proto::{Event, Step};
 use slipway_store::chain;
-use slipway_store::queue::Queue;
-use slipway_store::relay::{Relay, RelayOptions};
-use slipway_store::{EventStore, ExpectedVersion};
-use slipway_workers::steps::dry_run::DryRun;
+use slipway_store::EventStore;
 use slipway_workers::WorkerOptions;
 use uuid::Uuid;
 
+use machinery::Parts;
+
 #[derive(Parser)]
-#[command(name = "slipway", version, about = "Slipway: a self-hosted deployment control panel built on an event log")]
+#[command(
+    name = "slipway",
+    version,
+    about = "Slipway: a self-hosted deployment control panel built on an event log",
+    long_about = "Slipway deploys an application's Git repository: it checks the backing services, checks out \
+the code, builds the Docker image, starts the containers, runs the release commands, starts the extra \
+processes and checks that the app answers, keeping the old release serving if anything fails. Every fact \
+is an event in an append-only, hash-chained log.\n\nWith no options everything runs in this process on \
+the embedded default: SQLite at .slipway/slipway.db and an in-process queue."
+)]
 struct Cli {
     /// The event store: sqlite://PATH (embedded default) or postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, global = true, env = "SLIPWAY_DATABASE", default_value = "sqlite://.slipway/slipway.db")]
@@ -32,26 +42,26 @@ struct Cli {
     /// The command queue: `memory` (in-process, embedded default) or amqp://USER:PASSWORD@HOST:PORT/VHOST.
     #[arg(long, global = true, env = "SLIPWAY_QUEUE", default_value = "memory")]
     queue: String,
+    /// Where workers keep checkouts and build/release logs.
+    #[arg(long, global = true, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
+    data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a dry-run deployment through the whole machinery (store, outbox,
-    /// relay, queue, decider, workers) in one process and show every event.
+    /// Walk a dry-run deployment through the whole machinery (store, outbox,
+    /// relay, queue, decider, workers) in this process and show every event.
     Demo {
-        /// The project name to record.
-        #[arg(long, default_value = "demo")]
-        project: String,
-        /// Give up waiting for the deployment after this many seconds.
+        /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
     /// Run the engine, the outbox relay and the step workers in one process.
-    AllInOne,
+    AllInOne(ServeArgs),
     /// Run the engine and the outbox relay (no step workers).
-    Server,
+    Server(ServeArgs),
     /// Run step workers that compete for the step queues.
     Worker {
         /// Steps to serve, comma-separated (default: all).
@@ -61,42 +71,113 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         prefetch: u16,
     },
+    /// Create, list and show projects.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Set, unset and list an environment's settings (environment variables).
+    #[command(subcommand)]
+    Env(EnvCmd),
+    /// Deploy a project's environment and follow it live; exits non-zero if it fails.
+    Deploy(DeployArgs),
+    /// What an environment serves now, and what is running or queued.
+    Status { project: String, env: String },
+    /// A project's deployments, oldest first.
+    Deployments { project: String },
+    /// A deployment's events with its build and release logs.
+    Logs { deployment: Uuid },
     /// Print a stream's events (a deployment's is `deployment-<ID>`).
     Events { stream: String },
     /// Audit the event log.
     #[command(subcommand)]
-    Audit(Audit),
+    Audit(AuditCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Seconds a retired release keeps serving in-flight requests before it is stopped.
+    #[arg(long, default_value_t = 30)]
+    drain: u64,
 }
 
 #[derive(Subcommand)]
-enum Audit {
+enum ProjectCmd {
+    /// Create a project from a Git repository (a local path or file:// URL).
+    Create {
+        name: String,
+        #[arg(long)]
+        repo: String,
+        /// The ref deployed when `deploy` is given none.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Environments (default: test and live).
+        #[arg(long = "env", default_values_t = ["test".to_string(), "live".to_string()])]
+        environments: Vec<String>,
+    },
+    List,
+    Show { name: String },
+}
+
+#[derive(Subcommand)]
+enum EnvCmd {
+    /// Set KEY=VALUE settings; with --secret the values are never shown.
+    Set {
+        project: String,
+        env: String,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[arg(long)]
+        secret: bool,
+    },
+    Unset {
+        project: String,
+        env: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    List { project: String, env: String },
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    project: String,
+    env: String,
+    /// Branch, tag or commit (default: the project's branch).
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
+    /// Local mode: layer cache on, release commands only with --migrate
+    /// (the default when everything runs in this process).
+    #[arg(long, conflicts_with = "cloud")]
+    local: bool,
+    /// Cloud mode: no layer cache, release commands always run
+    /// (the default with a shared server and workers).
+    #[arg(long)]
+    cloud: bool,
+    /// Build without the layer cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Run the release commands in local mode too.
+    #[arg(long)]
+    migrate: bool,
+    /// Walk the pipeline without side effects.
+    #[arg(long)]
+    dry_run: bool,
+    /// Stop following after this many seconds (the deployment goes on).
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+    /// Seconds the replaced release keeps serving before it is stopped
+    /// (in-process runs only; a server has its own --drain).
+    #[arg(long, default_value_t = 0)]
+    drain: u64,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
     /// Check every stream's hash chain and report each changed, removed or reordered event.
     Verify,
 }
 
-type Shutdown = Shared<BoxFuture<'static, ()>>;
-
-/// Resolves on ctrl-c or SIGTERM.
-fn shutdown_signal() -> Shutdown {
-    async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return std::mem::drop(ctrl_c.await),
-            };
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-    }
-    .boxed()
-    .shared()
-}
-
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -106,28 +187,39 @@ async fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("slipway: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "local".into())
+}
+
+fn all_workers(actor: String) -> WorkerOptions {
+    WorkerOptions { steps: Step::ALL.to_vec(), prefetch: 4, actor }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let store = connect::store(&cli.database).await?;
+    let data_dir = cli.data_dir.clone();
+    let embedded = cli.queue == "memory";
     match cli.command {
-        Command::Demo { project, timeout } => {
+        Command::Demo { timeout } => {
             let queue = connect::queue(&cli.queue).await?;
-            demo(store, queue, &project, Duration::from_secs(timeout)).await
+            demo(store, queue, &data_dir, Duration::from_secs(timeout)).await
         }
-        Command::AllInOne => {
+        Command::AllInOne(args) => {
             let queue = connect::queue(&cli.queue).await?;
-            let shutdown = shutdown_signal();
-            serve(store, queue, true, true, WorkerOptions::default(), shutdown).await?;
-            Ok(std::process::ExitCode::SUCCESS)
+            let parts = Parts { engine: true, workers: Some(all_workers(format!("worker:{}", hostname()))), drain_seconds: args.drain };
+            machinery::serve(store, queue, machinery::pipeline(&data_dir), parts, machinery::on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Server => {
+        Command::Server(args) => {
             let queue = connect::queue(&cli.queue).await?;
-            serve(store, queue, true, false, WorkerOptions::default(), shutdown_signal()).await?;
-            Ok(std::process::ExitCode::SUCCESS)
+            let parts = Parts { engine: true, workers: None, drain_seconds: args.drain };
+            machinery::serve(store, queue, machinery::pipeline(&data_dir), parts, machinery::on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Worker { steps, prefetch } => {
             let queue = connect::queue(&cli.queue).await?;
@@ -136,153 +228,196 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 prefetch,
                 actor: format!("worker:{}", hostname()),
             };
-            serve(store, queue, false, true, options, shutdown_signal()).await?;
-            Ok(std::process::ExitCode::SUCCESS)
+            let parts = Parts { engine: false, workers: Some(options), drain_seconds: 0 };
+            machinery::serve(store, queue, machinery::pipeline(&data_dir), parts, machinery::on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Project(ProjectCmd::Create { name, repo, branch, environments }) => {
+            verbs::project_create(&*store, NewProject { name, repository: absolute_repo(&repo), default_branch: branch, environments }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Project(ProjectCmd::List) => verbs::project_list(&*store).await.map(|_| ExitCode::SUCCESS),
+        Command::Project(ProjectCmd::Show { name }) => verbs::project_show(&*store, &name).await.map(|_| ExitCode::SUCCESS),
+        Command::Env(EnvCmd::Set { project, env, pairs, secret }) => {
+            let set = verbs::parse_assignments(&pairs, secret)?;
+            verbs::env_set(&*store, &project, &env, set).await.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCmd::Unset { project, env, keys }) => {
+            verbs::env_unset(&*store, &project, &env, keys).await.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCmd::List { project, env }) => verbs::env_list(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
+        Command::Deploy(args) => deploy(store, &cli.queue, embedded, &data_dir, args).await,
+        Command::Status { project, env } => verbs::status(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
+        Command::Deployments { project } => verbs::deployments(&*store, &project).await.map(|_| ExitCode::SUCCESS),
+        Command::Logs { deployment } => verbs::logs(&*store, deployment, &data_dir).await.map(|_| ExitCode::SUCCESS),
         Command::Events { stream } => {
             let events = store.read_stream(&stream, 1).await?;
             if events.is_empty() {
                 bail!("stream `{stream}` has no events");
             }
-            for e in &events {
-                println!("{}", render::line(e));
-            }
-            Ok(std::process::ExitCode::SUCCESS)
+            events.iter().for_each(|e| println!("{}", render::line(e)));
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(Audit::Verify) => audit_verify(&*store).await,
+        Command::Audit(AuditCmd::Verify) => audit_verify(&*store).await,
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "local".into())
+/// A relative repository path is made absolute: workers may run elsewhere.
+fn absolute_repo(repo: &str) -> String {
+    let path = std::path::Path::new(repo);
+    if repo.contains("://") || path.is_absolute() {
+        return repo.to_string();
+    }
+    std::fs::canonicalize(path).map(|p| p.display().to_string()).unwrap_or_else(|_| repo.to_string())
 }
 
-/// Runs the engine side (driver + relay) and/or the worker side until shutdown.
-async fn serve(
+async fn deploy(
     store: Arc<dyn EventStore>,
-    queue: Arc<dyn Queue>,
-    engine: bool,
-    workers: bool,
-    options: WorkerOptions,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let mut tasks = tokio::task::JoinSet::new();
-    if engine {
-        let relay = Relay::new(store.clone(), queue.clone(), RelayOptions::default());
-        tasks.spawn(relay.run(shutdown.clone()).map(Ok));
-        let (store, shutdown) = (store.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            // The driver stops on a store outage; restart it after a pause.
-            loop {
-                match Driver::new(store.clone()).run(shutdown.clone()).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => tracing::error!(error = %e, "engine stopped; restarting in 1 s"),
-                }
-                tokio::select! {
-                    _ = shutdown.clone() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        });
+    queue_url: &str,
+    embedded: bool,
+    data_dir: &std::path::Path,
+    args: DeployArgs,
+) -> anyhow::Result<ExitCode> {
+    let mode = if args.local || (!args.cloud && embedded) { BuildMode::Local } else { BuildMode::Cloud };
+    let request = DeployRequest {
+        project: args.project.clone(),
+        environment: args.env.clone(),
+        git_ref: args.git_ref,
+        mode,
+        no_cache: args.no_cache,
+        run_release: mode == BuildMode::Cloud || args.migrate,
+        dry_run: args.dry_run,
+    };
+    // In-process runs bring their own engine and workers; otherwise a
+    // server and workers elsewhere pick the request up.
+    let running = if embedded {
+        let queue = connect::queue(queue_url).await?;
+        let (stop, shutdown) = machinery::manual();
+        let parts = Parts { engine: true, workers: Some(all_workers(verbs::actor())), drain_seconds: args.drain };
+        let task = tokio::spawn(machinery::serve(store.clone(), queue, machinery::pipeline(data_dir), parts, shutdown));
+        Some((stop, task))
+    } else {
+        None
+    };
+    let id = match requests::request_deployment(&*store, &verbs::actor(), request).await? {
+        Ok(id) => id,
+        Err(rejection) => bail!("{rejection}"),
+    };
+    println!("deployment {id}: {} {} ({mode:?} mode)\n", args.project, args.env);
+    let ending = follow::follow(&*store, id, Some(&data_dir.join("logs")), Duration::from_secs(args.timeout)).await?;
+    if let Some((stop, task)) = running {
+        // The in-process queue dies with this process: let the clean-up
+        // the deployment just asked for (retire or remove) finish first.
+        wait_for_cleanup(&*store, id, ending.succeeded, Duration::from_secs(args.drain + 60)).await;
+        let _ = stop.send(());
+        task.await.context("the engine panicked")??;
     }
-    if workers {
-        let (store, queue, shutdown) = (store.clone(), queue.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            slipway_workers::run(queue, store, Arc::new(DryRun), options, shutdown)
-                .await
-                .context("running the step workers")
-        });
+    if ending.succeeded {
+        match ending.web_port {
+            Some(port) => println!("\n{} {} is served at http://127.0.0.1:{port}/", args.project, args.env),
+            None => println!("\ndeployment {id} succeeded"),
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let step = ending.failed_step.map(|s| s.to_string()).unwrap_or_default();
+        eprintln!("\ndeployment {id} failed at {step}: {}", ending.reason);
+        eprintln!("the previous release (if any) keeps serving; details: slipway logs {id}");
+        Ok(ExitCode::FAILURE)
     }
-    while let Some(done) = tasks.join_next().await {
-        done.context("a task panicked")??;
+}
+
+/// Waits until the commands a finished deployment dispatched have been
+/// carried out: the previous release retired, or the failed one's
+/// containers removed. Gives up quietly after `limit`.
+async fn wait_for_cleanup(store: &dyn EventStore, id: Uuid, succeeded: bool, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut wake = store.wakeups();
+    loop {
+        let Ok(recorded) = store.read_stream(&deployment_stream(id), 1).await else { return };
+        let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode().ok()).collect();
+        let Ok(Some(d)) = slipway_engine::deployment::fold(events.iter()) else { return };
+        let pending = if succeeded {
+            previous_release_pending(store, &d).await
+        } else {
+            !d.containers.is_empty()
+        };
+        if !pending || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        slipway_store::subscription::wait_for_wakeup(&mut wake, Duration::from_millis(200)).await;
     }
-    Ok(())
+}
+
+/// Is a retire of the release this deployment replaced still outstanding?
+async fn previous_release_pending(store: &dyn EventStore, d: &slipway_engine::Deployment) -> bool {
+    let env_stream = slipway_proto::event::environment_stream(&d.context.project, &d.context.environment);
+    let Ok(recorded) = store.read_stream(&env_stream, 1).await else { return false };
+    let finished = |r: &slipway_store::RecordedEvent| match r.envelope.decode::<Event>() {
+        Ok(Event::DeploymentFinished(f)) if f.succeeded && !f.containers.is_empty() => Some(f.deployment_id),
+        _ => None,
+    };
+    let Some(mine) = recorded.iter().position(|r| finished(r) == Some(d.id)) else { return false };
+    // The release this one replaced: the success recorded just before it.
+    let Some(previous) = recorded[..mine].iter().rev().find_map(finished) else { return false };
+    let since = recorded[mine].recorded_at;
+    let Ok(prev) = store.read_stream(&deployment_stream(previous), 1).await else { return false };
+    !prev.iter().any(|r| r.envelope.message_type == "ContainersRemoved" && r.recorded_at >= since)
 }
 
 async fn demo(
     store: Arc<dyn EventStore>,
-    queue: Arc<dyn Queue>,
-    project: &str,
+    queue: Arc<dyn slipway_store::queue::Queue>,
+    data_dir: &std::path::Path,
     timeout: Duration,
-) -> anyhow::Result<std::process::ExitCode> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let shutdown: Shutdown = async move {
-        let _ = stopped.await;
+) -> anyhow::Result<ExitCode> {
+    if requests::load_project(&*store, "demo").await?.is_none() {
+        let repo = std::env::current_dir()?.display().to_string();
+        let new = NewProject { name: "demo".into(), repository: repo, default_branch: "HEAD".into(), environments: vec!["test".into()] };
+        if let Err(rejection) = requests::create_project(&*store, &verbs::actor(), new).await? {
+            bail!("{rejection}");
+        }
     }
-    .boxed()
-    .shared();
-    let machinery = tokio::spawn(serve(store.clone(), queue, true, true, WorkerOptions::default(), shutdown));
-
-    let id = Uuid::now_v7();
-    let stream = deployment_stream(id);
-    let request = Event::DeploymentRequested(DeploymentRequested {
-        deployment_id: id,
-        project: project.into(),
+    let (stop, shutdown) = machinery::manual();
+    let parts = Parts { engine: true, workers: Some(all_workers("worker".into())), drain_seconds: 0 };
+    let machinery = tokio::spawn(machinery::serve(store.clone(), queue, machinery::pipeline(data_dir), parts, shutdown));
+    let request = DeployRequest {
+        project: "demo".into(),
         environment: "test".into(),
-        repository: std::env::current_dir()?.display().to_string(),
-        git_ref: "HEAD".into(),
+        git_ref: None,
         mode: BuildMode::Local,
         no_cache: false,
         run_release: true,
-        settings: Default::default(),
         dry_run: true,
-    });
-    let meta = Metadata {
-        correlation_id: id,
-        causation_id: None,
-        actor: format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
-        // One trace per deployment: the trace id is the deployment id.
-        trace: Some(TraceContext::root(id.as_u128(), Uuid::now_v7().as_u128() as u64)),
     };
-    let envelope = Envelope::new(Uuid::now_v7(), Utc::now(), &stream, &request, meta)?;
-    store.append(&stream, ExpectedVersion::NoStream, &[envelope], &[]).await??;
+    let id = match requests::request_deployment(&*store, &verbs::actor(), request).await? {
+        Ok(id) => id,
+        Err(rejection) => bail!("{rejection}"),
+    };
     println!("deployment {id} (dry run) on the {} store\n", store.backend());
-
-    let mut wake = store.wakeups();
-    let mut next = 1;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let verdict = loop {
-        let mut verdict = None;
-        for recorded in store.read_stream(&stream, next).await? {
-            next = recorded.version + 1;
-            println!("{}", render::line(&recorded));
-            match recorded.envelope.decode::<Event>() {
-                Ok(Event::DeploymentSucceeded(_)) => verdict = Some(true),
-                Ok(Event::DeploymentFailed(_)) => verdict = Some(false),
-                _ => {}
-            }
-        }
-        if let Some(v) = verdict {
-            break v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("deployment {id} did not finish within {timeout:?}");
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(200), wake.changed()).await;
-    };
+    let ending = follow::follow(&*store, id, None, timeout).await?;
     let _ = stop.send(());
     machinery.await.context("the engine panicked")??;
     let report = chain::verify(&store.chain_rows().await?);
     println!(
         "\n{}; audit: {} events in {} streams, hash chains {}",
-        if verdict { "deployment succeeded" } else { "deployment failed" },
+        if ending.succeeded { "deployment succeeded" } else { "deployment failed" },
         report.events,
         report.streams,
         if report.is_intact() { "intact" } else { "BROKEN" }
     );
-    Ok(if verdict && report.is_intact() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    Ok(if ending.succeeded && report.is_intact() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn audit_verify(store: &dyn EventStore) -> anyhow::Result<std::process::ExitCode> {
+async fn audit_verify(store: &dyn EventStore) -> anyhow::Result<ExitCode> {
     let report = chain::verify(&store.chain_rows().await?);
     for finding in &report.findings {
         println!("TAMPERED {finding}");
     }
-    println!(
-        "{} events in {} streams checked; {}",
-        report.events,
-        report.streams,
-        if report.is_intact() { "every hash chain is intact".to_string() } else { format!("{} stream(s) tampered with", report.findings.len()) }
-    );
-    Ok(if report.is_intact() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    let verdict = if report.is_intact() {
+        "every hash chain is intact".to_string()
+    } else {
+        format!("{} stream(s) tampered with", report.findings.len())
+    };
+    println!("{} events in {} streams checked; {verdict}", report.events, report.streams);
+    Ok(if report.is_intact() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -33,6 +33,8 @@ pub fn describe(event: &Event) -> String {
         Event::DeploymentSucceeded(s) => format!("commit {} image {}", or_dash(&s.commit), or_dash(&s.image_id)),
         Event::DeploymentFailed(f) => format!("at {}: {}", f.step, f.reason),
         Event::ContainersRemoved(r) => format!("{} container(s) removed", r.containers.len()),
+        Event::DeploymentEnqueued(q) => format!("deployment {} queued", q.deployment_id),
+        Event::DeploymentFinished(f) => format!("deployment {} {}", f.deployment_id, if f.succeeded { "succeeded" } else { "failed" }),
         Event::ReleaseActivated(a) => format!("deployment {} (route version {})", a.deployment_id, a.route_version),
         Event::RouteAcknowledged(a) => format!("router {} at route version {}", a.router_id, a.route_version),
     }

@@ -1,0 +1,171 @@
+//! The client verbs that read or change projects, settings and
+//! deployments directly in the store.
+
+use anyhow::{bail, Context};
+use futures::TryStreamExt;
+use slipway_engine::requests::{self, NewProject, SettingValue};
+use slipway_proto::event::{deployment_stream, environment_stream};
+use slipway_proto::Event;
+use slipway_store::{EventStore, Position};
+use uuid::Uuid;
+
+use crate::render;
+
+/// Who the events name as their actor.
+pub fn actor() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+}
+
+fn granted<T>(outcome: Result<Result<T, requests::Rejection>, slipway_store::StoreError>) -> anyhow::Result<T> {
+    match outcome? {
+        Ok(v) => Ok(v),
+        Err(rejection) => bail!("{rejection}"),
+    }
+}
+
+pub async fn project_create(store: &dyn EventStore, new: NewProject) -> anyhow::Result<()> {
+    let name = new.name.clone();
+    let envs = new.environments.join(", ");
+    granted(requests::create_project(store, &actor(), new).await)?;
+    println!("project {name} created with environments {envs}");
+    Ok(())
+}
+
+pub async fn project_list(store: &dyn EventStore) -> anyhow::Result<()> {
+    for name in requests::project_names(store).await? {
+        if let Some(p) = requests::load_project(store, &name).await? {
+            println!("{:<24} {}  ({})", p.name, p.repository, p.environments.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
+    }
+    Ok(())
+}
+
+pub async fn project_show(store: &dyn EventStore, name: &str) -> anyhow::Result<()> {
+    let Some(p) = requests::load_project(store, name).await? else { bail!("no project `{name}`") };
+    println!("project     {}\nrepository  {}\nbranch      {}", p.name, p.repository, p.default_branch);
+    for (env, settings) in &p.environments {
+        println!("environment {env}: {} setting(s)", settings.len());
+    }
+    Ok(())
+}
+
+/// Parses `KEY=VALUE` arguments.
+pub fn parse_assignments(pairs: &[String], secret: bool) -> anyhow::Result<Vec<SettingValue>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').with_context(|| format!("`{pair}`: expected KEY=VALUE"))?;
+            Ok(SettingValue { key: key.into(), value: value.into(), secret })
+        })
+        .collect()
+}
+
+pub async fn env_set(store: &dyn EventStore, project: &str, env: &str, set: Vec<SettingValue>) -> anyhow::Result<()> {
+    let keys: Vec<String> = set.iter().map(|s| s.key.clone()).collect();
+    granted(requests::change_settings(store, &actor(), project, env, set, vec![]).await)?;
+    println!("{project} {env}: set {}", keys.join(", "));
+    Ok(())
+}
+
+pub async fn env_unset(store: &dyn EventStore, project: &str, env: &str, keys: Vec<String>) -> anyhow::Result<()> {
+    granted(requests::change_settings(store, &actor(), project, env, vec![], keys.clone()).await)?;
+    println!("{project} {env}: removed {}", keys.join(", "));
+    Ok(())
+}
+
+pub async fn env_list(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
+    let Some(p) = requests::load_project(store, project).await? else { bail!("no project `{project}`") };
+    let Some(settings) = p.environments.get(env) else { bail!("project `{project}` has no environment `{env}`") };
+    let fingerprints: Vec<String> = settings.values().map(|s| s.fingerprint.clone()).collect();
+    let values = store.values(&fingerprints).await?;
+    for (key, s) in settings {
+        let shown = if s.secret { "(secret)".to_string() } else { values.get(&s.fingerprint).cloned().unwrap_or_default() };
+        println!("{key}={shown}    [{}]", s.fingerprint);
+    }
+    Ok(())
+}
+
+pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
+    let recorded = store.read_stream(&environment_stream(project, env), 1).await?;
+    let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode().ok()).collect();
+    let state = slipway_engine::environment::fold(events.iter());
+    match state.last_succeeded {
+        None => println!("{project} {env}: nothing deployed yet"),
+        Some(id) => {
+            let d = deployment(store, id).await?;
+            println!(
+                "{project} {env}: serving deployment {id}\n  commit {}\n  image  {}\n  web    {}",
+                d.context.commit.unwrap_or_default(),
+                d.context.image_id.unwrap_or_default(),
+                d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")).unwrap_or_else(|| "-".into())
+            );
+        }
+    }
+    for (n, id) in state.queue.iter().enumerate() {
+        println!("  {} {id}", if n == 0 { "running" } else { "queued " });
+    }
+    Ok(())
+}
+
+async fn deployment(store: &dyn EventStore, id: Uuid) -> anyhow::Result<slipway_engine::Deployment> {
+    let recorded = store.read_stream(&deployment_stream(id), 1).await?;
+    let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode().ok()).collect();
+    slipway_engine::deployment::fold(events.iter())?.with_context(|| format!("no deployment {id}"))
+}
+
+pub async fn deployments(store: &dyn EventStore, project: &str) -> anyhow::Result<()> {
+    let mut all = store.stream_all(Position::START);
+    let mut ids = Vec::new();
+    while let Some(r) = all.try_next().await? {
+        if let Ok(Event::DeploymentRequested(req)) = r.envelope.decode::<Event>() {
+            if req.project == project {
+                ids.push(req.deployment_id);
+            }
+        }
+    }
+    for id in ids {
+        let d = deployment(store, id).await?;
+        let status = match &d.status {
+            slipway_engine::Status::Running => "running".to_string(),
+            slipway_engine::Status::Succeeded => "succeeded".to_string(),
+            slipway_engine::Status::Failed { step, reason } => format!("failed at {step}: {reason}"),
+        };
+        println!(
+            "{id}  {:<6} {:<12} {:<10} {status}",
+            d.context.environment,
+            d.context.git_ref,
+            d.context.commit.as_deref().map(|c| &c[..c.len().min(10)]).unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+pub async fn logs(store: &dyn EventStore, id: Uuid, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let recorded = store.read_stream(&deployment_stream(id), 1).await?;
+    if recorded.is_empty() {
+        bail!("no deployment {id}");
+    }
+    for r in &recorded {
+        println!("{}", render::line(r));
+        let log_refs: Vec<String> = match r.envelope.decode::<Event>() {
+            Ok(Event::ImageBuilt(b)) => b.log_ref.into_iter().collect(),
+            Ok(Event::ReleaseCommandsRan(rc)) => rc.results.into_iter().filter_map(|c| c.log_ref).collect(),
+            Ok(Event::StepFailed(f)) => {
+                for d in f.details {
+                    println!("     | {d}");
+                }
+                vec![]
+            }
+            _ => vec![],
+        };
+        for log in log_refs {
+            let path = std::path::Path::new(&log);
+            let path = if path.is_absolute() { path.to_path_buf() } else { data_dir.join(path) };
+            match std::fs::read_to_string(&path) {
+                Ok(text) => text.lines().for_each(|l| println!("     | {l}")),
+                Err(e) => println!("     (log {} unavailable: {e})", path.display()),
+            }
+        }
+    }
+    Ok(())
+}
