@@ -7,6 +7,7 @@
 //! queue (`<queue>.dead`) instead of crash-looping a consumer.
 
 pub mod memory;
+pub mod namespaced;
 pub mod rabbitmq;
 
 use async_trait::async_trait;
@@ -66,10 +67,15 @@ pub trait Queue: Send + Sync + 'static {
     async fn delete(&self, queue: &str) -> Result<(), QueueError>;
 }
 
+/// One subscription to a queue. Dropping it is like its worker crashing:
+/// every delivery it handed out and that is still unsettled goes back to the
+/// queue with its attempt raised, and settling one of those afterwards does
+/// nothing (keep the consumer alive until in-flight work is settled).
 #[async_trait]
 pub trait Consumer: Send {
     /// The next delivery. Waits while the queue is empty or the broker is
     /// being reconnected; `None` only once the backend is shut down.
+    /// Cancel-safe: nothing is lost if the future is dropped (`select!`).
     async fn next(&mut self) -> Option<Delivery>;
 }
 
@@ -117,4 +123,11 @@ impl Delivery {
 /// The dead-letter queue of `queue`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
+}
+
+/// The reason recorded for a message that was delivered `attempts` times
+/// without being acked; one wording for both backends so that operators and
+/// tests see the same thing whichever runs.
+pub(crate) fn exhausted_reason(attempts: u32) -> String {
+    format!("failed {attempts} attempts (delivery limit exceeded)")
 }
