@@ -1,0 +1,287 @@
+//! The app's source through git2, shared by the services check (which reads
+//! `slipway.toml` at a ref before anything is checked out) and the checkout,
+//! so that both accept the same repositories and refs, resolve a ref to the
+//! same commit and fail with the same reasons. It owns: which repository
+//! addresses this build can reach (local paths and file:// URLs; git2 is
+//! built without https/ssh), which refs are safe to hand to git, ref
+//! resolution, fetching into a fresh repository, and reading one file at a
+//! commit. git2 types stay in this file; callers see strings and paths.
+
+use std::path::{Path, PathBuf};
+
+use git2::build::CheckoutBuilder;
+use git2::{AutotagOption, ErrorCode, FetchOptions, ObjectType, Oid, Repository, StatusOptions};
+
+use super::check_services::{percent_decode, redact_url};
+
+/// Why a repository or a ref cannot be used. The text is the step's failure reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("no ref given; name a branch, tag or commit SHA")]
+    EmptyRef,
+    #[error("ref `{0}` looks like an option")]
+    OptionLikeRef(String),
+    #[error("ref `{git_ref}` is refused: it contains {what}")]
+    UnsafeRef { git_ref: String, what: &'static str },
+    #[error("repository `{0}`: only local paths and file:// URLs are supported by this build")]
+    UnsupportedTransport(String),
+    #[error("cannot open repository {repo}: {why}")]
+    CannotOpen { repo: String, why: String },
+    #[error("ref `{git_ref}` not found in {repo}")]
+    RefNotFound { git_ref: String, repo: String },
+    #[error("ref `{git_ref}` is ambiguous in {repo}: several objects start with it; give more of the SHA")]
+    AmbiguousRef { git_ref: String, repo: String },
+    #[error("ref `{git_ref}` in {repo} does not point to a commit")]
+    NotACommit { git_ref: String, repo: String },
+    #[error("cannot fetch {repo}: {why}")]
+    Fetch { repo: String, why: String },
+    #[error("cannot read repository {repo}: {why}")]
+    Read { repo: String, why: String },
+    #[error("{file} at commit {commit}: {why}")]
+    BadFile { file: String, commit: String, why: String },
+    #[error("cannot prepare the checkout in {path}: {why}")]
+    Workspace { path: String, why: String },
+}
+
+/// A bigger `slipway.toml` is a mistake (or an attack on the worker's memory).
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Git's mode for a symbolic link in a tree.
+const SYMLINK_MODE: i32 = 0o120000;
+
+/// Refuses refs that could change what git does rather than name a commit:
+/// an option (`--upload-pack=...`), a range (`a..b`), or text that could
+/// forge lines in logs and messages (control characters, whitespace).
+/// Runs before any repository is touched.
+pub fn validate_ref(git_ref: &str) -> Result<(), SourceError> {
+    // Shown escaped, so a refused ref cannot inject control characters into the reason.
+    let shown = || git_ref.escape_debug().to_string();
+    if git_ref.is_empty() {
+        return Err(SourceError::EmptyRef);
+    }
+    if git_ref.starts_with('-') {
+        return Err(SourceError::OptionLikeRef(shown()));
+    }
+    let what = if git_ref.chars().any(char::is_control) {
+        "a control character"
+    } else if git_ref.chars().any(char::is_whitespace) {
+        "whitespace"
+    } else if git_ref.contains("..") {
+        "`..` (a range names many commits; name one)"
+    } else {
+        return Ok(());
+    };
+    Err(SourceError::UnsafeRef { git_ref: shown(), what })
+}
+
+/// The local path a repository address names: a path as given, or the path
+/// of a `file://` URL. Anything that needs a network transport is refused
+/// here with a clear reason, instead of libgit2's "unsupported URL protocol".
+pub fn source_path(repository: &str) -> Result<PathBuf, SourceError> {
+    let unsupported = || SourceError::UnsupportedTransport(shown_repository(repository));
+    if repository.is_empty() {
+        return Err(SourceError::CannotOpen { repo: "``".into(), why: "no repository given".into() });
+    }
+    if let Some(rest) = repository.strip_prefix("file://") {
+        // file:///path or file://localhost/path; another host would need a network.
+        let slash = rest.find('/').unwrap_or(rest.len());
+        if !matches!(&rest[..slash], "" | "localhost") {
+            return Err(unsupported());
+        }
+        let path = percent_decode(&rest[slash..]).ok_or_else(|| SourceError::CannotOpen {
+            repo: shown_repository(repository),
+            why: "the file:// URL has a malformed %-escape or is not UTF-8".into(),
+        })?;
+        return Ok(PathBuf::from(path));
+    }
+    // `https://...`, `ssh://...`, and git's scp-like `user@host:path` (a colon
+    // before the first slash).
+    let first_segment = repository.split('/').next().unwrap_or_default();
+    if repository.contains("://") || first_segment.contains(':') {
+        return Err(unsupported());
+    }
+    Ok(PathBuf::from(repository))
+}
+
+/// A repository address as it may appear in an event: no credentials, even
+/// a token in the user part of an https URL.
+fn shown_repository(repository: &str) -> String {
+    let redacted = redact_url(repository);
+    let Some(scheme_end) = redacted.find("://") else { return redacted };
+    let rest = &redacted[scheme_end + 3..];
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}***{}", &redacted[..scheme_end + 3], &rest[at..]),
+        None => redacted,
+    }
+}
+
+/// Where a ref's names live: in the source repository itself, or in a
+/// repository that fetched from it (branches under `refs/remotes/origin/`).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    head: &'static str,
+    branches: &'static str,
+}
+
+const SOURCE: Layout = Layout { head: "HEAD", branches: "refs/heads/" };
+const FETCHED: Layout = Layout { head: "refs/remotes/origin/HEAD", branches: "refs/remotes/origin/" };
+
+/// What we ask of the source: every branch, every tag (annotated tag objects
+/// included, so a tag SHA resolves), and its HEAD, which may be detached on a
+/// commit no branch reaches.
+const REFSPECS: [&str; 3] =
+    ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*", "+HEAD:refs/remotes/origin/HEAD"];
+
+/// Reads `file` at `git_ref` straight from the source repository, without a
+/// working tree or a copy: this build reaches only local repositories, and
+/// reading one in place is what a bare fetch would copy first. `None` when
+/// the commit has no such file.
+pub fn peek_file(repository: &str, git_ref: &str, file: &str) -> Result<Option<String>, SourceError> {
+    validate_ref(git_ref)?;
+    let source = open_source(repository)?;
+    let commit = resolve(&source, SOURCE, git_ref, &shown_repository(repository))?;
+    read_file_at(&source, commit, file)
+}
+
+/// Fetches `repository` into a new repository at `dest` and checks out the
+/// commit `git_ref` names there, detached. Returns the commit SHA.
+/// HEAD is set last, so a repository whose HEAD is detached on a commit has
+/// a complete working tree (see [`completed_checkout`]).
+pub fn fresh_checkout(repository: &str, git_ref: &str, dest: &Path) -> Result<String, SourceError> {
+    validate_ref(git_ref)?;
+    let shown = shown_repository(repository);
+    let source = open_source(repository)?;
+    let workspace_error =
+        |e: git2::Error| SourceError::Workspace { path: dest.display().to_string(), why: e.message().into() };
+    let repo = Repository::init(dest).map_err(workspace_error)?;
+    fetch_everything(&repo, &source, &shown)?;
+    let commit = resolve(&repo, FETCHED, git_ref, &shown)?;
+    let tree = repo.find_commit(commit).and_then(|c| c.tree()).map_err(workspace_error)?;
+    repo.checkout_tree(tree.as_object(), Some(CheckoutBuilder::new().force())).map_err(workspace_error)?;
+    repo.set_head_detached(commit).map_err(workspace_error)?;
+    Ok(commit.to_string())
+}
+
+/// The commit of an earlier, complete and untouched checkout of `git_ref` in
+/// `workspace`, if there is one. A redelivered command re-uses it instead of
+/// fetching again, so a branch that moved in between cannot make the
+/// workspace disagree with the commit the first attempt may have recorded.
+/// The ref is resolved against the refs that checkout fetched, never the source.
+pub fn completed_checkout(workspace: &Path, git_ref: &str) -> Option<String> {
+    let repo = Repository::open(workspace).ok()?;
+    if !repo.head_detached().ok()? {
+        return None;
+    }
+    let head = repo.head().ok()?.target()?;
+    let wanted = resolve(&repo, FETCHED, git_ref, "the workspace").ok()?;
+    (head == wanted && is_pristine(&repo)).then(|| head.to_string())
+}
+
+/// Reads `file` at `commit` from the repository in `workspace` (from the
+/// commit's tree, not the working tree: a symlinked `slipway.toml` must not
+/// make the worker read a file outside the checkout).
+pub fn read_file_in_checkout(workspace: &Path, commit: &str, file: &str) -> Result<Option<String>, SourceError> {
+    let workspace_error = |why: String| SourceError::Workspace { path: workspace.display().to_string(), why };
+    let repo = Repository::open(workspace).map_err(|e| workspace_error(e.message().into()))?;
+    let oid = Oid::from_str(commit).map_err(|e| workspace_error(e.message().into()))?;
+    read_file_at(&repo, oid, file)
+}
+
+fn open_source(repository: &str) -> Result<Repository, SourceError> {
+    let path = source_path(repository)?;
+    // `open` never searches parent directories, so a plain directory inside
+    // some other repository is not mistaken for the app's repository.
+    Repository::open(&path)
+        .map_err(|e| SourceError::CannotOpen { repo: shown_repository(repository), why: e.message().into() })
+}
+
+fn fetch_everything(repo: &Repository, source: &Repository, shown: &str) -> Result<(), SourceError> {
+    let fetch_error = |e: git2::Error| SourceError::Fetch { repo: shown.into(), why: e.message().into() };
+    // The opened source's git directory is absolute and already validated,
+    // unlike the address we were given (which may be relative or a URL).
+    let url = source
+        .path()
+        .to_str()
+        .ok_or_else(|| SourceError::Fetch { repo: shown.into(), why: "its path is not UTF-8".into() })?;
+    let mut remote = repo.remote_with_fetch("origin", url, REFSPECS[0]).map_err(fetch_error)?;
+    let mut options = FetchOptions::new();
+    options.download_tags(AutotagOption::None);
+    remote.fetch(&REFSPECS, Some(&mut options), None).map_err(fetch_error)
+}
+
+/// Resolves `git_ref` as git would for a checkout, but only through names
+/// (never rev-parse syntax such as `main~1` or `:/text`): HEAD, a branch, a
+/// tag, `refs/heads/...` or `refs/tags/...`, then a full or abbreviated SHA.
+fn resolve(repo: &Repository, layout: Layout, git_ref: &str, shown: &str) -> Result<Oid, SourceError> {
+    let not_found = || SourceError::RefNotFound { git_ref: git_ref.into(), repo: shown.into() };
+    let not_a_commit = || SourceError::NotACommit { git_ref: git_ref.into(), repo: shown.into() };
+    // libgit2 reports a failed peel (a tag of a tree, say) in the Object
+    // class, and an unborn HEAD or a missing object as NotFound.
+    let classify = |e: git2::Error| match (e.class(), e.code()) {
+        (git2::ErrorClass::Object, _) => not_a_commit(),
+        (_, ErrorCode::NotFound | ErrorCode::UnbornBranch | ErrorCode::InvalidSpec) => not_found(),
+        (_, ErrorCode::Ambiguous) => SourceError::AmbiguousRef { git_ref: git_ref.into(), repo: shown.into() },
+        _ => SourceError::Read { repo: shown.into(), why: e.message().into() },
+    };
+    for name in candidate_names(layout, git_ref) {
+        match repo.find_reference(&name) {
+            Ok(reference) => return reference.peel_to_commit().map(|c| c.id()).map_err(classify),
+            Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec) => continue,
+            Err(e) => return Err(classify(e)),
+        }
+    }
+    if !is_sha_prefix(git_ref) {
+        return Err(not_found());
+    }
+    let object = if git_ref.len() == 40 {
+        Oid::from_str(git_ref).and_then(|oid| repo.find_object(oid, None))
+    } else {
+        repo.find_object_by_prefix(git_ref, None)
+    };
+    // Peeling lets the SHA of an annotated tag name its commit, as in git.
+    object.and_then(|o| o.peel_to_commit()).map(|c| c.id()).map_err(classify)
+}
+
+fn candidate_names(layout: Layout, git_ref: &str) -> Vec<String> {
+    if git_ref == "HEAD" {
+        vec![layout.head.into()]
+    } else if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+        vec![format!("{}{branch}", layout.branches)]
+    } else if git_ref.starts_with("refs/tags/") {
+        vec![git_ref.into()]
+    } else {
+        // A branch wins over a tag of the same name, as in `git checkout`.
+        vec![format!("{}{git_ref}", layout.branches), format!("refs/tags/{git_ref}")]
+    }
+}
+
+/// Git accepts abbreviations of four hex digits and more.
+fn is_sha_prefix(text: &str) -> bool {
+    (4..=40).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// True when the working tree matches HEAD exactly: nothing modified, added,
+/// untracked or ignored, as in a fresh checkout.
+fn is_pristine(repo: &Repository) -> bool {
+    let mut options = StatusOptions::new();
+    options.include_untracked(true).include_ignored(true);
+    repo.statuses(Some(&mut options)).map(|s| s.is_empty()).unwrap_or(false)
+}
+
+fn read_file_at(repo: &Repository, commit: Oid, file: &str) -> Result<Option<String>, SourceError> {
+    let bad = |why: String| SourceError::BadFile { file: file.into(), commit: commit.to_string(), why };
+    let tree = repo.find_commit(commit).and_then(|c| c.tree()).map_err(|e| bad(e.message().into()))?;
+    let Some(entry) = tree.get_name(file) else { return Ok(None) };
+    if entry.kind() != Some(ObjectType::Blob) {
+        return Err(bad("is not a regular file".into()));
+    }
+    if entry.filemode() == SYMLINK_MODE {
+        return Err(bad("is a symbolic link; Slipway reads it only as a regular file".into()));
+    }
+    let blob = repo.find_blob(entry.id()).map_err(|e| bad(e.message().into()))?;
+    if blob.size() > MAX_FILE_BYTES {
+        return Err(bad(format!("is {} bytes; the limit is {MAX_FILE_BYTES}", blob.size())));
+    }
+    String::from_utf8(blob.content().to_vec()).map(Some).map_err(|_| bad("is not UTF-8 text".into()))
+}
