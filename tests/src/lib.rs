@@ -1,1 +1,333 @@
-//! Shared helpers for the end-to-end tests.
+//! The end-to-end harness: Slipway's machinery (driver, relay, workers with
+//! the real pipeline) on real services, an app repository made with git2,
+//! and helpers to deploy, fetch pages and list containers. Every test gets
+//! its own schema, queue namespace, data directory and project name, and a
+//! missing service fails the test with its name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use slipway_engine::driver::{Driver, DriverOptions};
+use slipway_engine::requests::{self, DeployRequest, NewProject, SettingValue};
+use slipway_engine::{Deployment, Status};
+use slipway_proto::event::{deployment_stream, BuildMode};
+use slipway_proto::Event;
+use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::queue::memory::MemoryQueue;
+use slipway_store::queue::namespaced::Namespaced;
+use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
+use slipway_store::queue::{Consumer, DeadLetter, Queue, QueueError, QueueMessage};
+use slipway_store::relay::{Relay, RelayOptions};
+use slipway_store::{EventStore, PgStore, SqliteStore};
+use slipway_workers::steps::pipeline::Pipeline;
+use slipway_workers::steps::Runtime;
+use slipway_workers::WorkerOptions;
+use uuid::Uuid;
+
+pub fn pg_url() -> String {
+    std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("SLIPWAY_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Fails the test unless a Docker engine answers.
+pub fn require_docker() {
+    let ok = std::process::Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "Docker is not reachable (docker info failed); run `scripts/services` first");
+}
+
+/// Which backends a harness runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backends {
+    PostgresRabbit,
+    Embedded,
+}
+
+pub struct Harness {
+    pub store: Arc<dyn EventStore>,
+    pub queue: Arc<dyn Queue>,
+    pub data: tempfile::TempDir,
+    pub project: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    schema: Option<String>,
+}
+
+impl Harness {
+    pub async fn start(backends: Backends) -> Harness {
+        Self::start_with(backends, |q| q).await
+    }
+
+    /// Starts with the queue wrapped by `wrap` (e.g. to duplicate deliveries).
+    pub async fn start_with(backends: Backends, wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>) -> Harness {
+        require_docker();
+        let data = tempfile::tempdir().expect("temp dir");
+        let tag = Uuid::now_v7().simple().to_string();
+        let (store, queue, schema): (Arc<dyn EventStore>, Arc<dyn Queue>, _) = match backends {
+            Backends::PostgresRabbit => {
+                let schema = format!("e2e_{tag}");
+                let url = pg_url();
+                let store = PgStore::connect(&url, PgOptions { schema: Some(schema.clone()), ..Default::default() })
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {} ({e}); run `scripts/services`", redact_url(&url)));
+                let rabbit = RabbitQueue::connect(&amqp_url(), RabbitOptions::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("RabbitMQ is not reachable ({e}); run `scripts/services`"));
+                (Arc::new(store), Arc::new(Namespaced::new(Arc::new(rabbit), format!("t{tag}"))), Some(schema))
+            }
+            Backends::Embedded => {
+                let store = SqliteStore::open(&data.path().join("slipway.db")).await.expect("SQLite store");
+                (Arc::new(store), Arc::new(MemoryQueue::default()), None)
+            }
+        };
+        let queue = wrap(queue);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = futures::FutureExt::shared(Box::pin(async move {
+            let _ = stopped.await;
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+        let runtime = Runtime { workspaces: data.path().join("workspaces"), logs: data.path().join("logs") };
+        let relay = Relay::new(store.clone(), queue.clone(), RelayOptions { poll: Duration::from_millis(100), ..Default::default() });
+        let driver = Driver::new(store.clone(), DriverOptions { drain_seconds: 0 });
+        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+        let s = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = driver.run(s).await {
+                panic!("engine stopped: {e}");
+            }
+        }));
+        let (q, st, s) = (queue.clone(), store.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let options = WorkerOptions { actor: "worker:test".into(), ..Default::default() };
+            slipway_workers::run(q, st, Arc::new(Pipeline::new(runtime)), options, s).await.expect("workers");
+        }));
+        Harness {
+            store,
+            queue,
+            data,
+            project: format!("e2e-{}", &tag[tag.len() - 10..]),
+            stop: Some(stop),
+            tasks,
+            schema,
+        }
+    }
+
+    pub async fn create_project(&self, repo: &Path) {
+        let new = NewProject {
+            name: self.project.clone(),
+            repository: repo.display().to_string(),
+            default_branch: "main".into(),
+            environments: vec!["test".into(), "live".into()],
+        };
+        requests::create_project(&*self.store, "test", new).await.unwrap().expect("project created");
+    }
+
+    pub async fn set(&self, env: &str, key: &str, value: &str, secret: bool) {
+        let set = vec![SettingValue { key: key.into(), value: value.into(), secret }];
+        requests::change_settings(&*self.store, "test", &self.project, env, set, vec![]).await.unwrap().expect("settings");
+    }
+
+    /// Requests a deployment (local mode with release commands, so builds
+    /// use the layer cache and tests stay quick) and waits for its end.
+    pub async fn deploy(&self, env: &str, git_ref: &str) -> Deployment {
+        self.deploy_with(env, git_ref, BuildMode::Local, true).await
+    }
+
+    pub async fn deploy_with(&self, env: &str, git_ref: &str, mode: BuildMode, run_release: bool) -> Deployment {
+        let req = DeployRequest {
+            project: self.project.clone(),
+            environment: env.into(),
+            git_ref: Some(git_ref.into()),
+            mode,
+            no_cache: false,
+            run_release,
+            dry_run: false,
+        };
+        let id = requests::request_deployment(&*self.store, "test", req).await.unwrap().expect("deployment requested");
+        self.wait_finished(id, Duration::from_secs(120)).await
+    }
+
+    pub async fn deployment(&self, id: Uuid) -> Deployment {
+        let recorded = self.store.read_stream(&deployment_stream(id), 1).await.expect("read");
+        let events: Vec<Event> = recorded.iter().map(|r| r.envelope.decode().expect("decodable")).collect();
+        slipway_engine::deployment::fold(events.iter()).expect("legal history").expect("a deployment")
+    }
+
+    pub async fn events(&self, id: Uuid) -> Vec<Event> {
+        let recorded = self.store.read_stream(&deployment_stream(id), 1).await.expect("read");
+        recorded.iter().map(|r| r.envelope.decode().expect("decodable")).collect()
+    }
+
+    pub async fn wait_finished(&self, id: Uuid, limit: Duration) -> Deployment {
+        eventually(&format!("deployment {id} to finish"), limit, || async {
+            let d = self.deployment(id).await;
+            d.is_finished().then_some(d)
+        })
+        .await
+    }
+
+    /// Waits until no container of deployment `id` exists.
+    pub async fn wait_no_containers(&self, id: Uuid) {
+        eventually(&format!("deployment {id}'s containers to be removed"), Duration::from_secs(60), || async {
+            containers_with_label(&format!("slipway.deployment={id}")).is_empty().then_some(())
+        })
+        .await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        remove_containers_with_label(&format!("slipway.project={}", self.project));
+        if let Some(schema) = &self.schema {
+            if let Ok(pool) = sqlx::PgPool::connect(&pg_url()).await {
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
+            }
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // A failed test leaves no containers behind.
+        remove_containers_with_label(&format!("slipway.project={}", self.project));
+    }
+}
+
+/// The failure of a finished deployment, or a panic saying it succeeded.
+pub fn failure(d: &Deployment) -> (slipway_proto::Step, String) {
+    match &d.status {
+        Status::Failed { step, reason } => (*step, reason.clone()),
+        other => panic!("deployment {} did not fail: {other:?}", d.id),
+    }
+}
+
+/// Names of containers (running or not) carrying `label` (`key=value`).
+pub fn containers_with_label(label: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-a", "--filter", &format!("label={label}"), "--format", "{{.Names}}"])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+pub fn remove_containers_with_label(label: &str) {
+    let names = containers_with_label(label);
+    if !names.is_empty() {
+        let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&names).output();
+    }
+}
+
+/// GETs a page from a container's loopback port.
+pub async fn page(port: u16) -> Result<(u16, String), String> {
+    slipway_workers::http::get_text(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5)).await
+}
+
+/// Waits until `check` returns `Some`, polling, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An app's Git repository in a temp dir, committed with git2.
+pub struct AppRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl AppRepo {
+    pub fn new() -> AppRepo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        git2::Repository::init_opts(dir.path(), git2::RepositoryInitOptions::new().initial_head("main")).expect("git init");
+        AppRepo { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Writes `files` (path -> contents) and commits everything on main.
+    pub fn commit(&self, files: &BTreeMap<String, Vec<u8>>, message: &str) -> String {
+        for (path, contents) in files {
+            let full = self.dir.path().join(path);
+            std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&full, contents).expect("write");
+            if path == "busybox" {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            }
+        }
+        let repo = git2::Repository::open(self.dir.path()).expect("open");
+        let mut index = repo.index().expect("index");
+        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).expect("add");
+        index.write().expect("write index");
+        let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+        let sig = git2::Signature::now("test", "test@localhost").expect("signature");
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).expect("commit");
+        oid.to_string()
+    }
+}
+
+impl Default for AppRepo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The files of a busybox web app answering `body` on `/`, configured by
+/// `slipway_toml`, optionally with extra Dockerfile lines.
+pub fn busybox_app(body: &str, slipway_toml: &str, extra_dockerfile: &str) -> BTreeMap<String, Vec<u8>> {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{extra_dockerfile}\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n"
+    );
+    BTreeMap::from([
+        ("busybox".to_string(), busybox),
+        ("Dockerfile".to_string(), dockerfile.into_bytes()),
+        (".dockerignore".to_string(), b".git\n".to_vec()),
+        ("www/index.html".to_string(), format!("{body}\n").into_bytes()),
+        ("slipway.toml".to_string(), slipway_toml.as_bytes().to_vec()),
+    ])
+}
+
+/// A queue that publishes every message twice: each command is delivered
+/// twice, as after a relay crash or a broker redelivery.
+pub struct Duplicating(pub Arc<dyn Queue>);
+
+#[async_trait]
+impl Queue for Duplicating {
+    async fn declare(&self, queue: &str) -> Result<(), QueueError> {
+        self.0.declare(queue).await
+    }
+    async fn publish(&self, messages: &[QueueMessage]) -> Result<(), QueueError> {
+        self.0.publish(messages).await?;
+        self.0.publish(messages).await
+    }
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, QueueError> {
+        self.0.consume(queue, prefetch).await
+    }
+    async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.0.take_dead_letters(queue, max).await
+    }
+    async fn delete(&self, queue: &str) -> Result<(), QueueError> {
+        self.0.delete(queue).await
+    }
+}

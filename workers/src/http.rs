@@ -31,3 +31,17 @@ fn connect_reason(e: &hyper_util::client::legacy::Error) -> String {
     }
     text
 }
+
+/// GETs `url` and returns the status and the body as text (tests, smoke checks).
+pub async fn get_text(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let fetch = async {
+        let response = client.get(uri).await.map_err(|e| connect_reason(&e))?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, fetch).await.map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+}

@@ -5,7 +5,18 @@
 //! Executors never touch the store or the queue (the worker loop does), and
 //! bollard and git2 types stay inside the step files.
 
+pub mod build;
+pub mod check_services;
+pub mod checkout;
+pub mod cleanup;
+pub mod deploy;
+pub mod docker;
 pub mod dry_run;
+pub mod git;
+pub mod health_check;
+pub mod pipeline;
+pub mod processes;
+pub mod release;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,308 @@
+//! `Step::Build`: builds the deployment's image from the `Dockerfile` at the
+//! root of its checkout, streaming the build log to `<logs>/<id>/build.log`
+//! (the event records where it is and its sha256, never the log itself).
+//!
+//! The build context is the checkout minus what `.dockerignore` excludes,
+//! matched with the `ignore` crate's gitignore engine after rewriting each
+//! Docker pattern as an anchored gitignore pattern (Docker patterns are
+//! always relative to the context root; gitignore ones without a slash match
+//! at any depth). Known differences from the Docker CLI:
+//! - an excluded directory is not descended into, so a `!` exception cannot
+//!   re-include a file below it (Docker walks the excluded tree to honour it);
+//! - character classes follow gitignore (`[!a]`), not Go's `filepath.Match` (`[^a]`).
+//!
+//! Like the CLI, `Dockerfile` and `.dockerignore` are always sent: the engine
+//! needs them, and itself drops them from the context when they are excluded.
+//!
+//! Cloud mode (and `--no-cache`) builds without the layer cache. Nothing is
+//! ever pulled (`pull` stays unset), `forcerm` leaves no intermediate
+//! container behind a failed build, and the image is tagged
+//! `slipway/<project>:<commit>-<deployment>` so a redelivered command finds
+//! it and reports it instead of building twice.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::BuildInfo;
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use bollard::{body_full, Docker};
+use futures::{Stream, StreamExt};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use sha2::{Digest, Sha256};
+use slipway_proto::command::RunStep;
+use slipway_proto::event::{BuildMode, ImageBuilt};
+use slipway_proto::Event;
+use tokio::io::AsyncWriteExt;
+
+use super::docker::{self, Failure, LOG_TAIL};
+use super::{Runtime, Settings};
+
+/// Files the engine needs whatever `.dockerignore` says.
+const ALWAYS_SENT: [&str; 2] = ["Dockerfile", ".dockerignore"];
+
+pub async fn run(command: &RunStep, _env: &Settings, rt: &Runtime) -> Event {
+    match build(command, rt).await {
+        Ok(built) => Event::ImageBuilt(built),
+        Err(failure) => failure.for_command(command),
+    }
+}
+
+async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
+    let ctx = &command.context;
+    let tag = docker::image_tag(ctx).map_err(Failure::new)?;
+    let nocache = ctx.mode == BuildMode::Cloud || ctx.no_cache;
+    let log_path = rt.logs.join(ctx.deployment_id.to_string()).join("build.log");
+    let docker = docker::connect().await?;
+    if let Some(image_id) = find_image(&docker, &tag).await? {
+        // A redelivery: the first delivery built and tagged it.
+        return Ok(already_built(image_id, tag, nocache, &log_path).await);
+    }
+    let started = Instant::now();
+    let tar = context_tar(rt.workspaces.join(ctx.deployment_id.to_string())).await?;
+    let options = BuildImageOptionsBuilder::new()
+        .dockerfile("Dockerfile")
+        .t(&tag)
+        .nocache(nocache)
+        .rm(true)
+        .forcerm(true)
+        .labels(&docker::labels(ctx, "image"))
+        .build();
+    let mut log = BuildLog::create(&log_path).await?;
+    let outcome = drain(docker.build_image(options, None, Some(body_full(tar.into()))), &mut log).await;
+    let (digest, tail) = log.finish().await?;
+    if let Err(reason) = outcome {
+        return Err(Failure::new(reason).with_details(tail));
+    }
+    let image_id = find_image(&docker, &tag).await?.ok_or_else(|| {
+        Failure::new(format!("the build reported success but image {tag} does not exist")).with_details(tail)
+    })?;
+    Ok(ImageBuilt {
+        image_id,
+        tag,
+        cache_used: !nocache,
+        duration_ms: started.elapsed().as_millis() as u64,
+        log_ref: Some(log_path.display().to_string()),
+        log_digest: Some(digest),
+    })
+}
+
+async fn find_image(docker: &Docker, tag: &str) -> Result<Option<String>, Failure> {
+    match docker.inspect_image(tag).await {
+        Ok(image) => Ok(image.id),
+        Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+        Err(e) => Err(Failure::new(format!("Docker could not inspect image {tag}: {e}"))),
+    }
+}
+
+/// The outcome of a build done by an earlier delivery, with the log it left
+/// (its duration is not known here, so it is reported as 0).
+async fn already_built(image_id: String, tag: String, nocache: bool, log_path: &Path) -> ImageBuilt {
+    let digest = tokio::fs::read(log_path).await.ok().map(|bytes| hex::encode(Sha256::digest(bytes)));
+    ImageBuilt {
+        image_id,
+        tag,
+        cache_used: !nocache,
+        duration_ms: 0,
+        log_ref: digest.as_ref().map(|_| log_path.display().to_string()),
+        log_digest: digest,
+    }
+}
+
+/// Reads the whole build stream into the log. The engine answers 200 and
+/// reports a failed build as an error item in the stream, so success is
+/// "the stream ended without one"; the first error is the reason.
+async fn drain(
+    mut stream: impl Stream<Item = Result<BuildInfo, BollardError>> + Unpin,
+    log: &mut BuildLog,
+) -> Result<(), String> {
+    let mut first_error = None;
+    while let Some(item) = stream.next().await {
+        let (text, error) = match item {
+            Ok(info) => (info.stream.or(info.status).unwrap_or_default(), None),
+            Err(BollardError::DockerStreamError { error }) => (format!("{error}\n"), Some(error)),
+            Err(BollardError::DockerResponseServerError { message, .. }) => (format!("{message}\n"), Some(message)),
+            Err(other) => {
+                // A transport error: the stream will not resume.
+                first_error.get_or_insert(format!("the Docker build stream broke: {other}"));
+                break;
+            }
+        };
+        if let Err(e) = log.write(&text).await {
+            first_error.get_or_insert(e.reason);
+            break;
+        }
+        if let Some(error) = error {
+            first_error.get_or_insert(error.trim().to_string());
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The build log on disk, its running digest, and its last lines.
+struct BuildLog {
+    path: PathBuf,
+    file: tokio::fs::File,
+    hasher: Sha256,
+    tail: VecDeque<String>,
+}
+
+impl BuildLog {
+    async fn create(path: &Path) -> Result<BuildLog, Failure> {
+        let fail = |e: io::Error| Failure::new(format!("cannot write the build log {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(fail)?;
+        }
+        let file = tokio::fs::File::create(path).await.map_err(fail)?;
+        Ok(BuildLog { path: path.to_path_buf(), file, hasher: Sha256::new(), tail: VecDeque::new() })
+    }
+
+    async fn write(&mut self, text: &str) -> Result<(), Failure> {
+        self.file.write_all(text.as_bytes()).await.map_err(|e| self.io_failure(e))?;
+        self.hasher.update(text.as_bytes());
+        for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+            if self.tail.len() == LOG_TAIL {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(line.to_string());
+        }
+        Ok(())
+    }
+
+    /// Flushes the log; returns its sha256 (hex) and its last lines.
+    async fn finish(mut self) -> Result<(String, Vec<String>), Failure> {
+        self.file.flush().await.map_err(|e| self.io_failure(e))?;
+        Ok((hex::encode(self.hasher.finalize()), self.tail.into()))
+    }
+
+    fn io_failure(&self, e: io::Error) -> Failure {
+        Failure::new(format!("cannot write the build log {}: {e}", self.path.display()))
+    }
+}
+
+/// The build context as a tar archive, built off the async threads.
+async fn context_tar(root: PathBuf) -> Result<Vec<u8>, Failure> {
+    if !root.is_dir() {
+        return Err(Failure::new(format!(
+            "no checkout at {}; the checkout step must run before the build",
+            root.display()
+        )));
+    }
+    if !root.join("Dockerfile").is_file() {
+        return Err(Failure::new(format!(
+            "no Dockerfile at the repository root ({}); Slipway builds the image from it",
+            root.join("Dockerfile").display()
+        )));
+    }
+    tokio::task::spawn_blocking(move || {
+        let ignore = dockerignore(&root).map_err(Failure::new)?;
+        archive(&root, &ignore)
+            .map_err(|e| Failure::new(format!("cannot pack the build context {}: {e}", root.display())))
+    })
+    .await
+    .map_err(|e| Failure::new(format!("packing the build context failed: {e}")))?
+}
+
+/// The root `.dockerignore` as a gitignore matcher (empty without one).
+fn dockerignore(root: &Path) -> Result<Gitignore, String> {
+    let path = root.join(".dockerignore");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Gitignore::empty()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut builder = GitignoreBuilder::new(root);
+    for line in text.lines() {
+        if let Some(pattern) = gitignore_pattern(line) {
+            builder
+                .add_line(Some(path.clone()), &pattern)
+                .map_err(|e| format!("{}: bad pattern `{}`: {e}", path.display(), line.trim()))?;
+        }
+    }
+    builder.build().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// One `.dockerignore` line as the gitignore line matching the same paths:
+/// Docker cleans each pattern as a path relative to the context root, so it
+/// becomes anchored (`/...`) and loses a trailing `/` (which in Docker does
+/// not restrict the pattern to directories).
+fn gitignore_pattern(line: &str) -> Option<String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (negate, pattern) = match line.strip_prefix('!') {
+        Some(rest) => ("!", rest.trim()),
+        None => ("", line),
+    };
+    let mut pattern = pattern.trim_start_matches('/');
+    while let Some(rest) = pattern.strip_prefix("./") {
+        pattern = rest.trim_start_matches('/');
+    }
+    let pattern = pattern.trim_end_matches('/');
+    if pattern.is_empty() || pattern == "." {
+        return None;
+    }
+    Some(format!("{negate}/{pattern}"))
+}
+
+fn archive(root: &Path, ignore: &Gitignore) -> io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    // Symlinks go in as links, as the Docker CLI sends them.
+    tar.follow_symlinks(false);
+    add_dir(root, root, ignore, &mut tar)?;
+    tar.into_inner()
+}
+
+/// Adds `dir`'s entries in name order (a stable archive for a stable tree).
+fn add_dir(root: &Path, dir: &Path, ignore: &Gitignore, tar: &mut tar::Builder<Vec<u8>>) -> io::Result<()> {
+    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let rel = path.strip_prefix(root).map_err(|e| io::Error::other(e.to_string()))?;
+        let kind = entry.file_type()?;
+        let always = ALWAYS_SENT.iter().any(|name| rel == Path::new(name));
+        if !always && ignore.matched(rel, kind.is_dir()).is_ignore() {
+            continue;
+        }
+        if kind.is_dir() {
+            tar.append_dir(rel, &path)?;
+            add_dir(root, &path, ignore, tar)?;
+        } else if kind.is_file() || kind.is_symlink() {
+            tar.append_path_with_name(&path, rel)?;
+        }
+        // Sockets, FIFOs and devices are not part of a build context.
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_patterns_become_anchored_gitignore_patterns() {
+        assert_eq!(gitignore_pattern("secret.txt").as_deref(), Some("/secret.txt"));
+        assert_eq!(gitignore_pattern("  /logs/  ").as_deref(), Some("/logs"));
+        assert_eq!(gitignore_pattern("./a/*.tmp").as_deref(), Some("/a/*.tmp"));
+        assert_eq!(gitignore_pattern("!keep.md").as_deref(), Some("!/keep.md"));
+        assert_eq!(gitignore_pattern("**/*.pyc").as_deref(), Some("/**/*.pyc"));
+        assert_eq!(gitignore_pattern("# comment"), None);
+        assert_eq!(gitignore_pattern("   "), None);
+    }
+
+    #[test]
+    fn dockerignore_excludes_at_the_root_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(".dockerignore"), "secret.txt\n*.log\n!keep.log\nDockerfile\n").expect("write");
+        let ignore = dockerignore(dir.path()).expect("parses");
+        let ignored = |p: &str| ignore.matched(p, false).is_ignore();
+        assert!(ignored("secret.txt"));
+        assert!(!ignored("sub/secret.txt"), "Docker patterns are anchored at the context root");
+        assert!(ignored("build.log"));
+        assert!(!ignored("keep.log"));
+    }
+}

@@ -1,0 +1,61 @@
+//! `Step::Deploy`: creates and starts the deployment's web container from the
+//! built image, with the environment's settings, its `web.port` published on
+//! 127.0.0.1 at an ephemeral host port (read back after start). It gets no
+//! traffic yet: the router switches only after the health check and cutover.
+//!
+//! Idempotent by name: a redelivered command finds the container the first
+//! delivery created, starts it if it is not running, and reports it.
+
+use bollard::Docker;
+use slipway_proto::command::RunStep;
+use slipway_proto::config::AppConfig;
+use slipway_proto::event::WebContainerStarted;
+use slipway_proto::Event;
+
+use super::docker::{self, ContainerSpec, Failure, Role, RunState};
+use super::{Runtime, Settings};
+
+pub async fn run(command: &RunStep, env: &Settings, _rt: &Runtime) -> Event {
+    match deploy(command, env).await {
+        Ok(started) => Event::WebContainerStarted(started),
+        Err(failure) => failure.for_command(command),
+    }
+}
+
+async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted, Failure> {
+    let ctx = &command.context;
+    let image = ctx.image_id.as_deref().ok_or_else(|| {
+        Failure::new("no image recorded for this deployment; the build step must run before the deploy")
+    })?;
+    let port = AppConfig::from_value(&ctx.config).map_err(Failure::new)?.web.port;
+    let docker = docker::connect().await?;
+    let spec = ContainerSpec {
+        name: docker::container_name(ctx, &Role::Web),
+        image,
+        cmd: None,
+        env,
+        labels: docker::labels(ctx, &Role::Web.to_string()),
+        publish: Some(port),
+    };
+    let host_port = ensure_running(&docker, &spec, port).await?;
+    Ok(WebContainerStarted { container: spec.name, host_port })
+}
+
+/// Creates (unless it exists) and starts the container; returns its host port.
+async fn ensure_running(docker: &Docker, spec: &ContainerSpec<'_>, port: u16) -> Result<u16, Failure> {
+    let mut info = docker::ensure_container(docker, spec).await?;
+    if docker::run_state(&info) != RunState::Running {
+        docker::start(docker, &spec.name).await?;
+        info = docker::inspect(docker, &spec.name).await?;
+    }
+    if let Some(host_port) = docker::published_port(&info, port) {
+        return Ok(host_port);
+    }
+    // The engine drops the port mapping once the process exits.
+    let state = match docker::run_state(&info) {
+        RunState::Exited(code) => format!("exited with code {code} right after it started"),
+        other => format!("is {other} but publishes no port {port} on 127.0.0.1"),
+    };
+    let details = docker::last_log_lines(docker, &spec.name).await;
+    Err(Failure::new(format!("web container {} {state}", spec.name)).with_details(details))
+}

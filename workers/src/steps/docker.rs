@@ -1,0 +1,474 @@
+//! The Docker edge the container steps share: connecting (with the API
+//! version negotiated down to the engine's), the deterministic names and
+//! labels that make every step idempotent, the container look-ups the steps
+//! have in common (find by name, published port, last log lines, removal),
+//! and the `Failure` every step reports as `StepFailed`.
+//!
+//! Names derive from the deployment id and the container's role, so a
+//! redelivered command finds what its first delivery created instead of
+//! creating a second one; labels let cleanup find what a crashed worker
+//! created but never reported.
+//!
+//! A `Docker` handle is created per step, not shared process-wide: bollard
+//! keeps no idle connections on a unix socket (each request opens its own),
+//! so sharing would save only the one `/version` round trip of negotiation
+//! (about a millisecond), and a per-step handle needs no global state and
+//! notices a restarted engine with no special casing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use slipway_proto::command::{DeploymentContext, RunStep};
+use slipway_proto::event::StepFailed;
+use slipway_proto::{Event, Step};
+use uuid::Uuid;
+
+use super::Settings;
+
+pub const LABEL_PROJECT: &str = "slipway.project";
+pub const LABEL_ENVIRONMENT: &str = "slipway.environment";
+pub const LABEL_DEPLOYMENT: &str = "slipway.deployment";
+pub const LABEL_ROLE: &str = "slipway.role";
+
+/// How many log lines a failure carries as evidence.
+pub const LOG_TAIL: usize = 20;
+
+/// The engine's socket when `DOCKER_HOST` names no unix socket (bollard's default too).
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// bollard's own default request timeout; it bounds the response headers,
+/// not a streamed body (a build log, a container's logs).
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DockerError {
+    #[error("Docker engine not reachable at {socket}: {reason}")]
+    Unreachable { socket: String, reason: String },
+    #[error("Docker could not {action}: {reason}")]
+    Api { action: String, reason: String },
+}
+
+impl DockerError {
+    fn api(action: impl Into<String>, e: BollardError) -> DockerError {
+        DockerError::Api { action: action.into(), reason: e.to_string() }
+    }
+}
+
+/// The unix socket `connect` uses: `DOCKER_HOST` when it is a `unix://`
+/// address (as bollard reads it), else `/var/run/docker.sock`.
+pub fn socket_path() -> String {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if host.starts_with("unix://") => host.trim_start_matches("unix://").to_string(),
+        _ => DEFAULT_SOCKET.to_string(),
+    }
+}
+
+/// Connects to the local engine and negotiates the API version down to the
+/// engine's (bollard 0.21 speaks 1.53 by default; Debian's Docker 20.10 speaks 1.41).
+pub async fn connect() -> Result<Docker, DockerError> {
+    let socket = socket_path();
+    let docker = Docker::connect_with_local_defaults().map_err(|e| unreachable(&socket, e))?;
+    negotiate(docker, &socket).await
+}
+
+/// `connect`, to the engine at an explicit unix socket path.
+pub async fn connect_at(socket: &str) -> Result<Docker, DockerError> {
+    let docker = Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+        .map_err(|e| unreachable(socket, e))?;
+    negotiate(docker, socket).await
+}
+
+async fn negotiate(docker: Docker, socket: &str) -> Result<Docker, DockerError> {
+    docker.negotiate_version().await.map_err(|e| unreachable(socket, e))
+}
+
+fn unreachable(socket: &str, e: BollardError) -> DockerError {
+    DockerError::Unreachable { socket: socket.to_string(), reason: e.to_string() }
+}
+
+/// What a container does for its deployment; part of its name and labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Web,
+    /// The one-off container of `release.commands[i]` (0-based, as in the config).
+    Release(usize),
+    /// Replica `replica` (1-based, as `docker compose` counts) of a process type.
+    Process {
+        name: String,
+        replica: u32,
+    },
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Web => f.write_str("web"),
+            Role::Release(i) => write!(f, "release-{i}"),
+            Role::Process { name, replica } => write!(f, "{name}-{replica}"),
+        }
+    }
+}
+
+/// `slipway-<project>-<environment>-<deployment id, 32 hex>-<role>`.
+pub fn container_name(ctx: &DeploymentContext, role: &Role) -> String {
+    format!("slipway-{}-{}-{}-{role}", ctx.project, ctx.environment, ctx.deployment_id.simple())
+}
+
+/// `slipway/<project>:<first 12 of the commit>-<deployment id, 32 hex>`, or
+/// why not (no commit recorded yet).
+pub fn image_tag(ctx: &DeploymentContext) -> Result<String, String> {
+    let commit = ctx.commit.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| {
+        format!(
+            "deployment {} has no checked-out commit; the checkout step must run before the build",
+            ctx.deployment_id
+        )
+    })?;
+    let short: String = commit.chars().take(12).collect();
+    Ok(format!("slipway/{}:{short}-{}", ctx.project, ctx.deployment_id.simple()))
+}
+
+/// The labels every container and image of a deployment carries.
+pub fn labels(ctx: &DeploymentContext, role: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_PROJECT.to_string(), ctx.project.clone()),
+        (LABEL_ENVIRONMENT.to_string(), ctx.environment.clone()),
+        (LABEL_DEPLOYMENT.to_string(), ctx.deployment_id.to_string()),
+        (LABEL_ROLE.to_string(), role.to_string()),
+    ])
+}
+
+/// Why a step failed, with evidence; becomes `StepFailed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub details: Vec<String>,
+}
+
+impl Failure {
+    pub fn new(reason: impl Into<String>) -> Failure {
+        Failure { reason: reason.into(), details: Vec::new() }
+    }
+
+    pub fn with_details(mut self, details: Vec<String>) -> Failure {
+        self.details = details;
+        self
+    }
+
+    pub fn into_event(self, step: Step, attempt: u32) -> Event {
+        Event::StepFailed(StepFailed { step, reason: self.reason, attempt, details: self.details })
+    }
+
+    /// The `StepFailed` of a `RunStep`.
+    pub fn for_command(self, command: &RunStep) -> Event {
+        self.into_event(command.step, command.attempt)
+    }
+}
+
+impl From<DockerError> for Failure {
+    fn from(e: DockerError) -> Failure {
+        Failure::new(e.to_string())
+    }
+}
+
+/// What a container is doing, reduced to what the steps decide on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    Created,
+    Running,
+    Exited(i64),
+    /// Paused, restarting, being removed: the engine's word for it.
+    Other(String),
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunState::Created => f.write_str("created"),
+            RunState::Running => f.write_str("running"),
+            RunState::Exited(code) => write!(f, "exited with code {code}"),
+            RunState::Other(status) => f.write_str(status),
+        }
+    }
+}
+
+pub fn run_state(info: &ContainerInspectResponse) -> RunState {
+    let Some(state) = &info.state else { return RunState::Other("unknown".into()) };
+    match state.status {
+        Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
+        Some(ContainerStateStatusEnum::RUNNING) => RunState::Running,
+        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+            RunState::Exited(state.exit_code.unwrap_or(-1))
+        }
+        Some(other) => RunState::Other(other.to_string()),
+        None => RunState::Other("unknown".into()),
+    }
+}
+
+/// How long the container ran, from the engine's own timestamps (so a
+/// redelivery that finds an exited container reports the real duration).
+pub fn run_duration(info: &ContainerInspectResponse) -> Option<Duration> {
+    let state = info.state.as_ref()?;
+    let started = chrono::DateTime::parse_from_rfc3339(state.started_at.as_deref()?).ok()?;
+    let finished = chrono::DateTime::parse_from_rfc3339(state.finished_at.as_deref()?).ok()?;
+    (finished - started).to_std().ok()
+}
+
+fn is_status(e: &BollardError, code: u16) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// Inspects the container called `name`; `None` when there is none.
+pub async fn find_container(docker: &Docker, name: &str) -> Result<Option<ContainerInspectResponse>, DockerError> {
+    match docker.inspect_container(name, None).await {
+        Ok(info) => Ok(Some(info)),
+        Err(e) if is_status(&e, 404) => Ok(None),
+        Err(e) => Err(DockerError::api(format!("inspect container {name}"), e)),
+    }
+}
+
+/// Inspects a container that must exist.
+pub async fn inspect(docker: &Docker, name: &str) -> Result<ContainerInspectResponse, DockerError> {
+    find_container(docker, name).await?.ok_or_else(|| DockerError::Api {
+        action: format!("find container {name}"),
+        reason: "it does not exist".into(),
+    })
+}
+
+/// What a step's container runs. The name is its identity: whatever exists
+/// under that name is taken as the container this spec describes.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec<'a> {
+    pub name: String,
+    pub image: &'a str,
+    /// `None` runs the image's own command.
+    pub cmd: Option<Vec<String>>,
+    pub env: &'a Settings,
+    pub labels: HashMap<String, String>,
+    /// A container port to publish on 127.0.0.1 at an ephemeral host port.
+    pub publish: Option<u16>,
+}
+
+/// Creates the container unless one of that name exists, and inspects it.
+/// A create that loses a race with a concurrent delivery (409) is fine.
+pub async fn ensure_container(
+    docker: &Docker,
+    spec: &ContainerSpec<'_>,
+) -> Result<ContainerInspectResponse, DockerError> {
+    if let Some(info) = find_container(docker, &spec.name).await? {
+        return Ok(info);
+    }
+    let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+    match docker.create_container(Some(options), create_body(spec)).await {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 409) => {}
+        Err(e) => return Err(DockerError::api(format!("create container {} from image {}", spec.name, spec.image), e)),
+    }
+    inspect(docker, &spec.name).await
+}
+
+fn create_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
+    let port_key = spec.publish.map(|p| format!("{p}/tcp"));
+    let port_bindings = port_key.as_ref().map(|key| {
+        // Host port "0": the engine picks a free one; read back by `published_port`.
+        let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some("0".into()) };
+        HashMap::from([(key.clone(), Some(vec![binding]))])
+    });
+    ContainerCreateBody {
+        image: Some(spec.image.to_string()),
+        cmd: spec.cmd.clone(),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(spec.labels.clone()),
+        exposed_ports: port_key.map(|key| vec![key]),
+        host_config: Some(HostConfig {
+            port_bindings,
+            // Slipway decides what runs; an engine-side restart would hide a crash from the steps.
+            restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Starts a created or stopped container (starting a running one is a no-op).
+pub async fn start(docker: &Docker, name: &str) -> Result<(), DockerError> {
+    docker.start_container(name, None).await.map_err(|e| DockerError::api(format!("start container {name}"), e))
+}
+
+/// The 127.0.0.1 host port published for `container_port`, once the
+/// container runs (an ephemeral port is assigned at start).
+pub fn published_port(info: &ContainerInspectResponse, container_port: u16) -> Option<u16> {
+    let ports = info.network_settings.as_ref()?.ports.as_ref()?;
+    let bindings = ports.get(&format!("{container_port}/tcp"))?.as_ref()?;
+    bindings
+        .iter()
+        .filter(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
+        .find_map(|b| b.host_port.as_deref()?.parse().ok())
+}
+
+/// The container's whole log (stdout and stderr, interleaved as written).
+pub async fn logs(docker: &Docker, name: &str, tail: Option<usize>) -> Result<String, DockerError> {
+    let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&tail).build();
+    let mut stream = docker.logs(name, Some(options));
+    let mut text = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| DockerError::api(format!("read the logs of container {name}"), e))?;
+        text.extend_from_slice(chunk.as_ref());
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The last `LOG_TAIL` lines of a container's log, as failure evidence. Never
+/// fails: if the log cannot be read, the one line says why.
+pub async fn last_log_lines(docker: &Docker, name: &str) -> Vec<String> {
+    match logs(docker, name, Some(LOG_TAIL)).await {
+        Ok(text) => tail_lines(&text, LOG_TAIL),
+        Err(e) => vec![format!("(no log: {e})")],
+    }
+}
+
+/// The last `n` non-empty lines of `text`.
+pub fn tail_lines(text: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+}
+
+/// Stops a container: SIGTERM, then SIGKILL after `grace` (busybox as PID 1
+/// ignores SIGTERM, so the grace is what bounds a stop). Stopped or missing
+/// containers are fine.
+pub async fn stop(docker: &Docker, name: &str, grace: Duration) -> Result<(), DockerError> {
+    let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+    let options = StopContainerOptionsBuilder::new().t(seconds).build();
+    match docker.stop_container(name, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(DockerError::api(format!("stop container {name}"), e)),
+    }
+}
+
+/// Kills a running container at once (SIGKILL). Not running or missing is fine.
+pub async fn kill(docker: &Docker, name: &str) -> Result<(), DockerError> {
+    let options = KillContainerOptionsBuilder::new().signal("KILL").build();
+    match docker.kill_container(name, Some(options)).await {
+        Ok(()) => Ok(()),
+        // 409: the container is not running (any more).
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        Err(e) => Err(DockerError::api(format!("kill container {name}"), e)),
+    }
+}
+
+/// Force-removes a container (killing it if it runs) with its anonymous
+/// volumes. `false` when there was none.
+pub async fn remove_container(docker: &Docker, name: &str) -> Result<bool, DockerError> {
+    let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+    match docker.remove_container(name, Some(options)).await {
+        Ok(()) => Ok(true),
+        Err(e) if is_status(&e, 404) => Ok(false),
+        // 409 "removal already in progress": a concurrent delivery is removing it.
+        Err(e) if is_status(&e, 409) => Ok(true),
+        Err(e) => Err(DockerError::api(format!("remove container {name}"), e)),
+    }
+}
+
+/// Every container (running or not) labelled with this deployment, by name.
+pub async fn deployment_containers(docker: &Docker, deployment_id: Uuid) -> Result<Vec<String>, DockerError> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL_DEPLOYMENT}={deployment_id}")])]);
+    let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+    let list = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| DockerError::api(format!("list the containers of deployment {deployment_id}"), e))?;
+    let mut names: Vec<String> = list
+        .into_iter()
+        .filter_map(|c| c.names?.into_iter().next())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Delays for polling: start small so a fast outcome is seen quickly, grow
+/// ×1.5 up to `max` so a slow one does not cost a busy loop.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first, max }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = self.next.mul_f64(1.5).min(self.max);
+        delay
+    }
+}
+
+/// A duration as people write it in `slipway.toml`: "2s", "1500ms".
+pub fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> DeploymentContext {
+        serde_json::from_value(serde_json::json!({
+            "deployment_id": "0190a3c1-0000-7000-8000-0000000000ab",
+            "project": "shop", "environment": "live", "repository": "r", "git_ref": "main",
+            "commit": "0123456789abcdef0123456789abcdef01234567",
+        }))
+        .expect("a valid context")
+    }
+
+    #[test]
+    fn names_and_tags_derive_from_the_deployment() {
+        let c = ctx();
+        let id = "0190a3c10000700080000000000000ab";
+        assert_eq!(container_name(&c, &Role::Web), format!("slipway-shop-live-{id}-web"));
+        assert_eq!(container_name(&c, &Role::Release(2)), format!("slipway-shop-live-{id}-release-2"));
+        let worker = Role::Process { name: "worker".into(), replica: 1 };
+        assert_eq!(container_name(&c, &worker), format!("slipway-shop-live-{id}-worker-1"));
+        assert_eq!(image_tag(&c), Ok(format!("slipway/shop:0123456789ab-{id}")));
+        assert!(image_tag(&DeploymentContext { commit: None, ..c }).expect_err("no commit").contains("checkout"));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_non_empty_lines() {
+        assert_eq!(tail_lines("a\n\nb\nc\n", 2), vec!["b", "c"]);
+        assert_eq!(tail_lines("", 5), Vec::<String>::new());
+    }
+
+    #[test]
+    fn durations_read_as_in_the_config() {
+        assert_eq!(human(Duration::from_secs(2)), "2s");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(20), Duration::from_millis(40));
+        let delays: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, vec![20, 30, 40, 40]);
+    }
+}

@@ -1,0 +1,169 @@
+//! `Step::Release`: runs the project's release commands (migrations), in
+//! order, each in a one-off container `...-release-<i>` of the new image with
+//! the environment's settings, as `/bin/sh -c <command>` (the image's
+//! entrypoint, if any, still applies, as with `docker run`). A non-zero exit
+//! or a command that outlives `release.timeout` fails the deployment. Each
+//! command's output is kept in `<logs>/<id>/release-<i>.log`.
+//!
+//! The one-off containers are kept until the step ends (success or failure)
+//! and only then removed: a redelivery after a worker crash mid-step finds
+//! the commands that already finished and reuses their exit codes instead of
+//! running a migration twice, and waits for one still running instead of
+//! starting a second. (A crash after the removal and before the outcome is
+//! recorded does re-run them; release commands should be idempotent anyway.)
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use slipway_proto::command::{DeploymentContext, RunStep};
+use slipway_proto::config::AppConfig;
+use slipway_proto::event::{ReleaseCommandResult, ReleaseCommandsRan};
+use slipway_proto::Event;
+
+use super::docker::{self, Backoff, ContainerSpec, Failure, Role, RunState, LOG_TAIL};
+use super::{Runtime, Settings};
+
+pub async fn run(command: &RunStep, env: &Settings, rt: &Runtime) -> Event {
+    if !command.context.run_release {
+        // Local mode without `--migrate`.
+        return Event::ReleaseCommandsRan(ReleaseCommandsRan { results: Vec::new(), skipped: true });
+    }
+    match release(&command.context, env, rt).await {
+        Ok(results) => Event::ReleaseCommandsRan(ReleaseCommandsRan { results, skipped: false }),
+        Err(failure) => failure.for_command(command),
+    }
+}
+
+/// One release command and where it runs.
+struct OneOff<'a> {
+    index: usize,
+    command: &'a str,
+    spec: ContainerSpec<'a>,
+    log: PathBuf,
+}
+
+async fn release(ctx: &DeploymentContext, env: &Settings, rt: &Runtime) -> Result<Vec<ReleaseCommandResult>, Failure> {
+    let config = AppConfig::from_value(&ctx.config).map_err(Failure::new)?;
+    if config.release.commands.is_empty() {
+        return Ok(Vec::new());
+    }
+    let image = ctx.image_id.as_deref().ok_or_else(|| {
+        Failure::new("no image recorded for this deployment; the build step must run before the release")
+    })?;
+    let log_dir = rt.logs.join(ctx.deployment_id.to_string());
+    tokio::fs::create_dir_all(&log_dir)
+        .await
+        .map_err(|e| Failure::new(format!("cannot create the log directory {}: {e}", log_dir.display())))?;
+    let one_offs: Vec<OneOff> = config
+        .release
+        .commands
+        .iter()
+        .enumerate()
+        .map(|(index, command)| one_off(ctx, env, image, index, command, &log_dir))
+        .collect();
+    let docker = docker::connect().await?;
+    let outcome = run_in_order(&docker, &one_offs, config.release.timeout.0).await;
+    for one in &one_offs {
+        // Best effort: a leftover is swept by label when the deployment is cleaned up.
+        if let Err(e) = docker::remove_container(&docker, &one.spec.name).await {
+            tracing::warn!(error = %e, "release container left behind");
+        }
+    }
+    outcome
+}
+
+fn one_off<'a>(
+    ctx: &DeploymentContext,
+    env: &'a Settings,
+    image: &'a str,
+    index: usize,
+    command: &'a str,
+    log_dir: &Path,
+) -> OneOff<'a> {
+    let role = Role::Release(index);
+    let spec = ContainerSpec {
+        name: docker::container_name(ctx, &role),
+        image,
+        cmd: Some(vec!["/bin/sh".into(), "-c".into(), command.to_string()]),
+        env,
+        labels: docker::labels(ctx, &role.to_string()),
+        publish: None,
+    };
+    OneOff { index, command, spec, log: log_dir.join(format!("{role}.log")) }
+}
+
+/// Runs the commands one after another, stopping at the first failure.
+async fn run_in_order(
+    docker: &Docker,
+    one_offs: &[OneOff<'_>],
+    timeout: Duration,
+) -> Result<Vec<ReleaseCommandResult>, Failure> {
+    let mut results = Vec::with_capacity(one_offs.len());
+    for one in one_offs {
+        results.push(run_one(docker, one, timeout).await?);
+    }
+    Ok(results)
+}
+
+async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result<ReleaseCommandResult, Failure> {
+    let started = Instant::now();
+    let exit = run_to_exit(docker, &one.spec, timeout).await?;
+    let text = docker::logs(docker, &one.spec.name, None).await?;
+    tokio::fs::write(&one.log, &text)
+        .await
+        .map_err(|e| Failure::new(format!("cannot write the release log {}: {e}", one.log.display())))?;
+    let what = format!("release command `{}` (release.commands[{}])", one.command, one.index);
+    let failure = match exit {
+        Some(0) => None,
+        Some(code) => Some(format!("{what} exited with code {code}")),
+        None => Some(format!("{what} timed out after {}", docker::human(timeout))),
+    };
+    if let Some(reason) = failure {
+        return Err(Failure::new(reason).with_details(docker::tail_lines(&text, LOG_TAIL)));
+    }
+    let ran = docker::inspect(docker, &one.spec.name).await.ok().and_then(|info| docker::run_duration(&info));
+    Ok(ReleaseCommandResult {
+        command: one.command.to_string(),
+        exit_code: 0,
+        duration_ms: ran.unwrap_or_else(|| started.elapsed()).as_millis() as u64,
+        log_ref: Some(one.log.display().to_string()),
+    })
+}
+
+/// Runs the one-off to its end: its exit code, or `None` when it outlived
+/// `timeout` (it is killed then).
+async fn run_to_exit(docker: &Docker, spec: &ContainerSpec<'_>, timeout: Duration) -> Result<Option<i64>, Failure> {
+    let name = &spec.name;
+    let info = docker::ensure_container(docker, spec).await?;
+    let exit = match docker::run_state(&info) {
+        // An earlier delivery ran it to the end.
+        RunState::Exited(code) => return Ok(Some(code)),
+        RunState::Created => {
+            docker::start(docker, name).await?;
+            wait_for_exit(docker, name, timeout).await?
+        }
+        // An earlier delivery started it: wait for that run rather than start another.
+        RunState::Running | RunState::Other(_) => wait_for_exit(docker, name, timeout).await?,
+    };
+    if exit.is_none() {
+        docker::kill(docker, name).await?;
+    }
+    Ok(exit)
+}
+
+/// Polls until the container exits (its exit code) or `timeout` passes (`None`).
+async fn wait_for_exit(docker: &Docker, name: &str, timeout: Duration) -> Result<Option<i64>, Failure> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
+    loop {
+        if let RunState::Exited(code) = docker::run_state(&docker::inspect(docker, name).await?) {
+            return Ok(Some(code));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
+    }
+}
