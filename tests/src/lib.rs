@@ -186,6 +186,10 @@ impl Harness {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         remove_containers_with_label(&format!("slipway.project={}", self.project));
+        // Quorum queues are heavyweight on the broker: leave none behind.
+        for step in slipway_proto::Step::ALL {
+            let _ = self.queue.delete(&step.queue()).await;
+        }
         if let Some(schema) = &self.schema {
             if let Ok(pool) = sqlx::PgPool::connect(&pg_url()).await {
                 let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;

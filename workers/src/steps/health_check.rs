@@ -26,6 +26,8 @@ const FIRST_DELAY: Duration = Duration::from_millis(20);
 const MAX_DELAY: Duration = Duration::from_secs(1);
 /// One attempt never waits longer than this for an answer, so a hung
 /// connection does not stop the container from being looked at.
+/// Even the last attempt before the deadline gets this long to answer.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn run(command: &RunStep, _env: &Settings, _rt: &Runtime) -> Event {
@@ -48,16 +50,22 @@ async fn check(ctx: &DeploymentContext) -> Result<HealthCheckPassed, Failure> {
     let deadline = started + timeout;
     let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY);
     let mut attempts = 0;
+    // The last answer the app gave, kept apart from a last attempt that the
+    // deadline cut short: "status 404" says more than "no answer within 1 ms".
+    let mut last_answer: Option<String> = None;
     loop {
         attempts += 1;
-        let wait = deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), ATTEMPT_TIMEOUT);
+        let wait = deadline.saturating_duration_since(Instant::now()).clamp(MIN_ATTEMPT, ATTEMPT_TIMEOUT);
         let last = match get_status(&url, wait).await {
             Ok(status) if (200..400).contains(&status) => {
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 return Ok(HealthCheckPassed { path: web.health_path, status, attempts, elapsed_ms });
             }
-            Ok(status) => format!("status {status}"),
-            Err(e) => e,
+            Ok(status) => {
+                last_answer = Some(format!("status {status}"));
+                format!("status {status}")
+            }
+            Err(e) => last_answer.clone().unwrap_or(e),
         };
         if let Some(docker) = &docker {
             if let Some(gone) = not_running(docker, &container).await {
