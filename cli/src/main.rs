@@ -293,7 +293,7 @@ async fn deploy(
     let running = if embedded {
         let queue = connect::queue(queue_url).await?;
         let (stop, shutdown) = machinery::manual();
-        let parts = Parts { engine: true, workers: Some(all_workers(verbs::actor())), drain_seconds: args.drain };
+        let parts = Parts { engine: true, workers: Some(all_workers(format!("worker:{}", hostname()))), drain_seconds: args.drain };
         let task = tokio::spawn(machinery::serve(store.clone(), queue, machinery::pipeline(data_dir), parts, shutdown));
         Some((stop, task))
     } else {

@@ -138,6 +138,12 @@ impl Harness {
     }
 
     pub async fn deploy_with(&self, env: &str, git_ref: &str, mode: BuildMode, run_release: bool) -> Deployment {
+        let id = self.request(env, git_ref, mode, run_release).await;
+        self.wait_finished(id, Duration::from_secs(120)).await
+    }
+
+    /// Requests a deployment without waiting for it.
+    pub async fn request(&self, env: &str, git_ref: &str, mode: BuildMode, run_release: bool) -> Uuid {
         let req = DeployRequest {
             project: self.project.clone(),
             environment: env.into(),
@@ -147,8 +153,7 @@ impl Harness {
             run_release,
             dry_run: false,
         };
-        let id = requests::request_deployment(&*self.store, "test", req).await.unwrap().expect("deployment requested");
-        self.wait_finished(id, Duration::from_secs(120)).await
+        requests::request_deployment(&*self.store, "test", req).await.unwrap().expect("deployment requested")
     }
 
     pub async fn deployment(&self, id: Uuid) -> Deployment {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use slipway_engine::Status;
+use slipway_proto::event::BuildMode;
 use slipway_proto::{Event, Step};
 use slipway_tests::*;
 
@@ -146,5 +147,32 @@ async fn every_command_delivered_twice_creates_each_container_once() {
         assert_eq!(n, 1, "{kind} recorded {n} times");
     }
     assert_eq!(page(d.context.web_port.expect("port")).await.unwrap().1, "hello twice\n");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_deployment_of_an_environment_waits_for_the_first() {
+    let h = Harness::start(Backends::Embedded).await;
+    let repo = AppRepo::new();
+    repo.commit(&busybox_app("hello queue", APP, ""), "v1");
+    h.create_project(&repo.path()).await;
+    h.set("test", "GREETING", "hi", false).await;
+    let first = h.request("test", "main", BuildMode::Local, true).await;
+    let second = h.request("test", "main", BuildMode::Local, true).await;
+    for id in [first, second] {
+        let d = h.wait_finished(id, std::time::Duration::from_secs(120)).await;
+        assert_eq!(d.status, Status::Succeeded, "{:?}", h.events(id).await);
+    }
+    let position = |id, kind: &'static str| {
+        let store = h.store.clone();
+        async move {
+            let recorded = store.read_stream(&slipway_proto::event::deployment_stream(id), 1).await.unwrap();
+            recorded.iter().find(|r| r.envelope.message_type == kind).map(|r| r.position).expect(kind)
+        }
+    };
+    let first_done = position(first, "DeploymentSucceeded").await;
+    let second_started = position(second, "StepDispatched").await;
+    assert!(second_started > first_done, "the second deployment started before the first finished");
+    h.wait_no_containers(first).await;
     h.shutdown().await;
 }
