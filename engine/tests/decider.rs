@@ -1,6 +1,8 @@
 //! The decider and the deployment projection, given / when / then, over
 //! named canned histories. No I/O.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 use slipway_engine::{decide, deployment::fold, Decision, EnvironmentView, Status};
 use slipway_proto::event::*;
 use slipway_proto::{Command, Event, Step};
@@ -159,7 +161,7 @@ fn a_failed_health_check_removes_the_new_containers() {
 
 #[test]
 fn out_of_order_histories_are_illegal_transitions() {
-    let skip_ahead = vec![requested(), outcome(Step::Build)];
+    let skip_ahead = [requested(), outcome(Step::Build)];
     let err = fold(skip_ahead.iter()).unwrap_err();
     assert!(err.to_string().contains("ImageBuilt"), "{err}");
     assert!(fold([outcome(Step::Checkout)].iter()).is_err(), "an outcome before the request");

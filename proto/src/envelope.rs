@@ -214,6 +214,9 @@ macro_rules! message_family {
     ($(#[$meta:meta])* $name:ident, $kind:literal { $( $(#[$vmeta:meta])* $variant:ident ( $payload:ty ) = $version:literal ),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq)]
+        // Messages are decoded once and moved rarely; boxing variants would
+        // only make every match noisier.
+        #[allow(clippy::large_enum_variant)]
         pub enum $name { $( $(#[$vmeta])* $variant($payload), )* }
 
         impl $crate::envelope::Message for $name {

@@ -1,5 +1,7 @@
 //! JSON round trips and decoding errors for every message family.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 use slipway_proto::command::{DeploymentContext, RunStep};

@@ -3,6 +3,8 @@
 //! table refuses UPDATE, DELETE and TRUNCATE, and tampering with stored rows
 //! is found by the chain verification.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 mod common;
 
 use std::collections::HashSet;

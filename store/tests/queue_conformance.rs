@@ -7,6 +7,8 @@
 //! Every test uses its own queue names and deletes them at the end. The
 //! RabbitMQ tests fail (never skip) when the broker is not reachable.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;

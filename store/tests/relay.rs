@@ -3,6 +3,8 @@
 //! and its checkpoint never moves past a batch the broker did not confirm.
 //! Run on PostgreSQL + RabbitMQ and on SQLite + the in-process queue.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

@@ -2,6 +2,8 @@
 //! SQLite: optimistic appends, stream and global reads, the outbox written
 //! with its events, checkpoints, catch-up subscriptions and the hash chain.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 mod common;
 
 use std::collections::HashSet;
@@ -37,7 +39,7 @@ async fn a_wrong_expected_version_is_a_conflict_and_writes_nothing(store: DynSto
     let cmd = Outgoing { queue: "q".into(), envelope: event(s, 99) };
     store.append(s, ExpectedVersion::NoStream, &events(s, 0..2), &[]).await.unwrap().unwrap();
     for expected in [ExpectedVersion::NoStream, ExpectedVersion::Exactly(1), ExpectedVersion::Exactly(7)] {
-        let conflict = store.append(s, expected, &events(s, 2..4), &[cmd.clone()]).await.unwrap().unwrap_err();
+        let conflict = store.append(s, expected, &events(s, 2..4), std::slice::from_ref(&cmd)).await.unwrap().unwrap_err();
         assert_eq!((conflict.stream.as_str(), conflict.actual, conflict.expected), (s, 2, expected));
         assert!(conflict.to_string().contains("is at version 2"), "{conflict}");
     }
@@ -173,10 +175,10 @@ async fn the_chain_links_every_event(store: DynStore) {
 
 async fn bad_appends_are_refused_clearly(store: DynStore) {
     let e = event("deployment-other", 1);
-    let err = store.append("deployment-i", ExpectedVersion::Any, &[e.clone()], &[]).await.unwrap_err();
+    let err = store.append("deployment-i", ExpectedVersion::Any, std::slice::from_ref(&e), &[]).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidAppend { .. }));
     assert!(err.to_string().contains("deployment-other"), "{err}");
-    store.append("deployment-other", ExpectedVersion::Any, &[e.clone()], &[]).await.unwrap().unwrap();
+    store.append("deployment-other", ExpectedVersion::Any, std::slice::from_ref(&e), &[]).await.unwrap().unwrap();
     let err = store.append("deployment-other", ExpectedVersion::Any, &[e], &[]).await.unwrap_err();
     assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
     assert_eq!(store.stream_version("deployment-other").await.unwrap(), 1);
@@ -201,7 +203,7 @@ async fn multi_stream_appends_are_all_or_nothing(store: DynStore) {
         StreamAppend { stream: a, expected: ExpectedVersion::NoStream, events: &ea },
         StreamAppend { stream: b, expected: ExpectedVersion::NoStream, events: &eb },
     ];
-    let conflict = store.append_streams(&wrong, &[cmd.clone()]).await.unwrap().unwrap_err();
+    let conflict = store.append_streams(&wrong, std::slice::from_ref(&cmd)).await.unwrap().unwrap_err();
     assert_eq!(conflict.stream, b);
     assert_eq!(store.stream_version(a).await.unwrap(), 0, "the first stream was written despite the conflict");
     assert!(store.read_outbox(Position::START, 10).await.unwrap().is_empty());

@@ -123,12 +123,12 @@ impl Harness {
             default_branch: "main".into(),
             environments: vec!["test".into(), "live".into()],
         };
-        requests::create_project(&*self.store, "test", new).await.unwrap().expect("project created");
+        requests::create_project(&*self.store, "test", new).await.expect("store").expect("project created");
     }
 
     pub async fn set(&self, env: &str, key: &str, value: &str, secret: bool) {
         let set = vec![SettingValue { key: key.into(), value: value.into(), secret }];
-        requests::change_settings(&*self.store, "test", &self.project, env, set, vec![]).await.unwrap().expect("settings");
+        requests::change_settings(&*self.store, "test", &self.project, env, set, vec![]).await.expect("store").expect("settings");
     }
 
     /// Requests a deployment (local mode with release commands, so builds
@@ -153,7 +153,7 @@ impl Harness {
             run_release,
             dry_run: false,
         };
-        requests::request_deployment(&*self.store, "test", req).await.unwrap().expect("deployment requested")
+        requests::request_deployment(&*self.store, "test", req).await.expect("store").expect("deployment requested")
     }
 
     pub async fn deployment(&self, id: Uuid) -> Deployment {

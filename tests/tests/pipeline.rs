@@ -4,6 +4,8 @@
 //! failed deployment; and every command delivered twice creating each
 //! container once.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 use std::sync::Arc;
 
 use slipway_engine::Status;

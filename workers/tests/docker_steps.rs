@@ -11,6 +11,8 @@
 //! Without a reachable Docker engine these tests fail, naming Docker and
 //! `scripts/services`; they never skip.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,8 @@
 //! http services, never leaking a password). Repositories are made with git2
 //! in temp dirs; PostgreSQL is the local one (`SLIPWAY_PG_URL`).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
