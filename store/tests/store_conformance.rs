@@ -51,14 +51,13 @@ async fn commands_are_written_with_their_events(store: DynStore) {
     let s = "deployment-c";
     let cmds: Vec<_> = (0..3).map(|n| Outgoing { queue: format!("q{n}"), envelope: event(s, 100 + n) }).collect();
     store.append(s, ExpectedVersion::Any, &events(s, 0..1), &cmds).await.unwrap().unwrap();
-    let outbox = store.read_outbox(Position::START, 10).await.unwrap();
+    let outbox = outbox_at_least(&store, Position::START, 3).await;
     assert_eq!(outbox.iter().map(|o| o.message_id).collect::<Vec<_>>(), cmds.iter().map(|c| c.envelope.id).collect::<Vec<_>>());
     assert_eq!(outbox[1].queue, "q1");
     assert_eq!(outbox[2].body, cmds[2].envelope.to_json());
-    let after_first = store.read_outbox(outbox[0].position, 10).await.unwrap();
-    assert_eq!(after_first.len(), 2);
+    assert_eq!(outbox_at_least(&store, outbox[0].position, 2).await.len(), 2);
     assert_eq!(store.prune_outbox(outbox[1].position).await.unwrap(), 2);
-    assert_eq!(store.read_outbox(Position::START, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox_at_least(&store, Position::START, 1).await.len(), 1);
 }
 
 async fn read_all_pages_in_one_global_order(store: DynStore) {
@@ -66,7 +65,7 @@ async fn read_all_pages_in_one_global_order(store: DynStore) {
         let s = format!("deployment-d{n}");
         store.append(&s, ExpectedVersion::Any, &events(&s, 0..4), &[]).await.unwrap().unwrap();
     }
-    let everything = store.read_all(Position::START, 1000).await.unwrap();
+    let everything = read_at_least(&store, Position::START, 20).await;
     assert_eq!(everything.len(), 20);
     let mut paged = Vec::new();
     let mut cursor = Position::START;
@@ -189,7 +188,7 @@ async fn ids_are_unique_across_everything_read(store: DynStore) {
         let s = format!("deployment-j{n}");
         store.append(&s, ExpectedVersion::Any, &events(&s, 0..10), &[]).await.unwrap().unwrap();
     }
-    let all = store.read_all(Position::START, 1000).await.unwrap();
+    let all = read_at_least(&store, Position::START, 30).await;
     let ids: HashSet<_> = all.iter().map(|e| e.envelope.id).collect();
     assert_eq!(ids.len(), 30);
 }
@@ -213,7 +212,7 @@ async fn multi_stream_appends_are_all_or_nothing(store: DynStore) {
     ];
     let done = store.append_streams(&right, &[cmd]).await.unwrap().unwrap();
     assert_eq!(done.iter().map(|d| d.version).collect::<Vec<_>>(), vec![2, 2]);
-    assert_eq!(store.read_outbox(Position::START, 10).await.unwrap().len(), 1);
+    assert_eq!(outbox_at_least(&store, Position::START, 1).await.len(), 1);
 }
 
 async fn setting_values_are_kept_by_fingerprint(store: DynStore) {

@@ -83,3 +83,23 @@ where
 }
 
 pub type DynStore = Arc<dyn EventStore>;
+
+/// Every event after `after`, once at least `n` are readable. Gap-safe reads
+/// stop below the oldest transaction still open anywhere in the cluster
+/// (another test's append, say), so a count is awaited, not assumed.
+pub async fn read_at_least(store: &DynStore, after: slipway_store::Position, n: usize) -> Vec<slipway_store::RecordedEvent> {
+    eventually(&format!("{n} readable events"), Duration::from_secs(20), || async {
+        let all = store.read_all(after, 100_000).await.expect("read_all");
+        (all.len() >= n).then_some(all)
+    })
+    .await
+}
+
+/// Like `read_at_least`, for the outbox.
+pub async fn outbox_at_least(store: &DynStore, after: slipway_store::Position, n: usize) -> Vec<slipway_store::OutboxEntry> {
+    eventually(&format!("{n} readable outbox rows"), Duration::from_secs(20), || async {
+        let all = store.read_outbox(after, 100_000).await.expect("read_outbox");
+        (all.len() >= n).then_some(all)
+    })
+    .await
+}
