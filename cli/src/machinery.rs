@@ -2,6 +2,7 @@
 //! the step workers — in this process, in whichever combination a mode
 //! needs, until a shutdown future resolves.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,5 +92,25 @@ pub async fn serve(
     while let Some(done) = tasks.join_next().await {
         done.context("a task panicked")??;
     }
+    Ok(())
+}
+
+/// `serve`, plus the HTTP API on `listen` until the same shutdown. Binding
+/// comes first, so a taken port fails the command before anything runs.
+pub async fn serve_with_api(
+    store: Arc<dyn EventStore>,
+    queue: Arc<dyn Queue>,
+    executor: Arc<dyn Executor>,
+    parts: Parts,
+    listen: SocketAddr,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the HTTP API to {listen}; choose another address with --listen or SLIPWAY_LISTEN"))?;
+    eprintln!("slipway: HTTP API on http://{}/api", listener.local_addr().unwrap_or(listen));
+    let api = slipway_engine::api::serve(listener, slipway_engine::api::app(store.clone()), shutdown.clone());
+    let api = async { api.await.context("serving the HTTP API") };
+    tokio::try_join!(serve(store, queue, executor, parts, shutdown), api)?;
     Ok(())
 }

@@ -97,6 +97,9 @@ struct ServeArgs {
     /// Seconds a retired release keeps serving in-flight requests before it is stopped.
     #[arg(long, default_value_t = 30)]
     drain: u64,
+    /// Where the HTTP API listens (it has no authentication: keep it on loopback or behind a proxy that checks).
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -212,13 +215,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::AllInOne(args) => {
             let queue = connect::queue(&cli.queue).await?;
             let parts = Parts { engine: true, workers: Some(all_workers(format!("worker:{}", hostname()))), drain_seconds: args.drain };
-            machinery::serve(store, queue, machinery::pipeline(&data_dir), parts, machinery::on_signal()).await?;
+            machinery::serve_with_api(store, queue, machinery::pipeline(&data_dir), parts, args.listen, machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue).await?;
             let parts = Parts { engine: true, workers: None, drain_seconds: args.drain };
-            machinery::serve(store, queue, machinery::pipeline(&data_dir), parts, machinery::on_signal()).await?;
+            machinery::serve_with_api(store, queue, machinery::pipeline(&data_dir), parts, args.listen, machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker { steps, prefetch } => {

@@ -3,6 +3,7 @@
 //! (`decider`), and the driver that feeds it events from the store and writes
 //! its decisions back through the outbox (`driver`).
 
+pub mod api;
 pub mod decider;
 pub mod deployment;
 pub mod driver;

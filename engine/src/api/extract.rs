@@ -1,0 +1,112 @@
+//! The API's extractors. axum's own reject in plain text, with 422 for a body
+//! that parses but does not fit; these reject with `ApiError`, so every
+//! failure is JSON and bad input is a 400 that names the field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Who the recorded events name as their actor.
+pub const ACTOR_HEADER: &str = "x-slipway-actor";
+const DEFAULT_ACTOR: &str = "api";
+const MAX_ACTOR_LEN: usize = 128;
+
+/// A JSON request body. The `Content-Type: application/json` requirement is
+/// deliberate: a browser cannot send it cross-origin without a CORS
+/// preflight, which this API never grants, so another site open in the
+/// operator's browser cannot post to a panel listening on localhost.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !declares_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as JSON with the header `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(
+                    "the request body is too large; settings and requests fit in a few kilobytes".into(),
+                )
+            } else {
+                ApiError::BadRequest(format!("could not read the request body: {}", e.body_text()))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn declares_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.len() > "+json".len()
+            && essence.get(essence.len() - 5..).is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+}
+
+/// Parses a body, naming where it went wrong: `set.KEY: invalid type: ...`
+/// or `unknown field `bogus`, expected one of ...`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde_path_to_error says "." for the top level and "?" where the
+        // input ended before a path formed.
+        if path == "." || path == "?" {
+            ApiError::BadRequest(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("invalid JSON body at `{path}`: {inner}"))
+        }
+    })?;
+    de.end().map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    Ok(value)
+}
+
+/// Path parameters, rejected as JSON.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Params(value)),
+            Err(e) => Err(ApiError::BadRequest(format!("bad path: {}", e.body_text()))),
+        }
+    }
+}
+
+/// The actor from the `X-Slipway-Actor` header, "api" without one. It is
+/// attribution, not authentication: the API trusts whoever reaches it.
+#[derive(Debug)]
+pub struct Actor(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(ACTOR_HEADER) else { return Ok(Actor(DEFAULT_ACTOR.into())) };
+        let actor = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|a| a.len() <= MAX_ACTOR_LEN && a.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "the X-Slipway-Actor header must be at most {MAX_ACTOR_LEN} printable ASCII characters"
+                ))
+            })?;
+        Ok(Actor(if actor.is_empty() { DEFAULT_ACTOR.into() } else { actor.into() }))
+    }
+}

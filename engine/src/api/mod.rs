@@ -1,0 +1,128 @@
+//! Slipway's JSON HTTP API: the same requests as the client verbs (create a
+//! project, change settings, request a deployment) and read-only views of
+//! projects, environments and deployments, folded from the event log on each
+//! call. It owns no state of its own — every write goes through `requests`,
+//! every read through the store and the projections — so it can run in any
+//! process that has the store, and `app` is a plain `Router` tests drive
+//! without a socket.
+//!
+//! Failures map to statuses in one place (`error::ApiError`). Setting values
+//! marked secret never leave the store through this API.
+//!
+//! There is no authentication: anyone who reaches the socket can deploy, so
+//! the `slipway` binary binds it to 127.0.0.1 unless told otherwise.
+
+mod deployments;
+mod error;
+mod extract;
+mod projects;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{Method, Uri};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use slipway_proto::event::{deployment_stream, environment_stream};
+use slipway_proto::Event;
+use slipway_store::{EventStore, RecordedEvent};
+use uuid::Uuid;
+
+pub use error::ApiError;
+pub use extract::ACTOR_HEADER;
+
+use crate::deployment::Deployment;
+use crate::environment::Environment;
+use crate::project::Project;
+use crate::requests;
+
+type Store = State<Arc<dyn EventStore>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API's routes over `store`.
+pub fn app(store: Arc<dyn EventStore>) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/projects", get(projects::list).post(projects::create))
+        .route("/api/projects/{name}", get(projects::show))
+        .route("/api/projects/{name}/environments/{env}", get(projects::environment))
+        .route("/api/projects/{name}/environments/{env}/settings", put(projects::change_settings))
+        .route("/api/projects/{name}/environments/{env}/deployments", post(deployments::request))
+        .route("/api/deployments/{id}", get(deployments::show))
+        .route("/api/deployments/{id}/events", get(deployments::events))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(store)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets requests
+/// in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Answers only when the store does, so a load balancer sees a dead database.
+async fn health(State(store): Store) -> ApiResult<Json<Value>> {
+    store.stream_version("health-check").await?;
+    Ok(Json(json!({ "status": "ok", "store": store.backend() })))
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no endpoint {method} {}; the endpoints are under /api/projects and /api/deployments",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}; the Allow header lists what is", uri.path()))
+}
+
+async fn require_project(store: &dyn EventStore, name: &str) -> ApiResult<Project> {
+    requests::load_project(store, name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no project `{name}`; create it with POST /api/projects")))
+}
+
+async fn require_environment(store: &dyn EventStore, name: &str, env: &str) -> ApiResult<Project> {
+    let project = require_project(store, name).await?;
+    if !project.environments.contains_key(env) {
+        let known: Vec<&str> = project.environments.keys().map(String::as_str).collect();
+        return Err(ApiError::NotFound(format!(
+            "project `{name}` has no environment `{env}` (it has: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(project)
+}
+
+async fn load_environment(store: &dyn EventStore, name: &str, env: &str) -> ApiResult<Environment> {
+    let recorded = store.read_stream(&environment_stream(name, env), 1).await?;
+    Ok(crate::environment::fold(decode_all(&recorded)?.iter()))
+}
+
+async fn load_deployment(store: &dyn EventStore, id: Uuid) -> ApiResult<Deployment> {
+    let recorded = store.read_stream(&deployment_stream(id), 1).await?;
+    crate::deployment::fold(decode_all(&recorded)?.iter())
+        .map_err(|e| ApiError::Internal(format!("{e}; check the log with `slipway audit verify`")))?
+        .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))
+}
+
+/// Decodes a stream, refusing to fold around an event it cannot read (as
+/// the driver does): a state that silently skipped one would be wrong.
+fn decode_all(recorded: &[RecordedEvent]) -> ApiResult<Vec<Event>> {
+    recorded
+        .iter()
+        .map(|r| {
+            r.envelope
+                .decode::<Event>()
+                .map_err(|e| ApiError::Internal(format!("stored event {}@{} is unreadable: {e}", r.stream, r.version)))
+        })
+        .collect()
+}
