@@ -68,7 +68,10 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
         .nocache(nocache)
         .rm(true)
         .forcerm(true)
-        .labels(&docker::labels(ctx, "image"))
+        // No image labels: the classic builder turns each label into a
+        // build step of its own (measured: four labels cost 0.65-0.85 s of
+        // a 1.1 s build). The tag `slipway/<project>:<commit>-<deployment>`
+        // names the image; its containers carry the labels.
         .build();
     let mut log = BuildLog::create(&log_path).await?;
     let outcome = drain(docker.build_image(options, None, Some(body_full(tar.into()))), &mut log).await;

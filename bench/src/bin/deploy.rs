@@ -1,0 +1,293 @@
+//! `slipway-bench-deploy`: the cost of Slipway's machinery around the Docker
+//! work of a deployment. It deploys a busybox web app with one release
+//! command through Slipway (PostgreSQL store, RabbitMQ queues, outbox relay,
+//! engine and workers in this process, cloud mode: no layer cache) and, in
+//! the same run and alternating with it, does the same Docker work with a
+//! plain shell script (docker build --no-cache, docker run, the release
+//! command in docker run --rm, a curl loop until the app answers). It prints
+//! both times, their ratio and difference. Goal: Slipway at most 1.10x the
+//! script, and at most 300 ms slower.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use slipway_engine::driver::{Driver, DriverOptions};
+use slipway_engine::requests::{self, DeployRequest, NewProject};
+use slipway_proto::event::{deployment_stream, BuildMode};
+use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::queue::namespaced::Namespaced;
+use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
+use slipway_store::queue::Queue;
+use slipway_store::relay::{Relay, RelayOptions};
+use slipway_store::{EventStore, PgStore};
+use slipway_workers::steps::pipeline::Pipeline;
+use slipway_workers::steps::Runtime;
+use slipway_workers::WorkerOptions;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(about = "Deploy through Slipway vs the same Docker work as a shell script, side by side")]
+struct Args {
+    /// Rounds of each (alternating); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    #[arg(long, env = "SLIPWAY_PG_URL", default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
+    pg_url: String,
+    #[arg(long, env = "SLIPWAY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+}
+
+const RELEASE: &str = "echo migrating && test -f /www/index.html";
+
+fn app_files() -> anyhow::Result<BTreeMap<&'static str, Vec<u8>>> {
+    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (apt-get install busybox-static)")?;
+    let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+        COPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
+    let toml = format!("[web]\nport = 80\nhealth_timeout = \"30s\"\n\n[release]\ncommands = [\"{RELEASE}\"]\n");
+    Ok(BTreeMap::from([
+        ("busybox", busybox),
+        ("Dockerfile", dockerfile.as_bytes().to_vec()),
+        (".dockerignore", b".git\nslipway.toml\n".to_vec()),
+        ("www/index.html", b"bench\n".to_vec()),
+        ("slipway.toml", toml.into_bytes()),
+    ]))
+}
+
+/// Writes the app into `dir` and commits it, so Slipway can check it out.
+fn make_repo(dir: &Path) -> anyhow::Result<()> {
+    for (path, contents) in app_files()? {
+        let full = dir.join(path);
+        std::fs::create_dir_all(full.parent().context("parent")?)?;
+        std::fs::write(&full, contents)?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("busybox"), std::fs::Permissions::from_mode(0o755))?;
+    let repo = git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head("main"))?;
+    let mut index = repo.index()?;
+    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let sig = git2::Signature::now("bench", "bench@localhost")?;
+    repo.commit(Some("HEAD"), &sig, &sig, "bench app", &tree, &[])?;
+    Ok(())
+}
+
+/// The same Docker work, as an operator would script it.
+fn script_round(dir: &Path, tag: &str) -> anyhow::Result<Duration> {
+    let script = format!(
+        r#"set -e
+docker build --no-cache -q -t {tag} {dir} >/dev/null
+cid=$(docker run -d -p 127.0.0.1::80 --label slipway-bench=script {tag})
+docker run --rm --label slipway-bench=script {tag} /bin/sh -c '{RELEASE}' >/dev/null
+port=$(docker port "$cid" 80/tcp | head -n1 | sed 's/.*://')
+until curl -fs -o /dev/null "http://127.0.0.1:$port/"; do sleep 0.02; done
+"#,
+        dir = dir.display()
+    );
+    let started = Instant::now();
+    let out = Command::new("bash").arg("-c").arg(&script).output()?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        bail!("the script failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(took)
+}
+
+fn remove_labelled(label: &str) {
+    let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={label}")]).output();
+    if let Ok(out) = out {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        }
+    }
+}
+
+struct Machinery {
+    store: Arc<dyn EventStore>,
+    queue: Arc<dyn Queue>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    schema: String,
+}
+
+async fn start(args: &Args, data: &Path) -> anyhow::Result<Machinery> {
+    let schema = format!("slipway_bench_deploy_{}", Uuid::now_v7().simple());
+    let store = PgStore::connect(&args.pg_url, PgOptions { schema: Some(schema.clone()), ..Default::default() })
+        .await
+        .with_context(|| format!("PostgreSQL at {} (run scripts/services)", redact_url(&args.pg_url)))?;
+    let rabbit = RabbitQueue::connect(&args.amqp_url, RabbitOptions::default())
+        .await
+        .with_context(|| format!("RabbitMQ at {} (run scripts/services)", redact_url(&args.amqp_url)))?;
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    let queue: Arc<dyn Queue> = Arc::new(Namespaced::new(Arc::new(rabbit), format!("bench{}", Uuid::now_v7().simple())));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = futures::FutureExt::shared(Box::pin(async move {
+        let _ = stopped.await;
+    }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+    let runtime = Runtime { workspaces: data.join("workspaces"), logs: data.join("logs") };
+    let relay = Relay::new(store.clone(), queue.clone(), RelayOptions::default());
+    let driver = Driver::new(store.clone(), DriverOptions { drain_seconds: 0 });
+    let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+    let s = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = driver.run(s).await {
+            eprintln!("engine stopped: {e}");
+        }
+    }));
+    let (q, st, s) = (queue.clone(), store.clone(), shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        let options = WorkerOptions { actor: "worker:bench".into(), ..Default::default() };
+        if let Err(e) = slipway_workers::run(q, st, Arc::new(Pipeline::new(runtime)), options, s).await {
+            eprintln!("workers stopped: {e}");
+        }
+    }));
+    Ok(Machinery { store, queue, stop, tasks, schema })
+}
+
+/// One deployment through Slipway, from request to `DeploymentSucceeded`.
+async fn slipway_round(m: &Machinery, project: &str, env: &str) -> anyhow::Result<(Duration, Uuid)> {
+    let req = DeployRequest {
+        project: project.into(),
+        environment: env.into(),
+        git_ref: None,
+        mode: BuildMode::Cloud,
+        no_cache: true,
+        run_release: true,
+        dry_run: false,
+    };
+    let mut wake = m.store.wakeups();
+    let started = Instant::now();
+    let id = match requests::request_deployment(&*m.store, "bench", req).await? {
+        Ok(id) => id,
+        Err(r) => bail!("{r}"),
+    };
+    let stream = deployment_stream(id);
+    loop {
+        let recorded = m.store.read_stream(&stream, 1).await?;
+        if let Some(last) = recorded.iter().find(|r| r.envelope.message_type.starts_with("Deployment") && r.version > 1) {
+            let took = started.elapsed();
+            if last.envelope.message_type != "DeploymentSucceeded" {
+                bail!("deployment {id} failed: {}", last.envelope.to_json());
+            }
+            print_timeline(&recorded);
+            return Ok((took, id));
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("deployment {id} did not finish in 120 s");
+        }
+        slipway_store::subscription::wait_for_wakeup(&mut wake, Duration::from_millis(5)).await;
+    }
+}
+
+/// Where one deployment's time went: each event's offset from the request.
+fn print_timeline(recorded: &[slipway_store::RecordedEvent]) {
+    let Some(first) = recorded.first() else { return };
+    let line: Vec<String> = recorded
+        .iter()
+        .skip(1)
+        .map(|r| {
+            let ms = (r.recorded_at - first.recorded_at).num_milliseconds();
+            let what = match r.envelope.decode::<slipway_proto::Event>() {
+                Ok(slipway_proto::Event::StepDispatched(d)) => format!("->{}", d.step),
+                _ => r.envelope.message_type.clone(),
+            };
+            format!("{what}@{ms}")
+        })
+        .collect();
+    println!("  timeline (ms): {}", line.join(" "));
+}
+
+/// Waits (untimed, up to 30 s) until the project has one container left.
+async fn wait_for_single_container(project: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=slipway.project={project}")]).output();
+        if out.map(|o| String::from_utf8_lossy(&o.stdout).lines().count() <= 1).unwrap_or(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let data = tempfile::tempdir()?;
+    let repo = data.path().join("app");
+    std::fs::create_dir_all(&repo)?;
+    make_repo(&repo)?;
+    let m = start(&args, data.path()).await?;
+    let project = format!("bench-{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let new = NewProject {
+        name: project.clone(),
+        repository: repo.display().to_string(),
+        default_branch: "main".into(),
+        environments: vec!["test".into()],
+    };
+    if let Err(r) = requests::create_project(&*m.store, "bench", new).await? {
+        bail!("{r}");
+    }
+    println!("slipway-bench-deploy: a deployment through Slipway vs the same Docker work as a script");
+    println!("command:  slipway-bench-deploy --rounds {}", args.rounds);
+    println!("machine:  {} cores; PostgreSQL + RabbitMQ + Docker on loopback; cloud mode (no layer cache)\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+
+    let (mut ours, mut script) = (Vec::new(), Vec::new());
+    // A warm-up of each, not counted: first-use costs (connections, page cache).
+    let tag = format!("slipway-bench-script:{}", Uuid::now_v7().simple());
+    script_round(&repo, &tag)?;
+    remove_labelled("slipway-bench=script");
+    slipway_round(&m, &project, "test").await?;
+    for round in 0..args.rounds {
+        let (took, id) = slipway_round(&m, &project, "test").await?;
+        ours.push(took);
+        // The replaced release retires in the background; let it finish so it
+        // does not overlap the script's round.
+        wait_for_single_container(&project).await;
+        let s = script_round(&repo, &tag)?;
+        script.push(s);
+        remove_labelled("slipway-bench=script");
+        println!("round {}: slipway {:>6.0} ms   script {:>6.0} ms   ({id})", round + 1, took.as_secs_f64() * 1e3, s.as_secs_f64() * 1e3);
+    }
+    let (o, s) = (median(ours), median(script));
+    let ratio = o.as_secs_f64() / s.as_secs_f64();
+    let diff_ms = (o.as_secs_f64() - s.as_secs_f64()) * 1e3;
+    println!("\nwhat                      ours        baseline (what)                  ratio   goal                  met");
+    println!(
+        "deploy, median of {:<2}     {:>6.0} ms   {:>6.0} ms (shell script)         {ratio:>5.2}   <= 1.10 and < 300 ms   {}",
+        args.rounds,
+        o.as_secs_f64() * 1e3,
+        s.as_secs_f64() * 1e3,
+        if ratio <= 1.10 && diff_ms < 300.0 { "yes" } else { "NO" }
+    );
+    println!("difference                {diff_ms:>6.0} ms");
+
+    let _ = m.stop.send(());
+    for t in m.tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    remove_labelled(&format!("slipway.project={project}"));
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    let images = Command::new("docker").args(["images", "-q", &format!("slipway/{project}")]).output()?;
+    let ids: Vec<String> = String::from_utf8_lossy(&images.stdout).lines().map(str::to_string).collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker").args(["rmi", "-f"]).args(&ids).output();
+    }
+    for step in slipway_proto::Step::ALL {
+        let _ = m.queue.delete(&step.queue()).await;
+    }
+    if let Ok(pool) = sqlx::PgPool::connect(&args.pg_url).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", m.schema)).execute(&pool).await;
+    }
+    Ok(())
+}
