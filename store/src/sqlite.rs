@@ -5,13 +5,14 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::Row;
+use sqlx::{ConnectOptions, Row};
 use tokio::sync::watch;
 
 use crate::chain::{ChainRow, GENESIS};
@@ -31,6 +32,10 @@ fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
 pub struct SqliteStore {
     pool: SqlitePool,
     wake: watch::Sender<u64>,
+    /// For an in-memory store: an idle connection that keeps the shared
+    /// in-memory database alive while the pool replaces its connection (a
+    /// task cancelled mid-query drops the connection it held).
+    _keeper: Option<Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>,
 }
 
 impl SqliteStore {
@@ -48,13 +53,16 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db(format!("opening {}", path.display())))?;
-        Self::with_pool(pool).await
+        Self::with_pool(pool, None).await
     }
 
     /// A store that lives in memory only (tests, dry runs).
     pub async fn in_memory() -> Result<Self, StoreError> {
+        // A named, shared-cache in-memory database: it lives while any
+        // connection to it is open, so the keeper holds one.
         let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(db("opening an in-memory database"))?;
-        // One connection: each in-memory connection would be its own database.
+        let keeper = options.connect().await.map_err(db("opening an in-memory database"))?;
+        // One pooled connection: writers take turns, as on a file.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .idle_timeout(None)
@@ -62,16 +70,19 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db("opening an in-memory database"))?;
-        Self::with_pool(pool).await
+        Self::with_pool(pool, Some(Arc::new(tokio::sync::Mutex::new(keeper)))).await
     }
 
-    async fn with_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+    async fn with_pool(
+        pool: SqlitePool,
+        keeper: Option<Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>,
+    ) -> Result<Self, StoreError> {
         sqlx::migrate!("../migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
         let (wake, _) = watch::channel(0u64);
-        Ok(SqliteStore { pool, wake })
+        Ok(SqliteStore { pool, wake, _keeper: keeper })
     }
 
     pub fn pool(&self) -> &SqlitePool {
