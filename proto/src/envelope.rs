@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -21,6 +22,11 @@ pub trait Message: Sized {
     fn payload(&self) -> Result<Value, serde_json::Error>;
     /// Builds the message from a payload already upgraded to the current version.
     fn from_payload(message_type: &str, payload: Value) -> Result<Self, serde_json::Error>;
+    /// Builds the message straight from the JSON text of a payload at the
+    /// current version, without an intermediate `Value` (the replay path).
+    fn from_raw_payload(message_type: &str, payload: &str) -> Result<Self, serde_json::Error> {
+        Self::from_payload(message_type, serde_json::from_str(payload)?)
+    }
 
     fn current_version(message_type: &str) -> Option<u32> {
         Self::TYPES.iter().find(|(t, _)| *t == message_type).map(|(_, v)| *v)
@@ -102,7 +108,12 @@ impl Metadata {
 }
 
 /// The stored and transmitted form of every command and event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The payload is kept as the exact JSON text it was read as (or, for a new
+/// envelope, the text of its `Value`), so re-serialising an envelope read
+/// back gives the same bytes, and a typed decode parses the text once,
+/// straight into the payload struct.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
     /// UUID v7: unique, and roughly time-ordered.
     pub id: Uuid,
@@ -119,7 +130,28 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
     pub timestamp: DateTime<Utc>,
-    pub payload: Value,
+    /// The payload's JSON text; see `payload_value` and `set_payload_value`.
+    pub payload: Box<RawValue>,
+}
+
+/// Equal when every field is; payloads compare as JSON values (so two
+/// spellings of the same JSON are equal, as they were when the payload was a
+/// `Value`), with a fast path for identical text.
+impl PartialEq for Envelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.message_type == other.message_type
+            && self.schema_version == other.schema_version
+            && self.stream == other.stream
+            && self.causation_id == other.causation_id
+            && self.correlation_id == other.correlation_id
+            && self.actor == other.actor
+            && self.trace == other.trace
+            && self.timestamp == other.timestamp
+            && (self.payload.get() == other.payload.get()
+                || serde_json::from_str::<Value>(self.payload.get()).ok()
+                    == serde_json::from_str::<Value>(other.payload.get()).ok())
+    }
 }
 
 /// Why bytes could not become a message. Every variant names the problem.
@@ -147,10 +179,10 @@ impl Envelope {
         meta: Metadata,
     ) -> Result<Self, DecodeError> {
         let message_type = message.message_type();
-        let payload = message.payload().map_err(|e| DecodeError::Encode {
-            kind: M::KIND,
-            message_type: message_type.to_owned(),
-            reason: e.to_string(),
+        // Through `Value`, so the stored text is exactly what serialising the
+        // payload's `Value` gives (the form every stored body already has).
+        let payload = message.payload().and_then(|v| serde_json::value::to_raw_value(&v)).map_err(|e| {
+            DecodeError::Encode { kind: M::KIND, message_type: message_type.to_owned(), reason: e.to_string() }
         })?;
         Ok(Envelope {
             id,
@@ -166,9 +198,23 @@ impl Envelope {
         })
     }
 
+    /// The payload as a JSON value (parsed from its text on each call).
+    pub fn payload_value(&self) -> Value {
+        // The text is valid JSON (a `RawValue` cannot hold anything else).
+        serde_json::from_str(self.payload.get()).unwrap_or(Value::Null)
+    }
+
+    /// Replaces the payload with the text of `value`.
+    pub fn set_payload_value(&mut self, value: &Value) {
+        // Serialising a `Value` cannot fail (its map keys are strings).
+        if let Ok(raw) = serde_json::value::to_raw_value(value) {
+            self.payload = raw;
+        }
+    }
+
     /// The exact JSON bytes that are stored, hashed and sent.
     pub fn to_json(&self) -> String {
-        // Serialising a struct of strings, numbers and a `Value` cannot fail.
+        // Serialising a struct of strings, numbers and raw JSON cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 
@@ -201,8 +247,12 @@ impl Envelope {
             version: self.schema_version,
             reason,
         };
-        let payload = upcast::to_current(&self.message_type, self.schema_version, current, self.payload.clone())
-            .map_err(bad)?;
+        if self.schema_version == current {
+            // The common case: parse the text once, into the payload struct.
+            return M::from_raw_payload(&self.message_type, self.payload.get()).map_err(|e| bad(e.to_string()));
+        }
+        let payload: Value = serde_json::from_str(self.payload.get()).map_err(|e| bad(e.to_string()))?;
+        let payload = upcast::to_current(&self.message_type, self.schema_version, current, payload).map_err(bad)?;
         M::from_payload(&self.message_type, payload).map_err(|e| bad(e.to_string()))
     }
 }
@@ -231,6 +281,12 @@ macro_rules! message_family {
             fn from_payload(message_type: &str, payload: serde_json::Value) -> Result<Self, serde_json::Error> {
                 match message_type {
                     $( stringify!($variant) => serde_json::from_value(payload).map(Self::$variant), )*
+                    other => Err(<serde_json::Error as serde::de::Error>::custom(format!("unknown type `{other}`"))),
+                }
+            }
+            fn from_raw_payload(message_type: &str, payload: &str) -> Result<Self, serde_json::Error> {
+                match message_type {
+                    $( stringify!($variant) => serde_json::from_str(payload).map(Self::$variant), )*
                     other => Err(<serde_json::Error as serde::de::Error>::custom(format!("unknown type `{other}`"))),
                 }
             }

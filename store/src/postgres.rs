@@ -1,12 +1,17 @@
 //! The PostgreSQL event store, for servers and build farms. Appends take a
 //! per-stream advisory lock so the expected-version check and the chain's
-//! previous hash are read and extended atomically; readers order by
+//! previous hash are read and extended atomically. A store remembers the
+//! head (version, hash) of the streams it appended to; when the expected
+//! version matches a remembered head, the lock and the insert go in one
+//! statement without reading the head, and the unique (stream, version)
+//! index turns a stale head into a conflict (see `append_fast`). Readers order by
 //! `(tx, position)` and stop below the oldest running transaction, so no
 //! subscriber skips an event that commits late. LISTEN/NOTIFY wakes readers;
 //! polling stays the source of truth.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
@@ -63,6 +68,77 @@ pub struct PgStore {
     pool: PgPool,
     wake: watch::Receiver<u64>,
     listener: Arc<tokio::task::JoinHandle<()>>,
+    heads: Arc<Heads>,
+}
+
+/// A stream's last event as this store committed it: a hint only. Events are
+/// never changed or removed, so a remembered head stays a true (if possibly
+/// old) state of its stream; `append_fast` checks it in the database anyway.
+#[derive(Debug, Clone)]
+struct Head {
+    version: u64,
+    hash: String,
+}
+
+/// Remembered heads, bounded: when full it starts over (a miss only costs
+/// the locked path once).
+#[derive(Debug, Default)]
+struct Heads(Mutex<HashMap<String, Head>>);
+
+const HEADS_LIMIT: usize = 16_384;
+
+impl Heads {
+    fn get(&self, stream: &str) -> Option<Head> {
+        self.0.lock().ok()?.get(stream).cloned()
+    }
+
+    fn put(&self, stream: &str, head: Head) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= HEADS_LIMIT && !map.contains_key(stream) {
+                map.clear();
+            }
+            map.insert(stream.to_owned(), head);
+        }
+    }
+
+    fn forget(&self, stream: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(stream);
+        }
+    }
+
+    /// The head to append at without reading it, if `expected` allows one:
+    /// `Exactly(v)` with a remembered head at `v`; `Any` with any remembered
+    /// head; `NoStream` (or `Exactly(0)`) with none remembered: the genesis.
+    fn fast_head(&self, stream: &str, expected: ExpectedVersion) -> Option<Head> {
+        let known = self.get(stream);
+        match (expected, known) {
+            (ExpectedVersion::Any, known) => known,
+            (ExpectedVersion::Exactly(v), Some(head)) if head.version == v && v > 0 => Some(head),
+            (ExpectedVersion::NoStream | ExpectedVersion::Exactly(0), None) => {
+                Some(Head { version: 0, hash: GENESIS.to_string() })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How a fast append ended.
+enum Fast {
+    Appended(Appended, Head),
+    /// The stream is past the head we appended at (unique (stream, version)
+    /// refused a row); the transaction is aborted.
+    Taken,
+    /// The head we appended at is not in the database; nothing was written
+    /// and the transaction is still usable.
+    Missing,
+}
+
+/// How one attempt of `append_streams` ended.
+enum Attempt {
+    Done(Result<Vec<Appended>, Conflict>),
+    /// A remembered head of an `Any` append was stale: try again, reading heads.
+    Retry,
 }
 
 impl Drop for PgStore {
@@ -75,7 +151,12 @@ impl Drop for PgStore {
 
 impl Clone for PgStore {
     fn clone(&self) -> Self {
-        PgStore { pool: self.pool.clone(), wake: self.wake.clone(), listener: self.listener.clone() }
+        PgStore {
+            pool: self.pool.clone(),
+            wake: self.wake.clone(),
+            listener: self.listener.clone(),
+            heads: self.heads.clone(),
+        }
     }
 }
 
@@ -123,7 +204,7 @@ impl PgStore {
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
-        Ok(PgStore { pool, wake, listener: Arc::new(listener) })
+        Ok(PgStore { pool, wake, listener: Arc::new(listener), heads: Arc::default() })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -132,7 +213,8 @@ impl PgStore {
 
     /// Appends inside the caller's transaction, so other writes can commit
     /// (or roll back) atomically with the events. Nothing is visible to
-    /// subscribers until the caller commits.
+    /// subscribers until the caller commits. Always takes the locked path
+    /// (the store cannot know whether the caller commits).
     pub async fn append_in(
         tx: &mut PgConnection,
         stream: &str,
@@ -141,57 +223,191 @@ impl PgStore {
         commands: &[Outgoing],
     ) -> Result<Result<Appended, Conflict>, StoreError> {
         validate_append(stream, events)?;
-        let context = || format!("appending to `{stream}`");
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        let appended = match append_locked(&mut *tx, stream, expected, events).await? {
+            Ok((appended, _head)) => appended,
+            Err(conflict) => return Ok(Err(conflict)),
+        };
+        insert_outbox(&mut *tx, commands).await?;
+        Ok(Ok(appended))
+    }
+
+    /// One transaction of `append_streams`; remembered heads are used only
+    /// if `use_heads`.
+    async fn try_append_streams(
+        &self,
+        appends: &[StreamAppend<'_>],
+        commands: &[Outgoing],
+        use_heads: bool,
+    ) -> Result<Attempt, StoreError> {
+        let context = "appending";
+        let mut tx = self.pool.begin().await.map_err(db(context))?;
+        // Lock streams in name order so two multi-stream appends cannot deadlock.
+        let mut order: Vec<usize> = (0..appends.len()).collect();
+        order.sort_by_key(|&i| appends[i].stream);
+        let mut results: Vec<Option<(Appended, Head)>> = vec![None; appends.len()];
+        for i in order {
+            let a = appends[i];
+            validate_append(a.stream, a.events)?;
+            let fast = if use_heads && !a.events.is_empty() { self.heads.fast_head(a.stream, a.expected) } else { None };
+            if let Some(head) = fast {
+                match append_fast(&mut tx, a.stream, &head, a.events).await? {
+                    Fast::Appended(done, head) => {
+                        results[i] = Some((done, head));
+                        continue;
+                    }
+                    Fast::Taken => {
+                        self.heads.forget(a.stream);
+                        tx.rollback().await.ok();
+                        if a.expected == ExpectedVersion::Any {
+                            return Ok(Attempt::Retry);
+                        }
+                        // Versions only grow: the stream is now past `head`,
+                        // which was the only version `expected` accepted.
+                        let actual = self.stream_version(a.stream).await?;
+                        if a.expected.accepts(actual) {
+                            return Ok(Attempt::Retry);
+                        }
+                        return Ok(Attempt::Done(Err(Conflict { stream: a.stream.into(), expected: a.expected, actual })));
+                    }
+                    Fast::Missing => self.heads.forget(a.stream),
+                }
+            }
+            match append_locked(&mut tx, a.stream, a.expected, a.events).await? {
+                Ok(done) => results[i] = Some(done),
+                Err(conflict) => {
+                    self.heads.forget(a.stream);
+                    return Ok(Attempt::Done(Err(conflict)));
+                }
+            }
+        }
+        insert_outbox(&mut tx, commands).await?;
+        if let Err(e) = tx.commit().await {
+            for a in appends {
+                self.heads.forget(a.stream);
+            }
+            return Err(db(context)(e));
+        }
+        // Committed: these heads are now true states of their streams.
+        let mut appended = Vec::with_capacity(appends.len());
+        for (a, (done, head)) in appends.iter().zip(results.into_iter().flatten()) {
+            self.heads.put(a.stream, head);
+            appended.push(done);
+        }
+        Ok(Attempt::Done(Ok(appended)))
+    }
+}
+
+/// Checks the expected version under the stream's advisory lock, reading the
+/// head, and appends. Returns the new head with the result.
+async fn append_locked(
+    tx: &mut PgConnection,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: &[Envelope],
+) -> Result<Result<(Appended, Head), Conflict>, StoreError> {
+    let context = || format!("appending to `{stream}`");
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(stream)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(context()))?;
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT version, hash FROM events WHERE stream = $1 ORDER BY version DESC LIMIT 1")
             .bind(stream)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db(context()))?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT version, hash FROM events WHERE stream = $1 ORDER BY version DESC LIMIT 1")
-                .bind(stream)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db(context()))?;
-        let (actual, last_hash) = last.map_or((0, GENESIS.to_string()), |(v, h)| (v as u64, h));
-        if !expected.accepts(actual) {
-            return Ok(Err(Conflict { stream: stream.into(), expected, actual }));
-        }
-        let prepared = prepare(stream, actual, &last_hash, events);
-        let mut positions = Vec::with_capacity(events.len());
-        if !prepared.is_empty() {
-            let rows = sqlx::query(
-                "INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
-                 SELECT $1, * FROM UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[])
-                 RETURNING tx::text AS tx, position",
-            )
-            .bind(stream)
-            .bind(prepared.iter().map(|p| p.version).collect::<Vec<_>>())
-            .bind(prepared.iter().map(|p| p.envelope.id).collect::<Vec<_>>())
-            .bind(prepared.iter().map(|p| p.envelope.message_type.as_str()).collect::<Vec<_>>())
-            .bind(prepared.iter().map(|p| p.envelope.correlation_id).collect::<Vec<_>>())
-            .bind(prepared.iter().map(|p| p.body.as_str()).collect::<Vec<_>>())
-            .bind(prepared.iter().map(|p| p.prev_hash.as_str()).collect::<Vec<_>>())
-            .bind(prepared.iter().map(|p| p.hash.as_str()).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await;
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(e) if is_violation_of(&e, "stream_version") => {
-                    // Only reachable if a writer bypassed the advisory lock.
-                    return Ok(Err(Conflict { stream: stream.into(), expected, actual: actual + 1 }));
-                }
-                Err(e) => return Err(insert_error(e, stream)),
-            };
-            for row in rows {
-                let tx_id: &str = row.try_get("tx").map_err(db(context()))?;
-                positions.push(Position { tx: parse_tx(tx_id), seq: row.try_get("position").map_err(db(context()))? });
-            }
-            positions.sort();
-        }
-        insert_outbox(&mut *tx, commands).await?;
-        Ok(Ok(Appended { version: actual + events.len() as u64, positions }))
+    let (actual, last_hash) = last.map_or((0, GENESIS.to_string()), |(v, h)| (v as u64, h));
+    if !expected.accepts(actual) {
+        return Ok(Err(Conflict { stream: stream.into(), expected, actual }));
     }
+    let prepared = prepare(stream, actual, &last_hash, events);
+    let head = Head {
+        version: actual + events.len() as u64,
+        hash: prepared.last().map_or(last_hash, |p| p.hash.clone()),
+    };
+    let mut positions = Vec::new();
+    if !prepared.is_empty() {
+        let rows = insert_events(INSERT_EVENTS, tx, stream, &prepared, None).await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if is_violation_of(&e, "stream_version") => {
+                // Only reachable if a writer bypassed the advisory lock.
+                return Ok(Err(Conflict { stream: stream.into(), expected, actual: actual + 1 }));
+            }
+            Err(e) => return Err(insert_error(e, stream)),
+        };
+        positions = positions_of(&rows).map_err(db(context()))?;
+    }
+    Ok(Ok((Appended { version: head.version, positions }, head)))
+}
+
+/// Appends at a remembered head without reading the stream: the advisory
+/// lock (so locked appenders, which read the head, never race this one),
+/// a check that the head event is stored with the remembered hash, and the
+/// insert, in one statement. It is safe with a stale head: the head event
+/// exists and is immutable, so if no later version exists either, it is the
+/// stream's head and the chain is right; if a later version exists, the
+/// unique (stream, version) index refuses the rows and nothing is written.
+async fn append_fast(tx: &mut PgConnection, stream: &str, head: &Head, events: &[Envelope]) -> Result<Fast, StoreError> {
+    let prepared = prepare(stream, head.version, &head.hash, events);
+    let rows = insert_events(INSERT_EVENTS_AT_HEAD, tx, stream, &prepared, Some(head)).await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) if is_violation_of(&e, "stream_version") => return Ok(Fast::Taken),
+        Err(e) => return Err(insert_error(e, stream)),
+    };
+    if rows.is_empty() {
+        return Ok(Fast::Missing);
+    }
+    let positions = positions_of(&rows).map_err(db(format!("appending to `{stream}`")))?;
+    let version = head.version + events.len() as u64;
+    let hash = prepared.last().map_or_else(|| head.hash.clone(), |p| p.hash.clone());
+    Ok(Fast::Appended(Appended { version, positions }, Head { version, hash }))
+}
+
+const INSERT_EVENTS: &str = "INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
+     SELECT $1, * FROM UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[])
+     RETURNING tx::text AS tx, position";
+
+/// `INSERT_EVENTS` under the stream's advisory lock (taken once, by the
+/// materialised CTE), only if the head ($9, $10) is stored (or is the genesis).
+const INSERT_EVENTS_AT_HEAD: &str = "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($1, 0)))
+     INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
+     SELECT $1, u.* FROM locked,
+         UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[]) AS u
+     WHERE $9::bigint = 0 OR EXISTS (SELECT 1 FROM events WHERE stream = $1 AND version = $9::bigint AND hash = $10::text)
+     RETURNING tx::text AS tx, position";
+
+async fn insert_events(
+    sql: &str,
+    tx: &mut PgConnection,
+    stream: &str,
+    prepared: &[crate::event_store::PreparedEvent<'_>],
+    head: Option<&Head>,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let mut query = sqlx::query(sql)
+        .bind(stream)
+        .bind(prepared.iter().map(|p| p.version).collect::<Vec<_>>())
+        .bind(prepared.iter().map(|p| p.envelope.id).collect::<Vec<_>>())
+        .bind(prepared.iter().map(|p| p.envelope.message_type.as_str()).collect::<Vec<_>>())
+        .bind(prepared.iter().map(|p| p.envelope.correlation_id).collect::<Vec<_>>())
+        .bind(prepared.iter().map(|p| p.body.as_str()).collect::<Vec<_>>())
+        .bind(prepared.iter().map(|p| p.prev_hash.as_str()).collect::<Vec<_>>())
+        .bind(prepared.iter().map(|p| p.hash.as_str()).collect::<Vec<_>>());
+    if let Some(head) = head {
+        query = query.bind(head.version as i64).bind(head.hash.as_str());
+    }
+    query.fetch_all(&mut *tx).await
+}
+
+fn positions_of(rows: &[PgRow]) -> Result<Vec<Position>, sqlx::Error> {
+    let mut positions = rows
+        .iter()
+        .map(|row| Ok(Position { tx: parse_tx(row.try_get("tx")?), seq: row.try_get("position")? }))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    positions.sort();
+    Ok(positions)
 }
 
 async fn insert_outbox(tx: &mut PgConnection, commands: &[Outgoing]) -> Result<(), StoreError> {
@@ -216,19 +432,21 @@ fn parse_tx(text: &str) -> u64 {
     text.parse().unwrap_or(0)
 }
 
+/// A row of `EVENT_COLUMNS`, read by index (the columns' order there).
 fn raw_event(row: &PgRow) -> Result<RawEvent, sqlx::Error> {
     Ok(RawEvent {
-        tx: parse_tx(row.try_get::<&str, _>("tx")?),
-        seq: row.try_get("position")?,
-        stream: row.try_get("stream")?,
-        version: row.try_get("version")?,
-        body: row.try_get("body")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-        recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
+        tx: parse_tx(row.try_get::<&str, _>(0)?),
+        seq: row.try_get(1)?,
+        stream: row.try_get(2)?,
+        version: row.try_get(3)?,
+        body: row.try_get(4)?,
+        prev_hash: row.try_get(5)?,
+        hash: row.try_get(6)?,
+        recorded_at: row.try_get::<DateTime<Utc>, _>(7)?,
     })
 }
 
+/// Every reader of events selects these, in this order (see `raw_event`).
 const EVENT_COLUMNS: &str = "tx::text AS tx, position, stream, version, body, prev_hash, hash, recorded_at";
 const STREAM_ALL: &str = "SELECT tx::text AS tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events
      WHERE (tx, position) > ($1::text::xid8, $2) AND tx < pg_snapshot_xmin(pg_current_snapshot())
@@ -241,22 +459,18 @@ impl EventStore for PgStore {
         appends: &[StreamAppend<'_>],
         commands: &[Outgoing],
     ) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
-        let context = "appending";
-        let mut tx = self.pool.begin().await.map_err(db(context))?;
-        // Lock streams in name order so two multi-stream appends cannot deadlock.
-        let mut order: Vec<usize> = (0..appends.len()).collect();
-        order.sort_by_key(|&i| appends[i].stream);
-        let mut results: Vec<Option<Appended>> = vec![None; appends.len()];
-        for i in order {
-            let a = appends[i];
-            match Self::append_in(&mut tx, a.stream, a.expected, a.events, &[]).await? {
-                Ok(done) => results[i] = Some(done),
-                Err(conflict) => return Ok(Err(conflict)),
-            }
+        if let Attempt::Done(result) = self.try_append_streams(appends, commands, true).await? {
+            return Ok(result);
         }
-        insert_outbox(&mut tx, commands).await?;
-        tx.commit().await.map_err(db(context))?;
-        Ok(Ok(results.into_iter().flatten().collect()))
+        // Without remembered heads every stream takes the locked path, which
+        // never asks for another attempt.
+        match self.try_append_streams(appends, commands, false).await? {
+            Attempt::Done(result) => Ok(result),
+            Attempt::Retry => Err(StoreError::InvalidAppend {
+                stream: appends.first().map_or_else(String::new, |a| a.stream.to_owned()),
+                reason: "the append was retried without remembered heads and still asked for a retry".into(),
+            }),
+        }
     }
 
     async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {
@@ -337,7 +551,11 @@ impl EventStore for PgStore {
             .bind(after.tx.to_string())
             .bind(after.seq)
             .fetch(&self.pool)
-            .map(|row| raw_event(&row.map_err(db("streaming events"))?).map_err(db("decoding an event row"))?.decode())
+            // Error contexts are built only on failure (not per row).
+            .map(|row| {
+                let row = row.map_err(|e| db("streaming events")(e))?;
+                raw_event(&row).map_err(|e| db("decoding an event row")(e))?.decode()
+            })
             .boxed()
     }
 

@@ -27,7 +27,7 @@ async fn appends_and_reads_a_stream(store: DynStore) {
     assert_eq!(second.version, 5);
     let read = store.read_stream(s, 1).await.unwrap();
     assert_eq!(read.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-    assert_eq!(read[3].envelope.payload["environment"], "env-3");
+    assert_eq!(read[3].envelope.payload_value()["environment"], "env-3");
     assert_eq!(store.read_stream(s, 4).await.unwrap().len(), 2);
     assert_eq!(store.stream_version(s).await.unwrap(), 5);
     assert_eq!(store.stream_version("nothing-here").await.unwrap(), 0);

@@ -163,6 +163,7 @@ pub async fn events(State(store): Store, Params(id): Params<String>) -> ApiResul
     let events = recorded
         .into_iter()
         .map(|r| EventView {
+            payload: r.envelope.payload_value(),
             version: r.version,
             id: r.envelope.id,
             message_type: r.envelope.message_type,
@@ -170,7 +171,6 @@ pub async fn events(State(store): Store, Params(id): Params<String>) -> ApiResul
             actor: r.envelope.actor,
             recorded_at: r.recorded_at,
             hash: r.hash,
-            payload: r.envelope.payload,
         })
         .collect();
     Ok(Json(events))
