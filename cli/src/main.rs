@@ -58,9 +58,9 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
-    /// Run the engine, the outbox relay and the step workers in one process.
+    /// Run the engine, the outbox relay, the HTTP API and the step workers in one process.
     AllInOne(ServeArgs),
-    /// Run the engine and the outbox relay (no step workers).
+    /// Run the engine, the outbox relay and the HTTP API (no step workers).
     Server(ServeArgs),
     /// Run step workers that compete for the step queues.
     Worker {
