@@ -70,7 +70,7 @@ async fn relay_killed_at_random_points_loses_nothing(store: DynStore, queue: Arc
     });
 
     // Kill the relay at random moments, restarting it each time.
-    let options = RelayOptions { batch: 7, poll: Duration::from_millis(20), prune: true };
+    let options = RelayOptions { batch: 3, poll: Duration::from_millis(20), prune: true };
     let mut kills = 0;
     loop {
         let relay = Relay::new(store.clone(), queue.clone(), options.clone());
