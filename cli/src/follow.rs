@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::bail;
-use slipway_proto::event::{deployment_stream, environment_stream};
+use slipway_proto::event::deployment_stream;
 use slipway_proto::{Event, Step};
 use slipway_store::EventStore;
 use uuid::Uuid;
@@ -43,9 +43,7 @@ pub async fn follow(
             match recorded.envelope.decode::<Event>() {
                 Ok(Event::DeploymentRequested(r)) if !said_waiting => {
                     said_waiting = true;
-                    let env = store.read_stream(&environment_stream(&r.project, &r.environment), 1).await?;
-                    let events: Vec<Event> = env.iter().filter_map(|e| e.envelope.decode().ok()).collect();
-                    let queue = slipway_engine::environment::fold(events.iter()).queue;
+                    let queue = slipway_engine::load::environment(store, &r.project, &r.environment).await?.queue;
                     if let Some(ahead) = queue.first().filter(|first| **first != id) {
                         let n = queue.iter().position(|d| *d == id).unwrap_or(1);
                         println!("     waiting for deployment {ahead} to finish ({n} ahead in {})", r.environment);

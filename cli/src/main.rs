@@ -336,9 +336,7 @@ async fn wait_for_cleanup(store: &dyn EventStore, id: Uuid, succeeded: bool, lim
     let deadline = tokio::time::Instant::now() + limit;
     let mut wake = store.wakeups();
     loop {
-        let Ok(recorded) = store.read_stream(&deployment_stream(id), 1).await else { return };
-        let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode().ok()).collect();
-        let Ok(Some(d)) = slipway_engine::deployment::fold(events.iter()) else { return };
+        let Ok(Some(d)) = slipway_engine::load::deployment(store, id).await else { return };
         let pending = if succeeded {
             previous_release_pending(store, &d).await
         } else {

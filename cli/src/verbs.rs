@@ -3,8 +3,9 @@
 
 use anyhow::{bail, Context};
 use futures::TryStreamExt;
+use slipway_engine::load;
 use slipway_engine::requests::{self, NewProject, SettingValue};
-use slipway_proto::event::{deployment_stream, environment_stream};
+use slipway_proto::event::deployment_stream;
 use slipway_proto::Event;
 use slipway_store::{EventStore, Position};
 use uuid::Uuid;
@@ -86,9 +87,7 @@ pub async fn env_list(store: &dyn EventStore, project: &str, env: &str) -> anyho
 }
 
 pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
-    let recorded = store.read_stream(&environment_stream(project, env), 1).await?;
-    let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode().ok()).collect();
-    let state = slipway_engine::environment::fold(events.iter());
+    let state = load::environment(store, project, env).await?;
     match state.last_succeeded {
         None => println!("{project} {env}: nothing deployed yet"),
         Some(id) => {
@@ -108,9 +107,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> anyhow:
 }
 
 async fn deployment(store: &dyn EventStore, id: Uuid) -> anyhow::Result<slipway_engine::Deployment> {
-    let recorded = store.read_stream(&deployment_stream(id), 1).await?;
-    let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode().ok()).collect();
-    slipway_engine::deployment::fold(events.iter())?.with_context(|| format!("no deployment {id}"))
+    load::deployment(store, id).await?.with_context(|| format!("no deployment {id}"))
 }
 
 pub async fn deployments(store: &dyn EventStore, project: &str) -> anyhow::Result<()> {

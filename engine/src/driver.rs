@@ -16,25 +16,19 @@ use slipway_proto::event::{deployment_stream, environment_stream, StepDispatched
 use slipway_proto::{Command, Envelope, Event};
 use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
-use slipway_store::{EventStore, ExpectedVersion, RecordedEvent, StoreError};
+use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
 
 use crate::decider::{decide, Decision, EnvironmentView};
-use crate::deployment::{fold, IllegalTransition};
-use crate::environment;
+use crate::deployment::fold;
+use crate::load::{self, decode_all};
 
 /// The checkpoint name of the engine's subscription.
 pub const ENGINE_CHECKPOINT: &str = "engine";
 
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("stream `{stream}` holds an undecodable event at version {version}: {reason}")]
-    Undecodable { stream: String, version: u64, reason: String },
-    #[error(transparent)]
-    Illegal(#[from] IllegalTransition),
-}
+/// Why a deployment could not be advanced: a store failure, or a history
+/// the engine cannot read or follow.
+pub use crate::load::LoadError as DriverError;
 
 #[derive(Debug, Clone)]
 pub struct DriverOptions {
@@ -74,10 +68,11 @@ impl Driver {
                     streams.insert(e.stream.clone());
                 } else if e.stream.starts_with("environment-") {
                     // A deployment left or joined the queue: the head may start.
-                    let env = environment::fold(decode_all(&self.store.read_stream(&e.stream, 1).await?)
-                        .unwrap_or_default()
-                        .iter());
-                    streams.extend(env.queue.first().map(|d| deployment_stream(*d)));
+                    match load::environment_of_stream(&*self.store, &e.stream).await {
+                        Ok(env) => streams.extend(env.queue.first().map(|d| deployment_stream(*d))),
+                        Err(DriverError::Store(err)) => return Err(err),
+                        Err(err) => tracing::error!(stream = %e.stream, error = %err, "cannot read environment"),
+                    }
                 }
             }
             for stream in &streams {
@@ -102,7 +97,7 @@ impl Driver {
             let events = decode_all(&recorded)?;
             let Some(state) = fold(events.iter())? else { return Ok(()) };
             let estream = environment_stream(&state.context.project, &state.context.environment);
-            let env = environment::fold(decode_all(&self.store.read_stream(&estream, 1).await?)?.iter());
+            let env = load::environment_of_stream(&*self.store, &estream).await?;
             let view = EnvironmentView {
                 may_start: env.may_start(state.id),
                 active: env.last_succeeded.map(|id| (id, env.active_containers.clone())),
@@ -165,19 +160,6 @@ impl Driver {
         }
         (events, env_events, commands)
     }
-}
-
-fn decode_all(recorded: &[RecordedEvent]) -> Result<Vec<Event>, DriverError> {
-    recorded
-        .iter()
-        .map(|r| {
-            r.envelope.decode::<Event>().map_err(|e| DriverError::Undecodable {
-                stream: r.stream.clone(),
-                version: r.version,
-                reason: e.to_string(),
-            })
-        })
-        .collect()
 }
 
 fn rand_span() -> u64 {

@@ -157,9 +157,7 @@ impl Harness {
     }
 
     pub async fn deployment(&self, id: Uuid) -> Deployment {
-        let recorded = self.store.read_stream(&deployment_stream(id), 1).await.expect("read");
-        let events: Vec<Event> = recorded.iter().map(|r| r.envelope.decode().expect("decodable")).collect();
-        slipway_engine::deployment::fold(events.iter()).expect("legal history").expect("a deployment")
+        slipway_engine::load::deployment(&*self.store, id).await.expect("a readable, legal history").expect("a deployment")
     }
 
     pub async fn events(&self, id: Uuid) -> Vec<Event> {

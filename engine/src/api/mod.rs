@@ -25,9 +25,7 @@ use axum::http::{Method, Uri};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use slipway_proto::event::{deployment_stream, environment_stream};
-use slipway_proto::Event;
-use slipway_store::{EventStore, RecordedEvent};
+use slipway_store::EventStore;
 use uuid::Uuid;
 
 pub use error::ApiError;
@@ -103,26 +101,20 @@ async fn require_environment(store: &dyn EventStore, name: &str, env: &str) -> A
 }
 
 async fn load_environment(store: &dyn EventStore, name: &str, env: &str) -> ApiResult<Environment> {
-    let recorded = store.read_stream(&environment_stream(name, env), 1).await?;
-    Ok(crate::environment::fold(decode_all(&recorded)?.iter()))
+    crate::load::environment(store, name, env).await.map_err(load_error)
 }
 
 async fn load_deployment(store: &dyn EventStore, id: Uuid) -> ApiResult<Deployment> {
-    let recorded = store.read_stream(&deployment_stream(id), 1).await?;
-    crate::deployment::fold(decode_all(&recorded)?.iter())
-        .map_err(|e| ApiError::Internal(format!("{e}; check the log with `slipway audit verify`")))?
+    crate::load::deployment(store, id)
+        .await
+        .map_err(load_error)?
         .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))
 }
 
-/// Decodes a stream, refusing to fold around an event it cannot read (as
-/// the driver does): a state that silently skipped one would be wrong.
-fn decode_all(recorded: &[RecordedEvent]) -> ApiResult<Vec<Event>> {
-    recorded
-        .iter()
-        .map(|r| {
-            r.envelope
-                .decode::<Event>()
-                .map_err(|e| ApiError::Internal(format!("stored event {}@{} is unreadable: {e}", r.stream, r.version)))
-        })
-        .collect()
+/// A history that cannot be read or followed is the server's problem.
+fn load_error(e: crate::load::LoadError) -> ApiError {
+    match e {
+        crate::load::LoadError::Store(e) => e.into(),
+        other => ApiError::Internal(format!("{other}; check the log with `slipway audit verify`")),
+    }
 }

@@ -1,0 +1,62 @@
+//! Loading a stream's state: read it, decode every event (refusing to fold
+//! around one that cannot be read — a state that silently skipped an event
+//! would be wrong), and fold. The driver, the API and the CLI all load
+//! deployments and environments this one way.
+
+use slipway_proto::event::{deployment_stream, environment_stream};
+use slipway_proto::Event;
+use slipway_store::{EventStore, RecordedEvent, StoreError};
+use uuid::Uuid;
+
+use crate::deployment::{self, Deployment, IllegalTransition};
+use crate::environment::{self, Environment};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stream `{stream}` holds an undecodable event at version {version}: {reason}")]
+    Undecodable { stream: String, version: u64, reason: String },
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+}
+
+/// Decodes every recorded event, or names the first that cannot be read.
+pub fn decode_all(recorded: &[RecordedEvent]) -> Result<Vec<Event>, LoadError> {
+    recorded
+        .iter()
+        .map(|r| {
+            r.envelope.decode::<Event>().map_err(|e| LoadError::Undecodable {
+                stream: r.stream.clone(),
+                version: r.version,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// A deployment's state and its recorded events; `None` if it does not exist.
+pub async fn deployment_with_events(
+    store: &dyn EventStore,
+    id: Uuid,
+) -> Result<Option<(Deployment, Vec<RecordedEvent>)>, LoadError> {
+    let recorded = store.read_stream(&deployment_stream(id), 1).await?;
+    let events = decode_all(&recorded)?;
+    Ok(deployment::fold(events.iter())?.map(|d| (d, recorded)))
+}
+
+/// A deployment's state; `None` if it does not exist.
+pub async fn deployment(store: &dyn EventStore, id: Uuid) -> Result<Option<Deployment>, LoadError> {
+    Ok(deployment_with_events(store, id).await?.map(|(d, _)| d))
+}
+
+/// An environment's queue and serving release.
+pub async fn environment(store: &dyn EventStore, project: &str, env: &str) -> Result<Environment, LoadError> {
+    environment_of_stream(store, &environment_stream(project, env)).await
+}
+
+/// Like `environment`, by stream name.
+pub async fn environment_of_stream(store: &dyn EventStore, stream: &str) -> Result<Environment, LoadError> {
+    let recorded = store.read_stream(stream, 1).await?;
+    Ok(environment::fold(decode_all(&recorded)?.iter()))
+}
