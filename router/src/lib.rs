@@ -1,0 +1,11 @@
+//! Slipway's HTTP reverse proxy. Releases change which upstreams serve an
+//! environment's host name; this crate is what sends each request there.
+//! `table` decides where a request goes (pure, tested in place); `proxy`
+//! forwards it (hyper), and swaps whole route tables so that a release
+//! moves traffic atomically.
+
+pub mod proxy;
+pub mod table;
+
+pub use proxy::{serve, serve_with, Fault, ProxyBody, ProxyError, RouteHandle, ServeOptions};
+pub use table::{normalize_host, Resolution, Route, RouteTable};

@@ -1,0 +1,335 @@
+#![allow(clippy::unwrap_used)]
+//! The proxy over real sockets on 127.0.0.1: small hyper upstreams that
+//! answer with their name, `serve` on port 0, and clients speaking HTTP/1.1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use slipway_router::{serve_with, Route, RouteHandle, RouteTable, ServeOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+/// An upstream application that answers every request with its name; on
+/// `/slow` it first tells `slow_started` and waits a second.
+struct Upstream {
+    addr: SocketAddr,
+    /// Connections it accepted.
+    accepted: Arc<AtomicUsize>,
+    /// The headers of every request it saw.
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    slow_started: Arc<Notify>,
+}
+
+async fn upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let slow_started = Arc::new(Notify::new());
+    let (a, s, n) = (accepted.clone(), seen.clone(), slow_started.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            let (s, n) = (s.clone(), n.clone());
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (s, n) = (s.clone(), n.clone());
+                async move {
+                    s.lock().unwrap().push(req.headers().clone());
+                    if req.uri().path() == "/slow" {
+                        n.notify_one();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let text = if body.is_empty() { name.to_string() } else { format!("{name} got {}", body.len()) };
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    Upstream { addr, accepted, seen, slow_started }
+}
+
+fn route(upstreams: &[SocketAddr], version: u64) -> Route {
+    Route { upstreams: upstreams.to_vec(), route_version: version, label: format!("test route v{version}") }
+}
+
+fn table(entries: &[(&str, Route)]) -> RouteTable {
+    RouteTable::new(entries.iter().map(|(host, route)| (host.to_string(), route.clone())))
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    routes: RouteHandle,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn proxy(table: RouteTable) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = RouteHandle::new(table);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let options = ServeOptions { drain_timeout: Duration::from_secs(5), ..Default::default() };
+    let task = tokio::spawn(serve_with(listener, routes.clone(), options, async move {
+        let _ = stopped.await;
+    }));
+    Proxy { addr, routes, stop: Some(stop), task }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn send(sender: &mut Sender, host: Option<&str>, path: &str) -> (StatusCode, String) {
+    let mut req = Request::builder().uri(path);
+    if let Some(host) = host {
+        req = req.header("host", host);
+    }
+    let res = sender.send_request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// One request on a new connection.
+async fn get(addr: SocketAddr, host: Option<&str>, path: &str) -> (StatusCode, String) {
+    send(&mut connect(addr).await, host, path).await
+}
+
+#[tokio::test]
+async fn requests_go_to_the_upstream_of_their_host() {
+    let (a, b) = (upstream("alpha").await, upstream("beta").await);
+    let p = proxy(table(&[("alpha.test", route(&[a.addr], 1)), ("beta.test", route(&[b.addr], 1))])).await;
+    assert_eq!(get(p.addr, Some("alpha.test"), "/").await, (StatusCode::OK, "alpha".into()));
+    assert_eq!(get(p.addr, Some("BETA.test:8080"), "/x?y=1").await, (StatusCode::OK, "beta".into()));
+}
+
+#[tokio::test]
+async fn several_upstreams_take_turns() {
+    let (a, b) = (upstream("alpha").await, upstream("beta").await);
+    let p = proxy(table(&[("app.test", route(&[a.addr, b.addr], 1))])).await;
+    let mut sender = connect(p.addr).await;
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(send(&mut sender, Some("app.test"), "/").await.1);
+    }
+    names.sort();
+    assert_eq!(names, ["alpha", "alpha", "beta", "beta"]);
+}
+
+#[tokio::test]
+async fn an_unknown_host_is_404_and_named() {
+    let p = proxy(RouteTable::default()).await;
+    let (status, body) = get(p.addr, Some("Nope.Test"), "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, "no route for host \"nope.test\"\n");
+}
+
+#[tokio::test]
+async fn a_missing_host_is_400() {
+    let p = proxy(RouteTable::default()).await;
+    let (status, body) = get(p.addr, None, "/").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("Host"), "{body}");
+}
+
+#[tokio::test]
+async fn a_host_without_upstreams_is_503() {
+    let p = proxy(table(&[("idle.test", route(&[], 3))])).await;
+    let (status, body) = get(p.addr, Some("idle.test"), "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("idle.test") && body.contains("test route v3"), "{body}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_down_is_502_at_once() {
+    let down = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let p = proxy(table(&[("down.test", route(&[down], 1))])).await;
+    let started = Instant::now();
+    let (status, body) = get(p.addr, Some("down.test"), "/").await;
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains(&down.to_string()) && body.contains("down.test"), "{body}");
+}
+
+#[tokio::test]
+async fn the_upstream_sees_forwarded_headers_and_no_hop_by_hop_ones() {
+    let a = upstream("alpha").await;
+    let p = proxy(table(&[("alpha.test", route(&[a.addr], 1))])).await;
+    let mut sender = connect(p.addr).await;
+    let req = Request::builder()
+        .uri("/")
+        .header("host", "Alpha.test:80")
+        .header("x-forwarded-for", "192.0.2.7")
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-app", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), StatusCode::OK);
+    let seen = a.seen.lock().unwrap()[0].clone();
+    assert_eq!(seen["x-forwarded-for"], "192.0.2.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "Alpha.test:80");
+    assert_eq!(seen["host"], "Alpha.test:80");
+    assert_eq!(seen["x-app"], "kept");
+    for gone in ["x-private", "keep-alive"] {
+        assert!(!seen.contains_key(gone), "{gone} was forwarded: {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_is_forwarded() {
+    let a = upstream("alpha").await;
+    let p = proxy(table(&[("alpha.test", route(&[a.addr], 1))])).await;
+    let mut sender = connect(p.addr).await;
+    let req = Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", "alpha.test")
+        .body(Full::new(Bytes::from(vec![7u8; 100_000])))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "alpha got 100000");
+}
+
+#[tokio::test]
+async fn connections_are_kept_alive_on_both_sides() {
+    let a = upstream("alpha").await;
+    let p = proxy(table(&[("alpha.test", route(&[a.addr], 1))])).await;
+    let mut sender = connect(p.addr).await;
+    for _ in 0..5 {
+        assert_eq!(send(&mut sender, Some("alpha.test"), "/").await, (StatusCode::OK, "alpha".into()));
+    }
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 1, "the upstream connection was not reused");
+}
+
+#[tokio::test]
+async fn a_request_finishes_on_the_table_it_started_with() {
+    let (old, new) = (upstream("old").await, upstream("new").await);
+    let p = proxy(table(&[("app.test", route(&[old.addr], 1))])).await;
+    let addr = p.addr;
+    let slow = tokio::spawn(async move { get(addr, Some("app.test"), "/slow").await });
+    old.slow_started.notified().await;
+
+    p.routes.replace(table(&[("app.test", route(&[new.addr], 2))]));
+    assert_eq!(p.routes.current().get("app.test").unwrap().route_version, 2);
+    assert_eq!(get(p.addr, Some("app.test"), "/").await, (StatusCode::OK, "new".into()));
+    assert_eq!(slow.await.unwrap(), (StatusCode::OK, "old".into()));
+    assert_eq!(get(p.addr, Some("app.test"), "/").await, (StatusCode::OK, "new".into()));
+}
+
+/// An upstream that accepts any upgrade with 101 and then echoes bytes.
+async fn echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                let protocol = req.headers().get("upgrade").cloned();
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let mut io = TokioIo::new(upgrade.await.unwrap());
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let n = io.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        io.write_all(&buf[..n]).await.unwrap();
+                    }
+                });
+                let mut res = Response::new(Empty::<Bytes>::new());
+                *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                res.headers_mut().insert("connection", "upgrade".parse().unwrap());
+                res.headers_mut().insert("upgrade", protocol.unwrap());
+                Ok::<_, Infallible>(res)
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::spawn(conn.with_upgrades());
+        }
+    });
+    addr
+}
+
+/// Reads until the end of a response head.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_carries_bytes_both_ways() {
+    let echo = echo_upstream().await;
+    let p = proxy(table(&[("ws.test", route(&[echo], 1))])).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(b"GET /socket HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo-test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo-test"), "{head}");
+    for message in [&b"hello"[..], b"through the proxy"] {
+        stream.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, message);
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish() {
+    let a = upstream("alpha").await;
+    let mut p = proxy(table(&[("alpha.test", route(&[a.addr], 1))])).await;
+    let addr = p.addr;
+    let slow = tokio::spawn(async move { get(addr, Some("alpha.test"), "/slow").await });
+    a.slow_started.notified().await;
+
+    p.stop.take().unwrap().send(()).unwrap();
+    assert_eq!(slow.await.unwrap(), (StatusCode::OK, "alpha".into()));
+    let served = tokio::time::timeout(Duration::from_secs(5), p.task).await.expect("serve did not return");
+    served.unwrap().unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once() {
+    let a = upstream("alpha").await;
+    let mut p = proxy(table(&[("alpha.test", route(&[a.addr], 1))])).await;
+    let mut idle = connect(p.addr).await;
+    assert_eq!(send(&mut idle, Some("alpha.test"), "/").await.0, StatusCode::OK);
+    let started = Instant::now();
+    p.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), p.task).await.expect("serve did not return").unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
