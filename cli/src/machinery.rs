@@ -68,7 +68,7 @@ pub async fn serve(
         let relay = Relay::new(store.clone(), queue.clone(), RelayOptions::default());
         tasks.spawn(relay.run(shutdown.clone()).map(Ok));
         let (store, shutdown) = (store.clone(), shutdown.clone());
-        let options = DriverOptions { drain_seconds: parts.drain_seconds };
+        let options = DriverOptions { drain_seconds: parts.drain_seconds, ..Default::default() };
         tasks.spawn(async move {
             // The driver stops on a store outage; restart it after a pause.
             loop {

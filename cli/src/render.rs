@@ -35,8 +35,24 @@ pub fn describe(event: &Event) -> String {
         Event::ContainersRemoved(r) => format!("{} container(s) removed", r.containers.len()),
         Event::DeploymentEnqueued(q) => format!("deployment {} queued", q.deployment_id),
         Event::DeploymentFinished(f) => format!("deployment {} {}", f.deployment_id, if f.succeeded { "succeeded" } else { "failed" }),
-        Event::ReleaseActivated(a) => format!("deployment {} (route version {})", a.deployment_id, a.route_version),
+        Event::RouteChanged(r) => format!(
+            "{} {} -> {} ({:?}{})",
+            r.project,
+            r.environment,
+            if r.upstreams.is_empty() { "nothing".to_string() } else { r.upstreams.join(", ") },
+            r.reason,
+            r.deployment_id.map(|d| format!(", deployment {d}")).unwrap_or_default()
+        ),
+        Event::RouterStarted(r) => format!("router {} on {} for *.{}", r.router_id, r.listen, r.domain),
+        Event::RouterStopped(r) => format!("router {} stopped", r.router_id),
         Event::RouteAcknowledged(a) => format!("router {} at route version {}", a.router_id, a.route_version),
+        Event::TrafficSwitchRequested(t) => format!(
+            "route version {} to {}; waiting for {}",
+            t.route_version,
+            t.upstreams.join(", "),
+            if t.routers.is_empty() { "no router".to_string() } else { t.routers.join(", ") }
+        ),
+        Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),
     }
 }
 

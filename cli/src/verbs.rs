@@ -88,7 +88,7 @@ pub async fn env_list(store: &dyn EventStore, project: &str, env: &str) -> anyho
 
 pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
     let state = load::environment(store, project, env).await?;
-    match state.last_succeeded {
+    match state.last_succeeded() {
         None => println!("{project} {env}: nothing deployed yet"),
         Some(id) => {
             let d = deployment(store, id).await?;

@@ -1,26 +1,34 @@
 //! The decider: given a deployment's state, what happens next. Pure and
-//! synchronous; ids and time are the driver's business. It decides from the
-//! folded state rather than from the last event alone, so seeing the same
-//! event twice, or several at once, leads to the same decisions.
+//! synchronous: ids are the driver's business and the time is an input
+//! (`EnvironmentView::now`). It decides from the folded state rather than
+//! from the last event alone, so seeing the same event twice, or several at
+//! once, leads to the same decisions.
 //!
 //! | state                                   | decision                                  |
 //! |-----------------------------------------|-------------------------------------------|
 //! | running, nothing dispatched, queued behind another deployment of the environment | nothing (wait your turn) |
 //! | running, step S next, S not dispatched  | dispatch `RunStep(S)` (+ `StepDispatched`) |
+//! | rollback, next step checkout/build/release | record it skipped / `ImageReused` (the old release's inputs) |
 //! | running, S dispatched, no outcome yet   | nothing (wait for the worker)             |
-//! | running, every pipeline step completed  | `DeploymentSucceeded`                     |
-//! |                                         | (and, on the environment, `DeploymentFinished`) |
-//! |                                         | + `RetireRelease` of the previous release  |
-//! | step S failed (`StepFailed`)            | `DeploymentFailed` (+ `RemoveContainers`) |
-//! |                                         | (and, on the environment, `DeploymentFinished`) |
-//! | succeeded or failed                     | nothing                                   |
+//! | every pipeline step passed, no switch   | `TrafficSwitchRequested` + `RouteChanged` on the routes stream |
+//! | switch requested, every router acknowledged | `TrafficSwitched`, `DeploymentSucceeded`, `DeploymentFinished` (environment), `RetireRelease` of the previous release |
+//! | switch requested, a router has not acknowledged, before the deadline | wake me at the deadline |
+//! | … after the deadline                    | `StepFailed(cutover)` naming the routers  |
+//! | a step failed, traffic never moved      | `DeploymentFailed`, `DeploymentFinished`, `RemoveContainers` |
+//! | a step failed after the route changed   | `DeploymentFailed`, `DeploymentFinished`, `RouteChanged` back to the old release, `RetireRelease` (drained) of the new containers |
+//! | succeeded or failed and recorded        | nothing                                   |
 
+use chrono::{DateTime, Utc};
 use slipway_proto::command::{RemoveContainers, RetireRelease, RunStep};
-use uuid::Uuid;
-use slipway_proto::event::{DeploymentFailed, DeploymentFinished, DeploymentSucceeded};
+use slipway_proto::event::{
+    DeploymentFailed, DeploymentFinished, DeploymentSucceeded, ImageReused, RouteChanged, RouteReason, StepFailed,
+    StepSkipped, TrafficSwitchRequested, TrafficSwitched,
+};
 use slipway_proto::{Command, Event, Step};
 
 use crate::deployment::{Deployment, Status};
+use crate::environment::ActiveRelease;
+use crate::routes::Traffic;
 
 /// What the driver should record and send.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,78 +39,209 @@ pub enum Decision {
     Record(Event),
     /// Record a fact on the deployment's environment stream (same transaction).
     RecordOnEnvironment(Event),
+    /// Record a route change on the routes stream (same transaction).
+    RecordOnRoutes(Event),
+    /// Nothing to do until this time, unless something else happens first.
+    WakeAt(DateTime<Utc>),
 }
 
-/// What the decider needs to know about the deployment's environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the decider needs to know beyond the deployment's own stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvironmentView {
     /// The deployment heads its environment's queue.
     pub may_start: bool,
-    /// The serving release: its deployment and containers.
-    pub active: Option<(Uuid, Vec<String>)>,
+    /// The serving release.
+    pub active: Option<ActiveRelease>,
     /// How long retired containers keep draining before they are stopped.
     pub drain_seconds: u64,
+    /// Routes and routers; loaded once the pipeline has passed.
+    pub traffic: Option<Traffic>,
+    /// How long a switch waits for every router to acknowledge.
+    pub switch_timeout: chrono::Duration,
+    pub now: DateTime<Utc>,
+}
+
+impl Default for EnvironmentView {
+    fn default() -> Self {
+        EnvironmentView {
+            may_start: false,
+            active: None,
+            drain_seconds: 30,
+            traffic: None,
+            switch_timeout: chrono::Duration::seconds(15),
+            now: DateTime::UNIX_EPOCH,
+        }
+    }
 }
 
 pub fn decide(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
     match &d.status {
         Status::Succeeded => vec![],
-        Status::Failed { step, reason } => {
-            // `StepFailed` is recorded by the worker; the verdict and the
-            // cleanup follow once.
-            if d.failure_recorded {
-                return vec![];
-            }
-            let mut out = vec![
-                Decision::Record(Event::DeploymentFailed(DeploymentFailed { step: *step, reason: reason.clone() })),
-                finished(d, false),
-            ];
-            if !d.containers.is_empty() {
-                out.push(Decision::Dispatch(Command::RemoveContainers(RemoveContainers {
-                    deployment_id: d.id,
-                    containers: d.containers.clone(),
-                })));
-            }
-            out
-        }
+        Status::Failed { .. } if d.failure_recorded => vec![],
+        Status::Failed { step, reason } => failed(d, *step, reason, env),
         Status::Running => match d.next_step() {
-            None => vec![
-                Decision::Record(Event::DeploymentSucceeded(DeploymentSucceeded {
-                    image_id: d.context.image_id.clone().unwrap_or_default(),
-                    commit: d.context.commit.clone().unwrap_or_default(),
-                })),
-                finished(d, true),
-            ]
-            .into_iter()
-            .chain(retire_previous(d, env))
-            .collect(),
+            None if d.context.dry_run => succeeded(d, env),
+            None => cutover(d, env),
             Some(step) if already_dispatched(d, step) => vec![],
             Some(_) if d.dispatched.is_none() && !env.may_start => vec![],
-            Some(step) => vec![Decision::Dispatch(Command::RunStep(RunStep {
-                step,
-                attempt: 1,
-                context: d.context.clone(),
-            }))],
+            Some(step) => match rollback_reuse(d, step) {
+                Some(outcome) => vec![Decision::Record(outcome)],
+                None => vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: 1, context: d.context.clone() }))],
+            },
         },
     }
 }
 
-fn finished(d: &Deployment, succeeded: bool) -> Decision {
-    let containers = if succeeded { d.containers.clone() } else { vec![] };
-    Decision::RecordOnEnvironment(Event::DeploymentFinished(DeploymentFinished { deployment_id: d.id, succeeded, containers }))
+/// `StepFailed` is recorded by a worker (or by the engine for the cutover);
+/// the verdict and the cleanup follow once. The old release was never
+/// stopped; if the route already moved, it moves back.
+fn failed(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) -> Vec<Decision> {
+    let mut out = vec![
+        Decision::Record(Event::DeploymentFailed(DeploymentFailed { step, reason: reason.to_string() })),
+        finished(d, false),
+    ];
+    if d.switch.is_some() {
+        out.push(Decision::RecordOnRoutes(Event::RouteChanged(RouteChanged {
+            project: d.context.project.clone(),
+            environment: d.context.environment.clone(),
+            deployment_id: env.active.as_ref().map(|a| a.deployment),
+            upstreams: env.active.as_ref().map(|a| a.upstreams.clone()).unwrap_or_default(),
+            reason: RouteReason::Revert,
+        })));
+        // Routers that did switch may have sent requests: drain them.
+        out.push(Decision::Dispatch(Command::RetireRelease(RetireRelease {
+            deployment_id: d.id,
+            containers: d.containers.clone(),
+            drain_seconds: env.drain_seconds,
+        })));
+    } else if !d.containers.is_empty() {
+        out.push(Decision::Dispatch(Command::RemoveContainers(RemoveContainers {
+            deployment_id: d.id,
+            containers: d.containers.clone(),
+        })));
+    }
+    out
 }
 
-/// The previous release's containers stop only once this one has succeeded.
+/// The pipeline passed: move the route, then wait for every router.
+fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
+    let Some(traffic) = &env.traffic else { return vec![] };
+    let Some(switch) = &d.switch else {
+        let Some(port) = d.context.web_port else {
+            return vec![Decision::Record(fail(Step::Cutover, "no web container port was recorded".into()))];
+        };
+        let route_version = traffic.routes_version + 1;
+        let upstreams = vec![format!("127.0.0.1:{port}")];
+        let routers: Vec<String> = traffic.routers.iter().cloned().collect();
+        let mut out = vec![
+            Decision::Record(Event::TrafficSwitchRequested(TrafficSwitchRequested {
+                route_version,
+                upstreams: upstreams.clone(),
+                routers: routers.clone(),
+                deadline: env.now + env.switch_timeout,
+            })),
+            Decision::RecordOnRoutes(Event::RouteChanged(RouteChanged {
+                project: d.context.project.clone(),
+                environment: d.context.environment.clone(),
+                deployment_id: Some(d.id),
+                upstreams,
+                reason: RouteReason::Cutover,
+            })),
+        ];
+        if routers.is_empty() {
+            out.push(Decision::Record(Event::TrafficSwitched(TrafficSwitched { route_version, routers })));
+            out.extend(succeeded(d, env));
+        }
+        return out;
+    };
+    if switch.switched {
+        return succeeded(d, env);
+    }
+    let waiting = traffic.waiting_for(&switch.routers, switch.route_version);
+    if waiting.is_empty() {
+        let routers = switch.routers.iter().filter(|r| traffic.routers.contains(*r)).cloned().collect();
+        let mut out =
+            vec![Decision::Record(Event::TrafficSwitched(TrafficSwitched { route_version: switch.route_version, routers }))];
+        out.extend(succeeded(d, env));
+        out
+    } else if env.now >= switch.deadline {
+        let reason = format!(
+            "router{} {} did not acknowledge route version {} by {}; the previous release keeps serving",
+            if waiting.len() == 1 { "" } else { "s" },
+            waiting.join(", "),
+            switch.route_version,
+            switch.deadline.format("%H:%M:%S%.3f UTC"),
+        );
+        vec![Decision::Record(fail(Step::Cutover, reason))]
+    } else {
+        vec![Decision::WakeAt(switch.deadline)]
+    }
+}
+
+fn fail(step: Step, reason: String) -> Event {
+    Event::StepFailed(StepFailed { step, reason, attempt: 1, details: vec![] })
+}
+
+/// Success: the verdict, the environment's new release, and the previous
+/// release's retirement (only now, with traffic moved).
+fn succeeded(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
+    let mut out = vec![
+        Decision::Record(Event::DeploymentSucceeded(DeploymentSucceeded {
+            image_id: d.context.image_id.clone().unwrap_or_default(),
+            commit: d.context.commit.clone().unwrap_or_default(),
+        })),
+        finished(d, true),
+    ];
+    if !d.context.dry_run {
+        out.extend(retire_previous(d, env));
+    }
+    out
+}
+
+fn finished(d: &Deployment, succeeded: bool) -> Decision {
+    let (containers, upstreams) = match (&d.switch, succeeded) {
+        (Some(s), true) => (d.containers.clone(), s.upstreams.clone()),
+        _ => (vec![], vec![]),
+    };
+    Decision::RecordOnEnvironment(Event::DeploymentFinished(DeploymentFinished {
+        deployment_id: d.id,
+        succeeded,
+        containers,
+        upstreams,
+        dry_run: d.context.dry_run,
+    }))
+}
+
+/// The previous release's containers stop only once this one serves.
 fn retire_previous(d: &Deployment, env: &EnvironmentView) -> Option<Decision> {
-    let (previous, containers) = env.active.as_ref()?;
-    if *previous == d.id || containers.is_empty() {
+    let previous = env.active.as_ref()?;
+    if previous.deployment == d.id || previous.containers.is_empty() {
         return None;
     }
     Some(Decision::Dispatch(Command::RetireRelease(RetireRelease {
-        deployment_id: *previous,
-        containers: containers.clone(),
+        deployment_id: previous.deployment,
+        containers: previous.containers.clone(),
         drain_seconds: env.drain_seconds,
     })))
+}
+
+/// A rollback re-uses the old release's checkout, image and schema: those
+/// steps are recorded by the engine instead of dispatched.
+fn rollback_reuse(d: &Deployment, step: Step) -> Option<Event> {
+    let source = d.rollback_of?;
+    let skipped = |reason: String| Some(Event::StepSkipped(StepSkipped { step, reason }));
+    match step {
+        Step::Checkout => skipped(format!(
+            "rollback to {source}: its commit {} and slipway.toml are re-used",
+            d.context.commit.as_deref().unwrap_or("?")
+        )),
+        Step::Build => Some(Event::ImageReused(ImageReused {
+            image_id: d.context.image_id.clone().unwrap_or_default(),
+            source_deployment: source,
+        })),
+        Step::Release => skipped(format!("rollback to {source}: release commands are not run again")),
+        _ => None,
+    }
 }
 
 fn already_dispatched(d: &Deployment, step: Step) -> bool {

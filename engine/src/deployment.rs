@@ -3,6 +3,7 @@
 //! current state (an illegal transition is a distinct error, not an I/O
 //! failure), so a corrupted or mis-ordered history is reported, not guessed at.
 
+use chrono::{DateTime, Utc};
 use slipway_proto::command::DeploymentContext;
 use slipway_proto::{Event, Step};
 use uuid::Uuid;
@@ -29,8 +30,24 @@ pub struct Deployment {
     pub containers: Vec<String>,
     /// `DeploymentFailed` is recorded: the verdict after a `StepFailed`.
     pub failure_recorded: bool,
+    /// The traffic switch, once the pipeline passed.
+    pub switch: Option<Switch>,
+    /// A rollback re-uses this earlier release (its image and inputs).
+    pub rollback_of: Option<Uuid>,
     /// The stream version this state was folded up to.
     pub version: u64,
+}
+
+/// A healthy deployment's traffic switch: the route version it wrote and the
+/// routers that must acknowledge it by the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    pub route_version: u64,
+    pub upstreams: Vec<String>,
+    pub routers: Vec<String>,
+    pub deadline: DateTime<Utc>,
+    /// Every router acknowledged (`TrafficSwitched`).
+    pub switched: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,9 +99,9 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     run_release: r.run_release,
                     dry_run: r.dry_run,
                     settings: r.settings.clone(),
-                    commit: None,
-                    config: serde_json::Value::Null,
-                    image_id: None,
+                    commit: r.rollback_of.as_ref().map(|s| s.commit.clone()),
+                    config: r.rollback_of.as_ref().map_or(serde_json::Value::Null, |s| s.config.clone()),
+                    image_id: r.rollback_of.as_ref().map(|s| s.image_id.clone()),
                     web_container: None,
                     web_port: None,
                 },
@@ -92,6 +109,8 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 dispatched: None,
                 containers: Vec::new(),
                 failure_recorded: false,
+                switch: None,
+                rollback_of: r.rollback_of.as_ref().map(|s| s.deployment_id),
                 version: 1,
             }),
             other => Err(illegal(&None, other)),
@@ -115,8 +134,24 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
         }
         // After a step failed only the verdict may follow.
         _ if matches!(d.status, Status::Failed { .. }) => return Err(illegal(&Some(d), event)),
+        Event::TrafficSwitchRequested(t) if d.next_step().is_none() && d.switch.is_none() => {
+            d.switch = Some(Switch {
+                route_version: t.route_version,
+                upstreams: t.upstreams.clone(),
+                routers: t.routers.clone(),
+                deadline: t.deadline,
+                switched: false,
+            })
+        }
+        Event::TrafficSwitched(t) => match &mut d.switch {
+            Some(s) if s.route_version == t.route_version => s.switched = true,
+            _ => return Err(illegal(&Some(d), event)),
+        },
         Event::DeploymentSucceeded(_) => {
-            if d.next_step().is_some() {
+            // A real deployment succeeds once traffic moved; a dry run has
+            // no traffic to move.
+            let switched = d.switch.as_ref().is_some_and(|s| s.switched);
+            if d.next_step().is_some() || !(switched || d.context.dry_run) {
                 return Err(illegal(&Some(d), event));
             }
             d.status = Status::Succeeded;

@@ -6,13 +6,13 @@
 //! moved meanwhile: fold again and decide again. Several drivers may run;
 //! the expected-version check makes their decisions land once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{deployment_stream, environment_stream, StepDispatched};
+use slipway_proto::event::{deployment_stream, environment_stream, StepDispatched, ROUTES_STREAM};
 use slipway_proto::{Command, Envelope, Event};
 use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
@@ -35,11 +35,13 @@ pub struct DriverOptions {
     /// How long a retired release's containers keep serving in-flight
     /// requests before they are stopped.
     pub drain_seconds: u64,
+    /// How long a traffic switch waits for every registered router.
+    pub switch_timeout: std::time::Duration,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        DriverOptions { drain_seconds: 30 }
+        DriverOptions { drain_seconds: 30, switch_timeout: std::time::Duration::from_secs(15) }
     }
 }
 
@@ -57,12 +59,44 @@ impl Driver {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
         tokio::pin!(shutdown);
         let mut sub = Subscription::start(self.store.clone(), ENGINE_CHECKPOINT).await?;
+        // Deployments waiting for a time (a switch's deadline). Kept in
+        // memory: at start, every deployment whose route moved last is
+        // looked at again, which re-arms its timer.
+        let mut timers: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        let mut streams: BTreeSet<String> = self.switching_deployments().await?;
         loop {
+            for stream in std::mem::take(&mut streams) {
+                timers.remove(&stream);
+                match self.advance(&stream).await {
+                    Ok(Some(at)) => {
+                        timers.insert(stream, at);
+                    }
+                    Ok(None) => {}
+                    // A store outage: stop here without checkpointing; the
+                    // caller restarts us and the batch is seen again.
+                    Err(DriverError::Store(e)) => return Err(e),
+                    // A history the decider cannot follow is reported and
+                    // left alone; it must not stop every other deployment.
+                    Err(e) => tracing::error!(%stream, error = %e, "cannot advance deployment"),
+                }
+            }
+            sub.checkpoint().await?;
+            let next_timer = timers.values().min().copied();
+            let sleep = async {
+                match next_timer {
+                    Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let batch = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
+                _ = sleep => {
+                    let now = Utc::now();
+                    streams.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(s, _)| s.clone()));
+                    continue;
+                }
                 batch = sub.next_batch(256) => batch?,
             };
-            let mut streams: BTreeSet<String> = BTreeSet::new();
             for e in &batch {
                 if e.stream.starts_with("deployment-") {
                     streams.insert(e.stream.clone());
@@ -73,48 +107,84 @@ impl Driver {
                         Err(DriverError::Store(err)) => return Err(err),
                         Err(err) => tracing::error!(stream = %e.stream, error = %err, "cannot read environment"),
                     }
+                } else if e.stream.starts_with("router") {
+                    // An acknowledgement, or a router came or went: every
+                    // switch in progress may be complete now.
+                    streams.extend(timers.keys().cloned());
                 }
             }
-            for stream in &streams {
-                match self.advance(stream).await {
-                    Ok(()) => {}
-                    // A store outage: stop here without checkpointing; the
-                    // caller restarts us and the batch is seen again.
-                    Err(DriverError::Store(e)) => return Err(e),
-                    // A history the decider cannot follow is reported and
-                    // left alone; it must not stop every other deployment.
-                    Err(e) => tracing::error!(%stream, error = %e, "cannot advance deployment"),
-                }
+        }
+    }
+
+    /// The deployments the routes stream last moved traffic to, one per
+    /// environment: those whose switch may still be waiting for routers.
+    async fn switching_deployments(&self) -> Result<BTreeSet<String>, StoreError> {
+        match load::routes(&*self.store).await {
+            Ok(routes) => Ok(routes.by_environment.values().filter_map(|r| r.deployment).map(deployment_stream).collect()),
+            Err(DriverError::Store(e)) => Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the routes stream");
+                Ok(BTreeSet::new())
             }
-            sub.checkpoint().await?;
         }
     }
 
     /// Decides and records what comes next for one deployment stream.
-    pub async fn advance(&self, stream: &str) -> Result<(), DriverError> {
+    /// Returns the time to look again if the deployment waits for one.
+    pub async fn advance(&self, stream: &str) -> Result<Option<DateTime<Utc>>, DriverError> {
         loop {
             let recorded = self.store.read_stream(stream, 1).await?;
             let events = decode_all(&recorded)?;
-            let Some(state) = fold(events.iter())? else { return Ok(()) };
+            let Some(state) = fold(events.iter())? else { return Ok(None) };
+            if state.is_finished() {
+                return Ok(None);
+            }
             let estream = environment_stream(&state.context.project, &state.context.environment);
             let env = load::environment_of_stream(&*self.store, &estream).await?;
+            // Routes and routers matter only once the pipeline has passed.
+            let traffic = match state.next_step() {
+                None => Some(load::traffic(&*self.store).await?),
+                Some(_) => None,
+            };
+            let routes_version = traffic.as_ref().map_or(0, |t| t.routes_version);
             let view = EnvironmentView {
                 may_start: env.may_start(state.id),
-                active: env.last_succeeded.map(|id| (id, env.active_containers.clone())),
+                active: env.active.clone(),
                 drain_seconds: self.options.drain_seconds,
+                traffic,
+                switch_timeout: chrono::Duration::from_std(self.options.switch_timeout)
+                    .unwrap_or(chrono::Duration::seconds(15)),
+                now: Utc::now(),
             };
-            let decisions = decide(&state, &view);
+            let mut decisions = decide(&state, &view);
+            let wake = decisions.iter().find_map(|d| match d {
+                Decision::WakeAt(at) => Some(*at),
+                _ => None,
+            });
+            decisions.retain(|d| !matches!(d, Decision::WakeAt(_)));
             if decisions.is_empty() {
-                return Ok(());
+                return Ok(wake);
             }
-            let Some(cause) = recorded.last() else { return Ok(()) };
-            let (events, env_events, commands) = self.materialise(stream, &estream, &cause.envelope, decisions);
-            let mut appends = vec![StreamAppend { stream, expected: ExpectedVersion::Exactly(state.version), events: &events }];
-            if !env_events.is_empty() {
-                appends.push(StreamAppend { stream: &estream, expected: ExpectedVersion::Exactly(env.version), events: &env_events });
+            let Some(cause) = recorded.last() else { return Ok(None) };
+            let out = self.materialise(stream, &estream, &cause.envelope, decisions);
+            let mut appends =
+                vec![StreamAppend { stream, expected: ExpectedVersion::Exactly(state.version), events: &out.events }];
+            if !out.environment.is_empty() {
+                appends.push(StreamAppend {
+                    stream: &estream,
+                    expected: ExpectedVersion::Exactly(env.version),
+                    events: &out.environment,
+                });
             }
-            match self.store.append_streams(&appends, &commands).await? {
-                Ok(_) => return Ok(()),
+            if !out.routes.is_empty() {
+                appends.push(StreamAppend {
+                    stream: ROUTES_STREAM,
+                    expected: ExpectedVersion::Exactly(routes_version),
+                    events: &out.routes,
+                });
+            }
+            match self.store.append_streams(&appends, &out.commands).await? {
+                Ok(_) => return Ok(None),
                 Err(conflict) => tracing::debug!(%conflict, "deployment moved while deciding; deciding again"),
             }
         }
@@ -127,7 +197,7 @@ impl Driver {
         env_stream: &str,
         cause: &Envelope,
         decisions: Vec<Decision>,
-    ) -> (Vec<Envelope>, Vec<Envelope>, Vec<Outgoing>) {
+    ) -> Materialised {
         let now = Utc::now();
         let meta = || {
             let mut m = Metadata::caused_by(cause);
@@ -135,14 +205,17 @@ impl Driver {
             m.trace = cause.trace.as_ref().map(|t| t.child(rand_span()));
             m
         };
-        let mut events = Vec::new();
-        let mut env_events = Vec::new();
-        let mut commands = Vec::new();
+        let mut out = Materialised::default();
+        let Materialised { events, environment, routes, commands } = &mut out;
         for decision in decisions {
             match decision {
+                Decision::WakeAt(_) => {}
                 Decision::Record(event) => events.extend(Envelope::new(Uuid::now_v7(), now, stream, &event, meta()).ok()),
                 Decision::RecordOnEnvironment(event) => {
-                    env_events.extend(Envelope::new(Uuid::now_v7(), now, env_stream, &event, meta()).ok())
+                    environment.extend(Envelope::new(Uuid::now_v7(), now, env_stream, &event, meta()).ok())
+                }
+                Decision::RecordOnRoutes(event) => {
+                    routes.extend(Envelope::new(Uuid::now_v7(), now, ROUTES_STREAM, &event, meta()).ok())
                 }
                 Decision::Dispatch(command) => {
                     let Ok(envelope) = Envelope::new(Uuid::now_v7(), now, stream, &command, meta()) else { continue };
@@ -158,8 +231,17 @@ impl Driver {
                 }
             }
         }
-        (events, env_events, commands)
+        out
     }
+}
+
+/// Decisions with ids and metadata, by the stream they go to.
+#[derive(Default)]
+struct Materialised {
+    events: Vec<Envelope>,
+    environment: Vec<Envelope>,
+    routes: Vec<Envelope>,
+    commands: Vec<Outgoing>,
 }
 
 fn rand_span() -> u64 {

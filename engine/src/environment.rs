@@ -1,6 +1,6 @@
 //! The environment projection: which deployments wait in an environment's
-//! queue (one runs at a time, in request order) and which was the last to
-//! succeed, folded from its `environment-<project>-<env>` stream.
+//! queue (one runs at a time, in request order) and which release serves,
+//! folded from its `environment-<project>-<env>` stream.
 
 use slipway_proto::Event;
 use uuid::Uuid;
@@ -9,16 +9,31 @@ use uuid::Uuid;
 pub struct Environment {
     /// Deployments enqueued and not finished, oldest first. The first runs.
     pub queue: Vec<Uuid>,
-    pub last_succeeded: Option<Uuid>,
-    /// The containers of the release that serves now (the last success).
-    pub active_containers: Vec<String>,
+    /// The release that serves now (the last real deployment to succeed).
+    pub active: Option<ActiveRelease>,
+    /// Every deployment that succeeded here (dry runs aside), oldest first:
+    /// what a rollback chooses from.
+    pub releases: Vec<Uuid>,
     pub version: u64,
+}
+
+/// The release serving an environment: its containers (retired when the
+/// next one takes over) and where it answers (what a failed switch reverts to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveRelease {
+    pub deployment: Uuid,
+    pub containers: Vec<String>,
+    pub upstreams: Vec<String>,
 }
 
 impl Environment {
     /// May `deployment` start now? Only at the head of the queue.
     pub fn may_start(&self, deployment: Uuid) -> bool {
         self.queue.first() == Some(&deployment)
+    }
+
+    pub fn last_succeeded(&self) -> Option<Uuid> {
+        self.active.as_ref().map(|a| a.deployment)
     }
 }
 
@@ -29,9 +44,13 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Environment {
             Event::DeploymentEnqueued(q) => env.queue.push(q.deployment_id),
             Event::DeploymentFinished(f) => {
                 env.queue.retain(|d| *d != f.deployment_id);
-                if f.succeeded {
-                    env.last_succeeded = Some(f.deployment_id);
-                    env.active_containers = f.containers.clone();
+                if f.succeeded && !f.dry_run {
+                    env.releases.push(f.deployment_id);
+                    env.active = Some(ActiveRelease {
+                        deployment: f.deployment_id,
+                        containers: f.containers.clone(),
+                        upstreams: f.upstreams.clone(),
+                    });
                 }
             }
             _ => {}

@@ -11,6 +11,7 @@ pub mod environment;
 pub mod load;
 pub mod project;
 pub mod requests;
+pub mod routes;
 
 pub use decider::{decide, Decision, EnvironmentView};
 pub use deployment::{evolve, Deployment, IllegalTransition, Status};

@@ -3,13 +3,14 @@
 //! would be wrong), and fold. The driver, the API and the CLI all load
 //! deployments and environments this one way.
 
-use slipway_proto::event::{deployment_stream, environment_stream};
+use slipway_proto::event::{deployment_stream, environment_stream, router_stream, ROUTERS_STREAM, ROUTES_STREAM};
 use slipway_proto::Event;
 use slipway_store::{EventStore, RecordedEvent, StoreError};
 use uuid::Uuid;
 
 use crate::deployment::{self, Deployment, IllegalTransition};
 use crate::environment::{self, Environment};
+use crate::routes::{self, Routes, Traffic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -59,4 +60,33 @@ pub async fn environment(store: &dyn EventStore, project: &str, env: &str) -> Re
 pub async fn environment_of_stream(store: &dyn EventStore, stream: &str) -> Result<Environment, LoadError> {
     let recorded = store.read_stream(stream, 1).await?;
     Ok(environment::fold(decode_all(&recorded)?.iter()))
+}
+
+/// Every environment's route, from the routes stream.
+pub async fn routes(store: &dyn EventStore) -> Result<Routes, LoadError> {
+    let recorded = store.read_stream(ROUTES_STREAM, 1).await?;
+    Ok(routes::fold_routes(decode_all(&recorded)?.iter()))
+}
+
+/// The route version, the registered routers and each one's latest
+/// acknowledgement (the last event of its own stream).
+pub async fn traffic(store: &dyn EventStore) -> Result<Traffic, LoadError> {
+    let routes_version = store.stream_version(ROUTES_STREAM).await?;
+    let registry = store.read_stream(ROUTERS_STREAM, 1).await?;
+    let routers = routes::fold_routers(decode_all(&registry)?.iter());
+    let mut acknowledged = std::collections::BTreeMap::new();
+    for router in &routers {
+        let stream = router_stream(router);
+        let last = store.stream_version(&stream).await?;
+        if last == 0 {
+            continue;
+        }
+        let tail = store.read_stream(&stream, last).await?;
+        for event in decode_all(&tail)? {
+            if let Event::RouteAcknowledged(a) = event {
+                acknowledged.insert(router.clone(), a.route_version);
+            }
+        }
+    }
+    Ok(Traffic { routes_version, routers, acknowledged })
 }

@@ -8,7 +8,7 @@ use slipway_proto::config::{is_dns_label, is_env_name};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
     deployment_stream, environment_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
-    ProjectCreated, SettingsChanged,
+    ProjectCreated, RollbackSource, SettingsChanged,
 };
 use slipway_proto::{Envelope, Event, TraceContext};
 use slipway_store::event_store::StreamAppend;
@@ -16,6 +16,7 @@ use slipway_store::settings::fingerprint;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
 
+use crate::load;
 use crate::project::{self, Project};
 
 /// Why a request was refused, in words for the user.
@@ -162,40 +163,150 @@ pub struct DeployRequest {
 /// Records a deployment request and queues it on its environment; the
 /// engine starts it when it reaches the head of that queue.
 pub async fn request_deployment(store: &dyn EventStore, actor: &str, req: DeployRequest) -> Outcome<Uuid> {
-    let Some(p) = load_project(store, &req.project).await? else {
-        return reject(format!("no project `{}`; create it with `slipway project create`", req.project));
+    let p = match project_environment(store, &req.project, &req.environment).await? {
+        Ok(p) => p,
+        Err(rejection) => return Ok(Err(rejection)),
     };
-    if !p.environments.contains_key(&req.environment) {
-        let known: Vec<_> = p.environments.keys().cloned().collect();
-        return reject(format!(
-            "project `{}` has no environment `{}` (it has: {})",
-            req.project,
-            req.environment,
-            known.join(", ")
-        ));
-    }
     let git_ref = req.git_ref.unwrap_or_else(|| p.default_branch.clone());
     if git_ref.starts_with('-') {
         return reject(format!("ref `{git_ref}` looks like an option, not a branch, tag or commit"));
     }
     let id = Uuid::now_v7();
-    let requested = Event::DeploymentRequested(DeploymentRequested {
+    enqueue(
+        store,
+        actor,
+        DeploymentRequested {
+            deployment_id: id,
+            project: p.name.clone(),
+            environment: req.environment.clone(),
+            repository: p.repository.clone(),
+            git_ref,
+            mode: req.mode,
+            no_cache: req.no_cache,
+            run_release: req.run_release,
+            settings: p.fingerprints(&req.environment),
+            dry_run: req.dry_run,
+            rollback_of: None,
+        },
+    )
+    .await
+}
+
+/// A rollback the engine accepted: the new deployment, the release it
+/// re-activates, and what the operator should know first.
+#[derive(Debug, Clone)]
+pub struct RollbackRequested {
+    pub deployment_id: Uuid,
+    pub target: Uuid,
+    pub warnings: Vec<String>,
+}
+
+/// Re-activates an earlier release of an environment — by default the one
+/// before the release serving now — as a new deployment with that release's
+/// image, commit, `slipway.toml` and settings snapshot. It passes the same
+/// service check, containers, health check and cutover; release commands do
+/// not run again, so a warning names every release that ran some since.
+pub async fn request_rollback(
+    store: &dyn EventStore,
+    actor: &str,
+    project: &str,
+    environment: &str,
+    to: Option<Uuid>,
+) -> Outcome<RollbackRequested> {
+    let p = match project_environment(store, project, environment).await? {
+        Ok(p) => p,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    let env = match load::environment(store, project, environment).await {
+        Ok(env) => env,
+        Err(load::LoadError::Store(e)) => return Err(e),
+        Err(e) => return reject(e.to_string()),
+    };
+    let serving = env.last_succeeded();
+    let target = match to {
+        Some(t) if !env.releases.contains(&t) => {
+            return reject(format!("deployment {t} never served {project} {environment}; its releases: slipway deployments {project}"))
+        }
+        Some(t) => t,
+        None => match env.releases.iter().rev().find(|r| Some(**r) != serving) {
+            Some(t) => *t,
+            None => return reject(format!("{project} {environment} has no earlier release to roll back to")),
+        },
+    };
+    if Some(target) == serving {
+        return reject(format!("deployment {target} already serves {project} {environment}"));
+    }
+    let old = match load::deployment(store, target).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return reject(format!("deployment {target} has no history")),
+        Err(load::LoadError::Store(e)) => return Err(e),
+        Err(e) => return reject(e.to_string()),
+    };
+    let (Some(image_id), Some(commit)) = (old.context.image_id.clone(), old.context.commit.clone()) else {
+        return reject(format!("deployment {target} recorded no image to roll back to"));
+    };
+    let since = env.releases.iter().skip_while(|r| **r != target).skip(1);
+    let warnings = release_commands_since(store, since).await?;
+    let id = Uuid::now_v7();
+    let requested = DeploymentRequested {
         deployment_id: id,
         project: p.name.clone(),
-        environment: req.environment.clone(),
+        environment: environment.into(),
         repository: p.repository.clone(),
-        git_ref,
-        mode: req.mode,
-        no_cache: req.no_cache,
-        run_release: req.run_release,
-        settings: p.fingerprints(&req.environment),
-        dry_run: req.dry_run,
-    });
+        git_ref: commit.clone(),
+        mode: old.context.mode,
+        no_cache: false,
+        run_release: false,
+        settings: old.context.settings.clone(),
+        dry_run: false,
+        rollback_of: Some(RollbackSource { deployment_id: target, commit, image_id, config: old.context.config.clone() }),
+    };
+    Ok(enqueue(store, actor, requested).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
+}
+
+/// One warning per release (of those given) that ran release commands.
+async fn release_commands_since<'a>(
+    store: &dyn EventStore,
+    releases: impl Iterator<Item = &'a Uuid>,
+) -> Result<Vec<String>, StoreError> {
+    let mut warnings = Vec::new();
+    for release in releases {
+        let events = store.read_stream(&deployment_stream(*release), 1).await?;
+        for recorded in events {
+            if let Ok(Event::ReleaseCommandsRan(ran)) = recorded.envelope.decode::<Event>() {
+                if !ran.skipped && !ran.results.is_empty() {
+                    let commands: Vec<String> = ran.results.iter().map(|r| format!("`{}`", r.command)).collect();
+                    warnings.push(format!(
+                        "release {release} ran release commands since ({}): the schema may have moved on, and they are not undone",
+                        commands.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+/// The project, if it exists and has the environment; otherwise a rejection
+/// that says what does exist.
+async fn project_environment(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<Project> {
+    let Some(p) = load_project(store, project).await? else {
+        return reject(format!("no project `{project}`; create it with `slipway project create`"));
+    };
+    if !p.environments.contains_key(environment) {
+        let known: Vec<_> = p.environments.keys().cloned().collect();
+        return reject(format!("project `{project}` has no environment `{environment}` (it has: {})", known.join(", ")));
+    }
+    Ok(Ok(p))
+}
+
+/// Records the request and queues it on its environment, in one transaction.
+async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentRequested) -> Outcome<Uuid> {
+    let id = requested.deployment_id;
+    let (dstream, estream) = (deployment_stream(id), environment_stream(&requested.project, &requested.environment));
     // One trace per deployment: its id is the deployment id.
     let trace = Some(TraceContext::root(id.as_u128(), Uuid::now_v7().as_u128() as u64));
-    let dstream = deployment_stream(id);
-    let estream = environment_stream(&p.name, &req.environment);
-    let d = [envelope(&dstream, &requested, id, actor, trace.clone())];
+    let d = [envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone())];
     let q = [envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace)];
     let appends = [
         StreamAppend { stream: &dstream, expected: ExpectedVersion::NoStream, events: &d },

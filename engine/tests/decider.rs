@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
+use chrono::{DateTime, Utc};
+use slipway_engine::environment::ActiveRelease;
+use slipway_engine::routes::Traffic;
 use slipway_engine::{decide, deployment::fold, Decision, EnvironmentView, Status};
 use slipway_proto::event::*;
 use slipway_proto::{Command, Event, Step};
@@ -22,6 +25,7 @@ fn requested() -> Event {
         run_release: true,
         settings: Default::default(),
         dry_run: false,
+        rollback_of: None,
     })
 }
 
@@ -93,9 +97,45 @@ fn check(given: &[Event], expect: &[&str]) {
 /// Like `check`, saying whether the deployment heads its environment's queue.
 #[track_caller]
 fn check_queued(given: &[Event], may_start: bool, expect: &[&str]) {
+    check_with(given, &EnvironmentView { may_start, ..view() }, expect)
+}
+
+fn t(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+}
+
+/// An environment served by release 1 (`old-web` on port 1000), no routers,
+/// at time t(0).
+fn view() -> EnvironmentView {
+    EnvironmentView {
+        may_start: true,
+        active: Some(ActiveRelease {
+            deployment: Uuid::from_u128(1),
+            containers: vec!["old-web".into()],
+            upstreams: vec!["127.0.0.1:1000".into()],
+        }),
+        drain_seconds: 30,
+        traffic: Some(Traffic { routes_version: 4, ..Default::default() }),
+        switch_timeout: chrono::Duration::seconds(10),
+        now: t(0),
+    }
+}
+
+/// `view()` with routers `a` and `b` registered, acknowledged up to the given versions.
+fn with_routers(acks: &[(&str, u64)]) -> EnvironmentView {
+    let mut v = view();
+    v.traffic = Some(Traffic {
+        routes_version: 4,
+        routers: ["a".to_string(), "b".to_string()].into(),
+        acknowledged: acks.iter().map(|(r, v)| (r.to_string(), *v)).collect(),
+    });
+    v
+}
+
+#[track_caller]
+fn check_with(given: &[Event], env: &EnvironmentView, expect: &[&str]) {
     let state = fold(given.iter()).expect("legal history").expect("a deployment");
-    let env = EnvironmentView { may_start, active: Some((Uuid::from_u128(1), vec!["old-web".into()])), drain_seconds: 30 };
-    let got: Vec<String> = decide(&state, &env)
+    let got: Vec<String> = decide(&state, env)
         .iter()
         .map(|d| match d {
             Decision::Dispatch(Command::RunStep(r)) => format!("dispatch {}", r.step),
@@ -106,10 +146,27 @@ fn check_queued(given: &[Event], may_start: bool, expect: &[&str]) {
                 format!("finish {}", if f.succeeded { "succeeded" } else { "failed" })
             }
             Decision::RecordOnEnvironment(e) => format!("environment {}", slipway_proto::envelope::Message::message_type(e)),
+            Decision::RecordOnRoutes(Event::RouteChanged(r)) => format!("route {:?} {}", r.reason, r.upstreams.join(",")),
+            Decision::RecordOnRoutes(e) => format!("routes {}", slipway_proto::envelope::Message::message_type(e)),
+            Decision::WakeAt(at) => format!("wake at {}", (*at - t(0)).num_seconds()),
         })
         .collect();
     assert_eq!(got, expect);
 }
+
+/// The happy path with the traffic switch requested (route version 5, routers a and b).
+fn switching() -> Vec<Event> {
+    let mut h = happy_path();
+    h.push(Event::TrafficSwitchRequested(TrafficSwitchRequested {
+        route_version: 5,
+        upstreams: vec!["127.0.0.1:32768".into()],
+        routers: vec!["a".into(), "b".into()],
+        deadline: t(10),
+    }));
+    h
+}
+
+const SUCCESS: [&str; 3] = ["record DeploymentSucceeded", "finish succeeded", "retire old-web"];
 
 #[test]
 fn a_request_dispatches_the_service_check() {
@@ -131,9 +188,22 @@ fn a_dispatched_step_waits_for_its_worker() {
 }
 
 #[test]
-fn all_steps_done_means_success_and_then_nothing() {
-    check(&happy_path(), &["record DeploymentSucceeded", "finish succeeded", "retire old-web"]);
+fn all_steps_done_without_routers_moves_the_route_and_succeeds_at_once() {
+    let mut expect = vec![
+        "record TrafficSwitchRequested",
+        "route Cutover 127.0.0.1:32768",
+        "record TrafficSwitched",
+    ];
+    expect.extend(SUCCESS);
+    check(&happy_path(), &expect);
     let mut h = happy_path();
+    h.push(Event::TrafficSwitchRequested(TrafficSwitchRequested {
+        route_version: 5,
+        upstreams: vec!["127.0.0.1:32768".into()],
+        routers: vec![],
+        deadline: t(10),
+    }));
+    h.push(Event::TrafficSwitched(TrafficSwitched { route_version: 5, routers: vec![] }));
     h.push(Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "c0ffee".into() }));
     check(&h, &[]);
     let state = fold(h.iter()).unwrap().unwrap();
@@ -178,9 +248,91 @@ fn skipped_steps_count_as_done() {
     let mut h = vec![requested()];
     for step in Step::PIPELINE {
         h.push(dispatched(step));
+        h.push(Event::StepSkipped(StepSkipped { step, reason: "skipped".into() }));
+    }
+    check(&h[..h.len() - 2], &["dispatch health_check"]);
+    assert_eq!(fold(h.iter()).unwrap().unwrap().next_step(), None);
+}
+
+#[test]
+fn a_dry_run_succeeds_without_touching_routes_or_the_serving_release() {
+    let Event::DeploymentRequested(mut r) = requested() else { unreachable!() };
+    r.dry_run = true;
+    let mut h = vec![Event::DeploymentRequested(r)];
+    for step in Step::PIPELINE {
+        h.push(dispatched(step));
         h.push(Event::StepSkipped(StepSkipped { step, reason: "dry run".into() }));
     }
-    check(&h, &["record DeploymentSucceeded", "finish succeeded", "retire old-web"]);
+    check(&h, &["record DeploymentSucceeded", "finish succeeded"]);
+    let state = fold(h.iter()).unwrap().unwrap();
+    let finished = decide(&state, &view()).into_iter().find_map(|d| match d {
+        Decision::RecordOnEnvironment(Event::DeploymentFinished(f)) => Some(f),
+        _ => None,
+    });
+    assert!(finished.unwrap().dry_run, "the environment projection must not take a dry run for a release");
+}
+
+#[test]
+fn the_switch_waits_for_every_registered_router_then_succeeds() {
+    check_with(&happy_path(), &with_routers(&[]), &["record TrafficSwitchRequested", "route Cutover 127.0.0.1:32768"]);
+    check_with(&switching(), &with_routers(&[("a", 5)]), &["wake at 10"]);
+    check_with(&switching(), &with_routers(&[("a", 5), ("b", 4)]), &["wake at 10"]);
+    let mut expect = vec!["record TrafficSwitched"];
+    expect.extend(SUCCESS);
+    check_with(&switching(), &with_routers(&[("a", 5), ("b", 6)]), &expect);
+}
+
+#[test]
+fn a_router_that_stopped_cleanly_is_not_waited_for() {
+    let mut env = with_routers(&[("a", 5)]);
+    if let Some(t) = env.traffic.as_mut() {
+        t.routers.remove("b");
+    }
+    let mut expect = vec!["record TrafficSwitched"];
+    expect.extend(SUCCESS);
+    check_with(&switching(), &env, &expect);
+}
+
+#[test]
+fn a_router_silent_past_the_deadline_fails_the_cutover_and_the_route_goes_back() {
+    let late = EnvironmentView { now: t(10), ..with_routers(&[("a", 5)]) };
+    check_with(&switching(), &late, &["record StepFailed"]);
+    let state = fold(switching().iter()).unwrap().unwrap();
+    let Decision::Record(Event::StepFailed(f)) = &decide(&state, &late)[0] else { panic!() };
+    assert_eq!(f.step, Step::Cutover);
+    assert!(f.reason.contains("router b ") && f.reason.contains("route version 5"), "{}", f.reason);
+
+    let mut h = switching();
+    h.push(Event::StepFailed(f.clone()));
+    // The route returns to release 1; the new containers are drained, not cut off.
+    check_with(
+        &h,
+        &late,
+        &["record DeploymentFailed", "finish failed", "route Revert 127.0.0.1:1000", "retire web-1,worker-1"],
+    );
+}
+
+#[test]
+fn a_rollback_reuses_the_old_release_instead_of_checking_out_building_and_migrating() {
+    let Event::DeploymentRequested(mut r) = requested() else { unreachable!() };
+    r.rollback_of = Some(RollbackSource {
+        deployment_id: Uuid::from_u128(1),
+        commit: "0ld".into(),
+        image_id: "sha256:old".into(),
+        config: serde_json::json!({}),
+    });
+    let mut h = vec![Event::DeploymentRequested(r), dispatched(Step::CheckServices), outcome(Step::CheckServices)];
+    check(&h, &["record StepSkipped"]);
+    h.push(Event::StepSkipped(StepSkipped { step: Step::Checkout, reason: "rollback".into() }));
+    check(&h, &["record ImageReused"]);
+    h.push(Event::ImageReused(ImageReused { image_id: "sha256:old".into(), source_deployment: Uuid::from_u128(1) }));
+    check(&h, &["dispatch deploy"]);
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert_eq!(state.context.image_id.as_deref(), Some("sha256:old"));
+    assert_eq!(state.context.commit.as_deref(), Some("0ld"));
+    h.push(dispatched(Step::Deploy));
+    h.push(outcome(Step::Deploy));
+    check(&h, &["record StepSkipped"]);
 }
 
 #[test]

@@ -75,6 +75,13 @@ pub struct DeploymentFinished {
     /// On success: the containers of the release that now serves.
     #[serde(default)]
     pub containers: Vec<String>,
+    /// On success: where the release answers (`127.0.0.1:PORT`), what a
+    /// failed switch reverts the route to.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// A dry run finished: it changes nothing about what serves.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +104,20 @@ pub struct DeploymentRequested {
     /// `StepSkipped` instead of acting.
     #[serde(default)]
     pub dry_run: bool,
+    /// A rollback: re-activate this earlier release's image, commit and
+    /// `slipway.toml` (no checkout, no build, no release commands).
+    #[serde(default)]
+    pub rollback_of: Option<RollbackSource>,
+}
+
+/// What a rollback re-uses from the release it goes back to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackSource {
+    pub deployment_id: Uuid,
+    pub commit: String,
+    pub image_id: String,
+    #[serde(default)]
+    pub config: serde_json::Value,
 }
 
 fn yes() -> bool {
@@ -230,19 +251,78 @@ pub struct ContainersRemoved {
     pub containers: Vec<String>,
 }
 
-/// An environment now routes to a deployment's containers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseActivated {
-    pub deployment_id: Uuid,
-    pub route_version: u64,
-    pub upstreams: Vec<String>,
+/// The one stream that holds every environment's route. An event's
+/// version in it is the *route version* routers acknowledge: one number
+/// says how far a router has applied the routes of every environment.
+pub const ROUTES_STREAM: &str = "routes";
+/// The registry of routers (`RouterStarted`, `RouterStopped`).
+pub const ROUTERS_STREAM: &str = "routers";
+/// One router's acknowledgements.
+pub fn router_stream(router_id: &str) -> String {
+    format!("router-{router_id}")
 }
 
-/// A router applied a route version.
+/// Why a route changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteReason {
+    /// A healthy deployment takes the traffic.
+    Cutover,
+    /// A switch that did not complete goes back to the release that served.
+    Revert,
+}
+
+/// An environment's host name now routes to these upstreams (on the
+/// routes stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteChanged {
+    pub project: String,
+    pub environment: String,
+    /// The release that serves; `None` when nothing does (a first
+    /// deployment's switch reverted).
+    pub deployment_id: Option<Uuid>,
+    /// Loopback `HOST:PORT` of the release's web containers.
+    pub upstreams: Vec<String>,
+    pub reason: RouteReason,
+}
+
+/// A router came up (on the routers stream): from now on every traffic
+/// switch waits for its acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStarted {
+    pub router_id: String,
+    pub listen: String,
+    pub domain: String,
+}
+
+/// A router shut down cleanly; switches no longer wait for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStopped {
+    pub router_id: String,
+}
+
+/// A router applied every route up to `route_version` (on its own stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteAcknowledged {
     pub router_id: String,
     pub route_version: u64,
+}
+
+/// The engine moved a healthy deployment's traffic: the route version it
+/// wrote, the routers that must acknowledge it, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficSwitchRequested {
+    pub route_version: u64,
+    pub upstreams: Vec<String>,
+    pub routers: Vec<String>,
+    pub deadline: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every router acknowledged the deployment's route version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficSwitched {
+    pub route_version: u64,
+    pub routers: Vec<String>,
 }
 
 crate::message_family! {
@@ -267,8 +347,12 @@ crate::message_family! {
         ContainersRemoved(ContainersRemoved) = 1,
         DeploymentEnqueued(DeploymentEnqueued) = 1,
         DeploymentFinished(DeploymentFinished) = 1,
-        ReleaseActivated(ReleaseActivated) = 1,
+        RouteChanged(RouteChanged) = 1,
+        RouterStarted(RouterStarted) = 1,
+        RouterStopped(RouterStopped) = 1,
         RouteAcknowledged(RouteAcknowledged) = 1,
+        TrafficSwitchRequested(TrafficSwitchRequested) = 1,
+        TrafficSwitched(TrafficSwitched) = 1,
     }
 }
 

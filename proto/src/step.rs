@@ -33,8 +33,9 @@ impl Step {
         Step::HealthCheck,
     ];
 
-    /// Every step that has a worker queue.
-    pub const ALL: [Step; 10] = [
+    /// Every step that has a worker queue (the cutover is the engine's and
+    /// the routers' work, not a worker's).
+    pub const ALL: [Step; 9] = [
         Step::CheckServices,
         Step::Checkout,
         Step::Build,
@@ -42,7 +43,6 @@ impl Step {
         Step::Release,
         Step::Processes,
         Step::HealthCheck,
-        Step::Cutover,
         Step::Retire,
         Step::Cleanup,
     ];

@@ -45,6 +45,7 @@ fn sample_events() -> Vec<Event> {
             run_release: false,
             settings: [("SECRET_KEY".to_string(), "sha256:ab".to_string())].into(),
             dry_run: false,
+            rollback_of: None,
         }),
         Event::StepFailed(StepFailed {
             step: Step::Build,
@@ -53,10 +54,18 @@ fn sample_events() -> Vec<Event> {
             details: vec!["line".into()],
         }),
         Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 3, elapsed_ms: 40 }),
-        Event::ReleaseActivated(ReleaseActivated {
-            deployment_id: d,
+        Event::RouteChanged(RouteChanged {
+            project: "hello".into(),
+            environment: "live".into(),
+            deployment_id: Some(d),
+            upstreams: vec!["127.0.0.1:32768".into()],
+            reason: RouteReason::Cutover,
+        }),
+        Event::TrafficSwitchRequested(TrafficSwitchRequested {
             route_version: 3,
             upstreams: vec!["127.0.0.1:32768".into()],
+            routers: vec!["edge-1".into()],
+            deadline: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
         }),
     ]
 }

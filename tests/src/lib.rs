@@ -92,7 +92,7 @@ impl Harness {
         }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
         let runtime = Runtime { workspaces: data.path().join("workspaces"), logs: data.path().join("logs") };
         let relay = Relay::new(store.clone(), queue.clone(), RelayOptions { poll: Duration::from_millis(100), ..Default::default() });
-        let driver = Driver::new(store.clone(), DriverOptions { drain_seconds: 0 });
+        let driver = Driver::new(store.clone(), DriverOptions { drain_seconds: 0, ..Default::default() });
         let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
         let s = shutdown.clone();
         tasks.push(tokio::spawn(async move {

@@ -132,7 +132,7 @@ async fn start(args: &Args, data: &Path) -> anyhow::Result<Machinery> {
     }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
     let runtime = Runtime { workspaces: data.join("workspaces"), logs: data.join("logs") };
     let relay = Relay::new(store.clone(), queue.clone(), RelayOptions::default());
-    let driver = Driver::new(store.clone(), DriverOptions { drain_seconds: 0 });
+    let driver = Driver::new(store.clone(), DriverOptions { drain_seconds: 0, ..Default::default() });
     let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
     let s = shutdown.clone();
     tasks.push(tokio::spawn(async move {

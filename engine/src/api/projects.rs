@@ -205,7 +205,7 @@ pub async fn environment(
 ) -> ApiResult<Json<EnvironmentStatus>> {
     require_environment(&*store, &name, &env).await?;
     let state = load_environment(&*store, &name, &env).await?;
-    let last_succeeded = match state.last_succeeded {
+    let last_succeeded = match state.last_succeeded() {
         Some(id) => {
             let d = load_deployment(&*store, id).await?;
             Some(Release {

@@ -1,0 +1,122 @@
+//! Projections of traffic: the routes stream (which upstreams serve each
+//! environment, and the route version — the stream's version — that routers
+//! acknowledge) and the routers stream (which routers a switch waits for).
+//! Pure; the routers and the driver load them through `load`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use slipway_proto::Event;
+use uuid::Uuid;
+
+/// One environment's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub deployment: Option<Uuid>,
+    pub upstreams: Vec<String>,
+    /// The route version that last changed it.
+    pub version: u64,
+}
+
+/// Every environment's route, as of route version `version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    pub version: u64,
+    /// (project, environment) -> route.
+    pub by_environment: BTreeMap<(String, String), Route>,
+}
+
+impl Routes {
+    /// Applies the routes stream's next event (version `self.version + 1`).
+    pub fn apply(&mut self, event: &Event) {
+        self.version += 1;
+        if let Event::RouteChanged(r) = event {
+            self.by_environment.insert(
+                (r.project.clone(), r.environment.clone()),
+                Route { deployment: r.deployment_id, upstreams: r.upstreams.clone(), version: self.version },
+            );
+        }
+    }
+}
+
+pub fn fold_routes<'a>(events: impl IntoIterator<Item = &'a Event>) -> Routes {
+    let mut routes = Routes::default();
+    for e in events {
+        routes.apply(e);
+    }
+    routes
+}
+
+/// The routers registered now (started and not cleanly stopped).
+pub fn fold_routers<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeSet<String> {
+    let mut live = BTreeSet::new();
+    for e in events {
+        match e {
+            Event::RouterStarted(r) => {
+                live.insert(r.router_id.clone());
+            }
+            Event::RouterStopped(r) => {
+                live.remove(&r.router_id);
+            }
+            _ => {}
+        }
+    }
+    live
+}
+
+/// What a traffic switch needs to know: the current route version, the
+/// registered routers and how far each has acknowledged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub routes_version: u64,
+    pub routers: BTreeSet<String>,
+    pub acknowledged: BTreeMap<String, u64>,
+}
+
+impl Traffic {
+    /// The routers among `expected` that are still registered and have not
+    /// acknowledged `version` yet. A router that stopped cleanly is not
+    /// waited for; one that started later read every route when it started.
+    pub fn waiting_for(&self, expected: &[String], version: u64) -> Vec<String> {
+        expected
+            .iter()
+            .filter(|r| self.routers.contains(*r))
+            .filter(|r| self.acknowledged.get(*r).copied().unwrap_or(0) < version)
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_proto::event::{RouteChanged, RouteReason, RouterStarted, RouterStopped};
+
+    fn changed(env: &str, port: u16) -> Event {
+        Event::RouteChanged(RouteChanged {
+            project: "hello".into(),
+            environment: env.into(),
+            deployment_id: Some(Uuid::from_u128(port as u128)),
+            upstreams: vec![format!("127.0.0.1:{port}")],
+            reason: RouteReason::Cutover,
+        })
+    }
+
+    #[test]
+    fn the_last_change_of_each_environment_wins_and_versions_count_every_event() {
+        let routes = fold_routes(&[changed("test", 1), changed("live", 2), changed("test", 3)]);
+        assert_eq!(routes.version, 3);
+        let test = &routes.by_environment[&("hello".to_string(), "test".to_string())];
+        assert_eq!((test.upstreams.as_slice(), test.version), (&["127.0.0.1:3".to_string()][..], 3));
+        assert_eq!(routes.by_environment[&("hello".to_string(), "live".to_string())].version, 2);
+    }
+
+    #[test]
+    fn stopped_routers_are_not_waited_for_and_unacknowledged_ones_are() {
+        let started = |id: &str| Event::RouterStarted(RouterStarted { router_id: id.into(), listen: String::new(), domain: String::new() });
+        let routers = fold_routers(&[started("a"), started("b"), started("c"), Event::RouterStopped(RouterStopped { router_id: "b".into() })]);
+        let traffic = Traffic { routes_version: 5, routers, acknowledged: [("a".to_string(), 5)].into() };
+        let expected = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        assert_eq!(traffic.waiting_for(&expected, 5), vec!["c".to_string()]);
+        assert_eq!(traffic.waiting_for(&expected, 4), vec!["c".to_string()]);
+    }
+}
