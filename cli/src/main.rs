@@ -22,7 +22,8 @@ use slipway_store::EventStore;
 use slipway_workers::WorkerOptions;
 use uuid::Uuid;
 
-use machinery::Parts;
+use slipway_engine::driver::DriverOptions;
+use slipway_node::Parts;
 
 #[derive(Parser)]
 #[command(
@@ -58,10 +59,26 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
-    /// Run the engine, the outbox relay, the HTTP API and the step workers in one process.
-    AllInOne(ServeArgs),
-    /// Run the engine, the outbox relay and the HTTP API (no step workers).
+    /// Run the engine, the outbox relay, the HTTP API, the step workers and a router in one process.
+    AllInOne {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        router: RouterArgs,
+        /// Run without the router (traffic switches then wait for no router).
+        #[arg(long)]
+        no_router: bool,
+    },
+    /// Run the engine, the outbox relay and the HTTP API (no step workers, no router).
     Server(ServeArgs),
+    /// Run a router: an HTTP reverse proxy that sends <project>-<env>.<domain>
+    /// to the environment's serving release. It reads every route at start,
+    /// registers, and acknowledges each route version it applies; every
+    /// traffic switch waits for every registered router. A clean stop
+    /// (ctrl-c, SIGTERM) deregisters it.
+    Router(RouterArgs),
+    /// The registered routers and the route version each has applied.
+    Routers,
     /// Run step workers that compete for the step queues.
     Worker {
         /// Steps to serve, comma-separated (default: all).
@@ -79,6 +96,19 @@ enum Command {
     Env(EnvCmd),
     /// Deploy a project's environment and follow it live; exits non-zero if it fails.
     Deploy(DeployArgs),
+    /// Serve an earlier release again (by default the one before the release
+    /// serving now): its image, commit, slipway.toml and settings, through
+    /// the service check, containers, health check and traffic switch,
+    /// without building and without running release commands.
+    Rollback {
+        project: String,
+        env: String,
+        /// The deployment to go back to (one that served this environment).
+        #[arg(long)]
+        to: Option<Uuid>,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
     /// What an environment serves now, and what is running or queued.
     Status { project: String, env: String },
     /// A project's deployments, oldest first.
@@ -97,9 +127,43 @@ struct ServeArgs {
     /// Seconds a retired release keeps serving in-flight requests before it is stopped.
     #[arg(long, default_value_t = 30)]
     drain: u64,
+    /// Seconds a traffic switch waits for every registered router to
+    /// acknowledge; past it the deployment fails and the route goes back.
+    #[arg(long, default_value_t = 15)]
+    switch_timeout: u64,
     /// Where the HTTP API listens (it has no authentication: keep it on loopback or behind a proxy that checks).
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
     listen: std::net::SocketAddr,
+}
+
+impl ServeArgs {
+    fn driver(&self) -> DriverOptions {
+        DriverOptions { drain_seconds: self.drain, switch_timeout: Duration::from_secs(self.switch_timeout) }
+    }
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    /// Where the router listens for HTTP.
+    #[arg(long = "router", env = "SLIPWAY_ROUTER_LISTEN", default_value = "127.0.0.1:7880")]
+    router_listen: std::net::SocketAddr,
+    /// Host names are <project>-<env>.<domain>.
+    #[arg(long, env = "SLIPWAY_DOMAIN", default_value = "localhost")]
+    domain: String,
+    /// The router's id, stable across restarts (default: <hostname>-<port>).
+    #[arg(long = "router-id", env = "SLIPWAY_ROUTER_ID")]
+    router_id: Option<String>,
+}
+
+#[derive(Args)]
+struct FollowArgs {
+    /// Stop following after this many seconds (the deployment goes on).
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+    /// Seconds the replaced release keeps serving before it is stopped
+    /// (in-process runs only; a server has its own --drain).
+    #[arg(long, default_value_t = 0)]
+    drain: u64,
 }
 
 #[derive(Subcommand)]
@@ -164,13 +228,8 @@ struct DeployArgs {
     /// Walk the pipeline without side effects.
     #[arg(long)]
     dry_run: bool,
-    /// Stop following after this many seconds (the deployment goes on).
-    #[arg(long, default_value_t = 1800)]
-    timeout: u64,
-    /// Seconds the replaced release keeps serving before it is stopped
-    /// (in-process runs only; a server has its own --drain).
-    #[arg(long, default_value_t = 0)]
-    drain: u64,
+    #[command(flatten)]
+    follow: FollowArgs,
 }
 
 #[derive(Subcommand)]
@@ -195,7 +254,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "local".into())
 }
 
@@ -212,18 +271,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let queue = connect::queue(&cli.queue).await?;
             demo(store, queue, &data_dir, Duration::from_secs(timeout)).await
         }
-        Command::AllInOne(args) => {
+        Command::AllInOne { serve, router, no_router } => {
             let queue = connect::queue(&cli.queue).await?;
-            let parts = Parts { engine: true, workers: Some(all_workers(format!("worker:{}", hostname()))), drain_seconds: args.drain };
-            machinery::serve_with_api(store, queue, machinery::pipeline(&data_dir), parts, args.listen, machinery::on_signal()).await?;
+            let router = match no_router {
+                true => None,
+                false => Some(machinery::router(router.router_listen, router.router_id, router.domain).await?),
+            };
+            let parts = Parts {
+                engine: Some(serve.driver()),
+                workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(&data_dir))),
+                router,
+                ..Default::default()
+            };
+            machinery::serve(store, queue, parts, Some(serve.listen), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue).await?;
-            let parts = Parts { engine: true, workers: None, drain_seconds: args.drain };
-            machinery::serve_with_api(store, queue, machinery::pipeline(&data_dir), parts, args.listen, machinery::on_signal()).await?;
+            let parts = Parts { engine: Some(args.driver()), ..Default::default() };
+            machinery::serve(store, queue, parts, Some(args.listen), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Router(args) => {
+            let router = machinery::router(args.router_listen, args.router_id, args.domain).await?;
+            let parts = Parts { router: Some(router), ..Default::default() };
+            let queue: Arc<dyn slipway_store::queue::Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());
+            machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Routers => verbs::routers(&*store).await.map(|_| ExitCode::SUCCESS),
         Command::Worker { steps, prefetch } => {
             let queue = connect::queue(&cli.queue).await?;
             let options = WorkerOptions {
@@ -231,8 +307,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 prefetch,
                 actor: format!("worker:{}", hostname()),
             };
-            let parts = Parts { engine: false, workers: Some(options), drain_seconds: 0 };
-            machinery::serve(store, queue, machinery::pipeline(&data_dir), parts, machinery::on_signal()).await?;
+            let parts = Parts { workers: Some((options, machinery::pipeline(&data_dir))), ..Default::default() };
+            machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Project(ProjectCmd::Create { name, repo, branch, environments }) => {
@@ -250,6 +326,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Env(EnvCmd::List { project, env }) => verbs::env_list(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
         Command::Deploy(args) => deploy(store, &cli.queue, embedded, &data_dir, args).await,
+        Command::Rollback { project, env, to, follow } => {
+            let running = start_embedded(&store, &cli.queue, embedded, &data_dir, follow.drain).await?;
+            let rollback = match requests::request_rollback(&*store, &verbs::actor(), &project, &env, to).await? {
+                Ok(r) => r,
+                Err(rejection) => bail!("{rejection}"),
+            };
+            for warning in &rollback.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("deployment {}: {project} {env} rolls back to deployment {}\n", rollback.deployment_id, rollback.target);
+            finish(&*store, running, rollback.deployment_id, &project, &env, &data_dir, &follow).await
+        }
         Command::Status { project, env } => verbs::status(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
         Command::Deployments { project } => verbs::deployments(&*store, &project).await.map(|_| ExitCode::SUCCESS),
         Command::Logs { deployment } => verbs::logs(&*store, deployment, &data_dir).await.map(|_| ExitCode::SUCCESS),
@@ -291,34 +379,67 @@ async fn deploy(
         run_release: mode == BuildMode::Cloud || args.migrate,
         dry_run: args.dry_run,
     };
-    // In-process runs bring their own engine and workers; otherwise a
-    // server and workers elsewhere pick the request up.
-    let running = if embedded {
-        let queue = connect::queue(queue_url).await?;
-        let (stop, shutdown) = machinery::manual();
-        let parts = Parts { engine: true, workers: Some(all_workers(format!("worker:{}", hostname()))), drain_seconds: args.drain };
-        let task = tokio::spawn(machinery::serve(store.clone(), queue, machinery::pipeline(data_dir), parts, shutdown));
-        Some((stop, task))
-    } else {
-        None
-    };
+    let running = start_embedded(&store, queue_url, embedded, data_dir, args.follow.drain).await?;
     let id = match requests::request_deployment(&*store, &verbs::actor(), request).await? {
         Ok(id) => id,
         Err(rejection) => bail!("{rejection}"),
     };
     println!("deployment {id}: {} {} ({mode:?} mode)\n", args.project, args.env);
-    let ending = follow::follow(&*store, id, Some(&data_dir.join("logs")), Duration::from_secs(args.timeout)).await?;
+    finish(&*store, running, id, &args.project, &args.env, data_dir, &args.follow).await
+}
+
+type Running = Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>;
+
+/// In-process runs bring their own engine and workers (no router: it would
+/// die with this process); otherwise a server and workers elsewhere pick the
+/// request up.
+async fn start_embedded(
+    store: &Arc<dyn EventStore>,
+    queue_url: &str,
+    embedded: bool,
+    data_dir: &std::path::Path,
+    drain: u64,
+) -> anyhow::Result<Running> {
+    if !embedded {
+        return Ok(None);
+    }
+    let queue = connect::queue(queue_url).await?;
+    let (stop, shutdown) = machinery::manual();
+    let parts = Parts {
+        engine: Some(DriverOptions { drain_seconds: drain, ..Default::default() }),
+        workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(data_dir))),
+        ..Default::default()
+    };
+    let task = tokio::spawn(machinery::serve(store.clone(), queue, parts, None, shutdown));
+    Ok(Some((stop, task)))
+}
+
+/// Follows a deployment to its end, stops in-process machinery once the
+/// clean-up it asked for is done, and says where the release is served.
+async fn finish(
+    store: &dyn EventStore,
+    running: Running,
+    id: Uuid,
+    project: &str,
+    env: &str,
+    data_dir: &std::path::Path,
+    args: &FollowArgs,
+) -> anyhow::Result<ExitCode> {
+    let ending = follow::follow(store, id, Some(&data_dir.join("logs")), Duration::from_secs(args.timeout)).await?;
     if let Some((stop, task)) = running {
         // The in-process queue dies with this process: let the clean-up
         // the deployment just asked for (retire or remove) finish first.
-        wait_for_cleanup(&*store, id, ending.succeeded, Duration::from_secs(args.drain + 60)).await;
+        wait_for_cleanup(store, id, ending.succeeded, Duration::from_secs(args.drain + 60)).await;
         let _ = stop.send(());
         task.await.context("the engine panicked")??;
     }
     if ending.succeeded {
         match ending.web_port {
-            Some(port) => println!("\n{} {} is served at http://127.0.0.1:{port}/", args.project, args.env),
+            Some(port) => println!("\n{project} {env} is served at http://127.0.0.1:{port}/"),
             None => println!("\ndeployment {id} succeeded"),
+        }
+        for url in verbs::router_urls(store, project, env).await? {
+            println!("{project} {env} is routed at {url}");
         }
         Ok(ExitCode::SUCCESS)
     } else {
@@ -379,8 +500,12 @@ async fn demo(
         }
     }
     let (stop, shutdown) = machinery::manual();
-    let parts = Parts { engine: true, workers: Some(all_workers("worker".into())), drain_seconds: 0 };
-    let machinery = tokio::spawn(machinery::serve(store.clone(), queue, machinery::pipeline(data_dir), parts, shutdown));
+    let parts = Parts {
+        engine: Some(DriverOptions { drain_seconds: 0, ..Default::default() }),
+        workers: Some((all_workers("worker".into()), machinery::pipeline(data_dir))),
+        ..Default::default()
+    };
+    let machinery = tokio::spawn(machinery::serve(store.clone(), queue, parts, None, shutdown));
     let request = DeployRequest {
         project: "demo".into(),
         environment: "test".into(),

@@ -166,3 +166,29 @@ pub async fn logs(store: &dyn EventStore, id: Uuid, data_dir: &std::path::Path) 
     }
     Ok(())
 }
+
+/// Where each registered router serves an environment.
+pub async fn router_urls(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<Vec<String>> {
+    let routers = load::routers(store).await?;
+    Ok(routers
+        .values()
+        .map(|r| {
+            let port = r.listen.rsplit(':').next().unwrap_or("80");
+            format!("http://{}:{port}/ (router {})", slipway_node::host_name(project, env, &r.domain), r.router_id)
+        })
+        .collect())
+}
+
+pub async fn routers(store: &dyn EventStore) -> anyhow::Result<()> {
+    let traffic = load::traffic(store).await?;
+    let registry = load::routers(store).await?;
+    if registry.is_empty() {
+        println!("no router is registered (traffic switches complete without waiting)");
+    }
+    for (id, r) in &registry {
+        let acked = traffic.acknowledged.get(id).copied().unwrap_or(0);
+        let state = if acked >= traffic.routes_version { "current" } else { "behind" };
+        println!("{id}  listen {}  domain {}  route version {acked}/{} ({state})", r.listen, r.domain, traffic.routes_version);
+    }
+    Ok(())
+}

@@ -3,7 +3,9 @@
 //! would be wrong), and fold. The driver, the API and the CLI all load
 //! deployments and environments this one way.
 
-use slipway_proto::event::{deployment_stream, environment_stream, router_stream, ROUTERS_STREAM, ROUTES_STREAM};
+use slipway_proto::event::{
+    deployment_stream, environment_stream, router_stream, RouterStarted, ROUTERS_STREAM, ROUTES_STREAM,
+};
 use slipway_proto::Event;
 use slipway_store::{EventStore, RecordedEvent, StoreError};
 use uuid::Uuid;
@@ -66,6 +68,12 @@ pub async fn environment_of_stream(store: &dyn EventStore, stream: &str) -> Resu
 pub async fn routes(store: &dyn EventStore) -> Result<Routes, LoadError> {
     let recorded = store.read_stream(ROUTES_STREAM, 1).await?;
     Ok(routes::fold_routes(decode_all(&recorded)?.iter()))
+}
+
+/// The registered routers, with where each listens.
+pub async fn routers(store: &dyn EventStore) -> Result<std::collections::BTreeMap<String, RouterStarted>, LoadError> {
+    let registry = store.read_stream(ROUTERS_STREAM, 1).await?;
+    Ok(routes::fold_registry(decode_all(&registry)?.iter()))
 }
 
 /// The route version, the registered routers and each one's latest

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use slipway_proto::event::RouterStarted;
 use slipway_proto::Event;
 use uuid::Uuid;
 
@@ -48,11 +49,17 @@ pub fn fold_routes<'a>(events: impl IntoIterator<Item = &'a Event>) -> Routes {
 
 /// The routers registered now (started and not cleanly stopped).
 pub fn fold_routers<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeSet<String> {
-    let mut live = BTreeSet::new();
+    fold_registry(events).into_keys().collect()
+}
+
+/// The routers registered now, each with how it last registered (where it
+/// listens, its domain).
+pub fn fold_registry<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeMap<String, RouterStarted> {
+    let mut live = BTreeMap::new();
     for e in events {
         match e {
             Event::RouterStarted(r) => {
-                live.insert(r.router_id.clone());
+                live.insert(r.router_id.clone(), r.clone());
             }
             Event::RouterStopped(r) => {
                 live.remove(&r.router_id);
@@ -89,7 +96,7 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipway_proto::event::{RouteChanged, RouteReason, RouterStarted, RouterStopped};
+    use slipway_proto::event::{RouteChanged, RouteReason, RouterStopped};
 
     fn changed(env: &str, port: u16) -> Event {
         Event::RouteChanged(RouteChanged {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use slipway_engine::driver::{Driver, DriverOptions};
+use slipway_engine::driver::DriverOptions;
+use slipway_node::{Parts, RouterOptions, RouterPart};
+use slipway_router::ServeOptions;
 use slipway_engine::requests::{self, DeployRequest, NewProject, SettingValue};
 use slipway_engine::{Deployment, Status};
 use slipway_proto::event::{deployment_stream, BuildMode};
@@ -20,7 +22,7 @@ use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
 use slipway_store::queue::{Consumer, DeadLetter, Queue, QueueError, QueueMessage};
-use slipway_store::relay::{Relay, RelayOptions};
+use slipway_store::relay::RelayOptions;
 use slipway_store::{EventStore, PgStore, SqliteStore};
 use slipway_workers::steps::pipeline::Pipeline;
 use slipway_workers::steps::Runtime;
@@ -56,7 +58,11 @@ pub struct Harness {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     schema: Option<String>,
+    router: Option<RouterTask>,
+    router_addr: std::net::SocketAddr,
 }
+
+type RouterTask = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), slipway_node::serve::NodeError>>);
 
 impl Harness {
     pub async fn start(backends: Backends) -> Harness {
@@ -86,34 +92,76 @@ impl Harness {
             }
         };
         let queue = wrap(queue);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = futures::FutureExt::shared(Box::pin(async move {
-            let _ = stopped.await;
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+        let (stop, shutdown) = slipway_node::manual();
         let runtime = Runtime { workspaces: data.path().join("workspaces"), logs: data.path().join("logs") };
-        let relay = Relay::new(store.clone(), queue.clone(), RelayOptions { poll: Duration::from_millis(100), ..Default::default() });
-        let driver = Driver::new(store.clone(), DriverOptions { drain_seconds: 0, ..Default::default() });
-        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
-        let s = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = driver.run(s).await {
-                panic!("engine stopped: {e}");
-            }
-        }));
-        let (q, st, s) = (queue.clone(), store.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            let options = WorkerOptions { actor: "worker:test".into(), ..Default::default() };
-            slipway_workers::run(q, st, Arc::new(Pipeline::new(runtime)), options, s).await.expect("workers");
-        }));
-        Harness {
+        let parts = Parts {
+            engine: Some(DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10) }),
+            relay: RelayOptions { poll: Duration::from_millis(100), ..Default::default() },
+            workers: Some((
+                WorkerOptions { actor: "worker:test".into(), ..Default::default() },
+                Arc::new(Pipeline::new(runtime)),
+            )),
+            router: None,
+        };
+        let node = tokio::spawn(slipway_node::serve(store.clone(), queue.clone(), parts, shutdown));
+        let mut harness = Harness {
             store,
             queue,
             data,
             project: format!("e2e-{}", &tag[tag.len() - 10..]),
             stop: Some(stop),
-            tasks,
+            tasks: vec![tokio::spawn(async move { node.await.expect("node task").expect("node") })],
             schema,
+            router: None,
+            router_addr: "127.0.0.1:0".parse().expect("address"),
+        };
+        harness.start_router().await;
+        harness
+    }
+
+    /// Starts the harness's router (id `test-router`) on its address (a
+    /// free port the first time, the same one on a restart).
+    pub async fn start_router(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.router_addr).await.expect("bind the router");
+        self.router_addr = listener.local_addr().expect("router address");
+        let options = RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr };
+        let part = RouterPart { listener, options, proxy: ServeOptions::default() };
+        let (stop, shutdown) = slipway_node::manual();
+        let parts = Parts { router: Some(part), ..Default::default() };
+        let task = tokio::spawn(slipway_node::serve(self.store.clone(), self.queue.clone(), parts, shutdown));
+        self.router = Some((stop, task));
+    }
+
+    /// Stops the router cleanly (it deregisters).
+    pub async fn stop_router(&mut self) {
+        if let Some((stop, task)) = self.router.take() {
+            let _ = stop.send(());
+            task.await.expect("router task").expect("router");
         }
+    }
+
+    /// Kills the router without letting it deregister, as `kill -9` would.
+    pub async fn kill_router(&mut self) {
+        if let Some((_stop, task)) = self.router.take() {
+            task.abort();
+            // Cancelled: its listener and connections are dropped with it.
+            let _ = task.await;
+        }
+    }
+
+    /// The router's address, for requests with `Host: host(env)`.
+    pub fn router_addr(&self) -> std::net::SocketAddr {
+        self.router_addr
+    }
+
+    /// The host name the router serves an environment under.
+    pub fn host(&self, env: &str) -> String {
+        slipway_node::host_name(&self.project, env, "localhost")
+    }
+
+    /// GETs `/` of an environment through the router.
+    pub async fn routed_page(&self, env: &str) -> Result<(u16, String), String> {
+        get_via(self.router_addr, &self.host(env), "/", Duration::from_secs(10)).await
     }
 
     pub async fn create_project(&self, repo: &Path) {
@@ -182,6 +230,7 @@ impl Harness {
     }
 
     pub async fn shutdown(mut self) {
+        self.stop_router().await;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -230,6 +279,48 @@ pub fn remove_containers_with_label(label: &str) {
     if !names.is_empty() {
         let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&names).output();
     }
+}
+
+/// GETs `path` from `addr` with a `Host` header: one request on its own
+/// connection, status and body.
+pub async fn get_via(addr: std::net::SocketAddr, host: &str, path: &str, limit: Duration) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.map_err(|e| format!("receive: {e}"))?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(limit, exchange).await.map_err(|_| format!("no answer within {limit:?}"))?
+}
+
+/// Status and body of a raw HTTP/1.1 response read to the end (the body
+/// de-chunked when it is chunked).
+fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("no status line: {head:?}"))?;
+    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
+    if !chunked {
+        return Ok((status, body.to_string()));
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|e| format!("bad chunk size {size:?}: {e}"))?;
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    Ok((status, out))
 }
 
 /// GETs a page from a container's loopback port.

@@ -1,0 +1,12 @@
+//! A Slipway node: the parts a process runs — the engine (driver and outbox
+//! relay), the step workers, a router — wired together in one place, so the
+//! `slipway` binary, the end-to-end tests and the benchmarks run the same
+//! machinery. `routing` keeps a router's table in step with the store.
+
+pub mod routing;
+pub mod serve;
+pub mod shutdown;
+
+pub use routing::{host_name, RouterOptions};
+pub use serve::{serve, Parts, RouterPart};
+pub use shutdown::{manual, on_signal, Shutdown};

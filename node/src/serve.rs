@@ -1,0 +1,90 @@
+//! Runs the parts of a node until a shutdown future resolves: the engine
+//! (the driver, restarted after a store outage, and the outbox relay), the
+//! step workers, and a router (its table follows the store; the proxy
+//! serves from it). The binary's modes, the end-to-end tests and the
+//! benchmarks all start Slipway through this one function.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use slipway_engine::driver::{Driver, DriverOptions};
+use slipway_router::ServeOptions;
+use slipway_store::queue::Queue;
+use slipway_store::relay::{Relay, RelayOptions};
+use slipway_store::EventStore;
+use slipway_workers::steps::Executor;
+use slipway_workers::WorkerOptions;
+use tokio::net::TcpListener;
+
+use crate::routing::{Follower, RouterOptions};
+use crate::shutdown::Shutdown;
+
+/// Which parts run here.
+#[derive(Default)]
+pub struct Parts {
+    pub engine: Option<DriverOptions>,
+    pub relay: RelayOptions,
+    pub workers: Option<(WorkerOptions, Arc<dyn Executor>)>,
+    pub router: Option<RouterPart>,
+}
+
+/// A router: a bound listener (bind first, so a taken port fails before
+/// anything runs) and its identity.
+pub struct RouterPart {
+    pub listener: TcpListener,
+    pub options: RouterOptions,
+    pub proxy: ServeOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("the step workers stopped: {0}")]
+    Workers(String),
+    #[error("the router could not load its routes: {0}")]
+    Routes(String),
+    #[error("the router stopped serving: {0}")]
+    Proxy(std::io::Error),
+    #[error("a task panicked: {0}")]
+    Panicked(String),
+}
+
+pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Parts, shutdown: Shutdown) -> Result<(), NodeError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(options) = parts.engine {
+        let relay = Relay::new(store.clone(), queue.clone(), parts.relay.clone());
+        tasks.spawn(relay.run(shutdown.clone()).map(Ok));
+        tasks.spawn(drive(store.clone(), options, shutdown.clone()));
+    }
+    if let Some((options, executor)) = parts.workers {
+        let (store, queue, shutdown) = (store.clone(), queue.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            slipway_workers::run(queue, store, executor, options, shutdown).await.map_err(|e| NodeError::Workers(e.to_string()))
+        });
+    }
+    if let Some(router) = parts.router {
+        let follower = Follower::start(store.clone(), router.options).await.map_err(|e| NodeError::Routes(e.to_string()))?;
+        let handle = follower.handle();
+        tasks.spawn(follower.follow(shutdown.clone()).map(Ok));
+        let proxy = slipway_router::serve_with(router.listener, handle, router.proxy, shutdown.clone());
+        tasks.spawn(proxy.map(|r| r.map_err(NodeError::Proxy)));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| NodeError::Panicked(e.to_string()))??;
+    }
+    Ok(())
+}
+
+/// The driver stops on a store outage; restart it after a pause.
+async fn drive(store: Arc<dyn EventStore>, options: DriverOptions, shutdown: Shutdown) -> Result<(), NodeError> {
+    loop {
+        match Driver::new(store.clone(), options.clone()).run(shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::error!(error = %e, "engine stopped; restarting in 1 s"),
+        }
+        tokio::select! {
+            _ = shutdown.clone() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
