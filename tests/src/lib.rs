@@ -29,6 +29,8 @@ use slipway_workers::steps::Runtime;
 use slipway_workers::WorkerOptions;
 use uuid::Uuid;
 
+pub mod load;
+
 pub fn pg_url() -> String {
     std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into())
 }
@@ -71,6 +73,19 @@ impl Harness {
 
     /// Starts with the queue wrapped by `wrap` (e.g. to duplicate deliveries).
     pub async fn start_with(backends: Backends, wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>) -> Harness {
+        Self::start_full(backends, wrap, DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10) }).await
+    }
+
+    /// Starts with the engine's drain and switch timeout given.
+    pub async fn start_engine(backends: Backends, engine: DriverOptions) -> Harness {
+        Self::start_full(backends, |q| q, engine).await
+    }
+
+    async fn start_full(
+        backends: Backends,
+        wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>,
+        engine: DriverOptions,
+    ) -> Harness {
         require_docker();
         let data = tempfile::tempdir().expect("temp dir");
         let tag = Uuid::now_v7().simple().to_string();
@@ -95,7 +110,7 @@ impl Harness {
         let (stop, shutdown) = slipway_node::manual();
         let runtime = Runtime { workspaces: data.path().join("workspaces"), logs: data.path().join("logs") };
         let parts = Parts {
-            engine: Some(DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10) }),
+            engine: Some(engine),
             relay: RelayOptions { poll: Duration::from_millis(100), ..Default::default() },
             workers: Some((
                 WorkerOptions { actor: "worker:test".into(), ..Default::default() },
@@ -202,6 +217,16 @@ impl Harness {
             dry_run: false,
         };
         requests::request_deployment(&*self.store, "test", req).await.expect("store").expect("deployment requested")
+    }
+
+    /// Requests a rollback (to `to`, or the release before the serving one)
+    /// and waits for its end; returns it with the warnings given.
+    pub async fn rollback(&self, env: &str, to: Option<Uuid>) -> (Deployment, Vec<String>) {
+        let r = requests::request_rollback(&*self.store, "test", &self.project, env, to)
+            .await
+            .expect("store")
+            .expect("rollback requested");
+        (self.wait_finished(r.deployment_id, Duration::from_secs(120)).await, r.warnings)
     }
 
     pub async fn deployment(&self, id: Uuid) -> Deployment {
@@ -366,7 +391,7 @@ impl AppRepo {
             let full = self.dir.path().join(path);
             std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
             std::fs::write(&full, contents).expect("write");
-            if path == "busybox" {
+            if path == "busybox" || path.contains("cgi-bin/") {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755)).expect("chmod");
             }
