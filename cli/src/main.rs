@@ -171,8 +171,13 @@ enum ProjectCmd {
     /// Create a project from a Git repository (a local path or file:// URL).
     Create {
         name: String,
-        #[arg(long)]
-        repo: String,
+        /// The Git repository: a local path or file:// URL (a mirror takes its original's).
+        #[arg(long, required_unless_present = "mirror_of")]
+        repo: Option<String>,
+        /// Make this project a mirror of ORIGINAL: it deploys the original's
+        /// image for the same commit, with its own settings, environments and routes.
+        #[arg(long, value_name = "ORIGINAL")]
+        mirror_of: Option<String>,
         /// The ref deployed when `deploy` is given none.
         #[arg(long, default_value = "main")]
         branch: String,
@@ -311,8 +316,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Project(ProjectCmd::Create { name, repo, branch, environments }) => {
-            verbs::project_create(&*store, NewProject { name, repository: absolute_repo(&repo), default_branch: branch, environments }).await?;
+        Command::Project(ProjectCmd::Create { name, repo, mirror_of, branch, environments }) => {
+            verbs::project_create(&*store, NewProject { name, repository: repo.as_deref().map(absolute_repo).unwrap_or_default(), default_branch: branch, environments, mirror_of }).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Project(ProjectCmd::List) => verbs::project_list(&*store).await.map(|_| ExitCode::SUCCESS),
@@ -494,7 +499,7 @@ async fn demo(
 ) -> anyhow::Result<ExitCode> {
     if requests::load_project(&*store, "demo").await?.is_none() {
         let repo = std::env::current_dir()?.display().to_string();
-        let new = NewProject { name: "demo".into(), repository: repo, default_branch: "HEAD".into(), environments: vec!["test".into()] };
+        let new = NewProject { name: "demo".into(), repository: repo, default_branch: "HEAD".into(), environments: vec!["test".into()], mirror_of: None };
         if let Err(rejection) = requests::create_project(&*store, &verbs::actor(), new).await? {
             bail!("{rejection}");
         }

@@ -9,6 +9,7 @@
 //! | running, nothing dispatched, queued behind another deployment of the environment | nothing (wait your turn) |
 //! | running, step S next, S not dispatched  | dispatch `RunStep(S)` (+ `StepDispatched`) |
 //! | rollback, next step checkout/build/release | record it skipped / `ImageReused` (the old release's inputs) |
+//! | next step build, an image of the same commit known | dispatch the build with it as the re-use candidate |
 //! | running, S dispatched, no outcome yet   | nothing (wait for the worker)             |
 //! | every pipeline step passed, no switch   | `TrafficSwitchRequested` + `RouteChanged` on the routes stream |
 //! | switch requested, every router acknowledged | `TrafficSwitched`, `DeploymentSucceeded`, `DeploymentFinished` (environment), `RetireRelease` of the previous release |
@@ -19,7 +20,7 @@
 //! | succeeded or failed and recorded        | nothing                                   |
 
 use chrono::{DateTime, Utc};
-use slipway_proto::command::{RemoveContainers, RetireRelease, RunStep};
+use slipway_proto::command::{ImageSource, RemoveContainers, RetireRelease, RunStep};
 use slipway_proto::event::{
     DeploymentFailed, DeploymentFinished, DeploymentSucceeded, ImageReused, RouteChanged, RouteReason, StepFailed,
     StepSkipped, TrafficSwitchRequested, TrafficSwitched,
@@ -59,6 +60,9 @@ pub struct EnvironmentView {
     /// How long a switch waits for every router to acknowledge.
     pub switch_timeout: chrono::Duration,
     pub now: DateTime<Utc>,
+    /// An image built from the same commit by a successful deployment of
+    /// the project (or its mirror original); loaded before the build.
+    pub reusable_image: Option<ImageSource>,
 }
 
 impl Default for EnvironmentView {
@@ -70,6 +74,7 @@ impl Default for EnvironmentView {
             traffic: None,
             switch_timeout: chrono::Duration::seconds(15),
             now: DateTime::UNIX_EPOCH,
+            reusable_image: None,
         }
     }
 }
@@ -86,7 +91,13 @@ pub fn decide(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
             Some(_) if d.dispatched.is_none() && !env.may_start => vec![],
             Some(step) => match rollback_reuse(d, step) {
                 Some(outcome) => vec![Decision::Record(outcome)],
-                None => vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: 1, context: d.context.clone() }))],
+                None => {
+                    let mut context = d.context.clone();
+                    if step == Step::Build {
+                        context.reuse = env.reusable_image.clone();
+                    }
+                    vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: 1, context }))]
+                }
             },
         },
     }

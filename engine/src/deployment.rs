@@ -104,6 +104,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     image_id: r.rollback_of.as_ref().map(|s| s.image_id.clone()),
                     web_container: None,
                     web_port: None,
+                    reuse: None,
                 },
                 completed: Vec::new(),
                 dispatched: None,

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{deployment_stream, environment_stream, StepDispatched, ROUTES_STREAM};
-use slipway_proto::{Command, Envelope, Event};
+use slipway_proto::command::ImageSource;
+use slipway_proto::{Command, Envelope, Event, Step};
 use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
 
 use crate::decider::{decide, Decision, EnvironmentView};
-use crate::deployment::fold;
+use crate::deployment::{fold, Deployment};
 use crate::load::{self, decode_all};
 
 /// The checkpoint name of the engine's subscription.
@@ -147,6 +148,7 @@ impl Driver {
                 Some(_) => None,
             };
             let routes_version = traffic.as_ref().map_or(0, |t| t.routes_version);
+            let reusable_image = self.reusable_image(&state).await?;
             let view = EnvironmentView {
                 may_start: env.may_start(state.id),
                 active: env.active.clone(),
@@ -155,6 +157,7 @@ impl Driver {
                 switch_timeout: chrono::Duration::from_std(self.options.switch_timeout)
                     .unwrap_or(chrono::Duration::seconds(15)),
                 now: Utc::now(),
+                reusable_image,
             };
             let mut decisions = decide(&state, &view);
             let wake = decisions.iter().find_map(|d| match d {
@@ -188,6 +191,19 @@ impl Driver {
                 Err(conflict) => tracing::debug!(%conflict, "deployment moved while deciding; deciding again"),
             }
         }
+    }
+
+    /// Before a build: an image a successful deployment of this project (or
+    /// of its mirror original) already has for the same commit.
+    async fn reusable_image(&self, state: &Deployment) -> Result<Option<ImageSource>, DriverError> {
+        let ctx = &state.context;
+        let building = state.next_step() == Some(Step::Build) && state.rollback_of.is_none() && !ctx.dry_run;
+        let (true, Some(commit)) = (building, &ctx.commit) else { return Ok(None) };
+        let mut family = vec![ctx.project.clone()];
+        if let Some(project) = crate::requests::load_project(&*self.store, &ctx.project).await? {
+            family.extend(project.mirror_of);
+        }
+        load::image_for_commit(&*self.store, &family, commit).await
     }
 
     /// Gives decisions ids, time, causation and trace context.

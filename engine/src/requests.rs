@@ -59,9 +59,13 @@ pub async fn project_names(store: &dyn EventStore) -> Result<Vec<String>, StoreE
 #[derive(Debug, Clone)]
 pub struct NewProject {
     pub name: String,
+    /// Empty for a mirror: it builds from its original's repository.
     pub repository: String,
     pub default_branch: String,
     pub environments: Vec<String>,
+    /// A mirror deploys its original's images for the same commit, with its
+    /// own settings, environments and routes.
+    pub mirror_of: Option<String>,
 }
 
 pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject) -> Outcome<()> {
@@ -77,17 +81,28 @@ pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject
     if new.environments.is_empty() {
         return reject("a project needs at least one environment");
     }
-    if new.repository.trim().is_empty() {
-        return reject("the repository must be a path or a file:// URL");
-    }
+    let repository = match &new.mirror_of {
+        Some(original) => match load_project(store, original).await? {
+            None => return reject(format!("no project `{original}` to mirror; create it first")),
+            Some(o) if o.mirror_of.is_some() => {
+                return reject(format!("`{original}` is itself a mirror; mirror its original instead"))
+            }
+            Some(o) if !new.repository.trim().is_empty() && new.repository != o.repository => {
+                return reject(format!("a mirror builds from its original's repository ({}); leave --repo out", o.repository))
+            }
+            Some(o) => o.repository,
+        },
+        None if new.repository.trim().is_empty() => return reject("the repository must be a path or a file:// URL"),
+        None => new.repository.clone(),
+    };
     if new.default_branch.starts_with('-') || new.default_branch.trim().is_empty() {
         return reject(format!("default branch `{}` is not a branch name", new.default_branch));
     }
     let stream = project_stream(&new.name);
     let event = Event::ProjectCreated(ProjectCreated {
         name: new.name.clone(),
-        repository: new.repository,
-        mirror_of: None,
+        repository,
+        mirror_of: new.mirror_of,
         environments: new.environments,
         default_branch: new.default_branch,
     });

@@ -145,7 +145,11 @@ async fn unknown_fields_and_malformed_json_are_400s() {
     assert!(message.starts_with("invalid JSON body") && message.contains("EOF"), "{message}");
 
     let missing = call(&app, Method::POST, "/api/projects", json!({"name": "hello"})).await;
-    assert!(missing.expect(StatusCode::BAD_REQUEST).error().contains("missing field `repository`"));
+    let message = missing.expect(StatusCode::BAD_REQUEST).error();
+    assert!(message.contains("must be an absolute path or a URL"), "{message}");
+    let mirror = call(&app, Method::POST, "/api/projects", json!({"name": "m", "mirror_of": "nothing"})).await;
+    let message = mirror.expect(StatusCode::BAD_REQUEST).error();
+    assert!(message.contains("no project `nothing` to mirror"), "{message}");
 
     let wrong_type = json!({"set": {"PORT": 8080}});
     let reply = call(&app, Method::PUT, "/api/projects/hello/environments/test/settings", wrong_type).await;

@@ -118,6 +118,7 @@ fn view() -> EnvironmentView {
         traffic: Some(Traffic { routes_version: 4, ..Default::default() }),
         switch_timeout: chrono::Duration::seconds(10),
         now: t(0),
+        reusable_image: None,
     }
 }
 
@@ -364,4 +365,20 @@ fn a_duplicate_outcome_changes_nothing() {
     let state = fold(h.iter()).unwrap().unwrap();
     assert_eq!(state.completed, vec![Step::CheckServices, Step::Checkout]);
     assert_eq!(state.status, Status::Running);
+}
+
+#[test]
+fn a_known_image_of_the_same_commit_goes_to_the_build_as_its_reuse_candidate() {
+    let h = &happy_path()[..5]; // requested, services checked, checked out
+    let source = slipway_proto::command::ImageSource { deployment_id: Uuid::from_u128(7), image_id: "sha256:test".into() };
+    let env = EnvironmentView { reusable_image: Some(source.clone()), ..view() };
+    let state = fold(h.iter()).unwrap().unwrap();
+    let decisions = decide(&state, &env);
+    let [Decision::Dispatch(Command::RunStep(run))] = decisions.as_slice() else { panic!("{decisions:?}") };
+    assert_eq!((run.step, run.context.reuse.as_ref()), (Step::Build, Some(&source)));
+    // Other steps never carry it.
+    let state = fold(happy_path()[..3].iter()).unwrap().unwrap();
+    let decisions = decide(&state, &env);
+    let [Decision::Dispatch(Command::RunStep(run))] = decisions.as_slice() else { panic!("{decisions:?}") };
+    assert_eq!((run.step, run.context.reuse.as_ref()), (Step::Checkout, None));
 }

@@ -43,6 +43,18 @@ pub struct DeploymentContext {
     pub web_container: Option<String>,
     #[serde(default)]
     pub web_port: Option<u16>,
+    /// An image a successful deployment built from the same commit (of this
+    /// project or its mirror original): the build step re-uses it if the
+    /// Docker engine still has it, and builds otherwise.
+    #[serde(default)]
+    pub reuse: Option<ImageSource>,
+}
+
+/// An image and the deployment that built it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    pub deployment_id: Uuid,
+    pub image_id: String,
 }
 
 fn yes() -> bool {

@@ -126,6 +126,7 @@ fn commands_round_trip_and_name_their_queue() {
             image_id: Some("sha256:1".into()),
             web_container: Some("slipway-hello-live-web".into()),
             web_port: Some(32768),
+            reuse: Some(slipway_proto::command::ImageSource { deployment_id: Uuid::from_u128(3), image_id: "sha256:0".into() }),
         },
     });
     let env = wrap(&cmd);

@@ -185,6 +185,7 @@ impl Harness {
             repository: repo.display().to_string(),
             default_branch: "main".into(),
             environments: vec!["test".into(), "live".into()],
+            mirror_of: None,
         };
         requests::create_project(&*self.store, "test", new).await.expect("store").expect("project created");
     }
@@ -203,6 +204,20 @@ impl Harness {
     pub async fn deploy_with(&self, env: &str, git_ref: &str, mode: BuildMode, run_release: bool) -> Deployment {
         let id = self.request(env, git_ref, mode, run_release).await;
         self.wait_finished(id, Duration::from_secs(120)).await
+    }
+
+    /// Requests a deployment of another project (a mirror) in cloud mode.
+    pub async fn request_for(&self, project: &str, env: &str, git_ref: &str) -> Uuid {
+        let req = DeployRequest {
+            project: project.into(),
+            environment: env.into(),
+            git_ref: Some(git_ref.into()),
+            mode: BuildMode::Cloud,
+            no_cache: false,
+            run_release: true,
+            dry_run: false,
+        };
+        requests::request_deployment(&*self.store, "test", req).await.expect("store").expect("deployment requested")
     }
 
     /// Requests a deployment without waiting for it.

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use slipway_engine::driver::{Driver, DriverOptions};
+use slipway_engine::driver::DriverOptions;
+use slipway_node::Parts;
 use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
 use slipway_store::queue::Queue;
-use slipway_store::relay::{Relay, RelayOptions};
 use slipway_store::{EventStore, PgStore};
 use slipway_workers::steps::pipeline::Pipeline;
 use slipway_workers::steps::Runtime;
@@ -126,27 +126,19 @@ async fn start(args: &Args, data: &Path) -> anyhow::Result<Machinery> {
         .with_context(|| format!("RabbitMQ at {} (run scripts/services)", redact_url(&args.amqp_url)))?;
     let store: Arc<dyn EventStore> = Arc::new(store);
     let queue: Arc<dyn Queue> = Arc::new(Namespaced::new(Arc::new(rabbit), format!("bench{}", Uuid::now_v7().simple())));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = futures::FutureExt::shared(Box::pin(async move {
-        let _ = stopped.await;
-    }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+    let (stop, shutdown) = slipway_node::manual();
     let runtime = Runtime { workspaces: data.join("workspaces"), logs: data.join("logs") };
-    let relay = Relay::new(store.clone(), queue.clone(), RelayOptions::default());
-    let driver = Driver::new(store.clone(), DriverOptions { drain_seconds: 0, ..Default::default() });
-    let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
-    let s = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = driver.run(s).await {
-            eprintln!("engine stopped: {e}");
+    let parts = Parts {
+        engine: Some(DriverOptions { drain_seconds: 0, ..Default::default() }),
+        workers: Some((WorkerOptions { actor: "worker:bench".into(), ..Default::default() }, Arc::new(Pipeline::new(runtime)))),
+        ..Default::default()
+    };
+    let node = slipway_node::serve(store.clone(), queue.clone(), parts, shutdown);
+    let tasks = vec![tokio::spawn(async move {
+        if let Err(e) = node.await {
+            eprintln!("slipway stopped: {e}");
         }
-    }));
-    let (q, st, s) = (queue.clone(), store.clone(), shutdown.clone());
-    tasks.push(tokio::spawn(async move {
-        let options = WorkerOptions { actor: "worker:bench".into(), ..Default::default() };
-        if let Err(e) = slipway_workers::run(q, st, Arc::new(Pipeline::new(runtime)), options, s).await {
-            eprintln!("workers stopped: {e}");
-        }
-    }));
+    })];
     Ok(Machinery { store, queue, stop, tasks, schema })
 }
 
@@ -234,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
         repository: repo.display().to_string(),
         default_branch: "main".into(),
         environments: vec!["test".into()],
+        mirror_of: None,
     };
     if let Err(r) = requests::create_project(&*m.store, "bench", new).await? {
         bail!("{r}");

@@ -50,11 +50,15 @@ pub async fn list(State(store): Store) -> ApiResult<Json<Vec<ProjectSummary>>> {
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     name: String,
+    /// Leave out for a mirror (it builds from its original's repository).
+    #[serde(default)]
     repository: String,
     #[serde(default)]
     default_branch: Option<String>,
     #[serde(default)]
     environments: Option<Vec<String>>,
+    #[serde(default)]
+    mirror_of: Option<String>,
 }
 
 pub async fn create(
@@ -65,7 +69,8 @@ pub async fn create(
     let taken = || ApiError::Conflict(format!("project `{}` already exists; pick another name", body.name));
     // Workers resolve the repository on their own hosts, so a path relative
     // to wherever this server runs would mean nothing to them.
-    if !(body.repository.contains("://") || std::path::Path::new(&body.repository).is_absolute()) {
+    let mirror_without_repository = body.mirror_of.is_some() && body.repository.is_empty();
+    if !(mirror_without_repository || body.repository.contains("://") || std::path::Path::new(&body.repository).is_absolute()) {
         return Err(ApiError::BadRequest(format!(
             "repository `{}` must be an absolute path or a URL such as file:///srv/app.git",
             body.repository
@@ -79,6 +84,7 @@ pub async fn create(
         repository: body.repository.clone(),
         default_branch: body.default_branch.clone().unwrap_or_else(|| "main".into()),
         environments: body.environments.clone().unwrap_or_else(|| vec!["test".into(), "live".into()]),
+        mirror_of: body.mirror_of.clone(),
     };
     if let Err(rejection) = requests::create_project(&*store, &actor, new).await? {
         // Another request may have taken the name since the check above.

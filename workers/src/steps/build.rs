@@ -14,6 +14,10 @@
 //! Like the CLI, `Dockerfile` and `.dockerignore` are always sent: the engine
 //! needs them, and itself drops them from the context when they are excluded.
 //!
+//! When the engine names an image already built from the same commit (the
+//! test release's, when live is deployed; the original's, for a mirror) and
+//! the Docker engine still has it, the step re-uses it and builds nothing.
+//!
 //! Cloud mode (and `--no-cache`) builds without the layer cache. Nothing is
 //! ever pulled (`pull` stays unset), `forcerm` leaves no intermediate
 //! container behind a failed build, and the image is tagged
@@ -33,7 +37,7 @@ use futures::{Stream, StreamExt};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
 use slipway_proto::command::RunStep;
-use slipway_proto::event::{BuildMode, ImageBuilt};
+use slipway_proto::event::{BuildMode, ImageBuilt, ImageReused};
 use slipway_proto::Event;
 use tokio::io::AsyncWriteExt;
 
@@ -44,10 +48,26 @@ use super::{Runtime, Settings};
 const ALWAYS_SENT: [&str; 2] = ["Dockerfile", ".dockerignore"];
 
 pub async fn run(command: &RunStep, _env: &Settings, rt: &Runtime) -> Event {
+    match reuse(command).await {
+        Ok(Some(reused)) => return Event::ImageReused(reused),
+        Ok(None) => {}
+        Err(failure) => return failure.for_command(command),
+    }
     match build(command, rt).await {
         Ok(built) => Event::ImageBuilt(built),
         Err(failure) => failure.for_command(command),
     }
+}
+
+/// The engine's re-use candidate (an image a successful deployment built
+/// from the same commit), if the Docker engine still has it: then nothing
+/// is built. Gone (pruned, another host), it is built again.
+async fn reuse(command: &RunStep) -> Result<Option<ImageReused>, Failure> {
+    let Some(source) = &command.context.reuse else { return Ok(None) };
+    let docker = docker::connect().await?;
+    Ok(find_image(&docker, &source.image_id)
+        .await?
+        .map(|image_id| ImageReused { image_id, source_deployment: source.deployment_id }))
 }
 
 async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {

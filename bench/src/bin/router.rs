@@ -1,0 +1,627 @@
+//! `slipway-bench-router`: Slipway's router as a keep-alive reverse proxy,
+//! beside nginx doing the same job, in one run on the same upstream. `wrk`
+//! drives three configurations on 127.0.0.1, interleaved round by round:
+//! straight to the upstream (what the machine does without a proxy), through
+//! nginx (an `upstream` block with `keepalive 64`, HTTP/1.1 to the upstream,
+//! the same `X-Forwarded-*` headers), and through `slipway_router::serve`
+//! (in this process, on its own runtime). The upstream is a small hyper
+//! server in this process, on its own runtime, answering a fixed 100-byte
+//! body. It prints each configuration's median requests/s, p50 and p99, and
+//! the router/nginx ratios against the goals: throughput >= 1.00x nginx, p99
+//! <= 1.00x nginx.
+//!
+//! Run (needs `wrk` and `nginx`: `apt-get install -y wrk nginx`):
+//!
+//! ```text
+//! cargo run --release -p slipway-bench --bin slipway-bench-router -- --rounds 3 --seconds 5
+//! ```
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use slipway_router::{Route, RouteHandle, RouteTable};
+
+/// The Host header wrk sends, routed by Slipway's router.
+const HOST: &str = "bench.localhost";
+/// The upstream's whole answer: 100 bytes.
+const BODY: &[u8; 100] = b"slipway-bench-router upstream: a fixed body of one hundred bytes, the same for every request.......\n";
+
+#[derive(Parser)]
+#[command(about = "Slipway's router vs nginx as a keep-alive reverse proxy, side by side, driven by wrk on 127.0.0.1")]
+struct Args {
+    /// Rounds of each configuration, interleaved; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of one wrk run, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// wrk's open connections (-c).
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// wrk's threads (-t).
+    #[arg(long, default_value_t = 2)]
+    wrk_threads: usize,
+    /// How the router's tokio runtime is laid out.
+    #[arg(long, value_enum, default_value_t = Layout::Multi)]
+    router_runtime: Layout,
+    /// Threads of the router's runtime (of each kind of layout).
+    #[arg(long, default_value_t = 2)]
+    router_threads: usize,
+    /// Threads of the upstream's runtime (multi-thread).
+    #[arg(long, default_value_t = 2)]
+    upstream_threads: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Layout {
+    /// One multi-thread runtime with --router-threads workers and one `serve`.
+    Multi,
+    /// One current-thread runtime (one core at most).
+    Current,
+    /// --router-threads current-thread runtimes, each running `serve` on the
+    /// same listening socket (nginx's model: workers that share nothing).
+    PerThread,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slipway-bench-router: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One wrk run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Measure {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// The proxy's CPU time (user + system, all its threads or processes)
+    /// per request: what it costs, whatever the contention.
+    cpu_us: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    Direct,
+    Nginx,
+    Router,
+}
+
+impl Config {
+    const ALL: [Config; 3] = [Config::Direct, Config::Nginx, Config::Router];
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Direct => "direct (no proxy)",
+            Config::Nginx => "nginx",
+            Config::Router => "slipway router",
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    if args.rounds == 0 || args.seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    let wrk_version = tool_version("wrk", &["-v"])?;
+    let nginx_version = tool_version("nginx", &["-v"])?;
+
+    let upstream = Upstream::start(args.upstream_threads)?;
+    let router = Router::start(upstream.addr, args.router_runtime, args.router_threads)?;
+    let tmp = tempfile::tempdir()?;
+    let nginx = Nginx::start(tmp.path(), upstream.addr)?;
+
+    let targets = [(Config::Direct, upstream.addr), (Config::Nginx, nginx.addr), (Config::Router, router.addr)];
+    print_header(args, &wrk_version, &nginx_version);
+
+    // Warm-up, not counted: connection pools, page cache, CPU frequency.
+    for (config, addr) in targets {
+        wrk(args, addr, 1).with_context(|| format!("warming up {}", config.name()))?;
+    }
+    let mut measured: Vec<(Config, Vec<Measure>)> = Config::ALL.iter().map(|&c| (c, Vec::new())).collect();
+    for round in 1..=args.rounds {
+        let mut line = format!("round {round}:");
+        for (i, (config, addr)) in targets.iter().enumerate() {
+            let cpu = || match config {
+                Config::Direct => Ok(0.0),
+                Config::Nginx => nginx.cpu_seconds(),
+                Config::Router => router_cpu_seconds(),
+            };
+            let before = cpu()?;
+            let mut m = wrk(args, *addr, args.seconds).with_context(|| format!("measuring {}", config.name()))?;
+            m.cpu_us = (cpu()? - before) / (m.rps * args.seconds as f64) * 1e6;
+            line.push_str(&format!("  {} {} req/s p99 {:.2} ms", config.name(), thousands(m.rps), m.p99_ms));
+            measured[i].1.push(m);
+        }
+        println!("{line}");
+    }
+
+    drop(nginx);
+    router.stop();
+    upstream.stop();
+
+    let medians: Vec<(Config, Measure)> = measured
+        .into_iter()
+        .map(|(config, ms)| {
+            let median = |f: fn(&Measure) -> f64| median(ms.iter().map(f).collect());
+            let m = Measure {
+                rps: median(|m| m.rps),
+                p50_ms: median(|m| m.p50_ms),
+                p99_ms: median(|m| m.p99_ms),
+                cpu_us: median(|m| m.cpu_us),
+            };
+            (config, m)
+        })
+        .collect();
+    let of = |c: Config| medians.iter().find(|(m, _)| *m == c).map(|(_, m)| *m);
+    let (Some(nginx), Some(router)) = (of(Config::Nginx), of(Config::Router)) else {
+        bail!("a configuration was not measured");
+    };
+
+    println!("\nconfig              req/s (median)   p50          p99          proxy CPU per request");
+    for (config, m) in &medians {
+        let cpu = if *config == Config::Direct { "-".to_string() } else { format!("{:.1} us", m.cpu_us) };
+        println!(
+            "{:<18}  {:>14}   {:>7.2} ms   {:>7.2} ms   {cpu:>8}",
+            config.name(),
+            thousands(m.rps),
+            m.p50_ms,
+            m.p99_ms
+        );
+    }
+    let throughput = router.rps / nginx.rps;
+    let p99 = router.p99_ms / nginx.p99_ms;
+    println!("\nwhat                  router/nginx   goal      met");
+    println!("throughput            {throughput:>12.2}   >= 1.00   {}", if throughput >= 1.0 { "PASS" } else { "MISS" });
+    println!("p99 latency           {p99:>12.2}   <= 1.00   {}", if p99 <= 1.0 { "PASS" } else { "MISS" });
+    println!(
+        "\nnote: on this machine wrk, the proxy and the upstream share {} cores, so every figure includes that \
+         contention; it is the same for nginx and the router.",
+        cores()
+    );
+    Ok(())
+}
+
+fn print_header(args: &Args, wrk_version: &str, nginx_version: &str) {
+    let command: Vec<String> = std::env::args().collect();
+    println!("slipway-bench-router: Slipway's router vs nginx as a keep-alive reverse proxy, same upstream, same run");
+    println!("command:  {}", command.join(" "));
+    println!("machine:  {} cores ({})", cores(), cpu_model());
+    println!(
+        "plan:     wrk --latency -t{} -c{} -d{}s -H 'Host: {HOST}', {} rounds interleaved (direct, nginx, router), medians",
+        args.wrk_threads, args.connections, args.seconds, args.rounds
+    );
+    println!(
+        "sides:    upstream: hyper in-process, {}-byte body, {} threads; nginx: {nginx_version}, worker_processes auto, \
+         keepalive 64; router: {:?} runtime, {} threads; {wrk_version}\n",
+        BODY.len(),
+        args.upstream_threads,
+        args.router_runtime,
+        args.router_threads,
+    );
+}
+
+/// The first line a tool prints about its version; a clear error when the
+/// tool is missing.
+fn tool_version(tool: &str, flags: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(tool).args(flags).output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!("`{tool}` is not installed: apt-get install -y wrk nginx")
+        } else {
+            anyhow::anyhow!("running `{tool}`: {e}")
+        }
+    })?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok(text.lines().next().unwrap_or(tool).trim().to_string())
+}
+
+/// Runs wrk against `addr` for `seconds` and reads its figures.
+fn wrk(args: &Args, addr: SocketAddr, seconds: u64) -> anyhow::Result<Measure> {
+    let out = Command::new("wrk")
+        .arg("--latency")
+        .arg(format!("-t{}", args.wrk_threads))
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{seconds}s"))
+        .args(["-H", &format!("Host: {HOST}")])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text)
+}
+
+/// Requests/sec and the 50% and 99% latencies of wrk's `--latency` output.
+/// Any non-2xx answer or socket error makes the run invalid.
+fn parse_wrk(text: &str) -> anyhow::Result<Measure> {
+    let mut rps = None;
+    let (mut p50, mut p99) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = line.strip_prefix("50%") {
+            p50 = parse_duration_ms(v.trim());
+        } else if let Some(v) = line.strip_prefix("99%") {
+            p99 = parse_duration_ms(v.trim());
+        } else if line.starts_with("Non-2xx or 3xx responses") || line.starts_with("Socket errors") {
+            bail!("wrk saw errors ({line}):\n{text}");
+        }
+    }
+    match (rps, p50, p99) {
+        (Some(rps), Some(p50_ms), Some(p99_ms)) => Ok(Measure { rps, p50_ms, p99_ms, cpu_us: 0.0 }),
+        _ => bail!("could not read Requests/sec and the 50%/99% latencies from wrk's output:\n{text}"),
+    }
+}
+
+/// wrk's `512.00us`, `1.20ms`, `2.00s`, `1.00m` in milliseconds.
+fn parse_duration_ms(v: &str) -> Option<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = v.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit {
+        "us" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" => 60e3,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+/// The upstream: a hyper HTTP/1.1 server answering `BODY`, on its own
+/// runtime and thread.
+struct Upstream {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Upstream {
+    fn start(threads: usize) -> anyhow::Result<Self> {
+        let listener = StdListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("upstream")
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("upstream".into()).spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+                let accept = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
+                        });
+                        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+        Ok(Upstream { addr, stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// Slipway's router, routing `HOST` to the upstream, on its own runtime(s).
+struct Router {
+    addr: SocketAddr,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Router {
+    fn start(upstream: SocketAddr, layout: Layout, threads: usize) -> anyhow::Result<Self> {
+        let route = Route { upstreams: vec![upstream], route_version: 1, label: "bench upstream".into() };
+        let routes = RouteHandle::new(RouteTable::new([(HOST.to_string(), route)]));
+        let listener = StdListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtimes: Vec<(tokio::runtime::Runtime, StdListener)> = match layout {
+            Layout::Multi => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads.max(1))
+                    .thread_name("router")
+                    .enable_all()
+                    .build()?;
+                vec![(rt, listener)]
+            }
+            Layout::Current => vec![(tokio::runtime::Builder::new_current_thread().enable_all().build()?, listener)],
+            Layout::PerThread => {
+                let mut v = Vec::new();
+                for _ in 0..threads.max(1) {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    v.push((rt, listener.try_clone()?));
+                }
+                v
+            }
+        };
+        let (mut stops, mut handles) = (Vec::new(), Vec::new());
+        for (runtime, listener) in runtimes {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let routes = routes.clone();
+            handles.push(std::thread::Builder::new().name("router".into()).spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => return eprintln!("router listener: {e}"),
+                    };
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    if let Err(e) = slipway_router::serve(listener, routes, shutdown).await {
+                        eprintln!("router stopped: {e}");
+                    }
+                });
+            })?);
+            stops.push(stop);
+        }
+        Ok(Router { addr, stops, threads: handles })
+    }
+
+    fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// nginx as a child process with its own prefix, configuration and logs in
+/// a temporary directory; stopped when dropped.
+struct Nginx {
+    addr: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Self> {
+        let port = {
+            let probe = StdListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?.port()
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let d = dir.display();
+        let conf = format!(
+            r#"daemon off;
+worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream bench {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+        }}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nginx (apt-get install -y nginx)")?;
+        let mut nginx = Nginx { addr, child, dir: dir.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = nginx.child.try_wait()? {
+                let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+                bail!("nginx exited ({status}): {log}");
+            }
+            if Instant::now() > deadline {
+                bail!("nginx did not listen on {addr} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+}
+
+impl Nginx {
+    /// CPU seconds used so far by the master and its workers.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let master = self.child.id();
+        let mut total = 0.0;
+        for entry in std::fs::read_dir("/proc")? {
+            let path = entry?.path();
+            let Some(stat) = std::fs::read_to_string(path.join("stat")).ok().and_then(|s| parse_stat(&s)) else {
+                continue;
+            };
+            let pid = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok());
+            if pid == Some(master) || stat.ppid == master {
+                total += stat.cpu_seconds;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// CPU seconds used so far by this process's threads named `router`.
+fn router_cpu_seconds() -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let stat = std::fs::read_to_string(entry?.path().join("stat")).ok().and_then(|s| parse_stat(&s));
+        if let Some(stat) = stat.filter(|s| s.comm == "router") {
+            total += stat.cpu_seconds;
+        }
+    }
+    Ok(total)
+}
+
+struct Stat {
+    comm: String,
+    ppid: u32,
+    cpu_seconds: f64,
+}
+
+/// The fields of `/proc/<pid>/stat` this bench needs (proc(5)): the name in
+/// parentheses, then state, ppid, ..., utime and stime (fields 14 and 15)
+/// in clock ticks, which are 100 a second on Linux.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(Stat { comm, ppid, cpu_seconds: ticks / 100.0 })
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// 41234.6 -> "41,235".
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 5s test @ http://127.0.0.1:8080/
+  2 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   603.39us  301.05us  12.11ms   91.23%
+    Req/Sec    41.23k     2.10k   45.67k    70.00%
+  Latency Distribution
+     50%  551.00us
+     75%  682.00us
+     90%  845.00us
+     99%    1.85ms
+  410304 requests in 5.00s, 66.92MB read
+Requests/sec:  82034.71
+Transfer/sec:     13.38MB
+";
+
+    #[test]
+    fn wrk_output_is_read() {
+        let m = parse_wrk(WRK).unwrap();
+        assert!((m.rps - 82034.71).abs() < 1e-6);
+        assert!((m.p50_ms - 0.551).abs() < 1e-9);
+        assert!((m.p99_ms - 1.85).abs() < 1e-9);
+    }
+
+    #[test]
+    fn wrk_errors_invalidate_a_run() {
+        let with_errors = WRK.replace("Requests/sec", "  Non-2xx or 3xx responses: 12\nRequests/sec");
+        assert!(parse_wrk(&with_errors).is_err());
+        assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn proc_stat_is_read() {
+        let stat = "4242 (router) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 2 3";
+        let s = parse_stat(stat).unwrap();
+        assert_eq!((s.comm.as_str(), s.ppid), ("router", 1));
+        assert!((s.cpu_seconds - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn durations_in_every_unit() {
+        assert_eq!(parse_duration_ms("2.00s"), Some(2000.0));
+        assert_eq!(parse_duration_ms("1.00m"), Some(60_000.0));
+        assert_eq!(parse_duration_ms("12"), None);
+    }
+}

@@ -1,0 +1,93 @@
+//! Image re-use on real Docker: live re-uses the image test built for the
+//! same commit (no build), a new commit builds, a mirror project deploys its
+//! original's image, and an image that is gone is built again.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
+use slipway_engine::requests::{self, NewProject};
+use slipway_engine::Status;
+use slipway_proto::event::BuildMode;
+use slipway_proto::Event;
+use slipway_tests::*;
+
+const APP: &str = "[web]\nport = 80\n";
+
+fn built(events: &[Event]) -> bool {
+    events.iter().any(|e| matches!(e, Event::ImageBuilt(_)))
+}
+
+fn reused_from(events: &[Event]) -> Option<uuid::Uuid> {
+    events.iter().find_map(|e| match e {
+        Event::ImageReused(r) => Some(r.source_deployment),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_reuses_the_image_test_built_and_a_new_commit_builds() {
+    let h = Harness::start(Backends::PostgresRabbit).await;
+    let repo = AppRepo::new();
+    let v1 = repo.commit(&busybox_app("v1", APP, ""), "v1");
+    h.create_project(&repo.path()).await;
+
+    let test = h.deploy_with("test", &v1, BuildMode::Cloud, true).await;
+    assert_eq!(test.status, Status::Succeeded);
+    assert!(built(&h.events(test.id).await));
+
+    let live = h.deploy_with("live", &v1, BuildMode::Cloud, true).await;
+    assert_eq!(live.status, Status::Succeeded, "{:?}", h.events(live.id).await);
+    let events = h.events(live.id).await;
+    assert!(!built(&events), "live built again: {events:?}");
+    assert_eq!(reused_from(&events), Some(test.id));
+    assert_eq!(live.context.image_id, test.context.image_id);
+    assert_eq!(h.routed_page("live").await.unwrap(), (200, "v1\n".to_string()));
+
+    let v2 = repo.commit(&busybox_app("v2", APP, ""), "v2");
+    let live2 = h.deploy_with("live", &v2, BuildMode::Cloud, true).await;
+    assert_eq!(live2.status, Status::Succeeded);
+    assert!(built(&h.events(live2.id).await), "a new commit must build");
+    assert_ne!(live2.context.image_id, test.context.image_id);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mirror_deploys_its_originals_image_and_a_missing_image_is_built_again() {
+    let h = Harness::start(Backends::Embedded).await;
+    let repo = AppRepo::new();
+    let v1 = repo.commit(&busybox_app("v1", APP, ""), "v1");
+    h.create_project(&repo.path()).await;
+    let mirror = format!("{}-m", h.project);
+    let new = NewProject {
+        name: mirror.clone(),
+        repository: String::new(),
+        default_branch: "main".into(),
+        environments: vec!["live".into()],
+        mirror_of: Some(h.project.clone()),
+    };
+    requests::create_project(&*h.store, "test", new).await.unwrap().unwrap();
+    let original = h.deploy_with("test", &v1, BuildMode::Cloud, true).await;
+    assert_eq!(original.status, Status::Succeeded);
+
+    let id = h.request_for(&mirror, "live", &v1).await;
+    let m = h.wait_finished(id, std::time::Duration::from_secs(120)).await;
+    assert_eq!(m.status, Status::Succeeded, "{:?}", h.events(m.id).await);
+    assert_eq!(reused_from(&h.events(m.id).await), Some(original.id));
+    assert_eq!(m.context.image_id, original.context.image_id);
+    assert_eq!(
+        get_via(h.router_addr(), &slipway_node::host_name(&mirror, "live", "localhost"), "/", std::time::Duration::from_secs(5))
+            .await
+            .unwrap(),
+        (200, "v1\n".to_string())
+    );
+    remove_containers_with_label(&format!("slipway.project={mirror}"));
+
+    // The image is gone (pruned): the next deployment of that commit builds it.
+    remove_containers_with_label(&format!("slipway.project={}", h.project));
+    let image = original.context.image_id.clone().unwrap();
+    let out = std::process::Command::new("docker").args(["rmi", "-f", &image]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = h.deploy_with("live", &v1, BuildMode::Cloud, true).await;
+    assert_eq!(again.status, Status::Succeeded, "{:?}", h.events(again.id).await);
+    assert!(built(&h.events(again.id).await), "the image was gone; it must be built");
+    h.shutdown().await;
+}
