@@ -96,6 +96,25 @@ enum Command {
     Env(EnvCmd),
     /// Deploy a project's environment and follow it live; exits non-zero if it fails.
     Deploy(DeployArgs),
+    /// Deploy to TO exactly the image FROM serves now (same commit and
+    /// slipway.toml, no checkout, no build), with TO's settings; release
+    /// commands run as for any deployment.
+    Promote {
+        project: String,
+        from: String,
+        to: String,
+        /// Local mode: release commands only with --migrate (the default in-process).
+        #[arg(long, conflicts_with = "cloud")]
+        local: bool,
+        /// Cloud mode: release commands always run (the default with a shared server).
+        #[arg(long)]
+        cloud: bool,
+        /// Run the release commands in local mode too.
+        #[arg(long)]
+        migrate: bool,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
     /// Serve an earlier release again (by default the one before the release
     /// serving now): its image, commit, slipway.toml and settings, through
     /// the service check, containers, health check and traffic switch,
@@ -331,6 +350,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Env(EnvCmd::List { project, env }) => verbs::env_list(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
         Command::Deploy(args) => deploy(store, &cli.queue, embedded, &data_dir, args).await,
+        Command::Promote { project, from, to, local, cloud, migrate, follow } => {
+            let mode = if local || (!cloud && embedded) { BuildMode::Local } else { BuildMode::Cloud };
+            let running = start_embedded(&store, &cli.queue, embedded, &data_dir, follow.drain).await?;
+            let run_release = mode == BuildMode::Cloud || migrate;
+            let (id, source) = match requests::request_promotion(&*store, &verbs::actor(), &project, &from, &to, mode, run_release).await? {
+                Ok(r) => r,
+                Err(rejection) => bail!("{rejection}"),
+            };
+            println!("deployment {id}: {project} {to} gets the image of {from}'s release {source}\n");
+            finish(&*store, running, id, &project, &to, &data_dir, &follow).await
+        }
         Command::Rollback { project, env, to, follow } => {
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, follow.drain).await?;
             let rollback = match requests::request_rollback(&*store, &verbs::actor(), &project, &env, to).await? {

@@ -8,7 +8,7 @@
 //! |-----------------------------------------|-------------------------------------------|
 //! | running, nothing dispatched, queued behind another deployment of the environment | nothing (wait your turn) |
 //! | running, step S next, S not dispatched  | dispatch `RunStep(S)` (+ `StepDispatched`) |
-//! | rollback, next step checkout/build/release | record it skipped / `ImageReused` (the old release's inputs) |
+//! | rollback (promotion), next step checkout/build/release (not release) | record it skipped / `ImageReused` (the old release's inputs) |
 //! | next step build, an image of the same commit known | dispatch the build with it as the re-use candidate |
 //! | running, S dispatched, no outcome yet   | nothing (wait for the worker)             |
 //! | every pipeline step passed, no switch   | `TrafficSwitchRequested` + `RouteChanged` on the routes stream |
@@ -236,21 +236,27 @@ fn retire_previous(d: &Deployment, env: &EnvironmentView) -> Option<Decision> {
     })))
 }
 
-/// A rollback re-uses the old release's checkout, image and schema: those
-/// steps are recorded by the engine instead of dispatched.
+/// A rollback re-uses an old release's checkout, image and schema; a
+/// promotion its checkout and image (release commands run: the target
+/// environment's schema has not seen them). Those steps are recorded by the
+/// engine instead of dispatched.
 fn rollback_reuse(d: &Deployment, step: Step) -> Option<Event> {
-    let source = d.rollback_of?;
+    let (source, what) = match (d.rollback_of, d.promoted_from) {
+        (Some(source), _) => (source, "rollback"),
+        (None, Some(source)) => (source, "promotion"),
+        (None, None) => return None,
+    };
     let skipped = |reason: String| Some(Event::StepSkipped(StepSkipped { step, reason }));
     match step {
         Step::Checkout => skipped(format!(
-            "rollback to {source}: its commit {} and slipway.toml are re-used",
+            "{what} of {source}: its commit {} and slipway.toml are re-used",
             d.context.commit.as_deref().unwrap_or("?")
         )),
         Step::Build => Some(Event::ImageReused(ImageReused {
             image_id: d.context.image_id.clone().unwrap_or_default(),
             source_deployment: source,
         })),
-        Step::Release => skipped(format!("rollback to {source}: release commands are not run again")),
+        Step::Release if d.rollback_of.is_some() => skipped(format!("rollback to {source}: release commands are not run again")),
         _ => None,
     }
 }

@@ -34,6 +34,8 @@ pub struct Deployment {
     pub switch: Option<Switch>,
     /// A rollback re-uses this earlier release (its image and inputs).
     pub rollback_of: Option<Uuid>,
+    /// A promotion deploys this release's image (of another environment).
+    pub promoted_from: Option<Uuid>,
     /// The stream version this state was folded up to.
     pub version: u64,
 }
@@ -85,7 +87,9 @@ fn illegal(state: &Option<Deployment>, event: &Event) -> IllegalTransition {
 pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, IllegalTransition> {
     let Some(mut d) = state else {
         return match event {
-            Event::DeploymentRequested(r) => Ok(Deployment {
+            Event::DeploymentRequested(r) => {
+                let source = r.rollback_of.as_ref().or(r.promoted_from.as_ref());
+                Ok(Deployment {
                 id: r.deployment_id,
                 status: Status::Running,
                 context: DeploymentContext {
@@ -99,9 +103,9 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     run_release: r.run_release,
                     dry_run: r.dry_run,
                     settings: r.settings.clone(),
-                    commit: r.rollback_of.as_ref().map(|s| s.commit.clone()),
-                    config: r.rollback_of.as_ref().map_or(serde_json::Value::Null, |s| s.config.clone()),
-                    image_id: r.rollback_of.as_ref().map(|s| s.image_id.clone()),
+                    commit: source.map(|s| s.commit.clone()),
+                    config: source.map_or(serde_json::Value::Null, |s| s.config.clone()),
+                    image_id: source.map(|s| s.image_id.clone()),
                     web_container: None,
                     web_port: None,
                     reuse: None,
@@ -112,8 +116,10 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 failure_recorded: false,
                 switch: None,
                 rollback_of: r.rollback_of.as_ref().map(|s| s.deployment_id),
+                promoted_from: r.promoted_from.as_ref().map(|s| s.deployment_id),
                 version: 1,
-            }),
+                })
+            }
             other => Err(illegal(&None, other)),
         };
     };

@@ -197,7 +197,8 @@ impl Driver {
     /// of its mirror original) already has for the same commit.
     async fn reusable_image(&self, state: &Deployment) -> Result<Option<ImageSource>, DriverError> {
         let ctx = &state.context;
-        let building = state.next_step() == Some(Step::Build) && state.rollback_of.is_none() && !ctx.dry_run;
+        let reusing = state.rollback_of.is_some() || state.promoted_from.is_some();
+        let building = state.next_step() == Some(Step::Build) && !reusing && !ctx.dry_run;
         let (true, Some(commit)) = (building, &ctx.commit) else { return Ok(None) };
         let mut family = vec![ctx.project.clone()];
         if let Some(project) = crate::requests::load_project(&*self.store, &ctx.project).await? {

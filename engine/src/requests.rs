@@ -8,7 +8,7 @@ use slipway_proto::config::{is_dns_label, is_env_name};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
     deployment_stream, environment_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
-    ProjectCreated, RollbackSource, SettingsChanged,
+    ProjectCreated, ReleaseSource, SettingsChanged,
 };
 use slipway_proto::{Envelope, Event, TraceContext};
 use slipway_store::event_store::StreamAppend;
@@ -202,6 +202,7 @@ pub async fn request_deployment(store: &dyn EventStore, actor: &str, req: Deploy
             settings: p.fingerprints(&req.environment),
             dry_run: req.dry_run,
             rollback_of: None,
+            promoted_from: None,
         },
     )
     .await
@@ -274,9 +275,64 @@ pub async fn request_rollback(
         run_release: false,
         settings: old.context.settings.clone(),
         dry_run: false,
-        rollback_of: Some(RollbackSource { deployment_id: target, commit, image_id, config: old.context.config.clone() }),
+        rollback_of: Some(ReleaseSource { deployment_id: target, commit, image_id, config: old.context.config.clone() }),
+        promoted_from: None,
     };
     Ok(enqueue(store, actor, requested).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
+}
+
+/// Deploys to `to` exactly the image `from` serves now (its commit and
+/// `slipway.toml` too), with `to`'s settings; release commands run as for
+/// any deployment of that mode.
+pub async fn request_promotion(
+    store: &dyn EventStore,
+    actor: &str,
+    project: &str,
+    from: &str,
+    to: &str,
+    mode: BuildMode,
+    run_release: bool,
+) -> Outcome<(Uuid, Uuid)> {
+    if let Err(rejection) = project_environment(store, project, from).await? {
+        return Ok(Err(rejection));
+    }
+    let p = match project_environment(store, project, to).await? {
+        Ok(p) => p,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    if from == to {
+        return reject(format!("promote from one environment to another, not `{from}` to itself"));
+    }
+    let serving = match load::environment(store, project, from).await {
+        Ok(env) => env.last_succeeded(),
+        Err(load::LoadError::Store(e)) => return Err(e),
+        Err(e) => return reject(e.to_string()),
+    };
+    let Some(source) = serving else { return reject(format!("{project} {from} serves no release to promote")) };
+    let release = match load::deployment(store, source).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return reject(format!("deployment {source} has no history")),
+        Err(load::LoadError::Store(e)) => return Err(e),
+        Err(e) => return reject(e.to_string()),
+    };
+    let (Some(image_id), Some(commit)) = (release.context.image_id.clone(), release.context.commit.clone()) else {
+        return reject(format!("deployment {source} recorded no image to promote"));
+    };
+    let requested = DeploymentRequested {
+        deployment_id: Uuid::now_v7(),
+        project: p.name.clone(),
+        environment: to.into(),
+        repository: p.repository.clone(),
+        git_ref: commit.clone(),
+        mode,
+        no_cache: false,
+        run_release,
+        settings: p.fingerprints(to),
+        dry_run: false,
+        rollback_of: None,
+        promoted_from: Some(ReleaseSource { deployment_id: source, commit, image_id, config: release.context.config.clone() }),
+    };
+    Ok(enqueue(store, actor, requested).await?.map(|id| (id, source)))
 }
 
 /// One warning per release (of those given) that ran release commands.

@@ -26,6 +26,7 @@ fn requested() -> Event {
         settings: Default::default(),
         dry_run: false,
         rollback_of: None,
+        promoted_from: None,
     })
 }
 
@@ -316,7 +317,7 @@ fn a_router_silent_past_the_deadline_fails_the_cutover_and_the_route_goes_back()
 #[test]
 fn a_rollback_reuses_the_old_release_instead_of_checking_out_building_and_migrating() {
     let Event::DeploymentRequested(mut r) = requested() else { unreachable!() };
-    r.rollback_of = Some(RollbackSource {
+    r.rollback_of = Some(ReleaseSource {
         deployment_id: Uuid::from_u128(1),
         commit: "0ld".into(),
         image_id: "sha256:old".into(),
@@ -381,4 +382,23 @@ fn a_known_image_of_the_same_commit_goes_to_the_build_as_its_reuse_candidate() {
     let decisions = decide(&state, &env);
     let [Decision::Dispatch(Command::RunStep(run))] = decisions.as_slice() else { panic!("{decisions:?}") };
     assert_eq!((run.step, run.context.reuse.as_ref()), (Step::Checkout, None));
+}
+
+#[test]
+fn a_promotion_reuses_checkout_and_image_but_runs_the_release_commands() {
+    let Event::DeploymentRequested(mut r) = requested() else { unreachable!() };
+    r.promoted_from = Some(ReleaseSource {
+        deployment_id: Uuid::from_u128(2),
+        commit: "7e57".into(),
+        image_id: "sha256:test".into(),
+        config: serde_json::json!({}),
+    });
+    let mut h = vec![Event::DeploymentRequested(r), dispatched(Step::CheckServices), outcome(Step::CheckServices)];
+    check(&h, &["record StepSkipped"]);
+    h.push(Event::StepSkipped(StepSkipped { step: Step::Checkout, reason: "promotion".into() }));
+    check(&h, &["record ImageReused"]);
+    h.push(Event::ImageReused(ImageReused { image_id: "sha256:test".into(), source_deployment: Uuid::from_u128(2) }));
+    h.push(dispatched(Step::Deploy));
+    h.push(outcome(Step::Deploy));
+    check(&h, &["dispatch release"]);
 }

@@ -107,12 +107,17 @@ pub struct DeploymentRequested {
     /// A rollback: re-activate this earlier release's image, commit and
     /// `slipway.toml` (no checkout, no build, no release commands).
     #[serde(default)]
-    pub rollback_of: Option<RollbackSource>,
+    pub rollback_of: Option<ReleaseSource>,
+    /// A promotion: deploy exactly the image another environment's release
+    /// runs (no checkout, no build; release commands run as usual, with
+    /// this environment's settings).
+    #[serde(default)]
+    pub promoted_from: Option<ReleaseSource>,
 }
 
-/// What a rollback re-uses from the release it goes back to.
+/// What a rollback or a promotion re-uses from an earlier release.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RollbackSource {
+pub struct ReleaseSource {
     pub deployment_id: Uuid,
     pub commit: String,
     pub image_id: String,

@@ -46,6 +46,7 @@ fn sample_events() -> Vec<Event> {
             settings: [("SECRET_KEY".to_string(), "sha256:ab".to_string())].into(),
             dry_run: false,
             rollback_of: None,
+            promoted_from: None,
         }),
         Event::StepFailed(StepFailed {
             step: Step::Build,

@@ -91,3 +91,37 @@ async fn a_mirror_deploys_its_originals_image_and_a_missing_image_is_built_again
     assert!(built(&h.events(again.id).await), "the image was gone; it must be built");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promote_deploys_exactly_the_image_test_runs_with_lives_settings_and_migrations() {
+    let h = Harness::start(Backends::PostgresRabbit).await;
+    let repo = AppRepo::new();
+    let toml = "[web]\nport = 80\n\n[release]\ncommands = [\"test -n \\\"$WHERE\\\"\"]\n";
+    let v1 = repo.commit(&busybox_app("v1", toml, ""), "v1");
+    repo.commit(&busybox_app("v2", APP, ""), "v2: main moved on");
+    h.create_project(&repo.path()).await;
+    h.set("test", "WHERE", "test", false).await;
+    h.set("live", "WHERE", "live", false).await;
+    let test = h.deploy_with("test", &v1, BuildMode::Cloud, true).await;
+    assert_eq!(test.status, Status::Succeeded, "{:?}", h.events(test.id).await);
+
+    let (id, source) = requests::request_promotion(&*h.store, "test", &h.project, "test", "live", BuildMode::Cloud, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(source, test.id);
+    let live = h.wait_finished(id, std::time::Duration::from_secs(120)).await;
+    assert_eq!(live.status, Status::Succeeded, "{:?}", h.events(live.id).await);
+    let events = h.events(live.id).await;
+    assert!(!built(&events), "{events:?}");
+    assert_eq!(reused_from(&events), Some(test.id));
+    assert_eq!(live.context.commit.as_deref(), Some(v1.as_str()), "the commit test runs, not main's head");
+    assert_ne!(live.context.settings["WHERE"], test.context.settings["WHERE"], "live runs with its own settings");
+    let ran = events.iter().find_map(|e| match e {
+        Event::ReleaseCommandsRan(r) => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(ran.expect("release commands ran for live").results[0].exit_code, 0);
+    assert_eq!(h.routed_page("live").await.unwrap(), (200, "v1\n".to_string()));
+    h.shutdown().await;
+}
