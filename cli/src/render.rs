@@ -21,7 +21,19 @@ pub fn describe(event: &Event) -> String {
         Event::StepDispatched(d) => format!("{} (attempt {})", d.step, d.attempt),
         Event::ServicesChecked(s) => format!("{} service(s) reachable", s.services.len()),
         Event::CheckedOut(c) => format!("commit {}", c.commit),
-        Event::ImageBuilt(b) => format!("image {} in {} ms (cache {})", b.image_id, b.duration_ms, if b.cache_used { "on" } else { "off" }),
+        Event::ImageBuilt(b) => {
+            let mut text = format!(
+                "image {} in {} ms ({:?} mode, cache {})",
+                b.image_id,
+                b.duration_ms,
+                b.mode,
+                if b.cache_used { "on" } else { "off" }
+            );
+            for w in &b.warnings {
+                text.push_str(&format!("\n      warning: {}:{}: {} [{}]", w.file, w.line, w.message, w.rule));
+            }
+            text
+        }
         Event::ImageReused(r) => format!("image {} from deployment {}", r.image_id, r.source_deployment),
         Event::WebContainerStarted(w) => format!("{} on 127.0.0.1:{}", w.container, w.host_port),
         Event::ReleaseCommandsRan(r) if r.skipped => "release commands not run".into(),

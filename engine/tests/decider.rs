@@ -45,6 +45,8 @@ fn outcome(step: Step) -> Event {
             duration_ms: 10,
             log_ref: None,
             log_digest: None,
+            mode: BuildMode::Cloud,
+            warnings: vec![],
         }),
         Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768 }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),

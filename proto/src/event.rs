@@ -170,6 +170,22 @@ pub struct ImageBuilt {
     pub log_ref: Option<String>,
     #[serde(default)]
     pub log_digest: Option<String>,
+    /// Build mode (cloud: no layer cache).
+    #[serde(default)]
+    pub mode: BuildMode,
+    /// Unpinned things the Dockerfile lint found (they never fail a build).
+    #[serde(default)]
+    pub warnings: Vec<PinningWarning>,
+}
+
+/// Something in a Dockerfile that lets a rebuild of the same commit change
+/// silently (seed: "Notes on Docker image building").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinningWarning {
+    pub file: String,
+    pub line: usize,
+    pub rule: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

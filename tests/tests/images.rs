@@ -42,10 +42,25 @@ async fn live_reuses_the_image_test_built_and_a_new_commit_builds() {
     assert_eq!(live.context.image_id, test.context.image_id);
     assert_eq!(h.routed_page("live").await.unwrap(), (200, "v1\n".to_string()));
 
-    let v2 = repo.commit(&busybox_app("v2", APP, ""), "v2");
+    // v2 also gains an unpinned install (never run: `true ||`), which the
+    // build records as a warning with its line, without failing.
+    let v2 = repo.commit(&busybox_app("v2", APP, "RUN true || apt-get install -y curl"), "v2");
     let live2 = h.deploy_with("live", &v2, BuildMode::Cloud, true).await;
-    assert_eq!(live2.status, Status::Succeeded);
-    assert!(built(&h.events(live2.id).await), "a new commit must build");
+    assert_eq!(live2.status, Status::Succeeded, "{:?}", h.events(live2.id).await);
+    let events = h.events(live2.id).await;
+    let build = events.iter().find_map(|e| match e {
+        Event::ImageBuilt(b) => Some(b.clone()),
+        _ => None,
+    });
+    let build = build.expect("a new commit must build");
+    assert!(!build.cache_used, "cloud mode builds without the layer cache");
+    let found: Vec<_> = build.warnings.iter().map(|w| (w.file.as_str(), w.line, w.rule.as_str())).collect();
+    assert_eq!(found, vec![("Dockerfile", 4, "apt-unpinned")]);
+    let v1_build = h.events(test.id).await.into_iter().find_map(|e| match e {
+        Event::ImageBuilt(b) => Some(b),
+        _ => None,
+    });
+    assert!(v1_build.unwrap().warnings.is_empty(), "FROM scratch and COPY are pinned");
     assert_ne!(live2.context.image_id, test.context.image_id);
     h.shutdown().await;
 }

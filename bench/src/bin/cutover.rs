@@ -67,6 +67,8 @@ impl Executor for Instant {
                 duration_ms: 0,
                 log_ref: None,
                 log_digest: None,
+                mode: BuildMode::Local,
+                warnings: vec![],
             }),
             Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
                 container: format!("bench-{}", c.context.deployment_id.simple()),

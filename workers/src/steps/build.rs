@@ -37,11 +37,12 @@ use futures::{Stream, StreamExt};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
 use slipway_proto::command::RunStep;
-use slipway_proto::event::{BuildMode, ImageBuilt, ImageReused};
+use slipway_proto::event::{BuildMode, ImageBuilt, ImageReused, PinningWarning};
 use slipway_proto::Event;
 use tokio::io::AsyncWriteExt;
 
 use super::docker::{self, Failure, LOG_TAIL};
+use super::pinning;
 use super::{Runtime, Settings};
 
 /// Files the engine needs whatever `.dockerignore` says.
@@ -76,12 +77,14 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
     let nocache = ctx.mode == BuildMode::Cloud || ctx.no_cache;
     let log_path = rt.logs.join(ctx.deployment_id.to_string()).join("build.log");
     let docker = docker::connect().await?;
+    let workspace = rt.workspaces.join(ctx.deployment_id.to_string());
+    let warnings = pinning_warnings(&workspace).await;
     if let Some(image_id) = find_image(&docker, &tag).await? {
         // A redelivery: the first delivery built and tagged it.
-        return Ok(already_built(image_id, tag, nocache, &log_path).await);
+        return Ok(ImageBuilt { mode: ctx.mode, warnings, ..already_built(image_id, tag, nocache, &log_path).await });
     }
     let started = Instant::now();
-    let tar = context_tar(rt.workspaces.join(ctx.deployment_id.to_string())).await?;
+    let tar = context_tar(workspace).await?;
     let options = BuildImageOptionsBuilder::new()
         .dockerfile("Dockerfile")
         .t(&tag)
@@ -109,7 +112,20 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
         duration_ms: started.elapsed().as_millis() as u64,
         log_ref: Some(log_path.display().to_string()),
         log_digest: Some(digest),
+        mode: ctx.mode,
+        warnings,
     })
+}
+
+/// The Dockerfile lint's findings for a checkout (none if it cannot be read:
+/// the build then fails with the reason).
+async fn pinning_warnings(workspace: &Path) -> Vec<PinningWarning> {
+    let Ok(dockerfile) = tokio::fs::read_to_string(workspace.join("Dockerfile")).await else { return vec![] };
+    let lockfile = ["package-lock.json", "npm-shrinkwrap.json"].iter().any(|f| workspace.join(f).exists());
+    pinning::lint(&dockerfile, lockfile)
+        .into_iter()
+        .map(|f| PinningWarning { file: "Dockerfile".into(), line: f.line, rule: f.rule.into(), message: f.message })
+        .collect()
 }
 
 async fn find_image(docker: &Docker, tag: &str) -> Result<Option<String>, Failure> {
@@ -131,6 +147,8 @@ async fn already_built(image_id: String, tag: String, nocache: bool, log_path: &
         duration_ms: 0,
         log_ref: digest.as_ref().map(|_| log_path.display().to_string()),
         log_digest: digest,
+        mode: BuildMode::default(),
+        warnings: vec![],
     }
 }
 
