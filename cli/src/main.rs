@@ -130,6 +130,8 @@ enum Command {
     },
     /// What an environment serves now, and what is running or queued.
     Status { project: String, env: String },
+    /// An environment's releases (successful deployments), newest first; `*` serves now.
+    Releases { project: String, env: String },
     /// A project's deployments, oldest first.
     Deployments { project: String },
     /// A deployment's events with its build and release logs.
@@ -374,6 +376,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             finish(&*store, running, rollback.deployment_id, &project, &env, &data_dir, &follow).await
         }
         Command::Status { project, env } => verbs::status(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
+        Command::Releases { project, env } => verbs::releases(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
         Command::Deployments { project } => verbs::deployments(&*store, &project).await.map(|_| ExitCode::SUCCESS),
         Command::Logs { deployment } => verbs::logs(&*store, deployment, &data_dir).await.map(|_| ExitCode::SUCCESS),
         Command::Events { stream } => {

@@ -192,3 +192,39 @@ pub async fn routers(store: &dyn EventStore) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An environment's releases, newest first: what `rollback --to` can choose.
+pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
+    let state = load::environment(store, project, env).await?;
+    if state.releases.is_empty() {
+        println!("{project} {env}: no release yet");
+    }
+    let serving = state.last_succeeded();
+    for id in state.releases.iter().rev() {
+        let (d, events) = load::deployment_with_events(store, *id).await?.with_context(|| format!("no deployment {id}"))?;
+        let mut migrations = Vec::new();
+        let mut origin = "built";
+        for recorded in &events {
+            match recorded.envelope.decode::<Event>() {
+                Ok(Event::ReleaseCommandsRan(r)) if !r.skipped => migrations.extend(r.results.iter().map(|c| c.command.clone())),
+                Ok(Event::ImageReused(_)) => origin = "re-used",
+                _ => {}
+            }
+        }
+        let when = events.first().map(|e| e.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+        println!(
+            "{} {id}  {when}  commit {}  image {} ({origin})  {} setting(s){}{}",
+            if Some(*id) == serving { "*" } else { " " },
+            d.context.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]),
+            d.context.image_id.as_deref().unwrap_or("-"),
+            d.context.settings.len(),
+            if migrations.is_empty() { String::new() } else { format!("  ran: {}", migrations.join("; ")) },
+            match (d.rollback_of, d.promoted_from) {
+                (Some(r), _) => format!("  (rollback to {r})"),
+                (_, Some(p)) => format!("  (promoted from {p})"),
+                _ => String::new(),
+            }
+        );
+    }
+    Ok(())
+}
