@@ -245,7 +245,8 @@ struct DeployArgs {
     /// (the default with a shared server and workers).
     #[arg(long)]
     cloud: bool,
-    /// Build without the layer cache.
+    /// Build without the layer cache, and build even if a release already
+    /// has an image of this commit.
     #[arg(long)]
     no_cache: bool,
     /// Run the release commands in local mode too.

@@ -198,7 +198,8 @@ impl Driver {
     async fn reusable_image(&self, state: &Deployment) -> Result<Option<ImageSource>, DriverError> {
         let ctx = &state.context;
         let reusing = state.rollback_of.is_some() || state.promoted_from.is_some();
-        let building = state.next_step() == Some(Step::Build) && !reusing && !ctx.dry_run;
+        // `--no-cache` asks for a fresh build: no re-use either.
+        let building = state.next_step() == Some(Step::Build) && !reusing && !ctx.dry_run && !ctx.no_cache;
         let (true, Some(commit)) = (building, &ctx.commit) else { return Ok(None) };
         let mut family = vec![ctx.project.clone()];
         if let Some(project) = crate::requests::load_project(&*self.store, &ctx.project).await? {

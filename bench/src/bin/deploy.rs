@@ -77,6 +77,21 @@ fn make_repo(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Commits a change to the app's page, so the next deployment has a commit
+/// no image was built from.
+fn commit_change(dir: &Path, n: usize) -> anyhow::Result<()> {
+    std::fs::write(dir.join("www/index.html"), format!("bench {n} {}\n", Uuid::now_v7()))?;
+    let repo = git2::Repository::open(dir)?;
+    let mut index = repo.index()?;
+    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let sig = git2::Signature::now("bench", "bench@localhost")?;
+    let parent = repo.head()?.peel_to_commit()?;
+    repo.commit(Some("HEAD"), &sig, &sig, &format!("change {n}"), &tree, &[&parent])?;
+    Ok(())
+}
+
 /// The same Docker work, as an operator would script it.
 fn script_round(dir: &Path, tag: &str) -> anyhow::Result<Duration> {
     let script = format!(
@@ -144,12 +159,18 @@ async fn start(args: &Args, data: &Path) -> anyhow::Result<Machinery> {
 
 /// One deployment through Slipway, from request to `DeploymentSucceeded`.
 async fn slipway_round(m: &Machinery, project: &str, env: &str) -> anyhow::Result<(Duration, Uuid)> {
+    deploy_timed(m, project, env, true).await
+}
+
+/// One deployment (cloud mode), from request to `DeploymentSucceeded`;
+/// `no_cache` also rules out re-using an image of the same commit.
+async fn deploy_timed(m: &Machinery, project: &str, env: &str, no_cache: bool) -> anyhow::Result<(Duration, Uuid)> {
     let req = DeployRequest {
         project: project.into(),
         environment: env.into(),
         git_ref: None,
         mode: BuildMode::Cloud,
-        no_cache: true,
+        no_cache,
         run_release: true,
         dry_run: false,
     };
@@ -225,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
         name: project.clone(),
         repository: repo.display().to_string(),
         default_branch: "main".into(),
-        environments: vec!["test".into()],
+        environments: vec!["test".into(), "live".into()],
         mirror_of: None,
     };
     if let Err(r) = requests::create_project(&*m.store, "bench", new).await? {
@@ -264,6 +285,31 @@ async fn main() -> anyhow::Result<()> {
         if ratio <= 1.10 && diff_ms < 300.0 { "yes" } else { "NO" }
     );
     println!("difference                {diff_ms:>6.0} ms");
+
+    // Test builds a new commit (cloud mode, fresh build), then live deploys
+    // the same commit and re-uses test's image (seed: image re-use).
+    let (mut tests, mut lives) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        commit_change(&repo, round)?;
+        let (t, test_id) = deploy_timed(&m, &project, "test", false).await?;
+        wait_for_single_container(&project).await;
+        let (l, live_id) = deploy_timed(&m, &project, "live", false).await?;
+        let reused = m.store.read_stream(&deployment_stream(live_id), 1).await?.iter().any(|r| r.envelope.message_type == "ImageReused");
+        if !reused {
+            bail!("live deployment {live_id} built instead of re-using test's image {test_id}");
+        }
+        println!("re-use round {}: test (build) {:>6.0} ms   live (re-use) {:>6.0} ms", round + 1, t.as_secs_f64() * 1e3, l.as_secs_f64() * 1e3);
+        tests.push(t);
+        lives.push(l);
+    }
+    let (t, l) = (median(tests), median(lives));
+    let ratio = l.as_secs_f64() / t.as_secs_f64();
+    println!(
+        "live re-using test image  {:>6.0} ms   {:>6.0} ms (test, with build)     {ratio:>5.2}   <= 0.10                {}",
+        l.as_secs_f64() * 1e3,
+        t.as_secs_f64() * 1e3,
+        if ratio <= 0.10 { "yes" } else { "NO" }
+    );
 
     let _ = m.stop.send(());
     for t in m.tasks {
