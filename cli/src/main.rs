@@ -152,6 +152,13 @@ struct ServeArgs {
     /// acknowledge; past it the deployment fails and the route goes back.
     #[arg(long, default_value_t = 15)]
     switch_timeout: u64,
+    /// Seconds the engine waits for a step's outcome (a lost command, a
+    /// worker that died) before dispatching it again, up to 3 attempts.
+    #[arg(long, default_value_t = 900)]
+    step_timeout: u64,
+    /// The same for builds.
+    #[arg(long, default_value_t = 3600)]
+    build_timeout: u64,
     /// Where the HTTP API listens (it has no authentication: keep it on loopback or behind a proxy that checks).
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
     listen: std::net::SocketAddr,
@@ -159,7 +166,13 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn driver(&self) -> DriverOptions {
-        DriverOptions { drain_seconds: self.drain, switch_timeout: Duration::from_secs(self.switch_timeout) }
+        DriverOptions {
+            drain_seconds: self.drain,
+            switch_timeout: Duration::from_secs(self.switch_timeout),
+            step_timeout: Duration::from_secs(self.step_timeout),
+            build_timeout: Duration::from_secs(self.build_timeout),
+            ..Default::default()
+        }
     }
 }
 

@@ -10,7 +10,9 @@
 //! | running, step S next, S not dispatched  | dispatch `RunStep(S)` (+ `StepDispatched`) |
 //! | rollback (promotion), next step checkout/build/release (not release) | record it skipped / `ImageReused` (the old release's inputs) |
 //! | next step build, an image of the same commit known | dispatch the build with it as the re-use candidate |
-//! | running, S dispatched, no outcome yet   | nothing (wait for the worker)             |
+//! | running, S dispatched, no outcome yet   | wake me at its deadline                   |
+//! | … past the deadline (+ backoff), attempts left | dispatch `RunStep(S)` again, next attempt |
+//! | … past the deadline, last attempt       | `StepFailed(S)` naming the queue          |
 //! | every pipeline step passed, no switch   | `TrafficSwitchRequested` + `RouteChanged` on the routes stream |
 //! | switch requested, every router acknowledged | `TrafficSwitched`, `DeploymentSucceeded`, `DeploymentFinished` (environment), `RetireRelease` of the previous release |
 //! | switch requested, a router has not acknowledged, before the deadline | wake me at the deadline |
@@ -63,6 +65,22 @@ pub struct EnvironmentView {
     /// An image built from the same commit by a successful deployment of
     /// the project (or its mirror original); loaded before the build.
     pub reusable_image: Option<ImageSource>,
+    /// Attempts per step and the pause before the next one.
+    pub retries: Retries,
+}
+
+/// How often a step whose outcome does not arrive by its deadline is
+/// dispatched again, and how long to pause first (doubling each time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    pub max_attempts: u32,
+    pub backoff: chrono::Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries { max_attempts: 3, backoff: chrono::Duration::seconds(5) }
+    }
 }
 
 impl Default for EnvironmentView {
@@ -75,6 +93,7 @@ impl Default for EnvironmentView {
             switch_timeout: chrono::Duration::seconds(15),
             now: DateTime::UNIX_EPOCH,
             reusable_image: None,
+            retries: Retries::default(),
         }
     }
 }
@@ -87,7 +106,7 @@ pub fn decide(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
         Status::Running => match d.next_step() {
             None if d.context.dry_run => succeeded(d, env),
             None => cutover(d, env),
-            Some(step) if already_dispatched(d, step) => vec![],
+            Some(step) if already_dispatched(d, step) => overdue(d, step, env),
             Some(_) if d.dispatched.is_none() && !env.may_start => vec![],
             Some(step) => match rollback_reuse(d, step) {
                 Some(outcome) => vec![Decision::Record(outcome)],
@@ -187,6 +206,35 @@ fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
     } else {
         vec![Decision::WakeAt(switch.deadline)]
     }
+}
+
+/// A dispatched step without an outcome: wait for its deadline; past it,
+/// after a pause that doubles per attempt, dispatch it again; after the
+/// last attempt, fail it. A late outcome of an earlier attempt still counts
+/// (outcomes are idempotent and a second one changes nothing).
+fn overdue(d: &Deployment, step: Step, env: &EnvironmentView) -> Vec<Decision> {
+    let (Some(deadline), Some((_, attempt, _))) = (d.dispatch_deadline, d.dispatched) else { return vec![] };
+    if env.now < deadline {
+        return vec![Decision::WakeAt(deadline)];
+    }
+    if attempt >= env.retries.max_attempts {
+        let reason = format!(
+            "no worker reported an outcome of {step} by {} (attempt {attempt} of {}); is a worker serving {}?",
+            deadline.format("%H:%M:%S UTC"),
+            env.retries.max_attempts,
+            step.queue()
+        );
+        return vec![Decision::Record(fail(step, reason))];
+    }
+    let pause = env.retries.backoff * 2i32.saturating_pow(attempt.saturating_sub(1));
+    if env.now < deadline + pause {
+        return vec![Decision::WakeAt(deadline + pause)];
+    }
+    let mut context = d.context.clone();
+    if step == Step::Build {
+        context.reuse = env.reusable_image.clone();
+    }
+    vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: attempt + 1, context }))]
 }
 
 fn fail(step: Step, reason: String) -> Event {

@@ -26,6 +26,8 @@ pub struct Deployment {
     pub completed: Vec<Step>,
     /// The step dispatched last and its attempt, with the command id.
     pub dispatched: Option<(Step, u32, Uuid)>,
+    /// Until when the engine waits for that attempt's outcome.
+    pub dispatch_deadline: Option<DateTime<Utc>>,
     /// Containers this deployment created (removed again on failure).
     pub containers: Vec<String>,
     /// `DeploymentFailed` is recorded: the verdict after a `StepFailed`.
@@ -112,6 +114,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 },
                 completed: Vec::new(),
                 dispatched: None,
+                dispatch_deadline: None,
                 containers: Vec::new(),
                 failure_recorded: false,
                 switch: None,
@@ -129,7 +132,10 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
         // Cleanup facts may arrive after the end; nothing else may.
         Event::ContainersRemoved(r) => d.containers.retain(|c| !r.containers.contains(c)),
         _ if finished => return Err(illegal(&Some(d), event)),
-        Event::StepDispatched(s) => d.dispatched = Some((s.step, s.attempt, s.command_id)),
+        Event::StepDispatched(s) => {
+            d.dispatched = Some((s.step, s.attempt, s.command_id));
+            d.dispatch_deadline = s.deadline;
+        }
         // A second outcome for a step already done (a redelivered command
         // that ran twice, a late failure of an earlier attempt) changes nothing.
         Event::StepFailed(f) if d.completed.contains(&f.step) => {}

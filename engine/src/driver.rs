@@ -20,7 +20,7 @@ use slipway_store::subscription::Subscription;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
 
-use crate::decider::{decide, Decision, EnvironmentView};
+use crate::decider::{decide, Decision, EnvironmentView, Retries};
 use crate::deployment::{fold, Deployment};
 use crate::load::{self, decode_all};
 
@@ -38,11 +38,31 @@ pub struct DriverOptions {
     pub drain_seconds: u64,
     /// How long a traffic switch waits for every registered router.
     pub switch_timeout: std::time::Duration,
+    /// How long the engine waits for a dispatched step's outcome before it
+    /// dispatches the step again (a lost command, a worker that died).
+    /// Longer than any step's own limits (health check, release commands).
+    pub step_timeout: std::time::Duration,
+    /// The same for builds, which take longest.
+    pub build_timeout: std::time::Duration,
+    pub retries: Retries,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        DriverOptions { drain_seconds: 30, switch_timeout: std::time::Duration::from_secs(15) }
+        DriverOptions {
+            drain_seconds: 30,
+            switch_timeout: std::time::Duration::from_secs(15),
+            step_timeout: std::time::Duration::from_secs(15 * 60),
+            build_timeout: std::time::Duration::from_secs(60 * 60),
+            retries: Retries::default(),
+        }
+    }
+}
+
+impl DriverOptions {
+    fn step_timeout(&self, step: Step) -> chrono::Duration {
+        let timeout = if step == Step::Build { self.build_timeout } else { self.step_timeout };
+        chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::days(1))
     }
 }
 
@@ -60,11 +80,11 @@ impl Driver {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
         tokio::pin!(shutdown);
         let mut sub = Subscription::start(self.store.clone(), ENGINE_CHECKPOINT).await?;
-        // Deployments waiting for a time (a switch's deadline). Kept in
-        // memory: at start, every deployment whose route moved last is
-        // looked at again, which re-arms its timer.
+        // Deployments waiting for a time (a step's or a switch's deadline).
+        // Kept in memory: at start, every running deployment is looked at
+        // again, which re-arms its timer.
         let mut timers: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-        let mut streams: BTreeSet<String> = self.switching_deployments().await?;
+        let mut streams: BTreeSet<String> = self.in_flight().await?;
         loop {
             for stream in std::mem::take(&mut streams) {
                 timers.remove(&stream);
@@ -117,17 +137,22 @@ impl Driver {
         }
     }
 
-    /// The deployments the routes stream last moved traffic to, one per
-    /// environment: those whose switch may still be waiting for routers.
-    async fn switching_deployments(&self) -> Result<BTreeSet<String>, StoreError> {
-        match load::routes(&*self.store).await {
-            Ok(routes) => Ok(routes.by_environment.values().filter_map(|r| r.deployment).map(deployment_stream).collect()),
-            Err(DriverError::Store(e)) => Err(e),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the routes stream");
-                Ok(BTreeSet::new())
+    /// Deployments that may wait for a deadline: the head of every
+    /// environment's queue (a step's outcome, a switch). Looking at them
+    /// once at start re-arms their timers; the rest is driven by events.
+    async fn in_flight(&self) -> Result<BTreeSet<String>, StoreError> {
+        let mut streams = BTreeSet::new();
+        for name in crate::requests::project_names(&*self.store).await? {
+            let Some(project) = crate::requests::load_project(&*self.store, &name).await? else { continue };
+            for env in project.environments.keys() {
+                match load::environment(&*self.store, &name, env).await {
+                    Ok(e) => streams.extend(e.queue.first().map(|d| deployment_stream(*d))),
+                    Err(DriverError::Store(e)) => return Err(e),
+                    Err(e) => tracing::error!(project = %name, %env, error = %e, "cannot read environment"),
+                }
             }
         }
+        Ok(streams)
     }
 
     /// Decides and records what comes next for one deployment stream.
@@ -158,6 +183,7 @@ impl Driver {
                     .unwrap_or(chrono::Duration::seconds(15)),
                 now: Utc::now(),
                 reusable_image,
+                retries: self.options.retries,
             };
             let mut decisions = decide(&state, &view);
             let wake = decisions.iter().find_map(|d| match d {
@@ -242,6 +268,7 @@ impl Driver {
                             step: run.step,
                             command_id: envelope.id,
                             attempt: run.attempt,
+                            deadline: Some(now + self.options.step_timeout(run.step)),
                         });
                         events.extend(Envelope::new(Uuid::now_v7(), now, stream, &dispatched, meta()).ok());
                     }

@@ -31,7 +31,7 @@ fn requested() -> Event {
 }
 
 fn dispatched(step: Step) -> Event {
-    Event::StepDispatched(StepDispatched { step, command_id: Uuid::from_u128(step as u128 + 100), attempt: 1 })
+    Event::StepDispatched(StepDispatched { step, command_id: Uuid::from_u128(step as u128 + 100), attempt: 1, deadline: None })
 }
 
 fn outcome(step: Step) -> Event {
@@ -122,6 +122,7 @@ fn view() -> EnvironmentView {
         switch_timeout: chrono::Duration::seconds(10),
         now: t(0),
         reusable_image: None,
+        retries: Default::default(),
     }
 }
 
@@ -403,4 +404,37 @@ fn a_promotion_reuses_checkout_and_image_but_runs_the_release_commands() {
     h.push(dispatched(Step::Deploy));
     h.push(outcome(Step::Deploy));
     check(&h, &["dispatch release"]);
+}
+
+#[test]
+fn a_step_without_an_outcome_by_its_deadline_is_dispatched_again_after_a_pause_then_failed() {
+    let attempt = |n: u32, deadline: i64| {
+        Event::StepDispatched(StepDispatched {
+            step: Step::Checkout,
+            command_id: Uuid::from_u128(500 + n as u128),
+            attempt: n,
+            deadline: Some(t(deadline)),
+        })
+    };
+    let mut h = happy_path()[..3].to_vec(); // requested, services checked
+    h.push(attempt(1, 60));
+    let at = |now: i64| EnvironmentView { now: t(now), ..view() };
+    check_with(&h, &at(59), &["wake at 60"]);
+    // Past the deadline: a 5 s pause (the default backoff), then attempt 2.
+    check_with(&h, &at(60), &["wake at 65"]);
+    let state = fold(h.iter()).unwrap().unwrap();
+    let decisions = decide(&state, &at(65));
+    let [Decision::Dispatch(Command::RunStep(run))] = decisions.as_slice() else { panic!("{decisions:?}") };
+    assert_eq!((run.step, run.attempt), (Step::Checkout, 2));
+    h.push(attempt(2, 130));
+    check_with(&h, &at(131), &["wake at 140"], );
+    h.push(attempt(3, 200));
+    check_with(&h, &at(200), &["record StepFailed"]);
+    let state = fold(h.iter()).unwrap().unwrap();
+    let Decision::Record(Event::StepFailed(f)) = &decide(&state, &at(200))[0] else { panic!() };
+    assert!(f.reason.contains("attempt 3 of 3") && f.reason.contains("slipway.step.checkout"), "{}", f.reason);
+    // A late outcome of an earlier attempt still moves the deployment on.
+    let mut late = h[..h.len() - 1].to_vec();
+    late.push(outcome(Step::Checkout));
+    check_with(&late, &at(135), &["dispatch build"]);
 }

@@ -135,6 +135,10 @@ pub struct StepDispatched {
     pub step: Step,
     pub command_id: Uuid,
     pub attempt: u32,
+    /// When the engine stops waiting for this attempt's outcome and
+    /// dispatches the step again (or fails it after the last attempt).
+    #[serde(default)]
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

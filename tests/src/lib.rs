@@ -73,7 +73,7 @@ impl Harness {
 
     /// Starts with the queue wrapped by `wrap` (e.g. to duplicate deliveries).
     pub async fn start_with(backends: Backends, wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>) -> Harness {
-        Self::start_full(backends, wrap, DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10) }).await
+        Self::start_full(backends, wrap, DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10), ..Default::default() }).await
     }
 
     /// Starts with the engine's drain and switch timeout given.
@@ -81,7 +81,8 @@ impl Harness {
         Self::start_full(backends, |q| q, engine).await
     }
 
-    async fn start_full(
+    /// Starts with the queue wrapped by `wrap` and the engine's options given.
+    pub async fn start_full(
         backends: Backends,
         wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>,
         engine: DriverOptions,
@@ -467,5 +468,47 @@ impl Queue for Duplicating {
     }
     async fn delete(&self, queue: &str) -> Result<(), QueueError> {
         self.0.delete(queue).await
+    }
+}
+
+/// A queue that loses the first `n` messages published to one queue, as a
+/// broker or an in-process queue might when a process dies.
+pub struct Losing {
+    pub inner: Arc<dyn Queue>,
+    pub queue: String,
+    pub remaining: std::sync::atomic::AtomicUsize,
+}
+
+impl Losing {
+    pub fn new(inner: Arc<dyn Queue>, queue: String, n: usize) -> Losing {
+        Losing { inner, queue, remaining: std::sync::atomic::AtomicUsize::new(n) }
+    }
+}
+
+#[async_trait]
+impl Queue for Losing {
+    async fn declare(&self, queue: &str) -> Result<(), QueueError> {
+        self.inner.declare(queue).await
+    }
+    async fn publish(&self, messages: &[QueueMessage]) -> Result<(), QueueError> {
+        use std::sync::atomic::Ordering;
+        let kept: Vec<QueueMessage> = messages
+            .iter()
+            .filter(|m| {
+                !(m.queue.ends_with(&self.queue)
+                    && self.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok())
+            })
+            .cloned()
+            .collect();
+        self.inner.publish(&kept).await
+    }
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Box<dyn Consumer>, QueueError> {
+        self.inner.consume(queue, prefetch).await
+    }
+    async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.inner.take_dead_letters(queue, max).await
+    }
+    async fn delete(&self, queue: &str) -> Result<(), QueueError> {
+        self.inner.delete(queue).await
     }
 }

@@ -42,7 +42,7 @@ health_timeout = "2s"
 "#;
 
 fn engine(drain_seconds: u64, switch_timeout: Duration) -> DriverOptions {
-    DriverOptions { drain_seconds, switch_timeout }
+    DriverOptions { drain_seconds, switch_timeout, ..Default::default() }
 }
 
 /// The app answering `body`, with a CGI script `/cgi-bin/slow` that

@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> anyhow::Result<()> {
     let (stop, shutdown) = slipway_node::manual();
     let parts = Parts {
-        engine: Some(DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10) }),
+        engine: Some(DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10), ..Default::default() }),
         workers: Some((WorkerOptions { actor: "worker:bench".into(), ..Default::default() }, Arc::new(Instant))),
         ..Default::default()
     };
