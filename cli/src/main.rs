@@ -79,6 +79,9 @@ enum Command {
     Router(RouterArgs),
     /// The registered routers and the route version each has applied.
     Routers,
+    /// Worker processes from their heartbeats: alive, missing or stopped,
+    /// and the commands each is running.
+    Workers,
     /// Run step workers that compete for the step queues.
     Worker {
         /// Steps to serve, comma-separated (default: all).
@@ -299,7 +302,7 @@ pub(crate) fn hostname() -> String {
 }
 
 fn all_workers(actor: String) -> WorkerOptions {
-    WorkerOptions { steps: Step::ALL.to_vec(), prefetch: 4, actor }
+    WorkerOptions { steps: Step::ALL.to_vec(), prefetch: 4, actor, ..Default::default() }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -340,12 +343,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Routers => verbs::routers(&*store).await.map(|_| ExitCode::SUCCESS),
+        Command::Workers => verbs::workers(&*store).await.map(|_| ExitCode::SUCCESS),
         Command::Worker { steps, prefetch } => {
             let queue = connect::queue(&cli.queue).await?;
             let options = WorkerOptions {
                 steps: if steps.is_empty() { Step::ALL.to_vec() } else { steps },
                 prefetch,
                 actor: format!("worker:{}", hostname()),
+                ..Default::default()
             };
             let parts = Parts { workers: Some((options, machinery::pipeline(&data_dir))), ..Default::default() };
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;

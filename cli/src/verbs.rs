@@ -228,3 +228,27 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> anyho
     }
     Ok(())
 }
+
+/// Worker processes from their heartbeats: alive, missing (silent for three
+/// heartbeat intervals: killed, or cut off) or stopped, and what each is doing.
+pub async fn workers(store: &dyn EventStore) -> anyhow::Result<()> {
+    let workers = store.workers().await?;
+    if workers.is_empty() {
+        println!("no worker has reported yet");
+    }
+    let now = chrono::Utc::now();
+    let missing_after = chrono::Duration::from_std(slipway_workers::worker::HEARTBEAT * 3).unwrap_or_default();
+    for w in workers {
+        let silent = now - w.last_seen;
+        let state = if w.stopped {
+            "stopped".to_string()
+        } else if silent > missing_after {
+            format!("MISSING for {}s", silent.num_seconds())
+        } else {
+            "alive".to_string()
+        };
+        let doing = if w.busy.is_empty() { "idle".to_string() } else { w.busy.join("; ") };
+        println!("{}  {}  {state}  steps {}  since {}  {doing}", w.id, w.host, w.steps.join(","), w.started_at.format("%Y-%m-%d %H:%M:%S"));
+    }
+    Ok(())
+}

@@ -31,6 +31,35 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// A worker process as its last heartbeat described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerBeat {
+    pub id: String,
+    pub host: String,
+    /// The steps it serves.
+    pub steps: Vec<String>,
+    /// What it is doing: one entry per command in progress.
+    pub busy: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// It shut down cleanly.
+    pub stopped: bool,
+}
+
+/// A `workers` row as a `WorkerBeat` (both backends store the lists as JSON text).
+pub(crate) fn worker_beat(row: (String, String, String, String, DateTime<Utc>, DateTime<Utc>, bool)) -> WorkerBeat {
+    let (id, host, steps, busy, started_at, last_seen, stopped) = row;
+    WorkerBeat {
+        id,
+        host,
+        steps: serde_json::from_str(&steps).unwrap_or_default(),
+        busy: serde_json::from_str(&busy).unwrap_or_default(),
+        started_at,
+        last_seen,
+        stopped,
+    }
+}
+
 /// What the appender believes the stream's version is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpectedVersion {
@@ -174,6 +203,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Values by fingerprint; fingerprints without a value are left out.
     async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError>;
+
+    /// Records a worker process's heartbeat, replacing its previous one.
+    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError>;
+
+    /// Every worker process that ever beat, most recently seen first.
+    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
 
     /// This installation's secret key for setting fingerprints, created on first use.
     async fn installation_key(&self) -> Result<Vec<u8>, StoreError>;

@@ -15,6 +15,7 @@ pub mod subscription;
 
 pub use event_store::{
     Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError, StreamAppend,
+    WorkerBeat,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::chain::{ChainRow, GENESIS};
 use crate::event_store::{
     prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Outgoing, Position, RawEvent,
-    RecordedEvent, StoreError, StreamAppend,
+    RecordedEvent, StoreError, StreamAppend, WorkerBeat,
 };
 
 const BACKEND: &str = "postgres";
@@ -471,6 +471,34 @@ impl EventStore for PgStore {
                 reason: "the append was retried without remembered heads and still asked for a retry".into(),
             }),
         }
+    }
+
+    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workers (id, host, steps, busy, started_at, last_seen, stopped) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (id) DO UPDATE SET host = $2, steps = $3, busy = $4, started_at = $5, last_seen = $6, stopped = $7",
+        )
+        .bind(&beat.id)
+        .bind(&beat.host)
+        .bind(serde_json::to_string(&beat.steps).unwrap_or_default())
+        .bind(serde_json::to_string(&beat.busy).unwrap_or_default())
+        .bind(beat.started_at)
+        .bind(beat.last_seen)
+        .bind(beat.stopped)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording a worker heartbeat"))?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
+        type Row = (String, String, String, String, DateTime<Utc>, DateTime<Utc>, bool);
+        let rows: Vec<Row> =
+            sqlx::query_as("SELECT id, host, steps, busy, started_at, last_seen, stopped FROM workers ORDER BY last_seen DESC")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("reading workers"))?;
+        Ok(rows.into_iter().map(crate::event_store::worker_beat).collect())
     }
 
     async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {

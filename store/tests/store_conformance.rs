@@ -226,6 +226,24 @@ async fn setting_values_are_kept_by_fingerprint(store: DynStore) {
     assert_eq!(got[&f], "v1");
 }
 
+async fn worker_heartbeats_replace_each_other(store: DynStore) {
+    let t = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+    let beat = |id: &str, seen: i64, busy: &[&str], stopped: bool| slipway_store::WorkerBeat {
+        id: id.into(),
+        host: "h1".into(),
+        steps: vec!["build".into(), "deploy".into()],
+        busy: busy.iter().map(|b| b.to_string()).collect(),
+        started_at: t(0),
+        last_seen: t(seen),
+        stopped,
+    };
+    store.heartbeat(&beat("w1", 5, &["build of deployment x"], false)).await.unwrap();
+    store.heartbeat(&beat("w2", 6, &[], false)).await.unwrap();
+    store.heartbeat(&beat("w1", 10, &[], true)).await.unwrap();
+    let workers = store.workers().await.unwrap();
+    assert_eq!(workers, vec![beat("w1", 10, &[], true), beat("w2", 6, &[], false)], "one row per worker, newest first");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -265,4 +283,5 @@ conformance!(
     ids_are_unique_across_everything_read,
     multi_stream_appends_are_all_or_nothing,
     setting_values_are_kept_by_fingerprint,
+    worker_heartbeats_replace_each_other,
 );

@@ -27,13 +27,30 @@ pub struct WorkerOptions {
     pub prefetch: u16,
     /// Who the outcome events name as their actor.
     pub actor: String,
+    /// This process's id in the workers table (`slipway workers`).
+    pub id: String,
+    pub host: String,
 }
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { steps: Step::ALL.to_vec(), prefetch: 4, actor: "worker".into() }
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "local".into());
+        WorkerOptions {
+            steps: Step::ALL.to_vec(),
+            prefetch: 4,
+            actor: "worker".into(),
+            id: format!("{host}-{}-{}", std::process::id(), &Uuid::now_v7().simple().to_string()[26..]),
+            host,
+        }
     }
 }
+
+/// How often a worker records its heartbeat; `slipway workers` calls one
+/// silent for three intervals missing.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Commands in progress in this process, for the heartbeat.
+type Busy = Arc<std::sync::Mutex<std::collections::BTreeMap<Uuid, String>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -57,22 +74,66 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let mut tasks = JoinSet::new();
+    let busy: Busy = Arc::default();
     for step in &options.steps {
         let name = step.queue();
         queue.declare(&name).await?;
         let mut consumer = queue.consume(&name, options.prefetch).await?;
-        let (store, executor, actor) = (store.clone(), executor.clone(), options.actor.clone());
+        let (store, executor, actor, busy) = (store.clone(), executor.clone(), options.actor.clone(), busy.clone());
         tasks.spawn(async move {
             while let Some(delivery) = consumer.next().await {
-                if let Err(e) = handle(&*store, &*executor, &actor, delivery).await {
+                if let Err(e) = handle_tracked(&*store, &*executor, &actor, delivery, &busy).await {
                     tracing::warn!(error = %e, queue = %name, "delivery not settled; it will be redelivered");
                 }
             }
         });
     }
-    shutdown.await;
+    let started_at = Utc::now();
+    let beat = |stopped: bool| slipway_store::WorkerBeat {
+        id: options.id.clone(),
+        host: options.host.clone(),
+        steps: options.steps.iter().map(|s| s.to_string()).collect(),
+        busy: busy.lock().map(|b| b.values().cloned().collect()).unwrap_or_default(),
+        started_at,
+        last_seen: Utc::now(),
+        stopped,
+    };
+    tokio::pin!(shutdown);
+    loop {
+        if let Err(e) = store.heartbeat(&beat(false)).await {
+            tracing::warn!(error = %e, "could not record the worker heartbeat");
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    }
     tasks.shutdown().await;
+    if let Err(e) = store.heartbeat(&beat(true)).await {
+        tracing::warn!(error = %e, "could not record the worker's stop");
+    }
     Ok(())
+}
+
+/// `handle`, with the command listed as in progress while it runs.
+async fn handle_tracked(
+    store: &dyn EventStore,
+    executor: &dyn Executor,
+    actor: &str,
+    delivery: Delivery,
+    busy: &Busy,
+) -> Result<(), WorkerError> {
+    let what = Envelope::from_json(&delivery.message.body)
+        .ok()
+        .and_then(|e| e.decode::<Command>().ok().map(|c| (e.id, format!("{} of deployment {}", c.step(), deployment_of(&c)))));
+    if let (Some((id, what)), Ok(mut b)) = (&what, busy.lock()) {
+        b.insert(*id, what.clone());
+    }
+    let result = handle(store, executor, actor, delivery).await;
+    if let (Some((id, _)), Ok(mut b)) = (&what, busy.lock()) {
+        b.remove(id);
+    }
+    result
 }
 
 /// Handles one delivery to the end: settled one way or another, or left
