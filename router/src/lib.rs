@@ -7,5 +7,5 @@
 pub mod proxy;
 pub mod table;
 
-pub use proxy::{serve, serve_with, Fault, ProxyBody, ProxyError, RouteHandle, ServeOptions};
+pub use proxy::{serve, serve_threads, serve_with, Fault, ProxyError, RouteHandle, ServeOptions};
 pub use table::{normalize_host, Resolution, Route, RouteTable};

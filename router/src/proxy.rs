@@ -1,39 +1,49 @@
 //! The forwarding layer: accepts HTTP/1.1 connections, asks the route table
-//! where each request goes, and streams it to that upstream over a pool of
-//! keep-alive connections. It exists apart from `table.rs` so that the
+//! where each request goes, and streams it to that upstream over a
+//! kept-alive connection. It exists apart from `table.rs` so that the
 //! routing decisions stay pure and tested without sockets, while this file
-//! owns only what needs them: sockets, the upstream pool, header rewriting,
-//! protocol upgrades (WebSocket) and graceful shutdown.
+//! owns only what needs them: sockets, upstream connections, header
+//! rewriting, protocol upgrades (WebSocket) and graceful shutdown.
 //!
 //! Routes change by swapping a whole [`RouteTable`] ([`RouteHandle::replace`]);
 //! each request reads the table once, when it starts, so it is served wholly
 //! by the table it started with.
+//!
+//! Upstream connections are hyper's low-level HTTP/1.1 client connections,
+//! driven from the task of the client connection that uses them: a client
+//! connection's requests come one after another, so it keeps its upstream
+//! connection between them ([`Held`]) and only goes to the shared pool when
+//! it has none for that upstream, or gives its connections back when it
+//! closes. A request thus never leaves its task or thread, takes no shared
+//! lock, and spawns nothing. (hyper-util's pooled `Client` was the first
+//! version: a task per upstream connection and a shared pool per request
+//! cost more CPU per request.)
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper::http::uri::{PathAndQuery, Uri};
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::table::{Resolution, RouteTable};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// a short text of its own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// A shared, atomically replaceable route table. Cloning is cheap; every
 /// clone sees the same table. Reading it takes no lock.
@@ -148,8 +158,68 @@ impl ProxyError {
 
 /// Serves the proxy on `listener` with the default [`ServeOptions`] until
 /// `shutdown` completes.
-pub async fn serve(listener: TcpListener, routes: RouteHandle, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    routes: RouteHandle,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     serve_with(listener, routes, ServeOptions::default(), shutdown).await
+}
+
+/// Serves the proxy on `threads` threads of its own, each running
+/// [`serve_with`] on a single-threaded tokio runtime and accepting from the
+/// same listening socket, until `shutdown` completes; then shuts each down
+/// as `serve_with` does and returns. This is nginx's model of workers that
+/// share nothing but the socket: a request's work (client side, upstream
+/// connection, response body) stays on one thread, where on a multi-thread
+/// runtime tokio's one I/O driver hands it between threads. Measured with
+/// `slipway-bench-router --router-runtime threads|multi`: more requests per
+/// second and less CPU per request than `serve` on a multi-thread runtime.
+pub async fn serve_threads(
+    listener: TcpListener,
+    routes: RouteHandle,
+    options: ServeOptions,
+    threads: usize,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let mut workers = Vec::new();
+    for i in 0..threads.max(1) {
+        let listener = listener.try_clone()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (routes, options) = (routes.clone(), options.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (done, finished) = oneshot::channel::<std::io::Result<()>>();
+        std::thread::Builder::new().name(format!("router-{i}")).spawn(move || {
+            let result = runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                serve_with(listener, routes, options, async {
+                    let _ = stopped.await;
+                })
+                .await
+            });
+            let _ = done.send(result);
+        })?;
+        workers.push((stop, finished));
+    }
+    drop(listener);
+    shutdown.await;
+    let finished: Vec<_> = workers
+        .into_iter()
+        .map(|(stop, finished)| {
+            let _ = stop.send(());
+            finished
+        })
+        .collect();
+    let mut result = Ok(());
+    for finished in finished {
+        match finished.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(std::io::Error::other("a router thread panicked")),
+        }
+    }
+    result
 }
 
 /// Serves the proxy on `listener` until `shutdown` completes; then stops
@@ -161,14 +231,16 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    // Connections hold `drain` receivers: a change asks them to finish, and
-    // the sender sees when the last is gone. Dropping `force` closes
-    // whatever is left, upgraded tunnels included.
-    let (drain_tx, drain_rx) = watch::channel(false);
+    // Each connection task holds a `live` receiver (never polled: the
+    // sender sees when the last is gone) and a oneshot that asks it to
+    // finish. Dropping `force` closes whatever is left, upgraded tunnels
+    // included.
+    let (live_tx, live_rx) = watch::channel(());
     let (force_tx, force_rx) = watch::channel(());
     let shared = Arc::new(Shared::new(routes, &options, force_rx));
+    let open = Arc::new(Mutex::new(Open::default()));
     let mut shutdown = std::pin::pin!(shutdown);
-    let connections = AtomicUsize::new(0);
+    let mut seed = 0usize;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -185,18 +257,18 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let seed = connections.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(connection(shared.clone(), stream, peer, seed, drain_rx.clone()));
+        seed = seed.wrapping_add(1);
+        let drain = Open::register(&open, live_rx.clone());
+        tokio::spawn(connection(shared.clone(), stream, peer, seed, drain));
     }
     drop(listener);
-    drop(drain_rx);
-    let _ = drain_tx.send(true);
-    let open = drain_tx.receiver_count();
-    if open > 0 {
-        tracing::debug!(open, "router: draining connections");
-        if tokio::time::timeout(options.drain_timeout, drain_tx.closed()).await.is_err() {
+    drop(live_rx);
+    let asked = Open::drain_all(&open);
+    if asked > 0 {
+        tracing::debug!(open = asked, "router: draining connections");
+        if tokio::time::timeout(options.drain_timeout, live_tx.closed()).await.is_err() {
             tracing::warn!(
-                open = drain_tx.receiver_count(),
+                open = live_tx.receiver_count(),
                 "router: connections still busy after the drain timeout; closing them"
             );
         }
@@ -205,42 +277,297 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// The client connections being served, so that shutdown can ask each to
+/// finish. Locked when a connection opens or closes, never per request.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    connections: HashMap<u64, oneshot::Sender<()>>,
+}
+
+impl Open {
+    fn register(open: &Arc<Mutex<Open>>, live: watch::Receiver<()>) -> Drain {
+        let (ask, asked) = oneshot::channel();
+        let mut guard = open.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = guard.next;
+        guard.next += 1;
+        guard.connections.insert(id, ask);
+        Drain { asked, id, open: open.clone(), _live: live }
+    }
+
+    /// Asks every open connection to finish; returns how many there were.
+    fn drain_all(open: &Mutex<Open>) -> usize {
+        let asks: Vec<_> = open.lock().unwrap_or_else(PoisonError::into_inner).connections.drain().collect();
+        let count = asks.len();
+        for (_, ask) in asks {
+            let _ = ask.send(());
+        }
+        count
+    }
+}
+
+/// A connection's part of shutdown: the request to finish, and its entry in
+/// [`Open`], removed when the connection ends.
+struct Drain {
+    asked: oneshot::Receiver<()>,
+    id: u64,
+    open: Arc<Mutex<Open>>,
+    _live: watch::Receiver<()>,
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).connections.remove(&self.id);
+    }
+}
+
 /// What every connection of one `serve` shares.
 struct Shared {
     routes: RouteHandle,
-    client: Client<HttpConnector, Incoming>,
     http: hyper::server::conn::http1::Builder,
+    client: hyper::client::conn::http1::Builder,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// Idle upstream connections that no client connection holds, by
+    /// upstream. Locked when a client connection ends or needs an upstream
+    /// connection it does not hold, never for a request on a warm one.
+    pool: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     force: watch::Receiver<()>,
+}
+
+/// Idle upstream connections kept per upstream, like nginx's `keepalive`.
+const POOL_PER_UPSTREAM: usize = 256;
+/// Upstream connections one client connection keeps between its requests.
+const HELD_PER_CLIENT: usize = 4;
+
+struct Idle {
+    upstream: UpstreamConn,
+    since: Instant,
 }
 
 impl Shared {
     fn new(routes: RouteHandle, options: &ServeOptions, force: watch::Receiver<()>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(options.upstream_idle_timeout)
-            .pool_max_idle_per_host(1024)
-            // The application sees the Host the client sent.
-            .set_host(false)
-            .build(connector);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
-        Shared { routes, client, http, force }
+        Shared {
+            routes,
+            http,
+            client: hyper::client::conn::http1::Builder::new(),
+            connect_timeout: options.connect_timeout,
+            idle_timeout: options.upstream_idle_timeout,
+            pool: Mutex::new(HashMap::new()),
+            force,
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<UpstreamConn, String> {
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(format!("connecting failed: {e}")),
+            Err(_) => return Err(format!("no connection within {} ms", self.connect_timeout.as_millis())),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) =
+            self.client.handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP/1.1 handshake failed: {e}"))?;
+        Ok(UpstreamConn { addr, sender, conn: Box::pin(conn.with_upgrades()), done: false })
+    }
+
+    /// An idle pooled connection to `addr`, newest first (the likeliest to
+    /// be open still).
+    fn take_pooled(&self, addr: SocketAddr) -> Option<UpstreamConn> {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = pool.get_mut(&addr)?;
+        while let Some(Idle { upstream, since }) = idle.pop() {
+            if since.elapsed() < self.idle_timeout && upstream.reusable() {
+                return Some(upstream);
+            }
+        }
+        None
+    }
+
+    fn put_pooled(&self, upstreams: Vec<UpstreamConn>) {
+        let now = Instant::now();
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        // Expired connections go now, so an upstream no route names any
+        // more does not keep its connections open.
+        pool.retain(|_, idle| {
+            idle.retain(|i| now.duration_since(i.since) < self.idle_timeout);
+            !idle.is_empty()
+        });
+        for upstream in upstreams.into_iter().filter(UpstreamConn::reusable) {
+            let idle = pool.entry(upstream.addr).or_default();
+            if idle.len() >= POOL_PER_UPSTREAM {
+                idle.remove(0);
+            }
+            idle.push(Idle { upstream, since: now });
+        }
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, seed: usize, mut drain: watch::Receiver<bool>) {
+/// A client connection's upstream connections between its requests. The
+/// requests of one client connection come one after another, so a warm
+/// client connection keeps using the same upstream connection, driven from
+/// its own task: no other task, no shared pool, no lock held by anyone else.
+struct Held {
+    shared: Arc<Shared>,
+    upstreams: Mutex<Vec<UpstreamConn>>,
+}
+
+impl Held {
+    fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
+        let mut held = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(i) = held.iter().position(|u| u.addr == addr) {
+            let upstream = held.swap_remove(i);
+            if upstream.reusable() {
+                return Some(upstream);
+            }
+        }
+        drop(held);
+        self.shared.take_pooled(addr)
+    }
+
+    fn put(&self, upstream: UpstreamConn) {
+        if !upstream.reusable() {
+            return;
+        }
+        let mut held = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.len() >= HELD_PER_CLIENT {
+            let oldest = held.remove(0);
+            drop(held);
+            self.shared.put_pooled(vec![oldest]);
+            held = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
+        }
+        held.push(upstream);
+    }
+}
+
+impl Drop for Held {
+    /// The client connection is gone: its upstream connections serve others.
+    fn drop(&mut self) {
+        let held = std::mem::take(self.upstreams.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if !held.is_empty() {
+            self.shared.put_pooled(held);
+        }
+    }
+}
+
+/// One HTTP/1.1 connection to an upstream: the handle requests are sent on,
+/// and the connection future that does its I/O, polled by whichever request
+/// or response body is using it.
+struct UpstreamConn {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    conn: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
+    /// The connection future has completed: closed, failed or upgraded.
+    done: bool,
+}
+
+impl UpstreamConn {
+    fn reusable(&self) -> bool {
+        !self.done && !self.sender.is_closed()
+    }
+
+    /// Lets the connection do whatever I/O it can.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if self.done {
+            return;
+        }
+        if let Poll::Ready(result) = self.conn.as_mut().poll(cx) {
+            self.done = true;
+            if let Err(e) = result {
+                tracing::debug!(upstream = %self.addr, error = %e, "router: upstream connection failed");
+            }
+        }
+    }
+
+    /// Waits until the connection takes a request; `false` if it closed.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            self.sender.poll_ready(cx)
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>> {
+        let mut response = std::pin::pin!(self.sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+/// An upstream's response body on its way to the client. It drives the
+/// upstream connection while it streams, and once it has streamed whole it
+/// hands the connection back for the client connection's next request; a
+/// body dropped half-way closes the connection instead (its state is
+/// unknown).
+struct UpstreamBody {
+    inner: Incoming,
+    upstream: Option<(UpstreamConn, Arc<Held>)>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some((upstream, held)) = self.upstream.take() {
+            held.put(upstream);
+        }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some((upstream, _)) = &mut this.upstream {
+            upstream.drive(cx);
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.release();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, seed: usize, mut drain: Drain) {
     let _ = stream.set_nodelay(true);
     let force = shared.force.clone();
     let state = ConnState::new(shared.clone(), peer, seed);
     let service = hyper::service::service_fn(move |req| state.call(req));
     let conn = shared.http.serve_connection(TokioIo::new(stream), service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
+    // Polled on every wake-up of the connection: the oneshot's check is one
+    // atomic load.
     let finished = tokio::select! {
+        biased;
         result = conn.as_mut() => Some(result),
-        _ = drain.wait_for(|draining| *draining) => None,
+        _ = &mut drain.asked => None,
     };
     let result = match finished {
         Some(result) => result,
@@ -261,16 +588,13 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, se
 /// One client connection's part of the proxy: per-connection values are
 /// computed once here instead of once per request.
 struct ConnState {
-    shared: Arc<Shared>,
+    held: Arc<Held>,
     peer: SocketAddr,
     /// The client's address as an `X-Forwarded-For` entry.
     forwarded_for: HeaderValue,
     /// Round-robin position, seeded per connection so that short
     /// connections do not all start on the first upstream.
     pick: std::cell::Cell<usize>,
-    /// The last upstream's authority, so a run of requests to the same
-    /// upstream does not format and parse it again.
-    last_authority: std::cell::RefCell<Option<(SocketAddr, Authority)>>,
 }
 
 impl ConnState {
@@ -281,22 +605,25 @@ impl ConnState {
         };
         let forwarded_for = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         ConnState {
-            shared,
+            held: Arc::new(Held { shared, upstreams: Mutex::new(Vec::new()) }),
             peer,
             forwarded_for,
             pick: std::cell::Cell::new(seed),
-            last_authority: std::cell::RefCell::new(None),
         }
     }
 
     /// Routes and rewrites the request now (synchronously), and returns the
     /// future of the upstream's answer.
-    fn call(&self, req: Request<Incoming>) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let prepared = self.prepare(req);
         let peer = self.peer;
+        let held = self.held.clone();
         async move {
             let response = match prepared {
-                Ok(forward) => forward.send(peer).await,
+                Ok(forward) => forward.send(held, peer).await,
                 Err(e) => Err(e),
             };
             Ok(response.unwrap_or_else(|e| {
@@ -314,7 +641,7 @@ impl ConnState {
         let pick = self.pick.get();
         self.pick.set(pick.wrapping_add(1));
         let upstream = {
-            let table = self.shared.routes.table.load();
+            let table = self.held.shared.routes.table.load();
             let host_str = host.to_str().map_err(|_| ProxyError::BadHost)?;
             match table.resolve(Some(host_str), pick) {
                 Resolution::Upstream(upstream) => upstream,
@@ -327,17 +654,13 @@ impl ConnState {
             }
         };
 
-        let mut parts = hyper::http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority(upstream));
-        parts.path_and_query = Some(req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/")));
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::Upstream {
-            upstream,
-            host: lossy(&host),
-            reason: format!("no valid URI for it: {e}"),
-        })?;
+        // Upstreams get the origin form (`/path?query`), as from a client.
+        if req.uri().authority().is_some() {
+            let path = req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+        }
         // HTTP/1.1 to upstreams whatever the client spoke, so their
-        // connections stay pooled.
+        // connections are kept alive.
         *req.version_mut() = Version::HTTP_11;
 
         let upgrade = wants_upgrade(req.headers()).then(|| {
@@ -357,22 +680,8 @@ impl ConnState {
         // the application must see the host that was routed.
         headers.insert(header::HOST, host.clone());
 
-        let response = self.shared.client.request(req);
-        let upgrade = upgrade.map(|(client_side, _)| (client_side, self.shared.force.clone()));
-        Ok(Forward { response, upstream, host, upgrade })
-    }
-
-    fn authority(&self, upstream: SocketAddr) -> Authority {
-        let mut last = self.last_authority.borrow_mut();
-        if let Some((addr, authority)) = last.as_ref() {
-            if *addr == upstream {
-                return authority.clone();
-            }
-        }
-        // A socket address always formats as a valid authority.
-        let authority = Authority::try_from(upstream.to_string()).unwrap_or(Authority::from_static("invalid"));
-        *last = Some((upstream, authority.clone()));
-        authority
+        let upgrade = upgrade.map(|(client_side, _)| (client_side, self.held.shared.force.clone()));
+        Ok(Forward { req, upstream, host, upgrade })
     }
 }
 
@@ -384,7 +693,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 /// A request on its way to an upstream.
 struct Forward {
-    response: hyper_util::client::legacy::ResponseFuture,
+    req: Request<Incoming>,
     upstream: SocketAddr,
     host: HeaderValue,
     /// For an upgrade request: the client side of the connection once it is
@@ -392,40 +701,67 @@ struct Forward {
     upgrade: Option<(hyper::upgrade::OnUpgrade, watch::Receiver<()>)>,
 }
 
+/// Attempts on held or pooled connections that turn out closed before a
+/// request is sent on a new one.
+const STALE_ATTEMPTS: usize = 2;
+
 impl Forward {
-    async fn send(self, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
-        let Forward { response, upstream, host, upgrade } = self;
-        let mut response = response.await.map_err(|e| {
-            let reason = error_chain(&e);
-            let host = lossy(&host);
-            if e.is_connect() {
+    async fn send(self, held: Arc<Held>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
+        let Forward { mut req, upstream: addr, host, upgrade } = self;
+        let failed = |reason: String, connect: bool| {
+            let (upstream, host) = (addr, lossy(&host));
+            if connect {
                 ProxyError::UpstreamConnect { upstream, host, reason }
             } else {
                 ProxyError::Upstream { upstream, host, reason }
             }
-        })?;
-        tracing::debug!(%peer, %upstream, status = response.status().as_u16(), "router: proxied");
+        };
+        let mut stale = 0;
+        let (mut response, upstream) = loop {
+            let reused = if stale < STALE_ATTEMPTS { held.take(addr) } else { None };
+            let fresh = reused.is_none();
+            let mut upstream = match reused {
+                Some(upstream) => upstream,
+                None => held.shared.connect(addr).await.map_err(|reason| failed(reason, true))?,
+            };
+            if !upstream.ready().await {
+                if fresh {
+                    return Err(failed("it closed the connection at once".into(), true));
+                }
+                stale += 1;
+                continue;
+            }
+            match upstream.send(req).await {
+                Ok(response) => break (response, upstream),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: a kept-alive connection the upstream had
+                    // closed. Safe to send again, whatever the method.
+                    Some(unsent) if !fresh => {
+                        req = unsent;
+                        stale += 1;
+                    }
+                    _ => return Err(failed(error_chain(&e.into_error()), false)),
+                },
+            }
+        };
+        tracing::debug!(%peer, upstream = %addr, status = response.status().as_u16(), "router: proxied");
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some((client_side, force)) = upgrade else {
-                return Err(ProxyError::Upstream {
-                    upstream,
-                    host: lossy(&host),
-                    reason: "it switched protocols though the client did not ask to".into(),
-                });
+                return Err(failed("it switched protocols though the client did not ask to".into(), false));
             };
             let protocol = response.headers().get(header::UPGRADE).cloned();
             let upstream_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_side, upstream_side, force, peer, upstream));
+            tokio::spawn(tunnel(client_side, upstream_side, upstream, force, peer));
             let headers = response.headers_mut();
             strip_hop_by_hop(headers);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             if let Some(protocol) = protocol {
                 headers.insert(header::UPGRADE, protocol);
             }
-        } else {
-            strip_hop_by_hop(response.headers_mut());
+            return Ok(response.map(|inner| Either::Left(UpstreamBody { inner, upstream: None })));
         }
-        Ok(response.map(Either::Left))
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response.map(|inner| Either::Left(UpstreamBody { inner, upstream: Some((upstream, held)) })))
     }
 }
 
@@ -433,20 +769,32 @@ impl Forward {
 /// upgraded upstream connection until either closes or the server stops.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream_side: hyper::upgrade::OnUpgrade,
+    mut upstream: UpstreamConn,
     mut force: watch::Receiver<()>,
     peer: SocketAddr,
-    upstream_addr: SocketAddr,
 ) {
+    let addr = upstream.addr;
     let copy = async {
-        let (client, upstream) = tokio::try_join!(client, upstream)?;
+        // The upstream side is handed over when its connection future
+        // completes on the 101.
+        std::future::poll_fn(|cx| {
+            upstream.drive(cx);
+            if upstream.done {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        let (client, upstream) = tokio::try_join!(client, upstream_side)?;
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
         tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     };
     tokio::select! {
         result = copy => if let Err(e) = result {
-            tracing::debug!(%peer, upstream = %upstream_addr, error = %e, "router: upgraded connection ended with an error");
+            tracing::debug!(%peer, upstream = %addr, error = %e, "router: upgraded connection ended with an error");
         },
         _ = force.changed() => {}
     }
@@ -544,19 +892,16 @@ fn lossy(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
-/// An error and its causes, `a: b: c`, without the client's generic
-/// outermost "client error (Connect)".
-fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
-    let mut parts = Vec::new();
+/// An error and its causes: `a: b: c`.
+fn error_chain(e: &hyper::Error) -> String {
+    let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
-        parts.push(cause.to_string());
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
         source = cause.source();
     }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    parts.join(": ")
+    text
 }
 
 #[cfg(test)]
@@ -608,7 +953,10 @@ mod tests {
     fn errors_say_whose_fault_and_whether_retrying_is_safe() {
         let upstream = SocketAddr::from(([127, 0, 0, 1], 9));
         let connect = ProxyError::UpstreamConnect { upstream, host: "a".into(), reason: "refused".into() };
-        assert_eq!((connect.status(), connect.fault(), connect.retry_safe()), (StatusCode::BAD_GATEWAY, Fault::Upstream, true));
+        assert_eq!(
+            (connect.status(), connect.fault(), connect.retry_safe()),
+            (StatusCode::BAD_GATEWAY, Fault::Upstream, true)
+        );
         let failed = ProxyError::Upstream { upstream, host: "a".into(), reason: "reset".into() };
         assert!(!failed.retry_safe());
         assert_eq!(ProxyError::UnknownHost("x".into()).to_string(), "no route for host \"x\"");

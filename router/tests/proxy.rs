@@ -333,3 +333,21 @@ async fn shutdown_closes_idle_connections_at_once() {
     tokio::time::timeout(Duration::from_secs(2), p.task).await.expect("serve did not return").unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn serve_threads_routes_and_shuts_down() {
+    let a = upstream("alpha").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = RouteHandle::new(table(&[("alpha.test", route(&[a.addr], 1))]));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(slipway_router::serve_threads(listener, routes, ServeOptions::default(), 2, async {
+        let _ = stopped.await;
+    }));
+    for _ in 0..4 {
+        assert_eq!(get(addr, Some("alpha.test"), "/").await, (StatusCode::OK, "alpha".into()));
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), served).await.expect("serve_threads did not return").unwrap().unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+}
