@@ -32,7 +32,8 @@ use slipway_router::{Route, RouteHandle, RouteTable};
 /// The Host header wrk sends, routed by Slipway's router.
 const HOST: &str = "bench.localhost";
 /// The upstream's whole answer: 100 bytes.
-const BODY: &[u8; 100] = b"slipway-bench-router upstream: a fixed body of one hundred bytes, the same for every request.......\n";
+const BODY: &[u8; 100] =
+    b"slipway-bench-router upstream: a fixed body of one hundred bytes, the same for every request.......\n";
 
 #[derive(Parser)]
 #[command(about = "Slipway's router vs nginx as a keep-alive reverse proxy, side by side, driven by wrk on 127.0.0.1")]
@@ -50,7 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     wrk_threads: usize,
     /// How the router's tokio runtime is laid out.
-    #[arg(long, value_enum, default_value_t = Layout::Multi)]
+    #[arg(long, value_enum, default_value_t = Layout::Threads)]
     router_runtime: Layout,
     /// Threads of the router's runtime (of each kind of layout).
     #[arg(long, default_value_t = 2)]
@@ -58,17 +59,20 @@ struct Args {
     /// Threads of the upstream's runtime (multi-thread).
     #[arg(long, default_value_t = 2)]
     upstream_threads: usize,
+    /// Drive only this configuration (to profile one side); no ratios.
+    #[arg(long, value_enum)]
+    only: Option<Config>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Layout {
-    /// One multi-thread runtime with --router-threads workers and one `serve`.
+    /// `slipway_router::serve_threads`: --router-threads threads, each with a
+    /// current-thread runtime, sharing the listening socket.
+    Threads,
+    /// `serve` on one multi-thread runtime with --router-threads workers.
     Multi,
-    /// One current-thread runtime (one core at most).
+    /// `serve` on one current-thread runtime (one core at most).
     Current,
-    /// --router-threads current-thread runtimes, each running `serve` on the
-    /// same listening socket (nginx's model: workers that share nothing).
-    PerThread,
 }
 
 fn main() -> ExitCode {
@@ -91,9 +95,12 @@ struct Measure {
     /// The proxy's CPU time (user + system, all its threads or processes)
     /// per request: what it costs, whatever the contention.
     cpu_us: f64,
+    /// The upstream's CPU time per request, to see what a proxy costs the
+    /// upstream (it should be the same behind either).
+    upstream_cpu_us: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Config {
     Direct,
     Nginx,
@@ -101,8 +108,6 @@ enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 3] = [Config::Direct, Config::Nginx, Config::Router];
-
     fn name(self) -> &'static str {
         match self {
             Config::Direct => "direct (no proxy)",
@@ -124,25 +129,31 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let nginx = Nginx::start(tmp.path(), upstream.addr)?;
 
-    let targets = [(Config::Direct, upstream.addr), (Config::Nginx, nginx.addr), (Config::Router, router.addr)];
+    let targets: Vec<(Config, SocketAddr)> =
+        [(Config::Direct, upstream.addr), (Config::Nginx, nginx.addr), (Config::Router, router.addr)]
+            .into_iter()
+            .filter(|(config, _)| args.only.is_none_or(|only| only == *config))
+            .collect();
     print_header(args, &wrk_version, &nginx_version);
 
     // Warm-up, not counted: connection pools, page cache, CPU frequency.
-    for (config, addr) in targets {
+    for &(config, addr) in &targets {
         wrk(args, addr, 1).with_context(|| format!("warming up {}", config.name()))?;
     }
-    let mut measured: Vec<(Config, Vec<Measure>)> = Config::ALL.iter().map(|&c| (c, Vec::new())).collect();
+    let mut measured: Vec<(Config, Vec<Measure>)> = targets.iter().map(|&(c, _)| (c, Vec::new())).collect();
     for round in 1..=args.rounds {
         let mut line = format!("round {round}:");
         for (i, (config, addr)) in targets.iter().enumerate() {
             let cpu = || match config {
                 Config::Direct => Ok(0.0),
                 Config::Nginx => nginx.cpu_seconds(),
-                Config::Router => router_cpu_seconds(),
+                Config::Router => threads_cpu_seconds("router"),
             };
-            let before = cpu()?;
+            let (before, upstream_before) = (cpu()?, threads_cpu_seconds("upstream")?);
             let mut m = wrk(args, *addr, args.seconds).with_context(|| format!("measuring {}", config.name()))?;
-            m.cpu_us = (cpu()? - before) / (m.rps * args.seconds as f64) * 1e6;
+            let requests = m.rps * args.seconds as f64;
+            m.cpu_us = (cpu()? - before) / requests * 1e6;
+            m.upstream_cpu_us = (threads_cpu_seconds("upstream")? - upstream_before) / requests * 1e6;
             line.push_str(&format!("  {} {} req/s p99 {:.2} ms", config.name(), thousands(m.rps), m.p99_ms));
             measured[i].1.push(m);
         }
@@ -162,30 +173,35 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 p50_ms: median(|m| m.p50_ms),
                 p99_ms: median(|m| m.p99_ms),
                 cpu_us: median(|m| m.cpu_us),
+                upstream_cpu_us: median(|m| m.upstream_cpu_us),
             };
             (config, m)
         })
         .collect();
     let of = |c: Config| medians.iter().find(|(m, _)| *m == c).map(|(_, m)| *m);
-    let (Some(nginx), Some(router)) = (of(Config::Nginx), of(Config::Router)) else {
-        bail!("a configuration was not measured");
-    };
 
-    println!("\nconfig              req/s (median)   p50          p99          proxy CPU per request");
+    println!("\nconfig              req/s (median)   p50          p99          CPU per request: proxy   upstream");
     for (config, m) in &medians {
         let cpu = if *config == Config::Direct { "-".to_string() } else { format!("{:.1} us", m.cpu_us) };
         println!(
-            "{:<18}  {:>14}   {:>7.2} ms   {:>7.2} ms   {cpu:>8}",
+            "{:<18}  {:>14}   {:>7.2} ms   {:>7.2} ms   {cpu:>22}   {:>5.1} us",
             config.name(),
             thousands(m.rps),
             m.p50_ms,
-            m.p99_ms
+            m.p99_ms,
+            m.upstream_cpu_us,
         );
     }
+    let (Some(nginx), Some(router)) = (of(Config::Nginx), of(Config::Router)) else {
+        return Ok(());
+    };
     let throughput = router.rps / nginx.rps;
     let p99 = router.p99_ms / nginx.p99_ms;
     println!("\nwhat                  router/nginx   goal      met");
-    println!("throughput            {throughput:>12.2}   >= 1.00   {}", if throughput >= 1.0 { "PASS" } else { "MISS" });
+    println!(
+        "throughput            {throughput:>12.2}   >= 1.00   {}",
+        if throughput >= 1.0 { "PASS" } else { "MISS" }
+    );
     println!("p99 latency           {p99:>12.2}   <= 1.00   {}", if p99 <= 1.0 { "PASS" } else { "MISS" });
     println!(
         "\nnote: on this machine wrk, the proxy and the upstream share {} cores, so every figure includes that \
@@ -263,7 +279,9 @@ fn parse_wrk(text: &str) -> anyhow::Result<Measure> {
         }
     }
     match (rps, p50, p99) {
-        (Some(rps), Some(p50_ms), Some(p99_ms)) => Ok(Measure { rps, p50_ms, p99_ms, cpu_us: 0.0 }),
+        (Some(rps), Some(p50_ms), Some(p99_ms)) => {
+            Ok(Measure { rps, p50_ms, p99_ms, cpu_us: 0.0, upstream_cpu_us: 0.0 })
+        }
         _ => bail!("could not read Requests/sec and the 50%/99% latencies from wrk's output:\n{text}"),
     }
 }
@@ -312,7 +330,9 @@ impl Upstream {
                         let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
                         });
-                        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+                        tokio::spawn(
+                            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+                        );
                     }
                 };
                 tokio::select! {
@@ -330,11 +350,11 @@ impl Upstream {
     }
 }
 
-/// Slipway's router, routing `HOST` to the upstream, on its own runtime(s).
+/// Slipway's router, routing `HOST` to the upstream, on threads of its own.
 struct Router {
     addr: SocketAddr,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Router {
@@ -344,55 +364,49 @@ impl Router {
         let listener = StdListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let runtimes: Vec<(tokio::runtime::Runtime, StdListener)> = match layout {
+        // The threads that do the work are named `router*`, which is how
+        // their CPU time is found; `serve_threads` names its own so.
+        let (runtime, name) = match layout {
+            Layout::Threads => (tokio::runtime::Builder::new_current_thread().enable_all().build()?, "bench-control"),
             Layout::Multi => {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(threads.max(1))
                     .thread_name("router")
                     .enable_all()
                     .build()?;
-                vec![(rt, listener)]
+                (rt, "bench-control")
             }
-            Layout::Current => vec![(tokio::runtime::Builder::new_current_thread().enable_all().build()?, listener)],
-            Layout::PerThread => {
-                let mut v = Vec::new();
-                for _ in 0..threads.max(1) {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                    v.push((rt, listener.try_clone()?));
-                }
-                v
-            }
+            Layout::Current => (tokio::runtime::Builder::new_current_thread().enable_all().build()?, "router"),
         };
-        let (mut stops, mut handles) = (Vec::new(), Vec::new());
-        for (runtime, listener) in runtimes {
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let routes = routes.clone();
-            handles.push(std::thread::Builder::new().name("router".into()).spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => return eprintln!("router listener: {e}"),
-                    };
-                    let shutdown = async {
-                        let _ = stopped.await;
-                    };
-                    if let Err(e) = slipway_router::serve(listener, routes, shutdown).await {
-                        eprintln!("router stopped: {e}");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let served = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                match layout {
+                    Layout::Threads => {
+                        let options = slipway_router::ServeOptions::default();
+                        slipway_router::serve_threads(listener, routes, options, threads, shutdown).await
                     }
-                });
-            })?);
-            stops.push(stop);
-        }
-        Ok(Router { addr, stops, threads: handles })
+                    Layout::Multi => {
+                        // `serve` runs as a task so that the workers share it.
+                        tokio::spawn(slipway_router::serve(listener, routes, shutdown)).await?
+                    }
+                    Layout::Current => slipway_router::serve(listener, routes, shutdown).await,
+                }
+            });
+            if let Err(e) = served {
+                eprintln!("slipway-bench-router: the router stopped: {e}");
+            }
+        })?;
+        Ok(Router { addr, stop, thread })
     }
 
     fn stop(self) {
-        for stop in self.stops {
-            let _ = stop.send(());
-        }
-        for thread in self.threads {
-            let _ = thread.join();
-        }
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
     }
 }
 
@@ -496,12 +510,13 @@ impl Nginx {
     }
 }
 
-/// CPU seconds used so far by this process's threads named `router`.
-fn router_cpu_seconds() -> anyhow::Result<f64> {
+/// CPU seconds used so far by this process's threads whose name starts
+/// with `name`.
+fn threads_cpu_seconds(name: &str) -> anyhow::Result<f64> {
     let mut total = 0.0;
     for entry in std::fs::read_dir("/proc/self/task")? {
         let stat = std::fs::read_to_string(entry?.path().join("stat")).ok().and_then(|s| parse_stat(&s));
-        if let Some(stat) = stat.filter(|s| s.comm == "router") {
+        if let Some(stat) = stat.filter(|s| s.comm.starts_with(name)) {
             total += stat.cpu_seconds;
         }
     }
