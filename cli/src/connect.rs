@@ -7,11 +7,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::queue::memory::MemoryQueue;
+use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
 use slipway_store::queue::Queue;
 use slipway_store::{EventStore, PgStore, SqliteStore};
 
-pub async fn store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
+/// `schema` keeps a PostgreSQL store's tables in their own schema.
+pub async fn store(url: &str, schema: Option<&str>) -> anyhow::Result<Arc<dyn EventStore>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         let path = Path::new(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -21,7 +23,8 @@ pub async fn store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PgStore::connect(url, PgOptions::default())
+        let options = PgOptions { schema: schema.map(str::to_string), ..Default::default() };
+        let store = PgStore::connect(url, options)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
         return Ok(Arc::new(store));
@@ -29,7 +32,8 @@ pub async fn store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
     bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
 }
 
-pub async fn queue(url: &str) -> anyhow::Result<Arc<dyn Queue>> {
+/// `namespace` prefixes RabbitMQ queue names.
+pub async fn queue(url: &str, namespace: Option<&str>) -> anyhow::Result<Arc<dyn Queue>> {
     if url == "memory" {
         return Ok(Arc::new(MemoryQueue::default()));
     }
@@ -37,7 +41,10 @@ pub async fn queue(url: &str) -> anyhow::Result<Arc<dyn Queue>> {
         let queue = RabbitQueue::connect(url, RabbitOptions::default())
             .await
             .with_context(|| format!("connecting to RabbitMQ at {}", redact_url(url)))?;
-        return Ok(Arc::new(queue));
+        return Ok(match namespace {
+            Some(ns) => Arc::new(Namespaced::new(Arc::new(queue), ns.to_string())),
+            None => Arc::new(queue),
+        });
     }
     bail!("--queue `{}`: expected `memory` or amqp://USER:PASSWORD@HOST:PORT/VHOST", redact_url(url))
 }

@@ -43,6 +43,12 @@ struct Cli {
     /// The command queue: `memory` (in-process, embedded default) or amqp://USER:PASSWORD@HOST:PORT/VHOST.
     #[arg(long, global = true, env = "SLIPWAY_QUEUE", default_value = "memory")]
     queue: String,
+    /// PostgreSQL schema for Slipway's tables (several installations can share a database).
+    #[arg(long, global = true, env = "SLIPWAY_PG_SCHEMA")]
+    pg_schema: Option<String>,
+    /// Prefix for RabbitMQ queue names (several installations can share a vhost).
+    #[arg(long, global = true, env = "SLIPWAY_QUEUE_NAMESPACE")]
+    queue_namespace: Option<String>,
     /// Where workers keep checkouts and build/release logs.
     #[arg(long, global = true, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
     data_dir: PathBuf,
@@ -306,16 +312,16 @@ fn all_workers(actor: String) -> WorkerOptions {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let store = connect::store(&cli.database).await?;
+    let store = connect::store(&cli.database, cli.pg_schema.as_deref()).await?;
     let data_dir = cli.data_dir.clone();
     let embedded = cli.queue == "memory";
     match cli.command {
         Command::Demo { timeout } => {
-            let queue = connect::queue(&cli.queue).await?;
+            let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             demo(store, queue, &data_dir, Duration::from_secs(timeout)).await
         }
         Command::AllInOne { serve, router, no_router } => {
-            let queue = connect::queue(&cli.queue).await?;
+            let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let router = match no_router {
                 true => None,
                 false => Some(machinery::router(router.router_listen, router.router_id, router.domain).await?),
@@ -330,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Server(args) => {
-            let queue = connect::queue(&cli.queue).await?;
+            let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let parts = Parts { engine: Some(args.driver()), ..Default::default() };
             machinery::serve(store, queue, parts, Some(args.listen), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -345,7 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Routers => verbs::routers(&*store).await.map(|_| ExitCode::SUCCESS),
         Command::Workers => verbs::workers(&*store).await.map(|_| ExitCode::SUCCESS),
         Command::Worker { steps, prefetch } => {
-            let queue = connect::queue(&cli.queue).await?;
+            let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let options = WorkerOptions {
                 steps: if steps.is_empty() { Step::ALL.to_vec() } else { steps },
                 prefetch,
@@ -460,7 +466,8 @@ async fn start_embedded(
     if !embedded {
         return Ok(None);
     }
-    let queue = connect::queue(queue_url).await?;
+    // Only the in-process queue runs embedded: no namespace to apply.
+    let queue = connect::queue(queue_url, None).await?;
     let (stop, shutdown) = machinery::manual();
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: drain, ..Default::default() }),
