@@ -24,6 +24,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use hyper::http::uri::{PathAndQuery, Uri};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::table::{Resolution, RouteTable};
 
@@ -166,15 +167,20 @@ pub async fn serve(
     serve_with(listener, routes, ServeOptions::default(), shutdown).await
 }
 
-/// Serves the proxy on `threads` threads of its own, each running
-/// [`serve_with`] on a single-threaded tokio runtime and accepting from the
-/// same listening socket, until `shutdown` completes; then shuts each down
-/// as `serve_with` does and returns. This is nginx's model of workers that
-/// share nothing but the socket: a request's work (client side, upstream
-/// connection, response body) stays on one thread, where on a multi-thread
-/// runtime tokio's one I/O driver hands it between threads. Measured with
-/// `slipway-bench-router --router-runtime threads|multi`: more requests per
-/// second and less CPU per request than `serve` on a multi-thread runtime.
+/// Serves the proxy on `threads` threads of its own, each running the
+/// proxy on a single-threaded tokio runtime, until `shutdown` completes;
+/// then shuts each down as [`serve_with`] does and returns. This is nginx's
+/// model of workers that share nothing: a request's work (client side,
+/// upstream connection, response body) stays on one thread, where on a
+/// multi-thread runtime tokio's one I/O driver hands it between threads.
+/// Measured with `slipway-bench-router --router-runtime threads|multi`:
+/// more requests per second and less CPU per request than `serve` on a
+/// multi-thread runtime.
+///
+/// This task accepts the connections and hands each to the thread with the
+/// fewest open, so that a burst of connections (a load balancer's pool, a
+/// benchmark's) is spread evenly, which threads taking turns to accept from
+/// one socket do not do.
 pub async fn serve_threads(
     listener: TcpListener,
     routes: RouteHandle,
@@ -182,35 +188,55 @@ pub async fn serve_threads(
     threads: usize,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
+    struct Worker {
+        handoff: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+        open: Arc<AtomicUsize>,
+        finished: oneshot::Receiver<std::io::Result<()>>,
+    }
     let mut workers = Vec::new();
     for i in 0..threads.max(1) {
-        let listener = listener.try_clone()?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (routes, options) = (routes.clone(), options.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (done, finished) = oneshot::channel::<std::io::Result<()>>();
+        let (handoff, handed) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (done, finished) = oneshot::channel();
+        let source = Source::Handoff { handed, open: open.clone() };
         std::thread::Builder::new().name(format!("router-{i}")).spawn(move || {
-            let result = runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener)?;
-                serve_with(listener, routes, options, async {
-                    let _ = stopped.await;
-                })
-                .await
-            });
-            let _ = done.send(result);
+            let _ = done.send(runtime.block_on(run(source, routes, options, std::future::pending())));
         })?;
-        workers.push((stop, finished));
+        workers.push(Worker { handoff, open, finished });
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "router: accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Some(worker) = workers.iter().min_by_key(|w| w.open.load(Ordering::Relaxed)) else { break };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "router: handing a connection over failed");
+                continue;
+            }
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        if worker.handoff.send((stream, peer)).is_err() {
+            return Err(std::io::Error::other("a router thread stopped"));
+        }
     }
     drop(listener);
-    shutdown.await;
-    let finished: Vec<_> = workers
-        .into_iter()
-        .map(|(stop, finished)| {
-            let _ = stop.send(());
-            finished
-        })
-        .collect();
+    // A closed hand-off is each thread's shutdown signal.
+    let finished: Vec<_> = workers.into_iter().map(|w| w.finished).collect();
     let mut result = Ok(());
     for finished in finished {
         match finished.await {
@@ -222,11 +248,57 @@ pub async fn serve_threads(
     result
 }
 
+/// Where a proxy loop gets its client connections.
+enum Source {
+    Listener(TcpListener),
+    /// From [`serve_threads`]' accepting task; `open` counts the
+    /// connections this loop has open, for it to pick the least busy.
+    Handoff {
+        handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        open: Arc<AtomicUsize>,
+    },
+}
+
+impl Source {
+    /// The next connection; `None` when the hand-off has closed.
+    async fn next(&mut self) -> std::io::Result<Option<(TcpStream, SocketAddr)>> {
+        match self {
+            Source::Listener(listener) => listener.accept().await.map(Some),
+            Source::Handoff { handed, open } => match handed.recv().await {
+                Some((stream, peer)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => Ok(Some((stream, peer))),
+                    Err(e) => {
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        Err(e)
+                    }
+                },
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn open_count(&self) -> Option<Arc<AtomicUsize>> {
+        match self {
+            Source::Listener(_) => None,
+            Source::Handoff { open, .. } => Some(open.clone()),
+        }
+    }
+}
+
 /// Serves the proxy on `listener` until `shutdown` completes; then stops
 /// accepting, lets in-flight requests finish (up to
 /// `options.drain_timeout`), closes what is left and returns.
 pub async fn serve_with(
     listener: TcpListener,
+    routes: RouteHandle,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    run(Source::Listener(listener), routes, options, shutdown).await
+}
+
+async fn run(
+    mut source: Source,
     routes: RouteHandle,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
@@ -239,16 +311,18 @@ pub async fn serve_with(
     let (force_tx, force_rx) = watch::channel(());
     let shared = Arc::new(Shared::new(routes, &options, force_rx));
     let open = Arc::new(Mutex::new(Open::default()));
+    let count = source.open_count();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut seed = 0usize;
     loop {
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = source.next() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => break,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of
                 // spinning; the listener itself stays usable.
@@ -258,10 +332,10 @@ pub async fn serve_with(
             }
         };
         seed = seed.wrapping_add(1);
-        let drain = Open::register(&open, live_rx.clone());
+        let drain = Open::register(&open, live_rx.clone(), count.clone());
         tokio::spawn(connection(shared.clone(), stream, peer, seed, drain));
     }
-    drop(listener);
+    drop(source);
     drop(live_rx);
     let asked = Open::drain_all(&open);
     if asked > 0 {
@@ -286,13 +360,13 @@ struct Open {
 }
 
 impl Open {
-    fn register(open: &Arc<Mutex<Open>>, live: watch::Receiver<()>) -> Drain {
+    fn register(open: &Arc<Mutex<Open>>, live: watch::Receiver<()>, count: Option<Arc<AtomicUsize>>) -> Drain {
         let (ask, asked) = oneshot::channel();
         let mut guard = open.lock().unwrap_or_else(PoisonError::into_inner);
         let id = guard.next;
         guard.next += 1;
         guard.connections.insert(id, ask);
-        Drain { asked, id, open: open.clone(), _live: live }
+        Drain { asked, id, open: open.clone(), count, _live: live }
     }
 
     /// Asks every open connection to finish; returns how many there were.
@@ -312,11 +386,16 @@ struct Drain {
     asked: oneshot::Receiver<()>,
     id: u64,
     open: Arc<Mutex<Open>>,
+    /// The thread's count of open connections, for [`serve_threads`].
+    count: Option<Arc<AtomicUsize>>,
     _live: watch::Receiver<()>,
 }
 
 impl Drop for Drain {
     fn drop(&mut self) {
+        if let Some(count) = &self.count {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
         self.open.lock().unwrap_or_else(PoisonError::into_inner).connections.remove(&self.id);
     }
 }
