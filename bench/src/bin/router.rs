@@ -3,18 +3,27 @@
 //! drives three configurations on 127.0.0.1, interleaved round by round:
 //! straight to the upstream (what the machine does without a proxy), through
 //! nginx (an `upstream` block with `keepalive 64`, HTTP/1.1 to the upstream,
-//! the same `X-Forwarded-*` headers), and through `slipway_router::serve`
-//! (in this process, on its own runtime). The upstream is a small hyper
-//! server in this process, on its own runtime, answering a fixed 100-byte
-//! body. It prints each configuration's median requests/s, p50 and p99, and
-//! the router/nginx ratios against the goals: throughput >= 1.00x nginx, p99
-//! <= 1.00x nginx.
+//! the same `X-Forwarded-*` headers), and through Slipway's router in this
+//! process (by default `slipway_router::serve_threads` with 2 threads, as
+//! nginx has 2 workers here; `--router-runtime multi|current` runs `serve` on
+//! one tokio runtime instead). The upstream is a small hyper server in this
+//! process, on its own runtime, answering a fixed 100-byte body. It prints
+//! each configuration's median requests/s, p50 and p99, the CPU time the
+//! proxy and the upstream spent per request (read from /proc: what each
+//! costs, whatever the contention), and the router/nginx ratios against the
+//! goals: throughput >= 1.00x nginx, p99 <= 1.00x nginx.
 //!
 //! Run (needs `wrk` and `nginx`: `apt-get install -y wrk nginx`):
 //!
 //! ```text
 //! cargo run --release -p slipway-bench --bin slipway-bench-router -- --rounds 3 --seconds 5
 //! ```
+//!
+//! On a 2-core machine wrk, the proxy and the upstream compete for the same
+//! cores, and anything else running (a build) moves the figures by tens of
+//! percent from one run to the next; the interleaved rounds and medians
+//! make the two proxies' figures comparable within a run, and the CPU per
+//! request is the steadier figure across runs.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -222,7 +231,7 @@ fn print_header(args: &Args, wrk_version: &str, nginx_version: &str) {
     );
     println!(
         "sides:    upstream: hyper in-process, {}-byte body, {} threads; nginx: {nginx_version}, worker_processes auto, \
-         keepalive 64; router: {:?} runtime, {} threads; {wrk_version}\n",
+         keepalive 64; router: {:?} ({} threads); {wrk_version}\n",
         BODY.len(),
         args.upstream_threads,
         args.router_runtime,
