@@ -249,7 +249,7 @@ async fn check(store: &dyn EventStore, project: &str, id: Uuid, tally: &mut Tall
         (all.len() == mine.len()).then_some(())
     })
     .await;
-    let webs = containers_with_label(&format!("slipway.role=web")).into_iter().filter(|c| containers_with_label(&label).contains(c)).count();
+    let webs = containers_with_label("slipway.role=web").into_iter().filter(|c| containers_with_label(&label).contains(c)).count();
     if webs != 1 {
         tally.duplicate_effects += 1;
     }
