@@ -351,3 +351,48 @@ async fn serve_threads_routes_and_shuts_down() {
     tokio::time::timeout(Duration::from_secs(5), served).await.expect("serve_threads did not return").unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
 }
+
+/// An upstream that closes its connection after every response.
+async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("closing"))))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.keep_alive(false);
+            tokio::spawn(builder.serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_after_each_response_gets_a_new_connection_each_time() {
+    let (addr, accepted) = closing_upstream().await;
+    let p = proxy(table(&[("close.test", route(&[addr], 1))])).await;
+    let mut sender = connect(p.addr).await;
+    for _ in 0..3 {
+        assert_eq!(send(&mut sender, Some("close.test"), "/").await, (StatusCode::OK, "closing".into()));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_head_request_leaves_the_connections_usable() {
+    let a = upstream("alpha").await;
+    let p = proxy(table(&[("alpha.test", route(&[a.addr], 1))])).await;
+    let mut sender = connect(p.addr).await;
+    let head = Request::builder().method("HEAD").uri("/").header("host", "alpha.test").body(Full::new(Bytes::new()));
+    let res = sender.send_request(head.unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.into_body().collect().await.unwrap().to_bytes().is_empty());
+    assert_eq!(send(&mut sender, Some("alpha.test"), "/").await, (StatusCode::OK, "alpha".into()));
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 1, "the upstream connection was not reused after HEAD");
+}
