@@ -80,7 +80,9 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: Duration,
-    /// How long an idle upstream connection stays in the pool.
+    /// How long an idle upstream connection stays in the shared pool. (A
+    /// connection a client connection holds between its requests stays as
+    /// long as that client connection, unless the upstream closes it.)
     pub upstream_idle_timeout: Duration,
 }
 
