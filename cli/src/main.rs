@@ -1,6 +1,7 @@
 //! The `slipway` command: wires the store, the queue, the engine and the
 //! workers together for each way of running Slipway, and the client verbs.
 
+mod audit;
 mod connect;
 mod follow;
 mod machinery;
@@ -147,9 +148,12 @@ enum Command {
     Logs { deployment: Uuid },
     /// Print a stream's events (a deployment's is `deployment-<ID>`).
     Events { stream: String },
-    /// Audit the event log.
+    /// Export the event log as JSON Lines (one event per line, in global
+    /// order, bodies exactly as stored) for offline verification.
+    Export(audit::ExportArgs),
+    /// Audit the event log: verify chains and exports, sign checkpoints.
     #[command(subcommand)]
-    Audit(AuditCmd),
+    Audit(audit::AuditCmd),
 }
 
 #[derive(Args)]
@@ -281,12 +285,6 @@ struct DeployArgs {
     follow: FollowArgs,
 }
 
-#[derive(Subcommand)]
-enum AuditCmd {
-    /// Check every stream's hash chain and report each changed, removed or reordered event.
-    Verify,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -312,6 +310,12 @@ fn all_workers(actor: String) -> WorkerOptions {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The audit verbs open the store themselves (`audit verify --file` none).
+    match cli.command {
+        Command::Audit(cmd) => return audit::audit(cmd, &cli.database, cli.pg_schema.as_deref()).await,
+        Command::Export(args) => return audit::export(args, &cli.database, cli.pg_schema.as_deref()).await,
+        _ => {}
+    }
     let store = connect::store(&cli.database, cli.pg_schema.as_deref()).await?;
     let data_dir = cli.data_dir.clone();
     let embedded = cli.queue == "memory";
@@ -412,7 +416,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             events.iter().for_each(|e| println!("{}", render::line(e)));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCmd::Verify) => audit_verify(&*store).await,
+        Command::Audit(_) | Command::Export(_) => unreachable!("handled before the store is opened"),
     }
 }
 
@@ -596,18 +600,4 @@ async fn demo(
         if report.is_intact() { "intact" } else { "BROKEN" }
     );
     Ok(if ending.succeeded && report.is_intact() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-async fn audit_verify(store: &dyn EventStore) -> anyhow::Result<ExitCode> {
-    let report = chain::verify(&store.chain_rows().await?);
-    for finding in &report.findings {
-        println!("TAMPERED {finding}");
-    }
-    let verdict = if report.is_intact() {
-        "every hash chain is intact".to_string()
-    } else {
-        format!("{} stream(s) tampered with", report.findings.len())
-    };
-    println!("{} events in {} streams checked; {verdict}", report.events, report.streams);
-    Ok(if report.is_intact() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

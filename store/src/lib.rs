@@ -5,7 +5,10 @@
 //! depend on this crate; it knows nothing of deployments' decisions.
 
 pub mod chain;
+pub mod checkpoint;
 pub mod event_store;
+pub mod export;
+pub mod merkle;
 pub mod postgres;
 pub mod queue;
 pub mod relay;

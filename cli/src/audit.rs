@@ -1,0 +1,414 @@
+//! The audit verbs: `slipway export` (the log as JSON Lines), `slipway audit
+//! verify` (the database's hash chains, or an export offline, and signed
+//! checkpoints), `slipway audit checkpoint` and `slipway audit keygen`.
+//! They run before the shared store is opened: `verify --file` must work
+//! with no database at all, and the others read the raw rows in global order,
+//! which needs the concrete backend. The formats and rules live in
+//! `slipway_store::{export, checkpoint, merkle}`; this module does the I/O.
+//!
+//! To checkpoint periodically, run `slipway audit checkpoint` from cron or a
+//! systemd timer (see `slipway_store::checkpoint`): each run writes one file
+//! when the log grew, and refuses to sign a log that no longer matches the
+//! previous checkpoint.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Subcommand};
+use futures::stream::BoxStream;
+use futures::TryStreamExt;
+use rand::RngCore;
+use slipway_store::checkpoint::{Builder, Checkpoint, CheckpointReport, PublicKey, SecretKey};
+use slipway_store::export::{self, ExportReport, ExportWriter, Header, LogRow, ProjectStreams};
+use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::{chain, EventStore, PgStore, SqliteStore, StoreError};
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Only this project's streams: project-P, its environments' streams and
+    /// the deployments that name it (each stream complete, so it verifies
+    /// from its first event).
+    #[arg(long)]
+    project: Option<String>,
+    /// Only events recorded at or after this time (RFC 3339, e.g.
+    /// 2025-01-31T00:00:00Z); each stream's first included event's
+    /// prev_hash is then taken as given.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<DateTime<Utc>>,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check every stream's hash chain and report each changed, removed or
+    /// reordered event: in the database, or offline in an export (--file,
+    /// no database is opened); with --checkpoints also every signed checkpoint.
+    Verify {
+        /// Verify this export (from `slipway export`) instead of the database.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Also check every checkpoint (*.json) in this directory: its
+        /// signature, and that the log's first N events still hash to its root.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The public key (file from `audit keygen`) every checkpoint must be
+        /// signed with; without it each is checked against the key it names.
+        #[arg(long, requires = "checkpoints")]
+        public_key: Option<PathBuf>,
+    },
+    /// Sign a checkpoint (the Merkle root of every event so far) into DIR,
+    /// outside the database; run it periodically (cron, systemd timer).
+    Checkpoint {
+        /// The signing key (from `audit keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The directory of checkpoints (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Create an Ed25519 checkpoint key: KEYFILE (mode 0600) and KEYFILE.pub.
+    Keygen {
+        #[arg(long, value_name = "KEYFILE")]
+        out: PathBuf,
+    },
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time such as 2025-01-31T00:00:00Z ({e})"))
+}
+
+/// The store, as its backend: the raw global-order read is per backend.
+enum Db {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+impl Db {
+    /// Opens `url` as `connect::store` does, keeping the concrete type.
+    async fn open(url: &str, schema: Option<&str>) -> anyhow::Result<Db> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = Path::new(path);
+            if !path.exists() {
+                bail!("no SQLite store at {}", path.display());
+            }
+            let store = SqliteStore::open(path).await.with_context(|| format!("opening the SQLite store {}", path.display()))?;
+            return Ok(Db::Sqlite(store));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgOptions { schema: schema.map(str::to_string), ..Default::default() };
+            let store = PgStore::connect(url, options)
+                .await
+                .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
+            return Ok(Db::Postgres(store));
+        }
+        bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
+    }
+
+    fn store(&self) -> &dyn EventStore {
+        match self {
+            Db::Postgres(s) => s,
+            Db::Sqlite(s) => s,
+        }
+    }
+
+    fn log(&self) -> BoxStream<'_, Result<LogRow, StoreError>> {
+        match self {
+            Db::Postgres(s) => export::postgres_log(s),
+            Db::Sqlite(s) => export::sqlite_log(s),
+        }
+    }
+}
+
+pub async fn export(args: ExportArgs, database: &str, schema: Option<&str>) -> anyhow::Result<ExitCode> {
+    let db = Db::open(database, schema).await?;
+    let streams = match &args.project {
+        Some(project) => {
+            let mut streams = ProjectStreams::new(project);
+            let mut rows = db.log();
+            while let Some(row) = rows.try_next().await? {
+                streams.consider(&row.stream, row.version, &row.body);
+            }
+            Some(streams.finish())
+        }
+        None => None,
+    };
+    let header = Header {
+        slipway_export: export::FORMAT.into(),
+        exported_at: now(),
+        backend: db.store().backend().into(),
+        project: args.project.clone(),
+        since: args.since.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    };
+    let out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut writer = ExportWriter::new(BufWriter::with_capacity(1 << 20, out), &header)?;
+    let mut rows = db.log();
+    while let Some(row) = rows.try_next().await? {
+        let wanted = streams.as_ref().is_none_or(|s| s.contains(&row.stream)) && args.since.is_none_or(|t| row.recorded_at >= t);
+        if wanted {
+            writer.event(&row)?;
+        }
+    }
+    let (_, events) = writer.finish().context("writing the export")?;
+    let to = args.output.as_ref().map_or("standard output".to_string(), |p| p.display().to_string());
+    eprintln!("exported {events} events to {to}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn audit(cmd: AuditCmd, database: &str, schema: Option<&str>) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCmd::Verify { file: Some(file), checkpoints, public_key } => {
+            let checkpoints = match &checkpoints {
+                Some(dir) => Some(load_checkpoints(dir, public_key.as_deref())?),
+                None => None,
+            };
+            verify_file(file, checkpoints).await
+        }
+        AuditCmd::Verify { file: None, checkpoints, public_key } => {
+            let checkpoints = match &checkpoints {
+                Some(dir) => Some(load_checkpoints(dir, public_key.as_deref())?),
+                None => None,
+            };
+            verify_database(&Db::open(database, schema).await?, checkpoints).await
+        }
+        AuditCmd::Checkpoint { key, out } => checkpoint(&Db::open(database, schema).await?, &key, &out).await,
+        AuditCmd::Keygen { out } => keygen(&out),
+    }
+}
+
+/// The checkpoints of a directory, each with its file name, and those that
+/// could not be trusted (unreadable, bad signature, wrong key).
+struct Loaded {
+    good: Vec<(String, Checkpoint)>,
+    bad: Vec<String>,
+    keyed: bool,
+}
+
+fn load_checkpoints(dir: &Path, public_key: Option<&Path>) -> anyhow::Result<Loaded> {
+    let expected = match public_key {
+        Some(path) => {
+            let text = fs::read_to_string(path).with_context(|| format!("reading the public key {}", path.display()))?;
+            Some(PublicKey::parse(&text).with_context(|| format!("public key {}", path.display()))?)
+        }
+        None => None,
+    };
+    let mut loaded = Loaded { good: vec![], bad: vec![], keyed: expected.is_some() };
+    for (name, path) in checkpoint_files(dir)? {
+        let checked = fs::read_to_string(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| Ok(Checkpoint::from_json(&text)?))
+            .and_then(|c| c.check_signature(expected.as_ref()).map(|()| c).map_err(anyhow::Error::from));
+        match checked {
+            Ok(c) => loaded.good.push((name, c)),
+            Err(e) => loaded.bad.push(format!("{name}: {e:#}")),
+        }
+    }
+    if loaded.good.is_empty() && loaded.bad.is_empty() {
+        bail!("no checkpoint files (*.json) in {}", dir.display());
+    }
+    loaded.good.sort_by_key(|(_, c)| c.events);
+    Ok(loaded)
+}
+
+fn checkpoint_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading the checkpoint directory {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") && path.is_file() {
+            files.push((path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+async fn verify_database(db: &Db, checkpoints: Option<Loaded>) -> anyhow::Result<ExitCode> {
+    let report = chain::verify(&db.store().chain_rows().await?);
+    for finding in &report.findings {
+        println!("TAMPERED {finding}");
+    }
+    let checked = match checkpoints {
+        Some(loaded) => {
+            let mut check = slipway_store::checkpoint::LogCheck::new(loaded.good.iter().map(|(_, c)| c.clone()).collect());
+            let mut rows = db.log();
+            while let Some(row) = rows.try_next().await? {
+                check.push(row.position, &row.stream, row.version, &row.hash);
+            }
+            Some(print_checkpoints(&loaded, &check.finish()))
+        }
+        None => None,
+    };
+    let (checked, checkpoints_hold) = checked.unwrap_or((String::new(), true));
+    let verdict = if report.is_intact() {
+        "every hash chain is intact".to_string()
+    } else {
+        format!("{} stream(s) tampered with", report.findings.len())
+    };
+    println!("{} events in {} streams checked; {verdict}{checked}", report.events, report.streams);
+    Ok(if report.is_intact() && checkpoints_hold { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>) -> anyhow::Result<ExitCode> {
+    let (good, loaded) = match checkpoints {
+        Some(loaded) => (Some(loaded.good.iter().map(|(_, c)| c.clone()).collect()), Some(loaded)),
+        None => (None, None),
+    };
+    let path = file.clone();
+    let report: ExportReport = tokio::task::spawn_blocking(move || {
+        export::verify(|| File::open(&path).map(|f| BufReader::with_capacity(1 << 20, f)), good)
+    })
+    .await?
+    .with_context(|| format!("reading the export {}", file.display()))?;
+    for problem in &report.lines {
+        println!("MALFORMED {problem}");
+    }
+    for problem in &report.file {
+        println!("FILE {problem}");
+    }
+    for finding in &report.findings {
+        println!("TAMPERED {finding}");
+    }
+    for given in &report.given {
+        println!("GIVEN {}@{}: starts after its first event; prev_hash {} taken as given", given.stream, given.version, given.prev_hash);
+    }
+    let (checked, checkpoints_hold) = match (&loaded, &report.checkpoints) {
+        (Some(loaded), Some(reports)) => print_checkpoints(loaded, reports),
+        _ => (String::new(), true),
+    };
+    let scope = match &report.header {
+        Some(h) if h.is_partial() => format!(
+            " (partial export:{}{})",
+            h.project.as_ref().map_or(String::new(), |p| format!(" project {p}")),
+            h.since.as_ref().map_or(String::new(), |s| format!(" since {s}"))
+        ),
+        _ => String::new(),
+    };
+    let verdict = if report.findings.is_empty() {
+        "every hash chain is intact".to_string()
+    } else {
+        format!("{} stream(s) tampered with", report.findings.len())
+    };
+    let problems = report.lines.len() + report.file.len();
+    let problems = if problems == 0 { String::new() } else { format!("; {problems} problem(s) with the file") };
+    println!("{} events in {} streams checked{scope}; {verdict}{problems}{checked}", report.events, report.streams);
+    Ok(if report.is_intact() && checkpoints_hold { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints one line per checkpoint (and per problem); returns the summary's
+/// tail and whether every checkpoint holds.
+fn print_checkpoints(loaded: &Loaded, reports: &[CheckpointReport]) -> (String, bool) {
+    for bad in &loaded.bad {
+        println!("CHECKPOINT BROKEN {bad}");
+    }
+    let mut broken = loaded.bad.len();
+    for ((name, _), report) in loaded.good.iter().zip(reports) {
+        let c = &report.checkpoint;
+        let what = format!("{name}: {} events up to {}:{}, signed {}", c.events, c.position.tx, c.position.seq, c.created_at);
+        if report.holds() {
+            println!("CHECKPOINT ok {what}");
+        } else {
+            broken += 1;
+            println!("CHECKPOINT BROKEN {what}");
+            for problem in &report.problems {
+                println!("  {problem}");
+            }
+        }
+    }
+    let total = loaded.good.len() + loaded.bad.len();
+    let keyed = if loaded.keyed { "" } else { " (signatures checked against the key each file names; pass --public-key to pin it)" };
+    if broken == 0 {
+        (format!("; {total} checkpoint(s) hold{keyed}"), true)
+    } else {
+        (format!("; {broken} of {total} checkpoint(s) BROKEN{keyed}"), false)
+    }
+}
+
+async fn checkpoint(db: &Db, key: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
+    let key_text = fs::read_to_string(key).with_context(|| format!("reading the key {}", key.display()))?;
+    let secret = SecretKey::parse(&key_text).with_context(|| format!("key {}", key.display()))?;
+    if fs::metadata(key).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        eprintln!("warning: {} is readable by others; `chmod 600` it", key.display());
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut previous: Option<(String, Checkpoint)> = None;
+    for (name, path) in checkpoint_files(dir)? {
+        let text = fs::read_to_string(&path)?;
+        let c = Checkpoint::from_json(&text).with_context(|| format!("{name} in {}", dir.display()))?;
+        c.check_signature(None).with_context(|| format!("{name} in {}", dir.display()))?;
+        if previous.as_ref().is_none_or(|(_, p)| c.events > p.events) {
+            previous = Some((name, c));
+        }
+    }
+    let mut builder = Builder::new(previous.as_ref().map(|(_, c)| c));
+    let mut rows = db.log();
+    while let Some(row) = rows.try_next().await? {
+        builder.push(row.position, &row.stream, row.version, &row.hash);
+    }
+    let checkpoint = match builder.finish(now(), &secret) {
+        Ok(c) => c,
+        Err(refusal) => {
+            let name = previous.map(|(n, _)| n).unwrap_or_default();
+            eprintln!("slipway: not signed: {refusal} (previous checkpoint {name})");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some((name, p)) = &previous {
+        if p.events == checkpoint.events {
+            println!("no new events since {name} ({} events); nothing written", p.events);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let name = format!("checkpoint-{:012}.json", checkpoint.events);
+    let path = dir.join(&name);
+    let partial = dir.join(format!(".{name}.partial"));
+    fs::write(&partial, checkpoint.to_json()).with_context(|| format!("writing {}", partial.display()))?;
+    fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{}: {} events up to {}:{}, root {}, {} stream head(s), key {}",
+        path.display(),
+        checkpoint.events,
+        checkpoint.position.tx,
+        checkpoint.position.seq,
+        checkpoint.root,
+        checkpoint.heads.len(),
+        checkpoint.public_key
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let secret = SecretKey::from_seed(seed);
+    let public_path = PathBuf::from(format!("{}.pub", out.display()));
+    if public_path.exists() {
+        bail!("{} already exists; not overwriting", public_path.display());
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+    file.write_all(secret.to_text().as_bytes())?;
+    file.sync_all()?;
+    let public = secret.public().to_hex();
+    fs::write(&public_path, format!("{public}\n")).with_context(|| format!("writing {}", public_path.display()))?;
+    println!("secret key {} (mode 0600), public key {}: {public}", out.display(), public_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
