@@ -44,6 +44,11 @@ struct Cli {
     /// The command queue: `memory` (in-process, embedded default) or amqp://USER:PASSWORD@HOST:PORT/VHOST.
     #[arg(long, global = true, env = "SLIPWAY_QUEUE", default_value = "memory")]
     queue: String,
+    /// The build farm's image registry (HOST:PORT): workers push each build
+    /// there and pull a missing image by digest, so builds and containers
+    /// may run on different hosts. Without it everything stays on one Docker engine.
+    #[arg(long, global = true, env = "SLIPWAY_REGISTRY")]
+    registry: Option<String>,
     /// PostgreSQL schema for Slipway's tables (several installations can share a database).
     #[arg(long, global = true, env = "SLIPWAY_PG_SCHEMA")]
     pg_schema: Option<String>,
@@ -332,7 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let parts = Parts {
                 engine: Some(serve.driver()),
-                workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(&data_dir))),
+                workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(&data_dir, cli.registry.clone()))),
                 router,
                 ..Default::default()
             };
@@ -362,7 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 actor: format!("worker:{}", hostname()),
                 ..Default::default()
             };
-            let parts = Parts { workers: Some((options, machinery::pipeline(&data_dir))), ..Default::default() };
+            let parts = Parts { workers: Some((options, machinery::pipeline(&data_dir, cli.registry.clone()))), ..Default::default() };
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -380,10 +385,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbs::env_unset(&*store, &project, &env, keys).await.map(|_| ExitCode::SUCCESS)
         }
         Command::Env(EnvCmd::List { project, env }) => verbs::env_list(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
-        Command::Deploy(args) => deploy(store, &cli.queue, embedded, &data_dir, args).await,
+        Command::Deploy(args) => deploy(store, &cli.queue, embedded, &data_dir, cli.registry.clone(), args).await,
         Command::Promote { project, from, to, local, cloud, migrate, follow } => {
             let mode = if local || (!cloud && embedded) { BuildMode::Local } else { BuildMode::Cloud };
-            let running = start_embedded(&store, &cli.queue, embedded, &data_dir, follow.drain).await?;
+            let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
             let run_release = mode == BuildMode::Cloud || migrate;
             let (id, source) = match requests::request_promotion(&*store, &verbs::actor(), &project, &from, &to, mode, run_release).await? {
                 Ok(r) => r,
@@ -393,7 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             finish(&*store, running, id, &project, &to, &data_dir, &follow).await
         }
         Command::Rollback { project, env, to, follow } => {
-            let running = start_embedded(&store, &cli.queue, embedded, &data_dir, follow.drain).await?;
+            let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
             let rollback = match requests::request_rollback(&*store, &verbs::actor(), &project, &env, to).await? {
                 Ok(r) => r,
                 Err(rejection) => bail!("{rejection}"),
@@ -434,6 +439,7 @@ async fn deploy(
     queue_url: &str,
     embedded: bool,
     data_dir: &std::path::Path,
+    registry: Option<String>,
     args: DeployArgs,
 ) -> anyhow::Result<ExitCode> {
     let mode = if args.local || (!args.cloud && embedded) { BuildMode::Local } else { BuildMode::Cloud };
@@ -446,7 +452,7 @@ async fn deploy(
         run_release: mode == BuildMode::Cloud || args.migrate,
         dry_run: args.dry_run,
     };
-    let running = start_embedded(&store, queue_url, embedded, data_dir, args.follow.drain).await?;
+    let running = start_embedded(&store, queue_url, embedded, data_dir, registry, args.follow.drain).await?;
     let id = match requests::request_deployment(&*store, &verbs::actor(), request).await? {
         Ok(id) => id,
         Err(rejection) => bail!("{rejection}"),
@@ -465,6 +471,7 @@ async fn start_embedded(
     queue_url: &str,
     embedded: bool,
     data_dir: &std::path::Path,
+    registry: Option<String>,
     drain: u64,
 ) -> anyhow::Result<Running> {
     if !embedded {
@@ -475,7 +482,7 @@ async fn start_embedded(
     let (stop, shutdown) = machinery::manual();
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: drain, ..Default::default() }),
-        workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(data_dir))),
+        workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(data_dir, registry))),
         ..Default::default()
     };
     let task = tokio::spawn(machinery::serve(store.clone(), queue, parts, None, shutdown));
@@ -570,7 +577,7 @@ async fn demo(
     let (stop, shutdown) = machinery::manual();
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: 0, ..Default::default() }),
-        workers: Some((all_workers("worker".into()), machinery::pipeline(data_dir))),
+        workers: Some((all_workers("worker".into()), machinery::pipeline(data_dir, None))),
         ..Default::default()
     };
     let machinery = tokio::spawn(machinery::serve(store.clone(), queue, parts, None, shutdown));

@@ -108,6 +108,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     commit: source.map(|s| s.commit.clone()),
                     config: source.map_or(serde_json::Value::Null, |s| s.config.clone()),
                     image_id: source.map(|s| s.image_id.clone()),
+                    image_ref: None,
                     web_container: None,
                     web_port: None,
                     reuse: None,
@@ -181,7 +182,10 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     d.context.commit = Some(c.commit.clone());
                     d.context.config = c.config.clone();
                 }
-                Event::ImageBuilt(b) => d.context.image_id = Some(b.image_id.clone()),
+                Event::ImageBuilt(b) => {
+                    d.context.image_id = Some(b.image_id.clone());
+                    d.context.image_ref = b.pushed.clone();
+                }
                 Event::ImageReused(r) => d.context.image_id = Some(r.image_id.clone()),
                 Event::WebContainerStarted(w) => {
                     d.context.web_container = Some(w.container.clone());

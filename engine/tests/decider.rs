@@ -47,6 +47,7 @@ fn outcome(step: Step) -> Event {
             log_digest: None,
             mode: BuildMode::Cloud,
             warnings: vec![],
+            pushed: None,
         }),
         Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768 }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),

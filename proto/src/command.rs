@@ -38,6 +38,10 @@ pub struct DeploymentContext {
     /// Set once built or re-used.
     #[serde(default)]
     pub image_id: Option<String>,
+    /// The image's registry reference by digest, when it was pushed: a host
+    /// that does not have `image_id` pulls it from there.
+    #[serde(default)]
+    pub image_ref: Option<String>,
     /// Set once the web container runs.
     #[serde(default)]
     pub web_container: Option<String>,

@@ -180,6 +180,10 @@ pub struct ImageBuilt {
     /// Unpinned things the Dockerfile lint found (they never fail a build).
     #[serde(default)]
     pub warnings: Vec<PinningWarning>,
+    /// Where the image was pushed, by digest (`REGISTRY/PROJECT@sha256:...`),
+    /// when the build farm has a registry: other hosts pull it from there.
+    #[serde(default)]
+    pub pushed: Option<String>,
 }
 
 /// Something in a Dockerfile that lets a rebuild of the same commit change

@@ -129,7 +129,7 @@ fn workspace(rt: &Runtime, deployment_id: Uuid, files: &[(&str, &str)]) -> PathB
 }
 
 fn runtime(dir: &Path) -> Runtime {
-    Runtime { workspaces: dir.join("workspaces"), logs: dir.join("logs") }
+    Runtime { workspaces: dir.join("workspaces"), logs: dir.join("logs"), registry: None }
 }
 
 /// The shared httpd image: its id, and its tag (for `FROM`).
@@ -369,6 +369,45 @@ async fn a_checkout_without_dockerfile_fails_the_build() {
     workspace(&f.rt, f.ctx.deployment_id, &[("README", "no Dockerfile here")]);
     let failure = failed(f.run(Step::Build, &Settings::new()).await, Step::Build);
     assert!(failure.reason.contains("no Dockerfile at the repository root"), "{}", failure.reason);
+}
+
+#[tokio::test]
+async fn with_a_registry_the_build_is_pushed_and_a_host_without_it_pulls_it_by_digest() {
+    let registry = std::env::var("SLIPWAY_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    let mut f = Fixture::new("[web]\nport = 80\n").await;
+    f.rt.registry = Some(registry.clone());
+    f.ctx.image_id = None;
+    let dockerfile = format!("FROM {}\nCOPY www /www\n", base_image().tag);
+    workspace(&f.rt, f.ctx.deployment_id, &[("Dockerfile", &dockerfile), ("www/index.html", "pulled\n")]);
+    let tag = dock::image_tag(&f.ctx).expect("a tag");
+    let _image = ImageGuard(tag.clone());
+    let built = match f.run(Step::Build, &Settings::new()).await {
+        Event::ImageBuilt(b) => b,
+        other => panic!("build (is the registry at {registry} up? scripts/services starts it): {other:?}"),
+    };
+    let pushed = built.pushed.clone().expect("pushed to the registry");
+    assert!(pushed.starts_with(&format!("{registry}/{}@sha256:", project())), "{pushed}");
+
+    // Another host: the image is not here; the deploy step pulls it by digest.
+    let options = RemoveImageOptionsBuilder::new().force(true).build();
+    docker().await.remove_image(&built.image_id, Some(options), None).await.expect("remove the local image");
+    assert!(docker().await.inspect_image(&built.image_id).await.is_err());
+    f.ctx.image_id = Some(built.image_id.clone());
+    f.ctx.image_ref = Some(pushed);
+    let started = f.deploy(&Settings::new()).await;
+    let _pulled = ImageGuard(built.image_id.clone());
+    let url = format!("http://127.0.0.1:{}/", started.host_port);
+    let page = eventually("the pulled image serves", Duration::from_secs(5), || async {
+        slipway_workers::http::get_text(&url, Duration::from_secs(1)).await.ok()
+    })
+    .await;
+    assert_eq!(page, (200, "pulled\n".to_string()));
+
+    // Without a reference to pull, a missing image is a clear failure.
+    let mut g = Fixture::new("[web]\nport = 80\n").await;
+    g.ctx.image_id = Some("sha256:0000000000000000000000000000000000000000000000000000000000000000".into());
+    let failure = failed(g.run(Step::Deploy, &Settings::new()).await, Step::Deploy);
+    assert!(failure.reason.contains("not on this host") && failure.reason.contains("--registry"), "{}", failure.reason);
 }
 
 // ----------------------------------------------------------------- deploy --

@@ -94,7 +94,7 @@ struct Workspaces {
 
 fn runtime() -> Result<Workspaces> {
     let dir = tempfile::tempdir()?;
-    let rt = Runtime { workspaces: dir.path().join("workspaces"), logs: dir.path().join("logs") };
+    let rt = Runtime { workspaces: dir.path().join("workspaces"), logs: dir.path().join("logs"), registry: None };
     Ok(Workspaces { _dir: dir, rt })
 }
 

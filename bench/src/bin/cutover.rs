@@ -69,6 +69,7 @@ impl Executor for Instant {
                 log_digest: None,
                 mode: BuildMode::Local,
                 warnings: vec![],
+                pushed: None,
             }),
             Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
                 container: format!("bench-{}", c.context.deployment_id.simple()),

@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::BuildInfo;
-use bollard::query_parameters::BuildImageOptionsBuilder;
+use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilder, TagImageOptionsBuilder};
 use bollard::{body_full, Docker};
 use futures::{Stream, StreamExt};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -80,8 +80,10 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
     let workspace = rt.workspaces.join(ctx.deployment_id.to_string());
     let warnings = pinning_warnings(&workspace).await;
     if let Some(image_id) = find_image(&docker, &tag).await? {
-        // A redelivery: the first delivery built and tagged it.
-        return Ok(ImageBuilt { mode: ctx.mode, warnings, ..already_built(image_id, tag, nocache, &log_path).await });
+        // A redelivery: the first delivery built and tagged it (and may
+        // have pushed it; pushing again is a no-op for the registry).
+        let pushed = push(&docker, rt, ctx, &image_id, &tag).await?;
+        return Ok(ImageBuilt { mode: ctx.mode, warnings, pushed, ..already_built(image_id, tag, nocache, &log_path).await });
     }
     let started = Instant::now();
     let tar = context_tar(workspace).await?;
@@ -105,7 +107,9 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
     let image_id = find_image(&docker, &tag).await?.ok_or_else(|| {
         Failure::new(format!("the build reported success but image {tag} does not exist")).with_details(tail)
     })?;
+    let pushed = push(&docker, rt, ctx, &image_id, &tag).await?;
     Ok(ImageBuilt {
+        pushed,
         image_id,
         tag,
         cache_used: !nocache,
@@ -149,7 +153,53 @@ async fn already_built(image_id: String, tag: String, nocache: bool, log_path: &
         log_digest: digest,
         mode: BuildMode::default(),
         warnings: vec![],
+        pushed: None,
     }
+}
+
+/// With a registry configured: tags the image `REGISTRY/PROJECT:COMMIT`,
+/// pushes it, and returns its reference by digest, which is what other
+/// hosts pull. A push error is a build failure (the image would be
+/// unreachable from the hosts that run it).
+async fn push(
+    docker: &Docker,
+    rt: &Runtime,
+    ctx: &slipway_proto::command::DeploymentContext,
+    image_id: &str,
+    local_tag: &str,
+) -> Result<Option<String>, Failure> {
+    let Some(registry) = &rt.registry else { return Ok(None) };
+    let repo = format!("{registry}/{}", ctx.project);
+    let commit = ctx.commit.as_deref().unwrap_or("unknown");
+    let options = TagImageOptionsBuilder::new().repo(&repo).tag(commit).build();
+    docker
+        .tag_image(local_tag, Some(options))
+        .await
+        .map_err(|e| Failure::new(format!("tagging {local_tag} as {repo}:{commit}: {e}")))?;
+    let mut stream = docker.push_image(&repo, Some(PushImageOptionsBuilder::new().tag(commit).build()), None);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                    return Err(Failure::new(format!("pushing {repo}:{commit} to {registry}: {error}")));
+                }
+            }
+            Err(e) => return Err(Failure::new(format!("pushing {repo}:{commit} to {registry}: {e}"))),
+        }
+    }
+    // The registry's digest for it is in the image's RepoDigests now.
+    let image = docker
+        .inspect_image(image_id)
+        .await
+        .map_err(|e| Failure::new(format!("Docker could not inspect image {image_id} after the push: {e}")))?;
+    let prefix = format!("{repo}@");
+    image
+        .repo_digests
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| d.starts_with(&prefix))
+        .map(Some)
+        .ok_or_else(|| Failure::new(format!("pushed {repo}:{commit} but Docker recorded no digest for it")))
 }
 
 /// Reads the whole build stream into the log. The engine answers 200 and

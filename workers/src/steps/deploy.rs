@@ -24,11 +24,9 @@ pub async fn run(command: &RunStep, env: &Settings, _rt: &Runtime) -> Event {
 
 async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted, Failure> {
     let ctx = &command.context;
-    let image = ctx.image_id.as_deref().ok_or_else(|| {
-        Failure::new("no image recorded for this deployment; the build step must run before the deploy")
-    })?;
     let port = AppConfig::from_value(&ctx.config).map_err(Failure::new)?.web.port;
     let docker = docker::connect().await?;
+    let image = docker::local_image(&docker, ctx, "the deploy").await?;
     let spec = ContainerSpec {
         name: docker::container_name(ctx, &Role::Web),
         image,

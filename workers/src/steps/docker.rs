@@ -230,6 +230,35 @@ fn is_status(e: &BollardError, code: u16) -> bool {
 }
 
 /// Inspects the container called `name`; `None` when there is none.
+/// The deployment's image, made present on this host: by id if Docker has
+/// it, else pulled by its registry digest (a build on another host). `why`
+/// names the step for the error.
+pub async fn local_image<'a>(docker: &Docker, ctx: &'a DeploymentContext, why: &str) -> Result<&'a str, Failure> {
+    let image = ctx
+        .image_id
+        .as_deref()
+        .ok_or_else(|| Failure::new(format!("no image recorded for this deployment; the build step must run before {why}")))?;
+    match docker.inspect_image(image).await {
+        Ok(_) => return Ok(image),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+        Err(e) => return Err(Failure::new(format!("Docker could not inspect image {image}: {e}"))),
+    }
+    let Some(reference) = &ctx.image_ref else {
+        return Err(Failure::new(format!(
+            "image {image} is not on this host and was not pushed to a registry; configure --registry on every worker, or run the build and {why} on one Docker engine"
+        )));
+    };
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::new().from_image(reference).build();
+    let mut pull = docker.create_image(Some(options), None, None);
+    while let Some(item) = futures::StreamExt::next(&mut pull).await {
+        let info = item.map_err(|e| Failure::new(format!("pulling {reference}: {e}")))?;
+        if let Some(error) = info.error_detail.and_then(|d| d.message) {
+            return Err(Failure::new(format!("pulling {reference}: {error}")));
+        }
+    }
+    Ok(image)
+}
+
 pub async fn find_container(docker: &Docker, name: &str) -> Result<Option<ContainerInspectResponse>, DockerError> {
     match docker.inspect_container(name, None).await {
         Ok(info) => Ok(Some(info)),

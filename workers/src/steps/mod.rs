@@ -37,6 +37,9 @@ pub struct Runtime {
     pub workspaces: PathBuf,
     /// Build and release logs live in `<logs>/<deployment id>/`.
     pub logs: PathBuf,
+    /// `HOST:PORT` of the build farm's image registry: builds are pushed
+    /// there, and a host without an image pulls it by digest.
+    pub registry: Option<String>,
 }
 
 #[async_trait]

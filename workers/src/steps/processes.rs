@@ -42,9 +42,7 @@ async fn start_processes(ctx: &DeploymentContext, env: &Settings) -> Result<Vec<
     if config.processes.is_empty() {
         return Ok(Vec::new());
     }
-    let image = ctx.image_id.as_deref().ok_or_else(|| {
-        Failure::new("no image recorded for this deployment; the build step must run before the processes")
-    })?;
+    let image = docker::local_image(&docker::connect().await?, ctx, "the processes").await?;
     let docker = docker::connect().await?;
     let mut started = Vec::new();
     for (name, process) in &config.processes {

@@ -48,9 +48,7 @@ async fn release(ctx: &DeploymentContext, env: &Settings, rt: &Runtime) -> Resul
     if config.release.commands.is_empty() {
         return Ok(Vec::new());
     }
-    let image = ctx.image_id.as_deref().ok_or_else(|| {
-        Failure::new("no image recorded for this deployment; the build step must run before the release")
-    })?;
+    let image = docker::local_image(&docker::connect().await?, ctx, "the release").await?;
     let log_dir = rt.logs.join(ctx.deployment_id.to_string());
     tokio::fs::create_dir_all(&log_dir)
         .await
