@@ -18,7 +18,7 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ use slipway_store::{EventStore, PgStore};
 use slipway_tests::load::Load;
 use slipway_tests::*;
 use uuid::Uuid;
+
+mod common;
+use common::Cluster;
 
 const APP: &str = "[web]\nport = 80\nhealth_timeout = \"30s\"\n\n[release]\ncommands = [\"sleep 0.3\"]\n\n[processes.worker]\ncommand = [\"sh\", \"-c\", \"while true; do sleep 5; done\"]\n";
 
@@ -49,105 +52,6 @@ impl std::fmt::Display for Fault {
             Fault::KillEngine => f.write_str("kill -9 engine (and relay)"),
             Fault::RestartRabbitMq => f.write_str("RabbitMQ stop_app/start_app"),
             Fault::RestartPostgres => f.write_str("PostgreSQL restart"),
-        }
-    }
-}
-
-struct Cluster {
-    env: Vec<(&'static str, String)>,
-    data: tempfile::TempDir,
-    server: Option<Child>,
-    workers: Vec<Child>,
-    router: Option<Child>,
-    router_addr: std::net::SocketAddr,
-}
-
-impl Cluster {
-    fn start(schema: &str, namespace: &str) -> Cluster {
-        let data = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let env = vec![
-            ("SLIPWAY_DATABASE", pg_url()),
-            ("SLIPWAY_PG_SCHEMA", schema.to_string()),
-            ("SLIPWAY_QUEUE", amqp_url()),
-            ("SLIPWAY_QUEUE_NAMESPACE", namespace.to_string()),
-            ("SLIPWAY_DATA_DIR", data.path().display().to_string()),
-            ("SLIPWAY_LOG", "warn".to_string()),
-        ];
-        let mut c = Cluster {
-            env,
-            data,
-            server: None,
-            workers: vec![],
-            router: None,
-            router_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        };
-        c.start_server();
-        c.start_workers();
-        c.router = Some(c.spawn("router", &["router", "--router", &c.router_addr.to_string(), "--router-id", "trial-router"]));
-        c
-    }
-
-    fn spawn(&self, name: &str, args: &[&str]) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.path().join(format!("{name}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    fn start_server(&mut self) {
-        let args = ["server", "--listen", "127.0.0.1:0", "--drain", "1", "--step-timeout", "20", "--switch-timeout", "10"];
-        self.server = Some(self.spawn("server", &args));
-    }
-
-    fn start_workers(&mut self) {
-        for n in 0..2 {
-            let w = self.spawn(&format!("worker{n}"), &["worker"]);
-            self.workers.push(w);
-        }
-    }
-
-    fn kill_workers(&mut self) {
-        for mut w in self.workers.drain(..) {
-            let _ = w.kill(); // SIGKILL
-            let _ = w.wait();
-        }
-    }
-
-    fn kill_server(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.data.path()).unwrap().flatten() {
-            if entry.path().extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                out.push_str(&format!("--- {}\n{}\n", entry.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Clean stops: the router deregisters, workers mark themselves stopped.
-        let children = self.server.iter_mut().chain(self.workers.iter_mut()).chain(self.router.iter_mut());
-        for child in children {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        }
-        let children = self.server.iter_mut().chain(self.workers.iter_mut()).chain(self.router.iter_mut());
-        for child in children {
-            let _ = child.wait();
         }
     }
 }

@@ -300,11 +300,21 @@ pub async fn ensure_container(
     }
     let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
     match docker.create_container(Some(options), create_body(spec)).await {
-        Ok(_) => {}
-        Err(e) if is_status(&e, 409) => {}
-        Err(e) => return Err(DockerError::api(format!("create container {} from image {}", spec.name, spec.image), e)),
+        Ok(_) => inspect(docker, &spec.name).await,
+        // Another delivery of the same command (several relays, a
+        // redelivery) is creating it: the name is taken before the
+        // container can be inspected, so wait for it to appear.
+        Err(e) if is_status(&e, 409) => {
+            for _ in 0..50 {
+                if let Some(info) = find_container(docker, &spec.name).await? {
+                    return Ok(info);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            inspect(docker, &spec.name).await
+        }
+        Err(e) => Err(DockerError::api(format!("create container {} from image {}", spec.name, spec.image), e)),
     }
-    inspect(docker, &spec.name).await
 }
 
 fn create_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
