@@ -25,8 +25,9 @@ use futures::TryStreamExt;
 use rand::RngCore;
 use slipway_store::checkpoint::{Builder, Checkpoint, CheckpointReport, PublicKey, SecretKey};
 use slipway_store::export::{self, ExportReport, ExportWriter, Header, LogRow, ProjectStreams};
+use slipway_store::chain::ChainRow;
 use slipway_store::postgres::{redact_url, PgOptions};
-use slipway_store::{chain, EventStore, PgStore, SqliteStore, StoreError};
+use slipway_store::{EventStore, PgStore, SqliteStore, StoreError};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -117,6 +118,14 @@ impl Db {
         match self {
             Db::Postgres(s) => s,
             Db::Sqlite(s) => s,
+        }
+    }
+
+    /// `chain_rows`, streamed.
+    fn chains(&self) -> BoxStream<'_, Result<ChainRow, StoreError>> {
+        match self {
+            Db::Postgres(s) => export::postgres_chains(s),
+            Db::Sqlite(s) => export::sqlite_chains(s),
         }
     }
 
@@ -234,7 +243,7 @@ fn checkpoint_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 async fn verify_database(db: &Db, checkpoints: Option<Loaded>) -> anyhow::Result<ExitCode> {
-    let report = chain::verify(&db.store().chain_rows().await?);
+    let report = export::verify_chains(db.chains()).await?;
     for finding in &report.findings {
         println!("TAMPERED {finding}");
     }

@@ -16,8 +16,9 @@
 //! `body` is the stored JSON text as a string, so its exact bytes survive;
 //! the chain hash covers stream, version, body and prev_hash. `position` and
 //! `recorded_at` are not in the chain: the end line's SHA-256 over every byte
-//! before it catches a change there (or anywhere), and a missing end line a
-//! cut file. That digest is a seal against accidents, not against someone
+//! before it (`head -n -1 FILE | sha256sum`) catches a change there (or
+//! anywhere), and a missing end line a cut file. Verification hashes it on
+//! a second thread. That digest is a seal against accidents, not against someone
 //! who rewrites the file: the chains (and checkpoints) are what an attacker
 //! cannot recompute without it showing.
 //!
@@ -35,14 +36,14 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use slipway_proto::event::project_stream;
 use slipway_proto::{Envelope, Event};
 use sqlx::Row;
 
-use crate::chain::{self, event_hash, ChainRow, Finding, TamperKind, GENESIS};
+use crate::chain::{self, event_hash, ChainRow, Finding, TamperKind, VerifyReport, GENESIS};
 use crate::checkpoint::{Checkpoint, CheckpointReport, LogCheck, LogPosition};
 use crate::event_store::{Position, StoreError};
 use crate::{PgStore, SqliteStore};
@@ -163,6 +164,57 @@ where
         hash: row.try_get(6)?,
         recorded_at: row.try_get(7)?,
     })
+}
+
+/// Every event's chain fields ordered by stream then version, as
+/// `chain_rows` returns them, but streamed: `verify_chains` then holds one
+/// stream at a time, and hashes while the database is still sending.
+pub fn postgres_chains(store: &PgStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
+    sqlx::query(CHAINS).fetch(store.pool()).map(|row| chain_row(&row.map_err(|e| read_error("postgres", e))?).map_err(|e| read_error("postgres", e))).boxed()
+}
+
+pub fn sqlite_chains(store: &SqliteStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
+    sqlx::query(CHAINS).fetch(store.pool()).map(|row| chain_row(&row.map_err(|e| read_error("sqlite", e))?).map_err(|e| read_error("sqlite", e))).boxed()
+}
+
+/// The query `chain_rows` runs on both backends.
+const CHAINS: &str = "SELECT stream, version, body, prev_hash, hash FROM events ORDER BY stream, version";
+
+fn chain_row<'r, R: Row>(row: &'r R) -> Result<ChainRow, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ChainRow {
+        stream: row.try_get(0)?,
+        version: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
+        body: row.try_get(2)?,
+        prev_hash: row.try_get(3)?,
+        hash: row.try_get(4)?,
+    })
+}
+
+/// `chain::verify` over rows ordered by stream then version, one stream at
+/// a time: the same report as over all the rows at once.
+pub async fn verify_chains(mut rows: BoxStream<'_, Result<ChainRow, StoreError>>) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    let mut stream: Vec<ChainRow> = Vec::new();
+    let mut absorb = |rows: &[ChainRow]| {
+        let one = chain::verify(rows);
+        report.streams += one.streams;
+        report.events += one.events;
+        report.findings.extend(one.findings);
+    };
+    while let Some(row) = rows.try_next().await? {
+        if stream.last().is_some_and(|last| last.stream != row.stream) {
+            absorb(&stream);
+            stream.clear();
+        }
+        stream.push(row);
+    }
+    absorb(&stream);
+    Ok(report)
 }
 
 fn read_error(backend: &'static str, source: sqlx::Error) -> StoreError {
@@ -331,14 +383,14 @@ struct Walk {
     broken: bool,
 }
 
-/// The first pass over an export.
+/// The first pass over an export. The caller computes the seal (SHA-256
+/// of the lines `push_line` says it covers), so that hashing can run on a
+/// core of its own (`verify`).
 #[derive(Debug)]
 pub struct Verifier {
-    digest: Sha256,
     line: u64,
     header: Option<Header>,
     end: Option<EndFields>,
-    sealed: Option<String>,
     events: u64,
     last_position: Option<Position>,
     walks: HashMap<String, Walk>,
@@ -351,11 +403,9 @@ impl Verifier {
     /// With `checkpoints`, the events are also checked against them.
     pub fn new(checkpoints: Option<Vec<Checkpoint>>) -> Self {
         Verifier {
-            digest: Sha256::new(),
             line: 0,
             header: None,
             end: None,
-            sealed: None,
             events: 0,
             last_position: None,
             walks: HashMap::new(),
@@ -369,28 +419,32 @@ impl Verifier {
         self.lines.push(LineProblem { line: self.line, problem: problem.into() });
     }
 
-    /// The next line, with its newline if it has one.
-    pub fn push_line(&mut self, raw: &[u8]) {
+    /// The next line, with its newline if it has one. Returns whether the
+    /// seal covers it (every line but the end line).
+    pub fn push_line(&mut self, raw: &[u8]) -> bool {
         self.line += 1;
         let text = raw.strip_suffix(b"\n").unwrap_or(raw);
         if self.end.is_some() {
-            self.digest.update(raw);
-            return self.problem("after the end line");
+            self.problem("after the end line");
+            return true;
         }
         if text.starts_with(END_PREFIX) {
             match serde_json::from_slice::<End>(text) {
-                Ok(end) => {
-                    self.sealed = Some(hex::encode(self.digest.finalize_reset()));
+                // The seal does not cover this line: only its exact text will do.
+                Ok(end) if serde_json::to_vec(&end).is_ok_and(|exact| exact == text) && raw.ends_with(b"\n") => {
                     self.end = Some(end.slipway_export_end);
+                    return false;
                 }
-                Err(e) => {
-                    self.digest.update(raw);
-                    self.problem(format!("malformed end line: {e}"));
-                }
+                Ok(_) => self.problem("the end line is not as written (spacing or newline changed)"),
+                Err(e) => self.problem(format!("malformed end line: {e}")),
             }
-            return;
+            return true;
         }
-        self.digest.update(raw);
+        self.read_line(text);
+        true
+    }
+
+    fn read_line(&mut self, text: &[u8]) {
         if self.line == 1 {
             match serde_json::from_slice::<Header>(text) {
                 Ok(header) if header.slipway_export == FORMAT => {
@@ -445,19 +499,20 @@ impl Verifier {
         }
     }
 
-    /// Ends the first pass.
-    pub fn finish(self) -> Verification {
+    /// Ends the first pass; `sealed` is the SHA-256 (hex) of the lines
+    /// `push_line` said the seal covers.
+    pub fn finish(self, sealed: &str) -> Verification {
         let mut file = Vec::new();
-        match (&self.end, &self.sealed) {
-            (Some(end), Some(sealed)) => {
+        match &self.end {
+            Some(end) => {
                 if end.events != self.events {
                     file.push(format!("the end line counts {} events, the file holds {}", end.events, self.events));
                 }
-                if &end.sha256 != sealed {
+                if end.sha256 != sealed {
                     file.push("the file's SHA-256 does not match its end line: bytes were changed".into());
                 }
             }
-            _ => file.push("no end line: the export is cut short".into()),
+            None => file.push("no end line: the export is cut short".into()),
         }
         let filtered = self.header.as_ref().is_none_or(Header::is_partial);
         let checkpoints = match self.check {
@@ -562,11 +617,35 @@ fn partial_finding(rows: &[ChainRow]) -> Option<Finding> {
 }
 
 /// Verifies an export read by `open` (called once, or twice when a stream
-/// is broken).
+/// is broken). The seal is hashed on a thread of its own, in blocks, while
+/// this one parses and hashes the events.
 pub fn verify<R: BufRead>(mut open: impl FnMut() -> io::Result<R>, checkpoints: Option<Vec<Checkpoint>>) -> io::Result<ExportReport> {
+    const BLOCK: usize = 1 << 20;
     let mut verifier = Verifier::new(checkpoints);
-    each_line(open()?, |raw| verifier.push_line(raw))?;
-    let mut verification = verifier.finish();
+    let input = open()?;
+    let sealed = std::thread::scope(|scope| {
+        let (blocks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let hasher = scope.spawn(move || {
+            let mut digest = Sha256::new();
+            received.iter().for_each(|block| digest.update(&block));
+            hex::encode(digest.finalize())
+        });
+        let mut block = Vec::with_capacity(BLOCK);
+        let read = each_line(input, |raw| {
+            if verifier.push_line(raw) {
+                block.extend_from_slice(raw);
+                if block.len() >= BLOCK {
+                    // The hasher only stops early by panicking, which `join` reports.
+                    let _ = blocks.send(std::mem::replace(&mut block, Vec::with_capacity(BLOCK)));
+                }
+            }
+        });
+        let _ = blocks.send(block);
+        drop(blocks);
+        let sealed = hasher.join().map_err(|_| io::Error::other("the seal's hashing thread panicked"))?;
+        read.map(|()| sealed)
+    })?;
+    let mut verification = verifier.finish(&sealed);
     if verification.needs_rows() {
         each_line(open()?, |raw| verification.rows(raw))?;
     }
@@ -641,12 +720,13 @@ mod tests {
 
     #[test]
     fn every_single_flipped_byte_is_found() {
-        let bytes = export(&rows(&["a", "b"], 2), &header(None));
+        let bytes = export(&rows(&["a", "b"], 1), &header(None));
         for i in 0..bytes.len() {
-            for bit in [0x01, 0x20, 0x80] {
+            let flips = (0..8).map(|bit| bytes[i] ^ (1 << bit));
+            for other in flips.chain(*b" 0\"\\").filter(|b| *b != bytes[i]) {
                 let mut flipped = bytes.clone();
-                flipped[i] ^= bit;
-                assert!(!check(&flipped).is_intact(), "byte {i} ^ {bit:#x} went unnoticed");
+                flipped[i] = other;
+                assert!(!check(&flipped).is_intact(), "byte {i} as {other:#x} went unnoticed");
             }
         }
     }
@@ -693,7 +773,7 @@ mod tests {
         let text = String::from_utf8(bytes).expect("utf-8");
         let mut lines: Vec<&str> = text.lines().collect();
         lines.insert(2, "{\"stream\":");
-        let report = check(lines.join("\n").as_bytes());
+        let report = check(format!("{}\n", lines.join("\n")).as_bytes());
         assert_eq!(report.lines.iter().map(|l| l.line).collect::<Vec<_>>(), [3]);
         let cut: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
         assert!(check(cut.as_bytes()).file.iter().any(|p| p.contains("cut short")));
