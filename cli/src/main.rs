@@ -102,6 +102,10 @@ enum Command {
         /// Unacknowledged commands per step queue.
         #[arg(long, default_value_t = 4)]
         prefetch: u16,
+        /// Benchmarks only: answer every step after this many milliseconds
+        /// without doing anything (no Docker, no Git).
+        #[arg(long, hide = true)]
+        stand_in_ms: Option<u64>,
     },
     /// Create, list and show projects.
     #[command(subcommand)]
@@ -359,7 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Routers => verbs::routers(&*store).await.map(|_| ExitCode::SUCCESS),
         Command::Workers => verbs::workers(&*store).await.map(|_| ExitCode::SUCCESS),
-        Command::Worker { steps, prefetch } => {
+        Command::Worker { steps, prefetch, stand_in_ms } => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let options = WorkerOptions {
                 steps: if steps.is_empty() { Step::ALL.to_vec() } else { steps },
@@ -367,7 +371,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 actor: format!("worker:{}", hostname()),
                 ..Default::default()
             };
-            let parts = Parts { workers: Some((options, machinery::pipeline(&data_dir, cli.registry.clone()))), ..Default::default() };
+            let executor: Arc<dyn slipway_workers::Executor> = match stand_in_ms {
+                Some(ms) => Arc::new(slipway_workers::steps::stand_in::StandIn { step_time: Duration::from_millis(ms) }),
+                None => machinery::pipeline(&data_dir, cli.registry.clone()),
+            };
+            let parts = Parts { workers: Some((options, executor)), ..Default::default() };
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

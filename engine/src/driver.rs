@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{deployment_stream, environment_stream, StepDispatched, ROUTES_STREAM};
 use slipway_proto::command::ImageSource;
@@ -23,6 +24,12 @@ use uuid::Uuid;
 use crate::decider::{decide, Decision, EnvironmentView, Retries};
 use crate::deployment::{fold, Deployment};
 use crate::load::{self, decode_all};
+
+/// What advancing one deployment gave: a time to look again, or why not.
+type Advanced = Result<Option<DateTime<Utc>>, DriverError>;
+
+/// Deployments advanced at the same time.
+const ADVANCE_CONCURRENCY: usize = 16;
 
 /// The checkpoint name of the engine's subscription.
 pub const ENGINE_CHECKPOINT: &str = "engine";
@@ -86,9 +93,21 @@ impl Driver {
         let mut timers: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
         let mut streams: BTreeSet<String> = self.in_flight().await?;
         loop {
-            for stream in std::mem::take(&mut streams) {
+            // Deployments are independent: advance several at once (the
+            // expected-version checks settle any overlap on shared streams).
+            let batch: Vec<String> = std::mem::take(&mut streams).into_iter().collect();
+            let this = &self;
+            let advanced: Vec<(String, Advanced)> =
+                futures::stream::iter(batch.into_iter().map(|stream| async move {
+                    let result = this.advance(&stream).await;
+                    (stream, result)
+                }))
+                .buffer_unordered(ADVANCE_CONCURRENCY)
+                .collect()
+                .await;
+            for (stream, result) in advanced {
                 timers.remove(&stream);
-                match self.advance(&stream).await {
+                match result {
                     Ok(Some(at)) => {
                         timers.insert(stream, at);
                     }

@@ -1,6 +1,6 @@
 //! Zero-downtime cutover through a real router on real Docker: a load
 //! client counts failed requests while deployments (good and failing) run
-//! back to back; a long request survives the switch; rollback; a restarted
+//! back to back; a long (8 s) request survives the switch; rollback; a restarted
 //! router serves the current release at once; a router that is down fails
 //! the switch and the old release keeps serving.
 
@@ -46,10 +46,11 @@ fn engine(drain_seconds: u64, switch_timeout: Duration) -> DriverOptions {
 }
 
 /// The app answering `body`, with a CGI script `/cgi-bin/slow` that
-/// answers `slow <body>` after 3 s.
+/// answers `slow <body>` after 8 s (longer than a deployment takes even on
+/// a loaded machine, so the switch happens while it is in flight).
 fn app(body: &str, toml: &str, extra: &str) -> BTreeMap<String, Vec<u8>> {
     let mut files = busybox_app(body, toml, extra);
-    let slow = format!("#!/bin/sh\nsleep 3\necho 'Content-Type: text/plain'\necho\necho 'slow {body}'\n");
+    let slow = format!("#!/bin/sh\nsleep 8\necho 'Content-Type: text/plain'\necho\necho 'slow {body}'\n");
     files.insert("www/cgi-bin/slow".into(), slow.into_bytes());
     files
 }
@@ -156,7 +157,7 @@ async fn twenty_deployments_under_load_lose_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_request_started_before_the_switch_completes_after_it() {
-    let h = Harness::start_engine(Backends::PostgresRabbit, engine(5, Duration::from_secs(10))).await;
+    let h = Harness::start_engine(Backends::PostgresRabbit, engine(12, Duration::from_secs(10))).await;
     let repo = AppRepo::new();
     let v1 = repo.commit(&app("v1", OK, ""), "v1");
     let v2 = repo.commit(&app("v2", OK, ""), "v2");

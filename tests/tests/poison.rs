@@ -17,7 +17,7 @@ const PER_QUEUE: usize = 1000;
 /// Half garbage bytes, half well-formed envelopes of a command type nobody knows.
 fn poison(queue: &str, n: usize) -> QueueMessage {
     let id = Uuid::now_v7();
-    let body = if n % 2 == 0 {
+    let body = if n.is_multiple_of(2) {
         format!("\u{1}not json {n} \u{7f}").into_bytes()
     } else {
         serde_json::json!({

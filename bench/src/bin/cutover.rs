@@ -17,13 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use slipway_engine::driver::DriverOptions;
 use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_node::{Parts, RouterOptions, RouterPart};
-use slipway_proto::command::{RemoveContainers, RetireRelease, RunStep};
 use slipway_proto::event::*;
 use slipway_proto::{Event, Step};
 use slipway_store::postgres::{redact_url, PgOptions};
@@ -31,7 +29,7 @@ use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
 use slipway_store::queue::Queue;
 use slipway_store::{EventStore, PgStore};
-use slipway_workers::steps::{Executor, Settings};
+use slipway_workers::steps::stand_in::StandIn;
 use slipway_workers::WorkerOptions;
 use uuid::Uuid;
 
@@ -45,47 +43,6 @@ struct Args {
     pg_url: String,
     #[arg(long, env = "SLIPWAY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
-}
-
-/// Every step succeeds at once; the web container "listens" on port 9.
-struct Instant;
-
-#[async_trait]
-impl Executor for Instant {
-    async fn run_step(&self, c: &RunStep, _env: &Settings) -> Event {
-        match c.step {
-            Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![] }),
-            Step::Checkout => Event::CheckedOut(CheckedOut {
-                commit: "0".repeat(40),
-                workspace: String::new(),
-                config: serde_json::json!({}),
-            }),
-            Step::Build => Event::ImageBuilt(ImageBuilt {
-                image_id: "sha256:bench".into(),
-                tag: "bench".into(),
-                cache_used: true,
-                duration_ms: 0,
-                log_ref: None,
-                log_digest: None,
-                mode: BuildMode::Local,
-                warnings: vec![],
-                pushed: None,
-            }),
-            Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
-                container: format!("bench-{}", c.context.deployment_id.simple()),
-                host_port: 9,
-            }),
-            Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: true }),
-            Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
-            step => Event::HealthCheckPassed(HealthCheckPassed { path: format!("/{step}"), status: 200, attempts: 1, elapsed_ms: 0 }),
-        }
-    }
-    async fn remove_containers(&self, c: &RemoveContainers) -> Event {
-        Event::ContainersRemoved(ContainersRemoved { containers: c.containers.clone() })
-    }
-    async fn retire(&self, c: &RetireRelease) -> Event {
-        Event::ContainersRemoved(ContainersRemoved { containers: c.containers.clone() })
-    }
 }
 
 /// One deployment's switch, in milliseconds after its health check passed.
@@ -120,7 +77,7 @@ async fn run(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> 
     let (stop, shutdown) = slipway_node::manual();
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10), ..Default::default() }),
-        workers: Some((WorkerOptions { actor: "worker:bench".into(), ..Default::default() }, Arc::new(Instant))),
+        workers: Some((WorkerOptions { actor: "worker:bench".into(), ..Default::default() }, Arc::new(StandIn { step_time: Duration::ZERO }))),
         ..Default::default()
     };
     let node = tokio::spawn(slipway_node::serve(store.clone(), queue, parts, shutdown));

@@ -18,6 +18,7 @@ pub mod pinning;
 pub mod pipeline;
 pub mod processes;
 pub mod release;
+pub mod stand_in;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,233 @@
+//! `slipway-bench-farm`: engine throughput and horizontal scaling. The real
+//! engine, outbox relay, PostgreSQL store and RabbitMQ queues run in this
+//! process; the steps run in 1, 2 and 4 `slipway worker` processes whose
+//! executor is a stand-in that answers each step after a fixed time (0 ms,
+//! 200 ms; a bench-only mode, the real executors are untouched). Every
+//! deployment goes to its own project, so all of them may run at once.
+//!
+//! It prints, per configuration: deployments completed per second, events
+//! appended per second, and the engine's hand-off latency (an outcome
+//! recorded -> the next step's command recorded) p50/p99.
+//!
+//! Build both binaries, then run:
+//! `cargo build --release -p slipway -p slipway-bench && ./target/release/slipway-bench-farm --deployments 200`
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::TryStreamExt;
+use slipway_engine::driver::DriverOptions;
+use slipway_engine::requests::{self, DeployRequest, NewProject};
+use slipway_node::Parts;
+use slipway_proto::event::BuildMode;
+use slipway_proto::{Event, Step};
+use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::queue::namespaced::Namespaced;
+use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
+use slipway_store::queue::Queue;
+use slipway_store::{EventStore, PgStore, Position};
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(about = "Deployments per second through the real engine, outbox, RabbitMQ and PostgreSQL, with 1, 2, 4 worker processes")]
+struct Args {
+    /// Deployments per configuration (each to its own project).
+    #[arg(long, default_value_t = 200)]
+    deployments: usize,
+    /// Worker process counts to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<usize>,
+    /// Stand-in step times to try, in milliseconds.
+    #[arg(long, value_delimiter = ',', default_value = "0,200")]
+    step_ms: Vec<u64>,
+    /// The slipway binary (default: next to this one).
+    #[arg(long)]
+    slipway: Option<std::path::PathBuf>,
+    #[arg(long, env = "SLIPWAY_PG_URL", default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
+    pg_url: String,
+    #[arg(long, env = "SLIPWAY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+}
+
+struct Outcome {
+    per_second: f64,
+    events_per_second: f64,
+    handoff_p50: f64,
+    handoff_p99: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let slipway = match &args.slipway {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("slipway"),
+    };
+    if !slipway.exists() {
+        bail!("{} not found: cargo build --release -p slipway first (or pass --slipway)", slipway.display());
+    }
+    println!("slipway-bench-farm: {} deployments per configuration, each to its own project", args.deployments);
+    println!("machine: {} cores; engine + relay in this process, workers as processes\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("{:>8} {:>8} {:>14} {:>14} {:>14} {:>14}", "step", "workers", "deploys/s", "events/s", "hand-off p50", "hand-off p99");
+    let mut zero_step_best = 0.0f64;
+    let mut scaling: Vec<(usize, f64)> = Vec::new();
+    for &ms in &args.step_ms {
+        for &workers in &args.workers {
+            let o = run(&args, &slipway, workers, ms).await?;
+            println!(
+                "{:>6}ms {:>8} {:>14.1} {:>14.0} {:>12.1}ms {:>12.1}ms",
+                ms, workers, o.per_second, o.events_per_second, o.handoff_p50, o.handoff_p99
+            );
+            if ms == 0 {
+                zero_step_best = zero_step_best.max(o.per_second);
+            }
+            if ms == *args.step_ms.iter().max().unwrap_or(&0) && ms > 0 {
+                scaling.push((workers, o.per_second));
+            }
+        }
+    }
+    println!();
+    println!(
+        "goal: >= 200 deployments/s with zero-time steps: best {zero_step_best:.1}/s -> {}",
+        if zero_step_best >= 200.0 { "met" } else { "MISSED" }
+    );
+    if let Some((w0, r0)) = scaling.first().copied() {
+        for (w, r) in &scaling[1..] {
+            let ideal = *w as f64 / w0 as f64;
+            println!("scaling with slow steps: {w} workers {:.2}x of {w0} (linear: {ideal:.1}x)", r / r0);
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: &Args, slipway: &std::path::Path, workers: usize, step_ms: u64) -> anyhow::Result<Outcome> {
+    let tag = Uuid::now_v7().simple().to_string();
+    let schema = format!("slipway_bench_farm_{tag}");
+    let namespace = format!("farm{}", &tag[20..]);
+    let store: Arc<dyn EventStore> = Arc::new(
+        PgStore::connect(&args.pg_url, PgOptions { schema: Some(schema.clone()), max_connections: 16, ..Default::default() })
+            .await
+            .with_context(|| format!("PostgreSQL at {} (run scripts/services)", redact_url(&args.pg_url)))?,
+    );
+    let rabbit = RabbitQueue::connect(&args.amqp_url, RabbitOptions::default())
+        .await
+        .with_context(|| format!("RabbitMQ at {} (run scripts/services)", redact_url(&args.amqp_url)))?;
+    let queue: Arc<dyn Queue> = Arc::new(Namespaced::new(Arc::new(rabbit), namespace.clone()));
+    for step in Step::ALL {
+        queue.declare(&step.queue()).await?;
+    }
+    let mut children: Vec<Child> = (0..workers)
+        .map(|_| {
+            Command::new(slipway)
+                .args(["worker", "--stand-in-ms", &step_ms.to_string(), "--prefetch", "32"])
+                .env("SLIPWAY_DATABASE", &args.pg_url)
+                .env("SLIPWAY_PG_SCHEMA", &schema)
+                .env("SLIPWAY_QUEUE", &args.amqp_url)
+                .env("SLIPWAY_QUEUE_NAMESPACE", &namespace)
+                .env("SLIPWAY_LOG", "error")
+                .stdout(Stdio::null())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let result = measure(args, store.clone(), queue.clone()).await;
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for step in Step::ALL {
+        let _ = queue.delete(&step.queue()).await;
+    }
+    if let Ok(pool) = sqlx::PgPool::connect(&args.pg_url).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
+    }
+    result
+}
+
+async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> anyhow::Result<Outcome> {
+    let n = args.deployments;
+    for p in 0..n {
+        let new = NewProject {
+            name: format!("farm-{p}"),
+            repository: "/nonexistent".into(),
+            default_branch: "main".into(),
+            environments: vec!["live".into()],
+            mirror_of: None,
+        };
+        if let Err(r) = requests::create_project(&*store, "bench", new).await? {
+            bail!("{r}");
+        }
+    }
+    let (stop, shutdown) = slipway_node::manual();
+    let parts = Parts { engine: Some(DriverOptions { drain_seconds: 0, ..Default::default() }), ..Default::default() };
+    let node = tokio::spawn(slipway_node::serve(store.clone(), queue, parts, shutdown));
+    let before = store.stream_all(Position::START).try_fold(0usize, |n, _| async move { Ok(n + 1) }).await?;
+    let started = Instant::now();
+    for p in 0..n {
+        let req = DeployRequest {
+            project: format!("farm-{p}"),
+            environment: "live".into(),
+            git_ref: None,
+            mode: BuildMode::Local,
+            no_cache: false,
+            run_release: true,
+            dry_run: false,
+        };
+        if let Err(r) = requests::request_deployment(&*store, "bench", req).await? {
+            bail!("{r}");
+        }
+    }
+    let mut wake = store.wakeups();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut cursor = Position::START;
+    let mut done = 0;
+    while done < n {
+        for r in store.read_all(cursor, 10_000).await? {
+            cursor = r.position;
+            if r.envelope.message_type == "DeploymentSucceeded" {
+                done += 1;
+            } else if r.envelope.message_type == "DeploymentFailed" {
+                bail!("a deployment failed: {}", r.envelope.to_json());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {n} deployments finished in 600 s");
+        }
+        slipway_store::subscription::wait_for_wakeup(&mut wake, Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), node).await;
+
+    let all: Vec<_> = store.stream_all(Position::START).try_collect().await?;
+    let events = all.len().saturating_sub(before);
+    // Hand-off: an outcome recorded -> the next StepDispatched of its stream.
+    let mut last_outcome: std::collections::HashMap<&str, chrono::DateTime<chrono::Utc>> = Default::default();
+    let mut handoffs = Vec::new();
+    for r in &all {
+        if !r.stream.starts_with("deployment-") {
+            continue;
+        }
+        match r.envelope.decode::<Event>() {
+            Ok(Event::StepDispatched(_)) => {
+                if let Some(t) = last_outcome.remove(r.stream.as_str()) {
+                    handoffs.push((r.recorded_at - t).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                }
+            }
+            Ok(e) if e.completes_step().is_some() => {
+                last_outcome.insert(r.stream.as_str(), r.recorded_at);
+            }
+            _ => {}
+        }
+    }
+    handoffs.sort_by(f64::total_cmp);
+    let pct = |p: f64| handoffs.get(((handoffs.len() as f64 * p) as usize).min(handoffs.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    Ok(Outcome {
+        per_second: n as f64 / elapsed,
+        events_per_second: events as f64 / elapsed,
+        handoff_p50: pct(0.5),
+        handoff_p99: pct(0.99),
+    })
+}
