@@ -134,6 +134,19 @@ enum Command {
         #[command(flatten)]
         follow: FollowArgs,
     },
+    /// Re-run a finished deployment with exactly its recorded inputs (commit,
+    /// so the same slipway.toml; settings snapshot; mode) as a new deployment
+    /// linked to it. It resumes at the step that failed (or --from-step):
+    /// the build re-uses the original's image while Docker has it, release
+    /// commands before that step are not run again; history is never rewritten.
+    Replay {
+        deployment: Uuid,
+        /// Resume at this pipeline step (default: the one that failed).
+        #[arg(long)]
+        from_step: Option<Step>,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
     /// Serve an earlier release again (by default the one before the release
     /// serving now): its image, commit, slipway.toml and settings, through
     /// the service check, containers, health check and traffic switch,
@@ -404,6 +417,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             println!("deployment {id}: {project} {to} gets the image of {from}'s release {source}\n");
             finish(&*store, running, id, &project, &to, &data_dir, &follow).await
+        }
+        Command::Replay { deployment, from_step, follow } => {
+            let original = slipway_engine::load::deployment(&*store, deployment)
+                .await?
+                .with_context(|| format!("no deployment {deployment}"))?;
+            let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
+            let replay = match requests::request_replay(&*store, &verbs::actor(), deployment, from_step).await? {
+                Ok(r) => r,
+                Err(rejection) => bail!("{rejection}"),
+            };
+            println!("deployment {}: replays {deployment} from {}\n", replay.deployment_id, replay.from_step);
+            let (project, env) = (&original.context.project, &original.context.environment);
+            finish(&*store, running, replay.deployment_id, project, env, &data_dir, &follow).await
         }
         Command::Rollback { project, env, to, follow } => {
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;

@@ -10,6 +10,7 @@
 //! | running, step S next, S not dispatched  | dispatch `RunStep(S)` (+ `StepDispatched`) |
 //! | rollback (promotion), next step checkout/build/release (not release) | record it skipped / `ImageReused` (the old release's inputs) |
 //! | next step build, an image of the same commit known | dispatch the build with it as the re-use candidate |
+//! | replay from after the release, next step release | record it skipped (the original ran the commands) |
 //! | running, S dispatched, no outcome yet   | wake me at its deadline                   |
 //! | … past the deadline (+ backoff), attempts left | dispatch `RunStep(S)` again, next attempt |
 //! | … past the deadline, last attempt       | `StepFailed(S)` naming the queue          |
@@ -111,11 +112,7 @@ pub fn decide(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
             Some(step) => match rollback_reuse(d, step) {
                 Some(outcome) => vec![Decision::Record(outcome)],
                 None => {
-                    let mut context = d.context.clone();
-                    if step == Step::Build {
-                        context.reuse = env.reusable_image.clone();
-                    }
-                    vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: 1, context }))]
+                    vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: 1, context: step_context(d, step, env) }))]
                 }
             },
         },
@@ -230,11 +227,20 @@ fn overdue(d: &Deployment, step: Step, env: &EnvironmentView) -> Vec<Decision> {
     if env.now < deadline + pause {
         return vec![Decision::WakeAt(deadline + pause)];
     }
+    vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: attempt + 1, context: step_context(d, step, env) }))]
+}
+
+/// The context a step's command carries: a build also gets an image it may
+/// re-use (a replay's original image first, else one of the same commit).
+fn step_context(d: &Deployment, step: Step, env: &EnvironmentView) -> slipway_proto::command::DeploymentContext {
     let mut context = d.context.clone();
     if step == Step::Build {
-        context.reuse = env.reusable_image.clone();
+        let replayed = d.replay_of.as_ref().and_then(|r| {
+            Some(ImageSource { deployment_id: r.deployment_id, image_id: r.image_id.clone()? })
+        });
+        context.reuse = replayed.or_else(|| env.reusable_image.clone());
     }
-    vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: attempt + 1, context }))]
+    context
 }
 
 fn fail(step: Step, reason: String) -> Event {
@@ -289,6 +295,16 @@ fn retire_previous(d: &Deployment, env: &EnvironmentView) -> Option<Decision> {
 /// environment's schema has not seen them). Those steps are recorded by the
 /// engine instead of dispatched.
 fn rollback_reuse(d: &Deployment, step: Step) -> Option<Event> {
+    if let Some(replay) = &d.replay_of {
+        // A replay from after the release: the original ran its commands.
+        let ran_before = Step::PIPELINE.iter().position(|s| *s == Step::Release) < Step::PIPELINE.iter().position(|s| *s == replay.from_step);
+        return (step == Step::Release && ran_before).then(|| {
+            Event::StepSkipped(StepSkipped {
+                step,
+                reason: format!("replay of {} from {}: its release commands ran there", replay.deployment_id, replay.from_step),
+            })
+        });
+    }
     let (source, what) = match (d.rollback_of, d.promoted_from) {
         (Some(source), _) => (source, "rollback"),
         (None, Some(source)) => (source, "promotion"),

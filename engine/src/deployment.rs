@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use slipway_proto::command::DeploymentContext;
+use slipway_proto::event::ReplaySource;
 use slipway_proto::{Event, Step};
 use uuid::Uuid;
 
@@ -38,6 +39,10 @@ pub struct Deployment {
     pub rollback_of: Option<Uuid>,
     /// A promotion deploys this release's image (of another environment).
     pub promoted_from: Option<Uuid>,
+    /// A replay of an earlier deployment, from a step.
+    pub replay_of: Option<ReplaySource>,
+    /// Replays of this deployment, oldest first.
+    pub replayed_as: Vec<Uuid>,
     /// The stream version this state was folded up to.
     pub version: u64,
 }
@@ -121,6 +126,8 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 switch: None,
                 rollback_of: r.rollback_of.as_ref().map(|s| s.deployment_id),
                 promoted_from: r.promoted_from.as_ref().map(|s| s.deployment_id),
+                replay_of: r.replay_of.clone(),
+                replayed_as: Vec::new(),
                 version: 1,
                 })
             }
@@ -130,8 +137,9 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
     let finished = d.is_finished();
     match event {
         Event::DeploymentRequested(_) => return Err(illegal(&Some(d), event)),
-        // Cleanup facts may arrive after the end; nothing else may.
+        // Cleanup facts and replays may arrive after the end; nothing else may.
         Event::ContainersRemoved(r) => d.containers.retain(|c| !r.containers.contains(c)),
+        Event::DeploymentReplayed(r) => d.replayed_as.push(r.replay),
         _ if finished => return Err(illegal(&Some(d), event)),
         Event::StepDispatched(s) => {
             d.dispatched = Some((s.step, s.attempt, s.command_id));

@@ -8,9 +8,9 @@ use slipway_proto::config::{is_dns_label, is_env_name};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
     deployment_stream, environment_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
-    ProjectCreated, ReleaseSource, SettingsChanged,
+    DeploymentReplayed, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged,
 };
-use slipway_proto::{Envelope, Event, TraceContext};
+use slipway_proto::{Envelope, Event, Step, TraceContext};
 use slipway_store::event_store::StreamAppend;
 use slipway_store::settings::fingerprint;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
@@ -203,6 +203,7 @@ pub async fn request_deployment(store: &dyn EventStore, actor: &str, req: Deploy
             dry_run: req.dry_run,
             rollback_of: None,
             promoted_from: None,
+            replay_of: None,
         },
     )
     .await
@@ -277,6 +278,7 @@ pub async fn request_rollback(
         dry_run: false,
         rollback_of: Some(ReleaseSource { deployment_id: target, commit, image_id, config: old.context.config.clone() }),
         promoted_from: None,
+        replay_of: None,
     };
     Ok(enqueue(store, actor, requested).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
 }
@@ -331,8 +333,97 @@ pub async fn request_promotion(
         dry_run: false,
         rollback_of: None,
         promoted_from: Some(ReleaseSource { deployment_id: source, commit, image_id, config: release.context.config.clone() }),
+        replay_of: None,
     };
     Ok(enqueue(store, actor, requested).await?.map(|id| (id, source)))
+}
+
+/// A replay the engine accepted.
+#[derive(Debug, Clone)]
+pub struct ReplayRequested {
+    pub deployment_id: Uuid,
+    pub from_step: Step,
+}
+
+/// Re-runs a finished deployment with exactly its recorded inputs — the
+/// commit it checked out (so the same `slipway.toml`), its settings
+/// snapshot, its mode — as a new deployment of the same environment,
+/// linked both ways (`replay_of` on the new one, `DeploymentReplayed` on
+/// the original). It resumes at `from_step` (default: the step that failed;
+/// a succeeded deployment runs again from the start): the build re-uses the
+/// original's image if Docker still has it, release commands before
+/// `from_step` are not run again, and containers are always started anew.
+pub async fn request_replay(
+    store: &dyn EventStore,
+    actor: &str,
+    original: Uuid,
+    from_step: Option<Step>,
+) -> Outcome<ReplayRequested> {
+    let old = match load::deployment(store, original).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return reject(format!("no deployment {original}")),
+        Err(load::LoadError::Store(e)) => return Err(e),
+        Err(e) => return reject(e.to_string()),
+    };
+    if !old.is_finished() {
+        return reject(format!("deployment {original} is still running; replay it once it has finished"));
+    }
+    let failed_at = match &old.status {
+        crate::deployment::Status::Failed { step, .. } => Some(*step),
+        _ => None,
+    };
+    let from_step = match (from_step, failed_at) {
+        (Some(s), _) if !Step::PIPELINE.contains(&s) => {
+            let steps: Vec<&str> = Step::PIPELINE.iter().map(|s| s.as_str()).collect();
+            return reject(format!("--from-step `{s}` is not a pipeline step; one of: {}", steps.join(", ")));
+        }
+        (Some(s), _) => s,
+        // The switch itself failed: run the health check and switch again.
+        (None, Some(Step::Cutover)) => Step::HealthCheck,
+        (None, Some(s)) if Step::PIPELINE.contains(&s) => s,
+        _ => Step::CheckServices,
+    };
+    let p = match project_environment(store, &old.context.project, &old.context.environment).await? {
+        Ok(p) => p,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    // Without a recorded commit (the checkout failed), the recorded ref.
+    let (git_ref, from_step) = match &old.context.commit {
+        Some(commit) => (commit.clone(), from_step),
+        None => (old.context.git_ref.clone(), Step::CheckServices),
+    };
+    let id = Uuid::now_v7();
+    let requested = DeploymentRequested {
+        deployment_id: id,
+        project: p.name.clone(),
+        environment: old.context.environment.clone(),
+        repository: old.context.repository.clone(),
+        git_ref,
+        mode: old.context.mode,
+        no_cache: false,
+        run_release: old.context.run_release,
+        settings: old.context.settings.clone(),
+        dry_run: old.context.dry_run,
+        rollback_of: None,
+        promoted_from: None,
+        replay_of: Some(ReplaySource { deployment_id: original, from_step, image_id: old.context.image_id.clone() }),
+    };
+    let trace = Some(TraceContext::root(id.as_u128(), Uuid::now_v7().as_u128() as u64));
+    let (dstream, estream, ostream) =
+        (deployment_stream(id), environment_stream(&requested.project, &requested.environment), deployment_stream(original));
+    let replayed = Event::DeploymentReplayed(DeploymentReplayed { replay: id, from_step });
+    let d = [envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone())];
+    let q = [envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace.clone())];
+    let o = [envelope(&ostream, &replayed, id, actor, trace)];
+    let appends = [
+        StreamAppend { stream: &dstream, expected: ExpectedVersion::NoStream, events: &d },
+        StreamAppend { stream: &estream, expected: ExpectedVersion::Any, events: &q },
+        StreamAppend { stream: &ostream, expected: ExpectedVersion::Any, events: &o },
+    ];
+    match store.append_streams(&appends, &[]).await? {
+        Ok(_) => Ok(Ok(ReplayRequested { deployment_id: id, from_step })),
+        Err(c) => reject(format!("could not record the replay: {c}")),
+    }
 }
 
 /// One warning per release (of those given) that ran release commands.

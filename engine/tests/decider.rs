@@ -27,6 +27,7 @@ fn requested() -> Event {
         dry_run: false,
         rollback_of: None,
         promoted_from: None,
+        replay_of: None,
     })
 }
 

@@ -113,6 +113,29 @@ pub struct DeploymentRequested {
     /// this environment's settings).
     #[serde(default)]
     pub promoted_from: Option<ReleaseSource>,
+    /// A replay: the same recorded inputs (commit, settings snapshot, mode)
+    /// as an earlier deployment, resuming at `from_step`.
+    #[serde(default)]
+    pub replay_of: Option<ReplaySource>,
+}
+
+/// What a replay takes from the deployment it re-runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaySource {
+    pub deployment_id: Uuid,
+    /// Steps before it re-use what the original produced (its image, if
+    /// Docker still has it; its release commands are not run again).
+    pub from_step: Step,
+    /// The original's image, if it built one.
+    #[serde(default)]
+    pub image_id: Option<String>,
+}
+
+/// Recorded on the original deployment's stream: it was replayed as `replay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentReplayed {
+    pub replay: Uuid,
+    pub from_step: Step,
 }
 
 /// What a rollback or a promotion re-uses from an earlier release.
@@ -382,6 +405,7 @@ crate::message_family! {
         RouteAcknowledged(RouteAcknowledged) = 1,
         TrafficSwitchRequested(TrafficSwitchRequested) = 1,
         TrafficSwitched(TrafficSwitched) = 1,
+        DeploymentReplayed(DeploymentReplayed) = 1,
     }
 }
 

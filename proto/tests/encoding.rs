@@ -47,6 +47,7 @@ fn sample_events() -> Vec<Event> {
             dry_run: false,
             rollback_of: None,
             promoted_from: None,
+            replay_of: None,
         }),
         Event::StepFailed(StepFailed {
             step: Step::Build,
