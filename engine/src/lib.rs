@@ -8,6 +8,7 @@ pub mod decider;
 pub mod deployment;
 pub mod driver;
 pub mod environment;
+pub mod history;
 pub mod load;
 pub mod project;
 pub mod requests;
