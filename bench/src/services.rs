@@ -49,7 +49,7 @@ pub struct BenchDb {
 impl BenchDb {
     /// Creates the fresh schema `schema` and migrates it.
     async fn create(url: &str, schema: String) -> anyhow::Result<Self> {
-        let options = PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true };
+        let options = PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true, ..Default::default() };
         let store = PgStore::connect(url, options)
             .await
             .with_context(|| format!("creating the bench schema {schema} on {}", redact_url(url)))?;

@@ -56,13 +56,20 @@ pub struct PgOptions {
     pub max_connections: u32,
     /// Apply migrations on connect.
     pub migrate: bool,
+    /// The role the store's connections act as once migrated (`SET ROLE`):
+    /// by default `slipway_writer`, which may INSERT and SELECT events and
+    /// nothing more. `None` keeps the login role.
+    pub role: Option<String>,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { schema: None, max_connections: 8, migrate: true }
+        PgOptions { schema: None, max_connections: 8, migrate: true, role: Some(WRITER_ROLE.into()) }
     }
 }
+
+/// The application's role (created by the first migration).
+pub const WRITER_ROLE: &str = "slipway_writer";
 
 pub struct PgStore {
     pool: PgPool,
@@ -181,7 +188,7 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(db(format!("connecting to {redacted}")))?;
         if options.migrate {
@@ -190,6 +197,20 @@ impl PgStore {
                 .await
                 .map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
         }
+        let pool = match &options.role {
+            None => pool,
+            Some(role) => {
+                pool.close().await;
+                let as_role = connect.options([("role", role.as_str())]);
+                PgPoolOptions::new()
+                    .max_connections(options.max_connections.max(2))
+                    .connect_with(as_role)
+                    .await
+                    .map_err(db(format!(
+                        "connecting to {redacted} as role {role} (the login role must be a member: GRANT {role} TO <login role>)"
+                    )))?
+            }
+        };
         let (tx, wake) = watch::channel(0u64);
         let mut listener = PgListener::connect_with(&pool).await.map_err(db("opening the LISTEN connection"))?;
         listener.listen(NOTIFY_CHANNEL).await.map_err(db("LISTEN"))?;

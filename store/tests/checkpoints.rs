@@ -231,7 +231,7 @@ async fn postgres_a_rewritten_tail_is_caught_by_a_checkpoint_and_not_by_the_chai
     admin.execute("ALTER TABLE events ENABLE TRIGGER events_notify").await.unwrap();
     admin.close().await.unwrap();
     // ... and appends two others in their place, with a valid chain.
-    let fresh = PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), max_connections: 2, migrate: false })
+    let fresh = PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), max_connections: 2, migrate: false, ..Default::default() })
         .await
         .unwrap();
     let forged = common::events("deployment-1", 90..92);

@@ -15,7 +15,7 @@ use slipway_store::postgres::PgOptions;
 use slipway_store::{EventStore, ExpectedVersion, PgStore};
 
 async fn second_store(schema: &str) -> PgStore {
-    let options = PgOptions { schema: Some(schema.to_owned()), max_connections: 4, migrate: false };
+    let options = PgOptions { schema: Some(schema.to_owned()), max_connections: 4, migrate: false, ..Default::default() };
     PgStore::connect(&pg_url(), options).await.unwrap()
 }
 

@@ -145,11 +145,24 @@ async fn postgres_events_refuse_update_delete_and_truncate() {
     let s = "deployment-x";
     store.append(s, ExpectedVersion::Any, &events(s, 0..3), &[]).await.unwrap().unwrap();
 
-    // The owner is stopped by the triggers.
+    // The store's own connections act as slipway_writer: the database
+    // refuses them any change to stored events.
+    let mut own = store.pool().acquire().await.unwrap();
+    let acting: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut *own).await.unwrap();
+    assert_eq!(acting, "slipway_writer");
+    expect_refused(&mut own, "UPDATE events SET body = '{}' WHERE version = 2", "permission denied").await;
+    expect_refused(&mut own, "DELETE FROM events WHERE version = 2", "permission denied").await;
+    drop(own);
+
+    // The owner (the login role, once it drops the writer role) is stopped
+    // by the triggers.
     let mut owner = store.pool().acquire().await.unwrap();
+    owner.execute("SET ROLE NONE").await.unwrap();
     expect_refused(&mut owner, "UPDATE events SET body = '{}' WHERE version = 2", "append-only").await;
     expect_refused(&mut owner, "DELETE FROM events WHERE version = 2", "append-only").await;
     expect_refused(&mut owner, "TRUNCATE events", "append-only").await;
+    owner.execute("SET ROLE slipway_writer").await.unwrap();
+    drop(owner);
 
     // A superuser that turns off replication-mode triggers is still stopped:
     // the triggers fire always.

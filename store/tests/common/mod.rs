@@ -30,7 +30,7 @@ pub fn pg_admin_url() -> String {
 pub async fn pg_store() -> (PgStore, String) {
     let schema = format!("t_{}", Uuid::now_v7().simple());
     let url = pg_url();
-    let store = PgStore::connect(&url, PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true })
+    let store = PgStore::connect(&url, PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true, ..Default::default() })
         .await
         .unwrap_or_else(|e| {
             panic!("PostgreSQL is not reachable at {} ({e}); run `scripts/services` first", redact_url(&url))
