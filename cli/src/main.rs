@@ -4,6 +4,7 @@
 mod audit;
 mod connect;
 mod follow;
+mod history;
 mod machinery;
 mod render;
 mod verbs;
@@ -161,13 +162,31 @@ enum Command {
         follow: FollowArgs,
     },
     /// What an environment serves now, and what is running or queued.
-    Status { project: String, env: String },
+    Status {
+        project: String,
+        env: String,
+        /// Time travel: what served at this RFC 3339 time (2025-03-01T12:00:00Z):
+        /// the deployment, its commit, image and settings fingerprints.
+        #[arg(long, value_name = "TIMESTAMP")]
+        at: Option<String>,
+    },
     /// An environment's releases (successful deployments), newest first; `*` serves now.
     Releases { project: String, env: String },
     /// A project's deployments, oldest first.
     Deployments { project: String },
     /// A deployment's events with its build and release logs.
     Logs { deployment: Uuid },
+    /// A deployment's timeline: each event's time, step, actor and outcome,
+    /// each step's duration, and Dockerfile pinning warnings.
+    History {
+        deployment: Uuid,
+        /// Print a JSON document (summary, steps, entries) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed from deployment A to B: commit, image, settings keys
+    /// (by fingerprint), release commands, step durations.
+    Diff { a: Uuid, b: Uuid },
     /// Print a stream's events (a deployment's is `deployment-<ID>`).
     Events { stream: String },
     /// Export the event log as JSON Lines (one event per line, in global
@@ -443,7 +462,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("deployment {}: {project} {env} rolls back to deployment {}\n", rollback.deployment_id, rollback.target);
             finish(&*store, running, rollback.deployment_id, &project, &env, &data_dir, &follow).await
         }
-        Command::Status { project, env } => verbs::status(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
+        Command::Status { project, env, at: None } => verbs::status(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
+        Command::Status { project, env, at: Some(at) } => history::status_at(&*store, &project, &env, &at).await.map(|_| ExitCode::SUCCESS),
+        Command::History { deployment, json } => history::history(&*store, deployment, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Diff { a, b } => history::diff(&*store, a, b).await.map(|_| ExitCode::SUCCESS),
         Command::Releases { project, env } => verbs::releases(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
         Command::Deployments { project } => verbs::deployments(&*store, &project).await.map(|_| ExitCode::SUCCESS),
         Command::Logs { deployment } => verbs::logs(&*store, deployment, &data_dir).await.map(|_| ExitCode::SUCCESS),

@@ -123,8 +123,9 @@ pub fn timeline(recorded: &[RecordedEvent]) -> Result<Option<Timeline>, LoadErro
             payload: event.clone(),
         };
         let dispatched = match &event {
-            Event::StepDispatched(d) => Some((d.step, d.attempt)),
-            Event::TrafficSwitchRequested(_) => Some((Step::Cutover, 1)),
+            Event::StepDispatched(d) => Some((d.step, Some(d.attempt))),
+            // The engine's own step: one switch, no attempts.
+            Event::TrafficSwitchRequested(_) => Some((Step::Cutover, None)),
             _ => None,
         };
         let outcome = match &event {
@@ -141,7 +142,8 @@ pub fn timeline(recorded: &[RecordedEvent]) -> Result<Option<Timeline>, LoadErro
         }
         if let Some((step, attempt)) = dispatched {
             entry.step = Some(step);
-            entry.attempt = Some(attempt);
+            entry.attempt = attempt;
+            let attempt = attempt.unwrap_or(1);
             match steps.iter_mut().find(|t| t.step == step) {
                 Some(t) => t.attempts = t.attempts.max(attempt),
                 None => steps.push(StepTiming {
