@@ -165,6 +165,11 @@ impl Harness {
         }
     }
 
+    /// The PostgreSQL schema this harness's store lives in (`None`: SQLite).
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
     /// The router's address, for requests with `Host: host(env)`.
     pub fn router_addr(&self) -> std::net::SocketAddr {
         self.router_addr
