@@ -148,6 +148,15 @@ enum Command {
         #[command(flatten)]
         follow: FollowArgs,
     },
+    /// Run the release commands (migrations) against the release serving
+    /// ENV now: it is deployed again from the release step with release
+    /// commands on, then health-checked and cut over with no downtime.
+    Migrate {
+        project: String,
+        env: String,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
     /// Serve an earlier release again (by default the one before the release
     /// serving now): its image, commit, slipway.toml and settings, through
     /// the service check, containers, health check and traffic switch,
@@ -449,6 +458,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("deployment {}: replays {deployment} from {}\n", replay.deployment_id, replay.from_step);
             let (project, env) = (&original.context.project, &original.context.environment);
             finish(&*store, running, replay.deployment_id, project, env, &data_dir, &follow).await
+        }
+        Command::Migrate { project, env, follow } => {
+            let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
+            let migrate = match requests::request_migrate(&*store, &verbs::actor(), &project, &env).await? {
+                Ok(r) => r,
+                Err(rejection) => bail!("{rejection}"),
+            };
+            println!("deployment {}: runs the release commands of {project} {env}\n", migrate.deployment_id);
+            finish(&*store, running, migrate.deployment_id, &project, &env, &data_dir, &follow).await
         }
         Command::Rollback { project, env, to, follow } => {
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;

@@ -359,6 +359,33 @@ pub async fn request_replay(
     original: Uuid,
     from_step: Option<Step>,
 ) -> Outcome<ReplayRequested> {
+    replay(store, actor, original, from_step, false).await
+}
+
+/// Runs the release commands against the release serving `environment`
+/// now (seed: `docker-compose run --rm web start migrate`): a replay of it
+/// from the release step with release commands on, so the migrated release
+/// is health-checked and cut over like any other, with no downtime.
+pub async fn request_migrate(store: &dyn EventStore, actor: &str, project: &str, environment: &str) -> Outcome<ReplayRequested> {
+    if let Err(rejection) = project_environment(store, project, environment).await? {
+        return Ok(Err(rejection));
+    }
+    let serving = match load::environment(store, project, environment).await {
+        Ok(env) => env.last_succeeded(),
+        Err(load::LoadError::Store(e)) => return Err(e),
+        Err(e) => return reject(e.to_string()),
+    };
+    let Some(release) = serving else { return reject(format!("{project} {environment} serves no release to migrate")) };
+    replay(store, actor, release, Some(Step::Release), true).await
+}
+
+async fn replay(
+    store: &dyn EventStore,
+    actor: &str,
+    original: Uuid,
+    from_step: Option<Step>,
+    force_release: bool,
+) -> Outcome<ReplayRequested> {
     let old = match load::deployment(store, original).await {
         Ok(Some(d)) => d,
         Ok(None) => return reject(format!("no deployment {original}")),
@@ -401,7 +428,7 @@ pub async fn request_replay(
         git_ref,
         mode: old.context.mode,
         no_cache: false,
-        run_release: old.context.run_release,
+        run_release: old.context.run_release || force_release,
         settings: old.context.settings.clone(),
         dry_run: old.context.dry_run,
         rollback_of: None,

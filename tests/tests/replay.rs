@@ -58,3 +58,26 @@ async fn a_replay_resumes_at_the_failed_release_without_rebuilding() {
     assert!(events.iter().any(|e| matches!(e, Event::StepSkipped(s) if s.step == Step::Release)), "{events:?}");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_runs_the_release_commands_a_local_deployment_skipped() {
+    let h = Harness::start(Backends::Embedded).await;
+    let repo = AppRepo::new();
+    repo.commit(&busybox_app("v1", "[web]\nport = 80\n\n[release]\ncommands = [\"echo migrated\"]\n", ""), "v1");
+    h.create_project(&repo.path()).await;
+    // Local mode without --migrate: the release commands are skipped.
+    let d = h.deploy_with("test", "main", slipway_proto::event::BuildMode::Local, false).await;
+    assert_eq!(d.status, Status::Succeeded);
+    let skipped = h.events(d.id).await.into_iter().any(|e| matches!(e, Event::ReleaseCommandsRan(r) if r.skipped));
+    assert!(skipped);
+
+    let m = requests::request_migrate(&*h.store, "test", &h.project, "test").await.unwrap().unwrap();
+    let migrated = h.wait_finished(m.deployment_id, Duration::from_secs(120)).await;
+    assert_eq!(migrated.status, Status::Succeeded, "{:?}", h.events(migrated.id).await);
+    let events = h.events(migrated.id).await;
+    assert!(events.iter().any(|e| matches!(e, Event::ReleaseCommandsRan(r) if !r.skipped && r.results.len() == 1)), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::ImageBuilt(_))), "the serving image, not a rebuild");
+    assert_eq!(migrated.context.image_id, d.context.image_id);
+    assert_eq!(h.routed_page("test").await.unwrap(), (200, "v1\n".to_string()));
+    h.shutdown().await;
+}
