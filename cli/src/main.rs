@@ -92,6 +92,9 @@ enum Command {
     Router(RouterArgs),
     /// The registered routers and the route version each has applied.
     Routers,
+    /// Images Slipway built.
+    #[command(subcommand)]
+    Images(ImagesCmd),
     /// Worker processes from their heartbeats: alive, missing or stopped,
     /// and the commands each is running.
     Workers,
@@ -287,6 +290,21 @@ enum ProjectCmd {
 }
 
 #[derive(Subcommand)]
+enum ImagesCmd {
+    /// Remove the images Slipway built that none of the last --keep releases
+    /// of any environment uses (what serves now, what rollback can go back
+    /// to, what a mirror or a promoted environment runs are kept).
+    Prune {
+        /// Releases per environment whose images stay.
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum EnvCmd {
     /// Set KEY=VALUE settings; with --secret the values are never shown.
     Set {
@@ -403,6 +421,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Routers => verbs::routers(&*store).await.map(|_| ExitCode::SUCCESS),
+        Command::Images(ImagesCmd::Prune { keep, dry_run }) => {
+            verbs::images_prune(&*store, keep, dry_run).await.map(|_| ExitCode::SUCCESS)
+        }
         Command::Workers => verbs::workers(&*store).await.map(|_| ExitCode::SUCCESS),
         Command::Worker { steps, prefetch, stand_in_ms } => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;

@@ -252,3 +252,48 @@ pub async fn workers(store: &dyn EventStore) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Removes the images Slipway built that no environment's last `keep`
+/// releases use (`slipway_engine::retention`); `dry_run` only lists them.
+pub async fn images_prune(store: &dyn EventStore, keep: usize, dry_run: bool) -> anyhow::Result<()> {
+    let mut environments = std::collections::BTreeMap::new();
+    for name in requests::project_names(store).await? {
+        let Some(project) = requests::load_project(store, &name).await? else { continue };
+        for env in project.environments.keys() {
+            let mut images = Vec::new();
+            for release in load::environment(store, &name, env).await?.releases {
+                images.extend(load::deployment(store, release).await?.and_then(|d| d.context.image_id));
+            }
+            environments.insert((name.clone(), env.clone()), images);
+        }
+    }
+    // Image id -> the tags Slipway's builds gave it (another project's
+    // identical build can share the id; removing our tags leaves theirs).
+    let mut built: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    let mut all = store.stream_all(Position::START);
+    while let Some(r) = all.try_next().await? {
+        if let Ok(Event::ImageBuilt(b)) = r.envelope.decode::<Event>() {
+            built.entry(b.image_id).or_default().push(b.tag);
+        }
+    }
+    let ids = built.keys().cloned().collect();
+    let plan = slipway_engine::retention::plan(&environments, &ids, keep);
+    println!("{} image(s) kept (the last {keep} release(s) of each environment), {} to remove", plan.keep.len(), plan.remove.len());
+    if dry_run {
+        for image in &plan.remove {
+            built.get(image).into_iter().flatten().for_each(|tag| println!("would remove {tag} ({image})"));
+        }
+        return Ok(());
+    }
+    let docker = slipway_workers::steps::docker::connect().await?;
+    for image in &plan.remove {
+        for tag in built.get(image).into_iter().flatten() {
+            match slipway_workers::steps::docker::remove_image(&docker, tag).await {
+                Ok(true) => println!("removed {tag} ({image})"),
+                Ok(false) => println!("already gone {tag} ({image})"),
+                Err(e) => println!("kept {tag} ({image}): {e}"),
+            }
+        }
+    }
+    Ok(())
+}

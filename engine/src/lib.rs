@@ -12,6 +12,7 @@ pub mod history;
 pub mod load;
 pub mod project;
 pub mod requests;
+pub mod retention;
 pub mod routes;
 
 pub use decider::{decide, Decision, EnvironmentView};

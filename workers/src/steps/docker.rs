@@ -410,6 +410,16 @@ pub async fn kill(docker: &Docker, name: &str) -> Result<(), DockerError> {
 
 /// Force-removes a container (killing it if it runs) with its anonymous
 /// volumes. `false` when there was none.
+/// Removes an image no container uses (Docker refuses otherwise); false if
+/// it was already gone.
+pub async fn remove_image(docker: &Docker, image: &str) -> Result<bool, DockerError> {
+    match docker.remove_image(image, None::<bollard::query_parameters::RemoveImageOptions>, None).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, 404) => Ok(false),
+        Err(e) => Err(DockerError::api(format!("remove image {image}"), e)),
+    }
+}
+
 pub async fn remove_container(docker: &Docker, name: &str) -> Result<bool, DockerError> {
     let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
     match docker.remove_container(name, Some(options)).await {
