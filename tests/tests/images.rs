@@ -140,3 +140,36 @@ async fn promote_deploys_exactly_the_image_test_runs_with_lives_settings_and_mig
     assert_eq!(h.routed_page("live").await.unwrap(), (200, "v1\n".to_string()));
     h.shutdown().await;
 }
+
+/// The build log of a deployment (its `ImageBuilt.log_ref`).
+async fn build_log(h: &Harness, id: uuid::Uuid) -> String {
+    let log_ref = h.events(id).await.into_iter().find_map(|e| match e {
+        Event::ImageBuilt(b) => b.log_ref,
+        _ => None,
+    });
+    std::fs::read_to_string(log_ref.expect("a build log")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_mode_takes_layers_from_the_cache_and_cloud_mode_rebuilds_them() {
+    let h = Harness::start(Backends::Embedded).await;
+    let repo = AppRepo::new();
+    h.create_project(&repo.path()).await;
+    // The busybox install step comes before the page, so a new page leaves it cacheable.
+    let (c1, c2, c3) = (
+        repo.commit(&busybox_app("one", APP, ""), "1"),
+        repo.commit(&busybox_app("two", APP, ""), "2"),
+        repo.commit(&busybox_app("three", APP, ""), "3"),
+    );
+    let first = h.deploy_with("test", &c1, BuildMode::Local, false).await;
+    assert_eq!(first.status, Status::Succeeded);
+    let local = h.deploy_with("test", &c2, BuildMode::Local, false).await;
+    assert_eq!(local.status, Status::Succeeded);
+    let log = build_log(&h, local.id).await;
+    assert!(log.contains("Using cache"), "local mode rebuilt everything:\n{log}");
+    let cloud = h.deploy_with("test", &c3, BuildMode::Cloud, false).await;
+    assert_eq!(cloud.status, Status::Succeeded);
+    let log = build_log(&h, cloud.id).await;
+    assert!(log.contains("--install") && !log.contains("Using cache"), "cloud mode used the cache:\n{log}");
+    h.shutdown().await;
+}
