@@ -246,10 +246,21 @@ impl Driver {
         // `--no-cache` asks for a fresh build: no re-use either.
         let building = state.next_step() == Some(Step::Build) && !reusing && !ctx.dry_run && !ctx.no_cache;
         let (true, Some(commit)) = (building, &ctx.commit) else { return Ok(None) };
+        // The project, its original and the original's mirrors (a mirror's
+        // build serves the original too, and the other way round).
         let mut family = vec![ctx.project.clone()];
         if let Some(project) = crate::requests::load_project(&*self.store, &ctx.project).await? {
-            family.extend(project.mirror_of);
+            let root = match &project.mirror_of {
+                Some(original) => crate::requests::load_project(&*self.store, original).await?,
+                None => Some(project),
+            };
+            if let Some(root) = root {
+                family.push(root.name.clone());
+                family.extend(root.mirrors);
+            }
         }
+        family.sort();
+        family.dedup();
         load::image_for_commit(&*self.store, &family, commit).await
     }
 

@@ -19,6 +19,8 @@ pub struct Project {
     pub repository: String,
     pub default_branch: String,
     pub mirror_of: Option<String>,
+    /// Projects that mirror this one.
+    pub mirrors: Vec<String>,
     /// Environment name -> its settings.
     pub environments: BTreeMap<String, BTreeMap<String, Setting>>,
     pub version: u64,
@@ -45,10 +47,12 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
                     repository: c.repository.clone(),
                     default_branch: c.default_branch.clone(),
                     mirror_of: c.mirror_of.clone(),
+                    mirrors: Vec::new(),
                     environments: c.environments.iter().map(|e| (e.clone(), BTreeMap::new())).collect(),
                     version: 0,
                 });
             }
+            (Event::MirrorAdded(m), Some(p)) => p.mirrors.push(m.mirror.clone()),
             (Event::SettingsChanged(s), Some(p)) => {
                 let env = p.environments.entry(s.environment.clone()).or_default();
                 for key in &s.removed {

@@ -8,7 +8,7 @@ use slipway_proto::config::{is_dns_label, is_env_name};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
     deployment_stream, environment_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
-    DeploymentReplayed, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged,
+    DeploymentReplayed, MirrorAdded, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged,
 };
 use slipway_proto::{Envelope, Event, Step, TraceContext};
 use slipway_store::event_store::StreamAppend;
@@ -81,6 +81,7 @@ pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject
     if new.environments.is_empty() {
         return reject("a project needs at least one environment");
     }
+    let mirror_of = new.mirror_of.clone();
     let repository = match &new.mirror_of {
         Some(original) => match load_project(store, original).await? {
             None => return reject(format!("no project `{original}` to mirror; create it first")),
@@ -102,12 +103,22 @@ pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject
     let event = Event::ProjectCreated(ProjectCreated {
         name: new.name.clone(),
         repository,
-        mirror_of: new.mirror_of,
+        mirror_of: mirror_of.clone(),
         environments: new.environments,
         default_branch: new.default_branch,
     });
-    let e = envelope(&stream, &event, Uuid::now_v7(), actor, None);
-    match store.append(&stream, ExpectedVersion::NoStream, &[e], &[]).await? {
+    let e = [envelope(&stream, &event, Uuid::now_v7(), actor, None)];
+    // A mirror is also recorded on its original, in the same transaction.
+    let original = mirror_of.as_deref().map(project_stream);
+    let added = mirror_of.as_ref().map(|_| {
+        let added = Event::MirrorAdded(MirrorAdded { mirror: new.name.clone() });
+        [envelope(original.as_deref().unwrap_or_default(), &added, Uuid::now_v7(), actor, None)]
+    });
+    let mut appends = vec![StreamAppend { stream: &stream, expected: ExpectedVersion::NoStream, events: &e }];
+    if let (Some(original), Some(added)) = (&original, &added) {
+        appends.push(StreamAppend { stream: original, expected: ExpectedVersion::Any, events: added });
+    }
+    match store.append_streams(&appends, &[]).await? {
         Ok(_) => Ok(Ok(())),
         Err(_) => reject(format!("project `{}` already exists", new.name)),
     }

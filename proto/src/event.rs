@@ -46,6 +46,13 @@ fn default_branch() -> String {
     "main".into()
 }
 
+/// A mirror of this project was created (on the original's stream), so
+/// the original can re-use the mirror's builds too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorAdded {
+    pub mirror: String,
+}
+
 /// Settings changed for one environment. Values stay outside the log: the
 /// event holds each key with a fingerprint of its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,6 +413,7 @@ crate::message_family! {
         TrafficSwitchRequested(TrafficSwitchRequested) = 1,
         TrafficSwitched(TrafficSwitched) = 1,
         DeploymentReplayed(DeploymentReplayed) = 1,
+        MirrorAdded(MirrorAdded) = 1,
     }
 }
 

@@ -94,6 +94,16 @@ async fn a_mirror_deploys_its_originals_image_and_a_missing_image_is_built_again
             .unwrap(),
         (200, "v1\n".to_string())
     );
+    // A commit the original never built: the mirror builds it once, and the
+    // original re-uses the mirror's build in turn.
+    let v2 = repo.commit(&busybox_app("v2", APP, ""), "v2");
+    let id = h.request_for(&mirror, "live", &v2).await;
+    let m2 = h.wait_finished(id, std::time::Duration::from_secs(120)).await;
+    assert_eq!(m2.status, Status::Succeeded);
+    assert!(built(&h.events(m2.id).await));
+    let o2 = h.deploy_with("live", &v2, BuildMode::Cloud, true).await;
+    assert_eq!(o2.status, Status::Succeeded);
+    assert_eq!(reused_from(&h.events(o2.id).await), Some(m2.id), "the original re-uses its mirror's build");
     remove_containers_with_label(&format!("slipway.project={mirror}"));
 
     // The image is gone (pruned): the next deployment of that commit builds it.
