@@ -17,9 +17,10 @@ use slipway_workers::steps::{Executor, Runtime};
 pub use slipway_node::{manual, on_signal};
 
 /// The executor the workers use, with checkouts and logs under `data_dir`,
-/// pushing builds to (and pulling missing images from) `registry`.
-pub fn pipeline(data_dir: &Path, registry: Option<String>) -> Arc<dyn Executor> {
-    Arc::new(Pipeline::new(Runtime { workspaces: data_dir.join("workspaces"), logs: data_dir.join("logs"), registry }))
+/// pushing builds to (and pulling missing images from) `registry`, pulling
+/// base images before each build when asked.
+pub fn pipeline(data_dir: &Path, registry: Option<String>, pull_base_images: bool) -> Arc<dyn Executor> {
+    Arc::new(Pipeline::new(Runtime { workspaces: data_dir.join("workspaces"), logs: data_dir.join("logs"), registry, pull_base_images }))
 }
 
 /// A router part bound to `listen`. Binding comes first, so a taken port

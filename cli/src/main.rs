@@ -50,6 +50,10 @@ struct Cli {
     /// may run on different hosts. Without it everything stays on one Docker engine.
     #[arg(long, global = true, env = "SLIPWAY_REGISTRY")]
     registry: Option<String>,
+    /// Workers pull each build's base images first (off by default: with no
+    /// reachable registry the build then fails with the registry's error).
+    #[arg(long, global = true, env = "SLIPWAY_PULL_BASE_IMAGES")]
+    pull_base_images: bool,
     /// PostgreSQL schema for Slipway's tables (several installations can share a database).
     #[arg(long, global = true, env = "SLIPWAY_PG_SCHEMA")]
     pg_schema: Option<String>,
@@ -400,7 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let parts = Parts {
                 engine: Some(serve.driver()),
-                workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(&data_dir, cli.registry.clone()))),
+                workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images))),
                 router,
                 ..Default::default()
             };
@@ -435,7 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let executor: Arc<dyn slipway_workers::Executor> = match stand_in_ms {
                 Some(ms) => Arc::new(slipway_workers::steps::stand_in::StandIn { step_time: Duration::from_millis(ms) }),
-                None => machinery::pipeline(&data_dir, cli.registry.clone()),
+                None => machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images),
             };
             let parts = Parts { workers: Some((options, executor)), ..Default::default() };
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
@@ -577,7 +581,7 @@ async fn start_embedded(
     let (stop, shutdown) = machinery::manual();
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: drain, ..Default::default() }),
-        workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(data_dir, registry))),
+        workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(data_dir, registry, false))),
         ..Default::default()
     };
     let task = tokio::spawn(machinery::serve(store.clone(), queue, parts, None, shutdown));
@@ -672,7 +676,7 @@ async fn demo(
     let (stop, shutdown) = machinery::manual();
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: 0, ..Default::default() }),
-        workers: Some((all_workers("worker".into()), machinery::pipeline(data_dir, None))),
+        workers: Some((all_workers("worker".into()), machinery::pipeline(data_dir, None, false))),
         ..Default::default()
     };
     let machinery = tokio::spawn(machinery::serve(store.clone(), queue, parts, None, shutdown));

@@ -29,6 +29,9 @@ pub fn describe(event: &Event) -> String {
                 b.mode,
                 if b.cache_used { "on" } else { "off" }
             );
+            for base in &b.base_images {
+                text.push_str(&format!("\n      from {base}"));
+            }
             for w in &b.warnings {
                 text.push_str(&format!("\n      warning: {}:{}: {} [{}]", w.file, w.line, w.message, w.rule));
             }

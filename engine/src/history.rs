@@ -364,6 +364,7 @@ mod tests {
                         message: "FROM python:3 has no digest".into(),
                     }],
                     pushed: None,
+                    base_images: vec![],
                 }),
             ),
             (2240, "engine", dispatch(Step::Deploy, 1)),

@@ -49,6 +49,7 @@ fn outcome(step: Step) -> Event {
             mode: BuildMode::Cloud,
             warnings: vec![],
             pushed: None,
+            base_images: vec![],
         }),
         Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768 }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),

@@ -210,6 +210,10 @@ pub struct ImageBuilt {
     /// Unpinned things the Dockerfile lint found (they never fail a build).
     #[serde(default)]
     pub warnings: Vec<PinningWarning>,
+    /// The base images it was built FROM, each as `REF@DIGEST` (the
+    /// registry digest when Docker knows one, else the local image id).
+    #[serde(default)]
+    pub base_images: Vec<String>,
     /// Where the image was pushed, by digest (`REGISTRY/PROJECT@sha256:...`),
     /// when the build farm has a registry: other hosts pull it from there.
     #[serde(default)]

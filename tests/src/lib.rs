@@ -109,7 +109,7 @@ impl Harness {
         };
         let queue = wrap(queue);
         let (stop, shutdown) = slipway_node::manual();
-        let runtime = Runtime { workspaces: data.path().join("workspaces"), logs: data.path().join("logs"), registry: None };
+        let runtime = Runtime { workspaces: data.path().join("workspaces"), logs: data.path().join("logs"), registry: None, pull_base_images: false };
         let parts = Parts {
             engine: Some(engine),
             relay: RelayOptions { poll: Duration::from_millis(100), ..Default::default() },

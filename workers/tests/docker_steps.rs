@@ -129,7 +129,7 @@ fn workspace(rt: &Runtime, deployment_id: Uuid, files: &[(&str, &str)]) -> PathB
 }
 
 fn runtime(dir: &Path) -> Runtime {
-    Runtime { workspaces: dir.join("workspaces"), logs: dir.join("logs"), registry: None }
+    Runtime { workspaces: dir.join("workspaces"), logs: dir.join("logs"), registry: None, pull_base_images: false }
 }
 
 /// The shared httpd image: its id, and its tag (for `FROM`).
@@ -329,6 +329,7 @@ async fn a_cloud_build_streams_its_log_honours_dockerignore_and_is_not_repeated(
     };
     assert_eq!(built.tag, tag);
     assert!(!built.cache_used, "cloud mode builds without the layer cache");
+    assert_eq!(built.base_images, vec![format!("{}@{}", base_image().tag, base_image().id)], "the base image, by id");
     let log_ref = built.log_ref.clone().expect("a log_ref");
     assert_eq!(PathBuf::from(&log_ref), f.rt.logs.join(f.ctx.deployment_id.to_string()).join("build.log"));
     let log = std::fs::read(&log_ref).expect("the build log exists");
@@ -360,6 +361,19 @@ async fn a_failing_run_instruction_fails_the_build_with_the_docker_error() {
     assert!(docker().await.inspect_image(&tag).await.is_err(), "a failed build tags nothing");
     let log = std::fs::read_to_string(f.rt.logs.join(f.ctx.deployment_id.to_string()).join("build.log")).expect("log");
     assert!(log.contains("returned a non-zero code: 3"));
+}
+
+#[tokio::test]
+async fn pulling_base_images_when_asked_fails_clearly_without_a_registry() {
+    let mut f = Fixture::new("").await;
+    f.ctx.image_id = None;
+    f.rt.pull_base_images = true;
+    // A loopback port where no registry listens: the pull fails at once.
+    workspace(&f.rt, f.ctx.deployment_id, &[("Dockerfile", "FROM 127.0.0.1:5999/nothing:1\n")]);
+    let started = std::time::Instant::now();
+    let failure = failed(f.run(Step::Build, &Settings::new()).await, Step::Build);
+    assert!(started.elapsed() < Duration::from_secs(30), "the pull hung");
+    assert!(failure.reason.contains("127.0.0.1:5999"), "{}", failure.reason);
 }
 
 #[tokio::test]

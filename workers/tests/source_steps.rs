@@ -94,7 +94,7 @@ struct Workspaces {
 
 fn runtime() -> Result<Workspaces> {
     let dir = tempfile::tempdir()?;
-    let rt = Runtime { workspaces: dir.path().join("workspaces"), logs: dir.path().join("logs"), registry: None };
+    let rt = Runtime { workspaces: dir.path().join("workspaces"), logs: dir.path().join("logs"), registry: None, pull_base_images: false };
     Ok(Workspaces { _dir: dir, rt })
 }
 

@@ -142,7 +142,7 @@ async fn start(args: &Args, data: &Path) -> anyhow::Result<Machinery> {
     let store: Arc<dyn EventStore> = Arc::new(store);
     let queue: Arc<dyn Queue> = Arc::new(Namespaced::new(Arc::new(rabbit), format!("bench{}", Uuid::now_v7().simple())));
     let (stop, shutdown) = slipway_node::manual();
-    let runtime = Runtime { workspaces: data.join("workspaces"), logs: data.join("logs"), registry: None };
+    let runtime = Runtime { workspaces: data.join("workspaces"), logs: data.join("logs"), registry: None, pull_base_images: false };
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: 0, ..Default::default() }),
         workers: Some((WorkerOptions { actor: "worker:bench".into(), ..Default::default() }, Arc::new(Pipeline::new(runtime)))),

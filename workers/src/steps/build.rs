@@ -79,15 +79,18 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
     let docker = docker::connect().await?;
     let workspace = rt.workspaces.join(ctx.deployment_id.to_string());
     let warnings = pinning_warnings(&workspace).await;
+    let workspace_dockerfile = tokio::fs::read_to_string(workspace.join("Dockerfile")).await.unwrap_or_default();
     if let Some(image_id) = find_image(&docker, &tag).await? {
         // A redelivery: the first delivery built and tagged it (and may
         // have pushed it; pushing again is a no-op for the registry).
         let pushed = push(&docker, rt, ctx, &image_id, &tag).await?;
-        return Ok(ImageBuilt { mode: ctx.mode, warnings, pushed, ..already_built(image_id, tag, nocache, &log_path).await });
+        let base_images = base_digests(&docker, &workspace_dockerfile).await;
+        let found = already_built(image_id, tag, nocache, &log_path).await;
+        return Ok(ImageBuilt { mode: ctx.mode, warnings, pushed, base_images, ..found });
     }
     let started = Instant::now();
     let tar = context_tar(workspace).await?;
-    let options = BuildImageOptionsBuilder::new()
+    let mut options = BuildImageOptionsBuilder::new()
         .dockerfile("Dockerfile")
         .t(&tag)
         .nocache(nocache)
@@ -98,6 +101,10 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
         // a 1.1 s build). The tag `slipway/<project>:<commit>-<deployment>`
         // names the image; its containers carry the labels.
         .build();
+    if rt.pull_base_images {
+        // Only when the operator asks: nothing can be pulled in an offline farm.
+        options.pull = Some("true".into());
+    }
     let mut log = BuildLog::create(&log_path).await?;
     let outcome = drain(docker.build_image(options, None, Some(body_full(tar.into()))), &mut log).await;
     let (digest, tail) = log.finish().await?;
@@ -108,8 +115,10 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
         Failure::new(format!("the build reported success but image {tag} does not exist")).with_details(tail)
     })?;
     let pushed = push(&docker, rt, ctx, &image_id, &tag).await?;
+    let base_images = base_digests(&docker, &workspace_dockerfile).await;
     Ok(ImageBuilt {
         pushed,
+        base_images,
         image_id,
         tag,
         cache_used: !nocache,
@@ -154,7 +163,22 @@ async fn already_built(image_id: String, tag: String, nocache: bool, log_path: &
         mode: BuildMode::default(),
         warnings: vec![],
         pushed: None,
+        base_images: vec![],
     }
+}
+
+/// Each base image as `REF@DIGEST`: its registry digest when Docker knows
+/// one, else its local image id.
+async fn base_digests(docker: &Docker, dockerfile: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for base in pinning::base_images(dockerfile) {
+        let digest = match docker.inspect_image(&base).await {
+            Ok(image) => image.repo_digests.and_then(|d| d.into_iter().next()).or(image.id).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        out.push(if digest.is_empty() { base } else { format!("{base}@{}", digest.rsplit('@').next().unwrap_or(&digest)) });
+    }
+    out
 }
 
 /// With a registry configured: tags the image `REGISTRY/PROJECT:COMMIT`,

@@ -41,6 +41,9 @@ pub struct Runtime {
     /// `HOST:PORT` of the build farm's image registry: builds are pushed
     /// there, and a host without an image pulls it by digest.
     pub registry: Option<String>,
+    /// Pull base images before each build (off by default: without a
+    /// reachable registry a pull fails the build, with the registry's error).
+    pub pull_base_images: bool,
 }
 
 #[async_trait]

@@ -49,6 +49,30 @@ pub fn lint(dockerfile: &str, has_npm_lockfile: bool) -> Vec<Finding> {
     findings
 }
 
+/// The base images a Dockerfile builds FROM, in order: not `scratch`, not
+/// an earlier build stage, not one named by a build argument.
+pub fn base_images(dockerfile: &str) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut bases = Vec::new();
+    for (_, instruction) in instructions(dockerfile) {
+        let (keyword, rest) = instruction.split_once(char::is_whitespace).unwrap_or((&instruction, ""));
+        if !keyword.eq_ignore_ascii_case("FROM") {
+            continue;
+        }
+        let mut words = rest.split_whitespace().filter(|w| !w.starts_with("--"));
+        let image = words.next().unwrap_or_default().to_string();
+        if !(image.is_empty() || image == "scratch" || image.contains('$') || stages.contains(&image.to_ascii_lowercase())) {
+            bases.push(image);
+        }
+        if let (Some(kw), Some(name)) = (words.next(), words.next()) {
+            if kw.eq_ignore_ascii_case("as") {
+                stages.push(name.to_ascii_lowercase());
+            }
+        }
+    }
+    bases
+}
+
 /// Instructions with their first line number, continuation lines joined,
 /// comments and blank lines dropped.
 fn instructions(text: &str) -> Vec<(usize, String)> {
@@ -213,6 +237,12 @@ mod tests {
         assert_eq!(rules("FROM python:3.12\nRUN python3 -m pip install 'flask>=2'\n"), vec![(2, "pip-unpinned")]);
         assert!(rules("FROM python:3.12\nRUN pip install flask==3.0.3 -r requirements.txt .\n").is_empty());
         assert!(rules("FROM python:3.12\nRUN pip install --no-cache-dir -r requirements.txt\n").is_empty());
+    }
+
+    #[test]
+    fn base_images_skip_scratch_stages_and_arguments() {
+        let df = "ARG V=1\nFROM node:20 AS deps\nFROM scratch\nFROM deps\nFROM --platform=x python:$V\nFROM debian:12\n";
+        assert_eq!(base_images(df), vec!["node:20".to_string(), "debian:12".to_string()]);
     }
 
     #[test]

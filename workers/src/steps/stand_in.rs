@@ -42,6 +42,7 @@ impl Executor for StandIn {
                 mode: BuildMode::Local,
                 warnings: vec![],
                 pushed: None,
+                base_images: vec![],
             }),
             Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
                 container: format!("stand-in-{}", c.context.deployment_id.simple()),
