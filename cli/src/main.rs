@@ -99,6 +99,9 @@ enum Command {
     /// Images Slipway built.
     #[command(subcommand)]
     Images(ImagesCmd),
+    /// The projections (deployments, environments, projects, routes).
+    #[command(subcommand)]
+    Projections(ProjectionsCmd),
     /// Worker processes from their heartbeats: alive, missing or stopped,
     /// and the commands each is running.
     Workers,
@@ -294,6 +297,16 @@ enum ProjectCmd {
 }
 
 #[derive(Subcommand)]
+enum ProjectionsCmd {
+    /// Fold every stream again from the log, report any history that cannot
+    /// be read or followed, print a digest of the state, and move the
+    /// engine's subscription checkpoint to the start: the next engine to
+    /// start (restart running ones) decides again over the whole log, and
+    /// appends nothing (decisions are idempotent).
+    Rebuild,
+}
+
+#[derive(Subcommand)]
 enum ImagesCmd {
     /// Remove the images Slipway built that none of the last --keep releases
     /// of any environment uses (what serves now, what rollback can go back
@@ -425,6 +438,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Routers => verbs::routers(&*store).await.map(|_| ExitCode::SUCCESS),
+        Command::Projections(ProjectionsCmd::Rebuild) => {
+            let state = slipway_engine::rebuild::rebuild(&*store).await?;
+            println!("{} stream(s) folded; state digest {}", state.streams.len(), state.digest());
+            for (stream, why) in &state.broken {
+                println!("BROKEN {stream}: {why}");
+            }
+            println!("the engine's checkpoint is back at the first event: restart running engines to re-read the log");
+            Ok(if state.broken.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Images(ImagesCmd::Prune { keep, dry_run }) => {
             verbs::images_prune(&*store, keep, dry_run).await.map(|_| ExitCode::SUCCESS)
         }

@@ -11,6 +11,7 @@ pub mod environment;
 pub mod history;
 pub mod load;
 pub mod project;
+pub mod rebuild;
 pub mod requests;
 pub mod retention;
 pub mod routes;
