@@ -161,14 +161,11 @@ impl Driver {
     /// once at start re-arms their timers; the rest is driven by events.
     async fn in_flight(&self) -> Result<BTreeSet<String>, StoreError> {
         let mut streams = BTreeSet::new();
-        for name in crate::requests::project_names(&*self.store).await? {
-            let Some(project) = crate::requests::load_project(&*self.store, &name).await? else { continue };
-            for env in project.environments.keys() {
-                match load::environment(&*self.store, &name, env).await {
-                    Ok(e) => streams.extend(e.queue.first().map(|d| deployment_stream(*d))),
-                    Err(DriverError::Store(e)) => return Err(e),
-                    Err(e) => tracing::error!(project = %name, %env, error = %e, "cannot read environment"),
-                }
+        for (project, env) in load::environment_names(&*self.store).await? {
+            match load::environment(&*self.store, &project, &env).await {
+                Ok(e) => streams.extend(e.queue.first().map(|d| deployment_stream(*d))),
+                Err(DriverError::Store(e)) => return Err(e),
+                Err(e) => tracing::error!(%project, %env, error = %e, "cannot read environment"),
             }
         }
         Ok(streams)
@@ -192,7 +189,8 @@ impl Driver {
                 Some(_) => None,
             };
             let routes_version = traffic.as_ref().map_or(0, |t| t.routes_version);
-            let reusable_image = self.reusable_image(&state).await?;
+            let now = Utc::now();
+            let reusable_image = self.reusable_image(&state, now).await?;
             let view = EnvironmentView {
                 may_start: env.may_start(state.id),
                 active: env.active.clone(),
@@ -200,7 +198,7 @@ impl Driver {
                 traffic,
                 switch_timeout: chrono::Duration::from_std(self.options.switch_timeout)
                     .unwrap_or(chrono::Duration::seconds(15)),
-                now: Utc::now(),
+                now,
                 reusable_image,
                 retries: self.options.retries,
             };
@@ -238,13 +236,18 @@ impl Driver {
         }
     }
 
-    /// Before a build: an image a successful deployment of this project (or
-    /// of its mirror original) already has for the same commit.
-    async fn reusable_image(&self, state: &Deployment) -> Result<Option<ImageSource>, DriverError> {
+    /// When the build is about to be dispatched (first, or again past its
+    /// deadline): an image a successful deployment of this project, its
+    /// original or the original's mirrors already has for the same commit.
+    /// Not looked up while a dispatched build runs: nothing would use it.
+    async fn reusable_image(&self, state: &Deployment, now: DateTime<Utc>) -> Result<Option<ImageSource>, DriverError> {
         let ctx = &state.context;
         let reusing = state.rollback_of.is_some() || state.promoted_from.is_some();
+        let running = matches!(state.dispatched, Some((Step::Build, _, _)))
+            && state.dispatch_deadline.is_none_or(|deadline| deadline > now);
         // `--no-cache` asks for a fresh build: no re-use either.
-        let building = state.next_step() == Some(Step::Build) && !reusing && !ctx.dry_run && !ctx.no_cache;
+        let building =
+            state.next_step() == Some(Step::Build) && !running && !reusing && !ctx.dry_run && !ctx.no_cache;
         let (true, Some(commit)) = (building, &ctx.commit) else { return Ok(None) };
         // The project, its original and the original's mirrors (a mirror's
         // build serves the original too, and the other way round).
