@@ -257,15 +257,12 @@ pub async fn workers(store: &dyn EventStore) -> anyhow::Result<()> {
 /// releases use (`slipway_engine::retention`); `dry_run` only lists them.
 pub async fn images_prune(store: &dyn EventStore, keep: usize, dry_run: bool) -> anyhow::Result<()> {
     let mut environments = std::collections::BTreeMap::new();
-    for name in requests::project_names(store).await? {
-        let Some(project) = requests::load_project(store, &name).await? else { continue };
-        for env in project.environments.keys() {
-            let mut images = Vec::new();
-            for release in load::environment(store, &name, env).await?.releases {
-                images.extend(load::deployment(store, release).await?.and_then(|d| d.context.image_id));
-            }
-            environments.insert((name.clone(), env.clone()), images);
+    for (project, env) in load::environment_names(store).await? {
+        let mut images = Vec::new();
+        for release in load::environment(store, &project, &env).await?.releases {
+            images.extend(load::deployment(store, release).await?.and_then(|d| d.context.image_id));
         }
+        environments.insert((project, env), images);
     }
     // Image id -> the tags Slipway's builds gave it (another project's
     // identical build can share the id; removing our tags leaves theirs).

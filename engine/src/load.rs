@@ -128,3 +128,14 @@ pub async fn image_for_commit(
     }
     Ok(best.map(|(_, source)| source))
 }
+
+/// Every (project, environment) the log knows.
+pub async fn environment_names(store: &dyn EventStore) -> Result<Vec<(String, String)>, StoreError> {
+    let mut names = Vec::new();
+    for project in crate::requests::project_names(store).await? {
+        if let Some(p) = crate::requests::load_project(store, &project).await? {
+            names.extend(p.environments.into_keys().map(|env| (project.clone(), env)));
+        }
+    }
+    Ok(names)
+}
