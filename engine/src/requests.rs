@@ -245,10 +245,9 @@ pub async fn request_rollback(
         Ok(p) => p,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let env = match load::environment(store, project, environment).await {
+    let env = match environment_state(store, project, environment).await? {
         Ok(env) => env,
-        Err(load::LoadError::Store(e)) => return Err(e),
-        Err(e) => return reject(e.to_string()),
+        Err(rejection) => return Ok(Err(rejection)),
     };
     let serving = env.last_succeeded();
     let target = match to {
@@ -264,11 +263,9 @@ pub async fn request_rollback(
     if Some(target) == serving {
         return reject(format!("deployment {target} already serves {project} {environment}"));
     }
-    let old = match load::deployment(store, target).await {
-        Ok(Some(d)) => d,
-        Ok(None) => return reject(format!("deployment {target} has no history")),
-        Err(load::LoadError::Store(e)) => return Err(e),
-        Err(e) => return reject(e.to_string()),
+    let old = match deployment_state(store, target).await? {
+        Ok(d) => d,
+        Err(rejection) => return Ok(Err(rejection)),
     };
     let (Some(image_id), Some(commit)) = (old.context.image_id.clone(), old.context.commit.clone()) else {
         return reject(format!("deployment {target} recorded no image to roll back to"));
@@ -316,17 +313,14 @@ pub async fn request_promotion(
     if from == to {
         return reject(format!("promote from one environment to another, not `{from}` to itself"));
     }
-    let serving = match load::environment(store, project, from).await {
+    let serving = match environment_state(store, project, from).await? {
         Ok(env) => env.last_succeeded(),
-        Err(load::LoadError::Store(e)) => return Err(e),
-        Err(e) => return reject(e.to_string()),
+        Err(rejection) => return Ok(Err(rejection)),
     };
     let Some(source) = serving else { return reject(format!("{project} {from} serves no release to promote")) };
-    let release = match load::deployment(store, source).await {
-        Ok(Some(d)) => d,
-        Ok(None) => return reject(format!("deployment {source} has no history")),
-        Err(load::LoadError::Store(e)) => return Err(e),
-        Err(e) => return reject(e.to_string()),
+    let release = match deployment_state(store, source).await? {
+        Ok(d) => d,
+        Err(rejection) => return Ok(Err(rejection)),
     };
     let (Some(image_id), Some(commit)) = (release.context.image_id.clone(), release.context.commit.clone()) else {
         return reject(format!("deployment {source} recorded no image to promote"));
@@ -381,10 +375,9 @@ pub async fn request_migrate(store: &dyn EventStore, actor: &str, project: &str,
     if let Err(rejection) = project_environment(store, project, environment).await? {
         return Ok(Err(rejection));
     }
-    let serving = match load::environment(store, project, environment).await {
+    let serving = match environment_state(store, project, environment).await? {
         Ok(env) => env.last_succeeded(),
-        Err(load::LoadError::Store(e)) => return Err(e),
-        Err(e) => return reject(e.to_string()),
+        Err(rejection) => return Ok(Err(rejection)),
     };
     let Some(release) = serving else { return reject(format!("{project} {environment} serves no release to migrate")) };
     replay(store, actor, release, Some(Step::Release), true).await
@@ -397,11 +390,9 @@ async fn replay(
     from_step: Option<Step>,
     force_release: bool,
 ) -> Outcome<ReplayRequested> {
-    let old = match load::deployment(store, original).await {
-        Ok(Some(d)) => d,
-        Ok(None) => return reject(format!("no deployment {original}")),
-        Err(load::LoadError::Store(e)) => return Err(e),
-        Err(e) => return reject(e.to_string()),
+    let old = match deployment_state(store, original).await? {
+        Ok(d) => d,
+        Err(rejection) => return Ok(Err(rejection)),
     };
     if !old.is_finished() {
         return reject(format!("deployment {original} is still running; replay it once it has finished"));
@@ -485,6 +476,26 @@ async fn release_commands_since<'a>(
         }
     }
     Ok(warnings)
+}
+
+/// A deployment's state, or a rejection naming why it cannot be had (none
+/// such, or a history that cannot be read or followed).
+async fn deployment_state(store: &dyn EventStore, id: Uuid) -> Outcome<crate::Deployment> {
+    match load::deployment(store, id).await {
+        Ok(Some(d)) => Ok(Ok(d)),
+        Ok(None) => reject(format!("no deployment {id}")),
+        Err(load::LoadError::Store(e)) => Err(e),
+        Err(e) => reject(e.to_string()),
+    }
+}
+
+/// An environment's state, or a rejection naming a history that cannot be read.
+async fn environment_state(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<crate::environment::Environment> {
+    match load::environment(store, project, environment).await {
+        Ok(env) => Ok(Ok(env)),
+        Err(load::LoadError::Store(e)) => Err(e),
+        Err(e) => reject(e.to_string()),
+    }
 }
 
 /// The project, if it exists and has the environment; otherwise a rejection
