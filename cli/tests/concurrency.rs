@@ -95,14 +95,5 @@ async fn simultaneous_requests_through_two_api_processes_run_one_after_the_other
     let (x, y) = (&finished[0], &finished[1]);
     let (earlier, later) = if first_dispatch(x) < first_dispatch(y) { (x, y) } else { (y, x) };
     assert!(first_dispatch(later) > end(earlier), "the deployments overlapped");
-    drop(c);
-    remove_containers_with_label(&format!("slipway.project={project}"));
-    let rabbit = slipway_store::queue::rabbitmq::RabbitQueue::connect(&amqp_url(), Default::default()).await.unwrap();
-    let queues = slipway_store::queue::namespaced::Namespaced::new(Arc::new(rabbit), namespace);
-    for step in slipway_proto::Step::ALL {
-        let _ = slipway_store::queue::Queue::delete(&queues, &step.queue()).await;
-    }
-    if let Ok(pool) = sqlx::PgPool::connect(&pg_url()).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
-    }
+    c.remove(&project).await;
 }

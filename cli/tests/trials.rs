@@ -258,15 +258,5 @@ async fn faults_lose_nothing_and_the_release_keeps_answering() {
     assert!(failed.is_empty(), "{} of {total} requests failed, e.g. {:?}", failed.len(), failed.first());
     assert_eq!(wrong, 0);
     assert!(total > 100, "only {total} requests");
-    drop(c);
-    remove_containers_with_label(&format!("slipway.project={project}"));
-    // Quorum queues are heavyweight on the broker: leave none behind.
-    let rabbit = slipway_store::queue::rabbitmq::RabbitQueue::connect(&amqp_url(), Default::default()).await.unwrap();
-    let queues = slipway_store::queue::namespaced::Namespaced::new(Arc::new(rabbit), namespace);
-    for step in Step::ALL {
-        let _ = slipway_store::queue::Queue::delete(&queues, &step.queue()).await;
-    }
-    if let Ok(pool) = sqlx::PgPool::connect(&pg_url()).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
-    }
+    c.remove(&project).await;
 }

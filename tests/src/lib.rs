@@ -214,30 +214,12 @@ impl Harness {
 
     /// Requests a deployment of another project (a mirror) in cloud mode.
     pub async fn request_for(&self, project: &str, env: &str, git_ref: &str) -> Uuid {
-        let req = DeployRequest {
-            project: project.into(),
-            environment: env.into(),
-            git_ref: Some(git_ref.into()),
-            mode: BuildMode::Cloud,
-            no_cache: false,
-            run_release: true,
-            dry_run: false,
-        };
-        requests::request_deployment(&*self.store, "test", req).await.expect("store").expect("deployment requested")
+        request_deployment(&*self.store, project, env, git_ref, BuildMode::Cloud, true).await
     }
 
     /// Requests a deployment without waiting for it.
     pub async fn request(&self, env: &str, git_ref: &str, mode: BuildMode, run_release: bool) -> Uuid {
-        let req = DeployRequest {
-            project: self.project.clone(),
-            environment: env.into(),
-            git_ref: Some(git_ref.into()),
-            mode,
-            no_cache: false,
-            run_release,
-            dry_run: false,
-        };
-        requests::request_deployment(&*self.store, "test", req).await.expect("store").expect("deployment requested")
+        request_deployment(&*self.store, &self.project, env, git_ref, mode, run_release).await
     }
 
     /// Requests a rollback (to `to`, or the release before the serving one)
@@ -301,6 +283,26 @@ impl Drop for Harness {
         // A failed test leaves no containers behind.
         remove_containers_with_label(&format!("slipway.project={}", self.project));
     }
+}
+
+async fn request_deployment(
+    store: &dyn EventStore,
+    project: &str,
+    env: &str,
+    git_ref: &str,
+    mode: BuildMode,
+    run_release: bool,
+) -> Uuid {
+    let req = DeployRequest {
+        project: project.into(),
+        environment: env.into(),
+        git_ref: Some(git_ref.into()),
+        mode,
+        no_cache: false,
+        run_release,
+        dry_run: false,
+    };
+    requests::request_deployment(store, "test", req).await.expect("store").expect("deployment requested")
 }
 
 /// The failure of a finished deployment, or a panic saying it succeeded.

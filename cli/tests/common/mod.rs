@@ -20,6 +20,27 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    fn setting(&self, key: &str) -> String {
+        self.env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).unwrap_or_default()
+    }
+
+    /// Stops every process cleanly, then removes what the cluster left:
+    /// `project`'s containers, its queues (quorum queues are heavyweight on
+    /// the broker) and its schema.
+    pub async fn remove(self, project: &str) {
+        let (schema, namespace) = (self.setting("SLIPWAY_PG_SCHEMA"), self.setting("SLIPWAY_QUEUE_NAMESPACE"));
+        drop(self);
+        remove_containers_with_label(&format!("slipway.project={project}"));
+        let rabbit = slipway_store::queue::rabbitmq::RabbitQueue::connect(&amqp_url(), Default::default()).await.unwrap();
+        let queues = slipway_store::queue::namespaced::Namespaced::new(std::sync::Arc::new(rabbit), namespace);
+        for step in slipway_proto::Step::ALL {
+            let _ = slipway_store::queue::Queue::delete(&queues, &step.queue()).await;
+        }
+        if let Ok(pool) = sqlx::PgPool::connect(&pg_url()).await {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
+        }
+    }
+
     pub fn start(schema: &str, namespace: &str) -> Cluster {
         let data = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
