@@ -1,0 +1,1 @@
+//! Slipway's telemetry: traces, metrics and logs shared by every process.
