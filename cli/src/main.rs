@@ -243,6 +243,11 @@ struct ServeArgs {
     /// The same for builds.
     #[arg(long, default_value_t = 3600)]
     build_timeout: u64,
+    /// Seconds a started build may go without its worker's heartbeat (one
+    /// every 5 s) before it is dispatched again under the same command id:
+    /// a hung worker or a vanished host is noticed long before --build-timeout.
+    #[arg(long, default_value_t = 60)]
+    heartbeat_timeout: u64,
     /// Where the HTTP API listens (it has no authentication: keep it on loopback or behind a proxy that checks).
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
     listen: std::net::SocketAddr,
@@ -255,6 +260,7 @@ impl ServeArgs {
             switch_timeout: Duration::from_secs(self.switch_timeout),
             step_timeout: Duration::from_secs(self.step_timeout),
             build_timeout: Duration::from_secs(self.build_timeout),
+            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout),
             ..Default::default()
         }
     }

@@ -12,7 +12,8 @@
 //! | next step build, an image of the same commit known | dispatch the build with it as the re-use candidate |
 //! | replay from after the release, next step release | record it skipped (the original ran the commands) |
 //! | running, S dispatched, no outcome yet   | wake me at its deadline                   |
-//! | … past the deadline (+ backoff), attempts left | dispatch `RunStep(S)` again, next attempt |
+//! | build dispatched, a worker heartbeated it, then went silent past the heartbeat timeout | as past the deadline |
+//! | … past the deadline (+ backoff), attempts left | dispatch the same command (same id) again, next attempt |
 //! | … past the deadline, last attempt       | `StepFailed(S)` naming the queue          |
 //! | every pipeline step passed, no switch   | `TrafficSwitchRequested` + `RouteChanged` on the routes stream |
 //! | switch requested, every router acknowledged | `TrafficSwitched`, `DeploymentSucceeded`, `DeploymentFinished` (environment), `RetireRelease` of the previous release |
@@ -41,6 +42,9 @@ use crate::routes::Traffic;
 pub enum Decision {
     /// Send a step's command (the driver records `StepDispatched` with it).
     Dispatch(Command),
+    /// Send a step's command again under the id it was first sent with, so
+    /// that the outcome of either delivery is recorded once.
+    DispatchAgain { command_id: uuid::Uuid, command: Command },
     /// Record a fact on the deployment's stream.
     Record(Event),
     /// Record a fact on the deployment's environment stream (same transaction).
@@ -70,6 +74,18 @@ pub struct EnvironmentView {
     pub reusable_image: Option<ImageSource>,
     /// Attempts per step and the pause before the next one.
     pub retries: Retries,
+    /// The last time a live worker reported the dispatched command in
+    /// progress (loaded while a heartbeat-tracked step runs).
+    pub heartbeat: Option<DateTime<Utc>>,
+    /// How long a started build may go without a heartbeat before it is
+    /// taken for lost (its worker hung or its host vanished).
+    pub heartbeat_timeout: chrono::Duration,
+}
+
+/// Steps that run long enough to be watched by heartbeat, not only by
+/// their start-to-close deadline.
+pub fn heartbeat_tracked(step: Step) -> bool {
+    step == Step::Build
 }
 
 /// How often a step whose outcome does not arrive by its deadline is
@@ -97,6 +113,8 @@ impl Default for EnvironmentView {
             now: DateTime::UNIX_EPOCH,
             reusable_image: None,
             retries: Retries::default(),
+            heartbeat: None,
+            heartbeat_timeout: chrono::Duration::seconds(60),
         }
     }
 }
@@ -223,28 +241,49 @@ fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
 }
 
 /// A dispatched step without an outcome: wait for its deadline; past it,
-/// after a pause that doubles per attempt, dispatch it again; after the
-/// last attempt, fail it. A late outcome of an earlier attempt still counts
-/// (outcomes are idempotent and a second one changes nothing).
+/// after a pause that doubles per attempt, dispatch the same command again;
+/// after the last attempt, fail it. A build whose worker heartbeated and
+/// then went silent for the heartbeat timeout is past its deadline early.
+/// A late outcome of an earlier attempt still counts (the worker records
+/// one outcome per command id).
 fn overdue(d: &Deployment, step: Step, env: &EnvironmentView) -> Vec<Decision> {
-    let (Some(deadline), Some((_, attempt, _))) = (d.dispatch_deadline, d.dispatched) else { return vec![] };
-    if env.now < deadline {
-        return vec![Decision::WakeAt(deadline)];
-    }
+    let (Some(deadline), Some((_, attempt, command_id))) = (d.dispatch_deadline, d.dispatched) else { return vec![] };
+    // Beats from before this attempt (a hung worker's last one) don't count.
+    let beat = env.heartbeat.filter(|b| d.dispatched_at.is_none_or(|at| *b >= at));
+    let silent_since = beat.filter(|_| heartbeat_tracked(step)).map(|b| b + env.heartbeat_timeout);
+    let clock = |at: DateTime<Utc>| at.format("%H:%M:%S UTC").to_string();
+    let expired = match silent_since {
+        Some(at) if at < deadline && env.now >= at => Some((
+            at,
+            format!("the worker running {step} stopped heartbeating ({}s without a beat by {})", env.heartbeat_timeout.num_seconds(), clock(at)),
+        )),
+        _ if env.now >= deadline => Some((deadline, format!("no worker reported an outcome of {step} by {}", clock(deadline)))),
+        _ => None,
+    };
+    let Some((expired_at, why)) = expired else {
+        // A build not started yet is looked at again a heartbeat timeout
+        // from now, to notice its first heartbeat.
+        let look_again = match (heartbeat_tracked(step), silent_since) {
+            (true, Some(at)) => at,
+            (true, None) => env.now + env.heartbeat_timeout,
+            (false, _) => deadline,
+        };
+        return vec![Decision::WakeAt(look_again.min(deadline))];
+    };
     if attempt >= env.retries.max_attempts {
         let reason = format!(
-            "no worker reported an outcome of {step} by {} (attempt {attempt} of {}); is a worker serving {}?",
-            deadline.format("%H:%M:%S UTC"),
+            "{why} (attempt {attempt} of {}); is a worker serving {}?",
             env.retries.max_attempts,
             step.queue()
         );
         return vec![Decision::Record(fail(step, reason))];
     }
     let pause = env.retries.backoff * 2i32.saturating_pow(attempt.saturating_sub(1));
-    if env.now < deadline + pause {
-        return vec![Decision::WakeAt(deadline + pause)];
+    if env.now < expired_at + pause {
+        return vec![Decision::WakeAt(expired_at + pause)];
     }
-    vec![Decision::Dispatch(Command::RunStep(RunStep { step, attempt: attempt + 1, context: step_context(d, step, env) }))]
+    let command = Command::RunStep(RunStep { step, attempt: attempt + 1, context: step_context(d, step, env) });
+    vec![Decision::DispatchAgain { command_id, command }]
 }
 
 /// The context a step's command carries: a build also gets an image it may

@@ -29,6 +29,8 @@ pub struct Deployment {
     pub dispatched: Option<(Step, u32, Uuid)>,
     /// Until when the engine waits for that attempt's outcome.
     pub dispatch_deadline: Option<DateTime<Utc>>,
+    /// When that attempt was dispatched.
+    pub dispatched_at: Option<DateTime<Utc>>,
     /// Containers this deployment created (removed again on failure).
     pub containers: Vec<String>,
     /// `DeploymentFailed` is recorded: the verdict after a `StepFailed`.
@@ -136,6 +138,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 completed: Vec::new(),
                 dispatched: None,
                 dispatch_deadline: None,
+                dispatched_at: None,
                 containers: Vec::new(),
                 failure_recorded: false,
                 switch: None,
@@ -187,6 +190,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
         Event::StepDispatched(s) => {
             d.dispatched = Some((s.step, s.attempt, s.command_id));
             d.dispatch_deadline = s.deadline;
+            d.dispatched_at = s.dispatched_at;
         }
         // A second outcome for a step already done (a redelivered command
         // that ran twice, a late failure of an earlier attempt) changes nothing.

@@ -51,6 +51,9 @@ pub struct DriverOptions {
     pub step_timeout: std::time::Duration,
     /// The same for builds, which take longest.
     pub build_timeout: std::time::Duration,
+    /// How long a started build may go without its worker's heartbeat
+    /// (every 5 s) before it is dispatched again.
+    pub heartbeat_timeout: std::time::Duration,
     pub retries: Retries,
 }
 
@@ -61,6 +64,7 @@ impl Default for DriverOptions {
             switch_timeout: std::time::Duration::from_secs(15),
             step_timeout: std::time::Duration::from_secs(15 * 60),
             build_timeout: std::time::Duration::from_secs(60 * 60),
+            heartbeat_timeout: std::time::Duration::from_secs(60),
             retries: Retries::default(),
         }
     }
@@ -201,6 +205,9 @@ impl Driver {
                 now,
                 reusable_image,
                 retries: self.options.retries,
+                heartbeat: self.heartbeat(&state).await?,
+                heartbeat_timeout: chrono::Duration::from_std(self.options.heartbeat_timeout)
+                    .unwrap_or(chrono::Duration::seconds(60)),
             };
             let mut decisions = decide(&state, &view);
             let wake = decisions.iter().find_map(|d| match d {
@@ -234,6 +241,17 @@ impl Driver {
                 Err(conflict) => tracing::debug!(%conflict, "deployment moved while deciding; deciding again"),
             }
         }
+    }
+
+    /// While a heartbeat-tracked step is dispatched: the last time a worker
+    /// reported its command in progress.
+    async fn heartbeat(&self, state: &Deployment) -> Result<Option<DateTime<Utc>>, DriverError> {
+        let Some((step, _, command)) = state.dispatched else { return Ok(None) };
+        if !crate::decider::heartbeat_tracked(step) || state.completed.contains(&step) {
+            return Ok(None);
+        }
+        let workers = self.store.workers().await?;
+        Ok(workers.iter().filter(|w| w.commands.contains(&command)).map(|w| w.last_seen).max())
     }
 
     /// When the build is about to be dispatched (first, or again past its
@@ -285,6 +303,11 @@ impl Driver {
         let mut out = Materialised::default();
         let Materialised { events, environment, routes, commands } = &mut out;
         for decision in decisions {
+            // A command sent again keeps the id it was first sent with.
+            let decision_id = match &decision {
+                Decision::DispatchAgain { command_id, .. } => Some(*command_id),
+                _ => None,
+            };
             match decision {
                 Decision::WakeAt(_) => {}
                 Decision::Record(event) => events.extend(Envelope::new(Uuid::now_v7(), now, stream, &event, meta()).ok()),
@@ -294,14 +317,16 @@ impl Driver {
                 Decision::RecordOnRoutes(event) => {
                     routes.extend(Envelope::new(Uuid::now_v7(), now, ROUTES_STREAM, &event, meta()).ok())
                 }
-                Decision::Dispatch(command) => {
-                    let Ok(envelope) = Envelope::new(Uuid::now_v7(), now, stream, &command, meta()) else { continue };
+                Decision::Dispatch(command) | Decision::DispatchAgain { command, .. } => {
+                    let id = match &decision_id { Some(id) => *id, None => Uuid::now_v7() };
+                    let Ok(envelope) = Envelope::new(id, now, stream, &command, meta()) else { continue };
                     if let Command::RunStep(run) = &command {
                         let dispatched = Event::StepDispatched(StepDispatched {
                             step: run.step,
                             command_id: envelope.id,
                             attempt: run.attempt,
                             deadline: Some(now + self.options.step_timeout(run.step)),
+                            dispatched_at: Some(now),
                         });
                         events.extend(Envelope::new(Uuid::now_v7(), now, stream, &dispatched, meta()).ok());
                     }

@@ -329,7 +329,7 @@ mod tests {
     }
 
     fn dispatch(step: Step, attempt: u32) -> Event {
-        Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt, deadline: None })
+        Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt, deadline: None, dispatched_at: None })
     }
 
     /// A deployment that ran every step (the build twice: the first attempt

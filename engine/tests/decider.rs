@@ -32,7 +32,13 @@ fn requested() -> Event {
 }
 
 fn dispatched(step: Step) -> Event {
-    Event::StepDispatched(StepDispatched { step, command_id: Uuid::from_u128(step as u128 + 100), attempt: 1, deadline: None })
+    Event::StepDispatched(StepDispatched {
+        step,
+        command_id: Uuid::from_u128(step as u128 + 100),
+        attempt: 1,
+        deadline: None,
+        dispatched_at: None,
+    })
 }
 
 fn outcome(step: Step) -> Event {
@@ -126,6 +132,8 @@ fn view() -> EnvironmentView {
         now: t(0),
         reusable_image: None,
         retries: Default::default(),
+        heartbeat: None,
+        heartbeat_timeout: chrono::Duration::seconds(60),
     }
 }
 
@@ -147,6 +155,10 @@ fn check_with(given: &[Event], env: &EnvironmentView, expect: &[&str]) {
         .iter()
         .map(|d| match d {
             Decision::Dispatch(Command::RunStep(r)) => format!("dispatch {}", r.step),
+            Decision::DispatchAgain { command_id, command: Command::RunStep(r) } => {
+                format!("dispatch {} again as {}", r.step, command_id.as_u128())
+            }
+            Decision::DispatchAgain { .. } => "dispatch a cleanup again".into(),
             Decision::Dispatch(Command::RemoveContainers(r)) => format!("remove {}", r.containers.join(",")),
             Decision::Dispatch(Command::RetireRelease(r)) => format!("retire {}", r.containers.join(",")),
             Decision::Record(e) => format!("record {}", slipway_proto::envelope::Message::message_type(e)),
@@ -414,9 +426,10 @@ fn a_step_without_an_outcome_by_its_deadline_is_dispatched_again_after_a_pause_t
     let attempt = |n: u32, deadline: i64| {
         Event::StepDispatched(StepDispatched {
             step: Step::Checkout,
-            command_id: Uuid::from_u128(500 + n as u128),
+            command_id: Uuid::from_u128(500),
             attempt: n,
             deadline: Some(t(deadline)),
+            dispatched_at: None,
         })
     };
     let mut h = happy_path()[..3].to_vec(); // requested, services checked
@@ -427,8 +440,11 @@ fn a_step_without_an_outcome_by_its_deadline_is_dispatched_again_after_a_pause_t
     check_with(&h, &at(60), &["wake at 65"]);
     let state = fold(h.iter()).unwrap().unwrap();
     let decisions = decide(&state, &at(65));
-    let [Decision::Dispatch(Command::RunStep(run))] = decisions.as_slice() else { panic!("{decisions:?}") };
-    assert_eq!((run.step, run.attempt), (Step::Checkout, 2));
+    // The same command (same id) goes out again, as attempt 2.
+    let [Decision::DispatchAgain { command_id, command: Command::RunStep(run) }] = decisions.as_slice() else {
+        panic!("{decisions:?}")
+    };
+    assert_eq!((run.step, run.attempt, command_id.as_u128()), (Step::Checkout, 2, 500));
     h.push(attempt(2, 130));
     check_with(&h, &at(131), &["wake at 140"], );
     h.push(attempt(3, 200));
@@ -527,4 +543,67 @@ fn nothing_but_cleanup_and_late_outcomes_may_follow_the_verdict() {
     h.push(verdict(Step::Build, "RUN exited 1"));
     h.push(cancel("too late"));
     assert!(fold(h.iter()).is_err());
+}
+
+/// A build dispatched at t(0) with a one-hour deadline, as `attempt`.
+fn build_dispatched(attempt: u32, at: i64) -> Vec<Event> {
+    let mut h = happy_path()[..5].to_vec(); // checked out
+    h.push(Event::StepDispatched(StepDispatched {
+        step: Step::Build,
+        command_id: Uuid::from_u128(700),
+        attempt,
+        deadline: Some(t(at + 3600)),
+        dispatched_at: Some(t(at)),
+    }));
+    h
+}
+
+fn beating(now: i64, beat: Option<i64>) -> EnvironmentView {
+    EnvironmentView { now: t(now), heartbeat: beat.map(t), heartbeat_timeout: chrono::Duration::seconds(30), ..view() }
+}
+
+#[test]
+fn a_build_not_yet_started_is_looked_at_again_a_heartbeat_timeout_later() {
+    check_with(&build_dispatched(1, 0), &beating(10, None), &["wake at 40"]);
+}
+
+#[test]
+fn a_heartbeating_build_waits_for_the_next_beat() {
+    check_with(&build_dispatched(1, 0), &beating(100, Some(95)), &["wake at 125"]);
+}
+
+#[test]
+fn a_build_whose_worker_went_silent_is_dispatched_again_under_the_same_id_long_before_its_deadline() {
+    let h = build_dispatched(1, 0);
+    // Last beat at 95: silent from 125, then the 5 s pause.
+    check_with(&h, &beating(125, Some(95)), &["wake at 130"]);
+    check_with(&h, &beating(130, Some(95)), &["dispatch build again as 700"]);
+}
+
+#[test]
+fn a_beat_from_before_the_attempt_does_not_count() {
+    // Attempt 2 went out at 130; the hung worker's last beat (95) is older.
+    check_with(&build_dispatched(2, 130), &beating(140, Some(95)), &["wake at 170"]);
+}
+
+#[test]
+fn a_build_silent_on_its_last_attempt_fails_saying_so() {
+    let h = build_dispatched(3, 0);
+    let state = fold(h.iter()).unwrap().unwrap();
+    let decisions = decide(&state, &beating(200, Some(100)));
+    let [Decision::Record(Event::StepFailed(f))] = decisions.as_slice() else { panic!("{decisions:?}") };
+    assert!(f.reason.contains("stopped heartbeating") && f.reason.contains("attempt 3 of 3"), "{}", f.reason);
+}
+
+#[test]
+fn other_steps_are_not_watched_by_heartbeat() {
+    let mut h = happy_path()[..7].to_vec(); // built
+    h.push(Event::StepDispatched(StepDispatched {
+        step: Step::Deploy,
+        command_id: Uuid::from_u128(800),
+        attempt: 1,
+        deadline: Some(t(900)),
+        dispatched_at: Some(t(0)),
+    }));
+    check_with(&h, &beating(100, Some(10)), &["wake at 900"]);
 }

@@ -40,6 +40,8 @@ pub struct WorkerBeat {
     pub steps: Vec<String>,
     /// What it is doing: one entry per command in progress.
     pub busy: Vec<String>,
+    /// The ids of those commands (the engine's heartbeat timeout reads them).
+    pub commands: Vec<uuid::Uuid>,
     pub started_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     /// It shut down cleanly.
@@ -47,13 +49,17 @@ pub struct WorkerBeat {
 }
 
 /// A `workers` row as a `WorkerBeat` (both backends store the lists as JSON text).
-pub(crate) fn worker_beat(row: (String, String, String, String, DateTime<Utc>, DateTime<Utc>, bool)) -> WorkerBeat {
-    let (id, host, steps, busy, started_at, last_seen, stopped) = row;
+pub(crate) type WorkerRow = (String, String, String, String, String, DateTime<Utc>, DateTime<Utc>, bool);
+
+/// A `workers` row as a `WorkerBeat`.
+pub(crate) fn worker_beat(row: WorkerRow) -> WorkerBeat {
+    let (id, host, steps, busy, commands, started_at, last_seen, stopped) = row;
     WorkerBeat {
         id,
         host,
         steps: serde_json::from_str(&steps).unwrap_or_default(),
         busy: serde_json::from_str(&busy).unwrap_or_default(),
+        commands: serde_json::from_str(&commands).unwrap_or_default(),
         started_at,
         last_seen,
         stopped,

@@ -431,13 +431,16 @@ fn positions_of(rows: &[PgRow]) -> Result<Vec<Position>, sqlx::Error> {
     Ok(positions)
 }
 
+/// A command sent again under its id (a re-dispatch) while the first
+/// sending still waits in the outbox is that same sending: not inserted twice.
 async fn insert_outbox(tx: &mut PgConnection, commands: &[Outgoing]) -> Result<(), StoreError> {
     if commands.is_empty() {
         return Ok(());
     }
     sqlx::query(
         "INSERT INTO outbox (message_id, queue, body, traceparent)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])",
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
+         ON CONFLICT (message_id) DO NOTHING",
     )
     .bind(commands.iter().map(|c| c.envelope.id).collect::<Vec<Uuid>>())
     .bind(commands.iter().map(|c| c.queue.as_str()).collect::<Vec<_>>())
@@ -496,13 +499,14 @@ impl EventStore for PgStore {
 
     async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, steps, busy, started_at, last_seen, stopped) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (id) DO UPDATE SET host = $2, steps = $3, busy = $4, started_at = $5, last_seen = $6, stopped = $7",
+            "INSERT INTO workers (id, host, steps, busy, commands, started_at, last_seen, stopped) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (id) DO UPDATE SET host = $2, steps = $3, busy = $4, commands = $5, started_at = $6, last_seen = $7, stopped = $8",
         )
         .bind(&beat.id)
         .bind(&beat.host)
         .bind(serde_json::to_string(&beat.steps).unwrap_or_default())
         .bind(serde_json::to_string(&beat.busy).unwrap_or_default())
+        .bind(serde_json::to_string(&beat.commands).unwrap_or_default())
         .bind(beat.started_at)
         .bind(beat.last_seen)
         .bind(beat.stopped)
@@ -513,9 +517,9 @@ impl EventStore for PgStore {
     }
 
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
-        type Row = (String, String, String, String, DateTime<Utc>, DateTime<Utc>, bool);
+        type Row = crate::event_store::WorkerRow;
         let rows: Vec<Row> =
-            sqlx::query_as("SELECT id, host, steps, busy, started_at, last_seen, stopped FROM workers ORDER BY last_seen DESC")
+            sqlx::query_as("SELECT id, host, steps, busy, commands, started_at, last_seen, stopped FROM workers ORDER BY last_seen DESC")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("reading workers"))?;

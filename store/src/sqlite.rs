@@ -128,7 +128,8 @@ impl EventStore for SqliteStore {
             }
         }
         for c in commands {
-            sqlx::query("INSERT INTO outbox (message_id, queue, body, traceparent, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            // A re-dispatch under the same id while the first still waits: one row.
+            sqlx::query("INSERT OR IGNORE INTO outbox (message_id, queue, body, traceparent, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .bind(c.envelope.id.to_string())
                 .bind(&c.queue)
                 .bind(c.envelope.to_json())
@@ -145,13 +146,14 @@ impl EventStore for SqliteStore {
 
     async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO workers (id, host, steps, busy, started_at, last_seen, stopped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-             ON CONFLICT (id) DO UPDATE SET host = ?2, steps = ?3, busy = ?4, started_at = ?5, last_seen = ?6, stopped = ?7",
+            "INSERT INTO workers (id, host, steps, busy, commands, started_at, last_seen, stopped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (id) DO UPDATE SET host = ?2, steps = ?3, busy = ?4, commands = ?5, started_at = ?6, last_seen = ?7, stopped = ?8",
         )
         .bind(&beat.id)
         .bind(&beat.host)
         .bind(serde_json::to_string(&beat.steps).unwrap_or_default())
         .bind(serde_json::to_string(&beat.busy).unwrap_or_default())
+        .bind(serde_json::to_string(&beat.commands).unwrap_or_default())
         .bind(beat.started_at)
         .bind(beat.last_seen)
         .bind(beat.stopped)
@@ -162,9 +164,9 @@ impl EventStore for SqliteStore {
     }
 
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
-        type Row = (String, String, String, String, DateTime<Utc>, DateTime<Utc>, bool);
+        type Row = crate::event_store::WorkerRow;
         let rows: Vec<Row> =
-            sqlx::query_as("SELECT id, host, steps, busy, started_at, last_seen, stopped FROM workers ORDER BY last_seen DESC")
+            sqlx::query_as("SELECT id, host, steps, busy, commands, started_at, last_seen, stopped FROM workers ORDER BY last_seen DESC")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("reading workers"))?;

@@ -58,6 +58,11 @@ async fn commands_are_written_with_their_events(store: DynStore) {
     assert_eq!(outbox_at_least(&store, outbox[0].position, 2).await.len(), 2);
     assert_eq!(store.prune_outbox(outbox[1].position).await.unwrap(), 2);
     assert_eq!(outbox_at_least(&store, Position::START, 1).await.len(), 1);
+    // Sent again under the same id (a re-dispatch): once more after it was
+    // published, not twice while it still waits.
+    store.append(s, ExpectedVersion::Any, &events(s, 1..2), &cmds).await.unwrap().unwrap();
+    let again = outbox_at_least(&store, Position::START, 3).await;
+    assert_eq!(again.iter().map(|o| o.message_id).collect::<Vec<_>>(), [2, 0, 1].map(|n| cmds[n].envelope.id).to_vec());
 }
 
 async fn read_all_pages_in_one_global_order(store: DynStore) {
@@ -233,6 +238,7 @@ async fn worker_heartbeats_replace_each_other(store: DynStore) {
         host: "h1".into(),
         steps: vec!["build".into(), "deploy".into()],
         busy: busy.iter().map(|b| b.to_string()).collect(),
+        commands: busy.iter().map(|b| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, b.as_bytes())).collect(),
         started_at: t(0),
         last_seen: t(seen),
         stopped,
@@ -242,6 +248,9 @@ async fn worker_heartbeats_replace_each_other(store: DynStore) {
     store.heartbeat(&beat("w1", 10, &[], true)).await.unwrap();
     let workers = store.workers().await.unwrap();
     assert_eq!(workers, vec![beat("w1", 10, &[], true), beat("w2", 6, &[], false)], "one row per worker, newest first");
+    store.heartbeat(&beat("w2", 12, &["build of deployment y"], false)).await.unwrap();
+    let workers = store.workers().await.unwrap();
+    assert_eq!(workers[0].commands, beat("w2", 12, &["build of deployment y"], false).commands, "command ids kept");
 }
 
 macro_rules! conformance {

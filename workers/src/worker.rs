@@ -94,6 +94,7 @@ pub async fn run(
         host: options.host.clone(),
         steps: options.steps.iter().map(|s| s.to_string()).collect(),
         busy: busy.lock().map(|b| b.values().cloned().collect()).unwrap_or_default(),
+        commands: busy.lock().map(|b| b.keys().copied().collect()).unwrap_or_default(),
         started_at,
         last_seen: Utc::now(),
         stopped,

@@ -41,7 +41,17 @@ impl Cluster {
         }
     }
 
+    /// Server, two workers and a router.
     pub fn start(schema: &str, namespace: &str) -> Cluster {
+        let mut c = Cluster::empty(schema, namespace);
+        c.start_server();
+        c.start_workers();
+        c.router = Some(c.spawn("router", &["router", "--router", &c.router_addr.to_string(), "--router-id", "trial-router"]));
+        c
+    }
+
+    /// No process yet: the test spawns what it needs.
+    pub fn empty(schema: &str, namespace: &str) -> Cluster {
         let data = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let env = vec![
@@ -52,7 +62,7 @@ impl Cluster {
             ("SLIPWAY_DATA_DIR", data.path().display().to_string()),
             ("SLIPWAY_LOG", "warn".to_string()),
         ];
-        let mut c = Cluster {
+        Cluster {
             env,
             data,
             server: None,
@@ -60,11 +70,7 @@ impl Cluster {
             router: None,
             extra: vec![],
             router_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        };
-        c.start_server();
-        c.start_workers();
-        c.router = Some(c.spawn("router", &["router", "--router", &c.router_addr.to_string(), "--router-id", "trial-router"]));
-        c
+        }
     }
 
     pub fn spawn(&self, name: &str, args: &[&str]) -> Child {
@@ -124,6 +130,8 @@ impl Drop for Cluster {
             self.server.iter_mut().chain(self.workers.iter_mut()).chain(self.router.iter_mut()).chain(self.extra.iter_mut());
         for child in children {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            // A test may have stopped a process (SIGSTOP); it must wake to end.
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
         }
         let children =
             self.server.iter_mut().chain(self.workers.iter_mut()).chain(self.router.iter_mut()).chain(self.extra.iter_mut());
