@@ -243,6 +243,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every stored event's chain fields, ordered by stream then version.
     async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError>;
 
+    /// Every event in global order, raw (bodies exactly as stored), as one
+    /// streamed query: what exports and checkpoints read.
+    fn log(&self) -> BoxStream<'_, Result<crate::export::LogRow, StoreError>>;
+
     /// Backend name for messages ("postgres", "sqlite").
     fn backend(&self) -> &'static str;
 }

@@ -273,6 +273,54 @@ impl<W: Write> ExportWriter<W> {
     }
 }
 
+/// Why an export could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the export: {0}")]
+    Write(#[from] io::Error),
+}
+
+/// Writes an export of `store`'s log to `out` — the whole log, or only
+/// `project`'s streams (a first pass over the log finds them), or only
+/// events recorded at or after `since` — and returns `out` and the number
+/// of events written. `slipway export` and `GET /api/export` both use it.
+pub async fn write_export<W: Write>(
+    store: &dyn crate::EventStore,
+    project: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    out: W,
+) -> Result<(W, u64), ExportError> {
+    let streams = match project {
+        Some(project) => {
+            let mut streams = ProjectStreams::new(project);
+            let mut rows = store.log();
+            while let Some(row) = rows.try_next().await? {
+                streams.consider(&row.stream, row.version, &row.body);
+            }
+            Some(streams.finish())
+        }
+        None => None,
+    };
+    let header = Header {
+        slipway_export: FORMAT.into(),
+        exported_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        backend: store.backend().into(),
+        project: project.map(str::to_string),
+        since: since.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    };
+    let mut writer = ExportWriter::new(out, &header)?;
+    let mut rows = store.log();
+    while let Some(row) = rows.try_next().await? {
+        let wanted = streams.as_ref().is_none_or(|s| s.contains(&row.stream)) && since.is_none_or(|t| row.recorded_at >= t);
+        if wanted {
+            writer.event(&row)?;
+        }
+    }
+    Ok(writer.finish()?)
+}
+
 /// Which streams belong to a project: `project-P`, the environment streams
 /// of the environments its `ProjectCreated` names (by prefix when that is
 /// unreadable), and every deployment stream whose `DeploymentRequested`
