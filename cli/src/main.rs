@@ -159,6 +159,17 @@ enum Command {
         #[command(flatten)]
         follow: FollowArgs,
     },
+    /// Stop a deployment that has not finished (queued or running): it fails
+    /// at the step it is at, the containers it started are removed, and if
+    /// its traffic switch had begun the route goes back. The release serving
+    /// before keeps serving. A finished deployment cannot be cancelled: roll
+    /// back instead.
+    Cancel {
+        deployment: Uuid,
+        /// Why, recorded with the cancellation.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Run the release commands (migrations) against the release serving
     /// ENV now: it is deployed again from the release step with release
     /// commands on, then health-checked and cut over with no downtime.
@@ -510,6 +521,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("deployment {}: replays {deployment} from {}\n", replay.deployment_id, replay.from_step);
             let (project, env) = (&original.context.project, &original.context.environment);
             finish(&*store, running, replay.deployment_id, project, env, &data_dir, &follow).await
+        }
+        Command::Cancel { deployment, reason } => {
+            match requests::request_cancel(&*store, &verbs::actor(), deployment, &reason).await? {
+                Ok(()) => println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers"),
+                Err(rejection) => bail!("{rejection}"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { project, env, follow } => {
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;

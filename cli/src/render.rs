@@ -70,6 +70,7 @@ pub fn describe(event: &Event) -> String {
             if t.routers.is_empty() { "no router".to_string() } else { t.routers.join(", ") }
         ),
         Event::MirrorAdded(m) => format!("mirrored by project {}", m.mirror),
+        Event::CancelRequested(c) => c.reason.clone(),
         Event::DeploymentReplayed(r) => format!("replayed as deployment {} from {}", r.replay, r.from_step),
         Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),
     }

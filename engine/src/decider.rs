@@ -20,6 +20,8 @@
 //! | … after the deadline                    | `StepFailed(cutover)` naming the routers  |
 //! | a step failed, traffic never moved      | `DeploymentFailed`, `DeploymentFinished`, `RemoveContainers` |
 //! | a step failed after the route changed   | `DeploymentFailed`, `DeploymentFinished`, `RouteChanged` back to the old release, `RetireRelease` (drained) of the new containers |
+//! | cancel requested while running          | as a failure of the current step (reason: who cancelled) |
+//! | finished, a late step outcome started containers | `RemoveContainers` of those        |
 //! | succeeded or failed and recorded        | nothing                                   |
 
 use chrono::{DateTime, Utc};
@@ -100,6 +102,9 @@ impl Default for EnvironmentView {
 }
 
 pub fn decide(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
+    if d.is_finished() {
+        return remove_late_containers(d);
+    }
     match &d.status {
         Status::Succeeded => vec![],
         Status::Failed { .. } if d.failure_recorded => vec![],
@@ -148,6 +153,18 @@ fn failed(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) -> Ve
         })));
     }
     out
+}
+
+/// A worker still running when the verdict came started containers that
+/// belong to no release: remove them (idempotent if decided twice).
+fn remove_late_containers(d: &Deployment) -> Vec<Decision> {
+    if d.late_containers.is_empty() {
+        return vec![];
+    }
+    vec![Decision::Dispatch(Command::RemoveContainers(RemoveContainers {
+        deployment_id: d.id,
+        containers: d.late_containers.clone(),
+    }))]
 }
 
 /// The pipeline passed: move the route, then wait for every router.

@@ -43,6 +43,12 @@ pub struct Deployment {
     pub replay_of: Option<ReplaySource>,
     /// Replays of this deployment, oldest first.
     pub replayed_as: Vec<Uuid>,
+    /// `CancelRequested`: the failure reason it set.
+    pub cancelled: Option<String>,
+    /// Containers a step reported after the verdict (a worker that was
+    /// still running when the deployment failed or was cancelled); the
+    /// engine removes them.
+    pub late_containers: Vec<String>,
     /// The stream version this state was folded up to.
     pub version: u64,
 }
@@ -76,6 +82,15 @@ impl Deployment {
     /// Succeeded, or failed with the verdict recorded: nothing more happens.
     pub fn is_finished(&self) -> bool {
         matches!(self.status, Status::Succeeded) || self.failure_recorded
+    }
+
+    /// The step a cancellation fails: the one dispatched and still running,
+    /// else the next one, else the cutover.
+    pub fn current_step(&self) -> Step {
+        match self.dispatched {
+            Some((step, _, _)) if !self.completed.contains(&step) => step,
+            _ => self.next_step().unwrap_or(Step::Cutover),
+        }
     }
 }
 
@@ -128,6 +143,8 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 promoted_from: r.promoted_from.as_ref().map(|s| s.deployment_id),
                 replay_of: r.replay_of.clone(),
                 replayed_as: Vec::new(),
+                cancelled: None,
+                late_containers: Vec::new(),
                 version: 1,
                 })
             }
@@ -138,9 +155,35 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
     match event {
         Event::DeploymentRequested(_) => return Err(illegal(&Some(d), event)),
         // Cleanup facts and replays may arrive after the end; nothing else may.
-        Event::ContainersRemoved(r) => d.containers.retain(|c| !r.containers.contains(c)),
+        Event::ContainersRemoved(r) => {
+            d.containers.retain(|c| !r.containers.contains(c));
+            d.late_containers.retain(|c| !r.containers.contains(c));
+        }
         Event::DeploymentReplayed(r) => d.replayed_as.push(r.replay),
+        // A worker that was mid-step when the verdict came reports late: the
+        // fact is kept, the state only learns which containers to remove.
+        e if finished && (e.completes_step().is_some() || matches!(e, Event::StepFailed(_))) => {
+            let started: Vec<String> = match e {
+                Event::WebContainerStarted(w) => vec![w.container.clone()],
+                Event::ProcessesStarted(p) => p.containers.iter().map(|c| c.container.clone()).collect(),
+                _ => vec![],
+            };
+            for c in started {
+                if !d.containers.contains(&c) && !d.late_containers.contains(&c) {
+                    d.late_containers.push(c);
+                }
+            }
+        }
         _ if finished => return Err(illegal(&Some(d), event)),
+        Event::CancelRequested(c) => {
+            if d.cancelled.is_none() {
+                d.cancelled = Some(c.reason.clone());
+            }
+            // A step that already failed keeps its own reason.
+            if d.status == Status::Running {
+                d.status = Status::Failed { step: d.current_step(), reason: c.reason.clone() };
+            }
+        }
         Event::StepDispatched(s) => {
             d.dispatched = Some((s.step, s.attempt, s.command_id));
             d.dispatch_deadline = s.deadline;

@@ -178,7 +178,7 @@ impl Driver {
             let recorded = self.store.read_stream(stream, 1).await?;
             let events = decode_all(&recorded)?;
             let Some(state) = fold(events.iter())? else { return Ok(None) };
-            if state.is_finished() {
+            if state.is_finished() && state.late_containers.is_empty() {
                 return Ok(None);
             }
             let estream = environment_stream(&state.context.project, &state.context.environment);

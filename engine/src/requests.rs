@@ -490,6 +490,39 @@ async fn deployment_state(store: &dyn EventStore, id: Uuid) -> Outcome<crate::De
     }
 }
 
+/// Asks the engine to stop a deployment that has not finished: it fails at
+/// the step it is at, its containers are removed and the serving release
+/// keeps serving. Refused once the deployment has finished. Recorded only
+/// on the version it was checked against, so it never lands after the
+/// verdict.
+pub async fn request_cancel(store: &dyn EventStore, actor: &str, deployment: Uuid, why: &str) -> Outcome<()> {
+    loop {
+        let d = match deployment_state(store, deployment).await? {
+            Ok(d) => d,
+            Err(r) => return Ok(Err(r)),
+        };
+        if d.is_finished() {
+            let verdict = if d.status == crate::deployment::Status::Succeeded { "succeeded" } else { "failed" };
+            return reject(format!(
+                "deployment {deployment} already {verdict}; to undo a release that serves, roll back with \
+                 `slipway rollback {} {}`",
+                d.context.project, d.context.environment
+            ));
+        }
+        let why = why.trim();
+        let reason = if why.is_empty() { format!("cancelled by {actor}") } else { format!("cancelled by {actor}: {why}") };
+        let stream = deployment_stream(deployment);
+        let event = Event::CancelRequested(slipway_proto::event::CancelRequested { reason });
+        let e = [envelope(&stream, &event, deployment, actor, None)];
+        let append = [StreamAppend { stream: &stream, expected: ExpectedVersion::Exactly(d.version), events: &e }];
+        match store.append_streams(&append, &[]).await? {
+            Ok(_) => return Ok(Ok(())),
+            // The deployment moved on while we looked: look again.
+            Err(_) => continue,
+        }
+    }
+}
+
 /// An environment's state, or a rejection naming a history that cannot be read.
 async fn environment_state(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<crate::environment::Environment> {
     match load::environment(store, project, environment).await {

@@ -441,3 +441,90 @@ fn a_step_without_an_outcome_by_its_deadline_is_dispatched_again_after_a_pause_t
     late.push(outcome(Step::Checkout));
     check_with(&late, &at(135), &["dispatch build"]);
 }
+
+fn cancel(reason: &str) -> Event {
+    Event::CancelRequested(CancelRequested { reason: reason.into() })
+}
+
+fn verdict(step: Step, reason: &str) -> Event {
+    Event::DeploymentFailed(DeploymentFailed { step, reason: reason.into() })
+}
+
+#[test]
+fn a_cancel_during_the_build_fails_the_build_with_who_cancelled() {
+    let mut h = happy_path()[..6].to_vec(); // build dispatched, no outcome
+    h.push(cancel("cancelled by token:ops"));
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert_eq!(state.status, Status::Failed { step: Step::Build, reason: "cancelled by token:ops".into() });
+    assert_eq!(state.cancelled.as_deref(), Some("cancelled by token:ops"));
+    check(&h, &["record DeploymentFailed", "finish failed"]);
+}
+
+#[test]
+fn a_cancel_after_containers_started_removes_them_and_keeps_the_old_release() {
+    let mut h = happy_path()[..10].to_vec(); // web container started, release dispatched
+    h.push(cancel("cancelled by cli:ann"));
+    check(&h, &["record DeploymentFailed", "finish failed", "remove web-1"]);
+}
+
+#[test]
+fn a_cancel_of_a_queued_deployment_fails_it_before_any_step() {
+    let h = vec![requested(), cancel("cancelled by cli:ann")];
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert_eq!(state.status, Status::Failed { step: Step::CheckServices, reason: "cancelled by cli:ann".into() });
+    check_queued(&h, false, &["record DeploymentFailed", "finish failed"]);
+}
+
+#[test]
+fn a_cancel_during_the_switch_moves_the_route_back() {
+    let mut h = switching();
+    h.push(cancel("cancelled by cli:ann"));
+    check_with(
+        &h,
+        &with_routers(&[("a", 5)]),
+        &["record DeploymentFailed", "finish failed", "route Revert 127.0.0.1:1000", "retire web-1,worker-1"],
+    );
+}
+
+#[test]
+fn a_step_failure_keeps_its_reason_when_a_cancel_follows() {
+    let mut h = build_fails();
+    h.push(cancel("cancelled by cli:ann"));
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert_eq!(state.status, Status::Failed { step: Step::Build, reason: "RUN exited 1".into() });
+}
+
+#[test]
+fn a_late_outcome_after_the_verdict_is_kept_and_its_containers_removed() {
+    let mut h = happy_path()[..8].to_vec(); // deploy dispatched
+    h.push(cancel("cancelled by cli:ann"));
+    h.push(verdict(Step::Deploy, "cancelled by cli:ann"));
+    // The worker was mid-step: its container started after the verdict.
+    h.push(outcome(Step::Deploy));
+    let state = fold(h.iter()).expect("a late outcome is legal").unwrap();
+    assert!(state.is_finished());
+    assert_eq!(state.late_containers, vec!["web-1".to_string()]);
+    check(&h, &["remove web-1"]);
+    h.push(Event::ContainersRemoved(ContainersRemoved { containers: vec!["web-1".into()] }));
+    check(&h, &[]);
+}
+
+#[test]
+fn a_late_duplicate_of_a_serving_container_is_never_removed() {
+    let mut h = switching();
+    h.push(Event::TrafficSwitched(TrafficSwitched { route_version: 5, routers: vec!["a".into(), "b".into()] }));
+    h.push(Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "c0ffee".into() }));
+    // A redelivered deploy command reports the same (deterministic) container.
+    h.push(outcome(Step::Deploy));
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert!(state.late_containers.is_empty());
+    check(&h, &[]);
+}
+
+#[test]
+fn nothing_but_cleanup_and_late_outcomes_may_follow_the_verdict() {
+    let mut h = build_fails();
+    h.push(verdict(Step::Build, "RUN exited 1"));
+    h.push(cancel("too late"));
+    assert!(fold(h.iter()).is_err());
+}

@@ -309,6 +309,17 @@ pub struct DeploymentFailed {
     pub reason: String,
 }
 
+/// Someone asked to stop a deployment that has not finished. The engine
+/// fails it at the step it was at (reason "cancelled by ..."), removes its
+/// containers and, if its route had moved, moves the route back: the old
+/// release keeps serving, exactly as after any other failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    /// Why, in the canceller's words (may be empty).
+    #[serde(default)]
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainersRemoved {
     pub containers: Vec<String>,
@@ -483,6 +494,7 @@ crate::message_family! {
         TrafficSwitched(TrafficSwitched) = 1,
         DeploymentReplayed(DeploymentReplayed) = 1,
         MirrorAdded(MirrorAdded) = 1,
+        CancelRequested(CancelRequested) = 1,
         TokenIssued(TokenIssued) = 1,
         TokenRevoked(TokenRevoked) = 1,
     }

@@ -136,6 +136,11 @@ async fn handle_tracked(
     result
 }
 
+/// Events after which a deployment's steps are not run any more: a step
+/// command delivered late (or again) would only start containers that
+/// belong to no release.
+const STOPS_STEPS: [&str; 3] = ["DeploymentSucceeded", "DeploymentFailed", "CancelRequested"];
+
 /// Handles one delivery to the end: settled one way or another, or left
 /// unsettled (redelivered later) when the store is unavailable.
 pub async fn handle(
@@ -163,6 +168,10 @@ pub async fn handle(
     };
     if history.iter().any(|r| r.envelope.id == id) {
         tracing::info!(command = %envelope.id, "outcome already recorded; acking the redelivery");
+        return Ok(delivery.ack().await?);
+    }
+    if matches!(command, Command::RunStep(_)) && history.iter().any(|r| STOPS_STEPS.contains(&r.envelope.message_type.as_str())) {
+        tracing::info!(command = %envelope.id, %stream, "deployment finished or cancelled; not running the step");
         return Ok(delivery.ack().await?);
     }
     let span = tracing::info_span!("step", step = %command.step(), deployment = %deployment_of(&command),
