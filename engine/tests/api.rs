@@ -743,3 +743,24 @@ async fn serve_answers_on_a_real_socket_and_stops_on_shutdown() {
     stopped.expect("server task").expect("serve returns Ok");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after shutdown");
 }
+
+#[tokio::test]
+async fn cancel_records_the_request_and_is_a_409_once_finished() {
+    let api = Api::new().await;
+    api.create_hello().await;
+    let running = api.deploy("test", json!({})).await;
+    let uri = format!("/api/deployments/{running}/cancel");
+    let reply = api.request(Method::POST, &uri, Some(&api.deploy), Some(r#"{"reason": "wrong branch"}"#)).await;
+    assert_eq!(id(&reply.expect(StatusCode::ACCEPTED).json()["deployment"]), running);
+    let events = api.store.read_stream(&deployment_stream(running), 1).await.unwrap();
+    let cancel = events.last().unwrap();
+    assert_eq!((cancel.envelope.message_type.as_str(), cancel.envelope.actor.as_str()), ("CancelRequested", "token:ci"));
+    assert!(cancel.envelope.payload.get().contains("wrong branch"), "{}", cancel.envelope.payload.get());
+
+    let done = api.deploy("live", json!({})).await;
+    api.finish(done, "aaa111", true).await;
+    let reply = api.request(Method::POST, &format!("/api/deployments/{done}/cancel"), Some(&api.deploy), None).await;
+    assert!(reply.expect(StatusCode::CONFLICT).error().contains("already succeeded"));
+    let unknown = format!("/api/deployments/{}/cancel", Uuid::now_v7());
+    api.request(Method::POST, &unknown, Some(&api.deploy), None).await.expect(StatusCode::NOT_FOUND);
+}

@@ -403,6 +403,38 @@ pub async fn replay(
     ReplayAccepted::new(&*store, &original, r).await
 }
 
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why, for the record (it becomes part of the failure reason).
+    reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelAccepted {
+    deployment: Uuid,
+}
+
+#[utoipa::path(post, path = "/api/deployments/{id}/cancel", tag = "deployments",
+    summary = "Stop a deployment that has not finished",
+    description = "The engine fails it at the step it is at and removes its containers; the serving release keeps serving.",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    request_body(content = CancelBody, description = "Optional"),
+    responses((status = 202, body = CancelAccepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "It has finished already")))]
+pub async fn cancel(
+    State(store): Store,
+    Params(id): Params<String>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<CancelBody>,
+) -> ApiResult<Accepted<CancelAccepted>> {
+    let d = load_deployment(&*store, parse_id(&id)?).await?;
+    let reason = body.reason.unwrap_or_default();
+    // It exists, so a refusal means it finished (before or while we looked).
+    requests::request_cancel(&*store, &caller.actor(), d.id, &reason).await?.map_err(|r| ApiError::Conflict(r.0))?;
+    Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{}", d.id))], Json(CancelAccepted { deployment: d.id })))
+}
+
 #[utoipa::path(get, path = "/api/deployments/{id}/logs", tag = "deployments",
     summary = "A deployment's build and release logs, as text",
     description = "Each log the deployment recorded (the build's, each release command's), and a failed step's details.",

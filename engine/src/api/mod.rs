@@ -102,8 +102,7 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/deployments/{id}/logs", Scope(Read), get(deployments::logs)),
         // GET /api/deployments/{id}/stream [read] (server-sent events) is
         // `live.rs`'s: its entry goes here when it is merged.
-        // POST /api/deployments/{id}/cancel [deploy] goes here once
-        // `requests::request_cancel` exists.
+        route(Method::POST, "/api/deployments/{id}/cancel", Scope(Deploy), post(deployments::cancel)),
         route(Method::GET, "/api/diff", Scope(Read), get(deployments::diff)),
         route(Method::GET, "/api/export", Scope(Read), get(audit::export)),
         route(Method::POST, "/api/audit/verify", Scope(Read), post(audit::verify)),

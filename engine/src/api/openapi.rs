@@ -27,7 +27,7 @@ const SCHEME: &str = "bearer";
         projects::list, projects::create, projects::show,
         environments::status, environments::settings, environments::change_settings, environments::releases,
         environments::deployments, environments::rollback, environments::migrate, environments::promote,
-        deployments::request, deployments::list, deployments::show, deployments::replay, deployments::events,
+        deployments::request, deployments::list, deployments::show, deployments::cancel, deployments::replay, deployments::events,
         deployments::history, deployments::logs, deployments::diff,
         audit::export, audit::verify,
         admin::workers, admin::tokens, admin::issue_token, admin::revoke_token,
