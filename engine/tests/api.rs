@@ -350,6 +350,12 @@ async fn unknown_fields_and_malformed_json_are_400s() {
     let message = reply.expect(StatusCode::BAD_REQUEST).error();
     assert!(message.contains("`set.PORT`"), "{message}");
 
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(3 << 20));
+    let reply = api.raw(Method::POST, "/api/projects", &huge).await.expect(StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(reply.error().contains("too large"));
+    let replay = format!("/api/deployments/{}/replay", Uuid::now_v7());
+    api.raw(Method::POST, &replay, &huge).await.expect(StatusCode::PAYLOAD_TOO_LARGE);
+
     let request = Request::post("/api/projects")
         .header(header::AUTHORIZATION, format!("Bearer {}", api.admin))
         .body(Body::from(r#"{"name":"x"}"#))
@@ -664,6 +670,15 @@ async fn export_verify_and_workers() {
     assert_eq!(lines.last().unwrap()["slipway_export_end"]["events"], 6);
     assert!(!export.text.contains(&api.admin[4..]), "a token value is in the export");
 
+    // Long enough to be sent in several chunks; what arrives verifies like a file.
+    let many: Vec<Event> = (0..600).map(|n| Event::TokenRevoked(TokenRevoked { name: format!("n{n}") })).collect();
+    append(&*api.store, "filler", &many).await;
+    let export = api.get("/api/export").await.expect(StatusCode::OK);
+    let bytes = export.text.clone().into_bytes();
+    let report = slipway_store::export::verify(|| Ok(std::io::Cursor::new(bytes.clone())), None).unwrap();
+    assert!(report.is_intact() && report.lines.is_empty() && report.file.is_empty(), "{:?}", report.file);
+    assert_eq!(report.events, 606);
+
     let only = api.get("/api/export?project=hello").await.expect(StatusCode::OK);
     assert!(only.text.contains(&format!("deployment-{d}")) && !only.text.contains("\"stream\":\"tokens\""), "{}", only.text);
     api.get("/api/export?project=nope").await.expect(StatusCode::NOT_FOUND);
@@ -673,7 +688,7 @@ async fn export_verify_and_workers() {
     assert_eq!(since.text.lines().count(), 2, "header and end line only");
 
     let report = api.request(Method::POST, "/api/audit/verify", Some(&api.read), None).await.expect(StatusCode::OK).json();
-    assert_eq!(report, json!({"events": 6, "streams": 4, "intact": true, "findings": []}));
+    assert_eq!(report, json!({"events": 606, "streams": 5, "intact": true, "findings": []}));
 
     assert_eq!(api.get("/api/workers").await.expect(StatusCode::OK).json(), json!([]));
     let now = Utc::now();

@@ -4,14 +4,17 @@
 //! Signed checkpoints live outside the database, on the auditor's side, so
 //! checking against them stays with the CLI.
 
+use std::io;
+
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
-use axum::http::HeaderName;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use slipway_store::chain;
-use slipway_store::export::{self, ExportError};
+use slipway_store::export;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
@@ -28,17 +31,15 @@ pub struct ExportQuery {
     since: Option<String>,
 }
 
-/// The export is built in memory before it is sent: fine for logs of a few
-/// hundred thousand events; `slipway export` streams to a file for more.
+/// Streamed as it is read (a few hundred events at a time, in constant
+/// memory). A failure half-way cuts the body short: the export then lacks
+/// its end line, and `slipway audit verify --file` says the file was cut.
 #[utoipa::path(get, path = "/api/export", tag = "audit",
     summary = "The event log as JSON Lines (slipway-export/1), for offline verification",
     description = "The same file as `slipway export`; check it with `slipway audit verify --file`.",
     params(ExportQuery),
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn export(
-    State(store): Store,
-    QueryParams(q): QueryParams<ExportQuery>,
-) -> ApiResult<([(HeaderName, &'static str); 2], Vec<u8>)> {
+pub async fn export(State(store): Store, QueryParams(q): QueryParams<ExportQuery>) -> ApiResult<Response> {
     let since = match &q.since {
         Some(text) => Some(DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
             ApiError::BadRequest(format!("since `{text}` is not an RFC 3339 time such as 2025-01-31T00:00:00Z ({e})"))
@@ -48,12 +49,23 @@ pub async fn export(
     if let Some(project) = &q.project {
         require_project(&*store, project).await?;
     }
-    let (bytes, _) = export::write_export(&*store, q.project.as_deref(), since, Vec::new()).await.map_err(|e| match e {
-        ExportError::Store(e) => ApiError::Store(e),
-        ExportError::Write(e) => ApiError::Internal(format!("writing the export: {e}")),
-    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
+    tokio::spawn(async move {
+        let send = |chunk: Vec<u8>| -> futures::future::BoxFuture<'static, io::Result<()>> {
+            let tx = tx.clone();
+            Box::pin(async move {
+                let gone = |_| io::Error::new(io::ErrorKind::BrokenPipe, "the client stopped reading the export");
+                tx.send(Ok(chunk)).await.map_err(gone)
+            })
+        };
+        if let Err(e) = export::stream_export(&*store, q.project.as_deref(), since, send).await {
+            tracing::warn!(error = %e, "the export over the API stopped");
+            let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+        }
+    });
+    let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
     let headers = [(CONTENT_TYPE, "application/x-ndjson"), (CONTENT_DISPOSITION, "attachment; filename=\"slipway-export.jsonl\"")];
-    Ok((headers, bytes))
+    Ok((headers, Body::from_stream(chunks)).into_response())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
