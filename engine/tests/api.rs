@@ -691,6 +691,8 @@ async fn export_verify_and_workers() {
     assert_eq!(report, json!({"events": 606, "streams": 5, "intact": true, "findings": []}));
 
     assert_eq!(api.get("/api/workers").await.expect(StatusCode::OK).json(), json!([]));
+    let me = api.request(Method::GET, "/api/whoami", Some(&api.deploy), None).await.expect(StatusCode::OK).json();
+    assert_eq!(me, json!({"name": "ci", "scope": "deploy", "authenticated": true}));
     let now = Utc::now();
     let beat = |id: &str, last_seen, stopped| slipway_store::WorkerBeat {
         id: id.into(),

@@ -1,5 +1,5 @@
-//! The installation itself: worker processes (from their heartbeats) and
-//! API tokens. A token's value is returned once, by the request that issues
+//! The installation itself: worker processes (from their heartbeats), API
+//! tokens, and who the caller is. A token's value is returned once, by the request that issues
 //! it; lists show name, scope, issuer and state, never the value or hash.
 
 use std::sync::Arc;
@@ -135,4 +135,22 @@ pub async fn revoke_token(State(store): Store, caller: Caller, Params(name): Par
     }
     requests::revoke_token(&*store, &caller.actor(), &name).await??;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// The token's name (events the caller causes name `token:<name>`).
+    name: String,
+    /// "read", "deploy" or "admin".
+    #[schema(value_type = String)]
+    scope: TokenScope,
+    /// Always true: every route but /healthz needs a token.
+    authenticated: bool,
+}
+
+#[utoipa::path(get, path = "/api/whoami", tag = "installation", summary = "The caller's token name and scope",
+    description = "What a client (the dashboard) asks to offer only what the token's scope allows.",
+    responses((status = 200, body = WhoAmI)))]
+pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    Json(WhoAmI { name: caller.name, scope: caller.scope, authenticated: true })
 }

@@ -107,6 +107,7 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/export", Scope(Read), get(audit::export)),
         route(Method::POST, "/api/audit/verify", Scope(Read), post(audit::verify)),
         route(Method::GET, "/api/workers", Scope(Read), get(admin::workers)),
+        route(Method::GET, "/api/whoami", Scope(Read), get(admin::whoami)),
         route(Method::GET, "/api/tokens", Scope(Admin), get(admin::tokens)),
         route(Method::POST, "/api/tokens", Scope(Admin), post(admin::issue_token)),
         route(Method::DELETE, "/api/tokens/{name}", Scope(Admin), delete(admin::revoke_token)),
