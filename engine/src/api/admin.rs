@@ -41,13 +41,7 @@ pub async fn workers(State(store): Store, Extension(config): Extension<Arc<ApiCo
         workers
             .into_iter()
             .map(|w| {
-                let state = if w.stopped {
-                    "stopped"
-                } else if now - w.last_seen > missing_after {
-                    "missing"
-                } else {
-                    "alive"
-                };
+                let state = w.state(now, missing_after);
                 WorkerView {
                     id: w.id,
                     host: w.host,
