@@ -167,6 +167,12 @@ impl Api {
     }
 }
 
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
 async fn append(store: &dyn EventStore, stream: &str, events: &[Event]) {
     let meta = || Metadata { correlation_id: Uuid::now_v7(), causation_id: None, actor: "engine".into(), trace: None };
     let envelopes: Vec<Envelope> =
@@ -743,7 +749,7 @@ async fn serve_answers_on_a_real_socket_and_stops_on_shutdown() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, Api::new().await.app, async {
+    let server = tokio::spawn(api::serve(listener, Api::new().await.app.clone(), async {
         let _ = stopped.await;
     }));
 
