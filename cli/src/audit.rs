@@ -24,7 +24,7 @@ use futures::stream::BoxStream;
 use futures::TryStreamExt;
 use rand::RngCore;
 use slipway_store::checkpoint::{Builder, Checkpoint, CheckpointReport, PublicKey, SecretKey};
-use slipway_store::export::{self, ExportReport, ExportWriter, Header, LogRow, ProjectStreams};
+use slipway_store::export::{self, ExportReport, LogRow};
 use slipway_store::chain::ChainRow;
 use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::{EventStore, PgStore, SqliteStore, StoreError};
@@ -139,37 +139,12 @@ impl Db {
 
 pub async fn export(args: ExportArgs, database: &str, schema: Option<&str>) -> anyhow::Result<ExitCode> {
     let db = Db::open(database, schema).await?;
-    let streams = match &args.project {
-        Some(project) => {
-            let mut streams = ProjectStreams::new(project);
-            let mut rows = db.log();
-            while let Some(row) = rows.try_next().await? {
-                streams.consider(&row.stream, row.version, &row.body);
-            }
-            Some(streams.finish())
-        }
-        None => None,
-    };
-    let header = Header {
-        slipway_export: export::FORMAT.into(),
-        exported_at: now(),
-        backend: db.store().backend().into(),
-        project: args.project.clone(),
-        since: args.since.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-    };
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?),
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut writer = ExportWriter::new(BufWriter::with_capacity(1 << 20, out), &header)?;
-    let mut rows = db.log();
-    while let Some(row) = rows.try_next().await? {
-        let wanted = streams.as_ref().is_none_or(|s| s.contains(&row.stream)) && args.since.is_none_or(|t| row.recorded_at >= t);
-        if wanted {
-            writer.event(&row)?;
-        }
-    }
-    let (_, events) = writer.finish().context("writing the export")?;
+    let out = BufWriter::with_capacity(1 << 20, out);
+    let (_, events) = export::write_export(db.store(), args.project.as_deref(), args.since, out).await?;
     let to = args.output.as_ref().map_or("standard output".to_string(), |p| p.display().to_string());
     eprintln!("exported {events} events to {to}");
     Ok(ExitCode::SUCCESS)

@@ -3,10 +3,11 @@
 //! the HTTP API for the server modes.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use slipway_engine::api::ApiConfig;
 use slipway_node::{Parts, RouterOptions, RouterPart, Shutdown};
 use slipway_router::ServeOptions;
 use slipway_store::queue::Queue;
@@ -35,21 +36,30 @@ pub async fn router(listen: SocketAddr, id: Option<String>, domain: String) -> a
     Ok(RouterPart { listener, options: RouterOptions { router_id, domain, listen }, proxy: ServeOptions::default() })
 }
 
+/// Where the HTTP API listens, and the workers' data directory it reads logs from.
+pub struct Api {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
 /// Runs `parts`, and the HTTP API on `api` when given, until `shutdown`.
 pub async fn serve(
     store: Arc<dyn EventStore>,
     queue: Arc<dyn Queue>,
     parts: Parts,
-    api: Option<SocketAddr>,
+    api: Option<Api>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let api = match api {
-        Some(listen) => {
+        Some(Api { listen, data_dir }) => {
+            check_tokens(&*store, listen).await?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
                 format!("binding the HTTP API to {listen}; choose another address with --listen or SLIPWAY_LISTEN")
             })?;
             eprintln!("slipway: HTTP API on http://{}/api", listener.local_addr().unwrap_or(listen));
-            Some(slipway_engine::api::serve(listener, slipway_engine::api::app(store.clone()), shutdown.clone()))
+            let config = ApiConfig { data_dir, worker_missing_after: slipway_workers::worker::HEARTBEAT * 3 };
+            let app = slipway_engine::api::app_with(store.clone(), config);
+            Some(slipway_engine::api::serve(listener, app, shutdown.clone()))
         }
         None => None,
     };
@@ -61,5 +71,21 @@ pub async fn serve(
         }
     };
     tokio::try_join!(node, api)?;
+    Ok(())
+}
+
+/// With no token issued every request is refused: on loopback that is only
+/// a warning (make one next), anywhere else the API does not start, so a
+/// panel is never reachable from the network before anyone can use it.
+async fn check_tokens(store: &dyn EventStore, listen: SocketAddr) -> anyhow::Result<()> {
+    let active = slipway_engine::requests::load_tokens(store).await.context("reading the API tokens")?.active();
+    if active > 0 {
+        return Ok(());
+    }
+    let create = "create one with `slipway token create NAME --scope admin` (same --database)";
+    if !listen.ip().is_loopback() {
+        anyhow::bail!("refusing to serve the HTTP API on {listen} with no token issued; {create}, or listen on 127.0.0.1");
+    }
+    eprintln!("slipway: warning: no API token is issued, so every API request gets 401; {create}");
     Ok(())
 }

@@ -7,6 +7,7 @@ mod follow;
 mod history;
 mod machinery;
 mod render;
+mod tokens;
 mod verbs;
 
 use std::path::PathBuf;
@@ -225,6 +226,9 @@ enum Command {
     /// Audit the event log: verify chains and exports, sign checkpoints.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// API tokens: create (prints the value once), list, revoke.
+    #[command(subcommand)]
+    Token(tokens::TokenCmd),
 }
 
 #[derive(Args)]
@@ -248,7 +252,8 @@ struct ServeArgs {
     /// a hung worker or a vanished host is noticed long before --build-timeout.
     #[arg(long, default_value_t = 60)]
     heartbeat_timeout: u64,
-    /// Where the HTTP API listens (it has no authentication: keep it on loopback or behind a proxy that checks).
+    /// Where the HTTP API listens. Every request needs a token (`slipway token create`); off loopback
+    /// the API refuses to start until one is issued. It speaks plain HTTP: put TLS in front of it.
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
     listen: std::net::SocketAddr,
 }
@@ -438,13 +443,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 router,
                 ..Default::default()
             };
-            machinery::serve(store, queue, parts, Some(serve.listen), machinery::on_signal()).await?;
+            machinery::serve(store, queue, parts, Some(machinery::Api { listen: serve.listen, data_dir }), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let parts = Parts { engine: Some(args.driver()), ..Default::default() };
-            machinery::serve(store, queue, parts, Some(args.listen), machinery::on_signal()).await?;
+            machinery::serve(store, queue, parts, Some(machinery::Api { listen: args.listen, data_dir }), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Router(args) => {
@@ -566,6 +571,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             events.iter().for_each(|e| println!("{}", render::line(e)));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token(cmd) => tokens::run(&*store, cmd).await,
         Command::Audit(_) | Command::Export(_) => unreachable!("handled before the store is opened"),
     }
 }

@@ -48,6 +48,8 @@ pub fn describe(event: &Event) -> String {
         Event::DeploymentSucceeded(s) => format!("commit {} image {}", or_dash(&s.commit), or_dash(&s.image_id)),
         Event::DeploymentFailed(f) => format!("at {}: {}", f.step, f.reason),
         Event::ContainersRemoved(r) => format!("{} container(s) removed", r.containers.len()),
+        Event::TokenIssued(t) => format!("token {} ({}) issued by {}", t.name, t.scope, t.issued_by),
+        Event::TokenRevoked(t) => format!("token {} revoked", t.name),
         Event::DeploymentEnqueued(q) => format!("deployment {} queued", q.deployment_id),
         Event::DeploymentFinished(f) => format!("deployment {} {}", f.deployment_id, if f.succeeded { "succeeded" } else { "failed" }),
         Event::RouteChanged(r) => format!(

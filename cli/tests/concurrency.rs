@@ -9,30 +9,15 @@ use std::time::Duration;
 
 use slipway_engine::requests::{self, NewProject};
 use slipway_engine::Status;
-use slipway_proto::event::deployment_stream;
+use slipway_proto::event::{deployment_stream, TokenScope};
 use slipway_proto::Event;
 use slipway_store::postgres::PgOptions;
 use slipway_store::{EventStore, PgStore};
 use slipway_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 mod common;
-use common::Cluster;
-
-async fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
+use common::{http, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn simultaneous_requests_through_two_api_processes_run_one_after_the_other() {
@@ -43,6 +28,7 @@ async fn simultaneous_requests_through_two_api_processes_run_one_after_the_other
         PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), ..Default::default() }).await.unwrap(),
     );
     let mut c = Cluster::start(&schema, &namespace);
+    let token = requests::issue_token(&*store, "test", "conc", TokenScope::Deploy).await.unwrap().unwrap();
     let apis: Vec<String> = (0..2)
         .map(|_| format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()))
         .collect();
@@ -51,7 +37,7 @@ async fn simultaneous_requests_through_two_api_processes_run_one_after_the_other
         c.extra.push(api);
     }
     for addr in &apis {
-        let url = format!("http://{addr}/api/health");
+        let url = format!("http://{addr}/healthz");
         eventually("the API to answer", Duration::from_secs(30), || async {
             slipway_workers::http::get_status(&url, Duration::from_secs(1)).await.ok().filter(|s| *s == 200)
         })
@@ -70,7 +56,10 @@ async fn simultaneous_requests_through_two_api_processes_run_one_after_the_other
 
     let path = format!("/api/projects/{project}/environments/live/deployments");
     let body = r#"{"mode": "local", "migrate": true}"#;
-    let ((s1, b1), (s2, b2)) = tokio::join!(post(&apis[0], &path, body), post(&apis[1], &path, body));
+    let ((s1, b1), (s2, b2)) = tokio::join!(
+        http(&apis[0], "POST", &path, Some(&token), Some(body)),
+        http(&apis[1], "POST", &path, Some(&token), Some(body))
+    );
     assert_eq!((s1, s2), (202, 202), "{b1} / {b2}");
     let id = |b: &str| -> Uuid { serde_json::from_str::<serde_json::Value>(b).unwrap()["deployment"].as_str().unwrap().parse().unwrap() };
     let (a, b) = (id(&b1), id(&b2));

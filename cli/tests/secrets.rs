@@ -16,6 +16,9 @@ use slipway_proto::Step;
 use slipway_tests::*;
 use uuid::Uuid;
 
+mod common;
+use common::http;
+
 fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
     let mut hits = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -72,30 +75,46 @@ async fn a_secret_sentinel_appears_nowhere_but_the_value_table() {
         assert!(args[0] != "env" || shown.contains("API_KEY"), "{args:?}: {shown}");
     }
 
-    // The HTTP API.
+    // The HTTP API, with a token made by `slipway token create`.
+    let out = slipway(&["token", "create", "auditor", "--scope", "read"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("slw_") && token.len() == 68, "{token}");
     let listen = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
     let mut server = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["server", "--listen", &listen, "--queue", "memory"])
+        .env("SLIPWAY_DATA_DIR", h.data.path())
         .env("SLIPWAY_DATABASE", pg_url())
         .env("SLIPWAY_PG_SCHEMA", &schema)
         .spawn()
         .unwrap();
-    let base = format!("http://{listen}/api");
     eventually("the API", Duration::from_secs(30), || async {
-        slipway_workers::http::get_status(&format!("{base}/health"), Duration::from_secs(1)).await.ok().filter(|s| *s == 200)
+        slipway_workers::http::get_status(&format!("http://{listen}/healthz"), Duration::from_secs(1)).await.ok().filter(|s| *s == 200)
     })
     .await;
+    let (status, _) = http(&listen, "GET", "/api/projects", None, None).await;
+    assert_eq!(status, 401, "no token, no answer");
     for path in [
         format!("/projects/{}", h.project),
         format!("/projects/{}/environments/test", h.project),
+        format!("/projects/{}/environments/test/settings", h.project),
+        format!("/projects/{}/environments/test/releases", h.project),
         format!("/deployments/{}", d.id),
         format!("/deployments/{}/events", d.id),
+        format!("/deployments/{}/history", d.id),
+        format!("/deployments/{}/logs", d.id),
         format!("/deployments/{}/events", replay.deployment_id),
+        format!("/diff?a={}&b={}", d.id, replay.deployment_id),
+        "/export".to_string(),
     ] {
-        let (status, body) = slipway_workers::http::get_text(&format!("{base}{path}"), Duration::from_secs(5)).await.unwrap();
+        let (status, body) = http(&listen, "GET", &format!("/api{path}"), Some(&token), None).await;
         assert_eq!(status, 200, "{path}: {body}");
         assert!(!body.contains(&sentinel), "{path} shows the secret: {body}");
     }
+    let (_, settings) = http(&listen, "GET", &format!("/api/projects/{}/environments/test/settings", h.project), Some(&token), None).await;
+    assert!(settings.contains(r#""API_KEY":"(secret)""#), "{settings}");
+    let (_, logs) = http(&listen, "GET", &format!("/api/deployments/{}/logs", d.id), Some(&token), None).await;
+    assert!(logs.contains("== build"), "the server reads the workers' logs from its data directory: {logs}");
     let _ = server.kill();
     let _ = server.wait();
 

@@ -263,6 +263,54 @@ pub fn diff(a: &Timeline, b: &Timeline) -> Diff {
     }
 }
 
+/// One release of an environment (a deployment that served it), as
+/// `slipway releases` and the API list them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Release {
+    pub deployment: Uuid,
+    /// It serves now.
+    pub serving: bool,
+    /// When it was requested.
+    pub requested_at: Option<DateTime<Utc>>,
+    pub commit: Option<String>,
+    pub image: Option<String>,
+    /// `built`, or `re-used` (an image an earlier release built from the same commit).
+    pub origin: String,
+    /// How many settings it ran with (keys and fingerprints are in its events).
+    pub settings: usize,
+    /// Release commands it ran, in order.
+    pub release_commands: Vec<String>,
+    pub rollback_of: Option<Uuid>,
+    pub promoted_from: Option<Uuid>,
+}
+
+/// The release view of a deployment and its recorded events.
+pub fn release(d: &Deployment, recorded: &[RecordedEvent], serving: bool) -> Release {
+    let mut release_commands = Vec::new();
+    let mut origin = "built";
+    for r in recorded {
+        match r.envelope.decode::<Event>() {
+            Ok(Event::ReleaseCommandsRan(ran)) if !ran.skipped => {
+                release_commands.extend(ran.results.iter().map(|c| c.command.clone()))
+            }
+            Ok(Event::ImageReused(_)) => origin = "re-used",
+            _ => {}
+        }
+    }
+    Release {
+        deployment: d.id,
+        serving,
+        requested_at: recorded.first().map(|r| r.recorded_at),
+        commit: d.context.commit.clone(),
+        image: d.context.image_id.clone(),
+        origin: origin.into(),
+        settings: d.context.settings.len(),
+        release_commands,
+        rollback_of: d.rollback_of,
+        promoted_from: d.promoted_from,
+    }
+}
+
 /// An environment as it stood at `at`: its stream folded over the events
 /// recorded at or before then.
 pub fn environment_at(recorded: &[RecordedEvent], at: DateTime<Utc>) -> Result<Environment, LoadError> {

@@ -15,6 +15,7 @@ pub mod rebuild;
 pub mod requests;
 pub mod retention;
 pub mod routes;
+pub mod tokens;
 
 pub use decider::{decide, Decision, EnvironmentView};
 pub use deployment::{evolve, Deployment, IllegalTransition, Status};

@@ -139,3 +139,34 @@ pub async fn environment_names(store: &dyn EventStore) -> Result<Vec<(String, St
     }
     Ok(names)
 }
+
+/// An environment's releases, newest first, each with what it ran.
+pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> Result<Vec<crate::history::Release>, LoadError> {
+    let state = environment(store, project, env).await?;
+    let serving = state.last_succeeded();
+    let mut releases = Vec::with_capacity(state.releases.len());
+    for id in state.releases.iter().rev() {
+        if let Some((d, events)) = deployment_with_events(store, *id).await? {
+            releases.push(crate::history::release(&d, &events, Some(*id) == serving));
+        }
+    }
+    Ok(releases)
+}
+
+/// The ids of the deployments ever queued on the given environments, newest
+/// first (ids are UUID v7: time-ordered), at most `limit`.
+pub async fn deployment_ids(store: &dyn EventStore, environments: &[(String, String)], limit: usize) -> Result<Vec<Uuid>, LoadError> {
+    let mut ids = Vec::new();
+    for (project, env) in environments {
+        let recorded = store.read_stream(&environment_stream(project, env), 1).await?;
+        for event in decode_all(&recorded)? {
+            if let Event::DeploymentEnqueued(q) = event {
+                ids.push(q.deployment_id);
+            }
+        }
+    }
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.dedup();
+    ids.truncate(limit);
+    Ok(ids)
+}

@@ -8,7 +8,8 @@ use slipway_proto::config::{is_dns_label, is_env_name};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
     deployment_stream, environment_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
-    DeploymentReplayed, MirrorAdded, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged,
+    DeploymentReplayed, MirrorAdded, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged, TokenIssued,
+    TokenRevoked, TokenScope, TOKENS_STREAM,
 };
 use slipway_proto::{Envelope, Event, Step, TraceContext};
 use slipway_store::event_store::StreamAppend;
@@ -559,5 +560,66 @@ async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentReque
     match store.append_streams(&appends, &[]).await? {
         Ok(_) => Ok(Ok(id)),
         Err(c) => reject(format!("could not record the request: {c}")),
+    }
+}
+
+/// Every token ever issued, from the tokens stream.
+pub async fn load_tokens(store: &dyn EventStore) -> Result<crate::tokens::Tokens, StoreError> {
+    let recorded = store.read_stream(TOKENS_STREAM, 1).await?;
+    let mut events = Vec::with_capacity(recorded.len());
+    for r in &recorded {
+        // Every event of this stream must be readable: skipping a revocation
+        // would let a revoked token back in.
+        let event = r.envelope.decode::<Event>().map_err(|e| StoreError::Corrupt {
+            stream: r.stream.clone(),
+            version: r.version,
+            reason: e.to_string(),
+        })?;
+        events.push((event, r.recorded_at));
+    }
+    Ok(crate::tokens::Tokens::fold(events.iter().map(|(e, at)| (e, *at))))
+}
+
+/// Issues a token: records its name, scope and SHA-256 (never the value)
+/// and returns the value, which is shown this once. A name is never issued
+/// twice, revoked or not, so `token:<name>` in the log names one token.
+pub async fn issue_token(store: &dyn EventStore, actor: &str, name: &str, scope: TokenScope) -> Outcome<String> {
+    if !crate::tokens::is_valid_name(name) {
+        return reject(format!(
+            "token name `{name}` must be 1-64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ));
+    }
+    let tokens = load_tokens(store).await?;
+    if let Some(t) = tokens.by_name.get(name) {
+        let state = if t.revoked { "was revoked (names are not reused)" } else { "exists" };
+        return reject(format!("token `{name}` {state}; pick another name"));
+    }
+    let value = crate::tokens::generate();
+    let event = Event::TokenIssued(TokenIssued {
+        name: name.into(),
+        scope,
+        sha256: crate::tokens::hash(&value),
+        issued_by: actor.into(),
+    });
+    let e = envelope(TOKENS_STREAM, &event, Uuid::now_v7(), actor, None);
+    match store.append(TOKENS_STREAM, ExpectedVersion::Exactly(tokens.version), &[e], &[]).await? {
+        Ok(_) => Ok(Ok(value)),
+        Err(_) => reject(format!("the tokens changed while `{name}` was being issued; try again")),
+    }
+}
+
+/// Revokes a token: requests with it are refused from the next one on.
+pub async fn revoke_token(store: &dyn EventStore, actor: &str, name: &str) -> Outcome<()> {
+    let tokens = load_tokens(store).await?;
+    match tokens.by_name.get(name) {
+        None => return reject(format!("no token `{name}`; `slipway token list` shows them")),
+        Some(t) if t.revoked => return reject(format!("token `{name}` is already revoked")),
+        Some(_) => {}
+    }
+    let event = Event::TokenRevoked(TokenRevoked { name: name.into() });
+    let e = envelope(TOKENS_STREAM, &event, Uuid::now_v7(), actor, None);
+    match store.append(TOKENS_STREAM, ExpectedVersion::Exactly(tokens.version), &[e], &[]).await? {
+        Ok(_) => Ok(Ok(())),
+        Err(_) => reject(format!("the tokens changed while `{name}` was being revoked; try again")),
     }
 }

@@ -399,6 +399,71 @@ pub struct TrafficSwitched {
     pub routers: Vec<String>,
 }
 
+/// The stream of API tokens: who issued which, with what scope, and which
+/// were revoked. Auditors read it like any other stream.
+pub const TOKENS_STREAM: &str = "tokens";
+
+/// What an API token may do; each scope includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Every read, and verifying the log.
+    Read,
+    /// Read, plus requesting, cancelling, replaying, rolling back, promoting and migrating deployments.
+    Deploy,
+    /// Deploy, plus projects, settings and tokens.
+    Admin,
+}
+
+impl TokenScope {
+    pub const ALL: [TokenScope; 3] = [TokenScope::Read, TokenScope::Deploy, TokenScope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Read => "read",
+            TokenScope::Deploy => "deploy",
+            TokenScope::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TokenScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        TokenScope::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == s)
+            .ok_or_else(|| format!("scope `{s}` is not one of read, deploy, admin"))
+    }
+}
+
+/// An API token was issued (on the tokens stream). Only the SHA-256 of its
+/// value is recorded; the value is shown once, to whoever issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenIssued {
+    /// Events recorded with the token name their actor `token:<name>`.
+    pub name: String,
+    pub scope: TokenScope,
+    /// SHA-256 of the token value, lowercase hex.
+    pub sha256: String,
+    /// The actor who issued it.
+    pub issued_by: String,
+}
+
+/// An API token was revoked: it is refused from now on, and its name is
+/// never issued again (so `token:<name>` in the log names one token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub name: String,
+}
+
 crate::message_family! {
     /// Every event type, with its current schema version.
     Event, "event" {
@@ -430,6 +495,8 @@ crate::message_family! {
         DeploymentReplayed(DeploymentReplayed) = 1,
         MirrorAdded(MirrorAdded) = 1,
         CancelRequested(CancelRequested) = 1,
+        TokenIssued(TokenIssued) = 1,
+        TokenRevoked(TokenRevoked) = 1,
     }
 }
 

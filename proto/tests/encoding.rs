@@ -69,6 +69,13 @@ fn sample_events() -> Vec<Event> {
             routers: vec!["edge-1".into()],
             deadline: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
         }),
+        Event::TokenIssued(TokenIssued {
+            name: "ci".into(),
+            scope: TokenScope::Deploy,
+            sha256: "ab".repeat(32),
+            issued_by: "cli:alice".into(),
+        }),
+        Event::TokenRevoked(TokenRevoked { name: "ci".into() }),
     ]
 }
 
@@ -201,4 +208,26 @@ fn trace_context_is_validated_and_children_keep_the_trace() {
     for bad in ["", "00-xyz", "00-00000000000000000000000000000000-0000000000000001-01"] {
         assert!(TraceContext::parse(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn token_events_keep_their_wire_form_and_scopes_parse_and_order() {
+    let issued = Event::TokenIssued(TokenIssued {
+        name: "ci".into(),
+        scope: TokenScope::Admin,
+        sha256: "00".repeat(32),
+        issued_by: "cli:root".into(),
+    });
+    assert_eq!(
+        issued.payload().unwrap(),
+        json!({"name": "ci", "scope": "admin", "sha256": "00".repeat(32), "issued_by": "cli:root"})
+    );
+    assert_eq!(issued.message_type(), "TokenIssued");
+    assert_eq!(Event::TokenRevoked(TokenRevoked { name: "ci".into() }).payload().unwrap(), json!({"name": "ci"}));
+    assert!(TokenScope::Read < TokenScope::Deploy && TokenScope::Deploy < TokenScope::Admin);
+    for scope in TokenScope::ALL {
+        assert_eq!(scope.to_string().parse::<TokenScope>().unwrap(), scope);
+    }
+    let err = "root".parse::<TokenScope>().unwrap_err();
+    assert!(err.contains("`root`") && err.contains("read, deploy, admin"), "{err}");
 }

@@ -48,6 +48,20 @@ pub struct WorkerBeat {
     pub stopped: bool,
 }
 
+impl WorkerBeat {
+    /// "stopped" (it shut down cleanly), "missing" (silent for longer than
+    /// `missing_after`: killed, or cut off) or "alive", at `now`.
+    pub fn state(&self, now: DateTime<Utc>, missing_after: chrono::Duration) -> &'static str {
+        if self.stopped {
+            "stopped"
+        } else if now - self.last_seen > missing_after {
+            "missing"
+        } else {
+            "alive"
+        }
+    }
+}
+
 /// A `workers` row as a `WorkerBeat` (both backends store the lists as JSON text).
 pub(crate) type WorkerRow = (String, String, String, String, String, DateTime<Utc>, DateTime<Utc>, bool);
 
@@ -249,6 +263,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every stored event's chain fields, ordered by stream then version.
     async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError>;
 
+    /// Every event in global order, raw (bodies exactly as stored), as one
+    /// streamed query: what exports and checkpoints read.
+    fn log(&self) -> BoxStream<'_, Result<crate::export::LogRow, StoreError>>;
+
     /// Backend name for messages ("postgres", "sqlite").
     fn backend(&self) -> &'static str;
 }
@@ -328,4 +346,27 @@ pub(crate) fn prepare<'a>(stream: &str, version: u64, last_hash: &str, events: &
             prepared
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_alive_until_silent_too_long_and_stopped_when_it_said_so() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let beat = |ago: i64, stopped| WorkerBeat {
+            id: "w".into(),
+            host: "h".into(),
+            steps: vec![],
+            busy: vec![],
+            started_at: now,
+            last_seen: now - chrono::Duration::seconds(ago),
+            stopped,
+        };
+        let limit = chrono::Duration::seconds(15);
+        assert_eq!(beat(15, false).state(now, limit), "alive");
+        assert_eq!(beat(16, false).state(now, limit), "missing");
+        assert_eq!(beat(600, true).state(now, limit), "stopped");
+    }
 }

@@ -273,6 +273,78 @@ impl<W: Write> ExportWriter<W> {
     }
 }
 
+/// Why an export could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the export: {0}")]
+    Write(#[from] io::Error),
+}
+
+/// Writes an export of `store`'s log to `out` — the whole log, or only
+/// `project`'s streams (a first pass over the log finds them), or only
+/// events recorded at or after `since` — and returns `out` and the number
+/// of events written. `slipway export` uses it.
+pub async fn write_export<W: Write>(
+    store: &dyn crate::EventStore,
+    project: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    mut out: W,
+) -> Result<(W, u64), ExportError> {
+    let events = stream_export(store, project, since, |chunk| Box::pin(std::future::ready(out.write_all(&chunk)))).await?;
+    out.flush()?;
+    Ok((out, events))
+}
+
+/// Events written between two chunks of `stream_export`.
+const CHUNK_EVENTS: u64 = 256;
+
+/// `write_export` in chunks: `send` gets the bytes written every few
+/// hundred events and at the end, so a caller can pass them on (an HTTP
+/// response) while the log is still being read, in constant memory. An
+/// error from `send` (the reader went away) stops the export. Returns the
+/// number of events.
+pub async fn stream_export(
+    store: &dyn crate::EventStore,
+    project: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    mut send: impl FnMut(Vec<u8>) -> futures::future::BoxFuture<'static, io::Result<()>>,
+) -> Result<u64, ExportError> {
+    let streams = match project {
+        Some(project) => {
+            let mut streams = ProjectStreams::new(project);
+            let mut rows = store.log();
+            while let Some(row) = rows.try_next().await? {
+                streams.consider(&row.stream, row.version, &row.body);
+            }
+            Some(streams.finish())
+        }
+        None => None,
+    };
+    let header = Header {
+        slipway_export: FORMAT.into(),
+        exported_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        backend: store.backend().into(),
+        project: project.map(str::to_string),
+        since: since.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    };
+    let mut writer = ExportWriter::new(Vec::with_capacity(1 << 16), &header)?;
+    let mut rows = store.log();
+    while let Some(row) = rows.try_next().await? {
+        let wanted = streams.as_ref().is_none_or(|s| s.contains(&row.stream)) && since.is_none_or(|t| row.recorded_at >= t);
+        if wanted {
+            writer.event(&row)?;
+            if writer.events % CHUNK_EVENTS == 0 {
+                send(std::mem::take(&mut writer.out)).await?;
+            }
+        }
+    }
+    let (rest, events) = writer.finish()?;
+    send(rest).await?;
+    Ok(events)
+}
+
 /// Which streams belong to a project: `project-P`, the environment streams
 /// of the environments its `ProjectCreated` names (by prefix when that is
 /// unreadable), and every deployment stream whose `DeploymentRequested`

@@ -696,6 +696,10 @@ impl EventStore for PgStore {
             .map_err(db("decoding a chain row"))
     }
 
+    fn log(&self) -> BoxStream<'_, Result<crate::export::LogRow, StoreError>> {
+        crate::export::postgres_log(self)
+    }
+
     fn backend(&self) -> &'static str {
         BACKEND
     }

@@ -331,6 +331,10 @@ impl EventStore for SqliteStore {
             .map_err(db("decoding a chain row"))
     }
 
+    fn log(&self) -> BoxStream<'_, Result<crate::export::LogRow, StoreError>> {
+        crate::export::sqlite_log(self)
+    }
+
     fn backend(&self) -> &'static str {
         BACKEND
     }

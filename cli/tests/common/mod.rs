@@ -141,3 +141,19 @@ impl Drop for Cluster {
     }
 }
 
+
+/// One HTTP/1.1 request to the API at `addr`, by hand (to send the token
+/// and a body exactly as given): the status and the body.
+pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let content = body.map(|b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len())).unwrap_or_default();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Connection: close\r\n\r\n{}", body.unwrap_or_default());
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read the response");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}

@@ -1,30 +1,39 @@
-//! Deployments: request one, read its folded state, read its events. The
-//! API only records the request; the engine starts it when it heads its
-//! environment's queue, so the answer is 202 with the deployments ahead.
+//! Deployments: request one, list them, read one's folded state, events,
+//! timeline and logs, compare two, replay one. The API only records
+//! requests; the engine starts each when it heads its environment's queue,
+//! so the answer is 202 with the deployments ahead.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::LOCATION;
+use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderName, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_proto::event::{deployment_stream, BuildMode};
-use slipway_proto::Step;
+use slipway_proto::{Event, Step};
+use slipway_store::EventStore;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::error::ApiError;
-use super::extract::{Actor, JsonBody, Params};
-use super::{load_deployment, load_environment, require_environment, ApiResult, Store};
+use super::environments::{Accepted, ReplayAccepted};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{JsonBody, OptionalJson, Params, QueryParams};
+use super::{load_deployment, load_error, queued_behind, require_environment, ApiConfig, ApiResult, Caller, Store};
 use crate::deployment::Status;
+use crate::history::{self, Outcome, Timeline};
 use crate::requests::{self, DeployRequest};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeployBody {
     #[serde(rename = "ref")]
     git_ref: Option<String>,
-    /// Cloud unless asked: a server's deployments run their release commands.
+    /// "cloud" unless asked ("local"): a server's deployments run their release commands.
+    #[schema(value_type = Option<String>)]
     mode: Option<BuildMode>,
     no_cache: bool,
     /// Run the release commands in local mode too.
@@ -32,17 +41,23 @@ pub struct DeployBody {
     dry_run: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Requested {
     deployment: Uuid,
     /// Deployments of the environment that run before this one, oldest first.
     queued_behind: Vec<Uuid>,
 }
 
+#[utoipa::path(post, path = "/api/projects/{name}/environments/{env}/deployments", tag = "deployments",
+    summary = "Request a deployment",
+    description = "It queues behind the environment's unfinished deployments; the engine runs one at a time.",
+    params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment")),
+    request_body = DeployBody,
+    responses((status = 202, body = Requested), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn request(
     State(store): Store,
     Params((name, env)): Params<(String, String)>,
-    Actor(actor): Actor,
+    caller: Caller,
     JsonBody(body): JsonBody<DeployBody>,
 ) -> ApiResult<(StatusCode, [(HeaderName, String); 1], Json<Requested>)> {
     if body.git_ref.as_deref().is_some_and(|r| r.trim().is_empty()) {
@@ -59,11 +74,8 @@ pub async fn request(
         run_release: mode == BuildMode::Cloud || body.migrate,
         dry_run: body.dry_run,
     };
-    let id = requests::request_deployment(&*store, &actor, request).await??;
-    let queue = load_environment(&*store, &name, &env).await?.queue;
-    // Gone from the queue already (it finished): nothing is ahead of it.
-    let ahead = queue.iter().position(|d| *d == id).unwrap_or(0);
-    let requested = Requested { deployment: id, queued_behind: queue[..ahead].to_vec() };
+    let id = requests::request_deployment(&*store, &caller.actor(), request).await??;
+    let requested = Requested { deployment: id, queued_behind: queued_behind(&*store, &name, &env, id).await? };
     Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(requested)))
 }
 
@@ -75,40 +87,87 @@ fn parse_id(raw: &str) -> ApiResult<Uuid> {
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeploymentView {
     id: Uuid,
     project: String,
     environment: String,
     #[serde(rename = "ref")]
     git_ref: String,
+    #[schema(value_type = String)]
     mode: BuildMode,
     no_cache: bool,
     run_release: bool,
     dry_run: bool,
     /// "running", "succeeded" or "failed".
-    status: &'static str,
+    status: String,
     /// Where and why it failed; null unless failed.
     failure: Option<Failure>,
     /// The step dispatched last, while running.
+    #[schema(value_type = Option<String>)]
     current_step: Option<Step>,
     /// Steps completed (or skipped), in order.
+    #[schema(value_type = Vec<String>)]
     completed: Vec<Step>,
+    /// Each step from its first dispatch to its outcome, in pipeline order.
+    steps: Vec<StepView>,
     commit: Option<String>,
     image: Option<String>,
     web_port: Option<u16>,
+    /// Where the release answered (its loopback port), once started.
+    url: Option<String>,
+    rollback_of: Option<Uuid>,
+    promoted_from: Option<Uuid>,
+    replay_of: Option<Uuid>,
+    requested_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
     /// The number of events folded.
     version: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Failure {
+    #[schema(value_type = String)]
     step: Step,
     reason: String,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepView {
+    #[schema(value_type = String)]
+    step: Step,
+    /// "running", "succeeded", "failed" or "skipped".
+    state: String,
+    attempts: u32,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    duration_ms: Option<i64>,
+}
+
+impl StepView {
+    fn of(t: &history::StepTiming) -> StepView {
+        let state = match &t.outcome {
+            None => "running",
+            Some(Outcome::Ok) => "succeeded",
+            Some(Outcome::Failed { .. }) => "failed",
+            Some(Outcome::Skipped { .. }) => "skipped",
+        };
+        let finished_at = match (t.dispatched_at, t.duration_ms) {
+            (Some(at), Some(ms)) => Some(at + chrono::Duration::milliseconds(ms)),
+            _ => None,
+        };
+        StepView { step: t.step, state: state.into(), attempts: t.attempts, started_at: t.dispatched_at, finished_at, duration_ms: t.duration_ms }
+    }
+}
+
+#[utoipa::path(get, path = "/api/deployments/{id}", tag = "deployments", summary = "A deployment's state and steps",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    responses((status = 200, body = DeploymentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn show(State(store): Store, Params(id): Params<String>) -> ApiResult<Json<DeploymentView>> {
-    let d = load_deployment(&*store, parse_id(&id)?).await?;
+    let t = timeline(&*store, parse_id(&id)?).await?;
+    let steps = t.steps.iter().map(StepView::of).collect();
+    let (requested_at, finished_at) = (t.summary.started_at, t.summary.finished_at);
+    let d = t.deployment;
     // Dispatched and not yet done: what a worker is (or will be) running.
     let current_step = match d.status {
         Status::Running => d.dispatched.map(|(step, _, _)| step).filter(|s| !d.completed.contains(s)),
@@ -120,6 +179,7 @@ pub async fn show(State(store): Store, Params(id): Params<String>) -> ApiResult<
         Status::Failed { step, reason } => ("failed", Some(Failure { step, reason })),
     };
     let c = d.context;
+    let url = c.web_port.map(|p| format!("http://127.0.0.1:{p}/"));
     Ok(Json(DeploymentView {
         id: d.id,
         project: c.project,
@@ -129,18 +189,25 @@ pub async fn show(State(store): Store, Params(id): Params<String>) -> ApiResult<
         no_cache: c.no_cache,
         run_release: c.run_release,
         dry_run: c.dry_run,
-        status,
+        status: status.into(),
         failure,
         current_step,
         completed: d.completed,
+        steps,
         commit: c.commit,
         image: c.image_id,
         web_port: c.web_port,
+        url,
+        rollback_of: d.rollback_of,
+        promoted_from: d.promoted_from,
+        replay_of: d.replay_of.map(|r| r.deployment_id),
+        requested_at,
+        finished_at,
         version: d.version,
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     version: u64,
     id: Uuid,
@@ -151,9 +218,13 @@ pub struct EventView {
     recorded_at: DateTime<Utc>,
     hash: String,
     /// As stored. Events carry setting keys and fingerprints, never values.
+    #[schema(value_type = Object)]
     payload: Value,
 }
 
+#[utoipa::path(get, path = "/api/deployments/{id}/events", tag = "deployments", summary = "A deployment's recorded events",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    responses((status = 200, body = [EventView]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn events(State(store): Store, Params(id): Params<String>) -> ApiResult<Json<Vec<EventView>>> {
     let id = parse_id(&id)?;
     let recorded = store.read_stream(&deployment_stream(id), 1).await?;
@@ -174,4 +245,290 @@ pub async fn events(State(store): Store, Params(id): Params<String>) -> ApiResul
         })
         .collect();
     Ok(Json(events))
+}
+
+/// `?limit=N` of the deployment lists.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct Limit {
+    /// At most this many, newest first (default 20, at most 500).
+    limit: Option<usize>,
+}
+
+const MAX_LIMIT: usize = 500;
+
+impl Limit {
+    pub fn get(&self) -> ApiResult<usize> {
+        match self.limit {
+            None => Ok(20),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::BadRequest(format!("limit {n} is out of range: give 1 to {MAX_LIMIT}"))),
+        }
+    }
+}
+
+/// One deployment in a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentSummary {
+    deployment: Uuid,
+    project: String,
+    environment: String,
+    /// `running`, `succeeded`, or `failed at STEP: REASON`.
+    status: String,
+    commit: Option<String>,
+    image: Option<String>,
+    requested_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    total_ms: Option<i64>,
+}
+
+/// The summaries of `ids`, in that order (ids without a stream left out).
+pub(super) async fn summaries(store: &dyn EventStore, ids: &[Uuid]) -> ApiResult<Vec<DeploymentSummary>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let recorded = store.read_stream(&deployment_stream(*id), 1).await?;
+        if let Some(t) = history::timeline(&recorded).map_err(load_error)? {
+            let s = t.summary;
+            out.push(DeploymentSummary {
+                deployment: s.deployment,
+                project: s.project,
+                environment: s.environment,
+                status: s.status,
+                commit: s.commit,
+                image: s.image,
+                requested_at: s.started_at,
+                finished_at: s.finished_at,
+                total_ms: s.total_ms,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this project's deployments.
+    project: Option<String>,
+    /// Only this environment's (needs `project`).
+    environment: Option<String>,
+    /// At most this many, newest first (default 20, at most 500).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/deployments", tag = "deployments", summary = "Deployments, newest first",
+    params(ListQuery),
+    responses((status = 200, body = [DeploymentSummary]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(State(store): Store, QueryParams(q): QueryParams<ListQuery>) -> ApiResult<Json<Vec<DeploymentSummary>>> {
+    let limit = Limit { limit: q.limit }.get()?;
+    let environments = match (q.project, q.environment) {
+        (None, Some(_)) => return Err(ApiError::BadRequest("`environment` needs `project` too".into())),
+        (Some(p), Some(e)) => {
+            require_environment(&*store, &p, &e).await?;
+            vec![(p, e)]
+        }
+        (Some(p), None) => {
+            let project = super::require_project(&*store, &p).await?;
+            project.environments.into_keys().map(|e| (p.clone(), e)).collect()
+        }
+        (None, None) => crate::load::environment_names(&*store).await?,
+    };
+    let ids = crate::load::deployment_ids(&*store, &environments, limit).await.map_err(load_error)?;
+    Ok(Json(summaries(&*store, &ids).await?))
+}
+
+async fn timeline(store: &dyn EventStore, id: Uuid) -> ApiResult<Timeline> {
+    let recorded = store.read_stream(&deployment_stream(id), 1).await?;
+    history::timeline(&recorded).map_err(load_error)?.ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))
+}
+
+#[utoipa::path(get, path = "/api/deployments/{id}/history", tag = "deployments",
+    summary = "A deployment's timeline: each event's step, actor and outcome, each step's duration",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    responses((status = 200, body = Object, description = "summary, steps and entries, as `slipway history --json`"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn history(State(store): Store, Params(id): Params<String>) -> ApiResult<Json<Timeline>> {
+    Ok(Json(timeline(&*store, parse_id(&id)?).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DiffQuery {
+    /// Deployment A.
+    a: String,
+    /// Deployment B.
+    b: String,
+}
+
+#[utoipa::path(get, path = "/api/diff", tag = "deployments",
+    summary = "What changed from deployment A to B",
+    description = "Commit, image, settings keys (by fingerprint, no value is read), release commands, step durations.",
+    params(DiffQuery),
+    responses((status = 200, body = Object, description = "as `slipway diff`"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn diff(State(store): Store, QueryParams(q): QueryParams<DiffQuery>) -> ApiResult<Json<history::Diff>> {
+    let (a, b) = (parse_id(&q.a)?, parse_id(&q.b)?);
+    let (ta, tb) = (timeline(&*store, a).await?, timeline(&*store, b).await?);
+    Ok(Json(history::diff(&ta, &tb)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplayBody {
+    /// Resume at this pipeline step (default: the one that failed; a
+    /// succeeded deployment runs again from the start).
+    #[schema(value_type = Option<String>)]
+    from_step: Option<Step>,
+}
+
+#[utoipa::path(post, path = "/api/deployments/{id}/replay", tag = "deployments",
+    summary = "Re-run a finished deployment with its recorded inputs",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    request_body(content = ReplayBody, description = "Optional"),
+    responses((status = 202, body = ReplayAccepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "It is still running")))]
+pub async fn replay(
+    State(store): Store,
+    Params(id): Params<String>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<ReplayBody>,
+) -> ApiResult<Accepted<ReplayAccepted>> {
+    let original = load_deployment(&*store, parse_id(&id)?).await?;
+    if !original.is_finished() {
+        return Err(ApiError::Conflict(format!("deployment {} is still running; replay it once it has finished", original.id)));
+    }
+    let r = requests::request_replay(&*store, &caller.actor(), original.id, body.from_step).await??;
+    ReplayAccepted::new(&*store, &original, r).await
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why, for the record (it becomes part of the failure reason).
+    reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelAccepted {
+    deployment: Uuid,
+}
+
+#[utoipa::path(post, path = "/api/deployments/{id}/cancel", tag = "deployments",
+    summary = "Stop a deployment that has not finished",
+    description = "The engine fails it at the step it is at and removes its containers; the serving release keeps serving.",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    request_body(content = CancelBody, description = "Optional"),
+    responses((status = 202, body = CancelAccepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "It has finished already")))]
+pub async fn cancel(
+    State(store): Store,
+    Params(id): Params<String>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<CancelBody>,
+) -> ApiResult<Accepted<CancelAccepted>> {
+    let d = load_deployment(&*store, parse_id(&id)?).await?;
+    let reason = body.reason.unwrap_or_default();
+    // It exists, so a refusal means it finished (before or while we looked).
+    requests::request_cancel(&*store, &caller.actor(), d.id, &reason).await?.map_err(|r| ApiError::Conflict(r.0))?;
+    Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{}", d.id))], Json(CancelAccepted { deployment: d.id })))
+}
+
+#[utoipa::path(get, path = "/api/deployments/{id}/logs", tag = "deployments",
+    summary = "A deployment's build and release logs, as text",
+    description = "Each log the deployment recorded (the build's, each release command's), and a failed step's details.",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn logs(
+    State(store): Store,
+    Extension(config): Extension<Arc<ApiConfig>>,
+    Params(id): Params<String>,
+) -> ApiResult<([(HeaderName, &'static str); 1], String)> {
+    let id = parse_id(&id)?;
+    let recorded = store.read_stream(&deployment_stream(id), 1).await?;
+    if recorded.is_empty() {
+        return Err(ApiError::NotFound(format!("no deployment {id}")));
+    }
+    let mut text = String::new();
+    for r in &recorded {
+        let (title, refs): (String, Vec<Option<String>>) = match r.envelope.decode::<Event>() {
+            Ok(Event::ImageBuilt(b)) => ("build".into(), vec![b.log_ref]),
+            Ok(Event::ReleaseCommandsRan(rc)) => {
+                for c in rc.results {
+                    section(&mut text, &format!("release command `{}` (exit {})", c.command, c.exit_code), c.log_ref.as_deref(), &config.data_dir);
+                }
+                continue;
+            }
+            Ok(Event::StepFailed(f)) => {
+                text.push_str(&format!("== {} failed (attempt {}): {}\n", f.step, f.attempt, f.reason));
+                f.details.iter().for_each(|d| text.push_str(&format!("{d}\n")));
+                continue;
+            }
+            _ => continue,
+        };
+        for log_ref in refs {
+            section(&mut text, &title, log_ref.as_deref(), &config.data_dir);
+        }
+    }
+    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// Appends one log under a `== title` line, or why it cannot be shown.
+fn section(text: &mut String, title: &str, log_ref: Option<&str>, data_dir: &Path) {
+    text.push_str(&format!("== {title}\n"));
+    let Some(log_ref) = log_ref else {
+        text.push_str("(no log recorded)\n");
+        return;
+    };
+    match log_path(data_dir, log_ref) {
+        None => text.push_str(&format!("(log {log_ref} is outside the data directory; not shown)\n")),
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(log) => {
+                text.push_str(&log);
+                if !log.ends_with('\n') {
+                    text.push('\n');
+                }
+            }
+            Err(e) => text.push_str(&format!("(log {} unavailable here: {e})\n", path.display())),
+        },
+    }
+}
+
+/// Where a recorded log is, as `slipway logs` finds it: an absolute path as
+/// is, a relative one under the data directory (or, as the workers wrote it,
+/// relative to where they ran). A path that climbs out with `..` is refused:
+/// the API shows logs, not files.
+fn log_path(data_dir: &Path, log_ref: &str) -> Option<PathBuf> {
+    let path = Path::new(log_ref);
+    if path.components().any(|c| c == Component::ParentDir) {
+        return None;
+    }
+    if path.is_absolute() {
+        return Some(path.to_path_buf());
+    }
+    let under = data_dir.join(path);
+    Some(if under.exists() || !path.exists() { under } else { path.to_path_buf() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_resolve_like_the_cli_and_never_climb() {
+        let data = Path::new("/var/lib/slipway");
+        assert_eq!(log_path(data, "/var/lib/slipway/logs/x/build.log"), Some(PathBuf::from("/var/lib/slipway/logs/x/build.log")));
+        assert_eq!(log_path(data, "logs/x/build.log"), Some(PathBuf::from("/var/lib/slipway/logs/x/build.log")));
+        assert_eq!(log_path(data, "logs/../../../etc/passwd"), None);
+        assert_eq!(log_path(data, "/var/lib/slipway/../../etc/passwd"), None);
+    }
+
+    #[test]
+    fn limits_default_and_are_bounded() {
+        assert_eq!(Limit { limit: None }.get().ok(), Some(20));
+        assert_eq!(Limit { limit: Some(500) }.get().ok(), Some(500));
+        assert!(Limit { limit: Some(0) }.get().is_err());
+        assert!(Limit { limit: Some(501) }.get().is_err());
+    }
 }

@@ -2,8 +2,10 @@
 //! `ApiError`; a refused request (`Rejection`, bad input, unknown name)
 //! becomes a 4xx telling the caller what to do, an operational failure
 //! (`StoreError`, an unreadable history) a 500 logged here. Every error body
-//! is `{"error": "..."}`.
+//! is `{"error": {"code": "<snake_case>", "message": "..."}}`, the code one
+//! of the contract's (docs: README, "HTTP API").
 
+use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,6 +18,12 @@ pub enum ApiError {
     /// The request is malformed or asks for something invalid: 400.
     #[error("{0}")]
     BadRequest(String),
+    /// No token, or one that is unknown, malformed or revoked: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token's scope does not cover the route: 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// A project, environment or deployment named in the path does not exist: 404.
     #[error("{0}")]
     NotFound(String),
@@ -52,6 +60,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -60,6 +70,36 @@ impl ApiError {
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// The `code` of the error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Store(_) | ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The error body, for the OpenAPI document.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// bad_request, unauthorized, forbidden, not_found, method_not_allowed,
+    /// conflict, payload_too_large, unsupported_media_type or internal.
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -68,6 +108,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "API request failed");
         }
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

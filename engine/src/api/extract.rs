@@ -3,18 +3,13 @@
 //! failure is JSON and bad input is a 400 that names the field.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-
-/// Who the recorded events name as their actor.
-pub const ACTOR_HEADER: &str = "x-slipway-actor";
-const DEFAULT_ACTOR: &str = "api";
-const MAX_ACTOR_LEN: usize = 128;
 
 /// A JSON request body. The `Content-Type: application/json` requirement is
 /// deliberate: a browser cannot send it cross-origin without a CORS
@@ -32,17 +27,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "send the body as JSON with the header `Content-Type: application/json`".into(),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(
-                    "the request body is too large; settings and requests fit in a few kilobytes".into(),
-                )
-            } else {
-                ApiError::BadRequest(format!("could not read the request body: {}", e.body_text()))
-            }
-        })?;
-        parse_json(&bytes).map(JsonBody)
+        parse_json(&read_body(req, state).await?).map(JsonBody)
     }
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge("the request body is too large; settings and requests fit in a few kilobytes".into())
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {}", e.body_text()))
+        }
+    })
 }
 
 fn declares_json(headers: &HeaderMap) -> bool {
@@ -87,26 +83,40 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<
     }
 }
 
-/// The actor from the `X-Slipway-Actor` header, "api" without one. It is
-/// attribution, not authentication: the API trusts whoever reaches it.
+/// Query parameters, rejected as JSON naming the parameter.
 #[derive(Debug)]
-pub struct Actor(pub String);
+pub struct QueryParams<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for Actor {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(ACTOR_HEADER) else { return Ok(Actor(DEFAULT_ACTOR.into())) };
-        let actor = value
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|a| a.len() <= MAX_ACTOR_LEN && a.chars().all(|c| c.is_ascii_graphic() || c == ' '))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "the X-Slipway-Actor header must be at most {MAX_ACTOR_LEN} printable ASCII characters"
-                ))
-            })?;
-        Ok(Actor(if actor.is_empty() { DEFAULT_ACTOR.into() } else { actor.into() }))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(QueryParams(value)),
+            Err(e) => Err(ApiError::BadRequest(format!("bad query string: {}", e.body_text()))),
+        }
+    }
+}
+
+/// An optional JSON body: none (empty, any content type) is `T::default()`,
+/// so `POST .../migrate` works without `-d '{}'`; anything else must be JSON.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = declares_json(req.headers());
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as JSON with the header `Content-Type: application/json`".into(),
+            ));
+        }
+        parse_json(&bytes).map(OptionalJson)
     }
 }

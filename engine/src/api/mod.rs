@@ -1,35 +1,45 @@
 //! Slipway's JSON HTTP API: the same requests as the client verbs (create a
-//! project, change settings, request a deployment) and read-only views of
-//! projects, environments and deployments, folded from the event log on each
-//! call. It owns no state of its own — every write goes through `requests`,
-//! every read through the store and the projections — so it can run in any
-//! process that has the store, and `app` is a plain `Router` tests drive
-//! without a socket.
+//! project, change settings, request, roll back, promote, replay a
+//! deployment, issue tokens) and read-only views of projects, environments,
+//! deployments, their history and logs, the log's export and verification,
+//! folded from the event log on each call. It owns no state of its own —
+//! every write goes through `requests`, every read through the store and the
+//! projections — so it can run in any process that has the store, and `app`
+//! is a plain `Router` tests drive without a socket.
 //!
-//! Failures map to statuses in one place (`error::ApiError`). Setting values
-//! marked secret never leave the store through this API.
-//!
-//! There is no authentication: anyone who reaches the socket can deploy, so
-//! the `slipway` binary binds it to 127.0.0.1 unless told otherwise.
+//! Every route is declared once, in `table`: method, path, the scope it
+//! needs and its handler. `app` registers the routes from it (each behind
+//! `auth::guard`), the OpenAPI document takes each operation's scope from
+//! it, and the tests walk it. Failures map to statuses in one place
+//! (`error::ApiError`). Setting values marked secret never leave the store
+//! through this API.
 
+mod admin;
+mod audit;
+pub mod auth;
 mod deployments;
+mod environments;
 mod error;
 mod extract;
+pub mod openapi;
 mod projects;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{Method, Uri};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::{Extension, Json, Router};
+use serde::Serialize;
+use slipway_proto::event::TokenScope;
 use slipway_store::EventStore;
 use uuid::Uuid;
 
+pub use auth::{Access, Caller};
 pub use error::ApiError;
-pub use extract::ACTOR_HEADER;
 
 use crate::deployment::Deployment;
 use crate::environment::Environment;
@@ -39,19 +49,93 @@ use crate::requests;
 type Store = State<Arc<dyn EventStore>>;
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The API's routes over `store`.
+/// What the API needs besides the store.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The workers' data directory: build and release logs are under it
+    /// (`logs/`), as `slipway logs` reads them.
+    pub data_dir: PathBuf,
+    /// A worker silent this long is reported missing (three heartbeats).
+    pub worker_missing_after: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { data_dir: PathBuf::from(".slipway"), worker_missing_after: Duration::from_secs(15) }
+    }
+}
+
+/// One route: method, path (axum and OpenAPI syntax alike) and who may call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// Every route with its handler: the one list the router, the OpenAPI
+/// document's scopes and the access tests are made from.
+fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
+    use Access::{Open, Scope};
+    use TokenScope::{Admin, Deploy, Read};
+    let route = |method: Method, path: &'static str, access: Access, handler| (Route { method, path, access }, handler);
+    vec![
+        route(Method::GET, "/healthz", Open, get(health)),
+        route(Method::GET, "/openapi.json", Scope(Read), get(openapi::document)),
+        route(Method::GET, "/api/projects", Scope(Read), get(projects::list)),
+        route(Method::POST, "/api/projects", Scope(Admin), post(projects::create)),
+        route(Method::GET, "/api/projects/{name}", Scope(Read), get(projects::show)),
+        route(Method::POST, "/api/projects/{name}/promote", Scope(Deploy), post(environments::promote)),
+        route(Method::GET, "/api/projects/{name}/environments/{env}", Scope(Read), get(environments::status)),
+        route(Method::GET, "/api/projects/{name}/environments/{env}/settings", Scope(Read), get(environments::settings)),
+        route(Method::PUT, "/api/projects/{name}/environments/{env}/settings", Scope(Admin), put(environments::change_settings)),
+        route(Method::GET, "/api/projects/{name}/environments/{env}/releases", Scope(Read), get(environments::releases)),
+        route(Method::GET, "/api/projects/{name}/environments/{env}/deployments", Scope(Read), get(environments::deployments)),
+        route(Method::POST, "/api/projects/{name}/environments/{env}/deployments", Scope(Deploy), post(deployments::request)),
+        route(Method::POST, "/api/projects/{name}/environments/{env}/rollback", Scope(Deploy), post(environments::rollback)),
+        route(Method::POST, "/api/projects/{name}/environments/{env}/migrate", Scope(Deploy), post(environments::migrate)),
+        route(Method::GET, "/api/deployments", Scope(Read), get(deployments::list)),
+        route(Method::GET, "/api/deployments/{id}", Scope(Read), get(deployments::show)),
+        route(Method::POST, "/api/deployments/{id}/replay", Scope(Deploy), post(deployments::replay)),
+        route(Method::GET, "/api/deployments/{id}/events", Scope(Read), get(deployments::events)),
+        route(Method::GET, "/api/deployments/{id}/history", Scope(Read), get(deployments::history)),
+        route(Method::GET, "/api/deployments/{id}/logs", Scope(Read), get(deployments::logs)),
+        // GET /api/deployments/{id}/stream [read] (server-sent events) is
+        // `live.rs`'s: its entry goes here when it is merged.
+        route(Method::POST, "/api/deployments/{id}/cancel", Scope(Deploy), post(deployments::cancel)),
+        route(Method::GET, "/api/diff", Scope(Read), get(deployments::diff)),
+        route(Method::GET, "/api/export", Scope(Read), get(audit::export)),
+        route(Method::POST, "/api/audit/verify", Scope(Read), post(audit::verify)),
+        route(Method::GET, "/api/workers", Scope(Read), get(admin::workers)),
+        route(Method::GET, "/api/whoami", Scope(Read), get(admin::whoami)),
+        route(Method::GET, "/api/tokens", Scope(Admin), get(admin::tokens)),
+        route(Method::POST, "/api/tokens", Scope(Admin), post(admin::issue_token)),
+        route(Method::DELETE, "/api/tokens/{name}", Scope(Admin), delete(admin::revoke_token)),
+    ]
+}
+
+/// Every route the API serves, in the order of `table`.
+pub fn routes() -> Vec<Route> {
+    table().into_iter().map(|(route, _)| route).collect()
+}
+
+/// The API's routes over `store`, with the default configuration.
 pub fn app(store: Arc<dyn EventStore>) -> Router {
-    Router::new()
-        .route("/api/health", get(health))
-        .route("/api/projects", get(projects::list).post(projects::create))
-        .route("/api/projects/{name}", get(projects::show))
-        .route("/api/projects/{name}/environments/{env}", get(projects::environment))
-        .route("/api/projects/{name}/environments/{env}/settings", put(projects::change_settings))
-        .route("/api/projects/{name}/environments/{env}/deployments", post(deployments::request))
-        .route("/api/deployments/{id}", get(deployments::show))
-        .route("/api/deployments/{id}/events", get(deployments::events))
+    app_with(store, ApiConfig::default())
+}
+
+/// The API's routes over `store`: each registered from `table`, behind a
+/// check for its scope.
+pub fn app_with(store: Arc<dyn EventStore>, config: ApiConfig) -> Router {
+    let mut router = Router::new();
+    for (route, handler) in table() {
+        // Routes of one path merge into one method router.
+        router = router.route(route.path, auth::guard(handler, &store, route.access));
+    }
+    router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(Extension(Arc::new(config)))
         .with_state(store)
 }
 
@@ -65,15 +149,25 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always "ok" (a store that does not answer is a 500).
+    status: String,
+    /// "postgres" or "sqlite".
+    store: String,
+}
+
 /// Answers only when the store does, so a load balancer sees a dead database.
-async fn health(State(store): Store) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/healthz", tag = "health", summary = "Is the API up and its store reachable?",
+    responses((status = 200, body = Health), (status = 500, body = error::ErrorBody)))]
+async fn health(State(store): Store) -> ApiResult<Json<Health>> {
     store.stream_version("health-check").await?;
-    Ok(Json(json!({ "status": "ok", "store": store.backend() })))
+    Ok(Json(Health { status: "ok".into(), store: store.backend().into() }))
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound(format!(
-        "no endpoint {method} {}; the endpoints are under /api/projects and /api/deployments",
+        "no endpoint {method} {}; GET /openapi.json lists the endpoints",
         uri.path()
     ))
 }
@@ -117,4 +211,12 @@ fn load_error(e: crate::load::LoadError) -> ApiError {
         crate::load::LoadError::Store(e) => e.into(),
         other => ApiError::Internal(format!("{other}; check the log with `slipway audit verify`")),
     }
+}
+
+/// The deployments of the environment that run before `id`, oldest first
+/// (none once it finished and left the queue).
+async fn queued_behind(store: &dyn EventStore, name: &str, env: &str, id: Uuid) -> ApiResult<Vec<Uuid>> {
+    let queue = load_environment(store, name, env).await?.queue;
+    let ahead = queue.iter().position(|d| *d == id).unwrap_or(0);
+    Ok(queue[..ahead].to_vec())
 }

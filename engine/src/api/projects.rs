@@ -1,26 +1,29 @@
-//! Projects, their settings and their environments' status. Settings are
-//! shown as key, fingerprint and whether secret; only non-secret values are
-//! read from the value table at all.
+//! Projects: list, create, show (with each environment's settings as key,
+//! fingerprint and whether secret; only non-secret values are read from the
+//! value table at all).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::header::LOCATION;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
-use super::extract::{Actor, JsonBody, Params};
-use super::{load_deployment, load_environment, require_environment, require_project, ApiResult, Store};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{JsonBody, Params};
+use super::{require_project, ApiResult, Caller, Store};
 use crate::project::Project;
-use crate::requests::{self, NewProject, SettingValue};
+use crate::requests::{self, NewProject};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectSummary {
     name: String,
-    repository: String,
+    /// The Git repository (a mirror's is its original's).
+    repo: String,
+    /// The project this one mirrors, if any.
+    mirror_of: Option<String>,
     default_branch: String,
     environments: Vec<String>,
 }
@@ -29,13 +32,16 @@ impl From<&Project> for ProjectSummary {
     fn from(p: &Project) -> Self {
         ProjectSummary {
             name: p.name.clone(),
-            repository: p.repository.clone(),
+            repo: p.repository.clone(),
+            mirror_of: p.mirror_of.clone(),
             default_branch: p.default_branch.clone(),
             environments: p.environments.keys().cloned().collect(),
         }
     }
 }
 
+#[utoipa::path(get, path = "/api/projects", tag = "projects", summary = "Every project",
+    responses((status = 200, body = [ProjectSummary])))]
 pub async fn list(State(store): Store) -> ApiResult<Json<Vec<ProjectSummary>>> {
     let mut projects = Vec::new();
     for name in requests::project_names(&*store).await? {
@@ -46,13 +52,14 @@ pub async fn list(State(store): Store) -> ApiResult<Json<Vec<ProjectSummary>>> {
     Ok(Json(projects))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     name: String,
-    /// Leave out for a mirror (it builds from its original's repository).
-    #[serde(default)]
-    repository: String,
+    /// An absolute path or a URL such as file:///srv/app.git (`repository`
+    /// is accepted too). Leave out for a mirror (it builds from its original's).
+    #[serde(default, alias = "repository")]
+    repo: String,
     #[serde(default)]
     default_branch: Option<String>,
     #[serde(default)]
@@ -61,19 +68,23 @@ pub struct CreateProject {
     mirror_of: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/projects", tag = "projects", summary = "Create a project",
+    description = "Environments default to test and live, the branch to main.",
+    request_body = CreateProject,
+    responses((status = 201, body = ProjectSummary), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(store): Store,
-    Actor(actor): Actor,
+    caller: Caller,
     JsonBody(body): JsonBody<CreateProject>,
 ) -> ApiResult<(StatusCode, [(axum::http::HeaderName, String); 1], Json<ProjectSummary>)> {
     let taken = || ApiError::Conflict(format!("project `{}` already exists; pick another name", body.name));
     // Workers resolve the repository on their own hosts, so a path relative
     // to wherever this server runs would mean nothing to them.
-    let mirror_without_repository = body.mirror_of.is_some() && body.repository.is_empty();
-    if !(mirror_without_repository || body.repository.contains("://") || std::path::Path::new(&body.repository).is_absolute()) {
+    let mirror_without_repository = body.mirror_of.is_some() && body.repo.is_empty();
+    if !(mirror_without_repository || body.repo.contains("://") || std::path::Path::new(&body.repo).is_absolute()) {
         return Err(ApiError::BadRequest(format!(
-            "repository `{}` must be an absolute path or a URL such as file:///srv/app.git",
-            body.repository
+            "repo `{}` must be an absolute path or a URL such as file:///srv/app.git",
+            body.repo
         )));
     }
     if requests::load_project(&*store, &body.name).await?.is_some() {
@@ -81,12 +92,12 @@ pub async fn create(
     }
     let new = NewProject {
         name: body.name.clone(),
-        repository: body.repository.clone(),
+        repository: body.repo.clone(),
         default_branch: body.default_branch.clone().unwrap_or_else(|| "main".into()),
         environments: body.environments.clone().unwrap_or_else(|| vec!["test".into(), "live".into()]),
         mirror_of: body.mirror_of.clone(),
     };
-    if let Err(rejection) = requests::create_project(&*store, &actor, new).await? {
+    if let Err(rejection) = requests::create_project(&*store, &caller.actor(), new).await? {
         // Another request may have taken the name since the check above.
         let exists = requests::load_project(&*store, &body.name).await?.is_some();
         return Err(if exists { taken() } else { rejection.into() });
@@ -96,21 +107,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(ProjectSummary::from(&project))))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectDetail {
     name: String,
-    repository: String,
+    repo: String,
     default_branch: String,
     mirror_of: Option<String>,
     environments: BTreeMap<String, EnvironmentSettings>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EnvironmentSettings {
     settings: BTreeMap<String, SettingView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SettingView {
     fingerprint: String,
     secret: bool,
@@ -119,6 +130,10 @@ pub struct SettingView {
     value: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/projects/{name}", tag = "projects", summary = "A project with its environments' settings",
+    description = "Settings show key, fingerprint and whether secret; values of non-secret settings only.",
+    params(("name" = String, Path, description = "The project")),
+    responses((status = 200, body = ProjectDetail), (status = 404, body = ErrorBody)))]
 pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResult<Json<ProjectDetail>> {
     let p = require_project(&*store, &name).await?;
     let plain: Vec<String> =
@@ -140,88 +155,10 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
         .collect();
     Ok(Json(ProjectDetail {
         name: p.name,
-        repository: p.repository,
+        repo: p.repository,
         default_branch: p.default_branch,
         mirror_of: p.mirror_of,
         environments,
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SettingsChange {
-    set: BTreeMap<String, String>,
-    secrets: BTreeMap<String, String>,
-    unset: Vec<String>,
-}
-
-impl SettingsChange {
-    /// One key, one fate: a key both set and unset (or set as plain and as
-    /// secret) has no obvious meaning, so it is refused rather than guessed.
-    fn check(&self) -> Result<(), ApiError> {
-        if self.set.is_empty() && self.secrets.is_empty() && self.unset.is_empty() {
-            return Err(ApiError::BadRequest("nothing to change: give `set`, `secrets` or `unset`".into()));
-        }
-        let mut seen = BTreeSet::new();
-        let keys = self.set.keys().chain(self.secrets.keys()).chain(&self.unset);
-        match keys.into_iter().find(|k| !seen.insert(k.as_str())) {
-            Some(twice) => Err(ApiError::BadRequest(format!(
-                "setting `{twice}` appears more than once in `set`, `secrets` and `unset`"
-            ))),
-            None => Ok(()),
-        }
-    }
-}
-
-pub async fn change_settings(
-    State(store): Store,
-    Params((name, env)): Params<(String, String)>,
-    Actor(actor): Actor,
-    JsonBody(change): JsonBody<SettingsChange>,
-) -> ApiResult<StatusCode> {
-    change.check()?;
-    require_environment(&*store, &name, &env).await?;
-    let plain = change.set.into_iter().map(|(key, value)| SettingValue { key, value, secret: false });
-    let secret = change.secrets.into_iter().map(|(key, value)| SettingValue { key, value, secret: true });
-    requests::change_settings(&*store, &actor, &name, &env, plain.chain(secret).collect(), change.unset).await??;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Serialize)]
-pub struct EnvironmentStatus {
-    project: String,
-    environment: String,
-    /// The release serving now: the last deployment that succeeded.
-    last_succeeded: Option<Release>,
-    /// Deployments not finished, oldest first; the first one runs.
-    queue: Vec<Uuid>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Release {
-    deployment: Uuid,
-    commit: Option<String>,
-    image: Option<String>,
-    web_port: Option<u16>,
-}
-
-pub async fn environment(
-    State(store): Store,
-    Params((name, env)): Params<(String, String)>,
-) -> ApiResult<Json<EnvironmentStatus>> {
-    require_environment(&*store, &name, &env).await?;
-    let state = load_environment(&*store, &name, &env).await?;
-    let last_succeeded = match state.last_succeeded() {
-        Some(id) => {
-            let d = load_deployment(&*store, id).await?;
-            Some(Release {
-                deployment: id,
-                commit: d.context.commit,
-                image: d.context.image_id,
-                web_port: d.context.web_port,
-            })
-        }
-        None => None,
-    };
-    Ok(Json(EnvironmentStatus { project: name, environment: env, last_succeeded, queue: state.queue }))
-}
