@@ -169,6 +169,10 @@ pub struct StepDispatched {
     /// dispatches the step again (or fails it after the last attempt).
     #[serde(default)]
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it was dispatched: heartbeats of a worker running it count only
+    /// from then on.
+    #[serde(default)]
+    pub dispatched_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
