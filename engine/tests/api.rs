@@ -114,7 +114,7 @@ impl Api {
         std::fs::write(&log, format!("Step 1/2 : FROM scratch\nbuilt {commit}\n")).unwrap();
         let mut events = Vec::new();
         for step in Step::PIPELINE {
-            events.push(Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt: 1, deadline: None }));
+            events.push(Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt: 1, deadline: None, dispatched_at: None }));
             events.push(match step {
                 Step::Checkout => Event::CheckedOut(CheckedOut {
                     commit: commit.into(),
@@ -705,6 +705,7 @@ async fn export_verify_and_workers() {
         host: "h".into(),
         steps: vec!["build".into()],
         busy: vec![],
+        commands: vec![],
         started_at: now,
         last_seen,
         stopped,

@@ -360,6 +360,7 @@ mod tests {
             host: "h".into(),
             steps: vec![],
             busy: vec![],
+            commands: vec![],
             started_at: now,
             last_seen: now - chrono::Duration::seconds(ago),
             stopped,
