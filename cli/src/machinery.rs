@@ -1,9 +1,9 @@
 //! How the binary's modes start Slipway's parts: `slipway_node::serve` (the
 //! engine, workers and router, shared with the tests and benchmarks), plus
-//! the HTTP API for the server modes.
+//! the HTTP API and the dashboard for the server modes.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -35,21 +35,40 @@ pub async fn router(listen: SocketAddr, id: Option<String>, domain: String) -> a
     Ok(RouterPart { listener, options: RouterOptions { router_id, domain, listen }, proxy: ServeOptions::default() })
 }
 
-/// Runs `parts`, and the HTTP API on `api` when given, until `shutdown`.
+/// Where the HTTP API and the dashboard listen, and the workers' log
+/// directory whose files the live stream sends (`<data dir>/logs`: only
+/// workers sharing this host and data directory write there).
+#[derive(Debug, Clone)]
+pub struct Http {
+    pub listen: SocketAddr,
+    pub logs: PathBuf,
+}
+
+impl Http {
+    pub fn new(listen: SocketAddr, data_dir: &Path) -> Http {
+        Http { listen, logs: data_dir.join("logs") }
+    }
+}
+
+/// Runs `parts`, and the HTTP API with the dashboard on `http` when given,
+/// until `shutdown`.
 pub async fn serve(
     store: Arc<dyn EventStore>,
     queue: Arc<dyn Queue>,
     parts: Parts,
-    api: Option<SocketAddr>,
+    http: Option<Http>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let api = match api {
-        Some(listen) => {
+    let api = match http {
+        Some(Http { listen, logs }) => {
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
                 format!("binding the HTTP API to {listen}; choose another address with --listen or SLIPWAY_LISTEN")
             })?;
-            eprintln!("slipway: HTTP API on http://{}/api", listener.local_addr().unwrap_or(listen));
-            Some(slipway_engine::api::serve(listener, slipway_engine::api::app(store.clone()), shutdown.clone()))
+            let local = listener.local_addr().unwrap_or(listen);
+            eprintln!("slipway: HTTP API on http://{local}/api, dashboard on http://{local}/");
+            let app = slipway_engine::api::app(store.clone()).merge(slipway_engine::web::routes());
+            let app = slipway_engine::api::with_logs(app, logs);
+            Some(slipway_engine::api::serve(listener, app, shutdown.clone()))
         }
         None => None,
     };

@@ -421,13 +421,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 router,
                 ..Default::default()
             };
-            machinery::serve(store, queue, parts, Some(serve.listen), machinery::on_signal()).await?;
+            machinery::serve(store, queue, parts, Some(machinery::Http::new(serve.listen, &data_dir)), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let parts = Parts { engine: Some(args.driver()), ..Default::default() };
-            machinery::serve(store, queue, parts, Some(args.listen), machinery::on_signal()).await?;
+            machinery::serve(store, queue, parts, Some(machinery::Http::new(args.listen, &data_dir)), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Router(args) => {

@@ -15,7 +15,9 @@
 mod deployments;
 mod error;
 mod extract;
+mod live;
 mod projects;
+mod whoami;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use uuid::Uuid;
 
 pub use error::ApiError;
 pub use extract::ACTOR_HEADER;
+pub use live::{with_logs, LogsDir};
 
 use crate::deployment::Deployment;
 use crate::environment::Environment;
@@ -50,19 +53,22 @@ pub fn app(store: Arc<dyn EventStore>) -> Router {
         .route("/api/projects/{name}/environments/{env}/deployments", post(deployments::request))
         .route("/api/deployments/{id}", get(deployments::show))
         .route("/api/deployments/{id}/events", get(deployments::events))
+        .route("/api/deployments/{id}/stream", get(live::stream))
+        .route("/api/whoami", get(whoami::whoami))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(store)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests
-/// in flight finish.
+/// in flight finish (live streams end then too).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let (closing, app) = live::closing(app);
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.await; closing.close() }).await
 }
 
 /// Answers only when the store does, so a load balancer sees a dead database.
