@@ -40,7 +40,7 @@ function h(tag, attrs, ...children) {
     else if (k === 'dataset') Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? '' : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -416,19 +416,30 @@ function deploymentRow(id) {
 async function environmentView(view, project, env) {
   crumbs(['Projects', '#/'], [project, '#/'], [env, null]);
   const base = `/api/projects/${enc(project)}/environments/${enc(env)}`;
-  const envState = await api('GET', base);
-  const active = envState.active || envState.last_succeeded || null;
+  let envState = await api('GET', base);
+  let active = envState.active || envState.last_succeeded || null;
   const refInput = h('input', { type: 'text', id: 'deploy-ref', placeholder: 'ref (default branch)', 'aria-label': 'Git ref' });
   const deployBtn = h('button', { id: 'deploy', class: 'primary', type: 'button', disabled: !scopeAllows('deploy'), title: why('deploy') }, 'Deploy');
   const rollbackBtn = h('button', { id: 'rollback', type: 'button', disabled: !scopeAllows('deploy') || !active, title: why('deploy') || (active ? '' : 'nothing to roll back to') }, 'Roll back');
   const body = h('tbody', { id: 'deployments' });
+  const activeLine = h('div', { class: 'muted', id: 'active' });
+  const drawActive = () => activeLine.replaceChildren('Active release: ',
+    active ? h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)) : 'none',
+    active && active.commit ? h('span', { class: 'mono' }, ' @ ' + short(active.commit, 10)) : '', ' ', urlOf(envState, active));
+  drawActive();
+  // A deployment that succeeds here is the new active release.
+  const refreshActive = async () => {
+    try {
+      envState = await api('GET', base);
+      active = envState.active || envState.last_succeeded || null;
+      rollbackBtn.disabled = !scopeAllows('deploy') || !active;
+      drawActive();
+    } catch (e) { notice(e.message); }
+  };
   view.replaceChildren(
     h('div', { class: 'card' },
       h('div', { class: 'spread' },
-        h('div', {}, h('h1', {}, `${project} / ${env}`),
-          h('div', { class: 'muted' }, 'Active release: ',
-            active ? h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)) : 'none',
-            active && active.commit ? h('span', { class: 'mono' }, ' @ ' + short(active.commit, 10)) : '', ' ', urlOf(envState, active))),
+        h('div', {}, h('h1', {}, `${project} / ${env}`), activeLine),
         h('div', { class: 'row' }, refInput, deployBtn, rollbackBtn))),
     h('div', { class: 'card' }, h('h3', {}, 'Deployments'),
       h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Ref', 'Requested', 'Status', 'Steps', 'Took'].map((t) => h('th', {}, t)))), body)));
@@ -438,12 +449,21 @@ async function environmentView(view, project, env) {
     if (rows.has(id)) return rows.get(id);
     const row = deploymentRow(id);
     rows.set(id, row);
+    for (const none of body.querySelectorAll('tr.none')) none.remove();
     if (first) body.prepend(row.tr); else body.append(row.tr);
     return row;
   };
   const follow = (id) => {
     const row = rows.get(id);
-    watchRun(id, (run) => row.draw(run));
+    watchRun(id, (run) => {
+      row.draw(run);
+      // Ids are UUIDv7: a later deployment sorts after the active one.
+      const newer = !active || String(id) > String(active.deployment);
+      if (newer && run.end && run.end.status === 'succeeded' && !row.refreshed) {
+        row.refreshed = true;
+        refreshActive();
+      }
+    });
   };
   const started = async (request) => {
     try {
@@ -508,7 +528,7 @@ async function deploymentView(view, id, tab) {
       h('dl', { class: 'grid' },
         [['Project', run.project], ['Environment', run.environment], ['Ref', run.ref], ['Commit', short(run.commit, 12)],
           ['Kind', run.kind], ['Requested by', run.actor], ['Requested', when(run.requested)], ['Took', duration(runMillis(run))]]
-          .map(([k, v]) => [h('dt', {}, k), h('dd', {}, v || '—')])));
+          .map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v || '—')))));
     steps.replaceChildren(h('h3', {}, 'Steps'), h('table', { id: 'steps' },
       h('thead', {}, h('tr', {}, ['Step', 'State', 'Attempts', 'Started', 'Duration'].map((t) => h('th', {}, t)))),
       h('tbody', {}, stepList(run).map((s) => h('tr', { 'data-step': s.name, 'data-state': s.state },
