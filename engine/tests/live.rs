@@ -113,6 +113,7 @@ impl Setup {
         let response = self.app.clone().oneshot(Request::get(uri).body(Body::empty()).expect("request")).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
         Frames { body: response.into_body(), buffer: String::new(), ended: false }
     }
 }

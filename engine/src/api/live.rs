@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderName;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Extension;
 use futures::stream::{self, Stream, StreamExt};
@@ -86,7 +87,9 @@ pub async fn stream(
     RawQuery(query): RawQuery,
     logs: Option<Extension<LogsDir>>,
     closing: Option<Extension<Closing>>,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+) -> ApiResult<([(HeaderName, &'static str); 1], Sse<impl Stream<Item = Result<SseEvent, Infallible>>>)> {
+    // Scope `read`: a token check belongs here, before the 200 goes out
+    // (once streaming, a 401 or 403 can no longer be sent).
     let id = parse_id(&id)?;
     let logs = if wants_logs(query.as_deref())? { logs } else { None };
     if store.stream_version(&deployment_stream(id)).await? == 0 {
@@ -106,7 +109,9 @@ pub async fn stream(
     let events = stream::unfold(follower, |mut f| async move { f.next_batch().await.map(|batch| (batch, f)) })
         .flat_map(stream::iter)
         .map(Ok);
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")))
+    // A buffering reverse proxy (nginx) would hold the events back.
+    let unbuffered = [(HeaderName::from_static("x-accel-buffering"), "no")];
+    Ok((unbuffered, Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))))
 }
 
 /// `logs=false` leaves the log lines out: a list of deployments needs only
