@@ -137,10 +137,11 @@ async fn the_dashboard_deploys_and_follows_a_deployment_live_and_shows_its_timel
     let project = format!("web{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
     let repo = example_app();
     let slipway = Slipway::start(&project);
-    let health = eventually("the API to answer", Duration::from_secs(30), || async {
-        get_via(slipway.api, "localhost", "/api/health", Duration::from_secs(2)).await.ok().filter(|(s, _)| *s == 200)
+    // The dashboard's page needs no token, with authentication or without.
+    let up = eventually("the dashboard to answer", Duration::from_secs(30), || async {
+        get_via(slipway.api, "localhost", "/", Duration::from_secs(2)).await.ok().filter(|(s, _)| *s == 200)
     });
-    health.await;
+    up.await;
     let created = slipway.verb(&["project", "create", &project, "--repo", &repo.path().display().to_string()]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let set = slipway.verb(&["env", "set", &project, "test", "GREETING=browser"]);

@@ -81,6 +81,15 @@ pub(super) fn closing(app: axum::Router) -> (CloseStreams, axum::Router) {
 }
 
 /// `GET /api/deployments/{id}/stream[?logs=false]`.
+#[utoipa::path(get, path = "/api/deployments/{id}/stream", tag = "deployments",
+    summary = "Follow a deployment live (server-sent events)",
+    description = "`event: deployment-event` for each recorded event (the JSON of /events), first those recorded so far, \
+then each new one; `event: log` for each line of the build and release logs; `event: end` (`{status, step?, reason?}`) \
+once the deployment is final, then the stream closes. A `: keep-alive` comment every 15 s.",
+    params(("id" = Uuid, Path, description = "The deployment"),
+        ("logs" = Option<bool>, Query, description = "`false` leaves the log lines out")),
+    responses((status = 200, content_type = "text/event-stream", body = String),
+        (status = 400, description = "Not a deployment id, or an unknown query"), (status = 404, description = "No such deployment")))]
 pub async fn stream(
     State(store): Store,
     Params(id): Params<String>,

@@ -9,6 +9,10 @@ use axum::Json;
 use serde_json::{json, Value};
 
 /// `GET /api/whoami` -> `{name, scope, authenticated}`.
+#[utoipa::path(get, path = "/api/whoami", tag = "tokens",
+    summary = "The caller's token name and scope",
+    description = "What the dashboard asks to decide which buttons it offers.",
+    responses((status = 200, body = Object)))]
 pub async fn whoami() -> Json<Value> {
     Json(json!({ "name": "anonymous", "scope": "admin", "authenticated": false }))
 }
