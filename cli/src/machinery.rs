@@ -1,6 +1,6 @@
 //! How the binary's modes start Slipway's parts: `slipway_node::serve` (the
 //! engine, workers and router, shared with the tests and benchmarks), plus
-//! the HTTP API for the server modes.
+//! the HTTP API and the dashboard for the server modes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,8 @@ pub struct Api {
     pub data_dir: PathBuf,
 }
 
-/// Runs `parts`, and the HTTP API on `api` when given, until `shutdown`.
+/// Runs `parts`, and the HTTP API with the dashboard on `api` when given,
+/// until `shutdown`.
 pub async fn serve(
     store: Arc<dyn EventStore>,
     queue: Arc<dyn Queue>,
@@ -56,9 +57,10 @@ pub async fn serve(
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
                 format!("binding the HTTP API to {listen}; choose another address with --listen or SLIPWAY_LISTEN")
             })?;
-            eprintln!("slipway: HTTP API on http://{}/api", listener.local_addr().unwrap_or(listen));
+            let local = listener.local_addr().unwrap_or(listen);
+            eprintln!("slipway: HTTP API on http://{local}/api, dashboard on http://{local}/");
             let config = ApiConfig { data_dir, worker_missing_after: slipway_workers::worker::HEARTBEAT * 3 };
-            let app = slipway_engine::api::app_with(store.clone(), config);
+            let app = slipway_engine::api::app_with(store.clone(), config).merge(slipway_engine::web::routes());
             Some(slipway_engine::api::serve(listener, app, shutdown.clone()))
         }
         None => None,

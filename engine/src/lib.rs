@@ -1,7 +1,8 @@
 //! Slipway's engine: the deployment projection (`deployment`), the pure
 //! decider that turns a deployment's state into the next commands and facts
 //! (`decider`), and the driver that feeds it events from the store and writes
-//! its decisions back through the outbox (`driver`).
+//! its decisions back through the outbox (`driver`); the HTTP API (`api`)
+//! and the dashboard that runs on it (`web`).
 
 pub mod api;
 pub mod decider;
@@ -16,6 +17,7 @@ pub mod requests;
 pub mod retention;
 pub mod routes;
 pub mod tokens;
+pub mod web;
 
 pub use decider::{decide, Decision, EnvironmentView};
 pub use deployment::{evolve, Deployment, IllegalTransition, Status};

@@ -30,6 +30,7 @@ use slipway_workers::WorkerOptions;
 use uuid::Uuid;
 
 pub mod load;
+pub mod webdriver;
 
 pub fn pg_url() -> String {
     std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into())

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::{Event, Step};
-use slipway_store::EventStore;
+use slipway_store::{EventStore, RecordedEvent};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -79,7 +79,7 @@ pub async fn request(
     Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(requested)))
 }
 
-fn parse_id(raw: &str) -> ApiResult<Uuid> {
+pub(super) fn parse_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(raw).map_err(|e| {
         ApiError::BadRequest(format!(
             "`{raw}` is not a deployment id ({e}); ids look like 0190c3e2-7a4b-7c1d-9e2f-3a4b5c6d7e8f"
@@ -231,9 +231,13 @@ pub async fn events(State(store): Store, Params(id): Params<String>) -> ApiResul
     if recorded.is_empty() {
         return Err(ApiError::NotFound(format!("no deployment {id}")));
     }
-    let events = recorded
-        .into_iter()
-        .map(|r| EventView {
+    Ok(Json(recorded.into_iter().map(EventView::from).collect()))
+}
+
+/// One recorded event as `/events` lists it and `/stream` sends it.
+impl From<RecordedEvent> for EventView {
+    fn from(r: RecordedEvent) -> Self {
+        EventView {
             payload: r.envelope.payload_value(),
             version: r.version,
             id: r.envelope.id,
@@ -242,9 +246,8 @@ pub async fn events(State(store): Store, Params(id): Params<String>) -> ApiResul
             actor: r.envelope.actor,
             recorded_at: r.recorded_at,
             hash: r.hash,
-        })
-        .collect();
-    Ok(Json(events))
+        }
+    }
 }
 
 /// `?limit=N` of the deployment lists.

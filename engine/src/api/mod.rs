@@ -22,6 +22,7 @@ mod environments;
 mod error;
 mod extract;
 pub mod openapi;
+mod live;
 mod projects;
 
 use std::future::Future;
@@ -100,8 +101,7 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/deployments/{id}/events", Scope(Read), get(deployments::events)),
         route(Method::GET, "/api/deployments/{id}/history", Scope(Read), get(deployments::history)),
         route(Method::GET, "/api/deployments/{id}/logs", Scope(Read), get(deployments::logs)),
-        // GET /api/deployments/{id}/stream [read] (server-sent events) is
-        // `live.rs`'s: its entry goes here when it is merged.
+        route(Method::GET, "/api/deployments/{id}/stream", Scope(Read), get(live::stream)),
         route(Method::POST, "/api/deployments/{id}/cancel", Scope(Deploy), post(deployments::cancel)),
         route(Method::GET, "/api/diff", Scope(Read), get(deployments::diff)),
         route(Method::GET, "/api/export", Scope(Read), get(audit::export)),
@@ -140,13 +140,14 @@ pub fn app_with(store: Arc<dyn EventStore>, config: ApiConfig) -> Router {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests
-/// in flight finish.
+/// in flight finish (live streams end then too).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let (closing, app) = live::closing(app);
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.await; closing.close() }).await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

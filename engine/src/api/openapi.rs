@@ -13,7 +13,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
-use super::{admin, audit, deployments, environments, error, projects, routes, Access};
+use super::{admin, audit, deployments, environments, error, live, projects, routes, Access};
 
 const SCHEME: &str = "bearer";
 
@@ -28,7 +28,7 @@ const SCHEME: &str = "bearer";
         environments::status, environments::settings, environments::change_settings, environments::releases,
         environments::deployments, environments::rollback, environments::migrate, environments::promote,
         deployments::request, deployments::list, deployments::show, deployments::cancel, deployments::replay, deployments::events,
-        deployments::history, deployments::logs, deployments::diff,
+        deployments::history, deployments::logs, deployments::diff, live::stream,
         audit::export, audit::verify,
         admin::workers, admin::whoami, admin::tokens, admin::issue_token, admin::revoke_token,
     ),

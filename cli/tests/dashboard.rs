@@ -1,0 +1,264 @@
+//! The dashboard in a real browser: `slipway all-in-one` (SQLite, the
+//! in-process queue, Docker) serves it; headless Chromium, driven through
+//! chromedriver, opens it, signs in when the API asks for a token, presses
+//! Deploy for the example app (examples/hello), watches the deployment
+//! succeed on the page without a reload (the live stream), opens its event
+//! timeline and checks the hashes. Screenshots land in
+//! target/test-artifacts/.
+//!
+//! Chromium missing fails the test under CI=true and skips it elsewhere.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use slipway_tests::webdriver::{find_browser, Browser};
+use slipway_tests::*;
+
+/// `slipway all-in-one` on its own data directory and ports.
+struct Slipway {
+    child: Child,
+    data: tempfile::TempDir,
+    api: std::net::SocketAddr,
+    project: String,
+}
+
+/// The environment every `slipway` process of the test shares.
+fn env(data: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("SLIPWAY_DATABASE", format!("sqlite://{}", data.join("slipway.db").display())),
+        ("SLIPWAY_QUEUE", "memory".into()),
+        ("SLIPWAY_DATA_DIR", data.display().to_string()),
+        ("SLIPWAY_LOG", "warn".into()),
+    ]
+}
+
+impl Slipway {
+    fn start(project: &str) -> Slipway {
+        let data = tempfile::tempdir().unwrap();
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (api, router) = (free(), free());
+        let log = std::fs::File::create(data.path().join("slipway.log")).unwrap();
+        let args = ["all-in-one", "--listen", &api.to_string(), "--router", &router.to_string(), "--drain", "1"];
+        let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(args)
+            .envs(env(data.path()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Slipway { child, data, api, project: project.into() }
+    }
+
+    /// Runs a `slipway` verb against the same database.
+    fn verb(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_slipway")).args(args).envs(env(self.data.path())).output().unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("slipway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Slipway {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        remove_containers_with_label(&format!("slipway.project={}", self.project));
+        // The images this test built (their tags name the project).
+        if let Ok(out) = Command::new("docker").args(["images", "-q", &format!("slipway/{}", self.project)]).output() {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").arg("rmi").arg("-f").args(&ids).output();
+            }
+        }
+    }
+}
+
+/// examples/hello as a Git repository, with the static busybox it copies in.
+fn example_app() -> AppRepo {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
+    let mut files = BTreeMap::new();
+    for name in ["Dockerfile", "slipway.toml", ".dockerignore", "www/index.html"] {
+        files.insert(name.to_string(), std::fs::read(example.join(name)).unwrap());
+    }
+    files.insert("busybox".into(), std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)"));
+    let repo = AppRepo::new();
+    repo.commit(&files, "example app");
+    repo
+}
+
+fn artifacts() -> PathBuf {
+    let target = option_env!("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.canonicalize().unwrap_or(dir)
+}
+
+async fn save_screenshot(browser: &Browser, name: &str) -> PathBuf {
+    let path = artifacts().join(name);
+    std::fs::write(&path, browser.screenshot().await.unwrap()).unwrap();
+    println!("screenshot: {}", path.display());
+    path
+}
+
+/// A token with the deploy scope, made by `slipway token create` (the API
+/// requires one).
+fn deploy_token(slipway: &Slipway) -> Option<String> {
+    let out = slipway.verb(&["token", "create", "dashboard-test", "--scope", "deploy"]);
+    assert!(out.status.success(), "slipway token create failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let token = text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').find(|w| w.starts_with("slw_") && w.len() == 68);
+    Some(token.unwrap_or_else(|| panic!("no slw_ token in: {text}")).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_deploys_and_follows_a_deployment_live_and_shows_its_timeline() {
+    let Some((chromium, chromedriver)) = find_browser() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "chromium and chromedriver are needed (apt-get install chromium chromium-driver, or scripts/services)"
+        );
+        eprintln!("skipped: chromium or chromedriver is not installed (scripts/services installs them)");
+        return;
+    };
+    require_docker();
+    let project = format!("web{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let repo = example_app();
+    let slipway = Slipway::start(&project);
+    // The dashboard's page needs no token, with authentication or without.
+    let up = eventually("the dashboard to answer", Duration::from_secs(30), || async {
+        get_via(slipway.api, "localhost", "/", Duration::from_secs(2)).await.ok().filter(|(s, _)| *s == 200)
+    });
+    up.await;
+    let created = slipway.verb(&["project", "create", &project, "--repo", &repo.path().display().to_string()]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let set = slipway.verb(&["env", "set", &project, "test", "GREETING=browser"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let token = deploy_token(&slipway);
+
+    let log = slipway.data.path().join("chromedriver.log");
+    let browser = Browser::start(&chromium, &chromedriver, &log, 1280, 1000).await.unwrap();
+    let outcome = drive(&browser, &slipway, token.as_deref()).await;
+    if outcome.is_err() {
+        save_screenshot(&browser, "dashboard-failure.png").await;
+    }
+    browser.quit().await;
+    if let Err(e) = outcome {
+        panic!("{e}\n--- slipway log:\n{}", slipway.log());
+    }
+}
+
+async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Result<(), String> {
+    let base = format!("http://{}", slipway.api);
+    let project = &slipway.project;
+    browser.goto(&format!("{base}/")).await?;
+    browser.wait_for("the page's script to start", Duration::from_secs(10), "return document.getElementById('identity').childElementCount > 0").await?;
+    let login_shown = browser.run("return !document.getElementById('login').hidden", json!([])).await?;
+    match token {
+        Some(token) => {
+            assert_eq!(login_shown, json!(true), "the API needs a token, so the page asks for one");
+            browser.type_into("#token", token).await?;
+            browser.click("#login-submit").await?;
+            let scope = browser
+                .wait_for("whoami after signing in", Duration::from_secs(10), "return document.getElementById('whoami')?.dataset.scope")
+                .await?;
+            assert_eq!(scope, json!("deploy"));
+        }
+        None => {
+            assert_eq!(login_shown, json!(false), "without authentication the page asks for no token");
+            // The sign-in box still works: the token is kept and sent (and ignored).
+            browser.click("#sign-in").await?;
+            browser.type_into("#token", &format!("slw_{}", "0".repeat(64))).await?;
+            browser.click("#login-submit").await?;
+            browser.wait_for("the sign-out button", Duration::from_secs(10), "return !!document.getElementById('sign-out')").await?;
+            let kept = browser.run("return localStorage.getItem('slipway.token')", json!([])).await?;
+            assert_eq!(kept.as_str().map(|t| t.len()), Some(68), "the token is kept in local storage: {kept}");
+        }
+    }
+
+    // Projects -> the environment, by the links a user clicks.
+    let env_link = format!("section[data-project='{project}'] tr[data-env='test'] a");
+    browser.wait_for("the project's environments", Duration::from_secs(10), &format!("return !!document.querySelector(\"{env_link}\")")).await?;
+    browser.click(&env_link).await?;
+    browser
+        .wait_for("the Deploy button", Duration::from_secs(10), "const b = document.getElementById('deploy'); return b && !b.disabled")
+        .await?;
+
+    // A marker a reload would wipe out.
+    browser.run("window.slipwayNoReload = 'still here'", json!([])).await?;
+    browser.click("#deploy").await?;
+    let mut states_seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    let row = loop {
+        let row = browser
+            .run(
+                "const r = document.querySelector('tr.deployment'); if (!r) return null;
+                 return {id: r.dataset.deployment, status: r.dataset.status,
+                         build: r.querySelector('[data-step=build]')?.dataset.state,
+                         steps: [...r.querySelectorAll('.step')].map(s => [s.dataset.step, s.dataset.state])};",
+                json!([]),
+            )
+            .await?;
+        if let Some(build) = row["build"].as_str() {
+            if states_seen.last().map(String::as_str) != Some(build) {
+                states_seen.push(build.to_string());
+            }
+        }
+        match row["status"].as_str() {
+            Some("succeeded") => break row,
+            Some("failed") => return Err(format!("the deployment failed: {row}")),
+            _ if tokio::time::Instant::now() > deadline => return Err(format!("not succeeded after 240 s: {row}")),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    println!("the build step's states as the page showed them: {states_seen:?}");
+    let no_reload = browser.run("return window.slipwayNoReload", json!([])).await?;
+    assert_eq!(no_reload, json!("still here"), "the page reloaded");
+    let steps: BTreeMap<String, String> = serde_json::from_value::<Vec<(String, String)>>(row["steps"].clone())
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
+    for step in ["check_services", "checkout", "build", "deploy", "release", "processes", "health_check", "cutover"] {
+        assert_eq!(steps.get(step).map(String::as_str), Some("done"), "step {step} in {steps:?}");
+    }
+    let id = row["id"].as_str().ok_or("the row names no deployment")?.to_string();
+    let active = format!("return document.querySelector('#active a')?.textContent === '{}'", &id[..8]);
+    browser.wait_for("the new release to show as active", Duration::from_secs(10), &active).await?;
+    save_screenshot(browser, "dashboard-environment.png").await;
+
+    // The deployment's page, then its timeline.
+    browser.click(&format!("tr.deployment[data-deployment='{id}'] a")).await?;
+    browser
+        .wait_for("the release log", Duration::from_secs(10), "return document.getElementById('log')?.textContent.includes('migrating for browser')")
+        .await?;
+    browser.click("#timeline-tab").await?;
+    let events = browser
+        .wait_for(
+            "the timeline to end with DeploymentSucceeded",
+            Duration::from_secs(10),
+            "const rows = [...document.querySelectorAll('#timeline tr.event')];
+             if (!rows.some(r => r.dataset.type === 'DeploymentSucceeded')) return null;
+             return rows.map(r => ({type: r.dataset.type, actor: r.children[3].textContent, hash: r.querySelector('.hash').textContent}));",
+        )
+        .await?;
+    let events: Vec<Value> = events.as_array().cloned().unwrap_or_default();
+    assert!(events.len() >= 15, "a whole deployment has more events: {events:?}");
+    assert_eq!(events[0]["type"], "DeploymentRequested");
+    for e in &events {
+        let hash = e["hash"].as_str().unwrap_or_default();
+        assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "hash {hash:?} of {e}");
+    }
+    let actors: Vec<&str> = events.iter().filter_map(|e| e["actor"].as_str()).collect();
+    assert!(actors.contains(&"engine") && actors.iter().any(|a| a.starts_with("worker:")), "{actors:?}");
+    let shot = save_screenshot(browser, "dashboard-timeline.png").await;
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "the screenshot is empty");
+    Ok(())
+}

@@ -1,0 +1,592 @@
+// Slipway dashboard: plain JavaScript over the JSON API, no build step.
+// Every request carries the token from local storage (if any) as
+// `Authorization: Bearer`; live progress is read from
+// /api/deployments/{id}/stream with fetch() and a ReadableStream, because
+// EventSource cannot send that header. Everything the API returns is put in
+// the page as text (textContent), never as HTML.
+'use strict';
+
+const TOKEN_KEY = 'slipway.token';
+const SCOPE_RANK = { read: 1, deploy: 2, admin: 3 };
+const PIPELINE = ['check_services', 'checkout', 'build', 'deploy', 'release', 'processes', 'health_check', 'cutover'];
+const STEP_LABEL = {
+  check_services: 'services', checkout: 'checkout', build: 'build', deploy: 'deploy', release: 'release',
+  processes: 'processes', health_check: 'health', cutover: 'cutover', retire: 'retire', cleanup: 'cleanup',
+};
+// The event that records a step's successful outcome.
+const COMPLETES = {
+  ServicesChecked: 'check_services', CheckedOut: 'checkout', ImageBuilt: 'build', ImageReused: 'build',
+  WebContainerStarted: 'deploy', ReleaseCommandsRan: 'release', ProcessesStarted: 'processes',
+  HealthCheckPassed: 'health_check', TrafficSwitched: 'cutover',
+};
+
+const app = {
+  token: localStorage.getItem(TOKEN_KEY) || '',
+  who: null,            // {name, scope, authenticated} from /api/whoami
+  runs: new Map(),      // deployment id -> run (folded from its events)
+  streams: new Map(),   // deployment id -> AbortController of its live stream
+  render: null,         // re-draws the current view
+};
+
+// ---- DOM ---------------------------------------------------------------
+
+// h('td', {class: 'x', title: 'y', onclick: f}, 'text', child, ...)
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k === 'dataset') Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const $ = (id) => document.getElementById(id);
+const short = (s, n = 8) => (s ? String(s).slice(0, n) : '');
+const enc = encodeURIComponent;
+
+function notice(message, kind) {
+  const el = $('notice');
+  el.textContent = message || '';
+  el.className = 'notice' + (kind ? ' ' + kind : '');
+  el.hidden = !message;
+}
+
+function crumbs(...parts) {
+  const nav = $('crumbs');
+  nav.replaceChildren();
+  parts.forEach(([label, href], i) => {
+    if (i) nav.append(h('span', { class: 'sep' }, '/'));
+    nav.append(href ? h('a', { href }, label) : h('span', {}, label));
+  });
+}
+
+function duration(ms) {
+  if (ms === null || ms === undefined || ms < 0) return '';
+  if (ms < 1000) return ms + ' ms';
+  const s = ms / 1000;
+  if (s < 60) return s.toFixed(1) + ' s';
+  const m = Math.floor(s / 60);
+  return m + ' min ' + Math.round(s - m * 60) + ' s';
+}
+
+function when(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleString();
+}
+
+function badge(state, text) {
+  return h('span', { class: 'badge s-' + state, 'data-state': state }, text || state);
+}
+
+// ---- API ---------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function headers(extra) {
+  const hs = Object.assign({ Accept: 'application/json' }, extra);
+  if (app.token) hs.Authorization = 'Bearer ' + app.token;
+  return hs;
+}
+
+// Both error shapes: {"error": "..."} and {"error": {"code", "message"}}.
+function errorText(status, text) {
+  try {
+    const e = JSON.parse(text).error;
+    if (typeof e === 'string') return e;
+    if (e && e.message) return e.message;
+  } catch (_) { /* not JSON */ }
+  return `HTTP ${status}` + (text ? `: ${text.slice(0, 200)}` : '');
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }) };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  const res = await fetch(path, init);
+  const text = await res.text();
+  if (res.status === 401) showLogin('The API refused the token: ' + errorText(401, text));
+  if (!res.ok) throw new ApiError(res.status, errorText(res.status, text));
+  return text ? JSON.parse(text) : null;
+}
+
+// Reads a text/event-stream response: calls on[event](data) per event.
+// Resolves true when the server sent `end`, false if the stream just stopped.
+async function readStream(path, on, signal) {
+  const res = await fetch(path, { headers: headers({ Accept: 'text/event-stream' }), signal });
+  if (res.status === 401) showLogin('The API refused the token.');
+  if (!res.ok) throw new ApiError(res.status, errorText(res.status, await res.text()));
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '', event = 'message', data = [], ended = false;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return ended;
+    buffer += value;
+    let nl;
+    while ((nl = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, nl).replace(/\r$/, '');
+      buffer = buffer.slice(nl + 1);
+      if (line === '') {
+        if (data.length) {
+          if (event === 'end') ended = true;
+          if (on[event]) on[event](data.join('\n'));
+        }
+        event = 'message'; data = [];
+      } else if (line.startsWith(':')) {
+        // keep-alive comment
+      } else {
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let val = colon < 0 ? '' : line.slice(colon + 1);
+        if (val.startsWith(' ')) val = val.slice(1);
+        if (field === 'event') event = val;
+        else if (field === 'data') data.push(val);
+      }
+    }
+  }
+}
+
+// ---- identity ------------------------------------------------------------
+
+function scopeAllows(needed) {
+  const have = app.who ? SCOPE_RANK[app.who.scope] || 0 : 0;
+  return have >= SCOPE_RANK[needed];
+}
+
+function why(needed) {
+  if (!app.who) return 'sign in first';
+  return scopeAllows(needed) ? '' : `needs scope ${needed}; token \`${app.who.name}\` has ${app.who.scope}`;
+}
+
+async function loadIdentity() {
+  try {
+    app.who = await api('GET', '/api/whoami');
+  } catch (e) {
+    app.who = null;
+    if (e.status !== 401) notice('Could not ask the API who you are: ' + e.message);
+  }
+  drawIdentity();
+}
+
+function drawIdentity() {
+  const box = $('identity');
+  box.replaceChildren();
+  if (app.who) {
+    const label = app.who.authenticated === false ? 'no authentication' : `${app.who.name} · ${app.who.scope}`;
+    box.append(h('span', { id: 'whoami', 'data-scope': app.who.scope }, label));
+  }
+  if (app.token) {
+    box.append(h('button', { id: 'sign-out', type: 'button', onclick: signOut }, 'Sign out'));
+  } else {
+    box.append(h('button', { id: 'sign-in', type: 'button', onclick: () => showLogin('') }, 'Sign in'));
+  }
+}
+
+function showLogin(reason) {
+  $('login-reason').textContent = reason || 'Paste an API token.';
+  $('login').hidden = false;
+  $('token').value = '';
+  $('token').focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const token = $('token').value.trim();
+  if (!token) return;
+  app.token = token;
+  localStorage.setItem(TOKEN_KEY, token);
+  $('login').hidden = true;
+  notice('');
+  await loadIdentity();
+  if (app.who) route();
+}
+
+function signOut() {
+  app.token = '';
+  localStorage.removeItem(TOKEN_KEY);
+  stopStreams();
+  app.who = null;
+  loadIdentity().then(route);
+}
+
+// ---- deployments folded from events -----------------------------------------
+
+function newRun(id) {
+  return { id, events: [], steps: new Map(), status: 'running', failure: '', logs: [], end: null, project: '', environment: '' };
+}
+
+function runOf(id) {
+  if (!app.runs.has(id)) app.runs.set(id, newRun(id));
+  return app.runs.get(id);
+}
+
+function stepOf(run, name) {
+  if (!run.steps.has(name)) run.steps.set(name, { name, state: 'pending', attempts: 0, started: null, finished: null, reason: '' });
+  return run.steps.get(name);
+}
+
+function finishStep(run, name, state, at) {
+  const s = stepOf(run, name);
+  s.state = state;
+  s.finished = at;
+  if (!s.started) s.started = at;
+}
+
+// Applies one recorded event (the JSON of /events and of the stream) once.
+function applyEvent(run, ev) {
+  if (run.events.length && ev.version <= run.events[run.events.length - 1].version) return;
+  run.events.push(ev);
+  const p = ev.payload || {};
+  const at = ev.recorded_at;
+  switch (ev.type) {
+    case 'DeploymentRequested':
+      Object.assign(run, { project: p.project, environment: p.environment, ref: p.git_ref, mode: p.mode,
+        requested: at, actor: ev.actor, dryRun: !!p.dry_run,
+        kind: p.rollback_of ? 'rollback' : p.replay_of ? 'replay' : p.promoted_from ? 'promotion' : 'deploy' });
+      break;
+    case 'StepDispatched': {
+      const s = stepOf(run, p.step);
+      s.state = 'running';
+      s.attempts = p.attempt || s.attempts + 1;
+      if (!s.started) s.started = at;
+      break;
+    }
+    case 'StepFailed': finishStep(run, p.step, 'failed', at); stepOf(run, p.step).reason = p.reason; break;
+    case 'StepSkipped': finishStep(run, p.step, 'skipped', at); break;
+    case 'CheckedOut': run.commit = p.commit; finishStep(run, 'checkout', 'done', at); break;
+    case 'TrafficSwitchRequested': { const s = stepOf(run, 'cutover'); s.state = 'running'; s.started = at; break; }
+    case 'DeploymentSucceeded': run.status = 'succeeded'; run.commit = p.commit || run.commit; run.finished = at; break;
+    case 'DeploymentFailed':
+      run.status = 'failed'; run.failure = `${p.step}: ${p.reason}`; run.finished = at;
+      if (stepOf(run, 'cutover').state === 'running') finishStep(run, 'cutover', 'failed', at);
+      break;
+    default:
+      if (COMPLETES[ev.type]) finishStep(run, COMPLETES[ev.type], 'done', at);
+  }
+}
+
+function stepList(run) {
+  const names = PIPELINE.concat([...run.steps.keys()].filter((n) => !PIPELINE.includes(n)));
+  return names.map((n) => run.steps.get(n) || { name: n, state: run.status === 'running' ? 'pending' : 'skipped', attempts: 0 });
+}
+
+function stepMillis(s) {
+  if (!s.started) return null;
+  const end = s.finished ? new Date(s.finished) : (s.state === 'running' ? new Date() : null);
+  return end ? end - new Date(s.started) : null;
+}
+
+function runMillis(run) {
+  if (!run.requested) return null;
+  return (run.finished ? new Date(run.finished) : new Date()) - new Date(run.requested);
+}
+
+// Loads a deployment's events, then follows it live until it ends.
+// `onChange` redraws; `onLog` receives log lines (or null to reset them).
+async function watchRun(id, onChange, onLog) {
+  const run = runOf(id);
+  if (app.streams.has(id)) return run;
+  const ctl = new AbortController();
+  app.streams.set(id, ctl);
+  const listeners = {
+    'deployment-event': (data) => { applyEvent(run, JSON.parse(data)); onChange(run); },
+    log: (line) => { if (onLog) onLog(line); },
+    end: (data) => { run.end = JSON.parse(data); onChange(run); },
+    error: (data) => notice('The live stream failed: ' + errorText(500, data)),
+  };
+  (async () => {
+    for (let attempt = 0; !ctl.signal.aborted; attempt++) {
+      try {
+        if (onLog) onLog(null);
+        if (await readStream(`/api/deployments/${enc(id)}/stream${onLog ? '' : '?logs=false'}`, listeners, ctl.signal)) break;
+      } catch (e) {
+        if (ctl.signal.aborted) break;
+        if (e.status === 404 || e.status === 401 || e.status === 403) { notice(e.message); break; }
+      }
+      // Cut off without `end` (a restart, a proxy): catch up again shortly.
+      await new Promise((r) => setTimeout(r, Math.min(1000 * (attempt + 1), 5000)));
+    }
+    if (app.streams.get(id) === ctl) app.streams.delete(id);
+  })();
+  return run;
+}
+
+function stopStreams() {
+  for (const ctl of app.streams.values()) ctl.abort();
+  app.streams.clear();
+}
+
+// ---- views -------------------------------------------------------------------
+
+async function projectsView(view) {
+  crumbs(['Projects', '#/']);
+  const projects = await api('GET', '/api/projects');
+  view.replaceChildren(h('h1', {}, 'Projects'));
+  if (!projects.length) {
+    view.append(h('div', { class: 'card empty' }, 'No project yet. Create one with ', h('code', {}, 'slipway project create NAME --repo URL'), '.'));
+    return;
+  }
+  for (const p of projects) {
+    const envs = (p.environments || []).map((e) => (typeof e === 'string' ? e : e.name || e.environment));
+    const table = h('table', { class: 'env-list' },
+      h('thead', {}, h('tr', {}, ['Environment', 'Active release', 'Commit', 'URL', 'Queue'].map((t) => h('th', {}, t)))));
+    const body = h('tbody');
+    table.append(body);
+    view.append(h('section', { class: 'card project', 'data-project': p.name },
+      h('div', { class: 'spread' }, h('h2', {}, p.name), h('span', { class: 'muted mono' }, p.repo || p.repository || (p.mirror_of ? 'mirror of ' + p.mirror_of : ''))),
+      table));
+    for (const e of envs) {
+      const row = h('tr', { 'data-env': e }, h('td', {}, h('a', { href: `#/env/${enc(p.name)}/${enc(e)}` }, e)), h('td', { colspan: 4, class: 'muted' }, 'loading…'));
+      body.append(row);
+      api('GET', `/api/projects/${enc(p.name)}/environments/${enc(e)}`).then((env) => {
+        const active = env.active || env.last_succeeded || null;
+        row.replaceChildren(
+          h('td', {}, h('a', { href: `#/env/${enc(p.name)}/${enc(e)}` }, e)),
+          h('td', {}, active ? h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)) : h('span', { class: 'muted' }, 'none')),
+          h('td', { class: 'mono' }, active ? short(active.commit, 10) : ''),
+          h('td', {}, urlOf(env, active)),
+          h('td', {}, (env.queue || []).length ? badge('running', `${env.queue.length} queued`) : h('span', { class: 'muted' }, 'idle')));
+      }).catch((err) => row.replaceChildren(h('td', {}, e), h('td', { colspan: 4, class: 'muted' }, err.message)));
+    }
+  }
+}
+
+function urlOf(env, active) {
+  const url = env.url || (active && active.url);
+  if (url && /^https?:\/\//.test(url)) return h('a', { href: url, target: '_blank', rel: 'noopener' }, url);
+  if (active && active.web_port) return h('span', { class: 'muted' }, `port ${active.web_port} on the host`);
+  return '';
+}
+
+// The environment's recent deployments: the list route when the API has
+// it, else what the environment and this browser know of.
+async function deploymentIds(project, env, envState) {
+  try {
+    const list = await api('GET', `/api/projects/${enc(project)}/environments/${enc(env)}/deployments?limit=20`);
+    const items = Array.isArray(list) ? list : list.deployments || [];
+    return items.map((d) => (typeof d === 'string' ? d : d.id || d.deployment));
+  } catch (e) {
+    if (e.status !== 404 && e.status !== 405) throw e;
+  }
+  const ids = [...remembered(project, env)];
+  const active = envState.active || envState.last_succeeded;
+  for (const id of [...(envState.queue || []), active && active.deployment]) if (id && !ids.includes(id)) ids.push(id);
+  return ids;
+}
+
+function remembered(project, env) {
+  try { return JSON.parse(localStorage.getItem(`slipway.recent.${project}.${env}`)) || []; } catch (_) { return []; }
+}
+
+function remember(project, env, id) {
+  const ids = [id, ...remembered(project, env).filter((x) => x !== id)].slice(0, 20);
+  localStorage.setItem(`slipway.recent.${project}.${env}`, JSON.stringify(ids));
+}
+
+function stepChips(run) {
+  return h('div', { class: 'steps' }, stepList(run).map((s) =>
+    h('span', { class: `step s-${s.state}`, 'data-step': s.name, 'data-state': s.state, title: `${s.name}: ${s.state}${s.reason ? ' — ' + s.reason : ''}` },
+      h('b', {}, STEP_LABEL[s.name] || s.name), h('small', { 'data-since': s.state === 'running' ? s.started : null }, duration(stepMillis(s)) || s.state))));
+}
+
+function deploymentRow(id) {
+  const tr = h('tr', { class: 'deployment', 'data-deployment': id });
+  const draw = (run) => {
+    tr.dataset.status = run.status;
+    tr.replaceChildren(
+      h('td', {}, h('a', { href: `#/deployment/${enc(id)}`, class: 'mono' }, short(id)), run.kind && run.kind !== 'deploy' ? h('div', { class: 'muted small' }, run.kind) : ''),
+      h('td', {}, run.ref || '', h('div', { class: 'muted small mono' }, short(run.commit, 10))),
+      h('td', { class: 'small' }, when(run.requested), h('div', { class: 'muted small' }, run.actor || '')),
+      h('td', {}, badge(run.status), run.failure ? h('div', { class: 'small muted' }, run.failure) : ''),
+      h('td', {}, stepChips(run)),
+      h('td', { class: 'small' }, duration(runMillis(run))));
+  };
+  draw(runOf(id));
+  return { tr, draw };
+}
+
+async function environmentView(view, project, env) {
+  crumbs(['Projects', '#/'], [project, '#/'], [env, null]);
+  const base = `/api/projects/${enc(project)}/environments/${enc(env)}`;
+  let envState = await api('GET', base);
+  let active = envState.active || envState.last_succeeded || null;
+  const refInput = h('input', { type: 'text', id: 'deploy-ref', placeholder: 'ref (default branch)', 'aria-label': 'Git ref' });
+  const deployBtn = h('button', { id: 'deploy', class: 'primary', type: 'button', disabled: !scopeAllows('deploy'), title: why('deploy') }, 'Deploy');
+  const rollbackBtn = h('button', { id: 'rollback', type: 'button', disabled: !scopeAllows('deploy') || !active, title: why('deploy') || (active ? '' : 'nothing to roll back to') }, 'Roll back');
+  const body = h('tbody', { id: 'deployments' });
+  const activeLine = h('div', { class: 'muted', id: 'active' });
+  const drawActive = () => activeLine.replaceChildren('Active release: ',
+    active ? h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)) : 'none',
+    active && active.commit ? h('span', { class: 'mono' }, ' @ ' + short(active.commit, 10)) : '', ' ', urlOf(envState, active));
+  drawActive();
+  // A deployment that succeeds here is the new active release.
+  const refreshActive = async () => {
+    try {
+      envState = await api('GET', base);
+      active = envState.active || envState.last_succeeded || null;
+      rollbackBtn.disabled = !scopeAllows('deploy') || !active;
+      drawActive();
+    } catch (e) { notice(e.message); }
+  };
+  view.replaceChildren(
+    h('div', { class: 'card' },
+      h('div', { class: 'spread' },
+        h('div', {}, h('h1', {}, `${project} / ${env}`), activeLine),
+        h('div', { class: 'row' }, refInput, deployBtn, rollbackBtn))),
+    h('div', { class: 'card' }, h('h3', {}, 'Deployments'),
+      h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Ref', 'Requested', 'Status', 'Steps', 'Took'].map((t) => h('th', {}, t)))), body)));
+
+  const rows = new Map();
+  const addRow = (id, first) => {
+    if (rows.has(id)) return rows.get(id);
+    const row = deploymentRow(id);
+    rows.set(id, row);
+    for (const none of body.querySelectorAll('tr.none')) none.remove();
+    if (first) body.prepend(row.tr); else body.append(row.tr);
+    return row;
+  };
+  const follow = (id) => {
+    const row = rows.get(id);
+    watchRun(id, (run) => {
+      row.draw(run);
+      // Ids are UUIDv7: a later deployment sorts after the active one.
+      const newer = !active || String(id) > String(active.deployment);
+      if (newer && run.end && run.end.status === 'succeeded' && !row.refreshed) {
+        row.refreshed = true;
+        refreshActive();
+      }
+    });
+  };
+  const started = async (request) => {
+    try {
+      const res = await request();
+      remember(project, env, res.deployment);
+      addRow(res.deployment, true);
+      follow(res.deployment);
+      notice(res.queued_behind && res.queued_behind.length ? `Queued behind ${res.queued_behind.length} deployment(s).` : '', 'info');
+    } catch (e) { notice(e.message); }
+  };
+  deployBtn.addEventListener('click', () => {
+    const ref = refInput.value.trim();
+    started(() => api('POST', `${base}/deployments`, ref ? { ref } : {}));
+  });
+  rollbackBtn.addEventListener('click', () => started(() => api('POST', `${base}/rollback`, {})));
+
+  const ids = await deploymentIds(project, env, envState);
+  if (!ids.length && !rows.size) body.append(h('tr', { class: 'none' }, h('td', { colspan: 6, class: 'empty' }, 'No deployment yet.')));
+  for (const id of ids) {
+    addRow(id, false);
+    const run = runOf(id);
+    if (run.end) continue;
+    follow(id);
+  }
+}
+
+async function deploymentView(view, id, tab) {
+  const logLines = [];
+  const logPre = h('pre', { class: 'log', id: 'log' });
+  const summary = h('div', { class: 'card', id: 'summary' });
+  const steps = h('div', { class: 'card' });
+  const timeline = h('tbody', { id: 'timeline' });
+  const replayBtn = h('button', { id: 'replay', type: 'button', disabled: true }, 'Replay');
+  const tabs = h('nav', { class: 'tabs' },
+    h('a', { href: `#/deployment/${enc(id)}`, class: tab === 'progress' ? 'active' : '' }, 'Progress & log'),
+    h('a', { href: `#/deployment/${enc(id)}/timeline`, id: 'timeline-tab', class: tab === 'timeline' ? 'active' : '' }, 'Event timeline'));
+  const progress = h('div', {}, steps, h('div', { class: 'card' }, h('h3', {}, 'Build and release log'), logPre));
+  const audit = h('div', { class: 'card' },
+    h('h3', {}, 'Recorded events (hash-chained)'),
+    h('table', { class: 'timeline' }, h('thead', {}, h('tr', {}, ['#', 'Recorded at', 'Event', 'Actor', 'Hash', 'Payload'].map((t) => h('th', {}, t)))), timeline));
+  view.replaceChildren(summary, tabs, tab === 'timeline' ? audit : progress);
+
+  replayBtn.addEventListener('click', async () => {
+    try {
+      const res = await api('POST', `/api/deployments/${enc(id)}/replay`, {});
+      location.hash = `#/deployment/${enc(res.deployment)}`;
+    } catch (e) { notice(e.message); }
+  });
+
+  let drawn = 0;
+  const draw = (run) => {
+    crumbs(['Projects', '#/'], [run.project || '…', '#/'], [run.environment || '…', run.project ? `#/env/${enc(run.project)}/${enc(run.environment)}` : null], [short(id), null]);
+    const final = run.status !== 'running';
+    replayBtn.disabled = !final || !scopeAllows('deploy');
+    replayBtn.title = why('deploy') || (final ? '' : 'replay a finished deployment');
+    summary.dataset.status = run.status;
+    summary.replaceChildren(
+      h('div', { class: 'spread' },
+        h('div', {}, h('h1', {}, 'Deployment ', h('span', { class: 'mono' }, short(id))), badge(run.status),
+          run.failure ? h('div', { class: 'muted' }, run.failure) : ''),
+        h('div', { class: 'row' }, replayBtn)),
+      h('dl', { class: 'grid' },
+        [['Project', run.project], ['Environment', run.environment], ['Ref', run.ref], ['Commit', short(run.commit, 12)],
+          ['Kind', run.kind], ['Requested by', run.actor], ['Requested', when(run.requested)], ['Took', duration(runMillis(run))]]
+          .map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v || '—')))));
+    steps.replaceChildren(h('h3', {}, 'Steps'), h('table', { id: 'steps' },
+      h('thead', {}, h('tr', {}, ['Step', 'State', 'Attempts', 'Started', 'Duration'].map((t) => h('th', {}, t)))),
+      h('tbody', {}, stepList(run).map((s) => h('tr', { 'data-step': s.name, 'data-state': s.state },
+        h('td', {}, s.name), h('td', {}, badge(s.state), s.reason ? h('div', { class: 'small muted' }, s.reason) : ''),
+        h('td', {}, s.attempts || ''), h('td', { class: 'small' }, when(s.started)),
+        h('td', { 'data-since': s.state === 'running' ? s.started : null }, duration(stepMillis(s))))))));
+    for (; drawn < run.events.length; drawn++) timeline.append(timelineRow(run.events[drawn]));
+  };
+  const onLog = (line) => {
+    if (line === null) { logLines.length = 0; logPre.textContent = ''; return; }
+    logLines.push(line);
+    const atBottom = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
+    logPre.append(line + '\n');
+    if (atBottom) logPre.scrollTop = logPre.scrollHeight;
+  };
+  // A fresh fold per page: the log lines come with the events.
+  app.runs.delete(id);
+  draw(await watchRun(id, draw, onLog));
+}
+
+function timelineRow(ev) {
+  return h('tr', { class: 'event', 'data-version': ev.version, 'data-type': ev.type },
+    h('td', {}, ev.version),
+    h('td', { class: 'small', title: ev.recorded_at }, when(ev.recorded_at)),
+    h('td', { class: 'type' }, ev.type),
+    h('td', { class: 'small' }, ev.actor),
+    h('td', { class: 'hash', title: 'SHA-256 over the stored event, chained to the previous one' }, ev.hash),
+    h('td', {}, h('details', {}, h('summary', {}, 'payload'), h('pre', {}, JSON.stringify(ev.payload, null, 2)))));
+}
+
+// ---- routing -----------------------------------------------------------------
+
+async function route() {
+  stopStreams();
+  notice('');
+  const view = $('view');
+  const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
+  try {
+    if (parts[0] === 'env' && parts.length === 3) await environmentView(view, parts[1], parts[2]);
+    else if (parts[0] === 'deployment' && parts[1]) await deploymentView(view, parts[1], parts[2] === 'timeline' ? 'timeline' : 'progress');
+    else await projectsView(view);
+  } catch (e) {
+    view.replaceChildren(h('div', { class: 'card empty' }, e.status === 401 ? 'Sign in to see this Slipway.' : e.message));
+  }
+}
+
+// Running steps' durations tick without a redraw.
+setInterval(() => {
+  for (const el of document.querySelectorAll('[data-since]')) {
+    el.textContent = duration(new Date() - new Date(el.dataset.since));
+  }
+}, 1000);
+
+document.addEventListener('DOMContentLoaded', async () => {
+  $('login-form').addEventListener('submit', signIn);
+  $('login-cancel').addEventListener('click', () => { $('login').hidden = true; });
+  window.addEventListener('hashchange', route);
+  await loadIdentity();
+  if (!app.who && !app.token) showLogin('');
+  await route();
+});

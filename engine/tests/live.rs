@@ -1,0 +1,403 @@
+//! The live stream (`GET /api/deployments/{id}/stream`), `whoami` and the
+//! dashboard's static routes, against real stores: SQLite and PostgreSQL
+//! (own schema; a missing PostgreSQL fails the test). Deployments are
+//! requested through the API and their outcomes appended the way workers
+//! and the engine record them; logs are files in a logs directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use chrono::Utc;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use slipway_engine::{api, web};
+use slipway_proto::envelope::Metadata;
+use slipway_proto::event::{deployment_stream, DeploymentFailed, StepDispatched, StepFailed};
+use slipway_proto::event::TokenScope;
+use slipway_proto::{Envelope, Event, Step};
+use slipway_store::postgres::PgOptions;
+use slipway_store::{EventStore, ExpectedVersion, PgStore, SqliteStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+/// A store, a logs directory, and the app serving both.
+struct Setup {
+    store: Arc<dyn EventStore>,
+    app: Router,
+    logs: PathBuf,
+    schema: Option<String>,
+    /// An admin token's value, sent with every request.
+    token: String,
+}
+
+impl Setup {
+    async fn sqlite() -> Setup {
+        Setup::with(Arc::new(SqliteStore::in_memory().await.expect("in-memory SQLite store")), None, None).await
+    }
+
+    async fn postgres() -> Setup {
+        let url = std::env::var("SLIPWAY_PG_URL")
+            .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
+        let schema = format!("t_{}", Uuid::now_v7().simple());
+        let options = PgOptions { schema: Some(schema.clone()), max_connections: 4, migrate: true, ..Default::default() };
+        let store = PgStore::connect(&url, options)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable ({e}); run `scripts/services` first"));
+        Setup::with(Arc::new(store), Some(schema), None).await
+    }
+
+    /// `data_dir`: the workers' data directory (a fresh one by default).
+    async fn with(store: Arc<dyn EventStore>, schema: Option<String>, data_dir: Option<PathBuf>) -> Setup {
+        let data_dir =
+            data_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("slipway-live-{}", Uuid::now_v7().simple())));
+        let config = api::ApiConfig { data_dir: data_dir.clone(), ..Default::default() };
+        let app = api::app_with(store.clone(), config).merge(web::routes());
+        let token = slipway_engine::requests::issue_token(&*store, "test:setup", "live-test", TokenScope::Admin)
+            .await
+            .expect("store")
+            .expect("token issued");
+        Setup { store, app, logs: data_dir.join("logs"), schema, token }
+    }
+
+    async fn cleanup(self) {
+        let _ = std::fs::remove_dir_all(&self.logs);
+        if let Some(schema) = self.schema {
+            let url = std::env::var("SLIPWAY_PG_URL")
+                .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
+            if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
+            }
+        }
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Value) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let response = self.app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// A requested deployment of project `hello`, environment `test`.
+    async fn requested(&self) -> Uuid {
+        let project = json!({"name": "hello", "repository": "file:///srv/hello.git", "environments": ["test"]});
+        let (status, _) = self.call(Method::POST, "/api/projects", project).await;
+        assert!(status == StatusCode::CREATED || status == StatusCode::CONFLICT, "{status}");
+        let (status, body) = self.call(Method::POST, "/api/projects/hello/environments/test/deployments", json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["deployment"].as_str().and_then(|s| s.parse().ok()).expect("a deployment id")
+    }
+
+    async fn record(&self, id: Uuid, actor: &str, events: &[Event]) {
+        let stream = deployment_stream(id);
+        let envelopes: Vec<Envelope> = events
+            .iter()
+            .map(|e| {
+                let meta = Metadata { correlation_id: id, causation_id: None, actor: actor.into(), trace: None };
+                Envelope::new(Uuid::now_v7(), Utc::now(), &stream, e, meta).expect("encodable")
+            })
+            .collect();
+        self.store.append(&stream, ExpectedVersion::Any, &envelopes, &[]).await.expect("store").expect("no conflict");
+    }
+
+    fn write_log(&self, id: Uuid, file: &str, text: &str) {
+        use std::io::Write;
+        let dir = self.logs.join(id.to_string());
+        std::fs::create_dir_all(&dir).expect("logs dir");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(file)).expect("log file");
+        f.write_all(text.as_bytes()).expect("write log");
+    }
+
+    async fn open_stream(&self, uri: &str) -> Frames {
+        let request = Request::get(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Body::empty())
+            .expect("request");
+        let response = self.app.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
+        Frames { body: response.into_body(), buffer: String::new(), ended: false }
+    }
+}
+
+fn dispatched(step: Step) -> Event {
+    Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt: 1, deadline: None, dispatched_at: None })
+}
+
+fn build_failed() -> [Event; 2] {
+    [
+        Event::StepFailed(StepFailed { step: Step::Build, reason: "RUN exited 1".into(), attempt: 1, details: vec![] }),
+        Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "RUN exited 1".into() }),
+    ]
+}
+
+/// One server-sent event: its `event:` name and its data.
+#[derive(Debug, Clone)]
+struct Sent {
+    event: String,
+    data: String,
+}
+
+impl Sent {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{} data is not JSON ({e}): {}", self.event, self.data))
+    }
+}
+
+/// Reads an SSE body frame by frame.
+struct Frames {
+    body: Body,
+    buffer: String,
+    ended: bool,
+}
+
+impl Frames {
+    /// The next event (comments skipped), or `None` when the body ended.
+    async fn next(&mut self) -> Option<Sent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut data) = (String::from("message"), Vec::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim_start().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some(Sent { event, data: data.join("\n") });
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.body.frame()).await {
+                Err(_) => panic!("no event within 10 s; had: {:?}", self.buffer),
+                Ok(None) => self.ended = true,
+                Ok(Some(frame)) => {
+                    if let Ok(bytes) = frame.expect("body frame").into_data() {
+                        self.buffer.push_str(std::str::from_utf8(&bytes).expect("UTF-8"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Events up to and including the first that `stop` accepts.
+    async fn until(&mut self, stop: impl Fn(&Sent) -> bool) -> Vec<Sent> {
+        let mut got = Vec::new();
+        loop {
+            let sent = self.next().await.unwrap_or_else(|| panic!("the stream ended first; had {got:?}"));
+            let done = stop(&sent);
+            got.push(sent);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    async fn rest(&mut self) -> Vec<Sent> {
+        let mut got = Vec::new();
+        while let Some(sent) = self.next().await {
+            got.push(sent);
+        }
+        got
+    }
+}
+
+fn types(sent: &[Sent]) -> Vec<String> {
+    sent.iter()
+        .map(|s| match s.event.as_str() {
+            "deployment-event" => s.json()["type"].as_str().expect("type").to_string(),
+            "log" => format!("log: {}", s.data),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+async fn a_finished_deployment_streams_everything_then_closes(s: Setup) {
+    let id = s.requested().await;
+    s.record(id, "engine", &[dispatched(Step::Build)]).await;
+    s.write_log(id, "build.log", "Step 1/2 : FROM scratch\r\n\nStep 2/2 : RUN false\nexit 1");
+    s.write_log(id, "release-0.log", "never ran\n");
+    s.record(id, "worker:w1", &build_failed()).await;
+
+    let mut frames = s.open_stream(&format!("/api/deployments/{id}/stream")).await;
+    let sent = frames.rest().await;
+    assert_eq!(
+        types(&sent),
+        [
+            "DeploymentRequested",
+            "StepDispatched",
+            "StepFailed",
+            "DeploymentFailed",
+            "log: Step 1/2 : FROM scratch",
+            "log: Step 2/2 : RUN false",
+            "log: exit 1",
+            "log: never ran",
+            "end",
+        ]
+    );
+    // The same events, versions, hashes and actors as /events.
+    let (_, listed) = s.call(Method::GET, &format!("/api/deployments/{id}/events"), Value::Null).await;
+    let streamed: Vec<Value> = sent.iter().filter(|e| e.event == "deployment-event").map(Sent::json).collect();
+    assert_eq!(&streamed, listed.as_array().expect("a list"));
+    assert_eq!(streamed.iter().map(|e| e["version"].as_u64().expect("version")).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(streamed.iter().all(|e| e["hash"].as_str().is_some_and(|h| h.len() == 64)));
+    assert_eq!((streamed[0]["actor"].as_str(), streamed[3]["actor"].as_str()), (Some("token:live-test"), Some("worker:w1")));
+    let end = sent.last().expect("end").json();
+    assert_eq!(end, json!({"status": "failed", "step": "build", "reason": "RUN exited 1"}));
+
+    // `logs=false`: the events and the end, no log lines.
+    let quiet = s.open_stream(&format!("/api/deployments/{id}/stream?logs=false")).await.rest().await;
+    assert_eq!(types(&quiet), ["DeploymentRequested", "StepDispatched", "StepFailed", "DeploymentFailed", "end"]);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_finished_deployment_streams_everything_then_closes_sqlite() {
+    a_finished_deployment_streams_everything_then_closes(Setup::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_finished_deployment_streams_everything_then_closes_postgres() {
+    a_finished_deployment_streams_everything_then_closes(Setup::postgres().await).await;
+}
+
+async fn events_and_log_lines_arrive_while_it_runs(s: Setup) {
+    let id = s.requested().await;
+    let mut frames = s.open_stream(&format!("/api/deployments/{id}/stream")).await;
+    let first = frames.until(|e| e.event == "deployment-event").await;
+    assert_eq!(types(&first), ["DeploymentRequested"]);
+
+    s.record(id, "engine", &[dispatched(Step::Build)]).await;
+    assert_eq!(types(&frames.until(|e| e.event == "deployment-event").await), ["StepDispatched"]);
+
+    // A line waits for its newline while the deployment runs.
+    s.write_log(id, "build.log", "Step 1/2 : FROM scratch\nStep 2/2 : R");
+    assert_eq!(types(&frames.until(|e| e.event == "log").await), ["log: Step 1/2 : FROM scratch"]);
+    s.write_log(id, "build.log", "UN false\n");
+    assert_eq!(types(&frames.until(|e| e.event == "log").await), ["log: Step 2/2 : RUN false"]);
+
+    s.record(id, "worker:w1", &build_failed()).await;
+    let rest = frames.rest().await;
+    assert_eq!(types(&rest), ["StepFailed", "DeploymentFailed", "end"]);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_and_log_lines_arrive_while_it_runs_sqlite() {
+    events_and_log_lines_arrive_while_it_runs(Setup::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn events_and_log_lines_arrive_while_it_runs_postgres() {
+    events_and_log_lines_arrive_while_it_runs(Setup::postgres().await).await;
+}
+
+#[tokio::test]
+async fn without_a_logs_directory_only_events_are_streamed() {
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::in_memory().await.expect("store"));
+    let s = Setup::with(store, None, Some(PathBuf::from("/nonexistent"))).await;
+    let id = s.requested().await;
+    s.record(id, "engine", &[dispatched(Step::Build)]).await;
+    s.record(id, "worker:w1", &build_failed()).await;
+    let sent = s.open_stream(&format!("/api/deployments/{id}/stream")).await.rest().await;
+    assert_eq!(types(&sent), ["DeploymentRequested", "StepDispatched", "StepFailed", "DeploymentFailed", "end"]);
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_deployments_are_refused_before_streaming() {
+    let s = Setup::sqlite().await;
+    let (status, body) = s.call(Method::GET, &format!("/api/deployments/{}/stream", Uuid::now_v7()), Value::Null).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = s.call(Method::GET, "/api/deployments/nope/stream", Value::Null).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.to_string().contains("`nope` is not a deployment id"), "{body}");
+    let id = s.requested().await;
+    let (status, body) = s.call(Method::GET, &format!("/api/deployments/{id}/stream?from=2"), Value::Null).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.to_string().contains("unknown query `from=2`"), "{body}");
+    s.cleanup().await;
+}
+
+/// A stream of a deployment that never ends must not hold the server's
+/// graceful shutdown open.
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let s = Setup::sqlite().await;
+    let id = s.requested().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, s.app.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request =
+        format!("GET /api/deployments/{id}/stream HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\r\n", s.token);
+    client.write_all(request.as_bytes()).await.expect("send");
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("DeploymentRequested") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk)).await.expect("data").expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    stop.send(()).expect("server running");
+    let done = tokio::time::timeout(Duration::from_secs(5), server).await;
+    done.expect("serve returns within 5 s of shutdown with a stream open").expect("task").expect("serve Ok");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn whoami_names_the_token_and_its_scope() {
+    let s = Setup::sqlite().await;
+    let (status, body) = s.call(Method::GET, "/api/whoami", Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"name": "live-test", "scope": "admin", "authenticated": true}));
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_beside_the_api() {
+    let s = Setup::sqlite().await;
+    let get = |uri: &'static str| {
+        let app = s.app.clone();
+        async move {
+            let response = app.oneshot(Request::get(uri).body(Body::empty()).expect("request")).await.expect("infallible");
+            let headers = response.headers().clone();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.expect("body").to_bytes();
+            (status, headers, String::from_utf8(bytes.to_vec()).expect("UTF-8"))
+        }
+    };
+    for page in ["/", "/ui", "/ui/", "/ui/deployment/x"] {
+        let (status, headers, body) = get(page).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8", "{page}");
+        assert!(headers["content-security-policy"].to_str().expect("ascii").contains("script-src 'self'"));
+        assert!(body.contains(r#"<script src="/ui/app.js" defer></script>"#), "{page}");
+    }
+    let (status, headers, body) = get("/ui/app.js").await;
+    assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"text/javascript; charset=utf-8".parse().expect("value")));
+    assert!(body.contains("Authorization") && body.contains("/stream"));
+    let (status, headers, _) = get("/ui/style.css").await;
+    assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"text/css; charset=utf-8".parse().expect("value")));
+    // The API's own 404 still answers for what is neither.
+    let (status, headers, _) = get("/api/nope").await;
+    assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::NOT_FOUND, &"application/json".parse().expect("value")));
+}
