@@ -72,7 +72,7 @@ struct Cli {
     /// Print JSON instead of text: one document for the read verbs (status,
     /// releases, deployments, history, diff, logs, events, workers, routers,
     /// project list/show, env list, images prune, audit verify), JSON Lines
-    /// (`{"kind": "event"|"log"|"note"|"result", ...}`) while following a deployment.
+    /// (`{"kind": "requested"|"event"|"log"|"note"|"result", ...}`) while following a deployment.
     #[arg(long, global = true)]
     json: bool,
     /// A Slipway server's HTTP API (http://HOST:PORT): deploy, status,
@@ -144,7 +144,9 @@ enum Command {
     /// Set, unset and list an environment's settings (environment variables).
     #[command(subcommand)]
     Env(EnvCmd),
-    /// Deploy a project's environment and follow it live; exits non-zero if it fails.
+    /// Deploy a project's environment and follow it: a line per pipeline
+    /// step (a spinner and the elapsed time on a terminal, then ✓/✗ and its
+    /// duration), then where it is served. Exit status 1 if it fails.
     Deploy(DeployArgs),
     /// Deploy to TO exactly the image FROM serves now (same commit and
     /// slipway.toml, no checkout, no build), with TO's settings; release
