@@ -195,6 +195,7 @@ fn errors_exit_with_the_documented_status() {
     assert_eq!(dir.exit(&["no-such-verb"]), 2, "clap's usage error");
     assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "releases", "app", "test"]), 2, "verb without --server support");
     assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "status", "app", "test"]), 5, "server unreachable");
+    assert_eq!(dir.exit(&["--queue", "amqp://guest:guest@127.0.0.1:9/%2f", "worker"]), 5, "broker unreachable");
     let help = dir.ok(&["--help"]);
     assert!(help.contains("Exit status:") && help.contains("5  unavailable"), "{help}");
 }
