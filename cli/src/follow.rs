@@ -197,3 +197,44 @@ pub fn result_json(id: Uuid, ending: &Ending, urls: &[String]) -> Value {
         "urls": urls,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Style;
+
+    #[test]
+    fn an_api_event_becomes_an_observed_event() {
+        let value = json!({
+            "version": 3, "id": Uuid::nil(), "type": "StepSkipped", "schema_version": 1, "actor": "worker:a",
+            "recorded_at": "2026-01-02T03:04:05.678Z", "hash": "ab",
+            "payload": { "step": "release", "reason": "local mode" },
+        });
+        let o = Observed::remote(&value).expect("a complete event");
+        assert_eq!(o.version, 3);
+        assert!(matches!(&o.event, Some(Event::StepSkipped(s)) if s.step == Step::Release));
+        assert!(o.line.contains("StepSkipped") && o.line.contains("release: local mode"), "{}", o.line);
+        // A type this build does not know is shown, not fatal; a line without a version is skipped.
+        let unknown = json!({ "version": 4, "type": "FromTheFuture", "recorded_at": "2026-01-02T03:04:05Z", "payload": {} });
+        assert!(Observed::remote(&unknown).is_some_and(|o| o.event.is_none()));
+        assert!(Observed::remote(&json!({ "type": "StepSkipped" })).is_none());
+    }
+
+    #[test]
+    fn the_build_log_is_shown_in_whole_lines_as_it_grows() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let id = Uuid::nil();
+        let log_dir = dir.path().join("logs").join(id.to_string());
+        std::fs::create_dir_all(&log_dir).expect("the log directory");
+        let mut logs = Logs::new(dir.path());
+        let reporter = Reporter::new(Style::Quiet);
+        let dispatch = Event::StepDispatched(slipway_proto::event::StepDispatched { step: Step::Build, command_id: id, attempt: 1, deadline: None });
+        logs.observe(id, &dispatch, &reporter);
+        std::fs::write(log_dir.join("build.log"), "Step 1/2 : FROM scratch\nStep 2/2 : CO").expect("the log");
+        logs.tail(&reporter);
+        assert_eq!(logs.build.as_ref().map(|(_, offset)| *offset), Some(24), "only the whole first line is consumed");
+        std::fs::write(log_dir.join("build.log"), "Step 1/2 : FROM scratch\nStep 2/2 : COPY . /\n").expect("the log");
+        logs.tail(&reporter);
+        assert_eq!(logs.build.as_ref().map(|(_, offset)| *offset), Some(44));
+    }
+}
