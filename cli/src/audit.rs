@@ -150,21 +150,60 @@ pub async fn export(args: ExportArgs, database: &str, schema: Option<&str>) -> a
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn audit(cmd: AuditCmd, database: &str, schema: Option<&str>) -> anyhow::Result<ExitCode> {
+/// What `audit verify` found: printed line by line as text, or gathered
+/// into one JSON document with `--json`.
+struct Findings {
+    json: bool,
+    found: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Findings {
+    fn new(json: bool) -> Findings {
+        Findings { json, found: serde_json::Map::new() }
+    }
+
+    /// `line` for people; `what` under `key` for `--json`.
+    fn add(&mut self, key: &str, line: String, what: String) {
+        if self.json {
+            let list = self.found.entry(key).or_insert_with(|| serde_json::Value::Array(vec![]));
+            if let Some(list) = list.as_array_mut() {
+                list.push(what.into());
+            }
+        } else {
+            println!("{line}");
+        }
+    }
+
+    /// The closing summary; with `--json` the document, with `intact` and the counts.
+    fn finish(mut self, summary: String, events: u64, streams: u64, intact: bool) -> anyhow::Result<()> {
+        if !self.json {
+            println!("{summary}");
+            return Ok(());
+        }
+        self.found.insert("events".into(), events.into());
+        self.found.insert("streams".into(), streams.into());
+        self.found.insert("intact".into(), intact.into());
+        self.found.insert("summary".into(), summary.into());
+        println!("{}", serde_json::to_string_pretty(&self.found)?);
+        Ok(())
+    }
+}
+
+pub async fn audit(cmd: AuditCmd, database: &str, schema: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCmd::Verify { file: Some(file), checkpoints, public_key } => {
             let checkpoints = match &checkpoints {
                 Some(dir) => Some(load_checkpoints(dir, public_key.as_deref())?),
                 None => None,
             };
-            verify_file(file, checkpoints).await
+            verify_file(file, checkpoints, Findings::new(json)).await
         }
         AuditCmd::Verify { file: None, checkpoints, public_key } => {
             let checkpoints = match &checkpoints {
                 Some(dir) => Some(load_checkpoints(dir, public_key.as_deref())?),
                 None => None,
             };
-            verify_database(&Db::open(database, schema).await?, checkpoints).await
+            verify_database(&Db::open(database, schema).await?, checkpoints, Findings::new(json)).await
         }
         AuditCmd::Checkpoint { key, out } => checkpoint(&Db::open(database, schema).await?, &key, &out).await,
         AuditCmd::Keygen { out } => keygen(&out),
@@ -217,10 +256,10 @@ fn checkpoint_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
-async fn verify_database(db: &Db, checkpoints: Option<Loaded>) -> anyhow::Result<ExitCode> {
+async fn verify_database(db: &Db, checkpoints: Option<Loaded>, mut out: Findings) -> anyhow::Result<ExitCode> {
     let report = export::verify_chains(db.chains()).await?;
     for finding in &report.findings {
-        println!("TAMPERED {finding}");
+        out.add("tampered", format!("TAMPERED {finding}"), finding.to_string());
     }
     let checked = match checkpoints {
         Some(loaded) => {
@@ -229,7 +268,7 @@ async fn verify_database(db: &Db, checkpoints: Option<Loaded>) -> anyhow::Result
             while let Some(row) = rows.try_next().await? {
                 check.push(row.position, &row.stream, row.version, &row.hash);
             }
-            Some(print_checkpoints(&loaded, &check.finish()))
+            Some(print_checkpoints(&loaded, &check.finish(), &mut out))
         }
         None => None,
     };
@@ -239,11 +278,13 @@ async fn verify_database(db: &Db, checkpoints: Option<Loaded>) -> anyhow::Result
     } else {
         format!("{} stream(s) tampered with", report.findings.len())
     };
-    println!("{} events in {} streams checked; {verdict}{checked}", report.events, report.streams);
-    Ok(if report.is_intact() && checkpoints_hold { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let summary = format!("{} events in {} streams checked; {verdict}{checked}", report.events, report.streams);
+    let intact = report.is_intact() && checkpoints_hold;
+    out.finish(summary, report.events as u64, report.streams as u64, intact)?;
+    Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>) -> anyhow::Result<ExitCode> {
+async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>, mut out: Findings) -> anyhow::Result<ExitCode> {
     let (good, loaded) = match checkpoints {
         Some(loaded) => (Some(loaded.good.iter().map(|(_, c)| c.clone()).collect()), Some(loaded)),
         None => (None, None),
@@ -255,19 +296,20 @@ async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>) -> anyhow::Resu
     .await?
     .with_context(|| format!("reading the export {}", file.display()))?;
     for problem in &report.lines {
-        println!("MALFORMED {problem}");
+        out.add("malformed", format!("MALFORMED {problem}"), problem.to_string());
     }
     for problem in &report.file {
-        println!("FILE {problem}");
+        out.add("file", format!("FILE {problem}"), problem.to_string());
     }
     for finding in &report.findings {
-        println!("TAMPERED {finding}");
+        out.add("tampered", format!("TAMPERED {finding}"), finding.to_string());
     }
     for given in &report.given {
-        println!("GIVEN {}@{}: starts after its first event; prev_hash {} taken as given", given.stream, given.version, given.prev_hash);
+        let what = format!("{}@{}: starts after its first event; prev_hash {} taken as given", given.stream, given.version, given.prev_hash);
+        out.add("given", format!("GIVEN {what}"), what.clone());
     }
     let (checked, checkpoints_hold) = match (&loaded, &report.checkpoints) {
-        (Some(loaded), Some(reports)) => print_checkpoints(loaded, reports),
+        (Some(loaded), Some(reports)) => print_checkpoints(loaded, reports, &mut out),
         _ => (String::new(), true),
     };
     let scope = match &report.header {
@@ -285,28 +327,30 @@ async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>) -> anyhow::Resu
     };
     let problems = report.lines.len() + report.file.len();
     let problems = if problems == 0 { String::new() } else { format!("; {problems} problem(s) with the file") };
-    println!("{} events in {} streams checked{scope}; {verdict}{problems}{checked}", report.events, report.streams);
-    Ok(if report.is_intact() && checkpoints_hold { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let summary = format!("{} events in {} streams checked{scope}; {verdict}{problems}{checked}", report.events, report.streams);
+    let intact = report.is_intact() && checkpoints_hold;
+    out.finish(summary, report.events as u64, report.streams as u64, intact)?;
+    Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Prints one line per checkpoint (and per problem); returns the summary's
 /// tail and whether every checkpoint holds.
-fn print_checkpoints(loaded: &Loaded, reports: &[CheckpointReport]) -> (String, bool) {
+fn print_checkpoints(loaded: &Loaded, reports: &[CheckpointReport], out: &mut Findings) -> (String, bool) {
     for bad in &loaded.bad {
-        println!("CHECKPOINT BROKEN {bad}");
+        out.add("checkpoints_broken", format!("CHECKPOINT BROKEN {bad}"), bad.clone());
     }
     let mut broken = loaded.bad.len();
     for ((name, _), report) in loaded.good.iter().zip(reports) {
         let c = &report.checkpoint;
         let what = format!("{name}: {} events up to {}:{}, signed {}", c.events, c.position.tx, c.position.seq, c.created_at);
         if report.holds() {
-            println!("CHECKPOINT ok {what}");
+            out.add("checkpoints_ok", format!("CHECKPOINT ok {what}"), what);
         } else {
             broken += 1;
-            println!("CHECKPOINT BROKEN {what}");
-            for problem in &report.problems {
-                println!("  {problem}");
-            }
+            let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+            let mut lines = format!("CHECKPOINT BROKEN {what}");
+            problems.iter().for_each(|p| lines.push_str(&format!("\n  {p}")));
+            out.add("checkpoints_broken", lines, format!("{what}: {}", problems.join("; ")));
         }
     }
     let total = loaded.good.len() + loaded.bad.len();

@@ -38,9 +38,11 @@ pub async fn queue(url: &str, namespace: Option<&str>) -> anyhow::Result<Arc<dyn
         return Ok(Arc::new(MemoryQueue::default()));
     }
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
-        let queue = RabbitQueue::connect(url, RabbitOptions::default())
-            .await
-            .with_context(|| format!("connecting to RabbitMQ at {}", redact_url(url)))?;
+        // Refused, reset, unknown host: whatever it was, the broker is not
+        // there now (exit status 5, retry later).
+        let queue = RabbitQueue::connect(url, RabbitOptions::default()).await.map_err(|e| {
+            crate::exit::coded(crate::exit::Exit::Unavailable, format!("connecting to RabbitMQ at {}: {e}", redact_url(url)))
+        })?;
         return Ok(match namespace {
             Some(ns) => Arc::new(Namespaced::new(Arc::new(queue), ns.to_string())),
             None => Arc::new(queue),

@@ -3,7 +3,7 @@
 //! `status --at` (what served an environment at a past moment). The pure
 //! parts are `slipway_engine::history`; this module reads and prints.
 
-use anyhow::{bail, Context};
+use serde_json::json;
 use chrono::{DateTime, Utc};
 use slipway_engine::history::{self, Timeline};
 use slipway_engine::load;
@@ -11,11 +11,13 @@ use slipway_proto::event::{deployment_stream, environment_stream};
 use slipway_store::EventStore;
 use uuid::Uuid;
 
+use crate::exit::not_found;
 use crate::render;
+use crate::verbs::print_json;
 
 async fn timeline(store: &dyn EventStore, id: Uuid) -> anyhow::Result<Timeline> {
     let recorded = store.read_stream(&deployment_stream(id), 1).await?;
-    history::timeline(&recorded)?.with_context(|| format!("no deployment {id}"))
+    history::timeline(&recorded)?.ok_or_else(|| not_found(format!("no deployment {id}")))
 }
 
 /// `1234 ms` reads worse than `1.23 s`; minutes past a minute.
@@ -105,9 +107,16 @@ fn commits_between(repository: &str, a: &str, b: &str) -> Option<String> {
     })
 }
 
-pub async fn diff(store: &dyn EventStore, a: Uuid, b: Uuid) -> anyhow::Result<()> {
+pub async fn diff(store: &dyn EventStore, a: Uuid, b: Uuid, json: bool) -> anyhow::Result<()> {
     let (ta, tb) = (timeline(store, a).await?, timeline(store, b).await?);
     let d = history::diff(&ta, &tb);
+    if json {
+        let between = match (&d.commit.a, &d.commit.b) {
+            (Some(x), Some(y)) if d.commit.changed() && !d.repository.changed() => commits_between(&d.repository.b, x, y),
+            _ => None,
+        };
+        return print_json(&json!({ "a": ta.summary, "b": tb.summary, "diff": d, "commits_between": between }));
+    }
     println!("A  {a}  {} {}  {}", ta.summary.project, ta.summary.environment, ta.summary.status);
     println!("B  {b}  {} {}  {}", tb.summary.project, tb.summary.environment, tb.summary.status);
     let (ca, cb) = (or_dash(d.commit.a.as_deref()), or_dash(d.commit.b.as_deref()));
@@ -151,23 +160,33 @@ pub async fn diff(store: &dyn EventStore, a: Uuid, b: Uuid) -> anyhow::Result<()
 pub fn parse_time(text: &str) -> anyhow::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .with_context(|| format!("--at `{text}`: expected an RFC 3339 time such as 2025-03-01T12:00:00Z"))
+        .map_err(|_| crate::exit::usage(format!("--at `{text}`: expected an RFC 3339 time such as 2025-03-01T12:00:00Z")))
 }
 
 /// What served `project` `env` at `at`: the environment stream folded up to
 /// then, and the serving deployment's commit, image and settings fingerprints.
-pub async fn status_at(store: &dyn EventStore, project: &str, env: &str, at: &str) -> anyhow::Result<()> {
+pub async fn status_at(store: &dyn EventStore, project: &str, env: &str, at: &str, json: bool) -> anyhow::Result<()> {
     let at = parse_time(at)?;
     if slipway_engine::requests::load_project(store, project).await?.is_none() {
-        bail!("no project `{project}`");
+        return Err(not_found(format!("no project `{project}`")));
     }
     let recorded = store.read_stream(&environment_stream(project, env), 1).await?;
     let state = history::environment_at(&recorded, at)?;
     let when = at.to_rfc3339();
+    if json {
+        let active = match state.last_succeeded() {
+            Some(id) => {
+                let d = load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))?;
+                json!({ "deployment": id, "commit": d.context.commit, "image": d.context.image_id, "settings": d.context.settings })
+            }
+            None => serde_json::Value::Null,
+        };
+        return print_json(&json!({ "project": project, "environment": env, "at": at, "active": active, "queue": state.queue }));
+    }
     match state.last_succeeded() {
         None => println!("{project} {env} at {when}: nothing was serving"),
         Some(id) => {
-            let d = load::deployment(store, id).await?.with_context(|| format!("no deployment {id}"))?;
+            let d = load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))?;
             println!(
                 "{project} {env} at {when}: serving deployment {id}\n  commit {}\n  image  {}\n  settings ({}):",
                 or_dash(d.context.commit.as_deref()),

@@ -2,12 +2,17 @@
 //! workers together for each way of running Slipway, and the client verbs.
 
 mod audit;
+mod client;
 mod connect;
+mod exit;
 mod follow;
 mod history;
 mod machinery;
+mod progress;
+mod remote;
 mod render;
 mod tokens;
+mod report;
 mod verbs;
 
 use std::path::PathBuf;
@@ -37,7 +42,8 @@ use slipway_node::Parts;
 the code, builds the Docker image, starts the containers, runs the release commands, starts the extra \
 processes and checks that the app answers, keeping the old release serving if anything fails. Every fact \
 is an event in an append-only, hash-chained log.\n\nWith no options everything runs in this process on \
-the embedded default: SQLite at .slipway/slipway.db and an in-process queue."
+the embedded default: SQLite at .slipway/slipway.db and an in-process queue.",
+    after_help = exit::HELP
 )]
 struct Cli {
     /// The event store: sqlite://PATH (embedded default) or postgres://USER:PASSWORD@HOST/DB.
@@ -64,6 +70,20 @@ struct Cli {
     /// Where workers keep checkouts and build/release logs.
     #[arg(long, global = true, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
     data_dir: PathBuf,
+    /// Print JSON instead of text: one document for the read verbs (status,
+    /// releases, deployments, history, diff, logs, events, workers, routers,
+    /// project list/show, env list, images prune, audit verify), JSON Lines
+    /// (`{"kind": "requested"|"event"|"log"|"note"|"result", ...}`) while following a deployment.
+    #[arg(long, global = true)]
+    json: bool,
+    /// A Slipway server's HTTP API (http://HOST:PORT): deploy, status,
+    /// deployments, history, rollback and replay then go through it
+    /// instead of the database and queue.
+    #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// The API token sent to --server (`slipway token create` on the server).
+    #[arg(long, global = true, env = "SLIPWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -125,7 +145,9 @@ enum Command {
     /// Set, unset and list an environment's settings (environment variables).
     #[command(subcommand)]
     Env(EnvCmd),
-    /// Deploy a project's environment and follow it live; exits non-zero if it fails.
+    /// Deploy a project's environment and follow it: a line per pipeline
+    /// step (a spinner and the elapsed time on a terminal, then ✓/✗ and its
+    /// duration), then where it is served. Exit status 1 if it fails.
     Deploy(DeployArgs),
     /// Deploy to TO exactly the image FROM serves now (same commit and
     /// slipway.toml, no checkout, no build), with TO's settings; release
@@ -209,12 +231,8 @@ enum Command {
     Logs { deployment: Uuid },
     /// A deployment's timeline: each event's time, step, actor and outcome,
     /// each step's duration, and Dockerfile pinning warnings.
-    History {
-        deployment: Uuid,
-        /// Print a JSON document (summary, steps, entries) instead.
-        #[arg(long)]
-        json: bool,
-    },
+    /// With --json: one document (summary, steps, entries).
+    History { deployment: Uuid },
     /// What changed from deployment A to B: commit, image, settings keys
     /// (by fingerprint), release commands, step durations.
     Diff { a: Uuid, b: Uuid },
@@ -229,6 +247,12 @@ enum Command {
     /// API tokens: create (prints the value once), list, revoke.
     #[command(subcommand)]
     Token(tokens::TokenCmd),
+    /// Print a shell completion script: `slipway completions bash >
+    /// /etc/bash_completion.d/slipway`, or `source <(slipway completions zsh)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -286,9 +310,15 @@ struct RouterArgs {
 
 #[derive(Args)]
 struct FollowArgs {
-    /// Stop following after this many seconds (the deployment goes on).
+    /// Stop following after this many seconds (the deployment goes on; exit status 6).
     #[arg(long, default_value_t = 1800)]
     timeout: u64,
+    /// Also show the build log as it is written and each release command's log.
+    #[arg(long)]
+    logs: bool,
+    /// No progress: only the result (where it is served, or why it failed).
+    #[arg(long, short)]
+    quiet: bool,
     /// Seconds the replaced release keeps serving before it is stopped
     /// (in-process runs only; a server has its own --drain).
     #[arg(long, default_value_t = 0)]
@@ -403,7 +433,7 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("slipway: {e:#}");
-            ExitCode::FAILURE
+            exit::code_of(&e).into()
         }
     }
 }
@@ -419,9 +449,20 @@ fn all_workers(actor: String) -> WorkerOptions {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The audit verbs open the store themselves (`audit verify --file` none).
     match cli.command {
-        Command::Audit(cmd) => return audit::audit(cmd, &cli.database, cli.pg_schema.as_deref()).await,
+        Command::Audit(cmd) => return audit::audit(cmd, &cli.database, cli.pg_schema.as_deref(), cli.json).await,
         Command::Export(args) => return audit::export(args, &cli.database, cli.pg_schema.as_deref()).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "slipway", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
+    }
+    let json = cli.json;
+    if let Some(server) = &cli.server {
+        if let Some(code) = through_server(server, cli.token.clone(), &cli.command, json).await? {
+            return Ok(code);
+        }
     }
     let store = connect::store(&cli.database, cli.pg_schema.as_deref()).await?;
     let data_dir = cli.data_dir.clone();
@@ -459,7 +500,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Routers => verbs::routers(&*store).await.map(|_| ExitCode::SUCCESS),
+        Command::Routers => verbs::routers(&*store, json).await.map(|_| ExitCode::SUCCESS),
         Command::Projections(ProjectionsCmd::Rebuild) => {
             let state = slipway_engine::rebuild::rebuild(&*store).await?;
             println!("{} stream(s) folded; state digest {}", state.streams.len(), state.digest());
@@ -470,9 +511,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if state.broken.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Images(ImagesCmd::Prune { keep, dry_run }) => {
-            verbs::images_prune(&*store, keep, dry_run).await.map(|_| ExitCode::SUCCESS)
+            verbs::images_prune(&*store, keep, dry_run, json).await.map(|_| ExitCode::SUCCESS)
         }
-        Command::Workers => verbs::workers(&*store).await.map(|_| ExitCode::SUCCESS),
+        Command::Workers => verbs::workers(&*store, json).await.map(|_| ExitCode::SUCCESS),
         Command::Worker { steps, prefetch, stand_in_ms } => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let options = WorkerOptions {
@@ -493,8 +534,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbs::project_create(&*store, NewProject { name, repository: repo.as_deref().map(absolute_repo).unwrap_or_default(), default_branch: branch, environments, mirror_of }).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Project(ProjectCmd::List) => verbs::project_list(&*store).await.map(|_| ExitCode::SUCCESS),
-        Command::Project(ProjectCmd::Show { name }) => verbs::project_show(&*store, &name).await.map(|_| ExitCode::SUCCESS),
+        Command::Project(ProjectCmd::List) => verbs::project_list(&*store, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Project(ProjectCmd::Show { name }) => verbs::project_show(&*store, &name, json).await.map(|_| ExitCode::SUCCESS),
         Command::Env(EnvCmd::Set { project, env, pairs, secret }) => {
             let set = verbs::parse_assignments(&pairs, secret)?;
             verbs::env_set(&*store, &project, &env, set).await.map(|_| ExitCode::SUCCESS)
@@ -502,36 +543,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Env(EnvCmd::Unset { project, env, keys }) => {
             verbs::env_unset(&*store, &project, &env, keys).await.map(|_| ExitCode::SUCCESS)
         }
-        Command::Env(EnvCmd::List { project, env }) => verbs::env_list(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
-        Command::Deploy(args) => deploy(store, &cli.queue, embedded, &data_dir, cli.registry.clone(), args).await,
+        Command::Env(EnvCmd::List { project, env }) => verbs::env_list(&*store, &project, &env, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Deploy(args) => deploy(store, &cli.queue, embedded, &data_dir, cli.registry.clone(), args, json).await,
         Command::Promote { project, from, to, local, cloud, migrate, follow } => {
             let mode = if local || (!cloud && embedded) { BuildMode::Local } else { BuildMode::Cloud };
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
             let run_release = mode == BuildMode::Cloud || migrate;
             let (id, source) = match requests::request_promotion(&*store, &verbs::actor(), &project, &from, &to, mode, run_release).await? {
                 Ok(r) => r,
-                Err(rejection) => bail!("{rejection}"),
+                Err(rejection) => return Err(exit::rejected(rejection)),
             };
-            println!("deployment {id}: {project} {to} gets the image of {from}'s release {source}\n");
-            finish(&*store, running, id, &project, &to, &data_dir, &follow).await
+            let target = Target { id, project: project.clone(), env: to.clone(), intro: format!("deployment {id}: {project} {to} gets the image of {from}'s release {source}") };
+            finish(&*store, running, target, &data_dir, &follow, json).await
         }
         Command::Replay { deployment, from_step, follow } => {
             let original = slipway_engine::load::deployment(&*store, deployment)
                 .await?
-                .with_context(|| format!("no deployment {deployment}"))?;
+                .ok_or_else(|| exit::not_found(format!("no deployment {deployment}")))?;
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
             let replay = match requests::request_replay(&*store, &verbs::actor(), deployment, from_step).await? {
                 Ok(r) => r,
-                Err(rejection) => bail!("{rejection}"),
+                Err(rejection) => return Err(exit::rejected(rejection)),
             };
-            println!("deployment {}: replays {deployment} from {}\n", replay.deployment_id, replay.from_step);
-            let (project, env) = (&original.context.project, &original.context.environment);
-            finish(&*store, running, replay.deployment_id, project, env, &data_dir, &follow).await
+            let intro = format!("deployment {}: replays {deployment} from {}", replay.deployment_id, replay.from_step);
+            let (project, env) = (original.context.project, original.context.environment);
+            let target = Target { id: replay.deployment_id, project, env, intro };
+            finish(&*store, running, target, &data_dir, &follow, json).await
         }
         Command::Cancel { deployment, reason } => {
             match requests::request_cancel(&*store, &verbs::actor(), deployment, &reason).await? {
                 Ok(()) => println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers"),
-                Err(rejection) => bail!("{rejection}"),
+                Err(rejection) => return Err(exit::rejected(rejection)),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -539,41 +581,89 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
             let migrate = match requests::request_migrate(&*store, &verbs::actor(), &project, &env).await? {
                 Ok(r) => r,
-                Err(rejection) => bail!("{rejection}"),
+                Err(rejection) => return Err(exit::rejected(rejection)),
             };
-            println!("deployment {}: runs the release commands of {project} {env}\n", migrate.deployment_id);
-            finish(&*store, running, migrate.deployment_id, &project, &env, &data_dir, &follow).await
+            let target = Target { id: migrate.deployment_id, project: project.clone(), env: env.clone(), intro: format!("deployment {}: runs the release commands of {project} {env}", migrate.deployment_id) };
+            finish(&*store, running, target, &data_dir, &follow, json).await
         }
         Command::Rollback { project, env, to, follow } => {
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
             let rollback = match requests::request_rollback(&*store, &verbs::actor(), &project, &env, to).await? {
                 Ok(r) => r,
-                Err(rejection) => bail!("{rejection}"),
+                Err(rejection) => return Err(exit::rejected(rejection)),
             };
             for warning in &rollback.warnings {
                 eprintln!("warning: {warning}");
             }
-            println!("deployment {}: {project} {env} rolls back to deployment {}\n", rollback.deployment_id, rollback.target);
-            finish(&*store, running, rollback.deployment_id, &project, &env, &data_dir, &follow).await
+            let target = Target { id: rollback.deployment_id, project: project.clone(), env: env.clone(), intro: format!("deployment {}: {project} {env} rolls back to deployment {}", rollback.deployment_id, rollback.target) };
+            finish(&*store, running, target, &data_dir, &follow, json).await
         }
-        Command::Status { project, env, at: None } => verbs::status(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
-        Command::Status { project, env, at: Some(at) } => history::status_at(&*store, &project, &env, &at).await.map(|_| ExitCode::SUCCESS),
-        Command::History { deployment, json } => history::history(&*store, deployment, json).await.map(|_| ExitCode::SUCCESS),
-        Command::Diff { a, b } => history::diff(&*store, a, b).await.map(|_| ExitCode::SUCCESS),
-        Command::Releases { project, env } => verbs::releases(&*store, &project, &env).await.map(|_| ExitCode::SUCCESS),
-        Command::Deployments { project } => verbs::deployments(&*store, &project).await.map(|_| ExitCode::SUCCESS),
-        Command::Logs { deployment } => verbs::logs(&*store, deployment, &data_dir).await.map(|_| ExitCode::SUCCESS),
+        Command::Status { project, env, at: None } => verbs::status(&*store, &project, &env, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Status { project, env, at: Some(at) } => history::status_at(&*store, &project, &env, &at, json).await.map(|_| ExitCode::SUCCESS),
+        Command::History { deployment } => history::history(&*store, deployment, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Diff { a, b } => history::diff(&*store, a, b, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Releases { project, env } => verbs::releases(&*store, &project, &env, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Deployments { project } => verbs::deployments(&*store, &project, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Logs { deployment } => verbs::logs(&*store, deployment, &data_dir, json).await.map(|_| ExitCode::SUCCESS),
         Command::Events { stream } => {
             let events = store.read_stream(&stream, 1).await?;
             if events.is_empty() {
-                bail!("stream `{stream}` has no events");
+                return Err(exit::not_found(format!("stream `{stream}` has no events")));
             }
-            events.iter().for_each(|e| println!("{}", render::line(e)));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events.iter().map(render::event_json).collect::<Vec<_>>())?);
+            } else {
+                events.iter().for_each(|e| println!("{}", render::line(e)));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
-        Command::Audit(_) | Command::Export(_) => unreachable!("handled before the store is opened"),
+        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } => unreachable!("handled before the store is opened"),
     }
+}
+
+/// Runs `command` through the server's API when it is one of the verbs the
+/// client knows; `None` for the process modes, which ignore --server.
+async fn through_server(server: &str, token: Option<String>, command: &Command, json: bool) -> anyhow::Result<Option<ExitCode>> {
+    let client = || client::Client::new(server, token.clone());
+    let follow = |f: &FollowArgs| remote::Follow { timeout: Duration::from_secs(f.timeout), quiet: f.quiet, logs: f.logs, json };
+    let code = match command {
+        Command::Deploy(args) => {
+            let mode = match (args.local, args.cloud) {
+                (true, _) => Some("local"),
+                (_, true) => Some("cloud"),
+                _ => None,
+            };
+            let body = remote::deploy_body(args.git_ref.as_deref(), mode, args.no_cache, args.migrate, args.dry_run);
+            remote::deploy(&client()?, &args.project, &args.env, body, &follow(&args.follow)).await?
+        }
+        Command::Status { project, env, at: None } => remote::status(&client()?, project, env, json).await?,
+        Command::Deployments { project } => remote::deployments(&client()?, project, json).await?,
+        Command::History { deployment } => remote::history(&client()?, *deployment, json).await?,
+        Command::Rollback { project, env, to, follow: f } => remote::rollback(&client()?, project, env, *to, &follow(f)).await?,
+        Command::Replay { deployment, from_step, follow: f } => {
+            remote::replay(&client()?, *deployment, from_step.map(|s| s.to_string()), &follow(f)).await?
+        }
+        Command::Cancel { deployment, reason } => {
+            client()?.post(&format!("/api/deployments/{deployment}/cancel"), serde_json::json!({ "reason": reason })).await?;
+            println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers");
+            ExitCode::SUCCESS
+        }
+        // Processes, and tokens (issued on the server's database).
+        Command::Demo { .. }
+        | Command::AllInOne { .. }
+        | Command::Server(_)
+        | Command::Router(_)
+        | Command::Worker { .. }
+        | Command::Token(_) => return Ok(None),
+        _ => {
+            return Err(exit::usage(
+                "this verb does not go through --server (only deploy, status, deployments, history, rollback, replay and cancel do); \
+                 unset --server/SLIPWAY_SERVER to use --database",
+            ))
+        }
+    };
+    Ok(Some(code))
 }
 
 /// A relative repository path is made absolute: workers may run elsewhere.
@@ -592,6 +682,7 @@ async fn deploy(
     data_dir: &std::path::Path,
     registry: Option<String>,
     args: DeployArgs,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mode = if args.local || (!args.cloud && embedded) { BuildMode::Local } else { BuildMode::Cloud };
     let request = DeployRequest {
@@ -606,10 +697,10 @@ async fn deploy(
     let running = start_embedded(&store, queue_url, embedded, data_dir, registry, args.follow.drain).await?;
     let id = match requests::request_deployment(&*store, &verbs::actor(), request).await? {
         Ok(id) => id,
-        Err(rejection) => bail!("{rejection}"),
+        Err(rejection) => return Err(exit::rejected(rejection)),
     };
-    println!("deployment {id}: {} {} ({mode:?} mode)\n", args.project, args.env);
-    finish(&*store, running, id, &args.project, &args.env, data_dir, &args.follow).await
+    let target = Target { id, project: args.project.clone(), env: args.env.clone(), intro: format!("deployment {id}: {} {} ({mode:?} mode)", args.project, args.env) };
+    finish(&*store, running, target, data_dir, &args.follow, json).await
 }
 
 type Running = Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>;
@@ -640,18 +731,35 @@ async fn start_embedded(
     Ok(Some((stop, task)))
 }
 
+/// The deployment a verb asked for, and the sentence that announces it.
+struct Target {
+    id: Uuid,
+    project: String,
+    env: String,
+    intro: String,
+}
+
 /// Follows a deployment to its end, stops in-process machinery once the
 /// clean-up it asked for is done, and says where the release is served.
 async fn finish(
     store: &dyn EventStore,
     running: Running,
-    id: Uuid,
-    project: &str,
-    env: &str,
+    target: Target,
     data_dir: &std::path::Path,
     args: &FollowArgs,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let ending = follow::follow(store, id, Some(&data_dir.join("logs")), Duration::from_secs(args.timeout)).await?;
+    let Target { id, project, env, intro } = target;
+    let mut reporter = report::Reporter::new(report::Style::choose(json, args.quiet));
+    reporter.requested(id, &project, &env, &intro);
+    let queue = slipway_engine::load::environment(store, &project, &env).await?.queue;
+    if let Some(ahead) = queue.first().filter(|first| **first != id) {
+        let n = queue.iter().position(|d| *d == id).unwrap_or(1);
+        reporter.note(&format!("waiting for deployment {ahead} to finish ({n} ahead in {env})"));
+    }
+    let logs = args.logs.then(|| follow::Logs::new(data_dir));
+    let mut source = follow::StoreSource::new(store, id);
+    let ending = follow::follow(&mut source, &mut reporter, id, logs, Duration::from_secs(args.timeout)).await?;
     if let Some((stop, task)) = running {
         // The in-process queue dies with this process: let the clean-up
         // the deployment just asked for (retire or remove) finish first.
@@ -659,20 +767,38 @@ async fn finish(
         let _ = stop.send(());
         task.await.context("the engine panicked")??;
     }
+    let routes = verbs::router_urls(store, &project, &env).await?;
+    Ok(conclude(&mut reporter, id, &project, &env, &ending, &routes))
+}
+
+/// The result of a followed deployment: where it is served, or why it
+/// failed (exit status 1).
+fn conclude(
+    reporter: &mut report::Reporter,
+    id: Uuid,
+    project: &str,
+    env: &str,
+    ending: &progress::Ending,
+    routes: &[verbs::RouterUrl],
+) -> ExitCode {
+    let urls: Vec<String> = routes.iter().map(|r| r.url.clone()).collect();
+    let value = follow::result_json(id, ending, &urls);
     if ending.succeeded {
-        match ending.web_port {
-            Some(port) => println!("\n{project} {env} is served at http://127.0.0.1:{port}/"),
-            None => println!("\ndeployment {id} succeeded"),
-        }
-        for url in verbs::router_urls(store, project, env).await? {
-            println!("{project} {env} is routed at {url}");
-        }
-        Ok(ExitCode::SUCCESS)
+        let mut lines = vec![match ending.web_port {
+            Some(port) => format!("\n{project} {env} is served at http://127.0.0.1:{port}/"),
+            None => format!("\ndeployment {id} succeeded"),
+        }];
+        lines.extend(routes.iter().map(|r| format!("{project} {env} is routed at {} (router {})", r.url, r.router)));
+        reporter.result(true, &lines, value);
+        ExitCode::SUCCESS
     } else {
         let step = ending.failed_step.map(|s| s.to_string()).unwrap_or_default();
-        eprintln!("\ndeployment {id} failed at {step}: {}", ending.reason);
-        eprintln!("the previous release (if any) keeps serving; details: slipway logs {id}");
-        Ok(ExitCode::FAILURE)
+        let lines = [
+            format!("\ndeployment {id} failed at {step}: {}", ending.reason),
+            format!("the previous release (if any) keeps serving; details: slipway logs {id}"),
+        ];
+        reporter.result(false, &lines, value);
+        exit::Exit::Failed.into()
     }
 }
 
@@ -743,10 +869,11 @@ async fn demo(
     };
     let id = match requests::request_deployment(&*store, &verbs::actor(), request).await? {
         Ok(id) => id,
-        Err(rejection) => bail!("{rejection}"),
+        Err(rejection) => return Err(exit::rejected(rejection)),
     };
     println!("deployment {id} (dry run) on the {} store\n", store.backend());
-    let ending = follow::follow(&*store, id, None, timeout).await?;
+    let mut reporter = report::Reporter::new(report::Style::Events);
+    let ending = follow::follow(&mut follow::StoreSource::new(&*store, id), &mut reporter, id, None, timeout).await?;
     let _ = stop.send(());
     machinery.await.context("the engine panicked")??;
     let report = chain::verify(&store.chain_rows().await?);

@@ -1,6 +1,8 @@
 //! How events look on a terminal: one line each, naming the step and the
-//! outcome, for `slipway demo` and the history views.
+//! outcome, for `slipway demo` and the history views; and as JSON for `--json`.
 
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
 use slipway_proto::envelope::Message;
 use slipway_proto::Event;
 use slipway_store::RecordedEvent;
@@ -90,12 +92,26 @@ pub fn line(recorded: &RecordedEvent) -> String {
         Ok(e) => (e.message_type().to_string(), describe(&e)),
         Err(err) => (recorded.envelope.message_type.clone(), format!("(undecodable: {err})")),
     };
-    format!(
-        "{:>3}  {}  {:<20} {:<8} {}",
-        recorded.version,
-        recorded.recorded_at.format("%H:%M:%S%.3f"),
-        kind,
-        recorded.envelope.actor,
-        text
-    )
+    line_of(recorded.version, recorded.recorded_at, &kind, &recorded.envelope.actor, &text)
+}
+
+/// The line's layout, for events read from the store or from the API.
+pub fn line_of(version: u64, at: DateTime<Utc>, kind: &str, actor: &str, text: &str) -> String {
+    format!("{version:>3}  {}  {kind:<20} {actor:<8} {text}", at.format("%H:%M:%S%.3f"))
+}
+
+/// A recorded event as JSON, in the shape `GET /api/deployments/{id}/events`
+/// gives, so a script reads the CLI's and the API's answers alike.
+pub fn event_json(r: &RecordedEvent) -> Value {
+    json!({
+        "stream": r.envelope.stream,
+        "version": r.version,
+        "id": r.envelope.id,
+        "type": r.envelope.message_type,
+        "schema_version": r.envelope.schema_version,
+        "actor": r.envelope.actor,
+        "recorded_at": r.recorded_at,
+        "hash": r.hash,
+        "payload": r.envelope.payload_value(),
+    })
 }

@@ -1,16 +1,25 @@
 //! The client verbs that read or change projects, settings and
-//! deployments directly in the store.
+//! deployments directly in the store. Each read verb prints text for
+//! people or, with `--json`, one JSON document whose fields follow the HTTP
+//! API's answers where the API has the same view.
 
-use anyhow::{bail, Context};
 use futures::TryStreamExt;
 use slipway_engine::load;
 use slipway_engine::requests::{self, NewProject, SettingValue};
 use slipway_proto::event::deployment_stream;
 use slipway_proto::Event;
+use serde_json::{json, Value};
 use slipway_store::{EventStore, Position};
 use uuid::Uuid;
 
+use crate::exit::{self, not_found};
 use crate::render;
+
+/// Prints one JSON document.
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
 
 /// Who the events name as their actor.
 pub fn actor() -> String {
@@ -20,7 +29,7 @@ pub fn actor() -> String {
 fn granted<T>(outcome: Result<Result<T, requests::Rejection>, slipway_store::StoreError>) -> anyhow::Result<T> {
     match outcome? {
         Ok(v) => Ok(v),
-        Err(rejection) => bail!("{rejection}"),
+        Err(rejection) => Err(exit::rejected(rejection)),
     }
 }
 
@@ -32,17 +41,31 @@ pub async fn project_create(store: &dyn EventStore, new: NewProject) -> anyhow::
     Ok(())
 }
 
-pub async fn project_list(store: &dyn EventStore) -> anyhow::Result<()> {
+pub async fn project_list(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
+    let mut all = Vec::new();
     for name in requests::project_names(store).await? {
         if let Some(p) = requests::load_project(store, &name).await? {
-            println!("{:<24} {}  ({})", p.name, p.repository, p.environments.keys().cloned().collect::<Vec<_>>().join(", "));
+            if !json {
+                println!("{:<24} {}  ({})", p.name, p.repository, p.environments.keys().cloned().collect::<Vec<_>>().join(", "));
+            }
+            all.push(json!({ "name": p.name, "repo": p.repository, "mirror_of": p.mirror_of, "environments": p.environments.keys().collect::<Vec<_>>() }));
         }
+    }
+    if json {
+        print_json(&Value::Array(all))?;
     }
     Ok(())
 }
 
-pub async fn project_show(store: &dyn EventStore, name: &str) -> anyhow::Result<()> {
-    let Some(p) = requests::load_project(store, name).await? else { bail!("no project `{name}`") };
+pub async fn project_show(store: &dyn EventStore, name: &str, json: bool) -> anyhow::Result<()> {
+    let Some(p) = requests::load_project(store, name).await? else { return Err(not_found(format!("no project `{name}`"))) };
+    if json {
+        let environments: serde_json::Map<String, Value> =
+            p.environments.iter().map(|(env, settings)| (env.clone(), json!({ "settings": settings.len() }))).collect();
+        return print_json(&json!({
+            "name": p.name, "repo": p.repository, "branch": p.default_branch, "mirror_of": p.mirror_of, "environments": environments,
+        }));
+    }
     println!("project     {}\nrepository  {}\nbranch      {}", p.name, p.repository, p.default_branch);
     for (env, settings) in &p.environments {
         println!("environment {env}: {} setting(s)", settings.len());
@@ -55,7 +78,7 @@ pub fn parse_assignments(pairs: &[String], secret: bool) -> anyhow::Result<Vec<S
     pairs
         .iter()
         .map(|pair| {
-            let (key, value) = pair.split_once('=').with_context(|| format!("`{pair}`: expected KEY=VALUE"))?;
+            let (key, value) = pair.split_once('=').ok_or_else(|| exit::usage(format!("`{pair}`: expected KEY=VALUE")))?;
             Ok(SettingValue { key: key.into(), value: value.into(), secret })
         })
         .collect()
@@ -74,30 +97,79 @@ pub async fn env_unset(store: &dyn EventStore, project: &str, env: &str, keys: V
     Ok(())
 }
 
-pub async fn env_list(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
-    let Some(p) = requests::load_project(store, project).await? else { bail!("no project `{project}`") };
-    let Some(settings) = p.environments.get(env) else { bail!("project `{project}` has no environment `{env}`") };
+pub async fn env_list(store: &dyn EventStore, project: &str, env: &str, json: bool) -> anyhow::Result<()> {
+    let Some(p) = requests::load_project(store, project).await? else { return Err(not_found(format!("no project `{project}`"))) };
+    let Some(settings) = p.environments.get(env) else {
+        return Err(not_found(format!("project `{project}` has no environment `{env}`")));
+    };
     let fingerprints: Vec<String> = settings.values().map(|s| s.fingerprint.clone()).collect();
     let values = store.values(&fingerprints).await?;
+    let mut all = serde_json::Map::new();
     for (key, s) in settings {
         let shown = if s.secret { "(secret)".to_string() } else { values.get(&s.fingerprint).cloned().unwrap_or_default() };
-        println!("{key}={shown}    [{}]", s.fingerprint);
+        if !json {
+            println!("{key}={shown}    [{}]", s.fingerprint);
+        }
+        all.insert(key.clone(), json!({ "value": shown, "secret": s.secret, "fingerprint": s.fingerprint }));
+    }
+    if json {
+        print_json(&Value::Object(all))?;
     }
     Ok(())
 }
 
-pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
+/// Refuses an unknown project or environment (a read of an environment
+/// stream that was never written is empty, not an error).
+async fn require_environment(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
+    let Some(p) = requests::load_project(store, project).await? else { return Err(not_found(format!("no project `{project}`"))) };
+    if !p.environments.contains_key(env) {
+        let known: Vec<&String> = p.environments.keys().collect();
+        let known = known.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(not_found(format!("project `{project}` has no environment `{env}` (it has: {known})")));
+    }
+    Ok(())
+}
+
+pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool) -> anyhow::Result<()> {
+    require_environment(store, project, env).await?;
     let state = load::environment(store, project, env).await?;
-    match state.last_succeeded() {
+    let routes = router_urls(store, project, env).await?;
+    let active = match state.last_succeeded() {
+        None => None,
+        Some(id) => Some((id, deployment(store, id).await?)),
+    };
+    if json {
+        let active = active.map(|(id, d)| {
+            json!({
+                "deployment": id,
+                "commit": d.context.commit,
+                "image": d.context.image_id,
+                "web": d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")),
+            })
+        });
+        let url = routes.first().map(|r| r.url.clone()).or_else(|| active.as_ref().and_then(|a| a["web"].as_str().map(str::to_string)));
+        return print_json(&json!({
+            "project": project,
+            "environment": env,
+            "url": url,
+            "active": active,
+            "routes": routes.iter().map(|r| json!({ "url": r.url, "router": r.router })).collect::<Vec<_>>(),
+            "running": state.queue.first(),
+            "queue": state.queue,
+        }));
+    }
+    match active {
         None => println!("{project} {env}: nothing deployed yet"),
-        Some(id) => {
-            let d = deployment(store, id).await?;
+        Some((id, d)) => {
             println!(
                 "{project} {env}: serving deployment {id}\n  commit {}\n  image  {}\n  web    {}",
                 d.context.commit.unwrap_or_default(),
                 d.context.image_id.unwrap_or_default(),
                 d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")).unwrap_or_else(|| "-".into())
             );
+            for r in &routes {
+                println!("  route  {} (router {})", r.url, r.router);
+            }
         }
     }
     for (n, id) in state.queue.iter().enumerate() {
@@ -107,10 +179,22 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> anyhow:
 }
 
 async fn deployment(store: &dyn EventStore, id: Uuid) -> anyhow::Result<slipway_engine::Deployment> {
-    load::deployment(store, id).await?.with_context(|| format!("no deployment {id}"))
+    load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))
 }
 
-pub async fn deployments(store: &dyn EventStore, project: &str) -> anyhow::Result<()> {
+/// `running`, `succeeded`, or `failed`, and where and why it failed.
+fn status_of(d: &slipway_engine::Deployment) -> (&'static str, Value) {
+    match &d.status {
+        slipway_engine::Status::Running => ("running", Value::Null),
+        slipway_engine::Status::Succeeded => ("succeeded", Value::Null),
+        slipway_engine::Status::Failed { step, reason } => ("failed", json!({ "step": step, "reason": reason })),
+    }
+}
+
+pub async fn deployments(store: &dyn EventStore, project: &str, json: bool) -> anyhow::Result<()> {
+    if requests::load_project(store, project).await?.is_none() {
+        return Err(not_found(format!("no project `{project}`")));
+    }
     let mut all = store.stream_all(Position::START);
     let mut ids = Vec::new();
     while let Some(r) = all.try_next().await? {
@@ -120,8 +204,18 @@ pub async fn deployments(store: &dyn EventStore, project: &str) -> anyhow::Resul
             }
         }
     }
+    let mut all = Vec::new();
     for id in ids {
         let d = deployment(store, id).await?;
+        if json {
+            let (status, failure) = status_of(&d);
+            all.push(json!({
+                "id": id, "project": project, "environment": d.context.environment, "ref": d.context.git_ref,
+                "commit": d.context.commit, "image": d.context.image_id, "status": status, "failure": failure,
+                "rollback_of": d.rollback_of, "promoted_from": d.promoted_from,
+            }));
+            continue;
+        }
         let status = match &d.status {
             slipway_engine::Status::Running => "running".to_string(),
             slipway_engine::Status::Succeeded => "succeeded".to_string(),
@@ -134,20 +228,28 @@ pub async fn deployments(store: &dyn EventStore, project: &str) -> anyhow::Resul
             d.context.commit.as_deref().map(|c| &c[..c.len().min(10)]).unwrap_or("-")
         );
     }
+    if json {
+        print_json(&Value::Array(all))?;
+    }
     Ok(())
 }
 
-pub async fn logs(store: &dyn EventStore, id: Uuid, data_dir: &std::path::Path) -> anyhow::Result<()> {
+pub async fn logs(store: &dyn EventStore, id: Uuid, data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let recorded = store.read_stream(&deployment_stream(id), 1).await?;
     if recorded.is_empty() {
-        bail!("no deployment {id}");
+        return Err(not_found(format!("no deployment {id}")));
     }
+    let (mut events, mut logs) = (Vec::new(), Vec::new());
     for r in &recorded {
-        println!("{}", render::line(r));
+        if json {
+            events.push(render::event_json(r));
+        } else {
+            println!("{}", render::line(r));
+        }
         let log_refs: Vec<String> = match r.envelope.decode::<Event>() {
             Ok(Event::ImageBuilt(b)) => b.log_ref.into_iter().collect(),
             Ok(Event::ReleaseCommandsRan(rc)) => rc.results.into_iter().filter_map(|c| c.log_ref).collect(),
-            Ok(Event::StepFailed(f)) => {
+            Ok(Event::StepFailed(f)) if !json => {
                 for d in f.details {
                     println!("     | {d}");
                 }
@@ -158,30 +260,61 @@ pub async fn logs(store: &dyn EventStore, id: Uuid, data_dir: &std::path::Path) 
         for log in log_refs {
             let path = std::path::Path::new(&log);
             let path = if path.is_absolute() { path.to_path_buf() } else { data_dir.join(path) };
-            match std::fs::read_to_string(&path) {
+            let text = std::fs::read_to_string(&path);
+            if json {
+                let (text, error) = match text {
+                    Ok(t) => (Some(t), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                logs.push(json!({ "version": r.version, "path": path, "text": text, "error": error }));
+                continue;
+            }
+            match text {
                 Ok(text) => text.lines().for_each(|l| println!("     | {l}")),
                 Err(e) => println!("     (log {} unavailable: {e})", path.display()),
             }
         }
     }
+    if json {
+        print_json(&json!({ "deployment": id, "events": events, "logs": logs }))?;
+    }
     Ok(())
 }
 
+/// An environment's address at one router.
+#[derive(Debug, Clone)]
+pub struct RouterUrl {
+    /// `http://<project>-<env>.<domain>:<port>/`
+    pub url: String,
+    pub router: String,
+}
+
 /// Where each registered router serves an environment.
-pub async fn router_urls(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<Vec<String>> {
+pub async fn router_urls(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<Vec<RouterUrl>> {
     let routers = load::routers(store).await?;
     Ok(routers
         .values()
         .map(|r| {
             let port = r.listen.rsplit(':').next().unwrap_or("80");
-            format!("http://{}:{port}/ (router {})", slipway_node::host_name(project, env, &r.domain), r.router_id)
+            let url = format!("http://{}:{port}/", slipway_node::host_name(project, env, &r.domain));
+            RouterUrl { url, router: r.router_id.clone() }
         })
         .collect())
 }
 
-pub async fn routers(store: &dyn EventStore) -> anyhow::Result<()> {
+pub async fn routers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
     let traffic = load::traffic(store).await?;
     let registry = load::routers(store).await?;
+    if json {
+        let routers: Vec<Value> = registry
+            .iter()
+            .map(|(id, r)| {
+                let acked = traffic.acknowledged.get(id).copied().unwrap_or(0);
+                json!({ "id": id, "listen": r.listen, "domain": r.domain, "route_version": acked, "current": acked >= traffic.routes_version })
+            })
+            .collect();
+        return print_json(&json!({ "routes_version": traffic.routes_version, "routers": routers }));
+    }
     if registry.is_empty() {
         println!("no router is registered (traffic switches complete without waiting)");
     }
@@ -194,14 +327,16 @@ pub async fn routers(store: &dyn EventStore) -> anyhow::Result<()> {
 }
 
 /// An environment's releases, newest first: what `rollback --to` can choose.
-pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> anyhow::Result<()> {
+pub async fn releases(store: &dyn EventStore, project: &str, env: &str, json: bool) -> anyhow::Result<()> {
+    require_environment(store, project, env).await?;
     let state = load::environment(store, project, env).await?;
-    if state.releases.is_empty() {
+    let mut all = Vec::new();
+    if state.releases.is_empty() && !json {
         println!("{project} {env}: no release yet");
     }
     let serving = state.last_succeeded();
     for id in state.releases.iter().rev() {
-        let (d, events) = load::deployment_with_events(store, *id).await?.with_context(|| format!("no deployment {id}"))?;
+        let (d, events) = load::deployment_with_events(store, *id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))?;
         let mut migrations = Vec::new();
         let mut origin = "built";
         for recorded in &events {
@@ -210,6 +345,15 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> anyho
                 Ok(Event::ImageReused(_)) => origin = "re-used",
                 _ => {}
             }
+        }
+        if json {
+            all.push(json!({
+                "deployment": id, "serving": Some(*id) == serving, "recorded_at": events.first().map(|e| e.recorded_at),
+                "commit": d.context.commit, "image": d.context.image_id, "origin": origin,
+                "settings": d.context.settings.len(), "ran": migrations,
+                "rollback_of": d.rollback_of, "promoted_from": d.promoted_from,
+            }));
+            continue;
         }
         let when = events.first().map(|e| e.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
         println!(
@@ -226,14 +370,18 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> anyho
             }
         );
     }
+    if json {
+        print_json(&Value::Array(all))?;
+    }
     Ok(())
 }
 
 /// Worker processes from their heartbeats: alive, missing (silent for three
 /// heartbeat intervals: killed, or cut off) or stopped, and what each is doing.
-pub async fn workers(store: &dyn EventStore) -> anyhow::Result<()> {
+pub async fn workers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
     let workers = store.workers().await?;
-    if workers.is_empty() {
+    let mut all = Vec::new();
+    if workers.is_empty() && !json {
         println!("no worker has reported yet");
     }
     let now = chrono::Utc::now();
@@ -247,15 +395,26 @@ pub async fn workers(store: &dyn EventStore) -> anyhow::Result<()> {
         } else {
             "alive".to_string()
         };
+        if json {
+            let state = if w.stopped { "stopped" } else if silent > missing_after { "missing" } else { "alive" };
+            all.push(json!({
+                "id": w.id, "host": w.host, "state": state, "silent_seconds": silent.num_seconds(),
+                "steps": w.steps, "started_at": w.started_at, "last_seen": w.last_seen, "busy": w.busy,
+            }));
+            continue;
+        }
         let doing = if w.busy.is_empty() { "idle".to_string() } else { w.busy.join("; ") };
         println!("{}  {}  {state}  steps {}  since {}  {doing}", w.id, w.host, w.steps.join(","), w.started_at.format("%Y-%m-%d %H:%M:%S"));
+    }
+    if json {
+        print_json(&Value::Array(all))?;
     }
     Ok(())
 }
 
 /// Removes the images Slipway built that no environment's last `keep`
 /// releases use (`slipway_engine::retention`); `dry_run` only lists them.
-pub async fn images_prune(store: &dyn EventStore, keep: usize, dry_run: bool) -> anyhow::Result<()> {
+pub async fn images_prune(store: &dyn EventStore, keep: usize, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let mut environments = std::collections::BTreeMap::new();
     for (project, env) in load::environment_names(store).await? {
         let mut images = Vec::new();
@@ -275,22 +434,37 @@ pub async fn images_prune(store: &dyn EventStore, keep: usize, dry_run: bool) ->
     }
     let ids = built.keys().cloned().collect();
     let plan = slipway_engine::retention::plan(&environments, &ids, keep);
-    println!("{} image(s) kept (the last {keep} release(s) of each environment), {} to remove", plan.keep.len(), plan.remove.len());
+    let say = |line: String| if !json { println!("{line}") };
+    say(format!("{} image(s) kept (the last {keep} release(s) of each environment), {} to remove", plan.keep.len(), plan.remove.len()));
+    let mut removals = Vec::new();
     if dry_run {
         for image in &plan.remove {
-            built.get(image).into_iter().flatten().for_each(|tag| println!("would remove {tag} ({image})"));
-        }
-        return Ok(());
-    }
-    let docker = slipway_workers::steps::docker::connect().await?;
-    for image in &plan.remove {
-        for tag in built.get(image).into_iter().flatten() {
-            match slipway_workers::steps::docker::remove_image(&docker, tag).await {
-                Ok(true) => println!("removed {tag} ({image})"),
-                Ok(false) => println!("already gone {tag} ({image})"),
-                Err(e) => println!("kept {tag} ({image}): {e}"),
+            for tag in built.get(image).into_iter().flatten() {
+                say(format!("would remove {tag} ({image})"));
+                removals.push(json!({ "image": image, "tag": tag, "result": "would_remove" }));
             }
         }
+    } else {
+        let docker = slipway_workers::steps::docker::connect()
+            .await
+            .map_err(|e| exit::coded(exit::Exit::Unavailable, format!("connecting to Docker: {e}")))?;
+        for image in &plan.remove {
+            for tag in built.get(image).into_iter().flatten() {
+                let (result, error) = match slipway_workers::steps::docker::remove_image(&docker, tag).await {
+                    Ok(true) => ("removed", None),
+                    Ok(false) => ("already_gone", None),
+                    Err(e) => ("kept", Some(e.to_string())),
+                };
+                match &error {
+                    Some(e) => say(format!("kept {tag} ({image}): {e}")),
+                    None => say(format!("{} {tag} ({image})", result.replace('_', " "))),
+                }
+                removals.push(json!({ "image": image, "tag": tag, "result": result, "error": error }));
+            }
+        }
+    }
+    if json {
+        print_json(&json!({ "keep": keep, "dry_run": dry_run, "kept": plan.keep, "removals": removals }))?;
     }
     Ok(())
 }

@@ -1,0 +1,236 @@
+//! The CLI as a client of a Slipway server's HTTP API (`--server URL`,
+//! `--token`): people and CI deploy without database or queue credentials,
+//! and the server records the token's name as the actor. Requests are JSON
+//! over plain HTTP/1.1 (put TLS in front with a proxy); an API error body
+//! `{"error": {"code", "message"}}` (or the older `{"error": "..."}`)
+//! becomes a CLI error with the matching exit status (`exit.rs`).
+//!
+//! Verbs that go through here with `--server`: deploy, status, deployments,
+//! history, rollback, replay, cancel (`remote.rs`, `main.rs`). The others still need the store.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as Http;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::exit::{coded, Exit};
+use crate::follow::{Observed, Source};
+
+/// No answer within this is an unavailable server.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Client {
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    token: Option<String>,
+    http: Http<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// `server` is `http://HOST:PORT` (a path prefix is kept).
+    pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Client> {
+        let base = server.trim_end_matches('/').to_string();
+        let uri: Uri = base.parse().map_err(|e| coded(Exit::Usage, format!("--server `{server}` is not a URL: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(coded(
+                Exit::Usage,
+                format!("--server `{server}`: expected http://HOST:PORT (for TLS, put a proxy on this machine in front)"),
+            ));
+        }
+        if let Some(t) = &token {
+            if HeaderValue::from_str(&format!("Bearer {t}")).is_err() {
+                return Err(coded(Exit::Usage, "--token has characters a header cannot carry"));
+            }
+        }
+        Ok(Client { base, token, http: Http::builder(TokioExecutor::new()).build_http() })
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = Request::builder().method(method.clone()).uri(&url).header(ACCEPT, "application/json");
+        if let Some(t) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(b.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request.body(body).map_err(|e| coded(Exit::Usage, format!("{method} {url}: {e}")))?;
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| {
+                coded(Exit::Unavailable, format!("{method} {url}: the server did not answer: {}", chain(&e)))
+            })?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| coded(Exit::Unavailable, format!("{method} {url}: reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, anyhow::Error>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .map_err(|_| coded(Exit::Unavailable, format!("{method} {url}: no answer within {}s", TIMEOUT.as_secs())))??;
+        if !(200..300).contains(&status) {
+            return Err(api_error(&method, &url, status, &bytes));
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| coded(Exit::Failed, format!("{method} {url}: the answer is not JSON ({e}); is --server a Slipway server?")))
+    }
+}
+
+/// An error and its sources on one line (hyper's own text is terse).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// The exit status for an API error: by its `code` when the body has one,
+/// else by the HTTP status.
+pub fn exit_for(status: u16, code: Option<&str>) -> Exit {
+    match code {
+        Some("bad_request" | "payload_too_large" | "unsupported_media_type" | "method_not_allowed") => Exit::Usage,
+        Some("not_found") => Exit::NotFound,
+        Some("conflict") => Exit::Conflict,
+        Some("unauthorized" | "forbidden") => Exit::Unauthorized,
+        Some("unavailable") => Exit::Unavailable,
+        _ => match status {
+            400 | 405 | 413 | 415 | 422 => Exit::Usage,
+            401 | 403 => Exit::Unauthorized,
+            404 => Exit::NotFound,
+            409 => Exit::Conflict,
+            502..=504 => Exit::Unavailable,
+            _ => Exit::Failed,
+        },
+    }
+}
+
+/// The CLI error for an API error answer.
+pub fn api_error(method: &Method, url: &str, status: u16, body: &[u8]) -> anyhow::Error {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let (code, message) = match error {
+        Some(Value::Object(e)) => (e.get("code").and_then(Value::as_str), e.get("message").and_then(Value::as_str).map(str::to_string)),
+        Some(Value::String(m)) => (None, Some(m.clone())),
+        _ => (None, None),
+    };
+    let message = message.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() { format!("HTTP {status}") } else { text.chars().take(300).collect() }
+    });
+    let exit = exit_for(status, code);
+    let hint = if exit == Exit::Unauthorized { " (pass a token with --token or SLIPWAY_TOKEN)" } else { "" };
+    coded(exit, format!("{method} {url}: {status} {message}{hint}"))
+}
+
+/// A deployment's events through `GET /api/deployments/{id}/events`, polled.
+pub struct ApiSource<'a> {
+    client: &'a Client,
+    path: String,
+}
+
+impl<'a> ApiSource<'a> {
+    pub fn new(client: &'a Client, id: Uuid) -> ApiSource<'a> {
+        ApiSource { client, path: format!("/api/deployments/{id}/events") }
+    }
+}
+
+impl Source for ApiSource<'_> {
+    async fn read(&mut self, from: u64) -> anyhow::Result<Vec<Observed>> {
+        let events = self.client.get(&self.path).await?;
+        let Some(events) = events.as_array() else {
+            return Err(coded(Exit::Failed, format!("GET {}: expected a list of events", self.path)));
+        };
+        Ok(events.iter().filter_map(Observed::remote).filter(|o| o.version >= from).collect())
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A path segment with the characters a URL path cannot carry escaped
+/// (project and environment names are plain already; this keeps a typo
+/// from turning into another route).
+pub fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::code_of;
+
+    #[test]
+    fn an_api_error_body_becomes_an_error_with_its_exit_status() {
+        let body = br#"{"error":{"code":"not_found","message":"no project `shop`"}}"#;
+        let e = api_error(&Method::GET, "http://h/api/x", 404, body);
+        assert_eq!(code_of(&e), Exit::NotFound);
+        assert!(e.to_string().contains("404 no project `shop`"), "{e}");
+        // The older body shape, and no body at all.
+        let e = api_error(&Method::POST, "http://h/api/x", 409, br#"{"error":"project `a` already exists"}"#);
+        assert_eq!(code_of(&e), Exit::Conflict);
+        assert!(e.to_string().ends_with("already exists"), "{e}");
+        let e = api_error(&Method::GET, "http://h/api/x", 401, b"");
+        assert_eq!(code_of(&e), Exit::Unauthorized);
+        assert!(e.to_string().contains("--token"), "{e}");
+    }
+
+    #[test]
+    fn the_code_wins_over_the_http_status() {
+        assert_eq!(exit_for(400, Some("forbidden")), Exit::Unauthorized);
+        assert_eq!(exit_for(500, Some("internal")), Exit::Failed);
+        assert_eq!(exit_for(503, None), Exit::Unavailable);
+        assert_eq!(exit_for(422, None), Exit::Usage);
+    }
+
+    #[test]
+    fn only_plain_http_servers_are_accepted() {
+        assert!(Client::new("http://127.0.0.1:7878/", None).is_ok());
+        for bad in ["https://slipway.example", "127.0.0.1:7878", "not a url"] {
+            let e = Client::new(bad, None).err().unwrap_or_else(|| anyhow::anyhow!("accepted"));
+            assert_eq!(code_of(&e), Exit::Usage, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(segment("shop-eu"), "shop-eu");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+    }
+}

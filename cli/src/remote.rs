@@ -1,0 +1,222 @@
+//! The verbs that go through a server's HTTP API with `--server`: deploy,
+//! status, deployments, history, rollback and replay. Each sends the
+//! request of the API contract (/work/notes/api-contract.md), then prints as
+//! its local twin does; deploy, rollback and replay follow the deployment's
+//! events through the API (`client::ApiSource`) with the same progress
+//! display. Build and release logs (`--logs`) need the API's stream and are
+//! not shown yet.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::client::{segment, ApiSource, Client};
+use crate::exit::{coded, Exit};
+use crate::progress::duration;
+use crate::report::{Reporter, Style};
+use crate::verbs::{print_json, RouterUrl};
+
+/// How to follow a deployment the server runs.
+pub struct Follow {
+    pub timeout: Duration,
+    pub quiet: bool,
+    pub logs: bool,
+    pub json: bool,
+}
+
+fn id_in(answer: &Value, key: &str, what: &str) -> anyhow::Result<Uuid> {
+    answer
+        .get(key)
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| coded(Exit::Failed, format!("the server's answer to {what} has no `{key}` id: {answer}")))
+}
+
+fn environment_path(project: &str, env: &str) -> String {
+    format!("/api/projects/{}/environments/{}", segment(project), segment(env))
+}
+
+/// The request body of `POST .../deployments`.
+pub fn deploy_body(git_ref: Option<&str>, mode: Option<&str>, no_cache: bool, migrate: bool, dry_run: bool) -> Value {
+    let mut body = json!({ "no_cache": no_cache, "migrate": migrate, "dry_run": dry_run });
+    if let Some(r) = git_ref {
+        body["ref"] = json!(r);
+    }
+    if let Some(m) = mode {
+        body["mode"] = json!(m);
+    }
+    body
+}
+
+pub async fn deploy(client: &Client, project: &str, env: &str, body: Value, follow: &Follow) -> anyhow::Result<ExitCode> {
+    let answer = client.post(&format!("{}/deployments", environment_path(project, env)), body).await?;
+    let id = id_in(&answer, "deployment", "the deployment request")?;
+    let intro = format!("deployment {id}: {project} {env}");
+    watch(client, id, project, env, &intro, &answer, follow).await
+}
+
+pub async fn rollback(client: &Client, project: &str, env: &str, to: Option<Uuid>, follow: &Follow) -> anyhow::Result<ExitCode> {
+    let body = match to {
+        Some(t) => json!({ "to": t }),
+        None => json!({}),
+    };
+    let answer = client.post(&format!("{}/rollback", environment_path(project, env)), body).await?;
+    let id = id_in(&answer, "deployment", "the rollback")?;
+    for warning in answer.get("warnings").and_then(Value::as_array).into_iter().flatten() {
+        eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+    }
+    let target = answer.get("target").and_then(Value::as_str).map(|t| format!(" to deployment {t}")).unwrap_or_default();
+    let intro = format!("deployment {id}: {project} {env} rolls back{target}");
+    watch(client, id, project, env, &intro, &answer, follow).await
+}
+
+pub async fn replay(client: &Client, original: Uuid, from_step: Option<String>, follow: &Follow) -> anyhow::Result<ExitCode> {
+    let body = match from_step {
+        Some(s) => json!({ "from_step": s }),
+        None => json!({}),
+    };
+    let answer = client.post(&format!("/api/deployments/{original}/replay"), body).await?;
+    let id = id_in(&answer, "deployment", "the replay")?;
+    let state = client.get(&format!("/api/deployments/{id}")).await?;
+    let field = |k: &str| state.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let (project, env) = (field("project"), field("environment"));
+    let intro = format!("deployment {id}: replays {original}");
+    watch(client, id, &project, &env, &intro, &answer, follow).await
+}
+
+/// Follows deployment `id` through the API and reports its result.
+async fn watch(client: &Client, id: Uuid, project: &str, env: &str, intro: &str, answer: &Value, follow: &Follow) -> anyhow::Result<ExitCode> {
+    let mut reporter = Reporter::new(Style::choose(follow.json, follow.quiet));
+    reporter.requested(id, project, env, intro);
+    if let Some(ahead) = answer.get("queued_behind").and_then(Value::as_array).filter(|a| !a.is_empty()) {
+        let first = ahead[0].as_str().unwrap_or_default();
+        reporter.note(&format!("waiting for deployment {first} to finish ({} ahead in {env})", ahead.len()));
+    }
+    if follow.logs {
+        reporter.note("(--logs is not available through --server yet: see `slipway logs` on the server)");
+    }
+    let ending = crate::follow::follow(&mut ApiSource::new(client, id), &mut reporter, id, None, follow.timeout).await?;
+    let routes = match client.get(&environment_path(project, env)).await {
+        Ok(status) => status_url(&status).into_iter().map(|url| RouterUrl { url, router: "server".into() }).collect(),
+        Err(_) => vec![],
+    };
+    Ok(crate::conclude(&mut reporter, id, project, env, &ending, &routes))
+}
+
+/// The environment's routed URL from the server's status answer, if any.
+fn status_url(status: &Value) -> Option<String> {
+    status.get("url").and_then(Value::as_str).map(str::to_string)
+}
+
+/// The serving release in a status answer: `active` (the contract) or
+/// `last_succeeded` (servers before it).
+fn active(status: &Value) -> Option<&Value> {
+    status.get("active").or_else(|| status.get("last_succeeded")).filter(|v| !v.is_null())
+}
+
+pub async fn status(client: &Client, project: &str, env: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let status = client.get(&environment_path(project, env)).await?;
+    if json {
+        print_json(&status)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", status_text(project, env, &status));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`'s text from the server's answer.
+pub fn status_text(project: &str, env: &str, status: &Value) -> String {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let mut out = String::new();
+    match active(status) {
+        None => out.push_str(&format!("{project} {env}: nothing deployed yet\n")),
+        Some(a) => {
+            let web = a.get("web_port").and_then(Value::as_u64).map(|p| format!("http://127.0.0.1:{p}/ (on the server's Docker host)"));
+            out.push_str(&format!(
+                "{project} {env}: serving deployment {}\n  commit {}\n  image  {}\n  web    {}\n",
+                text(a, "deployment"),
+                text(a, "commit"),
+                text(a, "image"),
+                web.unwrap_or_else(|| "-".into())
+            ));
+        }
+    }
+    if let Some(url) = status_url(status) {
+        out.push_str(&format!("  route  {url}\n"));
+    }
+    for (n, id) in status.get("queue").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        out.push_str(&format!("  {} {}\n", if n == 0 { "running" } else { "queued " }, id.as_str().unwrap_or_default()));
+    }
+    out
+}
+
+pub async fn deployments(client: &Client, project: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let list = client.get(&format!("/api/deployments?project={}", segment(project))).await?;
+    if json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    for d in list.as_array().into_iter().flatten() {
+        let commit = text(d, "commit");
+        let status = match d.get("failure").filter(|f| !f.is_null()) {
+            Some(f) => format!("failed at {}: {}", text(f, "step"), text(f, "reason")),
+            None => text(d, "status"),
+        };
+        println!("{}  {:<6} {:<12} {:<10} {status}", text(d, "id"), text(d, "environment"), text(d, "ref"), &commit[..commit.len().min(10)]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn history(client: &Client, id: Uuid, json: bool) -> anyhow::Result<ExitCode> {
+    let timeline = client.get(&format!("/api/deployments/{id}/history")).await?;
+    if json {
+        print_json(&timeline)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let s = &timeline["summary"];
+    println!("deployment {}  {} {}  {}", text(s, "deployment"), text(s, "project"), text(s, "environment"), text(s, "status"));
+    println!("commit {}  image {}\n", text(s, "commit"), text(s, "image"));
+    for e in timeline["entries"].as_array().into_iter().flatten() {
+        let outcome = e.get("outcome").and_then(|o| o.get("result")).and_then(Value::as_str).unwrap_or_default();
+        println!("{:>3}  {}  {:<14} {:<24} {:<12} {outcome}", e["version"], text(e, "at"), text(e, "step"), text(e, "event"), text(e, "actor"));
+    }
+    println!("\nsteps:");
+    for step in timeline["steps"].as_array().into_iter().flatten() {
+        let took = step.get("duration_ms").and_then(Value::as_i64).map(duration).unwrap_or_else(|| "-".into());
+        let outcome = step.get("outcome").and_then(|o| o.get("result")).and_then(Value::as_str).unwrap_or("no outcome yet");
+        println!("  {:<14} {took:>10}  {outcome}", text(step, "step"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_reads_the_contracts_shape_and_the_older_one() {
+        let contract = json!({
+            "project": "shop", "environment": "live", "url": "http://shop-live.localhost:7880/",
+            "active": { "deployment": "d1", "commit": "abc", "image": "sha256:1" }, "queue": ["d2", "d3"],
+        });
+        let text = status_text("shop", "live", &contract);
+        assert!(text.contains("serving deployment d1\n  commit abc\n  image  sha256:1"), "{text}");
+        assert!(text.contains("route  http://shop-live.localhost:7880/"), "{text}");
+        assert!(text.contains("running d2") && text.contains("queued  d3"), "{text}");
+        let older = json!({ "last_succeeded": { "deployment": "d1", "web_port": 4100 }, "queue": [] });
+        assert!(status_text("shop", "live", &older).contains("http://127.0.0.1:4100/"));
+        let empty = json!({ "active": null, "queue": [] });
+        assert_eq!(status_text("shop", "live", &empty), "shop live: nothing deployed yet\n");
+    }
+
+    #[test]
+    fn the_deploy_body_leaves_out_what_was_not_given() {
+        assert_eq!(deploy_body(None, None, false, false, true), json!({ "no_cache": false, "migrate": false, "dry_run": true }));
+        let body = deploy_body(Some("v1.2"), Some("local"), true, true, false);
+        assert_eq!((body["ref"].as_str(), body["mode"].as_str()), (Some("v1.2"), Some("local")));
+    }
+}

@@ -1,0 +1,288 @@
+//! The command's output contract through the built binary, on an SQLite
+//! store in a temporary directory and dry-run deployments (no Docker): the
+//! deploy progress as plain lines when stdout is not a terminal, `--json`
+//! (JSON Lines while following, one document for each read verb), the exit
+//! statuses, shell completions, and `--server` against a real `slipway
+//! all-in-one` over HTTP (the routes that exist: request a deployment, read
+//! its events, read an environment).
+
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Dir {
+    tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    /// A store with project `app` (environments test and live) on a Git
+    /// repository with one commit.
+    fn new() -> Dir {
+        let dir = Dir { tmp: tempfile::tempdir().unwrap() };
+        let repo = dir.path("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        for args in [&["init", "-q"][..], &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "--allow-empty", "-m", "one"]] {
+            assert!(Command::new("git").arg("-C").arg(&repo).args(args).status().unwrap().success());
+        }
+        dir.ok(&["project", "create", "app", "--repo", repo.to_str().unwrap(), "--branch", "HEAD"]);
+        dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        command
+            .arg("--database")
+            .arg(format!("sqlite://{}", self.path("slipway.db").display()))
+            .arg("--data-dir")
+            .arg(self.path("data"))
+            .args(args)
+            .env_remove("SLIPWAY_DATABASE")
+            .env_remove("SLIPWAY_QUEUE")
+            .env_remove("SLIPWAY_SERVER")
+            .env_remove("SLIPWAY_TOKEN");
+        command
+    }
+
+    #[track_caller]
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).stdin(Stdio::null()).output().unwrap();
+        eprintln!("$ slipway {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "slipway {args:?} exited {:?}", out.status);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[track_caller]
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("slipway {args:?} printed no JSON document ({e}): {text}"))
+    }
+
+    #[track_caller]
+    fn exit(&self, args: &[&str]) -> i32 {
+        self.run(args).status.code().unwrap()
+    }
+}
+
+/// Every line of a `--json` follow, parsed.
+#[track_caller]
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect()
+}
+
+#[test]
+fn deploy_prints_a_line_per_step_when_stdout_is_not_a_terminal() {
+    let dir = Dir::new();
+    let text = dir.ok(&["deploy", "app", "test", "--dry-run"]);
+    let id = text.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
+    assert!(text.starts_with(&format!("deployment {id}: app test (Local mode)")), "{text}");
+    for step in ["check_services", "checkout", "build", "deploy", "release", "processes", "health_check"] {
+        assert!(text.lines().any(|l| l == format!("→ {step}")), "no start line for {step}: {text}");
+        assert!(text.lines().any(|l| l.starts_with(&format!("- {step}")) && l.contains("skipped: dry run")), "{step}: {text}");
+    }
+    assert!(text.trim_end().ends_with(&format!("deployment {id} succeeded")), "{text}");
+    assert!(!text.contains('\u{1b}'), "no terminal escapes when stdout is a pipe: {text:?}");
+
+    // --quiet: only the result.
+    let quiet = dir.ok(&["deploy", "app", "test", "--dry-run", "--quiet"]);
+    assert_eq!(quiet.lines().count(), 1, "{quiet}");
+    assert!(quiet.starts_with("deployment ") && quiet.trim_end().ends_with(" succeeded"), "{quiet}");
+}
+
+#[test]
+fn a_failed_deployment_names_its_step_and_exits_1() {
+    let dir = Dir::new();
+    let out = dir.run(&["deploy", "app", "test", "--ref", "no-such-branch"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let failed = stdout.lines().find(|l| l.starts_with("✗ ")).unwrap_or_else(|| panic!("no ✗ line: {stdout}"));
+    assert!(failed.contains("no-such-branch") && failed.contains(" ms"), "{failed}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed at "), "the verdict goes to stderr");
+
+    let out = dir.run(&["deploy", "app", "test", "--ref", "no-such-branch", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let result = lines.last().unwrap();
+    assert_eq!((result["kind"].as_str(), result["status"].as_str()), (Some("result"), Some("failed")));
+    assert!(result["reason"].as_str().unwrap().contains("no-such-branch"), "{result}");
+}
+
+#[test]
+fn deploy_json_is_one_json_document_per_line() {
+    let dir = Dir::new();
+    let lines = json_lines(&dir.ok(&["deploy", "app", "test", "--dry-run", "--json"]));
+    let first = &lines[0];
+    assert_eq!(first["kind"], "requested");
+    let id = first["deployment"].as_str().unwrap().to_string();
+    let events: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "event").collect();
+    assert_eq!(events[0]["type"], "DeploymentRequested");
+    assert_eq!(events.iter().filter(|e| e["type"] == "StepSkipped").count(), 7);
+    let versions: Vec<u64> = events.iter().map(|e| e["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>(), "every event once, in order");
+    let result = lines.last().unwrap();
+    assert_eq!((result["kind"].as_str(), result["status"].as_str()), (Some("result"), Some("succeeded")));
+    assert_eq!(result["deployment"].as_str(), Some(id.as_str()));
+}
+
+#[test]
+fn every_read_verb_prints_one_json_document() {
+    let dir = Dir::new();
+    dir.ok(&["env", "set", "app", "test", "GREETING=hi"]);
+    dir.ok(&["env", "set", "app", "test", "TOKEN=s3cret", "--secret"]);
+    let a = json_lines(&dir.ok(&["deploy", "app", "test", "--dry-run", "--json"])).last().unwrap()["deployment"].as_str().unwrap().to_string();
+    let b = json_lines(&dir.ok(&["deploy", "app", "test", "--dry-run", "--json"])).last().unwrap()["deployment"].as_str().unwrap().to_string();
+
+    let status = dir.json(&["status", "app", "test", "--json"]);
+    assert_eq!((status["project"].as_str(), status["environment"].as_str()), (Some("app"), Some("test")));
+    assert!(status["active"].is_null() && status["queue"].as_array().unwrap().is_empty(), "{status}");
+    let then = dir.json(&["status", "app", "test", "--at", "2030-01-01T00:00:00Z", "--json"]);
+    assert!(then["active"].is_null(), "{then}");
+
+    let deployments = dir.json(&["deployments", "app", "--json"]);
+    let ids: Vec<&str> = deployments.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [a.as_str(), b.as_str()]);
+    assert_eq!(deployments[0]["status"], "succeeded");
+
+    assert!(dir.json(&["releases", "app", "test", "--json"]).as_array().unwrap().is_empty(), "dry runs are no releases");
+    let history = dir.json(&["history", &a, "--json"]);
+    assert_eq!(history["summary"]["deployment"].as_str(), Some(a.as_str()));
+    let diff = dir.json(&["diff", &a, &b, "--json"]);
+    assert_eq!(diff["diff"]["deployments"]["b"].as_str(), Some(b.as_str()));
+    let logs = dir.json(&["logs", &a, "--json"]);
+    assert_eq!(logs["events"][0]["type"], "DeploymentRequested");
+    let events = dir.json(&["events", &format!("deployment-{a}"), "--json"]);
+    assert_eq!(events.as_array().unwrap().len(), logs["events"].as_array().unwrap().len());
+
+    let settings = dir.json(&["env", "list", "app", "test", "--json"]);
+    assert_eq!(settings["GREETING"]["value"], "hi");
+    assert_eq!(settings["TOKEN"]["value"], "(secret)");
+    assert!(!serde_json::to_string(&settings).unwrap().contains("s3cret"));
+    assert_eq!(dir.json(&["project", "list", "--json"])[0]["name"], "app");
+    assert_eq!(dir.json(&["project", "show", "app", "--json"])["environments"]["test"]["settings"], 2);
+
+    assert!(dir.json(&["workers", "--json"]).is_array());
+    assert!(dir.json(&["routers", "--json"])["routers"].as_array().unwrap().is_empty());
+    let prune = dir.json(&["images", "prune", "--dry-run", "--json"]);
+    assert_eq!((prune["dry_run"].as_bool(), prune["removals"].as_array().map(Vec::len)), (Some(true), Some(0)));
+    let verify = dir.json(&["audit", "verify", "--json"]);
+    assert_eq!(verify["intact"], true);
+    assert!(verify["events"].as_u64().unwrap() > 20, "{verify}");
+}
+
+#[test]
+fn errors_exit_with_the_documented_status() {
+    let dir = Dir::new();
+    assert_eq!(dir.exit(&["status", "nope", "test"]), 3, "unknown project");
+    assert_eq!(dir.exit(&["releases", "app", "qa"]), 3, "unknown environment");
+    assert_eq!(dir.exit(&["history", "0190c3e2-7a4b-7c1d-9e2f-3a4b5c6d7e8f"]), 3, "unknown deployment");
+    assert_eq!(dir.exit(&["project", "create", "app", "--repo", "/tmp"]), 4, "name taken");
+    assert_eq!(dir.exit(&["rollback", "app", "test"]), 4, "nothing to roll back to");
+    assert_eq!(dir.exit(&["status", "app", "test", "--at", "yesterday"]), 2, "bad time");
+    assert_eq!(dir.exit(&["env", "set", "app", "test", "NO_EQUALS"]), 2, "bad assignment");
+    assert_eq!(dir.exit(&["no-such-verb"]), 2, "clap's usage error");
+    assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "releases", "app", "test"]), 2, "verb without --server support");
+    assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "status", "app", "test"]), 5, "server unreachable");
+    assert_eq!(dir.exit(&["--queue", "amqp://guest:guest@127.0.0.1:9/%2f", "worker"]), 5, "broker unreachable");
+    let help = dir.ok(&["--help"]);
+    assert!(help.contains("Exit status:") && help.contains("5  unavailable"), "{help}");
+}
+
+#[test]
+fn completions_cover_the_verbs() {
+    let dir = Dir { tmp: tempfile::tempdir().unwrap() };
+    let bash = dir.ok(&["completions", "bash"]);
+    for verb in ["deploy", "status", "rollback", "history", "completions", "audit"] {
+        assert!(bash.contains(verb), "bash completion lacks {verb}");
+    }
+    assert!(bash.contains("complete -F"), "not a bash completion script");
+    assert!(dir.ok(&["completions", "zsh"]).contains("#compdef slipway"));
+    assert!(dir.ok(&["completions", "fish"]).contains("complete -c slipway"));
+    assert!(!dir.path("slipway.db").exists(), "completions open no store");
+}
+
+/// `slipway all-in-one` on the test's store, stopped on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_server(dir: &Dir) -> Server {
+    let port = free_port();
+    let log = std::fs::File::create(dir.path("server.log")).unwrap();
+    let child = dir
+        .command(&["all-in-one", "--no-router", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = Server { child, url: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dir.exit(&["--server", &server.url, "status", "app", "test"]) == 5 {
+        assert!(Instant::now() < deadline, "the server did not answer: {}", std::fs::read_to_string(dir.path("server.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn with_server_deploy_and_status_go_through_the_http_api() {
+    let dir = Dir::new();
+    let server = start_server(&dir);
+    let url = server.url.as_str();
+    // No token: the server refuses (exit 7).
+    assert_eq!(dir.exit(&["--server", url, "status", "app", "test"]), 7, "401 unauthorized");
+    let issued = dir.ok(&["token", "create", "cli-test", "--scope", "deploy"]);
+    let token = issued.split_whitespace().find(|w| w.starts_with("slw_")).expect("the token value is printed").to_string();
+    let base = ["--server", url, "--token", token.as_str()];
+    let via = |rest: &[&'static str]| base.iter().copied().chain(rest.iter().copied()).collect::<Vec<&str>>();
+
+    let lines = json_lines(&dir.ok(&via(&["deploy", "app", "test", "--dry-run", "--json"])));
+    let result = lines.last().unwrap();
+    assert_eq!((result["kind"].as_str(), result["status"].as_str()), (Some("result"), Some("succeeded")), "{lines:?}");
+    let id = result["deployment"].as_str().unwrap();
+    assert_eq!(lines.iter().filter(|l| l["type"] == "StepSkipped").count(), 7);
+    // The request went through the API: the server recorded the token's name as the actor.
+    let events = dir.json(&["events", &format!("deployment-{id}"), "--json"]);
+    assert_eq!(events[0]["actor"].as_str(), Some("token:cli-test"), "{}", events[0]);
+
+    let text = dir.ok(&via(&["deploy", "app", "test", "--dry-run"]));
+    assert!(text.lines().any(|l| l.starts_with("- health_check")) && text.contains(" succeeded"), "{text}");
+    let status = dir.json(&via(&["status", "app", "test", "--json"]));
+    assert_eq!(status["project"], "app");
+    assert!(dir.ok(&via(&["status", "app", "test"])).contains("app test: "));
+
+    assert_eq!(dir.exit(&via(&["deploy", "nope", "test"])), 3, "404 not_found");
+    assert_eq!(dir.exit(&via(&["deploy", "app", "test", "--ref", " "])), 2, "400 bad_request");
+    let out = dir.run(&via(&["deploy", "app", "test", "--ref", "no-such-branch"]));
+    assert_eq!(out.status.code(), Some(1), "a failed deployment through the API exits 1");
+    drop(server);
+    assert!(!read(&dir.path("server.log")).contains("panicked"));
+}
