@@ -274,6 +274,8 @@ struct ServeArgs {
     /// Seconds a started build may go without its worker's heartbeat (one
     /// every 5 s) before it is dispatched again under the same command id:
     /// a hung worker or a vanished host is noticed long before --build-timeout.
+    /// Run builders with `--prefetch 1`: a hung builder holding spare credit
+    /// would be handed the re-dispatch as well.
     #[arg(long, default_value_t = 60)]
     heartbeat_timeout: u64,
     /// Where the HTTP API listens. Every request needs a token (`slipway token create`); off loopback

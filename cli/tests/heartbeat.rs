@@ -42,11 +42,12 @@ async fn a_hung_builder_is_replaced_after_the_heartbeat_timeout_under_the_same_c
             .expect("PostgreSQL (run scripts/services)"),
     );
     let mut c = Cluster::empty(&schema, &namespace);
-    c.env.push(("SLIPWAY_LOG", "info".into()));
     let server = ["server", "--listen", "127.0.0.1:0", "--drain", "0", "--heartbeat-timeout", "12", "--build-timeout", "600"];
     c.server = Some(c.spawn("server", &server));
-    // The slow builder, and a quick worker for every other step.
-    let hung = c.spawn("builder-a", &["worker", "--steps", "build", "--stand-in-ms", "8000"]);
+    // The slow builder, and a quick worker for every other step. The
+    // builder takes one build at a time (--prefetch 1): a hung process with
+    // credit left would be handed the re-dispatch too.
+    let hung = c.spawn("builder-a", &["worker", "--steps", "build", "--prefetch", "1", "--stand-in-ms", "8000"]);
     let others = "check_services,checkout,deploy,release,processes,health_check,cleanup";
     c.workers.push(c.spawn("others", &["worker", "--steps", others, "--stand-in-ms", "10"]));
     let new = NewProject {
