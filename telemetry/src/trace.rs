@@ -23,6 +23,8 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
 };
 use opentelemetry::{Context, KeyValue, Value};
+/// Span kinds, re-exported so callers need no OpenTelemetry dependency.
+pub use opentelemetry::trace::SpanKind as Kind;
 use slipway_proto::TraceContext;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -133,6 +135,37 @@ impl PlannedSpan {
     }
 }
 
+/// The `deployment requested` span, recorded once the request is. It
+/// continues the caller's trace when the current `tracing` span has one
+/// (an HTTP request that came with a `traceparent`); otherwise it starts
+/// the deployment's own trace, whose id is the deployment id, so a
+/// deployment's trace can be found from its id alone.
+pub fn deployment_requested(deployment_id: u128) -> PlannedSpan {
+    let name = "deployment requested";
+    let caller = context_of(&tracing::Span::current());
+    let span = match caller {
+        Some(caller) => PlannedSpan::child_of(Some(&caller), name, SpanKind::Internal),
+        None => PlannedSpan::root(deployment_id, name, SpanKind::Internal),
+    };
+    span.with_attribute("slipway.deployment.id", uuid_text(deployment_id))
+}
+
+/// A u128 in the UUID text form (the deployment ids).
+fn uuid_text(id: u128) -> String {
+    let h = format!("{id:032x}");
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// Makes `span` continue the trace of a `traceparent` its caller sent
+/// (an HTTP header); call it before the span is entered. A malformed
+/// header is ignored: the work then starts a trace of its own.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
+    let trace = TraceContext { traceparent: traceparent.to_owned(), tracestate: tracestate.map(str::to_owned) };
+    if let Some(parent) = span_context(&trace) {
+        let _ = span.set_parent(Context::new().with_remote_span_context(parent));
+    }
+}
+
 /// What a worker knows about a delivery when it starts processing it.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivered<'a> {
@@ -226,6 +259,18 @@ mod tests {
         assert_eq!(context.trace_id(), parent.trace_id());
         assert_ne!(context.traceparent, parent.traceparent);
         assert_eq!(child.parent_span_id().as_deref(), Some("0000000000000042"));
+    }
+
+    #[test]
+    fn deployment_ids_print_as_uuids() {
+        assert_eq!(uuid_text(0x0192_3b4c_5d6e_7f80_9102_a3b4_c5d6_e7f8), "01923b4c-5d6e-7f80-9102-a3b4c5d6e7f8");
+    }
+
+    #[test]
+    fn a_request_outside_any_trace_starts_the_deployments_own() {
+        let span = deployment_requested(0x42);
+        assert_eq!(span.trace_context().trace_id(), format!("{:032x}", 0x42));
+        assert_eq!(span.parent_span_id(), None);
     }
 
     #[test]

@@ -754,6 +754,30 @@ impl Queue for RabbitQueue {
             })
             .await
     }
+
+    /// A passive declare: the broker answers with the queue's ready
+    /// message count without creating or changing it. A missing queue is 0
+    /// (it fails the declare on a channel of its own, nothing else).
+    async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
+        let (name, _) = names(queue)?;
+        self.core
+            .run_op(queue, self.core.deadline(), |channel| {
+                let name = name.clone();
+                async move {
+                    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+                    match channel.queue_declare(name, passive, FieldTable::default()).await {
+                        Ok(q) => Ok(u64::from(q.message_count())),
+                        Err(e) if is_not_found(&e) => Ok(0),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await
+    }
+
+    fn system(&self) -> &'static str {
+        "rabbitmq"
+    }
 }
 
 fn is_not_found(e: &lapin::Error) -> bool {
