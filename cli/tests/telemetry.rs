@@ -207,7 +207,7 @@ async fn a_deployment_across_three_processes_is_one_trace_and_moves_the_counters
     assert_eq!(series(&a, "slipway_step_duration_seconds_count{step=\"release\",outcome=\"succeeded\"}"), None, "{a}");
     let b = metrics(&b_metrics).await.expect("worker b's metrics");
     assert_eq!(series(&b, "slipway_step_duration_seconds_count{step=\"health_check\",outcome=\"succeeded\"}"), Some(1.0), "{b}");
-    assert!(b.contains(&format!("slipway_queue_depth{{queue=\"slipway.step.release\"}}")), "{b}");
+    assert!(b.contains("slipway_queue_depth{queue=\"slipway.step.release\"}"), "{b}");
 
     c.remove(&project).await;
 }
