@@ -86,18 +86,11 @@ fn env(name: &str) -> Option<String> {
 /// in traces unless `OTEL_SERVICE_NAME` says otherwise.
 pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
     let format = LogFormat::parse(env("SLIPWAY_LOG_FORMAT").as_deref())?;
-    let filter = match env("SLIPWAY_LOG") {
-        Some(spec) => EnvFilter::try_new(&spec).map_err(|e| TelemetryError::LogFilter(e.to_string()))?,
-        None => EnvFilter::new("warn"),
-    };
-    // The step spans must pass every filter: their fields are what ties a
-    // log line to its deployment and step.
-    let filter = filter.add_directive(format!("{SPAN_TARGET}=info").parse().map_err(|e| TelemetryError::LogFilter(format!("{e}")))?);
+    let filter = log_filter(env("SLIPWAY_LOG").as_deref())?;
     let provider = provider(service_name)?;
-    let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
-    };
+    // Colours only on a terminal: a log file or journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = log_layer(format, ansi, std::io::stderr);
     let otel = provider.as_ref().map(|p| {
         let targets = Targets::new().with_target(TRACED, LevelFilter::INFO);
         tracing_opentelemetry::layer().with_tracer(p.tracer("slipway")).with_filter(targets)
@@ -111,6 +104,30 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
         opentelemetry::global::set_tracer_provider(p.clone());
     }
     Ok(Telemetry { provider })
+}
+
+/// `SLIPWAY_LOG`'s filter (default `warn`), which always lets the step
+/// spans through: their fields are what ties a log line to its deployment
+/// and step.
+fn log_filter(spec: Option<&str>) -> Result<EnvFilter, TelemetryError> {
+    let filter = match spec {
+        Some(spec) => EnvFilter::try_new(spec).map_err(|e| TelemetryError::LogFilter(e.to_string()))?,
+        None => EnvFilter::new("warn"),
+    };
+    let spans = format!("{SPAN_TARGET}=info").parse().map_err(|e| TelemetryError::LogFilter(format!("{e}")))?;
+    Ok(filter.add_directive(spans))
+}
+
+/// The log lines' layer, writing to `writer`.
+fn log_layer<S, W>(format: LogFormat, ansi: bool, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(writer).boxed(),
+    }
 }
 
 /// The tracer provider, if an exporter is configured.
@@ -149,6 +166,66 @@ fn provider(service_name: &str) -> Result<Option<SdkTracerProvider>, TelemetryEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(format: LogFormat, spec: &str) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let filter = log_filter(Some(spec)).expect("filter");
+        let subscriber = tracing_subscriber::registry().with(log_layer(format, false, move || writer.clone()).with_filter(filter));
+        tracing::subscriber::with_default(subscriber, || {
+            let delivered = crate::trace::Delivered {
+                system: "rabbitmq",
+                queue: "slipway.step.build",
+                message_id: "m-1",
+                deployment_id: "0192-d",
+                step: "build",
+                attempt: 1,
+            };
+            crate::trace::process_span(&delivered, None).in_scope(|| tracing::warn!("image build is slow"));
+            tracing::warn!("outside any step");
+        });
+        let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn json_log_lines_inside_a_step_name_the_deployment_and_the_step() {
+        // `warn` would hide an info span; the step span passes anyway.
+        let text = logged(LogFormat::Json, "warn");
+        let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["fields"]["message"], "image build is slow");
+        assert_eq!(lines[0]["span"]["slipway.deployment.id"], "0192-d", "{text}");
+        assert_eq!(lines[0]["span"]["slipway.step"], "build", "{text}");
+        assert!(lines[1].get("span").is_none(), "{text}");
+    }
+
+    #[test]
+    fn text_log_lines_inside_a_step_carry_its_fields() {
+        let text = logged(LogFormat::Text, "error,slipway_telemetry=warn");
+        let line = text.lines().find(|l| l.contains("image build is slow")).unwrap_or_default();
+        assert!(line.contains("slipway.deployment.id=\"0192-d\"") && line.contains("slipway.step=\"build\""), "{text}");
+    }
+
+    #[test]
+    fn a_bad_log_filter_names_the_variable() {
+        let err = log_filter(Some("slipway=loud")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("SLIPWAY_LOG"), "{err}");
+    }
 
     #[test]
     fn log_formats() {
