@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,19 +29,6 @@ const WORKER_B_STEPS: &str = "release,processes,health_check,retire,cleanup";
 
 fn free_addr() -> String {
     format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
-}
-
-/// A `slipway` process with the cluster's environment plus `extra`.
-fn spawn(c: &Cluster, name: &str, args: &[&str], extra: &[(&str, &str)]) -> Child {
-    let log = std::fs::File::create(c.data.path().join(format!("{name}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .args(args)
-        .envs(c.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
 }
 
 /// `GET /metrics` from a `--metrics-listen` address; `None` until it answers.
@@ -82,33 +68,18 @@ async fn a_deployment_across_three_processes_is_one_trace_and_moves_the_counters
     let store: Arc<dyn EventStore> = Arc::new(
         PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), ..Default::default() }).await.unwrap(),
     );
-    let data = tempfile::tempdir().unwrap();
-    let trace_file = data.path().join("spans.jsonl");
-    let env = vec![
-        ("SLIPWAY_DATABASE", pg_url()),
-        ("SLIPWAY_PG_SCHEMA", schema.clone()),
-        ("SLIPWAY_QUEUE", amqp_url()),
-        ("SLIPWAY_QUEUE_NAMESPACE", namespace.clone()),
-        ("SLIPWAY_DATA_DIR", data.path().display().to_string()),
-        ("SLIPWAY_LOG", "warn".to_string()),
-        ("SLIPWAY_TRACE_FILE", trace_file.display().to_string()),
-    ];
-    let mut c = Cluster {
-        env,
-        data,
-        server: None,
-        workers: vec![],
-        router: None,
-        router_addr: free_addr().parse().unwrap(),
-        extra: vec![],
-    };
+    let mut c = Cluster::empty(&schema, &namespace);
+    let trace_file = c.data.path().join("spans.jsonl");
+    c.env.push(("SLIPWAY_TRACE_FILE", trace_file.display().to_string()));
     let (server_metrics, a_metrics, b_metrics) = (free_addr(), free_addr(), free_addr());
     let server_args = ["server", "--listen", "127.0.0.1:0", "--drain", "0", "--metrics-listen", &server_metrics];
-    c.server = Some(spawn(&c, "server", &server_args, &[]));
+    c.server = Some(c.spawn("server", &server_args));
     for (name, steps, listen) in [("worker-a", WORKER_A_STEPS, &a_metrics), ("worker-b", WORKER_B_STEPS, &b_metrics)] {
         let args = ["worker", "--stand-in-ms", "20", "--steps", steps, "--metrics-listen", listen];
-        let service = format!("slipway-{name}");
-        let worker = spawn(&c, name, &args, &[("OTEL_SERVICE_NAME", service.as_str())]);
+        // Each worker names its own service.
+        c.env.push(("OTEL_SERVICE_NAME", format!("slipway-{name}")));
+        let worker = c.spawn(name, &args);
+        c.env.pop();
         c.workers.push(worker);
     }
 

@@ -42,6 +42,16 @@ impl Cluster {
     }
 
     pub fn start(schema: &str, namespace: &str) -> Cluster {
+        let mut c = Cluster::empty(schema, namespace);
+        c.start_server();
+        c.start_workers();
+        c.router = Some(c.spawn("router", &["router", "--router", &c.router_addr.to_string(), "--router-id", "trial-router"]));
+        c
+    }
+
+    /// The environment and data directory of a cluster, with no process
+    /// started yet (a test that starts its own).
+    pub fn empty(schema: &str, namespace: &str) -> Cluster {
         let data = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let env = vec![
@@ -52,7 +62,7 @@ impl Cluster {
             ("SLIPWAY_DATA_DIR", data.path().display().to_string()),
             ("SLIPWAY_LOG", "warn".to_string()),
         ];
-        let mut c = Cluster {
+        Cluster {
             env,
             data,
             server: None,
@@ -60,11 +70,7 @@ impl Cluster {
             router: None,
             extra: vec![],
             router_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        };
-        c.start_server();
-        c.start_workers();
-        c.router = Some(c.spawn("router", &["router", "--router", &c.router_addr.to_string(), "--router-id", "trial-router"]));
-        c
+        }
     }
 
     pub fn spawn(&self, name: &str, args: &[&str]) -> Child {
