@@ -135,14 +135,28 @@ impl PlannedSpan {
     }
 }
 
+tokio::task_local! {
+    /// The trace context a caller sent with its request (`with_caller`).
+    static CALLER: Option<TraceContext>;
+}
+
+/// Runs `work` (an API request's handling) as part of the caller's trace:
+/// a deployment it requests continues that trace. A missing or malformed
+/// `traceparent` changes nothing.
+pub async fn with_caller<F: std::future::Future>(traceparent: Option<&str>, tracestate: Option<&str>, work: F) -> F::Output {
+    let caller = traceparent
+        .map(|t| TraceContext { traceparent: t.trim().to_owned(), tracestate: tracestate.map(|s| s.trim().to_owned()) })
+        .filter(|t| span_context(t).is_some());
+    CALLER.scope(caller, work).await
+}
+
 /// The `deployment requested` span, recorded once the request is. It
-/// continues the caller's trace when the current `tracing` span has one
-/// (an HTTP request that came with a `traceparent`); otherwise it starts
+/// continues the caller's trace inside `with_caller`; otherwise it starts
 /// the deployment's own trace, whose id is the deployment id, so a
 /// deployment's trace can be found from its id alone.
 pub fn deployment_requested(deployment_id: u128) -> PlannedSpan {
     let name = "deployment requested";
-    let caller = context_of(&tracing::Span::current());
+    let caller = CALLER.try_with(Clone::clone).ok().flatten();
     let span = match caller {
         Some(caller) => PlannedSpan::child_of(Some(&caller), name, SpanKind::Internal),
         None => PlannedSpan::root(deployment_id, name, SpanKind::Internal),
@@ -271,6 +285,16 @@ mod tests {
         let span = deployment_requested(0x42);
         assert_eq!(span.trace_context().trace_id(), format!("{:032x}", 0x42));
         assert_eq!(span.parent_span_id(), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_caller_continues_its_trace() {
+        let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let span = with_caller(Some(caller), None, async { deployment_requested(0x42) }).await;
+        assert_eq!(span.trace_context().trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(span.parent_span_id().as_deref(), Some("b7ad6b7169203331"));
+        let span = with_caller(Some("garbage"), None, async { deployment_requested(0x42) }).await;
+        assert_eq!(span.trace_context().trace_id(), format!("{:032x}", 0x42));
     }
 
     #[test]
