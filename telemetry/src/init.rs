@@ -93,7 +93,8 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
     let fmt = log_layer(format, ansi, std::io::stderr);
     let otel = provider.as_ref().map(|p| {
         let targets = Targets::new().with_target(TRACED, LevelFilter::INFO);
-        tracing_opentelemetry::layer().with_tracer(p.tracer("slipway")).with_filter(targets)
+        // Span locations would all point into this crate (where step spans are made).
+        tracing_opentelemetry::layer().with_tracer(p.tracer("slipway")).with_location(false).with_filter(targets)
     });
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))

@@ -210,7 +210,7 @@ pub fn process_span(delivered: &Delivered<'_>, parent: Option<&TraceContext>) ->
         messaging.operation.name = "process",
         messaging.destination.name = delivered.queue,
         messaging.message.id = delivered.message_id,
-        messaging.rabbitmq.message.delivery_attempt = delivered.attempt,
+        slipway.delivery.attempt = delivered.attempt,
         slipway.deployment.id = delivered.deployment_id,
         slipway.step = delivered.step,
     );
