@@ -77,13 +77,17 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// A Slipway server's HTTP API (http://HOST:PORT): deploy, status,
-    /// deployments, history, rollback and replay then go through it
+    /// deployments, history, rollback, replay and cancel then go through it
     /// instead of the database and queue.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     server: Option<String>,
     /// The API token sent to --server (`slipway token create` on the server).
     #[arg(long, global = true, env = "SLIPWAY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (server, all-in-one,
+    /// worker and router; unauthenticated: keep it on loopback or a private network).
+    #[arg(long, global = true, env = "SLIPWAY_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -426,17 +430,47 @@ struct DeployArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLIPWAY_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // Logs (SLIPWAY_LOG, SLIPWAY_LOG_FORMAT) and traces (OTEL_EXPORTER_OTLP_ENDPOINT);
+    // the guard flushes finished spans when main returns.
+    let (service, serves) = process_kind(&cli.command);
+    let _telemetry = match slipway_telemetry::init(service) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("slipway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let (Some(listen), true) = (cli.metrics_listen, serves) {
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => {
+                eprintln!("slipway: metrics on http://{}/metrics", listener.local_addr().unwrap_or(listen));
+                tokio::spawn(slipway_telemetry::serve::serve(listener, std::future::pending()));
+            }
+            Err(e) => {
+                eprintln!("slipway: binding the metrics listener to {listen}: {e}; choose another address with --metrics-listen");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("slipway: {e:#}");
             exit::code_of(&e).into()
         }
+    }
+}
+
+/// The service name traces give this process, and whether it is a
+/// long-running mode (which serves `--metrics-listen`).
+fn process_kind(command: &Command) -> (&'static str, bool) {
+    match command {
+        Command::Server(_) => ("slipway-server", true),
+        Command::Worker { .. } => ("slipway-worker", true),
+        Command::Router(_) => ("slipway-router", true),
+        Command::AllInOne { .. } => ("slipway", true),
+        _ => ("slipway-cli", false),
     }
 }
 

@@ -19,6 +19,7 @@ use slipway_proto::{Command, Envelope, Event, Step};
 use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
+use slipway_telemetry::trace::PlannedSpan;
 use uuid::Uuid;
 
 use crate::decider::{decide, Decision, EnvironmentView, Retries};
@@ -55,6 +56,9 @@ pub struct DriverOptions {
     /// (every 5 s) before it is dispatched again.
     pub heartbeat_timeout: std::time::Duration,
     pub retries: Retries,
+    /// The queue backend's name in traces (`messaging.system` of the
+    /// publish spans); `slipway_node::serve` sets it from its queue.
+    pub messaging_system: &'static str,
 }
 
 impl Default for DriverOptions {
@@ -66,6 +70,7 @@ impl Default for DriverOptions {
             build_timeout: std::time::Duration::from_secs(60 * 60),
             heartbeat_timeout: std::time::Duration::from_secs(60),
             retries: Retries::default(),
+            messaging_system: "unknown",
         }
     }
 }
@@ -237,7 +242,10 @@ impl Driver {
                 });
             }
             match self.store.append_streams(&appends, &out.commands).await? {
-                Ok(_) => return Ok(None),
+                Ok(_) => {
+                    out.committed();
+                    return Ok(None);
+                }
                 Err(conflict) => tracing::debug!(%conflict, "deployment moved while deciding; deciding again"),
             }
         }
@@ -285,7 +293,10 @@ impl Driver {
         load::image_for_commit(&*self.store, &family, commit).await
     }
 
-    /// Gives decisions ids, time, causation and trace context.
+    /// Gives decisions ids, time, causation and trace context. Events keep
+    /// their cause's trace context; each dispatched command gets a planned
+    /// `<queue> publish` span (a child of the cause's span) whose context
+    /// goes into the command and its `StepDispatched`.
     fn materialise(
         &self,
         stream: &str,
@@ -297,11 +308,10 @@ impl Driver {
         let meta = || {
             let mut m = Metadata::caused_by(cause);
             m.actor = "engine".into();
-            m.trace = cause.trace.as_ref().map(|t| t.child(rand_span()));
             m
         };
         let mut out = Materialised::default();
-        let Materialised { events, environment, routes, commands } = &mut out;
+        let Materialised { events, environment, routes, commands, spans } = &mut out;
         for decision in decisions {
             // A command sent again keeps the id it was first sent with.
             let decision_id = match &decision {
@@ -318,8 +328,11 @@ impl Driver {
                     routes.extend(Envelope::new(Uuid::now_v7(), now, ROUTES_STREAM, &event, meta()).ok())
                 }
                 Decision::Dispatch(command) | Decision::DispatchAgain { command, .. } => {
-                    let id = match &decision_id { Some(id) => *id, None => Uuid::now_v7() };
-                    let Ok(envelope) = Envelope::new(id, now, stream, &command, meta()) else { continue };
+                    let id = decision_id.unwrap_or_else(Uuid::now_v7);
+                    let span = self.publish_span(cause, &command, id);
+                    let mut traced = meta();
+                    traced.trace = Some(span.trace_context());
+                    let Ok(envelope) = Envelope::new(id, now, stream, &command, traced.clone()) else { continue };
                     if let Command::RunStep(run) = &command {
                         let dispatched = Event::StepDispatched(StepDispatched {
                             step: run.step,
@@ -328,26 +341,59 @@ impl Driver {
                             deadline: Some(now + self.options.step_timeout(run.step)),
                             dispatched_at: Some(now),
                         });
-                        events.extend(Envelope::new(Uuid::now_v7(), now, stream, &dispatched, meta()).ok());
+                        events.extend(Envelope::new(Uuid::now_v7(), now, stream, &dispatched, traced).ok());
                     }
                     commands.push(Outgoing { queue: command.queue(), envelope });
+                    spans.push(span);
                 }
             }
         }
         out
     }
+
+    /// The `<queue> publish` span of dispatching `command` (message `id`),
+    /// following the OpenTelemetry messaging conventions.
+    fn publish_span(&self, cause: &Envelope, command: &Command, id: Uuid) -> PlannedSpan {
+        let queue = command.queue();
+        let deployment = match command {
+            Command::RunStep(c) => c.context.deployment_id,
+            Command::RemoveContainers(c) => c.deployment_id,
+            Command::RetireRelease(c) => c.deployment_id,
+        };
+        PlannedSpan::child_of(cause.trace.as_ref(), format!("{queue} publish"), slipway_telemetry::trace::Kind::Producer)
+            .with_attribute("messaging.system", self.options.messaging_system)
+            .with_attribute("messaging.operation.type", "send")
+            .with_attribute("messaging.operation.name", "publish")
+            .with_attribute("messaging.destination.name", queue)
+            .with_attribute("messaging.message.id", id.to_string())
+            .with_attribute("slipway.deployment.id", deployment.to_string())
+            .with_attribute("slipway.step", command.step().to_string())
+    }
 }
 
-/// Decisions with ids and metadata, by the stream they go to.
+/// Decisions with ids and metadata, by the stream they go to, and the
+/// publish spans of the commands.
 #[derive(Default)]
 struct Materialised {
     events: Vec<Envelope>,
     environment: Vec<Envelope>,
     routes: Vec<Envelope>,
     commands: Vec<Outgoing>,
+    spans: Vec<PlannedSpan>,
 }
 
-fn rand_span() -> u64 {
-    // The low bits of a v7 UUID are random: good enough for a span id.
-    Uuid::now_v7().as_u128() as u64
+impl Materialised {
+    /// The append committed: the dispatches happened (record their spans)
+    /// and a deployment that ended is counted.
+    fn committed(self) {
+        for span in self.spans {
+            span.record();
+        }
+        let metrics = slipway_telemetry::metrics::global();
+        for e in &self.events {
+            if let Some(outcome) = slipway_telemetry::metrics::deployment_outcome(&e.message_type) {
+                metrics.deployment_finished(outcome);
+            }
+        }
+    }
 }

@@ -438,7 +438,8 @@ async fn replay(
         promoted_from: None,
         replay_of: Some(ReplaySource { deployment_id: original, from_step, image_id: old.context.image_id.clone() }),
     };
-    let trace = Some(TraceContext::root(id.as_u128(), Uuid::now_v7().as_u128() as u64));
+    let span = slipway_telemetry::trace::deployment_requested(id.as_u128());
+    let trace = Some(span.trace_context());
     let (dstream, estream, ostream) =
         (deployment_stream(id), environment_stream(&requested.project, &requested.environment), deployment_stream(original));
     let replayed = Event::DeploymentReplayed(DeploymentReplayed { replay: id, from_step });
@@ -451,7 +452,10 @@ async fn replay(
         StreamAppend { stream: &ostream, expected: ExpectedVersion::Any, events: &o },
     ];
     match store.append_streams(&appends, &[]).await? {
-        Ok(_) => Ok(Ok(ReplayRequested { deployment_id: id, from_step })),
+        Ok(_) => {
+            span.record();
+            Ok(Ok(ReplayRequested { deployment_id: id, from_step }))
+        }
         Err(c) => reject(format!("could not record the replay: {c}")),
     }
 }
@@ -549,8 +553,10 @@ async fn project_environment(store: &dyn EventStore, project: &str, environment:
 async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentRequested) -> Outcome<Uuid> {
     let id = requested.deployment_id;
     let (dstream, estream) = (deployment_stream(id), environment_stream(&requested.project, &requested.environment));
-    // One trace per deployment: its id is the deployment id.
-    let trace = Some(TraceContext::root(id.as_u128(), Uuid::now_v7().as_u128() as u64));
+    // One trace per deployment: its id is the deployment id (unless the
+    // request continues its caller's trace).
+    let span = slipway_telemetry::trace::deployment_requested(id.as_u128());
+    let trace = Some(span.trace_context());
     let d = [envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone())];
     let q = [envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace)];
     let appends = [
@@ -558,7 +564,10 @@ async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentReque
         StreamAppend { stream: &estream, expected: ExpectedVersion::Any, events: &q },
     ];
     match store.append_streams(&appends, &[]).await? {
-        Ok(_) => Ok(Ok(id)),
+        Ok(_) => {
+            span.record();
+            Ok(Ok(id))
+        }
         Err(c) => reject(format!("could not record the request: {c}")),
     }
 }

@@ -1,8 +1,10 @@
 //! A Slipway node: the parts a process runs — the engine (driver and outbox
 //! relay), the step workers, a router — wired together in one place, so the
 //! `slipway` binary, the end-to-end tests and the benchmarks run the same
-//! machinery. `routing` keeps a router's table in step with the store.
+//! machinery. `routing` keeps a router's table in step with the store;
+//! `gauges` samples the metrics no event moves.
 
+pub mod gauges;
 pub mod routing;
 pub mod serve;
 pub mod shutdown;

@@ -2,13 +2,15 @@
 //! (the driver, restarted after a store outage, and the outbox relay), the
 //! step workers, and a router (its table follows the store; the proxy
 //! serves from it). The binary's modes, the end-to-end tests and the
-//! benchmarks all start Slipway through this one function.
+//! benchmarks all start Slipway through this one function. Where the
+//! engine or workers run, the queue and lag gauges are sampled too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use slipway_engine::driver::{Driver, DriverOptions};
+use slipway_proto::Step;
 use slipway_router::ServeOptions;
 use slipway_store::queue::Queue;
 use slipway_store::relay::{Relay, RelayOptions};
@@ -17,6 +19,7 @@ use slipway_workers::steps::Executor;
 use slipway_workers::WorkerOptions;
 use tokio::net::TcpListener;
 
+use crate::gauges::{self, Sampled};
 use crate::routing::{Follower, RouterOptions};
 use crate::shutdown::Shutdown;
 
@@ -54,7 +57,19 @@ pub enum NodeError {
 
 pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Parts, shutdown: Shutdown) -> Result<(), NodeError> {
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(options) = parts.engine {
+    let sampled = Sampled {
+        lags: parts.engine.is_some(),
+        queues: match (&parts.engine, &parts.workers) {
+            (Some(_), _) => Step::ALL.to_vec(),
+            (None, Some((options, _))) => options.steps.clone(),
+            (None, None) => Vec::new(),
+        },
+    };
+    if sampled.lags || !sampled.queues.is_empty() {
+        tasks.spawn(gauges::run(store.clone(), queue.clone(), sampled, shutdown.clone()).map(Ok));
+    }
+    if let Some(mut options) = parts.engine {
+        options.messaging_system = queue.system();
         let relay = Relay::new(store.clone(), queue.clone(), parts.relay.clone());
         tasks.spawn(relay.run(shutdown.clone()).map(Ok));
         tasks.spawn(drive(store.clone(), options, shutdown.clone()));

@@ -145,6 +145,16 @@ impl ProxyError {
         }
     }
 
+    /// For `slipway_router_upstream_errors_total`: `connect` (never reached
+    /// the upstream) or `response` (it failed mid-way); `None` if not the upstream's fault.
+    pub fn upstream_error_kind(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::UpstreamConnect { .. } => Some("connect"),
+            ProxyError::Upstream { .. } => Some("response"),
+            _ => None,
+        }
+    }
+
     /// Whether the request surely never reached an application, so sending
     /// it again cannot repeat a side effect.
     pub fn retry_safe(&self) -> bool {
@@ -707,13 +717,19 @@ impl ConnState {
                 Ok(forward) => forward.send(held, peer).await,
                 Err(e) => Err(e),
             };
-            Ok(response.unwrap_or_else(|e| {
+            let metrics = slipway_telemetry::metrics::global();
+            let response = response.unwrap_or_else(|e| {
                 match e.fault() {
                     Fault::Upstream => tracing::warn!(%peer, error = %e, "router: upstream failed"),
                     Fault::Client | Fault::Routes => tracing::debug!(%peer, error = %e, "router: refused"),
                 }
+                if let Some(kind) = e.upstream_error_kind() {
+                    metrics.router_upstream_error(kind);
+                }
                 e.into_response()
-            }))
+            });
+            metrics.router_response(response.status().as_u16());
+            Ok(response)
         }
     }
 
@@ -1042,5 +1058,7 @@ mod tests {
         assert!(!failed.retry_safe());
         assert_eq!(ProxyError::UnknownHost("x".into()).to_string(), "no route for host \"x\"");
         assert_eq!(ProxyError::MissingHost.fault(), Fault::Client);
+        let kinds = [connect.upstream_error_kind(), failed.upstream_error_kind(), ProxyError::MissingHost.upstream_error_kind()];
+        assert_eq!(kinds, [Some("connect"), Some("response"), None]);
     }
 }

@@ -109,6 +109,20 @@ async fn dead_letters(queue: &dyn Queue, name: &str, n: usize) -> Result<Vec<Dea
 mod suite {
     use super::*;
 
+    pub async fn depth_counts_ready_messages(q: &dyn Queue) -> Result<()> {
+        let name = queue_name("depth");
+        assert_eq!(q.depth(&name).await?, 0, "a queue that does not exist is empty");
+        q.publish(&messages(&name, 3)).await?;
+        eventually("3 ready", || async { Ok((q.depth(&name).await? == 3).then_some(())) }).await?;
+        let mut consumer = q.consume(&name, 1).await?;
+        let held = next(&mut *consumer).await?;
+        eventually("2 ready while 1 is delivered", || async { Ok((q.depth(&name).await? == 2).then_some(())) }).await?;
+        held.ack().await?;
+        drop(consumer);
+        q.delete(&name).await?;
+        Ok(())
+    }
+
     pub async fn round_trip_preserves_id_body_and_traceparent(q: &dyn Queue) -> Result<()> {
         let name = queue_name("round-trip");
         let mut sent = messages(&name, 2);
@@ -309,6 +323,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn round_trip_preserves_id_body_and_traceparent() -> Result<()> {
                 suite::round_trip_preserves_id_body_and_traceparent(&*super::$backend(DEFAULT_MAX_ATTEMPTS).await).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn depth_counts_ready_messages() -> Result<()> {
+                suite::depth_counts_ready_messages(&*super::$backend(DEFAULT_MAX_ATTEMPTS).await).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::deployment_stream;
-use slipway_proto::{Command, Envelope, Event, Step};
+use slipway_proto::{Command, Envelope, Event, Step, TraceContext};
+use slipway_telemetry::trace::{self, Delivered};
 use slipway_store::queue::{Delivery, Queue, QueueError};
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use tokio::task::JoinSet;
@@ -80,9 +81,10 @@ pub async fn run(
         queue.declare(&name).await?;
         let mut consumer = queue.consume(&name, options.prefetch).await?;
         let (store, executor, actor, busy) = (store.clone(), executor.clone(), options.actor.clone(), busy.clone());
+        let system = queue.system();
         tasks.spawn(async move {
             while let Some(delivery) = consumer.next().await {
-                if let Err(e) = handle_tracked(&*store, &*executor, &actor, delivery, &busy).await {
+                if let Err(e) = handle_tracked(&*store, &*executor, (&actor, system), delivery, &busy).await {
                     tracing::warn!(error = %e, queue = %name, "delivery not settled; it will be redelivered");
                 }
             }
@@ -116,11 +118,14 @@ pub async fn run(
     Ok(())
 }
 
+/// Who records outcomes (the actor) and the queue backend's name (for traces).
+type Identity<'a> = (&'a str, &'static str);
+
 /// `handle`, with the command listed as in progress while it runs.
 async fn handle_tracked(
     store: &dyn EventStore,
     executor: &dyn Executor,
-    actor: &str,
+    who: Identity<'_>,
     delivery: Delivery,
     busy: &Busy,
 ) -> Result<(), WorkerError> {
@@ -130,7 +135,7 @@ async fn handle_tracked(
     if let (Some((id, what)), Ok(mut b)) = (&what, busy.lock()) {
         b.insert(*id, what.clone());
     }
-    let result = handle(store, executor, actor, delivery).await;
+    let result = handle(store, executor, who, delivery).await;
     if let (Some((id, _)), Ok(mut b)) = (&what, busy.lock()) {
         b.remove(id);
     }
@@ -143,11 +148,13 @@ async fn handle_tracked(
 const STOPS_STEPS: [&str; 3] = ["DeploymentSucceeded", "DeploymentFailed", "CancelRequested"];
 
 /// Handles one delivery to the end: settled one way or another, or left
-/// unsettled (redelivered later) when the store is unavailable.
-pub async fn handle(
+/// unsettled (redelivered later) when the store is unavailable. The step
+/// runs inside its `<queue> process` span, a child of the span that
+/// dispatched it; the outcome carries this span's trace context.
+async fn handle(
     store: &dyn EventStore,
     executor: &dyn Executor,
-    actor: &str,
+    (actor, system): Identity<'_>,
     delivery: Delivery,
 ) -> Result<(), WorkerError> {
     let envelope = match Envelope::from_json(&delivery.message.body) {
@@ -175,29 +182,53 @@ pub async fn handle(
         tracing::info!(command = %envelope.id, %stream, "deployment finished or cancelled; not running the step");
         return Ok(delivery.ack().await?);
     }
-    let span = tracing::info_span!("step", step = %command.step(), deployment = %deployment_of(&command),
-        trace = envelope.trace.as_ref().map(|t| t.trace_id().to_string()).unwrap_or_default());
-    let settings = match resolve_settings(store, &command).await {
-        Ok(s) => s,
-        Err(e) => {
-            delivery.retry().await?;
-            return Err(e.into());
+    let (queue, message_id, deployment) = (command.queue(), envelope.id.to_string(), deployment_of(&command).to_string());
+    let step = command.step().to_string();
+    let delivered = Delivered {
+        system,
+        queue: &queue,
+        message_id: &message_id,
+        deployment_id: &deployment,
+        step: &step,
+        attempt: delivery.attempt,
+    };
+    let span = trace::process_span(&delivered, delivered_trace(&delivery, &envelope).as_ref());
+    let ran = async {
+        let settings = match resolve_settings(store, &command).await {
+            Ok(s) => s,
+            Err(e) => {
+                delivery.retry().await?;
+                return Err(e.into());
+            }
+        };
+        let started = std::time::Instant::now();
+        let event = execute(executor, &command, &settings).await;
+        let outcome = match &event {
+            Event::StepFailed(f) => {
+                trace::mark_failed(&span, &f.reason);
+                "failed"
+            }
+            Event::StepSkipped(_) => "skipped",
+            _ => "succeeded",
+        };
+        slipway_telemetry::metrics::global().step_finished(&step, outcome, started.elapsed());
+        let mut meta = Metadata::caused_by(&envelope);
+        meta.actor = actor.to_string();
+        // The next dispatch is a child of this step's span (when it is exported).
+        meta.trace = trace::context_of(&span).or(meta.trace);
+        let outcome = match Envelope::new(id, Utc::now(), &stream, &event, meta) {
+            Ok(o) => o,
+            Err(e) => return Ok(delivery.dead_letter(&format!("cannot encode the outcome: {e}")).await?),
+        };
+        match store.append(&stream, ExpectedVersion::Any, &[outcome], &[]).await {
+            Ok(_) | Err(StoreError::Duplicate { .. }) => Ok(delivery.ack().await?),
+            Err(e) => {
+                delivery.retry().await?;
+                Err(e.into())
+            }
         }
     };
-    let event = tracing::Instrument::instrument(execute(executor, &command, &settings), span).await;
-    let mut meta = Metadata::caused_by(&envelope);
-    meta.actor = actor.to_string();
-    let outcome = match Envelope::new(id, Utc::now(), &stream, &event, meta) {
-        Ok(o) => o,
-        Err(e) => return Ok(delivery.dead_letter(&format!("cannot encode the outcome: {e}")).await?),
-    };
-    match store.append(&stream, ExpectedVersion::Any, &[outcome], &[]).await {
-        Ok(_) | Err(StoreError::Duplicate { .. }) => Ok(delivery.ack().await?),
-        Err(e) => {
-            delivery.retry().await?;
-            Err(e.into())
-        }
-    }
+    tracing::Instrument::instrument(ran, span.clone()).await
 }
 
 /// The command's settings (key -> fingerprint) resolved to values. A value
@@ -222,6 +253,19 @@ async fn execute(executor: &dyn Executor, command: &Command, settings: &Settings
         Command::RunStep(c) => executor.run_step(c, settings).await,
         Command::RemoveContainers(c) => executor.remove_containers(c).await,
         Command::RetireRelease(c) => executor.retire(c).await,
+    }
+}
+
+/// The dispatcher's trace context: the message's `traceparent` header
+/// (what any AMQP-aware tool sees), with the envelope's `tracestate` when
+/// both name the same span; the envelope's alone when the header is missing
+/// or malformed.
+fn delivered_trace(delivery: &Delivery, envelope: &Envelope) -> Option<TraceContext> {
+    let header = delivery.message.traceparent.as_deref().and_then(|t| TraceContext::parse(t).ok());
+    match (header, &envelope.trace) {
+        (Some(h), Some(e)) if h.traceparent == e.traceparent => Some(e.clone()),
+        (Some(h), _) => Some(h),
+        (None, e) => e.clone(),
     }
 }
 

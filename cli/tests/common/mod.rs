@@ -50,7 +50,8 @@ impl Cluster {
         c
     }
 
-    /// No process yet: the test spawns what it needs.
+    /// The environment and data directory of a cluster, with no process
+    /// started yet (a test that starts its own).
     pub fn empty(schema: &str, namespace: &str) -> Cluster {
         let data = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -148,3 +148,11 @@ pub struct WhoAmI {
 pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
     Json(WhoAmI { name: caller.name, scope: caller.scope, authenticated: true })
 }
+
+#[utoipa::path(get, path = "/metrics", tag = "installation", summary = "This process's Prometheus metrics",
+    description = "Deployments by outcome, step durations, queue depth, outbox and subscription lag, router requests \
+        (OpenMetrics text). Prometheus sends the token with `authorization: {credentials: ...}` in its scrape config.",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    slipway_telemetry::serve::metrics().await
+}

@@ -83,6 +83,7 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
     vec![
         route(Method::GET, "/healthz", Open, get(health)),
         route(Method::GET, "/openapi.json", Scope(Read), get(openapi::document)),
+        route(Method::GET, "/metrics", Scope(Read), get(admin::metrics)),
         route(Method::GET, "/api/projects", Scope(Read), get(projects::list)),
         route(Method::POST, "/api/projects", Scope(Admin), post(projects::create)),
         route(Method::GET, "/api/projects/{name}", Scope(Read), get(projects::show)),

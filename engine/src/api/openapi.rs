@@ -30,7 +30,7 @@ const SCHEME: &str = "bearer";
         deployments::request, deployments::list, deployments::show, deployments::cancel, deployments::replay, deployments::events,
         deployments::history, deployments::logs, deployments::diff, live::stream,
         audit::export, audit::verify,
-        admin::workers, admin::whoami, admin::tokens, admin::issue_token, admin::revoke_token,
+        admin::workers, admin::whoami, admin::metrics, admin::tokens, admin::issue_token, admin::revoke_token,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail))
 )]

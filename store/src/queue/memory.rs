@@ -260,6 +260,15 @@ impl Queue for MemoryQueue {
         self.inner.changed.notify_waiters();
         Ok(())
     }
+
+    async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
+        let state = self.inner.open()?;
+        Ok(state.queues.get(queue).map_or(0, |q| q.ready.len() as u64))
+    }
+
+    fn system(&self) -> &'static str {
+        "memory"
+    }
 }
 
 struct MemoryConsumer {

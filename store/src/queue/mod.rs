@@ -65,6 +65,17 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Removes `queue` and its dead-letter queue (tests and teardown).
     async fn delete(&self, queue: &str) -> Result<(), QueueError>;
+
+    /// Messages waiting in `queue` (ready, not yet delivered); 0 for a
+    /// queue that does not exist. For the `slipway_queue_depth` metric.
+    async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
+        Err(QueueError::Operation { queue: queue.to_owned(), reason: "this queue backend cannot tell its depth".into() })
+    }
+
+    /// The broker's name for traces (`messaging.system`): `rabbitmq`, `memory`.
+    fn system(&self) -> &'static str {
+        "unknown"
+    }
 }
 
 /// One subscription to a queue. Dropping it is like its worker crashing:

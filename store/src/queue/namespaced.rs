@@ -47,4 +47,12 @@ impl Queue for Namespaced {
     async fn delete(&self, queue: &str) -> Result<(), QueueError> {
         self.inner.delete(&self.name(queue)).await
     }
+
+    async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
+        self.inner.depth(&self.name(queue)).await
+    }
+
+    fn system(&self) -> &'static str {
+        self.inner.system()
+    }
 }

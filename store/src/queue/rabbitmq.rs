@@ -76,6 +76,7 @@ use uuid::Uuid;
 /// Header carrying the reason of a dead-letter published by `dead_letter()`.
 const REASON_HEADER: &str = "x-slipway-reason";
 const TRACEPARENT_HEADER: &str = "traceparent";
+const TRACESTATE_HEADER: &str = "tracestate";
 /// Set by quorum queues on redelivery: how many times the message was returned.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Set by the broker when it dead-letters a message (`delivery_limit`, `rejected`, ...).
@@ -519,6 +520,9 @@ impl<'a> Outgoing<'a> {
         let mut headers = FieldTable::default();
         if let Some(traceparent) = &message.traceparent {
             headers.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(traceparent.as_str().into()));
+            if let Some(tracestate) = tracestate(traceparent, &message.body) {
+                headers.insert(TRACESTATE_HEADER.into(), AMQPValue::LongString(tracestate.into()));
+            }
         }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
@@ -526,6 +530,19 @@ impl<'a> Outgoing<'a> {
             .with_headers(headers);
         Ok(Outgoing { id: message.id, queue: &message.queue, routing_key, body: &message.body, properties })
     }
+}
+
+/// The W3C `tracestate` that goes with `traceparent`, from the envelope in
+/// `body` (the outbox keeps only the `traceparent`; the envelope has both).
+/// `None` when the body is not an envelope, has no `tracestate`, or names
+/// another `traceparent`.
+fn tracestate(traceparent: &str, body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Traced {
+        trace: Option<slipway_proto::TraceContext>,
+    }
+    let trace = serde_json::from_slice::<Traced>(body).ok()?.trace?;
+    (trace.traceparent == traceparent).then_some(trace.tracestate?).filter(|s| !s.is_empty())
 }
 
 /// The AMQP names of `queue` and its dead-letter queue, which are limited to
@@ -753,6 +770,30 @@ impl Queue for RabbitQueue {
                 }
             })
             .await
+    }
+
+    /// A passive declare: the broker answers with the queue's ready
+    /// message count without creating or changing it. A missing queue is 0
+    /// (it fails the declare on a channel of its own, nothing else).
+    async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
+        let (name, _) = names(queue)?;
+        self.core
+            .run_op(queue, self.core.deadline(), |channel| {
+                let name = name.clone();
+                async move {
+                    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+                    match channel.queue_declare(name, passive, FieldTable::default()).await {
+                        Ok(q) => Ok(u64::from(q.message_count())),
+                        Err(e) if is_not_found(&e) => Ok(0),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await
+    }
+
+    fn system(&self) -> &'static str {
+        "rabbitmq"
     }
 }
 
@@ -1190,6 +1231,17 @@ mod tests {
         assert_eq!(as_u64(&AMQPValue::ShortInt(2)), Some(2));
         assert_eq!(as_u64(&AMQPValue::LongLongInt(-1)), None);
         assert_eq!(as_u64(&AMQPValue::LongString("3".into())), None);
+    }
+
+    #[test]
+    fn tracestate_comes_from_the_envelope_of_the_same_traceparent() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let body = format!(r#"{{"id":"x","payload":{{"trace":"no"}},"trace":{{"traceparent":"{tp}","tracestate":"a=1"}}}}"#);
+        assert_eq!(tracestate(tp, body.as_bytes()).as_deref(), Some("a=1"));
+        let other = "00-0af7651916cd43dd8448eb211c80319c-0000000000000001-01";
+        assert_eq!(tracestate(other, body.as_bytes()), None);
+        assert_eq!(tracestate(tp, format!(r#"{{"trace":{{"traceparent":"{tp}"}}}}"#).as_bytes()), None);
+        assert_eq!(tracestate(tp, b"not json"), None);
     }
 
     #[test]
