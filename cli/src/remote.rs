@@ -1,6 +1,7 @@
 //! The verbs that go through a server's HTTP API with `--server`: deploy,
-//! status, deployments, history, rollback and replay. Each sends the
-//! request of the API contract (/work/notes/api-contract.md), then prints as
+//! status, deployments, history, rollback and replay (cancel is one call, in
+//! `main.rs`). Each sends the API's request (the server's `/openapi.json`
+//! describes them), then prints as
 //! its local twin does; deploy, rollback and replay follow the deployment's
 //! events through the API (`client::ApiSource`) with the same progress
 //! display. Build and release logs (`--logs`) need the API's stream and are

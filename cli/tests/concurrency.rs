@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_engine::requests::{self, NewProject};
+use slipway_engine::requests;
 use slipway_engine::Status;
 use slipway_proto::event::{deployment_stream, TokenScope};
 use slipway_proto::Event;
@@ -45,14 +45,7 @@ async fn simultaneous_requests_through_two_api_processes_run_one_after_the_other
     }
     let repo = AppRepo::new();
     repo.commit(&busybox_app("v1", "[web]\nport = 80\n\n[release]\ncommands = [\"sleep 0.5\"]\n", ""), "v1");
-    let new = NewProject {
-        name: project.clone(),
-        repository: repo.path().display().to_string(),
-        default_branch: "main".into(),
-        environments: vec!["live".into()],
-        mirror_of: None,
-    };
-    requests::create_project(&*store, "test", new).await.unwrap().unwrap();
+    create_project(&*store, &project, &repo.path().display().to_string(), &["live"]).await;
 
     let path = format!("/api/projects/{project}/environments/live/deployments");
     let body = r#"{"mode": "local", "migrate": true}"#;

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Cluster;
-use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_engine::Status;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::{Event, Step};
@@ -50,24 +49,8 @@ async fn a_hung_builder_is_replaced_after_the_heartbeat_timeout_under_the_same_c
     let hung = c.spawn("builder-a", &["worker", "--steps", "build", "--prefetch", "1", "--stand-in-ms", "8000"]);
     let others = "check_services,checkout,deploy,release,processes,health_check,cleanup";
     c.workers.push(c.spawn("others", &["worker", "--steps", others, "--stand-in-ms", "10"]));
-    let new = NewProject {
-        name: project.clone(),
-        repository: "/nonexistent/stand-in".into(),
-        default_branch: "main".into(),
-        environments: vec!["live".into()],
-        mirror_of: None,
-    };
-    requests::create_project(&*store, "test", new).await.unwrap().unwrap();
-    let req = DeployRequest {
-        project: project.clone(),
-        environment: "live".into(),
-        git_ref: None,
-        mode: BuildMode::Local,
-        no_cache: false,
-        run_release: true,
-        dry_run: false,
-    };
-    let id = requests::request_deployment(&*store, "test", req).await.unwrap().unwrap();
+    create_project(&*store, &project, "/nonexistent/stand-in", &["live"]).await;
+    let id = request_deployment(&*store, &project, "live", "", BuildMode::Local, true).await;
 
     // Builder A heartbeats the build command, then hangs.
     let command = eventually("builder A to report the build in progress", Duration::from_secs(60), || async {

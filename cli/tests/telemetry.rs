@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_engine::Status;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_store::postgres::PgOptions;
@@ -85,24 +84,8 @@ async fn a_deployment_across_three_processes_is_one_trace_and_moves_the_counters
 
     let repo = AppRepo::new();
     repo.commit(&busybox_app("v1", "[web]\nport = 80\n", ""), "v1");
-    let new = NewProject {
-        name: project.clone(),
-        repository: repo.path().display().to_string(),
-        default_branch: "main".into(),
-        environments: vec!["live".into()],
-        mirror_of: None,
-    };
-    requests::create_project(&*store, "test", new).await.unwrap().unwrap();
-    let request = DeployRequest {
-        project: project.clone(),
-        environment: "live".into(),
-        git_ref: None,
-        mode: BuildMode::Local,
-        no_cache: false,
-        run_release: true,
-        dry_run: false,
-    };
-    let id = requests::request_deployment(&*store, "test", request).await.unwrap().unwrap();
+    create_project(&*store, &project, &repo.path().display().to_string(), &["live"]).await;
+    let id = request_deployment(&*store, &project, "live", "", BuildMode::Local, true).await;
     let state = eventually(&format!("deployment {id} to finish"), Duration::from_secs(90), || async {
         slipway_engine::load::deployment(&*store, id).await.ok().flatten().filter(|d| d.is_finished())
     })

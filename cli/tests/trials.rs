@@ -22,7 +22,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_engine::Status;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::{Event, Step};
@@ -176,29 +175,11 @@ async fn faults_lose_nothing_and_the_release_keeps_answering() {
     let repo = AppRepo::new();
     let v1 = repo.commit(&busybox_app("v1", APP, ""), "v1");
     let v2 = repo.commit(&busybox_app("v2", APP, ""), "v2");
-    let new = NewProject {
-        name: project.clone(),
-        repository: repo.path().display().to_string(),
-        default_branch: "main".into(),
-        environments: vec!["live".into()],
-        mirror_of: None,
-    };
-    requests::create_project(&*store, "trials", new).await.unwrap().unwrap();
+    create_project(&*store, &project, &repo.path().display().to_string(), &["live"]).await;
     let request = |commit: String| {
         let store = store.clone();
         let project = project.clone();
-        async move {
-            let req = DeployRequest {
-                project,
-                environment: "live".into(),
-                git_ref: Some(commit),
-                mode: BuildMode::Local,
-                no_cache: false,
-                run_release: true,
-                dry_run: false,
-            };
-            requests::request_deployment(&*store, "trials", req).await.unwrap().unwrap()
-        }
+        async move { request_deployment(&*store, &project, "live", &commit, BuildMode::Local, true).await }
     };
     let wait = |id: Uuid| {
         let store = store.clone();

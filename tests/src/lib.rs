@@ -187,14 +187,7 @@ impl Harness {
     }
 
     pub async fn create_project(&self, repo: &Path) {
-        let new = NewProject {
-            name: self.project.clone(),
-            repository: repo.display().to_string(),
-            default_branch: "main".into(),
-            environments: vec!["test".into(), "live".into()],
-            mirror_of: None,
-        };
-        requests::create_project(&*self.store, "test", new).await.expect("store").expect("project created");
+        create_project(&*self.store, &self.project, &repo.display().to_string(), &["test", "live"]).await;
     }
 
     pub async fn set(&self, env: &str, key: &str, value: &str, secret: bool) {
@@ -286,7 +279,21 @@ impl Drop for Harness {
     }
 }
 
-async fn request_deployment(
+/// Creates project `name` from `repository` (branch main) with these environments.
+pub async fn create_project(store: &dyn EventStore, name: &str, repository: &str, environments: &[&str]) {
+    let new = NewProject {
+        name: name.into(),
+        repository: repository.into(),
+        default_branch: "main".into(),
+        environments: environments.iter().map(|e| e.to_string()).collect(),
+        mirror_of: None,
+    };
+    requests::create_project(store, "test", new).await.expect("store").expect("project created");
+}
+
+/// Requests a deployment of `project`'s `env` at `git_ref` (the default
+/// branch when empty), recorded by the actor "test".
+pub async fn request_deployment(
     store: &dyn EventStore,
     project: &str,
     env: &str,
@@ -297,7 +304,7 @@ async fn request_deployment(
     let req = DeployRequest {
         project: project.into(),
         environment: env.into(),
-        git_ref: Some(git_ref.into()),
+        git_ref: (!git_ref.is_empty()).then(|| git_ref.into()),
         mode,
         no_cache: false,
         run_release,
