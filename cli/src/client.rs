@@ -177,6 +177,108 @@ impl Source for ApiSource<'_> {
     }
 }
 
+/// `ApiSource`, with the build and release log lines of the API's live
+/// stream (`GET /api/deployments/{id}/stream`, `event: log`), read by a task
+/// of its own. Events still come from `/events`: the stream only adds the
+/// lines, and a server without it (or one that ends it) costs only them.
+pub struct LoggedSource<'a> {
+    events: ApiSource<'a>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl<'a> LoggedSource<'a> {
+    pub fn new(client: &'a Client, id: Uuid) -> LoggedSource<'a> {
+        LoggedSource { events: ApiSource::new(client, id), lines: client.log_lines(id) }
+    }
+}
+
+impl Source for LoggedSource<'_> {
+    async fn read(&mut self, from: u64) -> anyhow::Result<Vec<Observed>> {
+        self.events.read(from).await
+    }
+
+    async fn wait(&mut self) {
+        self.events.wait().await
+    }
+
+    fn log_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+impl Client {
+    /// Starts reading deployment `id`'s live stream; its log lines arrive on
+    /// the returned channel until the stream ends or fails.
+    fn log_lines(&self, id: Uuid) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let url = format!("{}/api/deployments/{id}/stream", self.base);
+        let (http, token) = (self.http.clone(), self.token.clone());
+        tokio::spawn(async move {
+            let mut request = Request::get(&url).header(ACCEPT, "text/event-stream");
+            if let Some(t) = token {
+                request = request.header(AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let Ok(request) = request.body(Full::new(Bytes::new())) else { return };
+            let response = match http.request(request).await {
+                Ok(r) if r.status().is_success() => r,
+                _ => return,
+            };
+            let mut body = response.into_body();
+            let mut frames = SseFrames::default();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else { continue };
+                for (event, data) in frames.push(&data) {
+                    match event.as_str() {
+                        "log" if tx.send(data).is_err() => return,
+                        "end" => return,
+                        _ => {}
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Server-sent events split into `(event, data)` as bytes arrive: frames
+/// end with a blank line; `data:` lines join with newlines; comments (`:`)
+/// and other fields are skipped.
+/// Bytes wait until their frame is complete, so a character split across
+/// two chunks is decoded whole.
+#[derive(Debug, Default)]
+pub struct SseFrames {
+    pending: Vec<u8>,
+}
+
+impl SseFrames {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.pending.extend(bytes.iter().filter(|b| **b != b'\r'));
+        let mut frames = Vec::new();
+        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+            let raw: Vec<u8> = self.pending.drain(..end + 2).collect();
+            let frame = String::from_utf8_lossy(&raw);
+            let (mut event, mut data) = (String::from("message"), Vec::new());
+            for line in frame.lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => event = value.to_string(),
+                    "data" => data.push(value),
+                    _ => {}
+                }
+            }
+            if !data.is_empty() {
+                frames.push((event, data.join("\n")));
+            }
+        }
+        frames
+    }
+}
+
 /// A path segment with the characters a URL path cannot carry escaped
 /// (project and environment names are plain already; this keeps a typo
 /// from turning into another route).
@@ -193,6 +295,19 @@ pub fn segment(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn server_sent_events_are_split_into_frames_across_chunks() {
+        let mut frames = super::SseFrames::default();
+        assert!(frames.push(b": keep-alive\n\nevent: log\ndata: Step 1/4 : FROM scr").is_empty());
+        let got = frames.push(b"atch\n\nevent: deployment-event\r\ndata: {\"version\":1}\r\n\r\nevent: end\ndata: {}\n\n");
+        assert_eq!(
+            got,
+            [("log", "Step 1/4 : FROM scratch"), ("deployment-event", "{\"version\":1}"), ("end", "{}")]
+                .map(|(e, d)| (e.to_string(), d.to_string()))
+        );
+        assert_eq!(frames.push(b"data: a\ndata: b\n\n"), [("message".to_string(), "a\nb".to_string())]);
+    }
+
     use super::*;
     use crate::exit::code_of;
 

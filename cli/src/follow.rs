@@ -58,6 +58,11 @@ pub trait Source {
     fn read(&mut self, from: u64) -> impl std::future::Future<Output = anyhow::Result<Vec<Observed>>>;
     /// Returns when more may have been recorded.
     fn wait(&mut self) -> impl std::future::Future<Output = ()>;
+    /// Build and release log lines that arrived since the last call (a
+    /// source that carries them: the API's live stream).
+    fn log_lines(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The deployment's stream in the store, woken by its notifications.
@@ -169,6 +174,9 @@ pub async fn follow(
         }
         if let Some(logs) = logs.as_mut() {
             logs.tail(reporter);
+        }
+        for line in source.log_lines() {
+            reporter.log("log", &line);
         }
         if let Some(ending) = tracker.ending() {
             return Ok(ending.clone());

@@ -4,8 +4,7 @@
 //! describes them), then prints as
 //! its local twin does; deploy, rollback and replay follow the deployment's
 //! events through the API (`client::ApiSource`) with the same progress
-//! display. Build and release logs (`--logs`) need the API's stream and are
-//! not shown yet.
+//! display; `--logs` adds the log lines of the API's live stream.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::client::{segment, ApiSource, Client};
+use crate::client::{segment, ApiSource, Client, LoggedSource};
 use crate::exit::{coded, Exit};
 use crate::progress::duration;
 use crate::report::{Reporter, Style};
@@ -95,10 +94,11 @@ async fn watch(client: &Client, id: Uuid, project: &str, env: &str, intro: &str,
         let first = ahead[0].as_str().unwrap_or_default();
         reporter.note(&format!("waiting for deployment {first} to finish ({} ahead in {env})", ahead.len()));
     }
-    if follow.logs {
-        reporter.note("(--logs is not available through --server yet: see `slipway logs` on the server)");
-    }
-    let ending = crate::follow::follow(&mut ApiSource::new(client, id), &mut reporter, id, None, follow.timeout).await?;
+    let ending = if follow.logs {
+        crate::follow::follow(&mut LoggedSource::new(client, id), &mut reporter, id, None, follow.timeout).await?
+    } else {
+        crate::follow::follow(&mut ApiSource::new(client, id), &mut reporter, id, None, follow.timeout).await?
+    };
     let routes = match client.get(&environment_path(project, env)).await {
         Ok(status) => status_url(&status).into_iter().map(|url| RouterUrl { url, router: "server".into() }).collect(),
         Err(_) => vec![],

@@ -154,6 +154,15 @@ async fn the_dashboard_deploys_and_follows_a_deployment_live_and_shows_its_timel
     if let Err(e) = outcome {
         panic!("{e}\n--- slipway log:\n{}", slipway.log());
     }
+
+    // The CLI as a client of the same API follows a deployment with its
+    // build log, which arrives over the live stream (`--logs`).
+    let (server, token) = (format!("http://{}", slipway.api), token.expect("a deploy token"));
+    let out = slipway.verb(&["--server", &server, "--token", &token, "deploy", &project, "test", "--no-cache", "--logs"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{text}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(text.lines().any(|l| l.starts_with("     | ") && l.contains("FROM")), "no build log line in:\n{text}");
+    assert!(text.contains("is served at http://127.0.0.1:"), "{text}");
 }
 
 async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Result<(), String> {
