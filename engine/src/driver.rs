@@ -355,11 +355,7 @@ impl Driver {
     /// following the OpenTelemetry messaging conventions.
     fn publish_span(&self, cause: &Envelope, command: &Command, id: Uuid) -> PlannedSpan {
         let queue = command.queue();
-        let deployment = match command {
-            Command::RunStep(c) => c.context.deployment_id,
-            Command::RemoveContainers(c) => c.deployment_id,
-            Command::RetireRelease(c) => c.deployment_id,
-        };
+        let deployment = command.deployment_id();
         PlannedSpan::child_of(cause.trace.as_ref(), format!("{queue} publish"), slipway_telemetry::trace::Kind::Producer)
             .with_attribute("messaging.system", self.options.messaging_system)
             .with_attribute("messaging.operation.type", "send")

@@ -110,4 +110,13 @@ impl Command {
     pub fn queue(&self) -> String {
         self.step().queue()
     }
+
+    /// The deployment the command acts for (whose stream its outcome joins).
+    pub fn deployment_id(&self) -> Uuid {
+        match self {
+            Command::RunStep(c) => c.context.deployment_id,
+            Command::RemoveContainers(c) => c.deployment_id,
+            Command::RetireRelease(c) => c.deployment_id,
+        }
+    }
 }

@@ -91,15 +91,20 @@ pub async fn run(
         });
     }
     let started_at = Utc::now();
-    let beat = |stopped: bool| slipway_store::WorkerBeat {
-        id: options.id.clone(),
-        host: options.host.clone(),
-        steps: options.steps.iter().map(|s| s.to_string()).collect(),
-        busy: busy.lock().map(|b| b.values().cloned().collect()).unwrap_or_default(),
-        commands: busy.lock().map(|b| b.keys().copied().collect()).unwrap_or_default(),
-        started_at,
-        last_seen: Utc::now(),
-        stopped,
+    let beat = |stopped: bool| {
+        // One look at what runs: the readable list and the ids agree.
+        let (busy, commands) =
+            busy.lock().map(|b| (b.values().cloned().collect(), b.keys().copied().collect())).unwrap_or_default();
+        slipway_store::WorkerBeat {
+            id: options.id.clone(),
+            host: options.host.clone(),
+            steps: options.steps.iter().map(|s| s.to_string()).collect(),
+            busy,
+            commands,
+            started_at,
+            last_seen: Utc::now(),
+            stopped,
+        }
     };
     tokio::pin!(shutdown);
     loop {
@@ -131,7 +136,7 @@ async fn handle_tracked(
 ) -> Result<(), WorkerError> {
     let what = Envelope::from_json(&delivery.message.body)
         .ok()
-        .and_then(|e| e.decode::<Command>().ok().map(|c| (e.id, format!("{} of deployment {}", c.step(), deployment_of(&c)))));
+        .and_then(|e| e.decode::<Command>().ok().map(|c| (e.id, format!("{} of deployment {}", c.step(), c.deployment_id()))));
     if let (Some((id, what)), Ok(mut b)) = (&what, busy.lock()) {
         b.insert(*id, what.clone());
     }
@@ -165,7 +170,7 @@ async fn handle(
         Ok(c) => c,
         Err(e) => return Ok(delivery.dead_letter(&e.to_string()).await?),
     };
-    let stream = deployment_stream(deployment_of(&command));
+    let stream = deployment_stream(command.deployment_id());
     let id = outcome_id(envelope.id);
     let history = match store.read_stream(&stream, 1).await {
         Ok(h) => h,
@@ -182,7 +187,7 @@ async fn handle(
         tracing::info!(command = %envelope.id, %stream, "deployment finished or cancelled; not running the step");
         return Ok(delivery.ack().await?);
     }
-    let (queue, message_id, deployment) = (command.queue(), envelope.id.to_string(), deployment_of(&command).to_string());
+    let (queue, message_id, deployment) = (command.queue(), envelope.id.to_string(), command.deployment_id().to_string());
     let step = command.step().to_string();
     let delivered = Delivered {
         system,
@@ -269,10 +274,3 @@ fn delivered_trace(delivery: &Delivery, envelope: &Envelope) -> Option<TraceCont
     }
 }
 
-fn deployment_of(command: &Command) -> Uuid {
-    match command {
-        Command::RunStep(c) => c.context.deployment_id,
-        Command::RemoveContainers(c) => c.deployment_id,
-        Command::RetireRelease(c) => c.deployment_id,
-    }
-}
