@@ -85,11 +85,16 @@ impl DriverOptions {
 pub struct Driver {
     store: Arc<dyn EventStore>,
     options: DriverOptions,
+    /// Held from reading the routes stream's version to appending at it.
+    /// Every cutover appends to the one routes stream at the version it
+    /// read; advanced concurrently, all but one would conflict and decide
+    /// again. In turns, a conflict is left only between engine processes.
+    routes_turn: tokio::sync::Mutex<()>,
 }
 
 impl Driver {
     pub fn new(store: Arc<dyn EventStore>, options: DriverOptions) -> Self {
-        Driver { store, options }
+        Driver { store, options, routes_turn: tokio::sync::Mutex::new(()) }
     }
 
     /// Follows the store until `shutdown` resolves.
@@ -193,6 +198,10 @@ impl Driver {
             let estream = environment_stream(&state.context.project, &state.context.environment);
             let env = load::environment_of_stream(&*self.store, &estream).await?;
             // Routes and routers matter only once the pipeline has passed.
+            let _turn = match state.next_step() {
+                None => Some(self.routes_turn.lock().await),
+                Some(_) => None,
+            };
             let traffic = match state.next_step() {
                 None => Some(load::traffic(&*self.store).await?),
                 Some(_) => None,

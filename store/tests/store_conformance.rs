@@ -169,12 +169,21 @@ async fn the_chain_links_every_event(store: DynStore) {
         store.append(s, ExpectedVersion::Any, &events(s, 0..3), &[]).await.unwrap().unwrap();
         store.append(s, ExpectedVersion::Any, &events(s, 3..4), &[]).await.unwrap().unwrap();
     }
+    // One event at any version, on a new stream and after others, with text
+    // beyond ASCII: PostgreSQL writes these in one statement and computes
+    // the hash itself, which must be the chain's own formula.
+    let s = "deployment-h3";
+    store.append(s, ExpectedVersion::Any, &[event_in(s, 0, "prod-ü-✓-日本")], &[]).await.unwrap().unwrap();
+    store.append(s, ExpectedVersion::Any, &[event_in(s, 1, "\"quoted\"\nline\\")], &[]).await.unwrap().unwrap();
+    let read = store.read_stream(s, 1).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(read[0].hash, chain::event_hash(chain::GENESIS, s, 1, &read[0].envelope.to_json()));
     let read = store.read_stream("deployment-h1", 1).await.unwrap();
     assert_eq!(read[0].prev_hash, chain::GENESIS);
     assert!(read.windows(2).all(|w| w[1].prev_hash == w[0].hash));
     let report = chain::verify(&store.chain_rows().await.unwrap());
     assert!(report.is_intact(), "{:?}", report.findings);
-    assert_eq!((report.streams, report.events), (2, 8));
+    assert_eq!((report.streams, report.events), (3, 10));
 }
 
 async fn bad_appends_are_refused_clearly(store: DynStore) {

@@ -50,8 +50,13 @@ pub async fn sqlite_store() -> SqliteStore {
 
 /// A small event for `stream`, numbered so tests can tell events apart.
 pub fn event(stream: &str, n: u64) -> Envelope {
+    event_in(stream, n, &format!("env-{n}"))
+}
+
+/// `event`, naming the environment (a text the chain hashes as stored).
+pub fn event_in(stream: &str, n: u64, environment: &str) -> Envelope {
     let e = Event::SettingsChanged(SettingsChanged {
-        environment: format!("env-{n}"),
+        environment: environment.to_string(),
         set: [("KEY".to_string(), format!("sha256:{n:08}"))].into(),
         removed: vec![],
         secrets: vec![],
