@@ -24,13 +24,23 @@ use uuid::Uuid;
 
 use crate::decider::{decide, Decision, EnvironmentView, Retries};
 use crate::deployment::{fold, Deployment};
+use crate::environment::Environment;
 use crate::load::{self, decode_all};
+use crate::routes::Traffic;
+use crate::seen::{Seen, SeenDeployment};
 
 /// What advancing one deployment gave: a time to look again, or why not.
 type Advanced = Result<Option<DateTime<Utc>>, DriverError>;
 
 /// Deployments advanced at the same time.
-const ADVANCE_CONCURRENCY: usize = 16;
+const ADVANCE_CONCURRENCY: usize = 64;
+
+/// How often the subscription's position is saved.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Decide-and-append rounds for one deployment before it is left for a
+/// timer (each round records something, or ends the advance).
+const ROUNDS: usize = 32;
 
 /// The checkpoint name of the engine's subscription.
 pub const ENGINE_CHECKPOINT: &str = "engine";
@@ -90,11 +100,14 @@ pub struct Driver {
     /// read; advanced concurrently, all but one would conflict and decide
     /// again. In turns, a conflict is left only between engine processes.
     routes_turn: tokio::sync::Mutex<()>,
+    /// Deployment, environment and traffic states, moved forward by the
+    /// subscription and by the driver's own appends (see `seen`).
+    seen: std::sync::Mutex<Seen>,
 }
 
 impl Driver {
     pub fn new(store: Arc<dyn EventStore>, options: DriverOptions) -> Self {
-        Driver { store, options, routes_turn: tokio::sync::Mutex::new(()) }
+        Driver { store, options, routes_turn: tokio::sync::Mutex::new(()), seen: Default::default() }
     }
 
     /// Follows the store until `shutdown` resolves.
@@ -106,6 +119,7 @@ impl Driver {
         // again, which re-arms its timer.
         let mut timers: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
         let mut streams: BTreeSet<String> = self.in_flight().await?;
+        let (mut saved, mut saved_at) = (sub.cursor(), tokio::time::Instant::now());
         loop {
             // Deployments are independent: advance several at once (the
             // expected-version checks settle any overlap on shared streams).
@@ -134,7 +148,12 @@ impl Driver {
                     Err(e) => tracing::error!(%stream, error = %e, "cannot advance deployment"),
                 }
             }
-            sub.checkpoint().await?;
+            // A restart from an older checkpoint decides again what was
+            // decided (idempotent): saving it at most this often is enough.
+            if sub.cursor() != saved && saved_at.elapsed() >= CHECKPOINT_EVERY {
+                sub.checkpoint().await?;
+                (saved, saved_at) = (sub.cursor(), tokio::time::Instant::now());
+            }
             let next_timer = timers.values().min().copied();
             let sleep = async {
                 match next_timer {
@@ -143,20 +162,37 @@ impl Driver {
                 }
             };
             let batch = tokio::select! {
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    // Not saved: the next start decides a little again.
+                    if let Err(e) = sub.checkpoint().await {
+                        tracing::warn!(error = %e, "could not save the engine's position at shutdown");
+                    }
+                    return Ok(());
+                }
                 _ = sleep => {
                     let now = Utc::now();
                     streams.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(s, _)| s.clone()));
                     continue;
                 }
+                // Progress not saved yet, and nothing else happening: save it.
+                _ = tokio::time::sleep_until(saved_at + CHECKPOINT_EVERY), if sub.cursor() != saved => continue,
                 batch = sub.next_batch(256) => batch?,
             };
+            {
+                let mut seen = self.seen();
+                for e in &batch {
+                    seen.observe(&e.stream, e.version, &e.envelope, e.envelope.decode::<Event>().ok().as_ref());
+                    // Decisions are appended at these heads: no need to read them.
+                    self.store.saw(e);
+                }
+                seen.trim();
+            }
             for e in &batch {
                 if e.stream.starts_with("deployment-") {
                     streams.insert(e.stream.clone());
                 } else if e.stream.starts_with("environment-") {
                     // A deployment left or joined the queue: the head may start.
-                    match load::environment_of_stream(&*self.store, &e.stream).await {
+                    match self.environment(&e.stream).await {
                         Ok(env) => streams.extend(env.queue.first().map(|d| deployment_stream(*d))),
                         Err(DriverError::Store(err)) => return Err(err),
                         Err(err) => tracing::error!(stream = %e.stream, error = %err, "cannot read environment"),
@@ -188,22 +224,20 @@ impl Driver {
     /// Decides and records what comes next for one deployment stream.
     /// Returns the time to look again if the deployment waits for one.
     pub async fn advance(&self, stream: &str) -> Result<Option<DateTime<Utc>>, DriverError> {
-        loop {
-            let recorded = self.store.read_stream(stream, 1).await?;
-            let events = decode_all(&recorded)?;
-            let Some(state) = fold(events.iter())? else { return Ok(None) };
+        for _ in 0..ROUNDS {
+            let Some(SeenDeployment { state, last: cause }) = self.deployment(stream).await? else { return Ok(None) };
             if state.is_finished() && state.late_containers.is_empty() {
                 return Ok(None);
             }
             let estream = environment_stream(&state.context.project, &state.context.environment);
-            let env = load::environment_of_stream(&*self.store, &estream).await?;
+            let env = self.environment(&estream).await?;
             // Routes and routers matter only once the pipeline has passed.
             let _turn = match state.next_step() {
                 None => Some(self.routes_turn.lock().await),
                 Some(_) => None,
             };
             let traffic = match state.next_step() {
-                None => Some(load::traffic(&*self.store).await?),
+                None => Some(self.traffic().await?),
                 Some(_) => None,
             };
             let routes_version = traffic.as_ref().map_or(0, |t| t.routes_version);
@@ -232,8 +266,7 @@ impl Driver {
             if decisions.is_empty() {
                 return Ok(wake);
             }
-            let Some(cause) = recorded.last() else { return Ok(None) };
-            let out = self.materialise(stream, &estream, &cause.envelope, decisions);
+            let out = self.materialise(stream, &estream, &cause, decisions);
             let mut appends =
                 vec![StreamAppend { stream, expected: ExpectedVersion::Exactly(state.version), events: &out.events }];
             if !out.environment.is_empty() {
@@ -252,12 +285,75 @@ impl Driver {
             }
             match self.store.append_streams(&appends, &out.commands).await? {
                 Ok(_) => {
+                    let moved = !out.events.is_empty();
+                    {
+                        let mut seen = self.seen();
+                        for (stream, from, events) in
+                            [(stream, state.version, &out.events), (&estream, env.version, &out.environment), (ROUTES_STREAM, routes_version, &out.routes)]
+                        {
+                            for (i, e) in events.iter().enumerate() {
+                                seen.observe(stream, from + 1 + i as u64, e, e.decode::<Event>().ok().as_ref());
+                            }
+                        }
+                    }
                     out.committed();
-                    return Ok(None);
+                    // Decide again from the state just recorded (which
+                    // arms a deadline's timer, or goes on at once); a
+                    // dispatch that recorded nothing is not repeated.
+                    if !moved {
+                        return Ok(None);
+                    }
                 }
-                Err(conflict) => tracing::debug!(%conflict, "deployment moved while deciding; deciding again"),
+                Err(conflict) => {
+                    tracing::debug!(%conflict, "deployment moved while deciding; deciding again");
+                    self.seen().forget(&conflict.stream);
+                }
             }
         }
+        // Still deciding after this many rounds: look again shortly rather
+        // than hold the batch.
+        tracing::warn!(%stream, rounds = ROUNDS, "deployment kept moving while deciding; looking again in a second");
+        Ok(Some(Utc::now() + chrono::Duration::seconds(1)))
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        // Nothing panics while holding it; if something did, the state
+        // kept is still whole (each update is one insert or remove).
+        self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A deployment as seen, or read and kept; `None` if it does not exist.
+    async fn deployment(&self, stream: &str) -> Result<Option<SeenDeployment>, DriverError> {
+        if let Some(seen) = self.seen().deployment(stream) {
+            return Ok(Some(seen));
+        }
+        let recorded = self.store.read_stream(stream, 1).await?;
+        let events = decode_all(&recorded)?;
+        let (Some(state), Some(last)) = (fold(events.iter())?, recorded.last()) else { return Ok(None) };
+        let seen = SeenDeployment { state, last: last.envelope.clone() };
+        self.seen().put_deployment(stream, seen.clone());
+        Ok(Some(seen))
+    }
+
+    /// An environment as seen, or read and kept.
+    async fn environment(&self, stream: &str) -> Result<Environment, DriverError> {
+        if let Some(env) = self.seen().environment(stream) {
+            return Ok(env);
+        }
+        let env = load::environment_of_stream(&*self.store, stream).await?;
+        self.seen().put_environment(stream, env.clone());
+        Ok(env)
+    }
+
+    /// The traffic view as seen, or read and kept.
+    async fn traffic(&self) -> Result<Traffic, DriverError> {
+        if let Some(traffic) = self.seen().traffic() {
+            return Ok(traffic);
+        }
+        let seen = load::traffic_seen(&*self.store).await?;
+        let traffic = seen.traffic.clone();
+        self.seen().put_traffic(seen);
+        Ok(traffic)
     }
 
     /// While a heartbeat-tracked step is dispatched: the last time a worker

@@ -37,16 +37,16 @@ impl Environment {
     }
 }
 
-pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Environment {
-    let mut env = Environment::default();
-    for event in events {
+impl Environment {
+    /// Applies the stream's next event (version `self.version + 1`).
+    pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::DeploymentEnqueued(q) => env.queue.push(q.deployment_id),
+            Event::DeploymentEnqueued(q) => self.queue.push(q.deployment_id),
             Event::DeploymentFinished(f) => {
-                env.queue.retain(|d| *d != f.deployment_id);
+                self.queue.retain(|d| *d != f.deployment_id);
                 if f.succeeded && !f.dry_run {
-                    env.releases.push(f.deployment_id);
-                    env.active = Some(ActiveRelease {
+                    self.releases.push(f.deployment_id);
+                    self.active = Some(ActiveRelease {
                         deployment: f.deployment_id,
                         containers: f.containers.clone(),
                         upstreams: f.upstreams.clone(),
@@ -55,7 +55,14 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Environment {
             }
             _ => {}
         }
-        env.version += 1;
+        self.version += 1;
+    }
+}
+
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Environment {
+    let mut env = Environment::default();
+    for event in events {
+        env.apply(event);
     }
     env
 }

@@ -16,6 +16,7 @@ pub mod rebuild;
 pub mod requests;
 pub mod retention;
 pub mod routes;
+pub mod seen;
 pub mod tokens;
 pub mod web;
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::deployment::{self, Deployment, IllegalTransition};
 use crate::environment::{self, Environment};
 use crate::routes::{self, Routes, Traffic};
+use crate::seen::SeenTraffic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -80,16 +81,24 @@ pub async fn routers(store: &dyn EventStore) -> Result<std::collections::BTreeMa
 /// The route version, the registered routers and each one's latest
 /// acknowledgement (the last event of its own stream).
 pub async fn traffic(store: &dyn EventStore) -> Result<Traffic, LoadError> {
+    Ok(traffic_seen(store).await?.traffic)
+}
+
+/// `traffic`, with the stream versions it was read at (what the driver
+/// keeps and moves forward from its subscription).
+pub async fn traffic_seen(store: &dyn EventStore) -> Result<SeenTraffic, LoadError> {
     let routes_version = store.stream_version(ROUTES_STREAM).await?;
     let registry = store.read_stream(ROUTERS_STREAM, 1).await?;
     let routers = routes::fold_routers(decode_all(&registry)?.iter());
     let mut acknowledged = std::collections::BTreeMap::new();
+    let mut acknowledgements = std::collections::BTreeMap::new();
     for router in &routers {
         let stream = router_stream(router);
         let last = store.stream_version(&stream).await?;
         if last == 0 {
             continue;
         }
+        acknowledgements.insert(router.clone(), last);
         let tail = store.read_stream(&stream, last).await?;
         for event in decode_all(&tail)? {
             if let Event::RouteAcknowledged(a) = event {
@@ -97,7 +106,11 @@ pub async fn traffic(store: &dyn EventStore) -> Result<Traffic, LoadError> {
             }
         }
     }
-    Ok(Traffic { routes_version, routers, acknowledged })
+    Ok(SeenTraffic {
+        traffic: Traffic { routes_version, routers, acknowledged },
+        registry: registry.last().map_or(0, |r| r.version),
+        acknowledgements,
+    })
 }
 
 /// The newest image a successful deployment built or re-used from `commit`,

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use chrono::{DateTime, Utc};
 use slipway_proto::Envelope;
+use uuid::Uuid;
 use tokio::sync::watch;
 
 use crate::chain::ChainRow;
@@ -166,6 +167,13 @@ pub struct RecordedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// What `EventStore::stream_holds` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holds {
+    pub id: bool,
+    pub any_of_types: bool,
+}
+
 /// A command waiting in the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
@@ -236,6 +244,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// Events of one stream with version >= `from_version`, in order.
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Whether `stream` holds the event `id`, and whether it holds an event
+    /// of one of `types`: what a worker asks before it runs a command,
+    /// answered without reading the stream's events where the store can.
+    async fn stream_holds(&self, stream: &str, id: Uuid, types: &[&str]) -> Result<Holds, StoreError> {
+        let history = self.read_stream(stream, 1).await?;
+        Ok(Holds {
+            id: history.iter().any(|r| r.envelope.id == id),
+            any_of_types: history.iter().any(|r| types.contains(&r.envelope.message_type.as_str())),
+        })
+    }
+
     /// The stream's current version (0 when it does not exist).
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError>;
 
@@ -259,6 +278,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// A counter that moves when something may have been appended (events or
     /// outbox). Only a hint: readers poll too.
     fn wakeups(&self) -> watch::Receiver<u64>;
+
+    /// A hint that `event` was read: a store that remembers stream heads to
+    /// append without reading them may take it as its stream's head. A
+    /// wrong hint costs a retry, never a wrong append.
+    fn saw(&self, _event: &RecordedEvent) {}
 
     /// Every stored event's chain fields, ordered by stream then version.
     async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError>;

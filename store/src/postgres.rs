@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::chain::{ChainRow, GENESIS};
 use crate::event_store::{
     prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Outgoing, Position, RawEvent,
-    RecordedEvent, StoreError, StreamAppend, WorkerBeat,
+    Holds, RecordedEvent, StoreError, StreamAppend, WorkerBeat,
 };
 
 const BACKEND: &str = "postgres";
@@ -105,6 +105,13 @@ impl Heads {
                 map.clear();
             }
             map.insert(stream.to_owned(), head);
+        }
+    }
+
+    /// Remembers a head read elsewhere, unless a later one is known.
+    fn put_newer(&self, stream: &str, head: Head) {
+        if self.get(stream).is_none_or(|known| known.version < head.version) {
+            self.put(stream, head);
         }
     }
 
@@ -555,6 +562,10 @@ impl EventStore for PgStore {
         }
     }
 
+    fn saw(&self, event: &RecordedEvent) {
+        self.heads.put_newer(&event.stream, Head { version: event.version, hash: event.hash.clone() });
+    }
+
     async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO workers (id, host, steps, busy, commands, started_at, last_seen, stopped) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -630,6 +641,19 @@ impl EventStore for PgStore {
         rows.iter()
             .map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode())
             .collect()
+    }
+
+    async fn stream_holds(&self, stream: &str, id: Uuid, types: &[&str]) -> Result<Holds, StoreError> {
+        let (id, any_of_types): (bool, bool) = sqlx::query_as(
+            "SELECT coalesce(bool_or(id = $2), false), coalesce(bool_or(type = ANY($3)), false) FROM events WHERE stream = $1",
+        )
+        .bind(stream)
+        .bind(id)
+        .bind(types)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db(format!("looking into `{stream}`")))?;
+        Ok(Holds { id, any_of_types })
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {

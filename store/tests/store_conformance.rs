@@ -262,6 +262,18 @@ async fn worker_heartbeats_replace_each_other(store: DynStore) {
     assert_eq!(workers[0].commands, beat("w2", 12, &["build of deployment y"], false).commands, "command ids kept");
 }
 
+async fn a_stream_is_asked_what_it_holds(store: DynStore) {
+    let s = "deployment-k";
+    let written = events(s, 0..3);
+    store.append(s, ExpectedVersion::NoStream, &written, &[]).await.unwrap().unwrap();
+    let holds = store.stream_holds(s, written[1].id, &["SettingsChanged"]).await.unwrap();
+    assert_eq!((holds.id, holds.any_of_types), (true, true));
+    let holds = store.stream_holds(s, uuid::Uuid::now_v7(), &["DeploymentFailed", "CancelRequested"]).await.unwrap();
+    assert_eq!((holds.id, holds.any_of_types), (false, false));
+    let holds = store.stream_holds("deployment-none", written[0].id, &["SettingsChanged"]).await.unwrap();
+    assert_eq!((holds.id, holds.any_of_types), (false, false), "another stream's event is not this one's");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -302,4 +314,5 @@ conformance!(
     multi_stream_appends_are_all_or_nothing,
     setting_values_are_kept_by_fingerprint,
     worker_heartbeats_replace_each_other,
+    a_stream_is_asked_what_it_holds,
 );

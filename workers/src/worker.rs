@@ -172,18 +172,18 @@ async fn handle(
     };
     let stream = deployment_stream(command.deployment_id());
     let id = outcome_id(envelope.id);
-    let history = match store.read_stream(&stream, 1).await {
+    let holds = match store.stream_holds(&stream, id, &STOPS_STEPS).await {
         Ok(h) => h,
         Err(e) => {
             delivery.retry().await?;
             return Err(e.into());
         }
     };
-    if history.iter().any(|r| r.envelope.id == id) {
+    if holds.id {
         tracing::info!(command = %envelope.id, "outcome already recorded; acking the redelivery");
         return Ok(delivery.ack().await?);
     }
-    if matches!(command, Command::RunStep(_)) && history.iter().any(|r| STOPS_STEPS.contains(&r.envelope.message_type.as_str())) {
+    if matches!(command, Command::RunStep(_)) && holds.any_of_types {
         tracing::info!(command = %envelope.id, %stream, "deployment finished or cancelled; not running the step");
         return Ok(delivery.ack().await?);
     }
