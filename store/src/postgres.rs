@@ -361,6 +361,46 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// One stream at a remembered head, with its commands, in one statement
+    /// and no transaction around it (most of the engine's appends). `None`
+    /// when there is no head to use or it was stale: the transactional
+    /// path decides then.
+    async fn append_alone(
+        &self,
+        one: &StreamAppend<'_>,
+        commands: &[Outgoing],
+    ) -> Result<Option<Result<Vec<Appended>, Conflict>>, StoreError> {
+        validate_append(one.stream, one.events)?;
+        let head = match one.events {
+            [] => None,
+            _ => self.heads.fast_head(one.stream, one.expected),
+        };
+        let Some(head) = head else { return Ok(None) };
+        let mut conn = self.pool.acquire().await.map_err(db("appending"))?;
+        match append_at_head(&mut conn, one.stream, &head, one.events, Some(commands)).await? {
+            Fast::Appended(done, head) => {
+                self.heads.put(one.stream, head);
+                Ok(Some(Ok(vec![done])))
+            }
+            Fast::Missing => {
+                self.heads.forget(one.stream);
+                Ok(None)
+            }
+            Fast::Taken => {
+                self.heads.forget(one.stream);
+                // Versions only grow: past `head`, the one version an exact
+                // expectation accepted, it is a conflict.
+                let actual = self.stream_version(one.stream).await?;
+                if one.expected.accepts(actual) {
+                    return Ok(None);
+                }
+                Ok(Some(Err(Conflict { stream: one.stream.into(), expected: one.expected, actual })))
+            }
+        }
+    }
+}
+
 /// `ONE_AT_HEAD`: the stream's advisory lock (so locked appenders, which
 /// read the head and then insert, never race it), the head or the genesis
 /// ($6), and the event at the next version, chained as `chain::event_hash`
@@ -428,8 +468,26 @@ async fn append_locked(
 /// stream's head and the chain is right; if a later version exists, the
 /// unique (stream, version) index refuses the rows and nothing is written.
 async fn append_fast(tx: &mut PgConnection, stream: &str, head: &Head, events: &[Envelope]) -> Result<Fast, StoreError> {
+    append_at_head(tx, stream, head, events, None).await
+}
+
+/// `append_fast`, and with `commands` (`Some`) the outbox rows too, in the
+/// same statement (`INSERT_EVENTS_AT_HEAD_WITH_OUTBOX`): on a connection
+/// outside a transaction, that statement is the whole transaction.
+async fn append_at_head(
+    conn: &mut PgConnection,
+    stream: &str,
+    head: &Head,
+    events: &[Envelope],
+    commands: Option<&[Outgoing]>,
+) -> Result<Fast, StoreError> {
     let prepared = prepare(stream, head.version, &head.hash, events);
-    let rows = insert_events(INSERT_EVENTS_AT_HEAD, tx, stream, &prepared, Some(head)).await;
+    let sql = if commands.is_some() { INSERT_EVENTS_AT_HEAD_WITH_OUTBOX } else { INSERT_EVENTS_AT_HEAD };
+    let mut query = events_query(sql, stream, &prepared).bind(head.version as i64).bind(head.hash.as_str());
+    if let Some(commands) = commands {
+        query = bind_outbox(query, commands);
+    }
+    let rows = query.fetch_all(&mut *conn).await;
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) if is_violation_of(&e, "stream_version") => return Ok(Fast::Taken),
@@ -457,6 +515,25 @@ const INSERT_EVENTS_AT_HEAD: &str = "WITH locked AS MATERIALIZED (SELECT pg_advi
      WHERE $9::bigint = 0 OR EXISTS (SELECT 1 FROM events WHERE stream = $1 AND version = $9::bigint AND hash = $10::text)
      RETURNING tx::text AS tx, position";
 
+/// `INSERT_EVENTS_AT_HEAD` with the outbox rows ($11..$14), written only
+/// if the events were (`ins` returned rows): one statement, all or nothing.
+const INSERT_EVENTS_AT_HEAD_WITH_OUTBOX: &str = "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))),
+     ins AS (
+         INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
+         SELECT $1, u.* FROM locked,
+             UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[]) AS u
+         WHERE $9::bigint = 0 OR EXISTS (SELECT 1 FROM events WHERE stream = $1 AND version = $9::bigint AND hash = $10::text)
+         RETURNING tx::text AS tx, position),
+     ob AS (
+         INSERT INTO outbox (message_id, queue, body, traceparent)
+         SELECT * FROM UNNEST($11::uuid[], $12::text[], $13::text[], $14::text[]) WHERE EXISTS (SELECT 1 FROM ins)
+         ON CONFLICT (message_id) DO NOTHING)
+     SELECT tx, position FROM ins";
+
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (message_id, queue, body, traceparent)
+     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
+     ON CONFLICT (message_id) DO NOTHING";
+
 async fn insert_events(
     sql: &str,
     tx: &mut PgConnection,
@@ -464,7 +541,18 @@ async fn insert_events(
     prepared: &[crate::event_store::PreparedEvent<'_>],
     head: Option<&Head>,
 ) -> Result<Vec<PgRow>, sqlx::Error> {
-    let mut query = sqlx::query(sql)
+    let mut query = events_query(sql, stream, prepared);
+    if let Some(head) = head {
+        query = query.bind(head.version as i64).bind(head.hash.as_str());
+    }
+    query.fetch_all(&mut *tx).await
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// The events' columns as arrays: $1 the stream, $2..$8 the rows.
+fn events_query<'q>(sql: &'q str, stream: &'q str, prepared: &'q [crate::event_store::PreparedEvent<'_>]) -> PgQuery<'q> {
+    sqlx::query(sql)
         .bind(stream)
         .bind(prepared.iter().map(|p| p.version).collect::<Vec<_>>())
         .bind(prepared.iter().map(|p| p.envelope.id).collect::<Vec<_>>())
@@ -472,11 +560,16 @@ async fn insert_events(
         .bind(prepared.iter().map(|p| p.envelope.correlation_id).collect::<Vec<_>>())
         .bind(prepared.iter().map(|p| p.body.as_str()).collect::<Vec<_>>())
         .bind(prepared.iter().map(|p| p.prev_hash.as_str()).collect::<Vec<_>>())
-        .bind(prepared.iter().map(|p| p.hash.as_str()).collect::<Vec<_>>());
-    if let Some(head) = head {
-        query = query.bind(head.version as i64).bind(head.hash.as_str());
-    }
-    query.fetch_all(&mut *tx).await
+        .bind(prepared.iter().map(|p| p.hash.as_str()).collect::<Vec<_>>())
+}
+
+/// The outbox rows' columns as the next four arrays.
+fn bind_outbox<'q>(query: PgQuery<'q>, commands: &[Outgoing]) -> PgQuery<'q> {
+    query
+        .bind(commands.iter().map(|c| c.envelope.id).collect::<Vec<Uuid>>())
+        .bind(commands.iter().map(|c| c.queue.clone()).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.envelope.to_json()).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.envelope.trace.as_ref().map(|t| t.traceparent.clone())).collect::<Vec<_>>())
 }
 
 fn positions_of(rows: &[PgRow]) -> Result<Vec<Position>, sqlx::Error> {
@@ -494,15 +587,7 @@ async fn insert_outbox(tx: &mut PgConnection, commands: &[Outgoing]) -> Result<(
     if commands.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO outbox (message_id, queue, body, traceparent)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
-         ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(commands.iter().map(|c| c.envelope.id).collect::<Vec<Uuid>>())
-    .bind(commands.iter().map(|c| c.queue.as_str()).collect::<Vec<_>>())
-    .bind(commands.iter().map(|c| c.envelope.to_json()).collect::<Vec<_>>())
-    .bind(commands.iter().map(|c| c.envelope.trace.as_ref().map(|t| t.traceparent.clone())).collect::<Vec<_>>())
+    bind_outbox(sqlx::query(INSERT_OUTBOX), commands)
     .execute(&mut *tx)
     .await
     .map_err(|e| insert_error(e, "the outbox"))?;
@@ -546,6 +631,11 @@ impl EventStore for PgStore {
                 if let Some(appended) = self.append_one_at_head(one.stream, event).await? {
                     return Ok(Ok(vec![appended]));
                 }
+            }
+        }
+        if let [one] = appends {
+            if let Some(done) = self.append_alone(one, commands).await? {
+                return Ok(done);
             }
         }
         if let Attempt::Done(result) = self.try_append_streams(appends, commands, true).await? {

@@ -118,3 +118,32 @@ async fn appends_in_a_callers_transaction_do_not_move_remembered_heads() {
     assert!(report.is_intact(), "{:?}", report.findings);
     drop_schema(&schema).await;
 }
+
+/// The engine's usual append (one stream at a remembered head, with its
+/// commands) is one statement: a stale head must write neither the events
+/// nor the commands; a fresh one writes both, once.
+#[tokio::test]
+async fn one_statement_appends_write_events_and_commands_together_or_not_at_all() {
+    let (a, schema) = pg_store().await;
+    let b = second_store(&schema).await;
+    let s = "deployment-outbox";
+    let command = |n: u64| vec![slipway_store::event_store::Outgoing { queue: "build".into(), envelope: event(s, 100 + n) }];
+    let first = command(0);
+    a.append(s, ExpectedVersion::NoStream, &events(s, 0..1), &first).await.unwrap().unwrap();
+    b.append(s, ExpectedVersion::Exactly(1), &events(s, 1..2), &[]).await.unwrap().unwrap();
+
+    let conflict = a.append(s, ExpectedVersion::Exactly(1), &events(s, 2..3), &command(1)).await.unwrap().unwrap_err();
+    assert_eq!(conflict.actual, 2);
+    let outbox = a.read_outbox(slipway_store::Position::START, 10).await.unwrap();
+    assert_eq!(outbox.iter().map(|o| o.message_id).collect::<Vec<_>>(), vec![first[0].envelope.id], "the conflict wrote no command");
+
+    let sent = command(2);
+    assert_eq!(a.append(s, ExpectedVersion::Exactly(2), &events(s, 2..3), &sent).await.unwrap().unwrap().version, 3);
+    assert_eq!(a.append(s, ExpectedVersion::Exactly(3), &events(s, 3..4), &sent).await.unwrap().unwrap().version, 4);
+    let outbox = a.read_outbox(slipway_store::Position::START, 10).await.unwrap();
+    let ids: Vec<_> = outbox.iter().map(|o| o.message_id).collect();
+    assert_eq!(ids, vec![first[0].envelope.id, sent[0].envelope.id], "a command sent again while waiting is one row");
+    let report = chain::verify(&a.chain_rows().await.unwrap());
+    assert!(report.is_intact(), "{:?}", report.findings);
+    drop_schema(&schema).await;
+}
