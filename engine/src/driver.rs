@@ -124,15 +124,7 @@ impl Driver {
             // Deployments are independent: advance several at once (the
             // expected-version checks settle any overlap on shared streams).
             let batch: Vec<String> = std::mem::take(&mut streams).into_iter().collect();
-            let this = &self;
-            let advanced: Vec<(String, Advanced)> =
-                futures::stream::iter(batch.into_iter().map(|stream| async move {
-                    let result = this.advance(&stream).await;
-                    (stream, result)
-                }))
-                .buffer_unordered(ADVANCE_CONCURRENCY)
-                .collect()
-                .await;
+            let advanced = self.advance_all(batch).await;
             for (stream, result) in advanced {
                 timers.remove(&stream);
                 match result {
@@ -221,99 +213,186 @@ impl Driver {
         Ok(streams)
     }
 
-    /// Decides and records what comes next for one deployment stream.
-    /// Returns the time to look again if the deployment waits for one.
-    pub async fn advance(&self, stream: &str) -> Result<Option<DateTime<Utc>>, DriverError> {
+    /// Advances many deployments: decides for each (several at once), then
+    /// records all their decisions in one append, and decides again for
+    /// those that moved. A deployment at its cutover (which appends to the
+    /// one routes stream) is advanced on its own; so is every deployment
+    /// of a joint append that conflicted (which wrote nothing).
+    async fn advance_all(&self, streams: Vec<String>) -> Vec<(String, Advanced)> {
+        let mut done: Vec<(String, Advanced)> = Vec::new();
+        let mut round = streams;
         for _ in 0..ROUNDS {
-            let Some(SeenDeployment { state, last: cause }) = self.deployment(stream).await? else { return Ok(None) };
-            if state.is_finished() && state.late_containers.is_empty() {
-                return Ok(None);
+            if round.is_empty() {
+                return done;
             }
-            let estream = environment_stream(&state.context.project, &state.context.environment);
-            let env = self.environment(&estream).await?;
-            // Routes and routers matter only once the pipeline has passed.
-            let _turn = match state.next_step() {
-                None => Some(self.routes_turn.lock().await),
-                Some(_) => None,
-            };
-            let traffic = match state.next_step() {
-                None => Some(self.traffic().await?),
-                Some(_) => None,
-            };
-            let routes_version = traffic.as_ref().map_or(0, |t| t.routes_version);
-            let now = Utc::now();
-            let reusable_image = self.reusable_image(&state, now).await?;
-            let view = EnvironmentView {
-                may_start: env.may_start(state.id),
-                active: env.active.clone(),
-                drain_seconds: self.options.drain_seconds,
-                traffic,
-                switch_timeout: chrono::Duration::from_std(self.options.switch_timeout)
-                    .unwrap_or(chrono::Duration::seconds(15)),
-                now,
-                reusable_image,
-                retries: self.options.retries,
-                heartbeat: self.heartbeat(&state).await?,
-                heartbeat_timeout: chrono::Duration::from_std(self.options.heartbeat_timeout)
-                    .unwrap_or(chrono::Duration::seconds(60)),
-            };
-            let mut decisions = decide(&state, &view);
-            let wake = decisions.iter().find_map(|d| match d {
-                Decision::WakeAt(at) => Some(*at),
-                _ => None,
-            });
-            decisions.retain(|d| !matches!(d, Decision::WakeAt(_)));
-            if decisions.is_empty() {
-                return Ok(wake);
+            let planned: Vec<(String, Result<Planned, DriverError>)> =
+                futures::stream::iter(std::mem::take(&mut round).into_iter().map(|stream| async move {
+                    let planned = self.plan(&stream, false).await;
+                    (stream, planned)
+                }))
+                .buffer_unordered(ADVANCE_CONCURRENCY)
+                .collect()
+                .await;
+            let (mut joint, mut alone) = (Vec::new(), Vec::new());
+            for (stream, planned) in planned {
+                match planned {
+                    Ok(Planned::Wait(at)) => done.push((stream, Ok(at))),
+                    Ok(Planned::Alone) => alone.push(stream),
+                    Ok(Planned::Append(pending)) => joint.push((stream, pending)),
+                    Err(e) => done.push((stream, Err(e))),
+                }
             }
-            let out = self.materialise(stream, &estream, &cause, decisions);
-            let mut appends =
-                vec![StreamAppend { stream, expected: ExpectedVersion::Exactly(state.version), events: &out.events }];
-            if !out.environment.is_empty() {
-                appends.push(StreamAppend {
-                    stream: &estream,
-                    expected: ExpectedVersion::Exactly(env.version),
-                    events: &out.environment,
-                });
-            }
-            if !out.routes.is_empty() {
-                appends.push(StreamAppend {
-                    stream: ROUTES_STREAM,
-                    expected: ExpectedVersion::Exactly(routes_version),
-                    events: &out.routes,
-                });
-            }
-            match self.store.append_streams(&appends, &out.commands).await? {
-                Ok(_) => {
-                    let moved = !out.events.is_empty();
-                    {
-                        let mut seen = self.seen();
-                        for (stream, from, events) in
-                            [(stream, state.version, &out.events), (&estream, env.version, &out.environment), (ROUTES_STREAM, routes_version, &out.routes)]
-                        {
-                            for (i, e) in events.iter().enumerate() {
-                                seen.observe(stream, from + 1 + i as u64, e, e.decode::<Event>().ok().as_ref());
-                            }
+            let pendings: Vec<&Pending> = joint.iter().map(|(_, p)| p.as_ref()).collect();
+            match self.commit(&pendings).await {
+                Ok(true) => {
+                    for (stream, pending) in joint {
+                        if self.committed(*pending) {
+                            round.push(stream);
+                        } else {
+                            done.push((stream, Ok(None)));
                         }
                     }
-                    out.committed();
-                    // Decide again from the state just recorded (which
-                    // arms a deadline's timer, or goes on at once); a
-                    // dispatch that recorded nothing is not repeated.
-                    if !moved {
-                        return Ok(None);
-                    }
                 }
-                Err(conflict) => {
-                    tracing::debug!(%conflict, "deployment moved while deciding; deciding again");
-                    self.seen().forget(&conflict.stream);
+                Ok(false) => alone.extend(joint.into_iter().map(|(stream, _)| stream)),
+                Err(e) => {
+                    // The driver stops on a store failure; the rest of the
+                    // batch is seen again when it restarts.
+                    let stream = joint.into_iter().next().map(|(stream, _)| stream).unwrap_or_default();
+                    done.push((stream, Err(e.into())));
+                    return done;
                 }
+            }
+            let one_by_one: Vec<(String, Advanced)> = futures::stream::iter(alone.into_iter().map(|stream| async move {
+                let result = self.advance(&stream).await;
+                (stream, result)
+            }))
+            .buffer_unordered(ADVANCE_CONCURRENCY)
+            .collect()
+            .await;
+            done.extend(one_by_one);
+        }
+        // Still moving after this many rounds: look again shortly.
+        let soon = Utc::now() + chrono::Duration::seconds(1);
+        done.extend(round.into_iter().map(|stream| (stream, Ok(Some(soon)))));
+        done
+    }
+
+    /// Decides and records what comes next for one deployment stream, on
+    /// its own. Returns the time to look again if the deployment waits for one.
+    pub async fn advance(&self, stream: &str) -> Result<Option<DateTime<Utc>>, DriverError> {
+        for _ in 0..ROUNDS {
+            // At the cutover, take the routes stream's turn before reading its version.
+            let at_cutover = self.deployment(stream).await?.is_some_and(|d| d.state.next_step().is_none());
+            let _turn = match at_cutover {
+                true => Some(self.routes_turn.lock().await),
+                false => None,
+            };
+            let pending = match self.plan(stream, true).await? {
+                Planned::Wait(at) => return Ok(at),
+                Planned::Alone => return Ok(None), // not returned when holding the turn
+                Planned::Append(pending) => pending,
+            };
+            // A conflict wrote nothing: decide again from the store.
+            if self.commit(&[&pending]).await? && !self.committed(*pending) {
+                return Ok(None);
             }
         }
         // Still deciding after this many rounds: look again shortly rather
         // than hold the batch.
         tracing::warn!(%stream, rounds = ROUNDS, "deployment kept moving while deciding; looking again in a second");
         Ok(Some(Utc::now() + chrono::Duration::seconds(1)))
+    }
+
+    /// What to record next for one deployment, decided from what the
+    /// driver has seen. A deployment at its cutover needs the routes
+    /// stream's turn: without `turn` held it is left to `advance` (`Alone`).
+    async fn plan(&self, stream: &str, turn: bool) -> Result<Planned, DriverError> {
+        let Some(SeenDeployment { state, last: cause }) = self.deployment(stream).await? else {
+            return Ok(Planned::Wait(None));
+        };
+        if state.is_finished() && state.late_containers.is_empty() {
+            return Ok(Planned::Wait(None));
+        }
+        let estream = environment_stream(&state.context.project, &state.context.environment);
+        let env = self.environment(&estream).await?;
+        // Routes and routers matter only once the pipeline has passed.
+        let traffic = match (state.next_step(), turn) {
+            (None, false) if !state.is_finished() => return Ok(Planned::Alone),
+            (None, _) => Some(self.traffic().await?),
+            (Some(_), _) => None,
+        };
+        let routes_version = traffic.as_ref().map_or(0, |t| t.routes_version);
+        let now = Utc::now();
+        let reusable_image = self.reusable_image(&state, now).await?;
+        let view = EnvironmentView {
+            may_start: env.may_start(state.id),
+            active: env.active.clone(),
+            drain_seconds: self.options.drain_seconds,
+            traffic,
+            switch_timeout: chrono::Duration::from_std(self.options.switch_timeout).unwrap_or(chrono::Duration::seconds(15)),
+            now,
+            reusable_image,
+            retries: self.options.retries,
+            heartbeat: self.heartbeat(&state).await?,
+            heartbeat_timeout: chrono::Duration::from_std(self.options.heartbeat_timeout)
+                .unwrap_or(chrono::Duration::seconds(60)),
+        };
+        let mut decisions = decide(&state, &view);
+        let wake = decisions.iter().find_map(|d| match d {
+            Decision::WakeAt(at) => Some(*at),
+            _ => None,
+        });
+        decisions.retain(|d| !matches!(d, Decision::WakeAt(_)));
+        if decisions.is_empty() {
+            return Ok(Planned::Wait(wake));
+        }
+        let out = self.materialise(stream, &estream, &cause, decisions);
+        Ok(Planned::Append(Box::new(Pending {
+            stream: stream.to_owned(),
+            estream,
+            versions: (state.version, env.version, routes_version),
+            out,
+        })))
+    }
+
+    /// Appends the decisions of `pendings` in one transaction; false if a
+    /// stream had moved (nothing was written).
+    async fn commit(&self, pendings: &[&Pending]) -> Result<bool, StoreError> {
+        if pendings.is_empty() {
+            return Ok(true);
+        }
+        let appends: Vec<StreamAppend<'_>> = pendings.iter().flat_map(|p| p.appends()).collect();
+        let commands: Vec<Outgoing> = pendings.iter().flat_map(|p| p.out.commands.iter().cloned()).collect();
+        match self.store.append_streams(&appends, &commands).await? {
+            Ok(_) => Ok(true),
+            Err(conflict) => {
+                tracing::debug!(%conflict, "a deployment moved while deciding; deciding again");
+                self.seen().forget(&conflict.stream);
+                Ok(false)
+            }
+        }
+    }
+
+    /// After `pending` was appended: what it recorded is seen, its spans
+    /// and metrics are recorded. True if the deployment's stream moved
+    /// (decide again); a dispatch that recorded nothing is not repeated.
+    fn committed(&self, pending: Pending) -> bool {
+        let (deployment, env, routes) = pending.versions;
+        {
+            let mut seen = self.seen();
+            for (stream, from, events) in [
+                (pending.stream.as_str(), deployment, &pending.out.events),
+                (pending.estream.as_str(), env, &pending.out.environment),
+                (ROUTES_STREAM, routes, &pending.out.routes),
+            ] {
+                for (i, e) in events.iter().enumerate() {
+                    seen.observe(stream, from + 1 + i as u64, e, e.decode::<Event>().ok().as_ref());
+                }
+            }
+        }
+        let moved = !pending.out.events.is_empty();
+        pending.out.committed();
+        moved
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -469,6 +548,45 @@ impl Driver {
             .with_attribute("messaging.message.id", id.to_string())
             .with_attribute("slipway.deployment.id", deployment.to_string())
             .with_attribute("slipway.step", command.step().to_string())
+    }
+}
+
+/// What deciding for one deployment gave.
+enum Planned {
+    /// Nothing to record: look again at this time (or when something happens).
+    Wait(Option<DateTime<Utc>>),
+    /// At the cutover: to be advanced on its own, holding the routes turn.
+    Alone,
+    Append(Box<Pending>),
+}
+
+/// Decisions to append, with the versions they were decided at:
+/// (deployment, environment, routes).
+struct Pending {
+    stream: String,
+    estream: String,
+    versions: (u64, u64, u64),
+    out: Materialised,
+}
+
+impl Pending {
+    /// The deployment's stream (always: its version is what was decided
+    /// on), and the environment and routes streams if written to.
+    fn appends(&self) -> Vec<StreamAppend<'_>> {
+        let (deployment, env, routes) = self.versions;
+        let mut appends =
+            vec![StreamAppend { stream: &self.stream, expected: ExpectedVersion::Exactly(deployment), events: &self.out.events }];
+        if !self.out.environment.is_empty() {
+            appends.push(StreamAppend {
+                stream: &self.estream,
+                expected: ExpectedVersion::Exactly(env),
+                events: &self.out.environment,
+            });
+        }
+        if !self.out.routes.is_empty() {
+            appends.push(StreamAppend { stream: ROUTES_STREAM, expected: ExpectedVersion::Exactly(routes), events: &self.out.routes });
+        }
+        appends
     }
 }
 

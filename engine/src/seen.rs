@@ -195,3 +195,121 @@ fn apply_registry(routers: &mut BTreeSet<String>, event: &Event) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use slipway_proto::envelope::Metadata;
+    use slipway_proto::event::{DeploymentEnqueued, RouteAcknowledged, RouterStarted, StepDispatched};
+    use slipway_proto::Step;
+    use uuid::Uuid;
+
+    const D: &str = "deployment-0000";
+    const E: &str = "environment-shop-live";
+
+    fn envelope(stream: &str, event: &Event) -> Envelope {
+        let meta = Metadata { correlation_id: Uuid::nil(), causation_id: None, actor: "test".into(), trace: None };
+        Envelope::new(Uuid::now_v7(), Utc::now(), stream, event, meta).expect("encodable")
+    }
+
+    /// Through JSON, so fields added later with a default need no change here.
+    fn requested() -> Event {
+        Event::DeploymentRequested(
+            serde_json::from_value(serde_json::json!({
+                "deployment_id": Uuid::nil(), "project": "shop", "environment": "live",
+                "repository": "/srv/git/shop", "git_ref": "main", "mode": "cloud", "settings": {},
+            }))
+            .expect("a request"),
+        )
+    }
+
+    fn dispatched(step: Step) -> Event {
+        Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt: 1, deadline: None, dispatched_at: None })
+    }
+
+    fn see(seen: &mut Seen, stream: &str, version: u64, event: &Event) {
+        seen.observe(stream, version, &envelope(stream, event), Some(event));
+    }
+
+    #[test]
+    fn a_deployment_moves_one_version_at_a_time_and_a_gap_drops_it() {
+        let mut seen = Seen::default();
+        see(&mut seen, D, 2, &dispatched(Step::CheckServices));
+        assert!(seen.deployment(D).is_none(), "not seen from its start: read it when needed");
+        see(&mut seen, D, 1, &requested());
+        see(&mut seen, D, 2, &dispatched(Step::CheckServices));
+        let kept = seen.deployment(D).expect("kept");
+        assert_eq!(kept.state.version, 2);
+        assert_eq!(kept.last.message_type, "StepDispatched", "the last event is the next decision's cause");
+        // The driver's own append, delivered again by the subscription: skipped.
+        see(&mut seen, D, 2, &dispatched(Step::Checkout));
+        assert_eq!(seen.deployment(D).expect("kept").state.dispatched.map(|d| d.0), Some(Step::CheckServices));
+        see(&mut seen, D, 4, &dispatched(Step::Checkout));
+        assert!(seen.deployment(D).is_none(), "version 3 was missed");
+    }
+
+    #[test]
+    fn an_event_that_cannot_follow_or_be_read_drops_the_deployment() {
+        let mut seen = Seen::default();
+        see(&mut seen, D, 1, &requested());
+        see(&mut seen, D, 2, &requested());
+        assert!(seen.deployment(D).is_none(), "an illegal transition is left for the store read to report");
+        see(&mut seen, D, 1, &requested());
+        seen.observe(D, 2, &envelope(D, &requested()), None);
+        assert!(seen.deployment(D).is_none(), "an undecodable event too");
+    }
+
+    #[test]
+    fn environments_follow_their_queue_and_a_stale_read_never_replaces_a_newer_state() {
+        let mut seen = Seen::default();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        see(&mut seen, E, 1, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: a }));
+        see(&mut seen, E, 2, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: b }));
+        let env = seen.environment(E).expect("kept");
+        assert_eq!((env.queue.clone(), env.version), (vec![a, b], 2));
+        seen.put_environment(E, Environment { version: 1, ..Default::default() });
+        assert_eq!(seen.environment(E).expect("kept").version, 2);
+        seen.forget(E);
+        assert!(seen.environment(E).is_none());
+    }
+
+    #[test]
+    fn traffic_follows_routes_registrations_and_acknowledgements_and_a_gap_drops_it() {
+        let mut seen = Seen::default();
+        see(&mut seen, ROUTES_STREAM, 1, &requested());
+        assert!(seen.traffic().is_none(), "nothing kept until read once");
+        seen.put_traffic(SeenTraffic::default());
+        see(&mut seen, ROUTES_STREAM, 3, &requested());
+        let started = Event::RouterStarted(RouterStarted { router_id: "r1".into(), listen: String::new(), domain: String::new() });
+        see(&mut seen, ROUTERS_STREAM, 1, &started);
+        see(&mut seen, "router-r1", 1, &Event::RouteAcknowledged(RouteAcknowledged { router_id: "r1".into(), route_version: 3 }));
+        let traffic = seen.traffic().expect("kept");
+        assert_eq!(traffic.routes_version, 3);
+        assert!(traffic.routers.contains("r1"));
+        assert!(traffic.waiting_for(&["r1".to_string()], 3).is_empty());
+        assert_eq!(traffic.waiting_for(&["r1".to_string()], 4), vec!["r1".to_string()]);
+        see(&mut seen, "router-r1", 3, &Event::RouteAcknowledged(RouteAcknowledged { router_id: "r1".into(), route_version: 4 }));
+        assert!(seen.traffic().is_none(), "an acknowledgement was missed: read it all again");
+    }
+
+    #[test]
+    fn finished_deployments_are_let_go_only_when_many_are_kept() {
+        let mut seen = Seen::default();
+        let failed = Event::DeploymentFailed(slipway_proto::event::DeploymentFailed { step: Step::Build, reason: "x".into() });
+        let stepfailed =
+            Event::StepFailed(slipway_proto::event::StepFailed { step: Step::Build, reason: "x".into(), attempt: 1, details: vec![] });
+        for n in 0..=DEPLOYMENTS_KEPT {
+            let stream = format!("deployment-{n}");
+            see(&mut seen, &stream, 1, &requested());
+            if n % 2 == 0 {
+                see(&mut seen, &stream, 2, &stepfailed);
+                see(&mut seen, &stream, 3, &failed);
+            }
+        }
+        assert!(seen.deployment("deployment-0").expect("kept").state.is_finished());
+        seen.trim();
+        assert!(seen.deployment("deployment-0").is_none());
+        assert!(seen.deployment("deployment-1").is_some(), "running ones stay");
+    }
+}

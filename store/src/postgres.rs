@@ -362,44 +362,117 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// One stream at a remembered head, with its commands, in one statement
-    /// and no transaction around it (most of the engine's appends). `None`
-    /// when there is no head to use or it was stale: the transactional
-    /// path decides then.
-    async fn append_alone(
+    /// Streams at remembered heads, with their commands, in one statement
+    /// and no transaction around it (`AT_HEADS`): most of the engine's
+    /// appends, alone or batched. `None` when a stream has no head to use
+    /// (or no events to check a head by), or a head was stale: the
+    /// transactional path decides then, and reports any conflict.
+    async fn append_at_heads(
         &self,
-        one: &StreamAppend<'_>,
+        appends: &[StreamAppend<'_>],
         commands: &[Outgoing],
-    ) -> Result<Option<Result<Vec<Appended>, Conflict>>, StoreError> {
-        validate_append(one.stream, one.events)?;
-        let head = match one.events {
-            [] => None,
-            _ => self.heads.fast_head(one.stream, one.expected),
-        };
-        let Some(head) = head else { return Ok(None) };
-        let mut conn = self.pool.acquire().await.map_err(db("appending"))?;
-        match append_at_head(&mut conn, one.stream, &head, one.events, Some(commands)).await? {
-            Fast::Appended(done, head) => {
-                self.heads.put(one.stream, head);
-                Ok(Some(Ok(vec![done])))
-            }
-            Fast::Missing => {
-                self.heads.forget(one.stream);
-                Ok(None)
-            }
-            Fast::Taken => {
-                self.heads.forget(one.stream);
-                // Versions only grow: past `head`, the one version an exact
-                // expectation accepted, it is a conflict.
-                let actual = self.stream_version(one.stream).await?;
-                if one.expected.accepts(actual) {
-                    return Ok(None);
-                }
-                Ok(Some(Err(Conflict { stream: one.stream.into(), expected: one.expected, actual })))
-            }
+    ) -> Result<Option<Vec<Appended>>, StoreError> {
+        let mut heads = Vec::with_capacity(appends.len());
+        for a in appends {
+            validate_append(a.stream, a.events)?;
+            let head = match a.events {
+                [] => None,
+                _ => self.heads.fast_head(a.stream, a.expected),
+            };
+            let Some(head) = head else { return Ok(None) };
+            heads.push(head);
         }
+        let mut names: Vec<&str> = appends.iter().map(|a| a.stream).collect();
+        // Locks are taken in name order (as every appender does), and a
+        // stream may appear once.
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Ok(None);
+        }
+        let prepared: Vec<_> =
+            appends.iter().zip(&heads).map(|(a, h)| prepare(a.stream, h.version, &h.hash, a.events)).collect();
+        let rows = prepared.iter().zip(appends).flat_map(|(p, a)| p.iter().map(move |p| (a.stream, p)));
+        let (mut streams, mut versions, mut ids, mut types, mut correlations, mut bodies, mut prevs, mut hashes) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (stream, p) in rows {
+            streams.push(stream);
+            versions.push(p.version);
+            ids.push(p.envelope.id);
+            types.push(p.envelope.message_type.as_str());
+            correlations.push(p.envelope.correlation_id);
+            bodies.push(p.body.as_str());
+            prevs.push(p.prev_hash.as_str());
+            hashes.push(p.hash.as_str());
+        }
+        let mut by_name: Vec<(&str, &Head)> = appends.iter().map(|a| a.stream).zip(&heads).collect();
+        by_name.sort_unstable_by_key(|(stream, _)| *stream);
+        let query = sqlx::query(AT_HEADS)
+            .bind(streams)
+            .bind(versions)
+            .bind(ids)
+            .bind(types)
+            .bind(correlations)
+            .bind(bodies)
+            .bind(prevs)
+            .bind(hashes)
+            .bind(by_name.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+            .bind(by_name.iter().map(|(_, h)| h.version as i64).collect::<Vec<_>>())
+            .bind(by_name.iter().map(|(_, h)| h.hash.as_str()).collect::<Vec<_>>());
+        let rows = bind_outbox(query, commands).fetch_all(&self.pool).await;
+        let rows = match rows {
+            Ok(rows) if !rows.is_empty() => rows,
+            Ok(_) => {
+                // A head is not stored (nothing was written).
+                appends.iter().for_each(|a| self.heads.forget(a.stream));
+                return Ok(None);
+            }
+            Err(e) if is_violation_of(&e, "stream_version") => {
+                // A stream is past its head (nothing was written).
+                appends.iter().for_each(|a| self.heads.forget(a.stream));
+                return Ok(None);
+            }
+            Err(e) => return Err(insert_error(e, appends.first().map_or("", |a| a.stream))),
+        };
+        let mut positions: HashMap<String, Vec<Position>> = HashMap::new();
+        for row in &rows {
+            let stream: String = row.try_get("stream").map_err(db("appending"))?;
+            let position = Position { tx: parse_tx(row.try_get("tx").map_err(db("appending"))?), seq: row.try_get("position").map_err(db("appending"))? };
+            positions.entry(stream).or_default().push(position);
+        }
+        let mut appended = Vec::with_capacity(appends.len());
+        for ((a, head), p) in appends.iter().zip(heads).zip(&prepared) {
+            let version = head.version + a.events.len() as u64;
+            let hash = p.last().map_or(head.hash, |p| p.hash.clone());
+            self.heads.put(a.stream, Head { version, hash });
+            let mut positions = positions.remove(a.stream).unwrap_or_default();
+            positions.sort();
+            appended.push(Appended { version, positions });
+        }
+        Ok(Some(appended))
     }
 }
+
+/// `AT_HEADS`: every stream's advisory lock, in the order given ($9, sorted
+/// by name); every head ($9, $10, $11) stored (version 0: the genesis);
+/// then the events ($1..$8) and the outbox rows ($12..$15), or nothing.
+/// A stream past its head makes the unique (stream, version) index refuse
+/// the rows, and the statement with them.
+const AT_HEADS: &str = "WITH locked AS MATERIALIZED (
+         SELECT count(*) AS n FROM (SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM unnest($9::text[]) AS s) l),
+     ok AS MATERIALIZED (
+         SELECT coalesce(bool_and(h.v = 0 OR EXISTS (SELECT 1 FROM events e WHERE e.stream = h.s AND e.version = h.v AND e.hash = h.hh)), false) AS ok
+         FROM locked, unnest($9::text[], $10::bigint[], $11::text[]) AS h(s, v, hh)),
+     ins AS (
+         INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
+         SELECT u.* FROM ok,
+             unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[]) AS u
+         WHERE ok.ok
+         RETURNING stream, tx::text AS tx, position),
+     ob AS (
+         INSERT INTO outbox (message_id, queue, body, traceparent)
+         SELECT * FROM unnest($12::uuid[], $13::text[], $14::text[], $15::text[]) WHERE EXISTS (SELECT 1 FROM ins)
+         ON CONFLICT (message_id) DO NOTHING)
+     SELECT stream, tx, position FROM ins";
 
 /// `ONE_AT_HEAD`: the stream's advisory lock (so locked appenders, which
 /// read the head and then insert, never race it), the head or the genesis
@@ -468,26 +541,8 @@ async fn append_locked(
 /// stream's head and the chain is right; if a later version exists, the
 /// unique (stream, version) index refuses the rows and nothing is written.
 async fn append_fast(tx: &mut PgConnection, stream: &str, head: &Head, events: &[Envelope]) -> Result<Fast, StoreError> {
-    append_at_head(tx, stream, head, events, None).await
-}
-
-/// `append_fast`, and with `commands` (`Some`) the outbox rows too, in the
-/// same statement (`INSERT_EVENTS_AT_HEAD_WITH_OUTBOX`): on a connection
-/// outside a transaction, that statement is the whole transaction.
-async fn append_at_head(
-    conn: &mut PgConnection,
-    stream: &str,
-    head: &Head,
-    events: &[Envelope],
-    commands: Option<&[Outgoing]>,
-) -> Result<Fast, StoreError> {
     let prepared = prepare(stream, head.version, &head.hash, events);
-    let sql = if commands.is_some() { INSERT_EVENTS_AT_HEAD_WITH_OUTBOX } else { INSERT_EVENTS_AT_HEAD };
-    let mut query = events_query(sql, stream, &prepared).bind(head.version as i64).bind(head.hash.as_str());
-    if let Some(commands) = commands {
-        query = bind_outbox(query, commands);
-    }
-    let rows = query.fetch_all(&mut *conn).await;
+    let rows = insert_events(INSERT_EVENTS_AT_HEAD, tx, stream, &prepared, Some(head)).await;
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) if is_violation_of(&e, "stream_version") => return Ok(Fast::Taken),
@@ -514,21 +569,6 @@ const INSERT_EVENTS_AT_HEAD: &str = "WITH locked AS MATERIALIZED (SELECT pg_advi
          UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[]) AS u
      WHERE $9::bigint = 0 OR EXISTS (SELECT 1 FROM events WHERE stream = $1 AND version = $9::bigint AND hash = $10::text)
      RETURNING tx::text AS tx, position";
-
-/// `INSERT_EVENTS_AT_HEAD` with the outbox rows ($11..$14), written only
-/// if the events were (`ins` returned rows): one statement, all or nothing.
-const INSERT_EVENTS_AT_HEAD_WITH_OUTBOX: &str = "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))),
-     ins AS (
-         INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
-         SELECT $1, u.* FROM locked,
-             UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[]) AS u
-         WHERE $9::bigint = 0 OR EXISTS (SELECT 1 FROM events WHERE stream = $1 AND version = $9::bigint AND hash = $10::text)
-         RETURNING tx::text AS tx, position),
-     ob AS (
-         INSERT INTO outbox (message_id, queue, body, traceparent)
-         SELECT * FROM UNNEST($11::uuid[], $12::text[], $13::text[], $14::text[]) WHERE EXISTS (SELECT 1 FROM ins)
-         ON CONFLICT (message_id) DO NOTHING)
-     SELECT tx, position FROM ins";
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (message_id, queue, body, traceparent)
      SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
@@ -633,10 +673,8 @@ impl EventStore for PgStore {
                 }
             }
         }
-        if let [one] = appends {
-            if let Some(done) = self.append_alone(one, commands).await? {
-                return Ok(done);
-            }
+        if let Some(appended) = self.append_at_heads(appends, commands).await? {
+            return Ok(Ok(appended));
         }
         if let Attempt::Done(result) = self.try_append_streams(appends, commands, true).await? {
             return Ok(result);

@@ -143,6 +143,22 @@ async fn one_statement_appends_write_events_and_commands_together_or_not_at_all(
     let outbox = a.read_outbox(slipway_store::Position::START, 10).await.unwrap();
     let ids: Vec<_> = outbox.iter().map(|o| o.message_id).collect();
     assert_eq!(ids, vec![first[0].envelope.id, sent[0].envelope.id], "a command sent again while waiting is one row");
+
+    // Several streams at their heads (the engine's batch): all of them and
+    // the commands, in one statement.
+    let t = "deployment-outbox-2";
+    a.append(t, ExpectedVersion::NoStream, &events(t, 0..1), &[]).await.unwrap().unwrap();
+    let (one, two, more) = (events(s, 4..6), events(t, 1..2), command(3));
+    let both = [
+        StreamAppend { stream: t, expected: ExpectedVersion::Exactly(1), events: &two },
+        StreamAppend { stream: s, expected: ExpectedVersion::Exactly(4), events: &one },
+    ];
+    let done = a.append_streams(&both, &more).await.unwrap().unwrap();
+    assert_eq!(done.iter().map(|d| (d.version, d.positions.len())).collect::<Vec<_>>(), vec![(2, 1), (6, 2)]);
+    let outbox = a.read_outbox(slipway_store::Position::START, 10).await.unwrap();
+    assert_eq!(outbox.last().unwrap().message_id, more[0].envelope.id);
+    let read = a.read_stream(s, 5).await.unwrap();
+    assert_eq!(read.iter().map(|r| r.envelope.id).collect::<Vec<_>>(), one.iter().map(|e| e.id).collect::<Vec<_>>());
     let report = chain::verify(&a.chain_rows().await.unwrap());
     assert!(report.is_intact(), "{:?}", report.findings);
     drop_schema(&schema).await;
