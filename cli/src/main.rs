@@ -135,9 +135,14 @@ enum Command {
         /// Steps to serve, comma-separated (default: all).
         #[arg(long, value_delimiter = ',')]
         steps: Vec<Step>,
-        /// Unacknowledged commands per step queue.
+        /// Unacknowledged commands per step queue (raised to --concurrency).
         #[arg(long, default_value_t = 4)]
         prefetch: u16,
+        /// Commands run at once per step queue. 1 runs one build, one
+        /// deploy, ... at a time; add capacity with more worker processes,
+        /// or raise this for steps that mostly wait.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
         /// Benchmarks only: answer every step after this many milliseconds
         /// without doing anything (no Docker, no Git).
         #[arg(long, hide = true)]
@@ -550,11 +555,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbs::images_prune(&*store, keep, dry_run, json).await.map(|_| ExitCode::SUCCESS)
         }
         Command::Workers => verbs::workers(&*store, json).await.map(|_| ExitCode::SUCCESS),
-        Command::Worker { steps, prefetch, stand_in_ms } => {
+        Command::Worker { steps, prefetch, concurrency, stand_in_ms } => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let options = WorkerOptions {
                 steps: if steps.is_empty() { Step::ALL.to_vec() } else { steps },
                 prefetch,
+                concurrency: usize::from(concurrency),
                 actor: format!("worker:{}", hostname()),
                 ..Default::default()
             };

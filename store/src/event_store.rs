@@ -167,6 +167,25 @@ pub struct RecordedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// `EventStore::append_each` as one append per event.
+pub async fn append_one_by_one<S: EventStore + ?Sized>(
+    store: &S,
+    items: &[(&str, &Envelope)],
+) -> Vec<Result<Appended, StoreError>> {
+    let mut out = Vec::with_capacity(items.len());
+    for (stream, event) in items {
+        out.push(match store.append(stream, ExpectedVersion::Any, std::slice::from_ref(*event), &[]).await {
+            Ok(Ok(appended)) => Ok(appended),
+            Ok(Err(conflict)) => Err(StoreError::InvalidAppend {
+                stream: conflict.stream,
+                reason: "an append at any version reported a conflict".into(),
+            }),
+            Err(e) => Err(e),
+        });
+    }
+    out
+}
+
 /// What `EventStore::stream_holds` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holds {
@@ -240,6 +259,23 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// This installation's secret key for setting fingerprints, created on first use.
     async fn installation_key(&self) -> Result<Vec<u8>, StoreError>;
+
+    /// `stream_holds` for several (stream, event id) at once, in order.
+    async fn stream_holds_each(&self, asks: &[(&str, Uuid)], types: &[&str]) -> Result<Vec<Holds>, StoreError> {
+        let mut out = Vec::with_capacity(asks.len());
+        for (stream, id) in asks {
+            out.push(self.stream_holds(stream, *id, types).await?);
+        }
+        Ok(out)
+    }
+
+    /// Appends one event to each of several streams at whatever version is
+    /// next, as `append(stream, Any, [event], [])` each would (workers'
+    /// outcomes); a store may write them in one statement. Results in
+    /// order: an event already stored is `Duplicate`.
+    async fn append_each(&self, items: &[(&str, &Envelope)]) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        Ok(append_one_by_one(self, items).await)
+    }
 
     /// Events of one stream with version >= `from_version`, in order.
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError>;

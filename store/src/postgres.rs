@@ -326,40 +326,79 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// One event at whatever version is next (a worker's outcome): one
-    /// statement, no transaction around it. The head is read and the
-    /// chain hash computed in SQL (`ONE_AT_HEAD`, the same formula as
-    /// `chain::event_hash`; the integrity tests verify the chains it
-    /// writes). Its snapshot is taken before the lock is granted, so an
+    /// One event on each of several distinct streams at whatever version is
+    /// next (workers' outcomes): one statement, no transaction around it.
+    /// Heads are read and chain hashes computed in SQL (`AT_NEXT`, the same
+    /// formula as `chain::event_hash`; the integrity tests verify the chains
+    /// it writes). Its snapshot is taken before the locks are granted, so an
     /// append that committed meanwhile shows as a taken version: try again,
-    /// a few times, then leave it to the transactional path (`None`).
-    async fn append_one_at_head(&self, stream: &str, event: &Envelope) -> Result<Option<Appended>, StoreError> {
-        let body = event.to_json();
+    /// a few times. `None`: a stream appears twice, an event is already
+    /// stored, or the versions stayed taken; appending one by one says which.
+    async fn append_at_next(&self, items: &[(&str, &Envelope)]) -> Result<Option<Vec<Appended>>, StoreError> {
+        // Locks in name order, as every appender takes them.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_unstable_by_key(|&i| items[i].0);
+        if order.windows(2).any(|w| items[w[0]].0 == items[w[1]].0) {
+            return Ok(None);
+        }
+        let bodies: Vec<String> = order.iter().map(|&i| items[i].1.to_json()).collect();
         for _ in 0..4 {
-            let row = sqlx::query(ONE_AT_HEAD)
-                .bind(stream)
-                .bind(event.id)
-                .bind(event.message_type.as_str())
-                .bind(event.correlation_id)
-                .bind(body.as_str())
+            let rows = sqlx::query(AT_NEXT)
+                .bind(order.iter().map(|&i| items[i].0).collect::<Vec<_>>())
+                .bind(order.iter().map(|&i| items[i].1.id).collect::<Vec<_>>())
+                .bind(order.iter().map(|&i| items[i].1.message_type.as_str()).collect::<Vec<_>>())
+                .bind(order.iter().map(|&i| items[i].1.correlation_id).collect::<Vec<_>>())
+                .bind(&bodies)
                 .bind(GENESIS)
-                .fetch_one(&self.pool)
+                .fetch_all(&self.pool)
                 .await;
-            let row = match row {
-                Ok(row) => row,
+            let rows = match rows {
+                Ok(rows) => rows,
                 Err(e) if is_violation_of(&e, "stream_version") => continue,
-                Err(e) => return Err(insert_error(e, stream)),
+                Err(e) if matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation()) => return Ok(None),
+                Err(e) => return Err(insert_error(e, items.first().map_or("", |i| i.0))),
             };
-            let context = || format!("appending to `{stream}`");
-            let version: i64 = row.try_get("version").map_err(db(context()))?;
-            let hash: String = row.try_get("hash").map_err(db(context()))?;
-            let positions = positions_of(std::slice::from_ref(&row)).map_err(db(context()))?;
-            self.heads.put(stream, Head { version: version as u64, hash });
-            return Ok(Some(Appended { version: version as u64, positions }));
+            let mut appended: HashMap<String, Appended> = HashMap::new();
+            for row in &rows {
+                let context = || "appending outcomes".to_string();
+                let stream: String = row.try_get("stream").map_err(db(context()))?;
+                let version: i64 = row.try_get("version").map_err(db(context()))?;
+                let hash: String = row.try_get("hash").map_err(db(context()))?;
+                let positions = positions_of(std::slice::from_ref(row)).map_err(db(context()))?;
+                self.heads.put(&stream, Head { version: version as u64, hash });
+                appended.insert(stream, Appended { version: version as u64, positions });
+            }
+            let out: Option<Vec<Appended>> = items.iter().map(|(stream, _)| appended.remove(*stream)).collect();
+            return match out {
+                Some(out) => Ok(Some(out)),
+                None => Err(StoreError::InvalidAppend {
+                    stream: items.first().map_or_else(String::new, |i| i.0.to_owned()),
+                    reason: "the database did not return every appended event".into(),
+                }),
+            };
         }
         Ok(None)
     }
 }
+
+/// `AT_NEXT`: each stream's advisory lock (the streams $1 come sorted by
+/// name), so locked appenders, which read a head and then insert, never
+/// race it; each head or the genesis ($6); each event at the next version,
+/// chained as `chain::event_hash` does: sha256 of prev_hash, stream,
+/// version and body joined by newlines.
+const AT_NEXT: &str = "WITH input AS MATERIALIZED (
+         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::text[]) AS t(stream, id, type, correlation_id, body)),
+     locked AS MATERIALIZED (
+         SELECT count(*) AS n FROM (SELECT pg_advisory_xact_lock(hashtextextended(stream, 0)) FROM input) l),
+     heads AS MATERIALIZED (
+         SELECT i.*, coalesce(h.version, 0) AS v, coalesce(h.hash, $6::text) AS hh
+         FROM locked CROSS JOIN input i
+         LEFT JOIN LATERAL (SELECT version, hash FROM events WHERE stream = i.stream ORDER BY version DESC LIMIT 1) h ON true)
+     INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
+     SELECT stream, v + 1, id, type, correlation_id, body, hh,
+            encode(sha256(convert_to(hh || E'\\n' || stream || E'\\n' || (v + 1)::text || E'\\n' || body, 'UTF8')), 'hex')
+     FROM heads
+     RETURNING stream, version, hash, tx::text AS tx, position";
 
 impl PgStore {
     /// Streams at remembered heads, with their commands, in one statement
@@ -473,20 +512,6 @@ const AT_HEADS: &str = "WITH locked AS MATERIALIZED (
          SELECT * FROM unnest($12::uuid[], $13::text[], $14::text[], $15::text[]) WHERE EXISTS (SELECT 1 FROM ins)
          ON CONFLICT (message_id) DO NOTHING)
      SELECT stream, tx, position FROM ins";
-
-/// `ONE_AT_HEAD`: the stream's advisory lock (so locked appenders, which
-/// read the head and then insert, never race it), the head or the genesis
-/// ($6), and the event at the next version, chained as `chain::event_hash`
-/// does: sha256 of prev_hash, stream, version and body joined by newlines.
-const ONE_AT_HEAD: &str = "WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))),
-     head AS MATERIALIZED (
-         SELECT coalesce(h.version, 0) AS v, coalesce(h.hash, $6::text) AS h FROM locked
-         LEFT JOIN LATERAL (SELECT version, hash FROM events WHERE stream = $1 ORDER BY version DESC LIMIT 1) h ON true)
-     INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
-     SELECT $1, head.v + 1, $2, $3, $4, $5, head.h,
-            encode(sha256(convert_to(head.h || E'\\n' || $1 || E'\\n' || (head.v + 1)::text || E'\\n' || $5::text, 'UTF8')), 'hex')
-     FROM head
-     RETURNING tx::text AS tx, position, version, hash";
 
 /// Checks the expected version under the stream's advisory lock, reading the
 /// head, and appends. Returns the new head with the result.
@@ -668,8 +693,8 @@ impl EventStore for PgStore {
         if let ([one], []) = (appends, commands) {
             if let (ExpectedVersion::Any, [event]) = (one.expected, one.events) {
                 validate_append(one.stream, one.events)?;
-                if let Some(appended) = self.append_one_at_head(one.stream, event).await? {
-                    return Ok(Ok(vec![appended]));
+                if let Some(appended) = self.append_at_next(&[(one.stream, event)]).await? {
+                    return Ok(Ok(appended));
                 }
             }
         }
@@ -769,6 +794,32 @@ impl EventStore for PgStore {
         rows.iter()
             .map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode())
             .collect()
+    }
+
+    async fn stream_holds_each(&self, asks: &[(&str, Uuid)], types: &[&str]) -> Result<Vec<Holds>, StoreError> {
+        let rows: Vec<(bool, bool)> = sqlx::query_as(
+            "SELECT coalesce(bool_or(e.id = q.id), false), coalesce(bool_or(e.type = ANY($3)), false)
+             FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS q(stream, id, n)
+             LEFT JOIN events e ON e.stream = q.stream
+             GROUP BY q.n ORDER BY q.n",
+        )
+        .bind(asks.iter().map(|a| a.0).collect::<Vec<_>>())
+        .bind(asks.iter().map(|a| a.1).collect::<Vec<_>>())
+        .bind(types)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("looking into streams"))?;
+        Ok(rows.into_iter().map(|(id, any_of_types)| Holds { id, any_of_types }).collect())
+    }
+
+    async fn append_each(&self, items: &[(&str, &Envelope)]) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        for (stream, event) in items {
+            validate_append(stream, std::slice::from_ref(*event))?;
+        }
+        if let Some(appended) = self.append_at_next(items).await? {
+            return Ok(appended.into_iter().map(Ok).collect());
+        }
+        Ok(crate::event_store::append_one_by_one(self, items).await)
     }
 
     async fn stream_holds(&self, stream: &str, id: Uuid, types: &[&str]) -> Result<Holds, StoreError> {

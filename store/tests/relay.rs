@@ -120,13 +120,13 @@ impl Queue for Refusing {
 
 async fn an_unconfirmed_batch_does_not_move_the_checkpoint(store: DynStore, queue: Arc<dyn Queue>) {
     let expected = fill_outbox(&store, 2, 3).await;
-    outbox_at_least(&store, Position::START, 6).await;
+    outbox_at_least(&*store, Position::START, 6).await;
     let mut refused = Relay::new(store.clone(), Arc::new(Refusing), RelayOptions::default());
     assert!(refused.relay_once().await.is_err());
     assert_eq!(store.load_checkpoint(RELAY_CHECKPOINT).await.unwrap(), Position::START);
     assert_eq!(store.read_outbox(Position::START, 100).await.unwrap().len(), 6, "nothing pruned");
     // A working broker later gets every command.
-    outbox_at_least(&store, Position::START, 6).await;
+    outbox_at_least(&*store, Position::START, 6).await;
     let mut relay = Relay::new(store.clone(), queue.clone(), RelayOptions::default());
     assert_eq!(relay.relay_once().await.unwrap(), 6);
     let mut consumer = queue.consume(QUEUE, 10).await.unwrap();

@@ -51,17 +51,17 @@ async fn commands_are_written_with_their_events(store: DynStore) {
     let s = "deployment-c";
     let cmds: Vec<_> = (0..3).map(|n| Outgoing { queue: format!("q{n}"), envelope: event(s, 100 + n) }).collect();
     store.append(s, ExpectedVersion::Any, &events(s, 0..1), &cmds).await.unwrap().unwrap();
-    let outbox = outbox_at_least(&store, Position::START, 3).await;
+    let outbox = outbox_at_least(&*store, Position::START, 3).await;
     assert_eq!(outbox.iter().map(|o| o.message_id).collect::<Vec<_>>(), cmds.iter().map(|c| c.envelope.id).collect::<Vec<_>>());
     assert_eq!(outbox[1].queue, "q1");
     assert_eq!(outbox[2].body, cmds[2].envelope.to_json());
-    assert_eq!(outbox_at_least(&store, outbox[0].position, 2).await.len(), 2);
+    assert_eq!(outbox_at_least(&*store, outbox[0].position, 2).await.len(), 2);
     assert_eq!(store.prune_outbox(outbox[1].position).await.unwrap(), 2);
-    assert_eq!(outbox_at_least(&store, Position::START, 1).await.len(), 1);
+    assert_eq!(outbox_at_least(&*store, Position::START, 1).await.len(), 1);
     // Sent again under the same id (a re-dispatch): once more after it was
     // published, not twice while it still waits.
     store.append(s, ExpectedVersion::Any, &events(s, 1..2), &cmds).await.unwrap().unwrap();
-    let again = outbox_at_least(&store, Position::START, 3).await;
+    let again = outbox_at_least(&*store, Position::START, 3).await;
     assert_eq!(again.iter().map(|o| o.message_id).collect::<Vec<_>>(), [2, 0, 1].map(|n| cmds[n].envelope.id).to_vec());
 }
 
@@ -226,7 +226,7 @@ async fn multi_stream_appends_are_all_or_nothing(store: DynStore) {
     ];
     let done = store.append_streams(&right, &[cmd]).await.unwrap().unwrap();
     assert_eq!(done.iter().map(|d| d.version).collect::<Vec<_>>(), vec![2, 2]);
-    assert_eq!(outbox_at_least(&store, Position::START, 1).await.len(), 1);
+    assert_eq!(outbox_at_least(&*store, Position::START, 1).await.len(), 1);
 }
 
 async fn setting_values_are_kept_by_fingerprint(store: DynStore) {
@@ -274,6 +274,33 @@ async fn a_stream_is_asked_what_it_holds(store: DynStore) {
     assert_eq!((holds.id, holds.any_of_types), (false, false), "another stream's event is not this one's");
 }
 
+async fn outcomes_are_appended_and_asked_about_together(store: DynStore) {
+    let (a, b, c) = ("deployment-m1", "deployment-m2", "deployment-m3");
+    store.append(a, ExpectedVersion::NoStream, &events(a, 0..2), &[]).await.unwrap().unwrap();
+    store.append(b, ExpectedVersion::NoStream, &events(b, 0..1), &[]).await.unwrap().unwrap();
+    let (ea, eb, ec) = (event_in(a, 2, "ü-✓"), event(b, 1), event(c, 0));
+    let done = store.append_each(&[(b, &eb), (c, &ec), (a, &ea)]).await.unwrap();
+    let versions: Vec<u64> = done.into_iter().map(|r| r.unwrap().version).collect();
+    assert_eq!(versions, vec![2, 1, 3], "each at its stream's next version, in the order asked");
+
+    // A stream twice, and an event already stored: each answered on its own.
+    let (a2, a3) = (event(a, 3), event(a, 4));
+    let done = store.append_each(&[(a, &a2), (a, &a3), (c, &ec)]).await.unwrap();
+    assert_eq!(done[0].as_ref().unwrap().version, 4);
+    assert_eq!(done[1].as_ref().unwrap().version, 5);
+    assert!(matches!(done[2], Err(StoreError::Duplicate { .. })), "{:?}", done[2]);
+    assert_eq!(store.stream_version(c).await.unwrap(), 1, "the duplicate wrote nothing");
+
+    let holds = store
+        .stream_holds_each(&[(a, ea.id), (c, eb.id), ("deployment-none", ec.id), (b, eb.id)], &["SettingsChanged"])
+        .await
+        .unwrap();
+    let got: Vec<(bool, bool)> = holds.iter().map(|h| (h.id, h.any_of_types)).collect();
+    assert_eq!(got, vec![(true, true), (false, true), (false, false), (true, true)]);
+    let report = chain::verify(&store.chain_rows().await.unwrap());
+    assert!(report.is_intact(), "{:?}", report.findings);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -315,4 +342,5 @@ conformance!(
     setting_values_are_kept_by_fingerprint,
     worker_heartbeats_replace_each_other,
     a_stream_is_asked_what_it_holds,
+    outcomes_are_appended_and_asked_about_together,
 );

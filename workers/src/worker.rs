@@ -14,18 +14,23 @@ use slipway_proto::event::deployment_stream;
 use slipway_proto::{Command, Envelope, Event, Step, TraceContext};
 use slipway_telemetry::trace::{self, Delivered};
 use slipway_store::queue::{Delivery, Queue, QueueError};
-use slipway_store::{EventStore, ExpectedVersion, StoreError};
+use slipway_store::{EventStore, StoreError};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::group::Group;
 use crate::steps::{Executor, Settings};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     /// Which steps' queues this worker serves.
     pub steps: Vec<Step>,
-    /// Unacknowledged deliveries per step queue.
+    /// Unacknowledged deliveries per step queue (at least `concurrency`).
     pub prefetch: u16,
+    /// Commands run at once per step queue. 1 (the default) runs one
+    /// build, one deploy, ... at a time: a worker process is a unit of
+    /// capacity, and more capacity is more processes.
+    pub concurrency: usize,
     /// Who the outcome events name as their actor.
     pub actor: String,
     /// This process's id in the workers table (`slipway workers`).
@@ -39,6 +44,7 @@ impl Default for WorkerOptions {
         WorkerOptions {
             steps: Step::ALL.to_vec(),
             prefetch: 4,
+            concurrency: 1,
             actor: "worker".into(),
             id: format!("{host}-{}-{}", std::process::id(), &Uuid::now_v7().simple().to_string()[26..]),
             host,
@@ -76,18 +82,34 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let mut tasks = JoinSet::new();
     let busy: Busy = Arc::default();
+    let group = Group::start(store.clone(), &STOPS_STEPS);
     for step in &options.steps {
         let name = step.queue();
         queue.declare(&name).await?;
-        let mut consumer = queue.consume(&name, options.prefetch).await?;
-        let (store, executor, actor, busy) = (store.clone(), executor.clone(), options.actor.clone(), busy.clone());
+        let concurrency = options.concurrency.max(1);
+        let prefetch = options.prefetch.max(u16::try_from(concurrency).unwrap_or(u16::MAX));
+        let mut consumer = queue.consume(&name, prefetch).await?;
+        let (store, group, executor, actor, busy) =
+            (store.clone(), group.clone(), executor.clone(), options.actor.clone(), busy.clone());
         let system = queue.system();
         tasks.spawn(async move {
-            while let Some(delivery) = consumer.next().await {
-                if let Err(e) = handle_tracked(&*store, &*executor, (&actor, system), delivery, &busy).await {
-                    tracing::warn!(error = %e, queue = %name, "delivery not settled; it will be redelivered");
+            // The consumer lives until every delivery it gave is settled.
+            let mut running = JoinSet::new();
+            loop {
+                while running.len() >= concurrency {
+                    running.join_next().await;
                 }
+                let Some(delivery) = consumer.next().await else { break };
+                let (store, group, executor, actor, busy, name) =
+                    (store.clone(), group.clone(), executor.clone(), actor.clone(), busy.clone(), name.clone());
+                running.spawn(async move {
+                    let calls = Calls { store: &*store, group: &group };
+                    if let Err(e) = handle_tracked(calls, &*executor, (&actor, system), delivery, &busy).await {
+                        tracing::warn!(error = %e, queue = %name, "delivery not settled; it will be redelivered");
+                    }
+                });
             }
+            while running.join_next().await.is_some() {}
         });
     }
     let started_at = Utc::now();
@@ -126,9 +148,16 @@ pub async fn run(
 /// Who records outcomes (the actor) and the queue backend's name (for traces).
 type Identity<'a> = (&'a str, &'static str);
 
+/// The store, and the same calls made in groups (see `group`).
+#[derive(Clone, Copy)]
+struct Calls<'a> {
+    store: &'a dyn EventStore,
+    group: &'a Group,
+}
+
 /// `handle`, with the command listed as in progress while it runs.
 async fn handle_tracked(
-    store: &dyn EventStore,
+    calls: Calls<'_>,
     executor: &dyn Executor,
     who: Identity<'_>,
     delivery: Delivery,
@@ -140,7 +169,7 @@ async fn handle_tracked(
     if let (Some((id, what)), Ok(mut b)) = (&what, busy.lock()) {
         b.insert(*id, what.clone());
     }
-    let result = handle(store, executor, who, delivery).await;
+    let result = handle(calls, executor, who, delivery).await;
     if let (Some((id, _)), Ok(mut b)) = (&what, busy.lock()) {
         b.remove(id);
     }
@@ -157,7 +186,7 @@ const STOPS_STEPS: [&str; 3] = ["DeploymentSucceeded", "DeploymentFailed", "Canc
 /// runs inside its `<queue> process` span, a child of the span that
 /// dispatched it; the outcome carries this span's trace context.
 async fn handle(
-    store: &dyn EventStore,
+    Calls { store, group }: Calls<'_>,
     executor: &dyn Executor,
     (actor, system): Identity<'_>,
     delivery: Delivery,
@@ -172,7 +201,7 @@ async fn handle(
     };
     let stream = deployment_stream(command.deployment_id());
     let id = outcome_id(envelope.id);
-    let holds = match store.stream_holds(&stream, id, &STOPS_STEPS).await {
+    let holds = match group.holds(&stream, id).await {
         Ok(h) => h,
         Err(e) => {
             delivery.retry().await?;
@@ -225,7 +254,7 @@ async fn handle(
             Ok(o) => o,
             Err(e) => return Ok(delivery.dead_letter(&format!("cannot encode the outcome: {e}")).await?),
         };
-        match store.append(&stream, ExpectedVersion::Any, &[outcome], &[]).await {
+        match group.record(&stream, outcome).await {
             Ok(_) | Err(StoreError::Duplicate { .. }) => Ok(delivery.ack().await?),
             Err(e) => {
                 delivery.retry().await?;

@@ -123,6 +123,7 @@ async fn run(args: &Args, slipway: &std::path::Path, workers: usize, step_ms: u6
         .map(|_| {
             Command::new(slipway)
                 .args(["worker", "--stand-in-ms", &step_ms.to_string(), "--prefetch", "32"])
+                .args(["--concurrency", &concurrency(step_ms).to_string()])
                 .env("SLIPWAY_DATABASE", &args.pg_url)
                 .env("SLIPWAY_PG_SCHEMA", &schema)
                 .env("SLIPWAY_QUEUE", &args.amqp_url)
@@ -144,6 +145,13 @@ async fn run(args: &Args, slipway: &std::path::Path, workers: usize, step_ms: u6
         let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
     }
     result
+}
+
+/// Commands a worker runs at once per step queue. With zero-time steps a
+/// worker mostly waits for the store, so it takes many; with timed steps
+/// one, as a real builder does, so that capacity is worker processes.
+fn concurrency(step_ms: u64) -> usize {
+    if step_ms == 0 { 16 } else { 1 }
 }
 
 async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> anyhow::Result<Outcome> {
