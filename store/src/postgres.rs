@@ -798,10 +798,13 @@ impl EventStore for PgStore {
 
     async fn stream_holds_each(&self, asks: &[(&str, Uuid)], types: &[&str]) -> Result<Vec<Holds>, StoreError> {
         let rows: Vec<(bool, bool)> = sqlx::query_as(
-            "SELECT coalesce(bool_or(e.id = q.id), false), coalesce(bool_or(e.type = ANY($3)), false)
+            // Lateral: each stream through its index, never a scan of all events.
+            "SELECT coalesce(h.id, false), coalesce(h.any_of_types, false)
              FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS q(stream, id, n)
-             LEFT JOIN events e ON e.stream = q.stream
-             GROUP BY q.n ORDER BY q.n",
+             LEFT JOIN LATERAL (
+                 SELECT bool_or(e.id = q.id) AS id, bool_or(e.type = ANY($3)) AS any_of_types FROM events e WHERE e.stream = q.stream
+             ) h ON true
+             ORDER BY q.n",
         )
         .bind(asks.iter().map(|a| a.0).collect::<Vec<_>>())
         .bind(asks.iter().map(|a| a.1).collect::<Vec<_>>())
