@@ -215,9 +215,10 @@ impl Driver {
 
     /// Advances many deployments: decides for each (several at once), then
     /// records all their decisions in one append, and decides again for
-    /// those that moved. A deployment at its cutover (which appends to the
-    /// one routes stream) is advanced on its own; so is every deployment
-    /// of a joint append that conflicted (which wrote nothing).
+    /// those that moved. Deployments at their cutover, which append to the
+    /// one routes stream, are decided one after another holding its turn,
+    /// each at the route version the previous one leaves. If the joint
+    /// append conflicts (it wrote nothing), each is advanced on its own.
     async fn advance_all(&self, streams: Vec<String>) -> Vec<(String, Advanced)> {
         let mut done: Vec<(String, Advanced)> = Vec::new();
         let mut round = streams;
@@ -225,14 +226,32 @@ impl Driver {
             if round.is_empty() {
                 return done;
             }
-            let planned: Vec<(String, Result<Planned, DriverError>)> =
+            let mut planned: Vec<(String, Result<Planned, DriverError>)> =
                 futures::stream::iter(std::mem::take(&mut round).into_iter().map(|stream| async move {
-                    let planned = self.plan(&stream, false).await;
+                    let planned = self.plan(&stream, None).await;
                     (stream, planned)
                 }))
                 .buffer_unordered(ADVANCE_CONCURRENCY)
                 .collect()
                 .await;
+            let cutovers: Vec<String> = planned
+                .iter()
+                .filter(|(_, p)| matches!(p, Ok(Planned::Alone)))
+                .map(|(stream, _)| stream.clone())
+                .collect();
+            let turn = match cutovers.is_empty() {
+                true => None,
+                false => Some(self.routes_turn.lock().await),
+            };
+            let mut ahead = 0;
+            for stream in cutovers {
+                let at_turn = self.plan(&stream, Some(ahead)).await;
+                if let Ok(Planned::Append(p)) = &at_turn {
+                    ahead += p.out.routes.len() as u64;
+                }
+                planned.retain(|(s, _)| *s != stream);
+                planned.push((stream, at_turn));
+            }
             let (mut joint, mut alone) = (Vec::new(), Vec::new());
             for (stream, planned) in planned {
                 match planned {
@@ -262,6 +281,7 @@ impl Driver {
                     return done;
                 }
             }
+            drop(turn);
             let one_by_one: Vec<(String, Advanced)> = futures::stream::iter(alone.into_iter().map(|stream| async move {
                 let result = self.advance(&stream).await;
                 (stream, result)
@@ -287,7 +307,7 @@ impl Driver {
                 true => Some(self.routes_turn.lock().await),
                 false => None,
             };
-            let pending = match self.plan(stream, true).await? {
+            let pending = match self.plan(stream, Some(0)).await? {
                 Planned::Wait(at) => return Ok(at),
                 Planned::Alone => return Ok(None), // not returned when holding the turn
                 Planned::Append(pending) => pending,
@@ -305,8 +325,10 @@ impl Driver {
 
     /// What to record next for one deployment, decided from what the
     /// driver has seen. A deployment at its cutover needs the routes
-    /// stream's turn: without `turn` held it is left to `advance` (`Alone`).
-    async fn plan(&self, stream: &str, turn: bool) -> Result<Planned, DriverError> {
+    /// stream's turn: `turn` is `Some(n)` when it is held and `n` route
+    /// changes are decided ahead of this one in the same append; `None`
+    /// leaves a cutover undecided (`Alone`).
+    async fn plan(&self, stream: &str, turn: Option<u64>) -> Result<Planned, DriverError> {
         let Some(SeenDeployment { state, last: cause }) = self.deployment(stream).await? else {
             return Ok(Planned::Wait(None));
         };
@@ -317,8 +339,12 @@ impl Driver {
         let env = self.environment(&estream).await?;
         // Routes and routers matter only once the pipeline has passed.
         let traffic = match (state.next_step(), turn) {
-            (None, false) if !state.is_finished() => return Ok(Planned::Alone),
-            (None, _) => Some(self.traffic().await?),
+            (None, None) if !state.is_finished() => return Ok(Planned::Alone),
+            (None, ahead) => {
+                let mut traffic = self.traffic().await?;
+                traffic.routes_version += ahead.unwrap_or(0);
+                Some(traffic)
+            }
             (Some(_), _) => None,
         };
         let routes_version = traffic.as_ref().map_or(0, |t| t.routes_version);
@@ -361,7 +387,13 @@ impl Driver {
         if pendings.is_empty() {
             return Ok(true);
         }
-        let appends: Vec<StreamAppend<'_>> = pendings.iter().flat_map(|p| p.appends()).collect();
+        // Route changes decided one after another go in as one append to
+        // the routes stream, at the version the first was decided at.
+        let routes: Vec<Envelope> = pendings.iter().flat_map(|p| p.out.routes.iter().cloned()).collect();
+        let mut appends: Vec<StreamAppend<'_>> = pendings.iter().flat_map(|p| p.appends()).collect();
+        if let Some(first) = pendings.iter().find(|p| !p.out.routes.is_empty()) {
+            appends.push(StreamAppend { stream: ROUTES_STREAM, expected: ExpectedVersion::Exactly(first.versions.2), events: &routes });
+        }
         let commands: Vec<Outgoing> = pendings.iter().flat_map(|p| p.out.commands.iter().cloned()).collect();
         match self.store.append_streams(&appends, &commands).await? {
             Ok(_) => Ok(true),
@@ -571,9 +603,10 @@ struct Pending {
 
 impl Pending {
     /// The deployment's stream (always: its version is what was decided
-    /// on), and the environment and routes streams if written to.
+    /// on), and the environment stream if written to. (Route changes are
+    /// appended by `Driver::commit`, all of a batch's together.)
     fn appends(&self) -> Vec<StreamAppend<'_>> {
-        let (deployment, env, routes) = self.versions;
+        let (deployment, env, _) = self.versions;
         let mut appends =
             vec![StreamAppend { stream: &self.stream, expected: ExpectedVersion::Exactly(deployment), events: &self.out.events }];
         if !self.out.environment.is_empty() {
@@ -582,9 +615,6 @@ impl Pending {
                 expected: ExpectedVersion::Exactly(env),
                 events: &self.out.environment,
             });
-        }
-        if !self.out.routes.is_empty() {
-            appends.push(StreamAppend { stream: ROUTES_STREAM, expected: ExpectedVersion::Exactly(routes), events: &self.out.routes });
         }
         appends
     }
