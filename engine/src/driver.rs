@@ -18,7 +18,7 @@ use slipway_proto::command::ImageSource;
 use slipway_proto::{Command, Envelope, Event, Step};
 use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
-use slipway_store::{EventStore, ExpectedVersion, StoreError};
+use slipway_store::{EventStore, ExpectedVersion, StoreError, WorkerBeat};
 use slipway_telemetry::trace::PlannedSpan;
 use uuid::Uuid;
 
@@ -34,6 +34,11 @@ type Advanced = Result<Option<DateTime<Utc>>, DriverError>;
 
 /// Deployments advanced at the same time.
 const ADVANCE_CONCURRENCY: usize = 64;
+
+/// Worker heartbeats are read at most this often: workers beat every 5 s
+/// and a build's heartbeat timeout is a minute, so a second's staleness
+/// changes no decision that matters, and saves a read per build decision.
+const BEATS_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often the subscription's position is saved.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -103,11 +108,13 @@ pub struct Driver {
     /// Deployment, environment and traffic states, moved forward by the
     /// subscription and by the driver's own appends (see `seen`).
     seen: std::sync::Mutex<Seen>,
+    /// Worker heartbeats as last read, and when (see `BEATS_READ_EVERY`).
+    beats: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<WorkerBeat>>)>>,
 }
 
 impl Driver {
     pub fn new(store: Arc<dyn EventStore>, options: DriverOptions) -> Self {
-        Driver { store, options, routes_turn: tokio::sync::Mutex::new(()), seen: Default::default() }
+        Driver { store, options, routes_turn: tokio::sync::Mutex::new(()), seen: Default::default(), beats: Default::default() }
     }
 
     /// Follows the store until `shutdown` resolves.
@@ -427,6 +434,10 @@ impl Driver {
         moved
     }
 
+    fn beats(&self) -> Option<(std::time::Instant, Arc<Vec<WorkerBeat>>)> {
+        self.beats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         // Nothing panics while holding it; if something did, the state
         // kept is still whole (each update is one insert or remove).
@@ -474,7 +485,15 @@ impl Driver {
         if !crate::decider::heartbeat_tracked(step) || state.completed.contains(&step) {
             return Ok(None);
         }
-        let workers = self.store.workers().await?;
+        let fresh = self.beats().map(|(at, beats)| (at.elapsed() < BEATS_READ_EVERY).then_some(beats)).unwrap_or_default();
+        let workers = match fresh {
+            Some(beats) => beats,
+            None => {
+                let beats = Arc::new(self.store.workers().await?);
+                *self.beats.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), beats.clone()));
+                beats
+            }
+        };
         Ok(workers.iter().filter(|w| w.commands.contains(&command)).map(|w| w.last_seen).max())
     }
 
