@@ -4,6 +4,9 @@
 //! executor is a stand-in that answers each step after a fixed time (0 ms,
 //! 200 ms; a bench-only mode, the real executors are untouched). Every
 //! deployment goes to its own project, so all of them may run at once.
+//! With zero-time steps a worker runs 16 commands at once per step queue
+//! (`--concurrency 16`: it mostly waits for the store); with timed steps
+//! one, as a builder does, so that capacity is the number of processes.
 //!
 //! It prints, per configuration: deployments completed per second, events
 //! appended per second, and the engine's hand-off latency (an outcome
