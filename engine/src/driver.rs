@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{deployment_stream, environment_stream, StepDispatched, ROUTES_STREAM};
+use slipway_proto::event::{deployment_stream, environment_stream, project_stream, StepDispatched, ROUTES_STREAM};
 use slipway_proto::command::ImageSource;
 use slipway_proto::{Command, Envelope, Event, Step};
 use slipway_store::event_store::{Outgoing, StreamAppend};
@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::decider::{decide, Decision, EnvironmentView, Retries};
 use crate::deployment::{fold, Deployment};
 use crate::environment::Environment;
+use crate::project::{self, Project};
 use crate::load::{self, decode_all};
 use crate::routes::Traffic;
 use crate::seen::{Seen, SeenDeployment};
@@ -513,9 +514,9 @@ impl Driver {
         // The project, its original and the original's mirrors (a mirror's
         // build serves the original too, and the other way round).
         let mut family = vec![ctx.project.clone()];
-        if let Some(project) = crate::requests::load_project(&*self.store, &ctx.project).await? {
+        if let Some(project) = self.project(&ctx.project).await? {
             let root = match &project.mirror_of {
-                Some(original) => crate::requests::load_project(&*self.store, original).await?,
+                Some(original) => self.project(original).await?,
                 None => Some(project),
             };
             if let Some(root) = root {
@@ -525,7 +526,46 @@ impl Driver {
         }
         family.sort();
         family.dedup();
-        load::image_for_commit(&*self.store, &family, commit).await
+        self.image_for_commit(&family, commit).await
+    }
+
+    /// The newest image a successful deployment built or re-used from
+    /// `commit`, among the releases of every environment of `projects`.
+    async fn image_for_commit(&self, projects: &[String], commit: &str) -> Result<Option<ImageSource>, DriverError> {
+        let mut best: Option<(Uuid, ImageSource)> = None;
+        for name in projects {
+            let Some(project) = self.project(name).await? else { continue };
+            for env in project.environments.keys() {
+                let releases = self.environment(&environment_stream(name, env)).await?.releases;
+                for release in releases.iter().rev() {
+                    if best.as_ref().is_some_and(|(newest, _)| newest > release) {
+                        break; // v7 ids: everything further back is older
+                    }
+                    let Some(d) = self.deployment(&deployment_stream(*release)).await? else { continue };
+                    if let (Some(c), Some(image_id)) = (&d.state.context.commit, &d.state.context.image_id) {
+                        if c == commit {
+                            best = Some((*release, ImageSource { deployment_id: *release, image_id: image_id.clone() }));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(best.map(|(_, source)| source))
+    }
+
+    /// A project as seen, or read and kept; `None` if it does not exist.
+    async fn project(&self, name: &str) -> Result<Option<Project>, DriverError> {
+        let stream = project_stream(name);
+        if let Some(events) = self.seen().project(&stream) {
+            return Ok(project::fold(events.iter()));
+        }
+        let recorded = self.store.read_stream(&stream, 1).await?;
+        // As `requests::load_project` reads it: an unreadable event is skipped.
+        let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok()).collect();
+        let folded = project::fold(events.iter());
+        self.seen().put_project(&stream, recorded.last().map_or(0, |r| r.version), events);
+        Ok(folded)
     }
 
     /// Gives decisions ids, time, causation and trace context. Events keep

@@ -6,7 +6,6 @@
 use slipway_proto::event::{
     deployment_stream, environment_stream, router_stream, RouterStarted, ROUTERS_STREAM, ROUTES_STREAM,
 };
-use slipway_proto::command::ImageSource;
 use slipway_proto::Event;
 use slipway_store::{EventStore, RecordedEvent, StoreError};
 use uuid::Uuid;
@@ -113,34 +112,6 @@ pub async fn traffic_seen(store: &dyn EventStore) -> Result<SeenTraffic, LoadErr
     })
 }
 
-/// The newest image a successful deployment built or re-used from `commit`,
-/// among the releases of every environment of `projects`.
-pub async fn image_for_commit(
-    store: &dyn EventStore,
-    projects: &[String],
-    commit: &str,
-) -> Result<Option<ImageSource>, LoadError> {
-    let mut best: Option<(Uuid, ImageSource)> = None;
-    for name in projects {
-        let Some(project) = crate::requests::load_project(store, name).await? else { continue };
-        for env in project.environments.keys() {
-            let releases = environment(store, name, env).await?.releases;
-            for release in releases.iter().rev() {
-                if best.as_ref().is_some_and(|(newest, _)| newest > release) {
-                    break; // v7 ids: everything further back is older
-                }
-                let Some(d) = deployment(store, *release).await? else { continue };
-                if let (Some(c), Some(image_id)) = (&d.context.commit, &d.context.image_id) {
-                    if c == commit {
-                        best = Some((*release, ImageSource { deployment_id: *release, image_id: image_id.clone() }));
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    Ok(best.map(|(_, source)| source))
-}
 
 /// Every (project, environment) the log knows.
 pub async fn environment_names(store: &dyn EventStore) -> Result<Vec<(String, String)>, StoreError> {

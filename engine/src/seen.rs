@@ -1,5 +1,6 @@
 //! What the driver has seen. Deciding needs a deployment's state, its
-//! environment's state and, at the cutover, the traffic view. Reading and
+//! environment's state, before a build its project's (for an image to
+//! re-use) and, at the cutover, the traffic view. Reading and
 //! folding those streams again for every event was most of the engine's
 //! work (36 stream reads per deployment in the farm bench). The driver
 //! keeps them here instead, moved forward by the events its subscription
@@ -47,6 +48,8 @@ pub struct SeenTraffic {
 pub struct Seen {
     deployments: HashMap<String, SeenDeployment>,
     environments: HashMap<String, Environment>,
+    /// Project streams' events (few, and folded when asked) and versions.
+    projects: HashMap<String, (u64, Vec<Event>)>,
     traffic: Option<SeenTraffic>,
 }
 
@@ -57,6 +60,20 @@ impl Seen {
 
     pub fn environment(&self, stream: &str) -> Option<Environment> {
         self.environments.get(stream).cloned()
+    }
+
+    pub fn project(&self, stream: &str) -> Option<Vec<Event>> {
+        self.projects.get(stream).map(|(_, events)| events.clone())
+    }
+
+    /// A project stream read from the store (at `version`), unless newer is kept.
+    pub fn put_project(&mut self, stream: &str, version: u64, events: Vec<Event>) {
+        match self.projects.get(stream) {
+            Some((kept, _)) if *kept >= version => {}
+            _ => {
+                self.projects.insert(stream.to_owned(), (version, events));
+            }
+        }
     }
 
     pub fn traffic(&self) -> Option<Traffic> {
@@ -91,6 +108,7 @@ impl Seen {
     pub fn forget(&mut self, stream: &str) {
         self.deployments.remove(stream);
         self.environments.remove(stream);
+        self.projects.remove(stream);
         if stream == ROUTES_STREAM || stream == ROUTERS_STREAM || stream.starts_with("router-") {
             self.traffic = None;
         }
@@ -113,6 +131,18 @@ impl Seen {
                 }
                 (Some(_), _) => {
                     self.environments.remove(stream);
+                }
+                (None, _) => {}
+            }
+        } else if stream.starts_with("project-") {
+            match (self.projects.get_mut(stream), event) {
+                (Some((kept, _)), _) if version <= *kept => {}
+                (Some((kept, events)), Some(event)) if version == *kept + 1 => {
+                    *kept = version;
+                    events.push(event.clone());
+                }
+                (Some(_), _) => {
+                    self.projects.remove(stream);
                 }
                 (None, _) => {}
             }
@@ -291,6 +321,22 @@ mod tests {
         assert_eq!(traffic.waiting_for(&["r1".to_string()], 4), vec!["r1".to_string()]);
         see(&mut seen, "router-r1", 3, &Event::RouteAcknowledged(RouteAcknowledged { router_id: "r1".into(), route_version: 4 }));
         assert!(seen.traffic().is_none(), "an acknowledgement was missed: read it all again");
+    }
+
+    #[test]
+    fn projects_keep_their_events_in_order_from_the_version_read() {
+        let mut seen = Seen::default();
+        let p = "project-shop";
+        see(&mut seen, p, 1, &requested());
+        assert!(seen.project(p).is_none(), "a project is kept once read");
+        seen.put_project(p, 0, vec![]);
+        see(&mut seen, p, 1, &requested());
+        see(&mut seen, p, 1, &requested());
+        assert_eq!(seen.project(p).map(|e| e.len()), Some(1), "an event already kept is skipped");
+        seen.put_project(p, 0, vec![]);
+        assert_eq!(seen.project(p).map(|e| e.len()), Some(1), "an older read does not replace it");
+        see(&mut seen, p, 3, &requested());
+        assert!(seen.project(p).is_none(), "version 2 was missed");
     }
 
     #[test]
