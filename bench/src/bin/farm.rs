@@ -9,8 +9,10 @@
 //! one, as a builder does, so that capacity is the number of processes.
 //!
 //! It prints, per configuration: deployments completed per second, events
-//! appended per second, and the engine's hand-off latency (an outcome
-//! recorded -> the next step's command recorded) p50/p99.
+//! appended per second, the engine's hand-off latency (an outcome recorded
+//! -> the next step's command recorded) p50/p99, and the dispatch round
+//! trip (a command recorded -> its outcome recorded: outbox, relay,
+//! RabbitMQ, the worker and its append, plus the step's own time) p50/p99.
 //!
 //! Build both binaries, then run:
 //! `cargo build --release -p slipway -p slipway-bench && ./target/release/slipway-bench-farm --deployments 200`
@@ -60,6 +62,8 @@ struct Outcome {
     events_per_second: f64,
     handoff_p50: f64,
     handoff_p99: f64,
+    round_trip_p50: f64,
+    round_trip_p99: f64,
 }
 
 #[tokio::main]
@@ -74,15 +78,18 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("slipway-bench-farm: {} deployments per configuration, each to its own project", args.deployments);
     println!("machine: {} cores; engine + relay in this process, workers as processes\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("{:>8} {:>8} {:>14} {:>14} {:>14} {:>14}", "step", "workers", "deploys/s", "events/s", "hand-off p50", "hand-off p99");
+    println!(
+        "{:>8} {:>8} {:>12} {:>10} {:>13} {:>13} {:>16} {:>16}",
+        "step", "workers", "deploys/s", "events/s", "hand-off p50", "hand-off p99", "dispatch->out p50", "dispatch->out p99"
+    );
     let mut zero_step_best = 0.0f64;
     let mut scaling: Vec<(usize, f64)> = Vec::new();
     for &ms in &args.step_ms {
         for &workers in &args.workers {
             let o = run(&args, &slipway, workers, ms).await?;
             println!(
-                "{:>6}ms {:>8} {:>14.1} {:>14.0} {:>12.1}ms {:>12.1}ms",
-                ms, workers, o.per_second, o.events_per_second, o.handoff_p50, o.handoff_p99
+                "{:>6}ms {:>8} {:>12.1} {:>10.0} {:>11.1}ms {:>11.1}ms {:>15.1}ms {:>15.1}ms",
+                ms, workers, o.per_second, o.events_per_second, o.handoff_p50, o.handoff_p99, o.round_trip_p50, o.round_trip_p99
             );
             if ms == 0 {
                 zero_step_best = zero_step_best.max(o.per_second);
@@ -218,7 +225,10 @@ async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>)
     let events = all.len().saturating_sub(before);
     // Hand-off: an outcome recorded -> the next StepDispatched of its stream.
     let mut last_outcome: std::collections::HashMap<&str, chrono::DateTime<chrono::Utc>> = Default::default();
-    let mut handoffs = Vec::new();
+    // Round trip: a StepDispatched -> the outcome of its stream.
+    let mut last_dispatch: std::collections::HashMap<&str, chrono::DateTime<chrono::Utc>> = Default::default();
+    let (mut handoffs, mut round_trips) = (Vec::new(), Vec::new());
+    let ms = |d: chrono::Duration| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
     for r in &all {
         if !r.stream.starts_with("deployment-") {
             continue;
@@ -226,21 +236,29 @@ async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>)
         match r.envelope.decode::<Event>() {
             Ok(Event::StepDispatched(_)) => {
                 if let Some(t) = last_outcome.remove(r.stream.as_str()) {
-                    handoffs.push((r.recorded_at - t).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    handoffs.push(ms(r.recorded_at - t));
                 }
+                last_dispatch.insert(r.stream.as_str(), r.recorded_at);
             }
             Ok(e) if e.completes_step().is_some() => {
                 last_outcome.insert(r.stream.as_str(), r.recorded_at);
+                if let Some(t) = last_dispatch.remove(r.stream.as_str()) {
+                    round_trips.push(ms(r.recorded_at - t));
+                }
             }
             _ => {}
         }
     }
-    handoffs.sort_by(f64::total_cmp);
-    let pct = |p: f64| handoffs.get(((handoffs.len() as f64 * p) as usize).min(handoffs.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let pct = |values: &mut Vec<f64>, p: f64| {
+        values.sort_by(f64::total_cmp);
+        values.get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    };
     Ok(Outcome {
         per_second: n as f64 / elapsed,
         events_per_second: events as f64 / elapsed,
-        handoff_p50: pct(0.5),
-        handoff_p99: pct(0.99),
+        handoff_p50: pct(&mut handoffs, 0.5),
+        handoff_p99: pct(&mut handoffs, 0.99),
+        round_trip_p50: pct(&mut round_trips, 0.5),
+        round_trip_p99: pct(&mut round_trips, 0.99),
     })
 }
