@@ -11,6 +11,7 @@ pub mod export;
 pub mod merkle;
 pub mod postgres;
 pub mod queue;
+pub mod redact;
 pub mod relay;
 pub mod settings;
 pub mod sqlite;

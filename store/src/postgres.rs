@@ -36,17 +36,7 @@ fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { backend: BACKEND, context, source }
 }
 
-/// Hides the password of a connection URL for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::redact::redact_url;
 
 /// Options for [`PgStore::connect`].
 #[derive(Debug, Clone)]

@@ -531,7 +531,7 @@ mod rabbitmq_only {
         match RabbitQueue::connect(url, RabbitOptions::default()).await {
             Err(e @ QueueError::Unavailable { .. }) => {
                 let QueueError::Unavailable { url: shown, .. } = &e else { unreachable!() };
-                assert_eq!(shown, "amqp://guest@127.0.0.1:1/%2f");
+                assert_eq!(shown, "amqp://guest:***@127.0.0.1:1/%2f");
                 assert!(!e.to_string().contains("hunter2"), "{e}");
                 Ok(())
             }

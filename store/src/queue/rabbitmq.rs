@@ -71,6 +71,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::redact::redact_url;
 use uuid::Uuid;
 
 /// Header carrying the reason of a dead-letter published by `dead_letter()`.
@@ -1199,31 +1201,9 @@ impl Drop for RabbitSettle {
     }
 }
 
-/// `url` without the password (`amqp://user:secret@host/` → `amqp://user@host/`).
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_the_password_only() {
-        assert_eq!(redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"), "amqp://guest@127.0.0.1:5672/%2f");
-        assert_eq!(redact_url("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
-        assert_eq!(redact_url("amqp://u:p@h"), "amqp://u@h");
-        assert_eq!(redact_url("amqp://u@h/v"), "amqp://u@h/v");
-    }
 
     #[test]
     fn integer_headers_of_any_width() {

@@ -131,41 +131,7 @@ async fn probe_http(url: &str, limit: Duration) -> Result<(), String> {
     }
 }
 
-/// `url` with the password of its user part and any `password=` query
-/// parameter replaced by `***`: `postgres://user:***@host/db`. Text that is
-/// not a URL is returned as it is.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
-    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
-    let authority = &url[scheme_end..authority_end];
-    let authority = match authority.rfind('@') {
-        Some(at) => match authority[..at].find(':') {
-            Some(colon) => format!("{}:***{}", &authority[..colon], &authority[at..]),
-            None => authority.to_string(),
-        },
-        None => authority.to_string(),
-    };
-    format!("{}{authority}{}", &url[..scheme_end], redact_query(&url[authority_end..]))
-}
-
-/// Redacts the values of query parameters whose name mentions a password
-/// (libpq and sqlx accept `?password=...`).
-fn redact_query(rest: &str) -> String {
-    let Some(question) = rest.find('?') else { return rest.to_string() };
-    let (path, query) = rest.split_at(question + 1);
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_password_key(key) => format!("{key}=***"),
-            _ => pair.to_string(),
-        })
-        .collect();
-    format!("{path}{}", pairs.join("&"))
-}
-
-fn is_password_key(key: &str) -> bool {
-    key.to_ascii_lowercase().contains("password")
-}
+pub use slipway_store::redact::{is_password_key, redact_url};
 
 /// Removes every trace of the secrets in `address` from `text`: the whole
 /// address becomes its redacted form, and each password (as written and
