@@ -354,9 +354,9 @@ impl PgStore {
                 let stream: String = row.try_get("stream").map_err(db(context()))?;
                 let version: i64 = row.try_get("version").map_err(db(context()))?;
                 let hash: String = row.try_get("hash").map_err(db(context()))?;
-                let positions = positions_of(std::slice::from_ref(row)).map_err(db(context()))?;
+                let position = position_of(row).map_err(db(context()))?;
                 self.heads.put(&stream, Head { version: version as u64, hash });
-                appended.insert(stream, Appended { version: version as u64, positions });
+                appended.insert(stream, Appended { version: version as u64, positions: vec![position] });
             }
             let out: Option<Vec<Appended>> = items.iter().map(|(stream, _)| appended.remove(*stream)).collect();
             return match out {
@@ -465,8 +465,7 @@ impl PgStore {
         let mut positions: HashMap<String, Vec<Position>> = HashMap::new();
         for row in &rows {
             let stream: String = row.try_get("stream").map_err(db("appending"))?;
-            let position = Position { tx: parse_tx(row.try_get("tx").map_err(db("appending"))?), seq: row.try_get("position").map_err(db("appending"))? };
-            positions.entry(stream).or_default().push(position);
+            positions.entry(stream).or_default().push(position_of(row).map_err(db("appending"))?);
         }
         let mut appended = Vec::with_capacity(appends.len());
         for ((a, head), p) in appends.iter().zip(heads).zip(&prepared) {
@@ -628,12 +627,14 @@ fn bind_outbox<'q>(query: PgQuery<'q>, commands: &[Outgoing]) -> PgQuery<'q> {
 }
 
 fn positions_of(rows: &[PgRow]) -> Result<Vec<Position>, sqlx::Error> {
-    let mut positions = rows
-        .iter()
-        .map(|row| Ok(Position { tx: parse_tx(row.try_get("tx")?), seq: row.try_get("position")? }))
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let mut positions = rows.iter().map(position_of).collect::<Result<Vec<_>, sqlx::Error>>()?;
     positions.sort();
     Ok(positions)
+}
+
+/// The global position of a row that returned `tx` (as text) and `position`.
+fn position_of(row: &PgRow) -> Result<Position, sqlx::Error> {
+    Ok(Position { tx: parse_tx(row.try_get("tx")?), seq: row.try_get("position")? })
 }
 
 /// A command sent again under its id (a re-dispatch) while the first
@@ -816,16 +817,8 @@ impl EventStore for PgStore {
     }
 
     async fn stream_holds(&self, stream: &str, id: Uuid, types: &[&str]) -> Result<Holds, StoreError> {
-        let (id, any_of_types): (bool, bool) = sqlx::query_as(
-            "SELECT coalesce(bool_or(id = $2), false), coalesce(bool_or(type = ANY($3)), false) FROM events WHERE stream = $1",
-        )
-        .bind(stream)
-        .bind(id)
-        .bind(types)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db(format!("looking into `{stream}`")))?;
-        Ok(Holds { id, any_of_types })
+        let holds = self.stream_holds_each(&[(stream, id)], types).await?;
+        holds.into_iter().next().ok_or_else(|| db(format!("looking into `{stream}`"))(sqlx::Error::RowNotFound))
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
