@@ -181,7 +181,7 @@ impl Driver {
             {
                 let mut seen = self.seen();
                 for e in &batch {
-                    seen.observe(&e.stream, e.version, &e.envelope, e.envelope.decode::<Event>().ok().as_ref());
+                    seen.observe(&e.stream, e.version, &e.envelope);
                     // Decisions are appended at these heads: no need to read them.
                     self.store.saw(e);
                 }
@@ -426,7 +426,7 @@ impl Driver {
                 (ROUTES_STREAM, routes, &pending.out.routes),
             ] {
                 for (i, e) in events.iter().enumerate() {
-                    seen.observe(stream, from + 1 + i as u64, e, e.decode::<Event>().ok().as_ref());
+                    seen.observe(stream, from + 1 + i as u64, e);
                 }
             }
         }
@@ -560,11 +560,9 @@ impl Driver {
         if let Some(events) = self.seen().project(&stream) {
             return Ok(project::fold(events.iter()));
         }
-        let recorded = self.store.read_stream(&stream, 1).await?;
-        // As `requests::load_project` reads it: an unreadable event is skipped.
-        let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok()).collect();
+        let (version, events) = crate::requests::project_events(&*self.store, name).await?;
         let folded = project::fold(events.iter());
-        self.seen().put_project(&stream, recorded.last().map_or(0, |r| r.version), events);
+        self.seen().put_project(&stream, version, events);
         Ok(folded)
     }
 

@@ -112,7 +112,6 @@ pub async fn traffic_seen(store: &dyn EventStore) -> Result<SeenTraffic, LoadErr
     })
 }
 
-
 /// Every (project, environment) the log knows.
 pub async fn environment_names(store: &dyn EventStore) -> Result<Vec<(String, String)>, StoreError> {
     let mut names = Vec::new();

@@ -38,9 +38,16 @@ fn envelope(stream: &str, event: &Event, correlation_id: Uuid, actor: &str, trac
 }
 
 pub async fn load_project(store: &dyn EventStore, name: &str) -> Result<Option<Project>, StoreError> {
-    let recorded = store.read_stream(&project_stream(name), 1).await?;
-    let events: Vec<Event> = recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok()).collect();
+    let (_, events) = project_events(store, name).await?;
     Ok(project::fold(events.iter()))
+}
+
+/// A project stream's readable events (an unreadable one is skipped) and
+/// the stream's version.
+pub async fn project_events(store: &dyn EventStore, name: &str) -> Result<(u64, Vec<Event>), StoreError> {
+    let recorded = store.read_stream(&project_stream(name), 1).await?;
+    let events = recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok()).collect();
+    Ok((recorded.last().map_or(0, |r| r.version), events))
 }
 
 /// Every project's name, from the log.

@@ -115,58 +115,54 @@ impl Seen {
     }
 
     /// One event at `version` of `stream`, delivered or appended by the
-    /// driver itself. `event` is `None` if it could not be decoded: the
-    /// stream is dropped, and reading it again reports why.
-    pub fn observe(&mut self, stream: &str, version: u64, envelope: &Envelope, event: Option<&Event>) {
+    /// driver itself. It is decoded only if it is the one an entry takes
+    /// next (the driver's own events, delivered again by the subscription,
+    /// are skipped undecoded); one that cannot be decoded drops the stream,
+    /// and reading it again reports why.
+    pub fn observe(&mut self, stream: &str, version: u64, envelope: &Envelope) {
+        let decode = || envelope.decode::<Event>().ok();
         if stream.starts_with("deployment-") {
-            self.observe_deployment(stream, version, envelope, event);
+            let kept = self.deployments.remove(stream);
+            let next = kept.as_ref().map_or(1, |k| k.state.version + 1);
+            if version < next {
+                self.deployments.extend(kept.map(|k| (stream.to_owned(), k)));
+                return;
+            }
+            let event = if version == next { decode() } else { None };
+            let state = event.and_then(|event| evolve(kept.map(|k| k.state), &event).ok());
+            if let Some(state) = state {
+                self.deployments.insert(stream.to_owned(), SeenDeployment { state, last: envelope.clone() });
+            }
         } else if stream.starts_with("environment-") {
-            match (self.environments.get_mut(stream), event) {
-                (Some(env), _) if version <= env.version => {}
-                (Some(env), Some(event)) if version == env.version + 1 => env.apply(event),
-                (None, Some(event)) if version == 1 => {
-                    let mut env = Environment::default();
-                    env.apply(event);
-                    self.environments.insert(stream.to_owned(), env);
-                }
-                (Some(_), _) => {
+            let next = self.environments.get(stream).map_or(1, |e| e.version + 1);
+            if version < next {
+                return;
+            }
+            match if version == next { decode() } else { None } {
+                Some(event) => self.environments.entry(stream.to_owned()).or_default().apply(&event),
+                None => {
                     self.environments.remove(stream);
                 }
-                (None, _) => {}
             }
         } else if stream.starts_with("project-") {
-            match (self.projects.get_mut(stream), event) {
-                (Some((kept, _)), _) if version <= *kept => {}
-                (Some((kept, events)), Some(event)) if version == *kept + 1 => {
+            // Kept only once read: the first read says where it starts.
+            let Some((kept, events)) = self.projects.get_mut(stream) else { return };
+            if version <= *kept {
+                return;
+            }
+            match if version == *kept + 1 { decode() } else { None } {
+                Some(event) => {
                     *kept = version;
-                    events.push(event.clone());
+                    events.push(event);
                 }
-                (Some(_), _) => {
+                None => {
                     self.projects.remove(stream);
                 }
-                (None, _) => {}
             }
         } else if let Some(t) = self.traffic.as_mut() {
-            if !observe_traffic(t, stream, version, event) {
+            if !observe_traffic(t, stream, version, decode) {
                 self.traffic = None;
             }
-        }
-    }
-
-    fn observe_deployment(&mut self, stream: &str, version: u64, envelope: &Envelope, event: Option<&Event>) {
-        let kept = self.deployments.remove(stream);
-        let state = match (kept, event) {
-            (Some(kept), _) if version <= kept.state.version => Some(kept),
-            (Some(kept), Some(event)) if version == kept.state.version + 1 => evolve(Some(kept.state), event)
-                .ok()
-                .map(|state| SeenDeployment { state, last: envelope.clone() }),
-            (None, Some(event)) if version == 1 => {
-                evolve(None, event).ok().map(|state| SeenDeployment { state, last: envelope.clone() })
-            }
-            _ => None,
-        };
-        if let Some(state) = state {
-            self.deployments.insert(stream.to_owned(), state);
         }
     }
 
@@ -180,7 +176,7 @@ impl Seen {
 
 /// Moves the traffic view by one event of the routes, routers or a
 /// router's stream; false if a gap means it must be read again.
-fn observe_traffic(t: &mut SeenTraffic, stream: &str, version: u64, event: Option<&Event>) -> bool {
+fn observe_traffic(t: &mut SeenTraffic, stream: &str, version: u64, decode: impl FnOnce() -> Option<Event>) -> bool {
     if stream == ROUTES_STREAM {
         // Only the version counts here; a higher one is simply newer.
         t.traffic.routes_version = t.traffic.routes_version.max(version);
@@ -196,11 +192,11 @@ fn observe_traffic(t: &mut SeenTraffic, stream: &str, version: u64, event: Optio
     if version <= known {
         return true;
     }
-    let Some(event) = event.filter(|_| version == known + 1) else { return false };
+    let Some(event) = (version == known + 1).then(decode).flatten() else { return false };
     match router {
         None => {
             t.registry = version;
-            apply_registry(&mut t.traffic.routers, event);
+            apply_registry(&mut t.traffic.routers, &event);
         }
         Some(router) => {
             t.acknowledgements.insert(router.to_owned(), version);
@@ -259,7 +255,7 @@ mod tests {
     }
 
     fn see(seen: &mut Seen, stream: &str, version: u64, event: &Event) {
-        seen.observe(stream, version, &envelope(stream, event), Some(event));
+        seen.observe(stream, version, &envelope(stream, event));
     }
 
     #[test]
@@ -286,7 +282,10 @@ mod tests {
         see(&mut seen, D, 2, &requested());
         assert!(seen.deployment(D).is_none(), "an illegal transition is left for the store read to report");
         see(&mut seen, D, 1, &requested());
-        seen.observe(D, 2, &envelope(D, &requested()), None);
+        let mut unreadable = envelope(D, &dispatched(Step::CheckServices));
+        unreadable.message_type = "NoSuchEvent".into();
+        assert!(unreadable.decode::<Event>().is_err());
+        seen.observe(D, 2, &unreadable);
         assert!(seen.deployment(D).is_none(), "an undecodable event too");
     }
 

@@ -83,11 +83,11 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let busy: Busy = Arc::default();
     let group = Group::start(store.clone(), &STOPS_STEPS);
+    let concurrency = options.concurrency.max(1);
+    let prefetch = options.prefetch.max(u16::try_from(concurrency).unwrap_or(u16::MAX));
     for step in &options.steps {
         let name = step.queue();
         queue.declare(&name).await?;
-        let concurrency = options.concurrency.max(1);
-        let prefetch = options.prefetch.max(u16::try_from(concurrency).unwrap_or(u16::MAX));
         let mut consumer = queue.consume(&name, prefetch).await?;
         let (store, group, executor, actor, busy) =
             (store.clone(), group.clone(), executor.clone(), options.actor.clone(), busy.clone());
