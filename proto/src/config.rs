@@ -36,11 +36,178 @@ pub struct WebConfig {
     pub health_path: String,
     #[serde(default = "default_health_timeout")]
     pub health_timeout: Interval,
+    /// How long the web container must keep answering healthily (with
+    /// consecutive successes) before the health check passes.
+    #[serde(default = "default_min_ready")]
+    pub min_ready: Interval,
+    /// How long the new release is watched after the traffic switch; a
+    /// failure within it routes back to the old release. `0` turns it off.
+    #[serde(default = "default_watch")]
+    pub watch: Interval,
+    /// Memory, CPU and process limits of the web container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl WebConfig {
+    pub fn limits(&self) -> Limits {
+        Limits { memory: self.memory, cpus: self.cpus, pids: self.pids }
+    }
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { port: default_port(), health_path: default_health_path(), health_timeout: default_health_timeout() }
+        WebConfig {
+            port: default_port(),
+            health_path: default_health_path(),
+            health_timeout: default_health_timeout(),
+            min_ready: default_min_ready(),
+            watch: default_watch(),
+            memory: None,
+            cpus: None,
+            pids: None,
+        }
+    }
+}
+
+/// Resource limits of a container, applied by Docker: `memory = "256m"`,
+/// `cpus = 0.5` (or `"0.5"`), `pids = 200`. None set means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.cpus.is_none() && self.pids.is_none()
+    }
+}
+
+/// A memory size in bytes, written "512k", "256m", "1g" (or a number of bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Memory(pub u64);
+
+/// The smallest memory limit Docker accepts.
+pub const MIN_MEMORY: u64 = 6 * 1024 * 1024;
+
+impl Memory {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let expected = || format!("`{text}` is not a memory size like \"512m\" or \"1g\" (units b, k, m, g)");
+        let t = text.trim().to_ascii_lowercase();
+        let t = t.strip_suffix('b').filter(|r| r.ends_with(['k', 'm', 'g'])).unwrap_or(&t);
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let n: u64 = number.parse().map_err(|_| expected())?;
+        let factor: u64 = match unit {
+            "" | "b" => 1,
+            "k" => 1 << 10,
+            "m" => 1 << 20,
+            "g" => 1 << 30,
+            _ => return Err(expected()),
+        };
+        let bytes = n.checked_mul(factor).ok_or_else(expected)?;
+        if bytes < MIN_MEMORY {
+            return Err(format!("`{text}` is below the smallest limit Docker accepts (6m)"));
+        }
+        Ok(Memory(bytes))
+    }
+
+    /// "256m", "1g", "6291456b": the shortest exact form.
+    pub fn human(&self) -> String {
+        let b = self.0;
+        if b % (1 << 30) == 0 {
+            format!("{}g", b >> 30)
+        } else if b % (1 << 20) == 0 {
+            format!("{}m", b >> 20)
+        } else if b % (1 << 10) == 0 {
+            format!("{}k", b >> 10)
+        } else {
+            format!("{b}b")
+        }
+    }
+}
+
+impl Serialize for Memory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.human())
+    }
+}
+
+impl<'de> Deserialize<'de> for Memory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a memory size like \"256m\""))? {
+            Raw::Bytes(n) => Memory::parse(&n.to_string()).map_err(serde::de::Error::custom),
+            Raw::Text(t) => Memory::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A CPU quota in thousandths of a CPU ("0.5" is 500), as Docker's `--cpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cpus(pub u32);
+
+impl Cpus {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let expected = || format!("`{text}` is not a number of CPUs like 0.5 or \"2\" (from 0.01 to 1024)");
+        let value: f64 = text.trim().parse().map_err(|_| expected())?;
+        Cpus::from_f64(value).ok_or_else(expected)
+    }
+
+    fn from_f64(value: f64) -> Option<Self> {
+        let milli = (value * 1000.0).round();
+        (value.is_finite() && (10.0..=1_024_000.0).contains(&milli)).then_some(Cpus(milli as u32))
+    }
+
+    /// Docker's `NanoCpus`.
+    pub fn nano(&self) -> i64 {
+        i64::from(self.0) * 1_000_000
+    }
+
+    pub fn human(&self) -> String {
+        let whole = self.0 / 1000;
+        let frac = self.0 % 1000;
+        if frac == 0 {
+            whole.to_string()
+        } else {
+            format!("{whole}.{}", format!("{frac:03}").trim_end_matches('0'))
+        }
+    }
+}
+
+impl Serialize for Cpus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.human())
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a number of CPUs like 0.5"))? {
+            Raw::Number(n) => Cpus::from_f64(n)
+                .ok_or_else(|| serde::de::Error::custom(format!("`{n}` is not a number of CPUs from 0.01 to 1024"))),
+            Raw::Text(t) => Cpus::parse(&t).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -51,6 +218,12 @@ fn default_health_path() -> String {
     "/".into()
 }
 fn default_health_timeout() -> Interval {
+    Interval(Duration::from_secs(60))
+}
+fn default_min_ready() -> Interval {
+    Interval(Duration::from_secs(3))
+}
+fn default_watch() -> Interval {
     Interval(Duration::from_secs(60))
 }
 
@@ -107,6 +280,18 @@ pub struct ProcessConfig {
     pub command: Vec<String>,
     #[serde(default = "default_replicas")]
     pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+impl ProcessConfig {
+    pub fn limits(&self) -> Limits {
+        Limits { memory: self.memory, cpus: self.cpus, pids: self.pids }
+    }
 }
 
 fn default_replicas() -> u32 {
@@ -131,6 +316,17 @@ impl Interval {
             other => return Err(format!("unknown unit `{other}` in `{text}`; use ms, s, m or h")),
         };
         Ok(Interval(d))
+    }
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
     }
 }
 
@@ -209,6 +405,15 @@ impl AppConfig {
         if config.web.health_timeout.0.is_zero() {
             return Err(err("web.health_timeout", "expected a duration above zero".into()));
         }
+        if config.web.min_ready.0 > config.web.health_timeout.0 {
+            return Err(err(
+                "web.min_ready",
+                format!("expected a duration no longer than web.health_timeout ({})", config.web.health_timeout),
+            ));
+        }
+        if config.web.pids == Some(0) {
+            return Err(err("web.pids", "expected a number of processes above zero".into()));
+        }
         for (name, service) in &config.services {
             if !is_env_name(&service.env) {
                 return Err(err(&format!("services.{name}.env"), format!("expected an environment variable name, found `{}`", service.env)));
@@ -228,6 +433,9 @@ impl AppConfig {
             }
             if process.command.is_empty() || process.command[0].trim().is_empty() {
                 return Err(err(&format!("processes.{name}.command"), "expected a non-empty list like [\"python3\", \"worker.py\"]".into()));
+            }
+            if process.pids == Some(0) {
+                return Err(err(&format!("processes.{name}.pids"), "expected a number of processes above zero".into()));
             }
             if !(1..=20).contains(&process.replicas) {
                 return Err(err(&format!("processes.{name}.replicas"), format!("expected 1 to 20, found {}", process.replicas)));
@@ -329,6 +537,39 @@ replicas = 1
         rejects("[processes.web]\ncommand = [\"a\"]\n", "processes.web", "not `web`");
         rejects("[processes.w]\ncommand = []\n", "processes.w.command", "non-empty");
         rejects("[processes.w]\ncommand = [\"a\"]\nreplicas = 0\n", "processes.w.replicas", "1 to 20");
+    }
+
+    #[test]
+    fn limits_and_watch_parse() {
+        let c = parse(
+            "[web]\nmin_ready = \"2s\"\nwatch = 0\nmemory = \"256m\"\ncpus = 0.5\npids = 100\n\
+             [processes.w]\ncommand = [\"a\"]\nmemory = \"1g\"\ncpus = \"2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.web.min_ready.0, Duration::from_secs(2));
+        assert!(c.web.watch.0.is_zero());
+        assert_eq!(c.web.limits(), Limits { memory: Some(Memory(256 << 20)), cpus: Some(Cpus(500)), pids: Some(100) });
+        assert_eq!(c.processes["w"].limits().memory.unwrap().human(), "1g");
+        assert_eq!(c.processes["w"].limits().cpus.unwrap().nano(), 2_000_000_000);
+        assert_eq!(AppConfig::from_value(&c.to_value()).unwrap(), c);
+        let d = parse("").unwrap();
+        assert_eq!((d.web.min_ready.0, d.web.watch.0), (Duration::from_secs(3), Duration::from_secs(60)));
+        assert!(d.web.limits().is_empty());
+        assert_eq!(Cpus(1250).human(), "1.25");
+        assert_eq!(Memory::parse("64MB").unwrap().human(), "64m");
+    }
+
+    #[test]
+    fn bad_limits_and_watch_are_named() {
+        rejects("[web]\nmemory = \"lots\"\n", "web.memory", "memory size like \"512m\"");
+        rejects("[web]\nmemory = \"1k\"\n", "web.memory", "smallest limit");
+        rejects("[web]\ncpus = \"half\"\n", "web.cpus", "number of CPUs");
+        rejects("[web]\ncpus = 0\n", "web.cpus", "0.01 to 1024");
+        rejects("[web]\npids = 0\n", "web.pids", "above zero");
+        rejects("[web]\nmin_ready = \"soon\"\n", "web.min_ready", "duration");
+        rejects("[web]\nmin_ready = \"2m\"\n", "web.min_ready", "no longer than web.health_timeout (60s)");
+        rejects("[web]\nwatch = \"-1s\"\n", "web.watch", "duration");
+        rejects("[processes.w]\ncommand = [\"a\"]\nmemory = \"12q\"\n", "processes.w.memory", "memory size");
     }
 
     #[test]
