@@ -75,6 +75,20 @@ pub fn describe(event: &Event) -> String {
         Event::CancelRequested(c) => c.reason.clone(),
         Event::DeploymentReplayed(r) => format!("replayed as deployment {} from {}", r.replay, r.from_step),
         Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),
+        Event::ReleaseWatchStarted(w) => format!("watching until {}", w.until.format("%H:%M:%S%.3f UTC")),
+        Event::ReleaseWatched(w) => format!(
+            "healthy for {} ms ({} probe(s), {} failed; {} container(s))",
+            w.watched_ms,
+            w.probes,
+            w.failed_probes,
+            w.containers.len()
+        ),
+        Event::ReleaseRolledBack(r) => format!(
+            "{}; route version {} back to {}",
+            r.reason,
+            r.route_version,
+            r.to.map_or("nothing (no earlier release)".to_string(), |d| format!("deployment {d}"))
+        ),
     }
 }
 

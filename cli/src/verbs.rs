@@ -182,12 +182,11 @@ async fn deployment(store: &dyn EventStore, id: Uuid) -> anyhow::Result<slipway_
     load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))
 }
 
-/// `running`, `succeeded`, or `failed`, and where and why it failed.
+/// `running`, `watching`, `succeeded`, `rolling back` or `failed`, and where and why it failed.
 fn status_of(d: &slipway_engine::Deployment) -> (&'static str, Value) {
     match &d.status {
-        slipway_engine::Status::Running => ("running", Value::Null),
-        slipway_engine::Status::Succeeded => ("succeeded", Value::Null),
-        slipway_engine::Status::Failed { step, reason } => ("failed", json!({ "step": step, "reason": reason })),
+        slipway_engine::Status::Failed { step, reason } => (d.status_word(), json!({ "step": step, "reason": reason })),
+        _ => (d.status_word(), Value::Null),
     }
 }
 

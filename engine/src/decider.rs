@@ -16,7 +16,14 @@
 //! | … past the deadline (+ backoff), attempts left | dispatch the same command (same id) again, next attempt |
 //! | … past the deadline, last attempt       | `StepFailed(S)` naming the queue          |
 //! | every pipeline step passed, no switch   | `TrafficSwitchRequested` + `RouteChanged` on the routes stream |
-//! | switch requested, every router acknowledged | `TrafficSwitched`, `DeploymentSucceeded`, `DeploymentFinished` (environment), `RetireRelease` of the previous release |
+//! | switch requested, every router acknowledged | `TrafficSwitched` |
+//! | switched, `[web] watch` is 0 (or a dry run) | `DeploymentSucceeded`, `DeploymentFinished` (environment), `RetireRelease` of the previous release |
+//! | switched, watch not started             | `ReleaseWatchStarted` (until now + window) + dispatch `RunStep(watch)` |
+//! | watching, no outcome yet                | wake me at its deadline (then as any overdue step) |
+//! | watched (`ReleaseWatched`)              | `DeploymentSucceeded`, `DeploymentFinished`, `RetireRelease` of the previous release |
+//! | failed after the switch (watch failed, cancelled), not rolled back | `ReleaseRolledBack` + `RouteChanged` back to the previous release |
+//! | rolled back, every router acknowledged (or past the deadline) | `DeploymentFailed`, `DeploymentFinished`, `RetireRelease` (drained) of the new containers |
+//! | rolled back, a router has not acknowledged, before the deadline | wake me at the deadline |
 //! | switch requested, a router has not acknowledged, before the deadline | wake me at the deadline |
 //! | … after the deadline                    | `StepFailed(cutover)` naming the routers  |
 //! | a step failed, traffic never moved      | `DeploymentFailed`, `DeploymentFinished`, `RemoveContainers` |
@@ -27,9 +34,10 @@
 
 use chrono::{DateTime, Utc};
 use slipway_proto::command::{ImageSource, RemoveContainers, RetireRelease, RunStep};
+use slipway_proto::config::AppConfig;
 use slipway_proto::event::{
-    DeploymentFailed, DeploymentFinished, DeploymentSucceeded, ImageReused, RouteChanged, RouteReason, StepFailed,
-    StepSkipped, TrafficSwitchRequested, TrafficSwitched,
+    DeploymentFailed, DeploymentFinished, DeploymentSucceeded, ImageReused, ReleaseRolledBack, ReleaseWatchStarted,
+    RouteChanged, RouteReason, StepFailed, StepSkipped, TrafficSwitchRequested, TrafficSwitched,
 };
 use slipway_proto::{Command, Event, Step};
 
@@ -146,18 +154,15 @@ pub fn decide(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
 /// the verdict and the cleanup follow once. The old release was never
 /// stopped; if the route already moved, it moves back.
 fn failed(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) -> Vec<Decision> {
+    if d.switch.as_ref().is_some_and(|s| s.switched) {
+        return roll_back(d, step, reason, env);
+    }
     let mut out = vec![
         Decision::Record(Event::DeploymentFailed(DeploymentFailed { step, reason: reason.to_string() })),
         finished(d, false),
     ];
     if d.switch.is_some() {
-        out.push(Decision::RecordOnRoutes(Event::RouteChanged(RouteChanged {
-            project: d.context.project.clone(),
-            environment: d.context.environment.clone(),
-            deployment_id: env.active.as_ref().map(|a| a.deployment),
-            upstreams: env.active.as_ref().map(|a| a.upstreams.clone()).unwrap_or_default(),
-            reason: RouteReason::Revert,
-        })));
+        out.push(Decision::RecordOnRoutes(revert_route(d, env, RouteReason::Revert)));
         // Routers that did switch may have sent requests: drain them.
         out.push(Decision::Dispatch(Command::RetireRelease(RetireRelease {
             deployment_id: d.id,
@@ -171,6 +176,106 @@ fn failed(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) -> Ve
         })));
     }
     out
+}
+
+/// A release that failed after every router took it (its watch saw a
+/// crash, or it was cancelled while watched): the route goes back to the
+/// previous release, which never stopped, and the verdict waits until
+/// every router has acknowledged that (or the switch deadline passed), so
+/// "failed" means "the old release serves again".
+fn roll_back(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) -> Vec<Decision> {
+    let Some(traffic) = &env.traffic else { return vec![] };
+    let back_to = || match &env.active {
+        Some(a) => format!("routed back to {}", a.deployment),
+        None => "no earlier release to route back to".to_string(),
+    };
+    let Some(revert) = &d.rollback else {
+        let route_version = traffic.routes_version + 1;
+        let routers: Vec<String> = traffic.routers.iter().cloned().collect();
+        let mut out = vec![
+            Decision::Record(Event::ReleaseRolledBack(ReleaseRolledBack {
+                to: env.active.as_ref().map(|a| a.deployment),
+                reason: reason.to_string(),
+                details: d.failure_details.clone(),
+                route_version,
+                routers: routers.clone(),
+                deadline: env.now + env.switch_timeout,
+            })),
+            Decision::RecordOnRoutes(revert_route(d, env, RouteReason::Rollback)),
+        ];
+        if routers.is_empty() {
+            out.extend(rolled_back(d, step, &format!("{reason}; {}", back_to()), env));
+        }
+        return out;
+    };
+    let waiting = traffic.waiting_for(&revert.routers, revert.route_version);
+    if waiting.is_empty() {
+        rolled_back(d, step, &format!("{reason}; {}", back_to()), env)
+    } else if env.now >= revert.deadline {
+        let why = format!(
+            "{reason}; {}, but router{} {} did not acknowledge route version {} by {}",
+            back_to(),
+            if waiting.len() == 1 { "" } else { "s" },
+            waiting.join(", "),
+            revert.route_version,
+            revert.deadline.format("%H:%M:%S%.3f UTC"),
+        );
+        rolled_back(d, step, &why, env)
+    } else {
+        vec![Decision::WakeAt(revert.deadline)]
+    }
+}
+
+/// The verdict after a rollback, and the failed release's containers
+/// drained (routers that had switched may still be sending to them).
+fn rolled_back(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) -> Vec<Decision> {
+    vec![
+        Decision::Record(Event::DeploymentFailed(DeploymentFailed { step, reason: reason.to_string() })),
+        finished(d, false),
+        Decision::Dispatch(Command::RetireRelease(RetireRelease {
+            deployment_id: d.id,
+            containers: d.containers.clone(),
+            drain_seconds: env.drain_seconds,
+        })),
+    ]
+}
+
+/// The route back to the release that served before this deployment.
+fn revert_route(d: &Deployment, env: &EnvironmentView, reason: RouteReason) -> Event {
+    Event::RouteChanged(RouteChanged {
+        project: d.context.project.clone(),
+        environment: d.context.environment.clone(),
+        deployment_id: env.active.as_ref().map(|a| a.deployment),
+        upstreams: env.active.as_ref().map(|a| a.upstreams.clone()).unwrap_or_default(),
+        reason,
+    })
+}
+
+/// After every router took the new release: watch it for `[web] watch`
+/// (the old release stays up meanwhile), then succeed. A watch that fails
+/// is a `StepFailed(watch)`, which `failed` turns into a rollback.
+fn watch(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
+    let window = AppConfig::from_value(&d.context.config).map(|c| c.web.watch.0).unwrap_or_default();
+    if d.watched || window.is_zero() {
+        return succeeded(d, env);
+    }
+    if d.context.watch_until.is_none() {
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        let until = env.now + window;
+        let mut context = d.context.clone();
+        context.watch_until = Some(until);
+        return vec![
+            Decision::Record(Event::ReleaseWatchStarted(ReleaseWatchStarted {
+                until,
+                window_ms: window.num_milliseconds().max(0) as u64,
+            })),
+            Decision::Dispatch(Command::RunStep(RunStep { step: Step::Watch, attempt: 1, context })),
+        ];
+    }
+    if already_dispatched(d, Step::Watch) {
+        return overdue(d, Step::Watch, env);
+    }
+    vec![Decision::Dispatch(Command::RunStep(RunStep { step: Step::Watch, attempt: 1, context: d.context.clone() }))]
 }
 
 /// A worker still running when the verdict came started containers that
@@ -212,19 +317,19 @@ fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
         ];
         if routers.is_empty() {
             out.push(Decision::Record(Event::TrafficSwitched(TrafficSwitched { route_version, routers })));
-            out.extend(succeeded(d, env));
+            out.extend(watch(d, env));
         }
         return out;
     };
     if switch.switched {
-        return succeeded(d, env);
+        return watch(d, env);
     }
     let waiting = traffic.waiting_for(&switch.routers, switch.route_version);
     if waiting.is_empty() {
         let routers = switch.routers.iter().filter(|r| traffic.routers.contains(*r)).cloned().collect();
         let mut out =
             vec![Decision::Record(Event::TrafficSwitched(TrafficSwitched { route_version: switch.route_version, routers }))];
-        out.extend(succeeded(d, env));
+        out.extend(watch(d, env));
         out
     } else if env.now >= switch.deadline {
         let reason = format!(

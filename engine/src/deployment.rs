@@ -51,8 +51,24 @@ pub struct Deployment {
     /// still running when the deployment failed or was cancelled); the
     /// engine removes them.
     pub late_containers: Vec<String>,
+    /// The failed step's evidence (`StepFailed.details`).
+    pub failure_details: Vec<String>,
+    /// The watch after the switch passed (`ReleaseWatched`).
+    pub watched: bool,
+    /// A release that failed after its switch was routed back
+    /// (`ReleaseRolledBack`): the route version every router must acknowledge.
+    pub rollback: Option<Revert>,
     /// The stream version this state was folded up to.
     pub version: u64,
+}
+
+/// The route back to the previous release after a failed watch, and the
+/// routers that must acknowledge it by the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revert {
+    pub route_version: u64,
+    pub routers: Vec<String>,
+    pub deadline: DateTime<Utc>,
 }
 
 /// A healthy deployment's traffic switch: the route version it wrote and the
@@ -84,6 +100,25 @@ impl Deployment {
     /// Succeeded, or failed with the verdict recorded: nothing more happens.
     pub fn is_finished(&self) -> bool {
         matches!(self.status, Status::Succeeded) || self.failure_recorded
+    }
+
+    /// Traffic moved to this release and it is being watched: not a
+    /// success until the window passes.
+    pub fn is_watching(&self) -> bool {
+        self.status == Status::Running && self.context.watch_until.is_some() && !self.watched
+    }
+
+    /// One word for where it stands: `running`, `watching` (traffic moved,
+    /// the watch window not yet passed), `rolling back` (the route is going
+    /// back to the previous release), `succeeded` or `failed`.
+    pub fn status_word(&self) -> &'static str {
+        match &self.status {
+            Status::Running if self.is_watching() => "watching",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed { .. } if self.rollback.is_some() && !self.failure_recorded => "rolling back",
+            Status::Failed { .. } => "failed",
+        }
     }
 
     /// The step a cancellation fails: the one dispatched and still running,
@@ -134,6 +169,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     web_container: None,
                     web_port: None,
                     reuse: None,
+                    watch_until: None,
                 },
                 completed: Vec::new(),
                 dispatched: None,
@@ -148,6 +184,9 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 replayed_as: Vec::new(),
                 cancelled: None,
                 late_containers: Vec::new(),
+                failure_details: Vec::new(),
+                watched: false,
+                rollback: None,
                 version: 1,
                 })
             }
@@ -165,7 +204,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
         Event::DeploymentReplayed(r) => d.replayed_as.push(r.replay),
         // A worker that was mid-step when the verdict came reports late: the
         // fact is kept, the state only learns which containers to remove.
-        e if finished && (e.completes_step().is_some() || matches!(e, Event::StepFailed(_))) => {
+        e if finished && (e.completes_step().is_some() || matches!(e, Event::StepFailed(_) | Event::ReleaseWatched(_))) => {
             let started: Vec<String> = match e {
                 Event::WebContainerStarted(w) => vec![w.container.clone()],
                 Event::ProcessesStarted(p) => p.containers.iter().map(|c| c.container.clone()).collect(),
@@ -196,7 +235,20 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
         // that ran twice, a late failure of an earlier attempt) changes nothing.
         Event::StepFailed(f) if d.completed.contains(&f.step) => {}
         e if e.completes_step().is_some_and(|s| d.completed.contains(&s)) => {}
-        Event::StepFailed(f) => d.status = Status::Failed { step: f.step, reason: f.reason.clone() },
+        // A watch that ended after the release was cancelled or rolled back
+        // (its worker was still watching) changes nothing.
+        Event::ReleaseWatched(_) | Event::StepFailed(_) if d.rollback.is_some() => {}
+        Event::ReleaseWatched(_) if matches!(d.status, Status::Failed { .. }) => {}
+        Event::StepFailed(f) => {
+            d.status = Status::Failed { step: f.step, reason: f.reason.clone() };
+            d.failure_details = f.details.clone();
+        }
+        Event::ReleaseRolledBack(r) if d.switch.as_ref().is_some_and(|s| s.switched) && d.rollback.is_none() => {
+            if !matches!(d.status, Status::Failed { .. }) {
+                return Err(illegal(&Some(d), event));
+            }
+            d.rollback = Some(Revert { route_version: r.route_version, routers: r.routers.clone(), deadline: r.deadline });
+        }
         Event::DeploymentFailed(f) => {
             d.status = Status::Failed { step: f.step, reason: f.reason.clone() };
             d.failure_recorded = true;
@@ -216,6 +268,10 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
             Some(s) if s.route_version == t.route_version => s.switched = true,
             _ => return Err(illegal(&Some(d), event)),
         },
+        Event::ReleaseWatchStarted(w) if d.switch.as_ref().is_some_and(|s| s.switched) && d.context.watch_until.is_none() => {
+            d.context.watch_until = Some(w.until);
+        }
+        Event::ReleaseWatched(_) if d.context.watch_until.is_some() => d.watched = true,
         Event::DeploymentSucceeded(_) => {
             // A real deployment succeeds once traffic moved; a dry run has
             // no traffic to move.

@@ -611,7 +611,8 @@ impl Driver {
                             step: run.step,
                             command_id: envelope.id,
                             attempt: run.attempt,
-                            deadline: Some(now + self.options.step_timeout(run.step)),
+                            // A watch runs until its window ends, then has the step timeout to report.
+                            deadline: Some(run.context.watch_until.map_or(now, |u| u.max(now)) + self.options.step_timeout(run.step)),
                             dispatched_at: Some(now),
                         });
                         events.extend(Envelope::new(Uuid::now_v7(), now, stream, &dispatched, traced).ok());

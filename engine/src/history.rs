@@ -182,9 +182,8 @@ pub fn timeline(recorded: &[RecordedEvent]) -> Result<Option<Timeline>, LoadErro
         project: deployment.context.project.clone(),
         environment: deployment.context.environment.clone(),
         status: match &deployment.status {
-            Status::Running => "running".into(),
-            Status::Succeeded => "succeeded".into(),
-            Status::Failed { step, reason } => format!("failed at {step}: {reason}"),
+            Status::Failed { step, reason } if deployment.failure_recorded => format!("failed at {step}: {reason}"),
+            _ => deployment.status_word().into(),
         },
         commit: deployment.context.commit.clone(),
         image: deployment.context.image_id.clone(),

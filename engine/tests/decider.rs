@@ -187,6 +187,8 @@ fn switching() -> Vec<Event> {
 }
 
 const SUCCESS: [&str; 3] = ["record DeploymentSucceeded", "finish succeeded", "retire old-web"];
+/// What follows every router's acknowledgement: the watch (60 s by default).
+const WATCH: [&str; 2] = ["record ReleaseWatchStarted", "dispatch watch"];
 
 #[test]
 fn a_request_dispatches_the_service_check() {
@@ -214,7 +216,7 @@ fn all_steps_done_without_routers_moves_the_route_and_succeeds_at_once() {
         "route Cutover 127.0.0.1:32768",
         "record TrafficSwitched",
     ];
-    expect.extend(SUCCESS);
+    expect.extend(WATCH);
     check(&happy_path(), &expect);
     let mut h = happy_path();
     h.push(Event::TrafficSwitchRequested(TrafficSwitchRequested {
@@ -224,6 +226,9 @@ fn all_steps_done_without_routers_moves_the_route_and_succeeds_at_once() {
         deadline: t(10),
     }));
     h.push(Event::TrafficSwitched(TrafficSwitched { route_version: 5, routers: vec![] }));
+    h.push(watch_started(60));
+    h.push(dispatched(Step::Watch));
+    h.push(watched());
     h.push(Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "c0ffee".into() }));
     check(&h, &[]);
     let state = fold(h.iter()).unwrap().unwrap();
@@ -298,7 +303,7 @@ fn the_switch_waits_for_every_registered_router_then_succeeds() {
     check_with(&switching(), &with_routers(&[("a", 5)]), &["wake at 10"]);
     check_with(&switching(), &with_routers(&[("a", 5), ("b", 4)]), &["wake at 10"]);
     let mut expect = vec!["record TrafficSwitched"];
-    expect.extend(SUCCESS);
+    expect.extend(WATCH);
     check_with(&switching(), &with_routers(&[("a", 5), ("b", 6)]), &expect);
 }
 
@@ -309,7 +314,7 @@ fn a_router_that_stopped_cleanly_is_not_waited_for() {
         t.routers.remove("b");
     }
     let mut expect = vec!["record TrafficSwitched"];
-    expect.extend(SUCCESS);
+    expect.extend(WATCH);
     check_with(&switching(), &env, &expect);
 }
 
@@ -606,4 +611,186 @@ fn other_steps_are_not_watched_by_heartbeat() {
         dispatched_at: Some(t(0)),
     }));
     check_with(&h, &beating(100, Some(10)), &["wake at 900"]);
+}
+
+// --- The watch after the switch, and the automatic rollback ---------------
+
+fn watch_started(window: i64) -> Event {
+    Event::ReleaseWatchStarted(ReleaseWatchStarted { until: t(window), window_ms: window as u64 * 1000 })
+}
+
+fn watched() -> Event {
+    Event::ReleaseWatched(ReleaseWatched { watched_ms: 60_000, probes: 60, failed_probes: 0, containers: vec!["web-1".into()] })
+}
+
+fn watch_failed(reason: &str) -> Event {
+    Event::StepFailed(StepFailed { step: Step::Watch, reason: reason.into(), attempt: 1, details: vec!["last words".into()] })
+}
+
+/// Switched (route version 5, routers a and b) and watched until t(60).
+fn watching() -> Vec<Event> {
+    let mut h = switching();
+    h.push(Event::TrafficSwitched(TrafficSwitched { route_version: 5, routers: vec!["a".into(), "b".into()] }));
+    h.push(watch_started(60));
+    h.push(Event::StepDispatched(StepDispatched {
+        step: Step::Watch,
+        command_id: Uuid::from_u128(700),
+        attempt: 1,
+        deadline: Some(t(60 + 900)),
+        dispatched_at: Some(t(0)),
+    }));
+    h
+}
+
+/// `watching()`, then the watch saw the web container exit.
+fn watch_fails() -> Vec<Event> {
+    let mut h = watching();
+    h.push(watch_failed("container web-1 exited with code 3 2s after the traffic switch"));
+    h
+}
+
+fn rolled_back(to: Option<u128>) -> Event {
+    Event::ReleaseRolledBack(ReleaseRolledBack {
+        to: to.map(Uuid::from_u128),
+        reason: "container web-1 exited with code 3".into(),
+        details: vec![],
+        route_version: 6,
+        routers: vec!["a".into(), "b".into()],
+        deadline: t(10),
+    })
+}
+
+#[test]
+fn after_every_router_switched_the_release_is_watched_until_its_window_ends() {
+    let mut h = switching();
+    h.push(Event::TrafficSwitched(TrafficSwitched { route_version: 5, routers: vec![] }));
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &WATCH);
+    let state = fold(h.iter()).unwrap().unwrap();
+    let decisions = decide(&state, &view());
+    let Decision::Record(Event::ReleaseWatchStarted(w)) = &decisions[0] else { panic!("{decisions:?}") };
+    assert_eq!((w.until, w.window_ms), (t(60), 60_000));
+    let Decision::Dispatch(Command::RunStep(run)) = &decisions[1] else { panic!("{decisions:?}") };
+    assert_eq!(run.context.watch_until, Some(t(60)), "the worker learns when the window ends");
+
+    // Watching: the old release is not retired, the deployment is not a success yet.
+    let state = fold(watching().iter()).unwrap().unwrap();
+    assert!(state.is_watching());
+    assert_eq!(state.status_word(), "watching");
+    check_with(&watching(), &with_routers(&[("a", 5), ("b", 5)]), &["wake at 960"]);
+}
+
+#[test]
+fn a_release_watched_to_the_end_succeeds_and_only_then_retires_the_old_one() {
+    let mut h = watching();
+    h.push(watched());
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &SUCCESS);
+    h.push(Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "c0ffee".into() }));
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert_eq!(state.status_word(), "succeeded");
+}
+
+#[test]
+fn with_watch_off_the_switch_is_the_success() {
+    let mut h = switching();
+    for e in h.iter_mut() {
+        if let Event::CheckedOut(c) = e {
+            c.config = serde_json::json!({"web": {"watch": "0ms"}});
+        }
+    }
+    let mut expect = vec!["record TrafficSwitched"];
+    expect.extend(SUCCESS);
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &expect);
+}
+
+#[test]
+fn a_watch_that_fails_routes_back_to_the_old_release_then_waits_for_every_router() {
+    check_with(&watch_fails(), &with_routers(&[("a", 5), ("b", 5)]), &["record ReleaseRolledBack", "route Rollback 127.0.0.1:1000"]);
+    let state = fold(watch_fails().iter()).unwrap().unwrap();
+    let mut after_switch = with_routers(&[("a", 5), ("b", 5)]);
+    after_switch.traffic.as_mut().unwrap().routes_version = 5;
+    let decisions = decide(&state, &after_switch);
+    let Decision::Record(Event::ReleaseRolledBack(r)) = &decisions[0] else { panic!("{decisions:?}") };
+    assert_eq!(r.to, Some(Uuid::from_u128(1)));
+    assert_eq!((r.route_version, r.deadline), (6, t(10)));
+    assert!(r.reason.contains("exited with code 3"), "{}", r.reason);
+    assert_eq!(r.details, vec!["last words".to_string()], "the watch's evidence goes with it");
+
+    let mut h = watch_fails();
+    h.push(rolled_back(Some(1)));
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert_eq!(state.status_word(), "rolling back");
+    // Router b has not applied the route back yet.
+    check_with(&h, &with_routers(&[("a", 6), ("b", 5)]), &["wake at 10"]);
+    // Both have: failed, with the new containers drained; the old release serves.
+    check_with(
+        &h,
+        &with_routers(&[("a", 6), ("b", 6)]),
+        &["record DeploymentFailed", "finish failed", "retire web-1,worker-1"],
+    );
+    let decisions = decide(&state, &with_routers(&[("a", 6), ("b", 6)]));
+    let Decision::Record(Event::DeploymentFailed(f)) = &decisions[0] else { panic!("{decisions:?}") };
+    assert_eq!(f.step, Step::Watch);
+    assert!(f.reason.contains("exited with code 3") && f.reason.contains("routed back to"), "{}", f.reason);
+}
+
+#[test]
+fn a_rollback_a_router_never_acknowledges_still_ends_failed_naming_it() {
+    let mut h = watch_fails();
+    h.push(rolled_back(Some(1)));
+    let late = EnvironmentView { now: t(10), ..with_routers(&[("a", 6), ("b", 5)]) };
+    check_with(&h, &late, &["record DeploymentFailed", "finish failed", "retire web-1,worker-1"]);
+    let state = fold(h.iter()).unwrap().unwrap();
+    let Decision::Record(Event::DeploymentFailed(f)) = &decide(&state, &late)[0] else { panic!() };
+    assert!(f.reason.contains("router b did not acknowledge route version 6"), "{}", f.reason);
+}
+
+#[test]
+fn a_watch_failure_without_routers_rolls_back_and_fails_at_once() {
+    check(
+        &watch_fails(),
+        &["record ReleaseRolledBack", "route Rollback 127.0.0.1:1000", "record DeploymentFailed", "finish failed", "retire web-1,worker-1"],
+    );
+}
+
+#[test]
+fn a_first_release_that_fails_its_watch_routes_to_nothing() {
+    let env = EnvironmentView { active: None, ..view() };
+    check_with(&watch_fails(), &env, &["record ReleaseRolledBack", "route Rollback ", "record DeploymentFailed", "finish failed", "retire web-1,worker-1"]);
+}
+
+#[test]
+fn a_cancel_while_watching_rolls_back_too() {
+    let mut h = watching();
+    h.push(cancel("cancelled by token:ops"));
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &["record ReleaseRolledBack", "route Rollback 127.0.0.1:1000"]);
+}
+
+#[test]
+fn a_watch_outcome_after_the_rollback_changes_nothing() {
+    for late in [watched(), watch_failed("container worker-1 exited with code 137")] {
+        let mut h = watch_fails();
+        h.push(rolled_back(Some(1)));
+        h.push(late.clone());
+        let state = fold(h.iter()).expect("a late watch outcome is legal");
+        assert_eq!(state.unwrap().status_word(), "rolling back");
+        h.push(Event::DeploymentFailed(DeploymentFailed { step: Step::Watch, reason: "rolled back".into() }));
+        h.push(late);
+        assert!(fold(h.iter()).unwrap().unwrap().is_finished());
+    }
+    // A healthy watch that reports after a cancel, before the rollback was recorded.
+    let mut h = watching();
+    h.push(cancel("cancelled"));
+    h.push(watched());
+    assert!(matches!(fold(h.iter()).unwrap().unwrap().status, Status::Failed { step: Step::Watch, .. }));
+}
+
+#[test]
+fn a_lost_watch_is_dispatched_again_with_the_same_end() {
+    let late = EnvironmentView { now: t(960), ..with_routers(&[("a", 5), ("b", 5)]) };
+    check_with(&watching(), &late, &["wake at 965"]);
+    let later = EnvironmentView { now: t(965), ..late };
+    check_with(&watching(), &later, &["dispatch watch again as 700"]);
+    let state = fold(watching().iter()).unwrap().unwrap();
+    let Decision::DispatchAgain { command: Command::RunStep(run), .. } = &decide(&state, &later)[0] else { panic!() };
+    assert_eq!(run.context.watch_until, Some(t(60)));
 }

@@ -52,6 +52,10 @@ pub struct DeploymentContext {
     /// Docker engine still has it, and builds otherwise.
     #[serde(default)]
     pub reuse: Option<ImageSource>,
+    /// Set once the watch after the cutover started: until when the new
+    /// release is watched (a redelivered watch keeps the same end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An image and the deployment that built it.

@@ -348,6 +348,9 @@ pub enum RouteReason {
     Cutover,
     /// A switch that did not complete goes back to the release that served.
     Revert,
+    /// A release that failed while watched after its switch: the traffic
+    /// goes back to the release that served before it.
+    Rollback,
 }
 
 /// An environment's host name now routes to these upstreams (on the
@@ -401,6 +404,46 @@ pub struct TrafficSwitchRequested {
 pub struct TrafficSwitched {
     pub route_version: u64,
     pub routers: Vec<String>,
+}
+
+/// The new release took the traffic; it is watched until `until` while the
+/// previous release keeps running, ready to take the traffic back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseWatchStarted {
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// The `[web] watch` window, in milliseconds.
+    pub window_ms: u64,
+}
+
+/// The watch window passed with the release healthy (the watch step's
+/// outcome): no container exited, restarted or was OOM-killed, and the
+/// health path kept answering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseWatched {
+    /// How long this worker watched (a redelivery watches what is left).
+    pub watched_ms: u64,
+    /// Health probes made, and how many of them failed (never enough in a row to fail).
+    pub probes: u32,
+    #[serde(default)]
+    pub failed_probes: u32,
+    pub containers: Vec<String>,
+}
+
+/// The release failed while watched after its switch, and the engine routed
+/// the traffic back to the release that served before (`to`; `None` when
+/// there was none). The evidence: what the watch saw, when the switch
+/// happened, and the route version every router must acknowledge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRolledBack {
+    pub to: Option<Uuid>,
+    /// The watch's (or the canceller's) reason, e.g. "web container ... exited with code 3".
+    pub reason: String,
+    /// The failed step's evidence (a container's last log lines, scrubbed).
+    #[serde(default)]
+    pub details: Vec<String>,
+    pub route_version: u64,
+    pub routers: Vec<String>,
+    pub deadline: chrono::DateTime<chrono::Utc>,
 }
 
 /// The stream of API tokens: who issued which, with what scope, and which
@@ -501,6 +544,9 @@ crate::message_family! {
         CancelRequested(CancelRequested) = 1,
         TokenIssued(TokenIssued) = 1,
         TokenRevoked(TokenRevoked) = 1,
+        ReleaseWatchStarted(ReleaseWatchStarted) = 1,
+        ReleaseWatched(ReleaseWatched) = 1,
+        ReleaseRolledBack(ReleaseRolledBack) = 1,
     }
 }
 

@@ -17,6 +17,9 @@ pub enum Step {
     Processes,
     HealthCheck,
     Cutover,
+    /// After the cutover: the new release is watched for `[web] watch`
+    /// while the old one stays up, ready to take the traffic back.
+    Watch,
     Retire,
     Cleanup,
 }
@@ -35,7 +38,7 @@ impl Step {
 
     /// Every step that has a worker queue (the cutover is the engine's and
     /// the routers' work, not a worker's).
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::CheckServices,
         Step::Checkout,
         Step::Build,
@@ -43,6 +46,7 @@ impl Step {
         Step::Release,
         Step::Processes,
         Step::HealthCheck,
+        Step::Watch,
         Step::Retire,
         Step::Cleanup,
     ];
@@ -57,6 +61,7 @@ impl Step {
             Step::Processes => "processes",
             Step::HealthCheck => "health_check",
             Step::Cutover => "cutover",
+            Step::Watch => "watch",
             Step::Retire => "retire",
             Step::Cleanup => "cleanup",
         }

@@ -52,6 +52,10 @@ impl Default for WorkerOptions {
     }
 }
 
+/// Releases one worker watches at once (`Step::Watch` holds its delivery
+/// for the whole window).
+pub const WATCHES: usize = 256;
+
 /// How often a worker records its heartbeat; `slipway workers` calls one
 /// silent for three intervals missing.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -87,6 +91,12 @@ pub async fn run(
     let prefetch = options.prefetch.max(u16::try_from(concurrency).unwrap_or(u16::MAX));
     for step in &options.steps {
         let name = step.queue();
+        // A watch mostly waits for its window to pass: every release that
+        // is watched at once must be, whatever `--concurrency` says.
+        let (concurrency, prefetch) = match step {
+            Step::Watch => (concurrency.max(WATCHES), prefetch.max(WATCHES as u16)),
+            _ => (concurrency, prefetch),
+        };
         queue.declare(&name).await?;
         let mut consumer = queue.consume(&name, prefetch).await?;
         let (store, group, executor, actor, busy) =

@@ -99,7 +99,8 @@ pub struct DeploymentView {
     no_cache: bool,
     run_release: bool,
     dry_run: bool,
-    /// "running", "succeeded" or "failed".
+    /// "running", "watching" (traffic moved, the watch window not yet
+    /// passed), "succeeded", "rolling back" or "failed".
     status: String,
     /// Where and why it failed; null unless failed.
     failure: Option<Failure>,
@@ -173,10 +174,10 @@ pub async fn show(State(store): Store, Params(id): Params<String>) -> ApiResult<
         Status::Running => d.dispatched.map(|(step, _, _)| step).filter(|s| !d.completed.contains(s)),
         _ => None,
     };
+    let word = d.status_word();
     let (status, failure) = match d.status {
-        Status::Running => ("running", None),
-        Status::Succeeded => ("succeeded", None),
-        Status::Failed { step, reason } => ("failed", Some(Failure { step, reason })),
+        Status::Failed { step, reason } => (word, Some(Failure { step, reason })),
+        _ => (word, None),
     };
     let c = d.context;
     let url = c.web_port.map(|p| format!("http://127.0.0.1:{p}/"));

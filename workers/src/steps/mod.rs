@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod processes;
 pub mod release;
 pub mod stand_in;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

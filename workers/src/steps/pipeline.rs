@@ -7,7 +7,7 @@ use slipway_proto::command::{RemoveContainers, RetireRelease, RunStep};
 use slipway_proto::{Event, Step};
 
 use super::dry_run::DryRun;
-use super::{build, check_services, checkout, cleanup, deploy, health_check, processes, release, Executor, Runtime, Settings};
+use super::{build, check_services, checkout, cleanup, deploy, health_check, processes, release, watch, Executor, Runtime, Settings};
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -35,6 +35,7 @@ impl Executor for Pipeline {
             Step::Release => release::run(command, env, rt).await,
             Step::Processes => processes::run(command, env, rt).await,
             Step::HealthCheck => health_check::run(command, env, rt).await,
+            Step::Watch => watch::run(command, env, rt).await,
             other => Event::StepFailed(slipway_proto::event::StepFailed {
                 step: other,
                 reason: format!("`{other}` is not a pipeline step a RunStep command can carry"),

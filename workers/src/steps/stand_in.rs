@@ -50,6 +50,12 @@ impl Executor for StandIn {
             }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: true }),
             Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
+            Step::Watch => Event::ReleaseWatched(slipway_proto::event::ReleaseWatched {
+                watched_ms: self.step_time.as_millis() as u64,
+                probes: 0,
+                failed_probes: 0,
+                containers: vec![],
+            }),
             step => Event::HealthCheckPassed(HealthCheckPassed { path: format!("/{step}"), status: 200, attempts: 1, elapsed_ms: 0 }),
         }
     }
