@@ -446,9 +446,30 @@ impl Default for AppRepo {
     }
 }
 
+/// `slipway_toml` with `[web] watch = 0` and a short `min_ready` unless it
+/// sets them: most tests are about something else, and each deployment
+/// would otherwise wait out a 60 s watch and a 3 s settling period.
+pub fn quick_config(slipway_toml: &str) -> String {
+    let mut defaults = String::new();
+    if !slipway_toml.contains("watch") {
+        defaults.push_str("watch = 0\n");
+    }
+    if !slipway_toml.contains("min_ready") {
+        defaults.push_str("min_ready = \"100ms\"\n");
+    }
+    match slipway_toml.find("[web]\n") {
+        Some(at) => {
+            let end = at + "[web]\n".len();
+            format!("{}{defaults}{}", &slipway_toml[..end], &slipway_toml[end..])
+        }
+        None => format!("[web]\n{defaults}\n{slipway_toml}"),
+    }
+}
+
 /// The files of a busybox web app answering `body` on `/`, configured by
-/// `slipway_toml`, optionally with extra Dockerfile lines.
+/// `slipway_toml` (through `quick_config`), optionally with extra Dockerfile lines.
 pub fn busybox_app(body: &str, slipway_toml: &str, extra_dockerfile: &str) -> BTreeMap<String, Vec<u8>> {
+    let slipway_toml = quick_config(slipway_toml);
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
     let dockerfile = format!(
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{extra_dockerfile}\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n"
@@ -525,5 +546,18 @@ impl Queue for Losing {
     }
     async fn delete(&self, queue: &str) -> Result<(), QueueError> {
         self.inner.delete(queue).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quick_config;
+
+    #[test]
+    fn quick_config_adds_only_what_the_test_does_not_set() {
+        assert_eq!(quick_config("[web]\nport = 80\n"), "[web]\nwatch = 0\nmin_ready = \"100ms\"\nport = 80\n");
+        assert_eq!(quick_config("[web]\nwatch = \"5s\"\n"), "[web]\nmin_ready = \"100ms\"\nwatch = \"5s\"\n");
+        assert_eq!(quick_config("[release]\ncommands = []\n"), "[web]\nwatch = 0\nmin_ready = \"100ms\"\n\n[release]\ncommands = []\n");
+        slipway_proto::config::AppConfig::parse(&quick_config("[web]\nport = 80\n"), "t").expect("valid");
     }
 }

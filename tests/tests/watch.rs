@@ -1,0 +1,140 @@
+//! The watch after the switch, on real Docker through a real router: a
+//! release that passes its health check and then crashes is rolled back
+//! automatically while a load client counts failed requests, and a release
+//! that stays healthy succeeds only once its window passed, the old release
+//! staying up until then.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
+use std::time::Duration;
+
+use slipway_engine::driver::DriverOptions;
+use slipway_engine::Status;
+use slipway_proto::event::BuildMode;
+use slipway_proto::{Event, Step};
+use slipway_tests::load::Load;
+use slipway_tests::*;
+use tokio::time::Instant;
+
+const V1: &str = "[web]\nport = 80\n";
+
+/// The busybox app, but healthy only until `/crash` appears in the
+/// container, then exiting with 3: a release that passes its health check
+/// and dies later, on cue.
+fn crashes_on_cue(body: &str, toml: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = busybox_app(body, toml, "");
+    let dockerfile = String::from_utf8(files["Dockerfile"].clone()).unwrap();
+    let (build, _cmd) = dockerfile.rsplit_once("CMD ").unwrap();
+    let cmd = "CMD [\"sh\", \"-c\", \"httpd -p 80 -h /www; while [ ! -f /crash ]; do sleep 0.05; done; exit 3\"]\n";
+    files.insert("Dockerfile".into(), format!("{build}{cmd}").into_bytes());
+    files
+}
+
+fn engine() -> DriverOptions {
+    DriverOptions { drain_seconds: 1, switch_timeout: Duration::from_secs(10), ..Default::default() }
+}
+
+/// Waits until the deployment's stream holds an event `pick` accepts.
+async fn wait_for_event(h: &Harness, id: uuid::Uuid, what: &str, pick: impl Fn(&Event) -> bool) {
+    eventually(what, Duration::from_secs(90), || async {
+        h.events(id).await.iter().any(&pick).then_some(())
+    })
+    .await;
+}
+
+fn running(container: &str) -> bool {
+    let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", container]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_that_crashes_after_its_switch_is_rolled_back_under_load() {
+    let h = Harness::start_engine(Backends::PostgresRabbit, engine()).await;
+    let repo = AppRepo::new();
+    let v1 = repo.commit(&busybox_app("v1", V1, ""), "v1");
+    let v2 = repo.commit(&crashes_on_cue("v2", "[web]\nport = 80\nwatch = \"60s\"\n"), "v2 crashes");
+    h.create_project(&repo.path()).await;
+    let d1 = h.deploy("live", &v1).await;
+    assert_eq!(d1.status, Status::Succeeded, "{:?}", h.events(d1.id).await);
+
+    let load = Load::start(h.router_addr(), &h.host("live"), 3, Duration::from_millis(10));
+    let id = h.request("live", &v2, BuildMode::Local, true).await;
+    wait_for_event(&h, id, "the watch to start", |e| matches!(e, Event::ReleaseWatchStarted(_))).await;
+    let watching = h.deployment(id).await;
+    assert_eq!(watching.status_word(), "watching");
+    assert_eq!(h.routed_page("live").await.unwrap(), (200, "v2\n".to_string()), "v2 took the traffic");
+    assert!(d1.containers.iter().all(|c| running(c)), "the old release stays up during the watch");
+
+    let web = watching.context.web_container.clone().unwrap();
+    let crashed = Instant::now();
+    let cue = std::process::Command::new("docker").args(["exec", &web, "/bin/touch", "/crash"]).output().unwrap();
+    assert!(cue.status.success(), "docker exec: {}", String::from_utf8_lossy(&cue.stderr));
+    let back = eventually("the route back on v1", Duration::from_secs(30), || async {
+        matches!(h.routed_page("live").await, Ok((200, body)) if body == "v1\n").then_some(Instant::now())
+    })
+    .await;
+    println!("crash -> route back on the old release: {} ms", (back - crashed).as_millis());
+
+    let d2 = h.wait_finished(id, Duration::from_secs(60)).await;
+    let (step, reason) = failure(&d2);
+    assert_eq!(step, Step::Watch);
+    assert!(reason.contains("exited with code 3") && reason.contains(&format!("routed back to {}", d1.id)), "{reason}");
+    let events = h.events(id).await;
+    let rolled = events.iter().find_map(|e| match e {
+        Event::ReleaseRolledBack(r) => Some(r.clone()),
+        _ => None,
+    });
+    let rolled = rolled.unwrap_or_else(|| panic!("no ReleaseRolledBack in {events:?}"));
+    assert_eq!(rolled.to, Some(d1.id));
+    assert!(rolled.reason.contains(&web) && rolled.reason.contains("after the traffic switch"), "{}", rolled.reason);
+    assert!(!events.iter().any(|e| matches!(e, Event::DeploymentSucceeded(_))), "{events:?}");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let loops = load.stop().await;
+    let samples: Vec<_> = loops.iter().flatten().collect();
+    let failed: Vec<_> = samples.iter().filter(|s| s.outcome.is_err()).collect();
+    println!("{} requests through the router, {} failed (in flight to the dying container)", samples.len(), failed.len());
+    // Only requests sent between the crash and the routers' switch back may
+    // fail: at 3 loops every 10 ms, the bound is what that window allows.
+    let window = back - crashed;
+    for s in &failed {
+        assert!(s.started >= crashed && s.started <= back, "a request failed outside the crash window: {:?}", s.outcome);
+    }
+    assert!(failed.len() as u128 <= 3 * (window.as_millis() / 10 + 1), "{} failed in {window:?}", failed.len());
+    for s in samples.iter().filter(|s| s.started > back) {
+        assert_eq!(s.outcome.as_deref(), Ok("v1"), "after the rollback only v1 answers");
+    }
+    assert!(d1.containers.iter().all(|c| running(c)), "the old release serves on");
+    h.wait_no_containers(id).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_healthy_past_its_window_succeeds_and_only_then_retires_the_old_one() {
+    let h = Harness::start_engine(Backends::Embedded, engine()).await;
+    let repo = AppRepo::new();
+    let v1 = repo.commit(&busybox_app("v1", V1, ""), "v1");
+    let v2 = repo.commit(&busybox_app("v2", "[web]\nport = 80\nwatch = \"3s\"\n", ""), "v2");
+    h.create_project(&repo.path()).await;
+    let d1 = h.deploy("live", &v1).await;
+    assert_eq!(d1.status, Status::Succeeded);
+
+    let id = h.request("live", &v2, BuildMode::Local, true).await;
+    wait_for_event(&h, id, "the watch to start", |e| matches!(e, Event::ReleaseWatchStarted(_))).await;
+    let started = Instant::now();
+    assert_eq!(h.deployment(id).await.status_word(), "watching");
+    assert!(d1.containers.iter().all(|c| running(c)), "the old release stays up during the watch");
+    let d2 = h.wait_finished(id, Duration::from_secs(60)).await;
+    assert_eq!(d2.status, Status::Succeeded, "{:?}", h.events(id).await);
+    assert!(started.elapsed() >= Duration::from_millis(2500), "succeeded {:?} into a 3 s watch", started.elapsed());
+    let events = h.events(id).await;
+    let watched = events.iter().find_map(|e| match e {
+        Event::ReleaseWatched(w) => Some(w.clone()),
+        _ => None,
+    });
+    let watched = watched.unwrap_or_else(|| panic!("no ReleaseWatched in {events:?}"));
+    assert!(watched.probes >= 2 && watched.failed_probes == 0, "{watched:?}");
+    assert_eq!(h.routed_page("live").await.unwrap(), (200, "v2\n".to_string()));
+    h.wait_no_containers(d1.id).await;
+    h.shutdown().await;
+}
