@@ -7,6 +7,14 @@
 //! command in docker run --rm, a curl loop until the app answers). It prints
 //! both times, their ratio and difference. Goal: Slipway at most 1.10x the
 //! script, and at most 300 ms slower.
+//!
+//! Then the watch after the switch (`[web] watch`), through a router in
+//! this process: what a healthy deployment's reported time grows by with a
+//! 2 s watch against none, side by side (goal: the window plus under 50 ms),
+//! and over `--watch-trials` releases that crash while watched, the time
+//! from the crash to the router serving the old release again (goal: p99
+//! under 2 s with one router), beside the forward switch of the same
+//! deployments (health check passed -> every router switched).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,12 +25,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use slipway_engine::driver::DriverOptions;
-use slipway_node::Parts;
+use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
+use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::Queue;
 use slipway_store::{EventStore, PgStore};
 use slipway_workers::steps::pipeline::Pipeline;
@@ -40,6 +49,9 @@ struct Args {
     pg_url: String,
     #[arg(long, env = "SLIPWAY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
+    /// Releases that crash while watched (crash -> route back, p50/p99).
+    #[arg(long, default_value_t = 20)]
+    watch_trials: usize,
 }
 
 const RELEASE: &str = "echo migrating && test -f /www/index.html";
@@ -48,7 +60,8 @@ fn app_files() -> anyhow::Result<BTreeMap<&'static str, Vec<u8>>> {
     let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (apt-get install busybox-static)")?;
     let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
         COPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
-    let toml = format!("[web]\nport = 80\nhealth_timeout = \"30s\"\n\n[release]\ncommands = [\"{RELEASE}\"]\n");
+    // No settling period and no watch: the script has neither (the watch is measured on its own below).
+    let toml = format!("[web]\nport = 80\nhealth_timeout = \"30s\"\nmin_ready = \"0s\"\nwatch = 0\n\n[release]\ncommands = [\"{RELEASE}\"]\n");
     Ok(BTreeMap::from([
         ("busybox", busybox),
         ("Dockerfile", dockerfile.as_bytes().to_vec()),
@@ -90,6 +103,21 @@ fn commit_change(dir: &Path, n: usize) -> anyhow::Result<()> {
     let parent = repo.head()?.peel_to_commit()?;
     repo.commit(Some("HEAD"), &sig, &sig, &format!("change {n}"), &tree, &[&parent])?;
     Ok(())
+}
+
+/// Writes `files` over the app in `dir` and commits them; returns the commit.
+fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> anyhow::Result<String> {
+    for (path, text) in files {
+        std::fs::write(dir.join(path), text)?;
+    }
+    let repo = git2::Repository::open(dir)?;
+    let mut index = repo.index()?;
+    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
+    index.write()?;
+    let tree = repo.find_tree(index.write_tree()?)?;
+    let sig = git2::Signature::now("bench", "bench@localhost")?;
+    let parent = repo.head()?.peel_to_commit()?;
+    Ok(repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])?.to_string())
 }
 
 /// The same Docker work, as an operator would script it.
@@ -228,6 +256,167 @@ async fn wait_for_single_container(project: &str) {
     }
 }
 
+/// Requests a local-mode deployment of `git_ref` and waits for its verdict;
+/// also waits, when asked, for the moment its watch starts (for a crash cue).
+async fn request_local(m: &Machinery, project: &str, env: &str, git_ref: &str) -> anyhow::Result<(Instant, Uuid)> {
+    let req = DeployRequest {
+        project: project.into(),
+        environment: env.into(),
+        git_ref: Some(git_ref.into()),
+        mode: BuildMode::Local,
+        no_cache: false,
+        run_release: false,
+        dry_run: false,
+    };
+    let started = Instant::now();
+    match requests::request_deployment(&*m.store, "bench", req).await? {
+        Ok(id) => Ok((started, id)),
+        Err(r) => bail!("{r}"),
+    }
+}
+
+/// Waits until deployment `id`'s stream holds an event of type `what` (or a
+/// verdict, which ends the wait); returns the stream read then.
+async fn wait_for(m: &Machinery, id: Uuid, what: &str) -> anyhow::Result<Vec<slipway_store::RecordedEvent>> {
+    let mut wake = m.store.wakeups();
+    let started = Instant::now();
+    loop {
+        let recorded = m.store.read_stream(&deployment_stream(id), 1).await?;
+        let verdict = |t: &str| t == "DeploymentSucceeded" || t == "DeploymentFailed";
+        if recorded.iter().any(|r| r.envelope.message_type == what || verdict(&r.envelope.message_type)) {
+            return Ok(recorded);
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            bail!("deployment {id}: no {what} within 180 s");
+        }
+        slipway_store::subscription::wait_for_wakeup(&mut wake, Duration::from_millis(2)).await;
+    }
+}
+
+fn recorded_at(recorded: &[slipway_store::RecordedEvent], what: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    recorded.iter().find(|r| r.envelope.message_type == what).map(|r| r.recorded_at)
+}
+
+/// GET / with `Host: host` through the router at `addr`: the body of a 2xx.
+async fn routed_body(addr: std::net::SocketAddr, host: &str) -> Option<String> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let request = hyper::Request::get(format!("http://{addr}/")).header(hyper::header::HOST, host).body(http_body_util::Empty::new()).ok()?;
+    let response = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await.ok()?.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).trim().to_string())
+}
+
+/// The watch, through one router: its cost on a healthy deployment, and
+/// how fast a crash while watched puts the old release back.
+async fn watch_section(m: &Machinery, args: &Args, repo: &Path, project: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listen = listener.local_addr()?;
+    let options = RouterOptions { router_id: format!("bench-{}", Uuid::now_v7().simple()), domain: "localhost".into(), listen };
+    let (stop_router, shutdown) = slipway_node::manual();
+    let parts = Parts { router: Some(RouterPart { listener, options, proxy: Default::default() }), ..Default::default() };
+    let router = tokio::spawn(slipway_node::serve(m.store.clone(), Arc::new(MemoryQueue::default()), parts, shutdown));
+    let host = format!("{project}-live.localhost");
+
+    let toml = |watch: &str| format!("[web]\nport = 80\nhealth_timeout = \"30s\"\nmin_ready = \"0s\"\nwatch = {watch}\n");
+    let no_watch = commit_files(repo, &[("slipway.toml", &toml("0")), ("www/index.html", "unwatched\n")], "watch off")?;
+    let watched = commit_files(repo, &[("slipway.toml", &toml("\"2s\"")), ("www/index.html", "watched\n")], "watch 2s")?;
+    let dockerfile = std::fs::read_to_string(repo.join("Dockerfile"))?;
+    let (build, _) = dockerfile.rsplit_once("CMD ").context("a CMD line")?;
+    let crash_cmd = "CMD [\"sh\", \"-c\", \"httpd -p 80 -h /www; while [ ! -f /crash ]; do sleep 0.01; done; exit 3\"]\n";
+    let crashing = commit_files(
+        repo,
+        &[("Dockerfile", &format!("{build}{crash_cmd}")), ("slipway.toml", &toml("\"60s\"")), ("www/index.html", "crashing\n")],
+        "crashes on cue",
+    )?;
+
+    // A healthy deployment with a 2 s watch against none, alternating; both
+    // commits are built once first, so every counted round re-uses its image.
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..=args.rounds {
+        for (commit, times) in [(&no_watch, &mut off), (&watched, &mut on)] {
+            let (started, id) = request_local(m, project, "live", commit).await?;
+            let recorded = wait_for(m, id, "DeploymentSucceeded").await?;
+            let took = started.elapsed();
+            if recorded.iter().all(|r| r.envelope.message_type != "DeploymentSucceeded") {
+                bail!("deployment {id} failed: {:?}", recorded.last().map(|r| r.envelope.to_json()));
+            }
+            if round > 0 {
+                times.push(took);
+            }
+            wait_for_single_container(project).await;
+        }
+    }
+    let (off, on) = (median(off), median(on));
+    let overhead_ms = (on.as_secs_f64() - off.as_secs_f64() - 2.0) * 1e3;
+    println!(
+        "watch 2 s, healthy         {:>6.0} ms   {:>6.0} ms (watch = 0)             +{:.0} ms beyond the window   goal < 50 ms   {}",
+        on.as_secs_f64() * 1e3,
+        off.as_secs_f64() * 1e3,
+        overhead_ms,
+        if overhead_ms < 50.0 { "yes" } else { "NO" }
+    );
+
+    // Releases that crash while watched; `no_watch` serves throughout.
+    let serving = routed_body(listen, &host).await.context("the router serves nothing before the crash trials")?;
+    let (mut back_ms, mut forward_ms) = (Vec::new(), Vec::new());
+    for trial in 0..args.watch_trials {
+        let (_, id) = request_local(m, project, "live", &crashing).await?;
+        let recorded = wait_for(m, id, "ReleaseWatchStarted").await?;
+        let web = recorded
+            .iter()
+            .find_map(|r| match r.envelope.decode::<slipway_proto::Event>() {
+                Ok(slipway_proto::Event::WebContainerStarted(w)) => Some(w.container),
+                _ => None,
+            })
+            .with_context(|| format!("deployment {id} was not watched: {:?}", recorded.last().map(|r| r.envelope.to_json())))?;
+        if let (Some(passed), Some(switched)) = (recorded_at(&recorded, "HealthCheckPassed"), recorded_at(&recorded, "TrafficSwitched")) {
+            forward_ms.push((switched - passed).num_microseconds().unwrap_or(0) as f64 / 1e3);
+        }
+        let crashed = Instant::now();
+        let cue = Command::new("docker").args(["exec", &web, "/bin/touch", "/crash"]).output()?;
+        if !cue.status.success() {
+            bail!("could not make {web} crash: {}", String::from_utf8_lossy(&cue.stderr));
+        }
+        loop {
+            if routed_body(listen, &host).await.as_deref() == Some(serving.as_str()) {
+                break;
+            }
+            if crashed.elapsed() > Duration::from_secs(30) {
+                bail!("trial {trial}: the route did not come back to the old release within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        back_ms.push(crashed.elapsed().as_secs_f64() * 1e3);
+        let recorded = wait_for(m, id, "DeploymentFailed").await?;
+        if recorded.iter().all(|r| r.envelope.message_type != "ReleaseRolledBack") {
+            bail!("deployment {id} ended without a rollback");
+        }
+        wait_for_single_container(project).await;
+    }
+    let p = |v: &[f64], q: f64| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    println!(
+        "crash -> old release back  p50 {:>5.0} ms  p99 {:>5.0} ms   switch forward p50 {:>4.0} ms p99 {:>4.0} ms   goal p99 < 2000 ms   {}",
+        p(&back_ms, 0.5),
+        p(&back_ms, 0.99),
+        p(&forward_ms, 0.5),
+        p(&forward_ms, 0.99),
+        if p(&back_ms, 0.99) < 2000.0 { "yes" } else { "NO" }
+    );
+    println!("  ({} trials, one router; the forward switch is health check passed -> every router switched, of the same deployments)", back_ms.len());
+    let _ = stop_router.send(());
+    router.await?.context("router")?;
+    Ok(())
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -310,6 +499,8 @@ async fn main() -> anyhow::Result<()> {
         t.as_secs_f64() * 1e3,
         if ratio <= 0.10 { "yes" } else { "NO" }
     );
+
+    watch_section(&m, &args, &repo, &project).await?;
 
     let _ = m.stop.send(());
     for t in m.tasks {
