@@ -20,7 +20,7 @@
 //! | switched, `[web] watch` is 0 (or a dry run) | `DeploymentSucceeded`, `DeploymentFinished` (environment), `RetireRelease` of the previous release |
 //! | switched, watch not started             | `ReleaseWatchStarted` (until now + window) + dispatch `RunStep(watch)` |
 //! | watching, no outcome yet                | wake me at its deadline (then as any overdue step) |
-//! | watched (`ReleaseWatched`)              | `DeploymentSucceeded`, `DeploymentFinished`, `RetireRelease` of the previous release |
+//! | watched (`ReleaseWatched`)              | `RouteChanged` (settled: the standby let go), `DeploymentSucceeded`, `DeploymentFinished`, `RetireRelease` of the previous release |
 //! | failed after the switch (watch failed, cancelled), not rolled back | `ReleaseRolledBack` + `RouteChanged` back to the previous release |
 //! | rolled back, every router acknowledged (or past the deadline) | `DeploymentFailed`, `DeploymentFinished`, `RetireRelease` (drained) of the new containers |
 //! | rolled back, a router has not acknowledged, before the deadline | wake me at the deadline |
@@ -248,15 +248,38 @@ fn revert_route(d: &Deployment, env: &EnvironmentView, reason: RouteReason) -> E
         deployment_id: env.active.as_ref().map(|a| a.deployment),
         upstreams: env.active.as_ref().map(|a| a.upstreams.clone()).unwrap_or_default(),
         reason,
+        standby: vec![],
     })
+}
+
+/// The deployment's `[web] watch` window (none when unreadable: the
+/// checkout already refused a bad `slipway.toml`).
+fn watch_window(d: &Deployment) -> std::time::Duration {
+    AppConfig::from_value(&d.context.config).map(|c| c.web.watch.0).unwrap_or_default()
 }
 
 /// After every router took the new release: watch it for `[web] watch`
 /// (the old release stays up meanwhile), then succeed. A watch that fails
 /// is a `StepFailed(watch)`, which `failed` turns into a rollback.
 fn watch(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
-    let window = AppConfig::from_value(&d.context.config).map(|c| c.web.watch.0).unwrap_or_default();
-    if d.watched || window.is_zero() {
+    let window = watch_window(d);
+    if d.watched {
+        // The standby is let go before the previous release is retired.
+        let mut out = vec![];
+        if let Some(switch) = &d.switch {
+            out.push(Decision::RecordOnRoutes(Event::RouteChanged(RouteChanged {
+                project: d.context.project.clone(),
+                environment: d.context.environment.clone(),
+                deployment_id: Some(d.id),
+                upstreams: switch.upstreams.clone(),
+                reason: RouteReason::Settled,
+                standby: vec![],
+            })));
+        }
+        out.extend(succeeded(d, env));
+        return out;
+    }
+    if window.is_zero() {
         return succeeded(d, env);
     }
     if d.context.watch_until.is_none() {
@@ -313,6 +336,12 @@ fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
                 deployment_id: Some(d.id),
                 upstreams,
                 reason: RouteReason::Cutover,
+                // While watched, the previous release stands by for
+                // connections the new one refuses.
+                standby: match watch_window(d).is_zero() {
+                    true => vec![],
+                    false => env.active.as_ref().map(|a| a.upstreams.clone()).unwrap_or_default(),
+                },
             })),
         ];
         if routers.is_empty() {

@@ -14,6 +14,9 @@ use uuid::Uuid;
 pub struct Route {
     pub deployment: Option<Uuid>,
     pub upstreams: Vec<String>,
+    /// Where a request goes if the upstreams refuse it (the previous
+    /// release, while the new one is watched).
+    pub standby: Vec<String>,
     /// The route version that last changed it.
     pub version: u64,
 }
@@ -33,7 +36,12 @@ impl Routes {
         if let Event::RouteChanged(r) = event {
             self.by_environment.insert(
                 (r.project.clone(), r.environment.clone()),
-                Route { deployment: r.deployment_id, upstreams: r.upstreams.clone(), version: self.version },
+                Route {
+                    deployment: r.deployment_id,
+                    upstreams: r.upstreams.clone(),
+                    standby: r.standby.clone(),
+                    version: self.version,
+                },
             );
         }
     }
@@ -105,6 +113,7 @@ mod tests {
             deployment_id: Some(Uuid::from_u128(port as u128)),
             upstreams: vec![format!("127.0.0.1:{port}")],
             reason: RouteReason::Cutover,
+            standby: vec![],
         })
     }
 

@@ -166,7 +166,12 @@ fn check_with(given: &[Event], env: &EnvironmentView, expect: &[&str]) {
                 format!("finish {}", if f.succeeded { "succeeded" } else { "failed" })
             }
             Decision::RecordOnEnvironment(e) => format!("environment {}", slipway_proto::envelope::Message::message_type(e)),
-            Decision::RecordOnRoutes(Event::RouteChanged(r)) => format!("route {:?} {}", r.reason, r.upstreams.join(",")),
+            Decision::RecordOnRoutes(Event::RouteChanged(r)) if r.standby.is_empty() => {
+                format!("route {:?} {}", r.reason, r.upstreams.join(","))
+            }
+            Decision::RecordOnRoutes(Event::RouteChanged(r)) => {
+                format!("route {:?} {} standby {}", r.reason, r.upstreams.join(","), r.standby.join(","))
+            }
             Decision::RecordOnRoutes(e) => format!("routes {}", slipway_proto::envelope::Message::message_type(e)),
             Decision::WakeAt(at) => format!("wake at {}", (*at - t(0)).num_seconds()),
         })
@@ -213,7 +218,7 @@ fn a_dispatched_step_waits_for_its_worker() {
 fn all_steps_done_without_routers_moves_the_route_and_succeeds_at_once() {
     let mut expect = vec![
         "record TrafficSwitchRequested",
-        "route Cutover 127.0.0.1:32768",
+        "route Cutover 127.0.0.1:32768 standby 127.0.0.1:1000",
         "record TrafficSwitched",
     ];
     expect.extend(WATCH);
@@ -299,7 +304,7 @@ fn a_dry_run_succeeds_without_touching_routes_or_the_serving_release() {
 
 #[test]
 fn the_switch_waits_for_every_registered_router_then_succeeds() {
-    check_with(&happy_path(), &with_routers(&[]), &["record TrafficSwitchRequested", "route Cutover 127.0.0.1:32768"]);
+    check_with(&happy_path(), &with_routers(&[]), &["record TrafficSwitchRequested", "route Cutover 127.0.0.1:32768 standby 127.0.0.1:1000"]);
     check_with(&switching(), &with_routers(&[("a", 5)]), &["wake at 10"]);
     check_with(&switching(), &with_routers(&[("a", 5), ("b", 4)]), &["wake at 10"]);
     let mut expect = vec!["record TrafficSwitched"];
@@ -683,7 +688,9 @@ fn after_every_router_switched_the_release_is_watched_until_its_window_ends() {
 fn a_release_watched_to_the_end_succeeds_and_only_then_retires_the_old_one() {
     let mut h = watching();
     h.push(watched());
-    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &SUCCESS);
+    let mut expect = vec!["route Settled 127.0.0.1:32768"];
+    expect.extend(SUCCESS);
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &expect);
     h.push(Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "c0ffee".into() }));
     let state = fold(h.iter()).unwrap().unwrap();
     assert_eq!(state.status_word(), "succeeded");
@@ -700,6 +707,9 @@ fn with_watch_off_the_switch_is_the_success() {
     let mut expect = vec!["record TrafficSwitched"];
     expect.extend(SUCCESS);
     check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &expect);
+    // Nothing stands by when nothing is watched.
+    h.truncate(h.len() - 1);
+    check_with(&h, &with_routers(&[]), &["record TrafficSwitchRequested", "route Cutover 127.0.0.1:32768"]);
 }
 
 #[test]

@@ -45,22 +45,23 @@ pub fn host_name(project: &str, environment: &str, domain: &str) -> String {
 /// engine, which writes `127.0.0.1:PORT`.
 pub fn table(routes: &Routes, domain: &str) -> RouteTable {
     RouteTable::new(routes.by_environment.iter().map(|((project, environment), route)| {
-        let upstreams = route
-            .upstreams
-            .iter()
-            .filter_map(|u| match u.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(e) => {
-                    tracing::error!(upstream = %u, error = %e, "route names an upstream that is not HOST:PORT");
-                    None
-                }
-            })
-            .collect();
+        let parse = |list: &[String]| -> Vec<SocketAddr> {
+            list.iter()
+                .filter_map(|u| match u.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        tracing::error!(upstream = %u, error = %e, "route names an upstream that is not HOST:PORT");
+                        None
+                    }
+                })
+                .collect()
+        };
+        let (upstreams, standby) = (parse(&route.upstreams), parse(&route.standby));
         let label = match route.deployment {
             Some(d) => format!("{project}/{environment} deployment {d}"),
             None => format!("{project}/{environment} (no release)"),
         };
-        (host_name(project, environment, domain), Route { upstreams, route_version: route.version, label })
+        (host_name(project, environment, domain), Route { upstreams, standby, route_version: route.version, label })
     }))
 }
 

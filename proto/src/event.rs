@@ -351,6 +351,9 @@ pub enum RouteReason {
     /// A release that failed while watched after its switch: the traffic
     /// goes back to the release that served before it.
     Rollback,
+    /// The watch passed: the same upstreams, without the standby (the
+    /// previous release is about to be retired).
+    Settled,
 }
 
 /// An environment's host name now routes to these upstreams (on the
@@ -365,6 +368,12 @@ pub struct RouteChanged {
     /// Loopback `HOST:PORT` of the release's web containers.
     pub upstreams: Vec<String>,
     pub reason: RouteReason,
+    /// While a new release is watched: the previous release's upstreams,
+    /// still running. A router sends a request there when the new upstream
+    /// refuses the connection (nothing was sent, so the retry is safe), so
+    /// a release that crashes fails no request it had not taken yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby: Vec<String>,
 }
 
 /// A router came up (on the routers stream): from now on every traffic

@@ -62,6 +62,7 @@ fn sample_events() -> Vec<Event> {
             deployment_id: Some(d),
             upstreams: vec!["127.0.0.1:32768".into()],
             reason: RouteReason::Cutover,
+            standby: vec![],
         }),
         Event::TrafficSwitchRequested(TrafficSwitchRequested {
             route_version: 3,

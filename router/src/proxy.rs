@@ -737,11 +737,11 @@ impl ConnState {
         let host = request_host(&req)?;
         let pick = self.pick.get();
         self.pick.set(pick.wrapping_add(1));
-        let upstream = {
+        let (upstream, standby) = {
             let table = self.held.shared.routes.table.load();
             let host_str = host.to_str().map_err(|_| ProxyError::BadHost)?;
             match table.resolve(Some(host_str), pick) {
-                Resolution::Upstream(upstream) => upstream,
+                Resolution::Upstream(upstream) => (upstream, table.get(host_str).and_then(|r| r.standby(pick))),
                 Resolution::MissingHost => return Err(ProxyError::MissingHost),
                 Resolution::UnknownHost(host) => return Err(ProxyError::UnknownHost(host)),
                 Resolution::NoUpstream(host) => {
@@ -778,7 +778,7 @@ impl ConnState {
         headers.insert(header::HOST, host.clone());
 
         let upgrade = upgrade.map(|(client_side, _)| (client_side, self.held.shared.force.clone()));
-        Ok(Forward { req, upstream, host, upgrade })
+        Ok(Forward { req, upstream, standby, host, upgrade })
     }
 }
 
@@ -792,6 +792,9 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 struct Forward {
     req: Request<Incoming>,
     upstream: SocketAddr,
+    /// Where to go if `upstream` refuses the connection (the previous
+    /// release while the new one is watched).
+    standby: Option<SocketAddr>,
     host: HeaderValue,
     /// For an upgrade request: the client side of the connection once it is
     /// upgraded, and the signal that closes the tunnel at shutdown.
@@ -804,8 +807,8 @@ const STALE_ATTEMPTS: usize = 2;
 
 impl Forward {
     async fn send(self, held: Arc<Held>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
-        let Forward { mut req, upstream: addr, host, upgrade } = self;
-        let failed = |reason: String, connect: bool| {
+        let Forward { mut req, upstream: mut addr, mut standby, host, upgrade } = self;
+        let failed = |addr: SocketAddr, reason: String, connect: bool| {
             let (upstream, host) = (addr, lossy(&host));
             if connect {
                 ProxyError::UpstreamConnect { upstream, host, reason }
@@ -817,13 +820,30 @@ impl Forward {
         let (mut response, upstream) = loop {
             let reused = if stale < STALE_ATTEMPTS { held.take(addr) } else { None };
             let fresh = reused.is_none();
-            let mut upstream = match reused {
-                Some(upstream) => upstream,
-                None => held.shared.connect(addr).await.map_err(|reason| failed(reason, true))?,
+            let connected = match reused {
+                Some(upstream) => Ok(upstream),
+                None => held.shared.connect(addr).await,
+            };
+            // Refused before anything was sent: the standby (the release
+            // that served before, while this one is watched) takes it.
+            let mut upstream = match (connected, standby.take()) {
+                (Ok(upstream), _) => upstream,
+                (Err(reason), Some(next)) => {
+                    tracing::debug!(upstream = %addr, standby = %next, %reason, "router: upstream refused; trying the standby");
+                    addr = next;
+                    continue;
+                }
+                (Err(reason), None) => return Err(failed(addr, reason, true)),
             };
             if !upstream.ready().await {
                 if fresh {
-                    return Err(failed("it closed the connection at once".into(), true));
+                    match standby.take() {
+                        Some(next) => {
+                            addr = next;
+                            continue;
+                        }
+                        None => return Err(failed(addr, "it closed the connection at once".into(), true)),
+                    }
                 }
                 stale += 1;
                 continue;
@@ -837,14 +857,14 @@ impl Forward {
                         req = unsent;
                         stale += 1;
                     }
-                    _ => return Err(failed(error_chain(&e.into_error()), false)),
+                    _ => return Err(failed(addr, error_chain(&e.into_error()), false)),
                 },
             }
         };
         tracing::debug!(%peer, upstream = %addr, status = response.status().as_u16(), "router: proxied");
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some((client_side, force)) = upgrade else {
-                return Err(failed("it switched protocols though the client did not ask to".into(), false));
+                return Err(failed(addr, "it switched protocols though the client did not ask to".into(), false));
             };
             let protocol = response.headers().get(header::UPGRADE).cloned();
             let upstream_side = hyper::upgrade::on(&mut response);

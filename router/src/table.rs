@@ -13,6 +13,9 @@ pub struct Route {
     /// The addresses serving the host, taken in turn. Empty when the host is
     /// known but nothing serves it (for instance between two releases).
     pub upstreams: Vec<SocketAddr>,
+    /// Where a request goes when the chosen upstream refuses the
+    /// connection: the previous release, while a new one is watched.
+    pub standby: Vec<SocketAddr>,
     /// Increases with every change of this route; tells which table served a
     /// request when routes are replaced.
     pub route_version: u64,
@@ -85,6 +88,14 @@ impl RouteTable {
     }
 }
 
+impl Route {
+    /// The standby for a request whose upstream refused it, taken in turn
+    /// like the upstreams; `None` when the route has none.
+    pub fn standby(&self, pick: usize) -> Option<SocketAddr> {
+        (!self.standby.is_empty()).then(|| self.standby[pick % self.standby.len()])
+    }
+}
+
 /// The host name of a `Host` header (RFC 9110 §7.2: `uri-host [ ":" port ]`):
 /// the port stripped, an IPv6 literal's brackets removed (`[::1]:80` is
 /// `::1`), lowercased, one trailing dot stripped (`example.com.` is the same
@@ -129,7 +140,7 @@ mod tests {
     }
 
     fn route(ports: &[u16]) -> Route {
-        Route { upstreams: ports.iter().map(|&p| addr(p)).collect(), route_version: 1, label: "hello/live".into() }
+        Route { upstreams: ports.iter().map(|&p| addr(p)).collect(), standby: vec![], route_version: 1, label: "hello/live".into() }
     }
 
     fn table() -> RouteTable {

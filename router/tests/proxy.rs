@@ -63,7 +63,7 @@ async fn upstream(name: &'static str) -> Upstream {
 }
 
 fn route(upstreams: &[SocketAddr], version: u64) -> Route {
-    Route { upstreams: upstreams.to_vec(), route_version: version, label: format!("test route v{version}") }
+    Route { upstreams: upstreams.to_vec(), standby: vec![], route_version: version, label: format!("test route v{version}") }
 }
 
 fn table(entries: &[(&str, Route)]) -> RouteTable {
