@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use slipway_proto::command::{DeploymentContext, RunStep};
-use slipway_proto::config::AppConfig;
+use slipway_proto::config::{AppConfig, Limits};
 use slipway_proto::event::{ReleaseCommandResult, ReleaseCommandsRan};
 use slipway_proto::Event;
 
-use super::docker::{self, Backoff, ContainerSpec, Failure, Role, RunState, LOG_TAIL};
+use super::docker::{self, Backoff, ContainerSpec, Failure, Lifetime, Role, RunState, LOG_TAIL};
 use super::{Runtime, Settings};
 
 pub async fn run(command: &RunStep, env: &Settings, rt: &Runtime) -> Event {
@@ -58,7 +58,7 @@ async fn release(ctx: &DeploymentContext, env: &Settings, rt: &Runtime) -> Resul
         .commands
         .iter()
         .enumerate()
-        .map(|(index, command)| one_off(ctx, env, image, index, command, &log_dir))
+        .map(|(index, command)| one_off(ctx, env, image, config.web.limits(), (index, command.as_str()), &log_dir))
         .collect();
     let docker = docker::connect().await?;
     let outcome = run_in_order(&docker, &one_offs, config.release.timeout.0).await;
@@ -75,8 +75,8 @@ fn one_off<'a>(
     ctx: &DeploymentContext,
     env: &'a Settings,
     image: &'a str,
-    index: usize,
-    command: &'a str,
+    limits: Limits,
+    (index, command): (usize, &'a str),
     log_dir: &Path,
 ) -> OneOff<'a> {
     let role = Role::Release(index);
@@ -87,6 +87,9 @@ fn one_off<'a>(
         env,
         labels: docker::labels(ctx, &role.to_string()),
         publish: None,
+        // A release command runs in the web's image with the web's budget.
+        limits,
+        lifetime: Lifetime::OneOff,
     };
     OneOff { index, command, spec, log: log_dir.join(format!("{role}.log")) }
 }
