@@ -47,8 +47,14 @@ CMD ["/bin/sh","/start.sh"]
 "#;
 
 /// The base app: busybox httpd as PID 1 (which ignores SIGTERM), unless
-/// `CRASH` is set, in which case it says so on stderr and exits 3 after a second.
+/// - `CRASH` is set: it says so on stderr and exits 3 after a second;
+/// - `EXIT_AFTER` is set: httpd answers (in the background) for that many
+///   seconds, then the shell says goodbye with `$TOKEN` on stderr and exits 5;
+/// - `HOG` is set: httpd answers, and after a second the shell allocates
+///   200 MB (a small memory limit gets it OOM-killed).
 const START_SH: &str = r#"if [ -n "$CRASH" ]; then echo "$CRASH" >&2; sleep 1; exit 3; fi
+if [ -n "$EXIT_AFTER" ]; then httpd -p 80 -h /www; sleep "$EXIT_AFTER"; echo "giving up, token $TOKEN" >&2; exit 5; fi
+if [ -n "$HOG" ]; then httpd -p 80 -h /www; sleep 1; x=$(head -c 200000000 /dev/zero | tr '\0' a); fi
 exec httpd -f -p 80 -h /www
 "#;
 
@@ -454,8 +460,9 @@ async fn deploy_publishes_on_loopback_and_a_redelivery_reuses_the_container() {
 // ----------------------------------------------------------- health check --
 
 #[tokio::test]
-async fn a_health_check_on_a_running_app_passes_at_once() {
-    let mut f = Fixture::new("[web]\nhealth_path = \"/healthz\"\nhealth_timeout = \"10s\"\n").await;
+async fn a_healthy_app_passes_only_after_min_ready() {
+    let config = "[web]\nhealth_path = \"/healthz\"\nhealth_timeout = \"10s\"\nmin_ready = \"1s\"\n";
+    let mut f = Fixture::new(config).await;
     let started = f.deploy(&Settings::new()).await;
     let url = format!("http://127.0.0.1:{}/healthz", started.host_port);
     eventually("httpd is up", Duration::from_secs(5), || async { get_status(&url, Duration::from_secs(1)).await.ok() })
@@ -464,11 +471,40 @@ async fn a_health_check_on_a_running_app_passes_at_once() {
     match f.run(Step::HealthCheck, &Settings::new()).await {
         Event::HealthCheckPassed(p) => {
             assert_eq!((p.path.as_str(), p.status), ("/healthz", 200));
-            assert!(p.attempts <= 2, "attempts: {}", p.attempts);
-            assert!(p.elapsed_ms < 1000, "elapsed: {} ms", p.elapsed_ms);
+            assert!(p.elapsed_ms >= 1000, "passed after {} ms, before min_ready (1s)", p.elapsed_ms);
+            assert!(p.elapsed_ms < 2500, "settling took {} ms for a 1 s min_ready", p.elapsed_ms);
+            assert!(p.attempts >= health_check::MIN_SUCCESSES, "attempts: {}", p.attempts);
         }
         other => panic!("health check: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_web_container_that_exits_while_settling_fails_the_check_naming_the_exit_code() {
+    let mut f = Fixture::new("[web]\nhealth_timeout = \"20s\"\nmin_ready = \"5s\"\n").await;
+    let settings = env(&[("EXIT_AFTER", "1"), ("TOKEN", "tok-5ecret-42")]);
+    f.deploy(&settings).await;
+
+    let started = Instant::now();
+    let failure = failed(f.run(Step::HealthCheck, &settings).await, Step::HealthCheck);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}: not at once", started.elapsed());
+    assert!(failure.reason.contains("exited with code 5"), "{}", failure.reason);
+    assert!(failure.reason.contains("had answered healthily for"), "{}", failure.reason);
+    assert!(failure.details.iter().any(|l| l == "giving up, token ***"), "{:?}", failure.details);
+    assert!(!failure.details.iter().any(|l| l.contains("tok-5ecret-42")), "{:?}", failure.details);
+}
+
+#[tokio::test]
+async fn a_web_container_oom_killed_while_settling_fails_the_check_naming_oom() {
+    let mut f = Fixture::new("[web]\nhealth_timeout = \"20s\"\nmin_ready = \"5s\"\nmemory = \"16m\"\n").await;
+    let settings = env(&[("HOG", "1")]);
+    f.deploy(&settings).await;
+
+    let started = Instant::now();
+    let failure = failed(f.run(Step::HealthCheck, &settings).await, Step::HealthCheck);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}: not at once", started.elapsed());
+    assert!(failure.reason.contains("OOM-killed"), "{}", failure.reason);
+    assert!(failure.reason.contains("137 (SIGKILL)"), "{}", failure.reason);
 }
 
 #[tokio::test]
@@ -481,6 +517,31 @@ async fn a_health_check_fails_early_when_the_web_container_exits() {
     assert!(started.elapsed() < Duration::from_secs(6), "took {:?} of a 30 s timeout", started.elapsed());
     assert!(failure.reason.contains("exited with code 3"), "{}", failure.reason);
     assert!(failure.details.iter().any(|l| l.contains("fatal: DATABASE_URL is not set")), "{:?}", failure.details);
+}
+
+// ----------------------------------------------------------------- limits --
+
+#[tokio::test]
+async fn limits_restart_policy_and_log_rotation_show_in_docker_inspect() {
+    let config = "[web]\nmemory = \"64m\"\ncpus = 0.5\npids = 50\n\
+                  [processes.worker]\ncommand = [\"sleep\", \"3600\"]\nmemory = \"32m\"\ncpus = \"0.25\"\npids = 20\n";
+    let mut f = Fixture::new(config).await;
+    let web = f.deploy(&Settings::new()).await.container;
+    let event = f.run(Step::Processes, &Settings::new()).await;
+    assert!(matches!(event, Event::ProcessesStarted(_)), "processes: {event:?}");
+    let worker = f.name(&Role::Process { name: "worker".into(), replica: 1 });
+
+    for (name, memory, nano_cpus, pids) in [(web, 64 << 20, 500_000_000, 50), (worker, 32 << 20, 250_000_000, 20)] {
+        let host = docker().await.inspect_container(&name, None).await.expect("inspect").host_config.expect("host config");
+        assert_eq!((host.memory, host.memory_swap), (Some(memory), Some(memory)), "{name}: memory, no swap past it");
+        assert_eq!((host.nano_cpus, host.pids_limit), (Some(nano_cpus), Some(pids)), "{name}: cpus and pids");
+        let restart = host.restart_policy.and_then(|r| r.name).map(|n| n.to_string());
+        assert_eq!(restart.as_deref(), Some("unless-stopped"), "{name}");
+        let log = host.log_config.expect("a log config");
+        assert_eq!(log.typ.as_deref(), Some("json-file"), "{name}");
+        let options = log.config.expect("log options");
+        assert_eq!((options["max-size"].as_str(), options["max-file"].as_str()), ("10m", "3"), "{name}");
+    }
 }
 
 // ---------------------------------------------------------------- release --

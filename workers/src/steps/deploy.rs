@@ -59,6 +59,6 @@ async fn ensure_running(docker: &Docker, spec: &ContainerSpec<'_>, port: u16) ->
         }
         (None, other) => format!("is {other} but publishes no port {port} on 127.0.0.1"),
     };
-    let details = docker::last_log_lines(docker, &spec.name).await;
+    let details = super::scrub(docker::last_log_lines(docker, &spec.name).await, spec.env);
     Err(Failure::new(format!("web container {} {state}", spec.name)).with_details(details))
 }

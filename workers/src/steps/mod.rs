@@ -31,6 +31,25 @@ use slipway_proto::Event;
 /// deployment. Values live here and in the store's value table, never in events.
 pub type Settings = BTreeMap<String, String>;
 
+/// Setting values shorter than this are left in evidence: "1" or "on"
+/// would turn every log line into asterisks, and is no secret anyway.
+pub const SCRUB_MIN_LEN: usize = 4;
+
+/// `lines` with every occurrence of a setting's value replaced by `***`.
+/// A worker holds values only, not which of them are secret (the command
+/// carries key -> fingerprint), so every value of `SCRUB_MIN_LEN` characters
+/// or more is treated as one; longer values go first, so a value that
+/// contains another is hidden whole.
+pub fn scrub(lines: Vec<String>, settings: &Settings) -> Vec<String> {
+    let mut values: Vec<&str> = settings.values().map(String::as_str).filter(|v| v.len() >= SCRUB_MIN_LEN).collect();
+    values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    values.dedup();
+    lines
+        .into_iter()
+        .map(|line| values.iter().fold(line, |line, value| line.replace(value, "***")))
+        .collect()
+}
+
 /// What steps need besides their command: where to keep checkouts and logs.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -55,4 +74,23 @@ pub trait Executor: Send + Sync + 'static {
     async fn remove_containers(&self, command: &RemoveContainers) -> Event;
     /// Drains and stops a retired release's containers.
     async fn retire(&self, command: &RetireRelease) -> Event;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubbing_hides_every_value_longest_first_but_not_tiny_ones() {
+        let settings = Settings::from([
+            ("DATABASE_URL".to_string(), "postgres://app:hunter22@db/app".to_string()),
+            ("PASSWORD".to_string(), "hunter22".to_string()),
+            ("DEBUG".to_string(), "1".to_string()),
+        ]);
+        let lines = vec![
+            "connecting to postgres://app:hunter22@db/app".to_string(),
+            "auth failed for hunter22 hunter22 (attempt 1)".to_string(),
+        ];
+        assert_eq!(scrub(lines, &settings), vec!["connecting to ***", "auth failed for *** *** (attempt 1)"]);
+    }
 }

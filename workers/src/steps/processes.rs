@@ -55,7 +55,7 @@ async fn start_processes(ctx: &DeploymentContext, env: &Settings) -> Result<Vec<
             started.push(ProcessContainer { process: name.clone(), replica, container: spec.name });
         }
     }
-    watch(&docker, &started).await?;
+    watch(&docker, &started, env).await?;
     Ok(started)
 }
 
@@ -91,7 +91,7 @@ async fn ensure_running(docker: &Docker, spec: &ContainerSpec<'_>) -> Result<(),
 /// Fails as soon as any container stops running within the start window,
 /// or is restarted by Docker (with `unless-stopped` a crash on start-up
 /// shows as a restart, and the container may be running again when looked at).
-async fn watch(docker: &Docker, containers: &[ProcessContainer]) -> Result<(), Failure> {
+async fn watch(docker: &Docker, containers: &[ProcessContainer], env: &Settings) -> Result<(), Failure> {
     let deadline = Instant::now() + START_WINDOW;
     loop {
         for c in containers {
@@ -108,7 +108,8 @@ async fn watch(docker: &Docker, containers: &[ProcessContainer]) -> Result<(), F
                 c.container,
                 docker::human(START_WINDOW)
             );
-            return Err(Failure::new(reason).with_details(docker::last_log_lines(docker, &c.container).await));
+            let details = super::scrub(docker::last_log_lines(docker, &c.container).await, env);
+            return Err(Failure::new(reason).with_details(details));
         }
         let now = Instant::now();
         if now >= deadline {
