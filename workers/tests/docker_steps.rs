@@ -610,6 +610,21 @@ async fn a_release_command_past_its_timeout_is_killed() {
 }
 
 #[tokio::test]
+async fn a_chatty_release_command_keeps_a_capped_log_saying_what_was_cut() {
+    // About 6 MB in lines of 1001 bytes; the stored log keeps 5 MiB of it.
+    let command = "line=$(head -c 1000 /dev/zero | tr '\\0' x); yes \"$line\" | head -n 6000; echo the end";
+    let f = Fixture::new(&format!("[release]\ncommands = [{command:?}]\n")).await;
+    let ran = match f.run(Step::Release, &Settings::new()).await {
+        Event::ReleaseCommandsRan(r) => r,
+        other => panic!("release: {other:?}"),
+    };
+    let log = std::fs::read_to_string(ran.results[0].log_ref.as_deref().expect("log_ref")).expect("log");
+    assert!(log.len() <= slipway_workers::steps::log_cap::LOG_CAP + 200, "{} bytes stored", log.len());
+    assert!(log.contains(" cut here; a stored log keeps its first 4 MiB and last 1 MiB]\n"), "no marker");
+    assert!(log.ends_with("the end\n"), "the tail is kept");
+}
+
+#[tokio::test]
 async fn release_is_skipped_without_run_release_and_empty_without_commands() {
     let mut f = Fixture::new("[release]\ncommands = [\"exit 1\"]\n").await;
     f.ctx.run_release = false;

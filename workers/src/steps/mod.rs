@@ -14,6 +14,7 @@ pub mod docker;
 pub mod dry_run;
 pub mod git;
 pub mod health_check;
+pub mod log_cap;
 pub mod pinning;
 pub mod pipeline;
 pub mod processes;

@@ -3,7 +3,9 @@
 //! the environment's settings, as `/bin/sh -c <command>` (the image's
 //! entrypoint, if any, still applies, as with `docker run`). A non-zero exit
 //! or a command that outlives `release.timeout` fails the deployment. Each
-//! command's output is kept in `<logs>/<id>/release-<i>.log`.
+//! command's output is kept in `<logs>/<id>/release-<i>.log`, capped by
+//! `log_cap`. The one-off containers run under the web's limits, and are
+//! never restarted by Docker: a migration runs once.
 //!
 //! The one-off containers are kept until the step ends (success or failure)
 //! and only then removed: a redelivery after a worker crash mid-step finds
@@ -22,7 +24,7 @@ use slipway_proto::event::{ReleaseCommandResult, ReleaseCommandsRan};
 use slipway_proto::Event;
 
 use super::docker::{self, Backoff, ContainerSpec, Failure, Lifetime, Role, RunState, LOG_TAIL};
-use super::{Runtime, Settings};
+use super::{log_cap, Runtime, Settings};
 
 pub async fn run(command: &RunStep, env: &Settings, rt: &Runtime) -> Event {
     if !command.context.run_release {
@@ -111,7 +113,7 @@ async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result
     let started = Instant::now();
     let exit = run_to_exit(docker, &one.spec, timeout).await?;
     let text = docker::logs(docker, &one.spec.name, None).await?;
-    tokio::fs::write(&one.log, &text)
+    tokio::fs::write(&one.log, log_cap::cap(&text))
         .await
         .map_err(|e| Failure::new(format!("cannot write the release log {}: {e}", one.log.display())))?;
     let what = format!("release command `{}` (release.commands[{}])", one.command, one.index);
