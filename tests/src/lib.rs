@@ -446,8 +446,29 @@ impl Default for AppRepo {
     }
 }
 
+/// The `[web] min_ready` the test apps get unless their `slipway.toml` sets
+/// one: busybox httpd is ready at once, and the default (3 s) would add
+/// three seconds to every deployment of the suite without testing anything.
+pub const TEST_MIN_READY: &str = "300ms";
+
+/// `slipway_toml` with `[web] min_ready = TEST_MIN_READY` unless it sets its own.
+pub fn settle_quickly(slipway_toml: &str) -> String {
+    if slipway_toml.contains("min_ready") {
+        return slipway_toml.to_string();
+    }
+    let line = format!("min_ready = \"{TEST_MIN_READY}\"\n");
+    match slipway_toml.find("[web]\n") {
+        Some(at) => {
+            let (before, after) = slipway_toml.split_at(at + "[web]\n".len());
+            format!("{before}{line}{after}")
+        }
+        None => format!("[web]\n{line}\n{slipway_toml}"),
+    }
+}
+
 /// The files of a busybox web app answering `body` on `/`, configured by
-/// `slipway_toml`, optionally with extra Dockerfile lines.
+/// `slipway_toml` (settling in `TEST_MIN_READY` unless it says otherwise),
+/// optionally with extra Dockerfile lines.
 pub fn busybox_app(body: &str, slipway_toml: &str, extra_dockerfile: &str) -> BTreeMap<String, Vec<u8>> {
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
     let dockerfile = format!(
@@ -458,7 +479,7 @@ pub fn busybox_app(body: &str, slipway_toml: &str, extra_dockerfile: &str) -> BT
         ("Dockerfile".to_string(), dockerfile.into_bytes()),
         (".dockerignore".to_string(), b".git\n".to_vec()),
         ("www/index.html".to_string(), format!("{body}\n").into_bytes()),
-        ("slipway.toml".to_string(), slipway_toml.as_bytes().to_vec()),
+        ("slipway.toml".to_string(), settle_quickly(slipway_toml).into_bytes()),
     ])
 }
 
@@ -525,5 +546,26 @@ impl Queue for Losing {
     }
     async fn delete(&self, queue: &str) -> Result<(), QueueError> {
         self.inner.delete(queue).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_apps_settle_quickly_unless_they_say_otherwise() {
+        assert_eq!(settle_quickly("[web]\nport = 80\n"), "[web]\nmin_ready = \"300ms\"\nport = 80\n");
+        assert_eq!(settle_quickly("[release]\ncommands = []\n"), "[web]\nmin_ready = \"300ms\"\n\n[release]\ncommands = []\n");
+        assert_eq!(settle_quickly("[web]\nmin_ready = \"2s\"\n"), "[web]\nmin_ready = \"2s\"\n");
+        slipway_proto::config::AppConfig::parse(&settle_quickly(""), "slipway.toml").expect("valid");
+    }
+
+    #[test]
+    fn the_example_app_settles_for_a_second_under_limits() {
+        let text = include_str!("../../examples/hello/slipway.toml");
+        let config = slipway_proto::config::AppConfig::parse(text, "examples/hello/slipway.toml").expect("valid");
+        assert_eq!(config.web.min_ready.0, std::time::Duration::from_secs(1));
+        assert_eq!(config.web.limits().memory.map(|m| m.human()).as_deref(), Some("64m"));
     }
 }

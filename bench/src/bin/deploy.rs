@@ -48,7 +48,9 @@ fn app_files() -> anyhow::Result<BTreeMap<&'static str, Vec<u8>>> {
     let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (apt-get install busybox-static)")?;
     let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
         COPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
-    let toml = format!("[web]\nport = 80\nhealth_timeout = \"30s\"\n\n[release]\ncommands = [\"{RELEASE}\"]\n");
+    // A short settling period: the figure is Slipway's own cost, and
+    // busybox httpd is ready at once (the default 3 s would only add itself).
+    let toml = format!("[web]\nport = 80\nhealth_timeout = \"30s\"\nmin_ready = \"300ms\"\n\n[release]\ncommands = [\"{RELEASE}\"]\n");
     Ok(BTreeMap::from([
         ("busybox", busybox),
         ("Dockerfile", dockerfile.as_bytes().to_vec()),
