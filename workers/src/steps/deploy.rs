@@ -45,7 +45,9 @@ async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted
 /// Creates (unless it exists) and starts the container; returns its host port.
 async fn ensure_running(docker: &Docker, spec: &ContainerSpec<'_>, port: u16) -> Result<u16, Failure> {
     let mut info = docker::ensure_container(docker, spec).await?;
-    if docker::run_state(&info) != RunState::Running {
+    // Restarting (Docker is bringing a crashed container back) is left to
+    // Docker: a start would be refused, and the crash is reported below.
+    if matches!(docker::run_state(&info), RunState::Created | RunState::Exited(_)) {
         docker::start(docker, &spec.name).await?;
         info = docker::inspect(docker, &spec.name).await?;
     }

@@ -82,7 +82,9 @@ fn spec<'a>(
 
 async fn ensure_running(docker: &Docker, spec: &ContainerSpec<'_>) -> Result<(), Failure> {
     let info = docker::ensure_container(docker, spec).await?;
-    if docker::run_state(&info) != RunState::Running {
+    // A restarting container is Docker's to bring back (a start would be
+    // refused); the watch reports the crash.
+    if matches!(docker::run_state(&info), RunState::Created | RunState::Exited(_)) {
         docker::start(docker, &spec.name).await?;
     }
     Ok(())
