@@ -479,15 +479,20 @@ async fn a_healthy_app_passes_only_after_min_ready() {
     }
 }
 
+/// Deploys with `config` (whose `min_ready` is 5 s) and `settings`, and runs
+/// the health check, which must fail well before the settling period ends.
+async fn fails_while_settling(config: &str, settings: &Settings) -> StepFailed {
+    let mut f = Fixture::new(&format!("[web]\nhealth_timeout = \"20s\"\nmin_ready = \"5s\"\n{config}")).await;
+    f.deploy(settings).await;
+    let started = Instant::now();
+    let failure = failed(f.run(Step::HealthCheck, settings).await, Step::HealthCheck);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}: not at once", started.elapsed());
+    failure
+}
+
 #[tokio::test]
 async fn a_web_container_that_exits_while_settling_fails_the_check_naming_the_exit_code() {
-    let mut f = Fixture::new("[web]\nhealth_timeout = \"20s\"\nmin_ready = \"5s\"\n").await;
-    let settings = env(&[("EXIT_AFTER", "1"), ("TOKEN", "tok-5ecret-42")]);
-    f.deploy(&settings).await;
-
-    let started = Instant::now();
-    let failure = failed(f.run(Step::HealthCheck, &settings).await, Step::HealthCheck);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}: not at once", started.elapsed());
+    let failure = fails_while_settling("", &env(&[("EXIT_AFTER", "1"), ("TOKEN", "tok-5ecret-42")])).await;
     assert!(failure.reason.contains("exited with code 5"), "{}", failure.reason);
     assert!(failure.reason.contains("had answered healthily for"), "{}", failure.reason);
     assert!(failure.details.iter().any(|l| l == "giving up, token ***"), "{:?}", failure.details);
@@ -496,13 +501,7 @@ async fn a_web_container_that_exits_while_settling_fails_the_check_naming_the_ex
 
 #[tokio::test]
 async fn a_web_container_oom_killed_while_settling_fails_the_check_naming_oom() {
-    let mut f = Fixture::new("[web]\nhealth_timeout = \"20s\"\nmin_ready = \"5s\"\nmemory = \"16m\"\n").await;
-    let settings = env(&[("HOG", "1")]);
-    f.deploy(&settings).await;
-
-    let started = Instant::now();
-    let failure = failed(f.run(Step::HealthCheck, &settings).await, Step::HealthCheck);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}: not at once", started.elapsed());
+    let failure = fails_while_settling("memory = \"16m\"\n", &env(&[("HOG", "1")])).await;
     assert!(failure.reason.contains("OOM-killed"), "{}", failure.reason);
     assert!(failure.reason.contains("137 (SIGKILL)"), "{}", failure.reason);
 }
