@@ -608,16 +608,30 @@ async fn a_release_command_past_its_timeout_is_killed() {
     assert_eq!(failure.details, vec!["waiting"]);
 }
 
+/// Runs the release step, which must succeed; the first command's stored log.
+async fn first_release_log(f: &Fixture) -> String {
+    let ran = match f.run(Step::Release, &Settings::new()).await {
+        Event::ReleaseCommandsRan(r) => r,
+        other => panic!("release: {other:?}"),
+    };
+    std::fs::read_to_string(ran.results[0].log_ref.as_deref().expect("log_ref")).expect("the release log")
+}
+
+#[tokio::test]
+async fn a_release_command_runs_under_the_web_memory_limit() {
+    // The container's own view of its memory cgroup (v2, else v1).
+    let command = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes";
+    let f = Fixture::new(&format!("[web]\nmemory = \"64m\"\n[release]\ncommands = [{command:?}]\n")).await;
+    let log = first_release_log(&f).await;
+    assert_eq!(log.trim(), (64u64 << 20).to_string());
+}
+
 #[tokio::test]
 async fn a_chatty_release_command_keeps_a_capped_log_saying_what_was_cut() {
     // About 6 MB in lines of 1001 bytes; the stored log keeps 5 MiB of it.
     let command = "line=$(head -c 1000 /dev/zero | tr '\\0' x); yes \"$line\" | head -n 6000; echo the end";
     let f = Fixture::new(&format!("[release]\ncommands = [{command:?}]\n")).await;
-    let ran = match f.run(Step::Release, &Settings::new()).await {
-        Event::ReleaseCommandsRan(r) => r,
-        other => panic!("release: {other:?}"),
-    };
-    let log = std::fs::read_to_string(ran.results[0].log_ref.as_deref().expect("log_ref")).expect("log");
+    let log = first_release_log(&f).await;
     assert!(log.len() <= slipway_workers::steps::log_cap::LOG_CAP + 200, "{} bytes stored", log.len());
     assert!(log.contains(" cut here; a stored log keeps its first 4 MiB and last 1 MiB]\n"), "no marker");
     assert!(log.ends_with("the end\n"), "the tail is kept");
