@@ -2,7 +2,9 @@
 //! version negotiated down to the engine's), the deterministic names and
 //! labels that make every step idempotent, the container look-ups the steps
 //! have in common (find by name, published port, last log lines, removal),
-//! and the `Failure` every step reports as `StepFailed`.
+//! how every container is configured (limits, restart policy, log rotation),
+//! how a crash is told (`Crash`), and the `Failure` every step reports as
+//! `StepFailed`.
 //!
 //! Names derive from the deployment id and the container's role, so a
 //! redelivered command finds what its first delivery created instead of
@@ -25,8 +27,8 @@ use bollard::models::{
     PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -237,19 +239,22 @@ pub struct Crash {
     pub oom: bool,
     /// How often Docker restarted it.
     pub restarts: i64,
-    /// It is still waiting to be restarted, or stopped for good.
-    pub down: bool,
 }
 
 impl Crash {
-    /// "exited with code 137 (SIGKILL), OOM-killed, restarted 2 times by Docker".
+    /// "was OOM-killed (it went over its memory limit), exited with code 137
+    /// (SIGKILL), was restarted 2 times by Docker": what a user checks first
+    /// (memory, then the code and signal), then how often it happened.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if self.oom {
             parts.push("was OOM-killed (it went over its memory limit)".to_string());
         }
         match self.exit_code {
-            Some(code) => parts.push(format!("exited with code {code}{}", signal_of(code).map(|s| format!(" ({s})")).unwrap_or_default())),
+            Some(code) => {
+                let signal = signal_of(code).map(|s| format!(" ({s})")).unwrap_or_default();
+                parts.push(format!("exited with code {code}{signal}"));
+            }
             None if !self.oom => parts.push("exited".to_string()),
             None => {}
         }
@@ -300,7 +305,7 @@ pub fn crash_in(info: &ContainerInspectResponse) -> Option<Crash> {
     // A running container's exit code is reset to 0 by its restart: only a
     // container that is down still tells how it ended.
     let exit_code = if down { state.exit_code } else { None };
-    Some(Crash { exit_code, oom: down && state.oom_killed == Some(true), restarts, down })
+    Some(Crash { exit_code, oom: down && state.oom_killed == Some(true), restarts })
 }
 
 /// `crash` completed from Docker's record of the container's `die` and
@@ -676,9 +681,9 @@ mod tests {
         assert_eq!(signal_of(143), Some("SIGTERM"));
         assert_eq!(signal_of(3), None);
         assert_eq!(signal_of(128), None);
-        let exited = Crash { exit_code: Some(3), down: true, ..Crash::default() };
+        let exited = Crash { exit_code: Some(3), ..Crash::default() };
         assert_eq!(exited.describe(), "exited with code 3");
-        let oom = Crash { exit_code: Some(137), oom: true, restarts: 2, down: false };
+        let oom = Crash { exit_code: Some(137), oom: true, restarts: 2 };
         assert_eq!(
             oom.describe(),
             "was OOM-killed (it went over its memory limit), exited with code 137 (SIGKILL), was restarted 2 times by Docker"
@@ -697,10 +702,10 @@ mod tests {
         };
         assert_eq!(crash_in(&info("running", false, 0, false, 0)), None);
         let restarting = crash_in(&info("restarting", true, 137, true, 1)).expect("a crash");
-        assert_eq!(restarting, Crash { exit_code: Some(137), oom: true, restarts: 1, down: true });
+        assert_eq!(restarting, Crash { exit_code: Some(137), oom: true, restarts: 1 });
         // Running again after a restart: its state no longer says how it ended.
         let again = crash_in(&info("running", false, 0, false, 3)).expect("a crash");
-        assert_eq!(again, Crash { exit_code: None, oom: false, restarts: 3, down: false });
+        assert_eq!(again, Crash { exit_code: None, oom: false, restarts: 3 });
         assert_eq!(crash_in(&info("exited", false, 7, false, 0)).and_then(|c| c.exit_code), Some(7));
     }
 

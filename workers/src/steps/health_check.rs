@@ -101,11 +101,6 @@ async fn check(ctx: &DeploymentContext, env: &Settings) -> Result<HealthCheckPas
     let url = format!("http://127.0.0.1:{port}{}", web.health_path);
     let container = ctx.web_container.clone().unwrap_or_else(|| docker::container_name(ctx, &Role::Web));
     let docker = docker::connect().await.ok();
-    let evidence = |docker: &Docker| {
-        let container = container.clone();
-        let docker = docker.clone();
-        async move { scrub(docker::last_log_lines(&docker, &container).await, env) }
-    };
     let timeout = web.health_timeout.0;
     let min_ready = web.min_ready.0;
     let started = Instant::now();
@@ -139,7 +134,7 @@ async fn check(ctx: &DeploymentContext, env: &Settings) -> Result<HealthCheckPas
                     None => format!("before GET {url} answered 2xx or 3xx (last: {last})"),
                 };
                 return Err(Failure::new(format!("web container {container} {gone} {when}"))
-                    .with_details(evidence(docker).await));
+                    .with_details(evidence(docker, &container, env).await));
             }
         }
         if let (true, Some(status)) = (settled, healthy) {
@@ -150,7 +145,7 @@ async fn check(ctx: &DeploymentContext, env: &Settings) -> Result<HealthCheckPas
         if now >= deadline {
             let reason = timed_out(&url, timeout, min_ready, attempts, &last, settling.healthy_for(started.elapsed()));
             let details = match &docker {
-                Some(docker) => evidence(docker).await,
+                Some(docker) => evidence(docker, &container, env).await,
                 None => Vec::new(),
             };
             return Err(Failure::new(reason).with_details(details));
@@ -195,6 +190,11 @@ fn timed_out(
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+/// The container's last log lines, with every setting value scrubbed.
+async fn evidence(docker: &Docker, container: &str, env: &Settings) -> Vec<String> {
+    scrub(docker::last_log_lines(docker, container).await, env)
 }
 
 /// What happened to the web container, if it can no longer be trusted to
