@@ -123,7 +123,7 @@ async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result
         None => Some(format!("{what} timed out after {}", docker::human(timeout))),
     };
     if let Some(reason) = failure {
-        return Err(Failure::new(reason).with_details(docker::tail_lines(&text, LOG_TAIL)));
+        return Err(Failure::new(reason).with_details(super::scrub(docker::tail_lines(&text, LOG_TAIL), one.spec.env)));
     }
     let ran = docker::inspect(docker, &one.spec.name).await.ok().and_then(|info| docker::run_duration(&info));
     Ok(ReleaseCommandResult {
