@@ -6,6 +6,7 @@
 use serde_json::json;
 use chrono::{DateTime, Utc};
 use slipway_engine::history::{self, Timeline};
+use slipway_engine::limits::release_limits;
 use slipway_engine::load;
 use slipway_proto::event::{deployment_stream, environment_stream};
 use slipway_store::EventStore;
@@ -177,7 +178,8 @@ pub async fn status_at(store: &dyn EventStore, project: &str, env: &str, at: &st
         let active = match state.last_succeeded() {
             Some(id) => {
                 let d = load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))?;
-                json!({ "deployment": id, "commit": d.context.commit, "image": d.context.image_id, "settings": d.context.settings })
+                let limits = release_limits(&d.context.config);
+                json!({ "deployment": id, "commit": d.context.commit, "image": d.context.image_id, "settings": d.context.settings, "limits": limits })
             }
             None => serde_json::Value::Null,
         };
@@ -188,9 +190,10 @@ pub async fn status_at(store: &dyn EventStore, project: &str, env: &str, at: &st
         Some(id) => {
             let d = load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))?;
             println!(
-                "{project} {env} at {when}: serving deployment {id}\n  commit {}\n  image  {}\n  settings ({}):",
+                "{project} {env} at {when}: serving deployment {id}\n  commit {}\n  image  {}\n  limits {}\n  settings ({}):",
                 or_dash(d.context.commit.as_deref()),
                 or_dash(d.context.image_id.as_deref()),
+                release_limits(&d.context.config),
                 d.context.settings.len()
             );
             let width = d.context.settings.keys().map(String::len).max().unwrap_or(0);

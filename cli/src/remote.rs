@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use slipway_engine::limits::ReleaseLimits;
 use uuid::Uuid;
 
 use crate::client::{segment, ApiSource, Client, LoggedSource};
@@ -142,6 +143,11 @@ pub fn status_text(project: &str, env: &str, status: &Value) -> String {
                 text(a, "image"),
                 web.unwrap_or_else(|| "-".into())
             ));
+            // A server from before limits were recorded sends none: no line then.
+            let limits = a.get("limits").and_then(|l| serde_json::from_value::<ReleaseLimits>(l.clone()).ok());
+            if let Some(limits) = limits {
+                out.push_str(&format!("  limits {limits}\n"));
+            }
         }
     }
     if let Some(url) = status_url(status) {
@@ -212,6 +218,14 @@ mod tests {
         assert!(status_text("shop", "live", &older).contains("http://127.0.0.1:4100/"));
         let empty = json!({ "active": null, "queue": [] });
         assert_eq!(status_text("shop", "live", &empty), "shop live: nothing deployed yet\n");
+    }
+
+    #[test]
+    fn status_shows_the_limits_the_server_sends() {
+        let limits = json!({ "web": { "memory": "256m", "cpus": "0.5", "pids": 100 }, "processes": { "worker": {} } });
+        let status = json!({ "active": { "deployment": "d1", "limits": limits }, "queue": [] });
+        let text = status_text("shop", "live", &status);
+        assert!(text.contains("\n  limits web memory 256m, cpus 0.5, pids 100; worker no limits\n"), "{text}");
     }
 
     #[test]

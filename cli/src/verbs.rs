@@ -4,6 +4,7 @@
 //! API's answers where the API has the same view.
 
 use futures::TryStreamExt;
+use slipway_engine::limits::release_limits;
 use slipway_engine::load;
 use slipway_engine::requests::{self, NewProject, SettingValue};
 use slipway_proto::event::deployment_stream;
@@ -145,6 +146,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
                 "commit": d.context.commit,
                 "image": d.context.image_id,
                 "web": d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")),
+                "limits": release_limits(&d.context.config),
             })
         });
         let url = routes.first().map(|r| r.url.clone()).or_else(|| active.as_ref().and_then(|a| a["web"].as_str().map(str::to_string)));
@@ -162,10 +164,11 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
         None => println!("{project} {env}: nothing deployed yet"),
         Some((id, d)) => {
             println!(
-                "{project} {env}: serving deployment {id}\n  commit {}\n  image  {}\n  web    {}",
+                "{project} {env}: serving deployment {id}\n  commit {}\n  image  {}\n  web    {}\n  limits {}",
                 d.context.commit.unwrap_or_default(),
                 d.context.image_id.unwrap_or_default(),
-                d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")).unwrap_or_else(|| "-".into())
+                d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")).unwrap_or_else(|| "-".into()),
+                release_limits(&d.context.config)
             );
             for r in &routes {
                 println!("  route  {} (router {})", r.url, r.router);

@@ -112,7 +112,11 @@ async fn run_deployment(store: &SqliteStore, project: &str, env: &str, id: Uuid,
                 serde_json::json!({
                     "commit": canned.commit,
                     "workspace": "/w",
-                    "config": { "release": { "commands": canned.commands } },
+                    "config": {
+                        "web": { "memory": "128m", "cpus": "0.5" },
+                        "release": { "commands": canned.commands },
+                        "processes": { "worker": { "command": ["w"], "pids": 20 } },
+                    },
                 }),
             ),
             Step::Build => event(
@@ -269,6 +273,15 @@ async fn history_diff_and_status_at_read_two_recorded_releases() {
     assert!(now.contains(&format!("commit {commit_b}")) && now.contains("image  sha256:bbbb2222"), "{now}");
     assert!(now.contains(&format!("DATABASE_URL  {}", settings_b["DATABASE_URL"])) && now.contains("NEW_KEY  "), "{now}");
     assert!(!now.contains("DEBUG"), "{now}");
+    assert!(now.contains("\n  limits web memory 128m, cpus 0.5; worker pids 20\n"), "{now}");
+
+    // status: what serves now, with the limits it runs under.
+    let status = dir.ok(&["status", "shop", "live"]);
+    assert!(status.contains(&format!("serving deployment {b}")), "{status}");
+    assert!(status.contains("\n  limits web memory 128m, cpus 0.5; worker pids 20\n"), "{status}");
+    let json: serde_json::Value = serde_json::from_str(&dir.ok(&["status", "shop", "live", "--json"])).unwrap();
+    let limits = serde_json::json!({ "web": { "memory": "128m", "cpus": "0.5" }, "processes": { "worker": { "pids": 20 } } });
+    assert_eq!(json["active"]["limits"], limits, "{json}");
 
     let bad = dir.slipway(&["status", "shop", "live", "--at", "yesterday"]);
     assert!(!bad.status.success());

@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod driver;
 pub mod environment;
 pub mod history;
+pub mod limits;
 pub mod load;
 pub mod project;
 pub mod rebuild;

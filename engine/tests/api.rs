@@ -119,7 +119,11 @@ impl Api {
                 Step::Checkout => Event::CheckedOut(CheckedOut {
                     commit: commit.into(),
                     workspace: "/w".into(),
-                    config: json!({"release": {"commands": ["migrate"]}}),
+                    config: json!({
+                        "web": {"memory": "256m", "cpus": "0.5"},
+                        "release": {"commands": ["migrate"]},
+                        "processes": {"worker": {"command": ["w"], "pids": 20}},
+                    }),
                 }),
                 Step::Build => Event::ImageBuilt(ImageBuilt {
                     image_id: format!("sha256:{commit}"),
@@ -540,6 +544,8 @@ async fn a_finished_deployment_shows_steps_history_logs_and_a_diff() {
     assert_eq!(releases[0]["origin"], "built");
     let status = api.get("/api/projects/hello/environments/test").await.json();
     assert_eq!((id(&status["active"]["deployment"]), status["active"]["commit"].as_str()), (good, Some("aaa111")));
+    let limits = json!({"web": {"memory": "256m", "cpus": "0.5"}, "processes": {"worker": {"pids": 20}}});
+    assert_eq!(status["active"]["limits"], limits, "the limits its recorded slipway.toml set");
 }
 
 #[tokio::test]

@@ -446,16 +446,21 @@ impl Default for AppRepo {
     }
 }
 
-/// `slipway_toml` with `[web] watch = 0` and a short `min_ready` unless it
-/// sets them: most tests are about something else, and each deployment
-/// would otherwise wait out a 60 s watch and a 3 s settling period.
+/// The `[web] min_ready` the test apps get unless their `slipway.toml` sets
+/// one: busybox httpd is ready at once, and the default (3 s) would add
+/// three seconds to every deployment of the suite without testing anything.
+pub const TEST_MIN_READY: &str = "300ms";
+
+/// `slipway_toml` with `[web] watch = 0` and `min_ready = TEST_MIN_READY`
+/// unless it sets them: most tests are about something else, and each
+/// deployment would otherwise wait out a 60 s watch and a 3 s settling period.
 pub fn quick_config(slipway_toml: &str) -> String {
     let mut defaults = String::new();
     if !slipway_toml.contains("watch") {
         defaults.push_str("watch = 0\n");
     }
     if !slipway_toml.contains("min_ready") {
-        defaults.push_str("min_ready = \"100ms\"\n");
+        defaults.push_str(&format!("min_ready = \"{TEST_MIN_READY}\"\n"));
     }
     match slipway_toml.find("[web]\n") {
         Some(at) => {
@@ -479,7 +484,7 @@ pub fn busybox_app(body: &str, slipway_toml: &str, extra_dockerfile: &str) -> BT
         ("Dockerfile".to_string(), dockerfile.into_bytes()),
         (".dockerignore".to_string(), b".git\n".to_vec()),
         ("www/index.html".to_string(), format!("{body}\n").into_bytes()),
-        ("slipway.toml".to_string(), slipway_toml.as_bytes().to_vec()),
+        ("slipway.toml".to_string(), slipway_toml.into_bytes()),
     ])
 }
 
@@ -551,13 +556,23 @@ impl Queue for Losing {
 
 #[cfg(test)]
 mod tests {
-    use super::quick_config;
+    use super::*;
 
     #[test]
     fn quick_config_adds_only_what_the_test_does_not_set() {
-        assert_eq!(quick_config("[web]\nport = 80\n"), "[web]\nwatch = 0\nmin_ready = \"100ms\"\nport = 80\n");
-        assert_eq!(quick_config("[web]\nwatch = \"5s\"\n"), "[web]\nmin_ready = \"100ms\"\nwatch = \"5s\"\n");
-        assert_eq!(quick_config("[release]\ncommands = []\n"), "[web]\nwatch = 0\nmin_ready = \"100ms\"\n\n[release]\ncommands = []\n");
-        slipway_proto::config::AppConfig::parse(&quick_config("[web]\nport = 80\n"), "t").expect("valid");
+        assert_eq!(quick_config("[web]\nport = 80\n"), "[web]\nwatch = 0\nmin_ready = \"300ms\"\nport = 80\n");
+        assert_eq!(quick_config("[web]\nwatch = \"5s\"\n"), "[web]\nmin_ready = \"300ms\"\nwatch = \"5s\"\n");
+        assert_eq!(quick_config("[web]\nwatch = 0\nmin_ready = \"2s\"\n"), "[web]\nwatch = 0\nmin_ready = \"2s\"\n");
+        assert_eq!(quick_config("[release]\ncommands = []\n"), "[web]\nwatch = 0\nmin_ready = \"300ms\"\n\n[release]\ncommands = []\n");
+        slipway_proto::config::AppConfig::parse(&quick_config(""), "slipway.toml").expect("valid");
+    }
+
+    #[test]
+    fn the_example_app_settles_for_a_second_under_limits_and_is_watched() {
+        let text = include_str!("../../examples/hello/slipway.toml");
+        let config = slipway_proto::config::AppConfig::parse(text, "examples/hello/slipway.toml").expect("valid");
+        assert_eq!(config.web.min_ready.0, std::time::Duration::from_secs(1));
+        assert_eq!(config.web.watch.0, std::time::Duration::from_secs(10));
+        assert_eq!(config.web.limits().memory.map(|m| m.human()).as_deref(), Some("64m"));
     }
 }

@@ -47,8 +47,14 @@ CMD ["/bin/sh","/start.sh"]
 "#;
 
 /// The base app: busybox httpd as PID 1 (which ignores SIGTERM), unless
-/// `CRASH` is set, in which case it says so on stderr and exits 3 after a second.
+/// - `CRASH` is set: it says so on stderr and exits 3 after a second;
+/// - `EXIT_AFTER` is set: httpd answers (in the background) for that many
+///   seconds, then the shell says goodbye with `$TOKEN` on stderr and exits 5;
+/// - `HOG` is set: httpd answers, and after a second the shell allocates
+///   200 MB (a small memory limit gets it OOM-killed).
 const START_SH: &str = r#"if [ -n "$CRASH" ]; then echo "$CRASH" >&2; sleep 1; exit 3; fi
+if [ -n "$EXIT_AFTER" ]; then httpd -p 80 -h /www; sleep "$EXIT_AFTER"; echo "giving up, token $TOKEN" >&2; exit 5; fi
+if [ -n "$HOG" ]; then httpd -p 80 -h /www; sleep 1; x=$(head -c 200000000 /dev/zero | tr '\0' a); fi
 exec httpd -f -p 80 -h /www
 "#;
 
@@ -248,6 +254,8 @@ impl Fixture {
             env: &Settings::new(),
             labels: dock::labels(&self.ctx, &role.to_string()),
             publish: None,
+            limits: Default::default(),
+            lifetime: dock::Lifetime::OneOff,
         };
         dock::ensure_container(&docker().await, &spec).await.expect("create a one-off");
         spec.name
@@ -452,8 +460,9 @@ async fn deploy_publishes_on_loopback_and_a_redelivery_reuses_the_container() {
 // ----------------------------------------------------------- health check --
 
 #[tokio::test]
-async fn a_health_check_on_a_running_app_passes_at_once() {
-    let mut f = Fixture::new("[web]\nhealth_path = \"/healthz\"\nhealth_timeout = \"10s\"\n").await;
+async fn a_healthy_app_passes_only_after_min_ready() {
+    let config = "[web]\nhealth_path = \"/healthz\"\nhealth_timeout = \"10s\"\nmin_ready = \"1s\"\n";
+    let mut f = Fixture::new(config).await;
     let started = f.deploy(&Settings::new()).await;
     let url = format!("http://127.0.0.1:{}/healthz", started.host_port);
     eventually("httpd is up", Duration::from_secs(5), || async { get_status(&url, Duration::from_secs(1)).await.ok() })
@@ -462,11 +471,39 @@ async fn a_health_check_on_a_running_app_passes_at_once() {
     match f.run(Step::HealthCheck, &Settings::new()).await {
         Event::HealthCheckPassed(p) => {
             assert_eq!((p.path.as_str(), p.status), ("/healthz", 200));
-            assert!(p.attempts <= 2, "attempts: {}", p.attempts);
-            assert!(p.elapsed_ms < 1000, "elapsed: {} ms", p.elapsed_ms);
+            assert!(p.elapsed_ms >= 1000, "passed after {} ms, before min_ready (1s)", p.elapsed_ms);
+            assert!(p.elapsed_ms < 2500, "settling took {} ms for a 1 s min_ready", p.elapsed_ms);
+            assert!(p.attempts >= health_check::MIN_SUCCESSES, "attempts: {}", p.attempts);
         }
         other => panic!("health check: {other:?}"),
     }
+}
+
+/// Deploys with `config` (whose `min_ready` is 5 s) and `settings`, and runs
+/// the health check, which must fail well before the settling period ends.
+async fn fails_while_settling(config: &str, settings: &Settings) -> StepFailed {
+    let mut f = Fixture::new(&format!("[web]\nhealth_timeout = \"20s\"\nmin_ready = \"5s\"\n{config}")).await;
+    f.deploy(settings).await;
+    let started = Instant::now();
+    let failure = failed(f.run(Step::HealthCheck, settings).await, Step::HealthCheck);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}: not at once", started.elapsed());
+    failure
+}
+
+#[tokio::test]
+async fn a_web_container_that_exits_while_settling_fails_the_check_naming_the_exit_code() {
+    let failure = fails_while_settling("", &env(&[("EXIT_AFTER", "1"), ("TOKEN", "tok-5ecret-42")])).await;
+    assert!(failure.reason.contains("exited with code 5"), "{}", failure.reason);
+    assert!(failure.reason.contains("had answered healthily for"), "{}", failure.reason);
+    assert!(failure.details.iter().any(|l| l == "giving up, token ***"), "{:?}", failure.details);
+    assert!(!failure.details.iter().any(|l| l.contains("tok-5ecret-42")), "{:?}", failure.details);
+}
+
+#[tokio::test]
+async fn a_web_container_oom_killed_while_settling_fails_the_check_naming_oom() {
+    let failure = fails_while_settling("memory = \"16m\"\n", &env(&[("HOG", "1")])).await;
+    assert!(failure.reason.contains("OOM-killed"), "{}", failure.reason);
+    assert!(failure.reason.contains("137 (SIGKILL)"), "{}", failure.reason);
 }
 
 #[tokio::test]
@@ -479,6 +516,31 @@ async fn a_health_check_fails_early_when_the_web_container_exits() {
     assert!(started.elapsed() < Duration::from_secs(6), "took {:?} of a 30 s timeout", started.elapsed());
     assert!(failure.reason.contains("exited with code 3"), "{}", failure.reason);
     assert!(failure.details.iter().any(|l| l.contains("fatal: DATABASE_URL is not set")), "{:?}", failure.details);
+}
+
+// ----------------------------------------------------------------- limits --
+
+#[tokio::test]
+async fn limits_restart_policy_and_log_rotation_show_in_docker_inspect() {
+    let config = "[web]\nmemory = \"64m\"\ncpus = 0.5\npids = 50\n\
+                  [processes.worker]\ncommand = [\"sleep\", \"3600\"]\nmemory = \"32m\"\ncpus = \"0.25\"\npids = 20\n";
+    let mut f = Fixture::new(config).await;
+    let web = f.deploy(&Settings::new()).await.container;
+    let event = f.run(Step::Processes, &Settings::new()).await;
+    assert!(matches!(event, Event::ProcessesStarted(_)), "processes: {event:?}");
+    let worker = f.name(&Role::Process { name: "worker".into(), replica: 1 });
+
+    for (name, memory, nano_cpus, pids) in [(web, 64 << 20, 500_000_000, 50), (worker, 32 << 20, 250_000_000, 20)] {
+        let host = docker().await.inspect_container(&name, None).await.expect("inspect").host_config.expect("host config");
+        assert_eq!((host.memory, host.memory_swap), (Some(memory), Some(memory)), "{name}: memory, no swap past it");
+        assert_eq!((host.nano_cpus, host.pids_limit), (Some(nano_cpus), Some(pids)), "{name}: cpus and pids");
+        let restart = host.restart_policy.and_then(|r| r.name).map(|n| n.to_string());
+        assert_eq!(restart.as_deref(), Some("unless-stopped"), "{name}");
+        let log = host.log_config.expect("a log config");
+        assert_eq!(log.typ.as_deref(), Some("json-file"), "{name}");
+        let options = log.config.expect("log options");
+        assert_eq!((options["max-size"].as_str(), options["max-file"].as_str()), ("10m", "3"), "{name}");
+    }
 }
 
 // ---------------------------------------------------------------- release --
@@ -546,6 +608,35 @@ async fn a_release_command_past_its_timeout_is_killed() {
     assert_eq!(failure.details, vec!["waiting"]);
 }
 
+/// Runs the release step, which must succeed; the first command's stored log.
+async fn first_release_log(f: &Fixture) -> String {
+    let ran = match f.run(Step::Release, &Settings::new()).await {
+        Event::ReleaseCommandsRan(r) => r,
+        other => panic!("release: {other:?}"),
+    };
+    std::fs::read_to_string(ran.results[0].log_ref.as_deref().expect("log_ref")).expect("the release log")
+}
+
+#[tokio::test]
+async fn a_release_command_runs_under_the_web_memory_limit() {
+    // The container's own view of its memory cgroup (v2, else v1).
+    let command = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes";
+    let f = Fixture::new(&format!("[web]\nmemory = \"64m\"\n[release]\ncommands = [{command:?}]\n")).await;
+    let log = first_release_log(&f).await;
+    assert_eq!(log.trim(), (64u64 << 20).to_string());
+}
+
+#[tokio::test]
+async fn a_chatty_release_command_keeps_a_capped_log_saying_what_was_cut() {
+    // About 6 MB in lines of 1001 bytes; the stored log keeps 5 MiB of it.
+    let command = "line=$(head -c 1000 /dev/zero | tr '\\0' x); yes \"$line\" | head -n 6000; echo the end";
+    let f = Fixture::new(&format!("[release]\ncommands = [{command:?}]\n")).await;
+    let log = first_release_log(&f).await;
+    assert!(log.len() <= slipway_workers::steps::log_cap::LOG_CAP + 200, "{} bytes stored", log.len());
+    assert!(log.contains(" cut here; a stored log keeps its first 4 MiB and last 1 MiB]\n"), "no marker");
+    assert!(log.ends_with("the end\n"), "the tail is kept");
+}
+
 #[tokio::test]
 async fn release_is_skipped_without_run_release_and_empty_without_commands() {
     let mut f = Fixture::new("[release]\ncommands = [\"exit 1\"]\n").await;
@@ -586,7 +677,9 @@ async fn a_process_that_exits_at_once_fails_the_step() {
     let failure = failed(f.run(Step::Processes, &Settings::new()).await, Step::Processes);
     assert!(failure.reason.contains("process `broken`"), "{}", failure.reason);
     assert!(failure.reason.contains("exited with code 4"), "{}", failure.reason);
-    assert_eq!(failure.details, vec!["cannot reach the queue"]);
+    // Docker may have restarted it (`unless-stopped`) before the step looked: one line per run.
+    assert!(!failure.details.is_empty(), "no log lines");
+    assert!(failure.details.iter().all(|l| l == "cannot reach the queue"), "{:?}", failure.details);
 }
 
 // ---------------------------------------------------------------- cleanup --

@@ -21,6 +21,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, OptionalJson, Params, QueryParams};
 use super::{load_deployment, load_environment, load_error, queued_behind, require_environment, ApiResult, Caller, Store};
 use crate::history::Release;
+use crate::limits::{release_limits, ReleaseLimits};
 use crate::requests::{self, SettingValue};
 
 pub(super) type Accepted<T> = (StatusCode, [(HeaderName, String); 1], Json<T>);
@@ -48,6 +49,11 @@ pub struct ActiveRelease {
     commit: Option<String>,
     image: Option<String>,
     web_port: Option<u16>,
+    /// The resource limits it runs under, from its recorded `slipway.toml`:
+    /// `{"web": {"memory": "256m", "cpus": "0.5", "pids": 100}, "processes":
+    /// {"worker": {}}}` (an empty object: no limit).
+    #[schema(value_type = Object)]
+    limits: ReleaseLimits,
 }
 
 #[utoipa::path(get, path = "/api/projects/{name}/environments/{env}", tag = "environments",
@@ -60,7 +66,9 @@ pub async fn status(State(store): Store, Params((name, env)): Params<(String, St
     let active = match state.last_succeeded() {
         Some(id) => {
             let d = load_deployment(&*store, id).await?;
-            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port: d.context.web_port })
+            let limits = release_limits(&d.context.config);
+            let c = d.context;
+            Some(ActiveRelease { deployment: id, commit: c.commit, image: c.image_id, web_port: c.web_port, limits })
         }
         None => None,
     };

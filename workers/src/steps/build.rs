@@ -1,6 +1,7 @@
 //! `Step::Build`: builds the deployment's image from the `Dockerfile` at the
 //! root of its checkout, streaming the build log to `<logs>/<id>/build.log`
-//! (the event records where it is and its sha256, never the log itself).
+//! (the event records where it is and its sha256, never the log itself),
+//! capped by `log_cap` (first 4 MiB and last 1 MiB, a marker between).
 //!
 //! The build context is the checkout minus what `.dockerignore` excludes,
 //! matched with the `ignore` crate's gitignore engine after rewriting each
@@ -42,6 +43,7 @@ use slipway_proto::Event;
 use tokio::io::AsyncWriteExt;
 
 use super::docker::{self, Failure, LOG_TAIL};
+use super::log_cap::CappedLog;
 use super::pinning;
 use super::{Runtime, Settings};
 
@@ -256,12 +258,13 @@ async fn drain(
     first_error.map_or(Ok(()), Err)
 }
 
-/// The build log on disk, its running digest, and its last lines.
+/// The build log on disk (capped), its running digest, and its last lines.
 struct BuildLog {
     path: PathBuf,
     file: tokio::fs::File,
     hasher: Sha256,
     tail: VecDeque<String>,
+    cap: CappedLog,
 }
 
 impl BuildLog {
@@ -271,12 +274,14 @@ impl BuildLog {
             tokio::fs::create_dir_all(dir).await.map_err(fail)?;
         }
         let file = tokio::fs::File::create(path).await.map_err(fail)?;
-        Ok(BuildLog { path: path.to_path_buf(), file, hasher: Sha256::new(), tail: VecDeque::new() })
+        let cap = CappedLog::default();
+        Ok(BuildLog { path: path.to_path_buf(), file, hasher: Sha256::new(), tail: VecDeque::new(), cap })
     }
 
     async fn write(&mut self, text: &str) -> Result<(), Failure> {
-        self.file.write_all(text.as_bytes()).await.map_err(|e| self.io_failure(e))?;
-        self.hasher.update(text.as_bytes());
+        let now = self.cap.push(text);
+        self.append(&now).await?;
+        // The failure evidence comes from everything the build said, cut or not.
         for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
             if self.tail.len() == LOG_TAIL {
                 self.tail.pop_front();
@@ -286,8 +291,17 @@ impl BuildLog {
         Ok(())
     }
 
-    /// Flushes the log; returns its sha256 (hex) and its last lines.
+    async fn append(&mut self, text: &str) -> Result<(), Failure> {
+        self.file.write_all(text.as_bytes()).await.map_err(|e| self.io_failure(e))?;
+        self.hasher.update(text.as_bytes());
+        Ok(())
+    }
+
+    /// Writes the held-back tail, flushes the log; returns its sha256 (hex,
+    /// of the stored bytes) and its last lines.
     async fn finish(mut self) -> Result<(String, Vec<String>), Failure> {
+        let end = std::mem::take(&mut self.cap).finish();
+        self.append(&end).await?;
         self.file.flush().await.map_err(|e| self.io_failure(e))?;
         Ok((hex::encode(self.hasher.finalize()), self.tail.into()))
     }

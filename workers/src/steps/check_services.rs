@@ -147,7 +147,7 @@ pub fn redact_secrets(text: &str, address: &str) -> String {
 
 /// The passwords in a URL, raw and %-decoded, longest first so that a
 /// longer form is not left half-replaced by a shorter one.
-fn secrets_in(url: &str) -> Vec<String> {
+pub(crate) fn secrets_in(url: &str) -> Vec<String> {
     let mut raw = Vec::new();
     if let Some(scheme_end) = url.find("://").map(|i| i + 3) {
         let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);

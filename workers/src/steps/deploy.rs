@@ -12,7 +12,7 @@ use slipway_proto::config::AppConfig;
 use slipway_proto::event::WebContainerStarted;
 use slipway_proto::Event;
 
-use super::docker::{self, ContainerSpec, Failure, Role, RunState};
+use super::docker::{self, ContainerSpec, Failure, Lifetime, Role, RunState};
 use super::{Runtime, Settings};
 
 pub async fn run(command: &RunStep, env: &Settings, _rt: &Runtime) -> Event {
@@ -24,7 +24,8 @@ pub async fn run(command: &RunStep, env: &Settings, _rt: &Runtime) -> Event {
 
 async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted, Failure> {
     let ctx = &command.context;
-    let port = AppConfig::from_value(&ctx.config).map_err(Failure::new)?.web.port;
+    let web = AppConfig::from_value(&ctx.config).map_err(Failure::new)?.web;
+    let port = web.port;
     let docker = docker::connect().await?;
     let image = docker::local_image(&docker, ctx, "the deploy").await?;
     let spec = ContainerSpec {
@@ -34,6 +35,8 @@ async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted
         env,
         labels: docker::labels(ctx, &Role::Web.to_string()),
         publish: Some(port),
+        limits: web.limits(),
+        lifetime: Lifetime::Serving,
     };
     let host_port = ensure_running(&docker, &spec, port).await?;
     Ok(WebContainerStarted { container: spec.name, host_port })
@@ -42,7 +45,9 @@ async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted
 /// Creates (unless it exists) and starts the container; returns its host port.
 async fn ensure_running(docker: &Docker, spec: &ContainerSpec<'_>, port: u16) -> Result<u16, Failure> {
     let mut info = docker::ensure_container(docker, spec).await?;
-    if docker::run_state(&info) != RunState::Running {
+    // Restarting (Docker is bringing a crashed container back) is left to
+    // Docker: a start would be refused, and the crash is reported below.
+    if matches!(docker::run_state(&info), RunState::Created | RunState::Exited(_)) {
         docker::start(docker, &spec.name).await?;
         info = docker::inspect(docker, &spec.name).await?;
     }
@@ -50,10 +55,12 @@ async fn ensure_running(docker: &Docker, spec: &ContainerSpec<'_>, port: u16) ->
         return Ok(host_port);
     }
     // The engine drops the port mapping once the process exits.
-    let state = match docker::run_state(&info) {
-        RunState::Exited(code) => format!("exited with code {code} right after it started"),
-        other => format!("is {other} but publishes no port {port} on 127.0.0.1"),
+    let state = match (docker::crash_in(&info), docker::run_state(&info)) {
+        (Some(crash), _) => {
+            format!("{} right after it started", docker::crash_evidence(docker, &info, crash).await.describe())
+        }
+        (None, other) => format!("is {other} but publishes no port {port} on 127.0.0.1"),
     };
-    let details = docker::last_log_lines(docker, &spec.name).await;
+    let details = super::scrub(docker::last_log_lines(docker, &spec.name).await, spec.env);
     Err(Failure::new(format!("web container {} {state}", spec.name)).with_details(details))
 }

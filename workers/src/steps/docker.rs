@@ -2,7 +2,9 @@
 //! version negotiated down to the engine's), the deterministic names and
 //! labels that make every step idempotent, the container look-ups the steps
 //! have in common (find by name, published port, last log lines, removal),
-//! and the `Failure` every step reports as `StepFailed`.
+//! how every container is configured (limits, restart policy, log rotation),
+//! how a crash is told (`Crash`), and the `Failure` every step reports as
+//! `StepFailed`.
 //!
 //! Names derive from the deployment id and the container's role, so a
 //! redelivered command finds what its first delivery created instead of
@@ -21,16 +23,17 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
 use slipway_proto::command::{DeploymentContext, RunStep};
+use slipway_proto::config::Limits;
 use slipway_proto::event::StepFailed;
 use slipway_proto::{Event, Step};
 use uuid::Uuid;
@@ -44,6 +47,15 @@ pub const LABEL_ROLE: &str = "slipway.role";
 
 /// How many log lines a failure carries as evidence.
 pub const LOG_TAIL: usize = 20;
+
+/// Log rotation of every container a step creates (Docker's `json-file`
+/// driver): at most `LOG_FILES` files of `LOG_MAX_SIZE`, so a chatty app
+/// keeps about 30 MB of recent output and never fills the disk. Docker's
+/// default is unbounded. `docker logs` (and the failure evidence read from
+/// it) still sees the newest lines.
+pub const LOG_DRIVER: &str = "json-file";
+pub const LOG_MAX_SIZE: &str = "10m";
+pub const LOG_FILES: &str = "3";
 
 /// The engine's socket when `DOCKER_HOST` names no unix socket (bollard's default too).
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -216,6 +228,119 @@ pub fn run_state(info: &ContainerInspectResponse) -> RunState {
     }
 }
 
+/// What went wrong with a container that should keep running: it exited,
+/// or Docker restarted it (with `unless-stopped` a crash shows as a restart,
+/// and a restarted container's state no longer says how it ended).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Crash {
+    /// The last exit code, when known (from the state, or Docker's `die` event).
+    pub exit_code: Option<i64>,
+    /// The kernel's OOM killer struck inside the container.
+    pub oom: bool,
+    /// How often Docker restarted it.
+    pub restarts: i64,
+}
+
+impl Crash {
+    /// "was OOM-killed (it went over its memory limit), exited with code 137
+    /// (SIGKILL), was restarted 2 times by Docker": what a user checks first
+    /// (memory, then the code and signal), then how often it happened.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.oom {
+            parts.push("was OOM-killed (it went over its memory limit)".to_string());
+        }
+        match self.exit_code {
+            Some(code) => {
+                let signal = signal_of(code).map(|s| format!(" ({s})")).unwrap_or_default();
+                parts.push(format!("exited with code {code}{signal}"));
+            }
+            None if !self.oom => parts.push("exited".to_string()),
+            None => {}
+        }
+        match self.restarts {
+            0 => {}
+            1 => parts.push("was restarted by Docker".to_string()),
+            n => parts.push(format!("was restarted {n} times by Docker")),
+        }
+        parts.join(", ")
+    }
+}
+
+/// The signal that ended a process, from its exit code: a shell (and Docker)
+/// reports death by signal N as 128 + N.
+pub fn signal_of(exit_code: i64) -> Option<&'static str> {
+    let name = match exit_code.checked_sub(128)? {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => return None,
+    };
+    Some(name)
+}
+
+/// The crash an inspection shows, if any: exited, dead, restarting, or
+/// restarted since its start (Docker's restart count starts at 0 with each
+/// start a step makes, so any restart is a crash).
+pub fn crash_in(info: &ContainerInspectResponse) -> Option<Crash> {
+    let restarts = info.restart_count.unwrap_or(0);
+    let state = info.state.as_ref()?;
+    let down = state.restarting == Some(true)
+        || matches!(state.status, Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD));
+    if !down && restarts == 0 {
+        return None;
+    }
+    // A running container's exit code is reset to 0 by its restart: only a
+    // container that is down still tells how it ended.
+    let exit_code = if down { state.exit_code } else { None };
+    Some(Crash { exit_code, oom: down && state.oom_killed == Some(true), restarts })
+}
+
+/// `crash` completed from Docker's record of the container's `die` and
+/// `oom` events since it was created (the daemon keeps recent events), for
+/// when a restart has already wiped the state. Best effort: without events
+/// the inspection's account stands.
+pub async fn crash_evidence(docker: &Docker, info: &ContainerInspectResponse, mut crash: Crash) -> Crash {
+    let (Some(id), Some(created)) = (info.id.as_deref(), info.created.as_deref()) else { return crash };
+    let Ok(created) = chrono::DateTime::parse_from_rfc3339(created) else { return crash };
+    let since = created.timestamp().to_string();
+    let until = (chrono::Utc::now().timestamp() + 1).to_string();
+    let filters = HashMap::from([
+        ("container", vec![id]),
+        ("type", vec!["container"]),
+        ("event", vec!["die", "oom"]),
+    ]);
+    let options = EventsOptionsBuilder::new().since(&since).until(&until).filters(&filters).build();
+    let mut events = docker.events(Some(options));
+    let read = async {
+        while let Some(Ok(event)) = events.next().await {
+            match event.action.as_deref() {
+                Some("oom") => crash.oom = true,
+                Some("die") => {
+                    let code = event.actor.and_then(|a| a.attributes).and_then(|a| a.get("exitCode")?.parse().ok());
+                    crash.exit_code = code.or(crash.exit_code);
+                }
+                _ => {}
+            }
+        }
+    };
+    // `until` ends the stream; the bound only guards against a daemon that never closes it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    crash
+}
+
 /// How long the container ran, from the engine's own timestamps (so a
 /// redelivery that finds an exited container reports the real duration).
 pub fn run_duration(info: &ContainerInspectResponse) -> Option<Duration> {
@@ -287,6 +412,24 @@ pub struct ContainerSpec<'a> {
     pub labels: HashMap<String, String>,
     /// A container port to publish on 127.0.0.1 at an ephemeral host port.
     pub publish: Option<u16>,
+    /// Memory, CPU and process limits from `slipway.toml`.
+    pub limits: Limits,
+    /// Whether the container is kept running (`Serving`) or runs once (`OneOff`).
+    pub lifetime: Lifetime,
+}
+
+/// How long a container is meant to run, which decides its restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// A web or process container: Docker restarts it after a crash and
+    /// after the daemon itself restarts (`unless-stopped`), until a step
+    /// stops it. Supervision comes from Docker plus Slipway's watchers: the
+    /// health check counts restarts, so a crash-looping container never
+    /// passes it, and a restart after the switch is reported, not hidden.
+    Serving,
+    /// A release command: it runs to its exit code once (`no`); running a
+    /// migration again because it failed would hide the failure.
+    OneOff,
 }
 
 /// Creates the container unless one of that name exists, and inspects it.
@@ -330,11 +473,35 @@ fn create_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(spec.labels.clone()),
         exposed_ports: port_key.map(|key| vec![key]),
-        host_config: Some(HostConfig {
-            port_bindings,
-            // Slipway decides what runs; an engine-side restart would hide a crash from the steps.
-            restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
-            ..Default::default()
+        host_config: Some(host_config(spec.limits, spec.lifetime, port_bindings)),
+        ..Default::default()
+    }
+}
+
+type PortBindings = HashMap<String, Option<Vec<PortBinding>>>;
+
+/// Limits, restart policy and log rotation, as Docker takes them.
+fn host_config(limits: Limits, lifetime: Lifetime, port_bindings: Option<PortBindings>) -> HostConfig {
+    let memory = limits.memory.map(|m| i64::try_from(m.0).unwrap_or(i64::MAX));
+    let restart = match lifetime {
+        Lifetime::Serving => RestartPolicyNameEnum::UNLESS_STOPPED,
+        Lifetime::OneOff => RestartPolicyNameEnum::NO,
+    };
+    HostConfig {
+        port_bindings,
+        memory,
+        // Swap equal to memory: the container cannot swap past its limit, so
+        // exceeding it is an OOM kill, not a slow crawl through swap.
+        memory_swap: memory,
+        nano_cpus: limits.cpus.map(|c| c.nano()),
+        pids_limit: limits.pids.map(i64::from),
+        restart_policy: Some(RestartPolicy { name: Some(restart), maximum_retry_count: None }),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some(LOG_DRIVER.into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                ("max-file".to_string(), LOG_FILES.to_string()),
+            ])),
         }),
         ..Default::default()
     }
@@ -506,6 +673,59 @@ mod tests {
     fn tail_keeps_the_last_non_empty_lines() {
         assert_eq!(tail_lines("a\n\nb\nc\n", 2), vec!["b", "c"]);
         assert_eq!(tail_lines("", 5), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_crash_names_its_code_signal_oom_and_restarts() {
+        assert_eq!(signal_of(137), Some("SIGKILL"));
+        assert_eq!(signal_of(143), Some("SIGTERM"));
+        assert_eq!(signal_of(3), None);
+        assert_eq!(signal_of(128), None);
+        let exited = Crash { exit_code: Some(3), ..Crash::default() };
+        assert_eq!(exited.describe(), "exited with code 3");
+        let oom = Crash { exit_code: Some(137), oom: true, restarts: 2 };
+        assert_eq!(
+            oom.describe(),
+            "was OOM-killed (it went over its memory limit), exited with code 137 (SIGKILL), was restarted 2 times by Docker"
+        );
+        assert_eq!(Crash { restarts: 1, ..Crash::default() }.describe(), "exited, was restarted by Docker");
+    }
+
+    #[test]
+    fn an_inspection_shows_a_crash_by_state_or_restart_count() {
+        let info = |status: &str, restarting: bool, code: i64, oom: bool, restarts: i64| -> ContainerInspectResponse {
+            serde_json::from_value(serde_json::json!({
+                "RestartCount": restarts,
+                "State": { "Status": status, "Restarting": restarting, "ExitCode": code, "OOMKilled": oom },
+            }))
+            .expect("an inspection")
+        };
+        assert_eq!(crash_in(&info("running", false, 0, false, 0)), None);
+        let restarting = crash_in(&info("restarting", true, 137, true, 1)).expect("a crash");
+        assert_eq!(restarting, Crash { exit_code: Some(137), oom: true, restarts: 1 });
+        // Running again after a restart: its state no longer says how it ended.
+        let again = crash_in(&info("running", false, 0, false, 3)).expect("a crash");
+        assert_eq!(again, Crash { exit_code: None, oom: false, restarts: 3 });
+        assert_eq!(crash_in(&info("exited", false, 7, false, 0)).and_then(|c| c.exit_code), Some(7));
+    }
+
+    #[test]
+    fn serving_containers_restart_and_every_container_has_bounded_logs() {
+        let limits = Limits {
+            memory: Some(slipway_proto::config::Memory(256 << 20)),
+            cpus: Some(slipway_proto::config::Cpus(500)),
+            pids: Some(100),
+        };
+        let web = host_config(limits, Lifetime::Serving, None);
+        assert_eq!((web.memory, web.memory_swap), (Some(256 << 20), Some(256 << 20)));
+        assert_eq!((web.nano_cpus, web.pids_limit), (Some(500_000_000), Some(100)));
+        assert_eq!(web.restart_policy.and_then(|r| r.name), Some(RestartPolicyNameEnum::UNLESS_STOPPED));
+        let log = web.log_config.expect("a log config");
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        assert_eq!(log.config.expect("options")["max-size"], "10m");
+        let one_off = host_config(Limits::default(), Lifetime::OneOff, None);
+        assert_eq!(one_off.restart_policy.and_then(|r| r.name), Some(RestartPolicyNameEnum::NO));
+        assert_eq!((one_off.memory, one_off.nano_cpus, one_off.pids_limit), (None, None, None));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod docker;
 pub mod dry_run;
 pub mod git;
 pub mod health_check;
+pub mod log_cap;
 pub mod pinning;
 pub mod pipeline;
 pub mod processes;
@@ -31,6 +32,28 @@ use slipway_proto::Event;
 /// An environment's settings, resolved to values (key -> value) for one
 /// deployment. Values live here and in the store's value table, never in events.
 pub type Settings = BTreeMap<String, String>;
+
+/// Setting values shorter than this are left in evidence: "1" or "on"
+/// would turn every log line into asterisks, and is no secret anyway.
+pub const SCRUB_MIN_LEN: usize = 4;
+
+/// `lines` with every occurrence of a setting's value replaced by `***`.
+/// A worker holds values only, not which of them are secret (the command
+/// carries key -> fingerprint), so every value of `SCRUB_MIN_LEN` characters
+/// or more is treated as one, and so is the password inside a URL value
+/// (an app that cannot log in tends to print just that, whatever its length).
+/// Longer values go first, so a value that contains another is hidden whole.
+pub fn scrub(lines: Vec<String>, settings: &Settings) -> Vec<String> {
+    let long = settings.values().filter(|v| v.len() >= SCRUB_MIN_LEN).cloned();
+    let passwords = settings.values().flat_map(|v| check_services::secrets_in(v));
+    let mut values: Vec<String> = long.chain(passwords).collect();
+    values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    values.dedup();
+    lines
+        .into_iter()
+        .map(|line| values.iter().fold(line, |line, value| line.replace(value.as_str(), "***")))
+        .collect()
+}
 
 /// What steps need besides their command: where to keep checkouts and logs.
 #[derive(Debug, Clone)]
@@ -56,4 +79,28 @@ pub trait Executor: Send + Sync + 'static {
     async fn remove_containers(&self, command: &RemoveContainers) -> Event;
     /// Drains and stops a retired release's containers.
     async fn retire(&self, command: &RetireRelease) -> Event;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubbing_hides_every_value_longest_first_but_not_tiny_ones() {
+        let settings = Settings::from([
+            ("DATABASE_URL".to_string(), "postgres://app:hunter22@db/app".to_string()),
+            ("PASSWORD".to_string(), "hunter22".to_string()),
+            ("DEBUG".to_string(), "1".to_string()),
+            ("CACHE_URL".to_string(), "redis://:p%40s@cache:6379".to_string()),
+        ]);
+        let lines = vec![
+            "connecting to postgres://app:hunter22@db/app".to_string(),
+            "auth failed for hunter22 hunter22 (attempt 1)".to_string(),
+            "cache refused password p@s (p%40s as written)".to_string(),
+        ];
+        assert_eq!(
+            scrub(lines, &settings),
+            vec!["connecting to ***", "auth failed for *** *** (attempt 1)", "cache refused password *** (*** as written)"]
+        );
+    }
 }

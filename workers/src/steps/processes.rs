@@ -4,7 +4,8 @@
 //! `command` in exec form with the environment's settings.
 //!
 //! A process container has no health endpoint, so "started" means "still
-//! running after `START_WINDOW`": a process that exits in that window (a bad
+//! running after `START_WINDOW`": a process that exits (or is restarted by
+//! Docker, its restart policy being `unless-stopped`) in that window (a bad
 //! command, a missing setting) fails the step with its exit code and last
 //! log lines, before any traffic moves. Two seconds catches a crash on
 //! start-up, where most misconfigurations show, without slowing every
@@ -21,7 +22,7 @@ use slipway_proto::config::{AppConfig, ProcessConfig};
 use slipway_proto::event::{ProcessContainer, ProcessesStarted};
 use slipway_proto::Event;
 
-use super::docker::{self, ContainerSpec, Failure, Role, RunState};
+use super::docker::{self, ContainerSpec, Failure, Lifetime, Role, RunState};
 use super::{Runtime, Settings};
 
 /// How long every process container must keep running after its start.
@@ -54,7 +55,7 @@ async fn start_processes(ctx: &DeploymentContext, env: &Settings) -> Result<Vec<
             started.push(ProcessContainer { process: name.clone(), replica, container: spec.name });
         }
     }
-    watch(&docker, &started).await?;
+    watch(&docker, &started, env).await?;
     Ok(started)
 }
 
@@ -74,27 +75,33 @@ fn spec<'a>(
         env,
         labels: docker::labels(ctx, &role.to_string()),
         publish: None,
+        limits: process.limits(),
+        lifetime: Lifetime::Serving,
     }
 }
 
 async fn ensure_running(docker: &Docker, spec: &ContainerSpec<'_>) -> Result<(), Failure> {
     let info = docker::ensure_container(docker, spec).await?;
-    if docker::run_state(&info) != RunState::Running {
+    // A restarting container is Docker's to bring back (a start would be
+    // refused); the watch reports the crash.
+    if matches!(docker::run_state(&info), RunState::Created | RunState::Exited(_)) {
         docker::start(docker, &spec.name).await?;
     }
     Ok(())
 }
 
-/// Fails as soon as any container stops running within the start window.
-async fn watch(docker: &Docker, containers: &[ProcessContainer]) -> Result<(), Failure> {
+/// Fails as soon as any container stops running within the start window,
+/// or is restarted by Docker (with `unless-stopped` a crash on start-up
+/// shows as a restart, and the container may be running again when looked at).
+async fn watch(docker: &Docker, containers: &[ProcessContainer], env: &Settings) -> Result<(), Failure> {
     let deadline = Instant::now() + START_WINDOW;
     loop {
         for c in containers {
-            let state = docker::run_state(&docker::inspect(docker, &c.container).await?);
-            let how = match state {
-                RunState::Running | RunState::Created => continue,
-                RunState::Exited(code) => format!("exited with code {code}"),
-                RunState::Other(status) => format!("is {status}"),
+            let info = docker::inspect(docker, &c.container).await?;
+            let how = match (docker::crash_in(&info), docker::run_state(&info)) {
+                (Some(crash), _) => docker::crash_evidence(docker, &info, crash).await.describe(),
+                (None, RunState::Running | RunState::Created) => continue,
+                (None, other) => format!("is {other}"),
             };
             let reason = format!(
                 "process `{}` (replica {}, container {}) {how} within {} of starting",
@@ -103,7 +110,8 @@ async fn watch(docker: &Docker, containers: &[ProcessContainer]) -> Result<(), F
                 c.container,
                 docker::human(START_WINDOW)
             );
-            return Err(Failure::new(reason).with_details(docker::last_log_lines(docker, &c.container).await));
+            let details = super::scrub(docker::last_log_lines(docker, &c.container).await, env);
+            return Err(Failure::new(reason).with_details(details));
         }
         let now = Instant::now();
         if now >= deadline {

@@ -3,7 +3,9 @@
 //! the environment's settings, as `/bin/sh -c <command>` (the image's
 //! entrypoint, if any, still applies, as with `docker run`). A non-zero exit
 //! or a command that outlives `release.timeout` fails the deployment. Each
-//! command's output is kept in `<logs>/<id>/release-<i>.log`.
+//! command's output is kept in `<logs>/<id>/release-<i>.log`, capped by
+//! `log_cap`. The one-off containers run under the web's limits, and are
+//! never restarted by Docker: a migration runs once.
 //!
 //! The one-off containers are kept until the step ends (success or failure)
 //! and only then removed: a redelivery after a worker crash mid-step finds
@@ -17,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use slipway_proto::command::{DeploymentContext, RunStep};
-use slipway_proto::config::AppConfig;
+use slipway_proto::config::{AppConfig, Limits};
 use slipway_proto::event::{ReleaseCommandResult, ReleaseCommandsRan};
 use slipway_proto::Event;
 
-use super::docker::{self, Backoff, ContainerSpec, Failure, Role, RunState, LOG_TAIL};
-use super::{Runtime, Settings};
+use super::docker::{self, Backoff, ContainerSpec, Failure, Lifetime, Role, RunState, LOG_TAIL};
+use super::{log_cap, Runtime, Settings};
 
 pub async fn run(command: &RunStep, env: &Settings, rt: &Runtime) -> Event {
     if !command.context.run_release {
@@ -58,7 +60,7 @@ async fn release(ctx: &DeploymentContext, env: &Settings, rt: &Runtime) -> Resul
         .commands
         .iter()
         .enumerate()
-        .map(|(index, command)| one_off(ctx, env, image, index, command, &log_dir))
+        .map(|(index, command)| one_off(ctx, env, image, config.web.limits(), (index, command.as_str()), &log_dir))
         .collect();
     let docker = docker::connect().await?;
     let outcome = run_in_order(&docker, &one_offs, config.release.timeout.0).await;
@@ -75,8 +77,8 @@ fn one_off<'a>(
     ctx: &DeploymentContext,
     env: &'a Settings,
     image: &'a str,
-    index: usize,
-    command: &'a str,
+    limits: Limits,
+    (index, command): (usize, &'a str),
     log_dir: &Path,
 ) -> OneOff<'a> {
     let role = Role::Release(index);
@@ -87,6 +89,9 @@ fn one_off<'a>(
         env,
         labels: docker::labels(ctx, &role.to_string()),
         publish: None,
+        // A release command runs in the web's image with the web's budget.
+        limits,
+        lifetime: Lifetime::OneOff,
     };
     OneOff { index, command, spec, log: log_dir.join(format!("{role}.log")) }
 }
@@ -108,7 +113,7 @@ async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result
     let started = Instant::now();
     let exit = run_to_exit(docker, &one.spec, timeout).await?;
     let text = docker::logs(docker, &one.spec.name, None).await?;
-    tokio::fs::write(&one.log, &text)
+    tokio::fs::write(&one.log, log_cap::cap(&text))
         .await
         .map_err(|e| Failure::new(format!("cannot write the release log {}: {e}", one.log.display())))?;
     let what = format!("release command `{}` (release.commands[{}])", one.command, one.index);
@@ -118,7 +123,7 @@ async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result
         None => Some(format!("{what} timed out after {}", docker::human(timeout))),
     };
     if let Some(reason) = failure {
-        return Err(Failure::new(reason).with_details(docker::tail_lines(&text, LOG_TAIL)));
+        return Err(Failure::new(reason).with_details(super::scrub(docker::tail_lines(&text, LOG_TAIL), one.spec.env)));
     }
     let ran = docker::inspect(docker, &one.spec.name).await.ok().and_then(|info| docker::run_duration(&info));
     Ok(ReleaseCommandResult {

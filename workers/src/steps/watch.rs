@@ -21,8 +21,8 @@ use slipway_proto::config::AppConfig;
 use slipway_proto::event::ReleaseWatched;
 use slipway_proto::Event;
 
-use super::docker::{self, Failure, RunState, LABEL_DEPLOYMENT};
-use super::{Runtime, Settings};
+use super::docker::{self, Crash, Failure, LABEL_DEPLOYMENT};
+use super::{scrub, Runtime, Settings};
 use crate::http::get_status;
 
 /// How often the health path is asked during the watch.
@@ -35,9 +35,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the watch saw that fails the release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
-    Exited { container: String, code: i64 },
-    OomKilled { container: String },
-    Restarted { container: String, count: i64 },
+    /// Exited, OOM-killed, or restarted by Docker.
+    Crashed { container: String, crash: Crash },
     Gone { container: String },
     Unhealthy { url: String, failures: u32, last: String },
 }
@@ -46,10 +45,7 @@ impl Signal {
     /// The container the signal is about, for its log lines.
     pub fn container(&self) -> Option<&str> {
         match self {
-            Signal::Exited { container, .. }
-            | Signal::OomKilled { container }
-            | Signal::Restarted { container, .. }
-            | Signal::Gone { container } => Some(container),
+            Signal::Crashed { container, .. } | Signal::Gone { container } => Some(container),
             Signal::Unhealthy { .. } => None,
         }
     }
@@ -58,35 +54,13 @@ impl Signal {
     pub fn describe(&self, after: Duration) -> String {
         let after = format!("{} after the traffic switch", docker::human(after));
         match self {
-            Signal::Exited { container, code } => match signal_name(*code) {
-                Some(signal) => format!("container {container} was killed by {signal} (exit code {code}) {after}"),
-                None => format!("container {container} exited with code {code} {after}"),
-            },
-            Signal::OomKilled { container } => {
-                format!("container {container} was OOM-killed (out of memory: raise its `memory` limit) {after}")
-            }
-            Signal::Restarted { container, count } => format!("container {container} restarted ({count} restart(s)) {after}"),
+            Signal::Crashed { container, crash } => format!("container {container} {} {after}", crash.describe()),
             Signal::Gone { container } => format!("container {container} no longer exists {after}"),
             Signal::Unhealthy { url, failures, last } => {
                 format!("GET {url} failed {failures} times in a row (last: {last}) {after}")
             }
         }
     }
-}
-
-/// The signal behind a shell-style exit code above 128.
-pub fn signal_name(code: i64) -> Option<&'static str> {
-    Some(match code.checked_sub(128)? {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        6 => "SIGABRT",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        _ => return None,
-    })
 }
 
 /// Health probes during the watch: counts, and a failure once `FAIL_AFTER`
@@ -115,40 +89,6 @@ impl Probes {
         self.in_a_row += 1;
         (self.in_a_row >= FAIL_AFTER).then(|| Signal::Unhealthy { url: url.to_string(), failures: self.in_a_row, last })
     }
-}
-
-/// What a container's inspection says about the watch: running without a
-/// restart is fine; anything else is a signal.
-pub fn judge(container: &str, state: &RunState, oom_killed: bool, restarts: i64) -> Option<Signal> {
-    let container = container.to_string();
-    if oom_killed {
-        return Some(Signal::OomKilled { container });
-    }
-    match state {
-        RunState::Exited(code) => Some(Signal::Exited { container, code: *code }),
-        _ if restarts > 0 => Some(Signal::Restarted { container, count: restarts }),
-        RunState::Running => None,
-        RunState::Other(s) if s == "restarting" => Some(Signal::Restarted { container, count: restarts.max(1) }),
-        _ => None,
-    }
-}
-
-/// Replaces every setting value in `lines` by `***`, longest first, so a
-/// log line shown as evidence never carries a secret.
-pub fn scrub(lines: Vec<String>, settings: &Settings) -> Vec<String> {
-    let mut values: Vec<&str> = settings.values().map(String::as_str).filter(|v| v.len() >= 4).collect();
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    lines
-        .into_iter()
-        .map(|mut line| {
-            for v in &values {
-                if line.contains(v) {
-                    line = line.replace(v, "***");
-                }
-            }
-            line
-        })
-        .collect()
 }
 
 pub async fn run(command: &RunStep, env: &Settings, _rt: &Runtime) -> Event {
@@ -203,14 +143,14 @@ async fn watch(ctx: &DeploymentContext, settings: &Settings) -> Result<ReleaseWa
             event = events.next(), if events_open => match event {
                 Some(Ok(message)) => {
                     let Some(name) = message.actor.as_ref().and_then(|a| a.attributes.as_ref()?.get("name").cloned()) else { continue };
-                    let action = message.action.unwrap_or_default();
-                    let code = message.actor.and_then(|a| a.attributes?.get("exitCode")?.parse().ok()).unwrap_or(-1);
-                    let signal = match inspect(&docker, &name).await {
-                        Some(Signal::OomKilled { container }) => Signal::OomKilled { container },
-                        _ if action == "oom" => Signal::OomKilled { container: name },
-                        _ => Signal::Exited { container: name, code },
+                    let oom = message.action.as_deref() == Some("oom");
+                    let exit_code = message.actor.and_then(|a| a.attributes?.get("exitCode")?.parse().ok());
+                    let seen = Crash { exit_code, oom, restarts: 0 };
+                    let crash = match docker::find_container(&docker, &name).await {
+                        Ok(Some(info)) => docker::crash_evidence(&docker, &info, docker::crash_in(&info).unwrap_or(seen)).await,
+                        _ => seen,
                     };
-                    return Err(fail(signal).await);
+                    return Err(fail(Signal::Crashed { container: name, crash }).await);
                 }
                 // Docker's stream broke (a daemon restart): go on with the
                 // probes and inspections alone.
@@ -265,9 +205,9 @@ async fn evidence(docker: &Docker, ctx: &DeploymentContext, settings: &Settings,
 async fn inspect(docker: &Docker, container: &str) -> Option<Signal> {
     match docker::find_container(docker, container).await {
         Ok(Some(info)) => {
-            let oom = info.state.as_ref().and_then(|s| s.oom_killed).unwrap_or(false);
-            let restarts = info.restart_count.unwrap_or(0);
-            judge(container, &docker::run_state(&info), oom, restarts)
+            let crash = docker::crash_in(&info)?;
+            let crash = docker::crash_evidence(docker, &info, crash).await;
+            Some(Signal::Crashed { container: container.to_string(), crash })
         }
         Ok(None) => Some(Signal::Gone { container: container.to_string() }),
         Err(_) => None,
@@ -279,14 +219,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_codes_name_their_signal() {
-        let s = Signal::Exited { container: "web".into(), code: 137 };
-        assert_eq!(s.describe(Duration::from_millis(2500)), "container web was killed by SIGKILL (exit code 137) 2.5s after the traffic switch");
-        let s = Signal::Exited { container: "web".into(), code: 3 };
-        assert!(s.describe(Duration::from_secs(1)).starts_with("container web exited with code 3 "));
-        assert_eq!(signal_name(143), Some("SIGTERM"));
-        assert_eq!(signal_name(1), None);
-        assert!(Signal::OomKilled { container: "w".into() }.describe(Duration::ZERO).contains("OOM-killed"));
+    fn a_crash_names_the_container_what_happened_and_when() {
+        let crash = Crash { exit_code: Some(137), oom: false, restarts: 0 };
+        let s = Signal::Crashed { container: "web".into(), crash };
+        assert_eq!(s.describe(Duration::from_secs(2)), "container web exited with code 137 (SIGKILL) 2s after the traffic switch");
+        let oom = Signal::Crashed { container: "w".into(), crash: Crash { exit_code: Some(137), oom: true, restarts: 1 } };
+        assert!(oom.describe(Duration::ZERO).contains("OOM-killed"), "{}", oom.describe(Duration::ZERO));
+        assert_eq!(Signal::Gone { container: "w".into() }.container(), Some("w"));
     }
 
     #[test]
@@ -300,24 +239,5 @@ mod tests {
         let signal = p.record("u", Err("timed out".into())).expect("the third failure in a row");
         assert_eq!(signal, Signal::Unhealthy { url: "u".into(), failures: 3, last: "timed out".into() });
         assert_eq!((p.total, p.failed), (6, 5));
-    }
-
-    #[test]
-    fn inspections_judge_exits_restarts_and_oom() {
-        assert_eq!(judge("c", &RunState::Running, false, 0), None);
-        assert_eq!(judge("c", &RunState::Running, false, 2), Some(Signal::Restarted { container: "c".into(), count: 2 }));
-        assert_eq!(judge("c", &RunState::Exited(1), false, 0), Some(Signal::Exited { container: "c".into(), code: 1 }));
-        assert_eq!(judge("c", &RunState::Exited(137), true, 0), Some(Signal::OomKilled { container: "c".into() }));
-        assert_eq!(
-            judge("c", &RunState::Other("restarting".into()), false, 0),
-            Some(Signal::Restarted { container: "c".into(), count: 1 })
-        );
-    }
-
-    #[test]
-    fn setting_values_are_scrubbed_from_evidence() {
-        let settings = Settings::from([("DATABASE_URL".into(), "postgres://u:hunter22@db".into()), ("PW".into(), "hunter22".into()), ("X".into(), "1".into())]);
-        let lines = scrub(vec!["connect postgres://u:hunter22@db failed".into(), "pw=hunter22 x=1".into()], &settings);
-        assert_eq!(lines, vec!["connect *** failed", "pw=*** x=1"]);
     }
 }
