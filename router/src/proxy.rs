@@ -45,6 +45,9 @@ use crate::table::{Resolution, RouteTable};
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// a short text of its own.
 type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+/// A request's body on its way upstream: the client's, or none (a bodiless
+/// idempotent request sent again to the standby).
+type UpstreamRequestBody = Either<Incoming, http_body_util::Empty<Bytes>>;
 
 /// A shared, atomically replaceable route table. Cloning is cheap; every
 /// clone sees the same table. Reading it takes no lock.
@@ -547,7 +550,7 @@ impl Drop for Held {
 /// or response body is using it.
 struct UpstreamConn {
     addr: SocketAddr,
-    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    sender: hyper::client::conn::http1::SendRequest<UpstreamRequestBody>,
     conn: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
     /// The connection future has completed: closed, failed or upgraded.
     done: bool,
@@ -583,8 +586,8 @@ impl UpstreamConn {
 
     async fn send(
         &mut self,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>> {
+        req: Request<UpstreamRequestBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamRequestBody>>> {
         let mut response = std::pin::pin!(self.sender.try_send_request(req));
         std::future::poll_fn(|cx| {
             self.drive(cx);
@@ -807,7 +810,24 @@ const STALE_ATTEMPTS: usize = 2;
 
 impl Forward {
     async fn send(self, held: Arc<Held>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
-        let Forward { mut req, upstream: mut addr, mut standby, host, upgrade } = self;
+        let Forward { req, upstream: mut addr, mut standby, host, upgrade } = self;
+        // A bodiless GET, HEAD or OPTIONS that an upstream dropped without
+        // answering may go to the standby (as nginx's `proxy_next_upstream
+        // error` does for idempotent requests): a crashing release behind a
+        // port that still accepts (Docker's proxy) then fails no request.
+        let again = (standby.is_some()
+            && matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS)
+            && req.body().is_end_stream()
+            && upgrade.is_none())
+        .then(|| {
+            let mut copy = Request::new(());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.version_mut() = req.version();
+            *copy.headers_mut() = req.headers().clone();
+            copy
+        });
+        let mut req = req.map(Either::Left);
         let failed = |addr: SocketAddr, reason: String, connect: bool| {
             let (upstream, host) = (addr, lossy(&host));
             if connect {
@@ -826,14 +846,16 @@ impl Forward {
             };
             // Refused before anything was sent: the standby (the release
             // that served before, while this one is watched) takes it.
-            let mut upstream = match (connected, standby.take()) {
-                (Ok(upstream), _) => upstream,
-                (Err(reason), Some(next)) => {
-                    tracing::debug!(upstream = %addr, standby = %next, %reason, "router: upstream refused; trying the standby");
-                    addr = next;
-                    continue;
-                }
-                (Err(reason), None) => return Err(failed(addr, reason, true)),
+            let mut upstream = match connected {
+                Ok(upstream) => upstream,
+                Err(reason) => match standby.take() {
+                    Some(next) => {
+                        tracing::debug!(upstream = %addr, standby = %next, %reason, "router: upstream refused; trying the standby");
+                        addr = next;
+                        continue;
+                    }
+                    None => return Err(failed(addr, reason, true)),
+                },
             };
             if !upstream.ready().await {
                 if fresh {
@@ -850,12 +872,18 @@ impl Forward {
             }
             match upstream.send(req).await {
                 Ok(response) => break (response, upstream),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), &again, standby) {
                     // Not sent: a kept-alive connection the upstream had
                     // closed. Safe to send again, whatever the method.
-                    Some(unsent) if !fresh => {
+                    (Some(unsent), _, _) if !fresh => {
                         req = unsent;
                         stale += 1;
+                    }
+                    (_, Some(copy), Some(next)) => {
+                        tracing::debug!(upstream = %addr, standby = %next, "router: upstream dropped an idempotent request; sending it to the standby");
+                        req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
+                        standby = None;
+                        addr = next;
                     }
                     _ => return Err(failed(addr, error_chain(&e.into_error()), false)),
                 },

@@ -396,3 +396,40 @@ async fn a_head_request_leaves_the_connections_usable() {
     assert_eq!(send(&mut sender, Some("alpha.test"), "/").await, (StatusCode::OK, "alpha".into()));
     assert_eq!(a.accepted.load(Ordering::SeqCst), 1, "the upstream connection was not reused after HEAD");
 }
+
+/// An upstream that accepts connections and drops them unanswered, as
+/// Docker's port proxy does for a container that has just died.
+async fn dropping_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_refused_or_dropped_request_goes_to_the_standby_while_one_stands_by() {
+    let old = upstream("old").await;
+    let refused = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let dropping = dropping_upstream().await;
+    let watched = |new: SocketAddr| Route { standby: vec![old.addr], ..route(&[new], 2) };
+    let p = proxy(table(&[("refused.test", watched(refused)), ("dropping.test", watched(dropping)), ("plain.test", route(&[dropping], 1))])).await;
+    assert_eq!(get(p.addr, Some("refused.test"), "/").await, (StatusCode::OK, "old".to_string()));
+    assert_eq!(get(p.addr, Some("dropping.test"), "/").await, (StatusCode::OK, "old".to_string()), "a bodiless GET is sent again");
+    // A request with a body is not sent twice, and without a standby nothing is.
+    let mut sender = connect(p.addr).await;
+    let req = Request::post("/").header("host", "dropping.test").body(Full::new(Bytes::from("order"))).unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(get(p.addr, Some("plain.test"), "/").await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(old.seen.lock().unwrap().len(), 2, "the standby took exactly the two retried requests");
+}

@@ -93,14 +93,18 @@ async fn a_release_that_crashes_after_its_switch_is_rolled_back_under_load() {
     let loops = load.stop().await;
     let samples: Vec<_> = loops.iter().flatten().collect();
     let failed: Vec<_> = samples.iter().filter(|s| s.outcome.is_err()).collect();
-    println!("{} requests through the router, {} failed (in flight to the dying container)", samples.len(), failed.len());
-    // Only requests sent between the crash and the routers' switch back may
-    // fail: at 3 loops every 10 ms, the bound is what that window allows.
-    let window = back - crashed;
+    println!("{} requests through the router, {} failed", samples.len(), failed.len());
+    for s in &failed {
+        println!("  failed {} ms after the crash: {:?}", (s.started - crashed).as_millis(), s.outcome);
+    }
+    // The previous release stands by while the new one is watched: a
+    // request the dying container refuses or drops (a bodiless GET) goes
+    // there, so at most the requests in flight at the crash may fail, one
+    // per load loop, and in practice none do.
     for s in &failed {
         assert!(s.started >= crashed && s.started <= back, "a request failed outside the crash window: {:?}", s.outcome);
     }
-    assert!(failed.len() as u128 <= 3 * (window.as_millis() / 10 + 1), "{} failed in {window:?}", failed.len());
+    assert!(failed.len() <= 3, "{} requests failed in the {:?} from the crash to the route back", failed.len(), back - crashed);
     for s in samples.iter().filter(|s| s.started > back) {
         assert_eq!(s.outcome.as_deref(), Ok("v1"), "after the rollback only v1 answers");
     }
