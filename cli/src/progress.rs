@@ -66,6 +66,7 @@ impl Tracker {
             Event::StepFailed(f) => Some((f.step, StepEnd::Failed(f.reason.clone()))),
             Event::StepSkipped(s) => Some((s.step, StepEnd::Skipped(s.reason.clone()))),
             Event::TrafficSwitched(_) => Some((Step::Cutover, StepEnd::Ok)),
+            Event::ReleaseWatched(_) => Some((Step::Watch, StepEnd::Ok)),
             other => other.completes_step().map(|s| (s, StepEnd::Ok)),
         };
         if let Some((step, end)) = end {
@@ -200,6 +201,20 @@ mod tests {
         assert_eq!(t.observe(at(0), &request), vec![Update::Started { step: Step::Cutover, attempt: 1 }]);
         let switched = Event::TrafficSwitched(TrafficSwitched { route_version: 2, routers: vec![] });
         assert_eq!(t.observe(at(40), &switched), vec![Update::Finished { step: Step::Cutover, end: StepEnd::Ok, duration_ms: Some(40) }]);
+    }
+
+    #[test]
+    fn the_watch_is_a_step_from_its_dispatch_to_its_outcome() {
+        let mut t = Tracker::default();
+        assert_eq!(t.observe(at(0), &dispatched(Step::Watch, 1)), vec![Update::Started { step: Step::Watch, attempt: 1 }]);
+        assert_eq!(t.running(), vec![Step::Watch]);
+        let watched = Event::ReleaseWatched(slipway_proto::event::ReleaseWatched {
+            watched_ms: 10_000,
+            probes: 10,
+            failed_probes: 0,
+            containers: vec![],
+        });
+        assert_eq!(t.observe(at(10_000), &watched), vec![Update::Finished { step: Step::Watch, end: StepEnd::Ok, duration_ms: Some(10_000) }]);
     }
 
     #[test]

@@ -11,13 +11,13 @@ const SCOPE_RANK = { read: 1, deploy: 2, admin: 3 };
 const PIPELINE = ['check_services', 'checkout', 'build', 'deploy', 'release', 'processes', 'health_check', 'cutover'];
 const STEP_LABEL = {
   check_services: 'services', checkout: 'checkout', build: 'build', deploy: 'deploy', release: 'release',
-  processes: 'processes', health_check: 'health', cutover: 'cutover', retire: 'retire', cleanup: 'cleanup',
+  processes: 'processes', health_check: 'health', cutover: 'cutover', watch: 'watch', retire: 'retire', cleanup: 'cleanup',
 };
 // The event that records a step's successful outcome.
 const COMPLETES = {
   ServicesChecked: 'check_services', CheckedOut: 'checkout', ImageBuilt: 'build', ImageReused: 'build',
   WebContainerStarted: 'deploy', ReleaseCommandsRan: 'release', ProcessesStarted: 'processes',
-  HealthCheckPassed: 'health_check', TrafficSwitched: 'cutover',
+  HealthCheckPassed: 'health_check', TrafficSwitched: 'cutover', ReleaseWatched: 'watch',
 };
 
 const app = {
@@ -263,6 +263,9 @@ function applyEvent(run, ev) {
     case 'StepSkipped': finishStep(run, p.step, 'skipped', at); break;
     case 'CheckedOut': run.commit = p.commit; finishStep(run, 'checkout', 'done', at); break;
     case 'TrafficSwitchRequested': { const s = stepOf(run, 'cutover'); s.state = 'running'; s.started = at; break; }
+    // Traffic moved; not a success until the watch passes (or a rollback).
+    case 'ReleaseWatchStarted': run.phase = 'watching'; break;
+    case 'ReleaseRolledBack': run.phase = 'rolling back'; break;
     case 'DeploymentSucceeded': run.status = 'succeeded'; run.commit = p.commit || run.commit; run.finished = at; break;
     case 'DeploymentFailed':
       run.status = 'failed'; run.failure = `${p.step}: ${p.reason}`; run.finished = at;
@@ -271,6 +274,12 @@ function applyEvent(run, ev) {
     default:
       if (COMPLETES[ev.type]) finishStep(run, COMPLETES[ev.type], 'done', at);
   }
+}
+
+// What a deployment's badge says: a running one may be watching its new
+// release after the switch, or rolling back to the old one.
+function shownStatus(run) {
+  return run.status === 'running' && run.phase ? run.phase : run.status;
 }
 
 function stepList(run) {
@@ -405,7 +414,7 @@ function deploymentRow(id) {
       h('td', {}, h('a', { href: `#/deployment/${enc(id)}`, class: 'mono' }, short(id)), run.kind && run.kind !== 'deploy' ? h('div', { class: 'muted small' }, run.kind) : ''),
       h('td', {}, run.ref || '', h('div', { class: 'muted small mono' }, short(run.commit, 10))),
       h('td', { class: 'small' }, when(run.requested), h('div', { class: 'muted small' }, run.actor || '')),
-      h('td', {}, badge(run.status), run.failure ? h('div', { class: 'small muted' }, run.failure) : ''),
+      h('td', {}, badge(run.status, shownStatus(run)), run.failure ? h('div', { class: 'small muted' }, run.failure) : ''),
       h('td', {}, stepChips(run)),
       h('td', { class: 'small' }, duration(runMillis(run))));
   };
@@ -522,7 +531,7 @@ async function deploymentView(view, id, tab) {
     summary.dataset.status = run.status;
     summary.replaceChildren(
       h('div', { class: 'spread' },
-        h('div', {}, h('h1', {}, 'Deployment ', h('span', { class: 'mono' }, short(id))), badge(run.status),
+        h('div', {}, h('h1', {}, 'Deployment ', h('span', { class: 'mono' }, short(id))), badge(run.status, shownStatus(run)),
           run.failure ? h('div', { class: 'muted' }, run.failure) : ''),
         h('div', { class: 'row' }, replayBtn)),
       h('dl', { class: 'grid' },
