@@ -22,12 +22,24 @@ const V1: &str = "[web]\nport = 80\n";
 /// container, then exiting with 3: a release that passes its health check
 /// and dies later, on cue.
 fn crashes_on_cue(body: &str, toml: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    on_cue(body, toml, "exit 3")
+}
+
+/// The busybox app that, once `/crash` appears, runs `then` (in its shell,
+/// PID 1).
+fn on_cue(body: &str, toml: &str, then: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut files = busybox_app(body, toml, "");
     let dockerfile = String::from_utf8(files["Dockerfile"].clone()).unwrap();
     let (build, _cmd) = dockerfile.rsplit_once("CMD ").unwrap();
-    let cmd = "CMD [\"sh\", \"-c\", \"httpd -p 80 -h /www; while [ ! -f /crash ]; do sleep 0.05; done; exit 3\"]\n";
+    let cmd = format!("CMD [\"sh\", \"-c\", \"httpd -p 80 -h /www; while [ ! -f /crash ]; do sleep 0.05; done; {then}\"]\n");
     files.insert("Dockerfile".into(), format!("{build}{cmd}").into_bytes());
     files
+}
+
+/// Asks the app in `container` to do what it does on cue.
+fn cue(container: &str) {
+    let out = std::process::Command::new("docker").args(["exec", container, "/bin/touch", "/crash"]).output().unwrap();
+    assert!(out.status.success(), "docker exec: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn engine() -> DriverOptions {
@@ -67,8 +79,7 @@ async fn a_release_that_crashes_after_its_switch_is_rolled_back_under_load() {
 
     let web = watching.context.web_container.clone().unwrap();
     let crashed = Instant::now();
-    let cue = std::process::Command::new("docker").args(["exec", &web, "/bin/touch", "/crash"]).output().unwrap();
-    assert!(cue.status.success(), "docker exec: {}", String::from_utf8_lossy(&cue.stderr));
+    cue(&web);
     let back = eventually("the route back on v1", Duration::from_secs(30), || async {
         matches!(h.routed_page("live").await, Ok((200, body)) if body == "v1\n").then_some(Instant::now())
     })
@@ -140,5 +151,28 @@ async fn a_release_healthy_past_its_window_succeeds_and_only_then_retires_the_ol
     assert!(watched.probes >= 2 && watched.failed_probes == 0, "{watched:?}");
     assert_eq!(h.routed_page("live").await.unwrap(), (200, "v2\n".to_string()));
     h.wait_no_containers(d1.id).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_oom_killed_while_watched_is_rolled_back_saying_so() {
+    let h = Harness::start_engine(Backends::Embedded, engine()).await;
+    let repo = AppRepo::new();
+    let v1 = repo.commit(&busybox_app("v1", V1, ""), "v1");
+    // 16 MiB of memory, then a shell variable of 200 MB.
+    let greedy = on_cue("v2", "[web]\nport = 80\nwatch = \"60s\"\nmemory = \"16m\"\n", "x=$(head -c 200000000 /dev/zero | tr '\\\\0' a)");
+    let v2 = repo.commit(&greedy, "v2 eats memory");
+    h.create_project(&repo.path()).await;
+    assert_eq!(h.deploy("live", &v1).await.status, Status::Succeeded);
+
+    let id = h.request("live", &v2, BuildMode::Local, true).await;
+    wait_for_event(&h, id, "the watch to start", |e| matches!(e, Event::ReleaseWatchStarted(_))).await;
+    cue(&h.deployment(id).await.context.web_container.unwrap());
+    let d2 = h.wait_finished(id, Duration::from_secs(60)).await;
+    let (step, reason) = failure(&d2);
+    assert_eq!(step, Step::Watch);
+    assert!(reason.contains("OOM-killed"), "{reason}");
+    assert!(h.events(id).await.iter().any(|e| matches!(e, Event::ReleaseRolledBack(r) if r.reason.contains("OOM-killed"))));
+    assert_eq!(h.routed_page("live").await.unwrap(), (200, "v1\n".to_string()), "the old release serves");
     h.shutdown().await;
 }
