@@ -41,7 +41,7 @@ use slipway_proto::event::{
 };
 use slipway_proto::{Command, Event, Step};
 
-use crate::deployment::{Deployment, Status};
+use crate::deployment::{Deployment, Status, Switch};
 use crate::environment::ActiveRelease;
 use crate::routes::Traffic;
 
@@ -334,7 +334,7 @@ fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
                 project: d.context.project.clone(),
                 environment: d.context.environment.clone(),
                 deployment_id: Some(d.id),
-                upstreams,
+                upstreams: upstreams.clone(),
                 reason: RouteReason::Cutover,
                 // While watched, the previous release stands by for
                 // connections the new one refuses.
@@ -345,8 +345,16 @@ fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
             })),
         ];
         if routers.is_empty() {
+            // No router to wait for: switched at once. What follows is
+            // decided from the switched state, so the release recorded as
+            // serving names its containers and upstreams (the next
+            // deployment retires them, a failed one reverts to them).
+            let switched = Deployment {
+                switch: Some(Switch { route_version, upstreams, routers: vec![], deadline: env.now, switched: true }),
+                ..d.clone()
+            };
             out.push(Decision::Record(Event::TrafficSwitched(TrafficSwitched { route_version, routers })));
-            out.extend(watch(d, env));
+            out.extend(watch(&switched, env));
         }
         return out;
     };

@@ -804,3 +804,22 @@ fn a_lost_watch_is_dispatched_again_with_the_same_end() {
     let Decision::DispatchAgain { command: Command::RunStep(run), .. } = &decide(&state, &later)[0] else { panic!() };
     assert_eq!(run.context.watch_until, Some(t(60)));
 }
+
+#[test]
+fn without_routers_the_release_recorded_as_serving_names_its_containers_and_upstreams() {
+    // The next deployment retires what this records; a failed one reverts to it.
+    let mut h = happy_path();
+    for e in h.iter_mut() {
+        if let Event::CheckedOut(c) = e {
+            c.config = serde_json::json!({"web": {"watch": "0ms"}});
+        }
+    }
+    let state = fold(h.iter()).unwrap().unwrap();
+    let finished = decide(&state, &view()).into_iter().find_map(|d| match d {
+        Decision::RecordOnEnvironment(Event::DeploymentFinished(f)) => Some(f),
+        _ => None,
+    });
+    let finished = finished.expect("succeeds at once");
+    assert_eq!(finished.containers, vec!["web-1".to_string(), "worker-1".to_string()]);
+    assert_eq!(finished.upstreams, vec!["127.0.0.1:32768".to_string()]);
+}
