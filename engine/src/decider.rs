@@ -320,9 +320,15 @@ fn succeeded(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
 }
 
 fn finished(d: &Deployment, succeeded: bool) -> Decision {
-    let (containers, upstreams) = match (&d.switch, succeeded) {
-        (Some(s), true) => (d.containers.clone(), s.upstreams.clone()),
-        _ => (vec![], vec![]),
+    // Without routers the switch and the verdict are decided together, from
+    // a state that has no switch yet: the upstream is then the web port's.
+    let upstreams = || match &d.switch {
+        Some(s) => s.upstreams.clone(),
+        None => d.context.web_port.map(|port| vec![format!("127.0.0.1:{port}")]).unwrap_or_default(),
+    };
+    let (containers, upstreams) = match succeeded {
+        true => (d.containers.clone(), upstreams()),
+        false => (vec![], vec![]),
     };
     Decision::RecordOnEnvironment(Event::DeploymentFinished(DeploymentFinished {
         deployment_id: d.id,

@@ -233,6 +233,23 @@ fn all_steps_done_without_routers_moves_the_route_and_succeeds_at_once() {
 }
 
 #[test]
+fn a_release_switched_without_routers_is_recorded_with_its_containers_and_upstream() {
+    // Given every step done and no router registered,
+    let state = fold(happy_path().iter()).unwrap().unwrap();
+    // when the engine switches and succeeds in one decision,
+    let finished = decide(&state, &view()).into_iter().find_map(|d| match d {
+        Decision::RecordOnEnvironment(Event::DeploymentFinished(f)) => Some(f),
+        _ => None,
+    });
+    // then the environment learns what the release runs and where it answers,
+    // so the next release retires these containers and a revert finds it.
+    let finished = finished.expect("a DeploymentFinished");
+    assert_eq!(finished.containers, state.containers);
+    assert!(!finished.containers.is_empty());
+    assert_eq!(finished.upstreams, vec!["127.0.0.1:32768".to_string()]);
+}
+
+#[test]
 fn a_failed_build_fails_the_deployment_with_nothing_to_remove() {
     check(&build_fails(), &["record DeploymentFailed", "finish failed"]);
 }
