@@ -75,6 +75,23 @@ pub fn describe(event: &Event) -> String {
         Event::CancelRequested(c) => c.reason.clone(),
         Event::DeploymentReplayed(r) => format!("replayed as deployment {} from {}", r.replay, r.from_step),
         Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),
+        Event::StrayContainerRemoved(r) => format!("{} removed{}: {}", r.container, on_host(&r.host), r.reason),
+        Event::ContainerStartedAgain(r) => format!("{} started again{}: {}", r.container, on_host(&r.host), r.reason),
+        Event::ReleaseUpstreamsObserved(r) => format!(
+            "deployment {} answers at {} (was {}){}",
+            r.deployment_id,
+            r.upstreams.join(", "),
+            if r.previous.is_empty() { "nothing".to_string() } else { r.previous.join(", ") },
+            on_host(&r.host)
+        ),
+    }
+}
+
+fn on_host(host: &str) -> String {
+    if host.is_empty() {
+        String::new()
+    } else {
+        format!(" on {host}")
     }
 }
 

@@ -1,6 +1,11 @@
 //! The environment projection: which deployments wait in an environment's
 //! queue (one runs at a time, in request order) and which release serves,
-//! folded from its `environment-<project>-<env>` stream.
+//! folded from its `environment-<project>-<env>` stream. What the host
+//! agent observed of the serving release (new upstreams after a Docker
+//! restart) moves the active release too, so a later revert goes where the
+//! release really answers.
+
+use std::collections::BTreeSet;
 
 use slipway_proto::Event;
 use uuid::Uuid;
@@ -14,6 +19,9 @@ pub struct Environment {
     /// Every deployment that succeeded here (dry runs aside), oldest first:
     /// what a rollback chooses from.
     pub releases: Vec<Uuid>,
+    /// Every deployment ever enqueued here: the host agent touches only
+    /// containers of these (a Docker host may run other installations' too).
+    pub known: BTreeSet<Uuid>,
     pub version: u64,
 }
 
@@ -41,7 +49,15 @@ impl Environment {
     /// Applies the stream's next event (version `self.version + 1`).
     pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::DeploymentEnqueued(q) => self.queue.push(q.deployment_id),
+            Event::DeploymentEnqueued(q) => {
+                self.queue.push(q.deployment_id);
+                self.known.insert(q.deployment_id);
+            }
+            Event::ReleaseUpstreamsObserved(o) => {
+                if let Some(active) = self.active.as_mut().filter(|a| a.deployment == o.deployment_id) {
+                    active.upstreams = o.upstreams.clone();
+                }
+            }
             Event::DeploymentFinished(f) => {
                 self.queue.retain(|d| *d != f.deployment_id);
                 if f.succeeded && !f.dry_run {

@@ -12,6 +12,7 @@ pub mod environment;
 pub mod history;
 pub mod load;
 pub mod project;
+pub mod reconcile;
 pub mod rebuild;
 pub mod requests;
 pub mod retention;

@@ -329,6 +329,50 @@ pub struct ContainersRemoved {
     pub containers: Vec<String>,
 }
 
+/// The host agent removed a container of a release that should not run
+/// (on the environment's stream): a replaced or failed release whose
+/// retirement never happened (a command lost with an in-process queue, a
+/// worker that died), or a container nobody recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrayContainerRemoved {
+    pub deployment_id: Uuid,
+    pub container: String,
+    /// Why it should not run, in words.
+    pub reason: String,
+    /// The Docker host (worker host name) it ran on.
+    #[serde(default)]
+    pub host: String,
+}
+
+/// The host agent started a container of the serving release again (on
+/// the environment's stream): it was stopped or exited, and Docker was not
+/// restarting it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStartedAgain {
+    pub deployment_id: Uuid,
+    pub container: String,
+    pub reason: String,
+    #[serde(default)]
+    pub host: String,
+}
+
+/// The serving release answers at other upstreams than recorded (on the
+/// environment's stream), as observed by the host agent: its web container
+/// came back on a new ephemeral host port (a Docker daemon restart). The
+/// environment's active release takes these upstreams, and the engine
+/// moves the route to them (`RouteReason::Reconcile`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseUpstreamsObserved {
+    pub deployment_id: Uuid,
+    /// The upstreams the release answers at now (`127.0.0.1:PORT`).
+    pub upstreams: Vec<String>,
+    /// What was recorded before.
+    #[serde(default)]
+    pub previous: Vec<String>,
+    #[serde(default)]
+    pub host: String,
+}
+
 /// The one stream that holds every environment's route. An event's
 /// version in it is the *route version* routers acknowledge: one number
 /// says how far a router has applied the routes of every environment.
@@ -348,6 +392,9 @@ pub enum RouteReason {
     Cutover,
     /// A switch that did not complete goes back to the release that served.
     Revert,
+    /// The serving release answers at new upstreams (its container came back
+    /// on another port): the route follows it.
+    Reconcile,
 }
 
 /// An environment's host name now routes to these upstreams (on the
@@ -501,6 +548,9 @@ crate::message_family! {
         CancelRequested(CancelRequested) = 1,
         TokenIssued(TokenIssued) = 1,
         TokenRevoked(TokenRevoked) = 1,
+        StrayContainerRemoved(StrayContainerRemoved) = 1,
+        ContainerStartedAgain(ContainerStartedAgain) = 1,
+        ReleaseUpstreamsObserved(ReleaseUpstreamsObserved) = 1,
     }
 }
 

@@ -1,0 +1,156 @@
+//! The reconciler: what the engine recorded should run, against what a
+//! Docker host runs. Pure — the host agent (`slipway_node::agent`) observes
+//! the containers, calls `reconcile`, carries out the corrections and
+//! records each one with its reason; `route_correction` is the engine's
+//! side, moving a route to where the serving release answers now.
+//!
+//! The rules, per slipway-labelled container:
+//!
+//! | the container belongs to                       | correction                                   |
+//! |------------------------------------------------|----------------------------------------------|
+//! | an environment or deployment this store does not know | none (another installation's)         |
+//! | a deployment still in its environment's queue  | none (the deployment owns its containers)    |
+//! | the serving release, running                   | none; a web container on another port than recorded: `Reroute` |
+//! | the serving release, restarting                | none (Docker is restarting it)               |
+//! | the serving release, exited or created         | `Start` (web and process containers only)    |
+//! | any other deployment, the environment settled for `grace` | `Remove`                          |
+//! | any other deployment, settled less than `grace` ago | none yet (its retirement may be draining) |
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use slipway_proto::event::{RouteChanged, RouteReason};
+use uuid::Uuid;
+
+use crate::environment::Environment;
+use crate::routes::Route;
+
+/// One environment as recorded: its projection, and when a deployment
+/// last finished there (a replaced release's retirement drains from then on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub project: String,
+    pub environment: String,
+    pub state: Environment,
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+/// What Docker says a container is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Running,
+    Restarting,
+    /// Created and never started.
+    Created,
+    Exited(i64),
+    /// Paused, being removed, dead: left alone.
+    Other(String),
+}
+
+/// A slipway-labelled container on the host, from its labels and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub name: String,
+    pub project: String,
+    pub environment: String,
+    pub deployment: Uuid,
+    /// `web`, `release-N`, or `<process>-<replica>`.
+    pub role: String,
+    pub state: ContainerState,
+    /// The 127.0.0.1 host port it publishes, while it runs.
+    pub host_port: Option<u16>,
+}
+
+/// What the host agent does, and the reason it records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Correction {
+    Remove { project: String, environment: String, deployment: Uuid, container: String, reason: String },
+    Start { project: String, environment: String, deployment: Uuid, container: String, reason: String },
+    /// The serving release answers at `upstreams`, not at what is recorded.
+    Reroute { project: String, environment: String, deployment: Uuid, upstreams: Vec<String>, previous: Vec<String> },
+}
+
+/// The corrections that make the host run what is recorded, at `now`.
+/// Containers of a release that should not run are removed only once the
+/// environment has been settled (no deployment finished) for `grace`: a
+/// release just replaced is still draining under its own retirement.
+pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>, grace: chrono::Duration) -> Vec<Correction> {
+    let by_env: BTreeMap<(&str, &str), &Desired> =
+        desired.iter().map(|d| ((d.project.as_str(), d.environment.as_str()), d)).collect();
+    let mut out = Vec::new();
+    let mut answering: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+    for c in observed {
+        let Some(d) = by_env.get(&(c.project.as_str(), c.environment.as_str())) else { continue };
+        let env = &d.state;
+        if !env.known.contains(&c.deployment) || env.queue.contains(&c.deployment) {
+            continue;
+        }
+        let (project, environment, deployment, container) =
+            (c.project.clone(), c.environment.clone(), c.deployment, c.name.clone());
+        let serving = env.active.as_ref().filter(|a| a.deployment == c.deployment);
+        match (serving, &c.state) {
+            (Some(_), ContainerState::Running) => {
+                if let (true, Some(port)) = (c.role == "web", c.host_port) {
+                    answering.entry((&d.project, &d.environment)).or_default().push(format!("127.0.0.1:{port}"));
+                }
+            }
+            (Some(_), ContainerState::Exited(_) | ContainerState::Created) if !c.role.starts_with("release-") => {
+                let was = match &c.state {
+                    ContainerState::Exited(code) => format!("exited with code {code}"),
+                    _ => "created but not started".to_string(),
+                };
+                let reason = format!("it belongs to the release serving {} {} and was {was}", c.project, c.environment);
+                out.push(Correction::Start { project, environment, deployment, container, reason });
+            }
+            (Some(_), _) => {}
+            (None, _) => {
+                let settled = d.settled_at.is_none_or(|at| now - at >= grace);
+                if settled {
+                    let reason = match &env.active {
+                        Some(a) => format!(
+                            "deployment {} does not serve {} {} (deployment {} does)",
+                            c.deployment, c.project, c.environment, a.deployment
+                        ),
+                        None => format!("no release serves {} {}", c.project, c.environment),
+                    };
+                    out.push(Correction::Remove { project, environment, deployment, container, reason });
+                }
+            }
+        }
+    }
+    for ((project, environment), mut upstreams) in answering {
+        let Some(active) = by_env.get(&(project, environment)).and_then(|d| d.state.active.as_ref()) else { continue };
+        upstreams.sort();
+        let mut recorded = active.upstreams.clone();
+        recorded.sort();
+        if upstreams != recorded {
+            out.push(Correction::Reroute {
+                project: project.to_string(),
+                environment: environment.to_string(),
+                deployment: active.deployment,
+                upstreams,
+                previous: active.upstreams.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The engine's side of a reroute: when the route still points at the
+/// serving release, but not where it answers now, the route moves there.
+/// A route that points elsewhere (a deployment's cutover in progress, a
+/// revert) is the deployment's business, never overridden here.
+pub fn route_correction(project: &str, environment: &str, env: &Environment, route: Option<&Route>) -> Option<RouteChanged> {
+    let active = env.active.as_ref()?;
+    let route = route?;
+    if route.deployment != Some(active.deployment) || active.upstreams.is_empty() || route.upstreams == active.upstreams {
+        return None;
+    }
+    Some(RouteChanged {
+        project: project.to_string(),
+        environment: environment.to_string(),
+        deployment_id: Some(active.deployment),
+        upstreams: active.upstreams.clone(),
+        reason: RouteReason::Reconcile,
+    })
+}
