@@ -77,6 +77,16 @@ pub fn describe(event: &Event) -> String {
         Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),
         Event::StrayContainerRemoved(r) => format!("{} removed{}: {}", r.container, on_host(&r.host), r.reason),
         Event::ContainerStartedAgain(r) => format!("{} started again{}: {}", r.container, on_host(&r.host), r.reason),
+        Event::ContainerSupervised(c) => format!(
+            "{} {} ({} exit(s){}, {} restart(s){}){}",
+            c.container,
+            c.state.as_str(),
+            c.exits,
+            c.last_exit.map(|code| format!(", last code {code}")).unwrap_or_default(),
+            c.restarts,
+            if c.oom { ", OOM-killed" } else { "" },
+            on_host(&c.host)
+        ),
         Event::ReleaseUpstreamsObserved(r) => format!(
             "deployment {} answers at {} (was {}){}",
             r.deployment_id,

@@ -18,6 +18,7 @@ pub mod requests;
 pub mod retention;
 pub mod routes;
 pub mod seen;
+pub mod supervise;
 pub mod tokens;
 pub mod web;
 

@@ -373,6 +373,58 @@ pub struct ReleaseUpstreamsObserved {
     pub host: String,
 }
 
+/// What a serving container is doing, as the host agent last recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveState {
+    Running,
+    /// Failing its Docker health check.
+    Unhealthy,
+    /// Exited, and Docker is starting it again.
+    Restarting,
+    /// Exiting again and again (several exits within a minute).
+    CrashLooping,
+    /// Exited, and nothing restarts it.
+    Down,
+}
+
+impl LiveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveState::Running => "running",
+            LiveState::Unhealthy => "unhealthy",
+            LiveState::Restarting => "restarting",
+            LiveState::CrashLooping => "crash-looping",
+            LiveState::Down => "down",
+        }
+    }
+}
+
+/// What a container of the serving release did, as the host agent saw it
+/// through Docker's events (on the environment's stream). Rate-limited: one
+/// record summarises every exit since the one before, so a crash loop is a
+/// few records, not one per crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSupervised {
+    pub deployment_id: Uuid,
+    pub container: String,
+    pub state: LiveState,
+    /// Exits since the previous record of this container.
+    #[serde(default)]
+    pub exits: u32,
+    /// Restarts seen since the agent began watching it.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The last exit code seen.
+    #[serde(default)]
+    pub last_exit: Option<i64>,
+    /// The kernel killed it for memory (an OOM kill) since the previous record.
+    #[serde(default)]
+    pub oom: bool,
+    #[serde(default)]
+    pub host: String,
+}
+
 /// The one stream that holds every environment's route. An event's
 /// version in it is the *route version* routers acknowledge: one number
 /// says how far a router has applied the routes of every environment.
@@ -551,6 +603,7 @@ crate::message_family! {
         StrayContainerRemoved(StrayContainerRemoved) = 1,
         ContainerStartedAgain(ContainerStartedAgain) = 1,
         ReleaseUpstreamsObserved(ReleaseUpstreamsObserved) = 1,
+        ContainerSupervised(ContainerSupervised) = 1,
     }
 }
 
