@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use bollard::models::{ContainerSummaryStateEnum, EventMessage};
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
-use bollard::Docker;
 use futures::{Stream, StreamExt};
+
+/// The Docker client the agent holds between calls.
+pub use bollard::Docker;
 
 use crate::steps::docker::{self, DockerError, LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_ROLE};
 
