@@ -145,6 +145,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
                 "commit": d.context.commit,
                 "image": d.context.image_id,
                 "web": d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")),
+                "live": state.shown_live(),
             })
         });
         let url = routes.first().map(|r| r.url.clone()).or_else(|| active.as_ref().and_then(|a| a["web"].as_str().map(str::to_string)));
@@ -167,6 +168,9 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
                 d.context.image_id.unwrap_or_default(),
                 d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")).unwrap_or_else(|| "-".into())
             );
+            if let Some(live) = state.shown_live() {
+                println!("  live   {}", live.describe());
+            }
             for r in &routes {
                 println!("  route  {} (router {})", r.url, r.router);
             }

@@ -42,7 +42,7 @@ pub struct ContainerLive {
 
 /// The serving release's live state: its worst container's, with the
 /// restarts of all and the last exit seen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReleaseLive {
     pub state: LiveState,
     pub restarts: u32,
@@ -59,6 +59,20 @@ pub struct ActiveRelease {
     pub upstreams: Vec<String>,
 }
 
+impl ReleaseLive {
+    /// One line: `crash-looping, 12 restarts, last exit 3, 1 OOM kill`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{}, {} restart{}", self.state.as_str(), self.restarts, if self.restarts == 1 { "" } else { "s" });
+        if let Some(code) = self.last_exit {
+            text.push_str(&format!(", last exit {code}"));
+        }
+        if self.oom_kills > 0 {
+            text.push_str(&format!(", {} OOM kill{}", self.oom_kills, if self.oom_kills == 1 { "" } else { "s" }));
+        }
+        text
+    }
+}
+
 impl Environment {
     /// May `deployment` start now? Only at the head of the queue.
     pub fn may_start(&self, deployment: Uuid) -> bool {
@@ -67,6 +81,14 @@ impl Environment {
 
     pub fn last_succeeded(&self) -> Option<Uuid> {
         self.active.as_ref().map(|a| a.deployment)
+    }
+
+    /// The serving release's live state as shown: what the host agent
+    /// recorded, or running as started when it recorded nothing; `None`
+    /// when nothing serves.
+    pub fn shown_live(&self) -> Option<ReleaseLive> {
+        self.active.as_ref()?;
+        Some(self.release_live().unwrap_or(ReleaseLive { state: LiveState::Running, restarts: 0, last_exit: None, oom_kills: 0 }))
     }
 
     /// The serving release's live state; `None` until the host agent

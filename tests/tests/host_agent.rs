@@ -154,6 +154,8 @@ async fn a_crash_looping_process_is_reported_with_its_restarts_in_a_few_records(
     })
     .await;
     assert_eq!(live.last_exit, Some(3), "{live:?}");
+    // What `slipway status` prints for it.
+    assert!(live.describe().starts_with("crash-looping, "), "{}", live.describe());
     let reported = started.elapsed();
     // Several restarts later, the record is still small.
     let exits = eventually("Docker to restart it five times", Duration::from_secs(60), || async {

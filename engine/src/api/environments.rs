@@ -48,6 +48,19 @@ pub struct ActiveRelease {
     commit: Option<String>,
     image: Option<String>,
     web_port: Option<u16>,
+    /// What its containers do now, as the host agent saw it.
+    live: Option<LiveStatus>,
+}
+
+/// The serving release's live state (folded from `ContainerSupervised`):
+/// its worst container's state, the restarts and the last exit code seen.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveStatus {
+    /// `running`, `unhealthy`, `restarting`, `crash_looping` or `down`.
+    state: String,
+    restarts: u32,
+    last_exit: Option<i64>,
+    oom_kills: u32,
 }
 
 #[utoipa::path(get, path = "/api/projects/{name}/environments/{env}", tag = "environments",
@@ -60,7 +73,13 @@ pub async fn status(State(store): Store, Params((name, env)): Params<(String, St
     let active = match state.last_succeeded() {
         Some(id) => {
             let d = load_deployment(&*store, id).await?;
-            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port: d.context.web_port })
+            let live = state.shown_live().map(|l| LiveStatus {
+                state: serde_json::to_value(l.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                restarts: l.restarts,
+                last_exit: l.last_exit,
+                oom_kills: l.oom_kills,
+            });
+            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port: d.context.web_port, live })
         }
         None => None,
     };
