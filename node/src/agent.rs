@@ -145,6 +145,9 @@ impl Agent {
                         continue;
                     }
                 },
+                Correction::Start { project, environment, deployment, .. } if !self.still_serves(project, environment, *deployment).await => {
+                    continue;
+                }
                 Correction::Start { deployment, container, reason, .. } => match host::start(docker, container).await {
                     Ok(()) => {
                         started = true;
@@ -175,6 +178,18 @@ impl Agent {
         let serving: Vec<Uuid> = self.desired.iter().filter_map(|d| d.state.active.as_ref().map(|a| a.deployment)).collect();
         self.supervisor.retain(|_, deployment| serving.contains(&deployment));
         Ok(started)
+    }
+
+    /// Read again just before starting a container: a release replaced a
+    /// moment ago is being retired, and must not be started again.
+    async fn still_serves(&self, project: &str, environment: &str, deployment: Uuid) -> bool {
+        match load::environment(&*self.store, project, environment).await {
+            Ok(env) => env.last_succeeded() == Some(deployment),
+            Err(e) => {
+                tracing::warn!(error = %e, "host agent: could not read what serves");
+                false
+            }
+        }
     }
 
     fn grace(&self) -> chrono::Duration {
@@ -258,6 +273,16 @@ impl Agent {
             else {
                 continue;
             };
+            // What was read may be a moment old: a release replaced since
+            // then is being retired, and its containers' exits are no news.
+            match load::environment(&*self.store, &d.project, &d.environment).await {
+                Ok(env) if env.last_succeeded() == Some(record.deployment_id) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "host agent: could not read what serves");
+                    continue;
+                }
+            }
             record.host = self.host.clone();
             tracing::info!(container = %record.container, state = record.state.as_str(), "host agent: supervised");
             let stream = environment_stream(&d.project, &d.environment);
