@@ -75,8 +75,16 @@ pub fn describe(event: &Event) -> String {
         Event::CancelRequested(c) => c.reason.clone(),
         Event::DeploymentReplayed(r) => format!("replayed as deployment {} from {}", r.replay, r.from_step),
         Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),
-        Event::StrayContainerRemoved(r) => format!("{} removed{}: {}", r.container, on_host(&r.host), r.reason),
-        Event::ContainerStartedAgain(r) => format!("{} started again{}: {}", r.container, on_host(&r.host), r.reason),
+        Event::ContainerReconciled(r) => format!(
+            "{} {}{}: {}",
+            r.container,
+            match r.action {
+                slipway_proto::event::ContainerAction::Removed => "removed",
+                slipway_proto::event::ContainerAction::Started => "started again",
+            },
+            on_host(&r.host),
+            r.reason
+        ),
         Event::ContainerSupervised(c) => format!(
             "{} {} ({} exit(s){}, {} restart(s){}){}",
             c.container,

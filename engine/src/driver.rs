@@ -233,7 +233,7 @@ impl Driver {
             else {
                 return Ok(());
             };
-            match self.store.append(ROUTES_STREAM, ExpectedVersion::Exactly(routes.version), &[envelope.clone()], &[]).await? {
+            match self.store.append(ROUTES_STREAM, ExpectedVersion::Exactly(routes.version), std::slice::from_ref(&envelope), &[]).await? {
                 Ok(_) => {
                     tracing::info!(%project, %environment, "route moved to where the serving release answers now");
                     self.seen().observe(ROUTES_STREAM, routes.version + 1, &envelope);

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use slipway_proto::event::{RouteChanged, RouteReason};
+pub use slipway_proto::host::{ContainerState, HostContainer as Observed};
 use uuid::Uuid;
 
 use crate::environment::Environment;
@@ -33,32 +34,6 @@ pub struct Desired {
     pub environment: String,
     pub state: Environment,
     pub settled_at: Option<DateTime<Utc>>,
-}
-
-/// What Docker says a container is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContainerState {
-    Running,
-    Restarting,
-    /// Created and never started.
-    Created,
-    Exited(i64),
-    /// Paused, being removed, dead: left alone.
-    Other(String),
-}
-
-/// A slipway-labelled container on the host, from its labels and state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    pub name: String,
-    pub project: String,
-    pub environment: String,
-    pub deployment: Uuid,
-    /// `web`, `release-N`, or `<process>-<replica>`.
-    pub role: String,
-    pub state: ContainerState,
-    /// The 127.0.0.1 host port it publishes, while it runs.
-    pub host_port: Option<u16>,
 }
 
 /// What the host agent does, and the reason it records.

@@ -24,13 +24,13 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use slipway_engine::load;
-use slipway_engine::reconcile::{self, ContainerState, Correction, Desired, Observed};
+use slipway_engine::reconcile::{self, Correction, Desired};
 use slipway_engine::supervise::{Limits, Signal, Supervisor};
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{environment_stream, ContainerStartedAgain, ReleaseUpstreamsObserved, StrayContainerRemoved};
+use slipway_proto::event::{environment_stream, ContainerAction, ContainerReconciled, ReleaseUpstreamsObserved};
 use slipway_proto::{Envelope, Event};
 use slipway_store::{EventStore, StoreError};
-use slipway_workers::host::{self, AgentOptions, HostContainer, HostEvent, HostState};
+use slipway_workers::host::{self, AgentOptions, HostEvent};
 use slipway_workers::steps::docker;
 use uuid::Uuid;
 
@@ -127,51 +127,44 @@ impl Agent {
     /// Returns whether it started a container.
     async fn pass(&mut self, docker: &host::Docker) -> Result<bool, String> {
         self.read_desired().await.map_err(|e| e.to_string())?;
-        let observed: Vec<Observed> =
-            host::containers(docker).await.map_err(|e| e.to_string())?.into_iter().filter_map(observed).collect();
+        let observed = host::containers(docker).await.map_err(|e| e.to_string())?;
         let corrections = reconcile::reconcile(&self.desired, &observed, Utc::now(), self.grace());
         let mut started = false;
         for correction in corrections {
-            let event = match &correction {
-                Correction::Remove { deployment, container, reason, .. } => match host::remove(docker, container).await {
-                    Ok(()) => Event::StrayContainerRemoved(StrayContainerRemoved {
-                        deployment_id: *deployment,
-                        container: container.clone(),
-                        reason: reason.clone(),
-                        host: self.host.clone(),
-                    }),
-                    Err(e) => {
-                        tracing::warn!(error = %e, %container, "host agent: could not remove a stray container");
-                        continue;
-                    }
-                },
+            let (action, deployment, container, reason, done) = match &correction {
+                Correction::Remove { deployment, container, reason, .. } => {
+                    (ContainerAction::Removed, deployment, container, reason, host::remove(docker, container).await)
+                }
                 Correction::Start { project, environment, deployment, .. } if !self.still_serves(project, environment, *deployment).await => {
                     continue;
                 }
-                Correction::Start { deployment, container, reason, .. } => match host::start(docker, container).await {
-                    Ok(()) => {
-                        started = true;
-                        Event::ContainerStartedAgain(ContainerStartedAgain {
-                            deployment_id: *deployment,
-                            container: container.clone(),
-                            reason: reason.clone(),
-                            host: self.host.clone(),
-                        })
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, %container, "host agent: could not start a container of the serving release");
-                        continue;
-                    }
-                },
+                Correction::Start { deployment, container, reason, .. } => {
+                    (ContainerAction::Started, deployment, container, reason, host::start(docker, container).await)
+                }
                 Correction::Reroute { deployment, upstreams, previous, .. } => {
-                    Event::ReleaseUpstreamsObserved(ReleaseUpstreamsObserved {
+                    let event = Event::ReleaseUpstreamsObserved(ReleaseUpstreamsObserved {
                         deployment_id: *deployment,
                         upstreams: upstreams.clone(),
                         previous: previous.clone(),
                         host: self.host.clone(),
-                    })
+                    });
+                    tracing::info!(?correction, "host agent: corrected");
+                    self.record_correction(&correction, event).await;
+                    continue;
                 }
             };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, %container, ?action, "host agent: could not correct a container");
+                continue;
+            }
+            started |= action == ContainerAction::Started;
+            let event = Event::ContainerReconciled(ContainerReconciled {
+                action,
+                deployment_id: *deployment,
+                container: container.clone(),
+                reason: reason.clone(),
+                host: self.host.clone(),
+            });
             tracing::info!(?correction, "host agent: corrected");
             self.record_correction(&correction, event).await;
         }
@@ -289,24 +282,4 @@ impl Agent {
             self.append(&stream, Uuid::now_v7(), &Event::ContainerSupervised(record)).await;
         }
     }
-}
-
-/// A listed container in the reconciler's terms; `None` if its deployment
-/// label is not a deployment id.
-fn observed(c: HostContainer) -> Option<Observed> {
-    Some(Observed {
-        deployment: c.deployment.parse().ok()?,
-        state: match c.state {
-            HostState::Running => ContainerState::Running,
-            HostState::Restarting => ContainerState::Restarting,
-            HostState::Created => ContainerState::Created,
-            HostState::Exited(code) => ContainerState::Exited(code),
-            HostState::Other(s) => ContainerState::Other(s),
-        },
-        name: c.name,
-        project: c.project,
-        environment: c.environment,
-        role: c.role,
-        host_port: c.host_port,
-    })
 }

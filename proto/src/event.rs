@@ -329,29 +329,28 @@ pub struct ContainersRemoved {
     pub containers: Vec<String>,
 }
 
-/// The host agent removed a container of a release that should not run
-/// (on the environment's stream): a replaced or failed release whose
-/// retirement never happened (a command lost with an in-process queue, a
-/// worker that died), or a container nobody recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StrayContainerRemoved {
-    pub deployment_id: Uuid,
-    pub container: String,
-    /// Why it should not run, in words.
-    pub reason: String,
-    /// The Docker host (worker host name) it ran on.
-    #[serde(default)]
-    pub host: String,
+/// What the host agent did to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerAction {
+    /// Removed: it belongs to a release that should not run (a replaced or
+    /// failed release whose retirement never happened — a command lost with
+    /// an in-process queue, a worker that died — or one nobody recorded).
+    Removed,
+    /// Started again: it belongs to the serving release, was stopped or
+    /// exited, and Docker was not restarting it.
+    Started,
 }
 
-/// The host agent started a container of the serving release again (on
-/// the environment's stream): it was stopped or exited, and Docker was not
-/// restarting it.
+/// The host agent corrected a container (on the environment's stream), and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerStartedAgain {
+pub struct ContainerReconciled {
+    pub action: ContainerAction,
     pub deployment_id: Uuid,
     pub container: String,
+    /// Why, in words.
     pub reason: String,
+    /// The Docker host (worker host name) it runs on.
     #[serde(default)]
     pub host: String,
 }
@@ -600,8 +599,7 @@ crate::message_family! {
         CancelRequested(CancelRequested) = 1,
         TokenIssued(TokenIssued) = 1,
         TokenRevoked(TokenRevoked) = 1,
-        StrayContainerRemoved(StrayContainerRemoved) = 1,
-        ContainerStartedAgain(ContainerStartedAgain) = 1,
+        ContainerReconciled(ContainerReconciled) = 1,
         ReleaseUpstreamsObserved(ReleaseUpstreamsObserved) = 1,
         ContainerSupervised(ContainerSupervised) = 1,
     }

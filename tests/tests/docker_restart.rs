@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use slipway_engine::driver::DriverOptions;
 use slipway_engine::Status;
-use slipway_proto::event::{environment_stream, RouteReason, ROUTES_STREAM};
+use slipway_proto::event::{environment_stream, ContainerAction, RouteReason, ROUTES_STREAM};
 use slipway_proto::Event;
 use slipway_tests::*;
 use slipway_workers::host::AgentOptions;
@@ -204,7 +204,7 @@ async fn after_a_docker_daemon_restart_both_environments_answer_again_through_th
             .map(|r| r.envelope.decode().unwrap())
             .collect();
         assert!(
-            events.iter().any(|e| matches!(e, Event::ContainerStartedAgain(s) if s.container == *web)),
+            events.iter().any(|e| matches!(e, Event::ContainerReconciled(s) if s.container == *web && s.action == ContainerAction::Started)),
             "{env}: the web container was started again: {events:?}"
         );
         let upstream = format!("127.0.0.1:{port}");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use slipway_engine::driver::DriverOptions;
 use slipway_engine::Status;
-use slipway_proto::event::{environment_stream, LiveState, RouteReason, ROUTES_STREAM};
+use slipway_proto::event::{environment_stream, ContainerAction, LiveState, RouteReason, ROUTES_STREAM};
 use slipway_proto::Event;
 use slipway_tests::*;
 use slipway_workers::host::AgentOptions;
@@ -70,7 +70,7 @@ async fn a_stopped_serving_container_is_started_again_and_the_route_follows_its_
     docker(&["stop", "-t", "0", &web]);
     // then the agent starts it again and says why,
     eventually("the web container to be started again", Duration::from_secs(30), || async {
-        env_events(&h).await.iter().any(|e| matches!(e, Event::ContainerStartedAgain(s) if s.container == web)).then_some(())
+        env_events(&h).await.iter().any(|e| matches!(e, Event::ContainerReconciled(s) if s.container == web && s.action == ContainerAction::Started)).then_some(())
     })
     .await;
     // and the environment answers through the router again, at the port it runs on now.
@@ -124,7 +124,7 @@ async fn a_container_of_a_release_that_does_not_serve_is_removed_with_its_reason
     })
     .await;
     let removed = env_events(&h).await.into_iter().find_map(|e| match e {
-        Event::StrayContainerRemoved(r) if r.container == stray => Some(r),
+        Event::ContainerReconciled(r) if r.container == stray && r.action == ContainerAction::Removed => Some(r),
         _ => None,
     });
     let removed = removed.unwrap();

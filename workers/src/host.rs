@@ -11,6 +11,7 @@ use std::time::Duration;
 use bollard::models::{ContainerSummaryStateEnum, EventMessage};
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
 use futures::{Stream, StreamExt};
+pub use slipway_proto::host::{ContainerState, HostContainer};
 
 /// The Docker client the agent holds between calls.
 pub use bollard::Docker;
@@ -38,31 +39,8 @@ impl Default for AgentOptions {
     }
 }
 
-/// What a container is doing, as Docker lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostState {
-    Running,
-    Restarting,
-    Created,
-    Exited(i64),
-    Other(String),
-}
-
-/// One slipway-labelled container on this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostContainer {
-    pub name: String,
-    pub project: String,
-    pub environment: String,
-    /// The deployment label as written (a UUID).
-    pub deployment: String,
-    pub role: String,
-    pub state: HostState,
-    /// The host port published on 127.0.0.1.
-    pub host_port: Option<u16>,
-}
-
 /// Every slipway-labelled container (running or not) on the engine behind `docker`.
+/// A container whose deployment label is not a deployment id is not Slipway's doing: left out.
 pub async fn containers(docker: &Docker) -> Result<Vec<HostContainer>, DockerError> {
     let filters = HashMap::from([("label", vec![LABEL_PROJECT.to_string()])]);
     let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
@@ -83,17 +61,17 @@ pub async fn containers(docker: &Docker) -> Result<Vec<HostContainer>, DockerErr
                 .filter(|p| p.ip.as_deref() == Some("127.0.0.1"))
                 .find_map(|p| p.public_port);
             let state = match c.state {
-                Some(ContainerSummaryStateEnum::RUNNING) => HostState::Running,
-                Some(ContainerSummaryStateEnum::RESTARTING) => HostState::Restarting,
-                Some(ContainerSummaryStateEnum::CREATED) => HostState::Created,
-                Some(ContainerSummaryStateEnum::EXITED) => HostState::Exited(exit_code(c.status.as_deref().unwrap_or(""))),
-                other => HostState::Other(other.map(|s| s.to_string()).unwrap_or_default()),
+                Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
+                Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Restarting,
+                Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
+                Some(ContainerSummaryStateEnum::EXITED) => ContainerState::Exited(exit_code(c.status.as_deref().unwrap_or(""))),
+                other => ContainerState::Other(other.map(|s| s.to_string()).unwrap_or_default()),
             };
             Some(HostContainer {
                 name,
                 project: label(LABEL_PROJECT),
                 environment: label(LABEL_ENVIRONMENT),
-                deployment: label(LABEL_DEPLOYMENT),
+                deployment: label(LABEL_DEPLOYMENT).parse().ok()?,
                 role: label(LABEL_ROLE),
                 state,
                 host_port,
