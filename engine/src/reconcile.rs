@@ -39,7 +39,8 @@ pub struct Desired {
 /// What the host agent does, and the reason it records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Correction {
-    Remove { project: String, environment: String, deployment: Uuid, container: String, reason: String },
+    /// `id` is Docker's id of the container instance.
+    Remove { project: String, environment: String, deployment: Uuid, container: String, id: String, reason: String },
     Start { project: String, environment: String, deployment: Uuid, container: String, reason: String },
     /// The serving release answers at `upstreams`, not at what is recorded.
     Reroute { project: String, environment: String, deployment: Uuid, upstreams: Vec<String>, previous: Vec<String> },
@@ -78,6 +79,8 @@ pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>,
                 out.push(Correction::Start { project, environment, deployment, container, reason });
             }
             (Some(_), _) => {}
+            // Being removed already (by another agent, a retirement).
+            (None, ContainerState::Other(state)) if state == "removing" => {}
             (None, _) => {
                 let settled = d.settled_at.is_none_or(|at| now - at >= grace);
                 if settled {
@@ -88,7 +91,7 @@ pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>,
                         ),
                         None => format!("no release serves {} {}", c.project, c.environment),
                     };
-                    out.push(Correction::Remove { project, environment, deployment, container, reason });
+                    out.push(Correction::Remove { project, environment, deployment, container, id: c.id.clone(), reason });
                 }
             }
         }

@@ -26,6 +26,20 @@ pub enum Signal {
     Health { healthy: bool },
 }
 
+impl Signal {
+    /// The signal in one of Docker's container event actions (`die` with
+    /// its exit code, `oom`, `start`, `health_status: healthy`); `None` for
+    /// the actions supervision does not follow.
+    pub fn of_docker_action(action: &str, exit_code: Option<i64>) -> Option<Signal> {
+        match action {
+            "die" => Some(Signal::Died { exit_code }),
+            "oom" => Some(Signal::OomKilled),
+            "start" => Some(Signal::Started),
+            a => a.strip_prefix("health_status:").map(|h| Signal::Health { healthy: h.trim() == "healthy" }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub min_interval: Duration,

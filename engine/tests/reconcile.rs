@@ -50,6 +50,7 @@ fn desired(history: &[Event]) -> Vec<Desired> {
 
 fn container(d: Uuid, role: &str, state: ContainerState, port: Option<u16>) -> Observed {
     Observed {
+        id: format!("{}-{role}", d.simple()),
         name: name(d, role),
         project: "shop".into(),
         environment: "live".into(),

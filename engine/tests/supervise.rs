@@ -102,3 +102,13 @@ fn the_environment_shows_the_serving_release_live_state() {
     }));
     assert_eq!(fold(&history).release_live(), None);
 }
+
+#[test]
+fn dockers_event_actions_are_read_as_signals() {
+    assert_eq!(Signal::of_docker_action("die", Some(3)), Some(Signal::Died { exit_code: Some(3) }));
+    assert_eq!(Signal::of_docker_action("oom", None), Some(Signal::OomKilled));
+    assert_eq!(Signal::of_docker_action("start", None), Some(Signal::Started));
+    assert_eq!(Signal::of_docker_action("health_status: unhealthy", None), Some(Signal::Health { healthy: false }));
+    assert_eq!(Signal::of_docker_action("health_status: healthy", None), Some(Signal::Health { healthy: true }));
+    assert_eq!(Signal::of_docker_action("exec_start: sh", None), None);
+}

@@ -13,9 +13,10 @@
 //!
 //! It is idempotent and safe with several agents on one host: corrections
 //! are decided from the recorded state and carried out idempotently, and a
-//! correction's event id derives from the environment version it was
-//! decided at and the container, so two agents that decide the same
-//! correction record it once. The route change a new port needs is the
+//! correction's event id derives from what it corrects (a removal: the
+//! container instance; a start or new upstreams: the environment version it
+//! was decided at), so two agents that decide the same correction record
+//! it once. The route change a new port needs is the
 //! engine's (the driver reacts to `ReleaseUpstreamsObserved`).
 
 use std::sync::Arc;
@@ -195,11 +196,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Records a correction once, however many agents decided it: its id
-    /// derives from the environment's version and the correction.
+    /// Records a correction once, however many agents decided it: a
+    /// removal's id derives from the container instance (Docker's id), the
+    /// others' from the environment's version and the correction.
     async fn record_correction(&self, correction: &Correction, event: Event) {
         let (project, environment, key) = match correction {
-            Correction::Remove { project, environment, container, .. } => (project, environment, format!("remove/{container}")),
+            // Once per container instance, whoever removed it and whenever.
+            Correction::Remove { project, environment, id, .. } => (project, environment, format!("remove/{id}")),
             Correction::Start { project, environment, container, .. } => (project, environment, format!("start/{container}")),
             Correction::Reroute { project, environment, upstreams, .. } => {
                 (project, environment, format!("reroute/{}", upstreams.join(",")))
@@ -211,7 +214,10 @@ impl Agent {
             .iter()
             .find(|d| d.project == *project && d.environment == *environment)
             .map_or(0, |d| d.state.version);
-        let id = Uuid::new_v5(&CORRECTIONS, format!("{stream}@{version}/{key}").as_bytes());
+        let id = match correction {
+            Correction::Remove { .. } => Uuid::new_v5(&CORRECTIONS, format!("{stream}/{key}").as_bytes()),
+            _ => Uuid::new_v5(&CORRECTIONS, format!("{stream}@{version}/{key}").as_bytes()),
+        };
         self.append(&stream, id, &event).await;
     }
 
@@ -229,13 +235,7 @@ impl Agent {
 
     /// One Docker event: a signal about a serving container goes to the supervisor.
     async fn supervise(&mut self, event: HostEvent) {
-        let signal = match event.action.as_str() {
-            "die" => Signal::Died { exit_code: event.exit_code },
-            "oom" => Signal::OomKilled,
-            "start" => Signal::Started,
-            a if a.starts_with("health_status") => Signal::Health { healthy: a.ends_with(": healthy") },
-            _ => return,
-        };
+        let Some(signal) = Signal::of_docker_action(&event.action, event.exit_code) else { return };
         let Ok(deployment) = event.deployment.parse::<Uuid>() else { return };
         if !self.serves(&event, deployment) && self.read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             // A release that began serving since the last read?

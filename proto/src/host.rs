@@ -20,6 +20,9 @@ pub enum ContainerState {
 /// A slipway-labelled container on a Docker host, from its labels and state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostContainer {
+    /// Docker's id of this container instance (a container removed and
+    /// created again under the same name has another).
+    pub id: String,
     pub name: String,
     pub project: String,
     pub environment: String,

@@ -68,6 +68,7 @@ pub async fn containers(docker: &Docker) -> Result<Vec<HostContainer>, DockerErr
                 other => ContainerState::Other(other.map(|s| s.to_string()).unwrap_or_default()),
             };
             Some(HostContainer {
+                id: c.id?,
                 name,
                 project: label(LABEL_PROJECT),
                 environment: label(LABEL_ENVIRONMENT),
