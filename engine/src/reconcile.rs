@@ -132,3 +132,31 @@ pub fn route_correction(project: &str, environment: &str, env: &Environment, rou
         reason: RouteReason::Reconcile,
     })
 }
+
+/// How often a host agent starts the same container again. A serving
+/// container that exits at once each time (no restart policy) is started
+/// after a pause that doubles from `every` up to `cap`, not at every pass;
+/// one the agent has left alone for `cap` starts afresh. A Docker daemon
+/// that came back clears it all (every container stopped with it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartBackoff {
+    started: BTreeMap<String, (DateTime<Utc>, u32)>,
+}
+
+impl StartBackoff {
+    pub fn may_start(&self, container: &str, now: DateTime<Utc>, every: chrono::Duration, cap: chrono::Duration) -> bool {
+        let Some((at, times)) = self.started.get(container) else { return true };
+        let pause = (1..*times).fold(every, |p, _| (p * 2).min(cap)).min(cap);
+        now - *at >= pause
+    }
+
+    pub fn started(&mut self, container: &str, now: DateTime<Utc>, cap: chrono::Duration) {
+        self.started.retain(|_, (at, _)| now - *at < cap);
+        let times = self.started.get(container).map_or(0, |(_, n)| *n);
+        self.started.insert(container.to_string(), (now, times + 1));
+    }
+
+    pub fn clear(&mut self) {
+        self.started.clear();
+    }
+}

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use slipway_engine::environment::fold;
-use slipway_engine::reconcile::{reconcile, route_correction, ContainerState, Correction, Desired, Observed};
+use slipway_engine::reconcile::{reconcile, route_correction, ContainerState, Correction, Desired, Observed, StartBackoff};
 use slipway_engine::routes::Route;
 use slipway_proto::event::*;
 use slipway_proto::Event;
@@ -177,4 +177,27 @@ fn with_no_release_serving_every_finished_deployments_container_goes() {
     let history = [enqueued(OLD), failed];
     let host = [container(OLD, "web", ContainerState::Running, Some(3000))];
     check(&desired(&history), &host, t(60), &[format!("remove {}", name(OLD, "web"))]);
+}
+
+#[test]
+fn a_container_the_agent_keeps_starting_is_started_with_a_doubling_pause() {
+    let (every, cap) = (Duration::seconds(30), Duration::seconds(600));
+    let mut backoff = StartBackoff::default();
+    assert!(backoff.may_start("web", t(0), every, cap));
+    backoff.started("web", t(0), cap);
+    // Exits at once: not again before 30 s, then 60 s, 120 s ...
+    assert!(!backoff.may_start("web", t(29), every, cap));
+    assert!(backoff.may_start("web", t(30), every, cap));
+    backoff.started("web", t(30), cap);
+    assert!(!backoff.may_start("web", t(89), every, cap));
+    assert!(backoff.may_start("web", t(90), every, cap));
+    for n in 0..10 {
+        backoff.started("web", t(1000 + n * 600), cap);
+    }
+    // ... never more than the cap apart,
+    assert!(backoff.may_start("web", t(1000 + 9 * 600 + 600), every, cap));
+    // and other containers, or a daemon that came back, start at once.
+    assert!(backoff.may_start("worker-1", t(6000), every, cap));
+    backoff.clear();
+    assert!(backoff.may_start("web", t(6401), every, cap));
 }

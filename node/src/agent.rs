@@ -25,7 +25,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use slipway_engine::load;
-use slipway_engine::reconcile::{self, Correction, Desired};
+use slipway_engine::reconcile::{self, Correction, Desired, StartBackoff};
 use slipway_engine::supervise::{Limits, Signal, Supervisor};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{environment_stream, ContainerAction, ContainerReconciled, ReleaseUpstreamsObserved};
@@ -41,12 +41,22 @@ use crate::shutdown::Shutdown;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long to wait before trying an unreachable Docker daemon again.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+/// The longest pause between two starts of a container that exits at once.
+const START_BACKOFF_CAP: Duration = Duration::from_secs(600);
 /// Event ids of corrections: UUID v5 in this namespace.
 const CORRECTIONS: Uuid = Uuid::from_u128(0x5119_a7a6_e47c_4e0b_9f6e_7265_636f_6e63);
 
 /// Runs the agent for the Docker host this process talks to until `shutdown`.
 pub async fn run(store: Arc<dyn EventStore>, host_name: String, options: AgentOptions, shutdown: Shutdown) {
-    let mut agent = Agent { store, host: host_name, options, supervisor: Supervisor::new(Limits::default()), desired: Vec::new(), read_at: None };
+    let mut agent = Agent {
+        store,
+        host: host_name,
+        options,
+        supervisor: Supervisor::new(Limits::default()),
+        desired: Vec::new(),
+        read_at: None,
+        backoff: StartBackoff::default(),
+    };
     let mut unreachable_logged = false;
     loop {
         let docker = match docker::connect().await {
@@ -66,6 +76,8 @@ pub async fn run(store: Arc<dyn EventStore>, host_name: String, options: AgentOp
             tracing::info!("host agent: Docker is back; reconciling");
             unreachable_logged = false;
         }
+        // Docker (re)started: every container stopped with it may start at once.
+        agent.backoff.clear();
         // Follow events first, so nothing between the pass and the stream is missed.
         let mut events = Box::pin(host::events(&docker));
         agent.reconcile(&docker).await;
@@ -107,6 +119,7 @@ struct Agent {
     /// The recorded state as last read, and when.
     desired: Vec<Desired>,
     read_at: Option<std::time::Instant>,
+    backoff: StartBackoff,
 }
 
 impl Agent {
@@ -136,6 +149,10 @@ impl Agent {
                 Correction::Remove { deployment, container, reason, .. } => {
                     (ContainerAction::Removed, deployment, container, reason, host::remove(docker, container).await)
                 }
+                Correction::Start { container, .. } if !self.backoff.may_start(container, Utc::now(), self.every(), cap()) => {
+                    tracing::debug!(%container, "host agent: started a moment ago and exited again; waiting before the next start");
+                    continue;
+                }
                 Correction::Start { project, environment, deployment, .. } if !self.still_serves(project, environment, *deployment).await => {
                     continue;
                 }
@@ -158,7 +175,10 @@ impl Agent {
                 tracing::warn!(error = %e, %container, ?action, "host agent: could not correct a container");
                 continue;
             }
-            started |= action == ContainerAction::Started;
+            if action == ContainerAction::Started {
+                started = true;
+                self.backoff.started(container, Utc::now(), cap());
+            }
             let event = Event::ContainerReconciled(ContainerReconciled {
                 action,
                 deployment_id: *deployment,
@@ -184,6 +204,10 @@ impl Agent {
                 false
             }
         }
+    }
+
+    fn every(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.options.every).unwrap_or(chrono::Duration::seconds(30))
     }
 
     fn grace(&self) -> chrono::Duration {
@@ -282,4 +306,8 @@ impl Agent {
             self.append(&stream, Uuid::now_v7(), &Event::ContainerSupervised(record)).await;
         }
     }
+}
+
+fn cap() -> chrono::Duration {
+    chrono::Duration::from_std(START_BACKOFF_CAP).unwrap_or(chrono::Duration::minutes(10))
 }
