@@ -136,7 +136,12 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
     let routes = router_urls(store, project, env).await?;
     let active = match state.last_succeeded() {
         None => None,
-        Some(id) => Some((id, deployment(store, id).await?)),
+        Some(id) => {
+            let mut d = deployment(store, id).await?;
+            // Where it answers now (the host agent follows a new port).
+            d.context.web_port = state.active.as_ref().and_then(|a| a.web_port()).or(d.context.web_port);
+            Some((id, d))
+        }
     };
     if json {
         let active = active.map(|(id, d)| {

@@ -59,6 +59,14 @@ pub struct ActiveRelease {
     pub upstreams: Vec<String>,
 }
 
+impl ActiveRelease {
+    /// The host port its web container answers on now (the first
+    /// upstream's), which the host agent moves when Docker gave it another.
+    pub fn web_port(&self) -> Option<u16> {
+        self.upstreams.first()?.rsplit(':').next()?.parse().ok()
+    }
+}
+
 impl ReleaseLive {
     /// One line: `crash-looping, 12 restarts, last exit 3, 1 OOM kill`.
     pub fn describe(&self) -> String {

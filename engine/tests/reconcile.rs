@@ -144,6 +144,8 @@ fn once_the_new_upstream_is_recorded_the_reconciler_is_quiet_and_the_route_follo
         host: "h".into(),
     }));
     let env = fold(&history);
+    // the release answers there now (what `status` shows),
+    assert_eq!(env.active.as_ref().unwrap().web_port(), Some(4711));
     // then a second pass (another worker on the host) corrects nothing,
     let host = [container(SERVING, "web", ContainerState::Running, Some(4711))];
     check(&desired(&history), &host, t(10), &[]);

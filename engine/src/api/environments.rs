@@ -79,7 +79,9 @@ pub async fn status(State(store): Store, Params((name, env)): Params<(String, St
                 last_exit: l.last_exit,
                 oom_kills: l.oom_kills,
             });
-            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port: d.context.web_port, live })
+            // Where it answers now (the host agent follows a new port).
+            let web_port = state.active.as_ref().and_then(|a| a.web_port()).or(d.context.web_port);
+            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port, live })
         }
         None => None,
     };
