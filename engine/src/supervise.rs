@@ -20,7 +20,9 @@ use uuid::Uuid;
 /// What Docker reported about a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    Died { exit_code: Option<i64> },
+    /// It exited; `restarting` when Docker will start it again (its
+    /// restart policy says so).
+    Died { exit_code: Option<i64>, restarting: bool },
     OomKilled,
     Started,
     Health { healthy: bool },
@@ -32,7 +34,7 @@ impl Signal {
     /// the actions supervision does not follow.
     pub fn of_docker_action(action: &str, exit_code: Option<i64>) -> Option<Signal> {
         match action {
-            "die" => Some(Signal::Died { exit_code }),
+            "die" => Some(Signal::Died { exit_code, restarting: false }),
             "oom" => Some(Signal::OomKilled),
             "start" => Some(Signal::Started),
             a => a.strip_prefix("health_status:").map(|h| Signal::Health { healthy: h.trim() == "healthy" }),
@@ -65,6 +67,8 @@ struct Track {
     deployment: Uuid,
     recent_exits: VecDeque<DateTime<Utc>>,
     running: bool,
+    /// Exited, and Docker is starting it again.
+    restarting: bool,
     healthy: bool,
     restarts: u32,
     exits_since: u32,
@@ -92,6 +96,7 @@ impl Supervisor {
             deployment,
             recent_exits: VecDeque::new(),
             running: true,
+            restarting: false,
             healthy: true,
             restarts: 0,
             exits_since: 0,
@@ -101,8 +106,9 @@ impl Supervisor {
         });
         track.deployment = deployment;
         match signal {
-            Signal::Died { exit_code } => {
+            Signal::Died { exit_code, restarting } => {
                 track.running = false;
+                track.restarting = restarting;
                 track.exits_since += 1;
                 track.last_exit = exit_code.or(track.last_exit);
                 track.recent_exits.push_back(at);
@@ -117,6 +123,7 @@ impl Supervisor {
                     track.restarts += 1;
                 }
                 track.running = true;
+                track.restarting = false;
                 track.healthy = true;
             }
             Signal::Health { healthy } => track.healthy = healthy,
@@ -143,6 +150,8 @@ fn state(track: &mut Track, limits: &Limits, now: DateTime<Utc>) -> LiveState {
     }
     if track.recent_exits.len() >= limits.loop_exits {
         LiveState::CrashLooping
+    } else if !track.running && track.restarting {
+        LiveState::Restarting
     } else if !track.running {
         LiveState::Down
     } else if !track.healthy {

@@ -20,7 +20,7 @@ fn t(ms: i64) -> DateTime<Utc> {
 fn crash_loop(s: &mut Supervisor, n: i64) -> Vec<ContainerSupervised> {
     let mut out = Vec::new();
     for i in 0..n {
-        out.extend(s.observe("crash-1", RELEASE, Signal::Died { exit_code: Some(3) }, t(i * 300)));
+        out.extend(s.observe("crash-1", RELEASE, Signal::Died { exit_code: Some(3), restarting: true }, t(i * 300)));
         out.extend(s.observe("crash-1", RELEASE, Signal::Started, t(i * 300 + 50)));
         out.extend(s.flush(t(i * 300 + 100)));
     }
@@ -35,7 +35,7 @@ fn a_crash_loop_of_a_thousand_exits_is_a_few_summarising_records() {
     let records = crash_loop(&mut s, 1000);
     // then a handful of records says so,
     assert!(records.len() <= 8, "{} records: {records:?}", records.len());
-    assert_eq!(records[0].state, LiveState::Down);
+    assert_eq!(records[0].state, LiveState::Restarting);
     let last = records.last().unwrap();
     assert_eq!((last.state, last.last_exit), (LiveState::CrashLooping, Some(3)));
     // and once it stays up past the loop window, one more says it runs;
@@ -51,7 +51,7 @@ fn a_crash_loop_of_a_thousand_exits_is_a_few_summarising_records() {
 fn a_held_back_change_is_recorded_by_a_later_flush() {
     let mut s = Supervisor::new(Limits::default());
     // One exit is recorded at once, the restart right after is held back,
-    assert_eq!(s.observe("web", RELEASE, Signal::Died { exit_code: Some(137) }, t(0)).unwrap().state, LiveState::Down);
+    assert_eq!(s.observe("web", RELEASE, Signal::Died { exit_code: Some(137), restarting: false }, t(0)).unwrap().state, LiveState::Down);
     assert_eq!(s.observe("web", RELEASE, Signal::Started, t(100)), None);
     assert_eq!(s.flush(t(1000)), vec![]);
     // and recorded once the minimum interval passed.
@@ -65,7 +65,7 @@ fn a_held_back_change_is_recorded_by_a_later_flush() {
 fn an_oom_kill_and_health_changes_are_recorded() {
     let mut s = Supervisor::new(Limits::default());
     s.observe("web", RELEASE, Signal::OomKilled, t(0));
-    let died = s.observe("web", RELEASE, Signal::Died { exit_code: Some(137) }, t(1)).or_else(|| s.flush(t(1)).pop());
+    let died = s.observe("web", RELEASE, Signal::Died { exit_code: Some(137), restarting: false }, t(1)).or_else(|| s.flush(t(1)).pop());
     let record = died.unwrap();
     assert!(record.oom);
     s.observe("web", RELEASE, Signal::Started, t(10));
@@ -105,7 +105,7 @@ fn the_environment_shows_the_serving_release_live_state() {
 
 #[test]
 fn dockers_event_actions_are_read_as_signals() {
-    assert_eq!(Signal::of_docker_action("die", Some(3)), Some(Signal::Died { exit_code: Some(3) }));
+    assert_eq!(Signal::of_docker_action("die", Some(3)), Some(Signal::Died { exit_code: Some(3), restarting: false }));
     assert_eq!(Signal::of_docker_action("oom", None), Some(Signal::OomKilled));
     assert_eq!(Signal::of_docker_action("start", None), Some(Signal::Started));
     assert_eq!(Signal::of_docker_action("health_status: unhealthy", None), Some(Signal::Health { healthy: false }));

@@ -92,7 +92,7 @@ pub async fn run(store: Arc<dyn EventStore>, host_name: String, options: AgentOp
                     agent.record_supervised(due).await;
                 }
                 item = events.next() => match item {
-                    Some(Ok(event)) => agent.supervise(event).await,
+                    Some(Ok(event)) => agent.supervise(&docker, event).await,
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "host agent: Docker's event stream ended; reconnecting");
                         break;
@@ -258,8 +258,8 @@ impl Agent {
     }
 
     /// One Docker event: a signal about a serving container goes to the supervisor.
-    async fn supervise(&mut self, event: HostEvent) {
-        let Some(signal) = Signal::of_docker_action(&event.action, event.exit_code) else { return };
+    async fn supervise(&mut self, docker: &host::Docker, event: HostEvent) {
+        let Some(mut signal) = Signal::of_docker_action(&event.action, event.exit_code) else { return };
         let Ok(deployment) = event.deployment.parse::<Uuid>() else { return };
         if !self.serves(&event, deployment) && self.read_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             // A release that began serving since the last read?
@@ -269,6 +269,10 @@ impl Agent {
         }
         if !self.serves(&event, deployment) {
             return;
+        }
+        if let Signal::Died { restarting, .. } = &mut signal {
+            // Docker marks it restarting before it reports the exit.
+            *restarting = host::restarting(docker, &event.name).await;
         }
         let at = chrono::DateTime::from_timestamp_nanos(event.time_nano);
         let due = self.supervisor.observe(&event.name, deployment, signal, at);

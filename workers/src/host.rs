@@ -100,6 +100,15 @@ pub async fn remove(docker: &Docker, name: &str) -> Result<(), DockerError> {
     docker::remove_container(docker, name).await.map(|_| ())
 }
 
+/// Whether Docker is restarting the container (its restart policy took
+/// it after an exit); `false` when it cannot say.
+pub async fn restarting(docker: &Docker, name: &str) -> bool {
+    match docker::find_container(docker, name).await {
+        Ok(Some(info)) => info.state.and_then(|s| s.restarting).unwrap_or(false),
+        _ => false,
+    }
+}
+
 /// What Docker reported about a slipway-labelled container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostEvent {
