@@ -110,6 +110,8 @@ enum Command {
         /// Run without the router (traffic switches then wait for no router).
         #[arg(long)]
         no_router: bool,
+        #[command(flatten)]
+        agent: AgentArgs,
     },
     /// Run the engine, the outbox relay and the HTTP API (no step workers, no router).
     Server(ServeArgs),
@@ -147,6 +149,8 @@ enum Command {
         /// without doing anything (no Docker, no Git).
         #[arg(long, hide = true)]
         stand_in_ms: Option<u64>,
+        #[command(flatten)]
+        agent: AgentArgs,
     },
     /// Create, list and show projects.
     #[command(subcommand)]
@@ -262,6 +266,31 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// The host agent that runs beside workers serving the deploy step.
+#[derive(Args)]
+struct AgentArgs {
+    /// Seconds between the host agent's reconciliations of what Docker runs
+    /// with what is recorded (it also reconciles at start and when the
+    /// Docker daemon comes back); 0 runs no host agent (no reconciliation,
+    /// no supervision).
+    #[arg(long, default_value_t = 30)]
+    reconcile_every: u64,
+    /// Seconds an environment must have been settled (no deployment
+    /// finished) before the host agent removes containers of releases that
+    /// should not run. Keep it above the engine's --drain plus a stop.
+    #[arg(long, default_value_t = 120)]
+    stray_grace: u64,
+}
+
+impl AgentArgs {
+    fn options(&self) -> Option<slipway_workers::host::AgentOptions> {
+        (self.reconcile_every > 0).then(|| slipway_workers::host::AgentOptions {
+            every: Duration::from_secs(self.reconcile_every),
+            grace: Duration::from_secs(self.stray_grace),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -513,15 +542,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             demo(store, queue, &data_dir, Duration::from_secs(timeout)).await
         }
-        Command::AllInOne { serve, router, no_router } => {
+        Command::AllInOne { serve, router, no_router, agent } => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let router = match no_router {
                 true => None,
                 false => Some(machinery::router(router.router_listen, router.router_id, router.domain).await?),
             };
+            let workers = WorkerOptions { agent: agent.options(), ..all_workers(format!("worker:{}", hostname())) };
             let parts = Parts {
                 engine: Some(serve.driver()),
-                workers: Some((all_workers(format!("worker:{}", hostname())), machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images))),
+                workers: Some((workers, machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images))),
                 router,
                 ..Default::default()
             };
@@ -555,13 +585,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbs::images_prune(&*store, keep, dry_run, json).await.map(|_| ExitCode::SUCCESS)
         }
         Command::Workers => verbs::workers(&*store, json).await.map(|_| ExitCode::SUCCESS),
-        Command::Worker { steps, prefetch, concurrency, stand_in_ms } => {
+        Command::Worker { steps, prefetch, concurrency, stand_in_ms, agent } => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let options = WorkerOptions {
                 steps: if steps.is_empty() { Step::ALL.to_vec() } else { steps },
                 prefetch,
                 concurrency: usize::from(concurrency),
                 actor: format!("worker:{}", hostname()),
+                // Stand-in workers start no containers: nothing to look after.
+                agent: agent.options().filter(|_| stand_in_ms.is_none()),
                 ..Default::default()
             };
             let executor: Arc<dyn slipway_workers::Executor> = match stand_in_ms {

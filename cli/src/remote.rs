@@ -148,6 +148,12 @@ pub fn status_text(project: &str, env: &str, status: &Value) -> String {
             if let Some(limits) = limits {
                 out.push_str(&format!("  limits {limits}\n"));
             }
+            if let Some(live) = a.get("live").filter(|l| !l.is_null()) {
+                let state = text(live, "state").replace('_', "-");
+                let restarts = live.get("restarts").and_then(Value::as_u64).unwrap_or(0);
+                let exit = live.get("last_exit").and_then(Value::as_i64).map(|c| format!(", last exit {c}")).unwrap_or_default();
+                out.push_str(&format!("  live   {state}, {restarts} restart{}{exit}\n", if restarts == 1 { "" } else { "s" }));
+            }
         }
     }
     if let Some(url) = status_url(status) {

@@ -89,6 +89,41 @@ pub fn describe(event: &Event) -> String {
             r.route_version,
             r.to.map_or("nothing (no earlier release)".to_string(), |d| format!("deployment {d}"))
         ),
+        Event::ContainerReconciled(r) => format!(
+            "{} {}{}: {}",
+            r.container,
+            match r.action {
+                slipway_proto::event::ContainerAction::Removed => "removed",
+                slipway_proto::event::ContainerAction::Started => "started again",
+            },
+            on_host(&r.host),
+            r.reason
+        ),
+        Event::ContainerSupervised(c) => format!(
+            "{} {} ({} exit(s){}, {} restart(s){}){}",
+            c.container,
+            c.state.as_str(),
+            c.exits,
+            c.last_exit.map(|code| format!(", last code {code}")).unwrap_or_default(),
+            c.restarts,
+            if c.oom { ", OOM-killed" } else { "" },
+            on_host(&c.host)
+        ),
+        Event::ReleaseUpstreamsObserved(r) => format!(
+            "deployment {} answers at {} (was {}){}",
+            r.deployment_id,
+            r.upstreams.join(", "),
+            if r.previous.is_empty() { "nothing".to_string() } else { r.previous.join(", ") },
+            on_host(&r.host)
+        ),
+    }
+}
+
+fn on_host(host: &str) -> String {
+    if host.is_empty() {
+        String::new()
+    } else {
+        format!(" on {host}")
     }
 }
 

@@ -137,7 +137,12 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
     let routes = router_urls(store, project, env).await?;
     let active = match state.last_succeeded() {
         None => None,
-        Some(id) => Some((id, deployment(store, id).await?)),
+        Some(id) => {
+            let mut d = deployment(store, id).await?;
+            // Where it answers now (the host agent follows a new port).
+            d.context.web_port = state.active.as_ref().and_then(|a| a.web_port()).or(d.context.web_port);
+            Some((id, d))
+        }
     };
     if json {
         let active = active.map(|(id, d)| {
@@ -147,6 +152,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
                 "image": d.context.image_id,
                 "web": d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")),
                 "limits": release_limits(&d.context.config),
+                "live": state.shown_live(),
             })
         });
         let url = routes.first().map(|r| r.url.clone()).or_else(|| active.as_ref().and_then(|a| a["web"].as_str().map(str::to_string)));
@@ -170,6 +176,9 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
                 d.context.web_port.map(|p| format!("http://127.0.0.1:{p}/")).unwrap_or_else(|| "-".into()),
                 release_limits(&d.context.config)
             );
+            if let Some(live) = state.shown_live() {
+                println!("  live   {}", live.describe());
+            }
             for r in &routes {
                 println!("  route  {} (router {})", r.url, r.router);
             }

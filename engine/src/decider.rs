@@ -462,6 +462,8 @@ fn succeeded(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
 }
 
 fn finished(d: &Deployment, succeeded: bool) -> Decision {
+    // Without routers the switch and the verdict are decided together:
+    // `cutover` hands over the switched state, so the switch is there.
     let (containers, upstreams) = match (&d.switch, succeeded) {
         (Some(s), true) => (d.containers.clone(), s.upstreams.clone()),
         _ => (vec![], vec![]),

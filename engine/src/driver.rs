@@ -191,6 +191,13 @@ impl Driver {
                 if e.stream.starts_with("deployment-") {
                     streams.insert(e.stream.clone());
                 } else if e.stream.starts_with("environment-") {
+                    if e.envelope.message_type == "ReleaseUpstreamsObserved" {
+                        match self.follow_release(&e.stream, &e.envelope).await {
+                            Ok(()) => {}
+                            Err(DriverError::Store(err)) => return Err(err),
+                            Err(err) => tracing::error!(stream = %e.stream, error = %err, "cannot move the route to the release"),
+                        }
+                    }
                     // A deployment left or joined the queue: the head may start.
                     match self.environment(&e.stream).await {
                         Ok(env) => streams.extend(env.queue.first().map(|d| deployment_stream(*d))),
@@ -204,6 +211,38 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The host agent saw the serving release answer elsewhere than its
+    /// route says (its container came back on a new port): the route
+    /// follows it (`reconcile::route_correction`), holding the routes turn.
+    /// Level-triggered, so a repeated or late observation changes nothing.
+    async fn follow_release(&self, estream: &str, cause: &Envelope) -> Result<(), DriverError> {
+        for _ in 0..3 {
+            let _turn = self.routes_turn.lock().await;
+            let env = self.environment(estream).await?;
+            let routes = load::routes(&*self.store).await?;
+            let found = routes.by_environment.iter().find(|((p, e), _)| environment_stream(p, e) == estream);
+            let Some(((project, environment), route)) = found else { return Ok(()) };
+            let Some(changed) = crate::reconcile::route_correction(project, environment, &env, Some(route)) else {
+                return Ok(());
+            };
+            let mut meta = Metadata::caused_by(cause);
+            meta.actor = "engine".into();
+            let Ok(envelope) = Envelope::new(Uuid::now_v7(), Utc::now(), ROUTES_STREAM, &Event::RouteChanged(changed), meta)
+            else {
+                return Ok(());
+            };
+            match self.store.append(ROUTES_STREAM, ExpectedVersion::Exactly(routes.version), std::slice::from_ref(&envelope), &[]).await? {
+                Ok(_) => {
+                    tracing::info!(%project, %environment, "route moved to where the serving release answers now");
+                    self.seen().observe(ROUTES_STREAM, routes.version + 1, &envelope);
+                    return Ok(());
+                }
+                Err(conflict) => tracing::debug!(%conflict, "the routes moved while rerouting; reading them again"),
+            }
+        }
+        Ok(())
     }
 
     /// Deployments that may wait for a deadline: the head of every

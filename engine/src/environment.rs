@@ -1,7 +1,13 @@
 //! The environment projection: which deployments wait in an environment's
 //! queue (one runs at a time, in request order) and which release serves,
-//! folded from its `environment-<project>-<env>` stream.
+//! folded from its `environment-<project>-<env>` stream. What the host
+//! agent observed of the serving release (new upstreams after a Docker
+//! restart) moves the active release too, so a later revert goes where the
+//! release really answers.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use slipway_proto::event::LiveState;
 use slipway_proto::Event;
 use uuid::Uuid;
 
@@ -14,7 +20,34 @@ pub struct Environment {
     /// Every deployment that succeeded here (dry runs aside), oldest first:
     /// what a rollback chooses from.
     pub releases: Vec<Uuid>,
+    /// Every deployment ever enqueued here: the host agent touches only
+    /// containers of these (a Docker host may run other installations' too).
+    pub known: BTreeSet<Uuid>,
+    /// What the serving release's containers do, by container, as the host
+    /// agent last recorded it (empty until it records anything).
+    pub live: BTreeMap<String, ContainerLive>,
     pub version: u64,
+}
+
+/// One serving container's live state, folded from `ContainerSupervised`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerLive {
+    pub state: LiveState,
+    pub restarts: u32,
+    pub last_exit: Option<i64>,
+    /// Exits recorded since it began serving.
+    pub exits: u32,
+    pub oom_kills: u32,
+}
+
+/// The serving release's live state: its worst container's, with the
+/// restarts of all and the last exit seen.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReleaseLive {
+    pub state: LiveState,
+    pub restarts: u32,
+    pub last_exit: Option<i64>,
+    pub oom_kills: u32,
 }
 
 /// The release serving an environment: its containers (retired when the
@@ -26,6 +59,28 @@ pub struct ActiveRelease {
     pub upstreams: Vec<String>,
 }
 
+impl ActiveRelease {
+    /// The host port its web container answers on now (the first
+    /// upstream's), which the host agent moves when Docker gave it another.
+    pub fn web_port(&self) -> Option<u16> {
+        self.upstreams.first()?.rsplit(':').next()?.parse().ok()
+    }
+}
+
+impl ReleaseLive {
+    /// One line: `crash-looping, 12 restarts, last exit 3, 1 OOM kill`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{}, {} restart{}", self.state.as_str(), self.restarts, if self.restarts == 1 { "" } else { "s" });
+        if let Some(code) = self.last_exit {
+            text.push_str(&format!(", last exit {code}"));
+        }
+        if self.oom_kills > 0 {
+            text.push_str(&format!(", {} OOM kill{}", self.oom_kills, if self.oom_kills == 1 { "" } else { "s" }));
+        }
+        text
+    }
+}
+
 impl Environment {
     /// May `deployment` start now? Only at the head of the queue.
     pub fn may_start(&self, deployment: Uuid) -> bool {
@@ -35,16 +90,60 @@ impl Environment {
     pub fn last_succeeded(&self) -> Option<Uuid> {
         self.active.as_ref().map(|a| a.deployment)
     }
+
+    /// The serving release's live state as shown: what the host agent
+    /// recorded, or running as started when it recorded nothing; `None`
+    /// when nothing serves.
+    pub fn shown_live(&self) -> Option<ReleaseLive> {
+        self.active.as_ref()?;
+        Some(self.release_live().unwrap_or(ReleaseLive { state: LiveState::Running, restarts: 0, last_exit: None, oom_kills: 0 }))
+    }
+
+    /// The serving release's live state; `None` until the host agent
+    /// recorded anything about it (it runs as it was started).
+    pub fn release_live(&self) -> Option<ReleaseLive> {
+        let worst = self.live.values().map(|c| c.state).max()?;
+        Some(ReleaseLive {
+            state: worst,
+            restarts: self.live.values().map(|c| c.restarts).sum(),
+            last_exit: self.live.values().filter(|c| c.state == worst).find_map(|c| c.last_exit)
+                .or_else(|| self.live.values().find_map(|c| c.last_exit)),
+            oom_kills: self.live.values().map(|c| c.oom_kills).sum(),
+        })
+    }
 }
 
 impl Environment {
     /// Applies the stream's next event (version `self.version + 1`).
     pub fn apply(&mut self, event: &Event) {
         match event {
-            Event::DeploymentEnqueued(q) => self.queue.push(q.deployment_id),
+            Event::DeploymentEnqueued(q) => {
+                self.queue.push(q.deployment_id);
+                self.known.insert(q.deployment_id);
+            }
+            Event::ContainerSupervised(c) if self.last_succeeded() == Some(c.deployment_id) => {
+                let live = self.live.entry(c.container.clone()).or_insert(ContainerLive {
+                    state: c.state,
+                    restarts: 0,
+                    last_exit: None,
+                    exits: 0,
+                    oom_kills: 0,
+                });
+                live.state = c.state;
+                live.restarts = live.restarts.max(c.restarts);
+                live.last_exit = c.last_exit.or(live.last_exit);
+                live.exits += c.exits;
+                live.oom_kills += u32::from(c.oom);
+            }
+            Event::ReleaseUpstreamsObserved(o) => {
+                if let Some(active) = self.active.as_mut().filter(|a| a.deployment == o.deployment_id) {
+                    active.upstreams = o.upstreams.clone();
+                }
+            }
             Event::DeploymentFinished(f) => {
                 self.queue.retain(|d| *d != f.deployment_id);
                 if f.succeeded && !f.dry_run {
+                    self.live.clear();
                     self.releases.push(f.deployment_id);
                     self.active = Some(ActiveRelease {
                         deployment: f.deployment_id,

@@ -13,11 +13,13 @@ pub mod history;
 pub mod limits;
 pub mod load;
 pub mod project;
+pub mod reconcile;
 pub mod rebuild;
 pub mod requests;
 pub mod retention;
 pub mod routes;
 pub mod seen;
+pub mod supervise;
 pub mod tokens;
 pub mod web;
 

@@ -65,6 +65,20 @@ pub async fn environment_of_stream(store: &dyn EventStore, stream: &str) -> Resu
     Ok(environment::fold(decode_all(&recorded)?.iter()))
 }
 
+/// Every environment as the reconciler needs it: its projection and when a
+/// deployment last finished there.
+pub async fn desired(store: &dyn EventStore) -> Result<Vec<crate::reconcile::Desired>, LoadError> {
+    let mut out = Vec::new();
+    for (project, environment) in environment_names(store).await? {
+        let recorded = store.read_stream(&environment_stream(&project, &environment), 1).await?;
+        let settled_at =
+            recorded.iter().rev().find(|r| r.envelope.message_type == "DeploymentFinished").map(|r| r.recorded_at);
+        let state = environment::fold(decode_all(&recorded)?.iter());
+        out.push(crate::reconcile::Desired { project, environment, state, settled_at });
+    }
+    Ok(out)
+}
+
 /// Every environment's route, from the routes stream.
 pub async fn routes(store: &dyn EventStore) -> Result<Routes, LoadError> {
     let recorded = store.read_stream(ROUTES_STREAM, 1).await?;

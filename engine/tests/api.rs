@@ -794,3 +794,31 @@ async fn cancel_records_the_request_and_is_a_409_once_finished() {
     let unknown = format!("/api/deployments/{}/cancel", Uuid::now_v7());
     api.request(Method::POST, &unknown, Some(&api.deploy), None).await.expect(StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn status_shows_the_serving_release_live_state_from_the_host_agent() {
+    // Given a release serving, and the host agent's records of its crash-looping process,
+    let api = Api::new().await;
+    api.create_hello().await;
+    let id = api.deploy("test", json!({"ref": "main"})).await;
+    api.finish(id, "c0ffee", true).await;
+    let status = api.get("/api/projects/hello/environments/test").await.expect(StatusCode::OK).json();
+    assert_eq!(status["active"]["live"]["state"], "running", "nothing recorded: running as started");
+    let record = |exits, restarts, state| {
+        Event::ContainerSupervised(ContainerSupervised {
+            deployment_id: id,
+            container: "crash-1".into(),
+            state,
+            exits,
+            restarts,
+            last_exit: Some(3),
+            oom: false,
+            host: "h".into(),
+        })
+    };
+    let records = [record(1, 0, LiveState::Down), record(4, 4, LiveState::CrashLooping)];
+    append(&*api.store, &environment_stream("hello", "test"), &records).await;
+    // then the status says crash-looping, with the restarts and the last exit code.
+    let status = api.get("/api/projects/hello/environments/test").await.expect(StatusCode::OK).json();
+    assert_eq!(status["active"]["live"], json!({"state": "crash_looping", "restarts": 4, "last_exit": 3, "oom_kills": 0}));
+}

@@ -2,8 +2,10 @@
 //! relay), the step workers, a router — wired together in one place, so the
 //! `slipway` binary, the end-to-end tests and the benchmarks run the same
 //! machinery. `routing` keeps a router's table in step with the store;
-//! `gauges` samples the metrics no event moves.
+//! `gauges` samples the metrics no event moves; `agent` keeps a Docker
+//! host running what is recorded and supervises the serving release.
 
+pub mod agent;
 pub mod gauges;
 pub mod routing;
 pub mod serve;

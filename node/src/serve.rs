@@ -1,6 +1,7 @@
 //! Runs the parts of a node until a shutdown future resolves: the engine
 //! (the driver, restarted after a store outage, and the outbox relay), the
-//! step workers, and a router (its table follows the store; the proxy
+//! step workers (with the host agent where they serve the deploy step),
+//! and a router (its table follows the store; the proxy
 //! serves from it). The binary's modes, the end-to-end tests and the
 //! benchmarks all start Slipway through this one function. Where the
 //! engine or workers run, the queue and lag gauges are sampled too.
@@ -75,6 +76,10 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         tasks.spawn(drive(store.clone(), options, shutdown.clone()));
     }
     if let Some((options, executor)) = parts.workers {
+        // The host agent runs where containers are started: beside the deploy step.
+        if let (true, Some(agent)) = (options.steps.contains(&Step::Deploy), options.agent.clone()) {
+            tasks.spawn(crate::agent::run(store.clone(), options.host.clone(), agent, shutdown.clone()).map(Ok));
+        }
         let (store, queue, shutdown) = (store.clone(), queue.clone(), shutdown.clone());
         tasks.spawn(async move {
             slipway_workers::run(queue, store, executor, options, shutdown).await.map_err(|e| NodeError::Workers(e.to_string()))

@@ -329,6 +329,101 @@ pub struct ContainersRemoved {
     pub containers: Vec<String>,
 }
 
+/// What the host agent did to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerAction {
+    /// Removed: it belongs to a release that should not run (a replaced or
+    /// failed release whose retirement never happened — a command lost with
+    /// an in-process queue, a worker that died — or one nobody recorded).
+    Removed,
+    /// Started again: it belongs to the serving release, was stopped or
+    /// exited, and Docker was not restarting it.
+    Started,
+}
+
+/// The host agent corrected a container (on the environment's stream), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerReconciled {
+    pub action: ContainerAction,
+    pub deployment_id: Uuid,
+    pub container: String,
+    /// Why, in words.
+    pub reason: String,
+    /// The Docker host (worker host name) it runs on.
+    #[serde(default)]
+    pub host: String,
+}
+
+/// The serving release answers at other upstreams than recorded (on the
+/// environment's stream), as observed by the host agent: its web container
+/// came back on a new ephemeral host port (a Docker daemon restart). The
+/// environment's active release takes these upstreams, and the engine
+/// moves the route to them (`RouteReason::Reconcile`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseUpstreamsObserved {
+    pub deployment_id: Uuid,
+    /// The upstreams the release answers at now (`127.0.0.1:PORT`).
+    pub upstreams: Vec<String>,
+    /// What was recorded before.
+    #[serde(default)]
+    pub previous: Vec<String>,
+    #[serde(default)]
+    pub host: String,
+}
+
+/// What a serving container is doing, as the host agent last recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveState {
+    Running,
+    /// Failing its Docker health check.
+    Unhealthy,
+    /// Exited, and Docker is starting it again.
+    Restarting,
+    /// Exiting again and again (several exits within a minute).
+    CrashLooping,
+    /// Exited, and nothing restarts it.
+    Down,
+}
+
+impl LiveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveState::Running => "running",
+            LiveState::Unhealthy => "unhealthy",
+            LiveState::Restarting => "restarting",
+            LiveState::CrashLooping => "crash-looping",
+            LiveState::Down => "down",
+        }
+    }
+}
+
+/// What a container of the serving release did, as the host agent saw it
+/// through Docker's events (on the environment's stream). Rate-limited: one
+/// record summarises every exit since the one before, so a crash loop is a
+/// few records, not one per crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSupervised {
+    pub deployment_id: Uuid,
+    pub container: String,
+    pub state: LiveState,
+    /// Exits since the previous record of this container.
+    #[serde(default)]
+    pub exits: u32,
+    /// Restarts seen since the agent began watching it.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The last exit code seen.
+    #[serde(default)]
+    pub last_exit: Option<i64>,
+    /// The kernel killed it for memory (an OOM kill) since the previous record.
+    #[serde(default)]
+    pub oom: bool,
+    #[serde(default)]
+    pub host: String,
+}
+
 /// The one stream that holds every environment's route. An event's
 /// version in it is the *route version* routers acknowledge: one number
 /// says how far a router has applied the routes of every environment.
@@ -354,6 +449,9 @@ pub enum RouteReason {
     /// The watch passed: the same upstreams, without the standby (the
     /// previous release is about to be retired).
     Settled,
+    /// The serving release answers at new upstreams (its container came back
+    /// on another port): the route follows it.
+    Reconcile,
 }
 
 /// An environment's host name now routes to these upstreams (on the
@@ -556,6 +654,9 @@ crate::message_family! {
         ReleaseWatchStarted(ReleaseWatchStarted) = 1,
         ReleaseWatched(ReleaseWatched) = 1,
         ReleaseRolledBack(ReleaseRolledBack) = 1,
+        ContainerReconciled(ContainerReconciled) = 1,
+        ReleaseUpstreamsObserved(ReleaseUpstreamsObserved) = 1,
+        ContainerSupervised(ContainerSupervised) = 1,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod command;
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod host;
 pub mod step;
 mod upcast;
 

@@ -88,6 +88,16 @@ impl Harness {
         wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>,
         engine: DriverOptions,
     ) -> Harness {
+        Self::start_with_agent(backends, wrap, engine, Some(slipway_workers::host::AgentOptions::default())).await
+    }
+
+    /// Starts with the host agent's options given (`None`: no agent).
+    pub async fn start_with_agent(
+        backends: Backends,
+        wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>,
+        engine: DriverOptions,
+        agent: Option<slipway_workers::host::AgentOptions>,
+    ) -> Harness {
         require_docker();
         let data = tempfile::tempdir().expect("temp dir");
         let tag = Uuid::now_v7().simple().to_string();
@@ -115,7 +125,7 @@ impl Harness {
             engine: Some(engine),
             relay: RelayOptions { poll: Duration::from_millis(100), ..Default::default() },
             workers: Some((
-                WorkerOptions { actor: "worker:test".into(), ..Default::default() },
+                WorkerOptions { actor: "worker:test".into(), agent, ..Default::default() },
                 Arc::new(Pipeline::new(runtime)),
             )),
             router: None,

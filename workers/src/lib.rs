@@ -4,6 +4,7 @@
 //! the executors that do each step's work (`steps`).
 
 pub mod group;
+pub mod host;
 pub mod http;
 pub mod steps;
 pub mod worker;

@@ -36,6 +36,9 @@ pub struct WorkerOptions {
     /// This process's id in the workers table (`slipway workers`).
     pub id: String,
     pub host: String,
+    /// The host agent (reconciler and supervisor of this Docker host), run
+    /// where the deploy step is served; `None` runs none.
+    pub agent: Option<crate::host::AgentOptions>,
 }
 
 impl Default for WorkerOptions {
@@ -48,6 +51,7 @@ impl Default for WorkerOptions {
             actor: "worker".into(),
             id: format!("{host}-{}-{}", std::process::id(), &Uuid::now_v7().simple().to_string()[26..]),
             host,
+            agent: Some(crate::host::AgentOptions::default()),
         }
     }
 }

@@ -54,6 +54,19 @@ pub struct ActiveRelease {
     /// {"worker": {}}}` (an empty object: no limit).
     #[schema(value_type = Object)]
     limits: ReleaseLimits,
+    /// What its containers do now, as the host agent saw it.
+    live: Option<LiveStatus>,
+}
+
+/// The serving release's live state (folded from `ContainerSupervised`):
+/// its worst container's state, the restarts and the last exit code seen.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveStatus {
+    /// `running`, `unhealthy`, `restarting`, `crash_looping` or `down`.
+    state: String,
+    restarts: u32,
+    last_exit: Option<i64>,
+    oom_kills: u32,
 }
 
 #[utoipa::path(get, path = "/api/projects/{name}/environments/{env}", tag = "environments",
@@ -67,8 +80,15 @@ pub async fn status(State(store): Store, Params((name, env)): Params<(String, St
         Some(id) => {
             let d = load_deployment(&*store, id).await?;
             let limits = release_limits(&d.context.config);
-            let c = d.context;
-            Some(ActiveRelease { deployment: id, commit: c.commit, image: c.image_id, web_port: c.web_port, limits })
+            let live = state.shown_live().map(|l| LiveStatus {
+                state: serde_json::to_value(l.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                restarts: l.restarts,
+                last_exit: l.last_exit,
+                oom_kills: l.oom_kills,
+            });
+            // Where it answers now (the host agent follows a new port).
+            let web_port = state.active.as_ref().and_then(|a| a.web_port()).or(d.context.web_port);
+            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port, limits, live })
         }
         None => None,
     };

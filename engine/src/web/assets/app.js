@@ -359,13 +359,22 @@ async function projectsView(view) {
         const active = env.active || env.last_succeeded || null;
         row.replaceChildren(
           h('td', {}, h('a', { href: `#/env/${enc(p.name)}/${enc(e)}` }, e)),
-          h('td', {}, active ? h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)) : h('span', { class: 'muted' }, 'none')),
+          h('td', {}, active ? [h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)), liveBadge(active.live)] : h('span', { class: 'muted' }, 'none')),
           h('td', { class: 'mono' }, active ? short(active.commit, 10) : ''),
           h('td', {}, urlOf(env, active)),
           h('td', {}, (env.queue || []).length ? badge('running', `${env.queue.length} queued`) : h('span', { class: 'muted' }, 'idle')));
       }).catch((err) => row.replaceChildren(h('td', {}, e), h('td', { colspan: 4, class: 'muted' }, err.message)));
     }
   }
+}
+
+// The serving release's live state (the host agent's supervision): a badge
+// unless it simply runs.
+function liveBadge(live) {
+  if (!live || live.state === 'running') return null;
+  const text = `${live.state.replace('_', '-')}, ${live.restarts} restart${live.restarts === 1 ? '' : 's'}` +
+    (live.last_exit === null || live.last_exit === undefined ? '' : `, exit ${live.last_exit}`);
+  return [' ', badge(live.state === 'unhealthy' || live.state === 'restarting' ? 'pending' : 'failed', text)];
 }
 
 function urlOf(env, active) {
