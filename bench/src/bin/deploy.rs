@@ -94,15 +94,8 @@ fn make_repo(dir: &Path) -> anyhow::Result<()> {
 /// Commits a change to the app's page, so the next deployment has a commit
 /// no image was built from.
 fn commit_change(dir: &Path, n: usize) -> anyhow::Result<()> {
-    std::fs::write(dir.join("www/index.html"), format!("bench {n} {}\n", Uuid::now_v7()))?;
-    let repo = git2::Repository::open(dir)?;
-    let mut index = repo.index()?;
-    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None)?;
-    index.write()?;
-    let tree = repo.find_tree(index.write_tree()?)?;
-    let sig = git2::Signature::now("bench", "bench@localhost")?;
-    let parent = repo.head()?.peel_to_commit()?;
-    repo.commit(Some("HEAD"), &sig, &sig, &format!("change {n}"), &tree, &[&parent])?;
+    let page = format!("bench {n} {}\n", Uuid::now_v7());
+    commit_files(dir, &[("www/index.html", &page)], &format!("change {n}"))?;
     Ok(())
 }
 
