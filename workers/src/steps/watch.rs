@@ -174,10 +174,14 @@ async fn watch(ctx: &DeploymentContext, settings: &Settings) -> Result<ReleaseWa
             }
         }
     }
-    // The window passed: one last look, so a crash in its last instant counts.
-    for container in &containers {
-        if let Some(signal) = inspect(&docker, container).await {
-            return Err(fail(signal).await);
+    // The window passed. Without Docker's events, one last look, so a
+    // crash in its last instant counts (with them, a crash would have
+    // ended the watch already).
+    if !events_open {
+        for container in &containers {
+            if let Some(signal) = inspect(&docker, container).await {
+                return Err(fail(signal).await);
+            }
         }
     }
     Ok(ReleaseWatched {
