@@ -159,8 +159,9 @@ pub fn status_text(project: &str, env: &str, status: &Value) -> String {
     if let Some(url) = status_url(status) {
         out.push_str(&format!("  route  {url}\n"));
     }
+    let running = status.get("running_status").and_then(Value::as_str).unwrap_or("running");
     for (n, id) in status.get("queue").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        out.push_str(&format!("  {} {}\n", if n == 0 { "running" } else { "queued " }, id.as_str().unwrap_or_default()));
+        out.push_str(&format!("  {:<7} {}\n", if n == 0 { running } else { "queued" }, id.as_str().unwrap_or_default()));
     }
     out
 }

@@ -145,6 +145,10 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
         }
     };
     if json {
+        let running_status = match state.queue.first() {
+            Some(id) => Some(deployment(store, *id).await?.status_word()),
+            None => None,
+        };
         let active = active.map(|(id, d)| {
             json!({
                 "deployment": id,
@@ -163,6 +167,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
             "active": active,
             "routes": routes.iter().map(|r| json!({ "url": r.url, "router": r.router })).collect::<Vec<_>>(),
             "running": state.queue.first(),
+            "running_status": running_status,
             "queue": state.queue,
         }));
     }
@@ -185,7 +190,12 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
         }
     }
     for (n, id) in state.queue.iter().enumerate() {
-        println!("  {} {id}", if n == 0 { "running" } else { "queued " });
+        // The head of the queue may be watching its new release, or rolling back.
+        let word = match n {
+            0 => deployment(store, *id).await.map(|d| d.status_word()).unwrap_or("running"),
+            _ => "queued",
+        };
+        println!("  {word:<7} {id}");
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct EnvironmentStatus {
     active: Option<ActiveRelease>,
     /// Deployments not finished, oldest first; the first one runs.
     queue: Vec<Uuid>,
+    /// Where the first of the queue stands: `running`, `watching` (traffic
+    /// moved, the watch window not yet passed) or `rolling back`.
+    running_status: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -101,7 +104,11 @@ pub async fn status(State(store): Store, Params((name, env)): Params<(String, St
         }
         (Some(a), None) => a.web_port.map(|p| format!("http://127.0.0.1:{p}/")),
     };
-    Ok(Json(EnvironmentStatus { project: name, environment: env, url, active, queue: state.queue }))
+    let running_status = match state.queue.first() {
+        Some(id) => Some(load_deployment(&*store, *id).await?.status_word()),
+        None => None,
+    };
+    Ok(Json(EnvironmentStatus { project: name, environment: env, url, active, queue: state.queue, running_status }))
 }
 
 /// Settings by key: the value, or "(secret)" for a secret one.
