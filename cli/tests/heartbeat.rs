@@ -47,7 +47,7 @@ async fn a_hung_builder_is_replaced_after_the_heartbeat_timeout_under_the_same_c
     // builder takes one build at a time (--prefetch 1): a hung process with
     // credit left would be handed the re-dispatch too.
     let hung = c.spawn("builder-a", &["worker", "--steps", "build", "--prefetch", "1", "--stand-in-ms", "8000"]);
-    let others = "check_services,checkout,deploy,release,processes,health_check,cleanup";
+    let others = "check_services,checkout,deploy,release,processes,health_check,watch,retire,cleanup";
     c.workers.push(c.spawn("others", &["worker", "--steps", others, "--stand-in-ms", "10"]));
     create_project(&*store, &project, "/nonexistent/stand-in", &["live"]).await;
     let id = request_deployment(&*store, &project, "live", "", BuildMode::Local, true).await;

@@ -24,7 +24,7 @@ mod common;
 use common::Cluster;
 
 const WORKER_A_STEPS: &str = "check_services,checkout,build,deploy";
-const WORKER_B_STEPS: &str = "release,processes,health_check,retire,cleanup";
+const WORKER_B_STEPS: &str = "release,processes,health_check,watch,retire,cleanup";
 
 fn free_addr() -> String {
     format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())

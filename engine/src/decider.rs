@@ -264,9 +264,11 @@ fn watch_window(d: &Deployment) -> std::time::Duration {
 fn watch(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
     let window = watch_window(d);
     if d.watched {
-        // The standby is let go before the previous release is retired.
+        // The standby (the previous release, which served all along) is let
+        // go before it is retired; a first release had none.
         let mut out = vec![];
-        if let Some(switch) = &d.switch {
+        let had_standby = env.active.as_ref().is_some_and(|a| !a.upstreams.is_empty());
+        if let (Some(switch), true) = (&d.switch, had_standby) {
             out.push(Decision::RecordOnRoutes(Event::RouteChanged(RouteChanged {
                 project: d.context.project.clone(),
                 environment: d.context.environment.clone(),

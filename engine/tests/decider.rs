@@ -691,6 +691,9 @@ fn a_release_watched_to_the_end_succeeds_and_only_then_retires_the_old_one() {
     let mut expect = vec!["route Settled 127.0.0.1:32768"];
     expect.extend(SUCCESS);
     check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &expect);
+    // A first release had no standby: nothing to settle, nothing to retire.
+    let first = EnvironmentView { active: None, ..with_routers(&[("a", 5), ("b", 5)]) };
+    check_with(&h, &first, &["record DeploymentSucceeded", "finish succeeded"]);
     h.push(Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "c0ffee".into() }));
     let state = fold(h.iter()).unwrap().unwrap();
     assert_eq!(state.status_word(), "succeeded");
