@@ -947,6 +947,10 @@ impl EventStore for PgStore {
         crate::export::postgres_log(self)
     }
 
+    fn read_models(&self) -> &dyn crate::read_model::ReadModelStore {
+        self
+    }
+
     fn backend(&self) -> &'static str {
         BACKEND
     }
