@@ -13,6 +13,8 @@ pub mod history;
 pub mod limits;
 pub mod load;
 pub mod project;
+pub mod projector;
+pub mod read_model;
 pub mod rebuild;
 pub mod requests;
 pub mod retention;

@@ -82,6 +82,23 @@ pub enum Before {
     Time(DateTime<Utc>),
 }
 
+impl std::str::FromStr for Before {
+    type Err = String;
+
+    /// A deployment id or an RFC 3339 time.
+    fn from_str(raw: &str) -> Result<Self, String> {
+        if let Ok(id) = Uuid::parse_str(raw) {
+            return Ok(Before::Deployment(id));
+        }
+        DateTime::parse_from_rfc3339(raw).map(|t| Before::Time(t.with_timezone(&Utc))).map_err(|_| {
+            format!("`{raw}` is neither a deployment id nor an RFC 3339 time such as 2026-12-01T12:00:00Z")
+        })
+    }
+}
+
+/// The statuses a deployment row can have.
+pub const STATUSES: [&str; 5] = ["running", "watching", "rolling back", "succeeded", "failed"];
+
 /// A page of deployments, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeploymentQuery {
