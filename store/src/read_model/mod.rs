@@ -133,6 +133,22 @@ pub trait ReadModelStore: Send + Sync {
     async fn deployments(&self, query: &DeploymentQuery) -> Result<Vec<DeploymentRow>, StoreError>;
 }
 
+/// Every read-model table: what a reset empties.
+pub(crate) const TABLES: [&str; 3] = ["projects", "environments", "deployments"];
+
+/// The equality filters of a deployment page (project, environment,
+/// status), as both dialects write them after a `WHERE` clause.
+pub(crate) fn push_filters<'a, DB: sqlx::Database>(sql: &mut sqlx::QueryBuilder<'a, DB>, q: &DeploymentQuery)
+where
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    for (column, value) in [("project", &q.project), ("environment", &q.environment), ("status", &q.status)] {
+        if let Some(value) = value {
+            sql.push(format!(" AND {column} = ")).push_bind(value.clone());
+        }
+    }
+}
+
 /// The changes of one batch as they are written: the last state of each
 /// project and deployment (a batch may change one many times), then the
 /// serving releases in order (they find their environment through the

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{collapse, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore, READ_MODELS};
+use super::{collapse, push_filters, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore, READ_MODELS, TABLES};
 use crate::event_store::{Position, StoreError};
 use crate::postgres::PgStore;
 
@@ -123,8 +123,8 @@ impl ReadModelStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db("moving the read models' checkpoint"))?;
-        for sql in ["DELETE FROM projects", "DELETE FROM environments", "DELETE FROM deployments"] {
-            sqlx::query(sql).execute(&mut *tx).await.map_err(db("emptying the read models"))?;
+        for table in TABLES {
+            sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await.map_err(db("emptying the read models"))?;
         }
         tx.commit().await.map_err(db("emptying the read models"))
     }
@@ -173,15 +173,7 @@ impl ReadModelStore for PgStore {
 
     async fn deployments(&self, q: &DeploymentQuery) -> Result<Vec<DeploymentRow>, StoreError> {
         let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE true"));
-        if let Some(project) = &q.project {
-            sql.push(" AND project = ").push_bind(project);
-        }
-        if let Some(environment) = &q.environment {
-            sql.push(" AND environment = ").push_bind(environment);
-        }
-        if let Some(status) = &q.status {
-            sql.push(" AND status = ").push_bind(status);
-        }
+        push_filters(&mut sql, q);
         match q.before {
             None => {}
             Some(Before::Time(t)) => {

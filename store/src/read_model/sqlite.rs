@@ -8,7 +8,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::{collapse, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore, READ_MODELS};
+use super::{collapse, push_filters, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore, READ_MODELS, TABLES};
 use crate::event_store::{Position, StoreError};
 use crate::sqlite::SqliteStore;
 
@@ -125,8 +125,8 @@ impl ReadModelStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db("moving the read models' checkpoint"))?;
-        for sql in ["DELETE FROM projects", "DELETE FROM environments", "DELETE FROM deployments"] {
-            sqlx::query(sql).execute(&mut *tx).await.map_err(db("emptying the read models"))?;
+        for table in TABLES {
+            sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await.map_err(db("emptying the read models"))?;
         }
         tx.commit().await.map_err(db("emptying the read models"))
     }
@@ -183,15 +183,7 @@ impl ReadModelStore for SqliteStore {
             "SELECT id, project, environment, status, git_ref, commit_id, image, actor, requested_at, finished_at,
              failed_step, failed_reason, rollback_of, promoted_from FROM deployments WHERE 1",
         );
-        if let Some(project) = &q.project {
-            sql.push(" AND project = ").push_bind(project.clone());
-        }
-        if let Some(environment) = &q.environment {
-            sql.push(" AND environment = ").push_bind(environment.clone());
-        }
-        if let Some(status) = &q.status {
-            sql.push(" AND status = ").push_bind(status.clone());
-        }
+        push_filters(&mut sql, q);
         match q.before {
             None => {}
             Some(Before::Time(t)) => {
