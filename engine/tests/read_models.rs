@@ -1,7 +1,7 @@
 //! The read models: what each event means for a row (the pure fold, given
 //! canned histories, no I/O), then on both backends: rows kept live by
 //! racing writers equal the rows a rebuild folds from the log, row for row,
-//! and pages, filters and positions behave.
+//! and pages, filters and positions behave, in the query layer and the API.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
@@ -17,6 +17,10 @@ use slipway_proto::{Envelope, Event, Step};
 use slipway_store::postgres::PgOptions;
 use slipway_store::read_model::{Before, Change, DeploymentQuery, DeploymentRow};
 use slipway_store::{EventStore, ExpectedVersion, PgStore, Position, RecordedEvent, SqliteStore};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
 use uuid::Uuid;
 
 const ID: Uuid = Uuid::from_u128(0xd);
@@ -282,8 +286,8 @@ async fn snapshot(store: &dyn EventStore) -> (Vec<String>, Vec<String>, Vec<Depl
     (projects, environments, deployments)
 }
 
-async fn live_rows_equal_rebuilt_rows(store: Arc<dyn EventStore>) {
-    let store = &*store;
+async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
+    let store = &*store_arc;
     for name in ["alpha", "beta"] {
         let new = NewProject {
             name: name.into(),
@@ -343,6 +347,27 @@ async fn live_rows_equal_rebuilt_rows(store: Arc<dyn EventStore>) {
     assert_eq!(page(failed).await, vec![bad]);
     let (projects, _) = projector::projects(store, Some("alpha"), 5).await.unwrap();
     assert_eq!(projects.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["beta"]);
+
+    // The API answers from the same tables and says from which position.
+    let token = requests::issue_token(store, "test", "reader", TokenScope::Read).await.unwrap().unwrap();
+    let get = |uri: String| {
+        let app = slipway_engine::api::app_with(store_arc.clone(), Default::default());
+        let request = Request::get(uri).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let at = response.headers()[slipway_engine::api::READ_POSITION].to_str().unwrap().to_string();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (at, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+        }
+    };
+    let (at, listed) = get(format!("/api/deployments?project=beta&status=watching&before={queued}")).await;
+    assert_eq!(at, store.read_models().position().await.unwrap().to_string());
+    assert_eq!(listed.as_array().unwrap().iter().map(|d| d["deployment"].as_str().unwrap()).collect::<Vec<_>>(), [watched.to_string()]);
+    let (_, failed) = get("/api/deployments?status=failed".into()).await;
+    assert_eq!(failed[0]["status"], "failed at build: RUN exited 1");
+    let (_, projects) = get("/api/projects?after=alpha".into()).await;
+    assert_eq!(projects.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect::<Vec<_>>(), ["beta"]);
 
     // A read sees a write made a moment ago, with no subscriber running.
     let newest = deploy(store, "alpha", "test").await;
