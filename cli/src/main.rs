@@ -238,8 +238,14 @@ enum Command {
     },
     /// An environment's releases (successful deployments), newest first; `*` serves now.
     Releases { project: String, env: String },
-    /// A project's deployments, oldest first.
-    Deployments { project: String },
+    /// A project's deployments: the newest --limit of them (older pages
+    /// with --before), printed oldest first. Read from the deployments read
+    /// model, which catches up with the log first.
+    Deployments {
+        project: String,
+        #[command(flatten)]
+        page: verbs::DeploymentPage,
+    },
     /// A deployment's events with its build and release logs.
     Logs { deployment: Uuid },
     /// A deployment's timeline: each event's time, step, actor and outcome,
@@ -384,7 +390,15 @@ enum ProjectCmd {
         #[arg(long = "env", default_values_t = ["test".to_string(), "live".to_string()])]
         environments: Vec<String>,
     },
-    List,
+    /// Projects by name, a page at a time (from the projects read model).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only projects whose name sorts after this one (the last of the page before).
+        #[arg(long, value_name = "NAME")]
+        after: Option<String>,
+    },
     Show { name: String },
 }
 
@@ -394,7 +408,8 @@ enum ProjectionsCmd {
     /// be read or followed, print a digest of the state, and move the
     /// engine's subscription checkpoint to the start: the next engine to
     /// start (restart running ones) decides again over the whole log, and
-    /// appends nothing (decisions are idempotent).
+    /// appends nothing (decisions are idempotent). The read models
+    /// (projects, environments, deployments) are emptied and refilled from the log.
     Rebuild,
 }
 
@@ -579,6 +594,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("BROKEN {stream}: {why}");
             }
             println!("the engine's checkpoint is back at the first event: restart running engines to re-read the log");
+            println!("read models refilled from the log up to position {}", store.read_models().position().await?);
             Ok(if state.broken.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Images(ImagesCmd::Prune { keep, dry_run }) => {
@@ -608,7 +624,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbs::project_create(&*store, NewProject { name, repository: repo.as_deref().map(absolute_repo).unwrap_or_default(), default_branch: branch, environments, mirror_of }).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Project(ProjectCmd::List) => verbs::project_list(&*store, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Project(ProjectCmd::List { limit, after }) => {
+            verbs::project_list(&*store, after.as_deref(), limit, json).await.map(|_| ExitCode::SUCCESS)
+        }
         Command::Project(ProjectCmd::Show { name }) => verbs::project_show(&*store, &name, json).await.map(|_| ExitCode::SUCCESS),
         Command::Env(EnvCmd::Set { project, env, pairs, secret }) => {
             let set = verbs::parse_assignments(&pairs, secret)?;
@@ -677,7 +695,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History { deployment } => history::history(&*store, deployment, json).await.map(|_| ExitCode::SUCCESS),
         Command::Diff { a, b } => history::diff(&*store, a, b, json).await.map(|_| ExitCode::SUCCESS),
         Command::Releases { project, env } => verbs::releases(&*store, &project, &env, json).await.map(|_| ExitCode::SUCCESS),
-        Command::Deployments { project } => verbs::deployments(&*store, &project, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Deployments { project, page } => verbs::deployments(&*store, &project, &page, json).await.map(|_| ExitCode::SUCCESS),
         Command::Logs { deployment } => verbs::logs(&*store, deployment, &data_dir, json).await.map(|_| ExitCode::SUCCESS),
         Command::Events { stream } => {
             let events = store.read_stream(&stream, 1).await?;
@@ -712,7 +730,7 @@ async fn through_server(server: &str, token: Option<String>, command: &Command, 
             remote::deploy(&client()?, &args.project, &args.env, body, &follow(&args.follow)).await?
         }
         Command::Status { project, env, at: None } => remote::status(&client()?, project, env, json).await?,
-        Command::Deployments { project } => remote::deployments(&client()?, project, json).await?,
+        Command::Deployments { project, page } => remote::deployments(&client()?, project, page, json).await?,
         Command::History { deployment } => remote::history(&client()?, *deployment, json).await?,
         Command::Rollback { project, env, to, follow: f } => remote::rollback(&client()?, project, env, *to, &follow(f)).await?,
         Command::Replay { deployment, from_step, follow: f } => {

@@ -166,8 +166,14 @@ pub fn status_text(project: &str, env: &str, status: &Value) -> String {
     out
 }
 
-pub async fn deployments(client: &Client, project: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let list = client.get(&format!("/api/deployments?project={}", segment(project))).await?;
+pub async fn deployments(client: &Client, project: &str, page: &crate::verbs::DeploymentPage, json: bool) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/api/deployments?project={}&limit={}", segment(project), page.limit);
+    for (key, value) in [("environment", &page.env), ("status", &page.status), ("before", &page.before)] {
+        if let Some(value) = value {
+            path.push_str(&format!("&{key}={}", segment(value)));
+        }
+    }
+    let list = client.get(&path).await?;
     if json {
         print_json(&list)?;
         return Ok(ExitCode::SUCCESS);

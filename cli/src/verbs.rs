@@ -6,10 +6,12 @@
 use futures::TryStreamExt;
 use slipway_engine::limits::release_limits;
 use slipway_engine::load;
+use slipway_engine::projector;
 use slipway_engine::requests::{self, NewProject, SettingValue};
 use slipway_proto::event::deployment_stream;
 use slipway_proto::Event;
 use serde_json::{json, Value};
+use slipway_store::read_model::{Before, DeploymentQuery, STATUSES};
 use slipway_store::{EventStore, Position};
 use uuid::Uuid;
 
@@ -42,18 +44,17 @@ pub async fn project_create(store: &dyn EventStore, new: NewProject) -> anyhow::
     Ok(())
 }
 
-pub async fn project_list(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
-    let mut all = Vec::new();
-    for name in requests::project_names(store).await? {
-        if let Some(p) = requests::load_project(store, &name).await? {
-            if !json {
-                println!("{:<24} {}  ({})", p.name, p.repository, p.environments.keys().cloned().collect::<Vec<_>>().join(", "));
-            }
-            all.push(json!({ "name": p.name, "repo": p.repository, "mirror_of": p.mirror_of, "environments": p.environments.keys().collect::<Vec<_>>() }));
-        }
-    }
+pub async fn project_list(store: &dyn EventStore, after: Option<&str>, limit: usize, json: bool) -> anyhow::Result<()> {
+    let (projects, _) = projector::projects(store, after, limit).await?;
     if json {
-        print_json(&Value::Array(all))?;
+        let all: Vec<Value> = projects
+            .iter()
+            .map(|p| json!({ "name": p.name, "repo": p.repository, "mirror_of": p.mirror_of, "environments": p.environments }))
+            .collect();
+        return print_json(&Value::Array(all));
+    }
+    for p in &projects {
+        println!("{:<24} {}  ({})", p.name, p.repository, p.environments.join(", "));
     }
     Ok(())
 }
@@ -204,53 +205,79 @@ async fn deployment(store: &dyn EventStore, id: Uuid) -> anyhow::Result<slipway_
     load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))
 }
 
-/// `running`, `watching`, `succeeded`, `rolling back` or `failed`, and where and why it failed.
-fn status_of(d: &slipway_engine::Deployment) -> (&'static str, Value) {
-    match &d.status {
-        slipway_engine::Status::Failed { step, reason } => (d.status_word(), json!({ "step": step, "reason": reason })),
-        _ => (d.status_word(), Value::Null),
+/// Which page of a project's deployments `deployments` shows.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeploymentPage {
+    /// Only this environment's.
+    #[arg(long = "env", value_name = "ENV")]
+    pub env: Option<String>,
+    /// Only those with this status: running, watching, rolling back, succeeded or failed.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Only those requested before this deployment (its id) or this RFC 3339
+    /// time: pass the oldest of a page to see the one before it.
+    #[arg(long, value_name = "ID|TIME")]
+    pub before: Option<String>,
+}
+
+impl DeploymentPage {
+    /// The read-model query for `project`'s page.
+    pub fn query(&self, project: &str) -> anyhow::Result<DeploymentQuery> {
+        if let Some(status) = self.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+            return Err(exit::usage(format!("--status `{status}` is not one of: {}", STATUSES.join(", "))));
+        }
+        let before = self.before.as_deref().map(str::parse::<Before>).transpose().map_err(|why| exit::usage(format!("--before {why}")))?;
+        Ok(DeploymentQuery {
+            project: Some(project.to_string()),
+            environment: self.env.clone(),
+            status: self.status.clone(),
+            before,
+            limit: self.limit,
+        })
     }
 }
 
-pub async fn deployments(store: &dyn EventStore, project: &str, json: bool) -> anyhow::Result<()> {
-    if requests::load_project(store, project).await?.is_none() {
-        return Err(not_found(format!("no project `{project}`")));
+pub async fn deployments(store: &dyn EventStore, project: &str, page: &DeploymentPage, json: bool) -> anyhow::Result<()> {
+    match &page.env {
+        Some(env) => require_environment(store, project, env).await?,
+        None if requests::load_project(store, project).await?.is_none() => return Err(not_found(format!("no project `{project}`"))),
+        None => {}
     }
-    let mut all = store.stream_all(Position::START);
-    let mut ids = Vec::new();
-    while let Some(r) = all.try_next().await? {
-        if let Ok(Event::DeploymentRequested(req)) = r.envelope.decode::<Event>() {
-            if req.project == project {
-                ids.push(req.deployment_id);
-            }
-        }
+    let (mut rows, _) = projector::deployments(store, &page.query(project)?).await?;
+    // The newest page, read top to bottom like a log.
+    rows.reverse();
+    if json {
+        let all: Vec<Value> = rows
+            .iter()
+            .map(|d| {
+                let failure = match (&d.failed_step, &d.failed_reason) {
+                    (Some(step), Some(reason)) => json!({ "step": step, "reason": reason }),
+                    _ => Value::Null,
+                };
+                json!({
+                    "id": d.id, "project": d.project, "environment": d.environment, "ref": d.git_ref,
+                    "commit": d.commit, "image": d.image, "status": d.status, "failure": failure,
+                    "rollback_of": d.rollback_of, "promoted_from": d.promoted_from,
+                })
+            })
+            .collect();
+        return print_json(&Value::Array(all));
     }
-    let mut all = Vec::new();
-    for id in ids {
-        let d = deployment(store, id).await?;
-        if json {
-            let (status, failure) = status_of(&d);
-            all.push(json!({
-                "id": id, "project": project, "environment": d.context.environment, "ref": d.context.git_ref,
-                "commit": d.context.commit, "image": d.context.image_id, "status": status, "failure": failure,
-                "rollback_of": d.rollback_of, "promoted_from": d.promoted_from,
-            }));
-            continue;
-        }
-        let status = match &d.status {
-            slipway_engine::Status::Running => "running".to_string(),
-            slipway_engine::Status::Succeeded => "succeeded".to_string(),
-            slipway_engine::Status::Failed { step, reason } => format!("failed at {step}: {reason}"),
+    for d in &rows {
+        let status = match (&d.failed_step, &d.failed_reason) {
+            (Some(step), Some(reason)) if d.status == "failed" => format!("failed at {step}: {reason}"),
+            _ => d.status.clone(),
         };
         println!(
-            "{id}  {:<6} {:<12} {:<10} {status}",
-            d.context.environment,
-            d.context.git_ref,
-            d.context.commit.as_deref().map(|c| &c[..c.len().min(10)]).unwrap_or("-")
+            "{}  {:<6} {:<12} {:<10} {status}",
+            d.id,
+            d.environment,
+            d.git_ref,
+            d.commit.as_deref().map(|c| &c[..c.len().min(10)]).unwrap_or("-")
         );
-    }
-    if json {
-        print_json(&Value::Array(all))?;
     }
     Ok(())
 }

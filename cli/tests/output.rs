@@ -183,6 +183,39 @@ fn every_read_verb_prints_one_json_document() {
 }
 
 #[test]
+fn deployments_and_projects_page_and_filter_from_the_read_models() {
+    let dir = Dir::new();
+    let deploy = |env: &str| {
+        json_lines(&dir.ok(&["deploy", "app", env, "--dry-run", "--json"])).last().unwrap()["deployment"].as_str().unwrap().to_string()
+    };
+    let (a, b, c) = (deploy("test"), deploy("live"), deploy("test"));
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["deployments", "app", "--json"];
+        all.extend_from_slice(args);
+        dir.json(&all).as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(&[]), [a.as_str(), b.as_str(), c.as_str()]);
+    assert_eq!(ids(&["--limit", "2"]), [b.as_str(), c.as_str()], "the newest page, oldest first");
+    assert_eq!(ids(&["--limit", "2", "--before", &b]), [a.as_str()]);
+    assert_eq!(ids(&["--env", "test"]), [a.as_str(), c.as_str()]);
+    assert_eq!(ids(&["--status", "succeeded", "--env", "live"]), [b.as_str()]);
+    assert!(ids(&["--status", "failed"]).is_empty());
+    assert!(ids(&["--before", "2000-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(dir.exit(&["deployments", "app", "--status", "done"]), 2, "unknown status");
+    assert_eq!(dir.exit(&["deployments", "app", "--before", "yesterday"]), 2, "bad --before");
+    assert_eq!(dir.exit(&["deployments", "app", "--env", "qa"]), 3, "unknown environment");
+    dir.ok(&["project", "create", "zoo", "--repo", "/tmp"]);
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["project", "list", "--json"];
+        all.extend_from_slice(args);
+        dir.json(&all).as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(&[]), ["app", "zoo"]);
+    assert_eq!(names(&["--limit", "1"]), ["app"]);
+    assert_eq!(names(&["--after", "app"]), ["zoo"]);
+}
+
+#[test]
 fn errors_exit_with_the_documented_status() {
     let dir = Dir::new();
     assert_eq!(dir.exit(&["status", "nope", "test"]), 3, "unknown project");

@@ -14,6 +14,8 @@ pub mod limits;
 pub mod load;
 pub mod project;
 pub mod reconcile;
+pub mod projector;
+pub mod read_model;
 pub mod rebuild;
 pub mod requests;
 pub mod retention;

@@ -149,21 +149,3 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> Resul
     }
     Ok(releases)
 }
-
-/// The ids of the deployments ever queued on the given environments, newest
-/// first (ids are UUID v7: time-ordered), at most `limit`.
-pub async fn deployment_ids(store: &dyn EventStore, environments: &[(String, String)], limit: usize) -> Result<Vec<Uuid>, LoadError> {
-    let mut ids = Vec::new();
-    for (project, env) in environments {
-        let recorded = store.read_stream(&environment_stream(project, env), 1).await?;
-        for event in decode_all(&recorded)? {
-            if let Event::DeploymentEnqueued(q) = event {
-                ids.push(q.deployment_id);
-            }
-        }
-    }
-    ids.sort_unstable_by(|a, b| b.cmp(a));
-    ids.dedup();
-    ids.truncate(limit);
-    Ok(ids)
-}

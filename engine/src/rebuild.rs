@@ -6,7 +6,8 @@
 //! engine to start (restart the running ones) decides again over the whole
 //! log. Decisions are idempotent (they land at the version they were
 //! decided on), so that appends nothing: the state before and after is
-//! identical, which `State::digest` lets a caller check.
+//! identical, which `State::digest` lets a caller check. The read models
+//! (`projector`), which are tables, are emptied and refilled from the log.
 
 use std::collections::BTreeMap;
 
@@ -74,9 +75,11 @@ pub async fn fold_all(store: &dyn EventStore) -> Result<State, StoreError> {
     Ok(state)
 }
 
-/// Folds everything and moves the engine's subscription to the start.
+/// Folds everything, moves the engine's subscription to the start, and
+/// refills the read models from the log.
 pub async fn rebuild(store: &dyn EventStore) -> Result<State, StoreError> {
     let state = fold_all(store).await?;
     store.save_checkpoint(ENGINE_CHECKPOINT, Position::START).await?;
+    crate::projector::rebuild(store).await?;
     Ok(state)
 }

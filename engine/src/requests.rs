@@ -50,18 +50,9 @@ pub async fn project_events(store: &dyn EventStore, name: &str) -> Result<(u64, 
     Ok((recorded.last().map_or(0, |r| r.version), events))
 }
 
-/// Every project's name, from the log.
+/// Every project's name, from the read models (caught up with the log first).
 pub async fn project_names(store: &dyn EventStore) -> Result<Vec<String>, StoreError> {
-    use futures::TryStreamExt;
-    let mut names = Vec::new();
-    let mut all = store.stream_all(slipway_store::Position::START);
-    while let Some(r) = all.try_next().await? {
-        if r.envelope.message_type == "ProjectCreated" && r.stream.starts_with("project-") {
-            names.push(r.stream["project-".len()..].to_string());
-        }
-    }
-    names.sort();
-    Ok(names)
+    crate::projector::project_names(store).await
 }
 
 #[derive(Debug, Clone)]

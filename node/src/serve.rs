@@ -1,7 +1,7 @@
 //! Runs the parts of a node until a shutdown future resolves: the engine
-//! (the driver, restarted after a store outage, and the outbox relay), the
-//! step workers (with the host agent where they serve the deploy step),
-//! and a router (its table follows the store; the proxy
+//! (the driver, restarted after a store outage, the outbox relay and the
+//! read models' subscriber), the step workers (with the host agent where
+//! they serve the deploy step), and a router (its table follows the store; the proxy
 //! serves from it). The binary's modes, the end-to-end tests and the
 //! benchmarks all start Slipway through this one function. Where the
 //! engine or workers run, the queue and lag gauges are sampled too.
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use slipway_engine::driver::{Driver, DriverOptions};
+use slipway_engine::projector::Projector;
 use slipway_proto::Step;
 use slipway_router::ServeOptions;
 use slipway_store::queue::Queue;
@@ -74,6 +75,8 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         let relay = Relay::new(store.clone(), queue.clone(), parts.relay.clone());
         tasks.spawn(relay.run(shutdown.clone()).map(Ok));
         tasks.spawn(drive(store.clone(), options, shutdown.clone()));
+        // The read models' subscriber (reads catch up themselves too).
+        tasks.spawn(Projector::default().run(store.clone(), shutdown.clone()).map(Ok));
     }
     if let Some((options, executor)) = parts.workers {
         // The host agent runs where containers are started: beside the deploy step.

@@ -329,6 +329,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Backend name for messages ("postgres", "sqlite").
     fn backend(&self) -> &'static str;
+
+    /// The read models kept in the same database.
+    fn read_models(&self) -> &dyn crate::read_model::ReadModelStore;
 }
 
 /// Checks an append request before any I/O: events must belong to the stream.

@@ -11,6 +11,7 @@ pub mod export;
 pub mod merkle;
 pub mod postgres;
 pub mod queue;
+pub mod read_model;
 pub mod redact;
 pub mod relay;
 pub mod settings;

@@ -670,9 +670,13 @@ fn raw_event(row: &PgRow) -> Result<RawEvent, sqlx::Error> {
 
 /// Every reader of events selects these, in this order (see `raw_event`).
 const EVENT_COLUMNS: &str = "tx::text AS tx, position, stream, version, body, prev_hash, hash, recorded_at";
+// An ORDER BY names the table's columns (`events.tx`): a bare `tx` would be
+// the output column `tx::text`, sorting xids as text — every remaining row
+// sorted on each read, and 100000 before 99999, which with a LIMIT skips
+// events when xids gain a digit.
 const STREAM_ALL: &str = "SELECT tx::text AS tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events
      WHERE (tx, position) > ($1::text::xid8, $2) AND tx < pg_snapshot_xmin(pg_current_snapshot())
-     ORDER BY tx, position";
+     ORDER BY events.tx, events.position";
 
 #[async_trait]
 impl EventStore for PgStore {
@@ -835,7 +839,7 @@ impl EventStore for PgStore {
             "SELECT {EVENT_COLUMNS} FROM events
              WHERE (tx, position) > ($1::text::xid8, $2)
                AND tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY tx, position LIMIT $3"
+             ORDER BY events.tx, events.position LIMIT $3"
         ))
         .bind(after.tx.to_string())
         .bind(after.seq)
@@ -864,7 +868,7 @@ impl EventStore for PgStore {
             "SELECT tx::text AS tx, position, message_id, queue, body, traceparent FROM outbox
              WHERE (tx, position) > ($1::text::xid8, $2)
                AND tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY tx, position LIMIT $3",
+             ORDER BY outbox.tx, outbox.position LIMIT $3",
         )
         .bind(after.tx.to_string())
         .bind(after.seq)
@@ -945,6 +949,10 @@ impl EventStore for PgStore {
 
     fn log(&self) -> BoxStream<'_, Result<crate::export::LogRow, StoreError>> {
         crate::export::postgres_log(self)
+    }
+
+    fn read_models(&self) -> &dyn crate::read_model::ReadModelStore {
+        self
     }
 
     fn backend(&self) -> &'static str {

@@ -335,6 +335,10 @@ impl EventStore for SqliteStore {
         crate::export::sqlite_log(self)
     }
 
+    fn read_models(&self) -> &dyn crate::read_model::ReadModelStore {
+        self
+    }
+
     fn backend(&self) -> &'static str {
         BACKEND
     }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::{Event, Step};
+use slipway_store::read_model::{Before, DeploymentQuery, DeploymentRow, STATUSES};
 use slipway_store::{EventStore, RecordedEvent};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -22,7 +23,10 @@ use uuid::Uuid;
 use super::environments::{Accepted, ReplayAccepted};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, OptionalJson, Params, QueryParams};
-use super::{load_deployment, load_error, queued_behind, require_environment, ApiConfig, ApiResult, Caller, Store};
+use super::{
+    load_deployment, load_error, queued_behind, read_position, require_environment, ApiConfig, ApiResult, Caller, ReadPosition,
+    Store,
+};
 use crate::deployment::Status;
 use crate::history::{self, Outcome, Timeline};
 use crate::requests::{self, DeployRequest};
@@ -257,15 +261,20 @@ impl From<RecordedEvent> for EventView {
 #[into_params(parameter_in = Query)]
 pub struct Limit {
     /// At most this many, newest first (default 20, at most 500).
-    limit: Option<usize>,
+    pub(super) limit: Option<usize>,
 }
 
-const MAX_LIMIT: usize = 500;
+pub(super) const MAX_LIMIT: usize = 500;
 
 impl Limit {
     pub fn get(&self) -> ApiResult<usize> {
+        self.get_or(20)
+    }
+
+    /// The limit, or `default` when none was given.
+    pub(super) fn get_or(&self, default: usize) -> ApiResult<usize> {
         match self.limit {
-            None => Ok(20),
+            None => Ok(default),
             Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
             Some(n) => Err(ApiError::BadRequest(format!("limit {n} is out of range: give 1 to {MAX_LIMIT}"))),
         }
@@ -287,27 +296,35 @@ pub struct DeploymentSummary {
     total_ms: Option<i64>,
 }
 
-/// The summaries of `ids`, in that order (ids without a stream left out).
-pub(super) async fn summaries(store: &dyn EventStore, ids: &[Uuid]) -> ApiResult<Vec<DeploymentSummary>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let recorded = store.read_stream(&deployment_stream(*id), 1).await?;
-        if let Some(t) = history::timeline(&recorded).map_err(load_error)? {
-            let s = t.summary;
-            out.push(DeploymentSummary {
-                deployment: s.deployment,
-                project: s.project,
-                environment: s.environment,
-                status: s.status,
-                commit: s.commit,
-                image: s.image,
-                requested_at: s.started_at,
-                finished_at: s.finished_at,
-                total_ms: s.total_ms,
-            });
+impl From<DeploymentRow> for DeploymentSummary {
+    fn from(d: DeploymentRow) -> Self {
+        let status = match (&d.failed_step, &d.failed_reason, d.finished_at) {
+            (Some(step), Some(reason), Some(_)) if d.status == "failed" => format!("failed at {step}: {reason}"),
+            _ => d.status,
+        };
+        DeploymentSummary {
+            deployment: d.id,
+            project: d.project,
+            environment: d.environment,
+            status,
+            commit: d.commit,
+            image: d.image,
+            requested_at: Some(d.requested_at),
+            finished_at: d.finished_at,
+            total_ms: d.finished_at.map(|f| (f - d.requested_at).num_milliseconds()),
         }
     }
-    Ok(out)
+}
+
+/// A page of deployment summaries from the read model, with its position.
+pub(super) async fn page(store: &dyn EventStore, query: &DeploymentQuery) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
+    let (rows, at) = crate::projector::deployments(store, query).await?;
+    Ok((read_position(at), Json(rows.into_iter().map(DeploymentSummary::from).collect())))
+}
+
+/// `before` of a deployment list: a deployment id or an RFC 3339 time.
+fn parse_before(raw: Option<&str>) -> ApiResult<Option<Before>> {
+    raw.map(|raw| raw.parse::<Before>().map_err(|why| ApiError::BadRequest(format!("before {why}")))).transpose()
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -318,29 +335,40 @@ pub struct ListQuery {
     project: Option<String>,
     /// Only this environment's (needs `project`).
     environment: Option<String>,
+    /// Only those with this status: running, watching, rolling back, succeeded or failed.
+    status: Option<String>,
+    /// Only those requested before this deployment (its id) or this RFC 3339 time: the next page.
+    before: Option<String>,
     /// At most this many, newest first (default 20, at most 500).
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/api/deployments", tag = "deployments", summary = "Deployments, newest first",
+#[utoipa::path(get, path = "/api/deployments", tag = "deployments", summary = "Deployments, newest first, a page at a time",
+    description = "Read from the deployments read model once it caught up with the log; the `Slipway-Read-Position` header says how far into the log that is.",
     params(ListQuery),
     responses((status = 200, body = [DeploymentSummary]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn list(State(store): Store, QueryParams(q): QueryParams<ListQuery>) -> ApiResult<Json<Vec<DeploymentSummary>>> {
+pub async fn list(
+    State(store): Store,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
     let limit = Limit { limit: q.limit }.get()?;
-    let environments = match (q.project, q.environment) {
+    match (&q.project, &q.environment) {
         (None, Some(_)) => return Err(ApiError::BadRequest("`environment` needs `project` too".into())),
-        (Some(p), Some(e)) => {
-            require_environment(&*store, &p, &e).await?;
-            vec![(p, e)]
-        }
-        (Some(p), None) => {
-            let project = super::require_project(&*store, &p).await?;
-            project.environments.into_keys().map(|e| (p.clone(), e)).collect()
-        }
-        (None, None) => crate::load::environment_names(&*store).await?,
+        (Some(p), Some(e)) => require_environment(&*store, p, e).await.map(|_| ())?,
+        (Some(p), None) => super::require_project(&*store, p).await.map(|_| ())?,
+        (None, None) => {}
+    }
+    if let Some(status) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        return Err(ApiError::BadRequest(format!("status `{status}` is not one of: {}", STATUSES.join(", "))));
+    }
+    let query = DeploymentQuery {
+        before: parse_before(q.before.as_deref())?,
+        project: q.project,
+        environment: q.environment,
+        status: q.status,
+        limit,
     };
-    let ids = crate::load::deployment_ids(&*store, &environments, limit).await.map_err(load_error)?;
-    Ok(Json(summaries(&*store, &ids).await?))
+    page(&*store, &query).await
 }
 
 async fn timeline(store: &dyn EventStore, id: Uuid) -> ApiResult<Timeline> {

@@ -16,10 +16,14 @@ use slipway_proto::event::BuildMode;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::deployments::{summaries, DeploymentSummary, Limit};
+use slipway_store::read_model::DeploymentQuery;
+
+use super::deployments::{DeploymentSummary, Limit};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, OptionalJson, Params, QueryParams};
-use super::{load_deployment, load_environment, load_error, queued_behind, require_environment, ApiResult, Caller, Store};
+use super::{
+    load_deployment, load_environment, load_error, queued_behind, require_environment, ApiResult, Caller, ReadPosition, Store,
+};
 use crate::history::Release;
 use crate::limits::{release_limits, ReleaseLimits};
 use crate::requests::{self, SettingValue};
@@ -223,10 +227,10 @@ pub async fn deployments(
     State(store): Store,
     Params((name, env)): Params<(String, String)>,
     QueryParams(limit): QueryParams<Limit>,
-) -> ApiResult<Json<Vec<DeploymentSummary>>> {
+) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
     require_environment(&*store, &name, &env).await?;
-    let ids = crate::load::deployment_ids(&*store, &[(name, env)], limit.get()?).await.map_err(load_error)?;
-    Ok(Json(summaries(&*store, &ids).await?))
+    let query = DeploymentQuery { project: Some(name), environment: Some(env), limit: limit.get()?, ..Default::default() };
+    super::deployments::page(&*store, &query).await
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

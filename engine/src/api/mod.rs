@@ -50,6 +50,16 @@ use crate::requests;
 type Store = State<Arc<dyn EventStore>>;
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The header that says how far into the log a read model answered from
+/// (`tx:position`, as the store orders events): a client that wrote waits
+/// until it passes its own write. Reads catch the read models up first.
+pub const READ_POSITION: &str = "slipway-read-position";
+type ReadPosition = [(axum::http::HeaderName, String); 1];
+
+fn read_position(at: slipway_store::Position) -> ReadPosition {
+    [(axum::http::HeaderName::from_static(READ_POSITION), at.to_string())]
+}
+
 /// What the API needs besides the store.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {

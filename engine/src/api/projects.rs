@@ -11,10 +11,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use slipway_store::read_model::ProjectRow;
+use utoipa::IntoParams;
+
+use super::deployments::{Limit, MAX_LIMIT};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JsonBody, Params};
-use super::{require_project, ApiResult, Caller, Store};
+use super::extract::{JsonBody, Params, QueryParams};
+use super::{read_position, require_project, ApiResult, Caller, ReadPosition, Store};
 use crate::project::Project;
+use crate::projector;
 use crate::requests::{self, NewProject};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -40,16 +45,37 @@ impl From<&Project> for ProjectSummary {
     }
 }
 
-#[utoipa::path(get, path = "/api/projects", tag = "projects", summary = "Every project",
-    responses((status = 200, body = [ProjectSummary])))]
-pub async fn list(State(store): Store) -> ApiResult<Json<Vec<ProjectSummary>>> {
-    let mut projects = Vec::new();
-    for name in requests::project_names(&*store).await? {
-        if let Some(p) = requests::load_project(&*store, &name).await? {
-            projects.push(ProjectSummary::from(&p));
+impl From<ProjectRow> for ProjectSummary {
+    fn from(p: ProjectRow) -> Self {
+        ProjectSummary {
+            name: p.name,
+            repo: p.repository,
+            mirror_of: p.mirror_of,
+            default_branch: p.default_branch,
+            environments: p.environments,
         }
     }
-    Ok(Json(projects))
+}
+
+/// `?limit=N&after=NAME` of the project list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProjectPage {
+    /// At most this many, by name (default and most 500).
+    limit: Option<usize>,
+    /// Only projects whose name sorts after this one (the last of the page before).
+    after: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/projects", tag = "projects", summary = "Projects by name, a page at a time",
+    description = "Read from the projects read model once it caught up with the log; the `Slipway-Read-Position` header says how far into the log that is.",
+    params(ProjectPage),
+    responses((status = 200, body = [ProjectSummary]), (status = 400, body = ErrorBody)))]
+pub async fn list(State(store): Store, QueryParams(q): QueryParams<ProjectPage>) -> ApiResult<(ReadPosition, Json<Vec<ProjectSummary>>)> {
+    let limit = Limit { limit: q.limit }.get_or(MAX_LIMIT)?;
+    let (rows, at) = projector::projects(&*store, q.after.as_deref(), limit).await?;
+    Ok((read_position(at), Json(rows.into_iter().map(ProjectSummary::from).collect())))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
