@@ -24,8 +24,10 @@ async fn a_cancel_mid_release_removes_the_new_containers_and_the_old_release_ser
     // v2's release command runs for a while: cancel it then.
     repo.commit(&busybox_app("v2", "[web]\nport = 80\n\n[release]\ncommands = [\"sleep 6\"]\n", ""), "v2");
     let id = h.request("test", "main", BuildMode::Local, true).await;
+    // Its container, not only its dispatch: a worker that has not taken the
+    // command yet would skip it once cancelled, and report nothing late.
     eventually("v2's release command to start", Duration::from_secs(120), || async {
-        h.events(id).await.iter().any(|e| matches!(e, Event::StepDispatched(d) if d.step == Step::Release)).then_some(())
+        containers_with_label(&format!("slipway.deployment={id}")).iter().any(|c| c.contains("-release-")).then_some(())
     })
     .await;
     requests::request_cancel(&*h.store, "token:ops", id, "wrong branch").await.unwrap().unwrap();
