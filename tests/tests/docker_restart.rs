@@ -1,7 +1,7 @@
 //! The Docker daemon restarts while two environments serve through a
 //! router: both answer through the router again with nobody running a
 //! command, the ports their web containers publish changed, and the
-//! history says what happened (containers started again, the release
+//! history says what happened (containers down and back, the release
 //! observed at its new port, the route moved with reason `reconcile`).
 //!
 //! The test restarts a Docker daemon of its own (own socket, data root and
