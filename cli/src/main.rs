@@ -134,7 +134,10 @@ enum Command {
     Workers,
     /// Run step workers that compete for the step queues.
     Worker {
-        /// Steps to serve, comma-separated (default: all).
+        /// Steps to serve, comma-separated (default: all): check_services,
+        /// checkout, build, deploy, release, processes, health_check, watch,
+        /// retire, cleanup. Serve `watch` wherever `deploy` is served: a
+        /// release is watched on the host that runs it.
         #[arg(long, value_delimiter = ',')]
         steps: Vec<Step>,
         /// Unacknowledged commands per step queue (raised to --concurrency).

@@ -124,11 +124,11 @@ impl Memory {
     /// "256m", "1g", "6291456b": the shortest exact form.
     pub fn human(&self) -> String {
         let b = self.0;
-        if b % (1 << 30) == 0 {
+        if b.is_multiple_of(1 << 30) {
             format!("{}g", b >> 30)
-        } else if b % (1 << 20) == 0 {
+        } else if b.is_multiple_of(1 << 20) {
             format!("{}m", b >> 20)
-        } else if b % (1 << 10) == 0 {
+        } else if b.is_multiple_of(1 << 10) {
             format!("{}k", b >> 10)
         } else {
             format!("{b}b")
@@ -322,7 +322,7 @@ impl Interval {
 impl std::fmt::Display for Interval {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
