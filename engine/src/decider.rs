@@ -164,11 +164,7 @@ fn failed(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) -> Ve
     if d.switch.is_some() {
         out.push(Decision::RecordOnRoutes(revert_route(d, env, RouteReason::Revert)));
         // Routers that did switch may have sent requests: drain them.
-        out.push(Decision::Dispatch(Command::RetireRelease(RetireRelease {
-            deployment_id: d.id,
-            containers: d.containers.clone(),
-            drain_seconds: env.drain_seconds,
-        })));
+        out.push(drain_own(d, env));
     } else if !d.containers.is_empty() {
         out.push(Decision::Dispatch(Command::RemoveContainers(RemoveContainers {
             deployment_id: d.id,
@@ -232,12 +228,18 @@ fn rolled_back(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) 
     vec![
         Decision::Record(Event::DeploymentFailed(DeploymentFailed { step, reason: reason.to_string() })),
         finished(d, false),
-        Decision::Dispatch(Command::RetireRelease(RetireRelease {
-            deployment_id: d.id,
-            containers: d.containers.clone(),
-            drain_seconds: env.drain_seconds,
-        })),
+        drain_own(d, env),
     ]
+}
+
+/// Drain and remove this deployment's own containers: routers that took
+/// the route to them may still be sending requests.
+fn drain_own(d: &Deployment, env: &EnvironmentView) -> Decision {
+    Decision::Dispatch(Command::RetireRelease(RetireRelease {
+        deployment_id: d.id,
+        containers: d.containers.clone(),
+        drain_seconds: env.drain_seconds,
+    }))
 }
 
 /// The route back to the release that served before this deployment.
