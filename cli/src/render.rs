@@ -72,6 +72,18 @@ pub fn describe(event: &Event) -> String {
             if t.routers.is_empty() { "no router".to_string() } else { t.routers.join(", ") }
         ),
         Event::MirrorAdded(m) => format!("mirrored by project {}", m.mirror),
+        Event::SourceAccessChanged(c) => {
+            let mut parts: Vec<String> = c.set.keys().map(|k| format!("{k} set")).collect();
+            parts.extend(c.removed.iter().map(|k| format!("{k} removed")));
+            if let Some(known) = &c.known_hosts {
+                parts.push(format!("{} trusted host key(s)", known.len()));
+            }
+            if let Some(on) = c.submodules {
+                parts.push(format!("submodules {}", if on { "on" } else { "off" }));
+            }
+            format!("source access: {}", parts.join(", "))
+        }
+        Event::SourceHostKeyPinned(p) => format!("trusted on first use by {}: {}", p.deployment_id, p.known_host),
         Event::CancelRequested(c) => c.reason.clone(),
         Event::DeploymentReplayed(r) => format!("replayed as deployment {} from {}", r.replay, r.from_step),
         Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),

@@ -162,6 +162,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     run_release: r.run_release,
                     dry_run: r.dry_run,
                     settings: r.settings.clone(),
+                    source: r.source.clone(),
                     commit: source.map(|s| s.commit.clone()),
                     config: source.map_or(serde_json::Value::Null, |s| s.config.clone()),
                     image_id: source.map(|s| s.image_id.clone()),

@@ -388,9 +388,9 @@ mod tests {
         vec![
             (0, "cli:op", requested(id, settings)),
             (10, "engine", dispatch(Step::CheckServices, 1)),
-            (110, w, Event::ServicesChecked(ServicesChecked { services: vec![] })),
+            (110, w, Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None })),
             (120, "engine", dispatch(Step::Checkout, 1)),
-            (220, w, Event::CheckedOut(CheckedOut { commit: commit.into(), workspace: "/w".into(), config })),
+            (220, w, Event::CheckedOut(CheckedOut { commit: commit.into(), workspace: "/w".into(), config, source_host_key: None })),
             (230, "engine", dispatch(Step::Build, 1)),
             (1230, "engine", dispatch(Step::Build, 2)),
             (
@@ -511,7 +511,7 @@ mod tests {
     fn a_duplicate_outcome_is_shown_but_keeps_the_first_timing() {
         let id = Uuid::now_v7();
         let mut events = happy_path(id, "c", "i", &[], &[]);
-        events.insert(3, (500, "worker:b", Event::ServicesChecked(ServicesChecked { services: vec![] })));
+        events.insert(3, (500, "worker:b", Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None })));
         let t = timeline_of(id, events);
         assert_eq!(t.entries.iter().filter(|e| e.event == "ServicesChecked").count(), 2);
         assert_eq!(t.steps[0].duration_ms, Some(100));
@@ -530,7 +530,7 @@ mod tests {
         let events = vec![
             (0, "cli:op", requested(id, &[])),
             (10, "engine", dispatch(Step::CheckServices, 1)),
-            (20, "w", Event::ServicesChecked(ServicesChecked { services: vec![] })),
+            (20, "w", Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None })),
             (25, "engine", Event::StepSkipped(StepSkipped { step: Step::Checkout, reason: "rollback".into() })),
             (30, "engine", Event::ImageReused(ImageReused { image_id: "i".into(), source_deployment: Uuid::nil() })),
         ];

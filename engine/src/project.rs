@@ -1,9 +1,11 @@
 //! The project projection: a project's repository, environments and
 //! settings (keys with fingerprints and which are secret, never values),
-//! folded from its `project-<name>` stream.
+//! folded from its `project-<name>` stream, with how workers reach its
+//! repository (credential names and fingerprints, trusted host keys).
 
 use std::collections::BTreeMap;
 
+use slipway_proto::event::SourceAccess;
 use slipway_proto::Event;
 
 /// One setting as the log knows it.
@@ -23,6 +25,8 @@ pub struct Project {
     pub mirrors: Vec<String>,
     /// Environment name -> its settings.
     pub environments: BTreeMap<String, BTreeMap<String, Setting>>,
+    /// How workers reach the repository (a mirror uses its original's).
+    pub source: SourceAccess,
     pub version: u64,
 }
 
@@ -49,6 +53,7 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
                     mirror_of: c.mirror_of.clone(),
                     mirrors: Vec::new(),
                     environments: c.environments.iter().map(|e| (e.clone(), BTreeMap::new())).collect(),
+                    source: SourceAccess::default(),
                     version: 0,
                 });
             }
@@ -62,6 +67,26 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
                     env.insert(key.clone(), Setting { fingerprint: fingerprint.clone(), secret: s.secrets.contains(key) });
                 }
             }
+            (Event::SourceAccessChanged(c), Some(p)) => {
+                for name in &c.removed {
+                    p.source.credentials.remove(name);
+                }
+                p.source.credentials.extend(c.set.clone());
+                if let Some(known) = &c.known_hosts {
+                    p.source.known_hosts = known.clone();
+                }
+                if let Some(submodules) = c.submodules {
+                    p.source.submodules = submodules;
+                }
+            }
+            // Trust on first use: only while nothing is trusted for that
+            // host; two first fetches racing each other pin once.
+            (Event::SourceHostKeyPinned(pin), Some(p)) => {
+                let host = known_host_name(&pin.known_host);
+                if !p.source.known_hosts.iter().any(|k| known_host_name(k) == host) {
+                    p.source.known_hosts.push(pin.known_host.clone());
+                }
+            }
             _ => {}
         }
         if let Some(p) = project.as_mut() {
@@ -69,4 +94,9 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
         }
     }
     project
+}
+
+/// The host field of an OpenSSH `known_hosts` line (`[host]:port` or `host`).
+pub fn known_host_name(line: &str) -> &str {
+    line.split_whitespace().next().unwrap_or_default()
 }

@@ -8,12 +8,14 @@ use slipway_proto::config::{is_dns_label, is_env_name};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
     deployment_stream, environment_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
-    DeploymentReplayed, MirrorAdded, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged, TokenIssued,
-    TokenRevoked, TokenScope, TOKENS_STREAM,
+    DeploymentReplayed, MirrorAdded, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged, SourceAccess,
+    SourceAccessChanged, TokenIssued, TokenRevoked, TokenScope, TOKENS_STREAM,
 };
 use slipway_proto::{Envelope, Event, Step, TraceContext};
 use slipway_store::event_store::StreamAppend;
 use slipway_store::settings::fingerprint;
+
+use crate::source::{self, SourceChange};
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
 
@@ -68,6 +70,17 @@ pub struct NewProject {
 }
 
 pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject) -> Outcome<()> {
+    create_project_with_source(store, actor, new, SourceChange::default()).await
+}
+
+/// Creates a project together with how workers reach its repository
+/// (credentials, trusted host keys), in one transaction.
+pub async fn create_project_with_source(
+    store: &dyn EventStore,
+    actor: &str,
+    new: NewProject,
+    source: SourceChange,
+) -> Outcome<()> {
     if !is_dns_label(&new.name) {
         return reject(format!(
             "project name `{}` must be 1-63 lowercase letters, digits or '-' (it becomes container and host names)",
@@ -92,9 +105,17 @@ pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject
             }
             Some(o) => o.repository,
         },
-        None if new.repository.trim().is_empty() => return reject("the repository must be a path or a file:// URL"),
-        None => new.repository.clone(),
+        None => match source::check_repository(&new.repository) {
+            Ok(()) => new.repository.clone(),
+            Err(why) => return reject(why),
+        },
     };
+    if let Err(why) = source::check_change(&source) {
+        return reject(why);
+    }
+    if mirror_of.is_some() && !source.is_empty() {
+        return reject("a mirror reaches its original's repository with the original's credentials; set them there");
+    }
     if new.default_branch.starts_with('-') || new.default_branch.trim().is_empty() {
         return reject(format!("default branch `{}` is not a branch name", new.default_branch));
     }
@@ -106,7 +127,11 @@ pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject
         environments: new.environments,
         default_branch: new.default_branch,
     });
-    let e = [envelope(&stream, &event, Uuid::now_v7(), actor, None)];
+    let mut e = vec![envelope(&stream, &event, Uuid::now_v7(), actor, None)];
+    if !source.is_empty() {
+        let changed = source_changed(store, &new.name, &source).await?;
+        e.push(envelope(&stream, &Event::SourceAccessChanged(changed), Uuid::now_v7(), actor, None));
+    }
     // A mirror is also recorded on its original, in the same transaction.
     let original = mirror_of.as_deref().map(project_stream);
     let added = mirror_of.as_ref().map(|_| {
@@ -120,6 +145,51 @@ pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject
     match store.append_streams(&appends, &[]).await? {
         Ok(_) => Ok(Ok(())),
         Err(_) => reject(format!("project `{}` already exists", new.name)),
+    }
+}
+
+/// Puts a source change's credential values in the value table and gives
+/// the event that records their fingerprints.
+async fn source_changed(store: &dyn EventStore, project: &str, change: &SourceChange) -> Result<SourceAccessChanged, StoreError> {
+    let key = store.installation_key().await?;
+    let mut set = std::collections::BTreeMap::new();
+    for (name, value) in &change.set {
+        // No environment is named "": source credentials never share a
+        // fingerprint with a setting of the same value.
+        let f = fingerprint(&key, project, "", &format!("source:{name}"), value);
+        store.put_value(&f, value).await?;
+        set.insert(name.clone(), f);
+    }
+    Ok(SourceAccessChanged {
+        set,
+        removed: change.removed.clone(),
+        known_hosts: change.known_hosts.clone(),
+        submodules: change.submodules,
+    })
+}
+
+/// Changes how workers reach a project's repository: credentials (kept in
+/// the value table, recorded by fingerprint), trusted host keys, submodules.
+pub async fn change_source(store: &dyn EventStore, actor: &str, project: &str, change: SourceChange) -> Outcome<()> {
+    if let Err(why) = source::check_change(&change) {
+        return reject(why);
+    }
+    if change.is_empty() {
+        return reject("nothing to change: give a credential, --known-host, --forget or --submodules");
+    }
+    let changed = source_changed(store, project, &change).await?;
+    let stream = project_stream(project);
+    loop {
+        let Some(p) = load_project(store, project).await? else {
+            return reject(format!("no project `{project}`; create it with `slipway project create`"));
+        };
+        if let Some(original) = &p.mirror_of {
+            return reject(format!("`{project}` is a mirror: it reaches {original}'s repository with {original}'s credentials; change those"));
+        }
+        let e = envelope(&stream, &Event::SourceAccessChanged(changed.clone()), Uuid::now_v7(), actor, None);
+        if store.append(&stream, ExpectedVersion::Exactly(p.version), &[e], &[]).await?.is_ok() {
+            return Ok(Ok(()));
+        }
     }
 }
 
@@ -214,6 +284,7 @@ pub async fn request_deployment(store: &dyn EventStore, actor: &str, req: Deploy
             rollback_of: None,
             promoted_from: None,
             replay_of: None,
+            source: Default::default(),
         },
     )
     .await
@@ -286,6 +357,7 @@ pub async fn request_rollback(
         rollback_of: Some(ReleaseSource { deployment_id: target, commit, image_id, config: old.context.config.clone() }),
         promoted_from: None,
         replay_of: None,
+        source: Default::default(),
     };
     Ok(enqueue(store, actor, requested).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
 }
@@ -338,6 +410,7 @@ pub async fn request_promotion(
         rollback_of: None,
         promoted_from: Some(ReleaseSource { deployment_id: source, commit, image_id, config: release.context.config.clone() }),
         replay_of: None,
+        source: Default::default(),
     };
     Ok(enqueue(store, actor, requested).await?.map(|id| (id, source)))
 }
@@ -435,6 +508,7 @@ async fn replay(
         rollback_of: None,
         promoted_from: None,
         replay_of: Some(ReplaySource { deployment_id: original, from_step, image_id: old.context.image_id.clone() }),
+        source: Default::default(),
     };
     let span = slipway_telemetry::trace::deployment_requested(id.as_u128());
     let trace = Some(span.trace_context());
@@ -547,8 +621,22 @@ async fn project_environment(store: &dyn EventStore, project: &str, environment:
     Ok(Ok(p))
 }
 
-/// Records the request and queues it on its environment, in one transaction.
-async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentRequested) -> Outcome<Uuid> {
+/// How workers reach a project's repository: the project's own source
+/// access, or its original's for a mirror (it builds from that repository).
+async fn source_access(store: &dyn EventStore, project: &str) -> Result<SourceAccess, StoreError> {
+    let Some(p) = load_project(store, project).await? else { return Ok(SourceAccess::default()) };
+    match &p.mirror_of {
+        Some(original) => Ok(load_project(store, original).await?.map(|o| o.source).unwrap_or_default()),
+        None => Ok(p.source),
+    }
+}
+
+/// Records the request and queues it on its environment, in one
+/// transaction, with the project's current source access: credentials are
+/// access, not inputs, so a replay or rollback uses today's, not the
+/// original's (which may have been revoked).
+async fn enqueue(store: &dyn EventStore, actor: &str, mut requested: DeploymentRequested) -> Outcome<Uuid> {
+    requested.source = source_access(store, &requested.project).await?;
     let id = requested.deployment_id;
     let (dstream, estream) = (deployment_stream(id), environment_stream(&requested.project, &requested.environment));
     // One trace per deployment: its id is the deployment id (unless the

@@ -124,6 +124,7 @@ impl Api {
                         "release": {"commands": ["migrate"]},
                         "processes": {"worker": {"command": ["w"], "pids": 20}},
                     }),
+                    source_host_key: None,
                 }),
                 Step::Build => Event::ImageBuilt(ImageBuilt {
                     image_id: format!("sha256:{commit}"),

@@ -28,6 +28,7 @@ fn requested() -> Event {
         rollback_of: None,
         promoted_from: None,
         replay_of: None,
+        source: Default::default(),
     })
 }
 
@@ -43,8 +44,8 @@ fn dispatched(step: Step) -> Event {
 
 fn outcome(step: Step) -> Event {
     match step {
-        Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![] }),
-        Step::Checkout => Event::CheckedOut(CheckedOut { commit: "c0ffee".into(), workspace: "/w".into(), config: serde_json::json!({}) }),
+        Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
+        Step::Checkout => Event::CheckedOut(CheckedOut { commit: "c0ffee".into(), workspace: "/w".into(), config: serde_json::json!({}), source_host_key: None }),
         Step::Build => Event::ImageBuilt(ImageBuilt {
             image_id: "sha256:1".into(),
             tag: "hello:c0ffee".into(),

@@ -44,13 +44,14 @@ fn requested(id: Uuid, project: &str, env: &str) -> Event {
         rollback_of: None,
         promoted_from: None,
         replay_of: None,
+        source: Default::default(),
     })
 }
 
 fn outcome(step: Step) -> Event {
     match step {
-        Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![] }),
-        Step::Checkout => Event::CheckedOut(CheckedOut { commit: "c0ffee".into(), workspace: "/w".into(), config: serde_json::json!({}) }),
+        Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
+        Step::Checkout => Event::CheckedOut(CheckedOut { commit: "c0ffee".into(), workspace: "/w".into(), config: serde_json::json!({}), source_host_key: None }),
         Step::Build => Event::ImageReused(ImageReused { image_id: "sha256:1".into(), source_deployment: ID }),
         Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768 }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),

@@ -29,6 +29,10 @@ pub struct DeploymentContext {
     /// the values from the store, so no value travels through the queue.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
+    /// How to reach the repository: credentials by fingerprint (workers
+    /// resolve them like settings), trusted SSH host keys.
+    #[serde(default, skip_serializing_if = "crate::event::SourceAccess::is_empty")]
+    pub source: crate::event::SourceAccess,
     /// Set once checked out.
     #[serde(default)]
     pub commit: Option<String>,

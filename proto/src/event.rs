@@ -46,6 +46,64 @@ fn default_branch() -> String {
     "main".into()
 }
 
+/// How workers reach a project's repository over the network: which
+/// credentials it has (by name, each with the fingerprint of its value in
+/// the value table, never the value), the SSH host keys it trusts, and
+/// whether submodules are fetched too. Carried by each deployment request,
+/// so a worker resolves exactly the credentials of the time of the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SourceAccess {
+    /// Credential name ([`SOURCE_CREDENTIALS`]) -> fingerprint of its value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, String>,
+    /// Trusted SSH host keys as OpenSSH `known_hosts` lines
+    /// (`[host]:port key-type base64`): public, so kept in the log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub submodules: bool,
+}
+
+impl SourceAccess {
+    pub fn is_empty(&self) -> bool {
+        self == &SourceAccess::default()
+    }
+}
+
+/// The credentials a project's source access may hold: an HTTPS `token`
+/// (sent as the password, with `username` or `x-access-token`), or a
+/// `username` and `password`; an SSH deploy key (`ssh_key`, OpenSSH
+/// private key text); a PEM CA certificate (`ca_cert`) trusted for this
+/// project's HTTPS server besides the system's CA bundle.
+pub const SOURCE_CREDENTIALS: [&str; 5] = ["token", "username", "password", "ssh_key", "ca_cert"];
+
+/// A project's source access changed (on its project stream): credentials
+/// set (by fingerprint) or removed, host keys replaced, submodules on or off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SourceAccessChanged {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// `Some` replaces every trusted host key (an empty list forgets them,
+    /// so the next fetch trusts and records the key it meets).
+    #[serde(default)]
+    pub known_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub submodules: Option<bool>,
+}
+
+/// The SSH host key a worker met on its first fetch of a project's
+/// repository, when none was trusted yet: trusted from now on (trust on
+/// first use), so a different key is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceHostKeyPinned {
+    /// An OpenSSH `known_hosts` line.
+    pub known_host: String,
+    /// The deployment whose fetch met it.
+    pub deployment_id: Uuid,
+}
+
 /// A mirror of this project was created (on the original's stream), so
 /// the original can re-use the mirror's builds too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +182,9 @@ pub struct DeploymentRequested {
     /// as an earlier deployment, resuming at `from_step`.
     #[serde(default)]
     pub replay_of: Option<ReplaySource>,
+    /// How workers reach the repository (credentials by fingerprint, host keys).
+    #[serde(default, skip_serializing_if = "SourceAccess::is_empty")]
+    pub source: SourceAccess,
 }
 
 /// What a replay takes from the deployment it re-runs.
@@ -185,6 +246,10 @@ pub struct ServiceCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicesChecked {
     pub services: Vec<ServiceCheck>,
+    /// The SSH host key the fetch met when the project trusted none yet
+    /// (an OpenSSH `known_hosts` line); the worker pins it on the project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +260,9 @@ pub struct CheckedOut {
     /// replay runs with exactly the recorded configuration.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// As in [`ServicesChecked::source_host_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_host_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -657,6 +725,8 @@ crate::message_family! {
         ContainerReconciled(ContainerReconciled) = 1,
         ReleaseUpstreamsObserved(ReleaseUpstreamsObserved) = 1,
         ContainerSupervised(ContainerSupervised) = 1,
+        SourceAccessChanged(SourceAccessChanged) = 1,
+        SourceHostKeyPinned(SourceHostKeyPinned) = 1,
     }
 }
 

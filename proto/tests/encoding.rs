@@ -48,6 +48,7 @@ fn sample_events() -> Vec<Event> {
             rollback_of: None,
             promoted_from: None,
             replay_of: None,
+            source: Default::default(),
         }),
         Event::StepFailed(StepFailed {
             step: Step::Build,
@@ -139,6 +140,7 @@ fn commands_round_trip_and_name_their_queue() {
             web_port: Some(32768),
             watch_until: None,
             reuse: Some(slipway_proto::command::ImageSource { deployment_id: Uuid::from_u128(3), image_id: "sha256:0".into() }),
+            source: Default::default(),
         },
     });
     let env = wrap(&cmd);

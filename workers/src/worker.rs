@@ -10,16 +10,16 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::deployment_stream;
+use slipway_proto::event::{deployment_stream, project_stream, SourceHostKeyPinned};
 use slipway_proto::{Command, Envelope, Event, Step, TraceContext};
 use slipway_telemetry::trace::{self, Delivered};
 use slipway_store::queue::{Delivery, Queue, QueueError};
-use slipway_store::{EventStore, StoreError};
+use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::group::Group;
-use crate::steps::{Executor, Settings};
+use crate::steps::{git_remote, Executor, Settings};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -264,6 +264,10 @@ async fn handle(
         meta.actor = actor.to_string();
         // The next dispatch is a child of this step's span (when it is exported).
         meta.trace = trace::context_of(&span).or(meta.trace);
+        if let Err(e) = pin_host_key(store, &command, &event, &meta).await {
+            delivery.retry().await?;
+            return Err(e.into());
+        }
         let outcome = match Envelope::new(id, Utc::now(), &stream, &event, meta) {
             Ok(o) => o,
             Err(e) => return Ok(delivery.dead_letter(&format!("cannot encode the outcome: {e}")).await?),
@@ -279,21 +283,42 @@ async fn handle(
     tracing::Instrument::instrument(ran, span.clone()).await
 }
 
-/// The command's settings (key -> fingerprint) resolved to values. A value
-/// missing from the store stays missing; the step that needs it says so.
+/// The command's settings (key -> fingerprint) resolved to values, with
+/// the repository's credentials under their source keys (which no app
+/// container gets). A value missing from the store stays missing; the
+/// step that needs it says so.
 async fn resolve_settings(store: &dyn EventStore, command: &Command) -> Result<Settings, StoreError> {
     let Command::RunStep(run) = command else { return Ok(Settings::new()) };
-    let fingerprints: Vec<String> = run.context.settings.values().cloned().collect();
-    if fingerprints.is_empty() {
+    let context = &run.context;
+    let credentials = context.source.credentials.iter().map(|(name, f)| (git_remote::source_key(name), f));
+    let wanted: Vec<(String, &String)> =
+        context.settings.iter().map(|(k, f)| (k.clone(), f)).chain(credentials).collect();
+    if wanted.is_empty() {
         return Ok(Settings::new());
     }
+    let fingerprints: Vec<String> = wanted.iter().map(|(_, f)| (*f).clone()).collect();
     let values = store.values(&fingerprints).await?;
-    Ok(run
-        .context
-        .settings
-        .iter()
-        .filter_map(|(key, f)| values.get(f).map(|v| (key.clone(), v.clone())))
-        .collect())
+    Ok(wanted.into_iter().filter_map(|(key, f)| values.get(f).map(|v| (key, v.clone()))).collect())
+}
+
+/// Trust on first use: the SSH host key a source step accepted because the
+/// project trusted none is recorded on the project before the outcome, so
+/// the next fetch refuses any other key. A crash in between records it
+/// again on redelivery; the project keeps the first.
+async fn pin_host_key(store: &dyn EventStore, command: &Command, event: &Event, meta: &Metadata) -> Result<(), StoreError> {
+    let met = match event {
+        Event::ServicesChecked(s) => s.source_host_key.as_ref(),
+        Event::CheckedOut(c) => c.source_host_key.as_ref(),
+        _ => None,
+    };
+    let (Some(known_host), Command::RunStep(run)) = (met, command) else { return Ok(()) };
+    let stream = project_stream(&run.context.project);
+    let pinned = Event::SourceHostKeyPinned(SourceHostKeyPinned {
+        known_host: known_host.clone(),
+        deployment_id: run.context.deployment_id,
+    });
+    let Ok(envelope) = Envelope::new(Uuid::now_v7(), Utc::now(), &stream, &pinned, meta.clone()) else { return Ok(()) };
+    store.append(&stream, ExpectedVersion::Any, &[envelope], &[]).await.map(|_| ())
 }
 
 async fn execute(executor: &dyn Executor, command: &Command, settings: &Settings) -> Event {

@@ -323,6 +323,7 @@ fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Eve
         rollback_of: None,
         promoted_from: None,
         replay_of: None,
+        source: Default::default(),
     })];
     for step in Step::PIPELINE {
         h.push(dispatched(step));
@@ -333,8 +334,8 @@ fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Eve
             return h;
         }
         h.push(match step {
-            Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![] }),
-            Step::Checkout => Event::CheckedOut(CheckedOut { commit: commit.into(), workspace: "/var/lib/slipway/w".into(), config: serde_json::json!({"web": {"port": 8080}}) }),
+            Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
+            Step::Checkout => Event::CheckedOut(CheckedOut { commit: commit.into(), workspace: "/var/lib/slipway/w".into(), config: serde_json::json!({"web": {"port": 8080}}), source_host_key: None }),
             Step::Build => Event::ImageReused(ImageReused { image_id: image.into(), source_deployment: id }),
             Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: format!("slipway-{project}-{env}-web"), host_port: 32768 }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),

@@ -20,16 +20,18 @@ use slipway_proto::{Event, Step};
 use sqlx::{Connection, PgConnection};
 use tokio::net::TcpStream;
 
+use super::git_remote::Access;
 use super::{git, Runtime, Settings};
 use crate::http::get_status;
 
 /// Checks every service the app declares at the deployment's ref; never
 /// panics, every failure is a `StepFailed` whose reason holds no password.
-/// `_rt` is unused: the configuration is read in place from the (local)
-/// repository, so no cache directory is needed.
-pub async fn run(command: &RunStep, env: &Settings, _rt: &Runtime) -> Event {
-    let config = match services_config(command).await {
-        Ok(config) => config,
+/// A network repository is fetched into the worker's mirror under
+/// `rt.workspaces` first, so a bad credential, an unknown host, a changed
+/// host key or a missing ref fails here, before anything is built.
+pub async fn run(command: &RunStep, env: &Settings, rt: &Runtime) -> Event {
+    let (config, source_host_key) = match services_config(command, env, rt).await {
+        Ok(read) => read,
         Err(reason) => return failed(command, reason, vec![]),
     };
     let checks = config.services.iter().map(|(name, service)| check_service(name, service, env));
@@ -42,7 +44,7 @@ pub async fn run(command: &RunStep, env: &Settings, _rt: &Runtime) -> Event {
         }
     }
     if failures.is_empty() {
-        Event::ServicesChecked(ServicesChecked { services })
+        Event::ServicesChecked(ServicesChecked { services, source_host_key })
     } else {
         // Every unreachable service is named, so one deployment shows them all.
         failed(command, failures.join("; "), failures)
@@ -53,17 +55,24 @@ fn failed(command: &RunStep, reason: String, details: Vec<String>) -> Event {
     Event::StepFailed(StepFailed { step: Step::CheckServices, reason, attempt: command.attempt, details })
 }
 
-/// The app's configuration at the requested ref, read without a checkout.
-async fn services_config(command: &RunStep) -> Result<AppConfig, String> {
+/// The app's configuration at the requested ref, read without a checkout,
+/// and the SSH host key the fetch trusted on first use.
+async fn services_config(
+    command: &RunStep,
+    env: &Settings,
+    rt: &Runtime,
+) -> Result<(AppConfig, git::MetHostKey), String> {
     let repository = command.context.repository.clone();
     let git_ref = command.context.git_ref.clone();
-    // git2 reads block on disk I/O.
-    let peeked = tokio::task::spawn_blocking(move || git::peek_file(&repository, &git_ref, FILE_NAME))
+    let access = Access::of(&command.context, env, &rt.workspaces);
+    // git2 blocks on disk and network I/O.
+    let peeked = tokio::task::spawn_blocking(move || git::peek_file(&repository, &git_ref, FILE_NAME, &access))
         .await
         .map_err(|e| format!("reading {FILE_NAME} stopped unexpectedly: {e}"))?;
-    match peeked.map_err(|e| e.to_string())? {
-        None => Ok(AppConfig::default()),
-        Some(text) => AppConfig::parse(&text, FILE_NAME).map_err(|e| e.to_string()),
+    let (text, met) = peeked.map_err(|e| e.to_string())?;
+    match text {
+        None => Ok((AppConfig::default(), met)),
+        Some(text) => AppConfig::parse(&text, FILE_NAME).map(|c| (c, met)).map_err(|e| e.to_string()),
     }
 }
 

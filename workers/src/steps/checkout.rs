@@ -20,14 +20,16 @@ use slipway_proto::{Event, Step};
 use uuid::Uuid;
 
 use super::git::{self, SourceError};
+use super::git_remote::Access;
 use super::{Runtime, Settings};
 
 /// Checks out the deployment's ref; never panics, every failure is a `StepFailed`.
-pub async fn run(command: &RunStep, _env: &Settings, rt: &Runtime) -> Event {
+pub async fn run(command: &RunStep, env: &Settings, rt: &Runtime) -> Event {
     let context = command.context.clone();
     let workspaces = rt.workspaces.clone();
-    // git2 blocks on disk I/O for the whole clone; keep it off the async workers.
-    let outcome = tokio::task::spawn_blocking(move || check_out(&context, &workspaces)).await;
+    let access = Access::of(&context, env, &workspaces);
+    // git2 blocks on disk and network I/O for the whole clone; keep it off the async workers.
+    let outcome = tokio::task::spawn_blocking(move || check_out(&context, &workspaces, &access)).await;
     match outcome {
         Ok(Ok(checked_out)) => Event::CheckedOut(checked_out),
         Ok(Err(reason)) => failed(command, reason),
@@ -44,31 +46,37 @@ fn failed(command: &RunStep, reason: String) -> Event {
     Event::StepFailed(StepFailed { step: Step::Checkout, reason, attempt: command.attempt, details: vec![] })
 }
 
-fn check_out(context: &DeploymentContext, workspaces: &Path) -> Result<CheckedOut, String> {
+fn check_out(context: &DeploymentContext, workspaces: &Path, access: &Access) -> Result<CheckedOut, String> {
     // Refuse bad input before any directory is created or repository opened.
     git::validate_ref(&context.git_ref).map_err(reason)?;
-    git::source_path(&context.repository).map_err(reason)?;
+    git::locate(&context.repository).map_err(reason)?;
     let workspace = workspace_of(workspaces, context.deployment_id);
-    let commit = match git::completed_checkout(&workspace, &context.git_ref) {
-        Some(commit) => commit,
-        None => check_out_fresh(context, workspaces, &workspace)?,
+    let (commit, source_host_key) = match git::completed_checkout(&workspace, &context.git_ref) {
+        Some(commit) => (commit, None),
+        None => check_out_fresh(context, workspaces, &workspace, access)?,
     };
     let config = read_config(&workspace, &commit)?;
-    Ok(CheckedOut { commit, workspace: workspace.display().to_string(), config: config.to_value() })
+    Ok(CheckedOut { commit, workspace: workspace.display().to_string(), config: config.to_value(), source_host_key })
 }
 
 /// Clones into a staging directory next to the workspaces and moves the
 /// result into place, replacing whatever an earlier attempt left there.
-fn check_out_fresh(context: &DeploymentContext, workspaces: &Path, workspace: &Path) -> Result<String, String> {
+fn check_out_fresh(
+    context: &DeploymentContext,
+    workspaces: &Path,
+    workspace: &Path,
+    access: &Access,
+) -> Result<(String, git::MetHostKey), String> {
     let staging = Staging::create(workspaces, context.deployment_id)?;
-    let commit = git::fresh_checkout(&context.repository, &context.git_ref, staging.path()).map_err(reason)?;
+    let (commit, met) =
+        git::fresh_checkout(&context.repository, &context.git_ref, staging.path(), access).map_err(reason)?;
     // A concurrent delivery of the same command may have finished first; its
     // checkout is as good as ours and a later step may already be reading it.
     if let Some(existing) = git::completed_checkout(workspace, &context.git_ref) {
-        return Ok(existing);
+        return Ok((existing, met));
     }
     staging.move_to(workspace)?;
-    Ok(commit)
+    Ok((commit, met))
 }
 
 /// `slipway.toml` at the checked-out commit; no file means every default.

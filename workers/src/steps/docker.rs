@@ -470,7 +470,15 @@ fn create_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(spec.image.to_string()),
         cmd: spec.cmd.clone(),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        // Source credentials ride in the settings to the source steps;
+        // an app never gets them.
+        env: Some(
+            spec.env
+                .iter()
+                .filter(|(k, _)| !super::git_remote::is_source_key(k))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
         labels: Some(spec.labels.clone()),
         exposed_ports: port_key.map(|key| vec![key]),
         host_config: Some(host_config(spec.limits, spec.lifetime, port_bindings)),

@@ -1,11 +1,12 @@
 //! The app's source through git2, shared by the services check (which reads
 //! `slipway.toml` at a ref before anything is checked out) and the checkout,
 //! so that both accept the same repositories and refs, resolve a ref to the
-//! same commit and fail with the same reasons. It owns: which repository
-//! addresses this build can reach (local paths and file:// URLs; git2 is
-//! built without https/ssh), which refs are safe to hand to git, ref
-//! resolution, fetching into a fresh repository, and reading one file at a
-//! commit. git2 types stay in this file; callers see strings and paths.
+//! same commit and fail with the same reasons. It owns: where a repository
+//! is (a local path or file:// URL, read in place; or a network address,
+//! fetched into a mirror by [`super::git_remote`]), which refs are safe to
+//! hand to git, ref resolution, copying into a fresh repository, and
+//! reading one file at a commit. git2 types stay in these two files;
+//! callers see strings and paths.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use git2::build::CheckoutBuilder;
 use git2::{ErrorCode, ObjectType, Oid, Repository, StatusOptions};
 
 use super::check_services::{percent_decode, redact_url};
+use super::git_remote::{self, Access};
 
 /// Why a repository or a ref cannot be used. The text is the step's failure reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,8 +25,22 @@ pub enum SourceError {
     OptionLikeRef(String),
     #[error("ref `{git_ref}` is refused: it contains {what}")]
     UnsafeRef { git_ref: String, what: &'static str },
-    #[error("repository `{0}`: only local paths and file:// URLs are supported by this build")]
+    #[error("repository `{0}`: file:// URLs name a local path; use https:// or ssh:// for another host")]
     UnsupportedTransport(String),
+    #[error("{repo} refused the credentials for ref `{git_ref}`: {}", if *ssh { "add this project's deploy key (its public half) to the repository, or set another with `slipway project source --ssh-key FILE`" } else { "check the token or password, and that it may read the repository; set another with `slipway project source --token-file FILE`" })]
+    BadCredentials { repo: String, git_ref: String, ssh: bool },
+    #[error("{repo} wants credentials to fetch ref `{git_ref}`, and the project has none: {}", if *ssh { "give a deploy key with `slipway project source --ssh-key FILE`" } else { "give a token with `slipway project source --token-file FILE`" })]
+    NoCredentials { repo: String, git_ref: String, ssh: bool },
+    #[error("the SSH host key of {repo} changed (fetching ref `{git_ref}`): it offered `{met}`, which the project does not trust. If the server's key was really replaced, trust the new one with `slipway project source --known-host LINE`; otherwise someone may be intercepting the connection")]
+    HostKeyChanged { repo: String, git_ref: String, met: String },
+    #[error("the TLS certificate of {repo} is not trusted (fetching ref `{git_ref}`): {why}. For a private git server, give its CA certificate with `slipway project source --ca-cert FILE`")]
+    UntrustedCertificate { repo: String, git_ref: String, why: String },
+    #[error("cannot fetch ref `{git_ref}` from {repo}: host `{host}` is unknown (DNS); check the repository address")]
+    UnknownHost { repo: String, git_ref: String, host: String },
+    #[error("cannot fetch ref `{git_ref}` from {repo}: {why}; check that the git server is up and reachable from the worker")]
+    Unreachable { repo: String, git_ref: String, why: String },
+    #[error("fetching ref `{git_ref}` from {repo} timed out; check the network between the worker and the git server, then deploy again")]
+    Timeout { repo: String, git_ref: String },
     #[error("cannot open repository {repo}: {why}")]
     CannotOpen { repo: String, why: String },
     #[error("ref `{git_ref}` not found in {repo}")]
@@ -74,10 +90,26 @@ pub fn validate_ref(git_ref: &str) -> Result<(), SourceError> {
     Err(SourceError::UnsafeRef { git_ref: shown(), what })
 }
 
+/// Where a repository is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local path (as given, or from a `file://` URL), read in place.
+    Local(PathBuf),
+    /// A network address, fetched into a mirror.
+    Remote,
+}
+
+/// Where `repository` is: a local path, or a network address.
+pub fn locate(repository: &str) -> Result<Location, SourceError> {
+    match git_remote::remote_address(repository) {
+        Some(_) => Ok(Location::Remote),
+        None => source_path(repository).map(Location::Local),
+    }
+}
+
 /// The local path a repository address names: a path as given, or the path
-/// of a `file://` URL. Anything that needs a network transport is refused
-/// here with a clear reason, instead of libgit2's "unsupported URL protocol".
-pub fn source_path(repository: &str) -> Result<PathBuf, SourceError> {
+/// of a `file://` URL. A network address is refused here (see [`locate`]).
+fn source_path(repository: &str) -> Result<PathBuf, SourceError> {
     let unsupported = || SourceError::UnsupportedTransport(shown_repository(repository));
     if repository.is_empty() {
         return Err(SourceError::CannotOpen { repo: "``".into(), why: "no repository given".into() });
@@ -105,7 +137,7 @@ pub fn source_path(repository: &str) -> Result<PathBuf, SourceError> {
 
 /// A repository address as it may appear in an event: no credentials, even
 /// a token in the user part of an https URL.
-fn shown_repository(repository: &str) -> String {
+pub fn shown_repository(repository: &str) -> String {
     let redacted = redact_url(repository);
     let Some(scheme_end) = redacted.find("://") else { return redacted };
     let rest = &redacted[scheme_end + 3..];
@@ -127,34 +159,80 @@ struct Layout {
 const SOURCE: Layout = Layout { head: "HEAD", branches: "refs/heads/" };
 const FETCHED: Layout = Layout { head: "refs/remotes/origin/HEAD", branches: "refs/remotes/origin/" };
 
-/// Reads `file` at `git_ref` straight from the source repository, without a
-/// working tree or a copy: this build reaches only local repositories, and
-/// reading one in place is what a bare fetch would copy first. `None` when
-/// the commit has no such file.
-pub fn peek_file(repository: &str, git_ref: &str, file: &str) -> Result<Option<String>, SourceError> {
-    validate_ref(git_ref)?;
-    let source = open_source(repository)?;
-    let commit = resolve(&source, SOURCE, git_ref, &shown_repository(repository))?;
-    read_file_at(&source, commit, file)
+/// What reading a repository met that the worker reports: the SSH host
+/// key accepted on first use, if any.
+pub type MetHostKey = Option<String>;
+
+/// A repository ready to read: a local one in place, or this worker's
+/// mirror of a network one (locked while this lives), with the layout its
+/// refs are in.
+struct Opened {
+    repo: Repository,
+    layout: Layout,
+    met_host_key: MetHostKey,
+    _mirror_lock: Option<std::fs::File>,
 }
 
-/// Fetches `repository` into a new repository at `dest` and checks out the
-/// commit `git_ref` names there, detached. Returns the commit SHA.
-/// HEAD is set last, so a repository whose HEAD is detached on a commit has
-/// a complete working tree (see [`completed_checkout`]).
-pub fn fresh_checkout(repository: &str, git_ref: &str, dest: &Path) -> Result<String, SourceError> {
+/// Opens a local repository, or fetches what `git_ref` needs of a network
+/// one into the mirror.
+fn open_for(repository: &str, git_ref: &str, access: &Access) -> Result<Opened, SourceError> {
+    match locate(repository)? {
+        Location::Local(path) => {
+            // `open` never searches parent directories, so a plain directory
+            // inside some other repository is not mistaken for the app's.
+            let repo = Repository::open(&path)
+                .map_err(|e| SourceError::CannotOpen { repo: shown_repository(repository), why: e.message().into() })?;
+            Ok(Opened { repo, layout: SOURCE, met_host_key: None, _mirror_lock: None })
+        }
+        Location::Remote => {
+            let fetched = git_remote::fetch(repository, &shown_repository(repository), git_ref, access)?;
+            let git_remote::Mirror { repo, lock } = fetched.mirror;
+            Ok(Opened { repo, layout: FETCHED, met_host_key: fetched.met_host_key, _mirror_lock: Some(lock) })
+        }
+    }
+}
+
+/// Reads `file` at `git_ref` without a working tree: from a local
+/// repository in place, or from the mirror after fetching the ref. `None`
+/// when the commit has no such file.
+pub fn peek_file(
+    repository: &str,
+    git_ref: &str,
+    file: &str,
+    access: &Access,
+) -> Result<(Option<String>, MetHostKey), SourceError> {
+    validate_ref(git_ref)?;
+    let source = open_for(repository, git_ref, access)?;
+    let commit = resolve(&source.repo, source.layout, git_ref, &shown_repository(repository))?;
+    Ok((read_file_at(&source.repo, commit, file)?, source.met_host_key))
+}
+
+/// Copies `repository` (a local one, or the mirror of a network one) into
+/// a new repository at `dest` and checks out the commit `git_ref` names
+/// there, detached, with submodules if the project wants them. Returns the
+/// commit SHA. HEAD is set last, so a repository whose HEAD is detached on
+/// a commit has a complete working tree (see [`completed_checkout`]).
+pub fn fresh_checkout(
+    repository: &str,
+    git_ref: &str,
+    dest: &Path,
+    access: &Access,
+) -> Result<(String, MetHostKey), SourceError> {
     validate_ref(git_ref)?;
     let shown = shown_repository(repository);
-    let source = open_source(repository)?;
+    let source = open_for(repository, git_ref, access)?;
     let workspace_error =
         |e: git2::Error| SourceError::Workspace { path: dest.display().to_string(), why: e.message().into() };
     let repo = Repository::init(dest).map_err(workspace_error)?;
-    fetch_everything(&repo, &source, &shown)?;
+    fetch_everything(&repo, &source.repo, source.layout, &shown)?;
     let commit = resolve(&repo, FETCHED, git_ref, &shown)?;
     let tree = repo.find_commit(commit).and_then(|c| c.tree()).map_err(workspace_error)?;
     repo.checkout_tree(tree.as_object(), Some(CheckoutBuilder::new().force())).map_err(workspace_error)?;
+    if access.submodules {
+        git_remote::update_submodules(&repo, repository, git_ref, access)?;
+    }
     repo.set_head_detached(commit).map_err(workspace_error)?;
-    Ok(commit.to_string())
+    Ok((commit.to_string(), source.met_host_key))
 }
 
 /// The commit of an earlier, complete and untouched checkout of `git_ref` in
@@ -182,30 +260,30 @@ pub fn read_file_in_checkout(workspace: &Path, commit: &str, file: &str) -> Resu
     read_file_at(&repo, oid, file)
 }
 
-fn open_source(repository: &str) -> Result<Repository, SourceError> {
-    let path = source_path(repository)?;
-    // `open` never searches parent directories, so a plain directory inside
-    // some other repository is not mistaken for the app's repository.
-    Repository::open(&path)
-        .map_err(|e| SourceError::CannotOpen { repo: shown_repository(repository), why: e.message().into() })
-}
-
-/// Takes every object and ref of the local source, as `git clone --local`
-/// does: object files are hard-linked (copied across filesystems), never
-/// re-packed. libgit2's local fetch compresses a new pack instead, which cost
-/// about 200 ms for a repository holding a 2 MB binary. Refs land where a
-/// fetch with `REFSPECS` would put them: branches under
-/// `refs/remotes/origin/`, tags under `refs/tags/`, HEAD as
-/// `refs/remotes/origin/HEAD` (skipped while unborn).
-fn fetch_everything(repo: &Repository, source: &Repository, shown: &str) -> Result<(), SourceError> {
+/// Takes every object and ref of a local repository (the source itself, or
+/// a mirror), as `git clone --local` does: object files are hard-linked
+/// (copied across filesystems), never re-packed. libgit2's local fetch
+/// compresses a new pack instead, which cost about 200 ms for a repository
+/// holding a 2 MB binary. Refs land where a fetch would put them: branches
+/// under `refs/remotes/origin/`, tags under `refs/tags/`, HEAD as
+/// `refs/remotes/origin/HEAD` (skipped while unborn). A shallow mirror's
+/// list of cut-off commits comes along, so git knows their parents are
+/// missing on purpose.
+fn fetch_everything(repo: &Repository, source: &Repository, layout: Layout, shown: &str) -> Result<(), SourceError> {
     let fetch_error = |why: String| SourceError::Fetch { repo: shown.into(), why };
     link_tree(&source.path().join("objects"), &repo.path().join("objects"))
         .map_err(|e| fetch_error(format!("copying objects: {e}")))?;
+    match std::fs::copy(source.path().join("shallow"), repo.path().join("shallow")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(fetch_error(format!("copying the shallow list: {e}")))
+        }
+        _ => {}
+    }
     let refs = source.references().map_err(|e| fetch_error(e.message().into()))?;
     for reference in refs.flatten() {
         let (Ok(name), Ok(resolved)) = (reference.name(), reference.resolve()) else { continue };
         let Some(oid) = resolved.target() else { continue };
-        let local = if let Some(branch) = name.strip_prefix("refs/heads/") {
+        let local = if let Some(branch) = name.strip_prefix(layout.branches).filter(|b| *b != "HEAD") {
             format!("refs/remotes/origin/{branch}")
         } else if name.starts_with("refs/tags/") {
             name.to_string()
@@ -214,7 +292,8 @@ fn fetch_everything(repo: &Repository, source: &Repository, shown: &str) -> Resu
         };
         repo.reference(&local, oid, true, "slipway: fetched").map_err(|e| fetch_error(e.message().into()))?;
     }
-    if let Some(oid) = source.head().ok().and_then(|h| h.target()) {
+    let head = source.find_reference(layout.head).ok().and_then(|h| h.resolve().ok()).and_then(|h| h.target());
+    if let Some(oid) = head {
         repo.reference(FETCHED.head, oid, true, "slipway: fetched").map_err(|e| fetch_error(e.message().into()))?;
     }
     Ok(())

@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod docker;
 pub mod dry_run;
 pub mod git;
+pub mod git_remote;
 pub mod health_check;
 pub mod log_cap;
 pub mod pinning;

@@ -26,11 +26,12 @@ impl Executor for StandIn {
             tokio::time::sleep(self.step_time).await;
         }
         match c.step {
-            Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![] }),
+            Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
             Step::Checkout => Event::CheckedOut(CheckedOut {
                 commit: "0".repeat(40),
                 workspace: String::new(),
                 config: serde_json::json!({}),
+                source_host_key: None,
             }),
             Step::Build => Event::ImageBuilt(ImageBuilt {
                 image_id: "sha256:stand-in".into(),

@@ -1,0 +1,729 @@
+//! Repositories reached over a network (`https://`, `http://`, `ssh://`,
+//! `user@host:path`), fetched through a per-worker mirror.
+//!
+//! Each repository gets one bare mirror under `<workspaces>/.mirrors/`,
+//! named by a hash of its address. A deployment fetches only the ref it
+//! needs, shallow (depth 1) when the ref is a name or a full SHA, into
+//! that mirror; the next deployment of the same repository fetches only
+//! what the mirror lacks. The checkout then links the mirror's objects
+//! into the deployment's workspace, as for a local repository. A file lock
+//! keeps two fetches of one mirror (threads or worker processes sharing a
+//! data directory) from interleaving.
+//!
+//! Credentials come resolved from the value table (see
+//! [`source_credentials`]); they are handed to libgit2 only through its
+//! credential callback, never put in a URL, so no error text can echo them.
+//! SSH host keys are checked against the project's trusted keys; when it
+//! trusts none yet, the key met is accepted and reported, and the worker
+//! records it on the project (trust on first use). HTTPS servers are
+//! checked against the system's CA bundle and, when the project has one,
+//! its own CA certificate. Every failure is classified into a reason that
+//! names the repository (redacted), the ref and what to do.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, RemoteCallbacks,
+    Repository,
+};
+use sha2::{Digest, Sha256};
+use slipway_proto::command::DeploymentContext;
+
+use super::git::SourceError;
+use super::Settings;
+
+/// Resolved credentials travel to the steps inside the settings map under
+/// these keys. No setting can collide: setting names are environment
+/// variable names, which have no dots; and containers never get them (see
+/// [`is_source_key`]).
+const SOURCE_KEY_PREFIX: &str = "slipway.source.";
+
+/// How long a fetch may take in all before it is abandoned.
+const FETCH_DEADLINE: Duration = Duration::from_secs(600);
+/// How long connecting to the git server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// libgit2's depth that turns a shallow repository into a complete one.
+const UNSHALLOW: i32 = i32::MAX;
+
+/// The settings key a resolved credential travels under.
+pub fn source_key(name: &str) -> String {
+    format!("{SOURCE_KEY_PREFIX}{name}")
+}
+
+/// True for a key holding a source credential: never an app's environment.
+pub fn is_source_key(key: &str) -> bool {
+    key.starts_with(SOURCE_KEY_PREFIX)
+}
+
+/// What a worker needs to reach one repository, resolved for one deployment.
+#[derive(Clone, Default)]
+pub struct Access {
+    token: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ssh_key: Option<String>,
+    ca_cert: Option<String>,
+    known_hosts: Vec<String>,
+    pub submodules: bool,
+    /// Where this worker keeps its mirrors.
+    mirrors: PathBuf,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Which credentials, never their values.
+        f.debug_struct("Access")
+            .field("token", &self.token.is_some())
+            .field("username", &self.username.is_some())
+            .field("password", &self.password.is_some())
+            .field("ssh_key", &self.ssh_key.is_some())
+            .field("ca_cert", &self.ca_cert.is_some())
+            .field("known_hosts", &self.known_hosts)
+            .finish()
+    }
+}
+
+impl Access {
+    /// The deployment's access: credentials from the resolved settings,
+    /// host keys from the context, mirrors under `workspaces`.
+    pub fn of(context: &DeploymentContext, env: &Settings, workspaces: &Path) -> Access {
+        let credential = |name: &str| env.get(&source_key(name)).cloned();
+        Access {
+            token: credential("token"),
+            username: credential("username"),
+            password: credential("password"),
+            ssh_key: credential("ssh_key"),
+            ca_cert: credential("ca_cert"),
+            known_hosts: context.source.known_hosts.clone(),
+            submodules: context.source.submodules,
+            mirrors: workspaces.join(".mirrors"),
+        }
+    }
+
+    /// The same access with its mirrors somewhere else (tests, benches).
+    pub fn with_mirrors(mut self, mirrors: PathBuf) -> Access {
+        self.mirrors = mirrors;
+        self
+    }
+
+    /// Whether credentials were configured that a fetch can offer.
+    fn has_credentials(&self) -> bool {
+        self.token.is_some() || self.password.is_some() || self.ssh_key.is_some()
+    }
+}
+
+/// A network repository address, split far enough to match host keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteAddress {
+    pub ssh: bool,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl RemoteAddress {
+    /// The host as a `known_hosts` line names it: `host`, or `[host]:port`
+    /// for a port other than 22.
+    fn known_host_field(&self) -> String {
+        match self.port {
+            Some(port) if port != 22 => format!("[{}]:{port}", self.host),
+            _ => self.host.clone(),
+        }
+    }
+}
+
+/// The network address `repository` names, or `None` for a local one.
+pub fn remote_address(repository: &str) -> Option<RemoteAddress> {
+    if let Some((scheme, rest)) = repository.split_once("://") {
+        if scheme == "file" {
+            return None;
+        }
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (host, port) = split_port(hostport);
+        return Some(RemoteAddress {
+            ssh: scheme == "ssh",
+            host,
+            port,
+        });
+    }
+    // git's scp-like form: a colon before the first slash.
+    let first = repository.split('/').next().unwrap_or_default();
+    let (userhost, _) = first.split_once(':')?;
+    let host = userhost.rsplit_once('@').map_or(userhost, |(_, h)| h);
+    Some(RemoteAddress {
+        ssh: true,
+        host: host.trim_matches(['[', ']']).to_string(),
+        port: None,
+    })
+}
+
+fn split_port(hostport: &str) -> (String, Option<u16>) {
+    if let Some(rest) = hostport.strip_prefix('[') {
+        // [v6]:port
+        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (
+            host.to_string(),
+            after.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
+    }
+    match hostport.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() => {
+            (host.to_string(), port.parse().ok())
+        }
+        _ => (hostport.to_string(), None),
+    }
+}
+
+/// A mirror, locked for as long as this value lives.
+pub struct Mirror {
+    pub repo: Repository,
+    pub lock: File,
+}
+
+/// What a fetch met that the worker reports.
+#[derive(Debug, Default)]
+struct Observed {
+    /// Offered credentials the server refused.
+    credentials_refused: bool,
+    /// The server asked for credentials the project does not have.
+    credentials_missing: bool,
+    /// A host key nobody trusted yet, accepted (trust on first use).
+    met_host_key: Option<String>,
+    /// A host key unlike every trusted one: the fetch was stopped.
+    refused_host_key: Option<String>,
+    /// The project's CA certificate could not be used.
+    ca_problem: Option<String>,
+    timed_out: bool,
+}
+
+/// A completed fetch: the locked mirror, the host key met on first use,
+/// and how many objects came over the network.
+pub struct Fetched {
+    pub mirror: Mirror,
+    pub met_host_key: Option<String>,
+    pub received_objects: usize,
+}
+
+/// Fetches what `git_ref` needs from `repository` into this worker's mirror.
+pub fn fetch(
+    repository: &str,
+    shown: &str,
+    git_ref: &str,
+    access: &Access,
+) -> Result<Fetched, SourceError> {
+    let address = remote_address(repository).ok_or_else(|| SourceError::Fetch {
+        repo: shown.into(),
+        why: "not a network address".into(),
+    })?;
+    probe(&address, shown, git_ref)?;
+    let mirror = open_mirror(repository, shown, &access.mirrors)?;
+    let observed = RefCell::new(Observed::default());
+    let (refspecs, depth) = wanted(git_ref);
+    let outcome = {
+        let mut remote =
+            mirror
+                .repo
+                .remote_anonymous(repository)
+                .map_err(|e| SourceError::Fetch {
+                    repo: shown.into(),
+                    why: e.message().into(),
+                })?;
+        let mut options = FetchOptions::new();
+        options
+            .remote_callbacks(callbacks(&address, access, &observed))
+            .download_tags(AutotagOption::None);
+        if let Some(depth) = depth {
+            options.depth(depth);
+        }
+        let fetched = remote.fetch(&refspecs, Some(&mut options), Some("slipway: fetch"));
+        fetched.map(|()| remote.stats().received_objects())
+    };
+    let observed = observed.into_inner();
+    match outcome {
+        Ok(received_objects) => Ok(Fetched {
+            mirror,
+            met_host_key: observed.met_host_key,
+            received_objects,
+        }),
+        Err(e) => Err(classify(&e, &observed, &address, shown, git_ref, access)),
+    }
+}
+
+/// The refspecs and depth that bring `git_ref` into the mirror: one ref,
+/// shallow, when it is a name or a full SHA; every branch and tag with
+/// their history when it may be an abbreviated SHA (only history can
+/// resolve one).
+fn wanted(git_ref: &str) -> (Vec<String>, Option<i32>) {
+    let hex = git_ref.bytes().all(|b| b.is_ascii_hexdigit());
+    if git_ref == "HEAD" {
+        (vec!["+HEAD:refs/remotes/origin/HEAD".into()], Some(1))
+    } else if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+        (
+            vec![format!("+refs/heads/{branch}:refs/remotes/origin/{branch}")],
+            Some(1),
+        )
+    } else if git_ref.starts_with("refs/tags/") {
+        (vec![format!("+{git_ref}:{git_ref}")], Some(1))
+    } else if hex && git_ref.len() == 40 {
+        (
+            vec![format!("+{git_ref}:refs/slipway/commits/{git_ref}")],
+            Some(1),
+        )
+    } else if hex && git_ref.len() >= 4 {
+        let all = vec![
+            "+refs/heads/*:refs/remotes/origin/*".to_string(),
+            "+refs/tags/*:refs/tags/*".to_string(),
+        ];
+        (all, Some(UNSHALLOW))
+    } else {
+        let both = vec![
+            format!("+refs/heads/{git_ref}:refs/remotes/origin/{git_ref}"),
+            format!("+refs/tags/{git_ref}:refs/tags/{git_ref}"),
+        ];
+        (both, Some(1))
+    }
+}
+
+/// Resolves the host and opens (then drops) one connection within
+/// [`CONNECT_TIMEOUT`], so an unknown host, a closed port or a silent
+/// network fails fast and by name: libgit2's own connect waits for the
+/// operating system's timeout, and its timeout settings are global and
+/// unsafe to set.
+fn probe(address: &RemoteAddress, repo: &str, git_ref: &str) -> Result<(), SourceError> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let port = address.port.unwrap_or(if address.ssh {
+        22
+    } else if repo.starts_with("http://") {
+        80
+    } else {
+        443
+    });
+    let unknown = || SourceError::UnknownHost {
+        repo: repo.into(),
+        git_ref: git_ref.into(),
+        host: address.host.clone(),
+    };
+    let addrs: Vec<_> = (address.host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|_| unknown())?
+        .collect();
+    if addrs.is_empty() {
+        return Err(unknown());
+    }
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => SourceError::Timeout {
+            repo: repo.into(),
+            git_ref: git_ref.into(),
+        },
+        Some(e) => SourceError::Unreachable {
+            repo: repo.into(),
+            git_ref: git_ref.into(),
+            why: format!("{}:{port}: {e}", address.host),
+        },
+        None => unknown(),
+    })
+}
+
+/// Opens (or creates) the mirror of `repository` and takes its lock.
+fn open_mirror(repository: &str, shown: &str, mirrors: &Path) -> Result<Mirror, SourceError> {
+    let fail = |why: String| SourceError::Workspace {
+        path: mirrors.display().to_string(),
+        why,
+    };
+    std::fs::create_dir_all(mirrors).map_err(|e| fail(e.to_string()))?;
+    let name = hex::encode(&Sha256::digest(repository.as_bytes())[..12]);
+    let path = mirrors.join(format!("{name}.git"));
+    let lock =
+        File::create(mirrors.join(format!("{name}.lock"))).map_err(|e| fail(e.to_string()))?;
+    lock.lock()
+        .map_err(|e| fail(format!("locking the mirror of {shown}: {e}")))?;
+    let repo = match Repository::open_bare(&path) {
+        Ok(repo) => repo,
+        Err(_) => {
+            // A half-made mirror (a crash during the first fetch) is made again.
+            let _ = std::fs::remove_dir_all(&path);
+            Repository::init_bare(&path).map_err(|e| fail(e.message().into()))?
+        }
+    };
+    Ok(Mirror { repo, lock })
+}
+
+fn callbacks<'a>(
+    address: &'a RemoteAddress,
+    access: &'a Access,
+    observed: &'a RefCell<Observed>,
+) -> RemoteCallbacks<'a> {
+    let mut callbacks = RemoteCallbacks::new();
+    let mut offered = 0u32;
+    callbacks.credentials(move |_url, user_in_url, allowed| {
+        let refuse = |message: &str| Err(git2::Error::from_str(message));
+        if offered > 0 {
+            // libgit2 asks again when the server refused what it was given.
+            observed.borrow_mut().credentials_refused = true;
+            return refuse("the server refused the credentials");
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if let Some(key) = &access.ssh_key {
+                offered += 1;
+                return Cred::ssh_key_from_memory(user_in_url.unwrap_or("git"), None, key, None);
+            }
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            let user = access.username.as_deref().or(user_in_url);
+            if let Some(token) = &access.token {
+                offered += 1;
+                return Cred::userpass_plaintext(user.unwrap_or("x-access-token"), token);
+            }
+            if let (Some(user), Some(password)) = (user, &access.password) {
+                offered += 1;
+                return Cred::userpass_plaintext(user, password);
+            }
+        }
+        if allowed.contains(CredentialType::USERNAME) {
+            return Cred::username(user_in_url.or(access.username.as_deref()).unwrap_or("git"));
+        }
+        observed.borrow_mut().credentials_missing = true;
+        refuse("the server wants credentials this project does not have")
+    });
+    callbacks.certificate_check(move |cert, host| {
+        if let Some(hostkey) = cert.as_hostkey() {
+            return check_host_key(hostkey, address, access, observed);
+        }
+        match (cert.as_x509(), &access.ca_cert) {
+            (Some(x509), Some(ca)) => match trusted_by(x509.data(), ca, host) {
+                Ok(true) => Ok(CertificateCheckStatus::CertificateOk),
+                // Not signed by the project's CA: the system's bundle decides.
+                Ok(false) => Ok(CertificateCheckStatus::CertificatePassthrough),
+                Err(why) => {
+                    observed.borrow_mut().ca_problem = Some(why);
+                    Ok(CertificateCheckStatus::CertificatePassthrough)
+                }
+            },
+            _ => Ok(CertificateCheckStatus::CertificatePassthrough),
+        }
+    });
+    let started = Instant::now();
+    callbacks.transfer_progress(move |_| {
+        let late = started.elapsed() > FETCH_DEADLINE;
+        if late {
+            observed.borrow_mut().timed_out = true;
+        }
+        !late
+    });
+    callbacks
+}
+
+fn check_host_key(
+    hostkey: &git2::cert::CertHostkey<'_>,
+    address: &RemoteAddress,
+    access: &Access,
+    observed: &RefCell<Observed>,
+) -> Result<CertificateCheckStatus, git2::Error> {
+    let (Some(raw), Some(kind)) = (hostkey.hostkey(), hostkey.hostkey_type()) else {
+        return Err(git2::Error::from_str(
+            "the SSH server's host key could not be read",
+        ));
+    };
+    let field = address.known_host_field();
+    let met = format!(
+        "{field} {} {}",
+        kind.name(),
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    );
+    let trusted: Vec<&String> = access
+        .known_hosts
+        .iter()
+        .filter(|line| line.split_whitespace().next() == Some(&field))
+        .collect();
+    if trusted.is_empty() {
+        observed.borrow_mut().met_host_key = Some(met);
+        return Ok(CertificateCheckStatus::CertificateOk);
+    }
+    let same = |line: &&String| {
+        line.split_whitespace()
+            .skip(1)
+            .take(2)
+            .eq(met.split_whitespace().skip(1).take(2))
+    };
+    if trusted.iter().any(same) {
+        return Ok(CertificateCheckStatus::CertificateOk);
+    }
+    observed.borrow_mut().refused_host_key = Some(met);
+    Err(git2::Error::from_str(
+        "the SSH host key is not the trusted one",
+    ))
+}
+
+/// Whether the server's certificate (DER) was issued by the project's CA
+/// (PEM) for `host` (a name or an IP address).
+fn trusted_by(leaf_der: &[u8], ca_pem: &str, host: &str) -> Result<bool, String> {
+    use openssl::stack::Stack;
+    use openssl::x509::store::X509StoreBuilder;
+    use openssl::x509::verify::X509VerifyParam;
+    use openssl::x509::{X509StoreContext, X509};
+    let leaf = X509::from_der(leaf_der)
+        .map_err(|e| format!("the server's certificate cannot be read: {e}"))?;
+    let cas = X509::stack_from_pem(ca_pem.as_bytes())
+        .map_err(|e| format!("the project's CA certificate cannot be read: {e}"))?;
+    let mut store = X509StoreBuilder::new().map_err(|e| e.to_string())?;
+    for ca in cas {
+        store.add_cert(ca).map_err(|e| e.to_string())?;
+    }
+    let mut param = X509VerifyParam::new().map_err(|e| e.to_string())?;
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => param.set_ip(ip),
+        Err(_) => param.set_host(host),
+    }
+    .map_err(|e| e.to_string())?;
+    store.set_param(&param).map_err(|e| e.to_string())?;
+    let store = store.build();
+    let chain = Stack::new().map_err(|e| e.to_string())?;
+    let mut context = X509StoreContext::new().map_err(|e| e.to_string())?;
+    context
+        .init(&store, &leaf, &chain, |c| c.verify_cert())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks out the submodules of the fresh checkout `repo`, recursively,
+/// with the project's access (their hosts' keys are checked as the main
+/// repository's). Relative submodule URLs resolve against `repository`,
+/// which becomes the checkout's `origin`.
+pub fn update_submodules(
+    repo: &Repository,
+    repository: &str,
+    git_ref: &str,
+    access: &Access,
+) -> Result<(), SourceError> {
+    let shown = super::git::shown_repository(repository);
+    let fail = |why: String| SourceError::Fetch {
+        repo: shown.clone(),
+        why: format!("submodules: {why}"),
+    };
+    if repo.find_remote("origin").is_err() {
+        repo.remote("origin", repository)
+            .map_err(|e| fail(e.message().into()))?;
+    }
+    for mut submodule in repo.submodules().map_err(|e| fail(e.message().into()))? {
+        let url = submodule
+            .url()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_string();
+        let resolved = if url.starts_with("../") || url.starts_with("./") {
+            repository.to_string()
+        } else {
+            url.clone()
+        };
+        let observed = RefCell::new(Observed::default());
+        let address = remote_address(&resolved).unwrap_or(RemoteAddress {
+            ssh: false,
+            host: String::new(),
+            port: None,
+        });
+        let mut fetch = FetchOptions::new();
+        if remote_address(&resolved).is_some() {
+            probe(&address, &super::git::shown_repository(&resolved), git_ref)?;
+            fetch.remote_callbacks(callbacks(&address, access, &observed));
+        }
+        let mut options = git2::SubmoduleUpdateOptions::new();
+        options.fetch(fetch);
+        let name = submodule.name().unwrap_or("?").to_string();
+        let updated = submodule.update(true, Some(&mut options));
+        drop(options);
+        if let Err(e) = updated {
+            let sub_shown = super::git::shown_repository(&url);
+            return Err(
+                match classify(
+                    &e,
+                    &observed.borrow(),
+                    &address,
+                    &sub_shown,
+                    git_ref,
+                    access,
+                ) {
+                    SourceError::Fetch { why, .. } => {
+                        fail(format!("`{name}` ({sub_shown}): {why}"))
+                    }
+                    other => other,
+                },
+            );
+        }
+        let nested = submodule
+            .open()
+            .map_err(|e| fail(format!("`{name}`: {}", e.message())))?;
+        let nested_url = if url.starts_with("../") || url.starts_with("./") {
+            repository.to_string()
+        } else {
+            url
+        };
+        update_submodules(&nested, &nested_url, git_ref, access)?;
+    }
+    Ok(())
+}
+
+/// A failed fetch as a reason that names the repository, the ref and what to do.
+fn classify(
+    e: &git2::Error,
+    observed: &Observed,
+    address: &RemoteAddress,
+    shown: &str,
+    git_ref: &str,
+    access: &Access,
+) -> SourceError {
+    let repo = shown.to_string();
+    let git_ref = git_ref.to_string();
+    let message = e.message().to_lowercase();
+    if let Some(met) = &observed.refused_host_key {
+        return SourceError::HostKeyChanged {
+            repo,
+            git_ref,
+            met: met.clone(),
+        };
+    }
+    if observed.credentials_refused
+        || (e.code() == git2::ErrorCode::Auth && access.has_credentials())
+    {
+        return SourceError::BadCredentials {
+            repo,
+            git_ref,
+            ssh: address.ssh,
+        };
+    }
+    if observed.credentials_missing || e.code() == git2::ErrorCode::Auth {
+        return SourceError::NoCredentials {
+            repo,
+            git_ref,
+            ssh: address.ssh,
+        };
+    }
+    if e.code() == git2::ErrorCode::Certificate || message.contains("certificate") {
+        let ca = observed.ca_problem.clone().unwrap_or_default();
+        return SourceError::UntrustedCertificate {
+            repo,
+            git_ref,
+            why: format!("{}{ca}", e.message()),
+        };
+    }
+    if observed.timed_out || message.contains("timed out") || message.contains("timeout") {
+        return SourceError::Timeout { repo, git_ref };
+    }
+    if message.contains("resolve") {
+        return SourceError::UnknownHost {
+            repo,
+            git_ref,
+            host: address.host.clone(),
+        };
+    }
+    if message.contains("refused") || message.contains("unreachable") {
+        return SourceError::Unreachable {
+            repo,
+            git_ref,
+            why: e.message().into(),
+        };
+    }
+    if message.contains("not our ref") || message.contains("no such") || message.contains("want") {
+        return SourceError::RefNotFound { git_ref, repo };
+    }
+    SourceError::Fetch {
+        repo,
+        why: e.message().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let https = remote_address("https://git.example.com:8443/org/app.git").unwrap();
+        assert_eq!(
+            https,
+            RemoteAddress {
+                ssh: false,
+                host: "git.example.com".into(),
+                port: Some(8443)
+            }
+        );
+        let ssh = remote_address("ssh://git@127.0.0.1:2222/srv/app.git").unwrap();
+        assert_eq!(ssh.known_host_field(), "[127.0.0.1]:2222");
+        let scp = remote_address("git@github.com:org/app.git").unwrap();
+        assert_eq!(
+            (scp.ssh, scp.known_host_field()),
+            (true, "github.com".to_string())
+        );
+        assert_eq!(
+            remote_address("ssh://[::1]:22/app.git")
+                .unwrap()
+                .known_host_field(),
+            "::1"
+        );
+        assert_eq!(remote_address("/srv/app"), None);
+        assert_eq!(remote_address("file:///srv/app"), None);
+        assert_eq!(
+            remote_address("./a:b/c"),
+            None,
+            "a colon after a slash is a path"
+        );
+    }
+
+    #[test]
+    fn refspecs_fetch_one_ref_shallow_unless_an_abbreviation_needs_history() {
+        assert_eq!(
+            wanted("main"),
+            (
+                vec![
+                    "+refs/heads/main:refs/remotes/origin/main".into(),
+                    "+refs/tags/main:refs/tags/main".into()
+                ],
+                Some(1)
+            )
+        );
+        assert_eq!(
+            wanted("refs/tags/v1").0,
+            vec!["+refs/tags/v1:refs/tags/v1".to_string()]
+        );
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            wanted(sha),
+            (vec![format!("+{sha}:refs/slipway/commits/{sha}")], Some(1))
+        );
+        assert_eq!(wanted("abc1234").1, Some(UNSHALLOW));
+        assert_eq!(
+            wanted("HEAD").0,
+            vec!["+HEAD:refs/remotes/origin/HEAD".to_string()]
+        );
+    }
+
+    #[test]
+    fn source_keys_are_not_environment_names() {
+        assert!(is_source_key(&source_key("token")));
+        assert!(!slipway_proto::config::is_env_name(&source_key("token")));
+        assert!(!is_source_key("TOKEN"));
+    }
+
+    #[test]
+    fn debug_shows_which_credentials_not_their_values() {
+        let access = Access {
+            token: Some("ghp_sentinel".into()),
+            ..Access::default()
+        };
+        let shown = format!("{access:?}");
+        assert!(
+            shown.contains("token: true") && !shown.contains("ghp_sentinel"),
+            "{shown}"
+        );
+    }
+}
