@@ -29,6 +29,7 @@ use slipway_workers::steps::Runtime;
 use slipway_workers::WorkerOptions;
 use uuid::Uuid;
 
+pub mod git_servers;
 pub mod load;
 pub mod webdriver;
 

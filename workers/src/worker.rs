@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{deployment_stream, project_stream, SourceHostKeyPinned};
+use slipway_proto::event::{deployment_stream, project_stream, SourceHostKeyPinned, StepFailed};
 use slipway_proto::{Command, Envelope, Event, Step, TraceContext};
 use slipway_telemetry::trace::{self, Delivered};
 use slipway_store::queue::{Delivery, Queue, QueueError};
@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::group::Group;
-use crate::steps::{git_remote, Executor, Settings};
+use crate::steps::{git, git_remote, Executor, Settings};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -251,6 +251,17 @@ async fn handle(
         };
         let started = std::time::Instant::now();
         let event = execute(executor, &command, &settings).await;
+        let mut meta = Metadata::caused_by(&envelope);
+        meta.actor = actor.to_string();
+        // The next dispatch is a child of this step's span (when it is exported).
+        meta.trace = trace::context_of(&span).or(meta.trace);
+        let event = match settle_host_key(store, &command, event, &meta).await {
+            Ok(event) => event,
+            Err(e) => {
+                delivery.retry().await?;
+                return Err(e.into());
+            }
+        };
         let outcome = match &event {
             Event::StepFailed(f) => {
                 trace::mark_failed(&span, &f.reason);
@@ -260,14 +271,6 @@ async fn handle(
             _ => "succeeded",
         };
         slipway_telemetry::metrics::global().step_finished(&step, outcome, started.elapsed());
-        let mut meta = Metadata::caused_by(&envelope);
-        meta.actor = actor.to_string();
-        // The next dispatch is a child of this step's span (when it is exported).
-        meta.trace = trace::context_of(&span).or(meta.trace);
-        if let Err(e) = pin_host_key(store, &command, &event, &meta).await {
-            delivery.retry().await?;
-            return Err(e.into());
-        }
         let outcome = match Envelope::new(id, Utc::now(), &stream, &event, meta) {
             Ok(o) => o,
             Err(e) => return Ok(delivery.dead_letter(&format!("cannot encode the outcome: {e}")).await?),
@@ -301,24 +304,73 @@ async fn resolve_settings(store: &dyn EventStore, command: &Command) -> Result<S
     Ok(wanted.into_iter().filter_map(|(key, f)| values.get(f).map(|v| (key, v.clone()))).collect())
 }
 
-/// Trust on first use: the SSH host key a source step accepted because the
-/// project trusted none is recorded on the project before the outcome, so
-/// the next fetch refuses any other key. A crash in between records it
-/// again on redelivery; the project keeps the first.
-async fn pin_host_key(store: &dyn EventStore, command: &Command, event: &Event, meta: &Metadata) -> Result<(), StoreError> {
-    let met = match event {
-        Event::ServicesChecked(s) => s.source_host_key.as_ref(),
-        Event::CheckedOut(c) => c.source_host_key.as_ref(),
+/// Trust on first use: the SSH host key a source step accepted because its
+/// command named no trusted key is recorded on the project before the
+/// outcome, so later fetches refuse any other key. The project is read
+/// first: the services check and the checkout of one deployment both meet
+/// the key, and only the first records it. If the project meanwhile trusts
+/// another key for that host (a concurrent first use, or a change between
+/// the two steps), the step fails as for a changed key. Appended at the
+/// version read, so two first uses cannot both record.
+async fn settle_host_key(store: &dyn EventStore, command: &Command, event: Event, meta: &Metadata) -> Result<Event, StoreError> {
+    let met = match &event {
+        Event::ServicesChecked(s) => s.source_host_key.clone(),
+        Event::CheckedOut(c) => c.source_host_key.clone(),
         _ => None,
     };
-    let (Some(known_host), Command::RunStep(run)) = (met, command) else { return Ok(()) };
+    let (Some(met), Command::RunStep(run)) = (met, command) else { return Ok(event) };
     let stream = project_stream(&run.context.project);
-    let pinned = Event::SourceHostKeyPinned(SourceHostKeyPinned {
-        known_host: known_host.clone(),
-        deployment_id: run.context.deployment_id,
-    });
-    let Ok(envelope) = Envelope::new(Uuid::now_v7(), Utc::now(), &stream, &pinned, meta.clone()) else { return Ok(()) };
-    store.append(&stream, ExpectedVersion::Any, &[envelope], &[]).await.map(|_| ())
+    let host = met.split_whitespace().next().unwrap_or_default().to_string();
+    loop {
+        let recorded = store.read_stream(&stream, 1).await?;
+        let version = recorded.last().map_or(0, |r| r.version);
+        let events = recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok());
+        match trusted_key(events, &host) {
+            Some(key) if same_key(&key, &met) => return Ok(event),
+            Some(_) => {
+                let reason = format!(
+                    "the SSH host key of {} changed (fetching ref `{}`): it offered `{met}`, which the project does not trust. If the server's key was really replaced, trust the new one with `slipway project source --known-host LINE`; otherwise someone may be intercepting the connection",
+                    git::shown_repository(&run.context.repository),
+                    run.context.git_ref
+                );
+                return Ok(Event::StepFailed(StepFailed { step: run.step, reason, attempt: run.attempt, details: vec![] }));
+            }
+            None => {}
+        }
+        let pinned = Event::SourceHostKeyPinned(SourceHostKeyPinned {
+            known_host: met.clone(),
+            deployment_id: run.context.deployment_id,
+        });
+        let Ok(envelope) = Envelope::new(Uuid::now_v7(), Utc::now(), &stream, &pinned, meta.clone()) else {
+            return Ok(event);
+        };
+        if store.append(&stream, ExpectedVersion::Exactly(version), &[envelope], &[]).await?.is_ok() {
+            return Ok(event);
+        }
+    }
+}
+
+/// The key a project's events trust for `host` (a `known_hosts` host field), if any.
+fn trusted_key(events: impl Iterator<Item = Event>, host: &str) -> Option<String> {
+    let for_host = |line: &&String| line.split_whitespace().next() == Some(host);
+    let mut trusted = None;
+    for event in events {
+        match event {
+            Event::SourceAccessChanged(c) => {
+                if let Some(known) = &c.known_hosts {
+                    trusted = known.iter().find(for_host).cloned();
+                }
+            }
+            Event::SourceHostKeyPinned(p) if trusted.is_none() && for_host(&&p.known_host) => trusted = Some(p.known_host),
+            _ => {}
+        }
+    }
+    trusted
+}
+
+/// Two `known_hosts` lines name the same key (type and key; hosts aside).
+fn same_key(a: &str, b: &str) -> bool {
+    a.split_whitespace().skip(1).take(2).eq(b.split_whitespace().skip(1).take(2))
 }
 
 async fn execute(executor: &dyn Executor, command: &Command, settings: &Settings) -> Event {

@@ -325,20 +325,26 @@ async fn an_unreachable_repository_fails_checkout() -> Result<()> {
 }
 
 #[tokio::test]
-async fn network_repositories_are_explained_not_attempted() -> Result<()> {
+async fn network_failures_name_the_repository_without_its_credentials() -> Result<()> {
     let ws = runtime()?;
     for (repository, shown) in [
-        ("https://github.com/example/app.git", "https://github.com/example/app.git"),
-        ("https://x-token:S3cret-token@github.com/example/app.git", "https://***@github.com/example/app.git"),
-        ("ssh://git@github.com/example/app.git", "ssh://***@github.com/example/app.git"),
-        ("git@github.com:example/app.git", "git@github.com:example/app.git"),
+        ("https://no-such-host.invalid/example/app.git", "https://no-such-host.invalid/example/app.git"),
+        ("https://x-token:S3cret-token@no-such-host.invalid/example/app.git", "https://***@no-such-host.invalid/example/app.git"),
+        ("ssh://git@no-such-host.invalid/example/app.git", "ssh://***@no-such-host.invalid/example/app.git"),
+        ("git@no-such-host.invalid:example/app.git", "git@no-such-host.invalid:example/app.git"),
     ] {
         let failed = step_failed(run_checkout(repository, "main", &ws.rt).await, Step::Checkout)?;
         assert_eq!(
             failed.reason,
-            format!("repository `{shown}`: only local paths and file:// URLs are supported by this build")
+            format!("cannot fetch ref `main` from {shown}: host `no-such-host.invalid` is unknown (DNS); check the repository address")
         );
     }
+    // file:// names a local path; another host is refused, not guessed at.
+    let failed = step_failed(run_checkout("file://otherhost/srv/app", "main", &ws.rt).await, Step::Checkout)?;
+    assert_eq!(
+        failed.reason,
+        "repository `file://otherhost/srv/app`: file:// URLs name a local path; use https:// or ssh:// for another host"
+    );
     Ok(())
 }
 

@@ -1,0 +1,267 @@
+//! Deploying from repositories reached over the network, against real git
+//! servers on loopback (see `slipway_tests::git_servers`):
+//! - HTTPS with a token and a private CA: the deployment succeeds, and the
+//!   token appears nowhere but the value table (events, outbox, every other
+//!   table, logs, checkouts and mirrors on disk);
+//! - a wrong token, no token, an untrusted certificate, an unknown host, a
+//!   closed port and a missing ref each fail with a reason that names the
+//!   repository, the ref and what to do;
+//! - SSH with a deploy key: the host key is trusted on first use and
+//!   recorded on the project; after the server's key changes, the next
+//!   deployment is refused at the services check;
+//! - the worker's mirror: a second fetch brings only the new objects.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use slipway_engine::requests::{self, NewProject};
+use slipway_engine::source::SourceChange;
+use slipway_engine::Status;
+use slipway_proto::command::DeploymentContext;
+use slipway_proto::event::project_stream;
+use slipway_proto::{Event, Step};
+use slipway_tests::git_servers::{publish, HttpsGit, SshGit};
+use slipway_tests::*;
+use slipway_workers::steps::git::{self, SourceError};
+use slipway_workers::steps::git_remote::{self, source_key, Access};
+use slipway_workers::steps::Settings;
+use uuid::Uuid;
+
+async fn create_with_source(h: &Harness, repository: &str, source: BTreeMap<&str, String>, known_hosts: Option<Vec<String>>) {
+    let new = NewProject {
+        name: h.project.clone(),
+        repository: repository.into(),
+        default_branch: "main".into(),
+        environments: vec!["test".into(), "live".into()],
+        mirror_of: None,
+    };
+    let change = SourceChange {
+        set: source.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        known_hosts,
+        ..SourceChange::default()
+    };
+    requests::create_project_with_source(&*h.store, "test", new, change).await.unwrap().unwrap();
+}
+
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+/// Every row of every table of the harness's schema but the value table, as text.
+async fn rows_containing(h: &Harness, needle: &str) -> Vec<String> {
+    let schema = h.schema().unwrap().to_string();
+    let pool = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1")
+            .bind(&schema)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(tables.contains(&"events".to_string()), "{tables:?}");
+    let mut hits = Vec::new();
+    for table in tables.iter().filter(|t| *t != "setting_values") {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT t::text FROM \"{schema}\".\"{table}\" t")).fetch_all(&pool).await.unwrap();
+        hits.extend(rows.into_iter().filter(|r| r.contains(needle)).map(|r| format!("{table}: {r}")));
+    }
+    hits
+}
+
+async fn project_events(h: &Harness) -> Vec<Event> {
+    let recorded = h.store.read_stream(&project_stream(&h.project), 1).await.unwrap();
+    recorded.iter().map(|r| r.envelope.decode().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_with_a_token_and_a_private_ca_deploys_and_the_token_stays_secret() {
+    require_docker();
+    let token = format!("tok-{}", Uuid::now_v7().simple());
+    let server = HttpsGit::start("deployer", &token);
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&busybox_app("over https", "[web]\nport = 80\n", ""), "v1");
+    publish(&app.path(), &bare);
+
+    let h = Harness::start(Backends::PostgresRabbit).await;
+    let source = BTreeMap::from([("username", "deployer".to_string()), ("token", token.clone()), ("ca_cert", server.ca_pem.clone())]);
+    create_with_source(&h, &url, source, None).await;
+    let d = h.deploy("test", "main").await;
+    assert_eq!(d.status, Status::Succeeded, "{:?}", h.events(d.id).await);
+    assert_eq!(h.routed_page("test").await.map(|(_, body)| body.trim().to_string()), Ok("over https".to_string()));
+
+    // The token is in the value table only: not in any other table, not
+    // in a log, a checkout or the mirror on disk.
+    assert_eq!(rows_containing(&h, &token).await, Vec::<String>::new());
+    assert_eq!(files_containing(h.data.path(), &token), Vec::<String>::new());
+    let events = project_events(&h).await;
+    let Some(Event::SourceAccessChanged(changed)) = events.get(1) else { panic!("{events:?}") };
+    assert_eq!(changed.set.keys().collect::<Vec<_>>(), ["ca_cert", "token", "username"]);
+    assert!(changed.set.values().all(|f| f.starts_with("hmac-sha256:")), "{changed:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_token_fails_the_services_check_clearly_and_unechoed() {
+    require_docker();
+    let server = HttpsGit::start("deployer", "the-right-token");
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&busybox_app("v1", "[web]\nport = 80\n", ""), "v1");
+    publish(&app.path(), &bare);
+
+    let h = Harness::start(Backends::PostgresRabbit).await;
+    let wrong = format!("wrong-{}", Uuid::now_v7().simple());
+    let source = BTreeMap::from([("username", "deployer".to_string()), ("token", wrong.clone()), ("ca_cert", server.ca_pem.clone())]);
+    create_with_source(&h, &url, source, None).await;
+    let d = h.deploy("test", "main").await;
+    let (step, reason) = failure(&d);
+    assert_eq!(step, Step::CheckServices);
+    assert!(reason.contains("refused the credentials") && reason.contains(&url) && reason.contains("`main`"), "{reason}");
+    assert!(reason.contains("slipway project source --token-file"), "says what to do: {reason}");
+    assert_eq!(rows_containing(&h, &wrong).await, Vec::<String>::new());
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ssh_with_a_deploy_key_trusts_the_host_key_on_first_use_and_refuses_a_changed_one() {
+    require_docker();
+    let server = SshGit::start();
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&busybox_app("over ssh", "[web]\nport = 80\n", ""), "v1");
+    publish(&app.path(), &bare);
+
+    let h = Harness::start(Backends::PostgresRabbit).await;
+    create_with_source(&h, &url, BTreeMap::from([("ssh_key", server.deploy_key.clone())]), None).await;
+    let d = h.deploy("test", "main").await;
+    assert_eq!(d.status, Status::Succeeded, "{:?}", h.events(d.id).await);
+    let pinned: Vec<String> = project_events(&h)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SourceHostKeyPinned(p) => Some(p.known_host),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pinned, [server.known_host()], "the key met first is recorded on the project");
+    let project = requests::load_project(&*h.store, &h.project).await.unwrap().unwrap();
+    assert_eq!(project.source.known_hosts, [server.known_host()]);
+
+    let server = server.change_host_key();
+    app.commit(&busybox_app("v2", "[web]\nport = 80\n", ""), "v2");
+    publish(&app.path(), &bare);
+    let d = h.deploy("test", "main").await;
+    let (step, reason) = failure(&d);
+    assert_eq!(step, Step::CheckServices);
+    assert!(reason.contains("SSH host key") && reason.contains("changed") && reason.contains(&server.known_host()), "{reason}");
+    assert!(reason.contains("--known-host"), "says what to do: {reason}");
+    assert_eq!(h.routed_page("test").await.map(|(_, body)| body.trim().to_string()), Ok("over ssh".to_string()), "v1 still serves");
+    h.shutdown().await;
+}
+
+// ------------------------------------------------- the fetch, without the pipeline
+
+fn access(repository: &str, credentials: &[(&str, &str)], known_hosts: &[String], mirrors: &Path) -> Access {
+    let context: DeploymentContext = serde_json::from_value(serde_json::json!({
+        "deployment_id": Uuid::now_v7(), "project": "p", "environment": "test",
+        "repository": repository, "git_ref": "main",
+        "source": { "known_hosts": known_hosts },
+    }))
+    .unwrap();
+    let settings: Settings = credentials.iter().map(|(k, v)| (source_key(k), v.to_string())).collect();
+    Access::of(&context, &settings, mirrors)
+}
+
+#[test]
+fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
+    let server = SshGit::start();
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    let mut files = BTreeMap::new();
+    for i in 0..50 {
+        files.insert(format!("src/file{i}.txt"), format!("file {i}\n").repeat(100).into_bytes());
+    }
+    app.commit(&files, "v1");
+    publish(&app.path(), &bare);
+    let workspaces = tempfile::tempdir().unwrap();
+    let access = access(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], workspaces.path());
+
+    let shown = git::shown_repository(&url);
+    let first = git_remote::fetch(&url, &shown, "main", &access).unwrap();
+    assert!(first.received_objects >= 52, "a commit, two trees and 50 blobs: {}", first.received_objects);
+    drop(first);
+    let again = git_remote::fetch(&url, &shown, "main", &access).unwrap();
+    assert_eq!(again.received_objects, 0, "nothing new");
+    drop(again);
+    app.commit(&BTreeMap::from([("src/file7.txt".to_string(), b"changed\n".to_vec())]), "v2");
+    publish(&app.path(), &bare);
+    let next = git_remote::fetch(&url, &shown, "main", &access).unwrap();
+    assert!(next.received_objects <= 4, "a commit, two trees and a blob: {}", next.received_objects);
+    drop(next);
+
+    // The checkout from the mirror has the new commit's files.
+    let dest = workspaces.path().join("checkout");
+    let (commit, met) = git::fresh_checkout(&url, "main", &dest, &access).unwrap();
+    assert_eq!(met, None, "the host key was given, not met");
+    assert_eq!(commit.len(), 40);
+    assert_eq!(std::fs::read_to_string(dest.join("src/file7.txt")).unwrap(), "changed\n");
+    assert_eq!(std::fs::read_dir(workspaces.path().join(".mirrors")).unwrap().count(), 2, "one mirror and its lock");
+}
+
+#[test]
+fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
+    let server = HttpsGit::start("deployer", "right");
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&BTreeMap::from([("a.txt".to_string(), b"a\n".to_vec())]), "v1");
+    publish(&app.path(), &bare);
+    let mirrors = tempfile::tempdir().unwrap();
+    let fetch = |url: &str, git_ref: &str, credentials: &[(&str, &str)]| {
+        let access = access(url, credentials, &[], mirrors.path());
+        git_remote::fetch(url, &git::shown_repository(url), git_ref, &access).map(|f| f.received_objects)
+    };
+    let ca = server.ca_pem.as_str();
+
+    let fine = fetch(&url, "main", &[("username", "deployer"), ("token", "right"), ("ca_cert", ca)]);
+    assert!(fine.is_ok(), "{fine:?}");
+    let missing = fetch(&url, "no-such-branch", &[("username", "deployer"), ("token", "right"), ("ca_cert", ca)]);
+    let resolved = missing.and_then(|_| {
+        let access = access(&url, &[("username", "deployer"), ("token", "right"), ("ca_cert", ca)], &[], mirrors.path());
+        git::peek_file(&url, "no-such-branch", "slipway.toml", &access).map(|_| 0)
+    });
+    assert!(matches!(resolved, Err(SourceError::RefNotFound { .. })), "{resolved:?}");
+    let untrusted = fetch(&url, "main", &[("username", "deployer"), ("token", "right")]).unwrap_err();
+    assert!(matches!(untrusted, SourceError::UntrustedCertificate { .. }), "{untrusted:?}");
+    assert!(untrusted.to_string().contains("--ca-cert"), "{untrusted}");
+    let none = fetch(&url, "main", &[("ca_cert", ca)]).unwrap_err();
+    assert!(matches!(none, SourceError::NoCredentials { ssh: false, .. }), "{none:?}");
+    assert!(none.to_string().contains(&url) && none.to_string().contains("`main`"), "{none}");
+    let unknown = fetch("https://no-such-host.invalid/app.git", "main", &[]).unwrap_err();
+    assert!(matches!(unknown, SourceError::UnknownHost { .. }), "{unknown:?}");
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = fetch(&format!("https://127.0.0.1:{closed_port}/app.git"), "main", &[]).unwrap_err();
+    assert!(matches!(closed, SourceError::Unreachable { .. }), "{closed:?}");
+    assert!(closed.to_string().contains("reachable from the worker"), "{closed}");
+
+    // A trusted host key that does not match is refused before any credential is offered.
+    let ssh = SshGit::start();
+    let (_, ssh_url) = ssh.repository("other.git");
+    let wrong_key = format!("{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl", ssh.known_host().split_whitespace().next().unwrap());
+    let access = access(&ssh_url, &[("ssh_key", &ssh.deploy_key)], &[wrong_key], mirrors.path());
+    let changed = git_remote::fetch(&ssh_url, &ssh_url, "main", &access).err().unwrap();
+    assert!(matches!(changed, SourceError::HostKeyChanged { .. }), "{changed:?}");
+}
