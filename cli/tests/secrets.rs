@@ -19,22 +19,6 @@ use uuid::Uuid;
 mod common;
 use common::http;
 
-fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
-                hits.push(path.display().to_string());
-            }
-        }
-    }
-    hits
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_secret_sentinel_appears_nowhere_but_the_value_table() {
     let h = Harness::start(Backends::PostgresRabbit).await;

@@ -324,6 +324,23 @@ pub async fn request_deployment(
     requests::request_deployment(store, "test", req).await.expect("store").expect("deployment requested")
 }
 
+/// Every file under `dir` whose bytes contain `needle` (a secret that must not be there).
+pub fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
 /// The failure of a finished deployment, or a panic saying it succeeded.
 pub fn failure(d: &Deployment) -> (slipway_proto::Step, String) {
     match &d.status {

@@ -45,22 +45,6 @@ async fn create_with_source(h: &Harness, repository: &str, source: BTreeMap<&str
     requests::create_project_with_source(&*h.store, "test", new, change).await.unwrap().unwrap();
 }
 
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
-                hits.push(path.display().to_string());
-            }
-        }
-    }
-    hits
-}
-
 /// Every row of every table of the harness's schema but the value table, as text.
 async fn rows_containing(h: &Harness, needle: &str) -> Vec<String> {
     let schema = h.schema().unwrap().to_string();
