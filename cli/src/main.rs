@@ -13,6 +13,7 @@ mod remote;
 mod render;
 mod tokens;
 mod report;
+mod source_args;
 mod verbs;
 
 use std::path::PathBuf;
@@ -376,12 +377,17 @@ struct FollowArgs {
 
 #[derive(Subcommand)]
 enum ProjectCmd {
-    /// Create a project from a Git repository (a local path or file:// URL).
+    /// Create a project from a Git repository: a local path or file:// URL,
+    /// https://HOST/PATH (with --token-file), or ssh://USER@HOST[:PORT]/PATH
+    /// or USER@HOST:PATH (with --ssh-key or --generate-ssh-key).
     Create {
         name: String,
-        /// The Git repository: a local path or file:// URL (a mirror takes its original's).
+        /// The Git repository: a local path, file://, https:// or ssh:// URL, or USER@HOST:PATH
+        /// (a mirror takes its original's). Never put a credential in it: addresses are recorded and shown
         #[arg(long, required_unless_present = "mirror_of")]
         repo: Option<String>,
+        #[command(flatten)]
+        source: source_args::SourceArgs,
         /// Make this project a mirror of ORIGINAL: it deploys the original's
         /// image for the same commit, with its own settings, environments and routes.
         #[arg(long, value_name = "ORIGINAL")]
@@ -403,6 +409,16 @@ enum ProjectCmd {
         after: Option<String>,
     },
     Show { name: String },
+    /// Change how workers reach a project's repository: credentials (kept as
+    /// secrets, recorded by fingerprint), trusted SSH host keys, submodules.
+    /// Deployments requested from now on use the new access.
+    Source {
+        name: String,
+        #[command(flatten)]
+        source: source_args::SourceArgs,
+        #[command(flatten)]
+        forget: source_args::SourceForgetArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -623,9 +639,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Project(ProjectCmd::Create { name, repo, mirror_of, branch, environments }) => {
-            verbs::project_create(&*store, NewProject { name, repository: repo.as_deref().map(absolute_repo).unwrap_or_default(), default_branch: branch, environments, mirror_of }).await?;
+        Command::Project(ProjectCmd::Create { name, repo, mirror_of, branch, environments, source }) => {
+            let (change, public_key) = source_args::change(&source, None, &name)?;
+            let repository = repo.as_deref().map(absolute_repo).unwrap_or_default();
+            let new = NewProject { name, repository, default_branch: branch, environments, mirror_of };
+            verbs::project_create(&*store, new, change, public_key).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Project(ProjectCmd::Source { name, source, forget }) => {
+            let (change, public_key) = source_args::change(&source, Some(&forget), &name)?;
+            verbs::project_source(&*store, &name, change, public_key).await.map(|_| ExitCode::SUCCESS)
         }
         Command::Project(ProjectCmd::List { limit, after }) => {
             verbs::project_list(&*store, after.as_deref(), limit, json).await.map(|_| ExitCode::SUCCESS)

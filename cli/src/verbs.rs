@@ -8,6 +8,7 @@ use slipway_engine::limits::release_limits;
 use slipway_engine::load;
 use slipway_engine::projector;
 use slipway_engine::requests::{self, NewProject, SettingValue};
+use slipway_engine::source::SourceChange;
 use slipway_proto::event::deployment_stream;
 use slipway_proto::Event;
 use serde_json::{json, Value};
@@ -36,12 +37,37 @@ fn granted<T>(outcome: Result<Result<T, requests::Rejection>, slipway_store::Sto
     }
 }
 
-pub async fn project_create(store: &dyn EventStore, new: NewProject) -> anyhow::Result<()> {
+pub async fn project_create(
+    store: &dyn EventStore,
+    new: NewProject,
+    source: SourceChange,
+    public_key: Option<String>,
+) -> anyhow::Result<()> {
     let name = new.name.clone();
     let envs = new.environments.join(", ");
-    granted(requests::create_project(store, &actor(), new).await)?;
+    granted(requests::create_project_with_source(store, &actor(), new, source).await)?;
     println!("project {name} created with environments {envs}");
+    print_deploy_key(public_key.as_deref());
     Ok(())
+}
+
+pub async fn project_source(
+    store: &dyn EventStore,
+    name: &str,
+    change: SourceChange,
+    public_key: Option<String>,
+) -> anyhow::Result<()> {
+    granted(requests::change_source(store, &actor(), name, change).await)?;
+    println!("source access of {name} changed; deployments requested from now on use it");
+    print_deploy_key(public_key.as_deref());
+    Ok(())
+}
+
+/// The public half of a deploy key made here, for the git host.
+fn print_deploy_key(public_key: Option<&str>) {
+    if let Some(public) = public_key {
+        println!("deploy key (add it to the repository as a read-only deploy key):\n{public}");
+    }
 }
 
 pub async fn project_list(store: &dyn EventStore, after: Option<&str>, limit: usize, json: bool) -> anyhow::Result<()> {
@@ -66,9 +92,20 @@ pub async fn project_show(store: &dyn EventStore, name: &str, json: bool) -> any
             p.environments.iter().map(|(env, settings)| (env.clone(), json!({ "settings": settings.len() }))).collect();
         return print_json(&json!({
             "name": p.name, "repo": p.repository, "branch": p.default_branch, "mirror_of": p.mirror_of, "environments": environments,
+            "source": { "credentials": p.source.credentials.keys().collect::<Vec<_>>(), "known_hosts": p.source.known_hosts, "submodules": p.source.submodules },
         }));
     }
     println!("project     {}\nrepository  {}\nbranch      {}", p.name, p.repository, p.default_branch);
+    if !p.source.credentials.is_empty() {
+        let names: Vec<&str> = p.source.credentials.keys().map(String::as_str).collect();
+        println!("credentials {} (secret)", names.join(", "));
+    }
+    for known in &p.source.known_hosts {
+        println!("host key    {known}");
+    }
+    if p.source.submodules {
+        println!("submodules  on");
+    }
     for (env, settings) in &p.environments {
         println!("environment {env}: {} setting(s)", settings.len());
     }

@@ -207,6 +207,13 @@ impl SshGit {
         (path.clone(), format!("ssh://{user}@127.0.0.1:{}{}", self.port, path.display()))
     }
 
+    /// Authorizes one more public key (an OpenSSH line).
+    pub fn authorize(&self, public_key: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("authorized_keys")).expect("authorized_keys");
+        writeln!(file, "{public_key}").expect("authorized_keys");
+    }
+
     /// The server's host key as a `known_hosts` line.
     pub fn known_host(&self) -> String {
         let public = std::fs::read_to_string(self.dir.path().join("host_key.pub")).expect("host_key.pub");

@@ -159,7 +159,7 @@ async fn ssh_with_a_deploy_key_trusts_the_host_key_on_first_use_and_refuses_a_ch
 
 // ------------------------------------------------- the fetch, without the pipeline
 
-fn access(repository: &str, credentials: &[(&str, &str)], known_hosts: &[String], mirrors: &Path) -> Access {
+fn access_of(repository: &str, credentials: &[(&str, &str)], known_hosts: &[String], mirrors: &Path) -> Access {
     let context: DeploymentContext = serde_json::from_value(serde_json::json!({
         "deployment_id": Uuid::now_v7(), "project": "p", "environment": "test",
         "repository": repository, "git_ref": "main",
@@ -182,7 +182,7 @@ fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
     app.commit(&files, "v1");
     publish(&app.path(), &bare);
     let workspaces = tempfile::tempdir().unwrap();
-    let access = access(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], workspaces.path());
+    let access = access_of(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], workspaces.path());
 
     let shown = git::shown_repository(&url);
     let first = git_remote::fetch(&url, &shown, "main", &access).unwrap();
@@ -204,6 +204,14 @@ fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
     assert_eq!(commit.len(), 40);
     assert_eq!(std::fs::read_to_string(dest.join("src/file7.txt")).unwrap(), "changed\n");
     assert_eq!(std::fs::read_dir(workspaces.path().join(".mirrors")).unwrap().count(), 2, "one mirror and its lock");
+
+    // A key made by `--generate-ssh-key`, once its public half is on the server.
+    let (private, public) = git_remote::generate_deploy_key("slipway:test").unwrap();
+    let generated = access_of(&url, &[("ssh_key", &private)], &[server.known_host()], workspaces.path());
+    let refused = git_remote::fetch(&url, &shown, "main", &generated).err().unwrap();
+    assert!(matches!(refused, SourceError::BadCredentials { ssh: true, .. }), "{refused:?}");
+    server.authorize(&public);
+    assert_eq!(git_remote::fetch(&url, &shown, "main", &generated).map(|f| f.received_objects).ok(), Some(0));
 }
 
 #[test]
@@ -215,7 +223,7 @@ fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
     publish(&app.path(), &bare);
     let mirrors = tempfile::tempdir().unwrap();
     let fetch = |url: &str, git_ref: &str, credentials: &[(&str, &str)]| {
-        let access = access(url, credentials, &[], mirrors.path());
+        let access = access_of(url, credentials, &[], mirrors.path());
         git_remote::fetch(url, &git::shown_repository(url), git_ref, &access).map(|f| f.received_objects)
     };
     let ca = server.ca_pem.as_str();
@@ -224,7 +232,7 @@ fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
     assert!(fine.is_ok(), "{fine:?}");
     let missing = fetch(&url, "no-such-branch", &[("username", "deployer"), ("token", "right"), ("ca_cert", ca)]);
     let resolved = missing.and_then(|_| {
-        let access = access(&url, &[("username", "deployer"), ("token", "right"), ("ca_cert", ca)], &[], mirrors.path());
+        let access = access_of(&url, &[("username", "deployer"), ("token", "right"), ("ca_cert", ca)], &[], mirrors.path());
         git::peek_file(&url, "no-such-branch", "slipway.toml", &access).map(|_| 0)
     });
     assert!(matches!(resolved, Err(SourceError::RefNotFound { .. })), "{resolved:?}");
@@ -245,7 +253,7 @@ fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
     let ssh = SshGit::start();
     let (_, ssh_url) = ssh.repository("other.git");
     let wrong_key = format!("{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl", ssh.known_host().split_whitespace().next().unwrap());
-    let access = access(&ssh_url, &[("ssh_key", &ssh.deploy_key)], &[wrong_key], mirrors.path());
+    let access = access_of(&ssh_url, &[("ssh_key", &ssh.deploy_key)], &[wrong_key], mirrors.path());
     let changed = git_remote::fetch(&ssh_url, &ssh_url, "main", &access).err().unwrap();
     assert!(matches!(changed, SourceError::HostKeyChanged { .. }), "{changed:?}");
 }

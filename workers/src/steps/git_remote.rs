@@ -642,6 +642,24 @@ fn classify(
     }
 }
 
+/// A new ed25519 deploy key: its private half (PKCS#8 PEM, what libssh2
+/// reads) and its public half as an OpenSSH line to paste into the git
+/// host (`ssh-ed25519 BASE64 comment`).
+pub fn generate_deploy_key(comment: &str) -> Result<(String, String), String> {
+    let key = openssl::pkey::PKey::generate_ed25519().map_err(|e| format!("cannot make a key: {e}"))?;
+    let private = key.private_key_to_pem_pkcs8().map_err(|e| format!("cannot encode the key: {e}"))?;
+    let raw = key.raw_public_key().map_err(|e| format!("cannot encode the key: {e}"))?;
+    // The SSH wire form: string "ssh-ed25519", string key.
+    let mut blob = Vec::with_capacity(51);
+    for part in [b"ssh-ed25519".as_slice(), raw.as_slice()] {
+        blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        blob.extend_from_slice(part);
+    }
+    let public = format!("ssh-ed25519 {} {comment}", base64::engine::general_purpose::STANDARD.encode(blob));
+    let private = String::from_utf8(private).map_err(|e| format!("cannot encode the key: {e}"))?;
+    Ok((private, public))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,6 +730,16 @@ mod tests {
         assert!(is_source_key(&source_key("token")));
         assert!(!slipway_proto::config::is_env_name(&source_key("token")));
         assert!(!is_source_key("TOKEN"));
+    }
+
+    #[test]
+    fn generated_keys_are_ed25519_in_both_forms() {
+        let (private, public) = generate_deploy_key("slipway:shop").unwrap();
+        assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"), "{private}");
+        let fields: Vec<&str> = public.split(' ').collect();
+        assert_eq!((fields[0], fields[2]), ("ssh-ed25519", "slipway:shop"));
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(fields[1]).unwrap().len(), 51);
+        assert_ne!(generate_deploy_key("x").unwrap().0, private);
     }
 
     #[test]
