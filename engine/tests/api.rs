@@ -427,6 +427,34 @@ async fn secret_values_never_leave_the_api() {
 }
 
 #[tokio::test]
+async fn source_credentials_are_set_kept_secret_and_reach_deployment_requests_by_fingerprint() {
+    let api = Api::new().await;
+    let body = json!({"name": "hello", "repo": "git@git.example.com:org/hello.git"});
+    api.call(Method::POST, "/api/projects", body).await.expect(StatusCode::CREATED);
+    let known = "git.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let key = format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{SECRET}\n-----END OPENSSH PRIVATE KEY-----\n");
+    let change = json!({"set": {"ssh_key": key}, "known_hosts": [known]});
+    api.call(Method::PUT, "/api/projects/hello/source", change).await.expect(StatusCode::NO_CONTENT);
+    let shown = api.get("/api/projects/hello").await.expect(StatusCode::OK);
+    assert!(!shown.text.contains(SECRET), "secret value leaked: {}", shown.text);
+    assert_eq!(shown.json()["source"], json!({"credentials": ["ssh_key"], "known_hosts": [known], "submodules": false}));
+
+    let id = api.deploy("test", json!({})).await;
+    let events = api.get(&format!("/api/deployments/{id}/events")).await.expect(StatusCode::OK);
+    assert!(!events.text.contains(SECRET), "secret value leaked: {}", events.text);
+    assert!(events.text.contains("hmac-sha256:") && events.text.contains(known), "{}", events.text);
+
+    let bad = api.call(Method::PUT, "/api/projects/hello/source", json!({"set": {"tokn": "x"}})).await;
+    assert!(bad.expect(StatusCode::BAD_REQUEST).text.contains("not one of token"));
+    let bad = api.call(Method::PUT, "/api/projects/hello/source", json!({"known_hosts": ["host ssh-ed25519"]})).await;
+    assert!(bad.expect(StatusCode::BAD_REQUEST).text.contains("HOST KEY-TYPE KEY"));
+    api.call(Method::PUT, "/api/projects/nope/source", json!({"submodules": true})).await.expect(StatusCode::NOT_FOUND);
+    let in_url = json!({"name": "leaky", "repo": "https://bot:t0ken@git.example.com/org/leaky.git"});
+    let refused = api.call(Method::POST, "/api/projects", in_url).await.expect(StatusCode::BAD_REQUEST);
+    assert!(refused.text.contains("carries a credential") && !refused.text.contains("t0ken"), "{}", refused.text);
+}
+
+#[tokio::test]
 async fn bad_settings_are_400s_and_unknown_places_404s() {
     let api = Api::new().await;
     api.create_hello().await;

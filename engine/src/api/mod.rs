@@ -97,6 +97,7 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/projects", Scope(Read), get(projects::list)),
         route(Method::POST, "/api/projects", Scope(Admin), post(projects::create)),
         route(Method::GET, "/api/projects/{name}", Scope(Read), get(projects::show)),
+        route(Method::PUT, "/api/projects/{name}/source", Scope(Admin), put(projects::change_source)),
         route(Method::POST, "/api/projects/{name}/promote", Scope(Deploy), post(environments::promote)),
         route(Method::GET, "/api/projects/{name}/environments/{env}", Scope(Read), get(environments::status)),
         route(Method::GET, "/api/projects/{name}/environments/{env}/settings", Scope(Read), get(environments::settings)),

@@ -24,7 +24,7 @@ const SCHEME: &str = "bearer";
 `{\"error\": {\"code\", \"message\"}}`."),
     paths(
         super::health, document,
-        projects::list, projects::create, projects::show,
+        projects::list, projects::create, projects::show, projects::change_source,
         environments::status, environments::settings, environments::change_settings, environments::releases,
         environments::deployments, environments::rollback, environments::migrate, environments::promote,
         deployments::request, deployments::list, deployments::show, deployments::cancel, deployments::replay, deployments::events,

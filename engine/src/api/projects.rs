@@ -21,6 +21,7 @@ use super::{read_position, require_project, ApiResult, Caller, ReadPosition, Sto
 use crate::project::Project;
 use crate::projector;
 use crate::requests::{self, NewProject};
+use crate::source::SourceChange;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectSummary {
@@ -107,9 +108,13 @@ pub async fn create(
     // Workers resolve the repository on their own hosts, so a path relative
     // to wherever this server runs would mean nothing to them.
     let mirror_without_repository = body.mirror_of.is_some() && body.repo.is_empty();
-    if !(mirror_without_repository || body.repo.contains("://") || std::path::Path::new(&body.repo).is_absolute()) {
+    let relative_path = !body.repo.contains("://")
+        && !std::path::Path::new(&body.repo).is_absolute()
+        && !body.repo.split('/').next().unwrap_or_default().contains(':');
+    if !mirror_without_repository && relative_path {
         return Err(ApiError::BadRequest(format!(
-            "repo `{}` must be an absolute path or a URL such as file:///srv/app.git",
+            "repo `{}` must be an absolute path or a URL such as https://git.example.com/org/app.git, \
+             ssh://git@git.example.com/org/app.git or file:///srv/app.git",
             body.repo
         )));
     }
@@ -140,6 +145,49 @@ pub struct ProjectDetail {
     default_branch: String,
     mirror_of: Option<String>,
     environments: BTreeMap<String, EnvironmentSettings>,
+    source: SourceView,
+}
+
+/// How workers reach the repository: credential names (never values),
+/// trusted SSH host keys, submodules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceView {
+    credentials: Vec<String>,
+    known_hosts: Vec<String>,
+    submodules: bool,
+}
+
+/// A change to a project's source access. Credential values are kept as
+/// secrets (the log records fingerprints) and never shown again.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceChangeBody {
+    /// Credential name (token, username, password, ssh_key, ca_cert) -> value.
+    set: BTreeMap<String, String>,
+    /// Credential names to remove.
+    remove: Vec<String>,
+    /// Replaces every trusted SSH host key (OpenSSH known_hosts lines); `[]` forgets them.
+    known_hosts: Option<Vec<String>>,
+    submodules: Option<bool>,
+}
+
+#[utoipa::path(put, path = "/api/projects/{name}/source", tag = "projects",
+    summary = "Change how workers reach a project's repository",
+    description = "Credentials are kept as secrets: events record their fingerprints, and no answer shows them. \
+Deployments requested from now on use the new access.",
+    params(("name" = String, Path, description = "The project")),
+    request_body = SourceChangeBody,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn change_source(
+    State(store): Store,
+    Params(name): Params<String>,
+    caller: Caller,
+    JsonBody(body): JsonBody<SourceChangeBody>,
+) -> ApiResult<StatusCode> {
+    require_project(&*store, &name).await?;
+    let change = SourceChange { set: body.set, removed: body.remove, known_hosts: body.known_hosts, submodules: body.submodules };
+    requests::change_source(&*store, &caller.actor(), &name, change).await??;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -185,6 +233,11 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
         default_branch: p.default_branch,
         mirror_of: p.mirror_of,
         environments,
+        source: SourceView {
+            credentials: p.source.credentials.keys().cloned().collect(),
+            known_hosts: p.source.known_hosts,
+            submodules: p.source.submodules,
+        },
     }))
 }
 
