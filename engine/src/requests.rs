@@ -31,7 +31,7 @@ fn reject<T>(message: impl Into<String>) -> Outcome<T> {
     Ok(Err(Rejection(message.into())))
 }
 
-fn envelope(stream: &str, event: &Event, correlation_id: Uuid, actor: &str, trace: Option<TraceContext>) -> Envelope {
+pub(crate) fn envelope(stream: &str, event: &Event, correlation_id: Uuid, actor: &str, trace: Option<TraceContext>) -> Envelope {
     let meta = Metadata { correlation_id, causation_id: None, actor: actor.into(), trace };
     // Encoding our own event types cannot fail.
     Envelope::new(Uuid::now_v7(), Utc::now(), stream, event, meta).unwrap_or_else(|e| panic!("encoding {stream}: {e}"))
