@@ -12,7 +12,12 @@
 //! likewise. Two deliveries at once (a redelivery racing the original, two
 //! quick pushes) cannot both land on the same versions: the loser writes
 //! nothing, reads again and decides again — and then sees the winner's
-//! delivery id, or supersedes the winner's deployment.
+//! delivery id, or supersedes the winner's deployment. Within one process
+//! the pushes of a project also take turns (`turn`), so a burst of them
+//! does not spend its time losing races to each other; across processes
+//! the expected versions alone keep them apart.
+
+use std::sync::Arc;
 
 use rand::RngCore;
 use slipway_proto::event::{
@@ -36,6 +41,20 @@ pub const SECRET_PREFIX: &str = "slwh_";
 
 /// How often a push is decided again after losing a race, before giving up.
 const ATTEMPTS: usize = 50;
+
+/// This process's turn for recording a push to `project`: one at a time
+/// per project, others wait instead of racing and reading again.
+async fn turn(project: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    static TURNS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let lock = {
+        let mut turns = TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Let go of projects nobody is waiting for, so the map stays small.
+        turns.retain(|_, l| Arc::strong_count(l) > 1);
+        turns.entry(project.to_owned()).or_default().clone()
+    };
+    lock.lock_owned().await
+}
 
 /// A new webhook secret: the prefix and 32 random bytes in hex.
 pub fn generate_secret() -> String {
@@ -159,8 +178,12 @@ pub async fn record_push(
     project: Project,
 ) -> Result<PushOutcome, PushError> {
     let name = project.name.clone();
+    let _turn = turn(&name).await;
+    // Another push may have landed while this one waited its turn: then
+    // read the project again (cheaper than an append that would conflict).
+    let fresh = store.stream_version(&project_stream(&name)).await? == project.version;
     let inbound = Inbound { provider, delivery, push, actor: push::actor(provider, &push.pusher) };
-    let mut current = Some(project);
+    let mut current = fresh.then_some(project);
     for _ in 0..ATTEMPTS {
         let p = match current.take() {
             Some(p) => p,
