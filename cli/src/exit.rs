@@ -93,7 +93,8 @@ pub fn rejection_exit(message: &str) -> Exit {
     let not_found = message.starts_with("no project ")
         || message.starts_with("no deployment ")
         || message.contains(" has no environment ")
-        || message.contains(" never served ");
+        || message.contains(" never served ")
+        || message.contains(" has no auto-deploy rule ");
     let conflict = message.contains(" already exists")
         || message.contains(" already serves ")
         || message.contains(" is still running")

@@ -419,6 +419,51 @@ enum ProjectCmd {
         #[command(flatten)]
         forget: source_args::SourceForgetArgs,
     },
+    /// The project's push webhook secret: `rotate` generates a new one and
+    /// prints it (only it, on standard output) this once; it is shown
+    /// nowhere else, and the old one stops verifying. Give it to the git
+    /// host as the webhook's secret, with the URL
+    /// http://SERVER/api/hooks/PROVIDER/PROJECT (PROVIDER: github, gitlab,
+    /// gitea for Gitea and Forgejo, or generic).
+    Webhook {
+        project: String,
+        #[command(subcommand)]
+        action: WebhookCmd,
+    },
+    /// Auto-deploy rules: a push (webhook) to a branch matching BRANCH_GLOB
+    /// deploys the pushed commit to ENV. Globs: `main`, `release/*` (`*`
+    /// within one path segment), `release/**` (any depth). A head commit
+    /// with `[skip deploy]` or `[deploy skip]` in its message deploys nothing.
+    AutoDeploy {
+        project: String,
+        #[command(subcommand)]
+        action: AutoDeployCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookCmd {
+    /// Generate a new webhook secret and print it once.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum AutoDeployCmd {
+    /// Pushes to branches matching BRANCH_GLOB deploy to ENV (a glob set
+    /// again gets the new environment).
+    Set {
+        #[arg(value_name = "BRANCH_GLOB")]
+        branch: String,
+        #[arg(value_name = "ENV")]
+        env: String,
+    },
+    /// Remove the rule for BRANCH_GLOB (as it was set).
+    Remove {
+        #[arg(value_name = "BRANCH_GLOB")]
+        branch: String,
+    },
+    /// The rules, in the order they were set (`--json` for a JSON array).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -654,6 +699,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbs::project_list(&*store, after.as_deref(), limit, json).await.map(|_| ExitCode::SUCCESS)
         }
         Command::Project(ProjectCmd::Show { name }) => verbs::project_show(&*store, &name, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Project(ProjectCmd::Webhook { project, action: WebhookCmd::Rotate }) => {
+            verbs::webhook_rotate(&*store, &project, json).await.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Project(ProjectCmd::AutoDeploy { project, action }) => {
+            let rule = match action {
+                AutoDeployCmd::Set { branch, env } => verbs::RuleChange::Set { branch, env },
+                AutoDeployCmd::Remove { branch } => verbs::RuleChange::Remove { branch },
+                AutoDeployCmd::List => verbs::RuleChange::List,
+            };
+            verbs::auto_deploy(&*store, &project, rule, json).await.map(|_| ExitCode::SUCCESS)
+        }
         Command::Env(EnvCmd::Set { project, env, pairs, secret }) => {
             let set = verbs::parse_assignments(&pairs, secret)?;
             verbs::env_set(&*store, &project, &env, set).await.map(|_| ExitCode::SUCCESS)

@@ -84,6 +84,26 @@ pub fn describe(event: &Event) -> String {
             format!("source access: {}", parts.join(", "))
         }
         Event::SourceHostKeyPinned(p) => format!("trusted on first use by {}: {}", p.deployment_id, p.known_host),
+        Event::WebhookSecretRotated(r) => format!("webhook secret rotated ({})", r.fingerprint),
+        Event::AutoDeploySet(r) => format!("auto-deploy {} -> {}", r.branch, r.environment),
+        Event::AutoDeployRemoved(r) => format!("auto-deploy {} removed", r.branch),
+        Event::PushReceived(p) => {
+            let deployed: Vec<String> = p.deployments.iter().map(|d| format!("{} ({})", d.environment, d.deployment_id)).collect();
+            let mut text = format!(
+                "{} push {} of {} by {}: {}",
+                p.provider,
+                p.delivery,
+                p.git_ref,
+                p.pusher,
+                if deployed.is_empty() { "no rule matched".to_string() } else { format!("deploying {} to {}", p.commit, deployed.join(", ")) }
+            );
+            if !p.superseded.is_empty() {
+                let old: Vec<String> = p.superseded.iter().map(ToString::to_string).collect();
+                text.push_str(&format!("; superseded {}", old.join(", ")));
+            }
+            text
+        }
+        Event::PushSkipped(p) => format!("{} push {} of {} at {} by {} skipped: {}", p.provider, p.delivery, p.git_ref, p.commit, p.pusher, p.reason),
         Event::CancelRequested(c) => c.reason.clone(),
         Event::DeploymentReplayed(r) => format!("replayed as deployment {} from {}", r.replay, r.from_step),
         Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),

@@ -4,12 +4,13 @@
 //! API's answers where the API has the same view.
 
 use futures::TryStreamExt;
+use slipway_engine::auto_deploy;
 use slipway_engine::limits::release_limits;
 use slipway_engine::load;
 use slipway_engine::projector;
 use slipway_engine::requests::{self, NewProject, SettingValue};
 use slipway_engine::source::SourceChange;
-use slipway_proto::event::deployment_stream;
+use slipway_proto::event::{deployment_stream, WebhookProvider};
 use slipway_proto::Event;
 use serde_json::{json, Value};
 use slipway_store::read_model::{Before, DeploymentQuery, STATUSES};
@@ -93,6 +94,7 @@ pub async fn project_show(store: &dyn EventStore, name: &str, json: bool) -> any
         return print_json(&json!({
             "name": p.name, "repo": p.repository, "branch": p.default_branch, "mirror_of": p.mirror_of, "environments": environments,
             "source": { "credentials": p.source.credentials.keys().collect::<Vec<_>>(), "known_hosts": p.source.known_hosts, "submodules": p.source.submodules },
+            "webhook_secret": p.webhook_secret.is_some(), "auto_deploy": p.auto_deploy,
         }));
     }
     println!("project     {}\nrepository  {}\nbranch      {}", p.name, p.repository, p.default_branch);
@@ -108,6 +110,59 @@ pub async fn project_show(store: &dyn EventStore, name: &str, json: bool) -> any
     }
     for (env, settings) in &p.environments {
         println!("environment {env}: {} setting(s)", settings.len());
+    }
+    println!("webhook     {}", if p.webhook_secret.is_some() { "secret set" } else { "no secret (`slipway project webhook NAME rotate`)" });
+    for rule in &p.auto_deploy {
+        println!("auto-deploy {} -> {}", rule.branch, rule.environment);
+    }
+    Ok(())
+}
+
+/// Generates the project's webhook secret anew and prints it, alone on
+/// standard output (so `SECRET=$(slipway project webhook P rotate)` works);
+/// where to send webhooks goes to standard error.
+pub async fn webhook_rotate(store: &dyn EventStore, project: &str, json: bool) -> anyhow::Result<()> {
+    let secret = granted(auto_deploy::rotate_webhook_secret(store, &actor(), project).await)?;
+    let hooks: serde_json::Map<String, Value> =
+        WebhookProvider::ALL.iter().map(|p| (p.to_string(), json!(format!("/api/hooks/{p}/{project}")))).collect();
+    if json {
+        return print_json(&json!({ "secret": secret, "hooks": hooks }));
+    }
+    println!("{secret}");
+    eprintln!(
+        "the new webhook secret of {project}, shown this once (the old one no longer verifies);\n\
+         send pushes to http://SERVER/api/hooks/PROVIDER/{project} (PROVIDER: github, gitlab, gitea, generic)"
+    );
+    Ok(())
+}
+
+/// What `project auto-deploy` does.
+#[derive(Debug, Clone)]
+pub enum RuleChange {
+    Set { branch: String, env: String },
+    Remove { branch: String },
+    List,
+}
+
+/// Sets or removes an auto-deploy rule, then prints every rule.
+pub async fn auto_deploy(store: &dyn EventStore, project: &str, change: RuleChange, json: bool) -> anyhow::Result<()> {
+    match &change {
+        RuleChange::Set { branch, env } => granted(auto_deploy::set_rule(store, &actor(), project, branch, env).await)?,
+        RuleChange::Remove { branch } => granted(auto_deploy::remove_rule(store, &actor(), project, branch).await)?,
+        RuleChange::List => {}
+    }
+    let Some(p) = requests::load_project(store, project).await? else {
+        return Err(not_found(format!("no project `{project}`; create it with `slipway project create`")));
+    };
+    if json {
+        return print_json(&json!(p.auto_deploy));
+    }
+    if p.auto_deploy.is_empty() {
+        eprintln!("project {project} has no auto-deploy rules; `slipway project auto-deploy {project} set main test` adds one");
+    }
+    let width = p.auto_deploy.iter().map(|r| r.branch.len()).max().unwrap_or(0);
+    for rule in &p.auto_deploy {
+        println!("{:<width$}  -> {}", rule.branch, rule.environment);
     }
     Ok(())
 }

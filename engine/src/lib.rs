@@ -5,6 +5,7 @@
 //! and the dashboard that runs on it (`web`).
 
 pub mod api;
+pub mod auto_deploy;
 pub mod decider;
 pub mod deployment;
 pub mod driver;
@@ -15,6 +16,7 @@ pub mod load;
 pub mod project;
 pub mod reconcile;
 pub mod projector;
+pub mod push;
 pub mod read_model;
 pub mod rebuild;
 pub mod requests;
@@ -25,6 +27,7 @@ pub mod source;
 pub mod supervise;
 pub mod tokens;
 pub mod web;
+pub mod webhook;
 
 pub use decider::{decide, Decision, EnvironmentView};
 pub use deployment::{evolve, Deployment, IllegalTransition, Status};

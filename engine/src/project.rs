@@ -1,12 +1,14 @@
 //! The project projection: a project's repository, environments and
 //! settings (keys with fingerprints and which are secret, never values),
-//! folded from its `project-<name>` stream, with how workers reach its
-//! repository (credential names and fingerprints, trusted host keys).
+//! how workers reach its repository (credential names and fingerprints,
+//! trusted host keys), its webhook secret's fingerprint, auto-deploy rules
+//! and the pushes it accepted, folded from its `project-<name>` stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use slipway_proto::event::SourceAccess;
 use slipway_proto::Event;
+use uuid::Uuid;
 
 /// One setting as the log knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +29,29 @@ pub struct Project {
     pub environments: BTreeMap<String, BTreeMap<String, Setting>>,
     /// How workers reach the repository (a mirror uses its original's).
     pub source: SourceAccess,
+    /// The fingerprint of the webhook secret (its value is in the value
+    /// table); `None` until one is generated: webhooks are refused until then.
+    pub webhook_secret: Option<String>,
+    /// Auto-deploy rules, in the order their globs were first set.
+    pub auto_deploy: Vec<AutoDeployRule>,
+    /// Every push delivery accepted, as `provider:delivery-id`.
+    pub deliveries: BTreeSet<String>,
+    /// The deployments pushes requested that no later push superseded
+    /// (what a newer push may supersede).
+    pub push_deployments: BTreeSet<Uuid>,
     pub version: u64,
+}
+
+/// Pushes to a branch matching `branch` deploy to `environment`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct AutoDeployRule {
+    pub branch: String,
+    pub environment: String,
+}
+
+/// The key a delivery is remembered by.
+pub fn delivery_key(provider: slipway_proto::event::WebhookProvider, delivery: &str) -> String {
+    format!("{provider}:{delivery}")
 }
 
 impl Project {
@@ -54,6 +78,10 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
                     mirrors: Vec::new(),
                     environments: c.environments.iter().map(|e| (e.clone(), BTreeMap::new())).collect(),
                     source: SourceAccess::default(),
+                    webhook_secret: None,
+                    auto_deploy: Vec::new(),
+                    deliveries: BTreeSet::new(),
+                    push_deployments: BTreeSet::new(),
                     version: 0,
                 });
             }
@@ -86,6 +114,22 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
                 if !p.source.known_hosts.iter().any(|k| known_host_name(k) == host) {
                     p.source.known_hosts.push(pin.known_host.clone());
                 }
+            }
+            (Event::WebhookSecretRotated(r), Some(p)) => p.webhook_secret = Some(r.fingerprint.clone()),
+            (Event::AutoDeploySet(r), Some(p)) => match p.auto_deploy.iter_mut().find(|x| x.branch == r.branch) {
+                Some(rule) => rule.environment = r.environment.clone(),
+                None => p.auto_deploy.push(AutoDeployRule { branch: r.branch.clone(), environment: r.environment.clone() }),
+            },
+            (Event::AutoDeployRemoved(r), Some(p)) => p.auto_deploy.retain(|x| x.branch != r.branch),
+            (Event::PushReceived(r), Some(p)) => {
+                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
+                p.push_deployments.extend(r.deployments.iter().map(|d| d.deployment_id));
+                for old in &r.superseded {
+                    p.push_deployments.remove(old);
+                }
+            }
+            (Event::PushSkipped(r), Some(p)) => {
+                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
             }
             _ => {}
         }

@@ -33,7 +33,7 @@ fn reject<T>(message: impl Into<String>) -> Outcome<T> {
     Ok(Err(Rejection(message.into())))
 }
 
-fn envelope(stream: &str, event: &Event, correlation_id: Uuid, actor: &str, trace: Option<TraceContext>) -> Envelope {
+pub(crate) fn envelope(stream: &str, event: &Event, correlation_id: Uuid, actor: &str, trace: Option<TraceContext>) -> Envelope {
     let meta = Metadata { correlation_id, causation_id: None, actor: actor.into(), trace };
     // Encoding our own event types cannot fail.
     Envelope::new(Uuid::now_v7(), Utc::now(), stream, event, meta).unwrap_or_else(|e| panic!("encoding {stream}: {e}"))
@@ -623,7 +623,7 @@ async fn project_environment(store: &dyn EventStore, project: &str, environment:
 
 /// How workers reach a project's repository: the project's own source
 /// access, or its original's for a mirror (it builds from that repository).
-async fn source_access(store: &dyn EventStore, project: &str) -> Result<SourceAccess, StoreError> {
+pub(crate) async fn source_access(store: &dyn EventStore, project: &str) -> Result<SourceAccess, StoreError> {
     let Some(p) = load_project(store, project).await? else { return Ok(SourceAccess::default()) };
     match &p.mirror_of {
         Some(original) => Ok(load_project(store, original).await?.map(|o| o.source).unwrap_or_default()),

@@ -111,6 +111,117 @@ pub struct MirrorAdded {
     pub mirror: String,
 }
 
+/// Where a push webhook came from: the provider decides how its signature
+/// and payload are read (`POST /api/hooks/{provider}/{project}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookProvider {
+    /// `X-Hub-Signature-256`, `X-GitHub-Delivery`, `X-GitHub-Event`.
+    Github,
+    /// `X-Gitlab-Token`, `X-Gitlab-Event-UUID`, `X-Gitlab-Event`.
+    Gitlab,
+    /// Gitea and Forgejo: `X-Gitea-Signature` (or `X-Forgejo-...`).
+    Gitea,
+    /// Slipway's own small form: `X-Slipway-Signature`, `X-Slipway-Delivery`.
+    Generic,
+}
+
+impl WebhookProvider {
+    pub const ALL: [WebhookProvider; 4] =
+        [WebhookProvider::Github, WebhookProvider::Gitlab, WebhookProvider::Gitea, WebhookProvider::Generic];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookProvider::Github => "github",
+            WebhookProvider::Gitlab => "gitlab",
+            WebhookProvider::Gitea => "gitea",
+            WebhookProvider::Generic => "generic",
+        }
+    }
+}
+
+impl std::fmt::Display for WebhookProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WebhookProvider {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        WebhookProvider::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("webhook provider `{s}` is not one of github, gitlab, gitea, generic"))
+    }
+}
+
+/// The project's webhook secret was generated anew (on the project's
+/// stream). The value is in the value table under `fingerprint`, shown once
+/// to whoever rotated it; the previous secret no longer verifies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookSecretRotated {
+    pub fingerprint: String,
+}
+
+/// An auto-deploy rule (on the project's stream): a push to a branch that
+/// `branch` matches (`main`, `release/*`) deploys the pushed commit to
+/// `environment`. Setting a glob again gives it the new environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoDeploySet {
+    pub branch: String,
+    pub environment: String,
+}
+
+/// The auto-deploy rule for `branch` (the glob as set) was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoDeployRemoved {
+    pub branch: String,
+}
+
+/// A deployment a push requested, and the rule that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushDeployment {
+    pub environment: String,
+    pub deployment_id: Uuid,
+    /// The rule's branch glob.
+    pub rule: String,
+}
+
+/// A signed push webhook was accepted (on the project's stream), in the
+/// same transaction as the deployments it requested: `delivery` is the
+/// provider's id for it, so a redelivery is acknowledged, not deployed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushReceived {
+    pub provider: WebhookProvider,
+    pub delivery: String,
+    /// The pushed ref (`refs/heads/main`).
+    pub git_ref: String,
+    /// The commit pushed (`after`).
+    pub commit: String,
+    pub pusher: String,
+    /// One per environment whose rule matched; none when no rule did.
+    #[serde(default)]
+    pub deployments: Vec<PushDeployment>,
+    /// Deployments of earlier pushes, still waiting in the same
+    /// environments' queues, that this push cancelled.
+    #[serde(default)]
+    pub superseded: Vec<Uuid>,
+}
+
+/// A signed push that deploys nothing on purpose (on the project's stream):
+/// its head commit asks so (`[skip deploy]`), or it deleted the branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushSkipped {
+    pub provider: WebhookProvider,
+    pub delivery: String,
+    pub git_ref: String,
+    pub commit: String,
+    pub pusher: String,
+    pub reason: String,
+}
+
 /// Settings changed for one environment. Values stay outside the log: the
 /// event holds each key with a fingerprint of its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -719,6 +830,11 @@ crate::message_family! {
         CancelRequested(CancelRequested) = 1,
         TokenIssued(TokenIssued) = 1,
         TokenRevoked(TokenRevoked) = 1,
+        WebhookSecretRotated(WebhookSecretRotated) = 1,
+        AutoDeploySet(AutoDeploySet) = 1,
+        AutoDeployRemoved(AutoDeployRemoved) = 1,
+        PushReceived(PushReceived) = 1,
+        PushSkipped(PushSkipped) = 1,
         ReleaseWatchStarted(ReleaseWatchStarted) = 1,
         ReleaseWatched(ReleaseWatched) = 1,
         ReleaseRolledBack(ReleaseRolledBack) = 1,

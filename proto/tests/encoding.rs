@@ -78,6 +78,26 @@ fn sample_events() -> Vec<Event> {
             issued_by: "cli:alice".into(),
         }),
         Event::TokenRevoked(TokenRevoked { name: "ci".into() }),
+        Event::WebhookSecretRotated(WebhookSecretRotated { fingerprint: "hmac-sha256:00ff".into() }),
+        Event::AutoDeploySet(AutoDeploySet { branch: "release/*".into(), environment: "live".into() }),
+        Event::AutoDeployRemoved(AutoDeployRemoved { branch: "release/*".into() }),
+        Event::PushReceived(PushReceived {
+            provider: WebhookProvider::Github,
+            delivery: "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
+            git_ref: "refs/heads/main".into(),
+            commit: "ab".repeat(20),
+            pusher: "octocat".into(),
+            deployments: vec![PushDeployment { environment: "test".into(), deployment_id: d, rule: "main".into() }],
+            superseded: vec![d],
+        }),
+        Event::PushSkipped(PushSkipped {
+            provider: WebhookProvider::Gitlab,
+            delivery: "k1".into(),
+            git_ref: "refs/heads/main".into(),
+            commit: "cd".repeat(20),
+            pusher: "jo".into(),
+            reason: "the head commit's message says [skip deploy]".into(),
+        }),
     ]
 }
 

@@ -49,6 +49,12 @@ struct KindLabel {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    provider: String,
+    outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn step_histogram() -> Histogram {
@@ -68,6 +74,7 @@ pub struct Metrics {
     subscription_lag: Family<SubscriptionLabel, Gauge>,
     router_requests: Family<ClassLabel, Counter>,
     router_upstream_errors: Family<KindLabel, Counter>,
+    webhooks: Family<WebhookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -109,6 +116,13 @@ impl Metrics {
             "Requests a router could not forward because of the upstream (connect: never reached it; response: failed mid-way)",
             router_upstream_errors.clone(),
         );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Push webhooks answered, by provider and outcome (deployed, skipped, duplicate, ignored, unauthorized, \
+             bad_request, too_large, failed); an unauthorized one records nothing else",
+            webhooks.clone(),
+        );
         Metrics {
             registry,
             deployments,
@@ -118,6 +132,7 @@ impl Metrics {
             subscription_lag,
             router_requests,
             router_upstream_errors,
+            webhooks,
         }
     }
 
@@ -157,6 +172,11 @@ impl Metrics {
     /// A router answered with `status`.
     pub fn router_response(&self, status: u16) {
         self.router_requests.get_or_create(&ClassLabel { class: status_class(status).to_owned() }).inc();
+    }
+
+    /// A push webhook from `provider` was answered with `outcome`.
+    pub fn webhook(&self, provider: &str, outcome: &str) {
+        self.webhooks.get_or_create(&WebhookLabels { provider: provider.to_owned(), outcome: outcome.to_owned() }).inc();
     }
 
     /// A router could not forward a request: `connect` or `response`.
@@ -224,6 +244,7 @@ mod tests {
         m.set_subscription_lag("engine", 0);
         m.router_response(200);
         m.router_upstream_error("connect");
+        m.webhook("github", "unauthorized");
         let text = m.render();
         for name in [
             "slipway_deployments",
@@ -233,6 +254,7 @@ mod tests {
             "slipway_subscription_lag",
             "slipway_router_requests",
             "slipway_router_upstream_errors",
+            "slipway_webhooks",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
             assert!(text.contains(&format!("# HELP {name} ")), "{name} has no help:\n{text}");
@@ -250,7 +272,13 @@ mod tests {
         m.router_response(204);
         m.router_response(502);
         m.router_upstream_error("connect");
+        m.webhook("github", "unauthorized");
+        m.webhook("github", "unauthorized");
         let text = m.render();
+        assert_eq!(
+            line(&text, "slipway_webhooks_total{provider=\"github\",outcome=\"unauthorized\"}"),
+            Some("slipway_webhooks_total{provider=\"github\",outcome=\"unauthorized\"} 2")
+        );
         assert_eq!(line(&text, "slipway_deployments_total{outcome=\"succeeded\"}"), Some("slipway_deployments_total{outcome=\"succeeded\"} 2"));
         assert_eq!(line(&text, "slipway_deployments_total{outcome=\"failed\"}"), Some("slipway_deployments_total{outcome=\"failed\"} 1"));
         assert_eq!(line(&text, "slipway_router_requests_total{class=\"2xx\"}"), Some("slipway_router_requests_total{class=\"2xx\"} 2"));

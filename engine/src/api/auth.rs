@@ -1,4 +1,5 @@
-//! Who may call what. Every route but `/healthz` needs `Authorization:
+//! Who may call what. Every route but `/healthz` and the push webhooks
+//! (`/api/hooks/...`, authenticated by their signature) needs `Authorization:
 //! Bearer <token>`; the token is checked against the tokens stream (folded
 //! per request: the stream is small, and a revocation then holds from the
 //! very next request, on every API process) and its scope against the one
@@ -26,6 +27,9 @@ use crate::tokens::{self, Refused};
 pub enum Access {
     /// No token (only the health check).
     Open,
+    /// No token: the handler verifies the request's webhook signature
+    /// against the project's webhook secret (`/api/hooks/...`).
+    Signature,
     /// A token of at least this scope.
     Scope(TokenScope),
 }
@@ -33,7 +37,7 @@ pub enum Access {
 impl Access {
     pub fn scope(self) -> Option<TokenScope> {
         match self {
-            Access::Open => None,
+            Access::Open | Access::Signature => None,
             Access::Scope(s) => Some(s),
         }
     }
@@ -78,7 +82,7 @@ pub fn guard(
     access: Access,
 ) -> MethodRouter<Arc<dyn EventStore>> {
     match access {
-        Access::Open => route,
+        Access::Open | Access::Signature => route,
         Access::Scope(scope) => {
             route.route_layer(middleware::from_fn_with_state(Guard { store: store.clone(), scope }, check))
         }

@@ -21,6 +21,7 @@ mod deployments;
 mod environments;
 mod error;
 mod extract;
+mod hooks;
 pub mod openapi;
 mod live;
 mod projects;
@@ -87,7 +88,7 @@ pub struct Route {
 /// Every route with its handler: the one list the router, the OpenAPI
 /// document's scopes and the access tests are made from.
 fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
-    use Access::{Open, Scope};
+    use Access::{Open, Scope, Signature};
     use TokenScope::{Admin, Deploy, Read};
     let route = |method: Method, path: &'static str, access: Access, handler| (Route { method, path, access }, handler);
     vec![
@@ -123,6 +124,16 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/tokens", Scope(Admin), get(admin::tokens)),
         route(Method::POST, "/api/tokens", Scope(Admin), post(admin::issue_token)),
         route(Method::DELETE, "/api/tokens/{name}", Scope(Admin), delete(admin::revoke_token)),
+        route(Method::POST, "/api/projects/{name}/webhook-secret", Scope(Admin), post(hooks::rotate_secret)),
+        route(Method::GET, "/api/projects/{name}/auto-deploy", Scope(Read), get(hooks::rules)),
+        route(Method::PUT, "/api/projects/{name}/auto-deploy", Scope(Admin), put(hooks::set_rule)),
+        route(Method::DELETE, "/api/projects/{name}/auto-deploy", Scope(Admin), delete(hooks::remove_rule)),
+        route(
+            Method::POST,
+            "/api/hooks/{provider}/{project}",
+            Signature,
+            post(hooks::receive).layer(axum::extract::DefaultBodyLimit::max(crate::webhook::MAX_BODY)),
+        ),
     ]
 }
 

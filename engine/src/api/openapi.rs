@@ -13,13 +13,13 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
-use super::{admin, audit, deployments, environments, error, live, projects, routes, Access};
+use super::{admin, audit, deployments, environments, error, hooks, live, projects, routes, Access};
 
 const SCHEME: &str = "bearer";
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Slipway", description = "Slipway's HTTP API. Every route but /healthz needs `Authorization: Bearer <token>` \
+    info(title = "Slipway", description = "Slipway's HTTP API. Every route but /healthz and the push webhooks (/api/hooks/..., signed with the project's webhook secret) needs `Authorization: Bearer <token>` \
 (`slipway token create NAME --scope read|deploy|admin`); scopes nest: read < deploy < admin. Errors are \
 `{\"error\": {\"code\", \"message\"}}`."),
     paths(
@@ -31,6 +31,7 @@ const SCHEME: &str = "bearer";
         deployments::history, deployments::logs, deployments::diff, live::stream,
         audit::export, audit::verify,
         admin::workers, admin::whoami, admin::metrics, admin::tokens, admin::issue_token, admin::revoke_token,
+        hooks::receive, hooks::rotate_secret, hooks::rules, hooks::set_rule, hooks::remove_rule,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail))
 )]
@@ -47,6 +48,10 @@ pub fn openapi() -> &'static Document {
             if let Some(op) = operation(&mut doc, &route.method, route.path) {
                 let note = match route.access {
                     Access::Open => "No token needed.".to_string(),
+                    Access::Signature => {
+                        "No token: the provider's signature header, made with the project's webhook secret, authenticates the request."
+                            .to_string()
+                    }
                     Access::Scope(s) => format!("Required scope: `{s}`."),
                 };
                 op.description = Some(match op.description.take() {
@@ -143,6 +148,10 @@ mod tests {
             match route.access {
                 Access::Open => {
                     assert!(description.contains("No token needed"), "{}: {description}", route.path);
+                    assert!(op.security.is_none());
+                }
+                Access::Signature => {
+                    assert!(description.ends_with("authenticates the request."), "{}: {description}", route.path);
                     assert!(op.security.is_none());
                 }
                 Access::Scope(s) => {

@@ -1,0 +1,312 @@
+//! Deploy on push, recorded: a project's webhook secret (generated here,
+//! its value in the value table, only its fingerprint in the log), its
+//! auto-deploy rules, and a verified push turned into deployments. What a
+//! push means is decided by `push` (pure); this module reads the state the
+//! decision needs and records its outcome in one transaction: the push
+//! (`PushReceived` or `PushSkipped`, keyed by the provider's delivery id),
+//! the deployments it requests, and the cancellation of the older push
+//! deployments it supersedes.
+//!
+//! Concurrency: the push lands on the project's stream at the version its
+//! decision was made from, and each deployment on its environment's stream
+//! likewise. Two deliveries at once (a redelivery racing the original, two
+//! quick pushes) cannot both land on the same versions: the loser writes
+//! nothing, reads again and decides again — and then sees the winner's
+//! delivery id, or supersedes the winner's deployment. Within one process
+//! the pushes of a project also take turns (`turn`), so a burst of them
+//! does not spend its time losing races to each other; across processes
+//! the expected versions alone keep them apart.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use slipway_proto::event::{
+    deployment_stream, environment_stream, project_stream, AutoDeployRemoved, AutoDeploySet, BuildMode, CancelRequested,
+    DeploymentEnqueued, DeploymentRequested, PushDeployment, PushReceived, PushSkipped, WebhookProvider,
+    WebhookSecretRotated,
+};
+use slipway_proto::{Envelope, Event};
+use slipway_store::event_store::StreamAppend;
+use slipway_store::settings::fingerprint;
+use slipway_store::{EventStore, ExpectedVersion, StoreError};
+use uuid::Uuid;
+
+use crate::load::{self, LoadError};
+use crate::project::{delivery_key, Project};
+use crate::push::{self, Plan, Push};
+use crate::requests::{envelope, load_project, Outcome, Rejection};
+
+/// What every webhook secret starts with (so a leaked one is easy to grep for).
+pub const SECRET_PREFIX: &str = "slwh_";
+
+/// How often a push is decided again after losing a race, before giving up.
+const ATTEMPTS: usize = 50;
+
+/// This process's turn for recording a push to `project`: one at a time
+/// per project, others wait instead of racing and reading again.
+async fn turn(project: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    static TURNS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let lock = {
+        let mut turns = TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Let go of projects nobody is waiting for, so the map stays small.
+        turns.retain(|_, l| Arc::strong_count(l) > 1);
+        turns.entry(project.to_owned()).or_default().clone()
+    };
+    lock.lock_owned().await
+}
+
+/// A new webhook secret: the prefix and 32 random bytes in hex.
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{SECRET_PREFIX}{}", hex::encode(bytes))
+}
+
+/// The value table's key for a project's webhook secret. `-webhook` is no
+/// environment name (those never start with '-'), so it never meets a
+/// setting's fingerprint.
+fn secret_fingerprint(installation_key: &[u8], project: &str, value: &str) -> String {
+    fingerprint(installation_key, project, "-webhook", "WEBHOOK_SECRET", value)
+}
+
+fn no_project(project: &str) -> Rejection {
+    Rejection(format!("no project `{project}`; create it with `slipway project create`"))
+}
+
+/// Generates a new webhook secret for `project` and returns it, the one
+/// time it is shown. The old secret stops verifying at once.
+pub async fn rotate_webhook_secret(store: &dyn EventStore, actor: &str, project: &str) -> Outcome<String> {
+    let key = store.installation_key().await?;
+    let secret = generate_secret();
+    let fingerprint = secret_fingerprint(&key, project, &secret);
+    loop {
+        let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
+        store.put_value(&fingerprint, &secret).await?;
+        let event = Event::WebhookSecretRotated(WebhookSecretRotated { fingerprint: fingerprint.clone() });
+        if append_to_project(store, &p, actor, &event).await? {
+            return Ok(Ok(secret));
+        }
+    }
+}
+
+/// The project's webhook secret, if it has one.
+pub async fn webhook_secret(store: &dyn EventStore, project: &Project) -> Result<Option<String>, StoreError> {
+    let Some(f) = &project.webhook_secret else { return Ok(None) };
+    Ok(store.values(std::slice::from_ref(f)).await?.remove(f))
+}
+
+/// Sets the rule `branch` (a glob) → `environment`, replacing the glob's
+/// environment if it had a rule.
+pub async fn set_rule(store: &dyn EventStore, actor: &str, project: &str, branch: &str, environment: &str) -> Outcome<()> {
+    if let Err(e) = push::check_glob(branch) {
+        return Ok(Err(Rejection(e)));
+    }
+    loop {
+        let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
+        if !p.environments.contains_key(environment) {
+            let known: Vec<_> = p.environments.keys().cloned().collect();
+            return Ok(Err(Rejection(format!(
+                "project `{project}` has no environment `{environment}` (it has: {})",
+                known.join(", ")
+            ))));
+        }
+        let event = Event::AutoDeploySet(AutoDeploySet { branch: branch.into(), environment: environment.into() });
+        if append_to_project(store, &p, actor, &event).await? {
+            return Ok(Ok(()));
+        }
+    }
+}
+
+/// Removes the rule whose glob is `branch` (exactly as it was set).
+pub async fn remove_rule(store: &dyn EventStore, actor: &str, project: &str, branch: &str) -> Outcome<()> {
+    loop {
+        let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
+        if !p.auto_deploy.iter().any(|r| r.branch == branch) {
+            let known: Vec<_> = p.auto_deploy.iter().map(|r| r.branch.as_str()).collect();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            return Ok(Err(Rejection(format!("project `{project}` has no auto-deploy rule for `{branch}` (its rules: {known})"))));
+        }
+        let event = Event::AutoDeployRemoved(AutoDeployRemoved { branch: branch.into() });
+        if append_to_project(store, &p, actor, &event).await? {
+            return Ok(Ok(()));
+        }
+    }
+}
+
+/// Appends one event at the version `p` was folded at; false if the
+/// project moved on meanwhile (load it again and retry).
+async fn append_to_project(store: &dyn EventStore, p: &Project, actor: &str, event: &Event) -> Result<bool, StoreError> {
+    let stream = project_stream(&p.name);
+    let e = envelope(&stream, event, Uuid::now_v7(), actor, None);
+    Ok(store.append(&stream, ExpectedVersion::Exactly(p.version), &[e], &[]).await?.is_ok())
+}
+
+/// What a verified push came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Its delivery id was accepted before: nothing recorded now.
+    Duplicate,
+    /// Recorded as skipped, for this reason.
+    Skipped(String),
+    /// Recorded with its deployments (none: no rule matched) and the
+    /// waiting push deployments they superseded.
+    Deployed { deployments: Vec<PushDeployment>, superseded: Vec<Uuid> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("project `{0}` kept changing while the push was recorded ({ATTEMPTS} attempts); deliver it again")]
+    Contended(String),
+}
+
+impl From<StoreError> for PushError {
+    fn from(e: StoreError) -> Self {
+        PushError::Load(LoadError::Store(e))
+    }
+}
+
+/// Records a push whose signature `project`'s secret verified. `project`
+/// is the state it was verified against; after a lost race it is read again.
+pub async fn record_push(
+    store: &dyn EventStore,
+    provider: WebhookProvider,
+    delivery: &str,
+    push: &Push,
+    project: Project,
+) -> Result<PushOutcome, PushError> {
+    let name = project.name.clone();
+    let _turn = turn(&name).await;
+    // Another push may have landed while this one waited its turn: then
+    // read the project again (cheaper than an append that would conflict).
+    let fresh = store.stream_version(&project_stream(&name)).await? == project.version;
+    let inbound = Inbound { provider, delivery, push, actor: push::actor(provider, &push.pusher) };
+    let mut current = fresh.then_some(project);
+    for _ in 0..ATTEMPTS {
+        let p = match current.take() {
+            Some(p) => p,
+            None => match load_project(store, &name).await? {
+                Some(p) => p,
+                // A project is never removed; only a broken store gets here.
+                None => return Err(PushError::Contended(name)),
+            },
+        };
+        if p.deliveries.contains(&delivery_key(provider, delivery)) {
+            return Ok(PushOutcome::Duplicate);
+        }
+        let attempt = match push::plan(&p.auto_deploy, push) {
+            Plan::Skip(reason) => record_skip(store, &p, &inbound, reason).await?,
+            Plan::Deploy(targets) => record_deployments(store, &p, &inbound, targets).await?,
+        };
+        if let Some(outcome) = attempt {
+            return Ok(outcome);
+        }
+    }
+    Err(PushError::Contended(name))
+}
+
+/// A verified push being recorded, and the actor it is recorded under.
+struct Inbound<'a> {
+    provider: WebhookProvider,
+    delivery: &'a str,
+    push: &'a Push,
+    actor: String,
+}
+
+/// `None`: the project moved on meanwhile.
+async fn record_skip(store: &dyn EventStore, p: &Project, inbound: &Inbound<'_>, reason: String) -> Result<Option<PushOutcome>, PushError> {
+    let Inbound { provider, delivery, push, ref actor } = *inbound;
+    let event = Event::PushSkipped(PushSkipped {
+        provider,
+        delivery: delivery.into(),
+        git_ref: push.git_ref.clone(),
+        commit: push.commit.clone(),
+        pusher: push.pusher.clone(),
+        reason: reason.clone(),
+    });
+    Ok(append_to_project(store, p, actor, &event).await?.then_some(PushOutcome::Skipped(reason)))
+}
+
+/// The push, its deployments and the cancellations of what they supersede,
+/// in one transaction; `None` if any stream moved on meanwhile.
+async fn record_deployments(
+    store: &dyn EventStore,
+    p: &Project,
+    inbound: &Inbound<'_>,
+    targets: Vec<push::Target>,
+) -> Result<Option<PushOutcome>, PushError> {
+    let Inbound { provider, delivery, push, ref actor } = *inbound;
+    let mut deployments = Vec::new();
+    let mut superseded = Vec::new();
+    // (stream, expected, events) for each stream touched, the project last.
+    let mut writes: Vec<(String, ExpectedVersion, Vec<Envelope>)> = Vec::new();
+    let mut spans = Vec::new();
+    // How workers reach the repository, as for any request.
+    let source = crate::requests::source_access(store, &p.name).await?;
+    for target in targets {
+        let env = load::environment(store, &p.name, &target.environment).await?;
+        let id = Uuid::now_v7();
+        let older = push::superseded(&env.queue, &p.push_deployments);
+        let requested = DeploymentRequested {
+            deployment_id: id,
+            project: p.name.clone(),
+            environment: target.environment.clone(),
+            repository: p.repository.clone(),
+            git_ref: push.commit.clone(),
+            mode: BuildMode::Cloud,
+            no_cache: false,
+            run_release: true,
+            settings: p.fingerprints(&target.environment),
+            dry_run: false,
+            rollback_of: None,
+            promoted_from: None,
+            replay_of: None,
+            source: source.clone(),
+        };
+        // One trace per deployment, as for any request (`requests::enqueue`).
+        let span = slipway_telemetry::trace::deployment_requested(id.as_u128());
+        let trace = Some(span.trace_context());
+        spans.push(span);
+        let (dstream, estream) = (deployment_stream(id), environment_stream(&p.name, &target.environment));
+        let d = envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone());
+        let q = envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace);
+        writes.push((dstream, ExpectedVersion::NoStream, vec![d]));
+        // At the version the queue was read at: had the queue moved (the
+        // running deployment finished, so an older one may have started),
+        // the supersede choice would be stale.
+        writes.push((estream, ExpectedVersion::Exactly(env.version), vec![q]));
+        for old in older {
+            let reason = push::superseded_reason(id, &push.commit);
+            let stream = deployment_stream(old);
+            let cancel = envelope(&stream, &Event::CancelRequested(CancelRequested { reason }), old, actor, None);
+            writes.push((stream, ExpectedVersion::Any, vec![cancel]));
+            superseded.push(old);
+        }
+        deployments.push(PushDeployment { environment: target.environment, deployment_id: id, rule: target.rule });
+    }
+    let received = Event::PushReceived(PushReceived {
+        provider,
+        delivery: delivery.into(),
+        git_ref: push.git_ref.clone(),
+        commit: push.commit.clone(),
+        pusher: push.pusher.clone(),
+        deployments: deployments.clone(),
+        superseded: superseded.clone(),
+    });
+    let pstream = project_stream(&p.name);
+    let r = envelope(&pstream, &received, Uuid::now_v7(), actor, None);
+    writes.push((pstream, ExpectedVersion::Exactly(p.version), vec![r]));
+    let appends: Vec<StreamAppend<'_>> =
+        writes.iter().map(|(stream, expected, events)| StreamAppend { stream, expected: *expected, events }).collect();
+    match store.append_streams(&appends, &[]).await? {
+        Ok(_) => {
+            for span in spans {
+                span.record();
+            }
+            Ok(Some(PushOutcome::Deployed { deployments, superseded }))
+        }
+        Err(_) => Ok(None),
+    }
+}
