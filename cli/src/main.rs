@@ -326,6 +326,10 @@ struct ServeArgs {
     /// would be handed the re-dispatch as well.
     #[arg(long, default_value_t = 60)]
     heartbeat_timeout: u64,
+    /// Seconds between the engine's sweeps for preview environments past
+    /// their time to live (no push for the rule's --ttl): each is removed.
+    #[arg(long, default_value_t = 60)]
+    preview_sweep: u64,
     /// Where the HTTP API listens. Every request needs a token (`slipway token create`); off loopback
     /// the API refuses to start until one is issued. It speaks plain HTTP: put TLS in front of it.
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
@@ -340,6 +344,7 @@ impl ServeArgs {
             step_timeout: Duration::from_secs(self.step_timeout),
             build_timeout: Duration::from_secs(self.build_timeout),
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout),
+            preview_sweep: Duration::from_secs(self.preview_sweep.max(1)),
             ..Default::default()
         }
     }
