@@ -257,3 +257,49 @@ fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
     let changed = git_remote::fetch(&ssh_url, &ssh_url, "main", &access).err().unwrap();
     assert!(matches!(changed, SourceError::HostKeyChanged { .. }), "{changed:?}");
 }
+
+#[test]
+fn a_server_that_never_answers_times_out_and_a_busy_mirror_is_worked_around() {
+    // Accepts connections and never says a word: TLS never starts.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://127.0.0.1:{}/app.git", silent.local_addr().unwrap().port());
+    let held = std::thread::spawn(move || {
+        let accepted = silent.accept();
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        drop(accepted);
+    });
+    let mirrors = tempfile::tempdir().unwrap();
+    let access = access_of(&url, &[], &[], mirrors.path()).with_deadline(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let timed_out = git_remote::fetch(&url, &url, "main", &access).err().unwrap();
+    assert!(matches!(timed_out, SourceError::Timeout { .. }), "{timed_out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(timed_out.to_string().contains("timed out") && timed_out.to_string().contains("`main`"), "{timed_out}");
+    let _ = held.join();
+
+    // A mirror another fetch keeps locked: this fetch uses one of its own.
+    let server = SshGit::start();
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&BTreeMap::from([("a.txt".to_string(), b"a\n".to_vec())]), "v1");
+    publish(&app.path(), &bare);
+    let access = access_of(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], mirrors.path())
+        .with_deadline(std::time::Duration::from_secs(4));
+    drop(git_remote::fetch(&url, &url, "main", &access).unwrap());
+    let locks: Vec<std::fs::File> = std::fs::read_dir(mirrors.path().join(".mirrors"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "lock"))
+        .map(|e| std::fs::File::open(e.path()).unwrap())
+        .collect();
+    assert!(!locks.is_empty());
+    for lock in &locks {
+        lock.lock().unwrap();
+    }
+    let fetched = git_remote::fetch(&url, &url, "main", &access).unwrap();
+    assert!(fetched.mirror.once.is_some() && fetched.received_objects >= 3, "{:?}", fetched.mirror.once);
+    let once = fetched.mirror.once.clone().unwrap();
+    drop(fetched);
+    assert!(!once.exists(), "the one-off mirror is removed");
+}
+

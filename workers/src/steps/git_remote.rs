@@ -44,6 +44,9 @@ const SOURCE_KEY_PREFIX: &str = "slipway.source.";
 
 /// How long a fetch may take in all before it is abandoned.
 const FETCH_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a fetch waits for another fetch of the same mirror to finish
+/// before it fetches into a mirror of its own for this once.
+const MIRROR_WAIT: Duration = Duration::from_secs(30);
 /// How long connecting to the git server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// libgit2's depth that turns a shallow repository into a complete one.
@@ -71,6 +74,8 @@ pub struct Access {
     pub submodules: bool,
     /// Where this worker keeps its mirrors.
     mirrors: PathBuf,
+    /// How long a fetch may take in all ([`FETCH_DEADLINE`] unless a test says otherwise).
+    deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Access {
@@ -101,6 +106,7 @@ impl Access {
             known_hosts: context.source.known_hosts.clone(),
             submodules: context.source.submodules,
             mirrors: workspaces.join(".mirrors"),
+            deadline: None,
         }
     }
 
@@ -108,6 +114,16 @@ impl Access {
     pub fn with_mirrors(mut self, mirrors: PathBuf) -> Access {
         self.mirrors = mirrors;
         self
+    }
+
+    /// The same access with another limit on a whole fetch (tests).
+    pub fn with_deadline(mut self, deadline: Duration) -> Access {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    fn deadline(&self) -> Duration {
+        self.deadline.unwrap_or(FETCH_DEADLINE)
     }
 
     /// Whether credentials were configured that a fetch can offer.
@@ -182,6 +198,16 @@ fn split_port(hostport: &str) -> (String, Option<u16>) {
 pub struct Mirror {
     pub repo: Repository,
     pub lock: File,
+    /// A mirror made for one fetch (the shared one was busy), removed on drop.
+    pub once: Option<PathBuf>,
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if let Some(path) = &self.once {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// What a fetch met that the worker reports.
@@ -208,7 +234,13 @@ pub struct Fetched {
     pub received_objects: usize,
 }
 
-/// Fetches what `git_ref` needs from `repository` into this worker's mirror.
+/// Fetches what `git_ref` needs from `repository` into this worker's mirror,
+/// within the access's deadline. libgit2 has no safe per-fetch timeout, and
+/// a server that accepts a connection and then says nothing would hold a
+/// fetch forever; so the fetch runs on a thread of its own, and past the
+/// deadline it is abandoned (the thread ends when the connection does) and
+/// the step fails as timed out. A later fetch that finds the mirror still
+/// locked by it fetches into a mirror of its own for that once.
 pub fn fetch(
     repository: &str,
     shown: &str,
@@ -220,7 +252,28 @@ pub fn fetch(
         why: "not a network address".into(),
     })?;
     probe(&address, shown, git_ref)?;
-    let mirror = open_mirror(repository, shown, &access.mirrors)?;
+    let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
+    let (done, outcome) = std::sync::mpsc::channel();
+    let owned = (repository.to_string(), shown.to_string(), git_ref.to_string(), access.clone());
+    let thread = std::thread::Builder::new().name("slipway-fetch".into()).spawn(move || {
+        let (repository, shown, git_ref, access) = owned;
+        let _ = done.send(fetch_into(mirror, &address, &repository, &shown, &git_ref, &access));
+    });
+    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: git_ref.into() };
+    if let Err(e) = thread {
+        return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start the fetch: {e}") });
+    }
+    outcome.recv_timeout(access.deadline()).unwrap_or_else(|_| Err(timed_out()))
+}
+
+fn fetch_into(
+    mirror: Mirror,
+    address: &RemoteAddress,
+    repository: &str,
+    shown: &str,
+    git_ref: &str,
+    access: &Access,
+) -> Result<Fetched, SourceError> {
     let observed = RefCell::new(Observed::default());
     let (refspecs, depth) = wanted(git_ref);
     let outcome = {
@@ -234,7 +287,7 @@ pub fn fetch(
                 })?;
         let mut options = FetchOptions::new();
         options
-            .remote_callbacks(callbacks(&address, access, &observed))
+            .remote_callbacks(callbacks(address, access, &observed))
             .download_tags(AutotagOption::None);
         if let Some(depth) = depth {
             options.depth(depth);
@@ -249,7 +302,7 @@ pub fn fetch(
             met_host_key: observed.met_host_key,
             received_objects,
         }),
-        Err(e) => Err(classify(&e, &observed, &address, shown, git_ref, access)),
+        Err(e) => Err(classify(&e, &observed, address, shown, git_ref, access)),
     }
 }
 
@@ -336,7 +389,7 @@ fn probe(address: &RemoteAddress, repo: &str, git_ref: &str) -> Result<(), Sourc
 }
 
 /// Opens (or creates) the mirror of `repository` and takes its lock.
-fn open_mirror(repository: &str, shown: &str, mirrors: &Path) -> Result<Mirror, SourceError> {
+fn open_mirror(repository: &str, shown: &str, mirrors: &Path, wait: Duration) -> Result<Mirror, SourceError> {
     let fail = |why: String| SourceError::Workspace {
         path: mirrors.display().to_string(),
         why,
@@ -346,8 +399,24 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path) -> Result<Mirror, 
     let path = mirrors.join(format!("{name}.git"));
     let lock =
         File::create(mirrors.join(format!("{name}.lock"))).map_err(|e| fail(e.to_string()))?;
-    lock.lock()
-        .map_err(|e| fail(format!("locking the mirror of {shown}: {e}")))?;
+    let waited = Instant::now();
+    let path = loop {
+        match lock.try_lock() {
+            Ok(()) => break path,
+            Err(std::fs::TryLockError::WouldBlock) if waited.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            // Still busy: an abandoned fetch may hold it until its
+            // connection dies. This fetch gets a mirror of its own, which
+            // nobody else locks, and removes it again.
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let own = mirrors.join(format!("{name}-{}.once", uuid::Uuid::now_v7().simple()));
+                let repo = Repository::init_bare(&own).map_err(|e| fail(e.message().into()))?;
+                return Ok(Mirror { repo, lock, once: Some(own) });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(format!("locking the mirror of {shown}: {e}"))),
+        }
+    };
     let repo = match Repository::open_bare(&path) {
         Ok(repo) => repo,
         Err(_) => {
@@ -356,7 +425,7 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path) -> Result<Mirror, 
             Repository::init_bare(&path).map_err(|e| fail(e.message().into()))?
         }
     };
-    Ok(Mirror { repo, lock })
+    Ok(Mirror { repo, lock, once: None })
 }
 
 fn callbacks<'a>(
@@ -414,8 +483,9 @@ fn callbacks<'a>(
         }
     });
     let started = Instant::now();
+    let deadline = access.deadline();
     callbacks.transfer_progress(move |_| {
-        let late = started.elapsed() > FETCH_DEADLINE;
+        let late = started.elapsed() > deadline;
         if late {
             observed.borrow_mut().timed_out = true;
         }
