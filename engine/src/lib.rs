@@ -13,6 +13,7 @@ pub mod environment;
 pub mod history;
 pub mod limits;
 pub mod load;
+pub mod poll;
 pub mod project;
 pub mod reconcile;
 pub mod projector;

@@ -47,6 +47,8 @@ pub struct Project {
 pub struct AutoDeployRule {
     pub branch: String,
     pub environment: String,
+    /// Poll the repository's matching branches this often (seconds).
+    pub poll_seconds: Option<u64>,
 }
 
 /// The key a delivery is remembered by.
@@ -117,8 +119,15 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
             }
             (Event::WebhookSecretRotated(r), Some(p)) => p.webhook_secret = Some(r.fingerprint.clone()),
             (Event::AutoDeploySet(r), Some(p)) => match p.auto_deploy.iter_mut().find(|x| x.branch == r.branch) {
-                Some(rule) => rule.environment = r.environment.clone(),
-                None => p.auto_deploy.push(AutoDeployRule { branch: r.branch.clone(), environment: r.environment.clone() }),
+                Some(rule) => {
+                    rule.environment = r.environment.clone();
+                    rule.poll_seconds = r.poll_seconds;
+                }
+                None => p.auto_deploy.push(AutoDeployRule {
+                    branch: r.branch.clone(),
+                    environment: r.environment.clone(),
+                    poll_seconds: r.poll_seconds,
+                }),
             },
             (Event::AutoDeployRemoved(r), Some(p)) => p.auto_deploy.retain(|x| x.branch != r.branch),
             (Event::PushReceived(r), Some(p)) => {

@@ -96,15 +96,29 @@ impl Access {
     /// The deployment's access: credentials from the resolved settings,
     /// host keys from the context, mirrors under `workspaces`.
     pub fn of(context: &DeploymentContext, env: &Settings, workspaces: &Path) -> Access {
-        let credential = |name: &str| env.get(&source_key(name)).cloned();
+        let credentials = env
+            .iter()
+            .filter_map(|(key, value)| Some((key.strip_prefix(SOURCE_KEY_PREFIX)?.to_string(), value.clone())))
+            .collect();
+        Access::for_source(&context.source, &credentials, workspaces)
+    }
+
+    /// A project's access outside a deployment (the server's poller):
+    /// `credentials` are the resolved values by credential name.
+    pub fn for_source(
+        source: &slipway_proto::event::SourceAccess,
+        credentials: &std::collections::BTreeMap<String, String>,
+        workspaces: &Path,
+    ) -> Access {
+        let credential = |name: &str| credentials.get(name).cloned();
         Access {
             token: credential("token"),
             username: credential("username"),
             password: credential("password"),
             ssh_key: credential("ssh_key"),
             ca_cert: credential("ca_cert"),
-            known_hosts: context.source.known_hosts.clone(),
-            submodules: context.source.submodules,
+            known_hosts: source.known_hosts.clone(),
+            submodules: source.submodules,
             mirrors: workspaces.join(".mirrors"),
             deadline: None,
         }
@@ -274,36 +288,113 @@ fn fetch_into(
     git_ref: &str,
     access: &Access,
 ) -> Result<Fetched, SourceError> {
-    let observed = RefCell::new(Observed::default());
-    let (refspecs, depth) = wanted(git_ref);
-    let outcome = {
-        let mut remote =
-            mirror
+    let mut met_host_key = None;
+    let mut received_objects = 0;
+    let attempts = attempts(git_ref);
+    let last = attempts.len() - 1;
+    for (i, (refspecs, depth)) in attempts.into_iter().enumerate() {
+        let observed = RefCell::new(Observed::default());
+        let outcome = {
+            let mut remote = mirror
                 .repo
                 .remote_anonymous(repository)
-                .map_err(|e| SourceError::Fetch {
-                    repo: shown.into(),
-                    why: e.message().into(),
-                })?;
-        let mut options = FetchOptions::new();
-        options
-            .remote_callbacks(callbacks(address, access, &observed))
-            .download_tags(AutotagOption::None);
-        if let Some(depth) = depth {
-            options.depth(depth);
+                .map_err(|e| SourceError::Fetch { repo: shown.into(), why: e.message().into() })?;
+            let mut options = FetchOptions::new();
+            options.remote_callbacks(callbacks(address, access, &observed)).download_tags(AutotagOption::None);
+            if let Some(depth) = depth {
+                options.depth(depth);
+            }
+            let fetched = remote.fetch(&refspecs, Some(&mut options), Some("slipway: fetch"));
+            fetched.map(|()| remote.stats().received_objects())
+        };
+        let observed = observed.into_inner();
+        met_host_key = met_host_key.or(observed.met_host_key.clone());
+        match outcome {
+            Ok(received) => {
+                received_objects += received;
+                // A commit asked for by SHA may still be missing after the
+                // branch heads came: then the next attempt goes deeper.
+                if i == last || !is_full_sha(git_ref) || has_commit(&mirror.repo, git_ref) {
+                    return Ok(Fetched { mirror, met_host_key, received_objects });
+                }
+            }
+            // The server does not let a client ask for a commit by its SHA
+            // (git's default, uploadpack.allowReachableSHA1InWant off): take
+            // the branch heads instead, then their history.
+            Err(e) if i < last && refused_sha_want(&e) => {}
+            Err(e) => return Err(classify(&e, &observed, address, shown, git_ref, access)),
         }
-        let fetched = remote.fetch(&refspecs, Some(&mut options), Some("slipway: fetch"));
-        fetched.map(|()| remote.stats().received_objects())
-    };
-    let observed = observed.into_inner();
-    match outcome {
-        Ok(received_objects) => Ok(Fetched {
-            mirror,
-            met_host_key: observed.met_host_key,
-            received_objects,
-        }),
-        Err(e) => Err(classify(&e, &observed, address, shown, git_ref, access)),
     }
+    Err(SourceError::RefNotFound { git_ref: git_ref.into(), repo: shown.into() })
+}
+
+/// What to fetch for `git_ref`, in order until one brings it: a full SHA
+/// first by itself, then every branch head, then every branch and tag with
+/// their history; anything else in one go (see [`wanted`]).
+fn attempts(git_ref: &str) -> Vec<(Vec<String>, Option<i32>)> {
+    if !is_full_sha(git_ref) {
+        return vec![wanted(git_ref)];
+    }
+    let heads = || vec!["+refs/heads/*:refs/remotes/origin/*".to_string()];
+    let everything = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
+    vec![wanted(git_ref), (heads(), Some(1)), (everything, Some(UNSHALLOW))]
+}
+
+fn is_full_sha(git_ref: &str) -> bool {
+    git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn has_commit(repo: &Repository, sha: &str) -> bool {
+    git2::Oid::from_str(sha).is_ok_and(|oid| repo.find_commit(oid).is_ok())
+}
+
+/// libgit2's refusal (or the server's) to fetch an object by its id.
+fn refused_sha_want(e: &git2::Error) -> bool {
+    let message = e.message().to_lowercase();
+    message.contains("specific object") || message.contains("not our ref") || message.contains("want")
+}
+
+/// The repository's branches and the commits they point at now (as `git
+/// ls-remote --heads`), with the same credentials, host key and
+/// certificate checks as a fetch, within the access's deadline.
+pub fn list_branches(repository: &str, shown: &str, access: &Access) -> Result<Vec<(String, String)>, SourceError> {
+    // A local repository is listed in place (no probe, no credentials).
+    let address = remote_address(repository);
+    if let Some(address) = &address {
+        probe(address, shown, "(branches)")?;
+    }
+    let address = address.unwrap_or(RemoteAddress { ssh: false, host: String::new(), port: None });
+    let (done, outcome) = std::sync::mpsc::channel();
+    let owned = (repository.to_string(), shown.to_string(), access.clone());
+    let thread = std::thread::Builder::new().name("slipway-ls-remote".into()).spawn(move || {
+        let (repository, shown, access) = owned;
+        let observed = RefCell::new(Observed::default());
+        let listed = (|| {
+            let mut remote = git2::Remote::create_detached(repository.as_str())?;
+            let connection = remote.connect_auth(git2::Direction::Fetch, Some(callbacks(&address, &access, &observed)), None)?;
+            let heads = connection.list()?;
+            Ok::<_, git2::Error>(
+                heads
+                    .iter()
+                    .filter_map(|h| Some((h.name().strip_prefix("refs/heads/")?.to_string(), h.oid().to_string())))
+                    .collect::<Vec<_>>(),
+            )
+        })();
+        let result = listed.map_err(|e| classify(&e, &observed.borrow(), &address, &shown, "(branches)", &access));
+        let _ = done.send(result);
+    });
+    if let Err(e) = thread {
+        return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start listing branches: {e}") });
+    }
+    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: "(branches)".into() };
+    outcome.recv_timeout(access.deadline()).unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// The message of `commit`, if the fetched mirror has it.
+pub fn commit_message(fetched: &Fetched, commit: &str) -> Option<String> {
+    let oid = git2::Oid::from_str(commit).ok()?;
+    let found = fetched.mirror.repo.find_commit(oid).ok()?;
+    found.message().ok().map(str::to_string)
 }
 
 /// The refspecs and depth that bring `git_ref` into the mirror: one ref,
