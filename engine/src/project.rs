@@ -48,6 +48,7 @@ pub struct AutoDeployRule {
     pub branch: String,
     pub environment: String,
     /// Poll the repository's matching branches this often (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_seconds: Option<u64>,
 }
 
