@@ -362,3 +362,40 @@ async fn polling_deploys_a_new_head_once_and_honours_the_skip_phrase() {
     let events = project_events(&h).await;
     assert!(events.iter().any(|e| matches!(e, Event::PushSkipped(s) if s.reason.contains("[skip deploy]"))), "{events:?}");
 }
+
+#[test]
+fn submodules_are_checked_out_with_the_same_access_when_asked() {
+    let server = SshGit::start();
+    let (lib_bare, _) = server.repository("lib.git");
+    let lib = AppRepo::new();
+    let lib_commit = lib.commit(&BTreeMap::from([("lib.txt".to_string(), b"from the submodule\n".to_vec())]), "lib");
+    publish(&lib.path(), &lib_bare);
+    let (app_bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&BTreeMap::from([("app.txt".to_string(), b"app\n".to_vec())]), "app");
+    // A submodule at a URL relative to the app's own (as on any git host).
+    std::fs::write(app.path().join(".gitmodules"), "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(app.path()).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["update-index", "--add", "--cacheinfo", &format!("160000,{lib_commit},lib")]);
+    git(&["add", ".gitmodules"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-q", "-m", "lib as a submodule"]);
+    publish(&app.path(), &app_bare);
+
+    let workspaces = tempfile::tempdir().unwrap();
+    let context: DeploymentContext = serde_json::from_value(serde_json::json!({
+        "deployment_id": Uuid::now_v7(), "project": "p", "environment": "test", "repository": url, "git_ref": "main",
+        "source": { "known_hosts": [server.known_host()], "submodules": true },
+    }))
+    .unwrap();
+    let settings: Settings = [(source_key("ssh_key"), server.deploy_key.clone())].into_iter().collect();
+    let with = Access::of(&context, &settings, workspaces.path());
+    git::fresh_checkout(&url, "main", &workspaces.path().join("with"), &with).unwrap();
+    assert_eq!(std::fs::read_to_string(workspaces.path().join("with/lib/lib.txt")).unwrap(), "from the submodule\n");
+
+    let without = access_of(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], workspaces.path());
+    git::fresh_checkout(&url, "main", &workspaces.path().join("without"), &without).unwrap();
+    assert!(!workspaces.path().join("without/lib/lib.txt").exists(), "submodules only when the project asks");
+}
