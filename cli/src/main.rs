@@ -533,6 +533,11 @@ enum AutoDeployCmd {
         branch: String,
         #[arg(value_name = "ENV")]
         env: String,
+        /// Also poll the repository's matching branches this often (e.g. 60s,
+        /// at least 5s), for git hosts that cannot send webhooks: the server
+        /// (or all-in-one) deploys a branch's new head as a push would
+        #[arg(long, value_name = "INTERVAL")]
+        poll: Option<String>,
     },
     /// Remove the rule for BRANCH_GLOB (as it was set).
     Remove {
@@ -709,6 +714,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 engine: Some(serve.driver()),
                 workers: Some((workers, machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images))),
                 router,
+                poller: Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") }),
                 ..Default::default()
             };
             machinery::serve(store, queue, parts, Some(machinery::Api { listen: serve.listen, data_dir }), machinery::on_signal()).await?;
@@ -716,7 +722,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
-            let parts = Parts { engine: Some(args.driver()), ..Default::default() };
+            let poller = Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") });
+            let parts = Parts { engine: Some(args.driver()), poller, ..Default::default() };
             machinery::serve(store, queue, parts, Some(machinery::Api { listen: args.listen, data_dir }), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -781,7 +788,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Project(ProjectCmd::AutoDeploy { project, action }) => {
             let rule = match action {
-                AutoDeployCmd::Set { branch, env } => verbs::RuleChange::Set { branch, env },
+                AutoDeployCmd::Set { branch, env, poll } => {
+                    let poll_seconds = match poll.as_deref().map(slipway_proto::config::Interval::parse) {
+                        None => None,
+                        Some(Ok(every)) => Some(every.0.as_secs()),
+                        Some(Err(why)) => return Err(exit::usage(format!("--poll: {why}"))),
+                    };
+                    verbs::RuleChange::Set { branch, env, poll_seconds }
+                }
                 AutoDeployCmd::Remove { branch } => verbs::RuleChange::Remove { branch },
                 AutoDeployCmd::List => verbs::RuleChange::List,
             };

@@ -140,7 +140,7 @@ pub async fn webhook_rotate(store: &dyn EventStore, project: &str, json: bool) -
 /// What `project auto-deploy` does.
 #[derive(Debug, Clone)]
 pub enum RuleChange {
-    Set { branch: String, env: String },
+    Set { branch: String, env: String, poll_seconds: Option<u64> },
     Remove { branch: String },
     List,
 }
@@ -148,7 +148,9 @@ pub enum RuleChange {
 /// Sets or removes an auto-deploy rule, then prints every rule.
 pub async fn auto_deploy(store: &dyn EventStore, project: &str, change: RuleChange, json: bool) -> anyhow::Result<()> {
     match &change {
-        RuleChange::Set { branch, env } => granted(auto_deploy::set_rule(store, &actor(), project, branch, env).await)?,
+        RuleChange::Set { branch, env, poll_seconds } => {
+            granted(auto_deploy::set_rule(store, &actor(), project, branch, env, *poll_seconds).await)?
+        }
         RuleChange::Remove { branch } => granted(auto_deploy::remove_rule(store, &actor(), project, branch).await)?,
         RuleChange::List => {}
     }
@@ -163,7 +165,10 @@ pub async fn auto_deploy(store: &dyn EventStore, project: &str, change: RuleChan
     }
     let width = p.auto_deploy.iter().map(|r| r.branch.len()).max().unwrap_or(0);
     for rule in &p.auto_deploy {
-        println!("{:<width$}  -> {}", rule.branch, rule.environment);
+        match rule.poll_seconds {
+            Some(every) => println!("{:<width$}  -> {} (also polled every {every}s)", rule.branch, rule.environment),
+            None => println!("{:<width$}  -> {}", rule.branch, rule.environment),
+        }
     }
     Ok(())
 }

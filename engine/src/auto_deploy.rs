@@ -97,11 +97,25 @@ pub async fn webhook_secret(store: &dyn EventStore, project: &Project) -> Result
     Ok(store.values(std::slice::from_ref(f)).await?.remove(f))
 }
 
+/// The shortest poll interval: a poll costs the git host a request.
+pub const MIN_POLL_SECONDS: u64 = 5;
+
 /// Sets the rule `branch` (a glob) → `environment`, replacing the glob's
-/// environment if it had a rule.
-pub async fn set_rule(store: &dyn EventStore, actor: &str, project: &str, branch: &str, environment: &str) -> Outcome<()> {
+/// environment (and poll interval) if it had a rule. With `poll_seconds`,
+/// the server also polls the repository's matching branches that often.
+pub async fn set_rule(
+    store: &dyn EventStore,
+    actor: &str,
+    project: &str,
+    branch: &str,
+    environment: &str,
+    poll_seconds: Option<u64>,
+) -> Outcome<()> {
     if let Err(e) = push::check_glob(branch) {
         return Ok(Err(Rejection(e)));
+    }
+    if poll_seconds.is_some_and(|s| s < MIN_POLL_SECONDS) {
+        return Ok(Err(Rejection(format!("--poll must be at least {MIN_POLL_SECONDS}s: each poll is a request to the git host"))));
     }
     loop {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
@@ -112,7 +126,11 @@ pub async fn set_rule(store: &dyn EventStore, actor: &str, project: &str, branch
                 known.join(", ")
             ))));
         }
-        let event = Event::AutoDeploySet(AutoDeploySet { branch: branch.into(), environment: environment.into() });
+        let event = Event::AutoDeploySet(AutoDeploySet {
+            branch: branch.into(),
+            environment: environment.into(),
+            poll_seconds,
+        });
         if append_to_project(store, &p, actor, &event).await? {
             return Ok(Ok(()));
         }

@@ -14,6 +14,7 @@ pub mod history;
 pub mod lifecycle;
 pub mod limits;
 pub mod load;
+pub mod poll;
 pub mod preview;
 pub mod project;
 pub mod reconcile;

@@ -80,6 +80,9 @@ pub struct Preview {
 pub struct AutoDeployRule {
     pub branch: String,
     pub environment: String,
+    /// Poll the repository's matching branches this often (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_seconds: Option<u64>,
 }
 
 /// The key a delivery is remembered by.
@@ -138,8 +141,15 @@ impl Project {
             }
             Event::WebhookSecretRotated(r) => p.webhook_secret = Some(r.fingerprint.clone()),
             Event::AutoDeploySet(r) => match p.auto_deploy.iter_mut().find(|x| x.branch == r.branch) {
-                Some(rule) => rule.environment = r.environment.clone(),
-                None => p.auto_deploy.push(AutoDeployRule { branch: r.branch.clone(), environment: r.environment.clone() }),
+                Some(rule) => {
+                    rule.environment = r.environment.clone();
+                    rule.poll_seconds = r.poll_seconds;
+                }
+                None => p.auto_deploy.push(AutoDeployRule {
+                    branch: r.branch.clone(),
+                    environment: r.environment.clone(),
+                    poll_seconds: r.poll_seconds,
+                }),
             },
             Event::AutoDeployRemoved(r) => p.auto_deploy.retain(|x| x.branch != r.branch),
             Event::PushReceived(r) => {

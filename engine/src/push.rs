@@ -199,7 +199,7 @@ mod tests {
     use super::*;
 
     fn rule(branch: &str, environment: &str) -> AutoDeployRule {
-        AutoDeployRule { branch: branch.into(), environment: environment.into() }
+        AutoDeployRule { branch: branch.into(), environment: environment.into(), poll_seconds: None }
     }
 
     fn push(git_ref: &str, message: &str) -> Push {

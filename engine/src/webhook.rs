@@ -51,6 +51,7 @@ pub fn signature_headers(provider: WebhookProvider) -> &'static [&'static str] {
         WebhookProvider::Gitlab => &["X-Gitlab-Token"],
         WebhookProvider::Gitea => &["X-Gitea-Signature", "X-Forgejo-Signature"],
         WebhookProvider::Generic => &["X-Slipway-Signature"],
+        WebhookProvider::Poll => &[],
     }
 }
 
@@ -81,6 +82,7 @@ pub fn verify(provider: WebhookProvider, presented: &Presented, body: &[u8], sec
             Some(h) => h,
             None => return false,
         },
+        WebhookProvider::Poll => return false,
     };
     let Ok(signature) = hex::decode(hex_part) else { return false };
     mac(secret, body).verify_slice(&signature).is_ok()
@@ -103,13 +105,13 @@ pub fn event_kind(provider: WebhookProvider, headers: &HeaderMap) -> Result<Even
         WebhookProvider::Github => (&["X-GitHub-Event"], "push"),
         WebhookProvider::Gitlab => (&["X-Gitlab-Event"], "Push Hook"),
         WebhookProvider::Gitea => (&["X-Gitea-Event", "X-Forgejo-Event"], "push"),
-        WebhookProvider::Generic => (&["X-Slipway-Event"], "push"),
+        WebhookProvider::Generic | WebhookProvider::Poll => (&["X-Slipway-Event"], "push"),
     };
     let pull_request: &[&str] = match provider {
         WebhookProvider::Github => &["pull_request"],
         WebhookProvider::Gitlab => &["Merge Request Hook"],
         WebhookProvider::Gitea => &["pull_request", "pull_request_sync"],
-        WebhookProvider::Generic => &[],
+        WebhookProvider::Generic | WebhookProvider::Poll => &[],
     };
     let value = names.iter().find_map(|n| header(headers, n));
     match value {
@@ -130,6 +132,7 @@ pub fn delivery(provider: WebhookProvider, headers: &HeaderMap) -> Result<String
         WebhookProvider::Gitlab => &["Idempotency-Key", "X-Gitlab-Event-UUID"],
         WebhookProvider::Gitea => &["X-Gitea-Delivery", "X-Forgejo-Delivery"],
         WebhookProvider::Generic => &["X-Slipway-Delivery"],
+        WebhookProvider::Poll => &[],
     };
     let Some(value) = names.iter().find_map(|n| header(headers, n)) else {
         return Err(format!("no `{}` header: a delivery id is needed to acknowledge redeliveries once", names.join("` or `")));
@@ -284,6 +287,20 @@ pub fn parse_push(provider: WebhookProvider, body: &[u8]) -> Result<Push, String
             let git_ref = if p.git_ref.starts_with("refs/") { p.git_ref } else { format!("refs/heads/{}", p.git_ref) };
             Push { git_ref, commit: p.after, pusher: p.pusher, head_message: p.head_commit_message, deleted: p.deleted }
         }
+        WebhookProvider::Poll => return Err("a polled push has no payload".into()),
+    };
+    checked(push)
+}
+
+/// What a poll of the repository saw as a push: `branch` now at `commit`,
+/// whose message is `head_message`; checked as a webhook's push is.
+pub fn polled_push(branch: &str, commit: &str, head_message: Option<String>) -> Result<Push, String> {
+    let push = Push {
+        git_ref: format!("refs/heads/{branch}"),
+        commit: commit.into(),
+        pusher: "poll".into(),
+        head_message,
+        deleted: false,
     };
     checked(push)
 }
@@ -426,7 +443,7 @@ pub fn parse_pull_request(provider: WebhookProvider, body: &[u8]) -> Result<Pull
             let sender = if e.sender.login.is_empty() { e.sender.username } else { e.sender.login };
             (e.action, e.number, head.sha, head.git_ref, head.repo_id != base.repo_id, sender)
         }
-        WebhookProvider::Generic => return Err("the generic form carries pushes only".into()),
+        WebhookProvider::Generic | WebhookProvider::Poll => return Err(format!("`{provider}` carries pushes only")),
     };
     if !is_commit(&head_commit) {
         return Err(format!("the head commit `{}` is not a commit id (40 or 64 hex digits)", printable(&head_commit, 80)));

@@ -116,7 +116,7 @@ async fn a_push_from_each_provider_deploys_the_pushed_commit_as_the_pusher(s: &S
         assert_eq!(reply.json["status"], "deployed", "{provider}: {}", reply.json);
         let id: Uuid = reply.json["deployments"][0]["deployment"].as_str().unwrap().parse().unwrap();
         assert_eq!(reply.json["deployments"][0]["environment"], "test");
-        let (requested, actor) = s.requested().await.into_iter().find(|(d, _)| d.deployment_id == id).unwrap();
+        let (requested, actor) = s.requested_one(id).await.unwrap();
         assert_eq!((requested.project.as_str(), requested.environment.as_str()), (project.as_str(), "test"));
         assert_eq!(requested.git_ref, commit, "{provider}: the pushed commit, not the branch");
         assert_eq!(actor, format!("webhook:{provider}:{pusher}"));
@@ -190,7 +190,7 @@ async fn a_bad_or_missing_signature_is_refused_and_records_nothing(s: &Setup) {
     assert_eq!(message(&nosecret, "nosecret"), message(&wrong, "app"));
     assert_eq!(s.events().await.len(), before_unknown, "a refused webhook records nothing");
     assert_eq!(before_unknown, before + 1, "only the second project's creation was recorded");
-    assert!(s.requested().await.is_empty());
+    assert!(s.requested("app").await.is_empty());
     let metrics = slipway_telemetry::metrics::render();
     assert!(metrics.contains("slipway_webhooks_total{provider=\"github\",outcome=\"unauthorized\"}"), "{metrics}");
 }
@@ -203,14 +203,14 @@ async fn a_redelivered_id_deploys_once_even_when_deliveries_race(s: &Setup) {
     assert_eq!((first.status, first.json["status"].as_str()), (StatusCode::ACCEPTED, Some("deployed")));
     let again = s.deliver("github", "app", "dup-1", "push", &body, &secret).await;
     assert_eq!((again.status, again.json["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{}", again.json);
-    assert_eq!(s.requested().await.len(), 1);
+    assert_eq!(s.requested("app").await.len(), 1);
     // The same id delivered eight times at once: one lands, the others see it.
     let body = github_push("refs/heads/main", &sha(2), "next");
     let replies = futures::future::join_all((0..8).map(|_| s.deliver("github", "app", "race-1", "push", &body, &secret))).await;
     let deployed = replies.iter().filter(|r| r.status == StatusCode::ACCEPTED).count();
     let duplicate = replies.iter().filter(|r| r.status == StatusCode::OK && r.json["status"] == "duplicate").count();
     assert_eq!((deployed, duplicate), (1, 7), "{:?}", replies.iter().map(|r| (r.status, r.json.clone())).collect::<Vec<_>>());
-    assert_eq!(s.requested().await.len(), 2);
+    assert_eq!(s.requested("app").await.len(), 2);
     // The same id from another provider is another delivery.
     let other = s.deliver("generic", "app", "dup-1", "push", &generic_push("main", &sha(3), "m"), &secret).await;
     assert_eq!(other.json["status"], "deployed", "{}", other.json);
@@ -229,7 +229,7 @@ async fn a_skip_phrase_or_a_deleted_branch_deploys_nothing_and_is_recorded(s: &S
     deleted["head_commit"] = Value::Null;
     let reply = s.deliver("github", "app", "s3", "push", &deleted.to_string(), &secret).await;
     assert_eq!(reply.json["status"], "skipped", "{}", reply.json);
-    assert!(s.requested().await.is_empty(), "nothing deployed");
+    assert!(s.requested("app").await.is_empty(), "nothing deployed");
     let skipped: Vec<_> = s
         .project_events("app")
         .await

@@ -87,7 +87,7 @@ impl Setup {
     }
 
     async fn request_of(&self, id: Uuid) -> (DeploymentRequested, String) {
-        self.requested().await.into_iter().find(|(d, _)| d.deployment_id == id).unwrap_or_else(|| panic!("no request {id}"))
+        self.requested_one(id).await.unwrap_or_else(|| panic!("no request {id}"))
     }
 
     async fn has_environment(&self, project: &str, env: &str) -> bool {
@@ -239,7 +239,7 @@ async fn a_fork_s_pull_request_waits_until_someone_with_deploy_scope_approves_it
     assert_eq!((opened.status, opened.json["status"].as_str()), (StatusCode::ACCEPTED, Some("awaiting_approval")), "{}", opened.json);
     assert!(opened.json["message"].as_str().unwrap().contains("slipway preview approve app pr-9"), "{}", opened.json);
     assert!(s.has_environment("app", "pr-9").await, "the preview exists, empty");
-    assert!(s.requested().await.is_empty(), "a fork deploys nothing before an approval");
+    assert!(s.requested("app").await.is_empty(), "a fork deploys nothing before an approval");
     // A read token may not approve; a deploy token may.
     let read = slipway_engine::requests::issue_token(&*s.store, "test", "viewer", TokenScope::Read).await.unwrap().unwrap();
     let deploy = slipway_engine::requests::issue_token(&*s.store, "test", "alice", TokenScope::Deploy).await.unwrap().unwrap();
@@ -271,9 +271,9 @@ async fn a_fork_s_pull_request_waits_until_someone_with_deploy_scope_approves_it
     // A new head commit waits for its own approval.
     let pushed = s.deliver("github", "app", "f2", "pull_request", &github_pr("synchronize", 9, &sha(2), true), &secret).await;
     assert_eq!(pushed.json["status"], "awaiting_approval", "{}", pushed.json);
-    assert_eq!(s.requested().await.len(), 1);
+    assert_eq!(s.requested("app").await.len(), 1);
     assert_eq!(approve(deploy).await.status, StatusCode::ACCEPTED);
-    let (requested, _) = s.requested().await.pop().unwrap();
+    let (requested, _) = s.requested("app").await.pop().unwrap();
     assert_eq!(requested.git_ref, sha(2));
     // A pull request from the same repository needs no approval.
     let own = s.call(Method::POST, "/api/projects/app/environments/test/approve", None).await;

@@ -3,10 +3,12 @@
 //! `slipway` binary, the end-to-end tests and the benchmarks run the same
 //! machinery. `routing` keeps a router's table in step with the store;
 //! `gauges` samples the metrics no event moves; `agent` keeps a Docker
-//! host running what is recorded and supervises the serving release.
+//! host running what is recorded and supervises the serving release;
+//! `poll` polls repositories for auto-deploy rules that ask for it.
 
 pub mod agent;
 pub mod gauges;
+pub mod poll;
 pub mod routing;
 pub mod serve;
 pub mod shutdown;

@@ -35,6 +35,8 @@ pub struct Parts {
     pub relay: RelayOptions,
     pub workers: Option<(WorkerOptions, Arc<dyn Executor>)>,
     pub router: Option<RouterPart>,
+    /// Poll repositories for auto-deploy rules with `--poll` (where the engine runs).
+    pub poller: Option<crate::poll::PollerOptions>,
 }
 
 /// A router: a bound listener (bind first, so a taken port fails before
@@ -79,6 +81,9 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         tasks.spawn(drive(store.clone(), options, shutdown.clone()));
         // The read models' subscriber (reads catch up themselves too).
         tasks.spawn(Projector::default().run(store.clone(), shutdown.clone()).map(Ok));
+    }
+    if let Some(poller) = parts.poller {
+        tasks.spawn(crate::poll::run(store.clone(), poller, shutdown.clone()).map(Ok));
     }
     if let Some((options, executor)) = parts.workers {
         // The host agent runs where containers are started: beside the deploy step.

@@ -124,6 +124,9 @@ pub enum WebhookProvider {
     Gitea,
     /// Slipway's own small form: `X-Slipway-Signature`, `X-Slipway-Delivery`.
     Generic,
+    /// Not a webhook: Slipway's own poll of the repository (`--poll`), for
+    /// git hosts that cannot reach Slipway. No endpoint takes it.
+    Poll,
 }
 
 impl WebhookProvider {
@@ -136,6 +139,7 @@ impl WebhookProvider {
             WebhookProvider::Gitlab => "gitlab",
             WebhookProvider::Gitea => "gitea",
             WebhookProvider::Generic => "generic",
+            WebhookProvider::Poll => "poll",
         }
     }
 }
@@ -172,6 +176,10 @@ pub struct WebhookSecretRotated {
 pub struct AutoDeploySet {
     pub branch: String,
     pub environment: String,
+    /// Also poll the repository's matching branches this often (seconds),
+    /// for git hosts that cannot send webhooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_seconds: Option<u64>,
 }
 
 /// The auto-deploy rule for `branch` (the glob as set) was removed.

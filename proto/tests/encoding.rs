@@ -79,7 +79,7 @@ fn sample_events() -> Vec<Event> {
         }),
         Event::TokenRevoked(TokenRevoked { name: "ci".into() }),
         Event::WebhookSecretRotated(WebhookSecretRotated { fingerprint: "hmac-sha256:00ff".into() }),
-        Event::AutoDeploySet(AutoDeploySet { branch: "release/*".into(), environment: "live".into() }),
+        Event::AutoDeploySet(AutoDeploySet { branch: "release/*".into(), environment: "live".into(), poll_seconds: Some(60) }),
         Event::AutoDeployRemoved(AutoDeployRemoved { branch: "release/*".into() }),
         Event::PushReceived(PushReceived {
             provider: WebhookProvider::Github,

@@ -130,6 +130,7 @@ impl Harness {
                 Arc::new(Pipeline::new(runtime)),
             )),
             router: None,
+            poller: None,
         };
         let node = tokio::spawn(slipway_node::serve(store.clone(), queue.clone(), parts, shutdown));
         let mut harness = Harness {

@@ -179,7 +179,7 @@ fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
     for i in 0..50 {
         files.insert(format!("src/file{i}.txt"), format!("file {i}\n").repeat(100).into_bytes());
     }
-    app.commit(&files, "v1");
+    let v1 = app.commit(&files, "v1");
     publish(&app.path(), &bare);
     let workspaces = tempfile::tempdir().unwrap();
     let access = access_of(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], workspaces.path());
@@ -204,6 +204,13 @@ fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
     assert_eq!(commit.len(), 40);
     assert_eq!(std::fs::read_to_string(dest.join("src/file7.txt")).unwrap(), "changed\n");
     assert_eq!(std::fs::read_dir(workspaces.path().join(".mirrors")).unwrap().count(), 2, "one mirror and its lock");
+
+    // A commit by its SHA (what a webhook deploys) that is no branch's head
+    // any more: git's server refuses to send it by id, so the branch heads
+    // come, then their history.
+    let (old, _) = git::fresh_checkout(&url, &v1, &workspaces.path().join("old"), &access).unwrap();
+    assert_eq!(old, v1);
+    assert_eq!(std::fs::read_to_string(workspaces.path().join("old/src/file7.txt")).unwrap(), "file 7\n".repeat(100));
 
     // A key made by `--generate-ssh-key`, once its public half is on the server.
     let (private, public) = git_remote::generate_deploy_key("slipway:test").unwrap();
@@ -256,4 +263,139 @@ fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
     let access = access_of(&ssh_url, &[("ssh_key", &ssh.deploy_key)], &[wrong_key], mirrors.path());
     let changed = git_remote::fetch(&ssh_url, &ssh_url, "main", &access).err().unwrap();
     assert!(matches!(changed, SourceError::HostKeyChanged { .. }), "{changed:?}");
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_and_a_busy_mirror_is_worked_around() {
+    // Accepts connections and never says a word: TLS never starts.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://127.0.0.1:{}/app.git", silent.local_addr().unwrap().port());
+    let held = std::thread::spawn(move || {
+        let accepted = silent.accept();
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        drop(accepted);
+    });
+    let mirrors = tempfile::tempdir().unwrap();
+    let access = access_of(&url, &[], &[], mirrors.path()).with_deadline(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let timed_out = git_remote::fetch(&url, &url, "main", &access).err().unwrap();
+    assert!(matches!(timed_out, SourceError::Timeout { .. }), "{timed_out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(timed_out.to_string().contains("timed out") && timed_out.to_string().contains("`main`"), "{timed_out}");
+    let _ = held.join();
+
+    // A mirror another fetch keeps locked: this fetch uses one of its own.
+    let server = SshGit::start();
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&BTreeMap::from([("a.txt".to_string(), b"a\n".to_vec())]), "v1");
+    publish(&app.path(), &bare);
+    let access = access_of(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], mirrors.path())
+        .with_deadline(std::time::Duration::from_secs(4));
+    drop(git_remote::fetch(&url, &url, "main", &access).unwrap());
+    let locks: Vec<std::fs::File> = std::fs::read_dir(mirrors.path().join(".mirrors"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "lock"))
+        .map(|e| std::fs::File::open(e.path()).unwrap())
+        .collect();
+    assert!(!locks.is_empty());
+    for lock in &locks {
+        lock.lock().unwrap();
+    }
+    let fetched = git_remote::fetch(&url, &url, "main", &access).unwrap();
+    assert!(fetched.mirror.once.is_some() && fetched.received_objects >= 3, "{:?}", fetched.mirror.once);
+    let once = fetched.mirror.once.clone().unwrap();
+    drop(fetched);
+    assert!(!once.exists(), "the one-off mirror is removed");
+}
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polling_deploys_a_new_head_once_and_honours_the_skip_phrase() {
+    require_docker();
+    let server = SshGit::start();
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    let v1 = app.commit(&busybox_app("polled v1", "[web]\nport = 80\n", ""), "v1");
+    publish(&app.path(), &bare);
+
+    let h = Harness::start(Backends::PostgresRabbit).await;
+    let known = Some(vec![server.known_host()]);
+    create_with_source(&h, &url, BTreeMap::from([("ssh_key", server.deploy_key.clone())]), known).await;
+    slipway_engine::auto_deploy::set_rule(&*h.store, "test", &h.project, "main", "test", Some(5)).await.unwrap().unwrap();
+    let workspaces = h.data.path().join("poller");
+    let poll = || async {
+        let project = requests::load_project(&*h.store, &h.project).await.unwrap().unwrap();
+        slipway_node::poll::poll_once(&*h.store, &workspaces, project).await.unwrap();
+    };
+    let pushes = || async {
+        project_events(&h)
+            .await
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::PushReceived(p) => Some((p.commit, p.deployments.into_iter().map(|d| d.deployment_id).collect::<Vec<_>>())),
+                Event::PushSkipped(p) => Some((p.commit, vec![])),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+
+    poll().await;
+    let recorded = pushes().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let (commit, deployments) = &recorded[0];
+    assert_eq!((commit, deployments.len()), (&v1, 1));
+    let d = h.wait_finished(deployments[0], std::time::Duration::from_secs(120)).await;
+    assert_eq!(d.status, Status::Succeeded, "{:?}", h.events(d.id).await);
+    assert_eq!(d.context.commit.as_deref(), Some(v1.as_str()));
+    assert_eq!(h.routed_page("test").await.map(|(_, body)| body.trim().to_string()), Ok("polled v1".to_string()));
+
+    poll().await;
+    assert_eq!(pushes().await.len(), 1, "an unchanged head is recorded once");
+
+    let skipped = app.commit(&busybox_app("polled v2", "[web]\nport = 80\n", ""), "v2 [skip deploy]");
+    publish(&app.path(), &bare);
+    poll().await;
+    let recorded = pushes().await;
+    assert_eq!(recorded.last(), Some(&(skipped, vec![])), "the skip phrase skips: {recorded:?}");
+    let events = project_events(&h).await;
+    assert!(events.iter().any(|e| matches!(e, Event::PushSkipped(s) if s.reason.contains("[skip deploy]"))), "{events:?}");
+}
+
+#[test]
+fn submodules_are_checked_out_with_the_same_access_when_asked() {
+    let server = SshGit::start();
+    let (lib_bare, _) = server.repository("lib.git");
+    let lib = AppRepo::new();
+    let lib_commit = lib.commit(&BTreeMap::from([("lib.txt".to_string(), b"from the submodule\n".to_vec())]), "lib");
+    publish(&lib.path(), &lib_bare);
+    let (app_bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&BTreeMap::from([("app.txt".to_string(), b"app\n".to_vec())]), "app");
+    // A submodule at a URL relative to the app's own (as on any git host).
+    std::fs::write(app.path().join(".gitmodules"), "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(app.path()).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["update-index", "--add", "--cacheinfo", &format!("160000,{lib_commit},lib")]);
+    git(&["add", ".gitmodules"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-q", "-m", "lib as a submodule"]);
+    publish(&app.path(), &app_bare);
+
+    let workspaces = tempfile::tempdir().unwrap();
+    let context: DeploymentContext = serde_json::from_value(serde_json::json!({
+        "deployment_id": Uuid::now_v7(), "project": "p", "environment": "test", "repository": url, "git_ref": "main",
+        "source": { "known_hosts": [server.known_host()], "submodules": true },
+    }))
+    .unwrap();
+    let settings: Settings = [(source_key("ssh_key"), server.deploy_key.clone())].into_iter().collect();
+    let with = Access::of(&context, &settings, workspaces.path());
+    git::fresh_checkout(&url, "main", &workspaces.path().join("with"), &with).unwrap();
+    assert_eq!(std::fs::read_to_string(workspaces.path().join("with/lib/lib.txt")).unwrap(), "from the submodule\n");
+
+    let without = access_of(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], workspaces.path());
+    git::fresh_checkout(&url, "main", &workspaces.path().join("without"), &without).unwrap();
+    assert!(!workspaces.path().join("without/lib/lib.txt").exists(), "submodules only when the project asks");
 }

@@ -94,7 +94,7 @@ async fn run(args: &Args, schema: &str) -> anyhow::Result<String> {
     };
     requests::create_project(&*store, "bench", new).await??;
     let secret = auto_deploy::rotate_webhook_secret(&*store, "bench", "app").await??;
-    auto_deploy::set_rule(&*store, "bench", "app", "main", "test").await??;
+    auto_deploy::set_rule(&*store, "bench", "app", "main", "test", None).await??;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

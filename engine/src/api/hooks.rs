@@ -260,6 +260,9 @@ pub struct SetRule {
     /// A branch glob: `main`, `release/*` (`*` within one path segment), `release/**` (any depth).
     branch: String,
     environment: String,
+    /// Also poll the repository's matching branches this often (seconds, at least 5).
+    #[serde(default)]
+    poll_seconds: Option<u64>,
 }
 
 #[utoipa::path(put, path = "/api/projects/{name}/auto-deploy", tag = "webhooks",
@@ -275,7 +278,7 @@ pub async fn set_rule(
     JsonBody(body): JsonBody<SetRule>,
 ) -> ApiResult<Json<Vec<AutoDeployRule>>> {
     require_project(&*store, &name).await?;
-    auto_deploy::set_rule(&*store, &caller.actor(), &name, &body.branch, &body.environment).await??;
+    auto_deploy::set_rule(&*store, &caller.actor(), &name, &body.branch, &body.environment, body.poll_seconds).await??;
     Ok(Json(require_project(&*store, &name).await?.auto_deploy))
 }
 

@@ -123,20 +123,52 @@ impl Setup {
         self.send(request.body(Body::from(body.to_string())).unwrap()).await
     }
 
+    /// Every event in global order, once two reads 100 ms apart agree: on
+    /// PostgreSQL the global order shows a commit only once no older
+    /// transaction of the whole database is still open, which other tests
+    /// running at the same time can delay for a moment.
     pub async fn events(&self) -> Vec<RecordedEvent> {
-        self.store.read_all(Position::default(), 100_000).await.unwrap()
+        let mut last = self.store.read_all(Position::default(), 100_000).await.unwrap();
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now = self.store.read_all(Position::default(), 100_000).await.unwrap();
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 
-    /// Every `DeploymentRequested`, with its actor.
-    pub async fn requested(&self) -> Vec<(slipway_proto::event::DeploymentRequested, String)> {
-        self.events()
-            .await
-            .into_iter()
-            .filter_map(|r| match r.envelope.decode::<Event>() {
-                Ok(Event::DeploymentRequested(d)) => Some((d, r.envelope.actor.clone())),
-                _ => None,
-            })
-            .collect()
+    /// Every `DeploymentRequested` a webhook or an approval of `project`
+    /// recorded, with its actor: found through the project's
+    /// `PushReceived`, `PullRequestReceived` and `PreviewApproved` events
+    /// and read from each deployment's own stream (the global order shows a
+    /// commit only once no older transaction of the database is still
+    /// open, which a busy test run can delay).
+    pub async fn requested(&self, project: &str) -> Vec<(slipway_proto::event::DeploymentRequested, String)> {
+        let mut found = Vec::new();
+        for event in self.project_events(project).await {
+            let ids: Vec<Uuid> = match event {
+                Event::PushReceived(p) => p.deployments.iter().map(|d| d.deployment_id).collect(),
+                Event::PullRequestReceived(p) => p.deployment.into_iter().collect(),
+                Event::PreviewApproved(a) => vec![a.deployment],
+                _ => vec![],
+            };
+            for id in ids {
+                found.extend(self.requested_one(id).await);
+            }
+        }
+        found
+    }
+
+    /// Deployment `id`'s request with its actor, read from its own stream.
+    pub async fn requested_one(&self, id: Uuid) -> Option<(slipway_proto::event::DeploymentRequested, String)> {
+        let recorded = self.store.read_stream(&slipway_proto::event::deployment_stream(id), 1).await.unwrap();
+        recorded.first().and_then(|r| match r.envelope.decode::<Event>() {
+            Ok(Event::DeploymentRequested(d)) => Some((d, r.envelope.actor.clone())),
+            _ => None,
+        })
     }
 
     pub async fn project_events(&self, project: &str) -> Vec<Event> {

@@ -167,10 +167,23 @@ pub type MetHostKey = Option<String>;
 /// mirror of a network one (locked while this lives), with the layout its
 /// refs are in.
 struct Opened {
-    repo: Repository,
+    source: Source,
     layout: Layout,
     met_host_key: MetHostKey,
-    _mirror_lock: Option<std::fs::File>,
+}
+
+enum Source {
+    Local(Repository),
+    Mirror(git_remote::Mirror),
+}
+
+impl Opened {
+    fn repo(&self) -> &Repository {
+        match &self.source {
+            Source::Local(repo) => repo,
+            Source::Mirror(mirror) => &mirror.repo,
+        }
+    }
 }
 
 /// Opens a local repository, or fetches what `git_ref` needs of a network
@@ -182,12 +195,11 @@ fn open_for(repository: &str, git_ref: &str, access: &Access) -> Result<Opened, 
             // inside some other repository is not mistaken for the app's.
             let repo = Repository::open(&path)
                 .map_err(|e| SourceError::CannotOpen { repo: shown_repository(repository), why: e.message().into() })?;
-            Ok(Opened { repo, layout: SOURCE, met_host_key: None, _mirror_lock: None })
+            Ok(Opened { source: Source::Local(repo), layout: SOURCE, met_host_key: None })
         }
         Location::Remote => {
             let fetched = git_remote::fetch(repository, &shown_repository(repository), git_ref, access)?;
-            let git_remote::Mirror { repo, lock } = fetched.mirror;
-            Ok(Opened { repo, layout: FETCHED, met_host_key: fetched.met_host_key, _mirror_lock: Some(lock) })
+            Ok(Opened { layout: FETCHED, met_host_key: fetched.met_host_key, source: Source::Mirror(fetched.mirror) })
         }
     }
 }
@@ -203,8 +215,8 @@ pub fn peek_file(
 ) -> Result<(Option<String>, MetHostKey), SourceError> {
     validate_ref(git_ref)?;
     let source = open_for(repository, git_ref, access)?;
-    let commit = resolve(&source.repo, source.layout, git_ref, &shown_repository(repository))?;
-    Ok((read_file_at(&source.repo, commit, file)?, source.met_host_key))
+    let commit = resolve(source.repo(), source.layout, git_ref, &shown_repository(repository))?;
+    Ok((read_file_at(source.repo(), commit, file)?, source.met_host_key))
 }
 
 /// Copies `repository` (a local one, or the mirror of a network one) into
@@ -224,7 +236,7 @@ pub fn fresh_checkout(
     let workspace_error =
         |e: git2::Error| SourceError::Workspace { path: dest.display().to_string(), why: e.message().into() };
     let repo = Repository::init(dest).map_err(workspace_error)?;
-    fetch_everything(&repo, &source.repo, source.layout, &shown)?;
+    fetch_everything(&repo, source.repo(), source.layout, &shown)?;
     let commit = resolve(&repo, FETCHED, git_ref, &shown)?;
     let tree = repo.find_commit(commit).and_then(|c| c.tree()).map_err(workspace_error)?;
     repo.checkout_tree(tree.as_object(), Some(CheckoutBuilder::new().force())).map_err(workspace_error)?;

@@ -44,6 +44,9 @@ const SOURCE_KEY_PREFIX: &str = "slipway.source.";
 
 /// How long a fetch may take in all before it is abandoned.
 const FETCH_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a fetch waits for another fetch of the same mirror to finish
+/// before it fetches into a mirror of its own for this once.
+const MIRROR_WAIT: Duration = Duration::from_secs(30);
 /// How long connecting to the git server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// libgit2's depth that turns a shallow repository into a complete one.
@@ -71,6 +74,8 @@ pub struct Access {
     pub submodules: bool,
     /// Where this worker keeps its mirrors.
     mirrors: PathBuf,
+    /// How long a fetch may take in all ([`FETCH_DEADLINE`] unless a test says otherwise).
+    deadline: Option<Duration>,
 }
 
 impl std::fmt::Debug for Access {
@@ -91,16 +96,31 @@ impl Access {
     /// The deployment's access: credentials from the resolved settings,
     /// host keys from the context, mirrors under `workspaces`.
     pub fn of(context: &DeploymentContext, env: &Settings, workspaces: &Path) -> Access {
-        let credential = |name: &str| env.get(&source_key(name)).cloned();
+        let credentials = env
+            .iter()
+            .filter_map(|(key, value)| Some((key.strip_prefix(SOURCE_KEY_PREFIX)?.to_string(), value.clone())))
+            .collect();
+        Access::for_source(&context.source, &credentials, workspaces)
+    }
+
+    /// A project's access outside a deployment (the server's poller):
+    /// `credentials` are the resolved values by credential name.
+    pub fn for_source(
+        source: &slipway_proto::event::SourceAccess,
+        credentials: &std::collections::BTreeMap<String, String>,
+        workspaces: &Path,
+    ) -> Access {
+        let credential = |name: &str| credentials.get(name).cloned();
         Access {
             token: credential("token"),
             username: credential("username"),
             password: credential("password"),
             ssh_key: credential("ssh_key"),
             ca_cert: credential("ca_cert"),
-            known_hosts: context.source.known_hosts.clone(),
-            submodules: context.source.submodules,
+            known_hosts: source.known_hosts.clone(),
+            submodules: source.submodules,
             mirrors: workspaces.join(".mirrors"),
+            deadline: None,
         }
     }
 
@@ -108,6 +128,16 @@ impl Access {
     pub fn with_mirrors(mut self, mirrors: PathBuf) -> Access {
         self.mirrors = mirrors;
         self
+    }
+
+    /// The same access with another limit on a whole fetch (tests).
+    pub fn with_deadline(mut self, deadline: Duration) -> Access {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    fn deadline(&self) -> Duration {
+        self.deadline.unwrap_or(FETCH_DEADLINE)
     }
 
     /// Whether credentials were configured that a fetch can offer.
@@ -182,6 +212,16 @@ fn split_port(hostport: &str) -> (String, Option<u16>) {
 pub struct Mirror {
     pub repo: Repository,
     pub lock: File,
+    /// A mirror made for one fetch (the shared one was busy), removed on drop.
+    pub once: Option<PathBuf>,
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if let Some(path) = &self.once {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// What a fetch met that the worker reports.
@@ -208,7 +248,13 @@ pub struct Fetched {
     pub received_objects: usize,
 }
 
-/// Fetches what `git_ref` needs from `repository` into this worker's mirror.
+/// Fetches what `git_ref` needs from `repository` into this worker's mirror,
+/// within the access's deadline. libgit2 has no safe per-fetch timeout, and
+/// a server that accepts a connection and then says nothing would hold a
+/// fetch forever; so the fetch runs on a thread of its own, and past the
+/// deadline it is abandoned (the thread ends when the connection does) and
+/// the step fails as timed out. A later fetch that finds the mirror still
+/// locked by it fetches into a mirror of its own for that once.
 pub fn fetch(
     repository: &str,
     shown: &str,
@@ -220,37 +266,135 @@ pub fn fetch(
         why: "not a network address".into(),
     })?;
     probe(&address, shown, git_ref)?;
-    let mirror = open_mirror(repository, shown, &access.mirrors)?;
-    let observed = RefCell::new(Observed::default());
-    let (refspecs, depth) = wanted(git_ref);
-    let outcome = {
-        let mut remote =
-            mirror
+    let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
+    let (done, outcome) = std::sync::mpsc::channel();
+    let owned = (repository.to_string(), shown.to_string(), git_ref.to_string(), access.clone());
+    let thread = std::thread::Builder::new().name("slipway-fetch".into()).spawn(move || {
+        let (repository, shown, git_ref, access) = owned;
+        let _ = done.send(fetch_into(mirror, &address, &repository, &shown, &git_ref, &access));
+    });
+    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: git_ref.into() };
+    if let Err(e) = thread {
+        return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start the fetch: {e}") });
+    }
+    outcome.recv_timeout(access.deadline()).unwrap_or_else(|_| Err(timed_out()))
+}
+
+fn fetch_into(
+    mirror: Mirror,
+    address: &RemoteAddress,
+    repository: &str,
+    shown: &str,
+    git_ref: &str,
+    access: &Access,
+) -> Result<Fetched, SourceError> {
+    let mut met_host_key = None;
+    let mut received_objects = 0;
+    let attempts = attempts(git_ref);
+    let last = attempts.len() - 1;
+    for (i, (refspecs, depth)) in attempts.into_iter().enumerate() {
+        let observed = RefCell::new(Observed::default());
+        let outcome = {
+            let mut remote = mirror
                 .repo
                 .remote_anonymous(repository)
-                .map_err(|e| SourceError::Fetch {
-                    repo: shown.into(),
-                    why: e.message().into(),
-                })?;
-        let mut options = FetchOptions::new();
-        options
-            .remote_callbacks(callbacks(&address, access, &observed))
-            .download_tags(AutotagOption::None);
-        if let Some(depth) = depth {
-            options.depth(depth);
+                .map_err(|e| SourceError::Fetch { repo: shown.into(), why: e.message().into() })?;
+            let mut options = FetchOptions::new();
+            options.remote_callbacks(callbacks(address, access, &observed)).download_tags(AutotagOption::None);
+            if let Some(depth) = depth {
+                options.depth(depth);
+            }
+            let fetched = remote.fetch(&refspecs, Some(&mut options), Some("slipway: fetch"));
+            fetched.map(|()| remote.stats().received_objects())
+        };
+        let observed = observed.into_inner();
+        met_host_key = met_host_key.or(observed.met_host_key.clone());
+        match outcome {
+            Ok(received) => {
+                received_objects += received;
+                // A commit asked for by SHA may still be missing after the
+                // branch heads came: then the next attempt goes deeper.
+                if i == last || !is_full_sha(git_ref) || has_commit(&mirror.repo, git_ref) {
+                    return Ok(Fetched { mirror, met_host_key, received_objects });
+                }
+            }
+            // The server does not let a client ask for a commit by its SHA
+            // (git's default, uploadpack.allowReachableSHA1InWant off): take
+            // the branch heads instead, then their history.
+            Err(e) if i < last && refused_sha_want(&e) => {}
+            Err(e) => return Err(classify(&e, &observed, address, shown, git_ref, access)),
         }
-        let fetched = remote.fetch(&refspecs, Some(&mut options), Some("slipway: fetch"));
-        fetched.map(|()| remote.stats().received_objects())
-    };
-    let observed = observed.into_inner();
-    match outcome {
-        Ok(received_objects) => Ok(Fetched {
-            mirror,
-            met_host_key: observed.met_host_key,
-            received_objects,
-        }),
-        Err(e) => Err(classify(&e, &observed, &address, shown, git_ref, access)),
     }
+    Err(SourceError::RefNotFound { git_ref: git_ref.into(), repo: shown.into() })
+}
+
+/// What to fetch for `git_ref`, in order until one brings it: a full SHA
+/// first by itself, then every branch head, then every branch and tag with
+/// their history; anything else in one go (see [`wanted`]).
+fn attempts(git_ref: &str) -> Vec<(Vec<String>, Option<i32>)> {
+    if !is_full_sha(git_ref) {
+        return vec![wanted(git_ref)];
+    }
+    let heads = || vec!["+refs/heads/*:refs/remotes/origin/*".to_string()];
+    let everything = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
+    vec![wanted(git_ref), (heads(), Some(1)), (everything, Some(UNSHALLOW))]
+}
+
+fn is_full_sha(git_ref: &str) -> bool {
+    git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn has_commit(repo: &Repository, sha: &str) -> bool {
+    git2::Oid::from_str(sha).is_ok_and(|oid| repo.find_commit(oid).is_ok())
+}
+
+/// libgit2's refusal (or the server's) to fetch an object by its id.
+fn refused_sha_want(e: &git2::Error) -> bool {
+    let message = e.message().to_lowercase();
+    message.contains("specific object") || message.contains("not our ref") || message.contains("want")
+}
+
+/// The repository's branches and the commits they point at now (as `git
+/// ls-remote --heads`), with the same credentials, host key and
+/// certificate checks as a fetch, within the access's deadline.
+pub fn list_branches(repository: &str, shown: &str, access: &Access) -> Result<Vec<(String, String)>, SourceError> {
+    // A local repository is listed in place (no probe, no credentials).
+    let address = remote_address(repository);
+    if let Some(address) = &address {
+        probe(address, shown, "(branches)")?;
+    }
+    let address = address.unwrap_or(RemoteAddress { ssh: false, host: String::new(), port: None });
+    let (done, outcome) = std::sync::mpsc::channel();
+    let owned = (repository.to_string(), shown.to_string(), access.clone());
+    let thread = std::thread::Builder::new().name("slipway-ls-remote".into()).spawn(move || {
+        let (repository, shown, access) = owned;
+        let observed = RefCell::new(Observed::default());
+        let listed = (|| {
+            let mut remote = git2::Remote::create_detached(repository.as_str())?;
+            let connection = remote.connect_auth(git2::Direction::Fetch, Some(callbacks(&address, &access, &observed)), None)?;
+            let heads = connection.list()?;
+            Ok::<_, git2::Error>(
+                heads
+                    .iter()
+                    .filter_map(|h| Some((h.name().strip_prefix("refs/heads/")?.to_string(), h.oid().to_string())))
+                    .collect::<Vec<_>>(),
+            )
+        })();
+        let result = listed.map_err(|e| classify(&e, &observed.borrow(), &address, &shown, "(branches)", &access));
+        let _ = done.send(result);
+    });
+    if let Err(e) = thread {
+        return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start listing branches: {e}") });
+    }
+    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: "(branches)".into() };
+    outcome.recv_timeout(access.deadline()).unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// The message of `commit`, if the fetched mirror has it.
+pub fn commit_message(fetched: &Fetched, commit: &str) -> Option<String> {
+    let oid = git2::Oid::from_str(commit).ok()?;
+    let found = fetched.mirror.repo.find_commit(oid).ok()?;
+    found.message().ok().map(str::to_string)
 }
 
 /// The refspecs and depth that bring `git_ref` into the mirror: one ref,
@@ -336,7 +480,7 @@ fn probe(address: &RemoteAddress, repo: &str, git_ref: &str) -> Result<(), Sourc
 }
 
 /// Opens (or creates) the mirror of `repository` and takes its lock.
-fn open_mirror(repository: &str, shown: &str, mirrors: &Path) -> Result<Mirror, SourceError> {
+fn open_mirror(repository: &str, shown: &str, mirrors: &Path, wait: Duration) -> Result<Mirror, SourceError> {
     let fail = |why: String| SourceError::Workspace {
         path: mirrors.display().to_string(),
         why,
@@ -346,8 +490,24 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path) -> Result<Mirror, 
     let path = mirrors.join(format!("{name}.git"));
     let lock =
         File::create(mirrors.join(format!("{name}.lock"))).map_err(|e| fail(e.to_string()))?;
-    lock.lock()
-        .map_err(|e| fail(format!("locking the mirror of {shown}: {e}")))?;
+    let waited = Instant::now();
+    let path = loop {
+        match lock.try_lock() {
+            Ok(()) => break path,
+            Err(std::fs::TryLockError::WouldBlock) if waited.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            // Still busy: an abandoned fetch may hold it until its
+            // connection dies. This fetch gets a mirror of its own, which
+            // nobody else locks, and removes it again.
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let own = mirrors.join(format!("{name}-{}.once", uuid::Uuid::now_v7().simple()));
+                let repo = Repository::init_bare(&own).map_err(|e| fail(e.message().into()))?;
+                return Ok(Mirror { repo, lock, once: Some(own) });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(format!("locking the mirror of {shown}: {e}"))),
+        }
+    };
     let repo = match Repository::open_bare(&path) {
         Ok(repo) => repo,
         Err(_) => {
@@ -356,7 +516,7 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path) -> Result<Mirror, 
             Repository::init_bare(&path).map_err(|e| fail(e.message().into()))?
         }
     };
-    Ok(Mirror { repo, lock })
+    Ok(Mirror { repo, lock, once: None })
 }
 
 fn callbacks<'a>(
@@ -414,8 +574,9 @@ fn callbacks<'a>(
         }
     });
     let started = Instant::now();
+    let deadline = access.deadline();
     callbacks.transfer_progress(move |_| {
-        let late = started.elapsed() > FETCH_DEADLINE;
+        let late = started.elapsed() > deadline;
         if late {
             observed.borrow_mut().timed_out = true;
         }
