@@ -162,6 +162,10 @@ enum Command {
     /// Set, unset and list an environment's settings (environment variables).
     #[command(subcommand)]
     Env(EnvCmd),
+    /// Preview environments: approve a fork's pull request, remove a preview
+    /// (the rules are `slipway project preview`).
+    #[command(subcommand)]
+    Preview(PreviewsCmd),
     /// Deploy a project's environment and follow it: a line per pipeline
     /// step (a spinner and the elapsed time on a terminal, then ✓/✗ and its
     /// duration), then where it is served. Exit status 1 if it fails.
@@ -326,6 +330,10 @@ struct ServeArgs {
     /// would be handed the re-dispatch as well.
     #[arg(long, default_value_t = 60)]
     heartbeat_timeout: u64,
+    /// Seconds between the engine's sweeps for preview environments past
+    /// their time to live (no push for the rule's --ttl): each is removed.
+    #[arg(long, default_value_t = 60)]
+    preview_sweep: u64,
     /// Where the HTTP API listens. Every request needs a token (`slipway token create`); off loopback
     /// the API refuses to start until one is issued. It speaks plain HTTP: put TLS in front of it.
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
@@ -340,6 +348,7 @@ impl ServeArgs {
             step_timeout: Duration::from_secs(self.step_timeout),
             build_timeout: Duration::from_secs(self.build_timeout),
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout),
+            preview_sweep: Duration::from_secs(self.preview_sweep.max(1)),
             ..Default::default()
         }
     }
@@ -439,6 +448,74 @@ enum ProjectCmd {
         #[command(subcommand)]
         action: AutoDeployCmd,
     },
+    /// Preview rules: every pull request (GitLab: merge request), or every
+    /// branch matching a glob, gets its own environment — `pr-42`, or a
+    /// DNS-safe slug of the branch — served at <project>-<env>.<domain>,
+    /// with the settings of the environment given to --inherit plus its
+    /// own (`slipway env set PROJECT pr-42 ...`). Pull request webhooks
+    /// (GitHub and Gitea `pull_request`, GitLab `Merge Request Hook`) add and
+    /// deploy it; closing or merging, deleting the branch, or no push for
+    /// --ttl removes it (deployments cancelled, containers retired, route
+    /// removed). A fork's pull request waits for `slipway preview approve`.
+    Preview {
+        project: String,
+        #[command(subcommand)]
+        action: PreviewCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PreviewCmd {
+    /// Set the rule for pull requests or for branches matching GLOB
+    /// (setting a trigger again replaces its rule).
+    Set {
+        #[command(flatten)]
+        trigger: PreviewTriggerArgs,
+        /// The named environment whose settings previews take.
+        #[arg(long, value_name = "ENV")]
+        inherit: String,
+        /// Remove a preview after this long without a push: 7d (default), 12h, 30m, 2s.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Remove the rule (existing previews stay until closed, deleted or expired).
+    Remove {
+        #[command(flatten)]
+        trigger: PreviewTriggerArgs,
+    },
+    /// The rules (`--json` for a JSON array).
+    List,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct PreviewTriggerArgs {
+    /// Every pull request (merge request) gets `pr-<number>`.
+    #[arg(long)]
+    pull_requests: bool,
+    /// Branches matching GLOB (`feature/*`) get an environment named after the branch.
+    #[arg(long, value_name = "GLOB")]
+    branches: Option<String>,
+}
+
+impl PreviewTriggerArgs {
+    fn trigger(self) -> slipway_proto::event::PreviewTrigger {
+        match self.branches {
+            Some(glob) => slipway_proto::event::PreviewTrigger::Branches(glob),
+            None => slipway_proto::event::PreviewTrigger::PullRequests,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum PreviewsCmd {
+    /// Approve the head commit of a fork's pull request preview (ENV, e.g.
+    /// pr-42) and deploy it. Recorded with who approved it; each new head
+    /// commit of the pull request needs its own approval.
+    Approve { project: String, env: String },
+    /// Remove a preview now: its deployments are cancelled, its containers
+    /// retired and its route removed.
+    Remove { project: String, env: String },
 }
 
 #[derive(Subcommand)]
@@ -723,6 +800,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 AutoDeployCmd::List => verbs::RuleChange::List,
             };
             verbs::auto_deploy(&*store, &project, rule, json).await.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Project(ProjectCmd::Preview { project, action }) => {
+            let change = match action {
+                PreviewCmd::Set { trigger, inherit, ttl } => verbs::PreviewChange::Set { trigger: trigger.trigger(), inherit, ttl },
+                PreviewCmd::Remove { trigger } => verbs::PreviewChange::Remove { trigger: trigger.trigger() },
+                PreviewCmd::List => verbs::PreviewChange::List,
+            };
+            verbs::preview_rules(&*store, &project, change, json).await.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Preview(PreviewsCmd::Approve { project, env }) => {
+            verbs::preview_approve(&*store, &project, &env, json).await.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Preview(PreviewsCmd::Remove { project, env }) => {
+            verbs::preview_remove(&*store, &project, &env, json).await.map(|_| ExitCode::SUCCESS)
         }
         Command::Env(EnvCmd::Set { project, env, pairs, secret }) => {
             let set = verbs::parse_assignments(&pairs, secret)?;

@@ -87,6 +87,38 @@ pub fn describe(event: &Event) -> String {
         Event::WebhookSecretRotated(r) => format!("webhook secret rotated ({})", r.fingerprint),
         Event::AutoDeploySet(r) => format!("auto-deploy {} -> {}", r.branch, r.environment),
         Event::AutoDeployRemoved(r) => format!("auto-deploy {} removed", r.branch),
+        Event::EnvironmentAdded(a) => {
+            let from = a.inherits.as_deref().map(|p| format!(", inheriting {p}")).unwrap_or_default();
+            let origin = match &a.preview {
+                Some(o) => match o.number {
+                    Some(n) => format!(" (preview of pull request #{n}{})", if o.head_repo_fork { " from a fork" } else { "" }),
+                    None => format!(" (preview of branch {})", o.branch),
+                },
+                None => String::new(),
+            };
+            format!("environment {} added{origin}{from}", a.name)
+        }
+        Event::EnvironmentRemoved(r) => format!(
+            "environment {} removed: {} ({} deployments cancelled{}{})",
+            r.name,
+            r.reason,
+            r.cancelled.len(),
+            r.retired.map(|d| format!(", release {d} retired")).unwrap_or_default(),
+            if r.route_removed { ", route removed" } else { "" }
+        ),
+        Event::RouteRemoved(r) => format!("route of {} {} removed", r.project, r.environment),
+        Event::PreviewRuleSet(r) => format!(
+            "preview rule: {} -> previews inheriting {}, removed after {} without a push",
+            r.trigger,
+            r.inherit,
+            slipway_engine::preview::describe_seconds(r.ttl_seconds)
+        ),
+        Event::PreviewRuleRemoved(r) => format!("preview rule for {} removed", r.trigger),
+        Event::PullRequestReceived(p) => format!(
+            "{} pull request #{} {} ({}) by {}: {}: {}",
+            p.provider, p.number, p.action, p.head_commit, p.sender, p.environment, p.outcome
+        ),
+        Event::PreviewApproved(a) => format!("{} of {} approved by {} ({})", a.commit, a.environment, a.approved_by, a.deployment),
         Event::PushReceived(p) => {
             let deployed: Vec<String> = p.deployments.iter().map(|d| format!("{} ({})", d.environment, d.deployment_id)).collect();
             let mut text = format!(

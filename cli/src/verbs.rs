@@ -4,7 +4,8 @@
 //! API's answers where the API has the same view.
 
 use futures::TryStreamExt;
-use slipway_engine::auto_deploy;
+use slipway_engine::{auto_deploy, lifecycle, preview};
+use slipway_proto::event::PreviewTrigger;
 use slipway_engine::limits::release_limits;
 use slipway_engine::load;
 use slipway_engine::projector;
@@ -169,6 +170,79 @@ pub async fn auto_deploy(store: &dyn EventStore, project: &str, change: RuleChan
             None => println!("{:<width$}  -> {}", rule.branch, rule.environment),
         }
     }
+    Ok(())
+}
+
+/// What `project preview` does.
+#[derive(Debug, Clone)]
+pub enum PreviewChange {
+    Set { trigger: PreviewTrigger, inherit: String, ttl: Option<String> },
+    Remove { trigger: PreviewTrigger },
+    List,
+}
+
+/// Sets or removes a preview rule, then prints every rule.
+pub async fn preview_rules(store: &dyn EventStore, project: &str, change: PreviewChange, json: bool) -> anyhow::Result<()> {
+    match change {
+        PreviewChange::Set { trigger, inherit, ttl } => {
+            let ttl = ttl.as_deref().map(preview::parse_ttl).transpose().map_err(exit::usage)?;
+            granted(lifecycle::set_rule(store, &actor(), project, trigger, &inherit, ttl).await)?
+        }
+        PreviewChange::Remove { trigger } => granted(lifecycle::remove_rule(store, &actor(), project, trigger).await)?,
+        PreviewChange::List => {}
+    }
+    let Some(p) = requests::load_project(store, project).await? else {
+        return Err(not_found(format!("no project `{project}`; create it with `slipway project create`")));
+    };
+    if json {
+        return print_json(&json!(p.preview_rules));
+    }
+    if p.preview_rules.is_empty() {
+        eprintln!("project {project} has no preview rules; `slipway project preview {project} set --pull-requests --inherit test` adds one");
+    }
+    for rule in &p.preview_rules {
+        println!("{}  -> previews inheriting {}, removed after {} without a push", rule.trigger, rule.inherit, preview::describe_seconds(rule.ttl_seconds));
+    }
+    for (name, preview) in &p.previews {
+        let head = preview.head.as_deref().map(|h| format!(" at {}", slipway_engine::push::short(h))).unwrap_or_default();
+        println!("preview {name}{head}");
+    }
+    Ok(())
+}
+
+fn load_rejected<T>(outcome: Result<Result<T, requests::Rejection>, slipway_engine::load::LoadError>) -> anyhow::Result<T> {
+    match outcome {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(rejection)) => Err(exit::rejected(rejection)),
+        Err(slipway_engine::load::LoadError::Store(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::anyhow!("{e}; check the log with `slipway audit verify`")),
+    }
+}
+
+/// Approves a fork's head commit on a preview and requests its deployment.
+pub async fn preview_approve(store: &dyn EventStore, project: &str, env: &str, json: bool) -> anyhow::Result<()> {
+    let who = actor();
+    let deployment = load_rejected(lifecycle::approve(store, &who, project, env).await)?;
+    if json {
+        return print_json(&json!({"environment": env, "deployment": deployment, "approved_by": who}));
+    }
+    println!("{project} {env}: approved by {who}; deployment {deployment} requested");
+    Ok(())
+}
+
+/// Removes a preview now.
+pub async fn preview_remove(store: &dyn EventStore, project: &str, env: &str, json: bool) -> anyhow::Result<()> {
+    let who = actor();
+    let r = load_rejected(lifecycle::remove_environment(store, &who, project, env, &format!("removed by {who}")).await)?;
+    if json {
+        return print_json(&json!({"environment": r.name, "reason": r.reason, "cancelled": r.cancelled, "retired": r.retired, "route_removed": r.route_removed}));
+    }
+    println!(
+        "{project} {env} removed: {} deployment(s) cancelled{}{}",
+        r.cancelled.len(),
+        r.retired.map(|d| format!(", release {d} retired")).unwrap_or_default(),
+        if r.route_removed { ", route removed" } else { "" }
+    );
     Ok(())
 }
 

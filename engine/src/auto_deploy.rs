@@ -20,18 +20,19 @@
 use std::sync::Arc;
 
 use rand::RngCore;
+use chrono::Utc;
 use slipway_proto::event::{
-    deployment_stream, environment_stream, project_stream, AutoDeployRemoved, AutoDeploySet, BuildMode, CancelRequested,
-    DeploymentEnqueued, DeploymentRequested, PushDeployment, PushReceived, PushSkipped, WebhookProvider,
-    WebhookSecretRotated,
+    project_stream, AutoDeployRemoved, AutoDeploySet, PreviewTrigger, PushDeployment, PushReceived, PushSkipped,
+    WebhookProvider, WebhookSecretRotated,
 };
-use slipway_proto::{Envelope, Event};
-use slipway_store::event_store::StreamAppend;
+use slipway_proto::Event;
 use slipway_store::settings::fingerprint;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
 
-use crate::load::{self, LoadError};
+use crate::lifecycle::{self, Writes};
+use crate::load::LoadError;
+use crate::preview;
 use crate::project::{delivery_key, Project};
 use crate::push::{self, Plan, Push};
 use crate::requests::{envelope, load_project, Outcome, Rejection};
@@ -44,7 +45,7 @@ const ATTEMPTS: usize = 50;
 
 /// This process's turn for recording a push to `project`: one at a time
 /// per project, others wait instead of racing and reading again.
-async fn turn(project: &str) -> tokio::sync::OwnedMutexGuard<()> {
+pub(crate) async fn turn(project: &str) -> tokio::sync::OwnedMutexGuard<()> {
     static TURNS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
         std::sync::LazyLock::new(Default::default);
     let lock = {
@@ -214,9 +215,13 @@ pub async fn record_push(
         if p.deliveries.contains(&delivery_key(provider, delivery)) {
             return Ok(PushOutcome::Duplicate);
         }
-        let attempt = match push::plan(&p.auto_deploy, push) {
-            Plan::Skip(reason) => record_skip(store, &p, &inbound, reason).await?,
-            Plan::Deploy(targets) => record_deployments(store, &p, &inbound, targets).await?,
+        let attempt = match (push::plan(&p.auto_deploy, push), preview::plan_branch_push(&p, push)) {
+            // A deleted branch takes its preview with it.
+            (Plan::Skip(reason), Some(preview::Plan::Remove { environment, reason: why })) => {
+                record_skip(store, &p, &inbound, reason, Some((environment, why))).await?
+            }
+            (Plan::Skip(reason), _) => record_skip(store, &p, &inbound, reason, None).await?,
+            (Plan::Deploy(targets), branch_preview) => record_deployments(store, p, &inbound, targets, branch_preview).await?,
         };
         if let Some(outcome) = attempt {
             return Ok(outcome);
@@ -233,9 +238,22 @@ struct Inbound<'a> {
     actor: String,
 }
 
-/// `None`: the project moved on meanwhile.
-async fn record_skip(store: &dyn EventStore, p: &Project, inbound: &Inbound<'_>, reason: String) -> Result<Option<PushOutcome>, PushError> {
+/// `None`: the project moved on meanwhile. `remove`: the preview the
+/// deleted branch had, removed in the same transaction.
+async fn record_skip(
+    store: &dyn EventStore,
+    p: &Project,
+    inbound: &Inbound<'_>,
+    reason: String,
+    remove: Option<(String, String)>,
+) -> Result<Option<PushOutcome>, PushError> {
     let Inbound { provider, delivery, push, ref actor } = *inbound;
+    let mut w = Writes::default();
+    let mut reason = reason;
+    if let Some((environment, why)) = remove {
+        lifecycle::remove_preview(store, &mut w, p, &environment, &why, actor).await?;
+        reason = format!("{reason}; preview {environment} removed");
+    }
     let event = Event::PushSkipped(PushSkipped {
         provider,
         delivery: delivery.into(),
@@ -244,65 +262,38 @@ async fn record_skip(store: &dyn EventStore, p: &Project, inbound: &Inbound<'_>,
         pusher: push.pusher.clone(),
         reason: reason.clone(),
     });
-    Ok(append_to_project(store, p, actor, &event).await?.then_some(PushOutcome::Skipped(reason)))
+    w.add(&project_stream(&p.name), ExpectedVersion::Exactly(p.version), &event, Uuid::now_v7(), actor);
+    Ok(w.commit(store).await?.then_some(PushOutcome::Skipped(reason)))
 }
 
-/// The push, its deployments and the cancellations of what they supersede,
-/// in one transaction; `None` if any stream moved on meanwhile.
+/// The push, its deployments (to the environments of its rules, and to
+/// its branch's preview, added if new) and the cancellations of what they
+/// supersede, in one transaction; `None` if any stream moved on meanwhile.
 async fn record_deployments(
     store: &dyn EventStore,
-    p: &Project,
+    mut p: Project,
     inbound: &Inbound<'_>,
     targets: Vec<push::Target>,
+    branch_preview: Option<preview::Plan>,
 ) -> Result<Option<PushOutcome>, PushError> {
     let Inbound { provider, delivery, push, ref actor } = *inbound;
     let mut deployments = Vec::new();
     let mut superseded = Vec::new();
-    // (stream, expected, events) for each stream touched, the project last.
-    let mut writes: Vec<(String, ExpectedVersion, Vec<Envelope>)> = Vec::new();
-    let mut spans = Vec::new();
+    let mut w = Writes::default();
+    let now = Utc::now();
     // How workers reach the repository, as for any request.
     let source = crate::requests::source_access(store, &p.name).await?;
-    for target in targets {
-        let env = load::environment(store, &p.name, &target.environment).await?;
-        let id = Uuid::now_v7();
-        let older = push::superseded(&env.queue, &p.push_deployments);
-        let requested = DeploymentRequested {
-            deployment_id: id,
-            project: p.name.clone(),
-            environment: target.environment.clone(),
-            repository: p.repository.clone(),
-            git_ref: push.commit.clone(),
-            mode: BuildMode::Cloud,
-            no_cache: false,
-            run_release: true,
-            settings: p.fingerprints(&target.environment),
-            dry_run: false,
-            rollback_of: None,
-            promoted_from: None,
-            replay_of: None,
-            source: source.clone(),
-        };
-        // One trace per deployment, as for any request (`requests::enqueue`).
-        let span = slipway_telemetry::trace::deployment_requested(id.as_u128());
-        let trace = Some(span.trace_context());
-        spans.push(span);
-        let (dstream, estream) = (deployment_stream(id), environment_stream(&p.name, &target.environment));
-        let d = envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone());
-        let q = envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace);
-        writes.push((dstream, ExpectedVersion::NoStream, vec![d]));
-        // At the version the queue was read at: had the queue moved (the
-        // running deployment finished, so an older one may have started),
-        // the supersede choice would be stale.
-        writes.push((estream, ExpectedVersion::Exactly(env.version), vec![q]));
-        for old in older {
-            let reason = push::superseded_reason(id, &push.commit);
-            let stream = deployment_stream(old);
-            let cancel = envelope(&stream, &Event::CancelRequested(CancelRequested { reason }), old, actor, None);
-            writes.push((stream, ExpectedVersion::Any, vec![cancel]));
-            superseded.push(old);
+    let mut targets = targets;
+    if let Some(preview::Plan::Deploy { environment, add, rule: PreviewTrigger::Branches(glob), .. }) = branch_preview {
+        if let Some(new) = &add {
+            lifecycle::add_preview(store, &mut w, &mut p, new, actor, now).await?;
         }
-        deployments.push(PushDeployment { environment: target.environment, deployment_id: id, rule: target.rule });
+        targets.push(push::Target { environment, rule: glob });
+    }
+    for target in targets {
+        let r = lifecycle::request_deployment(store, &mut w, &p, &target.environment, &push.commit, actor, &source).await?;
+        superseded.extend(r.superseded);
+        deployments.push(PushDeployment { environment: target.environment, deployment_id: r.deployment, rule: target.rule });
     }
     let received = Event::PushReceived(PushReceived {
         provider,
@@ -312,19 +303,8 @@ async fn record_deployments(
         pusher: push.pusher.clone(),
         deployments: deployments.clone(),
         superseded: superseded.clone(),
+        at: Some(now),
     });
-    let pstream = project_stream(&p.name);
-    let r = envelope(&pstream, &received, Uuid::now_v7(), actor, None);
-    writes.push((pstream, ExpectedVersion::Exactly(p.version), vec![r]));
-    let appends: Vec<StreamAppend<'_>> =
-        writes.iter().map(|(stream, expected, events)| StreamAppend { stream, expected: *expected, events }).collect();
-    match store.append_streams(&appends, &[]).await? {
-        Ok(_) => {
-            for span in spans {
-                span.record();
-            }
-            Ok(Some(PushOutcome::Deployed { deployments, superseded }))
-        }
-        Err(_) => Ok(None),
-    }
+    w.add(&project_stream(&p.name), ExpectedVersion::Exactly(p.version), &received, Uuid::now_v7(), actor);
+    Ok(w.commit(store).await?.then_some(PushOutcome::Deployed { deployments, superseded }))
 }

@@ -75,6 +75,9 @@ pub struct DriverOptions {
     /// The queue backend's name in traces (`messaging.system` of the
     /// publish spans); `slipway_node::serve` sets it from its queue.
     pub messaging_system: &'static str,
+    /// How often the engine removes previews past their time to live
+    /// (`lifecycle::run_sweep`, beside the driver).
+    pub preview_sweep: std::time::Duration,
 }
 
 impl Default for DriverOptions {
@@ -87,6 +90,7 @@ impl Default for DriverOptions {
             heartbeat_timeout: std::time::Duration::from_secs(60),
             retries: Retries::default(),
             messaging_system: "unknown",
+            preview_sweep: std::time::Duration::from_secs(60),
         }
     }
 }

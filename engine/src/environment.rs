@@ -140,6 +140,12 @@ impl Environment {
                     active.upstreams = o.upstreams.clone();
                 }
             }
+            // The environment was removed: nothing of it serves any more
+            // (a preview added again under the name starts with no release).
+            Event::EnvironmentRemoved(_) => {
+                self.active = None;
+                self.live.clear();
+            }
             Event::DeploymentFinished(f) => {
                 self.queue.retain(|d| *d != f.deployment_id);
                 if f.succeeded && !f.dry_run {

@@ -2,11 +2,14 @@
 //! settings (keys with fingerprints and which are secret, never values),
 //! how workers reach its repository (credential names and fingerprints,
 //! trusted host keys), its webhook secret's fingerprint, auto-deploy rules
-//! and the pushes it accepted, folded from its `project-<name>` stream.
+//! and the pushes it accepted, its preview rules and the environments that
+//! come and go (previews: each with its parent, its origin, its last push
+//! and the fork commits approved), folded from its `project-<name>` stream.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use slipway_proto::event::SourceAccess;
+use chrono::{DateTime, Utc};
+use slipway_proto::event::{PreviewOrigin, PreviewTrigger, SourceAccess};
 use slipway_proto::Event;
 use uuid::Uuid;
 
@@ -39,7 +42,37 @@ pub struct Project {
     /// The deployments pushes requested that no later push superseded
     /// (what a newer push may supersede).
     pub push_deployments: BTreeSet<Uuid>,
+    /// Preview rules, in the order their triggers were first set.
+    pub preview_rules: Vec<PreviewRule>,
+    /// Environments added after the project was created (previews), by name.
+    pub previews: BTreeMap<String, Preview>,
     pub version: u64,
+}
+
+/// Each pull request (or each branch a glob matches) gets an environment
+/// inheriting `inherit`'s settings, removed after `ttl_seconds` without a push.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct PreviewRule {
+    /// `pull requests` or `branches <glob>`.
+    #[schema(value_type = Object)]
+    pub trigger: PreviewTrigger,
+    pub inherit: String,
+    pub ttl_seconds: u64,
+}
+
+/// An environment added after the project was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// The environment whose settings it takes (its own override them).
+    pub inherits: Option<String>,
+    pub origin: Option<PreviewOrigin>,
+    pub ttl_seconds: Option<u64>,
+    /// When it was added, or last pushed to: what its time to live counts from.
+    pub last_push: DateTime<Utc>,
+    /// The head commit the last webhook named.
+    pub head: Option<String>,
+    /// Head commits someone approved (a fork's commits deploy only then).
+    pub approved: BTreeSet<String>,
 }
 
 /// Pushes to a branch matching `branch` deploy to `environment`.
@@ -60,10 +93,127 @@ pub fn delivery_key(provider: slipway_proto::event::WebhookProvider, delivery: &
 impl Project {
     /// The settings of `environment` as key -> fingerprint.
     pub fn fingerprints(&self, environment: &str) -> BTreeMap<String, String> {
-        self.environments
-            .get(environment)
-            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.fingerprint.clone())).collect())
-            .unwrap_or_default()
+        self.settings(environment).into_iter().map(|(k, v)| (k, v.fingerprint)).collect()
+    }
+
+    /// The settings `environment` deploys with: a preview's parent's,
+    /// overlaid with the preview's own.
+    pub fn settings(&self, environment: &str) -> BTreeMap<String, Setting> {
+        let parent = self.previews.get(environment).and_then(|p| p.inherits.as_deref());
+        let mut settings = parent.and_then(|p| self.environments.get(p)).cloned().unwrap_or_default();
+        settings.extend(self.environments.get(environment).cloned().unwrap_or_default());
+        settings
+    }
+
+    /// Applies the stream's next event after `ProjectCreated`.
+    pub fn apply(&mut self, event: &Event) {
+        let p = self;
+        match event {
+            Event::MirrorAdded(m) => p.mirrors.push(m.mirror.clone()),
+            Event::SettingsChanged(s) => {
+                let env = p.environments.entry(s.environment.clone()).or_default();
+                for key in &s.removed {
+                    env.remove(key);
+                }
+                for (key, fingerprint) in &s.set {
+                    env.insert(key.clone(), Setting { fingerprint: fingerprint.clone(), secret: s.secrets.contains(key) });
+                }
+            }
+            Event::SourceAccessChanged(c) => {
+                for name in &c.removed {
+                    p.source.credentials.remove(name);
+                }
+                p.source.credentials.extend(c.set.clone());
+                if let Some(known) = &c.known_hosts {
+                    p.source.known_hosts = known.clone();
+                }
+                if let Some(submodules) = c.submodules {
+                    p.source.submodules = submodules;
+                }
+            }
+            // Trust on first use: only while nothing is trusted for that
+            // host; two first fetches racing each other pin once.
+            Event::SourceHostKeyPinned(pin) => {
+                let host = known_host_name(&pin.known_host);
+                if !p.source.known_hosts.iter().any(|k| known_host_name(k) == host) {
+                    p.source.known_hosts.push(pin.known_host.clone());
+                }
+            }
+            Event::WebhookSecretRotated(r) => p.webhook_secret = Some(r.fingerprint.clone()),
+            Event::AutoDeploySet(r) => match p.auto_deploy.iter_mut().find(|x| x.branch == r.branch) {
+                Some(rule) => {
+                    rule.environment = r.environment.clone();
+                    rule.poll_seconds = r.poll_seconds;
+                }
+                None => p.auto_deploy.push(AutoDeployRule {
+                    branch: r.branch.clone(),
+                    environment: r.environment.clone(),
+                    poll_seconds: r.poll_seconds,
+                }),
+            },
+            Event::AutoDeployRemoved(r) => p.auto_deploy.retain(|x| x.branch != r.branch),
+            Event::PushReceived(r) => {
+                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
+                p.push_deployments.extend(r.deployments.iter().map(|d| d.deployment_id));
+                for old in &r.superseded {
+                    p.push_deployments.remove(old);
+                }
+                for d in &r.deployments {
+                    if let (Some(preview), Some(at)) = (p.previews.get_mut(&d.environment), r.at) {
+                        preview.last_push = at;
+                        preview.head = Some(r.commit.clone());
+                    }
+                }
+            }
+            Event::PushSkipped(r) => {
+                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
+            }
+            Event::EnvironmentAdded(a) => {
+                p.environments.insert(a.name.clone(), BTreeMap::new());
+                p.previews.insert(
+                    a.name.clone(),
+                    Preview {
+                        inherits: a.inherits.clone(),
+                        origin: a.preview.clone(),
+                        ttl_seconds: a.ttl_seconds,
+                        last_push: a.at,
+                        head: None,
+                        approved: BTreeSet::new(),
+                    },
+                );
+            }
+            // The settings overlay goes with it.
+            Event::EnvironmentRemoved(r) => {
+                p.environments.remove(&r.name);
+                p.previews.remove(&r.name);
+            }
+            Event::PreviewRuleSet(r) => {
+                let rule = PreviewRule { trigger: r.trigger.clone(), inherit: r.inherit.clone(), ttl_seconds: r.ttl_seconds };
+                match p.preview_rules.iter_mut().find(|x| x.trigger == r.trigger) {
+                    Some(existing) => *existing = rule,
+                    None => p.preview_rules.push(rule),
+                }
+            }
+            Event::PreviewRuleRemoved(r) => p.preview_rules.retain(|x| x.trigger != r.trigger),
+            Event::PullRequestReceived(r) => {
+                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
+                p.push_deployments.extend(r.deployment);
+                for old in &r.superseded {
+                    p.push_deployments.remove(old);
+                }
+                if let Some(preview) = p.previews.get_mut(&r.environment) {
+                    preview.last_push = r.at;
+                    preview.head = Some(r.head_commit.clone());
+                }
+            }
+            Event::PreviewApproved(a) => {
+                p.push_deployments.insert(a.deployment);
+                if let Some(preview) = p.previews.get_mut(&a.environment) {
+                    preview.approved.insert(a.commit.clone());
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -85,62 +235,12 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
                     auto_deploy: Vec::new(),
                     deliveries: BTreeSet::new(),
                     push_deployments: BTreeSet::new(),
+                    preview_rules: Vec::new(),
+                    previews: BTreeMap::new(),
                     version: 0,
                 });
             }
-            (Event::MirrorAdded(m), Some(p)) => p.mirrors.push(m.mirror.clone()),
-            (Event::SettingsChanged(s), Some(p)) => {
-                let env = p.environments.entry(s.environment.clone()).or_default();
-                for key in &s.removed {
-                    env.remove(key);
-                }
-                for (key, fingerprint) in &s.set {
-                    env.insert(key.clone(), Setting { fingerprint: fingerprint.clone(), secret: s.secrets.contains(key) });
-                }
-            }
-            (Event::SourceAccessChanged(c), Some(p)) => {
-                for name in &c.removed {
-                    p.source.credentials.remove(name);
-                }
-                p.source.credentials.extend(c.set.clone());
-                if let Some(known) = &c.known_hosts {
-                    p.source.known_hosts = known.clone();
-                }
-                if let Some(submodules) = c.submodules {
-                    p.source.submodules = submodules;
-                }
-            }
-            // Trust on first use: only while nothing is trusted for that
-            // host; two first fetches racing each other pin once.
-            (Event::SourceHostKeyPinned(pin), Some(p)) => {
-                let host = known_host_name(&pin.known_host);
-                if !p.source.known_hosts.iter().any(|k| known_host_name(k) == host) {
-                    p.source.known_hosts.push(pin.known_host.clone());
-                }
-            }
-            (Event::WebhookSecretRotated(r), Some(p)) => p.webhook_secret = Some(r.fingerprint.clone()),
-            (Event::AutoDeploySet(r), Some(p)) => match p.auto_deploy.iter_mut().find(|x| x.branch == r.branch) {
-                Some(rule) => {
-                    rule.environment = r.environment.clone();
-                    rule.poll_seconds = r.poll_seconds;
-                }
-                None => p.auto_deploy.push(AutoDeployRule {
-                    branch: r.branch.clone(),
-                    environment: r.environment.clone(),
-                    poll_seconds: r.poll_seconds,
-                }),
-            },
-            (Event::AutoDeployRemoved(r), Some(p)) => p.auto_deploy.retain(|x| x.branch != r.branch),
-            (Event::PushReceived(r), Some(p)) => {
-                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
-                p.push_deployments.extend(r.deployments.iter().map(|d| d.deployment_id));
-                for old in &r.superseded {
-                    p.push_deployments.remove(old);
-                }
-            }
-            (Event::PushSkipped(r), Some(p)) => {
-                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
-            }
+            (event, Some(p)) => p.apply(event),
             _ => {}
         }
         if let Some(p) = project.as_mut() {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use slipway_proto::event::RouterStarted;
+use slipway_proto::event::{RouteReason, RouterStarted};
 use slipway_proto::Event;
 use uuid::Uuid;
 
@@ -27,13 +27,28 @@ pub struct Routes {
     pub version: u64,
     /// (project, environment) -> route.
     pub by_environment: BTreeMap<(String, String), Route>,
+    /// Environments whose route was removed and no cutover has routed since.
+    pub removed: BTreeSet<(String, String)>,
 }
 
 impl Routes {
     /// Applies the routes stream's next event (version `self.version + 1`).
     pub fn apply(&mut self, event: &Event) {
         self.version += 1;
+        if let Event::RouteRemoved(r) = event {
+            let key = (r.project.clone(), r.environment.clone());
+            self.by_environment.remove(&key);
+            self.removed.insert(key);
+        }
         if let Event::RouteChanged(r) = event {
+            let key = (r.project.clone(), r.environment.clone());
+            // A deployment cancelled by the removal may still move the route
+            // back (revert, rollback): that must not bring the host name
+            // back. Only a new release's cutover routes it again.
+            if r.reason != RouteReason::Cutover && self.removed.contains(&key) {
+                return;
+            }
+            self.removed.remove(&key);
             self.by_environment.insert(
                 (r.project.clone(), r.environment.clone()),
                 Route {
@@ -104,7 +119,7 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipway_proto::event::{RouteChanged, RouteReason, RouterStopped};
+    use slipway_proto::event::{RouteChanged, RouteRemoved, RouterStopped};
 
     fn changed(env: &str, port: u16) -> Event {
         Event::RouteChanged(RouteChanged {
@@ -124,6 +139,21 @@ mod tests {
         let test = &routes.by_environment[&("hello".to_string(), "test".to_string())];
         assert_eq!((test.upstreams.as_slice(), test.version), (&["127.0.0.1:3".to_string()][..], 3));
         assert_eq!(routes.by_environment[&("hello".to_string(), "live".to_string())].version, 2);
+    }
+
+    #[test]
+    fn a_removed_route_comes_back_only_with_a_cutover() {
+        let removed = Event::RouteRemoved(RouteRemoved { project: "hello".into(), environment: "test".into() });
+        let mut revert = changed("test", 4);
+        if let Event::RouteChanged(r) = &mut revert {
+            r.reason = RouteReason::Revert;
+        }
+        let routes = fold_routes(&[changed("test", 1), changed("live", 2), removed.clone(), revert.clone()]);
+        assert_eq!(routes.version, 4);
+        assert!(!routes.by_environment.contains_key(&("hello".to_string(), "test".to_string())), "a revert after the removal");
+        assert!(routes.by_environment.contains_key(&("hello".to_string(), "live".to_string())));
+        let routes = fold_routes(&[changed("test", 1), removed, changed("test", 5), revert]);
+        assert_eq!(routes.by_environment[&("hello".to_string(), "test".to_string())].upstreams, vec!["127.0.0.1:4".to_string()]);
     }
 
     #[test]

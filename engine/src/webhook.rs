@@ -1,8 +1,8 @@
 //! How each git host signs and shapes a push webhook, read without I/O:
 //! which header carries the signature (an HMAC-SHA256 of the body under the
 //! project's webhook secret, or for GitLab the secret itself), which names
-//! the delivery and the event, and the push payload parsed strictly into
-//! typed structs (`push::Push`). Signatures are compared in constant time.
+//! the delivery and the event, and the push and pull request payloads
+//! parsed strictly into typed structs (`push::Push`, `preview::PullRequest`). Signatures are compared in constant time.
 //! A payload comes from the network, so nothing here panics: every failure
 //! is a value naming the header or field at fault.
 
@@ -14,6 +14,7 @@ use sha2::Sha256;
 use slipway_proto::event::WebhookProvider;
 use subtle::ConstantTimeEq;
 
+use crate::preview::{PrAction, PullRequest};
 use crate::push::Push;
 
 /// The largest body taken (1 MiB); a larger one is refused with 413.
@@ -91,6 +92,8 @@ pub fn verify(provider: WebhookProvider, presented: &Presented, body: &[u8], sec
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
     Push,
+    /// A pull request (GitLab: merge request) event: previews.
+    PullRequest,
     /// Anything else (`ping`, `Tag Push Hook`, `issues`...): acknowledged, never deployed.
     Other(String),
 }
@@ -104,11 +107,18 @@ pub fn event_kind(provider: WebhookProvider, headers: &HeaderMap) -> Result<Even
         WebhookProvider::Gitea => (&["X-Gitea-Event", "X-Forgejo-Event"], "push"),
         WebhookProvider::Generic | WebhookProvider::Poll => (&["X-Slipway-Event"], "push"),
     };
+    let pull_request: &[&str] = match provider {
+        WebhookProvider::Github => &["pull_request"],
+        WebhookProvider::Gitlab => &["Merge Request Hook"],
+        WebhookProvider::Gitea => &["pull_request", "pull_request_sync"],
+        WebhookProvider::Generic | WebhookProvider::Poll => &[],
+    };
     let value = names.iter().find_map(|n| header(headers, n));
     match value {
         None if provider == WebhookProvider::Generic => Ok(EventKind::Push),
         None => Err(format!("no `{}` header: which event is this?", names.join("` or `"))),
         Some(v) if v.trim() == push => Ok(EventKind::Push),
+        Some(v) if pull_request.contains(&v.trim()) => Ok(EventKind::PullRequest),
         Some(v) => Ok(EventKind::Other(printable(v, 64))),
     }
 }
@@ -295,6 +305,170 @@ pub fn polled_push(branch: &str, commit: &str, head_message: Option<String>) -> 
     checked(push)
 }
 
+// ---- Pull requests (GitLab: merge requests) ----
+
+#[derive(Deserialize)]
+struct GithubPullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: GithubPullRequest,
+    sender: Login,
+}
+
+#[derive(Deserialize)]
+struct GithubPullRequest {
+    head: GithubHead,
+    base: GithubBase,
+}
+
+#[derive(Deserialize)]
+struct GithubHead {
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    /// `null` when the fork was deleted.
+    repo: Option<GithubRepo>,
+}
+
+#[derive(Deserialize)]
+struct GithubBase {
+    repo: GithubRepo,
+}
+
+#[derive(Deserialize)]
+struct GithubRepo {
+    full_name: String,
+    #[serde(default)]
+    fork: bool,
+}
+
+#[derive(Deserialize)]
+struct Login {
+    #[serde(default)]
+    login: String,
+    #[serde(default)]
+    username: String,
+}
+
+/// GitLab's `Merge Request Hook`.
+#[derive(Deserialize)]
+struct GitlabMergeRequest {
+    object_kind: String,
+    user: GitlabUser,
+    object_attributes: GitlabAttributes,
+}
+
+#[derive(Deserialize)]
+struct GitlabUser {
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct GitlabAttributes {
+    iid: u64,
+    #[serde(default)]
+    action: Option<String>,
+    source_branch: String,
+    source_project_id: u64,
+    target_project_id: u64,
+    last_commit: CommitId,
+}
+
+#[derive(Deserialize)]
+struct CommitId {
+    id: String,
+}
+
+/// Gitea's and Forgejo's `pull_request` event.
+#[derive(Deserialize)]
+struct GiteaPullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: GiteaPullRequest,
+    sender: Login,
+}
+
+#[derive(Deserialize)]
+struct GiteaPullRequest {
+    head: GiteaBranch,
+    base: GiteaBranch,
+}
+
+#[derive(Deserialize)]
+struct GiteaBranch {
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    repo_id: u64,
+}
+
+/// The action a provider's word names.
+fn pr_action(provider: WebhookProvider, action: &str) -> PrAction {
+    match (provider, action) {
+        (WebhookProvider::Gitlab, "open" | "reopen") => PrAction::Open,
+        (WebhookProvider::Gitlab, "update") => PrAction::Update,
+        (WebhookProvider::Gitlab, "close" | "merge") => PrAction::Close,
+        (WebhookProvider::Gitlab, _) => PrAction::Other,
+        (_, "opened" | "reopened") => PrAction::Open,
+        (_, "synchronize" | "synchronized") => PrAction::Update,
+        (_, "closed") => PrAction::Close,
+        _ => PrAction::Other,
+    }
+}
+
+/// Reads a pull request (merge request) payload of `provider`, naming the
+/// field at fault. Its head is a fork when it lives in another repository
+/// than the base (GitHub: `head.repo.fork`, another `full_name`, or a
+/// deleted head repository; GitLab and Gitea: another project id).
+pub fn parse_pull_request(provider: WebhookProvider, body: &[u8]) -> Result<PullRequest, String> {
+    let (action, number, head_commit, head_branch, fork, sender) = match provider {
+        WebhookProvider::Github => {
+            let e: GithubPullRequestEvent = parse(body)?;
+            let head = e.pull_request.head;
+            let fork = head.repo.as_ref().is_none_or(|r| r.fork || r.full_name != e.pull_request.base.repo.full_name);
+            (e.action, e.number, head.sha, head.git_ref, fork, e.sender.login)
+        }
+        WebhookProvider::Gitlab => {
+            let e: GitlabMergeRequest = parse(body)?;
+            if e.object_kind != "merge_request" {
+                return Err(format!("`object_kind` is `{}`, not `merge_request`", printable(&e.object_kind, 32)));
+            }
+            let a = e.object_attributes;
+            let fork = a.source_project_id != a.target_project_id;
+            (a.action.unwrap_or_default(), a.iid, a.last_commit.id, a.source_branch, fork, e.user.username)
+        }
+        WebhookProvider::Gitea => {
+            let e: GiteaPullRequestEvent = parse(body)?;
+            let (head, base) = (e.pull_request.head, e.pull_request.base);
+            let sender = if e.sender.login.is_empty() { e.sender.username } else { e.sender.login };
+            (e.action, e.number, head.sha, head.git_ref, head.repo_id != base.repo_id, sender)
+        }
+        WebhookProvider::Generic | WebhookProvider::Poll => return Err(format!("`{provider}` carries pushes only")),
+    };
+    if !is_commit(&head_commit) {
+        return Err(format!("the head commit `{}` is not a commit id (40 or 64 hex digits)", printable(&head_commit, 80)));
+    }
+    if number == 0 {
+        return Err("the pull request number must be 1 or more".into());
+    }
+    if head_branch.is_empty() || head_branch.len() > 255 || head_branch.chars().any(|c| c.is_control()) {
+        return Err(format!("the head branch `{}` is not a branch name", printable(&head_branch, 64)));
+    }
+    Ok(PullRequest {
+        action: pr_action(provider, &action),
+        raw_action: printable(&action, 32),
+        number,
+        head_commit: head_commit.to_ascii_lowercase(),
+        head_branch,
+        fork,
+        sender: printable(&sender, 255),
+    })
+}
+
+fn is_commit(c: &str) -> bool {
+    (c.len() == 40 || c.len() == 64) && c.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The ref and commit as recorded: a ref of printable characters, a commit
 /// of 40 or 64 hex digits (lowercased).
 fn checked(mut push: Push) -> Result<Push, String> {
@@ -303,7 +477,7 @@ fn checked(mut push: Push) -> Result<Push, String> {
         return Err(format!("`ref` `{}` is not a git ref", printable(r, 64)));
     }
     let c = &push.commit;
-    if !((c.len() == 40 || c.len() == 64) && c.bytes().all(|b| b.is_ascii_hexdigit())) {
+    if !is_commit(c) {
         return Err(format!("`after` `{}` is not a commit id (40 or 64 hex digits)", printable(c, 80)));
     }
     push.commit = push.commit.to_ascii_lowercase();
@@ -435,6 +609,50 @@ mod tests {
                 assert!(parse_push(provider, junk).is_err(), "{provider}");
             }
         }
+    }
+
+    #[test]
+    fn pull_requests_of_each_provider_name_their_action_head_and_fork() {
+        let sha = "ab".repeat(20);
+        let gh = |action: &str, head_repo: &str| {
+            format!(
+                r#"{{"action":"{action}","number":42,"pull_request":{{"head":{{"sha":"{sha}","ref":"feature/x","repo":{head_repo}}},
+                "base":{{"ref":"main","repo":{{"full_name":"octo/app","fork":false}}}}}},"sender":{{"login":"octocat"}}}}"#
+            )
+        };
+        let same = r#"{"full_name":"octo/app","fork":false}"#;
+        let p = parse_pull_request(WebhookProvider::Github, gh("opened", same).as_bytes()).expect("GitHub pull request");
+        assert_eq!((p.action, p.number, p.head_commit.as_str(), p.fork, p.sender.as_str()), (PrAction::Open, 42, sha.as_str(), false, "octocat"));
+        let fork = r#"{"full_name":"mallory/app","fork":true}"#;
+        assert!(parse_pull_request(WebhookProvider::Github, gh("synchronize", fork).as_bytes()).expect("fork").fork);
+        let deleted = parse_pull_request(WebhookProvider::Github, gh("closed", "null").as_bytes()).expect("deleted fork");
+        assert_eq!((deleted.action, deleted.fork), (PrAction::Close, true));
+        assert_eq!(parse_pull_request(WebhookProvider::Github, gh("labeled", same).as_bytes()).map(|p| p.action), Ok(PrAction::Other));
+        let gl = format!(
+            r#"{{"object_kind":"merge_request","user":{{"username":"jo"}},"object_attributes":{{"iid":7,"action":"merge",
+            "source_branch":"fix","source_project_id":2,"target_project_id":1,"last_commit":{{"id":"{sha}"}}}}}}"#
+        );
+        let p = parse_pull_request(WebhookProvider::Gitlab, gl.as_bytes()).expect("GitLab merge request");
+        assert_eq!((p.action, p.number, p.fork, p.sender.as_str()), (PrAction::Close, 7, true, "jo"));
+        let gt = format!(
+            r#"{{"action":"synchronized","number":3,"pull_request":{{"head":{{"sha":"{sha}","ref":"f","repo_id":1}},
+            "base":{{"sha":"{sha}","ref":"main","repo_id":1}}}},"sender":{{"login":"gi"}}}}"#
+        );
+        let p = parse_pull_request(WebhookProvider::Gitea, gt.as_bytes()).expect("Gitea pull request");
+        assert_eq!((p.action, p.fork), (PrAction::Update, false));
+        let bad_sha = gh("opened", same).replace(&sha, "nope");
+        assert!(parse_pull_request(WebhookProvider::Github, bad_sha.as_bytes()).unwrap_err().contains("head commit"));
+        let missing = parse_pull_request(WebhookProvider::Github, br#"{"action":"opened","number":1}"#).unwrap_err();
+        assert!(missing.contains("pull_request"), "{missing}");
+        for junk in [&b"[]"[..], b"", b"{\"number\":-1}", &[0xff]] {
+            for provider in WebhookProvider::ALL {
+                assert!(parse_pull_request(provider, junk).is_err(), "{provider}");
+            }
+        }
+        let h = headers(&[("X-GitHub-Event", "pull_request")]);
+        assert_eq!(event_kind(WebhookProvider::Github, &h), Ok(EventKind::PullRequest));
+        let h = headers(&[("X-Gitlab-Event", "Merge Request Hook")]);
+        assert_eq!(event_kind(WebhookProvider::Gitlab, &h), Ok(EventKind::PullRequest));
     }
 
     #[test]

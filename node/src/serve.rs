@@ -1,6 +1,6 @@
 //! Runs the parts of a node until a shutdown future resolves: the engine
-//! (the driver, restarted after a store outage, the outbox relay and the
-//! read models' subscriber), the step workers (with the host agent where
+//! (the driver, restarted after a store outage, the outbox relay, the
+//! read models' subscriber and the sweep of expired previews), the step workers (with the host agent where
 //! they serve the deploy step), and a router (its table follows the store; the proxy
 //! serves from it). The binary's modes, the end-to-end tests and the
 //! benchmarks all start Slipway through this one function. Where the
@@ -76,6 +76,8 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         options.messaging_system = queue.system();
         let relay = Relay::new(store.clone(), queue.clone(), parts.relay.clone());
         tasks.spawn(relay.run(shutdown.clone()).map(Ok));
+        // Previews past their time to live, removed beside the driver.
+        tasks.spawn(slipway_engine::lifecycle::run_sweep(store.clone(), options.preview_sweep, shutdown.clone()).map(Ok));
         tasks.spawn(drive(store.clone(), options, shutdown.clone()));
         // The read models' subscriber (reads catch up themselves too).
         tasks.spawn(Projector::default().run(store.clone(), shutdown.clone()).map(Ok));

@@ -188,6 +188,134 @@ pub struct AutoDeployRemoved {
     pub branch: String,
 }
 
+/// Where a preview environment comes from: a pull request (merge request)
+/// or a branch, and whether its code comes from a fork of the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewOrigin {
+    pub kind: PreviewKind,
+    /// The pull request's number (GitLab: the merge request's `iid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u64>,
+    /// The branch: the pull request's head branch, or the pushed branch.
+    pub branch: String,
+    /// The head commit lives in another repository than the project's (a
+    /// fork): each head commit waits for an approval before it deploys.
+    #[serde(default)]
+    pub head_repo_fork: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreviewKind {
+    PullRequest,
+    Branch,
+}
+
+/// An environment joined the project (on the project's stream, and on the
+/// environment's own stream, where it starts a new life of that name): a
+/// preview, named from its pull request or branch, whose settings are its
+/// parent's (`inherits`) overlaid with its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentAdded {
+    pub name: String,
+    #[serde(default)]
+    pub inherits: Option<String>,
+    #[serde(default)]
+    pub preview: Option<PreviewOrigin>,
+    /// With no push for this long, the environment is removed.
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An environment left the project (on the project's stream and on the
+/// environment's): its settings overlay is gone, and in the same
+/// transaction its queued and running deployments were cancelled, its
+/// serving release's retirement sent to the workers and its route removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRemoved {
+    pub name: String,
+    /// Why, in words: "pull request #42 closed", "branch deleted", "no push for 7d".
+    pub reason: String,
+    /// Deployments cancelled (queued or running then).
+    #[serde(default)]
+    pub cancelled: Vec<Uuid>,
+    /// The release that served it, whose containers are retired.
+    #[serde(default)]
+    pub retired: Option<Uuid>,
+    /// Its route was removed from the routes stream.
+    #[serde(default)]
+    pub route_removed: bool,
+}
+
+/// Which changes make previews: every pull request, or pushes to branches
+/// matching a glob.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreviewTrigger {
+    PullRequests,
+    Branches(String),
+}
+
+impl std::fmt::Display for PreviewTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PreviewTrigger::PullRequests => f.write_str("pull requests"),
+            PreviewTrigger::Branches(glob) => write!(f, "branches {glob}"),
+        }
+    }
+}
+
+/// A preview rule (on the project's stream): each `trigger` gets its own
+/// environment inheriting `inherit`'s settings, removed after `ttl_seconds`
+/// without a push. Setting a trigger again replaces its rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewRuleSet {
+    pub trigger: PreviewTrigger,
+    pub inherit: String,
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewRuleRemoved {
+    pub trigger: PreviewTrigger,
+}
+
+/// A signed pull request (merge request) webhook was accepted (on the
+/// project's stream), with what it did to its preview environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestReceived {
+    pub provider: WebhookProvider,
+    pub delivery: String,
+    /// The provider's action: `opened`, `synchronize`, `closed`, `update`...
+    pub action: String,
+    pub number: u64,
+    pub head_commit: String,
+    pub head_branch: String,
+    pub fork: bool,
+    pub sender: String,
+    /// The preview environment it concerns.
+    pub environment: String,
+    /// What happened, in words (deployed, waiting for approval, removed, nothing).
+    pub outcome: String,
+    #[serde(default)]
+    pub deployment: Option<Uuid>,
+    #[serde(default)]
+    pub superseded: Vec<Uuid>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Someone with deploy scope approved a fork's head commit for a preview
+/// (on the project's stream); its deployment is requested with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewApproved {
+    pub environment: String,
+    pub commit: String,
+    pub approved_by: String,
+    pub deployment: Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A deployment a push requested, and the rule that asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushDeployment {
@@ -215,7 +343,9 @@ pub struct PushReceived {
     /// Deployments of earlier pushes, still waiting in the same
     /// environments' queues, that this push cancelled.
     #[serde(default)]
-    pub superseded: Vec<Uuid>,
+    pub superseded: Vec<Uuid>,    /// When it was received (what a preview's time to live counts from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A signed push that deploys nothing on purpose (on the project's stream):
@@ -641,6 +771,14 @@ pub enum RouteReason {
     Reconcile,
 }
 
+/// An environment's host name is served no more (on the routes stream):
+/// the environment was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRemoved {
+    pub project: String,
+    pub environment: String,
+}
+
 /// An environment's host name now routes to these upstreams (on the
 /// routes stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -851,6 +989,13 @@ crate::message_family! {
         ContainerSupervised(ContainerSupervised) = 1,
         SourceAccessChanged(SourceAccessChanged) = 1,
         SourceHostKeyPinned(SourceHostKeyPinned) = 1,
+        EnvironmentAdded(EnvironmentAdded) = 1,
+        EnvironmentRemoved(EnvironmentRemoved) = 1,
+        RouteRemoved(RouteRemoved) = 1,
+        PreviewRuleSet(PreviewRuleSet) = 1,
+        PreviewRuleRemoved(PreviewRuleRemoved) = 1,
+        PullRequestReceived(PullRequestReceived) = 1,
+        PreviewApproved(PreviewApproved) = 1,
     }
 }
 

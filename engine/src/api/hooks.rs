@@ -27,6 +27,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, Params, QueryParams};
 use super::{load_error, require_project, ApiResult, Caller, Store};
 use crate::auto_deploy::{self, PushError, PushOutcome};
+use crate::pull_requests::{self, PrOutcome, PrRecorded};
+use slipway_proto::event::PreviewTrigger;
 use crate::project::AutoDeployRule;
 use crate::webhook::{self, EventKind, MAX_BODY};
 
@@ -63,7 +65,11 @@ fn reply(status: &str, message: String) -> HookReply {
 `X-Gitlab-Event: Push Hook`), Gitea and Forgejo (`X-Gitea-Signature` or `X-Forgejo-Signature: <hex>`, \
 `X-Gitea-Delivery`/`X-Forgejo-Delivery`, `X-Gitea-Event`/`X-Forgejo-Event: push`) and `generic` \
 (`X-Slipway-Signature: sha256=<hex>`, `X-Slipway-Delivery`, body `{\"ref\", \"after\", \"pusher\", \
-\"head_commit_message\"}`). The secret is the project's webhook secret. A push to a branch an auto-deploy \
+\"head_commit_message\"}`). The secret is the project's webhook secret. Pull request events (GitHub and Gitea \
+`pull_request`, GitLab `Merge Request Hook`) drive previews under a `pull requests` preview rule: opened, reopened or \
+new commits add `pr-<number>` (settings inherited) and deploy the head commit; closed or merged removes it (deployments \
+cancelled, containers retired, route removed). A fork's head commit waits for an approval (`awaiting_approval`). A push \
+to a branch a `branches` preview rule matches deploys its preview too; deleting the branch removes it. A push to a branch an auto-deploy \
 rule matches requests a deployment of the pushed commit (actor `webhook:<provider>:<pusher>`), cancelling \
 the waiting deployments of earlier pushes to that environment; `[skip deploy]` or `[deploy skip]` in the \
 head commit's message, or a deleted branch, records the push as skipped. A delivery id accepted before is \
@@ -131,16 +137,17 @@ async fn handle(
             presented.header
         )));
     };
-    if let EventKind::Other(event) = webhook::event_kind(provider, headers).map_err(ApiError::BadRequest)? {
-        let message = format!("`{event}` is not a push event; nothing to deploy");
-        return Ok(("ignored", StatusCode::OK, reply("ignored", message)));
+    match webhook::event_kind(provider, headers).map_err(ApiError::BadRequest)? {
+        EventKind::Other(event) => {
+            let message = format!("`{event}` is not a push or pull request event; nothing to deploy");
+            return Ok(("ignored", StatusCode::OK, reply("ignored", message)));
+        }
+        EventKind::PullRequest => return pull_request(store, provider, headers, &body, p).await,
+        EventKind::Push => {}
     }
     let delivery = webhook::delivery(provider, headers).map_err(ApiError::BadRequest)?;
     let push = webhook::parse_push(provider, &body).map_err(ApiError::BadRequest)?;
-    let outcome = auto_deploy::record_push(store, provider, &delivery, &push, p).await.map_err(|e| match e {
-        PushError::Load(e) => load_error(e),
-        e @ PushError::Contended(_) => ApiError::Conflict(e.to_string()),
-    })?;
+    let outcome = auto_deploy::record_push(store, provider, &delivery, &push, p).await.map_err(push_error)?;
     Ok(match outcome {
         PushOutcome::Duplicate => {
             let message = format!("delivery `{delivery}` was received before; it is not deployed again");
@@ -160,6 +167,54 @@ async fn handle(
                 .collect();
             ("deployed", StatusCode::ACCEPTED, HookReply { status: "deployed".into(), message, deployments, superseded })
         }
+    })
+}
+
+fn push_error(e: PushError) -> ApiError {
+    match e {
+        PushError::Load(e) => load_error(e),
+        e @ PushError::Contended(_) => ApiError::Conflict(e.to_string()),
+    }
+}
+
+/// A verified pull request (merge request) event: its preview added and
+/// deployed, waiting for an approval, or removed.
+async fn pull_request(
+    store: &dyn EventStore,
+    provider: WebhookProvider,
+    headers: &HeaderMap,
+    body: &[u8],
+    p: crate::project::Project,
+) -> Result<(&'static str, StatusCode, HookReply), ApiError> {
+    let name = p.name.clone();
+    let delivery = webhook::delivery(provider, headers).map_err(ApiError::BadRequest)?;
+    let pr = webhook::parse_pull_request(provider, body).map_err(ApiError::BadRequest)?;
+    let outcome = pull_requests::record_pull_request(store, provider, &delivery, &pr, p).await.map_err(push_error)?;
+    let (environment, recorded) = match outcome {
+        PrOutcome::Duplicate => {
+            let message = format!("delivery `{delivery}` was received before; it is not acted on again");
+            return Ok(("duplicate", StatusCode::OK, reply("duplicate", message)));
+        }
+        PrOutcome::Ignored(why) => return Ok(("ignored", StatusCode::OK, reply("ignored", why))),
+        PrOutcome::Recorded { environment, outcome } => (environment, outcome),
+    };
+    let commit = crate::push::short(&pr.head_commit);
+    Ok(match recorded {
+        PrRecorded::Deployed { deployment, superseded, .. } => {
+            let message = format!("deploying {commit} to preview {environment}");
+            let deployments =
+                vec![HookDeployment { environment, deployment, rule: PreviewTrigger::PullRequests.to_string() }];
+            ("deployed", StatusCode::ACCEPTED, HookReply { status: "deployed".into(), message, deployments, superseded })
+        }
+        PrRecorded::AwaitingApproval { .. } => {
+            let message = format!(
+                "{commit} comes from a fork: preview {environment} waits until someone with deploy scope approves it \
+                 (`slipway preview approve {name} {environment}`, or POST /api/projects/{name}/environments/{environment}/approve)"
+            );
+            ("awaiting_approval", StatusCode::ACCEPTED, reply("awaiting_approval", message))
+        }
+        PrRecorded::Removed => ("removed", StatusCode::ACCEPTED, reply("removed", format!("preview {environment} removed"))),
+        PrRecorded::Unchanged(why) => ("unchanged", StatusCode::ACCEPTED, reply("unchanged", format!("preview {environment}: {why}"))),
     })
 }
 

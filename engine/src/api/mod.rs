@@ -24,6 +24,7 @@ mod extract;
 mod hooks;
 pub mod openapi;
 mod live;
+mod previews;
 mod projects;
 
 use std::future::Future;
@@ -128,6 +129,11 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/projects/{name}/auto-deploy", Scope(Read), get(hooks::rules)),
         route(Method::PUT, "/api/projects/{name}/auto-deploy", Scope(Admin), put(hooks::set_rule)),
         route(Method::DELETE, "/api/projects/{name}/auto-deploy", Scope(Admin), delete(hooks::remove_rule)),
+        route(Method::GET, "/api/projects/{name}/previews", Scope(Read), get(previews::rules)),
+        route(Method::PUT, "/api/projects/{name}/previews", Scope(Admin), put(previews::set_rule)),
+        route(Method::DELETE, "/api/projects/{name}/previews", Scope(Admin), delete(previews::remove_rule)),
+        route(Method::POST, "/api/projects/{name}/environments/{env}/approve", Scope(Deploy), post(previews::approve)),
+        route(Method::DELETE, "/api/projects/{name}/environments/{env}", Scope(Deploy), delete(previews::remove)),
         route(
             Method::POST,
             "/api/hooks/{provider}/{project}",
