@@ -47,6 +47,11 @@ pub struct Folder {
     finished: HashMap<Uuid, u64>,
 }
 
+/// The project a `project-<name>` stream belongs to.
+fn project_of(stream: &str) -> &str {
+    stream.strip_prefix("project-").unwrap_or(stream)
+}
+
 /// The deployment a stream belongs to, if it is a deployment's.
 fn deployment_of(stream: &str) -> Option<Uuid> {
     stream.strip_prefix("deployment-").and_then(|id| id.parse().ok())
@@ -61,7 +66,8 @@ impl Folder {
         }
         let wanted = matches!(
             (kind, r.stream.split('-').next()),
-            ("ProjectCreated", Some("project")) | ("DeploymentFinished", Some("environment"))
+            ("ProjectCreated" | "EnvironmentAdded" | "EnvironmentRemoved", Some("project"))
+                | ("DeploymentFinished", Some("environment"))
         );
         if !wanted {
             return Folded::Changes(Vec::new());
@@ -87,6 +93,17 @@ impl Folder {
             Event::DeploymentFinished(f) if f.succeeded && !f.dry_run => {
                 vec![Change::Serving { deployment: f.deployment_id, since: r.recorded_at }]
             }
+            // Previews come and go on the project's stream.
+            Event::EnvironmentAdded(a) => vec![Change::Environment {
+                project: project_of(&r.stream).to_string(),
+                environment: a.name,
+                added: true,
+            }],
+            Event::EnvironmentRemoved(e) => vec![Change::Environment {
+                project: project_of(&r.stream).to_string(),
+                environment: e.name,
+                added: false,
+            }],
             _ => Vec::new(),
         })
     }

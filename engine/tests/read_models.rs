@@ -314,6 +314,12 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
     append(store, &deployment_stream(bad), &build_fails()).await;
     append(store, &deployment_stream(rolled), &rolling_back()).await;
     append(store, &deployment_stream(watched), &watching()).await;
+    // Previews come and go on the project's stream.
+    let added = |name: &str| {
+        Event::EnvironmentAdded(EnvironmentAdded { name: name.into(), inherits: Some("test".into()), preview: None, ttl_seconds: None, at: t(0) })
+    };
+    let removed = Event::EnvironmentRemoved(serde_json::from_value(serde_json::json!({"name": "pr-2", "reason": "pull request #2 closed"})).unwrap());
+    append(store, &project_stream("beta"), &[added("pr-1"), added("pr-2"), removed]).await;
     // Two writers race over the same events; each batch lands once.
     let mut other = Projector::default();
     let (a, b) = tokio::join!(live.catch_up(store), other.catch_up(store));
@@ -326,6 +332,8 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
         ["succeeded", "failed", "rolling back", "watching", "running"].map(String::from)
     );
     assert_eq!(before.0.len(), 2);
+    assert!(before.0.iter().any(|p| p.contains("\"beta\"") && p.contains("pr-1") && !p.contains("pr-2")), "{:?}", before.0);
+    assert!(before.1.iter().any(|e| e.contains("\"pr-1\"")) && !before.1.iter().any(|e| e.contains("\"pr-2\"")), "{:?}", before.1);
     assert!(before.1.iter().any(|e| e.contains("\"alpha\"") && e.contains("\"live\"") && e.contains(&good.to_string())), "{:?}", before.1);
 
     let state = slipway_engine::rebuild::rebuild(store).await.unwrap();

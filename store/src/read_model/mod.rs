@@ -73,6 +73,8 @@ pub enum Change {
     Deployment(DeploymentRow),
     /// A deployment now serves its environment.
     Serving { deployment: Uuid, since: DateTime<Utc> },
+    /// An environment joined (a preview) or left its project.
+    Environment { project: String, environment: String, added: bool },
 }
 
 /// Where a page of deployments starts: strictly older than this.
@@ -157,12 +159,27 @@ pub(crate) struct Collapsed<'a> {
     pub projects: Vec<&'a ProjectRow>,
     pub deployments: Vec<&'a DeploymentRow>,
     pub serving: Vec<(Uuid, DateTime<Utc>)>,
+    /// Environments added (`true`) or removed, in order, after the projects.
+    pub environments: Vec<(&'a str, &'a str, bool)>,
+}
+
+/// A project row's environment list (JSON, sorted) with `environment`
+/// added or removed.
+pub(crate) fn with_environment(list: &str, environment: &str, added: bool) -> String {
+    let mut environments: Vec<String> = serde_json::from_str(list).unwrap_or_default();
+    environments.retain(|e| e != environment);
+    if added {
+        environments.push(environment.to_string());
+        environments.sort();
+    }
+    serde_json::to_string(&environments).unwrap_or_default()
 }
 
 pub(crate) fn collapse(changes: &[Change]) -> Collapsed<'_> {
     use std::collections::HashMap;
     let (mut projects, mut deployments) = (HashMap::new(), HashMap::new());
     let mut serving = Vec::new();
+    let mut environments = Vec::new();
     for (n, change) in changes.iter().enumerate() {
         match change {
             Change::Project(p) => {
@@ -172,6 +189,9 @@ pub(crate) fn collapse(changes: &[Change]) -> Collapsed<'_> {
                 deployments.insert(d.id, (n, d));
             }
             Change::Serving { deployment, since } => serving.push((*deployment, *since)),
+            Change::Environment { project, environment, added } => {
+                environments.push((project.as_str(), environment.as_str(), *added))
+            }
         }
     }
     let mut projects: Vec<_> = projects.into_values().collect();
@@ -182,6 +202,7 @@ pub(crate) fn collapse(changes: &[Change]) -> Collapsed<'_> {
         projects: projects.into_iter().map(|(_, p)| p).collect(),
         deployments: deployments.into_iter().map(|(_, d)| d).collect(),
         serving,
+        environments,
     }
 }
 

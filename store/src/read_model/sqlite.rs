@@ -8,7 +8,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::{collapse, push_filters, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore, READ_MODELS, TABLES};
+use super::{collapse, push_filters, with_environment, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore, READ_MODELS, TABLES};
 use crate::event_store::{Position, StoreError};
 use crate::sqlite::SqliteStore;
 
@@ -69,6 +69,26 @@ impl ReadModelStore for SqliteStore {
                     .await
                     .map_err(db("writing environments"))?;
             }
+        }
+        for (project, environment, added) in c.environments {
+            let list: Option<String> = sqlx::query_scalar("SELECT environments FROM projects WHERE name = ?1")
+                .bind(project)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading a project's environments"))?;
+            let Some(list) = list else { continue };
+            sqlx::query("UPDATE projects SET environments = ?2 WHERE name = ?1")
+                .bind(project)
+                .bind(with_environment(&list, environment, added))
+                .execute(&mut *tx)
+                .await
+                .map_err(db("writing a project's environments"))?;
+            let row = if added {
+                "INSERT OR IGNORE INTO environments (project, environment) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM environments WHERE project = ?1 AND environment = ?2"
+            };
+            sqlx::query(row).bind(project).bind(environment).execute(&mut *tx).await.map_err(db("writing environments"))?;
         }
         for d in c.deployments {
             sqlx::query(UPSERT_DEPLOYMENT)
