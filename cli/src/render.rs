@@ -83,6 +83,7 @@ pub fn describe(event: &Event) -> String {
             }
             format!("source access: {}", parts.join(", "))
         }
+        Event::NameClaimed(c) => format!("name `{}-{}` claimed", c.project, c.environment),
         Event::SourceHostKeyPinned(p) => format!("trusted on first use by {}: {}", p.deployment_id, p.known_host),
         Event::WebhookSecretRotated(r) => format!("webhook secret rotated ({})", r.fingerprint),
         Event::AutoDeploySet(r) => format!("auto-deploy {} -> {}", r.branch, r.environment),

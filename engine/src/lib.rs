@@ -13,6 +13,7 @@ pub mod environment;
 pub mod history;
 pub mod lifecycle;
 pub mod limits;
+pub mod names;
 pub mod load;
 pub mod poll;
 pub mod preview;

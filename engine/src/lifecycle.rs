@@ -161,6 +161,18 @@ pub(crate) async fn add_preview(
     let version = store.stream_version(&estream).await?;
     w.add(&project_stream(&p.name), ExpectedVersion::Exactly(p.version), &added, Uuid::now_v7(), actor);
     w.add(&estream, ExpectedVersion::Exactly(version), &added, Uuid::now_v7(), actor);
+    // The preview claims its combined name the first time it is added (a
+    // reopened one holds it already); if another pair holds it, the claim
+    // conflicts and nothing is written.
+    let claim_stream = slipway_proto::event::name_stream(&p.name, &new.name);
+    if store.stream_version(&claim_stream).await? == 0 {
+        w.add(&claim_stream, ExpectedVersion::NoStream, &crate::names::claim(&p.name, &new.name), Uuid::now_v7(), actor);
+    } else if let Some(holder) = crate::names::taken_by(store, &p.name, &new.name).await? {
+        return Err(StoreError::InvalidAppend {
+            stream: claim_stream,
+            reason: crate::names::collision(&p.name, &new.name, &holder),
+        });
+    }
     p.apply(&added);
     Ok(())
 }

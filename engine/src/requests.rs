@@ -7,7 +7,7 @@ use chrono::Utc;
 use slipway_proto::config::{is_dns_label, is_env_name};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
-    deployment_stream, environment_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
+    deployment_stream, environment_stream, name_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
     DeploymentReplayed, MirrorAdded, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged, SourceAccess,
     SourceAccessChanged, TokenIssued, TokenRevoked, TokenScope, TOKENS_STREAM,
 };
@@ -15,6 +15,7 @@ use slipway_proto::{Envelope, Event, Step, TraceContext};
 use slipway_store::event_store::StreamAppend;
 use slipway_store::settings::fingerprint;
 
+use crate::names;
 use crate::source::{self, SourceChange};
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
@@ -119,12 +120,17 @@ pub async fn create_project_with_source(
     if new.default_branch.starts_with('-') || new.default_branch.trim().is_empty() {
         return reject(format!("default branch `{}` is not a branch name", new.default_branch));
     }
+    for environment in &new.environments {
+        if let Some(holder) = names::taken_by(store, &new.name, environment).await? {
+            return reject(names::collision(&new.name, environment, &holder));
+        }
+    }
     let stream = project_stream(&new.name);
     let event = Event::ProjectCreated(ProjectCreated {
         name: new.name.clone(),
         repository,
         mirror_of: mirror_of.clone(),
-        environments: new.environments,
+        environments: new.environments.clone(),
         default_branch: new.default_branch,
     });
     let mut e = vec![envelope(&stream, &event, Uuid::now_v7(), actor, None)];
@@ -142,9 +148,30 @@ pub async fn create_project_with_source(
     if let (Some(original), Some(added)) = (&original, &added) {
         appends.push(StreamAppend { stream: original, expected: ExpectedVersion::Any, events: added });
     }
+    // Each environment claims its combined name, only if nobody has.
+    let claims: Vec<(String, [Envelope; 1])> = new
+        .environments
+        .iter()
+        .map(|env| {
+            let claim_stream = name_stream(&new.name, env);
+            let claim = envelope(&claim_stream, &names::claim(&new.name, env), Uuid::now_v7(), actor, None);
+            (claim_stream, [claim])
+        })
+        .collect();
+    for (claim_stream, claim) in &claims {
+        appends.push(StreamAppend { stream: claim_stream, expected: ExpectedVersion::NoStream, events: claim });
+    }
     match store.append_streams(&appends, &[]).await? {
         Ok(_) => Ok(Ok(())),
-        Err(_) => reject(format!("project `{}` already exists", new.name)),
+        Err(_) => {
+            // A concurrent creation took a name, or the project itself.
+            for environment in &new.environments {
+                if let Some(holder) = names::taken_by(store, &new.name, environment).await? {
+                    return reject(names::collision(&new.name, environment, &holder));
+                }
+            }
+            reject(format!("project `{}` already exists", new.name))
+        }
     }
 }
 

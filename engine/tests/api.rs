@@ -721,8 +721,8 @@ async fn export_verify_and_workers() {
     let lines: Vec<Value> = export.text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["slipway_export"], "slipway-export/1");
     assert_eq!(lines[0]["backend"], "sqlite");
-    // 3 tokens, the project, the request and its queue entry.
-    assert_eq!(lines.last().unwrap()["slipway_export_end"]["events"], 6);
+    // 3 tokens, the project, its 2 environments' name claims, the request and its queue entry.
+    assert_eq!(lines.last().unwrap()["slipway_export_end"]["events"], 8);
     assert!(!export.text.contains(&api.admin[4..]), "a token value is in the export");
 
     // Long enough to be sent in several chunks; what arrives verifies like a file.
@@ -732,7 +732,7 @@ async fn export_verify_and_workers() {
     let bytes = export.text.clone().into_bytes();
     let report = slipway_store::export::verify(|| Ok(std::io::Cursor::new(bytes.clone())), None).unwrap();
     assert!(report.is_intact() && report.lines.is_empty() && report.file.is_empty(), "{:?}", report.file);
-    assert_eq!(report.events, 606);
+    assert_eq!(report.events, 608);
 
     let only = api.get("/api/export?project=hello").await.expect(StatusCode::OK);
     assert!(only.text.contains(&format!("deployment-{d}")) && !only.text.contains("\"stream\":\"tokens\""), "{}", only.text);
@@ -743,7 +743,7 @@ async fn export_verify_and_workers() {
     assert_eq!(since.text.lines().count(), 2, "header and end line only");
 
     let report = api.request(Method::POST, "/api/audit/verify", Some(&api.read), None).await.expect(StatusCode::OK).json();
-    assert_eq!(report, json!({"events": 606, "streams": 5, "intact": true, "findings": []}));
+    assert_eq!(report, json!({"events": 608, "streams": 7, "intact": true, "findings": []}));
 
     assert_eq!(api.get("/api/workers").await.expect(StatusCode::OK).json(), json!([]));
     let me = api.request(Method::GET, "/api/whoami", Some(&api.deploy), None).await.expect(StatusCode::OK).json();

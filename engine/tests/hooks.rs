@@ -189,7 +189,8 @@ async fn a_bad_or_missing_signature_is_refused_and_records_nothing(s: &Setup) {
     assert_eq!(message(&unknown, "ghost"), message(&wrong, "app"));
     assert_eq!(message(&nosecret, "nosecret"), message(&wrong, "app"));
     assert_eq!(s.events().await.len(), before_unknown, "a refused webhook records nothing");
-    assert_eq!(before_unknown, before + 1, "only the second project's creation was recorded");
+    // The second project's creation and its two environments' name claims.
+    assert_eq!(before_unknown, before + 3, "only the second project's creation was recorded");
     assert!(s.requested("app").await.is_empty());
     let metrics = slipway_telemetry::metrics::render();
     assert!(metrics.contains("slipway_webhooks_total{provider=\"github\",outcome=\"unauthorized\"}"), "{metrics}");

@@ -104,6 +104,21 @@ pub struct SourceHostKeyPinned {
     pub deployment_id: Uuid,
 }
 
+/// A (project, environment) pair took its combined name `<project>-<env>`,
+/// which names its environment stream, its host name and its containers
+/// (on the stream `name-<project>-<env>`, written with the pair's creation
+/// and only if that stream is new): no other pair can ever share it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameClaimed {
+    pub project: String,
+    pub environment: String,
+}
+
+/// The stream of the claim on the name `<project>-<environment>`.
+pub fn name_stream(project: &str, environment: &str) -> String {
+    format!("name-{project}-{environment}")
+}
+
 /// A mirror of this project was created (on the original's stream), so
 /// the original can re-use the mirror's builds too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -989,6 +1004,7 @@ crate::message_family! {
         ContainerSupervised(ContainerSupervised) = 1,
         SourceAccessChanged(SourceAccessChanged) = 1,
         SourceHostKeyPinned(SourceHostKeyPinned) = 1,
+        NameClaimed(NameClaimed) = 1,
         EnvironmentAdded(EnvironmentAdded) = 1,
         EnvironmentRemoved(EnvironmentRemoved) = 1,
         RouteRemoved(RouteRemoved) = 1,
