@@ -168,7 +168,9 @@ pub fn status_text(project: &str, env: &str, status: &Value) -> String {
 
 pub async fn deployments(client: &Client, project: &str, page: &crate::verbs::DeploymentPage, json: bool) -> anyhow::Result<ExitCode> {
     let mut path = format!("/api/deployments?project={}&limit={}", segment(project), page.limit);
-    for (key, value) in [("environment", &page.env), ("status", &page.status), ("before", &page.before)] {
+    for (key, value) in
+        [("environment", &page.env), ("status", &page.status), ("actor", &page.actor), ("since", &page.since), ("before", &page.before)]
+    {
         if let Some(value) = value {
             path.push_str(&format!("&{key}={}", segment(value)));
         }

@@ -385,6 +385,12 @@ pub struct DeploymentPage {
     /// Only those with this status: running, watching, rolling back, succeeded or failed.
     #[arg(long)]
     pub status: Option<String>,
+    /// Only those this actor requested, exactly as recorded (`cli:ann`, `token:ci`, `webhook:github:ann`).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only those requested at or after this RFC 3339 time (with --before: a time range).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
     /// At most this many (the newest).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -401,10 +407,21 @@ impl DeploymentPage {
             return Err(exit::usage(format!("--status `{status}` is not one of: {}", STATUSES.join(", "))));
         }
         let before = self.before.as_deref().map(str::parse::<Before>).transpose().map_err(|why| exit::usage(format!("--before {why}")))?;
+        let since = self
+            .since
+            .as_deref()
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| exit::usage(format!("--since `{s}` is not an RFC 3339 time: {e}")))
+            })
+            .transpose()?;
         Ok(DeploymentQuery {
             project: Some(project.to_string()),
             environment: self.env.clone(),
             status: self.status.clone(),
+            actor: self.actor.clone(),
+            since,
             before,
             limit: self.limit,
         })

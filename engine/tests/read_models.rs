@@ -354,6 +354,15 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
     assert_eq!(page(test_env).await, vec![queued, watched]);
     let failed = DeploymentQuery { status: Some("failed".into()), limit: 5, ..Default::default() };
     assert_eq!(page(failed).await, vec![bad]);
+    // By actor, exactly as recorded, and from a time on.
+    let by = |actor: &str| DeploymentQuery { actor: Some(actor.into()), ..beta(5, None) };
+    assert_eq!(page(by("cli:ann")).await, vec![queued, watched, rolled]);
+    assert_eq!(page(by("cli:bob")).await, Vec::<Uuid>::new());
+    let since = DeploymentQuery { since: Some(rolled_at), ..beta(5, None) };
+    assert_eq!(page(since).await, vec![queued, watched, rolled]);
+    let watched_at = before.2.iter().find(|d| d.id == watched).unwrap().requested_at;
+    let range = DeploymentQuery { since: Some(rolled_at), ..beta(5, Some(Before::Time(watched_at))) };
+    assert_eq!(page(range).await, vec![rolled], "since .. before is a time range");
     let (projects, _) = projector::projects(store, Some("alpha"), 5).await.unwrap();
     assert_eq!(projects.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["beta"]);
 
@@ -373,6 +382,10 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
     let (at, listed) = get(format!("/api/deployments?project=beta&status=watching&before={queued}")).await;
     assert_eq!(at, store.read_models().position().await.unwrap().to_string());
     assert_eq!(listed.as_array().unwrap().iter().map(|d| d["deployment"].as_str().unwrap()).collect::<Vec<_>>(), [watched.to_string()]);
+    let (_, nobody) = get("/api/deployments?actor=cli:bob".into()).await;
+    assert_eq!(nobody, serde_json::json!([]));
+    let (_, since) = get(format!("/api/deployments?project=beta&actor=cli:ann&since={}", rolled_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))).await;
+    assert_eq!(since.as_array().unwrap().len(), 3, "{since}");
     let (_, failed) = get("/api/deployments?status=failed".into()).await;
     assert_eq!(failed[0]["status"], "failed at build: RUN exited 1");
     let (_, projects) = get("/api/projects?after=alpha".into()).await;

@@ -337,6 +337,10 @@ pub struct ListQuery {
     environment: Option<String>,
     /// Only those with this status: running, watching, rolling back, succeeded or failed.
     status: Option<String>,
+    /// Only those this actor requested, exactly as recorded (`cli:ann`, `token:ci`, `webhook:github:ann`).
+    actor: Option<String>,
+    /// Only those requested at or after this RFC 3339 time.
+    since: Option<String>,
     /// Only those requested before this deployment (its id) or this RFC 3339 time: the next page.
     before: Option<String>,
     /// At most this many, newest first (default 20, at most 500).
@@ -361,11 +365,22 @@ pub async fn list(
     if let Some(status) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
         return Err(ApiError::BadRequest(format!("status `{status}` is not one of: {}", STATUSES.join(", "))));
     }
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| ApiError::BadRequest(format!("since `{s}` is not an RFC 3339 time: {e}")))
+        })
+        .transpose()?;
     let query = DeploymentQuery {
         before: parse_before(q.before.as_deref())?,
         project: q.project,
         environment: q.environment,
         status: q.status,
+        actor: q.actor,
+        since,
         limit,
     };
     page(&*store, &query).await

@@ -107,6 +107,10 @@ pub struct DeploymentQuery {
     pub project: Option<String>,
     pub environment: Option<String>,
     pub status: Option<String>,
+    /// Who requested it, exactly as recorded (`cli:ann`, `token:ci`, `webhook:github:ann`).
+    pub actor: Option<String>,
+    /// Requested at or after this time.
+    pub since: Option<DateTime<Utc>>,
     pub before: Option<Before>,
     pub limit: usize,
 }
@@ -144,7 +148,7 @@ pub(crate) fn push_filters<'a, DB: sqlx::Database>(sql: &mut sqlx::QueryBuilder<
 where
     String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    for (column, value) in [("project", &q.project), ("environment", &q.environment), ("status", &q.status)] {
+    for (column, value) in [("project", &q.project), ("environment", &q.environment), ("status", &q.status), ("actor", &q.actor)] {
         if let Some(value) = value {
             sql.push(format!(" AND {column} = ")).push_bind(value.clone());
         }

@@ -194,6 +194,9 @@ impl ReadModelStore for PgStore {
     async fn deployments(&self, q: &DeploymentQuery) -> Result<Vec<DeploymentRow>, StoreError> {
         let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE true"));
         push_filters(&mut sql, q);
+        if let Some(since) = q.since {
+            sql.push(" AND requested_at >= ").push_bind(since);
+        }
         match q.before {
             None => {}
             Some(Before::Time(t)) => {

@@ -204,6 +204,9 @@ impl ReadModelStore for SqliteStore {
              failed_step, failed_reason, rollback_of, promoted_from FROM deployments WHERE 1",
         );
         push_filters(&mut sql, q);
+        if let Some(since) = q.since {
+            sql.push(" AND requested_at >= ").push_bind(time(since));
+        }
         match q.before {
             None => {}
             Some(Before::Time(t)) => {
