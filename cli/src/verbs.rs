@@ -14,7 +14,7 @@ use slipway_engine::source::SourceChange;
 use slipway_proto::event::{deployment_stream, WebhookProvider};
 use slipway_proto::Event;
 use serde_json::{json, Value};
-use slipway_store::read_model::{Before, DeploymentQuery, STATUSES};
+use slipway_store::read_model::{parse_since, Before, DeploymentQuery, STATUSES};
 use slipway_store::{EventStore, Position};
 use uuid::Uuid;
 
@@ -407,15 +407,7 @@ impl DeploymentPage {
             return Err(exit::usage(format!("--status `{status}` is not one of: {}", STATUSES.join(", "))));
         }
         let before = self.before.as_deref().map(str::parse::<Before>).transpose().map_err(|why| exit::usage(format!("--before {why}")))?;
-        let since = self
-            .since
-            .as_deref()
-            .map(|s| {
-                chrono::DateTime::parse_from_rfc3339(s)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .map_err(|e| exit::usage(format!("--since `{s}` is not an RFC 3339 time: {e}")))
-            })
-            .transpose()?;
+        let since = self.since.as_deref().map(parse_since).transpose().map_err(|why| exit::usage(format!("--since {why}")))?;
         Ok(DeploymentQuery {
             project: Some(project.to_string()),
             environment: self.env.clone(),

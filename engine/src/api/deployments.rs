@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::{Event, Step};
-use slipway_store::read_model::{Before, DeploymentQuery, DeploymentRow, STATUSES};
+use slipway_store::read_model::{parse_since, Before, DeploymentQuery, DeploymentRow, STATUSES};
 use slipway_store::{EventStore, RecordedEvent};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -365,15 +365,7 @@ pub async fn list(
     if let Some(status) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
         return Err(ApiError::BadRequest(format!("status `{status}` is not one of: {}", STATUSES.join(", "))));
     }
-    let since = q
-        .since
-        .as_deref()
-        .map(|s| {
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map(|t| t.with_timezone(&chrono::Utc))
-                .map_err(|e| ApiError::BadRequest(format!("since `{s}` is not an RFC 3339 time: {e}")))
-        })
-        .transpose()?;
+    let since = q.since.as_deref().map(parse_since).transpose().map_err(|why| ApiError::BadRequest(format!("since {why}")))?;
     let query = DeploymentQuery {
         before: parse_before(q.before.as_deref())?,
         project: q.project,

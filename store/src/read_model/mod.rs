@@ -115,6 +115,13 @@ pub struct DeploymentQuery {
     pub limit: usize,
 }
 
+/// A `since` of a deployment list: an RFC 3339 time.
+pub fn parse_since(raw: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{raw}` is not an RFC 3339 time (2026-12-01T09:00:00Z): {e}"))
+}
+
 /// The read models' side of a store.
 #[async_trait]
 pub trait ReadModelStore: Send + Sync {
