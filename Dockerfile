@@ -1,5 +1,5 @@
 # Slipway's own image, for docker-compose.yml on a machine that can pull.
-FROM rust:1.85-bookworm AS build
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p slipway
