@@ -32,6 +32,14 @@ async fn a_secret_sentinel_appears_nowhere_but_the_value_table() {
     assert_eq!(d.status, Status::Succeeded, "{:?}", h.events(d.id).await);
     let replay = requests::request_replay(&*h.store, "test", d.id, Some(Step::Release)).await.unwrap().unwrap();
     assert_eq!(h.wait_finished(replay.deployment_id, Duration::from_secs(120)).await.status, Status::Succeeded);
+    // A service whose address setting is the secret (not a URL, so no URL
+    // redaction applies): the failure the worker records is scrubbed.
+    let toml_with_service = format!("{toml}\n[services]\nqueue = {{ type = \"tcp\", env = \"API_KEY\" }}\n");
+    repo.commit(&busybox_app("v2", &toml_with_service, ""), "v2 needs a queue");
+    let unreachable = h.deploy("test", "main").await;
+    let (step, reason) = failure(&unreachable);
+    assert_eq!(step, Step::CheckServices, "{reason}");
+    assert!(reason.contains("queue") && reason.contains("***") && !reason.contains(&sentinel), "{reason}");
 
     let schema = h.schema().unwrap().to_string();
     let slipway = |args: &[&str]| {

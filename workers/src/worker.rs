@@ -250,7 +250,7 @@ async fn handle(
             }
         };
         let started = std::time::Instant::now();
-        let event = execute(executor, &command, &settings).await;
+        let event = crate::steps::scrub_outcome(execute(executor, &command, &settings).await, &settings);
         let mut meta = Metadata::caused_by(&envelope);
         meta.actor = actor.to_string();
         // The next dispatch is a child of this step's span (when it is exported).

@@ -44,15 +44,52 @@ pub const SCRUB_MIN_LEN: usize = 4;
 /// or more is treated as one, and so is the password inside a URL value
 /// (an app that cannot log in tends to print just that, whatever its length).
 /// Longer values go first, so a value that contains another is hidden whole.
+/// Each value is also hidden as it appears URL-encoded and base64-encoded.
 pub fn scrub(lines: Vec<String>, settings: &Settings) -> Vec<String> {
-    let long = settings.values().filter(|v| v.len() >= SCRUB_MIN_LEN).cloned();
+    let values = scrubbed_values(settings);
+    lines.into_iter().map(|line| scrub_with(line, &values)).collect()
+}
+
+/// A step's outcome with every setting value (and source credential)
+/// scrubbed from the text it records: a failure's reason and details. The
+/// worker applies it to every outcome before recording it, whatever the
+/// step, so no step's message can carry a value into the permanent log.
+pub fn scrub_outcome(event: slipway_proto::Event, settings: &Settings) -> slipway_proto::Event {
+    match event {
+        slipway_proto::Event::StepFailed(mut failed) if !settings.is_empty() => {
+            let values = scrubbed_values(settings);
+            failed.reason = scrub_with(failed.reason, &values);
+            failed.details = failed.details.into_iter().map(|line| scrub_with(line, &values)).collect();
+            slipway_proto::Event::StepFailed(failed)
+        }
+        other => other,
+    }
+}
+
+/// Every form of every value to hide, longest first.
+fn scrubbed_values(settings: &Settings) -> Vec<String> {
+    use base64::Engine as _;
+    let long: Vec<String> = settings.values().filter(|v| v.len() >= SCRUB_MIN_LEN).cloned().collect();
     let passwords = settings.values().flat_map(|v| check_services::secrets_in(v));
-    let mut values: Vec<String> = long.chain(passwords).collect();
+    let encoded = long.iter().flat_map(|v| [percent_encode(v), base64::engine::general_purpose::STANDARD.encode(v)]);
+    let mut values: Vec<String> = long.iter().cloned().chain(passwords).chain(encoded).collect();
     values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     values.dedup();
-    lines
-        .into_iter()
-        .map(|line| values.iter().fold(line, |line, value| line.replace(value.as_str(), "***")))
+    values
+}
+
+fn scrub_with(line: String, values: &[String]) -> String {
+    values.iter().fold(line, |line, value| line.replace(value.as_str(), "***"))
+}
+
+/// `value` as a URL carries it: every byte but the unreserved ones as `%XX`.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
         .collect()
 }
 
@@ -85,6 +122,22 @@ pub trait Executor: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_are_scrubbed_of_values_raw_url_encoded_and_base64() {
+        use base64::Engine as _;
+        let settings = Settings::from([("TOKEN".to_string(), "s3cr3t/+value".to_string())]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode("s3cr3t/+value");
+        let failed = slipway_proto::Event::StepFailed(slipway_proto::event::StepFailed {
+            step: slipway_proto::Step::CheckServices,
+            reason: "service `q` at s3cr3t/+value unreachable".into(),
+            attempt: 1,
+            details: vec!["GET /?t=s3cr3t%2F%2Bvalue".into(), format!("Authorization: Basic {b64}")],
+        });
+        let slipway_proto::Event::StepFailed(scrubbed) = scrub_outcome(failed, &settings) else { unreachable!() };
+        assert_eq!(scrubbed.reason, "service `q` at *** unreachable");
+        assert_eq!(scrubbed.details, ["GET /?t=***", "Authorization: Basic ***"]);
+    }
 
     #[test]
     fn scrubbing_hides_every_value_longest_first_but_not_tiny_ones() {
