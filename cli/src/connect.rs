@@ -17,7 +17,7 @@ pub async fn store(url: &str, schema: Option<&str>) -> anyhow::Result<Arc<dyn Ev
     if let Some(path) = url.strip_prefix("sqlite://") {
         let path = Path::new(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            private_dir(dir)?;
         }
         let store = SqliteStore::open(path).await.with_context(|| format!("opening the SQLite store {}", path.display()))?;
         return Ok(Arc::new(store));
@@ -49,4 +49,14 @@ pub async fn queue(url: &str, namespace: Option<&str>) -> anyhow::Result<Arc<dyn
         });
     }
     bail!("--queue `{}`: expected `memory` or amqp://USER:PASSWORD@HOST:PORT/VHOST", redact_url(url))
+}
+
+/// Creates `dir` (and its parents) if missing; a directory made here is
+/// its owner's only (0700): it holds the store, checkouts and logs.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("creating {}", dir.display()))
 }

@@ -577,6 +577,9 @@ enum ImagesCmd {
 #[derive(Subcommand)]
 enum EnvCmd {
     /// Set KEY=VALUE settings; with --secret the values are never shown.
+    /// `KEY=-` reads the value from standard input and `KEY=@FILE` from a
+    /// file, so a secret stays out of `ps` and the shell's history (a value
+    /// that starts with `@` is given as `@@...`).
     Set {
         project: String,
         env: String,

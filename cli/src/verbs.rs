@@ -246,15 +246,43 @@ pub async fn preview_remove(store: &dyn EventStore, project: &str, env: &str, js
     Ok(())
 }
 
-/// Parses `KEY=VALUE` arguments.
+/// Parses `KEY=VALUE` arguments: `KEY=-` takes the value from standard
+/// input (one key at most), `KEY=@FILE` from a file, `KEY=@@...` is a
+/// value that starts with `@`. A value read whole loses one trailing newline.
 pub fn parse_assignments(pairs: &[String], secret: bool) -> anyhow::Result<Vec<SettingValue>> {
+    if pairs.iter().filter(|p| p.split_once('=').is_some_and(|(_, v)| v == "-")).count() > 1 {
+        return Err(exit::usage("only one KEY=- can read standard input"));
+    }
     pairs
         .iter()
         .map(|pair| {
             let (key, value) = pair.split_once('=').ok_or_else(|| exit::usage(format!("`{pair}`: expected KEY=VALUE")))?;
-            Ok(SettingValue { key: key.into(), value: value.into(), secret })
+            let value = if value == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| exit::usage(format!("{key}: reading standard input: {e}")))?;
+                without_newline(text)
+            } else if let Some(escaped) = value.strip_prefix("@@") {
+                format!("@{escaped}")
+            } else if let Some(file) = value.strip_prefix('@') {
+                let text = std::fs::read_to_string(file).map_err(|e| exit::usage(format!("{key}: reading {file}: {e}")))?;
+                without_newline(text)
+            } else {
+                value.to_string()
+            };
+            Ok(SettingValue { key: key.into(), value, secret })
         })
         .collect()
+}
+
+fn without_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
 }
 
 pub async fn env_set(store: &dyn EventStore, project: &str, env: &str, set: Vec<SettingValue>) -> anyhow::Result<()> {

@@ -39,8 +39,16 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store in the file at `path`.
+    /// Opens (creating if needed) the store in the file at `path`. The file
+    /// holds setting values: it is made readable by its owner only (0600),
+    /// and tightened to that if it was not; SQLite gives its WAL and
+    /// shared-memory files the database file's permissions.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        private_file(path).map_err(|e| StoreError::Database {
+            backend: "sqlite",
+            context: format!("making {} readable by its owner only", path.display()),
+            source: sqlx::Error::Io(e),
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -392,4 +400,21 @@ fn insert_error(e: sqlx::Error, stream: &str) -> StoreError {
         }
     }
     db(format!("appending to `{stream}`"))(e)
+}
+
+/// Creates `path` with mode 0600 if it is missing, or takes its group and
+/// other permissions away if it is not.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
