@@ -706,6 +706,26 @@ async fn remove_containers_removes_everything_of_the_deployment() {
 }
 
 #[tokio::test]
+async fn a_named_container_without_the_deployments_label_is_not_removed() {
+    let mut f = Fixture::new("").await;
+    let web = f.deploy(&Settings::new()).await.container;
+    // Someone else's container, named in a forged command.
+    let foreign = format!("not-slipways-{}", Uuid::now_v7().simple());
+    let image = std::process::Command::new("docker").args(["inspect", "-f", "{{.Image}}", &web]).output().unwrap();
+    let image = String::from_utf8_lossy(&image.stdout).trim().to_string();
+    let created = std::process::Command::new("docker").args(["create", "--name", &foreign, &image, "true"]).output().unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let command = RemoveContainers { deployment_id: f.ctx.deployment_id, containers: vec![web.clone(), foreign.clone()] };
+    match cleanup::remove_containers(&command).await {
+        Event::ContainersRemoved(r) => assert_eq!(r.containers, vec![web]),
+        other => panic!("remove: {other:?}"),
+    }
+    let still = std::process::Command::new("docker").args(["inspect", "-f", "{{.Name}}", &foreign]).output().unwrap();
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &foreign]).output();
+    assert!(still.status.success(), "the foreign container was removed");
+}
+
+#[tokio::test]
 async fn retire_stops_a_container_that_ignores_sigterm_within_the_grace() {
     let mut f = Fixture::new("").await;
     let web = f.deploy(&Settings::new()).await.container;

@@ -60,9 +60,22 @@ async fn remove(deployment_id: Uuid, named: &[String], grace: Option<Duration>) 
     }
 }
 
+/// The deployment's containers: every one labelled with it, and each named
+/// one that no longer exists (nothing to do, reported as gone). A named
+/// container that exists without the deployment's label is not touched:
+/// a command forged on the queue cannot remove another deployment's
+/// container, or anything else on the host, by naming it.
 async fn targets(docker: &Docker, deployment_id: Uuid, named: &[String]) -> Result<Vec<String>, Failure> {
     let labelled = docker::deployment_containers(docker, deployment_id).await?;
-    let all: BTreeSet<String> = named.iter().cloned().chain(labelled).collect();
+    let mut all: BTreeSet<String> = labelled.iter().cloned().collect();
+    for name in named.iter().filter(|n| !labelled.contains(n)) {
+        match docker::find_container(docker, name).await? {
+            None => {
+                all.insert(name.clone());
+            }
+            Some(_) => tracing::warn!(container = %name, %deployment_id, "not removing a container the deployment does not label as its own"),
+        }
+    }
     Ok(all.into_iter().collect())
 }
 
