@@ -81,7 +81,7 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
     let docker = docker::connect().await?;
     let workspace = rt.workspaces.join(ctx.deployment_id.to_string());
     let warnings = pinning_warnings(&workspace).await;
-    let workspace_dockerfile = tokio::fs::read_to_string(workspace.join("Dockerfile")).await.unwrap_or_default();
+    let workspace_dockerfile = read_checkout_file(&workspace.join("Dockerfile")).ok().flatten().unwrap_or_default();
     if let Some(image_id) = find_image(&docker, &tag).await? {
         // A redelivery: the first delivery built and tagged it (and may
         // have pushed it; pushing again is a no-op for the registry).
@@ -135,7 +135,7 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
 /// The Dockerfile lint's findings for a checkout (none if it cannot be read:
 /// the build then fails with the reason).
 async fn pinning_warnings(workspace: &Path) -> Vec<PinningWarning> {
-    let Ok(dockerfile) = tokio::fs::read_to_string(workspace.join("Dockerfile")).await else { return vec![] };
+    let Ok(Some(dockerfile)) = read_checkout_file(&workspace.join("Dockerfile")) else { return vec![] };
     let lockfile = ["package-lock.json", "npm-shrinkwrap.json"].iter().any(|f| workspace.join(f).exists());
     pinning::lint(&dockerfile, lockfile)
         .into_iter()
@@ -319,11 +319,15 @@ async fn context_tar(root: PathBuf) -> Result<Vec<u8>, Failure> {
             root.display()
         )));
     }
-    if !root.join("Dockerfile").is_file() {
-        return Err(Failure::new(format!(
-            "no Dockerfile at the repository root ({}); Slipway builds the image from it",
-            root.join("Dockerfile").display()
-        )));
+    match read_checkout_file(&root.join("Dockerfile")) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(Failure::new(format!(
+                "no Dockerfile at the repository root ({}); Slipway builds the image from it",
+                root.join("Dockerfile").display()
+            )))
+        }
+        Err(why) => return Err(Failure::new(why)),
     }
     tokio::task::spawn_blocking(move || {
         let ignore = dockerignore(&root).map_err(Failure::new)?;
@@ -334,14 +338,37 @@ async fn context_tar(root: PathBuf) -> Result<Vec<u8>, Failure> {
     .map_err(|e| Failure::new(format!("packing the build context failed: {e}")))?
 }
 
+/// The largest `Dockerfile` or `.dockerignore` read (a repository is untrusted input).
+const MAX_BUILD_FILE: u64 = 1 << 20;
+
+/// A `Dockerfile` or `.dockerignore` of the checkout, `None` if missing. It
+/// must be a regular file of at most [`MAX_BUILD_FILE`] bytes: a symbolic
+/// link (to `/dev/zero`, to a file of the worker's host) is refused, not
+/// followed, so a repository can neither exhaust the worker's memory nor
+/// have a host file's lines echoed into a failure.
+fn read_checkout_file(path: &Path) -> Result<Option<String>, String> {
+    let shown = path.display();
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {shown}: {e}")),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(format!("{shown} is a symbolic link; Slipway reads it only as a regular file in the repository"));
+    }
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    if meta.len() > MAX_BUILD_FILE {
+        return Err(format!("{shown} is {} bytes; the limit is {MAX_BUILD_FILE}", meta.len()));
+    }
+    std::fs::read_to_string(path).map(Some).map_err(|e| format!("cannot read {shown}: {e}"))
+}
+
 /// The root `.dockerignore` as a gitignore matcher (empty without one).
 fn dockerignore(root: &Path) -> Result<Gitignore, String> {
     let path = root.join(".dockerignore");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Gitignore::empty()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
+    let Some(text) = read_checkout_file(&path)? else { return Ok(Gitignore::empty()) };
     let mut builder = GitignoreBuilder::new(root);
     for line in text.lines() {
         if let Some(pattern) = gitignore_pattern(line) {
@@ -411,6 +438,26 @@ fn add_dir(root: &Path, dir: &Path, ignore: &Gitignore, tar: &mut tar::Builder<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_files_must_be_small_regular_files_of_the_checkout() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let root = dir.path();
+        // `ln -s /dev/zero Dockerfile` would have the worker read forever.
+        std::os::unix::fs::symlink("/dev/zero", root.join("Dockerfile")).expect("symlink");
+        let refused = read_checkout_file(&root.join("Dockerfile")).expect_err("a symlink");
+        assert!(refused.contains("symbolic link"), "{refused}");
+        // A .dockerignore pointing at a host file: refused, its lines never echoed.
+        std::os::unix::fs::symlink("/etc/passwd", root.join(".dockerignore")).expect("symlink");
+        let refused = dockerignore(root).expect_err("a symlink");
+        assert!(refused.contains("symbolic link") && !refused.contains("root:"), "{refused}");
+        std::fs::remove_file(root.join("Dockerfile")).expect("rm");
+        std::fs::write(root.join("Dockerfile"), vec![b'#'; MAX_BUILD_FILE as usize + 1]).expect("write");
+        assert!(read_checkout_file(&root.join("Dockerfile")).expect_err("too big").contains("the limit is"));
+        std::fs::write(root.join("Dockerfile"), "FROM scratch\n").expect("write");
+        assert_eq!(read_checkout_file(&root.join("Dockerfile")), Ok(Some("FROM scratch\n".to_string())));
+        assert_eq!(read_checkout_file(&root.join("missing")), Ok(None));
+    }
 
     #[test]
     fn docker_patterns_become_anchored_gitignore_patterns() {
