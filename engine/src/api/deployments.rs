@@ -536,18 +536,31 @@ fn section(text: &mut String, title: &str, log_ref: Option<&str>, data_dir: &Pat
 
 /// Where a recorded log is, as `slipway logs` finds it: an absolute path as
 /// is, a relative one under the data directory (or, as the workers wrote it,
-/// relative to where they ran). A path that climbs out with `..` is refused:
-/// the API shows logs, not files.
+/// relative to where they ran). Only a file inside the data directory is
+/// shown: a path that climbs out with `..`, an absolute path elsewhere (an
+/// event naming `/etc/passwd`), and a symbolic link leading out are
+/// refused. The API shows logs, not files.
 fn log_path(data_dir: &Path, log_ref: &str) -> Option<PathBuf> {
     let path = Path::new(log_ref);
     if path.components().any(|c| c == Component::ParentDir) {
         return None;
     }
-    if path.is_absolute() {
-        return Some(path.to_path_buf());
+    let candidate = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        let under = data_dir.join(path);
+        if under.exists() || !path.exists() { under } else { path.to_path_buf() }
+    };
+    match (std::fs::canonicalize(data_dir), std::fs::canonicalize(&candidate)) {
+        // Both exist: compare where they really are (symlinks resolved).
+        (Ok(root), Ok(real)) => real.starts_with(&root).then_some(real),
+        // The file (or the whole directory) is missing here: say so, but
+        // only for a path inside the data directory as written.
+        _ => {
+            let root = std::path::absolute(data_dir).ok()?;
+            std::path::absolute(&candidate).ok().filter(|c| c.starts_with(&root))
+        }
     }
-    let under = data_dir.join(path);
-    Some(if under.exists() || !path.exists() { under } else { path.to_path_buf() })
 }
 
 #[cfg(test)]
@@ -561,6 +574,21 @@ mod tests {
         assert_eq!(log_path(data, "logs/x/build.log"), Some(PathBuf::from("/var/lib/slipway/logs/x/build.log")));
         assert_eq!(log_path(data, "logs/../../../etc/passwd"), None);
         assert_eq!(log_path(data, "/var/lib/slipway/../../etc/passwd"), None);
+        assert_eq!(log_path(data, "/etc/passwd"), None, "an absolute path elsewhere");
+    }
+
+    #[test]
+    fn a_log_is_shown_only_from_inside_the_data_directory_symlinks_resolved() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let logs = dir.path().join("logs/d");
+        std::fs::create_dir_all(&logs).expect("mkdir");
+        std::fs::write(logs.join("build.log"), "built\n").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", logs.join("release-0.log")).expect("symlink");
+        let real = std::fs::canonicalize(logs.join("build.log")).expect("canonical");
+        assert_eq!(log_path(dir.path(), "logs/d/build.log"), Some(real.clone()));
+        assert_eq!(log_path(dir.path(), real.to_str().expect("utf-8")), Some(real));
+        assert_eq!(log_path(dir.path(), "logs/d/release-0.log"), None, "a symlink leading out");
+        assert_eq!(log_path(dir.path(), "/etc/passwd"), None);
     }
 
     #[test]
