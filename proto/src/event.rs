@@ -893,12 +893,12 @@ pub struct RouterErrorsObserved {
     pub router_id: String,
     /// The route version the counts are for: the deployment's cutover.
     pub route_version: u64,
-    /// Requests sent to the release (not those its standby answered alone).
+    /// Requests sent to the release.
     pub requests: u64,
     /// Answers with a status of 500 or more from the release.
     pub errors_5xx: u64,
-    /// Requests the release refused, reset or dropped (the router's 502s,
-    /// and those the standby took over).
+    /// Requests that failed with the router's 502: the release refused,
+    /// reset or dropped them and no standby answered instead.
     pub upstream_errors: u64,
     /// When this router began counting (it applied the route version).
     pub since: chrono::DateTime<chrono::Utc>,

@@ -822,15 +822,16 @@ const STALE_ATTEMPTS: usize = 2;
 impl Forward {
     async fn send(self, held: Arc<Held>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
         let Forward { req, upstream: mut addr, mut standby, host, upgrade, stats } = self;
-        // Counts the route's own upstream failing, once: a request the
-        // standby then answers still failed on the release it was sent to.
+        // What the route's counters learn: an answer of its own upstream's
+        // (not the standby's), or a failure the client gets as a 502. A
+        // request the standby rescued is not counted as an error: the
+        // client saw none, and a dying release is Docker's signal to give.
         let mut on_primary = true;
-        let mut primary_failed = || {
-            if std::mem::take(&mut on_primary) {
-                if let Some(stats) = &stats {
-                    stats.upstream_error();
-                }
+        let upstream_failed = |e: ProxyError| {
+            if let Some(stats) = &stats {
+                stats.upstream_error();
             }
+            e
         };
         // A bodiless GET, HEAD or OPTIONS that an upstream dropped without
         // answering may go to the standby (as nginx's `proxy_next_upstream
@@ -869,27 +870,23 @@ impl Forward {
             // that served before, while this one is watched) takes it.
             let mut upstream = match connected {
                 Ok(upstream) => upstream,
-                Err(reason) => {
-                    primary_failed();
-                    match standby.take() {
-                        Some(next) => {
-                            tracing::debug!(upstream = %addr, standby = %next, %reason, "router: upstream refused; trying the standby");
-                            addr = next;
-                            continue;
-                        }
-                        None => return Err(failed(addr, reason, true)),
+                Err(reason) => match standby.take() {
+                    Some(next) => {
+                        tracing::debug!(upstream = %addr, standby = %next, %reason, "router: upstream refused; trying the standby");
+                        (addr, on_primary) = (next, false);
+                        continue;
                     }
-                }
+                    None => return Err(upstream_failed(failed(addr, reason, true))),
+                },
             };
             if !upstream.ready().await {
                 if fresh {
-                    primary_failed();
                     match standby.take() {
                         Some(next) => {
-                            addr = next;
+                            (addr, on_primary) = (next, false);
                             continue;
                         }
-                        None => return Err(failed(addr, "it closed the connection at once".into(), true)),
+                        None => return Err(upstream_failed(failed(addr, "it closed the connection at once".into(), true))),
                     }
                 }
                 stale += 1;
@@ -905,16 +902,12 @@ impl Forward {
                         stale += 1;
                     }
                     (_, Some(copy), Some(next)) => {
-                        primary_failed();
                         tracing::debug!(upstream = %addr, standby = %next, "router: upstream dropped an idempotent request; sending it to the standby");
                         req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
                         standby = None;
-                        addr = next;
+                        (addr, on_primary) = (next, false);
                     }
-                    _ => {
-                        primary_failed();
-                        return Err(failed(addr, error_chain(&e.into_error()), false));
-                    }
+                    _ => return Err(upstream_failed(failed(addr, error_chain(&e.into_error()), false))),
                 },
             }
         };

@@ -8,8 +8,10 @@
 //! change carries the same `Arc` over (`node::routing` does that). So the
 //! counts of a release being watched start at zero when the router takes
 //! its route and are never mixed with the previous release's. Only the
-//! route's own upstreams count; an answer from the standby does not (the
-//! request that the new release refused counts as its upstream error).
+//! route's own upstreams' answers count, and the failures the client gets
+//! (the router's 502s); a request the standby rescued is neither an answer
+//! nor an error of the release (the client saw none; a release that dies
+//! is the watch's Docker signal, which says why).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,7 +79,8 @@ impl RouteStats {
         }
     }
 
-    /// The upstream refused, reset or dropped the request.
+    /// The request failed with a 502: its upstream refused, reset or
+    /// dropped it (and no standby answered it instead).
     pub fn upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
         self.first_error();

@@ -453,7 +453,7 @@ async fn failing_upstream() -> SocketAddr {
 }
 
 #[tokio::test]
-async fn each_route_counts_its_own_upstreams_5xx_answers_and_failures_not_the_standbys() {
+async fn each_route_counts_its_own_upstreams_5xx_answers_and_the_502s_clients_get_not_what_the_standby_rescued() {
     let old = upstream("old").await;
     let failing = failing_upstream().await;
     let refused = {
@@ -475,5 +475,6 @@ async fn each_route_counts_its_own_upstreams_5xx_answers_and_failures_not_the_st
         let c = s.counts();
         (c.requests, c.errors_5xx, c.upstream_errors, c.first_error_ms.is_some())
     });
-    assert_eq!(counts, [(3, 3, 0, true), (3, 0, 3, true), (1, 0, 1, true), (3, 0, 0, false)]);
+    // The refused requests the standby answered: no error the client saw.
+    assert_eq!(counts, [(3, 3, 0, true), (3, 0, 0, false), (1, 0, 1, true), (3, 0, 0, false)]);
 }
