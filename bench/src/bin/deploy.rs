@@ -348,7 +348,13 @@ async fn error_trials(m: &Machinery, args: &Args, repo: &Path, project: &str, li
                 _ => {}
             }
             if started.elapsed() > Duration::from_secs(120) {
-                bail!("trial {trial}: no 5xx, or the old release did not answer again, within 120 s");
+                let recorded = m.store.read_stream(&deployment_stream(id), 1).await?;
+                let seen: Vec<_> = recorded.iter().map(|r| r.envelope.message_type.clone()).collect();
+                bail!(
+                    "trial {trial}: {} within 120 s; deployment {id} recorded {}",
+                    if first_5xx.is_none() { "no 5xx through the router" } else { "the old release did not answer again" },
+                    seen.join(", ")
+                );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
