@@ -154,6 +154,16 @@ pub fn describe(event: &Event) -> String {
             r.route_version,
             r.to.map_or("nothing (no earlier release)".to_string(), |d| format!("deployment {d}"))
         ),
+        Event::RouterErrorsObserved(o) => format!(
+            "router {} counted {} of {} request(s) failed ({} answered 5xx, {} upstream error(s)) on route version {} since {}",
+            o.router_id,
+            o.errors(),
+            o.requests,
+            o.errors_5xx,
+            o.upstream_errors,
+            o.route_version,
+            o.since.format("%H:%M:%S%.3f UTC")
+        ),
         Event::ContainerReconciled(r) => format!(
             "{} {}{}: {}",
             r.container,

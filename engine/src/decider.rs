@@ -19,6 +19,7 @@
 //! | switch requested, every router acknowledged | `TrafficSwitched` |
 //! | switched, `[web] watch` is 0 (or a dry run) | `DeploymentSucceeded`, `DeploymentFinished` (environment), `RetireRelease` of the previous release |
 //! | switched, watch not started             | `ReleaseWatchStarted` (until now + window) + dispatch `RunStep(watch)` |
+//! | watching, the routers' counts of the release's requests above `[web] watch_max_error_rate` (at least 5 errors) | `StepFailed(watch)` "router errors: …" (then as any failed watch) |
 //! | watching, no outcome yet                | wake me at its deadline (then as any overdue step) |
 //! | watched (`ReleaseWatched`)              | `RouteChanged` (settled: the standby let go), `DeploymentSucceeded`, `DeploymentFinished`, `RetireRelease` of the previous release |
 //! | failed after the switch (watch failed, cancelled), not rolled back | `ReleaseRolledBack` + `RouteChanged` back to the previous release |
@@ -43,6 +44,7 @@ use slipway_proto::{Command, Event, Step};
 
 use crate::deployment::{Deployment, Status, Switch};
 use crate::environment::ActiveRelease;
+use crate::router_errors;
 use crate::routes::Traffic;
 
 /// What the driver should record and send.
@@ -196,6 +198,7 @@ fn roll_back(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) ->
                 route_version,
                 routers: routers.clone(),
                 deadline: env.now + env.switch_timeout,
+                router_errors: d.router_errors.values().cloned().collect(),
             })),
             Decision::RecordOnRoutes(revert_route(d, env, RouteReason::Rollback)),
         ];
@@ -260,6 +263,24 @@ fn watch_window(d: &Deployment) -> std::time::Duration {
     AppConfig::from_value(&d.context.config).map(|c| c.web.watch.0).unwrap_or_default()
 }
 
+/// The routers' signal: once the watch has started, counts of the new
+/// release's requests above `[web] watch_max_error_rate` fail the watch
+/// (the worker watching Docker and the health path may still be at it; its
+/// late outcome changes nothing). The failure then rolls back as any.
+fn router_errors_failure(d: &Deployment) -> Option<Event> {
+    let until = d.context.watch_until?;
+    let limit = AppConfig::from_value(&d.context.config).map(|c| c.web.watch_max_error_rate).unwrap_or_default();
+    let exceeded = router_errors::assess(&d.router_errors, limit)?;
+    let window = chrono::Duration::from_std(watch_window(d)).ok();
+    let switched_at = window.and_then(|w| until.checked_sub_signed(w));
+    Some(Event::StepFailed(StepFailed {
+        step: Step::Watch,
+        reason: exceeded.reason(switched_at),
+        attempt: d.dispatched.filter(|(s, _, _)| *s == Step::Watch).map_or(1, |(_, attempt, _)| attempt),
+        details: router_errors::details(&d.router_errors),
+    }))
+}
+
 /// After every router took the new release: watch it for `[web] watch`
 /// (the old release stays up meanwhile), then succeed. A watch that fails
 /// is a `StepFailed(watch)`, which `failed` turns into a rollback.
@@ -285,6 +306,9 @@ fn watch(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
     }
     if window.is_zero() {
         return succeeded(d, env);
+    }
+    if let Some(failure) = router_errors_failure(d) {
+        return vec![Decision::Record(failure)];
     }
     if d.context.watch_until.is_none() {
         let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);

@@ -5,7 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use slipway_proto::command::DeploymentContext;
-use slipway_proto::event::ReplaySource;
+use std::collections::BTreeMap;
+
+use slipway_proto::event::{ReplaySource, RouterErrorsObserved};
 use slipway_proto::{Event, Step};
 use uuid::Uuid;
 
@@ -58,6 +60,10 @@ pub struct Deployment {
     /// A release that failed after its switch was routed back
     /// (`ReleaseRolledBack`): the route version every router must acknowledge.
     pub rollback: Option<Revert>,
+    /// What each router counted of this release's requests since it took
+    /// the cutover's route version (its latest `RouterErrorsObserved`),
+    /// by router id; kept until the verdict.
+    pub router_errors: BTreeMap<String, RouterErrorsObserved>,
     /// The stream version this state was folded up to.
     pub version: u64,
 }
@@ -188,6 +194,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 failure_details: Vec::new(),
                 watched: false,
                 rollback: None,
+                router_errors: BTreeMap::new(),
                 version: 1,
                 })
             }
@@ -203,6 +210,16 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
             d.late_containers.retain(|c| !r.containers.contains(c));
         }
         Event::DeploymentReplayed(r) => d.replayed_as.push(r.replay),
+        // Routers report on their own schedule: counts of this release's
+        // cutover while it still runs are kept (the newest per router);
+        // anything else (late, another route version) is history only.
+        Event::RouterErrorsObserved(o) => {
+            let current = d.switch.as_ref().is_some_and(|s| s.route_version == o.route_version);
+            let newer = d.router_errors.get(&o.router_id).is_none_or(|seen| seen.at <= o.at);
+            if !finished && d.status == Status::Running && current && newer {
+                d.router_errors.insert(o.router_id.clone(), o.clone());
+            }
+        }
         // A worker that was mid-step when the verdict came reports late: the
         // fact is kept, the state only learns which containers to remove.
         e if finished && (e.completes_step().is_some() || matches!(e, Event::StepFailed(_) | Event::ReleaseWatched(_))) => {

@@ -26,6 +26,7 @@ pub mod read_model;
 pub mod rebuild;
 pub mod requests;
 pub mod retention;
+pub mod router_errors;
 pub mod routes;
 pub mod seen;
 pub mod source;

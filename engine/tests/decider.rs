@@ -663,6 +663,7 @@ fn rolled_back(to: Option<u128>) -> Event {
         route_version: 6,
         routers: vec!["a".into(), "b".into()],
         deadline: t(10),
+        router_errors: vec![],
     })
 }
 
@@ -826,4 +827,118 @@ fn without_routers_the_release_recorded_as_serving_names_its_containers_and_upst
     let finished = finished.expect("succeeds at once");
     assert_eq!(finished.containers, vec!["web-1".to_string(), "worker-1".to_string()]);
     assert_eq!(finished.upstreams, vec!["127.0.0.1:32768".to_string()]);
+}
+
+// --- The routers' 5xx and upstream-error counts during the watch ---------
+
+/// Router `router`'s cumulative counts of route version `version` at t(at).
+fn observed(router: &str, version: u64, requests: u64, errors_5xx: u64, upstream_errors: u64, at: i64) -> Event {
+    Event::RouterErrorsObserved(RouterErrorsObserved {
+        router_id: router.into(),
+        route_version: version,
+        requests,
+        errors_5xx,
+        upstream_errors,
+        since: t(0),
+        first_error_at: Some(t(1)),
+        at: t(at),
+    })
+}
+
+fn watching_with(observations: &[Event]) -> Vec<Event> {
+    let mut h = watching();
+    h.extend(observations.iter().cloned());
+    h
+}
+
+#[test]
+fn router_errors_above_the_rate_fail_the_watch_naming_the_figures_the_routers_and_the_times() {
+    let h = watching_with(&[observed("a", 5, 40, 12, 0, 2), observed("b", 5, 20, 3, 1, 3)]);
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &["record StepFailed"]);
+    let state = fold(h.iter()).unwrap().unwrap();
+    let decisions = decide(&state, &with_routers(&[("a", 5), ("b", 5)]));
+    let [Decision::Record(Event::StepFailed(f))] = decisions.as_slice() else { panic!("{decisions:?}") };
+    assert_eq!(f.step, Step::Watch);
+    assert_eq!(
+        f.reason,
+        "router errors: 16 of 60 requests to the release failed (27%: 15 answered 5xx, 1 upstream errors), \
+         above web.watch_max_error_rate 10%, on routers a, b by 08:00:03.000 UTC\
+         ; first error at 08:00:01.000 UTC (1.000s after the traffic switch)",
+    );
+    assert_eq!(f.details.len(), 2, "{:?}", f.details);
+    assert!(f.details[0].starts_with("router a: 40 requests, 12 answered 5xx, 0 upstream errors"), "{}", f.details[0]);
+
+    // Then the existing rollback path, with the routers' figures as evidence.
+    let mut failed = h.clone();
+    failed.push(Event::StepFailed(f.clone()));
+    let state = fold(failed.iter()).unwrap().unwrap();
+    let decisions = decide(&state, &with_routers(&[("a", 5), ("b", 5)]));
+    let Decision::Record(Event::ReleaseRolledBack(r)) = &decisions[0] else { panic!("{decisions:?}") };
+    assert!(r.reason.starts_with("router errors: 16 of 60"), "{}", r.reason);
+    assert_eq!(r.router_errors.iter().map(|o| (o.router_id.as_str(), o.errors())).collect::<Vec<_>>(), [("a", 12), ("b", 4)]);
+    assert!(matches!(&decisions[1], Decision::RecordOnRoutes(Event::RouteChanged(c)) if c.reason == RouteReason::Rollback));
+}
+
+#[test]
+fn few_errors_or_a_low_rate_do_not_fail_the_watch() {
+    let env = with_routers(&[("a", 5), ("b", 5)]);
+    // 4 errors in 4 requests: fewer than 5 errors is noise.
+    check_with(&watching_with(&[observed("a", 5, 4, 4, 0, 2)]), &env, &["wake at 960"]);
+    // 10 of 100 is not above 10%.
+    check_with(&watching_with(&[observed("a", 5, 100, 9, 1, 2)]), &env, &["wake at 960"]);
+    // 11 of 100 is.
+    check_with(&watching_with(&[observed("a", 5, 100, 9, 2, 2)]), &env, &["record StepFailed"]);
+}
+
+#[test]
+fn only_the_newest_counts_of_each_router_for_the_cutovers_route_version_count() {
+    let env = with_routers(&[("a", 5), ("b", 5)]);
+    // Another route version's counts (the old release's) are history only.
+    check_with(&watching_with(&[observed("a", 4, 50, 50, 0, 2)]), &env, &["wake at 960"]);
+    // Counts are cumulative: a newer, healthier total replaces the older one,
+    // and an older one arriving late does not replace the newer.
+    let h = watching_with(&[observed("a", 5, 10, 6, 0, 2), observed("a", 5, 1000, 6, 0, 5), observed("a", 5, 10, 6, 0, 3)]);
+    check_with(&h, &env, &["wake at 960"]);
+    let state = fold(h.iter()).unwrap().unwrap();
+    assert_eq!(state.router_errors["a"].requests, 1000);
+}
+
+#[test]
+fn the_rate_is_the_apps_own_setting() {
+    let mut h = watching_with(&[observed("a", 5, 100, 30, 0, 2)]);
+    for e in h.iter_mut() {
+        if let Event::CheckedOut(c) = e {
+            c.config = serde_json::json!({"web": {"watch_max_error_rate": "50%"}});
+        }
+    }
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &["wake at 960"]);
+    for e in h.iter_mut() {
+        if let Event::CheckedOut(c) = e {
+            c.config = serde_json::json!({"web": {"watch_max_error_rate": "100%"}});
+        }
+    }
+    h.push(observed("a", 5, 100, 100, 0, 3));
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &["wake at 960"]);
+}
+
+#[test]
+fn router_counts_before_the_watch_wait_for_it_and_after_the_verdict_change_nothing() {
+    // Counted while routers were still switching: kept, and acted on once
+    // every router switched and the watch began.
+    let mut h = switching();
+    h.push(observed("a", 5, 10, 10, 0, 1));
+    check_with(&h, &with_routers(&[("a", 5), ("b", 4)]), &["wake at 10"]);
+    h.push(Event::TrafficSwitched(TrafficSwitched { route_version: 5, routers: vec!["a".into(), "b".into()] }));
+    h.push(watch_started(60));
+    check_with(&h, &with_routers(&[("a", 5), ("b", 5)]), &["record StepFailed"]);
+
+    // Reports that arrive once the watch failed, or after the verdict, are legal and ignored.
+    let mut h = watch_fails();
+    h.push(rolled_back(Some(1)));
+    h.push(observed("a", 5, 10, 10, 0, 4));
+    let state = fold(h.iter()).expect("a late report is legal").unwrap();
+    assert!(state.router_errors.is_empty());
+    h.push(Event::DeploymentFailed(DeploymentFailed { step: Step::Watch, reason: "rolled back".into() }));
+    h.push(observed("a", 5, 20, 20, 0, 5));
+    assert!(fold(h.iter()).unwrap().unwrap().is_finished());
 }

@@ -115,6 +115,7 @@ fn rolling_back() -> Vec<Event> {
         route_version: 2,
         routers: vec![],
         deadline: t(200),
+        router_errors: vec![],
     }));
     h
 }

@@ -1,12 +1,14 @@
 //! A Slipway node: the parts a process runs — the engine (driver and outbox
 //! relay), the step workers, a router — wired together in one place, so the
 //! `slipway` binary, the end-to-end tests and the benchmarks run the same
-//! machinery. `routing` keeps a router's table in step with the store;
+//! machinery. `routing` keeps a router's table in step with the store
+//! and reports its error counts of watched releases (`error_reports`);
 //! `gauges` samples the metrics no event moves; `agent` keeps a Docker
 //! host running what is recorded and supervises the serving release;
 //! `poll` polls repositories for auto-deploy rules that ask for it.
 
 pub mod agent;
+pub mod error_reports;
 pub mod gauges;
 pub mod poll;
 pub mod routing;

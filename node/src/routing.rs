@@ -5,6 +5,11 @@
 //! its own stream — the engine completes a switch when every registered
 //! router has. A clean stop deregisters, so switches stop waiting for it; a
 //! crashed router stays registered, and switches fail until it is back.
+//!
+//! While a release is watched (its route has a standby), the router also
+//! reports what it counted of that release's requests when they fail
+//! (`error_reports`), so the engine can roll back on the routers' 5xx and
+//! upstream errors.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,15 +19,20 @@ use chrono::Utc;
 use slipway_engine::load::{self, LoadError};
 use slipway_engine::routes::Routes;
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{router_stream, RouteAcknowledged, RouterStarted, RouterStopped, ROUTERS_STREAM, ROUTES_STREAM};
+use slipway_proto::event::{deployment_stream, router_stream, RouteAcknowledged, RouterStarted, RouterStopped, ROUTERS_STREAM, ROUTES_STREAM};
 use slipway_proto::{Envelope, Event};
-use slipway_router::{Route, RouteHandle, RouteTable};
+use slipway_router::{Route, RouteHandle, RouteTable, Stats};
+
+use crate::error_reports::{Reporter, Watched};
 use slipway_store::subscription::wait_for_wakeup;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
 
 /// How long to wait for a wake-up before reading the routes stream anyway.
 const POLL: Duration = Duration::from_millis(500);
+/// How often the counts of watched routes are looked at (a report goes out
+/// at most once a second per route: `error_reports::EVERY`).
+const LOOK_AT_COUNTS: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct RouterOptions {
@@ -42,8 +52,10 @@ pub fn host_name(project: &str, environment: &str, domain: &str) -> String {
 
 /// The router's table for these routes. Upstreams that do not parse as
 /// socket addresses are left out (and logged); they cannot come from the
-/// engine, which writes `127.0.0.1:PORT`.
-pub fn table(routes: &Routes, domain: &str) -> RouteTable {
+/// engine, which writes `127.0.0.1:PORT`. A route whose version is the
+/// same as in `previous` keeps counting into the same counters; a changed
+/// one starts at zero.
+pub fn table(routes: &Routes, domain: &str, previous: &RouteTable) -> RouteTable {
     RouteTable::new(routes.by_environment.iter().map(|((project, environment), route)| {
         let parse = |list: &[String]| -> Vec<SocketAddr> {
             list.iter()
@@ -61,7 +73,12 @@ pub fn table(routes: &Routes, domain: &str) -> RouteTable {
             Some(d) => format!("{project}/{environment} deployment {d}"),
             None => format!("{project}/{environment} (no release)"),
         };
-        (host_name(project, environment, domain), Route { upstreams, standby, route_version: route.version, label })
+        let host = host_name(project, environment, domain);
+        let stats = match previous.get(&host) {
+            Some(before) if before.route_version == route.version => before.stats.clone(),
+            _ => Stats::default(),
+        };
+        (host, Route { upstreams, standby, route_version: route.version, label, stats })
     }))
 }
 
@@ -72,6 +89,7 @@ pub struct Follower {
     options: RouterOptions,
     routes: Routes,
     handle: RouteHandle,
+    reporter: Reporter,
 }
 
 impl Follower {
@@ -79,14 +97,14 @@ impl Follower {
     /// acknowledges the route version it serves.
     pub async fn start(store: Arc<dyn EventStore>, options: RouterOptions) -> Result<Follower, LoadError> {
         let routes = load::routes(&*store).await?;
-        let handle = RouteHandle::new(table(&routes, &options.domain));
+        let handle = RouteHandle::new(table(&routes, &options.domain, &RouteTable::default()));
         let started = Event::RouterStarted(RouterStarted {
             router_id: options.router_id.clone(),
             listen: options.listen.to_string(),
             domain: options.domain.clone(),
         });
         append(&*store, &options.router_id, ROUTERS_STREAM, &started).await?;
-        let follower = Follower { store, options, routes, handle };
+        let follower = Follower { store, options, routes, handle, reporter: Reporter::default() };
         follower.acknowledge().await?;
         Ok(follower)
     }
@@ -102,14 +120,25 @@ impl Follower {
     pub async fn follow(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut wake = self.store.wakeups();
+        let mut look = tokio::time::interval(LOOK_AT_COUNTS);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             wake.borrow_and_update();
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "reading routes failed; retrying");
             }
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = wait_for_wakeup(&mut wake, POLL) => {}
+            // Between two reads of the routes, look at the counts.
+            let wait = wait_for_wakeup(&mut wake, POLL);
+            tokio::pin!(wait);
+            let stop = loop {
+                tokio::select! {
+                    _ = &mut shutdown => break true,
+                    _ = &mut wait => break false,
+                    _ = look.tick() => self.report_errors().await,
+                }
+            };
+            if stop {
+                break;
             }
         }
         let stopped = Event::RouterStopped(RouterStopped { router_id: self.options.router_id.clone() });
@@ -127,10 +156,42 @@ impl Follower {
         for event in load::decode_all(&recorded)? {
             self.routes.apply(&event);
         }
-        self.handle.replace(table(&self.routes, &self.options.domain));
+        self.handle.replace(table(&self.routes, &self.options.domain, &self.handle.current()));
         tracing::debug!(route_version = self.routes.version, "routes applied");
         self.acknowledge().await?;
         Ok(())
+    }
+
+    /// Reports the error counts of watched routes that are due (see
+    /// `error_reports`) on their deployments' streams.
+    async fn report_errors(&mut self) {
+        let table = self.handle.current();
+        let watched: Vec<Watched> = self
+            .routes
+            .by_environment
+            .iter()
+            .filter(|(_, route)| !route.standby.is_empty())
+            .filter_map(|((project, environment), route)| {
+                let deployment = route.deployment?;
+                let served = table.get(&host_name(project, environment, &self.options.domain))?;
+                (served.route_version == route.version).then(|| Watched {
+                    deployment,
+                    route_version: route.version,
+                    counts: served.stats.counts(),
+                })
+            })
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        for (deployment, observed) in self.reporter.due(&self.options.router_id, Utc::now(), &watched) {
+            let version = observed.route_version;
+            let event = Event::RouterErrorsObserved(observed);
+            if let Err(e) = append(&*self.store, &self.options.router_id, &deployment_stream(deployment), &event).await {
+                tracing::warn!(%deployment, error = %e, "could not report the router's error counts; trying again");
+                self.reporter.unsent(deployment, version);
+            }
+        }
     }
 
     async fn acknowledge(&self) -> Result<(), StoreError> {
@@ -150,4 +211,30 @@ async fn append(store: &dyn EventStore, router_id: &str, stream: &str, event: &E
     // `Any` cannot conflict; the arm is there for the type.
     store.append(stream, ExpectedVersion::Any, &[envelope], &[]).await?.map_err(|c| invalid(c.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_engine::routes::Route as Recorded;
+
+    fn routes(versions: &[(&str, u64)]) -> Routes {
+        let by_environment = versions
+            .iter()
+            .map(|(env, version)| {
+                let route = Recorded { deployment: None, upstreams: vec!["127.0.0.1:1".into()], standby: vec![], version: *version };
+                (("p".to_string(), env.to_string()), route)
+            })
+            .collect();
+        Routes { version: 9, by_environment, removed: Default::default() }
+    }
+
+    #[test]
+    fn a_route_keeps_its_counters_while_its_version_stays_and_starts_afresh_when_it_changes() {
+        let before = table(&routes(&[("a", 1), ("b", 2)]), "d", &RouteTable::default());
+        let (a, b) = (before.get("p-a.d").unwrap().stats.clone(), before.get("p-b.d").unwrap().stats.clone());
+        let after = table(&routes(&[("a", 1), ("b", 3)]), "d", &before);
+        assert_eq!(after.get("p-a.d").unwrap().stats, a, "another route changed: same counters");
+        assert_ne!(after.get("p-b.d").unwrap().stats, b, "a new version counts from zero");
+    }
 }

@@ -44,6 +44,11 @@ pub struct WebConfig {
     /// failure within it routes back to the old release. `0` turns it off.
     #[serde(default = "default_watch")]
     pub watch: Interval,
+    /// The share of the new release's requests that may fail at the routers
+    /// (5xx answers and upstream errors) during the watch before it is
+    /// rolled back, once at least `ErrorRate::MIN_ERRORS` failed.
+    #[serde(default, skip_serializing_if = "ErrorRate::is_default")]
+    pub watch_max_error_rate: ErrorRate,
     /// Memory, CPU and process limits of the web container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
@@ -67,6 +72,7 @@ impl Default for WebConfig {
             health_timeout: default_health_timeout(),
             min_ready: default_min_ready(),
             watch: default_watch(),
+            watch_max_error_rate: ErrorRate::default(),
             memory: None,
             cpus: None,
             pids: None,
@@ -208,6 +214,71 @@ impl<'de> Deserialize<'de> for Cpus {
                 .ok_or_else(|| serde::de::Error::custom(format!("`{n}` is not a number of CPUs from 0.01 to 1024"))),
             Raw::Text(t) => Cpus::parse(&t).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// A share of requests, written as a percentage: `"10%"`, `"2.5%"`; kept in
+/// hundredths of a percent (`"10%"` is 1000) so that it compares exactly.
+/// `"100%"` never rolls back (no more than every request can fail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ErrorRate(pub u32);
+
+impl ErrorRate {
+    /// Fewer failed requests than this never roll back, whatever the rate:
+    /// two failures out of three requests is noise, not an outage.
+    pub const MIN_ERRORS: u64 = 5;
+    /// 100%, in hundredths of a percent.
+    pub const ALL: u32 = 10_000;
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let expected = || format!("`{text}` is not a percentage of requests like \"10%\" (from \"0%\" to \"100%\")");
+        let number = text.trim().strip_suffix('%').ok_or_else(expected)?;
+        let value: f64 = number.trim().parse().map_err(|_| expected())?;
+        let hundredths = (value * 100.0).round();
+        if !value.is_finite() || !(0.0..=f64::from(Self::ALL)).contains(&hundredths) {
+            return Err(expected());
+        }
+        Ok(ErrorRate(hundredths as u32))
+    }
+
+    /// Whether `errors` out of `requests` is above this rate.
+    pub fn exceeded_by(&self, errors: u64, requests: u64) -> bool {
+        u128::from(errors) * u128::from(Self::ALL) > u128::from(self.0) * u128::from(requests)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == ErrorRate::default()
+    }
+}
+
+impl Default for ErrorRate {
+    /// 10%.
+    fn default() -> Self {
+        ErrorRate(1000)
+    }
+}
+
+impl std::fmt::Display for ErrorRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (whole, frac) = (self.0 / 100, self.0 % 100);
+        if frac == 0 {
+            write!(f, "{whole}%")
+        } else {
+            write!(f, "{whole}.{}%", format!("{frac:02}").trim_end_matches('0'))
+        }
+    }
+}
+
+impl Serialize for ErrorRate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorRate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d).map_err(|_| serde::de::Error::custom("expected a percentage of requests like \"10%\""))?;
+        ErrorRate::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -569,7 +640,26 @@ replicas = 1
         rejects("[web]\nmin_ready = \"soon\"\n", "web.min_ready", "duration");
         rejects("[web]\nmin_ready = \"2m\"\n", "web.min_ready", "no longer than web.health_timeout (60s)");
         rejects("[web]\nwatch = \"-1s\"\n", "web.watch", "duration");
+        rejects("[web]\nwatch_max_error_rate = 10\n", "web.watch_max_error_rate", "percentage of requests like \"10%\"");
+        rejects("[web]\nwatch_max_error_rate = \"0.1\"\n", "web.watch_max_error_rate", "percentage");
+        rejects("[web]\nwatch_max_error_rate = \"120%\"\n", "web.watch_max_error_rate", "to \"100%\"");
+        rejects("[web]\nwatch_max_error_rate = \"-1%\"\n", "web.watch_max_error_rate", "percentage");
         rejects("[processes.w]\ncommand = [\"a\"]\nmemory = \"12q\"\n", "processes.w.memory", "memory size");
+    }
+
+    #[test]
+    fn error_rates_are_percentages() {
+        let c = parse("[web]\nwatch_max_error_rate = \"2.5%\"\n").unwrap();
+        assert_eq!(c.web.watch_max_error_rate, ErrorRate(250));
+        assert_eq!(c.web.watch_max_error_rate.to_string(), "2.5%");
+        assert_eq!(AppConfig::from_value(&c.to_value()).unwrap(), c);
+        let d = parse("").unwrap();
+        assert_eq!(d.web.watch_max_error_rate.to_string(), "10%");
+        assert!(d.to_value()["web"].get("watch_max_error_rate").is_none(), "the default is not recorded");
+        let ten = ErrorRate::default();
+        assert!(!ten.exceeded_by(10, 100) && ten.exceeded_by(11, 100));
+        assert!(!ErrorRate::parse("100%").unwrap().exceeded_by(50, 50), "100% never rolls back");
+        assert!(ErrorRate::parse("0%").unwrap().exceeded_by(1, u64::MAX));
     }
 
     #[test]

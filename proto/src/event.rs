@@ -891,6 +891,43 @@ pub struct ReleaseRolledBack {
     pub route_version: u64,
     pub routers: Vec<String>,
     pub deadline: chrono::DateTime<chrono::Utc>,
+    /// What each router had counted of the release's requests by then
+    /// (its last `RouterErrorsObserved`; none when no router saw errors).
+    #[serde(default)]
+    pub router_errors: Vec<RouterErrorsObserved>,
+}
+
+/// A router's counts of the requests it sent to a release being watched
+/// (on the deployment's stream): written only while the route has a
+/// standby (the watch), only when errors were counted, at most once a
+/// second per route. The counts are cumulative for the route version, from
+/// when this router applied it, so a lost or repeated record loses nothing:
+/// the latest of each router says it all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterErrorsObserved {
+    pub router_id: String,
+    /// The route version the counts are for: the deployment's cutover.
+    pub route_version: u64,
+    /// Requests sent to the release.
+    pub requests: u64,
+    /// Answers with a status of 500 or more from the release.
+    pub errors_5xx: u64,
+    /// Requests that failed with the router's 502: the release refused,
+    /// reset or dropped them and no standby answered instead.
+    pub upstream_errors: u64,
+    /// When this router began counting (it applied the route version).
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// The first error it counted.
+    pub first_error_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it read the counts.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl RouterErrorsObserved {
+    /// 5xx answers and upstream errors.
+    pub fn errors(&self) -> u64 {
+        self.errors_5xx.saturating_add(self.upstream_errors)
+    }
 }
 
 /// The stream of API tokens: who issued which, with what scope, and which
@@ -999,6 +1036,7 @@ crate::message_family! {
         ReleaseWatchStarted(ReleaseWatchStarted) = 1,
         ReleaseWatched(ReleaseWatched) = 1,
         ReleaseRolledBack(ReleaseRolledBack) = 1,
+        RouterErrorsObserved(RouterErrorsObserved) = 1,
         ContainerReconciled(ContainerReconciled) = 1,
         ReleaseUpstreamsObserved(ReleaseUpstreamsObserved) = 1,
         ContainerSupervised(ContainerSupervised) = 1,

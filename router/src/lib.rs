@@ -1,11 +1,14 @@
 //! Slipway's HTTP reverse proxy. Releases change which upstreams serve an
 //! environment's host name; this crate is what sends each request there.
 //! `table` decides where a request goes (pure, tested in place); `proxy`
-//! forwards it (hyper), and swaps whole route tables so that a release
+//! forwards it (hyper), counts what each route's upstreams answered
+//! (`stats`), and swaps whole route tables so that a release
 //! moves traffic atomically.
 
 pub mod proxy;
+pub mod stats;
 pub mod table;
 
 pub use proxy::{serve, serve_threads, serve_with, Fault, ProxyError, RouteHandle, ServeOptions};
+pub use stats::{Counts, RouteStats, Stats};
 pub use table::{normalize_host, Resolution, Route, RouteTable};

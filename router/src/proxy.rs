@@ -40,6 +40,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::stats::Stats;
 use crate::table::{Resolution, RouteTable};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
@@ -740,11 +741,18 @@ impl ConnState {
         let host = request_host(&req)?;
         let pick = self.pick.get();
         self.pick.set(pick.wrapping_add(1));
-        let (upstream, standby) = {
+        let (upstream, standby, stats) = {
             let table = self.held.shared.routes.table.load();
             let host_str = host.to_str().map_err(|_| ProxyError::BadHost)?;
             match table.resolve(Some(host_str), pick) {
-                Resolution::Upstream(upstream) => (upstream, table.get(host_str).and_then(|r| r.standby(pick))),
+                Resolution::Upstream(upstream) => {
+                    let route = table.get(host_str);
+                    let stats = route.map(|r| r.stats.clone());
+                    if let Some(stats) = &stats {
+                        stats.request();
+                    }
+                    (upstream, route.and_then(|r| r.standby(pick)), stats)
+                }
                 Resolution::MissingHost => return Err(ProxyError::MissingHost),
                 Resolution::UnknownHost(host) => return Err(ProxyError::UnknownHost(host)),
                 Resolution::NoUpstream(host) => {
@@ -781,7 +789,7 @@ impl ConnState {
         headers.insert(header::HOST, host.clone());
 
         let upgrade = upgrade.map(|(client_side, _)| (client_side, self.held.shared.force.clone()));
-        Ok(Forward { req, upstream, standby, host, upgrade })
+        Ok(Forward { req, upstream, standby, host, upgrade, stats })
     }
 }
 
@@ -802,6 +810,9 @@ struct Forward {
     /// For an upgrade request: the client side of the connection once it is
     /// upgraded, and the signal that closes the tunnel at shutdown.
     upgrade: Option<(hyper::upgrade::OnUpgrade, watch::Receiver<()>)>,
+    /// The route's counters: what its own upstream answered, or how it
+    /// failed (the standby's answers are not its upstream's).
+    stats: Option<Stats>,
 }
 
 /// Attempts on held or pooled connections that turn out closed before a
@@ -810,7 +821,18 @@ const STALE_ATTEMPTS: usize = 2;
 
 impl Forward {
     async fn send(self, held: Arc<Held>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
-        let Forward { req, upstream: mut addr, mut standby, host, upgrade } = self;
+        let Forward { req, upstream: mut addr, mut standby, host, upgrade, stats } = self;
+        // What the route's counters learn: an answer of its own upstream's
+        // (not the standby's), or a failure the client gets as a 502. A
+        // request the standby rescued is not counted as an error: the
+        // client saw none, and a dying release is Docker's signal to give.
+        let mut on_primary = true;
+        let upstream_failed = |e: ProxyError| {
+            if let Some(stats) = &stats {
+                stats.upstream_error();
+            }
+            e
+        };
         // A bodiless GET, HEAD or OPTIONS that an upstream dropped without
         // answering may go to the standby (as nginx's `proxy_next_upstream
         // error` does for idempotent requests): a crashing release behind a
@@ -851,20 +873,20 @@ impl Forward {
                 Err(reason) => match standby.take() {
                     Some(next) => {
                         tracing::debug!(upstream = %addr, standby = %next, %reason, "router: upstream refused; trying the standby");
-                        addr = next;
+                        (addr, on_primary) = (next, false);
                         continue;
                     }
-                    None => return Err(failed(addr, reason, true)),
+                    None => return Err(upstream_failed(failed(addr, reason, true))),
                 },
             };
             if !upstream.ready().await {
                 if fresh {
                     match standby.take() {
                         Some(next) => {
-                            addr = next;
+                            (addr, on_primary) = (next, false);
                             continue;
                         }
-                        None => return Err(failed(addr, "it closed the connection at once".into(), true)),
+                        None => return Err(upstream_failed(failed(addr, "it closed the connection at once".into(), true))),
                     }
                 }
                 stale += 1;
@@ -883,12 +905,17 @@ impl Forward {
                         tracing::debug!(upstream = %addr, standby = %next, "router: upstream dropped an idempotent request; sending it to the standby");
                         req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
                         standby = None;
-                        addr = next;
+                        (addr, on_primary) = (next, false);
                     }
-                    _ => return Err(failed(addr, error_chain(&e.into_error()), false)),
+                    _ => return Err(upstream_failed(failed(addr, error_chain(&e.into_error()), false))),
                 },
             }
         };
+        if on_primary {
+            if let Some(stats) = &stats {
+                stats.answered(response.status().as_u16());
+            }
+        }
         tracing::debug!(%peer, upstream = %addr, status = response.status().as_u16(), "router: proxied");
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some((client_side, force)) = upgrade else {

@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::stats::Stats;
+
 /// Where one host name's traffic goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -21,6 +23,9 @@ pub struct Route {
     pub route_version: u64,
     /// What the route is, for messages: `hello/live deployment 0190...`.
     pub label: String,
+    /// What its upstreams answered under this route version (shared by
+    /// the tables that keep the version; see `stats.rs`).
+    pub stats: Stats,
 }
 
 /// What a request's `Host` resolves to.
@@ -140,7 +145,13 @@ mod tests {
     }
 
     fn route(ports: &[u16]) -> Route {
-        Route { upstreams: ports.iter().map(|&p| addr(p)).collect(), standby: vec![], route_version: 1, label: "hello/live".into() }
+        Route {
+            upstreams: ports.iter().map(|&p| addr(p)).collect(),
+            standby: vec![],
+            route_version: 1,
+            label: "hello/live".into(),
+            stats: Default::default(),
+        }
     }
 
     fn table() -> RouteTable {

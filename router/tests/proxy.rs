@@ -63,7 +63,7 @@ async fn upstream(name: &'static str) -> Upstream {
 }
 
 fn route(upstreams: &[SocketAddr], version: u64) -> Route {
-    Route { upstreams: upstreams.to_vec(), standby: vec![], route_version: version, label: format!("test route v{version}") }
+    Route { upstreams: upstreams.to_vec(), standby: vec![], route_version: version, label: format!("test route v{version}"), stats: Default::default() }
 }
 
 fn table(entries: &[(&str, Route)]) -> RouteTable {
@@ -432,4 +432,49 @@ async fn a_refused_or_dropped_request_goes_to_the_standby_while_one_stands_by() 
     assert_eq!(sender.send_request(req).await.unwrap().status(), StatusCode::BAD_GATEWAY);
     assert_eq!(get(p.addr, Some("plain.test"), "/").await.0, StatusCode::BAD_GATEWAY);
     assert_eq!(old.seen.lock().unwrap().len(), 2, "the standby took exactly the two retried requests");
+}
+
+/// An upstream that answers every request with a 500.
+async fn failing_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                let mut response = Response::new(Full::new(Bytes::from("broken")));
+                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn each_route_counts_its_own_upstreams_5xx_answers_and_the_502s_clients_get_not_what_the_standby_rescued() {
+    let old = upstream("old").await;
+    let failing = failing_upstream().await;
+    let refused = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let dropping = dropping_upstream().await;
+    let watched = |new: SocketAddr| Route { standby: vec![old.addr], ..route(&[new], 2) };
+    let (five, saved, plain, healthy) = (watched(failing), watched(refused), route(&[dropping], 1), route(&[old.addr], 1));
+    let stats = [five.stats.clone(), saved.stats.clone(), plain.stats.clone(), healthy.stats.clone()];
+    let p = proxy(table(&[("five.test", five), ("saved.test", saved), ("plain.test", plain), ("healthy.test", healthy)])).await;
+    for _ in 0..3 {
+        assert_eq!(get(p.addr, Some("five.test"), "/").await.0, StatusCode::INTERNAL_SERVER_ERROR, "a 500 is an answer: no standby");
+        assert_eq!(get(p.addr, Some("saved.test"), "/").await, (StatusCode::OK, "old".to_string()));
+        assert_eq!(get(p.addr, Some("healthy.test"), "/").await.0, StatusCode::OK);
+    }
+    assert_eq!(get(p.addr, Some("plain.test"), "/").await.0, StatusCode::BAD_GATEWAY);
+    let counts = stats.map(|s| {
+        let c = s.counts();
+        (c.requests, c.errors_5xx, c.upstream_errors, c.first_error_ms.is_some())
+    });
+    // The refused requests the standby answered: no error the client saw.
+    assert_eq!(counts, [(3, 3, 0, true), (3, 0, 0, false), (1, 0, 1, true), (3, 0, 0, false)]);
 }

@@ -14,7 +14,10 @@
 //! and over `--watch-trials` releases that crash while watched, the time
 //! from the crash to the router serving the old release again (goal: p99
 //! under 2 s with one router), beside the forward switch of the same
-//! deployments (health check passed -> every router switched).
+//! deployments (health check passed -> every router switched). And over
+//! `--error-trials` releases that stay up and healthy but answer 500 on
+//! `/`, the time from the first 5xx a client gets through the router to
+//! the old release answering again (the routers' counts roll them back).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -52,6 +55,10 @@ struct Args {
     /// Releases that crash while watched (crash -> route back, p50/p99).
     #[arg(long, default_value_t = 20)]
     watch_trials: usize,
+    /// Releases that stay up but answer 500 while watched (first 5xx
+    /// through the router -> route back, p50/p99).
+    #[arg(long, default_value_t = 10)]
+    error_trials: usize,
 }
 
 const RELEASE: &str = "echo migrating && test -f /www/index.html";
@@ -293,16 +300,88 @@ fn recorded_at(recorded: &[slipway_store::RecordedEvent], what: &str) -> Option<
 
 /// GET / with `Host: host` through the router at `addr`: the body of a 2xx.
 async fn routed_body(addr: std::net::SocketAddr, host: &str) -> Option<String> {
+    routed(addr, host).await.filter(|(status, _)| (200..300).contains(status)).map(|(_, body)| body)
+}
+
+/// GET / with `Host: host` through the router at `addr`: status and body.
+async fn routed(addr: std::net::SocketAddr, host: &str) -> Option<(u16, String)> {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let request = hyper::Request::get(format!("http://{addr}/")).header(hyper::header::HOST, host).body(http_body_util::Empty::new()).ok()?;
     let response = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await.ok()?.ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
+    let status = response.status().as_u16();
     let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some(String::from_utf8_lossy(&body).trim().to_string())
+    Some((status, String::from_utf8_lossy(&body).trim().to_string()))
+}
+
+/// Releases that stay up and pass their health path but answer 500 on `/`:
+/// the time from the first 5xx through the router to the old release
+/// answering again, rolled back on the router's counts.
+async fn error_trials(m: &Machinery, args: &Args, repo: &Path, project: &str, listen: std::net::SocketAddr, build: &str) -> anyhow::Result<()> {
+    if args.error_trials == 0 {
+        return Ok(());
+    }
+    let host = format!("{project}-live.localhost");
+    let serving = routed_body(listen, &host).await.context("the router serves nothing before the error trials")?;
+    std::fs::create_dir_all(repo.join("www/cgi-bin"))?;
+    let cgi = "#!/bin/sh\necho 'Status: 500 Internal Server Error'\necho 'Content-Type: text/plain'\necho\necho broken\n";
+    let dockerfile = format!(
+        "{build}RUN [\"/bin/rm\", \"/www/index.html\"]\nRUN [\"/bin/chmod\", \"755\", \"/www/cgi-bin/index.cgi\"]\n\
+         CMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n"
+    );
+    let toml = "[web]\nport = 80\nhealth_timeout = \"30s\"\nmin_ready = \"0s\"\nhealth_path = \"/health\"\nwatch = \"60s\"\n";
+    let failing = commit_files(
+        repo,
+        &[("Dockerfile", &dockerfile), ("slipway.toml", toml), ("www/health", "ok\n"), ("www/cgi-bin/index.cgi", cgi)],
+        "answers 500",
+    )?;
+    let mut back_ms = Vec::new();
+    for trial in 0..args.error_trials {
+        let (_, id) = request_local(m, project, "live", &failing).await?;
+        let started = Instant::now();
+        let mut first_5xx = None;
+        loop {
+            match routed(listen, &host).await {
+                Some((status, _)) if status >= 500 && first_5xx.is_none() => first_5xx = Some(Instant::now()),
+                Some((200, body)) if first_5xx.is_some() && body == serving => break,
+                _ => {}
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                let recorded = m.store.read_stream(&deployment_stream(id), 1).await?;
+                let seen: Vec<_> = recorded.iter().map(|r| r.envelope.message_type.clone()).collect();
+                bail!(
+                    "trial {trial}: {} within 120 s; deployment {id} recorded {}",
+                    if first_5xx.is_none() { "no 5xx through the router" } else { "the old release did not answer again" },
+                    seen.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        back_ms.push(first_5xx.map_or(0.0, |at| at.elapsed().as_secs_f64() * 1e3));
+        let recorded = wait_for(m, id, "DeploymentFailed").await?;
+        let rolled = recorded.iter().find_map(|r| match r.envelope.decode::<slipway_proto::Event>() {
+            Ok(slipway_proto::Event::ReleaseRolledBack(r)) => Some(r.reason),
+            _ => None,
+        });
+        match rolled {
+            Some(reason) if reason.starts_with("router errors") => {}
+            other => bail!("deployment {id} was not rolled back on the router's counts: {other:?}"),
+        }
+        wait_for_single_container(project).await;
+    }
+    let p = |q: f64| {
+        let mut v = back_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    println!(
+        "first 5xx -> old release   p50 {:>5.0} ms  p99 {:>5.0} ms   ({} trials, one router, a client polling every 2 ms; the release stays up and healthy)",
+        p(0.5),
+        p(0.99),
+        back_ms.len()
+    );
+    Ok(())
 }
 
 /// The watch, through one router: its cost on a healthy deployment, and
@@ -418,6 +497,7 @@ async fn watch_section(m: &Machinery, args: &Args, repo: &Path, project: &str) -
         if p(&back_ms, 0.99) < 2000.0 { "yes" } else { "NO" }
     );
     println!("  ({} trials, one router; the forward switch is health check passed -> every router switched, of the same deployments)", back_ms.len());
+    error_trials(m, args, repo, project, listen, build).await?;
     let _ = stop_router.send(());
     router.await?.context("router")?;
     Ok(())

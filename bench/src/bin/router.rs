@@ -368,7 +368,7 @@ struct Router {
 
 impl Router {
     fn start(upstream: SocketAddr, layout: Layout, threads: usize) -> anyhow::Result<Self> {
-        let route = Route { upstreams: vec![upstream], standby: vec![], route_version: 1, label: "bench upstream".into() };
+        let route = Route { upstreams: vec![upstream], standby: vec![], route_version: 1, label: "bench upstream".into(), stats: Default::default() };
         let routes = RouteHandle::new(RouteTable::new([(HOST.to_string(), route)]));
         let listener = StdListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
