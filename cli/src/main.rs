@@ -417,6 +417,9 @@ enum ProjectCmd {
         #[arg(long, value_name = "NAME")]
         after: Option<String>,
     },
+    /// A project: its repository and how workers reach it (credential
+    /// names, never values; trusted host keys), its environments with their
+    /// settings count, and its auto-deploy and preview rules.
     Show { name: String },
     /// Change how workers reach a project's repository: credentials (kept as
     /// secrets, recorded by fingerprint), trusted SSH host keys, submodules.
