@@ -282,7 +282,7 @@ async fn record_deployments(
     let mut w = Writes::default();
     let now = Utc::now();
     // How workers reach the repository, as for any request.
-    let source = crate::requests::source_access(store, &p.name).await?;
+    let source = crate::requests::source_of(store, &p).await?;
     let mut targets = targets;
     if let Some(preview::Plan::Deploy { environment, add, rule: PreviewTrigger::Branches(glob), .. }) = branch_preview {
         if let Some(new) = &add {

@@ -66,7 +66,7 @@ pub async fn record_pull_request(
     let name = project.name.clone();
     let _turn = turn(&name).await;
     let actor = push::actor(provider, &pr.sender);
-    let source = crate::requests::source_access(store, &name).await?;
+    let source = crate::requests::source_of(store, &project).await?;
     let fresh = store.stream_version(&project_stream(&name)).await? == project.version;
     let mut current = fresh.then_some(project);
     for _ in 0..ATTEMPTS {

@@ -651,10 +651,17 @@ async fn project_environment(store: &dyn EventStore, project: &str, environment:
 /// How workers reach a project's repository: the project's own source
 /// access, or its original's for a mirror (it builds from that repository).
 pub(crate) async fn source_access(store: &dyn EventStore, project: &str) -> Result<SourceAccess, StoreError> {
-    let Some(p) = load_project(store, project).await? else { return Ok(SourceAccess::default()) };
+    match load_project(store, project).await? {
+        Some(p) => source_of(store, &p).await,
+        None => Ok(SourceAccess::default()),
+    }
+}
+
+/// [`source_access`] of a project already loaded: no read unless it is a mirror.
+pub(crate) async fn source_of(store: &dyn EventStore, p: &Project) -> Result<SourceAccess, StoreError> {
     match &p.mirror_of {
         Some(original) => Ok(load_project(store, original).await?.map(|o| o.source).unwrap_or_default()),
-        None => Ok(p.source),
+        None => Ok(p.source.clone()),
     }
 }
 
