@@ -119,26 +119,7 @@ impl Project {
                     env.insert(key.clone(), Setting { fingerprint: fingerprint.clone(), secret: s.secrets.contains(key) });
                 }
             }
-            Event::SourceAccessChanged(c) => {
-                for name in &c.removed {
-                    p.source.credentials.remove(name);
-                }
-                p.source.credentials.extend(c.set.clone());
-                if let Some(known) = &c.known_hosts {
-                    p.source.known_hosts = known.clone();
-                }
-                if let Some(submodules) = c.submodules {
-                    p.source.submodules = submodules;
-                }
-            }
-            // Trust on first use: only while nothing is trusted for that
-            // host; two first fetches racing each other pin once.
-            Event::SourceHostKeyPinned(pin) => {
-                let host = known_host_name(&pin.known_host);
-                if !p.source.known_hosts.iter().any(|k| known_host_name(k) == host) {
-                    p.source.known_hosts.push(pin.known_host.clone());
-                }
-            }
+            Event::SourceAccessChanged(_) | Event::SourceHostKeyPinned(_) => p.source.apply(event),
             Event::WebhookSecretRotated(r) => p.webhook_secret = Some(r.fingerprint.clone()),
             Event::AutoDeploySet(r) => match p.auto_deploy.iter_mut().find(|x| x.branch == r.branch) {
                 Some(rule) => {
@@ -248,9 +229,4 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
         }
     }
     project
-}
-
-/// The host field of an OpenSSH `known_hosts` line (`[host]:port` or `host`).
-pub fn known_host_name(line: &str) -> &str {
-    line.split_whitespace().next().unwrap_or_default()
 }

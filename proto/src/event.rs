@@ -68,6 +68,50 @@ impl SourceAccess {
     pub fn is_empty(&self) -> bool {
         self == &SourceAccess::default()
     }
+
+    /// Folds one event of the project's stream: `SourceAccessChanged` sets
+    /// and removes credentials and replaces the trusted host keys;
+    /// `SourceHostKeyPinned` (trust on first use) adds its key only while
+    /// nothing is trusted for that host, so two first fetches racing each
+    /// other pin once. Other events change nothing.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::SourceAccessChanged(c) => {
+                for name in &c.removed {
+                    self.credentials.remove(name);
+                }
+                self.credentials.extend(c.set.clone());
+                if let Some(known) = &c.known_hosts {
+                    self.known_hosts = known.clone();
+                }
+                if let Some(submodules) = c.submodules {
+                    self.submodules = submodules;
+                }
+            }
+            Event::SourceHostKeyPinned(pin) => {
+                let host = known_host_field(&pin.known_host);
+                if trusted_for(&self.known_hosts, host).next().is_none() {
+                    self.known_hosts.push(pin.known_host.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The host field of an OpenSSH `known_hosts` line (`[host]:port` or `host`).
+pub fn known_host_field(line: &str) -> &str {
+    line.split_whitespace().next().unwrap_or_default()
+}
+
+/// The lines of `known_hosts` that are for `host` (a host field).
+pub fn trusted_for<'a>(known_hosts: &'a [String], host: &'a str) -> impl Iterator<Item = &'a String> {
+    known_hosts.iter().filter(move |line| known_host_field(line) == host)
+}
+
+/// Whether two `known_hosts` lines name the same key (type and key; hosts aside).
+pub fn same_host_key(a: &str, b: &str) -> bool {
+    a.split_whitespace().skip(1).take(2).eq(b.split_whitespace().skip(1).take(2))
 }
 
 /// The credentials a project's source access may hold: an HTTPS `token`
@@ -1067,5 +1111,32 @@ impl Event {
             Event::StepSkipped(s) => Some(s.step),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod source_access_tests {
+    use super::*;
+
+    const ED: &str = "[h]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    const RSA: &str = "[h]:2222 ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ";
+
+    fn pin(line: &str) -> Event {
+        Event::SourceHostKeyPinned(SourceHostKeyPinned { known_host: line.into(), deployment_id: Uuid::nil() })
+    }
+
+    #[test]
+    fn a_first_use_pins_once_and_a_change_replaces_the_keys() {
+        let mut access = SourceAccess::default();
+        access.apply(&pin(ED));
+        access.apply(&pin(RSA));
+        assert_eq!(access.known_hosts, [ED], "the second first use of the same host pins nothing");
+        let given = SourceAccessChanged { known_hosts: Some(vec![RSA.into(), ED.into()]), ..Default::default() };
+        access.apply(&Event::SourceAccessChanged(given));
+        let trusted: Vec<&String> = trusted_for(&access.known_hosts, "[h]:2222").collect();
+        assert_eq!(trusted.len(), 2);
+        assert!(trusted.iter().any(|line| same_host_key(line, &format!("{} {}", "[h]:2222", &ED[9..]))));
+        assert_eq!(trusted_for(&access.known_hosts, "h").count(), 0, "another port is another host");
+        assert!(!same_host_key(ED, RSA));
     }
 }

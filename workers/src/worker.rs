@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{deployment_stream, project_stream, SourceHostKeyPinned, StepFailed};
+use slipway_proto::event::{
+    deployment_stream, known_host_field, project_stream, same_host_key, trusted_for, SourceAccess, SourceHostKeyPinned,
+    StepFailed,
+};
 use slipway_proto::{Command, Envelope, Event, Step, TraceContext};
 use slipway_telemetry::trace::{self, Delivered};
 use slipway_store::queue::{Delivery, Queue, QueueError};
@@ -320,22 +323,26 @@ async fn settle_host_key(store: &dyn EventStore, command: &Command, event: Event
     };
     let (Some(met), Command::RunStep(run)) = (met, command) else { return Ok(event) };
     let stream = project_stream(&run.context.project);
-    let host = met.split_whitespace().next().unwrap_or_default().to_string();
+    let host = known_host_field(&met).to_string();
     loop {
         let recorded = store.read_stream(&stream, 1).await?;
         let version = recorded.last().map_or(0, |r| r.version);
-        let events = recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok());
-        match trusted_key(events, &host) {
-            Some(key) if same_key(&key, &met) => return Ok(event),
-            Some(_) => {
-                let reason = format!(
-                    "the SSH host key of {} changed (fetching ref `{}`): it offered `{met}`, which the project does not trust. If the server's key was really replaced, trust the new one with `slipway project source --known-host LINE`; otherwise someone may be intercepting the connection",
-                    git::shown_repository(&run.context.repository),
-                    run.context.git_ref
-                );
-                return Ok(Event::StepFailed(StepFailed { step: run.step, reason, attempt: run.attempt, details: vec![] }));
-            }
-            None => {}
+        let mut access = SourceAccess::default();
+        for event in recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok()) {
+            access.apply(&event);
+        }
+        let trusted: Vec<&String> = trusted_for(&access.known_hosts, &host).collect();
+        if trusted.iter().any(|line| same_host_key(line, &met)) {
+            return Ok(event);
+        }
+        if !trusted.is_empty() {
+            let changed = git::SourceError::HostKeyChanged {
+                repo: git::shown_repository(&run.context.repository),
+                git_ref: run.context.git_ref.clone(),
+                met,
+            };
+            let reason = changed.to_string();
+            return Ok(Event::StepFailed(StepFailed { step: run.step, reason, attempt: run.attempt, details: vec![] }));
         }
         let pinned = Event::SourceHostKeyPinned(SourceHostKeyPinned {
             known_host: met.clone(),
@@ -348,29 +355,6 @@ async fn settle_host_key(store: &dyn EventStore, command: &Command, event: Event
             return Ok(event);
         }
     }
-}
-
-/// The key a project's events trust for `host` (a `known_hosts` host field), if any.
-fn trusted_key(events: impl Iterator<Item = Event>, host: &str) -> Option<String> {
-    let for_host = |line: &&String| line.split_whitespace().next() == Some(host);
-    let mut trusted = None;
-    for event in events {
-        match event {
-            Event::SourceAccessChanged(c) => {
-                if let Some(known) = &c.known_hosts {
-                    trusted = known.iter().find(for_host).cloned();
-                }
-            }
-            Event::SourceHostKeyPinned(p) if trusted.is_none() && for_host(&&p.known_host) => trusted = Some(p.known_host),
-            _ => {}
-        }
-    }
-    trusted
-}
-
-/// Two `known_hosts` lines name the same key (type and key; hosts aside).
-fn same_key(a: &str, b: &str) -> bool {
-    a.split_whitespace().skip(1).take(2).eq(b.split_whitespace().skip(1).take(2))
 }
 
 async fn execute(executor: &dyn Executor, command: &Command, settings: &Settings) -> Event {

@@ -32,6 +32,7 @@ use git2::{
 };
 use sha2::{Digest, Sha256};
 use slipway_proto::command::DeploymentContext;
+use slipway_proto::event::{same_host_key, trusted_for};
 
 use super::git::SourceError;
 use super::Settings;
@@ -602,22 +603,12 @@ fn check_host_key(
         kind.name(),
         base64::engine::general_purpose::STANDARD.encode(raw)
     );
-    let trusted: Vec<&String> = access
-        .known_hosts
-        .iter()
-        .filter(|line| line.split_whitespace().next() == Some(&field))
-        .collect();
+    let trusted: Vec<&String> = trusted_for(&access.known_hosts, &field).collect();
     if trusted.is_empty() {
         observed.borrow_mut().met_host_key = Some(met);
         return Ok(CertificateCheckStatus::CertificateOk);
     }
-    let same = |line: &&String| {
-        line.split_whitespace()
-            .skip(1)
-            .take(2)
-            .eq(met.split_whitespace().skip(1).take(2))
-    };
-    if trusted.iter().any(same) {
+    if trusted.iter().any(|line| same_host_key(line, &met)) {
         return Ok(CertificateCheckStatus::CertificateOk);
     }
     observed.borrow_mut().refused_host_key = Some(met);
