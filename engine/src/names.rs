@@ -7,8 +7,8 @@
 //! (`NameClaimed` on `name-<combined>`, appended only if that stream is
 //! new, in the creation's own transaction), and a pair whose name is taken
 //! is refused, naming the pair that has it. Pairs created before claims
-//! existed are found through the environments read model, so existing
-//! logs keep working unchanged and no event is edited.
+//! existed are found through the projects that could hold the name, so
+//! existing logs keep working unchanged and no event is edited.
 
 use slipway_proto::event::{name_stream, NameClaimed};
 use slipway_proto::Event;
@@ -21,19 +21,28 @@ pub fn combined(project: &str, environment: &str) -> String {
 
 /// The pair that holds `project`-`environment`'s combined name, if it is
 /// another pair: by its claim, or (for pairs created before claims) by the
-/// environments read model.
+/// projects themselves: only the pairs that split the combined name at one
+/// of its dashes can share it, so at most a few projects are read, however
+/// many there are.
 pub async fn taken_by(store: &dyn EventStore, project: &str, environment: &str) -> Result<Option<(String, String)>, StoreError> {
     let claim = store.read_stream(&name_stream(project, environment), 1).await?;
     if let Some(Ok(Event::NameClaimed(c))) = claim.first().map(|r| r.envelope.decode::<Event>()) {
         return Ok(other(project, environment, c.project, c.environment));
     }
-    crate::projector::catch_up(store).await?;
-    let wanted = combined(project, environment);
-    let rows = store.read_models().environments().await?;
-    Ok(rows
-        .into_iter()
-        .find(|r| combined(&r.project, &r.environment) == wanted && (r.project != project || r.environment != environment))
-        .map(|r| (r.project, r.environment)))
+    for (q, e) in splits(&combined(project, environment)) {
+        if (q.as_str(), e.as_str()) == (project, environment) {
+            continue;
+        }
+        if crate::requests::load_project(store, &q).await?.is_some_and(|p| p.environments.contains_key(&e)) {
+            return Ok(Some((q, e)));
+        }
+    }
+    Ok(None)
+}
+
+/// Every (project, environment) pair whose combined name is `name`.
+fn splits(name: &str) -> Vec<(String, String)> {
+    name.match_indices('-').map(|(i, _)| (name[..i].to_string(), name[i + 1..].to_string())).collect()
 }
 
 fn other(project: &str, environment: &str, p: String, e: String) -> Option<(String, String)> {
@@ -63,6 +72,8 @@ mod tests {
     #[test]
     fn the_pairs_of_the_issue_share_a_combined_name() {
         assert_eq!(combined("shop", "eu-live"), combined("shop-eu", "live"));
+        let pair = |p: &str, e: &str| (p.to_string(), e.to_string());
+        assert_eq!(splits("shop-eu-live"), [pair("shop", "eu-live"), pair("shop-eu", "live")]);
         assert_ne!(combined("shop", "live"), combined("shop", "test"));
         let message = collision("shop-eu", "live", &("shop".into(), "eu-live".into()));
         assert!(message.contains("`shop-eu-live`") && message.contains("project `shop` environment `eu-live`"), "{message}");
