@@ -10,17 +10,10 @@
 //! recorded once however many servers poll and however often they restart;
 //! the first poll after a rule is set deploys the branch's current head.
 
-use std::time::Duration;
-
 use slipway_proto::event::WebhookProvider;
 
 use crate::project::{delivery_key, AutoDeployRule, Project};
 use crate::push::glob_matches;
-
-/// How often `project` is polled: its most frequent poll rule's interval.
-pub fn interval(project: &Project) -> Option<Duration> {
-    project.auto_deploy.iter().filter_map(|r| r.poll_seconds).min().map(Duration::from_secs)
-}
 
 /// The delivery id a polled head is recorded under.
 pub fn delivery(branch: &str, commit: &str) -> String {
@@ -60,12 +53,6 @@ mod tests {
             .collect();
         p.deliveries = delivered.iter().map(|d| format!("poll:{d}")).collect();
         p
-    }
-
-    #[test]
-    fn only_poll_rules_set_the_interval() {
-        assert_eq!(interval(&project(&[("main", None)], &[])), None);
-        assert_eq!(interval(&project(&[("main", Some(60)), ("release/*", Some(30))], &[])), Some(Duration::from_secs(30)));
     }
 
     #[test]

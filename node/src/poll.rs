@@ -19,16 +19,17 @@ use slipway_engine::auto_deploy;
 use slipway_engine::project::Project;
 use slipway_engine::{poll, requests, webhook};
 use slipway_proto::event::WebhookProvider;
-use slipway_store::EventStore;
+use slipway_proto::Event;
+use slipway_store::{EventStore, Position, RecordedEvent};
 use slipway_workers::steps::git;
 use slipway_workers::steps::git_remote::{self, Access};
 
 use crate::shutdown::Shutdown;
 
-/// How often the poller looks for projects that are due.
+/// How often the poller reads new rules and looks for projects that are due.
 const TICK: Duration = Duration::from_secs(1);
-/// How often it reads again which projects poll.
-const REFRESH: Duration = Duration::from_secs(30);
+/// Events read at a time while catching up with the rules.
+const PAGE: usize = 1_000;
 
 /// Why one poll failed (logged; the next interval tries again).
 #[derive(Debug, thiserror::Error)]
@@ -52,20 +53,21 @@ pub struct PollerOptions {
 }
 
 pub async fn run(store: Arc<dyn EventStore>, options: PollerOptions, shutdown: Shutdown) {
-    let mut polling: Vec<String> = Vec::new();
-    let mut refreshed: Option<Instant> = None;
+    let mut rules = PollRules::default();
     let mut last: HashMap<String, Instant> = HashMap::new();
     loop {
-        if refreshed.is_none_or(|at| at.elapsed() >= REFRESH) {
-            match projects_that_poll(&*store).await {
-                Ok(names) => polling = names,
-                Err(e) => tracing::warn!(error = %e, "poller: cannot list the projects"),
-            }
-            refreshed = Some(Instant::now());
+        if let Err(e) = rules.catch_up(&*store).await {
+            tracing::warn!(error = %e, "poller: cannot read the auto-deploy rules");
         }
-        for name in &polling {
-            if let Err(e) = poll_if_due(&*store, &options, name, &mut last).await {
-                tracing::warn!(project = %name, error = %e, "poller: the poll failed; trying again at the next interval");
+        for (name, every) in rules.due(&last) {
+            last.insert(name.clone(), Instant::now());
+            let polled = match requests::load_project(&*store, &name).await {
+                Ok(Some(project)) => poll_once(&*store, &options.workspaces, project).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = polled {
+                tracing::warn!(project = %name, error = %e, every = ?every, "poller: the poll failed; trying again at the next interval");
             }
         }
         tokio::select! {
@@ -75,31 +77,57 @@ pub async fn run(store: Arc<dyn EventStore>, options: PollerOptions, shutdown: S
     }
 }
 
-async fn projects_that_poll(store: &dyn EventStore) -> Result<Vec<String>, PollError> {
-    let mut names = Vec::new();
-    for name in requests::project_names(store).await? {
-        if let Some(p) = requests::load_project(store, &name).await? {
-            if poll::interval(&p).is_some() {
-                names.push(name);
+/// Which projects poll and how often, folded from the rules recorded on
+/// their streams as the log grows: after the first read, each tick reads
+/// only the events appended since, and a project is read only when its
+/// poll is due (not every project, every tick).
+#[derive(Debug, Default)]
+struct PollRules {
+    after: Position,
+    /// Project -> glob -> poll interval in seconds.
+    rules: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl PollRules {
+    async fn catch_up(&mut self, store: &dyn EventStore) -> Result<(), slipway_store::StoreError> {
+        loop {
+            let page = store.read_all(self.after, PAGE).await?;
+            let Some(last) = page.last() else { return Ok(()) };
+            self.after = last.position;
+            for r in &page {
+                self.apply(r);
             }
         }
     }
-    Ok(names)
-}
 
-async fn poll_if_due(
-    store: &dyn EventStore,
-    options: &PollerOptions,
-    name: &str,
-    last: &mut HashMap<String, Instant>,
-) -> Result<(), PollError> {
-    let Some(project) = requests::load_project(store, name).await? else { return Ok(()) };
-    let Some(every) = poll::interval(&project) else { return Ok(()) };
-    if last.get(name).is_some_and(|at| at.elapsed() < every) {
-        return Ok(());
+    fn apply(&mut self, r: &RecordedEvent) {
+        let Some(project) = r.stream.strip_prefix("project-") else { return };
+        if !matches!(r.envelope.message_type.as_str(), "AutoDeploySet" | "AutoDeployRemoved") {
+            return;
+        }
+        let rules = self.rules.entry(project.to_string()).or_default();
+        match r.envelope.decode::<Event>() {
+            Ok(Event::AutoDeploySet(set)) => match set.poll_seconds {
+                Some(every) => rules.insert(set.branch, every),
+                None => rules.remove(&set.branch),
+            },
+            Ok(Event::AutoDeployRemoved(removed)) => rules.remove(&removed.branch),
+            _ => None,
+        };
+        if rules.is_empty() {
+            self.rules.remove(project);
+        }
     }
-    last.insert(name.to_string(), Instant::now());
-    poll_once(store, &options.workspaces, project).await
+
+    /// The projects whose interval has passed since they were last polled.
+    fn due(&self, last: &HashMap<String, Instant>) -> Vec<(String, Duration)> {
+        self.rules
+            .iter()
+            .filter_map(|(name, globs)| Some((name, Duration::from_secs(*globs.values().min()?))))
+            .filter(|(name, every)| last.get(*name).is_none_or(|at| at.elapsed() >= *every))
+            .map(|(name, every)| (name.clone(), every))
+            .collect()
+    }
 }
 
 /// Polls `project` once: lists its branches and records each new head.
@@ -143,4 +171,52 @@ async fn access(store: &dyn EventStore, project: &Project, workspaces: &std::pat
         .filter_map(|(name, f)| values.get(f).map(|v| (name.clone(), v.clone())))
         .collect();
     Ok(Access::for_source(&project.source, &credentials, workspaces))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_proto::envelope::Metadata;
+    use slipway_proto::event::{AutoDeployRemoved, AutoDeploySet};
+    use slipway_proto::Envelope;
+
+    fn recorded(n: i64, stream: &str, event: Event) -> RecordedEvent {
+        let meta = Metadata { correlation_id: uuid::Uuid::nil(), causation_id: None, actor: "test".into(), trace: None };
+        let at = chrono::DateTime::UNIX_EPOCH;
+        RecordedEvent {
+            position: Position { tx: 1, seq: n },
+            stream: stream.into(),
+            version: n as u64,
+            envelope: Envelope::new(uuid::Uuid::now_v7(), at, stream, &event, meta).expect("an envelope"),
+            hash: String::new(),
+            prev_hash: String::new(),
+            recorded_at: at,
+        }
+    }
+
+    fn set(branch: &str, poll_seconds: Option<u64>) -> Event {
+        Event::AutoDeploySet(AutoDeploySet { branch: branch.into(), environment: "test".into(), poll_seconds })
+    }
+
+    #[test]
+    fn rules_fold_to_the_projects_that_poll_and_their_shortest_interval() {
+        let mut rules = PollRules::default();
+        let events = [
+            recorded(1, "project-a", set("main", Some(60))),
+            recorded(2, "project-a", set("release/*", Some(30))),
+            recorded(3, "project-b", set("main", None)),
+            recorded(4, "environment-a-test", set("main", Some(5))),
+            recorded(5, "project-c", set("main", Some(10))),
+            recorded(6, "project-c", Event::AutoDeployRemoved(AutoDeployRemoved { branch: "main".into() })),
+        ];
+        for r in &events {
+            rules.apply(r);
+        }
+        assert_eq!(rules.due(&HashMap::new()), [("a".to_string(), Duration::from_secs(30))]);
+        let just_polled = HashMap::from([("a".to_string(), Instant::now())]);
+        assert!(rules.due(&just_polled).is_empty(), "not again before its interval");
+        rules.apply(&recorded(7, "project-a", set("release/*", None)));
+        rules.apply(&recorded(8, "project-a", set("main", None)));
+        assert!(rules.due(&HashMap::new()).is_empty(), "a rule set again without --poll stops the polling");
+    }
 }
