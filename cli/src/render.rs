@@ -170,6 +170,7 @@ pub fn describe(event: &Event) -> String {
             match r.action {
                 slipway_proto::event::ContainerAction::Removed => "removed",
                 slipway_proto::event::ContainerAction::Started => "started again",
+                slipway_proto::event::ContainerAction::Redeployed => "gone, release deployed again",
             },
             on_host(&r.host),
             r.reason

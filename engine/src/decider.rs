@@ -502,6 +502,7 @@ fn finished(d: &Deployment, succeeded: bool) -> Decision {
         containers,
         upstreams,
         dry_run: d.context.dry_run,
+        host: if succeeded { d.web_host.clone() } else { String::new() },
     }))
 }
 

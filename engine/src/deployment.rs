@@ -35,6 +35,8 @@ pub struct Deployment {
     pub dispatched_at: Option<DateTime<Utc>>,
     /// Containers this deployment created (removed again on failure).
     pub containers: Vec<String>,
+    /// The Docker host its web container runs on (`WebContainerStarted`).
+    pub web_host: String,
     /// `DeploymentFailed` is recorded: the verdict after a `StepFailed`.
     pub failure_recorded: bool,
     /// The traffic switch, once the pipeline passed.
@@ -183,6 +185,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 dispatch_deadline: None,
                 dispatched_at: None,
                 containers: Vec::new(),
+                web_host: String::new(),
                 failure_recorded: false,
                 switch: None,
                 rollback_of: r.rollback_of.as_ref().map(|s| s.deployment_id),
@@ -319,6 +322,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 Event::WebContainerStarted(w) => {
                     d.context.web_container = Some(w.container.clone());
                     d.context.web_port = Some(w.host_port);
+                    d.web_host = w.host.clone();
                     d.containers.push(w.container.clone());
                 }
                 Event::ProcessesStarted(p) => d.containers.extend(p.containers.iter().map(|c| c.container.clone())),

@@ -57,6 +57,9 @@ pub struct ActiveRelease {
     pub deployment: Uuid,
     pub containers: Vec<String>,
     pub upstreams: Vec<String>,
+    /// The Docker host its web container runs on (empty: recorded before
+    /// hosts were, the one host there was).
+    pub host: String,
 }
 
 impl ActiveRelease {
@@ -155,6 +158,7 @@ impl Environment {
                         deployment: f.deployment_id,
                         containers: f.containers.clone(),
                         upstreams: f.upstreams.clone(),
+                        host: f.host.clone(),
                     });
                 }
             }

@@ -415,7 +415,7 @@ mod tests {
                 }),
             ),
             (2240, "engine", dispatch(Step::Deploy, 1)),
-            (2340, w, Event::WebContainerStarted(WebContainerStarted { container: "shop-web".into(), host_port: 4000 })),
+            (2340, w, Event::WebContainerStarted(WebContainerStarted { container: "shop-web".into(), host_port: 4000, host: String::new() })),
             (2350, "engine", dispatch(Step::Release, 1)),
             (
                 2450,
@@ -573,7 +573,7 @@ mod tests {
     fn the_environment_at_a_moment_ignores_later_events() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let finished = |id, succeeded| {
-            Event::DeploymentFinished(DeploymentFinished { deployment_id: id, succeeded, containers: vec![], upstreams: vec![], dry_run: false })
+            Event::DeploymentFinished(DeploymentFinished { deployment_id: id, succeeded, containers: vec![], upstreams: vec![], dry_run: false, host: String::new() })
         };
         let stream = recorded(
             "environment-shop-live",

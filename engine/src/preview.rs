@@ -451,7 +451,7 @@ mod tests {
         let [serving, running, queued] = [1u128, 2, 3].map(Uuid::from_u128);
         let env = Environment {
             queue: vec![running, queued],
-            active: Some(ActiveRelease { deployment: serving, containers: vec!["web".into()], upstreams: vec![] }),
+            active: Some(ActiveRelease { deployment: serving, containers: vec!["web".into()], upstreams: vec![], host: String::new() }),
             known: BTreeSet::new(),
             ..Default::default()
         };

@@ -15,6 +15,15 @@
 //! | the serving release, exited or created         | `Start` (web and process containers only)    |
 //! | any other deployment, the environment settled for `grace` | `Remove`                          |
 //! | any other deployment, settled less than `grace` ago | none yet (its retirement may be draining) |
+//!
+//! And per environment: when a container of the serving release is on
+//! no host at all any more (removed by hand, a Docker host that lost its
+//! data) and the release runs on this host, with no deployment in the
+//! environment's queue: `Restore` — the host agent requests a deployment
+//! of the same release, which starts fresh containers through the
+//! pipeline (health check, acknowledged switch, watch). Its containers
+//! cannot simply be created again here: what they need (settings,
+//! secrets, the release's configuration) is the pipeline's.
 
 use std::collections::BTreeMap;
 
@@ -44,13 +53,18 @@ pub enum Correction {
     Start { project: String, environment: String, deployment: Uuid, container: String, reason: String },
     /// The serving release answers at `upstreams`, not at what is recorded.
     Reroute { project: String, environment: String, deployment: Uuid, upstreams: Vec<String>, previous: Vec<String> },
+    /// The serving release's `missing` containers are gone: start the
+    /// release again as a new deployment, recorded only if the environment
+    /// is still at `version`.
+    Restore { project: String, environment: String, deployment: Uuid, missing: Vec<String>, version: u64, reason: String },
 }
 
-/// The corrections that make the host run what is recorded, at `now`.
-/// Containers of a release that should not run are removed only once the
-/// environment has been settled (no deployment finished) for `grace`: a
-/// release just replaced is still draining under its own retirement.
-pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>, grace: chrono::Duration) -> Vec<Correction> {
+/// The corrections that make `host` (a Docker host's name) run what is
+/// recorded, at `now`. Containers of a release that should not run are
+/// removed only once the environment has been settled (no deployment
+/// finished) for `grace`: a release just replaced is still draining under
+/// its own retirement.
+pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>, grace: chrono::Duration, host: &str) -> Vec<Correction> {
     let by_env: BTreeMap<(&str, &str), &Desired> =
         desired.iter().map(|d| ((d.project.as_str(), d.environment.as_str()), d)).collect();
     let mut out = Vec::new();
@@ -96,6 +110,7 @@ pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>,
             }
         }
     }
+    out.extend(desired.iter().filter_map(|d| restore(d, observed, host)));
     for ((project, environment), mut upstreams) in answering {
         let Some(active) = by_env.get(&(project, environment)).and_then(|d| d.state.active.as_ref()) else { continue };
         upstreams.sort();
@@ -112,6 +127,37 @@ pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>,
         }
     }
     out
+}
+
+/// `Restore` when containers of the release serving `d` that runs on
+/// `host` (or on the one host there was, when none was recorded) are
+/// nowhere among `observed`, and no deployment is under way there.
+fn restore(d: &Desired, observed: &[Observed], host: &str) -> Option<Correction> {
+    let active = d.state.active.as_ref()?;
+    if !d.state.queue.is_empty() || !(active.host.is_empty() || active.host == host) {
+        return None;
+    }
+    let missing: Vec<String> =
+        active.containers.iter().filter(|name| !observed.iter().any(|c| &c.name == *name)).cloned().collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let reason = format!(
+        "the release serving {} {} (deployment {}) is missing {} on {host}: {}",
+        d.project,
+        d.environment,
+        active.deployment,
+        if missing.len() == 1 { "a container" } else { "containers" },
+        missing.join(", ")
+    );
+    Some(Correction::Restore {
+        project: d.project.clone(),
+        environment: d.environment.clone(),
+        deployment: active.deployment,
+        missing,
+        version: d.state.version,
+        reason,
+    })
 }
 
 /// The engine's side of a reroute: when the route still points at the

@@ -369,9 +369,15 @@ pub async fn request_rollback(
     };
     let since = env.releases.iter().skip_while(|r| **r != target).skip(1);
     let warnings = release_commands_since(store, since).await?;
-    let id = Uuid::now_v7();
-    let requested = DeploymentRequested {
-        deployment_id: id,
+    let requested = release_again(&p, environment, &old, commit, image_id);
+    Ok(enqueue(store, actor, requested).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
+}
+
+/// A deployment of exactly `old`'s release (its image, commit,
+/// `slipway.toml` and settings) to `environment`, without release commands.
+fn release_again(p: &Project, environment: &str, old: &crate::Deployment, commit: String, image_id: String) -> DeploymentRequested {
+    DeploymentRequested {
+        deployment_id: Uuid::now_v7(),
         project: p.name.clone(),
         environment: environment.into(),
         repository: p.repository.clone(),
@@ -381,12 +387,42 @@ pub async fn request_rollback(
         run_release: false,
         settings: old.context.settings.clone(),
         dry_run: false,
-        rollback_of: Some(ReleaseSource { deployment_id: target, commit, image_id, config: old.context.config.clone() }),
+        rollback_of: Some(ReleaseSource { deployment_id: old.id, commit, image_id, config: old.context.config.clone() }),
         promoted_from: None,
         replay_of: None,
         source: Default::default(),
+    }
+}
+
+/// Starts the release that serves an environment again, as a new
+/// deployment of it (the host agent's answer to its containers being gone):
+/// the pipeline starts fresh containers, checks their health and switches
+/// the route with every router's acknowledgement, and the containers that
+/// are left of the old copy are retired as usual. Recorded only if the
+/// environment is still at `version` (what the decision was made on), so
+/// two agents that decide it together request it once; a later version,
+/// or another release serving, is refused.
+pub async fn request_restore(
+    store: &dyn EventStore,
+    actor: &str,
+    project: &str,
+    environment: &str,
+    serving: Uuid,
+    version: u64,
+) -> Outcome<Uuid> {
+    let p = match project_environment(store, project, environment).await? {
+        Ok(p) => p,
+        Err(rejection) => return Ok(Err(rejection)),
     };
-    Ok(enqueue(store, actor, requested).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
+    let old = match deployment_state(store, serving).await? {
+        Ok(d) => d,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    let (Some(image_id), Some(commit)) = (old.context.image_id.clone(), old.context.commit.clone()) else {
+        return reject(format!("deployment {serving} recorded no image to start again"));
+    };
+    let requested = release_again(&p, environment, &old, commit, image_id);
+    enqueue_at(store, actor, requested, ExpectedVersion::Exactly(version)).await
 }
 
 /// Deploys to `to` exactly the image `from` serves now (its commit and
@@ -669,7 +705,12 @@ pub(crate) async fn source_of(store: &dyn EventStore, p: &Project) -> Result<Sou
 /// transaction, with the project's current source access: credentials are
 /// access, not inputs, so a replay or rollback uses today's, not the
 /// original's (which may have been revoked).
-async fn enqueue(store: &dyn EventStore, actor: &str, mut requested: DeploymentRequested) -> Outcome<Uuid> {
+async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentRequested) -> Outcome<Uuid> {
+    enqueue_at(store, actor, requested, ExpectedVersion::Any).await
+}
+
+/// `enqueue`, with the environment's stream expected at `expected`.
+async fn enqueue_at(store: &dyn EventStore, actor: &str, mut requested: DeploymentRequested, expected: ExpectedVersion) -> Outcome<Uuid> {
     requested.source = source_access(store, &requested.project).await?;
     let id = requested.deployment_id;
     let (dstream, estream) = (deployment_stream(id), environment_stream(&requested.project, &requested.environment));
@@ -681,7 +722,7 @@ async fn enqueue(store: &dyn EventStore, actor: &str, mut requested: DeploymentR
     let q = [envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace)];
     let appends = [
         StreamAppend { stream: &dstream, expected: ExpectedVersion::NoStream, events: &d },
-        StreamAppend { stream: &estream, expected: ExpectedVersion::Any, events: &q },
+        StreamAppend { stream: &estream, expected, events: &q },
     ];
     match store.append_streams(&appends, &[]).await? {
         Ok(_) => {

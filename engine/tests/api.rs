@@ -167,6 +167,7 @@ impl Api {
             containers: vec![],
             upstreams: vec![],
             dry_run: false,
+            host: String::new(),
         });
         append(&*self.store, &environment_stream(&d.context.project, &d.context.environment), &[finished]).await;
     }

@@ -58,7 +58,7 @@ fn outcome(step: Step) -> Event {
             pushed: None,
             base_images: vec![],
         }),
-        Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768 }),
+        Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768, host: String::new() }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
         Step::Processes => Event::ProcessesStarted(ProcessesStarted {
             containers: vec![ProcessContainer { process: "worker".into(), replica: 1, container: "worker-1".into() }],
@@ -126,6 +126,7 @@ fn view() -> EnvironmentView {
             deployment: Uuid::from_u128(1),
             containers: vec!["old-web".into()],
             upstreams: vec!["127.0.0.1:1000".into()],
+            host: String::new(),
         }),
         drain_seconds: 30,
         traffic: Some(Traffic { routes_version: 4, ..Default::default() }),

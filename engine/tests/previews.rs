@@ -105,6 +105,7 @@ impl Setup {
             containers: vec![format!("slipway-{project}-{env}-web")],
             upstreams: vec!["127.0.0.1:4000".into()],
             dry_run: false,
+            host: String::new(),
         });
         let stream = environment_stream(project, env);
         let e = Envelope::new(Uuid::now_v7(), chrono::Utc::now(), &stream, &finished, meta.clone()).unwrap();

@@ -53,7 +53,7 @@ fn outcome(step: Step) -> Event {
         Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
         Step::Checkout => Event::CheckedOut(CheckedOut { commit: "c0ffee".into(), workspace: "/w".into(), config: serde_json::json!({}), source_host_key: None }),
         Step::Build => Event::ImageReused(ImageReused { image_id: "sha256:1".into(), source_deployment: ID }),
-        Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768 }),
+        Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768, host: String::new() }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
         Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
         Step::HealthCheck => Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 1, elapsed_ms: 5 }),
@@ -233,7 +233,7 @@ fn projects_and_serving_releases_come_from_their_streams() {
     assert_eq!((p.name.as_str(), p.environments.clone(), p.created_at), ("hello", vec!["live".into(), "test".into()], t(0)));
 
     let finished = |succeeded, dry_run| {
-        Event::DeploymentFinished(DeploymentFinished { deployment_id: ID, succeeded, containers: vec![], upstreams: vec![], dry_run })
+        Event::DeploymentFinished(DeploymentFinished { deployment_id: ID, succeeded, containers: vec![], upstreams: vec![], dry_run, host: String::new() })
     };
     let env = recorded("environment-hello-test", &[finished(true, false), finished(true, true), finished(false, false)], "engine");
     assert_eq!(folder.fold(&env[0]), Folded::Changes(vec![Change::Serving { deployment: ID, since: t(0) }]));
@@ -310,7 +310,7 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
     append(store, &deployment_stream(good), &ok[..8]).await;
     projector::catch_up(store).await.unwrap(); // a read in between: starts mid-deployment
     append(store, &deployment_stream(good), &ok[8..]).await;
-    let finished = DeploymentFinished { deployment_id: good, succeeded: true, containers: vec![], upstreams: vec![], dry_run: false };
+    let finished = DeploymentFinished { deployment_id: good, succeeded: true, containers: vec![], upstreams: vec![], dry_run: false, host: String::new() };
     append(store, &environment_stream("alpha", "live"), &[Event::DeploymentFinished(finished)]).await;
     append(store, &deployment_stream(bad), &build_fails()).await;
     append(store, &deployment_stream(rolled), &rolling_back()).await;

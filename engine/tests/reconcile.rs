@@ -31,6 +31,7 @@ fn succeeded(d: Uuid, port: u16) -> Event {
         containers: vec![name(d, "web"), name(d, "worker-1")],
         upstreams: vec![format!("127.0.0.1:{port}")],
         dry_run: false,
+        host: "h".into(),
     })
 }
 
@@ -64,7 +65,7 @@ fn container(d: Uuid, role: &str, state: ContainerState, port: Option<u16>) -> O
 /// Each correction in short: `remove NAME`, `start NAME`, `reroute UPSTREAMS`.
 #[track_caller]
 fn check(given: &[Desired], host: &[Observed], now: DateTime<Utc>, expect: &[String]) {
-    let got: Vec<String> = reconcile(given, host, now, Duration::seconds(60))
+    let got: Vec<String> = reconcile(given, host, now, Duration::seconds(60), "h")
         .into_iter()
         .map(|c| match c {
             Correction::Remove { container, reason, .. } => {
@@ -76,6 +77,10 @@ fn check(given: &[Desired], host: &[Observed], now: DateTime<Utc>, expect: &[Str
                 format!("start {container}")
             }
             Correction::Reroute { upstreams, .. } => format!("reroute {}", upstreams.join(",")),
+            Correction::Restore { missing, reason, .. } => {
+                assert!(reason.contains("missing"), "{reason}");
+                format!("restore {}", missing.join(","))
+            }
         })
         .collect();
     assert_eq!(got, expect);
@@ -175,10 +180,42 @@ fn with_no_release_serving_every_finished_deployments_container_goes() {
         containers: vec![],
         upstreams: vec![],
         dry_run: false,
+        host: String::new(),
     });
     let history = [enqueued(OLD), failed];
     let host = [container(OLD, "web", ContainerState::Running, Some(3000))];
     check(&desired(&history), &host, t(60), &[format!("remove {}", name(OLD, "web"))]);
+}
+
+/// Release SERVING replaced OLD, and nothing is under way.
+fn settled() -> Vec<Event> {
+    vec![enqueued(OLD), succeeded(OLD, 3000), enqueued(SERVING), succeeded(SERVING, 4000)]
+}
+
+#[test]
+fn a_serving_release_whose_containers_are_gone_is_started_again_as_a_deployment() {
+    // Given the serving release's process container was removed, and its web container too,
+    let web_only = [container(SERVING, "web", ContainerState::Running, Some(4000))];
+    check(&desired(&settled()), &web_only, t(10), &[format!("restore {}", name(SERVING, "worker-1"))]);
+    let restore = reconcile(&desired(&settled()), &[], t(10), Duration::seconds(60), "h");
+    let [Correction::Restore { deployment, missing, version, .. }] = restore.as_slice() else { panic!("{restore:?}") };
+    // then the whole release is started again, decided at this version of the environment.
+    assert_eq!((*deployment, missing.len(), *version), (SERVING, 2, 4));
+}
+
+#[test]
+fn a_missing_release_is_left_alone_while_a_deployment_runs_or_when_it_runs_on_another_host() {
+    // A deployment under way (a restore itself, or a new release) replaces it anyway.
+    check(&desired(&replaced_and_deploying()), &[], t(10), &[]);
+    // Another host's agent does not see this host's containers.
+    assert_eq!(reconcile(&desired(&settled()), &[], t(10), Duration::seconds(60), "other"), vec![]);
+    // A release recorded before hosts were runs on the one host there was.
+    let mut legacy = settled();
+    legacy[3] = Event::DeploymentFinished(DeploymentFinished { host: String::new(), ..match &legacy[3] {
+        Event::DeploymentFinished(f) => f.clone(),
+        _ => unreachable!(),
+    } });
+    assert_eq!(reconcile(&desired(&legacy), &[], t(10), Duration::seconds(60), "other").len(), 1);
 }
 
 #[test]

@@ -84,6 +84,7 @@ fn the_environment_shows_the_serving_release_live_state() {
             containers: vec!["web".into(), "crash-1".into()],
             upstreams: vec!["127.0.0.1:4000".into()],
             dry_run: false,
+            host: String::new(),
         }),
     ];
     let mut s = Supervisor::new(Limits::default());
@@ -99,6 +100,7 @@ fn the_environment_shows_the_serving_release_live_state() {
         containers: vec![],
         upstreams: vec![],
         dry_run: false,
+        host: String::new(),
     }));
     assert_eq!(fold(&history).release_live(), None);
 }

@@ -142,7 +142,7 @@ impl Agent {
     async fn pass(&mut self, docker: &host::Docker) -> Result<bool, String> {
         self.read_desired().await.map_err(|e| e.to_string())?;
         let observed = host::containers(docker).await.map_err(|e| e.to_string())?;
-        let corrections = reconcile::reconcile(&self.desired, &observed, Utc::now(), self.grace());
+        let corrections = reconcile::reconcile(&self.desired, &observed, Utc::now(), self.grace(), &self.host);
         let mut started = false;
         for correction in corrections {
             let (action, deployment, container, reason, done) = match &correction {
@@ -158,6 +158,10 @@ impl Agent {
                 }
                 Correction::Start { deployment, container, reason, .. } => {
                     (ContainerAction::Started, deployment, container, reason, host::start(docker, container).await)
+                }
+                Correction::Restore { .. } => {
+                    self.restore(&correction).await;
+                    continue;
                 }
                 Correction::Reroute { deployment, upstreams, previous, .. } => {
                     let event = Event::ReleaseUpstreamsObserved(ReleaseUpstreamsObserved {
@@ -192,6 +196,41 @@ impl Agent {
         let serving: Vec<Uuid> = self.desired.iter().filter_map(|d| d.state.active.as_ref().map(|a| a.deployment)).collect();
         self.supervisor.retain(|_, deployment| serving.contains(&deployment));
         Ok(started)
+    }
+
+    /// Requests a deployment of the serving release whose containers are
+    /// gone, and records why. Each environment's restore waits a doubling
+    /// pause after the previous one (a release that cannot start, its image
+    /// gone too, is not requested at every pass); the request is recorded
+    /// only at the environment version it was decided on.
+    async fn restore(&mut self, correction: &Correction) {
+        let Correction::Restore { project, environment, deployment, missing, version, reason } = correction else { return };
+        let key = format!("restore/{project}/{environment}");
+        if !self.backoff.may_start(&key, Utc::now(), self.every(), cap()) {
+            return;
+        }
+        self.backoff.started(&key, Utc::now(), cap());
+        let actor = format!("agent:{}", self.host);
+        let requested = match slipway_engine::requests::request_restore(&*self.store, &actor, project, environment, *deployment, *version).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(rejection)) => {
+                tracing::info!(%project, %environment, reason = %rejection, "host agent: no restore (decided already, or not possible)");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %project, %environment, "host agent: could not request a restore");
+                return;
+            }
+        };
+        let event = Event::ContainerReconciled(ContainerReconciled {
+            action: ContainerAction::Redeployed,
+            deployment_id: *deployment,
+            container: missing.join(","),
+            reason: format!("{reason}; deployment {requested} starts the release again"),
+            host: self.host.clone(),
+        });
+        tracing::info!(?correction, %requested, "host agent: corrected");
+        self.record_correction(correction, event).await;
     }
 
     /// Read again just before starting a container: a release replaced a
@@ -231,6 +270,7 @@ impl Agent {
             Correction::Reroute { project, environment, upstreams, .. } => {
                 (project, environment, format!("reroute/{}", upstreams.join(",")))
             }
+            Correction::Restore { project, environment, .. } => (project, environment, "restore".to_string()),
         };
         let stream = environment_stream(project, environment);
         let version = self

@@ -455,6 +455,10 @@ pub struct DeploymentFinished {
     /// A dry run finished: it changes nothing about what serves.
     #[serde(default)]
     pub dry_run: bool,
+    /// On success: the Docker host its web container runs on (empty in
+    /// logs recorded before hosts were: the one host there was).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -620,6 +624,10 @@ pub struct ImageReused {
 pub struct WebContainerStarted {
     pub container: String,
     pub host_port: u16,
+    /// The Docker host (the worker's host name) it runs on: the host agent
+    /// that starts the release again when its containers are gone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -716,6 +724,12 @@ pub enum ContainerAction {
     /// Started again: it belongs to the serving release, was stopped or
     /// exited, and Docker was not restarting it.
     Started,
+    /// Gone: the serving release's containers are no longer on their host
+    /// (removed by hand, a Docker host whose data was lost); a deployment of
+    /// the same release (its image, configuration and settings) was
+    /// requested to start it again, through the pipeline and an
+    /// acknowledged switch. `container` lists the missing ones.
+    Redeployed,
 }
 
 /// The host agent corrected a container (on the environment's stream), and why.

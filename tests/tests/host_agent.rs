@@ -2,8 +2,9 @@
 //! started again and the route follows its new port; a container of a
 //! release that should not run is removed (one another installation runs
 //! is not); a crash-looping process of the serving release is reported as
-//! crash-looping with its restart count, in a few records. Two agents on
-//! one host record a correction once. Every
+//! crash-looping with its restart count, in a few records. A serving
+//! release whose containers were removed is deployed again by itself.
+//! Two agents on one host record a correction once. Every
 //! correction is an event with its reason on the environment's stream.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
@@ -32,6 +33,16 @@ health_timeout = "20s"
 
 [processes.crash]
 command = ["sh", "-c", "sleep 4; exit 3"]
+"#;
+
+/// A web process and a worker process.
+const WITH_WORKER: &str = r#"
+[web]
+port = 80
+health_timeout = "20s"
+
+[processes.worker]
+command = ["sleep", "3600"]
 "#;
 
 /// A harness whose agent reconciles every second and removes strays at once.
@@ -194,5 +205,51 @@ async fn a_crash_looping_process_is_reported_with_its_restarts_in_a_few_records(
     assert!(!supervised.contains(&LiveState::Down), "{supervised:?}");
     assert!(records <= 6, "{records} supervision records for {exits} restarts");
     eprintln!("crash-looping reported after {reported:?}; {records} records ({supervised:?}) for {exits} Docker restarts");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_release_whose_containers_were_removed_is_deployed_again() {
+    let h = harness().await;
+    let repo = AppRepo::new();
+    repo.commit(&busybox_app("one", WITH_WORKER, ""), "one");
+    h.create_project(&repo.path()).await;
+    let d = h.deploy("test", "main").await;
+    assert_eq!(d.status, Status::Succeeded, "{:?}", failure(&d));
+    assert_eq!(d.containers.len(), 2, "{:?}", d.containers);
+    // Given every container of the serving release is removed (by hand, or
+    // with a Docker host's data),
+    let started = std::time::Instant::now();
+    for c in &d.containers {
+        docker(&["rm", "-f", c]);
+    }
+    // then the agent says what is missing and requests the same release again,
+    let restore = eventually("the release to be deployed again", Duration::from_secs(30), || async {
+        env_events(&h).await.into_iter().find_map(|e| match e {
+            Event::ContainerReconciled(r) if r.action == ContainerAction::Redeployed => Some(r),
+            _ => None,
+        })
+    })
+    .await;
+    assert_eq!(restore.deployment_id, d.id);
+    assert!(restore.reason.contains(&d.containers[0]), "{}", restore.reason);
+    // which serves through the router with the same image,
+    let again = eventually("the new copy to serve", Duration::from_secs(60), || async {
+        let env = slipway_engine::load::environment(&*h.store, &h.project, "test").await.unwrap();
+        env.last_succeeded().filter(|id| *id != d.id)
+    })
+    .await;
+    let again = h.deployment(again).await;
+    assert_eq!((again.rollback_of, again.context.image_id.clone()), (Some(d.id), d.context.image_id.clone()));
+    assert_eq!(again.status, Status::Succeeded, "{:?}", failure(&again));
+    eventually("the router to answer again", Duration::from_secs(30), || async {
+        matches!(h.routed_page("test").await, Ok((200, body)) if body.trim() == "one").then_some(())
+    })
+    .await;
+    // once: the agent's next passes see the new copy running.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restores = env_events(&h).await.iter().filter(|e| matches!(e, Event::ContainerReconciled(r) if r.action == ContainerAction::Redeployed)).count();
+    assert_eq!(restores, 1);
+    eprintln!("serving again {:?} after its containers were removed", started.elapsed());
     h.shutdown().await;
 }

@@ -106,8 +106,8 @@ pub async fn run(
         };
         queue.declare(&name).await?;
         let mut consumer = queue.consume(&name, prefetch).await?;
-        let (store, group, executor, actor, busy) =
-            (store.clone(), group.clone(), executor.clone(), options.actor.clone(), busy.clone());
+        let (store, group, executor, actor, busy, host) =
+            (store.clone(), group.clone(), executor.clone(), options.actor.clone(), busy.clone(), options.host.clone());
         let system = queue.system();
         tasks.spawn(async move {
             // The consumer lives until every delivery it gave is settled.
@@ -117,11 +117,11 @@ pub async fn run(
                     running.join_next().await;
                 }
                 let Some(delivery) = consumer.next().await else { break };
-                let (store, group, executor, actor, busy, name) =
-                    (store.clone(), group.clone(), executor.clone(), actor.clone(), busy.clone(), name.clone());
+                let (store, group, executor, actor, busy, name, host) =
+                    (store.clone(), group.clone(), executor.clone(), actor.clone(), busy.clone(), name.clone(), host.clone());
                 running.spawn(async move {
                     let calls = Calls { store: &*store, group: &group };
-                    if let Err(e) = handle_tracked(calls, &*executor, (&actor, system), delivery, &busy).await {
+                    if let Err(e) = handle_tracked(calls, &*executor, (&actor, &host, system), delivery, &busy).await {
                         tracing::warn!(error = %e, queue = %name, "delivery not settled; it will be redelivered");
                     }
                 });
@@ -163,7 +163,8 @@ pub async fn run(
 }
 
 /// Who records outcomes (the actor) and the queue backend's name (for traces).
-type Identity<'a> = (&'a str, &'static str);
+/// The actor outcomes are recorded as, the Docker host, the messaging system.
+type Identity<'a> = (&'a str, &'a str, &'static str);
 
 /// The store, and the same calls made in groups (see `group`).
 #[derive(Clone, Copy)]
@@ -205,7 +206,7 @@ const STOPS_STEPS: [&str; 3] = ["DeploymentSucceeded", "DeploymentFailed", "Canc
 async fn handle(
     Calls { store, group }: Calls<'_>,
     executor: &dyn Executor,
-    (actor, system): Identity<'_>,
+    (actor, host, system): Identity<'_>,
     delivery: Delivery,
 ) -> Result<(), WorkerError> {
     let envelope = match Envelope::from_json(&delivery.message.body) {
@@ -253,7 +254,10 @@ async fn handle(
             }
         };
         let started = std::time::Instant::now();
-        let event = crate::steps::scrub_outcome(execute(executor, &command, &settings).await, &settings);
+        let mut event = crate::steps::scrub_outcome(execute(executor, &command, &settings).await, &settings);
+        if let Event::WebContainerStarted(started) = &mut event {
+            started.host = host.to_string();
+        }
         let mut meta = Metadata::caused_by(&envelope);
         meta.actor = actor.to_string();
         // The next dispatch is a child of this step's span (when it is exported).

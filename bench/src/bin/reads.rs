@@ -284,7 +284,7 @@ fn project_events(project: &str) -> Vec<(String, Vec<Envelope>)> {
         let fails = n % 8 == 5;
         streams.push((deployment_stream(id), deployment_events(id, project, env, fails)));
         let finished =
-            DeploymentFinished { deployment_id: id, succeeded: !fails, containers: vec![], upstreams: vec![], dry_run: false };
+            DeploymentFinished { deployment_id: id, succeeded: !fails, containers: vec![], upstreams: vec![], dry_run: false, host: String::new() };
         queues[n % 2].extend([Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), Event::DeploymentFinished(finished)]);
     }
     for (env, events) in ["test", "live"].into_iter().zip(queues) {
@@ -337,7 +337,7 @@ fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Eve
             Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
             Step::Checkout => Event::CheckedOut(CheckedOut { commit: commit.into(), workspace: "/var/lib/slipway/w".into(), config: serde_json::json!({"web": {"port": 8080}}), source_host_key: None }),
             Step::Build => Event::ImageReused(ImageReused { image_id: image.into(), source_deployment: id }),
-            Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: format!("slipway-{project}-{env}-web"), host_port: 32768 }),
+            Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: format!("slipway-{project}-{env}-web"), host_port: 32768, host: String::new() }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
             Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
             _ => Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 2, elapsed_ms: 340 }),

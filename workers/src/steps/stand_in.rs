@@ -48,6 +48,7 @@ impl Executor for StandIn {
             Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
                 container: format!("stand-in-{}", c.context.deployment_id.simple()),
                 host_port: 9,
+                host: String::new(),
             }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: true }),
             Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
