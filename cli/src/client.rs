@@ -60,6 +60,14 @@ impl Client {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(Method::PUT, path, None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(Method::DELETE, path, None).await
+    }
+
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = Request::builder().method(method.clone()).uri(&url).header(ACCEPT, "application/json");

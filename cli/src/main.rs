@@ -4,6 +4,7 @@
 mod audit;
 mod client;
 mod connect;
+mod domains;
 mod exit;
 mod follow;
 mod history;
@@ -78,7 +79,7 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// A Slipway server's HTTP API (http://HOST:PORT): deploy, status,
-    /// deployments, history, rollback, replay and cancel then go through it
+    /// deployments, history, rollback, replay, cancel and domain then go through it
     /// instead of the database and queue.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     server: Option<String>,
@@ -274,6 +275,9 @@ enum Command {
     /// API tokens: create (prints the value once), list, revoke.
     #[command(subcommand)]
     Token(tokens::TokenCmd),
+    /// Custom domains an environment is served under: add, remove, list.
+    #[command(subcommand)]
+    Domain(domains::DomainCmd),
     /// Print a shell completion script: `slipway completions bash >
     /// /etc/bash_completion.d/slipway`, or `source <(slipway completions zsh)`.
     Completions {
@@ -903,6 +907,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
+        Command::Domain(cmd) => domains::run(&*store, cmd).await,
         Command::Audit(_) | Command::Export(_) | Command::Completions { .. } => unreachable!("handled before the store is opened"),
     }
 }
@@ -941,9 +946,10 @@ async fn through_server(server: &str, token: Option<String>, command: &Command, 
         | Command::Router(_)
         | Command::Worker { .. }
         | Command::Token(_) => return Ok(None),
+        Command::Domain(cmd) => domains::remote(&client()?, cmd).await?,
         _ => {
             return Err(exit::usage(
-                "this verb does not go through --server (only deploy, status, deployments, history, rollback, replay and cancel do); \
+                "this verb does not go through --server (only deploy, status, deployments, history, rollback, replay, cancel and domain do); \
                  unset --server/SLIPWAY_SERVER to use --database",
             ))
         }

@@ -108,6 +108,8 @@ pub fn describe(event: &Event) -> String {
             if r.route_removed { ", route removed" } else { "" }
         ),
         Event::RouteRemoved(r) => format!("route of {} {} removed", r.project, r.environment),
+        Event::DomainAdded(d) => format!("{} {} is served under {} too", d.project, d.environment, d.domain),
+        Event::DomainRemoved(d) => format!("{} {} is served under {} no more", d.project, d.environment, d.domain),
         Event::PreviewRuleSet(r) => format!(
             "preview rule: {} -> previews inheriting {}, removed after {} without a push",
             r.trigger,

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auto_deploy;
 pub mod decider;
 pub mod deployment;
+pub mod domains;
 pub mod driver;
 pub mod environment;
 pub mod history;

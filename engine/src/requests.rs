@@ -673,7 +673,7 @@ async fn environment_state(store: &dyn EventStore, project: &str, environment: &
 
 /// The project, if it exists and has the environment; otherwise a rejection
 /// that says what does exist.
-async fn project_environment(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<Project> {
+pub(crate) async fn project_environment(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<Project> {
     let Some(p) = load_project(store, project).await? else {
         return reject(format!("no project `{project}`; create it with `slipway project create`"));
     };

@@ -29,12 +29,15 @@ pub struct Routes {
     pub by_environment: BTreeMap<(String, String), Route>,
     /// Environments whose route was removed and no cutover has routed since.
     pub removed: BTreeSet<(String, String)>,
+    /// Custom domains, to the environment each routes to (`domains.rs`).
+    pub domains: crate::domains::Domains,
 }
 
 impl Routes {
     /// Applies the routes stream's next event (version `self.version + 1`).
     pub fn apply(&mut self, event: &Event) {
         self.version += 1;
+        crate::domains::apply(&mut self.domains, event);
         if let Event::RouteRemoved(r) = event {
             let key = (r.project.clone(), r.environment.clone());
             self.by_environment.remove(&key);

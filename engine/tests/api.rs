@@ -290,6 +290,31 @@ async fn every_route_refuses_a_missing_unknown_malformed_or_revoked_token_and_an
 }
 
 #[tokio::test]
+async fn domains_are_added_listed_refused_when_taken_and_removed() {
+    let api = Api::new().await;
+    let body = json!({"name": "hello", "repository": "file:///srv/hello.git"});
+    api.call(Method::POST, "/api/projects", body).await.expect(StatusCode::CREATED);
+    let put = |env: &str, domain: &str| format!("/api/projects/hello/environments/{env}/domains/{domain}");
+    let added = api.request(Method::PUT, &put("live", "WWW.Example.com"), Some(api.token(TokenScope::Admin)), None).await;
+    assert_eq!(added.expect(StatusCode::OK).json(), json!({"project": "hello", "environment": "live", "domains": ["www.example.com"]}));
+    // A domain belongs to one environment: 409, naming the holder.
+    let taken = api.request(Method::PUT, &put("test", "www.example.com"), Some(api.token(TokenScope::Admin)), None).await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "{}", taken.text);
+    assert!(taken.error().contains("already routes to hello live"), "{}", taken.text);
+    let bad = api.request(Method::PUT, &put("live", "nodots"), Some(api.token(TokenScope::Admin)), None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    let listed = api.get("/api/projects/hello/environments/live/domains").await.expect(StatusCode::OK).json();
+    assert_eq!(listed["domains"], json!(["www.example.com"]));
+    let removed = api.request(Method::DELETE, &put("live", "www.example.com"), Some(api.token(TokenScope::Admin)), None).await;
+    assert_eq!(removed.expect(StatusCode::OK).json()["domains"], json!([]));
+    let again = api.request(Method::DELETE, &put("live", "www.example.com"), Some(api.token(TokenScope::Admin)), None).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text);
+    // Recorded on the routes stream, with the token as the actor.
+    let routes = api.store.read_stream(slipway_proto::event::ROUTES_STREAM, 1).await.unwrap();
+    assert_eq!(routes.iter().map(|r| r.envelope.message_type.as_str()).collect::<Vec<_>>(), ["DomainAdded", "DomainRemoved"]);
+}
+
+#[tokio::test]
 async fn health_is_open_and_names_the_store() {
     let api = Api::new().await;
     let body = api.request(Method::GET, "/healthz", None, None).await.expect(StatusCode::OK).json();

@@ -11,6 +11,7 @@
 //! (`error_reports`), so the engine can roll back on the routers' 5xx and
 //! upstream errors.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,9 +55,10 @@ pub fn host_name(project: &str, environment: &str, domain: &str) -> String {
 /// socket addresses are left out (and logged); they cannot come from the
 /// engine, which writes `127.0.0.1:PORT`. A route whose version is the
 /// same as in `previous` keeps counting into the same counters; a changed
-/// one starts at zero.
+/// one starts at zero. An environment's custom domains serve its route
+/// too (the same counters).
 pub fn table(routes: &Routes, domain: &str, previous: &RouteTable) -> RouteTable {
-    RouteTable::new(routes.by_environment.iter().map(|((project, environment), route)| {
+    let by_environment: BTreeMap<(&str, &str), (String, Route)> = routes.by_environment.iter().map(|((project, environment), route)| {
         let parse = |list: &[String]| -> Vec<SocketAddr> {
             list.iter()
                 .filter_map(|u| match u.parse::<SocketAddr>() {
@@ -78,8 +80,17 @@ pub fn table(routes: &Routes, domain: &str, previous: &RouteTable) -> RouteTable
             Some(before) if before.route_version == route.version => before.stats.clone(),
             _ => Stats::default(),
         };
-        (host, Route { upstreams, standby, route_version: route.version, label, stats })
-    }))
+        ((project.as_str(), environment.as_str()), (host, Route { upstreams, standby, route_version: route.version, label, stats }))
+    }).collect();
+    let custom: Vec<(String, Route)> = routes
+        .domains
+        .iter()
+        .filter_map(|(name, (project, environment))| {
+            let (_, route) = by_environment.get(&(project.as_str(), environment.as_str()))?;
+            Some((name.clone(), route.clone()))
+        })
+        .collect();
+    RouteTable::new(by_environment.into_values().chain(custom))
 }
 
 /// A router's view of the routes, loaded and registered: call `follow` to
@@ -226,7 +237,19 @@ mod tests {
                 (("p".to_string(), env.to_string()), route)
             })
             .collect();
-        Routes { version: 9, by_environment, removed: Default::default() }
+        Routes { version: 9, by_environment, ..Default::default() }
+    }
+
+    #[test]
+    fn a_custom_domain_serves_its_environments_route_with_the_same_counters() {
+        let mut recorded = routes(&[("a", 1)]);
+        recorded.domains.insert("*.shop.example".into(), ("p".into(), "a".into()));
+        // A domain of an environment without a route (yet) serves nothing.
+        recorded.domains.insert("other.example".into(), ("p".into(), "b".into()));
+        let t = table(&recorded, "d", &RouteTable::default());
+        let (own, custom) = (t.get("p-a.d").unwrap(), t.get("www.shop.example").unwrap());
+        assert_eq!((custom.upstreams.clone(), custom.stats.clone()), (own.upstreams.clone(), own.stats.clone()));
+        assert!(t.get("other.example").is_none());
     }
 
     #[test]

@@ -852,6 +852,25 @@ pub struct RouteRemoved {
     pub environment: String,
 }
 
+/// A custom domain now routes to an environment (on the routes stream, so
+/// routers apply it in route order, and one stream decides who holds a
+/// name). `domain` is lowercase, without a trailing dot; `*.example.com`
+/// is a one-level wildcard (`a.example.com`, not `a.b.example.com`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainAdded {
+    pub project: String,
+    pub environment: String,
+    pub domain: String,
+}
+
+/// A custom domain routes to its environment no more (on the routes stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRemoved {
+    pub project: String,
+    pub environment: String,
+    pub domain: String,
+}
+
 /// An environment's host name now routes to these upstreams (on the
 /// routes stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1108,6 +1127,8 @@ crate::message_family! {
         PreviewRuleRemoved(PreviewRuleRemoved) = 1,
         PullRequestReceived(PullRequestReceived) = 1,
         PreviewApproved(PreviewApproved) = 1,
+        DomainAdded(DomainAdded) = 1,
+        DomainRemoved(DomainRemoved) = 1,
     }
 }
 

@@ -119,6 +119,8 @@ fn sample_events() -> Vec<Event> {
             route_removed: true,
         }),
         Event::RouteRemoved(RouteRemoved { project: "hello".into(), environment: "pr-42".into() }),
+        Event::DomainAdded(DomainAdded { project: "hello".into(), environment: "live".into(), domain: "*.example.com".into() }),
+        Event::DomainRemoved(DomainRemoved { project: "hello".into(), environment: "live".into(), domain: "www.example.com".into() }),
         Event::PreviewRuleSet(PreviewRuleSet { trigger: PreviewTrigger::Branches("feature/*".into()), inherit: "test".into(), ttl_seconds: 60 }),
         Event::PreviewRuleRemoved(PreviewRuleRemoved { trigger: PreviewTrigger::PullRequests }),
         Event::PullRequestReceived(PullRequestReceived {

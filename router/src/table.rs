@@ -66,7 +66,21 @@ impl RouteTable {
 
     /// The route of a host name, normalized as in [`RouteTable::new`].
     pub fn get(&self, host: &str) -> Option<&Route> {
-        self.routes.get(normalize_host(host)?.as_ref())
+        self.lookup(normalize_host(host)?.as_ref())
+    }
+
+    /// The route of a normalized host name: its own entry, or else a
+    /// one-level wildcard's (`*.example.com` serves `a.example.com`, not
+    /// `a.b.example.com` nor `example.com`). Only a miss pays for the second look.
+    fn lookup(&self, host: &str) -> Option<&Route> {
+        if let Some(route) = self.routes.get(host) {
+            return Some(route);
+        }
+        let (_, parent) = host.split_once('.')?;
+        if parent.contains('.') {
+            return self.routes.get(&format!("*.{parent}"));
+        }
+        None
     }
 
     /// How many host names have a route.
@@ -85,7 +99,7 @@ impl RouteTable {
         let Some(host) = host_header.and_then(normalize_host) else {
             return Resolution::MissingHost;
         };
-        match self.routes.get(host.as_ref()) {
+        match self.lookup(host.as_ref()) {
             None => Resolution::UnknownHost(host.into_owned()),
             Some(route) if route.upstreams.is_empty() => Resolution::NoUpstream(host.into_owned()),
             Some(route) => Resolution::Upstream(route.upstreams[pick % route.upstreams.len()]),
@@ -166,6 +180,20 @@ mod tests {
     #[track_caller]
     fn check(host: Option<&str>, expect: Resolution) {
         assert_eq!(table().resolve(host, 0), expect, "Host: {host:?}");
+    }
+
+    #[test]
+    fn a_wildcard_serves_one_level_below_it_and_an_exact_name_beats_it() {
+        let table = RouteTable::new([
+            ("*.shop.example.com".to_string(), route(&[8010])),
+            ("www.shop.example.com".to_string(), route(&[8011])),
+            ("*.com".to_string(), route(&[8012])),
+        ]);
+        assert_eq!(table.resolve(Some("api.shop.example.com:443"), 0), Resolution::Upstream(addr(8010)));
+        assert_eq!(table.resolve(Some("WWW.shop.example.com"), 0), Resolution::Upstream(addr(8011)));
+        for miss in ["a.b.shop.example.com", "shop.example.com", "example.com"] {
+            assert_eq!(table.resolve(Some(miss), 0), Resolution::UnknownHost(miss.into()), "{miss}");
+        }
     }
 
     #[test]

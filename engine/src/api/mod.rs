@@ -24,6 +24,7 @@ mod extract;
 mod hooks;
 pub mod openapi;
 mod live;
+mod domains;
 mod previews;
 mod projects;
 
@@ -134,6 +135,9 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::DELETE, "/api/projects/{name}/previews", Scope(Admin), delete(previews::remove_rule)),
         route(Method::POST, "/api/projects/{name}/environments/{env}/approve", Scope(Deploy), post(previews::approve)),
         route(Method::DELETE, "/api/projects/{name}/environments/{env}", Scope(Deploy), delete(previews::remove)),
+        route(Method::GET, "/api/projects/{name}/environments/{env}/domains", Scope(Read), get(domains::list)),
+        route(Method::PUT, "/api/projects/{name}/environments/{env}/domains/{domain}", Scope(Admin), put(domains::add)),
+        route(Method::DELETE, "/api/projects/{name}/environments/{env}/domains/{domain}", Scope(Admin), delete(domains::remove)),
         route(
             Method::POST,
             "/api/hooks/{provider}/{project}",

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
-use super::{admin, audit, deployments, environments, error, hooks, live, previews, projects, routes, Access};
+use super::{admin, audit, deployments, domains, environments, error, hooks, live, previews, projects, routes, Access};
 
 const SCHEME: &str = "bearer";
 
@@ -33,6 +33,7 @@ const SCHEME: &str = "bearer";
         admin::workers, admin::whoami, admin::metrics, admin::tokens, admin::issue_token, admin::revoke_token,
         hooks::receive, hooks::rotate_secret, hooks::rules, hooks::set_rule, hooks::remove_rule,
         previews::rules, previews::set_rule, previews::remove_rule, previews::approve, previews::remove,
+        domains::list, domains::add, domains::remove,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail))
 )]

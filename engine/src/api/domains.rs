@@ -1,0 +1,80 @@
+//! Custom domains over HTTP: list, add and remove an environment's domains
+//! (`domains.rs` records them). A name another environment holds is a 409
+//! naming the holder.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::Params;
+use super::{load_error, require_environment, ApiResult, Caller, Store};
+use crate::domains::{self, Refused};
+use crate::load;
+
+/// An environment's custom domains.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnvironmentDomains {
+    project: String,
+    environment: String,
+    /// Sorted; `*.example.com` is a one-level wildcard.
+    domains: Vec<String>,
+}
+
+async fn listed(store: &dyn slipway_store::EventStore, name: String, env: String) -> ApiResult<Json<EnvironmentDomains>> {
+    let routes = load::routes(store).await.map_err(load_error)?;
+    let domains = domains::of_environment(&routes.domains, &name, &env);
+    Ok(Json(EnvironmentDomains { project: name, environment: env, domains }))
+}
+
+#[utoipa::path(get, path = "/api/projects/{name}/environments/{env}/domains", tag = "domains",
+    summary = "The environment's custom domains",
+    params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment")),
+    responses((status = 200, body = EnvironmentDomains), (status = 404, body = ErrorBody)))]
+pub async fn list(State(store): Store, Params((name, env)): Params<(String, String)>) -> ApiResult<Json<EnvironmentDomains>> {
+    require_environment(&*store, &name, &env).await?;
+    listed(&*store, name, env).await
+}
+
+#[utoipa::path(put, path = "/api/projects/{name}/environments/{env}/domains/{domain}", tag = "domains",
+    summary = "Serve the environment under a custom domain too",
+    description = "An exact name (`www.example.com`) or a one-level wildcard (`*.example.com`). Adding a domain \
+the environment has already changes nothing. A domain belongs to one environment at a time: 409 names its holder. \
+Answers with every domain of the environment.",
+    params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment"),
+        ("domain" = String, Path, description = "The domain")),
+    responses((status = 200, body = EnvironmentDomains), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+pub async fn add(
+    State(store): Store,
+    caller: Caller,
+    Params((name, env, domain)): Params<(String, String, String)>,
+) -> ApiResult<Json<EnvironmentDomains>> {
+    require_environment(&*store, &name, &env).await?;
+    match domains::add(&*store, &caller.actor(), &name, &env, &domain).await? {
+        Ok(_) => listed(&*store, name, env).await,
+        Err(Refused::Invalid(rejection)) => Err(rejection.into()),
+        Err(Refused::Taken(rejection)) => Err(ApiError::Conflict(rejection.0)),
+    }
+}
+
+#[utoipa::path(delete, path = "/api/projects/{name}/environments/{env}/domains/{domain}", tag = "domains",
+    summary = "Stop serving the environment under a custom domain",
+    params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment"),
+        ("domain" = String, Path, description = "The domain")),
+    responses((status = 200, body = EnvironmentDomains), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn remove(
+    State(store): Store,
+    caller: Caller,
+    Params((name, env, domain)): Params<(String, String, String)>,
+) -> ApiResult<Json<EnvironmentDomains>> {
+    require_environment(&*store, &name, &env).await?;
+    let routes = load::routes(&*store).await.map_err(load_error)?;
+    let normalized = domains::parse(&domain).map_err(ApiError::BadRequest)?;
+    if !domains::of_environment(&routes.domains, &name, &env).contains(&normalized) {
+        return Err(ApiError::NotFound(format!("{name} {env} has no domain `{normalized}`")));
+    }
+    domains::remove(&*store, &caller.actor(), &name, &env, &domain).await??;
+    listed(&*store, name, env).await
+}
