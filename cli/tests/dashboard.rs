@@ -201,6 +201,9 @@ async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Res
         .wait_for("the Deploy button", Duration::from_secs(10), "const b = document.getElementById('deploy'); return b && !b.disabled")
         .await?;
 
+    // The environment's custom domains are listed (none yet); adding needs admin scope.
+    browser.wait_for("the domains card", Duration::from_secs(10), "return document.getElementById('domains')?.textContent.includes('No custom domain')").await?;
+
     // A marker a reload would wipe out.
     browser.run("window.slipwayNoReload = 'still here'", json!([])).await?;
     browser.click("#deploy").await?;

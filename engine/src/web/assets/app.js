@@ -431,6 +431,25 @@ function deploymentRow(id) {
   return { tr, draw };
 }
 
+// The environment's custom domains: listed, added and removed (admin scope).
+function domainsCard(base) {
+  const list = h('ul', { id: 'domains' });
+  const input = h('input', { type: 'text', id: 'domain-name', placeholder: 'www.example.com or *.example.com', 'aria-label': 'Domain' });
+  const addBtn = h('button', { id: 'domain-add', type: 'button', disabled: !scopeAllows('admin'), title: why('admin') }, 'Add domain');
+  const draw = (listed) => list.replaceChildren(...(listed.domains.length ? listed.domains.map((d) => h('li', {},
+    h('span', { class: 'mono' }, d), ' ',
+    h('button', { type: 'button', class: 'link', disabled: !scopeAllows('admin'), title: why('admin'),
+      onclick: () => api('DELETE', `${base}/domains/${enc(d)}`).then(draw, (e) => notice(e.message)) }, 'remove'))) :
+    [h('li', { class: 'muted' }, 'No custom domain.')]));
+  addBtn.addEventListener('click', () => {
+    const name = input.value.trim();
+    if (!name) return;
+    api('PUT', `${base}/domains/${enc(name)}`).then((listed) => { input.value = ''; draw(listed); }, (e) => notice(e.message));
+  });
+  api('GET', `${base}/domains`).then(draw, (e) => notice(e.message));
+  return h('div', { class: 'card' }, h('h3', {}, 'Domains'), list, h('div', { class: 'row' }, input, addBtn));
+}
+
 async function environmentView(view, project, env) {
   crumbs(['Projects', '#/'], [project, '#/'], [env, null]);
   const base = `/api/projects/${enc(project)}/environments/${enc(env)}`;
@@ -459,6 +478,7 @@ async function environmentView(view, project, env) {
       h('div', { class: 'spread' },
         h('div', {}, h('h1', {}, `${project} / ${env}`), activeLine),
         h('div', { class: 'row' }, refInput, deployBtn, rollbackBtn))),
+    domainsCard(base),
     h('div', { class: 'card' }, h('h3', {}, 'Deployments'),
       h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Ref', 'Requested', 'Status', 'Steps', 'Took'].map((t) => h('th', {}, t)))), body)));
 
