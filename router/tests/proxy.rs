@@ -136,11 +136,11 @@ async fn several_upstreams_take_turns() {
 }
 
 #[tokio::test]
-async fn an_unknown_host_is_404_and_named() {
+async fn an_unknown_host_is_404() {
     let p = proxy(RouteTable::default()).await;
     let (status, body) = get(p.addr, Some("Nope.Test"), "/").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body, "no route for host \"nope.test\"\n");
+    assert_eq!(body, "Not found: no application is served at this host name.\n");
 }
 
 #[tokio::test]
@@ -156,7 +156,7 @@ async fn a_host_without_upstreams_is_503() {
     let p = proxy(table(&[("idle.test", route(&[], 3))])).await;
     let (status, body) = get(p.addr, Some("idle.test"), "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body.contains("idle.test") && body.contains("test route v3"), "{body}");
+    assert!(body.starts_with("Service unavailable") && !body.contains("test route v3"), "{body}");
 }
 
 #[tokio::test]
@@ -170,7 +170,7 @@ async fn an_upstream_that_is_down_is_502_at_once() {
     let (status, body) = get(p.addr, Some("down.test"), "/").await;
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(body.contains(&down.to_string()) && body.contains("down.test"), "{body}");
+    assert_eq!(body, "Bad gateway: the application did not answer.\n");
 }
 
 #[tokio::test]
@@ -190,7 +190,7 @@ async fn the_upstream_sees_forwarded_headers_and_no_hop_by_hop_ones() {
         .unwrap();
     assert_eq!(sender.send_request(req).await.unwrap().status(), StatusCode::OK);
     let seen = a.seen.lock().unwrap()[0].clone();
-    assert_eq!(seen["x-forwarded-for"], "192.0.2.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "a client that is no trusted proxy cannot add entries");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "Alpha.test:80");
     assert_eq!(seen["host"], "Alpha.test:80");
