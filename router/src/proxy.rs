@@ -929,7 +929,7 @@ impl ConnState {
             force: self.held.shared.force.clone(),
             slot: self.slot.clone(),
         });
-        Ok(Forward { req, upstream, fallback: standby, host, upgrade, stats })
+        Ok(Forward { req, upstream, fallback: standby, host, upgrade, stats, clock: self.clock.clone() })
     }
 }
 
@@ -948,6 +948,8 @@ struct Forward {
     /// The route's counters: what its own upstreams answered, or how they
     /// failed (the standby's answers are not its upstreams').
     stats: Option<Stats>,
+    /// The client connection's clock (is the request body still coming?).
+    clock: Arc<ClientClock>,
 }
 
 /// What an upgrade request (WebSocket) needs once upgraded.
@@ -992,7 +994,9 @@ impl Forward {
         peer: SocketAddr,
         deadline: Option<Instant>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let Forward { req, upstream: mut addr, mut fallback, host, upgrade, stats } = self;
+        let Forward { req, upstream: mut addr, mut fallback, host, upgrade, stats, clock } = self;
+        // Named by a timeout (the attempts hold `addr` until they end).
+        let first = addr;
         // What the route's counters learn: an answer of its own upstreams
         // (not the standby's), or a failure the client gets as a 502 or 504.
         // A request the fallback rescued is not counted as an error: the
@@ -1014,7 +1018,7 @@ impl Forward {
                 copy
             });
         let body_timeout = held.shared.body_timeout;
-        let mut req = req.map(|body| Either::Left(ClientBody::new(body, body_timeout)));
+        let mut req = req.map(|body| Either::Left(ClientBody::new(body, body_timeout, &clock)));
         let failed = |addr: SocketAddr, reason: String, connect: bool| {
             let (upstream, host) = (addr, lossy(&host));
             if connect {
@@ -1088,10 +1092,27 @@ impl Forward {
             }
         };
         let attempted = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), attempts).await.unwrap_or_else(|_| {
-                let after = held.shared.request_timeout.unwrap_or_default();
-                Err(ProxyError::Timeout { upstream: addr, host: lossy(&host), after })
-            }),
+            Some(deadline) => {
+                // `attempts` stays alive in the timeout's branch, so the
+                // request body it holds still says whether it is complete.
+                let mut attempts = std::pin::pin!(attempts);
+                tokio::select! {
+                    biased;
+                    attempted = &mut attempts => attempted,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        let after = held.shared.request_timeout.unwrap_or_default();
+                        // Still waiting for the client's body: the client is
+                        // late, not the upstream (a trickled upload must not
+                        // count against a watched release).
+                        Err(if clock.body_pending() {
+                            let reason = format!("the request body was not in within {} ms", after.as_millis());
+                            ProxyError::ClientBody { host: lossy(&host), reason }
+                        } else {
+                            ProxyError::Timeout { upstream: first, host: lossy(&host), after }
+                        })
+                    }
+                }
+            }
             None => attempts.await,
         };
         let (mut response, upstream) = attempted.map_err(|e| match e {

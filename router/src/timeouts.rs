@@ -49,6 +49,8 @@ pub(crate) struct ClientClock {
     armed: AtomicBool,
     /// The request in progress must be done by then (`NONE`: no deadline).
     deadline: AtomicU64,
+    /// The request in progress still has body to come from the client.
+    body_pending: AtomicBool,
 }
 
 impl ClientClock {
@@ -60,6 +62,7 @@ impl ClientClock {
             first_read: AtomicU64::new(NONE),
             armed: AtomicBool::new(false),
             deadline: AtomicU64::new(NONE),
+            body_pending: AtomicBool::new(false),
         })
     }
 
@@ -83,6 +86,12 @@ impl ClientClock {
             NONE => None,
             millis => Some(self.at(millis)),
         }
+    }
+
+    /// Whether the request in progress still waits for body from the
+    /// client: a request timeout is then the client's fault.
+    pub(crate) fn body_pending(&self) -> bool {
+        self.body_pending.load(Ordering::Relaxed)
     }
 
     fn arm(&self) -> (Instant, bool) {
@@ -223,11 +232,29 @@ pub(crate) struct ClientBody {
     timeout: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
+    /// Told whether body is still to come (`None` for a bodiless request).
+    clock: Option<Arc<ClientClock>>,
 }
 
 impl ClientBody {
-    pub(crate) fn new(inner: Incoming, timeout: Duration) -> Self {
-        ClientBody { inner, timeout, sleep: None, waiting: false }
+    pub(crate) fn new(inner: Incoming, timeout: Duration, clock: &Arc<ClientClock>) -> Self {
+        let clock = (!inner.is_end_stream()).then(|| clock.clone());
+        if let Some(clock) = &clock {
+            clock.body_pending.store(true, Ordering::Relaxed);
+        }
+        ClientBody { inner, timeout, sleep: None, waiting: false, clock }
+    }
+
+    fn ended(&mut self) {
+        if let Some(clock) = self.clock.take() {
+            clock.body_pending.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.ended();
     }
 }
 
@@ -240,6 +267,9 @@ impl Body for ClientBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.ended();
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
