@@ -24,16 +24,22 @@ pub fn pipeline(data_dir: &Path, registry: Option<String>, pull_base_images: boo
     Arc::new(Pipeline::new(Runtime { workspaces: data_dir.join("workspaces"), logs: data_dir.join("logs"), registry, pull_base_images }))
 }
 
-/// A router part bound to `listen`. Binding comes first, so a taken port
-/// fails the command before anything runs.
-pub async fn router(listen: SocketAddr, id: Option<String>, domain: String) -> anyhow::Result<RouterPart> {
+/// A router part bound to `listen`, with the caps and timeouts of the
+/// configuration file `config` (defaults without one). Reading the file and
+/// binding come first, so a bad file or a taken port fails the command
+/// before anything runs.
+pub async fn router(listen: SocketAddr, id: Option<String>, domain: String, config: Option<&Path>) -> anyhow::Result<RouterPart> {
+    let proxy = match config {
+        Some(path) => slipway_node::router_config::load(path).map_err(|e| crate::exit::usage(e.to_string()))?,
+        None => ServeOptions::default(),
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the router to {listen}; choose another address with --router"))?;
     let listen = listener.local_addr().unwrap_or(listen);
     let router_id = id.unwrap_or_else(|| format!("{}-{}", crate::hostname(), listen.port()));
     eprintln!("slipway: router {router_id} on http://{listen}/ serving http://<project>-<env>.{domain}:{}/", listen.port());
-    Ok(RouterPart { listener, options: RouterOptions { router_id, domain, listen }, proxy: ServeOptions::default() })
+    Ok(RouterPart { listener, options: RouterOptions { router_id, domain, listen }, proxy })
 }
 
 /// Where the HTTP API listens, and the workers' data directory it reads logs from.

@@ -369,6 +369,10 @@ struct RouterArgs {
     /// The router's id, stable across restarts (default: <hostname>-<port>).
     #[arg(long = "router-id", env = "SLIPWAY_ROUTER_ID")]
     router_id: Option<String>,
+    /// A TOML file whose [router] section sets the router's connection caps,
+    /// timeouts and trusted proxies (README: "The router's configuration").
+    #[arg(long = "router-config", env = "SLIPWAY_ROUTER_CONFIG")]
+    router_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -717,7 +721,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let router = match no_router {
                 true => None,
-                false => Some(machinery::router(router.router_listen, router.router_id, router.domain).await?),
+                false => Some(machinery::router(router.router_listen, router.router_id, router.domain, router.router_config.as_deref()).await?),
             };
             let workers = WorkerOptions { agent: agent.options(), ..all_workers(format!("worker:{}", hostname())) };
             let parts = Parts {
@@ -738,7 +742,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Router(args) => {
-            let router = machinery::router(args.router_listen, args.router_id, args.domain).await?;
+            let router = machinery::router(args.router_listen, args.router_id, args.domain, args.router_config.as_deref()).await?;
             let parts = Parts { router: Some(router), ..Default::default() };
             let queue: Arc<dyn slipway_store::queue::Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;

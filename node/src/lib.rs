@@ -5,12 +5,14 @@
 //! and reports its error counts of watched releases (`error_reports`);
 //! `gauges` samples the metrics no event moves; `agent` keeps a Docker
 //! host running what is recorded and supervises the serving release;
-//! `poll` polls repositories for auto-deploy rules that ask for it.
+//! `poll` polls repositories for auto-deploy rules that ask for it;
+//! `router_config` reads the router's configuration file.
 
 pub mod agent;
 pub mod error_reports;
 pub mod gauges;
 pub mod poll;
+pub mod router_config;
 pub mod routing;
 pub mod serve;
 pub mod shutdown;

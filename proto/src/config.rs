@@ -422,7 +422,8 @@ impl<'de> Deserialize<'de> for Interval {
     }
 }
 
-/// A bad `slipway.toml`: which file, which key, what was expected.
+/// A bad `slipway.toml` (or router configuration): which file, which key,
+/// what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {key}: {expected}")]
 pub struct ConfigError {
@@ -430,6 +431,26 @@ pub struct ConfigError {
     /// Dotted path to the key, or "(document)" for a syntax error.
     pub key: String,
     pub expected: String,
+}
+
+/// Deserializes a TOML document read from `file`; an error names the file,
+/// the dotted key (or "(document)") and the line. Shared by `slipway.toml`
+/// and the router's configuration file.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().trim().to_string();
+        let at = inner
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigError { file: file.into(), key: if key == "." { "(document)".into() } else { key }, expected: format!("{message}{at}") }
+    })
 }
 
 /// True for a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'.
@@ -453,20 +474,7 @@ impl AppConfig {
     /// Parses and validates `text`, read from `file` (named in errors).
     pub fn parse(text: &str, file: &str) -> Result<AppConfig, ConfigError> {
         let err = |key: &str, expected: String| ConfigError { file: file.into(), key: key.into(), expected };
-        let de = toml::Deserializer::new(text);
-        let config: AppConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.message().trim().to_string();
-            let at = inner
-                .span()
-                .map(|span| {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            err(if key == "." { "(document)" } else { &key }, format!("{message}{at}"))
-        })?;
+        let config: AppConfig = parse_toml(text, file)?;
         if config.web.port == 0 {
             return Err(err("web.port", "expected a port between 1 and 65535, found 0".into()));
         }

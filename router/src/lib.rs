@@ -3,12 +3,18 @@
 //! `table` decides where a request goes (pure, tested in place); `proxy`
 //! forwards it (hyper), counts what each route's upstreams answered
 //! (`stats`), and swaps whole route tables so that a release
-//! moves traffic atomically.
+//! moves traffic atomically. `limits` (connection caps), `timeouts` (header,
+//! idle, body and request clocks) and `forwarded` (`X-Forwarded-*` from the
+//! peer, trusted proxies) keep slow, greedy or lying clients in their place.
 
+pub mod forwarded;
+pub mod limits;
 pub mod proxy;
 pub mod stats;
 pub mod table;
+mod timeouts;
 
+pub use forwarded::Cidr;
 pub use proxy::{serve, serve_threads, serve_with, Fault, ProxyError, RouteHandle, ServeOptions};
 pub use stats::{Counts, RouteStats, Stats};
-pub use table::{normalize_host, Resolution, Route, RouteTable};
+pub use table::{normalize_host, Fallback, Resolution, Route, RouteTable};

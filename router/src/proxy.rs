@@ -18,11 +18,18 @@
 //! lock, and spawns nothing. (hyper-util's pooled `Client` was the first
 //! version: a task per upstream connection and a shared pool per request
 //! cost more CPU per request.)
+//!
+//! Slow and greedy clients are held to the caps of `limits.rs` (open
+//! connections in all and per client) and the clocks of `timeouts.rs`
+//! (header, idle, body and whole-request timeouts); what an upstream is told
+//! about the client is `forwarded.rs`'s to say. The pages the router answers
+//! with itself name no upstream address, port, container or deployment:
+//! those go to the log.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,15 +47,18 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::forwarded::{set_forwarded, unmapped, Cidr};
+use crate::limits::{ConnLimits, Slot};
 use crate::stats::Stats;
-use crate::table::{Resolution, RouteTable};
+use crate::table::{Fallback, Resolution, RouteTable};
+use crate::timeouts::{BodyTimedOut, ClientBody, ClientClock, ClientTimer, WatchedIo};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// a short text of its own.
 type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 /// A request's body on its way upstream: the client's, or none (a bodiless
-/// idempotent request sent again to the standby).
-type UpstreamRequestBody = Either<Incoming, http_body_util::Empty<Bytes>>;
+/// idempotent request sent again to another upstream).
+type UpstreamRequestBody = Either<ClientBody, http_body_util::Empty<Bytes>>;
 
 /// A shared, atomically replaceable route table. Cloning is cheap; every
 /// clone sees the same table. Reading it takes no lock.
@@ -74,7 +84,8 @@ impl RouteHandle {
     }
 }
 
-/// How long the proxy waits for things.
+/// How long the proxy waits for things, and how much it takes from whom.
+/// The router's configuration file sets these (`[router]` in README).
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Connecting to an upstream; past it the request fails with 502.
@@ -82,8 +93,25 @@ pub struct ServeOptions {
     /// After shutdown, how long in-flight requests may take to finish before
     /// their connections are closed.
     pub drain_timeout: Duration,
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's headers, from their
+    /// first byte (from the connection's start, for its first request).
     pub header_read_timeout: Duration,
+    /// How long a kept-alive client connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// How long a request body may pause between two pieces.
+    pub body_timeout: Duration,
+    /// How long a request that does not upgrade may take, from its headers
+    /// to the last byte of its answer (504 if the upstream has not answered
+    /// by then); `None`: no limit.
+    pub request_timeout: Option<Duration>,
+    /// Client connections open at once, in all; more are closed at once.
+    pub max_connections: usize,
+    /// Client connections open at once from one client (an IPv4 address or
+    /// an IPv6 /64); more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Peers whose `X-Forwarded-*` headers are believed (load balancers in
+    /// front of the router); every other client's are replaced.
+    pub trusted_proxies: Vec<Cidr>,
     /// How long an idle upstream connection stays in the shared pool. (A
     /// connection a client connection holds between its requests stays as
     /// long as that client connection, unless the upstream closes it.)
@@ -95,7 +123,13 @@ impl Default for ServeOptions {
         ServeOptions {
             connect_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            request_timeout: Some(Duration::from_secs(300)),
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            trusted_proxies: Vec::new(),
             upstream_idle_timeout: Duration::from_secs(60),
         }
     }
@@ -113,7 +147,8 @@ pub enum Fault {
 }
 
 /// Why the proxy answered a request itself instead of with an upstream's
-/// response.
+/// response. The text (`Display`) is for the log and names the upstream;
+/// the client gets [`ProxyError::page`], which names nothing internal.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("the request names no host: send a Host header")]
@@ -128,6 +163,10 @@ pub enum ProxyError {
     UpstreamConnect { upstream: SocketAddr, host: String, reason: String },
     #[error("upstream {upstream} for host \"{host}\" failed: {reason}")]
     Upstream { upstream: SocketAddr, host: String, reason: String },
+    #[error("upstream {upstream} for host \"{host}\" did not answer within {} ms", after.as_millis())]
+    Timeout { upstream: SocketAddr, host: String, after: Duration },
+    #[error("the client sent too little of the request body for host \"{host}\": {reason}")]
+    ClientBody { host: String, reason: String },
 }
 
 impl ProxyError {
@@ -138,23 +177,40 @@ impl ProxyError {
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
             ProxyError::NoUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody { .. } => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The body the client gets: what went wrong in the client's terms,
+    /// with no address, port, container or deployment in it.
+    pub fn page(&self) -> &'static str {
+        match self {
+            ProxyError::MissingHost | ProxyError::BadHost => "Bad request: send one valid Host header.\n",
+            ProxyError::UnknownHost(_) => "Not found: no application is served at this host name.\n",
+            ProxyError::NoUpstream { .. } => "Service unavailable: this application is not serving right now; try again shortly.\n",
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => "Bad gateway: the application did not answer.\n",
+            ProxyError::Timeout { .. } => "Gateway timeout: the application did not answer in time.\n",
+            ProxyError::ClientBody { .. } => "Request timeout: the request body did not arrive in time.\n",
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::MissingHost | ProxyError::BadHost => Fault::Client,
+            ProxyError::MissingHost | ProxyError::BadHost | ProxyError::ClientBody { .. } => Fault::Client,
             ProxyError::UnknownHost(_) | ProxyError::NoUpstream { .. } => Fault::Routes,
-            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => Fault::Upstream,
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } | ProxyError::Timeout { .. } => Fault::Upstream,
         }
     }
 
     /// For `slipway_router_upstream_errors_total`: `connect` (never reached
-    /// the upstream) or `response` (it failed mid-way); `None` if not the upstream's fault.
+    /// the upstream), `response` (it failed mid-way) or `timeout` (no answer
+    /// within the request timeout); `None` if not the upstream's fault.
     pub fn upstream_error_kind(&self) -> Option<&'static str> {
         match self {
             ProxyError::UpstreamConnect { .. } => Some("connect"),
             ProxyError::Upstream { .. } => Some("response"),
+            ProxyError::Timeout { .. } => Some("timeout"),
             _ => None,
         }
     }
@@ -162,13 +218,19 @@ impl ProxyError {
     /// Whether the request surely never reached an application, so sending
     /// it again cannot repeat a side effect.
     pub fn retry_safe(&self) -> bool {
-        !matches!(self, ProxyError::Upstream { .. })
+        !matches!(self, ProxyError::Upstream { .. } | ProxyError::Timeout { .. } | ProxyError::ClientBody { .. })
     }
 
     fn into_response(self) -> Response<ProxyBody> {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!("{self}\n")))));
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(self.page().as_bytes()))));
         *response.status_mut() = self.status();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if let ProxyError::ClientBody { .. } = self {
+            // The rest of the body may still come: the connection cannot
+            // carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -196,7 +258,8 @@ pub async fn serve(
 /// This task accepts the connections and hands each to the thread with the
 /// fewest open, so that a burst of connections (a load balancer's pool, a
 /// benchmark's) is spread evenly, which threads taking turns to accept from
-/// one socket do not do.
+/// one socket do not do. It also holds the connection caps, for all the
+/// threads at once.
 pub async fn serve_threads(
     listener: TcpListener,
     routes: RouteHandle,
@@ -205,10 +268,11 @@ pub async fn serve_threads(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     struct Worker {
-        handoff: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+        handoff: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, Slot)>,
         open: Arc<AtomicUsize>,
         finished: oneshot::Receiver<std::io::Result<()>>,
     }
+    let limits = ConnLimits::new(options.max_connections, options.max_connections_per_ip);
     let mut workers = Vec::new();
     for i in 0..threads.max(1) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -237,6 +301,7 @@ pub async fn serve_threads(
                 continue;
             }
         };
+        let Some(slot) = admit(&limits, peer) else { continue };
         let Some(worker) = workers.iter().min_by_key(|w| w.open.load(Ordering::Relaxed)) else { break };
         let stream = match stream.into_std() {
             Ok(stream) => stream,
@@ -246,7 +311,7 @@ pub async fn serve_threads(
             }
         };
         worker.open.fetch_add(1, Ordering::Relaxed);
-        if worker.handoff.send((stream, peer)).is_err() {
+        if worker.handoff.send((stream, peer, slot)).is_err() {
             return Err(std::io::Error::other("a router thread stopped"));
         }
     }
@@ -264,25 +329,43 @@ pub async fn serve_threads(
     result
 }
 
-/// Where a proxy loop gets its client connections.
+/// A slot under the caps for a connection from `peer`, or `None` (counted,
+/// logged) when it is over one: the caller drops the connection at once.
+fn admit(limits: &Arc<ConnLimits>, peer: SocketAddr) -> Option<Slot> {
+    match limits.admit(peer.ip()) {
+        Ok(slot) => Some(slot),
+        Err(refused) => {
+            tracing::debug!(%peer, cap = refused.reason(), "router: too many connections; closing this one");
+            slipway_telemetry::metrics::global().router_refused(refused.reason());
+            None
+        }
+    }
+}
+
+/// Where a proxy loop gets its client connections, admitted under the caps.
 enum Source {
-    Listener(TcpListener),
+    Listener { listener: TcpListener, limits: Arc<ConnLimits> },
     /// From [`serve_threads`]' accepting task; `open` counts the
     /// connections this loop has open, for it to pick the least busy.
     Handoff {
-        handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, Slot)>,
         open: Arc<AtomicUsize>,
     },
 }
 
 impl Source {
     /// The next connection; `None` when the hand-off has closed.
-    async fn next(&mut self) -> std::io::Result<Option<(TcpStream, SocketAddr)>> {
+    async fn next(&mut self) -> std::io::Result<Option<(TcpStream, SocketAddr, Slot)>> {
         match self {
-            Source::Listener(listener) => listener.accept().await.map(Some),
+            Source::Listener { listener, limits } => loop {
+                let (stream, peer) = listener.accept().await?;
+                if let Some(slot) = admit(limits, peer) {
+                    return Ok(Some((stream, peer, slot)));
+                }
+            },
             Source::Handoff { handed, open } => match handed.recv().await {
-                Some((stream, peer)) => match TcpStream::from_std(stream) {
-                    Ok(stream) => Ok(Some((stream, peer))),
+                Some((stream, peer, slot)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => Ok(Some((stream, peer, slot))),
                     Err(e) => {
                         open.fetch_sub(1, Ordering::Relaxed);
                         Err(e)
@@ -295,7 +378,7 @@ impl Source {
 
     fn open_count(&self) -> Option<Arc<AtomicUsize>> {
         match self {
-            Source::Listener(_) => None,
+            Source::Listener { .. } => None,
             Source::Handoff { open, .. } => Some(open.clone()),
         }
     }
@@ -310,7 +393,8 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    run(Source::Listener(listener), routes, options, shutdown).await
+    let limits = ConnLimits::new(options.max_connections, options.max_connections_per_ip);
+    run(Source::Listener { listener, limits }, routes, options, shutdown).await
 }
 
 async fn run(
@@ -336,7 +420,7 @@ async fn run(
             () = &mut shutdown => break,
             accepted = source.next() => accepted,
         };
-        let (stream, peer) = match accepted {
+        let (stream, peer, slot) = match accepted {
             Ok(Some(accepted)) => accepted,
             Ok(None) => break,
             Err(e) => {
@@ -349,7 +433,7 @@ async fn run(
         };
         seed = seed.wrapping_add(1);
         let drain = Open::register(&open, live_rx.clone(), count.clone());
-        tokio::spawn(connection(shared.clone(), stream, peer, seed, drain));
+        tokio::spawn(connection(shared.clone(), stream, peer, seed, drain, slot));
     }
     drop(source);
     drop(live_rx);
@@ -423,6 +507,12 @@ struct Shared {
     client: hyper::client::conn::http1::Builder,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// The client side's timeouts (see `timeouts.rs`).
+    client_header_timeout: Duration,
+    client_idle_timeout: Duration,
+    body_timeout: Duration,
+    request_timeout: Option<Duration>,
+    trusted_proxies: Vec<Cidr>,
     /// Idle upstream connections that no client connection holds, by
     /// upstream. Locked when a client connection ends or needs an upstream
     /// connection it does not hold, never for a request on a warm one.
@@ -442,6 +532,9 @@ struct Idle {
 
 impl Shared {
     fn new(routes: RouteHandle, options: &ServeOptions, force: watch::Receiver<()>) -> Self {
+        // Each connection sets its own timer (`ClientTimer`), which keeps
+        // the header and idle timeouts; hyper arms it only if it has a
+        // header read timeout.
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
         Shared {
@@ -450,6 +543,11 @@ impl Shared {
             client: hyper::client::conn::http1::Builder::new(),
             connect_timeout: options.connect_timeout,
             idle_timeout: options.upstream_idle_timeout,
+            client_header_timeout: options.header_read_timeout,
+            client_idle_timeout: options.idle_timeout,
+            body_timeout: options.body_timeout,
+            request_timeout: options.request_timeout.filter(|t| !t.is_zero()),
+            trusted_proxies: options.trusted_proxies.clone(),
             pool: Mutex::new(HashMap::new()),
             force,
         }
@@ -650,19 +748,46 @@ impl Drop for UpstreamBody {
     }
 }
 
-async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, seed: usize, mut drain: Drain) {
+/// How long after a request's deadline its connection is closed if the
+/// answer is still going out: time for the 504 sent at the deadline.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, seed: usize, mut drain: Drain, slot: Slot) {
     let _ = stream.set_nodelay(true);
     let force = shared.force.clone();
-    let state = ConnState::new(shared.clone(), peer, seed);
+    let clock = ClientClock::new(shared.client_header_timeout, shared.client_idle_timeout);
+    let mut http = shared.http.clone();
+    http.timer(ClientTimer(clock.clone()));
+    let state = ConnState::new(shared.clone(), peer, seed, clock.clone(), slot);
     let service = hyper::service::service_fn(move |req| state.call(req));
-    let conn = shared.http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let io = WatchedIo { inner: stream, clock: clock.clone() };
+    let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
+    // The request deadline's watchdog: closes the connection when an
+    // answer is still going out past its deadline (a client that stopped
+    // reading). Re-armed only when the deadline changes; polled after the
+    // connection on every wake-up.
+    let mut watchdog = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut watched = None;
+    let overdue = std::future::poll_fn(|cx| {
+        let Some(deadline) = clock.deadline() else { return Poll::Pending };
+        if watched != Some(deadline) {
+            watched = Some(deadline);
+            watchdog.as_mut().reset((deadline + DEADLINE_GRACE).into());
+        }
+        watchdog.as_mut().poll(cx)
+    });
     // Polled on every wake-up of the connection: the oneshot's check is one
     // atomic load.
     let finished = tokio::select! {
         biased;
         result = conn.as_mut() => Some(result),
         _ = &mut drain.asked => None,
+        () = overdue => {
+            tracing::debug!(%peer, "router: the request timeout passed while the answer was still going out; closing");
+            slipway_telemetry::metrics::global().router_timeout("request");
+            return;
+        }
     };
     let result = match finished {
         Some(result) => result,
@@ -687,22 +812,29 @@ struct ConnState {
     peer: SocketAddr,
     /// The client's address as an `X-Forwarded-For` entry.
     forwarded_for: HeaderValue,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` headers are kept.
+    trusted: bool,
+    clock: Arc<ClientClock>,
+    /// The connection's place under the caps, held by its tunnel too once
+    /// it upgrades.
+    slot: Arc<Slot>,
     /// Round-robin position, seeded per connection so that short
     /// connections do not all start on the first upstream.
     pick: std::cell::Cell<usize>,
 }
 
 impl ConnState {
-    fn new(shared: Arc<Shared>, peer: SocketAddr, seed: usize) -> Self {
-        let ip = match peer.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
+    fn new(shared: Arc<Shared>, peer: SocketAddr, seed: usize, clock: Arc<ClientClock>, slot: Slot) -> Self {
+        let ip = unmapped(peer.ip());
         let forwarded_for = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        let trusted = shared.trusted_proxies.iter().any(|net| net.contains(ip));
         ConnState {
             held: Arc::new(Held { shared, upstreams: Mutex::new(Vec::new()) }),
             peer,
             forwarded_for,
+            trusted,
+            clock,
+            slot: Arc::new(slot),
             pick: std::cell::Cell::new(seed),
         }
     }
@@ -714,11 +846,17 @@ impl ConnState {
         req: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let prepared = self.prepare(req);
+        // Upgrades (WebSocket) may last as long as they like.
+        let deadline = match &prepared {
+            Ok(forward) if forward.upgrade.is_some() => None,
+            _ => self.held.shared.request_timeout.map(|t| Instant::now() + t),
+        };
+        self.clock.set_deadline(deadline);
         let peer = self.peer;
         let held = self.held.clone();
         async move {
             let response = match prepared {
-                Ok(forward) => forward.send(held, peer).await,
+                Ok(forward) => forward.send(held, peer, deadline).await,
                 Err(e) => Err(e),
             };
             let metrics = slipway_telemetry::metrics::global();
@@ -751,7 +889,7 @@ impl ConnState {
                     if let Some(stats) = &stats {
                         stats.request();
                     }
-                    (upstream, route.and_then(|r| r.standby(pick)), stats)
+                    (upstream, route.and_then(|r| r.fallback(pick)), stats)
                 }
                 Resolution::MissingHost => return Err(ProxyError::MissingHost),
                 Resolution::UnknownHost(host) => return Err(ProxyError::UnknownHost(host)),
@@ -781,21 +919,20 @@ impl ConnState {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        append_forwarded_for(headers, &self.forwarded_for);
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        headers.insert(X_FORWARDED_HOST, host.clone());
+        set_forwarded(headers, &self.forwarded_for, &host, self.trusted);
         // The absolute form's authority wins over Host (RFC 9112 §3.2.2);
         // the application must see the host that was routed.
         headers.insert(header::HOST, host.clone());
 
-        let upgrade = upgrade.map(|(client_side, _)| (client_side, self.held.shared.force.clone()));
-        Ok(Forward { req, upstream, standby, host, upgrade, stats })
+        let upgrade = upgrade.map(|(client_side, _)| Upgrade {
+            client_side,
+            force: self.held.shared.force.clone(),
+            slot: self.slot.clone(),
+        });
+        Ok(Forward { req, upstream, fallback: standby, host, upgrade, stats, clock: self.clock.clone() })
     }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -803,28 +940,66 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 struct Forward {
     req: Request<Incoming>,
     upstream: SocketAddr,
-    /// Where to go if `upstream` refuses the connection (the previous
-    /// release while the new one is watched).
-    standby: Option<SocketAddr>,
+    /// Where to go once if `upstream` fails the request before it could
+    /// have done anything (see `send`).
+    fallback: Option<Fallback>,
     host: HeaderValue,
-    /// For an upgrade request: the client side of the connection once it is
-    /// upgraded, and the signal that closes the tunnel at shutdown.
-    upgrade: Option<(hyper::upgrade::OnUpgrade, watch::Receiver<()>)>,
-    /// The route's counters: what its own upstream answered, or how it
-    /// failed (the standby's answers are not its upstream's).
+    upgrade: Option<Upgrade>,
+    /// The route's counters: what its own upstreams answered, or how they
+    /// failed (the standby's answers are not its upstreams').
     stats: Option<Stats>,
+    /// The client connection's clock (is the request body still coming?).
+    clock: Arc<ClientClock>,
+}
+
+/// What an upgrade request (WebSocket) needs once upgraded.
+struct Upgrade {
+    /// The client side of the connection once it is upgraded.
+    client_side: hyper::upgrade::OnUpgrade,
+    /// Closes the tunnel at shutdown.
+    force: watch::Receiver<()>,
+    /// The connection's place under the caps, held as long as the tunnel.
+    slot: Arc<Slot>,
 }
 
 /// Attempts on held or pooled connections that turn out closed before a
 /// request is sent on a new one.
 const STALE_ATTEMPTS: usize = 2;
 
+/// Methods whose request, bodiless, may be sent again after an upstream
+/// dropped it unanswered (RFC 9110 §9.2.2's idempotent methods, less TRACE).
+fn replayable(method: &hyper::Method) -> bool {
+    matches!(
+        *method,
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::PUT | hyper::Method::DELETE
+    )
+}
+
 impl Forward {
-    async fn send(self, held: Arc<Held>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
-        let Forward { req, upstream: mut addr, mut standby, host, upgrade, stats } = self;
-        // What the route's counters learn: an answer of its own upstream's
-        // (not the standby's), or a failure the client gets as a 502. A
-        // request the standby rescued is not counted as an error: the
+    /// Sends the request and returns the upstream's answer, going once to
+    /// the route's fallback (its standby, else another of its upstreams)
+    /// when the upstream
+    /// - refuses the connection, does not accept it within the connect
+    ///   timeout, or closes it at once: nothing was sent, so any request
+    ///   may go (its body is still unread);
+    /// - drops a bodiless GET, HEAD, OPTIONS, PUT or DELETE unanswered (as
+    ///   nginx's `proxy_next_upstream error` does for idempotent requests):
+    ///   a crashing release behind a port that still accepts (Docker's
+    ///   proxy) then fails no such request.
+    ///
+    /// Past `deadline`, the client gets a 504.
+    async fn send(
+        self,
+        held: Arc<Held>,
+        peer: SocketAddr,
+        deadline: Option<Instant>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Forward { req, upstream: mut addr, mut fallback, host, upgrade, stats, clock } = self;
+        // Named by a timeout (the attempts hold `addr` until they end).
+        let first = addr;
+        // What the route's counters learn: an answer of its own upstreams
+        // (not the standby's), or a failure the client gets as a 502 or 504.
+        // A request the fallback rescued is not counted as an error: the
         // client saw none, and a dying release is Docker's signal to give.
         let mut on_primary = true;
         let upstream_failed = |e: ProxyError| {
@@ -833,23 +1008,17 @@ impl Forward {
             }
             e
         };
-        // A bodiless GET, HEAD or OPTIONS that an upstream dropped without
-        // answering may go to the standby (as nginx's `proxy_next_upstream
-        // error` does for idempotent requests): a crashing release behind a
-        // port that still accepts (Docker's proxy) then fails no request.
-        let again = (standby.is_some()
-            && matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS)
-            && req.body().is_end_stream()
-            && upgrade.is_none())
-        .then(|| {
-            let mut copy = Request::new(());
-            *copy.method_mut() = req.method().clone();
-            *copy.uri_mut() = req.uri().clone();
-            *copy.version_mut() = req.version();
-            *copy.headers_mut() = req.headers().clone();
-            copy
-        });
-        let mut req = req.map(Either::Left);
+        let again = (fallback.is_some() && replayable(req.method()) && req.body().is_end_stream() && upgrade.is_none())
+            .then(|| {
+                let mut copy = Request::new(());
+                *copy.method_mut() = req.method().clone();
+                *copy.uri_mut() = req.uri().clone();
+                *copy.version_mut() = req.version();
+                *copy.headers_mut() = req.headers().clone();
+                copy
+            });
+        let body_timeout = held.shared.body_timeout;
+        let mut req = req.map(|body| Either::Left(ClientBody::new(body, body_timeout, &clock)));
         let failed = |addr: SocketAddr, reason: String, connect: bool| {
             let (upstream, host) = (addr, lossy(&host));
             if connect {
@@ -858,59 +1027,98 @@ impl Forward {
                 ProxyError::Upstream { upstream, host, reason }
             }
         };
-        let mut stale = 0;
-        let (mut response, upstream) = loop {
-            let reused = if stale < STALE_ATTEMPTS { held.take(addr) } else { None };
-            let fresh = reused.is_none();
-            let connected = match reused {
-                Some(upstream) => Ok(upstream),
-                None => held.shared.connect(addr).await,
-            };
-            // Refused before anything was sent: the standby (the release
-            // that served before, while this one is watched) takes it.
-            let mut upstream = match connected {
-                Ok(upstream) => upstream,
-                Err(reason) => match standby.take() {
-                    Some(next) => {
-                        tracing::debug!(upstream = %addr, standby = %next, %reason, "router: upstream refused; trying the standby");
-                        (addr, on_primary) = (next, false);
-                        continue;
-                    }
-                    None => return Err(upstream_failed(failed(addr, reason, true))),
-                },
-            };
-            if !upstream.ready().await {
-                if fresh {
-                    match standby.take() {
+        // The fallback's answers count for the route only if it is one of
+        // the route's own upstreams.
+        let go_on = |addr: &mut SocketAddr, on_primary: &mut bool, next: Fallback| {
+            *addr = next.addr();
+            *on_primary = matches!(next, Fallback::Upstream(_));
+        };
+        let attempts = async {
+            let mut stale = 0;
+            loop {
+                let reused = if stale < STALE_ATTEMPTS { held.take(addr) } else { None };
+                let fresh = reused.is_none();
+                let connected = match reused {
+                    Some(upstream) => Ok(upstream),
+                    None => held.shared.connect(addr).await,
+                };
+                // Refused before anything was sent: the fallback takes it.
+                let mut upstream = match connected {
+                    Ok(upstream) => upstream,
+                    Err(reason) => match fallback.take() {
                         Some(next) => {
-                            (addr, on_primary) = (next, false);
+                            tracing::debug!(upstream = %addr, fallback = %next.addr(), %reason, "router: upstream refused; trying the fallback");
+                            go_on(&mut addr, &mut on_primary, next);
                             continue;
                         }
-                        None => return Err(upstream_failed(failed(addr, "it closed the connection at once".into(), true))),
+                        None => return Err(failed(addr, reason, true)),
+                    },
+                };
+                if !upstream.ready().await {
+                    if fresh {
+                        match fallback.take() {
+                            Some(next) => {
+                                go_on(&mut addr, &mut on_primary, next);
+                                continue;
+                            }
+                            None => return Err(failed(addr, "it closed the connection at once".into(), true)),
+                        }
                     }
+                    stale += 1;
+                    continue;
                 }
-                stale += 1;
-                continue;
-            }
-            match upstream.send(req).await {
-                Ok(response) => break (response, upstream),
-                Err(mut e) => match (e.take_message(), &again, standby) {
-                    // Not sent: a kept-alive connection the upstream had
-                    // closed. Safe to send again, whatever the method.
-                    (Some(unsent), _, _) if !fresh => {
-                        req = unsent;
-                        stale += 1;
-                    }
-                    (_, Some(copy), Some(next)) => {
-                        tracing::debug!(upstream = %addr, standby = %next, "router: upstream dropped an idempotent request; sending it to the standby");
-                        req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
-                        standby = None;
-                        (addr, on_primary) = (next, false);
-                    }
-                    _ => return Err(upstream_failed(failed(addr, error_chain(&e.into_error()), false))),
-                },
+                match upstream.send(req).await {
+                    Ok(response) => return Ok((response, upstream)),
+                    Err(mut e) => match (e.take_message(), &again, fallback) {
+                        // Not sent: a kept-alive connection the upstream had
+                        // closed. Safe to send again, whatever the method.
+                        (Some(unsent), _, _) if !fresh => {
+                            req = unsent;
+                            stale += 1;
+                        }
+                        (_, _, _) if BodyTimedOut::caused(e.error()) => {
+                            let reason = error_chain(e.error());
+                            return Err(ProxyError::ClientBody { host: lossy(&host), reason });
+                        }
+                        (_, Some(copy), Some(next)) => {
+                            tracing::debug!(upstream = %addr, fallback = %next.addr(), "router: upstream dropped an idempotent request; sending it to the fallback");
+                            req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
+                            fallback = None;
+                            go_on(&mut addr, &mut on_primary, next);
+                        }
+                        _ => return Err(failed(addr, error_chain(e.error()), false)),
+                    },
+                }
             }
         };
+        let attempted = match deadline {
+            Some(deadline) => {
+                // `attempts` stays alive in the timeout's branch, so the
+                // request body it holds still says whether it is complete.
+                let mut attempts = std::pin::pin!(attempts);
+                tokio::select! {
+                    biased;
+                    attempted = &mut attempts => attempted,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        let after = held.shared.request_timeout.unwrap_or_default();
+                        // Still waiting for the client's body: the client is
+                        // late, not the upstream (a trickled upload must not
+                        // count against a watched release).
+                        Err(if clock.body_pending() {
+                            let reason = format!("the request body was not in within {} ms", after.as_millis());
+                            ProxyError::ClientBody { host: lossy(&host), reason }
+                        } else {
+                            ProxyError::Timeout { upstream: first, host: lossy(&host), after }
+                        })
+                    }
+                }
+            }
+            None => attempts.await,
+        };
+        let (mut response, upstream) = attempted.map_err(|e| match e {
+            ProxyError::ClientBody { .. } => e,
+            e => upstream_failed(e),
+        })?;
         if on_primary {
             if let Some(stats) = &stats {
                 stats.answered(response.status().as_u16());
@@ -918,12 +1126,12 @@ impl Forward {
         }
         tracing::debug!(%peer, upstream = %addr, status = response.status().as_u16(), "router: proxied");
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some((client_side, force)) = upgrade else {
+            let Some(Upgrade { client_side, force, slot }) = upgrade else {
                 return Err(failed(addr, "it switched protocols though the client did not ask to".into(), false));
             };
             let protocol = response.headers().get(header::UPGRADE).cloned();
             let upstream_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_side, upstream_side, upstream, force, peer));
+            tokio::spawn(tunnel(client_side, upstream_side, upstream, force, peer, slot));
             let headers = response.headers_mut();
             strip_hop_by_hop(headers);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -945,6 +1153,7 @@ async fn tunnel(
     mut upstream: UpstreamConn,
     mut force: watch::Receiver<()>,
     peer: SocketAddr,
+    _slot: Arc<Slot>,
 ) {
     let addr = upstream.addr;
     let copy = async {
@@ -1042,24 +1251,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client's address to `X-Forwarded-For`, keeping what earlier
-/// proxies recorded.
-fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    let mut earlier = headers.get_all(X_FORWARDED_FOR).iter().peekable();
-    if earlier.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR, client.clone());
-        return;
-    }
-    let mut joined = Vec::new();
-    for value in earlier {
-        joined.extend_from_slice(value.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(client.as_bytes());
-    let value = HeaderValue::from_maybe_shared(Bytes::from(joined)).unwrap_or_else(|_| client.clone());
-    headers.insert(X_FORWARDED_FOR, value);
-}
-
 fn lossy(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
@@ -1079,14 +1270,7 @@ fn error_chain(e: &hyper::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(HeaderName::try_from(*name).unwrap(), HeaderValue::try_from(*value).unwrap());
-        }
-        map
-    }
+    use crate::forwarded::headers;
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
@@ -1108,17 +1292,6 @@ mod tests {
         assert!(wants_upgrade(&headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
         assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
         assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
-    }
-
-    #[test]
-    fn forwarded_for_appends_to_earlier_proxies() {
-        let client = HeaderValue::from_static("127.0.0.1");
-        let mut map = headers(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
-        append_forwarded_for(&mut map, &client);
-        assert_eq!(map.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["10.0.0.1, 10.0.0.2, 127.0.0.1"]);
-        let mut map = HeaderMap::new();
-        append_forwarded_for(&mut map, &client);
-        assert_eq!(map[X_FORWARDED_FOR], "127.0.0.1");
     }
 
     #[test]

@@ -107,11 +107,42 @@ impl RouteTable {
     }
 }
 
+/// Where a request goes once when the upstream it was sent to
+/// (`upstreams[pick % len]`) failed before it could have done anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// The route's standby (the previous release, while a new one is
+    /// watched): its answers are not the route's own upstreams'.
+    Standby(SocketAddr),
+    /// Another of the route's own upstreams.
+    Upstream(SocketAddr),
+}
+
+impl Fallback {
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Fallback::Standby(addr) | Fallback::Upstream(addr) => addr,
+        }
+    }
+}
+
 impl Route {
     /// The standby for a request whose upstream refused it, taken in turn
     /// like the upstreams; `None` when the route has none.
     pub fn standby(&self, pick: usize) -> Option<SocketAddr> {
         (!self.standby.is_empty()).then(|| self.standby[pick % self.standby.len()])
+    }
+
+    /// Where a request picked with `pick` goes if its upstream fails it
+    /// before anything was done: the standby if the route has one (a
+    /// watched release's failure goes to the release that served before),
+    /// else the next of its own upstreams, if it has another.
+    pub fn fallback(&self, pick: usize) -> Option<Fallback> {
+        if let Some(standby) = self.standby(pick) {
+            return Some(Fallback::Standby(standby));
+        }
+        let len = self.upstreams.len();
+        (len > 1).then(|| Fallback::Upstream(self.upstreams[(pick % len + 1) % len]))
     }
 }
 
@@ -273,6 +304,17 @@ mod tests {
         assert_eq!(t.get("TWO.example:1").map(|r| r.upstreams.len()), Some(2));
         assert!(t.get("nowhere").is_none());
         assert!(RouteTable::default().is_empty());
+    }
+
+    #[test]
+    fn the_fallback_is_the_standby_else_another_upstream() {
+        let mut r = route(&[8001, 8002, 8003]);
+        assert_eq!(r.fallback(0), Some(Fallback::Upstream(addr(8002))));
+        assert_eq!(r.fallback(2), Some(Fallback::Upstream(addr(8001))));
+        assert_eq!(r.fallback(usize::MAX).map(Fallback::addr), Some(addr(8002)), "never the upstream picked (8001)");
+        r.standby = vec![addr(7001)];
+        assert_eq!(r.fallback(1), Some(Fallback::Standby(addr(7001))));
+        assert_eq!(route(&[8001]).fallback(0), None, "one upstream and no standby: nowhere else to go");
     }
 
     #[test]

@@ -50,6 +50,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabels {
     provider: String,
     outcome: String,
@@ -74,6 +79,8 @@ pub struct Metrics {
     subscription_lag: Family<SubscriptionLabel, Gauge>,
     router_requests: Family<ClassLabel, Counter>,
     router_upstream_errors: Family<KindLabel, Counter>,
+    router_refused: Family<ReasonLabel, Counter>,
+    router_timeouts: Family<KindLabel, Counter>,
     webhooks: Family<WebhookLabels, Counter>,
 }
 
@@ -116,6 +123,18 @@ impl Metrics {
             "Requests a router could not forward because of the upstream (connect: never reached it; response: failed mid-way)",
             router_upstream_errors.clone(),
         );
+        let router_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "router_connections_refused",
+            "Client connections a router closed at once, by the cap they were over (global, per_ip)",
+            router_refused.clone(),
+        );
+        let router_timeouts = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "router_timeouts",
+            "Client connections or requests a router cut off, by timeout (header, idle, body, request)",
+            router_timeouts.clone(),
+        );
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhooks",
@@ -132,6 +151,8 @@ impl Metrics {
             subscription_lag,
             router_requests,
             router_upstream_errors,
+            router_refused,
+            router_timeouts,
             webhooks,
         }
     }
@@ -182,6 +203,16 @@ impl Metrics {
     /// A router could not forward a request: `connect` or `response`.
     pub fn router_upstream_error(&self, kind: &str) {
         self.router_upstream_errors.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
+    }
+
+    /// A router closed a client connection at once: over the `global` or the `per_ip` cap.
+    pub fn router_refused(&self, reason: &str) {
+        self.router_refused.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    }
+
+    /// A router cut a client off: `header`, `idle`, `body` or `request`.
+    pub fn router_timeout(&self, kind: &str) {
+        self.router_timeouts.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
     }
 }
 
@@ -244,6 +275,8 @@ mod tests {
         m.set_subscription_lag("engine", 0);
         m.router_response(200);
         m.router_upstream_error("connect");
+        m.router_refused("per_ip");
+        m.router_timeout("header");
         m.webhook("github", "unauthorized");
         let text = m.render();
         for name in [
@@ -254,6 +287,8 @@ mod tests {
             "slipway_subscription_lag",
             "slipway_router_requests",
             "slipway_router_upstream_errors",
+            "slipway_router_connections_refused",
+            "slipway_router_timeouts",
             "slipway_webhooks",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");

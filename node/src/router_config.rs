@@ -1,0 +1,132 @@
+//! The router's configuration file (`slipway router --router-config FILE`):
+//! its `[router]` section sets the proxy's caps and timeouts
+//! ([`ServeOptions`]). Every key is optional; an unknown key or a bad value
+//! is an error naming the file and the key, as for `slipway.toml`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use slipway_proto::config::{parse_toml, ConfigError, Interval};
+use slipway_router::{Cidr, ServeOptions};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    router: Section,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Section {
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    header_timeout: Option<Interval>,
+    idle_timeout: Option<Interval>,
+    body_timeout: Option<Interval>,
+    request_timeout: Option<Interval>,
+    connect_timeout: Option<Interval>,
+    trusted_proxies: Vec<String>,
+}
+
+/// The proxy's options from the file at `path`.
+pub fn load(path: &Path) -> Result<ServeOptions, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { file: file.clone(), key: "(file)".into(), expected: format!("a readable file: {e}") })?;
+    parse(&text, &file)
+}
+
+/// The proxy's options from `text`, read from `file` (named in errors);
+/// what the file leaves out keeps [`ServeOptions::default`]'s value.
+pub fn parse(text: &str, file: &str) -> Result<ServeOptions, ConfigError> {
+    let err = |key: &str, expected: String| ConfigError { file: file.into(), key: format!("router.{key}"), expected };
+    let section = parse_toml::<File>(text, file)?.router;
+    let mut options = ServeOptions::default();
+    let positive = |key: &str, value: Option<Interval>, into: &mut Duration| match value {
+        Some(Interval(d)) if d.is_zero() => Err(err(key, "expected a duration above zero, like \"10s\"".into())),
+        Some(Interval(d)) => {
+            *into = d;
+            Ok(())
+        }
+        None => Ok(()),
+    };
+    positive("header_timeout", section.header_timeout, &mut options.header_read_timeout)?;
+    positive("idle_timeout", section.idle_timeout, &mut options.idle_timeout)?;
+    positive("body_timeout", section.body_timeout, &mut options.body_timeout)?;
+    positive("connect_timeout", section.connect_timeout, &mut options.connect_timeout)?;
+    if let Some(Interval(d)) = section.request_timeout {
+        options.request_timeout = (!d.is_zero()).then_some(d);
+    }
+    if let Some(max) = section.max_connections {
+        if max == 0 {
+            return Err(err("max_connections", "expected a number of connections above zero".into()));
+        }
+        options.max_connections = max;
+    }
+    if let Some(per_ip) = section.max_connections_per_ip {
+        if per_ip == 0 {
+            return Err(err("max_connections_per_ip", "expected a number of connections above zero".into()));
+        }
+        options.max_connections_per_ip = per_ip;
+    }
+    if options.max_connections_per_ip > options.max_connections {
+        return Err(err(
+            "max_connections_per_ip",
+            format!("expected at most router.max_connections ({}), found {}", options.max_connections, options.max_connections_per_ip),
+        ));
+    }
+    for (i, text) in section.trusted_proxies.iter().enumerate() {
+        let cidr: Cidr = text.parse().map_err(|e| err(&format!("trusted_proxies[{i}]"), e))?;
+        options.trusted_proxies.push(cidr);
+    }
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_read_and_the_rest_keep_their_defaults() {
+        let text = r#"
+[router]
+max_connections = 5000
+max_connections_per_ip = 64
+header_timeout = "5s"
+idle_timeout = "2m"
+body_timeout = 20
+request_timeout = "0"
+trusted_proxies = ["10.0.0.0/8", "2001:db8::1"]
+"#;
+        let o = parse(text, "router.toml").unwrap();
+        assert_eq!((o.max_connections, o.max_connections_per_ip), (5000, 64));
+        assert_eq!((o.header_read_timeout, o.idle_timeout, o.body_timeout), (Duration::from_secs(5), Duration::from_secs(120), Duration::from_secs(20)));
+        assert_eq!(o.request_timeout, None, "0 turns the request timeout off");
+        assert_eq!(o.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8", "2001:db8::1/128"]);
+        assert_eq!(o.connect_timeout, ServeOptions::default().connect_timeout);
+        let empty = parse("", "router.toml").unwrap();
+        assert_eq!((empty.max_connections, empty.request_timeout), (10_000, Some(Duration::from_secs(300))));
+    }
+
+    #[test]
+    fn bad_values_name_the_file_and_the_key() {
+        for (text, key) in [
+            ("[router]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]", "router.trusted_proxies[1]"),
+            ("[router]\nheader_timeout = \"soon\"", "router.header_timeout"),
+            ("[router]\nidle_timeout = \"0s\"", "router.idle_timeout"),
+            ("[router]\nmax_connections = -1", "router.max_connections"),
+            ("[router]\nmax_connections = 10\nmax_connections_per_ip = 20", "router.max_connections_per_ip"),
+            ("[router]\nmax_conections = 10", "router.max_conections"),
+            ("[routr]", "routr"),
+            ("[router\nx = 1", "(document)"),
+        ] {
+            let e = parse(text, "/etc/slipway/router.toml").unwrap_err();
+            assert_eq!((e.file.as_str(), e.key.as_str()), ("/etc/slipway/router.toml", key), "{text}: {e}");
+            assert!(e.to_string().starts_with(&format!("/etc/slipway/router.toml: {key}: ")), "{e}");
+        }
+        let missing = load(Path::new("/nonexistent/router.toml")).unwrap_err();
+        assert_eq!((missing.file.as_str(), missing.key.as_str()), ("/nonexistent/router.toml", "(file)"));
+    }
+}
