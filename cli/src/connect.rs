@@ -23,13 +23,33 @@ pub async fn store(url: &str, schema: Option<&str>) -> anyhow::Result<Arc<dyn Ev
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let options = PgOptions { schema: schema.map(str::to_string), ..Default::default() };
+        let options = runtime_options(schema);
         let store = PgStore::connect(url, options)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
         return Ok(Arc::new(store));
     }
     bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
+}
+
+/// How every process but `slipway db migrate` connects to PostgreSQL: as
+/// a login with the writer grants only, never migrating (see
+/// `slipway_store::pg_login`).
+pub fn runtime_options(schema: Option<&str>) -> PgOptions {
+    PgOptions { schema: schema.map(str::to_string), migrate: false, runtime: true, ..Default::default() }
+}
+
+/// `slipway db migrate`: the one step that uses the owner's credentials.
+pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>) -> anyhow::Result<i64> {
+    if url.starts_with("sqlite://") {
+        // The embedded store migrates itself when it is opened.
+        store(url, schema).await?;
+        return Ok(0);
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
+    }
+    PgStore::migrate(url, schema, grant_to).await.with_context(|| format!("migrating PostgreSQL at {}", redact_url(url)))
 }
 
 /// `namespace` prefixes RabbitMQ queue names.

@@ -278,6 +278,9 @@ enum Command {
     /// Custom domains an environment is served under: add, remove, list.
     #[command(subcommand)]
     Domain(domains::DomainCmd),
+    /// The database: `migrate` applies this version's migrations.
+    #[command(subcommand)]
+    Db(DbCmd),
     /// Print a shell completion script: `slipway completions bash >
     /// /etc/bash_completion.d/slipway`, or `source <(slipway completions zsh)`.
     Completions {
@@ -691,9 +694,32 @@ fn all_workers(actor: String) -> WorkerOptions {
     WorkerOptions { steps: Step::ALL.to_vec(), prefetch: 4, actor, ..Default::default() }
 }
 
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Apply this version's migrations, with the owner's credentials in
+    /// --database: the only step that uses them. Every other command logs
+    /// in as a role that owns nothing and has the writer grants, and refuses
+    /// a superuser, the owner, or a database at another migration.
+    Migrate {
+        /// Let this login role (created by you: CREATE ROLE NAME LOGIN
+        /// PASSWORD '...') act as the writer role: the role to run Slipway as.
+        #[arg(long, value_name = "ROLE")]
+        grant_to: Option<String>,
+    },
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The audit verbs open the store themselves (`audit verify --file` none).
     match cli.command {
+        Command::Db(DbCmd::Migrate { grant_to }) => {
+            let level = connect::migrate(&cli.database, cli.pg_schema.as_deref(), grant_to.as_deref()).await?;
+            match (&grant_to, level) {
+                (_, 0) => println!("the embedded store is migrated when it is opened; nothing to do"),
+                (Some(role), level) => println!("migrated to {level}; run Slipway as `{role}` (it may act as slipway_writer)"),
+                (None, level) => println!("migrated to {level}"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Audit(cmd) => return audit::audit(cmd, &cli.database, cli.pg_schema.as_deref(), cli.json).await,
         Command::Export(args) => return audit::export(args, &cli.database, cli.pg_schema.as_deref()).await,
         Command::Completions { shell } => {
@@ -912,7 +938,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
-        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } => unreachable!("handled before the store is opened"),
+        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) => {
+            unreachable!("handled before the store is opened")
+        }
     }
 }
 

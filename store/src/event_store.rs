@@ -143,6 +143,9 @@ pub enum StoreError {
     InvalidAppend { stream: String, reason: String },
     #[error("event or command {id} is already stored")]
     Duplicate { id: String },
+    /// A runtime process may not run with this database login (`pg_login`).
+    #[error("PostgreSQL event store: {reason}")]
+    LoginRefused { reason: String },
 }
 
 /// A successful append.

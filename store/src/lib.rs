@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod event_store;
 pub mod export;
 pub mod merkle;
+pub mod pg_login;
 pub mod postgres;
 pub mod queue;
 pub mod read_model;

@@ -33,8 +33,15 @@ pub mod git_servers;
 pub mod load;
 pub mod webdriver;
 
+/// The owner's login: it migrates (tests connect in-process with it).
 pub fn pg_url() -> String {
     std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into())
+}
+
+/// The runtime login (writer grants only): what `slipway` processes the
+/// tests start log in as, once the schema was migrated with `pg_url`.
+pub fn pg_app_url() -> String {
+    std::env::var("SLIPWAY_PG_APP_URL").unwrap_or_else(|_| "postgres://slipway_app:slipway_app@127.0.0.1:5432/slipway".into())
 }
 
 pub fn amqp_url() -> String {
