@@ -554,7 +554,8 @@ impl Driver {
     async fn expire_routers(&self) -> Result<(bool, Option<DateTime<Utc>>), StoreError> {
         let mut expired_any = false;
         for _ in 0..3 {
-            let seen = match self.seen().traffic_seen() {
+            let kept = self.seen().traffic_seen();
+            let seen = match kept {
                 Some(seen) => Ok(seen),
                 None => self.read_traffic().await,
             };
