@@ -124,7 +124,8 @@ enum Command {
     /// (ctrl-c, SIGTERM) deregisters it; one silent past its --lease (killed,
     /// hung, cut off from the database) is expired and no longer waited for.
     Router(RouterArgs),
-    /// The registered routers and the route version each has applied.
+    /// The registered routers (not those stopped or expired), each with its
+    /// lease and the route version it has applied.
     Routers,
     /// Images Slipway built.
     #[command(subcommand)]

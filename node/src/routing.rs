@@ -114,8 +114,10 @@ pub struct Follower {
     /// registration on), and whether it is registered as of there.
     registry: u64,
     registered: bool,
-    /// When it last wrote on its own stream (an acknowledgement).
+    /// When it last wrote on its own stream (an acknowledgement), and last
+    /// looked at the routers stream.
     wrote: tokio::time::Instant,
+    looked: tokio::time::Instant,
 }
 
 impl Follower {
@@ -124,8 +126,9 @@ impl Follower {
     pub async fn start(store: Arc<dyn EventStore>, options: RouterOptions) -> Result<Follower, LoadError> {
         let routes = load::routes(&*store).await?;
         let handle = RouteHandle::new(table(&routes, &options.domain, &RouteTable::default()));
-        let (reporter, wrote) = (Reporter::default(), tokio::time::Instant::now());
-        let mut follower = Follower { store, options, routes, handle, reporter, registry: 0, registered: false, wrote };
+        let (reporter, now) = (Reporter::default(), tokio::time::Instant::now());
+        let mut follower =
+            Follower { store, options, routes, handle, reporter, registry: 0, registered: false, wrote: now, looked: now };
         follower.register().await?;
         follower.acknowledge().await?;
         Ok(follower)
@@ -163,8 +166,9 @@ impl Follower {
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "reading routes failed; retrying");
             }
-            if self.wrote.elapsed() >= heartbeat_every(self.options.lease) {
-                self.keep_alive().await;
+            let every = heartbeat_every(self.options.lease);
+            if self.looked.elapsed() >= every || self.wrote.elapsed() >= every {
+                self.keep_alive(every).await;
             }
             // Between two reads of the routes, look at the counts.
             let wait = wait_for_wakeup(&mut wake, POLL);
@@ -186,22 +190,30 @@ impl Follower {
         }
     }
 
-    /// The heartbeat, when the router has written nothing for a third of
-    /// its lease: registers again if the engine expired it meanwhile, and
-    /// acknowledges the route version it serves. A failure is logged and
-    /// tried again on the next pass (every `POLL`).
-    async fn keep_alive(&mut self) {
+    /// Every third of the lease: registers again if the engine expired the
+    /// router meanwhile (looked at even while route changes keep it
+    /// writing: it may have been cut off before them), and, if it has
+    /// written nothing for that long, acknowledges the route version it
+    /// serves (the heartbeat). A failure is logged and tried again on the
+    /// next pass (every `POLL`).
+    async fn keep_alive(&mut self, every: Duration) {
+        let mut rejoined = false;
         match self.still_registered().await {
-            Ok(true) => {}
+            Ok(true) => self.looked = tokio::time::Instant::now(),
             Ok(false) => {
                 if let Err(e) = self.rejoin().await {
                     tracing::warn!(error = %e, "could not register the router again; retrying");
                     return;
                 }
+                (self.looked, rejoined) = (tokio::time::Instant::now(), true);
                 tracing::warn!(router = %self.options.router_id, "the engine had expired this router (silent past its lease); every route read again, registered again");
             }
-            // Acknowledge anyway: the heartbeat matters more than the look.
+            // Heartbeat anyway: being heard from matters more than the look.
             Err(e) => tracing::warn!(error = %e, "could not read the routers' registrations"),
+        }
+        // After registering again: acknowledge the routes read afresh.
+        if self.wrote.elapsed() < every && !rejoined {
+            return;
         }
         if let Err(e) = self.acknowledge().await {
             tracing::warn!(error = %e, "the router's heartbeat failed; retrying");
@@ -209,11 +221,19 @@ impl Follower {
     }
 
     /// Reads the routers stream past what was read: is this router still
-    /// registered (not expired, nor stopped by a namesake)?
-    async fn still_registered(&mut self) -> Result<bool, LoadError> {
+    /// registered (not expired, nor stopped by a namesake)? An event it
+    /// cannot read (a newer version's) is logged and passed over.
+    async fn still_registered(&mut self) -> Result<bool, StoreError> {
         let recorded = self.store.read_stream(ROUTERS_STREAM, self.registry + 1).await?;
-        for (r, event) in recorded.iter().zip(load::decode_all(&recorded)?) {
+        for r in &recorded {
             self.registry = r.version;
+            let event = match r.envelope.decode::<Event>() {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(version = r.version, error = %e, "an event of the routers stream cannot be read; passed over");
+                    continue;
+                }
+            };
             match registration(&event) {
                 Some(Registration::Started(s)) if s.router_id == self.options.router_id => self.registered = true,
                 Some(Registration::Gone(id)) if id == self.options.router_id => self.registered = false,
