@@ -56,8 +56,9 @@ pub struct Held {
 }
 
 impl Held {
+    /// When its lease passes (never, in effect, for a lease past the end of time).
     pub fn expires_at(&self) -> DateTime<Utc> {
-        self.last_seen + self.lease
+        self.last_seen.checked_add_signed(self.lease).unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
@@ -74,7 +75,7 @@ impl Liveness {
         match registration(event) {
             Some(Registration::Started(r)) => {
                 let lease = r.lease_ms.map_or(DEFAULT_LEASE, Duration::from_millis);
-                let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::days(1));
+                let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
                 self.routers.insert(r.router_id.clone(), Held { registered_at: version, lease, last_seen: at });
             }
             Some(Registration::Gone(id)) => {
@@ -185,6 +186,11 @@ mod tests {
         assert_eq!(liveness.next_expiry(), Some(t(130)), "the default lease, 30 s");
         liveness.heard("unknown", t(200));
         assert_eq!(liveness.routers.len(), 1);
+        // A lease too long for the calendar (or for a duration) never passes.
+        for lease_ms in [10_u64.pow(16), u64::MAX] {
+            let liveness = fold(&[(1, 0, started("far", Some(lease_ms)))], &[]);
+            assert!(liveness.expired(DateTime::<Utc>::MAX_UTC - chrono::Duration::days(1)).is_empty());
+        }
     }
 
     #[test]
