@@ -28,7 +28,13 @@ pub fn pipeline(data_dir: &Path, registry: Option<String>, pull_base_images: boo
 /// configuration file `config` (defaults without one). Reading the file and
 /// binding come first, so a bad file or a taken port fails the command
 /// before anything runs.
-pub async fn router(listen: SocketAddr, id: Option<String>, domain: String, config: Option<&Path>) -> anyhow::Result<RouterPart> {
+pub async fn router(
+    listen: SocketAddr,
+    id: Option<String>,
+    domain: String,
+    config: Option<&Path>,
+    lease: std::time::Duration,
+) -> anyhow::Result<RouterPart> {
     let proxy = match config {
         Some(path) => slipway_node::router_config::load(path).map_err(|e| crate::exit::usage(e.to_string()))?,
         None => ServeOptions::default(),
@@ -39,7 +45,7 @@ pub async fn router(listen: SocketAddr, id: Option<String>, domain: String, conf
     let listen = listener.local_addr().unwrap_or(listen);
     let router_id = id.unwrap_or_else(|| format!("{}-{}", crate::hostname(), listen.port()));
     eprintln!("slipway: router {router_id} on http://{listen}/ serving http://<project>-<env>.{domain}:{}/", listen.port());
-    Ok(RouterPart { listener, options: RouterOptions { router_id, domain, listen }, proxy })
+    Ok(RouterPart { listener, options: RouterOptions { router_id, domain, listen, lease }, proxy })
 }
 
 /// Where the HTTP API listens, and the workers' data directory it reads logs from.

@@ -121,9 +121,11 @@ enum Command {
     /// to the environment's serving release. It reads every route at start,
     /// registers, and acknowledges each route version it applies; every
     /// traffic switch waits for every registered router. A clean stop
-    /// (ctrl-c, SIGTERM) deregisters it.
+    /// (ctrl-c, SIGTERM) deregisters it; one silent past its --lease (killed,
+    /// hung, cut off from the database) is expired and no longer waited for.
     Router(RouterArgs),
-    /// The registered routers and the route version each has applied.
+    /// The registered routers (not those stopped or expired), each with its
+    /// lease and the route version it has applied.
     Routers,
     /// Images Slipway built.
     #[command(subcommand)]
@@ -376,6 +378,12 @@ struct RouterArgs {
     /// timeouts and trusted proxies (README: "The router's configuration").
     #[arg(long = "router-config", env = "SLIPWAY_ROUTER_CONFIG")]
     router_config: Option<std::path::PathBuf>,
+    /// Seconds the router may write nothing to the database before the
+    /// engine expires it and traffic switches stop waiting for it (it writes
+    /// a heartbeat every third of it). Back, it reads every route and
+    /// registers again.
+    #[arg(long, env = "SLIPWAY_ROUTER_LEASE", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease: u64,
 }
 
 #[derive(Args)]
@@ -747,7 +755,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let router = match no_router {
                 true => None,
-                false => Some(machinery::router(router.router_listen, router.router_id, router.domain, router.router_config.as_deref()).await?),
+                false => Some(machinery::router(router.router_listen, router.router_id, router.domain, router.router_config.as_deref(), Duration::from_secs(router.lease)).await?),
             };
             let workers = WorkerOptions { agent: agent.options(), ..all_workers(format!("worker:{}", hostname())) };
             let parts = Parts {
@@ -768,7 +776,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Router(args) => {
-            let router = machinery::router(args.router_listen, args.router_id, args.domain, args.router_config.as_deref()).await?;
+            let router = machinery::router(args.router_listen, args.router_id, args.domain, args.router_config.as_deref(), Duration::from_secs(args.lease)).await?;
             let parts = Parts { router: Some(router), ..Default::default() };
             let queue: Arc<dyn slipway_store::queue::Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;

@@ -64,6 +64,12 @@ pub fn describe(event: &Event) -> String {
         ),
         Event::RouterStarted(r) => format!("router {} on {} for *.{}", r.router_id, r.listen, r.domain),
         Event::RouterStopped(r) => format!("router {} stopped", r.router_id),
+        Event::RouterExpired(r) => format!(
+            "router {} expired: silent since {} (lease {} ms); switches no longer wait for it",
+            r.router_id,
+            r.last_seen.format("%H:%M:%S%.3f UTC"),
+            r.lease_ms
+        ),
         Event::RouteAcknowledged(a) => format!("router {} at route version {}", a.router_id, a.route_version),
         Event::TrafficSwitchRequested(t) => format!(
             "route version {} to {}; waiting for {}",

@@ -12,6 +12,7 @@ pub mod domains;
 pub mod driver;
 pub mod environment;
 pub mod history;
+pub mod lease;
 pub mod lifecycle;
 pub mod limits;
 pub mod names;

@@ -145,6 +145,12 @@ fn sample_events() -> Vec<Event> {
             deployment: d,
             at: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
         }),
+        Event::RouterStarted(RouterStarted { router_id: "edge-1".into(), listen: "0.0.0.0:80".into(), domain: "example.com".into(), lease_ms: Some(30_000) }),
+        Event::RouterExpired(RouterExpired {
+            router_id: "edge-1".into(),
+            last_seen: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
+            lease_ms: 30_000,
+        }),
     ]
 }
 

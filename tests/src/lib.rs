@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use slipway_engine::driver::DriverOptions;
+use slipway_engine::lease::DEFAULT_LEASE;
 use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_router::ServeOptions;
 use slipway_engine::requests::{self, DeployRequest, NewProject, SettingValue};
@@ -160,7 +161,7 @@ impl Harness {
     pub async fn start_router(&mut self) {
         let listener = tokio::net::TcpListener::bind(self.router_addr).await.expect("bind the router");
         self.router_addr = listener.local_addr().expect("router address");
-        let options = RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr };
+        let options = RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr, lease: DEFAULT_LEASE };
         let part = RouterPart { listener, options, proxy: ServeOptions::default() };
         let (stop, shutdown) = slipway_node::manual();
         let parts = Parts { router: Some(part), ..Default::default() };
