@@ -14,6 +14,7 @@ mod remote;
 mod render;
 mod tokens;
 mod report;
+mod secrets;
 mod source_args;
 mod verbs;
 
@@ -72,6 +73,15 @@ struct Cli {
     /// Where workers keep checkouts and build/release logs.
     #[arg(long, global = true, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
     data_dir: PathBuf,
+    /// The key setting values are sealed with at rest (64 hex characters in
+    /// a file only its owner may read; `slipway secrets keygen FILE`). The
+    /// server and the workers that run containers need the same file; the
+    /// embedded store defaults to DATA_DIR/secrets.key.
+    #[arg(long, global = true, env = "SLIPWAY_SECRETS_KEY_FILE", value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
+    /// An earlier key that still opens values sealed before a rotation (repeatable).
+    #[arg(long, global = true, value_name = "FILE")]
+    old_secrets_key: Vec<PathBuf>,
     /// Print JSON instead of text: one document for the read verbs (status,
     /// releases, deployments, history, diff, logs, events, workers, routers,
     /// project list/show, env list, images prune, audit verify), JSON Lines
@@ -283,6 +293,9 @@ enum Command {
     /// The database: `migrate` applies this version's migrations.
     #[command(subcommand)]
     Db(DbCmd),
+    /// The key setting values are sealed with: keygen, rotate-key.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCmd),
     /// Print a shell completion script: `slipway completions bash >
     /// /etc/bash_completion.d/slipway`, or `source <(slipway completions zsh)`.
     Completions {
@@ -719,6 +732,10 @@ enum DbCmd {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The audit verbs open the store themselves (`audit verify --file` none).
     match cli.command {
+        Command::Secrets(cmd) => {
+            let sealing = connect::sealing(&cli.database, cli.secrets_key.as_deref(), &cli.old_secrets_key, &cli.data_dir)?;
+            return secrets::run(cmd, &cli.database, cli.pg_schema.as_deref(), sealing).await;
+        }
         Command::Db(DbCmd::Migrate { grant_to }) => {
             let level = connect::migrate(&cli.database, cli.pg_schema.as_deref(), grant_to.as_deref()).await?;
             match (&grant_to, level) {
@@ -743,7 +760,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(code);
         }
     }
-    let store = connect::store(&cli.database, cli.pg_schema.as_deref()).await?;
+    let sealing = connect::sealing(&cli.database, cli.secrets_key.as_deref(), &cli.old_secrets_key, &cli.data_dir)?;
+    let store = connect::store(&cli.database, cli.pg_schema.as_deref(), sealing).await?;
     let data_dir = cli.data_dir.clone();
     let embedded = cli.queue == "memory";
     match cli.command {
@@ -946,7 +964,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
-        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) => {
+        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) => {
             unreachable!("handled before the store is opened")
         }
     }

@@ -114,6 +114,7 @@ pub fn describe(event: &Event) -> String {
             if r.route_removed { ", route removed" } else { "" }
         ),
         Event::RouteRemoved(r) => format!("route of {} {} removed", r.project, r.environment),
+        Event::SecretsKeyRotated(r) => format!("{} setting value(s) sealed again with key {} (were: {})", r.values, r.to, r.from.join(", ")),
         Event::DomainAdded(d) => format!("{} {} is served under {} too", d.project, d.environment, d.domain),
         Event::DomainRemoved(d) => format!("{} {} is served under {} no more", d.project, d.environment, d.domain),
         Event::PreviewRuleSet(r) => format!(

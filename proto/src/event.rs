@@ -853,6 +853,21 @@ pub struct RouteRemoved {
     pub environment: String,
 }
 
+/// The stream of installation-wide records (key rotations).
+pub const INSTALLATION_STREAM: &str = "installation";
+
+/// Every stored setting value was sealed again with a new key (on the
+/// installation stream): key ids only, never a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsKeyRotated {
+    /// The key ids values may have been sealed with before.
+    pub from: Vec<String>,
+    /// The key id every value is sealed with now.
+    pub to: String,
+    /// How many values were sealed again.
+    pub values: u64,
+}
+
 /// A custom domain now routes to an environment (on the routes stream, so
 /// routers apply it in route order, and one stream decides who holds a
 /// name). `domain` is lowercase, without a trailing dot; `*.example.com`
@@ -1148,6 +1163,7 @@ crate::message_family! {
         DomainAdded(DomainAdded) = 1,
         DomainRemoved(DomainRemoved) = 1,
         RouterExpired(RouterExpired) = 1,
+        SecretsKeyRotated(SecretsKeyRotated) = 1,
     }
 }
 

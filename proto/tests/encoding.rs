@@ -120,6 +120,7 @@ fn sample_events() -> Vec<Event> {
         }),
         Event::RouteRemoved(RouteRemoved { project: "hello".into(), environment: "pr-42".into() }),
         Event::DomainAdded(DomainAdded { project: "hello".into(), environment: "live".into(), domain: "*.example.com".into() }),
+        Event::SecretsKeyRotated(SecretsKeyRotated { from: vec!["0011223344556677".into()], to: "8899aabbccddeeff".into(), values: 3 }),
         Event::DomainRemoved(DomainRemoved { project: "hello".into(), environment: "live".into(), domain: "www.example.com".into() }),
         Event::PreviewRuleSet(PreviewRuleSet { trigger: PreviewTrigger::Branches("feature/*".into()), inherit: "test".into(), ttl_seconds: 60 }),
         Event::PreviewRuleRemoved(PreviewRuleRemoved { trigger: PreviewTrigger::PullRequests }),

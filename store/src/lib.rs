@@ -15,6 +15,7 @@ pub mod queue;
 pub mod read_model;
 pub mod redact;
 pub mod relay;
+pub mod sealing;
 pub mod settings;
 pub mod sqlite;
 pub mod subscription;

@@ -70,6 +70,7 @@ pub struct PgStore {
     wake: watch::Receiver<u64>,
     listener: Arc<tokio::task::JoinHandle<()>>,
     heads: Arc<Heads>,
+    sealing: crate::sealing::Sealing,
 }
 
 /// A stream's last event as this store committed it: a hint only. Events are
@@ -164,6 +165,7 @@ impl Clone for PgStore {
             wake: self.wake.clone(),
             listener: self.listener.clone(),
             heads: self.heads.clone(),
+            sealing: self.sealing.clone(),
         }
     }
 }
@@ -233,7 +235,7 @@ impl PgStore {
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
-        Ok(PgStore { pool, wake, listener: Arc::new(listener), heads: Arc::default() })
+        Ok(PgStore { pool, wake, listener: Arc::new(listener), heads: Arc::default(), sealing: Default::default() })
     }
 
     /// `slipway db migrate`: applies this build's migrations to `schema` (or
@@ -256,6 +258,12 @@ impl PgStore {
         }
         let login = crate::pg_login::login(store.pool()).await?;
         Ok(login.migration.unwrap_or(0))
+    }
+
+    /// Setting values sealed (and opened) this way from now on.
+    pub fn sealed(mut self, sealing: crate::sealing::Sealing) -> Self {
+        self.sealing = sealing;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -777,9 +785,10 @@ impl EventStore for PgStore {
     }
 
     async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {
+        let stored = self.sealing.stored(fingerprint, value)?;
         sqlx::query("INSERT INTO setting_values (fingerprint, value) VALUES ($1, $2) ON CONFLICT (fingerprint) DO NOTHING")
             .bind(fingerprint)
-            .bind(value)
+            .bind(stored)
             .execute(&self.pool)
             .await
             .map_err(db("storing a setting value"))?;
@@ -793,7 +802,31 @@ impl EventStore for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("reading setting values"))?;
-        Ok(rows.into_iter().collect())
+        rows.into_iter()
+            .map(|(f, stored)| {
+                let value = self.sealing.opened(&f, &stored)?;
+                Ok((f, value))
+            })
+            .collect()
+    }
+
+    async fn reseal_values(&self, to: &crate::sealing::Keyring) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("re-sealing setting values"))?;
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT fingerprint, value FROM setting_values FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading setting values to re-seal"))?;
+        for (fingerprint, stored) in &rows {
+            let sealed = to.seal(fingerprint, &self.sealing.opened(fingerprint, stored)?);
+            sqlx::query("UPDATE setting_values SET value = $2 WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("re-sealing a setting value (run this with the database owner's login)"))?;
+        }
+        tx.commit().await.map_err(db("re-sealing setting values"))?;
+        Ok(rows.len())
     }
 
     async fn installation_key(&self) -> Result<Vec<u8>, StoreError> {
