@@ -744,7 +744,9 @@ impl Driver {
                             deadline: Some(run.context.watch_until.map_or(now, |u| u.max(now)) + self.options.step_timeout(run.step)),
                             dispatched_at: Some(now),
                         });
-                        events.extend(Envelope::new(Uuid::now_v7(), now, stream, &dispatched, traced).ok());
+                        // Its id says what was sent: a worker checks it (see `dispatch_id`).
+                        let id = slipway_proto::command::dispatch_id(envelope.id, envelope.to_json().as_bytes());
+                        events.extend(Envelope::new(id, now, stream, &dispatched, traced).ok());
                     }
                     commands.push(Outgoing { queue: command.queue(), envelope });
                     spans.push(span);

@@ -128,3 +128,15 @@ impl Command {
         }
     }
 }
+
+/// The event id of the `StepDispatched` that records sending exactly this
+/// command: derived from the command's id and the SHA-256 of its body as
+/// published. A worker computes it from what it received and runs the step
+/// only if the deployment's stream holds that event, so a message the
+/// engine did not send — forged by someone who can publish to the broker,
+/// or a real one altered (another image, another project's settings) — is
+/// refused.
+pub fn dispatch_id(command_id: uuid::Uuid, body: &[u8]) -> uuid::Uuid {
+    use sha2::Digest;
+    uuid::Uuid::new_v5(&command_id, &sha2::Sha256::digest(body))
+}

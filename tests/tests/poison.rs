@@ -1,13 +1,19 @@
 //! 1,000 malformed or unknown messages on every step queue: each ends in
 //! its dead-letter queue with the reason, the workers keep serving real
-//! commands, and a deployment goes through meanwhile.
+//! commands, and a deployment goes through meanwhile. A well-formed step
+//! command the engine never sent (someone who can publish to the broker,
+//! naming a real deployment with another image) is refused too, and runs
+//! nothing.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
 use std::time::Duration;
 
 use slipway_engine::Status;
-use slipway_proto::Step;
+use slipway_proto::command::{Command, RunStep};
+use slipway_proto::envelope::Metadata;
+use slipway_proto::event::deployment_stream;
+use slipway_proto::{Envelope, Step};
 use slipway_store::queue::QueueMessage;
 use slipway_tests::*;
 use uuid::Uuid;
@@ -64,5 +70,34 @@ async fn poison_messages_go_to_dead_letters_and_deployments_go_on() {
         let unknown = dead.iter().filter(|d| d.reason.contains("LaunchMissiles")).count();
         assert_eq!((undecodable, unknown), (PER_QUEUE / 2, PER_QUEUE / 2), "{q}: {:?}", dead.first().map(|d| &d.reason));
     }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_command_the_engine_did_not_send_is_refused_and_runs_nothing() {
+    let h = Harness::start(Backends::PostgresRabbit).await;
+    let repo = AppRepo::new();
+    repo.commit(&busybox_app("v1", "[web]\nport = 80\n", ""), "v1");
+    h.create_project(&repo.path()).await;
+    let d = h.deploy("test", "main").await;
+    assert_eq!(d.status, Status::Succeeded, "{:?}", h.events(d.id).await);
+    let before = h.events(d.id).await.len();
+    // A forged deploy step of the real deployment: same context, another image.
+    let mut context = d.context.clone();
+    context.image_id = Some("sha256:".to_string() + &"e".repeat(64));
+    let command = Command::RunStep(RunStep { step: Step::Deploy, attempt: 1, context });
+    let id = Uuid::now_v7();
+    let meta = Metadata { correlation_id: id, causation_id: None, actor: "mallory".into(), trace: None };
+    let envelope = Envelope::new(id, chrono::Utc::now(), deployment_stream(d.id), &command, meta).unwrap();
+    let queue = Step::Deploy.queue();
+    let message = QueueMessage { id, queue: queue.clone(), body: envelope.to_json().into_bytes(), traceparent: None };
+    h.queue.publish(&[message]).await.unwrap();
+    let dead = eventually("the forged command to be dead-lettered", Duration::from_secs(30), || async {
+        h.queue.take_dead_letters(&queue, 10).await.unwrap().into_iter().find(|m| m.message.id == id)
+    })
+    .await;
+    assert!(dead.reason.contains("records no dispatch"), "{}", dead.reason);
+    // Nothing ran: no outcome recorded, no container of another image.
+    assert_eq!(h.events(d.id).await.len(), before);
     h.shutdown().await;
 }

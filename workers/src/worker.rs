@@ -14,6 +14,7 @@ use slipway_proto::event::{
     deployment_stream, known_host_field, project_stream, same_host_key, trusted_for, SourceAccess, SourceHostKeyPinned,
     StepFailed,
 };
+use slipway_proto::command::dispatch_id;
 use slipway_proto::{Command, Envelope, Event, Step, TraceContext};
 use slipway_telemetry::trace::{self, Delivered};
 use slipway_store::queue::{Delivery, Queue, QueueError};
@@ -219,13 +220,29 @@ async fn handle(
     };
     let stream = deployment_stream(command.deployment_id());
     let id = outcome_id(envelope.id);
-    let holds = match group.holds(&stream, id).await {
-        Ok(h) => h,
-        Err(e) => {
+    // A step runs only as the engine sent it: its dispatch is recorded
+    // under an id derived from exactly these bytes.
+    let sent = dispatch_id(envelope.id, &delivery.message.body);
+    let checked = matches!(command, Command::RunStep(_));
+    let (holds, dispatched) = tokio::join!(group.holds(&stream, id), async {
+        if checked { group.holds(&stream, sent).await.map(|h| h.id) } else { Ok(true) }
+    });
+    let (holds, dispatched) = match (holds, dispatched) {
+        (Ok(h), Ok(d)) => (h, d),
+        (Err(e), _) | (_, Err(e)) => {
             delivery.retry().await?;
             return Err(e.into());
         }
     };
+    if !dispatched && !holds.id {
+        tracing::warn!(command = %envelope.id, %stream, "no recorded dispatch matches this message: refused");
+        return Ok(delivery
+            .dead_letter(&format!(
+                "refused: {stream} records no dispatch of command {} with exactly this content (forged, altered, or sent before this check existed)",
+                envelope.id
+            ))
+            .await?);
+    }
     if holds.id {
         tracing::info!(command = %envelope.id, "outcome already recorded; acking the redelivery");
         return Ok(delivery.ack().await?);
