@@ -2,6 +2,7 @@
 //! workers together for each way of running Slipway, and the client verbs.
 
 mod audit;
+mod certs;
 mod client;
 mod connect;
 mod domains;
@@ -278,6 +279,9 @@ enum Command {
     /// Custom domains an environment is served under: add, remove, list.
     #[command(subcommand)]
     Domain(domains::DomainCmd),
+    /// TLS certificates the routers serve: add (uploaded), list.
+    #[command(subcommand)]
+    Cert(certs::CertCmd),
     /// Print a shell completion script: `slipway completions bash >
     /// /etc/bash_completion.d/slipway`, or `source <(slipway completions zsh)`.
     Completions {
@@ -363,6 +367,11 @@ struct RouterArgs {
     /// Where the router listens for HTTP.
     #[arg(long = "router", env = "SLIPWAY_ROUTER_LISTEN", default_value = "127.0.0.1:7880")]
     router_listen: std::net::SocketAddr,
+    /// Where the router listens for HTTPS (off by default; also the
+    /// [router] https_listen key). Certificates come from `slipway cert`
+    /// and ACME.
+    #[arg(long = "https-listen", env = "SLIPWAY_ROUTER_HTTPS_LISTEN")]
+    https_listen: Option<std::net::SocketAddr>,
     /// Host names are <project>-<env>.<domain>.
     #[arg(long, env = "SLIPWAY_DOMAIN", default_value = "localhost")]
     domain: String,
@@ -721,7 +730,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let router = match no_router {
                 true => None,
-                false => Some(machinery::router(router.router_listen, router.router_id, router.domain, router.router_config.as_deref()).await?),
+                false => Some(machinery::router(router.router_listen, router.https_listen, router.router_id, router.domain, router.router_config.as_deref()).await?),
             };
             let workers = WorkerOptions { agent: agent.options(), ..all_workers(format!("worker:{}", hostname())) };
             let parts = Parts {
@@ -742,7 +751,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Router(args) => {
-            let router = machinery::router(args.router_listen, args.router_id, args.domain, args.router_config.as_deref()).await?;
+            let router = machinery::router(args.router_listen, args.https_listen, args.router_id, args.domain, args.router_config.as_deref()).await?;
             let parts = Parts { router: Some(router), ..Default::default() };
             let queue: Arc<dyn slipway_store::queue::Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
@@ -912,6 +921,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
+        Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
         Command::Audit(_) | Command::Export(_) | Command::Completions { .. } => unreachable!("handled before the store is opened"),
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auto_deploy;
+pub mod certificates;
 pub mod decider;
 pub mod deployment;
 pub mod domains;

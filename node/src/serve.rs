@@ -13,7 +13,7 @@ use futures::FutureExt;
 use slipway_engine::driver::{Driver, DriverOptions};
 use slipway_engine::projector::Projector;
 use slipway_proto::Step;
-use slipway_router::ServeOptions;
+use slipway_router::{Edge, ServeOptions};
 use slipway_store::queue::Queue;
 use slipway_store::relay::{Relay, RelayOptions};
 use slipway_store::EventStore;
@@ -21,6 +21,7 @@ use slipway_workers::steps::Executor;
 use slipway_workers::WorkerOptions;
 use tokio::net::TcpListener;
 
+use crate::certs::CertFollower;
 use crate::gauges::{self, Sampled};
 use crate::routing::{Follower, RouterOptions};
 use crate::shutdown::Shutdown;
@@ -43,6 +44,9 @@ pub struct Parts {
 /// anything runs) and its identity.
 pub struct RouterPart {
     pub listener: TcpListener,
+    /// The HTTPS listener, if any: TLS with the certificates of the
+    /// certificates stream (`certs.rs`).
+    pub https: Option<TcpListener>,
     pub options: RouterOptions,
     pub proxy: ServeOptions,
 }
@@ -96,12 +100,26 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         });
     }
     if let Some(router) = parts.router {
+        // Certificates before registering: a router serves HTTPS (and
+        // ACME answers) from its first connection.
+        let certs = CertFollower::start(store.clone()).await.map_err(|e| NodeError::Routes(e.to_string()))?;
+        let mut proxy = router.proxy;
+        let mut edge = proxy.edge.take().unwrap_or_else(|| Edge::new(certs.handle()));
+        edge.certificates = certs.handle();
+        edge.https_port = router.https.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+        proxy.edge = Some(edge);
+        tasks.spawn(certs.follow(shutdown.clone()).map(Ok));
         let follower = Follower::start(store.clone(), router.options).await.map_err(|e| NodeError::Routes(e.to_string()))?;
         let handle = follower.handle();
         tasks.spawn(follower.follow(shutdown.clone()).map(Ok));
+        if let Some(https) = router.https {
+            let tls = ServeOptions { terminate_tls: true, ..proxy.clone() };
+            let proxy = slipway_router::serve_threads(https, handle.clone(), tls, ROUTER_THREADS, shutdown.clone());
+            tasks.spawn(proxy.map(|r| r.map_err(NodeError::Proxy)));
+        }
         // Its own threads, one single-threaded runtime each (measured: about
         // 1.5x the throughput of sharing the node's runtime).
-        let proxy = slipway_router::serve_threads(router.listener, handle, router.proxy, ROUTER_THREADS, shutdown.clone());
+        let proxy = slipway_router::serve_threads(router.listener, handle, proxy, ROUTER_THREADS, shutdown.clone());
         tasks.spawn(proxy.map(|r| r.map_err(NodeError::Proxy)));
     }
     while let Some(done) = tasks.join_next().await {

@@ -20,4 +20,5 @@ pub use forwarded::Cidr;
 pub use proxy::{serve, serve_threads, serve_with, Fault, ProxyError, RouteHandle, ServeOptions};
 pub use stats::{Counts, RouteStats, Stats};
 pub use table::{normalize_host, Fallback, Resolution, Route, RouteTable};
+pub use rustls::sign::CertifiedKey;
 pub use tls::{certified_key, CertError, Edge, TlsHandle, TlsTable};

@@ -154,7 +154,7 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind(self.router_addr).await.expect("bind the router");
         self.router_addr = listener.local_addr().expect("router address");
         let options = RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr };
-        let part = RouterPart { listener, options, proxy: ServeOptions::default() };
+        let part = RouterPart { listener, https: None, options, proxy: ServeOptions::default() };
         let (stop, shutdown) = slipway_node::manual();
         let parts = Parts { router: Some(part), ..Default::default() };
         let task = tokio::spawn(slipway_node::serve(self.store.clone(), self.queue.clone(), parts, shutdown));
