@@ -346,9 +346,36 @@ struct ServeArgs {
     /// the API refuses to start until one is issued. It speaks plain HTTP: put TLS in front of it.
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
     listen: std::net::SocketAddr,
+    /// An ACME directory URL: the engine then obtains and renews a
+    /// certificate for every custom domain over HTTP-01, answered by the
+    /// routers (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory).
+    #[arg(long = "acme-directory", env = "SLIPWAY_ACME_DIRECTORY")]
+    acme_directory: Option<String>,
+    /// The ACME account's contact e-mail.
+    #[arg(long = "acme-email", env = "SLIPWAY_ACME_EMAIL")]
+    acme_email: Option<String>,
+    /// A PEM CA certificate trusted for the ACME directory's own TLS (a
+    /// private or test CA such as pebble's).
+    #[arg(long = "acme-ca-bundle", env = "SLIPWAY_ACME_CA_BUNDLE")]
+    acme_ca_bundle: Option<std::path::PathBuf>,
+    /// Seconds between looks for certificates due (a new domain is seen at once).
+    #[arg(long = "acme-check-every", default_value_t = 60)]
+    acme_check_every: u64,
+    /// Seconds after a failed ACME order before the domain is tried again.
+    #[arg(long = "acme-retry", default_value_t = 600)]
+    acme_retry: u64,
 }
 
 impl ServeArgs {
+    fn acme(&self) -> Option<slipway_engine::acme::AcmeOptions> {
+        let mut options = slipway_engine::acme::AcmeOptions::new(self.acme_directory.clone()?);
+        options.email = self.acme_email.clone();
+        options.ca_bundle = self.acme_ca_bundle.clone();
+        options.check_every = Duration::from_secs(self.acme_check_every.max(1));
+        options.retry_after = Duration::from_secs(self.acme_retry.max(1));
+        Some(options)
+    }
+
     fn driver(&self) -> DriverOptions {
         DriverOptions {
             drain_seconds: self.drain,
@@ -735,6 +762,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let workers = WorkerOptions { agent: agent.options(), ..all_workers(format!("worker:{}", hostname())) };
             let parts = Parts {
                 engine: Some(serve.driver()),
+                acme: serve.acme(),
                 workers: Some((workers, machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images))),
                 router,
                 poller: Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") }),
@@ -746,7 +774,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let poller = Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") });
-            let parts = Parts { engine: Some(args.driver()), poller, ..Default::default() };
+            let parts = Parts { engine: Some(args.driver()), poller, acme: args.acme(), ..Default::default() };
             machinery::serve(store, queue, parts, Some(machinery::Api { listen: args.listen, data_dir }), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -4,6 +4,7 @@
 //! its decisions back through the outbox (`driver`); the HTTP API (`api`)
 //! and the dashboard that runs on it (`web`).
 
+pub mod acme;
 pub mod api;
 pub mod auto_deploy;
 pub mod certificates;

@@ -38,6 +38,8 @@ pub struct Parts {
     pub router: Option<RouterPart>,
     /// Poll repositories for auto-deploy rules with `--poll` (where the engine runs).
     pub poller: Option<crate::poll::PollerOptions>,
+    /// Obtain and renew certificates over ACME (where the engine runs).
+    pub acme: Option<slipway_engine::acme::AcmeOptions>,
 }
 
 /// A router: a bound listener (bind first, so a taken port fails before
@@ -83,6 +85,10 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         // Previews past their time to live, removed beside the driver.
         tasks.spawn(slipway_engine::lifecycle::run_sweep(store.clone(), options.preview_sweep, shutdown.clone()).map(Ok));
         tasks.spawn(drive(store.clone(), options, shutdown.clone()));
+        // Certificates over ACME, beside the driver too.
+        if let Some(acme) = parts.acme {
+            tasks.spawn(slipway_engine::acme::run(store.clone(), acme, shutdown.clone()).map(Ok));
+        }
         // The read models' subscriber (reads catch up themselves too).
         tasks.spawn(Projector::default().run(store.clone(), shutdown.clone()).map(Ok));
     }

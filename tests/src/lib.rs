@@ -29,8 +29,11 @@ use slipway_workers::steps::Runtime;
 use slipway_workers::WorkerOptions;
 use uuid::Uuid;
 
+pub mod edge;
 pub mod git_servers;
 pub mod load;
+#[path = "../../router/tests/support/tls.rs"]
+pub mod tls;
 pub mod webdriver;
 
 pub fn pg_url() -> String {
@@ -66,7 +69,7 @@ pub struct Harness {
     router_addr: std::net::SocketAddr,
 }
 
-type RouterTask = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), slipway_node::serve::NodeError>>);
+pub(crate) type RouterTask = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), slipway_node::serve::NodeError>>);
 
 impl Harness {
     pub async fn start(backends: Backends) -> Harness {
@@ -131,6 +134,7 @@ impl Harness {
             )),
             router: None,
             poller: None,
+            acme: None,
         };
         let node = tokio::spawn(slipway_node::serve(store.clone(), queue.clone(), parts, shutdown));
         let mut harness = Harness {
