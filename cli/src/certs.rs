@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 use clap::Subcommand;
-use slipway_engine::certificates::{self, renew_at};
+use slipway_engine::certificates::{self, DomainCertificate};
 use slipway_engine::load;
 use slipway_proto::event::CertificateSource;
 use slipway_store::EventStore;
@@ -58,25 +58,7 @@ pub async fn run(store: &dyn EventStore, cmd: CertCmd, json: bool) -> anyhow::Re
             let domains: std::collections::BTreeSet<&String> = certs.by_domain.keys().chain(routes.domains.keys()).collect();
             for domain in domains {
                 let state = certs.by_domain.get(domain).cloned().unwrap_or_default();
-                let renewal = match (&state.current, &state.failure) {
-                    (_, Some(f)) => format!("failing since {}: {}", f.at.to_rfc3339(), f.reason),
-                    (Some(c), None) if c.source == CertificateSource::Acme => format!("renews from {}", renew_at(c).to_rfc3339()),
-                    (Some(_), None) => "renewed by hand".to_string(),
-                    (None, None) if domain.starts_with("*.") => "none (a wildcard needs an uploaded certificate)".to_string(),
-                    (None, None) => "none yet".to_string(),
-                };
-                let source = state.current.as_ref().map(|c| match c.source {
-                    CertificateSource::Acme => "acme",
-                    CertificateSource::Uploaded => "uploaded",
-                });
-                rows.push(serde_json::json!({
-                    "domain": domain,
-                    "not_after": state.current.as_ref().map(|c| c.not_after.to_rfc3339()),
-                    "source": source,
-                    "fingerprint": state.current.as_ref().map(|c| c.fingerprint.clone()),
-                    "renewal": renewal,
-                    "failing": state.failure.is_some(),
-                }));
+                rows.push(certificate_json(domain, &state));
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -92,6 +74,18 @@ pub async fn run(store: &dyn EventStore, cmd: CertCmd, json: bool) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `cert list --json` and `status --json` show of a domain's certificate.
+pub fn certificate_json(domain: &str, state: &DomainCertificate) -> serde_json::Value {
+    serde_json::json!({
+        "domain": domain,
+        "not_after": state.current.as_ref().map(|c| c.not_after.to_rfc3339()),
+        "source": state.source(),
+        "fingerprint": state.current.as_ref().map(|c| c.fingerprint.clone()),
+        "renewal": state.renewal(domain),
+        "failing": state.failure.is_some(),
+    })
 }
 
 /// A PEM file's text; errors name the file, never its content.

@@ -76,6 +76,27 @@ impl Certificates {
     }
 }
 
+impl DomainCertificate {
+    /// Its renewal state in words, for `cert list` and `status`.
+    pub fn renewal(&self, domain: &str) -> String {
+        match (&self.current, &self.failure) {
+            (_, Some(f)) => format!("failing since {}: {}", f.at.to_rfc3339(), f.reason),
+            (Some(c), None) if c.source == CertificateSource::Acme => format!("renews from {}", renew_at(c).to_rfc3339()),
+            (Some(_), None) => "renewed by hand".to_string(),
+            (None, None) if domain.starts_with("*.") => "none (a wildcard needs an uploaded certificate)".to_string(),
+            (None, None) => "none yet".to_string(),
+        }
+    }
+
+    /// `acme` or `uploaded`, if it has a certificate.
+    pub fn source(&self) -> Option<&'static str> {
+        self.current.as_ref().map(|c| match c.source {
+            CertificateSource::Acme => "acme",
+            CertificateSource::Uploaded => "uploaded",
+        })
+    }
+}
+
 /// When a certificate is renewed: two thirds into its lifetime.
 pub fn renew_at(c: &CertificateStored) -> DateTime<Utc> {
     c.not_before + (c.not_after - c.not_before) * 2 / 3

@@ -1022,7 +1022,7 @@ impl ConnState {
                 return Some(response);
             }
         }
-        if self.scheme != Scheme::Http {
+        if self.scheme != Scheme::Http || edge.https_port.is_none() || !edge.redirect {
             return None;
         }
         let host = request_host(req).ok()?;
