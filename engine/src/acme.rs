@@ -10,8 +10,8 @@
 //! source `acme`); a failed order is recorded as `CertificateRenewalFailed`
 //! and counted in `/metrics`, and the certificate the domain had keeps
 //! serving. The ACME account key lives only in this process's memory: a
-//! restarted engine registers a new account (the CA sees a new account, no
-//! secret is ever written).
+//! restarted engine, or one whose order failed, registers a new account
+//! (the CA sees a new account; no secret is ever written).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +33,8 @@ use crate::routes::Routes;
 
 /// The actor of what the ACME task records.
 const ACTOR: &str = "engine:acme";
+/// The longest one order may take, from creating it to storing the certificate.
+const ORDER_LIMIT: Duration = Duration::from_secs(300);
 /// The longest failure reason recorded.
 const MAX_REASON: usize = 500;
 
@@ -87,6 +89,9 @@ pub async fn run(store: Arc<dyn EventStore>, options: AcmeOptions, shutdown: imp
                     };
                     if let Err(reason) = outcome {
                         failed(&*store, &domain, reason).await;
+                        // The CA may have forgotten the account (a reset
+                        // test CA): the next attempt registers again.
+                        account = None;
                     }
                 }
                 if let Err(e) = catch_up(&*store, &mut routes, &mut certs).await {
@@ -132,7 +137,11 @@ async fn account_for<'a>(account: &'a mut Option<Account>, options: &AcmeOptions
 /// withdrawn afterwards whatever happened; the certificate stored.
 async fn order(store: &dyn EventStore, account: &Account, domain: &str, options: &AcmeOptions) -> Result<(), String> {
     let mut tokens = Vec::new();
-    let result = order_inner(store, account, domain, options, &mut tokens).await;
+    // A CA that stops answering mid-order must not stall every other domain.
+    let result = match tokio::time::timeout(ORDER_LIMIT, order_inner(store, account, domain, options, &mut tokens)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("the CA did not complete the order within {} s", ORDER_LIMIT.as_secs())),
+    };
     for token in tokens {
         let finished = Event::AcmeChallengeFinished(AcmeChallengeFinished { domain: domain.to_string(), token });
         if let Err(e) = certificates::record(store, ACTOR, &finished).await {
