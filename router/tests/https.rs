@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use slipway_router::{certified_key, serve_with, Edge, Route, RouteHandle, RouteTable, ServeOptions, TlsHandle, TlsTable};
 use tokio::net::{TcpListener, TcpStream};
 
-use tls::{https_get, leaf_der, TestCa};
+use tls::{https_get, leaf_der, tls_connect, TestCa};
 
 /// An application that answers with the `X-Forwarded-Proto` it was sent.
 async fn upstream() -> SocketAddr {
@@ -131,4 +131,46 @@ async fn a_client_hello_of_garbage_or_silence_is_cut_off_and_the_listener_serves
     assert!(matches!(closed, Ok(0) | Err(_)));
     let got = https_get(addr, "a.example", "/", &ca.pem(), &["h2"]).await.unwrap();
     assert_eq!(got.body, "app via https");
+}
+
+#[tokio::test]
+async fn an_upgrade_over_tls_carries_bytes_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that switches protocols by hand, then echoes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+        let (mut read, mut write) = stream.split();
+        let _ = tokio::io::copy(&mut read, &mut write).await;
+    });
+    let ca = TestCa::new();
+    let (pem, key) = ca.issue(&["ws.example"]);
+    let certs = TlsHandle::new(TlsTable::new([("ws.example".to_string(), certified_key(pem.as_bytes(), key.as_bytes()).unwrap())], []));
+    let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = https.local_addr().unwrap();
+    let options = ServeOptions { edge: Some(Edge::new(certs)), terminate_tls: true, ..Default::default() };
+    tokio::spawn(serve_with(https, RouteHandle::new(table(&["ws.example"], echo)), options, std::future::pending()));
+    let mut tls = tls_connect(addr, "ws.example", &ca.pem(), &["http/1.1"]).await.unwrap();
+    tls.write_all(b"GET /socket HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    for message in [&b"hello"[..], b"over TLS"] {
+        tls.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, message);
+    }
 }

@@ -58,9 +58,14 @@ pub struct Answer {
     pub leaf: Vec<u8>,
 }
 
-/// One GET of `https://{name}{path}` at `addr` (SNI `name`), trusting only
-/// `root_pem`, offering `alpn` (`h2`, `http/1.1`).
-pub async fn https_get(addr: SocketAddr, name: &str, path: &str, root_pem: &str, alpn: &[&str]) -> Result<Answer, String> {
+/// A TLS connection to `addr` (SNI `name`) trusting only `root_pem`,
+/// offering `alpn` (`h2`, `http/1.1`).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    name: &str,
+    root_pem: &str,
+    alpn: &[&str],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
@@ -75,7 +80,13 @@ pub async fn https_get(addr: SocketAddr, name: &str, path: &str, root_pem: &str,
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let server_name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
-    let tls = connector.connect(server_name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
+    connector.connect(server_name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))
+}
+
+/// One GET of `https://{name}{path}` at `addr` (SNI `name`), trusting only
+/// `root_pem`, offering `alpn` (`h2`, `http/1.1`).
+pub async fn https_get(addr: SocketAddr, name: &str, path: &str, root_pem: &str, alpn: &[&str]) -> Result<Answer, String> {
+    let tls = tls_connect(addr, name, root_pem, alpn).await?;
     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let uri = format!("https://{name}{path}");
