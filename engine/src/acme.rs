@@ -76,10 +76,17 @@ pub async fn run(store: Arc<dyn EventStore>, options: AcmeOptions, shutdown: imp
     let mut routes = Routes::default();
     let mut certs = Certificates::default();
     let mut account: Option<Account> = None;
+    let mut started = false;
     loop {
         wake.borrow_and_update();
         match catch_up(&*store, &mut routes, &mut certs).await {
             Ok(()) => {
+                if !started {
+                    // Challenges left by an engine that stopped mid-order
+                    // are answered no more.
+                    withdraw_stale(&*store, &certs).await;
+                    started = true;
+                }
                 let due = certificates::due(routes.domains.keys(), &certs, Utc::now(), options.retry_after);
                 for (domain, need) in due {
                     tracing::info!(%domain, ?need, "ordering a certificate over ACME");
@@ -197,6 +204,15 @@ async fn order_inner(
         }
         Ok(Err(rejection)) => Err(format!("the CA's certificate was refused: {}", rejection.0)),
         Err(e) => Err(format!("storing the certificate: {e}")),
+    }
+}
+
+async fn withdraw_stale(store: &dyn EventStore, certs: &Certificates) {
+    for (token, (domain, _)) in &certs.challenges {
+        let finished = Event::AcmeChallengeFinished(AcmeChallengeFinished { domain: domain.clone(), token: token.clone() });
+        if let Err(e) = certificates::record(store, ACTOR, &finished).await {
+            tracing::warn!(%domain, error = %e, "could not withdraw a stale ACME challenge");
+        }
     }
 }
 
