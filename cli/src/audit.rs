@@ -26,7 +26,7 @@ use rand::RngCore;
 use slipway_store::checkpoint::{Builder, Checkpoint, CheckpointReport, PublicKey, SecretKey};
 use slipway_store::export::{self, ExportReport, LogRow};
 use slipway_store::chain::ChainRow;
-use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::postgres::redact_url;
 use slipway_store::{EventStore, PgStore, SqliteStore, StoreError};
 
 #[derive(Args)]
@@ -105,8 +105,7 @@ impl Db {
             return Ok(Db::Sqlite(store));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgOptions { schema: schema.map(str::to_string), ..Default::default() };
-            let store = PgStore::connect(url, options)
+            let store = PgStore::connect(url, crate::connect::runtime_options(schema))
                 .await
                 .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
             return Ok(Db::Postgres(store));

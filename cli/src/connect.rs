@@ -1,7 +1,7 @@
 //! Opens the store and the queue a command line names: `sqlite://PATH` or
 //! `postgres://...` for the store, `memory` or `amqp://...` for the queue.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -10,26 +10,84 @@ use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
 use slipway_store::queue::Queue;
+use slipway_store::sealing::{self, Keyring, Sealing, SealingKey};
 use slipway_store::{EventStore, PgStore, SqliteStore};
 
-/// `schema` keeps a PostgreSQL store's tables in their own schema.
-pub async fn store(url: &str, schema: Option<&str>) -> anyhow::Result<Arc<dyn EventStore>> {
+/// `schema` keeps a PostgreSQL store's tables in their own schema;
+/// `sealing` says how setting values are kept at rest.
+pub async fn store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow::Result<Arc<dyn EventStore>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         let path = Path::new(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private_dir(dir)?;
         }
         let store = SqliteStore::open(path).await.with_context(|| format!("opening the SQLite store {}", path.display()))?;
-        return Ok(Arc::new(store));
+        return Ok(Arc::new(store.sealed(sealing)));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let options = PgOptions { schema: schema.map(str::to_string), ..Default::default() };
+        let options = runtime_options(schema);
         let store = PgStore::connect(url, options)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
-        return Ok(Arc::new(store));
+        return Ok(Arc::new(store.sealed(sealing)));
     }
     bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
+}
+
+/// How setting values are sealed at rest: with `--secrets-key` (and the
+/// `--old-secrets-key`s that still open older values); without one, the
+/// embedded store uses `<data dir>/secrets.key`, made on first use, and a
+/// PostgreSQL process may read values stored in clear but store none.
+pub fn sealing(url: &str, key: Option<&Path>, older: &[PathBuf], data_dir: &Path) -> anyhow::Result<Sealing> {
+    let load = |path: &Path| SealingKey::from_file(path).map_err(crate::exit::usage);
+    let older = older.iter().map(|p| load(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let current = match key {
+        Some(path) => load(path)?,
+        None if url.starts_with("sqlite://") => {
+            let path = data_dir.join("secrets.key");
+            if path.exists() {
+                load(&path)?
+            } else {
+                private_dir(data_dir)?;
+                sealing::write_new_key(&path).map_err(anyhow::Error::msg)?
+            }
+        }
+        None => return Ok(Sealing { keyring: None, required: true }),
+    };
+    Ok(Sealing { keyring: Some(Arc::new(Keyring::new(current, older))), required: true })
+}
+
+/// How every process but `slipway db migrate` connects to PostgreSQL: as
+/// a login with the writer grants only, never migrating (see
+/// `slipway_store::pg_login`).
+pub fn runtime_options(schema: Option<&str>) -> PgOptions {
+    PgOptions { schema: schema.map(str::to_string), migrate: false, runtime: true, ..Default::default() }
+}
+
+/// The store with the owner's login, for the steps that change what the
+/// runtime role may not (`secrets rotate-key`); SQLite as usual.
+pub async fn owner_store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow::Result<Arc<dyn EventStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = PgOptions { schema: schema.map(str::to_string), migrate: false, role: None, ..Default::default() };
+        let store = PgStore::connect(url, options)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
+        return Ok(Arc::new(store.sealed(sealing)));
+    }
+    store(url, schema, sealing).await
+}
+
+/// `slipway db migrate`: the one step that uses the owner's credentials.
+pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>) -> anyhow::Result<i64> {
+    if url.starts_with("sqlite://") {
+        // The embedded store migrates itself when it is opened.
+        store(url, schema, Sealing::default()).await?;
+        return Ok(0);
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
+    }
+    PgStore::migrate(url, schema, grant_to).await.with_context(|| format!("migrating PostgreSQL at {}", redact_url(url)))
 }
 
 /// `namespace` prefixes RabbitMQ queue names.

@@ -34,6 +34,7 @@ pub async fn router(
     id: Option<String>,
     domain: String,
     config: Option<&Path>,
+    lease: std::time::Duration,
 ) -> anyhow::Result<RouterPart> {
     let file = match config {
         Some(path) => slipway_node::router_config::load_file(path).map_err(|e| crate::exit::usage(e.to_string()))?,
@@ -56,7 +57,7 @@ pub async fn router(
     let listen = listener.local_addr().unwrap_or(listen);
     let router_id = id.unwrap_or_else(|| format!("{}-{}", crate::hostname(), listen.port()));
     eprintln!("slipway: router {router_id} on http://{listen}/ serving http://<project>-<env>.{domain}:{}/", listen.port());
-    Ok(RouterPart { listener, https, options: RouterOptions { router_id, domain, listen }, proxy })
+    Ok(RouterPart { listener, https, options: RouterOptions { router_id, domain, listen, lease }, proxy })
 }
 
 /// Where the HTTP API listens, and the workers' data directory it reads logs from.

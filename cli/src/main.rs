@@ -15,6 +15,7 @@ mod remote;
 mod render;
 mod tokens;
 mod report;
+mod secrets;
 mod source_args;
 mod verbs;
 
@@ -73,6 +74,15 @@ struct Cli {
     /// Where workers keep checkouts and build/release logs.
     #[arg(long, global = true, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
     data_dir: PathBuf,
+    /// The key setting values are sealed with at rest (64 hex characters in
+    /// a file only its owner may read; `slipway secrets keygen FILE`). The
+    /// server and the workers that run containers need the same file; the
+    /// embedded store defaults to DATA_DIR/secrets.key.
+    #[arg(long, global = true, env = "SLIPWAY_SECRETS_KEY_FILE", value_name = "FILE")]
+    secrets_key: Option<PathBuf>,
+    /// An earlier key that still opens values sealed before a rotation (repeatable).
+    #[arg(long, global = true, value_name = "FILE")]
+    old_secrets_key: Vec<PathBuf>,
     /// Print JSON instead of text: one document for the read verbs (status,
     /// releases, deployments, history, diff, logs, events, workers, routers,
     /// project list/show, env list, images prune, audit verify), JSON Lines
@@ -122,9 +132,11 @@ enum Command {
     /// to the environment's serving release. It reads every route at start,
     /// registers, and acknowledges each route version it applies; every
     /// traffic switch waits for every registered router. A clean stop
-    /// (ctrl-c, SIGTERM) deregisters it.
+    /// (ctrl-c, SIGTERM) deregisters it; one silent past its --lease (killed,
+    /// hung, cut off from the database) is expired and no longer waited for.
     Router(RouterArgs),
-    /// The registered routers and the route version each has applied.
+    /// The registered routers (not those stopped or expired), each with its
+    /// lease and the route version it has applied.
     Routers,
     /// Images Slipway built.
     #[command(subcommand)]
@@ -282,6 +294,12 @@ enum Command {
     /// TLS certificates the routers serve: add (uploaded), list.
     #[command(subcommand)]
     Cert(certs::CertCmd),
+    /// The database: `migrate` applies this version's migrations.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// The key setting values are sealed with: keygen, rotate-key.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCmd),
     /// Print a shell completion script: `slipway completions bash >
     /// /etc/bash_completion.d/slipway`, or `source <(slipway completions zsh)`.
     Completions {
@@ -409,6 +427,12 @@ struct RouterArgs {
     /// timeouts and trusted proxies (README: "The router's configuration").
     #[arg(long = "router-config", env = "SLIPWAY_ROUTER_CONFIG")]
     router_config: Option<std::path::PathBuf>,
+    /// Seconds the router may write nothing to the database before the
+    /// engine expires it and traffic switches stop waiting for it (it writes
+    /// a heartbeat every third of it). Back, it reads every route and
+    /// registers again.
+    #[arg(long, env = "SLIPWAY_ROUTER_LEASE", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease: u64,
 }
 
 #[derive(Args)]
@@ -727,9 +751,36 @@ fn all_workers(actor: String) -> WorkerOptions {
     WorkerOptions { steps: Step::ALL.to_vec(), prefetch: 4, actor, ..Default::default() }
 }
 
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Apply this version's migrations, with the owner's credentials in
+    /// --database: the only step that uses them. Every other command logs
+    /// in as a role that owns nothing and has the writer grants, and refuses
+    /// a superuser, the owner, or a database at another migration.
+    Migrate {
+        /// Let this login role (created by you: CREATE ROLE NAME LOGIN
+        /// PASSWORD '...') act as the writer role: the role to run Slipway as.
+        #[arg(long, value_name = "ROLE")]
+        grant_to: Option<String>,
+    },
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The audit verbs open the store themselves (`audit verify --file` none).
     match cli.command {
+        Command::Secrets(cmd) => {
+            let sealing = connect::sealing(&cli.database, cli.secrets_key.as_deref(), &cli.old_secrets_key, &cli.data_dir)?;
+            return secrets::run(cmd, &cli.database, cli.pg_schema.as_deref(), sealing).await;
+        }
+        Command::Db(DbCmd::Migrate { grant_to }) => {
+            let level = connect::migrate(&cli.database, cli.pg_schema.as_deref(), grant_to.as_deref()).await?;
+            match (&grant_to, level) {
+                (_, 0) => println!("the embedded store is migrated when it is opened; nothing to do"),
+                (Some(role), level) => println!("migrated to {level}; run Slipway as `{role}` (it may act as slipway_writer)"),
+                (None, level) => println!("migrated to {level}"),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Audit(cmd) => return audit::audit(cmd, &cli.database, cli.pg_schema.as_deref(), cli.json).await,
         Command::Export(args) => return audit::export(args, &cli.database, cli.pg_schema.as_deref()).await,
         Command::Completions { shell } => {
@@ -745,7 +796,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(code);
         }
     }
-    let store = connect::store(&cli.database, cli.pg_schema.as_deref()).await?;
+    let sealing = connect::sealing(&cli.database, cli.secrets_key.as_deref(), &cli.old_secrets_key, &cli.data_dir)?;
+    let store = connect::store(&cli.database, cli.pg_schema.as_deref(), sealing).await?;
     let data_dir = cli.data_dir.clone();
     let embedded = cli.queue == "memory";
     match cli.command {
@@ -757,7 +809,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let router = match no_router {
                 true => None,
-                false => Some(machinery::router(router.router_listen, router.https_listen, router.router_id, router.domain, router.router_config.as_deref()).await?),
+                false => Some(
+                    machinery::router(
+                        router.router_listen,
+                        router.https_listen,
+                        router.router_id,
+                        router.domain,
+                        router.router_config.as_deref(),
+                        Duration::from_secs(router.lease),
+                    )
+                    .await?,
+                ),
             };
             let workers = WorkerOptions { agent: agent.options(), ..all_workers(format!("worker:{}", hostname())) };
             let parts = Parts {
@@ -779,7 +841,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Router(args) => {
-            let router = machinery::router(args.router_listen, args.https_listen, args.router_id, args.domain, args.router_config.as_deref()).await?;
+            let lease = Duration::from_secs(args.lease);
+            let router = machinery::router(args.router_listen, args.https_listen, args.router_id, args.domain, args.router_config.as_deref(), lease).await?;
             let parts = Parts { router: Some(router), ..Default::default() };
             let queue: Arc<dyn slipway_store::queue::Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
@@ -950,7 +1013,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
         Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
-        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } => unreachable!("handled before the store is opened"),
+        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) => {
+            unreachable!("handled before the store is opened")
+        }
     }
 }
 

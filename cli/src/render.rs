@@ -64,6 +64,12 @@ pub fn describe(event: &Event) -> String {
         ),
         Event::RouterStarted(r) => format!("router {} on {} for *.{}", r.router_id, r.listen, r.domain),
         Event::RouterStopped(r) => format!("router {} stopped", r.router_id),
+        Event::RouterExpired(r) => format!(
+            "router {} expired: silent since {} (lease {} ms); switches no longer wait for it",
+            r.router_id,
+            r.last_seen.format("%H:%M:%S%.3f UTC"),
+            r.lease_ms
+        ),
         Event::RouteAcknowledged(a) => format!("router {} at route version {}", a.router_id, a.route_version),
         Event::TrafficSwitchRequested(t) => format!(
             "route version {} to {}; waiting for {}",
@@ -108,6 +114,7 @@ pub fn describe(event: &Event) -> String {
             if r.route_removed { ", route removed" } else { "" }
         ),
         Event::RouteRemoved(r) => format!("route of {} {} removed", r.project, r.environment),
+        Event::SecretsKeyRotated(r) => format!("{} setting value(s) sealed again with key {} (were: {})", r.values, r.to, r.from.join(", ")),
         Event::DomainAdded(d) => format!("{} {} is served under {} too", d.project, d.environment, d.domain),
         Event::DomainRemoved(d) => format!("{} {} is served under {} no more", d.project, d.environment, d.domain),
         Event::CertificateStored(c) => format!(

@@ -579,7 +579,8 @@ pub async fn routers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|(id, r)| {
                 let acked = traffic.acknowledged.get(id).copied().unwrap_or(0);
-                json!({ "id": id, "listen": r.listen, "domain": r.domain, "route_version": acked, "current": acked >= traffic.routes_version })
+                let lease_ms = r.lease_ms.unwrap_or(slipway_engine::lease::DEFAULT_LEASE.as_millis() as u64);
+                json!({ "id": id, "listen": r.listen, "domain": r.domain, "lease_ms": lease_ms, "route_version": acked, "current": acked >= traffic.routes_version })
             })
             .collect();
         return print_json(&json!({ "routes_version": traffic.routes_version, "routers": routers }));
@@ -590,7 +591,14 @@ pub async fn routers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
     for (id, r) in &registry {
         let acked = traffic.acknowledged.get(id).copied().unwrap_or(0);
         let state = if acked >= traffic.routes_version { "current" } else { "behind" };
-        println!("{id}  listen {}  domain {}  route version {acked}/{} ({state})", r.listen, r.domain, traffic.routes_version);
+        let lease = r.lease_ms.map_or(slipway_engine::lease::DEFAULT_LEASE, std::time::Duration::from_millis);
+        println!(
+            "{id}  listen {}  domain {}  lease {:?}  route version {acked}/{} ({state})",
+            r.listen,
+            r.domain,
+            lease,
+            traffic.routes_version
+        );
     }
     Ok(())
 }

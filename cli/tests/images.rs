@@ -41,7 +41,7 @@ async fn prune_keeps_the_last_releases_images_and_removes_older_builds() {
     let slipway = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
             .args(args)
-            .env("SLIPWAY_DATABASE", pg_url())
+            .env("SLIPWAY_DATABASE", pg_app_url())
             .env("SLIPWAY_PG_SCHEMA", h.schema().unwrap())
             .output()
             .unwrap();

@@ -45,7 +45,7 @@ async fn a_secret_sentinel_appears_nowhere_but_the_value_table() {
     let slipway = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_slipway"))
             .args(args)
-            .env("SLIPWAY_DATABASE", pg_url())
+            .env("SLIPWAY_DATABASE", pg_app_url())
             .env("SLIPWAY_PG_SCHEMA", &schema)
             .output()
             .unwrap()
@@ -76,7 +76,7 @@ async fn a_secret_sentinel_appears_nowhere_but_the_value_table() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(["server", "--listen", &listen, "--queue", "memory"])
         .env("SLIPWAY_DATA_DIR", h.data.path())
-        .env("SLIPWAY_DATABASE", pg_url())
+        .env("SLIPWAY_DATABASE", pg_app_url())
         .env("SLIPWAY_PG_SCHEMA", &schema)
         .spawn()
         .unwrap();

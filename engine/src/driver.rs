@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{deployment_stream, environment_stream, project_stream, StepDispatched, ROUTES_STREAM};
+use slipway_proto::event::{deployment_stream, environment_stream, project_stream, StepDispatched, ROUTERS_STREAM, ROUTES_STREAM};
 use slipway_proto::command::ImageSource;
 use slipway_proto::{Command, Envelope, Event, Step};
 use slipway_store::event_store::{Outgoing, StreamAppend};
@@ -28,7 +28,7 @@ use crate::environment::Environment;
 use crate::project::{self, Project};
 use crate::load::{self, decode_all};
 use crate::routes::Traffic;
-use crate::seen::{Seen, SeenDeployment};
+use crate::seen::{Seen, SeenDeployment, SeenTraffic};
 
 /// What advancing one deployment gave: a time to look again, or why not.
 type Advanced = Result<Option<DateTime<Utc>>, DriverError>;
@@ -131,6 +131,8 @@ impl Driver {
         // again, which re-arms its timer.
         let mut timers: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
         let mut streams: BTreeSet<String> = self.in_flight().await?;
+        // When the next router's lease passes (see `expire_routers`).
+        let (_, mut lease_ends) = self.expire_routers().await?;
         let (mut saved, mut saved_at) = (sub.cursor(), tokio::time::Instant::now());
         loop {
             // Deployments are independent: advance several at once (the
@@ -158,7 +160,7 @@ impl Driver {
                 sub.checkpoint().await?;
                 (saved, saved_at) = (sub.cursor(), tokio::time::Instant::now());
             }
-            let next_timer = timers.values().min().copied();
+            let next_timer = timers.values().min().copied().into_iter().chain(lease_ends).min();
             let sleep = async {
                 match next_timer {
                     Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
@@ -176,6 +178,14 @@ impl Driver {
                 _ = sleep => {
                     let now = Utc::now();
                     streams.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(s, _)| s.clone()));
+                    if lease_ends.is_some_and(|at| at <= now) {
+                        let expired;
+                        (expired, lease_ends) = self.expire_routers().await?;
+                        if expired {
+                            // Switches waiting for them may be complete now.
+                            streams.extend(timers.keys().cloned());
+                        }
+                    }
                     continue;
                 }
                 // Progress not saved yet, and nothing else happening: save it.
@@ -190,6 +200,14 @@ impl Driver {
                     self.store.saw(e);
                 }
                 seen.trim();
+            }
+            if batch.iter().any(|e| e.stream.starts_with("router")) {
+                // A router registered, went, or was heard from: its lease moved.
+                let expired;
+                (expired, lease_ends) = self.expire_routers().await?;
+                if expired {
+                    streams.extend(timers.keys().cloned());
+                }
             }
             for e in &batch {
                 if e.stream.starts_with("deployment-") {
@@ -516,10 +534,78 @@ impl Driver {
         if let Some(traffic) = self.seen().traffic() {
             return Ok(traffic);
         }
+        Ok(self.read_traffic().await?.traffic)
+    }
+
+    /// The traffic view read from the store, and kept.
+    async fn read_traffic(&self) -> Result<SeenTraffic, DriverError> {
         let seen = load::traffic_seen(&*self.store).await?;
-        let traffic = seen.traffic.clone();
-        self.seen().put_traffic(seen);
-        Ok(traffic)
+        self.seen().put_traffic(seen.clone());
+        Ok(seen)
+    }
+
+    /// Records `RouterExpired` for each registered router silent past its
+    /// lease (`lease::Liveness::expired`), and says whether it expired any
+    /// (switches waiting for them may be complete) and when the next lease
+    /// passes. Decided from what the driver has seen, then confirmed from
+    /// the store (its subscription may lag behind a router's heartbeat);
+    /// appended at the routers stream's version under ids derived from the
+    /// registrations, so several engines record each expiry once.
+    async fn expire_routers(&self) -> Result<(bool, Option<DateTime<Utc>>), StoreError> {
+        let mut expired_any = false;
+        for _ in 0..3 {
+            let kept = self.seen().traffic_seen();
+            let seen = match kept {
+                Some(seen) => Ok(seen),
+                None => self.read_traffic().await,
+            };
+            let checked = match seen {
+                Ok(seen) if seen.liveness.expired(Utc::now()).is_empty() => return Ok((expired_any, seen.liveness.next_expiry())),
+                Ok(_) => self.read_traffic().await,
+                Err(e) => Err(e),
+            };
+            let fresh = match checked {
+                Ok(fresh) => fresh,
+                Err(DriverError::Store(e)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the routers' registrations; no router is expired");
+                    return Ok((expired_any, None));
+                }
+            };
+            let now = Utc::now();
+            let expired = fresh.liveness.expired(now);
+            if expired.is_empty() {
+                continue; // heard from meanwhile
+            }
+            let envelopes: Vec<Envelope> = expired
+                .iter()
+                .filter_map(|(id, event)| {
+                    let meta = Metadata { correlation_id: *id, causation_id: None, actor: "engine".into(), trace: None };
+                    Envelope::new(*id, now, ROUTERS_STREAM, &Event::RouterExpired(event.clone()), meta).ok()
+                })
+                .collect();
+            match self.store.append(ROUTERS_STREAM, ExpectedVersion::Exactly(fresh.registry), &envelopes, &[]).await {
+                Ok(Ok(_)) => {
+                    let mut seen = self.seen();
+                    for (i, envelope) in envelopes.iter().enumerate() {
+                        seen.observe(ROUTERS_STREAM, fresh.registry + 1 + i as u64, envelope);
+                    }
+                    for (_, e) in &expired {
+                        tracing::warn!(router = %e.router_id, last_seen = %e.last_seen, lease_ms = e.lease_ms, "router silent past its lease: expired, switches no longer wait for it");
+                    }
+                    expired_any = true;
+                }
+                // A router registered, or another engine recorded the
+                // expiry first: read again.
+                Ok(Err(conflict)) => {
+                    tracing::debug!(%conflict, "the routers stream moved while expiring; reading it again");
+                    self.seen().forget(ROUTERS_STREAM);
+                }
+                Err(StoreError::Duplicate { .. }) => self.seen().forget(ROUTERS_STREAM),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((expired_any, Some(Utc::now() + chrono::Duration::seconds(1))))
     }
 
     /// While a heartbeat-tracked step is dispatched: the last time a worker

@@ -14,6 +14,7 @@ pub mod domains;
 pub mod driver;
 pub mod environment;
 pub mod history;
+pub mod lease;
 pub mod lifecycle;
 pub mod limits;
 pub mod names;

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::deployment::{self, Deployment, IllegalTransition};
 use crate::environment::{self, Environment};
+use crate::lease::Liveness;
 use crate::routes::{self, Routes, Traffic};
 use crate::seen::SeenTraffic;
 
@@ -92,7 +93,8 @@ pub async fn routers(store: &dyn EventStore) -> Result<std::collections::BTreeMa
 }
 
 /// The route version, the registered routers and each one's latest
-/// acknowledgement (the last event of its own stream).
+/// acknowledgement (the last event of its own stream, which also says when
+/// it was last heard from).
 pub async fn traffic(store: &dyn EventStore) -> Result<Traffic, LoadError> {
     Ok(traffic_seen(store).await?.traffic)
 }
@@ -102,7 +104,12 @@ pub async fn traffic(store: &dyn EventStore) -> Result<Traffic, LoadError> {
 pub async fn traffic_seen(store: &dyn EventStore) -> Result<SeenTraffic, LoadError> {
     let routes_version = store.stream_version(ROUTES_STREAM).await?;
     let registry = store.read_stream(ROUTERS_STREAM, 1).await?;
-    let routers = routes::fold_routers(decode_all(&registry)?.iter());
+    let events = decode_all(&registry)?;
+    let routers = routes::fold_routers(events.iter());
+    let mut liveness = Liveness::default();
+    for (recorded, event) in registry.iter().zip(&events) {
+        liveness.registry(recorded.version, recorded.envelope.timestamp, event);
+    }
     let mut acknowledged = std::collections::BTreeMap::new();
     let mut acknowledgements = std::collections::BTreeMap::new();
     for router in &routers {
@@ -113,7 +120,8 @@ pub async fn traffic_seen(store: &dyn EventStore) -> Result<SeenTraffic, LoadErr
         }
         acknowledgements.insert(router.clone(), last);
         let tail = store.read_stream(&stream, last).await?;
-        for event in decode_all(&tail)? {
+        for (recorded, event) in tail.iter().zip(decode_all(&tail)?) {
+            liveness.heard(router, recorded.envelope.timestamp);
             if let Event::RouteAcknowledged(a) = event {
                 acknowledged.insert(router.clone(), a.route_version);
             }
@@ -123,6 +131,7 @@ pub async fn traffic_seen(store: &dyn EventStore) -> Result<SeenTraffic, LoadErr
         traffic: Traffic { routes_version, routers, acknowledged },
         registry: registry.last().map_or(0, |r| r.version),
         acknowledgements,
+        liveness,
     })
 }
 

@@ -73,7 +73,8 @@ pub fn fold_routes<'a>(events: impl IntoIterator<Item = &'a Event>) -> Routes {
     routes
 }
 
-/// The routers registered now (started and not cleanly stopped).
+/// The routers registered now (started, and neither cleanly stopped nor
+/// expired since).
 pub fn fold_routers<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeSet<String> {
     fold_registry(events).into_keys().collect()
 }
@@ -83,17 +84,35 @@ pub fn fold_routers<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeSet
 pub fn fold_registry<'a>(events: impl IntoIterator<Item = &'a Event>) -> BTreeMap<String, RouterStarted> {
     let mut live = BTreeMap::new();
     for e in events {
-        match e {
-            Event::RouterStarted(r) => {
+        match registration(e) {
+            Some(Registration::Started(r)) => {
                 live.insert(r.router_id.clone(), r.clone());
             }
-            Event::RouterStopped(r) => {
-                live.remove(&r.router_id);
+            Some(Registration::Gone(id)) => {
+                live.remove(id);
             }
-            _ => {}
+            None => {}
         }
     }
     live
+}
+
+/// What an event of the routers stream says of a router.
+pub enum Registration<'a> {
+    /// It registered (again): switches from now on wait for it.
+    Started(&'a RouterStarted),
+    /// It stopped cleanly, or was expired: switches no longer wait for it.
+    Gone(&'a str),
+}
+
+/// What `event` says of a router's registration, if anything.
+pub fn registration(event: &Event) -> Option<Registration<'_>> {
+    match event {
+        Event::RouterStarted(r) => Some(Registration::Started(r)),
+        Event::RouterStopped(r) => Some(Registration::Gone(&r.router_id)),
+        Event::RouterExpired(r) => Some(Registration::Gone(&r.router_id)),
+        _ => None,
+    }
 }
 
 /// What a traffic switch needs to know: the current route version, the
@@ -107,8 +126,9 @@ pub struct Traffic {
 
 impl Traffic {
     /// The routers among `expected` that are still registered and have not
-    /// acknowledged `version` yet. A router that stopped cleanly is not
-    /// waited for; one that started later read every route when it started.
+    /// acknowledged `version` yet. A router that stopped cleanly or was
+    /// expired (`lease`) is not waited for; one that started later read
+    /// every route when it started.
     pub fn waiting_for(&self, expected: &[String], version: u64) -> Vec<String> {
         expected
             .iter()
@@ -122,7 +142,8 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipway_proto::event::{RouteChanged, RouteRemoved, RouterStopped};
+    use chrono::DateTime;
+    use slipway_proto::event::{RouteChanged, RouteRemoved, RouterExpired, RouterStopped};
 
     fn changed(env: &str, port: u16) -> Event {
         Event::RouteChanged(RouteChanged {
@@ -160,12 +181,18 @@ mod tests {
     }
 
     #[test]
-    fn stopped_routers_are_not_waited_for_and_unacknowledged_ones_are() {
-        let started = |id: &str| Event::RouterStarted(RouterStarted { router_id: id.into(), listen: String::new(), domain: String::new() });
-        let routers = fold_routers(&[started("a"), started("b"), started("c"), Event::RouterStopped(RouterStopped { router_id: "b".into() })]);
+    fn stopped_and_expired_routers_are_not_waited_for_and_unacknowledged_ones_are() {
+        let started =
+            |id: &str| Event::RouterStarted(RouterStarted { router_id: id.into(), listen: String::new(), domain: String::new(), lease_ms: None });
+        let expired = Event::RouterExpired(RouterExpired { router_id: "d".into(), last_seen: DateTime::UNIX_EPOCH, lease_ms: 1 });
+        let stopped = Event::RouterStopped(RouterStopped { router_id: "b".into() });
+        let routers = fold_routers(&[started("a"), started("b"), started("c"), started("d"), stopped, expired.clone()]);
         let traffic = Traffic { routes_version: 5, routers, acknowledged: [("a".to_string(), 5)].into() };
-        let expected = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let expected = vec!["a".to_string(), "b".to_string(), "c".to_string(), "d".to_string()];
         assert_eq!(traffic.waiting_for(&expected, 5), vec!["c".to_string()]);
         assert_eq!(traffic.waiting_for(&expected, 4), vec!["c".to_string()]);
+        // Registered again, it is waited for by switches that begin from then on.
+        let routers = fold_routers(&[started("d"), expired, started("d")]);
+        assert!(routers.contains("d"));
     }
 }

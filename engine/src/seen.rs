@@ -20,7 +20,8 @@ use slipway_proto::{Envelope, Event};
 
 use crate::deployment::{evolve, Deployment};
 use crate::environment::Environment;
-use crate::routes::Traffic;
+use crate::lease::Liveness;
+use crate::routes::{registration, Registration, Traffic};
 
 /// Deployments kept before finished ones are let go (they are read again
 /// if anything still happens to them).
@@ -42,6 +43,8 @@ pub struct SeenTraffic {
     pub registry: u64,
     /// Each router's own stream's version (absent: 0).
     pub acknowledgements: BTreeMap<String, u64>,
+    /// The registered routers' leases (who to expire, and when).
+    pub liveness: Liveness,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +81,11 @@ impl Seen {
 
     pub fn traffic(&self) -> Option<Traffic> {
         self.traffic.as_ref().map(|t| t.traffic.clone())
+    }
+
+    /// The traffic view with the stream versions and leases it was folded from.
+    pub fn traffic_seen(&self) -> Option<SeenTraffic> {
+        self.traffic.clone()
     }
 
     /// A deployment read from the store, unless a newer state is kept.
@@ -160,7 +168,7 @@ impl Seen {
                 }
             }
         } else if let Some(t) = self.traffic.as_mut() {
-            if !observe_traffic(t, stream, version, decode) {
+            if !observe_traffic(t, stream, version, envelope.timestamp, decode) {
                 self.traffic = None;
             }
         }
@@ -175,8 +183,14 @@ impl Seen {
 }
 
 /// Moves the traffic view by one event of the routes, routers or a
-/// router's stream; false if a gap means it must be read again.
-fn observe_traffic(t: &mut SeenTraffic, stream: &str, version: u64, decode: impl FnOnce() -> Option<Event>) -> bool {
+/// router's stream, written at `at`; false if a gap means it must be read again.
+fn observe_traffic(
+    t: &mut SeenTraffic,
+    stream: &str,
+    version: u64,
+    at: chrono::DateTime<chrono::Utc>,
+    decode: impl FnOnce() -> Option<Event>,
+) -> bool {
     if stream == ROUTES_STREAM {
         // Only the version counts here; a higher one is simply newer.
         t.traffic.routes_version = t.traffic.routes_version.max(version);
@@ -197,9 +211,11 @@ fn observe_traffic(t: &mut SeenTraffic, stream: &str, version: u64, decode: impl
         None => {
             t.registry = version;
             apply_registry(&mut t.traffic.routers, &event);
+            t.liveness.registry(version, at, &event);
         }
         Some(router) => {
             t.acknowledgements.insert(router.to_owned(), version);
+            t.liveness.heard(router, at);
             if let Event::RouteAcknowledged(a) = event {
                 t.traffic.acknowledged.insert(router.to_owned(), a.route_version);
             }
@@ -211,14 +227,14 @@ fn observe_traffic(t: &mut SeenTraffic, stream: &str, version: u64, decode: impl
 /// The registered routers after one event of the `routers` stream (as
 /// `routes::fold_routers` folds it).
 fn apply_registry(routers: &mut BTreeSet<String>, event: &Event) {
-    match event {
-        Event::RouterStarted(r) => {
+    match registration(event) {
+        Some(Registration::Started(r)) => {
             routers.insert(r.router_id.clone());
         }
-        Event::RouterStopped(r) => {
-            routers.remove(&r.router_id);
+        Some(Registration::Gone(id)) => {
+            routers.remove(id);
         }
-        _ => {}
+        None => {}
     }
 }
 
@@ -227,7 +243,7 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use slipway_proto::envelope::Metadata;
-    use slipway_proto::event::{DeploymentEnqueued, RouteAcknowledged, RouterStarted, StepDispatched};
+    use slipway_proto::event::{DeploymentEnqueued, RouteAcknowledged, RouterExpired, RouterStarted, StepDispatched};
     use slipway_proto::Step;
     use uuid::Uuid;
 
@@ -310,7 +326,8 @@ mod tests {
         assert!(seen.traffic().is_none(), "nothing kept until read once");
         seen.put_traffic(SeenTraffic::default());
         see(&mut seen, ROUTES_STREAM, 3, &requested());
-        let started = Event::RouterStarted(RouterStarted { router_id: "r1".into(), listen: String::new(), domain: String::new() });
+        let started =
+            Event::RouterStarted(RouterStarted { router_id: "r1".into(), listen: String::new(), domain: String::new(), lease_ms: Some(2_000) });
         see(&mut seen, ROUTERS_STREAM, 1, &started);
         see(&mut seen, "router-r1", 1, &Event::RouteAcknowledged(RouteAcknowledged { router_id: "r1".into(), route_version: 3 }));
         let traffic = seen.traffic().expect("kept");
@@ -318,8 +335,26 @@ mod tests {
         assert!(traffic.routers.contains("r1"));
         assert!(traffic.waiting_for(&["r1".to_string()], 3).is_empty());
         assert_eq!(traffic.waiting_for(&["r1".to_string()], 4), vec!["r1".to_string()]);
+        let held = seen.traffic_seen().expect("kept").liveness.routers["r1"].clone();
+        assert_eq!((held.registered_at, held.lease), (1, chrono::Duration::seconds(2)), "its lease, from its registration");
         see(&mut seen, "router-r1", 3, &Event::RouteAcknowledged(RouteAcknowledged { router_id: "r1".into(), route_version: 4 }));
         assert!(seen.traffic().is_none(), "an acknowledgement was missed: read it all again");
+    }
+
+    #[test]
+    fn an_expired_router_is_no_longer_registered_nor_held() {
+        let mut seen = Seen::default();
+        seen.put_traffic(SeenTraffic::default());
+        let started =
+            Event::RouterStarted(RouterStarted { router_id: "r1".into(), listen: String::new(), domain: String::new(), lease_ms: Some(2_000) });
+        see(&mut seen, ROUTERS_STREAM, 1, &started);
+        let expired = RouterExpired { router_id: "r1".into(), last_seen: Utc::now(), lease_ms: 2_000 };
+        see(&mut seen, ROUTERS_STREAM, 2, &Event::RouterExpired(expired));
+        // Its acknowledgement, written before it learnt of the expiry.
+        see(&mut seen, "router-r1", 1, &Event::RouteAcknowledged(RouteAcknowledged { router_id: "r1".into(), route_version: 0 }));
+        let traffic = seen.traffic_seen().expect("kept");
+        assert!(traffic.traffic.routers.is_empty() && traffic.liveness.routers.is_empty(), "{traffic:?}");
+        assert_eq!(traffic.registry, 2);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use slipway_engine::environment::ActiveRelease;
-use slipway_engine::routes::Traffic;
+use slipway_engine::lease::Liveness;
+use slipway_engine::routes::{fold_routers, Traffic};
 use slipway_engine::{decide, deployment::fold, Decision, EnvironmentView, Status};
 use slipway_proto::event::*;
 use slipway_proto::{Command, Event, Step};
@@ -319,6 +320,32 @@ fn a_router_that_stopped_cleanly_is_not_waited_for() {
     let mut env = with_routers(&[("a", 5)]);
     if let Some(t) = env.traffic.as_mut() {
         t.routers.remove("b");
+    }
+    let mut expect = vec!["record TrafficSwitched"];
+    expect.extend(WATCH);
+    check_with(&switching(), &env, &expect);
+}
+
+#[test]
+fn a_router_expired_while_the_switch_waits_for_it_is_waited_for_no_more() {
+    // b registered with a 2 s lease and was never heard from again; a
+    // heartbeats and acknowledged the switch's route version.
+    let started = |id: &str| {
+        Event::RouterStarted(RouterStarted { router_id: id.into(), listen: String::new(), domain: String::new(), lease_ms: Some(2_000) })
+    };
+    let mut liveness = Liveness::default();
+    liveness.registry(1, t(0), &started("a"));
+    liveness.registry(2, t(0), &started("b"));
+    liveness.heard("a", t(2));
+    let mut env = EnvironmentView { now: t(3), ..with_routers(&[("a", 5)]) };
+    check_with(&switching(), &env, &["wake at 10"]);
+    let expired: Vec<Event> = liveness.expired(t(3)).into_iter().map(|(_, e)| Event::RouterExpired(e)).collect();
+    let named: Vec<&str> = expired.iter().filter_map(|e| if let Event::RouterExpired(x) = e { Some(x.router_id.as_str()) } else { None }).collect();
+    assert_eq!(named, ["b"]);
+    // Recorded, the expiry deregisters b: the switch completes before its deadline.
+    let registry: Vec<Event> = [started("a"), started("b")].into_iter().chain(expired).collect();
+    if let Some(traffic) = env.traffic.as_mut() {
+        traffic.routers = fold_routers(registry.iter());
     }
     let mut expect = vec!["record TrafficSwitched"];
     expect.extend(WATCH);

@@ -182,10 +182,19 @@ async fn an_opened_pull_request_gets_a_deployed_preview_and_closing_it_removes_e
         let d = slipway_engine::load::deployment(&*s.store, id).await.unwrap().unwrap();
         assert!(d.cancelled.as_deref().unwrap().contains("environment pr-42 removed"), "{:?}", d.cancelled);
     }
-    let retire = s.outbox().await.into_iter().find_map(|c| match c {
-        Command::RetireRelease(r) => Some(r),
-        _ => None,
-    });
+    // PostgreSQL shows the outbox only below the oldest transaction still
+    // open in the database (another test's): read until it is there.
+    let mut retire = None;
+    for _ in 0..50 {
+        retire = s.outbox().await.into_iter().find_map(|c| match c {
+            Command::RetireRelease(r) => Some(r),
+            _ => None,
+        });
+        if retire.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(retire.map(|r| (r.deployment_id, r.containers)), Some((first, vec!["slipway-app-pr-42-web".to_string()])));
     let routes = slipway_engine::load::routes(&*s.store).await.unwrap();
     assert!(!routes.by_environment.contains_key(&("app".to_string(), "pr-42".to_string())), "the route is removed");

@@ -1,10 +1,15 @@
 //! Keeps a router's table in step with the routes stream. A router reads
 //! every route when it starts (so a restarted router serves the current
-//! releases before it accepts a connection), registers itself, and then
-//! applies each new route version as one table swap and acknowledges it on
-//! its own stream — the engine completes a switch when every registered
-//! router has. A clean stop deregisters, so switches stop waiting for it; a
-//! crashed router stays registered, and switches fail until it is back.
+//! releases before it accepts a connection), registers itself with its
+//! lease, and then applies each new route version as one table swap and
+//! acknowledges it on its own stream — the engine completes a switch when
+//! every registered router has. A clean stop deregisters, so switches stop
+//! waiting for it. A router that has written nothing for a third of its
+//! lease acknowledges its route version again (its heartbeat); one silent
+//! past its lease (killed, hung, cut off from the store) is expired by the
+//! engine and no longer waited for. Each heartbeat also looks at the
+//! routers stream: a router that finds itself expired (it was cut off, and
+//! lives) reads every route afresh and registers again.
 //!
 //! While a release is watched (its route has a standby), the router also
 //! reports what it counted of that release's requests when they fail
@@ -17,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use slipway_engine::lease::heartbeat_every;
 use slipway_engine::load::{self, LoadError};
-use slipway_engine::routes::Routes;
+use slipway_engine::routes::{registration, Registration, Routes};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{deployment_stream, router_stream, RouteAcknowledged, RouterStarted, RouterStopped, ROUTERS_STREAM, ROUTES_STREAM};
 use slipway_proto::{Envelope, Event};
@@ -44,6 +50,9 @@ pub struct RouterOptions {
     pub domain: String,
     /// Where it listens (recorded for operators).
     pub listen: SocketAddr,
+    /// How long it may write nothing before the engine expires it (it
+    /// writes at least every third of it). Recorded with its registration.
+    pub lease: Duration,
 }
 
 /// The host name an environment is served under.
@@ -101,6 +110,14 @@ pub struct Follower {
     routes: Routes,
     handle: RouteHandle,
     reporter: Reporter,
+    /// How far the routers stream has been read (from this router's last
+    /// registration on), and whether it is registered as of there.
+    registry: u64,
+    registered: bool,
+    /// When it last wrote on its own stream (an acknowledgement), and last
+    /// looked at the routers stream.
+    wrote: tokio::time::Instant,
+    looked: tokio::time::Instant,
 }
 
 impl Follower {
@@ -109,15 +126,26 @@ impl Follower {
     pub async fn start(store: Arc<dyn EventStore>, options: RouterOptions) -> Result<Follower, LoadError> {
         let routes = load::routes(&*store).await?;
         let handle = RouteHandle::new(table(&routes, &options.domain, &RouteTable::default()));
-        let started = Event::RouterStarted(RouterStarted {
-            router_id: options.router_id.clone(),
-            listen: options.listen.to_string(),
-            domain: options.domain.clone(),
-        });
-        append(&*store, &options.router_id, ROUTERS_STREAM, &started).await?;
-        let follower = Follower { store, options, routes, handle, reporter: Reporter::default() };
+        let (reporter, now) = (Reporter::default(), tokio::time::Instant::now());
+        let mut follower =
+            Follower { store, options, routes, handle, reporter, registry: 0, registered: false, wrote: now, looked: now };
+        follower.register().await?;
         follower.acknowledge().await?;
         Ok(follower)
+    }
+
+    /// Records `RouterStarted` with the lease: from now on switches wait for it.
+    async fn register(&mut self) -> Result<(), StoreError> {
+        let lease_ms = u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX);
+        let started = Event::RouterStarted(RouterStarted {
+            router_id: self.options.router_id.clone(),
+            listen: self.options.listen.to_string(),
+            domain: self.options.domain.clone(),
+            lease_ms: Some(lease_ms),
+        });
+        self.registry = append(&*self.store, &self.options.router_id, ROUTERS_STREAM, &started).await?;
+        self.registered = true;
+        Ok(())
     }
 
     /// The handle the proxy serves from.
@@ -138,6 +166,10 @@ impl Follower {
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "reading routes failed; retrying");
             }
+            let every = heartbeat_every(self.options.lease);
+            if self.looked.elapsed() >= every || self.wrote.elapsed() >= every {
+                self.keep_alive(every).await;
+            }
             // Between two reads of the routes, look at the counts.
             let wait = wait_for_wakeup(&mut wake, POLL);
             tokio::pin!(wait);
@@ -156,6 +188,70 @@ impl Follower {
         if let Err(e) = append(&*self.store, &self.options.router_id, ROUTERS_STREAM, &stopped).await {
             tracing::warn!(error = %e, "could not deregister the router; switches will wait for it until it is back");
         }
+    }
+
+    /// Every third of the lease: registers again if the engine expired the
+    /// router meanwhile (looked at even while route changes keep it
+    /// writing: it may have been cut off before them), and, if it has
+    /// written nothing for that long, acknowledges the route version it
+    /// serves (the heartbeat). A failure is logged and tried again on the
+    /// next pass (every `POLL`).
+    async fn keep_alive(&mut self, every: Duration) {
+        let mut rejoined = false;
+        match self.still_registered().await {
+            Ok(true) => self.looked = tokio::time::Instant::now(),
+            Ok(false) => {
+                if let Err(e) = self.rejoin().await {
+                    tracing::warn!(error = %e, "could not register the router again; retrying");
+                    return;
+                }
+                (self.looked, rejoined) = (tokio::time::Instant::now(), true);
+                tracing::warn!(router = %self.options.router_id, "the engine had expired this router (silent past its lease); every route read again, registered again");
+            }
+            // Heartbeat anyway: being heard from matters more than the look.
+            Err(e) => tracing::warn!(error = %e, "could not read the routers' registrations"),
+        }
+        // After registering again: acknowledge the routes read afresh.
+        if self.wrote.elapsed() < every && !rejoined {
+            return;
+        }
+        if let Err(e) = self.acknowledge().await {
+            tracing::warn!(error = %e, "the router's heartbeat failed; retrying");
+        }
+    }
+
+    /// Reads the routers stream past what was read: is this router still
+    /// registered (not expired, nor stopped by a namesake)? An event it
+    /// cannot read (a newer version's) is logged and passed over.
+    async fn still_registered(&mut self) -> Result<bool, StoreError> {
+        let recorded = self.store.read_stream(ROUTERS_STREAM, self.registry + 1).await?;
+        for r in &recorded {
+            self.registry = r.version;
+            let event = match r.envelope.decode::<Event>() {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(version = r.version, error = %e, "an event of the routers stream cannot be read; passed over");
+                    continue;
+                }
+            };
+            match registration(&event) {
+                Some(Registration::Started(s)) if s.router_id == self.options.router_id => self.registered = true,
+                Some(Registration::Gone(id)) if id == self.options.router_id => self.registered = false,
+                _ => {}
+            }
+        }
+        Ok(self.registered)
+    }
+
+    /// Back after an expiry: every route read afresh (any change made while
+    /// it was cut off is in), the table swapped, then registered again, so
+    /// every switch from now on waits for it.
+    async fn rejoin(&mut self) -> Result<(), LoadError> {
+        let routes = load::routes(&*self.store).await?;
+        self.handle.replace(table(&routes, &self.options.domain, &self.handle.current()));
+        self.routes = routes;
+        self.register().await?;
+        Ok(())
     }
 
     /// Applies route versions after the current one, if any, and acknowledges.
@@ -205,23 +301,27 @@ impl Follower {
         }
     }
 
-    async fn acknowledge(&self) -> Result<(), StoreError> {
+    /// Acknowledges the route version it serves (also its heartbeat).
+    async fn acknowledge(&mut self) -> Result<(), StoreError> {
         let ack = Event::RouteAcknowledged(RouteAcknowledged {
             router_id: self.options.router_id.clone(),
             route_version: self.routes.version,
         });
-        append(&*self.store, &self.options.router_id, &router_stream(&self.options.router_id), &ack).await
+        append(&*self.store, &self.options.router_id, &router_stream(&self.options.router_id), &ack).await?;
+        self.wrote = tokio::time::Instant::now();
+        Ok(())
     }
 }
 
-async fn append(store: &dyn EventStore, router_id: &str, stream: &str, event: &Event) -> Result<(), StoreError> {
+/// Appends `event` to `stream` as this router; the stream's version after it.
+async fn append(store: &dyn EventStore, router_id: &str, stream: &str, event: &Event) -> Result<u64, StoreError> {
     let id = Uuid::now_v7();
     let meta = Metadata { correlation_id: id, causation_id: None, actor: format!("router:{router_id}"), trace: None };
     let invalid = |reason: String| StoreError::InvalidAppend { stream: stream.to_string(), reason };
     let envelope = Envelope::new(id, Utc::now(), stream, event, meta).map_err(|e| invalid(e.to_string()))?;
     // `Any` cannot conflict; the arm is there for the type.
-    store.append(stream, ExpectedVersion::Any, &[envelope], &[]).await?.map_err(|c| invalid(c.to_string()))?;
-    Ok(())
+    let appended = store.append(stream, ExpectedVersion::Any, &[envelope], &[]).await?.map_err(|c| invalid(c.to_string()))?;
+    Ok(appended.version)
 }
 
 #[cfg(test)]

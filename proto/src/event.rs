@@ -818,9 +818,10 @@ pub struct ContainerSupervised {
 /// version in it is the *route version* routers acknowledge: one number
 /// says how far a router has applied the routes of every environment.
 pub const ROUTES_STREAM: &str = "routes";
-/// The registry of routers (`RouterStarted`, `RouterStopped`).
+/// The registry of routers (`RouterStarted`, `RouterStopped`, `RouterExpired`).
 pub const ROUTERS_STREAM: &str = "routers";
-/// One router's acknowledgements.
+/// One router's acknowledgements (also its heartbeat: the route version it
+/// serves, acknowledged again when it wrote nothing else for a while).
 pub fn router_stream(router_id: &str) -> String {
     format!("router-{router_id}")
 }
@@ -850,6 +851,21 @@ pub enum RouteReason {
 pub struct RouteRemoved {
     pub project: String,
     pub environment: String,
+}
+
+/// The stream of installation-wide records (key rotations).
+pub const INSTALLATION_STREAM: &str = "installation";
+
+/// Every stored setting value was sealed again with a new key (on the
+/// installation stream): key ids only, never a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsKeyRotated {
+    /// The key ids values may have been sealed with before.
+    pub from: Vec<String>,
+    /// The key id every value is sealed with now.
+    pub to: String,
+    /// How many values were sealed again.
+    pub values: u64,
 }
 
 /// A custom domain now routes to an environment (on the routes stream, so
@@ -951,18 +967,35 @@ pub struct RouteChanged {
 }
 
 /// A router came up (on the routers stream): from now on every traffic
-/// switch waits for its acknowledgement.
+/// switch waits for its acknowledgement, as long as it keeps its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouterStarted {
     pub router_id: String,
     pub listen: String,
     pub domain: String,
+    /// How long, in milliseconds, the router may write nothing on its own
+    /// stream before the engine takes it for gone (`RouterExpired`). It
+    /// writes at least every third of it. `None` (routers from before
+    /// leases): the default lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 /// A router shut down cleanly; switches no longer wait for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouterStopped {
     pub router_id: String,
+}
+
+/// The engine heard nothing from a registered router for its lease (on the
+/// routers stream, once per registration): switches no longer wait for it
+/// until it registers again (`RouterStarted`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterExpired {
+    pub router_id: String,
+    /// The time of its last event (its registration or a write on its stream).
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    pub lease_ms: u64,
 }
 
 /// A router applied every route up to `route_version` (on its own stream).
@@ -1188,6 +1221,8 @@ crate::message_family! {
         PreviewApproved(PreviewApproved) = 1,
         DomainAdded(DomainAdded) = 1,
         DomainRemoved(DomainRemoved) = 1,
+        RouterExpired(RouterExpired) = 1,
+        SecretsKeyRotated(SecretsKeyRotated) = 1,
         CertificateStored(CertificateStored) = 1,
         CertificateRenewalFailed(CertificateRenewalFailed) = 1,
         AcmeChallengeReady(AcmeChallengeReady) = 1,

@@ -120,6 +120,7 @@ fn sample_events() -> Vec<Event> {
         }),
         Event::RouteRemoved(RouteRemoved { project: "hello".into(), environment: "pr-42".into() }),
         Event::DomainAdded(DomainAdded { project: "hello".into(), environment: "live".into(), domain: "*.example.com".into() }),
+        Event::SecretsKeyRotated(SecretsKeyRotated { from: vec!["0011223344556677".into()], to: "8899aabbccddeeff".into(), values: 3 }),
         Event::DomainRemoved(DomainRemoved { project: "hello".into(), environment: "live".into(), domain: "www.example.com".into() }),
         Event::PreviewRuleSet(PreviewRuleSet { trigger: PreviewTrigger::Branches("feature/*".into()), inherit: "test".into(), ttl_seconds: 60 }),
         Event::PreviewRuleRemoved(PreviewRuleRemoved { trigger: PreviewTrigger::PullRequests }),
@@ -144,6 +145,12 @@ fn sample_events() -> Vec<Event> {
             approved_by: "token:alice".into(),
             deployment: d,
             at: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
+        }),
+        Event::RouterStarted(RouterStarted { router_id: "edge-1".into(), listen: "0.0.0.0:80".into(), domain: "example.com".into(), lease_ms: Some(30_000) }),
+        Event::RouterExpired(RouterExpired {
+            router_id: "edge-1".into(),
+            last_seen: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
+            lease_ms: 30_000,
         }),
     ]
 }

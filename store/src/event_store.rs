@@ -143,6 +143,12 @@ pub enum StoreError {
     InvalidAppend { stream: String, reason: String },
     #[error("event or command {id} is already stored")]
     Duplicate { id: String },
+    /// A runtime process may not run with this database login (`pg_login`).
+    #[error("PostgreSQL event store: {reason}")]
+    LoginRefused { reason: String },
+    /// A setting value could not be sealed or opened (`sealing`).
+    #[error("setting values: {reason}")]
+    Sealing { reason: String },
 }
 
 /// A successful append.
@@ -259,6 +265,15 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// This installation's secret key for setting fingerprints, created on first use.
     async fn installation_key(&self) -> Result<Vec<u8>, StoreError>;
+
+    /// Seals every stored value again with `to`'s current key (opening it
+    /// with this store's keyring, or as stored in clear); returns how many.
+    /// PostgreSQL needs the owner's login for it (the runtime role may not
+    /// UPDATE values).
+    async fn reseal_values(&self, to: &crate::sealing::Keyring) -> Result<usize, StoreError> {
+        let _ = to;
+        Err(StoreError::Sealing { reason: "this store cannot re-seal its values".into() })
+    }
 
     /// `stream_holds` for several (stream, event id) at once, in order.
     async fn stream_holds_each(&self, asks: &[(&str, Uuid)], types: &[&str]) -> Result<Vec<Holds>, StoreError> {

@@ -50,11 +50,15 @@ pub struct PgOptions {
     /// by default `slipway_writer`, which may INSERT and SELECT events and
     /// nothing more. `None` keeps the login role.
     pub role: Option<String>,
+    /// A runtime process: it never migrates nor creates the schema, and
+    /// refuses a login that is a superuser, owns the event store, or finds
+    /// it at another migration than this build's (`pg_login`).
+    pub runtime: bool,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { schema: None, max_connections: 8, migrate: true, role: Some(WRITER_ROLE.into()) }
+        PgOptions { schema: None, max_connections: 8, migrate: true, role: Some(WRITER_ROLE.into()), runtime: false }
     }
 }
 
@@ -66,6 +70,7 @@ pub struct PgStore {
     wake: watch::Receiver<u64>,
     listener: Arc<tokio::task::JoinHandle<()>>,
     heads: Arc<Heads>,
+    sealing: crate::sealing::Sealing,
 }
 
 /// A stream's last event as this store committed it: a hint only. Events are
@@ -160,6 +165,7 @@ impl Clone for PgStore {
             wake: self.wake.clone(),
             listener: self.listener.clone(),
             heads: self.heads.clone(),
+            sealing: self.sealing.clone(),
         }
     }
 }
@@ -175,12 +181,14 @@ impl PgStore {
                     reason: format!("schema name `{schema}` must be letters, digits and underscores"),
                 });
             }
-            let mut conn = connect.connect().await.map_err(db(format!("connecting to {redacted}")))?;
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-                .execute(&mut conn)
-                .await
-                .map_err(db(format!("creating schema {schema}")))?;
-            conn.close().await.ok();
+            if !options.runtime {
+                let mut conn = connect.connect().await.map_err(db(format!("connecting to {redacted}")))?;
+                sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(db(format!("creating schema {schema}")))?;
+                conn.close().await.ok();
+            }
             connect = connect.options([("search_path", schema.as_str())]);
         }
         let pool = PgPoolOptions::new()
@@ -188,11 +196,16 @@ impl PgStore {
             .connect_with(connect.clone())
             .await
             .map_err(db(format!("connecting to {redacted}")))?;
-        if options.migrate {
-            sqlx::migrate!("../migrations/postgres")
-                .run(&pool)
-                .await
-                .map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
+        if options.migrate && !options.runtime {
+            crate::pg_login::MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
+        }
+        if options.runtime {
+            let login = crate::pg_login::login(&pool).await?;
+            let schema = options.schema.as_deref().unwrap_or("public");
+            if let Some(reason) = crate::pg_login::refusal(&login, schema, crate::pg_login::latest()) {
+                pool.close().await;
+                return Err(StoreError::LoginRefused { reason });
+            }
         }
         let pool = match &options.role {
             None => pool,
@@ -222,7 +235,35 @@ impl PgStore {
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
-        Ok(PgStore { pool, wake, listener: Arc::new(listener), heads: Arc::default() })
+        Ok(PgStore { pool, wake, listener: Arc::new(listener), heads: Arc::default(), sealing: Default::default() })
+    }
+
+    /// `slipway db migrate`: applies this build's migrations to `schema` (or
+    /// the default) as the login in `url` — the owner's credentials, used for
+    /// this step only — and lets `grant_to` (a login role for the runtime
+    /// processes) act as the writer role. Returns the migration level.
+    pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>) -> Result<i64, StoreError> {
+        if let Some(role) = grant_to {
+            if role.is_empty() || !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(StoreError::LoginRefused { reason: format!("role name `{role}` must be letters, digits and underscores") });
+            }
+        }
+        let options = PgOptions { schema: schema.map(str::to_string), max_connections: 2, migrate: true, role: None, runtime: false };
+        let store = PgStore::connect(url, options).await?;
+        if let Some(role) = grant_to {
+            sqlx::query(&format!("GRANT {WRITER_ROLE} TO \"{role}\""))
+                .execute(store.pool())
+                .await
+                .map_err(db(format!("granting {WRITER_ROLE} to {role} (does the login role exist? CREATE ROLE {role} LOGIN PASSWORD ...)")))?;
+        }
+        let login = crate::pg_login::login(store.pool()).await?;
+        Ok(login.migration.unwrap_or(0))
+    }
+
+    /// Setting values sealed (and opened) this way from now on.
+    pub fn sealed(mut self, sealing: crate::sealing::Sealing) -> Self {
+        self.sealing = sealing;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -744,9 +785,10 @@ impl EventStore for PgStore {
     }
 
     async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {
+        let stored = self.sealing.stored(fingerprint, value)?;
         sqlx::query("INSERT INTO setting_values (fingerprint, value) VALUES ($1, $2) ON CONFLICT (fingerprint) DO NOTHING")
             .bind(fingerprint)
-            .bind(value)
+            .bind(stored)
             .execute(&self.pool)
             .await
             .map_err(db("storing a setting value"))?;
@@ -760,7 +802,31 @@ impl EventStore for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("reading setting values"))?;
-        Ok(rows.into_iter().collect())
+        rows.into_iter()
+            .map(|(f, stored)| {
+                let value = self.sealing.opened(&f, &stored)?;
+                Ok((f, value))
+            })
+            .collect()
+    }
+
+    async fn reseal_values(&self, to: &crate::sealing::Keyring) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("re-sealing setting values"))?;
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT fingerprint, value FROM setting_values FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading setting values to re-seal"))?;
+        for (fingerprint, stored) in &rows {
+            let sealed = to.seal(fingerprint, &self.sealing.opened(fingerprint, stored)?);
+            sqlx::query("UPDATE setting_values SET value = $2 WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("re-sealing a setting value (run this with the database owner's login)"))?;
+        }
+        tx.commit().await.map_err(db("re-sealing setting values"))?;
+        Ok(rows.len())
     }
 
     async fn installation_key(&self) -> Result<Vec<u8>, StoreError> {

@@ -36,9 +36,16 @@ pub struct SqliteStore {
     /// in-memory database alive while the pool replaces its connection (a
     /// task cancelled mid-query drops the connection it held).
     _keeper: Option<Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>,
+    sealing: crate::sealing::Sealing,
 }
 
 impl SqliteStore {
+    /// Setting values sealed (and opened) this way from now on.
+    pub fn sealed(mut self, sealing: crate::sealing::Sealing) -> Self {
+        self.sealing = sealing;
+        self
+    }
+
     /// Opens (creating if needed) the store in the file at `path`. The file
     /// holds setting values: it is made readable by its owner only (0600),
     /// and tightened to that if it was not; SQLite gives its WAL and
@@ -90,7 +97,7 @@ impl SqliteStore {
             .await
             .map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
         let (wake, _) = watch::channel(0u64);
-        Ok(SqliteStore { pool, wake, _keeper: keeper })
+        Ok(SqliteStore { pool, wake, _keeper: keeper, sealing: Default::default() })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -182,9 +189,10 @@ impl EventStore for SqliteStore {
     }
 
     async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {
+        let stored = self.sealing.stored(fingerprint, value)?;
         sqlx::query("INSERT INTO setting_values (fingerprint, value) VALUES (?1, ?2) ON CONFLICT (fingerprint) DO NOTHING")
             .bind(fingerprint)
-            .bind(value)
+            .bind(stored)
             .execute(&self.pool)
             .await
             .map_err(db("storing a setting value"))?;
@@ -200,10 +208,29 @@ impl EventStore for SqliteStore {
                 .await
                 .map_err(db("reading setting values"))?;
             if let Some(v) = v {
-                found.insert(f.clone(), v);
+                found.insert(f.clone(), self.sealing.opened(f, &v)?);
             }
         }
         Ok(found)
+    }
+
+    async fn reseal_values(&self, to: &crate::sealing::Keyring) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("re-sealing setting values"))?;
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT fingerprint, value FROM setting_values")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("reading setting values to re-seal"))?;
+        for (fingerprint, stored) in &rows {
+            let sealed = to.seal(fingerprint, &self.sealing.opened(fingerprint, stored)?);
+            sqlx::query("UPDATE setting_values SET value = ?2 WHERE fingerprint = ?1")
+                .bind(fingerprint)
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("re-sealing a setting value"))?;
+        }
+        tx.commit().await.map_err(db("re-sealing setting values"))?;
+        Ok(rows.len())
     }
 
     async fn installation_key(&self) -> Result<Vec<u8>, StoreError> {

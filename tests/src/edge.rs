@@ -26,6 +26,7 @@ use slipway_proto::event::{RouteChanged, RouteReason, ROUTES_STREAM};
 use slipway_proto::{Envelope, Event};
 use slipway_router::ServeOptions;
 use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::sealing::{Keyring, Sealing, SealingKey};
 use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::Queue;
 use slipway_store::{EventStore, ExpectedVersion, PgStore};
@@ -60,6 +61,9 @@ impl Edge {
         let store = PgStore::connect(&url, PgOptions { schema: Some(schema.clone()), ..Default::default() })
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {} ({e}); run `scripts/services`", redact_url(&url)));
+        // Values (certificates' keys among them) sealed, as a server with --secrets-key.
+        let key = SealingKey::from_hex(&SealingKey::generate_hex()).expect("a sealing key");
+        let store = store.sealed(Sealing { keyring: Some(Arc::new(Keyring::new(key, Vec::new()))), required: true });
         let store: Arc<dyn EventStore> = Arc::new(store);
         let project = format!("edge-{}", &tag[tag.len() - 10..]);
         create_project(&*store, &project, "/nonexistent", &["live"]).await;
@@ -93,6 +97,7 @@ impl Edge {
             router_id: format!("edge-router-{}", self.routers.len()),
             domain: "localhost".into(),
             listen: addrs.http,
+            lease: slipway_engine::lease::DEFAULT_LEASE,
         };
         let part = RouterPart { listener, https: Some(https), options, proxy: ServeOptions::default() };
         let (stop, shutdown) = slipway_node::manual();
@@ -100,6 +105,11 @@ impl Edge {
         let parts = Parts { router: Some(part), ..Default::default() };
         self.routers.push((stop, tokio::spawn(slipway_node::serve(self.store.clone(), queue, parts, shutdown))));
         addrs
+    }
+
+    /// The PostgreSQL schema the store is in.
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 
     pub async fn shutdown(mut self) {

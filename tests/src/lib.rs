@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use slipway_engine::driver::DriverOptions;
+use slipway_engine::lease::DEFAULT_LEASE;
 use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_router::ServeOptions;
 use slipway_engine::requests::{self, DeployRequest, NewProject, SettingValue};
@@ -36,8 +37,15 @@ pub mod load;
 pub mod tls;
 pub mod webdriver;
 
+/// The owner's login: it migrates (tests connect in-process with it).
 pub fn pg_url() -> String {
     std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into())
+}
+
+/// The runtime login (writer grants only): what `slipway` processes the
+/// tests start log in as, once the schema was migrated with `pg_url`.
+pub fn pg_app_url() -> String {
+    std::env::var("SLIPWAY_PG_APP_URL").unwrap_or_else(|_| "postgres://slipway_app:slipway_app@127.0.0.1:5432/slipway".into())
 }
 
 pub fn amqp_url() -> String {
@@ -157,7 +165,7 @@ impl Harness {
     pub async fn start_router(&mut self) {
         let listener = tokio::net::TcpListener::bind(self.router_addr).await.expect("bind the router");
         self.router_addr = listener.local_addr().expect("router address");
-        let options = RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr };
+        let options = RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr, lease: DEFAULT_LEASE };
         let part = RouterPart { listener, https: None, options, proxy: ServeOptions::default() };
         let (stop, shutdown) = slipway_node::manual();
         let parts = Parts { router: Some(part), ..Default::default() };

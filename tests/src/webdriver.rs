@@ -154,9 +154,21 @@ impl Browser {
     }
 
     /// Clicks the element `css` the way a user does (scrolled into view, at its centre).
+    /// A page that re-renders between finding the element and clicking it
+    /// (a list redrawn after signing in) makes the element stale: it is
+    /// found again, a few times.
     pub async fn click(&self, css: &str) -> Result<(), String> {
-        let id = self.element(css).await?;
-        self.call("POST", &self.at(&format!("/element/{id}/click")), Some(json!({}))).await.map(drop)
+        let mut tries = 0;
+        loop {
+            let id = self.element(css).await?;
+            match self.call("POST", &self.at(&format!("/element/{id}/click")), Some(json!({}))).await {
+                Err(e) if e.contains("stale element reference") && tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                done => return done.map(drop),
+            }
+        }
     }
 
     /// Types `text` into the element `css`.

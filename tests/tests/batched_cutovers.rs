@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_engine::driver::DriverOptions;
+use slipway_engine::lease::DEFAULT_LEASE;
 use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_proto::event::{deployment_stream, BuildMode, ROUTES_STREAM};
 use slipway_proto::{Event, Step};
@@ -42,7 +43,7 @@ async fn cutovers_decided_together_each_name_their_own_route_version() {
     // The router first, so that every switch waits for it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listen = listener.local_addr().unwrap();
-    let options = RouterOptions { router_id: "batch-router".into(), domain: "localhost".into(), listen };
+    let options = RouterOptions { router_id: "batch-router".into(), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
     let (stop_router, router_shutdown) = slipway_node::manual();
     let router_parts = Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
     let memory: Arc<dyn Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());

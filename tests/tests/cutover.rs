@@ -229,7 +229,8 @@ async fn a_restarted_router_serves_the_current_release_at_once_and_a_dead_one_fa
     h.start_router().await;
     assert_eq!(h.routed_page("live").await.unwrap(), (200, "v1\n".to_string()), "first request after a restart");
 
-    // Killed, it stays registered: the switch waits for it, then fails.
+    // Killed, it stays registered for its lease (30 s, longer than the 3 s
+    // switch timeout): the switch waits for it, then fails.
     h.kill_router().await;
     let failed = h.deploy("live", &v2).await;
     let (step, reason) = failure(&failed);

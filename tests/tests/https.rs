@@ -37,6 +37,11 @@ async fn an_uploaded_certificate_serves_https_on_every_router_and_plain_http_is_
     let recorded = store.read_stream(slipway_proto::event::CERTIFICATES_STREAM, 1).await.unwrap();
     assert!(recorded.iter().all(|e| !e.envelope.payload.get().contains("PRIVATE KEY")));
     assert!(stored.fingerprint.starts_with("cert-sha256:"));
+    // The key is sealed at rest in the value table.
+    let pool = sqlx::PgPool::connect(&slipway_tests::pg_url()).await.unwrap();
+    let query = format!("SELECT value FROM \"{}\".setting_values WHERE fingerprint = $1", edge.schema());
+    let raw: String = sqlx::query_scalar(&query).bind(&stored.fingerprint).fetch_one(&pool).await.unwrap();
+    assert!(!raw.contains("PRIVATE KEY") && !raw.contains("BEGIN"), "stored in clear");
 
     let root = ca.pem();
     for router in [one, two] {

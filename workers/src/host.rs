@@ -100,11 +100,13 @@ pub async fn remove(docker: &Docker, name: &str) -> Result<(), DockerError> {
     docker::remove_container(docker, name).await.map(|_| ())
 }
 
-/// Whether Docker is restarting the container (its restart policy took
-/// it after an exit); `false` when it cannot say.
+/// Whether Docker is restarting the container after an exit (its restart
+/// policy took it), or has already: asked right after the exit on a busy
+/// host, the container may be running again before the question arrives.
+/// `false` when it cannot say.
 pub async fn restarting(docker: &Docker, name: &str) -> bool {
     match docker::find_container(docker, name).await {
-        Ok(Some(info)) => info.state.and_then(|s| s.restarting).unwrap_or(false),
+        Ok(Some(info)) => info.state.is_some_and(|s| s.restarting == Some(true) || s.running == Some(true)),
         _ => false,
     }
 }

@@ -246,15 +246,28 @@ async fn handle(
     };
     let span = trace::process_span(&delivered, delivered_trace(&delivery, &envelope).as_ref());
     let ran = async {
-        let settings = match resolve_settings(store, &command).await {
-            Ok(s) => s,
+        let resolved = match resolve_settings(store, &command).await {
+            // A value this process cannot open (no key, or the wrong one)
+            // does not open on a retry either: the step fails, saying why.
+            Err(StoreError::Sealing { reason }) => Err(reason),
+            Ok(s) => Ok(s),
             Err(e) => {
                 delivery.retry().await?;
                 return Err(e.into());
             }
         };
+        let settings = resolved.clone().unwrap_or_default();
         let started = std::time::Instant::now();
-        let mut event = crate::steps::scrub_outcome(execute(executor, &command, &settings).await, &settings);
+        let ran = match (&resolved, &command) {
+            (Err(reason), Command::RunStep(run)) => Event::StepFailed(StepFailed {
+                step: run.step,
+                reason: format!("{reason}; this worker runs on {host}"),
+                attempt: run.attempt,
+                details: vec![],
+            }),
+            _ => execute(executor, &command, &settings).await,
+        };
+        let mut event = crate::steps::scrub_outcome(ran, &settings);
         if let Event::WebContainerStarted(started) = &mut event {
             started.host = host.to_string();
         }
@@ -300,15 +313,31 @@ async fn handle(
 async fn resolve_settings(store: &dyn EventStore, command: &Command) -> Result<Settings, StoreError> {
     let Command::RunStep(run) = command else { return Ok(Settings::new()) };
     let context = &run.context;
+    let (app, source) = needs_values(run.step);
     let credentials = context.source.credentials.iter().map(|(name, f)| (git_remote::source_key(name), f));
+    let settings = context.settings.iter().map(|(k, f)| (k.clone(), f));
     let wanted: Vec<(String, &String)> =
-        context.settings.iter().map(|(k, f)| (k.clone(), f)).chain(credentials).collect();
+        settings.filter(|_| app).chain(credentials.filter(|_| source)).collect();
     if wanted.is_empty() {
         return Ok(Settings::new());
     }
     let fingerprints: Vec<String> = wanted.iter().map(|(_, f)| (*f).clone()).collect();
     let values = store.values(&fingerprints).await?;
     Ok(wanted.into_iter().filter_map(|(key, f)| values.get(f).map(|v| (key, v.clone()))).collect())
+}
+
+/// Which values a step is given (app settings, repository credentials):
+/// the app's settings only to the steps that start, check or watch its
+/// containers (and the services check, which connects to its services);
+/// the repository's credentials only to the steps that fetch it. The build
+/// gets neither, so a host that only builds never reads a value.
+fn needs_values(step: Step) -> (bool, bool) {
+    match step {
+        Step::CheckServices => (true, true),
+        Step::Checkout => (false, true),
+        Step::Deploy | Step::Release | Step::Processes | Step::HealthCheck | Step::Watch => (true, false),
+        Step::Build | Step::Cutover | Step::Retire | Step::Cleanup => (false, false),
+    }
 }
 
 /// Trust on first use: the SSH host key a source step accepted because its

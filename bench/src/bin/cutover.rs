@@ -20,6 +20,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use slipway_engine::driver::DriverOptions;
+use slipway_engine::lease::DEFAULT_LEASE;
 use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_proto::event::*;
@@ -94,7 +95,7 @@ async fn run(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> 
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let listen = listener.local_addr()?;
-    let options = RouterOptions { router_id: "bench-router".into(), domain: "localhost".into(), listen };
+    let options = RouterOptions { router_id: "bench-router".into(), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
     let (stop_router, router_shutdown) = slipway_node::manual();
     let router_parts = Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
     let router = tokio::spawn(slipway_node::serve(store.clone(), Arc::new(slipway_store::queue::memory::MemoryQueue::default()), router_parts, router_shutdown));

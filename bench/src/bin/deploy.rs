@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use slipway_engine::driver::DriverOptions;
+use slipway_engine::lease::DEFAULT_LEASE;
 use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_proto::event::{deployment_stream, BuildMode};
@@ -389,7 +390,7 @@ async fn error_trials(m: &Machinery, args: &Args, repo: &Path, project: &str, li
 async fn watch_section(m: &Machinery, args: &Args, repo: &Path, project: &str) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let listen = listener.local_addr()?;
-    let options = RouterOptions { router_id: format!("bench-{}", Uuid::now_v7().simple()), domain: "localhost".into(), listen };
+    let options = RouterOptions { router_id: format!("bench-{}", Uuid::now_v7().simple()), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
     let (stop_router, shutdown) = slipway_node::manual();
     let parts = Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
     let router = tokio::spawn(slipway_node::serve(m.store.clone(), Arc::new(MemoryQueue::default()), parts, shutdown));

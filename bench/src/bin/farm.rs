@@ -53,6 +53,10 @@ struct Args {
     slipway: Option<std::path::PathBuf>,
     #[arg(long, env = "SLIPWAY_PG_URL", default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
     pg_url: String,
+    /// The login the worker processes run as (writer grants only; the
+    /// bench migrates with --pg-url, the owner's).
+    #[arg(long, env = "SLIPWAY_PG_APP_URL", default_value = "postgres://slipway_app:slipway_app@127.0.0.1:5432/slipway")]
+    pg_app_url: String,
     #[arg(long, env = "SLIPWAY_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
 }
@@ -136,7 +140,7 @@ async fn run(args: &Args, slipway: &std::path::Path, workers: usize, step_ms: u6
             Command::new(slipway)
                 .args(["worker", "--stand-in-ms", &step_ms.to_string(), "--prefetch", "32"])
                 .args(["--concurrency", &concurrency(step_ms).to_string()])
-                .env("SLIPWAY_DATABASE", &args.pg_url)
+                .env("SLIPWAY_DATABASE", &args.pg_app_url)
                 .env("SLIPWAY_PG_SCHEMA", &schema)
                 .env("SLIPWAY_QUEUE", &args.amqp_url)
                 .env("SLIPWAY_QUEUE_NAMESPACE", &namespace)

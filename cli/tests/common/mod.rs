@@ -56,7 +56,7 @@ impl Cluster {
         let data = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let env = vec![
-            ("SLIPWAY_DATABASE", pg_url()),
+            ("SLIPWAY_DATABASE", pg_app_url()),
             ("SLIPWAY_PG_SCHEMA", schema.to_string()),
             ("SLIPWAY_QUEUE", amqp_url()),
             ("SLIPWAY_QUEUE_NAMESPACE", namespace.to_string()),
