@@ -30,22 +30,34 @@ pub fn pipeline(data_dir: &Path, registry: Option<String>, pull_base_images: boo
 /// before anything runs.
 pub async fn router(
     listen: SocketAddr,
+    https: Option<SocketAddr>,
     id: Option<String>,
     domain: String,
     config: Option<&Path>,
     lease: std::time::Duration,
 ) -> anyhow::Result<RouterPart> {
-    let proxy = match config {
-        Some(path) => slipway_node::router_config::load(path).map_err(|e| crate::exit::usage(e.to_string()))?,
-        None => ServeOptions::default(),
+    let file = match config {
+        Some(path) => slipway_node::router_config::load_file(path).map_err(|e| crate::exit::usage(e.to_string()))?,
+        None => slipway_node::router_config::RouterFile { proxy: ServeOptions::default(), https_listen: None },
     };
+    let proxy = file.proxy;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the router to {listen}; choose another address with --router"))?;
+    let https = match https.or(file.https_listen) {
+        Some(addr) => {
+            let bound = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the router's HTTPS listener to {addr}; choose another address with --https-listen"))?;
+            eprintln!("slipway: router HTTPS on {}", bound.local_addr().unwrap_or(addr));
+            Some(bound)
+        }
+        None => None,
+    };
     let listen = listener.local_addr().unwrap_or(listen);
     let router_id = id.unwrap_or_else(|| format!("{}-{}", crate::hostname(), listen.port()));
     eprintln!("slipway: router {router_id} on http://{listen}/ serving http://<project>-<env>.{domain}:{}/", listen.port());
-    Ok(RouterPart { listener, options: RouterOptions { router_id, domain, listen, lease }, proxy })
+    Ok(RouterPart { listener, https, options: RouterOptions { router_id, domain, listen, lease }, proxy })
 }
 
 /// Where the HTTP API listens, and the workers' data directory it reads logs from.

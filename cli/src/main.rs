@@ -2,6 +2,7 @@
 //! workers together for each way of running Slipway, and the client verbs.
 
 mod audit;
+mod certs;
 mod client;
 mod connect;
 mod domains;
@@ -290,6 +291,9 @@ enum Command {
     /// Custom domains an environment is served under: add, remove, list.
     #[command(subcommand)]
     Domain(domains::DomainCmd),
+    /// TLS certificates the routers serve: add (uploaded), list.
+    #[command(subcommand)]
+    Cert(certs::CertCmd),
     /// The database: `migrate` applies this version's migrations.
     #[command(subcommand)]
     Db(DbCmd),
@@ -360,9 +364,36 @@ struct ServeArgs {
     /// the API refuses to start until one is issued. It speaks plain HTTP: put TLS in front of it.
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
     listen: std::net::SocketAddr,
+    /// An ACME directory URL: the engine then obtains and renews a
+    /// certificate for every custom domain over HTTP-01, answered by the
+    /// routers (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory).
+    #[arg(long = "acme-directory", env = "SLIPWAY_ACME_DIRECTORY")]
+    acme_directory: Option<String>,
+    /// The ACME account's contact e-mail.
+    #[arg(long = "acme-email", env = "SLIPWAY_ACME_EMAIL")]
+    acme_email: Option<String>,
+    /// A PEM CA certificate trusted for the ACME directory's own TLS (a
+    /// private or test CA such as pebble's).
+    #[arg(long = "acme-ca-bundle", env = "SLIPWAY_ACME_CA_BUNDLE")]
+    acme_ca_bundle: Option<std::path::PathBuf>,
+    /// Seconds between looks for certificates due (a new domain is seen at once).
+    #[arg(long = "acme-check-every", default_value_t = 60)]
+    acme_check_every: u64,
+    /// Seconds after a failed ACME order before the domain is tried again.
+    #[arg(long = "acme-retry", default_value_t = 600)]
+    acme_retry: u64,
 }
 
 impl ServeArgs {
+    fn acme(&self) -> Option<slipway_engine::acme::AcmeOptions> {
+        let mut options = slipway_engine::acme::AcmeOptions::new(self.acme_directory.clone()?);
+        options.email = self.acme_email.clone();
+        options.ca_bundle = self.acme_ca_bundle.clone();
+        options.check_every = Duration::from_secs(self.acme_check_every.max(1));
+        options.retry_after = Duration::from_secs(self.acme_retry.max(1));
+        Some(options)
+    }
+
     fn driver(&self) -> DriverOptions {
         DriverOptions {
             drain_seconds: self.drain,
@@ -381,6 +412,11 @@ struct RouterArgs {
     /// Where the router listens for HTTP.
     #[arg(long = "router", env = "SLIPWAY_ROUTER_LISTEN", default_value = "127.0.0.1:7880")]
     router_listen: std::net::SocketAddr,
+    /// Where the router listens for HTTPS (off by default; also the
+    /// [router] https_listen key). Certificates come from `slipway cert`
+    /// and ACME.
+    #[arg(long = "https-listen", env = "SLIPWAY_ROUTER_HTTPS_LISTEN")]
+    https_listen: Option<std::net::SocketAddr>,
     /// Host names are <project>-<env>.<domain>.
     #[arg(long, env = "SLIPWAY_DOMAIN", default_value = "localhost")]
     domain: String,
@@ -773,11 +809,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let router = match no_router {
                 true => None,
-                false => Some(machinery::router(router.router_listen, router.router_id, router.domain, router.router_config.as_deref(), Duration::from_secs(router.lease)).await?),
+                false => Some(
+                    machinery::router(
+                        router.router_listen,
+                        router.https_listen,
+                        router.router_id,
+                        router.domain,
+                        router.router_config.as_deref(),
+                        Duration::from_secs(router.lease),
+                    )
+                    .await?,
+                ),
             };
             let workers = WorkerOptions { agent: agent.options(), ..all_workers(format!("worker:{}", hostname())) };
             let parts = Parts {
                 engine: Some(serve.driver()),
+                acme: serve.acme(),
                 workers: Some((workers, machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images))),
                 router,
                 poller: Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") }),
@@ -789,12 +836,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let poller = Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") });
-            let parts = Parts { engine: Some(args.driver()), poller, ..Default::default() };
+            let parts = Parts { engine: Some(args.driver()), poller, acme: args.acme(), ..Default::default() };
             machinery::serve(store, queue, parts, Some(machinery::Api { listen: args.listen, data_dir }), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Router(args) => {
-            let router = machinery::router(args.router_listen, args.router_id, args.domain, args.router_config.as_deref(), Duration::from_secs(args.lease)).await?;
+            let lease = Duration::from_secs(args.lease);
+            let router = machinery::router(args.router_listen, args.https_listen, args.router_id, args.domain, args.router_config.as_deref(), lease).await?;
             let parts = Parts { router: Some(router), ..Default::default() };
             let queue: Arc<dyn slipway_store::queue::Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
@@ -964,6 +1012,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
+        Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
         Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) => {
             unreachable!("handled before the store is opened")
         }

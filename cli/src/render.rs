@@ -117,6 +117,16 @@ pub fn describe(event: &Event) -> String {
         Event::SecretsKeyRotated(r) => format!("{} setting value(s) sealed again with key {} (were: {})", r.values, r.to, r.from.join(", ")),
         Event::DomainAdded(d) => format!("{} {} is served under {} too", d.project, d.environment, d.domain),
         Event::DomainRemoved(d) => format!("{} {} is served under {} no more", d.project, d.environment, d.domain),
+        Event::CertificateStored(c) => format!(
+            "certificate for {} stored ({:?}, valid until {}, {})",
+            c.domain,
+            c.source,
+            c.not_after.to_rfc3339(),
+            c.fingerprint
+        ),
+        Event::CertificateRenewalFailed(f) => format!("certificate for {} could not be obtained: {}", f.domain, f.reason),
+        Event::AcmeChallengeReady(c) => format!("ACME HTTP-01 challenge for {} answered by the routers", c.domain),
+        Event::AcmeChallengeFinished(c) => format!("ACME HTTP-01 challenge for {} finished", c.domain),
         Event::PreviewRuleSet(r) => format!(
             "preview rule: {} -> previews inheriting {}, removed after {} without a push",
             r.trigger,

@@ -335,6 +335,14 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
     require_environment(store, project, env).await?;
     let state = load::environment(store, project, env).await?;
     let routes = router_urls(store, project, env).await?;
+    let domains = {
+        let (recorded, certs) = (load::routes(store).await?, slipway_engine::certificates::load(store).await?);
+        let names = slipway_engine::domains::of_environment(&recorded.domains, project, env);
+        names.into_iter().map(|d| {
+            let state = certs.by_domain.get(&d).cloned().unwrap_or_default();
+            (d, state)
+        }).collect::<Vec<_>>()
+    };
     let active = match state.last_succeeded() {
         None => None,
         Some(id) => {
@@ -369,6 +377,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
             "running": state.queue.first(),
             "running_status": running_status,
             "queue": state.queue,
+            "domains": domains.iter().map(|(d, state)| crate::certs::certificate_json(d, state)).collect::<Vec<_>>(),
         }));
     }
     match active {
@@ -388,6 +397,10 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
                 println!("  route  {} (router {})", r.url, r.router);
             }
         }
+    }
+    for (domain, state) in &domains {
+        let until = state.current.as_ref().map(|c| format!("certificate until {}", c.not_after.to_rfc3339()));
+        println!("  domain {domain} ({}; {})", until.unwrap_or_else(|| "no certificate".into()), state.renewal(domain));
     }
     for (n, id) in state.queue.iter().enumerate() {
         // The head of the queue may be watching its new release, or rolling back.

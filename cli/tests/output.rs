@@ -319,3 +319,43 @@ fn with_server_deploy_and_status_go_through_the_http_api() {
     drop(server);
     assert!(!read(&dir.path("server.log")).contains("panicked"));
 }
+
+#[test]
+fn cert_add_checks_the_files_and_cert_list_and_status_show_certificates_without_keys() {
+    let dir = Dir::new();
+    let openssl = |name: &str, san: &str| {
+        let (cert, key) = (dir.path(&format!("{name}.pem")), dir.path(&format!("{name}-key.pem")));
+        let ok = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-subj", "/CN=t"])
+            .args(["-addext", &format!("subjectAltName={san}"), "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (scripts/services installs it)");
+        assert!(ok.success());
+        (cert.to_str().unwrap().to_string(), key.to_str().unwrap().to_string())
+    };
+    let (cert, key) = openssl("shop", "DNS:shop.example");
+    let (_, other_key) = openssl("other", "DNS:other.example");
+    dir.ok(&["domain", "add", "app", "live", "shop.example"]);
+    for (args, says) in [
+        (vec!["cert", "add", "shop.example", "--cert", &cert, "--key", &other_key], "does not belong to the certificate"),
+        (vec!["cert", "add", "www.example", "--cert", &cert, "--key", &key], "does not cover `www.example`: it names shop.example"),
+        (vec!["cert", "add", "shop.example", "--cert", &key, "--key", &key], "no PEM certificate"),
+        (vec!["cert", "add", "shop.example", "--cert", &cert, "--key", "/nonexistent/key.pem"], "cannot read the key file /nonexistent/key.pem"),
+    ] {
+        let out = dir.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("PRIVATE") && !stderr.contains("BEGIN"), "{stderr}");
+    }
+    assert!(dir.ok(&["cert", "add", "shop.example", "--cert", &cert, "--key", &key]).contains("certificate stored"));
+    let listed = dir.json(&["cert", "list", "--json"]);
+    assert_eq!(listed[0]["domain"], "shop.example");
+    assert_eq!((listed[0]["source"].as_str(), listed[0]["renewal"].as_str()), (Some("uploaded"), Some("renewed by hand")));
+    assert!(listed[0]["fingerprint"].as_str().unwrap().starts_with("cert-sha256:"));
+    let status = dir.ok(&["status", "app", "live"]);
+    assert!(status.contains("domain shop.example (certificate until"), "{status}");
+    let events = dir.ok(&["events", "certificates", "--json"]);
+    assert!(events.contains("CertificateStored") && !events.contains("PRIVATE"), "{events}");
+}

@@ -4,8 +4,10 @@
 //! its decisions back through the outbox (`driver`); the HTTP API (`api`)
 //! and the dashboard that runs on it (`web`).
 
+pub mod acme;
 pub mod api;
 pub mod auto_deploy;
+pub mod certificates;
 pub mod decider;
 pub mod deployment;
 pub mod domains;

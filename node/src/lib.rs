@@ -6,9 +6,11 @@
 //! `gauges` samples the metrics no event moves; `agent` keeps a Docker
 //! host running what is recorded and supervises the serving release;
 //! `poll` polls repositories for auto-deploy rules that ask for it;
-//! `router_config` reads the router's configuration file.
+//! `router_config` reads the router's configuration file; `certs` keeps a
+//! router's TLS certificates in step with the certificates stream.
 
 pub mod agent;
+pub mod certs;
 pub mod error_reports;
 pub mod gauges;
 pub mod poll;

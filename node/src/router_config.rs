@@ -1,14 +1,16 @@
 //! The router's configuration file (`slipway router --router-config FILE`):
 //! its `[router]` section sets the proxy's caps and timeouts
 //! ([`ServeOptions`]). Every key is optional; an unknown key or a bad value
-//! is an error naming the file and the key, as for `slipway.toml`.
+//! is an error naming the file and the key, as for `slipway.toml`. Its TLS
+//! keys (`https_listen`, `https_redirect`, `hsts`) set the HTTPS listener.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 use slipway_proto::config::{parse_toml, ConfigError, Interval};
-use slipway_router::{Cidr, ServeOptions};
+use slipway_router::{Cidr, Edge, ServeOptions, TlsHandle};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,19 +30,41 @@ struct Section {
     request_timeout: Option<Interval>,
     connect_timeout: Option<Interval>,
     trusted_proxies: Vec<String>,
+    https_listen: Option<String>,
+    https_redirect: Option<bool>,
+    hsts: Option<Interval>,
+}
+
+/// Everything the file sets.
+#[derive(Debug, Default)]
+pub struct RouterFile {
+    /// The proxy's options; `edge` carries the redirect and HSTS settings.
+    pub proxy: ServeOptions,
+    /// Where the HTTPS listener binds (`--https-listen` wins over it).
+    pub https_listen: Option<SocketAddr>,
 }
 
 /// The proxy's options from the file at `path`.
 pub fn load(path: &Path) -> Result<ServeOptions, ConfigError> {
+    load_file(path).map(|f| f.proxy)
+}
+
+/// Everything the file at `path` sets.
+pub fn load_file(path: &Path) -> Result<RouterFile, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError { file: file.clone(), key: "(file)".into(), expected: format!("a readable file: {e}") })?;
-    parse(&text, &file)
+    parse_file(&text, &file)
 }
 
 /// The proxy's options from `text`, read from `file` (named in errors);
 /// what the file leaves out keeps [`ServeOptions::default`]'s value.
 pub fn parse(text: &str, file: &str) -> Result<ServeOptions, ConfigError> {
+    parse_file(text, file).map(|f| f.proxy)
+}
+
+/// Everything `text`, read from `file`, sets.
+pub fn parse_file(text: &str, file: &str) -> Result<RouterFile, ConfigError> {
     let err = |key: &str, expected: String| ConfigError { file: file.into(), key: format!("router.{key}"), expected };
     let section = parse_toml::<File>(text, file)?.router;
     let mut options = ServeOptions::default();
@@ -81,7 +105,19 @@ pub fn parse(text: &str, file: &str) -> Result<ServeOptions, ConfigError> {
         let cidr: Cidr = text.parse().map_err(|e| err(&format!("trusted_proxies[{i}]"), e))?;
         options.trusted_proxies.push(cidr);
     }
-    Ok(options)
+    let https_listen = match &section.https_listen {
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| err("https_listen", format!("expected an address such as \"0.0.0.0:443\": {e}")))?),
+        None => None,
+    };
+    let mut edge = Edge::new(TlsHandle::default());
+    edge.redirect = section.https_redirect.unwrap_or(true);
+    edge.hsts = match section.hsts {
+        Some(Interval(d)) if d.is_zero() => None,
+        Some(Interval(d)) => Some(d),
+        None => None,
+    };
+    options.edge = Some(edge);
+    Ok(RouterFile { proxy: options, https_listen })
 }
 
 #[cfg(test)]
@@ -108,6 +144,19 @@ trusted_proxies = ["10.0.0.0/8", "2001:db8::1"]
         assert_eq!(o.connect_timeout, ServeOptions::default().connect_timeout);
         let empty = parse("", "router.toml").unwrap();
         assert_eq!((empty.max_connections, empty.request_timeout), (10_000, Some(Duration::from_secs(300))));
+        let edge = empty.edge.unwrap();
+        assert_eq!((edge.redirect, edge.hsts), (true, None), "redirects on, no HSTS by default");
+    }
+
+    #[test]
+    fn the_tls_keys_set_the_https_listener_redirects_and_hsts() {
+        let text = "[router]\nhttps_listen = \"0.0.0.0:8443\"\nhttps_redirect = false\nhsts = \"1h\"\n";
+        let f = parse_file(text, "router.toml").unwrap();
+        assert_eq!(f.https_listen, Some("0.0.0.0:8443".parse().unwrap()));
+        let edge = f.proxy.edge.unwrap();
+        assert_eq!((edge.redirect, edge.hsts), (false, Some(Duration::from_secs(3600))));
+        let e = parse_file("[router]\nhttps_listen = \"443\"", "router.toml").unwrap_err();
+        assert_eq!(e.key, "router.https_listen");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use futures::FutureExt;
 use slipway_engine::driver::{Driver, DriverOptions};
 use slipway_engine::projector::Projector;
 use slipway_proto::Step;
-use slipway_router::ServeOptions;
+use slipway_router::{Edge, ServeOptions};
 use slipway_store::queue::Queue;
 use slipway_store::relay::{Relay, RelayOptions};
 use slipway_store::EventStore;
@@ -21,6 +21,7 @@ use slipway_workers::steps::Executor;
 use slipway_workers::WorkerOptions;
 use tokio::net::TcpListener;
 
+use crate::certs::CertFollower;
 use crate::gauges::{self, Sampled};
 use crate::routing::{Follower, RouterOptions};
 use crate::shutdown::Shutdown;
@@ -37,12 +38,17 @@ pub struct Parts {
     pub router: Option<RouterPart>,
     /// Poll repositories for auto-deploy rules with `--poll` (where the engine runs).
     pub poller: Option<crate::poll::PollerOptions>,
+    /// Obtain and renew certificates over ACME (where the engine runs).
+    pub acme: Option<slipway_engine::acme::AcmeOptions>,
 }
 
 /// A router: a bound listener (bind first, so a taken port fails before
 /// anything runs) and its identity.
 pub struct RouterPart {
     pub listener: TcpListener,
+    /// The HTTPS listener, if any: TLS with the certificates of the
+    /// certificates stream (`certs.rs`).
+    pub https: Option<TcpListener>,
     pub options: RouterOptions,
     pub proxy: ServeOptions,
 }
@@ -79,6 +85,10 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         // Previews past their time to live, removed beside the driver.
         tasks.spawn(slipway_engine::lifecycle::run_sweep(store.clone(), options.preview_sweep, shutdown.clone()).map(Ok));
         tasks.spawn(drive(store.clone(), options, shutdown.clone()));
+        // Certificates over ACME, beside the driver too.
+        if let Some(acme) = parts.acme {
+            tasks.spawn(slipway_engine::acme::run(store.clone(), acme, shutdown.clone()).map(Ok));
+        }
         // The read models' subscriber (reads catch up themselves too).
         tasks.spawn(Projector::default().run(store.clone(), shutdown.clone()).map(Ok));
     }
@@ -96,12 +106,26 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         });
     }
     if let Some(router) = parts.router {
+        // Certificates before registering: a router serves HTTPS (and
+        // ACME answers) from its first connection.
+        let certs = CertFollower::start(store.clone()).await.map_err(|e| NodeError::Routes(e.to_string()))?;
+        let mut proxy = router.proxy;
+        let mut edge = proxy.edge.take().unwrap_or_else(|| Edge::new(certs.handle()));
+        edge.certificates = certs.handle();
+        edge.https_port = router.https.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+        proxy.edge = Some(edge);
+        tasks.spawn(certs.follow(shutdown.clone()).map(Ok));
         let follower = Follower::start(store.clone(), router.options).await.map_err(|e| NodeError::Routes(e.to_string()))?;
         let handle = follower.handle();
         tasks.spawn(follower.follow(shutdown.clone()).map(Ok));
+        if let Some(https) = router.https {
+            let tls = ServeOptions { terminate_tls: true, ..proxy.clone() };
+            let proxy = slipway_router::serve_threads(https, handle.clone(), tls, ROUTER_THREADS, shutdown.clone());
+            tasks.spawn(proxy.map(|r| r.map_err(NodeError::Proxy)));
+        }
         // Its own threads, one single-threaded runtime each (measured: about
         // 1.5x the throughput of sharing the node's runtime).
-        let proxy = slipway_router::serve_threads(router.listener, handle, router.proxy, ROUTER_THREADS, shutdown.clone());
+        let proxy = slipway_router::serve_threads(router.listener, handle, proxy, ROUTER_THREADS, shutdown.clone());
         tasks.spawn(proxy.map(|r| r.map_err(NodeError::Proxy)));
     }
     while let Some(done) = tasks.join_next().await {

@@ -887,6 +887,65 @@ pub struct DomainRemoved {
     pub domain: String,
 }
 
+/// The stream of TLS certificates and ACME challenges: which certificate
+/// serves each domain (by fingerprint; the chain and key are in the value
+/// table, never here), renewals that failed, and the HTTP-01 answers
+/// routers give. Apart from the routes stream, so that certificate work
+/// never contends with cutovers for the route version.
+pub const CERTIFICATES_STREAM: &str = "certificates";
+
+/// Where a certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateSource {
+    /// Obtained over ACME by the engine.
+    Acme,
+    /// Uploaded by hand (`slipway cert add`).
+    Uploaded,
+}
+
+/// A certificate now serves `domain` (on the certificates stream). Its
+/// PEM chain and private key are in the value table under `fingerprint`
+/// (`cert-sha256:` and the hex SHA-256 of the leaf's DER); only the
+/// public facts are here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStored {
+    pub domain: String,
+    pub fingerprint: String,
+    pub not_before: chrono::DateTime<chrono::Utc>,
+    pub not_after: chrono::DateTime<chrono::Utc>,
+    pub source: CertificateSource,
+    /// The DNS names the certificate covers.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// Obtaining or renewing `domain`'s certificate over ACME failed (on the
+/// certificates stream); a certificate it already had keeps serving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRenewalFailed {
+    pub domain: String,
+    pub reason: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Routers answer `GET /.well-known/acme-challenge/{token}` for `domain`
+/// with `key_authorization` (public by design: RFC 8555 §8.3), on the
+/// certificates stream, until the matching `AcmeChallengeFinished`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeChallengeReady {
+    pub domain: String,
+    pub token: String,
+    pub key_authorization: String,
+}
+
+/// An HTTP-01 challenge needs no answer any more (on the certificates stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeChallengeFinished {
+    pub domain: String,
+    pub token: String,
+}
+
 /// An environment's host name now routes to these upstreams (on the
 /// routes stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1164,6 +1223,10 @@ crate::message_family! {
         DomainRemoved(DomainRemoved) = 1,
         RouterExpired(RouterExpired) = 1,
         SecretsKeyRotated(SecretsKeyRotated) = 1,
+        CertificateStored(CertificateStored) = 1,
+        CertificateRenewalFailed(CertificateRenewalFailed) = 1,
+        AcmeChallengeReady(AcmeChallengeReady) = 1,
+        AcmeChallengeFinished(AcmeChallengeFinished) = 1,
     }
 }
 

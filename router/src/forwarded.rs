@@ -84,11 +84,11 @@ pub(crate) fn unmapped(ip: IpAddr) -> IpAddr {
 /// `X-Forwarded-For` entry) for `host`, the host it was routed by.
 /// `trusted`: the peer is a trusted proxy, whose headers are kept and
 /// extended; otherwise the client's are replaced.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, host: &HeaderValue, trusted: bool) {
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, host: &HeaderValue, trusted: bool, proto: &'static str) {
     if trusted {
         append_forwarded_for(headers, peer);
         if !headers.contains_key(X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if !headers.contains_key(X_FORWARDED_HOST) {
             headers.insert(X_FORWARDED_HOST, host.clone());
@@ -96,7 +96,7 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, host: &
         return;
     }
     headers.insert(X_FORWARDED_FOR, peer.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(X_FORWARDED_HOST, host.clone());
     // Most requests carry neither: a lookup each is cheaper than a removal.
     if headers.contains_key(header::FORWARDED) {
@@ -171,7 +171,7 @@ mod tests {
             ("forwarded", "for=1.2.3.4"),
             ("x-real-ip", "1.2.3.4"),
         ]);
-        set_forwarded(&mut map, &peer, &host, false);
+        set_forwarded(&mut map, &peer, &host, false, "http");
         assert_eq!(map.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["198.51.100.4"]);
         assert_eq!((map[X_FORWARDED_PROTO].to_str().unwrap(), map[X_FORWARDED_HOST].to_str().unwrap()), ("http", "app.test"));
         assert!(!map.contains_key("forwarded") && !map.contains_key("x-real-ip"));
@@ -182,11 +182,11 @@ mod tests {
         let peer = HeaderValue::from_static("10.0.0.9");
         let host = HeaderValue::from_static("app.test");
         let mut map = headers(&[("x-forwarded-for", "203.0.113.1"), ("x-forwarded-for", "10.0.0.2"), ("x-forwarded-proto", "https")]);
-        set_forwarded(&mut map, &peer, &host, true);
+        set_forwarded(&mut map, &peer, &host, true, "http");
         assert_eq!(map.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["203.0.113.1, 10.0.0.2, 10.0.0.9"]);
         assert_eq!((map[X_FORWARDED_PROTO].to_str().unwrap(), map[X_FORWARDED_HOST].to_str().unwrap()), ("https", "app.test"));
         let mut map = HeaderMap::new();
-        set_forwarded(&mut map, &peer, &host, true);
+        set_forwarded(&mut map, &peer, &host, true, "http");
         assert_eq!((map[X_FORWARDED_FOR].to_str().unwrap(), map[X_FORWARDED_PROTO].to_str().unwrap()), ("10.0.0.9", "http"));
     }
 }

@@ -5,7 +5,8 @@
 //! (`stats`), and swaps whole route tables so that a release
 //! moves traffic atomically. `limits` (connection caps), `timeouts` (header,
 //! idle, body and request clocks) and `forwarded` (`X-Forwarded-*` from the
-//! peer, trusted proxies) keep slow, greedy or lying clients in their place.
+//! peer, trusted proxies) keep slow, greedy or lying clients in their place. `tls` terminates
+//! HTTPS: certificates by SNI, ACME HTTP-01 answers, redirects and HSTS.
 
 pub mod forwarded;
 pub mod limits;
@@ -13,8 +14,11 @@ pub mod proxy;
 pub mod stats;
 pub mod table;
 mod timeouts;
+pub mod tls;
 
 pub use forwarded::Cidr;
 pub use proxy::{serve, serve_threads, serve_with, Fault, ProxyError, RouteHandle, ServeOptions};
 pub use stats::{Counts, RouteStats, Stats};
 pub use table::{normalize_host, Fallback, Resolution, Route, RouteTable};
+pub use rustls::sign::CertifiedKey;
+pub use tls::{certified_key, CertError, Edge, TlsHandle, TlsTable};

@@ -52,6 +52,7 @@ use crate::limits::{ConnLimits, Slot};
 use crate::stats::Stats;
 use crate::table::{Fallback, Resolution, RouteTable};
 use crate::timeouts::{BodyTimedOut, ClientBody, ClientClock, ClientTimer, WatchedIo};
+use crate::tls::{challenge_token, Edge};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// a short text of its own.
@@ -116,6 +117,12 @@ pub struct ServeOptions {
     /// connection a client connection holds between its requests stays as
     /// long as that client connection, unless the upstream closes it.)
     pub upstream_idle_timeout: Duration,
+    /// Certificates, ACME answers, redirects to HTTPS and HSTS (`tls.rs`);
+    /// `None`: plain HTTP only.
+    pub edge: Option<Edge>,
+    /// This listener terminates TLS with `edge`'s certificates (HTTP/2 and
+    /// HTTP/1.1 by ALPN).
+    pub terminate_tls: bool,
 }
 
 impl Default for ServeOptions {
@@ -131,6 +138,8 @@ impl Default for ServeOptions {
             max_connections_per_ip: 256,
             trusted_proxies: Vec::new(),
             upstream_idle_timeout: Duration::from_secs(60),
+            edge: None,
+            terminate_tls: false,
         }
     }
 }
@@ -409,7 +418,12 @@ async fn run(
     // included.
     let (live_tx, live_rx) = watch::channel(());
     let (force_tx, force_rx) = watch::channel(());
-    let shared = Arc::new(Shared::new(routes, &options, force_rx));
+    let tls = match (&options.edge, options.terminate_tls) {
+        (Some(edge), true) => Some(tokio_rustls::TlsAcceptor::from(edge.server_config().map_err(std::io::Error::other)?)),
+        (None, true) => return Err(std::io::Error::other("a TLS listener needs certificates (ServeOptions::edge)")),
+        (_, false) => None,
+    };
+    let shared = Arc::new(Shared::new(routes, &options, force_rx, tls));
     let open = Arc::new(Mutex::new(Open::default()));
     let count = source.open_count();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -513,6 +527,9 @@ struct Shared {
     body_timeout: Duration,
     request_timeout: Option<Duration>,
     trusted_proxies: Vec<Cidr>,
+    edge: Option<Edge>,
+    /// Set on the HTTPS listener.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Idle upstream connections that no client connection holds, by
     /// upstream. Locked when a client connection ends or needs an upstream
     /// connection it does not hold, never for a request on a warm one.
@@ -531,7 +548,7 @@ struct Idle {
 }
 
 impl Shared {
-    fn new(routes: RouteHandle, options: &ServeOptions, force: watch::Receiver<()>) -> Self {
+    fn new(routes: RouteHandle, options: &ServeOptions, force: watch::Receiver<()>, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         // Each connection sets its own timer (`ClientTimer`), which keeps
         // the header and idle timeouts; hyper arms it only if it has a
         // header read timeout.
@@ -548,6 +565,8 @@ impl Shared {
             body_timeout: options.body_timeout,
             request_timeout: options.request_timeout.filter(|t| !t.is_zero()),
             trusted_proxies: options.trusted_proxies.clone(),
+            edge: options.edge.clone(),
+            tls,
             pool: Mutex::new(HashMap::new()),
             force,
         }
@@ -754,11 +773,77 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, seed: usize, mut drain: Drain, slot: Slot) {
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = shared.tls.clone() else {
+        return serve_http1(shared, stream, peer, seed, drain, slot, false).await;
+    };
+    // The handshake has the header timeout: a client that opens a
+    // connection and says nothing is cut off as on plain HTTP.
+    let handshake = tokio::time::timeout(shared.client_header_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        biased;
+        _ = &mut drain.asked => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "router: TLS handshake failed");
+                slipway_telemetry::metrics::global().router_tls_handshake_failed();
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "router: no TLS handshake within the header timeout; closing");
+                slipway_telemetry::metrics::global().router_timeout("handshake");
+                return;
+            }
+        },
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_http2(shared, stream, peer, seed, drain, slot).await
+    } else {
+        serve_http1(shared, stream, peer, seed, drain, slot, true).await
+    }
+}
+
+/// Serves one HTTP/2 connection (over TLS): its requests run side by side,
+/// each on a task of its own with a clock of its own (the request and body
+/// timeouts); hyper's keep-alive pings close a connection whose client is
+/// gone.
+async fn serve_http2<I>(shared: Arc<Shared>, io: I, peer: SocketAddr, seed: usize, mut drain: Drain, slot: Slot)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let force = shared.force.clone();
+    let clock = ClientClock::new(shared.client_header_timeout, shared.client_idle_timeout);
+    let mut http = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    http.timer(TokioTimer::new())
+        .keep_alive_interval(Some(shared.client_idle_timeout))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(H2_STREAMS);
+    let state = ConnState::new(shared.clone(), peer, seed, clock, slot, Scheme::Https { multiplexed: true });
+    let service = hyper::service::service_fn(move |req| state.call(req));
+    let conn = http.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let finished = tokio::select! {
+        biased;
+        result = conn.as_mut() => Some(result),
+        _ = &mut drain.asked => None,
+    };
+    wind_down(conn, finished, |c| c.graceful_shutdown(), force, peer).await;
+}
+
+/// Streams one HTTP/2 client connection may have open at once.
+const H2_STREAMS: u32 = 128;
+
+/// Serves one HTTP/1.1 connection, plain or over TLS (`https`).
+async fn serve_http1<I>(shared: Arc<Shared>, stream: I, peer: SocketAddr, seed: usize, mut drain: Drain, slot: Slot, https: bool)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let force = shared.force.clone();
     let clock = ClientClock::new(shared.client_header_timeout, shared.client_idle_timeout);
     let mut http = shared.http.clone();
     http.timer(ClientTimer(clock.clone()));
-    let state = ConnState::new(shared.clone(), peer, seed, clock.clone(), slot);
+    let scheme = if https { Scheme::Https { multiplexed: false } } else { Scheme::Http };
+    let state = ConnState::new(shared.clone(), peer, seed, clock.clone(), slot, scheme);
     let service = hyper::service::service_fn(move |req| state.call(req));
     let io = WatchedIo { inner: stream, clock: clock.clone() };
     let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
@@ -789,11 +874,25 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, se
             return;
         }
     };
+    wind_down(conn, finished, |c| c.graceful_shutdown(), force, peer).await;
+}
+
+/// The end of a client connection: `finished` is how it ended, or `None`
+/// when shutdown asked it to finish; it then gets to finish its requests
+/// (`graceful`) until the drain timeout forces it closed.
+async fn wind_down<C>(
+    mut conn: Pin<&mut C>,
+    finished: Option<hyper::Result<()>>,
+    graceful: impl FnOnce(Pin<&mut C>),
+    mut force: watch::Receiver<()>,
+    peer: SocketAddr,
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
     let result = match finished {
         Some(result) => result,
         None => {
-            conn.as_mut().graceful_shutdown();
-            let mut force = force;
+            graceful(conn.as_mut());
             tokio::select! {
                 result = conn => result,
                 _ = force.changed() => return,
@@ -805,9 +904,20 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, se
     }
 }
 
+/// What a client connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    /// `multiplexed`: HTTP/2, whose requests run side by side.
+    Https { multiplexed: bool },
+}
+
 /// One client connection's part of the proxy: per-connection values are
 /// computed once here instead of once per request.
 struct ConnState {
+    scheme: Scheme,
+    /// `Strict-Transport-Security` for every answer (HTTPS, when configured).
+    hsts: Option<HeaderValue>,
     held: Arc<Held>,
     peer: SocketAddr,
     /// The client's address as an `X-Forwarded-For` entry.
@@ -824,11 +934,17 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new(shared: Arc<Shared>, peer: SocketAddr, seed: usize, clock: Arc<ClientClock>, slot: Slot) -> Self {
+    fn new(shared: Arc<Shared>, peer: SocketAddr, seed: usize, clock: Arc<ClientClock>, slot: Slot, scheme: Scheme) -> Self {
+        let hsts = match (scheme, shared.edge.as_ref().and_then(|e| e.hsts)) {
+            (Scheme::Https { .. }, Some(age)) => HeaderValue::try_from(format!("max-age={}", age.as_secs())).ok(),
+            _ => None,
+        };
         let ip = unmapped(peer.ip());
         let forwarded_for = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         let trusted = shared.trusted_proxies.iter().any(|net| net.contains(ip));
         ConnState {
+            scheme,
+            hsts,
             held: Arc::new(Held { shared, upstreams: Mutex::new(Vec::new()) }),
             peer,
             forwarded_for,
@@ -845,19 +961,33 @@ impl ConnState {
         &self,
         req: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
-        let prepared = self.prepare(req);
+        // HTTP/2's requests run side by side: each has a clock of its own
+        // (HTTP/1.1's come one after another on the connection's).
+        let clock = match self.scheme {
+            Scheme::Https { multiplexed: true } => {
+                ClientClock::new(self.held.shared.client_header_timeout, self.held.shared.client_idle_timeout)
+            }
+            _ => self.clock.clone(),
+        };
+        // An ACME challenge or a redirect to HTTPS is answered here;
+        // anything else is routed.
+        let prepared = match self.answer_at_edge(&req) {
+            Some(answer) => Err(Ok(answer)),
+            None => self.prepare(req, &clock).map_err(Err),
+        };
         // Upgrades (WebSocket) may last as long as they like.
         let deadline = match &prepared {
             Ok(forward) if forward.upgrade.is_some() => None,
             _ => self.held.shared.request_timeout.map(|t| Instant::now() + t),
         };
-        self.clock.set_deadline(deadline);
+        clock.set_deadline(deadline);
         let peer = self.peer;
         let held = self.held.clone();
+        let hsts = self.hsts.clone();
         async move {
             let response = match prepared {
                 Ok(forward) => forward.send(held, peer, deadline).await,
-                Err(e) => Err(e),
+                Err(early) => early,
             };
             let metrics = slipway_telemetry::metrics::global();
             let response = response.unwrap_or_else(|e| {
@@ -871,11 +1001,42 @@ impl ConnState {
                 e.into_response()
             });
             metrics.router_response(response.status().as_u16());
+            let mut response = response;
+            if let Some(hsts) = hsts {
+                response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+            }
             Ok(response)
         }
     }
 
-    fn prepare(&self, mut req: Request<Incoming>) -> Result<Forward, ProxyError> {
+    /// The router's own answer to a request, if it gives one: the key
+    /// authorization of an ACME HTTP-01 challenge it knows (on either
+    /// listener), or, on plain HTTP, a 308 to HTTPS for a host that has a
+    /// certificate.
+    fn answer_at_edge(&self, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+        let edge = self.held.shared.edge.as_ref()?;
+        if let Some(token) = challenge_token(req.uri().path()) {
+            if let Some(answer) = edge.certificates.current().challenge(token) {
+                let mut response = Response::new(Either::Right(Full::new(Bytes::from(answer.to_string()))));
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                return Some(response);
+            }
+        }
+        if self.scheme != Scheme::Http || edge.https_port.is_none() || !edge.redirect {
+            return None;
+        }
+        let host = request_host(req).ok()?;
+        let host = crate::table::normalize_host(host.to_str().ok()?)?;
+        let path = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+        let location = HeaderValue::try_from(edge.redirect_to(&host, path)?).ok()?;
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(b"Moved to HTTPS.\n"))));
+        *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        response.headers_mut().insert(header::LOCATION, location);
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        Some(response)
+    }
+
+    fn prepare(&self, mut req: Request<Incoming>, clock: &Arc<ClientClock>) -> Result<Forward, ProxyError> {
         let host = request_host(&req)?;
         let pick = self.pick.get();
         self.pick.set(pick.wrapping_add(1));
@@ -919,7 +1080,8 @@ impl ConnState {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        set_forwarded(headers, &self.forwarded_for, &host, self.trusted);
+        let proto = if self.scheme == Scheme::Http { "http" } else { "https" };
+        set_forwarded(headers, &self.forwarded_for, &host, self.trusted, proto);
         // The absolute form's authority wins over Host (RFC 9112 §3.2.2);
         // the application must see the host that was routed.
         headers.insert(header::HOST, host.clone());
@@ -929,7 +1091,7 @@ impl ConnState {
             force: self.held.shared.force.clone(),
             slot: self.slot.clone(),
         });
-        Ok(Forward { req, upstream, fallback: standby, host, upgrade, stats, clock: self.clock.clone() })
+        Ok(Forward { req, upstream, fallback: standby, host, upgrade, stats, clock: clock.clone() })
     }
 }
 

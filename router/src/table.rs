@@ -73,14 +73,7 @@ impl RouteTable {
     /// one-level wildcard's (`*.example.com` serves `a.example.com`, not
     /// `a.b.example.com` nor `example.com`). Only a miss pays for the second look.
     fn lookup(&self, host: &str) -> Option<&Route> {
-        if let Some(route) = self.routes.get(host) {
-            return Some(route);
-        }
-        let (_, parent) = host.split_once('.')?;
-        if parent.contains('.') {
-            return self.routes.get(&format!("*.{parent}"));
-        }
-        None
+        by_name(&self.routes, host)
     }
 
     /// How many host names have a route.
@@ -105,6 +98,21 @@ impl RouteTable {
             Some(route) => Resolution::Upstream(route.upstreams[pick % route.upstreams.len()]),
         }
     }
+}
+
+/// A normalized host name's entry in `map`: its own, or else a one-level
+/// wildcard's (`*.example.com` for `a.example.com`, not for
+/// `a.b.example.com` nor `example.com`). Routes and certificates (SNI)
+/// follow this one rule.
+pub(crate) fn by_name<'a, V>(map: &'a HashMap<String, V>, host: &str) -> Option<&'a V> {
+    if let Some(value) = map.get(host) {
+        return Some(value);
+    }
+    let (_, parent) = host.split_once('.')?;
+    if parent.contains('.') {
+        return map.get(&format!("*.{parent}"));
+    }
+    None
 }
 
 /// Where a request goes once when the upstream it was sent to

@@ -81,6 +81,9 @@ pub struct Metrics {
     router_upstream_errors: Family<KindLabel, Counter>,
     router_refused: Family<ReasonLabel, Counter>,
     router_timeouts: Family<KindLabel, Counter>,
+    router_tls_handshake_failures: Counter,
+    certificate_renewal_failures: Counter,
+    certificates_failing: Gauge,
     webhooks: Family<WebhookLabels, Counter>,
 }
 
@@ -135,6 +138,24 @@ impl Metrics {
             "Client connections or requests a router cut off, by timeout (header, idle, body, request)",
             router_timeouts.clone(),
         );
+        let router_tls_handshake_failures = Counter::default();
+        registry.register(
+            "router_tls_handshake_failures",
+            "TLS handshakes a router's HTTPS listener failed (no certificate for the name, a bad hello)",
+            router_tls_handshake_failures.clone(),
+        );
+        let certificate_renewal_failures = Counter::default();
+        registry.register(
+            "certificate_renewal_failures",
+            "ACME orders (first certificates and renewals) that failed in this engine",
+            certificate_renewal_failures.clone(),
+        );
+        let certificates_failing = Gauge::default();
+        registry.register(
+            "certificates_failing",
+            "Domains whose latest ACME order failed (an old certificate keeps serving until it expires)",
+            certificates_failing.clone(),
+        );
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhooks",
@@ -153,6 +174,9 @@ impl Metrics {
             router_upstream_errors,
             router_refused,
             router_timeouts,
+            router_tls_handshake_failures,
+            certificate_renewal_failures,
+            certificates_failing,
             webhooks,
         }
     }
@@ -213,6 +237,23 @@ impl Metrics {
     /// A router cut a client off: `header`, `idle`, `body` or `request`.
     pub fn router_timeout(&self, kind: &str) {
         self.router_timeouts.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
+    }
+}
+
+impl Metrics {
+    /// A TLS handshake on a router's HTTPS listener failed.
+    pub fn router_tls_handshake_failed(&self) {
+        self.router_tls_handshake_failures.inc();
+    }
+
+    /// An ACME order failed.
+    pub fn certificate_renewal_failed(&self) {
+        self.certificate_renewal_failures.inc();
+    }
+
+    /// How many domains' latest ACME order failed.
+    pub fn set_certificates_failing(&self, domains: u64) {
+        self.certificates_failing.set(saturating(domains));
     }
 }
 

@@ -30,8 +30,11 @@ use slipway_workers::steps::Runtime;
 use slipway_workers::WorkerOptions;
 use uuid::Uuid;
 
+pub mod edge;
 pub mod git_servers;
 pub mod load;
+#[path = "../../router/tests/support/tls.rs"]
+pub mod tls;
 pub mod webdriver;
 
 /// The owner's login: it migrates (tests connect in-process with it).
@@ -74,7 +77,7 @@ pub struct Harness {
     router_addr: std::net::SocketAddr,
 }
 
-type RouterTask = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), slipway_node::serve::NodeError>>);
+pub(crate) type RouterTask = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), slipway_node::serve::NodeError>>);
 
 impl Harness {
     pub async fn start(backends: Backends) -> Harness {
@@ -139,6 +142,7 @@ impl Harness {
             )),
             router: None,
             poller: None,
+            acme: None,
         };
         let node = tokio::spawn(slipway_node::serve(store.clone(), queue.clone(), parts, shutdown));
         let mut harness = Harness {
@@ -162,7 +166,7 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind(self.router_addr).await.expect("bind the router");
         self.router_addr = listener.local_addr().expect("router address");
         let options = RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr, lease: DEFAULT_LEASE };
-        let part = RouterPart { listener, options, proxy: ServeOptions::default() };
+        let part = RouterPart { listener, https: None, options, proxy: ServeOptions::default() };
         let (stop, shutdown) = slipway_node::manual();
         let parts = Parts { router: Some(part), ..Default::default() };
         let task = tokio::spawn(slipway_node::serve(self.store.clone(), self.queue.clone(), parts, shutdown));

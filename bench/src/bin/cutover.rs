@@ -97,7 +97,7 @@ async fn run(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> 
     let listen = listener.local_addr()?;
     let options = RouterOptions { router_id: "bench-router".into(), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
     let (stop_router, router_shutdown) = slipway_node::manual();
-    let router_parts = Parts { router: Some(RouterPart { listener, options, proxy: Default::default() }), ..Default::default() };
+    let router_parts = Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
     let router = tokio::spawn(slipway_node::serve(store.clone(), Arc::new(slipway_store::queue::memory::MemoryQueue::default()), router_parts, router_shutdown));
 
     let with_router = deployments(&*store, args.rounds).await?;

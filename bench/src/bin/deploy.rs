@@ -392,7 +392,7 @@ async fn watch_section(m: &Machinery, args: &Args, repo: &Path, project: &str) -
     let listen = listener.local_addr()?;
     let options = RouterOptions { router_id: format!("bench-{}", Uuid::now_v7().simple()), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
     let (stop_router, shutdown) = slipway_node::manual();
-    let parts = Parts { router: Some(RouterPart { listener, options, proxy: Default::default() }), ..Default::default() };
+    let parts = Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
     let router = tokio::spawn(slipway_node::serve(m.store.clone(), Arc::new(MemoryQueue::default()), parts, shutdown));
     let host = format!("{project}-live.localhost");
 

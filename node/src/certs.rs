@@ -1,0 +1,104 @@
+//! Keeps a router's certificates in step with the certificates stream:
+//! read every certificate before serving, then follow the stream and swap
+//! in a new table when a certificate is stored or an ACME challenge starts
+//! or ends. Chains and keys are loaded from the value table by fingerprint
+//! (`slipway_engine::certificates`), once each; a certificate that cannot
+//! be loaded (a missing or broken value) is logged, and the domain keeps
+//! what it served before, if anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipway_engine::certificates::{self, Certificates};
+use slipway_engine::load::LoadError;
+use slipway_router::{TlsHandle, TlsTable};
+use slipway_store::subscription::wait_for_wakeup;
+use slipway_store::EventStore;
+
+/// How long to wait for a wake-up before reading the stream anyway.
+const POLL: Duration = Duration::from_millis(500);
+
+type Key = Arc<slipway_router::CertifiedKey>;
+
+pub struct CertFollower {
+    store: Arc<dyn EventStore>,
+    certificates: Certificates,
+    handle: TlsHandle,
+    /// Loaded keys by fingerprint.
+    loaded: HashMap<String, Key>,
+    /// What each domain serves now.
+    serving: HashMap<String, Key>,
+}
+
+impl CertFollower {
+    /// Reads the certificates stream and loads every certificate.
+    pub async fn start(store: Arc<dyn EventStore>) -> Result<CertFollower, LoadError> {
+        let certificates = certificates::load(&*store).await?;
+        let mut follower = CertFollower {
+            store,
+            certificates,
+            handle: TlsHandle::default(),
+            loaded: HashMap::new(),
+            serving: HashMap::new(),
+        };
+        follower.rebuild().await;
+        Ok(follower)
+    }
+
+    pub fn handle(&self) -> TlsHandle {
+        self.handle.clone()
+    }
+
+    /// Follows the stream until `shutdown`; a store outage is retried and
+    /// the router serves the certificates it has meanwhile.
+    pub async fn follow(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut wake = self.store.wakeups();
+        loop {
+            wake.borrow_and_update();
+            match certificates::catch_up(&*self.store, &mut self.certificates).await {
+                Ok(true) => self.rebuild().await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "reading certificates failed; retrying"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = wait_for_wakeup(&mut wake, POLL) => {}
+            }
+        }
+    }
+
+    /// Builds the table from the fold, loading what is new.
+    async fn rebuild(&mut self) {
+        for (domain, state) in &self.certificates.by_domain {
+            let Some(current) = &state.current else { continue };
+            let key = match self.loaded.get(&current.fingerprint) {
+                Some(key) => key.clone(),
+                None => match load(&*self.store, &current.fingerprint).await {
+                    Ok(key) => {
+                        self.loaded.insert(current.fingerprint.clone(), key.clone());
+                        key
+                    }
+                    Err(reason) => {
+                        tracing::error!(%domain, fingerprint = %current.fingerprint, %reason, "a stored certificate cannot serve; the domain keeps what it had");
+                        continue;
+                    }
+                },
+            };
+            self.serving.insert(domain.clone(), key);
+        }
+        let challenges = self.certificates.challenges.iter().map(|(token, (_, answer))| (token.clone(), answer.clone()));
+        self.handle.replace(TlsTable::new(self.serving.iter().map(|(d, k)| (d.clone(), k.clone())), challenges));
+        tracing::debug!(certificates = self.serving.len(), version = self.certificates.version, "certificates applied");
+    }
+}
+
+/// A certificate's key from the value table. The reason names no key material.
+async fn load(store: &dyn EventStore, fingerprint: &str) -> Result<Key, String> {
+    let (chain, key) = certificates::load_pair(store, fingerprint)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "its chain and key are not in the value table".to_string())?;
+    slipway_router::certified_key(chain.as_bytes(), key.as_bytes()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,250 @@
+//! TLS termination: the certificates a router serves, picked by the
+//! client's SNI name with the route table's rule (the exact name, then the
+//! one-level wildcard), the HTTP-01 answers it gives for ACME, and the
+//! rustls server configuration (ALPN: HTTP/2, then HTTP/1.1).
+//!
+//! Like the route table, the certificate table is immutable and swapped
+//! whole ([`TlsHandle::replace`]): a handshake reads it once, without a
+//! lock, so a new certificate serves from the next handshake on. Nothing a
+//! client sends in its hello can make it panic; a name without a
+//! certificate fails the handshake (no default certificate is shown to a
+//! client that named another host).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::table::{by_name, normalize_host};
+
+/// Why a PEM chain and key cannot serve. The text never holds key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    #[error("the certificate file holds no PEM certificate")]
+    NoCertificate,
+    #[error("the certificate file is not valid PEM: {0}")]
+    BadCertificatePem(String),
+    #[error("the key file holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey,
+    #[error("the private key cannot be used for TLS: {0}")]
+    BadKey(String),
+    #[error("the private key does not belong to the certificate (its public key differs)")]
+    KeyMismatch,
+}
+
+/// A chain (leaf first) and its private key, checked to belong together,
+/// ready to serve.
+pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, CertError> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::BadCertificatePem(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
+    // The error of a failed key parse could quote the input: say only what failed.
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| CertError::NoKey)?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider.key_provider.load_private_key(key).map_err(|e| CertError::BadKey(e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) => Ok(Arc::new(certified)),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(CertError::KeyMismatch),
+        // The key's public half cannot be derived (an unusual key type):
+        // rustls cannot check it; the handshake still signs with it.
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(Arc::new(certified)),
+        Err(e) => Err(CertError::BadKey(e.to_string())),
+    }
+}
+
+/// The certificates and ACME answers a router serves.
+#[derive(Debug, Default, Clone)]
+pub struct TlsTable {
+    /// By domain: an exact name or a one-level wildcard (`*.example.com`).
+    certificates: HashMap<String, Arc<CertifiedKey>>,
+    /// HTTP-01 tokens to their key authorizations.
+    challenges: HashMap<String, String>,
+}
+
+impl TlsTable {
+    pub fn new(
+        certificates: impl IntoIterator<Item = (String, Arc<CertifiedKey>)>,
+        challenges: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        let certificates =
+            certificates.into_iter().map(|(domain, key)| (domain.trim_end_matches('.').to_ascii_lowercase(), key)).collect();
+        TlsTable { certificates, challenges: challenges.into_iter().collect() }
+    }
+
+    /// The certificate for a host name (a `Host` header or an SNI name).
+    pub fn certificate(&self, host: &str) -> Option<&Arc<CertifiedKey>> {
+        by_name(&self.certificates, normalize_host(host)?.as_ref())
+    }
+
+    /// The key authorization to answer for an HTTP-01 `token`.
+    pub fn challenge(&self, token: &str) -> Option<&str> {
+        self.challenges.get(token).map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certificates.is_empty() && self.challenges.is_empty()
+    }
+}
+
+/// A shared, atomically replaceable [`TlsTable`], read without a lock.
+#[derive(Clone, Debug, Default)]
+pub struct TlsHandle {
+    table: Arc<ArcSwap<TlsTable>>,
+}
+
+impl TlsHandle {
+    pub fn new(table: TlsTable) -> Self {
+        TlsHandle { table: Arc::new(ArcSwap::from_pointee(table)) }
+    }
+
+    pub fn replace(&self, table: TlsTable) {
+        self.table.store(Arc::new(table));
+    }
+
+    pub fn current(&self) -> Arc<TlsTable> {
+        self.table.load_full()
+    }
+}
+
+/// What a router's listeners do about HTTPS: the certificates, where the
+/// HTTPS listener is for redirects, and the headers it adds.
+#[derive(Clone, Debug)]
+pub struct Edge {
+    pub certificates: TlsHandle,
+    /// The HTTPS listener's port, for redirects (`None`: no HTTPS listener,
+    /// so plain HTTP is never redirected).
+    pub https_port: Option<u16>,
+    /// Plain-HTTP requests for a host with a certificate are redirected
+    /// (308) to HTTPS.
+    pub redirect: bool,
+    /// `Strict-Transport-Security: max-age=...` on HTTPS answers.
+    pub hsts: Option<Duration>,
+}
+
+impl Edge {
+    pub fn new(certificates: TlsHandle) -> Self {
+        Edge { certificates, https_port: None, redirect: true, hsts: None }
+    }
+
+    /// Where a plain-HTTP request for `host` (normalized) and `path` goes
+    /// instead, if it is redirected.
+    pub fn redirect_to(&self, host: &str, path: &str) -> Option<String> {
+        let port = self.https_port.filter(|_| self.redirect)?;
+        self.certificates.current().certificate(host)?;
+        // An IPv6 literal has no certificate, so `host` is a name.
+        Some(match port {
+            443 => format!("https://{host}{path}"),
+            port => format!("https://{host}:{port}{path}"),
+        })
+    }
+
+    /// The rustls configuration of the HTTPS listener: certificates by
+    /// SNI from this edge's table, ALPN `h2` then `http/1.1`.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(BySni(self.certificates.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// Picks the certificate by the client's SNI name.
+#[derive(Debug)]
+struct BySni(TlsHandle);
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name()?;
+        let found = self.0.table.load().certificate(name).cloned();
+        if found.is_none() {
+            tracing::debug!(sni = name, "router: no certificate for this name; refusing the handshake");
+        }
+        found
+    }
+}
+
+/// The token of an HTTP-01 challenge path (`/.well-known/acme-challenge/TOKEN`).
+pub fn challenge_token(path: &str) -> Option<&str> {
+    let token = path.strip_prefix("/.well-known/acme-challenge/")?;
+    (!token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).then_some(token)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A certificate for `names` signed by itself, as PEM (chain, key).
+    pub(crate) fn self_signed(names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let issued = rcgen::generate_simple_self_signed(names).unwrap();
+        (issued.cert.pem(), issued.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_chain_and_its_key_serve_and_a_wrong_or_bad_key_is_refused_saying_why() {
+        let (cert, key) = self_signed(&["a.example"]);
+        let (_, other_key) = self_signed(&["b.example"]);
+        assert!(certified_key(cert.as_bytes(), key.as_bytes()).is_ok());
+        assert_eq!(certified_key(cert.as_bytes(), other_key.as_bytes()).err(), Some(CertError::KeyMismatch));
+        assert_eq!(certified_key(b"", key.as_bytes()).err(), Some(CertError::NoCertificate));
+        assert_eq!(certified_key(cert.as_bytes(), b"not a key").err(), Some(CertError::NoKey));
+        let garbled = cert.replace("MII", "M!I");
+        assert!(certified_key(garbled.as_bytes(), key.as_bytes()).is_err());
+        // A key never shows in an error.
+        let e = certified_key(cert.as_bytes(), cert.as_bytes()).unwrap_err().to_string();
+        assert!(!e.contains("BEGIN"), "{e}");
+    }
+
+    #[test]
+    fn sni_picks_the_exact_name_then_the_one_level_wildcard() {
+        let (c1, k1) = self_signed(&["www.shop.example"]);
+        let (c2, k2) = self_signed(&["*.shop.example"]);
+        let exact = certified_key(c1.as_bytes(), k1.as_bytes()).unwrap();
+        let wild = certified_key(c2.as_bytes(), k2.as_bytes()).unwrap();
+        let table = TlsTable::new(
+            [("www.shop.example".to_string(), exact.clone()), ("*.shop.example".to_string(), wild.clone())],
+            [("tok".to_string(), "tok.thumb".to_string())],
+        );
+        assert!(Arc::ptr_eq(table.certificate("WWW.shop.example.").unwrap(), &exact));
+        assert!(Arc::ptr_eq(table.certificate("api.shop.example:8443").unwrap(), &wild));
+        assert!(table.certificate("a.b.shop.example").is_none());
+        assert!(table.certificate("shop.example").is_none());
+        assert_eq!(table.challenge("tok"), Some("tok.thumb"));
+    }
+
+    #[test]
+    fn redirects_go_to_the_https_port_only_for_hosts_with_a_certificate() {
+        let (c, k) = self_signed(&["a.example"]);
+        let handle = TlsHandle::new(TlsTable::new([("a.example".to_string(), certified_key(c.as_bytes(), k.as_bytes()).unwrap())], []));
+        let mut edge = Edge::new(handle);
+        assert_eq!(edge.redirect_to("a.example", "/x?y"), None, "no HTTPS listener");
+        edge.https_port = Some(443);
+        assert_eq!(edge.redirect_to("a.example", "/x?y").as_deref(), Some("https://a.example/x?y"));
+        edge.https_port = Some(8443);
+        assert_eq!(edge.redirect_to("a.example", "/").as_deref(), Some("https://a.example:8443/"));
+        assert_eq!(edge.redirect_to("b.example", "/"), None);
+        edge.redirect = false;
+        assert_eq!(edge.redirect_to("a.example", "/"), None);
+    }
+
+    #[test]
+    fn challenge_paths_carry_a_token_of_url_safe_characters() {
+        assert_eq!(challenge_token("/.well-known/acme-challenge/abc_D-9"), Some("abc_D-9"));
+        for bad in ["/.well-known/acme-challenge/", "/.well-known/acme-challenge/../x", "/other", "/.well-known/acme-challenge/a?b"] {
+            assert_eq!(challenge_token(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+#![allow(clippy::unwrap_used)]
+//! HTTPS through the proxy over loopback: certificates picked by SNI,
+//! HTTP/2 and HTTP/1.1 by ALPN, `X-Forwarded-Proto: https`, HSTS, a
+//! certificate swapped in without a restart, redirects from plain HTTP
+//! and ACME HTTP-01 answers.
+
+#[path = "support/tls.rs"]
+mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use slipway_router::{certified_key, serve_with, Edge, Route, RouteHandle, RouteTable, ServeOptions, TlsHandle, TlsTable};
+use tokio::net::{TcpListener, TcpStream};
+
+use tls::{https_get, leaf_der, tls_connect, TestCa};
+
+/// An application that answers with the `X-Forwarded-Proto` it was sent.
+async fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let proto = req.headers().get("x-forwarded-proto").map(|v| v.to_str().unwrap_or("?").to_string());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("app via {}", proto.unwrap_or_default())))))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+fn table(hosts: &[&str], upstream: SocketAddr) -> RouteTable {
+    let route = Route { upstreams: vec![upstream], standby: vec![], route_version: 1, label: "test".into(), stats: Default::default() };
+    RouteTable::new(hosts.iter().map(|h| (h.to_string(), route.clone())))
+}
+
+async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> Response<Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender.send_request(Request::get(path).header("host", host).body(Empty::<Bytes>::new()).unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn https_serves_each_name_its_certificate_over_h2_and_http1_and_plain_http_is_redirected() {
+    let ca = TestCa::new();
+    let (shop_pem, shop_key) = ca.issue(&["shop.example"]);
+    let (wild_pem, wild_key) = ca.issue(&["*.api.example"]);
+    let certs = TlsHandle::new(TlsTable::new(
+        [
+            ("shop.example".to_string(), certified_key(shop_pem.as_bytes(), shop_key.as_bytes()).unwrap()),
+            ("*.api.example".to_string(), certified_key(wild_pem.as_bytes(), wild_key.as_bytes()).unwrap()),
+        ],
+        [("tok-1".to_string(), "tok-1.thumbprint".to_string())],
+    ));
+    let app = upstream().await;
+    let routes = RouteHandle::new(table(&["shop.example", "*.api.example", "plain.example"], app));
+    let (https, http) = (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (https_addr, http_addr) = (https.local_addr().unwrap(), http.local_addr().unwrap());
+    let mut edge = Edge::new(certs.clone());
+    edge.https_port = Some(https_addr.port());
+    edge.hsts = Some(Duration::from_secs(600));
+    let options = ServeOptions { edge: Some(edge), ..Default::default() };
+    tokio::spawn(serve_with(https, routes.clone(), ServeOptions { terminate_tls: true, ..options.clone() }, std::future::pending()));
+    tokio::spawn(serve_with(http, routes, options, std::future::pending()));
+
+    let root = ca.pem();
+    for (alpn, version) in [(&["h2", "http/1.1"][..], Version::HTTP_2), (&["http/1.1"][..], Version::HTTP_11)] {
+        let got = https_get(https_addr, "shop.example", "/", &root, alpn).await.unwrap();
+        assert_eq!((got.status, got.version, got.body.as_str()), (StatusCode::OK, version, "app via https"));
+        assert_eq!(got.leaf, leaf_der(&shop_pem), "SNI shop.example gets its own certificate");
+        assert_eq!(got.headers.get("strict-transport-security").unwrap(), "max-age=600");
+    }
+    let wild = https_get(https_addr, "v1.api.example", "/", &root, &["h2"]).await.unwrap();
+    assert_eq!((wild.body.as_str(), wild.leaf), ("app via https", leaf_der(&wild_pem)));
+    // No certificate for the name: no handshake (no other name's certificate shown).
+    let refused = https_get(https_addr, "plain.example", "/", &root, &["h2"]).await.err().unwrap();
+    assert!(refused.contains("TLS handshake"), "{refused}");
+
+    // Plain HTTP: a host with a certificate is redirected; one without is served.
+    let moved = plain_get(http_addr, "shop.example", "/cart?id=1").await;
+    assert_eq!(moved.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(moved.headers()["location"], format!("https://shop.example:{}/cart?id=1", https_addr.port()).as_str());
+    let served = plain_get(http_addr, "plain.example", "/").await;
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(served.headers().get("strict-transport-security").is_none(), "no HSTS over plain HTTP");
+    assert_eq!(served.into_body().collect().await.unwrap().to_bytes(), "app via http");
+    // An ACME challenge is answered, not redirected.
+    let challenge = plain_get(http_addr, "shop.example", "/.well-known/acme-challenge/tok-1").await;
+    assert_eq!(challenge.status(), StatusCode::OK);
+    assert_eq!(challenge.into_body().collect().await.unwrap().to_bytes(), "tok-1.thumbprint");
+
+    // A new certificate serves from the next handshake on, without a restart.
+    let (renewed_pem, renewed_key) = ca.issue(&["shop.example", "plain.example"]);
+    let renewed = certified_key(renewed_pem.as_bytes(), renewed_key.as_bytes()).unwrap();
+    certs.replace(TlsTable::new([("shop.example".to_string(), renewed.clone()), ("plain.example".to_string(), renewed)], []));
+    let got = https_get(https_addr, "shop.example", "/", &root, &["h2"]).await.unwrap();
+    assert_eq!(got.leaf, leaf_der(&renewed_pem));
+    assert_eq!(https_get(https_addr, "plain.example", "/", &root, &["http/1.1"]).await.unwrap().body, "app via https");
+}
+
+#[tokio::test]
+async fn a_client_hello_of_garbage_or_silence_is_cut_off_and_the_listener_serves_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let (pem, key) = ca.issue(&["a.example"]);
+    let certs = TlsHandle::new(TlsTable::new([("a.example".to_string(), certified_key(pem.as_bytes(), key.as_bytes()).unwrap())], []));
+    let app = upstream().await;
+    let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = https.local_addr().unwrap();
+    let options = ServeOptions {
+        edge: Some(Edge::new(certs)),
+        terminate_tls: true,
+        header_read_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    tokio::spawn(serve_with(https, RouteHandle::new(table(&["a.example"], app)), options, std::future::pending()));
+    let mut garbage = TcpStream::connect(addr).await.unwrap();
+    garbage.write_all(b"\x16\x03\x01\xff\xffGET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf)).await.expect("a silent client is cut off");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    let got = https_get(addr, "a.example", "/", &ca.pem(), &["h2"]).await.unwrap();
+    assert_eq!(got.body, "app via https");
+}
+
+#[tokio::test]
+async fn an_upgrade_over_tls_carries_bytes_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that switches protocols by hand, then echoes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+        let (mut read, mut write) = stream.split();
+        let _ = tokio::io::copy(&mut read, &mut write).await;
+    });
+    let ca = TestCa::new();
+    let (pem, key) = ca.issue(&["ws.example"]);
+    let certs = TlsHandle::new(TlsTable::new([("ws.example".to_string(), certified_key(pem.as_bytes(), key.as_bytes()).unwrap())], []));
+    let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = https.local_addr().unwrap();
+    let options = ServeOptions { edge: Some(Edge::new(certs)), terminate_tls: true, ..Default::default() };
+    tokio::spawn(serve_with(https, RouteHandle::new(table(&["ws.example"], echo)), options, std::future::pending()));
+    let mut tls = tls_connect(addr, "ws.example", &ca.pem(), &["http/1.1"]).await.unwrap();
+    tls.write_all(b"GET /socket HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    for message in [&b"hello"[..], b"over TLS"] {
+        tls.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, message);
+    }
+}

@@ -1,0 +1,90 @@
+//! ACME end to end against pebble on loopback: a custom domain is added,
+//! the engine's ACME task orders a certificate over HTTP-01 (pebble's
+//! validation reaches the router's HTTP port, which answers from the
+//! challenge recorded on the certificates stream), every router serves it
+//! over HTTPS (checked by a client trusting only pebble's root), it is
+//! renewed at two thirds of its (short) lifetime, and once pebble is gone a
+//! failed renewal is recorded, counted in the metrics, and the old
+//! certificate keeps serving.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
+use std::time::Duration;
+
+use slipway_engine::acme::AcmeOptions;
+use slipway_engine::certificates::{self, renew_at};
+use slipway_engine::domains;
+use slipway_proto::event::CertificateSource;
+use slipway_tests::edge::{Edge, Pebble};
+use slipway_tests::eventually;
+use slipway_tests::tls::https_get;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_gets_a_certificate_over_acme_renews_it_and_keeps_it_when_a_renewal_fails() {
+    let mut edge = Edge::start().await;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut pebble = Pebble::start(http.local_addr().unwrap().port(), Duration::from_secs(15)).await;
+    let router = edge.start_router(Some(http)).await;
+    let store = edge.store.clone();
+    let mut options = AcmeOptions::new(pebble.directory.clone());
+    options.email = Some("ops@example.org".into());
+    options.ca_bundle = Some(pebble.api_ca.clone());
+    options.check_every = Duration::from_millis(500);
+    options.retry_after = Duration::from_secs(2);
+    options.propagation = Duration::from_millis(300);
+    let (stop, shutdown) = slipway_node::manual();
+    let acme = tokio::spawn(slipway_engine::acme::run(store.clone(), options, async move {
+        let _ = shutdown.await;
+    }));
+
+    // Given a custom domain, the engine gets it a certificate from pebble,
+    let domain = format!("shop.{}.test", edge.project);
+    domains::add(&*store, "test", &edge.project, "live", &domain).await.unwrap().unwrap();
+    let first = eventually("a certificate over ACME", Duration::from_secs(20), || async {
+        let certs = certificates::load(&*store).await.ok()?;
+        certs.by_domain.get(&domain)?.current.clone()
+    })
+    .await;
+    assert_eq!(first.source, CertificateSource::Acme);
+    // and the router serves it to a client that trusts pebble's root only.
+    let root = pebble.root().await;
+    let served = |fingerprint: String| {
+        let (domain, root) = (domain.clone(), root.clone());
+        async move {
+            let got = https_get(router.https, &domain, "/", &root, &["h2", "http/1.1"]).await.ok()?;
+            let leaf = certificates::inspect(&got.leaf).ok()?;
+            (got.body == "app via https" && leaf.fingerprint == fingerprint).then_some(())
+        }
+    };
+    eventually("HTTPS with the ACME certificate", Duration::from_secs(10), || served(first.fingerprint.clone())).await;
+
+    // Two thirds into its lifetime, it is renewed, and the new one serves.
+    let second = eventually("the renewal", Duration::from_secs(20), || async {
+        let certs = certificates::load(&*store).await.ok()?;
+        certs.by_domain.get(&domain)?.current.clone().filter(|c| c.fingerprint != first.fingerprint)
+    })
+    .await;
+    assert!(second.not_before >= renew_at(&first) - chrono::Duration::seconds(2), "renewed at two thirds: {second:?} after {first:?}");
+    eventually("HTTPS with the renewed certificate", Duration::from_secs(10), || served(second.fingerprint.clone())).await;
+
+    // With the CA gone, the next renewal fails: recorded, counted, and the
+    // renewed certificate keeps serving.
+    pebble.stop().await;
+    let failure = eventually("a failed renewal recorded", Duration::from_secs(20), || async {
+        let certs = certificates::load(&*store).await.ok()?;
+        certs.by_domain.get(&domain)?.failure.clone()
+    })
+    .await;
+    assert!(!failure.reason.is_empty());
+    let certs = certificates::load(&*store).await.unwrap();
+    assert_eq!(certs.by_domain[&domain].current.as_ref().unwrap().fingerprint, second.fingerprint);
+    assert_eq!(certs.failing(), 1);
+    served(second.fingerprint.clone()).await.expect("the old certificate keeps serving");
+    let metrics = slipway_telemetry::metrics::global().render();
+    assert!(metrics.contains("slipway_certificates_failing 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("slipway_certificate_renewal_failures_total ") && !l.ends_with(" 0")), "{metrics}");
+
+    let _ = stop.send(());
+    let _ = acme.await;
+    edge.shutdown().await;
+}
