@@ -23,7 +23,8 @@ use common::http;
 async fn a_secret_sentinel_appears_nowhere_but_the_value_table() {
     let h = Harness::start(Backends::PostgresRabbit).await;
     let sentinel = format!("sentinel-{}", Uuid::now_v7().simple());
-    let toml = "[web]\nport = 80\n\n[release]\ncommands = [\"test -n \\\"$API_KEY\\\"\", \"echo release ran\"]\n";
+    // The release command prints the secret: its stored log must not keep it.
+    let toml = "[web]\nport = 80\n\n[release]\ncommands = [\"test -n \\\"$API_KEY\\\"\", \"echo release ran with $API_KEY\"]\n";
     let repo = AppRepo::new();
     repo.commit(&busybox_app("v1", toml, ""), "v1");
     h.create_project(&repo.path()).await;

@@ -20,6 +20,7 @@ pub mod pinning;
 pub mod pipeline;
 pub mod processes;
 pub mod release;
+pub mod scrub;
 pub mod stand_in;
 pub mod watch;
 
@@ -34,20 +35,13 @@ use slipway_proto::Event;
 /// deployment. Values live here and in the store's value table, never in events.
 pub type Settings = BTreeMap<String, String>;
 
-/// Setting values shorter than this are left in evidence: "1" or "on"
-/// would turn every log line into asterisks, and is no secret anyway.
-pub const SCRUB_MIN_LEN: usize = 4;
+pub use scrub::{Scrubber, SCRUB_MIN_LEN};
 
-/// `lines` with every occurrence of a setting's value replaced by `***`.
-/// A worker holds values only, not which of them are secret (the command
-/// carries key -> fingerprint), so every value of `SCRUB_MIN_LEN` characters
-/// or more is treated as one, and so is the password inside a URL value
-/// (an app that cannot log in tends to print just that, whatever its length).
-/// Longer values go first, so a value that contains another is hidden whole.
-/// Each value is also hidden as it appears URL-encoded and base64-encoded.
+/// `lines` with every occurrence of a setting's value replaced by `***`
+/// (see `scrub`).
 pub fn scrub(lines: Vec<String>, settings: &Settings) -> Vec<String> {
-    let values = scrubbed_values(settings);
-    lines.into_iter().map(|line| scrub_with(line, &values)).collect()
+    let scrubber = Scrubber::new(settings);
+    lines.into_iter().map(|line| scrubber.scrub_owned(line)).collect()
 }
 
 /// A step's outcome with every setting value (and source credential)
@@ -57,40 +51,13 @@ pub fn scrub(lines: Vec<String>, settings: &Settings) -> Vec<String> {
 pub fn scrub_outcome(event: slipway_proto::Event, settings: &Settings) -> slipway_proto::Event {
     match event {
         slipway_proto::Event::StepFailed(mut failed) if !settings.is_empty() => {
-            let values = scrubbed_values(settings);
-            failed.reason = scrub_with(failed.reason, &values);
-            failed.details = failed.details.into_iter().map(|line| scrub_with(line, &values)).collect();
+            let scrubber = Scrubber::new(settings);
+            failed.reason = scrubber.scrub_owned(failed.reason);
+            failed.details = failed.details.into_iter().map(|line| scrubber.scrub_owned(line)).collect();
             slipway_proto::Event::StepFailed(failed)
         }
         other => other,
     }
-}
-
-/// Every form of every value to hide, longest first.
-fn scrubbed_values(settings: &Settings) -> Vec<String> {
-    use base64::Engine as _;
-    let long: Vec<String> = settings.values().filter(|v| v.len() >= SCRUB_MIN_LEN).cloned().collect();
-    let passwords = settings.values().flat_map(|v| check_services::secrets_in(v));
-    let encoded = long.iter().flat_map(|v| [percent_encode(v), base64::engine::general_purpose::STANDARD.encode(v)]);
-    let mut values: Vec<String> = long.iter().cloned().chain(passwords).chain(encoded).collect();
-    values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    values.dedup();
-    values
-}
-
-fn scrub_with(line: String, values: &[String]) -> String {
-    values.iter().fold(line, |line, value| line.replace(value.as_str(), "***"))
-}
-
-/// `value` as a URL carries it: every byte but the unreserved ones as `%XX`.
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// What steps need besides their command: where to keep checkouts and logs.

@@ -113,7 +113,8 @@ async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result
     let started = Instant::now();
     let exit = run_to_exit(docker, &one.spec, timeout).await?;
     let text = docker::logs(docker, &one.spec.name, None).await?;
-    tokio::fs::write(&one.log, log_cap::cap(&text))
+    // The stored log is scrubbed like everything else the worker records.
+    tokio::fs::write(&one.log, log_cap::cap(&super::Scrubber::new(one.spec.env).scrub(&text)))
         .await
         .map_err(|e| Failure::new(format!("cannot write the release log {}: {e}", one.log.display())))?;
     let what = format!("release command `{}` (release.commands[{}])", one.command, one.index);
