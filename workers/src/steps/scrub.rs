@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 use super::{check_services, Settings};
 
@@ -34,7 +34,9 @@ impl Scrubber {
     pub fn new(settings: &Settings) -> Scrubber {
         let values = forms(settings);
         let matcher = (!values.is_empty())
-            .then(|| AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&values).ok())
+            .then(|| {
+                AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).kind(Some(AhoCorasickKind::DFA)).build(&values).ok()
+            })
             .flatten();
         Scrubber { matcher }
     }
