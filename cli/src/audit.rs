@@ -65,7 +65,8 @@ pub enum AuditCmd {
         public_key: Option<PathBuf>,
     },
     /// Sign a checkpoint (the Merkle root of every event so far) into DIR,
-    /// outside the database; run it periodically (cron, systemd timer).
+    /// outside the database; with --every, keep signing on that schedule
+    /// (run it on a host that is not the database's, where the key stays).
     Checkpoint {
         /// The signing key (from `audit keygen`).
         #[arg(long)]
@@ -73,6 +74,11 @@ pub enum AuditCmd {
         /// The directory of checkpoints (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Keep running: sign a checkpoint every SECONDS (one with no new
+        /// events writes nothing); a failed round is reported and retried
+        /// at the next.
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        every: Option<u64>,
     },
     /// Create an Ed25519 checkpoint key: KEYFILE (mode 0600) and KEYFILE.pub.
     Keygen {
@@ -204,7 +210,22 @@ pub async fn audit(cmd: AuditCmd, database: &str, schema: Option<&str>, json: bo
             };
             verify_database(&Db::open(database, schema).await?, checkpoints, Findings::new(json)).await
         }
-        AuditCmd::Checkpoint { key, out } => checkpoint(&Db::open(database, schema).await?, &key, &out).await,
+        AuditCmd::Checkpoint { key, out, every: None } => checkpoint(&Db::open(database, schema).await?, &key, &out).await,
+        AuditCmd::Checkpoint { key, out, every: Some(seconds) } => {
+            let db = Db::open(database, schema).await?;
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(seconds));
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+                match checkpoint(&db, &key, &out).await {
+                    Ok(code) if code == ExitCode::SUCCESS => {}
+                    Ok(_) => eprintln!("slipway: this round signed nothing; trying again in {seconds}s"),
+                    Err(e) => eprintln!("slipway: checkpoint failed: {e:#}; trying again in {seconds}s"),
+                }
+            }
+        }
         AuditCmd::Keygen { out } => keygen(&out),
     }
 }

@@ -267,3 +267,39 @@ async fn a_rewritten_tail_is_caught_by_a_checkpoint_and_not_by_the_chains() {
     let out = fails(dir.slipway(&other));
     assert!(out.contains("not by the expected key"), "{out}");
 }
+
+#[tokio::test]
+async fn checkpoints_are_signed_on_a_schedule_without_anyone_running_a_command() {
+    let dir = Dir::new();
+    seed(&dir).await;
+    ok(dir.slipway(&["audit", "keygen", "--out", "audit.key"]));
+    let mut every = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["--database", &dir.database(), "audit", "checkpoint", "--key", "audit.key", "--out", "checkpoints", "--every", "1"])
+        .current_dir(dir.tmp.path())
+        .env_remove("SLIPWAY_DATABASE")
+        .env_remove("SLIPWAY_PG_SCHEMA")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = || std::fs::read_dir(dir.path("checkpoints")).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count()).unwrap_or(0);
+    let wait_for = |n: usize| async move {
+        for _ in 0..100 {
+            if count() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no checkpoint {n} within 10 s");
+    };
+    wait_for(1).await;
+    // A new event: the next round signs a second checkpoint; rounds with nothing new write none.
+    let store = dir.store().await;
+    store.append("deployment-1", ExpectedVersion::Any, &[settings("deployment-1", 9)], &[]).await.unwrap().unwrap();
+    wait_for(2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(count(), 2);
+    let _ = every.kill();
+    let _ = every.wait();
+    let out = ok(dir.slipway(&["audit", "verify", "--checkpoints", "checkpoints", "--public-key", "audit.key.pub"]));
+    assert!(out.contains("2 checkpoint(s) hold"), "{out}");
+}
