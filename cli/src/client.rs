@@ -128,6 +128,7 @@ pub fn exit_for(status: u16, code: Option<&str>) -> Exit {
         Some("not_found") => Exit::NotFound,
         Some("conflict") => Exit::Conflict,
         Some("unauthorized" | "forbidden") => Exit::Unauthorized,
+        Some("too_many_requests") => Exit::Unavailable,
         Some("unavailable") => Exit::Unavailable,
         _ => match status {
             400 | 405 | 413 | 415 | 422 => Exit::Usage,

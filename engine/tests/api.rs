@@ -843,6 +843,36 @@ async fn serve_answers_on_a_real_socket_and_stops_on_shutdown() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after shutdown");
 }
 
+/// One request on a fresh connection to `addr`: the status line's code.
+async fn status_of(addr: std::net::SocketAddr, path: &str, token: &str) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write request");
+    let mut response = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response));
+    read.await.expect("a response within 10 s").expect("read response");
+    response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_address_that_keeps_presenting_refused_tokens_is_held_off_with_429() {
+    let api = Api::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let server = tokio::spawn(api::serve(listener, api.app.clone(), std::future::pending()));
+    assert_eq!(status_of(addr, "/api/projects", &api.admin).await, 200);
+    // Guessing: well-formed unknown tokens and malformed ones, 20 refusals in all,
+    let unknown = format!("slw_{}", "0".repeat(64));
+    for n in 0..20 {
+        let token = if n % 2 == 0 { unknown.as_str() } else { "not-a-token" };
+        assert_eq!(status_of(addr, "/api/projects", token).await, 401, "attempt {n}");
+    }
+    // then the address is held off, whatever it presents, without a look at the token.
+    assert_eq!(status_of(addr, "/api/projects", &unknown).await, 429);
+    assert_eq!(status_of(addr, "/api/projects", &api.admin).await, 429);
+    server.abort();
+}
+
 #[tokio::test]
 async fn cancel_records_the_request_and_is_a_409_once_finished() {
     let api = Api::new().await;

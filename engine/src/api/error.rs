@@ -39,6 +39,9 @@ pub enum ApiError {
     /// The body exceeds the size limit: 413.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client presented too many refused tokens lately: 429.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The event store failed: 500.
     #[error("the event store failed: {0}; check that the database is reachable, then retry")]
     Store(#[from] StoreError),
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,6 +86,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
     }
@@ -96,7 +101,7 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// bad_request, unauthorized, forbidden, not_found, method_not_allowed,
-    /// conflict, payload_too_large, unsupported_media_type or internal.
+    /// conflict, payload_too_large, too_many_requests, unsupported_media_type or internal.
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,

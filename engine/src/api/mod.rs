@@ -15,6 +15,7 @@
 //! through this API.
 
 mod admin;
+mod attempts;
 mod audit;
 pub mod auth;
 mod deployments;
@@ -161,9 +162,10 @@ pub fn app(store: Arc<dyn EventStore>) -> Router {
 /// check for its scope.
 pub fn app_with(store: Arc<dyn EventStore>, config: ApiConfig) -> Router {
     let mut router = Router::new();
+    let gate = auth::Gate::new(store.clone());
     for (route, handler) in table() {
         // Routes of one path merge into one method router.
-        router = router.route(route.path, auth::guard(handler, &store, route.access));
+        router = router.route(route.path, auth::guard(handler, &gate, route.access));
     }
     router
         .fallback(no_route)
@@ -180,6 +182,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (closing, app) = live::closing(app);
+    // The client's address reaches the guard (refused tokens are counted per address).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.await; closing.close() }).await
 }
 
