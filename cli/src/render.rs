@@ -114,6 +114,17 @@ pub fn describe(event: &Event) -> String {
             if r.route_removed { ", route removed" } else { "" }
         ),
         Event::RouteRemoved(r) => format!("route of {} {} removed", r.project, r.environment),
+        Event::ReleaseRerouted(r) => format!(
+            "route of the serving release moved to {} at route version {}; waiting for {} until {}",
+            r.upstreams.join(", "),
+            r.route_version,
+            if r.routers.is_empty() { "no router".to_string() } else { r.routers.join(", ") },
+            r.deadline.format("%H:%M:%S UTC")
+        ),
+        Event::RerouteSettled(r) if r.missing.is_empty() => {
+            format!("route version {} acknowledged by {}", r.route_version, if r.acknowledged.is_empty() { "no router (none registered)".to_string() } else { r.acknowledged.join(", ") })
+        }
+        Event::RerouteSettled(r) => format!("route version {}: {} did not acknowledge by the deadline", r.route_version, r.missing.join(", ")),
         Event::SecretsKeyRotated(r) => format!("{} setting value(s) sealed again with key {} (were: {})", r.values, r.to, r.from.join(", ")),
         Event::DomainAdded(d) => format!("{} {} is served under {} too", d.project, d.environment, d.domain),
         Event::DomainRemoved(d) => format!("{} {} is served under {} no more", d.project, d.environment, d.domain),

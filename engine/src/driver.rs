@@ -131,6 +131,9 @@ impl Driver {
         // again, which re-arms its timer.
         let mut timers: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
         let mut streams: BTreeSet<String> = self.in_flight().await?;
+        // Environments whose serving release was rerouted and that wait for
+        // the routers' acknowledgements, with their deadlines.
+        let mut reroutes: BTreeMap<String, DateTime<Utc>> = self.rerouting().await?;
         // When the next router's lease passes (see `expire_routers`).
         let (_, mut lease_ends) = self.expire_routers().await?;
         let (mut saved, mut saved_at) = (sub.cursor(), tokio::time::Instant::now());
@@ -160,7 +163,7 @@ impl Driver {
                 sub.checkpoint().await?;
                 (saved, saved_at) = (sub.cursor(), tokio::time::Instant::now());
             }
-            let next_timer = timers.values().min().copied().into_iter().chain(lease_ends).min();
+            let next_timer = timers.values().chain(reroutes.values()).min().copied().into_iter().chain(lease_ends).min();
             let sleep = async {
                 match next_timer {
                     Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
@@ -178,6 +181,9 @@ impl Driver {
                 _ = sleep => {
                     let now = Utc::now();
                     streams.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(s, _)| s.clone()));
+                    if reroutes.values().any(|at| *at <= now) {
+                        self.settle_reroutes(&mut reroutes).await?;
+                    }
                     if lease_ends.is_some_and(|at| at <= now) {
                         let expired;
                         (expired, lease_ends) = self.expire_routers().await?;
@@ -215,7 +221,10 @@ impl Driver {
                 } else if e.stream.starts_with("environment-") {
                     if e.envelope.message_type == "ReleaseUpstreamsObserved" {
                         match self.follow_release(&e.stream, &e.envelope).await {
-                            Ok(()) => {}
+                            Ok(Some(deadline)) => {
+                                reroutes.insert(e.stream.clone(), deadline);
+                            }
+                            Ok(None) => {}
                             Err(DriverError::Store(err)) => return Err(err),
                             Err(err) => tracing::error!(stream = %e.stream, error = %err, "cannot move the route to the release"),
                         }
@@ -232,39 +241,121 @@ impl Driver {
                     streams.extend(timers.keys().cloned());
                 }
             }
+            if !reroutes.is_empty() && batch.iter().any(|e| e.stream.starts_with("router") || e.stream == ROUTES_STREAM) {
+                self.settle_reroutes(&mut reroutes).await?;
+            }
         }
+    }
+
+    /// Records the end of each pending reroute that is complete (every
+    /// router acknowledged) or past its deadline (`reconcile::reroute_settled`),
+    /// at the environment's version it was decided on; keeps the others.
+    async fn settle_reroutes(&self, reroutes: &mut BTreeMap<String, DateTime<Utc>>) -> Result<(), StoreError> {
+        let traffic = match self.read_traffic().await {
+            Ok(seen) => seen.traffic,
+            Err(DriverError::Store(e)) => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the routers' acknowledgements");
+                return Ok(());
+            }
+        };
+        let now = Utc::now();
+        for stream in reroutes.keys().cloned().collect::<Vec<_>>() {
+            let env = match load::environment_of_stream(&*self.store, &stream).await {
+                Ok(env) => env,
+                Err(DriverError::Store(e)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(%stream, error = %e, "cannot read environment");
+                    reroutes.remove(&stream);
+                    continue;
+                }
+            };
+            if env.rerouting.is_none() {
+                reroutes.remove(&stream);
+                continue;
+            }
+            let Some(settled) = crate::reconcile::reroute_settled(&env, &traffic, now) else { continue };
+            let id = Uuid::now_v7();
+            let meta = Metadata { correlation_id: id, causation_id: None, actor: "engine".into(), trace: None };
+            let Ok(envelope) = Envelope::new(id, now, &stream, &Event::RerouteSettled(settled), meta) else { continue };
+            match self.store.append(&stream, ExpectedVersion::Exactly(env.version), &[envelope], &[]).await? {
+                Ok(_) => {
+                    reroutes.remove(&stream);
+                }
+                // The environment moved on: looked at again with the next event or timer.
+                Err(conflict) => tracing::debug!(%conflict, %stream, "the environment moved while settling its reroute"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Environments with a reroute waiting for acknowledgements, at start.
+    async fn rerouting(&self) -> Result<BTreeMap<String, DateTime<Utc>>, StoreError> {
+        let mut pending = BTreeMap::new();
+        for (project, env) in load::environment_names(&*self.store).await? {
+            match load::environment(&*self.store, &project, &env).await {
+                Ok(e) => {
+                    if let Some(r) = e.rerouting {
+                        pending.insert(environment_stream(&project, &env), r.deadline);
+                    }
+                }
+                Err(DriverError::Store(e)) => return Err(e),
+                Err(e) => tracing::error!(%project, %env, error = %e, "cannot read environment"),
+            }
+        }
+        Ok(pending)
     }
 
     /// The host agent saw the serving release answer elsewhere than its
     /// route says (its container came back on a new port): the route
     /// follows it (`reconcile::route_correction`), holding the routes turn.
     /// Level-triggered, so a repeated or late observation changes nothing.
-    async fn follow_release(&self, estream: &str, cause: &Envelope) -> Result<(), DriverError> {
+    /// Recorded with it on the environment's stream: `ReleaseRerouted`, the
+    /// route version every registered router must acknowledge and until
+    /// when (the switch timeout); returns that deadline when it moved the route.
+    async fn follow_release(&self, estream: &str, cause: &Envelope) -> Result<Option<DateTime<Utc>>, DriverError> {
         for _ in 0..3 {
             let _turn = self.routes_turn.lock().await;
             let env = self.environment(estream).await?;
             let routes = load::routes(&*self.store).await?;
             let found = routes.by_environment.iter().find(|((p, e), _)| environment_stream(p, e) == estream);
-            let Some(((project, environment), route)) = found else { return Ok(()) };
+            let Some(((project, environment), route)) = found else { return Ok(None) };
             let Some(changed) = crate::reconcile::route_correction(project, environment, &env, Some(route)) else {
-                return Ok(());
+                return Ok(None);
             };
+            let now = Utc::now();
+            let deadline = now + chrono::Duration::from_std(self.options.switch_timeout).unwrap_or(chrono::Duration::seconds(15));
+            let routers: Vec<String> = self.read_traffic().await?.traffic.routers.into_iter().collect();
+            let rerouted = Event::ReleaseRerouted(slipway_proto::event::ReleaseRerouted {
+                deployment_id: changed.deployment_id.unwrap_or_default(),
+                upstreams: changed.upstreams.clone(),
+                route_version: routes.version + 1,
+                routers,
+                deadline,
+            });
             let mut meta = Metadata::caused_by(cause);
             meta.actor = "engine".into();
-            let Ok(envelope) = Envelope::new(Uuid::now_v7(), Utc::now(), ROUTES_STREAM, &Event::RouteChanged(changed), meta)
-            else {
-                return Ok(());
+            let (Ok(route_event), Ok(env_event)) = (
+                Envelope::new(Uuid::now_v7(), now, ROUTES_STREAM, &Event::RouteChanged(changed), meta.clone()),
+                Envelope::new(Uuid::now_v7(), now, estream, &rerouted, meta),
+            ) else {
+                return Ok(None);
             };
-            match self.store.append(ROUTES_STREAM, ExpectedVersion::Exactly(routes.version), std::slice::from_ref(&envelope), &[]).await? {
+            let (r, e) = ([route_event], [env_event]);
+            let appends = [
+                StreamAppend { stream: ROUTES_STREAM, expected: ExpectedVersion::Exactly(routes.version), events: &r },
+                StreamAppend { stream: estream, expected: ExpectedVersion::Any, events: &e },
+            ];
+            match self.store.append_streams(&appends, &[]).await? {
                 Ok(_) => {
                     tracing::info!(%project, %environment, "route moved to where the serving release answers now");
-                    self.seen().observe(ROUTES_STREAM, routes.version + 1, &envelope);
-                    return Ok(());
+                    self.seen().observe(ROUTES_STREAM, routes.version + 1, &r[0]);
+                    return Ok(Some(deadline));
                 }
                 Err(conflict) => tracing::debug!(%conflict, "the routes moved while rerouting; reading them again"),
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Deployments that may wait for a deadline: the head of every

@@ -26,6 +26,9 @@ pub struct Environment {
     /// What the serving release's containers do, by container, as the host
     /// agent last recorded it (empty until it records anything).
     pub live: BTreeMap<String, ContainerLive>,
+    /// A reroute of the serving release waiting for the routers'
+    /// acknowledgements (`ReleaseRerouted` until `RerouteSettled`).
+    pub rerouting: Option<slipway_proto::event::ReleaseRerouted>,
     pub version: u64,
 }
 
@@ -137,6 +140,10 @@ impl Environment {
                 live.last_exit = c.last_exit.or(live.last_exit);
                 live.exits += c.exits;
                 live.oom_kills += u32::from(c.oom);
+            }
+            Event::ReleaseRerouted(r) => self.rerouting = Some(r.clone()),
+            Event::RerouteSettled(r) if self.rerouting.as_ref().is_some_and(|p| p.route_version <= r.route_version) => {
+                self.rerouting = None;
             }
             Event::ReleaseUpstreamsObserved(o) => {
                 if let Some(active) = self.active.as_mut().filter(|a| a.deployment == o.deployment_id) {

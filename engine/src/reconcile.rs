@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use slipway_proto::event::{RouteChanged, RouteReason};
+use slipway_proto::event::{RerouteSettled, RouteChanged, RouteReason};
 pub use slipway_proto::host::{ContainerState, HostContainer as Observed};
 use uuid::Uuid;
 
@@ -178,6 +178,19 @@ pub fn route_correction(project: &str, environment: &str, env: &Environment, rou
         reason: RouteReason::Reconcile,
         standby: vec![],
     })
+}
+
+/// A pending reroute's end, at `now`: every router it waits for that is
+/// still registered acknowledged its route version, or its deadline passed
+/// (naming who did not). `None` while it still waits, or when none is pending.
+pub fn reroute_settled(env: &Environment, traffic: &crate::routes::Traffic, now: DateTime<Utc>) -> Option<RerouteSettled> {
+    let pending = env.rerouting.as_ref()?;
+    let missing = traffic.waiting_for(&pending.routers, pending.route_version);
+    if !missing.is_empty() && now < pending.deadline {
+        return None;
+    }
+    let acknowledged = pending.routers.iter().filter(|r| !missing.contains(r)).cloned().collect();
+    Some(RerouteSettled { route_version: pending.route_version, acknowledged, missing })
 }
 
 /// How often a host agent starts the same container again. A serving

@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use slipway_engine::environment::fold;
-use slipway_engine::reconcile::{reconcile, route_correction, ContainerState, Correction, Desired, Observed, StartBackoff};
+use slipway_engine::reconcile::{reconcile, reroute_settled, route_correction, ContainerState, Correction, Desired, Observed, StartBackoff};
+use slipway_engine::routes::Traffic;
 use slipway_engine::routes::Route;
 use slipway_proto::event::*;
 use slipway_proto::Event;
@@ -239,4 +240,35 @@ fn a_container_the_agent_keeps_starting_is_started_with_a_doubling_pause() {
     assert!(backoff.may_start("worker-1", t(6000), every, cap));
     backoff.clear();
     assert!(backoff.may_start("web", t(6401), every, cap));
+}
+
+#[test]
+fn a_reroute_settles_once_every_registered_router_acknowledged_or_at_its_deadline() {
+    // Given the engine moved SERVING's route at version 7, waiting for a and b until t(15),
+    let mut history = settled();
+    history.push(Event::ReleaseRerouted(ReleaseRerouted {
+        deployment_id: SERVING,
+        upstreams: vec!["127.0.0.1:4711".into()],
+        route_version: 7,
+        routers: vec!["a".into(), "b".into()],
+        deadline: t(15),
+    }));
+    let env = fold(&history);
+    let traffic = |acks: &[(&str, u64)], routers: &[&str]| Traffic {
+        routes_version: 7,
+        routers: routers.iter().map(|r| r.to_string()).collect(),
+        acknowledged: acks.iter().map(|(r, v)| (r.to_string(), *v)).collect(),
+    };
+    // then it waits while b has not acknowledged,
+    assert_eq!(reroute_settled(&env, &traffic(&[("a", 7), ("b", 6)], &["a", "b"]), t(5)), None);
+    // settles once it has (or once b is gone: stopped or expired),
+    let done = reroute_settled(&env, &traffic(&[("a", 7), ("b", 8)], &["a", "b"]), t(5)).unwrap();
+    assert_eq!((done.route_version, done.acknowledged.clone(), done.missing.clone()), (7, vec!["a".to_string(), "b".to_string()], vec![]));
+    assert_eq!(reroute_settled(&env, &traffic(&[("a", 7)], &["a"]), t(5)).unwrap().missing, Vec::<String>::new());
+    // and at the deadline names who did not acknowledge.
+    let late = reroute_settled(&env, &traffic(&[("a", 7), ("b", 6)], &["a", "b"]), t(15)).unwrap();
+    assert_eq!((late.acknowledged, late.missing), (vec!["a".to_string()], vec!["b".to_string()]));
+    // Once settled, nothing is pending.
+    history.push(Event::RerouteSettled(done));
+    assert_eq!(reroute_settled(&fold(&history), &traffic(&[], &["a", "b"]), t(99)), None);
 }

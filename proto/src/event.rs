@@ -762,6 +762,30 @@ pub struct ReleaseUpstreamsObserved {
     pub host: String,
 }
 
+/// The engine moved the serving release's route to where it answers now
+/// (after `ReleaseUpstreamsObserved`) at `route_version`, and waits for
+/// `routers` to acknowledge it until `deadline` (on the environment's
+/// stream): the same acknowledged switch as a cutover's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRerouted {
+    pub deployment_id: Uuid,
+    pub upstreams: Vec<String>,
+    pub route_version: u64,
+    pub routers: Vec<String>,
+    pub deadline: chrono::DateTime<chrono::Utc>,
+}
+
+/// A reroute's end (on the environment's stream): every router that was
+/// still registered acknowledged its route version, or the deadline passed
+/// with `missing` not having done so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RerouteSettled {
+    pub route_version: u64,
+    pub acknowledged: Vec<String>,
+    #[serde(default)]
+    pub missing: Vec<String>,
+}
+
 /// What a serving container is doing, as the host agent last recorded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1223,6 +1247,8 @@ crate::message_family! {
         DomainRemoved(DomainRemoved) = 1,
         RouterExpired(RouterExpired) = 1,
         SecretsKeyRotated(SecretsKeyRotated) = 1,
+        ReleaseRerouted(ReleaseRerouted) = 1,
+        RerouteSettled(RerouteSettled) = 1,
         CertificateStored(CertificateStored) = 1,
         CertificateRenewalFailed(CertificateRenewalFailed) = 1,
         AcmeChallengeReady(AcmeChallengeReady) = 1,

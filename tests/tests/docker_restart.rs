@@ -223,6 +223,17 @@ async fn after_a_docker_daemon_restart_both_environments_answer_again_through_th
                 if r.environment == env && r.reason == RouteReason::Reconcile && r.upstreams == [upstream.clone()])),
             "{env}: the route moved to {upstream}: {routes:?}"
         );
+        // through an acknowledged switch: every router acknowledged the move.
+        let stream = environment_stream(&h.project, env);
+        let settled = eventually("the reroute to be acknowledged", Duration::from_secs(30), || async {
+            let events = h.store.read_stream(&stream, 1).await.unwrap();
+            events.iter().rev().find_map(|r| match r.envelope.decode::<Event>() {
+                Ok(Event::RerouteSettled(s)) => Some(s),
+                _ => None,
+            })
+        })
+        .await;
+        assert!(settled.missing.is_empty() && !settled.acknowledged.is_empty(), "{env}: {settled:?}");
     }
     eprintln!("daemon back after {daemon_back:?}; both environments answer through the router {answering:?} after the restart began (ports {before:?} -> {after:?})");
     h.shutdown().await;

@@ -102,6 +102,15 @@ async fn a_stopped_serving_container_is_started_again_and_the_route_follows_its_
         assert_eq!(last.reason, RouteReason::Reconcile);
         let env = slipway_engine::load::environment(&*h.store, &h.project, "test").await.unwrap();
         assert_eq!(env.active.unwrap().upstreams, vec![format!("127.0.0.1:{port}")], "a later revert goes to the new port");
+        // The move is an acknowledged switch: the router acknowledged it.
+        let settled = eventually("the reroute to be acknowledged", Duration::from_secs(30), || async {
+            env_events(&h).await.into_iter().find_map(|e| match e {
+                Event::RerouteSettled(s) => Some(s),
+                _ => None,
+            })
+        })
+        .await;
+        assert_eq!((settled.acknowledged, settled.missing), (vec!["test-router".to_string()], vec![]));
     }
     eprintln!("back through the router {:?} after the stop (port {:?} -> {port})", started.elapsed(), d.context.web_port);
     h.shutdown().await;
