@@ -246,10 +246,12 @@ async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Res
     browser.wait_for("the new release to show as active", Duration::from_secs(10), &active).await?;
     save_screenshot(browser, "dashboard-environment.png").await;
 
-    // The deployment's page, then its timeline.
+    // The deployment's page, then its timeline. The release command prints
+    // the GREETING setting's value, which the stored log keeps scrubbed
+    // (a worker scrubs every value it resolved from what it records).
     browser.click(&format!("tr.deployment[data-deployment='{id}'] a")).await?;
     browser
-        .wait_for("the release log", Duration::from_secs(10), "return document.getElementById('log')?.textContent.includes('migrating for browser')")
+        .wait_for("the release log", Duration::from_secs(10), "return document.getElementById('log')?.textContent.includes('migrating for ***')")
         .await?;
     browser.click("#timeline-tab").await?;
     let events = browser
