@@ -17,7 +17,7 @@ mod timeouts;
 pub mod tls;
 
 pub use forwarded::Cidr;
-pub use proxy::{serve, serve_threads, serve_with, Fault, ProxyError, RouteHandle, ServeOptions};
+pub use proxy::{serve, serve_threads, serve_with, Fault, ProxyError, RouteHandle, ServeOptions, Swapped};
 pub use stats::{Counts, RouteStats, Stats};
 pub use table::{normalize_host, Fallback, Resolution, Route, RouteTable};
 pub use rustls::sign::CertifiedKey;

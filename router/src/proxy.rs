@@ -61,29 +61,38 @@ type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 /// idempotent request sent again to another upstream).
 type UpstreamRequestBody = Either<ClientBody, http_body_util::Empty<Bytes>>;
 
-/// A shared, atomically replaceable route table. Cloning is cheap; every
-/// clone sees the same table. Reading it takes no lock.
-#[derive(Clone, Debug)]
-pub struct RouteHandle {
-    table: Arc<ArcSwap<RouteTable>>,
+/// A shared, atomically replaceable table (the routes, the certificates).
+/// Cloning is cheap; every clone sees the same table. Reading it takes no lock.
+#[derive(Clone, Debug, Default)]
+pub struct Swapped<T> {
+    table: Arc<ArcSwap<T>>,
 }
 
-impl RouteHandle {
-    pub fn new(table: RouteTable) -> Self {
-        RouteHandle { table: Arc::new(ArcSwap::from_pointee(table)) }
+impl<T> Swapped<T> {
+    pub fn new(table: T) -> Self {
+        Swapped { table: Arc::new(ArcSwap::from_pointee(table)) }
     }
 
     /// Swaps in a new table. Requests already started finish on the table
     /// they started with; every request that starts afterwards sees this one.
-    pub fn replace(&self, table: RouteTable) {
+    pub fn replace(&self, table: T) {
         self.table.store(Arc::new(table));
     }
 
     /// The table in force now.
-    pub fn current(&self) -> Arc<RouteTable> {
+    pub fn current(&self) -> Arc<T> {
         self.table.load_full()
     }
+
+    /// The table in force now, for a short look (no reference count taken:
+    /// cheaper on a hot path, not to be held across awaits).
+    pub fn peek(&self) -> arc_swap::Guard<Arc<T>> {
+        self.table.load()
+    }
 }
+
+/// The route table a router serves from.
+pub type RouteHandle = Swapped<RouteTable>;
 
 /// How long the proxy waits for things, and how much it takes from whom.
 /// The router's configuration file sets these (`[router]` in README).

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -96,25 +95,8 @@ impl TlsTable {
     }
 }
 
-/// A shared, atomically replaceable [`TlsTable`], read without a lock.
-#[derive(Clone, Debug, Default)]
-pub struct TlsHandle {
-    table: Arc<ArcSwap<TlsTable>>,
-}
-
-impl TlsHandle {
-    pub fn new(table: TlsTable) -> Self {
-        TlsHandle { table: Arc::new(ArcSwap::from_pointee(table)) }
-    }
-
-    pub fn replace(&self, table: TlsTable) {
-        self.table.store(Arc::new(table));
-    }
-
-    pub fn current(&self) -> Arc<TlsTable> {
-        self.table.load_full()
-    }
-}
+/// The certificates a router serves, replaced whole when they change.
+pub type TlsHandle = crate::proxy::Swapped<TlsTable>;
 
 /// What a router's listeners do about HTTPS: the certificates, where the
 /// HTTPS listener is for redirects, and the headers it adds.
@@ -168,7 +150,7 @@ struct BySni(TlsHandle);
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?;
-        let found = self.0.table.load().certificate(name).cloned();
+        let found = self.0.peek().certificate(name).cloned();
         if found.is_none() {
             tracing::debug!(sni = name, "router: no certificate for this name; refusing the handshake");
         }
