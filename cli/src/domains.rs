@@ -30,12 +30,11 @@ pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitC
     match cmd {
         DomainCmd::Add { project, env, name } => match domains::add(store, &verbs::actor(), &project, &env, &name).await? {
             Ok(domain) => println!("{project} {env} is served under {domain} (once its DNS points at the routers)"),
-            Err(Refused::Invalid(rejection)) => return Err(exit::rejected(rejection)),
-            Err(Refused::Taken(rejection)) => return Err(exit::coded(Exit::Conflict, rejection.0)),
+            Err(refused) => return Err(refusal(refused)),
         },
         DomainCmd::Remove { project, env, name } => match domains::remove(store, &verbs::actor(), &project, &env, &name).await? {
             Ok(domain) => println!("{project} {env} is served under {domain} no more"),
-            Err(rejection) => return Err(exit::rejected(rejection)),
+            Err(refused) => return Err(refusal(refused)),
         },
         DomainCmd::List { project, env } => {
             let routes = load::routes(store).await?;
@@ -52,6 +51,15 @@ pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A refused domain request, with its exit status.
+fn refusal(refused: Refused) -> anyhow::Error {
+    match refused {
+        Refused::Invalid(rejection) => exit::rejected(rejection),
+        Refused::Taken(rejection) => exit::coded(Exit::Conflict, rejection.0),
+        Refused::NotHeld(rejection) => exit::not_found(rejection.0),
+    }
 }
 
 /// The same verbs through a server's API (`--server`).

@@ -94,8 +94,7 @@ pub fn rejection_exit(message: &str) -> Exit {
         || message.starts_with("no deployment ")
         || message.contains(" has no environment ")
         || message.contains(" never served ")
-        || message.contains(" has no auto-deploy rule ")
-        || message.contains(" has no domain ");
+        || message.contains(" has no auto-deploy rule ");
     let conflict = message.contains(" already exists")
         || message.contains(" already serves ")
         || message.contains(" is still running")

@@ -17,7 +17,7 @@ use slipway_proto::Event;
 use slipway_store::{EventStore, ExpectedVersion};
 
 use crate::load;
-use crate::requests::{self, Outcome, Rejection};
+use crate::requests::{self, Rejection};
 
 /// The longest domain name DNS carries.
 const MAX_LEN: usize = 253;
@@ -78,11 +78,13 @@ pub fn of_environment(domains: &Domains, project: &str, environment: &str) -> Ve
 }
 
 /// Why a domain request was refused: the caller's to fix (a bad name, an
-/// unknown environment), or the name is another environment's (an HTTP 409).
+/// unknown environment), the name is another environment's (an HTTP 409),
+/// or the environment does not have the domain it removes (a 404).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
     Invalid(Rejection),
     Taken(Rejection),
+    NotHeld(Rejection),
 }
 
 pub type DomainOutcome = Result<Result<String, Refused>, slipway_store::StoreError>;
@@ -119,22 +121,24 @@ pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment
 
 /// Stops routing `domain` to `project`'s `environment`; refused when the
 /// environment does not have it.
-pub async fn remove(store: &dyn EventStore, actor: &str, project: &str, environment: &str, domain: &str) -> Outcome<String> {
+pub async fn remove(store: &dyn EventStore, actor: &str, project: &str, environment: &str, domain: &str) -> DomainOutcome {
+    let invalid = |message: String| Ok(Err(Refused::Invalid(Rejection(message))));
     let domain = match parse(domain) {
         Ok(d) => d,
-        Err(e) => return Ok(Err(Rejection(e))),
+        Err(e) => return invalid(e),
     };
     let event = Event::DomainRemoved(DomainRemoved { project: project.into(), environment: environment.into(), domain: domain.clone() });
     for _ in 0..5 {
         let routes = load::routes(store).await.map_err(load_error)?;
         if routes.domains.get(&domain) != Some(&(project.to_string(), environment.to_string())) {
-            return Ok(Err(Rejection(format!("{project} {environment} has no domain `{domain}`; see slipway domain list {project}"))));
+            let message = format!("{project} {environment} has no domain `{domain}`; see slipway domain list {project}");
+            return Ok(Err(Refused::NotHeld(Rejection(message))));
         }
         if append_at(store, actor, routes.version, &event).await? {
             return Ok(Ok(domain));
         }
     }
-    Ok(Err(Rejection("the routes kept changing while the domain was removed; try again".into())))
+    invalid("the routes kept changing while the domain was removed; try again".into())
 }
 
 /// Appends at `version` of the routes stream; `false` when it moved on.

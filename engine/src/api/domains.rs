@@ -13,6 +13,16 @@ use super::{load_error, require_environment, ApiResult, Caller, Store};
 use crate::domains::{self, Refused};
 use crate::load;
 
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Invalid(rejection) => rejection.into(),
+            Refused::Taken(rejection) => ApiError::Conflict(rejection.0),
+            Refused::NotHeld(rejection) => ApiError::NotFound(rejection.0),
+        }
+    }
+}
+
 /// An environment's custom domains.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EnvironmentDomains {
@@ -54,8 +64,7 @@ pub async fn add(
     require_environment(&*store, &name, &env).await?;
     match domains::add(&*store, &caller.actor(), &name, &env, &domain).await? {
         Ok(_) => listed(&*store, name, env).await,
-        Err(Refused::Invalid(rejection)) => Err(rejection.into()),
-        Err(Refused::Taken(rejection)) => Err(ApiError::Conflict(rejection.0)),
+        Err(refused) => Err(refused.into()),
     }
 }
 
@@ -70,11 +79,8 @@ pub async fn remove(
     Params((name, env, domain)): Params<(String, String, String)>,
 ) -> ApiResult<Json<EnvironmentDomains>> {
     require_environment(&*store, &name, &env).await?;
-    let routes = load::routes(&*store).await.map_err(load_error)?;
-    let normalized = domains::parse(&domain).map_err(ApiError::BadRequest)?;
-    if !domains::of_environment(&routes.domains, &name, &env).contains(&normalized) {
-        return Err(ApiError::NotFound(format!("{name} {env} has no domain `{normalized}`")));
+    match domains::remove(&*store, &caller.actor(), &name, &env, &domain).await? {
+        Ok(_) => listed(&*store, name, env).await,
+        Err(refused) => Err(refused.into()),
     }
-    domains::remove(&*store, &caller.actor(), &name, &env, &domain).await??;
-    listed(&*store, name, env).await
 }
