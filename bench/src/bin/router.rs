@@ -30,7 +30,7 @@
 //! request is the steadier figure across runs.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -439,7 +439,6 @@ impl Router {
 struct Nginx {
     addr: SocketAddr,
     child: Child,
-    dir: PathBuf,
 }
 
 impl Nginx {
@@ -499,19 +498,24 @@ http {{
             .stderr(Stdio::piped())
             .spawn()
             .context("starting nginx (apt-get install -y nginx)")?;
-        let mut nginx = Nginx { addr, child, dir: dir.to_path_buf() };
+        Nginx::listening("nginx", Nginx { addr, child }, &dir.join("error.log"))
+    }
+
+    /// `proxy` once it listens; an error (with the end of `log`) if it
+    /// exits first or does not listen within 10 s.
+    fn listening(name: &str, mut proxy: Nginx, log: &Path) -> anyhow::Result<Nginx> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Some(status) = nginx.child.try_wait()? {
-                let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
-                bail!("nginx exited ({status}): {log}");
+        while std::net::TcpStream::connect(proxy.addr).is_err() {
+            if let Some(status) = proxy.child.try_wait()? {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("{name} exited ({status}): {log}");
             }
             if Instant::now() > deadline {
-                bail!("nginx did not listen on {addr} within 10 s");
+                bail!("{name} did not listen on {} within 10 s", proxy.addr);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(nginx)
+        Ok(proxy)
     }
 }
 
@@ -620,21 +624,12 @@ backend upstream
             .arg("-f")
             .arg(&conf_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("haproxy.log"))?)
             .spawn()
             .context("starting haproxy (apt-get install -y haproxy)")?;
-        let mut haproxy = Nginx { addr, child, dir: dir.to_path_buf() };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Some(status) = haproxy.child.try_wait()? {
-                bail!("haproxy exited ({status})");
-            }
-            if Instant::now() > deadline {
-                bail!("haproxy did not listen on {addr} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Haproxy(haproxy))
+        let log = dir.join("haproxy.log");
+        let proxy = Nginx { addr, child };
+        Ok(Haproxy(Nginx::listening("haproxy", proxy, &log)?))
     }
 }
 
