@@ -263,20 +263,19 @@ async fn handle(
     };
     let span = trace::process_span(&delivered, delivered_trace(&delivery, &envelope).as_ref());
     let ran = async {
-        let resolved = match resolve_settings(store, &command).await {
-            // A value this process cannot open (no key, or the wrong one)
-            // does not open on a retry either: the step fails, saying why.
-            Err(StoreError::Sealing { reason }) => Err(reason),
-            Ok(s) => Ok(s),
+        // A value this process cannot open (no key, or the wrong one) does
+        // not open on a retry either: the step fails, saying why.
+        let (settings, unopenable) = match resolve_settings(store, &command).await {
+            Ok(s) => (s, None),
+            Err(StoreError::Sealing { reason }) => (Settings::new(), Some(reason)),
             Err(e) => {
                 delivery.retry().await?;
                 return Err(e.into());
             }
         };
-        let settings = resolved.clone().unwrap_or_default();
         let started = std::time::Instant::now();
-        let ran = match (&resolved, &command) {
-            (Err(reason), Command::RunStep(run)) => Event::StepFailed(StepFailed {
+        let ran = match (unopenable, &command) {
+            (Some(reason), Command::RunStep(run)) => Event::StepFailed(StepFailed {
                 step: run.step,
                 reason: format!("{reason}; this worker runs on {host}"),
                 attempt: run.attempt,
