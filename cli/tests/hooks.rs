@@ -18,6 +18,8 @@ impl Dir {
             .arg("--database")
             .arg(format!("sqlite://{}", self.0.path().join("slipway.db").display()))
             .args(args)
+            .current_dir(self.0.path())
+            .env_remove("SLIPWAY_DATA_DIR")
             .env_remove("SLIPWAY_DATABASE")
             .env_remove("SLIPWAY_SERVER")
             .output()
