@@ -48,12 +48,8 @@ struct Case {
     writers: usize,
 }
 
-const CASES: [Case; 4] = [
-    Case { batch: 1, writers: 1 },
-    Case { batch: 1, writers: 4 },
-    Case { batch: 100, writers: 1 },
-    Case { batch: 100, writers: 4 },
-];
+const CASES: [Case; 4] =
+    [Case { batch: 1, writers: 1 }, Case { batch: 1, writers: 4 }, Case { batch: 100, writers: 1 }, Case { batch: 100, writers: 4 }];
 
 /// Where a bare writer inserts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,17 +180,15 @@ async fn bare_writer(
 }
 
 async fn insert_one(tx: &mut sqlx::PgConnection, event: &Envelope, version: u64) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO bare_events (stream, version, id, type, correlation_id, body) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&event.stream)
-    .bind(version as i64)
-    .bind(event.id)
-    .bind(&event.message_type)
-    .bind(event.correlation_id)
-    .bind(event.to_json())
-    .execute(tx)
-    .await?;
+    sqlx::query("INSERT INTO bare_events (stream, version, id, type, correlation_id, body) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&event.stream)
+        .bind(version as i64)
+        .bind(event.id)
+        .bind(&event.message_type)
+        .bind(event.correlation_id)
+        .bind(event.to_json())
+        .execute(tx)
+        .await?;
     Ok(())
 }
 

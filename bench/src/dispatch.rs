@@ -137,13 +137,7 @@ async fn through_relay(
 
 /// The baseline: the same bodies published straight to a queue of the same
 /// kind, awaiting each publisher confirm, consumed by the same consumer.
-async fn direct_publish(
-    queue: &RabbitQueue,
-    factory: &Factory,
-    amqp_url: &str,
-    name: &str,
-    phase: Duration,
-) -> anyhow::Result<Latency> {
+async fn direct_publish(queue: &RabbitQueue, factory: &Factory, amqp_url: &str, name: &str, phase: Duration) -> anyhow::Result<Latency> {
     queue.declare(name).await?;
     let deliveries = consume(queue, name).await?;
     let connection = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
@@ -153,8 +147,7 @@ async fn direct_publish(
         let (channel, factory, name) = (channel.clone(), factory.clone(), name.to_owned());
         async move {
             let command = factory.command("deployment-direct");
-            let properties =
-                BasicProperties::default().with_delivery_mode(2).with_message_id(command.id.to_string().into());
+            let properties = BasicProperties::default().with_delivery_mode(2).with_message_id(command.id.to_string().into());
             let sent_at = Instant::now();
             let confirm = channel
                 .basic_publish("".into(), name.into(), BasicPublishOptions::default(), command.to_json().as_bytes(), properties)

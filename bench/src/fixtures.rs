@@ -70,48 +70,63 @@ fn sample_events(deployment: Uuid) -> anyhow::Result<Vec<Event>> {
     let commit = "2f1c0e7a9b4d3c8e6f5a1b0c9d8e7f6a5b4c3d2e";
     let dispatched = |step: &str| ("StepDispatched", json!({"step": step, "command_id": Uuid::now_v7(), "attempt": 1}));
     let payloads = [
-        ("DeploymentRequested", json!({
-            "deployment_id": deployment, "project": "shop", "environment": "production",
-            "repository": "file:///srv/git/shop.git", "git_ref": "refs/heads/main", "mode": "cloud",
-            "no_cache": false, "run_release": true,
-            "settings": {"DATABASE_URL": "fp:3b1f0c9d", "SECRET_KEY_BASE": "fp:a94a8fe5"}
-        })),
+        (
+            "DeploymentRequested",
+            json!({
+                "deployment_id": deployment, "project": "shop", "environment": "production",
+                "repository": "file:///srv/git/shop.git", "git_ref": "refs/heads/main", "mode": "cloud",
+                "no_cache": false, "run_release": true,
+                "settings": {"DATABASE_URL": "fp:3b1f0c9d", "SECRET_KEY_BASE": "fp:a94a8fe5"}
+            }),
+        ),
         dispatched("check_services"),
-        ("ServicesChecked", json!({"services": [
-            {"name": "db", "kind": "postgres", "elapsed_ms": 12},
-            {"name": "cache", "kind": "redis", "elapsed_ms": 3}
-        ]})),
+        (
+            "ServicesChecked",
+            json!({"services": [
+                {"name": "db", "kind": "postgres", "elapsed_ms": 12},
+                {"name": "cache", "kind": "redis", "elapsed_ms": 3}
+            ]}),
+        ),
         dispatched("checkout"),
-        ("CheckedOut", json!({
-            "commit": commit, "workspace": format!("/var/lib/slipway/work/{deployment}"),
-            "config": {
-                "web": {"command": "bin/server", "port": 8080}, "release": ["bin/migrate"],
-                "processes": {"worker": {"command": "bin/worker", "replicas": 2}},
-                "health_check": {"path": "/health"}
-            }
-        })),
+        (
+            "CheckedOut",
+            json!({
+                "commit": commit, "workspace": format!("/var/lib/slipway/work/{deployment}"),
+                "config": {
+                    "web": {"command": "bin/server", "port": 8080}, "release": ["bin/migrate"],
+                    "processes": {"worker": {"command": "bin/worker", "replicas": 2}},
+                    "health_check": {"path": "/health"}
+                }
+            }),
+        ),
         dispatched("build"),
-        ("ImageBuilt", json!({
-            "image_id": image, "tag": format!("slipway/shop:{deployment}"), "cache_used": false,
-            "duration_ms": 48_210, "log_ref": format!("logs/{deployment}/build.log"),
-            "log_digest": "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        })),
+        (
+            "ImageBuilt",
+            json!({
+                "image_id": image, "tag": format!("slipway/shop:{deployment}"), "cache_used": false,
+                "duration_ms": 48_210, "log_ref": format!("logs/{deployment}/build.log"),
+                "log_digest": "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            }),
+        ),
         ("WebContainerStarted", json!({"container": format!("shop-web-{deployment}"), "host_port": 49_153})),
-        ("ReleaseCommandsRan", json!({"results": [{
+        (
+            "ReleaseCommandsRan",
+            json!({"results": [{
             "command": "bin/migrate", "exit_code": 0, "duration_ms": 1_830,
             "log_ref": format!("logs/{deployment}/release-0.log")
-        }], "skipped": false})),
-        ("ProcessesStarted", json!({"containers": [
-            {"process": "worker", "replica": 0, "container": format!("shop-worker-0-{deployment}")},
-            {"process": "worker", "replica": 1, "container": format!("shop-worker-1-{deployment}")}
-        ]})),
+        }], "skipped": false}),
+        ),
+        (
+            "ProcessesStarted",
+            json!({"containers": [
+                {"process": "worker", "replica": 0, "container": format!("shop-worker-0-{deployment}")},
+                {"process": "worker", "replica": 1, "container": format!("shop-worker-1-{deployment}")}
+            ]}),
+        ),
         ("HealthCheckPassed", json!({"path": "/health", "status": 200, "attempts": 3, "elapsed_ms": 2_140})),
         ("DeploymentSucceeded", json!({"image_id": image, "commit": commit})),
     ];
-    payloads
-        .into_iter()
-        .map(|(kind, payload)| Event::from_payload(kind, payload).with_context(|| format!("sample {kind} event")))
-        .collect()
+    payloads.into_iter().map(|(kind, payload)| Event::from_payload(kind, payload).with_context(|| format!("sample {kind} event"))).collect()
 }
 
 /// The command the engine sends a build worker.

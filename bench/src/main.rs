@@ -42,12 +42,10 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// PostgreSQL to measure against (fresh schemas are created and dropped).
-    #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true,
-          default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
+    #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true, default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
     pg_url: String,
     /// RabbitMQ to measure against (random queue names, deleted at the end).
-    #[arg(long, env = "SLIPWAY_AMQP_URL", hide_env_values = true,
-          default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, env = "SLIPWAY_AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
 }
 
@@ -65,8 +63,7 @@ impl Plan {
     fn from(args: &Args) -> Self {
         let second = Duration::from_secs(1);
         // Quick replays are short enough to afford more rounds than appends.
-        let (events, replay_rounds, append_rounds, dispatch) =
-            if args.quick { (20_000, 3, 1, 3) } else { (1_000_000, 3, 3, 10) };
+        let (events, replay_rounds, append_rounds, dispatch) = if args.quick { (20_000, 3, 1, 3) } else { (1_000_000, 3, 3, 10) };
         Plan {
             replay_events: args.events.map_or(events, |n| n as usize),
             replay_rounds,
@@ -157,10 +154,7 @@ fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, model)| model.trim().to_string())
+            info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, model)| model.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }

@@ -98,8 +98,7 @@ impl Row {
 pub fn render(rows: &[Row]) -> String {
     let header = ["what", "ours", "baseline (what)", "ratio", "goal", "met"].map(String::from);
     let lines: Vec<[String; 6]> = std::iter::once(header).chain(rows.iter().map(Row::cells)).collect();
-    let widths: Vec<usize> =
-        (0..6).map(|col| lines.iter().map(|l| l[col].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..6).map(|col| lines.iter().map(|l| l[col].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for line in &lines {
         let mut text = String::new();

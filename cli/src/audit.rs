@@ -23,9 +23,9 @@ use clap::{Args, Subcommand};
 use futures::stream::BoxStream;
 use futures::TryStreamExt;
 use rand::RngCore;
+use slipway_store::chain::ChainRow;
 use slipway_store::checkpoint::{Builder, Checkpoint, CheckpointReport, PublicKey, SecretKey};
 use slipway_store::export::{self, ExportReport, LogRow};
-use slipway_store::chain::ChainRow;
 use slipway_store::postgres::redact_url;
 use slipway_store::{EventStore, PgStore, SqliteStore, StoreError};
 
@@ -310,11 +310,10 @@ async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>, mut out: Findin
         None => (None, None),
     };
     let path = file.clone();
-    let report: ExportReport = tokio::task::spawn_blocking(move || {
-        export::verify(|| File::open(&path).map(|f| BufReader::with_capacity(1 << 20, f)), good)
-    })
-    .await?
-    .with_context(|| format!("reading the export {}", file.display()))?;
+    let report: ExportReport =
+        tokio::task::spawn_blocking(move || export::verify(|| File::open(&path).map(|f| BufReader::with_capacity(1 << 20, f)), good))
+            .await?
+            .with_context(|| format!("reading the export {}", file.display()))?;
     for problem in &report.lines {
         out.add("malformed", format!("MALFORMED {problem}"), problem.to_string());
     }
@@ -325,7 +324,8 @@ async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>, mut out: Findin
         out.add("tampered", format!("TAMPERED {finding}"), finding.to_string());
     }
     for given in &report.given {
-        let what = format!("{}@{}: starts after its first event; prev_hash {} taken as given", given.stream, given.version, given.prev_hash);
+        let what =
+            format!("{}@{}: starts after its first event; prev_hash {} taken as given", given.stream, given.version, given.prev_hash);
         out.add("given", format!("GIVEN {what}"), what.clone());
     }
     let (checked, checkpoints_hold) = match (&loaded, &report.checkpoints) {

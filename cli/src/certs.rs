@@ -41,9 +41,10 @@ pub async fn run(store: &dyn EventStore, cmd: CertCmd, json: bool) -> anyhow::Re
         CertCmd::Add { domain, cert, key } => {
             let chain = read_pem(&cert, "certificate")?;
             let key_pem = read_pem(&key, "key")?;
-            let stored = certificates::store_certificate(store, &verbs::actor(), &domain, &chain, &key_pem, CertificateSource::Uploaded, Utc::now())
-                .await?
-                .map_err(exit::rejected)?;
+            let stored =
+                certificates::store_certificate(store, &verbs::actor(), &domain, &chain, &key_pem, CertificateSource::Uploaded, Utc::now())
+                    .await?
+                    .map_err(exit::rejected)?;
             println!(
                 "{}: certificate stored ({}), valid until {}; the routers serve it from their next handshake",
                 stored.domain,

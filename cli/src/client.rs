@@ -83,9 +83,11 @@ impl Client {
         };
         let request = request.body(body).map_err(|e| coded(Exit::Usage, format!("{method} {url}: {e}")))?;
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| {
-                coded(Exit::Unavailable, format!("{method} {url}: the server did not answer: {}", chain(&e)))
-            })?;
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| coded(Exit::Unavailable, format!("{method} {url}: the server did not answer: {}", chain(&e))))?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
@@ -153,7 +155,11 @@ pub fn api_error(method: &Method, url: &str, status: u16, body: &[u8]) -> anyhow
     let message = message.unwrap_or_else(|| {
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
-        if text.is_empty() { format!("HTTP {status}") } else { text.chars().take(300).collect() }
+        if text.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            text.chars().take(300).collect()
+        }
     });
     let exit = exit_for(status, code);
     let hint = if exit == Exit::Unauthorized { " (pass a token with --token or SLIPWAY_TOKEN)" } else { "" };

@@ -26,9 +26,7 @@ pub async fn store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow:
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = runtime_options(schema);
-        let store = PgStore::connect(url, options)
-            .await
-            .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
+        let store = PgStore::connect(url, options).await.with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
         return Ok(Arc::new(store.sealed(sealing)));
     }
     bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
@@ -69,9 +67,7 @@ pub fn runtime_options(schema: Option<&str>) -> PgOptions {
 pub async fn owner_store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow::Result<Arc<dyn EventStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = PgOptions { schema: schema.map(str::to_string), migrate: false, role: None, ..Default::default() };
-        let store = PgStore::connect(url, options)
-            .await
-            .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
+        let store = PgStore::connect(url, options).await.with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
         return Ok(Arc::new(store.sealed(sealing)));
     }
     store(url, schema, sealing).await

@@ -135,7 +135,18 @@ pub fn code_of(error: &anyhow::Error) -> Exit {
 
 fn unreachable_io(kind: std::io::ErrorKind) -> bool {
     use std::io::ErrorKind::*;
-    matches!(kind, ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | TimedOut | AddrNotAvailable | BrokenPipe | HostUnreachable | NetworkUnreachable)
+    matches!(
+        kind,
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | TimedOut
+            | AddrNotAvailable
+            | BrokenPipe
+            | HostUnreachable
+            | NetworkUnreachable
+    )
 }
 
 #[cfg(test)]

@@ -36,7 +36,13 @@ pub struct Observed {
 
 impl Observed {
     pub fn local(r: &RecordedEvent) -> Observed {
-        Observed { version: r.version, at: r.recorded_at, event: r.envelope.decode::<Event>().ok(), line: render::line(r), json: render::event_json(r) }
+        Observed {
+            version: r.version,
+            at: r.recorded_at,
+            event: r.envelope.decode::<Event>().ok(),
+            line: render::line(r),
+            json: render::event_json(r),
+        }
     }
 
     /// From one element of the API's event list; `None` if it lacks the
@@ -236,7 +242,13 @@ mod tests {
         std::fs::create_dir_all(&log_dir).expect("the log directory");
         let mut logs = Logs::new(dir.path());
         let reporter = Reporter::new(Style::Quiet);
-        let dispatch = Event::StepDispatched(slipway_proto::event::StepDispatched { step: Step::Build, command_id: id, attempt: 1, deadline: None, dispatched_at: None });
+        let dispatch = Event::StepDispatched(slipway_proto::event::StepDispatched {
+            step: Step::Build,
+            command_id: id,
+            attempt: 1,
+            deadline: None,
+            dispatched_at: None,
+        });
         logs.observe(id, &dispatch, &reporter);
         std::fs::write(log_dir.join("build.log"), "Step 1/2 : FROM scratch\nStep 2/2 : CO").expect("the log");
         logs.tail(&reporter);

@@ -3,8 +3,8 @@
 //! `status --at` (what served an environment at a past moment). The pure
 //! parts are `slipway_engine::history`; this module reads and prints.
 
-use serde_json::json;
 use chrono::{DateTime, Utc};
+use serde_json::json;
 use slipway_engine::history::{self, Timeline};
 use slipway_engine::limits::release_limits;
 use slipway_engine::load;

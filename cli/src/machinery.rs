@@ -78,9 +78,9 @@ pub async fn serve(
     let api = match api {
         Some(Api { listen, data_dir }) => {
             check_tokens(&*store, listen).await?;
-            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
-                format!("binding the HTTP API to {listen}; choose another address with --listen or SLIPWAY_LISTEN")
-            })?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding the HTTP API to {listen}; choose another address with --listen or SLIPWAY_LISTEN"))?;
             let local = listener.local_addr().unwrap_or(listen);
             eprintln!("slipway: HTTP API on http://{local}/api, dashboard on http://{local}/");
             let config = ApiConfig { data_dir, worker_missing_after: slipway_workers::worker::HEARTBEAT * 3 };

@@ -13,10 +13,10 @@ mod machinery;
 mod progress;
 mod remote;
 mod render;
-mod tokens;
 mod report;
 mod secrets;
 mod source_args;
+mod tokens;
 mod verbs;
 
 use std::path::PathBuf;
@@ -665,7 +665,10 @@ enum EnvCmd {
         #[arg(required = true)]
         keys: Vec<String>,
     },
-    List { project: String, env: String },
+    List {
+        project: String,
+        env: String,
+    },
 }
 
 #[derive(Args)]
@@ -842,7 +845,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Router(args) => {
             let lease = Duration::from_secs(args.lease);
-            let router = machinery::router(args.router_listen, args.https_listen, args.router_id, args.domain, args.router_config.as_deref(), lease).await?;
+            let router =
+                machinery::router(args.router_listen, args.https_listen, args.router_id, args.domain, args.router_config.as_deref(), lease)
+                    .await?;
             let parts = Parts { router: Some(router), ..Default::default() };
             let queue: Arc<dyn slipway_store::queue::Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
@@ -946,7 +951,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(r) => r,
                 Err(rejection) => return Err(exit::rejected(rejection)),
             };
-            let target = Target { id, project: project.clone(), env: to.clone(), intro: format!("deployment {id}: {project} {to} gets the image of {from}'s release {source}") };
+            let target = Target {
+                id,
+                project: project.clone(),
+                env: to.clone(),
+                intro: format!("deployment {id}: {project} {to} gets the image of {from}'s release {source}"),
+            };
             finish(&*store, running, target, &data_dir, &follow, json).await
         }
         Command::Replay { deployment, from_step, follow } => {
@@ -976,7 +986,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(r) => r,
                 Err(rejection) => return Err(exit::rejected(rejection)),
             };
-            let target = Target { id: migrate.deployment_id, project: project.clone(), env: env.clone(), intro: format!("deployment {}: runs the release commands of {project} {env}", migrate.deployment_id) };
+            let target = Target {
+                id: migrate.deployment_id,
+                project: project.clone(),
+                env: env.clone(),
+                intro: format!("deployment {}: runs the release commands of {project} {env}", migrate.deployment_id),
+            };
             finish(&*store, running, target, &data_dir, &follow, json).await
         }
         Command::Rollback { project, env, to, follow } => {
@@ -988,11 +1003,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for warning in &rollback.warnings {
                 eprintln!("warning: {warning}");
             }
-            let target = Target { id: rollback.deployment_id, project: project.clone(), env: env.clone(), intro: format!("deployment {}: {project} {env} rolls back to deployment {}", rollback.deployment_id, rollback.target) };
+            let target = Target {
+                id: rollback.deployment_id,
+                project: project.clone(),
+                env: env.clone(),
+                intro: format!("deployment {}: {project} {env} rolls back to deployment {}", rollback.deployment_id, rollback.target),
+            };
             finish(&*store, running, target, &data_dir, &follow, json).await
         }
         Command::Status { project, env, at: None } => verbs::status(&*store, &project, &env, json).await.map(|_| ExitCode::SUCCESS),
-        Command::Status { project, env, at: Some(at) } => history::status_at(&*store, &project, &env, &at, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Status { project, env, at: Some(at) } => {
+            history::status_at(&*store, &project, &env, &at, json).await.map(|_| ExitCode::SUCCESS)
+        }
         Command::History { deployment } => history::history(&*store, deployment, json).await.map(|_| ExitCode::SUCCESS),
         Command::Diff { a, b } => history::diff(&*store, a, b, json).await.map(|_| ExitCode::SUCCESS),
         Command::Releases { project, env } => verbs::releases(&*store, &project, &env, json).await.map(|_| ExitCode::SUCCESS),
@@ -1054,12 +1076,10 @@ async fn through_server(server: &str, token: Option<String>, command: &Command, 
         | Command::Worker { .. }
         | Command::Token(_) => return Ok(None),
         Command::Domain(cmd) => domains::remote(&client()?, cmd).await?,
-        _ => {
-            return Err(exit::usage(
-                "this verb does not go through --server (only deploy, status, deployments, history, rollback, replay, cancel and domain do); \
+        _ => return Err(exit::usage(
+            "this verb does not go through --server (only deploy, status, deployments, history, rollback, replay, cancel and domain do); \
                  unset --server/SLIPWAY_SERVER to use --database",
-            ))
-        }
+        )),
     };
     Ok(Some(code))
 }
@@ -1097,7 +1117,12 @@ async fn deploy(
         Ok(id) => id,
         Err(rejection) => return Err(exit::rejected(rejection)),
     };
-    let target = Target { id, project: args.project.clone(), env: args.env.clone(), intro: format!("deployment {id}: {} {} ({mode:?} mode)", args.project, args.env) };
+    let target = Target {
+        id,
+        project: args.project.clone(),
+        env: args.env.clone(),
+        intro: format!("deployment {id}: {} {} ({mode:?} mode)", args.project, args.env),
+    };
     finish(&*store, running, target, data_dir, &args.follow, json).await
 }
 
@@ -1208,11 +1233,7 @@ async fn wait_for_cleanup(store: &dyn EventStore, id: Uuid, succeeded: bool, lim
     let mut wake = store.wakeups();
     loop {
         let Ok(Some(d)) = slipway_engine::load::deployment(store, id).await else { return };
-        let pending = if succeeded {
-            previous_release_pending(store, &d).await
-        } else {
-            !d.containers.is_empty()
-        };
+        let pending = if succeeded { previous_release_pending(store, &d).await } else { !d.containers.is_empty() };
         if !pending || tokio::time::Instant::now() > deadline {
             return;
         }
@@ -1244,7 +1265,13 @@ async fn demo(
 ) -> anyhow::Result<ExitCode> {
     if requests::load_project(&*store, "demo").await?.is_none() {
         let repo = std::env::current_dir()?.display().to_string();
-        let new = NewProject { name: "demo".into(), repository: repo, default_branch: "HEAD".into(), environments: vec!["test".into()], mirror_of: None };
+        let new = NewProject {
+            name: "demo".into(),
+            repository: repo,
+            default_branch: "HEAD".into(),
+            environments: vec!["test".into()],
+            mirror_of: None,
+        };
         if let Err(rejection) = requests::create_project(&*store, &verbs::actor(), new).await? {
             bail!("{rejection}");
         }

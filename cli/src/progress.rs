@@ -159,10 +159,7 @@ mod tests {
         // A re-dispatch keeps the first dispatch's time.
         assert_eq!(t.observe(at(500), &dispatched(Step::Deploy, 2)), vec![Update::Started { step: Step::Deploy, attempt: 2 }]);
         let started = Event::WebContainerStarted(WebContainerStarted { container: "c".into(), host_port: 4100, host: String::new() });
-        assert_eq!(
-            t.observe(at(1250), &started),
-            vec![Update::Finished { step: Step::Deploy, end: StepEnd::Ok, duration_ms: Some(1250) }]
-        );
+        assert_eq!(t.observe(at(1250), &started), vec![Update::Finished { step: Step::Deploy, end: StepEnd::Ok, duration_ms: Some(1250) }]);
         assert!(t.running().is_empty());
         assert!(t.observe(at(1300), &started).is_empty(), "a duplicate outcome shows once");
     }
@@ -197,7 +194,12 @@ mod tests {
     #[test]
     fn the_cutover_is_a_step_from_the_switch_request_to_the_switch() {
         let mut t = Tracker::default();
-        let request = Event::TrafficSwitchRequested(TrafficSwitchRequested { route_version: 2, upstreams: vec![], routers: vec![], deadline: at(15_000) });
+        let request = Event::TrafficSwitchRequested(TrafficSwitchRequested {
+            route_version: 2,
+            upstreams: vec![],
+            routers: vec![],
+            deadline: at(15_000),
+        });
         assert_eq!(t.observe(at(0), &request), vec![Update::Started { step: Step::Cutover, attempt: 1 }]);
         let switched = Event::TrafficSwitched(TrafficSwitched { route_version: 2, routers: vec![] });
         assert_eq!(t.observe(at(40), &switched), vec![Update::Finished { step: Step::Cutover, end: StepEnd::Ok, duration_ms: Some(40) }]);
@@ -214,13 +216,19 @@ mod tests {
             failed_probes: 0,
             containers: vec![],
         });
-        assert_eq!(t.observe(at(10_000), &watched), vec![Update::Finished { step: Step::Watch, end: StepEnd::Ok, duration_ms: Some(10_000) }]);
+        assert_eq!(
+            t.observe(at(10_000), &watched),
+            vec![Update::Finished { step: Step::Watch, end: StepEnd::Ok, duration_ms: Some(10_000) }]
+        );
     }
 
     #[test]
     fn finished_lines_mark_the_outcome_and_give_the_duration() {
         assert_eq!(finished_line(Step::Build, &StepEnd::Ok, Some(1234)), "✓ build          1.2 s");
-        assert_eq!(finished_line(Step::HealthCheck, &StepEnd::Failed("GET / -> 500".into()), Some(80)), "✗ health_check   80 ms  GET / -> 500");
+        assert_eq!(
+            finished_line(Step::HealthCheck, &StepEnd::Failed("GET / -> 500".into()), Some(80)),
+            "✗ health_check   80 ms  GET / -> 500"
+        );
         assert_eq!(finished_line(Step::Release, &StepEnd::Skipped("local mode".into()), None), "- release        skipped: local mode");
         assert_eq!(duration(125_000), "2m05s");
     }

@@ -88,7 +88,15 @@ pub async fn replay(client: &Client, original: Uuid, from_step: Option<String>, 
 }
 
 /// Follows deployment `id` through the API and reports its result.
-async fn watch(client: &Client, id: Uuid, project: &str, env: &str, intro: &str, answer: &Value, follow: &Follow) -> anyhow::Result<ExitCode> {
+async fn watch(
+    client: &Client,
+    id: Uuid,
+    project: &str,
+    env: &str,
+    intro: &str,
+    answer: &Value,
+    follow: &Follow,
+) -> anyhow::Result<ExitCode> {
     let mut reporter = Reporter::new(Style::choose(follow.json, follow.quiet));
     reporter.requested(id, project, env, intro);
     if let Some(ahead) = answer.get("queued_behind").and_then(Value::as_array).filter(|a| !a.is_empty()) {
@@ -187,7 +195,13 @@ pub async fn deployments(client: &Client, project: &str, page: &crate::verbs::De
             Some(f) => format!("failed at {}: {}", text(f, "step"), text(f, "reason")),
             None => text(d, "status"),
         };
-        println!("{}  {:<6} {:<12} {:<10} {status}", text(d, "id"), text(d, "environment"), text(d, "ref"), &commit[..commit.len().min(10)]);
+        println!(
+            "{}  {:<6} {:<12} {:<10} {status}",
+            text(d, "id"),
+            text(d, "environment"),
+            text(d, "ref"),
+            &commit[..commit.len().min(10)]
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -204,7 +218,14 @@ pub async fn history(client: &Client, id: Uuid, json: bool) -> anyhow::Result<Ex
     println!("commit {}  image {}\n", text(s, "commit"), text(s, "image"));
     for e in timeline["entries"].as_array().into_iter().flatten() {
         let outcome = e.get("outcome").and_then(|o| o.get("result")).and_then(Value::as_str).unwrap_or_default();
-        println!("{:>3}  {}  {:<14} {:<24} {:<12} {outcome}", e["version"], text(e, "at"), text(e, "step"), text(e, "event"), text(e, "actor"));
+        println!(
+            "{:>3}  {}  {:<14} {:<24} {:<12} {outcome}",
+            e["version"],
+            text(e, "at"),
+            text(e, "step"),
+            text(e, "event"),
+            text(e, "actor")
+        );
     }
     println!("\nsteps:");
     for step in timeline["steps"].as_array().into_iter().flatten() {

@@ -12,14 +12,9 @@ pub fn describe(event: &Event) -> String {
     match event {
         Event::ProjectCreated(p) => format!("project {} from {}", p.name, p.repository),
         Event::SettingsChanged(s) => format!("{}: {} set, {} removed", s.environment, s.set.len(), s.removed.len()),
-        Event::DeploymentRequested(r) => format!(
-            "{} {} at `{}` ({:?}{})",
-            r.project,
-            r.environment,
-            r.git_ref,
-            r.mode,
-            if r.dry_run { ", dry run" } else { "" }
-        ),
+        Event::DeploymentRequested(r) => {
+            format!("{} {} at `{}` ({:?}{})", r.project, r.environment, r.git_ref, r.mode, if r.dry_run { ", dry run" } else { "" })
+        }
         Event::StepDispatched(d) => format!("{} (attempt {})", d.step, d.attempt),
         Event::ServicesChecked(s) => format!("{} service(s) reachable", s.services.len()),
         Event::CheckedOut(c) => format!("commit {}", c.commit),
@@ -122,19 +117,23 @@ pub fn describe(event: &Event) -> String {
             r.deadline.format("%H:%M:%S UTC")
         ),
         Event::RerouteSettled(r) if r.missing.is_empty() => {
-            format!("route version {} acknowledged by {}", r.route_version, if r.acknowledged.is_empty() { "no router (none registered)".to_string() } else { r.acknowledged.join(", ") })
+            format!(
+                "route version {} acknowledged by {}",
+                r.route_version,
+                if r.acknowledged.is_empty() { "no router (none registered)".to_string() } else { r.acknowledged.join(", ") }
+            )
         }
-        Event::RerouteSettled(r) => format!("route version {}: {} did not acknowledge by the deadline", r.route_version, r.missing.join(", ")),
-        Event::SecretsKeyRotated(r) => format!("{} setting value(s) sealed again with key {} (were: {})", r.values, r.to, r.from.join(", ")),
+        Event::RerouteSettled(r) => {
+            format!("route version {}: {} did not acknowledge by the deadline", r.route_version, r.missing.join(", "))
+        }
+        Event::SecretsKeyRotated(r) => {
+            format!("{} setting value(s) sealed again with key {} (were: {})", r.values, r.to, r.from.join(", "))
+        }
         Event::DomainAdded(d) => format!("{} {} is served under {} too", d.project, d.environment, d.domain),
         Event::DomainRemoved(d) => format!("{} {} is served under {} no more", d.project, d.environment, d.domain),
-        Event::CertificateStored(c) => format!(
-            "certificate for {} stored ({:?}, valid until {}, {})",
-            c.domain,
-            c.source,
-            c.not_after.to_rfc3339(),
-            c.fingerprint
-        ),
+        Event::CertificateStored(c) => {
+            format!("certificate for {} stored ({:?}, valid until {}, {})", c.domain, c.source, c.not_after.to_rfc3339(), c.fingerprint)
+        }
         Event::CertificateRenewalFailed(f) => format!("certificate for {} could not be obtained: {}", f.domain, f.reason),
         Event::AcmeChallengeReady(c) => format!("ACME HTTP-01 challenge for {} answered by the routers", c.domain),
         Event::AcmeChallengeFinished(c) => format!("ACME HTTP-01 challenge for {} finished", c.domain),
@@ -158,7 +157,11 @@ pub fn describe(event: &Event) -> String {
                 p.delivery,
                 p.git_ref,
                 p.pusher,
-                if deployed.is_empty() { "no rule matched".to_string() } else { format!("deploying {} to {}", p.commit, deployed.join(", ")) }
+                if deployed.is_empty() {
+                    "no rule matched".to_string()
+                } else {
+                    format!("deploying {} to {}", p.commit, deployed.join(", "))
+                }
             );
             if !p.superseded.is_empty() {
                 let old: Vec<String> = p.superseded.iter().map(ToString::to_string).collect();
@@ -166,7 +169,9 @@ pub fn describe(event: &Event) -> String {
             }
             text
         }
-        Event::PushSkipped(p) => format!("{} push {} of {} at {} by {} skipped: {}", p.provider, p.delivery, p.git_ref, p.commit, p.pusher, p.reason),
+        Event::PushSkipped(p) => {
+            format!("{} push {} of {} at {} by {} skipped: {}", p.provider, p.delivery, p.git_ref, p.commit, p.pusher, p.reason)
+        }
         Event::CancelRequested(c) => c.reason.clone(),
         Event::DeploymentReplayed(r) => format!("replayed as deployment {} from {}", r.replay, r.from_step),
         Event::TrafficSwitched(t) => format!("route version {} acknowledged by {} router(s)", t.route_version, t.routers.len()),

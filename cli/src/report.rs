@@ -89,7 +89,9 @@ impl Reporter {
     /// The deployment this command asked for.
     pub fn requested(&self, id: uuid::Uuid, project: &str, env: &str, text: &str) {
         match self.style {
-            Style::Json => Self::json_line(json!({ "kind": "requested", "deployment": id, "project": project, "environment": env, "text": text })),
+            Style::Json => {
+                Self::json_line(json!({ "kind": "requested", "deployment": id, "project": project, "environment": env, "text": text }))
+            }
             Style::Quiet => {}
             _ => self.println(&format!("{text}\n")),
         }

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use slipway_proto::event::{SecretsKeyRotated, INSTALLATION_STREAM};
 use slipway_proto::envelope::Metadata;
+use slipway_proto::event::{SecretsKeyRotated, INSTALLATION_STREAM};
 use slipway_proto::{Envelope, Event};
 use slipway_store::sealing::{self, Keyring, Sealing, SealingKey};
 use slipway_store::ExpectedVersion;
@@ -36,7 +36,11 @@ pub async fn run(cmd: SecretsCmd, database: &str, schema: Option<&str>, current:
     match cmd {
         SecretsCmd::Keygen { file } => {
             let key = sealing::write_new_key(&file).map_err(exit::usage)?;
-            println!("key {} written to {}; give it to the server and the workers that run containers (--secrets-key)", key.id(), file.display());
+            println!(
+                "key {} written to {}; give it to the server and the workers that run containers (--secrets-key)",
+                key.id(),
+                file.display()
+            );
         }
         SecretsCmd::RotateKey { to } => {
             let new = SealingKey::from_file(&to).map_err(exit::usage)?;

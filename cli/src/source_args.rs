@@ -75,8 +75,8 @@ pub fn change(args: &SourceArgs, forget: Option<&SourceForgetArgs>, project: &st
     }
     let mut public = None;
     if args.generate_ssh_key {
-        let (private, public_half) = slipway_workers::steps::git_remote::generate_deploy_key(&format!("slipway:{project}"))
-            .map_err(anyhow::Error::msg)?;
+        let (private, public_half) =
+            slipway_workers::steps::git_remote::generate_deploy_key(&format!("slipway:{project}")).map_err(anyhow::Error::msg)?;
         change.set.insert("ssh_key".into(), private);
         public = Some(public_half);
     }

@@ -4,16 +4,16 @@
 //! API's answers where the API has the same view.
 
 use futures::TryStreamExt;
-use slipway_engine::{auto_deploy, lifecycle, preview};
-use slipway_proto::event::PreviewTrigger;
+use serde_json::{json, Value};
 use slipway_engine::limits::release_limits;
 use slipway_engine::load;
 use slipway_engine::projector;
 use slipway_engine::requests::{self, NewProject, SettingValue};
 use slipway_engine::source::SourceChange;
+use slipway_engine::{auto_deploy, lifecycle, preview};
+use slipway_proto::event::PreviewTrigger;
 use slipway_proto::event::{deployment_stream, WebhookProvider};
 use slipway_proto::Event;
-use serde_json::{json, Value};
 use slipway_store::read_model::{parse_since, Before, DeploymentQuery, STATUSES};
 use slipway_store::{EventStore, Position};
 use uuid::Uuid;
@@ -53,12 +53,7 @@ pub async fn project_create(
     Ok(())
 }
 
-pub async fn project_source(
-    store: &dyn EventStore,
-    name: &str,
-    change: SourceChange,
-    public_key: Option<String>,
-) -> anyhow::Result<()> {
+pub async fn project_source(store: &dyn EventStore, name: &str, change: SourceChange, public_key: Option<String>) -> anyhow::Result<()> {
     granted(requests::change_source(store, &actor(), name, change).await)?;
     println!("source access of {name} changed; deployments requested from now on use it");
     print_deploy_key(public_key.as_deref());
@@ -198,10 +193,17 @@ pub async fn preview_rules(store: &dyn EventStore, project: &str, change: Previe
         return print_json(&json!(p.preview_rules));
     }
     if p.preview_rules.is_empty() {
-        eprintln!("project {project} has no preview rules; `slipway project preview {project} set --pull-requests --inherit test` adds one");
+        eprintln!(
+            "project {project} has no preview rules; `slipway project preview {project} set --pull-requests --inherit test` adds one"
+        );
     }
     for rule in &p.preview_rules {
-        println!("{}  -> previews inheriting {}, removed after {} without a push", rule.trigger, rule.inherit, preview::describe_seconds(rule.ttl_seconds));
+        println!(
+            "{}  -> previews inheriting {}, removed after {} without a push",
+            rule.trigger,
+            rule.inherit,
+            preview::describe_seconds(rule.ttl_seconds)
+        );
     }
     for (name, preview) in &p.previews {
         let head = preview.head.as_deref().map(|h| format!(" at {}", slipway_engine::push::short(h))).unwrap_or_default();
@@ -235,7 +237,9 @@ pub async fn preview_remove(store: &dyn EventStore, project: &str, env: &str, js
     let who = actor();
     let r = load_rejected(lifecycle::remove_environment(store, &who, project, env, &format!("removed by {who}")).await)?;
     if json {
-        return print_json(&json!({"environment": r.name, "reason": r.reason, "cancelled": r.cancelled, "retired": r.retired, "route_removed": r.route_removed}));
+        return print_json(
+            &json!({"environment": r.name, "reason": r.reason, "cancelled": r.cancelled, "retired": r.retired, "route_removed": r.route_removed}),
+        );
     }
     println!(
         "{project} {env} removed: {} deployment(s) cancelled{}{}",
@@ -338,10 +342,13 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str, json: bool
     let domains = {
         let (recorded, certs) = (load::routes(store).await?, slipway_engine::certificates::load(store).await?);
         let names = slipway_engine::domains::of_environment(&recorded.domains, project, env);
-        names.into_iter().map(|d| {
-            let state = certs.by_domain.get(&d).cloned().unwrap_or_default();
-            (d, state)
-        }).collect::<Vec<_>>()
+        names
+            .into_iter()
+            .map(|d| {
+                let state = certs.by_domain.get(&d).cloned().unwrap_or_default();
+                (d, state)
+            })
+            .collect::<Vec<_>>()
     };
     let active = match state.last_succeeded() {
         None => None,
@@ -594,10 +601,7 @@ pub async fn routers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
         let lease = r.lease_ms.map_or(slipway_engine::lease::DEFAULT_LEASE, std::time::Duration::from_millis);
         println!(
             "{id}  listen {}  domain {}  lease {:?}  route version {acked}/{} ({state})",
-            r.listen,
-            r.domain,
-            lease,
-            traffic.routes_version
+            r.listen, r.domain, lease, traffic.routes_version
         );
     }
     Ok(())
@@ -673,7 +677,13 @@ pub async fn workers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
             "alive".to_string()
         };
         if json {
-            let state = if w.stopped { "stopped" } else if silent > missing_after { "missing" } else { "alive" };
+            let state = if w.stopped {
+                "stopped"
+            } else if silent > missing_after {
+                "missing"
+            } else {
+                "alive"
+            };
             all.push(json!({
                 "id": w.id, "host": w.host, "state": state, "silent_seconds": silent.num_seconds(),
                 "steps": w.steps, "started_at": w.started_at, "last_seen": w.last_seen, "busy": w.busy,
@@ -711,7 +721,11 @@ pub async fn images_prune(store: &dyn EventStore, keep: usize, dry_run: bool, js
     }
     let ids = built.keys().cloned().collect();
     let plan = slipway_engine::retention::plan(&environments, &ids, keep);
-    let say = |line: String| if !json { println!("{line}") };
+    let say = |line: String| {
+        if !json {
+            println!("{line}")
+        }
+    };
     say(format!("{} image(s) kept (the last {keep} release(s) of each environment), {} to remove", plan.keep.len(), plan.remove.len()));
     let mut removals = Vec::new();
     if dry_run {

@@ -54,12 +54,7 @@ impl Dir {
             .env_remove("SLIPWAY_PG_SCHEMA")
             .output()
             .unwrap();
-        eprintln!(
-            "$ slipway {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("$ slipway {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         out
     }
 }
@@ -181,11 +176,8 @@ async fn a_flipped_byte_in_an_export_is_named_by_stream_and_version() {
 
     // A line cut in half is reported by its number.
     let line_no = text[..line_start].matches('\n').count() + 1;
-    let broken: String = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| if i + 1 == line_no { format!("{}\n", &l[..40]) } else { format!("{l}\n") })
-        .collect();
+    let broken: String =
+        text.lines().enumerate().map(|(i, l)| if i + 1 == line_no { format!("{}\n", &l[..40]) } else { format!("{l}\n") }).collect();
     std::fs::write(dir.path("broken.jsonl"), broken).unwrap();
     let out = fails(dir.slipway(&["audit", "verify", "--file", "broken.jsonl"]));
     assert!(out.contains(&format!("MALFORMED line {line_no}: malformed event line")), "{out}");
@@ -281,7 +273,11 @@ async fn checkpoints_are_signed_on_a_schedule_without_anyone_running_a_command()
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let count = || std::fs::read_dir(dir.path("checkpoints")).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count()).unwrap_or(0);
+    let count = || {
+        std::fs::read_dir(dir.path("checkpoints"))
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+            .unwrap_or(0)
+    };
     let wait_for = |n: usize| async move {
         for _ in 0..100 {
             if count() >= n {

@@ -24,14 +24,12 @@ async fn simultaneous_requests_through_two_api_processes_run_one_after_the_other
     require_docker();
     let tag = Uuid::now_v7().simple().to_string();
     let (schema, namespace, project) = (format!("conc_{tag}"), format!("conc{}", &tag[20..]), format!("conc-{}", &tag[24..]));
-    let store: Arc<dyn EventStore> = Arc::new(
-        PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), ..Default::default() }).await.unwrap(),
-    );
+    let store: Arc<dyn EventStore> =
+        Arc::new(PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), ..Default::default() }).await.unwrap());
     let mut c = Cluster::start(&schema, &namespace);
     let token = requests::issue_token(&*store, "test", "conc", TokenScope::Deploy).await.unwrap().unwrap();
-    let apis: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()))
-        .collect();
+    let apis: Vec<String> =
+        (0..2).map(|_| format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())).collect();
     for (n, addr) in apis.iter().enumerate() {
         let api = c.spawn(&format!("api{n}"), &["server", "--listen", addr, "--drain", "0"]);
         c.extra.push(api);
@@ -49,10 +47,8 @@ async fn simultaneous_requests_through_two_api_processes_run_one_after_the_other
 
     let path = format!("/api/projects/{project}/environments/live/deployments");
     let body = r#"{"mode": "local", "migrate": true}"#;
-    let ((s1, b1), (s2, b2)) = tokio::join!(
-        http(&apis[0], "POST", &path, Some(&token), Some(body)),
-        http(&apis[1], "POST", &path, Some(&token), Some(body))
-    );
+    let ((s1, b1), (s2, b2)) =
+        tokio::join!(http(&apis[0], "POST", &path, Some(&token), Some(body)), http(&apis[1], "POST", &path, Some(&token), Some(body)));
     assert_eq!((s1, s2), (202, 202), "{b1} / {b2}");
     let id = |b: &str| -> Uuid { serde_json::from_str::<serde_json::Value>(b).unwrap()["deployment"].as_str().unwrap().parse().unwrap() };
     let (a, b) = (id(&b1), id(&b2));

@@ -94,9 +94,8 @@ fn example_app() -> AppRepo {
 }
 
 fn artifacts() -> PathBuf {
-    let target = option_env!("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target =
+        option_env!("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let dir = target.join("test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir.canonicalize().unwrap_or(dir)
@@ -169,7 +168,9 @@ async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Res
     let base = format!("http://{}", slipway.api);
     let project = &slipway.project;
     browser.goto(&format!("{base}/")).await?;
-    browser.wait_for("the page's script to start", Duration::from_secs(10), "return document.getElementById('identity').childElementCount > 0").await?;
+    browser
+        .wait_for("the page's script to start", Duration::from_secs(10), "return document.getElementById('identity').childElementCount > 0")
+        .await?;
     let login_shown = browser.run("return !document.getElementById('login').hidden", json!([])).await?;
     match token {
         Some(token) => {
@@ -195,14 +196,22 @@ async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Res
 
     // Projects -> the environment, by the links a user clicks.
     let env_link = format!("section[data-project='{project}'] tr[data-env='test'] a");
-    browser.wait_for("the project's environments", Duration::from_secs(10), &format!("return !!document.querySelector(\"{env_link}\")")).await?;
+    browser
+        .wait_for("the project's environments", Duration::from_secs(10), &format!("return !!document.querySelector(\"{env_link}\")"))
+        .await?;
     browser.click(&env_link).await?;
     browser
         .wait_for("the Deploy button", Duration::from_secs(10), "const b = document.getElementById('deploy'); return b && !b.disabled")
         .await?;
 
     // The environment's custom domains are listed (none yet); adding needs admin scope.
-    browser.wait_for("the domains card", Duration::from_secs(10), "return document.getElementById('domains')?.textContent.includes('No custom domain')").await?;
+    browser
+        .wait_for(
+            "the domains card",
+            Duration::from_secs(10),
+            "return document.getElementById('domains')?.textContent.includes('No custom domain')",
+        )
+        .await?;
 
     // A marker a reload would wipe out.
     browser.run("window.slipwayNoReload = 'still here'", json!([])).await?;
@@ -234,10 +243,8 @@ async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Res
     println!("the build step's states as the page showed them: {states_seen:?}");
     let no_reload = browser.run("return window.slipwayNoReload", json!([])).await?;
     assert_eq!(no_reload, json!("still here"), "the page reloaded");
-    let steps: BTreeMap<String, String> = serde_json::from_value::<Vec<(String, String)>>(row["steps"].clone())
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .collect();
+    let steps: BTreeMap<String, String> =
+        serde_json::from_value::<Vec<(String, String)>>(row["steps"].clone()).map_err(|e| e.to_string())?.into_iter().collect();
     for step in ["check_services", "checkout", "build", "deploy", "release", "processes", "health_check", "cutover"] {
         assert_eq!(steps.get(step).map(String::as_str), Some("done"), "step {step} in {steps:?}");
     }
@@ -251,7 +258,11 @@ async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Res
     // (a worker scrubs every value it resolved from what it records).
     browser.click(&format!("tr.deployment[data-deployment='{id}'] a")).await?;
     browser
-        .wait_for("the release log", Duration::from_secs(10), "return document.getElementById('log')?.textContent.includes('migrating for ***')")
+        .wait_for(
+            "the release log",
+            Duration::from_secs(10),
+            "return document.getElementById('log')?.textContent.includes('migrating for ***')",
+        )
         .await?;
     browser.click("#timeline-tab").await?;
     let events = browser

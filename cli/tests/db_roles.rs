@@ -68,7 +68,10 @@ async fn only_the_migration_step_uses_the_owner_and_the_runtime_login_cannot_rew
         let mut tx = app.begin().await.unwrap();
         sqlx::query("SET ROLE slipway_writer").execute(&mut *tx).await.unwrap();
         let denied = sqlx::query(attack).execute(&mut *tx).await.unwrap_err().to_string();
-        assert!(denied.contains("must be owner") || denied.contains("permission denied") || denied.contains("append-only"), "{attack}: {denied}");
+        assert!(
+            denied.contains("must be owner") || denied.contains("permission denied") || denied.contains("append-only"),
+            "{attack}: {denied}"
+        );
         tx.rollback().await.ok();
     }
     app.close().await;

@@ -129,9 +129,12 @@ async fn run_deployment(store: &SqliteStore, project: &str, env: &str, id: Uuid,
                     "warnings": [{ "file": "Dockerfile", "line": 1, "rule": "base-image-digest", "message": "FROM python:3.12 is not pinned by digest" }],
                 }),
             ),
-            Step::Deploy => event("WebContainerStarted", serde_json::json!({ "container": format!("{project}-{env}-web"), "host_port": 4100 })),
+            Step::Deploy => {
+                event("WebContainerStarted", serde_json::json!({ "container": format!("{project}-{env}-web"), "host_port": 4100 }))
+            }
             Step::Release => {
-                let results: Vec<_> = canned.commands.iter().map(|c| serde_json::json!({ "command": c, "exit_code": 0, "duration_ms": 5 })).collect();
+                let results: Vec<_> =
+                    canned.commands.iter().map(|c| serde_json::json!({ "command": c, "exit_code": 0, "duration_ms": 5 })).collect();
                 event("ReleaseCommandsRan", serde_json::json!({ "results": results }))
             }
             Step::Processes => event("StepSkipped", serde_json::json!({ "step": "processes", "reason": "no process types" })),
@@ -140,12 +143,22 @@ async fn run_deployment(store: &SqliteStore, project: &str, env: &str, id: Uuid,
         append("worker:test", outcome).await;
     }
     let deadline = Utc::now() + chrono::Duration::seconds(60);
-    append("engine", event("TrafficSwitchRequested", serde_json::json!({ "route_version": 1, "upstreams": ["127.0.0.1:4100"], "routers": [], "deadline": deadline }))).await;
+    append(
+        "engine",
+        event(
+            "TrafficSwitchRequested",
+            serde_json::json!({ "route_version": 1, "upstreams": ["127.0.0.1:4100"], "routers": [], "deadline": deadline }),
+        ),
+    )
+    .await;
     tokio::time::sleep(STEP_TIME).await;
     append("engine", event("TrafficSwitched", serde_json::json!({ "route_version": 1, "routers": [] }))).await;
     append("engine", event("DeploymentSucceeded", serde_json::json!({ "image_id": canned.image, "commit": canned.commit }))).await;
     let env_stream = environment_stream(project, env);
-    let finished = event("DeploymentFinished", serde_json::json!({ "deployment_id": id, "succeeded": true, "containers": [format!("{project}-{env}-web")], "upstreams": ["127.0.0.1:4100"] }));
+    let finished = event(
+        "DeploymentFinished",
+        serde_json::json!({ "deployment_id": id, "succeeded": true, "containers": [format!("{project}-{env}-web")], "upstreams": ["127.0.0.1:4100"] }),
+    );
     let meta = Metadata { correlation_id: id, causation_id: None, actor: "engine".into(), trace: None };
     let envelope = Envelope::new(Uuid::now_v7(), Utc::now(), &env_stream, &finished, meta).unwrap();
     store.append(&env_stream, ExpectedVersion::Any, &[envelope], &[]).await.unwrap().unwrap();
@@ -201,7 +214,8 @@ async fn history_diff_and_status_at_read_two_recorded_releases() {
     let set = vec![setting("DATABASE_URL", "postgres://db/two"), setting("NEW_KEY", "x")];
     requests::change_settings(&store, "cli:test", "shop", "live", set, vec!["DEBUG".into()]).await.unwrap().unwrap();
     let b = deploy(&store, "shop").await;
-    run_deployment(&store, "shop", "live", b, &Canned { commit: &commit_b, image: "sha256:bbbb2222", commands: &["migrate", "seed"] }).await;
+    run_deployment(&store, "shop", "live", b, &Canned { commit: &commit_b, image: "sha256:bbbb2222", commands: &["migrate", "seed"] })
+        .await;
     let after = now_between().await;
     let settings_of = |id| {
         let store = &store;

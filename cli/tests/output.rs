@@ -25,7 +25,9 @@ impl Dir {
         let dir = Dir { tmp: tempfile::tempdir().unwrap() };
         let repo = dir.path("repo");
         std::fs::create_dir_all(&repo).unwrap();
-        for args in [&["init", "-q"][..], &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "--allow-empty", "-m", "one"]] {
+        for args in
+            [&["init", "-q"][..], &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "--allow-empty", "-m", "one"]]
+        {
             assert!(Command::new("git").arg("-C").arg(&repo).args(args).status().unwrap().success());
         }
         dir.ok(&["project", "create", "app", "--repo", repo.to_str().unwrap(), "--branch", "HEAD"]);
@@ -142,8 +144,10 @@ fn every_read_verb_prints_one_json_document() {
     let dir = Dir::new();
     dir.ok(&["env", "set", "app", "test", "GREETING=hi"]);
     dir.ok(&["env", "set", "app", "test", "TOKEN=s3cret", "--secret"]);
-    let a = json_lines(&dir.ok(&["deploy", "app", "test", "--dry-run", "--json"])).last().unwrap()["deployment"].as_str().unwrap().to_string();
-    let b = json_lines(&dir.ok(&["deploy", "app", "test", "--dry-run", "--json"])).last().unwrap()["deployment"].as_str().unwrap().to_string();
+    let a =
+        json_lines(&dir.ok(&["deploy", "app", "test", "--dry-run", "--json"])).last().unwrap()["deployment"].as_str().unwrap().to_string();
+    let b =
+        json_lines(&dir.ok(&["deploy", "app", "test", "--dry-run", "--json"])).last().unwrap()["deployment"].as_str().unwrap().to_string();
 
     let status = dir.json(&["status", "app", "test", "--json"]);
     assert_eq!((status["project"].as_str(), status["environment"].as_str()), (Some("app"), Some("test")));
@@ -341,7 +345,10 @@ fn cert_add_checks_the_files_and_cert_list_and_status_show_certificates_without_
         (vec!["cert", "add", "shop.example", "--cert", &cert, "--key", &other_key], "does not belong to the certificate"),
         (vec!["cert", "add", "www.example", "--cert", &cert, "--key", &key], "does not cover `www.example`: it names shop.example"),
         (vec!["cert", "add", "shop.example", "--cert", &key, "--key", &key], "no PEM certificate"),
-        (vec!["cert", "add", "shop.example", "--cert", &cert, "--key", "/nonexistent/key.pem"], "cannot read the key file /nonexistent/key.pem"),
+        (
+            vec!["cert", "add", "shop.example", "--cert", &cert, "--key", "/nonexistent/key.pem"],
+            "cannot read the key file /nonexistent/key.pem",
+        ),
     ] {
         let out = dir.run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();

@@ -75,7 +75,12 @@ async fn the_embedded_store_keeps_values_sealed_opens_them_with_its_key_and_rota
     assert!(events.contains("SecretsKeyRotated") && events.contains(&new_id) && !events.contains(SENTINEL), "{events}");
     // A sealed value copied into another row does not open there.
     let rows = stored_values(&pool).await;
-    sqlx::query("UPDATE setting_values SET value = ?1 WHERE fingerprint = ?2").bind(&rows[0].1).bind(&rows[1].0).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE setting_values SET value = ?1 WHERE fingerprint = ?2")
+        .bind(&rows[0].1)
+        .bind(&rows[1].0)
+        .execute(&pool)
+        .await
+        .unwrap();
     let moved = run(&["--secrets-key", other.to_str().unwrap(), "env", "list", "shop", "test"]);
     assert!(text(&moved).contains("altered or moved"), "{}", text(&moved));
 }
@@ -101,7 +106,8 @@ async fn a_postgres_process_without_a_key_stores_no_value_and_with_one_seals_it(
     let keyed = [("SLIPWAY_SECRETS_KEY_FILE", key.display().to_string())];
     assert!(app(&keyed, &["env", "set", "shop", "test", &format!("API_TOKEN={SENTINEL}"), "--secret"]).status.success());
     let owner = sqlx::PgPool::connect(&pg_url()).await.unwrap();
-    let stored: Vec<String> = sqlx::query_scalar(&format!("SELECT value FROM \"{schema}\".setting_values")).fetch_all(&owner).await.unwrap();
+    let stored: Vec<String> =
+        sqlx::query_scalar(&format!("SELECT value FROM \"{schema}\".setting_values")).fetch_all(&owner).await.unwrap();
     assert_eq!(stored.len(), 1);
     assert!(stored[0].starts_with("sealed:v1:") && !stored[0].contains(SENTINEL), "{stored:?}");
     sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE")).execute(&owner).await.unwrap();

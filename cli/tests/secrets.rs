@@ -123,10 +123,8 @@ async fn a_secret_sentinel_appears_nowhere_but_the_value_table() {
         .unwrap();
     assert!(tables.contains(&"events".to_string()) && tables.contains(&"outbox".to_string()), "{tables:?}");
     for table in tables.iter().filter(|t| *t != "setting_values") {
-        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM \"{schema}\".\"{table}\" t"))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT t::text FROM \"{schema}\".\"{table}\" t")).fetch_all(&pool).await.unwrap();
         assert!(!rows.iter().any(|r| r.contains(&sentinel)), "table {table} holds the secret");
     }
     let values: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".setting_values WHERE value = $1"))

@@ -64,9 +64,8 @@ fn attribute<'a>(span: &'a Value, key: &str) -> &'a str {
 async fn a_deployment_across_three_processes_is_one_trace_and_moves_the_counters() {
     let tag = Uuid::now_v7().simple().to_string();
     let (schema, namespace, project) = (format!("tel_{tag}"), format!("tel{}", &tag[20..]), format!("tel-{}", &tag[24..]));
-    let store: Arc<dyn EventStore> = Arc::new(
-        PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), ..Default::default() }).await.unwrap(),
-    );
+    let store: Arc<dyn EventStore> =
+        Arc::new(PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), ..Default::default() }).await.unwrap());
     let mut c = Cluster::empty(&schema, &namespace);
     let trace_file = c.data.path().join("spans.jsonl");
     c.env.push(("SLIPWAY_TRACE_FILE", trace_file.display().to_string()));
@@ -104,10 +103,8 @@ async fn a_deployment_across_three_processes_is_one_trace_and_moves_the_counters
     let mine = |s: &Value| attribute(s, "slipway.deployment.id") == id.to_string();
     let all = eventually("a process span for every publish span", Duration::from_secs(30), || async {
         let all: Vec<Value> = spans(&trace_file).into_iter().filter(mine).collect();
-        let published: BTreeSet<&str> =
-            all.iter().filter(|s| text(s, "kind") == "producer").map(|s| text(s, "span_id")).collect();
-        let processed: BTreeSet<&str> =
-            all.iter().filter(|s| text(s, "kind") == "consumer").map(|s| text(s, "parent_span_id")).collect();
+        let published: BTreeSet<&str> = all.iter().filter(|s| text(s, "kind") == "producer").map(|s| text(s, "span_id")).collect();
+        let processed: BTreeSet<&str> = all.iter().filter(|s| text(s, "kind") == "consumer").map(|s| text(s, "parent_span_id")).collect();
         (published.len() >= 7 && published == processed).then_some(all.clone())
     })
     .await;
@@ -118,8 +115,7 @@ async fn a_deployment_across_three_processes_is_one_trace_and_moves_the_counters
 
     // Each step span's parent is the span that dispatched it: the publish
     // span of the same message, in the server.
-    let publish: BTreeMap<&str, &Value> =
-        all.iter().filter(|s| text(s, "kind") == "producer").map(|s| (text(s, "span_id"), s)).collect();
+    let publish: BTreeMap<&str, &Value> = all.iter().filter(|s| text(s, "kind") == "producer").map(|s| (text(s, "span_id"), s)).collect();
     let process: Vec<&Value> = all.iter().filter(|s| text(s, "kind") == "consumer").collect();
     for step in &process {
         let parent = publish.get(text(step, "parent_span_id")).unwrap_or_else(|| panic!("no publish span for {step:#}"));

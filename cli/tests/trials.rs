@@ -229,7 +229,15 @@ async fn faults_lose_nothing_and_the_release_keeps_answering() {
 
     println!("\n{:<40} {:>6} {:>9} {:>8} {:>11} {:>17}", "fault", "trials", "completed", "mid-step", "lost events", "duplicate effects");
     for (fault, t) in &tallies {
-        println!("{:<40} {:>6} {:>9} {:>8} {:>11} {:>17}", fault.to_string(), t.trials, t.completed, t.mid_step, t.lost_events, t.duplicate_effects);
+        println!(
+            "{:<40} {:>6} {:>9} {:>8} {:>11} {:>17}",
+            fault.to_string(),
+            t.trials,
+            t.completed,
+            t.mid_step,
+            t.lost_events,
+            t.duplicate_effects
+        );
     }
     println!("requests through the router: {total}, failed: {}, wrong answers: {wrong}", failed.len());
 

@@ -18,12 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
-};
-use slipway_proto::event::{
-    AcmeChallengeFinished, AcmeChallengeReady, CertificateRenewalFailed, CertificateSource, ROUTES_STREAM,
-};
+use instant_acme::{Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy};
+use slipway_proto::event::{AcmeChallengeFinished, AcmeChallengeReady, CertificateRenewalFailed, CertificateSource, ROUTES_STREAM};
 use slipway_proto::Event;
 use slipway_store::subscription::wait_for_wakeup;
 use slipway_store::EventStore;
@@ -176,9 +172,8 @@ async fn order_inner(
             AuthorizationStatus::Valid => continue,
             other => return Err(format!("the CA's authorization for {domain} is {other:?}")),
         }
-        let mut challenge = authorization
-            .challenge(ChallengeType::Http01)
-            .ok_or_else(|| format!("the CA offers no HTTP-01 challenge for {domain}"))?;
+        let mut challenge =
+            authorization.challenge(ChallengeType::Http01).ok_or_else(|| format!("the CA offers no HTTP-01 challenge for {domain}"))?;
         let ready = Event::AcmeChallengeReady(AcmeChallengeReady {
             domain: domain.to_string(),
             token: challenge.token.clone(),
@@ -193,7 +188,9 @@ async fn order_inner(
     let retries = RetryPolicy::new().timeout(Duration::from_secs(60));
     let status = order.poll_ready(&retries).await.map_err(|e| acme("waiting for validation", e))?;
     if status != OrderStatus::Ready {
-        return Err(format!("the CA did not validate {domain} over HTTP-01 (order {status:?}); is its DNS pointing at the routers, port 80?"));
+        return Err(format!(
+            "the CA did not validate {domain} over HTTP-01 (order {status:?}); is its DNS pointing at the routers, port 80?"
+        ));
     }
     let key_pem = order.finalize().await.map_err(|e| acme("finalizing the order", e))?;
     let chain = order.poll_certificate(&retries).await.map_err(|e| acme("downloading the certificate", e))?;

@@ -19,11 +19,11 @@
 
 use std::sync::Arc;
 
-use rand::RngCore;
 use chrono::Utc;
+use rand::RngCore;
 use slipway_proto::event::{
-    project_stream, AutoDeployRemoved, AutoDeploySet, PreviewTrigger, PushDeployment, PushReceived, PushSkipped,
-    WebhookProvider, WebhookSecretRotated,
+    project_stream, AutoDeployRemoved, AutoDeploySet, PreviewTrigger, PushDeployment, PushReceived, PushSkipped, WebhookProvider,
+    WebhookSecretRotated,
 };
 use slipway_proto::Event;
 use slipway_store::settings::fingerprint;
@@ -121,16 +121,9 @@ pub async fn set_rule(
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
         if !p.environments.contains_key(environment) {
             let known: Vec<_> = p.environments.keys().cloned().collect();
-            return Ok(Err(Rejection(format!(
-                "project `{project}` has no environment `{environment}` (it has: {})",
-                known.join(", ")
-            ))));
+            return Ok(Err(Rejection(format!("project `{project}` has no environment `{environment}` (it has: {})", known.join(", ")))));
         }
-        let event = Event::AutoDeploySet(AutoDeploySet {
-            branch: branch.into(),
-            environment: environment.into(),
-            poll_seconds,
-        });
+        let event = Event::AutoDeploySet(AutoDeploySet { branch: branch.into(), environment: environment.into(), poll_seconds });
         if append_to_project(store, &p, actor, &event).await? {
             return Ok(Ok(()));
         }

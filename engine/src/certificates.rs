@@ -336,7 +336,11 @@ mod tests {
 
     #[test]
     fn challenges_are_answered_until_finished() {
-        let ready = Event::AcmeChallengeReady(AcmeChallengeReady { domain: "a.example".into(), token: "t".into(), key_authorization: "t.k".into() });
+        let ready = Event::AcmeChallengeReady(AcmeChallengeReady {
+            domain: "a.example".into(),
+            token: "t".into(),
+            key_authorization: "t.k".into(),
+        });
         let c = fold(std::slice::from_ref(&ready));
         assert_eq!(c.challenges["t"], ("a.example".to_string(), "t.k".to_string()));
         let c = fold(&[ready, Event::AcmeChallengeFinished(AcmeChallengeFinished { domain: "a.example".into(), token: "t".into() })]);

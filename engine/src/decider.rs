@@ -37,8 +37,8 @@ use chrono::{DateTime, Utc};
 use slipway_proto::command::{ImageSource, RemoveContainers, RetireRelease, RunStep};
 use slipway_proto::config::AppConfig;
 use slipway_proto::event::{
-    DeploymentFailed, DeploymentFinished, DeploymentSucceeded, ImageReused, ReleaseRolledBack, ReleaseWatchStarted,
-    RouteChanged, RouteReason, StepFailed, StepSkipped, TrafficSwitchRequested, TrafficSwitched,
+    DeploymentFailed, DeploymentFinished, DeploymentSucceeded, ImageReused, ReleaseRolledBack, ReleaseWatchStarted, RouteChanged,
+    RouteReason, StepFailed, StepSkipped, TrafficSwitchRequested, TrafficSwitched,
 };
 use slipway_proto::{Command, Event, Step};
 
@@ -159,19 +159,14 @@ fn failed(d: &Deployment, step: Step, reason: &str, env: &EnvironmentView) -> Ve
     if d.switch.as_ref().is_some_and(|s| s.switched) {
         return roll_back(d, step, reason, env);
     }
-    let mut out = vec![
-        Decision::Record(Event::DeploymentFailed(DeploymentFailed { step, reason: reason.to_string() })),
-        finished(d, false),
-    ];
+    let mut out =
+        vec![Decision::Record(Event::DeploymentFailed(DeploymentFailed { step, reason: reason.to_string() })), finished(d, false)];
     if d.switch.is_some() {
         out.push(Decision::RecordOnRoutes(revert_route(d, env, RouteReason::Revert)));
         // Routers that did switch may have sent requests: drain them.
         out.push(drain_own(d, env));
     } else if !d.containers.is_empty() {
-        out.push(Decision::Dispatch(Command::RemoveContainers(RemoveContainers {
-            deployment_id: d.id,
-            containers: d.containers.clone(),
-        })));
+        out.push(Decision::Dispatch(Command::RemoveContainers(RemoveContainers { deployment_id: d.id, containers: d.containers.clone() })));
     }
     out
 }
@@ -316,10 +311,7 @@ fn watch(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
         let mut context = d.context.clone();
         context.watch_until = Some(until);
         return vec![
-            Decision::Record(Event::ReleaseWatchStarted(ReleaseWatchStarted {
-                until,
-                window_ms: window.num_milliseconds().max(0) as u64,
-            })),
+            Decision::Record(Event::ReleaseWatchStarted(ReleaseWatchStarted { until, window_ms: window.num_milliseconds().max(0) as u64 })),
             Decision::Dispatch(Command::RunStep(RunStep { step: Step::Watch, attempt: 1, context })),
         ];
     }
@@ -335,10 +327,7 @@ fn remove_late_containers(d: &Deployment) -> Vec<Decision> {
     if d.late_containers.is_empty() {
         return vec![];
     }
-    vec![Decision::Dispatch(Command::RemoveContainers(RemoveContainers {
-        deployment_id: d.id,
-        containers: d.late_containers.clone(),
-    }))]
+    vec![Decision::Dispatch(Command::RemoveContainers(RemoveContainers { deployment_id: d.id, containers: d.late_containers.clone() }))]
 }
 
 /// The pipeline passed: move the route, then wait for every router.
@@ -392,8 +381,7 @@ fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
     let waiting = traffic.waiting_for(&switch.routers, switch.route_version);
     if waiting.is_empty() {
         let routers = switch.routers.iter().filter(|r| traffic.routers.contains(*r)).cloned().collect();
-        let mut out =
-            vec![Decision::Record(Event::TrafficSwitched(TrafficSwitched { route_version: switch.route_version, routers }))];
+        let mut out = vec![Decision::Record(Event::TrafficSwitched(TrafficSwitched { route_version: switch.route_version, routers }))];
         out.extend(watch(d, env));
         out
     } else if env.now >= switch.deadline {
@@ -425,7 +413,11 @@ fn overdue(d: &Deployment, step: Step, env: &EnvironmentView) -> Vec<Decision> {
     let expired = match silent_since {
         Some(at) if at < deadline && env.now >= at => Some((
             at,
-            format!("the worker running {step} stopped heartbeating ({}s without a beat by {})", env.heartbeat_timeout.num_seconds(), clock(at)),
+            format!(
+                "the worker running {step} stopped heartbeating ({}s without a beat by {})",
+                env.heartbeat_timeout.num_seconds(),
+                clock(at)
+            ),
         )),
         _ if env.now >= deadline => Some((deadline, format!("no worker reported an outcome of {step} by {}", clock(deadline)))),
         _ => None,
@@ -441,11 +433,7 @@ fn overdue(d: &Deployment, step: Step, env: &EnvironmentView) -> Vec<Decision> {
         return vec![Decision::WakeAt(look_again.min(deadline))];
     };
     if attempt >= env.retries.max_attempts {
-        let reason = format!(
-            "{why} (attempt {attempt} of {}); is a worker serving {}?",
-            env.retries.max_attempts,
-            step.queue()
-        );
+        let reason = format!("{why} (attempt {attempt} of {}); is a worker serving {}?", env.retries.max_attempts, step.queue());
         return vec![Decision::Record(fail(step, reason))];
     }
     let pause = env.retries.backoff * 2i32.saturating_pow(attempt.saturating_sub(1));
@@ -461,9 +449,8 @@ fn overdue(d: &Deployment, step: Step, env: &EnvironmentView) -> Vec<Decision> {
 fn step_context(d: &Deployment, step: Step, env: &EnvironmentView) -> slipway_proto::command::DeploymentContext {
     let mut context = d.context.clone();
     if step == Step::Build {
-        let replayed = d.replay_of.as_ref().and_then(|r| {
-            Some(ImageSource { deployment_id: r.deployment_id, image_id: r.image_id.clone()? })
-        });
+        let replayed =
+            d.replay_of.as_ref().and_then(|r| Some(ImageSource { deployment_id: r.deployment_id, image_id: r.image_id.clone()? }));
         context.reuse = replayed.or_else(|| env.reusable_image.clone());
     }
     context
@@ -526,7 +513,8 @@ fn retire_previous(d: &Deployment, env: &EnvironmentView) -> Option<Decision> {
 fn rollback_reuse(d: &Deployment, step: Step) -> Option<Event> {
     if let Some(replay) = &d.replay_of {
         // A replay from after the release: the original ran its commands.
-        let ran_before = Step::PIPELINE.iter().position(|s| *s == Step::Release) < Step::PIPELINE.iter().position(|s| *s == replay.from_step);
+        let ran_before =
+            Step::PIPELINE.iter().position(|s| *s == Step::Release) < Step::PIPELINE.iter().position(|s| *s == replay.from_step);
         return (step == Step::Release && ran_before).then(|| {
             Event::StepSkipped(StepSkipped {
                 step,
@@ -541,14 +529,12 @@ fn rollback_reuse(d: &Deployment, step: Step) -> Option<Event> {
     };
     let skipped = |reason: String| Some(Event::StepSkipped(StepSkipped { step, reason }));
     match step {
-        Step::Checkout => skipped(format!(
-            "{what} of {source}: its commit {} and slipway.toml are re-used",
-            d.context.commit.as_deref().unwrap_or("?")
-        )),
-        Step::Build => Some(Event::ImageReused(ImageReused {
-            image_id: d.context.image_id.clone().unwrap_or_default(),
-            source_deployment: source,
-        })),
+        Step::Checkout => {
+            skipped(format!("{what} of {source}: its commit {} and slipway.toml are re-used", d.context.commit.as_deref().unwrap_or("?")))
+        }
+        Step::Build => {
+            Some(Event::ImageReused(ImageReused { image_id: d.context.image_id.clone().unwrap_or_default(), source_deployment: source }))
+        }
         Step::Release if d.rollback_of.is_some() => skipped(format!("rollback to {source}: release commands are not run again")),
         _ => None,
     }

@@ -171,12 +171,14 @@ mod tests {
 
     #[test]
     fn a_removed_environment_keeps_no_domain_and_a_stale_removal_changes_nothing() {
-        let added = |p: &str, e: &str, d: &str| Event::DomainAdded(DomainAdded { project: p.into(), environment: e.into(), domain: d.into() });
+        let added =
+            |p: &str, e: &str, d: &str| Event::DomainAdded(DomainAdded { project: p.into(), environment: e.into(), domain: d.into() });
         let mut domains = Domains::new();
         apply(&mut domains, &added("shop", "live", "shop.example.com"));
         apply(&mut domains, &added("shop", "live", "*.shop.example.com"));
         apply(&mut domains, &added("blog", "live", "blog.example.com"));
-        let removed = Event::DomainRemoved(DomainRemoved { project: "blog".into(), environment: "test".into(), domain: "blog.example.com".into() });
+        let removed =
+            Event::DomainRemoved(DomainRemoved { project: "blog".into(), environment: "test".into(), domain: "blog.example.com".into() });
         apply(&mut domains, &removed);
         assert_eq!(of_environment(&domains, "blog", "live"), ["blog.example.com"]);
         let route_removed = Event::RouteRemoved(slipway_proto::event::RouteRemoved { project: "shop".into(), environment: "live".into() });

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use slipway_proto::command::ImageSource;
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{deployment_stream, environment_stream, project_stream, StepDispatched, ROUTERS_STREAM, ROUTES_STREAM};
-use slipway_proto::command::ImageSource;
 use slipway_proto::{Command, Envelope, Event, Step};
 use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
@@ -25,8 +25,8 @@ use uuid::Uuid;
 use crate::decider::{decide, Decision, EnvironmentView, Retries};
 use crate::deployment::{fold, Deployment};
 use crate::environment::Environment;
-use crate::project::{self, Project};
 use crate::load::{self, decode_all};
+use crate::project::{self, Project};
 use crate::routes::Traffic;
 use crate::seen::{Seen, SeenDeployment, SeenTraffic};
 
@@ -394,11 +394,8 @@ impl Driver {
                 .buffer_unordered(ADVANCE_CONCURRENCY)
                 .collect()
                 .await;
-            let cutovers: Vec<String> = planned
-                .iter()
-                .filter(|(_, p)| matches!(p, Ok(Planned::Alone)))
-                .map(|(stream, _)| stream.clone())
-                .collect();
+            let cutovers: Vec<String> =
+                planned.iter().filter(|(_, p)| matches!(p, Ok(Planned::Alone))).map(|(stream, _)| stream.clone()).collect();
             let turn = match cutovers.is_empty() {
                 true => None,
                 false => Some(self.routes_turn.lock().await),
@@ -520,8 +517,7 @@ impl Driver {
             reusable_image,
             retries: self.options.retries,
             heartbeat: self.heartbeat(&state).await?,
-            heartbeat_timeout: chrono::Duration::from_std(self.options.heartbeat_timeout)
-                .unwrap_or(chrono::Duration::seconds(60)),
+            heartbeat_timeout: chrono::Duration::from_std(self.options.heartbeat_timeout).unwrap_or(chrono::Duration::seconds(60)),
         };
         let mut decisions = decide(&state, &view);
         let wake = decisions.iter().find_map(|d| match d {
@@ -725,11 +721,10 @@ impl Driver {
     async fn reusable_image(&self, state: &Deployment, now: DateTime<Utc>) -> Result<Option<ImageSource>, DriverError> {
         let ctx = &state.context;
         let reusing = state.rollback_of.is_some() || state.promoted_from.is_some();
-        let running = matches!(state.dispatched, Some((Step::Build, _, _)))
-            && state.dispatch_deadline.is_none_or(|deadline| deadline > now);
+        let running =
+            matches!(state.dispatched, Some((Step::Build, _, _))) && state.dispatch_deadline.is_none_or(|deadline| deadline > now);
         // `--no-cache` asks for a fresh build: no re-use either.
-        let building =
-            state.next_step() == Some(Step::Build) && !running && !reusing && !ctx.dry_run && !ctx.no_cache;
+        let building = state.next_step() == Some(Step::Build) && !running && !reusing && !ctx.dry_run && !ctx.no_cache;
         let (true, Some(commit)) = (building, &ctx.commit) else { return Ok(None) };
         // The project, its original and the original's mirrors (a mirror's
         // build serves the original too, and the other way round).
@@ -790,13 +785,7 @@ impl Driver {
     /// their cause's trace context; each dispatched command gets a planned
     /// `<queue> publish` span (a child of the cause's span) whose context
     /// goes into the command and its `StepDispatched`.
-    fn materialise(
-        &self,
-        stream: &str,
-        env_stream: &str,
-        cause: &Envelope,
-        decisions: Vec<Decision>,
-    ) -> Materialised {
+    fn materialise(&self, stream: &str, env_stream: &str, cause: &Envelope, decisions: Vec<Decision>) -> Materialised {
         let now = Utc::now();
         let meta = || {
             let mut m = Metadata::caused_by(cause);
@@ -817,9 +806,7 @@ impl Driver {
                 Decision::RecordOnEnvironment(event) => {
                     environment.extend(Envelope::new(Uuid::now_v7(), now, env_stream, &event, meta()).ok())
                 }
-                Decision::RecordOnRoutes(event) => {
-                    routes.extend(Envelope::new(Uuid::now_v7(), now, ROUTES_STREAM, &event, meta()).ok())
-                }
+                Decision::RecordOnRoutes(event) => routes.extend(Envelope::new(Uuid::now_v7(), now, ROUTES_STREAM, &event, meta()).ok()),
                 Decision::Dispatch(command) | Decision::DispatchAgain { command, .. } => {
                     let id = decision_id.unwrap_or_else(Uuid::now_v7);
                     let span = self.publish_span(cause, &command, id);
@@ -890,11 +877,7 @@ impl Pending {
         let mut appends =
             vec![StreamAppend { stream: &self.stream, expected: ExpectedVersion::Exactly(deployment), events: &self.out.events }];
         if !self.out.environment.is_empty() {
-            appends.push(StreamAppend {
-                stream: &self.estream,
-                expected: ExpectedVersion::Exactly(env),
-                events: &self.out.environment,
-            });
+            appends.push(StreamAppend { stream: &self.estream, expected: ExpectedVersion::Exactly(env), events: &self.out.environment });
         }
         appends
     }

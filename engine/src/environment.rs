@@ -112,7 +112,11 @@ impl Environment {
         Some(ReleaseLive {
             state: worst,
             restarts: self.live.values().map(|c| c.restarts).sum(),
-            last_exit: self.live.values().filter(|c| c.state == worst).find_map(|c| c.last_exit)
+            last_exit: self
+                .live
+                .values()
+                .filter(|c| c.state == worst)
+                .find_map(|c| c.last_exit)
                 .or_else(|| self.live.values().find_map(|c| c.last_exit)),
             oom_kills: self.live.values().map(|c| c.oom_kills).sum(),
         })

@@ -146,13 +146,9 @@ pub fn timeline(recorded: &[RecordedEvent]) -> Result<Option<Timeline>, LoadErro
             let attempt = attempt.unwrap_or(1);
             match steps.iter_mut().find(|t| t.step == step) {
                 Some(t) => t.attempts = t.attempts.max(attempt),
-                None => steps.push(StepTiming {
-                    step,
-                    attempts: attempt,
-                    dispatched_at: Some(r.recorded_at),
-                    duration_ms: None,
-                    outcome: None,
-                }),
+                None => {
+                    steps.push(StepTiming { step, attempts: attempt, dispatched_at: Some(r.recorded_at), duration_ms: None, outcome: None })
+                }
             }
         }
         if let Some((step, outcome)) = outcome {
@@ -242,9 +238,8 @@ pub struct Diff {
 pub fn diff(a: &Timeline, b: &Timeline) -> Diff {
     let (ca, cb) = (&a.deployment.context, &b.deployment.context);
     let (sa, sb): (&BTreeMap<String, String>, &BTreeMap<String, String>) = (&ca.settings, &cb.settings);
-    let keys = |f: &dyn Fn(&String) -> bool, from: &BTreeMap<String, String>| -> Vec<String> {
-        from.keys().filter(|k| f(k)).cloned().collect()
-    };
+    let keys =
+        |f: &dyn Fn(&String) -> bool, from: &BTreeMap<String, String>| -> Vec<String> { from.keys().filter(|k| f(k)).cloned().collect() };
     let duration = |t: &Timeline, step: Step| t.steps.iter().find(|s| s.step == step).and_then(|s| s.duration_ms);
     let mut steps: Vec<Step> = a.steps.iter().chain(&b.steps).map(|s| s.step).collect();
     steps.sort();
@@ -289,9 +284,7 @@ pub fn release(d: &Deployment, recorded: &[RecordedEvent], serving: bool) -> Rel
     let mut origin = "built";
     for r in recorded {
         match r.envelope.decode::<Event>() {
-            Ok(Event::ReleaseCommandsRan(ran)) if !ran.skipped => {
-                release_commands.extend(ran.results.iter().map(|c| c.command.clone()))
-            }
+            Ok(Event::ReleaseCommandsRan(ran)) if !ran.skipped => release_commands.extend(ran.results.iter().map(|c| c.command.clone())),
             Ok(Event::ImageReused(_)) => origin = "re-used",
             _ => {}
         }
@@ -325,10 +318,9 @@ mod tests {
     use chrono::Duration;
     use slipway_proto::envelope::Metadata;
     use slipway_proto::event::{
-        CheckedOut, DeploymentFinished, DeploymentSucceeded, HealthCheckPassed, ImageBuilt,
-        ImageReused, ReleaseCommandResult, ReleaseCommandsRan, ServicesChecked, StepDispatched,
-        StepFailed, StepSkipped, TrafficSwitchRequested, TrafficSwitched, WebContainerStarted, DeploymentEnqueued,
-        BuildMode, DeploymentFailed,
+        BuildMode, CheckedOut, DeploymentEnqueued, DeploymentFailed, DeploymentFinished, DeploymentSucceeded, HealthCheckPassed,
+        ImageBuilt, ImageReused, ReleaseCommandResult, ReleaseCommandsRan, ServicesChecked, StepDispatched, StepFailed, StepSkipped,
+        TrafficSwitchRequested, TrafficSwitched, WebContainerStarted,
     };
     use slipway_proto::Envelope;
     use slipway_store::Position;
@@ -415,7 +407,11 @@ mod tests {
                 }),
             ),
             (2240, "engine", dispatch(Step::Deploy, 1)),
-            (2340, w, Event::WebContainerStarted(WebContainerStarted { container: "shop-web".into(), host_port: 4000, host: String::new() })),
+            (
+                2340,
+                w,
+                Event::WebContainerStarted(WebContainerStarted { container: "shop-web".into(), host_port: 4000, host: String::new() }),
+            ),
             (2350, "engine", dispatch(Step::Release, 1)),
             (
                 2450,
@@ -450,7 +446,11 @@ mod tests {
     fn build_fails(id: Uuid) -> Vec<(i64, &'static str, Event)> {
         let mut events = happy_path(id, "abc", "sha256:1", &[], &[]);
         events.truncate(7);
-        events.push((1500, "worker:a", Event::StepFailed(StepFailed { step: Step::Build, reason: "no Dockerfile".into(), attempt: 2, details: vec![] })));
+        events.push((
+            1500,
+            "worker:a",
+            Event::StepFailed(StepFailed { step: Step::Build, reason: "no Dockerfile".into(), attempt: 2, details: vec![] }),
+        ));
         events.push((1510, "engine", Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "no Dockerfile".into() })));
         events
     }
@@ -573,7 +573,14 @@ mod tests {
     fn the_environment_at_a_moment_ignores_later_events() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let finished = |id, succeeded| {
-            Event::DeploymentFinished(DeploymentFinished { deployment_id: id, succeeded, containers: vec![], upstreams: vec![], dry_run: false, host: String::new() })
+            Event::DeploymentFinished(DeploymentFinished {
+                deployment_id: id,
+                succeeded,
+                containers: vec![],
+                upstreams: vec![],
+                dry_run: false,
+                host: String::new(),
+            })
         };
         let stream = recorded(
             "environment-shop-live",

@@ -14,9 +14,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
-    deployment_stream, environment_stream, project_stream, BuildMode, CancelRequested, DeploymentEnqueued,
-    DeploymentRequested, EnvironmentAdded, EnvironmentRemoved, PreviewApproved, PreviewRuleRemoved, PreviewRuleSet,
-    PreviewTrigger, RouteRemoved, SourceAccess, ROUTES_STREAM,
+    deployment_stream, environment_stream, project_stream, BuildMode, CancelRequested, DeploymentEnqueued, DeploymentRequested,
+    EnvironmentAdded, EnvironmentRemoved, PreviewApproved, PreviewRuleRemoved, PreviewRuleSet, PreviewTrigger, RouteRemoved, SourceAccess,
+    ROUTES_STREAM,
 };
 use slipway_proto::{Command, Envelope, Event};
 use slipway_store::event_store::{Outgoing, StreamAppend};
@@ -168,10 +168,7 @@ pub(crate) async fn add_preview(
     if store.stream_version(&claim_stream).await? == 0 {
         w.add(&claim_stream, ExpectedVersion::NoStream, &crate::names::claim(&p.name, &new.name), Uuid::now_v7(), actor);
     } else if let Some(holder) = crate::names::taken_by(store, &p.name, &new.name).await? {
-        return Err(StoreError::InvalidAppend {
-            stream: claim_stream,
-            reason: crate::names::collision(&p.name, &new.name, &holder),
-        });
+        return Err(StoreError::InvalidAppend { stream: claim_stream, reason: crate::names::collision(&p.name, &new.name, &holder) });
     }
     p.apply(&added);
     Ok(())
@@ -211,13 +208,8 @@ pub(crate) async fn remove_preview(
             w.commands.push(Outgoing { queue: command.queue(), envelope: e });
         }
     }
-    let removed = EnvironmentRemoved {
-        name: name.into(),
-        reason: reason.into(),
-        cancelled: plan.cancel,
-        retired,
-        route_removed: plan.route,
-    };
+    let removed =
+        EnvironmentRemoved { name: name.into(), reason: reason.into(), cancelled: plan.cancel, retired, route_removed: plan.route };
     let event = Event::EnvironmentRemoved(removed.clone());
     w.add(&project_stream(&p.name), ExpectedVersion::Exactly(p.version), &event, Uuid::now_v7(), actor);
     w.add(&environment_stream(&p.name, name), ExpectedVersion::Exactly(env.version), &event, Uuid::now_v7(), actor);
@@ -254,12 +246,7 @@ pub async fn remove_environment(
 /// Approves the head commit of a fork's pull request preview and requests
 /// its deployment, recorded with who approved it. Each new head commit
 /// needs its own approval.
-pub async fn approve(
-    store: &dyn EventStore,
-    actor: &str,
-    project: &str,
-    environment: &str,
-) -> Result<Result<Uuid, Rejection>, LoadError> {
+pub async fn approve(store: &dyn EventStore, actor: &str, project: &str, environment: &str) -> Result<Result<Uuid, Rejection>, LoadError> {
     let source = crate::requests::source_access(store, project).await?;
     for _ in 0..ATTEMPTS {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };

@@ -22,10 +22,7 @@ pub struct ReleaseLimits {
 /// (which no deployment that ran can have) reads as no limits.
 pub fn release_limits(config: &serde_json::Value) -> ReleaseLimits {
     let Ok(config) = AppConfig::from_value(config) else { return ReleaseLimits::default() };
-    ReleaseLimits {
-        web: config.web.limits(),
-        processes: config.processes.iter().map(|(name, p)| (name.clone(), p.limits())).collect(),
-    }
+    ReleaseLimits { web: config.web.limits(), processes: config.processes.iter().map(|(name, p)| (name.clone(), p.limits())).collect() }
 }
 
 /// "web memory 256m, cpus 0.5, pids 100; worker memory 1g".

@@ -3,9 +3,7 @@
 //! would be wrong), and fold. The driver, the API and the CLI all load
 //! deployments and environments this one way.
 
-use slipway_proto::event::{
-    deployment_stream, environment_stream, router_stream, RouterStarted, ROUTERS_STREAM, ROUTES_STREAM,
-};
+use slipway_proto::event::{deployment_stream, environment_stream, router_stream, RouterStarted, ROUTERS_STREAM, ROUTES_STREAM};
 use slipway_proto::Event;
 use slipway_store::{EventStore, RecordedEvent, StoreError};
 use uuid::Uuid;
@@ -41,10 +39,7 @@ pub fn decode_all(recorded: &[RecordedEvent]) -> Result<Vec<Event>, LoadError> {
 }
 
 /// A deployment's state and its recorded events; `None` if it does not exist.
-pub async fn deployment_with_events(
-    store: &dyn EventStore,
-    id: Uuid,
-) -> Result<Option<(Deployment, Vec<RecordedEvent>)>, LoadError> {
+pub async fn deployment_with_events(store: &dyn EventStore, id: Uuid) -> Result<Option<(Deployment, Vec<RecordedEvent>)>, LoadError> {
     let recorded = store.read_stream(&deployment_stream(id), 1).await?;
     let events = decode_all(&recorded)?;
     Ok(deployment::fold(events.iter())?.map(|d| (d, recorded)))
@@ -72,8 +67,7 @@ pub async fn desired(store: &dyn EventStore) -> Result<Vec<crate::reconcile::Des
     let mut out = Vec::new();
     for (project, environment) in environment_names(store).await? {
         let recorded = store.read_stream(&environment_stream(&project, &environment), 1).await?;
-        let settled_at =
-            recorded.iter().rev().find(|r| r.envelope.message_type == "DeploymentFinished").map(|r| r.recorded_at);
+        let settled_at = recorded.iter().rev().find(|r| r.envelope.message_type == "DeploymentFinished").map(|r| r.recorded_at);
         let state = environment::fold(decode_all(&recorded)?.iter());
         out.push(crate::reconcile::Desired { project, environment, state, settled_at });
     }

@@ -27,9 +27,7 @@ pub fn new_heads(project: &Project, branches: &[(String, String)]) -> Vec<(Strin
     branches
         .iter()
         .filter(|(branch, _)| polled.iter().any(|r| glob_matches(&r.branch, branch)))
-        .filter(|(branch, commit)| {
-            !project.deliveries.contains(&delivery_key(WebhookProvider::Poll, &delivery(branch, commit)))
-        })
+        .filter(|(branch, commit)| !project.deliveries.contains(&delivery_key(WebhookProvider::Poll, &delivery(branch, commit))))
         .cloned()
         .collect()
 }

@@ -222,11 +222,7 @@ pub struct Removal {
 pub fn removal(env: &Environment, routed: bool, drain_seconds: u64) -> Removal {
     Removal {
         cancel: env.queue.clone(),
-        retire: env.active.as_ref().map(|a| RetireRelease {
-            deployment_id: a.deployment,
-            containers: a.containers.clone(),
-            drain_seconds,
-        }),
+        retire: env.active.as_ref().map(|a| RetireRelease { deployment_id: a.deployment, containers: a.containers.clone(), drain_seconds }),
         route: routed,
     }
 }
@@ -280,7 +276,8 @@ pub fn parse_ttl(text: &str) -> Result<u64, String> {
         'd' => 86_400,
         _ => return Err(format!("time to live `{text}` needs a unit: s, m, h or d (such as 7d)")),
     };
-    let number: u64 = text[..text.len() - 1].parse().map_err(|_| format!("time to live `{text}` is not a number with a unit, such as 7d"))?;
+    let number: u64 =
+        text[..text.len() - 1].parse().map_err(|_| format!("time to live `{text}` is not a number with a unit, such as 7d"))?;
     number.checked_mul(scale).ok_or_else(|| format!("time to live `{text}` is too long"))
 }
 
@@ -362,7 +359,9 @@ mod tests {
         assert!(matches!(plan_pull_request(&p, &pr(PrAction::Update, 42, 'a', false)), Plan::Unchanged { .. }), "same head");
         assert!(matches!(plan_pull_request(&p, &pr(PrAction::Update, 42, 'b', false)), Plan::Deploy { add: None, .. }));
         assert!(matches!(plan_pull_request(&p, &pr(PrAction::Other, 42, 'b', false)), Plan::Ignore(_)));
-        assert!(matches!(plan_pull_request(&p, &pr(PrAction::Close, 42, 'b', false)), Plan::Remove { environment, .. } if environment == "pr-42"));
+        assert!(
+            matches!(plan_pull_request(&p, &pr(PrAction::Close, 42, 'b', false)), Plan::Remove { environment, .. } if environment == "pr-42")
+        );
         assert!(matches!(plan_pull_request(&p, &pr(PrAction::Close, 7, 'b', false)), Plan::Unchanged { .. }));
         let none = project(&[]);
         assert!(matches!(plan_pull_request(&none, &pr(PrAction::Open, 1, 'a', false)), Plan::Ignore(r) if r.contains("no preview rule")));
@@ -379,7 +378,10 @@ mod tests {
         assert_eq!(approvable(&p, "pr-5"), Ok("a".repeat(40)));
         preview_mut(&mut p, "pr-5").approved.insert("a".repeat(40));
         assert!(approvable(&p, "pr-5").unwrap_err().contains("already approved"));
-        assert!(matches!(plan_pull_request(&p, &pr(PrAction::Update, 5, 'b', true)), Plan::AwaitApproval { add: None, .. }), "a new head waits again");
+        assert!(
+            matches!(plan_pull_request(&p, &pr(PrAction::Update, 5, 'b', true)), Plan::AwaitApproval { add: None, .. }),
+            "a new head waits again"
+        );
         assert!(matches!(plan_pull_request(&p, &pr(PrAction::Open, 5, 'a', true)), Plan::Unchanged { .. }));
         assert!(approvable(&p, "test").unwrap_err().contains("no preview"));
     }
@@ -429,7 +431,9 @@ mod tests {
         assert!(matches!(plan_branch_push(&p, &push("refs/heads/feature/a", 'b', "x")), Some(Plan::Deploy { add: None, .. })));
         assert_eq!(plan_branch_push(&p, &push("refs/heads/main", 'b', "x")), None);
         assert_eq!(plan_branch_push(&p, &push("refs/heads/feature/a", 'b', "[skip deploy]")), None);
-        let Some(Plan::Remove { environment, reason }) = plan_branch_push(&p, &push("refs/heads/feature/a", '0', "")) else { panic!("remove") };
+        let Some(Plan::Remove { environment, reason }) = plan_branch_push(&p, &push("refs/heads/feature/a", '0', "")) else {
+            panic!("remove")
+        };
         assert_eq!(environment, "feature-a");
         assert!(reason.contains("deleted"), "{reason}");
         assert_eq!(plan_branch_push(&p, &push("refs/heads/feature/b", '0', "")), None, "no preview to remove");

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_store::subscription::{wait_for_wakeup, DEFAULT_POLL};
 use slipway_store::read_model::{DeploymentQuery, DeploymentRow, ProjectRow};
+use slipway_store::subscription::{wait_for_wakeup, DEFAULT_POLL};
 use slipway_store::{EventStore, Position, RecordedEvent, StoreError};
 
 use crate::read_model::{Folded, Folder};
@@ -105,11 +105,7 @@ pub async fn rebuild(store: &dyn EventStore) -> Result<Position, StoreError> {
 
 /// Projects by name after `after`, at most `limit`, with the read models'
 /// position, once they caught up with the log.
-pub async fn projects(
-    store: &dyn EventStore,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<(Vec<ProjectRow>, Position), StoreError> {
+pub async fn projects(store: &dyn EventStore, after: Option<&str>, limit: usize) -> Result<(Vec<ProjectRow>, Position), StoreError> {
     let at = catch_up(store).await?;
     Ok((store.read_models().projects(after, limit).await?, at))
 }

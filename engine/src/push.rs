@@ -203,13 +203,7 @@ mod tests {
     }
 
     fn push(git_ref: &str, message: &str) -> Push {
-        Push {
-            git_ref: git_ref.into(),
-            commit: "a".repeat(40),
-            pusher: "alice".into(),
-            head_message: Some(message.into()),
-            deleted: false,
-        }
+        Push { git_ref: git_ref.into(), commit: "a".repeat(40), pusher: "alice".into(), head_message: Some(message.into()), deleted: false }
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub enum Folded {
     Changes(Vec<Change>),
     /// The deployment's state before this event is not known: seed it with
     /// the stream's events before `version`, then fold the event again.
-    NeedsHistory { deployment: Uuid, version: u64 },
+    NeedsHistory {
+        deployment: Uuid,
+        version: u64,
+    },
     /// The event cannot be read or cannot follow its stream: no change (a
     /// read model reports, never stalls on, a broken history).
     Unreadable(String),
@@ -66,8 +69,7 @@ impl Folder {
         }
         let wanted = matches!(
             (kind, r.stream.split('-').next()),
-            ("ProjectCreated" | "EnvironmentAdded" | "EnvironmentRemoved", Some("project"))
-                | ("DeploymentFinished", Some("environment"))
+            ("ProjectCreated" | "EnvironmentAdded" | "EnvironmentRemoved", Some("project")) | ("DeploymentFinished", Some("environment"))
         );
         if !wanted {
             return Folded::Changes(Vec::new());
@@ -94,16 +96,12 @@ impl Folder {
                 vec![Change::Serving { deployment: f.deployment_id, since: r.recorded_at }]
             }
             // Previews come and go on the project's stream.
-            Event::EnvironmentAdded(a) => vec![Change::Environment {
-                project: project_of(&r.stream).to_string(),
-                environment: a.name,
-                added: true,
-            }],
-            Event::EnvironmentRemoved(e) => vec![Change::Environment {
-                project: project_of(&r.stream).to_string(),
-                environment: e.name,
-                added: false,
-            }],
+            Event::EnvironmentAdded(a) => {
+                vec![Change::Environment { project: project_of(&r.stream).to_string(), environment: a.name, added: true }]
+            }
+            Event::EnvironmentRemoved(e) => {
+                vec![Change::Environment { project: project_of(&r.stream).to_string(), environment: e.name, added: false }]
+            }
             _ => Vec::new(),
         })
     }

@@ -49,14 +49,40 @@ pub struct Desired {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Correction {
     /// `id` is Docker's id of the container instance.
-    Remove { project: String, environment: String, deployment: Uuid, container: String, id: String, reason: String },
-    Start { project: String, environment: String, deployment: Uuid, container: String, reason: String },
+    Remove {
+        project: String,
+        environment: String,
+        deployment: Uuid,
+        container: String,
+        id: String,
+        reason: String,
+    },
+    Start {
+        project: String,
+        environment: String,
+        deployment: Uuid,
+        container: String,
+        reason: String,
+    },
     /// The serving release answers at `upstreams`, not at what is recorded.
-    Reroute { project: String, environment: String, deployment: Uuid, upstreams: Vec<String>, previous: Vec<String> },
+    Reroute {
+        project: String,
+        environment: String,
+        deployment: Uuid,
+        upstreams: Vec<String>,
+        previous: Vec<String>,
+    },
     /// The serving release's `missing` containers are gone: start the
     /// release again as a new deployment, recorded only if the environment
     /// is still at `version`.
-    Restore { project: String, environment: String, deployment: Uuid, missing: Vec<String>, version: u64, reason: String },
+    Restore {
+        project: String,
+        environment: String,
+        deployment: Uuid,
+        missing: Vec<String>,
+        version: u64,
+        reason: String,
+    },
 }
 
 /// The corrections that make `host` (a Docker host's name) run what is
@@ -65,8 +91,7 @@ pub enum Correction {
 /// finished) for `grace`: a release just replaced is still draining under
 /// its own retirement.
 pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>, grace: chrono::Duration, host: &str) -> Vec<Correction> {
-    let by_env: BTreeMap<(&str, &str), &Desired> =
-        desired.iter().map(|d| ((d.project.as_str(), d.environment.as_str()), d)).collect();
+    let by_env: BTreeMap<(&str, &str), &Desired> = desired.iter().map(|d| ((d.project.as_str(), d.environment.as_str()), d)).collect();
     let mut out = Vec::new();
     let mut answering: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for c in observed {
@@ -75,8 +100,7 @@ pub fn reconcile(desired: &[Desired], observed: &[Observed], now: DateTime<Utc>,
         if !env.known.contains(&c.deployment) || env.queue.contains(&c.deployment) {
             continue;
         }
-        let (project, environment, deployment, container) =
-            (c.project.clone(), c.environment.clone(), c.deployment, c.name.clone());
+        let (project, environment, deployment, container) = (c.project.clone(), c.environment.clone(), c.deployment, c.name.clone());
         let serving = env.active.as_ref().filter(|a| a.deployment == c.deployment);
         match (serving, &c.state) {
             (Some(_), ContainerState::Running) => {
@@ -137,8 +161,7 @@ fn restore(d: &Desired, observed: &[Observed], host: &str) -> Option<Correction>
     if !d.state.queue.is_empty() || !(active.host.is_empty() || active.host == host) {
         return None;
     }
-    let missing: Vec<String> =
-        active.containers.iter().filter(|name| !observed.iter().any(|c| &c.name == *name)).cloned().collect();
+    let missing: Vec<String> = active.containers.iter().filter(|name| !observed.iter().any(|c| &c.name == *name)).cloned().collect();
     if missing.is_empty() {
         return None;
     }

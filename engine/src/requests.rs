@@ -7,9 +7,9 @@ use chrono::Utc;
 use slipway_proto::config::{is_dns_label, is_env_name};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
-    deployment_stream, environment_stream, name_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentRequested,
-    DeploymentReplayed, MirrorAdded, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged, SourceAccess,
-    SourceAccessChanged, TokenIssued, TokenRevoked, TokenScope, TOKENS_STREAM,
+    deployment_stream, environment_stream, name_stream, project_stream, BuildMode, DeploymentEnqueued, DeploymentReplayed,
+    DeploymentRequested, MirrorAdded, ProjectCreated, ReleaseSource, ReplaySource, SettingsChanged, SourceAccess, SourceAccessChanged,
+    TokenIssued, TokenRevoked, TokenScope, TOKENS_STREAM,
 };
 use slipway_proto::{Envelope, Event, Step, TraceContext};
 use slipway_store::event_store::StreamAppend;
@@ -76,12 +76,7 @@ pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject
 
 /// Creates a project together with how workers reach its repository
 /// (credentials, trusted host keys), in one transaction.
-pub async fn create_project_with_source(
-    store: &dyn EventStore,
-    actor: &str,
-    new: NewProject,
-    source: SourceChange,
-) -> Outcome<()> {
+pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new: NewProject, source: SourceChange) -> Outcome<()> {
     if !is_dns_label(&new.name) {
         return reject(format!(
             "project name `{}` must be 1-63 lowercase letters, digits or '-' (it becomes container and host names)",
@@ -98,9 +93,7 @@ pub async fn create_project_with_source(
     let repository = match &new.mirror_of {
         Some(original) => match load_project(store, original).await? {
             None => return reject(format!("no project `{original}` to mirror; create it first")),
-            Some(o) if o.mirror_of.is_some() => {
-                return reject(format!("`{original}` is itself a mirror; mirror its original instead"))
-            }
+            Some(o) if o.mirror_of.is_some() => return reject(format!("`{original}` is itself a mirror; mirror its original instead")),
             Some(o) if !new.repository.trim().is_empty() && new.repository != o.repository => {
                 return reject(format!("a mirror builds from its original's repository ({}); leave --repo out", o.repository))
             }
@@ -187,12 +180,7 @@ async fn source_changed(store: &dyn EventStore, project: &str, change: &SourceCh
         store.put_value(&f, value).await?;
         set.insert(name.clone(), f);
     }
-    Ok(SourceAccessChanged {
-        set,
-        removed: change.removed.clone(),
-        known_hosts: change.known_hosts.clone(),
-        submodules: change.submodules,
-    })
+    Ok(SourceAccessChanged { set, removed: change.removed.clone(), known_hosts: change.known_hosts.clone(), submodules: change.submodules })
 }
 
 /// Changes how workers reach a project's repository: credentials (kept in
@@ -211,7 +199,9 @@ pub async fn change_source(store: &dyn EventStore, actor: &str, project: &str, c
             return reject(format!("no project `{project}`; create it with `slipway project create`"));
         };
         if let Some(original) = &p.mirror_of {
-            return reject(format!("`{project}` is a mirror: it reaches {original}'s repository with {original}'s credentials; change those"));
+            return reject(format!(
+                "`{project}` is a mirror: it reaches {original}'s repository with {original}'s credentials; change those"
+            ));
         }
         let e = envelope(&stream, &Event::SourceAccessChanged(changed.clone()), Uuid::now_v7(), actor, None);
         if store.append(&stream, ExpectedVersion::Exactly(p.version), &[e], &[]).await?.is_ok() {
@@ -493,12 +483,7 @@ pub struct ReplayRequested {
 /// a succeeded deployment runs again from the start): the build re-uses the
 /// original's image if Docker still has it, release commands before
 /// `from_step` are not run again, and containers are always started anew.
-pub async fn request_replay(
-    store: &dyn EventStore,
-    actor: &str,
-    original: Uuid,
-    from_step: Option<Step>,
-) -> Outcome<ReplayRequested> {
+pub async fn request_replay(store: &dyn EventStore, actor: &str, original: Uuid, from_step: Option<Step>) -> Outcome<ReplayRequested> {
     replay(store, actor, original, from_step, false).await
 }
 
@@ -596,10 +581,7 @@ async fn replay(
 }
 
 /// One warning per release (of those given) that ran release commands.
-async fn release_commands_since<'a>(
-    store: &dyn EventStore,
-    releases: impl Iterator<Item = &'a Uuid>,
-) -> Result<Vec<String>, StoreError> {
+async fn release_commands_since<'a>(store: &dyn EventStore, releases: impl Iterator<Item = &'a Uuid>) -> Result<Vec<String>, StoreError> {
     let mut warnings = Vec::new();
     for release in releases {
         let events = store.read_stream(&deployment_stream(*release), 1).await?;
@@ -765,12 +747,7 @@ pub async fn issue_token(store: &dyn EventStore, actor: &str, name: &str, scope:
         return reject(format!("token `{name}` {state}; pick another name"));
     }
     let value = crate::tokens::generate();
-    let event = Event::TokenIssued(TokenIssued {
-        name: name.into(),
-        scope,
-        sha256: crate::tokens::hash(&value),
-        issued_by: actor.into(),
-    });
+    let event = Event::TokenIssued(TokenIssued { name: name.into(), scope, sha256: crate::tokens::hash(&value), issued_by: actor.into() });
     let e = envelope(TOKENS_STREAM, &event, Uuid::now_v7(), actor, None);
     match store.append(TOKENS_STREAM, ExpectedVersion::Exactly(tokens.version), &[e], &[]).await? {
         Ok(_) => Ok(Ok(value)),

@@ -20,8 +20,7 @@ pub struct Plan {
 /// `environments`: (project, environment) -> its releases' images, oldest
 /// first; `built`: every image a build recorded.
 pub fn plan(environments: &BTreeMap<(String, String), Releases>, built: &BTreeSet<String>, keep: usize) -> Plan {
-    let keep_set: BTreeSet<String> =
-        environments.values().flat_map(|images| images.iter().rev().take(keep.max(1)).cloned()).collect();
+    let keep_set: BTreeSet<String> = environments.values().flat_map(|images| images.iter().rev().take(keep.max(1)).cloned()).collect();
     let remove = built.difference(&keep_set).cloned().collect();
     Plan { keep: keep_set, remove }
 }
@@ -31,9 +30,7 @@ mod tests {
     use super::*;
 
     fn envs(list: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), Releases> {
-        list.iter()
-            .map(|(p, e, images)| ((p.to_string(), e.to_string()), images.iter().map(|i| i.to_string()).collect()))
-            .collect()
+        list.iter().map(|(p, e, images)| ((p.to_string(), e.to_string()), images.iter().map(|i| i.to_string()).collect())).collect()
     }
 
     fn set(items: &[&str]) -> BTreeSet<String> {

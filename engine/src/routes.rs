@@ -54,12 +54,7 @@ impl Routes {
             self.removed.remove(&key);
             self.by_environment.insert(
                 (r.project.clone(), r.environment.clone()),
-                Route {
-                    deployment: r.deployment_id,
-                    upstreams: r.upstreams.clone(),
-                    standby: r.standby.clone(),
-                    version: self.version,
-                },
+                Route { deployment: r.deployment_id, upstreams: r.upstreams.clone(), standby: r.standby.clone(), version: self.version },
             );
         }
     }
@@ -182,8 +177,9 @@ mod tests {
 
     #[test]
     fn stopped_and_expired_routers_are_not_waited_for_and_unacknowledged_ones_are() {
-        let started =
-            |id: &str| Event::RouterStarted(RouterStarted { router_id: id.into(), listen: String::new(), domain: String::new(), lease_ms: None });
+        let started = |id: &str| {
+            Event::RouterStarted(RouterStarted { router_id: id.into(), listen: String::new(), domain: String::new(), lease_ms: None })
+        };
         let expired = Event::RouterExpired(RouterExpired { router_id: "d".into(), last_seen: DateTime::UNIX_EPOCH, lease_ms: 1 });
         let stopped = Event::RouterStopped(RouterStopped { router_id: "b".into() });
         let routers = fold_routers(&[started("a"), started("b"), started("c"), started("d"), stopped, expired.clone()]);

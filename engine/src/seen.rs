@@ -326,8 +326,12 @@ mod tests {
         assert!(seen.traffic().is_none(), "nothing kept until read once");
         seen.put_traffic(SeenTraffic::default());
         see(&mut seen, ROUTES_STREAM, 3, &requested());
-        let started =
-            Event::RouterStarted(RouterStarted { router_id: "r1".into(), listen: String::new(), domain: String::new(), lease_ms: Some(2_000) });
+        let started = Event::RouterStarted(RouterStarted {
+            router_id: "r1".into(),
+            listen: String::new(),
+            domain: String::new(),
+            lease_ms: Some(2_000),
+        });
         see(&mut seen, ROUTERS_STREAM, 1, &started);
         see(&mut seen, "router-r1", 1, &Event::RouteAcknowledged(RouteAcknowledged { router_id: "r1".into(), route_version: 3 }));
         let traffic = seen.traffic().expect("kept");
@@ -345,8 +349,12 @@ mod tests {
     fn an_expired_router_is_no_longer_registered_nor_held() {
         let mut seen = Seen::default();
         seen.put_traffic(SeenTraffic::default());
-        let started =
-            Event::RouterStarted(RouterStarted { router_id: "r1".into(), listen: String::new(), domain: String::new(), lease_ms: Some(2_000) });
+        let started = Event::RouterStarted(RouterStarted {
+            router_id: "r1".into(),
+            listen: String::new(),
+            domain: String::new(),
+            lease_ms: Some(2_000),
+        });
         see(&mut seen, ROUTERS_STREAM, 1, &started);
         let expired = RouterExpired { router_id: "r1".into(), last_seen: Utc::now(), lease_ms: 2_000 };
         see(&mut seen, ROUTERS_STREAM, 2, &Event::RouterExpired(expired));

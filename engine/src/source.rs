@@ -25,43 +25,26 @@ pub struct SourceChange {
 
 impl SourceChange {
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-            && self.removed.is_empty()
-            && self.known_hosts.is_none()
-            && self.submodules.is_none()
+        self.set.is_empty() && self.removed.is_empty() && self.known_hosts.is_none() && self.submodules.is_none()
     }
 }
 
 /// SSH host key types libssh2 can verify.
-const HOST_KEY_TYPES: [&str; 6] = [
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "ssh-rsa",
-    "ssh-dss",
-];
+const HOST_KEY_TYPES: [&str; 6] =
+    ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa", "ssh-dss"];
 
 /// Whether `repository` is reached over a network (so credentials and host
 /// keys apply), and a reason when it is refused outright.
 pub fn check_repository(repository: &str) -> Result<(), String> {
     if repository.trim().is_empty() {
-        return Err(
-            "the repository must be a path, a file://, https:// or ssh:// URL, or user@host:path"
-                .into(),
-        );
+        return Err("the repository must be a path, a file://, https:// or ssh:// URL, or user@host:path".into());
     }
-    if repository
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace())
-    {
+    if repository.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("the repository address contains whitespace or a control character".into());
     }
     if let Some((scheme, rest)) = repository.split_once("://") {
         if !matches!(scheme, "file" | "https" | "http" | "ssh") {
-            return Err(format!(
-                "repository scheme `{scheme}://` is not supported; use https://, ssh:// or file://"
-            ));
+            return Err(format!("repository scheme `{scheme}://` is not supported; use https://, ssh:// or file://"));
         }
         let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
         if scheme != "ssh" && authority.contains('@') {
@@ -70,16 +53,8 @@ pub fn check_repository(repository: &str) -> Result<(), String> {
                  --token-file (addresses are recorded and shown, credentials are kept as secrets)"
             ));
         }
-        if scheme == "ssh"
-            && authority
-                .split('@')
-                .next()
-                .is_some_and(|user| user.contains(':'))
-            && authority.contains('@')
-        {
-            return Err(
-                "the ssh:// URL carries a password; use a deploy key (--ssh-key) instead".into(),
-            );
+        if scheme == "ssh" && authority.split('@').next().is_some_and(|user| user.contains(':')) && authority.contains('@') {
+            return Err("the ssh:// URL carries a password; use a deploy key (--ssh-key) instead".into());
         }
     }
     Ok(())
@@ -89,10 +64,7 @@ pub fn check_repository(repository: &str) -> Result<(), String> {
 pub fn check_change(change: &SourceChange) -> Result<(), String> {
     for name in change.set.keys().chain(&change.removed) {
         if !SOURCE_CREDENTIALS.contains(&name.as_str()) {
-            return Err(format!(
-                "source credential `{name}` is not one of {}",
-                SOURCE_CREDENTIALS.join(", ")
-            ));
+            return Err(format!("source credential `{name}` is not one of {}", SOURCE_CREDENTIALS.join(", ")));
         }
     }
     for (name, value) in &change.set {
@@ -121,23 +93,15 @@ pub fn check_known_host(line: &str) -> Result<(), String> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let shown = line.escape_debug().to_string();
     let [host, kind, key, ..] = fields[..] else {
-        return Err(format!(
-            "known host `{shown}` is not `HOST KEY-TYPE KEY` (as ssh-keyscan prints it)"
-        ));
+        return Err(format!("known host `{shown}` is not `HOST KEY-TYPE KEY` (as ssh-keyscan prints it)"));
     };
     if host.starts_with('|') {
         return Err(format!("known host `{shown}` has a hashed host name; give it in clear (ssh-keyscan without -H)"));
     }
     if !HOST_KEY_TYPES.contains(&kind) {
-        return Err(format!(
-            "known host `{shown}`: key type `{kind}` is not one of {}",
-            HOST_KEY_TYPES.join(", ")
-        ));
+        return Err(format!("known host `{shown}`: key type `{kind}` is not one of {}", HOST_KEY_TYPES.join(", ")));
     }
-    if base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .is_err()
-    {
+    if base64::engine::general_purpose::STANDARD.decode(key).is_err() {
         return Err(format!("known host `{shown}`: the key is not base64"));
     }
     Ok(())
@@ -159,55 +123,31 @@ mod tests {
         ] {
             assert_eq!(check_repository(fine), Ok(()), "{fine}");
         }
-        let token = check_repository("https://x-access-token:ghp_secret@github.com/org/app.git")
-            .unwrap_err();
-        assert!(
-            token.contains("--token-file") && !token.contains("ghp_secret"),
-            "{token}"
-        );
+        let token = check_repository("https://x-access-token:ghp_secret@github.com/org/app.git").unwrap_err();
+        assert!(token.contains("--token-file") && !token.contains("ghp_secret"), "{token}");
         assert!(check_repository("https://user@github.com/org/app.git").is_err());
-        assert!(check_repository("ssh://git:pw@host/app.git")
-            .unwrap_err()
-            .contains("deploy key"));
-        assert!(check_repository("ftp://host/app.git")
-            .unwrap_err()
-            .contains("ftp://"));
+        assert!(check_repository("ssh://git:pw@host/app.git").unwrap_err().contains("deploy key"));
+        assert!(check_repository("ftp://host/app.git").unwrap_err().contains("ftp://"));
         assert!(check_repository("").is_err());
         assert!(check_repository("/srv/app\nx").is_err());
     }
 
     #[test]
     fn credentials_and_host_keys() {
-        let change = |name: &str, value: &str| SourceChange {
-            set: BTreeMap::from([(name.into(), value.into())]),
-            ..Default::default()
-        };
+        let change = |name: &str, value: &str| SourceChange { set: BTreeMap::from([(name.into(), value.into())]), ..Default::default() };
         assert_eq!(check_change(&change("token", "ghp_abc")), Ok(()));
-        assert!(check_change(&change("tokn", "x"))
-            .unwrap_err()
-            .contains("not one of token"));
+        assert!(check_change(&change("tokn", "x")).unwrap_err().contains("not one of token"));
         assert!(check_change(&change("token", "a\nb")).is_err());
-        assert!(check_change(&change("ssh_key", "ssh-ed25519 AAAA"))
-            .unwrap_err()
-            .contains("private key"));
+        assert!(check_change(&change("ssh_key", "ssh-ed25519 AAAA")).unwrap_err().contains("private key"));
+        assert_eq!(check_change(&change("ssh_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n")), Ok(()));
+        assert!(check_change(&change("ca_cert", "nope")).is_err());
         assert_eq!(
-            check_change(&change(
-                "ssh_key",
-                "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n"
-            )),
+            check_known_host("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"),
             Ok(())
         );
-        assert!(check_change(&change("ca_cert", "nope")).is_err());
-        assert_eq!(check_known_host("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"), Ok(()));
         assert!(check_known_host("host ssh-ed25519").is_err());
-        assert!(check_known_host("|1|abc= ssh-ed25519 AAAA")
-            .unwrap_err()
-            .contains("hashed"));
-        assert!(check_known_host("host ssh-foo AAAA")
-            .unwrap_err()
-            .contains("key type"));
-        assert!(check_known_host("host ssh-rsa not*base64")
-            .unwrap_err()
-            .contains("base64"));
+        assert!(check_known_host("|1|abc= ssh-ed25519 AAAA").unwrap_err().contains("hashed"));
+        assert!(check_known_host("host ssh-foo AAAA").unwrap_err().contains("key type"));
+        assert!(check_known_host("host ssh-rsa not*base64").unwrap_err().contains("base64"));
     }
 }

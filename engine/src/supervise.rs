@@ -22,10 +22,15 @@ use uuid::Uuid;
 pub enum Signal {
     /// It exited; `restarting` when Docker will start it again (its
     /// restart policy says so).
-    Died { exit_code: Option<i64>, restarting: bool },
+    Died {
+        exit_code: Option<i64>,
+        restarting: bool,
+    },
     OomKilled,
     Started,
-    Health { healthy: bool },
+    Health {
+        healthy: bool,
+    },
 }
 
 impl Signal {

@@ -128,9 +128,7 @@ pub fn hash(token: &str) -> String {
 }
 
 pub fn is_well_formed(token: &str) -> bool {
-    token
-        .strip_prefix(PREFIX)
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    token.strip_prefix(PREFIX).is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// A token name: 1-64 lowercase letters, digits, '-', '_' or '.', starting

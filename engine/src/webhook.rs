@@ -58,17 +58,14 @@ pub fn signature_headers(provider: WebhookProvider) -> &'static [&'static str] {
 /// The signature the request presents, or the message for its absence.
 pub fn presented(provider: WebhookProvider, headers: &HeaderMap) -> Result<Presented, String> {
     let names = signature_headers(provider);
-    names
-        .iter()
-        .find_map(|name| header(headers, name).map(|value| Presented { header: name, value: value.to_owned() }))
-        .ok_or_else(|| {
-            let how = match provider {
-                WebhookProvider::Gitlab => "the project's webhook secret as the GitLab webhook's secret token",
-                WebhookProvider::Gitea => "the hex HMAC-SHA256 of the body under the project's webhook secret",
-                _ => "`sha256=` and the hex HMAC-SHA256 of the body under the project's webhook secret",
-            };
-            format!("no `{}` header: it must carry {how}", names.join("` or `"))
-        })
+    names.iter().find_map(|name| header(headers, name).map(|value| Presented { header: name, value: value.to_owned() })).ok_or_else(|| {
+        let how = match provider {
+            WebhookProvider::Gitlab => "the project's webhook secret as the GitLab webhook's secret token",
+            WebhookProvider::Gitea => "the hex HMAC-SHA256 of the body under the project's webhook secret",
+            _ => "`sha256=` and the hex HMAC-SHA256 of the body under the project's webhook secret",
+        };
+        format!("no `{}` header: it must carry {how}", names.join("` or `"))
+    })
 }
 
 /// Does the presented signature verify `body` under `secret`? Constant
@@ -138,10 +135,7 @@ pub fn delivery(provider: WebhookProvider, headers: &HeaderMap) -> Result<String
         return Err(format!("no `{}` header: a delivery id is needed to acknowledge redeliveries once", names.join("` or `")));
     };
     let value = value.trim();
-    if value.is_empty()
-        || value.len() > MAX_DELIVERY
-        || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
+    if value.is_empty() || value.len() > MAX_DELIVERY || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
         return Err(format!(
             "the delivery id must be 1-{MAX_DELIVERY} letters, digits, '-', '_', '.' or ':' (got {} characters)",
             value.len()
@@ -295,13 +289,7 @@ pub fn parse_push(provider: WebhookProvider, body: &[u8]) -> Result<Push, String
 /// What a poll of the repository saw as a push: `branch` now at `commit`,
 /// whose message is `head_message`; checked as a webhook's push is.
 pub fn polled_push(branch: &str, commit: &str, head_message: Option<String>) -> Result<Push, String> {
-    let push = Push {
-        git_ref: format!("refs/heads/{branch}"),
-        commit: commit.into(),
-        pusher: "poll".into(),
-        head_message,
-        deleted: false,
-    };
+    let push = Push { git_ref: format!("refs/heads/{branch}"), commit: commit.into(), pusher: "poll".into(), head_message, deleted: false };
     checked(push)
 }
 
@@ -622,7 +610,10 @@ mod tests {
         };
         let same = r#"{"full_name":"octo/app","fork":false}"#;
         let p = parse_pull_request(WebhookProvider::Github, gh("opened", same).as_bytes()).expect("GitHub pull request");
-        assert_eq!((p.action, p.number, p.head_commit.as_str(), p.fork, p.sender.as_str()), (PrAction::Open, 42, sha.as_str(), false, "octocat"));
+        assert_eq!(
+            (p.action, p.number, p.head_commit.as_str(), p.fork, p.sender.as_str()),
+            (PrAction::Open, 42, sha.as_str(), false, "octocat")
+        );
         let fork = r#"{"full_name":"mallory/app","fork":true}"#;
         assert!(parse_pull_request(WebhookProvider::Github, gh("synchronize", fork).as_bytes()).expect("fork").fork);
         let deleted = parse_pull_request(WebhookProvider::Github, gh("closed", "null").as_bytes()).expect("deleted fork");

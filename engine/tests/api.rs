@@ -114,7 +114,13 @@ impl Api {
         std::fs::write(&log, format!("Step 1/2 : FROM scratch\nbuilt {commit}\n")).unwrap();
         let mut events = Vec::new();
         for step in Step::PIPELINE {
-            events.push(Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt: 1, deadline: None, dispatched_at: None }));
+            events.push(Event::StepDispatched(StepDispatched {
+                step,
+                command_id: Uuid::now_v7(),
+                attempt: 1,
+                deadline: None,
+                dispatched_at: None,
+            }));
             events.push(match step {
                 Step::Checkout => Event::CheckedOut(CheckedOut {
                     commit: commit.into(),
@@ -181,8 +187,7 @@ impl Drop for Api {
 
 async fn append(store: &dyn EventStore, stream: &str, events: &[Event]) {
     let meta = || Metadata { correlation_id: Uuid::now_v7(), causation_id: None, actor: "engine".into(), trace: None };
-    let envelopes: Vec<Envelope> =
-        events.iter().map(|e| Envelope::new(Uuid::now_v7(), Utc::now(), stream, e, meta()).unwrap()).collect();
+    let envelopes: Vec<Envelope> = events.iter().map(|e| Envelope::new(Uuid::now_v7(), Utc::now(), stream, e, meta()).unwrap()).collect();
     store.append(stream, ExpectedVersion::Any, &envelopes, &[]).await.unwrap().unwrap();
 }
 
@@ -428,10 +433,7 @@ async fn secret_values_never_leave_the_api() {
 
     let settings = api.get("/api/projects/hello/environments/test/settings").await.expect(StatusCode::OK);
     assert!(!settings.text.contains(SECRET), "secret value leaked: {}", settings.text);
-    assert_eq!(
-        settings.json(),
-        json!({"API_TOKEN": "(secret)", "DB_PASSWORD": "(secret)", "GREETING": "plain-hello", "PLAIN": "p"})
-    );
+    assert_eq!(settings.json(), json!({"API_TOKEN": "(secret)", "DB_PASSWORD": "(secret)", "GREETING": "plain-hello", "PLAIN": "p"}));
 
     let shown = api.get("/api/projects/hello").await.expect(StatusCode::OK);
     assert!(!shown.text.contains(SECRET), "secret value leaked: {}", shown.text);

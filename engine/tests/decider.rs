@@ -46,7 +46,12 @@ fn dispatched(step: Step) -> Event {
 fn outcome(step: Step) -> Event {
     match step {
         Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
-        Step::Checkout => Event::CheckedOut(CheckedOut { commit: "c0ffee".into(), workspace: "/w".into(), config: serde_json::json!({}), source_host_key: None }),
+        Step::Checkout => Event::CheckedOut(CheckedOut {
+            commit: "c0ffee".into(),
+            workspace: "/w".into(),
+            config: serde_json::json!({}),
+            source_host_key: None,
+        }),
         Step::Build => Event::ImageBuilt(ImageBuilt {
             image_id: "sha256:1".into(),
             tag: "hello:c0ffee".into(),
@@ -59,7 +64,9 @@ fn outcome(step: Step) -> Event {
             pushed: None,
             base_images: vec![],
         }),
-        Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768, host: String::new() }),
+        Step::Deploy => {
+            Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768, host: String::new() })
+        }
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
         Step::Processes => Event::ProcessesStarted(ProcessesStarted {
             containers: vec![ProcessContainer { process: "worker".into(), replica: 1, container: "worker-1".into() }],
@@ -219,11 +226,8 @@ fn a_dispatched_step_waits_for_its_worker() {
 
 #[test]
 fn all_steps_done_without_routers_moves_the_route_and_succeeds_at_once() {
-    let mut expect = vec![
-        "record TrafficSwitchRequested",
-        "route Cutover 127.0.0.1:32768 standby 127.0.0.1:1000",
-        "record TrafficSwitched",
-    ];
+    let mut expect =
+        vec!["record TrafficSwitchRequested", "route Cutover 127.0.0.1:32768 standby 127.0.0.1:1000", "record TrafficSwitched"];
     expect.extend(WATCH);
     check(&happy_path(), &expect);
     let mut h = happy_path();
@@ -307,7 +311,11 @@ fn a_dry_run_succeeds_without_touching_routes_or_the_serving_release() {
 
 #[test]
 fn the_switch_waits_for_every_registered_router_then_succeeds() {
-    check_with(&happy_path(), &with_routers(&[]), &["record TrafficSwitchRequested", "route Cutover 127.0.0.1:32768 standby 127.0.0.1:1000"]);
+    check_with(
+        &happy_path(),
+        &with_routers(&[]),
+        &["record TrafficSwitchRequested", "route Cutover 127.0.0.1:32768 standby 127.0.0.1:1000"],
+    );
     check_with(&switching(), &with_routers(&[("a", 5)]), &["wake at 10"]);
     check_with(&switching(), &with_routers(&[("a", 5), ("b", 4)]), &["wake at 10"]);
     let mut expect = vec!["record TrafficSwitched"];
@@ -340,7 +348,8 @@ fn a_router_expired_while_the_switch_waits_for_it_is_waited_for_no_more() {
     let mut env = EnvironmentView { now: t(3), ..with_routers(&[("a", 5)]) };
     check_with(&switching(), &env, &["wake at 10"]);
     let expired: Vec<Event> = liveness.expired(t(3)).into_iter().map(|(_, e)| Event::RouterExpired(e)).collect();
-    let named: Vec<&str> = expired.iter().filter_map(|e| if let Event::RouterExpired(x) = e { Some(x.router_id.as_str()) } else { None }).collect();
+    let named: Vec<&str> =
+        expired.iter().filter_map(|e| if let Event::RouterExpired(x) = e { Some(x.router_id.as_str()) } else { None }).collect();
     assert_eq!(named, ["b"]);
     // Recorded, the expiry deregisters b: the switch completes before its deadline.
     let registry: Vec<Event> = [started("a"), started("b")].into_iter().chain(expired).collect();
@@ -364,11 +373,7 @@ fn a_router_silent_past_the_deadline_fails_the_cutover_and_the_route_goes_back()
     let mut h = switching();
     h.push(Event::StepFailed(f.clone()));
     // The route returns to release 1; the new containers are drained, not cut off.
-    check_with(
-        &h,
-        &late,
-        &["record DeploymentFailed", "finish failed", "route Revert 127.0.0.1:1000", "retire web-1,worker-1"],
-    );
+    check_with(&h, &late, &["record DeploymentFailed", "finish failed", "route Revert 127.0.0.1:1000", "retire web-1,worker-1"]);
 }
 
 #[test]
@@ -480,12 +485,10 @@ fn a_step_without_an_outcome_by_its_deadline_is_dispatched_again_after_a_pause_t
     let state = fold(h.iter()).unwrap().unwrap();
     let decisions = decide(&state, &at(65));
     // The same command (same id) goes out again, as attempt 2.
-    let [Decision::DispatchAgain { command_id, command: Command::RunStep(run) }] = decisions.as_slice() else {
-        panic!("{decisions:?}")
-    };
+    let [Decision::DispatchAgain { command_id, command: Command::RunStep(run) }] = decisions.as_slice() else { panic!("{decisions:?}") };
     assert_eq!((run.step, run.attempt, command_id.as_u128()), (Step::Checkout, 2, 500));
     h.push(attempt(2, 130));
-    check_with(&h, &at(131), &["wake at 140"], );
+    check_with(&h, &at(131), &["wake at 140"]);
     h.push(attempt(3, 200));
     check_with(&h, &at(200), &["record StepFailed"]);
     let state = fold(h.iter()).unwrap().unwrap();
@@ -765,11 +768,7 @@ fn a_watch_that_fails_routes_back_to_the_old_release_then_waits_for_every_router
     // Router b has not applied the route back yet.
     check_with(&h, &with_routers(&[("a", 6), ("b", 5)]), &["wake at 10"]);
     // Both have: failed, with the new containers drained; the old release serves.
-    check_with(
-        &h,
-        &with_routers(&[("a", 6), ("b", 6)]),
-        &["record DeploymentFailed", "finish failed", "retire web-1,worker-1"],
-    );
+    check_with(&h, &with_routers(&[("a", 6), ("b", 6)]), &["record DeploymentFailed", "finish failed", "retire web-1,worker-1"]);
     let decisions = decide(&state, &with_routers(&[("a", 6), ("b", 6)]));
     let Decision::Record(Event::DeploymentFailed(f)) = &decisions[0] else { panic!("{decisions:?}") };
     assert_eq!(f.step, Step::Watch);
@@ -798,7 +797,11 @@ fn a_watch_failure_without_routers_rolls_back_and_fails_at_once() {
 #[test]
 fn a_first_release_that_fails_its_watch_routes_to_nothing() {
     let env = EnvironmentView { active: None, ..view() };
-    check_with(&watch_fails(), &env, &["record ReleaseRolledBack", "route Rollback ", "record DeploymentFailed", "finish failed", "retire web-1,worker-1"]);
+    check_with(
+        &watch_fails(),
+        &env,
+        &["record ReleaseRolledBack", "route Rollback ", "record DeploymentFailed", "finish failed", "retire web-1,worker-1"],
+    );
 }
 
 #[test]

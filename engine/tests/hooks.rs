@@ -111,7 +111,8 @@ async fn a_push_from_each_provider_deploys_the_pushed_commit_as_the_pusher(s: &S
         let project = format!("app-{provider}");
         let secret = s.project(&project).await;
         let commit = sha(n as u8 + 1);
-        let reply = s.deliver(provider, &project, &format!("d-{provider}"), event, &payload("refs/heads/main", &commit, "fix"), &secret).await;
+        let reply =
+            s.deliver(provider, &project, &format!("d-{provider}"), event, &payload("refs/heads/main", &commit, "fix"), &secret).await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{provider}: {}", reply.json);
         assert_eq!(reply.json["status"], "deployed", "{provider}: {}", reply.json);
         let id: Uuid = reply.json["deployments"][0]["deployment"].as_str().unwrap().parse().unwrap();
@@ -131,7 +132,10 @@ async fn a_push_from_each_provider_deploys_the_pushed_commit_as_the_pusher(s: &S
     // A release branch goes to live by the glob rule; a feature branch nowhere.
     let secret = s.project("globbed").await;
     let reply = s.deliver("github", "globbed", "r1", "push", &github_push("refs/heads/release/2.1", &sha(9), "rc"), &secret).await;
-    assert_eq!((reply.json["deployments"][0]["environment"].as_str(), reply.json["deployments"][0]["rule"].as_str()), (Some("live"), Some("release/*")));
+    assert_eq!(
+        (reply.json["deployments"][0]["environment"].as_str(), reply.json["deployments"][0]["rule"].as_str()),
+        (Some("live"), Some("release/*"))
+    );
     let reply = s.deliver("github", "globbed", "f1", "push", &github_push("refs/heads/feature/x", &sha(10), "wip"), &secret).await;
     assert_eq!((reply.status, reply.json["status"].as_str()), (StatusCode::ACCEPTED, Some("unmatched")), "{}", reply.json);
 }
@@ -274,7 +278,10 @@ async fn a_newer_push_supersedes_the_older_one_still_waiting(s: &Setup) {
     assert_eq!(recorded.last().unwrap().envelope.actor, "webhook:gitea:gitea");
     // The engine, deciding, records its failure (and it leaves the queue).
     let decisions = slipway_engine::decide(&cancelled, &Default::default());
-    assert!(decisions.iter().any(|d| matches!(d, slipway_engine::Decision::Record(Event::DeploymentFailed(f)) if f.reason == reason)), "{decisions:?}");
+    assert!(
+        decisions.iter().any(|d| matches!(d, slipway_engine::Decision::Record(Event::DeploymentFailed(f)) if f.reason == reason)),
+        "{decisions:?}"
+    );
     for running in [manual, newer] {
         let d = slipway_engine::load::deployment(&*s.store, running).await.unwrap().unwrap();
         assert_eq!(d.cancelled, None, "{running}");
@@ -305,7 +312,16 @@ async fn pings_and_other_events_are_acknowledged_and_record_nothing(s: &Setup) {
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(slipway_engine::webhook::MAX_BODY));
     assert_eq!(s.deliver("github", "app", "big", "push", &big, &secret).await.status, StatusCode::PAYLOAD_TOO_LARGE);
     // Signed but malformed: 400 naming the field.
-    let bad = s.deliver("github", "app", "bad", "push", r#"{"ref":"refs/heads/main","after":"nope","pusher":{"name":"x"},"head_commit":null}"#, &secret).await;
+    let bad = s
+        .deliver(
+            "github",
+            "app",
+            "bad",
+            "push",
+            r#"{"ref":"refs/heads/main","after":"nope","pusher":{"name":"x"},"head_commit":null}"#,
+            &secret,
+        )
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.json["error"]["message"].as_str().unwrap().contains("`after`"), "{}", bad.json);
     let reply = s.deliver("nohost", "app", "n", "push", "{}", &secret).await;
@@ -341,7 +357,9 @@ async fn rules_and_secrets_are_managed_by_admins_and_the_secret_is_recorded_nowh
         assert!(!text.contains(&secret) && !text.contains(&new), "{} {}: {text}", r.stream, r.version);
     }
     let export = s
-        .send(Request::builder().uri("/api/export").header(header::AUTHORIZATION, format!("Bearer {}", s.admin)).body(Body::empty()).unwrap())
+        .send(
+            Request::builder().uri("/api/export").header(header::AUTHORIZATION, format!("Bearer {}", s.admin)).body(Body::empty()).unwrap(),
+        )
         .await;
     assert_eq!(export.status, StatusCode::OK);
     assert!(export.text.contains("WebhookSecretRotated") && !export.text.contains(&secret) && !export.text.contains(&new));

@@ -16,8 +16,8 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use slipway_engine::{api, web};
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{deployment_stream, DeploymentFailed, StepDispatched, StepFailed};
 use slipway_proto::event::TokenScope;
+use slipway_proto::event::{deployment_stream, DeploymentFailed, StepDispatched, StepFailed};
 use slipway_proto::{Envelope, Event, Step};
 use slipway_store::postgres::PgOptions;
 use slipway_store::{EventStore, ExpectedVersion, PgStore, SqliteStore};
@@ -41,8 +41,7 @@ impl Setup {
     }
 
     async fn postgres() -> Setup {
-        let url = std::env::var("SLIPWAY_PG_URL")
-            .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
+        let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
         let schema = format!("t_{}", Uuid::now_v7().simple());
         let options = PgOptions { schema: Some(schema.clone()), max_connections: 4, migrate: true, ..Default::default() };
         let store = PgStore::connect(&url, options)
@@ -53,8 +52,7 @@ impl Setup {
 
     /// `data_dir`: the workers' data directory (a fresh one by default).
     async fn with(store: Arc<dyn EventStore>, schema: Option<String>, data_dir: Option<PathBuf>) -> Setup {
-        let data_dir =
-            data_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("slipway-live-{}", Uuid::now_v7().simple())));
+        let data_dir = data_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("slipway-live-{}", Uuid::now_v7().simple())));
         let config = api::ApiConfig { data_dir: data_dir.clone(), ..Default::default() };
         let app = api::app_with(store.clone(), config).merge(web::routes());
         let token = slipway_engine::requests::issue_token(&*store, "test:setup", "live-test", TokenScope::Admin)
@@ -67,8 +65,7 @@ impl Setup {
     async fn cleanup(self) {
         let _ = std::fs::remove_dir_all(&self.logs);
         if let Some(schema) = self.schema {
-            let url = std::env::var("SLIPWAY_PG_URL")
-                .unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
+            let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
             if let Ok(pool) = sqlx::PgPool::connect(&url).await {
                 let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
             }
@@ -120,10 +117,8 @@ impl Setup {
     }
 
     async fn open_stream(&self, uri: &str) -> Frames {
-        let request = Request::get(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .body(Body::empty())
-            .expect("request");
+        let request =
+            Request::get(uri).header(header::AUTHORIZATION, format!("Bearer {}", self.token)).body(Body::empty()).expect("request");
         let response = self.app.clone().oneshot(request).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
@@ -348,8 +343,7 @@ async fn shutdown_ends_open_streams() {
         let _ = stopped.await;
     }));
     let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request =
-        format!("GET /api/deployments/{id}/stream HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\r\n", s.token);
+    let request = format!("GET /api/deployments/{id}/stream HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\r\n", s.token);
     client.write_all(request.as_bytes()).await.expect("send");
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("DeploymentRequested") {

@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use slipway_engine::lifecycle;
 use slipway_proto::command::Command;
 use slipway_proto::event::{
-    deployment_stream, environment_stream, project_stream, DeploymentFinished, DeploymentRequested, RouteChanged,
-    RouteReason, TokenScope, ROUTES_STREAM,
+    deployment_stream, environment_stream, project_stream, DeploymentFinished, DeploymentRequested, RouteChanged, RouteReason, TokenScope,
+    ROUTES_STREAM,
 };
 use slipway_proto::{Envelope, Event};
 use slipway_store::{ExpectedVersion, Position};
@@ -140,7 +140,10 @@ async fn an_opened_pull_request_gets_a_deployed_preview_and_closing_it_removes_e
     assert_eq!(opened.json["deployments"][0]["environment"], "pr-42");
     let first = uuid(&opened.json["deployments"][0]["deployment"]);
     let (requested, actor) = s.request_of(first).await;
-    assert_eq!((requested.environment.as_str(), requested.git_ref.as_str(), actor.as_str()), ("pr-42", sha(1).as_str(), "webhook:github:octocat"));
+    assert_eq!(
+        (requested.environment.as_str(), requested.git_ref.as_str(), actor.as_str()),
+        ("pr-42", sha(1).as_str(), "webhook:github:octocat")
+    );
     assert_eq!(requested.settings.keys().collect::<Vec<_>>(), ["COLOR", "GREETING"], "inherited from test");
     let added = s.project_events("app").await.into_iter().find_map(|e| match e {
         Event::EnvironmentAdded(a) => Some(a),
@@ -338,7 +341,8 @@ async fn a_branch_preview_follows_its_pushes_and_goes_with_the_branch(s: &Setup)
     let bad = s.call(Method::PUT, "/api/projects/app/previews", Some(json!({"pull_requests": true, "inherit": "nope"}))).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.json["error"]["message"].as_str().unwrap().contains("`nope`"), "{}", bad.json);
-    let both = s.call(Method::PUT, "/api/projects/app/previews", Some(json!({"pull_requests": true, "branches": "x", "inherit": "test"}))).await;
+    let both =
+        s.call(Method::PUT, "/api/projects/app/previews", Some(json!({"pull_requests": true, "branches": "x", "inherit": "test"}))).await;
     assert_eq!(both.status, StatusCode::BAD_REQUEST);
     let removed = s.call(Method::DELETE, "/api/projects/app/previews?branches=feature%2F*", None).await;
     assert_eq!((removed.status, removed.json.clone()), (StatusCode::OK, json!([])), "{}", removed.json);

@@ -7,7 +7,10 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use chrono::{DateTime, Duration, Utc};
+use http_body_util::BodyExt;
 use slipway_engine::projector::{self, Projector};
 use slipway_engine::read_model::{Folded, Folder};
 use slipway_engine::requests::{self, DeployRequest, NewProject};
@@ -17,9 +20,6 @@ use slipway_proto::{Envelope, Event, Step};
 use slipway_store::postgres::PgOptions;
 use slipway_store::read_model::{Before, Change, DeploymentQuery, DeploymentRow};
 use slipway_store::{EventStore, ExpectedVersion, PgStore, Position, RecordedEvent, SqliteStore};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -51,9 +51,16 @@ fn requested(id: Uuid, project: &str, env: &str) -> Event {
 fn outcome(step: Step) -> Event {
     match step {
         Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
-        Step::Checkout => Event::CheckedOut(CheckedOut { commit: "c0ffee".into(), workspace: "/w".into(), config: serde_json::json!({}), source_host_key: None }),
+        Step::Checkout => Event::CheckedOut(CheckedOut {
+            commit: "c0ffee".into(),
+            workspace: "/w".into(),
+            config: serde_json::json!({}),
+            source_host_key: None,
+        }),
         Step::Build => Event::ImageReused(ImageReused { image_id: "sha256:1".into(), source_deployment: ID }),
-        Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768, host: String::new() }),
+        Step::Deploy => {
+            Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768, host: String::new() })
+        }
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
         Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
         Step::HealthCheck => Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 1, elapsed_ms: 5 }),
@@ -233,7 +240,14 @@ fn projects_and_serving_releases_come_from_their_streams() {
     assert_eq!((p.name.as_str(), p.environments.clone(), p.created_at), ("hello", vec!["live".into(), "test".into()], t(0)));
 
     let finished = |succeeded, dry_run| {
-        Event::DeploymentFinished(DeploymentFinished { deployment_id: ID, succeeded, containers: vec![], upstreams: vec![], dry_run, host: String::new() })
+        Event::DeploymentFinished(DeploymentFinished {
+            deployment_id: ID,
+            succeeded,
+            containers: vec![],
+            upstreams: vec![],
+            dry_run,
+            host: String::new(),
+        })
     };
     let env = recorded("environment-hello-test", &[finished(true, false), finished(true, true), finished(false, false)], "engine");
     assert_eq!(folder.fold(&env[0]), Folded::Changes(vec![Change::Serving { deployment: ID, since: t(0) }]));
@@ -247,9 +261,8 @@ async fn postgres() -> (Arc<dyn EventStore>, String) {
     let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
     let schema = format!("t_{}", Uuid::now_v7().simple());
     let options = PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true, ..Default::default() };
-    let store = PgStore::connect(&url, options)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable ({e}); run `scripts/services` first"));
+    let store =
+        PgStore::connect(&url, options).await.unwrap_or_else(|e| panic!("PostgreSQL is not reachable ({e}); run `scripts/services` first"));
     (Arc::new(store), schema)
 }
 
@@ -302,24 +315,42 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
     }
     // The engine's subscriber, kept across batches, and reads that catch up on their own.
     let mut live = Projector::default();
-    let (good, bad, rolled, watched, queued) =
-        (deploy(store, "alpha", "live").await, deploy(store, "alpha", "test").await, deploy(store, "beta", "live").await,
-         deploy(store, "beta", "test").await, deploy(store, "beta", "test").await);
+    let (good, bad, rolled, watched, queued) = (
+        deploy(store, "alpha", "live").await,
+        deploy(store, "alpha", "test").await,
+        deploy(store, "beta", "live").await,
+        deploy(store, "beta", "test").await,
+        deploy(store, "beta", "test").await,
+    );
     live.catch_up(store).await.unwrap();
     let ok = succeeded();
     append(store, &deployment_stream(good), &ok[..8]).await;
     projector::catch_up(store).await.unwrap(); // a read in between: starts mid-deployment
     append(store, &deployment_stream(good), &ok[8..]).await;
-    let finished = DeploymentFinished { deployment_id: good, succeeded: true, containers: vec![], upstreams: vec![], dry_run: false, host: String::new() };
+    let finished = DeploymentFinished {
+        deployment_id: good,
+        succeeded: true,
+        containers: vec![],
+        upstreams: vec![],
+        dry_run: false,
+        host: String::new(),
+    };
     append(store, &environment_stream("alpha", "live"), &[Event::DeploymentFinished(finished)]).await;
     append(store, &deployment_stream(bad), &build_fails()).await;
     append(store, &deployment_stream(rolled), &rolling_back()).await;
     append(store, &deployment_stream(watched), &watching()).await;
     // Previews come and go on the project's stream.
     let added = |name: &str| {
-        Event::EnvironmentAdded(EnvironmentAdded { name: name.into(), inherits: Some("test".into()), preview: None, ttl_seconds: None, at: t(0) })
+        Event::EnvironmentAdded(EnvironmentAdded {
+            name: name.into(),
+            inherits: Some("test".into()),
+            preview: None,
+            ttl_seconds: None,
+            at: t(0),
+        })
     };
-    let removed = Event::EnvironmentRemoved(serde_json::from_value(serde_json::json!({"name": "pr-2", "reason": "pull request #2 closed"})).unwrap());
+    let removed =
+        Event::EnvironmentRemoved(serde_json::from_value(serde_json::json!({"name": "pr-2", "reason": "pull request #2 closed"})).unwrap());
     append(store, &project_stream("beta"), &[added("pr-1"), added("pr-2"), removed]).await;
     // Two writers race over the same events; each batch lands once.
     let mut other = Projector::default();
@@ -385,7 +416,11 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
     assert_eq!(listed.as_array().unwrap().iter().map(|d| d["deployment"].as_str().unwrap()).collect::<Vec<_>>(), [watched.to_string()]);
     let (_, nobody) = get("/api/deployments?actor=cli:bob".into()).await;
     assert_eq!(nobody, serde_json::json!([]));
-    let (_, since) = get(format!("/api/deployments?project=beta&actor=cli:ann&since={}", rolled_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))).await;
+    let (_, since) = get(format!(
+        "/api/deployments?project=beta&actor=cli:ann&since={}",
+        rolled_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    ))
+    .await;
     assert_eq!(since.as_array().unwrap().len(), 3, "{since}");
     let (_, failed) = get("/api/deployments?status=failed".into()).await;
     assert_eq!(failed[0]["status"], "failed at build: RUN exited 1");

@@ -5,9 +5,11 @@
 
 use chrono::{DateTime, Duration, Utc};
 use slipway_engine::environment::fold;
-use slipway_engine::reconcile::{reconcile, reroute_settled, route_correction, ContainerState, Correction, Desired, Observed, StartBackoff};
-use slipway_engine::routes::Traffic;
+use slipway_engine::reconcile::{
+    reconcile, reroute_settled, route_correction, ContainerState, Correction, Desired, Observed, StartBackoff,
+};
 use slipway_engine::routes::Route;
+use slipway_engine::routes::Traffic;
 use slipway_proto::event::*;
 use slipway_proto::Event;
 use uuid::Uuid;
@@ -89,10 +91,8 @@ fn check(given: &[Desired], host: &[Observed], now: DateTime<Utc>, expect: &[Str
 
 #[test]
 fn a_host_running_what_is_recorded_needs_nothing() {
-    let host = [
-        container(SERVING, "web", ContainerState::Running, Some(4000)),
-        container(SERVING, "worker-1", ContainerState::Running, None),
-    ];
+    let host =
+        [container(SERVING, "web", ContainerState::Running, Some(4000)), container(SERVING, "worker-1", ContainerState::Running, None)];
     check(&desired(&replaced_and_deploying()), &host, t(3600), &[]);
 }
 
@@ -101,15 +101,18 @@ fn a_replaced_release_still_running_is_removed_once_the_environment_settled() {
     let host = [container(OLD, "web", ContainerState::Running, Some(3000)), container(OLD, "worker-1", ContainerState::Running, None)];
     // Within the grace its retirement may still be draining: left alone.
     check(&desired(&replaced_and_deploying()), &host, t(30), &[]);
-    check(&desired(&replaced_and_deploying()), &host, t(60), &[format!("remove {}", name(OLD, "web")), format!("remove {}", name(OLD, "worker-1"))]);
+    check(
+        &desired(&replaced_and_deploying()),
+        &host,
+        t(60),
+        &[format!("remove {}", name(OLD, "web")), format!("remove {}", name(OLD, "worker-1"))],
+    );
 }
 
 #[test]
 fn containers_of_a_deployment_in_progress_are_never_touched() {
-    let host = [
-        container(RUNNING, "web", ContainerState::Exited(1), None),
-        container(RUNNING, "release-0", ContainerState::Exited(0), None),
-    ];
+    let host =
+        [container(RUNNING, "web", ContainerState::Exited(1), None), container(RUNNING, "release-0", ContainerState::Exited(0), None)];
     check(&desired(&replaced_and_deploying()), &host, t(3600), &[]);
 }
 
@@ -158,7 +161,10 @@ fn once_the_new_upstream_is_recorded_the_reconciler_is_quiet_and_the_route_follo
     // and the engine moves a route that still points at the old port.
     let route = Route { deployment: Some(SERVING), upstreams: vec!["127.0.0.1:4000".into()], standby: vec![], version: 7 };
     let changed = route_correction("shop", "live", &env, Some(&route)).unwrap();
-    assert_eq!((changed.upstreams, changed.reason, changed.deployment_id), (vec!["127.0.0.1:4711".to_string()], RouteReason::Reconcile, Some(SERVING)));
+    assert_eq!(
+        (changed.upstreams, changed.reason, changed.deployment_id),
+        (vec!["127.0.0.1:4711".to_string()], RouteReason::Reconcile, Some(SERVING))
+    );
     // Once moved, nothing more.
     let moved = Route { upstreams: vec!["127.0.0.1:4711".into()], ..route };
     assert_eq!(route_correction("shop", "live", &env, Some(&moved)), None);
@@ -212,10 +218,13 @@ fn a_missing_release_is_left_alone_while_a_deployment_runs_or_when_it_runs_on_an
     assert_eq!(reconcile(&desired(&settled()), &[], t(10), Duration::seconds(60), "other"), vec![]);
     // A release recorded before hosts were runs on the one host there was.
     let mut legacy = settled();
-    legacy[3] = Event::DeploymentFinished(DeploymentFinished { host: String::new(), ..match &legacy[3] {
-        Event::DeploymentFinished(f) => f.clone(),
-        _ => unreachable!(),
-    } });
+    legacy[3] = Event::DeploymentFinished(DeploymentFinished {
+        host: String::new(),
+        ..match &legacy[3] {
+            Event::DeploymentFinished(f) => f.clone(),
+            _ => unreachable!(),
+        }
+    });
     assert_eq!(reconcile(&desired(&legacy), &[], t(10), Duration::seconds(60), "other").len(), 1);
 }
 

@@ -153,7 +153,9 @@ impl Agent {
                     tracing::debug!(%container, "host agent: started a moment ago and exited again; waiting before the next start");
                     continue;
                 }
-                Correction::Start { project, environment, deployment, .. } if !self.still_serves(project, environment, *deployment).await => {
+                Correction::Start { project, environment, deployment, .. }
+                    if !self.still_serves(project, environment, *deployment).await =>
+                {
                     continue;
                 }
                 Correction::Start { deployment, container, reason, .. } => {
@@ -211,7 +213,9 @@ impl Agent {
         }
         self.backoff.started(&key, Utc::now(), cap());
         let actor = format!("agent:{}", self.host);
-        let requested = match slipway_engine::requests::request_restore(&*self.store, &actor, project, environment, *deployment, *version).await {
+        let requested = match slipway_engine::requests::request_restore(&*self.store, &actor, project, environment, *deployment, *version)
+            .await
+        {
             Ok(Ok(id)) => id,
             Ok(Err(rejection)) => {
                 tracing::info!(%project, %environment, reason = %rejection, "host agent: no restore (decided already, or not possible)");
@@ -273,11 +277,7 @@ impl Agent {
             Correction::Restore { project, environment, .. } => (project, environment, "restore".to_string()),
         };
         let stream = environment_stream(project, environment);
-        let version = self
-            .desired
-            .iter()
-            .find(|d| d.project == *project && d.environment == *environment)
-            .map_or(0, |d| d.state.version);
+        let version = self.desired.iter().find(|d| d.project == *project && d.environment == *environment).map_or(0, |d| d.state.version);
         let id = match correction {
             Correction::Remove { .. } => Uuid::new_v5(&CORRECTIONS, format!("{stream}/{key}").as_bytes()),
             _ => Uuid::new_v5(&CORRECTIONS, format!("{stream}@{version}/{key}").as_bytes()),

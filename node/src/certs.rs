@@ -35,13 +35,8 @@ impl CertFollower {
     /// Reads the certificates stream and loads every certificate.
     pub async fn start(store: Arc<dyn EventStore>) -> Result<CertFollower, LoadError> {
         let certificates = certificates::load(&*store).await?;
-        let mut follower = CertFollower {
-            store,
-            certificates,
-            handle: TlsHandle::default(),
-            loaded: HashMap::new(),
-            serving: HashMap::new(),
-        };
+        let mut follower =
+            CertFollower { store, certificates, handle: TlsHandle::default(), loaded: HashMap::new(), serving: HashMap::new() };
         follower.rebuild().await;
         Ok(follower)
     }

@@ -164,12 +164,8 @@ pub async fn poll_once(store: &dyn EventStore, workspaces: &std::path::Path, pro
 async fn access(store: &dyn EventStore, project: &Project, workspaces: &std::path::Path) -> Result<Access, PollError> {
     let fingerprints: Vec<String> = project.source.credentials.values().cloned().collect();
     let values = store.values(&fingerprints).await?;
-    let credentials: BTreeMap<String, String> = project
-        .source
-        .credentials
-        .iter()
-        .filter_map(|(name, f)| values.get(f).map(|v| (name.clone(), v.clone())))
-        .collect();
+    let credentials: BTreeMap<String, String> =
+        project.source.credentials.iter().filter_map(|(name, f)| values.get(f).map(|v| (name.clone(), v.clone()))).collect();
     Ok(Access::for_source(&project.source, &credentials, workspaces))
 }
 

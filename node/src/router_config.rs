@@ -52,8 +52,11 @@ pub fn load(path: &Path) -> Result<ServeOptions, ConfigError> {
 /// Everything the file at `path` sets.
 pub fn load_file(path: &Path) -> Result<RouterFile, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError { file: file.clone(), key: "(file)".into(), expected: format!("a readable file: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        key: "(file)".into(),
+        expected: format!("a readable file: {e}"),
+    })?;
     parse_file(&text, &file)
 }
 
@@ -106,7 +109,9 @@ pub fn parse_file(text: &str, file: &str) -> Result<RouterFile, ConfigError> {
         options.trusted_proxies.push(cidr);
     }
     let https_listen = match &section.https_listen {
-        Some(text) => Some(text.parse::<SocketAddr>().map_err(|e| err("https_listen", format!("expected an address such as \"0.0.0.0:443\": {e}")))?),
+        Some(text) => {
+            Some(text.parse::<SocketAddr>().map_err(|e| err("https_listen", format!("expected an address such as \"0.0.0.0:443\": {e}")))?)
+        }
         None => None,
     };
     let mut edge = Edge::new(TlsHandle::default());
@@ -138,7 +143,10 @@ trusted_proxies = ["10.0.0.0/8", "2001:db8::1"]
 "#;
         let o = parse(text, "router.toml").unwrap();
         assert_eq!((o.max_connections, o.max_connections_per_ip), (5000, 64));
-        assert_eq!((o.header_read_timeout, o.idle_timeout, o.body_timeout), (Duration::from_secs(5), Duration::from_secs(120), Duration::from_secs(20)));
+        assert_eq!(
+            (o.header_read_timeout, o.idle_timeout, o.body_timeout),
+            (Duration::from_secs(5), Duration::from_secs(120), Duration::from_secs(20))
+        );
         assert_eq!(o.request_timeout, None, "0 turns the request timeout off");
         assert_eq!(o.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8", "2001:db8::1/128"]);
         assert_eq!(o.connect_timeout, ServeOptions::default().connect_timeout);

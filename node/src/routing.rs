@@ -26,7 +26,9 @@ use slipway_engine::lease::heartbeat_every;
 use slipway_engine::load::{self, LoadError};
 use slipway_engine::routes::{registration, Registration, Routes};
 use slipway_proto::envelope::Metadata;
-use slipway_proto::event::{deployment_stream, router_stream, RouteAcknowledged, RouterStarted, RouterStopped, ROUTERS_STREAM, ROUTES_STREAM};
+use slipway_proto::event::{
+    deployment_stream, router_stream, RouteAcknowledged, RouterStarted, RouterStopped, ROUTERS_STREAM, ROUTES_STREAM,
+};
 use slipway_proto::{Envelope, Event};
 use slipway_router::{Route, RouteHandle, RouteTable, Stats};
 
@@ -67,30 +69,34 @@ pub fn host_name(project: &str, environment: &str, domain: &str) -> String {
 /// one starts at zero. An environment's custom domains serve its route
 /// too (the same counters).
 pub fn table(routes: &Routes, domain: &str, previous: &RouteTable) -> RouteTable {
-    let by_environment: BTreeMap<(&str, &str), (String, Route)> = routes.by_environment.iter().map(|((project, environment), route)| {
-        let parse = |list: &[String]| -> Vec<SocketAddr> {
-            list.iter()
-                .filter_map(|u| match u.parse::<SocketAddr>() {
-                    Ok(addr) => Some(addr),
-                    Err(e) => {
-                        tracing::error!(upstream = %u, error = %e, "route names an upstream that is not HOST:PORT");
-                        None
-                    }
-                })
-                .collect()
-        };
-        let (upstreams, standby) = (parse(&route.upstreams), parse(&route.standby));
-        let label = match route.deployment {
-            Some(d) => format!("{project}/{environment} deployment {d}"),
-            None => format!("{project}/{environment} (no release)"),
-        };
-        let host = host_name(project, environment, domain);
-        let stats = match previous.get(&host) {
-            Some(before) if before.route_version == route.version => before.stats.clone(),
-            _ => Stats::default(),
-        };
-        ((project.as_str(), environment.as_str()), (host, Route { upstreams, standby, route_version: route.version, label, stats }))
-    }).collect();
+    let by_environment: BTreeMap<(&str, &str), (String, Route)> = routes
+        .by_environment
+        .iter()
+        .map(|((project, environment), route)| {
+            let parse = |list: &[String]| -> Vec<SocketAddr> {
+                list.iter()
+                    .filter_map(|u| match u.parse::<SocketAddr>() {
+                        Ok(addr) => Some(addr),
+                        Err(e) => {
+                            tracing::error!(upstream = %u, error = %e, "route names an upstream that is not HOST:PORT");
+                            None
+                        }
+                    })
+                    .collect()
+            };
+            let (upstreams, standby) = (parse(&route.upstreams), parse(&route.standby));
+            let label = match route.deployment {
+                Some(d) => format!("{project}/{environment} deployment {d}"),
+                None => format!("{project}/{environment} (no release)"),
+            };
+            let host = host_name(project, environment, domain);
+            let stats = match previous.get(&host) {
+                Some(before) if before.route_version == route.version => before.stats.clone(),
+                _ => Stats::default(),
+            };
+            ((project.as_str(), environment.as_str()), (host, Route { upstreams, standby, route_version: route.version, label, stats }))
+        })
+        .collect();
     let custom: Vec<(String, Route)> = routes
         .domains
         .iter()
@@ -127,8 +133,7 @@ impl Follower {
         let routes = load::routes(&*store).await?;
         let handle = RouteHandle::new(table(&routes, &options.domain, &RouteTable::default()));
         let (reporter, now) = (Reporter::default(), tokio::time::Instant::now());
-        let mut follower =
-            Follower { store, options, routes, handle, reporter, registry: 0, registered: false, wrote: now, looked: now };
+        let mut follower = Follower { store, options, routes, handle, reporter, registry: 0, registered: false, wrote: now, looked: now };
         follower.register().await?;
         follower.acknowledge().await?;
         Ok(follower)
@@ -303,10 +308,8 @@ impl Follower {
 
     /// Acknowledges the route version it serves (also its heartbeat).
     async fn acknowledge(&mut self) -> Result<(), StoreError> {
-        let ack = Event::RouteAcknowledged(RouteAcknowledged {
-            router_id: self.options.router_id.clone(),
-            route_version: self.routes.version,
-        });
+        let ack =
+            Event::RouteAcknowledged(RouteAcknowledged { router_id: self.options.router_id.clone(), route_version: self.routes.version });
         append(&*self.store, &self.options.router_id, &router_stream(&self.options.router_id), &ack).await?;
         self.wrote = tokio::time::Instant::now();
         Ok(())

@@ -21,9 +21,12 @@ pub fn on_signal() -> Shutdown {
 /// A shutdown that resolves when the returned sender is used or dropped.
 pub fn manual() -> (tokio::sync::oneshot::Sender<()>, Shutdown) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    (stop, async move {
-        let _ = stopped.await;
-    }
-    .boxed()
-    .shared())
+    (
+        stop,
+        async move {
+            let _ = stopped.await;
+        }
+        .boxed()
+        .shared(),
+    )
 }

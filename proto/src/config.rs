@@ -210,8 +210,9 @@ impl<'de> Deserialize<'de> for Cpus {
             Text(String),
         }
         match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a number of CPUs like 0.5"))? {
-            Raw::Number(n) => Cpus::from_f64(n)
-                .ok_or_else(|| serde::de::Error::custom(format!("`{n}` is not a number of CPUs from 0.01 to 1024"))),
+            Raw::Number(n) => {
+                Cpus::from_f64(n).ok_or_else(|| serde::de::Error::custom(format!("`{n}` is not a number of CPUs from 0.01 to 1024")))
+            }
             Raw::Text(t) => Cpus::parse(&t).map_err(serde::de::Error::custom),
         }
     }
@@ -466,8 +467,7 @@ pub fn is_dns_label(name: &str) -> bool {
 /// True for a portable environment variable name.
 pub fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_') && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 impl AppConfig {
@@ -495,7 +495,10 @@ impl AppConfig {
         }
         for (name, service) in &config.services {
             if !is_env_name(&service.env) {
-                return Err(err(&format!("services.{name}.env"), format!("expected an environment variable name, found `{}`", service.env)));
+                return Err(err(
+                    &format!("services.{name}.env"),
+                    format!("expected an environment variable name, found `{}`", service.env),
+                ));
             }
         }
         for (i, command) in config.release.commands.iter().enumerate() {
@@ -511,7 +514,10 @@ impl AppConfig {
                 ));
             }
             if process.command.is_empty() || process.command[0].trim().is_empty() {
-                return Err(err(&format!("processes.{name}.command"), "expected a non-empty list like [\"python3\", \"worker.py\"]".into()));
+                return Err(err(
+                    &format!("processes.{name}.command"),
+                    "expected a non-empty list like [\"python3\", \"worker.py\"]".into(),
+                ));
             }
             if process.pids == Some(0) {
                 return Err(err(&format!("processes.{name}.pids"), "expected a number of processes above zero".into()));

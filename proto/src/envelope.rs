@@ -56,9 +56,7 @@ impl TraceContext {
             && parts[2] != "0000000000000000";
         if !ok {
             return Err(DecodeError::Malformed {
-                reason: format!(
-                    "traceparent `{traceparent}` is not `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`"
-                ),
+                reason: format!("traceparent `{traceparent}` is not `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`"),
             });
         }
         Ok(TraceContext { traceparent: traceparent.to_owned(), tracestate: None })
@@ -66,19 +64,13 @@ impl TraceContext {
 
     /// A new root context; ids are passed in so callers stay deterministic.
     pub fn root(trace_id: u128, span_id: u64) -> Self {
-        TraceContext {
-            traceparent: format!("00-{trace_id:032x}-{:016x}-01", span_id.max(1)),
-            tracestate: None,
-        }
+        TraceContext { traceparent: format!("00-{trace_id:032x}-{:016x}-01", span_id.max(1)), tracestate: None }
     }
 
     /// The same trace with a new span id (one span per step).
     pub fn child(&self, span_id: u64) -> Self {
         let trace_id = self.traceparent.get(3..35).unwrap_or("0");
-        TraceContext {
-            traceparent: format!("00-{trace_id}-{:016x}-01", span_id.max(1)),
-            tracestate: self.tracestate.clone(),
-        }
+        TraceContext { traceparent: format!("00-{trace_id}-{:016x}-01", span_id.max(1)), tracestate: self.tracestate.clone() }
     }
 
     pub fn trace_id(&self) -> &str {
@@ -149,8 +141,7 @@ impl PartialEq for Envelope {
             && self.trace == other.trace
             && self.timestamp == other.timestamp
             && (self.payload.get() == other.payload.get()
-                || serde_json::from_str::<Value>(self.payload.get()).ok()
-                    == serde_json::from_str::<Value>(other.payload.get()).ok())
+                || serde_json::from_str::<Value>(self.payload.get()).ok() == serde_json::from_str::<Value>(other.payload.get()).ok())
     }
 }
 
@@ -161,7 +152,9 @@ pub enum DecodeError {
     Malformed { reason: String },
     #[error("unknown {kind} type `{message_type}`; known types: {known}")]
     UnknownType { kind: &'static str, message_type: String, known: String },
-    #[error("{kind} `{message_type}` has schema version {version}, newer than this build understands (up to {supported}); upgrade Slipway")]
+    #[error(
+        "{kind} `{message_type}` has schema version {version}, newer than this build understands (up to {supported}); upgrade Slipway"
+    )]
     FutureVersion { kind: &'static str, message_type: String, version: u32, supported: u32 },
     #[error("{kind} `{message_type}` (schema version {version}) has a bad payload: {reason}")]
     BadPayload { kind: &'static str, message_type: String, version: u32, reason: String },
@@ -181,8 +174,10 @@ impl Envelope {
         let message_type = message.message_type();
         // Through `Value`, so the stored text is exactly what serialising the
         // payload's `Value` gives (the form every stored body already has).
-        let payload = message.payload().and_then(|v| serde_json::value::to_raw_value(&v)).map_err(|e| {
-            DecodeError::Encode { kind: M::KIND, message_type: message_type.to_owned(), reason: e.to_string() }
+        let payload = message.payload().and_then(|v| serde_json::value::to_raw_value(&v)).map_err(|e| DecodeError::Encode {
+            kind: M::KIND,
+            message_type: message_type.to_owned(),
+            reason: e.to_string(),
         })?;
         Ok(Envelope {
             id,
@@ -227,11 +222,7 @@ impl Envelope {
     pub fn decode<M: Message>(&self) -> Result<M, DecodeError> {
         let Some(current) = M::current_version(&self.message_type) else {
             let known: Vec<&str> = M::TYPES.iter().map(|(t, _)| *t).collect();
-            return Err(DecodeError::UnknownType {
-                kind: M::KIND,
-                message_type: self.message_type.clone(),
-                known: known.join(", "),
-            });
+            return Err(DecodeError::UnknownType { kind: M::KIND, message_type: self.message_type.clone(), known: known.join(", ") });
         };
         if self.schema_version > current {
             return Err(DecodeError::FutureVersion {

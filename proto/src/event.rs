@@ -402,7 +402,8 @@ pub struct PushReceived {
     /// Deployments of earlier pushes, still waiting in the same
     /// environments' queues, that this push cancelled.
     #[serde(default)]
-    pub superseded: Vec<Uuid>,    /// When it was received (what a preview's time to live counts from).
+    pub superseded: Vec<Uuid>,
+    /// When it was received (what a preview's time to live counts from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<chrono::DateTime<chrono::Utc>>,
 }

@@ -26,15 +26,8 @@ pub enum Step {
 
 impl Step {
     /// The seven steps of the seed, in order.
-    pub const PIPELINE: [Step; 7] = [
-        Step::CheckServices,
-        Step::Checkout,
-        Step::Build,
-        Step::Deploy,
-        Step::Release,
-        Step::Processes,
-        Step::HealthCheck,
-    ];
+    pub const PIPELINE: [Step; 7] =
+        [Step::CheckServices, Step::Checkout, Step::Build, Step::Deploy, Step::Release, Step::Processes, Step::HealthCheck];
 
     /// Every step that has a worker queue (the cutover is the engine's and
     /// the routers' work, not a worker's).
@@ -88,13 +81,10 @@ impl std::fmt::Display for Step {
 impl std::str::FromStr for Step {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Step::ALL
-            .into_iter()
-            .find(|step| step.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Step::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown step `{s}`; expected one of: {}", known.join(", "))
-            })
+        Step::ALL.into_iter().find(|step| step.as_str() == s).ok_or_else(|| {
+            let known: Vec<_> = Step::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown step `{s}`; expected one of: {}", known.join(", "))
+        })
     }
 }
 

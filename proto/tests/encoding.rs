@@ -50,12 +50,7 @@ fn sample_events() -> Vec<Event> {
             replay_of: None,
             source: Default::default(),
         }),
-        Event::StepFailed(StepFailed {
-            step: Step::Build,
-            reason: "step 3/4 failed".into(),
-            attempt: 1,
-            details: vec!["line".into()],
-        }),
+        Event::StepFailed(StepFailed { step: Step::Build, reason: "step 3/4 failed".into(), attempt: 1, details: vec!["line".into()] }),
         Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 3, elapsed_ms: 40 }),
         Event::RouteChanged(RouteChanged {
             project: "hello".into(),
@@ -130,7 +125,11 @@ fn sample_events() -> Vec<Event> {
         Event::RerouteSettled(RerouteSettled { route_version: 12, acknowledged: vec!["edge-1".into()], missing: vec![] }),
         Event::SecretsKeyRotated(SecretsKeyRotated { from: vec!["0011223344556677".into()], to: "8899aabbccddeeff".into(), values: 3 }),
         Event::DomainRemoved(DomainRemoved { project: "hello".into(), environment: "live".into(), domain: "www.example.com".into() }),
-        Event::PreviewRuleSet(PreviewRuleSet { trigger: PreviewTrigger::Branches("feature/*".into()), inherit: "test".into(), ttl_seconds: 60 }),
+        Event::PreviewRuleSet(PreviewRuleSet {
+            trigger: PreviewTrigger::Branches("feature/*".into()),
+            inherit: "test".into(),
+            ttl_seconds: 60,
+        }),
         Event::PreviewRuleRemoved(PreviewRuleRemoved { trigger: PreviewTrigger::PullRequests }),
         Event::PullRequestReceived(PullRequestReceived {
             provider: WebhookProvider::Github,
@@ -154,7 +153,12 @@ fn sample_events() -> Vec<Event> {
             deployment: d,
             at: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
         }),
-        Event::RouterStarted(RouterStarted { router_id: "edge-1".into(), listen: "0.0.0.0:80".into(), domain: "example.com".into(), lease_ms: Some(30_000) }),
+        Event::RouterStarted(RouterStarted {
+            router_id: "edge-1".into(),
+            listen: "0.0.0.0:80".into(),
+            domain: "example.com".into(),
+            lease_ms: Some(30_000),
+        }),
         Event::RouterExpired(RouterExpired {
             router_id: "edge-1".into(),
             last_seen: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
@@ -304,10 +308,7 @@ fn token_events_keep_their_wire_form_and_scopes_parse_and_order() {
         sha256: "00".repeat(32),
         issued_by: "cli:root".into(),
     });
-    assert_eq!(
-        issued.payload().unwrap(),
-        json!({"name": "ci", "scope": "admin", "sha256": "00".repeat(32), "issued_by": "cli:root"})
-    );
+    assert_eq!(issued.payload().unwrap(), json!({"name": "ci", "scope": "admin", "sha256": "00".repeat(32), "issued_by": "cli:root"}));
     assert_eq!(issued.message_type(), "TokenIssued");
     assert_eq!(Event::TokenRevoked(TokenRevoked { name: "ci".into() }).payload().unwrap(), json!({"name": "ci"}));
     assert!(TokenScope::Read < TokenScope::Deploy && TokenScope::Deploy < TokenScope::Admin);

@@ -18,7 +18,7 @@ pub mod tls;
 
 pub use forwarded::Cidr;
 pub use proxy::{serve, serve_threads, serve_with, Fault, ProxyError, RouteHandle, ServeOptions, Swapped};
+pub use rustls::sign::CertifiedKey;
 pub use stats::{Counts, RouteStats, Stats};
 pub use table::{normalize_host, Fallback, Resolution, Route, RouteTable};
-pub use rustls::sign::CertifiedKey;
 pub use tls::{certified_key, CertError, Edge, TlsHandle, TlsTable};

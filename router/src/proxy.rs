@@ -255,11 +255,7 @@ impl ProxyError {
 
 /// Serves the proxy on `listener` with the default [`ServeOptions`] until
 /// `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    routes: RouteHandle,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, routes: RouteHandle, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     serve_with(listener, routes, ServeOptions::default(), shutdown).await
 }
 
@@ -362,7 +358,10 @@ fn admit(limits: &Arc<ConnLimits>, peer: SocketAddr) -> Option<Slot> {
 
 /// Where a proxy loop gets its client connections, admitted under the caps.
 enum Source {
-    Listener { listener: TcpListener, limits: Arc<ConnLimits> },
+    Listener {
+        listener: TcpListener,
+        limits: Arc<ConnLimits>,
+    },
     /// From [`serve_threads`]' accepting task; `open` counts the
     /// connections this loop has open, for it to pick the least busy.
     Handoff {
@@ -415,12 +414,7 @@ pub async fn serve_with(
     run(Source::Listener { listener, limits }, routes, options, shutdown).await
 }
 
-async fn run(
-    mut source: Source,
-    routes: RouteHandle,
-    options: ServeOptions,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+async fn run(mut source: Source, routes: RouteHandle, options: ServeOptions, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     // Each connection task holds a `live` receiver (never polled: the
     // sender sees when the last is gone) and a oneshot that asks it to
     // finish. Dropping `force` closes whatever is left, upgraded tunnels
@@ -464,10 +458,7 @@ async fn run(
     if asked > 0 {
         tracing::debug!(open = asked, "router: draining connections");
         if tokio::time::timeout(options.drain_timeout, live_tx.closed()).await.is_err() {
-            tracing::warn!(
-                open = live_tx.receiver_count(),
-                "router: connections still busy after the drain timeout; closing them"
-            );
+            tracing::warn!(open = live_tx.receiver_count(), "router: connections still busy after the drain timeout; closing them");
         }
     }
     drop(force_tx);
@@ -588,8 +579,7 @@ impl Shared {
             Err(_) => return Err(format!("no connection within {} ms", self.connect_timeout.as_millis())),
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) =
-            self.client.handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP/1.1 handshake failed: {e}"))?;
+        let (sender, conn) = self.client.handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP/1.1 handshake failed: {e}"))?;
         Ok(UpstreamConn { addr, sender, conn: Box::pin(conn.with_upgrades()), done: false })
     }
 
@@ -918,7 +908,9 @@ async fn wind_down<C>(
 enum Scheme {
     Http,
     /// `multiplexed`: HTTP/2, whose requests run side by side.
-    Https { multiplexed: bool },
+    Https {
+        multiplexed: bool,
+    },
 }
 
 /// One client connection's part of the proxy: per-connection values are
@@ -966,10 +958,7 @@ impl ConnState {
 
     /// Routes and rewrites the request now (synchronously), and returns the
     /// future of the upstream's answer.
-    fn call(
-        &self,
-        req: Request<Incoming>,
-    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+    fn call(&self, req: Request<Incoming>) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         // HTTP/2's requests run side by side: each has a clock of its own
         // (HTTP/1.1's come one after another on the connection's).
         let clock = match self.scheme {
@@ -1095,11 +1084,8 @@ impl ConnState {
         // the application must see the host that was routed.
         headers.insert(header::HOST, host.clone());
 
-        let upgrade = upgrade.map(|(client_side, _)| Upgrade {
-            client_side,
-            force: self.held.shared.force.clone(),
-            slot: self.slot.clone(),
-        });
+        let upgrade =
+            upgrade.map(|(client_side, _)| Upgrade { client_side, force: self.held.shared.force.clone(), slot: self.slot.clone() });
         Ok(Forward { req, upstream, fallback: standby, host, upgrade, stats, clock: clock.clone() })
     }
 }
@@ -1140,10 +1126,7 @@ const STALE_ATTEMPTS: usize = 2;
 /// Methods whose request, bodiless, may be sent again after an upstream
 /// dropped it unanswered (RFC 9110 §9.2.2's idempotent methods, less TRACE).
 fn replayable(method: &hyper::Method) -> bool {
-    matches!(
-        *method,
-        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::PUT | hyper::Method::DELETE
-    )
+    matches!(*method, hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::PUT | hyper::Method::DELETE)
 }
 
 impl Forward {
@@ -1159,12 +1142,7 @@ impl Forward {
     ///   proxy) then fails no such request.
     ///
     /// Past `deadline`, the client gets a 504.
-    async fn send(
-        self,
-        held: Arc<Held>,
-        peer: SocketAddr,
-        deadline: Option<Instant>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn send(self, held: Arc<Held>, peer: SocketAddr, deadline: Option<Instant>) -> Result<Response<ProxyBody>, ProxyError> {
         let Forward { req, upstream: mut addr, mut fallback, host, upgrade, stats, clock } = self;
         // Named by a timeout (the attempts hold `addr` until they end).
         let first = addr;
@@ -1179,15 +1157,14 @@ impl Forward {
             }
             e
         };
-        let again = (fallback.is_some() && replayable(req.method()) && req.body().is_end_stream() && upgrade.is_none())
-            .then(|| {
-                let mut copy = Request::new(());
-                *copy.method_mut() = req.method().clone();
-                *copy.uri_mut() = req.uri().clone();
-                *copy.version_mut() = req.version();
-                *copy.headers_mut() = req.headers().clone();
-                copy
-            });
+        let again = (fallback.is_some() && replayable(req.method()) && req.body().is_end_stream() && upgrade.is_none()).then(|| {
+            let mut copy = Request::new(());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.version_mut() = req.version();
+            *copy.headers_mut() = req.headers().clone();
+            copy
+        });
         let body_timeout = held.shared.body_timeout;
         let mut req = req.map(|body| Either::Left(ClientBody::new(body, body_timeout, &clock)));
         let failed = |addr: SocketAddr, reason: String, connect: bool| {
@@ -1469,10 +1446,7 @@ mod tests {
     fn errors_say_whose_fault_and_whether_retrying_is_safe() {
         let upstream = SocketAddr::from(([127, 0, 0, 1], 9));
         let connect = ProxyError::UpstreamConnect { upstream, host: "a".into(), reason: "refused".into() };
-        assert_eq!(
-            (connect.status(), connect.fault(), connect.retry_safe()),
-            (StatusCode::BAD_GATEWAY, Fault::Upstream, true)
-        );
+        assert_eq!((connect.status(), connect.fault(), connect.retry_safe()), (StatusCode::BAD_GATEWAY, Fault::Upstream, true));
         let failed = ProxyError::Upstream { upstream, host: "a".into(), reason: "reset".into() };
         assert!(!failed.retry_safe());
         assert_eq!(ProxyError::UnknownHost("x".into()).to_string(), "no route for host \"x\"");

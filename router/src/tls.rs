@@ -75,8 +75,7 @@ impl TlsTable {
         certificates: impl IntoIterator<Item = (String, Arc<CertifiedKey>)>,
         challenges: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
-        let certificates =
-            certificates.into_iter().map(|(domain, key)| (domain.trim_end_matches('.').to_ascii_lowercase(), key)).collect();
+        let certificates = certificates.into_iter().map(|(domain, key)| (domain.trim_end_matches('.').to_ascii_lowercase(), key)).collect();
         TlsTable { certificates, challenges: challenges.into_iter().collect() }
     }
 

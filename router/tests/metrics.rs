@@ -37,16 +37,20 @@ async fn status(proxy: SocketAddr, host: &str) -> u16 {
 }
 
 fn series(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0)
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
 }
 
 #[tokio::test]
 async fn requests_are_counted_by_status_class_and_upstream_errors_by_kind() {
     let up = upstream().await;
     let down = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let route = |addr: SocketAddr| Route { upstreams: vec![addr], standby: vec![], route_version: 1, label: "v1".into(), stats: Default::default() };
+    let route = |addr: SocketAddr| Route {
+        upstreams: vec![addr],
+        standby: vec![],
+        route_version: 1,
+        label: "v1".into(),
+        stats: Default::default(),
+    };
     let table = RouteTable::new([("up.test".to_string(), route(up)), ("down.test".to_string(), route(down))]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -63,7 +63,13 @@ async fn upstream(name: &'static str) -> Upstream {
 }
 
 fn route(upstreams: &[SocketAddr], version: u64) -> Route {
-    Route { upstreams: upstreams.to_vec(), standby: vec![], route_version: version, label: format!("test route v{version}"), stats: Default::default() }
+    Route {
+        upstreams: upstreams.to_vec(),
+        standby: vec![],
+        route_version: version,
+        label: format!("test route v{version}"),
+        stats: Default::default(),
+    }
 }
 
 fn table(entries: &[(&str, Route)]) -> RouteTable {
@@ -208,12 +214,8 @@ async fn a_request_body_is_forwarded() {
     let a = upstream("alpha").await;
     let p = proxy(table(&[("alpha.test", route(&[a.addr], 1))])).await;
     let mut sender = connect(p.addr).await;
-    let req = Request::builder()
-        .method("POST")
-        .uri("/")
-        .header("host", "alpha.test")
-        .body(Full::new(Bytes::from(vec![7u8; 100_000])))
-        .unwrap();
+    let req =
+        Request::builder().method("POST").uri("/").header("host", "alpha.test").body(Full::new(Bytes::from(vec![7u8; 100_000]))).unwrap();
     let res = sender.send_request(req).await.unwrap();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "alpha got 100000");
@@ -295,10 +297,7 @@ async fn an_upgraded_connection_carries_bytes_both_ways() {
     let echo = echo_upstream().await;
     let p = proxy(table(&[("ws.test", route(&[echo], 1))])).await;
     let mut stream = TcpStream::connect(p.addr).await.unwrap();
-    stream
-        .write_all(b"GET /socket HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo-test\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"GET /socket HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo-test\r\n\r\n").await.unwrap();
     let head = read_head(&mut stream).await.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo-test"), "{head}");
@@ -426,7 +425,9 @@ async fn a_refused_or_dropped_request_goes_to_the_standby_while_one_stands_by() 
     };
     let dropping = dropping_upstream().await;
     let watched = |new: SocketAddr| Route { standby: vec![old.addr], ..route(&[new], 2) };
-    let p = proxy(table(&[("refused.test", watched(refused)), ("dropping.test", watched(dropping)), ("plain.test", route(&[dropping], 1))])).await;
+    let p =
+        proxy(table(&[("refused.test", watched(refused)), ("dropping.test", watched(dropping)), ("plain.test", route(&[dropping], 1))]))
+            .await;
     assert_eq!(get(p.addr, Some("refused.test"), "/").await, (StatusCode::OK, "old".to_string()));
     assert_eq!(get(p.addr, Some("dropping.test"), "/").await, (StatusCode::OK, "old".to_string()), "a bodiless GET is sent again");
     // A request with a body is not sent twice, and without a standby nothing is.
@@ -672,11 +673,9 @@ async fn error_pages_name_no_address_port_or_deployment() {
     let deployment = "0190c3e2-7a4b-7c1d-9e2f-3a4b5c6d7e8f";
     let labelled = |upstreams: &[SocketAddr]| Route { label: format!("hello/live deployment {deployment}"), ..route(upstreams, 1) };
     let options = ServeOptions { request_timeout: Some(Duration::from_millis(300)), ..short() };
-    let p = proxy_with(
-        table(&[("down.test", labelled(&[down])), ("idle.test", labelled(&[])), ("slow.test", labelled(&[a.addr]))]),
-        options,
-    )
-    .await;
+    let p =
+        proxy_with(table(&[("down.test", labelled(&[down])), ("idle.test", labelled(&[])), ("slow.test", labelled(&[a.addr]))]), options)
+            .await;
     let pages = [
         (get(p.addr, Some("down.test"), "/").await, StatusCode::BAD_GATEWAY),
         (get(p.addr, Some("idle.test"), "/").await, StatusCode::SERVICE_UNAVAILABLE),

@@ -100,12 +100,7 @@ pub fn verify(rows: &[ChainRow]) -> VerifyReport {
 }
 
 fn verify_stream(rows: &[ChainRow]) -> Option<Finding> {
-    let finding = |row: &ChainRow, kind, detail: String| Finding {
-        stream: row.stream.clone(),
-        version: row.version,
-        kind,
-        detail,
-    };
+    let finding = |row: &ChainRow, kind, detail: String| Finding { stream: row.stream.clone(), version: row.version, kind, detail };
     let mut prev_hash = GENESIS;
     for (i, row) in rows.iter().enumerate() {
         let expected_version = i as u64 + 1;
@@ -123,11 +118,7 @@ fn verify_stream(rows: &[ChainRow]) -> Option<Finding> {
             });
         }
         if row.version != expected_version {
-            return Some(finding(
-                row,
-                TamperKind::Removed,
-                format!("version {expected_version} is missing"),
-            ));
+            return Some(finding(row, TamperKind::Removed, format!("version {expected_version} is missing")));
         }
         if row.prev_hash != prev_hash {
             let points_elsewhere = rows.iter().any(|r| r.hash == row.prev_hash);

@@ -150,8 +150,7 @@ impl PublicKey {
 
 fn hex32(text: &str) -> Result<[u8; 32], CheckpointError> {
     let mut bytes = [0u8; 32];
-    hex::decode_to_slice(text, &mut bytes)
-        .map_err(|e| CheckpointError::BadKey(format!("expected 64 hex digits ({e})")))?;
+    hex::decode_to_slice(text, &mut bytes).map_err(|e| CheckpointError::BadKey(format!("expected 64 hex digits ({e})")))?;
     Ok(bytes)
 }
 
@@ -265,8 +264,7 @@ impl Builder {
         if let Some(found) = self.diverged {
             return Err(Refusal::Diverged { previous: self.base, signed: self.previous_root.unwrap_or_default(), found });
         }
-        let mut heads: Vec<Head> =
-            self.heads.into_iter().map(|(stream, (version, hash))| Head { stream, version, hash }).collect();
+        let mut heads: Vec<Head> = self.heads.into_iter().map(|(stream, (version, hash))| Head { stream, version, hash }).collect();
         heads.sort_by(|a, b| a.stream.cmp(&b.stream));
         let mut checkpoint = Checkpoint {
             format: FORMAT.into(),
@@ -380,14 +378,8 @@ impl LogCheck {
                 });
             }
         }
-        let mut check = LogCheck {
-            at: vec![None; checkpoints.len()],
-            checkpoints,
-            frontier: Frontier::new(),
-            next: 0,
-            watches,
-            ends: HashMap::new(),
-        };
+        let mut check =
+            LogCheck { at: vec![None; checkpoints.len()], checkpoints, frontier: Frontier::new(), next: 0, watches, ends: HashMap::new() };
         check.close(Position::START);
         check
     }

@@ -4,11 +4,11 @@
 //! and the raw rows the integrity check walks.
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use slipway_proto::Envelope;
-use uuid::Uuid;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::chain::ChainRow;
 
@@ -174,18 +174,14 @@ pub struct RecordedEvent {
 }
 
 /// `EventStore::append_each` as one append per event.
-pub async fn append_one_by_one<S: EventStore + ?Sized>(
-    store: &S,
-    items: &[(&str, &Envelope)],
-) -> Vec<Result<Appended, StoreError>> {
+pub async fn append_one_by_one<S: EventStore + ?Sized>(store: &S, items: &[(&str, &Envelope)]) -> Vec<Result<Appended, StoreError>> {
     let mut out = Vec::with_capacity(items.len());
     for (stream, event) in items {
         out.push(match store.append(stream, ExpectedVersion::Any, std::slice::from_ref(*event), &[]).await {
             Ok(Ok(appended)) => Ok(appended),
-            Ok(Err(conflict)) => Err(StoreError::InvalidAppend {
-                stream: conflict.stream,
-                reason: "an append at any version reported a conflict".into(),
-            }),
+            Ok(Err(conflict)) => {
+                Err(StoreError::InvalidAppend { stream: conflict.stream, reason: "an append at any version reported a conflict".into() })
+            }
             Err(e) => Err(e),
         });
     }
@@ -365,11 +361,7 @@ pub(crate) fn validate_append(stream: &str, events: &[Envelope]) -> Result<(), S
 
 /// Decodes a stored body back into its envelope.
 pub(crate) fn decode_body(stream: &str, version: u64, body: &str) -> Result<Envelope, StoreError> {
-    Envelope::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt {
-        stream: stream.into(),
-        version,
-        reason: e.to_string(),
-    })
+    Envelope::from_json(body.as_bytes()).map_err(|e| StoreError::Corrupt { stream: stream.into(), version, reason: e.to_string() })
 }
 
 /// A stored event row as both backends read it, before decoding.

@@ -136,8 +136,7 @@ pub fn postgres_log(store: &PgStore) -> BoxStream<'_, Result<LogRow, StoreError>
 
 /// Every event in global (position) order, raw.
 pub fn sqlite_log(store: &SqliteStore) -> BoxStream<'_, Result<LogRow, StoreError>> {
-    const SQL: &str =
-        "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events ORDER BY position";
+    const SQL: &str = "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events ORDER BY position";
     sqlx::query(SQL)
         .fetch(store.pool())
         .map(|row| {
@@ -170,11 +169,17 @@ where
 /// `chain_rows` returns them, but streamed: `verify_chains` then holds one
 /// stream at a time, and hashes while the database is still sending.
 pub fn postgres_chains(store: &PgStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
-    sqlx::query(CHAINS).fetch(store.pool()).map(|row| chain_row(&row.map_err(|e| read_error("postgres", e))?).map_err(|e| read_error("postgres", e))).boxed()
+    sqlx::query(CHAINS)
+        .fetch(store.pool())
+        .map(|row| chain_row(&row.map_err(|e| read_error("postgres", e))?).map_err(|e| read_error("postgres", e)))
+        .boxed()
 }
 
 pub fn sqlite_chains(store: &SqliteStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
-    sqlx::query(CHAINS).fetch(store.pool()).map(|row| chain_row(&row.map_err(|e| read_error("sqlite", e))?).map_err(|e| read_error("sqlite", e))).boxed()
+    sqlx::query(CHAINS)
+        .fetch(store.pool())
+        .map(|row| chain_row(&row.map_err(|e| read_error("sqlite", e))?).map_err(|e| read_error("sqlite", e)))
+        .boxed()
 }
 
 /// The query `chain_rows` runs on both backends.
@@ -263,9 +268,7 @@ impl<W: Write> ExportWriter<W> {
 
     /// Writes the end line; returns the output and the number of events.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
-        let end = End {
-            slipway_export_end: EndFields { events: self.events, sha256: hex::encode(self.digest.finalize_reset()) },
-        };
+        let end = End { slipway_export_end: EndFields { events: self.events, sha256: hex::encode(self.digest.finalize_reset()) } };
         serde_json::to_writer(&mut self.out, &end)?;
         self.out.write_all(b"\n")?;
         self.out.flush()?;
@@ -565,7 +568,11 @@ impl Verifier {
                         prev_hash: line.prev_hash.to_string(),
                     });
                 }
-                let walk = Walk { version: line.version, hash: line.hash.to_string(), broken: !(consistent && (genesis || since && line.version > 1)) };
+                let walk = Walk {
+                    version: line.version,
+                    hash: line.hash.to_string(),
+                    broken: !(consistent && (genesis || since && line.version > 1)),
+                };
                 self.walks.insert(line.stream.to_string(), walk);
             }
         }
@@ -589,7 +596,9 @@ impl Verifier {
         let filtered = self.header.as_ref().is_none_or(Header::is_partial);
         let checkpoints = match self.check {
             Some(_) if filtered => {
-                file.push("checkpoints cover the whole log: only a full export (no --project, no --since) can be checked against them".into());
+                file.push(
+                    "checkpoints cover the whole log: only a full export (no --project, no --since) can be checked against them".into(),
+                );
                 None
             }
             Some(check) => Some(check.finish()),
@@ -651,11 +660,8 @@ impl Verification {
         for (stream, mut rows) in broken {
             // As the database orders them: by version.
             rows.sort_by_key(|r| r.version);
-            let finding = if self.partial.contains(&stream) {
-                partial_finding(&rows)
-            } else {
-                chain::verify(&rows).findings.into_iter().next()
-            };
+            let finding =
+                if self.partial.contains(&stream) { partial_finding(&rows) } else { chain::verify(&rows).findings.into_iter().next() };
             report.findings.extend(finding);
         }
         report
@@ -865,9 +871,8 @@ mod tests {
         use slipway_proto::envelope::Metadata;
         use slipway_proto::event::DeploymentRequested;
         let meta = || Metadata { correlation_id: uuid::Uuid::nil(), causation_id: None, actor: "t".into(), trace: None };
-        let body = |stream: &str, e: &Event| {
-            Envelope::new(uuid::Uuid::now_v7(), Utc::now(), stream, e, meta()).expect("encodable").to_json()
-        };
+        let body =
+            |stream: &str, e: &Event| Envelope::new(uuid::Uuid::now_v7(), Utc::now(), stream, e, meta()).expect("encodable").to_json();
         let created = |name: &str| {
             Event::ProjectCreated(slipway_proto::event::ProjectCreated {
                 name: name.into(),

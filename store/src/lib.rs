@@ -21,8 +21,7 @@ pub mod sqlite;
 pub mod subscription;
 
 pub use event_store::{
-    Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError, StreamAppend,
-    WorkerBeat,
+    Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError, StreamAppend, WorkerBeat,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -47,9 +47,9 @@ pub fn refusal(login: &Login, schema: &str, latest: i64) -> Option<String> {
         Some(level) if level < latest => Some(format!(
             "the database is at migration {level} and this Slipway needs {latest}: run `slipway db migrate` with the owner's credentials"
         )),
-        Some(level) if level > latest => Some(format!(
-            "the database is at migration {level}, newer than this Slipway ({latest}): upgrade Slipway on this host"
-        )),
+        Some(level) if level > latest => {
+            Some(format!("the database is at migration {level}, newer than this Slipway ({latest}): upgrade Slipway on this host"))
+        }
         Some(_) => None,
         None => Some(format!(
             "the database login `{}` cannot read the migration level (_sqlx_migrations): run `slipway db migrate --grant-to {}`",
@@ -60,9 +60,7 @@ pub fn refusal(login: &Login, schema: &str, latest: i64) -> Option<String> {
 
 /// Reads what the session's login role is (before any `SET ROLE`).
 pub async fn login(pool: &PgPool) -> Result<Login, StoreError> {
-    let db = |context: &'static str| {
-        move |source| StoreError::Database { backend: "postgres", context: context.into(), source }
-    };
+    let db = |context: &'static str| move |source| StoreError::Database { backend: "postgres", context: context.into(), source };
     let row = sqlx::query(
         "SELECT session_user::text AS role, r.rolsuper,
                 t.tableowner::text AS owner,

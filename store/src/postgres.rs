@@ -14,8 +14,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures::stream::{BoxStream, StreamExt};
 use chrono::{DateTime, Utc};
+use futures::stream::{BoxStream, StreamExt};
 use slipway_proto::Envelope;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use crate::chain::{ChainRow, GENESIS};
 use crate::event_store::{
-    prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Outgoing, Position, RawEvent,
-    Holds, RecordedEvent, StoreError, StreamAppend, WorkerBeat,
+    prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, Holds, OutboxEntry, Outgoing, Position, RawEvent,
+    RecordedEvent, StoreError, StreamAppend, WorkerBeat,
 };
 
 const BACKEND: &str = "postgres";
@@ -124,9 +124,7 @@ impl Heads {
         match (expected, known) {
             (ExpectedVersion::Any, known) => known,
             (ExpectedVersion::Exactly(v), Some(head)) if head.version == v && v > 0 => Some(head),
-            (ExpectedVersion::NoStream | ExpectedVersion::Exactly(0), None) => {
-                Some(Head { version: 0, hash: GENESIS.to_string() })
-            }
+            (ExpectedVersion::NoStream | ExpectedVersion::Exactly(0), None) => Some(Head { version: 0, hash: GENESIS.to_string() }),
             _ => None,
         }
     }
@@ -212,13 +210,9 @@ impl PgStore {
             Some(role) => {
                 pool.close().await;
                 let as_role = connect.options([("role", role.as_str())]);
-                PgPoolOptions::new()
-                    .max_connections(options.max_connections.max(2))
-                    .connect_with(as_role)
-                    .await
-                    .map_err(db(format!(
-                        "connecting to {redacted} as role {role} (the login role must be a member: GRANT {role} TO <login role>)"
-                    )))?
+                PgPoolOptions::new().max_connections(options.max_connections.max(2)).connect_with(as_role).await.map_err(db(format!(
+                    "connecting to {redacted} as role {role} (the login role must be a member: GRANT {role} TO <login role>)"
+                )))?
             }
         };
         let (tx, wake) = watch::channel(0u64);
@@ -251,10 +245,9 @@ impl PgStore {
         let options = PgOptions { schema: schema.map(str::to_string), max_connections: 2, migrate: true, role: None, runtime: false };
         let store = PgStore::connect(url, options).await?;
         if let Some(role) = grant_to {
-            sqlx::query(&format!("GRANT {WRITER_ROLE} TO \"{role}\""))
-                .execute(store.pool())
-                .await
-                .map_err(db(format!("granting {WRITER_ROLE} to {role} (does the login role exist? CREATE ROLE {role} LOGIN PASSWORD ...)")))?;
+            sqlx::query(&format!("GRANT {WRITER_ROLE} TO \"{role}\"")).execute(store.pool()).await.map_err(db(format!(
+                "granting {WRITER_ROLE} to {role} (does the login role exist? CREATE ROLE {role} LOGIN PASSWORD ...)"
+            )))?;
         }
         let login = crate::pg_login::login(store.pool()).await?;
         Ok(login.migration.unwrap_or(0))
@@ -437,11 +430,7 @@ impl PgStore {
     /// appends, alone or batched. `None` when a stream has no head to use
     /// (or no events to check a head by), or a head was stale: the
     /// transactional path decides then, and reports any conflict.
-    async fn append_at_heads(
-        &self,
-        appends: &[StreamAppend<'_>],
-        commands: &[Outgoing],
-    ) -> Result<Option<Vec<Appended>>, StoreError> {
+    async fn append_at_heads(&self, appends: &[StreamAppend<'_>], commands: &[Outgoing]) -> Result<Option<Vec<Appended>>, StoreError> {
         let mut heads = Vec::with_capacity(appends.len());
         for a in appends {
             validate_append(a.stream, a.events)?;
@@ -459,8 +448,7 @@ impl PgStore {
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Ok(None);
         }
-        let prepared: Vec<_> =
-            appends.iter().zip(&heads).map(|(a, h)| prepare(a.stream, h.version, &h.hash, a.events)).collect();
+        let prepared: Vec<_> = appends.iter().zip(&heads).map(|(a, h)| prepare(a.stream, h.version, &h.hash, a.events)).collect();
         let rows = prepared.iter().zip(appends).flat_map(|(p, a)| p.iter().map(move |p| (a.stream, p)));
         let (mut streams, mut versions, mut ids, mut types, mut correlations, mut bodies, mut prevs, mut hashes) =
             (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -552,26 +540,18 @@ async fn append_locked(
     events: &[Envelope],
 ) -> Result<Result<(Appended, Head), Conflict>, StoreError> {
     let context = || format!("appending to `{stream}`");
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(stream).execute(&mut *tx).await.map_err(db(context()))?;
+    let last: Option<(i64, String)> = sqlx::query_as("SELECT version, hash FROM events WHERE stream = $1 ORDER BY version DESC LIMIT 1")
         .bind(stream)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db(context()))?;
-    let last: Option<(i64, String)> =
-        sqlx::query_as("SELECT version, hash FROM events WHERE stream = $1 ORDER BY version DESC LIMIT 1")
-            .bind(stream)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(context()))?;
     let (actual, last_hash) = last.map_or((0, GENESIS.to_string()), |(v, h)| (v as u64, h));
     if !expected.accepts(actual) {
         return Ok(Err(Conflict { stream: stream.into(), expected, actual }));
     }
     let prepared = prepare(stream, actual, &last_hash, events);
-    let head = Head {
-        version: actual + events.len() as u64,
-        hash: prepared.last().map_or(last_hash, |p| p.hash.clone()),
-    };
+    let head = Head { version: actual + events.len() as u64, hash: prepared.last().map_or(last_hash, |p| p.hash.clone()) };
     let mut positions = Vec::new();
     if !prepared.is_empty() {
         let rows = insert_events(INSERT_EVENTS, tx, stream, &prepared, None).await;
@@ -684,10 +664,7 @@ async fn insert_outbox(tx: &mut PgConnection, commands: &[Outgoing]) -> Result<(
     if commands.is_empty() {
         return Ok(());
     }
-    bind_outbox(sqlx::query(INSERT_OUTBOX), commands)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| insert_error(e, "the outbox"))?;
+    bind_outbox(sqlx::query(INSERT_OUTBOX), commands).execute(&mut *tx).await.map_err(|e| insert_error(e, "the outbox"))?;
     Ok(())
 }
 
@@ -796,12 +773,11 @@ impl EventStore for PgStore {
     }
 
     async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT fingerprint, value FROM setting_values WHERE fingerprint = ANY($1)")
-                .bind(fingerprints)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("reading setting values"))?;
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT fingerprint, value FROM setting_values WHERE fingerprint = ANY($1)")
+            .bind(fingerprints)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("reading setting values"))?;
         rows.into_iter()
             .map(|(f, stored)| {
                 let value = self.sealing.opened(&f, &stored)?;
@@ -844,17 +820,13 @@ impl EventStore for PgStore {
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND version >= $2 ORDER BY version"
-        ))
-        .bind(stream)
-        .bind(from_version as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db(format!("reading `{stream}`")))?;
-        rows.iter()
-            .map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode())
-            .collect()
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND version >= $2 ORDER BY version"))
+            .bind(stream)
+            .bind(from_version as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(format!("reading `{stream}`")))?;
+        rows.iter().map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode()).collect()
     }
 
     async fn stream_holds_each(&self, asks: &[(&str, Uuid)], types: &[&str]) -> Result<Vec<Holds>, StoreError> {
@@ -967,12 +939,11 @@ impl EventStore for PgStore {
     }
 
     async fn load_checkpoint(&self, consumer: &str) -> Result<Position, StoreError> {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT tx::text, position FROM checkpoints WHERE consumer = $1")
-                .bind(consumer)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db(format!("loading checkpoint `{consumer}`")))?;
+        let row: Option<(String, i64)> = sqlx::query_as("SELECT tx::text, position FROM checkpoints WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db(format!("loading checkpoint `{consumer}`")))?;
         Ok(row.map_or(Position::START, |(tx, seq)| Position { tx: parse_tx(&tx), seq }))
     }
 

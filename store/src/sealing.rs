@@ -43,7 +43,8 @@ impl std::fmt::Debug for SealingKey {
 impl SealingKey {
     /// A key from its 64 hex characters (a key file's content).
     pub fn from_hex(text: &str) -> Result<SealingKey, String> {
-        let bytes = hex::decode(text.trim()).map_err(|_| "expected 64 hexadecimal characters (a key from `slipway secrets keygen`)".to_string())?;
+        let bytes =
+            hex::decode(text.trim()).map_err(|_| "expected 64 hexadecimal characters (a key from `slipway secrets keygen`)".to_string())?;
         let bytes: [u8; 32] = bytes.try_into().map_err(|_| "expected 64 hexadecimal characters (32 bytes)".to_string())?;
         let id = hex::encode(&Sha256::digest(bytes)[..8]);
         let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| "not a valid AES-256 key".to_string())?;

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::{BoxStream, StreamExt};
 use chrono::{DateTime, Utc};
+use futures::stream::{BoxStream, StreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{ConnectOptions, Row};
 use tokio::sync::watch;
 
 use crate::chain::{ChainRow, GENESIS};
 use crate::event_store::{
-    prepare, validate_append, Appended, Conflict, EventStore, OutboxEntry, Outgoing, Position, RawEvent, RecordedEvent,
-    StoreError, StreamAppend, WorkerBeat,
+    prepare, validate_append, Appended, Conflict, EventStore, OutboxEntry, Outgoing, Position, RawEvent, RecordedEvent, StoreError,
+    StreamAppend, WorkerBeat,
 };
 
 const BACKEND: &str = "sqlite";
@@ -63,11 +63,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(db(format!("opening {}", path.display())))?;
+        let pool =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(db(format!("opening {}", path.display())))?;
         Self::with_pool(pool, None).await
     }
 
@@ -88,14 +85,8 @@ impl SqliteStore {
         Self::with_pool(pool, Some(Arc::new(tokio::sync::Mutex::new(keeper)))).await
     }
 
-    async fn with_pool(
-        pool: SqlitePool,
-        keeper: Option<Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>,
-    ) -> Result<Self, StoreError> {
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
+    async fn with_pool(pool: SqlitePool, keeper: Option<Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>) -> Result<Self, StoreError> {
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await.map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
         let (wake, _) = watch::channel(0u64);
         Ok(SqliteStore { pool, wake, _keeper: keeper, sealing: Default::default() })
     }
@@ -247,17 +238,13 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND version >= ?2 ORDER BY version"
-        ))
-        .bind(stream)
-        .bind(from_version as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db(format!("reading `{stream}`")))?;
-        rows.iter()
-            .map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode())
-            .collect()
+        let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND version >= ?2 ORDER BY version"))
+            .bind(stream)
+            .bind(from_version as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(format!("reading `{stream}`")))?;
+        rows.iter().map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode()).collect()
     }
 
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
@@ -280,22 +267,23 @@ impl EventStore for SqliteStore {
     }
 
     fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent, StoreError>> {
-        sqlx::query("SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events WHERE position > ?1 ORDER BY position")
-            .bind(after.seq)
-            .fetch(&self.pool)
-            .map(|row| raw_event(&row.map_err(db("streaming events"))?).map_err(db("decoding an event row"))?.decode())
-            .boxed()
+        sqlx::query(
+            "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events WHERE position > ?1 ORDER BY position",
+        )
+        .bind(after.seq)
+        .fetch(&self.pool)
+        .map(|row| raw_event(&row.map_err(db("streaming events"))?).map_err(db("decoding an event row"))?.decode())
+        .boxed()
     }
 
     async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT position, message_id, queue, body, traceparent FROM outbox WHERE position > ?1 ORDER BY position LIMIT ?2",
-        )
-        .bind(after.seq)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db(format!("reading the outbox after {after}")))?;
+        let rows =
+            sqlx::query("SELECT position, message_id, queue, body, traceparent FROM outbox WHERE position > ?1 ORDER BY position LIMIT ?2")
+                .bind(after.seq)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db(format!("reading the outbox after {after}")))?;
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get("message_id")?;
@@ -387,12 +375,11 @@ async fn append_one(
 ) -> Result<Result<Appended, Conflict>, StoreError> {
     let stream = a.stream;
     validate_append(stream, a.events)?;
-    let last: Option<(i64, String)> =
-        sqlx::query_as("SELECT version, hash FROM events WHERE stream = ?1 ORDER BY version DESC LIMIT 1")
-            .bind(stream)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(format!("appending to `{stream}`")))?;
+    let last: Option<(i64, String)> = sqlx::query_as("SELECT version, hash FROM events WHERE stream = ?1 ORDER BY version DESC LIMIT 1")
+        .bind(stream)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db(format!("appending to `{stream}`")))?;
     let (actual, last_hash) = last.map_or((0, GENESIS.to_string()), |(v, h)| (v as u64, h));
     if !a.expected.accepts(actual) {
         return Ok(Err(Conflict { stream: stream.into(), expected: a.expected, actual }));

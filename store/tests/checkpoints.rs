@@ -145,10 +145,8 @@ async fn postgres_an_export_verifies_offline() {
     // The export carries the stored bytes: every line's body is the table's.
     let stored: Vec<String> = sqlx::query_scalar("SELECT body FROM events ORDER BY tx, position").fetch_all(store.pool()).await.unwrap();
     let text = String::from_utf8(bytes).unwrap();
-    let exported: Vec<String> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<export::Line>(l).ok().map(|line| line.body.into_owned()))
-        .collect();
+    let exported: Vec<String> =
+        text.lines().filter_map(|l| serde_json::from_str::<export::Line>(l).ok().map(|line| line.body.into_owned())).collect();
     assert_eq!(exported, stored);
     drop_schema(&schema).await;
 }
@@ -231,9 +229,10 @@ async fn postgres_a_rewritten_tail_is_caught_by_a_checkpoint_and_not_by_the_chai
     admin.execute("ALTER TABLE events ENABLE TRIGGER events_notify").await.unwrap();
     admin.close().await.unwrap();
     // ... and appends two others in their place, with a valid chain.
-    let fresh = PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), max_connections: 2, migrate: false, ..Default::default() })
-        .await
-        .unwrap();
+    let fresh =
+        PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), max_connections: 2, migrate: false, ..Default::default() })
+            .await
+            .unwrap();
     let forged = common::events("deployment-1", 90..92);
     fresh.append("deployment-1", ExpectedVersion::Exactly(2), &forged, &[]).await.unwrap().unwrap();
 

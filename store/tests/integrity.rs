@@ -64,12 +64,11 @@ async fn postgres_subscribers_never_skip_late_commits() {
             let mut seen = HashSet::new();
             let mut last = 0i64;
             while expected.load(Ordering::SeqCst) == usize::MAX {
-                let rows: Vec<(i64, Uuid)> =
-                    sqlx::query_as("SELECT position, id FROM events WHERE position > $1 ORDER BY position")
-                        .bind(last)
-                        .fetch_all(&pool)
-                        .await
-                        .unwrap();
+                let rows: Vec<(i64, Uuid)> = sqlx::query_as("SELECT position, id FROM events WHERE position > $1 ORDER BY position")
+                    .bind(last)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
                 for (p, id) in rows {
                     last = p;
                     seen.insert(id);

@@ -82,10 +82,7 @@ where
 }
 
 async fn next(consumer: &mut dyn Consumer) -> Result<Delivery> {
-    timeout(PATIENCE, consumer.next())
-        .await
-        .context("no delivery in time")?
-        .context("consumer ended: backend shut down")
+    timeout(PATIENCE, consumer.next()).await.context("no delivery in time")?.context("consumer ended: backend shut down")
 }
 
 async fn assert_quiet(consumer: &mut dyn Consumer, why: &str) -> Result<()> {
@@ -342,8 +339,7 @@ macro_rules! conformance {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dead_letter_goes_straight_there_with_its_reason() -> Result<()> {
-                suite::dead_letter_goes_straight_there_with_its_reason(&*super::$backend(DEFAULT_MAX_ATTEMPTS).await)
-                    .await
+                suite::dead_letter_goes_straight_there_with_its_reason(&*super::$backend(DEFAULT_MAX_ATTEMPTS).await).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,11 +386,7 @@ mod rabbitmq_only {
                 .args(["-q", "list_connections", "pid", "client_properties"])
                 .output()
                 .context("running rabbitmqctl (the tests run as root next to the broker)")?;
-            ensure!(
-                listed.status.success(),
-                "rabbitmqctl list_connections: {}",
-                String::from_utf8_lossy(&listed.stderr)
-            );
+            ensure!(listed.status.success(), "rabbitmqctl list_connections: {}", String::from_utf8_lossy(&listed.stderr));
             let listing = String::from_utf8_lossy(&listed.stdout);
             let pid = listing
                 .lines()
@@ -405,11 +397,7 @@ mod rabbitmq_only {
                 .args(["-q", "close_connection", pid, "test"])
                 .output()
                 .context("running rabbitmqctl close_connection")?;
-            ensure!(
-                closed.status.success(),
-                "rabbitmqctl close_connection: {}",
-                String::from_utf8_lossy(&closed.stderr)
-            );
+            ensure!(closed.status.success(), "rabbitmqctl close_connection: {}", String::from_utf8_lossy(&closed.stderr));
             Ok(())
         })
         .await?
@@ -418,8 +406,7 @@ mod rabbitmq_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_consumer_and_publisher_ride_out_a_killed_connection() -> Result<()> {
         let connection_name = format!("slipway-conformance-{}", Uuid::now_v7().simple());
-        let q = connect_rabbit(RabbitOptions { connection_name: connection_name.clone(), ..RabbitOptions::default() })
-            .await;
+        let q = connect_rabbit(RabbitOptions { connection_name: connection_name.clone(), ..RabbitOptions::default() }).await;
         let name = queue_name("reconnect");
         let before = messages(&name, 3);
         q.publish(&before).await?;
@@ -443,11 +430,7 @@ mod rabbitmq_only {
         let mut seen: HashMap<Uuid, u32> = HashMap::new();
         while seen.len() < 5 {
             let d = next(&mut *consumer).await.with_context(|| format!("seen so far: {seen:?}"))?;
-            assert!(
-                seen.insert(d.message.id, d.attempt).is_none(),
-                "{} delivered twice after the outage",
-                d.message.id
-            );
+            assert!(seen.insert(d.message.id, d.attempt).is_none(), "{} delivered twice after the outage", d.message.id);
             let redelivered = d.attempt > 1;
             d.ack().await?;
             if redelivered {
@@ -493,16 +476,11 @@ mod rabbitmq_only {
         let publish = [
             (BasicProperties::default(), b"no id".to_vec()),
             (BasicProperties::default().with_message_id("not-a-uuid".into()), b"bad id".to_vec()),
-            (
-                BasicProperties::default().with_message_id(usable_id.to_string().into()).with_headers(odd_headers),
-                b"odd headers".to_vec(),
-            ),
+            (BasicProperties::default().with_message_id(usable_id.to_string().into()).with_headers(odd_headers), b"odd headers".to_vec()),
         ];
         for (properties, body) in publish {
-            let confirm = channel
-                .basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &body, properties)
-                .await?
-                .await?;
+            let confirm =
+                channel.basic_publish("".into(), name.as_str().into(), BasicPublishOptions::default(), &body, properties).await?.await?;
             ensure!(confirm.is_ack(), "raw publish not confirmed");
         }
         raw.close(200, "OK".into()).await?;

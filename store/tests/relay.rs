@@ -42,9 +42,8 @@ async fn fill_outbox(store: &DynStore, appends: u64, per_append: u64) -> HashSet
     let mut ids = HashSet::new();
     for n in 0..appends {
         let stream = format!("deployment-r{n}");
-        let commands: Vec<Outgoing> = (0..per_append)
-            .map(|i| Outgoing { queue: QUEUE.into(), envelope: event(&stream, 1000 + i) })
-            .collect();
+        let commands: Vec<Outgoing> =
+            (0..per_append).map(|i| Outgoing { queue: QUEUE.into(), envelope: event(&stream, 1000 + i) }).collect();
         ids.extend(commands.iter().map(|c| c.envelope.id));
         store.append(&stream, ExpectedVersion::NoStream, &events(&stream, 0..1), &commands).await.unwrap().unwrap();
     }

@@ -291,10 +291,8 @@ async fn outcomes_are_appended_and_asked_about_together(store: DynStore) {
     assert!(matches!(done[2], Err(StoreError::Duplicate { .. })), "{:?}", done[2]);
     assert_eq!(store.stream_version(c).await.unwrap(), 1, "the duplicate wrote nothing");
 
-    let holds = store
-        .stream_holds_each(&[(a, ea.id), (c, eb.id), ("deployment-none", ec.id), (b, eb.id)], &["SettingsChanged"])
-        .await
-        .unwrap();
+    let holds =
+        store.stream_holds_each(&[(a, ea.id), (c, eb.id), ("deployment-none", ec.id), (b, eb.id)], &["SettingsChanged"]).await.unwrap();
     let got: Vec<(bool, bool)> = holds.iter().map(|h| (h.id, h.any_of_types)).collect();
     assert_eq!(got, vec![(true, true), (false, true), (false, false), (true, true)]);
     let report = chain::verify(&store.chain_rows().await.unwrap());

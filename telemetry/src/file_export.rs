@@ -67,9 +67,6 @@ impl SpanExporter for FileExporter {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.service = resource
-            .get(&opentelemetry::Key::from_static_str("service.name"))
-            .map(|v| v.to_string())
-            .unwrap_or_default();
+        self.service = resource.get(&opentelemetry::Key::from_static_str("service.name")).map(|v| v.to_string()).unwrap_or_default();
     }
 }

@@ -96,11 +96,7 @@ pub fn init(service_name: &str) -> Result<Telemetry, TelemetryError> {
         // Span locations would all point into this crate (where step spans are made).
         tracing_opentelemetry::layer().with_tracer(p.tracer("slipway")).with_location(false).with_filter(targets)
     });
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .try_init()
-        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init().map_err(|_| TelemetryError::AlreadyInstalled)?;
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
     }
@@ -143,9 +139,7 @@ fn provider(service_name: &str) -> Result<Option<SdkTracerProvider>, TelemetryEr
     if env("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service_name.to_owned());
     }
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_id_generator(crate::ids::Planned::default());
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build()).with_id_generator(crate::ids::Planned::default());
     if otlp {
         use opentelemetry_otlp::WithExportConfig as _;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -156,8 +150,7 @@ fn provider(service_name: &str) -> Result<Option<SdkTracerProvider>, TelemetryEr
         builder = builder.with_batch_exporter(exporter);
     }
     if let Some(path) = file {
-        let exporter =
-            FileExporter::open(&path).map_err(|e| TelemetryError::TraceFile { path: path.clone(), reason: e.to_string() })?;
+        let exporter = FileExporter::open(&path).map_err(|e| TelemetryError::TraceFile { path: path.clone(), reason: e.to_string() })?;
         // Written as each span ends: a test reads the file while the processes run.
         builder = builder.with_simple_exporter(exporter);
     }

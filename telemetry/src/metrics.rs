@@ -115,11 +115,7 @@ impl Metrics {
             subscription_lag.clone(),
         );
         let router_requests = Family::<ClassLabel, Counter>::default();
-        registry.register(
-            "router_requests",
-            "Requests a router answered, by status class (2xx, 3xx, 4xx, 5xx)",
-            router_requests.clone(),
-        );
+        registry.register("router_requests", "Requests a router answered, by status class (2xx, 3xx, 4xx, 5xx)", router_requests.clone());
         let router_upstream_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "router_upstream_errors",
@@ -209,9 +205,7 @@ impl Metrics {
     }
 
     pub fn set_subscription_lag(&self, subscription: &str, lag: u64) {
-        self.subscription_lag
-            .get_or_create(&SubscriptionLabel { subscription: subscription.to_owned() })
-            .set(saturating(lag));
+        self.subscription_lag.get_or_create(&SubscriptionLabel { subscription: subscription.to_owned() }).set(saturating(lag));
     }
 
     /// A router answered with `status`.
@@ -355,7 +349,10 @@ mod tests {
             line(&text, "slipway_webhooks_total{provider=\"github\",outcome=\"unauthorized\"}"),
             Some("slipway_webhooks_total{provider=\"github\",outcome=\"unauthorized\"} 2")
         );
-        assert_eq!(line(&text, "slipway_deployments_total{outcome=\"succeeded\"}"), Some("slipway_deployments_total{outcome=\"succeeded\"} 2"));
+        assert_eq!(
+            line(&text, "slipway_deployments_total{outcome=\"succeeded\"}"),
+            Some("slipway_deployments_total{outcome=\"succeeded\"} 2")
+        );
         assert_eq!(line(&text, "slipway_deployments_total{outcome=\"failed\"}"), Some("slipway_deployments_total{outcome=\"failed\"} 1"));
         assert_eq!(line(&text, "slipway_router_requests_total{class=\"2xx\"}"), Some("slipway_router_requests_total{class=\"2xx\"} 2"));
         assert_eq!(line(&text, "slipway_router_requests_total{class=\"5xx\"}"), Some("slipway_router_requests_total{class=\"5xx\"} 1"));
@@ -401,7 +398,10 @@ mod tests {
 
     #[test]
     fn status_classes_and_outcomes() {
-        assert_eq!([status_class(101), status_class(301), status_class(404), status_class(599), status_class(600)], ["1xx", "3xx", "4xx", "5xx", "other"]);
+        assert_eq!(
+            [status_class(101), status_class(301), status_class(404), status_class(599), status_class(600)],
+            ["1xx", "3xx", "4xx", "5xx", "other"]
+        );
         assert_eq!(deployment_outcome("DeploymentSucceeded"), Some("succeeded"));
         assert_eq!(deployment_outcome("DeploymentFailed"), Some("failed"));
         assert_eq!(deployment_outcome("StepFailed"), None);

@@ -19,12 +19,10 @@
 
 use std::time::SystemTime;
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
-};
-use opentelemetry::{Context, KeyValue, Value};
 /// Span kinds, re-exported so callers need no OpenTelemetry dependency.
 pub use opentelemetry::trace::SpanKind as Kind;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer};
+use opentelemetry::{Context, KeyValue, Value};
 use slipway_proto::TraceContext;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -60,8 +58,7 @@ pub fn trace_context(context: &SpanContext) -> Option<TraceContext> {
     if !context.is_valid() {
         return None;
     }
-    let traceparent =
-        format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), context.trace_flags().to_u8());
+    let traceparent = format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), context.trace_flags().to_u8());
     let state = context.trace_state().header();
     Some(TraceContext { traceparent, tracestate: (!state.is_empty()).then_some(state) })
 }
@@ -122,11 +119,7 @@ impl PlannedSpan {
             Some(p) => Context::new().with_remote_span_context(p.clone()),
             None => Context::new(),
         };
-        let builder = tracer
-            .span_builder(self.name)
-            .with_kind(self.kind)
-            .with_start_time(self.start)
-            .with_attributes(self.attributes);
+        let builder = tracer.span_builder(self.name).with_kind(self.kind).with_start_time(self.start).with_attributes(self.attributes);
         ids::with_planned(self.context.trace_id(), self.context.span_id(), || {
             let mut span = builder.start_with_context(&tracer, &parent);
             opentelemetry::trace::Span::set_status(&mut span, Status::Unset);
@@ -315,10 +308,8 @@ mod tests {
         use tracing_subscriber::layer::SubscriberExt;
 
         let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_id_generator(crate::ids::Planned::default())
-            .with_simple_exporter(exporter.clone())
-            .build();
+        let provider =
+            SdkTracerProvider::builder().with_id_generator(crate::ids::Planned::default()).with_simple_exporter(exporter.clone()).build();
         opentelemetry::global::set_tracer_provider(provider.clone());
         let root = TraceContext::root(0xfeed, 0x1);
 

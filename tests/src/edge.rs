@@ -26,9 +26,9 @@ use slipway_proto::event::{RouteChanged, RouteReason, ROUTES_STREAM};
 use slipway_proto::{Envelope, Event};
 use slipway_router::ServeOptions;
 use slipway_store::postgres::{redact_url, PgOptions};
-use slipway_store::sealing::{Keyring, Sealing, SealingKey};
 use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::Queue;
+use slipway_store::sealing::{Keyring, Sealing, SealingKey};
 use slipway_store::{EventStore, ExpectedVersion, PgStore};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -184,9 +184,11 @@ impl Pebble {
         }});
         let config_path = write("pebble.json", &config.to_string());
         let spawn = |cmd: &mut tokio::process::Command, what: &str| {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true).spawn().unwrap_or_else(|e| {
-                panic!("{what} could not start ({e}); install it with `scripts/services` (Debian package pebble)")
-            })
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("{what} could not start ({e}); install it with `scripts/services` (Debian package pebble)"))
         };
         let dns = spawn(
             tokio::process::Command::new("pebble-challtestsrv")
@@ -227,7 +229,8 @@ impl Pebble {
     /// The root of the certificates pebble issues (`/roots/0` of its
     /// management API; pebble makes a new root each run).
     pub async fn root(&self) -> String {
-        let answer = crate::tls::https_get(self.management, "127.0.0.1", "/roots/0", &self.api_ca_pem, &["http/1.1"]).await.expect("pebble's root");
+        let answer =
+            crate::tls::https_get(self.management, "127.0.0.1", "/roots/0", &self.api_ca_pem, &["http/1.1"]).await.expect("pebble's root");
         assert_eq!(answer.status, 200, "{}", answer.body);
         answer.body
     }

@@ -87,10 +87,38 @@ impl HttpsGit {
             std::fs::create_dir_all(d.join(sub)).expect("a dir");
         }
         let subj_ca = "/CN=Slipway Test CA";
-        run("openssl", &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", subj_ca], d);
-        run("openssl", &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"], d);
+        run(
+            "openssl",
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", subj_ca],
+            d,
+        );
+        run(
+            "openssl",
+            &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+            d,
+        );
         std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
-        run("openssl", &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"], d);
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+            d,
+        );
         let hash = run("openssl", &["passwd", "-apr1", password], d);
         std::fs::write(d.join("htpasswd"), format!("{user}:{}", hash.trim())).expect("htpasswd");
         let port = free_port();
@@ -131,7 +159,8 @@ http {{
         let socket = format!("unix:{root}/fcgi.sock");
         let fcgi = spawn("fcgiwrap", &["-s", &socket], &d.join("fcgiwrap.log"));
         let conf_path = d.join("nginx.conf");
-        let nginx = spawn("nginx", &["-c", conf_path.to_str().expect("utf-8"), "-p", &root.to_string(), "-e", "stderr"], &d.join("nginx.log"));
+        let nginx =
+            spawn("nginx", &["-c", conf_path.to_str().expect("utf-8"), "-p", &root.to_string(), "-e", "stderr"], &d.join("nginx.log"));
         let ca_pem = std::fs::read_to_string(d.join("ca.pem")).expect("ca.pem");
         let server = HttpsGit { children: vec![fcgi, nginx], port, ca_pem, dir };
         wait_listening(port, &server.dir.path().join("nginx.log"));

@@ -12,12 +12,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use slipway_engine::driver::DriverOptions;
 use slipway_engine::lease::DEFAULT_LEASE;
-use slipway_node::{Parts, RouterOptions, RouterPart};
-use slipway_router::ServeOptions;
 use slipway_engine::requests::{self, DeployRequest, NewProject, SettingValue};
 use slipway_engine::{Deployment, Status};
+use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::Event;
+use slipway_router::ServeOptions;
 use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::namespaced::Namespaced;
@@ -86,7 +86,8 @@ impl Harness {
 
     /// Starts with the queue wrapped by `wrap` (e.g. to duplicate deliveries).
     pub async fn start_with(backends: Backends, wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>) -> Harness {
-        Self::start_full(backends, wrap, DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10), ..Default::default() }).await
+        Self::start_full(backends, wrap, DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10), ..Default::default() })
+            .await
     }
 
     /// Starts with the engine's drain and switch timeout given.
@@ -95,11 +96,7 @@ impl Harness {
     }
 
     /// Starts with the queue wrapped by `wrap` and the engine's options given.
-    pub async fn start_full(
-        backends: Backends,
-        wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>,
-        engine: DriverOptions,
-    ) -> Harness {
+    pub async fn start_full(backends: Backends, wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>, engine: DriverOptions) -> Harness {
         Self::start_with_agent(backends, wrap, engine, Some(slipway_workers::host::AgentOptions::default())).await
     }
 
@@ -132,14 +129,12 @@ impl Harness {
         };
         let queue = wrap(queue);
         let (stop, shutdown) = slipway_node::manual();
-        let runtime = Runtime { workspaces: data.path().join("workspaces"), logs: data.path().join("logs"), registry: None, pull_base_images: false };
+        let runtime =
+            Runtime { workspaces: data.path().join("workspaces"), logs: data.path().join("logs"), registry: None, pull_base_images: false };
         let parts = Parts {
             engine: Some(engine),
             relay: RelayOptions { poll: Duration::from_millis(100), ..Default::default() },
-            workers: Some((
-                WorkerOptions { actor: "worker:test".into(), agent, ..Default::default() },
-                Arc::new(Pipeline::new(runtime)),
-            )),
+            workers: Some((WorkerOptions { actor: "worker:test".into(), agent, ..Default::default() }, Arc::new(Pipeline::new(runtime)))),
             router: None,
             poller: None,
             acme: None,
@@ -165,7 +160,8 @@ impl Harness {
     pub async fn start_router(&mut self) {
         let listener = tokio::net::TcpListener::bind(self.router_addr).await.expect("bind the router");
         self.router_addr = listener.local_addr().expect("router address");
-        let options = RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr, lease: DEFAULT_LEASE };
+        let options =
+            RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr, lease: DEFAULT_LEASE };
         let part = RouterPart { listener, https: None, options, proxy: ServeOptions::default() };
         let (stop, shutdown) = slipway_node::manual();
         let parts = Parts { router: Some(part), ..Default::default() };
@@ -243,10 +239,7 @@ impl Harness {
     /// Requests a rollback (to `to`, or the release before the serving one)
     /// and waits for its end; returns it with the warnings given.
     pub async fn rollback(&self, env: &str, to: Option<Uuid>) -> (Deployment, Vec<String>) {
-        let r = requests::request_rollback(&*self.store, "test", &self.project, env, to)
-            .await
-            .expect("store")
-            .expect("rollback requested");
+        let r = requests::request_rollback(&*self.store, "test", &self.project, env, to).await.expect("store").expect("rollback requested");
         (self.wait_finished(r.deployment_id, Duration::from_secs(120)).await, r.warnings)
     }
 
@@ -398,11 +391,7 @@ pub async fn get_via(addr: std::net::SocketAddr, host: &str, path: &str, limit: 
 fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("no status line: {head:?}"))?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or_else(|| format!("no status line: {head:?}"))?;
     let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.contains("chunked"));
     if !chunked {
         return Ok((status, body.to_string()));

@@ -67,10 +67,8 @@ async fn get(
     router: SocketAddr,
     host: &str,
 ) -> Result<String, String> {
-    let request = hyper::Request::get(format!("http://{router}/"))
-        .header(hyper::header::HOST, host)
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+    let request =
+        hyper::Request::get(format!("http://{router}/")).header(hyper::header::HOST, host).body(Empty::new()).map_err(|e| e.to_string())?;
     let exchange = async {
         let response = client.request(request).await.map_err(|e| format!("request: {e}"))?;
         let status = response.status();

@@ -8,8 +8,8 @@
 //! them). Running as root needs `--no-sandbox`; the other flags keep the
 //! browser from calling anything outside this machine.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -88,10 +88,7 @@ impl Browser {
             "goog:chromeOptions": {"binary": chromium, "args": args},
         }}});
         let created = browser.call("POST", "/session", Some(capabilities)).await?;
-        browser.session = created["sessionId"]
-            .as_str()
-            .ok_or_else(|| format!("chromedriver made no session: {created}"))?
-            .to_string();
+        browser.session = created["sessionId"].as_str().ok_or_else(|| format!("chromedriver made no session: {created}"))?.to_string();
         Ok(browser)
     }
 

@@ -45,7 +45,8 @@ async fn cutovers_decided_together_each_name_their_own_route_version() {
     let listen = listener.local_addr().unwrap();
     let options = RouterOptions { router_id: "batch-router".into(), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
     let (stop_router, router_shutdown) = slipway_node::manual();
-    let router_parts = Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
+    let router_parts =
+        Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
     let memory: Arc<dyn Queue> = Arc::new(slipway_store::queue::memory::MemoryQueue::default());
     let router = tokio::spawn(slipway_node::serve(store.clone(), memory, router_parts, router_shutdown));
     eventually("the router to register", Duration::from_secs(20), || async {

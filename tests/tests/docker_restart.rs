@@ -86,7 +86,12 @@ impl PrivateDocker {
     fn wait_until(&self, answering: bool, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.answers() != answering {
-            assert!(Instant::now() < deadline, "dockerd at {} did not {} within {limit:?}", self.socket(), if answering { "answer" } else { "stop" });
+            assert!(
+                Instant::now() < deadline,
+                "dockerd at {} did not {} within {limit:?}",
+                self.socket(),
+                if answering { "answer" } else { "stop" }
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -150,7 +155,11 @@ async fn after_a_docker_daemon_restart_both_environments_answer_again_through_th
     // containers publish others than the ones they get after the restart.
     let image_dir = tempfile::tempdir().unwrap();
     std::fs::copy("/bin/busybox", image_dir.path().join("busybox")).unwrap();
-    std::fs::write(image_dir.path().join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n").unwrap();
+    std::fs::write(
+        image_dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sleep\", \"3600\"]\n",
+    )
+    .unwrap();
     docker.docker(&["build", "-q", "-t", "slipway-port-filler", image_dir.path().to_str().unwrap()]);
     for n in 0..2 {
         docker.docker(&["run", "-d", "--name", &format!("filler-{n}"), "-p", "127.0.0.1::80", "slipway-port-filler"]);
@@ -192,8 +201,7 @@ async fn after_a_docker_daemon_restart_both_environments_answer_again_through_th
     assert_ne!(before, after, "the web containers publish other ports after the restart");
 
     // The history says what happened, per environment.
-    let routes: Vec<Event> =
-        h.store.read_stream(ROUTES_STREAM, 1).await.unwrap().iter().map(|r| r.envelope.decode().unwrap()).collect();
+    let routes: Vec<Event> = h.store.read_stream(ROUTES_STREAM, 1).await.unwrap().iter().map(|r| r.envelope.decode().unwrap()).collect();
     for (env, web, port) in [("test", &webs[0], after[0]), ("live", &webs[1], after[1])] {
         let events: Vec<Event> = h
             .store

@@ -60,7 +60,8 @@ async fn grouped_calls_each_get_their_own_answer() {
 
     // Recording an outcome again is `Duplicate`, for that handler alone.
     let again = outcome("deployment-3", 99);
-    let (first, second) = tokio::join!(group.record("deployment-3", again.clone()), group.record("deployment-4", outcome("deployment-4", 98)));
+    let (first, second) =
+        tokio::join!(group.record("deployment-3", again.clone()), group.record("deployment-4", outcome("deployment-4", 98)));
     assert_eq!(first.unwrap().version, 2);
     assert_eq!(second.unwrap().version, 2);
     assert!(matches!(group.record("deployment-3", again).await, Err(StoreError::Duplicate { .. })));

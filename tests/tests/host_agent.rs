@@ -82,7 +82,11 @@ async fn a_stopped_serving_container_is_started_again_and_the_route_follows_its_
     docker(&["stop", "-t", "0", &web]);
     // then the agent starts it again and says why,
     eventually("the web container to be started again", Duration::from_secs(30), || async {
-        env_events(&h).await.iter().any(|e| matches!(e, Event::ContainerReconciled(s) if s.container == web && s.action == ContainerAction::Started)).then_some(())
+        env_events(&h)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::ContainerReconciled(s) if s.container == web && s.action == ContainerAction::Started))
+            .then_some(())
     })
     .await;
     // and the environment answers through the router again, at the port it runs on now.
@@ -142,8 +146,15 @@ async fn a_container_of_a_release_that_does_not_serve_is_removed_with_its_reason
     let before = env_events(&h).await.len();
     for (name, id) in [(&stray, first.id), (&foreign, foreign_id)] {
         docker(&[
-            "run", "-d", "--name", name, &label("project", &h.project), &label("environment", "test"),
-            &label("deployment", &id.to_string()), &label("role", "web"), &image,
+            "run",
+            "-d",
+            "--name",
+            name,
+            &label("project", &h.project),
+            &label("environment", "test"),
+            &label("deployment", &id.to_string()),
+            &label("role", "web"),
+            &image,
         ]);
     }
     // then the agent removes the stray and records why,
@@ -257,7 +268,11 @@ async fn a_serving_release_whose_containers_were_removed_is_deployed_again() {
     .await;
     // once: the agent's next passes see the new copy running.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let restores = env_events(&h).await.iter().filter(|e| matches!(e, Event::ContainerReconciled(r) if r.action == ContainerAction::Redeployed)).count();
+    let restores = env_events(&h)
+        .await
+        .iter()
+        .filter(|e| matches!(e, Event::ContainerReconciled(r) if r.action == ContainerAction::Redeployed))
+        .count();
     assert_eq!(restores, 1);
     eprintln!("serving again {:?} after its containers were removed", started.elapsed());
     h.shutdown().await;

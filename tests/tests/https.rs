@@ -28,11 +28,18 @@ async fn an_uploaded_certificate_serves_https_on_every_router_and_plain_http_is_
     let (chain, key) = ca.issue(&[&domain]);
     // A key of another certificate, and a certificate for other names, are refused.
     let (other_chain, other_key) = ca.issue(&["other.example"]);
-    let refused = certificates::store_certificate(store, "test", &domain, &chain, &other_key, CertificateSource::Uploaded, Utc::now()).await.unwrap();
+    let refused =
+        certificates::store_certificate(store, "test", &domain, &chain, &other_key, CertificateSource::Uploaded, Utc::now()).await.unwrap();
     assert!(refused.unwrap_err().0.contains("does not belong"));
-    let refused = certificates::store_certificate(store, "test", &domain, &other_chain, &other_key, CertificateSource::Uploaded, Utc::now()).await.unwrap();
+    let refused =
+        certificates::store_certificate(store, "test", &domain, &other_chain, &other_key, CertificateSource::Uploaded, Utc::now())
+            .await
+            .unwrap();
     assert!(refused.unwrap_err().0.contains("does not cover"));
-    let stored = certificates::store_certificate(store, "test", &domain, &chain, &key, CertificateSource::Uploaded, Utc::now()).await.unwrap().unwrap();
+    let stored = certificates::store_certificate(store, "test", &domain, &chain, &key, CertificateSource::Uploaded, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
     // No key material in the log.
     let recorded = store.read_stream(slipway_proto::event::CERTIFICATES_STREAM, 1).await.unwrap();
     assert!(recorded.iter().all(|e| !e.envelope.payload.get().contains("PRIVATE KEY")));
@@ -62,7 +69,10 @@ async fn an_uploaded_certificate_serves_https_on_every_router_and_plain_http_is_
 
     // A renewed upload serves from the next handshake, on every router.
     let (renewed, renewed_key) = ca.issue(&[&domain]);
-    certificates::store_certificate(store, "test", &domain, &renewed, &renewed_key, CertificateSource::Uploaded, Utc::now()).await.unwrap().unwrap();
+    certificates::store_certificate(store, "test", &domain, &renewed, &renewed_key, CertificateSource::Uploaded, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
     for router in [one, two] {
         eventually("the renewed certificate", Duration::from_secs(10), || async {
             let got = https_get(router.https, &domain, "/", &root, &["h2"]).await.ok()?;

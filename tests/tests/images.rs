@@ -130,10 +130,8 @@ async fn promote_deploys_exactly_the_image_test_runs_with_lives_settings_and_mig
     let test = h.deploy_with("test", &v1, BuildMode::Cloud, true).await;
     assert_eq!(test.status, Status::Succeeded, "{:?}", h.events(test.id).await);
 
-    let (id, source) = requests::request_promotion(&*h.store, "test", &h.project, "test", "live", BuildMode::Cloud, true)
-        .await
-        .unwrap()
-        .unwrap();
+    let (id, source) =
+        requests::request_promotion(&*h.store, "test", &h.project, "test", "live", BuildMode::Cloud, true).await.unwrap().unwrap();
     assert_eq!(source, test.id);
     let live = h.wait_finished(id, std::time::Duration::from_secs(120)).await;
     assert_eq!(live.status, Status::Succeeded, "{:?}", h.events(live.id).await);

@@ -144,7 +144,15 @@ async fn every_command_delivered_twice_creates_each_container_once() {
     let containers = containers_with_label(&format!("slipway.deployment={}", d.id));
     assert_eq!(containers.len(), 2, "expected one web and one worker container: {containers:?}");
     let events = h.events(d.id).await;
-    for kind in ["ServicesChecked", "CheckedOut", "ImageBuilt", "WebContainerStarted", "ReleaseCommandsRan", "ProcessesStarted", "HealthCheckPassed"] {
+    for kind in [
+        "ServicesChecked",
+        "CheckedOut",
+        "ImageBuilt",
+        "WebContainerStarted",
+        "ReleaseCommandsRan",
+        "ProcessesStarted",
+        "HealthCheckPassed",
+    ] {
         let n = events.iter().filter(|e| slipway_proto::envelope::Message::message_type(*e) == kind).count();
         assert_eq!(n, 1, "{kind} recorded {n} times");
     }

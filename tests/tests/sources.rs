@@ -37,11 +37,8 @@ async fn create_with_source(h: &Harness, repository: &str, source: BTreeMap<&str
         environments: vec!["test".into(), "live".into()],
         mirror_of: None,
     };
-    let change = SourceChange {
-        set: source.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        known_hosts,
-        ..SourceChange::default()
-    };
+    let change =
+        SourceChange { set: source.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), known_hosts, ..SourceChange::default() };
     requests::create_project_with_source(&*h.store, "test", new, change).await.unwrap().unwrap();
 }
 
@@ -49,12 +46,11 @@ async fn create_with_source(h: &Harness, repository: &str, source: BTreeMap<&str
 async fn rows_containing(h: &Harness, needle: &str) -> Vec<String> {
     let schema = h.schema().unwrap().to_string();
     let pool = sqlx::PgPool::connect(&pg_url()).await.unwrap();
-    let tables: Vec<String> =
-        sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1")
-            .bind(&schema)
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let tables: Vec<String> = sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1")
+        .bind(&schema)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert!(tables.contains(&"events".to_string()), "{tables:?}");
     let mut hits = Vec::new();
     for table in tables.iter().filter(|t| *t != "setting_values") {
@@ -259,7 +255,10 @@ fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
     // A trusted host key that does not match is refused before any credential is offered.
     let ssh = SshGit::start();
     let (_, ssh_url) = ssh.repository("other.git");
-    let wrong_key = format!("{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl", ssh.known_host().split_whitespace().next().unwrap());
+    let wrong_key = format!(
+        "{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+        ssh.known_host().split_whitespace().next().unwrap()
+    );
     let access = access_of(&ssh_url, &[("ssh_key", &ssh.deploy_key)], &[wrong_key], mirrors.path());
     let changed = git_remote::fetch(&ssh_url, &ssh_url, "main", &access).err().unwrap();
     assert!(matches!(changed, SourceError::HostKeyChanged { .. }), "{changed:?}");
@@ -309,7 +308,6 @@ fn a_server_that_never_answers_times_out_and_a_busy_mirror_is_worked_around() {
     drop(fetched);
     assert!(!once.exists(), "the one-off mirror is removed");
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn polling_deploys_a_new_head_once_and_honours_the_skip_phrase() {

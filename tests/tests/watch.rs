@@ -48,10 +48,7 @@ fn engine() -> DriverOptions {
 
 /// Waits until the deployment's stream holds an event `pick` accepts.
 async fn wait_for_event(h: &Harness, id: uuid::Uuid, what: &str, pick: impl Fn(&Event) -> bool) {
-    eventually(what, Duration::from_secs(90), || async {
-        h.events(id).await.iter().any(&pick).then_some(())
-    })
-    .await;
+    eventually(what, Duration::from_secs(90), || async { h.events(id).await.iter().any(&pick).then_some(()) }).await;
 }
 
 /// The deployment's `ReleaseRolledBack`; fails the test without one.
@@ -192,7 +189,10 @@ fn fails_on_root(toml: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
     let cgi = "#!/bin/sh\necho 'Status: 500 Internal Server Error'\necho 'Content-Type: text/plain'\necho\necho broken\n";
     files.insert("www/cgi-bin/index.cgi".into(), cgi.as_bytes().to_vec());
     let dockerfile = String::from_utf8(files["Dockerfile"].clone()).unwrap();
-    let dockerfile = dockerfile.replace("COPY www /www\n", "COPY www /www\nRUN [\"/bin/rm\", \"/www/index.html\"]\nRUN [\"/bin/chmod\", \"755\", \"/www/cgi-bin/index.cgi\"]\n");
+    let dockerfile = dockerfile.replace(
+        "COPY www /www\n",
+        "COPY www /www\nRUN [\"/bin/rm\", \"/www/index.html\"]\nRUN [\"/bin/chmod\", \"755\", \"/www/cgi-bin/index.cgi\"]\n",
+    );
     files.insert("Dockerfile".into(), dockerfile.into_bytes());
     files
 }

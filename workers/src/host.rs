@@ -54,12 +54,8 @@ pub async fn containers(docker: &Docker) -> Result<Vec<HostContainer>, DockerErr
             let labels = c.labels.unwrap_or_default();
             let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
             let name = c.names?.into_iter().next()?.trim_start_matches('/').to_string();
-            let host_port = c
-                .ports
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| p.ip.as_deref() == Some("127.0.0.1"))
-                .find_map(|p| p.public_port);
+            let host_port =
+                c.ports.unwrap_or_default().into_iter().filter(|p| p.ip.as_deref() == Some("127.0.0.1")).find_map(|p| p.public_port);
             let state = match c.state {
                 Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
                 Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Restarting,
@@ -83,11 +79,7 @@ pub async fn containers(docker: &Docker) -> Result<Vec<HostContainer>, DockerErr
 
 /// The code in Docker's status text `Exited (137) 5 seconds ago`; -1 if none.
 pub fn exit_code(status: &str) -> i64 {
-    status
-        .split_once('(')
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .and_then(|(code, _)| code.trim().parse().ok())
-        .unwrap_or(-1)
+    status.split_once('(').and_then(|(_, rest)| rest.split_once(')')).and_then(|(code, _)| code.trim().parse().ok()).unwrap_or(-1)
 }
 
 /// Starts a stopped container again.

@@ -9,16 +9,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::Utc;
+use slipway_proto::command::dispatch_id;
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
-    deployment_stream, known_host_field, project_stream, same_host_key, trusted_for, SourceAccess, SourceHostKeyPinned,
-    StepFailed,
+    deployment_stream, known_host_field, project_stream, same_host_key, trusted_for, SourceAccess, SourceHostKeyPinned, StepFailed,
 };
-use slipway_proto::command::dispatch_id;
 use slipway_proto::{Command, Envelope, Event, Step, TraceContext};
-use slipway_telemetry::trace::{self, Delivered};
 use slipway_store::queue::{Delivery, Queue, QueueError};
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
+use slipway_telemetry::trace::{self, Delivered};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -133,8 +132,7 @@ pub async fn run(
     let started_at = Utc::now();
     let beat = |stopped: bool| {
         // One look at what runs: the readable list and the ids agree.
-        let (busy, commands) =
-            busy.lock().map(|b| (b.values().cloned().collect(), b.keys().copied().collect())).unwrap_or_default();
+        let (busy, commands) = busy.lock().map(|b| (b.values().cloned().collect(), b.keys().copied().collect())).unwrap_or_default();
         slipway_store::WorkerBeat {
             id: options.id.clone(),
             host: options.host.clone(),
@@ -225,7 +223,11 @@ async fn handle(
     let sent = dispatch_id(envelope.id, &delivery.message.body);
     let checked = matches!(command, Command::RunStep(_));
     let (holds, dispatched) = tokio::join!(group.holds(&stream, id), async {
-        if checked { group.holds(&stream, sent).await.map(|h| h.id) } else { Ok(true) }
+        if checked {
+            group.holds(&stream, sent).await.map(|h| h.id)
+        } else {
+            Ok(true)
+        }
     });
     let (holds, dispatched) = match (holds, dispatched) {
         (Ok(h), Ok(d)) => (h, d),
@@ -253,14 +255,8 @@ async fn handle(
     }
     let (queue, message_id, deployment) = (command.queue(), envelope.id.to_string(), command.deployment_id().to_string());
     let step = command.step().to_string();
-    let delivered = Delivered {
-        system,
-        queue: &queue,
-        message_id: &message_id,
-        deployment_id: &deployment,
-        step: &step,
-        attempt: delivery.attempt,
-    };
+    let delivered =
+        Delivered { system, queue: &queue, message_id: &message_id, deployment_id: &deployment, step: &step, attempt: delivery.attempt };
     let span = trace::process_span(&delivered, delivered_trace(&delivery, &envelope).as_ref());
     let ran = async {
         // A value this process cannot open (no key, or the wrong one) does
@@ -332,8 +328,7 @@ async fn resolve_settings(store: &dyn EventStore, command: &Command) -> Result<S
     let (app, source) = needs_values(run.step);
     let credentials = context.source.credentials.iter().map(|(name, f)| (git_remote::source_key(name), f));
     let settings = context.settings.iter().map(|(k, f)| (k.clone(), f));
-    let wanted: Vec<(String, &String)> =
-        settings.filter(|_| app).chain(credentials.filter(|_| source)).collect();
+    let wanted: Vec<(String, &String)> = settings.filter(|_| app).chain(credentials.filter(|_| source)).collect();
     if wanted.is_empty() {
         return Ok(Settings::new());
     }
@@ -393,10 +388,7 @@ async fn settle_host_key(store: &dyn EventStore, command: &Command, event: Event
             let reason = changed.to_string();
             return Ok(Event::StepFailed(StepFailed { step: run.step, reason, attempt: run.attempt, details: vec![] }));
         }
-        let pinned = Event::SourceHostKeyPinned(SourceHostKeyPinned {
-            known_host: met.clone(),
-            deployment_id: run.context.deployment_id,
-        });
+        let pinned = Event::SourceHostKeyPinned(SourceHostKeyPinned { known_host: met.clone(), deployment_id: run.context.deployment_id });
         let Ok(envelope) = Envelope::new(Uuid::now_v7(), Utc::now(), &stream, &pinned, meta.clone()) else {
             return Ok(event);
         };
@@ -426,4 +418,3 @@ fn delivered_trace(delivery: &Delivery, envelope: &Envelope) -> Option<TraceCont
         (None, e) => e.clone(),
     }
 }
-

@@ -67,9 +67,9 @@ fn project() -> &'static str {
 }
 
 async fn docker() -> Docker {
-    dock::connect().await.unwrap_or_else(|e| {
-        panic!("{e}\nthese tests need the Docker engine: start it with `bash scripts/services` (as root)")
-    })
+    dock::connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nthese tests need the Docker engine: start it with `bash scripts/services` (as root)"))
 }
 
 /// Runs `make()` to completion on a runtime of its own, in a thread of its
@@ -163,12 +163,7 @@ async fn build_base() -> Result<Base, String> {
     let root = workspace(
         &rt,
         ctx.deployment_id,
-        &[
-            ("Dockerfile", BASE_DOCKERFILE),
-            ("start.sh", START_SH),
-            ("www/index.html", "hello\n"),
-            ("www/healthz", "ok\n"),
-        ],
+        &[("Dockerfile", BASE_DOCKERFILE), ("start.sh", START_SH), ("www/index.html", "hello\n"), ("www/healthz", "ok\n")],
     );
     std::fs::copy("/bin/busybox", root.join("busybox")).expect("/bin/busybox (package busybox-static) is installed");
     match build::run(&step(Step::Build, &ctx), &Settings::new(), &rt).await {
@@ -197,8 +192,7 @@ async fn sweep_stale(docker: &Docker) {
         let owner = image.repo_tags.iter().find_map(|t| t.strip_prefix("slipway/")?.split(':').next()).unwrap_or("");
         let owner_labels = HashMap::from([(dock::LABEL_PROJECT.to_string(), owner.to_string())]);
         if stale(Some(&owner_labels), image.created) {
-            let _ =
-                docker.remove_image(&image.id, Some(RemoveImageOptionsBuilder::new().force(true).build()), None).await;
+            let _ = docker.remove_image(&image.id, Some(RemoveImageOptionsBuilder::new().force(true).build()), None).await;
         }
     }
 }
@@ -267,8 +261,7 @@ impl Fixture {
 
     /// Names of the containers labelled with this deployment, asked of the engine directly.
     async fn containers(&self) -> Vec<String> {
-        let filters =
-            HashMap::from([("label", vec![format!("{}={}", dock::LABEL_DEPLOYMENT, self.ctx.deployment_id)])]);
+        let filters = HashMap::from([("label", vec![format!("{}={}", dock::LABEL_DEPLOYMENT, self.ctx.deployment_id)])]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
         let list = docker().await.list_containers(Some(options)).await.expect("list containers");
         list.into_iter().filter_map(|c| c.names?.first().map(|n| n.trim_start_matches('/').to_string())).collect()
@@ -446,10 +439,8 @@ async fn deploy_publishes_on_loopback_and_a_redelivery_reuses_the_container() {
     assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"), "published on loopback only");
 
     let url = format!("http://127.0.0.1:{}/", started.host_port);
-    let status = eventually("busybox httpd answers", Duration::from_secs(5), || async {
-        get_status(&url, Duration::from_secs(1)).await.ok()
-    })
-    .await;
+    let status =
+        eventually("busybox httpd answers", Duration::from_secs(5), || async { get_status(&url, Duration::from_secs(1)).await.ok() }).await;
     assert_eq!(status, 200);
 
     let again = f.run(Step::Deploy, &Settings::new()).await;
@@ -465,8 +456,7 @@ async fn a_healthy_app_passes_only_after_min_ready() {
     let mut f = Fixture::new(config).await;
     let started = f.deploy(&Settings::new()).await;
     let url = format!("http://127.0.0.1:{}/healthz", started.host_port);
-    eventually("httpd is up", Duration::from_secs(5), || async { get_status(&url, Duration::from_secs(1)).await.ok() })
-        .await;
+    eventually("httpd is up", Duration::from_secs(5), || async { get_status(&url, Duration::from_secs(1)).await.ok() }).await;
 
     match f.run(Step::HealthCheck, &Settings::new()).await {
         Event::HealthCheckPassed(p) => {
@@ -547,10 +537,7 @@ async fn limits_restart_policy_and_log_rotation_show_in_docker_inspect() {
 
 #[tokio::test]
 async fn release_commands_run_in_order_with_the_settings_and_keep_their_logs() {
-    let f = Fixture::new(
-        "[release]\ncommands = [\"echo migrated\", \"echo seeded >&2; test \\\"$GREETING\\\" = hello\"]\n",
-    )
-    .await;
+    let f = Fixture::new("[release]\ncommands = [\"echo migrated\", \"echo seeded >&2; test \\\"$GREETING\\\" = hello\"]\n").await;
     let ran = match f.run(Step::Release, &env(&[("GREETING", "hello")])).await {
         Event::ReleaseCommandsRan(r) => r,
         other => panic!("release: {other:?}"),
@@ -664,8 +651,7 @@ async fn processes_that_keep_running_are_reported_per_replica() {
         other => panic!("processes: {other:?}"),
     };
     assert!(started.elapsed() >= processes::START_WINDOW, "watched for the start window");
-    let names: Vec<(String, u32, String)> =
-        containers.into_iter().map(|c| (c.process, c.replica, c.container)).collect();
+    let names: Vec<(String, u32, String)> = containers.into_iter().map(|c| (c.process, c.replica, c.container)).collect();
     let worker = |replica| ("worker".to_string(), replica, f.name(&Role::Process { name: "worker".into(), replica }));
     assert_eq!(names, vec![worker(1), worker(2)]);
 }
@@ -692,8 +678,7 @@ async fn remove_containers_removes_everything_of_the_deployment() {
     let leftover = f.create_one_off(0, "true").await;
     let missing = f.name(&Role::Process { name: "never-created".into(), replica: 1 });
 
-    let command =
-        RemoveContainers { deployment_id: f.ctx.deployment_id, containers: vec![web.clone(), missing.clone()] };
+    let command = RemoveContainers { deployment_id: f.ctx.deployment_id, containers: vec![web.clone(), missing.clone()] };
     let mut expected = vec![web, missing, leftover];
     expected.sort();
     match cleanup::remove_containers(&command).await {

@@ -430,8 +430,7 @@ async fn a_closed_tcp_port_fails_naming_the_service() -> Result<()> {
         listener.local_addr()?.to_string()
     }; // dropped: nothing listens there now
     let source = source_with_config(&service_config("tcp", "QUEUE_ADDR"))?;
-    let failed =
-        step_failed(run_check(&source, "main", &settings(&[("QUEUE_ADDR", &address)])).await?, Step::CheckServices)?;
+    let failed = step_failed(run_check(&source, "main", &settings(&[("QUEUE_ADDR", &address)])).await?, Step::CheckServices)?;
     assert!(failed.reason.starts_with("service `backend` (tcp) unreachable: "), "{}", failed.reason);
     assert!(failed.reason.contains(&address), "{}", failed.reason);
     assert_eq!(failed.details, vec![failed.reason.clone()]);
@@ -474,8 +473,7 @@ async fn an_answering_http_service_passes() -> Result<()> {
 async fn an_http_service_answering_500_fails() -> Result<()> {
     let url = http_server("503 Service Unavailable").await?;
     let source = source_with_config(&service_config("http", "STORAGE_URL"))?;
-    let failed =
-        step_failed(run_check(&source, "main", &settings(&[("STORAGE_URL", &url)])).await?, Step::CheckServices)?;
+    let failed = step_failed(run_check(&source, "main", &settings(&[("STORAGE_URL", &url)])).await?, Step::CheckServices)?;
     assert!(failed.reason.contains("service `backend` (http) unreachable"), "{}", failed.reason);
     assert!(failed.reason.contains("HTTP 503"), "{}", failed.reason);
     Ok(())
@@ -595,8 +593,7 @@ async fn a_silent_service_fails_within_its_timeout() -> Result<()> {
     // The kernel accepts the connection; nobody ever answers the request.
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/", listener.local_addr()?);
-    let source =
-        source_with_config("[services]\nslow = { type = \"http\", env = \"SLOW_URL\", timeout = \"300ms\" }\n")?;
+    let source = source_with_config("[services]\nslow = { type = \"http\", env = \"SLOW_URL\", timeout = \"300ms\" }\n")?;
     let started = std::time::Instant::now();
     let failed = step_failed(run_check(&source, "main", &settings(&[("SLOW_URL", &url)])).await?, Step::CheckServices)?;
     assert_eq!(failed.reason, "service `slow` (http) unreachable: no answer within 300 ms");

@@ -67,8 +67,7 @@ struct Args {
     /// Rounds of each measurement, alternating ours and the baseline; the best counts.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true,
-          default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
+    #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true, default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
     pg_url: String,
 }
 

@@ -78,7 +78,10 @@ async fn run(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> 
     let (stop, shutdown) = slipway_node::manual();
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: 0, switch_timeout: Duration::from_secs(10), ..Default::default() }),
-        workers: Some((WorkerOptions { actor: "worker:bench".into(), ..Default::default() }, Arc::new(StandIn { step_time: Duration::ZERO }))),
+        workers: Some((
+            WorkerOptions { actor: "worker:bench".into(), ..Default::default() },
+            Arc::new(StandIn { step_time: Duration::ZERO }),
+        )),
         ..Default::default()
     };
     let node = tokio::spawn(slipway_node::serve(store.clone(), queue, parts, shutdown));
@@ -97,8 +100,14 @@ async fn run(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> 
     let listen = listener.local_addr()?;
     let options = RouterOptions { router_id: "bench-router".into(), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
     let (stop_router, router_shutdown) = slipway_node::manual();
-    let router_parts = Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
-    let router = tokio::spawn(slipway_node::serve(store.clone(), Arc::new(slipway_store::queue::memory::MemoryQueue::default()), router_parts, router_shutdown));
+    let router_parts =
+        Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
+    let router = tokio::spawn(slipway_node::serve(
+        store.clone(),
+        Arc::new(slipway_store::queue::memory::MemoryQueue::default()),
+        router_parts,
+        router_shutdown,
+    ));
 
     let with_router = deployments(&*store, args.rounds).await?;
     let _ = stop_router.send(());
@@ -113,7 +122,11 @@ async fn run(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> 
     }
     let switched: Vec<f64> = with_router.iter().map(|s| s.switched).collect();
     let baseline: Vec<f64> = without.iter().map(|s| s.switched).collect();
-    println!("slipway-bench-cutover: {} deployments with one router, {} without (PostgreSQL + RabbitMQ, instant steps)", switched.len(), baseline.len());
+    println!(
+        "slipway-bench-cutover: {} deployments with one router, {} without (PostgreSQL + RabbitMQ, instant steps)",
+        switched.len(),
+        baseline.len()
+    );
     println!("{:<44} {:>8} {:>8} {:>8}", "health check passed ->", "p50", "p99", "max");
     row("router applied the new route", &applied);
     row("switch complete (1 router)", &switched);

@@ -29,13 +29,13 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use slipway_engine::driver::DriverOptions;
 use slipway_engine::lease::DEFAULT_LEASE;
-use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_engine::requests::{self, DeployRequest, NewProject};
+use slipway_node::{Parts, RouterOptions, RouterPart};
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
-use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::Queue;
 use slipway_store::{EventStore, PgStore};
 use slipway_workers::steps::pipeline::Pipeline;
@@ -70,7 +70,8 @@ fn app_files() -> anyhow::Result<BTreeMap<&'static str, Vec<u8>>> {
         COPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
     // No settling period and no watch: the figure is Slipway's own cost
     // against a script that has neither (the watch is measured on its own below).
-    let toml = format!("[web]\nport = 80\nhealth_timeout = \"30s\"\nmin_ready = \"0s\"\nwatch = 0\n\n[release]\ncommands = [\"{RELEASE}\"]\n");
+    let toml =
+        format!("[web]\nport = 80\nhealth_timeout = \"30s\"\nmin_ready = \"0s\"\nwatch = 0\n\n[release]\ncommands = [\"{RELEASE}\"]\n");
     Ok(BTreeMap::from([
         ("busybox", busybox),
         ("Dockerfile", dockerfile.as_bytes().to_vec()),
@@ -309,7 +310,8 @@ async fn routed(addr: std::net::SocketAddr, host: &str) -> Option<(u16, String)>
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let request = hyper::Request::get(format!("http://{addr}/")).header(hyper::header::HOST, host).body(http_body_util::Empty::new()).ok()?;
+    let request =
+        hyper::Request::get(format!("http://{addr}/")).header(hyper::header::HOST, host).body(http_body_util::Empty::new()).ok()?;
     let response = tokio::time::timeout(Duration::from_secs(2), client.request(request)).await.ok()?.ok()?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.ok()?.to_bytes();
@@ -319,7 +321,14 @@ async fn routed(addr: std::net::SocketAddr, host: &str) -> Option<(u16, String)>
 /// Releases that stay up and pass their health path but answer 500 on `/`:
 /// the time from the first 5xx through the router to the old release
 /// answering again, rolled back on the router's counts.
-async fn error_trials(m: &Machinery, args: &Args, repo: &Path, project: &str, listen: std::net::SocketAddr, build: &str) -> anyhow::Result<()> {
+async fn error_trials(
+    m: &Machinery,
+    args: &Args,
+    repo: &Path,
+    project: &str,
+    listen: std::net::SocketAddr,
+    build: &str,
+) -> anyhow::Result<()> {
     if args.error_trials == 0 {
         return Ok(());
     }
@@ -390,7 +399,8 @@ async fn error_trials(m: &Machinery, args: &Args, repo: &Path, project: &str, li
 async fn watch_section(m: &Machinery, args: &Args, repo: &Path, project: &str) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let listen = listener.local_addr()?;
-    let options = RouterOptions { router_id: format!("bench-{}", Uuid::now_v7().simple()), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
+    let options =
+        RouterOptions { router_id: format!("bench-{}", Uuid::now_v7().simple()), domain: "localhost".into(), listen, lease: DEFAULT_LEASE };
     let (stop_router, shutdown) = slipway_node::manual();
     let parts = Parts { router: Some(RouterPart { listener, https: None, options, proxy: Default::default() }), ..Default::default() };
     let router = tokio::spawn(slipway_node::serve(m.store.clone(), Arc::new(MemoryQueue::default()), parts, shutdown));
@@ -421,7 +431,9 @@ async fn watch_section(m: &Machinery, args: &Args, repo: &Path, project: &str) -
             let (started, id) = request_local(m, project, "live", commit).await?;
             let recorded = wait_for(m, id, "DeploymentSucceeded").await?;
             let took = started.elapsed();
-            let (Some(switched), Some(succeeded)) = (recorded_at(&recorded, "TrafficSwitched"), recorded_at(&recorded, "DeploymentSucceeded")) else {
+            let (Some(switched), Some(succeeded)) =
+                (recorded_at(&recorded, "TrafficSwitched"), recorded_at(&recorded, "DeploymentSucceeded"))
+            else {
                 bail!("deployment {id} failed: {:?}", recorded.last().map(|r| r.envelope.to_json()));
             };
             if round > 0 {
@@ -497,7 +509,10 @@ async fn watch_section(m: &Machinery, args: &Args, repo: &Path, project: &str) -
         p(&forward_ms, 0.99),
         if p(&back_ms, 0.99) < 2000.0 { "yes" } else { "NO" }
     );
-    println!("  ({} trials, one router; the forward switch is health check passed -> every router switched, of the same deployments)", back_ms.len());
+    println!(
+        "  ({} trials, one router; the forward switch is health check passed -> every router switched, of the same deployments)",
+        back_ms.len()
+    );
     error_trials(m, args, repo, project, listen, build).await?;
     let _ = stop_router.send(());
     router.await?.context("router")?;
@@ -530,7 +545,10 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("slipway-bench-deploy: a deployment through Slipway vs the same Docker work as a script");
     println!("command:  slipway-bench-deploy --rounds {}", args.rounds);
-    println!("machine:  {} cores; PostgreSQL + RabbitMQ + Docker on loopback; cloud mode (no layer cache)\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "machine:  {} cores; PostgreSQL + RabbitMQ + Docker on loopback; cloud mode (no layer cache)\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
 
     let (mut ours, mut script) = (Vec::new(), Vec::new());
     // A warm-up of each, not counted: first-use costs (connections, page cache).
@@ -574,7 +592,12 @@ async fn main() -> anyhow::Result<()> {
         if !reused {
             bail!("live deployment {live_id} built instead of re-using test's image {test_id}");
         }
-        println!("re-use round {}: test (build) {:>6.0} ms   live (re-use) {:>6.0} ms", round + 1, t.as_secs_f64() * 1e3, l.as_secs_f64() * 1e3);
+        println!(
+            "re-use round {}: test (build) {:>6.0} ms   live (re-use) {:>6.0} ms",
+            round + 1,
+            t.as_secs_f64() * 1e3,
+            l.as_secs_f64() * 1e3
+        );
         tests.push(t);
         lives.push(l);
     }

@@ -81,7 +81,10 @@ async fn main() -> anyhow::Result<()> {
         bail!("{} not found: cargo build --release -p slipway first (or pass --slipway)", slipway.display());
     }
     println!("slipway-bench-farm: {} deployments per configuration, each to its own project", args.deployments);
-    println!("machine: {} cores; engine + relay in this process, workers as processes\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "machine: {} cores; engine + relay in this process, workers as processes\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
     println!(
         "{:>8} {:>8} {:>12} {:>10} {:>13} {:>13} {:>16} {:>16}",
         "step", "workers", "deploys/s", "events/s", "hand-off p50", "hand-off p99", "dispatch->out p50", "dispatch->out p99"
@@ -167,7 +170,11 @@ async fn run(args: &Args, slipway: &std::path::Path, workers: usize, step_ms: u6
 /// worker mostly waits for the store, so it takes many; with timed steps
 /// one, as a real builder does, so that capacity is worker processes.
 fn concurrency(step_ms: u64) -> usize {
-    if step_ms == 0 { 16 } else { 1 }
+    if step_ms == 0 {
+        16
+    } else {
+        1
+    }
 }
 
 async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> anyhow::Result<Outcome> {

@@ -149,7 +149,12 @@ fn main() -> anyhow::Result<()> {
             git_cli(ca, None, &["clone", "-q", "--depth", "1", "--branch", "main", &with_credentials, path(&git_clone)?])?;
             Ok(t.elapsed().as_secs_f64())
         };
-        let (s, g) = if round % 2 == 0 { (slipway_first()?, git_first()?) } else { let g = git_first()?; (slipway_first()?, g) };
+        let (s, g) = if round % 2 == 0 {
+            (slipway_first()?, git_first()?)
+        } else {
+            let g = git_first()?;
+            (slipway_first()?, g)
+        };
         first.push((s, g));
 
         commit(&source, round)?;
@@ -165,7 +170,12 @@ fn main() -> anyhow::Result<()> {
             git_cli(ca, Some(&git_clone), &["checkout", "-q", "FETCH_HEAD"])?;
             Ok(t.elapsed().as_secs_f64())
         };
-        let (s, g) = if round % 2 == 0 { (slipway_next()?, git_next()?) } else { let g = git_next()?; (slipway_next()?, g) };
+        let (s, g) = if round % 2 == 0 {
+            (slipway_next()?, git_next()?)
+        } else {
+            let g = git_next()?;
+            (slipway_next()?, g)
+        };
         next.push((s, g));
 
         // The fetch alone, mirror reused, after one more commit.
@@ -244,7 +254,12 @@ fn make_history(dir: &Path, commits: usize, megabytes: usize) -> anyhow::Result<
         }
         data.truncate(size);
         let message = format!("commit {i}");
-        write!(stdin, "commit refs/heads/main\ncommitter Bench <bench@localhost> {} +0000\ndata {}\n{message}\n", 1_700_000_000 + i, message.len())?;
+        write!(
+            stdin,
+            "commit refs/heads/main\ncommitter Bench <bench@localhost> {} +0000\ndata {}\n{message}\n",
+            1_700_000_000 + i,
+            message.len()
+        )?;
         write!(stdin, "M 100644 inline data/file{}.bin\ndata {}\n", i % 50, data.len())?;
         stdin.write_all(&data)?;
         writeln!(stdin)?;

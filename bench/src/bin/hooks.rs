@@ -49,8 +49,7 @@ struct Args {
     /// Deliveries in flight at once in the second run.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true,
-          default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
+    #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true, default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
     pg_url: String,
 }
 
@@ -162,13 +161,7 @@ async fn run(args: &Args, schema: &str) -> anyhow::Result<String> {
         args.concurrency,
         args.deliveries as f64 / concurrent_wall.as_secs_f64()
     ));
-    let mut table = vec![[
-        "request".to_string(),
-        "p50".into(),
-        "p99".into(),
-        "max".into(),
-        format!("goal: p99 < {P99_GOAL_MS} ms"),
-    ]];
+    let mut table = vec![["request".to_string(), "p50".into(), "p99".into(), "max".into(), format!("goal: p99 < {P99_GOAL_MS} ms")]];
     let rows: [(&str, &mut Vec<f64>, bool); 3] = [
         ("webhook -> deployment recorded (one at a time)", &mut hooks, true),
         (&format!("webhook -> deployment recorded ({} in flight)", args.concurrency), &mut concurrent, true),

@@ -63,8 +63,7 @@ struct Args {
     /// Timed reads of each kind per log.
     #[arg(long, default_value_t = 300)]
     samples: usize,
-    #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true,
-          default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
+    #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true, default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
     pg_url: String,
 }
 
@@ -246,10 +245,8 @@ async fn fill(url: &str, schema: String, events: usize) -> anyhow::Result<Log> {
     let writers = (0..WRITERS).map(|writer| async move {
         for p in (writer..projects).step_by(WRITERS) {
             let batch = project_events(&format!("app-{p:05}"));
-            let appends: Vec<StreamAppend<'_>> = batch
-                .iter()
-                .map(|(stream, events)| StreamAppend { stream, expected: ExpectedVersion::NoStream, events })
-                .collect();
+            let appends: Vec<StreamAppend<'_>> =
+                batch.iter().map(|(stream, events)| StreamAppend { stream, expected: ExpectedVersion::NoStream, events }).collect();
             store_ref.append_streams(&appends, &[]).await?.context("unexpected conflict")?;
         }
         anyhow::Ok(())
@@ -283,8 +280,14 @@ fn project_events(project: &str) -> Vec<(String, Vec<Envelope>)> {
         let env = ["test", "live"][n % 2];
         let fails = n % 8 == 5;
         streams.push((deployment_stream(id), deployment_events(id, project, env, fails)));
-        let finished =
-            DeploymentFinished { deployment_id: id, succeeded: !fails, containers: vec![], upstreams: vec![], dry_run: false, host: String::new() };
+        let finished = DeploymentFinished {
+            deployment_id: id,
+            succeeded: !fails,
+            containers: vec![],
+            upstreams: vec![],
+            dry_run: false,
+            host: String::new(),
+        };
         queues[n % 2].extend([Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), Event::DeploymentFinished(finished)]);
     }
     for (env, events) in ["test", "live"].into_iter().zip(queues) {
@@ -308,7 +311,8 @@ fn project_events(project: &str) -> Vec<(String, Vec<Envelope>)> {
 fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Event> {
     let commit = "2f1c0e7a9b4d3c8e6f5a1b0c9d8e7f6a5b4c3d2e";
     let image = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-    let dispatched = |step| Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt: 1, deadline: None, dispatched_at: None });
+    let dispatched =
+        |step| Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt: 1, deadline: None, dispatched_at: None });
     let mut h = vec![Event::DeploymentRequested(DeploymentRequested {
         deployment_id: id,
         project: project.into(),
@@ -335,9 +339,18 @@ fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Eve
         }
         h.push(match step {
             Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
-            Step::Checkout => Event::CheckedOut(CheckedOut { commit: commit.into(), workspace: "/var/lib/slipway/w".into(), config: serde_json::json!({"web": {"port": 8080}}), source_host_key: None }),
+            Step::Checkout => Event::CheckedOut(CheckedOut {
+                commit: commit.into(),
+                workspace: "/var/lib/slipway/w".into(),
+                config: serde_json::json!({"web": {"port": 8080}}),
+                source_host_key: None,
+            }),
             Step::Build => Event::ImageReused(ImageReused { image_id: image.into(), source_deployment: id }),
-            Step::Deploy => Event::WebContainerStarted(WebContainerStarted { container: format!("slipway-{project}-{env}-web"), host_port: 32768, host: String::new() }),
+            Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
+                container: format!("slipway-{project}-{env}-web"),
+                host_port: 32768,
+                host: String::new(),
+            }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
             Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
             _ => Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 2, elapsed_ms: 340 }),
@@ -345,7 +358,12 @@ fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Eve
     }
     let until = Utc::now() + chrono::Duration::seconds(60);
     h.extend([
-        Event::TrafficSwitchRequested(TrafficSwitchRequested { route_version: 1, upstreams: vec!["127.0.0.1:32768".into()], routers: vec![], deadline: until }),
+        Event::TrafficSwitchRequested(TrafficSwitchRequested {
+            route_version: 1,
+            upstreams: vec!["127.0.0.1:32768".into()],
+            routers: vec![],
+            deadline: until,
+        }),
         Event::TrafficSwitched(TrafficSwitched { route_version: 1, routers: vec![] }),
         Event::ReleaseWatchStarted(ReleaseWatchStarted { until, window_ms: 60_000 }),
         dispatched(Step::Watch),

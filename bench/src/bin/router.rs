@@ -45,8 +45,7 @@ use slipway_router::{Route, RouteHandle, RouteTable};
 /// The Host header wrk sends, routed by Slipway's router.
 const HOST: &str = "bench.localhost";
 /// The upstream's whole answer: 100 bytes.
-const BODY: &[u8; 100] =
-    b"slipway-bench-router upstream: a fixed body of one hundred bytes, the same for every request.......\n";
+const BODY: &[u8; 100] = b"slipway-bench-router upstream: a fixed body of one hundred bytes, the same for every request.......\n";
 
 #[derive(Parser)]
 #[command(about = "Slipway's router vs nginx and HAProxy as keep-alive reverse proxies, side by side, driven by wrk on 127.0.0.1")]
@@ -146,12 +145,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let nginx = Nginx::start(tmp.path(), upstream.addr)?;
     let haproxy = Haproxy::start(tmp.path(), upstream.addr)?;
 
-    let targets: Vec<(Config, SocketAddr)> = [
-        (Config::Direct, upstream.addr),
-        (Config::Nginx, nginx.addr),
-        (Config::Haproxy, haproxy.0.addr),
-        (Config::Router, router.addr),
-    ]
+    let targets: Vec<(Config, SocketAddr)> =
+        [(Config::Direct, upstream.addr), (Config::Nginx, nginx.addr), (Config::Haproxy, haproxy.0.addr), (Config::Router, router.addr)]
             .into_iter()
             .filter(|(config, _)| args.only.is_none_or(|only| only == *config))
             .collect();
@@ -303,9 +298,7 @@ fn parse_wrk(text: &str) -> anyhow::Result<Measure> {
         }
     }
     match (rps, p50, p99) {
-        (Some(rps), Some(p50_ms), Some(p99_ms)) => {
-            Ok(Measure { rps, p50_ms, p99_ms, cpu_us: 0.0, upstream_cpu_us: 0.0 })
-        }
+        (Some(rps), Some(p50_ms), Some(p99_ms)) => Ok(Measure { rps, p50_ms, p99_ms, cpu_us: 0.0, upstream_cpu_us: 0.0 }),
         _ => bail!("could not read Requests/sec and the 50%/99% latencies from wrk's output:\n{text}"),
     }
 }
@@ -338,11 +331,8 @@ impl Upstream {
         let listener = StdListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("upstream")
-            .enable_all()
-            .build()?;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).thread_name("upstream").enable_all().build()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("upstream".into()).spawn(move || {
             runtime.block_on(async move {
@@ -354,9 +344,7 @@ impl Upstream {
                         let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
                         });
-                        tokio::spawn(
-                            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
-                        );
+                        tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
                     }
                 };
                 tokio::select! {
@@ -383,7 +371,13 @@ struct Router {
 
 impl Router {
     fn start(upstream: SocketAddr, layout: Layout, threads: usize) -> anyhow::Result<Self> {
-        let route = Route { upstreams: vec![upstream], standby: vec![], route_version: 1, label: "bench upstream".into(), stats: Default::default() };
+        let route = Route {
+            upstreams: vec![upstream],
+            standby: vec![],
+            route_version: 1,
+            label: "bench upstream".into(),
+            stats: Default::default(),
+        };
         let routes = RouteHandle::new(RouteTable::new([(HOST.to_string(), route)]));
         let listener = StdListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
@@ -659,10 +653,7 @@ fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, model)| model.trim().to_string())
+            info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, model)| model.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }

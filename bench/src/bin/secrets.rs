@@ -133,7 +133,9 @@ async fn reading(args: &Args) -> anyhow::Result<()> {
         async move {
             // The owner's login (no SET ROLE): the bench drops its schemas after.
             let options = PgOptions { schema: Some(schema), role: None, ..Default::default() };
-            let store = PgStore::connect(&url, options).await.with_context(|| format!("PostgreSQL at {} (run scripts/services)", redact_url(&url)))?;
+            let store = PgStore::connect(&url, options)
+                .await
+                .with_context(|| format!("PostgreSQL at {} (run scripts/services)", redact_url(&url)))?;
             anyhow::Ok(Arc::new(store.sealed(sealing)))
         }
     };
@@ -156,10 +158,15 @@ async fn reading(args: &Args) -> anyhow::Result<()> {
             let read = store.values(&fingerprints).await?;
             let took = started.elapsed();
             anyhow::ensure!(read.len() == fingerprints.len(), "read {} of {} values", read.len(), fingerprints.len());
-            if Arc::ptr_eq(store, &plain) { p.push(took) } else { s.push(took) }
+            if Arc::ptr_eq(store, &plain) {
+                p.push(took)
+            } else {
+                s.push(took)
+            }
         }
     }
-    let raw: String = sqlx::query_scalar(&format!("SELECT value FROM \"{sealed_schema}\".setting_values LIMIT 1")).fetch_one(sealed.pool()).await?;
+    let raw: String =
+        sqlx::query_scalar(&format!("SELECT value FROM \"{sealed_schema}\".setting_values LIMIT 1")).fetch_one(sealed.pool()).await?;
     anyhow::ensure!(raw.starts_with("sealed:v1:"), "values are not sealed at rest");
     // Where the difference goes: opening the values alone, in memory.
     let keyring = Keyring::new(SealingKey::from_hex(&SealingKey::generate_hex()).map_err(anyhow::Error::msg)?, vec![]);

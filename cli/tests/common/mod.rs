@@ -127,21 +127,18 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Clean stops: the router deregisters, workers mark themselves stopped.
-        let children =
-            self.server.iter_mut().chain(self.workers.iter_mut()).chain(self.router.iter_mut()).chain(self.extra.iter_mut());
+        let children = self.server.iter_mut().chain(self.workers.iter_mut()).chain(self.router.iter_mut()).chain(self.extra.iter_mut());
         for child in children {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             // A test may have stopped a process (SIGSTOP); it must wake to end.
             let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
         }
-        let children =
-            self.server.iter_mut().chain(self.workers.iter_mut()).chain(self.router.iter_mut()).chain(self.extra.iter_mut());
+        let children = self.server.iter_mut().chain(self.workers.iter_mut()).chain(self.router.iter_mut()).chain(self.extra.iter_mut());
         for child in children {
             let _ = child.wait();
         }
     }
 }
-
 
 /// One HTTP/1.1 request to the API at `addr`, by hand (to send the token
 /// and a body exactly as given): the status and the body.
@@ -150,7 +147,8 @@ pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, bod
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let content = body.map(|b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len())).unwrap_or_default();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Connection: close\r\n\r\n{}", body.unwrap_or_default());
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content}Connection: close\r\n\r\n{}", body.unwrap_or_default());
     stream.write_all(request.as_bytes()).await.expect("send the request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read the response");

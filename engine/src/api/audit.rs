@@ -41,9 +41,11 @@ pub struct ExportQuery {
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn export(State(store): Store, QueryParams(q): QueryParams<ExportQuery>) -> ApiResult<Response> {
     let since = match &q.since {
-        Some(text) => Some(DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
-            ApiError::BadRequest(format!("since `{text}` is not an RFC 3339 time such as 2025-01-31T00:00:00Z ({e})"))
-        })?),
+        Some(text) => Some(
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| ApiError::BadRequest(format!("since `{text}` is not an RFC 3339 time such as 2025-01-31T00:00:00Z ({e})")))?,
+        ),
         None => None,
     };
     if let Some(project) = &q.project {

@@ -165,10 +165,7 @@ pub async fn authorize(gate: &Gate, header: Option<&str>, required: TokenScope) 
     let tokens = gate.tokens().await?;
     let token = tokens.authenticate(presented).map_err(unauthorized)?;
     if token.scope < required {
-        return Err(ApiError::Forbidden(format!(
-            "this needs scope {required}; token `{}` has {}",
-            token.name, token.scope
-        )));
+        return Err(ApiError::Forbidden(format!("this needs scope {required}; token `{}` has {}", token.name, token.scope)));
     }
     Ok(Caller { name: token.name.clone(), scope: token.scope })
 }

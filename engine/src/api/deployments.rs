@@ -24,8 +24,7 @@ use super::environments::{Accepted, ReplayAccepted};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, OptionalJson, Params, QueryParams};
 use super::{
-    load_deployment, load_error, queued_behind, read_position, require_environment, ApiConfig, ApiResult, Caller, ReadPosition,
-    Store,
+    load_deployment, load_error, queued_behind, read_position, require_environment, ApiConfig, ApiResult, Caller, ReadPosition, Store,
 };
 use crate::deployment::Status;
 use crate::history::{self, Outcome, Timeline};
@@ -85,9 +84,7 @@ pub async fn request(
 
 pub(super) fn parse_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(raw).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "`{raw}` is not a deployment id ({e}); ids look like 0190c3e2-7a4b-7c1d-9e2f-3a4b5c6d7e8f"
-        ))
+        ApiError::BadRequest(format!("`{raw}` is not a deployment id ({e}); ids look like 0190c3e2-7a4b-7c1d-9e2f-3a4b5c6d7e8f"))
     })
 }
 
@@ -161,7 +158,14 @@ impl StepView {
             (Some(at), Some(ms)) => Some(at + chrono::Duration::milliseconds(ms)),
             _ => None,
         };
-        StepView { step: t.step, state: state.into(), attempts: t.attempts, started_at: t.dispatched_at, finished_at, duration_ms: t.duration_ms }
+        StepView {
+            step: t.step,
+            state: state.into(),
+            attempts: t.attempts,
+            started_at: t.dispatched_at,
+            finished_at,
+            duration_ms: t.duration_ms,
+        }
     }
 }
 
@@ -351,10 +355,7 @@ pub struct ListQuery {
     description = "Read from the deployments read model once it caught up with the log; the `Slipway-Read-Position` header says how far into the log that is.",
     params(ListQuery),
     responses((status = 200, body = [DeploymentSummary]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn list(
-    State(store): Store,
-    QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
+pub async fn list(State(store): Store, QueryParams(q): QueryParams<ListQuery>) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
     let limit = Limit { limit: q.limit }.get()?;
     match (&q.project, &q.environment) {
         (None, Some(_)) => return Err(ApiError::BadRequest("`environment` needs `project` too".into())),
@@ -495,7 +496,12 @@ pub async fn logs(
             Ok(Event::ImageBuilt(b)) => ("build".into(), vec![b.log_ref]),
             Ok(Event::ReleaseCommandsRan(rc)) => {
                 for c in rc.results {
-                    section(&mut text, &format!("release command `{}` (exit {})", c.command, c.exit_code), c.log_ref.as_deref(), &config.data_dir);
+                    section(
+                        &mut text,
+                        &format!("release command `{}` (exit {})", c.command, c.exit_code),
+                        c.log_ref.as_deref(),
+                        &config.data_dir,
+                    );
                 }
                 continue;
             }
@@ -549,7 +555,11 @@ fn log_path(data_dir: &Path, log_ref: &str) -> Option<PathBuf> {
         path.to_path_buf()
     } else {
         let under = data_dir.join(path);
-        if under.exists() || !path.exists() { under } else { path.to_path_buf() }
+        if under.exists() || !path.exists() {
+            under
+        } else {
+            path.to_path_buf()
+        }
     };
     match (std::fs::canonicalize(data_dir), std::fs::canonicalize(&candidate)) {
         // Both exist: compare where they really are (symlinks resolved).

@@ -21,9 +21,7 @@ use slipway_store::read_model::DeploymentQuery;
 use super::deployments::{DeploymentSummary, Limit};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, OptionalJson, Params, QueryParams};
-use super::{
-    load_deployment, load_environment, load_error, queued_behind, require_environment, ApiResult, Caller, ReadPosition, Store,
-};
+use super::{load_deployment, load_environment, load_error, queued_behind, require_environment, ApiResult, Caller, ReadPosition, Store};
 use crate::history::Release;
 use crate::limits::{release_limits, ReleaseLimits};
 use crate::requests::{self, SettingValue};
@@ -121,10 +119,7 @@ pub async fn status(State(store): Store, Params((name, env)): Params<(String, St
     description = "Each key maps to its value, or to \"(secret)\" for a secret setting (whose value is never read).",
     params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment")),
     responses((status = 200, body = BTreeMap<String, String>), (status = 404, body = ErrorBody)))]
-pub async fn settings(
-    State(store): Store,
-    Params((name, env)): Params<(String, String)>,
-) -> ApiResult<Json<BTreeMap<String, String>>> {
+pub async fn settings(State(store): Store, Params((name, env)): Params<(String, String)>) -> ApiResult<Json<BTreeMap<String, String>>> {
     let project = require_environment(&*store, &name, &env).await?;
     let settings = project.environments.get(&env).cloned().unwrap_or_default();
     let plain: Vec<String> = settings.values().filter(|s| !s.secret).map(|s| s.fingerprint.clone()).collect();
@@ -179,9 +174,7 @@ impl SettingsChange {
         let mut seen = BTreeSet::new();
         let keys = self.set.keys().chain(self.secrets.keys()).chain(&self.unset);
         match keys.into_iter().find(|k| !seen.insert(k.as_str())) {
-            Some(twice) => Err(ApiError::BadRequest(format!(
-                "setting `{twice}` appears more than once in `set`, `secrets` and `unset`"
-            ))),
+            Some(twice) => Err(ApiError::BadRequest(format!("setting `{twice}` appears more than once in `set`, `secrets` and `unset`"))),
             None => Ok(()),
         }
     }
@@ -365,8 +358,7 @@ pub async fn promote(
     }
     let mode = body.mode.unwrap_or(BuildMode::Cloud);
     let run_release = mode == BuildMode::Cloud || body.migrate;
-    let (id, source) =
-        requests::request_promotion(&*store, &caller.actor(), &name, &body.from, &body.to, mode, run_release).await??;
+    let (id, source) = requests::request_promotion(&*store, &caller.actor(), &name, &body.from, &body.to, mode, run_release).await??;
     let queued_behind = queued_behind(&*store, &name, &body.to, id).await?;
     Ok(accepted(id, PromoteAccepted { deployment: id, source, queued_behind }))
 }

@@ -23,9 +23,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !declares_json(req.headers()) {
-            return Err(ApiError::UnsupportedMediaType(
-                "send the body as JSON with the header `Content-Type: application/json`".into(),
-            ));
+            return Err(ApiError::UnsupportedMediaType("send the body as JSON with the header `Content-Type: application/json`".into()));
         }
         parse_json(&read_body(req, state).await?).map(JsonBody)
     }
@@ -45,8 +43,7 @@ fn declares_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
     let essence = value.split(';').next().unwrap_or_default().trim();
     essence.eq_ignore_ascii_case("application/json")
-        || essence.len() > "+json".len()
-            && essence.get(essence.len() - 5..).is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+        || essence.len() > "+json".len() && essence.get(essence.len() - 5..).is_some_and(|s| s.eq_ignore_ascii_case("+json"))
 }
 
 /// Parses a body, naming where it went wrong: `set.KEY: invalid type: ...`
@@ -113,9 +110,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
             return Ok(OptionalJson(T::default()));
         }
         if !json {
-            return Err(ApiError::UnsupportedMediaType(
-                "send the body as JSON with the header `Content-Type: application/json`".into(),
-            ));
+            return Err(ApiError::UnsupportedMediaType("send the body as JSON with the header `Content-Type: application/json`".into()));
         }
         parse_json(&bytes).map(OptionalJson)
     }

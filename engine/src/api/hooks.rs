@@ -27,10 +27,10 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, Params, QueryParams};
 use super::{load_error, require_project, ApiResult, Caller, Store};
 use crate::auto_deploy::{self, PushError, PushOutcome};
-use crate::pull_requests::{self, PrOutcome, PrRecorded};
-use slipway_proto::event::PreviewTrigger;
 use crate::project::AutoDeployRule;
+use crate::pull_requests::{self, PrOutcome, PrRecorded};
 use crate::webhook::{self, EventKind, MAX_BODY};
+use slipway_proto::event::PreviewTrigger;
 
 /// What a webhook came to.
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,8 +88,7 @@ pub async fn receive(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Ok(provider) = provider.parse::<WebhookProvider>() else {
-        return ApiError::NotFound(format!("no webhook provider `{provider}`; one of github, gitlab, gitea, generic"))
-            .into_response();
+        return ApiError::NotFound(format!("no webhook provider `{provider}`; one of github, gitlab, gitea, generic")).into_response();
     };
     let (outcome, result) = match handle(&*store, provider, &project, &headers, body).await {
         Ok((outcome, status, reply)) => (outcome, Ok((status, Json(reply)))),
@@ -202,8 +201,7 @@ async fn pull_request(
     Ok(match recorded {
         PrRecorded::Deployed { deployment, superseded, .. } => {
             let message = format!("deploying {commit} to preview {environment}");
-            let deployments =
-                vec![HookDeployment { environment, deployment, rule: PreviewTrigger::PullRequests.to_string() }];
+            let deployments = vec![HookDeployment { environment, deployment, rule: PreviewTrigger::PullRequests.to_string() }];
             ("deployed", StatusCode::ACCEPTED, HookReply { status: "deployed".into(), message, deployments, superseded })
         }
         PrRecorded::AwaitingApproval { .. } => {

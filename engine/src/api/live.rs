@@ -51,7 +51,6 @@ const READ_CHUNK: u64 = 256 * 1024;
 /// A "line" without a newline this long is sent as it is.
 const MAX_LINE: usize = 16 * 1024;
 
-
 /// Fires (turns true) when the server begins its graceful shutdown.
 #[derive(Debug, Clone)]
 pub struct Closing(pub watch::Receiver<bool>);
@@ -109,9 +108,8 @@ pub async fn stream(
         first: true,
         done: false,
     };
-    let events = stream::unfold(follower, |mut f| async move { f.next_batch().await.map(|batch| (batch, f)) })
-        .flat_map(stream::iter)
-        .map(Ok);
+    let events =
+        stream::unfold(follower, |mut f| async move { f.next_batch().await.map(|batch| (batch, f)) }).flat_map(stream::iter).map(Ok);
     // A buffering reverse proxy (nginx) would hold the events back.
     let unbuffered = [(HeaderName::from_static("x-accel-buffering"), "no")];
     Ok((unbuffered, Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))))

@@ -19,13 +19,13 @@ mod attempts;
 mod audit;
 pub mod auth;
 mod deployments;
+mod domains;
 mod environments;
 mod error;
 mod extract;
 mod hooks;
-pub mod openapi;
 mod live;
-mod domains;
+pub mod openapi;
 mod previews;
 mod projects;
 
@@ -167,11 +167,7 @@ pub fn app_with(store: Arc<dyn EventStore>, config: ApiConfig) -> Router {
         // Routes of one path merge into one method router.
         router = router.route(route.path, auth::guard(handler, &gate, route.access));
     }
-    router
-        .fallback(no_route)
-        .method_not_allowed_fallback(wrong_method)
-        .layer(Extension(Arc::new(config)))
-        .with_state(store)
+    router.fallback(no_route).method_not_allowed_fallback(wrong_method).layer(Extension(Arc::new(config))).with_state(store)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets requests
@@ -184,7 +180,12 @@ pub async fn serve(
     let (closing, app) = live::closing(app);
     // The client's address reaches the guard (refused tokens are counted per address).
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.await; closing.close() }).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.close()
+        })
+        .await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -204,10 +205,7 @@ async fn health(State(store): Store) -> ApiResult<Json<Health>> {
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::NotFound(format!(
-        "no endpoint {method} {}; GET /openapi.json lists the endpoints",
-        uri.path()
-    ))
+    ApiError::NotFound(format!("no endpoint {method} {}; GET /openapi.json lists the endpoints", uri.path()))
 }
 
 async fn wrong_method(method: Method, uri: Uri) -> ApiError {
@@ -224,10 +222,7 @@ async fn require_environment(store: &dyn EventStore, name: &str, env: &str) -> A
     let project = require_project(store, name).await?;
     if !project.environments.contains_key(env) {
         let known: Vec<&str> = project.environments.keys().map(String::as_str).collect();
-        return Err(ApiError::NotFound(format!(
-            "project `{name}` has no environment `{env}` (it has: {})",
-            known.join(", ")
-        )));
+        return Err(ApiError::NotFound(format!("project `{name}` has no environment `{env}` (it has: {})", known.join(", "))));
     }
     Ok(project)
 }
@@ -237,10 +232,7 @@ async fn load_environment(store: &dyn EventStore, name: &str, env: &str) -> ApiR
 }
 
 async fn load_deployment(store: &dyn EventStore, id: Uuid) -> ApiResult<Deployment> {
-    crate::load::deployment(store, id)
-        .await
-        .map_err(load_error)?
-        .ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))
+    crate::load::deployment(store, id).await.map_err(load_error)?.ok_or_else(|| ApiError::NotFound(format!("no deployment {id}")))
 }
 
 /// A history that cannot be read or followed is the server's problem.

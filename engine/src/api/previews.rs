@@ -140,11 +140,7 @@ pub struct Removed {
     summary = "Remove a preview environment: cancel its deployments, retire its containers, remove its route",
     params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The preview")),
     responses((status = 200, body = Removed), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn remove(
-    State(store): Store,
-    caller: Caller,
-    Params((name, env)): Params<(String, String)>,
-) -> ApiResult<Json<Removed>> {
+pub async fn remove(State(store): Store, caller: Caller, Params((name, env)): Params<(String, String)>) -> ApiResult<Json<Removed>> {
     require_project(&*store, &name).await?;
     let actor = caller.actor();
     let reason = format!("removed by {actor}");

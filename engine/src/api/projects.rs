@@ -240,4 +240,3 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
         },
     }))
 }
-

@@ -52,10 +52,7 @@ impl Setup {
     }
 
     pub async fn with(store: Arc<dyn EventStore>, schema: Option<String>) -> Setup {
-        let admin = slipway_engine::requests::issue_token(&*store, "test:setup", "root", TokenScope::Admin)
-            .await
-            .unwrap()
-            .unwrap();
+        let admin = slipway_engine::requests::issue_token(&*store, "test:setup", "root", TokenScope::Admin).await.unwrap().unwrap();
         Setup { app: api::app(store.clone()), store, admin, schema }
     }
 
@@ -113,10 +110,7 @@ impl Setup {
                 .header("X-GitHub-Event", event)
                 .header("X-GitHub-Delivery", delivery)
                 .header("X-Hub-Signature-256", format!("sha256={mac}")),
-            "gitlab" => request
-                .header("X-Gitlab-Event", event)
-                .header("X-Gitlab-Event-UUID", delivery)
-                .header("X-Gitlab-Token", secret),
+            "gitlab" => request.header("X-Gitlab-Event", event).header("X-Gitlab-Event-UUID", delivery).header("X-Gitlab-Token", secret),
             "gitea" => request.header("X-Gitea-Event", event).header("X-Gitea-Delivery", delivery).header("X-Gitea-Signature", mac),
             _ => request.header("X-Slipway-Delivery", delivery).header("X-Slipway-Signature", format!("sha256={mac}")),
         };
@@ -202,4 +196,3 @@ macro_rules! on_both_stores {
         }
     };
 }
-

@@ -91,7 +91,8 @@ pub async fn https_get(addr: SocketAddr, name: &str, path: &str, root_pem: &str,
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let uri = format!("https://{name}{path}");
     let response = if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let req = Request::get(uri).body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
         sender.send_request(req).await.map_err(|e| e.to_string())?

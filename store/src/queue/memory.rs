@@ -20,8 +20,7 @@
 //! tests, where the event store's outbox re-publishes after a restart.
 
 use super::{
-    dead_letter_queue, exhausted_reason, Consumer, DeadLetter, Delivery, Queue, QueueError, QueueMessage, Settle,
-    DEFAULT_MAX_ATTEMPTS,
+    dead_letter_queue, exhausted_reason, Consumer, DeadLetter, Delivery, Queue, QueueError, QueueMessage, Settle, DEFAULT_MAX_ATTEMPTS,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
@@ -109,11 +108,7 @@ impl MemoryQueue {
     /// `max_attempts` times without being acked (0 counts as 1).
     pub fn new(max_attempts: u32) -> Self {
         MemoryQueue {
-            inner: Arc::new(Inner {
-                max_attempts: max_attempts.max(1),
-                state: Mutex::new(State::default()),
-                changed: Notify::new(),
-            }),
+            inner: Arc::new(Inner { max_attempts: max_attempts.max(1), state: Mutex::new(State::default()), changed: Notify::new() }),
         }
     }
 
@@ -173,11 +168,7 @@ impl Inner {
             Some(dlq) if stored.delivered >= self.max_attempts => {
                 let reason = exhausted_reason(stored.delivered);
                 let Stored { message, delivered, .. } = stored;
-                state.queues.entry(dlq).or_default().ready.push_back(Stored {
-                    message,
-                    delivered,
-                    reason: Some(reason),
-                });
+                state.queues.entry(dlq).or_default().ready.push_back(Stored { message, delivered, reason: Some(reason) });
             }
             _ => q.ready.push_front(stored),
         }
@@ -247,8 +238,7 @@ impl Queue for MemoryQueue {
         let dlq = dead_letter_queue(queue);
         state.queues.remove(queue);
         state.queues.remove(&dlq);
-        let gone: Vec<u64> =
-            state.unacked.iter().filter(|(_, u)| u.queue == queue || u.queue == dlq).map(|(tag, _)| *tag).collect();
+        let gone: Vec<u64> = state.unacked.iter().filter(|(_, u)| u.queue == queue || u.queue == dlq).map(|(tag, _)| *tag).collect();
         for tag in gone {
             if let Some(unacked) = state.unacked.remove(&tag) {
                 if let Some(slot) = state.consumers.get_mut(&unacked.consumer) {
@@ -327,8 +317,7 @@ impl Drop for MemoryConsumer {
     fn drop(&mut self) {
         let mut state = self.inner.lock();
         state.consumers.remove(&self.id);
-        let mut held: Vec<u64> =
-            state.unacked.iter().filter(|(_, u)| u.consumer == self.id).map(|(tag, _)| *tag).collect();
+        let mut held: Vec<u64> = state.unacked.iter().filter(|(_, u)| u.consumer == self.id).map(|(tag, _)| *tag).collect();
         // Oldest last, so after the push_fronts the oldest is served first.
         held.sort_unstable_by(|a, b| b.cmp(a));
         for tag in held {

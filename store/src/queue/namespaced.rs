@@ -31,8 +31,7 @@ impl Queue for Namespaced {
     }
 
     async fn publish(&self, messages: &[QueueMessage]) -> Result<(), QueueError> {
-        let renamed: Vec<QueueMessage> =
-            messages.iter().map(|m| QueueMessage { queue: self.name(&m.queue), ..m.clone() }).collect();
+        let renamed: Vec<QueueMessage> = messages.iter().map(|m| QueueMessage { queue: self.name(&m.queue), ..m.clone() }).collect();
         self.inner.publish(&renamed).await
     }
 

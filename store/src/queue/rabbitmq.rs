@@ -52,14 +52,13 @@
 //! with [`QueueError::Unavailable`].
 
 use super::{
-    dead_letter_queue, exhausted_reason, Consumer, DeadLetter, Delivery, Queue, QueueError, QueueMessage, Settle,
-    DEFAULT_MAX_ATTEMPTS,
+    dead_letter_queue, exhausted_reason, Consumer, DeadLetter, Delivery, Queue, QueueError, QueueMessage, Settle, DEFAULT_MAX_ATTEMPTS,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -263,8 +262,7 @@ impl Core {
     }
 
     async fn open_session(&self) -> Result<Arc<Session>, String> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(self.options.connection_name.as_str().into());
+        let properties = ConnectionProperties::default().with_connection_name(self.options.connection_name.as_str().into());
         let connection = match timeout(self.options.connect_timeout, Connection::connect(&self.url, properties)).await {
             Ok(Ok(connection)) => connection,
             Ok(Err(e)) => return Err(e.to_string()),
@@ -306,10 +304,7 @@ impl Core {
                 Some(deadline) => match timeout_at(deadline, link.changed()).await {
                     Ok(changed) => changed,
                     Err(_) => {
-                        return Err(self.unavailable(format!(
-                            "not reconnected within {:?}: {last_error}",
-                            self.options.operation_timeout
-                        )))
+                        return Err(self.unavailable(format!("not reconnected within {:?}: {last_error}", self.options.operation_timeout)))
                     }
                 },
                 None => link.changed().await,
@@ -352,9 +347,7 @@ impl Core {
             };
             match result {
                 Ok(value) => return Ok(value),
-                Err(e) if e.is_amqp_soft_error() => {
-                    return Err(QueueError::Operation { queue: queue.to_owned(), reason: e.to_string() })
-                }
+                Err(e) if e.is_amqp_soft_error() => return Err(QueueError::Operation { queue: queue.to_owned(), reason: e.to_string() }),
                 Err(e) => {
                     self.kick.notify_one();
                     self.pause(backoff.next(), deadline, &e.to_string()).await?;
@@ -380,12 +373,7 @@ impl Core {
 
     /// Declares `queue`'s dead-letter queue, then `queue` (whose arguments
     /// name it); `names` is `names(queue)`.
-    async fn declare_on(
-        &self,
-        channel: &Channel,
-        queue: &str,
-        names: &(ShortString, ShortString),
-    ) -> Result<(), lapin::Error> {
+    async fn declare_on(&self, channel: &Channel, queue: &str, names: &(ShortString, ShortString)) -> Result<(), lapin::Error> {
         let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         let mut dead_args = FieldTable::default();
         dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
@@ -413,9 +401,7 @@ impl Core {
         let mut backoff = Backoff::new(&self.options);
         let mut pending: Vec<usize> = (0..items.len()).collect();
         let mut redeclared: HashSet<&str> = HashSet::new();
-        let too_slow = |error: &str| {
-            self.unavailable(format!("not confirmed within {:?}: {error}", self.options.operation_timeout))
-        };
+        let too_slow = |error: &str| self.unavailable(format!("not confirmed within {:?}: {error}", self.options.operation_timeout));
         loop {
             let session = self.wait_session(Some(deadline)).await?;
             let mut last_error = String::new();
@@ -526,10 +512,8 @@ impl<'a> Outgoing<'a> {
                 headers.insert(TRACESTATE_HEADER.into(), AMQPValue::LongString(tracestate.into()));
             }
         }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(message.id.to_string().into())
-            .with_headers(headers);
+        let properties =
+            BasicProperties::default().with_delivery_mode(2).with_message_id(message.id.to_string().into()).with_headers(headers);
         Ok(Outgoing { id: message.id, queue: &message.queue, routing_key, body: &message.body, properties })
     }
 }
@@ -550,17 +534,12 @@ fn tracestate(traceparent: &str, body: &[u8]) -> Option<String> {
 /// The AMQP names of `queue` and its dead-letter queue, which are limited to
 /// 255 bytes (lapin panics on longer ones, so check first).
 fn names(queue: &str) -> Result<(ShortString, ShortString), QueueError> {
-    let invalid = |e: lapin::types::ShortStringError| QueueError::Operation {
-        queue: queue.to_owned(),
-        reason: format!("invalid queue name: {e}"),
-    };
+    let invalid =
+        |e: lapin::types::ShortStringError| QueueError::Operation { queue: queue.to_owned(), reason: format!("invalid queue name: {e}") };
     if queue.is_empty() {
         return Err(QueueError::Operation { queue: String::new(), reason: "empty queue name".to_owned() });
     }
-    Ok((
-        ShortString::try_new(queue).map_err(invalid)?,
-        ShortString::try_new(dead_letter_queue(queue)).map_err(invalid)?,
-    ))
+    Ok((ShortString::try_new(queue).map_err(invalid)?, ShortString::try_new(dead_letter_queue(queue)).map_err(invalid)?))
 }
 
 struct Backoff {
@@ -884,23 +863,20 @@ impl ConsumerTask {
                         let _ = ready.send(Ok(()));
                     }
                     backoff.reset();
-                    let generation =
-                        Arc::new(ChannelGeneration { generation: self.core.next_generation(), alive: true.into() });
+                    let generation = Arc::new(ChannelGeneration { generation: self.core.next_generation(), alive: true.into() });
                     tracing::debug!(queue = %self.queue, generation = generation.generation, "consumer subscribed");
                     let end = self.pump(&generation, stream, &mut stop).await;
                     generation.alive.store(false, Ordering::SeqCst);
                     match end {
                         PumpEnd::ConsumerDropped => {
                             // Closing the channel puts back whatever it still holds.
-                            let _ =
-                                timeout(Duration::from_secs(5), channel.close(200, "consumer dropped".into())).await;
+                            let _ = timeout(Duration::from_secs(5), channel.close(200, "consumer dropped".into())).await;
                             return;
                         }
                         PumpEnd::Stopped => return,
                         PumpEnd::Lost(error) => {
                             if channel.status().connected() {
-                                let _ =
-                                    timeout(Duration::from_secs(1), channel.close(200, "resubscribing".into())).await;
+                                let _ = timeout(Duration::from_secs(1), channel.close(200, "resubscribing".into())).await;
                             }
                             error
                         }
@@ -939,9 +915,7 @@ impl ConsumerTask {
         let subscribed = async {
             self.core.declare_on(&channel, &self.queue, &self.names).await?;
             channel.basic_qos(self.prefetch, BasicQosOptions { global: false }).await?;
-            channel
-                .basic_consume(self.names.0.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-                .await
+            channel.basic_consume(self.names.0.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await
         }
         .await;
         match subscribed {
@@ -955,12 +929,7 @@ impl ConsumerTask {
         }
     }
 
-    async fn pump(
-        &self,
-        generation: &Arc<ChannelGeneration>,
-        mut stream: lapin::Consumer,
-        stop: &mut watch::Receiver<bool>,
-    ) -> PumpEnd {
+    async fn pump(&self, generation: &Arc<ChannelGeneration>, mut stream: lapin::Consumer, stop: &mut watch::Receiver<bool>) -> PumpEnd {
         loop {
             let delivery = tokio::select! {
                 delivery = stream.next() => delivery,
@@ -1000,14 +969,7 @@ impl ConsumerTask {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         let published = self
             .core
-            .publish_dead_letter(
-                &self.queue,
-                Uuid::nil(),
-                delivery.properties.message_id().clone(),
-                &delivery.data,
-                headers,
-                problem,
-            )
+            .publish_dead_letter(&self.queue, Uuid::nil(), delivery.properties.message_id().clone(), &delivery.data, headers, problem)
             .await;
         let settled = match published {
             Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
@@ -1169,10 +1131,7 @@ impl Settle for RabbitSettle {
         if let Some(traceparent) = &m.traceparent {
             headers.insert(TRACEPARENT_HEADER.into(), AMQPValue::LongString(traceparent.as_str().into()));
         }
-        let published = self
-            .core
-            .publish_dead_letter(&m.queue, m.id, Some(m.id.to_string().into()), &m.body, headers, reason)
-            .await;
+        let published = self.core.publish_dead_letter(&m.queue, m.id, Some(m.id.to_string().into()), &m.body, headers, reason).await;
         if let Err(e) = published {
             // Unsettled again, so dropping it puts the message back.
             self.settled.store(false, Ordering::SeqCst);

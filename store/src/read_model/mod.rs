@@ -92,9 +92,9 @@ impl std::str::FromStr for Before {
         if let Ok(id) = Uuid::parse_str(raw) {
             return Ok(Before::Deployment(id));
         }
-        DateTime::parse_from_rfc3339(raw).map(|t| Before::Time(t.with_timezone(&Utc))).map_err(|_| {
-            format!("`{raw}` is neither a deployment id nor an RFC 3339 time such as 2026-12-01T12:00:00Z")
-        })
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| Before::Time(t.with_timezone(&Utc)))
+            .map_err(|_| format!("`{raw}` is neither a deployment id nor an RFC 3339 time such as 2026-12-01T12:00:00Z"))
     }
 }
 
@@ -200,9 +200,7 @@ pub(crate) fn collapse(changes: &[Change]) -> Collapsed<'_> {
                 deployments.insert(d.id, (n, d));
             }
             Change::Serving { deployment, since } => serving.push((*deployment, *since)),
-            Change::Environment { project, environment, added } => {
-                environments.push((project.as_str(), environment.as_str(), *added))
-            }
+            Change::Environment { project, environment, added } => environments.push((project.as_str(), environment.as_str(), *added)),
         }
     }
     let mut projects: Vec<_> = projects.into_values().collect();

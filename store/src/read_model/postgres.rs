@@ -7,7 +7,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{collapse, push_filters, with_environment, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore, READ_MODELS, TABLES};
+use super::{
+    collapse, push_filters, with_environment, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore,
+    READ_MODELS, TABLES,
+};
 use crate::event_store::{Position, StoreError};
 use crate::postgres::PgStore;
 
@@ -47,12 +50,11 @@ impl ReadModelStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db("writing the read models' checkpoint"))?;
-        let (at_tx, at_seq): (String, i64) =
-            sqlx::query_as("SELECT tx::text, position FROM checkpoints WHERE consumer = $1 FOR UPDATE")
-                .bind(READ_MODELS)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db("locking the read models' checkpoint"))?;
+        let (at_tx, at_seq): (String, i64) = sqlx::query_as("SELECT tx::text, position FROM checkpoints WHERE consumer = $1 FOR UPDATE")
+            .bind(READ_MODELS)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("locking the read models' checkpoint"))?;
         if (Position { tx: at_tx.parse().unwrap_or(0), seq: at_seq }) != from {
             return Ok(false);
         }
@@ -69,8 +71,7 @@ impl ReadModelStore for PgStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("writing projects"))?;
-            let envs: Vec<(&str, &str)> =
-                p.iter().flat_map(|p| p.environments.iter().map(|e| (p.name.as_str(), e.as_str()))).collect();
+            let envs: Vec<(&str, &str)> = p.iter().flat_map(|p| p.environments.iter().map(|e| (p.name.as_str(), e.as_str()))).collect();
             sqlx::query(INSERT_ENVIRONMENTS)
                 .bind(envs.iter().map(|e| e.0).collect::<Vec<_>>())
                 .bind(envs.iter().map(|e| e.1).collect::<Vec<_>>())
@@ -179,12 +180,11 @@ impl ReadModelStore for PgStore {
     }
 
     async fn environments(&self) -> Result<Vec<EnvironmentRow>, StoreError> {
-        let rows: Vec<(String, String, Option<Uuid>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT project, environment, serving, serving_since FROM environments ORDER BY project, environment",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(db("reading environments"))?;
+        let rows: Vec<(String, String, Option<Uuid>, Option<DateTime<Utc>>)> =
+            sqlx::query_as("SELECT project, environment, serving, serving_since FROM environments ORDER BY project, environment")
+                .fetch_all(self.pool())
+                .await
+                .map_err(db("reading environments"))?;
         Ok(rows
             .into_iter()
             .map(|(project, environment, serving, serving_since)| EnvironmentRow { project, environment, serving, serving_since })

@@ -8,7 +8,10 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::{collapse, push_filters, with_environment, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore, READ_MODELS, TABLES};
+use super::{
+    collapse, push_filters, with_environment, Before, Change, DeploymentQuery, DeploymentRow, EnvironmentRow, ProjectRow, ReadModelStore,
+    READ_MODELS, TABLES,
+};
 use crate::event_store::{Position, StoreError};
 use crate::sqlite::SqliteStore;
 

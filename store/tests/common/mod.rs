@@ -21,8 +21,7 @@ pub fn pg_url() -> String {
 }
 
 pub fn pg_admin_url() -> String {
-    std::env::var("SLIPWAY_PG_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://slipway_admin:slipway_admin@127.0.0.1:5432/slipway".into())
+    std::env::var("SLIPWAY_PG_ADMIN_URL").unwrap_or_else(|_| "postgres://slipway_admin:slipway_admin@127.0.0.1:5432/slipway".into())
 }
 
 /// A PostgreSQL store in a schema of its own. Panics with the service's name
@@ -32,9 +31,7 @@ pub async fn pg_store() -> (PgStore, String) {
     let url = pg_url();
     let store = PgStore::connect(&url, PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true, ..Default::default() })
         .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is not reachable at {} ({e}); run `scripts/services` first", redact_url(&url))
-        });
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {} ({e}); run `scripts/services` first", redact_url(&url)));
     (store, schema)
 }
 

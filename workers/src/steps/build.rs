@@ -68,9 +68,7 @@ pub async fn run(command: &RunStep, _env: &Settings, rt: &Runtime) -> Event {
 async fn reuse(command: &RunStep) -> Result<Option<ImageReused>, Failure> {
     let Some(source) = &command.context.reuse else { return Ok(None) };
     let docker = docker::connect().await?;
-    Ok(find_image(&docker, &source.image_id)
-        .await?
-        .map(|image_id| ImageReused { image_id, source_deployment: source.deployment_id }))
+    Ok(find_image(&docker, &source.image_id).await?.map(|image_id| ImageReused { image_id, source_deployment: source.deployment_id }))
 }
 
 async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
@@ -113,9 +111,9 @@ async fn build(command: &RunStep, rt: &Runtime) -> Result<ImageBuilt, Failure> {
     if let Err(reason) = outcome {
         return Err(Failure::new(reason).with_details(tail));
     }
-    let image_id = find_image(&docker, &tag).await?.ok_or_else(|| {
-        Failure::new(format!("the build reported success but image {tag} does not exist")).with_details(tail)
-    })?;
+    let image_id = find_image(&docker, &tag)
+        .await?
+        .ok_or_else(|| Failure::new(format!("the build reported success but image {tag} does not exist")).with_details(tail))?;
     let pushed = push(&docker, rt, ctx, &image_id, &tag).await?;
     let base_images = base_digests(&docker, &workspace_dockerfile).await;
     Ok(ImageBuilt {
@@ -198,10 +196,7 @@ async fn push(
     let repo = format!("{registry}/{}", ctx.project);
     let commit = ctx.commit.as_deref().unwrap_or("unknown");
     let options = TagImageOptionsBuilder::new().repo(&repo).tag(commit).build();
-    docker
-        .tag_image(local_tag, Some(options))
-        .await
-        .map_err(|e| Failure::new(format!("tagging {local_tag} as {repo}:{commit}: {e}")))?;
+    docker.tag_image(local_tag, Some(options)).await.map_err(|e| Failure::new(format!("tagging {local_tag} as {repo}:{commit}: {e}")))?;
     let mut stream = docker.push_image(&repo, Some(PushImageOptionsBuilder::new().tag(commit).build()), None);
     while let Some(item) = stream.next().await {
         match item {
@@ -231,10 +226,7 @@ async fn push(
 /// Reads the whole build stream into the log. The engine answers 200 and
 /// reports a failed build as an error item in the stream, so success is
 /// "the stream ended without one"; the first error is the reason.
-async fn drain(
-    mut stream: impl Stream<Item = Result<BuildInfo, BollardError>> + Unpin,
-    log: &mut BuildLog,
-) -> Result<(), String> {
+async fn drain(mut stream: impl Stream<Item = Result<BuildInfo, BollardError>> + Unpin, log: &mut BuildLog) -> Result<(), String> {
     let mut first_error = None;
     while let Some(item) = stream.next().await {
         let (text, error) = match item {
@@ -314,10 +306,7 @@ impl BuildLog {
 /// The build context as a tar archive, built off the async threads.
 async fn context_tar(root: PathBuf) -> Result<Vec<u8>, Failure> {
     if !root.is_dir() {
-        return Err(Failure::new(format!(
-            "no checkout at {}; the checkout step must run before the build",
-            root.display()
-        )));
+        return Err(Failure::new(format!("no checkout at {}; the checkout step must run before the build", root.display())));
     }
     match read_checkout_file(&root.join("Dockerfile")) {
         Ok(Some(_)) => {}
@@ -331,8 +320,7 @@ async fn context_tar(root: PathBuf) -> Result<Vec<u8>, Failure> {
     }
     tokio::task::spawn_blocking(move || {
         let ignore = dockerignore(&root).map_err(Failure::new)?;
-        archive(&root, &ignore)
-            .map_err(|e| Failure::new(format!("cannot pack the build context {}: {e}", root.display())))
+        archive(&root, &ignore).map_err(|e| Failure::new(format!("cannot pack the build context {}: {e}", root.display())))
     })
     .await
     .map_err(|e| Failure::new(format!("packing the build context failed: {e}")))?

@@ -57,11 +57,7 @@ fn failed(command: &RunStep, reason: String, details: Vec<String>) -> Event {
 
 /// The app's configuration at the requested ref, read without a checkout,
 /// and the SSH host key the fetch trusted on first use.
-async fn services_config(
-    command: &RunStep,
-    env: &Settings,
-    rt: &Runtime,
-) -> Result<(AppConfig, git::MetHostKey), String> {
+async fn services_config(command: &RunStep, env: &Settings, rt: &Runtime) -> Result<(AppConfig, git::MetHostKey), String> {
     let repository = command.context.repository.clone();
     let git_ref = command.context.git_ref.clone();
     let access = Access::of(&command.context, env, &rt.workspaces);
@@ -81,15 +77,8 @@ async fn check_service(name: &str, service: &ServiceConfig, env: &Settings) -> R
     let kind = kind_name(service.kind);
     let address = match env.get(&service.env) {
         Some(value) if !value.trim().is_empty() => value,
-        Some(_) => {
-            return Err(format!("service `{name}` needs setting {}, which is empty for this environment", service.env))
-        }
-        None => {
-            return Err(format!(
-                "service `{name}` needs setting {}, which is not set for this environment",
-                service.env
-            ))
-        }
+        Some(_) => return Err(format!("service `{name}` needs setting {}, which is empty for this environment", service.env)),
+        None => return Err(format!("service `{name}` needs setting {}, which is not set for this environment", service.env)),
     };
     let limit = service.timeout.0;
     let started = Instant::now();
@@ -121,8 +110,7 @@ async fn probe(kind: ServiceKind, address: &str, limit: Duration) -> Result<(), 
 }
 
 async fn probe_postgres(url: &str) -> Result<(), String> {
-    let mut connection =
-        PgConnection::connect(url).await.map_err(|e| format!("cannot connect to {}: {e}", redact_url(url)))?;
+    let mut connection = PgConnection::connect(url).await.map_err(|e| format!("cannot connect to {}: {e}", redact_url(url)))?;
     sqlx::query("SELECT 1").execute(&mut connection).await.map_err(|e| format!("`SELECT 1` failed: {e}"))?;
     // The check has passed; a failed goodbye changes nothing about that.
     let _ = connection.close().await;

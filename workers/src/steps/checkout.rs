@@ -68,8 +68,7 @@ fn check_out_fresh(
     access: &Access,
 ) -> Result<(String, git::MetHostKey), String> {
     let staging = Staging::create(workspaces, context.deployment_id)?;
-    let (commit, met) =
-        git::fresh_checkout(&context.repository, &context.git_ref, staging.path(), access).map_err(reason)?;
+    let (commit, met) = git::fresh_checkout(&context.repository, &context.git_ref, staging.path(), access).map_err(reason)?;
     // A concurrent delivery of the same command may have finished first; its
     // checkout is as good as ours and a later step may already be reading it.
     if let Some(existing) = git::completed_checkout(workspace, &context.git_ref) {

@@ -55,8 +55,7 @@ async fn remove(deployment_id: Uuid, named: &[String], grace: Option<Duration>) 
     if errors.is_empty() {
         Ok(targets)
     } else {
-        Err(Failure::new(format!("{} of {} containers could not be removed", errors.len(), targets.len()))
-            .with_details(errors))
+        Err(Failure::new(format!("{} of {} containers could not be removed", errors.len(), targets.len())).with_details(errors))
     }
 }
 
@@ -73,7 +72,9 @@ async fn targets(docker: &Docker, deployment_id: Uuid, named: &[String]) -> Resu
             None => {
                 all.insert(name.clone());
             }
-            Some(_) => tracing::warn!(container = %name, %deployment_id, "not removing a container the deployment does not label as its own"),
+            Some(_) => {
+                tracing::warn!(container = %name, %deployment_id, "not removing a container the deployment does not label as its own")
+            }
         }
     }
     Ok(all.into_iter().collect())

@@ -23,12 +23,12 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -97,8 +97,8 @@ pub async fn connect() -> Result<Docker, DockerError> {
 
 /// `connect`, to the engine at an explicit unix socket path.
 pub async fn connect_at(socket: &str) -> Result<Docker, DockerError> {
-    let docker = Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-        .map_err(|e| unreachable(socket, e))?;
+    let docker =
+        Docker::connect_with_unix(socket, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION).map_err(|e| unreachable(socket, e))?;
     negotiate(docker, socket).await
 }
 
@@ -142,10 +142,7 @@ pub fn container_name(ctx: &DeploymentContext, role: &Role) -> String {
 /// why not (no commit recorded yet).
 pub fn image_tag(ctx: &DeploymentContext) -> Result<String, String> {
     let commit = ctx.commit.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| {
-        format!(
-            "deployment {} has no checked-out commit; the checkout step must run before the build",
-            ctx.deployment_id
-        )
+        format!("deployment {} has no checked-out commit; the checkout step must run before the build", ctx.deployment_id)
     })?;
     let short: String = commit.chars().take(12).collect();
     Ok(format!("slipway/{}:{short}-{}", ctx.project, ctx.deployment_id.simple()))
@@ -220,9 +217,7 @@ pub fn run_state(info: &ContainerInspectResponse) -> RunState {
     match state.status {
         Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
         Some(ContainerStateStatusEnum::RUNNING) => RunState::Running,
-        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
-            RunState::Exited(state.exit_code.unwrap_or(-1))
-        }
+        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => RunState::Exited(state.exit_code.unwrap_or(-1)),
         Some(other) => RunState::Other(other.to_string()),
         None => RunState::Other("unknown".into()),
     }
@@ -297,8 +292,8 @@ pub fn signal_of(exit_code: i64) -> Option<&'static str> {
 pub fn crash_in(info: &ContainerInspectResponse) -> Option<Crash> {
     let restarts = info.restart_count.unwrap_or(0);
     let state = info.state.as_ref()?;
-    let down = state.restarting == Some(true)
-        || matches!(state.status, Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD));
+    let down =
+        state.restarting == Some(true) || matches!(state.status, Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD));
     if !down && restarts == 0 {
         return None;
     }
@@ -317,11 +312,7 @@ pub async fn crash_evidence(docker: &Docker, info: &ContainerInspectResponse, mu
     let Ok(created) = chrono::DateTime::parse_from_rfc3339(created) else { return crash };
     let since = created.timestamp().to_string();
     let until = (chrono::Utc::now().timestamp() + 1).to_string();
-    let filters = HashMap::from([
-        ("container", vec![id]),
-        ("type", vec!["container"]),
-        ("event", vec!["die", "oom"]),
-    ]);
+    let filters = HashMap::from([("container", vec![id]), ("type", vec!["container"]), ("event", vec!["die", "oom"])]);
     let options = EventsOptionsBuilder::new().since(&since).until(&until).filters(&filters).build();
     let mut events = docker.events(Some(options));
     let read = async {
@@ -394,10 +385,9 @@ pub async fn find_container(docker: &Docker, name: &str) -> Result<Option<Contai
 
 /// Inspects a container that must exist.
 pub async fn inspect(docker: &Docker, name: &str) -> Result<ContainerInspectResponse, DockerError> {
-    find_container(docker, name).await?.ok_or_else(|| DockerError::Api {
-        action: format!("find container {name}"),
-        reason: "it does not exist".into(),
-    })
+    find_container(docker, name)
+        .await?
+        .ok_or_else(|| DockerError::Api { action: format!("find container {name}"), reason: "it does not exist".into() })
 }
 
 /// What a step's container runs. The name is its identity: whatever exists
@@ -434,10 +424,7 @@ pub enum Lifetime {
 
 /// Creates the container unless one of that name exists, and inspects it.
 /// A create that loses a race with a concurrent delivery (409) is fine.
-pub async fn ensure_container(
-    docker: &Docker,
-    spec: &ContainerSpec<'_>,
-) -> Result<ContainerInspectResponse, DockerError> {
+pub async fn ensure_container(docker: &Docker, spec: &ContainerSpec<'_>) -> Result<ContainerInspectResponse, DockerError> {
     if let Some(info) = find_container(docker, &spec.name).await? {
         return Ok(info);
     }
@@ -472,13 +459,7 @@ fn create_body(spec: &ContainerSpec<'_>) -> ContainerCreateBody {
         cmd: spec.cmd.clone(),
         // Source credentials ride in the settings to the source steps;
         // an app never gets them.
-        env: Some(
-            spec.env
-                .iter()
-                .filter(|(k, _)| !super::git_remote::is_source_key(k))
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-        ),
+        env: Some(spec.env.iter().filter(|(k, _)| !super::git_remote::is_source_key(k)).map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(spec.labels.clone()),
         exposed_ports: port_key.map(|key| vec![key]),
         host_config: Some(host_config(spec.limits, spec.lifetime, port_bindings)),
@@ -525,10 +506,7 @@ pub async fn start(docker: &Docker, name: &str) -> Result<(), DockerError> {
 pub fn published_port(info: &ContainerInspectResponse, container_port: u16) -> Option<u16> {
     let ports = info.network_settings.as_ref()?.ports.as_ref()?;
     let bindings = ports.get(&format!("{container_port}/tcp"))?.as_ref()?;
-    bindings
-        .iter()
-        .filter(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
-        .find_map(|b| b.host_port.as_deref()?.parse().ok())
+    bindings.iter().filter(|b| b.host_ip.as_deref() == Some("127.0.0.1")).find_map(|b| b.host_port.as_deref()?.parse().ok())
 }
 
 /// The container's whole log (stdout and stderr, interleaved as written).
@@ -614,11 +592,8 @@ pub async fn deployment_containers(docker: &Docker, deployment_id: Uuid) -> Resu
         .list_containers(Some(options))
         .await
         .map_err(|e| DockerError::api(format!("list the containers of deployment {deployment_id}"), e))?;
-    let mut names: Vec<String> = list
-        .into_iter()
-        .filter_map(|c| c.names?.into_iter().next())
-        .map(|n| n.trim_start_matches('/').to_string())
-        .collect();
+    let mut names: Vec<String> =
+        list.into_iter().filter_map(|c| c.names?.into_iter().next()).map(|n| n.trim_start_matches('/').to_string()).collect();
     names.sort();
     Ok(names)
 }

@@ -207,12 +207,7 @@ fn open_for(repository: &str, git_ref: &str, access: &Access) -> Result<Opened, 
 /// Reads `file` at `git_ref` without a working tree: from a local
 /// repository in place, or from the mirror after fetching the ref. `None`
 /// when the commit has no such file.
-pub fn peek_file(
-    repository: &str,
-    git_ref: &str,
-    file: &str,
-    access: &Access,
-) -> Result<(Option<String>, MetHostKey), SourceError> {
+pub fn peek_file(repository: &str, git_ref: &str, file: &str, access: &Access) -> Result<(Option<String>, MetHostKey), SourceError> {
     validate_ref(git_ref)?;
     let source = open_for(repository, git_ref, access)?;
     let commit = resolve(source.repo(), source.layout, git_ref, &shown_repository(repository))?;
@@ -224,17 +219,11 @@ pub fn peek_file(
 /// there, detached, with submodules if the project wants them. Returns the
 /// commit SHA. HEAD is set last, so a repository whose HEAD is detached on
 /// a commit has a complete working tree (see [`completed_checkout`]).
-pub fn fresh_checkout(
-    repository: &str,
-    git_ref: &str,
-    dest: &Path,
-    access: &Access,
-) -> Result<(String, MetHostKey), SourceError> {
+pub fn fresh_checkout(repository: &str, git_ref: &str, dest: &Path, access: &Access) -> Result<(String, MetHostKey), SourceError> {
     validate_ref(git_ref)?;
     let shown = shown_repository(repository);
     let source = open_for(repository, git_ref, access)?;
-    let workspace_error =
-        |e: git2::Error| SourceError::Workspace { path: dest.display().to_string(), why: e.message().into() };
+    let workspace_error = |e: git2::Error| SourceError::Workspace { path: dest.display().to_string(), why: e.message().into() };
     let repo = Repository::init(dest).map_err(workspace_error)?;
     fetch_everything(&repo, source.repo(), source.layout, &shown)?;
     let commit = resolve(&repo, FETCHED, git_ref, &shown)?;
@@ -283,12 +272,9 @@ pub fn read_file_in_checkout(workspace: &Path, commit: &str, file: &str) -> Resu
 /// missing on purpose.
 fn fetch_everything(repo: &Repository, source: &Repository, layout: Layout, shown: &str) -> Result<(), SourceError> {
     let fetch_error = |why: String| SourceError::Fetch { repo: shown.into(), why };
-    link_tree(&source.path().join("objects"), &repo.path().join("objects"))
-        .map_err(|e| fetch_error(format!("copying objects: {e}")))?;
+    link_tree(&source.path().join("objects"), &repo.path().join("objects")).map_err(|e| fetch_error(format!("copying objects: {e}")))?;
     match std::fs::copy(source.path().join("shallow"), repo.path().join("shallow")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(fetch_error(format!("copying the shallow list: {e}")))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fetch_error(format!("copying the shallow list: {e}"))),
         _ => {}
     }
     let refs = source.references().map_err(|e| fetch_error(e.message().into()))?;

@@ -26,10 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, RemoteCallbacks,
-    Repository,
-};
+use git2::{AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, RemoteCallbacks, Repository};
 use sha2::{Digest, Sha256};
 use slipway_proto::command::DeploymentContext;
 use slipway_proto::event::{same_host_key, trusted_for};
@@ -97,10 +94,8 @@ impl Access {
     /// The deployment's access: credentials from the resolved settings,
     /// host keys from the context, mirrors under `workspaces`.
     pub fn of(context: &DeploymentContext, env: &Settings, workspaces: &Path) -> Access {
-        let credentials = env
-            .iter()
-            .filter_map(|(key, value)| Some((key.strip_prefix(SOURCE_KEY_PREFIX)?.to_string(), value.clone())))
-            .collect();
+        let credentials =
+            env.iter().filter_map(|(key, value)| Some((key.strip_prefix(SOURCE_KEY_PREFIX)?.to_string(), value.clone()))).collect();
         Access::for_source(&context.source, &credentials, workspaces)
     }
 
@@ -175,36 +170,23 @@ pub fn remote_address(repository: &str) -> Option<RemoteAddress> {
         let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
         let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let (host, port) = split_port(hostport);
-        return Some(RemoteAddress {
-            ssh: scheme == "ssh",
-            host,
-            port,
-        });
+        return Some(RemoteAddress { ssh: scheme == "ssh", host, port });
     }
     // git's scp-like form: a colon before the first slash.
     let first = repository.split('/').next().unwrap_or_default();
     let (userhost, _) = first.split_once(':')?;
     let host = userhost.rsplit_once('@').map_or(userhost, |(_, h)| h);
-    Some(RemoteAddress {
-        ssh: true,
-        host: host.trim_matches(['[', ']']).to_string(),
-        port: None,
-    })
+    Some(RemoteAddress { ssh: true, host: host.trim_matches(['[', ']']).to_string(), port: None })
 }
 
 fn split_port(hostport: &str) -> (String, Option<u16>) {
     if let Some(rest) = hostport.strip_prefix('[') {
         // [v6]:port
         let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
-        return (
-            host.to_string(),
-            after.strip_prefix(':').and_then(|p| p.parse().ok()),
-        );
+        return (host.to_string(), after.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match hostport.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() => {
-            (host.to_string(), port.parse().ok())
-        }
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() => (host.to_string(), port.parse().ok()),
         _ => (hostport.to_string(), None),
     }
 }
@@ -256,16 +238,9 @@ pub struct Fetched {
 /// deadline it is abandoned (the thread ends when the connection does) and
 /// the step fails as timed out. A later fetch that finds the mirror still
 /// locked by it fetches into a mirror of its own for that once.
-pub fn fetch(
-    repository: &str,
-    shown: &str,
-    git_ref: &str,
-    access: &Access,
-) -> Result<Fetched, SourceError> {
-    let address = remote_address(repository).ok_or_else(|| SourceError::Fetch {
-        repo: shown.into(),
-        why: "not a network address".into(),
-    })?;
+pub fn fetch(repository: &str, shown: &str, git_ref: &str, access: &Access) -> Result<Fetched, SourceError> {
+    let address =
+        remote_address(repository).ok_or_else(|| SourceError::Fetch { repo: shown.into(), why: "not a network address".into() })?;
     probe(&address, shown, git_ref)?;
     let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
     let (done, outcome) = std::sync::mpsc::channel();
@@ -296,10 +271,8 @@ fn fetch_into(
     for (i, (refspecs, depth)) in attempts.into_iter().enumerate() {
         let observed = RefCell::new(Observed::default());
         let outcome = {
-            let mut remote = mirror
-                .repo
-                .remote_anonymous(repository)
-                .map_err(|e| SourceError::Fetch { repo: shown.into(), why: e.message().into() })?;
+            let mut remote =
+                mirror.repo.remote_anonymous(repository).map_err(|e| SourceError::Fetch { repo: shown.into(), why: e.message().into() })?;
             let mut options = FetchOptions::new();
             options.remote_callbacks(callbacks(address, access, &observed)).download_tags(AutotagOption::None);
             if let Some(depth) = depth {
@@ -407,28 +380,17 @@ fn wanted(git_ref: &str) -> (Vec<String>, Option<i32>) {
     if git_ref == "HEAD" {
         (vec!["+HEAD:refs/remotes/origin/HEAD".into()], Some(1))
     } else if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
-        (
-            vec![format!("+refs/heads/{branch}:refs/remotes/origin/{branch}")],
-            Some(1),
-        )
+        (vec![format!("+refs/heads/{branch}:refs/remotes/origin/{branch}")], Some(1))
     } else if git_ref.starts_with("refs/tags/") {
         (vec![format!("+{git_ref}:{git_ref}")], Some(1))
     } else if hex && git_ref.len() == 40 {
-        (
-            vec![format!("+{git_ref}:refs/slipway/commits/{git_ref}")],
-            Some(1),
-        )
+        (vec![format!("+{git_ref}:refs/slipway/commits/{git_ref}")], Some(1))
     } else if hex && git_ref.len() >= 4 {
-        let all = vec![
-            "+refs/heads/*:refs/remotes/origin/*".to_string(),
-            "+refs/tags/*:refs/tags/*".to_string(),
-        ];
+        let all = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
         (all, Some(UNSHALLOW))
     } else {
-        let both = vec![
-            format!("+refs/heads/{git_ref}:refs/remotes/origin/{git_ref}"),
-            format!("+refs/tags/{git_ref}:refs/tags/{git_ref}"),
-        ];
+        let both =
+            vec![format!("+refs/heads/{git_ref}:refs/remotes/origin/{git_ref}"), format!("+refs/tags/{git_ref}:refs/tags/{git_ref}")];
         (both, Some(1))
     }
 }
@@ -447,15 +409,8 @@ fn probe(address: &RemoteAddress, repo: &str, git_ref: &str) -> Result<(), Sourc
     } else {
         443
     });
-    let unknown = || SourceError::UnknownHost {
-        repo: repo.into(),
-        git_ref: git_ref.into(),
-        host: address.host.clone(),
-    };
-    let addrs: Vec<_> = (address.host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|_| unknown())?
-        .collect();
+    let unknown = || SourceError::UnknownHost { repo: repo.into(), git_ref: git_ref.into(), host: address.host.clone() };
+    let addrs: Vec<_> = (address.host.as_str(), port).to_socket_addrs().map_err(|_| unknown())?.collect();
     if addrs.is_empty() {
         return Err(unknown());
     }
@@ -467,37 +422,24 @@ fn probe(address: &RemoteAddress, repo: &str, git_ref: &str) -> Result<(), Sourc
         }
     }
     Err(match last {
-        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => SourceError::Timeout {
-            repo: repo.into(),
-            git_ref: git_ref.into(),
-        },
-        Some(e) => SourceError::Unreachable {
-            repo: repo.into(),
-            git_ref: git_ref.into(),
-            why: format!("{}:{port}: {e}", address.host),
-        },
+        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => SourceError::Timeout { repo: repo.into(), git_ref: git_ref.into() },
+        Some(e) => SourceError::Unreachable { repo: repo.into(), git_ref: git_ref.into(), why: format!("{}:{port}: {e}", address.host) },
         None => unknown(),
     })
 }
 
 /// Opens (or creates) the mirror of `repository` and takes its lock.
 fn open_mirror(repository: &str, shown: &str, mirrors: &Path, wait: Duration) -> Result<Mirror, SourceError> {
-    let fail = |why: String| SourceError::Workspace {
-        path: mirrors.display().to_string(),
-        why,
-    };
+    let fail = |why: String| SourceError::Workspace { path: mirrors.display().to_string(), why };
     std::fs::create_dir_all(mirrors).map_err(|e| fail(e.to_string()))?;
     let name = hex::encode(&Sha256::digest(repository.as_bytes())[..12]);
     let path = mirrors.join(format!("{name}.git"));
-    let lock =
-        File::create(mirrors.join(format!("{name}.lock"))).map_err(|e| fail(e.to_string()))?;
+    let lock = File::create(mirrors.join(format!("{name}.lock"))).map_err(|e| fail(e.to_string()))?;
     let waited = Instant::now();
     let path = loop {
         match lock.try_lock() {
             Ok(()) => break path,
-            Err(std::fs::TryLockError::WouldBlock) if waited.elapsed() < wait => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
+            Err(std::fs::TryLockError::WouldBlock) if waited.elapsed() < wait => std::thread::sleep(Duration::from_millis(50)),
             // Still busy: an abandoned fetch may hold it until its
             // connection dies. This fetch gets a mirror of its own, which
             // nobody else locks, and removes it again.
@@ -520,11 +462,7 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path, wait: Duration) ->
     Ok(Mirror { repo, lock, once: None })
 }
 
-fn callbacks<'a>(
-    address: &'a RemoteAddress,
-    access: &'a Access,
-    observed: &'a RefCell<Observed>,
-) -> RemoteCallbacks<'a> {
+fn callbacks<'a>(address: &'a RemoteAddress, access: &'a Access, observed: &'a RefCell<Observed>) -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
     let mut offered = 0u32;
     callbacks.credentials(move |_url, user_in_url, allowed| {
@@ -593,16 +531,10 @@ fn check_host_key(
     observed: &RefCell<Observed>,
 ) -> Result<CertificateCheckStatus, git2::Error> {
     let (Some(raw), Some(kind)) = (hostkey.hostkey(), hostkey.hostkey_type()) else {
-        return Err(git2::Error::from_str(
-            "the SSH server's host key could not be read",
-        ));
+        return Err(git2::Error::from_str("the SSH server's host key could not be read"));
     };
     let field = address.known_host_field();
-    let met = format!(
-        "{field} {} {}",
-        kind.name(),
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    );
+    let met = format!("{field} {} {}", kind.name(), base64::engine::general_purpose::STANDARD.encode(raw));
     let trusted: Vec<&String> = trusted_for(&access.known_hosts, &field).collect();
     if trusted.is_empty() {
         observed.borrow_mut().met_host_key = Some(met);
@@ -612,9 +544,7 @@ fn check_host_key(
         return Ok(CertificateCheckStatus::CertificateOk);
     }
     observed.borrow_mut().refused_host_key = Some(met);
-    Err(git2::Error::from_str(
-        "the SSH host key is not the trusted one",
-    ))
+    Err(git2::Error::from_str("the SSH host key is not the trusted one"))
 }
 
 /// Whether the server's certificate (DER) was issued by the project's CA
@@ -624,10 +554,8 @@ fn trusted_by(leaf_der: &[u8], ca_pem: &str, host: &str) -> Result<bool, String>
     use openssl::x509::store::X509StoreBuilder;
     use openssl::x509::verify::X509VerifyParam;
     use openssl::x509::{X509StoreContext, X509};
-    let leaf = X509::from_der(leaf_der)
-        .map_err(|e| format!("the server's certificate cannot be read: {e}"))?;
-    let cas = X509::stack_from_pem(ca_pem.as_bytes())
-        .map_err(|e| format!("the project's CA certificate cannot be read: {e}"))?;
+    let leaf = X509::from_der(leaf_der).map_err(|e| format!("the server's certificate cannot be read: {e}"))?;
+    let cas = X509::stack_from_pem(ca_pem.as_bytes()).map_err(|e| format!("the project's CA certificate cannot be read: {e}"))?;
     let mut store = X509StoreBuilder::new().map_err(|e| e.to_string())?;
     for ca in cas {
         store.add_cert(ca).map_err(|e| e.to_string())?;
@@ -642,48 +570,24 @@ fn trusted_by(leaf_der: &[u8], ca_pem: &str, host: &str) -> Result<bool, String>
     let store = store.build();
     let chain = Stack::new().map_err(|e| e.to_string())?;
     let mut context = X509StoreContext::new().map_err(|e| e.to_string())?;
-    context
-        .init(&store, &leaf, &chain, |c| c.verify_cert())
-        .map_err(|e| e.to_string())
+    context.init(&store, &leaf, &chain, |c| c.verify_cert()).map_err(|e| e.to_string())
 }
 
 /// Checks out the submodules of the fresh checkout `repo`, recursively,
 /// with the project's access (their hosts' keys are checked as the main
 /// repository's). Relative submodule URLs resolve against `repository`,
 /// which becomes the checkout's `origin`.
-pub fn update_submodules(
-    repo: &Repository,
-    repository: &str,
-    git_ref: &str,
-    access: &Access,
-) -> Result<(), SourceError> {
+pub fn update_submodules(repo: &Repository, repository: &str, git_ref: &str, access: &Access) -> Result<(), SourceError> {
     let shown = super::git::shown_repository(repository);
-    let fail = |why: String| SourceError::Fetch {
-        repo: shown.clone(),
-        why: format!("submodules: {why}"),
-    };
+    let fail = |why: String| SourceError::Fetch { repo: shown.clone(), why: format!("submodules: {why}") };
     if repo.find_remote("origin").is_err() {
-        repo.remote("origin", repository)
-            .map_err(|e| fail(e.message().into()))?;
+        repo.remote("origin", repository).map_err(|e| fail(e.message().into()))?;
     }
     for mut submodule in repo.submodules().map_err(|e| fail(e.message().into()))? {
-        let url = submodule
-            .url()
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .to_string();
-        let resolved = if url.starts_with("../") || url.starts_with("./") {
-            repository.to_string()
-        } else {
-            url.clone()
-        };
+        let url = submodule.url().ok().flatten().unwrap_or_default().to_string();
+        let resolved = if url.starts_with("../") || url.starts_with("./") { repository.to_string() } else { url.clone() };
         let observed = RefCell::new(Observed::default());
-        let address = remote_address(&resolved).unwrap_or(RemoteAddress {
-            ssh: false,
-            host: String::new(),
-            port: None,
-        });
+        let address = remote_address(&resolved).unwrap_or(RemoteAddress { ssh: false, host: String::new(), port: None });
         let mut fetch = FetchOptions::new();
         if remote_address(&resolved).is_some() {
             probe(&address, &super::git::shown_repository(&resolved), git_ref)?;
@@ -696,102 +600,49 @@ pub fn update_submodules(
         drop(options);
         if let Err(e) = updated {
             let sub_shown = super::git::shown_repository(&url);
-            return Err(
-                match classify(
-                    &e,
-                    &observed.borrow(),
-                    &address,
-                    &sub_shown,
-                    git_ref,
-                    access,
-                ) {
-                    SourceError::Fetch { why, .. } => {
-                        fail(format!("`{name}` ({sub_shown}): {why}"))
-                    }
-                    other => other,
-                },
-            );
+            return Err(match classify(&e, &observed.borrow(), &address, &sub_shown, git_ref, access) {
+                SourceError::Fetch { why, .. } => fail(format!("`{name}` ({sub_shown}): {why}")),
+                other => other,
+            });
         }
-        let nested = submodule
-            .open()
-            .map_err(|e| fail(format!("`{name}`: {}", e.message())))?;
-        let nested_url = if url.starts_with("../") || url.starts_with("./") {
-            repository.to_string()
-        } else {
-            url
-        };
+        let nested = submodule.open().map_err(|e| fail(format!("`{name}`: {}", e.message())))?;
+        let nested_url = if url.starts_with("../") || url.starts_with("./") { repository.to_string() } else { url };
         update_submodules(&nested, &nested_url, git_ref, access)?;
     }
     Ok(())
 }
 
 /// A failed fetch as a reason that names the repository, the ref and what to do.
-fn classify(
-    e: &git2::Error,
-    observed: &Observed,
-    address: &RemoteAddress,
-    shown: &str,
-    git_ref: &str,
-    access: &Access,
-) -> SourceError {
+fn classify(e: &git2::Error, observed: &Observed, address: &RemoteAddress, shown: &str, git_ref: &str, access: &Access) -> SourceError {
     let repo = shown.to_string();
     let git_ref = git_ref.to_string();
     let message = e.message().to_lowercase();
     if let Some(met) = &observed.refused_host_key {
-        return SourceError::HostKeyChanged {
-            repo,
-            git_ref,
-            met: met.clone(),
-        };
+        return SourceError::HostKeyChanged { repo, git_ref, met: met.clone() };
     }
-    if observed.credentials_refused
-        || (e.code() == git2::ErrorCode::Auth && access.has_credentials())
-    {
-        return SourceError::BadCredentials {
-            repo,
-            git_ref,
-            ssh: address.ssh,
-        };
+    if observed.credentials_refused || (e.code() == git2::ErrorCode::Auth && access.has_credentials()) {
+        return SourceError::BadCredentials { repo, git_ref, ssh: address.ssh };
     }
     if observed.credentials_missing || e.code() == git2::ErrorCode::Auth {
-        return SourceError::NoCredentials {
-            repo,
-            git_ref,
-            ssh: address.ssh,
-        };
+        return SourceError::NoCredentials { repo, git_ref, ssh: address.ssh };
     }
     if e.code() == git2::ErrorCode::Certificate || message.contains("certificate") {
         let ca = observed.ca_problem.clone().unwrap_or_default();
-        return SourceError::UntrustedCertificate {
-            repo,
-            git_ref,
-            why: format!("{}{ca}", e.message()),
-        };
+        return SourceError::UntrustedCertificate { repo, git_ref, why: format!("{}{ca}", e.message()) };
     }
     if observed.timed_out || message.contains("timed out") || message.contains("timeout") {
         return SourceError::Timeout { repo, git_ref };
     }
     if message.contains("resolve") {
-        return SourceError::UnknownHost {
-            repo,
-            git_ref,
-            host: address.host.clone(),
-        };
+        return SourceError::UnknownHost { repo, git_ref, host: address.host.clone() };
     }
     if message.contains("refused") || message.contains("unreachable") {
-        return SourceError::Unreachable {
-            repo,
-            git_ref,
-            why: e.message().into(),
-        };
+        return SourceError::Unreachable { repo, git_ref, why: e.message().into() };
     }
     if message.contains("not our ref") || message.contains("no such") || message.contains("want") {
         return SourceError::RefNotFound { git_ref, repo };
     }
-    SourceError::Fetch {
-        repo,
-        why: e.message().into(),
-    }
+    SourceError::Fetch { repo, why: e.message().into() }
 }
 
 /// A new ed25519 deploy key: its private half (PKCS#8 PEM, what libssh2
@@ -819,62 +670,28 @@ mod tests {
     #[test]
     fn addresses() {
         let https = remote_address("https://git.example.com:8443/org/app.git").unwrap();
-        assert_eq!(
-            https,
-            RemoteAddress {
-                ssh: false,
-                host: "git.example.com".into(),
-                port: Some(8443)
-            }
-        );
+        assert_eq!(https, RemoteAddress { ssh: false, host: "git.example.com".into(), port: Some(8443) });
         let ssh = remote_address("ssh://git@127.0.0.1:2222/srv/app.git").unwrap();
         assert_eq!(ssh.known_host_field(), "[127.0.0.1]:2222");
         let scp = remote_address("git@github.com:org/app.git").unwrap();
-        assert_eq!(
-            (scp.ssh, scp.known_host_field()),
-            (true, "github.com".to_string())
-        );
-        assert_eq!(
-            remote_address("ssh://[::1]:22/app.git")
-                .unwrap()
-                .known_host_field(),
-            "::1"
-        );
+        assert_eq!((scp.ssh, scp.known_host_field()), (true, "github.com".to_string()));
+        assert_eq!(remote_address("ssh://[::1]:22/app.git").unwrap().known_host_field(), "::1");
         assert_eq!(remote_address("/srv/app"), None);
         assert_eq!(remote_address("file:///srv/app"), None);
-        assert_eq!(
-            remote_address("./a:b/c"),
-            None,
-            "a colon after a slash is a path"
-        );
+        assert_eq!(remote_address("./a:b/c"), None, "a colon after a slash is a path");
     }
 
     #[test]
     fn refspecs_fetch_one_ref_shallow_unless_an_abbreviation_needs_history() {
         assert_eq!(
             wanted("main"),
-            (
-                vec![
-                    "+refs/heads/main:refs/remotes/origin/main".into(),
-                    "+refs/tags/main:refs/tags/main".into()
-                ],
-                Some(1)
-            )
+            (vec!["+refs/heads/main:refs/remotes/origin/main".into(), "+refs/tags/main:refs/tags/main".into()], Some(1))
         );
-        assert_eq!(
-            wanted("refs/tags/v1").0,
-            vec!["+refs/tags/v1:refs/tags/v1".to_string()]
-        );
+        assert_eq!(wanted("refs/tags/v1").0, vec!["+refs/tags/v1:refs/tags/v1".to_string()]);
         let sha = "0123456789abcdef0123456789abcdef01234567";
-        assert_eq!(
-            wanted(sha),
-            (vec![format!("+{sha}:refs/slipway/commits/{sha}")], Some(1))
-        );
+        assert_eq!(wanted(sha), (vec![format!("+{sha}:refs/slipway/commits/{sha}")], Some(1)));
         assert_eq!(wanted("abc1234").1, Some(UNSHALLOW));
-        assert_eq!(
-            wanted("HEAD").0,
-            vec!["+HEAD:refs/remotes/origin/HEAD".to_string()]
-        );
+        assert_eq!(wanted("HEAD").0, vec!["+HEAD:refs/remotes/origin/HEAD".to_string()]);
     }
 
     #[test]
@@ -896,14 +713,8 @@ mod tests {
 
     #[test]
     fn debug_shows_which_credentials_not_their_values() {
-        let access = Access {
-            token: Some("ghp_sentinel".into()),
-            ..Access::default()
-        };
+        let access = Access { token: Some("ghp_sentinel".into()), ..Access::default() };
         let shown = format!("{access:?}");
-        assert!(
-            shown.contains("token: true") && !shown.contains("ghp_sentinel"),
-            "{shown}"
-        );
+        assert!(shown.contains("token: true") && !shown.contains("ghp_sentinel"), "{shown}");
     }
 }

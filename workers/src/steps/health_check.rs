@@ -95,9 +95,9 @@ impl Settling {
 
 async fn check(ctx: &DeploymentContext, env: &Settings) -> Result<HealthCheckPassed, Failure> {
     let web = AppConfig::from_value(&ctx.config).map_err(Failure::new)?.web;
-    let port = ctx.web_port.ok_or_else(|| {
-        Failure::new("no web port recorded for this deployment; the deploy step must run before the health check")
-    })?;
+    let port = ctx
+        .web_port
+        .ok_or_else(|| Failure::new("no web port recorded for this deployment; the deploy step must run before the health check"))?;
     let url = format!("http://127.0.0.1:{port}{}", web.health_path);
     let container = ctx.web_container.clone().unwrap_or_else(|| docker::container_name(ctx, &Role::Web));
     let docker = docker::connect().await.ok();
@@ -133,8 +133,9 @@ async fn check(ctx: &DeploymentContext, env: &Settings) -> Result<HealthCheckPas
                     Some(for_) => settling_cut_short(&url, for_, min_ready),
                     None => format!("before GET {url} answered 2xx or 3xx (last: {last})"),
                 };
-                return Err(Failure::new(format!("web container {container} {gone} {when}"))
-                    .with_details(evidence(docker, &container, env).await));
+                return Err(
+                    Failure::new(format!("web container {container} {gone} {when}")).with_details(evidence(docker, &container, env).await)
+                );
             }
         }
         if let (true, Some(status)) = (settled, healthy) {
@@ -165,14 +166,7 @@ fn settling_cut_short(url: &str, healthy_for: Duration, min_ready: Duration) -> 
 }
 
 /// Why the health timeout passed without the app settling.
-fn timed_out(
-    url: &str,
-    timeout: Duration,
-    min_ready: Duration,
-    attempts: u32,
-    last: &str,
-    healthy_for: Option<Duration>,
-) -> String {
+fn timed_out(url: &str, timeout: Duration, min_ready: Duration, attempts: u32, last: &str, healthy_for: Option<Duration>) -> String {
     match healthy_for {
         Some(for_) => format!(
             "GET {url} answered healthily for only {} of web.min_ready ({}) within web.health_timeout ({}); \
@@ -181,10 +175,7 @@ fn timed_out(
             docker::human(min_ready),
             docker::human(timeout)
         ),
-        None => format!(
-            "GET {url} did not answer 2xx or 3xx within {} ({attempts} attempts; last: {last})",
-            docker::human(timeout)
-        ),
+        None => format!("GET {url} did not answer 2xx or 3xx within {} ({attempts} attempts; last: {last})", docker::human(timeout)),
     }
 }
 

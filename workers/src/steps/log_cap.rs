@@ -41,16 +41,7 @@ impl Default for CappedLog {
 
 impl CappedLog {
     pub fn new(head: usize, tail: usize) -> CappedLog {
-        CappedLog {
-            head,
-            tail,
-            written: 0,
-            head_full: false,
-            held: VecDeque::new(),
-            held_bytes: 0,
-            cut_bytes: 0,
-            cut_lines: 0,
-        }
+        CappedLog { head, tail, written: 0, head_full: false, held: VecDeque::new(), held_bytes: 0, cut_bytes: 0, cut_lines: 0 }
     }
 
     /// Takes `text`; returns what to write now (empty once the head is full).

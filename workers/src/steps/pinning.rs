@@ -157,7 +157,10 @@ fn run_findings(words: &[String], has_npm_lockfile: bool) -> Vec<(&'static str, 
         ("pip" | "pip3", Some("install")) => pip(args, &mut out),
         ("python" | "python3", _) if args.len() > 2 && args[0] == "-m" && args[1] == "pip" => pip(&args[2..], &mut out),
         ("npm", Some("install" | "i")) if !has_npm_lockfile => {
-            out.push(("npm-no-lockfile", "npm install without a package-lock.json resolves versions at build time; commit a lockfile and use npm ci".into()));
+            out.push((
+                "npm-no-lockfile",
+                "npm install without a package-lock.json resolves versions at build time; commit a lockfile and use npm ci".into(),
+            ));
         }
         _ => {}
     }
@@ -168,7 +171,27 @@ fn pip(args: &[String], out: &mut Vec<(&'static str, String)>) {
     if args.first().map(String::as_str) != Some("install") && !args.iter().any(|a| a == "install") {
         return;
     }
-    for package in operands(args, "install", &["-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--target", "-t", "--prefix", "--root"]) {
+    for package in operands(
+        args,
+        "install",
+        &[
+            "-r",
+            "--requirement",
+            "-c",
+            "--constraint",
+            "-e",
+            "--editable",
+            "-i",
+            "--index-url",
+            "--extra-index-url",
+            "-f",
+            "--find-links",
+            "--target",
+            "-t",
+            "--prefix",
+            "--root",
+        ],
+    ) {
         if package.starts_with('.') || package.starts_with('/') || package.contains("://") {
             continue;
         }
@@ -222,7 +245,8 @@ mod tests {
 
     #[test]
     fn apt_installs_need_versions_and_upgrades_are_flagged() {
-        let f = lint("FROM debian:12\nRUN apt-get update && \\\n    apt-get install -y --no-install-recommends curl git=1:2.39.2-1\n", false);
+        let f =
+            lint("FROM debian:12\nRUN apt-get update && \\\n    apt-get install -y --no-install-recommends curl git=1:2.39.2-1\n", false);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!((f[0].line, f[0].rule), (2, "apt-unpinned"));
         assert!(f[0].message.contains("curl"));

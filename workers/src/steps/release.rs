@@ -97,11 +97,7 @@ fn one_off<'a>(
 }
 
 /// Runs the commands one after another, stopping at the first failure.
-async fn run_in_order(
-    docker: &Docker,
-    one_offs: &[OneOff<'_>],
-    timeout: Duration,
-) -> Result<Vec<ReleaseCommandResult>, Failure> {
+async fn run_in_order(docker: &Docker, one_offs: &[OneOff<'_>], timeout: Duration) -> Result<Vec<ReleaseCommandResult>, Failure> {
     let mut results = Vec::with_capacity(one_offs.len());
     for one in one_offs {
         results.push(run_one(docker, one, timeout).await?);

@@ -34,9 +34,7 @@ impl Scrubber {
     pub fn new(settings: &Settings) -> Scrubber {
         let values = forms(settings);
         let matcher = (!values.is_empty())
-            .then(|| {
-                AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).kind(Some(AhoCorasickKind::DFA)).build(&values).ok()
-            })
+            .then(|| AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).kind(Some(AhoCorasickKind::DFA)).build(&values).ok())
             .flatten();
         Scrubber { matcher }
     }

@@ -36,9 +36,18 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// Exited, OOM-killed, or restarted by Docker.
-    Crashed { container: String, crash: Crash },
-    Gone { container: String },
-    Unhealthy { url: String, failures: u32, last: String },
+    Crashed {
+        container: String,
+        crash: Crash,
+    },
+    Gone {
+        container: String,
+    },
+    Unhealthy {
+        url: String,
+        failures: u32,
+        last: String,
+    },
 }
 
 impl Signal {
@@ -194,7 +203,13 @@ async fn watch(ctx: &DeploymentContext, settings: &Settings) -> Result<ReleaseWa
 
 /// The failure a signal makes: the reason, with the last log lines of the
 /// container it is about (the web container's for a failed probe), scrubbed.
-async fn evidence(docker: &Docker, ctx: &DeploymentContext, settings: &Settings, switched_at: chrono::DateTime<Utc>, signal: Signal) -> Failure {
+async fn evidence(
+    docker: &Docker,
+    ctx: &DeploymentContext,
+    settings: &Settings,
+    switched_at: chrono::DateTime<Utc>,
+    signal: Signal,
+) -> Failure {
     let after = (Utc::now() - switched_at).to_std().unwrap_or_default();
     let container = signal.container().map(str::to_string).or_else(|| ctx.web_container.clone());
     let lines = match container {
