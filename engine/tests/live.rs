@@ -41,7 +41,7 @@ impl Setup {
     }
 
     async fn postgres() -> Setup {
-        let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
+        let url = slipway_support::pg_url();
         let schema = format!("t_{}", Uuid::now_v7().simple());
         let options = PgOptions { schema: Some(schema.clone()), max_connections: 4, migrate: true, ..Default::default() };
         let store = PgStore::connect(&url, options)
@@ -65,7 +65,7 @@ impl Setup {
     async fn cleanup(self) {
         let _ = std::fs::remove_dir_all(&self.logs);
         if let Some(schema) = self.schema {
-            let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
+            let url = slipway_support::pg_url();
             if let Ok(pool) = sqlx::PgPool::connect(&url).await {
                 let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
             }

@@ -258,7 +258,7 @@ fn projects_and_serving_releases_come_from_their_streams() {
 // ---- On both backends ----
 
 async fn postgres() -> (Arc<dyn EventStore>, String) {
-    let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
+    let url = slipway_support::pg_url();
     let schema = format!("t_{}", Uuid::now_v7().simple());
     let options = PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true, ..Default::default() };
     let store =
@@ -267,7 +267,7 @@ async fn postgres() -> (Arc<dyn EventStore>, String) {
 }
 
 async fn drop_schema(schema: &str) {
-    let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into());
+    let url = slipway_support::pg_url();
     if let Ok(pool) = sqlx::PgPool::connect(&url).await {
         let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
     }

@@ -25,9 +25,7 @@ const QUIET: Duration = Duration::from_millis(300);
 /// Upper bound for anything we expect to happen.
 const PATIENCE: Duration = Duration::from_secs(15);
 
-fn amqp_url() -> String {
-    std::env::var("SLIPWAY_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use slipway_support::amqp_url;
 
 async fn memory(max_attempts: u32) -> Box<dyn Queue> {
     Box::new(MemoryQueue::new(max_attempts))
@@ -64,21 +62,13 @@ fn messages(queue: &str, n: usize) -> Vec<QueueMessage> {
     (0..n).map(|i| message(queue, i)).collect()
 }
 
-/// The only place that waits for a condition: polls `probe` until it yields
-/// a value, failing the test after `PATIENCE`.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
+/// Polls `probe` until it yields a value, failing the test after `PATIENCE`.
+async fn eventually<T, F, Fut>(what: &str, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        ensure!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    slipway_support::try_eventually(what, PATIENCE, probe).await
 }
 
 async fn next(consumer: &mut dyn Consumer) -> Result<Delivery> {

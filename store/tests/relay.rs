@@ -25,9 +25,7 @@ use uuid::Uuid;
 
 const QUEUE: &str = "commands";
 
-fn amqp_url() -> String {
-    std::env::var("SLIPWAY_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use slipway_support::amqp_url;
 
 async fn rabbit() -> Arc<dyn Queue> {
     let url = amqp_url();

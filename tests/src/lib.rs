@@ -37,20 +37,7 @@ pub mod load;
 pub mod tls;
 pub mod webdriver;
 
-/// The owner's login: it migrates (tests connect in-process with it).
-pub fn pg_url() -> String {
-    std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into())
-}
-
-/// The runtime login (writer grants only): what `slipway` processes the
-/// tests start log in as, once the schema was migrated with `pg_url`.
-pub fn pg_app_url() -> String {
-    std::env::var("SLIPWAY_PG_APP_URL").unwrap_or_else(|_| "postgres://slipway_app:slipway_app@127.0.0.1:5432/slipway".into())
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("SLIPWAY_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub use slipway_support::{amqp_url, eventually, pg_app_url, pg_url};
 
 /// Fails the test unless a Docker engine answers.
 pub fn require_docker() {
@@ -412,22 +399,6 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
 /// GETs a page from a container's loopback port.
 pub async fn page(port: u16) -> Result<(u16, String), String> {
     slipway_workers::http::get_text(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5)).await
-}
-
-/// Waits until `check` returns `Some`, polling, or panics after `limit`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// An app's Git repository in a temp dir, committed with git2.

@@ -89,17 +89,7 @@ where
     })
 }
 
-/// Waits for `probe` to yield a value, for at most `within`.
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, within: Duration, mut probe: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use slipway_support::eventually;
 
 /// A context as the engine hands it to the build step. Built from JSON so
 /// that fields added later (with serde defaults) need no change here.

@@ -22,8 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-const DEFAULT_PG_URL: &str = "postgres://slipway:slipway@127.0.0.1:5432/slipway";
-
 // ---------------------------------------------------------------- fixtures
 
 /// A source repository: `main` has two commits, tag `v1` (annotated) marks the first.
@@ -479,9 +477,7 @@ async fn an_http_service_answering_500_fails() -> Result<()> {
     Ok(())
 }
 
-fn pg_url() -> String {
-    std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into())
-}
+use slipway_support::pg_url;
 
 /// `url` with its password replaced.
 fn with_password(url: &str, password: &str) -> Result<String> {

@@ -21,8 +21,6 @@ use slipway_store::{EventStore, PgStore, Position, RecordedEvent, SqliteStore};
 use tower::ServiceExt;
 use uuid::Uuid;
 
-pub const PG_URL: &str = "postgres://slipway:slipway@127.0.0.1:5432/slipway";
-
 pub struct Setup {
     pub store: Arc<dyn EventStore>,
     pub app: Router,
@@ -42,7 +40,7 @@ impl Setup {
     }
 
     pub async fn postgres() -> Setup {
-        let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| PG_URL.into());
+        let url = slipway_support::pg_url();
         let schema = format!("t_{}", Uuid::now_v7().simple());
         let options = PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true, ..Default::default() };
         let store = PgStore::connect(&url, options)
@@ -58,7 +56,7 @@ impl Setup {
 
     pub async fn cleanup(self) {
         if let Some(schema) = self.schema {
-            let url = std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| PG_URL.into());
+            let url = slipway_support::pg_url();
             if let Ok(pool) = sqlx::PgPool::connect(&url).await {
                 let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&pool).await;
             }

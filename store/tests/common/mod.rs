@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +15,7 @@ use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::{EventStore, PgStore, SqliteStore};
 use uuid::Uuid;
 
-pub fn pg_url() -> String {
-    std::env::var("SLIPWAY_PG_URL").unwrap_or_else(|_| "postgres://slipway:slipway@127.0.0.1:5432/slipway".into())
-}
+pub use slipway_support::pg_url;
 
 pub fn pg_admin_url() -> String {
     std::env::var("SLIPWAY_PG_ADMIN_URL").unwrap_or_else(|_| "postgres://slipway_admin:slipway_admin@127.0.0.1:5432/slipway".into())
@@ -66,23 +63,7 @@ pub fn events(stream: &str, range: std::ops::Range<u64>) -> Vec<Envelope> {
     range.map(|n| event(stream, n)).collect()
 }
 
-/// Waits until `check` returns `Some`, polling, or panics after `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use slipway_support::eventually;
 
 pub type DynStore = Arc<dyn EventStore>;
 
