@@ -14,8 +14,18 @@
 //! trip (a command recorded -> its outcome recorded: outbox, relay,
 //! RabbitMQ, the worker and its append, plus the step's own time) p50/p99.
 //!
+//! With `--prefill N` each configuration's log first holds about N events
+//! of canned history (whole projects with their deployments, as
+//! `slipway-bench-reads` writes them), the read models and the engine
+//! caught up with it (a warm-up deployment), so that what is timed is a
+//! farm on a long-lived installation. Given several `--deployments`
+//! counts, it compares the largest run's throughput with the smallest's,
+//! configuration by configuration (goal: at least 0.9x, flat as the log
+//! grows).
+//!
 //! Build both binaries, then run:
 //! `cargo build --release -p slipway -p slipway-bench && ./target/release/slipway-bench-farm --deployments 200`
+//! or, on a long log: `... --deployments 2000,20000 --prefill 1000000 --workers 2 --step-ms 0`
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -33,15 +43,25 @@ use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
 use slipway_store::queue::Queue;
-use slipway_store::{EventStore, PgStore, Position};
+use slipway_store::{EventStore, PgStore};
 use uuid::Uuid;
+
+#[path = "../canned.rs"]
+mod canned;
+
+/// The goal for the largest `--deployments` run against the smallest.
+const FLAT_GOAL: f64 = 0.9;
 
 #[derive(Parser)]
 #[command(about = "Deployments per second through the real engine, outbox, RabbitMQ and PostgreSQL, with 1, 2, 4 worker processes")]
 struct Args {
-    /// Deployments per configuration (each to its own project).
-    #[arg(long, default_value_t = 200)]
-    deployments: usize,
+    /// Deployments per configuration (each to its own project); several
+    /// counts are compared with each other.
+    #[arg(long, value_delimiter = ',', default_value = "200")]
+    deployments: Vec<usize>,
+    /// Events of canned history in the log before each configuration.
+    #[arg(long, default_value_t = 0)]
+    prefill: usize,
     /// Worker process counts to try.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
@@ -80,33 +100,58 @@ async fn main() -> anyhow::Result<()> {
     if !slipway.exists() {
         bail!("{} not found: cargo build --release -p slipway first (or pass --slipway)", slipway.display());
     }
-    println!("slipway-bench-farm: {} deployments per configuration, each to its own project", args.deployments);
+    let counts: Vec<String> = args.deployments.iter().map(|n| n.to_string()).collect();
+    println!(
+        "slipway-bench-farm: {} deployments per configuration, each to its own project; log prefilled with {} events",
+        counts.join(" and "),
+        args.prefill
+    );
     println!(
         "machine: {} cores; engine + relay in this process, workers as processes\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     println!(
-        "{:>8} {:>8} {:>12} {:>10} {:>13} {:>13} {:>16} {:>16}",
-        "step", "workers", "deploys/s", "events/s", "hand-off p50", "hand-off p99", "dispatch->out p50", "dispatch->out p99"
+        "{:>12} {:>8} {:>8} {:>12} {:>10} {:>13} {:>13} {:>16} {:>16}",
+        "deployments", "step", "workers", "deploys/s", "events/s", "hand-off p50", "hand-off p99", "dispatch->out p50", "dispatch->out p99"
     );
     let mut zero_step_best = 0.0f64;
     let mut scaling: Vec<(usize, f64)> = Vec::new();
-    for &ms in &args.step_ms {
-        for &workers in &args.workers {
-            let o = run(&args, &slipway, workers, ms).await?;
-            println!(
-                "{:>6}ms {:>8} {:>12.1} {:>10.0} {:>11.1}ms {:>11.1}ms {:>15.1}ms {:>15.1}ms",
-                ms, workers, o.per_second, o.events_per_second, o.handoff_p50, o.handoff_p99, o.round_trip_p50, o.round_trip_p99
-            );
-            if ms == 0 {
-                zero_step_best = zero_step_best.max(o.per_second);
-            }
-            if ms == *args.step_ms.iter().max().unwrap_or(&0) && ms > 0 {
-                scaling.push((workers, o.per_second));
+    // (step, workers) -> deployments/s per count, in the order run.
+    let mut by_config: std::collections::BTreeMap<(u64, usize), Vec<(usize, f64)>> = Default::default();
+    for &n in &args.deployments {
+        for &ms in &args.step_ms {
+            for &workers in &args.workers {
+                let o = run(&args, &slipway, n, workers, ms).await?;
+                println!(
+                    "{:>12} {:>6}ms {:>8} {:>12.1} {:>10.0} {:>11.1}ms {:>11.1}ms {:>15.1}ms {:>15.1}ms",
+                    n, ms, workers, o.per_second, o.events_per_second, o.handoff_p50, o.handoff_p99, o.round_trip_p50, o.round_trip_p99
+                );
+                by_config.entry((ms, workers)).or_default().push((n, o.per_second));
+                if ms == 0 {
+                    zero_step_best = zero_step_best.max(o.per_second);
+                }
+                if ms == *args.step_ms.iter().max().unwrap_or(&0) && ms > 0 && n == args.deployments[0] {
+                    scaling.push((workers, o.per_second));
+                }
             }
         }
     }
     println!();
+    for ((ms, workers), runs) in &by_config {
+        let (Some(small), Some(large)) = (runs.iter().min_by_key(|r| r.0), runs.iter().max_by_key(|r| r.0)) else { continue };
+        if small.0 == large.0 {
+            continue;
+        }
+        let ratio = large.1 / small.1;
+        println!(
+            "flat as the log grows ({ms} ms steps, {workers} workers): {} deployments {:.1}/s vs {} deployments {:.1}/s = {ratio:.2}x (goal >= {FLAT_GOAL}) -> {}",
+            large.0,
+            large.1,
+            small.0,
+            small.1,
+            if ratio >= FLAT_GOAL { "met" } else { "MISSED" }
+        );
+    }
     if args.step_ms.contains(&0) {
         println!(
             "goal: >= 200 deployments/s with zero-time steps: best {zero_step_best:.1}/s -> {}",
@@ -122,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, slipway: &std::path::Path, workers: usize, step_ms: u64) -> anyhow::Result<Outcome> {
+async fn run(args: &Args, slipway: &std::path::Path, n: usize, workers: usize, step_ms: u64) -> anyhow::Result<Outcome> {
     let tag = Uuid::now_v7().simple().to_string();
     let schema = format!("slipway_bench_farm_{tag}");
     let namespace = format!("farm{}", &tag[20..]);
@@ -152,7 +197,7 @@ async fn run(args: &Args, slipway: &std::path::Path, workers: usize, step_ms: u6
                 .spawn()
         })
         .collect::<Result<_, _>>()?;
-    let result = measure(args, store.clone(), queue.clone()).await;
+    let result = measure(args, n, store.clone(), queue.clone()).await;
     for c in &mut children {
         let _ = c.kill();
         let _ = c.wait();
@@ -177,11 +222,18 @@ fn concurrency(step_ms: u64) -> usize {
     }
 }
 
-async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> anyhow::Result<Outcome> {
-    let n = args.deployments;
-    for p in 0..n {
+async fn measure(args: &Args, n: usize, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>) -> anyhow::Result<Outcome> {
+    if args.prefill > 0 {
+        canned::fill(&*store, args.prefill).await?;
+        let started = Instant::now();
+        slipway_engine::projector::catch_up(&*store).await?;
+        eprintln!("farm: read models caught up with the prefilled log in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    // The warm-up deployment (`farm-warmup`) also brings the engine past
+    // the prefilled log before anything is timed.
+    for p in (0..n).map(|p| format!("farm-{p}")).chain(["farm-warmup".to_string()]) {
         let new = NewProject {
-            name: format!("farm-{p}"),
+            name: p,
             repository: "/nonexistent".into(),
             default_branch: "main".into(),
             environments: vec!["live".into()],
@@ -194,25 +246,29 @@ async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>)
     let (stop, shutdown) = slipway_node::manual();
     let parts = Parts { engine: Some(DriverOptions { drain_seconds: 0, ..Default::default() }), ..Default::default() };
     let node = tokio::spawn(slipway_node::serve(store.clone(), queue, parts, shutdown));
-    let before = store.stream_all(Position::START).try_fold(0usize, |n, _| async move { Ok(n + 1) }).await?;
+    let mut wake = store.wakeups();
+    let warmup = Instant::now();
+    // Only what follows the log's end now counts (the canned history has
+    // its own verdicts).
+    let mut cursor = slipway_engine::projector::catch_up(&*store).await?;
+    deploy(&*store, "farm-warmup").await?;
+    let mut done = 0;
+    while done == 0 {
+        for r in store.read_all(cursor, 10_000).await? {
+            cursor = r.position;
+            done += usize::from(r.envelope.message_type == "DeploymentSucceeded");
+        }
+        if warmup.elapsed() > Duration::from_secs(600) {
+            bail!("the warm-up deployment did not finish in 600 s");
+        }
+        slipway_store::subscription::wait_for_wakeup(&mut wake, Duration::from_millis(20)).await;
+    }
+    let before = cursor;
     let started = Instant::now();
     for p in 0..n {
-        let req = DeployRequest {
-            project: format!("farm-{p}"),
-            environment: "live".into(),
-            git_ref: None,
-            mode: BuildMode::Local,
-            no_cache: false,
-            run_release: true,
-            dry_run: false,
-        };
-        if let Err(r) = requests::request_deployment(&*store, "bench", req).await? {
-            bail!("{r}");
-        }
+        deploy(&*store, &format!("farm-{p}")).await?;
     }
-    let mut wake = store.wakeups();
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut cursor = Position::START;
     let mut done = 0;
     while done < n {
         for r in store.read_all(cursor, 10_000).await? {
@@ -232,8 +288,8 @@ async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>)
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), node).await;
 
-    let all: Vec<_> = store.stream_all(Position::START).try_collect().await?;
-    let events = all.len().saturating_sub(before);
+    let all: Vec<_> = store.stream_all(before).try_collect().await?;
+    let events = all.len();
     // Hand-off: an outcome recorded -> the next StepDispatched of its stream.
     let mut last_outcome: std::collections::HashMap<&str, chrono::DateTime<chrono::Utc>> = Default::default();
     // Round trip: a StepDispatched -> the outcome of its stream.
@@ -272,4 +328,21 @@ async fn measure(args: &Args, store: Arc<dyn EventStore>, queue: Arc<dyn Queue>)
         round_trip_p50: pct(&mut round_trips, 0.5),
         round_trip_p99: pct(&mut round_trips, 0.99),
     })
+}
+
+/// Requests a deployment of `project`'s `live` environment.
+async fn deploy(store: &dyn EventStore, project: &str) -> anyhow::Result<()> {
+    let req = DeployRequest {
+        project: project.into(),
+        environment: "live".into(),
+        git_ref: None,
+        mode: BuildMode::Local,
+        no_cache: false,
+        run_release: true,
+        dry_run: false,
+    };
+    if let Err(r) = requests::request_deployment(store, "bench", req).await? {
+        bail!("{r}");
+    }
+    Ok(())
 }

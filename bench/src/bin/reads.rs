@@ -31,23 +31,20 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use chrono::Utc;
 use clap::Parser;
 use slipway_engine::api::{self, ApiConfig};
 use slipway_engine::{load, projector, requests};
-use slipway_proto::envelope::Metadata;
-use slipway_proto::event::*;
-use slipway_proto::{Envelope, Event, Step};
-use slipway_store::event_store::StreamAppend;
+use slipway_proto::event::TokenScope;
 use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::read_model::DeploymentQuery;
-use slipway_store::{EventStore, ExpectedVersion, PgStore};
+use slipway_store::{EventStore, PgStore};
 use sqlx::PgPool;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-const DEPLOYMENTS_PER_PROJECT: usize = 50;
-const WRITERS: usize = 4;
+#[path = "../canned.rs"]
+mod canned;
+
 const P99_GOAL_MS: f64 = 50.0;
 const RATIO_GOAL: f64 = 2.0;
 
@@ -107,9 +104,10 @@ async fn run(args: &Args, schemas: &mut Vec<String>) -> anyhow::Result<String> {
         projector::catch_up(&*log.store).await?;
         let took = started.elapsed();
         let line = format!(
-            "log:      {} events, {} projects x {DEPLOYMENTS_PER_PROJECT} deployments; read models caught up from empty in {:.1} s ({:.0} ev/s)\n",
+            "log:      {} events, {} projects x {} deployments; read models caught up from empty in {:.1} s ({:.0} ev/s)\n",
             log.events,
             log.projects,
+            canned::DEPLOYMENTS_PER_PROJECT,
             took.as_secs_f64(),
             log.events as f64 / took.as_secs_f64()
         );
@@ -209,7 +207,7 @@ async fn deployments(log: &Log, project: &str) -> anyhow::Result<()> {
     ensure!(requests::load_project(&*log.store, project).await?.is_some(), "no project {project}");
     let query = DeploymentQuery { project: Some(project.into()), limit: 50, ..Default::default() };
     let (rows, _) = projector::deployments(&*log.store, &query).await?;
-    ensure!(rows.len() == DEPLOYMENTS_PER_PROJECT, "deployments gave {} rows", rows.len());
+    ensure!(rows.len() == canned::DEPLOYMENTS_PER_PROJECT, "deployments gave {} rows", rows.len());
     Ok(())
 }
 
@@ -238,137 +236,12 @@ async fn fill(url: &str, schema: String, events: usize) -> anyhow::Result<Log> {
     let store = PgStore::connect(url, PgOptions { schema: Some(schema.clone()), ..Default::default() })
         .await
         .with_context(|| format!("PostgreSQL at {} (run scripts/services)", redact_url(url)))?;
-    let per_project: usize = project_events("app-00000").iter().map(|(_, events)| events.len()).sum();
-    let projects = (events / per_project).max(1);
-    let started = Instant::now();
-    let store_ref = &store;
-    let writers = (0..WRITERS).map(|writer| async move {
-        for p in (writer..projects).step_by(WRITERS) {
-            let batch = project_events(&format!("app-{p:05}"));
-            let appends: Vec<StreamAppend<'_>> =
-                batch.iter().map(|(stream, events)| StreamAppend { stream, expected: ExpectedVersion::NoStream, events }).collect();
-            store_ref.append_streams(&appends, &[]).await?.context("unexpected conflict")?;
-        }
-        anyhow::Ok(())
-    });
-    futures::future::try_join_all(writers).await?;
-    let written = projects * per_project;
-    eprintln!("reads bench: wrote {written} events at {:.0} ev/s", written as f64 / started.elapsed().as_secs_f64());
+    let written = canned::fill(&store, events).await?;
+    let projects = written / canned::events_per_project();
     let pg = store.clone();
     let store: Arc<dyn EventStore> = Arc::new(store);
     let token = requests::issue_token(&*store, "bench", "bench", TokenScope::Read).await?.map_err(|r| anyhow::anyhow!("{r}"))?;
     let config = ApiConfig { data_dir: std::env::temp_dir(), ..Default::default() };
     let app = api::app_with(store.clone(), config);
     Ok(Log { store, pg, app, token, events: written, projects })
-}
-
-/// One project's streams and events: created, then its deployments, each
-/// with its stream and its environment's queue entries.
-fn project_events(project: &str) -> Vec<(String, Vec<Envelope>)> {
-    let mut streams = Vec::new();
-    let created = Event::ProjectCreated(ProjectCreated {
-        name: project.into(),
-        repository: format!("file:///srv/git/{project}.git"),
-        mirror_of: None,
-        environments: vec!["test".into(), "live".into()],
-        default_branch: "main".into(),
-    });
-    streams.push((project_stream(project), vec![created]));
-    let mut queues: [Vec<Event>; 2] = [Vec::new(), Vec::new()];
-    for n in 0..DEPLOYMENTS_PER_PROJECT {
-        let id = Uuid::now_v7();
-        let env = ["test", "live"][n % 2];
-        let fails = n % 8 == 5;
-        streams.push((deployment_stream(id), deployment_events(id, project, env, fails)));
-        let finished = DeploymentFinished {
-            deployment_id: id,
-            succeeded: !fails,
-            containers: vec![],
-            upstreams: vec![],
-            dry_run: false,
-            host: String::new(),
-        };
-        queues[n % 2].extend([Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), Event::DeploymentFinished(finished)]);
-    }
-    for (env, events) in ["test", "live"].into_iter().zip(queues) {
-        streams.push((environment_stream(project, env), events));
-    }
-    streams
-        .into_iter()
-        .map(|(stream, events)| {
-            let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: None, actor: "cli:bench".into(), trace: None };
-            let envelopes = events
-                .iter()
-                .map(|e| Envelope::new(Uuid::now_v7(), Utc::now(), stream.as_str(), e, meta.clone()).unwrap_or_else(|e| panic!("{e}")))
-                .collect();
-            (stream, envelopes)
-        })
-        .collect()
-}
-
-/// A deployment's own stream: every step, the switch, the watch and the
-/// verdict; or a failed build.
-fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Event> {
-    let commit = "2f1c0e7a9b4d3c8e6f5a1b0c9d8e7f6a5b4c3d2e";
-    let image = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-    let dispatched =
-        |step| Event::StepDispatched(StepDispatched { step, command_id: Uuid::now_v7(), attempt: 1, deadline: None, dispatched_at: None });
-    let mut h = vec![Event::DeploymentRequested(DeploymentRequested {
-        deployment_id: id,
-        project: project.into(),
-        environment: env.into(),
-        repository: format!("file:///srv/git/{project}.git"),
-        git_ref: "refs/heads/main".into(),
-        mode: BuildMode::Cloud,
-        no_cache: false,
-        run_release: true,
-        settings: [("DATABASE_URL".to_string(), "fp:3b1f0c9d".to_string())].into(),
-        dry_run: false,
-        rollback_of: None,
-        promoted_from: None,
-        replay_of: None,
-        source: Default::default(),
-    })];
-    for step in Step::PIPELINE {
-        h.push(dispatched(step));
-        if fails && step == Step::Build {
-            let reason = "RUN npm ci exited with code 1".to_string();
-            h.push(Event::StepFailed(StepFailed { step, reason: reason.clone(), attempt: 1, details: vec![] }));
-            h.push(Event::DeploymentFailed(DeploymentFailed { step, reason }));
-            return h;
-        }
-        h.push(match step {
-            Step::CheckServices => Event::ServicesChecked(ServicesChecked { services: vec![], source_host_key: None }),
-            Step::Checkout => Event::CheckedOut(CheckedOut {
-                commit: commit.into(),
-                workspace: "/var/lib/slipway/w".into(),
-                config: serde_json::json!({"web": {"port": 8080}}),
-                source_host_key: None,
-            }),
-            Step::Build => Event::ImageReused(ImageReused { image_id: image.into(), source_deployment: id }),
-            Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
-                container: format!("slipway-{project}-{env}-web"),
-                host_port: 32768,
-                host: String::new(),
-            }),
-            Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
-            Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
-            _ => Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 2, elapsed_ms: 340 }),
-        });
-    }
-    let until = Utc::now() + chrono::Duration::seconds(60);
-    h.extend([
-        Event::TrafficSwitchRequested(TrafficSwitchRequested {
-            route_version: 1,
-            upstreams: vec!["127.0.0.1:32768".into()],
-            routers: vec![],
-            deadline: until,
-        }),
-        Event::TrafficSwitched(TrafficSwitched { route_version: 1, routers: vec![] }),
-        Event::ReleaseWatchStarted(ReleaseWatchStarted { until, window_ms: 60_000 }),
-        dispatched(Step::Watch),
-        Event::ReleaseWatched(ReleaseWatched { watched_ms: 60_000, probes: 60, failed_probes: 0, containers: vec![] }),
-        Event::DeploymentSucceeded(DeploymentSucceeded { image_id: image.into(), commit: commit.into() }),
-    ]);
-    h
 }
