@@ -19,6 +19,8 @@ pub mod lifecycle;
 pub mod limits;
 pub mod load;
 pub mod names;
+pub mod notifier;
+pub mod notify;
 pub mod poll;
 pub mod preview;
 pub mod project;
