@@ -542,7 +542,13 @@ impl Sub {
 /// Sends what is due to one subscription: its redeliveries (once each),
 /// then its queue in order until one fails (it is retried when due) or
 /// nothing is left.
-async fn deliver(store: &dyn EventStore, client: &HttpClient, options: &NotifierOptions, id: Uuid, sub: &mut Sub) -> Result<(), StoreError> {
+async fn deliver(
+    store: &dyn EventStore,
+    client: &HttpClient,
+    options: &NotifierOptions,
+    id: Uuid,
+    sub: &mut Sub,
+) -> Result<(), StoreError> {
     while let Some(pending) = sub.redeliveries.pop_front() {
         let sent = send(client, options, sub, &pending).await;
         let outcome = if sent.delivered { DeliveryOutcome::Delivered } else { DeliveryOutcome::GaveUp };

@@ -104,9 +104,11 @@ pub fn notice(event: &Event, event_id: Uuid, at: DateTime<Utc>, deployment: Opti
             format!("failed at {}: {}", f.step, f.reason),
             json!({ "step": f.step, "reason": f.reason }),
         ),
-        Event::ReleaseRolledBack(r) => {
-            of_deployment(NotificationKind::DeploymentRolledBack, format!("rolled back: {}", r.reason), json!({ "to": r.to, "reason": r.reason }))
-        }
+        Event::ReleaseRolledBack(r) => of_deployment(
+            NotificationKind::DeploymentRolledBack,
+            format!("rolled back: {}", r.reason),
+            json!({ "to": r.to, "reason": r.reason }),
+        ),
         Event::ContainerSupervised(s) if s.state == LiveState::CrashLooping => of_deployment(
             NotificationKind::ReleaseCrashLooping,
             format!(
@@ -507,7 +509,8 @@ mod tests {
         assert_eq!((retrying.attempts, retrying.first_at, retrying.next_at, progress.cursor), (2, at(0), at(30), None));
         progress.apply(&attempt(&a, 3, DeliveryOutcome::Delivered, false, 30), 3);
         assert_eq!((progress.cursor, &progress.retrying), (Some(a.position), &None));
-        progress.apply(&Event::NotificationRedeliveryRequested(slipway_proto::event::NotificationRedeliveryRequested { event: a.clone() }), 4);
+        progress
+            .apply(&Event::NotificationRedeliveryRequested(slipway_proto::event::NotificationRedeliveryRequested { event: a.clone() }), 4);
         progress.apply(&attempt(&b, 1, DeliveryOutcome::GaveUp, false, 40), 5);
         assert_eq!((progress.cursor, progress.redeliveries.len()), (Some(b.position), 1));
         progress.apply(&attempt(&a, 1, DeliveryOutcome::Delivered, true, 50), 6);
