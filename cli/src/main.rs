@@ -10,6 +10,7 @@ mod exit;
 mod follow;
 mod history;
 mod machinery;
+mod notifications;
 mod progress;
 mod remote;
 mod render;
@@ -294,6 +295,10 @@ enum Command {
     /// TLS certificates the routers serve: add (uploaded), list.
     #[command(subcommand)]
     Cert(certs::CertCmd),
+    /// Notifications of deployments to webhooks, Slack and Discord: add,
+    /// list, remove, deliveries, redeliver, replay. The server sends them.
+    #[command(subcommand)]
+    Notifications(notifications::NotificationsCmd),
     /// The database: `migrate` applies this version's migrations.
     #[command(subcommand)]
     Db(DbCmd),
@@ -831,6 +836,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 workers: Some((workers, machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images))),
                 router,
                 poller: Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") }),
+                notifier: Some(Default::default()),
                 ..Default::default()
             };
             machinery::serve(store, queue, parts, Some(machinery::Api { listen: serve.listen, data_dir }), machinery::on_signal()).await?;
@@ -839,7 +845,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let poller = Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") });
-            let parts = Parts { engine: Some(args.driver()), poller, acme: args.acme(), ..Default::default() };
+            let parts =
+                Parts { engine: Some(args.driver()), poller, acme: args.acme(), notifier: Some(Default::default()), ..Default::default() };
             machinery::serve(store, queue, parts, Some(machinery::Api { listen: args.listen, data_dir }), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -1035,6 +1042,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
         Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
+        Command::Notifications(cmd) => notifications::run(&*store, cmd, json).await,
         Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) => {
             unreachable!("handled before the store is opened")
         }

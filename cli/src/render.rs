@@ -137,6 +137,29 @@ pub fn describe(event: &Event) -> String {
         Event::CertificateRenewalFailed(f) => format!("certificate for {} could not be obtained: {}", f.domain, f.reason),
         Event::AcmeChallengeReady(c) => format!("ACME HTTP-01 challenge for {} answered by the routers", c.domain),
         Event::AcmeChallengeFinished(c) => format!("ACME HTTP-01 challenge for {} finished", c.domain),
+        Event::NotificationSubscribed(n) => format!(
+            "notifications subscription {}: {} to {} ({})",
+            n.id,
+            n.target,
+            n.url_shown,
+            n.project.as_deref().unwrap_or("every project")
+        ),
+        Event::NotificationUnsubscribed(n) => format!("notifications subscription {} removed", n.id),
+        Event::NotificationAttempted(a) => format!(
+            "{} notification attempt {}: {}{}",
+            a.event.kind,
+            a.attempt,
+            match &a.outcome {
+                slipway_proto::event::DeliveryOutcome::Delivered => "delivered".to_string(),
+                slipway_proto::event::DeliveryOutcome::Retry { next_at } => format!("retry at {next_at}"),
+                slipway_proto::event::DeliveryOutcome::GaveUp => "gave up".to_string(),
+            },
+            a.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+        ),
+        Event::NotificationRedeliveryRequested(r) => {
+            format!("redelivery of the {} notification of {} asked", r.event.kind, r.event.event_id)
+        }
+        Event::NotificationReplayRequested(r) => format!("notifications replay from {} asked", r.from),
         Event::PreviewRuleSet(r) => format!(
             "preview rule: {} -> previews inheriting {}, removed after {} without a push",
             r.trigger,

@@ -56,7 +56,7 @@ use slipway_store::{EventStore, ExpectedVersion, Position, RecordedEvent, StoreE
 use uuid::Uuid;
 
 use crate::notify::{self, Backoff, DeploymentContext, Next, Notice, Progress, Subscription, Subscriptions};
-use crate::requests::{envelope, load_project, Outcome, Rejection};
+use crate::requests::{envelope, load_project, Rejection};
 
 /// The actor of what the notifier records.
 const ACTOR: &str = "engine:notifier";
@@ -83,6 +83,24 @@ impl Default for NotifierOptions {
         NotifierOptions { backoff: Backoff::default(), timeout: Duration::from_secs(10), poll: Duration::from_secs(1) }
     }
 }
+
+/// Why a notification request was refused: the caller's to fix (a bad URL,
+/// an unknown project), or no such subscription or attempt (a 404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Invalid(Rejection),
+    NotFound(Rejection),
+}
+
+impl Refused {
+    pub fn message(&self) -> &str {
+        match self {
+            Refused::Invalid(r) | Refused::NotFound(r) => &r.0,
+        }
+    }
+}
+
+pub type Outcome<T> = Result<Result<T, Refused>, StoreError>;
 
 /// A subscription to add.
 #[derive(Debug, Clone)]
@@ -121,11 +139,11 @@ fn value_fingerprint(installation_key: &[u8], id: Uuid, what: &str, value: &str)
 pub async fn subscribe(store: &dyn EventStore, actor: &str, new: NewSubscription) -> Outcome<Subscribed> {
     let url_shown = match notify::check_url(&new.url) {
         Ok(shown) => shown,
-        Err(e) => return Ok(Err(Rejection(format!("the notification URL is refused: {e}")))),
+        Err(e) => return Ok(Err(Refused::Invalid(Rejection(format!("the notification URL is refused: {e}"))))),
     };
     if let Some(project) = &new.project {
         if load_project(store, project).await?.is_none() {
-            return Ok(Err(Rejection(format!("no project `{project}`; create it with `slipway project create`"))));
+            return Ok(Err(Refused::Invalid(Rejection(format!("no project `{project}`; create it with `slipway project create`")))));
         }
     }
     let id = Uuid::now_v7();
@@ -166,8 +184,8 @@ pub async fn unsubscribe(store: &dyn EventStore, actor: &str, id: Uuid) -> Outco
     Ok(Ok(()))
 }
 
-fn no_subscription(id: Uuid) -> Rejection {
-    Rejection(format!("no notification subscription {id}; `slipway notifications list` shows them"))
+fn no_subscription(id: Uuid) -> Refused {
+    Refused::NotFound(Rejection(format!("no notification subscription {id}; `slipway notifications list` shows them")))
 }
 
 /// Every live subscription.
@@ -213,12 +231,12 @@ pub async fn deliveries(store: &dyn EventStore, subscription: Option<Uuid>) -> O
 pub async fn redeliver(store: &dyn EventStore, actor: &str, attempt_id: Uuid) -> Outcome<Uuid> {
     let found = match deliveries(store, None).await? {
         Ok(all) => all.into_iter().find(|a| a.id == attempt_id),
-        Err(rejection) => return Ok(Err(rejection)),
+        Err(refused) => return Ok(Err(refused)),
     };
     let Some(found) = found else {
-        return Ok(Err(Rejection(format!(
+        return Ok(Err(Refused::NotFound(Rejection(format!(
             "no delivery attempt {attempt_id} of a live subscription; `slipway notifications deliveries` lists them"
-        ))));
+        )))));
     };
     let event = Event::NotificationRedeliveryRequested(NotificationRedeliveryRequested { event: found.attempt.event });
     append(store, &notification_stream(found.subscription), actor, &event).await?;

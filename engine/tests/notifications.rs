@@ -265,7 +265,7 @@ async fn a_receiver_gets_signed_notifications_in_order_and_its_backlog_after_an_
     assert_eq!((slack.secret, slack.url_shown.as_str()), (None, receiver.url("").as_str()));
     let unknown =
         NewSubscription { project: Some("nope".into()), kinds: vec![], target: NotificationTarget::Discord, url: receiver.url("/d") };
-    assert!(notifier::subscribe(&*s.store, "test", unknown).await.unwrap().unwrap_err().0.contains("no project `nope`"));
+    assert!(notifier::subscribe(&*s.store, "test", unknown).await.unwrap().unwrap_err().message().contains("no project `nope`"));
     let (stop, task) = s.notifier(Duration::from_secs(60));
 
     // Given two deployments, one that succeeds and one that fails,
