@@ -25,6 +25,7 @@ pub mod poll;
 pub mod preview;
 pub mod project;
 pub mod projector;
+pub mod protection;
 pub mod pull_requests;
 pub mod push;
 pub mod read_model;

@@ -1189,6 +1189,66 @@ pub struct TokenRevoked {
     pub name: String,
 }
 
+/// An environment's protection changed (on the project's stream): a
+/// deployment to it waits for this many approvals (0: none) by someone
+/// with deploy scope other than its requester.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentProtected {
+    pub environment: String,
+    pub approvals: u32,
+}
+
+/// A deployment to a protected environment waits for approvals before its
+/// first step (on the deployment's stream, with its request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequired {
+    pub approvals: u32,
+}
+
+/// Someone approved a deployment waiting for approval (on its stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentApproved {
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Someone rejected a deployment waiting for approval (on its stream, with
+/// the `CancelRequested` that stops it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRejected {
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A freeze window on an environment (on the project's stream): from each
+/// time the cron expression `schedule` matches (UTC), for `duration_seconds`,
+/// deployments to it are refused unless an admin overrides. Setting the
+/// same schedule again replaces its duration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeWindowSet {
+    pub environment: String,
+    pub schedule: String,
+    pub duration_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeWindowRemoved {
+    pub environment: String,
+    pub schedule: String,
+}
+
+/// An admin deployed inside a freeze window (on the deployment's stream,
+/// with its request): which window, until when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeOverridden {
+    pub schedule: String,
+    pub until: chrono::DateTime<chrono::Utc>,
+    pub by: String,
+    pub reason: String,
+}
+
 /// The stream of notification subscriptions (`NotificationSubscribed`,
 /// `NotificationUnsubscribed`).
 pub const NOTIFICATIONS_STREAM: &str = "notifications";
@@ -1498,6 +1558,13 @@ crate::message_family! {
         NotificationAttempted(NotificationAttempted) = 1,
         NotificationRedeliveryRequested(NotificationRedeliveryRequested) = 1,
         NotificationReplayRequested(NotificationReplayRequested) = 1,
+        EnvironmentProtected(EnvironmentProtected) = 1,
+        ApprovalRequired(ApprovalRequired) = 1,
+        DeploymentApproved(DeploymentApproved) = 1,
+        DeploymentRejected(DeploymentRejected) = 1,
+        FreezeWindowSet(FreezeWindowSet) = 1,
+        FreezeWindowRemoved(FreezeWindowRemoved) = 1,
+        FreezeOverridden(FreezeOverridden) = 1,
     }
 }
 
