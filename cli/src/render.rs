@@ -7,6 +7,14 @@ use slipway_proto::envelope::Message;
 use slipway_proto::Event;
 use slipway_store::RecordedEvent;
 
+fn reason(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
 /// A short human description of an event's payload.
 pub fn describe(event: &Event) -> String {
     match event {
@@ -159,6 +167,14 @@ pub fn describe(event: &Event) -> String {
         Event::NotificationRedeliveryRequested(r) => {
             format!("redelivery of the {} notification of {} asked", r.event.kind, r.event.event_id)
         }
+        Event::EnvironmentProtected(p) if p.approvals == 0 => format!("{}: deployments need no approval", p.environment),
+        Event::EnvironmentProtected(p) => format!("{}: deployments wait for {} approval(s)", p.environment, p.approvals),
+        Event::ApprovalRequired(a) => format!("awaiting approval ({} needed)", a.approvals),
+        Event::DeploymentApproved(a) => format!("approved by {}{}", a.by, reason(&a.reason)),
+        Event::DeploymentRejected(r) => format!("rejected by {}{}", r.by, reason(&r.reason)),
+        Event::FreezeWindowSet(f) => format!("{}: frozen from each \"{}\" for {}s", f.environment, f.schedule, f.duration_seconds),
+        Event::FreezeWindowRemoved(f) => format!("{}: freeze window \"{}\" removed", f.environment, f.schedule),
+        Event::FreezeOverridden(o) => format!("freeze \"{}\" (until {}) overridden by {}: {}", o.schedule, o.until, o.by, o.reason),
         Event::NotificationReplayRequested(r) => format!("notifications replay from {} asked", r.from),
         Event::PreviewRuleSet(r) => format!(
             "preview rule: {} -> previews inheriting {}, removed after {} without a push",

@@ -120,6 +120,8 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/deployments/{id}/logs", Scope(Read), get(deployments::logs)),
         route(Method::GET, "/api/deployments/{id}/stream", Scope(Read), get(live::stream)),
         route(Method::POST, "/api/deployments/{id}/cancel", Scope(Deploy), post(deployments::cancel)),
+        route(Method::POST, "/api/deployments/{id}/approve", Scope(Deploy), post(deployments::approve)),
+        route(Method::POST, "/api/deployments/{id}/reject", Scope(Deploy), post(deployments::reject)),
         route(Method::GET, "/api/diff", Scope(Read), get(deployments::diff)),
         route(Method::GET, "/api/export", Scope(Read), get(audit::export)),
         route(Method::POST, "/api/audit/verify", Scope(Read), post(audit::verify)),

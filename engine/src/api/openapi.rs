@@ -71,6 +71,8 @@ const SCHEME: &str = "bearer";
         domains::list,
         domains::add,
         domains::remove,
+        deployments::approve,
+        deployments::reject,
         notifications::list,
         notifications::subscribe,
         notifications::unsubscribe,
