@@ -31,7 +31,8 @@ pub enum NotificationsCmd {
         project: Option<String>,
         /// Only these kinds (repeat, or comma-separated; default: all):
         /// deployment.started, deployment.succeeded, deployment.failed,
-        /// deployment.rolled_back, release.crash_looping, certificate.renewal_failed.
+        /// deployment.rolled_back, release.crash_looping, certificate.renewal_failed,
+        /// deployment.awaiting_approval, deployment.approved, deployment.rejected, freeze.overridden.
         #[arg(long = "kind", value_delimiter = ',')]
         kinds: Vec<NotificationKind>,
     },

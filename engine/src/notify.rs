@@ -109,6 +109,22 @@ pub fn notice(event: &Event, event_id: Uuid, at: DateTime<Utc>, deployment: Opti
             format!("rolled back: {}", r.reason),
             json!({ "to": r.to, "reason": r.reason }),
         ),
+        Event::ApprovalRequired(a) => of_deployment(
+            NotificationKind::DeploymentAwaitingApproval,
+            format!("awaits {} approval(s)", a.approvals),
+            json!({ "approvals": a.approvals }),
+        ),
+        Event::DeploymentApproved(a) => {
+            of_deployment(NotificationKind::DeploymentApproved, format!("approved by {}", a.by), json!({ "by": a.by, "reason": a.reason }))
+        }
+        Event::DeploymentRejected(r) => {
+            of_deployment(NotificationKind::DeploymentRejected, format!("rejected by {}", r.by), json!({ "by": r.by, "reason": r.reason }))
+        }
+        Event::FreezeOverridden(o) => of_deployment(
+            NotificationKind::FreezeOverridden,
+            format!("deployed inside the freeze \"{}\" by {}: {}", o.schedule, o.by, o.reason),
+            json!({ "schedule": o.schedule, "until": o.until, "by": o.by, "reason": o.reason }),
+        ),
         Event::ContainerSupervised(s) if s.state == LiveState::CrashLooping => of_deployment(
             NotificationKind::ReleaseCrashLooping,
             format!(
@@ -142,6 +158,10 @@ pub fn may_notify(event: &Event) -> bool {
             | Event::DeploymentFailed(_)
             | Event::ReleaseRolledBack(_)
             | Event::CertificateRenewalFailed(_)
+            | Event::ApprovalRequired(_)
+            | Event::DeploymentApproved(_)
+            | Event::DeploymentRejected(_)
+            | Event::FreezeOverridden(_)
     ) || matches!(event, Event::ContainerSupervised(s) if s.state == LiveState::CrashLooping)
 }
 
@@ -392,6 +412,10 @@ mod tests {
         assert!(n.summary.contains("commit 0123456789ab)"), "{}", n.summary);
         // Without the deployment's request there is nothing to say whose it was.
         assert_eq!(notice(&ok, Uuid::nil(), at(0), None), None);
+        let approved =
+            Event::DeploymentApproved(slipway_proto::event::DeploymentApproved { by: "token:bob".into(), reason: String::new() });
+        let n = notice(&approved, Uuid::nil(), at(0), Some((d, &context()))).unwrap();
+        assert_eq!((n.kind, n.summary.ends_with("approved by token:bob")), (NotificationKind::DeploymentApproved, true));
         let cancel = Event::CancelRequested(slipway_proto::event::CancelRequested { reason: String::new() });
         assert_eq!(notice(&cancel, Uuid::nil(), at(0), Some((d, &context()))), None);
     }
