@@ -101,7 +101,8 @@ pub fn rejection_exit(message: &str) -> Exit {
         || message.contains(" has no earlier release")
         || message.contains(" serves no release")
         || message.contains(" recorded no image")
-        || message.contains("could not record");
+        || message.contains("could not record")
+        || message.contains(" is frozen by the window ");
     if not_found {
         Exit::NotFound
     } else if conflict {

@@ -10,6 +10,7 @@ mod exit;
 mod follow;
 mod history;
 mod machinery;
+mod notifications;
 mod progress;
 mod remote;
 mod render;
@@ -227,6 +228,19 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Approve a deployment waiting for approval (a protected environment).
+    /// Whoever requested it cannot approve it.
+    Approve {
+        deployment: Uuid,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Reject a deployment waiting for approval: it is cancelled, naming who and why.
+    Reject {
+        deployment: Uuid,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Run the release commands (migrations) against the release serving
     /// ENV now: it is deployed again from the release step with release
     /// commands on, then health-checked and cut over with no downtime.
@@ -294,6 +308,10 @@ enum Command {
     /// TLS certificates the routers serve: add (uploaded), list.
     #[command(subcommand)]
     Cert(certs::CertCmd),
+    /// Notifications of deployments to webhooks, Slack and Discord: add,
+    /// list, remove, deliveries, redeliver, replay. The server sends them.
+    #[command(subcommand)]
+    Notifications(notifications::NotificationsCmd),
     /// The database: `migrate` applies this version's migrations.
     #[command(subcommand)]
     Db(DbCmd),
@@ -669,6 +687,29 @@ enum EnvCmd {
         project: String,
         env: String,
     },
+    /// Require approvals: a deployment to ENV waits (`awaiting approval`)
+    /// until this many people with deploy scope, other than its requester,
+    /// approve it (`slipway approve`); `--approvals 0` lifts it.
+    Protect {
+        project: String,
+        env: String,
+        #[arg(long)]
+        approvals: u32,
+    },
+    /// A freeze window: from each time SCHEDULE matches (cron, in UTC;
+    /// `0 18 * * FRI` is Fridays at 18:00), for --for, deployments to ENV
+    /// are refused naming the window, unless an admin deploys with
+    /// --override-freeze REASON. Rollbacks are not refused. --remove drops it.
+    Freeze {
+        project: String,
+        env: String,
+        schedule: String,
+        /// How long each window lasts: 64h, 90m, 2d, 3600s.
+        #[arg(long = "for", required_unless_present = "remove")]
+        duration: Option<String>,
+        #[arg(long)]
+        remove: bool,
+    },
 }
 
 #[derive(Args)]
@@ -696,6 +737,9 @@ struct DeployArgs {
     /// Walk the pipeline without side effects.
     #[arg(long)]
     dry_run: bool,
+    /// Deploy inside a freeze window anyway (admins), recording why.
+    #[arg(long, value_name = "REASON")]
+    override_freeze: Option<String>,
     #[command(flatten)]
     follow: FollowArgs,
 }
@@ -831,6 +875,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 workers: Some((workers, machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images))),
                 router,
                 poller: Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") }),
+                notifier: Some(Default::default()),
                 ..Default::default()
             };
             machinery::serve(store, queue, parts, Some(machinery::Api { listen: serve.listen, data_dir }), machinery::on_signal()).await?;
@@ -839,7 +884,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => {
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let poller = Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") });
-            let parts = Parts { engine: Some(args.driver()), poller, acme: args.acme(), ..Default::default() };
+            let parts =
+                Parts { engine: Some(args.driver()), poller, acme: args.acme(), notifier: Some(Default::default()), ..Default::default() };
             machinery::serve(store, queue, parts, Some(machinery::Api { listen: args.listen, data_dir }), machinery::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -980,6 +1026,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Approve { deployment, reason } => {
+            slipway_engine::protection::approve(&*store, &verbs::actor(), deployment, &reason).await?.map_err(protection_refusal)?;
+            println!("deployment {deployment}: approved by {}", verbs::actor());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reject { deployment, reason } => {
+            slipway_engine::protection::reject(&*store, &verbs::actor(), deployment, &reason).await?.map_err(protection_refusal)?;
+            println!("deployment {deployment}: rejected by {}; the engine cancels it", verbs::actor());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCmd::Protect { project, env, approvals }) => {
+            slipway_engine::protection::protect(&*store, &verbs::actor(), &project, &env, approvals).await?.map_err(protection_refusal)?;
+            match approvals {
+                0 => println!("{project} {env}: deployments need no approval"),
+                n => println!("{project} {env}: a deployment waits for {n} approval(s) by someone other than its requester"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCmd::Freeze { project, env, schedule, remove: true, .. }) => {
+            slipway_engine::protection::remove_freeze(&*store, &verbs::actor(), &project, &env, &schedule)
+                .await?
+                .map_err(protection_refusal)?;
+            println!("{project} {env}: the freeze window \"{schedule}\" is removed");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Env(EnvCmd::Freeze { project, env, schedule, duration, remove: false }) => {
+            let seconds = slipway_engine::protection::parse_duration(duration.as_deref().unwrap_or_default()).map_err(exit::usage)?;
+            slipway_engine::protection::set_freeze(&*store, &verbs::actor(), &project, &env, &schedule, seconds)
+                .await?
+                .map_err(protection_refusal)?;
+            println!("{project} {env}: frozen from each \"{schedule}\" (UTC) for {seconds}s");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate { project, env, follow } => {
             let running = start_embedded(&store, &cli.queue, embedded, &data_dir, cli.registry.clone(), follow.drain).await?;
             let migrate = match requests::request_migrate(&*store, &verbs::actor(), &project, &env).await? {
@@ -1035,6 +1114,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
         Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
+        Command::Notifications(cmd) => notifications::run(&*store, cmd, json).await,
         Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) => {
             unreachable!("handled before the store is opened")
         }
@@ -1084,6 +1164,17 @@ async fn through_server(server: &str, token: Option<String>, command: &Command, 
     Ok(Some(code))
 }
 
+/// A refused approval, rejection, protection or freeze, with its exit status.
+fn protection_refusal(refused: slipway_engine::protection::Refused) -> anyhow::Error {
+    use slipway_engine::protection::Refused;
+    match refused {
+        Refused::Invalid(r) => exit::rejected(r),
+        Refused::NotFound(r) => exit::not_found(r.0),
+        Refused::Forbidden(r) => exit::coded(exit::Exit::Unauthorized, r.0),
+        Refused::Frozen(r) => exit::coded(exit::Exit::Conflict, r.0),
+    }
+}
+
 /// A relative repository path is made absolute: workers may run elsewhere.
 fn absolute_repo(repo: &str) -> String {
     let path = std::path::Path::new(repo);
@@ -1113,7 +1204,7 @@ async fn deploy(
         dry_run: args.dry_run,
     };
     let running = start_embedded(&store, queue_url, embedded, data_dir, registry, args.follow.drain).await?;
-    let id = match requests::request_deployment(&*store, &verbs::actor(), request).await? {
+    let id = match requests::request_deployment_overriding(&*store, &verbs::actor(), request, args.override_freeze.as_deref()).await? {
         Ok(id) => id,
         Err(rejection) => return Err(exit::rejected(rejection)),
     };

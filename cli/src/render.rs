@@ -7,6 +7,14 @@ use slipway_proto::envelope::Message;
 use slipway_proto::Event;
 use slipway_store::RecordedEvent;
 
+fn reason(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    }
+}
+
 /// A short human description of an event's payload.
 pub fn describe(event: &Event) -> String {
     match event {
@@ -137,6 +145,37 @@ pub fn describe(event: &Event) -> String {
         Event::CertificateRenewalFailed(f) => format!("certificate for {} could not be obtained: {}", f.domain, f.reason),
         Event::AcmeChallengeReady(c) => format!("ACME HTTP-01 challenge for {} answered by the routers", c.domain),
         Event::AcmeChallengeFinished(c) => format!("ACME HTTP-01 challenge for {} finished", c.domain),
+        Event::NotificationSubscribed(n) => format!(
+            "notifications subscription {}: {} to {} ({})",
+            n.id,
+            n.target,
+            n.url_shown,
+            n.project.as_deref().unwrap_or("every project")
+        ),
+        Event::NotificationUnsubscribed(n) => format!("notifications subscription {} removed", n.id),
+        Event::NotificationAttempted(a) => format!(
+            "{} notification attempt {}: {}{}",
+            a.event.kind,
+            a.attempt,
+            match &a.outcome {
+                slipway_proto::event::DeliveryOutcome::Delivered => "delivered".to_string(),
+                slipway_proto::event::DeliveryOutcome::Retry { next_at } => format!("retry at {next_at}"),
+                slipway_proto::event::DeliveryOutcome::GaveUp => "gave up".to_string(),
+            },
+            a.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+        ),
+        Event::NotificationRedeliveryRequested(r) => {
+            format!("redelivery of the {} notification of {} asked", r.event.kind, r.event.event_id)
+        }
+        Event::EnvironmentProtected(p) if p.approvals == 0 => format!("{}: deployments need no approval", p.environment),
+        Event::EnvironmentProtected(p) => format!("{}: deployments wait for {} approval(s)", p.environment, p.approvals),
+        Event::ApprovalRequired(a) => format!("awaiting approval ({} needed)", a.approvals),
+        Event::DeploymentApproved(a) => format!("approved by {}{}", a.by, reason(&a.reason)),
+        Event::DeploymentRejected(r) => format!("rejected by {}{}", r.by, reason(&r.reason)),
+        Event::FreezeWindowSet(f) => format!("{}: frozen from each \"{}\" for {}s", f.environment, f.schedule, f.duration_seconds),
+        Event::FreezeWindowRemoved(f) => format!("{}: freeze window \"{}\" removed", f.environment, f.schedule),
+        Event::FreezeOverridden(o) => format!("freeze \"{}\" (until {}) overridden by {}: {}", o.schedule, o.until, o.by, o.reason),
+        Event::NotificationReplayRequested(r) => format!("notifications replay from {} asked", r.from),
         Event::PreviewRuleSet(r) => format!(
             "preview rule: {} -> previews inheriting {}, removed after {} without a push",
             r.trigger,

@@ -7,6 +7,7 @@
 //! | state                                   | decision                                  |
 //! |-----------------------------------------|-------------------------------------------|
 //! | running, nothing dispatched, queued behind another deployment of the environment | nothing (wait your turn) |
+//! | running, nothing dispatched, approvals missing (`ApprovalRequired`) | nothing (wait for `DeploymentApproved`; a rejection cancels) |
 //! | running, step S next, S not dispatched  | dispatch `RunStep(S)` (+ `StepDispatched`) |
 //! | rollback (promotion), next step checkout/build/release (not release) | record it skipped / `ImageReused` (the old release's inputs) |
 //! | next step build, an image of the same commit known | dispatch the build with it as the re-use candidate |
@@ -142,6 +143,8 @@ pub fn decide(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
             None => cutover(d, env),
             Some(step) if already_dispatched(d, step) => overdue(d, step, env),
             Some(_) if d.dispatched.is_none() && !env.may_start => vec![],
+            // A protected environment's deployment waits for its approvals.
+            Some(_) if d.awaiting_approval() => vec![],
             Some(step) => match rollback_reuse(d, step) {
                 Some(outcome) => vec![Decision::Record(outcome)],
                 None => {

@@ -69,6 +69,12 @@ pub struct Deployment {
     /// the cutover's route version (its latest `RouterErrorsObserved`),
     /// by router id; kept until the verdict.
     pub router_errors: BTreeMap<String, RouterErrorsObserved>,
+    /// Approvals it waits for before its first step (`ApprovalRequired`).
+    pub approvals_required: u32,
+    /// Who approved it, in order.
+    pub approvals: Vec<String>,
+    /// Who rejected it, and why.
+    pub rejected: Option<(String, String)>,
     /// The stream version this state was folded up to.
     pub version: u64,
 }
@@ -119,12 +125,18 @@ impl Deployment {
         self.status == Status::Running && self.context.watch_until.is_some() && !self.watched
     }
 
-    /// One word for where it stands: `running`, `watching` (traffic moved,
+    /// Approvals are still missing, and nothing was dispatched yet.
+    pub fn awaiting_approval(&self) -> bool {
+        self.status == Status::Running && self.dispatched.is_none() && (self.approvals.len() as u64) < u64::from(self.approvals_required)
+    }
+
+    /// One word for where it stands: `awaiting approval`, `running`, `watching` (traffic moved,
     /// the watch window not yet passed), `rolling back` (the route is going
     /// back to the previous release), `succeeded` or `failed`.
     pub fn status_word(&self) -> &'static str {
         match &self.status {
             Status::Running if self.is_watching() => "watching",
+            Status::Running if self.awaiting_approval() => "awaiting approval",
             Status::Running => "running",
             Status::Succeeded => "succeeded",
             Status::Failed { .. } if self.rollback.is_some() && !self.failure_recorded => "rolling back",
@@ -201,6 +213,9 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                     watched: false,
                     rollback: None,
                     router_errors: BTreeMap::new(),
+                    approvals_required: 0,
+                    approvals: Vec::new(),
+                    rejected: None,
                     version: 1,
                 })
             }
@@ -250,6 +265,12 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 d.status = Status::Failed { step: d.current_step(), reason: c.reason.clone() };
             }
         }
+        // Facts of the request (approvals, an overridden freeze), recorded
+        // before the first step; a rejection comes with its cancel.
+        Event::ApprovalRequired(a) if d.dispatched.is_none() => d.approvals_required = a.approvals,
+        Event::DeploymentApproved(a) if d.awaiting_approval() => d.approvals.push(a.by.clone()),
+        Event::DeploymentRejected(r) if d.awaiting_approval() => d.rejected = Some((r.by.clone(), r.reason.clone())),
+        Event::FreezeOverridden(_) if d.dispatched.is_none() => {}
         Event::StepDispatched(s) => {
             d.dispatched = Some((s.step, s.attempt, s.command_id));
             d.dispatch_deadline = s.deadline;

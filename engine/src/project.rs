@@ -46,6 +46,10 @@ pub struct Project {
     pub preview_rules: Vec<PreviewRule>,
     /// Environments added after the project was created (previews), by name.
     pub previews: BTreeMap<String, Preview>,
+    /// Environment -> the approvals a deployment to it waits for (`slipway env protect`).
+    pub protections: BTreeMap<String, u32>,
+    /// Environment -> its freeze windows: cron schedule -> duration in seconds.
+    pub freezes: BTreeMap<String, BTreeMap<String, u64>>,
     pub version: u64,
 }
 
@@ -133,6 +137,20 @@ impl Project {
                 }),
             },
             Event::AutoDeployRemoved(r) => p.auto_deploy.retain(|x| x.branch != r.branch),
+            Event::EnvironmentProtected(e) if e.approvals == 0 => {
+                p.protections.remove(&e.environment);
+            }
+            Event::EnvironmentProtected(e) => {
+                p.protections.insert(e.environment.clone(), e.approvals);
+            }
+            Event::FreezeWindowSet(f) => {
+                p.freezes.entry(f.environment.clone()).or_default().insert(f.schedule.clone(), f.duration_seconds);
+            }
+            Event::FreezeWindowRemoved(f) => {
+                if let Some(windows) = p.freezes.get_mut(&f.environment) {
+                    windows.remove(&f.schedule);
+                }
+            }
             Event::PushReceived(r) => {
                 p.deliveries.insert(delivery_key(r.provider, &r.delivery));
                 p.push_deployments.extend(r.deployments.iter().map(|d| d.deployment_id));
@@ -218,6 +236,8 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> 
                     push_deployments: BTreeSet::new(),
                     preview_rules: Vec::new(),
                     previews: BTreeMap::new(),
+                    protections: BTreeMap::new(),
+                    freezes: BTreeMap::new(),
                     version: 0,
                 });
             }

@@ -275,6 +275,18 @@ pub struct DeployRequest {
 /// Records a deployment request and queues it on its environment; the
 /// engine starts it when it reaches the head of that queue.
 pub async fn request_deployment(store: &dyn EventStore, actor: &str, req: DeployRequest) -> Outcome<Uuid> {
+    request_deployment_overriding(store, actor, req, None).await
+}
+
+/// `request_deployment`, inside a freeze window too when `override_freeze`
+/// gives a reason (the caller checked that `actor` is an admin); the
+/// override is recorded with the request.
+pub async fn request_deployment_overriding(
+    store: &dyn EventStore,
+    actor: &str,
+    req: DeployRequest,
+    override_freeze: Option<&str>,
+) -> Outcome<Uuid> {
     let p = match project_environment(store, &req.project, &req.environment).await? {
         Ok(p) => p,
         Err(rejection) => return Ok(Err(rejection)),
@@ -303,6 +315,7 @@ pub async fn request_deployment(store: &dyn EventStore, actor: &str, req: Deploy
             replay_of: None,
             source: Default::default(),
         },
+        Freeze::Applies(override_freeze),
     )
     .await
 }
@@ -360,7 +373,7 @@ pub async fn request_rollback(
     let since = env.releases.iter().skip_while(|r| **r != target).skip(1);
     let warnings = release_commands_since(store, since).await?;
     let requested = release_again(&p, environment, &old, commit, image_id);
-    Ok(enqueue(store, actor, requested).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
+    Ok(enqueue(store, actor, requested, Freeze::Exempt).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
 }
 
 /// A deployment of exactly `old`'s release (its image, commit,
@@ -465,7 +478,7 @@ pub async fn request_promotion(
         replay_of: None,
         source: Default::default(),
     };
-    Ok(enqueue(store, actor, requested).await?.map(|id| (id, source)))
+    Ok(enqueue(store, actor, requested, Freeze::Applies(None)).await?.map(|id| (id, source)))
 }
 
 /// A replay the engine accepted.
@@ -558,12 +571,17 @@ async fn replay(
         replay_of: Some(ReplaySource { deployment_id: original, from_step, image_id: old.context.image_id.clone() }),
         source: Default::default(),
     };
+    let more = match crate::protection::gate(&p, &requested.environment, Utc::now(), None) {
+        Ok(events) => events,
+        Err(refused) => return reject(refused.message()),
+    };
     let span = slipway_telemetry::trace::deployment_requested(id.as_u128());
     let trace = Some(span.trace_context());
     let (dstream, estream, ostream) =
         (deployment_stream(id), environment_stream(&requested.project, &requested.environment), deployment_stream(original));
     let replayed = Event::DeploymentReplayed(DeploymentReplayed { replay: id, from_step });
-    let d = [envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone())];
+    let mut d = vec![envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone())];
+    d.extend(more.iter().map(|e| envelope(&dstream, e, id, actor, trace.clone())));
     let q = [envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace.clone())];
     let o = [envelope(&ostream, &replayed, id, actor, trace)];
     let appends = [
@@ -687,12 +705,54 @@ pub(crate) async fn source_of(store: &dyn EventStore, p: &Project) -> Result<Sou
 /// transaction, with the project's current source access: credentials are
 /// access, not inputs, so a replay or rollback uses today's, not the
 /// original's (which may have been revoked).
-async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentRequested) -> Outcome<Uuid> {
-    enqueue_at(store, actor, requested, ExpectedVersion::Any).await
+/// How a request meets its environment's freeze windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freeze<'a> {
+    /// Refused inside a window, unless overridden with this reason.
+    Applies(Option<&'a str>),
+    /// Not refused: a rollback restores what served before.
+    Exempt,
+}
+
+/// Queues a user's deployment request, with what its environment's
+/// protection asks (`protection::gate`): the approvals it waits for, a
+/// freeze it overrides; refused inside a freeze window otherwise.
+async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentRequested, freeze: Freeze<'_>) -> Outcome<Uuid> {
+    let Some(p) = load_project(store, &requested.project).await? else {
+        return reject(format!("no project `{}`", requested.project));
+    };
+    let mut exempt = p.clone();
+    let p = match freeze {
+        Freeze::Applies(_) => &p,
+        Freeze::Exempt => {
+            exempt.freezes.clear();
+            &exempt
+        }
+    };
+    let override_freeze = match freeze {
+        Freeze::Applies(Some(reason)) => Some((actor, reason)),
+        _ => None,
+    };
+    let gate = match crate::protection::gate(p, &requested.environment, Utc::now(), override_freeze) {
+        Ok(events) => events,
+        Err(refused) => return reject(refused.message()),
+    };
+    enqueue_with(store, actor, requested, ExpectedVersion::Any, gate).await
 }
 
 /// `enqueue`, with the environment's stream expected at `expected`.
-async fn enqueue_at(store: &dyn EventStore, actor: &str, mut requested: DeploymentRequested, expected: ExpectedVersion) -> Outcome<Uuid> {
+async fn enqueue_at(store: &dyn EventStore, actor: &str, requested: DeploymentRequested, expected: ExpectedVersion) -> Outcome<Uuid> {
+    enqueue_with(store, actor, requested, expected, Vec::new()).await
+}
+
+/// `enqueue_at`, with `more` recorded on the deployment's stream after its request.
+async fn enqueue_with(
+    store: &dyn EventStore,
+    actor: &str,
+    mut requested: DeploymentRequested,
+    expected: ExpectedVersion,
+    more: Vec<Event>,
+) -> Outcome<Uuid> {
     requested.source = source_access(store, &requested.project).await?;
     let id = requested.deployment_id;
     let (dstream, estream) = (deployment_stream(id), environment_stream(&requested.project, &requested.environment));
@@ -700,7 +760,8 @@ async fn enqueue_at(store: &dyn EventStore, actor: &str, mut requested: Deployme
     // request continues its caller's trace).
     let span = slipway_telemetry::trace::deployment_requested(id.as_u128());
     let trace = Some(span.trace_context());
-    let d = [envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone())];
+    let mut d = vec![envelope(&dstream, &Event::DeploymentRequested(requested), id, actor, trace.clone())];
+    d.extend(more.iter().map(|e| envelope(&dstream, e, id, actor, trace.clone())));
     let q = [envelope(&estream, &Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: id }), id, actor, trace)];
     let appends = [
         StreamAppend { stream: &dstream, expected: ExpectedVersion::NoStream, events: &d },

@@ -1,6 +1,6 @@
 //! Runs the parts of a node until a shutdown future resolves: the engine
 //! (the driver, restarted after a store outage, the outbox relay, the
-//! read models' subscriber and the sweep of expired previews), the step workers (with the host agent where
+//! read models' subscriber, the sweep of expired previews and the notifier), the step workers (with the host agent where
 //! they serve the deploy step), and a router (its table follows the store; the proxy
 //! serves from it). The binary's modes, the end-to-end tests and the
 //! benchmarks all start Slipway through this one function. Where the
@@ -40,6 +40,8 @@ pub struct Parts {
     pub poller: Option<crate::poll::PollerOptions>,
     /// Obtain and renew certificates over ACME (where the engine runs).
     pub acme: Option<slipway_engine::acme::AcmeOptions>,
+    /// Send notifications to their subscribers (where the engine runs).
+    pub notifier: Option<slipway_engine::notifier::NotifierOptions>,
 }
 
 /// A router: a bound listener (bind first, so a taken port fails before
@@ -88,6 +90,11 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         // Certificates over ACME, beside the driver too.
         if let Some(acme) = parts.acme {
             tasks.spawn(slipway_engine::acme::run(store.clone(), acme, shutdown.clone()).map(Ok));
+        }
+        // Notifications: a reader of the log of its own, so no delivery
+        // waits on the driver nor the driver on a delivery.
+        if let Some(notifier) = parts.notifier {
+            tasks.spawn(slipway_engine::notifier::run(store.clone(), notifier, shutdown.clone()).map(Ok));
         }
         // The read models' subscriber (reads catch up themselves too).
         tasks.spawn(Projector::default().run(store.clone(), shutdown.clone()).map(Ok));

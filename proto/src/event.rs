@@ -1189,6 +1189,305 @@ pub struct TokenRevoked {
     pub name: String,
 }
 
+/// An environment's protection changed (on the project's stream): a
+/// deployment to it waits for this many approvals (0: none) by someone
+/// with deploy scope other than its requester.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentProtected {
+    pub environment: String,
+    pub approvals: u32,
+}
+
+/// A deployment to a protected environment waits for approvals before its
+/// first step (on the deployment's stream, with its request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequired {
+    pub approvals: u32,
+}
+
+/// Someone approved a deployment waiting for approval (on its stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentApproved {
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Someone rejected a deployment waiting for approval (on its stream, with
+/// the `CancelRequested` that stops it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRejected {
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A freeze window on an environment (on the project's stream): from each
+/// time the cron expression `schedule` matches (UTC), for `duration_seconds`,
+/// deployments to it are refused unless an admin overrides. Setting the
+/// same schedule again replaces its duration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeWindowSet {
+    pub environment: String,
+    pub schedule: String,
+    pub duration_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeWindowRemoved {
+    pub environment: String,
+    pub schedule: String,
+}
+
+/// An admin deployed inside a freeze window (on the deployment's stream,
+/// with its request): which window, until when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeOverridden {
+    pub schedule: String,
+    pub until: chrono::DateTime<chrono::Utc>,
+    pub by: String,
+    pub reason: String,
+}
+
+/// The stream of notification subscriptions (`NotificationSubscribed`,
+/// `NotificationUnsubscribed`).
+pub const NOTIFICATIONS_STREAM: &str = "notifications";
+
+/// One subscription's deliveries: every attempt, and the redeliveries and
+/// replays asked of it.
+pub fn notification_stream(subscription: Uuid) -> String {
+    format!("notification-{subscription}")
+}
+
+/// What a notification is about. A subscription names the kinds it wants
+/// (none: every kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// A deployment was requested.
+    DeploymentStarted,
+    DeploymentSucceeded,
+    DeploymentFailed,
+    /// A release failed while watched and the traffic went back.
+    DeploymentRolledBack,
+    /// A serving release's container exits again and again.
+    ReleaseCrashLooping,
+    /// Obtaining or renewing a certificate over ACME failed.
+    CertificateRenewalFailed,
+    /// A deployment to a protected environment waits for an approval.
+    DeploymentAwaitingApproval,
+    DeploymentApproved,
+    DeploymentRejected,
+    /// An admin deployed inside a freeze window.
+    FreezeOverridden,
+}
+
+impl NotificationKind {
+    pub const ALL: [NotificationKind; 10] = [
+        NotificationKind::DeploymentStarted,
+        NotificationKind::DeploymentSucceeded,
+        NotificationKind::DeploymentFailed,
+        NotificationKind::DeploymentRolledBack,
+        NotificationKind::ReleaseCrashLooping,
+        NotificationKind::CertificateRenewalFailed,
+        NotificationKind::DeploymentAwaitingApproval,
+        NotificationKind::DeploymentApproved,
+        NotificationKind::DeploymentRejected,
+        NotificationKind::FreezeOverridden,
+    ];
+
+    /// The kind as receivers see it (`deployment.failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::DeploymentStarted => "deployment.started",
+            NotificationKind::DeploymentSucceeded => "deployment.succeeded",
+            NotificationKind::DeploymentFailed => "deployment.failed",
+            NotificationKind::DeploymentRolledBack => "deployment.rolled_back",
+            NotificationKind::ReleaseCrashLooping => "release.crash_looping",
+            NotificationKind::CertificateRenewalFailed => "certificate.renewal_failed",
+            NotificationKind::DeploymentAwaitingApproval => "deployment.awaiting_approval",
+            NotificationKind::DeploymentApproved => "deployment.approved",
+            NotificationKind::DeploymentRejected => "deployment.rejected",
+            NotificationKind::FreezeOverridden => "freeze.overridden",
+        }
+    }
+}
+
+impl std::fmt::Display for NotificationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for NotificationKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        NotificationKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = NotificationKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("notification kind `{s}` is not one of {}", known.join(", "))
+        })
+    }
+}
+
+/// Where notifications go, and in which shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationTarget {
+    /// Slipway's JSON, signed: HMAC-SHA256 over `<timestamp>.<body>` in
+    /// `X-Slipway-Signature`, the timestamp in `X-Slipway-Timestamp`.
+    Webhook,
+    /// A Slack incoming webhook (`{"text": ...}`).
+    Slack,
+    /// A Discord webhook (`{"content": ...}`).
+    Discord,
+}
+
+impl NotificationTarget {
+    pub const ALL: [NotificationTarget; 3] = [NotificationTarget::Webhook, NotificationTarget::Slack, NotificationTarget::Discord];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationTarget::Webhook => "webhook",
+            NotificationTarget::Slack => "slack",
+            NotificationTarget::Discord => "discord",
+        }
+    }
+}
+
+impl std::fmt::Display for NotificationTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for NotificationTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        NotificationTarget::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("notification target `{s}` is not one of webhook, slack, discord"))
+    }
+}
+
+/// A notification subscription was added (on the notifications stream).
+/// The target's URL (whose path is the credential of a Slack or Discord
+/// webhook) and the signing secret are in the value table by fingerprint;
+/// only the URL's scheme, host and port are shown here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationSubscribed {
+    pub id: Uuid,
+    /// Only this project's events; `None`: every project's, and the
+    /// installation's own (certificates).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Only these kinds; empty: every kind.
+    #[serde(default)]
+    pub kinds: Vec<NotificationKind>,
+    pub target: NotificationTarget,
+    /// `scheme://host[:port]` of the URL.
+    pub url_shown: String,
+    /// Fingerprint of the URL in the value table.
+    pub url: String,
+    /// Fingerprint of the signing secret in the value table (webhooks).
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// A notification subscription was removed: nothing more is sent to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationUnsubscribed {
+    pub id: Uuid,
+}
+
+/// A place in the log's global order (the store's `Position`), as the
+/// notifier's records name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct LogPosition {
+    pub tx: u64,
+    pub seq: i64,
+}
+
+impl std::fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.tx, self.seq)
+    }
+}
+
+impl std::str::FromStr for LogPosition {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a log position: expected TX:SEQ, as `slipway notifications deliveries` shows them");
+        let (tx, seq) = s.split_once(':').ok_or_else(bad)?;
+        Ok(LogPosition { tx: tx.parse().map_err(|_| bad())?, seq: seq.parse().map_err(|_| bad())? })
+    }
+}
+
+/// The event a notification is about: where it is in the log, and how to
+/// read it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifiedEvent {
+    pub event_id: Uuid,
+    pub stream: String,
+    pub version: u64,
+    pub position: LogPosition,
+    pub kind: NotificationKind,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum DeliveryOutcome {
+    /// The target answered 2xx.
+    Delivered,
+    /// It did not; the next attempt is due at `next_at`.
+    Retry { next_at: chrono::DateTime<chrono::Utc> },
+    /// It did not, and no attempt follows (past the retry period, or a
+    /// redelivery, which is tried once).
+    GaveUp,
+}
+
+/// One attempt to deliver a notification (on the subscription's stream).
+/// Attempts of one subscription are made in log order: a later event waits
+/// while an earlier one is retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationAttempted {
+    pub event: NotifiedEvent,
+    /// 1 for the first attempt of this event.
+    pub attempt: u32,
+    /// The HTTP status the target answered, if it answered.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Why it failed, when it did (never the URL's path nor the secret).
+    #[serde(default)]
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    #[serde(flatten)]
+    pub outcome: DeliveryOutcome,
+    /// Sent because someone asked (`redeliver`), out of the log's order.
+    #[serde(default)]
+    pub redelivery: bool,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Someone asked for one notification to be sent again (on the
+/// subscription's stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRedeliveryRequested {
+    pub event: NotifiedEvent,
+}
+
+/// Someone asked for a subscription's notifications to be sent again from
+/// a position in the log on (on the subscription's stream): every matching
+/// event after `from` is delivered again, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationReplayRequested {
+    pub from: LogPosition,
+}
+
 crate::message_family! {
     /// Every event type, with its current schema version.
     Event, "event" {
@@ -1254,6 +1553,18 @@ crate::message_family! {
         CertificateRenewalFailed(CertificateRenewalFailed) = 1,
         AcmeChallengeReady(AcmeChallengeReady) = 1,
         AcmeChallengeFinished(AcmeChallengeFinished) = 1,
+        NotificationSubscribed(NotificationSubscribed) = 1,
+        NotificationUnsubscribed(NotificationUnsubscribed) = 1,
+        NotificationAttempted(NotificationAttempted) = 1,
+        NotificationRedeliveryRequested(NotificationRedeliveryRequested) = 1,
+        NotificationReplayRequested(NotificationReplayRequested) = 1,
+        EnvironmentProtected(EnvironmentProtected) = 1,
+        ApprovalRequired(ApprovalRequired) = 1,
+        DeploymentApproved(DeploymentApproved) = 1,
+        DeploymentRejected(DeploymentRejected) = 1,
+        FreezeWindowSet(FreezeWindowSet) = 1,
+        FreezeWindowRemoved(FreezeWindowRemoved) = 1,
+        FreezeOverridden(FreezeOverridden) = 1,
     }
 }
 

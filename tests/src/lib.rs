@@ -125,6 +125,8 @@ impl Harness {
             router: None,
             poller: None,
             acme: None,
+            // The notifier runs beside every e2e deployment: nothing it does may slow one.
+            notifier: Some(Default::default()),
         };
         let node = tokio::spawn(slipway_node::serve(store.clone(), queue.clone(), parts, shutdown));
         let mut harness = Harness {

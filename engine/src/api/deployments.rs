@@ -42,6 +42,8 @@ pub struct DeployBody {
     /// Run the release commands in local mode too.
     migrate: bool,
     dry_run: bool,
+    /// Deploy inside a freeze window anyway, for this reason (admin scope).
+    override_freeze: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -77,7 +79,10 @@ pub async fn request(
         run_release: mode == BuildMode::Cloud || body.migrate,
         dry_run: body.dry_run,
     };
-    let id = requests::request_deployment(&*store, &caller.actor(), request).await??;
+    if body.override_freeze.is_some() && caller.scope < slipway_proto::event::TokenScope::Admin {
+        return Err(ApiError::Forbidden("overriding a freeze window needs admin scope".into()));
+    }
+    let id = requests::request_deployment_overriding(&*store, &caller.actor(), request, body.override_freeze.as_deref()).await??;
     let requested = Requested { deployment: id, queued_behind: queued_behind(&*store, &name, &env, id).await? };
     Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(requested)))
 }
@@ -608,4 +613,51 @@ mod tests {
         assert!(Limit { limit: Some(0) }.get().is_err());
         assert!(Limit { limit: Some(501) }.get().is_err());
     }
+}
+
+impl From<crate::protection::Refused> for ApiError {
+    fn from(refused: crate::protection::Refused) -> Self {
+        use crate::protection::Refused;
+        match refused {
+            Refused::Invalid(r) => ApiError::Conflict(r.0),
+            Refused::NotFound(r) => ApiError::NotFound(r.0),
+            Refused::Forbidden(r) => ApiError::Forbidden(r.0),
+            Refused::Frozen(r) => ApiError::Conflict(r.0),
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/deployments/{id}/approve", tag = "deployments",
+    summary = "Approve a deployment waiting for approval",
+    description = "Whoever requested it cannot approve it (403), nor can one actor approve it twice.",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    request_body(content = CancelBody, description = "Optional: the reason"),
+    responses((status = 202, body = CancelAccepted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "It is not waiting for approval")))]
+pub async fn approve(
+    State(store): Store,
+    Params(id): Params<String>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<CancelBody>,
+) -> ApiResult<Accepted<CancelAccepted>> {
+    let id = parse_id(&id)?;
+    crate::protection::approve(&*store, &caller.actor(), id, &body.reason.unwrap_or_default()).await??;
+    Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(CancelAccepted { deployment: id })))
+}
+
+#[utoipa::path(post, path = "/api/deployments/{id}/reject", tag = "deployments",
+    summary = "Reject a deployment waiting for approval: it is cancelled",
+    params(("id" = Uuid, Path, description = "The deployment")),
+    request_body(content = CancelBody, description = "Optional: the reason"),
+    responses((status = 202, body = CancelAccepted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "It is not waiting for approval")))]
+pub async fn reject(
+    State(store): Store,
+    Params(id): Params<String>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<CancelBody>,
+) -> ApiResult<Accepted<CancelAccepted>> {
+    let id = parse_id(&id)?;
+    crate::protection::reject(&*store, &caller.actor(), id, &body.reason.unwrap_or_default()).await??;
+    Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(CancelAccepted { deployment: id })))
 }

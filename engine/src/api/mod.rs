@@ -25,6 +25,7 @@ mod error;
 mod extract;
 mod hooks;
 mod live;
+mod notifications;
 pub mod openapi;
 mod previews;
 mod projects;
@@ -119,6 +120,8 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/deployments/{id}/logs", Scope(Read), get(deployments::logs)),
         route(Method::GET, "/api/deployments/{id}/stream", Scope(Read), get(live::stream)),
         route(Method::POST, "/api/deployments/{id}/cancel", Scope(Deploy), post(deployments::cancel)),
+        route(Method::POST, "/api/deployments/{id}/approve", Scope(Deploy), post(deployments::approve)),
+        route(Method::POST, "/api/deployments/{id}/reject", Scope(Deploy), post(deployments::reject)),
         route(Method::GET, "/api/diff", Scope(Read), get(deployments::diff)),
         route(Method::GET, "/api/export", Scope(Read), get(audit::export)),
         route(Method::POST, "/api/audit/verify", Scope(Read), post(audit::verify)),
@@ -139,6 +142,12 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/projects/{name}/environments/{env}/domains", Scope(Read), get(domains::list)),
         route(Method::PUT, "/api/projects/{name}/environments/{env}/domains/{domain}", Scope(Admin), put(domains::add)),
         route(Method::DELETE, "/api/projects/{name}/environments/{env}/domains/{domain}", Scope(Admin), delete(domains::remove)),
+        route(Method::GET, "/api/notifications", Scope(Read), get(notifications::list)),
+        route(Method::POST, "/api/notifications", Scope(Admin), post(notifications::subscribe)),
+        route(Method::DELETE, "/api/notifications/{id}", Scope(Admin), delete(notifications::unsubscribe)),
+        route(Method::POST, "/api/notifications/{id}/replay", Scope(Admin), post(notifications::replay)),
+        route(Method::GET, "/api/notifications/deliveries", Scope(Read), get(notifications::deliveries)),
+        route(Method::POST, "/api/notifications/deliveries/{id}/redeliver", Scope(Admin), post(notifications::redeliver)),
         route(
             Method::POST,
             "/api/hooks/{provider}/{project}",

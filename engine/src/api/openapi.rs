@@ -13,7 +13,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
-use super::{admin, audit, deployments, domains, environments, error, hooks, live, previews, projects, routes, Access};
+use super::{admin, audit, deployments, domains, environments, error, hooks, live, notifications, previews, projects, routes, Access};
 
 const SCHEME: &str = "bearer";
 
@@ -71,6 +71,14 @@ const SCHEME: &str = "bearer";
         domains::list,
         domains::add,
         domains::remove,
+        deployments::approve,
+        deployments::reject,
+        notifications::list,
+        notifications::subscribe,
+        notifications::unsubscribe,
+        notifications::deliveries,
+        notifications::redeliver,
+        notifications::replay,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail))
 )]

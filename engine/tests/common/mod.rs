@@ -80,6 +80,15 @@ impl Setup {
         self.send(request.body(Body::from(body.map(|b| b.to_string()).unwrap_or_default())).unwrap()).await
     }
 
+    /// A JSON request with `token`.
+    pub async fn call_as(&self, token: &str, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        self.send(request.body(Body::from(body.map(|b| b.to_string()).unwrap_or_default())).unwrap()).await
+    }
+
     /// A project with environments test and live, a webhook secret (returned)
     /// and the rules `main -> test`, `release/* -> live`.
     pub async fn project(&self, name: &str) -> String {

@@ -1,0 +1,734 @@
+//! Notifications, recorded and sent: subscriptions (`subscribe`,
+//! `unsubscribe`), the lists (`subscriptions`, `deliveries`), the requests
+//! to send again (`redeliver`, `replay`), and the notifier task (`run`)
+//! that the engine runs beside the driver. The decisions are `notify`'s
+//! (pure); this module reads the log, posts, and records.
+//!
+//! The notifier is its own catch-up reader of the log, apart from the
+//! driver: it reads with `read_all` from where its subscriptions got to,
+//! and nothing on a deployment's path waits for it (it writes only to the
+//! `notification-<id>` streams, which no deployment appends to).
+//!
+//! Each attempt is an event (`NotificationAttempted` on the subscription's
+//! stream) rather than a row in an operational table, for three reasons:
+//! where each subscription got to is then folded from its stream, so a
+//! restarted or replaced notifier resumes exactly there with no second
+//! source of truth (the `notifier` checkpoint only spares re-reading a
+//! long log when there is nothing to send); attempts are hash-chained and
+//! exported with the rest of the log, which is what an auditor asks of
+//! "was the on-call told"; and both backends need no new table. The cost is
+//! bounded: a delivery makes at most about 20 attempts in its 72 hours
+//! (the backoff doubles up to an hour).
+//!
+//! Order and at-least-once: a subscription's notifications are sent in log
+//! order, one at a time; while the oldest is retried the later ones wait
+//! behind it, and a receiver that was down gets the backlog in order once
+//! it answers. An attempt is recorded after it was made, so a crash in
+//! between sends it again (each carries its event's id in
+//! `X-Slipway-Delivery` for the receiver to drop a repeat).
+//!
+//! Secrets: the target URL (a Slack or Discord webhook's path is its
+//! credential) and the signing secret go to the value table, sealed like
+//! settings; events hold fingerprints and the URL's scheme and host. The
+//! secret is returned once, by `subscribe`. Failure reasons are written by
+//! this module and scrubbed of both before they are recorded.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::RngCore;
+use slipway_proto::event::{
+    deployment_stream, notification_stream, DeliveryOutcome, LogPosition, NotificationAttempted, NotificationKind,
+    NotificationRedeliveryRequested, NotificationReplayRequested, NotificationSubscribed, NotificationTarget, NotificationUnsubscribed,
+    NotifiedEvent, NOTIFICATIONS_STREAM,
+};
+use slipway_proto::Event;
+use slipway_store::settings::fingerprint;
+use slipway_store::subscription::wait_for_wakeup;
+use slipway_store::{EventStore, ExpectedVersion, Position, RecordedEvent, StoreError};
+use uuid::Uuid;
+
+use crate::notify::{self, Backoff, DeploymentContext, Next, Notice, Progress, Subscription, Subscriptions};
+use crate::requests::{envelope, load_project, Rejection};
+
+/// The actor of what the notifier records.
+const ACTOR: &str = "engine:notifier";
+/// The checkpoint of the notifier's reader.
+const CHECKPOINT: &str = "notifier";
+/// Events read at a time.
+const BATCH: usize = 500;
+/// The longest failure reason recorded.
+const MAX_REASON: usize = 300;
+/// Deployments whose request is kept in memory (then forgotten, and read again when needed).
+const CONTEXTS: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct NotifierOptions {
+    pub backoff: Backoff,
+    /// How long one post may take, from connecting to the answer's status.
+    pub timeout: Duration,
+    /// How often the log is read when no wake-up came.
+    pub poll: Duration,
+}
+
+impl Default for NotifierOptions {
+    fn default() -> Self {
+        NotifierOptions { backoff: Backoff::default(), timeout: Duration::from_secs(10), poll: Duration::from_secs(1) }
+    }
+}
+
+/// Why a notification request was refused: the caller's to fix (a bad URL,
+/// an unknown project), or no such subscription or attempt (a 404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Invalid(Rejection),
+    NotFound(Rejection),
+}
+
+impl Refused {
+    pub fn message(&self) -> &str {
+        match self {
+            Refused::Invalid(r) | Refused::NotFound(r) => &r.0,
+        }
+    }
+}
+
+pub type Outcome<T> = Result<Result<T, Refused>, StoreError>;
+
+/// A subscription to add.
+#[derive(Debug, Clone)]
+pub struct NewSubscription {
+    pub project: Option<String>,
+    pub kinds: Vec<NotificationKind>,
+    pub target: NotificationTarget,
+    pub url: String,
+}
+
+/// A subscription added: its id, and for a webhook its signing secret,
+/// the one time it is shown.
+#[derive(Debug, Clone)]
+pub struct Subscribed {
+    pub id: Uuid,
+    pub url_shown: String,
+    pub secret: Option<String>,
+}
+
+/// A new signing secret: the prefix and 32 random bytes in hex.
+fn generate_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{}{}", notify::SECRET_PREFIX, hex::encode(bytes))
+}
+
+/// The value table's key of a subscription's URL or secret. `-notification`
+/// is no project name (those never start with '-'), so it never meets a
+/// setting's fingerprint.
+fn value_fingerprint(installation_key: &[u8], id: Uuid, what: &str, value: &str) -> String {
+    fingerprint(installation_key, "-notification", &id.to_string(), what, value)
+}
+
+/// Records a subscription: its URL (and a webhook's new secret) to the
+/// value table, `NotificationSubscribed` to the notifications stream.
+pub async fn subscribe(store: &dyn EventStore, actor: &str, new: NewSubscription) -> Outcome<Subscribed> {
+    let url_shown = match notify::check_url(&new.url) {
+        Ok(shown) => shown,
+        Err(e) => return Ok(Err(Refused::Invalid(Rejection(format!("the notification URL is refused: {e}"))))),
+    };
+    if let Some(project) = &new.project {
+        if load_project(store, project).await?.is_none() {
+            return Ok(Err(Refused::Invalid(Rejection(format!("no project `{project}`; create it with `slipway project create`")))));
+        }
+    }
+    let id = Uuid::now_v7();
+    let key = store.installation_key().await?;
+    let url = value_fingerprint(&key, id, "URL", &new.url);
+    store.put_value(&url, &new.url).await?;
+    let secret = match new.target {
+        NotificationTarget::Webhook => {
+            let secret = generate_secret();
+            let f = value_fingerprint(&key, id, "SECRET", &secret);
+            store.put_value(&f, &secret).await?;
+            Some((f, secret))
+        }
+        NotificationTarget::Slack | NotificationTarget::Discord => None,
+    };
+    let mut kinds = new.kinds;
+    kinds.sort();
+    kinds.dedup();
+    let event = Event::NotificationSubscribed(NotificationSubscribed {
+        id,
+        project: new.project,
+        kinds,
+        target: new.target,
+        url_shown: url_shown.clone(),
+        url,
+        secret: secret.as_ref().map(|(f, _)| f.clone()),
+    });
+    append(store, NOTIFICATIONS_STREAM, actor, &event).await?;
+    Ok(Ok(Subscribed { id, url_shown, secret: secret.map(|(_, s)| s) }))
+}
+
+/// Removes a subscription: nothing more is sent to it.
+pub async fn unsubscribe(store: &dyn EventStore, actor: &str, id: Uuid) -> Outcome<()> {
+    if !subscriptions(store).await?.contains_key(&id) {
+        return Ok(Err(no_subscription(id)));
+    }
+    append(store, NOTIFICATIONS_STREAM, actor, &Event::NotificationUnsubscribed(NotificationUnsubscribed { id })).await?;
+    Ok(Ok(()))
+}
+
+fn no_subscription(id: Uuid) -> Refused {
+    Refused::NotFound(Rejection(format!("no notification subscription {id}; `slipway notifications list` shows them")))
+}
+
+/// Every live subscription.
+pub async fn subscriptions(store: &dyn EventStore) -> Result<Subscriptions, StoreError> {
+    let mut subscriptions = Subscriptions::new();
+    for r in store.read_stream(NOTIFICATIONS_STREAM, 1).await? {
+        if let Ok(event) = r.envelope.decode::<Event>() {
+            notify::apply_subscription(&mut subscriptions, &event, log_position(r.position));
+        }
+    }
+    Ok(subscriptions)
+}
+
+/// One recorded attempt, with its own id (what `redeliver` takes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: Uuid,
+    pub subscription: Uuid,
+    pub attempt: NotificationAttempted,
+}
+
+/// The recorded attempts of one subscription (or of every live one), oldest first.
+pub async fn deliveries(store: &dyn EventStore, subscription: Option<Uuid>) -> Outcome<Vec<Attempt>> {
+    let ids: Vec<Uuid> = match subscription {
+        Some(id) if subscriptions(store).await?.contains_key(&id) => vec![id],
+        Some(id) => return Ok(Err(no_subscription(id))),
+        None => subscriptions(store).await?.into_keys().collect(),
+    };
+    let mut out = Vec::new();
+    for id in ids {
+        for r in store.read_stream(&notification_stream(id), 1).await? {
+            if let Ok(Event::NotificationAttempted(attempt)) = r.envelope.decode::<Event>() {
+                out.push(Attempt { id: r.envelope.id, subscription: id, attempt });
+            }
+        }
+    }
+    out.sort_by_key(|a| (a.attempt.at, a.id));
+    Ok(Ok(out))
+}
+
+/// Asks the notifier to send the notification of attempt `attempt_id` once
+/// more (out of the log's order, tried once). Returns its subscription.
+pub async fn redeliver(store: &dyn EventStore, actor: &str, attempt_id: Uuid) -> Outcome<Uuid> {
+    let found = match deliveries(store, None).await? {
+        Ok(all) => all.into_iter().find(|a| a.id == attempt_id),
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let Some(found) = found else {
+        return Ok(Err(Refused::NotFound(Rejection(format!(
+            "no delivery attempt {attempt_id} of a live subscription; `slipway notifications deliveries` lists them"
+        )))));
+    };
+    let event = Event::NotificationRedeliveryRequested(NotificationRedeliveryRequested { event: found.attempt.event });
+    append(store, &notification_stream(found.subscription), actor, &event).await?;
+    Ok(Ok(found.subscription))
+}
+
+/// Asks the notifier to send subscription `id` every matching event after
+/// `from` again, in order (a receiver that lost what it got).
+pub async fn replay(store: &dyn EventStore, actor: &str, id: Uuid, from: LogPosition) -> Outcome<()> {
+    if !subscriptions(store).await?.contains_key(&id) {
+        return Ok(Err(no_subscription(id)));
+    }
+    let event = Event::NotificationReplayRequested(NotificationReplayRequested { from });
+    append(store, &notification_stream(id), actor, &event).await?;
+    Ok(Ok(()))
+}
+
+async fn append(store: &dyn EventStore, stream: &str, actor: &str, event: &Event) -> Result<Uuid, StoreError> {
+    let envelope = envelope(stream, event, Uuid::now_v7(), actor, None);
+    let id = envelope.id;
+    match store.append(stream, ExpectedVersion::Any, std::slice::from_ref(&envelope), &[]).await? {
+        Ok(_) => Ok(id),
+        Err(conflict) => Err(StoreError::InvalidAppend { stream: conflict.stream, reason: "an append at any version conflicted".into() }),
+    }
+}
+
+pub fn log_position(p: Position) -> LogPosition {
+    LogPosition { tx: p.tx, seq: p.seq }
+}
+
+fn store_position(p: LogPosition) -> Position {
+    Position { tx: p.tx, seq: p.seq }
+}
+
+/// Sends notifications until `shutdown`. A store failure is logged and
+/// the state read again after a pause.
+pub async fn run(store: Arc<dyn EventStore>, options: NotifierOptions, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let client = http_client();
+    let mut wake = store.wakeups();
+    loop {
+        let attempt = async {
+            let notifier = Notifier::load(&*store).await?;
+            notifier.serve(&*store, &client, &options, &mut wake).await
+        };
+        let outcome = tokio::select! {
+            _ = &mut shutdown => return,
+            outcome = attempt => outcome,
+        };
+        match outcome {
+            Ok(()) => continue, // a replay was asked for: read everything again
+            Err(e) => tracing::warn!(error = %e, "notifications: reading or recording failed; trying again"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(options.poll) => {}
+        }
+    }
+}
+
+/// A notification waiting to be sent.
+#[derive(Debug, Clone)]
+struct Pending {
+    event: NotifiedEvent,
+    notice: Notice,
+}
+
+/// One subscription as the notifier serves it.
+struct Sub {
+    info: Subscription,
+    url: Option<String>,
+    secret: Option<String>,
+    progress: Progress,
+    queue: VecDeque<Pending>,
+    redeliveries: VecDeque<Pending>,
+    /// Ids of the events this notifier appended to the subscription's
+    /// stream and already applied (skipped when read back).
+    own: HashSet<Uuid>,
+}
+
+impl Sub {
+    /// Events after this are still to be sent.
+    fn after(&self) -> LogPosition {
+        self.progress.cursor.unwrap_or(self.info.since)
+    }
+
+    /// When its head is due, if it waits for a retry.
+    fn due_at(&self) -> Option<DateTime<Utc>> {
+        let head = self.queue.front()?;
+        self.progress.retrying.as_ref().filter(|r| r.event_id == head.event.event_id).map(|r| r.next_at)
+    }
+}
+
+struct Notifier {
+    subs: BTreeMap<Uuid, Sub>,
+    /// The notifications stream's version applied.
+    version: u64,
+    /// Where the reader is in the log.
+    reader: Position,
+    contexts: HashMap<Uuid, Option<DeploymentContext>>,
+}
+
+impl Notifier {
+    async fn load(store: &dyn EventStore) -> Result<Notifier, StoreError> {
+        let mut notifier = Notifier { subs: BTreeMap::new(), version: 0, reader: Position::START, contexts: HashMap::new() };
+        let mut subscriptions = Subscriptions::new();
+        for r in store.read_stream(NOTIFICATIONS_STREAM, 1).await? {
+            notifier.version = r.version;
+            if let Ok(event) = r.envelope.decode::<Event>() {
+                notify::apply_subscription(&mut subscriptions, &event, log_position(r.position));
+            }
+        }
+        for (id, info) in subscriptions {
+            let mut sub = Sub::new(store, info).await?;
+            for r in store.read_stream(&notification_stream(id), 1).await? {
+                if let Ok(event) = r.envelope.decode::<Event>() {
+                    sub.progress.apply(&event, r.version);
+                }
+            }
+            for event in sub.progress.redeliveries.clone() {
+                if let Some(pending) = notifier.pending(store, &event).await? {
+                    sub.redeliveries.push_back(pending);
+                }
+            }
+            notifier.subs.insert(id, sub);
+        }
+        let checkpoint = store.load_checkpoint(CHECKPOINT).await?;
+        notifier.reader = notifier.subs.values().map(|s| store_position(s.after())).fold(checkpoint, Position::min);
+        Ok(notifier)
+    }
+
+    /// Reads and sends until a replay asks for everything to be read again
+    /// (`Ok`) or the store fails.
+    async fn serve(
+        mut self,
+        store: &dyn EventStore,
+        client: &HttpClient,
+        options: &NotifierOptions,
+        wake: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<(), StoreError> {
+        let mut saved = self.reader;
+        loop {
+            wake.borrow_and_update();
+            loop {
+                let batch = store.read_all(self.reader, BATCH).await?;
+                let Some(last) = batch.last() else { break };
+                let last = last.position;
+                for recorded in &batch {
+                    if self.read(store, recorded).await? == Read::Reload {
+                        return Ok(());
+                    }
+                }
+                self.reader = last;
+                if batch.len() < BATCH {
+                    break;
+                }
+            }
+            let sends = self.subs.iter_mut().map(|(id, sub)| deliver(store, client, options, *id, sub));
+            for result in futures::future::join_all(sends).await {
+                result?;
+            }
+            // Nothing is left to send before the reader: a restart may start there.
+            let idle = self.subs.values().all(|s| s.queue.is_empty() && s.redeliveries.is_empty());
+            if idle && self.reader != saved {
+                store.save_checkpoint(CHECKPOINT, self.reader).await?;
+                saved = self.reader;
+            }
+            let now = Utc::now();
+            let wait = self
+                .subs
+                .values()
+                .filter_map(Sub::due_at)
+                .min()
+                .map_or(options.poll, |at| (at - now).to_std().unwrap_or_default().min(options.poll));
+            wait_for_wakeup(wake, wait).await;
+        }
+    }
+
+    /// Takes one recorded event in: a subscription added or removed, a
+    /// request to a subscription, or an event to notify of.
+    async fn read(&mut self, store: &dyn EventStore, recorded: &RecordedEvent) -> Result<Read, StoreError> {
+        let Ok(event) = recorded.envelope.decode::<Event>() else { return Ok(Read::Next) };
+        if recorded.stream == NOTIFICATIONS_STREAM {
+            if recorded.version > self.version {
+                self.version = recorded.version;
+                match &event {
+                    Event::NotificationSubscribed(s) => {
+                        let info = Subscription { subscribed: s.clone(), since: log_position(recorded.position) };
+                        let sub = Sub::new(store, info).await?;
+                        self.subs.insert(s.id, sub);
+                    }
+                    Event::NotificationUnsubscribed(u) => {
+                        self.subs.remove(&u.id);
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(Read::Next);
+        }
+        if let Some(id) = recorded.stream.strip_prefix("notification-").and_then(|id| id.parse::<Uuid>().ok()) {
+            let Some(sub) = self.subs.get_mut(&id) else { return Ok(Read::Next) };
+            if recorded.version <= sub.progress.version {
+                return Ok(Read::Next);
+            }
+            sub.progress.version = recorded.version;
+            if sub.own.remove(&recorded.envelope.id) {
+                return Ok(Read::Next);
+            }
+            match &event {
+                Event::NotificationReplayRequested(_) => return Ok(Read::Reload),
+                Event::NotificationRedeliveryRequested(r) => {
+                    sub.progress.apply(&event, recorded.version);
+                    let event = r.event.clone();
+                    if let Some(pending) = self.pending(store, &event).await? {
+                        if let Some(sub) = self.subs.get_mut(&id) {
+                            sub.redeliveries.push_back(pending);
+                        }
+                    }
+                }
+                // Another notifier's attempt: it got there first.
+                Event::NotificationAttempted(_) => {
+                    sub.progress.apply(&event, recorded.version);
+                    let after = sub.after();
+                    sub.queue.retain(|p| p.event.position > after);
+                }
+                _ => {}
+            }
+            return Ok(Read::Next);
+        }
+        if let Event::DeploymentRequested(r) = &event {
+            self.remember(r.deployment_id, Some(context_of(r)));
+        }
+        if !notify::may_notify(&event) {
+            return Ok(Read::Next);
+        }
+        let Some(notice) = self.notice(store, recorded, &event).await? else { return Ok(Read::Next) };
+        let position = log_position(recorded.position);
+        let notified = NotifiedEvent {
+            event_id: recorded.envelope.id,
+            stream: recorded.stream.clone(),
+            version: recorded.version,
+            position,
+            kind: notice.kind,
+        };
+        for sub in self.subs.values_mut() {
+            if position > sub.after() && sub.info.wants(&notice) {
+                sub.queue.push_back(Pending { event: notified.clone(), notice: notice.clone() });
+            }
+        }
+        Ok(Read::Next)
+    }
+
+    async fn notice(&mut self, store: &dyn EventStore, recorded: &RecordedEvent, event: &Event) -> Result<Option<Notice>, StoreError> {
+        let deployment = match notify::deployment_of(&recorded.stream, event) {
+            Some(id) => self.context(store, id).await?.map(|c| (id, c)),
+            None => None,
+        };
+        Ok(notify::notice(event, recorded.envelope.id, recorded.envelope.timestamp, deployment.as_ref().map(|(id, c)| (*id, c))))
+    }
+
+    /// The notification `event` names, read again from its stream.
+    async fn pending(&mut self, store: &dyn EventStore, event: &NotifiedEvent) -> Result<Option<Pending>, StoreError> {
+        let found = store.read_stream(&event.stream, event.version).await?.into_iter().find(|r| r.envelope.id == event.event_id);
+        let Some(recorded) = found else { return Ok(None) };
+        let Ok(decoded) = recorded.envelope.decode::<Event>() else { return Ok(None) };
+        Ok(self.notice(store, &recorded, &decoded).await?.map(|notice| Pending { event: event.clone(), notice }))
+    }
+
+    async fn context(&mut self, store: &dyn EventStore, deployment: Uuid) -> Result<Option<DeploymentContext>, StoreError> {
+        if let Some(known) = self.contexts.get(&deployment) {
+            return Ok(known.clone());
+        }
+        let mut found = None;
+        for r in store.read_stream(&deployment_stream(deployment), 1).await? {
+            if let Ok(Event::DeploymentRequested(request)) = r.envelope.decode::<Event>() {
+                found = Some(context_of(&request));
+                break;
+            }
+        }
+        self.remember(deployment, found.clone());
+        Ok(found)
+    }
+
+    fn remember(&mut self, deployment: Uuid, context: Option<DeploymentContext>) {
+        if self.contexts.len() >= CONTEXTS {
+            self.contexts.clear();
+        }
+        self.contexts.insert(deployment, context);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    Next,
+    Reload,
+}
+
+fn context_of(request: &slipway_proto::event::DeploymentRequested) -> DeploymentContext {
+    DeploymentContext { project: request.project.clone(), environment: request.environment.clone(), git_ref: request.git_ref.clone() }
+}
+
+impl Sub {
+    async fn new(store: &dyn EventStore, info: Subscription) -> Result<Sub, StoreError> {
+        let mut wanted = vec![info.subscribed.url.clone()];
+        wanted.extend(info.subscribed.secret.clone());
+        let mut values = store.values(&wanted).await?;
+        let url = values.remove(&info.subscribed.url);
+        let secret = info.subscribed.secret.as_ref().and_then(|f| values.remove(f));
+        Ok(Sub {
+            info,
+            url,
+            secret,
+            progress: Progress::default(),
+            queue: VecDeque::new(),
+            redeliveries: VecDeque::new(),
+            own: HashSet::new(),
+        })
+    }
+}
+
+/// Sends what is due to one subscription: its redeliveries (once each),
+/// then its queue in order until one fails (it is retried when due) or
+/// nothing is left.
+async fn deliver(
+    store: &dyn EventStore,
+    client: &HttpClient,
+    options: &NotifierOptions,
+    id: Uuid,
+    sub: &mut Sub,
+) -> Result<(), StoreError> {
+    while let Some(pending) = sub.redeliveries.pop_front() {
+        let sent = send(client, options, sub, &pending).await;
+        let outcome = if sent.delivered { DeliveryOutcome::Delivered } else { DeliveryOutcome::GaveUp };
+        record(store, id, sub, &pending, 1, sent, outcome, true).await?;
+    }
+    while let Some(pending) = sub.queue.front().cloned() {
+        let now = Utc::now();
+        let (attempt, first_at) = match &sub.progress.retrying {
+            Some(r) if r.event_id == pending.event.event_id => {
+                if r.next_at > now {
+                    return Ok(());
+                }
+                (r.attempts + 1, r.first_at)
+            }
+            _ => (1, now),
+        };
+        let sent = send(client, options, sub, &pending).await;
+        let outcome = if sent.delivered {
+            DeliveryOutcome::Delivered
+        } else {
+            match options.backoff.next(attempt, first_at, Utc::now()) {
+                Next::RetryAt(next_at) => DeliveryOutcome::Retry { next_at },
+                Next::GiveUp => DeliveryOutcome::GaveUp,
+            }
+        };
+        let retry = matches!(outcome, DeliveryOutcome::Retry { .. });
+        record(store, id, sub, &pending, attempt, sent, outcome, false).await?;
+        if retry {
+            return Ok(());
+        }
+        sub.queue.pop_front();
+    }
+    Ok(())
+}
+
+/// What one post came to.
+struct Sent {
+    delivered: bool,
+    status: Option<u16>,
+    error: Option<String>,
+    latency: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    store: &dyn EventStore,
+    id: Uuid,
+    sub: &mut Sub,
+    pending: &Pending,
+    attempt: u32,
+    sent: Sent,
+    outcome: DeliveryOutcome,
+    redelivery: bool,
+) -> Result<(), StoreError> {
+    let (level_ok, kind) = (sent.delivered, pending.event.kind);
+    if !level_ok {
+        tracing::info!(subscription = %id, %kind, attempt, error = sent.error.as_deref().unwrap_or(""), "notification not delivered");
+    }
+    let event = Event::NotificationAttempted(NotificationAttempted {
+        event: pending.event.clone(),
+        attempt,
+        status: sent.status,
+        error: sent.error,
+        latency_ms: u64::try_from(sent.latency.as_millis()).unwrap_or(u64::MAX),
+        outcome,
+        redelivery,
+        at: Utc::now(),
+    });
+    let own = append(store, &notification_stream(id), ACTOR, &event).await?;
+    sub.own.insert(own);
+    let version = sub.progress.version;
+    sub.progress.apply(&event, version);
+    Ok(())
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One client for every post: HTTPS against the system's roots, or plain HTTP.
+fn http_client() -> HttpClient {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let connector = match builder.with_provider_and_native_roots(provider.clone()) {
+        Ok(b) => b.https_or_http().enable_http1().build(),
+        Err(e) => {
+            tracing::warn!(error = %e, "notifications: no system CA certificates; https:// targets will fail");
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build()
+        }
+    };
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Posts one notification to the subscription's target.
+async fn send(client: &HttpClient, options: &NotifierOptions, sub: &Sub, pending: &Pending) -> Sent {
+    let started = Instant::now();
+    let failed = |error: String, status: Option<u16>| Sent { delivered: false, status, error: Some(error), latency: started.elapsed() };
+    let Some(url) = &sub.url else {
+        return failed("the target URL is not in the value table (or cannot be opened with this secrets key)".into(), None);
+    };
+    let target = sub.info.subscribed.target;
+    if target == NotificationTarget::Webhook && sub.secret.is_none() {
+        return failed("the signing secret is not in the value table (or cannot be opened with this secrets key)".into(), None);
+    }
+    let body = notify::body(target, &pending.notice, pending.event.position);
+    let mut request = hyper::Request::post(url.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, concat!("slipway-notifications/", env!("CARGO_PKG_VERSION")));
+    if target == NotificationTarget::Webhook {
+        let timestamp = Utc::now().timestamp();
+        let signature = notify::signature(sub.secret.as_deref().unwrap_or_default(), timestamp, &body);
+        request = request
+            .header(notify::TIMESTAMP_HEADER, timestamp.to_string())
+            .header(notify::SIGNATURE_HEADER, signature)
+            .header(notify::DELIVERY_HEADER, pending.event.event_id.to_string())
+            .header(notify::KIND_HEADER, pending.event.kind.as_str());
+    }
+    let request = match request.body(Full::new(Bytes::from(body))) {
+        Ok(r) => r,
+        Err(_) => return failed("the target URL cannot be requested".into(), None),
+    };
+    match tokio::time::timeout(options.timeout, client.request(request)).await {
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            if response.status().is_success() {
+                Sent { delivered: true, status: Some(status), error: None, latency: started.elapsed() }
+            } else {
+                failed(format!("the target answered {status}"), Some(status))
+            }
+        }
+        Ok(Err(e)) => failed(scrub(&chain(&e), sub), None),
+        Err(_) => failed(format!("no answer within {} ms", options.timeout.as_millis()), None),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// A failure reason without the URL (beyond what is shown) or the secret, cut short.
+fn scrub(reason: &str, sub: &Sub) -> String {
+    let mut text = reason.to_string();
+    if let Some(url) = &sub.url {
+        text = text.replace(url.as_str(), &sub.info.subscribed.url_shown);
+        if let Some(path) = url.strip_prefix(&sub.info.subscribed.url_shown).filter(|p| p.len() > 1) {
+            text = text.replace(path, "/***");
+        }
+    }
+    if let Some(secret) = &sub.secret {
+        text = text.replace(secret.as_str(), "***");
+    }
+    if text.chars().count() > MAX_REASON {
+        text = text.chars().take(MAX_REASON).chain(['…']).collect();
+    }
+    text
+}
