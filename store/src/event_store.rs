@@ -12,25 +12,7 @@ use uuid::Uuid;
 
 use crate::chain::ChainRow;
 
-/// A place in the global order. Subscribers order events by `(tx, seq)`:
-/// on PostgreSQL `tx` is the writing transaction's id, so a transaction that
-/// commits late still sorts after everything a reader has already passed; on
-/// SQLite (one writer at a time) `tx` is 0 and `seq` alone is commit order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Position {
-    pub tx: u64,
-    pub seq: i64,
-}
-
-impl Position {
-    pub const START: Position = Position { tx: 0, seq: 0 };
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.tx, self.seq)
-    }
-}
+pub use slipway_verify::Position;
 
 /// A worker process as its last heartbeat described it.
 #[derive(Debug, Clone, PartialEq, Eq)]

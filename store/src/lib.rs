@@ -4,11 +4,9 @@
 //! queues themselves (RabbitMQ, in-process). Workers and the engine both
 //! depend on this crate; it knows nothing of deployments' decisions.
 
-pub mod chain;
-pub mod checkpoint;
 pub mod event_store;
+pub use slipway_verify::{chain, checkpoint, merkle};
 pub mod export;
-pub mod merkle;
 pub mod pg_login;
 pub mod postgres;
 pub mod queue;

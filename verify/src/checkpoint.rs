@@ -34,8 +34,8 @@ use std::fmt::Write as _;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::event_store::Position;
 use crate::merkle::{self, Frontier};
+use crate::Position;
 
 /// The `format` of checkpoint files this code writes and reads.
 pub const FORMAT: &str = "slipway-checkpoint/1";
