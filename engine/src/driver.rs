@@ -22,6 +22,7 @@ use slipway_store::{EventStore, ExpectedVersion, StoreError, WorkerBeat};
 use slipway_telemetry::trace::PlannedSpan;
 use uuid::Uuid;
 
+use crate::clock::{Clock, SystemClock};
 use crate::decider::{decide, Decision, EnvironmentView, Retries};
 use crate::deployment::{fold, Deployment};
 use crate::environment::Environment;
@@ -78,6 +79,9 @@ pub struct DriverOptions {
     /// How often the engine removes previews past their time to live
     /// (`lifecycle::run_sweep`, beside the driver).
     pub preview_sweep: std::time::Duration,
+    /// Where the driver gets the time from (`SystemClock`; tests move a
+    /// `ManualClock`).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for DriverOptions {
@@ -91,6 +95,7 @@ impl Default for DriverOptions {
             retries: Retries::default(),
             messaging_system: "unknown",
             preview_sweep: std::time::Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -166,7 +171,7 @@ impl Driver {
             let next_timer = timers.values().chain(reroutes.values()).min().copied().into_iter().chain(lease_ends).min();
             let sleep = async {
                 match next_timer {
-                    Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+                    Some(at) => self.options.clock.sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -179,7 +184,7 @@ impl Driver {
                     return Ok(());
                 }
                 _ = sleep => {
-                    let now = Utc::now();
+                    let now = self.options.clock.now();
                     streams.extend(timers.iter().filter(|(_, at)| **at <= now).map(|(s, _)| s.clone()));
                     if reroutes.values().any(|at| *at <= now) {
                         self.settle_reroutes(&mut reroutes).await?;
@@ -259,7 +264,7 @@ impl Driver {
                 return Ok(());
             }
         };
-        let now = Utc::now();
+        let now = self.options.clock.now();
         for stream in reroutes.keys().cloned().collect::<Vec<_>>() {
             let env = match load::environment_of_stream(&*self.store, &stream).await {
                 Ok(env) => env,
@@ -323,7 +328,7 @@ impl Driver {
             let Some(changed) = crate::reconcile::route_correction(project, environment, &env, Some(route)) else {
                 return Ok(None);
             };
-            let now = Utc::now();
+            let now = self.options.clock.now();
             let deadline = now + chrono::Duration::from_std(self.options.switch_timeout).unwrap_or(chrono::Duration::seconds(15));
             let routers: Vec<String> = self.read_traffic().await?.traffic.routers.into_iter().collect();
             let rerouted = Event::ReleaseRerouted(slipway_proto::event::ReleaseRerouted {
@@ -449,7 +454,7 @@ impl Driver {
             done.extend(one_by_one);
         }
         // Still moving after this many rounds: look again shortly.
-        let soon = Utc::now() + chrono::Duration::seconds(1);
+        let soon = self.options.clock.now() + chrono::Duration::seconds(1);
         done.extend(round.into_iter().map(|stream| (stream, Ok(Some(soon)))));
         done
     }
@@ -477,7 +482,7 @@ impl Driver {
         // Still deciding after this many rounds: look again shortly rather
         // than hold the batch.
         tracing::warn!(%stream, rounds = ROUNDS, "deployment kept moving while deciding; looking again in a second");
-        Ok(Some(Utc::now() + chrono::Duration::seconds(1)))
+        Ok(Some(self.options.clock.now() + chrono::Duration::seconds(1)))
     }
 
     /// What to record next for one deployment, decided from what the
@@ -505,7 +510,7 @@ impl Driver {
             (Some(_), _) => None,
         };
         let routes_version = traffic.as_ref().map_or(0, |t| t.routes_version);
-        let now = Utc::now();
+        let now = self.options.clock.now();
         let reusable_image = self.reusable_image(&state, now).await?;
         let view = EnvironmentView {
             may_start: env.may_start(state.id),
@@ -647,7 +652,9 @@ impl Driver {
                 None => self.read_traffic().await,
             };
             let checked = match seen {
-                Ok(seen) if seen.liveness.expired(Utc::now()).is_empty() => return Ok((expired_any, seen.liveness.next_expiry())),
+                Ok(seen) if seen.liveness.expired(self.options.clock.now()).is_empty() => {
+                    return Ok((expired_any, seen.liveness.next_expiry()))
+                }
                 Ok(_) => self.read_traffic().await,
                 Err(e) => Err(e),
             };
@@ -659,7 +666,7 @@ impl Driver {
                     return Ok((expired_any, None));
                 }
             };
-            let now = Utc::now();
+            let now = self.options.clock.now();
             let expired = fresh.liveness.expired(now);
             if expired.is_empty() {
                 continue; // heard from meanwhile
@@ -692,7 +699,7 @@ impl Driver {
                 Err(e) => return Err(e),
             }
         }
-        Ok((expired_any, Some(Utc::now() + chrono::Duration::seconds(1))))
+        Ok((expired_any, Some(self.options.clock.now() + chrono::Duration::seconds(1))))
     }
 
     /// While a heartbeat-tracked step is dispatched: the last time a worker
@@ -786,7 +793,7 @@ impl Driver {
     /// `<queue> publish` span (a child of the cause's span) whose context
     /// goes into the command and its `StepDispatched`.
     fn materialise(&self, stream: &str, env_stream: &str, cause: &Envelope, decisions: Vec<Decision>) -> Materialised {
-        let now = Utc::now();
+        let now = self.options.clock.now();
         let meta = || {
             let mut m = Metadata::caused_by(cause);
             m.actor = "engine".into();

@@ -8,6 +8,7 @@ pub mod acme;
 pub mod api;
 pub mod auto_deploy;
 pub mod certificates;
+pub mod clock;
 pub mod decider;
 pub mod deployment;
 pub mod domains;
