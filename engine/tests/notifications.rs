@@ -135,19 +135,15 @@ impl Receiver {
     }
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// How long anything here may take.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    slipway_support::eventually(what, PATIENCE, check).await
 }
 
 struct Setup {

@@ -19,7 +19,11 @@ use slipway_engine::driver::{Driver, DriverOptions};
 use slipway_engine::protection;
 use slipway_proto::event::{deployment_stream, TokenScope};
 use slipway_proto::Event;
+use slipway_support::eventually;
 use uuid::Uuid;
+
+/// How long anything here may take.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 async fn events(setup: &Setup, id: Uuid) -> Vec<Event> {
     let recorded = setup.store.read_stream(&deployment_stream(id), 1).await.unwrap();
@@ -28,14 +32,6 @@ async fn events(setup: &Setup, id: Uuid) -> Vec<Event> {
 
 async fn dispatched(setup: &Setup, id: Uuid) -> bool {
     events(setup, id).await.iter().any(|e| matches!(e, Event::StepDispatched(_)))
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn deploy(setup: &Setup, token: &str, env: &str, body: serde_json::Value) -> common::Reply {
@@ -64,7 +60,7 @@ async fn approvals_and_freezes(setup: &Setup) {
     let live = id_of(&deploy(setup, &ann, "live", json!({})).await);
     let test = id_of(&deploy(setup, &ann, "test", json!({})).await);
     // the one to test starts and the one to live waits for an approval.
-    eventually("the unprotected deployment to start", async || dispatched(setup, test).await).await;
+    eventually("the unprotected deployment to start", PATIENCE, || async { dispatched(setup, test).await.then_some(()) }).await;
     assert!(!dispatched(setup, live).await);
     let state = slipway_engine::load::deployment(store, live).await.unwrap().unwrap();
     assert_eq!(state.status_word(), "awaiting approval");
@@ -79,7 +75,7 @@ async fn approvals_and_freezes(setup: &Setup) {
     let approved =
         setup.call_as(&bob, Method::POST, &format!("/api/deployments/{live}/approve"), Some(json!({"reason": "looks good"}))).await;
     assert_eq!(approved.status, StatusCode::ACCEPTED, "{}", approved.json);
-    eventually("the approved deployment to start", async || dispatched(setup, live).await).await;
+    eventually("the approved deployment to start", PATIENCE, || async { dispatched(setup, live).await.then_some(()) }).await;
     let again = setup.call_as(&bob, Method::POST, &format!("/api/deployments/{live}/approve"), None).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.json);
 
