@@ -279,13 +279,8 @@ async fn checkpoints_are_signed_on_a_schedule_without_anyone_running_a_command()
             .unwrap_or(0)
     };
     let wait_for = |n: usize| async move {
-        for _ in 0..100 {
-            if count() >= n {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("no checkpoint {n} within 10 s");
+        let what = format!("checkpoint {n}");
+        slipway_support::eventually(&what, std::time::Duration::from_secs(10), || async { (count() >= n).then_some(()) }).await
     };
     wait_for(1).await;
     // A new event: the next round signs a second checkpoint; rounds with nothing new write none.

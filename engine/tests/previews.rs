@@ -187,18 +187,14 @@ async fn an_opened_pull_request_gets_a_deployed_preview_and_closing_it_removes_e
     }
     // PostgreSQL shows the outbox only below the oldest transaction still
     // open in the database (another test's): read until it is there.
-    let mut retire = None;
-    for _ in 0..50 {
-        retire = s.outbox().await.into_iter().find_map(|c| match c {
+    let retire = slipway_support::eventually("the retire command in the outbox", std::time::Duration::from_secs(5), || async {
+        s.outbox().await.into_iter().find_map(|c| match c {
             Command::RetireRelease(r) => Some(r),
             _ => None,
-        });
-        if retire.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(retire.map(|r| (r.deployment_id, r.containers)), Some((first, vec!["slipway-app-pr-42-web".to_string()])));
+        })
+    })
+    .await;
+    assert_eq!((retire.deployment_id, retire.containers), (first, vec!["slipway-app-pr-42-web".to_string()]));
     let routes = slipway_engine::load::routes(&*s.store).await.unwrap();
     assert!(!routes.by_environment.contains_key(&("app".to_string(), "pr-42".to_string())), "the route is removed");
     let env = slipway_engine::load::environment(&*s.store, "app", "pr-42").await.unwrap();
@@ -304,11 +300,10 @@ async fn a_preview_without_a_push_for_its_time_to_live_is_swept_away(s: &Setup) 
     let sweeper = tokio::spawn(lifecycle::run_sweep(s.store.clone(), Duration::from_millis(200), async move {
         let _ = stopped.await;
     }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while s.has_environment("app", "pr-5").await {
-        assert!(tokio::time::Instant::now() < deadline, "pr-5 was not removed after its 2 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    slipway_support::eventually("pr-5 to be removed after its 2 s", Duration::from_secs(10), || async {
+        (!s.has_environment("app", "pr-5").await).then_some(())
+    })
+    .await;
     let _ = stop.send(());
     sweeper.await.unwrap();
     let recorded = s.store.read_stream(&project_stream("app"), 1).await.unwrap();
