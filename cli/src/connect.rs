@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use slipway_store::postgres::{redact_url, PgOptions};
+use slipway_store::postgres::{redact_url, Grant, PgOptions};
 use slipway_store::queue::memory::MemoryQueue;
 use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
@@ -83,7 +83,8 @@ pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>) ->
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
     }
-    PgStore::migrate(url, schema, grant_to).await.with_context(|| format!("migrating PostgreSQL at {}", redact_url(url)))
+    let grants: Vec<Grant> = grant_to.map(|role| Grant::Issuer(role.to_string())).into_iter().collect();
+    PgStore::migrate(url, schema, &grants).await.with_context(|| format!("migrating PostgreSQL at {}", redact_url(url)))
 }
 
 /// `namespace` prefixes RabbitMQ queue names.

@@ -78,3 +78,56 @@ async fn only_the_migration_step_uses_the_owner_and_the_runtime_login_cannot_rew
     let owner = sqlx::PgPool::connect(&pg_url()).await.unwrap();
     sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE")).execute(&owner).await.unwrap();
 }
+
+/// Events that grant authority are recorded only by a token issuer: a
+/// worker host's login (writer grants only) appending a correctly hashed
+/// `TokenIssued{scope: admin}` through the store is refused by the
+/// database, whichever way it tries; the server's login issues tokens; the
+/// refused token opens nothing.
+#[tokio::test]
+async fn a_worker_hosts_login_cannot_mint_itself_a_token() {
+    use slipway_proto::event::TokenScope;
+    use slipway_store::postgres::{PgOptions, PgStore};
+    use slipway_store::EventStore;
+    let schema = format!("roles_{}", uuid::Uuid::now_v7().simple());
+    let data = tempfile::tempdir().unwrap();
+    let migrated = slipway(&pg_url(), &schema, data.path(), &["db", "migrate", "--grant-to", "slipway_app"]);
+    assert!(migrated.status.success());
+    let runtime = |url: String| {
+        let schema = schema.clone();
+        async move {
+            let options = PgOptions { schema: Some(schema), migrate: false, runtime: true, ..Default::default() };
+            PgStore::connect(&url, options).await.unwrap()
+        }
+    };
+    let worker = runtime(pg_worker_url()).await;
+    // Through the engine's own request, as a compromised worker could call it,
+    let refused = slipway_engine::requests::issue_token(&worker, "agent:evil", "evil", TokenScope::Admin).await;
+    let error = refused.expect_err("a worker host's login issued a token").to_string();
+    assert!(error.contains("may not record") && error.contains("slipway_worker"), "{error}");
+    // and as a raw, correctly chained append of the event.
+    let issued = slipway_proto::event::TokenIssued {
+        name: "evil".into(),
+        scope: TokenScope::Admin,
+        sha256: "0".repeat(64),
+        issued_by: "agent:evil".into(),
+    };
+    let meta = slipway_proto::envelope::Metadata {
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: None,
+        actor: "agent:evil".into(),
+        trace: None,
+    };
+    let event = slipway_proto::Event::TokenIssued(issued);
+    let envelope = slipway_proto::Envelope::new(uuid::Uuid::now_v7(), chrono::Utc::now(), "tokens", &event, meta).unwrap();
+    let raw = worker.append("tokens", slipway_store::ExpectedVersion::Any, &[envelope], &[]).await;
+    assert!(raw.is_err_and(|e| e.to_string().contains("may not record")), "the raw append was not refused");
+    assert_eq!(worker.stream_version("tokens").await.unwrap(), 0, "nothing reached the tokens stream");
+    // The server's login issues tokens as before.
+    let app = runtime(pg_app_url()).await;
+    let token = slipway_engine::requests::issue_token(&app, "cli:ops", "ops", TokenScope::Admin).await.unwrap().unwrap();
+    assert!(!token.is_empty());
+    assert_eq!(app.stream_version("tokens").await.unwrap(), 1);
+    let owner = sqlx::PgPool::connect(&pg_url()).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE")).execute(&owner).await.unwrap();
+}

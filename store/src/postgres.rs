@@ -64,6 +64,26 @@ impl Default for PgOptions {
 
 /// The application's role (created by the first migration).
 pub const WRITER_ROLE: &str = "slipway_writer";
+/// The role whose members may record API tokens (migration 0009).
+pub const TOKEN_ISSUER_ROLE: &str = "slipway_token_issuer";
+
+/// A login `slipway db migrate` lets the runtime processes use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// The server's or an operator's login: the writer grants, and it may
+    /// issue API tokens.
+    Issuer(String),
+    /// A worker host's login: the writer grants, no tokens.
+    Worker(String),
+}
+
+impl Grant {
+    pub fn role(&self) -> &str {
+        match self {
+            Grant::Issuer(role) | Grant::Worker(role) => role,
+        }
+    }
+}
 
 pub struct PgStore {
     pool: PgPool,
@@ -234,20 +254,37 @@ impl PgStore {
 
     /// `slipway db migrate`: applies this build's migrations to `schema` (or
     /// the default) as the login in `url` — the owner's credentials, used for
-    /// this step only — and lets `grant_to` (a login role for the runtime
-    /// processes) act as the writer role. Returns the migration level.
-    pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>) -> Result<i64, StoreError> {
-        if let Some(role) = grant_to {
+    /// this step only — and lets each of `grants` act as the writer role;
+    /// a `Grant::Issuer` login (the server's, an operator's CLI) may also
+    /// record API tokens, a `Grant::Worker` login (a worker host's) may not.
+    /// Returns the migration level.
+    pub async fn migrate(url: &str, schema: Option<&str>, grants: &[Grant]) -> Result<i64, StoreError> {
+        for grant in grants {
+            let role = grant.role();
             if role.is_empty() || !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(StoreError::LoginRefused { reason: format!("role name `{role}` must be letters, digits and underscores") });
             }
         }
         let options = PgOptions { schema: schema.map(str::to_string), max_connections: 2, migrate: true, role: None, runtime: false };
         let store = PgStore::connect(url, options).await?;
-        if let Some(role) = grant_to {
-            sqlx::query(&format!("GRANT {WRITER_ROLE} TO \"{role}\"")).execute(store.pool()).await.map_err(db(format!(
-                "granting {WRITER_ROLE} to {role} (does the login role exist? CREATE ROLE {role} LOGIN PASSWORD ...)"
-            )))?;
+        for grant in grants {
+            let role = grant.role();
+            let roles: &[&str] = match grant {
+                Grant::Issuer(_) => &[WRITER_ROLE, TOKEN_ISSUER_ROLE],
+                Grant::Worker(_) => &[WRITER_ROLE],
+            };
+            for granted in roles {
+                sqlx::query(&format!("GRANT {granted} TO \"{role}\"")).execute(store.pool()).await.map_err(db(format!(
+                    "granting {granted} to {role} (does the login role exist? CREATE ROLE {role} LOGIN PASSWORD ...)"
+                )))?;
+            }
+            if let Grant::Worker(_) = grant {
+                // A login that was an issuer before is one no longer.
+                sqlx::query(&format!("REVOKE {TOKEN_ISSUER_ROLE} FROM \"{role}\""))
+                    .execute(store.pool())
+                    .await
+                    .map_err(db(format!("revoking {TOKEN_ISSUER_ROLE} from {role}")))?;
+            }
         }
         let login = crate::pg_login::login(store.pool()).await?;
         Ok(login.migration.unwrap_or(0))

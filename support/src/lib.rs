@@ -79,6 +79,12 @@ pub fn pg_app_url() -> String {
     var_or("SLIPWAY_PG_APP_URL", "postgres://slipway_app:slipway_app@127.0.0.1:5432/slipway")
 }
 
+/// PostgreSQL as a worker host's login: the writer grants, but not a
+/// token issuer (`slipway db migrate --grant-worker`).
+pub fn pg_worker_url() -> String {
+    var_or("SLIPWAY_PG_WORKER_URL", "postgres://slipway_worker:slipway_worker@127.0.0.1:5432/slipway")
+}
+
 /// RabbitMQ.
 pub fn amqp_url() -> String {
     var_or("SLIPWAY_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")

@@ -37,7 +37,7 @@ pub mod load;
 pub mod tls;
 pub mod webdriver;
 
-pub use slipway_support::{amqp_url, eventually, pg_app_url, pg_url};
+pub use slipway_support::{amqp_url, eventually, pg_app_url, pg_url, pg_worker_url};
 
 /// Fails the test unless a Docker engine answers.
 pub fn require_docker() {
