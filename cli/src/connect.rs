@@ -74,7 +74,7 @@ pub async fn owner_store(url: &str, schema: Option<&str>, sealing: Sealing) -> a
 }
 
 /// `slipway db migrate`: the one step that uses the owner's credentials.
-pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>) -> anyhow::Result<i64> {
+pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>, workers: &[String]) -> anyhow::Result<i64> {
     if url.starts_with("sqlite://") {
         // The embedded store migrates itself when it is opened.
         store(url, schema, Sealing::default()).await?;
@@ -83,7 +83,8 @@ pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>) ->
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
     }
-    let grants: Vec<Grant> = grant_to.map(|role| Grant::Issuer(role.to_string())).into_iter().collect();
+    let issuers = grant_to.map(|role| Grant::Issuer(role.to_string()));
+    let grants: Vec<Grant> = issuers.into_iter().chain(workers.iter().map(|role| Grant::Worker(role.clone()))).collect();
     PgStore::migrate(url, schema, &grants).await.with_context(|| format!("migrating PostgreSQL at {}", redact_url(url)))
 }
 

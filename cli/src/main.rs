@@ -807,8 +807,13 @@ enum DbCmd {
     Migrate {
         /// Let this login role (created by you: CREATE ROLE NAME LOGIN
         /// PASSWORD '...') act as the writer role: the role to run Slipway as.
+        /// It may also record API tokens: the server's login, an operator's.
         #[arg(long, value_name = "ROLE")]
         grant_to: Option<String>,
+        /// Let this login role act as the writer role but never record API
+        /// tokens: a worker host's own login (repeatable).
+        #[arg(long, value_name = "ROLE")]
+        grant_worker: Vec<String>,
     },
 }
 
@@ -819,8 +824,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let sealing = connect::sealing(&cli.database, cli.secrets_key.as_deref(), &cli.old_secrets_key, &cli.data_dir)?;
             return secrets::run(cmd, &cli.database, cli.pg_schema.as_deref(), sealing).await;
         }
-        Command::Db(DbCmd::Migrate { grant_to }) => {
-            let level = connect::migrate(&cli.database, cli.pg_schema.as_deref(), grant_to.as_deref()).await?;
+        Command::Db(DbCmd::Migrate { grant_to, grant_worker }) => {
+            let level = connect::migrate(&cli.database, cli.pg_schema.as_deref(), grant_to.as_deref(), &grant_worker).await?;
             match (&grant_to, level) {
                 (_, 0) => println!("the embedded store is migrated when it is opened; nothing to do"),
                 (Some(role), level) => println!("migrated to {level}; run Slipway as `{role}` (it may act as slipway_writer)"),

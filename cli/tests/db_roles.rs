@@ -91,7 +91,8 @@ async fn a_worker_hosts_login_cannot_mint_itself_a_token() {
     use slipway_store::EventStore;
     let schema = format!("roles_{}", uuid::Uuid::now_v7().simple());
     let data = tempfile::tempdir().unwrap();
-    let migrated = slipway(&pg_url(), &schema, data.path(), &["db", "migrate", "--grant-to", "slipway_app"]);
+    let migrated =
+        slipway(&pg_url(), &schema, data.path(), &["db", "migrate", "--grant-to", "slipway_app", "--grant-worker", "slipway_worker"]);
     assert!(migrated.status.success());
     let runtime = |url: String| {
         let schema = schema.clone();
