@@ -28,6 +28,7 @@ pub mod push;
 pub mod read_model;
 pub mod rebuild;
 pub mod reconcile;
+pub mod rejection;
 pub mod requests;
 pub mod retention;
 pub mod router_errors;

@@ -436,9 +436,6 @@ pub async fn replay(
     OptionalJson(body): OptionalJson<ReplayBody>,
 ) -> ApiResult<Accepted<ReplayAccepted>> {
     let original = load_deployment(&*store, parse_id(&id)?).await?;
-    if !original.is_finished() {
-        return Err(ApiError::Conflict(format!("deployment {} is still running; replay it once it has finished", original.id)));
-    }
     let r = requests::request_replay(&*store, &caller.actor(), original.id, body.from_step).await??;
     ReplayAccepted::new(&*store, &original, r).await
 }
@@ -470,8 +467,7 @@ pub async fn cancel(
 ) -> ApiResult<Accepted<CancelAccepted>> {
     let d = load_deployment(&*store, parse_id(&id)?).await?;
     let reason = body.reason.unwrap_or_default();
-    // It exists, so a refusal means it finished (before or while we looked).
-    requests::request_cancel(&*store, &caller.actor(), d.id, &reason).await?.map_err(|r| ApiError::Conflict(r.0))?;
+    requests::request_cancel(&*store, &caller.actor(), d.id, &reason).await??;
     Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{}", d.id))], Json(CancelAccepted { deployment: d.id })))
 }
 

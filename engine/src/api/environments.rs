@@ -2,8 +2,8 @@
 //! (secret values are never read, only shown as "(secret)"), its releases and
 //! deployments, and the requests that act on what it serves — rollback,
 //! migrate, and promotion to another environment. The requests are
-//! `requests`'; what a caller can fix by waiting or choosing differently
-//! (nothing to roll back to, nothing serving) is told apart here as a 409.
+//! `requests`', and their refusals carry their kind (nothing to roll back
+//! to, nothing serving: a conflict), so handlers only pass them on.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -257,14 +257,6 @@ pub async fn rollback(
     OptionalJson(body): OptionalJson<RollbackBody>,
 ) -> ApiResult<Accepted<RollbackAccepted>> {
     require_environment(&*store, &name, &env).await?;
-    let state = load_environment(&*store, &name, &env).await?;
-    let serving = state.last_succeeded();
-    if body.to.is_some() && body.to == serving {
-        return Err(ApiError::Conflict(format!("deployment {} already serves {name} {env}", serving.unwrap_or_default())));
-    }
-    if body.to.is_none() && !state.releases.iter().any(|r| Some(*r) != serving) {
-        return Err(ApiError::Conflict(format!("{name} {env} has no earlier release to roll back to")));
-    }
     let r = requests::request_rollback(&*store, &caller.actor(), &name, &env, body.to).await??;
     let queued_behind = queued_behind(&*store, &name, &env, r.deployment_id).await?;
     let id = r.deployment_id;
@@ -353,9 +345,6 @@ pub async fn promote(
 ) -> ApiResult<Accepted<PromoteAccepted>> {
     require_environment(&*store, &name, &body.from).await?;
     require_environment(&*store, &name, &body.to).await?;
-    if body.from != body.to && load_environment(&*store, &name, &body.from).await?.last_succeeded().is_none() {
-        return Err(ApiError::Conflict(format!("{name} {} serves no release to promote", body.from)));
-    }
     let mode = body.mode.unwrap_or(BuildMode::Cloud);
     let run_release = mode == BuildMode::Cloud || body.migrate;
     let (id, source) = requests::request_promotion(&*store, &caller.actor(), &name, &body.from, &body.to, mode, run_release).await??;

@@ -104,7 +104,6 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateProject>,
 ) -> ApiResult<(StatusCode, [(axum::http::HeaderName, String); 1], Json<ProjectSummary>)> {
-    let taken = || ApiError::Conflict(format!("project `{}` already exists; pick another name", body.name));
     // Workers resolve the repository on their own hosts, so a path relative
     // to wherever this server runs would mean nothing to them.
     let mirror_without_repository = body.mirror_of.is_some() && body.repo.is_empty();
@@ -118,9 +117,6 @@ pub async fn create(
             body.repo
         )));
     }
-    if requests::load_project(&*store, &body.name).await?.is_some() {
-        return Err(taken());
-    }
     let new = NewProject {
         name: body.name.clone(),
         repository: body.repo.clone(),
@@ -128,11 +124,8 @@ pub async fn create(
         environments: body.environments.clone().unwrap_or_else(|| vec!["test".into(), "live".into()]),
         mirror_of: body.mirror_of.clone(),
     };
-    if let Err(rejection) = requests::create_project(&*store, &caller.actor(), new).await? {
-        // Another request may have taken the name since the check above.
-        let exists = requests::load_project(&*store, &body.name).await?.is_some();
-        return Err(if exists { taken() } else { rejection.into() });
-    }
+    // The original of a mirror is named in the body: missing, it is bad input.
+    requests::create_project(&*store, &caller.actor(), new).await?.map_err(ApiError::from_body)?;
     let project = require_project(&*store, &body.name).await?;
     let location = format!("/api/projects/{}", project.name);
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(ProjectSummary::from(&project))))
