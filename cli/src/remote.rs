@@ -1,6 +1,6 @@
 //! The verbs that go through a server's HTTP API with `--server`: deploy,
-//! status, deployments, history, rollback and replay (cancel is one call, in
-//! `main.rs`). Each sends the API's request (the server's `/openapi.json`
+//! status, deployments, history, rollback, replay and cancel (`domain` has
+//! its own twin in `domains.rs`), dispatched by `through_server`. Each sends the API's request (the server's `/openapi.json`
 //! describes them), then prints as
 //! its local twin does; deploy, rollback and replay follow the deployment's
 //! events through the API (`client::ApiSource`) with the same progress
@@ -13,11 +13,55 @@ use serde_json::{json, Value};
 use slipway_engine::limits::ReleaseLimits;
 use uuid::Uuid;
 
+use crate::args::{Command, FollowArgs};
 use crate::client::{segment, ApiSource, Client, LoggedSource};
-use crate::exit::{coded, Exit};
+use crate::exit::{self, coded, Exit};
 use crate::progress::duration;
 use crate::report::{Reporter, Style};
 use crate::verbs::{print_json, RouterUrl};
+
+/// Runs `command` through the server's API when it is one of the verbs the
+/// client knows; `None` for the process modes, which ignore --server.
+pub async fn through_server(server: &str, token: Option<String>, command: &Command, json: bool) -> anyhow::Result<Option<ExitCode>> {
+    let client = || Client::new(server, token.clone());
+    let follow = |f: &FollowArgs| Follow { timeout: Duration::from_secs(f.timeout), quiet: f.quiet, logs: f.logs, json };
+    let code = match command {
+        Command::Deploy(args) => {
+            let mode = match (args.local, args.cloud) {
+                (true, _) => Some("local"),
+                (_, true) => Some("cloud"),
+                _ => None,
+            };
+            let body = deploy_body(args.git_ref.as_deref(), mode, args.no_cache, args.migrate, args.dry_run);
+            deploy(&client()?, &args.project, &args.env, body, &follow(&args.follow)).await?
+        }
+        Command::Status { project, env, at: None } => status(&client()?, project, env, json).await?,
+        Command::Deployments { project, page } => deployments(&client()?, project, page, json).await?,
+        Command::History { deployment } => history(&client()?, *deployment, json).await?,
+        Command::Rollback { project, env, to, follow: f } => rollback(&client()?, project, env, *to, &follow(f)).await?,
+        Command::Replay { deployment, from_step, follow: f } => {
+            replay(&client()?, *deployment, from_step.map(|s| s.to_string()), &follow(f)).await?
+        }
+        Command::Cancel { deployment, reason } => {
+            client()?.post(&format!("/api/deployments/{deployment}/cancel"), serde_json::json!({ "reason": reason })).await?;
+            println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers");
+            ExitCode::SUCCESS
+        }
+        // Processes, and tokens (issued on the server's database).
+        Command::Demo { .. }
+        | Command::AllInOne { .. }
+        | Command::Server(_)
+        | Command::Router(_)
+        | Command::Worker { .. }
+        | Command::Token(_) => return Ok(None),
+        Command::Domain(cmd) => crate::domains::remote(&client()?, cmd).await?,
+        _ => return Err(exit::usage(
+            "this verb does not go through --server (only deploy, status, deployments, history, rollback, replay, cancel and domain do); \
+                 unset --server/SLIPWAY_SERVER to use --database",
+        )),
+    };
+    Ok(Some(code))
+}
 
 /// How to follow a deployment the server runs.
 pub struct Follow {
@@ -112,7 +156,7 @@ async fn watch(
         Ok(status) => status_url(&status).into_iter().map(|url| RouterUrl { url, router: "server".into() }).collect(),
         Err(_) => vec![],
     };
-    Ok(crate::conclude(&mut reporter, id, project, env, &ending, &routes))
+    Ok(crate::deploying::conclude(&mut reporter, id, project, env, &ending, &routes))
 }
 
 /// The environment's routed URL from the server's status answer, if any.
