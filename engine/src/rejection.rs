@@ -74,19 +74,6 @@ impl Rejection {
             Rejection::Unavailable(_) => "unavailable",
         }
     }
-
-    /// The same kind with another message (a caller that knows better
-    /// words, such as the API naming its own endpoints).
-    pub fn with_message(self, message: impl Into<String>) -> Rejection {
-        let message = message.into();
-        match self {
-            Rejection::NotFound(_) => Rejection::NotFound(message),
-            Rejection::Conflict(_) => Rejection::Conflict(message),
-            Rejection::Invalid(_) => Rejection::Invalid(message),
-            Rejection::Forbidden(_) => Rejection::Forbidden(message),
-            Rejection::Unavailable(_) => Rejection::Unavailable(message),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -97,8 +84,6 @@ mod tests {
     fn a_rejection_shows_its_message_and_names_its_kind() {
         let r = Rejection::not_found("no project `shop`");
         assert_eq!((r.to_string().as_str(), r.message(), r.kind()), ("no project `shop`", "no project `shop`", "not_found"));
-        let r = r.with_message("gone");
-        assert_eq!((r.message(), r.kind()), ("gone", "not_found"));
         assert_eq!(Rejection::unavailable("later").kind(), "unavailable");
     }
 }
