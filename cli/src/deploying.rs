@@ -228,7 +228,7 @@ async fn finish(
         let _ = stop.send(());
         task.await.context("the engine panicked")??;
     }
-    let routes = verbs::router_urls(store, &project, &env).await?;
+    let routes = slipway_engine::queries::router_urls(store, &project, &env).await?;
     Ok(conclude(&mut reporter, id, &project, &env, &ending, &routes))
 }
 
@@ -240,7 +240,7 @@ pub fn conclude(
     project: &str,
     env: &str,
     ending: &progress::Ending,
-    routes: &[verbs::RouterUrl],
+    routes: &[slipway_engine::queries::RouterUrl],
 ) -> ExitCode {
     let urls: Vec<String> = routes.iter().map(|r| r.url.clone()).collect();
     let value = follow::result_json(id, ending, &urls);

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
-use slipway_engine::projector;
+use slipway_engine::queries;
 use slipway_engine::rejection::Rejection;
 use slipway_engine::requests::{self, NewProject, SettingValue};
 use slipway_engine::source::SourceChange;
@@ -122,16 +122,12 @@ fn print_deploy_key(public_key: Option<&str>) {
 }
 
 async fn project_list(store: &dyn EventStore, after: Option<&str>, limit: usize, json: bool) -> anyhow::Result<()> {
-    let (projects, _) = projector::projects(store, after, limit).await?;
+    let (projects, _) = queries::projects(store, after, limit).await?;
     if json {
-        let all: Vec<Value> = projects
-            .iter()
-            .map(|p| json!({ "name": p.name, "repo": p.repository, "mirror_of": p.mirror_of, "environments": p.environments }))
-            .collect();
-        return print_json(&Value::Array(all));
+        return print_json(&serde_json::to_value(&projects)?);
     }
     for p in &projects {
-        println!("{:<24} {}  ({})", p.name, p.repository, p.environments.join(", "));
+        println!("{:<24} {}  ({})", p.name, p.repo, p.environments.join(", "));
     }
     Ok(())
 }

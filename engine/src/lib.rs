@@ -25,6 +25,7 @@ pub mod project;
 pub mod projector;
 pub mod pull_requests;
 pub mod push;
+pub mod queries;
 pub mod read_model;
 pub mod rebuild;
 pub mod reconcile;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::{Event, Step};
-use slipway_store::read_model::{parse_since, Before, DeploymentQuery, DeploymentRow, STATUSES};
+use slipway_store::read_model::{parse_since, Before, DeploymentQuery, STATUSES};
 use slipway_store::{EventStore, RecordedEvent};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -28,6 +28,7 @@ use super::{
 };
 use crate::deployment::Status;
 use crate::history::{self, Outcome, Timeline};
+use crate::queries::{self, DeploymentSummary};
 use crate::requests::{self, DeployRequest};
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -285,45 +286,10 @@ impl Limit {
     }
 }
 
-/// One deployment in a list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeploymentSummary {
-    deployment: Uuid,
-    project: String,
-    environment: String,
-    /// `running`, `succeeded`, or `failed at STEP: REASON`.
-    status: String,
-    commit: Option<String>,
-    image: Option<String>,
-    requested_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-    total_ms: Option<i64>,
-}
-
-impl From<DeploymentRow> for DeploymentSummary {
-    fn from(d: DeploymentRow) -> Self {
-        let status = match (&d.failed_step, &d.failed_reason, d.finished_at) {
-            (Some(step), Some(reason), Some(_)) if d.status == "failed" => format!("failed at {step}: {reason}"),
-            _ => d.status,
-        };
-        DeploymentSummary {
-            deployment: d.id,
-            project: d.project,
-            environment: d.environment,
-            status,
-            commit: d.commit,
-            image: d.image,
-            requested_at: Some(d.requested_at),
-            finished_at: d.finished_at,
-            total_ms: d.finished_at.map(|f| (f - d.requested_at).num_milliseconds()),
-        }
-    }
-}
-
 /// A page of deployment summaries from the read model, with its position.
 pub(super) async fn page(store: &dyn EventStore, query: &DeploymentQuery) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
-    let (rows, at) = crate::projector::deployments(store, query).await?;
-    Ok((read_position(at), Json(rows.into_iter().map(DeploymentSummary::from).collect())))
+    let (summaries, at) = queries::deployments(store, query).await??;
+    Ok((read_position(at), Json(summaries)))
 }
 
 /// `before` of a deployment list: a deployment id or an RFC 3339 time.
@@ -357,12 +323,6 @@ pub struct ListQuery {
     responses((status = 200, body = [DeploymentSummary]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list(State(store): Store, QueryParams(q): QueryParams<ListQuery>) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
     let limit = Limit { limit: q.limit }.get()?;
-    match (&q.project, &q.environment) {
-        (None, Some(_)) => return Err(ApiError::BadRequest("`environment` needs `project` too".into())),
-        (Some(p), Some(e)) => require_environment(&*store, p, e).await.map(|_| ())?,
-        (Some(p), None) => super::require_project(&*store, p).await.map(|_| ())?,
-        (None, None) => {}
-    }
     if let Some(status) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
         return Err(ApiError::BadRequest(format!("status `{status}` is not one of: {}", STATUSES.join(", "))));
     }

@@ -11,52 +11,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use slipway_store::read_model::ProjectRow;
 use utoipa::IntoParams;
 
 use super::deployments::{Limit, MAX_LIMIT};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, Params, QueryParams};
 use super::{read_position, require_project, ApiResult, Caller, ReadPosition, Store};
-use crate::project::Project;
-use crate::projector;
+use crate::queries::{self, ProjectSummary};
 use crate::requests::{self, NewProject};
 use crate::source::SourceChange;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectSummary {
-    name: String,
-    /// The Git repository (a mirror's is its original's).
-    repo: String,
-    /// The project this one mirrors, if any.
-    mirror_of: Option<String>,
-    default_branch: String,
-    environments: Vec<String>,
-}
-
-impl From<&Project> for ProjectSummary {
-    fn from(p: &Project) -> Self {
-        ProjectSummary {
-            name: p.name.clone(),
-            repo: p.repository.clone(),
-            mirror_of: p.mirror_of.clone(),
-            default_branch: p.default_branch.clone(),
-            environments: p.environments.keys().cloned().collect(),
-        }
-    }
-}
-
-impl From<ProjectRow> for ProjectSummary {
-    fn from(p: ProjectRow) -> Self {
-        ProjectSummary {
-            name: p.name,
-            repo: p.repository,
-            mirror_of: p.mirror_of,
-            default_branch: p.default_branch,
-            environments: p.environments,
-        }
-    }
-}
 
 /// `?limit=N&after=NAME` of the project list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -75,8 +38,8 @@ pub struct ProjectPage {
     responses((status = 200, body = [ProjectSummary]), (status = 400, body = ErrorBody)))]
 pub async fn list(State(store): Store, QueryParams(q): QueryParams<ProjectPage>) -> ApiResult<(ReadPosition, Json<Vec<ProjectSummary>>)> {
     let limit = Limit { limit: q.limit }.get_or(MAX_LIMIT)?;
-    let (rows, at) = projector::projects(&*store, q.after.as_deref(), limit).await?;
-    Ok((read_position(at), Json(rows.into_iter().map(ProjectSummary::from).collect())))
+    let (projects, at) = queries::projects(&*store, q.after.as_deref(), limit).await?;
+    Ok((read_position(at), Json(projects)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
