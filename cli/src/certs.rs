@@ -10,8 +10,9 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 use clap::Subcommand;
-use slipway_engine::certificates::{self, DomainCertificate};
+use slipway_engine::certificates;
 use slipway_engine::load;
+use slipway_engine::queries::CertificateView;
 use slipway_proto::event::CertificateSource;
 use slipway_store::EventStore;
 
@@ -59,7 +60,7 @@ pub async fn run(store: &dyn EventStore, cmd: CertCmd, json: bool) -> anyhow::Re
             let domains: std::collections::BTreeSet<&String> = certs.by_domain.keys().chain(routes.domains.keys()).collect();
             for domain in domains {
                 let state = certs.by_domain.get(domain).cloned().unwrap_or_default();
-                rows.push(certificate_json(domain, &state));
+                rows.push(serde_json::to_value(CertificateView::of(domain, &state))?);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -75,18 +76,6 @@ pub async fn run(store: &dyn EventStore, cmd: CertCmd, json: bool) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What `cert list --json` and `status --json` show of a domain's certificate.
-pub fn certificate_json(domain: &str, state: &DomainCertificate) -> serde_json::Value {
-    serde_json::json!({
-        "domain": domain,
-        "not_after": state.current.as_ref().map(|c| c.not_after.to_rfc3339()),
-        "source": state.source(),
-        "fingerprint": state.current.as_ref().map(|c| c.fingerprint.clone()),
-        "renewal": state.renewal(domain),
-        "failing": state.failure.is_some(),
-    })
 }
 
 /// A PEM file's text; errors name the file, never its content.

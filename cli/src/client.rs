@@ -3,7 +3,9 @@
 //! and the server records the token's name as the actor. Requests are JSON
 //! over plain HTTP/1.1 (put TLS in front with a proxy); an API error body
 //! `{"error": {"code", "message"}}` (or the older `{"error": "..."}`)
-//! becomes a CLI error with the matching exit status (`exit.rs`).
+//! becomes a CLI error with the matching exit status: by the body's `code`
+//! (the error's kind), else by the HTTP status (`exit_for`), never by the
+//! message. A refusal thus exits as it would against the store directly.
 //!
 //! Verbs that go through here with `--server`: deploy, status, deployments,
 //! history, rollback, replay, cancel (`remote.rs`, `main.rs`). The others still need the store.
@@ -347,6 +349,29 @@ mod tests {
         assert_eq!(exit_for(500, Some("internal")), Exit::Failed);
         assert_eq!(exit_for(503, None), Exit::Unavailable);
         assert_eq!(exit_for(422, None), Exit::Usage);
+    }
+
+    /// The API maps a refusal's kind to a status and code once, the CLI maps
+    /// a kind to an exit once: through `--server` a refusal must exit as it
+    /// does against the store, by its code and by its bare status alike.
+    #[test]
+    fn a_refusal_exits_the_same_through_the_api_as_locally() {
+        use slipway_engine::api::ApiError;
+        use slipway_engine::rejection::Rejection;
+        let all = [
+            Rejection::not_found("x"),
+            Rejection::conflict("x"),
+            Rejection::invalid("x"),
+            Rejection::forbidden("x"),
+            Rejection::unavailable("x"),
+        ];
+        for rejection in all {
+            let local = crate::exit::of_rejection(&rejection);
+            let api = ApiError::from(rejection.clone());
+            let status = api.status().as_u16();
+            assert_eq!(exit_for(status, Some(api.code())), local, "{rejection:?} as {status} {}", api.code());
+            assert_eq!(exit_for(status, None), local, "{rejection:?} as a bare {status}");
+        }
     }
 
     #[test]

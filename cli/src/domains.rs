@@ -6,12 +6,12 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use slipway_engine::domains::{self, Refused};
+use slipway_engine::domains;
 use slipway_engine::load;
 use slipway_store::EventStore;
 
 use crate::client::{segment, Client};
-use crate::exit::{self, Exit};
+use crate::exit;
 use crate::verbs;
 
 #[derive(Subcommand)]
@@ -28,14 +28,14 @@ pub enum DomainCmd {
 
 pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        DomainCmd::Add { project, env, name } => match domains::add(store, &verbs::actor(), &project, &env, &name).await? {
-            Ok(domain) => println!("{project} {env} is served under {domain} (once its DNS points at the routers)"),
-            Err(refused) => return Err(refusal(refused)),
-        },
-        DomainCmd::Remove { project, env, name } => match domains::remove(store, &verbs::actor(), &project, &env, &name).await? {
-            Ok(domain) => println!("{project} {env} is served under {domain} no more"),
-            Err(refused) => return Err(refusal(refused)),
-        },
+        DomainCmd::Add { project, env, name } => {
+            let domain = domains::add(store, &verbs::actor(), &project, &env, &name).await?.map_err(exit::rejected)?;
+            println!("{project} {env} is served under {domain} (once its DNS points at the routers)");
+        }
+        DomainCmd::Remove { project, env, name } => {
+            let domain = domains::remove(store, &verbs::actor(), &project, &env, &name).await?.map_err(exit::rejected)?;
+            println!("{project} {env} is served under {domain} no more");
+        }
         DomainCmd::List { project, env } => {
             let routes = load::routes(store).await?;
             let mut any = false;
@@ -51,15 +51,6 @@ pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A refused domain request, with its exit status.
-fn refusal(refused: Refused) -> anyhow::Error {
-    match refused {
-        Refused::Invalid(rejection) => exit::rejected(rejection),
-        Refused::Taken(rejection) => exit::coded(Exit::Conflict, rejection.0),
-        Refused::NotHeld(rejection) => exit::not_found(rejection.0),
-    }
 }
 
 /// The same verbs through a server's API (`--server`).

@@ -3,13 +3,18 @@
 //! these (retry on 5, create the project on 3, give up on 2), so a number
 //! never changes meaning once released.
 //!
-//! An error carries its status by being (or wrapping) a [`Coded`]; anything
-//! else is classified by [`code_of`]: a refused request by its words (the
-//! engine's `Rejection` is one string today), a connection that could not be
-//! made as unavailable, the rest as a failure.
+//! An error carries its status by being (or wrapping) a [`Coded`] or an
+//! engine `Rejection`, whose kind has its status in [`of_rejection`] (the one
+//! place); through `--server`, the API's error code or HTTP status decides
+//! (`client::exit_for`). Anything else is classified by type in [`code_of`]:
+//! a connection that could not be made is unavailable, the rest a failure.
+//! No status is ever read from an error's words.
 
 use std::fmt;
 use std::process::ExitCode;
+
+use slipway_engine::rejection::Rejection;
+use slipway_store::StoreError;
 
 /// Why the command stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,35 +85,19 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     coded(Exit::Usage, message)
 }
 
-/// A request the engine refused, with the status its words imply.
-pub fn rejected(rejection: impl fmt::Display) -> anyhow::Error {
-    let message = rejection.to_string();
-    coded(rejection_exit(&message), message)
+/// A request the engine refused, as an error that keeps its kind.
+pub fn rejected(rejection: Rejection) -> anyhow::Error {
+    anyhow::Error::new(rejection)
 }
 
-/// The engine's refusals are plain sentences (`requests::Rejection`); their
-/// openings are stable enough to tell a missing thing and a clash from bad
-/// input. Anything unrecognised is bad input: the caller's to fix.
-pub fn rejection_exit(message: &str) -> Exit {
-    let not_found = message.starts_with("no project ")
-        || message.starts_with("no deployment ")
-        || message.contains(" has no environment ")
-        || message.contains(" never served ")
-        || message.contains(" has no auto-deploy rule ");
-    let conflict = message.contains(" already exists")
-        || message.contains(" already serves ")
-        || message.contains(" is still running")
-        || message.contains(" has no earlier release")
-        || message.contains(" serves no release")
-        || message.contains(" recorded no image")
-        || message.contains("could not record")
-        || message.contains(" is frozen by the window ");
-    if not_found {
-        Exit::NotFound
-    } else if conflict {
-        Exit::Conflict
-    } else {
-        Exit::Usage
+/// Each kind of refusal has its status, here and nowhere else.
+pub fn of_rejection(rejection: &Rejection) -> Exit {
+    match rejection {
+        Rejection::NotFound(_) => Exit::NotFound,
+        Rejection::Conflict(_) => Exit::Conflict,
+        Rejection::Invalid(_) => Exit::Usage,
+        Rejection::Forbidden(_) => Exit::Unauthorized,
+        Rejection::Unavailable(_) => Exit::Unavailable,
     }
 }
 
@@ -118,8 +107,8 @@ pub fn code_of(error: &anyhow::Error) -> Exit {
         if let Some(coded) = cause.downcast_ref::<Coded>() {
             return coded.exit;
         }
-        if let Some(rejection) = cause.downcast_ref::<slipway_engine::requests::Rejection>() {
-            return rejection_exit(&rejection.0);
+        if let Some(rejection) = cause.downcast_ref::<Rejection>() {
+            return of_rejection(rejection);
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             if unreachable_io(io.kind()) {
@@ -127,7 +116,7 @@ pub fn code_of(error: &anyhow::Error) -> Exit {
             }
         }
         // sqlx's pool gives up without an io::Error beneath it.
-        if cause.to_string().contains("pool timed out") {
+        if cause.downcast_ref::<StoreError>().is_some_and(StoreError::is_unreachable) {
             return Exit::Unavailable;
         }
     }
@@ -156,29 +145,31 @@ mod tests {
     use anyhow::Context;
 
     #[test]
-    fn the_engines_refusals_map_to_not_found_conflict_or_usage() {
+    fn each_kind_of_refusal_has_its_status_whatever_its_words() {
+        // The same words under every kind: only the kind decides.
+        let words = "project `shop` already exists";
         let cases = [
-            ("no project `shop`; create it with `slipway project create`", Exit::NotFound),
-            ("project `shop` has no environment `qa` (it has: test, live)", Exit::NotFound),
-            ("no deployment 0190c3e2-7a4b-7c1d-9e2f-3a4b5c6d7e8f", Exit::NotFound),
-            ("project `shop` already exists", Exit::Conflict),
-            ("deployment 0190 is still running; replay it once it has finished", Exit::Conflict),
-            ("shop live has no earlier release to roll back to", Exit::Conflict),
-            ("deployment 0190 already serves shop live", Exit::Conflict),
-            ("ref `--force` looks like an option, not a branch, tag or commit", Exit::Usage),
-            ("setting name `1X` must be letters, digits and '_', not starting with a digit", Exit::Usage),
+            (Rejection::not_found(words), Exit::NotFound, 3),
+            (Rejection::conflict(words), Exit::Conflict, 4),
+            (Rejection::invalid(words), Exit::Usage, 2),
+            (Rejection::forbidden(words), Exit::Unauthorized, 7),
+            (Rejection::unavailable(words), Exit::Unavailable, 5),
         ];
-        for (message, exit) in cases {
-            assert_eq!(rejection_exit(message), exit, "{message}");
+        for (rejection, exit, number) in cases {
+            assert_eq!(of_rejection(&rejection), exit, "{rejection:?}");
+            assert_eq!(code_of(&rejected(rejection)), exit);
+            assert_eq!(exit as u8, number);
         }
     }
 
     #[test]
-    fn a_coded_error_keeps_its_status_under_context() {
+    fn a_coded_error_or_a_refusal_keeps_its_status_under_context() {
         let e = Err::<(), _>(not_found("no deployment x")).context("reading the history").unwrap_err();
         assert_eq!(code_of(&e), Exit::NotFound);
-        let e = Err::<(), _>(slipway_engine::requests::Rejection("project `a` already exists".into())).context("creating").unwrap_err();
+        let e = Err::<(), _>(Rejection::conflict("project `a` already exists")).context("creating").unwrap_err();
         assert_eq!(code_of(&e), Exit::Conflict);
+        let e = Err::<(), _>(rejected(Rejection::invalid("no project `a`"))).context("creating").unwrap_err();
+        assert_eq!(code_of(&e), Exit::Usage, "words that sound like `not found` change nothing");
     }
 
     #[test]
@@ -187,6 +178,9 @@ mod tests {
         let e = anyhow::Error::new(io).context("connecting to PostgreSQL at postgres://x");
         assert_eq!(code_of(&e), Exit::Unavailable);
         assert_eq!(code_of(&anyhow::anyhow!("the engine panicked")), Exit::Failed);
+        assert_eq!(code_of(&anyhow::anyhow!("pool timed out while waiting for an open connection")), Exit::Failed, "words decide nothing");
+        let timed_out = StoreError::Database { backend: "PostgreSQL", context: "reading".into(), source: sqlx::Error::PoolTimedOut };
+        assert_eq!(code_of(&anyhow::Error::new(timed_out).context("status")), Exit::Unavailable);
         assert_eq!(ExitCode::from(Exit::Conflict), ExitCode::from(4));
     }
 }

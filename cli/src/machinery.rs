@@ -55,7 +55,7 @@ pub async fn router(
         None => None,
     };
     let listen = listener.local_addr().unwrap_or(listen);
-    let router_id = id.unwrap_or_else(|| format!("{}-{}", crate::hostname(), listen.port()));
+    let router_id = id.unwrap_or_else(|| format!("{}-{}", crate::processes::hostname(), listen.port()));
     eprintln!("slipway: router {router_id} on http://{listen}/ serving http://<project>-<env>.{domain}:{}/", listen.port());
     Ok(RouterPart { listener, https, options: RouterOptions { router_id, domain, listen, lease }, proxy })
 }

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use slipway_engine::notifier::{self, NewSubscription, Refused};
+use slipway_engine::notifier::{self, NewSubscription};
 use slipway_proto::event::{DeliveryOutcome, LogPosition, NotificationKind, NotificationTarget};
 use slipway_store::EventStore;
 use uuid::Uuid;
@@ -158,9 +158,6 @@ fn read_url(arg: &str) -> anyhow::Result<String> {
     Ok(text.trim().to_string())
 }
 
-fn refusal(refused: Refused) -> anyhow::Error {
-    match refused {
-        Refused::Invalid(rejection) => exit::rejected(rejection),
-        Refused::NotFound(rejection) => exit::not_found(rejection.0),
-    }
+fn refusal(refused: slipway_engine::rejection::Rejection) -> anyhow::Error {
+    exit::rejected(refused)
 }

@@ -1,6 +1,6 @@
 //! The verbs that go through a server's HTTP API with `--server`: deploy,
-//! status, deployments, history, rollback and replay (cancel is one call, in
-//! `main.rs`). Each sends the API's request (the server's `/openapi.json`
+//! status, deployments, history, rollback, replay and cancel (`domain` has
+//! its own twin in `domains.rs`), dispatched by `through_server`. Each sends the API's request (the server's `/openapi.json`
 //! describes them), then prints as
 //! its local twin does; deploy, rollback and replay follow the deployment's
 //! events through the API (`client::ApiSource`) with the same progress
@@ -10,14 +10,58 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use slipway_engine::limits::ReleaseLimits;
+use slipway_engine::queries::{DeploymentSummary, EnvironmentStatus, RouterUrl};
 use uuid::Uuid;
 
+use crate::args::{Command, FollowArgs};
 use crate::client::{segment, ApiSource, Client, LoggedSource};
-use crate::exit::{coded, Exit};
+use crate::exit::{self, coded, Exit};
 use crate::progress::duration;
 use crate::report::{Reporter, Style};
-use crate::verbs::{print_json, RouterUrl};
+use crate::verbs::{print_deployments, print_json, status_text, Where};
+
+/// Runs `command` through the server's API when it is one of the verbs the
+/// client knows; `None` for the process modes, which ignore --server.
+pub async fn through_server(server: &str, token: Option<String>, command: &Command, json: bool) -> anyhow::Result<Option<ExitCode>> {
+    let client = || Client::new(server, token.clone());
+    let follow = |f: &FollowArgs| Follow { timeout: Duration::from_secs(f.timeout), quiet: f.quiet, logs: f.logs, json };
+    let code = match command {
+        Command::Deploy(args) => {
+            let mode = match (args.local, args.cloud) {
+                (true, _) => Some("local"),
+                (_, true) => Some("cloud"),
+                _ => None,
+            };
+            let body = deploy_body(args.git_ref.as_deref(), mode, args.no_cache, args.migrate, args.dry_run);
+            deploy(&client()?, &args.project, &args.env, body, &follow(&args.follow)).await?
+        }
+        Command::Status { project, env, at: None } => status(&client()?, project, env, json).await?,
+        Command::Deployments { project, page } => deployments(&client()?, project, page, json).await?,
+        Command::History { deployment } => history(&client()?, *deployment, json).await?,
+        Command::Rollback { project, env, to, follow: f } => rollback(&client()?, project, env, *to, &follow(f)).await?,
+        Command::Replay { deployment, from_step, follow: f } => {
+            replay(&client()?, *deployment, from_step.map(|s| s.to_string()), &follow(f)).await?
+        }
+        Command::Cancel { deployment, reason } => {
+            client()?.post(&format!("/api/deployments/{deployment}/cancel"), serde_json::json!({ "reason": reason })).await?;
+            println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers");
+            ExitCode::SUCCESS
+        }
+        // Processes, and tokens (issued on the server's database).
+        Command::Demo { .. }
+        | Command::AllInOne { .. }
+        | Command::Server(_)
+        | Command::Router(_)
+        | Command::Worker { .. }
+        | Command::Token(_) => return Ok(None),
+        Command::Domain(cmd) => crate::domains::remote(&client()?, cmd).await?,
+        _ => return Err(exit::usage(
+            "this verb does not go through --server (only deploy, status, deployments, history, rollback, replay, cancel and domain do); \
+                 unset --server/SLIPWAY_SERVER to use --database",
+        )),
+    };
+    Ok(Some(code))
+}
 
 /// How to follow a deployment the server runs.
 pub struct Follow {
@@ -108,70 +152,29 @@ async fn watch(
     } else {
         crate::follow::follow(&mut ApiSource::new(client, id), &mut reporter, id, None, follow.timeout).await?
     };
-    let routes = match client.get(&environment_path(project, env)).await {
-        Ok(status) => status_url(&status).into_iter().map(|url| RouterUrl { url, router: "server".into() }).collect(),
+    let routes = match read_status(client, project, env).await {
+        Ok(status) => status.url.into_iter().map(|url| RouterUrl { url, router: "server".into() }).collect(),
         Err(_) => vec![],
     };
-    Ok(crate::conclude(&mut reporter, id, project, env, &ending, &routes))
+    Ok(crate::deploying::conclude(&mut reporter, id, project, env, &ending, &routes))
 }
 
-/// The environment's routed URL from the server's status answer, if any.
-fn status_url(status: &Value) -> Option<String> {
-    status.get("url").and_then(Value::as_str).map(str::to_string)
+/// The server's status answer, as the shared type (`queries::EnvironmentStatus`).
+async fn read_status(client: &Client, project: &str, env: &str) -> anyhow::Result<EnvironmentStatus> {
+    let path = environment_path(project, env);
+    let answer = client.get(&path).await?;
+    serde_json::from_value(answer).map_err(|e| coded(Exit::Failed, format!("GET {path}: the answer is not an environment's status: {e}")))
 }
 
-/// The serving release in a status answer: `active` (the contract) or
-/// `last_succeeded` (servers before it).
-fn active(status: &Value) -> Option<&Value> {
-    status.get("active").or_else(|| status.get("last_succeeded")).filter(|v| !v.is_null())
-}
-
+/// `status` through the API: the same JSON and text as against the store.
 pub async fn status(client: &Client, project: &str, env: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let status = client.get(&environment_path(project, env)).await?;
+    let status = read_status(client, project, env).await?;
     if json {
-        print_json(&status)?;
-        return Ok(ExitCode::SUCCESS);
+        print_json(&serde_json::to_value(&status)?)?;
+    } else {
+        print!("{}", status_text(&status, Where::Server));
     }
-    print!("{}", status_text(project, env, &status));
     Ok(ExitCode::SUCCESS)
-}
-
-/// `status`'s text from the server's answer.
-pub fn status_text(project: &str, env: &str, status: &Value) -> String {
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    let mut out = String::new();
-    match active(status) {
-        None => out.push_str(&format!("{project} {env}: nothing deployed yet\n")),
-        Some(a) => {
-            let web = a.get("web_port").and_then(Value::as_u64).map(|p| format!("http://127.0.0.1:{p}/ (on the server's Docker host)"));
-            out.push_str(&format!(
-                "{project} {env}: serving deployment {}\n  commit {}\n  image  {}\n  web    {}\n",
-                text(a, "deployment"),
-                text(a, "commit"),
-                text(a, "image"),
-                web.unwrap_or_else(|| "-".into())
-            ));
-            // A server from before limits were recorded sends none: no line then.
-            let limits = a.get("limits").and_then(|l| serde_json::from_value::<ReleaseLimits>(l.clone()).ok());
-            if let Some(limits) = limits {
-                out.push_str(&format!("  limits {limits}\n"));
-            }
-            if let Some(live) = a.get("live").filter(|l| !l.is_null()) {
-                let state = text(live, "state").replace('_', "-");
-                let restarts = live.get("restarts").and_then(Value::as_u64).unwrap_or(0);
-                let exit = live.get("last_exit").and_then(Value::as_i64).map(|c| format!(", last exit {c}")).unwrap_or_default();
-                out.push_str(&format!("  live   {state}, {restarts} restart{}{exit}\n", if restarts == 1 { "" } else { "s" }));
-            }
-        }
-    }
-    if let Some(url) = status_url(status) {
-        out.push_str(&format!("  route  {url}\n"));
-    }
-    let running = status.get("running_status").and_then(Value::as_str).unwrap_or("running");
-    for (n, id) in status.get("queue").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        out.push_str(&format!("  {:<7} {}\n", if n == 0 { running } else { "queued" }, id.as_str().unwrap_or_default()));
-    }
-    out
 }
 
 pub async fn deployments(client: &Client, project: &str, page: &crate::verbs::DeploymentPage, json: bool) -> anyhow::Result<ExitCode> {
@@ -183,26 +186,10 @@ pub async fn deployments(client: &Client, project: &str, page: &crate::verbs::De
             path.push_str(&format!("&{key}={}", segment(value)));
         }
     }
-    let list = client.get(&path).await?;
-    if json {
-        print_json(&list)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    for d in list.as_array().into_iter().flatten() {
-        let commit = text(d, "commit");
-        let status = match d.get("failure").filter(|f| !f.is_null()) {
-            Some(f) => format!("failed at {}: {}", text(f, "step"), text(f, "reason")),
-            None => text(d, "status"),
-        };
-        println!(
-            "{}  {:<6} {:<12} {:<10} {status}",
-            text(d, "id"),
-            text(d, "environment"),
-            text(d, "ref"),
-            &commit[..commit.len().min(10)]
-        );
-    }
+    let answer = client.get(&path).await?;
+    let summaries: Vec<DeploymentSummary> = serde_json::from_value(answer)
+        .map_err(|e| coded(Exit::Failed, format!("GET {path}: the answer is not a list of deployments: {e}")))?;
+    print_deployments(summaries, json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -240,27 +227,37 @@ pub async fn history(client: &Client, id: Uuid, json: bool) -> anyhow::Result<Ex
 mod tests {
     use super::*;
 
+    #[track_caller]
+    fn read(answer: Value) -> EnvironmentStatus {
+        serde_json::from_value(answer).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn status_reads_the_contracts_shape_and_the_older_one() {
+        let (d1, d2, d3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let contract = json!({
             "project": "shop", "environment": "live", "url": "http://shop-live.localhost:7880/",
-            "active": { "deployment": "d1", "commit": "abc", "image": "sha256:1" }, "queue": ["d2", "d3"],
+            "active": { "deployment": d1, "commit": "abc", "image": "sha256:1", "web_port": null },
+            "routes": [{ "url": "http://shop-live.localhost:7880/", "router": "r1" }],
+            "queue": [d2, d3], "running_status": "watching",
         });
-        let text = status_text("shop", "live", &contract);
-        assert!(text.contains("serving deployment d1\n  commit abc\n  image  sha256:1"), "{text}");
-        assert!(text.contains("route  http://shop-live.localhost:7880/"), "{text}");
-        assert!(text.contains("running d2") && text.contains("queued  d3"), "{text}");
-        let older = json!({ "last_succeeded": { "deployment": "d1", "web_port": 4100 }, "queue": [] });
-        assert!(status_text("shop", "live", &older).contains("http://127.0.0.1:4100/"));
-        let empty = json!({ "active": null, "queue": [] });
-        assert_eq!(status_text("shop", "live", &empty), "shop live: nothing deployed yet\n");
+        let text = status_text(&read(contract), Where::Server);
+        assert!(text.contains(&format!("serving deployment {d1}\n  commit abc\n  image  sha256:1")), "{text}");
+        assert!(text.contains("route  http://shop-live.localhost:7880/ (router r1)"), "{text}");
+        assert!(text.contains(&format!("watching {d2}")) && text.contains(&format!("queued  {d3}")), "{text}");
+        let older = json!({ "project": "shop", "environment": "live", "url": null,
+            "last_succeeded": { "deployment": d1, "commit": null, "image": null, "web_port": 4100 }, "queue": [] });
+        assert!(status_text(&read(older), Where::Server).contains("http://127.0.0.1:4100/ (on the server's Docker host)"));
+        let empty = json!({ "project": "shop", "environment": "live", "url": null, "active": null, "queue": [] });
+        assert_eq!(status_text(&read(empty), Where::Server), "shop live: nothing deployed yet\n");
     }
 
     #[test]
     fn status_shows_the_limits_the_server_sends() {
         let limits = json!({ "web": { "memory": "256m", "cpus": "0.5", "pids": 100 }, "processes": { "worker": {} } });
-        let status = json!({ "active": { "deployment": "d1", "limits": limits }, "queue": [] });
-        let text = status_text("shop", "live", &status);
+        let active = json!({ "deployment": Uuid::now_v7(), "commit": null, "image": null, "web_port": null, "limits": limits });
+        let status = json!({ "project": "shop", "environment": "live", "url": null, "active": active, "queue": [] });
+        let text = status_text(&read(status), Where::Server);
         assert!(text.contains("\n  limits web memory 256m, cpus 0.5, pids 100; worker no limits\n"), "{text}");
     }
 

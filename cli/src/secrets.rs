@@ -32,16 +32,16 @@ pub enum SecretsCmd {
     },
 }
 
+/// `slipway secrets keygen FILE`.
+pub fn keygen(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let key = sealing::write_new_key(file).map_err(exit::usage)?;
+    println!("key {} written to {}; give it to the server and the workers that run containers (--secrets-key)", key.id(), file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(cmd: SecretsCmd, database: &str, schema: Option<&str>, current: Sealing) -> anyhow::Result<ExitCode> {
     match cmd {
-        SecretsCmd::Keygen { file } => {
-            let key = sealing::write_new_key(&file).map_err(exit::usage)?;
-            println!(
-                "key {} written to {}; give it to the server and the workers that run containers (--secrets-key)",
-                key.id(),
-                file.display()
-            );
-        }
+        SecretsCmd::Keygen { file } => return keygen(&file),
         SecretsCmd::RotateKey { to } => {
             let new = SealingKey::from_file(&to).map_err(exit::usage)?;
             let from: Vec<String> = current.keyring.iter().map(|k| k.current().id().to_string()).collect();

@@ -5,12 +5,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::Subcommand;
 use slipway_engine::requests;
 use slipway_proto::event::TokenScope;
 use slipway_store::EventStore;
 
+use crate::exit;
 use crate::verbs;
 
 #[derive(Subcommand)]
@@ -36,7 +36,7 @@ pub async fn run(store: &dyn EventStore, cmd: TokenCmd) -> anyhow::Result<ExitCo
         TokenCmd::Create { name, scope } => {
             let token = match requests::issue_token(store, &verbs::actor(), &name, scope).await? {
                 Ok(token) => token,
-                Err(rejection) => bail!("{rejection}"),
+                Err(rejection) => return Err(exit::rejected(rejection)),
             };
             eprintln!("token `{name}` ({scope}) issued; this is the only time its value is shown:");
             println!("{token}");
@@ -58,9 +58,7 @@ pub async fn run(store: &dyn EventStore, cmd: TokenCmd) -> anyhow::Result<ExitCo
             }
         }
         TokenCmd::Revoke { name } => {
-            if let Err(rejection) = requests::revoke_token(store, &verbs::actor(), &name).await? {
-                bail!("{rejection}");
-            }
+            requests::revoke_token(store, &verbs::actor(), &name).await?.map_err(exit::rejected)?;
             println!("token `{name}` revoked");
         }
     }

@@ -122,8 +122,7 @@ async fn attacks_are_refused_and_leak_nothing() {
     // run as the runtime login, values sealed with a key file.
     install.slipway(&pg_url(), &["db", "migrate", "--grant-to", "slipway_app"]);
     let key = install.dir.path().join("secrets.key");
-    let made = Command::new(env!("CARGO_BIN_EXE_slipway")).args(["secrets", "keygen", key.to_str().unwrap()]).output().unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    install.app(&["secrets", "keygen", key.to_str().unwrap()]);
     install.app(&["project", "create", "app", "--repo", "/tmp"]);
     install.app(&["env", "set", "app", "test", &format!("API_KEY={SECRET_VALUE}"), "--secret"]);
     let admin = install.app(&["token", "create", "root", "--scope", "admin"]);

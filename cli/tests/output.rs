@@ -156,7 +156,7 @@ fn every_read_verb_prints_one_json_document() {
     assert!(then["active"].is_null(), "{then}");
 
     let deployments = dir.json(&["deployments", "app", "--json"]);
-    let ids: Vec<&str> = deployments.as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = deployments.as_array().unwrap().iter().map(|d| d["deployment"].as_str().unwrap()).collect();
     assert_eq!(ids, [a.as_str(), b.as_str()]);
     assert_eq!(deployments[0]["status"], "succeeded");
 
@@ -196,7 +196,7 @@ fn deployments_and_projects_page_and_filter_from_the_read_models() {
     let ids = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["deployments", "app", "--json"];
         all.extend_from_slice(args);
-        dir.json(&all).as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+        dir.json(&all).as_array().unwrap().iter().map(|d| d["deployment"].as_str().unwrap().to_string()).collect()
     };
     assert_eq!(ids(&[]), [a.as_str(), b.as_str(), c.as_str()]);
     assert_eq!(ids(&["--limit", "2"]), [b.as_str(), c.as_str()], "the newest page, oldest first");
@@ -322,6 +322,45 @@ fn with_server_deploy_and_status_go_through_the_http_api() {
     assert_eq!(out.status.code(), Some(1), "a failed deployment through the API exits 1");
     drop(server);
     assert!(!read(&dir.path("server.log")).contains("panicked"));
+}
+
+/// Local reads and `--server` reads share their query and response types
+/// (`slipway_engine::queries`): the same store answers with the same JSON,
+/// and the same text, either way.
+#[test]
+fn status_and_deployments_read_the_same_locally_and_through_the_server() {
+    let dir = Dir::new();
+    dir.ok(&["domain", "add", "app", "test", "app.example"]);
+    dir.ok(&["deploy", "app", "test", "--dry-run", "--quiet"]);
+    dir.ok(&["deploy", "app", "live", "--dry-run", "--quiet"]);
+    let failed = dir.run(&["deploy", "app", "test", "--ref", "no-such-branch", "--quiet"]);
+    assert_eq!(failed.status.code(), Some(1));
+    let server = start_server(&dir);
+    let issued = dir.ok(&["token", "create", "reader", "--scope", "read"]);
+    let token = issued.split_whitespace().find(|w| w.starts_with("slw_")).expect("the token value is printed").to_string();
+    let remote = |rest: &[&str]| {
+        let mut args = vec!["--server", server.url.as_str(), "--token", token.as_str()];
+        args.extend_from_slice(rest);
+        dir.ok(&args)
+    };
+    for read in [
+        &["status", "app", "test", "--json"][..],
+        &["status", "app", "live", "--json"],
+        &["deployments", "app", "--json"],
+        &["deployments", "app", "--env", "test", "--limit", "1", "--json"],
+        &["status", "app", "test"],
+        &["deployments", "app"],
+    ] {
+        let (here, there) = (dir.ok(read), remote(read));
+        assert_eq!(here, there, "slipway {read:?} differs between the store and the server");
+    }
+    let status: Value = serde_json::from_str(&dir.ok(&["status", "app", "test", "--json"])).unwrap();
+    assert_eq!(status["domains"][0]["domain"], "app.example", "{status}");
+    assert_eq!(status["domains"][0]["renewal"], "none yet", "{status}");
+    let deployments: Value = serde_json::from_str(&remote(&["deployments", "app", "--json"])).unwrap();
+    let last = &deployments.as_array().unwrap()[2];
+    assert_eq!((last["ref"].as_str(), last["failure"]["step"].as_str()), (Some("no-such-branch"), Some("check_services")), "{last}");
+    assert!(last["status"].as_str().unwrap().starts_with("failed at check_services: "), "{last}");
 }
 
 #[test]

@@ -199,7 +199,7 @@ async fn order_inner(
             tracing::info!(%domain, not_after = %stored.not_after, fingerprint = %stored.fingerprint, "certificate obtained over ACME");
             Ok(())
         }
-        Ok(Err(rejection)) => Err(format!("the CA's certificate was refused: {}", rejection.0)),
+        Ok(Err(rejection)) => Err(format!("the CA's certificate was refused: {rejection}")),
         Err(e) => Err(format!("storing the certificate: {e}")),
     }
 }

@@ -72,7 +72,7 @@ fn secret_fingerprint(installation_key: &[u8], project: &str, value: &str) -> St
 }
 
 fn no_project(project: &str) -> Rejection {
-    Rejection(format!("no project `{project}`; create it with `slipway project create`"))
+    Rejection::not_found(format!("no project `{project}`; create it with `slipway project create`"))
 }
 
 /// Generates a new webhook secret for `project` and returns it, the one
@@ -112,16 +112,19 @@ pub async fn set_rule(
     poll_seconds: Option<u64>,
 ) -> Outcome<()> {
     if let Err(e) = push::check_glob(branch) {
-        return Ok(Err(Rejection(e)));
+        return Ok(Err(Rejection::invalid(e)));
     }
     if poll_seconds.is_some_and(|s| s < MIN_POLL_SECONDS) {
-        return Ok(Err(Rejection(format!("--poll must be at least {MIN_POLL_SECONDS}s: each poll is a request to the git host"))));
+        return Ok(Err(Rejection::invalid(format!("--poll must be at least {MIN_POLL_SECONDS}s: each poll is a request to the git host"))));
     }
     loop {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
         if !p.environments.contains_key(environment) {
             let known: Vec<_> = p.environments.keys().cloned().collect();
-            return Ok(Err(Rejection(format!("project `{project}` has no environment `{environment}` (it has: {})", known.join(", ")))));
+            return Ok(Err(Rejection::not_found(format!(
+                "project `{project}` has no environment `{environment}` (it has: {})",
+                known.join(", ")
+            ))));
         }
         let event = Event::AutoDeploySet(AutoDeploySet { branch: branch.into(), environment: environment.into(), poll_seconds });
         if append_to_project(store, &p, actor, &event).await? {
@@ -137,7 +140,9 @@ pub async fn remove_rule(store: &dyn EventStore, actor: &str, project: &str, bra
         if !p.auto_deploy.iter().any(|r| r.branch == branch) {
             let known: Vec<_> = p.auto_deploy.iter().map(|r| r.branch.as_str()).collect();
             let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-            return Ok(Err(Rejection(format!("project `{project}` has no auto-deploy rule for `{branch}` (its rules: {known})"))));
+            return Ok(Err(Rejection::not_found(format!(
+                "project `{project}` has no auto-deploy rule for `{branch}` (its rules: {known})"
+            ))));
         }
         let event = Event::AutoDeployRemoved(AutoDeployRemoved { branch: branch.into() });
         if append_to_project(store, &p, actor, &event).await? {

@@ -227,11 +227,11 @@ pub async fn store_certificate(
 ) -> Outcome<CertificateStored> {
     let domain = match crate::domains::parse(domain) {
         Ok(d) => d,
-        Err(e) => return Ok(Err(Rejection(e))),
+        Err(e) => return Ok(Err(Rejection::invalid(e))),
     };
     let inspected = match check(&domain, chain_pem, key_pem, now) {
         Ok(i) => i,
-        Err(e) => return Ok(Err(Rejection(e))),
+        Err(e) => return Ok(Err(Rejection::invalid(e))),
     };
     let pair = serde_json::to_string(&Pair { chain: chain_pem.to_string(), key: key_pem.to_string() })
         .map_err(|e| StoreError::InvalidAppend { stream: CERTIFICATES_STREAM.into(), reason: e.to_string() })?;

@@ -17,7 +17,7 @@ use slipway_proto::Event;
 use slipway_store::{EventStore, ExpectedVersion};
 
 use crate::load;
-use crate::requests::{self, Rejection};
+use crate::requests::{self, Outcome, Rejection};
 
 /// The longest domain name DNS carries.
 const MAX_LEN: usize = 253;
@@ -77,28 +77,17 @@ pub fn of_environment(domains: &Domains, project: &str, environment: &str) -> Ve
     domains.iter().filter(|(_, (p, e))| p == project && e == environment).map(|(d, _)| d.clone()).collect()
 }
 
-/// Why a domain request was refused: the caller's to fix (a bad name, an
-/// unknown environment), the name is another environment's (an HTTP 409),
-/// or the environment does not have the domain it removes (a 404).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    Invalid(Rejection),
-    Taken(Rejection),
-    NotHeld(Rejection),
-}
-
-pub type DomainOutcome = Result<Result<String, Refused>, slipway_store::StoreError>;
-
 /// Routes `domain` to `project`'s `environment`. Adding a domain the
-/// environment has already is accepted and records nothing.
-pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment: &str, domain: &str) -> DomainOutcome {
-    let invalid = |message: String| Ok(Err(Refused::Invalid(Rejection(message))));
+/// environment has already is accepted and records nothing. Refused as
+/// invalid (a bad name), not found (no such environment), or a conflict
+/// when another environment holds the name (the holder is named).
+pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment: &str, domain: &str) -> Outcome<String> {
     let domain = match parse(domain) {
         Ok(d) => d,
-        Err(e) => return invalid(e),
+        Err(e) => return Ok(Err(Rejection::invalid(e))),
     };
     if let Err(rejection) = requests::project_environment(store, project, environment).await? {
-        return Ok(Err(Refused::Invalid(rejection)));
+        return Ok(Err(rejection));
     }
     let event = Event::DomainAdded(DomainAdded { project: project.into(), environment: environment.into(), domain: domain.clone() });
     for _ in 0..5 {
@@ -106,9 +95,9 @@ pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment
         match routes.domains.get(&domain) {
             Some((p, e)) if p == project && e == environment => return Ok(Ok(domain)),
             Some((p, e)) => {
-                return Ok(Err(Refused::Taken(Rejection(format!(
+                return Ok(Err(Rejection::conflict(format!(
                     "domain `{domain}` already routes to {p} {e}; remove it there first (slipway domain remove {p} {e} {domain})"
-                )))))
+                ))))
             }
             None => {}
         }
@@ -116,29 +105,28 @@ pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment
             return Ok(Ok(domain));
         }
     }
-    invalid("the routes kept changing while the domain was added; try again".into())
+    Ok(Err(Rejection::unavailable("the routes kept changing while the domain was added; try again")))
 }
 
-/// Stops routing `domain` to `project`'s `environment`; refused when the
-/// environment does not have it.
-pub async fn remove(store: &dyn EventStore, actor: &str, project: &str, environment: &str, domain: &str) -> DomainOutcome {
-    let invalid = |message: String| Ok(Err(Refused::Invalid(Rejection(message))));
+/// Stops routing `domain` to `project`'s `environment`; refused (not
+/// found) when the environment does not have it.
+pub async fn remove(store: &dyn EventStore, actor: &str, project: &str, environment: &str, domain: &str) -> Outcome<String> {
     let domain = match parse(domain) {
         Ok(d) => d,
-        Err(e) => return invalid(e),
+        Err(e) => return Ok(Err(Rejection::invalid(e))),
     };
     let event = Event::DomainRemoved(DomainRemoved { project: project.into(), environment: environment.into(), domain: domain.clone() });
     for _ in 0..5 {
         let routes = load::routes(store).await.map_err(load_error)?;
         if routes.domains.get(&domain) != Some(&(project.to_string(), environment.to_string())) {
             let message = format!("{project} {environment} has no domain `{domain}`; see slipway domain list {project}");
-            return Ok(Err(Refused::NotHeld(Rejection(message))));
+            return Ok(Err(Rejection::not_found(message)));
         }
         if append_at(store, actor, routes.version, &event).await? {
             return Ok(Ok(domain));
         }
     }
-    invalid("the routes kept changing while the domain was removed; try again".into())
+    Ok(Err(Rejection::unavailable("the routes kept changing while the domain was removed; try again")))
 }
 
 /// Appends at `version` of the routes stream; `false` when it moved on.

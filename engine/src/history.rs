@@ -259,7 +259,7 @@ pub fn diff(a: &Timeline, b: &Timeline) -> Diff {
 
 /// One release of an environment (a deployment that served it), as
 /// `slipway releases` and the API list them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Release {
     pub deployment: Uuid,
     /// It serves now.

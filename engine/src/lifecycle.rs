@@ -217,7 +217,7 @@ pub(crate) async fn remove_preview(
 }
 
 fn no_project(project: &str) -> Rejection {
-    Rejection(format!("no project `{project}`; create it with `slipway project create`"))
+    Rejection::not_found(format!("no project `{project}`; create it with `slipway project create`"))
 }
 
 /// Removes preview `name` of `project` (a named environment cannot be).
@@ -231,8 +231,13 @@ pub async fn remove_environment(
     for _ in 0..ATTEMPTS {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
         if !p.previews.contains_key(name) {
-            let why = if p.environments.contains_key(name) { "is a named environment, not a preview" } else { "does not exist" };
-            return Ok(Err(Rejection(format!("environment `{name}` of `{project}` {why}; only previews are removed"))));
+            return Ok(Err(if p.environments.contains_key(name) {
+                Rejection::invalid(format!(
+                    "environment `{name}` of `{project}` is a named environment, not a preview; only previews are removed"
+                ))
+            } else {
+                Rejection::not_found(format!("environment `{name}` of `{project}` does not exist; only previews are removed"))
+            }));
         }
         let mut w = Writes::default();
         let removed = remove_preview(store, &mut w, &p, name, reason, actor).await?;
@@ -240,7 +245,7 @@ pub async fn remove_environment(
             return Ok(Ok(removed));
         }
     }
-    Ok(Err(Rejection(format!("project `{project}` kept changing while `{name}` was removed; try again"))))
+    Ok(Err(Rejection::unavailable(format!("project `{project}` kept changing while `{name}` was removed; try again"))))
 }
 
 /// Approves the head commit of a fork's pull request preview and requests
@@ -252,7 +257,7 @@ pub async fn approve(store: &dyn EventStore, actor: &str, project: &str, environ
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
         let commit = match preview::approvable(&p, environment) {
             Ok(c) => c,
-            Err(why) => return Ok(Err(Rejection(why))),
+            Err(rejection) => return Ok(Err(rejection)),
         };
         let mut w = Writes::default();
         let requested = request_deployment(store, &mut w, &p, environment, &commit, actor, &source).await?;
@@ -268,7 +273,7 @@ pub async fn approve(store: &dyn EventStore, actor: &str, project: &str, environ
             return Ok(Ok(requested.deployment));
         }
     }
-    Ok(Err(Rejection(format!("project `{project}` kept changing while the approval was recorded; try again"))))
+    Ok(Err(Rejection::unavailable(format!("project `{project}` kept changing while the approval was recorded; try again"))))
 }
 
 /// Sets the preview rule for `trigger` (replacing its rule if it had one).
@@ -284,7 +289,7 @@ pub async fn set_rule(
     loop {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
         if let Err(why) = preview::check_rule(&p, &trigger, inherit, ttl_seconds) {
-            return Ok(Err(Rejection(why)));
+            return Ok(Err(Rejection::invalid(why)));
         }
         let event = Event::PreviewRuleSet(PreviewRuleSet { trigger: trigger.clone(), inherit: inherit.into(), ttl_seconds });
         let mut w = Writes::default();
@@ -301,7 +306,7 @@ pub async fn remove_rule(store: &dyn EventStore, actor: &str, project: &str, tri
     loop {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
         if !p.preview_rules.iter().any(|r| r.trigger == trigger) {
-            return Ok(Err(Rejection(format!("project `{project}` has no preview rule for {trigger}"))));
+            return Ok(Err(Rejection::not_found(format!("project `{project}` has no preview rule for {trigger}"))));
         }
         let event = Event::PreviewRuleRemoved(PreviewRuleRemoved { trigger: trigger.clone() });
         let mut w = Writes::default();
@@ -346,7 +351,7 @@ async fn remove_if_expired(
             return Ok(Ok(Some(removed)));
         }
     }
-    Ok(Err(Rejection(format!("project `{project}` kept changing while `{name}` expired"))))
+    Ok(Err(Rejection::unavailable(format!("project `{project}` kept changing while `{name}` expired"))))
 }
 
 /// The engine's sweep: every `every`, remove the previews past their time

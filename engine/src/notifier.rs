@@ -84,23 +84,10 @@ impl Default for NotifierOptions {
     }
 }
 
-/// Why a notification request was refused: the caller's to fix (a bad URL,
-/// an unknown project), or no such subscription or attempt (a 404).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    Invalid(Rejection),
-    NotFound(Rejection),
-}
-
-impl Refused {
-    pub fn message(&self) -> &str {
-        match self {
-            Refused::Invalid(r) | Refused::NotFound(r) => &r.0,
-        }
-    }
-}
-
-pub type Outcome<T> = Result<Result<T, Refused>, StoreError>;
+/// A refused notification request is a `Rejection`: `Invalid` for the
+/// caller's to fix (a bad URL, an unknown project), `NotFound` for no such
+/// subscription or attempt.
+pub type Outcome<T> = Result<Result<T, Rejection>, StoreError>;
 
 /// A subscription to add.
 #[derive(Debug, Clone)]
@@ -139,11 +126,11 @@ fn value_fingerprint(installation_key: &[u8], id: Uuid, what: &str, value: &str)
 pub async fn subscribe(store: &dyn EventStore, actor: &str, new: NewSubscription) -> Outcome<Subscribed> {
     let url_shown = match notify::check_url(&new.url) {
         Ok(shown) => shown,
-        Err(e) => return Ok(Err(Refused::Invalid(Rejection(format!("the notification URL is refused: {e}"))))),
+        Err(e) => return Ok(Err(Rejection::Invalid(format!("the notification URL is refused: {e}")))),
     };
     if let Some(project) = &new.project {
         if load_project(store, project).await?.is_none() {
-            return Ok(Err(Refused::Invalid(Rejection(format!("no project `{project}`; create it with `slipway project create`")))));
+            return Ok(Err(Rejection::Invalid(format!("no project `{project}`; create it with `slipway project create`"))));
         }
     }
     let id = Uuid::now_v7();
@@ -184,8 +171,8 @@ pub async fn unsubscribe(store: &dyn EventStore, actor: &str, id: Uuid) -> Outco
     Ok(Ok(()))
 }
 
-fn no_subscription(id: Uuid) -> Refused {
-    Refused::NotFound(Rejection(format!("no notification subscription {id}; `slipway notifications list` shows them")))
+fn no_subscription(id: Uuid) -> Rejection {
+    Rejection::NotFound(format!("no notification subscription {id}; `slipway notifications list` shows them"))
 }
 
 /// Every live subscription.
@@ -234,9 +221,9 @@ pub async fn redeliver(store: &dyn EventStore, actor: &str, attempt_id: Uuid) ->
         Err(refused) => return Ok(Err(refused)),
     };
     let Some(found) = found else {
-        return Ok(Err(Refused::NotFound(Rejection(format!(
+        return Ok(Err(Rejection::NotFound(format!(
             "no delivery attempt {attempt_id} of a live subscription; `slipway notifications deliveries` lists them"
-        )))));
+        ))));
     };
     let event = Event::NotificationRedeliveryRequested(NotificationRedeliveryRequested { event: found.attempt.event });
     append(store, &notification_stream(found.subscription), actor, &event).await?;

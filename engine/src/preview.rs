@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::environment::Environment;
 use crate::project::{Preview, PreviewRule, Project};
 use crate::push::{self, Push};
+use crate::rejection::Rejection;
 
 /// A preview's time to live when its rule names none: 7 days.
 pub const DEFAULT_TTL_SECONDS: u64 = 7 * 86_400;
@@ -234,18 +235,20 @@ pub fn cancel_reason(environment: &str, why: &str) -> String {
 
 /// The commit someone may approve on preview `environment`: the head of a
 /// fork's pull request, not approved yet. Otherwise what stands in the way.
-pub fn approvable(p: &Project, environment: &str) -> Result<String, String> {
+pub fn approvable(p: &Project, environment: &str) -> Result<String, Rejection> {
     let Some(preview) = p.previews.get(environment) else {
-        return Err(format!("project `{}` has no preview environment `{environment}`", p.name));
+        let message = format!("project `{}` has no preview environment `{environment}`", p.name);
+        // A named environment deploys without approvals: asking is bad input.
+        return Err(if p.environments.contains_key(environment) { Rejection::invalid(message) } else { Rejection::not_found(message) });
     };
     if !preview.origin.as_ref().is_some_and(|o| o.head_repo_fork) {
-        return Err(format!("`{environment}` is not a fork's pull request: it deploys without an approval"));
+        return Err(Rejection::invalid(format!("`{environment}` is not a fork's pull request: it deploys without an approval")));
     }
     let Some(head) = &preview.head else {
-        return Err(format!("`{environment}` has no head commit to approve yet"));
+        return Err(Rejection::conflict(format!("`{environment}` has no head commit to approve yet")));
     };
     if preview.approved.contains(head) {
-        return Err(format!("{} is already approved on `{environment}`", push::short(head)));
+        return Err(Rejection::invalid(format!("{} is already approved on `{environment}`", push::short(head))));
     }
     Ok(head.clone())
 }
@@ -373,17 +376,17 @@ mod tests {
         let Plan::AwaitApproval { add: Some(new), .. } = plan_pull_request(&p, &pr(PrAction::Open, 5, 'a', true)) else { panic!("wait") };
         assert!(new.origin.head_repo_fork);
         add(&mut p, &new);
-        assert!(approvable(&p, "pr-5").unwrap_err().contains("no head commit"));
+        assert!(approvable(&p, "pr-5").unwrap_err().message().contains("no head commit"));
         preview_mut(&mut p, "pr-5").head = Some("a".repeat(40));
         assert_eq!(approvable(&p, "pr-5"), Ok("a".repeat(40)));
         preview_mut(&mut p, "pr-5").approved.insert("a".repeat(40));
-        assert!(approvable(&p, "pr-5").unwrap_err().contains("already approved"));
+        assert!(approvable(&p, "pr-5").unwrap_err().message().contains("already approved"));
         assert!(
             matches!(plan_pull_request(&p, &pr(PrAction::Update, 5, 'b', true)), Plan::AwaitApproval { add: None, .. }),
             "a new head waits again"
         );
         assert!(matches!(plan_pull_request(&p, &pr(PrAction::Open, 5, 'a', true)), Plan::Unchanged { .. }));
-        assert!(approvable(&p, "test").unwrap_err().contains("no preview"));
+        assert!(approvable(&p, "test").unwrap_err().message().contains("no preview"));
     }
 
     #[test]

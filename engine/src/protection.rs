@@ -26,51 +26,31 @@ use uuid::Uuid;
 
 use crate::deployment::Deployment;
 use crate::project::Project;
-use crate::requests::{envelope, project_environment, Rejection};
+use crate::rejection::Rejection;
+use crate::requests::{envelope, project_environment};
 
-/// Why a protection request was refused. `Forbidden`: the actor may not do
-/// it (self-approval, a second approval by the same actor); `Frozen`: the
-/// environment is inside a freeze window (a 409, naming it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    Invalid(Rejection),
-    NotFound(Rejection),
-    Forbidden(Rejection),
-    Frozen(Rejection),
-}
-
-impl Refused {
-    pub fn message(&self) -> &str {
-        match self {
-            Refused::Invalid(r) | Refused::NotFound(r) | Refused::Forbidden(r) | Refused::Frozen(r) => &r.0,
-        }
-    }
-}
-
-impl From<Rejection> for Refused {
-    fn from(r: Rejection) -> Self {
-        Refused::Invalid(r)
-    }
-}
-
-pub type Outcome<T> = Result<Result<T, Refused>, StoreError>;
+/// A refused protection request is a `Rejection`: `Forbidden` when the
+/// actor may not do it (self-approval, a second approval by the same
+/// actor), `Conflict` when the environment is inside a freeze window
+/// (naming it), `NotFound` and `Invalid` as elsewhere.
+pub type Outcome<T> = Result<Result<T, Rejection>, StoreError>;
 
 /// Whether `approver` may approve `deployment`, requested by `requester`.
-pub fn may_approve(deployment: &Deployment, requester: &str, approver: &str) -> Result<(), Refused> {
+pub fn may_approve(deployment: &Deployment, requester: &str, approver: &str) -> Result<(), Rejection> {
     let id = deployment.id;
     if !deployment.awaiting_approval() {
-        return Err(Refused::Invalid(Rejection(format!(
+        return Err(Rejection::Conflict(format!(
             "deployment {id} is not awaiting approval (it is {}); only a deployment to a protected environment waits for one",
             deployment.status_word()
-        ))));
+        )));
     }
     if requester == approver {
-        return Err(Refused::Forbidden(Rejection(format!(
+        return Err(Rejection::Forbidden(format!(
             "{approver} requested deployment {id} and cannot approve it too: someone else with deploy scope must"
-        ))));
+        )));
     }
     if deployment.approvals.iter().any(|a| a == approver) {
-        return Err(Refused::Forbidden(Rejection(format!("{approver} approved deployment {id} already: another approver is needed"))));
+        return Err(Rejection::Forbidden(format!("{approver} approved deployment {id} already: another approver is needed")));
     }
     Ok(())
 }
@@ -128,7 +108,7 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
 
 /// What a new deployment's request must carry: its approvals, or the
 /// freeze it overrides; or why it is refused.
-pub fn gate(p: &Project, environment: &str, now: DateTime<Utc>, override_freeze: Option<(&str, &str)>) -> Result<Vec<Event>, Refused> {
+pub fn gate(p: &Project, environment: &str, now: DateTime<Utc>, override_freeze: Option<(&str, &str)>) -> Result<Vec<Event>, Rejection> {
     let mut events = Vec::new();
     if let Some(freeze) = p.freezes.get(environment).and_then(|w| frozen(w, now)) {
         match override_freeze {
@@ -139,12 +119,12 @@ pub fn gate(p: &Project, environment: &str, now: DateTime<Utc>, override_freeze:
                 reason: reason.into(),
             })),
             _ => {
-                return Err(Refused::Frozen(Rejection(format!(
+                return Err(Rejection::Conflict(format!(
                     "{} {environment} is frozen by the window \"{}\" until {}; an admin may deploy anyway with --override-freeze REASON",
                     p.name,
                     freeze.schedule,
                     freeze.until.format("%Y-%m-%dT%H:%M:%SZ")
-                ))))
+                )))
             }
         }
     }
@@ -157,7 +137,7 @@ pub fn gate(p: &Project, environment: &str, now: DateTime<Utc>, override_freeze:
 async fn append_to_project(store: &dyn EventStore, actor: &str, project: &str, environment: &str, event: Event) -> Outcome<()> {
     let p = match project_environment(store, project, environment).await? {
         Ok(p) => p,
-        Err(rejection) => return Ok(Err(Refused::NotFound(rejection))),
+        Err(rejection) => return Ok(Err(rejection)),
     };
     let _ = p;
     let stream = project_stream(project);
@@ -184,7 +164,7 @@ pub async fn set_freeze(
     duration: u64,
 ) -> Outcome<()> {
     if let Err(e) = check_schedule(schedule) {
-        return Ok(Err(Refused::Invalid(Rejection(e))));
+        return Ok(Err(Rejection::Invalid(e)));
     }
     let event =
         Event::FreezeWindowSet(FreezeWindowSet { environment: environment.into(), schedule: schedule.into(), duration_seconds: duration });
@@ -212,7 +192,7 @@ async fn requested(store: &dyn EventStore, id: Uuid) -> Outcome<(Deployment, Str
     }
     match state {
         Some(d) => Ok(Ok((d, requester, version))),
-        None => Ok(Err(Refused::NotFound(Rejection(format!("no deployment {id}"))))),
+        None => Ok(Err(Rejection::NotFound(format!("no deployment {id}")))),
     }
 }
 
@@ -292,14 +272,14 @@ mod tests {
         let d = waiting(2);
         assert_eq!((d.awaiting_approval(), d.status_word()), (true, "awaiting approval"));
         let refused = may_approve(&d, "cli:ann", "cli:ann").unwrap_err();
-        assert!(matches!(refused, Refused::Forbidden(_)) && refused.message().contains("cannot approve it too"), "{refused:?}");
+        assert!(matches!(refused, Rejection::Forbidden(_)) && refused.message().contains("cannot approve it too"), "{refused:?}");
         assert_eq!(may_approve(&d, "cli:ann", "token:bob"), Ok(()));
         let d = approved(d, "token:bob");
-        assert!(matches!(may_approve(&d, "cli:ann", "token:bob"), Err(Refused::Forbidden(_))), "not twice");
+        assert!(matches!(may_approve(&d, "cli:ann", "token:bob"), Err(Rejection::Forbidden(_))), "not twice");
         assert!(d.awaiting_approval(), "one of two");
         let d = approved(d, "token:eve");
         assert!(!d.awaiting_approval());
-        assert!(matches!(may_approve(&d, "cli:ann", "token:zed"), Err(Refused::Invalid(_))), "nothing left to approve");
+        assert!(matches!(may_approve(&d, "cli:ann", "token:zed"), Err(Rejection::Conflict(_))), "nothing left to approve");
     }
 
     #[test]
@@ -358,10 +338,10 @@ mod tests {
         let inside = at("2026-12-04T18:30:00Z");
         let refused = gate(&p, "live", inside, None).unwrap_err();
         assert!(
-            matches!(refused, Refused::Frozen(_)) && refused.message().contains("\"0 18 * * FRI\" until 2026-12-04T19:00:00Z"),
+            matches!(refused, Rejection::Conflict(_)) && refused.message().contains("\"0 18 * * FRI\" until 2026-12-04T19:00:00Z"),
             "{refused:?}"
         );
-        assert!(matches!(gate(&p, "live", inside, Some(("cli:root", " "))), Err(Refused::Frozen(_))), "a reason is needed");
+        assert!(matches!(gate(&p, "live", inside, Some(("cli:root", " "))), Err(Rejection::Conflict(_))), "a reason is needed");
         let events = gate(&p, "live", inside, Some(("cli:root", "hotfix"))).unwrap_or_default();
         assert!(
             matches!(events.as_slice(), [Event::FreezeOverridden(o), Event::ApprovalRequired(a)] if o.reason == "hotfix" && a.approvals == 1)

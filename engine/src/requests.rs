@@ -1,7 +1,9 @@
 //! What users ask of Slipway — create a project, change settings, request a
 //! deployment — validated and recorded. A request that cannot be granted
-//! (bad name, unknown project, name taken) is a `Rejection` telling the user
-//! what to do; a store failure is a `StoreError`. The two never mix.
+//! (bad name, unknown project, name taken) is a `Rejection` of the kind that
+//! fits (not found, conflict, invalid, ...) telling the user what to do; a
+//! store failure, or a history that cannot be read, is a `StoreError`. The
+//! two never mix.
 
 use chrono::Utc;
 use slipway_proto::config::{is_dns_label, is_env_name};
@@ -23,15 +25,34 @@ use uuid::Uuid;
 use crate::load;
 use crate::project::{self, Project};
 
-/// Why a request was refused, in words for the user.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Rejection(pub String);
+pub use crate::rejection::Rejection;
 
 pub type Outcome<T> = Result<Result<T, Rejection>, StoreError>;
 
-fn reject<T>(message: impl Into<String>) -> Outcome<T> {
-    Ok(Err(Rejection(message.into())))
+fn not_found<T>(message: impl Into<String>) -> Outcome<T> {
+    Ok(Err(Rejection::not_found(message)))
+}
+
+fn conflict<T>(message: impl Into<String>) -> Outcome<T> {
+    Ok(Err(Rejection::conflict(message)))
+}
+
+fn invalid<T>(message: impl Into<String>) -> Outcome<T> {
+    Ok(Err(Rejection::invalid(message)))
+}
+
+fn unavailable<T>(message: impl Into<String>) -> Outcome<T> {
+    Ok(Err(Rejection::unavailable(message)))
+}
+
+/// A history that cannot be read or followed is an operational failure
+/// (the log is damaged), not the caller's to fix.
+fn unreadable(stream: String, e: load::LoadError) -> StoreError {
+    match e {
+        load::LoadError::Store(e) => e,
+        load::LoadError::Undecodable { stream, version, reason } => StoreError::Corrupt { stream, version, reason },
+        load::LoadError::Illegal(illegal) => StoreError::Corrupt { stream, version: 0, reason: illegal.to_string() },
+    }
 }
 
 pub(crate) fn envelope(stream: &str, event: &Event, correlation_id: Uuid, actor: &str, trace: Option<TraceContext>) -> Envelope {
@@ -78,44 +99,44 @@ pub async fn create_project(store: &dyn EventStore, actor: &str, new: NewProject
 /// (credentials, trusted host keys), in one transaction.
 pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new: NewProject, source: SourceChange) -> Outcome<()> {
     if !is_dns_label(&new.name) {
-        return reject(format!(
+        return invalid(format!(
             "project name `{}` must be 1-63 lowercase letters, digits or '-' (it becomes container and host names)",
             new.name
         ));
     }
     if let Some(bad) = new.environments.iter().find(|e| !is_dns_label(e)) {
-        return reject(format!("environment name `{bad}` must be 1-63 lowercase letters, digits or '-'"));
+        return invalid(format!("environment name `{bad}` must be 1-63 lowercase letters, digits or '-'"));
     }
     if new.environments.is_empty() {
-        return reject("a project needs at least one environment");
+        return invalid("a project needs at least one environment");
     }
     let mirror_of = new.mirror_of.clone();
     let repository = match &new.mirror_of {
         Some(original) => match load_project(store, original).await? {
-            None => return reject(format!("no project `{original}` to mirror; create it first")),
-            Some(o) if o.mirror_of.is_some() => return reject(format!("`{original}` is itself a mirror; mirror its original instead")),
+            None => return not_found(format!("no project `{original}` to mirror; create it first")),
+            Some(o) if o.mirror_of.is_some() => return invalid(format!("`{original}` is itself a mirror; mirror its original instead")),
             Some(o) if !new.repository.trim().is_empty() && new.repository != o.repository => {
-                return reject(format!("a mirror builds from its original's repository ({}); leave --repo out", o.repository))
+                return invalid(format!("a mirror builds from its original's repository ({}); leave --repo out", o.repository))
             }
             Some(o) => o.repository,
         },
         None => match source::check_repository(&new.repository) {
             Ok(()) => new.repository.clone(),
-            Err(why) => return reject(why),
+            Err(why) => return invalid(why),
         },
     };
     if let Err(why) = source::check_change(&source) {
-        return reject(why);
+        return invalid(why);
     }
     if mirror_of.is_some() && !source.is_empty() {
-        return reject("a mirror reaches its original's repository with the original's credentials; set them there");
+        return invalid("a mirror reaches its original's repository with the original's credentials; set them there");
     }
     if new.default_branch.starts_with('-') || new.default_branch.trim().is_empty() {
-        return reject(format!("default branch `{}` is not a branch name", new.default_branch));
+        return invalid(format!("default branch `{}` is not a branch name", new.default_branch));
     }
     for environment in &new.environments {
         if let Some(holder) = names::taken_by(store, &new.name, environment).await? {
-            return reject(names::collision(&new.name, environment, &holder));
+            return conflict(names::collision(&new.name, environment, &holder));
         }
     }
     let stream = project_stream(&new.name);
@@ -160,10 +181,10 @@ pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new
             // A concurrent creation took a name, or the project itself.
             for environment in &new.environments {
                 if let Some(holder) = names::taken_by(store, &new.name, environment).await? {
-                    return reject(names::collision(&new.name, environment, &holder));
+                    return conflict(names::collision(&new.name, environment, &holder));
                 }
             }
-            reject(format!("project `{}` already exists", new.name))
+            conflict(format!("project `{}` already exists; pick another name", new.name))
         }
     }
 }
@@ -187,19 +208,19 @@ async fn source_changed(store: &dyn EventStore, project: &str, change: &SourceCh
 /// the value table, recorded by fingerprint), trusted host keys, submodules.
 pub async fn change_source(store: &dyn EventStore, actor: &str, project: &str, change: SourceChange) -> Outcome<()> {
     if let Err(why) = source::check_change(&change) {
-        return reject(why);
+        return invalid(why);
     }
     if change.is_empty() {
-        return reject("nothing to change: give a credential, --known-host, --forget or --submodules");
+        return invalid("nothing to change: give a credential, --known-host, --forget or --submodules");
     }
     let changed = source_changed(store, project, &change).await?;
     let stream = project_stream(project);
     loop {
         let Some(p) = load_project(store, project).await? else {
-            return reject(format!("no project `{project}`; create it with `slipway project create`"));
+            return not_found(format!("no project `{project}`; create it with `slipway project create`"));
         };
         if let Some(original) = &p.mirror_of {
-            return reject(format!(
+            return invalid(format!(
                 "`{project}` is a mirror: it reaches {original}'s repository with {original}'s credentials; change those"
             ));
         }
@@ -229,16 +250,16 @@ pub async fn change_settings(
     removed: Vec<String>,
 ) -> Outcome<()> {
     if let Some(bad) = set.iter().map(|s| &s.key).chain(&removed).find(|k| !is_env_name(k)) {
-        return reject(format!("setting name `{bad}` must be letters, digits and '_', not starting with a digit"));
+        return invalid(format!("setting name `{bad}` must be letters, digits and '_', not starting with a digit"));
     }
     let key = store.installation_key().await?;
     loop {
         let Some(p) = load_project(store, project).await? else {
-            return reject(format!("no project `{project}`; create it with `slipway project create`"));
+            return not_found(format!("no project `{project}`; create it with `slipway project create`"));
         };
         if !p.environments.contains_key(environment) {
             let known: Vec<_> = p.environments.keys().cloned().collect();
-            return reject(format!("project `{project}` has no environment `{environment}` (it has: {})", known.join(", ")));
+            return not_found(format!("project `{project}` has no environment `{environment}` (it has: {})", known.join(", ")));
         }
         let mut fingerprints = std::collections::BTreeMap::new();
         for s in &set {
@@ -293,7 +314,7 @@ pub async fn request_deployment_overriding(
     };
     let git_ref = req.git_ref.unwrap_or_else(|| p.default_branch.clone());
     if git_ref.starts_with('-') {
-        return reject(format!("ref `{git_ref}` looks like an option, not a branch, tag or commit"));
+        return invalid(format!("ref `{git_ref}` looks like an option, not a branch, tag or commit"));
     }
     let id = Uuid::now_v7();
     enqueue(
@@ -352,23 +373,23 @@ pub async fn request_rollback(
     let serving = env.last_succeeded();
     let target = match to {
         Some(t) if !env.releases.contains(&t) => {
-            return reject(format!("deployment {t} never served {project} {environment}; its releases: slipway deployments {project}"))
+            return not_found(format!("deployment {t} never served {project} {environment}; its releases: slipway deployments {project}"))
         }
         Some(t) => t,
         None => match env.releases.iter().rev().find(|r| Some(**r) != serving) {
             Some(t) => *t,
-            None => return reject(format!("{project} {environment} has no earlier release to roll back to")),
+            None => return conflict(format!("{project} {environment} has no earlier release to roll back to")),
         },
     };
     if Some(target) == serving {
-        return reject(format!("deployment {target} already serves {project} {environment}"));
+        return conflict(format!("deployment {target} already serves {project} {environment}"));
     }
     let old = match deployment_state(store, target).await? {
         Ok(d) => d,
         Err(rejection) => return Ok(Err(rejection)),
     };
     let (Some(image_id), Some(commit)) = (old.context.image_id.clone(), old.context.commit.clone()) else {
-        return reject(format!("deployment {target} recorded no image to roll back to"));
+        return conflict(format!("deployment {target} recorded no image to roll back to"));
     };
     let since = env.releases.iter().skip_while(|r| **r != target).skip(1);
     let warnings = release_commands_since(store, since).await?;
@@ -422,7 +443,7 @@ pub async fn request_restore(
         Err(rejection) => return Ok(Err(rejection)),
     };
     let (Some(image_id), Some(commit)) = (old.context.image_id.clone(), old.context.commit.clone()) else {
-        return reject(format!("deployment {serving} recorded no image to start again"));
+        return conflict(format!("deployment {serving} recorded no image to start again"));
     };
     let requested = release_again(&p, environment, &old, commit, image_id);
     enqueue_at(store, actor, requested, ExpectedVersion::Exactly(version)).await
@@ -448,19 +469,19 @@ pub async fn request_promotion(
         Err(rejection) => return Ok(Err(rejection)),
     };
     if from == to {
-        return reject(format!("promote from one environment to another, not `{from}` to itself"));
+        return invalid(format!("promote from one environment to another, not `{from}` to itself"));
     }
     let serving = match environment_state(store, project, from).await? {
         Ok(env) => env.last_succeeded(),
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let Some(source) = serving else { return reject(format!("{project} {from} serves no release to promote")) };
+    let Some(source) = serving else { return conflict(format!("{project} {from} serves no release to promote")) };
     let release = match deployment_state(store, source).await? {
         Ok(d) => d,
         Err(rejection) => return Ok(Err(rejection)),
     };
     let (Some(image_id), Some(commit)) = (release.context.image_id.clone(), release.context.commit.clone()) else {
-        return reject(format!("deployment {source} recorded no image to promote"));
+        return conflict(format!("deployment {source} recorded no image to promote"));
     };
     let requested = DeploymentRequested {
         deployment_id: Uuid::now_v7(),
@@ -512,7 +533,7 @@ pub async fn request_migrate(store: &dyn EventStore, actor: &str, project: &str,
         Ok(env) => env.last_succeeded(),
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let Some(release) = serving else { return reject(format!("{project} {environment} serves no release to migrate")) };
+    let Some(release) = serving else { return conflict(format!("{project} {environment} serves no release to migrate")) };
     replay(store, actor, release, Some(Step::Release), true).await
 }
 
@@ -528,7 +549,7 @@ async fn replay(
         Err(rejection) => return Ok(Err(rejection)),
     };
     if !old.is_finished() {
-        return reject(format!("deployment {original} is still running; replay it once it has finished"));
+        return conflict(format!("deployment {original} is still running; replay it once it has finished"));
     }
     let failed_at = match &old.status {
         crate::deployment::Status::Failed { step, .. } => Some(*step),
@@ -537,7 +558,7 @@ async fn replay(
     let from_step = match (from_step, failed_at) {
         (Some(s), _) if !Step::PIPELINE.contains(&s) => {
             let steps: Vec<&str> = Step::PIPELINE.iter().map(|s| s.as_str()).collect();
-            return reject(format!("--from-step `{s}` is not a pipeline step; one of: {}", steps.join(", ")));
+            return invalid(format!("--from-step `{s}` is not a pipeline step; one of: {}", steps.join(", ")));
         }
         (Some(s), _) => s,
         // The switch itself failed: run the health check and switch again.
@@ -573,7 +594,7 @@ async fn replay(
     };
     let more = match crate::protection::gate(&p, &requested.environment, Utc::now(), None) {
         Ok(events) => events,
-        Err(refused) => return reject(refused.message()),
+        Err(refused) => return Ok(Err(refused)),
     };
     let span = slipway_telemetry::trace::deployment_requested(id.as_u128());
     let trace = Some(span.trace_context());
@@ -594,7 +615,7 @@ async fn replay(
             span.record();
             Ok(Ok(ReplayRequested { deployment_id: id, from_step }))
         }
-        Err(c) => reject(format!("could not record the replay: {c}")),
+        Err(c) => conflict(format!("could not record the replay: {c}")),
     }
 }
 
@@ -618,14 +639,13 @@ async fn release_commands_since<'a>(store: &dyn EventStore, releases: impl Itera
     Ok(warnings)
 }
 
-/// A deployment's state, or a rejection naming why it cannot be had (none
-/// such, or a history that cannot be read or followed).
+/// A deployment's state, refused when there is none such; a history that
+/// cannot be read or followed is a `StoreError`.
 async fn deployment_state(store: &dyn EventStore, id: Uuid) -> Outcome<crate::Deployment> {
     match load::deployment(store, id).await {
         Ok(Some(d)) => Ok(Ok(d)),
-        Ok(None) => reject(format!("no deployment {id}")),
-        Err(load::LoadError::Store(e)) => Err(e),
-        Err(e) => reject(e.to_string()),
+        Ok(None) => not_found(format!("no deployment {id}")),
+        Err(e) => Err(unreadable(deployment_stream(id), e)),
     }
 }
 
@@ -642,7 +662,7 @@ pub async fn request_cancel(store: &dyn EventStore, actor: &str, deployment: Uui
         };
         if d.is_finished() {
             let verdict = if d.status == crate::deployment::Status::Succeeded { "succeeded" } else { "failed" };
-            return reject(format!(
+            return conflict(format!(
                 "deployment {deployment} already {verdict}; to undo a release that serves, roll back with \
                  `slipway rollback {} {}`",
                 d.context.project, d.context.environment
@@ -662,12 +682,11 @@ pub async fn request_cancel(store: &dyn EventStore, actor: &str, deployment: Uui
     }
 }
 
-/// An environment's state, or a rejection naming a history that cannot be read.
+/// An environment's state; a history that cannot be read is a `StoreError`.
 async fn environment_state(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<crate::environment::Environment> {
     match load::environment(store, project, environment).await {
         Ok(env) => Ok(Ok(env)),
-        Err(load::LoadError::Store(e)) => Err(e),
-        Err(e) => reject(e.to_string()),
+        Err(e) => Err(unreadable(environment_stream(project, environment), e)),
     }
 }
 
@@ -675,11 +694,11 @@ async fn environment_state(store: &dyn EventStore, project: &str, environment: &
 /// that says what does exist.
 pub(crate) async fn project_environment(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<Project> {
     let Some(p) = load_project(store, project).await? else {
-        return reject(format!("no project `{project}`; create it with `slipway project create`"));
+        return not_found(format!("no project `{project}`; create it with `slipway project create`"));
     };
     if !p.environments.contains_key(environment) {
         let known: Vec<_> = p.environments.keys().cloned().collect();
-        return reject(format!("project `{project}` has no environment `{environment}` (it has: {})", known.join(", ")));
+        return not_found(format!("project `{project}` has no environment `{environment}` (it has: {})", known.join(", ")));
     }
     Ok(Ok(p))
 }
@@ -719,7 +738,7 @@ enum Freeze<'a> {
 /// freeze it overrides; refused inside a freeze window otherwise.
 async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentRequested, freeze: Freeze<'_>) -> Outcome<Uuid> {
     let Some(p) = load_project(store, &requested.project).await? else {
-        return reject(format!("no project `{}`", requested.project));
+        return Ok(Err(Rejection::not_found(format!("no project `{}`", requested.project))));
     };
     let mut exempt = p.clone();
     let p = match freeze {
@@ -735,7 +754,7 @@ async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentReque
     };
     let gate = match crate::protection::gate(p, &requested.environment, Utc::now(), override_freeze) {
         Ok(events) => events,
-        Err(refused) => return reject(refused.message()),
+        Err(refused) => return Ok(Err(refused)),
     };
     enqueue_with(store, actor, requested, ExpectedVersion::Any, gate).await
 }
@@ -772,7 +791,7 @@ async fn enqueue_with(
             span.record();
             Ok(Ok(id))
         }
-        Err(c) => reject(format!("could not record the request: {c}")),
+        Err(c) => conflict(format!("could not record the request: {c}")),
     }
 }
 
@@ -798,21 +817,21 @@ pub async fn load_tokens(store: &dyn EventStore) -> Result<crate::tokens::Tokens
 /// twice, revoked or not, so `token:<name>` in the log names one token.
 pub async fn issue_token(store: &dyn EventStore, actor: &str, name: &str, scope: TokenScope) -> Outcome<String> {
     if !crate::tokens::is_valid_name(name) {
-        return reject(format!(
+        return invalid(format!(
             "token name `{name}` must be 1-64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
         ));
     }
     let tokens = load_tokens(store).await?;
     if let Some(t) = tokens.by_name.get(name) {
         let state = if t.revoked { "was revoked (names are not reused)" } else { "exists" };
-        return reject(format!("token `{name}` {state}; pick another name"));
+        return conflict(format!("token `{name}` {state}; pick another name"));
     }
     let value = crate::tokens::generate();
     let event = Event::TokenIssued(TokenIssued { name: name.into(), scope, sha256: crate::tokens::hash(&value), issued_by: actor.into() });
     let e = envelope(TOKENS_STREAM, &event, Uuid::now_v7(), actor, None);
     match store.append(TOKENS_STREAM, ExpectedVersion::Exactly(tokens.version), &[e], &[]).await? {
         Ok(_) => Ok(Ok(value)),
-        Err(_) => reject(format!("the tokens changed while `{name}` was being issued; try again")),
+        Err(_) => unavailable(format!("the tokens changed while `{name}` was being issued; try again")),
     }
 }
 
@@ -820,14 +839,14 @@ pub async fn issue_token(store: &dyn EventStore, actor: &str, name: &str, scope:
 pub async fn revoke_token(store: &dyn EventStore, actor: &str, name: &str) -> Outcome<()> {
     let tokens = load_tokens(store).await?;
     match tokens.by_name.get(name) {
-        None => return reject(format!("no token `{name}`; `slipway token list` shows them")),
-        Some(t) if t.revoked => return reject(format!("token `{name}` is already revoked")),
+        None => return not_found(format!("no token `{name}`; `slipway token list` shows them")),
+        Some(t) if t.revoked => return conflict(format!("token `{name}` is already revoked")),
         Some(_) => {}
     }
     let event = Event::TokenRevoked(TokenRevoked { name: name.into() });
     let e = envelope(TOKENS_STREAM, &event, Uuid::now_v7(), actor, None);
     match store.append(TOKENS_STREAM, ExpectedVersion::Exactly(tokens.version), &[e], &[]).await? {
         Ok(_) => Ok(Ok(())),
-        Err(_) => reject(format!("the tokens changed while `{name}` was being revoked; try again")),
+        Err(_) => unavailable(format!("the tokens changed while `{name}` was being revoked; try again")),
     }
 }

@@ -90,10 +90,10 @@ async fn approvals_and_freezes(setup: &Setup) {
     assert!(matches!(&state.status, slipway_engine::Status::Failed { reason, .. } if reason == "rejected by token:bob: not today"));
     assert!(!dispatched(setup, second).await);
 
-    // Inside a freeze window a deployment is refused naming the window,
+    // Inside a freeze window a deployment is refused (409) naming the window,
     protection::set_freeze(store, "test", "shop", "live", "* * * * *", 3600).await.unwrap().unwrap();
     let frozen = deploy(setup, &ann, "live", json!({})).await;
-    assert_eq!(frozen.status, StatusCode::BAD_REQUEST, "{}", frozen.json);
+    assert_eq!(frozen.status, StatusCode::CONFLICT, "{}", frozen.json);
     assert!(frozen.text.contains("frozen by the window \\\"* * * * *\\\""), "{}", frozen.text);
     // a deploy token may not override it, an admin may with a reason, recorded;
     let refused = deploy(setup, &ann, "live", json!({"override_freeze": "hotfix"})).await;

@@ -133,6 +133,15 @@ pub enum StoreError {
     Sealing { reason: String },
 }
 
+impl StoreError {
+    /// The database could not be reached (no connection within the pool's
+    /// timeout, or the connection broke): retrying later may work. Callers
+    /// that sort failures (the CLI's exit statuses) ask this, not the text.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Database { source: sqlx::Error::PoolTimedOut | sqlx::Error::Io(_), .. })
+    }
+}
+
 /// A successful append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use slipway_engine::domains::{self, Refused};
+use slipway_engine::domains;
+use slipway_engine::rejection::Rejection;
 use slipway_engine::Status;
 use slipway_tests::*;
 
@@ -44,10 +45,12 @@ async fn an_environment_answers_under_its_custom_domains_and_a_taken_name_is_ref
     assert_eq!(get(format!("a.b.apps.{}.example", h.project)).await.unwrap().0, 404);
     // the same domain again changes nothing, another environment cannot take it,
     domains::add(store, "test", &h.project, "live", &exact).await.unwrap().unwrap();
-    let Err(Refused::Taken(taken)) = domains::add(store, "test", &h.project, "test", &exact).await.unwrap() else { panic!("taken") };
-    assert!(taken.0.contains(&format!("{} live", h.project)), "{}", taken.0);
-    let Err(Refused::Invalid(bad)) = domains::add(store, "test", &h.project, "live", "not a domain").await.unwrap() else { panic!("bad") };
-    assert!(bad.0.contains("expected a domain name"), "{}", bad.0);
+    let Err(Rejection::Conflict(taken)) = domains::add(store, "test", &h.project, "test", &exact).await.unwrap() else { panic!("taken") };
+    assert!(taken.contains(&format!("{} live", h.project)), "{taken}");
+    let Err(Rejection::Invalid(bad)) = domains::add(store, "test", &h.project, "live", "not a domain").await.unwrap() else {
+        panic!("bad")
+    };
+    assert!(bad.contains("expected a domain name"), "{bad}");
     let routes = slipway_engine::load::routes(store).await.unwrap();
     assert_eq!(domains::of_environment(&routes.domains, &h.project, "live").len(), 2);
     // and once removed, the name is served no more (and free to take).
@@ -56,7 +59,7 @@ async fn an_environment_answers_under_its_custom_domains_and_a_taken_name_is_ref
         matches!(get(exact.clone()).await, Ok((404, _))).then_some(())
     })
     .await;
-    assert!(domains::remove(store, "test", &h.project, "live", &exact).await.unwrap().is_err());
+    assert!(matches!(domains::remove(store, "test", &h.project, "live", &exact).await.unwrap(), Err(Rejection::NotFound(_))));
     domains::add(store, "test", &h.project, "test", &exact).await.unwrap().unwrap();
     h.shutdown().await;
 }

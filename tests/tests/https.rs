@@ -12,6 +12,7 @@ use chrono::Utc;
 use hyper::Version;
 use slipway_engine::certificates;
 use slipway_engine::domains;
+use slipway_engine::rejection::Rejection;
 use slipway_proto::event::CertificateSource;
 use slipway_tests::edge::Edge;
 use slipway_tests::tls::{https_get, leaf_der, TestCa};
@@ -30,12 +31,12 @@ async fn an_uploaded_certificate_serves_https_on_every_router_and_plain_http_is_
     let (other_chain, other_key) = ca.issue(&["other.example"]);
     let refused =
         certificates::store_certificate(store, "test", &domain, &chain, &other_key, CertificateSource::Uploaded, Utc::now()).await.unwrap();
-    assert!(refused.unwrap_err().0.contains("does not belong"));
+    assert!(matches!(refused, Err(Rejection::Invalid(m)) if m.contains("does not belong")));
     let refused =
         certificates::store_certificate(store, "test", &domain, &other_chain, &other_key, CertificateSource::Uploaded, Utc::now())
             .await
             .unwrap();
-    assert!(refused.unwrap_err().0.contains("does not cover"));
+    assert!(matches!(refused, Err(Rejection::Invalid(m)) if m.contains("does not cover")));
     let stored = certificates::store_certificate(store, "test", &domain, &chain, &key, CertificateSource::Uploaded, Utc::now())
         .await
         .unwrap()

@@ -109,9 +109,6 @@ pub async fn issue_token(
     caller: Caller,
     JsonBody(body): JsonBody<NewToken>,
 ) -> ApiResult<(StatusCode, [(HeaderName, String); 1], Json<IssuedToken>)> {
-    if requests::load_tokens(&*store).await?.by_name.contains_key(&body.name) {
-        return Err(ApiError::Conflict(format!("token `{}` exists (or was revoked; names are not reused); pick another name", body.name)));
-    }
     let token = requests::issue_token(&*store, &caller.actor(), &body.name, body.scope).await??;
     let location = format!("/api/tokens/{}", body.name);
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(IssuedToken { name: body.name, scope: body.scope, token })))

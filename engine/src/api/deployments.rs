@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::{Event, Step};
-use slipway_store::read_model::{parse_since, Before, DeploymentQuery, DeploymentRow, STATUSES};
+use slipway_store::read_model::{parse_since, Before, DeploymentQuery, STATUSES};
 use slipway_store::{EventStore, RecordedEvent};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -28,6 +28,7 @@ use super::{
 };
 use crate::deployment::Status;
 use crate::history::{self, Outcome, Timeline};
+use crate::queries::{self, DeploymentSummary};
 use crate::requests::{self, DeployRequest};
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -290,45 +291,10 @@ impl Limit {
     }
 }
 
-/// One deployment in a list.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeploymentSummary {
-    deployment: Uuid,
-    project: String,
-    environment: String,
-    /// `running`, `succeeded`, or `failed at STEP: REASON`.
-    status: String,
-    commit: Option<String>,
-    image: Option<String>,
-    requested_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-    total_ms: Option<i64>,
-}
-
-impl From<DeploymentRow> for DeploymentSummary {
-    fn from(d: DeploymentRow) -> Self {
-        let status = match (&d.failed_step, &d.failed_reason, d.finished_at) {
-            (Some(step), Some(reason), Some(_)) if d.status == "failed" => format!("failed at {step}: {reason}"),
-            _ => d.status,
-        };
-        DeploymentSummary {
-            deployment: d.id,
-            project: d.project,
-            environment: d.environment,
-            status,
-            commit: d.commit,
-            image: d.image,
-            requested_at: Some(d.requested_at),
-            finished_at: d.finished_at,
-            total_ms: d.finished_at.map(|f| (f - d.requested_at).num_milliseconds()),
-        }
-    }
-}
-
 /// A page of deployment summaries from the read model, with its position.
 pub(super) async fn page(store: &dyn EventStore, query: &DeploymentQuery) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
-    let (rows, at) = crate::projector::deployments(store, query).await?;
-    Ok((read_position(at), Json(rows.into_iter().map(DeploymentSummary::from).collect())))
+    let (summaries, at) = queries::deployments(store, query).await??;
+    Ok((read_position(at), Json(summaries)))
 }
 
 /// `before` of a deployment list: a deployment id or an RFC 3339 time.
@@ -362,12 +328,6 @@ pub struct ListQuery {
     responses((status = 200, body = [DeploymentSummary]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list(State(store): Store, QueryParams(q): QueryParams<ListQuery>) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
     let limit = Limit { limit: q.limit }.get()?;
-    match (&q.project, &q.environment) {
-        (None, Some(_)) => return Err(ApiError::BadRequest("`environment` needs `project` too".into())),
-        (Some(p), Some(e)) => require_environment(&*store, p, e).await.map(|_| ())?,
-        (Some(p), None) => super::require_project(&*store, p).await.map(|_| ())?,
-        (None, None) => {}
-    }
     if let Some(status) = q.status.as_deref().filter(|s| !STATUSES.contains(s)) {
         return Err(ApiError::BadRequest(format!("status `{status}` is not one of: {}", STATUSES.join(", "))));
     }
@@ -441,9 +401,6 @@ pub async fn replay(
     OptionalJson(body): OptionalJson<ReplayBody>,
 ) -> ApiResult<Accepted<ReplayAccepted>> {
     let original = load_deployment(&*store, parse_id(&id)?).await?;
-    if !original.is_finished() {
-        return Err(ApiError::Conflict(format!("deployment {} is still running; replay it once it has finished", original.id)));
-    }
     let r = requests::request_replay(&*store, &caller.actor(), original.id, body.from_step).await??;
     ReplayAccepted::new(&*store, &original, r).await
 }
@@ -475,8 +432,7 @@ pub async fn cancel(
 ) -> ApiResult<Accepted<CancelAccepted>> {
     let d = load_deployment(&*store, parse_id(&id)?).await?;
     let reason = body.reason.unwrap_or_default();
-    // It exists, so a refusal means it finished (before or while we looked).
-    requests::request_cancel(&*store, &caller.actor(), d.id, &reason).await?.map_err(|r| ApiError::Conflict(r.0))?;
+    requests::request_cancel(&*store, &caller.actor(), d.id, &reason).await??;
     Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{}", d.id))], Json(CancelAccepted { deployment: d.id })))
 }
 
@@ -612,18 +568,6 @@ mod tests {
         assert_eq!(Limit { limit: Some(500) }.get().ok(), Some(500));
         assert!(Limit { limit: Some(0) }.get().is_err());
         assert!(Limit { limit: Some(501) }.get().is_err());
-    }
-}
-
-impl From<crate::protection::Refused> for ApiError {
-    fn from(refused: crate::protection::Refused) -> Self {
-        use crate::protection::Refused;
-        match refused {
-            Refused::Invalid(r) => ApiError::Conflict(r.0),
-            Refused::NotFound(r) => ApiError::NotFound(r.0),
-            Refused::Forbidden(r) => ApiError::Forbidden(r.0),
-            Refused::Frozen(r) => ApiError::Conflict(r.0),
-        }
     }
 }
 

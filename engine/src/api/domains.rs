@@ -7,21 +7,11 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::error::ErrorBody;
 use super::extract::Params;
 use super::{load_error, require_environment, ApiResult, Caller, Store};
-use crate::domains::{self, Refused};
+use crate::domains;
 use crate::load;
-
-impl From<Refused> for ApiError {
-    fn from(refused: Refused) -> Self {
-        match refused {
-            Refused::Invalid(rejection) => rejection.into(),
-            Refused::Taken(rejection) => ApiError::Conflict(rejection.0),
-            Refused::NotHeld(rejection) => ApiError::NotFound(rejection.0),
-        }
-    }
-}
 
 /// An environment's custom domains.
 #[derive(Debug, Serialize, ToSchema)]
@@ -62,10 +52,8 @@ pub async fn add(
     Params((name, env, domain)): Params<(String, String, String)>,
 ) -> ApiResult<Json<EnvironmentDomains>> {
     require_environment(&*store, &name, &env).await?;
-    match domains::add(&*store, &caller.actor(), &name, &env, &domain).await? {
-        Ok(_) => listed(&*store, name, env).await,
-        Err(refused) => Err(refused.into()),
-    }
+    domains::add(&*store, &caller.actor(), &name, &env, &domain).await??;
+    listed(&*store, name, env).await
 }
 
 #[utoipa::path(delete, path = "/api/projects/{name}/environments/{env}/domains/{domain}", tag = "domains",
@@ -79,8 +67,6 @@ pub async fn remove(
     Params((name, env, domain)): Params<(String, String, String)>,
 ) -> ApiResult<Json<EnvironmentDomains>> {
     require_environment(&*store, &name, &env).await?;
-    match domains::remove(&*store, &caller.actor(), &name, &env, &domain).await? {
-        Ok(_) => listed(&*store, name, env).await,
-        Err(refused) => Err(refused.into()),
-    }
+    domains::remove(&*store, &caller.actor(), &name, &env, &domain).await??;
+    listed(&*store, name, env).await
 }

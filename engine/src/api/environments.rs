@@ -2,8 +2,8 @@
 //! (secret values are never read, only shown as "(secret)"), its releases and
 //! deployments, and the requests that act on what it serves — rollback,
 //! migrate, and promotion to another environment. The requests are
-//! `requests`'; what a caller can fix by waiting or choosing differently
-//! (nothing to roll back to, nothing serving) is told apart here as a 409.
+//! `requests`', and their refusals carry their kind (nothing to roll back
+//! to, nothing serving: a conflict), so handlers only pass them on.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,12 +18,12 @@ use uuid::Uuid;
 
 use slipway_store::read_model::DeploymentQuery;
 
-use super::deployments::{DeploymentSummary, Limit};
+use super::deployments::Limit;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, OptionalJson, Params, QueryParams};
 use super::{load_deployment, load_environment, load_error, queued_behind, require_environment, ApiResult, Caller, ReadPosition, Store};
 use crate::history::Release;
-use crate::limits::{release_limits, ReleaseLimits};
+use crate::queries::{self, DeploymentSummary, EnvironmentStatus};
 use crate::requests::{self, SettingValue};
 
 pub(super) type Accepted<T> = (StatusCode, [(HeaderName, String); 1], Json<T>);
@@ -32,85 +32,13 @@ fn accepted<T>(id: Uuid, body: T) -> Accepted<T> {
     (StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(body))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EnvironmentStatus {
-    project: String,
-    environment: String,
-    /// Where the serving release answers: through a registered router
-    /// (`http://<project>-<env>.<domain>:PORT/`), else its loopback port.
-    url: Option<String>,
-    /// The release serving now: the last deployment that succeeded.
-    active: Option<ActiveRelease>,
-    /// Deployments not finished, oldest first; the first one runs.
-    queue: Vec<Uuid>,
-    /// Where the first of the queue stands: `running`, `watching` (traffic
-    /// moved, the watch window not yet passed) or `rolling back`.
-    running_status: Option<&'static str>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ActiveRelease {
-    deployment: Uuid,
-    commit: Option<String>,
-    image: Option<String>,
-    web_port: Option<u16>,
-    /// The resource limits it runs under, from its recorded `slipway.toml`:
-    /// `{"web": {"memory": "256m", "cpus": "0.5", "pids": 100}, "processes":
-    /// {"worker": {}}}` (an empty object: no limit).
-    #[schema(value_type = Object)]
-    limits: ReleaseLimits,
-    /// What its containers do now, as the host agent saw it.
-    live: Option<LiveStatus>,
-}
-
-/// The serving release's live state (folded from `ContainerSupervised`):
-/// its worst container's state, the restarts and the last exit code seen.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LiveStatus {
-    /// `running`, `unhealthy`, `restarting`, `crash_looping` or `down`.
-    state: String,
-    restarts: u32,
-    last_exit: Option<i64>,
-    oom_kills: u32,
-}
-
 #[utoipa::path(get, path = "/api/projects/{name}/environments/{env}", tag = "environments",
     summary = "What an environment serves and queues",
+    description = "The same view as `slipway status --json` (`queries::EnvironmentStatus`).",
     params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment")),
     responses((status = 200, body = EnvironmentStatus), (status = 404, body = ErrorBody)))]
 pub async fn status(State(store): Store, Params((name, env)): Params<(String, String)>) -> ApiResult<Json<EnvironmentStatus>> {
-    require_environment(&*store, &name, &env).await?;
-    let state = load_environment(&*store, &name, &env).await?;
-    let active = match state.last_succeeded() {
-        Some(id) => {
-            let d = load_deployment(&*store, id).await?;
-            let limits = release_limits(&d.context.config);
-            let live = state.shown_live().map(|l| LiveStatus {
-                state: serde_json::to_value(l.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-                restarts: l.restarts,
-                last_exit: l.last_exit,
-                oom_kills: l.oom_kills,
-            });
-            // Where it answers now (the host agent follows a new port).
-            let web_port = state.active.as_ref().and_then(|a| a.web_port()).or(d.context.web_port);
-            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port, limits, live })
-        }
-        None => None,
-    };
-    let routers = crate::load::routers(&*store).await.map_err(load_error)?;
-    let url = match (&active, routers.values().next()) {
-        (None, _) => None,
-        (Some(_), Some(r)) => {
-            let port = r.listen.rsplit(':').next().unwrap_or("80");
-            Some(format!("http://{name}-{env}.{}:{port}/", r.domain))
-        }
-        (Some(a), None) => a.web_port.map(|p| format!("http://127.0.0.1:{p}/")),
-    };
-    let running_status = match state.queue.first() {
-        Some(id) => Some(load_deployment(&*store, *id).await?.status_word()),
-        None => None,
-    };
-    Ok(Json(EnvironmentStatus { project: name, environment: env, url, active, queue: state.queue, running_status }))
+    Ok(Json(queries::status(&*store, &name, &env).await.map_err(load_error)??))
 }
 
 /// Settings by key: the value, or "(secret)" for a secret one.
@@ -208,8 +136,7 @@ pub async fn change_settings(
     params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment")),
     responses((status = 200, body = [Release]), (status = 404, body = ErrorBody)))]
 pub async fn releases(State(store): Store, Params((name, env)): Params<(String, String)>) -> ApiResult<Json<Vec<Release>>> {
-    require_environment(&*store, &name, &env).await?;
-    Ok(Json(crate::load::releases(&*store, &name, &env).await.map_err(load_error)?))
+    Ok(Json(queries::releases(&*store, &name, &env).await.map_err(load_error)??))
 }
 
 #[utoipa::path(get, path = "/api/projects/{name}/environments/{env}/deployments", tag = "environments",
@@ -221,7 +148,6 @@ pub async fn deployments(
     Params((name, env)): Params<(String, String)>,
     QueryParams(limit): QueryParams<Limit>,
 ) -> ApiResult<(ReadPosition, Json<Vec<DeploymentSummary>>)> {
-    require_environment(&*store, &name, &env).await?;
     let query = DeploymentQuery { project: Some(name), environment: Some(env), limit: limit.get()?, ..Default::default() };
     super::deployments::page(&*store, &query).await
 }
@@ -257,14 +183,6 @@ pub async fn rollback(
     OptionalJson(body): OptionalJson<RollbackBody>,
 ) -> ApiResult<Accepted<RollbackAccepted>> {
     require_environment(&*store, &name, &env).await?;
-    let state = load_environment(&*store, &name, &env).await?;
-    let serving = state.last_succeeded();
-    if body.to.is_some() && body.to == serving {
-        return Err(ApiError::Conflict(format!("deployment {} already serves {name} {env}", serving.unwrap_or_default())));
-    }
-    if body.to.is_none() && !state.releases.iter().any(|r| Some(*r) != serving) {
-        return Err(ApiError::Conflict(format!("{name} {env} has no earlier release to roll back to")));
-    }
     let r = requests::request_rollback(&*store, &caller.actor(), &name, &env, body.to).await??;
     let queued_behind = queued_behind(&*store, &name, &env, r.deployment_id).await?;
     let id = r.deployment_id;
@@ -353,9 +271,6 @@ pub async fn promote(
 ) -> ApiResult<Accepted<PromoteAccepted>> {
     require_environment(&*store, &name, &body.from).await?;
     require_environment(&*store, &name, &body.to).await?;
-    if body.from != body.to && load_environment(&*store, &name, &body.from).await?.last_succeeded().is_none() {
-        return Err(ApiError::Conflict(format!("{name} {} serves no release to promote", body.from)));
-    }
     let mode = body.mode.unwrap_or(BuildMode::Cloud);
     let run_release = mode == BuildMode::Cloud || body.migrate;
     let (id, source) = requests::request_promotion(&*store, &caller.actor(), &name, &body.from, &body.to, mode, run_release).await??;

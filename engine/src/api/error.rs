@@ -1,9 +1,12 @@
 //! The one place an API failure becomes an HTTP response. Handlers return
-//! `ApiError`; a refused request (`Rejection`, bad input, unknown name)
-//! becomes a 4xx telling the caller what to do, an operational failure
-//! (`StoreError`, an unreadable history) a 500 logged here. Every error body
-//! is `{"error": {"code": "<snake_case>", "message": "..."}}`, the code one
-//! of the contract's (docs: README, "HTTP API").
+//! `ApiError`; a refused request becomes a 4xx (or a 503 for "not now")
+//! telling the caller what to do, an operational failure (`StoreError`, an
+//! unreadable history) a 500 logged here. An engine `Rejection` carries its
+//! kind, and `From<Rejection>` is the one place a kind becomes a status:
+//! handlers never read a refusal's words. Every error body is
+//! `{"error": {"code": "<snake_case>", "message": "..."}}`, the code (the
+//! error's kind: clients branch on it, not on the message) one of the
+//! contract's (docs: README, "HTTP API").
 
 use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::StatusCode;
@@ -42,6 +45,9 @@ pub enum ApiError {
     /// The client presented too many refused tokens lately: 429.
     #[error("{0}")]
     TooManyRequests(String),
+    /// Not now (what the request needs kept changing under it): 503, try again.
+    #[error("{0}")]
+    Unavailable(String),
     /// The event store failed: 500.
     #[error("the event store failed: {0}; check that the database is reachable, then retry")]
     Store(#[from] StoreError),
@@ -50,12 +56,28 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// A refusal from `requests` is the caller's to fix. Handlers that can tell
-/// a missing resource or a clash apart check for those first and return
-/// `NotFound` or `Conflict` themselves; what reaches this is bad input.
+/// Each kind of refusal has its status, here and nowhere else.
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
-        ApiError::BadRequest(rejection.0)
+        match rejection {
+            Rejection::NotFound(m) => ApiError::NotFound(m),
+            Rejection::Conflict(m) => ApiError::Conflict(m),
+            Rejection::Invalid(m) => ApiError::BadRequest(m),
+            Rejection::Forbidden(m) => ApiError::Forbidden(m),
+            Rejection::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
+impl ApiError {
+    /// A refusal about something the request *body* names (an environment
+    /// for a rule, the original of a mirror): the resource of the path
+    /// exists, so a missing thing in the body is bad input (400), not a 404.
+    pub fn from_body(rejection: Rejection) -> ApiError {
+        match rejection {
+            Rejection::NotFound(m) => ApiError::BadRequest(m),
+            other => other.into(),
+        }
     }
 }
 
@@ -71,6 +93,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,6 +110,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }
     }
@@ -101,7 +125,8 @@ pub struct ErrorBody {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// bad_request, unauthorized, forbidden, not_found, method_not_allowed,
-    /// conflict, payload_too_large, too_many_requests, unsupported_media_type or internal.
+    /// conflict, payload_too_large, too_many_requests, unsupported_media_type,
+    /// unavailable (try again later) or internal.
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,

@@ -276,7 +276,9 @@ pub async fn set_rule(
     JsonBody(body): JsonBody<SetRule>,
 ) -> ApiResult<Json<Vec<AutoDeployRule>>> {
     require_project(&*store, &name).await?;
-    auto_deploy::set_rule(&*store, &caller.actor(), &name, &body.branch, &body.environment, body.poll_seconds).await??;
+    auto_deploy::set_rule(&*store, &caller.actor(), &name, &body.branch, &body.environment, body.poll_seconds)
+        .await?
+        .map_err(ApiError::from_body)?;
     Ok(Json(require_project(&*store, &name).await?.auto_deploy))
 }
 
@@ -297,10 +299,7 @@ pub async fn remove_rule(
     Params(name): Params<String>,
     QueryParams(q): QueryParams<RuleQuery>,
 ) -> ApiResult<Json<Vec<AutoDeployRule>>> {
-    let p = require_project(&*store, &name).await?;
-    if !p.auto_deploy.iter().any(|r| r.branch == q.branch) {
-        return Err(ApiError::NotFound(format!("project `{name}` has no auto-deploy rule for `{}`", q.branch)));
-    }
+    require_project(&*store, &name).await?;
     auto_deploy::remove_rule(&*store, &caller.actor(), &name, &q.branch).await??;
     Ok(Json(require_project(&*store, &name).await?.auto_deploy))
 }

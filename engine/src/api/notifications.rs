@@ -12,17 +12,8 @@ use uuid::Uuid;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, Params, QueryParams};
 use super::{ApiResult, Caller, Store};
-use crate::notifier::{self, NewSubscription, Refused};
+use crate::notifier::{self, NewSubscription};
 use crate::notify::Subscription;
-
-impl From<Refused> for ApiError {
-    fn from(refused: Refused) -> Self {
-        match refused {
-            Refused::Invalid(rejection) => rejection.into(),
-            Refused::NotFound(rejection) => ApiError::NotFound(rejection.0),
-        }
-    }
-}
 
 /// A subscription, as listed (never its URL's path nor its secret).
 #[derive(Debug, Serialize, ToSchema)]

@@ -91,11 +91,8 @@ pub async fn remove_rule(
     Params(name): Params<String>,
     QueryParams(q): QueryParams<TriggerQuery>,
 ) -> ApiResult<Json<Vec<PreviewRule>>> {
-    let p = require_project(&*store, &name).await?;
+    require_project(&*store, &name).await?;
     let trigger = q.trigger()?;
-    if !p.preview_rules.iter().any(|r| r.trigger == trigger) {
-        return Err(ApiError::NotFound(format!("project `{name}` has no preview rule for {trigger}")));
-    }
     lifecycle::remove_rule(&*store, &caller.actor(), &name, trigger).await??;
     Ok(Json(require_project(&*store, &name).await?.preview_rules))
 }

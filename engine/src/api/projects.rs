@@ -11,52 +11,15 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use slipway_store::read_model::ProjectRow;
 use utoipa::IntoParams;
 
 use super::deployments::{Limit, MAX_LIMIT};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, Params, QueryParams};
 use super::{read_position, require_project, ApiResult, Caller, ReadPosition, Store};
-use crate::project::Project;
-use crate::projector;
+use crate::queries::{self, ProjectSummary};
 use crate::requests::{self, NewProject};
 use crate::source::SourceChange;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectSummary {
-    name: String,
-    /// The Git repository (a mirror's is its original's).
-    repo: String,
-    /// The project this one mirrors, if any.
-    mirror_of: Option<String>,
-    default_branch: String,
-    environments: Vec<String>,
-}
-
-impl From<&Project> for ProjectSummary {
-    fn from(p: &Project) -> Self {
-        ProjectSummary {
-            name: p.name.clone(),
-            repo: p.repository.clone(),
-            mirror_of: p.mirror_of.clone(),
-            default_branch: p.default_branch.clone(),
-            environments: p.environments.keys().cloned().collect(),
-        }
-    }
-}
-
-impl From<ProjectRow> for ProjectSummary {
-    fn from(p: ProjectRow) -> Self {
-        ProjectSummary {
-            name: p.name,
-            repo: p.repository,
-            mirror_of: p.mirror_of,
-            default_branch: p.default_branch,
-            environments: p.environments,
-        }
-    }
-}
 
 /// `?limit=N&after=NAME` of the project list.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -75,8 +38,8 @@ pub struct ProjectPage {
     responses((status = 200, body = [ProjectSummary]), (status = 400, body = ErrorBody)))]
 pub async fn list(State(store): Store, QueryParams(q): QueryParams<ProjectPage>) -> ApiResult<(ReadPosition, Json<Vec<ProjectSummary>>)> {
     let limit = Limit { limit: q.limit }.get_or(MAX_LIMIT)?;
-    let (rows, at) = projector::projects(&*store, q.after.as_deref(), limit).await?;
-    Ok((read_position(at), Json(rows.into_iter().map(ProjectSummary::from).collect())))
+    let (projects, at) = queries::projects(&*store, q.after.as_deref(), limit).await?;
+    Ok((read_position(at), Json(projects)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -104,7 +67,6 @@ pub async fn create(
     caller: Caller,
     JsonBody(body): JsonBody<CreateProject>,
 ) -> ApiResult<(StatusCode, [(axum::http::HeaderName, String); 1], Json<ProjectSummary>)> {
-    let taken = || ApiError::Conflict(format!("project `{}` already exists; pick another name", body.name));
     // Workers resolve the repository on their own hosts, so a path relative
     // to wherever this server runs would mean nothing to them.
     let mirror_without_repository = body.mirror_of.is_some() && body.repo.is_empty();
@@ -118,9 +80,6 @@ pub async fn create(
             body.repo
         )));
     }
-    if requests::load_project(&*store, &body.name).await?.is_some() {
-        return Err(taken());
-    }
     let new = NewProject {
         name: body.name.clone(),
         repository: body.repo.clone(),
@@ -128,11 +87,8 @@ pub async fn create(
         environments: body.environments.clone().unwrap_or_else(|| vec!["test".into(), "live".into()]),
         mirror_of: body.mirror_of.clone(),
     };
-    if let Err(rejection) = requests::create_project(&*store, &caller.actor(), new).await? {
-        // Another request may have taken the name since the check above.
-        let exists = requests::load_project(&*store, &body.name).await?.is_some();
-        return Err(if exists { taken() } else { rejection.into() });
-    }
+    // The original of a mirror is named in the body: missing, it is bad input.
+    requests::create_project(&*store, &caller.actor(), new).await?.map_err(ApiError::from_body)?;
     let project = require_project(&*store, &body.name).await?;
     let location = format!("/api/projects/{}", project.name);
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(ProjectSummary::from(&project))))

@@ -1,0 +1,426 @@
+//! The read views that the HTTP API and the CLI both show — an
+//! environment's status, the project list, deployment lists, an
+//! environment's releases — each as one query function and one response
+//! type. The API serializes the type, the local CLI prints it (text, or the
+//! same JSON with `--json`), and the `--server` CLI deserializes it from the
+//! API: one place per view, so the three cannot drift apart (they did:
+//! `active.web` against `active.web_port`).
+//!
+//! Queries refuse an unknown project or environment (`Rejection::NotFound`);
+//! a store or history failure is the caller's `LoadError` / `StoreError`.
+//! Fields added later are `#[serde(default)]`, so a client reads an older
+//! server's answer.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use slipway_store::read_model::{DeploymentQuery, DeploymentRow, ProjectRow};
+use slipway_store::{EventStore, Position, StoreError};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::certificates::DomainCertificate;
+use crate::history::Release;
+use crate::limits::{release_limits, ReleaseLimits};
+use crate::load::{self, LoadError};
+use crate::project::Project;
+use crate::rejection::Rejection;
+use crate::{projector, requests};
+
+/// What an environment serves and queues (`slipway status`,
+/// `GET /api/projects/{name}/environments/{env}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnvironmentStatus {
+    pub project: String,
+    pub environment: String,
+    /// Where the serving release answers: through a registered router
+    /// (`http://<project>-<env>.<domain>:PORT/`), else its loopback port.
+    pub url: Option<String>,
+    /// The release serving now: the last deployment that succeeded.
+    /// (`last_succeeded` is the name servers before the contract used.)
+    #[serde(alias = "last_succeeded")]
+    pub active: Option<ActiveRelease>,
+    /// The environment's address at each registered router.
+    #[serde(default)]
+    pub routes: Vec<RouterUrl>,
+    /// Deployments not finished, oldest first; the first one runs.
+    #[serde(default)]
+    pub queue: Vec<Uuid>,
+    /// Where the first of the queue stands: `running`, `watching` (traffic
+    /// moved, the watch window not yet passed) or `rolling back`.
+    #[serde(default)]
+    pub running_status: Option<String>,
+    /// The environment's custom domains, each with its certificate (never a key).
+    #[serde(default)]
+    pub domains: Vec<CertificateView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ActiveRelease {
+    pub deployment: Uuid,
+    pub commit: Option<String>,
+    pub image: Option<String>,
+    /// The loopback port of its web container on its Docker host (where
+    /// the host agent moved it, if it did).
+    pub web_port: Option<u16>,
+    /// The resource limits it runs under, from its recorded `slipway.toml`:
+    /// `{"web": {"memory": "256m", "cpus": "0.5", "pids": 100}, "processes":
+    /// {"worker": {}}}` (an empty object: no limit). Absent from servers
+    /// that predate limits.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub limits: Option<ReleaseLimits>,
+    /// What its containers do now, as the host agent saw it.
+    #[serde(default)]
+    pub live: Option<LiveStatus>,
+}
+
+/// The serving release's live state (folded from `ContainerSupervised`):
+/// its worst container's state, the restarts and the last exit code seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LiveStatus {
+    /// `running`, `unhealthy`, `restarting`, `crash_looping` or `down`.
+    pub state: String,
+    pub restarts: u32,
+    pub last_exit: Option<i64>,
+    #[serde(default)]
+    pub oom_kills: u32,
+}
+
+impl LiveStatus {
+    /// One line: `crash-looping, 12 restarts, last exit 3, 1 OOM kill`.
+    pub fn describe(&self) -> String {
+        let plural = |n: u32| if n == 1 { "" } else { "s" };
+        let mut text = format!("{}, {} restart{}", self.state.replace('_', "-"), self.restarts, plural(self.restarts));
+        if let Some(code) = self.last_exit {
+            text.push_str(&format!(", last exit {code}"));
+        }
+        if self.oom_kills > 0 {
+            text.push_str(&format!(", {} OOM kill{}", self.oom_kills, plural(self.oom_kills)));
+        }
+        text
+    }
+}
+
+/// An environment's address at one router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RouterUrl {
+    /// `http://<project>-<env>.<domain>:<port>/`
+    pub url: String,
+    /// The router's id.
+    pub router: String,
+}
+
+/// A custom domain and its certificate, as `status` and `cert list` show
+/// it: dates, source, fingerprint and renewal, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateView {
+    pub domain: String,
+    /// RFC 3339; none without a certificate.
+    pub not_after: Option<String>,
+    /// `acme` or `uploaded`.
+    pub source: Option<String>,
+    pub fingerprint: Option<String>,
+    /// When it renews, or why renewing fails.
+    pub renewal: String,
+    pub failing: bool,
+}
+
+impl CertificateView {
+    pub fn of(domain: &str, state: &DomainCertificate) -> CertificateView {
+        CertificateView {
+            domain: domain.to_string(),
+            not_after: state.current.as_ref().map(|c| c.not_after.to_rfc3339()),
+            source: state.source().map(str::to_string),
+            fingerprint: state.current.as_ref().map(|c| c.fingerprint.clone()),
+            renewal: state.renewal(domain),
+            failing: state.failure.is_some(),
+        }
+    }
+}
+
+/// The project, if it has the environment; else what does exist.
+async fn environment_of(store: &dyn EventStore, project: &str, env: &str) -> Result<Result<Project, Rejection>, StoreError> {
+    requests::project_environment(store, project, env).await
+}
+
+/// Where each registered router serves an environment.
+pub async fn router_urls(store: &dyn EventStore, project: &str, env: &str) -> Result<Vec<RouterUrl>, LoadError> {
+    Ok(load::routers(store)
+        .await?
+        .values()
+        .map(|r| {
+            let port = r.listen.rsplit(':').next().unwrap_or("80");
+            RouterUrl { url: format!("http://{project}-{env}.{}:{port}/", r.domain), router: r.router_id.clone() }
+        })
+        .collect())
+}
+
+/// What `project`'s `env` serves and queues now.
+pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<Result<EnvironmentStatus, Rejection>, LoadError> {
+    if let Err(rejection) = environment_of(store, project, env).await? {
+        return Ok(Err(rejection));
+    }
+    let state = load::environment(store, project, env).await?;
+    let active = match state.last_succeeded() {
+        Some(id) => {
+            let d = load::deployment(store, id).await?.ok_or_else(|| missing(id))?;
+            let live = state.shown_live().map(|l| LiveStatus {
+                state: serde_json::to_value(l.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                restarts: l.restarts,
+                last_exit: l.last_exit,
+                oom_kills: l.oom_kills,
+            });
+            // Where it answers now (the host agent follows a new port).
+            let web_port = state.active.as_ref().and_then(|a| a.web_port()).or(d.context.web_port);
+            let limits = Some(release_limits(&d.context.config));
+            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port, limits, live })
+        }
+        None => None,
+    };
+    let routes = router_urls(store, project, env).await?;
+    let url = match &active {
+        None => None,
+        Some(a) => routes.first().map(|r| r.url.clone()).or_else(|| a.web_port.map(|p| format!("http://127.0.0.1:{p}/"))),
+    };
+    let running_status = match state.queue.first() {
+        Some(id) => Some(load::deployment(store, *id).await?.ok_or_else(|| missing(*id))?.status_word().to_string()),
+        None => None,
+    };
+    let (recorded, certs) = (load::routes(store).await?, crate::certificates::load(store).await?);
+    let domains = crate::domains::of_environment(&recorded.domains, project, env)
+        .into_iter()
+        .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default()))
+        .collect();
+    Ok(Ok(EnvironmentStatus {
+        project: project.into(),
+        environment: env.into(),
+        url,
+        active,
+        routes,
+        queue: state.queue,
+        running_status,
+        domains,
+    }))
+}
+
+/// A deployment the environment names but whose stream is empty: the log
+/// is damaged (streams are never removed).
+fn missing(id: Uuid) -> LoadError {
+    LoadError::Store(StoreError::Corrupt {
+        stream: slipway_proto::event::deployment_stream(id),
+        version: 0,
+        reason: "an environment names this deployment, but its stream is empty".into(),
+    })
+}
+
+/// One project in a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectSummary {
+    pub name: String,
+    /// The Git repository (a mirror's is its original's).
+    pub repo: String,
+    /// The project this one mirrors, if any.
+    pub mirror_of: Option<String>,
+    pub default_branch: String,
+    pub environments: Vec<String>,
+}
+
+impl From<&Project> for ProjectSummary {
+    fn from(p: &Project) -> Self {
+        ProjectSummary {
+            name: p.name.clone(),
+            repo: p.repository.clone(),
+            mirror_of: p.mirror_of.clone(),
+            default_branch: p.default_branch.clone(),
+            environments: p.environments.keys().cloned().collect(),
+        }
+    }
+}
+
+impl From<ProjectRow> for ProjectSummary {
+    fn from(p: ProjectRow) -> Self {
+        ProjectSummary {
+            name: p.name,
+            repo: p.repository,
+            mirror_of: p.mirror_of,
+            default_branch: p.default_branch,
+            environments: p.environments,
+        }
+    }
+}
+
+/// Projects by name after `after`, at most `limit`, from the read model
+/// (caught up first), and how far into the log it answered from.
+pub async fn projects(store: &dyn EventStore, after: Option<&str>, limit: usize) -> Result<(Vec<ProjectSummary>, Position), StoreError> {
+    let (rows, at) = projector::projects(store, after, limit).await?;
+    Ok((rows.into_iter().map(ProjectSummary::from).collect(), at))
+}
+
+/// One deployment in a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentSummary {
+    pub deployment: Uuid,
+    pub project: String,
+    pub environment: String,
+    /// The ref it was asked to deploy.
+    #[serde(rename = "ref", default)]
+    pub git_ref: String,
+    /// `running`, `watching`, `rolling back`, `succeeded`, or `failed at STEP: REASON`.
+    pub status: String,
+    /// Where and why it failed (also while rolling back).
+    #[serde(default)]
+    pub failure: Option<Failure>,
+    pub commit: Option<String>,
+    pub image: Option<String>,
+    pub requested_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub total_ms: Option<i64>,
+    #[serde(default)]
+    pub rollback_of: Option<Uuid>,
+    #[serde(default)]
+    pub promoted_from: Option<Uuid>,
+}
+
+/// Where and why a deployment failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Failure {
+    pub step: String,
+    pub reason: String,
+}
+
+impl From<DeploymentRow> for DeploymentSummary {
+    fn from(d: DeploymentRow) -> Self {
+        let status = match (&d.failed_step, &d.failed_reason, d.finished_at) {
+            (Some(step), Some(reason), Some(_)) if d.status == "failed" => format!("failed at {step}: {reason}"),
+            _ => d.status,
+        };
+        let failure = match (d.failed_step, d.failed_reason) {
+            (Some(step), Some(reason)) => Some(Failure { step, reason }),
+            _ => None,
+        };
+        DeploymentSummary {
+            deployment: d.id,
+            project: d.project,
+            environment: d.environment,
+            git_ref: d.git_ref,
+            status,
+            failure,
+            commit: d.commit,
+            image: d.image,
+            requested_at: Some(d.requested_at),
+            finished_at: d.finished_at,
+            total_ms: d.finished_at.map(|f| (f - d.requested_at).num_milliseconds()),
+            rollback_of: d.rollback_of,
+            promoted_from: d.promoted_from,
+        }
+    }
+}
+
+/// A page of deployments, newest first, from the read model (caught up
+/// first), and how far into the log it answered from. A query naming a
+/// project (and environment) that does not exist is refused.
+pub async fn deployments(
+    store: &dyn EventStore,
+    query: &DeploymentQuery,
+) -> Result<Result<(Vec<DeploymentSummary>, Position), Rejection>, StoreError> {
+    match (&query.project, &query.environment) {
+        (Some(p), Some(e)) => {
+            if let Err(rejection) = environment_of(store, p, e).await? {
+                return Ok(Err(rejection));
+            }
+        }
+        (Some(p), None) if requests::load_project(store, p).await?.is_none() => {
+            return Ok(Err(Rejection::not_found(format!("no project `{p}`; create it with `slipway project create`"))));
+        }
+        (None, Some(_)) => return Ok(Err(Rejection::invalid("`environment` needs `project` too"))),
+        _ => {}
+    }
+    let (rows, at) = projector::deployments(store, query).await?;
+    Ok(Ok((rows.into_iter().map(DeploymentSummary::from).collect(), at)))
+}
+
+/// An environment's releases, newest first: what rollback can go back to.
+pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> Result<Result<Vec<Release>, Rejection>, LoadError> {
+    if let Err(rejection) = environment_of(store, project, env).await? {
+        return Ok(Err(rejection));
+    }
+    Ok(Ok(load::releases(store, project, env).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_status_reads_like_the_host_agent_s_line() {
+        let live = LiveStatus { state: "crash_looping".into(), restarts: 12, last_exit: Some(3), oom_kills: 1 };
+        assert_eq!(live.describe(), "crash-looping, 12 restarts, last exit 3, 1 OOM kill");
+        let calm = LiveStatus { state: "running".into(), restarts: 1, last_exit: None, oom_kills: 0 };
+        assert_eq!(calm.describe(), "running, 1 restart");
+    }
+
+    /// The `--server` CLI prints what it deserialized: every field must
+    /// come back as it was sent, or local and remote JSON would differ.
+    #[test]
+    fn a_status_and_a_deployment_survive_the_round_trip_through_json() {
+        let limits: ReleaseLimits =
+            serde_json::from_value(serde_json::json!({"web": {"memory": "256m"}, "processes": {"worker": {"pids": 20}}}))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let status = EnvironmentStatus {
+            project: "shop".into(),
+            environment: "live".into(),
+            url: Some("http://shop-live.localhost:7880/".into()),
+            active: Some(ActiveRelease {
+                deployment: Uuid::now_v7(),
+                commit: Some("abc".into()),
+                image: Some("sha256:1".into()),
+                web_port: Some(4100),
+                limits: Some(limits),
+                live: Some(LiveStatus { state: "crash_looping".into(), restarts: 2, last_exit: Some(1), oom_kills: 1 }),
+            }),
+            routes: vec![RouterUrl { url: "http://shop-live.localhost:7880/".into(), router: "r1".into() }],
+            queue: vec![Uuid::now_v7(), Uuid::now_v7()],
+            running_status: Some("watching".into()),
+            domains: vec![CertificateView {
+                domain: "shop.example".into(),
+                not_after: Some("2030-01-01T00:00:00+00:00".into()),
+                source: Some("acme".into()),
+                fingerprint: Some("cert-sha256:00".into()),
+                renewal: "renews from 2029-11-01T00:00:00+00:00".into(),
+                failing: false,
+            }],
+        };
+        let json = serde_json::to_value(&status).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(serde_json::from_value::<EnvironmentStatus>(json.clone()).ok(), Some(status));
+        assert!(json["active"].get("web").is_none() && json["active"]["web_port"] == 4100, "one name for the port: {json}");
+        let deployment = DeploymentSummary {
+            deployment: Uuid::now_v7(),
+            project: "shop".into(),
+            environment: "live".into(),
+            git_ref: "main".into(),
+            status: "failed at build: no Dockerfile".into(),
+            failure: Some(Failure { step: "build".into(), reason: "no Dockerfile".into() }),
+            commit: None,
+            image: None,
+            requested_at: Some(Utc::now()),
+            finished_at: Some(Utc::now()),
+            total_ms: Some(12),
+            rollback_of: None,
+            promoted_from: Some(Uuid::now_v7()),
+        };
+        let json = serde_json::to_value(&deployment).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json["ref"], "main");
+        assert_eq!(serde_json::from_value::<DeploymentSummary>(json).ok(), Some(deployment));
+    }
+
+    #[test]
+    fn a_status_from_an_older_server_is_read() {
+        let older = serde_json::json!({
+            "project": "shop", "environment": "live", "url": null,
+            "last_succeeded": { "deployment": Uuid::nil(), "commit": "abc", "image": null, "web_port": 4100 },
+        });
+        let status: EnvironmentStatus = serde_json::from_value(older).unwrap_or_else(|e| panic!("{e}"));
+        let active = status.active.unwrap_or_else(|| panic!("no active release"));
+        assert_eq!((active.web_port, active.limits, status.queue.len()), (Some(4100), None, 0));
+    }
+}

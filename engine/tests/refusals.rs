@@ -1,0 +1,133 @@
+//! Refusals are typed: every request the engine refuses says which kind of
+//! refusal it is (not found, conflict, invalid, unavailable), decided where
+//! it is refused, and the API answers each kind with its one status and
+//! code — so neither the API nor the CLI reads a refusal's words. On SQLite
+//! and PostgreSQL.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
+#[macro_use]
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::*;
+use serde_json::json;
+use slipway_engine::rejection::Rejection;
+use slipway_engine::requests::{self, DeployRequest, NewProject};
+use slipway_engine::{auto_deploy, domains, lifecycle};
+use slipway_proto::event::{BuildMode, TokenScope};
+use slipway_store::StoreError;
+use uuid::Uuid;
+
+/// The kind of a refused request (panics when it was granted or failed).
+#[track_caller]
+fn kind<T: std::fmt::Debug, E: std::fmt::Debug>(outcome: Result<Result<T, Rejection>, E>) -> &'static str {
+    outcome.unwrap().unwrap_err().kind()
+}
+
+fn project(name: &str) -> NewProject {
+    NewProject {
+        name: name.into(),
+        repository: "file:///srv/app".into(),
+        default_branch: "main".into(),
+        environments: vec!["test".into(), "live".into()],
+        mirror_of: None,
+    }
+}
+
+fn deploy(project: &str, environment: &str, git_ref: Option<&str>) -> DeployRequest {
+    DeployRequest {
+        project: project.into(),
+        environment: environment.into(),
+        git_ref: git_ref.map(str::to_string),
+        mode: BuildMode::Local,
+        no_cache: false,
+        run_release: false,
+        dry_run: true,
+    }
+}
+
+on_both_stores!(each_refusal_has_the_kind_its_situation_calls_for);
+async fn each_refusal_has_the_kind_its_situation_calls_for(s: &Setup) {
+    let store = &*s.store;
+    let (actor, nobody) = ("test", Uuid::now_v7());
+    requests::create_project(store, actor, project("shop")).await.unwrap().unwrap();
+    let outcome: Result<_, StoreError> = requests::create_project(store, actor, project("shop")).await;
+    assert_eq!(kind(outcome), "conflict", "a name taken");
+    assert_eq!(kind(requests::create_project(store, actor, project("Shop!")).await), "invalid");
+    let mirror = NewProject { mirror_of: Some("ghost".into()), repository: String::new(), ..project("copy") };
+    assert_eq!(kind(requests::create_project(store, actor, mirror).await), "not_found", "the original of a mirror");
+
+    assert_eq!(kind(requests::request_deployment(store, actor, deploy("ghost", "test", None)).await), "not_found");
+    assert_eq!(kind(requests::request_deployment(store, actor, deploy("shop", "qa", None)).await), "not_found");
+    assert_eq!(kind(requests::request_deployment(store, actor, deploy("shop", "test", Some("--force"))).await), "invalid");
+    assert_eq!(kind(requests::request_rollback(store, actor, "shop", "test", None).await), "conflict", "nothing to roll back to");
+    assert_eq!(kind(requests::request_rollback(store, actor, "shop", "test", Some(nobody)).await), "not_found", "never served");
+    assert_eq!(kind(requests::request_migrate(store, actor, "shop", "test").await), "conflict", "nothing serves");
+    assert_eq!(kind(requests::request_promotion(store, actor, "shop", "test", "test", BuildMode::Cloud, true).await), "invalid");
+    assert_eq!(kind(requests::request_promotion(store, actor, "shop", "test", "live", BuildMode::Cloud, true).await), "conflict");
+    assert_eq!(kind(requests::request_replay(store, actor, nobody, None).await), "not_found");
+    assert_eq!(kind(requests::request_cancel(store, actor, nobody, "").await), "not_found");
+
+    // A running deployment cannot be replayed; a finished one cannot be cancelled.
+    let running = requests::request_deployment(store, actor, deploy("shop", "test", None)).await.unwrap().unwrap();
+    assert_eq!(kind(requests::request_replay(store, actor, running, None).await), "conflict");
+
+    requests::issue_token(store, actor, "ci", TokenScope::Deploy).await.unwrap().unwrap();
+    assert_eq!(kind(requests::issue_token(store, actor, "ci", TokenScope::Read).await), "conflict");
+    assert_eq!(kind(requests::issue_token(store, actor, "Not A Name", TokenScope::Read).await), "invalid");
+    assert_eq!(kind(requests::revoke_token(store, actor, "nobody").await), "not_found");
+
+    assert_eq!(kind(domains::add(store, actor, "shop", "live", "not a domain").await), "invalid");
+    assert_eq!(kind(domains::add(store, actor, "shop", "qa", "shop.example").await), "not_found");
+    domains::add(store, actor, "shop", "live", "shop.example").await.unwrap().unwrap();
+    assert_eq!(kind(domains::add(store, actor, "shop", "test", "shop.example").await), "conflict", "another environment holds it");
+    assert_eq!(kind(domains::remove(store, actor, "shop", "test", "shop.example").await), "not_found");
+
+    assert_eq!(kind(auto_deploy::set_rule(store, actor, "shop", "main", "qa", None).await), "not_found");
+    assert_eq!(kind(auto_deploy::set_rule(store, actor, "shop", "a b", "test", None).await), "invalid");
+    assert_eq!(kind(auto_deploy::remove_rule(store, actor, "shop", "main").await), "not_found");
+    assert_eq!(kind(lifecycle::remove_environment(store, actor, "shop", "test", "by hand").await), "invalid", "a named environment");
+    assert_eq!(kind(lifecycle::remove_environment(store, actor, "shop", "pr-1", "by hand").await), "not_found");
+    assert_eq!(kind(lifecycle::approve(store, actor, "shop", "pr-1").await), "not_found");
+}
+
+on_both_stores!(the_api_answers_each_kind_with_its_status_and_code);
+async fn the_api_answers_each_kind_with_its_status_and_code(s: &Setup) {
+    s.call(Method::POST, "/api/projects", Some(json!({"name": "shop", "repo": "file:///srv/app"}))).await;
+    let env = "/api/projects/shop/environments/test";
+    let cases = [
+        (
+            Method::POST,
+            "/api/projects".to_string(),
+            Some(json!({"name": "shop", "repo": "file:///srv/app"})),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            Method::POST,
+            "/api/projects".into(),
+            Some(json!({"name": "Shop!", "repo": "file:///srv/app"})),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (Method::POST, format!("{env}/rollback"), None, StatusCode::CONFLICT, "conflict"),
+        (Method::POST, format!("{env}/rollback"), Some(json!({"to": Uuid::now_v7()})), StatusCode::NOT_FOUND, "not_found"),
+        (Method::POST, format!("{env}/deployments"), Some(json!({"ref": "--force"})), StatusCode::BAD_REQUEST, "bad_request"),
+        (Method::POST, format!("/api/deployments/{}/replay", Uuid::now_v7()), None, StatusCode::NOT_FOUND, "not_found"),
+        (Method::DELETE, format!("{env}/domains/shop.example"), None, StatusCode::NOT_FOUND, "not_found"),
+        (Method::DELETE, "/api/projects/shop/auto-deploy?branch=main".into(), None, StatusCode::NOT_FOUND, "not_found"),
+        // An environment named in a body is bad input, not a missing resource.
+        (
+            Method::PUT,
+            "/api/projects/shop/auto-deploy".into(),
+            Some(json!({"branch": "main", "environment": "qa"})),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let reply = s.call(method.clone(), &path, body).await;
+        assert_eq!((reply.status, reply.json["error"]["code"].as_str()), (status, Some(code)), "{method} {path}: {}", reply.text);
+    }
+}
