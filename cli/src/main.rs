@@ -148,8 +148,18 @@ enum Command {
     /// Worker processes from their heartbeats: alive, missing or stopped,
     /// and the commands each is running.
     Workers,
+    /// The Docker Swarm's nodes (ask a manager's engine: DOCKER_HOST):
+    /// address, state, availability, role, labels and the tasks each runs.
+    Hosts,
     /// Run step workers that compete for the step queues.
     Worker {
+        /// Where the apps' containers run: `single-engine` (this worker's
+        /// Docker engine, published on 127.0.0.1) or `swarm` (a Swarm
+        /// service per release on the swarm this worker's engine manages;
+        /// needs --registry, which every node can pull from). Swarm
+        /// supervises its services, so no host agent runs with it.
+        #[arg(long, env = "SLIPWAY_RUNTIME", default_value = "single-engine")]
+        runtime: slipway_workers::steps::runtime::RuntimeKind,
         /// Steps to serve, comma-separated (default: all): check_services,
         /// checkout, build, deploy, release, processes, health_check, watch,
         /// retire, cleanup. Serve `watch` wherever `deploy` is served: a
@@ -830,6 +840,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(cmd) => return audit::audit(cmd, &cli.database, cli.pg_schema.as_deref(), cli.json).await,
         Command::Export(args) => return audit::export(args, &cli.database, cli.pg_schema.as_deref()).await,
+        Command::Hosts => return verbs::hosts(cli.json).await.map(|_| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "slipway", &mut std::io::stdout());
@@ -914,7 +925,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbs::images_prune(&*store, keep, dry_run, json).await.map(|_| ExitCode::SUCCESS)
         }
         Command::Workers => verbs::workers(&*store, json).await.map(|_| ExitCode::SUCCESS),
-        Command::Worker { steps, prefetch, concurrency, stand_in_ms, agent } => {
+        Command::Worker { steps, prefetch, concurrency, stand_in_ms, agent, runtime } => {
+            let swarm = runtime == slipway_workers::steps::runtime::RuntimeKind::Swarm;
             let queue = connect::queue(&cli.queue, cli.queue_namespace.as_deref()).await?;
             let options = WorkerOptions {
                 steps: if steps.is_empty() { Step::ALL.to_vec() } else { steps },
@@ -922,12 +934,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 concurrency: usize::from(concurrency),
                 actor: format!("worker:{}", hostname()),
                 // Stand-in workers start no containers: nothing to look after.
-                agent: agent.options().filter(|_| stand_in_ms.is_none()),
+                // Nor do swarm workers: Swarm restarts and reschedules its services.
+                agent: agent.options().filter(|_| stand_in_ms.is_none() && !swarm),
                 ..Default::default()
             };
             let executor: Arc<dyn slipway_workers::Executor> = match stand_in_ms {
                 Some(ms) => Arc::new(slipway_workers::steps::stand_in::StandIn { step_time: Duration::from_millis(ms) }),
-                None => machinery::pipeline(&data_dir, cli.registry.clone(), cli.pull_base_images),
+                None => machinery::pipeline_on(&data_dir, cli.registry.clone(), cli.pull_base_images, runtime),
             };
             let parts = Parts { workers: Some((options, executor)), ..Default::default() };
             machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;
@@ -1115,7 +1128,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
         Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
         Command::Notifications(cmd) => notifications::run(&*store, cmd, json).await,
-        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) => {
+        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) | Command::Hosts => {
             unreachable!("handled before the store is opened")
         }
     }
