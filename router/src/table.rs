@@ -358,12 +358,7 @@ mod tests {
         let r = route(&[1, 2, 3]);
         // Nothing out: the turn's own choice and fallback.
         for pick in 0..6 {
-            let expect = (
-                match r.upstreams[pick % 3] {
-                    a => a,
-                },
-                r.fallback(pick),
-            );
+            let expect = (r.upstreams[pick % 3], r.fallback(pick));
             assert_eq!(r.choose(pick, |_| false), Some(expect));
         }
         let out = |a: SocketAddr| a.port() == 2;

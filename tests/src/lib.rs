@@ -95,7 +95,7 @@ impl Harness {
         engine: DriverOptions,
         agent: Option<slipway_workers::host::AgentOptions>,
     ) -> Harness {
-        Harness::start_on(backends, wrap, engine, agent, |runtime| Pipeline::new(runtime)).await
+        Harness::start_on(backends, wrap, engine, agent, Pipeline::new).await
     }
 
     /// A harness whose workers run the apps on the swarm their engine
