@@ -135,6 +135,7 @@ fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Eve
                 container: format!("slipway-{project}-{env}-web"),
                 host_port: 32768,
                 host: String::new(),
+                upstreams: vec![],
             }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
             Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),

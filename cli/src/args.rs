@@ -123,8 +123,18 @@ pub enum Command {
     /// Worker processes from their heartbeats: alive, missing or stopped,
     /// and the commands each is running.
     Workers,
+    /// The Docker Swarm's nodes (ask a manager's engine: DOCKER_HOST):
+    /// address, state, availability, role, labels and the tasks each runs.
+    Hosts,
     /// Run step workers that compete for the step queues.
     Worker {
+        /// Where the apps' containers run: `single-engine` (this worker's
+        /// Docker engine, published on 127.0.0.1) or `swarm` (a Swarm
+        /// service per release on the swarm this worker's engine manages;
+        /// needs --registry, which every node can pull from). Swarm
+        /// supervises its services, so no host agent runs with it.
+        #[arg(long, env = "SLIPWAY_RUNTIME", default_value = "single-engine")]
+        runtime: slipway_workers::steps::runtime::RuntimeKind,
         /// Steps to serve, comma-separated (default: all): check_services,
         /// checkout, build, deploy, release, processes, health_check, watch,
         /// retire, cleanup. Serve `watch` wherever `deploy` is served: a

@@ -24,6 +24,17 @@ pub fn pipeline(data_dir: &Path, registry: Option<String>, pull_base_images: boo
     Arc::new(Pipeline::new(Runtime { workspaces: data_dir.join("workspaces"), logs: data_dir.join("logs"), registry, pull_base_images }))
 }
 
+/// `pipeline`, its containers on `runtime` (`slipway worker --runtime`).
+pub fn pipeline_on(
+    data_dir: &Path,
+    registry: Option<String>,
+    pull_base_images: bool,
+    runtime: slipway_workers::steps::runtime::RuntimeKind,
+) -> Arc<dyn Executor> {
+    let rt = Runtime { workspaces: data_dir.join("workspaces"), logs: data_dir.join("logs"), registry, pull_base_images };
+    Arc::new(Pipeline::on(rt, runtime))
+}
+
 /// A router part bound to `listen`, with the caps and timeouts of the
 /// configuration file `config` (defaults without one). Reading the file and
 /// binding come first, so a bad file or a taken port fails the command

@@ -101,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(cmd) => return audit::audit(cmd, &cli.database, cli.pg_schema.as_deref(), cli.json).await,
         Command::Export(args) => return audit::export(args, &cli.database, cli.pg_schema.as_deref()).await,
+        Command::Hosts => return verbs::hosts(cli.json).await.map(|_| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "slipway", &mut std::io::stdout());
@@ -142,8 +143,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Server(args) => processes::server(store, &options, args).await,
         Command::Router(args) => processes::router(store, args).await,
-        Command::Worker { steps, prefetch, concurrency, stand_in_ms, agent } => {
-            processes::worker(store, &options, processes::WorkerArgs { steps, prefetch, concurrency, stand_in_ms, agent }).await
+        Command::Worker { steps, prefetch, concurrency, stand_in_ms, agent, runtime } => {
+            processes::worker(store, &options, processes::WorkerArgs { steps, prefetch, concurrency, stand_in_ms, agent, runtime }).await
         }
         Command::Routers => done(verbs::routers(&*store, json).await),
         Command::Projections(ProjectionsCmd::Rebuild) => processes::rebuild(&*store).await,
@@ -174,7 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
         Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
         Command::Notifications(cmd) => notifications::run(&*store, cmd, json).await,
-        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) => {
+        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) | Command::Hosts => {
             unreachable!("handled before the store is opened")
         }
     }

@@ -104,10 +104,12 @@ pub struct WorkerArgs {
     pub concurrency: u16,
     pub stand_in_ms: Option<u64>,
     pub agent: AgentArgs,
+    pub runtime: slipway_workers::steps::runtime::RuntimeKind,
 }
 
 pub async fn worker(store: Arc<dyn EventStore>, options: &Options, args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let WorkerArgs { steps, prefetch, concurrency, stand_in_ms, agent } = args;
+    let WorkerArgs { steps, prefetch, concurrency, stand_in_ms, agent, runtime } = args;
+    let swarm = runtime == slipway_workers::steps::runtime::RuntimeKind::Swarm;
     let queue = options.queue().await?;
     let worker_options = WorkerOptions {
         steps: if steps.is_empty() { Step::ALL.to_vec() } else { steps },
@@ -115,12 +117,13 @@ pub async fn worker(store: Arc<dyn EventStore>, options: &Options, args: WorkerA
         concurrency: usize::from(concurrency),
         actor: format!("worker:{}", hostname()),
         // Stand-in workers start no containers: nothing to look after.
-        agent: agent.options().filter(|_| stand_in_ms.is_none()),
+        // Nor do swarm workers: Swarm restarts and reschedules its services.
+        agent: agent.options().filter(|_| stand_in_ms.is_none() && !swarm),
         ..Default::default()
     };
     let executor: Arc<dyn slipway_workers::Executor> = match stand_in_ms {
         Some(ms) => Arc::new(slipway_workers::steps::stand_in::StandIn { step_time: Duration::from_millis(ms) }),
-        None => options.pipeline(),
+        None => machinery::pipeline_on(&options.data_dir, options.registry.clone(), options.pull_base_images, runtime),
     };
     let parts = Parts { workers: Some((worker_options, executor)), ..Default::default() };
     machinery::serve(store, queue, parts, None, machinery::on_signal()).await?;

@@ -158,7 +158,12 @@ mod tests {
         assert_eq!(t.running(), vec![Step::Deploy]);
         // A re-dispatch keeps the first dispatch's time.
         assert_eq!(t.observe(at(500), &dispatched(Step::Deploy, 2)), vec![Update::Started { step: Step::Deploy, attempt: 2 }]);
-        let started = Event::WebContainerStarted(WebContainerStarted { container: "c".into(), host_port: 4100, host: String::new() });
+        let started = Event::WebContainerStarted(WebContainerStarted {
+            container: "c".into(),
+            host_port: 4100,
+            host: String::new(),
+            upstreams: vec![],
+        });
         assert_eq!(t.observe(at(1250), &started), vec![Update::Finished { step: Step::Deploy, end: StepEnd::Ok, duration_ms: Some(1250) }]);
         assert!(t.running().is_empty());
         assert!(t.observe(at(1300), &started).is_empty(), "a duplicate outcome shows once");
@@ -168,7 +173,15 @@ mod tests {
     fn a_failed_step_ends_the_deployment_with_its_reason_and_the_web_port() {
         let mut t = Tracker::default();
         t.observe(at(0), &dispatched(Step::Deploy, 1));
-        t.observe(at(10), &Event::WebContainerStarted(WebContainerStarted { container: "c".into(), host_port: 4100, host: String::new() }));
+        t.observe(
+            at(10),
+            &Event::WebContainerStarted(WebContainerStarted {
+                container: "c".into(),
+                host_port: 4100,
+                host: String::new(),
+                upstreams: vec![],
+            }),
+        );
         t.observe(at(20), &dispatched(Step::HealthCheck, 1));
         let updates = t.observe(at(520), &failed(Step::HealthCheck, "GET / -> 500"));
         assert_eq!(

@@ -282,6 +282,24 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str, json: bo
 
 /// Worker processes from their heartbeats: alive, missing (silent for three
 /// heartbeat intervals: killed, or cut off) or stopped, and what each is doing.
+/// `slipway hosts`: the swarm's nodes as its manager reports them.
+pub async fn hosts(json: bool) -> anyhow::Result<()> {
+    let rows =
+        slipway_workers::steps::swarm::hosts().await.map_err(|f| anyhow::anyhow!("{} (is this engine a Swarm manager?)", f.reason))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for h in rows {
+        let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{:<16} {:<12} {:<6} {:<7} {:<17} {}", h.address, h.id, h.state, h.availability, h.role, labels.join(","));
+        for task in &h.tasks {
+            println!("    {task}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn workers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
     let workers = store.workers().await?;
     let mut all = Vec::new();

@@ -337,11 +337,11 @@ fn remove_late_containers(d: &Deployment) -> Vec<Decision> {
 fn cutover(d: &Deployment, env: &EnvironmentView) -> Vec<Decision> {
     let Some(traffic) = &env.traffic else { return vec![] };
     let Some(switch) = &d.switch else {
-        let Some(port) = d.context.web_port else {
+        let upstreams = d.context.upstreams();
+        if upstreams.is_empty() {
             return vec![Decision::Record(fail(Step::Cutover, "no web container port was recorded".into()))];
-        };
+        }
         let route_version = traffic.routes_version + 1;
-        let upstreams = vec![format!("127.0.0.1:{port}")];
         let routers: Vec<String> = traffic.routers.iter().cloned().collect();
         let mut out = vec![
             Decision::Record(Event::TrafficSwitchRequested(TrafficSwitchRequested {

@@ -192,6 +192,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                         image_ref: None,
                         web_container: None,
                         web_port: None,
+                        web_upstreams: Vec::new(),
                         reuse: None,
                         watch_until: None,
                     },
@@ -346,6 +347,7 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
                 Event::WebContainerStarted(w) => {
                     d.context.web_container = Some(w.container.clone());
                     d.context.web_port = Some(w.host_port);
+                    d.context.web_upstreams = w.upstreams.clone();
                     d.web_host = w.host.clone();
                     d.containers.push(w.container.clone());
                 }

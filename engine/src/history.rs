@@ -410,7 +410,12 @@ mod tests {
             (
                 2340,
                 w,
-                Event::WebContainerStarted(WebContainerStarted { container: "shop-web".into(), host_port: 4000, host: String::new() }),
+                Event::WebContainerStarted(WebContainerStarted {
+                    container: "shop-web".into(),
+                    host_port: 4000,
+                    host: String::new(),
+                    upstreams: vec![],
+                }),
             ),
             (2350, "engine", dispatch(Step::Release, 1)),
             (

@@ -64,9 +64,12 @@ fn outcome(step: Step) -> Event {
             pushed: None,
             base_images: vec![],
         }),
-        Step::Deploy => {
-            Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768, host: String::new() })
-        }
+        Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
+            container: "web-1".into(),
+            host_port: 32768,
+            host: String::new(),
+            upstreams: vec![],
+        }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
         Step::Processes => Event::ProcessesStarted(ProcessesStarted {
             containers: vec![ProcessContainer { process: "worker".into(), replica: 1, container: "worker-1".into() }],

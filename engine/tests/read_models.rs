@@ -58,9 +58,12 @@ fn outcome(step: Step) -> Event {
             source_host_key: None,
         }),
         Step::Build => Event::ImageReused(ImageReused { image_id: "sha256:1".into(), source_deployment: ID }),
-        Step::Deploy => {
-            Event::WebContainerStarted(WebContainerStarted { container: "web-1".into(), host_port: 32768, host: String::new() })
-        }
+        Step::Deploy => Event::WebContainerStarted(WebContainerStarted {
+            container: "web-1".into(),
+            host_port: 32768,
+            host: String::new(),
+            upstreams: vec![],
+        }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
         Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),
         Step::HealthCheck => Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 1, elapsed_ms: 5 }),

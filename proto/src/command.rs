@@ -51,6 +51,10 @@ pub struct DeploymentContext {
     pub web_container: Option<String>,
     #[serde(default)]
     pub web_port: Option<u16>,
+    /// Every web replica's `ADDRESS:PORT` when the runtime reported them
+    /// (`WebContainerStarted::upstreams`); empty means `127.0.0.1:<web_port>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub web_upstreams: Vec<String>,
     /// An image a successful deployment built from the same commit (of this
     /// project or its mirror original): the build step re-uses it if the
     /// Docker engine still has it, and builds otherwise.
@@ -60,6 +64,18 @@ pub struct DeploymentContext {
     /// release is watched (a redelivered watch keeps the same end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DeploymentContext {
+    /// Where the web replicas answer: what the runtime reported, else
+    /// `127.0.0.1:<web_port>` (the single engine's one container); empty
+    /// before the deploy step.
+    pub fn upstreams(&self) -> Vec<String> {
+        if !self.web_upstreams.is_empty() {
+            return self.web_upstreams.clone();
+        }
+        self.web_port.map(|port| vec![format!("127.0.0.1:{port}")]).unwrap_or_default()
+    }
 }
 
 /// An image and the deployment that built it.

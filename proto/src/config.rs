@@ -56,6 +56,22 @@ pub struct WebConfig {
     pub cpus: Option<Cpus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u32>,
+    /// How many web containers serve the release. Only the swarm runtime
+    /// runs more than one (the single engine runs one and says so).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub replicas: u32,
+    /// Where the swarm runtime may place the web replicas: Swarm placement
+    /// constraints, `["node.labels.region==eu"]`. Ignored by the single engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl WebConfig {
@@ -76,6 +92,8 @@ impl Default for WebConfig {
             memory: None,
             cpus: None,
             pids: None,
+            replicas: 1,
+            hosts: Vec::new(),
         }
     }
 }

@@ -629,6 +629,11 @@ pub struct WebContainerStarted {
     /// that starts the release again when its containers are gone.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
+    /// Every replica's `ADDRESS:PORT`, when the runtime runs them on other
+    /// hosts than the router's (the swarm runtime: a node's address and the
+    /// port its task publishes there). Empty: `127.0.0.1:<host_port>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -224,6 +224,7 @@ fn commands_round_trip_and_name_their_queue() {
             image_ref: Some("127.0.0.1:5000/hello@sha256:2".into()),
             web_container: Some("slipway-hello-live-web".into()),
             web_port: Some(32768),
+            web_upstreams: vec![],
             watch_until: None,
             reuse: Some(slipway_proto::command::ImageSource { deployment_id: Uuid::from_u128(3), image_id: "sha256:0".into() }),
             source: Default::default(),

@@ -3,11 +3,13 @@
 //! `table` decides where a request goes (pure, tested in place); `proxy`
 //! forwards it (hyper), counts what each route's upstreams answered
 //! (`stats`), and swaps whole route tables so that a release
-//! moves traffic atomically. `limits` (connection caps), `timeouts` (header,
+//! moves traffic atomically; `eject` passes over upstreams that refused
+//! connections until they accept again. `limits` (connection caps), `timeouts` (header,
 //! idle, body and request clocks) and `forwarded` (`X-Forwarded-*` from the
 //! peer, trusted proxies) keep slow, greedy or lying clients in their place. `tls` terminates
 //! HTTPS: certificates by SNI, ACME HTTP-01 answers, redirects and HSTS.
 
+pub mod eject;
 pub mod forwarded;
 pub mod limits;
 pub mod proxy;

@@ -517,6 +517,8 @@ impl Drop for Drain {
 /// What every connection of one `serve` shares.
 struct Shared {
     routes: RouteHandle,
+    /// Upstreams that refused connections, passed over for a while (`eject.rs`).
+    ejections: crate::eject::Ejections,
     http: hyper::server::conn::http1::Builder,
     client: hyper::client::conn::http1::Builder,
     connect_timeout: Duration,
@@ -569,6 +571,7 @@ impl Shared {
             tls,
             pool: Mutex::new(HashMap::new()),
             force,
+            ejections: Default::default(),
         }
     }
 
@@ -1048,7 +1051,16 @@ impl ConnState {
                     if let Some(stats) = &stats {
                         stats.request();
                     }
-                    (upstream, route.and_then(|r| r.fallback(pick)), stats)
+                    let ejections = &self.held.shared.ejections;
+                    match route {
+                        // Only while something is ejected does the choice look at the clock.
+                        Some(r) if ejections.any() && r.upstreams.len() > 1 => {
+                            let now = Instant::now();
+                            let (chosen, fallback) = r.choose(pick, |a| ejections.is_out(a, now)).unwrap_or((upstream, None));
+                            (chosen, fallback, stats)
+                        }
+                        _ => (upstream, route.and_then(|r| r.fallback(pick)), stats),
+                    }
                 }
                 Resolution::MissingHost => return Err(ProxyError::MissingHost),
                 Resolution::UnknownHost(host) => return Err(ProxyError::UnknownHost(host)),
@@ -1188,7 +1200,14 @@ impl Forward {
                 let fresh = reused.is_none();
                 let connected = match reused {
                     Some(upstream) => Ok(upstream),
-                    None => held.shared.connect(addr).await,
+                    None => {
+                        let connected = held.shared.connect(addr).await;
+                        match &connected {
+                            Ok(_) => held.shared.ejections.connected(addr),
+                            Err(_) => held.shared.ejections.failed(addr, Instant::now()),
+                        }
+                        connected
+                    }
                 };
                 // Refused before anything was sent: the fallback takes it.
                 let mut upstream = match connected {
@@ -1204,6 +1223,7 @@ impl Forward {
                 };
                 if !upstream.ready().await {
                     if fresh {
+                        held.shared.ejections.failed(addr, Instant::now());
                         match fallback.take() {
                             Some(next) => {
                                 go_on(&mut addr, &mut on_primary, next);

@@ -145,6 +145,28 @@ impl Route {
     /// before anything was done: the standby if the route has one (a
     /// watched release's failure goes to the release that served before),
     /// else the next of its own upstreams, if it has another.
+    /// Where a request picked with `pick` goes when the upstreams `out`
+    /// says are ejected should be passed over: the first of the turn that is
+    /// not out (all out: the one picked, as if none were), and its fallback
+    /// (the standby, else the next other upstream not out, else any other).
+    /// With nothing out it is `resolve`'s and `fallback`'s choice.
+    pub fn choose(&self, pick: usize, out: impl Fn(SocketAddr) -> bool) -> Option<(SocketAddr, Option<Fallback>)> {
+        let len = self.upstreams.len();
+        if len == 0 {
+            return None;
+        }
+        let turn = (0..len).map(|i| self.upstreams[(pick % len + i) % len]);
+        let first = turn.clone().find(|a| !out(*a)).unwrap_or(self.upstreams[pick % len]);
+        let fallback = match self.standby(pick) {
+            Some(standby) => Some(Fallback::Standby(standby)),
+            None => {
+                let others = || turn.clone().filter(|a| *a != first);
+                others().find(|a| !out(*a)).or_else(|| others().next()).map(Fallback::Upstream)
+            }
+        };
+        Some((first, fallback))
+    }
+
     pub fn fallback(&self, pick: usize) -> Option<Fallback> {
         if let Some(standby) = self.standby(pick) {
             return Some(Fallback::Standby(standby));
@@ -329,5 +351,21 @@ mod tests {
     fn a_later_entry_replaces_an_earlier_one() {
         let t = RouteTable::new([("a".to_string(), route(&[1])), ("A.".to_string(), route(&[2]))]);
         assert_eq!(t.resolve(Some("a"), 0), Resolution::Upstream(addr(2)));
+    }
+
+    #[test]
+    fn ejected_upstreams_are_passed_over_while_others_serve() {
+        let r = route(&[1, 2, 3]);
+        // Nothing out: the turn's own choice and fallback.
+        for pick in 0..6 {
+            let expect = (r.upstreams[pick % 3], r.fallback(pick));
+            assert_eq!(r.choose(pick, |_| false), Some(expect));
+        }
+        let out = |a: SocketAddr| a.port() == 2;
+        assert_eq!(r.choose(1, out), Some((addr(3), Some(Fallback::Upstream(addr(1))))));
+        assert_eq!(r.choose(0, out), Some((addr(1), Some(Fallback::Upstream(addr(3))))));
+        // Everything out: as if nothing were.
+        assert_eq!(r.choose(1, |_| true), Some((addr(2), Some(Fallback::Upstream(addr(3))))));
+        assert_eq!(route(&[]).choose(0, |_| false), None);
     }
 }

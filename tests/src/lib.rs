@@ -33,6 +33,7 @@ use uuid::Uuid;
 pub mod edge;
 pub mod git_servers;
 pub mod load;
+pub mod swarm;
 #[path = "../../router/tests/support/tls.rs"]
 pub mod tls;
 pub mod webdriver;
@@ -94,6 +95,32 @@ impl Harness {
         engine: DriverOptions,
         agent: Option<slipway_workers::host::AgentOptions>,
     ) -> Harness {
+        Harness::start_on(backends, wrap, engine, agent, Pipeline::new).await
+    }
+
+    /// A harness whose workers run the apps on the swarm their engine
+    /// (DOCKER_HOST) manages, pushing builds to `registry`; no host agent.
+    pub async fn start_swarm(registry: &str) -> Harness {
+        let registry = registry.to_string();
+        Harness::start_on(
+            Backends::Embedded,
+            |q| q,
+            DriverOptions::default(),
+            None,
+            move |runtime| {
+                Pipeline::on(Runtime { registry: Some(registry), ..runtime }, slipway_workers::steps::runtime::RuntimeKind::Swarm)
+            },
+        )
+        .await
+    }
+
+    async fn start_on(
+        backends: Backends,
+        wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>,
+        engine: DriverOptions,
+        agent: Option<slipway_workers::host::AgentOptions>,
+        pipeline: impl FnOnce(Runtime) -> Pipeline,
+    ) -> Harness {
         require_docker();
         let data = tempfile::tempdir().expect("temp dir");
         let tag = Uuid::now_v7().simple().to_string();
@@ -121,7 +148,7 @@ impl Harness {
         let parts = Parts {
             engine: Some(engine),
             relay: RelayOptions { poll: Duration::from_millis(100), ..Default::default() },
-            workers: Some((WorkerOptions { actor: "worker:test".into(), agent, ..Default::default() }, Arc::new(Pipeline::new(runtime)))),
+            workers: Some((WorkerOptions { actor: "worker:test".into(), agent, ..Default::default() }, Arc::new(pipeline(runtime)))),
             router: None,
             poller: None,
             acme: None,

@@ -46,7 +46,7 @@ pub async fn retire(command: &RetireRelease) -> Event {
 
 /// Removes every target, stopping each first with `grace` when given;
 /// returns the targets' names (all gone now, whether they existed or not).
-async fn remove(deployment_id: Uuid, named: &[String], grace: Option<Duration>) -> Result<Vec<String>, Failure> {
+pub(crate) async fn remove(deployment_id: Uuid, named: &[String], grace: Option<Duration>) -> Result<Vec<String>, Failure> {
     let docker = docker::connect().await?;
     let targets = targets(&docker, deployment_id, named).await?;
     // Concurrently: N containers that ignore SIGTERM cost one grace, not N.

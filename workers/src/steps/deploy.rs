@@ -39,7 +39,7 @@ async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted
         lifetime: Lifetime::Serving,
     };
     let host_port = ensure_running(&docker, &spec, port).await?;
-    Ok(WebContainerStarted { container: spec.name, host_port, host: String::new() })
+    Ok(WebContainerStarted { container: spec.name, host_port, host: String::new(), upstreams: vec![] })
 }
 
 /// Creates (unless it exists) and starts the container; returns its host port.

@@ -20,8 +20,10 @@ pub mod pinning;
 pub mod pipeline;
 pub mod processes;
 pub mod release;
+pub mod runtime;
 pub mod scrub;
 pub mod stand_in;
+pub mod swarm;
 pub mod watch;
 
 use std::collections::BTreeMap;

@@ -49,6 +49,7 @@ impl Executor for StandIn {
                 container: format!("stand-in-{}", c.context.deployment_id.simple()),
                 host_port: 9,
                 host: String::new(),
+                upstreams: vec![],
             }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: true }),
             Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),

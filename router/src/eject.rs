@@ -1,0 +1,108 @@
+//! Passive health of upstreams: an upstream that refused a connection (or
+//! did not accept one within the connect timeout, or closed it at once) is
+//! ejected — the requests that would go to it go to the route's other
+//! upstreams — for a while that doubles with each failure in a row (1 s,
+//! 2 s, 4 s, up to 10 s). Past that, it gets requests again; the first
+//! that connects lets it back for good, the next failure ejects it for
+//! longer. Trying it with a live request costs nothing: a connect failure
+//! is retried on another upstream before anything was sent (`proxy.rs`).
+//!
+//! One failure is enough (nginx's `max_fails=1`): with several replicas a
+//! refused connection almost always means a replica gone (a lost host, a
+//! retired task), and every request sent there meanwhile costs a connect
+//! attempt. Each router thread keeps its own ejections, so no request
+//! takes a lock shared across threads; the lock it does take is only
+//! taken while something is ejected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The first ejection's length, doubled per failure in a row.
+pub const FIRST: Duration = Duration::from_secs(1);
+/// The longest ejection.
+pub const MAX: Duration = Duration::from_secs(10);
+
+/// How long an upstream stays out after `failures` failures in a row (pure).
+pub fn ejected_for(failures: u32) -> Duration {
+    let doubled = FIRST.saturating_mul(1u32 << failures.saturating_sub(1).min(8));
+    doubled.min(MAX)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ejected {
+    failures: u32,
+    until: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct Ejections {
+    out: Mutex<HashMap<SocketAddr, Ejected>>,
+    /// Whether anything is ejected: the common case reads this alone.
+    any: AtomicBool,
+}
+
+impl Ejections {
+    /// Whether `addr` is ejected at `now`.
+    pub fn is_out(&self, addr: SocketAddr, now: Instant) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.out.lock().unwrap_or_else(PoisonError::into_inner).get(&addr).is_some_and(|e| e.until > now)
+    }
+
+    /// Whether anything is ejected (cheap).
+    pub fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
+    /// `addr` failed a connection at `now`: out, for longer than last time.
+    pub fn failed(&self, addr: SocketAddr, now: Instant) {
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let failures = out.get(&addr).map_or(0, |e| e.failures) + 1;
+        out.insert(addr, Ejected { failures, until: now + ejected_for(failures) });
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// `addr` accepted a connection: back in.
+    pub fn connected(&self, addr: SocketAddr) {
+        if !self.any.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        if out.remove(&addr).is_some() {
+            self.any.store(!out.is_empty(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejections_double_up_to_a_cap() {
+        let secs: Vec<u64> = (1..=6).map(|n| ejected_for(n).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 10, 10]);
+        assert_eq!(ejected_for(u32::MAX), MAX);
+    }
+
+    #[test]
+    fn an_upstream_is_out_after_a_failure_and_back_once_it_connects() {
+        let e = Ejections::default();
+        let (a, now) = (SocketAddr::from(([10, 0, 0, 2], 80)), Instant::now());
+        assert!(!e.is_out(a, now));
+        e.failed(a, now);
+        assert!(e.is_out(a, now) && e.any());
+        // Past its time it gets requests again (a trial)...
+        assert!(!e.is_out(a, now + FIRST));
+        // ...a second failure in a row keeps it out longer...
+        e.failed(a, now + FIRST);
+        assert!(e.is_out(a, now + FIRST * 2));
+        // ...and one connection lets it back.
+        e.connected(a);
+        assert!(!e.is_out(a, now + FIRST) && !e.any());
+    }
+}

@@ -1,0 +1,107 @@
+//! The swarm runtime on three simulated hosts (`slipway_tests::swarm`):
+//! `replicas = 3` spreads over the three nodes, a load client through the
+//! router sees every replica and no failed request through a deploy of a
+//! new version, `slipway hosts` lists the nodes and what runs there, and a
+//! placement no node can satisfy fails the deployment before traffic moves,
+//! with Swarm's reason.
+//!
+//! `#[ignore]`d and run by the serial phase of `scripts/test`: it needs
+//! root (namespaces, dockerds of its own) and fails, never skips, without
+//! it. The main Docker daemon is never touched: the swarm's manager is a
+//! namespace's dockerd, and the workers talk to it through DOCKER_HOST.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use slipway_engine::Status;
+use slipway_proto::Event;
+use slipway_tests::swarm::SimulatedSwarm;
+use slipway_tests::*;
+
+/// A busybox app answering `<version> <container hostname>`, so the load
+/// client can tell the replicas apart.
+fn app(version: &str, slipway_toml: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut files = busybox_app(version, slipway_toml, "");
+    let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY www /www\n\
+        CMD [\"sh\", \"-c\", \"echo $(cat /www/index.html) $(hostname) > /www/index.html; exec httpd -f -p 80 -h /www\"]\n";
+    files.insert("Dockerfile".into(), dockerfile.as_bytes().to_vec());
+    files
+}
+
+const WEB: &str = "[web]\nport = 80\nreplicas = 3\nhealth_timeout = \"60s\"\n";
+
+fn web_started(events: &[Event]) -> slipway_proto::event::WebContainerStarted {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::WebContainerStarted(w) => Some(w.clone()),
+            _ => None,
+        })
+        .expect("a WebContainerStarted")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: network namespaces and dockerds of its own; run by scripts/test's serial phase"]
+async fn replicas_spread_over_the_hosts_and_a_redeploy_fails_no_request() {
+    let swarm = SimulatedSwarm::start(3);
+    // The workers' engine is the swarm's manager (never the main daemon).
+    std::env::set_var("DOCKER_HOST", format!("unix://{}", swarm.manager().socket));
+    let harness = Harness::start_swarm(&swarm.registry).await;
+    let repo = AppRepo::new();
+    repo.commit(&app("v1", WEB), "v1");
+    harness.create_project(&repo.path()).await;
+
+    let first = harness.deploy("live", "main").await;
+    assert_eq!(first.status, Status::Succeeded, "{first:?}");
+    let started = web_started(&harness.events(first.id).await);
+    // One upstream per replica, one replica per node.
+    assert_eq!(started.upstreams.len(), 3, "{started:?}");
+    let addresses: BTreeSet<&str> = started.upstreams.iter().map(|u| u.rsplit_once(':').unwrap().0).collect();
+    let nodes: BTreeSet<&str> = swarm.nodes.iter().map(|n| n.address.as_str()).collect();
+    assert_eq!(addresses, nodes, "replicas spread over every node");
+
+    // `slipway hosts`: the three nodes, ready, each running one replica.
+    let hosts = slipway_workers::steps::swarm::hosts().await.unwrap();
+    assert_eq!(hosts.len(), 3);
+    for h in &hosts {
+        assert_eq!((h.state.as_str(), h.availability.as_str()), ("ready", "active"), "{h:?}");
+        assert_eq!(h.tasks.iter().filter(|t| t.starts_with(&started.container)).count(), 1, "{h:?}");
+    }
+
+    // Load through the router while v2 replaces v1.
+    let load = load::Load::start(harness.router_addr(), &harness.host("live"), 4, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    repo.commit(&app("v2", WEB), "v2");
+    let second = harness.deploy("live", "main").await;
+    assert_eq!(second.status, Status::Succeeded, "{second:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples: Vec<load::Sample> = load.stop().await.into_iter().flatten().collect();
+    let failed: Vec<&String> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), samples.len(), &failed[..failed.len().min(5)]);
+    let seen: BTreeSet<&str> = samples.iter().filter_map(|s| s.outcome.as_ref().ok()).map(String::as_str).collect();
+    let replicas = |version: &str| seen.iter().filter(|b| b.starts_with(&format!("{version} "))).count();
+    assert_eq!((replicas("v1"), replicas("v2")), (3, 3), "the router balanced over every replica: {seen:?}");
+
+    // A placement no node satisfies: the deploy step fails with Swarm's
+    // reason, before the health check, and v2 keeps serving.
+    repo.commit(&app("v3", "[web]\nport = 80\nreplicas = 2\nhosts = [\"node.labels.region==eu\"]\n"), "v3");
+    let third = harness.deploy("live", "main").await;
+    let (step, reason) = failure(&third);
+    assert_eq!(step, slipway_proto::Step::Deploy, "{reason}");
+    assert!(reason.contains("no node can run") && reason.contains("no suitable node"), "{reason}");
+    assert!(reason.contains("node.labels.region==eu"), "{reason}");
+    let (status, body) = harness.routed_page("live").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("v2 "), "{body}");
+    // The service Swarm could not place is gone, as are v1's.
+    eventually("only v2's service left", Duration::from_secs(30), || async {
+        let services = swarm.manager().docker(&["service", "ls", "--format", "{{.Name}}"]);
+        (services.lines().count() == 1).then_some(())
+    })
+    .await;
+
+    harness.shutdown().await;
+    drop(swarm);
+}
