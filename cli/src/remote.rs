@@ -1,5 +1,6 @@
 //! The verbs that go through a server's HTTP API with `--server`: deploy,
-//! status, deployments, history, rollback, replay and cancel (`domain` has
+//! status, deployments, releases, history, rollback, replay, cancel,
+//! approve and reject (`domain` has
 //! its own twin in `domains.rs`), dispatched by `through_server`. Each sends the API's request (the server's `/openapi.json`
 //! describes them), then prints as
 //! its local twin does; deploy, rollback and replay follow the deployment's
@@ -25,41 +26,54 @@ use crate::verbs::{print_deployments, print_json, status_text, Where};
 pub async fn through_server(server: &str, token: Option<String>, command: &Command, json: bool) -> anyhow::Result<Option<ExitCode>> {
     let client = || Client::new(server, token.clone());
     let follow = |f: &FollowArgs| Follow { timeout: Duration::from_secs(f.timeout), quiet: f.quiet, logs: f.logs, json };
-    let code = match command {
-        Command::Deploy(args) => {
-            let mode = match (args.local, args.cloud) {
-                (true, _) => Some("local"),
-                (_, true) => Some("cloud"),
-                _ => None,
-            };
-            let body = deploy_body(args.git_ref.as_deref(), mode, args.no_cache, args.migrate, args.dry_run);
-            deploy(&client()?, &args.project, &args.env, body, &follow(&args.follow)).await?
-        }
-        Command::Status { project, env, at: None } => status(&client()?, project, env, json).await?,
-        Command::Deployments { project, page } => deployments(&client()?, project, page, json).await?,
-        Command::History { deployment } => history(&client()?, *deployment, json).await?,
-        Command::Rollback { project, env, to, follow: f } => rollback(&client()?, project, env, *to, &follow(f)).await?,
-        Command::Replay { deployment, from_step, follow: f } => {
-            replay(&client()?, *deployment, from_step.map(|s| s.to_string()), &follow(f)).await?
-        }
-        Command::Cancel { deployment, reason } => {
-            client()?.post(&format!("/api/deployments/{deployment}/cancel"), serde_json::json!({ "reason": reason })).await?;
-            println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers");
-            ExitCode::SUCCESS
-        }
-        // Processes, and tokens (issued on the server's database).
-        Command::Demo { .. }
-        | Command::AllInOne { .. }
-        | Command::Server(_)
-        | Command::Router(_)
-        | Command::Worker { .. }
-        | Command::Token(_) => return Ok(None),
-        Command::Domain(cmd) => crate::domains::remote(&client()?, cmd).await?,
-        _ => return Err(exit::usage(
-            "this verb does not go through --server (only deploy, status, deployments, history, rollback, replay, cancel and domain do); \
+    let code =
+        match command {
+            Command::Deploy(args) => {
+                let mode = match (args.local, args.cloud) {
+                    (true, _) => Some("local"),
+                    (_, true) => Some("cloud"),
+                    _ => None,
+                };
+                let body = deploy_body(args.git_ref.as_deref(), mode, args.no_cache, args.migrate, args.dry_run);
+                deploy(&client()?, &args.project, &args.env, body, &follow(&args.follow)).await?
+            }
+            Command::Status { project, env, at: None } => status(&client()?, project, env, json).await?,
+            Command::Deployments { project, page } => deployments(&client()?, project, page, json).await?,
+            Command::History { deployment } => history(&client()?, *deployment, json).await?,
+            Command::Rollback { project, env, to, follow: f } => rollback(&client()?, project, env, *to, &follow(f)).await?,
+            Command::Replay { deployment, from_step, follow: f } => {
+                replay(&client()?, *deployment, from_step.map(|s| s.to_string()), &follow(f)).await?
+            }
+            Command::Releases { project, env } => releases(&client()?, project, env, json).await?,
+            Command::Approve { deployment, reason } => {
+                client()?.post(&format!("/api/deployments/{deployment}/approve"), serde_json::json!({ "reason": reason })).await?;
+                println!("deployment {deployment}: approved");
+                ExitCode::SUCCESS
+            }
+            Command::Reject { deployment, reason } => {
+                client()?.post(&format!("/api/deployments/{deployment}/reject"), serde_json::json!({ "reason": reason })).await?;
+                println!("deployment {deployment}: rejected; the engine cancels it");
+                ExitCode::SUCCESS
+            }
+            Command::Cancel { deployment, reason } => {
+                client()?.post(&format!("/api/deployments/{deployment}/cancel"), serde_json::json!({ "reason": reason })).await?;
+                println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers");
+                ExitCode::SUCCESS
+            }
+            // Processes, and tokens (issued on the server's database).
+            Command::Demo { .. }
+            | Command::AllInOne { .. }
+            | Command::Server(_)
+            | Command::Router(_)
+            | Command::Worker { .. }
+            | Command::Token(_) => return Ok(None),
+            Command::Domain(cmd) => crate::domains::remote(&client()?, cmd).await?,
+            _ => return Err(exit::usage(
+                "this verb does not go through --server (only deploy, status, deployments, releases, history, rollback, replay, cancel, \
+                 approve, reject and domain do); \
                  unset --server/SLIPWAY_SERVER to use --database",
-        )),
-    };
+            )),
+        };
     Ok(Some(code))
 }
 
@@ -190,6 +204,16 @@ pub async fn deployments(client: &Client, project: &str, page: &crate::verbs::De
     let summaries: Vec<DeploymentSummary> = serde_json::from_value(answer)
         .map_err(|e| coded(Exit::Failed, format!("GET {path}: the answer is not a list of deployments: {e}")))?;
     print_deployments(summaries, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `releases` through the API: the same JSON and text as against the store.
+pub async fn releases(client: &Client, project: &str, env: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let path = format!("/api/projects/{}/environments/{}/releases", segment(project), segment(env));
+    let answer = client.get(&path).await?;
+    let releases: Vec<slipway_engine::history::Release> = serde_json::from_value(answer)
+        .map_err(|e| coded(Exit::Failed, format!("GET {path}: the answer is not a list of releases: {e}")))?;
+    crate::verbs::print_releases(&releases, project, env, json)?;
     Ok(ExitCode::SUCCESS)
 }
 

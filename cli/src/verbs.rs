@@ -253,13 +253,18 @@ pub async fn routers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
 /// An environment's releases, newest first: what `rollback --to` can choose.
 pub async fn releases(store: &dyn EventStore, project: &str, env: &str, json: bool) -> anyhow::Result<()> {
     let releases = answered(queries::releases(store, project, env).await)?;
+    print_releases(&releases, project, env, json)
+}
+
+/// How `releases` prints, from the store or through the API.
+pub fn print_releases(releases: &[slipway_engine::history::Release], project: &str, env: &str, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&serde_json::to_value(&releases)?);
     }
     if releases.is_empty() {
         println!("{project} {env}: no release yet");
     }
-    for r in &releases {
+    for r in releases {
         let when = r.requested_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
         println!(
             "{} {}  {when}  commit {}  image {} ({})  {} setting(s){}{}",
@@ -280,8 +285,6 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str, json: bo
     Ok(())
 }
 
-/// Worker processes from their heartbeats: alive, missing (silent for three
-/// heartbeat intervals: killed, or cut off) or stopped, and what each is doing.
 /// `slipway hosts`: the swarm's nodes as its manager reports them.
 pub async fn hosts(json: bool) -> anyhow::Result<()> {
     let rows =
@@ -300,6 +303,8 @@ pub async fn hosts(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Worker processes from their heartbeats: alive, missing (silent for three
+/// heartbeat intervals: killed, or cut off) or stopped, and what each is doing.
 pub async fn workers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
     let workers = store.workers().await?;
     let mut all = Vec::new();

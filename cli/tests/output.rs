@@ -230,7 +230,7 @@ fn errors_exit_with_the_documented_status() {
     assert_eq!(dir.exit(&["status", "app", "test", "--at", "yesterday"]), 2, "bad time");
     assert_eq!(dir.exit(&["env", "set", "app", "test", "NO_EQUALS"]), 2, "bad assignment");
     assert_eq!(dir.exit(&["no-such-verb"]), 2, "clap's usage error");
-    assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "releases", "app", "test"]), 2, "verb without --server support");
+    assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "events", "tokens"]), 2, "verb without --server support");
     assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "status", "app", "test"]), 5, "server unreachable");
     assert_eq!(dir.exit(&["--queue", "amqp://guest:guest@127.0.0.1:9/%2f", "worker"]), 5, "broker unreachable");
     let help = dir.ok(&["--help"]);
@@ -328,7 +328,7 @@ fn with_server_deploy_and_status_go_through_the_http_api() {
 /// (`slipway_engine::queries`): the same store answers with the same JSON,
 /// and the same text, either way.
 #[test]
-fn status_and_deployments_read_the_same_locally_and_through_the_server() {
+fn status_deployments_and_releases_read_the_same_locally_and_through_the_server() {
     let dir = Dir::new();
     dir.ok(&["domain", "add", "app", "test", "app.example"]);
     dir.ok(&["deploy", "app", "test", "--dry-run", "--quiet"]);
@@ -350,6 +350,8 @@ fn status_and_deployments_read_the_same_locally_and_through_the_server() {
         &["deployments", "app", "--env", "test", "--limit", "1", "--json"],
         &["status", "app", "test"],
         &["deployments", "app"],
+        &["releases", "app", "test", "--json"],
+        &["releases", "app", "test"],
     ] {
         let (here, there) = (dir.ok(read), remote(read));
         assert_eq!(here, there, "slipway {read:?} differs between the store and the server");
