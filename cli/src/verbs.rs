@@ -259,7 +259,7 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str, json: bo
 /// How `releases` prints, from the store or through the API.
 pub fn print_releases(releases: &[slipway_engine::history::Release], project: &str, env: &str, json: bool) -> anyhow::Result<()> {
     if json {
-        return print_json(&serde_json::to_value(&releases)?);
+        return print_json(&serde_json::to_value(releases)?);
     }
     if releases.is_empty() {
         println!("{project} {env}: no release yet");
