@@ -511,13 +511,27 @@ pub fn published_port(info: &ContainerInspectResponse, container_port: u16) -> O
 
 /// The container's whole log (stdout and stderr, interleaved as written).
 pub async fn logs(docker: &Docker, name: &str, tail: Option<usize>) -> Result<String, DockerError> {
+    read_logs(docker, name, tail).await.map_err(|e| DockerError::api(format!("read the logs of container {name}"), e))
+}
+
+/// A container's whole log, or `None` when the container is gone or being
+/// removed (404, 409): a concurrent delivery of the same command ran it to
+/// the end and is taking it away, and that delivery's log is the one kept.
+pub async fn logs_if_present(docker: &Docker, name: &str) -> Result<Option<String>, DockerError> {
+    match read_logs(docker, name, None).await {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(None),
+        Err(e) => Err(DockerError::api(format!("read the logs of container {name}"), e)),
+    }
+}
+
+async fn read_logs(docker: &Docker, name: &str, tail: Option<usize>) -> Result<String, BollardError> {
     let tail = tail.map_or_else(|| "all".to_string(), |n| n.to_string());
     let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&tail).build();
     let mut stream = docker.logs(name, Some(options));
     let mut text = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| DockerError::api(format!("read the logs of container {name}"), e))?;
-        text.extend_from_slice(chunk.as_ref());
+        text.extend_from_slice(chunk?.as_ref());
     }
     Ok(String::from_utf8_lossy(&text).into_owned())
 }

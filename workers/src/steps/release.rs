@@ -108,11 +108,19 @@ async fn run_in_order(docker: &Docker, one_offs: &[OneOff<'_>], timeout: Duratio
 async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result<ReleaseCommandResult, Failure> {
     let started = Instant::now();
     let exit = run_to_exit(docker, &one.spec, timeout).await?;
-    let text = docker::logs(docker, &one.spec.name, None).await?;
-    // The stored log is scrubbed like everything else the worker records.
-    tokio::fs::write(&one.log, log_cap::cap(&super::Scrubber::new(one.spec.env).scrub(&text)))
-        .await
-        .map_err(|e| Failure::new(format!("cannot write the release log {}: {e}", one.log.display())))?;
+    let text = match docker::logs_if_present(docker, &one.spec.name).await? {
+        Some(text) => {
+            // The stored log is scrubbed like everything else the worker records.
+            tokio::fs::write(&one.log, log_cap::cap(&super::Scrubber::new(one.spec.env).scrub(&text)))
+                .await
+                .map_err(|e| Failure::new(format!("cannot write the release log {}: {e}", one.log.display())))?;
+            text
+        }
+        // Another delivery of this command ran it to the end (the exit code
+        // above is that run's) and is removing it: it stores the log, and of
+        // the two outcomes, recorded under one command id, one counts.
+        None => String::new(),
+    };
     let what = format!("release command `{}` (release.commands[{}])", one.command, one.index);
     let failure = match exit {
         Some(0) => None,
