@@ -55,10 +55,11 @@ pub struct Project {
 
 /// Each pull request (or each branch a glob matches) gets an environment
 /// inheriting `inherit`'s settings, removed after `ttl_seconds` without a push.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PreviewRule {
     /// `pull requests` or `branches <glob>`.
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub trigger: PreviewTrigger,
     pub inherit: String,
     pub ttl_seconds: u64,
@@ -80,7 +81,8 @@ pub struct Preview {
 }
 
 /// Pushes to a branch matching `branch` deploy to `environment`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AutoDeployRule {
     pub branch: String,
     pub environment: String,
