@@ -21,6 +21,7 @@ pub mod notify;
 pub mod poll;
 pub mod preview;
 pub mod project;
+pub mod projection;
 pub mod protection;
 pub mod push;
 pub mod reconcile;
@@ -33,3 +34,4 @@ pub mod supervise;
 
 pub use decider::{decide, Decision, EnvironmentView};
 pub use deployment::{evolve, Deployment, IllegalTransition, Status};
+pub use projection::Projection;
