@@ -1,16 +1,11 @@
-//! Custom domains: the names a user's environment is served under besides
-//! `<project>-<env>.<router domain>`. They are recorded on the routes
-//! stream (`DomainAdded`, `DomainRemoved`), so that routers apply them in
-//! route order with the routes themselves and one stream's version decides
-//! who holds a name: a domain belongs to one environment at a time, and a
-//! second environment asking for it is refused with the holder named.
-//!
-//! Pure parts first (the name's form, the fold); routers match a host
-//! to a domain, wildcards included, in their table
-//! (`slipway_router::table`). The requests at the end append at the routes version they
-//! were decided on, and decide again on a conflict.
+//! Custom domains, recorded: `add` and `remove` append `DomainAdded` /
+//! `DomainRemoved` to the routes stream at the routes version they were
+//! decided on, and decide again on a conflict, so one stream decides who
+//! holds a name (a second environment asking for one is refused with the
+//! holder named). The name's form and the fold are pure and live in
+//! `slipway_core::domains`, re-exported here.
 
-use std::collections::BTreeMap;
+pub use slipway_core::domains::*;
 
 use slipway_proto::event::{DomainAdded, DomainRemoved, ROUTES_STREAM};
 use slipway_proto::Event;
@@ -18,64 +13,6 @@ use slipway_store::{EventStore, ExpectedVersion};
 
 use crate::load;
 use crate::requests::{self, Outcome, Rejection};
-
-/// The longest domain name DNS carries.
-const MAX_LEN: usize = 253;
-
-/// Every custom domain, to the (project, environment) it routes to.
-pub type Domains = BTreeMap<String, (String, String)>;
-
-/// A domain as the user typed it, checked and normalized: lowercase, no
-/// trailing dot, at least two labels of letters, digits and inner dashes,
-/// and optionally `*.` in front (a one-level wildcard). Refused with what
-/// is expected.
-pub fn parse(input: &str) -> Result<String, String> {
-    let name = input.trim().trim_end_matches('.').to_ascii_lowercase();
-    let expected = "expected a domain name such as `www.example.com` or `*.example.com` \
-                    (letters, digits and '-' in dot-separated labels, at least two labels)";
-    if name.is_empty() || name.len() > MAX_LEN {
-        return Err(format!("`{input}` is not a domain name: {expected}"));
-    }
-    let bare = name.strip_prefix("*.").unwrap_or(&name);
-    let labels: Vec<&str> = bare.split('.').collect();
-    if labels.len() < 2 {
-        return Err(format!("`{input}` is not a domain name: {expected}"));
-    }
-    for label in &labels {
-        let valid = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid {
-            return Err(format!("`{input}` is not a domain name: label `{label}` is not valid; {expected}"));
-        }
-    }
-    if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(format!("`{input}` is an IP address, not a domain name: {expected}"));
-    }
-    Ok(name)
-}
-
-/// Applies one routes-stream event to the domains (the routes projection's part).
-pub fn apply(domains: &mut Domains, event: &Event) {
-    match event {
-        Event::DomainAdded(d) => {
-            domains.insert(d.domain.clone(), (d.project.clone(), d.environment.clone()));
-        }
-        Event::DomainRemoved(d) if domains.get(&d.domain) == Some(&(d.project.clone(), d.environment.clone())) => {
-            domains.remove(&d.domain);
-        }
-        // A removed environment serves nothing, under any name.
-        Event::RouteRemoved(r) => domains.retain(|_, (p, e)| !(*p == r.project && *e == r.environment)),
-        _ => {}
-    }
-}
-
-/// The domains of one environment, sorted.
-pub fn of_environment(domains: &Domains, project: &str, environment: &str) -> Vec<String> {
-    domains.iter().filter(|(_, (p, e))| p == project && e == environment).map(|(d, _)| d.clone()).collect()
-}
 
 /// Routes `domain` to `project`'s `environment`. Adding a domain the
 /// environment has already is accepted and records nothing. Refused as
@@ -139,39 +76,5 @@ fn load_error(e: load::LoadError) -> slipway_store::StoreError {
     match e {
         load::LoadError::Store(e) => e,
         other => slipway_store::StoreError::Corrupt { stream: ROUTES_STREAM.into(), version: 0, reason: other.to_string() },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_normalized_and_bad_ones_say_what_is_expected() {
-        assert_eq!(parse("WWW.Example.COM.").unwrap(), "www.example.com");
-        assert_eq!(parse("*.example.com").unwrap(), "*.example.com");
-        for bad in ["", "localhost", "a..b", "-a.com", "a-.com", "a_b.com", "*.com.*", "a.*.com", "10.0.0.1", "x.com:80"] {
-            let err = parse(bad).unwrap_err();
-            assert!(err.contains("expected a domain name"), "{bad}: {err}");
-        }
-        assert!(parse(&format!("{}.com", "a".repeat(64))).is_err());
-    }
-
-    #[test]
-    fn a_removed_environment_keeps_no_domain_and_a_stale_removal_changes_nothing() {
-        let added =
-            |p: &str, e: &str, d: &str| Event::DomainAdded(DomainAdded { project: p.into(), environment: e.into(), domain: d.into() });
-        let mut domains = Domains::new();
-        apply(&mut domains, &added("shop", "live", "shop.example.com"));
-        apply(&mut domains, &added("shop", "live", "*.shop.example.com"));
-        apply(&mut domains, &added("blog", "live", "blog.example.com"));
-        let removed =
-            Event::DomainRemoved(DomainRemoved { project: "blog".into(), environment: "test".into(), domain: "blog.example.com".into() });
-        apply(&mut domains, &removed);
-        assert_eq!(of_environment(&domains, "blog", "live"), ["blog.example.com"]);
-        let route_removed = Event::RouteRemoved(slipway_proto::event::RouteRemoved { project: "shop".into(), environment: "live".into() });
-        apply(&mut domains, &route_removed);
-        assert!(of_environment(&domains, "shop", "live").is_empty());
-        assert_eq!(domains.len(), 1);
     }
 }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use slipway_proto::command::ImageSource;
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{deployment_stream, environment_stream, project_stream, StepDispatched, ROUTERS_STREAM, ROUTES_STREAM};
-use slipway_proto::{Command, Envelope, Event, Step};
+use slipway_proto::{Command, Envelope, Event, Step, StreamId};
 use slipway_store::event_store::{Outgoing, StreamAppend};
 use slipway_store::subscription::Subscription;
 use slipway_store::{EventStore, ExpectedVersion, StoreError, WorkerBeat};
@@ -212,7 +212,7 @@ impl Driver {
                 }
                 seen.trim();
             }
-            if batch.iter().any(|e| e.stream.starts_with("router")) {
+            if batch.iter().any(|e| StreamId::parse(&e.stream).is_router()) {
                 // A router registered, went, or was heard from: its lease moved.
                 let expired;
                 (expired, lease_ends) = self.expire_routers().await?;
@@ -221,9 +221,10 @@ impl Driver {
                 }
             }
             for e in &batch {
-                if e.stream.starts_with("deployment-") {
+                let id = StreamId::parse(&e.stream);
+                if let StreamId::Deployment(_) = id {
                     streams.insert(e.stream.clone());
-                } else if e.stream.starts_with("environment-") {
+                } else if let StreamId::Environment(_) = id {
                     if e.envelope.message_type == "ReleaseUpstreamsObserved" {
                         match self.follow_release(&e.stream, &e.envelope).await {
                             Ok(Some(deadline)) => {
@@ -240,13 +241,15 @@ impl Driver {
                         Err(DriverError::Store(err)) => return Err(err),
                         Err(err) => tracing::error!(stream = %e.stream, error = %err, "cannot read environment"),
                     }
-                } else if e.stream.starts_with("router") {
+                } else if id.is_router() {
                     // An acknowledgement, or a router came or went: every
                     // switch in progress may be complete now.
                     streams.extend(timers.keys().cloned());
                 }
             }
-            if !reroutes.is_empty() && batch.iter().any(|e| e.stream.starts_with("router") || e.stream == ROUTES_STREAM) {
+            if !reroutes.is_empty()
+                && batch.iter().any(|e| matches!(StreamId::parse(&e.stream), StreamId::Routes | StreamId::Routers | StreamId::Router(_)))
+            {
                 self.settle_reroutes(&mut reroutes).await?;
             }
         }

@@ -1,16 +1,20 @@
 //! Loading a stream's state: read it, decode every event (refusing to fold
 //! around one that cannot be read — a state that silently skipped an event
-//! would be wrong), and fold. The driver, the API and the CLI all load
-//! deployments and environments this one way.
+//! would be wrong: `slipway_core::projection::Projection`'s one policy),
+//! and fold. The driver, the API and the CLI all load deployments,
+//! environments and the routes this one way.
 
 use slipway_proto::event::{deployment_stream, environment_stream, router_stream, RouterStarted, ROUTERS_STREAM, ROUTES_STREAM};
 use slipway_proto::Event;
 use slipway_store::{EventStore, RecordedEvent, StoreError};
 use uuid::Uuid;
 
-use crate::deployment::{self, Deployment, IllegalTransition};
-use crate::environment::{self, Environment};
+use std::convert::Infallible;
+
+use crate::deployment::{Deployment, IllegalTransition};
+use crate::environment::Environment;
 use crate::lease::Liveness;
+use crate::projection::{self, FoldError, Projection};
 use crate::routes::{self, Routes, Traffic};
 use crate::seen::SeenTraffic;
 
@@ -22,6 +26,31 @@ pub enum LoadError {
     Undecodable { stream: String, version: u64, reason: String },
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
+}
+
+impl<R: Into<LoadError>> From<FoldError<R>> for LoadError {
+    fn from(e: FoldError<R>) -> Self {
+        match e {
+            FoldError::Unreadable { stream, version, reason } => LoadError::Undecodable { stream, version, reason },
+            FoldError::Refused(refused) => refused.into(),
+        }
+    }
+}
+
+impl From<Infallible> for LoadError {
+    fn from(never: Infallible) -> Self {
+        match never {}
+    }
+}
+
+/// Folds a stream as read into any projection, under the one policy for
+/// unreadable events (`Projection`'s docs): the first is an error naming it.
+pub fn fold_recorded<P>(recorded: &[RecordedEvent]) -> Result<P, LoadError>
+where
+    P: Projection,
+    P::Refusal: Into<LoadError>,
+{
+    Ok(projection::fold_stored(recorded.iter().map(|r| (r.stream.as_str(), r.version, &r.envelope)))?)
 }
 
 /// Decodes every recorded event, or names the first that cannot be read.
@@ -41,8 +70,8 @@ pub fn decode_all(recorded: &[RecordedEvent]) -> Result<Vec<Event>, LoadError> {
 /// A deployment's state and its recorded events; `None` if it does not exist.
 pub async fn deployment_with_events(store: &dyn EventStore, id: Uuid) -> Result<Option<(Deployment, Vec<RecordedEvent>)>, LoadError> {
     let recorded = store.read_stream(&deployment_stream(id), 1).await?;
-    let events = decode_all(&recorded)?;
-    Ok(deployment::fold(events.iter())?.map(|d| (d, recorded)))
+    let folded: Option<Deployment> = fold_recorded(&recorded)?;
+    Ok(folded.map(|d| (d, recorded)))
 }
 
 /// A deployment's state; `None` if it does not exist.
@@ -58,7 +87,7 @@ pub async fn environment(store: &dyn EventStore, project: &str, env: &str) -> Re
 /// Like `environment`, by stream name.
 pub async fn environment_of_stream(store: &dyn EventStore, stream: &str) -> Result<Environment, LoadError> {
     let recorded = store.read_stream(stream, 1).await?;
-    Ok(environment::fold(decode_all(&recorded)?.iter()))
+    fold_recorded(&recorded)
 }
 
 /// Every environment as the reconciler needs it: its projection and when a
@@ -68,7 +97,7 @@ pub async fn desired(store: &dyn EventStore) -> Result<Vec<crate::reconcile::Des
     for (project, environment) in environment_names(store).await? {
         let recorded = store.read_stream(&environment_stream(&project, &environment), 1).await?;
         let settled_at = recorded.iter().rev().find(|r| r.envelope.message_type == "DeploymentFinished").map(|r| r.recorded_at);
-        let state = environment::fold(decode_all(&recorded)?.iter());
+        let state = fold_recorded(&recorded)?;
         out.push(crate::reconcile::Desired { project, environment, state, settled_at });
     }
     Ok(out)
@@ -77,7 +106,7 @@ pub async fn desired(store: &dyn EventStore) -> Result<Vec<crate::reconcile::Des
 /// Every environment's route, from the routes stream.
 pub async fn routes(store: &dyn EventStore) -> Result<Routes, LoadError> {
     let recorded = store.read_stream(ROUTES_STREAM, 1).await?;
-    Ok(routes::fold_routes(decode_all(&recorded)?.iter()))
+    fold_recorded(&recorded)
 }
 
 /// The registered routers, with where each listens.

@@ -49,7 +49,7 @@ use slipway_proto::event::{
     NotificationRedeliveryRequested, NotificationReplayRequested, NotificationSubscribed, NotificationTarget, NotificationUnsubscribed,
     NotifiedEvent, NOTIFICATIONS_STREAM,
 };
-use slipway_proto::Event;
+use slipway_proto::{Event, StreamId};
 use slipway_store::settings::fingerprint;
 use slipway_store::subscription::wait_for_wakeup;
 use slipway_store::{EventStore, ExpectedVersion, Position, RecordedEvent, StoreError};
@@ -423,7 +423,7 @@ impl Notifier {
             }
             return Ok(Read::Next);
         }
-        if let Some(id) = recorded.stream.strip_prefix("notification-").and_then(|id| id.parse::<Uuid>().ok()) {
+        if let StreamId::Notification(id) = StreamId::parse(&recorded.stream) {
             let Some(sub) = self.subs.get_mut(&id) else { return Ok(Read::Next) };
             if recorded.version <= sub.progress.version {
                 return Ok(Read::Next);

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use slipway_proto::Event;
+use slipway_proto::{Event, StreamId};
 use slipway_store::read_model::{Change, DeploymentRow, ProjectRow};
 use slipway_store::RecordedEvent;
 use uuid::Uuid;
@@ -50,27 +50,22 @@ pub struct Folder {
     finished: HashMap<Uuid, u64>,
 }
 
-/// The project a `project-<name>` stream belongs to.
-fn project_of(stream: &str) -> &str {
-    stream.strip_prefix("project-").unwrap_or(stream)
-}
-
-/// The deployment a stream belongs to, if it is a deployment's.
-fn deployment_of(stream: &str) -> Option<Uuid> {
-    stream.strip_prefix("deployment-").and_then(|id| id.parse().ok())
-}
-
 impl Folder {
     /// The row changes of `r`, the next event of the log.
     pub fn fold(&mut self, r: &RecordedEvent) -> Folded {
         let kind = r.envelope.message_type.as_str();
-        if let Some(id) = deployment_of(&r.stream) {
+        let stream = StreamId::parse(&r.stream);
+        if let Some(id) = stream.deployment_id() {
             return self.fold_deployment(id, r);
         }
         let wanted = matches!(
-            (kind, r.stream.split('-').next()),
-            ("ProjectCreated" | "EnvironmentAdded" | "EnvironmentRemoved", Some("project")) | ("DeploymentFinished", Some("environment"))
+            (kind, &stream),
+            ("ProjectCreated" | "EnvironmentAdded" | "EnvironmentRemoved", StreamId::Project(_))
+                | ("DeploymentFinished", StreamId::Environment(_))
         );
+        // The project of a `project-<name>` stream (the only kind the
+        // previews' events below are wanted from).
+        let project = || stream.project_name().unwrap_or_default().to_string();
         if !wanted {
             return Folded::Changes(Vec::new());
         }
@@ -97,10 +92,10 @@ impl Folder {
             }
             // Previews come and go on the project's stream.
             Event::EnvironmentAdded(a) => {
-                vec![Change::Environment { project: project_of(&r.stream).to_string(), environment: a.name, added: true }]
+                vec![Change::Environment { project: project(), environment: a.name, added: true }]
             }
             Event::EnvironmentRemoved(e) => {
-                vec![Change::Environment { project: project_of(&r.stream).to_string(), environment: e.name, added: false }]
+                vec![Change::Environment { project: project(), environment: e.name, added: false }]
             }
             _ => Vec::new(),
         })

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
+use slipway_proto::StreamId;
 use slipway_store::{EventStore, Position, StoreError};
 
 use crate::driver::ENGINE_CHECKPOINT;
@@ -51,16 +52,14 @@ pub async fn fold_all(store: &dyn EventStore) -> Result<State, StoreError> {
     }
     let mut state = State::default();
     for stream in names {
-        let folded = if let Some(id) = stream.strip_prefix("deployment-").and_then(|id| id.parse().ok()) {
-            load::deployment(store, id).await.map(|d| format!("{d:?}"))
-        } else if stream.starts_with("environment-") {
-            load::environment_of_stream(store, &stream).await.map(|e| format!("{e:?}"))
-        } else if let Some(name) = stream.strip_prefix("project-") {
-            crate::requests::load_project(store, name).await.map(|p| format!("{p:?}")).map_err(LoadError::Store)
-        } else if stream == slipway_proto::event::ROUTES_STREAM {
-            load::routes(store).await.map(|r| format!("{r:?}"))
-        } else {
-            continue;
+        let folded = match StreamId::parse(&stream) {
+            StreamId::Deployment(id) => load::deployment(store, id).await.map(|d| format!("{d:?}")),
+            StreamId::Environment(_) => load::environment_of_stream(store, &stream).await.map(|e| format!("{e:?}")),
+            StreamId::Project(name) => {
+                crate::requests::load_project(store, &name).await.map(|p| format!("{p:?}")).map_err(LoadError::Store)
+            }
+            StreamId::Routes => load::routes(store).await.map(|r| format!("{r:?}")),
+            _ => continue,
         };
         match folded {
             Ok(text) => {

@@ -66,11 +66,14 @@ pub async fn load_project(store: &dyn EventStore, name: &str) -> Result<Option<P
     Ok(project::fold(events.iter()))
 }
 
-/// A project stream's readable events (an unreadable one is skipped) and
-/// the stream's version.
+/// A project stream's events and the stream's version. An unreadable event
+/// is an error (`Projection`'s one policy), never skipped: a project folded
+/// around one would also count a version short, and every append decided
+/// from it would conflict.
 pub async fn project_events(store: &dyn EventStore, name: &str) -> Result<(u64, Vec<Event>), StoreError> {
-    let recorded = store.read_stream(&project_stream(name), 1).await?;
-    let events = recorded.iter().filter_map(|r| r.envelope.decode::<Event>().ok()).collect();
+    let stream = project_stream(name);
+    let recorded = store.read_stream(&stream, 1).await?;
+    let events = load::decode_all(&recorded).map_err(|e| unreadable(stream, e))?;
     Ok((recorded.last().map_or(0, |r| r.version), events))
 }
 

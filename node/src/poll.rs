@@ -19,7 +19,7 @@ use slipway_engine::auto_deploy;
 use slipway_engine::project::Project;
 use slipway_engine::{poll, requests, webhook};
 use slipway_proto::event::WebhookProvider;
-use slipway_proto::Event;
+use slipway_proto::{Event, StreamId};
 use slipway_store::{EventStore, Position, RecordedEvent};
 use slipway_workers::steps::git;
 use slipway_workers::steps::git_remote::{self, Access};
@@ -101,7 +101,8 @@ impl PollRules {
     }
 
     fn apply(&mut self, r: &RecordedEvent) {
-        let Some(project) = r.stream.strip_prefix("project-") else { return };
+        let id = StreamId::parse(&r.stream);
+        let Some(project) = id.project_name() else { return };
         if !matches!(r.envelope.message_type.as_str(), "AutoDeploySet" | "AutoDeployRemoved") {
             return;
         }

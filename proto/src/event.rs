@@ -1,6 +1,7 @@
 //! Every fact Slipway records. Deployment events live in the stream
 //! `deployment-<id>`, project facts in `project-<name>`, and which release an
-//! environment serves in `environment-<project>-<env>`. Payloads carry setting
+//! environment serves in `environment-<project>-<env>` (the forms are
+//! `crate::stream::StreamId`'s). Payloads carry setting
 //! key names and fingerprints, never secret values.
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::step::Step;
+use crate::stream::StreamId;
 
 /// Cloud builds never use the layer cache; local builds do (seed: "Docker
 /// image/layer caching and re-use").
@@ -20,14 +22,16 @@ pub enum BuildMode {
     Local,
 }
 
+// Stream names are written by `StreamId` (`crate::stream`), read back by
+// `StreamId::parse`; these are the names as strings, for the store's API.
 pub fn deployment_stream(id: Uuid) -> String {
-    format!("deployment-{id}")
+    StreamId::deployment(id).to_string()
 }
 pub fn project_stream(project: &str) -> String {
-    format!("project-{project}")
+    StreamId::project(project).to_string()
 }
 pub fn environment_stream(project: &str, environment: &str) -> String {
-    format!("environment-{project}-{environment}")
+    StreamId::environment(project, environment).to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,7 +164,7 @@ pub struct NameClaimed {
 
 /// The stream of the claim on the name `<project>-<environment>`.
 pub fn name_stream(project: &str, environment: &str) -> String {
-    format!("name-{project}-{environment}")
+    StreamId::name(project, environment).to_string()
 }
 
 /// A mirror of this project was created (on the original's stream), so
@@ -853,7 +857,7 @@ pub const ROUTERS_STREAM: &str = "routers";
 /// One router's acknowledgements (also its heartbeat: the route version it
 /// serves, acknowledged again when it wrote nothing else for a while).
 pub fn router_stream(router_id: &str) -> String {
-    format!("router-{router_id}")
+    StreamId::router(router_id).to_string()
 }
 
 /// Why a route changed.
@@ -1261,7 +1265,7 @@ pub const NOTIFICATIONS_STREAM: &str = "notifications";
 /// One subscription's deliveries: every attempt, and the redeliveries and
 /// replays asked of it.
 pub fn notification_stream(subscription: Uuid) -> String {
-    format!("notification-{subscription}")
+    StreamId::notification(subscription).to_string()
 }
 
 /// What a notification is about. A subscription names the kinds it wants

@@ -9,9 +9,11 @@ pub mod envelope;
 pub mod event;
 pub mod host;
 pub mod step;
+pub mod stream;
 mod upcast;
 
 pub use command::Command;
 pub use envelope::{DecodeError, Envelope, Message, TraceContext};
 pub use event::Event;
 pub use step::Step;
+pub use stream::StreamId;

@@ -38,8 +38,7 @@ use std::io::{self, BufRead, Write};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use slipway_proto::event::project_stream;
-use slipway_proto::{Envelope, Event};
+use slipway_proto::{Envelope, Event, StreamId};
 
 use crate::chain::{self, event_hash, ChainRow, Finding, TamperKind, GENESIS};
 use crate::checkpoint::{Checkpoint, CheckpointReport, LogCheck, LogPosition};
@@ -199,27 +198,33 @@ impl ProjectStreams {
         if version != 1 {
             return;
         }
-        if stream == project_stream(&self.project) {
-            self.streams.insert(stream.into());
-            if let Some(Event::ProjectCreated(p)) = decode(body) {
-                self.environments = Some(p.environments);
-            }
-        } else if stream.strip_prefix("environment-").and_then(|s| s.strip_prefix(&self.project)).is_some_and(|s| s.starts_with('-')) {
-            self.candidates.push(stream.into());
-        } else if stream.starts_with("deployment-") {
-            if let Some(Event::DeploymentRequested(r)) = decode(body) {
-                if r.project == self.project {
-                    self.streams.insert(stream.into());
+        match StreamId::parse(stream) {
+            StreamId::Project(name) if name == self.project => {
+                self.streams.insert(stream.into());
+                if let Some(Event::ProjectCreated(p)) = decode(body) {
+                    self.environments = Some(p.environments);
                 }
             }
+            // The combined name cannot be split: the project's environment
+            // list (in `finish`) says which of these are its own.
+            StreamId::Environment(combined) if combined.strip_prefix(self.project.as_str()).is_some_and(|s| s.starts_with('-')) => {
+                self.candidates.push(stream.into());
+            }
+            StreamId::Deployment(_) => {
+                if let Some(Event::DeploymentRequested(r)) = decode(body) {
+                    if r.project == self.project {
+                        self.streams.insert(stream.into());
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
     pub fn finish(mut self) -> HashSet<String> {
-        let prefix_len = "environment-".len() + self.project.len() + 1;
         for stream in self.candidates {
-            let env = &stream[prefix_len..];
-            if self.environments.as_ref().is_none_or(|envs| envs.iter().any(|e| e == env)) {
+            let own = |e: &String| StreamId::environment(&self.project, e).to_string() == stream;
+            if self.environments.as_ref().is_none_or(|envs| envs.iter().any(own)) {
                 self.streams.insert(stream);
             }
         }
@@ -699,7 +704,7 @@ mod tests {
     #[test]
     fn project_streams_follow_the_events_that_name_the_project() {
         use slipway_proto::envelope::Metadata;
-        use slipway_proto::event::DeploymentRequested;
+        use slipway_proto::event::{deployment_stream, DeploymentRequested};
         let meta = || Metadata { correlation_id: uuid::Uuid::nil(), causation_id: None, actor: "t".into(), trace: None };
         let body =
             |stream: &str, e: &Event| Envelope::new(uuid::Uuid::now_v7(), Utc::now(), stream, e, meta()).expect("encodable").to_json();
@@ -724,12 +729,13 @@ mod tests {
         p.consider("project-a-b", 1, &body("project-a-b", &created("a-b")));
         p.consider("environment-a-prod", 1, "{}");
         p.consider("environment-a-b-prod", 1, "{}");
-        p.consider("deployment-1", 1, &body("deployment-1", &requested("a")));
-        p.consider("deployment-2", 1, &body("deployment-2", &requested("a-b")));
-        p.consider("deployment-2", 2, &body("deployment-2", &requested("a")));
+        let (d1, d2) = (deployment_stream(uuid::Uuid::from_u128(1)), deployment_stream(uuid::Uuid::from_u128(2)));
+        p.consider(&d1, 1, &body(&d1, &requested("a")));
+        p.consider(&d2, 1, &body(&d2, &requested("a-b")));
+        p.consider(&d2, 2, &body(&d2, &requested("a")));
         p.consider("routes", 1, "{}");
         let mut streams: Vec<_> = p.finish().into_iter().collect();
         streams.sort();
-        assert_eq!(streams, ["deployment-1", "environment-a-prod", "project-a"]);
+        assert_eq!(streams, [d1.as_str(), "environment-a-prod", "project-a"]);
     }
 }

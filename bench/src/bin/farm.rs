@@ -38,7 +38,7 @@ use slipway_engine::driver::DriverOptions;
 use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_node::Parts;
 use slipway_proto::event::BuildMode;
-use slipway_proto::{Event, Step};
+use slipway_proto::{Event, Step, StreamId};
 use slipway_store::postgres::{redact_url, PgOptions};
 use slipway_store::queue::namespaced::Namespaced;
 use slipway_store::queue::rabbitmq::{RabbitOptions, RabbitQueue};
@@ -297,7 +297,7 @@ async fn measure(args: &Args, n: usize, store: Arc<dyn EventStore>, queue: Arc<d
     let (mut handoffs, mut round_trips) = (Vec::new(), Vec::new());
     let ms = |d: chrono::Duration| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
     for r in &all {
-        if !r.stream.starts_with("deployment-") {
+        if !matches!(StreamId::parse(&r.stream), StreamId::Deployment(_)) {
             continue;
         }
         match r.envelope.decode::<Event>() {

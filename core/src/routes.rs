@@ -61,10 +61,7 @@ impl Routes {
 }
 
 pub fn fold_routes<'a>(events: impl IntoIterator<Item = &'a Event>) -> Routes {
-    let mut routes = Routes::default();
-    for e in events {
-        routes.apply(e);
-    }
+    let Ok(routes) = crate::projection::fold(events);
     routes
 }
 

@@ -55,10 +55,11 @@ pub struct Project {
 
 /// Each pull request (or each branch a glob matches) gets an environment
 /// inheriting `inherit`'s settings, removed after `ttl_seconds` without a push.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PreviewRule {
     /// `pull requests` or `branches <glob>`.
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub trigger: PreviewTrigger,
     pub inherit: String,
     pub ttl_seconds: u64,
@@ -80,7 +81,8 @@ pub struct Preview {
 }
 
 /// Pushes to a branch matching `branch` deploy to `environment`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AutoDeployRule {
     pub branch: String,
     pub environment: String,
@@ -216,37 +218,43 @@ impl Project {
     }
 }
 
+/// The project after one more event of its stream: created by its
+/// `ProjectCreated` (events before one change nothing), each event after
+/// it counted in `version`.
+pub fn evolve(project: Option<Project>, event: &Event) -> Option<Project> {
+    let mut project = match (event, project) {
+        (Event::ProjectCreated(c), None) => Some(Project {
+            name: c.name.clone(),
+            repository: c.repository.clone(),
+            default_branch: c.default_branch.clone(),
+            mirror_of: c.mirror_of.clone(),
+            mirrors: Vec::new(),
+            environments: c.environments.iter().map(|e| (e.clone(), BTreeMap::new())).collect(),
+            source: SourceAccess::default(),
+            webhook_secret: None,
+            auto_deploy: Vec::new(),
+            deliveries: BTreeSet::new(),
+            push_deployments: BTreeSet::new(),
+            preview_rules: Vec::new(),
+            previews: BTreeMap::new(),
+            protections: BTreeMap::new(),
+            freezes: BTreeMap::new(),
+            version: 0,
+        }),
+        (event, Some(mut p)) => {
+            p.apply(event);
+            Some(p)
+        }
+        (_, None) => None,
+    };
+    if let Some(p) = project.as_mut() {
+        p.version += 1;
+    }
+    project
+}
+
 /// Folds a project's stream; `None` when it has no `ProjectCreated`.
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Project> {
-    let mut project: Option<Project> = None;
-    for event in events {
-        match (event, project.as_mut()) {
-            (Event::ProjectCreated(c), None) => {
-                project = Some(Project {
-                    name: c.name.clone(),
-                    repository: c.repository.clone(),
-                    default_branch: c.default_branch.clone(),
-                    mirror_of: c.mirror_of.clone(),
-                    mirrors: Vec::new(),
-                    environments: c.environments.iter().map(|e| (e.clone(), BTreeMap::new())).collect(),
-                    source: SourceAccess::default(),
-                    webhook_secret: None,
-                    auto_deploy: Vec::new(),
-                    deliveries: BTreeSet::new(),
-                    push_deployments: BTreeSet::new(),
-                    preview_rules: Vec::new(),
-                    previews: BTreeMap::new(),
-                    protections: BTreeMap::new(),
-                    freezes: BTreeMap::new(),
-                    version: 0,
-                });
-            }
-            (event, Some(p)) => p.apply(event),
-            _ => {}
-        }
-        if let Some(p) = project.as_mut() {
-            p.version += 1;
-        }
-    }
+    let Ok(project) = crate::projection::fold(events);
     project
 }

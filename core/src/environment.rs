@@ -180,9 +180,6 @@ impl Environment {
 }
 
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Environment {
-    let mut env = Environment::default();
-    for event in events {
-        env.apply(event);
-    }
+    let Ok(env) = crate::projection::fold(events);
     env
 }

@@ -15,8 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use slipway_proto::event::{ROUTERS_STREAM, ROUTES_STREAM};
-use slipway_proto::{Envelope, Event};
+use slipway_proto::{Envelope, Event, StreamId};
 
 use crate::deployment::{evolve, Deployment};
 use crate::environment::Environment;
@@ -117,7 +116,7 @@ impl Seen {
         self.deployments.remove(stream);
         self.environments.remove(stream);
         self.projects.remove(stream);
-        if stream == ROUTES_STREAM || stream == ROUTERS_STREAM || stream.starts_with("router-") {
+        if matches!(StreamId::parse(stream), StreamId::Routes | StreamId::Routers | StreamId::Router(_)) {
             self.traffic = None;
         }
     }
@@ -129,7 +128,8 @@ impl Seen {
     /// and reading it again reports why.
     pub fn observe(&mut self, stream: &str, version: u64, envelope: &Envelope) {
         let decode = || envelope.decode::<Event>().ok();
-        if stream.starts_with("deployment-") {
+        let id = StreamId::parse(stream);
+        if let StreamId::Deployment(_) = id {
             let kept = self.deployments.remove(stream);
             let next = kept.as_ref().map_or(1, |k| k.state.version + 1);
             if version < next {
@@ -141,7 +141,7 @@ impl Seen {
             if let Some(state) = state {
                 self.deployments.insert(stream.to_owned(), SeenDeployment { state, last: envelope.clone() });
             }
-        } else if stream.starts_with("environment-") {
+        } else if let StreamId::Environment(_) = id {
             let next = self.environments.get(stream).map_or(1, |e| e.version + 1);
             if version < next {
                 return;
@@ -152,7 +152,7 @@ impl Seen {
                     self.environments.remove(stream);
                 }
             }
-        } else if stream.starts_with("project-") {
+        } else if let StreamId::Project(_) = id {
             // Kept only once read: the first read says where it starts.
             let Some((kept, events)) = self.projects.get_mut(stream) else { return };
             if version <= *kept {
@@ -168,7 +168,7 @@ impl Seen {
                 }
             }
         } else if let Some(t) = self.traffic.as_mut() {
-            if !observe_traffic(t, stream, version, envelope.timestamp, decode) {
+            if !observe_traffic(t, &id, version, envelope.timestamp, decode) {
                 self.traffic = None;
             }
         }
@@ -186,22 +186,20 @@ impl Seen {
 /// router's stream, written at `at`; false if a gap means it must be read again.
 fn observe_traffic(
     t: &mut SeenTraffic,
-    stream: &str,
+    stream: &StreamId<'_>,
     version: u64,
     at: chrono::DateTime<chrono::Utc>,
     decode: impl FnOnce() -> Option<Event>,
 ) -> bool {
-    if stream == ROUTES_STREAM {
-        // Only the version counts here; a higher one is simply newer.
-        t.traffic.routes_version = t.traffic.routes_version.max(version);
-        return true;
-    }
-    let (known, router) = if stream == ROUTERS_STREAM {
-        (t.registry, None)
-    } else if let Some(router) = stream.strip_prefix("router-") {
-        (t.acknowledgements.get(router).copied().unwrap_or(0), Some(router))
-    } else {
-        return true;
+    let (known, router) = match stream {
+        StreamId::Routes => {
+            // Only the version counts here; a higher one is simply newer.
+            t.traffic.routes_version = t.traffic.routes_version.max(version);
+            return true;
+        }
+        StreamId::Routers => (t.registry, None),
+        StreamId::Router(router) => (t.acknowledgements.get(router.as_ref()).copied().unwrap_or(0), Some(router.as_ref())),
+        _ => return true,
     };
     if version <= known {
         return true;
@@ -243,11 +241,14 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use slipway_proto::envelope::Metadata;
-    use slipway_proto::event::{DeploymentEnqueued, RouteAcknowledged, RouterExpired, RouterStarted, StepDispatched};
+    use slipway_proto::event::{
+        deployment_stream, DeploymentEnqueued, RouteAcknowledged, RouterExpired, RouterStarted, StepDispatched, ROUTERS_STREAM,
+        ROUTES_STREAM,
+    };
     use slipway_proto::Step;
     use uuid::Uuid;
 
-    const D: &str = "deployment-0000";
+    const D: &str = "deployment-00000000-0000-0000-0000-000000000000";
     const E: &str = "environment-shop-live";
 
     fn envelope(stream: &str, event: &Event) -> Envelope {
@@ -388,16 +389,17 @@ mod tests {
         let stepfailed =
             Event::StepFailed(slipway_proto::event::StepFailed { step: Step::Build, reason: "x".into(), attempt: 1, details: vec![] });
         for n in 0..=DEPLOYMENTS_KEPT {
-            let stream = format!("deployment-{n}");
+            let stream = deployment_stream(Uuid::from_u128(n as u128));
             see(&mut seen, &stream, 1, &requested());
             if n % 2 == 0 {
                 see(&mut seen, &stream, 2, &stepfailed);
                 see(&mut seen, &stream, 3, &failed);
             }
         }
-        assert!(seen.deployment("deployment-0").expect("kept").state.is_finished());
+        let stream = |n: u128| deployment_stream(Uuid::from_u128(n));
+        assert!(seen.deployment(&stream(0)).expect("kept").state.is_finished());
         seen.trim();
-        assert!(seen.deployment("deployment-0").is_none());
-        assert!(seen.deployment("deployment-1").is_some(), "running ones stay");
+        assert!(seen.deployment(&stream(0)).is_none());
+        assert!(seen.deployment(&stream(1)).is_some(), "running ones stay");
     }
 }

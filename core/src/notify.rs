@@ -63,7 +63,7 @@ pub struct Notice {
 pub fn deployment_of(stream: &str, event: &Event) -> Option<Uuid> {
     match event {
         Event::ContainerSupervised(s) => Some(s.deployment_id),
-        _ => stream.strip_prefix("deployment-").and_then(|id| id.parse().ok()),
+        _ => slipway_proto::StreamId::parse(stream).deployment_id(),
     }
 }
 

@@ -363,9 +363,5 @@ pub fn evolve(state: Option<Deployment>, event: &Event) -> Result<Deployment, Il
 
 /// Folds a whole stream.
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<Deployment>, IllegalTransition> {
-    let mut state = None;
-    for e in events {
-        state = Some(evolve(state, e)?);
-    }
-    Ok(state)
+    crate::projection::fold(events)
 }
