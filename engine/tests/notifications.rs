@@ -328,8 +328,12 @@ async fn a_receiver_gets_signed_notifications_in_order_and_its_backlog_after_an_
     assert_eq!(subscription, subscribed.id);
     replayed.push(expected[2].to_string());
     eventually("the redelivery", || async { (ids(&receiver.on("/hook")) == replayed).then_some(()) }).await;
-    let attempts = notifier::deliveries(&*s.store, Some(subscribed.id)).await.unwrap().unwrap();
-    assert!(attempts.iter().any(|a| a.attempt.redelivery && a.attempt.outcome == DeliveryOutcome::Delivered));
+    // The attempt is recorded after the POST it describes: wait for it too.
+    let attempts = eventually("the redelivery's attempt recorded", || async {
+        let attempts = notifier::deliveries(&*s.store, Some(subscribed.id)).await.unwrap().unwrap();
+        attempts.iter().any(|a| a.attempt.redelivery && a.attempt.outcome == DeliveryOutcome::Delivered).then_some(attempts)
+    })
+    .await;
     assert!(attempts.iter().filter(|a| a.attempt.outcome == DeliveryOutcome::Delivered).all(|a| a.attempt.status == Some(200)));
 
     // Neither the secret nor the URL's path is anywhere in the log.
