@@ -210,7 +210,9 @@ impl ProjectStreams {
             StreamId::Environment(combined) if combined.strip_prefix(self.project.as_str()).is_some_and(|s| s.starts_with('-')) => {
                 self.candidates.push(stream.into());
             }
-            StreamId::Deployment(_) => {
+            // A deployment's stream is known by its first event, whatever
+            // its id looks like (an export is read as written).
+            StreamId::Deployment(_) | StreamId::Other(_) => {
                 if let Some(Event::DeploymentRequested(r)) = decode(body) {
                     if r.project == self.project {
                         self.streams.insert(stream.into());
