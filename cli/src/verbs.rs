@@ -77,6 +77,10 @@ pub fn status_text(status: &EnvironmentStatus, at: Where) -> String {
             if let Some(limits) = &a.limits {
                 out.push_str(&format!("  limits {limits}\n"));
             }
+            // One replica answers where `web` says; several are listed.
+            if a.upstreams.len() > 1 {
+                out.push_str(&format!("  replicas {} at {}\n", a.upstreams.len(), a.upstreams.join(", ")));
+            }
             if let Some(live) = &a.live {
                 out.push_str(&format!("  live   {}\n", live.describe()));
             }

@@ -72,6 +72,11 @@ pub struct ActiveRelease {
     /// What its containers do now, as the host agent saw it.
     #[serde(default)]
     pub live: Option<LiveStatus>,
+    /// Where each of its web replicas answers, as the routers route to it:
+    /// one `address:port` per replica (on the swarm runtime, the node each
+    /// runs on). Empty from servers that predate it.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
 }
 
 /// The serving release's live state (folded from `ContainerSupervised`):
@@ -161,6 +166,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<
         return Ok(Err(rejection));
     }
     let state = load::environment(store, project, env).await?;
+    let recorded = load::routes(store).await?;
     let active = match state.last_succeeded() {
         Some(id) => {
             let d = load::deployment(store, id).await?.ok_or_else(|| missing(id))?;
@@ -173,7 +179,13 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<
             // Where it answers now (the host agent follows a new port).
             let web_port = state.active.as_ref().and_then(|a| a.web_port()).or(d.context.web_port);
             let limits = Some(release_limits(&d.context.config));
-            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port, limits, live })
+            let upstreams = recorded
+                .by_environment
+                .get(&(project.to_string(), env.to_string()))
+                .filter(|route| route.deployment == Some(id))
+                .map(|route| route.upstreams.clone())
+                .unwrap_or_default();
+            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port, limits, live, upstreams })
         }
         None => None,
     };
@@ -186,7 +198,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<
         Some(id) => Some(load::deployment(store, *id).await?.ok_or_else(|| missing(*id))?.status_word().to_string()),
         None => None,
     };
-    let (recorded, certs) = (load::routes(store).await?, crate::certificates::load(store).await?);
+    let certs = crate::certificates::load(store).await?;
     let domains = crate::domains::of_environment(&recorded.domains, project, env)
         .into_iter()
         .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default()))
@@ -377,6 +389,7 @@ mod tests {
                 web_port: Some(4100),
                 limits: Some(limits),
                 live: Some(LiveStatus { state: "crash_looping".into(), restarts: 2, last_exit: Some(1), oom_kills: 1 }),
+                upstreams: vec!["10.231.0.2:30001".into(), "10.231.0.3:30001".into()],
             }),
             routes: vec![RouterUrl { url: "http://shop-live.localhost:7880/".into(), router: "r1".into() }],
             queue: vec![Uuid::now_v7(), Uuid::now_v7()],

@@ -61,6 +61,10 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_fails_no_request() {
     let addresses: BTreeSet<&str> = started.upstreams.iter().map(|u| u.rsplit_once(':').unwrap().0).collect();
     let nodes: BTreeSet<&str> = swarm.nodes.iter().map(|n| n.address.as_str()).collect();
     assert_eq!(addresses, nodes, "replicas spread over every node");
+    // `status` says where each replica answers: the route's upstreams.
+    let status = slipway_engine::queries::status(&*harness.store, &harness.project, "live").await.unwrap().unwrap();
+    let active = status.active.expect("a serving release");
+    assert_eq!(active.upstreams, started.upstreams, "{active:?}");
 
     // `slipway hosts`: the three nodes, ready, each running one replica.
     let hosts = slipway_workers::steps::swarm::hosts().await.unwrap();
