@@ -85,11 +85,9 @@ impl Client {
         };
         let request = request.body(body).map_err(|e| coded(Exit::Usage, format!("{method} {url}: {e}")))?;
         let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| coded(Exit::Unavailable, format!("{method} {url}: the server did not answer: {}", chain(&e))))?;
+            let response = self.http.request(request).await.map_err(|e| {
+                coded(Exit::Unavailable, format!("{method} {url}: the server did not answer: {}", slipway_engine::error_chain(&e)))
+            })?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
@@ -111,17 +109,6 @@ impl Client {
         serde_json::from_slice(&bytes)
             .map_err(|e| coded(Exit::Failed, format!("{method} {url}: the answer is not JSON ({e}); is --server a Slipway server?")))
     }
-}
-
-/// An error and its sources on one line (hyper's own text is terse).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// The exit status for an API error: by its `code` when the body has one,

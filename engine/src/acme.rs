@@ -88,7 +88,7 @@ pub async fn run(store: Arc<dyn EventStore>, options: AcmeOptions, shutdown: imp
                     tracing::info!(%domain, ?need, "ordering a certificate over ACME");
                     let outcome = match account_for(&mut account, &options).await {
                         Ok(account) => order(&*store, account, &domain, &options).await,
-                        Err(e) => Err(format!("registering the ACME account at {} failed: {}", options.directory, chain(&e))),
+                        Err(e) => Err(format!("registering the ACME account at {} failed: {}", options.directory, crate::error_chain(&e))),
                     };
                     if let Err(reason) = outcome {
                         failed(&*store, &domain, reason).await;
@@ -161,7 +161,7 @@ async fn order_inner(
     options: &AcmeOptions,
     tokens: &mut Vec<String>,
 ) -> Result<(), String> {
-    let acme = |what: &str, e: instant_acme::Error| format!("{what}: {}", chain(&e));
+    let acme = |what: &str, e: instant_acme::Error| format!("{what}: {}", crate::error_chain(&e));
     let identifiers = [Identifier::Dns(domain.to_string())];
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(|e| acme("creating the order", e))?;
     let mut authorizations = order.authorizations();
@@ -211,21 +211,6 @@ async fn withdraw_stale(store: &dyn EventStore, certs: &Certificates) {
             tracing::warn!(%domain, error = %e, "could not withdraw a stale ACME challenge");
         }
     }
-}
-
-/// An error and its causes: `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Records a failed order (the old certificate keeps serving).

@@ -38,3 +38,20 @@ pub use slipway_core::{
 
 pub use decider::{decide, Decision, EnvironmentView};
 pub use deployment::{evolve, Deployment, IllegalTransition, Status};
+
+/// An error and its causes on one line, `a: b: c`, a cause that repeats
+/// its parent's words left out (hyper's and instant-acme's own texts are
+/// terse). For failure reasons and the CLI's connection errors.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}

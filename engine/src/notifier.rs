@@ -687,19 +687,9 @@ async fn send(client: &HttpClient, options: &NotifierOptions, sub: &Sub, pending
                 failed(format!("the target answered {status}"), Some(status))
             }
         }
-        Ok(Err(e)) => failed(scrub(&chain(&e), sub), None),
+        Ok(Err(e)) => failed(scrub(&crate::error_chain(&e), sub), None),
         Err(_) => failed(format!("no answer within {} ms", options.timeout.as_millis()), None),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// A failure reason without the URL (beyond what is shown) or the secret, cut short.

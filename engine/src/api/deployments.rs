@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::{CONTENT_TYPE, LOCATION};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, StatusCode};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
@@ -85,7 +85,7 @@ pub async fn request(
     }
     let id = requests::request_deployment_overriding(&*store, &caller.actor(), request, body.override_freeze.as_deref()).await??;
     let requested = Requested { deployment: id, queued_behind: queued_behind(&*store, &name, &env, id).await? };
-    Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(requested)))
+    Ok(super::environments::accepted(id, requested))
 }
 
 pub(super) fn parse_id(raw: &str) -> ApiResult<Uuid> {
@@ -433,7 +433,7 @@ pub async fn cancel(
     let d = load_deployment(&*store, parse_id(&id)?).await?;
     let reason = body.reason.unwrap_or_default();
     requests::request_cancel(&*store, &caller.actor(), d.id, &reason).await??;
-    Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{}", d.id))], Json(CancelAccepted { deployment: d.id })))
+    Ok(super::environments::accepted(d.id, CancelAccepted { deployment: d.id }))
 }
 
 #[utoipa::path(get, path = "/api/deployments/{id}/logs", tag = "deployments",
@@ -586,7 +586,7 @@ pub async fn approve(
 ) -> ApiResult<Accepted<CancelAccepted>> {
     let id = parse_id(&id)?;
     crate::protection::approve(&*store, &caller.actor(), id, &body.reason.unwrap_or_default()).await??;
-    Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(CancelAccepted { deployment: id })))
+    Ok(super::environments::accepted(id, CancelAccepted { deployment: id }))
 }
 
 #[utoipa::path(post, path = "/api/deployments/{id}/reject", tag = "deployments",
@@ -603,5 +603,5 @@ pub async fn reject(
 ) -> ApiResult<Accepted<CancelAccepted>> {
     let id = parse_id(&id)?;
     crate::protection::reject(&*store, &caller.actor(), id, &body.reason.unwrap_or_default()).await??;
-    Ok((StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(CancelAccepted { deployment: id })))
+    Ok(super::environments::accepted(id, CancelAccepted { deployment: id }))
 }

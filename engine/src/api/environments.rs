@@ -28,7 +28,8 @@ use crate::requests::{self, SettingValue};
 
 pub(super) type Accepted<T> = (StatusCode, [(HeaderName, String); 1], Json<T>);
 
-fn accepted<T>(id: Uuid, body: T) -> Accepted<T> {
+/// 202 with the deployment's address and `body`.
+pub(super) fn accepted<T>(id: Uuid, body: T) -> Accepted<T> {
     (StatusCode::ACCEPTED, [(LOCATION, format!("/api/deployments/{id}"))], Json(body))
 }
 
