@@ -66,7 +66,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// A Slipway server's HTTP API (http://HOST:PORT): deploy, status,
-    /// deployments, history, rollback, replay, cancel and domain then go through it
+    /// deployments, releases, history, rollback, replay, cancel, approve,
+    /// reject, domain, project, env and preview then go through it
     /// instead of the database and queue.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     pub server: Option<String>,
@@ -455,7 +456,7 @@ pub struct FollowArgs {
     pub drain: u64,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 pub enum ProjectCmd {
     /// Create a project from a Git repository: a local path or file:// URL,
     /// https://HOST/PATH (with --token-file), or ssh://USER@HOST[:PORT]/PATH
@@ -538,7 +539,7 @@ pub enum ProjectCmd {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 pub enum PreviewCmd {
     /// Set the rule for pull requests or for branches matching GLOB
     /// (setting a trigger again replaces its rule).
@@ -561,7 +562,7 @@ pub enum PreviewCmd {
     List,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 #[group(required = true, multiple = false)]
 pub struct PreviewTriggerArgs {
     /// Every pull request (merge request) gets `pr-<number>`.
@@ -581,7 +582,7 @@ impl PreviewTriggerArgs {
     }
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 pub enum PreviewsCmd {
     /// Approve the head commit of a fork's pull request preview (ENV, e.g.
     /// pr-42) and deploy it. Recorded with who approved it; each new head
@@ -592,13 +593,13 @@ pub enum PreviewsCmd {
     Remove { project: String, env: String },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 pub enum WebhookCmd {
     /// Generate a new webhook secret and print it once.
     Rotate,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 pub enum AutoDeployCmd {
     /// Pushes to branches matching BRANCH_GLOB deploy to ENV (a glob set
     /// again gets the new environment).
@@ -648,7 +649,7 @@ pub enum ImagesCmd {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 pub enum EnvCmd {
     /// Set KEY=VALUE settings; with --secret the values are never shown.
     /// `KEY=-` reads the value from standard input and `KEY=@FILE` from a

@@ -150,9 +150,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projections(ProjectionsCmd::Rebuild) => processes::rebuild(&*store).await,
         Command::Images(ImagesCmd::Prune { keep, dry_run }) => done(verbs::images_prune(&*store, keep, dry_run, json).await),
         Command::Workers => done(verbs::workers(&*store, json).await),
-        Command::Project(cmd) => projects::run(&*store, cmd, json).await,
-        Command::Preview(cmd) => projects::previews(&*store, cmd, json).await,
-        Command::Env(cmd) => projects::env(&*store, cmd, json).await,
+        Command::Project(cmd) => projects::run(&projects::Local(&*store), cmd, json).await,
+        Command::Preview(cmd) => projects::previews(&projects::Local(&*store), cmd, json).await,
+        Command::Env(cmd) => projects::env(&projects::Local(&*store), cmd, json).await,
         Command::Deploy(args) => deploying::deploy(&here, args).await,
         Command::Promote { project, from, to, local, cloud, migrate, follow } => {
             deploying::promote(&here, project, from, to, here.mode(local, cloud), migrate, follow).await

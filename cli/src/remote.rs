@@ -18,6 +18,7 @@ use crate::args::{Command, FollowArgs};
 use crate::client::{segment, ApiSource, Client, LoggedSource};
 use crate::exit::{self, coded, Exit};
 use crate::progress::duration;
+use crate::projects;
 use crate::report::{Reporter, Style};
 use crate::verbs::{print_deployments, print_json, status_text, Where};
 
@@ -68,9 +69,12 @@ pub async fn through_server(server: &str, token: Option<String>, command: &Comma
             | Command::Worker { .. }
             | Command::Token(_) => return Ok(None),
             Command::Domain(cmd) => crate::domains::remote(&client()?, cmd).await?,
+            Command::Project(cmd) => projects::run(&projects::Remote(&client()?), cmd.clone(), json).await?,
+            Command::Env(cmd) => projects::env(&projects::Remote(&client()?), cmd.clone(), json).await?,
+            Command::Preview(cmd) => projects::previews(&projects::Remote(&client()?), cmd.clone(), json).await?,
             _ => return Err(exit::usage(
                 "this verb does not go through --server (only deploy, status, deployments, releases, history, rollback, replay, cancel, \
-                 approve, reject and domain do); \
+                 approve, reject, domain, project, env and preview do); \
                  unset --server/SLIPWAY_SERVER to use --database",
             )),
         };

@@ -285,6 +285,12 @@ fn start_server(dir: &Dir) -> Server {
     server
 }
 
+/// A new API token's value, issued on the store as `slipway token create` does.
+fn issue_token(dir: &Dir, name: &str, scope: &str) -> String {
+    let issued = dir.ok(&["token", "create", name, "--scope", scope]);
+    issued.split_whitespace().find(|w| w.starts_with("slw_")).expect("the token value is printed").to_string()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -296,8 +302,7 @@ fn with_server_deploy_and_status_go_through_the_http_api() {
     let url = server.url.as_str();
     // No token: the server refuses (exit 7).
     assert_eq!(dir.exit(&["--server", url, "status", "app", "test"]), 7, "401 unauthorized");
-    let issued = dir.ok(&["token", "create", "cli-test", "--scope", "deploy"]);
-    let token = issued.split_whitespace().find(|w| w.starts_with("slw_")).expect("the token value is printed").to_string();
+    let token = issue_token(&dir, "cli-test", "deploy");
     let base = ["--server", url, "--token", token.as_str()];
     let via = |rest: &[&'static str]| base.iter().copied().chain(rest.iter().copied()).collect::<Vec<&str>>();
 
@@ -336,8 +341,7 @@ fn status_deployments_and_releases_read_the_same_locally_and_through_the_server(
     let failed = dir.run(&["deploy", "app", "test", "--ref", "no-such-branch", "--quiet"]);
     assert_eq!(failed.status.code(), Some(1));
     let server = start_server(&dir);
-    let issued = dir.ok(&["token", "create", "reader", "--scope", "read"]);
-    let token = issued.split_whitespace().find(|w| w.starts_with("slw_")).expect("the token value is printed").to_string();
+    let token = issue_token(&dir, "reader", "read");
     let remote = |rest: &[&str]| {
         let mut args = vec!["--server", server.url.as_str(), "--token", token.as_str()];
         args.extend_from_slice(rest);
@@ -406,4 +410,84 @@ fn cert_add_checks_the_files_and_cert_list_and_status_show_certificates_without_
     assert!(status.contains("domain shop.example (certificate until"), "{status}");
     let events = dir.ok(&["events", "certificates", "--json"]);
     assert!(events.contains("CertificateStored") && !events.contains("PRIVATE"), "{events}");
+}
+
+/// The project, env and preview verbs go through `--server` too: changes
+/// made through the API are recorded with the token's name, and every read
+/// prints the same text and JSON through the server as from the store.
+#[test]
+fn project_env_and_preview_verbs_change_and_read_the_same_through_the_server() {
+    let dir = Dir::new();
+    let server = start_server(&dir);
+    let token = issue_token(&dir, "ops", "admin");
+    let remote = |rest: &[&str]| {
+        let mut args = vec!["--server", server.url.as_str(), "--token", token.as_str()];
+        args.extend_from_slice(rest);
+        args.iter().map(|a| a.to_string()).collect::<Vec<String>>()
+    };
+    let via = |rest: &[&str]| dir.ok(&remote(rest).iter().map(String::as_str).collect::<Vec<_>>());
+    let repo = dir.path("repo");
+    let secret_file = dir.path("secret");
+    std::fs::write(&secret_file, "sentinel-7f3a\n").unwrap();
+
+    via(&["project", "create", "web", "--repo", repo.to_str().unwrap(), "--branch", "HEAD", "--env", "test", "--env", "live"]);
+    via(&["env", "set", "web", "test", "GREETING=hello", "PORT=8080"]);
+    via(&["env", "set", "web", "test", "--secret", &format!("TOKEN=@{}", secret_file.display())]);
+    via(&["env", "unset", "web", "test", "PORT"]);
+    via(&["project", "auto-deploy", "web", "set", "main", "test", "--poll", "60s"]);
+    via(&["project", "auto-deploy", "web", "set", "release/*", "live"]);
+    via(&["project", "auto-deploy", "web", "remove", "release/*"]);
+    via(&["project", "preview", "web", "set", "--pull-requests", "--inherit", "test", "--ttl", "2d"]);
+    via(&["env", "protect", "web", "live", "--approvals", "1"]);
+    via(&["env", "freeze", "web", "live", "0 18 * * FRI", "--for", "64h"]);
+    let secret = via(&["project", "webhook", "web", "rotate"]);
+    assert!(secret.trim().len() >= 32, "the new webhook secret is printed: {secret}");
+
+    for read in [
+        &["project", "list"][..],
+        &["project", "list", "--json"],
+        &["project", "list", "--limit", "1", "--after", "app"],
+        &["project", "show", "web"],
+        &["project", "show", "web", "--json"],
+        &["env", "list", "web", "test"],
+        &["env", "list", "web", "test", "--json"],
+        &["project", "auto-deploy", "web", "list"],
+        &["project", "auto-deploy", "web", "list", "--json"],
+        &["project", "preview", "web", "list"],
+        &["project", "preview", "web", "list", "--json"],
+    ] {
+        assert_eq!(dir.ok(read), via(read), "slipway {read:?} differs between the store and the server");
+    }
+    let shown = dir.json(&["project", "show", "web", "--json"]);
+    assert_eq!((shown["environments"]["test"]["settings"].as_u64(), shown["webhook_secret"].as_bool()), (Some(2), Some(true)), "{shown}");
+    assert_eq!(shown["auto_deploy"], serde_json::json!([{ "branch": "main", "environment": "test", "poll_seconds": 60 }]), "{shown}");
+    assert_eq!(shown["preview_rules"][0]["ttl_seconds"], 172_800, "{shown}");
+    let settings = dir.json(&["env", "list", "web", "test", "--json"]);
+    assert_eq!((settings["GREETING"]["value"].as_str(), settings["TOKEN"]["value"].as_str()), (Some("hello"), Some("(secret)")));
+    assert!(settings.get("PORT").is_none(), "{settings}");
+
+    // Every change went through the API: the project's stream names the token.
+    let events = dir.json(&["events", "project-web", "--json"]);
+    let actors: std::collections::BTreeSet<&str> = events.as_array().unwrap().iter().filter_map(|e| e["actor"].as_str()).collect();
+    assert_eq!(actors, std::collections::BTreeSet::from(["token:ops"]), "{events}");
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    for kind in ["EnvironmentProtected", "FreezeWindowSet", "WebhookSecretRotated", "PreviewRuleSet"] {
+        assert!(kinds.contains(&kind), "{kind} is recorded: {kinds:?}");
+    }
+    let everything = dir.ok(&["events", "project-web", "--json"]);
+    assert!(!everything.contains("sentinel-7f3a") && !everything.contains(secret.trim()), "no secret value in the log");
+
+    via(&["env", "freeze", "web", "live", "0 18 * * FRI", "--remove"]);
+    via(&["env", "protect", "web", "live", "--approvals", "0"]);
+    let kinds = dir.json(&["events", "project-web", "--json"]);
+    assert!(kinds.as_array().unwrap().iter().any(|e| e["type"] == "FreezeWindowRemoved"), "{kinds}");
+
+    // Refusals keep their kind through the API.
+    let code = |rest: &[&str]| dir.exit(&remote(rest).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code(&["project", "show", "nope"]), 3, "404 not_found");
+    assert_eq!(code(&["env", "list", "web", "nope"]), 3, "no such environment");
+    assert_eq!(code(&["env", "freeze", "web", "live", "not cron", "--for", "1h"]), 2, "400 bad_request");
+    assert_eq!(code(&["project", "create", "web", "--repo", repo.to_str().unwrap()]), 4, "409 conflict: the project exists");
+    drop(server);
+    assert!(!read(&dir.path("server.log")).contains("panicked"));
 }

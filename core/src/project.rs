@@ -55,7 +55,7 @@ pub struct Project {
 
 /// Each pull request (or each branch a glob matches) gets an environment
 /// inheriting `inherit`'s settings, removed after `ttl_seconds` without a push.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PreviewRule {
     /// `pull requests` or `branches <glob>`.
@@ -81,13 +81,13 @@ pub struct Preview {
 }
 
 /// Pushes to a branch matching `branch` deploy to `environment`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AutoDeployRule {
     pub branch: String,
     pub environment: String,
     /// Poll the repository's matching branches this often (seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_seconds: Option<u64>,
 }
 

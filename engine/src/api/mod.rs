@@ -29,6 +29,7 @@ mod notifications;
 pub mod openapi;
 mod previews;
 mod projects;
+mod protection;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -139,6 +140,9 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::DELETE, "/api/projects/{name}/previews", Scope(Admin), delete(previews::remove_rule)),
         route(Method::POST, "/api/projects/{name}/environments/{env}/approve", Scope(Deploy), post(previews::approve)),
         route(Method::DELETE, "/api/projects/{name}/environments/{env}", Scope(Deploy), delete(previews::remove)),
+        route(Method::PUT, "/api/projects/{name}/environments/{env}/protection", Scope(Admin), put(protection::protect)),
+        route(Method::PUT, "/api/projects/{name}/environments/{env}/freezes", Scope(Admin), put(protection::set_freeze)),
+        route(Method::DELETE, "/api/projects/{name}/environments/{env}/freezes", Scope(Admin), delete(protection::remove_freeze)),
         route(Method::GET, "/api/projects/{name}/environments/{env}/domains", Scope(Read), get(domains::list)),
         route(Method::PUT, "/api/projects/{name}/environments/{env}/domains/{domain}", Scope(Admin), put(domains::add)),
         route(Method::DELETE, "/api/projects/{name}/environments/{env}/domains/{domain}", Scope(Admin), delete(domains::remove)),

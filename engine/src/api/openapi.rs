@@ -13,7 +13,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
-use super::{admin, audit, deployments, domains, environments, error, hooks, live, notifications, previews, projects, routes, Access};
+use super::{
+    admin, audit, deployments, domains, environments, error, hooks, live, notifications, previews, projects, protection, routes, Access,
+};
 
 const SCHEME: &str = "bearer";
 
@@ -68,6 +70,9 @@ const SCHEME: &str = "bearer";
         previews::remove_rule,
         previews::approve,
         previews::remove,
+        protection::protect,
+        protection::set_freeze,
+        protection::remove_freeze,
         domains::list,
         domains::add,
         domains::remove,

@@ -13,6 +13,8 @@ use utoipa::ToSchema;
 
 use utoipa::IntoParams;
 
+use crate::project::{AutoDeployRule, PreviewRule};
+
 use super::deployments::{Limit, MAX_LIMIT};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, Params, QueryParams};
@@ -56,6 +58,10 @@ pub struct CreateProject {
     environments: Option<Vec<String>>,
     #[serde(default)]
     mirror_of: Option<String>,
+    /// How workers reach the repository, set with the creation in one
+    /// step: credentials (kept as secrets), trusted host keys, submodules.
+    #[serde(default)]
+    source: Option<SourceChangeBody>,
 }
 
 #[utoipa::path(post, path = "/api/projects", tag = "projects", summary = "Create a project",
@@ -87,8 +93,9 @@ pub async fn create(
         environments: body.environments.clone().unwrap_or_else(|| vec!["test".into(), "live".into()]),
         mirror_of: body.mirror_of.clone(),
     };
+    let source = body.source.map(SourceChangeBody::change).unwrap_or_default();
     // The original of a mirror is named in the body: missing, it is bad input.
-    requests::create_project(&*store, &caller.actor(), new).await?.map_err(ApiError::from_body)?;
+    requests::create_project_with_source(&*store, &caller.actor(), new, source).await?.map_err(ApiError::from_body)?;
     let project = require_project(&*store, &body.name).await?;
     let location = format!("/api/projects/{}", project.name);
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(ProjectSummary::from(&project))))
@@ -102,6 +109,18 @@ pub struct ProjectDetail {
     mirror_of: Option<String>,
     environments: BTreeMap<String, EnvironmentSettings>,
     source: SourceView,
+    /// Whether a push webhook secret is set (its value is never shown again).
+    webhook_secret: bool,
+    auto_deploy: Vec<AutoDeployRule>,
+    preview_rules: Vec<PreviewRule>,
+    /// The preview environments there are now, with the head commit each was last pushed.
+    previews: Vec<PreviewView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviewView {
+    name: String,
+    head: Option<String>,
 }
 
 /// How workers reach the repository: credential names (never values),
@@ -127,6 +146,12 @@ pub struct SourceChangeBody {
     submodules: Option<bool>,
 }
 
+impl SourceChangeBody {
+    fn change(self) -> SourceChange {
+        SourceChange { set: self.set, removed: self.remove, known_hosts: self.known_hosts, submodules: self.submodules }
+    }
+}
+
 #[utoipa::path(put, path = "/api/projects/{name}/source", tag = "projects",
     summary = "Change how workers reach a project's repository",
     description = "Credentials are kept as secrets: events record their fingerprints, and no answer shows them. \
@@ -141,8 +166,7 @@ pub async fn change_source(
     JsonBody(body): JsonBody<SourceChangeBody>,
 ) -> ApiResult<StatusCode> {
     require_project(&*store, &name).await?;
-    let change = SourceChange { set: body.set, removed: body.remove, known_hosts: body.known_hosts, submodules: body.submodules };
-    requests::change_source(&*store, &caller.actor(), &name, change).await??;
+    requests::change_source(&*store, &caller.actor(), &name, body.change()).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -194,5 +218,9 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
             known_hosts: p.source.known_hosts,
             submodules: p.source.submodules,
         },
+        webhook_secret: p.webhook_secret.is_some(),
+        auto_deploy: p.auto_deploy,
+        preview_rules: p.preview_rules,
+        previews: p.previews.into_iter().map(|(name, preview)| PreviewView { name, head: preview.head }).collect(),
     }))
 }
