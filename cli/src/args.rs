@@ -65,12 +65,17 @@ pub struct Cli {
     /// (`{"kind": "requested"|"event"|"log"|"note"|"result", ...}`) while following a deployment.
     #[arg(long, global = true)]
     pub json: bool,
-    /// A Slipway server's HTTP API (http://HOST:PORT): deploy, status,
+    /// A Slipway server's HTTP API (https://HOST[:PORT], or http://HOST:PORT
+    /// on loopback when a token is sent): deploy, status,
     /// deployments, releases, history, rollback, replay, cancel, approve,
     /// reject, domain, project, env and preview then go through it
     /// instead of the database and queue.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     pub server: Option<String>,
+    /// A PEM file with the CA certificate that signed an https:// --server's
+    /// certificate (a private CA), trusted besides the system's roots.
+    #[arg(long, global = true, env = "SLIPWAY_SERVER_CA", value_name = "FILE")]
+    pub server_ca: Option<PathBuf>,
     /// The API token sent to --server (`slipway token create` on the server).
     #[arg(long, global = true, env = "SLIPWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

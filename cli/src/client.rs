@@ -1,21 +1,26 @@
 //! The CLI as a client of a Slipway server's HTTP API (`--server URL`,
 //! `--token`): people and CI deploy without database or queue credentials,
 //! and the server records the token's name as the actor. Requests are JSON
-//! over plain HTTP/1.1 (put TLS in front with a proxy); an API error body
+//! over HTTP/1.1, plain or over TLS (`https://`, with a proxy such as
+//! Slipway's router or nginx terminating it in front of the server): the
+//! certificate is checked against the system's roots and `--server-ca`,
+//! and a bearer token is never sent over plain HTTP to anything but
+//! loopback. An API error body
 //! `{"error": {"code", "message"}}` (or the older `{"error": "..."}`)
 //! becomes a CLI error with the matching exit status: by the body's `code`
 //! (the error's kind), else by the HTTP status (`exit_for`), never by the
 //! message. A refusal thus exits as it would against the store directly.
 //!
-//! Verbs that go through here with `--server`: deploy, status, deployments,
-//! history, rollback, replay, cancel (`remote.rs`, `main.rs`). The others still need the store.
+//! Verbs that go through here with `--server`: see `remote.rs`. The others still need the store.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as Http;
 use hyper_util::rt::TokioExecutor;
@@ -32,26 +37,50 @@ pub struct Client {
     /// `http://host:port`, without a trailing slash.
     base: String,
     token: Option<String>,
-    http: Http<HttpConnector, Full<Bytes>>,
+    http: Http<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Client {
-    /// `server` is `http://HOST:PORT` (a path prefix is kept).
-    pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Client> {
+    /// `server` is `http://HOST:PORT` or `https://HOST[:PORT]` (a path
+    /// prefix is kept); `ca` a PEM file of the private CA that signed an
+    /// https:// server's certificate, trusted besides the system's roots.
+    pub fn new(server: &str, token: Option<String>, ca: Option<&Path>) -> anyhow::Result<Client> {
         let base = server.trim_end_matches('/').to_string();
         let uri: Uri = base.parse().map_err(|e| coded(Exit::Usage, format!("--server `{server}` is not a URL: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(coded(
-                Exit::Usage,
-                format!("--server `{server}`: expected http://HOST:PORT (for TLS, put a proxy on this machine in front)"),
-            ));
+        let Some(host) = uri.host() else {
+            return Err(coded(Exit::Usage, format!("--server `{server}`: expected https://HOST[:PORT] or http://HOST:PORT")));
+        };
+        let loopback = host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if token.is_none() || loopback => {}
+            Some("http") => {
+                return Err(coded(
+                    Exit::Usage,
+                    format!(
+                        "--server `{server}`: a token is sent only over https:// (or plain http:// to this machine's loopback); \
+                         put TLS in front of the server (Slipway's router or nginx) and use https://"
+                    ),
+                ))
+            }
+            _ => return Err(coded(Exit::Usage, format!("--server `{server}`: expected https://HOST[:PORT] or http://HOST:PORT"))),
+        }
+        if ca.is_some() && uri.scheme_str() != Some("https") {
+            return Err(coded(Exit::Usage, "--server-ca is for an https:// --server"));
         }
         if let Some(t) = &token {
             if HeaderValue::from_str(&format!("Bearer {t}")).is_err() {
                 return Err(coded(Exit::Usage, "--token has characters a header cannot carry"));
             }
         }
-        Ok(Client { base, token, http: Http::builder(TokioExecutor::new()).build_http() })
+        let pem = match ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| coded(Exit::Usage, format!("--server-ca {}: {e}", path.display())))?),
+            None => None,
+        };
+        let source = ca.map(|p| format!("--server-ca {}", p.display())).unwrap_or_default();
+        let tls = slipway_engine::tls_client::config(pem.as_deref().map(|p| (p, source.as_str()))).map_err(|e| coded(Exit::Usage, e))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        Ok(Client { base, token, http: Http::builder(TokioExecutor::new()).build(connector) })
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -90,7 +119,13 @@ impl Client {
         let request = request.body(body).map_err(|e| coded(Exit::Usage, format!("{method} {url}: {e}")))?;
         let exchange = async {
             let response = self.http.request(request).await.map_err(|e| {
-                coded(Exit::Unavailable, format!("{method} {url}: the server did not answer: {}", slipway_engine::error_chain(&e)))
+                let chain = slipway_engine::error_chain(&e);
+                let hint = if chain.contains("certificate") {
+                    "; if a private CA signed the server's certificate, trust it with --server-ca FILE (SLIPWAY_SERVER_CA)"
+                } else {
+                    ""
+                };
+                coded(Exit::Unavailable, format!("{method} {url}: the server did not answer: {chain}{hint}"))
             })?;
             let status = response.status().as_u16();
             let bytes = response
@@ -366,12 +401,20 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_servers_are_accepted() {
-        assert!(Client::new("http://127.0.0.1:7878/", None).is_ok());
-        for bad in ["https://slipway.example", "127.0.0.1:7878", "not a url"] {
-            let e = Client::new(bad, None).err().unwrap_or_else(|| anyhow::anyhow!("accepted"));
+    fn a_token_goes_over_https_or_to_loopback_only() {
+        let token = || Some("slw_x".to_string());
+        for good in ["http://127.0.0.1:7878/", "http://localhost:7878", "http://[::1]:7878", "https://slipway.example"] {
+            assert!(Client::new(good, token(), None).is_ok(), "{good}");
+        }
+        assert!(Client::new("http://slipway.example:7878", None, None).is_ok(), "no token, nothing to leak");
+        for bad in ["http://slipway.example:7878", "http://10.1.2.3:7878", "127.0.0.1:7878", "not a url", "ftp://x"] {
+            let e = Client::new(bad, token(), None).err().unwrap_or_else(|| anyhow::anyhow!("accepted"));
             assert_eq!(code_of(&e), Exit::Usage, "{bad}: {e}");
         }
+        let e = Client::new("http://127.0.0.1:1", None, Some(Path::new("/nonexistent/ca.pem"))).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("--server-ca is for an https:// --server"));
+        let e = Client::new("https://x", None, Some(Path::new("/nonexistent/ca.pem"))).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("--server-ca /nonexistent/ca.pem: "), "{e}");
     }
 
     #[test]

@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let json = cli.json;
     if let Some(server) = &cli.server {
-        if let Some(code) = remote::through_server(server, cli.token.clone(), &cli.command, json).await? {
+        if let Some(code) = remote::through_server(server, cli.token.clone(), cli.server_ca.as_deref(), &cli.command, json).await? {
             return Ok(code);
         }
     }

@@ -24,8 +24,14 @@ use crate::verbs::{print_deployments, print_json, status_text, Where};
 
 /// Runs `command` through the server's API when it is one of the verbs the
 /// client knows; `None` for the process modes, which ignore --server.
-pub async fn through_server(server: &str, token: Option<String>, command: &Command, json: bool) -> anyhow::Result<Option<ExitCode>> {
-    let client = || Client::new(server, token.clone());
+pub async fn through_server(
+    server: &str,
+    token: Option<String>,
+    ca: Option<&std::path::Path>,
+    command: &Command,
+    json: bool,
+) -> anyhow::Result<Option<ExitCode>> {
+    let client = || Client::new(server, token.clone(), ca);
     let follow = |f: &FollowArgs| Follow { timeout: Duration::from_secs(f.timeout), quiet: f.quiet, logs: f.logs, json };
     let code =
         match command {

@@ -491,3 +491,33 @@ fn project_env_and_preview_verbs_change_and_read_the_same_through_the_server() {
     drop(server);
     assert!(!read(&dir.path("server.log")).contains("panicked"));
 }
+
+/// `--server https://...` behind a TLS proxy (nginx, a certificate from a
+/// private CA): trusted with `--server-ca`, refused without it with a
+/// message that says how to trust it; the reads answer as locally.
+#[test]
+fn the_server_is_reached_over_https_with_a_private_ca() {
+    let dir = Dir::new();
+    let server = start_server(&dir);
+    let proxy = slipway_tests::git_servers::TlsProxy::start(server.url.trim_start_matches("http://"));
+    let token = issue_token(&dir, "reader", "read");
+    let ca = proxy.ca_path();
+    let over_tls = |rest: &[&str], ca: Option<&Path>| {
+        let mut args = vec!["--server", proxy.url.as_str(), "--token", token.as_str()];
+        if let Some(ca) = ca {
+            args.extend(["--server-ca", ca.to_str().unwrap()]);
+        }
+        args.extend_from_slice(rest);
+        dir.run(&args)
+    };
+    let read = ["status", "app", "test", "--json"];
+    let out = over_tls(&read, Some(&ca));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), dir.ok(&read));
+
+    let untrusted = over_tls(&read, None);
+    let said = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(5), "{said}");
+    assert!(said.contains("certificate") && said.contains("--server-ca"), "{said}");
+    assert!(!said.contains(&token), "the token is not in the error: {said}");
+}

@@ -26,6 +26,7 @@ pub mod read_model;
 pub mod rebuild;
 pub mod requests;
 pub mod source;
+pub mod tls_client;
 pub mod tokens;
 pub mod web;
 pub mod webhook;

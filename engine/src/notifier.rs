@@ -633,20 +633,9 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes
 
 /// One client for every post: HTTPS against the system's roots, or plain HTTP.
 fn http_client() -> HttpClient {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let connector = match builder.with_provider_and_native_roots(provider.clone()) {
-        Ok(b) => b.https_or_http().enable_http1().build(),
-        Err(e) => {
-            tracing::warn!(error = %e, "notifications: no system CA certificates; https:// targets will fail");
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build()
-        }
-    };
+    // With no extra CA only the protocol versions could fail, and ring supports them.
+    let config = crate::tls_client::config(None).expect("a TLS client configuration with the system's roots");
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http().enable_http1().build();
     Client::builder(TokioExecutor::new()).build(connector)
 }
 

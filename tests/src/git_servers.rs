@@ -2,7 +2,9 @@
 //! - [`HttpsGit`]: nginx terminating TLS (a certificate from a CA made for
 //!   the test), HTTP basic auth, and `git http-backend` through fcgiwrap;
 //! - [`SshGit`]: OpenSSH's sshd on its own port and configuration, with
-//!   one ed25519 host key and one authorized deploy key.
+//!   one ed25519 host key and one authorized deploy key;
+//! - [`TlsProxy`]: nginx terminating TLS in front of a plain HTTP server on
+//!   loopback (a Slipway server reached with `--server https://...`).
 //!
 //! Both serve the bare repositories under their own temporary directory;
 //! [`publish`] pushes a working repository there. Each server is a child
@@ -69,6 +71,40 @@ pub fn publish(from: &Path, to: &Path) {
     run("git", &["push", "-q", "--force", to, "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*"], from);
 }
 
+/// A CA made for the test (`ca.pem`, `ca.key`) and a server certificate
+/// it signed for 127.0.0.1 and localhost (`server.pem`, `server.key`), in `d`.
+fn make_certificates(d: &Path) {
+    let subj_ca = "/CN=Slipway Test CA";
+    run(
+        "openssl",
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", subj_ca],
+        d,
+    );
+    run("openssl", &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"], d);
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+        d,
+    );
+}
+
 /// nginx + fcgiwrap + `git http-backend`, over TLS with basic auth.
 pub struct HttpsGit {
     dir: TempDir,
@@ -86,39 +122,7 @@ impl HttpsGit {
         for sub in ["repos", "tmp"] {
             std::fs::create_dir_all(d.join(sub)).expect("a dir");
         }
-        let subj_ca = "/CN=Slipway Test CA";
-        run(
-            "openssl",
-            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", subj_ca],
-            d,
-        );
-        run(
-            "openssl",
-            &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
-            d,
-        );
-        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
-        run(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-            ],
-            d,
-        );
+        make_certificates(d);
         let hash = run("openssl", &["passwd", "-apr1", password], d);
         std::fs::write(d.join("htpasswd"), format!("{user}:{}", hash.trim())).expect("htpasswd");
         let port = free_port();
@@ -273,5 +277,70 @@ impl Drop for SshGit {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// nginx terminating TLS (a certificate from a CA made for the test) in
+/// front of a plain HTTP server on loopback.
+pub struct TlsProxy {
+    dir: TempDir,
+    child: Child,
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl TlsProxy {
+    /// Proxies `https://127.0.0.1:PORT/...` to `upstream` (`127.0.0.1:PORT`).
+    pub fn start(upstream: &str) -> TlsProxy {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("tmp")).expect("a dir");
+        make_certificates(d);
+        let port = free_port();
+        let root = d.display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path {root}/tmp/body;
+  fastcgi_temp_path {root}/tmp/fastcgi;
+  proxy_temp_path {root}/tmp/proxy;
+  uwsgi_temp_path {root}/tmp/uwsgi;
+  scgi_temp_path {root}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {root}/server.pem;
+    ssl_certificate_key {root}/server.key;
+    location / {{
+      proxy_pass http://{upstream};
+      proxy_buffering off;
+    }}
+  }}
+}}
+"#
+        );
+        let conf_path = d.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("nginx.conf");
+        let child =
+            spawn("nginx", &["-c", conf_path.to_str().expect("utf-8"), "-p", &root.to_string(), "-e", "stderr"], &d.join("nginx.log"));
+        let proxy = TlsProxy { child, url: format!("https://127.0.0.1:{port}"), dir };
+        wait_listening(port, &proxy.dir.path().join("nginx.log"));
+        proxy
+    }
+
+    /// The test CA's certificate: a client must trust it.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
