@@ -845,6 +845,55 @@ async fn serve_answers_on_a_real_socket_and_stops_on_shutdown() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after shutdown");
 }
 
+/// Whether the server closed `stream` (end of file, or reset) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(within, stream.read_to_end(&mut seen)).await;
+    read.is_ok().then(|| String::from_utf8_lossy(&seen).into_owned())
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_are_closed_and_slow_or_idle_clients_cut_off() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let limits = api::ServeLimits { max_connections: 8, max_connections_per_client: 2, header_timeout: Duration::from_secs(2) };
+    let server = tokio::spawn(api::serve_with(listener, Api::new().await.app.clone(), limits, std::future::pending()));
+
+    // Two idle connections take this client's share: a third is closed at
+    // once, with nothing read from it and nothing answered.
+    let mut first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let answered = closed_within(&mut third, Duration::from_secs(1)).await;
+    assert_eq!(answered.as_deref(), Some(""), "the connection over the per-client cap is closed unanswered");
+    // The two held ones still serve;
+    first.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).await.expect("an answer on a held connection");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // an idle kept-alive connection is closed after the header timeout,
+    assert!(closed_within(&mut second, Duration::from_secs(6)).await.is_some(), "an idle connection is closed");
+    assert!(closed_within(&mut first, Duration::from_secs(6)).await.is_some(), "a kept-alive connection is closed when idle");
+
+    // and so is a client sending its headers a byte at a time (slowloris),
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let trickle = async {
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n").await?;
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            slow.write_all(b"X").await?;
+        }
+        std::io::Result::Ok(())
+    };
+    let cut = tokio::time::timeout(Duration::from_secs(10), trickle).await.expect("the trickle ends within 10 s");
+    assert!(cut.is_err(), "the server stops reading a request whose headers take longer than the timeout");
+
+    // while a normal client is served once the caps have room.
+    assert_eq!(status_of(addr, "/healthz", "").await, 200);
+    server.abort();
+}
+
 /// One request on a fresh connection to `addr`: the status line's code.
 async fn status_of(addr: std::net::SocketAddr, path: &str, token: &str) -> u16 {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");

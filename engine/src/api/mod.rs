@@ -30,6 +30,9 @@ pub mod openapi;
 mod previews;
 mod projects;
 mod protection;
+mod serving;
+
+pub use serving::{serve_with, ServeLimits};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -183,22 +186,15 @@ pub fn app_with(store: Arc<dyn EventStore>, config: ApiConfig) -> Router {
     router.fallback(no_route).method_not_allowed_fallback(wrong_method).layer(Extension(Arc::new(config))).with_state(store)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets requests
-/// in flight finish (live streams end then too).
+/// Serves `app` on `listener` with the default [`ServeLimits`] until
+/// `shutdown` resolves, then lets requests in flight finish (live streams
+/// end then too).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (closing, app) = live::closing(app);
-    // The client's address reaches the guard (refused tokens are counted per address).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closing.close()
-        })
-        .await
+    serving::serve_with(listener, app, ServeLimits::default(), shutdown).await
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
