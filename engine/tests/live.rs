@@ -395,3 +395,23 @@ async fn the_dashboard_is_served_beside_the_api() {
     let (status, headers, _) = get("/api/nope").await;
     assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::NOT_FOUND, &"application/json".parse().expect("value")));
 }
+
+/// One token may hold 16 live streams at once: the next is a 429 naming
+/// the cap, and a stream the client drops gives its place back.
+#[tokio::test]
+async fn a_token_holds_at_most_sixteen_live_streams() {
+    let s = Setup::sqlite().await;
+    let id = s.requested().await;
+    let uri = format!("/api/deployments/{id}/stream");
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        open.push(s.open_stream(&uri).await);
+    }
+    let (status, body) = s.call(Method::GET, &uri, Value::Null).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.to_string().contains("already holds 16 live streams"), "{body}");
+    drop(open.pop());
+    let again = s.open_stream(&uri).await;
+    drop((open, again));
+    s.cleanup().await;
+}

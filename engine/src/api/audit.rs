@@ -5,11 +5,13 @@
 //! checking against them stays with the CLI.
 
 use std::io;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,7 +21,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::QueryParams;
-use super::{require_project, ApiResult, Store};
+use super::quota::{Long, Quotas};
+use super::{require_project, ApiResult, Caller, Store};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(default, deny_unknown_fields)]
@@ -38,8 +41,15 @@ pub struct ExportQuery {
     summary = "The event log as JSON Lines (slipway-export/1), for offline verification",
     description = "The same file as `slipway export`; check it with `slipway audit verify --file`.",
     params(ExportQuery),
-    responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn export(State(store): Store, QueryParams(q): QueryParams<ExportQuery>) -> ApiResult<Response> {
+    responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "The token holds as many exports as it may")))]
+pub async fn export(
+    State(store): Store,
+    caller: Caller,
+    Extension(quotas): Extension<Arc<Quotas>>,
+    QueryParams(q): QueryParams<ExportQuery>,
+) -> ApiResult<Response> {
+    let held = quotas.take(&caller.name, Long::Export)?;
     let since = match &q.since {
         Some(text) => Some(
             DateTime::parse_from_rfc3339(text)
@@ -53,6 +63,8 @@ pub async fn export(State(store): Store, QueryParams(q): QueryParams<ExportQuery
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
     tokio::spawn(async move {
+        // Held until the export is sent, fails, or the client stops reading.
+        let _held = held;
         let send = |chunk: Vec<u8>| -> futures::future::BoxFuture<'static, io::Result<()>> {
             let tx = tx.clone();
             Box::pin(async move {
@@ -92,8 +104,9 @@ pub struct Finding {
 #[utoipa::path(post, path = "/api/audit/verify", tag = "audit",
     summary = "Check every stream's hash chain",
     description = "As `slipway audit verify` over the database. A removed stream tail needs signed checkpoints, which the CLI checks.",
-    responses((status = 200, body = VerifyReport)))]
-pub async fn verify(State(store): Store) -> ApiResult<Json<VerifyReport>> {
+    responses((status = 200, body = VerifyReport), (status = 429, body = ErrorBody, description = "The token is verifying already")))]
+pub async fn verify(State(store): Store, caller: Caller, Extension(quotas): Extension<Arc<Quotas>>) -> ApiResult<Json<VerifyReport>> {
+    let _held = quotas.take(&caller.name, Long::Verify)?;
     let report = chain::verify(&store.chain_rows().await?);
     Ok(Json(VerifyReport {
         events: report.events,

@@ -80,13 +80,16 @@ once the deployment is final, then the stream closes. A `: keep-alive` comment e
     params(("id" = Uuid, Path, description = "The deployment"),
         ("logs" = Option<bool>, Query, description = "`false` leaves the log lines out")),
     responses((status = 200, content_type = "text/event-stream", body = String),
-        (status = 400, description = "Not a deployment id, or an unknown query"), (status = 404, description = "No such deployment")))]
+        (status = 400, description = "Not a deployment id, or an unknown query"), (status = 404, description = "No such deployment"),
+        (status = 429, description = "The token holds as many live streams as it may")))]
 pub async fn stream(
     State(store): Store,
     Params(id): Params<String>,
     RawQuery(query): RawQuery,
     config: Option<Extension<std::sync::Arc<super::ApiConfig>>>,
     closing: Option<Extension<Closing>>,
+    caller: super::Caller,
+    Extension(quotas): Extension<std::sync::Arc<super::quota::Quotas>>,
 ) -> ApiResult<([(HeaderName, &'static str); 1], Sse<impl Stream<Item = Result<SseEvent, Infallible>>>)> {
     // Scope `read`: a token check belongs here, before the 200 goes out
     // (once streaming, a 401 or 403 can no longer be sent).
@@ -108,8 +111,14 @@ pub async fn stream(
         first: true,
         done: false,
     };
-    let events =
-        stream::unfold(follower, |mut f| async move { f.next_batch().await.map(|batch| (batch, f)) }).flat_map(stream::iter).map(Ok);
+    // Held until the stream is dropped: the client went away or it ended.
+    let held = quotas.take(&caller.name, super::quota::Long::Stream)?;
+    let events = stream::unfold(follower, |mut f| async move { f.next_batch().await.map(|batch| (batch, f)) }).flat_map(stream::iter).map(
+        move |event| {
+            let _held = &held;
+            Ok(event)
+        },
+    );
     // A buffering reverse proxy (nginx) would hold the events back.
     let unbuffered = [(HeaderName::from_static("x-accel-buffering"), "no")];
     Ok((unbuffered, Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))))

@@ -30,6 +30,7 @@ pub mod openapi;
 mod previews;
 mod projects;
 mod protection;
+mod quota;
 mod serving;
 
 pub use serving::{serve_with, ServeLimits};
@@ -183,7 +184,12 @@ pub fn app_with(store: Arc<dyn EventStore>, config: ApiConfig) -> Router {
         // Routes of one path merge into one method router.
         router = router.route(route.path, auth::guard(handler, &gate, route.access));
     }
-    router.fallback(no_route).method_not_allowed_fallback(wrong_method).layer(Extension(Arc::new(config))).with_state(store)
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(Extension(Arc::new(config)))
+        .layer(Extension(Arc::new(quota::Quotas::default())))
+        .with_state(store)
 }
 
 /// Serves `app` on `listener` with the default [`ServeLimits`] until
