@@ -166,9 +166,10 @@ pub enum PushOutcome {
     Duplicate,
     /// Recorded as skipped, for this reason.
     Skipped(String),
-    /// Recorded with its deployments (none: no rule matched) and the
-    /// waiting push deployments they superseded.
-    Deployed { deployments: Vec<PushDeployment>, superseded: Vec<Uuid> },
+    /// Recorded with its deployments (none: no rule matched), the waiting
+    /// push deployments they superseded, and why a matching environment
+    /// refused one (a freeze window).
+    Deployed { deployments: Vec<PushDeployment>, superseded: Vec<Uuid>, refused: Vec<String> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,10 +289,15 @@ async fn record_deployments(
         }
         targets.push(push::Target { environment, rule: glob });
     }
+    let mut refused = Vec::new();
     for target in targets {
-        let r = lifecycle::request_deployment(store, &mut w, &p, &target.environment, &push.commit, actor, &source).await?;
-        superseded.extend(r.superseded);
-        deployments.push(PushDeployment { environment: target.environment, deployment_id: r.deployment, rule: target.rule });
+        match lifecycle::request_deployment(store, &mut w, &p, &target.environment, &push.commit, actor, &source).await? {
+            Ok(r) => {
+                superseded.extend(r.superseded);
+                deployments.push(PushDeployment { environment: target.environment, deployment_id: r.deployment, rule: target.rule });
+            }
+            Err(rejection) => refused.push(rejection.to_string()),
+        }
     }
     let received = Event::PushReceived(PushReceived {
         provider,
@@ -302,7 +308,8 @@ async fn record_deployments(
         deployments: deployments.clone(),
         superseded: superseded.clone(),
         at: Some(now),
+        refused: refused.clone(),
     });
     w.add(&project_stream(&p.name), ExpectedVersion::Exactly(p.version), &received, Uuid::now_v7(), actor);
-    Ok(w.commit(store).await?.then_some(PushOutcome::Deployed { deployments, superseded }))
+    Ok(w.commit(store).await?.then_some(PushOutcome::Deployed { deployments, superseded, refused }))
 }

@@ -93,7 +93,10 @@ pub(crate) struct Requested {
 /// Writes a deployment request of `commit` to `environment` of `p` (whose
 /// state must already hold the environment: a preview added in the same
 /// writes is applied to it first), queued at the environment's version as
-/// read, cancelling the waiting deployments of earlier pushes there.
+/// read, cancelling the waiting deployments of earlier pushes there. The
+/// environment's protection applies as to a person's request: it waits for
+/// the approvals the environment requires, and inside a freeze window it is
+/// refused (a push, a poll or a pull request cannot override one).
 pub(crate) async fn request_deployment(
     store: &dyn EventStore,
     w: &mut Writes,
@@ -102,7 +105,11 @@ pub(crate) async fn request_deployment(
     commit: &str,
     actor: &str,
     source: &SourceAccess,
-) -> Result<Requested, LoadError> {
+) -> Result<Result<Requested, Rejection>, LoadError> {
+    let gate = match crate::protection::gate(p, environment, Utc::now(), None) {
+        Ok(events) => events,
+        Err(refused) => return Ok(Err(refused)),
+    };
     let env = load::environment(store, &p.name, environment).await?;
     let id = Uuid::now_v7();
     let requested = DeploymentRequested {
@@ -127,6 +134,9 @@ pub(crate) async fn request_deployment(
     w.spans.push(span);
     let (dstream, estream) = (deployment_stream(id), environment_stream(&p.name, environment));
     w.add_traced(&dstream, ExpectedVersion::NoStream, &Event::DeploymentRequested(requested), id, actor, trace.clone());
+    for event in &gate {
+        w.add_traced(&dstream, ExpectedVersion::Any, event, id, actor, trace.clone());
+    }
     // At the version the queue was read at: had the queue moved (the
     // running deployment finished, so an older one may have started), the
     // supersede choice would be stale.
@@ -137,7 +147,7 @@ pub(crate) async fn request_deployment(
         let reason = push::superseded_reason(id, commit);
         w.add(&deployment_stream(*old), ExpectedVersion::Any, &Event::CancelRequested(CancelRequested { reason }), *old, actor);
     }
-    Ok(Requested { deployment: id, superseded })
+    Ok(Ok(Requested { deployment: id, superseded }))
 }
 
 /// Writes the addition of `new` to `p` (project and environment streams)
@@ -260,7 +270,10 @@ pub async fn approve(store: &dyn EventStore, actor: &str, project: &str, environ
             Err(rejection) => return Ok(Err(rejection)),
         };
         let mut w = Writes::default();
-        let requested = request_deployment(store, &mut w, &p, environment, &commit, actor, &source).await?;
+        let requested = match request_deployment(store, &mut w, &p, environment, &commit, actor, &source).await? {
+            Ok(requested) => requested,
+            Err(refused) => return Ok(Err(refused)),
+        };
         let approved = Event::PreviewApproved(PreviewApproved {
             environment: environment.into(),
             commit,

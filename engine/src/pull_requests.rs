@@ -86,7 +86,10 @@ pub async fn record_pull_request(
                 if let Some(new) = &add {
                     lifecycle::add_preview(store, &mut w, &mut p, new, &actor, now).await?;
                 }
-                let r = lifecycle::request_deployment(store, &mut w, &p, &environment, &commit, &actor, &source).await?;
+                let r = match lifecycle::request_deployment(store, &mut w, &p, &environment, &commit, &actor, &source).await? {
+                    Ok(r) => r,
+                    Err(refused) => return Ok(PrOutcome::Ignored(refused.to_string())),
+                };
                 (environment, PrRecorded::Deployed { deployment: r.deployment, superseded: r.superseded, added: add.is_some() })
             }
             Plan::AwaitApproval { environment, add, commit } => {

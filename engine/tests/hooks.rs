@@ -366,3 +366,33 @@ async fn rules_and_secrets_are_managed_by_admins_and_the_secret_is_recorded_nowh
     let rotations = s.project_events("app").await.into_iter().filter(|e| matches!(e, Event::WebhookSecretRotated(_))).count();
     assert_eq!(rotations, 2);
 }
+
+on_both_stores!(a_push_waits_for_the_approvals_its_environment_requires_and_is_refused_in_a_freeze);
+async fn a_push_waits_for_the_approvals_its_environment_requires_and_is_refused_in_a_freeze(s: &Setup) {
+    let secret = s.project("guarded").await;
+    let store = &*s.store;
+    slipway_engine::protection::protect(store, "test", "guarded", "test", 1).await.unwrap().unwrap();
+    // A push to a protected environment is requested, and waits for an approval like anyone's request;
+    let reply = s.deliver("github", "guarded", "g1", "push", &github_push("refs/heads/main", &sha(21), "fix"), &secret).await;
+    assert_eq!((reply.status, reply.json["status"].as_str()), (StatusCode::ACCEPTED, Some("deployed")), "{}", reply.json);
+    let id: Uuid = reply.json["deployments"][0]["deployment"].as_str().unwrap().parse().unwrap();
+    let state = slipway_engine::load::deployment(store, id).await.unwrap().unwrap();
+    assert_eq!(state.status_word(), "awaiting approval");
+    // inside a freeze window it is refused, with the window named in the reply and on the recorded push.
+    slipway_engine::protection::set_freeze(store, "test", "guarded", "test", "* * * * *", 3600).await.unwrap().unwrap();
+    let reply = s.deliver("github", "guarded", "g2", "push", &github_push("refs/heads/main", &sha(22), "more"), &secret).await;
+    assert_eq!((reply.status, reply.json["status"].as_str()), (StatusCode::ACCEPTED, Some("refused")), "{}", reply.json);
+    assert!(reply.json["message"].as_str().unwrap().contains("frozen by the window \"* * * * *\""), "{}", reply.json);
+    let received = s
+        .project_events("guarded")
+        .await
+        .into_iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::PushReceived(p) => Some(p),
+            _ => None,
+        })
+        .unwrap();
+    assert!(received.deployments.is_empty() && received.refused.len() == 1, "{received:?}");
+    assert_eq!(s.requested("guarded").await.len(), 1, "only the first push requested a deployment");
+}

@@ -410,6 +410,10 @@ pub struct PushReceived {
     /// When it was received (what a preview's time to live counts from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Environments whose rule matched but that refused the deployment (a
+    /// freeze window), each with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// A signed push that deploys nothing on purpose (on the project's stream):

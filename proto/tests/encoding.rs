@@ -85,6 +85,7 @@ fn sample_events() -> Vec<Event> {
             deployments: vec![PushDeployment { environment: "test".into(), deployment_id: d, rule: "main".into() }],
             superseded: vec![d],
             at: None,
+            refused: vec!["shop live is frozen by the window \"0 18 * * FRI\" until 2026-12-07T10:00:00Z".into()],
         }),
         Event::PushSkipped(PushSkipped {
             provider: WebhookProvider::Gitlab,

@@ -153,13 +153,20 @@ async fn handle(
             ("duplicate", StatusCode::OK, reply("duplicate", message))
         }
         PushOutcome::Skipped(reason) => ("skipped", StatusCode::ACCEPTED, reply("skipped", format!("recorded, not deployed: {reason}"))),
+        PushOutcome::Deployed { deployments, refused, .. } if deployments.is_empty() && !refused.is_empty() => {
+            let message = format!("recorded; nothing deployed: {}", refused.join("; "));
+            ("refused", StatusCode::ACCEPTED, reply("refused", message))
+        }
         PushOutcome::Deployed { deployments, .. } if deployments.is_empty() => {
             let message = format!("recorded; no auto-deploy rule of project `{project}` matches {}", push.git_ref);
             ("unmatched", StatusCode::ACCEPTED, reply("unmatched", message))
         }
-        PushOutcome::Deployed { deployments, superseded } => {
+        PushOutcome::Deployed { deployments, superseded, refused } => {
             let envs: Vec<&str> = deployments.iter().map(|d| d.environment.as_str()).collect();
-            let message = format!("deploying {} to {}", crate::push::short(&push.commit), envs.join(", "));
+            let mut message = format!("deploying {} to {}", crate::push::short(&push.commit), envs.join(", "));
+            if !refused.is_empty() {
+                message.push_str(&format!("; not deployed: {}", refused.join("; ")));
+            }
             let deployments = deployments
                 .into_iter()
                 .map(|d| HookDeployment { environment: d.environment, deployment: d.deployment_id, rule: d.rule })
