@@ -105,6 +105,42 @@ fn make_certificates(d: &Path) {
     );
 }
 
+/// Starts nginx in `d` (which holds `server.pem`, `server.key` and a
+/// `tmp/` folder) on a free loopback port over TLS, serving `location /`
+/// with `location`'s directives; its port and process.
+fn tls_nginx(d: &Path, location: &str) -> (u16, Child) {
+    let port = free_port();
+    let root = d.display();
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path {root}/tmp/body;
+  fastcgi_temp_path {root}/tmp/fastcgi;
+  proxy_temp_path {root}/tmp/proxy;
+  uwsgi_temp_path {root}/tmp/uwsgi;
+  scgi_temp_path {root}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {root}/server.pem;
+    ssl_certificate_key {root}/server.key;
+    location / {{
+      {location}
+    }}
+  }}
+}}
+"#
+    );
+    let conf_path = d.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let nginx = spawn("nginx", &["-c", conf_path.to_str().expect("utf-8"), "-p", &root.to_string(), "-e", "stderr"], &d.join("nginx.log"));
+    (port, nginx)
+}
+
 /// nginx + fcgiwrap + `git http-backend`, over TLS with basic auth.
 pub struct HttpsGit {
     dir: TempDir,
@@ -125,27 +161,9 @@ impl HttpsGit {
         make_certificates(d);
         let hash = run("openssl", &["passwd", "-apr1", password], d);
         std::fs::write(d.join("htpasswd"), format!("{user}:{}", hash.trim())).expect("htpasswd");
-        let port = free_port();
         let root = d.display();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{}}
-http {{
-  access_log off;
-  client_body_temp_path {root}/tmp/body;
-  fastcgi_temp_path {root}/tmp/fastcgi;
-  proxy_temp_path {root}/tmp/proxy;
-  uwsgi_temp_path {root}/tmp/uwsgi;
-  scgi_temp_path {root}/tmp/scgi;
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {root}/server.pem;
-    ssl_certificate_key {root}/server.key;
-    location / {{
-      auth_basic "git";
+        let location = format!(
+            r#"auth_basic "git";
       auth_basic_user_file {root}/htpasswd;
       fastcgi_pass unix:{root}/fcgi.sock;
       include /etc/nginx/fastcgi_params;
@@ -153,18 +171,11 @@ http {{
       fastcgi_param GIT_PROJECT_ROOT {root}/repos;
       fastcgi_param GIT_HTTP_EXPORT_ALL "";
       fastcgi_param PATH_INFO $uri;
-      fastcgi_param REMOTE_USER $remote_user;
-    }}
-  }}
-}}
-"#
+      fastcgi_param REMOTE_USER $remote_user;"#
         );
-        std::fs::write(d.join("nginx.conf"), conf).expect("nginx.conf");
         let socket = format!("unix:{root}/fcgi.sock");
         let fcgi = spawn("fcgiwrap", &["-s", &socket], &d.join("fcgiwrap.log"));
-        let conf_path = d.join("nginx.conf");
-        let nginx =
-            spawn("nginx", &["-c", conf_path.to_str().expect("utf-8"), "-p", &root.to_string(), "-e", "stderr"], &d.join("nginx.log"));
+        let (port, nginx) = tls_nginx(d, &location);
         let ca_pem = std::fs::read_to_string(d.join("ca.pem")).expect("ca.pem");
         let server = HttpsGit { children: vec![fcgi, nginx], port, ca_pem, dir };
         wait_listening(port, &server.dir.path().join("nginx.log"));
@@ -296,37 +307,7 @@ impl TlsProxy {
         let d = dir.path();
         std::fs::create_dir_all(d.join("tmp")).expect("a dir");
         make_certificates(d);
-        let port = free_port();
-        let root = d.display();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{}}
-http {{
-  access_log off;
-  client_body_temp_path {root}/tmp/body;
-  fastcgi_temp_path {root}/tmp/fastcgi;
-  proxy_temp_path {root}/tmp/proxy;
-  uwsgi_temp_path {root}/tmp/uwsgi;
-  scgi_temp_path {root}/tmp/scgi;
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {root}/server.pem;
-    ssl_certificate_key {root}/server.key;
-    location / {{
-      proxy_pass http://{upstream};
-      proxy_buffering off;
-    }}
-  }}
-}}
-"#
-        );
-        let conf_path = d.join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("nginx.conf");
-        let child =
-            spawn("nginx", &["-c", conf_path.to_str().expect("utf-8"), "-p", &root.to_string(), "-e", "stderr"], &d.join("nginx.log"));
+        let (port, child) = tls_nginx(d, &format!("proxy_pass http://{upstream};\n      proxy_buffering off;"));
         let proxy = TlsProxy { child, url: format!("https://127.0.0.1:{port}"), dir };
         wait_listening(port, &proxy.dir.path().join("nginx.log"));
         proxy
