@@ -73,11 +73,21 @@ async fn the_embedded_store_keeps_values_sealed_opens_them_with_its_key_and_rota
     assert!(!run(&["env", "list", "shop", "test"]).status.success(), "the old key opens nothing any more");
     let events = text(&run(&["--secrets-key", other.to_str().unwrap(), "events", "installation"]));
     assert!(events.contains("SecretsKeyRotated") && events.contains(&new_id) && !events.contains(SENTINEL), "{events}");
-    // A sealed value copied into another row does not open there.
+    // A sealed value copied into another row does not open there: the
+    // secret's value is moved into the plain setting's row, which `env list`
+    // opens (fingerprints are keyed per installation, so their order is not
+    // the settings' order).
+    let listed = text(&run(&["--secrets-key", other.to_str().unwrap(), "env", "list", "shop", "test"]));
+    let fingerprint_of = |name: &str| {
+        let line = listed.lines().find(|l| l.starts_with(&format!("{name}="))).unwrap();
+        line.rsplit('[').next().unwrap().trim_end_matches(']').to_string()
+    };
+    let (secret, plain) = (fingerprint_of("API_TOKEN"), fingerprint_of("GREETING"));
     let rows = stored_values(&pool).await;
+    let secret_value = &rows.iter().find(|(f, _)| *f == secret).unwrap().1;
     sqlx::query("UPDATE setting_values SET value = ?1 WHERE fingerprint = ?2")
-        .bind(&rows[0].1)
-        .bind(&rows[1].0)
+        .bind(secret_value)
+        .bind(&plain)
         .execute(&pool)
         .await
         .unwrap();
