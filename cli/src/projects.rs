@@ -15,10 +15,11 @@ use slipway_engine::{auto_deploy, lifecycle, preview};
 use slipway_proto::event::{PreviewTrigger, WebhookProvider};
 use slipway_store::EventStore;
 
+use crate::actor::actor;
 use crate::args::{AutoDeployCmd, EnvCmd, PreviewCmd, PreviewsCmd, ProjectCmd, WebhookCmd};
 use crate::exit::{self, not_found};
 use crate::source_args;
-use crate::verbs::{actor, print_json};
+use crate::verbs::print_json;
 
 pub async fn run(store: &dyn EventStore, cmd: ProjectCmd, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -71,21 +72,21 @@ pub async fn env(store: &dyn EventStore, cmd: EnvCmd, json: bool) -> anyhow::Res
         EnvCmd::Unset { project, env, keys } => env_unset(store, &project, &env, keys).await?,
         EnvCmd::List { project, env } => env_list(store, &project, &env, json).await?,
         EnvCmd::Protect { project, env, approvals } => {
-            slipway_engine::protection::protect(store, &crate::verbs::actor(), &project, &env, approvals).await?.map_err(exit::rejected)?;
+            slipway_engine::protection::protect(store, &crate::actor::actor(), &project, &env, approvals).await?.map_err(exit::rejected)?;
             match approvals {
                 0 => println!("{project} {env}: deployments need no approval"),
                 n => println!("{project} {env}: a deployment waits for {n} approval(s) by someone other than its requester"),
             }
         }
         EnvCmd::Freeze { project, env, schedule, remove: true, .. } => {
-            slipway_engine::protection::remove_freeze(store, &crate::verbs::actor(), &project, &env, &schedule)
+            slipway_engine::protection::remove_freeze(store, &crate::actor::actor(), &project, &env, &schedule)
                 .await?
                 .map_err(exit::rejected)?;
             println!("{project} {env}: the freeze window \"{schedule}\" is removed");
         }
         EnvCmd::Freeze { project, env, schedule, duration, remove: false } => {
             let seconds = slipway_engine::protection::parse_duration(duration.as_deref().unwrap_or_default()).map_err(exit::usage)?;
-            slipway_engine::protection::set_freeze(store, &crate::verbs::actor(), &project, &env, &schedule, seconds)
+            slipway_engine::protection::set_freeze(store, &crate::actor::actor(), &project, &env, &schedule, seconds)
                 .await?
                 .map_err(exit::rejected)?;
             println!("{project} {env}: frozen from each \"{schedule}\" (UTC) for {seconds}s");
