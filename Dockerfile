@@ -2,6 +2,9 @@
 FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY . .
+# `slipway --version` names this commit; the context has no .git
+# (docker build --build-arg SLIPWAY_COMMIT=$(git rev-parse --short=12 HEAD) .).
+ARG SLIPWAY_COMMIT=
 RUN cargo build --release --locked -p slipway
 
 FROM debian:bookworm-slim

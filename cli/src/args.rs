@@ -13,10 +13,14 @@ use uuid::Uuid;
 
 use crate::{audit, certs, domains, exit, secrets, source_args, tokens, verbs};
 
+/// `slipway --version`: the crate's version and the commit it was built
+/// from (`build.rs`; `unknown commit` for a build without `.git`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SLIPWAY_COMMIT"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "slipway",
-    version,
+    version = VERSION,
     about = "Slipway: a self-hosted deployment control panel built on an event log",
     long_about = "Slipway deploys an application's Git repository: it checks the backing services, checks out \
 the code, builds the Docker image, starts the containers, runs the release commands, starts the extra \

@@ -16,8 +16,8 @@ use slipway_engine::queries::CertificateView;
 use slipway_proto::event::CertificateSource;
 use slipway_store::EventStore;
 
+use crate::actor;
 use crate::exit;
-use crate::verbs;
 
 /// The largest PEM file read.
 const MAX_PEM: u64 = 1024 * 1024;
@@ -43,7 +43,7 @@ pub async fn run(store: &dyn EventStore, cmd: CertCmd, json: bool) -> anyhow::Re
             let chain = read_pem(&cert, "certificate")?;
             let key_pem = read_pem(&key, "key")?;
             let stored =
-                certificates::store_certificate(store, &verbs::actor(), &domain, &chain, &key_pem, CertificateSource::Uploaded, Utc::now())
+                certificates::store_certificate(store, &actor::actor(), &domain, &chain, &key_pem, CertificateSource::Uploaded, Utc::now())
                     .await?
                     .map_err(exit::rejected)?;
             println!(

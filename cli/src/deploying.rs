@@ -20,7 +20,7 @@ use slipway_store::EventStore;
 use uuid::Uuid;
 
 use crate::args::{DeployArgs, FollowArgs};
-use crate::{connect, exit, follow, machinery, processes, progress, report, verbs};
+use crate::{actor, connect, exit, follow, machinery, processes, progress, report};
 
 /// Where a deployment verb runs: the store, the queue (in-process machinery
 /// when it is `memory`), the workers' data directory and the build farm's
@@ -67,7 +67,7 @@ pub async fn promote(
 ) -> anyhow::Result<ExitCode> {
     let running = here.start(follow.drain).await?;
     let run_release = mode == BuildMode::Cloud || migrate;
-    let (id, source) = match requests::request_promotion(&*here.store, &verbs::actor(), &project, &from, &to, mode, run_release).await? {
+    let (id, source) = match requests::request_promotion(&*here.store, &actor::actor(), &project, &from, &to, mode, run_release).await? {
         Ok(r) => r,
         Err(rejection) => return Err(exit::rejected(rejection)),
     };
@@ -85,7 +85,7 @@ pub async fn replay(here: &Here, deployment: Uuid, from_step: Option<Step>, foll
         .await?
         .ok_or_else(|| exit::not_found(format!("no deployment {deployment}")))?;
     let running = here.start(follow.drain).await?;
-    let replay = match requests::request_replay(&*here.store, &verbs::actor(), deployment, from_step).await? {
+    let replay = match requests::request_replay(&*here.store, &actor::actor(), deployment, from_step).await? {
         Ok(r) => r,
         Err(rejection) => return Err(exit::rejected(rejection)),
     };
@@ -96,7 +96,7 @@ pub async fn replay(here: &Here, deployment: Uuid, from_step: Option<Step>, foll
 }
 
 pub async fn cancel(store: &dyn EventStore, deployment: Uuid, reason: &str) -> anyhow::Result<ExitCode> {
-    match requests::request_cancel(store, &verbs::actor(), deployment, reason).await? {
+    match requests::request_cancel(store, &actor::actor(), deployment, reason).await? {
         Ok(()) => println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers"),
         Err(rejection) => return Err(exit::rejected(rejection)),
     }
@@ -105,21 +105,21 @@ pub async fn cancel(store: &dyn EventStore, deployment: Uuid, reason: &str) -> a
 
 /// Approves a deployment waiting for approval (never the requester's own).
 pub async fn approve(store: &dyn EventStore, deployment: Uuid, reason: &str) -> anyhow::Result<ExitCode> {
-    slipway_engine::protection::approve(store, &verbs::actor(), deployment, reason).await?.map_err(exit::rejected)?;
-    println!("deployment {deployment}: approved by {}", verbs::actor());
+    slipway_engine::protection::approve(store, &actor::actor(), deployment, reason).await?.map_err(exit::rejected)?;
+    println!("deployment {deployment}: approved by {}", actor::actor());
     Ok(ExitCode::SUCCESS)
 }
 
 /// Rejects a deployment waiting for approval: the engine cancels it.
 pub async fn reject(store: &dyn EventStore, deployment: Uuid, reason: &str) -> anyhow::Result<ExitCode> {
-    slipway_engine::protection::reject(store, &verbs::actor(), deployment, reason).await?.map_err(exit::rejected)?;
-    println!("deployment {deployment}: rejected by {}; the engine cancels it", verbs::actor());
+    slipway_engine::protection::reject(store, &actor::actor(), deployment, reason).await?.map_err(exit::rejected)?;
+    println!("deployment {deployment}: rejected by {}; the engine cancels it", actor::actor());
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn migrate(here: &Here, project: String, env: String, follow: FollowArgs) -> anyhow::Result<ExitCode> {
     let running = here.start(follow.drain).await?;
-    let migrate = match requests::request_migrate(&*here.store, &verbs::actor(), &project, &env).await? {
+    let migrate = match requests::request_migrate(&*here.store, &actor::actor(), &project, &env).await? {
         Ok(r) => r,
         Err(rejection) => return Err(exit::rejected(rejection)),
     };
@@ -134,7 +134,7 @@ pub async fn migrate(here: &Here, project: String, env: String, follow: FollowAr
 
 pub async fn rollback(here: &Here, project: String, env: String, to: Option<Uuid>, follow: FollowArgs) -> anyhow::Result<ExitCode> {
     let running = here.start(follow.drain).await?;
-    let rollback = match requests::request_rollback(&*here.store, &verbs::actor(), &project, &env, to).await? {
+    let rollback = match requests::request_rollback(&*here.store, &actor::actor(), &project, &env, to).await? {
         Ok(r) => r,
         Err(rejection) => return Err(exit::rejected(rejection)),
     };
@@ -162,7 +162,7 @@ pub async fn deploy(here: &Here, args: DeployArgs) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
     };
     let running = here.start(args.follow.drain).await?;
-    let id = match requests::request_deployment_overriding(&*here.store, &verbs::actor(), request, args.override_freeze.as_deref()).await? {
+    let id = match requests::request_deployment_overriding(&*here.store, &actor::actor(), request, args.override_freeze.as_deref()).await? {
         Ok(id) => id,
         Err(rejection) => return Err(exit::rejected(rejection)),
     };

@@ -10,9 +10,9 @@ use slipway_engine::domains;
 use slipway_engine::load;
 use slipway_store::EventStore;
 
+use crate::actor;
 use crate::client::{segment, Client};
 use crate::exit;
-use crate::verbs;
 
 #[derive(Subcommand)]
 pub enum DomainCmd {
@@ -29,11 +29,11 @@ pub enum DomainCmd {
 pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         DomainCmd::Add { project, env, name } => {
-            let domain = domains::add(store, &verbs::actor(), &project, &env, &name).await?.map_err(exit::rejected)?;
+            let domain = domains::add(store, &actor::actor(), &project, &env, &name).await?.map_err(exit::rejected)?;
             println!("{project} {env} is served under {domain} (once its DNS points at the routers)");
         }
         DomainCmd::Remove { project, env, name } => {
-            let domain = domains::remove(store, &verbs::actor(), &project, &env, &name).await?.map_err(exit::rejected)?;
+            let domain = domains::remove(store, &actor::actor(), &project, &env, &name).await?.map_err(exit::rejected)?;
             println!("{project} {env} is served under {domain} no more");
         }
         DomainCmd::List { project, env } => {

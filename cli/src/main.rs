@@ -4,6 +4,7 @@
 //! the project verbs `projects.rs`, the reads `verbs.rs` and `history.rs`,
 //! and `--server` goes through `remote.rs`.
 
+mod actor;
 mod args;
 mod audit;
 mod certs;

@@ -11,8 +11,8 @@ use slipway_proto::event::{DeliveryOutcome, LogPosition, NotificationKind, Notif
 use slipway_store::EventStore;
 use uuid::Uuid;
 
+use crate::actor;
 use crate::exit;
-use crate::verbs;
 
 #[derive(Subcommand)]
 pub enum NotificationsCmd {
@@ -56,7 +56,7 @@ pub enum NotificationsCmd {
 }
 
 pub async fn run(store: &dyn EventStore, cmd: NotificationsCmd, json: bool) -> anyhow::Result<ExitCode> {
-    let actor = verbs::actor();
+    let actor = actor::actor();
     match cmd {
         NotificationsCmd::Add { target, url, project, kinds } => {
             let url = read_url(&url)?;

@@ -20,7 +20,7 @@ use slipway_store::EventStore;
 use slipway_workers::WorkerOptions;
 
 use crate::args::{AgentArgs, RouterArgs, ServeArgs};
-use crate::{connect, exit, follow, machinery, report, verbs};
+use crate::{actor, connect, exit, follow, machinery, report};
 
 /// What the modes take from the global options.
 pub struct Options {
@@ -165,7 +165,7 @@ pub async fn demo(
             environments: vec!["test".into()],
             mirror_of: None,
         };
-        if let Err(rejection) = requests::create_project(&*store, &verbs::actor(), new).await? {
+        if let Err(rejection) = requests::create_project(&*store, &actor::actor(), new).await? {
             bail!("{rejection}");
         }
     }
@@ -185,7 +185,7 @@ pub async fn demo(
         run_release: true,
         dry_run: true,
     };
-    let id = match requests::request_deployment(&*store, &verbs::actor(), request).await? {
+    let id = match requests::request_deployment(&*store, &actor::actor(), request).await? {
         Ok(id) => id,
         Err(rejection) => return Err(exit::rejected(rejection)),
     };

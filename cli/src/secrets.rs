@@ -16,7 +16,7 @@ use slipway_proto::{Envelope, Event};
 use slipway_store::sealing::{self, Keyring, Sealing, SealingKey};
 use slipway_store::ExpectedVersion;
 
-use crate::{connect, exit, verbs};
+use crate::{actor, connect, exit};
 
 #[derive(Subcommand)]
 pub enum SecretsCmd {
@@ -50,7 +50,7 @@ pub async fn run(cmd: SecretsCmd, database: &str, schema: Option<&str>, current:
             let values = store.reseal_values(&target).await.context("re-sealing the setting values")?;
             let event = Event::SecretsKeyRotated(SecretsKeyRotated { from, to: new.id().to_string(), values: values as u64 });
             let id = uuid::Uuid::now_v7();
-            let meta = Metadata { correlation_id: id, causation_id: None, actor: verbs::actor(), trace: None };
+            let meta = Metadata { correlation_id: id, causation_id: None, actor: actor::actor(), trace: None };
             let envelope = Envelope::new(id, chrono::Utc::now(), INSTALLATION_STREAM, &event, meta)?;
             let _ = store.append(INSTALLATION_STREAM, ExpectedVersion::Any, &[envelope], &[]).await?;
             println!("{values} setting value(s) sealed with key {}; restart every process with --secrets-key {}", new.id(), to.display());

@@ -10,8 +10,8 @@ use slipway_engine::requests;
 use slipway_proto::event::TokenScope;
 use slipway_store::EventStore;
 
+use crate::actor;
 use crate::exit;
-use crate::verbs;
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
@@ -34,7 +34,7 @@ pub enum TokenCmd {
 pub async fn run(store: &dyn EventStore, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCmd::Create { name, scope } => {
-            let token = match requests::issue_token(store, &verbs::actor(), &name, scope).await? {
+            let token = match requests::issue_token(store, &actor::actor(), &name, scope).await? {
                 Ok(token) => token,
                 Err(rejection) => return Err(exit::rejected(rejection)),
             };
@@ -58,7 +58,7 @@ pub async fn run(store: &dyn EventStore, cmd: TokenCmd) -> anyhow::Result<ExitCo
             }
         }
         TokenCmd::Revoke { name } => {
-            requests::revoke_token(store, &verbs::actor(), &name).await?.map_err(exit::rejected)?;
+            requests::revoke_token(store, &actor::actor(), &name).await?.map_err(exit::rejected)?;
             println!("token `{name}` revoked");
         }
     }

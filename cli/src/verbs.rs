@@ -1,6 +1,6 @@
 //! The client verbs that read deployments, environments, routers, workers
-//! and images directly in the store, and what the client verbs share (the
-//! actor they record, JSON printing). Each read verb prints text for people
+//! and images directly in the store, and what the client verbs share (JSON
+//! printing). Each read verb prints text for people
 //! or, with `--json`, one JSON document whose fields follow the HTTP API's
 //! answers where the API has the same view.
 
@@ -22,11 +22,6 @@ use crate::render;
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-/// Who the events name as their actor.
-pub fn actor() -> String {
-    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
 
 /// A query's answer, or its refusal with the refusal's exit status; an

@@ -1,7 +1,9 @@
 //! The embedded mode loses nothing: `slipway deploy` on SQLite with the
 //! in-process queue (what `examples/hello/deploy.sh` runs) retires the
 //! release it replaced before it exits, so three deploys in a row leave
-//! exactly one release's containers running. Real Docker, the built binary.
+//! exactly one release's containers running; `slipway logs` of a release
+//! that failed at its second command shows both commands' output. Real
+//! Docker, the built binary.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
@@ -23,6 +25,13 @@ fn example_files() -> BTreeMap<String, Vec<u8>> {
 }
 
 fn slipway(dir: &Path, args: &[&str]) -> String {
+    let (out, stdout, stderr) = run(dir, args);
+    assert!(out.status.success(), "slipway {args:?} exited {:?}\n{stdout}{stderr}", out.status);
+    stdout
+}
+
+/// Runs `slipway` on the store in `dir`: its outcome, standard output and error.
+fn run(dir: &Path, args: &[&str]) -> (std::process::Output, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .arg("--database")
         .arg(format!("sqlite://{}", dir.join("slipway.db").display()))
@@ -36,9 +45,8 @@ fn slipway(dir: &Path, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "slipway {args:?} exited {:?}\n{stdout}{stderr}", out.status);
-    stdout.into_owned()
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    (out, stdout, stderr)
 }
 
 /// Running containers labelled with `project`, by the deployment they belong to.
@@ -71,4 +79,36 @@ fn three_embedded_deploys_leave_one_release_running() {
     // The release's web and worker containers, nothing of the other two.
     assert_eq!(all.len(), 2, "{all:?}");
     eprintln!("three embedded deploys took {elapsed:?}");
+}
+
+#[test]
+fn logs_of_a_failed_release_show_every_command_that_ran() {
+    require_docker();
+    let project = format!("rel{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = example_files();
+    let toml = String::from_utf8(files["slipway.toml"].clone()).unwrap();
+    let two = r#"commands = ["echo first command ran", "echo second command broke >&2; exit 3"]"#;
+    let toml = toml.replace(r#"commands = ["echo migrating for $GREETING && test -f /www/index.html"]"#, two);
+    assert!(toml.contains(two), "examples/hello/slipway.toml changed its release commands:\n{toml}");
+    files.insert("slipway.toml".into(), toml.into_bytes());
+    let repo = AppRepo::new();
+    repo.commit(&files, "two release commands, the second failing");
+    slipway(dir.path(), &["project", "create", &project, "--repo", repo.path().to_str().unwrap()]);
+    let (out, stdout, stderr) = run(dir.path(), &["deploy", &project, "test", "--migrate", "-q"]);
+    let listed: serde_json::Value = serde_json::from_str(&slipway(dir.path(), &["deployments", &project, "--json"])).unwrap();
+    let id = listed[0]["deployment"].as_str().unwrap().to_string();
+    let logs = slipway(dir.path(), &["logs", &id]);
+    remove_containers_with_label(&format!("slipway.project={project}"));
+    assert_eq!(out.status.code(), Some(1), "the deployment fails at the release\n{stdout}{stderr}");
+    // The evidence printed under the release's StepFailed line.
+    let failed = logs.lines().skip_while(|l| !(l.contains("StepFailed") && l.contains("release")));
+    let shown: Vec<&str> = failed.skip(1).map_while(|l| l.trim_start().strip_prefix("| ")).collect();
+    let expected = [
+        "== release.commands[0] `echo first command ran` (exit 0)",
+        "first command ran",
+        "== release.commands[1] `echo second command broke >&2; exit 3` (exit 3)",
+        "second command broke",
+    ];
+    assert_eq!(shown, expected, "{logs}");
 }

@@ -25,7 +25,8 @@ impl Dir {
             .arg(self.0.path().join("data"))
             .args(args)
             .env_remove("SLIPWAY_DATABASE")
-            .env("USER", "alice");
+            // Unset: the actor is the uid's account and the host, never `cli:unknown`.
+            .env_remove("USER");
         command
     }
 
@@ -34,6 +35,14 @@ impl Dir {
         eprintln!("$ slipway {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         out
     }
+}
+
+/// `cli:<account>@<host>` as `id -un` and `uname -n` name them.
+fn expected_actor() -> String {
+    let run = |program: &str, arg: &str| text(&Command::new(program).arg(arg).output().unwrap().stdout).trim().to_string();
+    let actor = format!("cli:{}@{}", run("id", "-un"), run("uname", "-n"));
+    assert!(!actor.contains("unknown"), "{actor}");
+    actor
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -71,7 +80,8 @@ async fn tokens_made_by_the_cli_open_the_api_until_revoked() {
     let bad = dir.run(&["token", "create", "x", "--scope", "root"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("not one of read, deploy, admin"));
     let list = text(&dir.run(&["token", "list"]).stdout);
-    assert!(list.contains("root") && list.contains("admin") && list.contains("issued by cli:alice"), "{list}");
+    let actor = expected_actor();
+    assert!(list.contains("root") && list.contains("admin") && list.contains(&format!("issued by {actor} ")), "{list}");
     assert!(!list.contains(&token[4..]) && !list.contains("REVOKED"), "{list}");
 
     let listen = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
@@ -82,7 +92,7 @@ async fn tokens_made_by_the_cli_open_the_api_until_revoked() {
     .await;
     let (status, body) = http(&listen, "GET", "/api/tokens", Some(&token), None).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(r#""name":"root""#) && body.contains(r#""issued_by":"cli:alice""#), "{body}");
+    assert!(body.contains(r#""name":"root""#) && body.contains(&format!(r#""issued_by":"{actor}""#)), "{body}");
     let (status, body) = http(&listen, "POST", "/api/tokens", Some(&token), Some(r#"{"name": "ci", "scope": "deploy"}"#)).await;
     assert_eq!(status, 201, "{body}");
 

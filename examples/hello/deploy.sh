@@ -9,18 +9,46 @@ cd "$root"
 env=${1:-test}
 repo="$root/.slipway/example-hello"
 
-busybox=$(command -v busybox || true)
-if [ -z "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked'; then
-  [ -x /bin/busybox ] && busybox=/bin/busybox
+. "$root/scripts/lib/engine.sh"
+
+# What this needs. As root on Debian, Docker and the static busybox are
+# installed and started (scripts/lib/engine.sh, as scripts/services does);
+# elsewhere each missing piece is named with the command that provides it.
+needs=()
+command -v cargo >/dev/null ||
+  needs+=("Rust (no cargo on PATH): curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh")
+command -v git >/dev/null ||
+  needs+=("git: $(is_debian && echo 'sudo apt-get install git' || echo "your system's git package")")
+if ! docker info >/dev/null 2>&1 || ! static_busybox >/dev/null; then
+  if [ "$(id -u)" = 0 ] && is_debian; then
+    engine_setup
+  else
+    engine="" box=""
+    if ! command -v docker >/dev/null; then
+      engine="a Docker engine (no docker on PATH)"
+    elif ! said=$(docker version --format '{{.Server.Version}}' 2>&1 >/dev/null); then
+      said=$(printf '%s' "$said" | tail -n 1)
+      engine="a Docker engine that answers (docker: ${said%%: Get *})"
+    fi
+    static_busybox >/dev/null || box="a static busybox"
+    if [[ $engine == *"permission denied"* ]]; then
+      needs+=("access to the Docker engine (${engine#*(}: sudo usermod -aG docker $(id -un), then log in again")
+      engine=""
+    fi
+    if is_debian && [ -n "$engine$box" ]; then
+      needs+=("$engine${engine:+${box:+ and }}$box: sudo $root/scripts/engine (installs docker.io and busybox-static, starts dockerd)")
+    else
+      [ -z "$engine" ] || needs+=("$engine: install Docker Engine, https://docs.docker.com/engine/install/")
+      [ -z "$box" ] || needs+=("$box: your system's busybox-static package")
+    fi
+  fi
 fi
-if [ -z "$busybox" ]; then
-  echo "deploy.sh: a static busybox is needed (Debian: apt-get install busybox-static)" >&2
+if [ ${#needs[@]} -gt 0 ]; then
+  say "cannot deploy the example yet; missing:"
+  for need in "${needs[@]}"; do printf '  - %s\n' "$need" >&2; done
   exit 1
 fi
-if ! docker info >/dev/null 2>&1; then
-  echo "deploy.sh: no Docker engine answers; start one (as root: scripts/services)" >&2
-  exit 1
-fi
+busybox=$(static_busybox) || { say "no static busybox found after setting up busybox-static"; exit 1; }
 
 # The example as a Git repository of its own (a new commit when it changed).
 mkdir -p "$repo"

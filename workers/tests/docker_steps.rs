@@ -547,7 +547,10 @@ async fn a_failing_release_command_fails_the_step_naming_it() {
     let failure = failed(f.run(Step::Release, &Settings::new()).await, Step::Release);
     assert!(failure.reason.contains("`echo boom >&2; exit 7`"), "{}", failure.reason);
     assert!(failure.reason.contains("exited with code 7"), "{}", failure.reason);
-    assert_eq!(failure.details, vec!["boom"]);
+    // The output of every command that ran: the first's, then the failing one's.
+    let details =
+        ["== release.commands[0] `echo first` (exit 0)", "first", "== release.commands[1] `echo boom >&2; exit 7` (exit 7)", "boom"];
+    assert_eq!(failure.details, details);
     let logs = f.rt.logs.join(f.ctx.deployment_id.to_string());
     assert!(logs.join("release-1.log").exists() && !logs.join("release-2.log").exists(), "stops at the failure");
     assert_eq!(f.containers().await, Vec::<String>::new(), "one-off containers are removed");
@@ -582,7 +585,7 @@ async fn a_release_command_past_its_timeout_is_killed() {
     let failure = failed(f.run(Step::Release, &Settings::new()).await, Step::Release);
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(failure.reason.contains("timed out after 1s"), "{}", failure.reason);
-    assert_eq!(failure.details, vec!["waiting"]);
+    assert_eq!(failure.details, vec!["== release.commands[0] `echo waiting; sleep 30` (timed out)", "waiting"]);
 }
 
 /// Runs the release step, which must succeed; the first command's stored log.

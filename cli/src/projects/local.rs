@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{EnvironmentShown, PreviewChange, PreviewRemoved, PreviewShown, ProjectShown, Projects, RuleChange, SettingShown, SourceShown};
 use crate::exit::{self, not_found};
-use crate::verbs::actor;
+use crate::actor::actor;
 
 /// The store this process opened (`--database`, or the embedded one).
 pub struct Local<'a>(pub &'a dyn EventStore);

@@ -67,7 +67,9 @@ pub trait Queue: Send + Sync + 'static {
     async fn delete(&self, queue: &str) -> Result<(), QueueError>;
 
     /// Messages waiting in `queue` (ready, not yet delivered); 0 for a
-    /// queue that does not exist. For the `slipway_queue_depth` metric.
+    /// queue that does not exist (RabbitMQ declares a queue this process has
+    /// not, so the broker never closes a channel over a missing one). For
+    /// the `slipway_queue_depth` metric.
     async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
         Err(QueueError::Operation { queue: queue.to_owned(), reason: "this queue backend cannot tell its depth".into() })
     }

@@ -7,6 +7,12 @@
 //! `log_cap`. The one-off containers run under the web's limits, and are
 //! never restarted by Docker: a migration runs once.
 //!
+//! A failed release's evidence (`StepFailed.details`) is the output of every
+//! command that ran, not only the failing one's: a migration that fails
+//! after another succeeded is often explained by the first one's output.
+//! Each command's last `LOG_TAIL` lines follow a `== release.commands[i]
+//! `...` (exit N)` line, scrubbed like the stored logs.
+//!
 //! The one-off containers are kept until the step ends (success or failure)
 //! and only then removed: a redelivery after a worker crash mid-step finds
 //! the commands that already finished and reuses their exit codes instead of
@@ -96,16 +102,42 @@ fn one_off<'a>(
     OneOff { index, command, spec, log: log_dir.join(format!("{role}.log")) }
 }
 
-/// Runs the commands one after another, stopping at the first failure.
+/// Runs the commands one after another, stopping at the first failure,
+/// whose details then hold the output of every command that ran.
 async fn run_in_order(docker: &Docker, one_offs: &[OneOff<'_>], timeout: Duration) -> Result<Vec<ReleaseCommandResult>, Failure> {
     let mut results = Vec::with_capacity(one_offs.len());
+    let mut outputs = Vec::new();
     for one in one_offs {
-        results.push(run_one(docker, one, timeout).await?);
+        match run_one(docker, one, timeout).await {
+            Ok((result, text)) => {
+                outputs.extend(output(one, "exit 0", &text));
+                results.push(result);
+            }
+            Err(mut failure) => {
+                outputs.append(&mut failure.details);
+                failure.details = outputs;
+                return Err(failure);
+            }
+        }
     }
     Ok(results)
 }
 
-async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result<ReleaseCommandResult, Failure> {
+/// One command's part of a failure's details: a line naming it and how it
+/// ended, then its last lines (scrubbed).
+fn output(one: &OneOff<'_>, ended: &str, text: &str) -> Vec<String> {
+    let mut lines = vec![format!("== release.commands[{}] `{}` ({ended})", one.index, one.command)];
+    let tail = super::scrub(docker::tail_lines(text, LOG_TAIL), one.spec.env);
+    if tail.is_empty() {
+        lines.push("(no output)".into());
+    }
+    lines.extend(tail);
+    lines
+}
+
+/// Runs one command to its end: its result and its output, or the failure
+/// with its output as details.
+async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result<(ReleaseCommandResult, String), Failure> {
     let started = Instant::now();
     let exit = run_to_exit(docker, &one.spec, timeout).await?;
     let text = match docker::logs_if_present(docker, &one.spec.name).await? {
@@ -124,19 +156,20 @@ async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result
     let what = format!("release command `{}` (release.commands[{}])", one.command, one.index);
     let failure = match exit {
         Some(0) => None,
-        Some(code) => Some(format!("{what} exited with code {code}")),
-        None => Some(format!("{what} timed out after {}", docker::human(timeout))),
+        Some(code) => Some((format!("{what} exited with code {code}"), format!("exit {code}"))),
+        None => Some((format!("{what} timed out after {}", docker::human(timeout)), "timed out".into())),
     };
-    if let Some(reason) = failure {
-        return Err(Failure::new(reason).with_details(super::scrub(docker::tail_lines(&text, LOG_TAIL), one.spec.env)));
+    if let Some((reason, ended)) = failure {
+        return Err(Failure::new(reason).with_details(output(one, &ended, &text)));
     }
     let ran = docker::inspect(docker, &one.spec.name).await.ok().and_then(|info| docker::run_duration(&info));
-    Ok(ReleaseCommandResult {
+    let result = ReleaseCommandResult {
         command: one.command.to_string(),
         exit_code: 0,
         duration_ms: ran.unwrap_or_else(|| started.elapsed()).as_millis() as u64,
         log_ref: Some(one.log.display().to_string()),
-    })
+    };
+    Ok((result, text))
 }
 
 /// Runs the one-off to its end: its exit code, or `None` when it outlived

@@ -354,10 +354,18 @@ impl Queue for RabbitQueue {
     }
 
     /// A passive declare: the broker answers with the queue's ready
-    /// message count without creating or changing it. A missing queue is 0
-    /// (it fails the declare on a channel of its own, nothing else).
+    /// message count without changing the queue. A queue this process has
+    /// not declared yet is declared first, as its first publish or consumer
+    /// would (same arguments, so it is idempotent): a passive declare of a
+    /// missing queue makes the broker close the channel with NOT_FOUND,
+    /// which lapin logs at ERROR level, and the gauges sample every few
+    /// seconds — an operator's log would show an error that is none. A
+    /// queue deleted meanwhile still reads 0.
     async fn depth(&self, queue: &str) -> Result<u64, QueueError> {
         let (name, _) = names(queue)?;
+        if !self.core.is_declared(queue) {
+            self.core.declare(queue, self.core.deadline()).await?;
+        }
         self.core
             .run_op(queue, self.core.deadline(), |channel| {
                 let name = name.clone();
