@@ -45,6 +45,24 @@ impl Node {
             let _ = child.wait();
         }
     }
+
+    /// Loses the host as a power cut would: its dockerd and everything
+    /// running in its namespace (containerd, shims, the replicas) killed
+    /// at once (SIGKILL). Its address stays, answering nothing: what was
+    /// published there no longer accepts connections.
+    pub fn lose(&mut self) {
+        self.kill_dockerd();
+        kill_all_in(&self.name);
+    }
+}
+
+/// SIGKILLs every process in network namespace `name`.
+fn kill_all_in(name: &str) {
+    if let Ok(pids) = run("ip", &["netns", "pids", name]) {
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
 }
 
 pub struct SimulatedSwarm {
@@ -145,7 +163,9 @@ impl SimulatedSwarm {
             wait_for(&format!("dockerd of {}", node.name), Duration::from_secs(30), || docker_at(&node.socket, &["version"]).is_ok());
         }
         let manager = &swarm.nodes[0];
-        manager.docker(&["swarm", "init", "--advertise-addr", &manager.address]);
+        // Nodes report every second (5 s by default), so a lost one is
+        // marked down, and its replicas placed again, within seconds.
+        manager.docker(&["swarm", "init", "--advertise-addr", &manager.address, "--dispatcher-heartbeat", "1s"]);
         let token = manager.docker(&["swarm", "join-token", "-q", "worker"]);
         let join = format!("{}:2377", manager.address);
         for node in &swarm.nodes[1..] {
@@ -225,11 +245,7 @@ impl Drop for SimulatedSwarm {
         for node in &self.nodes {
             // What still runs in the namespace (a killed dockerd's
             // containerd, shims and containers): these processes only.
-            if let Ok(pids) = run("ip", &["netns", "pids", &node.name]) {
-                for pid in pids.split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
+            kill_all_in(&node.name);
             // A killed dockerd leaves its containers' shims and mounts behind.
             let _ = run(
                 "sh",
