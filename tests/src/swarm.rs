@@ -46,6 +46,26 @@ impl Node {
         }
     }
 
+    /// Starts its dockerd in its namespace (again, after `lose`: it joins
+    /// the swarm again as the same node, with its data).
+    fn start_dockerd(&mut self, logs: &std::path::Path, net: &str) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join(format!("{}.log", self.name))).expect("log file");
+        let dockerd = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.name))
+            .args(["dockerd", "--data-root"])
+            .arg(&self.data_root)
+            .arg("--exec-root")
+            .arg(&self.exec_root)
+            .args(["-H", &format!("unix://{}", self.socket), "--pidfile", &format!("/run/{}.pid", self.name)])
+            .args(["--insecure-registry", &format!("{net}.0/24")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd (root needed)");
+        self.dockerd = Some(dockerd);
+    }
+
     /// Loses the host as a power cut would: its dockerd and everything
     /// running in its namespace (containerd, shims, the replicas) killed
     /// at once (SIGKILL). Its address stays, answering nothing: what was
@@ -142,21 +162,9 @@ impl SimulatedSwarm {
             let data_root = PathBuf::from(format!("/var/lib/{name}"));
             let exec_root = PathBuf::from(format!("/run/{name}"));
             let socket = format!("/run/{name}.sock");
-            let log = std::fs::File::create(swarm.registry_dir.path().join(format!("{name}.log"))).expect("log file");
-            let dockerd = Command::new("nsenter")
-                .arg(format!("--net=/var/run/netns/{name}"))
-                .args(["dockerd", "--data-root"])
-                .arg(&data_root)
-                .arg("--exec-root")
-                .arg(&exec_root)
-                .args(["-H", &format!("unix://{socket}"), "--pidfile", &format!("/run/{name}.pid")])
-                .args(["--insecure-registry", &format!("{net}.0/24")])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("start dockerd (root needed)");
-            swarm.nodes.push(Node { name, address, socket, data_root, exec_root, dockerd: Some(dockerd) });
+            let mut node = Node { name, address, socket, data_root, exec_root, dockerd: None };
+            node.start_dockerd(swarm.registry_dir.path(), &net);
+            swarm.nodes.push(node);
         }
         swarm.start_registry(&net);
         for node in &swarm.nodes {
@@ -199,6 +207,20 @@ impl SimulatedSwarm {
         let addr: std::net::SocketAddr = self.registry.parse().expect("registry address");
         wait_for(&format!("registry on {net}.1"), Duration::from_secs(10), || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+    }
+
+    /// Brings node `i` back after `lose`: its dockerd starts again and the
+    /// node is Ready in the swarm again.
+    pub fn revive(&mut self, i: usize) {
+        let net = self.registry.rsplit_once('.').map(|(net, _)| net.to_string()).expect("the registry's address");
+        let logs = self.registry_dir.path().to_path_buf();
+        self.nodes[i].start_dockerd(&logs, &net);
+        let node = &self.nodes[i];
+        wait_for(&format!("dockerd of {}", node.name), Duration::from_secs(30), || docker_at(&node.socket, &["version"]).is_ok());
+        let id = node.docker(&["info", "--format", "{{.Swarm.NodeID}}"]);
+        wait_for(&format!("{} Ready again", node.name), Duration::from_secs(60), || {
+            docker_at(&self.nodes[0].socket, &["node", "inspect", "--format", "{{.Status.State}}", &id]).is_ok_and(|s| s == "ready")
         });
     }
 
