@@ -134,8 +134,12 @@ pub enum Command {
     /// and the commands each is running.
     Workers,
     /// The Docker Swarm's nodes (ask a manager's engine: DOCKER_HOST):
-    /// address, state, availability, role, labels and the tasks each runs.
-    Hosts,
+    /// address, state, availability, role, labels and the tasks each runs;
+    /// `drain` and `activate` take a node out of service and back.
+    Hosts {
+        #[command(subcommand)]
+        cmd: Option<HostsCmd>,
+    },
     /// Run step workers that compete for the step queues.
     Worker {
         /// Where the apps' containers run: `single-engine` (this worker's
@@ -641,6 +645,27 @@ pub enum ProjectionsCmd {
     /// appends nothing (decisions are idempotent). The read models
     /// (projects, environments, deployments) are emptied and refilled from the log.
     Rebuild,
+}
+
+#[derive(Subcommand)]
+pub enum HostsCmd {
+    /// Drain a swarm node (Swarm's `drain` availability): Swarm places its
+    /// replicas on the other nodes. Waits until nothing of Slipway's runs
+    /// there, every serving release runs all its replicas, and the routers
+    /// acknowledged routes that no longer go there. Recorded with who asked.
+    Drain {
+        /// The node's host name, id (or a prefix of it) or address.
+        name: String,
+        /// How long to wait, in seconds, before giving up (the node stays draining).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Let Swarm place replicas on a drained node again (nothing moves
+    /// back by itself; new replicas may go there). Recorded with who asked.
+    Activate {
+        /// The node's host name, id (or a prefix of it) or address.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -102,7 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(cmd) => return audit::audit(cmd, &cli.database, cli.pg_schema.as_deref(), cli.json).await,
         Command::Export(args) => return audit::export(args, &cli.database, cli.pg_schema.as_deref()).await,
-        Command::Hosts => return verbs::hosts(cli.json).await.map(|_| ExitCode::SUCCESS),
+        Command::Hosts { cmd: None } => return verbs::hosts(cli.json).await.map(|_| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "slipway", &mut std::io::stdout());
@@ -151,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projections(ProjectionsCmd::Rebuild) => processes::rebuild(&*store).await,
         Command::Images(ImagesCmd::Prune { keep, dry_run }) => done(verbs::images_prune(&*store, keep, dry_run, json).await),
         Command::Workers => done(verbs::workers(&*store, json).await),
+        Command::Hosts { cmd: Some(cmd) } => done(verbs::hosts_change(&store, cmd, json).await),
         Command::Project(cmd) => projects::run(&projects::Local(&*store), cmd, json).await,
         Command::Preview(cmd) => projects::previews(&projects::Local(&*store), cmd, json).await,
         Command::Env(cmd) => projects::env(&projects::Local(&*store), cmd, json).await,
@@ -176,7 +177,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domain(cmd) => domains::run(&*store, cmd).await,
         Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
         Command::Notifications(cmd) => notifications::run(&*store, cmd, json).await,
-        Command::Audit(_) | Command::Export(_) | Command::Completions { .. } | Command::Db(_) | Command::Secrets(_) | Command::Hosts => {
+        Command::Audit(_)
+        | Command::Export(_)
+        | Command::Completions { .. }
+        | Command::Db(_)
+        | Command::Secrets(_)
+        | Command::Hosts { cmd: None } => {
             unreachable!("handled before the store is opened")
         }
     }

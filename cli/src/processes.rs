@@ -119,6 +119,8 @@ pub async fn worker(store: Arc<dyn EventStore>, options: &Options, args: WorkerA
         // Stand-in workers start no containers: nothing to look after.
         // Nor do swarm workers: Swarm restarts and reschedules its services.
         agent: agent.options().filter(|_| stand_in_ms.is_none() && !swarm),
+        // What a swarm worker looks after instead: what Swarm did, where the replicas answer.
+        swarm_watch: stand_in_ms.is_none() && swarm,
         ..Default::default()
     };
     let executor: Arc<dyn slipway_workers::Executor> = match stand_in_ms {

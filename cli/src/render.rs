@@ -259,6 +259,28 @@ pub fn describe(event: &Event) -> String {
             if c.oom { ", OOM-killed" } else { "" },
             on_host(&c.host)
         ),
+        Event::ReplicasObserved(r) => {
+            let changes: Vec<String> = r
+                .changes
+                .iter()
+                .map(|c| {
+                    let mut text = format!("replica {} {} on {}", c.slot, c.change.as_str(), c.node);
+                    if !c.from.is_empty() {
+                        text.push_str(&format!(" (from {})", c.from));
+                    }
+                    if !c.error.is_empty() {
+                        text.push_str(&format!(": {}", c.error));
+                    }
+                    text
+                })
+                .collect();
+            let more = if r.more > 0 { format!(" and {} more", r.more) } else { String::new() };
+            format!("{}: {}{more}; {} of {} replica(s) running", r.service, changes.join("; "), r.running, r.wanted)
+        }
+        Event::HostAvailabilityChanged(h) => {
+            let moved = if h.moved.is_empty() { String::new() } else { format!("; moved {}", h.moved.join(", ")) };
+            format!("swarm node {} ({}) set to {} (was {}){moved}", h.node, h.node_id, h.availability, h.previous)
+        }
         Event::ReleaseUpstreamsObserved(r) => format!(
             "deployment {} answers at {} (was {}){}",
             r.deployment_id,

@@ -302,6 +302,30 @@ pub async fn hosts(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `slipway hosts drain|activate NAME`: changes a swarm node's
+/// availability (a drain waits until its replicas run elsewhere and the
+/// routes followed) and records it with who asked.
+pub async fn hosts_change(store: &std::sync::Arc<dyn EventStore>, cmd: crate::args::HostsCmd, json: bool) -> anyhow::Result<()> {
+    let changed = match cmd {
+        crate::args::HostsCmd::Drain { name, timeout } => {
+            slipway_node::drain::drain(store, &name, &crate::actor::actor(), std::time::Duration::from_secs(timeout)).await
+        }
+        crate::args::HostsCmd::Activate { name } => slipway_node::drain::activate(store, &name, &crate::actor::actor()).await,
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "node": changed.node, "node_id": changed.node_id, "availability": changed.availability, "previous": changed.previous, "moved": changed.moved })
+        );
+    } else if changed.moved.is_empty() {
+        println!("{} is {} (was {})", changed.node, changed.availability, changed.previous);
+    } else {
+        println!("{} is {} (was {}); moved elsewhere: {}", changed.node, changed.availability, changed.previous, changed.moved.join(", "));
+    }
+    Ok(())
+}
+
 /// Worker processes from their heartbeats: alive, missing (silent for three
 /// heartbeat intervals: killed, or cut off) or stopped, and what each is doing.
 pub async fn workers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {

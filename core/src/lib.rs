@@ -2,7 +2,7 @@
 //! decider that turns a deployment's state into the next commands and facts
 //! (`decider`), the other projections (`environment`, `project`, `routes`,
 //! `lease`, `seen`) and the pure views and rules over them (reconciliation,
-//! supervision, retention, limits, protection, previews, pushes,
+//! supervision, swarm replicas, retention, limits, protection, previews, pushes,
 //! notifications, domains, refusals).
 //!
 //! This crate depends on `slipway-proto` and a few pure libraries only: no
@@ -26,6 +26,7 @@ pub mod protection;
 pub mod push;
 pub mod reconcile;
 pub mod rejection;
+pub mod replicas;
 pub mod retention;
 pub mod router_errors;
 pub mod routes;

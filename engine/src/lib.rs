@@ -33,8 +33,8 @@ pub mod webhook;
 
 // The pure modules live in `slipway-core`; their old paths keep working.
 pub use slipway_core::{
-    decider, deployment, environment, lease, limits, notify, poll, preview, project, projection, push, reconcile, rejection, retention,
-    router_errors, routes, seen, supervise,
+    decider, deployment, environment, lease, limits, notify, poll, preview, project, projection, push, reconcile, rejection, replicas,
+    retention, router_errors, routes, seen, supervise,
 };
 
 pub use decider::{decide, Decision, EnvironmentView};

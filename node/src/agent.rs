@@ -286,15 +286,7 @@ impl Agent {
     }
 
     async fn append(&self, stream: &str, id: Uuid, event: &Event) {
-        let meta = Metadata { correlation_id: id, causation_id: None, actor: format!("agent:{}", self.host), trace: None };
-        let Ok(envelope) = Envelope::new(id, Utc::now(), stream, event, meta) else { return };
-        match self.store.append_each(&[(stream, &envelope)]).await {
-            Ok(results) => match results.into_iter().next() {
-                Some(Ok(_)) | Some(Err(StoreError::Duplicate { .. })) | None => {}
-                Some(Err(e)) => tracing::warn!(error = %e, %stream, "host agent: could not record"),
-            },
-            Err(e) => tracing::warn!(error = %e, %stream, "host agent: could not record"),
-        }
+        append(&*self.store, &format!("agent:{}", self.host), stream, id, event).await;
     }
 
     /// One Docker event: a signal about a serving container goes to the supervisor.
@@ -354,4 +346,18 @@ impl Agent {
 
 fn cap() -> chrono::Duration {
     chrono::Duration::from_std(START_BACKOFF_CAP).unwrap_or(chrono::Duration::minutes(10))
+}
+
+/// Records `event` as `actor` once (an id recorded already is a duplicate,
+/// not an error); a failure is logged: the next pass decides again.
+pub(crate) async fn append(store: &dyn EventStore, actor: &str, stream: &str, id: Uuid, event: &Event) {
+    let meta = Metadata { correlation_id: id, causation_id: None, actor: actor.to_string(), trace: None };
+    let Ok(envelope) = Envelope::new(id, Utc::now(), stream, event, meta) else { return };
+    match store.append_each(&[(stream, &envelope)]).await {
+        Ok(results) => match results.into_iter().next() {
+            Some(Ok(_)) | Some(Err(StoreError::Duplicate { .. })) | None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, %stream, %actor, "could not record"),
+        },
+        Err(e) => tracing::warn!(error = %e, %stream, %actor, "could not record"),
+    }
 }

@@ -107,6 +107,10 @@ pub async fn serve(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, parts: Par
         if let (true, Some(agent)) = (options.steps.contains(&Step::Deploy), options.agent.clone()) {
             tasks.spawn(crate::agent::run(store.clone(), options.host.clone(), agent, shutdown.clone()).map(Ok));
         }
+        // Its counterpart on the swarm runtime, where Swarm runs the replicas.
+        if options.steps.contains(&Step::Deploy) && options.swarm_watch {
+            tasks.spawn(crate::swarm_watch::run(store.clone(), options.host.clone(), shutdown.clone()).map(Ok));
+        }
         let (store, queue, shutdown) = (store.clone(), queue.clone(), shutdown.clone());
         tasks.spawn(async move {
             slipway_workers::run(queue, store, executor, options, shutdown).await.map_err(|e| NodeError::Workers(e.to_string()))

@@ -852,6 +852,79 @@ pub struct ContainerSupervised {
     pub host: String,
 }
 
+/// What happened to one replica of a serving release on the swarm runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaChange {
+    /// A replica (a new Swarm task) runs, on the node it ran on before or a first time.
+    Started,
+    /// A replica's task failed (its container exited, or a node rejected it).
+    Failed,
+    /// A replica runs on another node than before (Swarm placed it again).
+    Rescheduled,
+    /// The node a replica ran on is down (Swarm places it elsewhere).
+    NodeDown,
+}
+
+impl ReplicaChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaChange::Started => "started",
+            ReplicaChange::Failed => "failed",
+            ReplicaChange::Rescheduled => "rescheduled",
+            ReplicaChange::NodeDown => "node down",
+        }
+    }
+}
+
+/// One replica's change: its slot (`[web] replicas` numbers them from 1),
+/// the node it happened on (its address), and Swarm's words when it failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaChanged {
+    pub slot: u64,
+    pub change: ReplicaChange,
+    pub node: String,
+    /// The node it ran on before (a reschedule).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// What the serving release's Swarm tasks did, as the swarm watcher saw it
+/// (on the environment's stream). Rate-limited like `ContainerSupervised`:
+/// one record summarises every change since the one before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicasObserved {
+    pub deployment_id: Uuid,
+    /// The Swarm service (the release's web or process type).
+    pub service: String,
+    pub changes: Vec<ReplicaChanged>,
+    /// Changes left out of `changes` (a long crash loop).
+    #[serde(default)]
+    pub more: u32,
+    /// Replicas running when recorded, and how many the service asks for.
+    pub running: u32,
+    pub wanted: u32,
+}
+
+/// An operator changed a swarm node's availability (on the installation
+/// stream): `drain` moves its replicas elsewhere, `active` lets Swarm place
+/// replicas there again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostAvailabilityChanged {
+    /// The node's host name.
+    pub node: String,
+    pub node_id: String,
+    /// `drain`, `active` or `pause`.
+    pub availability: String,
+    /// What it was.
+    pub previous: String,
+    /// Replicas that ran there and were placed elsewhere (a drain waited for).
+    #[serde(default)]
+    pub moved: Vec<String>,
+}
+
 /// The one stream that holds every environment's route. An event's
 /// version in it is the *route version* routers acknowledge: one number
 /// says how far a router has applied the routes of every environment.
@@ -1546,6 +1619,8 @@ crate::message_family! {
         ContainerReconciled(ContainerReconciled) = 1,
         ReleaseUpstreamsObserved(ReleaseUpstreamsObserved) = 1,
         ContainerSupervised(ContainerSupervised) = 1,
+        ReplicasObserved(ReplicasObserved) = 1,
+        HostAvailabilityChanged(HostAvailabilityChanged) = 1,
         SourceAccessChanged(SourceAccessChanged) = 1,
         SourceHostKeyPinned(SourceHostKeyPinned) = 1,
         NameClaimed(NameClaimed) = 1,

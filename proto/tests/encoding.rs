@@ -124,6 +124,36 @@ fn sample_events() -> Vec<Event> {
             deadline: Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 15).unwrap(),
         }),
         Event::RerouteSettled(RerouteSettled { route_version: 12, acknowledged: vec!["edge-1".into()], missing: vec![] }),
+        Event::ReplicasObserved(ReplicasObserved {
+            deployment_id: d,
+            service: "slipway-hello-live-web".into(),
+            changes: vec![
+                ReplicaChanged {
+                    slot: 3,
+                    change: ReplicaChange::NodeDown,
+                    node: "10.0.0.4".into(),
+                    from: String::new(),
+                    error: String::new(),
+                },
+                ReplicaChanged {
+                    slot: 3,
+                    change: ReplicaChange::Rescheduled,
+                    node: "10.0.0.2".into(),
+                    from: "10.0.0.4".into(),
+                    error: String::new(),
+                },
+            ],
+            more: 0,
+            running: 3,
+            wanted: 3,
+        }),
+        Event::HostAvailabilityChanged(HostAvailabilityChanged {
+            node: "node-2".into(),
+            node_id: "abc".into(),
+            availability: "drain".into(),
+            previous: "active".into(),
+            moved: vec!["slipway-hello-live-web.2 (running)".into()],
+        }),
         Event::SecretsKeyRotated(SecretsKeyRotated { from: vec!["0011223344556677".into()], to: "8899aabbccddeeff".into(), values: 3 }),
         Event::DomainRemoved(DomainRemoved { project: "hello".into(), environment: "live".into(), domain: "www.example.com".into() }),
         Event::PreviewRuleSet(PreviewRuleSet {

@@ -95,11 +95,12 @@ impl Harness {
         engine: DriverOptions,
         agent: Option<slipway_workers::host::AgentOptions>,
     ) -> Harness {
-        Harness::start_on(backends, wrap, engine, agent, Pipeline::new).await
+        Harness::start_on(backends, wrap, engine, agent, false, Pipeline::new).await
     }
 
     /// A harness whose workers run the apps on the swarm their engine
-    /// (DOCKER_HOST) manages, pushing builds to `registry`; no host agent.
+    /// (DOCKER_HOST) manages, pushing builds to `registry`; no host agent,
+    /// the swarm watcher instead.
     pub async fn start_swarm(registry: &str) -> Harness {
         let registry = registry.to_string();
         Harness::start_on(
@@ -107,6 +108,7 @@ impl Harness {
             |q| q,
             DriverOptions::default(),
             None,
+            true,
             move |runtime| {
                 Pipeline::on(Runtime { registry: Some(registry), ..runtime }, slipway_workers::steps::runtime::RuntimeKind::Swarm)
             },
@@ -119,6 +121,7 @@ impl Harness {
         wrap: impl FnOnce(Arc<dyn Queue>) -> Arc<dyn Queue>,
         engine: DriverOptions,
         agent: Option<slipway_workers::host::AgentOptions>,
+        swarm_watch: bool,
         pipeline: impl FnOnce(Runtime) -> Pipeline,
     ) -> Harness {
         require_docker();
@@ -148,7 +151,10 @@ impl Harness {
         let parts = Parts {
             engine: Some(engine),
             relay: RelayOptions { poll: Duration::from_millis(100), ..Default::default() },
-            workers: Some((WorkerOptions { actor: "worker:test".into(), agent, ..Default::default() }, Arc::new(pipeline(runtime)))),
+            workers: Some((
+                WorkerOptions { actor: "worker:test".into(), swarm_watch, agent, ..Default::default() },
+                Arc::new(pipeline(runtime)),
+            )),
             router: None,
             poller: None,
             acme: None,

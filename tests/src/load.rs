@@ -18,6 +18,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub started: Instant,
+    /// How long it took to answer (or fail).
+    pub took: Duration,
     pub outcome: Result<String, String>,
 }
 
@@ -42,7 +44,7 @@ impl Load {
                         tick.tick().await;
                         let started = Instant::now();
                         let outcome = get(&client, router, &host).await;
-                        samples.push(Sample { started, outcome });
+                        samples.push(Sample { started, took: started.elapsed(), outcome });
                     }
                     samples
                 })

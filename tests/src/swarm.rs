@@ -45,6 +45,44 @@ impl Node {
             let _ = child.wait();
         }
     }
+
+    /// Starts its dockerd in its namespace (again, after `lose`: it joins
+    /// the swarm again as the same node, with its data).
+    fn start_dockerd(&mut self, logs: &std::path::Path, net: &str) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join(format!("{}.log", self.name))).expect("log file");
+        let dockerd = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.name))
+            .args(["dockerd", "--data-root"])
+            .arg(&self.data_root)
+            .arg("--exec-root")
+            .arg(&self.exec_root)
+            .args(["-H", &format!("unix://{}", self.socket), "--pidfile", &format!("/run/{}.pid", self.name)])
+            .args(["--insecure-registry", &format!("{net}.0/24")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd (root needed)");
+        self.dockerd = Some(dockerd);
+    }
+
+    /// Loses the host as a power cut would: its dockerd and everything
+    /// running in its namespace (containerd, shims, the replicas) killed
+    /// at once (SIGKILL). Its address stays, answering nothing: what was
+    /// published there no longer accepts connections.
+    pub fn lose(&mut self) {
+        self.kill_dockerd();
+        kill_all_in(&self.name);
+    }
+}
+
+/// SIGKILLs every process in network namespace `name`.
+fn kill_all_in(name: &str) {
+    if let Ok(pids) = run("ip", &["netns", "pids", name]) {
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
 }
 
 pub struct SimulatedSwarm {
@@ -124,28 +162,18 @@ impl SimulatedSwarm {
             let data_root = PathBuf::from(format!("/var/lib/{name}"));
             let exec_root = PathBuf::from(format!("/run/{name}"));
             let socket = format!("/run/{name}.sock");
-            let log = std::fs::File::create(swarm.registry_dir.path().join(format!("{name}.log"))).expect("log file");
-            let dockerd = Command::new("nsenter")
-                .arg(format!("--net=/var/run/netns/{name}"))
-                .args(["dockerd", "--data-root"])
-                .arg(&data_root)
-                .arg("--exec-root")
-                .arg(&exec_root)
-                .args(["-H", &format!("unix://{socket}"), "--pidfile", &format!("/run/{name}.pid")])
-                .args(["--insecure-registry", &format!("{net}.0/24")])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("start dockerd (root needed)");
-            swarm.nodes.push(Node { name, address, socket, data_root, exec_root, dockerd: Some(dockerd) });
+            let mut node = Node { name, address, socket, data_root, exec_root, dockerd: None };
+            node.start_dockerd(swarm.registry_dir.path(), &net);
+            swarm.nodes.push(node);
         }
         swarm.start_registry(&net);
         for node in &swarm.nodes {
             wait_for(&format!("dockerd of {}", node.name), Duration::from_secs(30), || docker_at(&node.socket, &["version"]).is_ok());
         }
         let manager = &swarm.nodes[0];
-        manager.docker(&["swarm", "init", "--advertise-addr", &manager.address]);
+        // Nodes report every second (5 s by default), so a lost one is
+        // marked down, and its replicas placed again, within seconds.
+        manager.docker(&["swarm", "init", "--advertise-addr", &manager.address, "--dispatcher-heartbeat", "1s"]);
         let token = manager.docker(&["swarm", "join-token", "-q", "worker"]);
         let join = format!("{}:2377", manager.address);
         for node in &swarm.nodes[1..] {
@@ -179,6 +207,20 @@ impl SimulatedSwarm {
         let addr: std::net::SocketAddr = self.registry.parse().expect("registry address");
         wait_for(&format!("registry on {net}.1"), Duration::from_secs(10), || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+    }
+
+    /// Brings node `i` back after `lose`: its dockerd starts again and the
+    /// node is Ready in the swarm again.
+    pub fn revive(&mut self, i: usize) {
+        let net = self.registry.rsplit_once('.').map(|(net, _)| net.to_string()).expect("the registry's address");
+        let logs = self.registry_dir.path().to_path_buf();
+        self.nodes[i].start_dockerd(&logs, &net);
+        let node = &self.nodes[i];
+        wait_for(&format!("dockerd of {}", node.name), Duration::from_secs(30), || docker_at(&node.socket, &["version"]).is_ok());
+        let id = node.docker(&["info", "--format", "{{.Swarm.NodeID}}"]);
+        wait_for(&format!("{} Ready again", node.name), Duration::from_secs(60), || {
+            docker_at(&self.nodes[0].socket, &["node", "inspect", "--format", "{{.Status.State}}", &id]).is_ok_and(|s| s == "ready")
         });
     }
 
@@ -225,11 +267,7 @@ impl Drop for SimulatedSwarm {
         for node in &self.nodes {
             // What still runs in the namespace (a killed dockerd's
             // containerd, shims and containers): these processes only.
-            if let Ok(pids) = run("ip", &["netns", "pids", &node.name]) {
-                for pid in pids.split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
+            kill_all_in(&node.name);
             // A killed dockerd leaves its containers' shims and mounts behind.
             let _ = run(
                 "sh",

@@ -3,7 +3,10 @@
 //! router sees every replica and no failed request through a deploy of a
 //! new version, `slipway hosts` lists the nodes and what runs there, and a
 //! placement no node can satisfy fails the deployment before traffic moves,
-//! with Swarm's reason.
+//! with Swarm's reason; a host lost under load fails no request, Swarm
+//! places its replica again, the route follows and the environment's
+//! history tells it; `hosts drain` moves a node's replicas off it with no
+//! failed request.
 //!
 //! `#[ignore]`d and run by the serial phase of `scripts/test`: it needs
 //! root (namespaces, dockerds of its own) and fails, never skips, without
@@ -16,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use slipway_engine::Status;
+use slipway_proto::event::ReplicaChange;
 use slipway_proto::Event;
 use slipway_tests::swarm::SimulatedSwarm;
 use slipway_tests::*;
@@ -45,7 +49,7 @@ fn web_started(events: &[Event]) -> slipway_proto::event::WebContainerStarted {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: network namespaces and dockerds of its own; run by scripts/test's serial phase"]
 async fn replicas_spread_over_the_hosts_and_a_redeploy_fails_no_request() {
-    let swarm = SimulatedSwarm::start(3);
+    let mut swarm = SimulatedSwarm::start(3);
     // The workers' engine is the swarm's manager (never the main daemon).
     std::env::set_var("DOCKER_HOST", format!("unix://{}", swarm.manager().socket));
     let harness = Harness::start_swarm(&swarm.registry).await;
@@ -106,6 +110,101 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_fails_no_request() {
     })
     .await;
 
+    // A host lost under load (a worker: the manager keeps the swarm's
+    // quorum). Its replica is ejected by the router, Swarm places it
+    // again, the route follows, and no GET fails.
+    let serving = web_started(&harness.events(second.id).await);
+    let lost = swarm.nodes[2].address.clone();
+    let on = |address: &str| format!("{address}:");
+    assert_eq!(serving.upstreams.iter().filter(|u| u.starts_with(&on(&lost))).count(), 1, "{serving:?}");
+    let load = load::Load::start(harness.router_addr(), &harness.host("live"), 4, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    swarm.nodes[2].lose();
+    let upstreams = followed(&harness, 3, &lost).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples: Vec<load::Sample> = load.stop().await.into_iter().flatten().collect();
+    let failed: Vec<&String> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
+    eprintln!("a host lost: {} of {} requests failed; the route is {upstreams:?}", failed.len(), samples.len());
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), samples.len(), &failed[..failed.len().min(5)]);
+    // The history tells it: the node down, the replica placed again
+    // elsewhere, the route following it, acknowledged by the router.
+    let story = eventually("the history of the lost host", Duration::from_secs(30), || async {
+        let events = environment_events(&harness).await;
+        let changes: Vec<(ReplicaChange, String, String)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ReplicasObserved(r) if r.service == serving.container => Some(r.changes.clone()),
+                _ => None,
+            })
+            .flatten()
+            .map(|c| (c.change, c.node, c.from))
+            .collect();
+        let down = changes.iter().any(|(c, node, _)| *c == ReplicaChange::NodeDown && *node == lost);
+        let moved = changes.iter().any(|(c, node, from)| *c == ReplicaChange::Rescheduled && *from == lost && *node != lost);
+        (down && moved).then_some(events)
+    })
+    .await;
+    let observed = story.iter().filter(|e| matches!(e, Event::ReleaseUpstreamsObserved(o) if o.deployment_id == second.id)).count();
+    let settled = story.iter().filter(|e| matches!(e, Event::RerouteSettled(s) if s.missing.is_empty())).count();
+    assert!(observed >= 1 && settled >= 1, "the route followed through acknowledged reroutes: {story:?}");
+    let routed = story.iter().rev().find_map(|e| match e {
+        Event::ReleaseRerouted(r) => Some(r.upstreams.clone()),
+        _ => None,
+    });
+    assert_eq!(routed.as_ref(), Some(&upstreams), "{story:?}");
+
+    // `hosts drain` moves the replicas off a node with no failed request,
+    // recorded with who asked; `activate` lets Swarm use it again.
+    let drained = swarm.nodes[1].address.clone();
+    let load = load::Load::start(harness.router_addr(), &harness.host("live"), 4, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let change = slipway_node::drain::drain(&harness.store, &drained, "cli:tester", Duration::from_secs(120)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples: Vec<load::Sample> = load.stop().await.into_iter().flatten().collect();
+    let failed: Vec<&String> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
+    eprintln!("a drain: {} of {} requests failed; moved {:?}", failed.len(), samples.len(), change.moved);
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), samples.len(), &failed[..failed.len().min(5)]);
+    assert_eq!((change.availability.as_str(), change.previous.as_str()), ("drain", "active"), "{change:?}");
+    assert!(!change.moved.is_empty(), "{change:?}");
+    let upstreams = followed(&harness, 3, &drained).await;
+    assert!(upstreams.iter().all(|u| u.starts_with(&on(&swarm.manager().address))), "{upstreams:?}");
+    let hosts = slipway_workers::steps::swarm::hosts().await.unwrap();
+    let row = hosts.iter().find(|h| h.address == drained).unwrap();
+    assert_eq!(row.availability, "drain", "{row:?}");
+    assert!(row.tasks.iter().all(|t| !t.starts_with("slipway-")), "{row:?}");
+    slipway_node::drain::activate(&harness.store, &drained, "cli:tester").await.unwrap();
+    let recorded = harness.store.read_stream(slipway_proto::event::INSTALLATION_STREAM, 1).await.unwrap();
+    let drains: Vec<(String, String)> = recorded
+        .iter()
+        .filter_map(|r| match r.envelope.decode() {
+            Ok(Event::HostAvailabilityChanged(h)) => Some((h.availability, r.envelope.actor.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drains, vec![("drain".into(), "cli:tester".into()), ("active".into(), "cli:tester".into())]);
+
     harness.shutdown().await;
     drop(swarm);
+}
+
+/// The environment's stream, decoded.
+async fn environment_events(harness: &Harness) -> Vec<Event> {
+    let stream = slipway_proto::event::environment_stream(&harness.project, "live");
+    let recorded = harness.store.read_stream(&stream, 1).await.unwrap();
+    recorded.iter().map(|r| r.envelope.decode().unwrap()).collect()
+}
+
+/// Waits until the serving release runs `replicas` replicas none of which
+/// is on `gone`, and its route (acknowledged by the router) says so.
+async fn followed(harness: &Harness, replicas: usize, gone: &str) -> Vec<String> {
+    eventually("the route to follow the replicas", Duration::from_secs(120), || async {
+        let env = slipway_engine::load::environment(&*harness.store, &harness.project, "live").await.unwrap();
+        let active = env.active.as_ref()?;
+        let off = active.upstreams.iter().all(|u| !u.starts_with(&format!("{gone}:")));
+        let route = slipway_engine::load::routes(&*harness.store).await.unwrap();
+        let routed = route.by_environment.get(&(harness.project.clone(), "live".to_string()))?;
+        (active.upstreams.len() == replicas && off && env.rerouting.is_none() && routed.upstreams == active.upstreams)
+            .then(|| active.upstreams.clone())
+    })
+    .await
 }

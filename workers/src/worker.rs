@@ -42,6 +42,10 @@ pub struct WorkerOptions {
     /// The host agent (reconciler and supervisor of this Docker host), run
     /// where the deploy step is served; `None` runs none.
     pub agent: Option<crate::host::AgentOptions>,
+    /// The swarm watcher (records the serving releases' Swarm task changes
+    /// and moves routes to where their replicas run), run where the deploy
+    /// step is served on the swarm runtime.
+    pub swarm_watch: bool,
 }
 
 impl Default for WorkerOptions {
@@ -55,6 +59,7 @@ impl Default for WorkerOptions {
             id: format!("{host}-{}-{}", std::process::id(), &Uuid::now_v7().simple().to_string()[26..]),
             host,
             agent: Some(crate::host::AgentOptions::default()),
+            swarm_watch: false,
         }
     }
 }

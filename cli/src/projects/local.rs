@@ -11,8 +11,8 @@ use slipway_store::EventStore;
 use uuid::Uuid;
 
 use super::{EnvironmentShown, PreviewChange, PreviewRemoved, PreviewShown, ProjectShown, Projects, RuleChange, SettingShown, SourceShown};
-use crate::exit::{self, not_found};
 use crate::actor::actor;
+use crate::exit::{self, not_found};
 
 /// The store this process opened (`--database`, or the embedded one).
 pub struct Local<'a>(pub &'a dyn EventStore);

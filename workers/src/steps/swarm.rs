@@ -32,14 +32,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
+pub use bollard::models::NodeSpecAvailabilityEnum as Availability;
 use bollard::models::{
-    EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum, EndpointSpec, Limit, Node, ServiceSpec,
-    ServiceSpecMode, ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec, TaskSpecLogDriver, TaskSpecPlacement,
+    EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum, EndpointSpec, Limit, Node, NodeState,
+    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec, TaskSpecLogDriver, TaskSpecPlacement,
     TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
-use bollard::query_parameters::{ListServicesOptionsBuilder, ListTasksOptionsBuilder};
+use bollard::query_parameters::{ListServicesOptionsBuilder, ListTasksOptionsBuilder, UpdateNodeOptionsBuilder};
 use bollard::Docker;
 use futures::future::join_all;
+use slipway_core::replicas::Replica;
 use slipway_proto::command::{DeploymentContext, RemoveContainers, RetireRelease, RunStep};
 use slipway_proto::config::{AppConfig, Limits};
 use slipway_proto::event::{ContainersRemoved, HealthCheckPassed, ProcessContainer, ProcessesStarted, ReleaseWatched, WebContainerStarted};
@@ -516,6 +518,66 @@ async fn remove(deployment_id: Uuid, named: &[String], grace: Option<Duration>) 
     Ok(gone)
 }
 
+/// A task as the swarm watcher's decisions take it (`slipway_core::replicas`). Pure.
+pub fn replica(task: &Task, nodes: &HashMap<String, Node>) -> Replica {
+    let node = task.node_id.as_ref().and_then(|id| nodes.get(id));
+    let node_up = node.and_then(|n| n.status.as_ref()).and_then(|s| s.state) == Some(NodeState::READY);
+    let address = node.and_then(node_address).unwrap_or_default();
+    let status = task.status.as_ref();
+    let failed = matches!(state_of(task), Some(TaskState::FAILED | TaskState::REJECTED))
+        .then(|| status.and_then(|s| s.err.clone()).filter(|e| !e.is_empty()).unwrap_or_else(|| "failed".into()));
+    let ports = status.and_then(|s| s.port_status.as_ref()).and_then(|p| p.ports.as_ref());
+    let published = ports.into_iter().flatten().find_map(|p| p.published_port);
+    Replica {
+        task: task.id.clone().unwrap_or_default(),
+        slot: task.slot.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        upstream: published.filter(|_| !address.is_empty()).map(|p| format!("{address}:{p}")),
+        node: address,
+        node_up,
+        wanted: wanted(task),
+        running: state_of(task) == Some(TaskState::RUNNING),
+        failed,
+    }
+}
+
+/// One service of a release, and its replicas, as the swarm watcher sees it.
+#[derive(Debug, Clone)]
+pub struct ServiceLook {
+    pub name: String,
+    pub deployment: Uuid,
+    /// `web`, or the process type's name.
+    pub role: String,
+    /// The replicas it asks for.
+    pub wanted: u32,
+    pub replicas: Vec<Replica>,
+}
+
+/// The services of `deployments` and their tasks, in three calls to the manager.
+pub async fn look(docker: &Docker, deployments: &BTreeSet<Uuid>) -> Result<Vec<ServiceLook>, Failure> {
+    if deployments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let filters = HashMap::from([("label", vec![docker::LABEL_DEPLOYMENT.to_string()])]);
+    let options = ListServicesOptionsBuilder::new().filters(&filters).build();
+    let services = docker.list_services(Some(options)).await.map_err(|e| api("list the services".into(), e))?;
+    let nodes = nodes(docker).await?;
+    let all = docker.list_tasks(None).await.map_err(|e| api("list the tasks".into(), e))?;
+    let mut looks = Vec::new();
+    for service in services {
+        let (Some(id), Some(spec)) = (service.id, service.spec) else { continue };
+        let labels = spec.labels.unwrap_or_default();
+        let Some(deployment) = labels.get(docker::LABEL_DEPLOYMENT).and_then(|d| d.parse::<Uuid>().ok()) else { continue };
+        if !deployments.contains(&deployment) {
+            continue;
+        }
+        let wanted = spec.mode.and_then(|m| m.replicated).and_then(|r| r.replicas).and_then(|r| u32::try_from(r).ok()).unwrap_or(0);
+        let replicas = all.iter().filter(|t| t.service_id.as_deref() == Some(id.as_str())).map(|t| replica(t, &nodes)).collect();
+        let role = labels.get(docker::LABEL_ROLE).cloned().unwrap_or_default();
+        looks.push(ServiceLook { name: spec.name.unwrap_or(id), deployment, role, wanted, replicas });
+    }
+    Ok(looks)
+}
+
 /// One node of the swarm as `slipway hosts` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HostRow {
@@ -574,6 +636,62 @@ pub async fn hosts() -> Result<Vec<HostRow>, Failure> {
         .collect();
     rows.sort_by(|a, b| (&a.address, &a.id).cmp(&(&b.address, &b.id)));
     Ok(rows)
+}
+
+/// A node named by its host name, id (or a prefix of it) or address.
+fn find_node<'a>(nodes: &'a HashMap<String, Node>, name: &str) -> Result<&'a Node, Failure> {
+    let mut found = nodes.values().filter(|n| {
+        let hostname = n.description.as_ref().and_then(|d| d.hostname.as_deref());
+        hostname == Some(name) || n.id.as_deref().is_some_and(|id| id.starts_with(name)) || node_address(n).as_deref() == Some(name)
+    });
+    match (found.next(), found.next()) {
+        (Some(node), None) => Ok(node),
+        (Some(_), Some(_)) => Err(Failure::new(format!("more than one swarm node is named {name:?}: give its id (slipway hosts)"))),
+        (None, _) => Err(Failure::new(format!("no swarm node is named {name:?} (slipway hosts lists them)"))),
+    }
+}
+
+/// A node whose availability changed: its id, host name, address, and what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvailabilityChange {
+    pub id: String,
+    pub hostname: String,
+    pub address: String,
+    pub previous: String,
+    /// What of Slipway's Swarm meant to run there before the change.
+    pub tasks: Vec<String>,
+}
+
+/// Sets the availability (`drain`, `active`, `pause`) of node `name` (its
+/// host name, id or address). Idempotent: a node already so is left alone.
+pub async fn set_availability(name: &str, availability: Availability) -> Result<AvailabilityChange, Failure> {
+    let docker = docker::connect().await?;
+    let nodes = nodes(&docker).await?;
+    let node = find_node(&nodes, name)?;
+    let id = node.id.clone().unwrap_or_default();
+    let mut spec = node.spec.clone().unwrap_or_default();
+    let change = AvailabilityChange {
+        id: id.clone(),
+        hostname: node.description.as_ref().and_then(|d| d.hostname.clone()).unwrap_or_default(),
+        address: node_address(node).unwrap_or_default(),
+        previous: spec.availability.map(|a| a.to_string()).unwrap_or_default(),
+        tasks: tasks_on(&id).await?,
+    };
+    if spec.availability == Some(availability) {
+        return Ok(change);
+    }
+    spec.availability = Some(availability);
+    let version = node.version.as_ref().and_then(|v| v.index).and_then(|i| i64::try_from(i).ok()).unwrap_or(0);
+    let options = UpdateNodeOptionsBuilder::new().version(version).build();
+    docker.update_node(&id, spec, options).await.map_err(|e| api(format!("set node {name} to {availability}"), e))?;
+    Ok(change)
+}
+
+/// The tasks of Slipway's services Swarm still means to run on node `id`,
+/// as `<service>.<slot>`.
+pub async fn tasks_on(node_id: &str) -> Result<Vec<String>, Failure> {
+    let rows = hosts().await?;
+    Ok(rows.into_iter().filter(|h| node_id.starts_with(&h.id)).flat_map(|h| h.tasks).filter(|t| t.starts_with("slipway-")).collect())
 }
 
 #[async_trait]
@@ -675,6 +793,22 @@ mod tests {
         ];
         assert_eq!(upstreams(&tasks, &nodes(), 80), vec!["10.0.0.2:30001", "192.0.2.3:30002"]);
         assert_eq!(running(&tasks), 2);
+    }
+
+    #[test]
+    fn a_task_is_a_replica_on_its_nodes_address() {
+        let mut nodes = nodes();
+        let mut t = task(2, "b", "running", Some(30002), None);
+        t.id = Some("t2".into());
+        let r = replica(&t, &nodes);
+        assert_eq!((r.task.as_str(), r.slot, r.node.as_str(), r.node_up, r.wanted, r.running), ("t2", 2, "192.0.2.3", true, true, true));
+        assert_eq!(r.upstream.as_deref(), Some("192.0.2.3:30002"));
+        assert!(r.serving());
+        // Its node down: not serving, whatever the node last said of the task.
+        nodes.get_mut("b").and_then(|n| n.status.as_mut()).expect("a status").state = Some(NodeState::DOWN);
+        assert!(!replica(&t, &nodes).serving());
+        let failed = replica(&task(1, "a", "failed", None, Some("task: non-zero exit (3)")), &nodes);
+        assert_eq!((failed.failed.as_deref(), failed.upstream), (Some("task: non-zero exit (3)"), None));
     }
 
     #[test]

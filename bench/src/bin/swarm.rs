@@ -1,0 +1,240 @@
+//! `slipway-bench-swarm`: the swarm runtime against the single engine, on
+//! simulated hosts (`slipway_tests::swarm`: three network namespaces, each
+//! with a dockerd of its own, in one swarm; root needed).
+//!
+//! 1. Deploy time (request → finished; the same busybox app, `watch = 0`)
+//!    with the single-engine runtime and 1 replica (the baseline, on the
+//!    machine's Docker), then the swarm runtime with 1, 3 and 6 replicas
+//!    (built on the manager, pushed to a registry, pulled by each node),
+//!    `--rounds` of each, medians and the ratio to the baseline. Goal: at
+//!    most 1.5x for 3 replicas.
+//! 2. A host lost: with 3 replicas spread over the 3 nodes and a load
+//!    client through the router, a worker node loses its dockerd and
+//!    everything it ran (SIGKILL). Over `--trials`: the time from the kill
+//!    to the router having ejected its upstream (the end of the last
+//!    request it held up: a request that took over 500 ms, as one waiting
+//!    out the router's 2 s connect timeout would; 0 when none was: the
+//!    lost replica's port refused at once and the router sent the request
+//!    to another replica, ejecting the lost one), to the route
+//!    (acknowledged) no longer going there, and to 3 replicas routed
+//!    again; p50/p99, and the failed requests. Goal: ejection p99 < 2 s.
+//!    The node is brought back (its dockerd started again) and the
+//!    replicas spread again (`docker service update --force`) between trials.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use slipway_engine::driver::DriverOptions;
+use slipway_engine::Status;
+use slipway_proto::Event;
+use slipway_tests::swarm::SimulatedSwarm;
+use slipway_tests::{busybox_app, load, AppRepo, Backends, Harness};
+
+#[derive(Parser)]
+#[command(about = "The swarm runtime against the single engine: deploy time by replicas, and a lost host's ejection and recovery")]
+struct Args {
+    /// Deploys of each kind; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Hosts lost (p50/p99 over them).
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+}
+
+fn app(version: &str, replicas: u32) -> std::collections::BTreeMap<String, Vec<u8>> {
+    busybox_app(version, &format!("[web]\nport = 80\nreplicas = {replicas}\nhealth_timeout = \"60s\"\n"), "")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The nearest-rank percentile.
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+async fn timed_deploy(harness: &Harness, repo: &AppRepo, version: &str, replicas: u32) -> anyhow::Result<Duration> {
+    repo.commit(&app(version, replicas), version);
+    let started = Instant::now();
+    let d = harness.deploy("live", "main").await;
+    if d.status != Status::Succeeded {
+        bail!("deploying {version} with {replicas} replica(s) failed: {d:?}");
+    }
+    Ok(started.elapsed())
+}
+
+/// The serving release's routed upstreams, once the route is acknowledged
+/// and equal to where the release answers.
+async fn routed(harness: &Harness) -> anyhow::Result<Option<Vec<String>>> {
+    let env = slipway_engine::load::environment(&*harness.store, &harness.project, "live").await?;
+    let Some(active) = env.active.as_ref() else { return Ok(None) };
+    let routes = slipway_engine::load::routes(&*harness.store).await?;
+    let Some(route) = routes.by_environment.get(&(harness.project.clone(), "live".to_string())) else { return Ok(None) };
+    Ok((env.rerouting.is_none() && route.upstreams == active.upstreams).then(|| active.upstreams.clone()))
+}
+
+fn host_of(upstream: &str) -> &str {
+    upstream.rsplit_once(':').map_or(upstream, |(h, _)| h)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.rounds == 0 || args.trials == 0 {
+        bail!("--rounds and --trials must be at least 1");
+    }
+
+    // The baseline: the single engine, on the machine's Docker.
+    let single = Harness::start_with_agent(Backends::Embedded, |q| q, DriverOptions::default(), None).await;
+    let repo = AppRepo::new();
+    repo.commit(&app("warm", 1), "warm");
+    single.create_project(&repo.path()).await;
+    timed_deploy(&single, &repo, "s0", 1).await?;
+    let mut baseline = Vec::new();
+    for round in 0..args.rounds {
+        baseline.push(timed_deploy(&single, &repo, &format!("s{}", round + 1), 1).await?);
+    }
+    single.shutdown().await;
+
+    let mut swarm = SimulatedSwarm::start(3);
+    std::env::set_var("DOCKER_HOST", format!("unix://{}", swarm.manager().socket));
+    let harness = Harness::start_swarm(&swarm.registry).await;
+    let repo = AppRepo::new();
+    repo.commit(&app("warm", 1), "warm");
+    harness.create_project(&repo.path()).await;
+    // A first deploy warms the manager's build cache and each node's image store.
+    timed_deploy(&harness, &repo, "w0", 3).await?;
+    let counts = [1u32, 3, 6];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); counts.len()];
+    for round in 0..args.rounds {
+        for (i, replicas) in counts.iter().enumerate() {
+            times[i].push(timed_deploy(&harness, &repo, &format!("r{round}x{replicas}"), *replicas).await?);
+        }
+    }
+    let base = median(baseline);
+    println!("deploy time (median of {} rounds; request -> finished)", args.rounds);
+    println!("{:<28} {:>10} {:>8}", "runtime", "time", "ratio");
+    println!("{:<28} {:>8} ms {:>7.2}x", "single engine, 1 replica", base.as_millis(), 1.0);
+    for (i, replicas) in counts.iter().enumerate() {
+        let t = median(times[i].clone());
+        let ratio = t.as_secs_f64() / base.as_secs_f64();
+        let goal = if *replicas == 3 { "  (goal <= 1.50x)" } else { "" };
+        println!("{:<28} {:>8} ms {:>7.2}x{goal}", format!("swarm, {replicas} replica(s)"), t.as_millis(), ratio);
+    }
+
+    // Hosts lost.
+    let last = timed_deploy(&harness, &repo, "kill", 3).await?;
+    println!("\n(deploy for the trials: {} ms)", last.as_millis());
+    let mut ejected = Vec::new();
+    let mut off = Vec::new();
+    let mut full = Vec::new();
+    let mut failed_total = 0;
+    let mut requests_total = 0;
+    for trial in 0..args.trials {
+        let victim = 1 + trial % 2;
+        let address = swarm.nodes[victim].address.clone();
+        spread(&harness, &swarm).await.with_context(|| format!("trial {trial}: spreading the replicas"))?;
+        let load = load::Load::start(harness.router_addr(), &harness.host("live"), 4, Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let killed = tokio::time::Instant::now();
+        swarm.nodes[victim].lose();
+        let (mut off_at, mut full_at) = (None, None);
+        while full_at.is_none() {
+            if killed.elapsed() > Duration::from_secs(120) {
+                bail!("trial {trial}: 3 replicas were not routed again within 120 s of losing {address}");
+            }
+            if let Some(upstreams) = routed(&harness).await? {
+                let away = upstreams.iter().all(|u| host_of(u) != address);
+                if away && off_at.is_none() {
+                    off_at = Some(killed.elapsed());
+                }
+                if away && upstreams.len() == 3 {
+                    full_at = Some(killed.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let samples: Vec<load::Sample> = load.stop().await.into_iter().flatten().collect();
+        let held_up = samples
+            .iter()
+            .filter(|s| s.took > Duration::from_millis(500) && s.started + s.took > killed)
+            .map(|s| (s.started + s.took).saturating_duration_since(killed))
+            .max()
+            .unwrap_or_default();
+        let failed = samples.iter().filter(|s| s.outcome.is_err()).count();
+        failed_total += failed;
+        requests_total += samples.len();
+        println!(
+            "trial {:>2}: lost {address}: ejected {:>5} ms, route off it {:>5} ms, 3 replicas again {:>5} ms, {failed} of {} requests failed",
+            trial + 1,
+            held_up.as_millis(),
+            off_at.unwrap_or_default().as_millis(),
+            full_at.unwrap_or_default().as_millis(),
+            samples.len()
+        );
+        ejected.push(held_up);
+        off.push(off_at.unwrap_or_default());
+        full.push(full_at.unwrap_or_default());
+        swarm.revive(victim);
+    }
+    println!("\na host lost, over {} trials (from the SIGKILL)", args.trials);
+    println!("{:<44} {:>8} {:>8}", "", "p50", "p99");
+    for (what, v) in
+        [("ejected by the router (goal p99 < 2000 ms)", &ejected), ("route off it, acknowledged", &off), ("3 replicas routed again", &full)]
+    {
+        println!("{what:<44} {:>5} ms {:>5} ms", percentile(v.clone(), 50.0).as_millis(), percentile(v.clone(), 99.0).as_millis());
+    }
+    println!("failed requests: {failed_total} of {requests_total}");
+    harness.shutdown().await;
+    drop(swarm);
+    Ok(())
+}
+
+/// Makes the serving release's 3 replicas run one per node (placing them
+/// again with `docker service update --force` if not), routed.
+async fn spread(harness: &Harness, swarm: &SimulatedSwarm) -> anyhow::Result<()> {
+    let service = serving_service(harness).await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut forced = false;
+    loop {
+        if let Some(upstreams) = routed(harness).await? {
+            let hosts: BTreeSet<&str> = upstreams.iter().map(|u| host_of(u)).collect();
+            let updated = !forced || {
+                let state = "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}";
+                swarm.manager().docker(&["service", "inspect", "--format", state, &service]) == "completed"
+            };
+            if upstreams.len() == 3 && hosts.len() == 3 && updated {
+                return Ok(());
+            }
+            if !forced {
+                swarm.manager().docker(&["service", "update", "--force", "--detach", &service]);
+                forced = true;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the replicas of {service} did not spread over the 3 nodes within 180 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn serving_service(harness: &Harness) -> anyhow::Result<String> {
+    let env = slipway_engine::load::environment(&*harness.store, &harness.project, "live").await?;
+    let active = env.active.context("nothing serves")?;
+    harness
+        .events(active.deployment)
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            Event::WebContainerStarted(w) => Some(w.container),
+            _ => None,
+        })
+        .context("no WebContainerStarted")
+}

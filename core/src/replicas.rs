@@ -1,0 +1,363 @@
+//! The swarm watcher's decisions, pure. On the swarm runtime nothing of
+//! Slipway's runs beside a replica (Swarm restarts and places them), so a
+//! watcher (`slipway_node::swarm_watch`) looks at the serving releases'
+//! Swarm tasks and the nodes they run on, and this module decides what of
+//! it is news for the environment's history and where the route goes:
+//!
+//! - `Watch::observe` turns successive looks at a service's tasks into
+//!   `ReplicasObserved` records — a replica started, failed, rescheduled to
+//!   another node, its node down — rate-limited as the single engine's
+//!   supervision records are (`supervise`): the first change is recorded at
+//!   once, later ones at most every `min_interval`, summarised; `flush`
+//!   records what was held back. The first look at a service is the
+//!   baseline: the deployment's own events tell how it started.
+//! - `reroute` says when the serving release answers elsewhere than its
+//!   route says: the replicas that run on a node that is up, a new one only
+//!   once it accepted a connection. The engine moves the route through
+//!   the one acknowledged reroute there is (`ReleaseUpstreamsObserved` →
+//!   `RouteChanged { reason: Reconcile }` → `ReleaseRerouted` →
+//!   `RerouteSettled`); never to no upstream at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, Utc};
+use slipway_proto::event::{ReleaseUpstreamsObserved, ReplicaChange, ReplicaChanged, ReplicasObserved};
+use uuid::Uuid;
+
+use crate::environment::ActiveRelease;
+
+/// The most changes one record lists; the others are counted in `more`.
+pub const LISTED: usize = 32;
+
+/// One Swarm task of a service, as the watcher saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// Swarm's task id.
+    pub task: String,
+    pub slot: u64,
+    /// The address of the node it is on (empty while unassigned).
+    pub node: String,
+    /// The node is ready (not down, not disconnected).
+    pub node_up: bool,
+    /// Swarm wants it running (not shut down, not replaced).
+    pub wanted: bool,
+    /// It runs, as last reported by its node.
+    pub running: bool,
+    /// It failed or was rejected, with Swarm's words.
+    pub failed: Option<String>,
+    /// `<node address>:<published port>` when it publishes one.
+    pub upstream: Option<String>,
+}
+
+impl Replica {
+    /// Running where routers can reach it, and meant to.
+    pub fn serving(&self) -> bool {
+        self.wanted && self.running && self.node_up
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub min_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { min_interval: Duration::seconds(5) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    running: bool,
+    failed: bool,
+    node_up: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Track {
+    deployment: Uuid,
+    tasks: BTreeMap<String, Seen>,
+    /// The node each slot last ran on.
+    slots: BTreeMap<u64, String>,
+    pending: Vec<ReplicaChanged>,
+    running: u32,
+    wanted: u32,
+    recorded_at: Option<DateTime<Utc>>,
+}
+
+/// Every watched service's track, and the limits.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    limits: Limits,
+    services: BTreeMap<String, Track>,
+}
+
+impl Watch {
+    pub fn new(limits: Limits) -> Watch {
+        Watch { limits, services: BTreeMap::new() }
+    }
+
+    /// One look at `service` (of `deployment`, which serves; `wanted`
+    /// replicas asked for) at `at`: the record due now, if any.
+    pub fn observe(
+        &mut self,
+        service: &str,
+        deployment: Uuid,
+        replicas: &[Replica],
+        wanted: u32,
+        at: DateTime<Utc>,
+    ) -> Option<ReplicasObserved> {
+        let running = u32::try_from(replicas.iter().filter(|r| r.serving()).count()).unwrap_or(u32::MAX);
+        let Some(track) = self.services.get_mut(service) else {
+            let mut track = Track {
+                deployment,
+                tasks: BTreeMap::new(),
+                slots: BTreeMap::new(),
+                pending: Vec::new(),
+                running,
+                wanted,
+                recorded_at: None,
+            };
+            for r in replicas {
+                track.tasks.insert(r.task.clone(), seen(r));
+                if r.running && !r.node.is_empty() {
+                    track.slots.insert(r.slot, r.node.clone());
+                }
+            }
+            self.services.insert(service.to_string(), track);
+            return None;
+        };
+        track.deployment = deployment;
+        for r in replicas {
+            let before = track.tasks.get(&r.task).copied();
+            let now = seen(r);
+            let change = |change: ReplicaChange, from: String, error: String| ReplicaChanged {
+                slot: r.slot,
+                change,
+                node: r.node.clone(),
+                from,
+                error,
+            };
+            if before.is_some_and(|b| b.node_up) && !r.node_up && !r.node.is_empty() {
+                track.pending.push(change(ReplicaChange::NodeDown, String::new(), String::new()));
+            }
+            if r.running && r.node_up && !before.is_some_and(|b| b.running) {
+                let moved = track.slots.get(&r.slot).filter(|n| **n != r.node).cloned();
+                match moved {
+                    Some(from) => track.pending.push(change(ReplicaChange::Rescheduled, from, String::new())),
+                    None => track.pending.push(change(ReplicaChange::Started, String::new(), String::new())),
+                }
+                track.slots.insert(r.slot, r.node.clone());
+            }
+            if let (Some(error), false) = (&r.failed, before.is_some_and(|b| b.failed)) {
+                track.pending.push(change(ReplicaChange::Failed, String::new(), error.clone()));
+            }
+            track.tasks.insert(r.task.clone(), now);
+        }
+        // Tasks Swarm no longer lists (pruned history) are forgotten.
+        track.tasks.retain(|task, _| replicas.iter().any(|r| &r.task == task));
+        track.running = running;
+        track.wanted = wanted;
+        due(service, track, &self.limits, at)
+    }
+
+    /// The records held back that are due at `now`.
+    pub fn flush(&mut self, now: DateTime<Utc>) -> Vec<ReplicasObserved> {
+        let limits = self.limits;
+        self.services.iter_mut().filter_map(|(service, track)| due(service, track, &limits, now)).collect()
+    }
+
+    /// Stops watching services for which `keep` says no (no longer serving).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, Uuid) -> bool) {
+        self.services.retain(|service, t| keep(service, t.deployment));
+    }
+}
+
+fn seen(r: &Replica) -> Seen {
+    Seen { running: r.running && r.node_up, failed: r.failed.is_some(), node_up: r.node_up }
+}
+
+fn due(service: &str, track: &mut Track, limits: &Limits, now: DateTime<Utc>) -> Option<ReplicasObserved> {
+    if track.pending.is_empty() || track.recorded_at.is_some_and(|at| now - at < limits.min_interval) {
+        return None;
+    }
+    let mut changes = std::mem::take(&mut track.pending);
+    let more = u32::try_from(changes.len().saturating_sub(LISTED)).unwrap_or(u32::MAX);
+    changes.truncate(LISTED);
+    track.recorded_at = Some(now);
+    Some(ReplicasObserved {
+        deployment_id: track.deployment,
+        service: service.to_string(),
+        changes,
+        more,
+        running: track.running,
+        wanted: track.wanted,
+    })
+}
+
+/// The upstreams of `replicas` not in the route yet: the ones the watcher
+/// must see accept a connection before the route takes them.
+pub fn unrecorded(active: &ActiveRelease, replicas: &[Replica]) -> Vec<String> {
+    let recorded: BTreeSet<&String> = active.upstreams.iter().collect();
+    let new: BTreeSet<String> = replicas.iter().filter(|r| r.serving()).filter_map(|r| r.upstream.clone()).collect();
+    new.into_iter().filter(|u| !recorded.contains(u)).collect()
+}
+
+/// Where the serving release answers now, when that is not where it is
+/// recorded to answer: every serving replica's upstream that is recorded
+/// already or `answering` (accepted a connection). `None` when nothing
+/// changed, or when no replica would be left (the recorded ones stay: the
+/// routers eject what does not answer).
+pub fn reroute(active: &ActiveRelease, replicas: &[Replica], answering: &BTreeSet<String>) -> Option<ReleaseUpstreamsObserved> {
+    let recorded: BTreeSet<&String> = active.upstreams.iter().collect();
+    let now: BTreeSet<String> = replicas
+        .iter()
+        .filter(|r| r.serving())
+        .filter_map(|r| r.upstream.clone())
+        .filter(|u| recorded.contains(u) || answering.contains(u))
+        .collect();
+    if now.is_empty() || now.iter().eq(recorded.iter().copied()) {
+        return None;
+    }
+    Some(ReleaseUpstreamsObserved {
+        deployment_id: active.deployment,
+        upstreams: now.into_iter().collect(),
+        previous: active.upstreams.clone(),
+        host: "swarm".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).expect("a time")
+    }
+
+    fn replica(task: &str, slot: u64, node: &str, running: bool) -> Replica {
+        Replica {
+            task: task.into(),
+            slot,
+            node: node.into(),
+            node_up: true,
+            wanted: true,
+            running,
+            failed: None,
+            upstream: running.then(|| format!("{node}:3000{slot}")),
+        }
+    }
+
+    fn three() -> Vec<Replica> {
+        vec![replica("t1", 1, "n1", true), replica("t2", 2, "n2", true), replica("t3", 3, "n3", true)]
+    }
+
+    fn active(upstreams: &[&str]) -> ActiveRelease {
+        ActiveRelease {
+            deployment: Uuid::from_u128(7),
+            containers: vec!["svc".into()],
+            upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
+            host: "swarm".into(),
+        }
+    }
+
+    fn kinds(record: &ReplicasObserved) -> Vec<(u64, ReplicaChange, &str, &str)> {
+        record.changes.iter().map(|c| (c.slot, c.change, c.node.as_str(), c.from.as_str())).collect()
+    }
+
+    #[test]
+    fn the_first_look_is_the_baseline() {
+        let mut w = Watch::default();
+        assert_eq!(w.observe("svc", Uuid::from_u128(7), &three(), 3, at(0)), None);
+        assert_eq!(w.observe("svc", Uuid::from_u128(7), &three(), 3, at(1)), None, "nothing changed");
+        assert!(w.flush(at(60)).is_empty());
+    }
+
+    #[test]
+    fn a_lost_node_is_recorded_at_once_and_the_reschedule_after_the_interval() {
+        let mut w = Watch::default();
+        let d = Uuid::from_u128(7);
+        w.observe("svc", d, &three(), 3, at(0));
+        // n3 goes down: Swarm shuts its task down and places slot 3 anew.
+        let mut down = three();
+        down[2].node_up = false;
+        down[2].wanted = false;
+        down.push(Replica { upstream: None, running: false, ..replica("t4", 3, "n1", false) });
+        let first = w.observe("svc", d, &down, 3, at(10)).expect("recorded at once");
+        assert_eq!(kinds(&first), vec![(3, ReplicaChange::NodeDown, "n3", "")]);
+        assert_eq!((first.running, first.wanted), (2, 3));
+        // The new task runs on n1 a second later: held back for the interval.
+        down[3] = replica("t4", 3, "n1", true);
+        assert_eq!(w.observe("svc", d, &down, 3, at(11)), None);
+        assert!(w.flush(at(14)).is_empty());
+        let later = w.flush(at(15));
+        assert_eq!(later.len(), 1);
+        assert_eq!(kinds(&later[0]), vec![(3, ReplicaChange::Rescheduled, "n1", "n3")]);
+        assert_eq!(later[0].running, 3);
+        assert!(w.flush(at(100)).is_empty(), "recorded once");
+    }
+
+    #[test]
+    fn failures_and_restarts_on_the_same_node_are_summarised() {
+        let mut w = Watch::default();
+        let d = Uuid::from_u128(7);
+        w.observe("svc", d, &three(), 3, at(0));
+        let mut tasks = three();
+        tasks[0] = Replica { failed: Some("task: non-zero exit (1)".into()), wanted: false, ..replica("t1", 1, "n1", false) };
+        let failed = w.observe("svc", d, &tasks, 3, at(1)).expect("at once");
+        assert_eq!(failed.changes[0].change, ReplicaChange::Failed);
+        assert_eq!(failed.changes[0].error, "task: non-zero exit (1)");
+        // Restarted on the same node, failing again and again: one summary.
+        for i in 0..100u64 {
+            tasks.push(Replica { failed: Some("exit".into()), wanted: false, ..replica(&format!("r{i}"), 1, "n1", false) });
+            assert_eq!(w.observe("svc", d, &tasks, 3, at(2)), None);
+        }
+        tasks.push(replica("ok", 1, "n1", true));
+        assert_eq!(w.observe("svc", d, &tasks, 3, at(3)), None);
+        let summary = w.flush(at(6)).pop().expect("a summary");
+        assert_eq!(summary.changes.len(), LISTED);
+        assert_eq!(summary.more, 101 - LISTED as u32);
+        assert!(summary.changes.iter().all(|c| c.change == ReplicaChange::Failed));
+    }
+
+    #[test]
+    fn services_no_longer_serving_are_forgotten() {
+        let mut w = Watch::default();
+        w.observe("old", Uuid::from_u128(1), &three(), 3, at(0));
+        w.observe("new", Uuid::from_u128(2), &three(), 3, at(0));
+        w.retain(|_, d| d == Uuid::from_u128(2));
+        // "old" looked at again is a baseline again: nothing recorded.
+        let mut gone = three();
+        gone[0].node_up = false;
+        assert_eq!(w.observe("old", Uuid::from_u128(1), &gone, 3, at(1)), None);
+        assert!(w.observe("new", Uuid::from_u128(2), &gone, 3, at(1)).is_some());
+    }
+
+    #[test]
+    fn the_route_drops_a_lost_replica_and_takes_a_new_one_once_it_answers() {
+        let recorded = active(&["n1:30001", "n2:30002", "n3:30003"]);
+        assert_eq!(reroute(&recorded, &three(), &BTreeSet::new()), None, "as recorded");
+        let mut tasks = three();
+        tasks[2].node_up = false;
+        let lost = reroute(&recorded, &tasks, &BTreeSet::new()).expect("without n3");
+        assert_eq!(lost.upstreams, vec!["n1:30001", "n2:30002"]);
+        assert_eq!(lost.previous, recorded.upstreams);
+        // Slot 3 runs again on n1, on a new port: only once it answers.
+        let now = active(&["n1:30001", "n2:30002"]);
+        tasks.push(Replica { upstream: Some("n1:31003".into()), ..replica("t4", 3, "n1", true) });
+        assert_eq!(unrecorded(&now, &tasks), vec!["n1:31003"]);
+        assert_eq!(reroute(&now, &tasks, &BTreeSet::new()), None, "not answering yet");
+        let answering = BTreeSet::from(["n1:31003".to_string()]);
+        let back = reroute(&now, &tasks, &answering).expect("with the new replica");
+        assert_eq!(back.upstreams, vec!["n1:30001", "n1:31003", "n2:30002"]);
+    }
+
+    #[test]
+    fn the_route_never_goes_to_nothing() {
+        let recorded = active(&["n1:30001"]);
+        let mut tasks = vec![replica("t1", 1, "n1", true)];
+        tasks[0].node_up = false;
+        assert_eq!(reroute(&recorded, &tasks, &BTreeSet::new()), None);
+    }
+}
