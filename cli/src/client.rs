@@ -66,6 +66,10 @@ impl Client {
         self.send(Method::PUT, path, None).await
     }
 
+    pub async fn put_json(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(Method::DELETE, path, None).await
     }

@@ -13,7 +13,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
-use super::{admin, audit, deployments, domains, environments, error, hooks, live, notifications, previews, projects, routes, Access};
+use super::{
+    admin, audit, certificates, deployments, domains, environments, error, hooks, live, notifications, previews, projects, routes, Access,
+};
 
 const SCHEME: &str = "bearer";
 
@@ -71,6 +73,10 @@ const SCHEME: &str = "bearer";
         domains::list,
         domains::add,
         domains::remove,
+        domains::redirect,
+        certificates::list,
+        certificates::add,
+        certificates::remove,
         deployments::approve,
         deployments::reject,
         notifications::list,
