@@ -304,7 +304,7 @@ pub enum Command {
     /// Custom domains an environment is served under: add, remove, list.
     #[command(subcommand)]
     Domain(domains::DomainCmd),
-    /// TLS certificates the routers serve: add (uploaded), list.
+    /// TLS certificates the routers serve: add (uploaded), remove, list.
     #[command(subcommand)]
     Cert(certs::CertCmd),
     /// Notifications of deployments to webhooks, Slack and Discord: add,

@@ -1,23 +1,26 @@
-//! `slipway cert add|list`: TLS certificates the routers serve. An uploaded
-//! certificate is checked (its key belongs to it, its names cover the
-//! domain, it has not expired), its PEM chain and key go into the value
+//! `slipway cert add|remove|list`: TLS certificates the routers serve. An
+//! uploaded certificate is checked (its key belongs to it, its names cover
+//! the domain, it has not expired), its PEM chain and key go into the value
 //! table and `CertificateStored` onto the certificates stream; every router
-//! serves it from its next handshake. The list shows what serves each
-//! domain and its renewal state, never a key.
+//! serves it from its next handshake. `remove` records `CertificateRemoved`.
+//! The list shows what serves each domain, its renewal state and redirect,
+//! never a key. Against the store, or through a server's API (`remote`,
+//! `--server`: `/api/certificates`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chrono::Utc;
 use clap::Subcommand;
+use serde_json::json;
 use slipway_engine::certificates;
-use slipway_engine::load;
-use slipway_engine::queries::CertificateView;
+use slipway_engine::queries::{self, CertificateView};
 use slipway_proto::event::CertificateSource;
 use slipway_store::EventStore;
 
 use crate::actor;
-use crate::exit;
+use crate::client::{segment, Client};
+use crate::exit::{self, coded, Exit};
 
 /// The largest PEM file read.
 const MAX_PEM: u64 = 1024 * 1024;
@@ -33,7 +36,12 @@ pub enum CertCmd {
         #[arg(long = "key", value_name = "FILE")]
         key: PathBuf,
     },
-    /// Every domain's certificate: valid until, source and renewal state.
+    /// Stop serving DOMAIN's certificate (routers stop from their next
+    /// handshake). A domain still added to an environment gets a new one
+    /// over ACME, when the server orders certificates.
+    Remove { domain: String },
+    /// Every domain's certificate: valid until, source, renewal state and
+    /// whether plain HTTP is redirected to HTTPS.
     List,
 }
 
@@ -46,36 +54,68 @@ pub async fn run(store: &dyn EventStore, cmd: CertCmd, json: bool) -> anyhow::Re
                 certificates::store_certificate(store, &actor::actor(), &domain, &chain, &key_pem, CertificateSource::Uploaded, Utc::now())
                     .await?
                     .map_err(exit::rejected)?;
-            println!(
-                "{}: certificate stored ({}), valid until {}; the routers serve it from their next handshake",
-                stored.domain,
-                stored.names.join(", "),
-                stored.not_after.to_rfc3339()
-            );
+            print_stored(&stored.domain, &stored.names, &stored.not_after.to_rfc3339());
+        }
+        CertCmd::Remove { domain } => {
+            let removed = certificates::remove_certificate(store, &actor::actor(), &domain).await?.map_err(exit::rejected)?;
+            print_removed(&removed.domain, &removed.fingerprint);
+        }
+        CertCmd::List => print_list(&queries::certificates(store).await?, json)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The same verbs through a server's API (`--server`).
+pub async fn remote(client: &Client, cmd: &CertCmd, json: bool) -> anyhow::Result<ExitCode> {
+    let path = |domain: &str| format!("/api/certificates/{}", segment(domain));
+    let field = |answer: &serde_json::Value, key: &str| answer[key].as_str().unwrap_or("-").to_string();
+    match cmd {
+        CertCmd::Add { domain, cert, key } => {
+            let body = json!({ "chain": read_pem(cert, "certificate")?, "key": read_pem(key, "key")? });
+            let stored = client.put_json(&path(domain), body).await?;
+            let names: Vec<String> =
+                stored["names"].as_array().into_iter().flatten().filter_map(|n| n.as_str().map(String::from)).collect();
+            print_stored(&field(&stored, "domain"), &names, &field(&stored, "not_after"));
+        }
+        CertCmd::Remove { domain } => {
+            let removed = client.delete(&path(domain)).await?;
+            print_removed(&field(&removed, "domain"), &field(&removed, "fingerprint"));
         }
         CertCmd::List => {
-            let certs = certificates::load(store).await?;
-            let routes = load::routes(store).await?;
-            let mut rows = Vec::new();
-            let domains: std::collections::BTreeSet<&String> = certs.by_domain.keys().chain(routes.domains.keys()).collect();
-            for domain in domains {
-                let state = certs.by_domain.get(domain).cloned().unwrap_or_default();
-                rows.push(serde_json::to_value(CertificateView::of(domain, &state))?);
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if rows.is_empty() {
-                eprintln!("no certificate; add one with `slipway cert add DOMAIN --cert FILE --key FILE`");
-            } else {
-                println!("{:<32} {:<26} {:<9} RENEWAL", "DOMAIN", "NOT AFTER", "SOURCE");
-                for row in &rows {
-                    let text = |k: &str| row[k].as_str().unwrap_or("-").to_string();
-                    println!("{:<32} {:<26} {:<9} {}", text("domain"), text("not_after"), text("source"), text("renewal"));
-                }
-            }
+            let answer = client.get("/api/certificates").await?;
+            let rows: Vec<CertificateView> = serde_json::from_value(answer)
+                .map_err(|e| coded(Exit::Failed, format!("GET /api/certificates: the answer is not a list of certificates: {e}")))?;
+            print_list(&rows, json)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_stored(domain: &str, names: &[String], not_after: &str) {
+    println!(
+        "{domain}: certificate stored ({}), valid until {not_after}; the routers serve it from their next handshake",
+        names.join(", ")
+    );
+}
+
+fn print_removed(domain: &str, fingerprint: &str) {
+    println!("{domain}: certificate {fingerprint} removed; the routers stop serving it from their next handshake");
+}
+
+fn print_list(rows: &[CertificateView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+    } else if rows.is_empty() {
+        eprintln!("no certificate; add one with `slipway cert add DOMAIN --cert FILE --key FILE`");
+    } else {
+        println!("{:<32} {:<26} {:<9} {:<9} RENEWAL", "DOMAIN", "NOT AFTER", "SOURCE", "REDIRECT");
+        for row in rows {
+            let redirect = if row.redirect { "https" } else { "off" };
+            let (not_after, source) = (row.not_after.as_deref().unwrap_or("-"), row.source.as_deref().unwrap_or("-"));
+            println!("{:<32} {not_after:<26} {source:<9} {redirect:<9} {}", row.domain, row.renewal);
+        }
+    }
+    Ok(())
 }
 
 /// A PEM file's text; errors name the file, never its content.

@@ -1,5 +1,7 @@
-//! `slipway domain add|remove|list`: custom domains an environment is
-//! served under, besides `<project>-<env>.<router domain>`. Recorded on the
+//! `slipway domain add|remove|list|redirect`: custom domains an environment
+//! is served under, besides `<project>-<env>.<router domain>`, and whether
+//! plain HTTP for one is redirected to HTTPS (recorded on the certificates
+//! stream, `HttpsRedirectSet`). Recorded on the
 //! routes stream, straight in the store like the other server-side verbs;
 //! every router serves a domain from the route version that added it.
 
@@ -24,6 +26,15 @@ pub enum DomainCmd {
     Remove { project: String, env: String, name: String },
     /// The custom domains of PROJECT (of ENV only, when given).
     List { project: String, env: Option<String> },
+    /// Redirect plain HTTP for NAME to HTTPS (`on`, the default once it
+    /// has a certificate) or serve it over plain HTTP too (`off`).
+    Redirect {
+        project: String,
+        env: String,
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitCode> {
@@ -35,6 +46,10 @@ pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitC
         DomainCmd::Remove { project, env, name } => {
             let domain = domains::remove(store, &actor::actor(), &project, &env, &name).await?.map_err(exit::rejected)?;
             println!("{project} {env} is served under {domain} no more");
+        }
+        DomainCmd::Redirect { project, env, name, state } => {
+            let set = domains::set_redirect(store, &actor::actor(), &project, &env, &name, state == "on").await?.map_err(exit::rejected)?;
+            print_redirect(&set.domain, set.redirect);
         }
         DomainCmd::List { project, env } => {
             let routes = load::routes(store).await?;
@@ -71,9 +86,22 @@ pub async fn remote(client: &Client, cmd: &DomainCmd) -> anyhow::Result<ExitCode
                 println!("{domain:<40} {env}");
             }
         }
+        DomainCmd::Redirect { project, env, name, state } => {
+            let body = serde_json::json!({ "redirect": state == "on" });
+            let set = client.put_json(&format!("{}/{}/redirect", path(project, env), segment(name)), body).await?;
+            print_redirect(name, set["redirect"].as_bool().unwrap_or(state == "on"));
+        }
         DomainCmd::List { env: None, .. } => {
             return Err(exit::usage("through --server, `slipway domain list` needs the environment: slipway domain list PROJECT ENV"))
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_redirect(domain: &str, redirect: bool) {
+    if redirect {
+        println!("plain HTTP for {domain} is redirected to HTTPS (once it has a certificate)");
+    } else {
+        println!("{domain} is served over plain HTTP too, not redirected to HTTPS");
+    }
 }

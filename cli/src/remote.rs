@@ -1,7 +1,7 @@
 //! The verbs that go through a server's HTTP API with `--server`: deploy,
 //! status, deployments, releases, history, rollback, replay, cancel,
-//! approve and reject (`domain` has
-//! its own twin in `domains.rs`), dispatched by `through_server`. Each sends the API's request (the server's `/openapi.json`
+//! approve and reject (`domain` and `cert` have
+//! their own twins in `domains.rs` and `certs.rs`), dispatched by `through_server`. Each sends the API's request (the server's `/openapi.json`
 //! describes them), then prints as
 //! its local twin does; deploy, rollback and replay follow the deployment's
 //! events through the API (`client::ApiSource`) with the same progress
@@ -78,9 +78,10 @@ pub async fn through_server(
             Command::Project(cmd) => projects::run(&projects::Remote(&client()?), cmd.clone(), json).await?,
             Command::Env(cmd) => projects::env(&projects::Remote(&client()?), cmd.clone(), json).await?,
             Command::Preview(cmd) => projects::previews(&projects::Remote(&client()?), cmd.clone(), json).await?,
+            Command::Cert(cmd) => crate::certs::remote(&client()?, cmd, json).await?,
             _ => return Err(exit::usage(
                 "this verb does not go through --server (only deploy, status, deployments, releases, history, rollback, replay, cancel, \
-                 approve, reject, domain, project, env and preview do); \
+                 approve, reject, domain, cert, project, env and preview do); \
                  unset --server/SLIPWAY_SERVER to use --database",
             )),
         };

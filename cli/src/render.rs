@@ -145,6 +145,11 @@ pub fn describe(event: &Event) -> String {
         Event::CertificateRenewalFailed(f) => format!("certificate for {} could not be obtained: {}", f.domain, f.reason),
         Event::AcmeChallengeReady(c) => format!("ACME HTTP-01 challenge for {} answered by the routers", c.domain),
         Event::AcmeChallengeFinished(c) => format!("ACME HTTP-01 challenge for {} finished", c.domain),
+        Event::CertificateRemoved(c) => format!("certificate for {} removed ({})", c.domain, c.fingerprint),
+        Event::HttpsRedirectSet(r) => {
+            format!("plain HTTP for {} {} redirected to HTTPS", r.domain, if r.redirect { "is" } else { "is not" })
+        }
+        Event::AcmeAccountRegistered(a) => format!("ACME account {} registered at {}", a.account, a.directory),
         Event::NotificationSubscribed(n) => format!(
             "notifications subscription {}: {} to {} ({})",
             n.id,

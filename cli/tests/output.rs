@@ -410,6 +410,40 @@ fn cert_add_checks_the_files_and_cert_list_and_status_show_certificates_without_
     assert!(status.contains("domain shop.example (certificate until"), "{status}");
     let events = dir.ok(&["events", "certificates", "--json"]);
     assert!(events.contains("CertificateStored") && !events.contains("PRIVATE"), "{events}");
+
+    // The cert verbs and the redirect toggle through a server's API, the same as against the store.
+    let server = start_server(&dir);
+    let issued = dir.ok(&["token", "create", "cert-admin", "--scope", "admin"]);
+    let token = issued.split_whitespace().find(|w| w.starts_with("slw_")).expect("the token value is printed").to_string();
+    let remote = |rest: &[&str]| {
+        let mut args = vec!["--server", server.url.as_str(), "--token", token.as_str()];
+        args.extend_from_slice(rest);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |args: &[String]| dir.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run(&remote(&["cert", "list", "--json"])), dir.ok(&["cert", "list", "--json"]));
+    assert!(run(&remote(&["domain", "redirect", "app", "live", "shop.example", "off"])).contains("not redirected"));
+    assert_eq!(dir.json(&["cert", "list", "--json"])[0]["redirect"], false);
+    assert!(dir.ok(&["domain", "redirect", "app", "live", "shop.example", "on"]).contains("is redirected to HTTPS"));
+    assert_eq!(dir.json(&["cert", "list", "--json"])[0]["redirect"], true);
+    // Removed through the server: listed without a certificate, recorded.
+    assert!(run(&remote(&["cert", "remove", "shop.example"])).contains("removed"));
+    let listed = dir.json(&["cert", "list", "--json"]);
+    assert_eq!((listed[0]["fingerprint"].as_str(), listed[0]["renewal"].as_str()), (None, Some("none yet")), "{listed}");
+    // Nothing left to remove: not found, locally (exit 3) and through the server.
+    let out = dir.run(&["cert", "remove", "shop.example"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no certificate serves shop.example"));
+    let out = dir.run(&remote(&["cert", "remove", "shop.example"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // Uploaded through the server (the key sent to it, never printed), removed locally.
+    let added = run(&remote(&["cert", "add", "shop.example", "--cert", &cert, "--key", &key]));
+    assert!(added.contains("certificate stored (shop.example)") && !added.contains("PRIVATE"), "{added}");
+    assert_eq!(dir.json(&["cert", "list", "--json"])[0]["source"], "uploaded");
+    assert!(dir.ok(&["cert", "remove", "shop.example"]).contains("removed"));
+    let events = dir.ok(&["events", "certificates", "--json"]);
+    assert_eq!(events.matches("\"CertificateRemoved\"").count(), 2, "{events}");
+    assert!(events.contains("HttpsRedirectSet") && !events.contains("PRIVATE"), "{events}");
 }
 
 /// The project, env and preview verbs go through `--server` too: changes

@@ -9,17 +9,26 @@
 //! certificate is stored like an uploaded one (`certificates::store_certificate`,
 //! source `acme`); a failed order is recorded as `CertificateRenewalFailed`
 //! and counted in `/metrics`, and the certificate the domain had keeps
-//! serving. The ACME account key lives only in this process's memory: a
-//! restarted engine, or one whose order failed, registers a new account
-//! (the CA sees a new account; no secret is ever written).
+//! serving. The ACME account is registered once per directory URL and kept:
+//! its credentials (with its private key) go into the value table, sealed
+//! like every value, and `AcmeAccountRegistered` onto the certificates
+//! stream names them by fingerprint (never the key). A restarted engine
+//! and every renewal use that account; a new one is registered only when
+//! the CA says it does not know the stored one (a reset test CA) or its
+//! credentials cannot be read.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use instant_acme::{Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy};
-use slipway_proto::event::{AcmeChallengeFinished, AcmeChallengeReady, CertificateRenewalFailed, CertificateSource, ROUTES_STREAM};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use sha2::{Digest, Sha256};
+use slipway_proto::event::{
+    AcmeAccountRegistered, AcmeChallengeFinished, AcmeChallengeReady, CertificateRenewalFailed, CertificateSource, ROUTES_STREAM,
+};
 use slipway_proto::Event;
 use slipway_store::subscription::wait_for_wakeup;
 use slipway_store::EventStore;
@@ -33,6 +42,8 @@ const ACTOR: &str = "engine:acme";
 const ORDER_LIMIT: Duration = Duration::from_secs(300);
 /// The longest failure reason recorded.
 const MAX_REASON: usize = 500;
+/// What a stored ACME account's fingerprint starts with in the value table.
+pub const ACCOUNT_PREFIX: &str = "acme-account-sha256:";
 
 #[derive(Debug, Clone)]
 pub struct AcmeOptions {
@@ -72,6 +83,8 @@ pub async fn run(store: Arc<dyn EventStore>, options: AcmeOptions, shutdown: imp
     let mut routes = Routes::default();
     let mut certs = Certificates::default();
     let mut account: Option<Account> = None;
+    // The fingerprint of a stored account the CA no longer knows.
+    let mut unknown: Option<String> = None;
     let mut started = false;
     loop {
         wake.borrow_and_update();
@@ -86,15 +99,24 @@ pub async fn run(store: Arc<dyn EventStore>, options: AcmeOptions, shutdown: imp
                 let due = certificates::due(routes.domains.keys(), &certs, Utc::now(), options.retry_after);
                 for (domain, need) in due {
                     tracing::info!(%domain, ?need, "ordering a certificate over ACME");
-                    let outcome = match account_for(&mut account, &options).await {
-                        Ok(account) => order(&*store, account, &domain, &options).await,
-                        Err(e) => Err(format!("registering the ACME account at {} failed: {}", options.directory, crate::error_chain(&e))),
+                    let mut forget = false;
+                    let outcome = match account_for(&*store, &certs, &mut account, unknown.as_deref(), &options).await {
+                        Ok(account) => order(&*store, account, &domain, &options, &mut forget).await,
+                        Err(reason) => Err(reason),
                     };
                     if let Err(reason) = outcome {
                         failed(&*store, &domain, reason).await;
-                        // The CA may have forgotten the account (a reset
-                        // test CA): the next attempt registers again.
                         account = None;
+                        if forget {
+                            // The CA forgot the account (a reset test CA):
+                            // the next attempt registers a new one.
+                            unknown = certs.accounts.get(&options.directory).map(|a| a.fingerprint.clone());
+                        }
+                    }
+                    // A registration is on the stream now: the next
+                    // domain's account_for sees it.
+                    if let Err(e) = certificates::catch_up(&*store, &mut certs).await {
+                        tracing::warn!(error = %e, "reading certificates failed; trying again");
                     }
                 }
                 if let Err(e) = catch_up(&*store, &mut routes, &mut certs).await {
@@ -120,28 +142,94 @@ async fn catch_up(store: &dyn EventStore, routes: &mut Routes, certs: &mut Certi
     Ok(())
 }
 
-async fn account_for<'a>(account: &'a mut Option<Account>, options: &AcmeOptions) -> Result<&'a Account, instant_acme::Error> {
+/// The ACME account at the directory: the one in hand, else the stored one
+/// (unless the CA forgot it: `unknown`), else a new one, registered and
+/// stored. The error is the failure's reason, naming no key.
+async fn account_for<'a>(
+    store: &dyn EventStore,
+    certs: &Certificates,
+    account: &'a mut Option<Account>,
+    unknown: Option<&str>,
+    options: &AcmeOptions,
+) -> Result<&'a Account, String> {
     if account.is_none() {
-        let builder = match &options.ca_bundle {
-            Some(path) => Account::builder_with_root(path)?,
-            None => Account::builder()?,
+        let stored = certs.accounts.get(&options.directory).filter(|a| Some(a.fingerprint.as_str()) != unknown);
+        let restored = match stored {
+            Some(registered) => restore(store, registered, options).await?,
+            None => None,
         };
-        let contact = options.email.as_ref().map(|e| format!("mailto:{e}"));
-        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-        let new = NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false };
-        let (created, _credentials) = builder.create(&new, options.directory.clone(), None).await?;
-        *account = Some(created);
+        *account = Some(match restored {
+            Some(restored) => restored,
+            None => {
+                register(store, options).await.map_err(|e| format!("registering the ACME account at {} failed: {e}", options.directory))?
+            }
+        });
     }
     // Set just above.
-    account.as_ref().ok_or(instant_acme::Error::Str("no ACME account"))
+    account.as_ref().ok_or_else(|| "no ACME account".to_string())
+}
+
+fn builder(options: &AcmeOptions) -> Result<instant_acme::AccountBuilder, instant_acme::Error> {
+    match &options.ca_bundle {
+        Some(path) => Account::builder_with_root(path),
+        None => Account::builder(),
+    }
+}
+
+/// The stored account; `None` (logged) when its credentials are gone or
+/// unreadable, so that a new one is registered. An error (the store or the
+/// CA cannot be reached) registers nothing: the next attempt tries again.
+async fn restore(store: &dyn EventStore, registered: &AcmeAccountRegistered, options: &AcmeOptions) -> Result<Option<Account>, String> {
+    let mut values = store
+        .values(std::slice::from_ref(&registered.fingerprint))
+        .await
+        .map_err(|e| format!("reading the stored ACME account failed: {e}"))?;
+    let Some(text) = values.remove(&registered.fingerprint) else {
+        tracing::warn!(account = %registered.account, "the stored ACME account's credentials are missing; registering a new one");
+        return Ok(None);
+    };
+    // The parse error could quote the key: say only what failed.
+    let Ok(credentials) = serde_json::from_str::<AccountCredentials>(&text) else {
+        tracing::warn!(account = %registered.account, "the stored ACME account's credentials cannot be read; registering a new one");
+        return Ok(None);
+    };
+    let restored = async { builder(options)?.from_credentials(credentials).await };
+    restored.await.map(Some).map_err(|e| format!("reaching the ACME directory {} failed: {}", options.directory, crate::error_chain(&e)))
+}
+
+/// Registers a new account, stores its credentials in the value table and
+/// records `AcmeAccountRegistered`.
+async fn register(store: &dyn EventStore, options: &AcmeOptions) -> Result<Account, String> {
+    let acme = |e: instant_acme::Error| crate::error_chain(&e);
+    let contact = options.email.as_ref().map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let new = NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false };
+    let (created, credentials) = builder(options).map_err(acme)?.create(&new, options.directory.clone(), None).await.map_err(acme)?;
+    let text = serde_json::to_string(&credentials).map_err(|_| "the account's credentials cannot be written".to_string())?;
+    let fingerprint = format!("{ACCOUNT_PREFIX}{}", hex::encode(Sha256::digest(text.as_bytes())));
+    store.put_value(&fingerprint, &text).await.map_err(|e| format!("storing the account: {e}"))?;
+    let registered = Event::AcmeAccountRegistered(AcmeAccountRegistered {
+        directory: options.directory.clone(),
+        account: created.id().to_string(),
+        fingerprint,
+    });
+    certificates::record(store, ACTOR, &registered).await.map_err(|e| format!("recording the account: {e}"))?;
+    tracing::info!(account = %created.id(), directory = %options.directory, "ACME account registered and stored");
+    Ok(created)
+}
+
+/// Whether the CA answered that it does not know the account.
+fn account_unknown(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p) if p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist")))
 }
 
 /// One order for `domain`, its challenges answered by the routers and
 /// withdrawn afterwards whatever happened; the certificate stored.
-async fn order(store: &dyn EventStore, account: &Account, domain: &str, options: &AcmeOptions) -> Result<(), String> {
+/// `forget` is set when the CA does not know the account.
+async fn order(store: &dyn EventStore, account: &Account, domain: &str, options: &AcmeOptions, forget: &mut bool) -> Result<(), String> {
     let mut tokens = Vec::new();
     // A CA that stops answering mid-order must not stall every other domain.
-    let result = match tokio::time::timeout(ORDER_LIMIT, order_inner(store, account, domain, options, &mut tokens)).await {
+    let result = match tokio::time::timeout(ORDER_LIMIT, order_inner(store, account, domain, options, &mut tokens, forget)).await {
         Ok(result) => result,
         Err(_) => Err(format!("the CA did not complete the order within {} s", ORDER_LIMIT.as_secs())),
     };
@@ -160,10 +248,14 @@ async fn order_inner(
     domain: &str,
     options: &AcmeOptions,
     tokens: &mut Vec<String>,
+    forget: &mut bool,
 ) -> Result<(), String> {
     let acme = |what: &str, e: instant_acme::Error| format!("{what}: {}", crate::error_chain(&e));
     let identifiers = [Identifier::Dns(domain.to_string())];
-    let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(|e| acme("creating the order", e))?;
+    let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(|e| {
+        *forget = account_unknown(&e);
+        acme("creating the order", e)
+    })?;
     let mut authorizations = order.authorizations();
     while let Some(authorization) = authorizations.next().await {
         let mut authorization = authorization.map_err(|e| acme("reading an authorization", e))?;

@@ -20,7 +20,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use slipway_proto::event::{CertificateRenewalFailed, CertificateSource, CertificateStored, CERTIFICATES_STREAM};
+use slipway_proto::event::{
+    AcmeAccountRegistered, CertificateRemoved, CertificateRenewalFailed, CertificateSource, CertificateStored, HttpsRedirectSet,
+    CERTIFICATES_STREAM,
+};
 use slipway_proto::Event;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 
@@ -45,6 +48,12 @@ pub struct Certificates {
     pub by_domain: BTreeMap<String, DomainCertificate>,
     /// HTTP-01 tokens routers answer: token -> (domain, key authorization).
     pub challenges: BTreeMap<String, (String, String)>,
+    /// Domains whose redirect from plain HTTP to HTTPS was set (`false`:
+    /// off); a domain not here is redirected once it has a certificate.
+    pub redirects: BTreeMap<String, bool>,
+    /// The ACME account registered at each directory URL, its credentials
+    /// in the value table.
+    pub accounts: BTreeMap<String, AcmeAccountRegistered>,
 }
 
 impl Certificates {
@@ -65,6 +74,20 @@ impl Certificates {
             }
             Event::AcmeChallengeFinished(c) => {
                 self.challenges.remove(&c.token);
+            }
+            Event::CertificateRemoved(r) => {
+                if let Some(domain) = self.by_domain.get_mut(&r.domain) {
+                    if domain.current.as_ref().is_some_and(|c| c.fingerprint == r.fingerprint) {
+                        domain.current = None;
+                        domain.failure = None;
+                    }
+                }
+            }
+            Event::HttpsRedirectSet(r) => {
+                self.redirects.insert(r.domain.clone(), r.redirect);
+            }
+            Event::AcmeAccountRegistered(a) => {
+                self.accounts.insert(a.directory.clone(), a.clone());
             }
             _ => {}
         }
@@ -248,6 +271,43 @@ pub async fn store_certificate(
     Ok(Ok(stored))
 }
 
+/// Stops serving `domain`'s certificate (`slipway cert remove`): records
+/// `CertificateRemoved`; refused when no certificate serves the domain. A
+/// domain still added to an environment gets a new certificate over ACME
+/// when the engine orders certificates.
+pub async fn remove_certificate(store: &dyn EventStore, actor: &str, domain: &str) -> Outcome<CertificateRemoved> {
+    let domain = match crate::domains::parse(domain) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(Rejection::invalid(e))),
+    };
+    let certificates = load(store).await.map_err(load_failed)?;
+    let Some(current) = certificates.by_domain.get(&domain).and_then(|d| d.current.as_ref()) else {
+        return Ok(Err(Rejection::not_found(format!("no certificate serves {domain}; `slipway cert list` shows those that do"))));
+    };
+    let removed = CertificateRemoved { domain, fingerprint: current.fingerprint.clone() };
+    record(store, actor, &Event::CertificateRemoved(removed.clone())).await?;
+    Ok(Ok(removed))
+}
+
+/// Turns `domain`'s redirect from plain HTTP to HTTPS on or off: records
+/// `HttpsRedirectSet` (nothing when it is already so).
+pub async fn set_redirect(store: &dyn EventStore, actor: &str, domain: &str, redirect: bool) -> Outcome<HttpsRedirectSet> {
+    let domain = match crate::domains::parse(domain) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(Rejection::invalid(e))),
+    };
+    let certificates = load(store).await.map_err(load_failed)?;
+    let set = HttpsRedirectSet { domain, redirect };
+    if certificates.redirects.get(&set.domain).copied().unwrap_or(true) != redirect {
+        record(store, actor, &Event::HttpsRedirectSet(set.clone())).await?;
+    }
+    Ok(Ok(set))
+}
+
+fn load_failed(e: crate::load::LoadError) -> StoreError {
+    requests::unreadable(CERTIFICATES_STREAM.into(), e)
+}
+
 /// Appends an event to the certificates stream.
 pub async fn record(store: &dyn EventStore, actor: &str, event: &Event) -> Result<(), StoreError> {
     let envelope = requests::envelope(CERTIFICATES_STREAM, event, uuid::Uuid::now_v7(), actor, None);
@@ -345,6 +405,32 @@ mod tests {
         assert_eq!(c.challenges["t"], ("a.example".to_string(), "t.k".to_string()));
         let c = fold(&[ready, Event::AcmeChallengeFinished(AcmeChallengeFinished { domain: "a.example".into(), token: "t".into() })]);
         assert!(c.challenges.is_empty());
+    }
+
+    #[test]
+    fn a_removed_certificate_serves_no_more_and_redirects_and_accounts_are_kept_by_name() {
+        let removed = |fingerprint: &str| {
+            Event::CertificateRemoved(CertificateRemoved { domain: "a.example".into(), fingerprint: fingerprint.into() })
+        };
+        let first = stored("a.example", 0, 900, CertificateSource::Acme);
+        // A removal of another (older) certificate changes nothing.
+        let c = fold(&[first.clone(), removed("cert-sha256:older")]);
+        assert!(c.by_domain["a.example"].current.is_some());
+        let c = fold(&[first, failed("a.example", 600), removed(&format!("{FINGERPRINT_PREFIX}a.example0"))]);
+        assert_eq!(c.by_domain["a.example"], DomainCertificate::default());
+        // Without a certificate, an added domain is ordered again.
+        assert_eq!(due(&["a.example".to_string()], &c, at(700), Duration::from_secs(60)), vec![("a.example".into(), Need::First)]);
+        let redirect = |on| Event::HttpsRedirectSet(HttpsRedirectSet { domain: "a.example".into(), redirect: on });
+        let account = |url: &str| {
+            Event::AcmeAccountRegistered(AcmeAccountRegistered {
+                directory: "https://ca/dir".into(),
+                account: url.into(),
+                fingerprint: format!("acme-account-sha256:{url}"),
+            })
+        };
+        let c = fold(&[redirect(false), account("https://ca/acct/1"), redirect(true), redirect(false), account("https://ca/acct/2")]);
+        assert!(!c.redirects["a.example"]);
+        assert_eq!(c.accounts["https://ca/dir"].account, "https://ca/acct/2");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `DomainRemoved` to the routes stream at the routes version they were
 //! decided on, and decide again on a conflict, so one stream decides who
 //! holds a name (a second environment asking for one is refused with the
-//! holder named). The name's form and the fold are pure and live in
+//! holder named). `set_redirect` turns a domain's redirect to HTTPS on
+//! or off. The name's form and the fold are pure and live in
 //! `slipway_core::domains`, re-exported here.
 
 pub use slipway_core::domains::*;
@@ -56,14 +57,39 @@ pub async fn remove(store: &dyn EventStore, actor: &str, project: &str, environm
     for _ in 0..5 {
         let routes = load::routes(store).await.map_err(load_error)?;
         if routes.domains.get(&domain) != Some(&(project.to_string(), environment.to_string())) {
-            let message = format!("{project} {environment} has no domain `{domain}`; see slipway domain list {project}");
-            return Ok(Err(Rejection::not_found(message)));
+            return Ok(Err(not_held(project, environment, &domain)));
         }
         if append_at(store, actor, routes.version, &event).await? {
             return Ok(Ok(domain));
         }
     }
     Ok(Err(Rejection::unavailable("the routes kept changing while the domain was removed; try again")))
+}
+
+/// Turns the redirect from plain HTTP to HTTPS of `domain`, which
+/// `project`'s `environment` must have, on or off (recorded on the
+/// certificates stream, which the routers' TLS tables follow).
+pub async fn set_redirect(
+    store: &dyn EventStore,
+    actor: &str,
+    project: &str,
+    environment: &str,
+    domain: &str,
+    redirect: bool,
+) -> Outcome<slipway_proto::event::HttpsRedirectSet> {
+    let domain = match parse(domain) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(Rejection::invalid(e))),
+    };
+    let routes = load::routes(store).await.map_err(load_error)?;
+    if routes.domains.get(&domain) != Some(&(project.to_string(), environment.to_string())) {
+        return Ok(Err(not_held(project, environment, &domain)));
+    }
+    crate::certificates::set_redirect(store, actor, &domain, redirect).await
+}
+
+fn not_held(project: &str, environment: &str, domain: &str) -> Rejection {
+    Rejection::not_found(format!("{project} {environment} has no domain `{domain}`; see slipway domain list {project}"))
 }
 
 /// Appends at `version` of the routes stream; `false` when it moved on.

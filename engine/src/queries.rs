@@ -18,7 +18,7 @@ use slipway_store::{EventStore, Position, StoreError};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::certificates::DomainCertificate;
+use crate::certificates::{Certificates, DomainCertificate};
 use crate::history::Release;
 use crate::limits::{release_limits, ReleaseLimits};
 use crate::load::{self, LoadError};
@@ -128,10 +128,18 @@ pub struct CertificateView {
     /// When it renews, or why renewing fails.
     pub renewal: String,
     pub failing: bool,
+    /// Plain HTTP for the domain is redirected to HTTPS (once it has a
+    /// certificate); `slipway domain redirect` turns it off.
+    #[serde(default = "redirected")]
+    pub redirect: bool,
+}
+
+fn redirected() -> bool {
+    true
 }
 
 impl CertificateView {
-    pub fn of(domain: &str, state: &DomainCertificate) -> CertificateView {
+    pub fn of(domain: &str, state: &DomainCertificate, certificates: &Certificates) -> CertificateView {
         CertificateView {
             domain: domain.to_string(),
             not_after: state.current.as_ref().map(|c| c.not_after.to_rfc3339()),
@@ -139,6 +147,7 @@ impl CertificateView {
             fingerprint: state.current.as_ref().map(|c| c.fingerprint.clone()),
             renewal: state.renewal(domain),
             failing: state.failure.is_some(),
+            redirect: certificates.redirects.get(domain).copied().unwrap_or(true),
         }
     }
 }
@@ -201,7 +210,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<
     let certs = crate::certificates::load(store).await?;
     let domains = crate::domains::of_environment(&recorded.domains, project, env)
         .into_iter()
-        .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default()))
+        .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default(), &certs))
         .collect();
     Ok(Ok(EnvironmentStatus {
         project: project.into(),
@@ -359,6 +368,16 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> Resul
     Ok(Ok(load::releases(store, project, env).await?))
 }
 
+/// Every domain with a certificate or added to an environment, with its
+/// certificate (never a key), as `cert list` and `GET /api/certificates`
+/// show them; sorted by domain.
+pub async fn certificates(store: &dyn EventStore) -> Result<Vec<CertificateView>, LoadError> {
+    let certs = crate::certificates::load(store).await?;
+    let routes = load::routes(store).await?;
+    let domains: std::collections::BTreeSet<&String> = certs.by_domain.keys().chain(routes.domains.keys()).collect();
+    Ok(domains.into_iter().map(|d| CertificateView::of(d, &certs.by_domain.get(d).cloned().unwrap_or_default(), &certs)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +420,7 @@ mod tests {
                 fingerprint: Some("cert-sha256:00".into()),
                 renewal: "renews from 2029-11-01T00:00:00+00:00".into(),
                 failing: false,
+                redirect: true,
             }],
         };
         let json = serde_json::to_value(&status).unwrap_or_else(|e| panic!("{e}"));

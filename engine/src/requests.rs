@@ -47,7 +47,7 @@ fn unavailable<T>(message: impl Into<String>) -> Outcome<T> {
 
 /// A history that cannot be read or followed is an operational failure
 /// (the log is damaged), not the caller's to fix.
-fn unreadable(stream: String, e: load::LoadError) -> StoreError {
+pub(crate) fn unreadable(stream: String, e: load::LoadError) -> StoreError {
     match e {
         load::LoadError::Store(e) => e,
         load::LoadError::Undecodable { stream, version, reason } => StoreError::Corrupt { stream, version, reason },

@@ -1,7 +1,7 @@
 //! Keeps a router's certificates in step with the certificates stream:
 //! read every certificate before serving, then follow the stream and swap
-//! in a new table when a certificate is stored or an ACME challenge starts
-//! or ends. Chains and keys are loaded from the value table by fingerprint
+//! in a new table when a certificate is stored or removed, a domain's
+//! redirect to HTTPS is set, or an ACME challenge starts or ends. Chains and keys are loaded from the value table by fingerprint
 //! (`slipway_engine::certificates`), once each; a certificate that cannot
 //! be loaded (a missing or broken value) is logged, and the domain keeps
 //! what it served before, if anything.
@@ -67,7 +67,11 @@ impl CertFollower {
     /// Builds the table from the fold, loading what is new.
     async fn rebuild(&mut self) {
         for (domain, state) in &self.certificates.by_domain {
-            let Some(current) = &state.current else { continue };
+            let Some(current) = &state.current else {
+                // Removed (`cert remove`): served no more.
+                self.serving.remove(domain);
+                continue;
+            };
             let key = match self.loaded.get(&current.fingerprint) {
                 Some(key) => key.clone(),
                 None => match load(&*self.store, &current.fingerprint).await {
@@ -84,7 +88,9 @@ impl CertFollower {
             self.serving.insert(domain.clone(), key);
         }
         let challenges = self.certificates.challenges.iter().map(|(token, (_, answer))| (token.clone(), answer.clone()));
-        self.handle.replace(TlsTable::new(self.serving.iter().map(|(d, k)| (d.clone(), k.clone())), challenges));
+        let redirects = self.certificates.redirects.iter().map(|(d, on)| (d.clone(), *on));
+        let table = TlsTable::new(self.serving.iter().map(|(d, k)| (d.clone(), k.clone())), challenges).with_redirects(redirects);
+        self.handle.replace(table);
         tracing::debug!(certificates = self.serving.len(), version = self.certificates.version, "certificates applied");
     }
 }

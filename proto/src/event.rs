@@ -1057,6 +1057,38 @@ pub struct AcmeChallengeFinished {
     pub token: String,
 }
 
+/// `domain`'s certificate serves no more (`slipway cert remove`, on the
+/// certificates stream): routers stop serving it from their next
+/// handshake. Its chain and key stay in the (insert-only) value table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRemoved {
+    pub domain: String,
+    /// The certificate that served until now.
+    pub fingerprint: String,
+}
+
+/// Whether plain-HTTP requests for `domain` are redirected (308) to HTTPS
+/// while it has a certificate (on the certificates stream). A domain with
+/// no such event is redirected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpsRedirectSet {
+    pub domain: String,
+    pub redirect: bool,
+}
+
+/// The engine registered an ACME account at `directory` (on the
+/// certificates stream) and keeps using it, across restarts and renewals.
+/// Its credentials (with the account's private key) are in the value
+/// table under `fingerprint` (`acme-account-sha256:` and the hex SHA-256
+/// of the stored text), sealed like every value; only public facts here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeAccountRegistered {
+    pub directory: String,
+    /// The account's URL at the CA.
+    pub account: String,
+    pub fingerprint: String,
+}
+
 /// An environment's host name now routes to these upstreams (on the
 /// routes stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1641,6 +1673,9 @@ crate::message_family! {
         CertificateRenewalFailed(CertificateRenewalFailed) = 1,
         AcmeChallengeReady(AcmeChallengeReady) = 1,
         AcmeChallengeFinished(AcmeChallengeFinished) = 1,
+        CertificateRemoved(CertificateRemoved) = 1,
+        HttpsRedirectSet(HttpsRedirectSet) = 1,
+        AcmeAccountRegistered(AcmeAccountRegistered) = 1,
         NotificationSubscribed(NotificationSubscribed) = 1,
         NotificationUnsubscribed(NotificationUnsubscribed) = 1,
         NotificationAttempted(NotificationAttempted) = 1,

@@ -51,7 +51,7 @@ use crate::forwarded::{set_forwarded, unmapped, Cidr};
 use crate::limits::{ConnLimits, Slot};
 use crate::stats::Stats;
 use crate::table::{Fallback, Resolution, RouteTable};
-use crate::timeouts::{BodyTimedOut, ClientBody, ClientClock, ClientTimer, WatchedIo};
+use crate::timeouts::{BodyTimedOut, ClientBody, ClientClock, ClientTimer, Counted, StreamsOpen, WatchedIo};
 use crate::tls::{challenge_token, Edge};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
@@ -808,7 +808,8 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, se
 /// Serves one HTTP/2 connection (over TLS): its requests run side by side,
 /// each on a task of its own with a clock of its own (the request and body
 /// timeouts); hyper's keep-alive pings close a connection whose client is
-/// gone.
+/// gone, and one with no stream open for the idle timeout is told GOAWAY
+/// and closed (`StreamsOpen`), as an idle HTTP/1.1 connection is.
 async fn serve_http2<I>(shared: Arc<Shared>, io: I, peer: SocketAddr, seed: usize, mut drain: Drain, slot: Slot)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -821,13 +822,28 @@ where
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(H2_STREAMS);
     let state = ConnState::new(shared.clone(), peer, seed, clock, slot, Scheme::Https { multiplexed: true });
-    let service = hyper::service::service_fn(move |req| state.call(req));
+    let streams = StreamsOpen::new();
+    let counted = streams.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let stream = counted.begin();
+        let answer = state.call(req);
+        async move {
+            let response = answer.await?;
+            Ok::<_, Infallible>(response.map(|inner| Counted { inner, _stream: stream }))
+        }
+    });
     let conn = http.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
+    let idle = streams.idle_for(shared.client_idle_timeout);
     let finished = tokio::select! {
         biased;
         result = conn.as_mut() => Some(result),
         _ = &mut drain.asked => None,
+        () = idle => {
+            tracing::debug!(%peer, "router: HTTP/2 connection idle past the idle timeout; closing");
+            slipway_telemetry::metrics::global().router_timeout("idle");
+            None
+        }
     };
     wind_down(conn, finished, |c| c.graceful_shutdown(), force, peer).await;
 }

@@ -6,7 +6,9 @@
 //!   timeout of their first byte (of the connection's start, for its first
 //!   request);
 //! - **idle**: a kept-alive connection may wait that long for its next
-//!   request's first byte;
+//!   request's first byte; an HTTP/2 connection, that long with no stream
+//!   open ([`StreamsOpen`]: from a request's headers until its answer is
+//!   sent or reset), then it gets a GOAWAY and is closed;
 //! - **body**: a request body may pause that long between two pieces;
 //! - **request**: a request that does not upgrade has, from its headers on,
 //!   that long to be answered and its answer sent whole (504 when the
@@ -25,7 +27,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -106,6 +108,100 @@ impl ClientClock {
         if self.first_read.load(Ordering::Relaxed) == NONE {
             self.first_read.store(self.millis(Instant::now()), Ordering::Relaxed);
         }
+    }
+}
+
+/// An HTTP/2 connection's open streams, for its idle timeout: counted from
+/// a request's headers until its answer's body is dropped (sent whole or
+/// reset). hyper's keep-alive pings keep a connection alive, so they
+/// cannot be the idle signal; streams are.
+#[derive(Debug)]
+pub(crate) struct StreamsOpen {
+    start: Instant,
+    open: AtomicUsize,
+    /// When the last stream ended (ms since `start`).
+    idle_since: AtomicU64,
+    /// Told when the last open stream ends.
+    ended: tokio::sync::Notify,
+}
+
+impl StreamsOpen {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(StreamsOpen {
+            start: Instant::now(),
+            open: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            ended: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// A stream opens; it is open until the guard is dropped.
+    pub(crate) fn begin(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+
+    /// Since when the connection has had no stream open; `None` while one is.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(self.start + Duration::from_millis(self.idle_since.load(Ordering::Relaxed)))
+    }
+
+    /// Resolves once the connection has had no stream open for `idle`.
+    pub(crate) async fn idle_for(&self, idle: Duration) {
+        loop {
+            match self.idle_since() {
+                // A stream that ends meanwhile leaves a permit: no wake-up is lost.
+                None => self.ended.notified().await,
+                Some(since) => {
+                    tokio::time::sleep_until((since + idle).into()).await;
+                    if self.idle_since() == Some(since) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One open HTTP/2 stream (see [`StreamsOpen`]).
+#[derive(Debug)]
+pub(crate) struct StreamGuard(Arc<StreamsOpen>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        let millis = u64::try_from(streams.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        streams.idle_since.store(millis, Ordering::Relaxed);
+        if streams.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            streams.ended.notify_one();
+        }
+    }
+}
+
+/// An answer's body that keeps its HTTP/2 stream counted as open until it
+/// is dropped.
+pub(crate) struct Counted<B> {
+    pub(crate) inner: B,
+    pub(crate) _stream: StreamGuard,
+}
+
+impl<B: Body + Unpin> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -68,6 +68,10 @@ pub struct TlsTable {
     certificates: HashMap<String, Arc<CertifiedKey>>,
     /// HTTP-01 tokens to their key authorizations.
     challenges: HashMap<String, String>,
+    /// Domains (exact or one-level wildcard) whose redirect to HTTPS was
+    /// set: `false` leaves plain HTTP unredirected though it has a
+    /// certificate. A domain not here is redirected.
+    redirect: HashMap<String, bool>,
 }
 
 impl TlsTable {
@@ -76,7 +80,21 @@ impl TlsTable {
         challenges: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
         let certificates = certificates.into_iter().map(|(domain, key)| (domain.trim_end_matches('.').to_ascii_lowercase(), key)).collect();
-        TlsTable { certificates, challenges: challenges.into_iter().collect() }
+        TlsTable { certificates, challenges: challenges.into_iter().collect(), redirect: HashMap::new() }
+    }
+
+    /// The same table, with these domains' (exact names or one-level
+    /// wildcards) redirect settings: `false` leaves plain HTTP unredirected.
+    pub fn with_redirects(mut self, settings: impl IntoIterator<Item = (String, bool)>) -> Self {
+        self.redirect = settings.into_iter().map(|(d, on)| (d.trim_end_matches('.').to_ascii_lowercase(), on)).collect();
+        self
+    }
+
+    /// Whether plain HTTP for `host` (normalized) goes to HTTPS: it has a
+    /// certificate and its domain's redirect is not turned off (the
+    /// domain's own setting, else its wildcard's).
+    pub fn redirects(&self, host: &str) -> bool {
+        by_name(&self.certificates, host).is_some() && by_name(&self.redirect, host).copied().unwrap_or(true)
     }
 
     /// The certificate for a host name (a `Host` header or an SNI name).
@@ -106,7 +124,8 @@ pub struct Edge {
     /// so plain HTTP is never redirected).
     pub https_port: Option<u16>,
     /// Plain-HTTP requests for a host with a certificate are redirected
-    /// (308) to HTTPS.
+    /// (308) to HTTPS, unless its domain's redirect is turned off
+    /// ([`TlsTable::without_redirect`]).
     pub redirect: bool,
     /// `Strict-Transport-Security: max-age=...` on HTTPS answers.
     pub hsts: Option<Duration>,
@@ -121,7 +140,9 @@ impl Edge {
     /// instead, if it is redirected.
     pub fn redirect_to(&self, host: &str, path: &str) -> Option<String> {
         let port = self.https_port.filter(|_| self.redirect)?;
-        self.certificates.current().certificate(host)?;
+        if !self.certificates.current().redirects(host) {
+            return None;
+        }
         // An IPv6 literal has no certificate, so `host` is a name.
         Some(match port {
             443 => format!("https://{host}{path}"),
@@ -219,6 +240,28 @@ pub(crate) mod tests {
         assert_eq!(edge.redirect_to("b.example", "/"), None);
         edge.redirect = false;
         assert_eq!(edge.redirect_to("a.example", "/"), None);
+    }
+
+    #[test]
+    fn a_domain_whose_redirect_is_off_is_not_redirected_and_a_wildcard_setting_covers_its_names() {
+        let (c, k) = self_signed(&["a.example", "*.w.example"]);
+        let key = certified_key(c.as_bytes(), k.as_bytes()).unwrap();
+        let certs = [
+            ("a.example".to_string(), key.clone()),
+            ("*.w.example".to_string(), key),
+            ("b.example".to_string(), certified_key(c.as_bytes(), k.as_bytes()).unwrap()),
+        ];
+        let table = TlsTable::new(certs, []).with_redirects([
+            ("A.example.".to_string(), false),
+            ("*.w.example".to_string(), false),
+            ("y.w.example".to_string(), true),
+        ]);
+        assert!(!table.redirects("a.example") && !table.redirects("x.w.example") && table.redirects("y.w.example"));
+        assert!(table.redirects("b.example") && !table.redirects("c.example"));
+        let mut edge = Edge::new(TlsHandle::new(table));
+        edge.https_port = Some(443);
+        assert_eq!(edge.redirect_to("a.example", "/"), None);
+        assert_eq!(edge.redirect_to("b.example", "/").as_deref(), Some("https://b.example/"));
     }
 
     #[test]

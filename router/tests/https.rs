@@ -1,15 +1,15 @@
 #![allow(clippy::unwrap_used)]
 //! HTTPS through the proxy over loopback: certificates picked by SNI,
 //! HTTP/2 and HTTP/1.1 by ALPN, `X-Forwarded-Proto: https`, HSTS, a
-//! certificate swapped in without a restart, redirects from plain HTTP
-//! and ACME HTTP-01 answers.
+//! certificate swapped in without a restart, redirects from plain HTTP,
+//! ACME HTTP-01 answers, and HTTP/2's idle timeout.
 
 #[path = "support/tls.rs"]
 mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -107,22 +107,24 @@ async fn https_serves_each_name_its_certificate_over_h2_and_http1_and_plain_http
     assert_eq!(https_get(https_addr, "plain.example", "/", &root, &["http/1.1"]).await.unwrap().body, "app via https");
 }
 
-#[tokio::test]
-async fn a_client_hello_of_garbage_or_silence_is_cut_off_and_the_listener_serves_on() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// An HTTPS listener with `options` serving `a.example` (a certificate of
+/// a new test CA) from the test app; the CA and the listener's address.
+async fn serve_a_example(options: ServeOptions) -> (TestCa, SocketAddr) {
     let ca = TestCa::new();
     let (pem, key) = ca.issue(&["a.example"]);
     let certs = TlsHandle::new(TlsTable::new([("a.example".to_string(), certified_key(pem.as_bytes(), key.as_bytes()).unwrap())], []));
     let app = upstream().await;
     let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = https.local_addr().unwrap();
-    let options = ServeOptions {
-        edge: Some(Edge::new(certs)),
-        terminate_tls: true,
-        header_read_timeout: Duration::from_millis(300),
-        ..Default::default()
-    };
+    let options = ServeOptions { edge: Some(Edge::new(certs)), terminate_tls: true, ..options };
     tokio::spawn(serve_with(https, RouteHandle::new(table(&["a.example"], app)), options, std::future::pending()));
+    (ca, addr)
+}
+
+#[tokio::test]
+async fn a_client_hello_of_garbage_or_silence_is_cut_off_and_the_listener_serves_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ca, addr) = serve_a_example(ServeOptions { header_read_timeout: Duration::from_millis(300), ..Default::default() }).await;
     let mut garbage = TcpStream::connect(addr).await.unwrap();
     garbage.write_all(b"\x16\x03\x01\xff\xffGET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut silent = TcpStream::connect(addr).await.unwrap();
@@ -173,4 +175,42 @@ async fn an_upgrade_over_tls_carries_bytes_both_ways() {
         tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut back)).await.unwrap().unwrap();
         assert_eq!(back, message);
     }
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
+    let idle = Duration::from_secs(1);
+    let (ca, addr) = serve_a_example(ServeOptions { idle_timeout: idle, ..Default::default() }).await;
+    // A real HTTP/2 client: one connection, requests on it.
+    let h2 = || async {
+        let tls = tls_connect(addr, "a.example", &ca.pem(), &["h2"]).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        (sender, tokio::spawn(conn))
+    };
+    let get = |mut sender: hyper::client::conn::http2::SendRequest<Empty<Bytes>>| async move {
+        let response = sender.send_request(Request::get("https://a.example/").body(Empty::new()).unwrap()).await.unwrap();
+        assert_eq!((response.version(), response.status()), (Version::HTTP_2, StatusCode::OK));
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "app via https");
+    };
+
+    // Busy: a request every 400 ms keeps it open past three idle timeouts.
+    let (busy, busy_conn) = h2().await;
+    let started = Instant::now();
+    while started.elapsed() < idle * 3 {
+        get(busy.clone()).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(!busy_conn.is_finished(), "a connection in use was closed");
+    // Idle: the router says GOAWAY and closes it about one idle timeout after its last answer.
+    let quiet = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), busy_conn).await.expect("an idle HTTP/2 connection is closed");
+    assert!(closed.unwrap().is_ok(), "closed cleanly (GOAWAY), not reset");
+    let after = quiet.elapsed();
+    assert!(after >= idle - Duration::from_millis(450) && after < idle * 3, "closed {after:?} after its last answer");
+    assert!(busy.is_closed());
+    // A connection that never sends a request is closed too.
+    let (unused, unused_conn) = h2().await;
+    tokio::time::timeout(Duration::from_secs(5), unused_conn).await.expect("an unused HTTP/2 connection is closed").unwrap().unwrap();
+    assert!(unused.is_closed());
 }

@@ -3,7 +3,9 @@
 //! validation reaches the router's HTTP port, which answers from the
 //! challenge recorded on the certificates stream), every router serves it
 //! over HTTPS (checked by a client trusting only pebble's root), it is
-//! renewed at two thirds of its (short) lifetime, and once pebble is gone a
+//! renewed at two thirds of its (short) lifetime by a restarted engine with
+//! the same ACME account (registered once, its key sealed in the value
+//! table, never in the log), and once pebble is gone a
 //! failed renewal is recorded, counted in the metrics, and the old
 //! certificate keeps serving.
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 use slipway_engine::acme::AcmeOptions;
 use slipway_engine::certificates::{self, renew_at};
 use slipway_engine::domains;
-use slipway_proto::event::CertificateSource;
+use slipway_proto::event::{CertificateSource, CERTIFICATES_STREAM};
 use slipway_tests::edge::{Edge, Pebble};
 use slipway_tests::eventually;
 use slipway_tests::tls::https_get;
@@ -32,10 +34,14 @@ async fn a_domain_gets_a_certificate_over_acme_renews_it_and_keeps_it_when_a_ren
     options.check_every = Duration::from_millis(500);
     options.retry_after = Duration::from_secs(2);
     options.propagation = Duration::from_millis(300);
-    let (stop, shutdown) = slipway_node::manual();
-    let acme = tokio::spawn(slipway_engine::acme::run(store.clone(), options, async move {
-        let _ = shutdown.await;
-    }));
+    let start_acme = |options: AcmeOptions| {
+        let (stop, shutdown) = slipway_node::manual();
+        let task = tokio::spawn(slipway_engine::acme::run(store.clone(), options, async move {
+            let _ = shutdown.await;
+        }));
+        (stop, task)
+    };
+    let (stop, acme) = start_acme(options.clone());
 
     // Given a custom domain, the engine gets it a certificate from pebble,
     let domain = format!("shop.{}.test", edge.project);
@@ -58,6 +64,28 @@ async fn a_domain_gets_a_certificate_over_acme_renews_it_and_keeps_it_when_a_ren
     };
     eventually("HTTPS with the ACME certificate", Duration::from_secs(10), || served(first.fingerprint.clone())).await;
 
+    // The account is registered once and kept: its credentials sealed in
+    // the value table, only its URL and fingerprint on the stream.
+    let accounts = || async {
+        let certs = certificates::load(&*store).await.unwrap();
+        let recorded = store.read_stream(CERTIFICATES_STREAM, 1).await.unwrap();
+        let registrations = recorded.iter().filter(|e| e.envelope.message_type == "AcmeAccountRegistered").count();
+        assert!(recorded.iter().all(|e| !e.envelope.payload.get().contains("key_pkcs8")), "no account key in the log");
+        (registrations, certs.accounts.get(&pebble.directory).cloned())
+    };
+    let (registrations, account) = accounts().await;
+    let account = account.expect("the account is recorded");
+    assert_eq!(registrations, 1);
+    assert!(account.fingerprint.starts_with(slipway_engine::acme::ACCOUNT_PREFIX));
+    let pool = sqlx::PgPool::connect(&slipway_tests::pg_url()).await.unwrap();
+    let query = format!("SELECT value FROM \"{}\".setting_values WHERE fingerprint = $1", edge.schema());
+    let raw: String = sqlx::query_scalar(&query).bind(&account.fingerprint).fetch_one(&pool).await.unwrap();
+    assert!(raw.starts_with("sealed:") && !raw.contains("key_pkcs8"), "the account key is stored in clear");
+    // An engine restarted before the renewal uses the same account.
+    let _ = stop.send(());
+    let _ = acme.await;
+    let (stop, acme) = start_acme(options);
+
     // Two thirds into its lifetime, it is renewed, and the new one serves.
     let second = eventually("the renewal", Duration::from_secs(20), || async {
         let certs = certificates::load(&*store).await.ok()?;
@@ -66,6 +94,9 @@ async fn a_domain_gets_a_certificate_over_acme_renews_it_and_keeps_it_when_a_ren
     .await;
     assert!(second.not_before >= renew_at(&first) - chrono::Duration::seconds(2), "renewed at two thirds: {second:?} after {first:?}");
     eventually("HTTPS with the renewed certificate", Duration::from_secs(10), || served(second.fingerprint.clone())).await;
+    // Two issuances, two engines, one account.
+    let (registrations, renewed_by) = accounts().await;
+    assert_eq!((registrations, renewed_by.map(|a| a.account)), (1, Some(account.account.clone())));
 
     // With the CA gone, the next renewal fails: recorded, counted, and the
     // renewed certificate keeps serving.

@@ -2,7 +2,8 @@
 //! certificate: stored once (`slipway cert add`'s path), served by every
 //! router from its next handshake, chosen by SNI, over HTTP/2 and
 //! HTTP/1.1, with `X-Forwarded-Proto: https`; plain HTTP for the host is
-//! redirected, and a renewed upload replaces it without a restart.
+//! redirected (unless the domain's redirect is turned off), a renewed
+//! upload replaces it without a restart, and a removed one serves no more.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
@@ -83,5 +84,42 @@ async fn an_uploaded_certificate_serves_https_on_every_router_and_plain_http_is_
     }
     let listed = certificates::load(store).await.unwrap();
     assert_eq!(listed.by_domain[&domain].current.as_ref().unwrap().source, CertificateSource::Uploaded);
+
+    // The domain's redirect turned off (`slipway domain redirect ... off`):
+    // plain HTTP is served on every router, and HTTPS still is.
+    let plain = |router: slipway_tests::edge::RouterAddrs, want: (u16, &'static str)| {
+        let domain = domain.clone();
+        async move {
+            let (status, body) = get_via(router.http, &domain, "/", Duration::from_secs(5)).await.ok()?;
+            (status == want.0 && (want.1.is_empty() || body == want.1)).then_some(())
+        }
+    };
+    domains::set_redirect(store, "test", &edge.project, "live", &domain, false).await.unwrap().unwrap();
+    for router in [one, two] {
+        eventually("plain HTTP served, not redirected", Duration::from_secs(10), || plain(router, (200, "app via http"))).await;
+        assert_eq!(https_get(router.https, &domain, "/", &root, &["h2"]).await.unwrap().body, "app via https");
+    }
+    // On again: redirected again.
+    domains::set_redirect(store, "test", &edge.project, "live", &domain, true).await.unwrap().unwrap();
+    for router in [one, two] {
+        eventually("plain HTTP redirected again", Duration::from_secs(10), || plain(router, (308, ""))).await;
+    }
+    // A domain the environment does not have is refused.
+    let refused = domains::set_redirect(store, "test", &edge.project, "live", "nope.example", false).await.unwrap();
+    assert!(matches!(refused, Err(Rejection::NotFound(m)) if m.contains("has no domain `nope.example`")));
+
+    // The certificate removed (`slipway cert remove`): every router stops
+    // serving it (the handshake is refused) and serves plain HTTP again.
+    let removed = certificates::remove_certificate(store, "test", &domain).await.unwrap().unwrap();
+    assert_eq!(removed.fingerprint, certificates::inspect(&leaf_der(&renewed)).unwrap().fingerprint);
+    for router in [one, two] {
+        eventually("no certificate served", Duration::from_secs(10), || async {
+            https_get(router.https, &domain, "/", &root, &["h2"]).await.err()
+        })
+        .await;
+        eventually("plain HTTP served once the certificate is gone", Duration::from_secs(10), || plain(router, (200, "app via http")))
+            .await;
+    }
+    assert!(certificates::load(store).await.unwrap().by_domain[&domain].current.is_none());
     edge.shutdown().await;
 }

@@ -17,7 +17,15 @@
 //! column; the goals hold against the better of nginx and HAProxy on each
 //! figure, CPU per request included.
 //!
-//! Run (needs `wrk`, `nginx` and `haproxy`: `apt-get install -y wrk nginx haproxy`):
+//! Two HTTPS rounds follow (`--no-https` leaves them out): nginx, HAProxy and
+//! the router each terminate TLS with the same certificate (ECDSA P-256,
+//! made with `openssl` for the run; SNI `localhost`), ALPN `http/1.1`, the
+//! same upstream behind. `https` is kept-alive connections, like the HTTP
+//! round; `handshakes` sends `Connection: close`, so every request is a new
+//! TCP connection and a full TLS handshake (wrk resumes no session): its
+//! requests/s are new TLS handshakes per second, held against nginx's.
+//!
+//! Run (needs `wrk`, `nginx`, `haproxy` and `openssl`: `apt-get install -y wrk nginx haproxy openssl`):
 //!
 //! ```text
 //! cargo run --release -p slipway-bench --bin slipway-bench-router -- --rounds 3 --seconds 5
@@ -40,7 +48,7 @@ use clap::{Parser, ValueEnum};
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use slipway_router::{Route, RouteHandle, RouteTable};
+use slipway_router::{CertifiedKey, Edge, Route, RouteHandle, RouteTable, ServeOptions, TlsHandle, TlsTable};
 
 /// The Host header wrk sends, routed by Slipway's router.
 const HOST: &str = "bench.localhost";
@@ -74,7 +82,43 @@ struct Args {
     /// Drive only this configuration (to profile one side); no ratios.
     #[arg(long, value_enum)]
     only: Option<Config>,
+    /// Leave out the HTTPS rounds.
+    #[arg(long)]
+    no_https: bool,
 }
+
+/// What a round measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// Plain HTTP, kept-alive connections.
+    Http,
+    /// HTTPS (TLS terminated by the proxy), kept-alive connections.
+    Https,
+    /// HTTPS with `Connection: close`: a new connection and a full TLS
+    /// handshake per request.
+    Handshakes,
+}
+
+impl Round {
+    fn name(self) -> &'static str {
+        match self {
+            Round::Http => "http",
+            Round::Https => "https",
+            Round::Handshakes => "handshakes",
+        }
+    }
+
+    /// The URL wrk is given: the certificate's name over TLS (wrk sends it as SNI).
+    fn url(self, addr: SocketAddr) -> String {
+        match self {
+            Round::Http => format!("http://{addr}/"),
+            Round::Https | Round::Handshakes => format!("https://{TLS_NAME}:{}/", addr.port()),
+        }
+    }
+}
+
+/// The name the HTTPS rounds' certificate is for, and their SNI.
+const TLS_NAME: &str = "localhost";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Layout {
@@ -140,39 +184,66 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let haproxy_version = tool_version("haproxy", &["-v"])?;
 
     let upstream = Upstream::start(args.upstream_threads)?;
-    let router = Router::start(upstream.addr, args.router_runtime, args.router_threads)?;
+    let router = Router::start(upstream.addr, args.router_runtime, args.router_threads, None)?;
     let tmp = tempfile::tempdir()?;
-    let nginx = Nginx::start(tmp.path(), upstream.addr)?;
-    let haproxy = Haproxy::start(tmp.path(), upstream.addr)?;
+    let nginx = Nginx::start(tmp.path(), upstream.addr, None)?;
+    let haproxy = Haproxy::start(tmp.path(), upstream.addr, None)?;
+    // The HTTPS sides: the same certificate for all three.
+    let https = if args.no_https {
+        None
+    } else {
+        let tls_dir = tmp.path().join("tls");
+        std::fs::create_dir_all(&tls_dir)?;
+        let cert = Certificate::make(&tls_dir)?;
+        let router = Router::start(upstream.addr, args.router_runtime, args.router_threads, Some(cert.key.clone()))?;
+        let nginx = Nginx::start(&tls_dir, upstream.addr, Some(&cert))?;
+        let haproxy = Haproxy::start(&tls_dir, upstream.addr, Some(&cert))?;
+        Some((router, nginx, haproxy))
+    };
 
-    let targets: Vec<(Config, SocketAddr)> =
-        [(Config::Direct, upstream.addr), (Config::Nginx, nginx.addr), (Config::Haproxy, haproxy.0.addr), (Config::Router, router.addr)]
-            .into_iter()
-            .filter(|(config, _)| args.only.is_none_or(|only| only == *config))
-            .collect();
+    let mut targets: Vec<(Round, Config, SocketAddr)> = vec![
+        (Round::Http, Config::Direct, upstream.addr),
+        (Round::Http, Config::Nginx, nginx.addr),
+        (Round::Http, Config::Haproxy, haproxy.0.addr),
+        (Round::Http, Config::Router, router.addr),
+    ];
+    if let Some((router, nginx, haproxy)) = &https {
+        for round in [Round::Https, Round::Handshakes] {
+            targets.extend([
+                (round, Config::Nginx, nginx.addr),
+                (round, Config::Haproxy, haproxy.0.addr),
+                (round, Config::Router, router.addr),
+            ]);
+        }
+    }
+    targets.retain(|(_, config, _)| args.only.is_none_or(|only| only == *config));
     print_header(args, &wrk_version, &format!("{nginx_version}; haproxy: {haproxy_version}, nbthread 2, http-reuse always"));
 
     // Warm-up, not counted: connection pools, page cache, CPU frequency.
-    for &(config, addr) in &targets {
-        wrk(args, addr, 1).with_context(|| format!("warming up {}", config.name()))?;
+    for &(round, config, addr) in &targets {
+        wrk(args, round, addr, 1).with_context(|| format!("warming up {} ({})", config.name(), round.name()))?;
     }
-    let mut measured: Vec<(Config, Vec<Measure>)> = targets.iter().map(|&(c, _)| (c, Vec::new())).collect();
-    for round in 1..=args.rounds {
-        let mut line = format!("round {round}:");
-        for (i, (config, addr)) in targets.iter().enumerate() {
-            let cpu = || match config {
-                Config::Direct => Ok(0.0),
-                Config::Nginx => nginx.cpu_seconds(),
-                Config::Haproxy => haproxy.0.cpu_seconds(),
-                Config::Router => threads_cpu_seconds("router"),
+    let mut measured: Vec<(Round, Config, Vec<Measure>)> = targets.iter().map(|&(r, c, _)| (r, c, Vec::new())).collect();
+    for n in 1..=args.rounds {
+        let mut line = format!("round {n}:");
+        for (i, (round, config, addr)) in targets.iter().enumerate() {
+            let cpu = || match (config, round, &https) {
+                (Config::Direct, ..) => Ok(0.0),
+                (Config::Nginx, Round::Http, _) | (Config::Nginx, _, None) => nginx.cpu_seconds(),
+                (Config::Nginx, _, Some((_, tls, _))) => tls.cpu_seconds(),
+                (Config::Haproxy, Round::Http, _) | (Config::Haproxy, _, None) => haproxy.0.cpu_seconds(),
+                (Config::Haproxy, _, Some((_, _, tls))) => tls.0.cpu_seconds(),
+                // Both routers' threads: the idle one adds nothing.
+                (Config::Router, ..) => threads_cpu_seconds("router"),
             };
             let (before, upstream_before) = (cpu()?, threads_cpu_seconds("upstream")?);
-            let mut m = wrk(args, *addr, args.seconds).with_context(|| format!("measuring {}", config.name()))?;
+            let mut m =
+                wrk(args, *round, *addr, args.seconds).with_context(|| format!("measuring {} ({})", config.name(), round.name()))?;
             let requests = m.rps * args.seconds as f64;
             m.cpu_us = (cpu()? - before) / requests * 1e6;
             m.upstream_cpu_us = (threads_cpu_seconds("upstream")? - upstream_before) / requests * 1e6;
-            line.push_str(&format!("  {} {} req/s p99 {:.2} ms", config.name(), thousands(m.rps), m.p99_ms));
-            measured[i].1.push(m);
+            line.push_str(&format!("  {} {} {} req/s p99 {:.2} ms", round.name(), config.name(), thousands(m.rps), m.p99_ms));
+            measured[i].2.push(m);
         }
         println!("{line}");
     }
@@ -180,11 +251,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
     drop(nginx);
     drop(haproxy);
     router.stop();
+    if let Some((router, nginx, haproxy)) = https {
+        drop(nginx);
+        drop(haproxy);
+        router.stop();
+    }
     upstream.stop();
 
-    let medians: Vec<(Config, Measure)> = measured
+    let medians: Vec<(Round, Config, Measure)> = measured
         .into_iter()
-        .map(|(config, ms)| {
+        .map(|(round, config, ms)| {
             let median = |f: fn(&Measure) -> f64| median(ms.iter().map(f).collect());
             let m = Measure {
                 rps: median(|m| m.rps),
@@ -193,16 +269,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 cpu_us: median(|m| m.cpu_us),
                 upstream_cpu_us: median(|m| m.upstream_cpu_us),
             };
-            (config, m)
+            (round, config, m)
         })
         .collect();
-    let of = |c: Config| medians.iter().find(|(m, _)| *m == c).map(|(_, m)| *m);
+    let of = |r: Round, c: Config| medians.iter().find(|(round, m, _)| *round == r && *m == c).map(|(_, _, m)| *m);
 
-    println!("\nconfig              req/s (median)   p50          p99          CPU per request: proxy   upstream");
-    for (config, m) in &medians {
+    println!("\nround       config              req/s (median)   p50          p99          CPU per request: proxy   upstream");
+    for (round, config, m) in &medians {
         let cpu = if *config == Config::Direct { "-".to_string() } else { format!("{:.1} us", m.cpu_us) };
         println!(
-            "{:<18}  {:>14}   {:>7.2} ms   {:>7.2} ms   {cpu:>22}   {:>5.1} us",
+            "{:<10}  {:<18}  {:>14}   {:>7.2} ms   {:>7.2} ms   {cpu:>22}   {:>5.1} us",
+            round.name(),
             config.name(),
             thousands(m.rps),
             m.p50_ms,
@@ -210,18 +287,30 @@ fn run(args: &Args) -> anyhow::Result<()> {
             m.upstream_cpu_us,
         );
     }
-    let (Some(nginx), Some(haproxy), Some(router)) = (of(Config::Nginx), of(Config::Haproxy), of(Config::Router)) else {
-        return Ok(());
-    };
-    // The goals hold against the better of the two on each figure.
-    let throughput = router.rps / nginx.rps.max(haproxy.rps);
-    let p99 = router.p99_ms / nginx.p99_ms.min(haproxy.p99_ms);
-    let cpu = router.cpu_us / nginx.cpu_us.min(haproxy.cpu_us);
     let met = |ok: bool| if ok { "PASS" } else { "MISS" };
-    println!("\nwhat                  router/best of nginx and haproxy   goal      met");
-    println!("throughput            {throughput:>12.2}                       >= 1.00   {}", met(throughput >= 1.0));
-    println!("p99 latency           {p99:>12.2}                       <= 1.00   {}", met(p99 <= 1.0));
-    println!("CPU per request       {cpu:>12.2}                       <= 1.00   {}", met(cpu <= 1.0));
+    let mut header = false;
+    for round in [Round::Http, Round::Https] {
+        let (Some(nginx), Some(haproxy), Some(router)) = (of(round, Config::Nginx), of(round, Config::Haproxy), of(round, Config::Router))
+        else {
+            continue;
+        };
+        if !header {
+            println!("\nround       what                  router/best of nginx and haproxy   goal      met");
+            header = true;
+        }
+        // The goals hold against the better of the two on each figure.
+        let throughput = router.rps / nginx.rps.max(haproxy.rps);
+        let p99 = router.p99_ms / nginx.p99_ms.min(haproxy.p99_ms);
+        let cpu = router.cpu_us / nginx.cpu_us.min(haproxy.cpu_us);
+        let name = round.name();
+        println!("{name:<10}  throughput            {throughput:>12.2}                       >= 1.00   {}", met(throughput >= 1.0));
+        println!("{name:<10}  p99 latency           {p99:>12.2}                       <= 1.00   {}", met(p99 <= 1.0));
+        println!("{name:<10}  CPU per request       {cpu:>12.2}                       <= 1.00   {}", met(cpu <= 1.0));
+    }
+    if let (Some(nginx), Some(router)) = (of(Round::Handshakes, Config::Nginx), of(Round::Handshakes, Config::Router)) {
+        let handshakes = router.rps / nginx.rps;
+        println!("handshakes  new TLS handshakes/s  {handshakes:>12.2} (router/nginx)        >= 1.00   {}", met(handshakes >= 1.0));
+    }
     println!(
         "\nnote: on this machine wrk, the proxy and the upstream share {} cores, so every figure includes that \
          contention; it is the same for nginx, HAProxy and the router.",
@@ -236,8 +325,12 @@ fn print_header(args: &Args, wrk_version: &str, nginx_version: &str) {
     println!("command:  {}", command.join(" "));
     println!("machine:  {} cores ({})", cores(), cpu_model());
     println!(
-        "plan:     wrk --latency -t{} -c{} -d{}s -H 'Host: {HOST}', {} rounds interleaved (direct, nginx, haproxy, router), medians",
-        args.wrk_threads, args.connections, args.seconds, args.rounds
+        "plan:     wrk --latency -t{} -c{} -d{}s -H 'Host: {HOST}', {} rounds interleaved (direct, nginx, haproxy, router; {}), medians",
+        args.wrk_threads,
+        args.connections,
+        args.seconds,
+        args.rounds,
+        if args.no_https { "HTTP only" } else { "then https and handshakes (Connection: close) through the three proxies" }
     );
     println!(
         "sides:    upstream: hyper in-process, {}-byte body, {} threads; nginx: {nginx_version}, worker_processes auto, \
@@ -264,16 +357,18 @@ fn tool_version(tool: &str, flags: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Runs wrk against `addr` for `seconds` and reads its figures.
-fn wrk(args: &Args, addr: SocketAddr, seconds: u64) -> anyhow::Result<Measure> {
-    let out = Command::new("wrk")
+fn wrk(args: &Args, round: Round, addr: SocketAddr, seconds: u64) -> anyhow::Result<Measure> {
+    let mut command = Command::new("wrk");
+    command
         .arg("--latency")
         .arg(format!("-t{}", args.wrk_threads))
         .arg(format!("-c{}", args.connections))
         .arg(format!("-d{seconds}s"))
-        .args(["-H", &format!("Host: {HOST}")])
-        .arg(format!("http://{addr}/"))
-        .output()
-        .context("running wrk")?;
+        .args(["-H", &format!("Host: {HOST}")]);
+    if round == Round::Handshakes {
+        command.args(["-H", "Connection: close"]);
+    }
+    let out = command.arg(round.url(addr)).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
@@ -370,7 +465,8 @@ struct Router {
 }
 
 impl Router {
-    fn start(upstream: SocketAddr, layout: Layout, threads: usize) -> anyhow::Result<Self> {
+    /// `tls`: terminate TLS with this certificate (for every name).
+    fn start(upstream: SocketAddr, layout: Layout, threads: usize, tls: Option<std::sync::Arc<CertifiedKey>>) -> anyhow::Result<Self> {
         let route = Route {
             upstreams: vec![upstream],
             standby: vec![],
@@ -396,6 +492,13 @@ impl Router {
             }
             Layout::Current => (tokio::runtime::Builder::new_current_thread().enable_all().build()?, "router"),
         };
+        let options = match tls {
+            Some(key) => {
+                let certificates = TlsHandle::new(TlsTable::new([(TLS_NAME.to_string(), key)], []));
+                ServeOptions { edge: Some(Edge::new(certificates)), terminate_tls: true, ..ServeOptions::default() }
+            }
+            None => ServeOptions::default(),
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
             let served = runtime.block_on(async move {
@@ -404,15 +507,12 @@ impl Router {
                     let _ = stopped.await;
                 };
                 match layout {
-                    Layout::Threads => {
-                        let options = slipway_router::ServeOptions::default();
-                        slipway_router::serve_threads(listener, routes, options, threads, shutdown).await
-                    }
+                    Layout::Threads => slipway_router::serve_threads(listener, routes, options, threads, shutdown).await,
                     Layout::Multi => {
-                        // `serve` runs as a task so that the workers share it.
-                        tokio::spawn(slipway_router::serve(listener, routes, shutdown)).await?
+                        // `serve_with` runs as a task so that the workers share it.
+                        tokio::spawn(slipway_router::serve_with(listener, routes, options, shutdown)).await?
                     }
-                    Layout::Current => slipway_router::serve(listener, routes, shutdown).await,
+                    Layout::Current => slipway_router::serve_with(listener, routes, options, shutdown).await,
                 }
             });
             if let Err(e) = served {
@@ -436,13 +536,22 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Self> {
+    /// `tls`: terminate TLS with this certificate.
+    fn start(dir: &Path, upstream: SocketAddr, tls: Option<&Certificate>) -> anyhow::Result<Self> {
         let port = {
             let probe = StdListener::bind("127.0.0.1:0")?;
             probe.local_addr()?.port()
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let d = dir.display();
+        let listen = match tls {
+            Some(c) => format!(
+                "listen {addr} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;",
+                c.chain.display(),
+                c.key_file.display()
+            ),
+            None => format!("listen {addr};"),
+        };
         let conf = format!(
             r#"daemon off;
 worker_processes auto;
@@ -465,7 +574,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen {addr};
+        {listen}
         location / {{
             proxy_pass http://bench;
             proxy_http_version 1.1;
@@ -586,12 +695,17 @@ impl Drop for Nginx {
 struct Haproxy(Nginx);
 
 impl Haproxy {
-    fn start(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Self> {
+    /// `tls`: terminate TLS with this certificate.
+    fn start(dir: &Path, upstream: SocketAddr, tls: Option<&Certificate>) -> anyhow::Result<Self> {
         let port = {
             let probe = StdListener::bind("127.0.0.1:0")?;
             probe.local_addr()?.port()
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let bind = match tls {
+            Some(c) => format!("{addr} ssl crt {} alpn http/1.1", c.combined.display()),
+            None => addr.to_string(),
+        };
         let conf = format!(
             r#"global
     maxconn 8000
@@ -604,7 +718,7 @@ defaults
     option http-keep-alive
     http-reuse always
 frontend bench
-    bind {addr}
+    bind {bind}
     option forwardfor
     default_backend upstream
 backend upstream
@@ -624,6 +738,43 @@ backend upstream
         let log = dir.join("haproxy.log");
         let proxy = Nginx { addr, child };
         Ok(Haproxy(Nginx::listening("haproxy", proxy, &log)?))
+    }
+}
+
+/// The HTTPS rounds' certificate, made with `openssl` for the run: an
+/// ECDSA P-256 key (what ACME CAs issue most), self-signed for `TLS_NAME`.
+struct Certificate {
+    /// The PEM certificate (nginx's `ssl_certificate`).
+    chain: std::path::PathBuf,
+    /// The PEM key (nginx's `ssl_certificate_key`).
+    key_file: std::path::PathBuf,
+    /// Certificate and key in one file (HAProxy's `crt`).
+    combined: std::path::PathBuf,
+    /// The same, loaded for the router.
+    key: std::sync::Arc<CertifiedKey>,
+}
+
+impl Certificate {
+    fn make(dir: &Path) -> anyhow::Result<Certificate> {
+        let (chain, key_file, combined) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("combined.pem"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN={TLS_NAME}"), "-addext", &format!("subjectAltName=DNS:{TLS_NAME}")])
+            .arg("-keyout")
+            .arg(&key_file)
+            .arg("-out")
+            .arg(&chain)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl (apt-get install -y openssl)")?;
+        if !made.success() {
+            bail!("openssl could not make the benchmark's certificate ({made})");
+        }
+        let (cert_pem, key_pem) = (std::fs::read(&chain)?, std::fs::read(&key_file)?);
+        std::fs::write(&combined, [cert_pem.as_slice(), key_pem.as_slice()].concat())?;
+        let key = slipway_router::certified_key(&cert_pem, &key_pem).map_err(|e| anyhow::anyhow!("the benchmark's certificate: {e}"))?;
+        Ok(Certificate { chain, key_file, combined, key })
     }
 }
 

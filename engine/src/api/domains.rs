@@ -1,14 +1,15 @@
 //! Custom domains over HTTP: list, add and remove an environment's domains
-//! (`domains.rs` records them). A name another environment holds is a 409
-//! naming the holder.
+//! (`domains.rs` records them), and turn a domain's redirect to HTTPS on
+//! or off (`certificates::set_redirect`). A name another environment holds
+//! is a 409 naming the holder.
 
 use axum::extract::State;
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ErrorBody;
-use super::extract::Params;
+use super::extract::{JsonBody, Params};
 use super::{load_error, require_environment, ApiResult, Caller, Store};
 use crate::domains;
 use crate::load;
@@ -69,4 +70,33 @@ pub async fn remove(
     require_environment(&*store, &name, &env).await?;
     domains::remove(&*store, &caller.actor(), &name, &env, &domain).await??;
     listed(&*store, name, env).await
+}
+
+/// A domain's redirect from plain HTTP to HTTPS.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// `true`: plain-HTTP requests are answered with a 308 to HTTPS while
+    /// the domain has a certificate (the default); `false`: served over
+    /// plain HTTP too.
+    pub redirect: bool,
+}
+
+#[utoipa::path(put, path = "/api/projects/{name}/environments/{env}/domains/{domain}/redirect", tag = "domains",
+    summary = "Turn a custom domain's redirect to HTTPS on or off",
+    description = "Recorded as `HttpsRedirectSet`; every router applies it from its next request. Setting what is set \
+already records nothing.",
+    params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment"),
+        ("domain" = String, Path, description = "The domain")),
+    request_body = Redirect,
+    responses((status = 200, body = Redirect), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn redirect(
+    State(store): Store,
+    caller: Caller,
+    Params((name, env, domain)): Params<(String, String, String)>,
+    JsonBody(body): JsonBody<Redirect>,
+) -> ApiResult<Json<Redirect>> {
+    require_environment(&*store, &name, &env).await?;
+    let set = domains::set_redirect(&*store, &caller.actor(), &name, &env, &domain, body.redirect).await??;
+    Ok(Json(Redirect { redirect: set.redirect }))
 }

@@ -18,6 +18,7 @@ mod admin;
 mod attempts;
 mod audit;
 pub mod auth;
+mod certificates;
 mod deployments;
 mod domains;
 mod environments;
@@ -150,6 +151,10 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/projects/{name}/environments/{env}/domains", Scope(Read), get(domains::list)),
         route(Method::PUT, "/api/projects/{name}/environments/{env}/domains/{domain}", Scope(Admin), put(domains::add)),
         route(Method::DELETE, "/api/projects/{name}/environments/{env}/domains/{domain}", Scope(Admin), delete(domains::remove)),
+        route(Method::PUT, "/api/projects/{name}/environments/{env}/domains/{domain}/redirect", Scope(Admin), put(domains::redirect)),
+        route(Method::GET, "/api/certificates", Scope(Read), get(certificates::list)),
+        route(Method::PUT, "/api/certificates/{domain}", Scope(Admin), put(certificates::add)),
+        route(Method::DELETE, "/api/certificates/{domain}", Scope(Admin), delete(certificates::remove)),
         route(Method::GET, "/api/notifications", Scope(Read), get(notifications::list)),
         route(Method::POST, "/api/notifications", Scope(Admin), post(notifications::subscribe)),
         route(Method::DELETE, "/api/notifications/{id}", Scope(Admin), delete(notifications::unsubscribe)),

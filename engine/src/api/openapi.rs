@@ -14,7 +14,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
 use super::{
-    admin, audit, deployments, domains, environments, error, hooks, live, notifications, previews, projects, protection, routes, Access,
+    admin, audit, certificates, deployments, domains, environments, error, hooks, live, notifications, previews, projects, protection,
+    routes, Access,
 };
 
 const SCHEME: &str = "bearer";
@@ -76,6 +77,10 @@ const SCHEME: &str = "bearer";
         domains::list,
         domains::add,
         domains::remove,
+        domains::redirect,
+        certificates::list,
+        certificates::add,
+        certificates::remove,
         deployments::approve,
         deployments::reject,
         notifications::list,
