@@ -18,6 +18,7 @@ pub mod router_config;
 pub mod routing;
 pub mod serve;
 pub mod shutdown;
+pub mod traffic;
 
 pub use routing::{host_name, RouterOptions};
 pub use serve::{serve, Parts, RouterPart};

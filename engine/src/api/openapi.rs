@@ -13,7 +13,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
-use super::{admin, audit, deployments, domains, environments, error, hooks, live, notifications, previews, projects, routes, Access};
+use super::{
+    admin, audit, deployments, domains, environments, error, hooks, live, notifications, overview, previews, projects, routes, Access,
+};
 
 const SCHEME: &str = "bearer";
 
@@ -32,6 +34,7 @@ const SCHEME: &str = "bearer";
         projects::create,
         projects::show,
         projects::change_source,
+        overview::list,
         environments::status,
         environments::settings,
         environments::change_settings,
