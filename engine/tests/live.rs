@@ -493,6 +493,16 @@ async fn the_dashboard_is_served_beside_the_api() {
     assert!(body.contains("Authorization") && body.contains("/stream"));
     let (status, headers, _) = get("/ui/style.css").await;
     assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"text/css; charset=utf-8".parse().expect("value")));
+    // The vendored charting library, from this server (no CDN), under the same policy.
+    let (_, _, index) = get("/").await;
+    assert!(index.contains(r#"<script src="/ui/vendor/uplot.min.js" defer></script>"#), "{index}");
+    let (status, headers, body) = get("/ui/vendor/uplot.min.js").await;
+    assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"text/javascript; charset=utf-8".parse().expect("value")));
+    assert!(headers["content-security-policy"].to_str().expect("ascii").contains("default-src 'none'"));
+    assert!(body.contains("uPlot") && !body.contains("eval("), "uPlot, with no eval (the policy forbids it)");
+    let (status, headers, body) = get("/ui/vendor/uplot.min.css").await;
+    assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"text/css; charset=utf-8".parse().expect("value")));
+    assert!(body.contains(".uplot"));
     // The API's own 404 still answers for what is neither.
     let (status, headers, _) = get("/api/nope").await;
     assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::NOT_FOUND, &"application/json".parse().expect("value")));
