@@ -674,13 +674,11 @@ function trafficTotals(traffic) {
   return { requests, errors, rps: minutes ? requests / (minutes * 60) : 0, rate: requests ? (100 * errors) / requests : 0 };
 }
 
-// A time axis around the values, padded, so a lone point is not drawn
-// against years of empty axis.
-function paddedRange(minPad) {
-  return (u, min, max) => {
-    const pad = Math.max(minPad, (max - min) * 0.05);
-    return [min - pad, max + pad];
-  };
+// Sets the x axis to [min, max] once drawn (uPlot would stretch a lone
+// point's axis over years).
+function xSpan(chart, min, max) {
+  if (chart && isFinite(min) && isFinite(max)) chart.setScale('x', { min, max });
+  return chart;
 }
 
 function trafficCell(glance) {
@@ -689,14 +687,15 @@ function trafficCell(glance) {
   const figures = h('div', { class: 'small traffic-figures', 'data-requests': totals.requests, 'data-errors': totals.errors },
     `${totals.rps.toFixed(2)} req/s · ${totals.rate.toFixed(1)}% errors · ${totals.requests} requests`);
   if (!(glance.traffic || []).length) return h('div', {}, h('span', { class: 'muted small' }, 'no traffic sampled in the last hour'));
-  whenVisible(box, () => plot(box, {
+  const series = trafficSeries(glance.traffic);
+  whenVisible(box, () => xSpan(plot(box, {
     width: 260, height: 70, legend: { show: false }, cursor: { show: false },
     axes: [{ show: false }, { show: false }, { show: false, scale: '%' }],
-    scales: { x: { time: true, range: (u, min, max) => [min, max + 60] }, y: { range: (u, min, max) => [0, Math.max(0.1, max * 1.2)] },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.1, max * 1.2)] },
       '%': { range: [0, 100] } },
     series: [{}, { label: 'req/s', stroke: COLORS.run, fill: 'rgba(29,95,209,.12)', width: 1.5, points: { show: true, size: 5 } },
       { label: 'errors %', stroke: COLORS.bad, width: 1.5, scale: '%', points: { show: true, size: 4 } }],
-  }, trafficSeries(glance.traffic)));
+  }, series), series[0][0], series[0][series[0].length - 1] + 60));
   return h('div', {}, box, figures);
 }
 
@@ -830,12 +829,13 @@ function timelineChart(el, deployments) {
   el.dataset.failed = counts.failed || 0;
   el.dataset.rollback = counts.rollback || 0;
   const dots = (label, color) => ({ label, stroke: color, fill: color, paths: () => null, points: { show: true, size: 9, fill: color } });
-  plot(el, {
+  const pad = Math.max(3600, ((xs[xs.length - 1] - xs[0]) || 0) * 0.05);
+  xSpan(plot(el, {
     width: Math.min(1100, el.clientWidth || 1100), height: 180,
-    scales: { x: { time: true, range: paddedRange(3600) }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
     axes: [{}, { label: 'seconds', size: 50 }],
     series: [{}, dots('succeeded', COLORS.ok), dots('failed', COLORS.bad), dots('rollback', COLORS.warn)],
-  }, [xs, ...series]);
+  }, [xs, ...series]), xs[0] - pad, xs[xs.length - 1] + pad);
 }
 
 // Each step's duration over the last deployments (oldest left).
@@ -852,12 +852,12 @@ async function stepsChart(el, deployments) {
   }
   el.dataset.deployments = last.length;
   el.dataset.steps = steps.join(' ');
-  plot(el, {
+  xSpan(plot(el, {
     width: Math.min(1100, el.clientWidth || 1100), height: 220,
-    scales: { x: { time: false, range: (u, min, max) => [0.5, Math.max(max, 1) + 0.5] }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
+    scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
     axes: [{ label: `deployment (last ${last.length}, oldest first)`, incrs: [1, 2, 5, 10, 20, 50] }, { label: 'seconds', size: 50 }],
     series: [{ label: '#' }, ...steps.map((step, i) => ({ label: STEP_LABEL[step] || step, stroke: STEP_COLORS[i % STEP_COLORS.length], width: 1.5, points: { show: true, size: 5 } }))],
-  }, data);
+  }, data), 0.5, last.length + 0.5);
 }
 
 function historyCard(project, env) {
