@@ -3,8 +3,13 @@
 //! chromedriver, opens it, signs in when the API asks for a token, presses
 //! Deploy for the example app (examples/hello), watches the deployment
 //! succeed on the page without a reload (the live stream), opens its event
-//! timeline and checks the hashes. Screenshots land in
-//! target/test-artifacts/.
+//! timeline and checks the hashes. Then the views and actions added since:
+//! the environment's history charts (uPlot), its settings (a secret set
+//! from the page is never shown back), the environments-at-a-glance page
+//! with the router's traffic chart (requests sent through the router
+//! show up), approving, rejecting and cancelling a deployment waiting for
+//! approval (self-approval refused), and creating a project (admin scope
+//! only). Screenshots land in target/test-artifacts/ and target/screenshots/.
 //!
 //! Chromium missing fails the test under CI=true and skips it elsewhere.
 
@@ -24,6 +29,7 @@ struct Slipway {
     child: Child,
     data: tempfile::TempDir,
     api: std::net::SocketAddr,
+    router: std::net::SocketAddr,
     project: String,
 }
 
@@ -52,7 +58,7 @@ impl Slipway {
             .stderr(log)
             .spawn()
             .unwrap();
-        Slipway { child, data, api, project: project.into() }
+        Slipway { child, data, api, router, project: project.into() }
     }
 
     /// Runs a `slipway` verb against the same database.
@@ -101,9 +107,14 @@ fn artifacts() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
+/// Saved under the target dir's `test-artifacts/` and `screenshots/`.
 async fn save_screenshot(browser: &Browser, name: &str) -> PathBuf {
     let path = artifacts().join(name);
-    std::fs::write(&path, browser.screenshot().await.unwrap()).unwrap();
+    let png = browser.screenshot().await.unwrap();
+    std::fs::write(&path, &png).unwrap();
+    let shots = artifacts().join("../screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join(name), &png).unwrap();
     println!("screenshot: {}", path.display());
     path
 }
@@ -111,7 +122,11 @@ async fn save_screenshot(browser: &Browser, name: &str) -> PathBuf {
 /// A token with the deploy scope, made by `slipway token create` (the API
 /// requires one).
 fn deploy_token(slipway: &Slipway) -> Option<String> {
-    let out = slipway.verb(&["token", "create", "dashboard-test", "--scope", "deploy"]);
+    new_token(slipway, "dashboard-test", "deploy")
+}
+
+fn new_token(slipway: &Slipway, name: &str, scope: &str) -> Option<String> {
+    let out = slipway.verb(&["token", "create", name, "--scope", scope]);
     assert!(out.status.success(), "slipway token create failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let token = text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').find(|w| w.starts_with("slw_") && w.len() == 68);
@@ -142,10 +157,16 @@ async fn the_dashboard_deploys_and_follows_a_deployment_live_and_shows_its_timel
     let set = slipway.verb(&["env", "set", &project, "test", "GREETING=browser"]);
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
     let token = deploy_token(&slipway);
+    let admin = new_token(&slipway, "dashboard-admin", "admin").expect("an admin token");
+    let protect = slipway.verb(&["env", "protect", &project, "live", "--approvals", "1"]);
+    assert!(protect.status.success(), "{}", String::from_utf8_lossy(&protect.stderr));
 
     let log = slipway.data.path().join("chromedriver.log");
     let browser = Browser::start(&chromium, &chromedriver, &log, 1280, 1000).await.unwrap();
-    let outcome = drive(&browser, &slipway, token.as_deref()).await;
+    let mut outcome = drive(&browser, &slipway, token.as_deref()).await;
+    if outcome.is_ok() {
+        outcome = views_and_actions(&browser, &slipway, &admin).await;
+    }
     if outcome.is_err() {
         save_screenshot(&browser, "dashboard-failure.png").await;
     }
@@ -162,6 +183,249 @@ async fn the_dashboard_deploys_and_follows_a_deployment_live_and_shows_its_timel
     assert!(out.status.success(), "{:?}\n{text}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(text.lines().any(|l| l.starts_with("     | ") && l.contains("FROM")), "no build log line in:\n{text}");
     assert!(text.contains("is served at http://127.0.0.1:"), "{text}");
+}
+
+/// Evaluates `script` until it is truthy, navigating to `hash` again
+/// between tries (a view that reads once, such as the glance page).
+async fn wait_on_view(browser: &Browser, what: &str, hash: &str, script: &str) -> Result<Value, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        browser.run(&format!("if (location.hash !== '{hash}') location.hash = '{hash}'; else route();"), json!([])).await?;
+        if let Ok(v) = browser.wait_for(what, Duration::from_secs(3), script).await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("timed out after 60 s waiting for {what}"));
+        }
+    }
+}
+
+/// The charts, settings, glance page and actions, after `drive` deployed
+/// `test` once (signed in with the deploy token).
+async fn views_and_actions(browser: &Browser, slipway: &Slipway, admin: &str) -> Result<(), String> {
+    let project = &slipway.project;
+    let env_hash = format!("#/env/{project}/test");
+
+    // History: the timeline holds the one deployment that succeeded, the
+    // step chart its steps.
+    browser.run(&format!("location.hash = '{env_hash}'"), json!([])).await?;
+    let charts = browser
+        .wait_for(
+            "the history charts",
+            Duration::from_secs(20),
+            "const t = document.getElementById('chart-timeline'), s = document.getElementById('chart-steps');
+             if (!t || !s || !t.querySelector('canvas') || !s.querySelector('canvas')) return null;
+             return {succeeded: t.dataset.succeeded, failed: t.dataset.failed, deployments: s.dataset.deployments, steps: s.dataset.steps};",
+        )
+        .await?;
+    assert_eq!((charts["succeeded"].as_str(), charts["failed"].as_str()), (Some("1"), Some("0")), "{charts}");
+    assert!(charts["deployments"].as_str().is_some_and(|n| n.parse::<u32>().unwrap_or(0) >= 1), "{charts}");
+    assert!(charts["steps"].as_str().is_some_and(|s| s.contains("build") && s.contains("cutover")), "{charts}");
+
+    // Settings: GREETING (set by the CLI) is listed; a deploy token may not change them.
+    browser.wait_for("the settings", Duration::from_secs(10), "return !!document.querySelector('#settings tr[data-key=GREETING]')").await?;
+    let disabled = browser.run("return document.getElementById('setting-save').disabled", json!([])).await?;
+    assert_eq!(disabled, json!(true), "a deploy token cannot change settings");
+    browser.run("window.scrollTo(0, document.getElementById('chart-timeline').offsetTop - 80)", json!([])).await?;
+    save_screenshot(browser, "dashboard-history.png").await;
+
+    // Traffic through the router shows up on the glance page as a chart.
+    let host = format!("{project}-test.localhost");
+    for _ in 0..40 {
+        let (status, _) = get_via(slipway.router, &host, "/", Duration::from_secs(2)).await?;
+        assert_eq!(status, 200, "the router serves the release");
+    }
+    let row = format!("#glance tr[data-project='{project}'][data-env='test']");
+    let glance = wait_on_view(
+        browser,
+        "the router's traffic on the glance page",
+        "#/",
+        &format!(
+            "const r = document.querySelector(\"{row}\"); const f = r && r.querySelector('.traffic-figures');
+             if (!f || !(Number(f.dataset.requests) >= 40) || !r.querySelector('.spark canvas')) return null;
+             return {{requests: Number(f.dataset.requests), live: r.dataset.live, text: r.textContent}};"
+        ),
+    )
+    .await?;
+    assert_eq!(glance["live"], json!("running"), "{glance}");
+    assert!(glance["text"].as_str().is_some_and(|t| t.contains("req/s")), "{glance}");
+    let live_row = browser
+        .run(&format!("return document.querySelector(\"#glance tr[data-project='{project}'][data-env='live']\")?.textContent"), json!([]))
+        .await?;
+    assert!(live_row.as_str().is_some_and(|t| t.contains("nothing served")), "{live_row}");
+    save_screenshot(browser, "dashboard-environments.png").await;
+
+    // A deploy token: creating a project is an admin's.
+    browser.run("location.hash = '#/projects'", json!([])).await?;
+    let create = browser
+        .wait_for(
+            "the create-project form",
+            Duration::from_secs(10),
+            "const b = document.getElementById('project-create'); return b && {disabled: b.disabled, title: b.title}",
+        )
+        .await?;
+    assert_eq!(create["disabled"], json!(true), "{create}");
+
+    // `live` needs one approval: the deployment waits, and its requester may not approve it.
+    let live_hash = format!("#/env/{project}/live");
+    browser.run(&format!("location.hash = '{live_hash}'"), json!([])).await?;
+    browser
+        .wait_for("the Deploy button", Duration::from_secs(10), "const b = document.getElementById('deploy'); return b && !b.disabled")
+        .await?;
+    browser.click("#deploy").await?;
+    let awaiting = "const r = document.querySelector('tr.deployment'); return r && r.querySelector('.act-approve') && r.textContent.includes('awaiting approval') && r.dataset.deployment";
+    let first = browser.wait_for("a deployment awaiting approval", Duration::from_secs(20), awaiting).await?;
+    browser.click("tr.deployment .act-approve").await?;
+    let refused = browser
+        .wait_for(
+            "self-approval refused",
+            Duration::from_secs(10),
+            "const n = document.getElementById('notice'); return !n.hidden && n.textContent",
+        )
+        .await?;
+    assert!(refused.as_str().is_some_and(|t| t.to_lowercase().contains("approve")), "{refused}");
+    save_screenshot(browser, "dashboard-approval.png").await;
+    // Its requester may cancel it: it fails, nothing was deployed.
+    let first = first.as_str().unwrap_or_default().to_string();
+    browser.click(&format!("tr.deployment[data-deployment='{first}'] .act-cancel")).await?;
+    let cancelled = browser
+        .wait_for(
+            "the cancelled deployment to fail",
+            Duration::from_secs(20),
+            &format!("const r = document.querySelector(\"tr.deployment[data-deployment='{first}']\"); return r && r.dataset.status === 'failed' && r.textContent"),
+        )
+        .await?;
+    assert!(cancelled.as_str().is_some_and(|t| t.contains("cancel")), "{cancelled}");
+    save_screenshot(browser, "dashboard-actions.png").await;
+    // Two more, for another person to reject and approve.
+    let newest_other_than = |seen: Vec<String>| {
+        format!(
+            "const r = document.querySelector('tr.deployment'); const seen = {};
+             return r && !seen.includes(r.dataset.deployment) && r.querySelector('.act-approve') && r.dataset.deployment",
+            serde_json::to_string(&seen).unwrap_or_default()
+        )
+    };
+    browser.click("#deploy").await?;
+    let second = browser.wait_for("a second deployment", Duration::from_secs(20), &newest_other_than(vec![first.clone()])).await?;
+    let second = second.as_str().unwrap_or_default().to_string();
+    browser.click("#deploy").await?;
+    let third =
+        browser.wait_for("a third deployment", Duration::from_secs(20), &newest_other_than(vec![first.clone(), second.clone()])).await?;
+    let third = third.as_str().unwrap_or_default().to_string();
+
+    // Signed in as the admin (another actor than their requester).
+    browser.click("#sign-out").await?;
+    browser
+        .wait_for(
+            "the sign-in box",
+            Duration::from_secs(10),
+            "return !document.getElementById('login').hidden || !!document.getElementById('sign-in')",
+        )
+        .await?;
+    let login_shown = browser.run("return !document.getElementById('login').hidden", json!([])).await?;
+    if login_shown != json!(true) {
+        browser.click("#sign-in").await?;
+    }
+    browser.type_into("#token", admin).await?;
+    browser.click("#login-submit").await?;
+    browser.wait_for("admin scope", Duration::from_secs(10), "return document.getElementById('whoami')?.dataset.scope === 'admin'").await?;
+    // Rejected: it fails naming who rejected it.
+    browser.run(&format!("location.hash = '#/deployment/{second}'"), json!([])).await?;
+    browser
+        .wait_for(
+            "the Reject button",
+            Duration::from_secs(10),
+            "const b = document.querySelector('#summary .act-reject'); return b && !b.disabled",
+        )
+        .await?;
+    browser.click("#summary .act-reject").await?;
+    let rejected = browser
+        .wait_for(
+            "the rejected deployment to fail",
+            Duration::from_secs(30),
+            "const s = document.getElementById('summary'); return s && s.dataset.status === 'failed' && s.textContent",
+        )
+        .await?;
+    assert!(rejected.as_str().is_some_and(|t| t.contains("rejected by token:dashboard-admin")), "{rejected}");
+    // Approved: it starts its first step; then cancelled rather than built.
+    browser.run(&format!("location.hash = '#/deployment/{third}'"), json!([])).await?;
+    browser
+        .wait_for(
+            "the Approve button",
+            Duration::from_secs(10),
+            "const b = document.querySelector('#summary .act-approve'); return b && !b.disabled",
+        )
+        .await?;
+    browser.click("#summary .act-approve").await?;
+    browser
+        .wait_for(
+            "the approved deployment to start its first step",
+            Duration::from_secs(30),
+            "return [...document.querySelectorAll('#steps tr')].some(r => r.dataset.state === 'running' || r.dataset.state === 'done')",
+        )
+        .await?;
+    save_screenshot(browser, "dashboard-approved.png").await;
+    browser.click("#summary .act-cancel").await?;
+    browser
+        .wait_for(
+            "the approved deployment, cancelled",
+            Duration::from_secs(60),
+            "return document.getElementById('summary')?.dataset.status === 'failed'",
+        )
+        .await?;
+
+    // A secret set from the page is never shown back.
+    browser.run(&format!("location.hash = '{env_hash}'"), json!([])).await?;
+    browser
+        .wait_for(
+            "the settings form",
+            Duration::from_secs(10),
+            "const b = document.getElementById('setting-save'); return b && !b.disabled",
+        )
+        .await?;
+    browser.type_into("#setting-key", "API_KEY").await?;
+    browser.type_into("#setting-value", "s3cret-from-the-page").await?;
+    browser.click("#setting-save").await?;
+    let secret = browser
+        .wait_for(
+            "the secret listed",
+            Duration::from_secs(10),
+            "const r = document.querySelector('#settings tr[data-key=API_KEY]'); return r && r.dataset.secret",
+        )
+        .await?;
+    assert_eq!(secret, json!("yes"));
+    let page = browser.run("return document.documentElement.outerHTML + JSON.stringify(localStorage)", json!([])).await?;
+    assert!(!page.as_str().unwrap_or_default().contains("s3cret-from-the-page"), "the secret's value is on the page");
+    let shown = slipway.verb(&["env", "list", project, "test"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("API_KEY") && !shown.contains("s3cret-from-the-page"), "{shown}");
+    save_screenshot(browser, "dashboard-settings.png").await;
+
+    // Create a project.
+    let repo = example_app();
+    let other = format!("{project}b");
+    browser.run("location.hash = '#/projects'", json!([])).await?;
+    browser
+        .wait_for(
+            "the create button",
+            Duration::from_secs(10),
+            "const b = document.getElementById('project-create'); return b && !b.disabled",
+        )
+        .await?;
+    browser.type_into("#project-name", &other).await?;
+    browser.type_into("#project-repo", &repo.path().display().to_string()).await?;
+    browser.click("#project-create").await?;
+    browser
+        .wait_for(
+            "the new project listed",
+            Duration::from_secs(10),
+            &format!("return !!document.querySelector(\"section[data-project='{other}']\")"),
+        )
+        .await?;
+    save_screenshot(browser, "dashboard-projects.png").await;
+    let listed = slipway.verb(&["project", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&other), "{}", String::from_utf8_lossy(&listed.stdout));
+    Ok(())
 }
 
 async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Result<(), String> {
@@ -194,7 +458,16 @@ async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Res
         }
     }
 
-    // Projects -> the environment, by the links a user clicks.
+    // The first page lists every environment; Projects -> the environment,
+    // by the links a user clicks.
+    browser
+        .wait_for(
+            "the environments page",
+            Duration::from_secs(10),
+            &format!("return !!document.querySelector(\"#glance tr[data-project='{project}'][data-env='test']\")"),
+        )
+        .await?;
+    browser.click("#nav-projects").await?;
     let env_link = format!("section[data-project='{project}'] tr[data-env='test'] a");
     browser
         .wait_for("the project's environments", Duration::from_secs(10), &format!("return !!document.querySelector(\"{env_link}\")"))

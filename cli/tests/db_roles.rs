@@ -54,6 +54,26 @@ async fn only_the_migration_step_uses_the_owner_and_the_runtime_login_cannot_rew
     let created = run(&pg_app_url(), &["project", "create", "shop", "--repo", repo.path().to_str().unwrap()]);
     assert!(created.status.success());
     assert!(String::from_utf8_lossy(&run(&pg_app_url(), &["project", "list"]).stdout).contains("shop"));
+    // Its routers write, replace and prune their traffic samples (the
+    // operational table the migration grants), and the API reads them.
+    {
+        use slipway_store::postgres::{PgOptions, PgStore};
+        use slipway_store::traffic::TrafficSample;
+        use slipway_store::EventStore;
+        let options = PgOptions { schema: Some(schema.clone()), migrate: false, runtime: true, ..Default::default() };
+        let store = PgStore::connect(&pg_app_url(), options).await.unwrap();
+        let sample = |minute, requests| TrafficSample {
+            router: "r1".into(),
+            project: "shop".into(),
+            environment: "live".into(),
+            minute,
+            requests,
+            errors: 1,
+        };
+        store.record_traffic(&[sample(100, 5), sample(200, 7)], 0).await.unwrap();
+        store.record_traffic(&[sample(200, 9)], 150).await.unwrap();
+        assert_eq!(store.traffic(0).await.unwrap(), [sample(200, 9)], "replaced in place, the old minute pruned");
+    }
     // and cannot tamper with the log the way the owner could.
     let app = sqlx::PgPool::connect(&pg_app_url()).await.unwrap();
     let attacks = [

@@ -159,14 +159,35 @@ async fn environment_of(store: &dyn EventStore, project: &str, env: &str) -> Res
 
 /// Where each registered router serves an environment.
 pub async fn router_urls(store: &dyn EventStore, project: &str, env: &str) -> Result<Vec<RouterUrl>, LoadError> {
-    Ok(load::routers(store)
-        .await?
+    Ok(urls_at(&load::routers(store).await?, project, env))
+}
+
+fn urls_at(routers: &std::collections::BTreeMap<String, slipway_proto::event::RouterStarted>, project: &str, env: &str) -> Vec<RouterUrl> {
+    routers
         .values()
         .map(|r| {
             let port = r.listen.rsplit(':').next().unwrap_or("80");
             RouterUrl { url: format!("http://{project}-{env}.{}:{port}/", r.domain), router: r.router_id.clone() }
         })
-        .collect())
+        .collect()
+}
+
+/// What every environment's status reads alike (the routes, the
+/// certificates, the routers): read once for a page of environments.
+pub struct Surroundings {
+    routes: crate::routes::Routes,
+    certs: crate::certificates::Certificates,
+    routers: std::collections::BTreeMap<String, slipway_proto::event::RouterStarted>,
+}
+
+impl Surroundings {
+    pub async fn load(store: &dyn EventStore) -> Result<Surroundings, LoadError> {
+        Ok(Surroundings {
+            routes: load::routes(store).await?,
+            certs: crate::certificates::load(store).await?,
+            routers: load::routers(store).await?,
+        })
+    }
 }
 
 /// What `project`'s `env` serves and queues now.
@@ -174,8 +195,14 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<
     if let Err(rejection) = environment_of(store, project, env).await? {
         return Ok(Err(rejection));
     }
+    let around = Surroundings::load(store).await?;
+    Ok(Ok(status_in(store, project, env, &around).await?))
+}
+
+/// `status` of an environment known to exist, with the surroundings read.
+pub async fn status_in(store: &dyn EventStore, project: &str, env: &str, around: &Surroundings) -> Result<EnvironmentStatus, LoadError> {
     let state = load::environment(store, project, env).await?;
-    let recorded = load::routes(store).await?;
+    let recorded = &around.routes;
     let active = match state.last_succeeded() {
         Some(id) => {
             let d = load::deployment(store, id).await?.ok_or_else(|| missing(id))?;
@@ -198,7 +225,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<
         }
         None => None,
     };
-    let routes = router_urls(store, project, env).await?;
+    let routes = urls_at(&around.routers, project, env);
     let url = match &active {
         None => None,
         Some(a) => routes.first().map(|r| r.url.clone()).or_else(|| a.web_port.map(|p| format!("http://127.0.0.1:{p}/"))),
@@ -207,12 +234,12 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<
         Some(id) => Some(load::deployment(store, *id).await?.ok_or_else(|| missing(*id))?.status_word().to_string()),
         None => None,
     };
-    let certs = crate::certificates::load(store).await?;
+    let certs = &around.certs;
     let domains = crate::domains::of_environment(&recorded.domains, project, env)
         .into_iter()
         .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default(), &certs))
         .collect();
-    Ok(Ok(EnvironmentStatus {
+    Ok(EnvironmentStatus {
         project: project.into(),
         environment: env.into(),
         url,
@@ -221,7 +248,7 @@ pub async fn status(store: &dyn EventStore, project: &str, env: &str) -> Result<
         queue: state.queue,
         running_status,
         domains,
-    }))
+    })
 }
 
 /// A deployment the environment names but whose stream is empty: the log

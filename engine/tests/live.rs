@@ -117,8 +117,16 @@ impl Setup {
     }
 
     async fn open_stream(&self, uri: &str) -> Frames {
-        let request =
-            Request::get(uri).header(header::AUTHORIZATION, format!("Bearer {}", self.token)).body(Body::empty()).expect("request");
+        self.open_stream_with(uri, &[]).await
+    }
+
+    /// `open_stream` with extra request headers (`Last-Event-ID`).
+    async fn open_stream_with(&self, uri: &str, headers: &[(&str, &str)]) -> Frames {
+        let mut request = Request::get(uri).header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Body::empty()).expect("request");
         let response = self.app.clone().oneshot(request).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "text/event-stream");
@@ -143,6 +151,8 @@ fn build_failed() -> [Event; 2] {
 struct Sent {
     event: String,
     data: String,
+    /// The SSE `id:` field, when the event has one.
+    id: Option<String>,
 }
 
 impl Sent {
@@ -164,9 +174,11 @@ impl Frames {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut event, mut data) = (String::from("message"), Vec::new());
+                let (mut event, mut data, mut id) = (String::from("message"), Vec::new(), None);
                 for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim_start().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
                         event = v.trim_start().to_string();
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
@@ -175,7 +187,7 @@ impl Frames {
                 if data.is_empty() {
                     continue; // a keep-alive comment
                 }
-                return Some(Sent { event, data: data.join("\n") });
+                return Some(Sent { event, data: data.join("\n"), id });
             }
             if self.ended {
                 return None;
@@ -304,6 +316,96 @@ async fn events_and_log_lines_arrive_while_it_runs_postgres() {
     events_and_log_lines_arrive_while_it_runs(Setup::postgres().await).await;
 }
 
+/// A client whose connection dropped sends the last event's id back
+/// (`Last-Event-ID`, as EventSource does) and gets only what followed it,
+/// while the deployment goes on; a header that is not a version is refused.
+async fn a_dropped_stream_resumes_after_the_last_event_id(s: Setup) {
+    let id = s.requested().await;
+    s.record(id, "engine", &[dispatched(Step::Build)]).await;
+    let uri = format!("/api/deployments/{id}/stream?logs=false");
+    let mut first = s.open_stream(&uri).await;
+    let seen = first.until(|e| e.json()["type"] == "StepDispatched").await;
+    assert_eq!(seen.iter().map(|e| e.id.as_deref()).collect::<Vec<_>>(), [Some("1"), Some("2")], "each event's id is its version");
+    // The connection drops; meanwhile the deployment goes on.
+    drop(first);
+    s.record(id, "worker:w1", &build_failed()).await;
+
+    let last = seen.last().and_then(|e| e.id.clone()).expect("an id");
+    let resumed = s.open_stream_with(&uri, &[("last-event-id", &last)]).await.rest().await;
+    assert_eq!(types(&resumed), ["StepFailed", "DeploymentFailed", "end"], "nothing seen before is sent again");
+    assert_eq!(resumed.iter().map(|e| e.id.as_deref()).collect::<Vec<_>>(), [Some("3"), Some("4"), None]);
+    // Resuming after the last event still ends the stream: the deployment is over.
+    assert_eq!(types(&s.open_stream_with(&uri, &[("last-event-id", "4")]).await.rest().await), ["end"]);
+    // Without the header it starts at version 1, as before.
+    assert_eq!(types(&s.open_stream(&uri).await.rest().await).len(), 5);
+
+    let request = Request::get(&uri)
+        .header(header::AUTHORIZATION, format!("Bearer {}", s.token))
+        .header("last-event-id", "yesterday")
+        .body(Body::empty())
+        .expect("request");
+    let response = s.app.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("Last-Event-ID") && text.contains("yesterday"), "{text}");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_dropped_stream_resumes_after_the_last_event_id_sqlite() {
+    a_dropped_stream_resumes_after_the_last_event_id(Setup::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_dropped_stream_resumes_after_the_last_event_id_postgres() {
+    a_dropped_stream_resumes_after_the_last_event_id(Setup::postgres().await).await;
+}
+
+/// `GET /api/environments`: each environment's status with the routers'
+/// traffic of the last hour, summed per minute (older samples left out).
+async fn the_environments_page_shows_status_and_traffic(s: Setup) {
+    use slipway_store::traffic::{minute_of, TrafficSample};
+    let id = s.requested().await;
+    let now = minute_of(Utc::now().timestamp());
+    let sample = |router: &str, minute: i64, requests: i64, errors: i64| TrafficSample {
+        router: router.into(),
+        project: "hello".into(),
+        environment: "test".into(),
+        minute,
+        requests,
+        errors,
+    };
+    let samples = [sample("r1", now - 90, 1000, 0), sample("r1", now - 1, 60, 3), sample("r2", now - 1, 30, 0), sample("r1", now, 12, 0)];
+    s.store.record_traffic(&samples, now - 120).await.expect("store");
+    let (status, listed) = s.call(Method::GET, "/api/environments", Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let test = &listed[0];
+    assert_eq!((test["project"].as_str(), test["environment"].as_str()), (Some("hello"), Some("test")));
+    assert_eq!(test["queue"], json!([id.to_string()]), "the same status as the environment's own route");
+    assert_eq!(test["active"], Value::Null);
+    assert_eq!(
+        test["traffic"],
+        json!([{"minute": now - 1, "requests": 90, "errors": 3}, {"minute": now, "requests": 12, "errors": 0}]),
+        "summed over the routers, the last hour only"
+    );
+    let (status, refused) = s.call(Method::GET, "/api/environments?limit=0", Value::Null).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_environments_page_shows_status_and_traffic_sqlite() {
+    the_environments_page_shows_status_and_traffic(Setup::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn the_environments_page_shows_status_and_traffic_postgres() {
+    the_environments_page_shows_status_and_traffic(Setup::postgres().await).await;
+}
+
 #[tokio::test]
 async fn without_a_logs_directory_only_events_are_streamed() {
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::in_memory().await.expect("store"));
@@ -391,6 +493,16 @@ async fn the_dashboard_is_served_beside_the_api() {
     assert!(body.contains("Authorization") && body.contains("/stream"));
     let (status, headers, _) = get("/ui/style.css").await;
     assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"text/css; charset=utf-8".parse().expect("value")));
+    // The vendored charting library, from this server (no CDN), under the same policy.
+    let (_, _, index) = get("/").await;
+    assert!(index.contains(r#"<script src="/ui/vendor/uplot.min.js" defer></script>"#), "{index}");
+    let (status, headers, body) = get("/ui/vendor/uplot.min.js").await;
+    assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"text/javascript; charset=utf-8".parse().expect("value")));
+    assert!(headers["content-security-policy"].to_str().expect("ascii").contains("default-src 'none'"));
+    assert!(body.contains("uPlot") && !body.contains("eval("), "uPlot, with no eval (the policy forbids it)");
+    let (status, headers, body) = get("/ui/vendor/uplot.min.css").await;
+    assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::OK, &"text/css; charset=utf-8".parse().expect("value")));
+    assert!(body.contains(".uplot"));
     // The API's own 404 still answers for what is neither.
     let (status, headers, _) = get("/api/nope").await;
     assert_eq!((status, &headers[header::CONTENT_TYPE]), (StatusCode::NOT_FOUND, &"application/json".parse().expect("value")));

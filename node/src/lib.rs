@@ -22,6 +22,7 @@ pub mod routing;
 pub mod serve;
 pub mod shutdown;
 pub mod swarm_watch;
+pub mod traffic;
 
 pub use routing::{host_name, RouterOptions};
 pub use serve::{serve, Parts, RouterPart};

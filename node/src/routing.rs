@@ -14,7 +14,9 @@
 //! While a release is watched (its route has a standby), the router also
 //! reports what it counted of that release's requests when they fail
 //! (`error_reports`), so the engine can roll back on the routers' 5xx and
-//! upstream errors.
+//! upstream errors. Every few seconds it also writes each environment's
+//! request and error counts per minute to the store (`traffic`), for the
+//! dashboard's chart.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use slipway_proto::{Envelope, Event};
 use slipway_router::{Route, RouteHandle, RouteTable, Stats};
 
 use crate::error_reports::{Reporter, Watched};
+use crate::traffic::{Sampler, SAMPLE_EVERY};
 use slipway_store::subscription::wait_for_wakeup;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
 use uuid::Uuid;
@@ -124,6 +127,9 @@ pub struct Follower {
     /// looked at the routers stream.
     wrote: tokio::time::Instant,
     looked: tokio::time::Instant,
+    /// Per-minute traffic not yet written for good, and when it was last sampled.
+    sampler: Sampler,
+    sampled: tokio::time::Instant,
 }
 
 impl Follower {
@@ -133,7 +139,19 @@ impl Follower {
         let routes = load::routes(&*store).await?;
         let handle = RouteHandle::new(table(&routes, &options.domain, &RouteTable::default()));
         let (reporter, now) = (Reporter::default(), tokio::time::Instant::now());
-        let mut follower = Follower { store, options, routes, handle, reporter, registry: 0, registered: false, wrote: now, looked: now };
+        let mut follower = Follower {
+            store,
+            options,
+            routes,
+            handle,
+            reporter,
+            registry: 0,
+            registered: false,
+            wrote: now,
+            looked: now,
+            sampler: Sampler::default(),
+            sampled: now,
+        };
         follower.register().await?;
         follower.acknowledge().await?;
         Ok(follower)
@@ -182,7 +200,12 @@ impl Follower {
                 tokio::select! {
                     _ = &mut shutdown => break true,
                     _ = &mut wait => break false,
-                    _ = look.tick() => self.report_errors().await,
+                    _ = look.tick() => {
+                        self.report_errors().await;
+                        if self.sampled.elapsed() >= SAMPLE_EVERY {
+                            self.sample_traffic().await;
+                        }
+                    }
                 }
             };
             if stop {
@@ -303,6 +326,29 @@ impl Follower {
                 tracing::warn!(%deployment, error = %e, "could not report the router's error counts; trying again");
                 self.reporter.unsent(deployment, version);
             }
+        }
+    }
+
+    /// Adds each environment's counts since the last look to the current
+    /// minute and writes the minutes held (`traffic`). A failed write is
+    /// logged and the minutes kept for the next try; routing is not
+    /// disturbed either way.
+    async fn sample_traffic(&mut self) {
+        self.sampled = tokio::time::Instant::now();
+        let now_s = Utc::now().timestamp();
+        let table = self.handle.current();
+        for (project, environment) in self.routes.by_environment.keys() {
+            if let Some(served) = table.get(&host_name(project, environment, &self.options.domain)) {
+                self.sampler.observe(project, environment, served.route_version, &served.stats.counts(), now_s);
+            }
+        }
+        let samples = self.sampler.samples(&self.options.router_id);
+        match self.store.record_traffic(&samples, Sampler::prune_before(now_s)).await {
+            Ok(()) => {
+                let routed = &self.routes.by_environment;
+                self.sampler.written(now_s, |p, e| routed.contains_key(&(p.to_string(), e.to_string())));
+            }
+            Err(e) => tracing::warn!(error = %e, "could not write the router's traffic samples; trying again"),
         }
     }
 

@@ -250,6 +250,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every worker process that ever beat, most recently seen first.
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
 
+    /// Writes a router's per-minute traffic samples, each replacing the row
+    /// of its router, environment and minute (idempotent), and drops every
+    /// sample older than `prune_before` (a minute, see `traffic`).
+    async fn record_traffic(&self, samples: &[crate::traffic::TrafficSample], prune_before: i64) -> Result<(), StoreError>;
+
+    /// Every router's traffic samples from minute `since` on, oldest first.
+    async fn traffic(&self, since: i64) -> Result<Vec<crate::traffic::TrafficSample>, StoreError>;
+
     /// This installation's secret key for setting fingerprints, created on first use.
     async fn installation_key(&self) -> Result<Vec<u8>, StoreError>;
 

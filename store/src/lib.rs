@@ -17,6 +17,7 @@ pub mod sealing;
 pub mod settings;
 pub mod sqlite;
 pub mod subscription;
+pub mod traffic;
 
 pub use event_store::{
     Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError, StreamAppend, WorkerBeat,

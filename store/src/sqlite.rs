@@ -224,6 +224,22 @@ impl EventStore for SqliteStore {
         Ok(rows.len())
     }
 
+    async fn record_traffic(&self, samples: &[crate::traffic::TrafficSample], prune_before: i64) -> Result<(), StoreError> {
+        use crate::traffic::{upsert, PRUNE};
+        let mut tx = self.pool.begin().await.map_err(db("recording traffic samples"))?;
+        for s in samples {
+            upsert(s).execute(&mut *tx).await.map_err(db("recording a traffic sample"))?;
+        }
+        sqlx::query(PRUNE).bind(prune_before).execute(&mut *tx).await.map_err(db("pruning old traffic samples"))?;
+        tx.commit().await.map_err(db("recording traffic samples"))
+    }
+
+    async fn traffic(&self, since: i64) -> Result<Vec<crate::traffic::TrafficSample>, StoreError> {
+        use crate::traffic::{sample, Row, SINCE};
+        let rows: Vec<Row> = sqlx::query_as(SINCE).bind(since).fetch_all(&self.pool).await.map_err(db("reading traffic samples"))?;
+        Ok(rows.into_iter().map(sample).collect())
+    }
+
     async fn installation_key(&self) -> Result<Vec<u8>, StoreError> {
         sqlx::query("INSERT INTO installation (id, fingerprint_key) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING")
             .bind(crate::settings::new_key())

@@ -224,7 +224,7 @@ pub async fn show(State(store): Store, Params(id): Params<String>) -> ApiResult<
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
-    version: u64,
+    pub(super) version: u64,
     id: Uuid,
     #[serde(rename = "type")]
     message_type: String,

@@ -6,6 +6,14 @@
 //! one line of text each), and `event: end` once the deployment is final,
 //! then closes. A comment every 15 s keeps proxies from timing it out.
 //!
+//! Each `deployment-event` carries its version as the SSE `id`, so a client
+//! whose connection dropped resumes where it was: EventSource sends the last
+//! id back as `Last-Event-ID` on its own (the dashboard, which reads the
+//! stream with fetch, sends it by hand), and the stream starts after that
+//! version instead of at 1. Log lines carry no id (they are lines of files,
+//! not recorded events): a resumed stream sends them from the start again,
+//! and a client that shows them clears its log when it reconnects.
+//!
 //! It polls the store from the last version it sent, waking early on the
 //! store's wake-up hint, because the hint is only a hint and log files have
 //! no hint at all. Logs are files under the workers' `logs` directory, so
@@ -24,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderName;
+use axum::http::{HeaderMap, HeaderName};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Extension;
 use futures::stream::{self, Stream, StreamExt};
@@ -76,16 +84,20 @@ pub(super) fn closing(app: axum::Router) -> (CloseStreams, axum::Router) {
     summary = "Follow a deployment live (server-sent events)",
     description = "`event: deployment-event` for each recorded event (the JSON of /events), first those recorded so far, \
 then each new one; `event: log` for each line of the build and release logs; `event: end` (`{status, step?, reason?}`) \
-once the deployment is final, then the stream closes. A `: keep-alive` comment every 15 s.",
+once the deployment is final, then the stream closes. A `: keep-alive` comment every 15 s. \
+Each `deployment-event` carries its version as the SSE `id`: a client that reconnects with `Last-Event-ID: N` gets the \
+events after version N (log lines, which carry no id, start over).",
     params(("id" = Uuid, Path, description = "The deployment"),
-        ("logs" = Option<bool>, Query, description = "`false` leaves the log lines out")),
+        ("logs" = Option<bool>, Query, description = "`false` leaves the log lines out"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event version")),
     responses((status = 200, content_type = "text/event-stream", body = String),
-        (status = 400, description = "Not a deployment id, or an unknown query"), (status = 404, description = "No such deployment"),
+        (status = 400, description = "Not a deployment id, an unknown query, or a `Last-Event-ID` that is not a version"), (status = 404, description = "No such deployment"),
         (status = 429, description = "The token holds as many live streams as it may")))]
 pub async fn stream(
     State(store): Store,
     Params(id): Params<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     config: Option<Extension<std::sync::Arc<super::ApiConfig>>>,
     closing: Option<Extension<Closing>>,
     caller: super::Caller,
@@ -94,6 +106,7 @@ pub async fn stream(
     // Scope `read`: a token check belongs here, before the 200 goes out
     // (once streaming, a 401 or 403 can no longer be sent).
     let id = parse_id(&id)?;
+    let resume_after = last_event_id(&headers)?;
     // The workers' log directory (`<data dir>/logs`): one folder per
     // deployment holding `build.log` and `release-N.log`.
     let logs = if wants_logs(query.as_deref())? { config.map(|Extension(c)| c.data_dir.join("logs")) } else { None };
@@ -105,6 +118,7 @@ pub async fn stream(
         store,
         id,
         next_version: 1,
+        resume_after,
         state: None,
         logs: logs.map(|dir| LogTail::new(dir.join(id.to_string()))),
         closing: closing.map(|Extension(Closing(rx))| rx),
@@ -122,6 +136,22 @@ pub async fn stream(
     // A buffering reverse proxy (nginx) would hold the events back.
     let unbuffered = [(HeaderName::from_static("x-accel-buffering"), "no")];
     Ok((unbuffered, Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))))
+}
+
+/// The version a reconnecting client saw last (`Last-Event-ID`), 0 when
+/// it sends none: the stream sends the events after it.
+fn last_event_id(headers: &HeaderMap) -> ApiResult<u64> {
+    let Some(value) = headers.get("last-event-id") else { return Ok(0) };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "header `Last-Event-ID` is `{}`: expected the version of the last `deployment-event` received (a whole number)",
+            text.chars().take(40).collect::<String>()
+        ))
+    })
 }
 
 /// `logs=false` leaves the log lines out: a list of deployments needs only
@@ -148,6 +178,9 @@ struct Follower {
     wake: watch::Receiver<u64>,
     id: Uuid,
     next_version: u64,
+    /// Events up to this version were sent on an earlier connection: they
+    /// are folded (to know when the deployment ends) but not sent again.
+    resume_after: u64,
     state: Option<Deployment>,
     logs: Option<LogTail>,
     closing: Option<watch::Receiver<bool>>,
@@ -175,7 +208,9 @@ impl Follower {
                         .decode::<Event>()
                         .map_err(|e| format!("event {} of deployment {} cannot be decoded: {e}", r.version, self.id))
                         .and_then(|event| evolve(self.state.take(), &event).map_err(|e| e.to_string()));
-                    batch.push(deployment_event(EventView::from(r)));
+                    if r.version > self.resume_after {
+                        batch.push(deployment_event(EventView::from(r)));
+                    }
                     match folded {
                         Ok(state) => self.state = Some(state),
                         Err(reason) => return Some(self.fail(batch, format!("{reason}; check the log with `slipway audit verify`"))),
@@ -225,7 +260,7 @@ impl Follower {
 }
 
 fn deployment_event(view: EventView) -> SseEvent {
-    let event = SseEvent::default().event("deployment-event");
+    let event = SseEvent::default().event("deployment-event").id(view.version.to_string());
     match event.json_data(&view) {
         Ok(event) => event,
         // Serialising plain data cannot fail; say so rather than panic.
@@ -350,6 +385,8 @@ fn clean(line: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -360,6 +397,20 @@ mod tests {
         assert!(wants_logs(Some("logs=0&logs=1")).unwrap());
         let err = wants_logs(Some("from=3")).unwrap_err().to_string();
         assert!(err.contains("`from=3`") && err.contains("logs=false"), "{err}");
+    }
+
+    #[test]
+    fn last_event_id_is_a_version_or_nothing() {
+        let with = |v: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("last-event-id", v.parse().unwrap_or_else(|_| HeaderValue::from_static("?")));
+            last_event_id(&headers)
+        };
+        assert_eq!(last_event_id(&HeaderMap::new()).ok(), Some(0));
+        assert_eq!(with("").ok(), Some(0));
+        assert_eq!(with("17").ok(), Some(17));
+        let err = with("abc").unwrap_err().to_string();
+        assert!(err.contains("Last-Event-ID") && err.contains("`abc`") && err.contains("whole number"), "{err}");
     }
 
     #[test]

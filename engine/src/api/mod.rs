@@ -28,6 +28,7 @@ mod hooks;
 mod live;
 mod notifications;
 pub mod openapi;
+mod overview;
 mod previews;
 mod projects;
 mod protection;
@@ -110,6 +111,7 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/projects/{name}", Scope(Read), get(projects::show)),
         route(Method::PUT, "/api/projects/{name}/source", Scope(Admin), put(projects::change_source)),
         route(Method::POST, "/api/projects/{name}/promote", Scope(Deploy), post(environments::promote)),
+        route(Method::GET, "/api/environments", Scope(Read), get(overview::list)),
         route(Method::GET, "/api/projects/{name}/environments/{env}", Scope(Read), get(environments::status)),
         route(Method::GET, "/api/projects/{name}/environments/{env}/settings", Scope(Read), get(environments::settings)),
         route(Method::PUT, "/api/projects/{name}/environments/{env}/settings", Scope(Admin), put(environments::change_settings)),

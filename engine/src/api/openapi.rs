@@ -14,8 +14,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::OpenApi;
 
 use super::{
-    admin, audit, certificates, deployments, domains, environments, error, hooks, live, notifications, previews, projects, protection,
-    routes, Access,
+    admin, audit, certificates, deployments, domains, environments, error, hooks, live, notifications, overview, previews, projects,
+    protection, routes, Access,
 };
 
 const SCHEME: &str = "bearer";
@@ -35,6 +35,7 @@ const SCHEME: &str = "bearer";
         projects::create,
         projects::show,
         projects::change_source,
+        overview::list,
         environments::status,
         environments::settings,
         environments::change_settings,

@@ -7,8 +7,10 @@
 //! they show is not.
 //!
 //! Routes: `/` and `/ui/` (the page; anything else under `/ui/` too, so a
-//! deep link survives a reload), `/ui/app.js`, `/ui/style.css`. The page's
-//! own routing lives in the URL fragment.
+//! deep link survives a reload), `/ui/app.js`, `/ui/style.css`, and the
+//! vendored charting library uPlot (`/ui/vendor/uplot.min.js` and `.css`;
+//! version and licence in `assets/vendor/README.md`). The page's own
+//! routing lives in the URL fragment.
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderName, HeaderValue};
@@ -19,6 +21,8 @@ use axum::Router;
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
+const CHARTS: &str = include_str!("assets/vendor/uplot.min.js");
+const CHARTS_STYLE: &str = include_str!("assets/vendor/uplot.min.css");
 
 /// Only this origin's script and style, no inline code, no framing: the
 /// token in local storage is worth an injected script, so none may run.
@@ -33,6 +37,8 @@ pub fn routes() -> Router {
         .route("/ui/", get(index))
         .route("/ui/app.js", get(script))
         .route("/ui/style.css", get(style))
+        .route("/ui/vendor/uplot.min.js", get(charts))
+        .route("/ui/vendor/uplot.min.css", get(charts_style))
         .route("/ui/{*rest}", get(index))
 }
 
@@ -46,6 +52,14 @@ async fn script() -> impl IntoResponse {
 
 async fn style() -> impl IntoResponse {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+async fn charts() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", CHARTS)
+}
+
+async fn charts_style() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", CHARTS_STYLE)
 }
 
 /// Revalidated on every load (`no-cache`), so an upgraded binary never runs

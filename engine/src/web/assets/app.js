@@ -3,7 +3,8 @@
 // `Authorization: Bearer`; live progress is read from
 // /api/deployments/{id}/stream with fetch() and a ReadableStream, because
 // EventSource cannot send that header. Everything the API returns is put in
-// the page as text (textContent), never as HTML.
+// the page as text (textContent), never as HTML. Charts are drawn by the
+// vendored uPlot (/ui/vendor/uplot.min.js, global `uPlot`) on canvases.
 'use strict';
 
 const TOKEN_KEY = 'slipway.token';
@@ -120,8 +121,13 @@ async function api(method, path, body) {
 
 // Reads a text/event-stream response: calls on[event](data) per event.
 // Resolves true when the server sent `end`, false if the stream just stopped.
-async function readStream(path, on, signal) {
-  const res = await fetch(path, { headers: headers({ Accept: 'text/event-stream' }), signal });
+// `lastId`: the id of the last event received on an earlier connection,
+// sent as `Last-Event-ID` so the server resumes after it (EventSource does
+// this by itself; fetch must be told).
+async function readStream(path, on, signal, lastId) {
+  const extra = { Accept: 'text/event-stream' };
+  if (lastId) extra['Last-Event-ID'] = String(lastId);
+  const res = await fetch(path, { headers: headers(extra), signal });
   if (res.status === 401) showLogin('The API refused the token.');
   if (!res.ok) throw new ApiError(res.status, errorText(res.status, await res.text()));
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -252,7 +258,15 @@ function applyEvent(run, ev) {
         requested: at, actor: ev.actor, dryRun: !!p.dry_run,
         kind: p.rollback_of ? 'rollback' : p.replay_of ? 'replay' : p.promoted_from ? 'promotion' : 'deploy' });
       break;
+    case 'ApprovalRequired': run.awaiting = true; run.approvalsNeeded = p.approvals; run.phase = 'awaiting approval'; break;
+    case 'DeploymentApproved':
+      run.approvedBy = (run.approvedBy || []).concat(p.by);
+      if (run.approvedBy.length >= (run.approvalsNeeded || 1)) { run.awaiting = false; run.phase = ''; }
+      break;
+    case 'DeploymentRejected': run.awaiting = false; run.phase = ''; run.rejectedBy = p.by; break;
     case 'StepDispatched': {
+      run.awaiting = false;
+      if (run.phase === 'awaiting approval') run.phase = '';
       const s = stepOf(run, p.step);
       s.state = 'running';
       s.attempts = p.attempt || s.attempts + 1;
@@ -315,7 +329,9 @@ async function watchRun(id, onChange, onLog) {
     for (let attempt = 0; !ctl.signal.aborted; attempt++) {
       try {
         if (onLog) onLog(null);
-        if (await readStream(`/api/deployments/${enc(id)}/stream${onLog ? '' : '?logs=false'}`, listeners, ctl.signal)) break;
+        // After a drop, resume after the last event this page folded.
+        const lastId = run.events.length ? run.events[run.events.length - 1].version : 0;
+        if (await readStream(`/api/deployments/${enc(id)}/stream${onLog ? '' : '?logs=false'}`, listeners, ctl.signal, lastId)) break;
       } catch (e) {
         if (ctl.signal.aborted) break;
         if (e.status === 404 || e.status === 401 || e.status === 403) { notice(e.message); break; }
@@ -336,11 +352,11 @@ function stopStreams() {
 // ---- views -------------------------------------------------------------------
 
 async function projectsView(view) {
-  crumbs(['Projects', '#/']);
+  crumbs(['Projects', '#/projects']);
   const projects = await api('GET', '/api/projects');
-  view.replaceChildren(h('h1', {}, 'Projects'));
+  view.replaceChildren(h('h1', {}, 'Projects'), createProjectCard());
   if (!projects.length) {
-    view.append(h('div', { class: 'card empty' }, 'No project yet. Create one with ', h('code', {}, 'slipway project create NAME --repo URL'), '.'));
+    view.append(h('div', { class: 'card empty' }, 'No project yet. Create one above, or with ', h('code', {}, 'slipway project create NAME --repo URL'), '.'));
     return;
   }
   for (const p of projects) {
@@ -423,7 +439,7 @@ function deploymentRow(id) {
       h('td', {}, h('a', { href: `#/deployment/${enc(id)}`, class: 'mono' }, short(id)), run.kind && run.kind !== 'deploy' ? h('div', { class: 'muted small' }, run.kind) : ''),
       h('td', {}, run.ref || '', h('div', { class: 'muted small mono' }, short(run.commit, 10))),
       h('td', { class: 'small' }, when(run.requested), h('div', { class: 'muted small' }, run.actor || '')),
-      h('td', {}, badge(run.status, shownStatus(run)), run.failure ? h('div', { class: 'small muted' }, run.failure) : ''),
+      h('td', {}, badge(run.status, shownStatus(run)), run.failure ? h('div', { class: 'small muted' }, run.failure) : '', h('div', {}, deploymentActions(run))),
       h('td', {}, stepChips(run)),
       h('td', { class: 'small' }, duration(runMillis(run))));
   };
@@ -451,7 +467,7 @@ function domainsCard(base) {
 }
 
 async function environmentView(view, project, env) {
-  crumbs(['Projects', '#/'], [project, '#/'], [env, null]);
+  crumbs(['Environments', '#/'], [project, '#/projects'], [env, null]);
   const base = `/api/projects/${enc(project)}/environments/${enc(env)}`;
   let envState = await api('GET', base);
   let active = envState.active || envState.last_succeeded || null;
@@ -459,6 +475,7 @@ async function environmentView(view, project, env) {
   const deployBtn = h('button', { id: 'deploy', class: 'primary', type: 'button', disabled: !scopeAllows('deploy'), title: why('deploy') }, 'Deploy');
   const rollbackBtn = h('button', { id: 'rollback', type: 'button', disabled: !scopeAllows('deploy') || !active, title: why('deploy') || (active ? '' : 'nothing to roll back to') }, 'Roll back');
   const body = h('tbody', { id: 'deployments' });
+  const history = historyCard(project, env);
   const activeLine = h('div', { class: 'muted', id: 'active' });
   const drawActive = () => activeLine.replaceChildren('Active release: ',
     active ? h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)) : 'none',
@@ -478,9 +495,10 @@ async function environmentView(view, project, env) {
       h('div', { class: 'spread' },
         h('div', {}, h('h1', {}, `${project} / ${env}`), activeLine),
         h('div', { class: 'row' }, refInput, deployBtn, rollbackBtn))),
-    domainsCard(base),
     h('div', { class: 'card' }, h('h3', {}, 'Deployments'),
-      h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Ref', 'Requested', 'Status', 'Steps', 'Took'].map((t) => h('th', {}, t)))), body)));
+      h('table', {}, h('thead', {}, h('tr', {}, ['Deployment', 'Ref', 'Requested', 'Status', 'Steps', 'Took'].map((t) => h('th', {}, t)))), body)),
+    history,
+    h('div', { class: 'two' }, domainsCard(base), settingsCard(base)));
 
   const rows = new Map();
   const addRow = (id, first) => {
@@ -501,13 +519,17 @@ async function environmentView(view, project, env) {
         row.refreshed = true;
         refreshActive();
       }
+      if (run.end && row.startedHere && !row.charted) {
+        row.charted = true;
+        history.refresh();
+      }
     });
   };
   const started = async (request) => {
     try {
       const res = await request();
       remember(project, env, res.deployment);
-      addRow(res.deployment, true);
+      addRow(res.deployment, true).startedHere = true;
       follow(res.deployment);
       notice(res.queued_behind && res.queued_behind.length ? `Queued behind ${res.queued_behind.length} deployment(s).` : '', 'info');
     } catch (e) { notice(e.message); }
@@ -553,7 +575,7 @@ async function deploymentView(view, id, tab) {
 
   let drawn = 0;
   const draw = (run) => {
-    crumbs(['Projects', '#/'], [run.project || '…', '#/'], [run.environment || '…', run.project ? `#/env/${enc(run.project)}/${enc(run.environment)}` : null], [short(id), null]);
+    crumbs(['Environments', '#/'], [run.project || '…', '#/projects'], [run.environment || '…', run.project ? `#/env/${enc(run.project)}/${enc(run.environment)}` : null], [short(id), null]);
     const final = run.status !== 'running';
     replayBtn.disabled = !final || !scopeAllows('deploy');
     replayBtn.title = why('deploy') || (final ? '' : 'replay a finished deployment');
@@ -562,7 +584,7 @@ async function deploymentView(view, id, tab) {
       h('div', { class: 'spread' },
         h('div', {}, h('h1', {}, 'Deployment ', h('span', { class: 'mono' }, short(id))), badge(run.status, shownStatus(run)),
           run.failure ? h('div', { class: 'muted' }, run.failure) : ''),
-        h('div', { class: 'row' }, replayBtn)),
+        h('div', { class: 'row' }, deploymentActions(run), replayBtn)),
       h('dl', { class: 'grid' },
         [['Project', run.project], ['Environment', run.environment], ['Ref', run.ref], ['Commit', short(run.commit, 12)],
           ['Kind', run.kind], ['Requested by', run.actor], ['Requested', when(run.requested)], ['Took', duration(runMillis(run))]]
@@ -597,17 +619,278 @@ function timelineRow(ev) {
     h('td', {}, h('details', {}, h('summary', {}, 'payload'), h('pre', {}, JSON.stringify(ev.payload, null, 2)))));
 }
 
+// ---- charts ------------------------------------------------------------------
+
+// A uPlot chart in `el` (the vendored library; without it, a line of text).
+function plot(el, opts, data) {
+  el.replaceChildren();
+  if (typeof uPlot !== 'function') { el.textContent = 'charts unavailable (uplot.min.js did not load)'; return null; }
+  return new uPlot(Object.assign({ legend: { show: true } }, opts), data, el);
+}
+
+const COLORS = { ok: '#16794c', bad: '#b42318', run: '#1d5fd1', warn: '#b54708', idle: '#8a93a3' };
+const STEP_COLORS = ['#2454d6', '#16794c', '#b54708', '#7a5af8', '#0e9384', '#c11574', '#475467', '#b42318', '#3e4784', '#667085', '#039855'];
+
+// Charts on a long page are drawn when they scroll into view: 400 canvases
+// at once would hold the first paint back.
+const lazyCharts = 'IntersectionObserver' in window ? new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    if (!e.isIntersecting || !e.target.drawChart) continue;
+    lazyCharts.unobserve(e.target);
+    const draw = e.target.drawChart;
+    delete e.target.drawChart;
+    draw();
+  }
+}) : null;
+
+function whenVisible(el, draw) {
+  if (lazyCharts) { el.drawChart = draw; lazyCharts.observe(el); } else draw();
+}
+
+// ---- environments at a glance ---------------------------------------------------
+
+const TRAFFIC_MINUTES = 60;
+
+// The last hour minute by minute: requests/s and error rate (%), null for a
+// minute no router reported.
+function trafficSeries(traffic) {
+  const byMinute = new Map((traffic || []).map((t) => [t.minute, t]));
+  const now = Math.floor(Date.now() / 60000);
+  const xs = [], rps = [], errs = [];
+  for (let m = now - TRAFFIC_MINUTES + 1; m <= now; m++) {
+    const t = byMinute.get(m);
+    xs.push(m * 60);
+    rps.push(t ? t.requests / 60 : null);
+    errs.push(t ? (t.requests ? (100 * t.errors) / t.requests : 0) : null);
+  }
+  return [xs, rps, errs];
+}
+
+// Over the minutes the routers reported: the mean requests/s, the error rate.
+function trafficTotals(traffic) {
+  let requests = 0, errors = 0;
+  const minutes = (traffic || []).length;
+  for (const t of traffic || []) { requests += t.requests; errors += t.errors; }
+  return { requests, errors, rps: minutes ? requests / (minutes * 60) : 0, rate: requests ? (100 * errors) / requests : 0 };
+}
+
+// Sets the x axis to [min, max] once drawn (uPlot would stretch a lone
+// point's axis over years).
+function xSpan(chart, min, max) {
+  if (chart && isFinite(min) && isFinite(max)) chart.setScale('x', { min, max });
+  return chart;
+}
+
+function trafficCell(glance) {
+  const box = h('div', { class: 'spark', 'data-traffic': (glance.traffic || []).length });
+  const totals = trafficTotals(glance.traffic);
+  const figures = h('div', { class: 'small traffic-figures', 'data-requests': totals.requests, 'data-errors': totals.errors },
+    `${totals.rps.toFixed(2)} req/s · ${totals.rate.toFixed(1)}% errors · ${totals.requests} requests`);
+  if (!(glance.traffic || []).length) return h('div', {}, h('span', { class: 'muted small' }, 'no traffic sampled in the last hour'));
+  const series = trafficSeries(glance.traffic);
+  whenVisible(box, () => xSpan(plot(box, {
+    width: 260, height: 70, legend: { show: false }, cursor: { show: false },
+    axes: [{ show: false }, { show: false }, { show: false, scale: '%' }],
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.1, max * 1.2)] },
+      '%': { range: [0, 100] } },
+    series: [{}, { label: 'req/s', stroke: COLORS.run, fill: 'rgba(29,95,209,.12)', width: 1.5, points: { show: true, size: 5 } },
+      { label: 'errors %', stroke: COLORS.bad, width: 1.5, scale: '%', points: { show: true, size: 4 } }],
+  }, series), series[0][0], series[0][series[0].length - 1] + 60));
+  return h('div', {}, box, figures);
+}
+
+function domainCell(glance) {
+  const domains = glance.domains || [];
+  if (!domains.length) return h('span', { class: 'muted small' }, 'none');
+  return h('ul', { class: 'plain' }, domains.map((d) => {
+    const state = d.failing ? 'failing' : d.not_after ? 'valid' : 'no certificate';
+    const text = d.not_after ? `${d.source || 'certificate'} until ${new Date(d.not_after).toLocaleDateString()}` : state;
+    return h('li', { 'data-domain': d.domain, 'data-cert': state, title: d.renewal || '' }, h('span', { class: 'mono' }, d.domain), ' ',
+      badge(state === 'valid' ? 'succeeded' : state === 'failing' ? 'failed' : 'pending', text),
+      d.failing ? h('div', { class: 'small muted' }, d.renewal) : '');
+  }));
+}
+
+async function environmentsView(view) {
+  crumbs();
+  const started = performance.now();
+  const glances = await api('GET', '/api/environments');
+  const body = h('tbody', { id: 'glance' });
+  view.replaceChildren(h('div', { class: 'spread' }, h('h1', {}, 'Environments'),
+    h('span', { class: 'muted small' }, `${glances.length} environment(s) · traffic from the routers, last hour`)), h('div', { class: 'card' },
+    h('table', { class: 'glance' }, h('thead', {}, h('tr', {}, ['Environment', 'Serving release', 'Domains & certificates', 'Traffic (last hour)'].map((t) => h('th', {}, t)))), body)));
+  if (!glances.length) {
+    body.append(h('tr', {}, h('td', { colspan: 4, class: 'empty' }, 'No project yet. ', h('a', { href: '#/projects' }, 'Create one'), '.')));
+  }
+  for (const g of glances) {
+    const active = g.active || null;
+    const state = active ? (active.live ? active.live.state : 'running') : 'none';
+    body.append(h('tr', { 'data-project': g.project, 'data-env': g.environment, 'data-live': state },
+      h('td', {}, h('a', { href: `#/env/${enc(g.project)}/${enc(g.environment)}` }, h('b', {}, g.project), ' / ', g.environment),
+        (g.queue || []).length ? h('div', {}, badge('running', g.running_status || `${g.queue.length} queued`)) : ''),
+      h('td', {}, active ? [h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)),
+        ' ', badge(state === 'running' ? 'succeeded' : state === 'unhealthy' || state === 'restarting' ? 'pending' : 'failed', state),
+        h('div', { class: 'muted small mono' }, short(active.commit, 10))] : h('span', { class: 'muted' }, 'nothing served')),
+      h('td', {}, domainCell(g)),
+      h('td', {}, trafficCell(g))));
+  }
+  // When the table was drawn, from navigation start (read by the benchmark).
+  requestAnimationFrame(() => { window.slipwayGlanceAt = performance.now(); window.slipwayGlanceMs = performance.now() - started; });
+  // At a glance means current: redrawn while shown.
+  const shown = location.hash;
+  setTimeout(() => { if (location.hash === shown && body.isConnected) route(); }, 15000);
+}
+
+// ---- actions ---------------------------------------------------------------------
+
+function createProjectCard() {
+  const name = h('input', { type: 'text', id: 'project-name', placeholder: 'name', 'aria-label': 'Project name' });
+  const repo = h('input', { type: 'text', id: 'project-repo', placeholder: 'repository (absolute path or URL)', 'aria-label': 'Repository', class: 'wide' });
+  const envs = h('input', { type: 'text', id: 'project-envs', placeholder: 'environments (default: test, live)', 'aria-label': 'Environments' });
+  const btn = h('button', { id: 'project-create', type: 'button', class: 'primary', disabled: !scopeAllows('admin'), title: why('admin') }, 'Create project');
+  btn.addEventListener('click', async () => {
+    const body = { name: name.value.trim(), repo: repo.value.trim() };
+    const list = envs.value.split(/[\s,]+/).filter(Boolean);
+    if (list.length) body.environments = list;
+    try {
+      await api('POST', '/api/projects', body);
+      await route();
+      notice(`Project ${body.name} created.`, 'info');
+    } catch (e) { notice(e.message); }
+  });
+  return h('div', { class: 'card', id: 'create-project' }, h('h3', {}, 'New project'), h('div', { class: 'row' }, name, repo, envs, btn));
+}
+
+// Settings: plain values shown, secret ones never (the API answers
+// "(secret)"); a secret's new value is typed into a password field and sent,
+// never read back.
+function settingsCard(base) {
+  const list = h('tbody', { id: 'settings' });
+  const key = h('input', { type: 'text', id: 'setting-key', placeholder: 'KEY', 'aria-label': 'Setting key' });
+  const value = h('input', { type: 'password', id: 'setting-value', placeholder: 'value', autocomplete: 'off', 'aria-label': 'Setting value' });
+  const secret = h('input', { type: 'checkbox', id: 'setting-secret', checked: true });
+  const save = h('button', { id: 'setting-save', type: 'button', disabled: !scopeAllows('admin'), title: why('admin') }, 'Set');
+  const draw = (settings) => list.replaceChildren(...(Object.keys(settings).length ? Object.entries(settings).map(([k, v]) =>
+    h('tr', { 'data-key': k, 'data-secret': v === '(secret)' ? 'yes' : 'no' },
+      h('td', { class: 'mono' }, k),
+      h('td', { class: 'mono' }, v === '(secret)' ? h('span', { class: 'muted' }, '•••••• (secret, write-only)') : v),
+      h('td', {}, h('button', { type: 'button', class: 'link setting-unset', disabled: !scopeAllows('admin'), title: why('admin'),
+        onclick: () => change({ unset: [k] }) }, 'unset')))) : [h('tr', {}, h('td', { colspan: 3, class: 'muted' }, 'No setting.'))]));
+  const load = () => api('GET', `${base}/settings`).then(draw, (e) => notice(e.message));
+  const change = async (body) => {
+    try { await api('PUT', `${base}/settings`, body); await load(); } catch (e) { notice(e.message); }
+  };
+  save.addEventListener('click', async () => {
+    const k = key.value.trim();
+    if (!k) return;
+    await change({ set: { [k]: { value: value.value, secret: secret.checked } } });
+    key.value = ''; value.value = '';
+  });
+  load();
+  return h('div', { class: 'card' }, h('h3', {}, 'Settings'),
+    h('table', {}, h('thead', {}, h('tr', {}, ['Key', 'Value', ''].map((t) => h('th', {}, t)))), list),
+    h('div', { class: 'row' }, key, value, h('label', { class: 'small' }, secret, ' secret'), save));
+}
+
+// Cancel, approve and reject a deployment, as its state allows and the
+// token's scope permits.
+function deploymentActions(run) {
+  const box = h('span', { class: 'actions' });
+  if (run.status !== 'running') return box;
+  const act = (verb, label, cls) => h('button', { type: 'button', class: `${cls} act-${verb}`, disabled: !scopeAllows('deploy'), title: why('deploy'),
+    onclick: async () => {
+      try {
+        await api('POST', `/api/deployments/${enc(run.id)}/${verb}`, {});
+        notice(`${label}: recorded.`, 'info');
+      } catch (e) { notice(e.message); }
+    } }, label);
+  if (run.awaiting) box.append(act('approve', 'Approve', 'primary'), act('reject', 'Reject', ''));
+  box.append(act('cancel', 'Cancel', ''));
+  return box;
+}
+
+// ---- history charts --------------------------------------------------------------
+
+function outcomeOf(d) {
+  if (d.rollback_of || /rolling back/.test(d.status)) return 'rollback';
+  if (d.status === 'succeeded') return 'succeeded';
+  if (/^failed/.test(d.status)) return 'failed';
+  return 'running';
+}
+
+// Deployments over time (seconds taken), one series per outcome.
+function timelineChart(el, deployments) {
+  const done = deployments.filter((d) => d.requested_at).sort((a, b) => new Date(a.requested_at) - new Date(b.requested_at));
+  const xs = done.map((d) => new Date(d.requested_at).getTime() / 1000);
+  const series = ['succeeded', 'failed', 'rollback'].map((o) => done.map((d) => (outcomeOf(d) === o ? (d.total_ms || 0) / 1000 : null)));
+  const counts = {};
+  for (const d of done) counts[outcomeOf(d)] = (counts[outcomeOf(d)] || 0) + 1;
+  el.dataset.succeeded = counts.succeeded || 0;
+  el.dataset.failed = counts.failed || 0;
+  el.dataset.rollback = counts.rollback || 0;
+  const dots = (label, color) => ({ label, stroke: color, fill: color, paths: () => null, points: { show: true, size: 9, fill: color } });
+  const pad = Math.max(3600, ((xs[xs.length - 1] - xs[0]) || 0) * 0.05);
+  xSpan(plot(el, {
+    width: Math.min(1100, el.clientWidth || 1100), height: 180,
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
+    axes: [{}, { label: 'seconds', size: 50 }],
+    series: [{}, dots('succeeded', COLORS.ok), dots('failed', COLORS.bad), dots('rollback', COLORS.warn)],
+  }, [xs, ...series]), xs[0] - pad, xs[xs.length - 1] + pad);
+}
+
+// Each step's duration over the last deployments (oldest left).
+async function stepsChart(el, deployments) {
+  const last = deployments.slice(0, 50).reverse();
+  const timelines = await Promise.all(last.map((d) => api('GET', `/api/deployments/${enc(d.deployment)}/history`).catch(() => null)));
+  const steps = PIPELINE.filter((step) => timelines.some((t) => t && (t.steps || []).some((s) => s.step === step && s.duration_ms !== null)));
+  const data = [last.map((_, i) => i + 1)];
+  for (const step of steps) {
+    data.push(timelines.map((t) => {
+      const s = t && (t.steps || []).find((x) => x.step === step);
+      return s && s.duration_ms !== null && s.duration_ms !== undefined ? s.duration_ms / 1000 : null;
+    }));
+  }
+  el.dataset.deployments = last.length;
+  el.dataset.steps = steps.join(' ');
+  xSpan(plot(el, {
+    width: Math.min(1100, el.clientWidth || 1100), height: 220,
+    scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.15)] } },
+    axes: [{ label: `deployment (last ${last.length}, oldest first)`, incrs: [1, 2, 5, 10, 20, 50] }, { label: 'seconds', size: 50 }],
+    series: [{ label: '#' }, ...steps.map((step, i) => ({ label: STEP_LABEL[step] || step, stroke: STEP_COLORS[i % STEP_COLORS.length], width: 1.5, points: { show: true, size: 5 } }))],
+  }, data), 0.5, last.length + 0.5);
+}
+
+function historyCard(project, env) {
+  const timeline = h('div', { id: 'chart-timeline', class: 'chart' });
+  const steps = h('div', { id: 'chart-steps', class: 'chart' });
+  const card = h('div', { class: 'card' }, h('h3', {}, 'Deployments over time'), timeline, h('h3', { class: 'spaced' }, 'Step durations, last 50 deployments'), steps);
+  // Drawn again when a deployment this page follows ends.
+  card.refresh = () => api('GET', `/api/projects/${enc(project)}/environments/${enc(env)}/deployments?limit=50`).then(async (list) => {
+    if (!list.length) { timeline.textContent = 'No deployment yet.'; steps.textContent = ''; return; }
+    timelineChart(timeline, list);
+    await stepsChart(steps, list);
+    card.dataset.drawn = 'true';
+  }, (e) => notice(e.message));
+  card.refresh();
+  return card;
+}
+
 // ---- routing -----------------------------------------------------------------
 
 async function route() {
   stopStreams();
   notice('');
-  const view = $('view');
+  // Each route draws into a container of its own: a slower earlier route
+  // (signing in redraws while the hash changes) finishes into a detached
+  // one instead of over the current view.
+  const view = h('div', { class: 'route' });
+  $('view').replaceChildren(view);
   const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
   try {
     if (parts[0] === 'env' && parts.length === 3) await environmentView(view, parts[1], parts[2]);
     else if (parts[0] === 'deployment' && parts[1]) await deploymentView(view, parts[1], parts[2] === 'timeline' ? 'timeline' : 'progress');
-    else await projectsView(view);
+    else if (parts[0] === 'projects') await projectsView(view);
+    else await environmentsView(view);
   } catch (e) {
     view.replaceChildren(h('div', { class: 'card empty' }, e.status === 401 ? 'Sign in to see this Slipway.' : e.message));
   }
