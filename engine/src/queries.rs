@@ -237,7 +237,7 @@ pub async fn status_in(store: &dyn EventStore, project: &str, env: &str, around:
     let certs = &around.certs;
     let domains = crate::domains::of_environment(&recorded.domains, project, env)
         .into_iter()
-        .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default(), &certs))
+        .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default(), certs))
         .collect();
     Ok(EnvironmentStatus {
         project: project.into(),

@@ -93,6 +93,8 @@ events after version N (log lines, which carry no id, start over).",
     responses((status = 200, content_type = "text/event-stream", body = String),
         (status = 400, description = "Not a deployment id, an unknown query, or a `Last-Event-ID` that is not a version"), (status = 404, description = "No such deployment"),
         (status = 429, description = "The token holds as many live streams as it may")))]
+// An axum handler takes what it needs as extractors, one argument each.
+#[allow(clippy::too_many_arguments)]
 pub async fn stream(
     State(store): Store,
     Params(id): Params<String>,
