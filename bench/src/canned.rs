@@ -118,7 +118,7 @@ fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Eve
         h.push(dispatched(step));
         if fails && step == Step::Build {
             let reason = "RUN npm ci exited with code 1".to_string();
-            h.push(Event::StepFailed(StepFailed { step, reason: reason.clone(), attempt: 1, details: vec![] }));
+            h.push(Event::StepFailed(StepFailed { step, reason: reason.clone(), attempt: 1, details: vec![], evidence: None }));
             h.push(Event::DeploymentFailed(DeploymentFailed { step, reason }));
             return h;
         }

@@ -148,7 +148,7 @@ mod tests {
     }
 
     fn failed(step: Step, reason: &str) -> Event {
-        Event::StepFailed(StepFailed { step, reason: reason.into(), attempt: 1, details: vec![] })
+        Event::StepFailed(StepFailed { step, reason: reason.into(), attempt: 1, details: vec![], evidence: None })
     }
 
     #[test]

@@ -181,6 +181,7 @@ pub fn describe(event: &Event) -> String {
         Event::FreezeWindowRemoved(f) => format!("{}: freeze window \"{}\" removed", f.environment, f.schedule),
         Event::FreezeOverridden(o) => format!("freeze \"{}\" (until {}) overridden by {}: {}", o.schedule, o.until, o.by, o.reason),
         Event::NotificationReplayRequested(r) => format!("notifications replay from {} asked", r.from),
+        Event::NotificationLeaseTaken(l) => format!("{} sends this subscription's notifications until {}", l.holder, l.until),
         Event::PreviewRuleSet(r) => format!(
             "preview rule: {} -> previews inheriting {}, removed after {} without a push",
             r.trigger,

@@ -188,11 +188,11 @@ pub async fn logs(store: &dyn EventStore, id: Uuid, data_dir: &std::path::Path, 
         let log_refs: Vec<String> = match r.envelope.decode::<Event>() {
             Ok(Event::ImageBuilt(b)) => b.log_ref.into_iter().collect(),
             Ok(Event::ReleaseCommandsRan(rc)) => rc.results.into_iter().filter_map(|c| c.log_ref).collect(),
-            Ok(Event::StepFailed(f)) if !json => {
-                for d in f.details {
-                    println!("     | {d}");
+            Ok(Event::StepFailed(f)) => {
+                if !json {
+                    f.details.iter().for_each(|d| println!("     | {d}"));
                 }
-                vec![]
+                f.evidence.map(|e| e.path).into_iter().collect()
             }
             _ => vec![],
         };

@@ -111,4 +111,9 @@ fn logs_of_a_failed_release_show_every_command_that_ran() {
         "second command broke",
     ];
     assert_eq!(shown, expected, "{logs}");
+    // The output is kept as a log the event names, not in the event.
+    let events: serde_json::Value = serde_json::from_str(&slipway(dir.path(), &["events", &format!("deployment-{id}"), "--json"])).unwrap();
+    let failed = events.as_array().unwrap().iter().find(|e| e["type"] == "StepFailed").unwrap();
+    assert_eq!(failed["payload"]["details"], serde_json::json!([]), "{failed}");
+    assert!(failed["payload"]["evidence"]["path"].as_str().unwrap().ends_with("/release-failed-1.log"), "{failed}");
 }

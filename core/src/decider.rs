@@ -276,6 +276,7 @@ fn router_errors_failure(d: &Deployment) -> Option<Event> {
         reason: exceeded.reason(switched_at),
         attempt: d.dispatched.filter(|(s, _, _)| *s == Step::Watch).map_or(1, |(_, attempt, _)| attempt),
         details: router_errors::details(&d.router_errors),
+        evidence: None,
     }))
 }
 
@@ -460,7 +461,7 @@ fn step_context(d: &Deployment, step: Step, env: &EnvironmentView) -> slipway_pr
 }
 
 fn fail(step: Step, reason: String) -> Event {
-    Event::StepFailed(StepFailed { step, reason, attempt: 1, details: vec![] })
+    Event::StepFailed(StepFailed { step, reason, attempt: 1, details: vec![], evidence: None })
 }
 
 /// Success: the verdict, the environment's new release, and the previous

@@ -219,6 +219,28 @@ pub struct Progress {
     pub redeliveries: Vec<NotifiedEvent>,
     /// The stream's version this was folded to.
     pub version: u64,
+    /// Who may send for the subscription, and until when (the last
+    /// `NotificationLeaseTaken`).
+    pub lease: Option<Lease>,
+}
+
+/// A notifier's right to send a subscription's notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub until: DateTime<Utc>,
+}
+
+/// Whether a notifier may post for a subscription now (`Progress::lease_need`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseNeed {
+    /// It holds the lease for longer than one post can take.
+    Held,
+    /// Nobody holds it, its holder's ran out, or the asker's own ends before
+    /// a post could: take it (or renew it) until then.
+    Take { until: DateTime<Utc> },
+    /// Another notifier holds it until then: wait, and post nothing.
+    HeldBy(Lease),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,7 +279,23 @@ impl Progress {
                 self.cursor = Some(r.from);
                 self.retrying = None;
             }
+            Event::NotificationLeaseTaken(l) => self.lease = Some(Lease { holder: l.holder.clone(), until: l.until }),
             _ => {}
+        }
+    }
+
+    /// Whether notifier `me` may post now: only the lease's holder posts,
+    /// and only while a post started now (taking at most `post_timeout`)
+    /// ends inside the lease, so two engines never post the same
+    /// notification at once. A lease is taken for `lease` at a time; one
+    /// whose holder stopped runs out and the next notifier takes it.
+    pub fn lease_need(&self, me: &str, now: DateTime<Utc>, lease: Duration, post_timeout: Duration) -> LeaseNeed {
+        let margin = chrono::Duration::from_std(post_timeout).unwrap_or(chrono::Duration::days(1));
+        let take = || LeaseNeed::Take { until: now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::days(1)) };
+        match &self.lease {
+            Some(l) if l.holder == me && l.until - now > margin => LeaseNeed::Held,
+            Some(l) if l.holder != me && l.until > now => LeaseNeed::HeldBy(l.clone()),
+            _ => take(),
         }
     }
 }
@@ -502,6 +540,29 @@ mod tests {
             let err = check_url(bad).unwrap_err();
             assert!(!err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn only_the_lease_holder_posts_and_a_lease_whose_holder_stopped_runs_out() {
+        let (lease, post) = (Duration::from_secs(30), Duration::from_secs(10));
+        let mut progress = Progress::default();
+        // Nobody holds it: take it for the lease's length.
+        assert_eq!(progress.lease_need("a", at(0), lease, post), LeaseNeed::Take { until: at(30) });
+        let taken = |holder: &str, until| {
+            Event::NotificationLeaseTaken(slipway_proto::event::NotificationLeaseTaken { holder: holder.into(), until })
+        };
+        progress.apply(&taken("a", at(30)), 1);
+        assert_eq!(progress.version, 1);
+        // Its holder posts while a post fits inside it; the other waits.
+        assert_eq!(progress.lease_need("a", at(5), lease, post), LeaseNeed::Held);
+        assert_eq!(progress.lease_need("b", at(5), lease, post), LeaseNeed::HeldBy(Lease { holder: "a".into(), until: at(30) }));
+        // A post started 25 s in could outlast it: the holder renews first.
+        assert_eq!(progress.lease_need("a", at(25), lease, post), LeaseNeed::Take { until: at(55) });
+        // `a` stopped: once its lease ran out, `b` takes it.
+        assert_eq!(progress.lease_need("b", at(29), lease, post), LeaseNeed::HeldBy(Lease { holder: "a".into(), until: at(30) }));
+        assert_eq!(progress.lease_need("b", at(30), lease, post), LeaseNeed::Take { until: at(60) });
+        progress.apply(&taken("b", at(60)), 2);
+        assert_eq!(progress.lease_need("a", at(31), lease, post), LeaseNeed::HeldBy(Lease { holder: "b".into(), until: at(60) }));
     }
 
     #[test]

@@ -386,8 +386,13 @@ mod tests {
     fn finished_deployments_are_let_go_only_when_many_are_kept() {
         let mut seen = Seen::default();
         let failed = Event::DeploymentFailed(slipway_proto::event::DeploymentFailed { step: Step::Build, reason: "x".into() });
-        let stepfailed =
-            Event::StepFailed(slipway_proto::event::StepFailed { step: Step::Build, reason: "x".into(), attempt: 1, details: vec![] });
+        let stepfailed = Event::StepFailed(slipway_proto::event::StepFailed {
+            step: Step::Build,
+            reason: "x".into(),
+            attempt: 1,
+            details: vec![],
+            evidence: None,
+        });
         for n in 0..=DEPLOYMENTS_KEPT {
             let stream = deployment_stream(Uuid::from_u128(n as u128));
             see(&mut seen, &stream, 1, &requested());

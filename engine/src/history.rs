@@ -454,7 +454,13 @@ mod tests {
         events.push((
             1500,
             "worker:a",
-            Event::StepFailed(StepFailed { step: Step::Build, reason: "no Dockerfile".into(), attempt: 2, details: vec![] }),
+            Event::StepFailed(StepFailed {
+                step: Step::Build,
+                reason: "no Dockerfile".into(),
+                attempt: 2,
+                details: vec![],
+                evidence: None,
+            }),
         ));
         events.push((1510, "engine", Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "no Dockerfile".into() })));
         events

@@ -27,6 +27,15 @@
 //! between sends it again (each carries its event's id in
 //! `X-Slipway-Delivery` for the receiver to drop a repeat).
 //!
+//! Two engines, one post: only the notifier holding a subscription's lease
+//! (`NotificationLeaseTaken` on its stream, taken at the version it read, so
+//! two cannot both take it) posts for it, and only while the post's timeout
+//! fits inside the lease, so its attempt is recorded before any other
+//! notifier can take the lease. A lease is taken for
+//! `lease_length` when there is something to send; a stopping notifier
+//! hands its leases back, and one that died has them run out, after which
+//! the other engine takes over from where the stream says it got to.
+//!
 //! Secrets: the target URL (a Slack or Discord webhook's path is its
 //! credential) and the signing secret go to the value table, sealed like
 //! settings; events hold fingerprints and the URL's scheme and host. The
@@ -45,7 +54,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::RngCore;
 use slipway_proto::event::{
-    deployment_stream, notification_stream, DeliveryOutcome, LogPosition, NotificationAttempted, NotificationKind,
+    deployment_stream, notification_stream, DeliveryOutcome, LogPosition, NotificationAttempted, NotificationKind, NotificationLeaseTaken,
     NotificationRedeliveryRequested, NotificationReplayRequested, NotificationSubscribed, NotificationTarget, NotificationUnsubscribed,
     NotifiedEvent, NOTIFICATIONS_STREAM,
 };
@@ -55,7 +64,7 @@ use slipway_store::subscription::wait_for_wakeup;
 use slipway_store::{EventStore, ExpectedVersion, Position, RecordedEvent, StoreError};
 use uuid::Uuid;
 
-use crate::notify::{self, Backoff, DeploymentContext, Next, Notice, Progress, Subscription, Subscriptions};
+use crate::notify::{self, Backoff, DeploymentContext, LeaseNeed, Next, Notice, Progress, Subscription, Subscriptions};
 use crate::requests::{envelope, load_project, Rejection};
 
 /// The actor of what the notifier records.
@@ -68,6 +77,25 @@ const BATCH: usize = 500;
 const MAX_REASON: usize = 300;
 /// Deployments whose request is kept in memory (then forgotten, and read again when needed).
 const CONTEXTS: usize = 10_000;
+/// How long a subscription's lease is taken for, by default.
+const LEASE: Duration = Duration::from_secs(30);
+/// How long a stopping notifier spends handing its leases back.
+const RELEASE_WITHIN: Duration = Duration::from_secs(2);
+
+/// How long a lease is taken for: long enough for a few posts, so a busy
+/// subscription renews it every so often rather than on every post.
+fn lease_length(options: &NotifierOptions) -> Duration {
+    options.lease.max(options.timeout * 3)
+}
+
+/// This notifier process's name as a lease holder:
+/// `notifier:<host>:<process id>:<instance>`, unique even for two engines
+/// in one process.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let instance = Uuid::now_v7().simple().to_string();
+    format!("notifier:{}:{}:{}", if host.is_empty() { "host" } else { &host }, std::process::id(), &instance[instance.len() - 8..])
+}
 
 #[derive(Debug, Clone)]
 pub struct NotifierOptions {
@@ -76,11 +104,14 @@ pub struct NotifierOptions {
     pub timeout: Duration,
     /// How often the log is read when no wake-up came.
     pub poll: Duration,
+    /// How long a subscription's lease is taken for (at least three
+    /// posts' timeouts): how long a notifier that died holds up the others.
+    pub lease: Duration,
 }
 
 impl Default for NotifierOptions {
     fn default() -> Self {
-        NotifierOptions { backoff: Backoff::default(), timeout: Duration::from_secs(10), poll: Duration::from_secs(1) }
+        NotifierOptions { backoff: Backoff::default(), timeout: Duration::from_secs(10), poll: Duration::from_secs(1), lease: LEASE }
     }
 }
 
@@ -263,15 +294,25 @@ fn store_position(p: LogPosition) -> Position {
 pub async fn run(store: Arc<dyn EventStore>, options: NotifierOptions, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let client = http_client();
+    let me = holder_name();
     let mut wake = store.wakeups();
     loop {
-        let attempt = async {
-            let notifier = Notifier::load(&*store).await?;
-            notifier.serve(&*store, &client, &options, &mut wake).await
-        };
-        let outcome = tokio::select! {
+        let loaded = tokio::select! {
             _ = &mut shutdown => return,
-            outcome = attempt => outcome,
+            loaded = Notifier::load(&*store, &me) => loaded,
+        };
+        let outcome = match loaded {
+            Ok(mut notifier) => {
+                let served = tokio::select! {
+                    _ = &mut shutdown => None,
+                    outcome = notifier.serve(&*store, &client, &options, &mut wake) => Some(outcome),
+                };
+                match served {
+                    Some(outcome) => outcome,
+                    None => return notifier.release(&*store).await,
+                }
+            }
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(()) => continue, // a replay was asked for: read everything again
@@ -299,7 +340,7 @@ struct Sub {
     progress: Progress,
     queue: VecDeque<Pending>,
     redeliveries: VecDeque<Pending>,
-    /// Ids of the events this notifier appended to the subscription's
+    /// Ids of the attempts this notifier appended to the subscription's
     /// stream and already applied (skipped when read back).
     own: HashSet<Uuid>,
 }
@@ -315,9 +356,23 @@ impl Sub {
         let head = self.queue.front()?;
         self.progress.retrying.as_ref().filter(|r| r.event_id == head.event.event_id).map(|r| r.next_at)
     }
+
+    /// Whether something is to be posted now.
+    fn has_due(&self, now: DateTime<Utc>) -> bool {
+        !self.redeliveries.is_empty() || (!self.queue.is_empty() && self.due_at().is_none_or(|at| at <= now))
+    }
+
+    /// When another notifier's lease runs out, while it holds one and
+    /// something waits to be sent.
+    fn lease_ends(&self, me: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let lease = self.progress.lease.as_ref().filter(|l| l.holder != me && l.until > now)?;
+        self.has_due(now).then_some(lease.until)
+    }
 }
 
 struct Notifier {
+    /// This notifier as a lease holder.
+    me: String,
     subs: BTreeMap<Uuid, Sub>,
     /// The notifications stream's version applied.
     version: u64,
@@ -327,8 +382,9 @@ struct Notifier {
 }
 
 impl Notifier {
-    async fn load(store: &dyn EventStore) -> Result<Notifier, StoreError> {
-        let mut notifier = Notifier { subs: BTreeMap::new(), version: 0, reader: Position::START, contexts: HashMap::new() };
+    async fn load(store: &dyn EventStore, me: &str) -> Result<Notifier, StoreError> {
+        let mut notifier =
+            Notifier { me: me.to_string(), subs: BTreeMap::new(), version: 0, reader: Position::START, contexts: HashMap::new() };
         let mut subscriptions = Subscriptions::new();
         for r in store.read_stream(NOTIFICATIONS_STREAM, 1).await? {
             notifier.version = r.version;
@@ -358,7 +414,7 @@ impl Notifier {
     /// Reads and sends until a replay asks for everything to be read again
     /// (`Ok`) or the store fails.
     async fn serve(
-        mut self,
+        &mut self,
         store: &dyn EventStore,
         client: &HttpClient,
         options: &NotifierOptions,
@@ -381,7 +437,8 @@ impl Notifier {
                     break;
                 }
             }
-            let sends = self.subs.iter_mut().map(|(id, sub)| deliver(store, client, options, *id, sub));
+            let me = self.me.as_str();
+            let sends = self.subs.iter_mut().map(|(id, sub)| deliver(store, client, options, me, *id, sub));
             for result in futures::future::join_all(sends).await {
                 result?;
             }
@@ -395,7 +452,8 @@ impl Notifier {
             let wait = self
                 .subs
                 .values()
-                .filter_map(Sub::due_at)
+                .flat_map(|s| [s.due_at(), s.lease_ends(&self.me, now)])
+                .flatten()
                 .min()
                 .map_or(options.poll, |at| (at - now).to_std().unwrap_or_default().min(options.poll));
             wait_for_wakeup(wake, wait).await;
@@ -448,7 +506,12 @@ impl Notifier {
                     sub.progress.apply(&event, recorded.version);
                     let after = sub.after();
                     sub.queue.retain(|p| p.event.position > after);
+                    let done = |p: &Pending| sub.progress.redeliveries.iter().all(|r| r.event_id != p.event.event_id);
+                    let left: VecDeque<Pending> = sub.redeliveries.iter().filter(|p| !done(p)).cloned().collect();
+                    sub.redeliveries = left;
                 }
+                // Another notifier took the lease: it sends until it runs out.
+                Event::NotificationLeaseTaken(_) => sub.progress.apply(&event, recorded.version),
                 _ => {}
             }
             return Ok(Read::Next);
@@ -474,6 +537,28 @@ impl Notifier {
             }
         }
         Ok(Read::Next)
+    }
+
+    /// Hands back the leases this notifier holds (a lease ending now), so
+    /// the other engine, or this one started again, sends at once rather
+    /// than when they run out. Bounded: a store that does not answer leaves
+    /// them to run out.
+    async fn release(&self, store: &dyn EventStore) {
+        let handing_back = async {
+            let now = Utc::now();
+            for (id, sub) in &self.subs {
+                if sub.progress.lease.as_ref().is_some_and(|l| l.holder == self.me && l.until > now) {
+                    let event = Event::NotificationLeaseTaken(NotificationLeaseTaken { holder: self.me.clone(), until: now });
+                    append_at(store, *id, sub.progress.version, &event).await?;
+                }
+            }
+            Ok::<(), StoreError>(())
+        };
+        match tokio::time::timeout(RELEASE_WITHIN, handing_back).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "notifications: handing the leases back failed; they run out"),
+            Err(_) => tracing::warn!("notifications: handing the leases back took too long; they run out"),
+        }
     }
 
     async fn notice(&mut self, store: &dyn EventStore, recorded: &RecordedEvent, event: &Event) -> Result<Option<Notice>, StoreError> {
@@ -546,18 +631,25 @@ impl Sub {
 
 /// Sends what is due to one subscription: its redeliveries (once each),
 /// then its queue in order until one fails (it is retried when due) or
-/// nothing is left.
+/// nothing is left. Only while this notifier holds the subscription's
+/// lease; when another holds it, or took it first, it stops (the other's
+/// events are read on the next pass).
 async fn deliver(
     store: &dyn EventStore,
     client: &HttpClient,
     options: &NotifierOptions,
+    me: &str,
     id: Uuid,
     sub: &mut Sub,
 ) -> Result<(), StoreError> {
-    while let Some(pending) = sub.redeliveries.pop_front() {
+    while let Some(pending) = sub.redeliveries.front().cloned() {
+        if !claim(store, options, me, id, sub).await? {
+            return Ok(());
+        }
         let sent = send(client, options, sub, &pending).await;
         let outcome = if sent.delivered { DeliveryOutcome::Delivered } else { DeliveryOutcome::GaveUp };
         record(store, id, sub, &pending, 1, sent, outcome, true).await?;
+        sub.redeliveries.pop_front();
     }
     while let Some(pending) = sub.queue.front().cloned() {
         let now = Utc::now();
@@ -570,6 +662,9 @@ async fn deliver(
             }
             _ => (1, now),
         };
+        if !claim(store, options, me, id, sub).await? {
+            return Ok(());
+        }
         let sent = send(client, options, sub, &pending).await;
         let outcome = if sent.delivered {
             DeliveryOutcome::Delivered
@@ -587,6 +682,41 @@ async fn deliver(
         sub.queue.pop_front();
     }
     Ok(())
+}
+
+/// Whether notifier `me` may post for the subscription now: it holds the
+/// lease, or took (renewed) it just now. `false` when another notifier
+/// holds it or took it first.
+async fn claim(store: &dyn EventStore, options: &NotifierOptions, me: &str, id: Uuid, sub: &mut Sub) -> Result<bool, StoreError> {
+    match sub.progress.lease_need(me, Utc::now(), lease_length(options), options.timeout) {
+        LeaseNeed::Held => Ok(true),
+        LeaseNeed::HeldBy(_) => Ok(false),
+        LeaseNeed::Take { until } => {
+            let event = Event::NotificationLeaseTaken(NotificationLeaseTaken { holder: me.to_string(), until });
+            apply_appended(store, id, sub, &event).await
+        }
+    }
+}
+
+/// Appends `event` to the subscription's stream at the version this
+/// notifier read and applies it; `false` when the stream moved on first.
+async fn apply_appended(store: &dyn EventStore, id: Uuid, sub: &mut Sub, event: &Event) -> Result<bool, StoreError> {
+    match append_at(store, id, sub.progress.version, event).await? {
+        Some(version) => {
+            sub.progress.apply(event, version);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Appends `event` to the subscription's stream if it is still at
+/// `version`: the stream's new version, or `None` when it moved on.
+async fn append_at(store: &dyn EventStore, id: Uuid, version: u64, event: &Event) -> Result<Option<u64>, StoreError> {
+    let stream = notification_stream(id);
+    let envelope = envelope(&stream, event, Uuid::now_v7(), ACTOR, None);
+    let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exactly(version) };
+    Ok(store.append(&stream, expected, std::slice::from_ref(&envelope), &[]).await?.ok().map(|appended| appended.version))
 }
 
 /// What one post came to.
@@ -622,6 +752,9 @@ async fn record(
         redelivery,
         at: Utc::now(),
     });
+    // At any version: while this notifier holds the lease (it did when it
+    // posted, for longer than a post may take), only requests from people
+    // can have been appended since, never another notifier's attempt.
     let own = append(store, &notification_stream(id), ACTOR, &event).await?;
     sub.own.insert(own);
     let version = sub.progress.version;

@@ -144,9 +144,13 @@ impl Api {
                     base_images: vec![],
                     pushed: None,
                 }),
-                Step::HealthCheck if !succeeded => {
-                    Event::StepFailed(StepFailed { step, reason: "GET / answered 500".into(), attempt: 1, details: vec!["boom".into()] })
-                }
+                Step::HealthCheck if !succeeded => Event::StepFailed(StepFailed {
+                    step,
+                    reason: "GET / answered 500".into(),
+                    attempt: 1,
+                    details: vec!["boom".into()],
+                    evidence: None,
+                }),
                 step => Event::StepSkipped(StepSkipped { step, reason: "test".into() }),
             });
             if !succeeded && step == Step::HealthCheck {

@@ -97,7 +97,7 @@ fn build_fails() -> Vec<Event> {
         h.push(outcome(step));
     }
     h.push(dispatched(Step::Build));
-    h.push(Event::StepFailed(StepFailed { step: Step::Build, reason: "RUN exited 1".into(), attempt: 1, details: vec![] }));
+    h.push(Event::StepFailed(StepFailed { step: Step::Build, reason: "RUN exited 1".into(), attempt: 1, details: vec![], evidence: None }));
     h
 }
 
@@ -109,7 +109,13 @@ fn health_check_fails() -> Vec<Event> {
         h.push(outcome(*step));
     }
     h.push(dispatched(Step::HealthCheck));
-    h.push(Event::StepFailed(StepFailed { step: Step::HealthCheck, reason: "timed out".into(), attempt: 1, details: vec![] }));
+    h.push(Event::StepFailed(StepFailed {
+        step: Step::HealthCheck,
+        reason: "timed out".into(),
+        attempt: 1,
+        details: vec![],
+        evidence: None,
+    }));
     h
 }
 
@@ -414,7 +420,7 @@ fn a_deployment_queued_behind_another_waits_its_turn() {
 fn failure_at_each_step_fails_the_deployment_at_that_step() {
     for (n, step) in Step::PIPELINE.iter().enumerate() {
         let mut h = happy_path()[..2 + 2 * n].to_vec();
-        h.push(Event::StepFailed(StepFailed { step: *step, reason: format!("{step} broke"), attempt: 1, details: vec![] }));
+        h.push(Event::StepFailed(StepFailed { step: *step, reason: format!("{step} broke"), attempt: 1, details: vec![], evidence: None }));
         let state = fold(h.iter()).unwrap().unwrap();
         assert_eq!(state.status, Status::Failed { step: *step, reason: format!("{step} broke") });
         let decisions = decide(&state, &EnvironmentView { may_start: true, ..Default::default() });
@@ -426,7 +432,7 @@ fn failure_at_each_step_fails_the_deployment_at_that_step() {
 fn a_duplicate_outcome_changes_nothing() {
     let mut h = happy_path()[..5].to_vec(); // .., ServicesChecked, dispatched checkout, CheckedOut
     h.push(outcome(Step::CheckServices));
-    h.push(Event::StepFailed(StepFailed { step: Step::Checkout, reason: "late".into(), attempt: 1, details: vec![] }));
+    h.push(Event::StepFailed(StepFailed { step: Step::Checkout, reason: "late".into(), attempt: 1, details: vec![], evidence: None }));
     check(&h, &["dispatch build"]);
     let state = fold(h.iter()).unwrap().unwrap();
     assert_eq!(state.completed, vec![Step::CheckServices, Step::Checkout]);
@@ -664,7 +670,13 @@ fn watched() -> Event {
 }
 
 fn watch_failed(reason: &str) -> Event {
-    Event::StepFailed(StepFailed { step: Step::Watch, reason: reason.into(), attempt: 1, details: vec!["last words".into()] })
+    Event::StepFailed(StepFailed {
+        step: Step::Watch,
+        reason: reason.into(),
+        attempt: 1,
+        details: vec!["last words".into()],
+        evidence: None,
+    })
 }
 
 /// Switched (route version 5, routers a and b) and watched until t(60).

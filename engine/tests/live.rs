@@ -141,7 +141,7 @@ fn dispatched(step: Step) -> Event {
 
 fn build_failed() -> [Event; 2] {
     [
-        Event::StepFailed(StepFailed { step: Step::Build, reason: "RUN exited 1".into(), attempt: 1, details: vec![] }),
+        Event::StepFailed(StepFailed { step: Step::Build, reason: "RUN exited 1".into(), attempt: 1, details: vec![], evidence: None }),
         Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "RUN exited 1".into() }),
     ]
 }

@@ -215,6 +215,7 @@ impl Setup {
             backoff: Backoff { base: Duration::from_millis(50), cap: Duration::from_millis(200), give_up_after },
             timeout: Duration::from_secs(2),
             poll: Duration::from_millis(100),
+            lease: Duration::from_secs(3),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(notifier::run(self.store.clone(), options, async move {
@@ -385,5 +386,78 @@ async fn a_receiver_with_the_wrong_secret_refuses_and_the_refusals_are_recorded_
     .await;
     stop.send(()).unwrap();
     task.await.unwrap();
+    s.cleanup().await;
+}
+
+/// The holders of a subscription's leases, in the order taken.
+async fn lease_holders(s: &Setup, subscription: Uuid) -> Vec<String> {
+    let stream = slipway_proto::event::notification_stream(subscription);
+    let mut holders: Vec<String> = Vec::new();
+    for r in s.store.read_stream(&stream, 1).await.unwrap() {
+        if let Ok(Event::NotificationLeaseTaken(l)) = r.envelope.decode::<Event>() {
+            if holders.last() != Some(&l.holder) {
+                holders.push(l.holder);
+            }
+        }
+    }
+    holders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_send_each_notification_once_and_one_that_dies_or_stops_hands_over() {
+    let s = Setup::start().await;
+    let receiver = Receiver::start().await;
+    let hook = NewSubscription { project: None, kinds: vec![], target: NotificationTarget::Webhook, url: receiver.url("/hook") };
+    let subscribed = notifier::subscribe(&*s.store, "test", hook).await.unwrap().unwrap();
+    *receiver.secret.lock().unwrap() = subscribed.secret.clone().unwrap();
+    // Two engines' notifiers on one log, started together.
+    let (_stop_a, a) = s.notifier(Duration::from_secs(60));
+    let (stop_b, b) = s.notifier(Duration::from_secs(60));
+    let mut expected = Vec::new();
+    for _ in 0..10 {
+        let d = s.request().await;
+        expected.push(s.requested_event(d).await);
+    }
+    let all = first_ids(&expected, 10);
+    eventually("ten deliveries", || async { (ids(&receiver.on("/hook")).len() >= 10).then_some(()) }).await;
+    // Each notification went out once, in order, though both read all ten.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ids(&receiver.on("/hook")), all, "each notification once, in log order");
+    assert_eq!(lease_holders(&s, subscribed.id).await.len(), 1, "one notifier sent them all");
+
+    // One dies without handing its lease back: the other sends the next
+    // ones (at once, or once the dead one's lease ran out), still once each.
+    a.abort();
+    let _ = a.await;
+    for _ in 0..3 {
+        let d = s.request().await;
+        expected.push(s.requested_event(d).await);
+    }
+    let thirteen = first_ids(&expected, 13);
+    eventually("the next three after a notifier died", || async { (ids(&receiver.on("/hook")).len() >= 13).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ids(&receiver.on("/hook")), thirteen);
+
+    // One that stops hands its lease back: the next notifier sends well
+    // before the lease (3 s) would have run out.
+    stop_b.send(()).unwrap();
+    b.await.unwrap();
+    let (stop_c, c) = s.notifier(Duration::from_secs(60));
+    let d = s.request().await;
+    expected.push(s.requested_event(d).await);
+    let asked = std::time::Instant::now();
+    let fourteen = first_ids(&expected, 14);
+    eventually("the next one after a notifier stopped", || async { (ids(&receiver.on("/hook")) == fourteen).then_some(()) }).await;
+    assert!(asked.elapsed() < Duration::from_secs(2), "sent {:?} after it was recorded", asked.elapsed());
+    let holders = lease_holders(&s, subscribed.id).await;
+    assert!(holders.len() >= 2 && holders.windows(2).all(|w| w[0] != w[1]), "{holders:?}");
+    // Every attempt was recorded once: no notification has two.
+    let attempts = notifier::deliveries(&*s.store, Some(subscribed.id)).await.unwrap().unwrap();
+    let mut delivered: Vec<Uuid> = attempts.iter().map(|a| a.attempt.event.event_id).collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!((attempts.len(), delivered.len()), (14, 14));
+    stop_c.send(()).unwrap();
+    c.await.unwrap();
     s.cleanup().await;
 }

@@ -109,7 +109,7 @@ fn build_fails() -> Vec<Event> {
         dispatched(Step::Checkout),
         outcome(Step::Checkout),
         dispatched(Step::Build),
-        Event::StepFailed(StepFailed { step: Step::Build, reason: "RUN exited 1".into(), attempt: 1, details: vec![] }),
+        Event::StepFailed(StepFailed { step: Step::Build, reason: "RUN exited 1".into(), attempt: 1, details: vec![], evidence: None }),
         Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "RUN exited 1".into() }),
     ]
 }
@@ -117,7 +117,7 @@ fn build_fails() -> Vec<Event> {
 /// The watch fails: the route goes back.
 fn rolling_back() -> Vec<Event> {
     let mut h = watching();
-    h.push(Event::StepFailed(StepFailed { step: Step::Watch, reason: "web exited".into(), attempt: 1, details: vec![] }));
+    h.push(Event::StepFailed(StepFailed { step: Step::Watch, reason: "web exited".into(), attempt: 1, details: vec![], evidence: None }));
     h.push(Event::ReleaseRolledBack(ReleaseRolledBack {
         to: None,
         reason: "web exited".into(),

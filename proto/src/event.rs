@@ -687,9 +687,26 @@ pub struct StepFailed {
     pub reason: String,
     #[serde(default)]
     pub attempt: u32,
-    /// Extra evidence, such as a container's last log lines.
+    /// Slipway's own evidence (which containers could not be removed, a
+    /// task's state); events recorded before `evidence` also held a
+    /// container's last log lines here.
     #[serde(default)]
     pub details: Vec<String>,
+    /// Where the step's output is kept — a container's last log lines, a
+    /// build's or release command's last output, scrubbed — as a log in the
+    /// worker's log directory, by reference: the app's output never enters
+    /// the permanent log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<LogRef>,
+}
+
+/// A log kept outside the event log: its path (as the worker wrote it)
+/// and the SHA-256 of its contents, so an auditor can tell it is the one
+/// the event names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRef {
+    pub path: String,
+    pub sha256: String,
 }
 
 /// A step that did nothing, and why (a dry run, or local mode without `--migrate`).
@@ -1606,6 +1623,18 @@ pub struct NotificationReplayRequested {
     pub from: LogPosition,
 }
 
+/// A notifier took (or renewed) the right to send a subscription's
+/// notifications until `until` (on the subscription's stream, appended at
+/// the version it had read, so two notifiers cannot both take it): while
+/// it holds, no other notifier posts for that subscription, so a
+/// notification is not sent twice because two engines run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationLeaseTaken {
+    /// The notifier process: `notifier:<host>:<process id>`.
+    pub holder: String,
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
 crate::message_family! {
     /// Every event type, with its current schema version.
     Event, "event" {
@@ -1681,6 +1710,7 @@ crate::message_family! {
         NotificationAttempted(NotificationAttempted) = 1,
         NotificationRedeliveryRequested(NotificationRedeliveryRequested) = 1,
         NotificationReplayRequested(NotificationReplayRequested) = 1,
+        NotificationLeaseTaken(NotificationLeaseTaken) = 1,
         EnvironmentProtected(EnvironmentProtected) = 1,
         ApprovalRequired(ApprovalRequired) = 1,
         DeploymentApproved(DeploymentApproved) = 1,

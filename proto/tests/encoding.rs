@@ -50,7 +50,13 @@ fn sample_events() -> Vec<Event> {
             replay_of: None,
             source: Default::default(),
         }),
-        Event::StepFailed(StepFailed { step: Step::Build, reason: "step 3/4 failed".into(), attempt: 1, details: vec!["line".into()] }),
+        Event::StepFailed(StepFailed {
+            step: Step::Build,
+            reason: "step 3/4 failed".into(),
+            attempt: 1,
+            details: vec!["line".into()],
+            evidence: None,
+        }),
         Event::HealthCheckPassed(HealthCheckPassed { path: "/".into(), status: 200, attempts: 3, elapsed_ms: 40 }),
         Event::RouteChanged(RouteChanged {
             project: "hello".into(),

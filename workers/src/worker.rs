@@ -281,6 +281,7 @@ async fn handle(
                 reason: format!("{reason}; this worker runs on {host}"),
                 attempt: run.attempt,
                 details: vec![],
+                evidence: None,
             }),
             _ => execute(executor, &command, &settings).await,
         };
@@ -391,7 +392,7 @@ async fn settle_host_key(store: &dyn EventStore, command: &Command, event: Event
                 met,
             };
             let reason = changed.to_string();
-            return Ok(Event::StepFailed(StepFailed { step: run.step, reason, attempt: run.attempt, details: vec![] }));
+            return Ok(Event::StepFailed(StepFailed { step: run.step, reason, attempt: run.attempt, details: vec![], evidence: None }));
         }
         let pinned = Event::SourceHostKeyPinned(SourceHostKeyPinned { known_host: met.clone(), deployment_id: run.context.deployment_id });
         let Ok(envelope) = Envelope::new(Uuid::now_v7(), Utc::now(), &stream, &pinned, meta.clone()) else {

@@ -438,7 +438,7 @@ pub async fn cancel(
 
 #[utoipa::path(get, path = "/api/deployments/{id}/logs", tag = "deployments",
     summary = "A deployment's build and release logs, as text",
-    description = "Each log the deployment recorded (the build's, each release command's), and a failed step's details.",
+    description = "Each log the deployment recorded (the build's, each release command's), and a failed step's details and output.",
     params(("id" = Uuid, Path, description = "The deployment")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn logs(
@@ -469,6 +469,9 @@ pub async fn logs(
             Ok(Event::StepFailed(f)) => {
                 text.push_str(&format!("== {} failed (attempt {}): {}\n", f.step, f.attempt, f.reason));
                 f.details.iter().for_each(|d| text.push_str(&format!("{d}\n")));
+                if let Some(evidence) = &f.evidence {
+                    section(&mut text, &format!("{} output", f.step), Some(&evidence.path), &config.data_dir);
+                }
                 continue;
             }
             _ => continue,

@@ -52,7 +52,7 @@ pub async fn run(command: &RunStep, env: &Settings, rt: &Runtime) -> Event {
 }
 
 fn failed(command: &RunStep, reason: String, details: Vec<String>) -> Event {
-    Event::StepFailed(StepFailed { step: Step::CheckServices, reason, attempt: command.attempt, details })
+    Event::StepFailed(StepFailed { step: Step::CheckServices, reason, attempt: command.attempt, details, evidence: None })
 }
 
 /// The app's configuration at the requested ref, read without a checkout,

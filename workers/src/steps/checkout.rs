@@ -43,7 +43,7 @@ pub fn workspace_of(workspaces: &Path, deployment_id: Uuid) -> PathBuf {
 }
 
 fn failed(command: &RunStep, reason: String) -> Event {
-    Event::StepFailed(StepFailed { step: Step::Checkout, reason, attempt: command.attempt, details: vec![] })
+    Event::StepFailed(StepFailed { step: Step::Checkout, reason, attempt: command.attempt, details: vec![], evidence: None })
 }
 
 fn check_out(context: &DeploymentContext, workspaces: &Path, access: &Access) -> Result<CheckedOut, String> {

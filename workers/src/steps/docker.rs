@@ -176,7 +176,7 @@ impl Failure {
     }
 
     pub fn into_event(self, step: Step, attempt: u32) -> Event {
-        Event::StepFailed(StepFailed { step, reason: self.reason, attempt, details: self.details })
+        Event::StepFailed(StepFailed { step, reason: self.reason, attempt, details: self.details, evidence: None })
     }
 
     /// The `StepFailed` of a `RunStep`.

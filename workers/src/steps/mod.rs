@@ -12,6 +12,7 @@ pub mod cleanup;
 pub mod deploy;
 pub mod docker;
 pub mod dry_run;
+pub mod evidence;
 pub mod git;
 pub mod git_remote;
 pub mod health_check;
@@ -102,6 +103,7 @@ mod tests {
             reason: "service `q` at s3cr3t/+value unreachable".into(),
             attempt: 1,
             details: vec!["GET /?t=s3cr3t%2F%2Bvalue".into(), format!("Authorization: Basic {b64}")],
+            evidence: None,
         });
         let slipway_proto::Event::StepFailed(scrubbed) = scrub_outcome(failed, &settings) else { unreachable!() };
         assert_eq!(scrubbed.reason, "service `q` at *** unreachable");

@@ -39,7 +39,7 @@ impl Executor for Pipeline {
             return DryRun.run_step(command, env).await;
         }
         let rt = &self.runtime;
-        match command.step {
+        let outcome = match command.step {
             Step::CheckServices => check_services::run(command, env, rt).await,
             Step::Checkout => checkout::run(command, env, rt).await,
             Step::Build => build::run(command, env, rt).await,
@@ -54,8 +54,10 @@ impl Executor for Pipeline {
                 reason: format!("`{other}` is not a pipeline step a RunStep command can carry"),
                 attempt: command.attempt,
                 details: vec![],
+                evidence: None,
             }),
-        }
+        };
+        super::evidence::keep(outcome, command, env, rt).await
     }
 
     async fn remove_containers(&self, command: &RemoveContainers) -> Event {
