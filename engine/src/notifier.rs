@@ -23,9 +23,10 @@
 //! Order and at-least-once: a subscription's notifications are sent in log
 //! order, one at a time; while the oldest is retried the later ones wait
 //! behind it, and a receiver that was down gets the backlog in order once
-//! it answers. An attempt is recorded after it was made, so a crash in
-//! between sends it again (each carries its event's id in
-//! `X-Slipway-Delivery` for the receiver to drop a repeat).
+//! it answers. Attempts are recorded after they were made, every
+//! subscription's of one pass (at most `PASS_POSTS` posts each) in one
+//! transaction, so a crash in between sends them again (each carries its
+//! event's id in `X-Slipway-Delivery` for the receiver to drop a repeat).
 //!
 //! Two engines, one post: only the notifier holding a subscription's lease
 //! (`NotificationLeaseTaken` on its stream, taken at the version it read, so
@@ -58,10 +59,10 @@ use slipway_proto::event::{
     NotificationRedeliveryRequested, NotificationReplayRequested, NotificationSubscribed, NotificationTarget, NotificationUnsubscribed,
     NotifiedEvent, NOTIFICATIONS_STREAM,
 };
-use slipway_proto::{Event, StreamId};
+use slipway_proto::{Envelope, Event, StreamId};
 use slipway_store::settings::fingerprint;
 use slipway_store::subscription::wait_for_wakeup;
-use slipway_store::{EventStore, ExpectedVersion, Position, RecordedEvent, StoreError};
+use slipway_store::{EventStore, ExpectedVersion, Position, RecordedEvent, StoreError, StreamAppend};
 use uuid::Uuid;
 
 use crate::notify::{self, Backoff, DeploymentContext, LeaseNeed, Next, Notice, Progress, Subscription, Subscriptions};
@@ -79,6 +80,8 @@ const MAX_REASON: usize = 300;
 const CONTEXTS: usize = 10_000;
 /// How long a subscription's lease is taken for, by default.
 const LEASE: Duration = Duration::from_secs(30);
+/// Posts to one subscription per pass, before the pass's attempts are recorded.
+const PASS_POSTS: usize = 64;
 /// How long a stopping notifier spends handing its leases back.
 const RELEASE_WITHIN: Duration = Duration::from_secs(2);
 
@@ -340,6 +343,8 @@ struct Sub {
     progress: Progress,
     queue: VecDeque<Pending>,
     redeliveries: VecDeque<Pending>,
+    /// Attempts made this pass, applied to `progress`, recorded by `flush`.
+    unrecorded: Vec<Event>,
     /// Ids of the attempts this notifier appended to the subscription's
     /// stream and already applied (skipped when read back).
     own: HashSet<Uuid>,
@@ -439,9 +444,10 @@ impl Notifier {
             }
             let me = self.me.as_str();
             let sends = self.subs.iter_mut().map(|(id, sub)| deliver(store, client, options, me, *id, sub));
-            for result in futures::future::join_all(sends).await {
-                result?;
-            }
+            let delivered = futures::future::join_all(sends).await;
+            // What was posted is recorded even when a later post's store read failed.
+            flush(store, &mut self.subs).await?;
+            delivered.into_iter().collect::<Result<Vec<()>, StoreError>>()?;
             // Nothing is left to send before the reader: a restart may start there.
             let idle = self.subs.values().all(|s| s.queue.is_empty() && s.redeliveries.is_empty());
             if idle && self.reader != saved {
@@ -449,11 +455,14 @@ impl Notifier {
                 saved = self.reader;
             }
             let now = Utc::now();
+            // A subscription with more to send than one pass posts goes on at once.
+            let more = self.subs.values().any(|s| s.has_due(now) && s.lease_ends(&self.me, now).is_none());
             let wait = self
                 .subs
                 .values()
                 .flat_map(|s| [s.due_at(), s.lease_ends(&self.me, now)])
                 .flatten()
+                .chain(more.then_some(now))
                 .min()
                 .map_or(options.poll, |at| (at - now).to_std().unwrap_or_default().min(options.poll));
             wait_for_wakeup(wake, wait).await;
@@ -624,6 +633,7 @@ impl Sub {
             progress: Progress::default(),
             queue: VecDeque::new(),
             redeliveries: VecDeque::new(),
+            unrecorded: Vec::new(),
             own: HashSet::new(),
         })
     }
@@ -648,10 +658,13 @@ async fn deliver(
         }
         let sent = send(client, options, sub, &pending).await;
         let outcome = if sent.delivered { DeliveryOutcome::Delivered } else { DeliveryOutcome::GaveUp };
-        record(store, id, sub, &pending, 1, sent, outcome, true).await?;
+        record(id, sub, &pending, 1, sent, outcome, true);
         sub.redeliveries.pop_front();
     }
     while let Some(pending) = sub.queue.front().cloned() {
+        if sub.unrecorded.len() >= PASS_POSTS {
+            return Ok(());
+        }
         let now = Utc::now();
         let (attempt, first_at) = match &sub.progress.retrying {
             Some(r) if r.event_id == pending.event.event_id => {
@@ -675,7 +688,7 @@ async fn deliver(
             }
         };
         let retry = matches!(outcome, DeliveryOutcome::Retry { .. });
-        record(store, id, sub, &pending, attempt, sent, outcome, false).await?;
+        record(id, sub, &pending, attempt, sent, outcome, false);
         if retry {
             return Ok(());
         }
@@ -688,7 +701,8 @@ async fn deliver(
 /// lease, or took (renewed) it just now. `false` when another notifier
 /// holds it or took it first.
 async fn claim(store: &dyn EventStore, options: &NotifierOptions, me: &str, id: Uuid, sub: &mut Sub) -> Result<bool, StoreError> {
-    match sub.progress.lease_need(me, Utc::now(), lease_length(options), options.timeout) {
+    // Held for longer than two posts: this one, and the wait for the pass's record.
+    match sub.progress.lease_need(me, Utc::now(), lease_length(options), options.timeout * 2) {
         LeaseNeed::Held => Ok(true),
         LeaseNeed::HeldBy(_) => Ok(false),
         LeaseNeed::Take { until } => {
@@ -728,16 +742,7 @@ struct Sent {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn record(
-    store: &dyn EventStore,
-    id: Uuid,
-    sub: &mut Sub,
-    pending: &Pending,
-    attempt: u32,
-    sent: Sent,
-    outcome: DeliveryOutcome,
-    redelivery: bool,
-) -> Result<(), StoreError> {
+fn record(id: Uuid, sub: &mut Sub, pending: &Pending, attempt: u32, sent: Sent, outcome: DeliveryOutcome, redelivery: bool) {
     let (level_ok, kind) = (sent.delivered, pending.event.kind);
     if !level_ok {
         tracing::info!(subscription = %id, %kind, attempt, error = sent.error.as_deref().unwrap_or(""), "notification not delivered");
@@ -752,14 +757,38 @@ async fn record(
         redelivery,
         at: Utc::now(),
     });
-    // At any version: while this notifier holds the lease (it did when it
-    // posted, for longer than a post may take), only requests from people
-    // can have been appended since, never another notifier's attempt.
-    let own = append(store, &notification_stream(id), ACTOR, &event).await?;
-    sub.own.insert(own);
     let version = sub.progress.version;
     sub.progress.apply(&event, version);
-    Ok(())
+    sub.unrecorded.push(event);
+}
+
+/// Records every subscription's attempts of this pass, in one transaction:
+/// one commit for the pass rather than one per post, so ten subscribers do
+/// not make the database commit ten times per event beside the deployments'
+/// own writes. At any version: while this notifier holds a lease (for
+/// longer than two posts may take when it last posted), only requests from
+/// people can have been appended to that stream since, never another
+/// notifier's attempt. A crash before this sends the pass's posts again
+/// (at least once; each carries its event's id for the receiver to drop a
+/// repeat).
+async fn flush(store: &dyn EventStore, subs: &mut BTreeMap<Uuid, Sub>) -> Result<(), StoreError> {
+    let mut written: Vec<(String, Vec<Envelope>)> = Vec::new();
+    for (id, sub) in subs.iter_mut().filter(|(_, s)| !s.unrecorded.is_empty()) {
+        let stream = notification_stream(*id);
+        let envelopes: Vec<Envelope> =
+            sub.unrecorded.drain(..).map(|event| envelope(&stream, &event, Uuid::now_v7(), ACTOR, None)).collect();
+        sub.own.extend(envelopes.iter().map(|e| e.id));
+        written.push((stream, envelopes));
+    }
+    if written.is_empty() {
+        return Ok(());
+    }
+    let appends: Vec<StreamAppend<'_>> =
+        written.iter().map(|(stream, events)| StreamAppend { stream, expected: ExpectedVersion::Any, events }).collect();
+    match store.append_streams(&appends, &[]).await? {
+        Ok(_) => Ok(()),
+        Err(conflict) => Err(StoreError::InvalidAppend { stream: conflict.stream, reason: "an append at any version conflicted".into() }),
+    }
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
