@@ -61,8 +61,12 @@ impl Ejections {
     /// `addr` failed a connection at `now`: out, for longer than last time.
     pub fn failed(&self, addr: SocketAddr, now: Instant) {
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        let failures = out.get(&addr).map_or(0, |e| e.failures) + 1;
+        let (failures, was_out) = out.get(&addr).map_or((0, false), |e| (e.failures, e.until > now));
+        let failures = failures + 1;
         out.insert(addr, Ejected { failures, until: now + ejected_for(failures) });
+        if !was_out {
+            slipway_telemetry::metrics::global().router_upstream_ejected();
+        }
         self.any.store(true, Ordering::Relaxed);
     }
 

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! The router's counters over real sockets: one answered request, one
-//! unknown host, one upstream that is down. Its own test binary, so no
+//! unknown host, one upstream that is down (and ejected). Its own test binary, so no
 //! other test moves the process's counters meanwhile.
 
 use std::net::SocketAddr;
@@ -68,4 +68,11 @@ async fn requests_are_counted_by_status_class_and_upstream_errors_by_kind() {
     assert_eq!(series(&text, "slipway_router_requests_total{class=\"5xx\"}"), 1, "{text}");
     assert_eq!(series(&text, "slipway_router_upstream_errors_total{kind=\"connect\"}"), 1, "{text}");
     assert_eq!(series(&text, "slipway_router_upstream_errors_total{kind=\"response\"}"), 0, "{text}");
+    // The failed connection took the upstream out of rotation, once: a
+    // second failure while it is out makes it longer, not another ejection.
+    assert_eq!(series(&text, "slipway_router_upstream_ejections_total"), 1, "{text}");
+    assert_eq!(status(addr, "down.test").await, 502);
+    let text = slipway_telemetry::metrics::render();
+    assert_eq!(series(&text, "slipway_router_upstream_errors_total{kind=\"connect\"}"), 2, "{text}");
+    assert_eq!(series(&text, "slipway_router_upstream_ejections_total"), 1, "{text}");
 }

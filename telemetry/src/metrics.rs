@@ -82,6 +82,7 @@ pub struct Metrics {
     router_refused: Family<ReasonLabel, Counter>,
     router_timeouts: Family<KindLabel, Counter>,
     router_tls_handshake_failures: Counter,
+    router_ejections: Counter,
     certificate_renewal_failures: Counter,
     certificates_failing: Gauge,
     webhooks: Family<WebhookLabels, Counter>,
@@ -140,6 +141,12 @@ impl Metrics {
             "TLS handshakes a router's HTTPS listener failed (no certificate for the name, a bad hello)",
             router_tls_handshake_failures.clone(),
         );
+        let router_ejections = Counter::default();
+        registry.register(
+            "router_upstream_ejections",
+            "Times a router took an upstream out of its rotation after a failed connection (it comes back on its own after a while)",
+            router_ejections.clone(),
+        );
         let certificate_renewal_failures = Counter::default();
         registry.register(
             "certificate_renewal_failures",
@@ -171,6 +178,7 @@ impl Metrics {
             router_refused,
             router_timeouts,
             router_tls_handshake_failures,
+            router_ejections,
             certificate_renewal_failures,
             certificates_failing,
             webhooks,
@@ -238,6 +246,16 @@ impl Metrics {
     /// A TLS handshake on a router's HTTPS listener failed.
     pub fn router_tls_handshake_failed(&self) {
         self.router_tls_handshake_failures.inc();
+    }
+
+    /// A router took an upstream out of rotation (it was in).
+    pub fn router_upstream_ejected(&self) {
+        self.router_ejections.inc();
+    }
+
+    /// How many times routers in this process took an upstream out of rotation.
+    pub fn router_upstream_ejections(&self) -> u64 {
+        self.router_ejections.get()
     }
 
     /// An ACME order failed.
