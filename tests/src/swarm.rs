@@ -77,6 +77,23 @@ impl Node {
         self.kill_dockerd();
         kill_all_in(&self.name);
     }
+
+    /// Cuts the host off as a power cut would, on top of `lose`: every
+    /// packet to it dropped (its own addresses and what it forwards to its
+    /// containers), so a connection to a replica there gets no answer at
+    /// all rather than a refusal. `SimulatedSwarm::revive` connects it again.
+    pub fn cut_off(&self) {
+        for chain in ["INPUT", "FORWARD"] {
+            let _ = run("ip", &["netns", "exec", &self.name, "iptables", "-I", chain, "1", "-j", "DROP"]);
+        }
+    }
+
+    /// Undoes `cut_off` (nothing when it was not cut off).
+    fn reconnect(&self) {
+        for chain in ["INPUT", "FORWARD"] {
+            while run("ip", &["netns", "exec", &self.name, "iptables", "-D", chain, "-j", "DROP"]).is_ok() {}
+        }
+    }
 }
 
 /// SIGKILLs every process in network namespace `name`.
@@ -218,6 +235,7 @@ impl SimulatedSwarm {
     pub fn revive(&mut self, i: usize) {
         let net = self.registry.rsplit_once('.').map(|(net, _)| net.to_string()).expect("the registry's address");
         let logs = self.registry_dir.path().to_path_buf();
+        self.nodes[i].reconnect();
         self.nodes[i].start_dockerd(&logs, &net);
         let node = &self.nodes[i];
         wait_for(&format!("dockerd of {}", node.name), Duration::from_secs(30), || docker_at(&node.socket, &["version"]).is_ok());

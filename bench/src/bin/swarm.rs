@@ -18,6 +18,8 @@
 //!    the router's 2 s connect timeout would; 0 when none was), to the route
 //!    (acknowledged) no longer going there, and to 3 replicas routed
 //!    again; p50/p99, and the failed requests. Goal: ejection p99 < 2 s.
+//!    With `--power-cut` the host also stops answering (every packet to it
+//!    dropped): the router's connections to it time out and it is ejected.
 //!    The node is brought back (its dockerd started again) and the
 //!    replicas spread again (`docker service update --force`) between trials.
 
@@ -41,6 +43,11 @@ struct Args {
     /// Hosts lost (p50/p99 over them).
     #[arg(long, default_value_t = 10)]
     trials: usize,
+    /// Lose each host as a power cut would: besides its Docker, every
+    /// packet to it is dropped, so its replicas answer nothing (without it
+    /// they keep answering until the route moves).
+    #[arg(long)]
+    power_cut: bool,
 }
 
 fn app(version: &str, replicas: u32) -> std::collections::BTreeMap<String, Vec<u8>> {
@@ -150,6 +157,9 @@ async fn main() -> anyhow::Result<()> {
         let ejections_before = metrics.router_upstream_ejections();
         let killed = tokio::time::Instant::now();
         swarm.nodes[victim].lose();
+        if args.power_cut {
+            swarm.nodes[victim].cut_off();
+        }
         let ejection = tokio::spawn(async move {
             while killed.elapsed() < Duration::from_secs(120) {
                 if metrics.router_upstream_ejections() > ejections_before {
