@@ -34,7 +34,8 @@
 //! fits inside the lease, so its attempt is recorded before any other
 //! notifier can take the lease. A lease is taken for
 //! `lease_length` when there is something to send; a stopping notifier
-//! hands its leases back, and one that died has them run out, after which
+//! finishes the pass under way (its posts answered and recorded) and hands
+//! its leases back, and one that died has them run out, after which
 //! the other engine takes over from where the stream says it got to.
 //!
 //! Secrets: the target URL (a Slack or Discord webhook's path is its
@@ -299,6 +300,7 @@ pub async fn run(store: Arc<dyn EventStore>, options: NotifierOptions, shutdown:
     let client = http_client();
     let me = holder_name();
     let mut wake = store.wakeups();
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     loop {
         let loaded = tokio::select! {
             _ = &mut shutdown => return,
@@ -306,9 +308,19 @@ pub async fn run(store: Arc<dyn EventStore>, options: NotifierOptions, shutdown:
         };
         let outcome = match loaded {
             Ok(mut notifier) => {
-                let served = tokio::select! {
-                    _ = &mut shutdown => None,
-                    outcome = notifier.serve(&*store, &client, &options, &mut wake) => Some(outcome),
+                let served = {
+                    let serve = notifier.serve(&*store, &client, &options, &mut wake, stop.clone());
+                    tokio::pin!(serve);
+                    tokio::select! {
+                        outcome = &mut serve => Some(outcome),
+                        _ = &mut shutdown => {
+                            // The pass under way ends first: its posts answered
+                            // and recorded, so none is sent twice.
+                            let _ = stopping.send(true);
+                            let _ = tokio::time::timeout(options.timeout * 2 + RELEASE_WITHIN, &mut serve).await;
+                            None
+                        }
+                    }
                 };
                 match served {
                     Some(outcome) => outcome,
@@ -417,16 +429,21 @@ impl Notifier {
     }
 
     /// Reads and sends until a replay asks for everything to be read again
-    /// (`Ok`) or the store fails.
+    /// or `stop` turns true between two passes (`Ok`), or the store fails.
     async fn serve(
         &mut self,
         store: &dyn EventStore,
         client: &HttpClient,
         options: &NotifierOptions,
         wake: &mut tokio::sync::watch::Receiver<u64>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
         let mut saved = self.reader;
         loop {
+            // Asked to stop: between passes, with nothing in flight.
+            if *stop.borrow() {
+                return Ok(());
+            }
             wake.borrow_and_update();
             loop {
                 let batch = store.read_all(self.reader, BATCH).await?;
@@ -465,7 +482,10 @@ impl Notifier {
                 .chain(more.then_some(now))
                 .min()
                 .map_or(options.poll, |at| (at - now).to_std().unwrap_or_default().min(options.poll));
-            wait_for_wakeup(wake, wait).await;
+            tokio::select! {
+                _ = wait_for_wakeup(wake, wait) => {}
+                _ = stop.changed() => {}
+            }
         }
     }
 
@@ -552,13 +572,18 @@ impl Notifier {
     /// the other engine, or this one started again, sends at once rather
     /// than when they run out. Bounded: a store that does not answer leaves
     /// them to run out.
-    async fn release(&self, store: &dyn EventStore) {
+    async fn release(&mut self, store: &dyn EventStore) {
         let handing_back = async {
+            // What was posted is recorded first, or the next notifier sends it again.
+            flush(store, &mut self.subs).await?;
             let now = Utc::now();
             for (id, sub) in &self.subs {
                 if sub.progress.lease.as_ref().is_some_and(|l| l.holder == self.me && l.until > now) {
+                    // At any version (this notifier's own attempts may not be
+                    // read back yet): while its lease runs, no other notifier
+                    // can have taken it, so this replaces only its own.
                     let event = Event::NotificationLeaseTaken(NotificationLeaseTaken { holder: self.me.clone(), until: now });
-                    append_at(store, *id, sub.progress.version, &event).await?;
+                    append(store, &notification_stream(*id), ACTOR, &event).await?;
                 }
             }
             Ok::<(), StoreError>(())
@@ -772,23 +797,32 @@ fn record(id: Uuid, sub: &mut Sub, pending: &Pending, attempt: u32, sent: Sent, 
 /// (at least once; each carries its event's id for the receiver to drop a
 /// repeat).
 async fn flush(store: &dyn EventStore, subs: &mut BTreeMap<Uuid, Sub>) -> Result<(), StoreError> {
-    let mut written: Vec<(String, Vec<Envelope>)> = Vec::new();
-    for (id, sub) in subs.iter_mut().filter(|(_, s)| !s.unrecorded.is_empty()) {
-        let stream = notification_stream(*id);
-        let envelopes: Vec<Envelope> =
-            sub.unrecorded.drain(..).map(|event| envelope(&stream, &event, Uuid::now_v7(), ACTOR, None)).collect();
-        sub.own.extend(envelopes.iter().map(|e| e.id));
-        written.push((stream, envelopes));
-    }
+    // Kept in `unrecorded` until written: a notifier stopped halfway
+    // through writes them when it hands its leases back.
+    let written: Vec<(Uuid, String, Vec<Envelope>)> = subs
+        .iter()
+        .filter(|(_, s)| !s.unrecorded.is_empty())
+        .map(|(id, sub)| {
+            let stream = notification_stream(*id);
+            let envelopes = sub.unrecorded.iter().map(|event| envelope(&stream, event, Uuid::now_v7(), ACTOR, None)).collect();
+            (*id, stream, envelopes)
+        })
+        .collect();
     if written.is_empty() {
         return Ok(());
     }
     let appends: Vec<StreamAppend<'_>> =
-        written.iter().map(|(stream, events)| StreamAppend { stream, expected: ExpectedVersion::Any, events }).collect();
-    match store.append_streams(&appends, &[]).await? {
-        Ok(_) => Ok(()),
-        Err(conflict) => Err(StoreError::InvalidAppend { stream: conflict.stream, reason: "an append at any version conflicted".into() }),
+        written.iter().map(|(_, stream, events)| StreamAppend { stream, expected: ExpectedVersion::Any, events }).collect();
+    if let Err(conflict) = store.append_streams(&appends, &[]).await? {
+        return Err(StoreError::InvalidAppend { stream: conflict.stream, reason: "an append at any version conflicted".into() });
     }
+    for (id, _, envelopes) in &written {
+        if let Some(sub) = subs.get_mut(id) {
+            sub.unrecorded.clear();
+            sub.own.extend(envelopes.iter().map(|e| e.id));
+        }
+    }
+    Ok(())
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
