@@ -29,6 +29,7 @@ struct Section {
     body_timeout: Option<Interval>,
     request_timeout: Option<Interval>,
     connect_timeout: Option<Interval>,
+    eject_after: Option<Interval>,
     trusted_proxies: Vec<String>,
     https_listen: Option<String>,
     https_redirect: Option<bool>,
@@ -83,6 +84,7 @@ pub fn parse_file(text: &str, file: &str) -> Result<RouterFile, ConfigError> {
     positive("idle_timeout", section.idle_timeout, &mut options.idle_timeout)?;
     positive("body_timeout", section.body_timeout, &mut options.body_timeout)?;
     positive("connect_timeout", section.connect_timeout, &mut options.connect_timeout)?;
+    positive("eject_after", section.eject_after, &mut options.eject_after)?;
     if let Some(Interval(d)) = section.request_timeout {
         options.request_timeout = (!d.is_zero()).then_some(d);
     }
@@ -140,6 +142,7 @@ idle_timeout = "2m"
 body_timeout = 20
 request_timeout = "0"
 trusted_proxies = ["10.0.0.0/8", "2001:db8::1"]
+eject_after = "250ms"
 "#;
         let o = parse(text, "router.toml").unwrap();
         assert_eq!((o.max_connections, o.max_connections_per_ip), (5000, 64));
@@ -150,6 +153,7 @@ trusted_proxies = ["10.0.0.0/8", "2001:db8::1"]
         assert_eq!(o.request_timeout, None, "0 turns the request timeout off");
         assert_eq!(o.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8", "2001:db8::1/128"]);
         assert_eq!(o.connect_timeout, ServeOptions::default().connect_timeout);
+        assert_eq!(o.eject_after, Duration::from_millis(250));
         let empty = parse("", "router.toml").unwrap();
         assert_eq!((empty.max_connections, empty.request_timeout), (10_000, Some(Duration::from_secs(300))));
         let edge = empty.edge.unwrap();

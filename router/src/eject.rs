@@ -1,5 +1,5 @@
 //! Passive health of upstreams: an upstream that refused a connection (or
-//! did not accept one within the connect timeout, or closed it at once) is
+//! had not accepted one after `eject_after`, or closed it at once) is
 //! ejected — the requests that would go to it go to the route's other
 //! upstreams — for a while that doubles with each failure in a row (1 s,
 //! 2 s, 4 s, up to 10 s). Past that, it gets requests again; the first

@@ -100,6 +100,13 @@ pub type RouteHandle = Swapped<RouteTable>;
 pub struct ServeOptions {
     /// Connecting to an upstream; past it the request fails with 502.
     pub connect_timeout: Duration,
+    /// An upstream that has not accepted a connection within this long is
+    /// ejected then (`eject.rs`): the next requests go to the route's other
+    /// upstreams, and the request that was connecting goes to its fallback
+    /// (nothing was sent), or without one waits on up to `connect_timeout`.
+    /// A lost host answers nothing, so this, not the connect timeout, is how
+    /// soon its replicas stop getting requests.
+    pub eject_after: Duration,
     /// After shutdown, how long in-flight requests may take to finish before
     /// their connections are closed.
     pub drain_timeout: Duration,
@@ -138,6 +145,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             connect_timeout: Duration::from_secs(2),
+            eject_after: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -522,6 +530,7 @@ struct Shared {
     http: hyper::server::conn::http1::Builder,
     client: hyper::client::conn::http1::Builder,
     connect_timeout: Duration,
+    eject_after: Duration,
     idle_timeout: Duration,
     /// The client side's timeouts (see `timeouts.rs`).
     client_header_timeout: Duration,
@@ -561,6 +570,7 @@ impl Shared {
             http,
             client: hyper::client::conn::http1::Builder::new(),
             connect_timeout: options.connect_timeout,
+            eject_after: options.eject_after.min(options.connect_timeout),
             idle_timeout: options.upstream_idle_timeout,
             client_header_timeout: options.header_read_timeout,
             client_idle_timeout: options.idle_timeout,
@@ -575,11 +585,34 @@ impl Shared {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<UpstreamConn, String> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(format!("connecting failed: {e}")),
-            Err(_) => return Err(format!("no connection within {} ms", self.connect_timeout.as_millis())),
+    /// A new connection to `addr`, which also tells the ejections how it
+    /// went: one still connecting after `eject_after` ejects `addr` then
+    /// (once). With somewhere else to go (`fallback`) the request gives up
+    /// on `addr` there and then, since nothing was sent yet; without, it
+    /// waits on up to `connect_timeout`.
+    async fn connect(&self, addr: SocketAddr, fallback: bool) -> Result<UpstreamConn, String> {
+        let connecting = TcpStream::connect(addr);
+        tokio::pin!(connecting);
+        let (outcome, ejected) = match tokio::time::timeout(self.eject_after, &mut connecting).await {
+            Ok(outcome) => (Some(outcome), false),
+            Err(_) => {
+                self.ejections.failed(addr, Instant::now());
+                if fallback {
+                    return Err(format!("no connection within {} ms", self.eject_after.as_millis()));
+                }
+                let rest = self.connect_timeout.saturating_sub(self.eject_after);
+                (tokio::time::timeout(rest, connecting).await.ok(), true)
+            }
+        };
+        match &outcome {
+            Some(Ok(_)) => self.ejections.connected(addr),
+            _ if !ejected => self.ejections.failed(addr, Instant::now()),
+            _ => {}
+        }
+        let stream = match outcome {
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => return Err(format!("connecting failed: {e}")),
+            None => return Err(format!("no connection within {} ms", self.connect_timeout.as_millis())),
         };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = self.client.handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP/1.1 handshake failed: {e}"))?;
@@ -1216,14 +1249,7 @@ impl Forward {
                 let fresh = reused.is_none();
                 let connected = match reused {
                     Some(upstream) => Ok(upstream),
-                    None => {
-                        let connected = held.shared.connect(addr).await;
-                        match &connected {
-                            Ok(_) => held.shared.ejections.connected(addr),
-                            Err(_) => held.shared.ejections.failed(addr, Instant::now()),
-                        }
-                        connected
-                    }
+                    None => held.shared.connect(addr, fallback.is_some()).await,
                 };
                 // Refused before anything was sent: the fallback takes it.
                 let mut upstream = match connected {

@@ -438,6 +438,56 @@ async fn a_refused_or_dropped_request_goes_to_the_standby_while_one_stands_by() 
     assert_eq!(old.seen.lock().unwrap().len(), 2, "the standby took exactly the two retried requests");
 }
 
+/// An address that answers no connection attempt at all, as a host that
+/// lost power: a listener that never accepts, its queue filled, so the
+/// kernel drops every further SYN. The connections filling it are kept.
+async fn silent_upstream() -> (SocketAddr, Vec<std::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match tokio::task::spawn_blocking(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))).await.unwrap() {
+            Ok(stream) => queued.push(stream),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+            Err(e) => panic!("filling {addr}'s queue: {e}"),
+        }
+        assert!(queued.len() < 64, "{addr} kept accepting connections");
+    }
+    std::mem::forget(listener);
+    (addr, queued)
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_nothing_is_passed_over_after_eject_after_not_the_connect_timeout() {
+    let good = upstream("alive").await;
+    let (silent, _queued) = silent_upstream().await;
+    let options = ServeOptions {
+        connect_timeout: Duration::from_secs(10),
+        eject_after: Duration::from_millis(200),
+        drain_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let p = proxy_with(table(&[("pair.test", route(&[silent, good.addr], 1))]), options).await;
+    // The first request that picks it goes to the other replica once
+    // `eject_after` passed, and the next ones are not sent there at all.
+    for i in 0..6 {
+        let started = Instant::now();
+        assert_eq!(get(p.addr, Some("pair.test"), "/").await, (StatusCode::OK, "alive".to_string()), "request {i}");
+        assert!(started.elapsed() < Duration::from_secs(3), "request {i} took {:?}, the connect timeout is 10 s", started.elapsed());
+    }
+    // With nowhere else to go, a request waits out the whole connect timeout.
+    let p = proxy_with(
+        table(&[("alone.test", route(&[silent], 1))]),
+        ServeOptions { connect_timeout: Duration::from_millis(1500), eject_after: Duration::from_millis(200), ..Default::default() },
+    )
+    .await;
+    let started = Instant::now();
+    assert_eq!(get(p.addr, Some("alone.test"), "/").await.0, StatusCode::BAD_GATEWAY);
+    assert!(started.elapsed() >= Duration::from_millis(1400), "gave up after {:?}", started.elapsed());
+}
+
 /// An upstream that answers every request with a 500.
 async fn failing_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
