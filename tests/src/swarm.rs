@@ -88,6 +88,24 @@ impl Node {
         }
     }
 
+    /// Puts the README's firewall rule on the host: a new connection to a
+    /// port Swarm publishes in host mode (Docker's ephemeral range) is
+    /// dropped unless it comes from `routers` (an address or a CIDR).
+    pub fn firewall_published_ports(&self, routers: &str) {
+        let rule = ["-p", "tcp", "-m", "conntrack", "--ctstate", "NEW", "--ctorigdstport", "32768:60999", "!", "-s", routers, "-j", "DROP"];
+        let mut args = vec!["netns", "exec", &self.name, "iptables", "-I", "DOCKER-USER"];
+        args.extend_from_slice(&rule);
+        must("ip", &args);
+    }
+
+    /// Whether a TCP connection made from this host to `address`
+    /// (`IP:PORT`) is accepted within 2 s.
+    pub fn can_connect(&self, address: &str) -> bool {
+        let (ip, port) = address.rsplit_once(':').expect("IP:PORT");
+        let open = format!("exec 3<>/dev/tcp/{ip}/{port}");
+        run("ip", &["netns", "exec", &self.name, "timeout", "2", "bash", "-c", &open]).is_ok()
+    }
+
     /// Undoes `cut_off` (nothing when it was not cut off).
     fn reconnect(&self) {
         for chain in ["INPUT", "FORWARD"] {
@@ -243,6 +261,12 @@ impl SimulatedSwarm {
         wait_for(&format!("{} Ready again", node.name), Duration::from_secs(60), || {
             docker_at(&self.nodes[0].socket, &["node", "inspect", "--format", "{{.Status.State}}", &id]).is_ok_and(|s| s == "ready")
         });
+    }
+
+    /// The root namespace's address on the bridge: where the routers (and
+    /// the load client) connect from.
+    pub fn root_address(&self) -> &str {
+        self.registry.rsplit_once(':').map_or(self.registry.as_str(), |(ip, _)| ip)
     }
 
     pub fn manager(&self) -> &Node {

@@ -6,7 +6,8 @@
 //! with Swarm's reason; a host lost under load fails no request, Swarm
 //! places its replica again, the route follows and the environment's
 //! history tells it; `hosts drain` moves a node's replicas off it with no
-//! failed request.
+//! failed request. One host runs under the README's firewall rule
+//! (published ports answer the routers only) from the first deploy on.
 //!
 //! `#[ignore]`d and run by the serial phase of `scripts/test`: it needs
 //! root (namespaces, dockerds of its own) and fails, never skips, without
@@ -77,6 +78,17 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_fails_no_request() {
         assert_eq!((h.state.as_str(), h.availability.as_str()), ("ready", "active"), "{h:?}");
         assert_eq!(h.tasks.iter().filter(|t| t.starts_with(&started.container)).count(), 1, "{h:?}");
     }
+
+    // The README's firewall rule on one host: its replica's published port
+    // answers the routers' address only, not another host, and the router
+    // still reaches it (the load below goes through every replica).
+    let guarded = &swarm.nodes[1];
+    let published = started.upstreams.iter().find(|u| u.starts_with(&format!("{}:", guarded.address))).unwrap().clone();
+    assert!(swarm.nodes[2].can_connect(&published), "before the rule, another host reaches {published}");
+    guarded.firewall_published_ports(&format!("{}/32", swarm.root_address()));
+    assert!(!swarm.nodes[2].can_connect(&published), "the rule lets another host reach {published}");
+    let from_router = std::net::TcpStream::connect_timeout(&published.parse().unwrap(), Duration::from_secs(2));
+    assert!(from_router.is_ok(), "the rule keeps the routers from {published}: {from_router:?}");
 
     // Load through the router while v2 replaces v1.
     let load = load::Load::start(harness.router_addr(), &harness.host("live"), 4, Duration::from_millis(20));
