@@ -61,6 +61,9 @@ pub struct PgOptions {
     /// by default). The HTTP API's own store sets one, so a slow request
     /// cannot hold a connection for long (`API_STATEMENT_TIMEOUT` in the CLI).
     pub statement_timeout: Option<std::time::Duration>,
+    /// What the store's connections call themselves (`application_name`,
+    /// shown in `pg_stat_activity`); `None` leaves the driver's default.
+    pub application_name: Option<String>,
 }
 
 impl Default for PgOptions {
@@ -72,6 +75,7 @@ impl Default for PgOptions {
             role: Some(WRITER_ROLE.into()),
             runtime: false,
             statement_timeout: None,
+            application_name: None,
         }
     }
 }
@@ -222,6 +226,9 @@ impl PgStore {
                 conn.close().await.ok();
             }
             connect = connect.options([("search_path", schema.as_str())]);
+        }
+        if let Some(name) = &options.application_name {
+            connect = connect.application_name(name);
         }
         if let Some(limit) = options.statement_timeout {
             // A startup option of every connection (as `search_path`), so
