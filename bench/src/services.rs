@@ -51,7 +51,7 @@ impl BenchDb {
     /// the login role (not `slipway_writer`): the baselines create their
     /// tables through the same connections, so both sides act alike.
     async fn create(url: &str, schema: String) -> anyhow::Result<Self> {
-        let options = PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true, role: None, runtime: false };
+        let options = PgOptions { schema: Some(schema.clone()), max_connections: 8, migrate: true, role: None, ..Default::default() };
         let store =
             PgStore::connect(url, options).await.with_context(|| format!("creating the bench schema {schema} on {}", redact_url(url)))?;
         Ok(BenchDb { store, schema })

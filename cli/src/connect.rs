@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use slipway_store::postgres::{redact_url, Grant, PgOptions};
@@ -60,6 +61,53 @@ pub fn sealing(url: &str, key: Option<&Path>, older: &[PathBuf], data_dir: &Path
 /// `slipway_store::pg_login`).
 pub fn runtime_options(schema: Option<&str>) -> PgOptions {
     PgOptions { schema: schema.map(str::to_string), migrate: false, runtime: true, ..Default::default() }
+}
+
+/// Connections of the HTTP API's own PostgreSQL pool (`api_store`); one of
+/// them is the store's LISTEN connection, which wakes live streams.
+pub const API_POOL_CONNECTIONS: u32 = 4;
+
+/// The longest one statement of the HTTP API may run on PostgreSQL: a
+/// request past it is refused (503, `unavailable`) and its connection
+/// freed, rather than held while the engine waits.
+pub const API_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the HTTP API's connections are called in `pg_stat_activity`.
+pub const API_APPLICATION_NAME: &str = "slipway-api";
+
+/// The options of the HTTP API's PostgreSQL store: the runtime login's
+/// (`runtime_options`), with a small pool of its own, a statement timeout,
+/// and a name of its own in `pg_stat_activity`.
+pub fn api_options(schema: Option<&str>) -> PgOptions {
+    PgOptions {
+        max_connections: API_POOL_CONNECTIONS,
+        statement_timeout: Some(API_STATEMENT_TIMEOUT),
+        application_name: Some(API_APPLICATION_NAME.into()),
+        ..runtime_options(schema)
+    }
+}
+
+/// The store the HTTP API uses beside the engine's `shared` one. On
+/// PostgreSQL it is a second `PgStore` on the same database, logging in
+/// the same way, with its own pool (`api_options`): an export, a chain
+/// verification or a crowd of live streams can then use up the API's
+/// connections but never the engine's, and no API statement runs longer
+/// than `API_STATEMENT_TIMEOUT`. SQLite keeps the shared store: the
+/// embedded database is a file, one writer at a time, with nothing to gain
+/// from a second pool (its readers do not wait on a server's connections).
+pub async fn api_store(
+    url: &str,
+    schema: Option<&str>,
+    sealing: Sealing,
+    shared: &Arc<dyn EventStore>,
+) -> anyhow::Result<Arc<dyn EventStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect(url, api_options(schema))
+            .await
+            .with_context(|| format!("connecting the HTTP API to PostgreSQL at {}", redact_url(url)))?;
+        return Ok(Arc::new(store.sealed(sealing)));
+    }
+    Ok(shared.clone())
 }
 
 /// The store with the owner's login, for the steps that change what the

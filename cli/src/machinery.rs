@@ -71,10 +71,14 @@ pub async fn router(
     Ok(RouterPart { listener, https, options: RouterOptions { router_id, domain, listen, lease }, proxy })
 }
 
-/// Where the HTTP API listens, and the workers' data directory it reads logs from.
+/// Where the HTTP API listens, the workers' data directory it reads logs
+/// from, and the store it reads and appends through: on PostgreSQL a pool
+/// of its own with a statement timeout (`connect::api_store`), so requests
+/// never wait on, nor take, the engine's connections.
 pub struct Api {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub store: Arc<dyn EventStore>,
 }
 
 /// Runs `parts`, and the HTTP API with the dashboard on `api` when given,
@@ -87,15 +91,15 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let api = match api {
-        Some(Api { listen, data_dir }) => {
-            check_tokens(&*store, listen).await?;
+        Some(Api { listen, data_dir, store: api_store }) => {
+            check_tokens(&*api_store, listen).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding the HTTP API to {listen}; choose another address with --listen or SLIPWAY_LISTEN"))?;
             let local = listener.local_addr().unwrap_or(listen);
             eprintln!("slipway: HTTP API on http://{local}/api, dashboard on http://{local}/");
             let config = ApiConfig { data_dir, worker_missing_after: slipway_workers::worker::HEARTBEAT * 3 };
-            let app = slipway_engine::api::app_with(store.clone(), config).merge(slipway_engine::web::routes());
+            let app = slipway_engine::api::app_with(api_store, config).merge(slipway_engine::web::routes());
             Some(slipway_engine::api::serve(listener, app, shutdown.clone()))
         }
         None => None,

@@ -117,7 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     let sealing = connect::sealing(&cli.database, cli.secrets_key.as_deref(), &cli.old_secrets_key, &cli.data_dir)?;
-    let store = connect::store(&cli.database, cli.pg_schema.as_deref(), sealing).await?;
+    let store = connect::store(&cli.database, cli.pg_schema.as_deref(), sealing.clone()).await?;
     let options = processes::Options {
         queue: cli.queue.clone(),
         queue_namespace: cli.queue_namespace.clone(),
@@ -140,9 +140,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             processes::demo(store, queue, &options.data_dir, Duration::from_secs(timeout)).await
         }
         Command::AllInOne { serve, router, no_router, agent } => {
-            processes::all_in_one(store, &options, serve, router, no_router, agent).await
+            let api = connect::api_store(&cli.database, cli.pg_schema.as_deref(), sealing, &store).await?;
+            processes::all_in_one(store, api, &options, serve, router, no_router, agent).await
         }
-        Command::Server(args) => processes::server(store, &options, args).await,
+        Command::Server(args) => {
+            let api = connect::api_store(&cli.database, cli.pg_schema.as_deref(), sealing, &store).await?;
+            processes::server(store, api, &options, args).await
+        }
         Command::Router(args) => processes::router(store, args).await,
         Command::Worker { steps, prefetch, concurrency, stand_in_ms, agent, runtime } => {
             processes::worker(store, &options, processes::WorkerArgs { steps, prefetch, concurrency, stand_in_ms, agent, runtime }).await

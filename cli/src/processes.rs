@@ -41,8 +41,10 @@ impl Options {
     }
 }
 
+/// `api_store` is the HTTP API's (`connect::api_store`); the rest use `store`.
 pub async fn all_in_one(
     store: Arc<dyn EventStore>,
+    api_store: Arc<dyn EventStore>,
     options: &Options,
     serve: ServeArgs,
     router: RouterArgs,
@@ -74,16 +76,24 @@ pub async fn all_in_one(
         poller: Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") }),
         ..Default::default()
     };
-    machinery::serve(store, queue, parts, Some(machinery::Api { listen: serve.listen, data_dir }), machinery::on_signal()).await?;
+    let api = machinery::Api { listen: serve.listen, data_dir, store: api_store };
+    machinery::serve(store, queue, parts, Some(api), machinery::on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn server(store: Arc<dyn EventStore>, options: &Options, args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// `api_store` is the HTTP API's (`connect::api_store`); the engine uses `store`.
+pub async fn server(
+    store: Arc<dyn EventStore>,
+    api_store: Arc<dyn EventStore>,
+    options: &Options,
+    args: ServeArgs,
+) -> anyhow::Result<ExitCode> {
     let queue = options.queue().await?;
     let data_dir = options.data_dir.clone();
     let poller = Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") });
     let parts = Parts { engine: Some(args.driver()), poller, acme: args.acme(), ..Default::default() };
-    machinery::serve(store, queue, parts, Some(machinery::Api { listen: args.listen, data_dir }), machinery::on_signal()).await?;
+    let api = machinery::Api { listen: args.listen, data_dir, store: api_store };
+    machinery::serve(store, queue, parts, Some(api), machinery::on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -152,3 +152,56 @@ async fn a_worker_hosts_login_cannot_mint_itself_a_token() {
     let owner = sqlx::PgPool::connect(&pg_url()).await.unwrap();
     sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE")).execute(&owner).await.unwrap();
 }
+
+/// `slipway server` on PostgreSQL serves its HTTP API from a pool of its
+/// own (`slipway-api` in `pg_stat_activity`, at most 4 connections, each
+/// with a 30 s statement timeout), beside the engine's.
+#[tokio::test]
+async fn the_servers_api_has_a_pool_of_its_own() {
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use slipway_store::postgres::{PgOptions, PgStore};
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let schema = format!("apipool_{tag}");
+    let engine_name = format!("engine-{}", &tag[20..]);
+    let data = tempfile::tempdir().unwrap();
+    let options = PgOptions { schema: Some(schema.clone()), max_connections: 2, ..Default::default() };
+    let owner = PgStore::connect(&pg_url(), options).await.unwrap();
+    let listen = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["server", "--listen", &listen, "--queue", "memory"])
+        .env("SLIPWAY_DATABASE", pg_app_url())
+        .env("SLIPWAY_PG_SCHEMA", &schema)
+        .env("SLIPWAY_DATA_DIR", data.path())
+        // The driver's default name for the engine's connections (the
+        // API's name their own), so this test finds this server's.
+        .env("PGAPPNAME", &engine_name)
+        .env_remove("SLIPWAY_SERVER")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://{listen}/healthz");
+    eventually("the API to answer", Duration::from_secs(30), || async {
+        slipway_workers::http::get_status(&health, Duration::from_secs(1)).await.ok().filter(|s| *s == 200)
+    })
+    .await;
+    let sessions = |name: String| {
+        let pool = owner.pool().clone();
+        async move {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE usename = 'slipway_app' AND application_name = $1")
+                    .bind(name)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            n
+        }
+    };
+    let (api, engine) = (sessions("slipway-api".into()).await, sessions(engine_name).await);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(owner.pool()).await;
+    assert!((1..=4).contains(&api), "{api} sessions named slipway-api");
+    assert!(engine >= 1, "the engine has no session of its own");
+}

@@ -976,3 +976,57 @@ async fn status_shows_the_serving_release_live_state_from_the_host_agent() {
     let status = api.get("/api/projects/hello/environments/test").await.expect(StatusCode::OK).json();
     assert_eq!(status["active"]["live"], json!({"state": "crash_looping", "restarts": 4, "last_exit": 3, "oom_kills": 0}));
 }
+
+/// Over PostgreSQL with a statement timeout, as `slipway serve` opens the
+/// API's store: a request whose statement waits past it (here an append
+/// behind a stream's advisory lock, held by another session) is answered
+/// 503 `unavailable`, saying why, and not left hanging; the next one works.
+#[tokio::test]
+async fn a_statement_past_the_api_stores_timeout_is_a_503() {
+    use slipway_store::postgres::PgOptions;
+    use sqlx::Connection;
+    let url = slipway_support::pg_url();
+    let schema = format!("t_{}", Uuid::now_v7().simple());
+    let options = PgOptions {
+        schema: Some(schema.clone()),
+        max_connections: 4,
+        statement_timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let store = slipway_store::PgStore::connect(&url, options)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable ({e}); run `scripts/services` first"));
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    let admin = requests::issue_token(&*store, "test:setup", "root", TokenScope::Admin).await.unwrap().unwrap();
+    let app = api::app(store.clone());
+    let name = format!("slow{}", &Uuid::now_v7().simple().to_string()[24..]);
+    let create = || {
+        let body = json!({"name": name, "repo": "file:///srv/slow.git", "environments": ["test"]}).to_string();
+        Request::builder()
+            .method(Method::POST)
+            .uri("/api/projects")
+            .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+
+    // Advisory locks are the database's, whatever the schema.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut held = other.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(format!("project-{name}")).execute(&mut *held).await.unwrap();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(create())).await.expect("the request hung").unwrap();
+    let status = response.status();
+    let body: Value = serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("longer than the HTTP API allows") && message.contains("statement timeout"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    held.rollback().await.unwrap();
+    let response = app.clone().oneshot(create()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")).execute(&mut other).await;
+}

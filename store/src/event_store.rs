@@ -140,6 +140,13 @@ impl StoreError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, StoreError::Database { source: sqlx::Error::PoolTimedOut | sqlx::Error::Io(_), .. })
     }
+
+    /// A statement ran past the store's `statement_timeout` and PostgreSQL
+    /// cancelled it (SQLSTATE 57014, `query_canceled`): the request asked for
+    /// more than the store allows one statement, or the database was slow.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, StoreError::Database { source: sqlx::Error::Database(e), .. } if e.code().as_deref() == Some("57014"))
+    }
 }
 
 /// A successful append.
@@ -333,9 +340,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every stored event's chain fields, ordered by stream then version.
     async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError>;
 
-    /// Every event in global order, raw (bodies exactly as stored), as one
-    /// streamed query: what exports and checkpoints read.
-    fn log(&self) -> BoxStream<'_, Result<crate::export::LogRow, StoreError>>;
+    /// Up to `limit` events after `after` in global order, raw (bodies
+    /// exactly as stored), gap-safe as `read_all`: one short query per page,
+    /// so a reader holds no database connection between pages. Exports read
+    /// the log this way (`export::paged_log`).
+    async fn log_page(&self, after: Position, limit: usize) -> Result<Vec<crate::export::LogRow>, StoreError>;
 
     /// Backend name for messages ("postgres", "sqlite").
     fn backend(&self) -> &'static str;

@@ -17,34 +17,106 @@ use crate::chain::{self, ChainRow, VerifyReport};
 use crate::event_store::{Position, StoreError};
 use crate::{PgStore, SqliteStore};
 
-/// Every event in global order, raw, as one streamed query. Like
-/// `stream_all` it reads only below the oldest running transaction, so the
-/// first N events it returns are the first N for good: a checkpoint over
-/// them stays comparable.
+/// The columns `postgres_log` and `postgres_log_page` read, in `log_row`'s order.
+const PG_LOG_COLUMNS: &str = "tx::text, position, stream, version, body, prev_hash, hash, recorded_at";
+
+/// Every event in global order, raw, as one streamed query (it holds a
+/// connection until the last row is read: the CLI's checkpoints use it;
+/// exports read `paged_log`). Like `stream_all` it reads only below the
+/// oldest running transaction, so the first N events it returns are the
+/// first N for good: a checkpoint over them stays comparable.
 pub fn postgres_log(store: &PgStore) -> BoxStream<'_, Result<LogRow, StoreError>> {
     const SQL: &str = "SELECT tx::text, position, stream, version, body, prev_hash, hash, recorded_at FROM events
          WHERE tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx, position";
-    sqlx::query(SQL)
-        .fetch(store.pool())
-        .map(|row| {
-            let row = row.map_err(|e| read_error("postgres", e))?;
-            let tx: &str = row.try_get(0).map_err(|e| read_error("postgres", e))?;
-            log_row(tx.parse().unwrap_or(0), &row).map_err(|e| read_error("postgres", e))
-        })
-        .boxed()
+    sqlx::query(SQL).fetch(store.pool()).map(|row| pg_log_row(&row.map_err(|e| read_error("postgres", e))?)).boxed()
 }
 
-/// Every event in global (position) order, raw.
+/// Up to `limit` events after `after` in global order, raw: one keyset
+/// query (`(tx, position) > after`, the `events_tx_position` index), gap-safe
+/// as `postgres_log`, so consecutive pages are consecutive parts of the log.
+pub async fn postgres_log_page(store: &PgStore, after: Position, limit: usize) -> Result<Vec<LogRow>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {PG_LOG_COLUMNS} FROM events
+         WHERE (tx, position) > ($1::text::xid8, $2)
+           AND tx < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY tx, position LIMIT $3"
+    ))
+    .bind(after.tx.to_string())
+    .bind(after.seq)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| read_error("postgres", e))?;
+    rows.iter().map(pg_log_row).collect()
+}
+
+fn pg_log_row(row: &sqlx::postgres::PgRow) -> Result<LogRow, StoreError> {
+    let tx: &str = row.try_get(0).map_err(|e| read_error("postgres", e))?;
+    log_row(tx.parse().unwrap_or(0), row).map_err(|e| read_error("postgres", e))
+}
+
+/// Every event in global (position) order, raw, as one streamed query.
 pub fn sqlite_log(store: &SqliteStore) -> BoxStream<'_, Result<LogRow, StoreError>> {
     const SQL: &str = "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events ORDER BY position";
-    sqlx::query(SQL)
-        .fetch(store.pool())
-        .map(|row| {
-            let row = row.map_err(|e| read_error("sqlite", e))?;
-            let tx: i64 = row.try_get(0).map_err(|e| read_error("sqlite", e))?;
-            log_row(tx as u64, &row).map_err(|e| read_error("sqlite", e))
-        })
-        .boxed()
+    sqlx::query(SQL).fetch(store.pool()).map(|row| sqlite_log_row(&row.map_err(|e| read_error("sqlite", e))?)).boxed()
+}
+
+/// `postgres_log_page` on SQLite (positions are the global order there).
+pub async fn sqlite_log_page(store: &SqliteStore, after: Position, limit: usize) -> Result<Vec<LogRow>, StoreError> {
+    const SQL: &str =
+        "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events WHERE position > ?1 ORDER BY position LIMIT ?2";
+    let rows = sqlx::query(SQL)
+        .bind(after.seq)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| read_error("sqlite", e))?;
+    rows.iter().map(sqlite_log_row).collect()
+}
+
+fn sqlite_log_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogRow, StoreError> {
+    let tx: i64 = row.try_get(0).map_err(|e| read_error("sqlite", e))?;
+    log_row(tx as u64, row).map_err(|e| read_error("sqlite", e))
+}
+
+/// Events an export reads per page (`EventStore::log_page`): each page is
+/// one short query, and the connection goes back to the pool before any of
+/// its rows is written, so a client that stops reading holds none.
+pub const LOG_PAGE: usize = 1_000;
+
+/// The log in global order from the start, read a page of `page` events at
+/// a time, up to and including `upto` when given (events appended after it
+/// are left out). At most one page is in memory; no connection is held
+/// between pages.
+pub fn paged_log(store: &dyn crate::EventStore, page: usize, upto: Option<Position>) -> BoxStream<'_, Result<LogRow, StoreError>> {
+    struct Pages {
+        after: Position,
+        rows: std::vec::IntoIter<LogRow>,
+        done: bool,
+    }
+    let page = page.max(1);
+    let start = Pages { after: Position::START, rows: Vec::new().into_iter(), done: false };
+    futures::stream::try_unfold(start, move |mut pages| async move {
+        loop {
+            if let Some(row) = pages.rows.next() {
+                if upto.is_some_and(|last| row.position > last) {
+                    return Ok(None);
+                }
+                return Ok(Some((row, pages)));
+            }
+            if pages.done {
+                return Ok(None);
+            }
+            let rows = store.log_page(pages.after, page).await?;
+            pages.done = rows.len() < page;
+            match rows.last() {
+                Some(last) => pages.after = last.position,
+                None => return Ok(None),
+            }
+            pages.rows = rows.into_iter();
+        }
+    })
+    .boxed()
 }
 
 fn log_row<'r, R: Row>(tx: u64, row: &'r R) -> Result<LogRow, sqlx::Error>
@@ -164,16 +236,21 @@ pub async fn stream_export(
     since: Option<DateTime<Utc>>,
     mut send: impl FnMut(Vec<u8>) -> futures::future::BoxFuture<'static, io::Result<()>>,
 ) -> Result<u64, ExportError> {
-    let streams = match project {
+    // A project's export reads the log twice; the second pass stops where
+    // the first did, so a stream of the project created in between (which
+    // the first pass could not see) cannot leave half its events out.
+    let (streams, upto) = match project {
         Some(project) => {
             let mut streams = ProjectStreams::new(project);
-            let mut rows = store.log();
+            let mut last = Position::START;
+            let mut rows = paged_log(store, LOG_PAGE, None);
             while let Some(row) = rows.try_next().await? {
                 streams.consider(&row.stream, row.version, &row.body);
+                last = row.position;
             }
-            Some(streams.finish())
+            (Some(streams.finish()), Some(last))
         }
-        None => None,
+        None => (None, None),
     };
     let header = Header {
         slipway_export: FORMAT.into(),
@@ -183,7 +260,7 @@ pub async fn stream_export(
         since: since.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
     };
     let mut writer = ExportWriter::new(Vec::with_capacity(1 << 16), &header)?;
-    let mut rows = store.log();
+    let mut rows = paged_log(store, LOG_PAGE, upto);
     while let Some(row) = rows.try_next().await? {
         let wanted = streams.as_ref().is_none_or(|s| s.contains(&row.stream)) && since.is_none_or(|t| row.recorded_at >= t);
         if wanted {

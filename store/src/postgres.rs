@@ -54,11 +54,29 @@ pub struct PgOptions {
     /// refuses a login that is a superuser, owns the event store, or finds
     /// it at another migration than this build's (`pg_login`).
     pub runtime: bool,
+    /// The longest any one statement on the store's connections may run
+    /// (PostgreSQL's `statement_timeout`, set when each connection starts,
+    /// under whatever role it acts as); a statement past it fails with
+    /// `StoreError::is_timeout`. `None` leaves the server's setting (no limit
+    /// by default). The HTTP API's own store sets one, so a slow request
+    /// cannot hold a connection for long (`API_STATEMENT_TIMEOUT` in the CLI).
+    pub statement_timeout: Option<std::time::Duration>,
+    /// What the store's connections call themselves (`application_name`,
+    /// shown in `pg_stat_activity`); `None` leaves the driver's default.
+    pub application_name: Option<String>,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { schema: None, max_connections: 8, migrate: true, role: Some(WRITER_ROLE.into()), runtime: false }
+        PgOptions {
+            schema: None,
+            max_connections: 8,
+            migrate: true,
+            role: Some(WRITER_ROLE.into()),
+            runtime: false,
+            statement_timeout: None,
+            application_name: None,
+        }
     }
 }
 
@@ -209,6 +227,16 @@ impl PgStore {
             }
             connect = connect.options([("search_path", schema.as_str())]);
         }
+        if let Some(name) = &options.application_name {
+            connect = connect.application_name(name);
+        }
+        if let Some(limit) = options.statement_timeout {
+            // A startup option of every connection (as `search_path`), so
+            // it holds from the first statement on, whichever role the
+            // connection then acts as. At least 1 ms: 0 would mean none.
+            let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+            connect = connect.options([("statement_timeout", ms.to_string())]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .connect_with(connect.clone())
@@ -265,7 +293,7 @@ impl PgStore {
                 return Err(StoreError::LoginRefused { reason: format!("role name `{role}` must be letters, digits and underscores") });
             }
         }
-        let options = PgOptions { schema: schema.map(str::to_string), max_connections: 2, migrate: true, role: None, runtime: false };
+        let options = PgOptions { schema: schema.map(str::to_string), max_connections: 2, migrate: true, role: None, ..Default::default() };
         let store = PgStore::connect(url, options).await?;
         for grant in grants {
             let role = grant.role();
@@ -1037,8 +1065,8 @@ impl EventStore for PgStore {
             .map_err(db("decoding a chain row"))
     }
 
-    fn log(&self) -> BoxStream<'_, Result<crate::export::LogRow, StoreError>> {
-        crate::export::postgres_log(self)
+    async fn log_page(&self, after: Position, limit: usize) -> Result<Vec<crate::export::LogRow>, StoreError> {
+        crate::export::postgres_log_page(self, after, limit).await
     }
 
     fn read_models(&self) -> &dyn crate::read_model::ReadModelStore {

@@ -370,8 +370,8 @@ impl EventStore for SqliteStore {
             .map_err(db("decoding a chain row"))
     }
 
-    fn log(&self) -> BoxStream<'_, Result<crate::export::LogRow, StoreError>> {
-        crate::export::sqlite_log(self)
+    async fn log_page(&self, after: Position, limit: usize) -> Result<Vec<crate::export::LogRow>, StoreError> {
+        crate::export::sqlite_log_page(self, after, limit).await
     }
 
     fn read_models(&self) -> &dyn crate::read_model::ReadModelStore {

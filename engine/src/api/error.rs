@@ -48,12 +48,28 @@ pub enum ApiError {
     /// Not now (what the request needs kept changing under it): 503, try again.
     #[error("{0}")]
     Unavailable(String),
-    /// The event store failed: 500.
+    /// The event store failed: 500. (A statement cancelled by the API
+    /// store's statement timeout becomes `Unavailable` instead: see `From`.)
     #[error("the event store failed: {0}; check that the database is reachable, then retry")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// Stored data the API cannot make sense of: 500.
     #[error("{0}")]
     Internal(String),
+}
+
+/// A store failure is a 500, but for a statement that ran past the API
+/// store's `statement_timeout` (PostgreSQL cancelled it and the connection
+/// went back to the pool): 503 `unavailable`, saying so.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        if error.is_timeout() {
+            return ApiError::Unavailable(format!(
+                "the database took longer than the HTTP API allows one statement, so the request was stopped ({error}); \
+                 try again later, or ask for less"
+            ));
+        }
+        ApiError::Store(error)
+    }
 }
 
 /// Each kind of refusal has its status, here and nowhere else.
