@@ -110,7 +110,7 @@ impl Db {
             let store = SqliteStore::open(path).await.with_context(|| format!("opening the SQLite store {}", path.display()))?;
             return Ok(Db::Sqlite(store));
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if crate::connect::is_postgres(url) {
             let store = PgStore::connect(url, crate::connect::runtime_options(schema))
                 .await
                 .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;

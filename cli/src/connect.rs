@@ -14,6 +14,12 @@ use slipway_store::queue::Queue;
 use slipway_store::sealing::{self, Keyring, Sealing, SealingKey};
 use slipway_store::{EventStore, PgStore, SqliteStore};
 
+/// Whether `url` names a PostgreSQL database (`postgres://` or
+/// `postgresql://`, the two schemes libpq and sqlx accept).
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// `schema` keeps a PostgreSQL store's tables in their own schema;
 /// `sealing` says how setting values are kept at rest.
 pub async fn store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow::Result<Arc<dyn EventStore>> {
@@ -25,7 +31,7 @@ pub async fn store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow:
         let store = SqliteStore::open(path).await.with_context(|| format!("opening the SQLite store {}", path.display()))?;
         return Ok(Arc::new(store.sealed(sealing)));
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         let options = runtime_options(schema);
         let store = PgStore::connect(url, options).await.with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
         return Ok(Arc::new(store.sealed(sealing)));
@@ -101,7 +107,7 @@ pub async fn api_store(
     sealing: Sealing,
     shared: &Arc<dyn EventStore>,
 ) -> anyhow::Result<Arc<dyn EventStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         let store = PgStore::connect(url, api_options(schema))
             .await
             .with_context(|| format!("connecting the HTTP API to PostgreSQL at {}", redact_url(url)))?;
@@ -113,7 +119,7 @@ pub async fn api_store(
 /// The store with the owner's login, for the steps that change what the
 /// runtime role may not (`secrets rotate-key`); SQLite as usual.
 pub async fn owner_store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow::Result<Arc<dyn EventStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         let options = PgOptions { schema: schema.map(str::to_string), migrate: false, role: None, ..Default::default() };
         let store = PgStore::connect(url, options).await.with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
         return Ok(Arc::new(store.sealed(sealing)));
@@ -128,7 +134,7 @@ pub async fn migrate(url: &str, schema: Option<&str>, grant_to: Option<&str>, wo
         store(url, schema, Sealing::default()).await?;
         return Ok(0);
     }
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if !is_postgres(url) {
         bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
     }
     let issuers = grant_to.map(|role| Grant::Issuer(role.to_string()));
