@@ -337,8 +337,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// wrong hint costs a retry, never a wrong append.
     fn saw(&self, _event: &RecordedEvent) {}
 
-    /// Every stored event's chain fields, ordered by stream then version.
-    async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError>;
+    /// Up to `limit` events' chain fields after `after` (a stream and a
+    /// version in it), ordered by stream then version: one short keyset query
+    /// on the `(stream, version)` index, so a verification of any size is
+    /// many statements well under an API's `statement_timeout`, holding no
+    /// connection between them (`export::paged_chains`).
+    async fn chain_page(&self, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError>;
+
+    /// Every stored event's chain fields, ordered by stream then version, in
+    /// memory: for tests and small logs. Verifications read
+    /// `export::paged_chains` and hold one stream at a time.
+    async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError> {
+        use futures::TryStreamExt as _;
+        crate::export::paged_chains(self, crate::export::CHAIN_PAGE).try_collect().await
+    }
 
     /// Up to `limit` events after `after` in global order, raw (bodies
     /// exactly as stored), gap-safe as `read_all`: one short query per page,

@@ -17,8 +17,17 @@ use crate::chain::{self, ChainRow, VerifyReport};
 use crate::event_store::{Position, StoreError};
 use crate::{PgStore, SqliteStore};
 
-/// The columns `postgres_log` and `postgres_log_page` read, in `log_row`'s order.
-const PG_LOG_COLUMNS: &str = "tx::text, position, stream, version, body, prev_hash, hash, recorded_at";
+/// `SELECT` and the columns the log readers read, in `log_row`'s order (on
+/// PostgreSQL `tx` is an `xid8`, read as text): one list per backend, for
+/// `concat!` into each reader's query.
+macro_rules! select_log_columns {
+    (postgres) => {
+        "SELECT tx::text, position, stream, version, body, prev_hash, hash, recorded_at FROM events "
+    };
+    (sqlite) => {
+        "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events "
+    };
+}
 
 /// Every event in global order, raw, as one streamed query (it holds a
 /// connection until the last row is read: the CLI's checkpoints use it;
@@ -26,8 +35,7 @@ const PG_LOG_COLUMNS: &str = "tx::text, position, stream, version, body, prev_ha
 /// oldest running transaction, so the first N events it returns are the
 /// first N for good: a checkpoint over them stays comparable.
 pub fn postgres_log(store: &PgStore) -> BoxStream<'_, Result<LogRow, StoreError>> {
-    const SQL: &str = "SELECT tx::text, position, stream, version, body, prev_hash, hash, recorded_at FROM events
-         WHERE tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx, position";
+    const SQL: &str = concat!(select_log_columns!(postgres), "WHERE tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx, position");
     sqlx::query(SQL).fetch(store.pool()).map(|row| pg_log_row(&row.map_err(|e| read_error("postgres", e))?)).boxed()
 }
 
@@ -35,18 +43,19 @@ pub fn postgres_log(store: &PgStore) -> BoxStream<'_, Result<LogRow, StoreError>
 /// query (`(tx, position) > after`, the `events_tx_position` index), gap-safe
 /// as `postgres_log`, so consecutive pages are consecutive parts of the log.
 pub async fn postgres_log_page(store: &PgStore, after: Position, limit: usize) -> Result<Vec<LogRow>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {PG_LOG_COLUMNS} FROM events
-         WHERE (tx, position) > ($1::text::xid8, $2)
+    const SQL: &str = concat!(
+        select_log_columns!(postgres),
+        "WHERE (tx, position) > ($1::text::xid8, $2)
            AND tx < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY tx, position LIMIT $3"
-    ))
-    .bind(after.tx.to_string())
-    .bind(after.seq)
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(store.pool())
-    .await
-    .map_err(|e| read_error("postgres", e))?;
+    );
+    let rows = sqlx::query(SQL)
+        .bind(after.tx.to_string())
+        .bind(after.seq)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| read_error("postgres", e))?;
     rows.iter().map(pg_log_row).collect()
 }
 
@@ -57,14 +66,13 @@ fn pg_log_row(row: &sqlx::postgres::PgRow) -> Result<LogRow, StoreError> {
 
 /// Every event in global (position) order, raw, as one streamed query.
 pub fn sqlite_log(store: &SqliteStore) -> BoxStream<'_, Result<LogRow, StoreError>> {
-    const SQL: &str = "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events ORDER BY position";
+    const SQL: &str = concat!(select_log_columns!(sqlite), "ORDER BY position");
     sqlx::query(SQL).fetch(store.pool()).map(|row| sqlite_log_row(&row.map_err(|e| read_error("sqlite", e))?)).boxed()
 }
 
 /// `postgres_log_page` on SQLite (positions are the global order there).
 pub async fn sqlite_log_page(store: &SqliteStore, after: Position, limit: usize) -> Result<Vec<LogRow>, StoreError> {
-    const SQL: &str =
-        "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events WHERE position > ?1 ORDER BY position LIMIT ?2";
+    const SQL: &str = concat!(select_log_columns!(sqlite), "WHERE position > ?1 ORDER BY position LIMIT ?2");
     let rows = sqlx::query(SQL)
         .bind(after.seq)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -137,25 +145,92 @@ where
     })
 }
 
-/// Every event's chain fields ordered by stream then version, as
-/// `chain_rows` returns them, but streamed: `verify_chains` then holds one
-/// stream at a time, and hashes while the database is still sending.
+/// The chain fields `chain::verify` reads, ordered by stream then version.
+macro_rules! select_chain_columns {
+    () => {
+        "SELECT stream, version, body, prev_hash, hash FROM events "
+    };
+}
+
+/// Every stored event's chain fields, ordered by stream then version, as
+/// one streamed query: `slipway audit verify` reads it (a CLI may hold a
+/// connection for as long as it takes; the API reads `paged_chains`).
 pub fn postgres_chains(store: &PgStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
-    sqlx::query(CHAINS)
+    sqlx::query(concat!(select_chain_columns!(), "ORDER BY stream, version"))
         .fetch(store.pool())
-        .map(|row| chain_row(&row.map_err(|e| read_error("postgres", e))?).map_err(|e| read_error("postgres", e)))
+        .map(|row| chain_row(&row.map_err(|e| chain_error("postgres", e))?).map_err(|e| chain_error("postgres", e)))
         .boxed()
 }
 
 pub fn sqlite_chains(store: &SqliteStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
-    sqlx::query(CHAINS)
+    sqlx::query(concat!(select_chain_columns!(), "ORDER BY stream, version"))
         .fetch(store.pool())
-        .map(|row| chain_row(&row.map_err(|e| read_error("sqlite", e))?).map_err(|e| read_error("sqlite", e)))
+        .map(|row| chain_row(&row.map_err(|e| chain_error("sqlite", e))?).map_err(|e| chain_error("sqlite", e)))
         .boxed()
 }
 
-/// The query `chain_rows` runs on both backends.
-const CHAINS: &str = "SELECT stream, version, body, prev_hash, hash FROM events ORDER BY stream, version";
+/// `EventStore::chain_page` on PostgreSQL: `(stream, version) > after`
+/// walks the `UNIQUE (stream, version)` index, in the same collation as
+/// the `ORDER BY`, so consecutive pages are consecutive parts of the order.
+pub async fn postgres_chain_page(store: &PgStore, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
+    const FIRST: &str = concat!(select_chain_columns!(), "ORDER BY stream, version LIMIT $1");
+    const NEXT: &str = concat!(select_chain_columns!(), "WHERE (stream, version) > ($2, $3) ORDER BY stream, version LIMIT $1");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let query = match after {
+        None => sqlx::query(FIRST).bind(limit),
+        Some((stream, version)) => sqlx::query(NEXT).bind(limit).bind(stream).bind(i64::try_from(version).unwrap_or(i64::MAX)),
+    };
+    let rows = query.fetch_all(store.pool()).await.map_err(|e| chain_error("postgres", e))?;
+    rows.iter().map(|row| chain_row(row).map_err(|e| chain_error("postgres", e))).collect()
+}
+
+/// `postgres_chain_page` on SQLite (row values compare as PostgreSQL's do).
+pub async fn sqlite_chain_page(store: &SqliteStore, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
+    const FIRST: &str = concat!(select_chain_columns!(), "ORDER BY stream, version LIMIT ?1");
+    const NEXT: &str = concat!(select_chain_columns!(), "WHERE (stream, version) > (?2, ?3) ORDER BY stream, version LIMIT ?1");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let query = match after {
+        None => sqlx::query(FIRST).bind(limit),
+        Some((stream, version)) => sqlx::query(NEXT).bind(limit).bind(stream).bind(i64::try_from(version).unwrap_or(i64::MAX)),
+    };
+    let rows = query.fetch_all(store.pool()).await.map_err(|e| chain_error("sqlite", e))?;
+    rows.iter().map(|row| chain_row(row).map_err(|e| chain_error("sqlite", e))).collect()
+}
+
+/// Events per page of `paged_chains`.
+pub const CHAIN_PAGE: usize = 1_000;
+
+/// Every event's chain fields, ordered by stream then version, read a page
+/// of `page` events at a time (`EventStore::chain_page`): at most one page
+/// in memory and no connection held between pages. `verify_chains` over it
+/// is what the HTTP API's verification runs.
+pub fn paged_chains(store: &(impl crate::EventStore + ?Sized), page: usize) -> BoxStream<'_, Result<ChainRow, StoreError>> {
+    struct Pages {
+        after: Option<(String, u64)>,
+        rows: std::vec::IntoIter<ChainRow>,
+        done: bool,
+    }
+    let page = page.max(1);
+    let start = Pages { after: None, rows: Vec::new().into_iter(), done: false };
+    futures::stream::try_unfold(start, move |mut pages| async move {
+        loop {
+            if let Some(row) = pages.rows.next() {
+                return Ok(Some((row, pages)));
+            }
+            if pages.done {
+                return Ok(None);
+            }
+            let rows = store.chain_page(pages.after.as_ref().map(|(s, v)| (s.as_str(), *v)), page).await?;
+            pages.done = rows.len() < page;
+            match rows.last() {
+                Some(last) => pages.after = Some((last.stream.clone(), last.version)),
+                None => return Ok(None),
+            }
+            pages.rows = rows.into_iter();
+        }
+    })
+    .boxed()
+}
 
 fn chain_row<'r, R: Row>(row: &'r R) -> Result<ChainRow, sqlx::Error>
 where
@@ -192,6 +267,10 @@ pub async fn verify_chains(mut rows: BoxStream<'_, Result<ChainRow, StoreError>>
     }
     absorb(&stream);
     Ok(report)
+}
+
+fn chain_error(backend: &'static str, source: sqlx::Error) -> StoreError {
+    StoreError::Database { backend, context: "reading the hash chains".into(), source }
 }
 
 fn read_error(backend: &'static str, source: sqlx::Error) -> StoreError {

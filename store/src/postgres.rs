@@ -1046,23 +1046,8 @@ impl EventStore for PgStore {
         self.wake.clone()
     }
 
-    async fn chain_rows(&self) -> Result<Vec<ChainRow>, StoreError> {
-        let rows = sqlx::query("SELECT stream, version, body, prev_hash, hash FROM events ORDER BY stream, version")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading the hash chains"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(ChainRow {
-                    stream: r.try_get("stream")?,
-                    version: r.try_get::<i64, _>("version")? as u64,
-                    body: r.try_get("body")?,
-                    prev_hash: r.try_get("prev_hash")?,
-                    hash: r.try_get("hash")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("decoding a chain row"))
+    async fn chain_page(&self, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
+        crate::export::postgres_chain_page(self, after, limit).await
     }
 
     async fn log_page(&self, after: Position, limit: usize) -> Result<Vec<crate::export::LogRow>, StoreError> {

@@ -15,7 +15,6 @@ use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_store::chain;
 use slipway_store::export;
 use utoipa::{IntoParams, ToSchema};
 
@@ -107,7 +106,9 @@ pub struct Finding {
     responses((status = 200, body = VerifyReport), (status = 429, body = ErrorBody, description = "The token is verifying already")))]
 pub async fn verify(State(store): Store, caller: Caller, Extension(quotas): Extension<Arc<Quotas>>) -> ApiResult<Json<VerifyReport>> {
     let _held = quotas.take(&caller.name, Long::Verify)?;
-    let report = chain::verify(&store.chain_rows().await?);
+    // Page by page (each page one short statement, under the API pool's
+    // statement_timeout), holding one stream's rows at a time.
+    let report = export::verify_chains(export::paged_chains(store.as_ref(), export::CHAIN_PAGE)).await?;
     Ok(Json(VerifyReport {
         events: report.events,
         streams: report.streams,
