@@ -48,6 +48,10 @@ struct Args {
     /// they keep answering until the route moves).
     #[arg(long)]
     power_cut: bool,
+    /// After the deploy times, print where the last deploy of each kind
+    /// spent its time: each event of its stream, ms after the request.
+    #[arg(long)]
+    steps: bool,
 }
 
 fn app(version: &str, replicas: u32) -> std::collections::BTreeMap<String, Vec<u8>> {
@@ -70,13 +74,30 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 }
 
 async fn timed_deploy(harness: &Harness, repo: &AppRepo, version: &str, replicas: u32) -> anyhow::Result<Duration> {
+    Ok(deploy(harness, repo, version, replicas).await?.0)
+}
+
+/// Deploys `version` and returns how long it took and its id.
+async fn deploy(harness: &Harness, repo: &AppRepo, version: &str, replicas: u32) -> anyhow::Result<(Duration, uuid::Uuid)> {
     repo.commit(&app(version, replicas), version);
     let started = Instant::now();
     let d = harness.deploy("live", "main").await;
     if d.status != Status::Succeeded {
         bail!("deploying {version} with {replicas} replica(s) failed: {d:?}");
     }
-    Ok(started.elapsed())
+    Ok((started.elapsed(), d.id))
+}
+
+/// Each event of deployment `id`'s stream and when it was recorded, in ms
+/// after the first (the request).
+async fn timeline(harness: &Harness, label: &str, id: uuid::Uuid) -> anyhow::Result<()> {
+    let events = harness.store.read_stream(&slipway_proto::event::deployment_stream(id), 0).await?;
+    let Some(first) = events.first().map(|e| e.recorded_at) else { return Ok(()) };
+    println!("{label}:");
+    for e in &events {
+        println!("  {:>6} ms  {}", (e.recorded_at - first).num_milliseconds(), e.envelope.message_type);
+    }
+    Ok(())
 }
 
 /// The serving release's routed upstreams, once the route is acknowledged
@@ -107,8 +128,14 @@ async fn main() -> anyhow::Result<()> {
     single.create_project(&repo.path()).await;
     timed_deploy(&single, &repo, "s0", 1).await?;
     let mut baseline = Vec::new();
+    let mut last_single = None;
     for round in 0..args.rounds {
-        baseline.push(timed_deploy(&single, &repo, &format!("s{}", round + 1), 1).await?);
+        let (took, id) = deploy(&single, &repo, &format!("s{}", round + 1), 1).await?;
+        baseline.push(took);
+        last_single = Some(id);
+    }
+    if let Some(id) = last_single.filter(|_| args.steps) {
+        timeline(&single, "single engine, 1 replica", id).await?;
     }
     single.shutdown().await;
 
@@ -122,9 +149,19 @@ async fn main() -> anyhow::Result<()> {
     timed_deploy(&harness, &repo, "w0", 3).await?;
     let counts = [1u32, 3, 6];
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); counts.len()];
+    let mut last = vec![None; counts.len()];
     for round in 0..args.rounds {
         for (i, replicas) in counts.iter().enumerate() {
-            times[i].push(timed_deploy(&harness, &repo, &format!("r{round}x{replicas}"), *replicas).await?);
+            let (took, id) = deploy(&harness, &repo, &format!("r{round}x{replicas}"), *replicas).await?;
+            times[i].push(took);
+            last[i] = Some(id);
+        }
+    }
+    if args.steps {
+        for (replicas, id) in counts.iter().zip(&last) {
+            if let Some(id) = id {
+                timeline(&harness, &format!("swarm, {replicas} replica(s)"), *id).await?;
+            }
         }
     }
     let base = median(baseline);
