@@ -32,7 +32,7 @@ async fn kept(mut failed: StepFailed, command: &RunStep, settings: &Settings, rt
     let scrubber = Scrubber::new(settings);
     let mut text = String::new();
     for line in &failed.details {
-        text.push_str(&scrubber.scrub(line));
+        scrubber.scrub_into(line, |piece| text.push_str(piece));
         text.push('\n');
     }
     match write_private(&path, text.as_bytes()).await {

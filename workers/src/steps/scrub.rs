@@ -3,8 +3,17 @@
 //! `***` in whatever the worker records — a failure's reason and details,
 //! and the release logs it stores. One pass over the text for all values
 //! (Aho-Corasick, leftmost-longest, so a value that contains another is
-//! hidden whole): a release log of tens of megabytes with dozens of values
-//! costs about what copying it does.
+//! hidden whole).
+//!
+//! A long log is mostly free of values, and running the automaton over
+//! every byte of it cost three times writing the log. So a sampler looks
+//! first: every 4-byte window of every form goes into a small bitmap, and
+//! only one window in `stride` of the text is looked up in it (`stride` is
+//! the shortest form's length less 3, so every occurrence of a form holds a
+//! sampled window whole). The automaton then runs only around the windows
+//! found. Its matches are exactly what it finds over the whole text:
+//! every occurrence lies in one region, and occurrences that overlap lie in
+//! the same one (the `samples_find_what_the_automaton_finds` test).
 //!
 //! A worker holds values only, not which of them are secret (the command
 //! carries key -> fingerprint), so every value of `SCRUB_MIN_LEN` characters
@@ -13,7 +22,7 @@
 
 use std::borrow::Cow;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, Input, MatchKind};
 
 use super::{check_services, Settings};
 
@@ -28,6 +37,8 @@ const MASK: &str = "***";
 #[derive(Debug, Clone)]
 pub struct Scrubber {
     matcher: Option<AhoCorasick>,
+    /// `None` when a form is shorter than a window: the automaton reads all.
+    sampler: Option<Sampler>,
 }
 
 impl Scrubber {
@@ -36,15 +47,18 @@ impl Scrubber {
         let matcher = (!values.is_empty())
             .then(|| AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).kind(Some(AhoCorasickKind::DFA)).build(&values).ok())
             .flatten();
-        Scrubber { matcher }
+        let sampler = matcher.as_ref().and_then(|_| Sampler::new(&values));
+        Scrubber { matcher, sampler }
     }
 
     /// `text` with every value replaced by `***` (borrowed when none occurs).
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        match &self.matcher {
-            Some(m) if m.is_match(text) => Cow::Owned(m.replace_all(text, &vec![MASK; m.patterns_len()])),
-            _ => Cow::Borrowed(text),
+        if self.matches(text).next().is_none() {
+            return Cow::Borrowed(text);
         }
+        let mut out = String::with_capacity(text.len());
+        self.scrub_into(text, |piece| out.push_str(piece));
+        Cow::Owned(out)
     }
 
     pub fn scrub_owned(&self, text: String) -> String {
@@ -52,6 +66,105 @@ impl Scrubber {
             Cow::Borrowed(_) => text,
             Cow::Owned(scrubbed) => scrubbed,
         }
+    }
+
+    /// `scrub` in pieces, in order, into `sink` (the text between values,
+    /// and `***` for each), so a large log can go to its file or its cap
+    /// without a scrubbed copy of it in memory.
+    pub fn scrub_into(&self, text: &str, mut sink: impl FnMut(&str)) {
+        let mut at = 0;
+        for found in self.matches(text) {
+            sink(&text[at..found.start]);
+            sink(MASK);
+            at = found.end;
+        }
+        sink(&text[at..]);
+    }
+
+    /// Where the values occur in `text`, in order, not overlapping.
+    fn matches<'a>(&'a self, text: &'a str) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+        let regions: Box<dyn Iterator<Item = std::ops::Range<usize>> + 'a> = match (&self.matcher, &self.sampler) {
+            (None, _) => Box::new(std::iter::empty()),
+            (Some(_), Some(sampler)) if text.len() >= SAMPLE_FROM => Box::new(sampler.regions(text.as_bytes())),
+            (Some(_), _) => Box::new(std::iter::once(0..text.len())),
+        };
+        regions.flat_map(move |region| {
+            let found = self.matcher.iter().flat_map(move |m| m.find_iter(Input::new(text).span(region.clone())));
+            found.map(|m| m.range())
+        })
+    }
+}
+
+/// Texts shorter than this go through the automaton whole (a reason or a
+/// few log lines: sampling would not pay for itself).
+const SAMPLE_FROM: usize = 4 << 10;
+
+/// The window the sampler looks up, in bytes.
+const WINDOW: usize = 4;
+
+/// Which 4-byte windows occur in some form: a bitmap of their hashes (a
+/// false positive only sends the automaton to look).
+#[derive(Debug, Clone)]
+struct Sampler {
+    bits: Vec<u64>,
+    /// log2 of the bitmap's size in bits.
+    order: u32,
+    /// Every `stride`-th window of a text is looked up.
+    stride: usize,
+    /// The longest form: how far around a window found an occurrence may reach.
+    longest: usize,
+}
+
+impl Sampler {
+    fn new(forms: &[String]) -> Option<Sampler> {
+        let shortest = forms.iter().map(String::len).min()?;
+        if shortest < WINDOW {
+            return None;
+        }
+        let windows: usize = forms.iter().map(|f| f.len() + 1 - WINDOW).sum();
+        // About 64 bits per window: few false positives, and it stays in cache.
+        let order = (windows * 64).next_power_of_two().trailing_zeros().clamp(12, 22);
+        let mut sampler = Sampler {
+            bits: vec![0; 1 << (order - 6)],
+            order,
+            stride: shortest + 1 - WINDOW,
+            longest: forms.iter().map(String::len).max()?,
+        };
+        for form in forms {
+            for window in form.as_bytes().windows(WINDOW) {
+                let bit = sampler.bit(window);
+                sampler.bits[bit >> 6] |= 1 << (bit & 63);
+            }
+        }
+        Some(sampler)
+    }
+
+    fn bit(&self, window: &[u8]) -> usize {
+        let word = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
+        (word.wrapping_mul(0x9E37_79B1) >> (32 - self.order)) as usize
+    }
+
+    /// The parts of `text` an occurrence may lie in, in order, disjoint:
+    /// around each sampled window that some form has, as far as the longest
+    /// form reaches either way, with overlapping parts merged.
+    fn regions<'a>(&'a self, text: &'a [u8]) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+        let last = text.len().saturating_sub(WINDOW);
+        let hits = (0..=last).step_by(self.stride).filter(move |&at| {
+            let bit = self.bit(&text[at..at + WINDOW]);
+            self.bits[bit >> 6] & (1 << (bit & 63)) != 0
+        });
+        let around = hits.map(move |at| at.saturating_sub(self.longest - WINDOW)..(at + self.longest).min(text.len()));
+        let mut pending: Option<std::ops::Range<usize>> = None;
+        around.map(Some).chain(std::iter::once(None)).filter_map(move |next| match (pending.take(), next) {
+            (Some(open), Some(next)) if next.start <= open.end => {
+                pending = Some(open.start..next.end);
+                None
+            }
+            (open, next) => {
+                pending = next;
+                open
+            }
+        })
     }
 }
 
@@ -75,4 +188,74 @@ fn percent_encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pseudo-random text of `len` bytes: log-like filler with forms and
+    /// pieces of forms (prefixes, suffixes, overlaps) strewn in.
+    fn text(seed: u64, len: usize, forms: &[String]) -> String {
+        let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let mut next = move |n: usize| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as usize % n
+        };
+        // A cut of `form` at about `n` bytes, on a character boundary.
+        let cut = |form: &str, mut n: usize| {
+            while !form.is_char_boundary(n) {
+                n -= 1;
+            }
+            n
+        };
+        let mut out = String::new();
+        while out.len() < len {
+            let form = &forms[next(forms.len())];
+            match next(6) {
+                0 => out.push_str(form),
+                1 => out.push_str(&form[..cut(form, next(form.len()))]),
+                2 => out.push_str(&form[cut(form, next(form.len()))..]),
+                3 => {
+                    // Two forms run together, the second starting inside the first.
+                    out.push_str(&form[..cut(form, next(form.len()))]);
+                    out.push_str(&forms[next(forms.len())]);
+                }
+                4 => out.push('ñ'),
+                _ => out.push_str(&" INFO step ok 123 abc\n"[..next(22) + 1]),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn samples_find_what_the_automaton_finds() {
+        let settings: Settings = [("A", "s3cr3t"), ("B", "s3cr3t-longer"), ("C", "tok/en+with=odd"), ("D", "p4ssw0rd"), ("E", "ñandú-key")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let scrubber = Scrubber::new(&settings);
+        assert!(scrubber.sampler.is_some(), "every form is at least a window long");
+        let forms = forms(&settings);
+        let whole = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&forms).unwrap();
+        for seed in 0..200 {
+            let text = text(seed, SAMPLE_FROM * 3, &forms);
+            let sampled: Vec<_> = scrubber.matches(&text).collect();
+            let everywhere: Vec<_> = whole.find_iter(&text).map(|m| m.range()).collect();
+            assert!(!everywhere.is_empty());
+            assert_eq!(sampled, everywhere, "seed {seed}");
+            let scrubbed = scrubber.scrub(&text);
+            assert_eq!(scrubbed, whole.replace_all(&text, &vec![MASK; forms.len()]), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_form_shorter_than_a_window_is_searched_for_everywhere() {
+        // The password of a URL value is hidden whatever its length.
+        let settings: Settings = [("DATABASE_URL".to_string(), "postgres://app:pw@db/app".to_string())].into_iter().collect();
+        let scrubber = Scrubber::new(&settings);
+        assert!(scrubber.sampler.is_none());
+        let log = format!("{}login failed with pw\n", "x".repeat(SAMPLE_FROM));
+        assert!(!scrubber.scrub(&log).contains("with pw"));
+    }
 }
