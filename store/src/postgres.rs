@@ -838,17 +838,17 @@ impl EventStore for PgStore {
     }
 
     async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT fingerprint, value FROM setting_values WHERE fingerprint = ANY($1)")
+        // Each value is opened as its row arrives, while the rest are still
+        // on their way: sealed values cost little more than clear ones.
+        let mut rows = sqlx::query_as::<_, (String, String)>("SELECT fingerprint, value FROM setting_values WHERE fingerprint = ANY($1)")
             .bind(fingerprints)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading setting values"))?;
-        rows.into_iter()
-            .map(|(f, stored)| {
-                let value = self.sealing.opened(&f, &stored)?;
-                Ok((f, value))
-            })
-            .collect()
+            .fetch(&self.pool);
+        let mut values = std::collections::HashMap::with_capacity(fingerprints.len());
+        while let Some((f, stored)) = futures::TryStreamExt::try_next(&mut rows).await.map_err(db("reading setting values"))? {
+            let value = self.sealing.opened(&f, &stored)?;
+            values.insert(f, value);
+        }
+        Ok(values)
     }
 
     async fn reseal_values(&self, to: &crate::sealing::Keyring) -> Result<usize, StoreError> {

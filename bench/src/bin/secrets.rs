@@ -38,7 +38,9 @@ struct Args {
     values: usize,
     #[arg(long, default_value_t = 10_000)]
     settings: usize,
-    #[arg(long, default_value_t = 5)]
+    /// Timings of each; a read takes a few ms, so it needs many for a
+    /// median that holds still from run to run.
+    #[arg(long, default_value_t = 21)]
     rounds: usize,
     #[arg(long, env = "SLIPWAY_PG_URL", hide_env_values = true, default_value = "postgres://slipway:slipway@127.0.0.1:5432/slipway")]
     pg_url: String,
