@@ -28,6 +28,8 @@ pub struct CappedLog {
     head_full: bool,
     held: VecDeque<String>,
     held_bytes: usize,
+    /// A line pushed in pieces, until its newline (or `finish`) comes.
+    partial: String,
     /// Bytes (and lines) dropped from the front of `held`.
     cut_bytes: usize,
     cut_lines: usize,
@@ -41,49 +43,84 @@ impl Default for CappedLog {
 
 impl CappedLog {
     pub fn new(head: usize, tail: usize) -> CappedLog {
-        CappedLog { head, tail, written: 0, head_full: false, held: VecDeque::new(), held_bytes: 0, cut_bytes: 0, cut_lines: 0 }
+        CappedLog {
+            head,
+            tail,
+            written: 0,
+            head_full: false,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            partial: String::new(),
+            cut_bytes: 0,
+            cut_lines: 0,
+        }
     }
 
-    /// Takes `text`; returns what to write now (empty once the head is full).
+    /// Takes `text`, which may end or start mid-line (a line in pieces is
+    /// taken whole once its newline comes); returns what to write now
+    /// (empty once the head is full).
     pub fn push(&mut self, text: &str) -> String {
         let mut now = String::new();
-        for line in text.split_inclusive('\n') {
-            if !self.head_full && self.written + line.len() <= self.head {
-                self.written += line.len();
-                now.push_str(line);
-                continue;
-            }
-            self.head_full = true;
-            self.held_bytes += line.len();
-            self.held.push_back(line.to_string());
-            while self.held_bytes > self.tail {
-                let Some(dropped) = self.held.pop_front() else { break };
-                self.held_bytes -= dropped.len();
-                self.cut_bytes += dropped.len();
-                self.cut_lines += 1;
+        let mut rest = text;
+        if !self.partial.is_empty() {
+            let Some(end) = rest.find('\n') else {
+                self.partial.push_str(rest);
+                // A line longer than the whole cap is cut anyway: take it as it is.
+                if self.partial.len() > self.head + self.tail {
+                    let line = std::mem::take(&mut self.partial);
+                    self.line(&line, &mut now);
+                }
+                return now;
+            };
+            let mut line = std::mem::take(&mut self.partial);
+            line.push_str(&rest[..=end]);
+            self.line(&line, &mut now);
+            rest = &rest[end + 1..];
+        }
+        for line in rest.split_inclusive('\n') {
+            if line.ends_with('\n') {
+                self.line(line, &mut now);
+            } else {
+                self.partial.push_str(line);
             }
         }
         now
     }
 
-    /// What is left to write at the end: the marker (if anything was cut)
-    /// and the held-back tail.
-    pub fn finish(self) -> String {
-        let mut end = String::with_capacity(self.held_bytes + 160);
+    /// One whole line: written through while the head has room, else held.
+    fn line(&mut self, line: &str, now: &mut String) {
+        if !self.head_full && self.written + line.len() <= self.head {
+            self.written += line.len();
+            now.push_str(line);
+            return;
+        }
+        self.head_full = true;
+        self.held_bytes += line.len();
+        self.held.push_back(line.to_string());
+        while self.held_bytes > self.tail {
+            let Some(dropped) = self.held.pop_front() else { break };
+            self.held_bytes -= dropped.len();
+            self.cut_bytes += dropped.len();
+            self.cut_lines += 1;
+        }
+    }
+
+    /// What is left to write at the end: the last line if it had no
+    /// newline, the marker (if anything was cut) and the held-back tail.
+    pub fn finish(mut self) -> String {
+        let mut last = String::new();
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line, &mut last);
+        }
+        let mut end = String::with_capacity(last.len() + self.held_bytes + 160);
+        end.push_str(&last);
         if self.cut_bytes > 0 {
             end.push_str(&marker(self.cut_bytes, self.cut_lines, self.head, self.tail));
         }
         end.extend(self.held);
         end
     }
-}
-
-/// `text` as it is stored: capped, with the marker.
-pub fn cap(text: &str) -> String {
-    let mut log = CappedLog::default();
-    let mut stored = log.push(text);
-    stored.push_str(&log.finish());
-    stored
 }
 
 /// The line that stands where lines were cut.
@@ -109,6 +146,14 @@ fn size(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `text` as it is stored: capped, with the marker.
+    fn cap(text: &str) -> String {
+        let mut log = CappedLog::default();
+        let mut stored = log.push(text);
+        stored.push_str(&log.finish());
+        stored
+    }
 
     fn lines(range: std::ops::Range<usize>) -> String {
         range.map(|i| format!("line {i:02}\n")).collect()
@@ -142,6 +187,25 @@ mod tests {
         assert_eq!(log.push("abc\n"), "", "does not fit the head");
         assert_eq!(log.push("d\n"), "", "would fit, but comes after a held line");
         assert_eq!(log.finish(), "abc\nd\n", "nothing cut, so no marker");
+    }
+
+    #[test]
+    fn a_log_pushed_in_pieces_is_stored_as_if_pushed_whole() {
+        // Pieces that end mid-line, as a scrubber or a build stream gives them.
+        let text = lines(0..40) + "no newline at the end";
+        for (head, tail) in [(30, 20), (1000, 1000), (100, 30)] {
+            let mut whole = CappedLog::new(head, tail);
+            let expected = whole.push(&text) + &whole.finish();
+            for size in [1, 2, 3, 5, 7, 11, 64] {
+                let mut log = CappedLog::new(head, tail);
+                let mut stored = String::new();
+                for piece in text.as_bytes().chunks(size) {
+                    stored.push_str(&log.push(std::str::from_utf8(piece).unwrap()));
+                }
+                stored.push_str(&log.finish());
+                assert_eq!(stored, expected, "head {head}, tail {tail}, pieces of {size}");
+            }
+        }
     }
 
     #[test]

@@ -142,8 +142,13 @@ async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result
     let exit = run_to_exit(docker, &one.spec, timeout).await?;
     let text = match docker::logs_if_present(docker, &one.spec.name).await? {
         Some(text) => {
-            // The stored log is scrubbed like everything else the worker records.
-            tokio::fs::write(&one.log, log_cap::cap(&super::Scrubber::new(one.spec.env).scrub(&text)))
+            // The stored log is scrubbed like everything else the worker
+            // records, in pieces straight into its cap (no scrubbed copy).
+            let mut capped = log_cap::CappedLog::default();
+            let mut stored = String::new();
+            super::Scrubber::new(one.spec.env).scrub_into(&text, |piece| stored.push_str(&capped.push(piece)));
+            stored.push_str(&capped.finish());
+            tokio::fs::write(&one.log, stored)
                 .await
                 .map_err(|e| Failure::new(format!("cannot write the release log {}: {e}", one.log.display())))?;
             text

@@ -11,7 +11,9 @@
 //! only one window in `stride` of the text is looked up in it (`stride` is
 //! the shortest form's length less 3, so every occurrence of a form holds a
 //! sampled window whole). The automaton then runs only around the windows
-//! found. Its matches are exactly what it finds over the whole text:
+//! found. A text of a megabyte or more is sampled, and its regions
+//! searched, on every core. The matches are exactly what the automaton
+//! finds over the whole text:
 //! every occurrence lies in one region, and occurrences that overlap lie in
 //! the same one (the `samples_find_what_the_automaton_finds` test).
 //!
@@ -21,6 +23,7 @@
 //! (an app that cannot log in tends to print just that, whatever its length).
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, Input, MatchKind};
 
@@ -53,11 +56,12 @@ impl Scrubber {
 
     /// `text` with every value replaced by `***` (borrowed when none occurs).
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if self.matches(text).next().is_none() {
+        let found = self.matches(text);
+        if found.is_empty() {
             return Cow::Borrowed(text);
         }
         let mut out = String::with_capacity(text.len());
-        self.scrub_into(text, |piece| out.push_str(piece));
+        pieces(text, &found, |piece| out.push_str(piece));
         Cow::Owned(out)
     }
 
@@ -71,39 +75,78 @@ impl Scrubber {
     /// `scrub` in pieces, in order, into `sink` (the text between values,
     /// and `***` for each), so a large log can go to its file or its cap
     /// without a scrubbed copy of it in memory.
-    pub fn scrub_into(&self, text: &str, mut sink: impl FnMut(&str)) {
-        let mut at = 0;
-        for found in self.matches(text) {
-            sink(&text[at..found.start]);
-            sink(MASK);
-            at = found.end;
-        }
-        sink(&text[at..]);
+    pub fn scrub_into(&self, text: &str, sink: impl FnMut(&str)) {
+        pieces(text, &self.matches(text), sink);
     }
 
     /// Where the values occur in `text`, in order, not overlapping.
-    fn matches<'a>(&'a self, text: &'a str) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
-        let regions: Box<dyn Iterator<Item = std::ops::Range<usize>> + 'a> = match (&self.matcher, &self.sampler) {
-            (None, _) => Box::new(std::iter::empty()),
-            (Some(_), Some(sampler)) if text.len() >= SAMPLE_FROM => Box::new(sampler.regions(text.as_bytes())),
-            (Some(_), _) => Box::new(std::iter::once(0..text.len())),
+    fn matches(&self, text: &str) -> Vec<Range<usize>> {
+        let Some(matcher) = &self.matcher else { return Vec::new() };
+        let find = |regions: &[Range<usize>]| -> Vec<Range<usize>> {
+            let found = regions.iter().flat_map(|region| matcher.find_iter(Input::new(text).span(region.clone())));
+            found.map(|m| m.range()).collect()
         };
-        regions.flat_map(move |region| {
-            let found = self.matcher.iter().flat_map(move |m| m.find_iter(Input::new(text).span(region.clone())));
-            found.map(|m| m.range())
-        })
+        match &self.sampler {
+            Some(sampler) if text.len() >= SAMPLE_FROM => {
+                let regions = sampler.regions(text.as_bytes());
+                // Regions are disjoint: each part's matches are its own.
+                in_parts(regions.len(), text.len() >= PARALLEL_FROM, |part| find(&regions[part]))
+            }
+            _ => find(std::slice::from_ref(&(0..text.len()))),
+        }
     }
+}
+
+/// `text` in pieces around `found`, each found range as `***`.
+fn pieces(text: &str, found: &[Range<usize>], mut sink: impl FnMut(&str)) {
+    let mut at = 0;
+    for range in found {
+        sink(&text[at..range.start]);
+        sink(MASK);
+        at = range.end;
+    }
+    sink(&text[at..]);
+}
+
+/// `work` over `0..len`, split in as many consecutive parts as there are
+/// cores when `parallel` (one part otherwise), the results in order. A
+/// part whose thread failed is done again here: none is left out.
+fn in_parts<T: Send>(len: usize, parallel: bool, work: impl Fn(Range<usize>) -> Vec<T> + Sync) -> Vec<T> {
+    let parts = if parallel { std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) } else { 1 };
+    if parts == 1 {
+        return work(0..len);
+    }
+    let size = len.div_ceil(parts);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..parts)
+            .map(|i| {
+                let part = (i * size).min(len)..((i + 1) * size).min(len);
+                (part.clone(), scope.spawn(move || work(part)))
+            })
+            .collect();
+        threads.into_iter().flat_map(|(part, thread)| thread.join().unwrap_or_else(|_| work(part))).collect()
+    })
 }
 
 /// Texts shorter than this go through the automaton whole (a reason or a
 /// few log lines: sampling would not pay for itself).
 const SAMPLE_FROM: usize = 4 << 10;
 
+/// Texts this long are sampled on every core (a thread costs tens of
+/// microseconds; sampling a megabyte, about a quarter of a millisecond).
+const PARALLEL_FROM: usize = 1 << 20;
+
+/// The sampler's two hash multipliers (odd, well spread bits).
+const HASHES: [u32; 2] = [0x9E37_79B1, 0x85EB_CA77];
+
 /// The window the sampler looks up, in bytes.
 const WINDOW: usize = 4;
 
-/// Which 4-byte windows occur in some form: a bitmap of their hashes (a
-/// false positive only sends the automaton to look).
+/// Which 4-byte windows occur in some form: a Bloom filter, two hashes
+/// of each window in one bitmap (a false positive only sends the automaton
+/// to look; with one hash, log text sent it to look 6 times as often as a
+/// value was there).
 #[derive(Debug, Clone)]
 struct Sampler {
     bits: Vec<u64>,
@@ -122,8 +165,8 @@ impl Sampler {
             return None;
         }
         let windows: usize = forms.iter().map(|f| f.len() + 1 - WINDOW).sum();
-        // About 64 bits per window: few false positives, and it stays in cache.
-        let order = (windows * 64).next_power_of_two().trailing_zeros().clamp(12, 22);
+        // About 128 bits per window: few false positives, and it stays in cache.
+        let order = (windows * 128).next_power_of_two().trailing_zeros().clamp(12, 22);
         let mut sampler = Sampler {
             bits: vec![0; 1 << (order - 6)],
             order,
@@ -132,39 +175,54 @@ impl Sampler {
         };
         for form in forms {
             for window in form.as_bytes().windows(WINDOW) {
-                let bit = sampler.bit(window);
-                sampler.bits[bit >> 6] |= 1 << (bit & 63);
+                for bit in sampler.bits_of(window) {
+                    sampler.bits[bit >> 6] |= 1 << (bit & 63);
+                }
             }
         }
         Some(sampler)
     }
 
-    fn bit(&self, window: &[u8]) -> usize {
+    /// The window's two bits (multiplicative hashes, the top `order` bits).
+    fn bits_of(&self, window: &[u8]) -> [usize; 2] {
         let word = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
-        (word.wrapping_mul(0x9E37_79B1) >> (32 - self.order)) as usize
+        HASHES.map(|k| (word.wrapping_mul(k) >> (32 - self.order)) as usize)
+    }
+
+    /// Whether both of the window's bits are set (the second is computed
+    /// only when the first is: most windows stop there).
+    fn has(&self, window: &[u8]) -> bool {
+        let word = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
+        HASHES.iter().all(|k| {
+            let bit = (word.wrapping_mul(*k) >> (32 - self.order)) as usize;
+            self.bits[bit >> 6] & (1 << (bit & 63)) != 0
+        })
     }
 
     /// The parts of `text` an occurrence may lie in, in order, disjoint:
     /// around each sampled window that some form has, as far as the longest
-    /// form reaches either way, with overlapping parts merged.
-    fn regions<'a>(&'a self, text: &'a [u8]) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
-        let last = text.len().saturating_sub(WINDOW);
-        let hits = (0..=last).step_by(self.stride).filter(move |&at| {
-            let bit = self.bit(&text[at..at + WINDOW]);
-            self.bits[bit >> 6] & (1 << (bit & 63)) != 0
-        });
-        let around = hits.map(move |at| at.saturating_sub(self.longest - WINDOW)..(at + self.longest).min(text.len()));
-        let mut pending: Option<std::ops::Range<usize>> = None;
-        around.map(Some).chain(std::iter::once(None)).filter_map(move |next| match (pending.take(), next) {
-            (Some(open), Some(next)) if next.start <= open.end => {
-                pending = Some(open.start..next.end);
-                None
+    /// form reaches either way, with overlapping parts merged. A long text
+    /// is sampled in parts on every core (the same windows: one in `stride`
+    /// from the start).
+    fn regions(&self, text: &[u8]) -> Vec<Range<usize>> {
+        let Some(windows) = (text.len() + 1).checked_sub(WINDOW) else { return Vec::new() };
+        let hits = in_parts(windows, text.len() >= PARALLEL_FROM, |starts| self.hits(text, starts));
+        let mut regions: Vec<Range<usize>> = Vec::new();
+        for at in hits {
+            let around = at.saturating_sub(self.longest - WINDOW)..(at + self.longest).min(text.len());
+            match regions.last_mut() {
+                Some(open) if around.start <= open.end => open.end = around.end,
+                _ => regions.push(around),
             }
-            (open, next) => {
-                pending = next;
-                open
-            }
-        })
+        }
+        regions
+    }
+
+    /// The sampled windows of `text` that start in `starts` and that some
+    /// form has, in order.
+    fn hits(&self, text: &[u8], starts: Range<usize>) -> Vec<usize> {
+        let first = starts.start.div_ceil(self.stride) * self.stride;
+        (first..starts.end).step_by(self.stride).filter(|&at| self.has(&text[at..at + WINDOW])).collect()
     }
 }
 
@@ -240,13 +298,26 @@ mod tests {
         let whole = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&forms).unwrap();
         for seed in 0..200 {
             let text = text(seed, SAMPLE_FROM * 3, &forms);
-            let sampled: Vec<_> = scrubber.matches(&text).collect();
+            let sampled = scrubber.matches(&text);
             let everywhere: Vec<_> = whole.find_iter(&text).map(|m| m.range()).collect();
             assert!(!everywhere.is_empty());
             assert_eq!(sampled, everywhere, "seed {seed}");
             let scrubbed = scrubber.scrub(&text);
             assert_eq!(scrubbed, whole.replace_all(&text, &vec![MASK; forms.len()]), "seed {seed}");
         }
+    }
+
+    #[test]
+    fn a_long_text_sampled_and_searched_on_every_core_finds_the_same() {
+        let settings: Settings =
+            [("A", "s3cr3t-value"), ("B", "an0ther/secret+value")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let scrubber = Scrubber::new(&settings);
+        let forms = forms(&settings);
+        let whole = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&forms).unwrap();
+        let text = text(7, PARALLEL_FROM * 2 + 12_345, &forms);
+        let everywhere: Vec<_> = whole.find_iter(&text).map(|m| m.range()).collect();
+        assert!(everywhere.len() > 1000);
+        assert_eq!(scrubber.matches(&text), everywhere);
     }
 
     #[test]
