@@ -5,7 +5,7 @@
 //! 2 s, 4 s, up to 10 s). Past that, it gets requests again; the first
 //! that connects lets it back for good, the next failure ejects it for
 //! longer. Trying it with a live request costs nothing: a connect failure
-//! is retried on another upstream before anything was sent (`proxy.rs`).
+//! is retried on another upstream before anything was sent (`proxy/forward.rs`).
 //!
 //! One failure is enough (nginx's `max_fails=1`): with several replicas a
 //! refused connection almost always means a replica gone (a lost host, a

@@ -1,7 +1,7 @@
 //! The routing table: which upstreams serve a host name. It is pure — no I/O,
 //! no async, no clock — so every routing decision (host parsing, unknown
 //! hosts, round-robin) is tested here without a socket, and the forwarding
-//! layer in `proxy.rs` only carries out what `resolve` returns.
+//! layer in `proxy/` only carries out what `resolve` returns.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -25,6 +25,12 @@
 //! about the client is `forwarded.rs`'s to say. The pages the router answers
 //! with itself name no upstream address, port, container or deployment:
 //! those go to the log.
+//!
+//! The parts: this file has the listeners and the client connections;
+//! `forward.rs` sends a request up (and once more to the fallback when
+//! that is safe), `upstream.rs` holds and pools the upstream connections,
+//! `headers.rs` reads and strips headers, `error.rs` says what the client
+//! gets when the proxy answers itself.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,14 +39,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::http::uri::{PathAndQuery, Uri};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -49,10 +55,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::forwarded::{set_forwarded, unmapped, Cidr};
 use crate::limits::{ConnLimits, Slot};
-use crate::stats::Stats;
-use crate::table::{Fallback, Resolution, RouteTable};
-use crate::timeouts::{BodyTimedOut, ClientBody, ClientClock, ClientTimer, Counted, StreamsOpen, WatchedIo};
+use crate::table::{Resolution, RouteTable};
+use crate::timeouts::{ClientBody, ClientClock, ClientTimer, Counted, StreamsOpen, WatchedIo};
 use crate::tls::{challenge_token, Edge};
+
+mod error;
+mod forward;
+mod headers;
+mod upstream;
+
+pub use error::{Fault, ProxyError};
+use forward::{Forward, Upgrade};
+use headers::{request_host, strip_hop_by_hop, wants_upgrade};
+use upstream::{Held, Idle, UpstreamBody, UpstreamConn};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// a short text of its own.
@@ -158,106 +173,6 @@ impl Default for ServeOptions {
             edge: None,
             terminate_tls: false,
         }
-    }
-}
-
-/// Whose fault a failed request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The request itself: fixing it is the client's job.
-    Client,
-    /// The routes: no release serves the host.
-    Routes,
-    /// The upstream application.
-    Upstream,
-}
-
-/// Why the proxy answered a request itself instead of with an upstream's
-/// response. The text (`Display`) is for the log and names the upstream;
-/// the client gets [`ProxyError::page`], which names nothing internal.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("the request names no host: send a Host header")]
-    MissingHost,
-    #[error("the request's Host header is not valid (more than one, or not visible ASCII)")]
-    BadHost,
-    #[error("no route for host \"{0}\"")]
-    UnknownHost(String),
-    #[error("no upstream serves host \"{host}\" right now ({label})")]
-    NoUpstream { host: String, label: String },
-    #[error("upstream {upstream} for host \"{host}\" could not be reached: {reason}")]
-    UpstreamConnect { upstream: SocketAddr, host: String, reason: String },
-    #[error("upstream {upstream} for host \"{host}\" failed: {reason}")]
-    Upstream { upstream: SocketAddr, host: String, reason: String },
-    #[error("upstream {upstream} for host \"{host}\" did not answer within {} ms", after.as_millis())]
-    Timeout { upstream: SocketAddr, host: String, after: Duration },
-    #[error("the client sent too little of the request body for host \"{host}\": {reason}")]
-    ClientBody { host: String, reason: String },
-}
-
-impl ProxyError {
-    /// The status the client gets.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::MissingHost | ProxyError::BadHost => StatusCode::BAD_REQUEST,
-            ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ClientBody { .. } => StatusCode::REQUEST_TIMEOUT,
-        }
-    }
-
-    /// The body the client gets: what went wrong in the client's terms,
-    /// with no address, port, container or deployment in it.
-    pub fn page(&self) -> &'static str {
-        match self {
-            ProxyError::MissingHost | ProxyError::BadHost => "Bad request: send one valid Host header.\n",
-            ProxyError::UnknownHost(_) => "Not found: no application is served at this host name.\n",
-            ProxyError::NoUpstream { .. } => "Service unavailable: this application is not serving right now; try again shortly.\n",
-            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => "Bad gateway: the application did not answer.\n",
-            ProxyError::Timeout { .. } => "Gateway timeout: the application did not answer in time.\n",
-            ProxyError::ClientBody { .. } => "Request timeout: the request body did not arrive in time.\n",
-        }
-    }
-
-    pub fn fault(&self) -> Fault {
-        match self {
-            ProxyError::MissingHost | ProxyError::BadHost | ProxyError::ClientBody { .. } => Fault::Client,
-            ProxyError::UnknownHost(_) | ProxyError::NoUpstream { .. } => Fault::Routes,
-            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } | ProxyError::Timeout { .. } => Fault::Upstream,
-        }
-    }
-
-    /// For `slipway_router_upstream_errors_total`: `connect` (never reached
-    /// the upstream), `response` (it failed mid-way) or `timeout` (no answer
-    /// within the request timeout); `None` if not the upstream's fault.
-    pub fn upstream_error_kind(&self) -> Option<&'static str> {
-        match self {
-            ProxyError::UpstreamConnect { .. } => Some("connect"),
-            ProxyError::Upstream { .. } => Some("response"),
-            ProxyError::Timeout { .. } => Some("timeout"),
-            _ => None,
-        }
-    }
-
-    /// Whether the request surely never reached an application, so sending
-    /// it again cannot repeat a side effect.
-    pub fn retry_safe(&self) -> bool {
-        !matches!(self, ProxyError::Upstream { .. } | ProxyError::Timeout { .. } | ProxyError::ClientBody { .. })
-    }
-
-    fn into_response(self) -> Response<ProxyBody> {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(self.page().as_bytes()))));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        if let ProxyError::ClientBody { .. } = self {
-            // The rest of the body may still come: the connection cannot
-            // carry another request.
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
     }
 }
 
@@ -548,16 +463,6 @@ struct Shared {
     force: watch::Receiver<()>,
 }
 
-/// Idle upstream connections kept per upstream, like nginx's `keepalive`.
-const POOL_PER_UPSTREAM: usize = 256;
-/// Upstream connections one client connection keeps between its requests.
-const HELD_PER_CLIENT: usize = 4;
-
-struct Idle {
-    upstream: UpstreamConn,
-    since: Instant,
-}
-
 impl Shared {
     fn new(routes: RouteHandle, options: &ServeOptions, force: watch::Receiver<()>, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         // Each connection sets its own timer (`ClientTimer`), which keeps
@@ -582,222 +487,6 @@ impl Shared {
             pool: Mutex::new(HashMap::new()),
             force,
             ejections: Default::default(),
-        }
-    }
-
-    /// A new connection to `addr`, which also tells the ejections how it
-    /// went: one still connecting after `eject_after` ejects `addr` then
-    /// (once). With somewhere else to go (`fallback`) the request gives up
-    /// on `addr` there and then, since nothing was sent yet; without, it
-    /// waits on up to `connect_timeout`.
-    async fn connect(&self, addr: SocketAddr, fallback: bool) -> Result<UpstreamConn, String> {
-        let connecting = TcpStream::connect(addr);
-        tokio::pin!(connecting);
-        let (outcome, ejected) = match tokio::time::timeout(self.eject_after, &mut connecting).await {
-            Ok(outcome) => (Some(outcome), false),
-            Err(_) => {
-                self.ejections.failed(addr, Instant::now());
-                if fallback {
-                    return Err(format!("no connection within {} ms", self.eject_after.as_millis()));
-                }
-                let rest = self.connect_timeout.saturating_sub(self.eject_after);
-                (tokio::time::timeout(rest, connecting).await.ok(), true)
-            }
-        };
-        match &outcome {
-            Some(Ok(_)) => self.ejections.connected(addr),
-            _ if !ejected => self.ejections.failed(addr, Instant::now()),
-            _ => {}
-        }
-        let stream = match outcome {
-            Some(Ok(stream)) => stream,
-            Some(Err(e)) => return Err(format!("connecting failed: {e}")),
-            None => return Err(format!("no connection within {} ms", self.connect_timeout.as_millis())),
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = self.client.handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP/1.1 handshake failed: {e}"))?;
-        Ok(UpstreamConn { addr, sender, conn: Box::pin(conn.with_upgrades()), done: false })
-    }
-
-    /// An idle pooled connection to `addr`, newest first (the likeliest to
-    /// be open still).
-    fn take_pooled(&self, addr: SocketAddr) -> Option<UpstreamConn> {
-        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle = pool.get_mut(&addr)?;
-        while let Some(Idle { upstream, since }) = idle.pop() {
-            if since.elapsed() < self.idle_timeout && upstream.reusable() {
-                return Some(upstream);
-            }
-        }
-        None
-    }
-
-    fn put_pooled(&self, upstreams: Vec<UpstreamConn>) {
-        let now = Instant::now();
-        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        // Expired connections go now, so an upstream no route names any
-        // more does not keep its connections open.
-        pool.retain(|_, idle| {
-            idle.retain(|i| now.duration_since(i.since) < self.idle_timeout);
-            !idle.is_empty()
-        });
-        for upstream in upstreams.into_iter().filter(UpstreamConn::reusable) {
-            let idle = pool.entry(upstream.addr).or_default();
-            if idle.len() >= POOL_PER_UPSTREAM {
-                idle.remove(0);
-            }
-            idle.push(Idle { upstream, since: now });
-        }
-    }
-}
-
-/// A client connection's upstream connections between its requests. The
-/// requests of one client connection come one after another, so a warm
-/// client connection keeps using the same upstream connection, driven from
-/// its own task: no other task, no shared pool, no lock held by anyone else.
-struct Held {
-    shared: Arc<Shared>,
-    upstreams: Mutex<Vec<UpstreamConn>>,
-}
-
-impl Held {
-    fn take(&self, addr: SocketAddr) -> Option<UpstreamConn> {
-        let mut held = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(i) = held.iter().position(|u| u.addr == addr) {
-            let upstream = held.swap_remove(i);
-            if upstream.reusable() {
-                return Some(upstream);
-            }
-        }
-        drop(held);
-        self.shared.take_pooled(addr)
-    }
-
-    fn put(&self, upstream: UpstreamConn) {
-        if !upstream.reusable() {
-            return;
-        }
-        let mut held = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.len() >= HELD_PER_CLIENT {
-            let oldest = held.remove(0);
-            drop(held);
-            self.shared.put_pooled(vec![oldest]);
-            held = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
-        }
-        held.push(upstream);
-    }
-}
-
-impl Drop for Held {
-    /// The client connection is gone: its upstream connections serve others.
-    fn drop(&mut self) {
-        let held = std::mem::take(self.upstreams.get_mut().unwrap_or_else(PoisonError::into_inner));
-        if !held.is_empty() {
-            self.shared.put_pooled(held);
-        }
-    }
-}
-
-/// One HTTP/1.1 connection to an upstream: the handle requests are sent on,
-/// and the connection future that does its I/O, polled by whichever request
-/// or response body is using it.
-struct UpstreamConn {
-    addr: SocketAddr,
-    sender: hyper::client::conn::http1::SendRequest<UpstreamRequestBody>,
-    conn: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
-    /// The connection future has completed: closed, failed or upgraded.
-    done: bool,
-}
-
-impl UpstreamConn {
-    fn reusable(&self) -> bool {
-        !self.done && !self.sender.is_closed()
-    }
-
-    /// Lets the connection do whatever I/O it can.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if self.done {
-            return;
-        }
-        if let Poll::Ready(result) = self.conn.as_mut().poll(cx) {
-            self.done = true;
-            if let Err(e) = result {
-                tracing::debug!(upstream = %self.addr, error = %e, "router: upstream connection failed");
-            }
-        }
-    }
-
-    /// Waits until the connection takes a request; `false` if it closed.
-    async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            self.sender.poll_ready(cx)
-        })
-        .await
-        .is_ok()
-    }
-
-    async fn send(
-        &mut self,
-        req: Request<UpstreamRequestBody>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamRequestBody>>> {
-        let mut response = std::pin::pin!(self.sender.try_send_request(req));
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
-/// An upstream's response body on its way to the client. It drives the
-/// upstream connection while it streams, and once it has streamed whole it
-/// hands the connection back for the client connection's next request; a
-/// body dropped half-way closes the connection instead (its state is
-/// unknown).
-struct UpstreamBody {
-    inner: Incoming,
-    upstream: Option<(UpstreamConn, Arc<Held>)>,
-}
-
-impl UpstreamBody {
-    fn release(&mut self) {
-        if let Some((upstream, held)) = self.upstream.take() {
-            held.put(upstream);
-        }
-    }
-}
-
-impl hyper::body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        if let Some((upstream, _)) = &mut this.upstream {
-            upstream.drive(cx);
-        }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
-            this.release();
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // hyper stops polling a body that says it has ended.
-        if self.inner.is_end_stream() {
-            self.release();
         }
     }
 }
@@ -998,7 +687,7 @@ impl ConnState {
         ConnState {
             scheme,
             hsts,
-            held: Arc::new(Held { shared, upstreams: Mutex::new(Vec::new()) }),
+            held: Arc::new(Held::new(shared)),
             peer,
             forwarded_for,
             trusted,
@@ -1148,372 +837,5 @@ impl ConnState {
         let upgrade =
             upgrade.map(|(client_side, _)| Upgrade { client_side, force: self.held.shared.force.clone(), slot: self.slot.clone() });
         Ok(Forward { req, upstream, fallback: standby, host, upgrade, stats, clock: clock.clone() })
-    }
-}
-
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// A request on its way to an upstream.
-struct Forward {
-    req: Request<Incoming>,
-    upstream: SocketAddr,
-    /// Where to go once if `upstream` fails the request before it could
-    /// have done anything (see `send`).
-    fallback: Option<Fallback>,
-    host: HeaderValue,
-    upgrade: Option<Upgrade>,
-    /// The route's counters: what its own upstreams answered, or how they
-    /// failed (the standby's answers are not its upstreams').
-    stats: Option<Stats>,
-    /// The client connection's clock (is the request body still coming?).
-    clock: Arc<ClientClock>,
-}
-
-/// What an upgrade request (WebSocket) needs once upgraded.
-struct Upgrade {
-    /// The client side of the connection once it is upgraded.
-    client_side: hyper::upgrade::OnUpgrade,
-    /// Closes the tunnel at shutdown.
-    force: watch::Receiver<()>,
-    /// The connection's place under the caps, held as long as the tunnel.
-    slot: Arc<Slot>,
-}
-
-/// Attempts on held or pooled connections that turn out closed before a
-/// request is sent on a new one.
-const STALE_ATTEMPTS: usize = 2;
-
-/// Methods whose request, bodiless, may be sent again after an upstream
-/// dropped it unanswered (RFC 9110 §9.2.2's idempotent methods, less TRACE).
-fn replayable(method: &hyper::Method) -> bool {
-    matches!(*method, hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::PUT | hyper::Method::DELETE)
-}
-
-impl Forward {
-    /// Sends the request and returns the upstream's answer, going once to
-    /// the route's fallback (its standby, else another of its upstreams)
-    /// when the upstream
-    /// - refuses the connection, does not accept it within the connect
-    ///   timeout, or closes it at once: nothing was sent, so any request
-    ///   may go (its body is still unread);
-    /// - drops a bodiless GET, HEAD, OPTIONS, PUT or DELETE unanswered (as
-    ///   nginx's `proxy_next_upstream error` does for idempotent requests):
-    ///   a crashing release behind a port that still accepts (Docker's
-    ///   proxy) then fails no such request.
-    ///
-    /// Past `deadline`, the client gets a 504.
-    async fn send(self, held: Arc<Held>, peer: SocketAddr, deadline: Option<Instant>) -> Result<Response<ProxyBody>, ProxyError> {
-        let Forward { req, upstream: mut addr, mut fallback, host, upgrade, stats, clock } = self;
-        // Named by a timeout (the attempts hold `addr` until they end).
-        let first = addr;
-        // What the route's counters learn: an answer of its own upstreams
-        // (not the standby's), or a failure the client gets as a 502 or 504.
-        // A request the fallback rescued is not counted as an error: the
-        // client saw none, and a dying release is Docker's signal to give.
-        let mut on_primary = true;
-        let upstream_failed = |e: ProxyError| {
-            if let Some(stats) = &stats {
-                stats.upstream_error();
-            }
-            e
-        };
-        let again = (fallback.is_some() && replayable(req.method()) && req.body().is_end_stream() && upgrade.is_none()).then(|| {
-            let mut copy = Request::new(());
-            *copy.method_mut() = req.method().clone();
-            *copy.uri_mut() = req.uri().clone();
-            *copy.version_mut() = req.version();
-            *copy.headers_mut() = req.headers().clone();
-            copy
-        });
-        let body_timeout = held.shared.body_timeout;
-        let mut req = req.map(|body| Either::Left(ClientBody::new(body, body_timeout, &clock)));
-        let failed = |addr: SocketAddr, reason: String, connect: bool| {
-            let (upstream, host) = (addr, lossy(&host));
-            if connect {
-                ProxyError::UpstreamConnect { upstream, host, reason }
-            } else {
-                ProxyError::Upstream { upstream, host, reason }
-            }
-        };
-        // The fallback's answers count for the route only if it is one of
-        // the route's own upstreams.
-        let go_on = |addr: &mut SocketAddr, on_primary: &mut bool, next: Fallback| {
-            *addr = next.addr();
-            *on_primary = matches!(next, Fallback::Upstream(_));
-        };
-        let attempts = async {
-            let mut stale = 0;
-            loop {
-                let reused = if stale < STALE_ATTEMPTS { held.take(addr) } else { None };
-                let fresh = reused.is_none();
-                let connected = match reused {
-                    Some(upstream) => Ok(upstream),
-                    None => held.shared.connect(addr, fallback.is_some()).await,
-                };
-                // Refused before anything was sent: the fallback takes it.
-                let mut upstream = match connected {
-                    Ok(upstream) => upstream,
-                    Err(reason) => match fallback.take() {
-                        Some(next) => {
-                            tracing::debug!(upstream = %addr, fallback = %next.addr(), %reason, "router: upstream refused; trying the fallback");
-                            go_on(&mut addr, &mut on_primary, next);
-                            continue;
-                        }
-                        None => return Err(failed(addr, reason, true)),
-                    },
-                };
-                if !upstream.ready().await {
-                    if fresh {
-                        held.shared.ejections.failed(addr, Instant::now());
-                        match fallback.take() {
-                            Some(next) => {
-                                go_on(&mut addr, &mut on_primary, next);
-                                continue;
-                            }
-                            None => return Err(failed(addr, "it closed the connection at once".into(), true)),
-                        }
-                    }
-                    stale += 1;
-                    continue;
-                }
-                match upstream.send(req).await {
-                    Ok(response) => return Ok((response, upstream)),
-                    Err(mut e) => match (e.take_message(), &again, fallback) {
-                        // Not sent: a kept-alive connection the upstream had
-                        // closed. Safe to send again, whatever the method.
-                        (Some(unsent), _, _) if !fresh => {
-                            req = unsent;
-                            stale += 1;
-                        }
-                        (_, _, _) if BodyTimedOut::caused(e.error()) => {
-                            let reason = error_chain(e.error());
-                            return Err(ProxyError::ClientBody { host: lossy(&host), reason });
-                        }
-                        (_, Some(copy), Some(next)) => {
-                            tracing::debug!(upstream = %addr, fallback = %next.addr(), "router: upstream dropped an idempotent request; sending it to the fallback");
-                            req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
-                            fallback = None;
-                            go_on(&mut addr, &mut on_primary, next);
-                        }
-                        _ => return Err(failed(addr, error_chain(e.error()), false)),
-                    },
-                }
-            }
-        };
-        let attempted = match deadline {
-            Some(deadline) => {
-                // `attempts` stays alive in the timeout's branch, so the
-                // request body it holds still says whether it is complete.
-                let mut attempts = std::pin::pin!(attempts);
-                tokio::select! {
-                    biased;
-                    attempted = &mut attempts => attempted,
-                    () = tokio::time::sleep_until(deadline.into()) => {
-                        let after = held.shared.request_timeout.unwrap_or_default();
-                        // Still waiting for the client's body: the client is
-                        // late, not the upstream (a trickled upload must not
-                        // count against a watched release).
-                        Err(if clock.body_pending() {
-                            let reason = format!("the request body was not in within {} ms", after.as_millis());
-                            ProxyError::ClientBody { host: lossy(&host), reason }
-                        } else {
-                            ProxyError::Timeout { upstream: first, host: lossy(&host), after }
-                        })
-                    }
-                }
-            }
-            None => attempts.await,
-        };
-        let (mut response, upstream) = attempted.map_err(|e| match e {
-            ProxyError::ClientBody { .. } => e,
-            e => upstream_failed(e),
-        })?;
-        if on_primary {
-            if let Some(stats) = &stats {
-                stats.answered(response.status().as_u16());
-            }
-        }
-        tracing::debug!(%peer, upstream = %addr, status = response.status().as_u16(), "router: proxied");
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(Upgrade { client_side, force, slot }) = upgrade else {
-                return Err(failed(addr, "it switched protocols though the client did not ask to".into(), false));
-            };
-            let protocol = response.headers().get(header::UPGRADE).cloned();
-            let upstream_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_side, upstream_side, upstream, force, peer, slot));
-            let headers = response.headers_mut();
-            strip_hop_by_hop(headers);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(protocol) = protocol {
-                headers.insert(header::UPGRADE, protocol);
-            }
-            return Ok(response.map(|inner| Either::Left(UpstreamBody { inner, upstream: None })));
-        }
-        strip_hop_by_hop(response.headers_mut());
-        Ok(response.map(|inner| Either::Left(UpstreamBody { inner, upstream: Some((upstream, held)) })))
-    }
-}
-
-/// Copies bytes both ways between an upgraded client connection and its
-/// upgraded upstream connection until either closes or the server stops.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream_side: hyper::upgrade::OnUpgrade,
-    mut upstream: UpstreamConn,
-    mut force: watch::Receiver<()>,
-    peer: SocketAddr,
-    _slot: Arc<Slot>,
-) {
-    let addr = upstream.addr;
-    let copy = async {
-        // The upstream side is handed over when its connection future
-        // completes on the 101.
-        std::future::poll_fn(|cx| {
-            upstream.drive(cx);
-            if upstream.done {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
-        let (client, upstream) = tokio::try_join!(client, upstream_side)?;
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    };
-    tokio::select! {
-        result = copy => if let Err(e) = result {
-            tracing::debug!(%peer, upstream = %addr, error = %e, "router: upgraded connection ended with an error");
-        },
-        _ = force.changed() => {}
-    }
-}
-
-/// The host a request is for: the authority of an absolute-form target, or
-/// else its one `Host` header.
-fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
-    if let Some(authority) = req.uri().authority() {
-        return HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadHost);
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(host), None) => Ok(host.clone()),
-        (None, _) => Err(ProxyError::MissingHost),
-        (Some(_), Some(_)) => Err(ProxyError::BadHost),
-    }
-}
-
-/// Whether the request asks to switch protocols (`Connection: upgrade` and
-/// an `Upgrade` header), as a WebSocket handshake does.
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Removes the headers that describe one connection rather than the message
-/// (RFC 9110 §7.6.1): `Connection` and every header it names, and the
-/// standard hop-by-hop ones. Framing (`Transfer-Encoding`) is hyper's to set
-/// on each side.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the (few) headers is
-    // cheaper than a lookup for each name.
-    let any = headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == KEEP_ALIVE
-            || name == header::PROXY_AUTHENTICATE
-            || name == header::PROXY_AUTHORIZATION
-            || name == PROXY_CONNECTION
-            || name == header::TE
-            || name == header::TRAILER
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-    });
-    if !any {
-        return;
-    }
-    let named: Vec<HeaderName> = connection_tokens(headers).filter_map(|t| HeaderName::try_from(t).ok()).collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-}
-
-fn lossy(value: &HeaderValue) -> String {
-    String::from_utf8_lossy(value.as_bytes()).into_owned()
-}
-
-/// An error and its causes: `a: b: c`.
-fn error_chain(e: &hyper::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::forwarded::headers;
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
-        let mut map = headers(&[
-            ("connection", "close, X-Trace"),
-            ("x-trace", "1"),
-            ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
-            ("proxy-authorization", "x"),
-            ("upgrade", "websocket"),
-            ("accept", "*/*"),
-        ]);
-        strip_hop_by_hop(&mut map);
-        assert_eq!(map.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
-    }
-
-    #[test]
-    fn upgrade_needs_both_headers() {
-        assert!(wants_upgrade(&headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
-        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
-        assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
-    }
-
-    #[test]
-    fn errors_say_whose_fault_and_whether_retrying_is_safe() {
-        let upstream = SocketAddr::from(([127, 0, 0, 1], 9));
-        let connect = ProxyError::UpstreamConnect { upstream, host: "a".into(), reason: "refused".into() };
-        assert_eq!((connect.status(), connect.fault(), connect.retry_safe()), (StatusCode::BAD_GATEWAY, Fault::Upstream, true));
-        let failed = ProxyError::Upstream { upstream, host: "a".into(), reason: "reset".into() };
-        assert!(!failed.retry_safe());
-        assert_eq!(ProxyError::UnknownHost("x".into()).to_string(), "no route for host \"x\"");
-        assert_eq!(ProxyError::MissingHost.fault(), Fault::Client);
-        let kinds = [connect.upstream_error_kind(), failed.upstream_error_kind(), ProxyError::MissingHost.upstream_error_kind()];
-        assert_eq!(kinds, [Some("connect"), Some("response"), None]);
     }
 }
