@@ -8,7 +8,10 @@
 //! what the mirror lacks. The checkout then links the mirror's objects
 //! into the deployment's workspace, as for a local repository. A file lock
 //! keeps two fetches of one mirror (threads or worker processes sharing a
-//! data directory) from interleaving.
+//! data directory) from interleaving. Mirrors do not pile up: each fetch
+//! removes the mirrors no fetch has used for `MIRROR_IDLE` (a repository
+//! no longer deployed; the next deployment fetches it anew), and the
+//! one-off mirrors a crashed fetch left behind.
 //!
 //! Credentials come resolved from the value table (see
 //! [`source_credentials`]); they are handed to libgit2 only through its
@@ -45,6 +48,11 @@ const FETCH_DEADLINE: Duration = Duration::from_secs(600);
 /// How long a fetch waits for another fetch of the same mirror to finish
 /// before it fetches into a mirror of its own for this once.
 const MIRROR_WAIT: Duration = Duration::from_secs(30);
+/// A mirror no fetch has used for this long is removed (see `sweep`).
+const MIRROR_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A one-off mirror older than this was left by a fetch that crashed:
+/// every fetch ends well within it (`FETCH_DEADLINE`).
+const ONCE_LEFT_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// How long connecting to the git server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// libgit2's depth that turns a shallow repository into a complete one.
@@ -459,7 +467,42 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path, wait: Duration) ->
             Repository::init_bare(&path).map_err(|e| fail(e.message().into()))?
         }
     };
+    for removed in sweep(mirrors, &name, std::time::SystemTime::now()) {
+        tracing::info!(mirror = %removed.display(), "removed a git mirror no fetch has used for 30 days");
+    }
     Ok(Mirror { repo, lock, once: None })
+}
+
+/// Removes, under `mirrors`, every mirror other than `keep` whose lock file
+/// (rewritten by each fetch that opens the mirror) is older than
+/// `MIRROR_IDLE`, and every one-off mirror older than `ONCE_LEFT_AFTER`.
+/// A mirror is removed only while its lock is held here, so never under a
+/// fetch; its lock file stays (a new lock file beside a still-open one
+/// would let two fetches hold "the" lock). Returns what it removed; what it
+/// cannot read or remove it leaves for the next sweep.
+fn sweep(mirrors: &Path, keep: &str, now: std::time::SystemTime) -> Vec<PathBuf> {
+    let age = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok());
+    let Ok(entries) = std::fs::read_dir(mirrors) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if let Some(name) = file.strip_suffix(".lock").filter(|name| *name != keep) {
+            let mirror = mirrors.join(format!("{name}.git"));
+            if !mirror.exists() || age(&path).is_none_or(|a| a < MIRROR_IDLE) {
+                continue;
+            }
+            // Opened without truncating: that would count as a use.
+            let Ok(lock) = File::open(&path) else { continue };
+            if lock.try_lock().is_ok() && std::fs::remove_dir_all(&mirror).is_ok() {
+                removed.push(mirror);
+            }
+        } else if file.ends_with(".once") && age(&path).is_some_and(|a| a >= ONCE_LEFT_AFTER) && std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 fn callbacks<'a>(address: &'a RemoteAddress, access: &'a Access, observed: &'a RefCell<Observed>) -> RemoteCallbacks<'a> {
@@ -666,6 +709,39 @@ pub fn generate_deploy_key(comment: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mirrors_unused_for_30_days_and_left_one_off_mirrors_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        let long_ago = now - MIRROR_IDLE - Duration::from_secs(60);
+        let mirror = |name: &str, used: std::time::SystemTime| {
+            std::fs::create_dir_all(dir.path().join(format!("{name}.git")).join("objects")).unwrap();
+            let lock = File::create(dir.path().join(format!("{name}.lock"))).unwrap();
+            lock.set_modified(used).unwrap();
+            lock
+        };
+        mirror("idle", long_ago);
+        mirror("recent", now - Duration::from_secs(3600));
+        mirror("ours", long_ago);
+        let busy = mirror("busy", long_ago);
+        busy.lock().unwrap();
+        let crashed = dir.path().join("idle-0190.once");
+        std::fs::create_dir_all(&crashed).unwrap();
+        File::open(&crashed).unwrap().set_modified(now - ONCE_LEFT_AFTER - Duration::from_secs(60)).unwrap();
+        let running = dir.path().join("recent-0191.once");
+        std::fs::create_dir_all(&running).unwrap();
+
+        let mut removed = sweep(dir.path(), "ours", now);
+        removed.sort();
+        assert_eq!(removed, vec![dir.path().join("idle-0190.once"), dir.path().join("idle.git")]);
+        for kept in ["recent.git", "ours.git", "busy.git", "recent-0191.once", "idle.lock"] {
+            assert!(dir.path().join(kept).exists(), "{kept} was removed");
+        }
+        // Once the fetch holding it is done, an idle mirror goes too.
+        busy.unlock().unwrap();
+        assert_eq!(sweep(dir.path(), "ours", now), vec![dir.path().join("busy.git")]);
+    }
 
     #[test]
     fn addresses() {
