@@ -741,6 +741,10 @@ mod tests {
         // Once the fetch holding it is done, an idle mirror goes too.
         busy.unlock().unwrap();
         assert_eq!(sweep(dir.path(), "ours", now), vec![dir.path().join("busy.git")]);
+        // Opening a mirror (`File::create` on its lock) counts as a use.
+        mirror("reused", long_ago);
+        File::create(dir.path().join("reused.lock")).unwrap();
+        assert!(sweep(dir.path(), "ours", std::time::SystemTime::now()).is_empty());
     }
 
     #[test]
