@@ -172,28 +172,31 @@ pub fn sqlite_chains(store: &SqliteStore) -> BoxStream<'_, Result<ChainRow, Stor
 /// `EventStore::chain_page` on PostgreSQL: `(stream, version) > after`
 /// walks the `UNIQUE (stream, version)` index, in the same collation as
 /// the `ORDER BY`, so consecutive pages are consecutive parts of the order.
+/// The first page is after `("", 0)`: no stream is named "".
 pub async fn postgres_chain_page(store: &PgStore, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-    const FIRST: &str = concat!(select_chain_columns!(), "ORDER BY stream, version LIMIT $1");
-    const NEXT: &str = concat!(select_chain_columns!(), "WHERE (stream, version) > ($2, $3) ORDER BY stream, version LIMIT $1");
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let query = match after {
-        None => sqlx::query(FIRST).bind(limit),
-        Some((stream, version)) => sqlx::query(NEXT).bind(limit).bind(stream).bind(i64::try_from(version).unwrap_or(i64::MAX)),
-    };
-    let rows = query.fetch_all(store.pool()).await.map_err(|e| chain_error("postgres", e))?;
+    const SQL: &str = concat!(select_chain_columns!(), "WHERE (stream, version) > ($1, $2) ORDER BY stream, version LIMIT $3");
+    let (stream, version) = after.unwrap_or(("", 0));
+    let rows = sqlx::query(SQL)
+        .bind(stream)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| chain_error("postgres", e))?;
     rows.iter().map(|row| chain_row(row).map_err(|e| chain_error("postgres", e))).collect()
 }
 
 /// `postgres_chain_page` on SQLite (row values compare as PostgreSQL's do).
 pub async fn sqlite_chain_page(store: &SqliteStore, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-    const FIRST: &str = concat!(select_chain_columns!(), "ORDER BY stream, version LIMIT ?1");
-    const NEXT: &str = concat!(select_chain_columns!(), "WHERE (stream, version) > (?2, ?3) ORDER BY stream, version LIMIT ?1");
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let query = match after {
-        None => sqlx::query(FIRST).bind(limit),
-        Some((stream, version)) => sqlx::query(NEXT).bind(limit).bind(stream).bind(i64::try_from(version).unwrap_or(i64::MAX)),
-    };
-    let rows = query.fetch_all(store.pool()).await.map_err(|e| chain_error("sqlite", e))?;
+    const SQL: &str = concat!(select_chain_columns!(), "WHERE (stream, version) > (?1, ?2) ORDER BY stream, version LIMIT ?3");
+    let (stream, version) = after.unwrap_or(("", 0));
+    let rows = sqlx::query(SQL)
+        .bind(stream)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(store.pool())
+        .await
+        .map_err(|e| chain_error("sqlite", e))?;
     rows.iter().map(|row| chain_row(row).map_err(|e| chain_error("sqlite", e))).collect()
 }
 
