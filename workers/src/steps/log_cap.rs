@@ -57,31 +57,20 @@ impl CappedLog {
     }
 
     /// Takes `text`, which may end or start mid-line (a line in pieces is
-    /// taken whole once its newline comes); returns what to write now
-    /// (empty once the head is full).
+    /// taken whole once its newline comes, or once it is longer than the
+    /// whole cap, which cuts it anyway); returns what to write now (empty
+    /// once the head is full).
     pub fn push(&mut self, text: &str) -> String {
         let mut now = String::new();
-        let mut rest = text;
-        if !self.partial.is_empty() {
-            let Some(end) = rest.find('\n') else {
-                self.partial.push_str(rest);
-                // A line longer than the whole cap is cut anyway: take it as it is.
-                if self.partial.len() > self.head + self.tail {
-                    let line = std::mem::take(&mut self.partial);
-                    self.line(&line, &mut now);
-                }
-                return now;
-            };
-            let mut line = std::mem::take(&mut self.partial);
-            line.push_str(&rest[..=end]);
-            self.line(&line, &mut now);
-            rest = &rest[end + 1..];
-        }
-        for line in rest.split_inclusive('\n') {
-            if line.ends_with('\n') {
-                self.line(line, &mut now);
-            } else {
-                self.partial.push_str(line);
+        for piece in text.split_inclusive('\n') {
+            if piece.ends_with('\n') && self.partial.is_empty() {
+                self.line(piece, &mut now);
+                continue;
+            }
+            self.partial.push_str(piece);
+            if piece.ends_with('\n') || self.partial.len() > self.head + self.tail {
+                let line = std::mem::take(&mut self.partial);
+                self.line(&line, &mut now);
             }
         }
         now
@@ -123,6 +112,15 @@ impl CappedLog {
     }
 }
 
+/// A log as it is stored: the pieces `fill` gives, capped, with the marker.
+pub fn capped(fill: impl FnOnce(&mut dyn FnMut(&str))) -> String {
+    let mut log = CappedLog::default();
+    let mut stored = String::new();
+    fill(&mut |piece| stored.push_str(&log.push(piece)));
+    stored.push_str(&log.finish());
+    stored
+}
+
 /// The line that stands where lines were cut.
 fn marker(cut_bytes: usize, cut_lines: usize, head: usize, tail: usize) -> String {
     format!(
@@ -149,10 +147,7 @@ mod tests {
 
     /// `text` as it is stored: capped, with the marker.
     fn cap(text: &str) -> String {
-        let mut log = CappedLog::default();
-        let mut stored = log.push(text);
-        stored.push_str(&log.finish());
-        stored
+        capped(|push| push(text))
     }
 
     fn lines(range: std::ops::Range<usize>) -> String {

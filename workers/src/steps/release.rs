@@ -144,11 +144,8 @@ async fn run_one(docker: &Docker, one: &OneOff<'_>, timeout: Duration) -> Result
         Some(text) => {
             // The stored log is scrubbed like everything else the worker
             // records, in pieces straight into its cap (no scrubbed copy).
-            let mut capped = log_cap::CappedLog::default();
-            let mut stored = String::new();
-            super::Scrubber::new(one.spec.env).scrub_into(&text, |piece| stored.push_str(&capped.push(piece)));
-            stored.push_str(&capped.finish());
-            tokio::fs::write(&one.log, stored)
+            let scrubber = super::Scrubber::new(one.spec.env);
+            tokio::fs::write(&one.log, log_cap::capped(|push| scrubber.scrub_into(&text, push)))
                 .await
                 .map_err(|e| Failure::new(format!("cannot write the release log {}: {e}", one.log.display())))?;
             text

@@ -183,18 +183,22 @@ impl Sampler {
         Some(sampler)
     }
 
-    /// The window's two bits (multiplicative hashes, the top `order` bits).
-    fn bits_of(&self, window: &[u8]) -> [usize; 2] {
+    /// The window's bit for hash multiplier `k` (the top `order` bits).
+    fn bit(&self, window: &[u8], k: u32) -> usize {
         let word = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
-        HASHES.map(|k| (word.wrapping_mul(k) >> (32 - self.order)) as usize)
+        (word.wrapping_mul(k) >> (32 - self.order)) as usize
+    }
+
+    /// The window's two bits.
+    fn bits_of(&self, window: &[u8]) -> [usize; 2] {
+        HASHES.map(|k| self.bit(window, k))
     }
 
     /// Whether both of the window's bits are set (the second is computed
     /// only when the first is: most windows stop there).
     fn has(&self, window: &[u8]) -> bool {
-        let word = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
-        HASHES.iter().all(|k| {
-            let bit = (word.wrapping_mul(*k) >> (32 - self.order)) as usize;
+        HASHES.iter().all(|&k| {
+            let bit = self.bit(window, k);
             self.bits[bit >> 6] & (1 << (bit & 63)) != 0
         })
     }
