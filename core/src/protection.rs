@@ -67,8 +67,12 @@ pub fn frozen<'a>(windows: impl IntoIterator<Item = (&'a String, &'a u64)>, now:
         let Ok(cron) = check_schedule(schedule) else { continue };
         let length = chrono::Duration::seconds(i64::try_from(*seconds).unwrap_or(i64::MAX / 1000).min(i64::MAX / 1000));
         let from = now - length;
-        // The first start at or after `now - duration`: inside if it is not after now.
-        let Ok(start) = cron.find_next_occurrence(&from, true) else { continue };
+        // The first start after `now - duration` (so it ends after now):
+        // inside if it is not after now. Exclusive, because cron matches
+        // whole seconds: looking from `from` inclusively matched the second
+        // `from` falls in, a fraction before it, and a window that had
+        // ended (or ended exactly now) hid the one in force after it.
+        let Ok(start) = cron.find_next_occurrence(&from, false) else { continue };
         let until = start + length;
         if start <= now && until > now && found.as_ref().is_none_or(|f| until > f.until) {
             found = Some(Freeze { schedule: schedule.clone(), until });
@@ -212,6 +216,18 @@ mod tests {
         assert!(frozen(windows(), at("2026-12-06T12:00:00Z")).is_some());
         assert_eq!(frozen(windows(), at("2026-12-07T10:00:00Z")), None);
         assert_eq!(frozen(windows(), at("2026-12-09T12:00:00Z")), None);
+    }
+
+    #[test]
+    fn a_window_that_started_a_whole_duration_ago_less_a_fraction_of_a_second_is_in_force() {
+        // Every minute, for an hour: always frozen, including in the first
+        // second of a minute, when `now - 1h` has a fraction of a second
+        // past the minute the window started at.
+        let windows = [("* * * * *".to_string(), 3600)];
+        for now in ["2026-12-03T09:01:00.500Z", "2026-12-03T09:01:00Z", "2026-12-03T09:01:59.999Z"] {
+            let f = frozen(windows.iter().map(|(s, d)| (s, d)), at(now));
+            assert!(f.as_ref().is_some_and(|f| f.until > at(now)), "{now}: {f:?}");
+        }
     }
 
     #[test]
