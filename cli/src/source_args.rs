@@ -23,9 +23,13 @@ pub struct SourceArgs {
     /// HTTPS: read a password from FILE (`-` reads standard input)
     #[arg(long, value_name = "FILE", conflicts_with = "token_file")]
     password_file: Option<PathBuf>,
-    /// SSH: the deploy key's private half (OpenSSH or PEM form, without a passphrase)
+    /// SSH: the deploy key's private half (OpenSSH or PEM form)
     #[arg(long, value_name = "FILE")]
     ssh_key: Option<PathBuf>,
+    /// SSH: read the deploy key's passphrase from FILE (`-` reads standard
+    /// input), when the key is encrypted; kept as a secret like the key
+    #[arg(long, value_name = "FILE", conflicts_with = "generate_ssh_key")]
+    ssh_key_passphrase_file: Option<PathBuf>,
     /// SSH: make a new ed25519 deploy key, keep it as a secret, and print
     /// its public half to add to the git host (read-only access is enough)
     #[arg(long, conflicts_with = "ssh_key")]
@@ -45,7 +49,7 @@ pub struct SourceArgs {
 /// What only `project source` can do besides setting.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct SourceForgetArgs {
-    /// Remove a credential: token, username, password, ssh_key or ca_cert (repeat for several)
+    /// Remove a credential: token, username, password, ssh_key, ssh_key_passphrase or ca_cert (repeat for several)
     #[arg(long, value_name = "NAME")]
     forget: Vec<String>,
     /// Forget every trusted host key (the next fetch trusts the key it meets)
@@ -69,7 +73,16 @@ pub fn change(args: &SourceArgs, forget: Option<&SourceForgetArgs>, project: &st
     put("token", &args.token_file)?;
     put("password", &args.password_file)?;
     put("ssh_key", &args.ssh_key)?;
+    put("ssh_key_passphrase", &args.ssh_key_passphrase_file)?;
     put("ca_cert", &args.ca_cert)?;
+    if let (Some(file), None) = (&args.ssh_key, &args.ssh_key_passphrase_file) {
+        if change.set.get("ssh_key").is_some_and(|key| slipway_workers::steps::git_remote::ssh_key_is_encrypted(key)) {
+            return Err(exit::usage(format!(
+                "the SSH key in {} is protected by a passphrase: give it with --ssh-key-passphrase-file FILE (`-` reads standard input)",
+                file.display()
+            )));
+        }
+    }
     if let Some(user) = &args.username {
         change.set.insert("username".into(), user.clone());
     }

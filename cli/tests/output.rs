@@ -238,6 +238,29 @@ fn errors_exit_with_the_documented_status() {
 }
 
 #[test]
+fn an_encrypted_deploy_key_without_its_passphrase_is_refused_before_anything_is_recorded() {
+    let dir = Dir::new();
+    let key = dir.path("deploy_key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "correct horse", "-f", key.to_str().unwrap()])
+        .status()
+        .expect("ssh-keygen (openssh-client) is installed by scripts/services");
+    assert!(made.success());
+    let out = dir.run(&["project", "source", "app", "--ssh-key", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("protected by a passphrase") && said.contains("--ssh-key-passphrase-file"), "{said}");
+    let shown = dir.json(&["project", "show", "app", "--json"]);
+    assert_eq!(shown["source"]["credentials"], serde_json::json!([]), "nothing was recorded: {shown}");
+
+    std::fs::write(dir.path("passphrase"), "correct horse\n").unwrap();
+    let passphrase = dir.path("passphrase");
+    dir.ok(&["project", "source", "app", "--ssh-key", key.to_str().unwrap(), "--ssh-key-passphrase-file", passphrase.to_str().unwrap()]);
+    let shown = dir.json(&["project", "show", "app", "--json"]);
+    assert_eq!(shown["source"]["credentials"], serde_json::json!(["ssh_key", "ssh_key_passphrase"]), "{shown}");
+}
+
+#[test]
 fn completions_cover_the_verbs() {
     let dir = Dir { tmp: tempfile::tempdir().unwrap() };
     let bash = dir.ok(&["completions", "bash"]);

@@ -120,10 +120,11 @@ pub fn same_host_key(a: &str, b: &str) -> bool {
 
 /// The credentials a project's source access may hold: an HTTPS `token`
 /// (sent as the password, with `username` or `x-access-token`), or a
-/// `username` and `password`; an SSH deploy key (`ssh_key`, OpenSSH
-/// private key text); a PEM CA certificate (`ca_cert`) trusted for this
-/// project's HTTPS server besides the system's CA bundle.
-pub const SOURCE_CREDENTIALS: [&str; 5] = ["token", "username", "password", "ssh_key", "ca_cert"];
+/// `username` and `password`; an SSH deploy key (`ssh_key`, OpenSSH or
+/// PEM private key text) and, when the key is encrypted, its passphrase
+/// (`ssh_key_passphrase`); a PEM CA certificate (`ca_cert`) trusted for
+/// this project's HTTPS server besides the system's CA bundle.
+pub const SOURCE_CREDENTIALS: [&str; 6] = ["token", "username", "password", "ssh_key", "ssh_key_passphrase", "ca_cert"];
 
 /// A project's source access changed (on its project stream): credentials
 /// set (by fingerprint) or removed, host keys replaced, submodules on or off.

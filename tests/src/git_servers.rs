@@ -251,6 +251,18 @@ impl SshGit {
         (path.clone(), format!("ssh://{user}@127.0.0.1:{}{}", self.port, path.display()))
     }
 
+    /// A new deploy key made by `ssh-keygen` with `form` (type and format
+    /// options), encrypted with `passphrase` and authorized here: its
+    /// private text.
+    pub fn authorized_key(&self, name: &str, passphrase: &str, form: &[&str]) -> String {
+        let d = self.dir.path();
+        let mut args = vec!["-q", "-N", passphrase, "-f", name, "-C", name];
+        args.extend_from_slice(form);
+        run("ssh-keygen", &args, d);
+        self.authorize(&std::fs::read_to_string(d.join(format!("{name}.pub"))).expect("a public key"));
+        std::fs::read_to_string(d.join(name)).expect("a private key")
+    }
+
     /// Authorizes one more public key (an OpenSSH line).
     pub fn authorize(&self, public_key: &str) {
         use std::io::Write;

@@ -9,6 +9,8 @@
 //! - SSH with a deploy key: the host key is trusted on first use and
 //!   recorded on the project; after the server's key changes, the next
 //!   deployment is refused at the services check;
+//! - an encrypted deploy key opens with its passphrase, and without it (or
+//!   with a wrong one) the fetch fails saying so;
 //! - the worker's mirror: a second fetch brings only the new objects.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
@@ -215,6 +217,38 @@ fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
     assert!(matches!(refused, SourceError::BadCredentials { ssh: true, .. }), "{refused:?}");
     server.authorize(&public);
     assert_eq!(git_remote::fetch(&url, &shown, "main", &generated).map(|f| f.received_objects).ok(), Some(0));
+}
+
+#[test]
+fn a_deploy_key_with_a_passphrase_opens_with_it_and_is_refused_clearly_without() {
+    let server = SshGit::start();
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&BTreeMap::from([("a.txt".to_string(), b"a\n".to_vec())]), "v1");
+    publish(&app.path(), &bare);
+    let mirrors = tempfile::tempdir().unwrap();
+    let shown = git::shown_repository(&url);
+    let fetch = |credentials: &[(&str, &str)]| {
+        let access = access_of(&url, credentials, &[server.known_host()], mirrors.path());
+        git_remote::fetch(&url, &shown, "main", &access)
+    };
+    // The OpenSSH form (bcrypt KDF) and a traditional PEM form (OpenSSL).
+    for (name, form) in [("openssh", &["-t", "ed25519"][..]), ("pem", &["-t", "rsa", "-b", "2048", "-m", "PEM"][..])] {
+        let key = server.authorized_key(name, "correct horse", form);
+        assert!(git_remote::ssh_key_is_encrypted(&key), "{name}");
+
+        let locked = fetch(&[("ssh_key", &key)]).err().unwrap();
+        assert!(matches!(locked, SourceError::LockedSshKey { passphrase_given: false, .. }), "{name}: {locked:?}");
+        let reason = locked.to_string();
+        assert!(reason.contains(&shown) && reason.contains("`main`") && reason.contains("--ssh-key-passphrase-file"), "{reason}");
+
+        let wrong = fetch(&[("ssh_key", &key), ("ssh_key_passphrase", "not-the-passphrase")]).err().unwrap();
+        assert!(matches!(wrong, SourceError::LockedSshKey { passphrase_given: true, .. }), "{name}: {wrong:?}");
+        assert!(!wrong.to_string().contains("not-the-passphrase"), "the passphrase is not shown: {wrong}");
+
+        let fetched = fetch(&[("ssh_key", &key), ("ssh_key_passphrase", "correct horse")]);
+        assert!(fetched.is_ok(), "{name}: {:?}", fetched.err());
+    }
 }
 
 #[test]

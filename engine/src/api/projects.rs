@@ -137,7 +137,7 @@ pub struct SourceView {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourceChangeBody {
-    /// Credential name (token, username, password, ssh_key, ca_cert) -> value.
+    /// Credential name (token, username, password, ssh_key, ssh_key_passphrase, ca_cert) -> value.
     set: BTreeMap<String, String>,
     /// Credential names to remove.
     remove: Vec<String>,

@@ -29,6 +29,8 @@ pub enum SourceError {
     UnsupportedTransport(String),
     #[error("{repo} refused the credentials for ref `{git_ref}`: {}", if *ssh { "add this project's deploy key (its public half) to the repository, or set another with `slipway project source --ssh-key FILE`" } else { "check the token or password, and that it may read the repository; set another with `slipway project source --token-file FILE`" })]
     BadCredentials { repo: String, git_ref: String, ssh: bool },
+    #[error("the project's SSH deploy key for {repo} (fetching ref `{git_ref}`) {}", if *passphrase_given { "did not open with its passphrase: set the right one with `slipway project source --ssh-key-passphrase-file FILE`, or a key in a form libssh2 reads (OpenSSH or PEM)" } else { "is protected by a passphrase, and the project has none: give it with `slipway project source --ssh-key-passphrase-file FILE`" })]
+    LockedSshKey { repo: String, git_ref: String, passphrase_given: bool },
     #[error("{repo} wants credentials to fetch ref `{git_ref}`, and the project has none: {}", if *ssh { "give a deploy key with `slipway project source --ssh-key FILE`" } else { "give a token with `slipway project source --token-file FILE`" })]
     NoCredentials { repo: String, git_ref: String, ssh: bool },
     #[error("the SSH host key of {repo} changed (fetching ref `{git_ref}`): it offered `{met}`, which the project does not trust. If the server's key was really replaced, trust the new one with `slipway project source --known-host LINE`; otherwise someone may be intercepting the connection")]

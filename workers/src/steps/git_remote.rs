@@ -75,6 +75,7 @@ pub struct Access {
     username: Option<String>,
     password: Option<String>,
     ssh_key: Option<String>,
+    ssh_key_passphrase: Option<String>,
     ca_cert: Option<String>,
     known_hosts: Vec<String>,
     pub submodules: bool,
@@ -92,6 +93,7 @@ impl std::fmt::Debug for Access {
             .field("username", &self.username.is_some())
             .field("password", &self.password.is_some())
             .field("ssh_key", &self.ssh_key.is_some())
+            .field("ssh_key_passphrase", &self.ssh_key_passphrase.is_some())
             .field("ca_cert", &self.ca_cert.is_some())
             .field("known_hosts", &self.known_hosts)
             .finish()
@@ -120,6 +122,7 @@ impl Access {
             username: credential("username"),
             password: credential("password"),
             ssh_key: credential("ssh_key"),
+            ssh_key_passphrase: credential("ssh_key_passphrase"),
             ca_cert: credential("ca_cert"),
             known_hosts: source.known_hosts.clone(),
             submodules: source.submodules,
@@ -249,6 +252,9 @@ pub struct Fetched {
 pub fn fetch(repository: &str, shown: &str, git_ref: &str, access: &Access) -> Result<Fetched, SourceError> {
     let address =
         remote_address(repository).ok_or_else(|| SourceError::Fetch { repo: shown.into(), why: "not a network address".into() })?;
+    if access.ssh_key.as_deref().is_some_and(ssh_key_is_encrypted) && access.ssh_key_passphrase.is_none() && address.ssh {
+        return Err(SourceError::LockedSshKey { repo: shown.into(), git_ref: git_ref.into(), passphrase_given: false });
+    }
     probe(&address, shown, git_ref)?;
     let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
     let (done, outcome) = std::sync::mpsc::channel();
@@ -518,7 +524,7 @@ fn callbacks<'a>(address: &'a RemoteAddress, access: &'a Access, observed: &'a R
         if allowed.contains(CredentialType::SSH_KEY) {
             if let Some(key) = &access.ssh_key {
                 offered += 1;
-                return Cred::ssh_key_from_memory(user_in_url.unwrap_or("git"), None, key, None);
+                return Cred::ssh_key_from_memory(user_in_url.unwrap_or("git"), None, key, access.ssh_key_passphrase.as_deref());
             }
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
@@ -663,6 +669,10 @@ fn classify(e: &git2::Error, observed: &Observed, address: &RemoteAddress, shown
     if let Some(met) = &observed.refused_host_key {
         return SourceError::HostKeyChanged { repo, git_ref, met: met.clone() };
     }
+    if address.ssh && access.ssh_key.is_some() && (message.contains("passphrase") || message.contains("unable to extract public key")) {
+        // libssh2 could not read the key: a wrong passphrase, or a form it does not know.
+        return SourceError::LockedSshKey { repo, git_ref, passphrase_given: access.ssh_key_passphrase.is_some() };
+    }
     if observed.credentials_refused || (e.code() == git2::ErrorCode::Auth && access.has_credentials()) {
         return SourceError::BadCredentials { repo, git_ref, ssh: address.ssh };
     }
@@ -688,6 +698,33 @@ fn classify(e: &git2::Error, observed: &Observed, address: &RemoteAddress, shown
     SourceError::Fetch { repo, why: e.message().into() }
 }
 
+/// Whether a private key's text is encrypted (needs a passphrase): the
+/// OpenSSH form names its cipher (`none` when plain); PEM says so in its
+/// label (PKCS#8) or its `Proc-Type` header (traditional forms). Anything
+/// unreadable counts as plain, and libssh2 reports it.
+pub fn ssh_key_is_encrypted(key: &str) -> bool {
+    use base64::Engine as _;
+    if key.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || key.contains("Proc-Type: 4,ENCRYPTED") {
+        return true;
+    }
+    let Some(body) = key.split("-----BEGIN OPENSSH PRIVATE KEY-----").nth(1).and_then(|rest| rest.split("-----END").next()) else {
+        return false;
+    };
+    let text: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text) else {
+        return false;
+    };
+    // "openssh-key-v1\0", then the cipher's name as an SSH string.
+    let Some(rest) = bytes.strip_prefix(b"openssh-key-v1\0") else {
+        return false;
+    };
+    let Some((length, rest)) = rest.split_first_chunk::<4>() else {
+        return false;
+    };
+    let cipher = rest.get(..u32::from_be_bytes(*length) as usize);
+    cipher.is_some_and(|name| name != b"none")
+}
+
 /// A new ed25519 deploy key: its private half (PKCS#8 PEM, what libssh2
 /// reads) and its public half as an OpenSSH line to paste into the git
 /// host (`ssh-ed25519 BASE64 comment`).
@@ -709,6 +746,31 @@ pub fn generate_deploy_key(comment: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encrypted_keys_are_told_from_plain_ones_by_their_text() {
+        use base64::Engine as _;
+        let openssh = |cipher: &str| {
+            let mut blob = b"openssh-key-v1\0".to_vec();
+            blob.extend_from_slice(&(cipher.len() as u32).to_be_bytes());
+            blob.extend_from_slice(cipher.as_bytes());
+            blob.extend_from_slice(b"\0\0\0\x06bcrypt");
+            let text = base64::engine::general_purpose::STANDARD.encode(blob);
+            let (first, second) = text.split_at(20);
+            format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{first}\n{second}\n-----END OPENSSH PRIVATE KEY-----\n")
+        };
+        assert!(ssh_key_is_encrypted(&openssh("aes256-ctr")));
+        assert!(!ssh_key_is_encrypted(&openssh("none")));
+        assert!(ssh_key_is_encrypted("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"));
+        assert!(ssh_key_is_encrypted(
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nMIIB\n-----END RSA PRIVATE KEY-----\n"
+        ));
+        let (generated, _) = generate_deploy_key("t").unwrap();
+        assert!(!ssh_key_is_encrypted(&generated));
+        // Unreadable text is left to libssh2 to report.
+        assert!(!ssh_key_is_encrypted("-----BEGIN OPENSSH PRIVATE KEY-----\n!!!\n-----END OPENSSH PRIVATE KEY-----\n"));
+        assert!(!ssh_key_is_encrypted(&openssh("aes256-ctr")[..60]));
+    }
 
     #[test]
     fn mirrors_unused_for_30_days_and_left_one_off_mirrors_are_swept() {
