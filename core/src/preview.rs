@@ -215,16 +215,24 @@ pub struct Removal {
     pub cancel: Vec<Uuid>,
     /// The serving release's retirement.
     pub retire: Option<RetireRelease>,
-    /// Its route is removed (it has one).
+    /// Its route is removed: it has one, or a deployment cancelled here may
+    /// cut over before its cancellation is seen.
     pub route: bool,
 }
 
 /// Removing an environment in state `env`, whose route exists if `routed`.
+///
+/// A deployment running there may have switched the route after `routed`
+/// was read, and before the removal is written: the removal is written at
+/// the environment's version, not the routes stream's. So the route is
+/// removed whenever a deployment is cancelled too; the routes projection
+/// then ignores that deployment's move back (a revert or rollback), and
+/// only a new release's cutover routes the name again.
 pub fn removal(env: &Environment, routed: bool, drain_seconds: u64) -> Removal {
     Removal {
         cancel: env.queue.clone(),
         retire: env.active.as_ref().map(|a| RetireRelease { deployment_id: a.deployment, containers: a.containers.clone(), drain_seconds }),
-        route: routed,
+        route: routed || !env.queue.is_empty(),
     }
 }
 
@@ -467,6 +475,10 @@ mod tests {
         assert_eq!(r.retire.map(|c| (c.deployment_id, c.containers)), Some((serving, vec!["web".to_string()])));
         assert!(r.route);
         assert_eq!(removal(&Environment::default(), false, 0), Removal { cancel: vec![], retire: None, route: false });
+        // Not routed when read, but a deployment runs: it may cut over
+        // before its cancellation lands, so the route goes too.
+        let first = Environment { queue: vec![running], ..Default::default() };
+        assert_eq!(removal(&first, false, 0), Removal { cancel: vec![running], retire: None, route: true });
     }
 
     #[test]
