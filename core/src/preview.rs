@@ -207,6 +207,14 @@ pub fn expired(p: &Project, now: DateTime<Utc>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// How long a removed preview's serving containers keep answering after
+/// its route is removed, before they are stopped: routers drop the route
+/// within a moment of its recording, and requests they had already sent
+/// there finish. Removal happens outside the engine (the API, webhooks,
+/// the CLI), which has no `--drain` of its own, so it is fixed here; a
+/// preview serves no production traffic worth a longer one.
+pub const REMOVAL_DRAIN_SECONDS: u64 = 5;
+
 /// What removing an environment takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removal {

@@ -199,7 +199,7 @@ pub(crate) async fn remove_preview(
     let env = load::environment(store, &p.name, name).await?;
     let routes = load::routes(store).await?;
     let routed = routes.by_environment.contains_key(&(p.name.clone(), name.to_owned()));
-    let plan = preview::removal(&env, routed, 0);
+    let plan = preview::removal(&env, routed, preview::REMOVAL_DRAIN_SECONDS);
     let why = preview::cancel_reason(name, reason);
     for d in &plan.cancel {
         let cancel = Event::CancelRequested(CancelRequested { reason: why.clone() });

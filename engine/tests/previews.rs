@@ -195,6 +195,7 @@ async fn an_opened_pull_request_gets_a_deployed_preview_and_closing_it_removes_e
     })
     .await;
     assert_eq!((retire.deployment_id, retire.containers), (first, vec!["slipway-app-pr-42-web".to_string()]));
+    assert_eq!(retire.drain_seconds, slipway_core::preview::REMOVAL_DRAIN_SECONDS, "requests already sent there finish");
     let routes = slipway_engine::load::routes(&*s.store).await.unwrap();
     assert!(!routes.by_environment.contains_key(&("app".to_string(), "pr-42".to_string())), "the route is removed");
     let env = slipway_engine::load::environment(&*s.store, "app", "pr-42").await.unwrap();
