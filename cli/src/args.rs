@@ -399,6 +399,15 @@ pub struct ServeArgs {
     /// Seconds after a failed ACME order before the domain is tried again.
     #[arg(long = "acme-retry", default_value_t = 600)]
     pub acme_retry: u64,
+    /// A program that publishes DNS-01 TXT records, run as `PROGRAM set|clear
+    /// _acme-challenge.NAME VALUE`: wildcard domains then get certificates
+    /// over ACME too (HTTP-01 cannot prove a wildcard)
+    #[arg(long = "acme-dns-hook", env = "SLIPWAY_ACME_DNS_HOOK", value_name = "PROGRAM")]
+    pub acme_dns_hook: Option<std::path::PathBuf>,
+    /// Seconds to wait after the DNS hook's `set` before the CA is asked to
+    /// look (DNS propagation)
+    #[arg(long = "acme-dns-propagation", default_value_t = 10)]
+    pub acme_dns_propagation: u64,
 }
 
 impl ServeArgs {
@@ -408,6 +417,8 @@ impl ServeArgs {
         options.ca_bundle = self.acme_ca_bundle.clone();
         options.check_every = Duration::from_secs(self.acme_check_every.max(1));
         options.retry_after = Duration::from_secs(self.acme_retry.max(1));
+        options.dns_hook = self.acme_dns_hook.clone();
+        options.dns_propagation = Duration::from_secs(self.acme_dns_propagation);
         Some(options)
     }
 

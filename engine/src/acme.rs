@@ -16,6 +16,10 @@
 //! and every renewal use that account; a new one is registered only when
 //! the CA says it does not know the stored one (a reset test CA) or its
 //! credentials cannot be read.
+//!
+//! Wildcard domains need DNS-01, which Slipway answers only through the
+//! operator's DNS hook (`acme_dns`); without one they are left to uploaded
+//! certificates.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use slipway_proto::Event;
 use slipway_store::subscription::wait_for_wakeup;
 use slipway_store::EventStore;
 
+use crate::acme_dns;
 use crate::certificates::{self, Certificates};
 use crate::routes::Routes;
 
@@ -61,6 +66,11 @@ pub struct AcmeOptions {
     /// How long routers get to pick up a challenge before the CA is told
     /// to validate it.
     pub propagation: Duration,
+    /// How long DNS servers get to pick up a TXT record the DNS hook set.
+    pub dns_propagation: Duration,
+    /// The program that publishes DNS-01 TXT records (`acme_dns`):
+    /// wildcard domains get certificates only with one.
+    pub dns_hook: Option<PathBuf>,
 }
 
 impl AcmeOptions {
@@ -72,6 +82,8 @@ impl AcmeOptions {
             check_every: Duration::from_secs(60),
             retry_after: Duration::from_secs(600),
             propagation: Duration::from_secs(1),
+            dns_propagation: Duration::from_secs(10),
+            dns_hook: None,
         }
     }
 }
@@ -96,7 +108,8 @@ pub async fn run(store: Arc<dyn EventStore>, options: AcmeOptions, shutdown: imp
                     withdraw_stale(&*store, &certs).await;
                     started = true;
                 }
-                let due = certificates::due(routes.domains.keys(), &certs, Utc::now(), options.retry_after);
+                let wildcards = options.dns_hook.is_some();
+                let due = certificates::due(routes.domains.keys(), &certs, Utc::now(), options.retry_after, wildcards);
                 for (domain, need) in due {
                     tracing::info!(%domain, ?need, "ordering a certificate over ACME");
                     let mut forget = false;
@@ -228,11 +241,21 @@ fn account_unknown(e: &instant_acme::Error) -> bool {
 /// `forget` is set when the CA does not know the account.
 async fn order(store: &dyn EventStore, account: &Account, domain: &str, options: &AcmeOptions, forget: &mut bool) -> Result<(), String> {
     let mut tokens = Vec::new();
+    let mut records = Vec::new();
     // A CA that stops answering mid-order must not stall every other domain.
-    let result = match tokio::time::timeout(ORDER_LIMIT, order_inner(store, account, domain, options, &mut tokens, forget)).await {
+    let mut answers = Answers { tokens: &mut tokens, records: &mut records };
+    let inner = order_inner(store, account, domain, options, &mut answers, forget);
+    let result = match tokio::time::timeout(ORDER_LIMIT, inner).await {
         Ok(result) => result,
         Err(_) => Err(format!("the CA did not complete the order within {} s", ORDER_LIMIT.as_secs())),
     };
+    if let Some(hook) = &options.dns_hook {
+        for (name, value) in records {
+            if let Err(reason) = acme_dns::run(hook, acme_dns::Action::Clear, &name, &value).await {
+                tracing::warn!(%domain, %reason, "could not withdraw a DNS-01 record");
+            }
+        }
+    }
     for token in tokens {
         let finished = Event::AcmeChallengeFinished(AcmeChallengeFinished { domain: domain.to_string(), token });
         if let Err(e) = certificates::record(store, ACTOR, &finished).await {
@@ -242,12 +265,19 @@ async fn order(store: &dyn EventStore, account: &Account, domain: &str, options:
     result
 }
 
+/// The challenges an order answered, withdrawn after it: HTTP-01 tokens
+/// (the routers') and DNS-01 records (the hook's), as (name, value).
+struct Answers<'a> {
+    tokens: &'a mut Vec<String>,
+    records: &'a mut Vec<(String, String)>,
+}
+
 async fn order_inner(
     store: &dyn EventStore,
     account: &Account,
     domain: &str,
     options: &AcmeOptions,
-    tokens: &mut Vec<String>,
+    answers: &mut Answers<'_>,
     forget: &mut bool,
 ) -> Result<(), String> {
     let acme = |what: &str, e: instant_acme::Error| format!("{what}: {}", crate::error_chain(&e));
@@ -264,6 +294,16 @@ async fn order_inner(
             AuthorizationStatus::Valid => continue,
             other => return Err(format!("the CA's authorization for {domain} is {other:?}")),
         }
+        if let (Some(hook), true) = (&options.dns_hook, domain.starts_with("*.")) {
+            let mut challenge =
+                authorization.challenge(ChallengeType::Dns01).ok_or_else(|| format!("the CA offers no DNS-01 challenge for {domain}"))?;
+            let (name, value) = (acme_dns::record_name(domain), challenge.key_authorization().dns_value());
+            answers.records.push((name.clone(), value.clone()));
+            acme_dns::run(hook, acme_dns::Action::Set, &name, &value).await?;
+            tokio::time::sleep(options.dns_propagation).await;
+            challenge.set_ready().await.map_err(|e| acme("asking the CA to validate", e))?;
+            continue;
+        }
         let mut challenge =
             authorization.challenge(ChallengeType::Http01).ok_or_else(|| format!("the CA offers no HTTP-01 challenge for {domain}"))?;
         let ready = Event::AcmeChallengeReady(AcmeChallengeReady {
@@ -272,7 +312,7 @@ async fn order_inner(
             key_authorization: challenge.key_authorization().as_str().to_string(),
         });
         certificates::record(store, ACTOR, &ready).await.map_err(|e| format!("recording the challenge: {e}"))?;
-        tokens.push(challenge.token.clone());
+        answers.tokens.push(challenge.token.clone());
         // Routers pick it up on the store's wake-up (or their next poll).
         tokio::time::sleep(options.propagation).await;
         challenge.set_ready().await.map_err(|e| acme("asking the CA to validate", e))?;
@@ -280,9 +320,11 @@ async fn order_inner(
     let retries = RetryPolicy::new().timeout(Duration::from_secs(60));
     let status = order.poll_ready(&retries).await.map_err(|e| acme("waiting for validation", e))?;
     if status != OrderStatus::Ready {
-        return Err(format!(
-            "the CA did not validate {domain} over HTTP-01 (order {status:?}); is its DNS pointing at the routers, port 80?"
-        ));
+        return Err(if domain.starts_with("*.") {
+            format!("the CA did not validate {domain} over DNS-01 (order {status:?}); did the DNS hook publish the TXT record?")
+        } else {
+            format!("the CA did not validate {domain} over HTTP-01 (order {status:?}); is its DNS pointing at the routers, port 80?")
+        });
     }
     let key_pem = order.finalize().await.map_err(|e| acme("finalizing the order", e))?;
     let chain = order.poll_certificate(&retries).await.map_err(|e| acme("downloading the certificate", e))?;

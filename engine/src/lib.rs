@@ -7,6 +7,7 @@
 //! it (`web`).
 
 pub mod acme;
+pub mod acme_dns;
 pub mod api;
 pub mod auto_deploy;
 pub mod certificates;

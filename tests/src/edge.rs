@@ -4,7 +4,8 @@
 //! and real router nodes (`slipway_node::serve`) with an HTTP and an HTTPS
 //! listener. Also pebble, Debian's ACME test server, with
 //! pebble-challtestsrv as its DNS (every name is 127.0.0.1), so its HTTP-01
-//! validation reaches the router's HTTP port. A missing program or service
+//! validation reaches the router's HTTP port, and its TXT records (set
+//! through its management API) answer DNS-01. A missing program or service
 //! fails the test, never skips it.
 
 use std::convert::Infallible;
@@ -146,6 +147,9 @@ pub struct Pebble {
     /// The CA pebble's own API is served under (for `--acme-ca-bundle`).
     pub api_ca: PathBuf,
     management: SocketAddr,
+    /// pebble-challtestsrv's management API (`/set-txt`, `/clear-txt`):
+    /// what a DNS hook talks to in the tests.
+    pub dns_management: SocketAddr,
     api_ca_pem: String,
     pebble: Option<tokio::process::Child>,
     _dns: tokio::process::Child,
@@ -190,10 +194,11 @@ impl Pebble {
                 .spawn()
                 .unwrap_or_else(|e| panic!("{what} could not start ({e}); install it with `scripts/services` (Debian package pebble)"))
         };
+        let dns_management = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dns = spawn(
             tokio::process::Command::new("pebble-challtestsrv")
                 .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
-                .args(["-management", &format!("127.0.0.1:{}", free_port()), "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]),
+                .args(["-management", &dns_management.to_string(), "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]),
             "pebble-challtestsrv",
         );
         let pebble = spawn(
@@ -208,6 +213,7 @@ impl Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             api_ca,
             management: SocketAddr::from(([127, 0, 0, 1], management)),
+            dns_management,
             api_ca_pem: ca.pem(),
             pebble: Some(pebble),
             _dns: dns,
