@@ -11,7 +11,8 @@
 //!   deployment is refused at the services check;
 //! - an encrypted deploy key opens with its passphrase, and without it (or
 //!   with a wrong one) the fetch fails saying so;
-//! - the worker's mirror: a second fetch brings only the new objects.
+//! - the worker's mirror: a second fetch brings only the new objects, and
+//!   many shallow fetches' packs are folded into one.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
@@ -217,6 +218,40 @@ fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
     assert!(matches!(refused, SourceError::BadCredentials { ssh: true, .. }), "{refused:?}");
     server.authorize(&public);
     assert_eq!(git_remote::fetch(&url, &shown, "main", &generated).map(|f| f.received_objects).ok(), Some(0));
+}
+
+#[test]
+fn a_mirror_fetched_shallow_many_times_is_repacked_and_still_checks_out() {
+    let server = SshGit::start();
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    let workspaces = tempfile::tempdir().unwrap();
+    let access = access_of(&url, &[("ssh_key", &server.deploy_key)], &[server.known_host()], workspaces.path());
+    let shown = git::shown_repository(&url);
+    let packs = || {
+        let mirrors = workspaces.path().join(".mirrors");
+        let mirror = std::fs::read_dir(&mirrors).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "git")).unwrap();
+        std::fs::read_dir(mirror.path().join("objects/pack"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    };
+    // One deployment's fetch (depth 1) per commit: a pack each.
+    for i in 0..git_remote::REPACK_AT {
+        app.commit(&BTreeMap::from([("app.txt".to_string(), format!("version {i}\n").into_bytes())]), &format!("v{i}"));
+        publish(&app.path(), &bare);
+        drop(git_remote::fetch(&url, &shown, "main", &access).unwrap());
+    }
+    assert_eq!(packs(), git_remote::REPACK_AT);
+    // The next fetch folds them into one first, then adds its own.
+    app.commit(&BTreeMap::from([("app.txt".to_string(), b"latest\n".to_vec())]), "latest");
+    publish(&app.path(), &bare);
+    let dest = workspaces.path().join("checkout");
+    let (commit, _) = git::fresh_checkout(&url, "main", &dest, &access).unwrap();
+    assert_eq!(commit.len(), 40);
+    assert_eq!(std::fs::read_to_string(dest.join("app.txt")).unwrap(), "latest\n");
+    assert_eq!(packs(), 2, "the folded pack and the last fetch's");
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //! data directory) from interleaving. Mirrors do not pile up: each fetch
 //! removes the mirrors no fetch has used for `MIRROR_IDLE` (a repository
 //! no longer deployed; the next deployment fetches it anew), and the
-//! one-off mirrors a crashed fetch left behind.
+//! one-off mirrors a crashed fetch left behind. Nor do their packs: past
+//! `REPACK_AT`, a fetch first folds them into one (`repack`).
 //!
 //! Credentials come resolved from the value table (see
 //! [`source_credentials`]); they are handed to libgit2 only through its
@@ -45,6 +46,9 @@ const SOURCE_KEY_PREFIX: &str = "slipway.source.";
 
 /// How long a fetch may take in all before it is abandoned.
 const FETCH_DEADLINE: Duration = Duration::from_secs(600);
+/// Packs in a mirror from which the next fetch first folds them into one
+/// (see [`repack`]).
+pub const REPACK_AT: usize = 32;
 /// How long a fetch waits for another fetch of the same mirror to finish
 /// before it fetches into a mirror of its own for this once.
 const MIRROR_WAIT: Duration = Duration::from_secs(30);
@@ -465,7 +469,7 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path, wait: Duration) ->
             Err(std::fs::TryLockError::Error(e)) => return Err(fail(format!("locking the mirror of {shown}: {e}"))),
         }
     };
-    let repo = match Repository::open_bare(&path) {
+    let mut repo = match Repository::open_bare(&path) {
         Ok(repo) => repo,
         Err(_) => {
             // A half-made mirror (a crash during the first fetch) is made again.
@@ -473,10 +477,62 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path, wait: Duration) ->
             Repository::init_bare(&path).map_err(|e| fail(e.message().into()))?
         }
     };
+    match repack(&repo) {
+        // Opened again, so nothing of the old packs stays cached.
+        Ok(true) => repo = Repository::open_bare(&path).map_err(|e| fail(e.message().into()))?,
+        Ok(false) => {}
+        Err(e) => tracing::warn!(mirror = %path.display(), error = %e.message(), "could not repack a git mirror; its packs stay"),
+    }
     for removed in sweep(mirrors, &name, std::time::SystemTime::now()) {
         tracing::info!(mirror = %removed.display(), "removed a git mirror no fetch has used for 30 days");
     }
     Ok(Mirror { repo, lock, once: None })
+}
+
+/// Folds a mirror's packs into one once it has [`REPACK_AT`] or more
+/// (libgit2 writes a pack per fetch, and has no `git gc`); true if it did.
+/// Every object the mirror's refs reach (their commits, trees and blobs,
+/// and annotated tags) goes into one new pack, which is written before
+/// the old packs and loose objects are removed, so a failure leaves the
+/// mirror as it was. It runs under the mirror's lock, so no fetch reads
+/// the mirror meanwhile, and workspaces keep the packs they hard-linked.
+/// An object no ref reaches (a commit once fetched by its SHA) is dropped
+/// and fetched again if asked for again.
+fn repack(repo: &Repository) -> Result<bool, git2::Error> {
+    let objects = repo.path().join("objects");
+    let pack_dir = objects.join("pack");
+    let packs = |dir: &Path| -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pack")).collect()
+    };
+    let old = packs(&pack_dir);
+    if old.len() < REPACK_AT {
+        return Ok(false);
+    }
+    let mut builder = repo.packbuilder()?;
+    let mut walk = repo.revwalk()?;
+    walk.push_glob("*")?;
+    builder.insert_walk(&mut walk)?;
+    for reference in repo.references_glob("refs/tags/*")?.flatten() {
+        if let Some(tag) = reference.target().and_then(|oid| repo.find_tag(oid).ok()) {
+            builder.insert_object(tag.id(), None)?;
+        }
+    }
+    builder.write(&pack_dir, 0)?;
+    let Some(name) = builder.name()?.map(str::to_string) else { return Ok(false) };
+    for pack in old.iter().filter(|p| !p.to_string_lossy().contains(&name)) {
+        for extension in ["pack", "idx", "rev", "keep"] {
+            let _ = std::fs::remove_file(pack.with_extension(extension));
+        }
+    }
+    // Loose objects: two-hex-digit directories beside `pack`.
+    for entry in std::fs::read_dir(&objects).into_iter().flatten().flatten() {
+        let file = entry.file_name();
+        if file.len() == 2 && file.to_string_lossy().bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(true)
 }
 
 /// Removes, under `mirrors`, every mirror other than `keep` whose lock file
@@ -746,6 +802,49 @@ pub fn generate_deploy_key(comment: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_of_many_packs_is_folded_into_one_with_everything_its_refs_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Repository::init(dir.path().join("source")).unwrap();
+        let signature = git2::Signature::now("t", "t@example.org").unwrap();
+        let mirror = Repository::init_bare(dir.path().join("mirror.git")).unwrap();
+        let url = format!("file://{}", dir.path().join("source").display());
+        let mut commits = Vec::new();
+        for i in 0..REPACK_AT {
+            let blob = source.blob(format!("version {i}\n").as_bytes()).unwrap();
+            let mut tree = source.treebuilder(None).unwrap();
+            tree.insert("file.txt", blob, 0o100644).unwrap();
+            let tree = source.find_tree(tree.write().unwrap()).unwrap();
+            let parents: Vec<git2::Commit> = commits.last().map(|c| source.find_commit(*c).unwrap()).into_iter().collect();
+            let parents: Vec<&git2::Commit> = parents.iter().collect();
+            let commit = source.commit(Some("refs/heads/main"), &signature, &signature, &format!("v{i}"), &tree, &parents).unwrap();
+            commits.push(commit);
+            if i == 3 {
+                let target = source.find_object(commit, None).unwrap();
+                source.tag("v3", &target, &signature, "an annotated tag", false).unwrap();
+            }
+            // One fetch per commit: a pack each, as a worker's fetches leave.
+            let refspecs = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"];
+            mirror.remote_anonymous(&url).unwrap().fetch(&refspecs, None, None).unwrap();
+        }
+        let pack_dir = mirror.path().join("objects/pack");
+        let count =
+            |ext: &str| std::fs::read_dir(&pack_dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == ext)).count();
+        assert_eq!(count("pack"), REPACK_AT, "the local transport writes a pack per fetch");
+        assert!(repack(&mirror).unwrap());
+        assert_eq!((count("pack"), count("idx")), (1, 1));
+        let mirror = Repository::open_bare(mirror.path()).unwrap();
+        for (i, commit) in commits.iter().enumerate() {
+            let tree = mirror.find_commit(*commit).unwrap().tree().unwrap();
+            let blob = mirror.find_blob(tree.get_name("file.txt").unwrap().id()).unwrap();
+            assert_eq!(blob.content(), format!("version {i}\n").as_bytes());
+        }
+        let tag = mirror.find_reference("refs/tags/v3").unwrap().target().unwrap();
+        assert_eq!(mirror.find_tag(tag).unwrap().target_id(), commits[3]);
+        // Below the threshold nothing happens.
+        assert!(!repack(&mirror).unwrap());
+    }
 
     #[test]
     fn encrypted_keys_are_told_from_plain_ones_by_their_text() {
