@@ -240,23 +240,21 @@ fn account_unknown(e: &instant_acme::Error) -> bool {
 /// withdrawn afterwards whatever happened; the certificate stored.
 /// `forget` is set when the CA does not know the account.
 async fn order(store: &dyn EventStore, account: &Account, domain: &str, options: &AcmeOptions, forget: &mut bool) -> Result<(), String> {
-    let mut tokens = Vec::new();
-    let mut records = Vec::new();
+    let mut answers = Answers::default();
     // A CA that stops answering mid-order must not stall every other domain.
-    let mut answers = Answers { tokens: &mut tokens, records: &mut records };
     let inner = order_inner(store, account, domain, options, &mut answers, forget);
     let result = match tokio::time::timeout(ORDER_LIMIT, inner).await {
         Ok(result) => result,
         Err(_) => Err(format!("the CA did not complete the order within {} s", ORDER_LIMIT.as_secs())),
     };
     if let Some(hook) = &options.dns_hook {
-        for (name, value) in records {
+        for (name, value) in answers.records {
             if let Err(reason) = acme_dns::run(hook, acme_dns::Action::Clear, &name, &value).await {
                 tracing::warn!(%domain, %reason, "could not withdraw a DNS-01 record");
             }
         }
     }
-    for token in tokens {
+    for token in answers.tokens {
         let finished = Event::AcmeChallengeFinished(AcmeChallengeFinished { domain: domain.to_string(), token });
         if let Err(e) = certificates::record(store, ACTOR, &finished).await {
             tracing::warn!(%domain, error = %e, "could not withdraw an ACME challenge");
@@ -267,9 +265,10 @@ async fn order(store: &dyn EventStore, account: &Account, domain: &str, options:
 
 /// The challenges an order answered, withdrawn after it: HTTP-01 tokens
 /// (the routers') and DNS-01 records (the hook's), as (name, value).
-struct Answers<'a> {
-    tokens: &'a mut Vec<String>,
-    records: &'a mut Vec<(String, String)>,
+#[derive(Default)]
+struct Answers {
+    tokens: Vec<String>,
+    records: Vec<(String, String)>,
 }
 
 async fn order_inner(
@@ -277,7 +276,7 @@ async fn order_inner(
     account: &Account,
     domain: &str,
     options: &AcmeOptions,
-    answers: &mut Answers<'_>,
+    answers: &mut Answers,
     forget: &mut bool,
 ) -> Result<(), String> {
     let acme = |what: &str, e: instant_acme::Error| format!("{what}: {}", crate::error_chain(&e));
