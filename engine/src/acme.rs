@@ -280,6 +280,9 @@ async fn order_inner(
     forget: &mut bool,
 ) -> Result<(), String> {
     let acme = |what: &str, e: instant_acme::Error| format!("{what}: {}", crate::error_chain(&e));
+    // A wildcard is proved over DNS-01 through the hook (it is due only
+    // with one); every other name over HTTP-01.
+    let dns_hook = options.dns_hook.as_deref().filter(|_| domain.starts_with("*."));
     let identifiers = [Identifier::Dns(domain.to_string())];
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(|e| {
         *forget = account_unknown(&e);
@@ -293,7 +296,7 @@ async fn order_inner(
             AuthorizationStatus::Valid => continue,
             other => return Err(format!("the CA's authorization for {domain} is {other:?}")),
         }
-        if let (Some(hook), true) = (&options.dns_hook, domain.starts_with("*.")) {
+        if let Some(hook) = dns_hook {
             let mut challenge =
                 authorization.challenge(ChallengeType::Dns01).ok_or_else(|| format!("the CA offers no DNS-01 challenge for {domain}"))?;
             let (name, value) = (acme_dns::record_name(domain), challenge.key_authorization().dns_value());
@@ -319,7 +322,7 @@ async fn order_inner(
     let retries = RetryPolicy::new().timeout(Duration::from_secs(60));
     let status = order.poll_ready(&retries).await.map_err(|e| acme("waiting for validation", e))?;
     if status != OrderStatus::Ready {
-        return Err(if domain.starts_with("*.") {
+        return Err(if dns_hook.is_some() {
             format!("the CA did not validate {domain} over DNS-01 (order {status:?}); did the DNS hook publish the TXT record?")
         } else {
             format!("the CA did not validate {domain} over HTTP-01 (order {status:?}); is its DNS pointing at the routers, port 80?")

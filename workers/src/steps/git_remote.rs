@@ -256,7 +256,7 @@ pub struct Fetched {
 pub fn fetch(repository: &str, shown: &str, git_ref: &str, access: &Access) -> Result<Fetched, SourceError> {
     let address =
         remote_address(repository).ok_or_else(|| SourceError::Fetch { repo: shown.into(), why: "not a network address".into() })?;
-    if access.ssh_key.as_deref().is_some_and(ssh_key_is_encrypted) && access.ssh_key_passphrase.is_none() && address.ssh {
+    if address.ssh && access.ssh_key_passphrase.is_none() && access.ssh_key.as_deref().is_some_and(ssh_key_is_encrypted) {
         return Err(SourceError::LockedSshKey { repo: shown.into(), git_ref: git_ref.into(), passphrase_given: false });
     }
     probe(&address, shown, git_ref)?;
@@ -501,11 +501,13 @@ fn open_mirror(repository: &str, shown: &str, mirrors: &Path, wait: Duration) ->
 fn repack(repo: &Repository) -> Result<bool, git2::Error> {
     let objects = repo.path().join("objects");
     let pack_dir = objects.join("pack");
-    let packs = |dir: &Path| -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pack")).collect()
-    };
-    let old = packs(&pack_dir);
+    let old: Vec<PathBuf> = std::fs::read_dir(&pack_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect();
     if old.len() < REPACK_AT {
         return Ok(false);
     }
