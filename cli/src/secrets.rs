@@ -47,7 +47,7 @@ pub async fn run(cmd: SecretsCmd, database: &str, schema: Option<&str>, current:
             let from: Vec<String> = current.keyring.iter().map(|k| k.current().id().to_string()).collect();
             let store = connect::owner_store(database, schema, current).await?;
             let target = Keyring::new(new.clone(), vec![]);
-            let values = store.reseal_values(&target).await.context("re-sealing the setting values")?;
+            let values = store.operational().reseal_values(&target).await.context("re-sealing the setting values")?;
             let event = Event::SecretsKeyRotated(SecretsKeyRotated { from, to: new.id().to_string(), values: values as u64 });
             let id = uuid::Uuid::now_v7();
             let meta = Metadata { correlation_id: id, causation_id: None, actor: actor::actor(), trace: None };

@@ -329,7 +329,7 @@ pub async fn hosts_change(store: &std::sync::Arc<dyn EventStore>, cmd: crate::ar
 /// Worker processes from their heartbeats: alive, missing (silent for three
 /// heartbeat intervals: killed, or cut off) or stopped, and what each is doing.
 pub async fn workers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
-    let workers = store.workers().await?;
+    let workers = store.operational().workers().await?;
     let mut all = Vec::new();
     if workers.is_empty() && !json {
         println!("no worker has reported yet");

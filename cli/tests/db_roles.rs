@@ -70,9 +70,9 @@ async fn only_the_migration_step_uses_the_owner_and_the_runtime_login_cannot_rew
             requests,
             errors: 1,
         };
-        store.record_traffic(&[sample(100, 5), sample(200, 7)], 0).await.unwrap();
-        store.record_traffic(&[sample(200, 9)], 150).await.unwrap();
-        assert_eq!(store.traffic(0).await.unwrap(), [sample(200, 9)], "replaced in place, the old minute pruned");
+        store.operational().record_traffic(&[sample(100, 5), sample(200, 7)], 0).await.unwrap();
+        store.operational().record_traffic(&[sample(200, 9)], 150).await.unwrap();
+        assert_eq!(store.operational().traffic(0).await.unwrap(), [sample(200, 9)], "replaced in place, the old minute pruned");
     }
     // and cannot tamper with the log the way the owner could.
     let app = sqlx::PgPool::connect(&pg_app_url()).await.unwrap();

@@ -54,7 +54,7 @@ async fn a_hung_builder_is_replaced_after_the_heartbeat_timeout_under_the_same_c
 
     // Builder A heartbeats the build command, then hangs.
     let command = eventually("builder A to report the build in progress", Duration::from_secs(60), || async {
-        let workers = store.workers().await.unwrap();
+        let workers = store.operational().workers().await.unwrap();
         workers.iter().find(|w| w.steps == ["build"] && !w.commands.is_empty()).map(|w| w.commands[0])
     })
     .await;

@@ -194,6 +194,7 @@ fn builder(options: &AcmeOptions) -> Result<instant_acme::AccountBuilder, instan
 /// CA cannot be reached) registers nothing: the next attempt tries again.
 async fn restore(store: &dyn EventStore, registered: &AcmeAccountRegistered, options: &AcmeOptions) -> Result<Option<Account>, String> {
     let mut values = store
+        .operational()
         .values(std::slice::from_ref(&registered.fingerprint))
         .await
         .map_err(|e| format!("reading the stored ACME account failed: {e}"))?;
@@ -220,7 +221,7 @@ async fn register(store: &dyn EventStore, options: &AcmeOptions) -> Result<Accou
     let (created, credentials) = builder(options).map_err(acme)?.create(&new, options.directory.clone(), None).await.map_err(acme)?;
     let text = serde_json::to_string(&credentials).map_err(|_| "the account's credentials cannot be written".to_string())?;
     let fingerprint = format!("{ACCOUNT_PREFIX}{}", hex::encode(Sha256::digest(text.as_bytes())));
-    store.put_value(&fingerprint, &text).await.map_err(|e| format!("storing the account: {e}"))?;
+    store.operational().put_value(&fingerprint, &text).await.map_err(|e| format!("storing the account: {e}"))?;
     let registered = Event::AcmeAccountRegistered(AcmeAccountRegistered {
         directory: options.directory.clone(),
         account: created.id().to_string(),

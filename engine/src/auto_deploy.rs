@@ -78,12 +78,12 @@ fn no_project(project: &str) -> Rejection {
 /// Generates a new webhook secret for `project` and returns it, the one
 /// time it is shown. The old secret stops verifying at once.
 pub async fn rotate_webhook_secret(store: &dyn EventStore, actor: &str, project: &str) -> Outcome<String> {
-    let key = store.installation_key().await?;
+    let key = store.operational().installation_key().await?;
     let secret = generate_secret();
     let fingerprint = secret_fingerprint(&key, project, &secret);
     loop {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
-        store.put_value(&fingerprint, &secret).await?;
+        store.operational().put_value(&fingerprint, &secret).await?;
         let event = Event::WebhookSecretRotated(WebhookSecretRotated { fingerprint: fingerprint.clone() });
         if append_to_project(store, &p, actor, &event).await? {
             return Ok(Ok(secret));
@@ -94,7 +94,7 @@ pub async fn rotate_webhook_secret(store: &dyn EventStore, actor: &str, project:
 /// The project's webhook secret, if it has one.
 pub async fn webhook_secret(store: &dyn EventStore, project: &Project) -> Result<Option<String>, StoreError> {
     let Some(f) = &project.webhook_secret else { return Ok(None) };
-    Ok(store.values(std::slice::from_ref(f)).await?.remove(f))
+    Ok(store.operational().values(std::slice::from_ref(f)).await?.remove(f))
 }
 
 /// The shortest poll interval: a poll costs the git host a request.

@@ -260,7 +260,7 @@ pub async fn store_certificate(
     };
     let pair = serde_json::to_string(&Pair { chain: chain_pem.to_string(), key: key_pem.to_string() })
         .map_err(|e| StoreError::InvalidAppend { stream: CERTIFICATES_STREAM.into(), reason: e.to_string() })?;
-    store.put_value(&inspected.fingerprint, &pair).await?;
+    store.operational().put_value(&inspected.fingerprint, &pair).await?;
     let stored = CertificateStored {
         domain,
         fingerprint: inspected.fingerprint,
@@ -323,7 +323,7 @@ pub async fn record(store: &dyn EventStore, actor: &str, event: &Event) -> Resul
 /// The PEM chain and key stored under `fingerprint`; `None` when missing
 /// or unreadable.
 pub async fn load_pair(store: &dyn EventStore, fingerprint: &str) -> Result<Option<(String, String)>, StoreError> {
-    let mut values = store.values(&[fingerprint.to_string()]).await?;
+    let mut values = store.operational().values(&[fingerprint.to_string()]).await?;
     Ok(values.remove(fingerprint).and_then(|v| serde_json::from_str::<Pair>(&v).ok()).map(|p| (p.chain, p.key)))
 }
 

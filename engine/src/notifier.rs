@@ -169,14 +169,14 @@ pub async fn subscribe(store: &dyn EventStore, actor: &str, new: NewSubscription
         }
     }
     let id = Uuid::now_v7();
-    let key = store.installation_key().await?;
+    let key = store.operational().installation_key().await?;
     let url = value_fingerprint(&key, id, "URL", &new.url);
-    store.put_value(&url, &new.url).await?;
+    store.operational().put_value(&url, &new.url).await?;
     let secret = match new.target {
         NotificationTarget::Webhook => {
             let secret = generate_secret();
             let f = value_fingerprint(&key, id, "SECRET", &secret);
-            store.put_value(&f, &secret).await?;
+            store.operational().put_value(&f, &secret).await?;
             Some((f, secret))
         }
         NotificationTarget::Slack | NotificationTarget::Discord => None,
@@ -423,7 +423,7 @@ impl Notifier {
             }
             notifier.subs.insert(id, sub);
         }
-        let checkpoint = store.load_checkpoint(CHECKPOINT).await?;
+        let checkpoint = store.operational().load_checkpoint(CHECKPOINT).await?;
         notifier.reader = notifier.subs.values().map(|s| store_position(s.after())).fold(checkpoint, Position::min);
         Ok(notifier)
     }
@@ -468,7 +468,7 @@ impl Notifier {
             // Nothing is left to send before the reader: a restart may start there.
             let idle = self.subs.values().all(|s| s.queue.is_empty() && s.redeliveries.is_empty());
             if idle && self.reader != saved {
-                store.save_checkpoint(CHECKPOINT, self.reader).await?;
+                store.operational().save_checkpoint(CHECKPOINT, self.reader).await?;
                 saved = self.reader;
             }
             let now = Utc::now();
@@ -648,7 +648,7 @@ impl Sub {
     async fn new(store: &dyn EventStore, info: Subscription) -> Result<Sub, StoreError> {
         let mut wanted = vec![info.subscribed.url.clone()];
         wanted.extend(info.subscribed.secret.clone());
-        let mut values = store.values(&wanted).await?;
+        let mut values = store.operational().values(&wanted).await?;
         let url = values.remove(&info.subscribed.url);
         let secret = info.subscribed.secret.as_ref().and_then(|f| values.remove(f));
         Ok(Sub {

@@ -78,7 +78,7 @@ pub async fn fold_all(store: &dyn EventStore) -> Result<State, StoreError> {
 /// refills the read models from the log.
 pub async fn rebuild(store: &dyn EventStore) -> Result<State, StoreError> {
     let state = fold_all(store).await?;
-    store.save_checkpoint(ENGINE_CHECKPOINT, Position::START).await?;
+    store.operational().save_checkpoint(ENGINE_CHECKPOINT, Position::START).await?;
     crate::projector::rebuild(store).await?;
     Ok(state)
 }

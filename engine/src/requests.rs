@@ -195,13 +195,13 @@ pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new
 /// Puts a source change's credential values in the value table and gives
 /// the event that records their fingerprints.
 async fn source_changed(store: &dyn EventStore, project: &str, change: &SourceChange) -> Result<SourceAccessChanged, StoreError> {
-    let key = store.installation_key().await?;
+    let key = store.operational().installation_key().await?;
     let mut set = std::collections::BTreeMap::new();
     for (name, value) in &change.set {
         // No environment is named "": source credentials never share a
         // fingerprint with a setting of the same value.
         let f = fingerprint(&key, project, "", &format!("source:{name}"), value);
-        store.put_value(&f, value).await?;
+        store.operational().put_value(&f, value).await?;
         set.insert(name.clone(), f);
     }
     Ok(SourceAccessChanged { set, removed: change.removed.clone(), known_hosts: change.known_hosts.clone(), submodules: change.submodules })
@@ -255,7 +255,7 @@ pub async fn change_settings(
     if let Some(bad) = set.iter().map(|s| &s.key).chain(&removed).find(|k| !is_env_name(k)) {
         return invalid(format!("setting name `{bad}` must be letters, digits and '_', not starting with a digit"));
     }
-    let key = store.installation_key().await?;
+    let key = store.operational().installation_key().await?;
     loop {
         let Some(p) = load_project(store, project).await? else {
             return not_found(format!("no project `{project}`; create it with `slipway project create`"));
@@ -267,7 +267,7 @@ pub async fn change_settings(
         let mut fingerprints = std::collections::BTreeMap::new();
         for s in &set {
             let f = fingerprint(&key, project, environment, &s.key, &s.value);
-            store.put_value(&f, &s.value).await?;
+            store.operational().put_value(&f, &s.value).await?;
             fingerprints.insert(s.key.clone(), f);
         }
         let event = Event::SettingsChanged(SettingsChanged {

@@ -791,9 +791,9 @@ async fn export_verify_and_workers() {
         last_seen,
         stopped,
     };
-    api.store.heartbeat(&beat("w1", now, false)).await.unwrap();
-    api.store.heartbeat(&beat("w2", now - chrono::Duration::seconds(60), false)).await.unwrap();
-    api.store.heartbeat(&beat("w3", now, true)).await.unwrap();
+    api.store.operational().heartbeat(&beat("w1", now, false)).await.unwrap();
+    api.store.operational().heartbeat(&beat("w2", now - chrono::Duration::seconds(60), false)).await.unwrap();
+    api.store.operational().heartbeat(&beat("w3", now, true)).await.unwrap();
     let workers = api.get("/api/workers").await.json();
     let states: std::collections::BTreeMap<String, String> = workers
         .as_array()

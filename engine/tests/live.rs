@@ -377,7 +377,7 @@ async fn the_environments_page_shows_status_and_traffic(s: Setup) {
         errors,
     };
     let samples = [sample("r1", now - 90, 1000, 0), sample("r1", now - 1, 60, 3), sample("r2", now - 1, 30, 0), sample("r1", now, 12, 0)];
-    s.store.record_traffic(&samples, now - 120).await.expect("store");
+    s.store.operational().record_traffic(&samples, now - 120).await.expect("store");
     let (status, listed) = s.call(Method::GET, "/api/environments", Value::Null).await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     let listed = listed.as_array().expect("a list");

@@ -124,7 +124,7 @@ impl Setup {
 
     /// The commands waiting in the outbox.
     async fn outbox(&self) -> Vec<Command> {
-        let entries = self.store.read_outbox(Position::default(), 1000).await.unwrap();
+        let entries = self.store.outbox().read(Position::default(), 1000).await.unwrap();
         entries.iter().map(|e| Envelope::from_json(e.body.as_bytes()).unwrap().decode::<Command>().unwrap()).collect()
     }
 }

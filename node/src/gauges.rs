@@ -62,9 +62,9 @@ pub async fn sample(store: &dyn EventStore, queue: &dyn Queue, sampled: &Sampled
 
 /// Commands after the relay's checkpoint, events after the engine's.
 async fn lags(store: &dyn EventStore) -> Result<(u64, u64), StoreError> {
-    let relayed = store.load_checkpoint(RELAY_CHECKPOINT).await?;
-    let outbox = store.read_outbox(relayed, LAG_CAP).await?.len() as u64;
-    let read = store.load_checkpoint(ENGINE_CHECKPOINT).await?;
+    let relayed = store.operational().load_checkpoint(RELAY_CHECKPOINT).await?;
+    let outbox = store.outbox().read(relayed, LAG_CAP).await?.len() as u64;
+    let read = store.operational().load_checkpoint(ENGINE_CHECKPOINT).await?;
     let events = store.read_all(read, LAG_CAP).await?.len() as u64;
     Ok((outbox, events))
 }

@@ -164,7 +164,7 @@ pub async fn poll_once(store: &dyn EventStore, workspaces: &std::path::Path, pro
 /// polls nothing of its own: its original's rules poll the repository).
 async fn access(store: &dyn EventStore, project: &Project, workspaces: &std::path::Path) -> Result<Access, PollError> {
     let fingerprints: Vec<String> = project.source.credentials.values().cloned().collect();
-    let values = store.values(&fingerprints).await?;
+    let values = store.operational().values(&fingerprints).await?;
     let credentials: BTreeMap<String, String> =
         project.source.credentials.iter().filter_map(|(name, f)| values.get(f).map(|v| (name.clone(), v.clone()))).collect();
     Ok(Access::for_source(&project.source, &credentials, workspaces))

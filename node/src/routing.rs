@@ -343,7 +343,7 @@ impl Follower {
             }
         }
         let samples = self.sampler.samples(&self.options.router_id);
-        match self.store.record_traffic(&samples, Sampler::prune_before(now_s)).await {
+        match self.store.operational().record_traffic(&samples, Sampler::prune_before(now_s)).await {
             Ok(()) => {
                 let routed = &self.routes.by_environment;
                 self.sampler.written(now_s, |p, e| routed.contains_key(&(p.to_string(), e.to_string())));

@@ -1,7 +1,10 @@
-//! The event store contract both backends fulfil: optimistic appends with the
+//! The event log contract both backends fulfil: optimistic appends with the
 //! caused commands in the same transaction (the outbox), stream reads, a
-//! gap-safe global read order for subscribers, checkpoints, a wake-up hint,
-//! and the raw rows the integrity check walks.
+//! gap-safe global read order for subscribers, a wake-up hint, and the raw
+//! rows the integrity check walks. The rest of the database is reached
+//! through it, each part behind its own trait: the outbox (`outbox.rs`),
+//! the operational tables with consumers' checkpoints (`operational.rs`)
+//! and the read models (`read_model/`).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -13,55 +16,6 @@ use uuid::Uuid;
 use crate::chain::ChainRow;
 
 pub use slipway_verify::Position;
-
-/// A worker process as its last heartbeat described it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerBeat {
-    pub id: String,
-    pub host: String,
-    /// The steps it serves.
-    pub steps: Vec<String>,
-    /// What it is doing: one entry per command in progress.
-    pub busy: Vec<String>,
-    /// The ids of those commands (the engine's heartbeat timeout reads them).
-    pub commands: Vec<uuid::Uuid>,
-    pub started_at: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
-    /// It shut down cleanly.
-    pub stopped: bool,
-}
-
-impl WorkerBeat {
-    /// "stopped" (it shut down cleanly), "missing" (silent for longer than
-    /// `missing_after`: killed, or cut off) or "alive", at `now`.
-    pub fn state(&self, now: DateTime<Utc>, missing_after: chrono::Duration) -> &'static str {
-        if self.stopped {
-            "stopped"
-        } else if now - self.last_seen > missing_after {
-            "missing"
-        } else {
-            "alive"
-        }
-    }
-}
-
-/// A `workers` row as a `WorkerBeat` (both backends store the lists as JSON text).
-pub(crate) type WorkerRow = (String, String, String, String, String, DateTime<Utc>, DateTime<Utc>, bool);
-
-/// A `workers` row as a `WorkerBeat`.
-pub(crate) fn worker_beat(row: WorkerRow) -> WorkerBeat {
-    let (id, host, steps, busy, commands, started_at, last_seen, stopped) = row;
-    WorkerBeat {
-        id,
-        host,
-        steps: serde_json::from_str(&steps).unwrap_or_default(),
-        busy: serde_json::from_str(&busy).unwrap_or_default(),
-        commands: serde_json::from_str(&commands).unwrap_or_default(),
-        started_at,
-        last_seen,
-        stopped,
-    }
-}
 
 /// What the appender believes the stream's version is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,40 +197,6 @@ pub trait EventStore: Send + Sync + 'static {
         commands: &[Outgoing],
     ) -> Result<Result<Vec<Appended>, Conflict>, StoreError>;
 
-    /// Stores a setting's value under its fingerprint. Values live outside
-    /// the event log (events carry only fingerprints); the table is
-    /// content-addressed and insert-only.
-    async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError>;
-
-    /// Values by fingerprint; fingerprints without a value are left out.
-    async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError>;
-
-    /// Records a worker process's heartbeat, replacing its previous one.
-    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError>;
-
-    /// Every worker process that ever beat, most recently seen first.
-    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
-
-    /// Writes a router's per-minute traffic samples, each replacing the row
-    /// of its router, environment and minute (idempotent), and drops every
-    /// sample older than `prune_before` (a minute, see `traffic`).
-    async fn record_traffic(&self, samples: &[crate::traffic::TrafficSample], prune_before: i64) -> Result<(), StoreError>;
-
-    /// Every router's traffic samples from minute `since` on, oldest first.
-    async fn traffic(&self, since: i64) -> Result<Vec<crate::traffic::TrafficSample>, StoreError>;
-
-    /// This installation's secret key for setting fingerprints, created on first use.
-    async fn installation_key(&self) -> Result<Vec<u8>, StoreError>;
-
-    /// Seals every stored value again with `to`'s current key (opening it
-    /// with this store's keyring, or as stored in clear); returns how many.
-    /// PostgreSQL needs the owner's login for it (the runtime role may not
-    /// UPDATE values).
-    async fn reseal_values(&self, to: &crate::sealing::Keyring) -> Result<usize, StoreError> {
-        let _ = to;
-        Err(StoreError::Sealing { reason: "this store cannot re-seal its values".into() })
-    }
-
     /// `stream_holds` for several (stream, event id) at once, in order.
     async fn stream_holds_each(&self, asks: &[(&str, Uuid)], types: &[&str]) -> Result<Vec<Holds>, StoreError> {
         let mut out = Vec::with_capacity(asks.len());
@@ -319,15 +239,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// query: the fast path for replays and projection rebuilds.
     fn stream_all(&self, after: Position) -> BoxStream<'_, Result<RecordedEvent, StoreError>>;
 
-    /// Up to `limit` outbox commands after `after`, in the same gap-safe order.
-    async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
-
-    /// Removes outbox rows at or before `upto` (they were published).
-    async fn prune_outbox(&self, upto: Position) -> Result<u64, StoreError>;
-
-    async fn load_checkpoint(&self, consumer: &str) -> Result<Position, StoreError>;
-    async fn save_checkpoint(&self, consumer: &str, position: Position) -> Result<(), StoreError>;
-
     /// A counter that moves when something may have been appended (events or
     /// outbox). Only a hint: readers poll too.
     fn wakeups(&self) -> watch::Receiver<u64>;
@@ -360,6 +271,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Backend name for messages ("postgres", "sqlite").
     fn backend(&self) -> &'static str;
+
+    /// The outbox, written by appends in their transactions.
+    fn outbox(&self) -> &dyn crate::outbox::Outbox;
+
+    /// The operational tables kept in the same database.
+    fn operational(&self) -> &dyn crate::operational::Operational;
 
     /// The read models kept in the same database.
     fn read_models(&self) -> &dyn crate::read_model::ReadModelStore;
@@ -436,28 +353,4 @@ pub(crate) fn prepare<'a>(stream: &str, version: u64, last_hash: &str, events: &
             prepared
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_worker_is_alive_until_silent_too_long_and_stopped_when_it_said_so() {
-        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-        let beat = |ago: i64, stopped| WorkerBeat {
-            id: "w".into(),
-            host: "h".into(),
-            steps: vec![],
-            busy: vec![],
-            commands: vec![],
-            started_at: now,
-            last_seen: now - chrono::Duration::seconds(ago),
-            stopped,
-        };
-        let limit = chrono::Duration::seconds(15);
-        assert_eq!(beat(15, false).state(now, limit), "alive");
-        assert_eq!(beat(16, false).state(now, limit), "missing");
-        assert_eq!(beat(600, true).state(now, limit), "stopped");
-    }
 }

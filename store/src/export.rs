@@ -9,82 +9,58 @@ use std::io::{self, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
-use sqlx::Row;
+use sqlx::{Pool, Row};
 
 pub use slipway_verify::export::*;
 
 use crate::chain::{self, ChainRow, VerifyReport};
+use crate::dialect::{db, parse_tx, Dialect};
 use crate::event_store::{Position, StoreError};
 use crate::{PgStore, SqliteStore};
 
-/// `SELECT` and the columns the log readers read, in `log_row`'s order (on
-/// PostgreSQL `tx` is an `xid8`, read as text): one list per backend, for
-/// `concat!` into each reader's query.
-macro_rules! select_log_columns {
-    (postgres) => {
-        "SELECT tx::text, position, stream, version, body, prev_hash, hash, recorded_at FROM events "
-    };
-    (sqlite) => {
-        "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events "
-    };
-}
-
 /// Every event in global order, raw, as one streamed query (it holds a
 /// connection until the last row is read: the CLI's checkpoints use it;
-/// exports read `paged_log`). Like `stream_all` it reads only below the
-/// oldest running transaction, so the first N events it returns are the
-/// first N for good: a checkpoint over them stays comparable.
+/// exports read `paged_log`). Like `stream_all` it reads only what is safe
+/// to read now, so a checkpoint over its first N events stays comparable.
 pub fn postgres_log(store: &PgStore) -> BoxStream<'_, Result<LogRow, StoreError>> {
-    const SQL: &str = concat!(select_log_columns!(postgres), "WHERE tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx, position");
-    sqlx::query(SQL).fetch(store.pool()).map(|row| pg_log_row(&row.map_err(|e| read_error("postgres", e))?)).boxed()
+    log(store.pool())
 }
 
-/// Up to `limit` events after `after` in global order, raw: one keyset
-/// query (`(tx, position) > after`, the `events_tx_position` index), gap-safe
-/// as `postgres_log`, so consecutive pages are consecutive parts of the log.
-pub async fn postgres_log_page(store: &PgStore, after: Position, limit: usize) -> Result<Vec<LogRow>, StoreError> {
-    const SQL: &str = concat!(
-        select_log_columns!(postgres),
-        "WHERE (tx, position) > ($1::text::xid8, $2)
-           AND tx < pg_snapshot_xmin(pg_current_snapshot())
-         ORDER BY tx, position LIMIT $3"
-    );
-    let rows = sqlx::query(SQL)
+pub fn sqlite_log(store: &SqliteStore) -> BoxStream<'_, Result<LogRow, StoreError>> {
+    log(store.pool())
+}
+
+fn log<DB: Dialect>(pool: &Pool<DB>) -> BoxStream<'_, Result<LogRow, StoreError>>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(DB::LOG).fetch(pool).map(|row| log_row(&row.map_err(read_error::<DB>)?).map_err(read_error::<DB>)).boxed()
+}
+
+/// `EventStore::log_page` on either backend: up to `limit` events after
+/// `after` in global order, raw, gap-safe as `log`.
+pub(crate) async fn log_page<DB: Dialect>(pool: &Pool<DB>, after: Position, limit: usize) -> Result<Vec<LogRow>, StoreError>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
+    let rows = sqlx::query(DB::LOG_PAGE)
         .bind(after.tx.to_string())
         .bind(after.seq)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(store.pool())
+        .fetch_all(pool)
         .await
-        .map_err(|e| read_error("postgres", e))?;
-    rows.iter().map(pg_log_row).collect()
-}
-
-fn pg_log_row(row: &sqlx::postgres::PgRow) -> Result<LogRow, StoreError> {
-    let tx: &str = row.try_get(0).map_err(|e| read_error("postgres", e))?;
-    log_row(tx.parse().unwrap_or(0), row).map_err(|e| read_error("postgres", e))
-}
-
-/// Every event in global (position) order, raw, as one streamed query.
-pub fn sqlite_log(store: &SqliteStore) -> BoxStream<'_, Result<LogRow, StoreError>> {
-    const SQL: &str = concat!(select_log_columns!(sqlite), "ORDER BY position");
-    sqlx::query(SQL).fetch(store.pool()).map(|row| sqlite_log_row(&row.map_err(|e| read_error("sqlite", e))?)).boxed()
-}
-
-/// `postgres_log_page` on SQLite (positions are the global order there).
-pub async fn sqlite_log_page(store: &SqliteStore, after: Position, limit: usize) -> Result<Vec<LogRow>, StoreError> {
-    const SQL: &str = concat!(select_log_columns!(sqlite), "WHERE position > ?1 ORDER BY position LIMIT ?2");
-    let rows = sqlx::query(SQL)
-        .bind(after.seq)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(store.pool())
-        .await
-        .map_err(|e| read_error("sqlite", e))?;
-    rows.iter().map(sqlite_log_row).collect()
-}
-
-fn sqlite_log_row(row: &sqlx::sqlite::SqliteRow) -> Result<LogRow, StoreError> {
-    let tx: i64 = row.try_get(0).map_err(|e| read_error("sqlite", e))?;
-    log_row(tx as u64, row).map_err(|e| read_error("sqlite", e))
+        .map_err(read_error::<DB>)?;
+    rows.iter().map(|row| log_row(row).map_err(read_error::<DB>)).collect()
 }
 
 /// Events an export reads per page (`EventStore::log_page`): each page is
@@ -127,7 +103,7 @@ pub fn paged_log(store: &dyn crate::EventStore, page: usize, upto: Option<Positi
     .boxed()
 }
 
-fn log_row<'r, R: Row>(tx: u64, row: &'r R) -> Result<LogRow, sqlx::Error>
+fn log_row<'r, R: Row>(row: &'r R) -> Result<LogRow, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
     i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -135,7 +111,7 @@ where
     DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     Ok(LogRow {
-        position: Position { tx, seq: row.try_get(1)? },
+        position: Position { tx: parse_tx(&row.try_get::<String, _>(0)?), seq: row.try_get(1)? },
         stream: row.try_get(2)?,
         version: u64::try_from(row.try_get::<i64, _>(3)?).unwrap_or(0),
         body: row.try_get(4)?,
@@ -145,59 +121,62 @@ where
     })
 }
 
-/// The chain fields `chain::verify` reads, ordered by stream then version.
+/// Every stored event's chain fields, ordered by stream then version, as
+/// one streamed query: `slipway audit verify` reads it (a CLI may hold a
+/// connection for as long as it takes; the API reads `paged_chains`).
+pub fn postgres_chains(store: &PgStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
+    chains(store.pool())
+}
+
+pub fn sqlite_chains(store: &SqliteStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
+    chains(store.pool())
+}
+
+/// The chain fields `chain::verify` reads, in `chain_row`'s order.
 macro_rules! select_chain_columns {
     () => {
         "SELECT stream, version, body, prev_hash, hash FROM events "
     };
 }
 
-/// Every stored event's chain fields, ordered by stream then version, as
-/// one streamed query: `slipway audit verify` reads it (a CLI may hold a
-/// connection for as long as it takes; the API reads `paged_chains`).
-pub fn postgres_chains(store: &PgStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
+fn chains<DB: Dialect>(pool: &Pool<DB>) -> BoxStream<'_, Result<ChainRow, StoreError>>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+{
     sqlx::query(concat!(select_chain_columns!(), "ORDER BY stream, version"))
-        .fetch(store.pool())
-        .map(|row| chain_row(&row.map_err(|e| chain_error("postgres", e))?).map_err(|e| chain_error("postgres", e)))
+        .fetch(pool)
+        .map(|row| chain_row(&row.map_err(chain_error::<DB>)?).map_err(chain_error::<DB>))
         .boxed()
 }
 
-pub fn sqlite_chains(store: &SqliteStore) -> BoxStream<'_, Result<ChainRow, StoreError>> {
-    sqlx::query(concat!(select_chain_columns!(), "ORDER BY stream, version"))
-        .fetch(store.pool())
-        .map(|row| chain_row(&row.map_err(|e| chain_error("sqlite", e))?).map_err(|e| chain_error("sqlite", e)))
-        .boxed()
-}
-
-/// `EventStore::chain_page` on PostgreSQL: `(stream, version) > after`
+/// `EventStore::chain_page` on either backend: `(stream, version) > after`
 /// walks the `UNIQUE (stream, version)` index, in the same collation as
-/// the `ORDER BY`, so consecutive pages are consecutive parts of the order.
-/// The first page is after `("", 0)`: no stream is named "".
-pub async fn postgres_chain_page(store: &PgStore, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
+/// the `ORDER BY` (row values compare alike on both), so consecutive pages
+/// are consecutive parts of the order. The first page is after `("", 0)`:
+/// no stream is named "".
+pub(crate) async fn chain_page<DB: Dialect>(pool: &Pool<DB>, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+{
     const SQL: &str = concat!(select_chain_columns!(), "WHERE (stream, version) > ($1, $2) ORDER BY stream, version LIMIT $3");
     let (stream, version) = after.unwrap_or(("", 0));
     let rows = sqlx::query(SQL)
         .bind(stream)
         .bind(i64::try_from(version).unwrap_or(i64::MAX))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(store.pool())
+        .fetch_all(pool)
         .await
-        .map_err(|e| chain_error("postgres", e))?;
-    rows.iter().map(|row| chain_row(row).map_err(|e| chain_error("postgres", e))).collect()
-}
-
-/// `postgres_chain_page` on SQLite (row values compare as PostgreSQL's do).
-pub async fn sqlite_chain_page(store: &SqliteStore, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-    const SQL: &str = concat!(select_chain_columns!(), "WHERE (stream, version) > (?1, ?2) ORDER BY stream, version LIMIT ?3");
-    let (stream, version) = after.unwrap_or(("", 0));
-    let rows = sqlx::query(SQL)
-        .bind(stream)
-        .bind(i64::try_from(version).unwrap_or(i64::MAX))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(store.pool())
-        .await
-        .map_err(|e| chain_error("sqlite", e))?;
-    rows.iter().map(|row| chain_row(row).map_err(|e| chain_error("sqlite", e))).collect()
+        .map_err(chain_error::<DB>)?;
+    rows.iter().map(|row| chain_row(row).map_err(chain_error::<DB>)).collect()
 }
 
 /// Events per page of `paged_chains`.
@@ -272,12 +251,12 @@ pub async fn verify_chains(mut rows: BoxStream<'_, Result<ChainRow, StoreError>>
     Ok(report)
 }
 
-fn chain_error(backend: &'static str, source: sqlx::Error) -> StoreError {
-    StoreError::Database { backend, context: "reading the hash chains".into(), source }
+fn chain_error<DB: Dialect>(source: sqlx::Error) -> StoreError {
+    db::<DB>("reading the hash chains")(source)
 }
 
-fn read_error(backend: &'static str, source: sqlx::Error) -> StoreError {
-    StoreError::Database { backend, context: "reading the log in global order".into(), source }
+fn read_error<DB: Dialect>(source: sqlx::Error) -> StoreError {
+    db::<DB>("reading the log in global order")(source)
 }
 
 /// Why an export could not be written.

@@ -4,9 +4,12 @@
 //! queues themselves (RabbitMQ, in-process). Workers and the engine both
 //! depend on this crate; it knows nothing of deployments' decisions.
 
+mod dialect;
 pub mod event_store;
 pub use slipway_verify::{chain, checkpoint, merkle};
 pub mod export;
+pub mod operational;
+pub mod outbox;
 pub mod pg_login;
 pub mod postgres;
 pub mod queue;
@@ -19,8 +22,8 @@ pub mod sqlite;
 pub mod subscription;
 pub mod traffic;
 
-pub use event_store::{
-    Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError, StreamAppend, WorkerBeat,
-};
+pub use event_store::{Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError, StreamAppend};
+pub use operational::{Operational, WorkerBeat};
+pub use outbox::Outbox;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

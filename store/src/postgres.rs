@@ -18,14 +18,15 @@ use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use slipway_proto::Envelope;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::chain::{ChainRow, GENESIS};
+use crate::dialect::{parse_tx, Tables};
 use crate::event_store::{
-    prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, Holds, OutboxEntry, Outgoing, Position, RawEvent,
-    RecordedEvent, StoreError, StreamAppend, WorkerBeat,
+    prepare, validate_append, Appended, Conflict, EventStore, ExpectedVersion, Holds, Outgoing, Position, RawEvent, RecordedEvent,
+    StoreError, StreamAppend,
 };
 
 const BACKEND: &str = "postgres";
@@ -104,11 +105,11 @@ impl Grant {
 }
 
 pub struct PgStore {
-    pool: PgPool,
+    /// The pool, with the outbox and the operational tables on it.
+    tables: Tables<Postgres>,
     wake: watch::Receiver<u64>,
     listener: Arc<tokio::task::JoinHandle<()>>,
     heads: Arc<Heads>,
-    sealing: crate::sealing::Sealing,
 }
 
 /// A stream's last event as this store committed it: a hint only. Events are
@@ -196,13 +197,7 @@ impl Drop for PgStore {
 
 impl Clone for PgStore {
     fn clone(&self) -> Self {
-        PgStore {
-            pool: self.pool.clone(),
-            wake: self.wake.clone(),
-            listener: self.listener.clone(),
-            heads: self.heads.clone(),
-            sealing: self.sealing.clone(),
-        }
+        PgStore { tables: self.tables.clone(), wake: self.wake.clone(), listener: self.listener.clone(), heads: self.heads.clone() }
     }
 }
 
@@ -277,7 +272,7 @@ impl PgStore {
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
-        Ok(PgStore { pool, wake, listener: Arc::new(listener), heads: Arc::default(), sealing: Default::default() })
+        Ok(PgStore { tables: Tables::new(pool), wake, listener: Arc::new(listener), heads: Arc::default() })
     }
 
     /// `slipway db migrate`: applies this build's migrations to `schema` (or
@@ -320,12 +315,12 @@ impl PgStore {
 
     /// Setting values sealed (and opened) this way from now on.
     pub fn sealed(mut self, sealing: crate::sealing::Sealing) -> Self {
-        self.sealing = sealing;
+        self.tables.sealing = sealing;
         self
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.tables.pool
     }
 
     /// Appends inside the caller's transaction, so other writes can commit
@@ -357,7 +352,7 @@ impl PgStore {
         use_heads: bool,
     ) -> Result<Attempt, StoreError> {
         let context = "appending";
-        let mut tx = self.pool.begin().await.map_err(db(context))?;
+        let mut tx = self.tables.pool.begin().await.map_err(db(context))?;
         // Lock streams in name order so two multi-stream appends cannot deadlock.
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by_key(|&i| appends[i].stream);
@@ -439,7 +434,7 @@ impl PgStore {
                 .bind(order.iter().map(|&i| items[i].1.correlation_id).collect::<Vec<_>>())
                 .bind(&bodies)
                 .bind(GENESIS)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.tables.pool)
                 .await;
             let rows = match rows {
                 Ok(rows) => rows,
@@ -541,7 +536,7 @@ impl PgStore {
             .bind(by_name.iter().map(|(s, _)| *s).collect::<Vec<_>>())
             .bind(by_name.iter().map(|(_, h)| h.version as i64).collect::<Vec<_>>())
             .bind(by_name.iter().map(|(_, h)| h.hash.as_str()).collect::<Vec<_>>());
-        let rows = bind_outbox(query, commands).fetch_all(&self.pool).await;
+        let rows = bind_outbox(query, commands).fetch_all(&self.tables.pool).await;
         let rows = match rows {
             Ok(rows) if !rows.is_empty() => rows,
             Ok(_) => {
@@ -733,10 +728,6 @@ async fn insert_outbox(tx: &mut PgConnection, commands: &[Outgoing]) -> Result<(
     Ok(())
 }
 
-fn parse_tx(text: &str) -> u64 {
-    text.parse().unwrap_or(0)
-}
-
 /// A row of `EVENT_COLUMNS`, read by index (the columns' order there).
 fn raw_event(row: &PgRow) -> Result<RawEvent, sqlx::Error> {
     Ok(RawEvent {
@@ -797,114 +788,11 @@ impl EventStore for PgStore {
         self.heads.put_newer(&event.stream, Head { version: event.version, hash: event.hash.clone() });
     }
 
-    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO workers (id, host, steps, busy, commands, started_at, last_seen, stopped) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (id) DO UPDATE SET host = $2, steps = $3, busy = $4, commands = $5, started_at = $6, last_seen = $7, stopped = $8",
-        )
-        .bind(&beat.id)
-        .bind(&beat.host)
-        .bind(serde_json::to_string(&beat.steps).unwrap_or_default())
-        .bind(serde_json::to_string(&beat.busy).unwrap_or_default())
-        .bind(serde_json::to_string(&beat.commands).unwrap_or_default())
-        .bind(beat.started_at)
-        .bind(beat.last_seen)
-        .bind(beat.stopped)
-        .execute(&self.pool)
-        .await
-        .map_err(db("recording a worker heartbeat"))?;
-        Ok(())
-    }
-
-    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
-        type Row = crate::event_store::WorkerRow;
-        let rows: Vec<Row> =
-            sqlx::query_as("SELECT id, host, steps, busy, commands, started_at, last_seen, stopped FROM workers ORDER BY last_seen DESC")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("reading workers"))?;
-        Ok(rows.into_iter().map(crate::event_store::worker_beat).collect())
-    }
-
-    async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {
-        let stored = self.sealing.stored(fingerprint, value)?;
-        sqlx::query("INSERT INTO setting_values (fingerprint, value) VALUES ($1, $2) ON CONFLICT (fingerprint) DO NOTHING")
-            .bind(fingerprint)
-            .bind(stored)
-            .execute(&self.pool)
-            .await
-            .map_err(db("storing a setting value"))?;
-        Ok(())
-    }
-
-    async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        // Each value is opened as its row arrives, while the rest are still
-        // on their way: sealed values cost little more than clear ones.
-        let mut rows = sqlx::query_as::<_, (String, String)>("SELECT fingerprint, value FROM setting_values WHERE fingerprint = ANY($1)")
-            .bind(fingerprints)
-            .fetch(&self.pool);
-        let mut values = std::collections::HashMap::with_capacity(fingerprints.len());
-        while let Some((f, stored)) = futures::TryStreamExt::try_next(&mut rows).await.map_err(db("reading setting values"))? {
-            let value = self.sealing.opened(&f, &stored)?;
-            values.insert(f, value);
-        }
-        Ok(values)
-    }
-
-    async fn reseal_values(&self, to: &crate::sealing::Keyring) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("re-sealing setting values"))?;
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT fingerprint, value FROM setting_values FOR UPDATE")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("reading setting values to re-seal"))?;
-        for (fingerprint, stored) in &rows {
-            let sealed = to.seal(fingerprint, &self.sealing.opened(fingerprint, stored)?);
-            sqlx::query("UPDATE setting_values SET value = $2 WHERE fingerprint = $1")
-                .bind(fingerprint)
-                .bind(sealed)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("re-sealing a setting value (run this with the database owner's login)"))?;
-        }
-        tx.commit().await.map_err(db("re-sealing setting values"))?;
-        Ok(rows.len())
-    }
-
-    async fn record_traffic(&self, samples: &[crate::traffic::TrafficSample], prune_before: i64) -> Result<(), StoreError> {
-        use crate::traffic::{upsert, PRUNE};
-        let mut tx = self.pool.begin().await.map_err(db("recording traffic samples"))?;
-        for s in samples {
-            upsert(s).execute(&mut *tx).await.map_err(db("recording a traffic sample"))?;
-        }
-        sqlx::query(PRUNE).bind(prune_before).execute(&mut *tx).await.map_err(db("pruning old traffic samples"))?;
-        tx.commit().await.map_err(db("recording traffic samples"))
-    }
-
-    async fn traffic(&self, since: i64) -> Result<Vec<crate::traffic::TrafficSample>, StoreError> {
-        use crate::traffic::{sample, Row, SINCE};
-        let rows: Vec<Row> = sqlx::query_as(SINCE).bind(since).fetch_all(&self.pool).await.map_err(db("reading traffic samples"))?;
-        Ok(rows.into_iter().map(sample).collect())
-    }
-
-    async fn installation_key(&self) -> Result<Vec<u8>, StoreError> {
-        let fresh = crate::settings::new_key();
-        sqlx::query("INSERT INTO installation (id, fingerprint_key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
-            .bind(&fresh)
-            .execute(&self.pool)
-            .await
-            .map_err(db("creating the installation key"))?;
-        let key: String = sqlx::query_scalar("SELECT fingerprint_key FROM installation WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("reading the installation key"))?;
-        Ok(key.into_bytes())
-    }
-
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND version >= $2 ORDER BY version"))
             .bind(stream)
             .bind(from_version as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.tables.pool)
             .await
             .map_err(db(format!("reading `{stream}`")))?;
         rows.iter().map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode()).collect()
@@ -923,7 +811,7 @@ impl EventStore for PgStore {
         .bind(asks.iter().map(|a| a.0).collect::<Vec<_>>())
         .bind(asks.iter().map(|a| a.1).collect::<Vec<_>>())
         .bind(types)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.tables.pool)
         .await
         .map_err(db("looking into streams"))?;
         Ok(rows.into_iter().map(|(id, any_of_types)| Holds { id, any_of_types }).collect())
@@ -947,7 +835,7 @@ impl EventStore for PgStore {
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
         let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM events WHERE stream = $1")
             .bind(stream)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.tables.pool)
             .await
             .map_err(db(format!("reading the version of `{stream}`")))?;
         Ok(v.unwrap_or(0) as u64)
@@ -963,7 +851,7 @@ impl EventStore for PgStore {
         .bind(after.tx.to_string())
         .bind(after.seq)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.tables.pool)
         .await
         .map_err(db(format!("reading all events after {after}")))?;
         rows.iter().map(|r| raw_event(r).map_err(db("decoding an event row"))?.decode()).collect()
@@ -973,7 +861,7 @@ impl EventStore for PgStore {
         sqlx::query(STREAM_ALL)
             .bind(after.tx.to_string())
             .bind(after.seq)
-            .fetch(&self.pool)
+            .fetch(&self.tables.pool)
             // Error contexts are built only on failure (not per row).
             .map(|row| {
                 let row = row.map_err(|e| db("streaming events")(e))?;
@@ -982,76 +870,24 @@ impl EventStore for PgStore {
             .boxed()
     }
 
-    async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tx::text AS tx, position, message_id, queue, body, traceparent FROM outbox
-             WHERE (tx, position) > ($1::text::xid8, $2)
-               AND tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY outbox.tx, outbox.position LIMIT $3",
-        )
-        .bind(after.tx.to_string())
-        .bind(after.seq)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db(format!("reading the outbox after {after}")))?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxEntry {
-                    position: Position { tx: parse_tx(row.try_get("tx")?), seq: row.try_get("position")? },
-                    message_id: row.try_get("message_id")?,
-                    queue: row.try_get("queue")?,
-                    body: row.try_get("body")?,
-                    traceparent: row.try_get("traceparent")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("decoding an outbox row"))
-    }
-
-    async fn prune_outbox(&self, upto: Position) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM outbox WHERE (tx, position) <= ($1::text::xid8, $2)")
-            .bind(upto.tx.to_string())
-            .bind(upto.seq)
-            .execute(&self.pool)
-            .await
-            .map_err(db("pruning the outbox"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn load_checkpoint(&self, consumer: &str) -> Result<Position, StoreError> {
-        let row: Option<(String, i64)> = sqlx::query_as("SELECT tx::text, position FROM checkpoints WHERE consumer = $1")
-            .bind(consumer)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db(format!("loading checkpoint `{consumer}`")))?;
-        Ok(row.map_or(Position::START, |(tx, seq)| Position { tx: parse_tx(&tx), seq }))
-    }
-
-    async fn save_checkpoint(&self, consumer: &str, position: Position) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO checkpoints (consumer, tx, position) VALUES ($1, $2::text::xid8, $3)
-             ON CONFLICT (consumer) DO UPDATE SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = clock_timestamp()",
-        )
-        .bind(consumer)
-        .bind(position.tx.to_string())
-        .bind(position.seq)
-        .execute(&self.pool)
-        .await
-        .map_err(db(format!("saving checkpoint `{consumer}`")))?;
-        Ok(())
-    }
-
     fn wakeups(&self) -> watch::Receiver<u64> {
         self.wake.clone()
     }
 
     async fn chain_page(&self, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-        crate::export::postgres_chain_page(self, after, limit).await
+        crate::export::chain_page(self.pool(), after, limit).await
     }
 
     async fn log_page(&self, after: Position, limit: usize) -> Result<Vec<crate::export::LogRow>, StoreError> {
-        crate::export::postgres_log_page(self, after, limit).await
+        crate::export::log_page(self.pool(), after, limit).await
+    }
+
+    fn outbox(&self) -> &dyn crate::outbox::Outbox {
+        &self.tables
+    }
+
+    fn operational(&self) -> &dyn crate::operational::Operational {
+        &self.tables
     }
 
     fn read_models(&self) -> &dyn crate::read_model::ReadModelStore {

@@ -57,9 +57,9 @@ impl Relay {
     pub async fn relay_once(&mut self) -> Result<usize, RelayError> {
         let cursor = match self.cursor {
             Some(c) => c,
-            None => *self.cursor.insert(self.store.load_checkpoint(RELAY_CHECKPOINT).await?),
+            None => *self.cursor.insert(self.store.operational().load_checkpoint(RELAY_CHECKPOINT).await?),
         };
-        let pending = self.store.read_outbox(cursor, self.options.batch).await?;
+        let pending = self.store.outbox().read(cursor, self.options.batch).await?;
         let Some(last) = pending.last().map(|e| e.position) else {
             return Ok(0);
         };
@@ -73,10 +73,10 @@ impl Relay {
         // Confirmed by the broker before the checkpoint moves: a crash in
         // between re-publishes these (same ids), never skips them.
         self.queue.publish(&messages).await?;
-        self.store.save_checkpoint(RELAY_CHECKPOINT, last).await?;
+        self.store.operational().save_checkpoint(RELAY_CHECKPOINT, last).await?;
         self.cursor = Some(last);
         if self.options.prune {
-            self.store.prune_outbox(last).await?;
+            self.store.outbox().prune(last).await?;
         }
         Ok(pending.len())
     }

@@ -12,13 +12,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Row, Sqlite};
 use tokio::sync::watch;
 
 use crate::chain::{ChainRow, GENESIS};
+use crate::dialect::Tables;
 use crate::event_store::{
-    prepare, validate_append, Appended, Conflict, EventStore, OutboxEntry, Outgoing, Position, RawEvent, RecordedEvent, StoreError,
-    StreamAppend, WorkerBeat,
+    prepare, validate_append, Appended, Conflict, EventStore, Outgoing, Position, RawEvent, RecordedEvent, StoreError, StreamAppend,
 };
 
 const BACKEND: &str = "sqlite";
@@ -30,19 +30,19 @@ fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// The pool, with the outbox and the operational tables on it.
+    tables: Tables<Sqlite>,
     wake: watch::Sender<u64>,
     /// For an in-memory store: an idle connection that keeps the shared
     /// in-memory database alive while the pool replaces its connection (a
     /// task cancelled mid-query drops the connection it held).
     _keeper: Option<Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>,
-    sealing: crate::sealing::Sealing,
 }
 
 impl SqliteStore {
     /// Setting values sealed (and opened) this way from now on.
     pub fn sealed(mut self, sealing: crate::sealing::Sealing) -> Self {
-        self.sealing = sealing;
+        self.tables.sealing = sealing;
         self
     }
 
@@ -88,11 +88,11 @@ impl SqliteStore {
     async fn with_pool(pool: SqlitePool, keeper: Option<Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>) -> Result<Self, StoreError> {
         sqlx::migrate!("../migrations/sqlite").run(&pool).await.map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
         let (wake, _) = watch::channel(0u64);
-        Ok(SqliteStore { pool, wake, _keeper: keeper, sealing: Default::default() })
+        Ok(SqliteStore { tables: Tables::new(pool), wake, _keeper: keeper })
     }
 
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.tables.pool
     }
 
     fn wake_up(&self) {
@@ -124,7 +124,7 @@ impl EventStore for SqliteStore {
     ) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
         // IMMEDIATE takes the write lock up front, so two writers never both
         // read a stream's version and then race to extend it.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("appending"))?;
+        let mut tx = self.tables.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("appending"))?;
         let now = Utc::now();
         let mut results = Vec::with_capacity(appends.len());
         for a in appends {
@@ -150,114 +150,11 @@ impl EventStore for SqliteStore {
         Ok(Ok(results))
     }
 
-    async fn heartbeat(&self, beat: &WorkerBeat) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO workers (id, host, steps, busy, commands, started_at, last_seen, stopped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-             ON CONFLICT (id) DO UPDATE SET host = ?2, steps = ?3, busy = ?4, commands = ?5, started_at = ?6, last_seen = ?7, stopped = ?8",
-        )
-        .bind(&beat.id)
-        .bind(&beat.host)
-        .bind(serde_json::to_string(&beat.steps).unwrap_or_default())
-        .bind(serde_json::to_string(&beat.busy).unwrap_or_default())
-        .bind(serde_json::to_string(&beat.commands).unwrap_or_default())
-        .bind(beat.started_at)
-        .bind(beat.last_seen)
-        .bind(beat.stopped)
-        .execute(&self.pool)
-        .await
-        .map_err(db("recording a worker heartbeat"))?;
-        Ok(())
-    }
-
-    async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError> {
-        type Row = crate::event_store::WorkerRow;
-        let rows: Vec<Row> =
-            sqlx::query_as("SELECT id, host, steps, busy, commands, started_at, last_seen, stopped FROM workers ORDER BY last_seen DESC")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("reading workers"))?;
-        Ok(rows.into_iter().map(crate::event_store::worker_beat).collect())
-    }
-
-    async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {
-        let stored = self.sealing.stored(fingerprint, value)?;
-        sqlx::query("INSERT INTO setting_values (fingerprint, value) VALUES (?1, ?2) ON CONFLICT (fingerprint) DO NOTHING")
-            .bind(fingerprint)
-            .bind(stored)
-            .execute(&self.pool)
-            .await
-            .map_err(db("storing a setting value"))?;
-        Ok(())
-    }
-
-    async fn values(&self, fingerprints: &[String]) -> Result<std::collections::HashMap<String, String>, StoreError> {
-        let mut found = std::collections::HashMap::new();
-        for f in fingerprints {
-            let v: Option<String> = sqlx::query_scalar("SELECT value FROM setting_values WHERE fingerprint = ?1")
-                .bind(f)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("reading setting values"))?;
-            if let Some(v) = v {
-                found.insert(f.clone(), self.sealing.opened(f, &v)?);
-            }
-        }
-        Ok(found)
-    }
-
-    async fn reseal_values(&self, to: &crate::sealing::Keyring) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("re-sealing setting values"))?;
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT fingerprint, value FROM setting_values")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db("reading setting values to re-seal"))?;
-        for (fingerprint, stored) in &rows {
-            let sealed = to.seal(fingerprint, &self.sealing.opened(fingerprint, stored)?);
-            sqlx::query("UPDATE setting_values SET value = ?2 WHERE fingerprint = ?1")
-                .bind(fingerprint)
-                .bind(sealed)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("re-sealing a setting value"))?;
-        }
-        tx.commit().await.map_err(db("re-sealing setting values"))?;
-        Ok(rows.len())
-    }
-
-    async fn record_traffic(&self, samples: &[crate::traffic::TrafficSample], prune_before: i64) -> Result<(), StoreError> {
-        use crate::traffic::{upsert, PRUNE};
-        let mut tx = self.pool.begin().await.map_err(db("recording traffic samples"))?;
-        for s in samples {
-            upsert(s).execute(&mut *tx).await.map_err(db("recording a traffic sample"))?;
-        }
-        sqlx::query(PRUNE).bind(prune_before).execute(&mut *tx).await.map_err(db("pruning old traffic samples"))?;
-        tx.commit().await.map_err(db("recording traffic samples"))
-    }
-
-    async fn traffic(&self, since: i64) -> Result<Vec<crate::traffic::TrafficSample>, StoreError> {
-        use crate::traffic::{sample, Row, SINCE};
-        let rows: Vec<Row> = sqlx::query_as(SINCE).bind(since).fetch_all(&self.pool).await.map_err(db("reading traffic samples"))?;
-        Ok(rows.into_iter().map(sample).collect())
-    }
-
-    async fn installation_key(&self) -> Result<Vec<u8>, StoreError> {
-        sqlx::query("INSERT INTO installation (id, fingerprint_key) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING")
-            .bind(crate::settings::new_key())
-            .execute(&self.pool)
-            .await
-            .map_err(db("creating the installation key"))?;
-        let key: String = sqlx::query_scalar("SELECT fingerprint_key FROM installation WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("reading the installation key"))?;
-        Ok(key.into_bytes())
-    }
-
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND version >= ?2 ORDER BY version"))
             .bind(stream)
             .bind(from_version as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.tables.pool)
             .await
             .map_err(db(format!("reading `{stream}`")))?;
         rows.iter().map(|r| raw_event(r).map_err(db(format!("reading `{stream}`")))?.decode()).collect()
@@ -266,7 +163,7 @@ impl EventStore for SqliteStore {
     async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
         let v: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM events WHERE stream = ?1")
             .bind(stream)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.tables.pool)
             .await
             .map_err(db(format!("reading the version of `{stream}`")))?;
         Ok(v.unwrap_or(0) as u64)
@@ -276,7 +173,7 @@ impl EventStore for SqliteStore {
         let rows = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"))
             .bind(after.seq)
             .bind(limit as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.tables.pool)
             .await
             .map_err(db(format!("reading all events after {after}")))?;
         rows.iter().map(|r| raw_event(r).map_err(db("decoding an event row"))?.decode()).collect()
@@ -287,64 +184,9 @@ impl EventStore for SqliteStore {
             "SELECT tx, position, stream, version, body, prev_hash, hash, recorded_at FROM events WHERE position > ?1 ORDER BY position",
         )
         .bind(after.seq)
-        .fetch(&self.pool)
+        .fetch(&self.tables.pool)
         .map(|row| raw_event(&row.map_err(db("streaming events"))?).map_err(db("decoding an event row"))?.decode())
         .boxed()
-    }
-
-    async fn read_outbox(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows =
-            sqlx::query("SELECT position, message_id, queue, body, traceparent FROM outbox WHERE position > ?1 ORDER BY position LIMIT ?2")
-                .bind(after.seq)
-                .bind(limit as i64)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db(format!("reading the outbox after {after}")))?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("message_id")?;
-                Ok(OutboxEntry {
-                    position: Position { tx: 0, seq: row.try_get("position")? },
-                    message_id: uuid::Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-                    queue: row.try_get("queue")?,
-                    body: row.try_get("body")?,
-                    traceparent: row.try_get("traceparent")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db("decoding an outbox row"))
-    }
-
-    async fn prune_outbox(&self, upto: Position) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM outbox WHERE position <= ?1")
-            .bind(upto.seq)
-            .execute(&self.pool)
-            .await
-            .map_err(db("pruning the outbox"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn load_checkpoint(&self, consumer: &str) -> Result<Position, StoreError> {
-        let row: Option<(i64, i64)> = sqlx::query_as("SELECT tx, position FROM checkpoints WHERE consumer = ?1")
-            .bind(consumer)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db(format!("loading checkpoint `{consumer}`")))?;
-        Ok(row.map_or(Position::START, |(tx, seq)| Position { tx: tx as u64, seq }))
-    }
-
-    async fn save_checkpoint(&self, consumer: &str, position: Position) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO checkpoints (consumer, tx, position) VALUES (?1, ?2, ?3)
-             ON CONFLICT (consumer) DO UPDATE SET tx = excluded.tx, position = excluded.position",
-        )
-        .bind(consumer)
-        .bind(position.tx as i64)
-        .bind(position.seq)
-        .execute(&self.pool)
-        .await
-        .map_err(db(format!("saving checkpoint `{consumer}`")))?;
-        Ok(())
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {
@@ -352,11 +194,19 @@ impl EventStore for SqliteStore {
     }
 
     async fn chain_page(&self, after: Option<(&str, u64)>, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-        crate::export::sqlite_chain_page(self, after, limit).await
+        crate::export::chain_page(self.pool(), after, limit).await
     }
 
     async fn log_page(&self, after: Position, limit: usize) -> Result<Vec<crate::export::LogRow>, StoreError> {
-        crate::export::sqlite_log_page(self, after, limit).await
+        crate::export::log_page(self.pool(), after, limit).await
+    }
+
+    fn outbox(&self) -> &dyn crate::outbox::Outbox {
+        &self.tables
+    }
+
+    fn operational(&self) -> &dyn crate::operational::Operational {
+        &self.tables
     }
 
     fn read_models(&self) -> &dyn crate::read_model::ReadModelStore {

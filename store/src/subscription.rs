@@ -24,7 +24,7 @@ impl Subscription {
     /// Starts from the consumer's stored checkpoint (or the beginning).
     pub async fn start(store: Arc<dyn EventStore>, name: impl Into<String>) -> Result<Self, StoreError> {
         let name = name.into();
-        let cursor = store.load_checkpoint(&name).await?;
+        let cursor = store.operational().load_checkpoint(&name).await?;
         let wake = store.wakeups();
         Ok(Subscription { store, name, cursor, wake, poll: DEFAULT_POLL })
     }
@@ -66,7 +66,7 @@ impl Subscription {
 
     /// Stores the cursor, so a restart resumes after what was handled.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        self.store.save_checkpoint(&self.name, self.cursor).await
+        self.store.operational().save_checkpoint(&self.name, self.cursor).await
     }
 }
 

@@ -43,7 +43,7 @@ async fn events_and_commands_come_in_numeric_transaction_order() {
     assert_eq!(next.iter().map(|r| r.position.tx).collect::<Vec<_>>(), [100]);
     let all: Vec<u64> = store.stream_all(Position::START).map_ok(|r| r.position.tx).try_collect().await.unwrap();
     assert_eq!(all, [99, 100]);
-    let command = store.read_outbox(Position::START, 1).await.unwrap();
+    let command = store.outbox().read(Position::START, 1).await.unwrap();
     assert_eq!(command.iter().map(|c| c.position.tx).collect::<Vec<_>>(), [99]);
     drop_schema(&schema).await;
 }

@@ -76,8 +76,8 @@ async fn relay_killed_at_random_points_loses_nothing(store: DynStore, queue: Arc
         task.abort();
         let _ = task.await;
         kills += 1;
-        let checkpoint = store.load_checkpoint(RELAY_CHECKPOINT).await.unwrap();
-        if store.read_outbox(checkpoint, 1).await.unwrap().is_empty() || kills > 200 {
+        let checkpoint = store.operational().load_checkpoint(RELAY_CHECKPOINT).await.unwrap();
+        if store.outbox().read(checkpoint, 1).await.unwrap().is_empty() || kills > 200 {
             break;
         }
     }
@@ -120,8 +120,8 @@ async fn an_unconfirmed_batch_does_not_move_the_checkpoint(store: DynStore, queu
     outbox_at_least(&*store, Position::START, 6).await;
     let mut refused = Relay::new(store.clone(), Arc::new(Refusing), RelayOptions::default());
     assert!(refused.relay_once().await.is_err());
-    assert_eq!(store.load_checkpoint(RELAY_CHECKPOINT).await.unwrap(), Position::START);
-    assert_eq!(store.read_outbox(Position::START, 100).await.unwrap().len(), 6, "nothing pruned");
+    assert_eq!(store.operational().load_checkpoint(RELAY_CHECKPOINT).await.unwrap(), Position::START);
+    assert_eq!(store.outbox().read(Position::START, 100).await.unwrap().len(), 6, "nothing pruned");
     // A working broker later gets every command.
     outbox_at_least(&*store, Position::START, 6).await;
     let mut relay = Relay::new(store.clone(), queue.clone(), RelayOptions::default());
@@ -134,7 +134,7 @@ async fn an_unconfirmed_batch_does_not_move_the_checkpoint(store: DynStore, queu
         d.ack().await.unwrap();
     }
     assert_eq!(got, expected);
-    assert!(store.read_outbox(Position::START, 100).await.unwrap().is_empty(), "published rows are pruned");
+    assert!(store.outbox().read(Position::START, 100).await.unwrap().is_empty(), "published rows are pruned");
     queue.delete(QUEUE).await.unwrap();
 }
 

@@ -44,7 +44,7 @@ async fn a_wrong_expected_version_is_a_conflict_and_writes_nothing(store: DynSto
         assert!(conflict.to_string().contains("is at version 2"), "{conflict}");
     }
     assert_eq!(store.stream_version(s).await.unwrap(), 2);
-    assert!(store.read_outbox(Position::START, 10).await.unwrap().is_empty(), "a conflict wrote a command");
+    assert!(store.outbox().read(Position::START, 10).await.unwrap().is_empty(), "a conflict wrote a command");
 }
 
 async fn commands_are_written_with_their_events(store: DynStore) {
@@ -56,7 +56,7 @@ async fn commands_are_written_with_their_events(store: DynStore) {
     assert_eq!(outbox[1].queue, "q1");
     assert_eq!(outbox[2].body, cmds[2].envelope.to_json());
     assert_eq!(outbox_at_least(&*store, outbox[0].position, 2).await.len(), 2);
-    assert_eq!(store.prune_outbox(outbox[1].position).await.unwrap(), 2);
+    assert_eq!(store.outbox().prune(outbox[1].position).await.unwrap(), 2);
     assert_eq!(outbox_at_least(&*store, Position::START, 1).await.len(), 1);
     // Sent again under the same id (a re-dispatch): once more after it was
     // published, not twice while it still waits.
@@ -89,14 +89,14 @@ async fn read_all_pages_in_one_global_order(store: DynStore) {
 }
 
 async fn checkpoints_are_per_consumer(store: DynStore) {
-    assert_eq!(store.load_checkpoint("projector").await.unwrap(), Position::START);
+    assert_eq!(store.operational().load_checkpoint("projector").await.unwrap(), Position::START);
     let p = Position { tx: 7, seq: 42 };
-    store.save_checkpoint("projector", p).await.unwrap();
-    store.save_checkpoint("relay", Position { tx: 1, seq: 1 }).await.unwrap();
-    assert_eq!(store.load_checkpoint("projector").await.unwrap(), p);
+    store.operational().save_checkpoint("projector", p).await.unwrap();
+    store.operational().save_checkpoint("relay", Position { tx: 1, seq: 1 }).await.unwrap();
+    assert_eq!(store.operational().load_checkpoint("projector").await.unwrap(), p);
     let q = Position { tx: 8, seq: 50 };
-    store.save_checkpoint("projector", q).await.unwrap();
-    assert_eq!(store.load_checkpoint("projector").await.unwrap(), q);
+    store.operational().save_checkpoint("projector", q).await.unwrap();
+    assert_eq!(store.operational().load_checkpoint("projector").await.unwrap(), q);
 }
 
 async fn a_subscription_catches_up_then_follows_live(store: DynStore) {
@@ -219,7 +219,7 @@ async fn multi_stream_appends_are_all_or_nothing(store: DynStore) {
     let conflict = store.append_streams(&wrong, std::slice::from_ref(&cmd)).await.unwrap().unwrap_err();
     assert_eq!(conflict.stream, b);
     assert_eq!(store.stream_version(a).await.unwrap(), 0, "the first stream was written despite the conflict");
-    assert!(store.read_outbox(Position::START, 10).await.unwrap().is_empty());
+    assert!(store.outbox().read(Position::START, 10).await.unwrap().is_empty());
     let right = [
         StreamAppend { stream: a, expected: ExpectedVersion::NoStream, events: &ea },
         StreamAppend { stream: b, expected: ExpectedVersion::Exactly(1), events: &eb },
@@ -230,12 +230,12 @@ async fn multi_stream_appends_are_all_or_nothing(store: DynStore) {
 }
 
 async fn setting_values_are_kept_by_fingerprint(store: DynStore) {
-    let key = store.installation_key().await.unwrap();
-    assert_eq!(store.installation_key().await.unwrap(), key, "the key is stable");
+    let key = store.operational().installation_key().await.unwrap();
+    assert_eq!(store.operational().installation_key().await.unwrap(), key, "the key is stable");
     let f = slipway_store::settings::fingerprint(&key, "p", "live", "SECRET", "v1");
-    store.put_value(&f, "v1").await.unwrap();
-    store.put_value(&f, "v1").await.unwrap();
-    let got = store.values(&[f.clone(), "hmac-sha256:unknown".into()]).await.unwrap();
+    store.operational().put_value(&f, "v1").await.unwrap();
+    store.operational().put_value(&f, "v1").await.unwrap();
+    let got = store.operational().values(&[f.clone(), "hmac-sha256:unknown".into()]).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[&f], "v1");
 }
@@ -252,13 +252,13 @@ async fn worker_heartbeats_replace_each_other(store: DynStore) {
         last_seen: t(seen),
         stopped,
     };
-    store.heartbeat(&beat("w1", 5, &["build of deployment x"], false)).await.unwrap();
-    store.heartbeat(&beat("w2", 6, &[], false)).await.unwrap();
-    store.heartbeat(&beat("w1", 10, &[], true)).await.unwrap();
-    let workers = store.workers().await.unwrap();
+    store.operational().heartbeat(&beat("w1", 5, &["build of deployment x"], false)).await.unwrap();
+    store.operational().heartbeat(&beat("w2", 6, &[], false)).await.unwrap();
+    store.operational().heartbeat(&beat("w1", 10, &[], true)).await.unwrap();
+    let workers = store.operational().workers().await.unwrap();
     assert_eq!(workers, vec![beat("w1", 10, &[], true), beat("w2", 6, &[], false)], "one row per worker, newest first");
-    store.heartbeat(&beat("w2", 12, &["build of deployment y"], false)).await.unwrap();
-    let workers = store.workers().await.unwrap();
+    store.operational().heartbeat(&beat("w2", 12, &["build of deployment y"], false)).await.unwrap();
+    let workers = store.operational().workers().await.unwrap();
     assert_eq!(workers[0].commands, beat("w2", 12, &["build of deployment y"], false).commands, "command ids kept");
 }
 

@@ -45,7 +45,7 @@ async fn a_lost_command_is_dispatched_again_after_its_deadline() {
     assert_eq!(attempts(&h.events(d.id).await, Step::Checkout), vec![1, 2]);
     assert_eq!(h.routed_page("test").await.unwrap(), (200, "v1\n".to_string()));
     // The worker process beats: `slipway workers` sees it alive.
-    let workers = h.store.workers().await.unwrap();
+    let workers = h.store.operational().workers().await.unwrap();
     assert_eq!(workers.len(), 1, "{workers:?}");
     assert!(!workers[0].stopped && chrono::Utc::now() - workers[0].last_seen < chrono::Duration::seconds(15));
     assert!(workers[0].steps.contains(&"build".to_string()));

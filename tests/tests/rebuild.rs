@@ -90,12 +90,12 @@ async fn projections_rebuilt_from_the_log_are_identical_and_replaying_decides_no
     assert_eq!(rebuilt.digest(), before.digest());
     // An engine started now re-reads the whole log from the first event.
     let head = h.store.stream_all(Position::START).try_collect::<Vec<_>>().await.unwrap().last().unwrap().position;
-    assert_eq!(h.store.load_checkpoint(slipway_engine::driver::ENGINE_CHECKPOINT).await.unwrap(), Position::START);
+    assert_eq!(h.store.operational().load_checkpoint(slipway_engine::driver::ENGINE_CHECKPOINT).await.unwrap(), Position::START);
     let (stop, shutdown) = slipway_node::manual();
     let driver = slipway_engine::driver::Driver::new(h.store.clone(), Default::default());
     let engine = tokio::spawn(driver.run(shutdown));
     eventually("the new engine to re-read the whole log", Duration::from_secs(60), || async {
-        (h.store.load_checkpoint(slipway_engine::driver::ENGINE_CHECKPOINT).await.unwrap() >= head).then_some(())
+        (h.store.operational().load_checkpoint(slipway_engine::driver::ENGINE_CHECKPOINT).await.unwrap() >= head).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -151,7 +151,7 @@ pub async fn run(
     };
     tokio::pin!(shutdown);
     loop {
-        if let Err(e) = store.heartbeat(&beat(false)).await {
+        if let Err(e) = store.operational().heartbeat(&beat(false)).await {
             tracing::warn!(error = %e, "could not record the worker heartbeat");
         }
         tokio::select! {
@@ -160,7 +160,7 @@ pub async fn run(
         }
     }
     tasks.shutdown().await;
-    if let Err(e) = store.heartbeat(&beat(true)).await {
+    if let Err(e) = store.operational().heartbeat(&beat(true)).await {
         tracing::warn!(error = %e, "could not record the worker's stop");
     }
     Ok(())
@@ -339,7 +339,7 @@ async fn resolve_settings(store: &dyn EventStore, command: &Command) -> Result<S
         return Ok(Settings::new());
     }
     let fingerprints: Vec<String> = wanted.iter().map(|(_, f)| (*f).clone()).collect();
-    let values = store.values(&fingerprints).await?;
+    let values = store.operational().values(&fingerprints).await?;
     Ok(wanted.into_iter().filter_map(|(key, f)| values.get(f).map(|v| (key, v.clone()))).collect())
 }
 

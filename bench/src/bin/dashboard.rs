@@ -79,7 +79,7 @@ async fn site(projects: usize) -> anyhow::Result<Site> {
         }
     }
     for chunk in samples.chunks(2000) {
-        store.record_traffic(chunk, now - 120).await?;
+        store.operational().record_traffic(chunk, now - 120).await?;
     }
     let token = requests::issue_token(&*store, "bench", "dashboard-bench", TokenScope::Admin).await?.map_err(|r| anyhow::anyhow!("{r}"))?;
     let config = ApiConfig { data_dir: dir.path().to_path_buf(), ..Default::default() };

@@ -160,15 +160,15 @@ async fn reading(args: &Args) -> anyhow::Result<()> {
     let fingerprints: Vec<String> = (0..args.settings).map(|i| format!("hmac-sha256:{i:032x}")).collect();
     for (i, f) in fingerprints.iter().enumerate() {
         let v = value(i, 32);
-        sealed.put_value(f, &v).await?;
-        plain.put_value(f, &v).await?;
+        sealed.operational().put_value(f, &v).await?;
+        plain.operational().put_value(f, &v).await?;
     }
     let (mut p, mut s) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         let order: [&Arc<PgStore>; 2] = if round % 2 == 0 { [&plain, &sealed] } else { [&sealed, &plain] };
         for store in order {
             let started = Instant::now();
-            let read = store.values(&fingerprints).await?;
+            let read = store.operational().values(&fingerprints).await?;
             let took = started.elapsed();
             anyhow::ensure!(read.len() == fingerprints.len(), "read {} of {} values", read.len(), fingerprints.len());
             if Arc::ptr_eq(store, &plain) {

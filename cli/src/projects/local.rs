@@ -124,7 +124,7 @@ impl Projects for Local<'_> {
         };
         // Only plain values are read: a secret's never leaves the value table.
         let plain: Vec<String> = settings.values().filter(|s| !s.secret).map(|s| s.fingerprint.clone()).collect();
-        let values = self.0.values(&plain).await.context("reading the settings' values")?;
+        let values = self.0.operational().values(&plain).await.context("reading the settings' values")?;
         Ok(settings
             .iter()
             .map(|(key, s)| SettingShown {

@@ -36,7 +36,7 @@ pub struct WorkerView {
 pub async fn workers(State(store): Store, Extension(config): Extension<Arc<ApiConfig>>) -> ApiResult<Json<Vec<WorkerView>>> {
     let now = Utc::now();
     let missing_after = chrono::Duration::from_std(config.worker_missing_after).unwrap_or_default();
-    let workers = store.workers().await?;
+    let workers = store.operational().workers().await?;
     Ok(Json(
         workers
             .into_iter()

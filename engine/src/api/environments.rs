@@ -52,7 +52,7 @@ pub async fn settings(State(store): Store, Params((name, env)): Params<(String, 
     let project = require_environment(&*store, &name, &env).await?;
     let settings = project.environments.get(&env).cloned().unwrap_or_default();
     let plain: Vec<String> = settings.values().filter(|s| !s.secret).map(|s| s.fingerprint.clone()).collect();
-    let values = store.values(&plain).await?;
+    let values = store.operational().values(&plain).await?;
     let shown = settings
         .into_iter()
         .map(|(key, s)| {

@@ -72,7 +72,7 @@ pub async fn list(
     let (projects, at) = queries::projects(&*store, q.after.as_deref(), limit).await?;
     let around = Surroundings::load(&*store).await.map_err(load_error)?;
     let since = slipway_store::traffic::minute_of(chrono::Utc::now().timestamp()) - TRAFFIC_MINUTES + 1;
-    let mut traffic = summed(store.traffic(since).await?);
+    let mut traffic = summed(store.operational().traffic(since).await?);
     let envs: Vec<(String, String)> = projects.iter().flat_map(|p| p.environments.iter().map(|e| (p.name.clone(), e.clone()))).collect();
     let (store, around) = (&*store, &around);
     let statuses: Vec<EnvironmentStatus> = stream::iter(envs)

@@ -192,7 +192,7 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
     let p = require_project(&*store, &name).await?;
     let plain: Vec<String> =
         p.environments.values().flat_map(|s| s.values()).filter(|s| !s.secret).map(|s| s.fingerprint.clone()).collect();
-    let values = store.values(&plain).await?;
+    let values = store.operational().values(&plain).await?;
     let environments = p
         .environments
         .iter()

@@ -213,7 +213,7 @@ impl Driver {
         let workers = match fresh {
             Some(beats) => beats,
             None => {
-                let beats = Arc::new(self.store.workers().await?);
+                let beats = Arc::new(self.store.operational().workers().await?);
                 *self.beats.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), beats.clone()));
                 beats
             }

@@ -151,7 +151,7 @@ impl ReadModelStore for PgStore {
     }
 
     async fn position(&self) -> Result<Position, StoreError> {
-        crate::EventStore::load_checkpoint(self, READ_MODELS).await
+        crate::EventStore::operational(self).load_checkpoint(READ_MODELS).await
     }
 
     async fn projects(&self, after: Option<&str>, limit: usize) -> Result<Vec<ProjectRow>, StoreError> {

@@ -81,7 +81,7 @@ pub async fn read_at_least(store: &DynStore, after: slipway_store::Position, n: 
 /// Like `read_at_least`, for the outbox.
 pub async fn outbox_at_least(store: &dyn EventStore, after: slipway_store::Position, n: usize) -> Vec<slipway_store::OutboxEntry> {
     eventually(&format!("{n} readable outbox rows"), Duration::from_secs(20), || async {
-        let all = store.read_outbox(after, 100_000).await.expect("read_outbox");
+        let all = store.outbox().read(after, 100_000).await.expect("read_outbox");
         (all.len() >= n).then_some(all)
     })
     .await
