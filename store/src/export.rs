@@ -8,6 +8,7 @@
 use std::io::{self, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::future::FutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use sqlx::{Pool, Row};
 
@@ -73,31 +74,45 @@ pub const LOG_PAGE: usize = 1_000;
 /// are left out). At most one page is in memory; no connection is held
 /// between pages.
 pub fn paged_log(store: &dyn crate::EventStore, page: usize, upto: Option<Position>) -> BoxStream<'_, Result<LogRow, StoreError>> {
-    struct Pages {
-        after: Position,
-        rows: std::vec::IntoIter<LogRow>,
+    let rows = paged(Position::START, page, move |after, n| store.log_page(after, n), |row: &LogRow| row.position);
+    rows.try_take_while(move |row| std::future::ready(Ok(upto.is_none_or(|last| row.position <= last)))).boxed()
+}
+
+/// Rows read a page at a time: `fetch(after, n)` returns up to `n` rows
+/// after the place `after`, in order, and `place` says where a row is, for
+/// the next page. A short page is the last.
+fn paged<'a, K, R, F>(start: K, page: usize, fetch: F, place: fn(&R) -> K) -> BoxStream<'a, Result<R, StoreError>>
+where
+    K: Clone + Send + 'a,
+    R: Send + 'a,
+    F: Fn(K, usize) -> futures::future::BoxFuture<'a, Result<Vec<R>, StoreError>> + Send + Sync + 'a,
+{
+    struct Pages<K, R> {
+        after: K,
+        rows: std::vec::IntoIter<R>,
         done: bool,
     }
     let page = page.max(1);
-    let start = Pages { after: Position::START, rows: Vec::new().into_iter(), done: false };
-    futures::stream::try_unfold(start, move |mut pages| async move {
-        loop {
-            if let Some(row) = pages.rows.next() {
-                if upto.is_some_and(|last| row.position > last) {
+    let fetch = std::sync::Arc::new(fetch);
+    let start = Pages { after: start, rows: Vec::new().into_iter(), done: false };
+    futures::stream::try_unfold(start, move |mut pages| {
+        let fetch = fetch.clone();
+        async move {
+            loop {
+                if let Some(row) = pages.rows.next() {
+                    return Ok(Some((row, pages)));
+                }
+                if pages.done {
                     return Ok(None);
                 }
-                return Ok(Some((row, pages)));
+                let rows = fetch(pages.after.clone(), page).await?;
+                pages.done = rows.len() < page;
+                match rows.last() {
+                    Some(last) => pages.after = place(last),
+                    None => return Ok(None),
+                }
+                pages.rows = rows.into_iter();
             }
-            if pages.done {
-                return Ok(None);
-            }
-            let rows = store.log_page(pages.after, page).await?;
-            pages.done = rows.len() < page;
-            match rows.last() {
-                Some(last) => pages.after = last.position,
-                None => return Ok(None),
-            }
-            pages.rows = rows.into_iter();
         }
     })
     .boxed()
@@ -187,31 +202,10 @@ pub const CHAIN_PAGE: usize = 1_000;
 /// in memory and no connection held between pages. `verify_chains` over it
 /// is what the HTTP API's verification runs.
 pub fn paged_chains(store: &(impl crate::EventStore + ?Sized), page: usize) -> BoxStream<'_, Result<ChainRow, StoreError>> {
-    struct Pages {
-        after: Option<(String, u64)>,
-        rows: std::vec::IntoIter<ChainRow>,
-        done: bool,
-    }
-    let page = page.max(1);
-    let start = Pages { after: None, rows: Vec::new().into_iter(), done: false };
-    futures::stream::try_unfold(start, move |mut pages| async move {
-        loop {
-            if let Some(row) = pages.rows.next() {
-                return Ok(Some((row, pages)));
-            }
-            if pages.done {
-                return Ok(None);
-            }
-            let rows = store.chain_page(pages.after.as_ref().map(|(s, v)| (s.as_str(), *v)), page).await?;
-            pages.done = rows.len() < page;
-            match rows.last() {
-                Some(last) => pages.after = Some((last.stream.clone(), last.version)),
-                None => return Ok(None),
-            }
-            pages.rows = rows.into_iter();
-        }
-    })
-    .boxed()
+    let fetch = move |after: Option<(String, u64)>, n| {
+        async move { store.chain_page(after.as_ref().map(|(stream, version)| (stream.as_str(), *version)), n).await }.boxed()
+    };
+    paged(None, page, fetch, |row: &ChainRow| Some((row.stream.clone(), row.version)))
 }
 
 fn chain_row<'r, R: Row>(row: &'r R) -> Result<ChainRow, sqlx::Error>
