@@ -38,8 +38,8 @@ pub(crate) trait Dialect: Database {
     /// The setting values whose fingerprints are in the list `$1`.
     const VALUES_IN: &'static str;
     /// How a list of fingerprints is bound for `VALUES_IN`.
-    type List: for<'q> sqlx::Encode<'q, Self> + sqlx::Type<Self> + Send;
-    fn list(fingerprints: &[String]) -> Self::List;
+    type List<'a>: sqlx::Encode<'a, Self> + sqlx::Type<Self> + Send + 'a;
+    fn list(fingerprints: &[String]) -> Self::List<'_>;
     /// How many rows a statement changed.
     fn rows_affected(done: &Self::QueryResult) -> u64;
     /// Every event in global order, raw, as `export::log_row` reads it (the
@@ -70,9 +70,9 @@ impl Dialect for Postgres {
          ON CONFLICT (consumer) DO UPDATE SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = clock_timestamp()";
     const LOCK_VALUES: &'static str = "SELECT fingerprint, value FROM setting_values FOR UPDATE";
     const VALUES_IN: &'static str = "SELECT fingerprint, value FROM setting_values WHERE fingerprint = ANY($1)";
-    type List = Vec<String>;
-    fn list(fingerprints: &[String]) -> Vec<String> {
-        fingerprints.to_vec()
+    type List<'a> = &'a [String];
+    fn list(fingerprints: &[String]) -> &[String] {
+        fingerprints
     }
     fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
         done.rows_affected()
@@ -101,7 +101,7 @@ impl Dialect for Sqlite {
     // No row locks: SQLite's first write takes the whole database's lock.
     const LOCK_VALUES: &'static str = "SELECT fingerprint, value FROM setting_values";
     const VALUES_IN: &'static str = "SELECT fingerprint, value FROM setting_values WHERE fingerprint IN (SELECT value FROM json_each($1))";
-    type List = String;
+    type List<'a> = String;
     fn list(fingerprints: &[String]) -> String {
         serde_json::to_string(fingerprints).unwrap_or_default()
     }

@@ -1,6 +1,7 @@
 //! `slipway-bench-router`: Slipway's router as a keep-alive reverse proxy,
 //! beside nginx doing the same job, in one run on the same upstream. `wrk`
-//! drives three configurations on 127.0.0.1, interleaved round by round:
+//! drives three configurations on 127.0.0.1, interleaved round by round
+//! (each round starting one configuration later than the last):
 //! straight to the upstream (what the machine does without a proxy), through
 //! nginx (an `upstream` block with `keepalive 64`, HTTP/1.1 to the upstream,
 //! the same `X-Forwarded-*` headers), and through Slipway's router in this
@@ -226,7 +227,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let mut measured: Vec<(Round, Config, Vec<Measure>)> = targets.iter().map(|&(r, c, _)| (r, c, Vec::new())).collect();
     for n in 1..=args.rounds {
         let mut line = format!("round {n}:");
-        for (i, (round, config, addr)) in targets.iter().enumerate() {
+        // Each round starts one configuration later: none is always driven
+        // last, after the others' connections and their aftermath.
+        for i in (0..targets.len()).map(|i| (i + n - 1) % targets.len()) {
+            let (round, config, addr) = &targets[i];
             let cpu = || match (config, round, &https) {
                 (Config::Direct, ..) => Ok(0.0),
                 (Config::Nginx, Round::Http, _) | (Config::Nginx, _, None) => nginx.cpu_seconds(),
