@@ -524,7 +524,8 @@ impl PgStore {
         }
         let mut by_name: Vec<(&str, &Head)> = appends.iter().map(|a| a.stream).zip(&heads).collect();
         by_name.sort_unstable_by_key(|(stream, _)| *stream);
-        let query = sqlx::query(AT_HEADS)
+        let sql = if commands.is_empty() { AT_HEADS } else { AT_HEADS_WITH_COMMANDS };
+        let query = sqlx::query(sql)
             .bind(streams)
             .bind(versions)
             .bind(ids)
@@ -536,7 +537,8 @@ impl PgStore {
             .bind(by_name.iter().map(|(s, _)| *s).collect::<Vec<_>>())
             .bind(by_name.iter().map(|(_, h)| h.version as i64).collect::<Vec<_>>())
             .bind(by_name.iter().map(|(_, h)| h.hash.as_str()).collect::<Vec<_>>());
-        let rows = bind_outbox(query, commands).fetch_all(&self.tables.pool).await;
+        let query = if commands.is_empty() { query } else { bind_outbox(query, commands) };
+        let rows = query.fetch_all(&self.tables.pool).await;
         let rows = match rows {
             Ok(rows) if !rows.is_empty() => rows,
             Ok(_) => {
@@ -571,25 +573,39 @@ impl PgStore {
 
 /// `AT_HEADS`: every stream's advisory lock, in the order given ($9, sorted
 /// by name); every head ($9, $10, $11) stored (version 0: the genesis);
-/// then the events ($1..$8) and the outbox rows ($12..$15), or nothing.
-/// A stream past its head makes the unique (stream, version) index refuse
-/// the rows, and the statement with them.
-const AT_HEADS: &str = "WITH locked AS MATERIALIZED (
-         SELECT count(*) AS n FROM (SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM unnest($9::text[]) AS s) l),
-     ok AS MATERIALIZED (
-         SELECT coalesce(bool_and(h.v = 0 OR EXISTS (SELECT 1 FROM events e WHERE e.stream = h.s AND e.version = h.v AND e.hash = h.hh)), false) AS ok
-         FROM locked, unnest($9::text[], $10::bigint[], $11::text[]) AS h(s, v, hh)),
-     ins AS (
-         INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
-         SELECT u.* FROM ok,
-             unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[]) AS u
-         WHERE ok.ok
-         RETURNING stream, tx::text AS tx, position),
+/// then the events ($1..$8) and, in `AT_HEADS_WITH_COMMANDS`, the outbox
+/// rows ($12..$15), or nothing. A stream past its head makes the unique
+/// (stream, version) index refuse the rows, and the statement with them.
+/// Without commands there is no outbox insert at all: an insert of no rows
+/// would still run the outbox's statement trigger.
+macro_rules! at_heads {
+    ($outbox:literal) => {
+        concat!(
+            "WITH locked AS MATERIALIZED (
+                 SELECT count(*) AS n FROM (SELECT pg_advisory_xact_lock(hashtextextended(s, 0)) FROM unnest($9::text[]) AS s) l),
+             ok AS MATERIALIZED (
+                 SELECT coalesce(bool_and(h.v = 0 OR EXISTS (SELECT 1 FROM events e WHERE e.stream = h.s AND e.version = h.v AND e.hash = h.hh)), false) AS ok
+                 FROM locked, unnest($9::text[], $10::bigint[], $11::text[]) AS h(s, v, hh)),
+             ins AS (
+                 INSERT INTO events (stream, version, id, type, correlation_id, body, prev_hash, hash)
+                 SELECT u.* FROM ok,
+                     unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[]) AS u
+                 WHERE ok.ok
+                 RETURNING stream, tx::text AS tx, position)",
+            $outbox,
+            "
+             SELECT stream, tx, position FROM ins"
+        )
+    };
+}
+const AT_HEADS: &str = at_heads!("");
+const AT_HEADS_WITH_COMMANDS: &str = at_heads!(
+    ",
      ob AS (
          INSERT INTO outbox (message_id, queue, body, traceparent)
          SELECT * FROM unnest($12::uuid[], $13::text[], $14::text[], $15::text[]) WHERE EXISTS (SELECT 1 FROM ins)
-         ON CONFLICT (message_id) DO NOTHING)
-     SELECT stream, tx, position FROM ins";
+         ON CONFLICT (message_id) DO NOTHING)"
+);
 
 /// Checks the expected version under the stream's advisory lock, reading the
 /// head, and appends. Returns the new head with the result.
