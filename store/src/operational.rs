@@ -63,6 +63,7 @@ fn worker_beat(row: WorkerRow) -> WorkerBeat {
     }
 }
 
+/// The operational tables of one database (`EventStore::operational`).
 #[async_trait]
 pub trait Operational: Send + Sync {
     /// Records (replaces) a worker's heartbeat.
@@ -101,6 +102,7 @@ pub trait Operational: Send + Sync {
     /// Where `consumer` has read the log up to (the start if nowhere yet).
     async fn load_checkpoint(&self, consumer: &str) -> Result<Position, StoreError>;
 
+    /// Records that `consumer` has read the log up to `position`.
     async fn save_checkpoint(&self, consumer: &str, position: Position) -> Result<(), StoreError>;
 }
 

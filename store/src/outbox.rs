@@ -8,6 +8,7 @@ use sqlx::Row;
 use crate::dialect::{db, parse_tx, Dialect, Tables};
 use crate::event_store::{OutboxEntry, Position, StoreError};
 
+/// The outbox of one database (`EventStore::outbox`).
 #[async_trait]
 pub trait Outbox: Send + Sync {
     /// Up to `limit` commands after `after`, oldest first.
