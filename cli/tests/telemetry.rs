@@ -145,9 +145,13 @@ async fn a_deployment_across_three_processes_is_one_trace_and_moves_the_counters
     }
 
     // The counters moved: the engine counted the deployment and sampled the
-    // gauges; each worker timed its steps.
-    let server = eventually("the server's gauges", Duration::from_secs(20), || async {
-        metrics(&server_metrics).await.filter(|m| m.contains("slipway_subscription_lag{") && m.contains("slipway_queue_depth{"))
+    // gauges; each worker timed its steps. The engine counts a deployment
+    // after its verdict's append returns, in its own process, so the count
+    // may come a moment after this test saw the verdict stored.
+    let server = eventually("the server's gauges and its deployment count", Duration::from_secs(20), || async {
+        metrics(&server_metrics).await.filter(|m| {
+            m.contains("slipway_subscription_lag{") && m.contains("slipway_queue_depth{") && m.contains("slipway_deployments_total{")
+        })
     })
     .await;
     assert_eq!(series(&server, "slipway_deployments_total{outcome=\"succeeded\"}"), Some(1.0), "{server}");
