@@ -118,7 +118,8 @@ pid {root}/nginx.pid;
 error_log {root}/error.log;
 events {{}}
 http {{
-  access_log off;
+  log_format requests '$request_method $uri expect=$http_expect status=$status';
+  access_log {root}/access.log requests;
   client_body_temp_path {root}/tmp/body;
   fastcgi_temp_path {root}/tmp/fastcgi;
   proxy_temp_path {root}/tmp/proxy;
@@ -191,6 +192,13 @@ impl HttpsGit {
     /// The CA certificate's path (for `git -c http.sslCAInfo=...`).
     pub fn ca_path(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The requests served so far, one line each:
+    /// `METHOD URI expect=<Expect header or -> status=<status>`.
+    pub fn requests(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        log.lines().map(str::to_string).collect()
     }
 }
 

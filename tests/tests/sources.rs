@@ -12,7 +12,9 @@
 //! - an encrypted deploy key opens with its passphrase, and without it (or
 //!   with a wrong one) the fetch fails saying so;
 //! - the worker's mirror: a second fetch brings only the new objects, and
-//!   many shallow fetches' packs are folded into one.
+//!   many shallow fetches' packs are folded into one;
+//! - an HTTPS fetch sends its request bodies only once the server answered
+//!   the headers (`Expect: 100-continue`).
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
@@ -220,6 +222,33 @@ fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
     assert_eq!(git_remote::fetch(&url, &shown, "main", &generated).map(|f| f.received_objects).ok(), Some(0));
 }
 
+/// An HTTPS git server for `user` with `password`, serving `app.git` with
+/// one commit on `main`, and the repository's URL.
+fn https_with_one_commit(user: &str, password: &str) -> (HttpsGit, String) {
+    let server = HttpsGit::start(user, password);
+    let (bare, url) = server.repository("app.git");
+    let app = AppRepo::new();
+    app.commit(&BTreeMap::from([("a.txt".to_string(), b"a\n".to_vec())]), "v1");
+    publish(&app.path(), &bare);
+    (server, url)
+}
+
+/// libgit2 sends a request's body only once the server has answered its
+/// headers (`Expect: 100-continue`, `steps::git_http`), so a fetch does not
+/// wait out the server's delayed acknowledgement of them.
+#[test]
+fn an_https_fetch_asks_the_server_to_answer_its_headers_before_the_body() {
+    let (server, url) = https_with_one_commit("deploy", "s3cret-token");
+    let workspaces = tempfile::tempdir().unwrap();
+    let access = access_of(&url, &[("username", "deploy"), ("token", "s3cret-token"), ("ca_cert", &server.ca_pem)], &[], workspaces.path());
+    let fetched = git_remote::fetch(&url, &git::shown_repository(&url), "main", &access).unwrap();
+    assert!(fetched.received_objects >= 3, "a commit, a tree and a blob: {}", fetched.received_objects);
+    let requests = server.requests();
+    let posts: Vec<&String> = requests.iter().filter(|r| r.starts_with("POST ") && r.ends_with("status=200")).collect();
+    assert!(!posts.is_empty(), "the fetch posted its wants: {requests:?}");
+    assert!(posts.iter().all(|r| r.contains("expect=100-continue")), "{requests:?}");
+}
+
 #[test]
 fn a_mirror_fetched_shallow_many_times_is_repacked_and_still_checks_out() {
     let server = SshGit::start();
@@ -288,11 +317,7 @@ fn a_deploy_key_with_a_passphrase_opens_with_it_and_is_refused_clearly_without()
 
 #[test]
 fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
-    let server = HttpsGit::start("deployer", "right");
-    let (bare, url) = server.repository("app.git");
-    let app = AppRepo::new();
-    app.commit(&BTreeMap::from([("a.txt".to_string(), b"a\n".to_vec())]), "v1");
-    publish(&app.path(), &bare);
+    let (server, url) = https_with_one_commit("deployer", "right");
     let mirrors = tempfile::tempdir().unwrap();
     let fetch = |url: &str, git_ref: &str, credentials: &[(&str, &str)]| {
         let access = access_of(url, credentials, &[], mirrors.path());

@@ -21,12 +21,12 @@
 //! Goal: each Slipway figure within 1.2x of git's.
 //!
 //! Measured here (December 2026): over SSH Slipway takes 0.75-0.85x of
-//! git's time. Over HTTPS each libgit2 fetch costs a fixed ~100 ms on
-//! loopback against git's ~55 ms: libgit2's HTTP client writes small
-//! requests without TCP_NODELAY and waits out the peer's delayed ACKs
-//! (with `quickack 1` on the loopback route the same fetch takes 16 ms
-//! against git's 51 ms). libgit2 offers no option for it, and a custom
-//! transport needs unsafe code, which this workspace forbids.
+//! git's time. Over HTTPS each libgit2 fetch cost a fixed ~100 ms on
+//! loopback against git's ~55 ms: libgit2's HTTP client writes a request's
+//! headers and body apart, without TCP_NODELAY, and waited out the peer's
+//! delayed ACK of the headers. Since libgit2 sends `Expect: 100-continue`
+//! (`steps::git_http`) the server answers the headers at once: Slipway
+//! takes 0.4-0.7x of git's time.
 //!
 //! Run: `cargo run --release -p slipway-bench --bin slipway-bench-fetch [-- --over ssh]`
 

@@ -260,6 +260,9 @@ pub fn fetch(repository: &str, shown: &str, git_ref: &str, access: &Access) -> R
         return Err(SourceError::LockedSshKey { repo: shown.into(), git_ref: git_ref.into(), passphrase_given: false });
     }
     probe(&address, shown, git_ref)?;
+    if !address.ssh {
+        super::git_http::tune();
+    }
     let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
     let (done, outcome) = std::sync::mpsc::channel();
     let owned = (repository.to_string(), shown.to_string(), git_ref.to_string(), access.clone());

@@ -14,6 +14,7 @@ pub mod docker;
 pub mod dry_run;
 pub mod evidence;
 pub mod git;
+pub mod git_http;
 pub mod git_remote;
 pub mod health_check;
 pub mod log_cap;
