@@ -26,7 +26,7 @@
 //! headers and body apart, without TCP_NODELAY, and waited out the peer's
 //! delayed ACK of the headers. Since libgit2 sends `Expect: 100-continue`
 //! (`steps::git_http`) the server answers the headers at once: Slipway
-//! takes 0.4-0.7x of git's time.
+//! takes 0.4-0.8x of git's time.
 //!
 //! Run: `cargo run --release -p slipway-bench --bin slipway-bench-fetch [-- --over ssh]`
 
