@@ -29,12 +29,11 @@ use crate::event_store::{
     StoreError, StreamAppend,
 };
 
-const BACKEND: &str = "postgres";
+const BACKEND: &str = <Postgres as crate::dialect::Dialect>::BACKEND;
 const NOTIFY_CHANNEL: &str = "slipway_append";
 
 fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
-    let context = context.into();
-    move |source| StoreError::Database { backend: BACKEND, context, source }
+    crate::dialect::db::<Postgres>(context)
 }
 
 pub use crate::redact::redact_url;

@@ -21,11 +21,10 @@ use crate::event_store::{
     prepare, validate_append, Appended, Conflict, EventStore, Outgoing, Position, RawEvent, RecordedEvent, StoreError, StreamAppend,
 };
 
-const BACKEND: &str = "sqlite";
+const BACKEND: &str = <Sqlite as crate::dialect::Dialect>::BACKEND;
 
 fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
-    let context = context.into();
-    move |source| StoreError::Database { backend: BACKEND, context, source }
+    crate::dialect::db::<Sqlite>(context)
 }
 
 #[derive(Clone)]

@@ -14,8 +14,8 @@ use super::{
 use crate::event_store::{Position, StoreError};
 use crate::postgres::PgStore;
 
-fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { backend: "postgres", context: context.into(), source }
+fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    crate::dialect::db::<Postgres>(context)
 }
 
 const UPSERT_PROJECTS: &str = "INSERT INTO projects (name, repository, mirror_of, default_branch, environments, created_at)

@@ -15,8 +15,8 @@ use super::{
 use crate::event_store::{Position, StoreError};
 use crate::sqlite::SqliteStore;
 
-fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Database { backend: "sqlite", context: context.into(), source }
+fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    crate::dialect::db::<Sqlite>(context)
 }
 
 /// The one text form of a time in these tables.
