@@ -18,6 +18,12 @@
 //! column; the goals hold against the better of nginx and HAProxy on each
 //! figure, CPU per request included.
 //!
+//! With `--pingora BINARY` (the proxy `bench/pingora` builds), Cloudflare's
+//! pingora runs the same HTTP job in a column of its own: the alternative
+//! proxy foundation, measured side by side. Measured here (December 2026):
+//! pingora 0.46x nginx's requests/s at 2.75x its CPU per request, where
+//! the router was at 0.89x and 1.21x in the same run.
+//!
 //! Two HTTPS rounds follow (`--no-https` leaves them out): nginx, HAProxy and
 //! the router each terminate TLS with the same certificate (ECDSA P-256,
 //! made with `openssl` for the run; SNI `localhost`), ALPN `http/1.1`, the
@@ -86,6 +92,12 @@ struct Args {
     /// Leave out the HTTPS rounds.
     #[arg(long)]
     no_https: bool,
+    /// Also drive Cloudflare's pingora as the same proxy, HTTP only (2
+    /// threads, keep-alive pool, X-Forwarded-*): the binary `bench/pingora`
+    /// builds (`cargo build --release` there; not a workspace member).
+    /// Shown beside the others; the goals stay the router's.
+    #[arg(long, value_name = "BINARY")]
+    pingora: Option<std::path::PathBuf>,
 }
 
 /// What a round measures.
@@ -163,6 +175,7 @@ enum Config {
     Nginx,
     Haproxy,
     Router,
+    Pingora,
 }
 
 impl Config {
@@ -172,6 +185,7 @@ impl Config {
             Config::Nginx => "nginx",
             Config::Haproxy => "haproxy",
             Config::Router => "slipway router",
+            Config::Pingora => "pingora",
         }
     }
 }
@@ -189,6 +203,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let nginx = Nginx::start(tmp.path(), upstream.addr, None)?;
     let haproxy = Haproxy::start(tmp.path(), upstream.addr, None)?;
+    let pingora = args.pingora.as_deref().map(|binary| Haproxy::pingora(binary, tmp.path(), upstream.addr)).transpose()?;
     // The HTTPS sides: the same certificate for all three.
     let https = if args.no_https {
         None
@@ -208,6 +223,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         (Round::Http, Config::Haproxy, haproxy.0.addr),
         (Round::Http, Config::Router, router.addr),
     ];
+    if let Some(pingora) = &pingora {
+        targets.push((Round::Http, Config::Pingora, pingora.0.addr));
+    }
     if let Some((router, nginx, haproxy)) = &https {
         for round in [Round::Https, Round::Handshakes] {
             targets.extend([
@@ -239,6 +257,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 (Config::Haproxy, _, Some((_, _, tls))) => tls.0.cpu_seconds(),
                 // Both routers' threads: the idle one adds nothing.
                 (Config::Router, ..) => threads_cpu_seconds("router"),
+                (Config::Pingora, ..) => pingora.as_ref().map_or(Ok(0.0), |p| p.0.cpu_seconds()),
             };
             let (before, upstream_before) = (cpu()?, threads_cpu_seconds("upstream")?);
             let mut m =
@@ -254,6 +273,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     drop(nginx);
     drop(haproxy);
+    drop(pingora);
     router.stop();
     if let Some((router, nginx, haproxy)) = https {
         drop(nginx);
@@ -742,6 +762,23 @@ backend upstream
         let log = dir.join("haproxy.log");
         let proxy = Nginx { addr, child };
         Ok(Haproxy(Nginx::listening("haproxy", proxy, &log)?))
+    }
+}
+
+impl Haproxy {
+    /// pingora (`bench/pingora`'s binary) as a child process: the same
+    /// start, CPU and stop as HAProxy's.
+    fn pingora(binary: &Path, dir: &Path, upstream: SocketAddr) -> anyhow::Result<Self> {
+        let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = dir.join("pingora.log");
+        let child = Command::new(binary)
+            .args([addr.to_string(), upstream.to_string(), "2".into()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting pingora ({}; build it in bench/pingora)", binary.display()))?;
+        Ok(Haproxy(Nginx::listening("pingora", Nginx { addr, child }, &log)?))
     }
 }
 
