@@ -154,6 +154,17 @@ pub struct HttpsGit {
 impl HttpsGit {
     /// Serves bare repositories to `user` with `password`.
     pub fn start(user: &str, password: &str) -> HttpsGit {
+        HttpsGit::start_with(user, password, "")
+    }
+
+    /// Like `start`, answering every request that carries an `Expect`
+    /// header with 417 Expectation Failed, as some old proxies do.
+    pub fn refusing_expect(user: &str, password: &str) -> HttpsGit {
+        HttpsGit::start_with(user, password, "if ($http_expect) { return 417; }\n      ")
+    }
+
+    /// `start`, with `first` (nginx directives) at the top of the location.
+    fn start_with(user: &str, password: &str, first: &str) -> HttpsGit {
         let dir = tempfile::tempdir().expect("a temp dir");
         let d = dir.path();
         for sub in ["repos", "tmp"] {
@@ -164,7 +175,7 @@ impl HttpsGit {
         std::fs::write(d.join("htpasswd"), format!("{user}:{}", hash.trim())).expect("htpasswd");
         let root = d.display();
         let location = format!(
-            r#"auth_basic "git";
+            r#"{first}auth_basic "git";
       auth_basic_user_file {root}/htpasswd;
       fastcgi_pass unix:{root}/fcgi.sock;
       include /etc/nginx/fastcgi_params;

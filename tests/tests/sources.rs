@@ -14,7 +14,8 @@
 //! - the worker's mirror: a second fetch brings only the new objects, and
 //!   many shallow fetches' packs are folded into one;
 //! - an HTTPS fetch sends its request bodies only once the server answered
-//!   the headers (`Expect: 100-continue`).
+//!   the headers (`Expect: 100-continue`), and a server that refuses that
+//!   header fails it with a reason naming the setting that turns it off.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
@@ -222,10 +223,9 @@ fn the_mirror_is_reused_so_a_second_fetch_brings_only_new_objects() {
     assert_eq!(git_remote::fetch(&url, &shown, "main", &generated).map(|f| f.received_objects).ok(), Some(0));
 }
 
-/// An HTTPS git server for `user` with `password`, serving `app.git` with
-/// one commit on `main`, and the repository's URL.
-fn https_with_one_commit(user: &str, password: &str) -> (HttpsGit, String) {
-    let server = HttpsGit::start(user, password);
+/// `server` serving `app.git` with one commit on `main`, and the
+/// repository's URL.
+fn with_one_commit(server: HttpsGit) -> (HttpsGit, String) {
     let (bare, url) = server.repository("app.git");
     let app = AppRepo::new();
     app.commit(&BTreeMap::from([("a.txt".to_string(), b"a\n".to_vec())]), "v1");
@@ -238,7 +238,7 @@ fn https_with_one_commit(user: &str, password: &str) -> (HttpsGit, String) {
 /// wait out the server's delayed acknowledgement of them.
 #[test]
 fn an_https_fetch_asks_the_server_to_answer_its_headers_before_the_body() {
-    let (server, url) = https_with_one_commit("deploy", "s3cret-token");
+    let (server, url) = with_one_commit(HttpsGit::start("deploy", "s3cret-token"));
     let workspaces = tempfile::tempdir().unwrap();
     let access = access_of(&url, &[("username", "deploy"), ("token", "s3cret-token"), ("ca_cert", &server.ca_pem)], &[], workspaces.path());
     let fetched = git_remote::fetch(&url, &git::shown_repository(&url), "main", &access).unwrap();
@@ -247,6 +247,16 @@ fn an_https_fetch_asks_the_server_to_answer_its_headers_before_the_body() {
     let posts: Vec<&String> = requests.iter().filter(|r| r.starts_with("POST ") && r.ends_with("status=200")).collect();
     assert!(!posts.is_empty(), "the fetch posted its wants: {requests:?}");
     assert!(posts.iter().all(|r| r.contains("expect=100-continue")), "{requests:?}");
+
+    // A server (or proxy) that refuses the header: the reason says what to set.
+    let (refusing, url) = with_one_commit(HttpsGit::refusing_expect("deploy", "s3cret-token"));
+    let access =
+        access_of(&url, &[("username", "deploy"), ("token", "s3cret-token"), ("ca_cert", &refusing.ca_pem)], &[], workspaces.path());
+    let refused = git_remote::fetch(&url, &git::shown_repository(&url), "main", &access).err().unwrap();
+    let reason = refused.to_string();
+    assert!(matches!(refused, SourceError::Fetch { .. }), "{refused:?}");
+    assert!(reason.contains("417") && reason.contains("SLIPWAY_GIT_EXPECT_CONTINUE=off"), "{reason}");
+    assert!(!reason.contains("s3cret-token"), "{reason}");
 }
 
 #[test]
@@ -317,7 +327,7 @@ fn a_deploy_key_with_a_passphrase_opens_with_it_and_is_refused_clearly_without()
 
 #[test]
 fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
-    let (server, url) = https_with_one_commit("deployer", "right");
+    let (server, url) = with_one_commit(HttpsGit::start("deployer", "right"));
     let mirrors = tempfile::tempdir().unwrap();
     let fetch = |url: &str, git_ref: &str, credentials: &[(&str, &str)]| {
         let access = access_of(url, credentials, &[], mirrors.path());

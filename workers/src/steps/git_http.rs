@@ -14,7 +14,8 @@
 //! `git http-backend`, Go's `net/http` behind GitHub, GitLab, Gitea and
 //! Forgejo, Jetty behind Gerrit). One that does not, or a proxy on the way,
 //! would leave each fetch waiting until its deadline, which fails as timed
-//! out: `SLIPWAY_GIT_EXPECT_CONTINUE=off` on the workers turns it off.
+//! out; one that refuses it (417) fails the fetch with a reason that says
+//! so. `SLIPWAY_GIT_EXPECT_CONTINUE=off` on the workers turns it off.
 //!
 //! The setting is a global of libgit2's, and git2 offers no safe way to set
 //! it, hence the `unsafe` block below; see its SAFETY note.

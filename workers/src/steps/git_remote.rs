@@ -756,6 +756,14 @@ fn classify(e: &git2::Error, observed: &Observed, address: &RemoteAddress, shown
     if message.contains("not our ref") || message.contains("no such") || message.contains("want") {
         return SourceError::RefNotFound { git_ref, repo };
     }
+    if !address.ssh && message.contains("status code: 417") {
+        let why = format!(
+            "{} (the server, or a proxy on the way, refuses `Expect: 100-continue`: set {}=off on the workers)",
+            e.message(),
+            super::git_http::EXPECT_CONTINUE_VAR
+        );
+        return SourceError::Fetch { repo, why };
+    }
     SourceError::Fetch { repo, why: e.message().into() }
 }
 
