@@ -31,7 +31,7 @@ pub fn expect_continue(value: Option<&str>) -> bool {
 }
 
 /// Sets libgit2's HTTP options for this process, once; called before every
-/// fetch over HTTP(S).
+/// network operation over HTTP(S) (`git_remote`'s callbacks).
 pub fn tune() {
     static TUNED: Once = Once::new();
     TUNED.call_once(|| {
@@ -42,7 +42,7 @@ pub fn tune() {
         let option = libgit2_sys::GIT_OPT_ENABLE_HTTP_EXPECT_CONTINUE as std::os::raw::c_int;
         // SAFETY: `git_libgit2_opts` with this option takes one `int` and
         // stores it in a global flag, which libgit2 reads only when it
-        // builds an HTTP request. Every HTTP fetch in this process calls
+        // builds an HTTP request. Every HTTP operation in this process calls
         // `tune` first, and `Once` makes this store happen before any of
         // them reads the flag; nothing else in the process sets it.
         #[allow(unsafe_code)]

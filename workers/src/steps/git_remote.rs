@@ -260,9 +260,6 @@ pub fn fetch(repository: &str, shown: &str, git_ref: &str, access: &Access) -> R
         return Err(SourceError::LockedSshKey { repo: shown.into(), git_ref: git_ref.into(), passphrase_given: false });
     }
     probe(&address, shown, git_ref)?;
-    if !address.ssh {
-        super::git_http::tune();
-    }
     let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
     let (done, outcome) = std::sync::mpsc::channel();
     let owned = (repository.to_string(), shown.to_string(), git_ref.to_string(), access.clone());
@@ -572,7 +569,12 @@ fn sweep(mirrors: &Path, keep: &str, now: std::time::SystemTime) -> Vec<PathBuf>
     removed
 }
 
+/// The callbacks of every network operation (fetch, branch listing,
+/// submodules); over HTTP(S), libgit2's HTTP client is tuned first.
 fn callbacks<'a>(address: &'a RemoteAddress, access: &'a Access, observed: &'a RefCell<Observed>) -> RemoteCallbacks<'a> {
+    if !address.ssh {
+        super::git_http::tune();
+    }
     let mut callbacks = RemoteCallbacks::new();
     let mut offered = 0u32;
     callbacks.credentials(move |_url, user_in_url, allowed| {
