@@ -419,21 +419,16 @@ mod tests {
 
     #[test]
     fn a_text_searched_a_chunk_ahead_is_scrubbed_as_a_whole_search_would() {
-        let settings: Settings = [("A", "s3cr3t"), ("B", "s3cr3t-longer"), ("C", "tok/en+with=odd"), ("D", "ñandú-key")]
+        let sampled: Settings = [("A", "s3cr3t"), ("B", "s3cr3t-longer"), ("C", "tok/en+with=odd"), ("D", "ñandú-key")]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let forms = forms(&settings);
-        let whole = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&forms).unwrap();
-        // Sampled, and (with a URL's short password) searched everywhere.
-        let short = Settings::from([("URL".to_string(), "postgres://app:pw@db/app".to_string())]);
-        for (settings, forms, whole) in [
-            (settings.clone(), forms, whole),
-            (short.clone(), super::forms(&short), {
-                AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(super::forms(&short)).unwrap()
-            }),
-        ] {
+        // A URL's short password: searched for everywhere.
+        let everywhere = Settings::from([("URL".to_string(), "postgres://app:pw@db/app".to_string())]);
+        for settings in [sampled, everywhere] {
             let scrubber = Scrubber::new(&settings);
+            let forms = forms(&settings);
+            let whole = AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&forms).unwrap();
             for seed in 0..40 {
                 let text = text(seed, 20_000, &forms);
                 let expected = whole.replace_all(&text, &vec![MASK; forms.len()]);
