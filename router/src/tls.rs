@@ -151,7 +151,13 @@ impl Edge {
     }
 
     /// The rustls configuration of the HTTPS listener: certificates by
-    /// SNI from this edge's table, ALPN `h2` then `http/1.1`.
+    /// SNI from this edge's table, ALPN `h2` then `http/1.1`, and
+    /// stateless session tickets (sealed with a key rustls keeps in memory
+    /// and rotates every 6 hours), so that a returning client resumes its
+    /// session instead of a full handshake, on whichever thread it lands.
+    /// TLS 1.3 resumption still runs an ephemeral key exchange, so it keeps
+    /// forward secrecy. Each router has its own key: a client resumes on
+    /// the router it last spoke to, and does a full handshake elsewhere.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -159,6 +165,7 @@ impl Edge {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(BySni(self.certificates.clone())));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(Arc::new(config))
     }
 }

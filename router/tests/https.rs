@@ -2,7 +2,8 @@
 //! HTTPS through the proxy over loopback: certificates picked by SNI,
 //! HTTP/2 and HTTP/1.1 by ALPN, `X-Forwarded-Proto: https`, HSTS, a
 //! certificate swapped in without a restart, redirects from plain HTTP,
-//! ACME HTTP-01 answers, and HTTP/2's idle timeout.
+//! ACME HTTP-01 answers, HTTP/2's idle timeout, and sessions resumed
+//! across the router's threads.
 
 #[path = "support/tls.rs"]
 mod tls;
@@ -16,10 +17,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use slipway_router::{certified_key, serve_with, Edge, Route, RouteHandle, RouteTable, ServeOptions, TlsHandle, TlsTable};
+use slipway_router::{certified_key, serve_threads, serve_with, Edge, Route, RouteHandle, RouteTable, ServeOptions, TlsHandle, TlsTable};
 use tokio::net::{TcpListener, TcpStream};
 
-use tls::{https_get, leaf_der, tls_connect, TestCa};
+use rustls::HandshakeKind;
+use tls::{connect_with, connector, https_get, leaf_der, tls_connect, TestCa};
 
 /// An application that answers with the `X-Forwarded-Proto` it was sent.
 async fn upstream() -> SocketAddr {
@@ -213,4 +215,49 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout_and_a_busy_on
     let (unused, unused_conn) = h2().await;
     tokio::time::timeout(Duration::from_secs(5), unused_conn).await.expect("an unused HTTP/2 connection is closed").unwrap().unwrap();
     assert!(unused.is_closed());
+}
+
+/// A GET over `stream`, kept alive: returns once the answer's body is in,
+/// which is also when the client has read the session tickets sent before it.
+async fn get_kept_alive(stream: &mut tokio_rustls::client::TlsStream<TcpStream>, host: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("app via https") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the router closed the connection before answering: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_session_on_another_of_the_routers_threads() {
+    let ca = TestCa::new();
+    let (pem, key) = ca.issue(&["shop.example"]);
+    let certs = TlsHandle::new(TlsTable::new([("shop.example".to_string(), certified_key(pem.as_bytes(), key.as_bytes()).unwrap())], []));
+    let routes = RouteHandle::new(table(&["shop.example"], upstream().await));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = ServeOptions { edge: Some(Edge::new(certs)), terminate_tls: true, ..Default::default() };
+    tokio::spawn(serve_threads(listener, routes, options, 2, std::future::pending()));
+
+    let client = connector(&ca.pem(), &["http/1.1"]).unwrap();
+    let mut first = connect_with(&client, addr, "shop.example").await.unwrap();
+    assert_eq!(first.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+    get_kept_alive(&mut first, "shop.example").await;
+    // The first connection stays open, so the router hands the second to
+    // its other thread, which must know the session the first thread gave.
+    let mut second = connect_with(&client, addr, "shop.example").await.unwrap();
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed),
+        "a session given by one of the router's threads resumes on the other"
+    );
+    assert!(get_kept_alive(&mut second, "shop.example").await.starts_with("HTTP/1.1 200"));
+    // A client the router never saw does a full handshake.
+    let stranger = connect_with(&connector(&ca.pem(), &["http/1.1"]).unwrap(), addr, "shop.example").await.unwrap();
+    assert_eq!(stranger.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+    drop(first);
 }

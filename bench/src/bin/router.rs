@@ -29,8 +29,14 @@
 //! made with `openssl` for the run; SNI `localhost`), ALPN `http/1.1`, the
 //! same upstream behind. `https` is kept-alive connections, like the HTTP
 //! round; `handshakes` sends `Connection: close`, so every request is a new
-//! TCP connection and a full TLS handshake (wrk resumes no session): its
-//! requests/s are new TLS handshakes per second, held against nginx's.
+//! TCP connection and a new TLS handshake: its requests/s are new TLS
+//! handshakes per second, held against nginx's. wrk offers each new
+//! connection the session its last one was given, as a returning browser
+//! does, and all three proxies resume it (TLS 1.3 session tickets), so the
+//! round times resumed handshakes. Until the router kept one TLS
+//! configuration for all its threads, it resumed only the sessions of the
+//! thread that issued them, and its handshakes cost wrk a full handshake's
+//! certificate and signature checks.
 //!
 //! Run (needs `wrk`, `nginx`, `haproxy` and `openssl`: `apt-get install -y wrk nginx haproxy openssl`):
 //!
@@ -503,9 +509,10 @@ impl Router {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         // The threads that do the work are named `router*`, which is how
-        // their CPU time is found; `serve_threads` names its own so.
+        // their CPU time is found; `serve_threads` names its own so, and
+        // the thread that accepts for them is the router's too.
         let (runtime, name) = match layout {
-            Layout::Threads => (tokio::runtime::Builder::new_current_thread().enable_all().build()?, "bench-control"),
+            Layout::Threads => (tokio::runtime::Builder::new_current_thread().enable_all().build()?, "router-accept"),
             Layout::Multi => {
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(threads.max(1))

@@ -210,16 +210,19 @@ pub async fn serve_threads(
         finished: oneshot::Receiver<std::io::Result<()>>,
     }
     let limits = ConnLimits::new(options.max_connections, options.max_connections_per_ip);
+    // One TLS configuration for all the threads, so that a session one
+    // thread issued resumes on another.
+    let tls = acceptor(&options)?;
     let mut workers = Vec::new();
     for i in 0..threads.max(1) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (routes, options) = (routes.clone(), options.clone());
+        let (routes, options, tls) = (routes.clone(), options.clone(), tls.clone());
         let (handoff, handed) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicUsize::new(0));
         let (done, finished) = oneshot::channel();
         let source = Source::Handoff { handed, open: open.clone() };
         std::thread::Builder::new().name(format!("router-{i}")).spawn(move || {
-            let _ = done.send(runtime.block_on(run(source, routes, options, std::future::pending())));
+            let _ = done.send(runtime.block_on(run(source, routes, options, tls, std::future::pending())));
         })?;
         workers.push(Worker { handoff, open, finished });
     }
@@ -334,21 +337,33 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let limits = ConnLimits::new(options.max_connections, options.max_connections_per_ip);
-    run(Source::Listener { listener, limits }, routes, options, shutdown).await
+    let tls = acceptor(&options)?;
+    run(Source::Listener { listener, limits }, routes, options, tls, shutdown).await
 }
 
-async fn run(mut source: Source, routes: RouteHandle, options: ServeOptions, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+/// The TLS acceptor of a listener that terminates TLS, built once per
+/// listener: its session tickets are what let a returning client resume.
+fn acceptor(options: &ServeOptions) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+    match (&options.edge, options.terminate_tls) {
+        (Some(edge), true) => Ok(Some(tokio_rustls::TlsAcceptor::from(edge.server_config().map_err(std::io::Error::other)?))),
+        (None, true) => Err(std::io::Error::other("a TLS listener needs certificates (ServeOptions::edge)")),
+        (_, false) => Ok(None),
+    }
+}
+
+async fn run(
+    mut source: Source,
+    routes: RouteHandle,
+    options: ServeOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     // Each connection task holds a `live` receiver (never polled: the
     // sender sees when the last is gone) and a oneshot that asks it to
     // finish. Dropping `force` closes whatever is left, upgraded tunnels
     // included.
     let (live_tx, live_rx) = watch::channel(());
     let (force_tx, force_rx) = watch::channel(());
-    let tls = match (&options.edge, options.terminate_tls) {
-        (Some(edge), true) => Some(tokio_rustls::TlsAcceptor::from(edge.server_config().map_err(std::io::Error::other)?)),
-        (None, true) => return Err(std::io::Error::other("a TLS listener needs certificates (ServeOptions::edge)")),
-        (_, false) => None,
-    };
     let shared = Arc::new(Shared::new(routes, &options, force_rx, tls));
     let open = Arc::new(Mutex::new(Open::default()));
     let count = source.open_count();

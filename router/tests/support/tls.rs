@@ -66,6 +66,25 @@ pub async fn tls_connect(
     root_pem: &str,
     alpn: &[&str],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    connect_with(&connector(root_pem, alpn)?, addr, name).await
+}
+
+/// A TLS connection to `addr` (SNI `name`) made by `connector`, which
+/// remembers the sessions its connections were given.
+pub async fn connect_with(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    name: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    connector.connect(server_name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))
+}
+
+/// A client trusting only `root_pem`, offering `alpn`, that keeps the
+/// sessions it is given (rustls' default in-memory store) and offers them
+/// to resume.
+pub fn connector(root_pem: &str, alpn: &[&str]) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
@@ -77,10 +96,7 @@ pub async fn tls_connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let server_name = ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
-    connector.connect(server_name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// One GET of `https://{name}{path}` at `addr` (SNI `name`), trusting only
