@@ -385,6 +385,21 @@ fn a_server_that_never_answers_times_out_and_a_busy_mirror_is_worked_around() {
     assert!(matches!(timed_out, SourceError::Timeout { .. }), "{timed_out:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
     assert!(timed_out.to_string().contains("timed out") && timed_out.to_string().contains("`main`"), "{timed_out}");
+    assert!(timed_out.to_string().contains("Expect: 100-continue"), "over HTTPS, the hint about proxies: {timed_out}");
+    let _ = held.join();
+
+    // The same over SSH: no SSH banner ever comes. The HTTPS hint is not given.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ssh://git@127.0.0.1:{}/app.git", silent.local_addr().unwrap().port());
+    let held = std::thread::spawn(move || {
+        let accepted = silent.accept();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        drop(accepted);
+    });
+    let access = access_of(&url, &[], &[], mirrors.path()).with_deadline(std::time::Duration::from_secs(2));
+    let timed_out = git_remote::fetch(&url, &url, "main", &access).err().unwrap();
+    assert!(matches!(timed_out, SourceError::Timeout { ssh: true, .. }), "{timed_out:?}");
+    assert!(!timed_out.to_string().contains("100-continue"), "no HTTPS hint for an SSH server: {timed_out}");
     let _ = held.join();
 
     // A mirror another fetch keeps locked: this fetch uses one of its own.

@@ -41,8 +41,8 @@ pub enum SourceError {
     UnknownHost { repo: String, git_ref: String, host: String },
     #[error("cannot fetch ref `{git_ref}` from {repo}: {why}; check that the git server is up and reachable from the worker")]
     Unreachable { repo: String, git_ref: String, why: String },
-    #[error("fetching ref `{git_ref}` from {repo} timed out; check the network between the worker and the git server (over HTTPS, a server or proxy that never answers `Expect: 100-continue` also does this: set SLIPWAY_GIT_EXPECT_CONTINUE=off on the workers), then deploy again")]
-    Timeout { repo: String, git_ref: String },
+    #[error("fetching ref `{git_ref}` from {repo} timed out; check the network between the worker and the git server{}, then deploy again", if *ssh { "" } else { " (over HTTPS, a server or proxy that never answers `Expect: 100-continue` also does this: set SLIPWAY_GIT_EXPECT_CONTINUE=off on the workers)" })]
+    Timeout { repo: String, git_ref: String, ssh: bool },
     #[error("cannot open repository {repo}: {why}")]
     CannotOpen { repo: String, why: String },
     #[error("ref `{git_ref}` not found in {repo}")]

@@ -263,11 +263,12 @@ pub fn fetch(repository: &str, shown: &str, git_ref: &str, access: &Access) -> R
     let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
     let (done, outcome) = std::sync::mpsc::channel();
     let owned = (repository.to_string(), shown.to_string(), git_ref.to_string(), access.clone());
+    let ssh = address.ssh;
     let thread = std::thread::Builder::new().name("slipway-fetch".into()).spawn(move || {
         let (repository, shown, git_ref, access) = owned;
         let _ = done.send(fetch_into(mirror, &address, &repository, &shown, &git_ref, &access));
     });
-    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: git_ref.into() };
+    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: git_ref.into(), ssh };
     if let Err(e) = thread {
         return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start the fetch: {e}") });
     }
@@ -358,6 +359,7 @@ pub fn list_branches(repository: &str, shown: &str, access: &Access) -> Result<V
     let address = address.unwrap_or(RemoteAddress { ssh: false, host: String::new(), port: None });
     let (done, outcome) = std::sync::mpsc::channel();
     let owned = (repository.to_string(), shown.to_string(), access.clone());
+    let ssh = address.ssh;
     let thread = std::thread::Builder::new().name("slipway-ls-remote".into()).spawn(move || {
         let (repository, shown, access) = owned;
         let observed = RefCell::new(Observed::default());
@@ -378,7 +380,7 @@ pub fn list_branches(repository: &str, shown: &str, access: &Access) -> Result<V
     if let Err(e) = thread {
         return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start listing branches: {e}") });
     }
-    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: "(branches)".into() };
+    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: "(branches)".into(), ssh };
     outcome.recv_timeout(access.deadline()).unwrap_or_else(|_| Err(timed_out()))
 }
 
@@ -440,7 +442,9 @@ fn probe(address: &RemoteAddress, repo: &str, git_ref: &str) -> Result<(), Sourc
         }
     }
     Err(match last {
-        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => SourceError::Timeout { repo: repo.into(), git_ref: git_ref.into() },
+        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            SourceError::Timeout { repo: repo.into(), git_ref: git_ref.into(), ssh: address.ssh }
+        }
         Some(e) => SourceError::Unreachable { repo: repo.into(), git_ref: git_ref.into(), why: format!("{}:{port}: {e}", address.host) },
         None => unknown(),
     })
@@ -747,7 +751,7 @@ fn classify(e: &git2::Error, observed: &Observed, address: &RemoteAddress, shown
         return SourceError::UntrustedCertificate { repo, git_ref, why: format!("{}{ca}", e.message()) };
     }
     if observed.timed_out || message.contains("timed out") || message.contains("timeout") {
-        return SourceError::Timeout { repo, git_ref };
+        return SourceError::Timeout { repo, git_ref, ssh: address.ssh };
     }
     if message.contains("resolve") {
         return SourceError::UnknownHost { repo, git_ref, host: address.host.clone() };
