@@ -368,16 +368,23 @@ fn fetch_failures_name_the_repository_the_ref_and_what_to_do() {
     assert!(matches!(changed, SourceError::HostKeyChanged { .. }), "{changed:?}");
 }
 
-#[test]
-fn a_server_that_never_answers_times_out_and_a_busy_mirror_is_worked_around() {
-    // Accepts connections and never says a word: TLS never starts.
+/// A server at `url` (`{}` is its port) that accepts one connection and
+/// says nothing for `seconds`.
+fn silent_server(url: &str, seconds: u64) -> (String, std::thread::JoinHandle<()>) {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("https://127.0.0.1:{}/app.git", silent.local_addr().unwrap().port());
+    let url = url.replace("{}", &silent.local_addr().unwrap().port().to_string());
     let held = std::thread::spawn(move || {
         let accepted = silent.accept();
-        std::thread::sleep(std::time::Duration::from_secs(5));
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
         drop(accepted);
     });
+    (url, held)
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_and_a_busy_mirror_is_worked_around() {
+    // Accepts a connection and never says a word: TLS never starts.
+    let (url, held) = silent_server("https://127.0.0.1:{}/app.git", 5);
     let mirrors = tempfile::tempdir().unwrap();
     let access = access_of(&url, &[], &[], mirrors.path()).with_deadline(std::time::Duration::from_secs(2));
     let started = std::time::Instant::now();
@@ -389,13 +396,7 @@ fn a_server_that_never_answers_times_out_and_a_busy_mirror_is_worked_around() {
     let _ = held.join();
 
     // The same over SSH: no SSH banner ever comes. The HTTPS hint is not given.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ssh://git@127.0.0.1:{}/app.git", silent.local_addr().unwrap().port());
-    let held = std::thread::spawn(move || {
-        let accepted = silent.accept();
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        drop(accepted);
-    });
+    let (url, held) = silent_server("ssh://git@127.0.0.1:{}/app.git", 3);
     let access = access_of(&url, &[], &[], mirrors.path()).with_deadline(std::time::Duration::from_secs(2));
     let timed_out = git_remote::fetch(&url, &url, "main", &access).err().unwrap();
     assert!(matches!(timed_out, SourceError::Timeout { ssh: true, .. }), "{timed_out:?}");
