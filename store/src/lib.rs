@@ -25,5 +25,5 @@ pub mod traffic;
 pub use event_store::{Appended, Conflict, EventStore, ExpectedVersion, OutboxEntry, Position, RecordedEvent, StoreError, StreamAppend};
 pub use operational::{Operational, WorkerBeat};
 pub use outbox::Outbox;
-pub use postgres::{AppendPlans, PgStore};
+pub use postgres::{PgStore, PlanCounts};
 pub use sqlite::SqliteStore;

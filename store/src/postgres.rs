@@ -31,19 +31,18 @@ use crate::event_store::{
 
 const BACKEND: &str = <Postgres as crate::dialect::Dialect>::BACKEND;
 
-/// Appends run on connections of their own that plan each statement once.
-/// PostgreSQL plans a prepared statement anew for every execution while it
-/// judges a plan made for the given values cheaper than a generic one, and
-/// with arrays of rows (`unnest`) it always does: it knows a given array's
-/// length, and assumes ten rows for an unknown one. The append statements
-/// are CTEs over several arrays: planning one (0.11 ms) took longer than
-/// running it for one event (0.07 ms). So with the look into streams
-/// workers make before appending their outcomes (`stream_holds_each`:
-/// planned in 0.06 ms, run in 0.02). These plans do not depend on the values
-/// (each stream's rows through the unique (stream, version) index), so a
-/// generic plan is always the right one; the other statements keep the
+/// Writes run on connections of their own that plan each statement once:
+/// appends, the look into streams workers make before appending an outcome
+/// (`stream_holds_each`), and the read models' batches. PostgreSQL plans a
+/// prepared statement anew for every execution while it judges a plan made
+/// for the given values cheaper than a generic one, and with arrays of rows
+/// (`unnest`) it always does: it knows a given array's length, and assumes
+/// ten rows for an unknown one. Planning a one-event append (a CTE over
+/// several arrays) took 0.11 ms and running it 0.07 ms; the look, 0.06 ms
+/// and 0.02 ms. These statements find their rows by unique keys whatever
+/// the values, so a generic plan is always the right one. Reads keep the
 /// server's default, on the store's main pool.
-const APPEND_PLANS: (&str, &str) = ("plan_cache_mode", "force_generic_plan");
+const GENERIC_PLANS: (&str, &str) = ("plan_cache_mode", "force_generic_plan");
 const NOTIFY_CHANNEL: &str = "slipway_append";
 
 fn db(context: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -120,16 +119,17 @@ impl Grant {
 pub struct PgStore {
     /// The pool, with the outbox and the operational tables on it.
     tables: Tables<Postgres>,
-    /// The connections appends run on, and `stream_holds_each` (`APPEND_PLANS`).
-    appends: PgPool,
+    /// The connections writes run on (`GENERIC_PLANS`).
+    writes: PgPool,
     wake: watch::Receiver<u64>,
     listener: Arc<tokio::task::JoinHandle<()>>,
     heads: Arc<Heads>,
 }
 
-/// Plan counts of the append statements on one connection.
+/// How often prepared statements were planned: generically, or for the
+/// values given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppendPlans {
+pub struct PlanCounts {
     pub generic: i64,
     pub custom: i64,
 }
@@ -221,7 +221,7 @@ impl Clone for PgStore {
     fn clone(&self) -> Self {
         PgStore {
             tables: self.tables.clone(),
-            appends: self.appends.clone(),
+            writes: self.writes.clone(),
             wake: self.wake.clone(),
             listener: self.listener.clone(),
             heads: self.heads.clone(),
@@ -280,8 +280,9 @@ impl PgStore {
             None => connect,
             Some(role) => connect.options([("role", role.as_str())]),
         };
-        let appends =
-            PgPoolOptions::new().max_connections(options.max_connections.max(2)).connect_lazy_with(serving.clone().options([APPEND_PLANS]));
+        let writes = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .connect_lazy_with(serving.clone().options([GENERIC_PLANS]));
         let pool = match &options.role {
             None => pool,
             Some(role) => {
@@ -306,7 +307,7 @@ impl PgStore {
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
-        Ok(PgStore { tables: Tables::new(pool), appends, wake, listener: Arc::new(listener), heads: Arc::default() })
+        Ok(PgStore { tables: Tables::new(pool), writes, wake, listener: Arc::new(listener), heads: Arc::default() })
     }
 
     /// `slipway db migrate`: applies this build's migrations to `schema` (or
@@ -357,19 +358,34 @@ impl PgStore {
         &self.tables.pool
     }
 
-    /// How often the statements prepared on one of the append connections
-    /// (appends, and the look into streams before them) were planned,
-    /// generically and for given values (see `APPEND_PLANS`); PostgreSQL
-    /// counts per connection. For tests and diagnosis.
-    pub async fn append_plans(&self) -> Result<AppendPlans, StoreError> {
-        let (generic, custom): (Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT sum(generic_plans)::bigint, sum(custom_plans)::bigint FROM pg_prepared_statements
-             WHERE statement NOT LIKE '%pg_prepared_statements%'",
-        )
-        .fetch_one(&self.appends)
-        .await
-        .map_err(db("reading the append statements' plan counts"))?;
-        Ok(AppendPlans { generic: generic.unwrap_or(0), custom: custom.unwrap_or(0) })
+    /// The connections writes run on (see `GENERIC_PLANS`).
+    pub(crate) fn writes(&self) -> &PgPool {
+        &self.writes
+    }
+
+    /// How often the statements prepared on the write connections were
+    /// planned, generically and for given values (see `GENERIC_PLANS`),
+    /// summed over the connections open now (PostgreSQL counts per
+    /// connection: each is held while the others are read, so every one is
+    /// counted once). For tests and diagnosis; run it while the store is idle.
+    pub async fn write_plans(&self) -> Result<PlanCounts, StoreError> {
+        let mut held = Vec::new();
+        for _ in 0..self.writes.size() {
+            held.push(self.writes.acquire().await.map_err(db("reading the write statements' plan counts"))?);
+        }
+        let mut counts = PlanCounts { generic: 0, custom: 0 };
+        for conn in &mut held {
+            let (generic, custom): (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT sum(generic_plans)::bigint, sum(custom_plans)::bigint FROM pg_prepared_statements
+                 WHERE statement NOT LIKE '%pg_prepared_statements%'",
+            )
+            .fetch_one(&mut **conn)
+            .await
+            .map_err(db("reading the write statements' plan counts"))?;
+            counts.generic += generic.unwrap_or(0);
+            counts.custom += custom.unwrap_or(0);
+        }
+        Ok(counts)
     }
 
     /// Appends inside the caller's transaction, so other writes can commit
@@ -401,7 +417,7 @@ impl PgStore {
         use_heads: bool,
     ) -> Result<Attempt, StoreError> {
         let context = "appending";
-        let mut tx = self.appends.begin().await.map_err(db(context))?;
+        let mut tx = self.writes.begin().await.map_err(db(context))?;
         // Lock streams in name order so two multi-stream appends cannot deadlock.
         let mut order: Vec<usize> = (0..appends.len()).collect();
         order.sort_by_key(|&i| appends[i].stream);
@@ -483,7 +499,7 @@ impl PgStore {
                 .bind(order.iter().map(|&i| items[i].1.correlation_id).collect::<Vec<_>>())
                 .bind(&bodies)
                 .bind(GENESIS)
-                .fetch_all(&self.appends)
+                .fetch_all(&self.writes)
                 .await;
             let rows = match rows {
                 Ok(rows) => rows,
@@ -587,7 +603,7 @@ impl PgStore {
             .bind(by_name.iter().map(|(_, h)| h.version as i64).collect::<Vec<_>>())
             .bind(by_name.iter().map(|(_, h)| h.hash.as_str()).collect::<Vec<_>>());
         let query = if commands.is_empty() { query } else { bind_outbox(query, commands) };
-        let rows = query.fetch_all(&self.appends).await;
+        let rows = query.fetch_all(&self.writes).await;
         let rows = match rows {
             Ok(rows) if !rows.is_empty() => rows,
             Ok(_) => {
@@ -876,7 +892,7 @@ impl EventStore for PgStore {
         .bind(asks.iter().map(|a| a.0).collect::<Vec<_>>())
         .bind(asks.iter().map(|a| a.1).collect::<Vec<_>>())
         .bind(types)
-        .fetch_all(&self.appends)
+        .fetch_all(&self.writes)
         .await
         .map_err(db("looking into streams"))?;
         Ok(rows.into_iter().map(|(id, any_of_types)| Holds { id, any_of_types }).collect())

@@ -44,7 +44,8 @@ const DEPLOYMENT_COLUMNS: &str = "id, project, environment, status, git_ref, com
 #[async_trait]
 impl ReadModelStore for PgStore {
     async fn apply(&self, from: Position, to: Position, changes: &[Change]) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await.map_err(db("writing the read models"))?;
+        // On the write connections: these statements are planned once.
+        let mut tx = self.writes().begin().await.map_err(db("writing the read models"))?;
         sqlx::query("INSERT INTO checkpoints (consumer, tx, position) VALUES ($1, '0', 0) ON CONFLICT DO NOTHING")
             .bind(READ_MODELS)
             .execute(&mut *tx)
