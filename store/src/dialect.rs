@@ -64,7 +64,11 @@ impl Dialect for Postgres {
          WHERE (tx, position) > ($1::text::xid8, $2)
            AND tx < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY outbox.tx, outbox.position LIMIT $3";
-    const PRUNE_OUTBOX: &'static str = "DELETE FROM outbox WHERE (tx, position) <= ($1::text::xid8, $2)";
+    // Bounded below too, so the scan starts where the last prune ended:
+    // from the index's start it would step over every row deleted since
+    // the last vacuum, on every prune (0.6 ms a prune in the farm bench).
+    const PRUNE_OUTBOX: &'static str =
+        "DELETE FROM outbox WHERE (tx, position) > ($3::text::xid8, $4) AND (tx, position) <= ($1::text::xid8, $2)";
     const LOAD_CHECKPOINT: &'static str = "SELECT tx::text, position FROM checkpoints WHERE consumer = $1";
     const SAVE_CHECKPOINT: &'static str = "INSERT INTO checkpoints (consumer, tx, position) VALUES ($1, $2::text::xid8, $3)
          ON CONFLICT (consumer) DO UPDATE SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = clock_timestamp()";
@@ -94,7 +98,7 @@ impl Dialect for Sqlite {
     // One writer at a time: positions alone order the outbox; `$1` is unused.
     const READ_OUTBOX: &'static str = "SELECT CAST(tx AS TEXT), position, message_id, queue, body, traceparent FROM outbox
          WHERE position > $2 ORDER BY position LIMIT $3";
-    const PRUNE_OUTBOX: &'static str = "DELETE FROM outbox WHERE position <= $2";
+    const PRUNE_OUTBOX: &'static str = "DELETE FROM outbox WHERE position > $4 AND position <= $2";
     const LOAD_CHECKPOINT: &'static str = "SELECT CAST(tx AS TEXT), position FROM checkpoints WHERE consumer = $1";
     const SAVE_CHECKPOINT: &'static str = "INSERT INTO checkpoints (consumer, tx, position) VALUES ($1, CAST($2 AS INTEGER), $3)
          ON CONFLICT (consumer) DO UPDATE SET tx = excluded.tx, position = excluded.position";

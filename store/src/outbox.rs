@@ -14,8 +14,11 @@ pub trait Outbox: Send + Sync {
     /// Up to `limit` commands after `after`, oldest first.
     async fn read(&self, after: Position, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
 
-    /// Removes the commands up to and including `upto` (already published).
-    async fn prune(&self, upto: Position) -> Result<u64, StoreError>;
+    /// Removes the commands after `after`, up to and including `upto`
+    /// (published). `Position::START` removes all up to `upto`: what a
+    /// relay does first, to remove any left by one that stopped between
+    /// publishing and pruning; then each prune starts where the last ended.
+    async fn prune(&self, after: Position, upto: Position) -> Result<u64, StoreError>;
 }
 
 #[async_trait]
@@ -51,10 +54,12 @@ where
             .map_err(db::<DB>("decoding an outbox row"))
     }
 
-    async fn prune(&self, upto: Position) -> Result<u64, StoreError> {
+    async fn prune(&self, after: Position, upto: Position) -> Result<u64, StoreError> {
         let done = sqlx::query(DB::PRUNE_OUTBOX)
             .bind(upto.tx.to_string())
             .bind(upto.seq)
+            .bind(after.tx.to_string())
+            .bind(after.seq)
             .execute(&self.pool)
             .await
             .map_err(db::<DB>("pruning the outbox"))?;

@@ -46,11 +46,14 @@ pub struct Relay {
     options: RelayOptions,
     declared: HashSet<String>,
     cursor: Option<Position>,
+    /// Where the last prune ended; `None` (at the start, after a failure)
+    /// prunes from the outbox's start.
+    pruned: Option<Position>,
 }
 
 impl Relay {
     pub fn new(store: Arc<dyn EventStore>, queue: Arc<dyn Queue>, options: RelayOptions) -> Self {
-        Relay { store, queue, options, declared: HashSet::new(), cursor: None }
+        Relay { store, queue, options, declared: HashSet::new(), cursor: None, pruned: None }
     }
 
     /// Publishes one batch of pending commands; returns how many.
@@ -76,7 +79,8 @@ impl Relay {
         self.store.operational().save_checkpoint(RELAY_CHECKPOINT, last).await?;
         self.cursor = Some(last);
         if self.options.prune {
-            self.store.outbox().prune(last).await?;
+            self.store.outbox().prune(self.pruned.unwrap_or(Position::START), last).await?;
+            self.pruned = Some(last);
         }
         Ok(pending.len())
     }
@@ -99,6 +103,7 @@ impl Relay {
                     tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed; retrying");
                     // Forget the cursor: re-read the checkpoint after a failure.
                     self.cursor = None;
+                    self.pruned = None;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     backoff
                 }
