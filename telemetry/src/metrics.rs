@@ -5,7 +5,7 @@
 //! deployments and samples the lags, workers time steps, routers count
 //! requests, and any process that has the queue samples its depth.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -78,6 +78,10 @@ pub struct Metrics {
     outbox_lag: Gauge,
     subscription_lag: Family<SubscriptionLabel, Gauge>,
     router_requests: Family<ClassLabel, Counter>,
+    /// `router_requests`' counter of each status class (`class_index`),
+    /// found once: a router counts every response, and looking the label
+    /// up each time cost an allocation and a hash.
+    router_classes: [OnceLock<Counter>; CLASSES],
     router_upstream_errors: Family<KindLabel, Counter>,
     router_refused: Family<ReasonLabel, Counter>,
     router_timeouts: Family<KindLabel, Counter>,
@@ -174,6 +178,7 @@ impl Metrics {
             outbox_lag,
             subscription_lag,
             router_requests,
+            router_classes: Default::default(),
             router_upstream_errors,
             router_refused,
             router_timeouts,
@@ -218,7 +223,9 @@ impl Metrics {
 
     /// A router answered with `status`.
     pub fn router_response(&self, status: u16) {
-        self.router_requests.get_or_create(&ClassLabel { class: status_class(status).to_owned() }).inc();
+        let counter = self.router_classes[class_index(status)]
+            .get_or_init(|| self.router_requests.get_or_create(&ClassLabel { class: status_class(status).to_owned() }).clone());
+        counter.inc();
     }
 
     /// A push webhook from `provider` was answered with `outcome`.
@@ -275,13 +282,17 @@ fn saturating(n: u64) -> i64 {
 
 /// `2xx` for 200..=299 and so on; `other` outside 100..=599.
 pub fn status_class(status: u16) -> &'static str {
+    ["1xx", "2xx", "3xx", "4xx", "5xx", "other"][class_index(status)]
+}
+
+/// How many status classes `status_class` knows.
+const CLASSES: usize = 6;
+
+/// `status_class`'s class as an index: 0 for 1xx ... 4 for 5xx, 5 for other.
+fn class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => CLASSES - 1,
     }
 }
 
@@ -417,9 +428,10 @@ mod tests {
     #[test]
     fn status_classes_and_outcomes() {
         assert_eq!(
-            [status_class(101), status_class(301), status_class(404), status_class(599), status_class(600)],
-            ["1xx", "3xx", "4xx", "5xx", "other"]
+            [status_class(99), status_class(100), status_class(204), status_class(301), status_class(404), status_class(599)],
+            ["other", "1xx", "2xx", "3xx", "4xx", "5xx"]
         );
+        assert_eq!([status_class(600), status_class(0), status_class(u16::MAX)], ["other"; 3]);
         assert_eq!(deployment_outcome("DeploymentSucceeded"), Some("succeeded"));
         assert_eq!(deployment_outcome("DeploymentFailed"), Some("failed"));
         assert_eq!(deployment_outcome("StepFailed"), None);
