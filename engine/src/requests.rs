@@ -323,6 +323,7 @@ pub async fn request_deployment_overriding(
     enqueue(
         store,
         actor,
+        &p,
         DeploymentRequested {
             deployment_id: id,
             project: p.name.clone(),
@@ -397,7 +398,11 @@ pub async fn request_rollback(
     let since = env.releases.iter().skip_while(|r| **r != target).skip(1);
     let warnings = release_commands_since(store, since).await?;
     let requested = release_again(&p, environment, &old, commit, image_id);
-    Ok(enqueue(store, actor, requested, Freeze::Exempt).await?.map(|deployment_id| RollbackRequested { deployment_id, target, warnings }))
+    Ok(enqueue(store, actor, &p, requested, Freeze::Exempt).await?.map(|deployment_id| RollbackRequested {
+        deployment_id,
+        target,
+        warnings,
+    }))
 }
 
 /// A deployment of exactly `old`'s release (its image, commit,
@@ -502,7 +507,7 @@ pub async fn request_promotion(
         replay_of: None,
         source: Default::default(),
     };
-    Ok(enqueue(store, actor, requested, Freeze::Applies(None)).await?.map(|id| (id, source)))
+    Ok(enqueue(store, actor, &p, requested, Freeze::Applies(None)).await?.map(|id| (id, source)))
 }
 
 /// A replay the engine accepted.
@@ -736,16 +741,15 @@ enum Freeze<'a> {
     Exempt,
 }
 
-/// Queues a user's deployment request, with what its environment's
-/// protection asks (`protection::gate`): the approvals it waits for, a
-/// freeze it overrides; refused inside a freeze window otherwise.
-async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentRequested, freeze: Freeze<'_>) -> Outcome<Uuid> {
-    let Some(p) = load_project(store, &requested.project).await? else {
-        return Ok(Err(Rejection::not_found(format!("no project `{}`", requested.project))));
-    };
+/// Queues a user's deployment request for project `p` (as the request
+/// just loaded it: not read again), with what its environment's protection
+/// asks (`protection::gate`): the approvals it waits for, a freeze it
+/// overrides; refused inside a freeze window otherwise.
+async fn enqueue(store: &dyn EventStore, actor: &str, p: &Project, requested: DeploymentRequested, freeze: Freeze<'_>) -> Outcome<Uuid> {
+    let source = source_of(store, p).await?;
     let mut exempt = p.clone();
     let p = match freeze {
-        Freeze::Applies(_) => &p,
+        Freeze::Applies(_) => p,
         Freeze::Exempt => {
             exempt.freezes.clear();
             &exempt
@@ -759,23 +763,26 @@ async fn enqueue(store: &dyn EventStore, actor: &str, requested: DeploymentReque
         Ok(events) => events,
         Err(refused) => return Ok(Err(refused)),
     };
-    enqueue_with(store, actor, requested, ExpectedVersion::Any, gate).await
+    enqueue_with(store, actor, requested, source, ExpectedVersion::Any, gate).await
 }
 
 /// `enqueue`, with the environment's stream expected at `expected`.
 async fn enqueue_at(store: &dyn EventStore, actor: &str, requested: DeploymentRequested, expected: ExpectedVersion) -> Outcome<Uuid> {
-    enqueue_with(store, actor, requested, expected, Vec::new()).await
+    let source = source_access(store, &requested.project).await?;
+    enqueue_with(store, actor, requested, source, expected, Vec::new()).await
 }
 
-/// `enqueue_at`, with `more` recorded on the deployment's stream after its request.
+/// `enqueue_at`, with the project's `source` access and `more` recorded on
+/// the deployment's stream after its request.
 async fn enqueue_with(
     store: &dyn EventStore,
     actor: &str,
     mut requested: DeploymentRequested,
+    source: SourceAccess,
     expected: ExpectedVersion,
     more: Vec<Event>,
 ) -> Outcome<Uuid> {
-    requested.source = source_access(store, &requested.project).await?;
+    requested.source = source;
     let id = requested.deployment_id;
     let (dstream, estream) = (deployment_stream(id), environment_stream(&requested.project, &requested.environment));
     // One trace per deployment: its id is the deployment id (unless the
