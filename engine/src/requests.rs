@@ -747,11 +747,12 @@ enum Freeze<'a> {
 /// overrides; refused inside a freeze window otherwise.
 async fn enqueue(store: &dyn EventStore, actor: &str, p: &Project, requested: DeploymentRequested, freeze: Freeze<'_>) -> Outcome<Uuid> {
     let source = source_of(store, p).await?;
-    let mut exempt = p.clone();
+    // A copy without freezes only for an exempt request.
+    let exempt;
     let p = match freeze {
         Freeze::Applies(_) => p,
         Freeze::Exempt => {
-            exempt.freezes.clear();
+            exempt = Project { freezes: Default::default(), ..p.clone() };
             &exempt
         }
     };

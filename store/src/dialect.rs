@@ -95,7 +95,8 @@ impl Dialect for Postgres {
 
 impl Dialect for Sqlite {
     const BACKEND: &'static str = "sqlite";
-    // One writer at a time: positions alone order the outbox; `$1` is unused.
+    // One writer at a time: positions alone order the outbox; the `tx`
+    // parameters (`$1`, and `$3` of a prune) are unused.
     const READ_OUTBOX: &'static str = "SELECT CAST(tx AS TEXT), position, message_id, queue, body, traceparent FROM outbox
          WHERE position > $2 ORDER BY position LIMIT $3";
     const PRUNE_OUTBOX: &'static str = "DELETE FROM outbox WHERE position > $4 AND position <= $2";

@@ -260,8 +260,9 @@ impl PgStore {
             let ms = limit.as_millis().clamp(1, i32::MAX as u128);
             connect = connect.options([("statement_timeout", ms.to_string())]);
         }
+        let size = options.max_connections.max(2);
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
+            .max_connections(size)
             .connect_with(connect.clone())
             .await
             .map_err(db(format!("connecting to {redacted}")))?;
@@ -280,15 +281,12 @@ impl PgStore {
             None => connect,
             Some(role) => connect.options([("role", role.as_str())]),
         };
-        let writes = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
-            .connect_lazy_with(serving.clone().options([GENERIC_PLANS]));
+        let writes = PgPoolOptions::new().max_connections(size).connect_lazy_with(serving.clone().options([GENERIC_PLANS]));
         let pool = match &options.role {
             None => pool,
             Some(role) => {
                 pool.close().await;
-                let as_role = serving;
-                PgPoolOptions::new().max_connections(options.max_connections.max(2)).connect_with(as_role).await.map_err(db(format!(
+                PgPoolOptions::new().max_connections(size).connect_with(serving).await.map_err(db(format!(
                     "connecting to {redacted} as role {role} (the login role must be a member: GRANT {role} TO <login role>)"
                 )))?
             }
