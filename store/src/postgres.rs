@@ -19,7 +19,7 @@ use futures::stream::{BoxStream, StreamExt};
 use slipway_proto::Envelope;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use crate::chain::{ChainRow, GENESIS};
@@ -122,8 +122,20 @@ pub struct PgStore {
     /// The connections writes run on (`GENERIC_PLANS`).
     writes: PgPool,
     wake: watch::Receiver<u64>,
-    listener: Arc<tokio::task::JoinHandle<()>>,
+    /// Asks `send_hints` for a wake-up hint (one for all asked meanwhile).
+    hint: Arc<Notify>,
+    /// The LISTEN loop and `send_hints`, stopped with the last clone.
+    tasks: Arc<Background>,
     heads: Arc<Heads>,
+}
+
+/// Tasks a store runs while any clone of it lives.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
+    }
 }
 
 /// How often prepared statements were planned: generically, or for the
@@ -209,21 +221,14 @@ enum Attempt {
     Retry,
 }
 
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        if Arc::strong_count(&self.listener) == 1 {
-            self.listener.abort();
-        }
-    }
-}
-
 impl Clone for PgStore {
     fn clone(&self) -> Self {
         PgStore {
             tables: self.tables.clone(),
             writes: self.writes.clone(),
             wake: self.wake.clone(),
-            listener: self.listener.clone(),
+            hint: self.hint.clone(),
+            tasks: self.tasks.clone(),
             heads: self.heads.clone(),
         }
     }
@@ -277,6 +282,8 @@ impl PgStore {
                 return Err(StoreError::LoginRefused { reason });
             }
         }
+        // Wake-up hints need no role: NOTIFY is per database.
+        let hints = connect.clone();
         let serving = match &options.role {
             None => connect,
             Some(role) => connect.options([("role", role.as_str())]),
@@ -305,7 +312,18 @@ impl PgStore {
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
-        Ok(PgStore { tables: Tables::new(pool), writes, wake, listener: Arc::new(listener), heads: Arc::default() })
+        let hint = Arc::new(Notify::new());
+        let hinter = tokio::spawn(send_hints(hints, hint.clone()));
+        let tasks = Arc::new(Background(vec![listener, hinter]));
+        Ok(PgStore { tables: Tables::new(pool), writes, wake, hint, tasks, heads: Arc::default() })
+    }
+
+    /// Wakes the readers of this database (subscriptions, relays, in any
+    /// process) soon: after a write this store did not make itself, such
+    /// as `append_in`'s, once its transaction has committed. Every append
+    /// of the store's own does this.
+    pub fn wake_readers(&self) {
+        self.hint.notify_one();
     }
 
     /// `slipway db migrate`: applies this build's migrations to `schema` (or
@@ -834,13 +852,10 @@ const STREAM_ALL: &str = "SELECT tx::text AS tx, position, stream, version, body
      WHERE (tx, position) > ($1::text::xid8, $2) AND tx < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY events.tx, events.position";
 
-#[async_trait]
-impl EventStore for PgStore {
-    async fn append_streams(
-        &self,
-        appends: &[StreamAppend<'_>],
-        commands: &[Outgoing],
-    ) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
+impl PgStore {
+    /// `append_streams` without the wake-up hint: the fastest path that
+    /// applies, falling back to the locked one.
+    async fn write_streams(&self, appends: &[StreamAppend<'_>], commands: &[Outgoing]) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
         if let ([one], []) = (appends, commands) {
             if let (ExpectedVersion::Any, [event]) = (one.expected, one.events) {
                 validate_append(one.stream, one.events)?;
@@ -864,6 +879,45 @@ impl EventStore for PgStore {
                 reason: "the append was retried without remembered heads and still asked for a retry".into(),
             }),
         }
+    }
+}
+
+/// Sends the wake-up hint (`NOTIFY`) when asked, from a connection of its
+/// own, after the appends that ask have committed: hints asked for while
+/// one is on its way go as one. Sending it from inside the appends'
+/// transactions (the triggers migration 0012 dropped) held the notification
+/// queue's lock through each commit, so concurrent appends committed one
+/// at a time. A hint that cannot be sent is dropped: readers poll as well.
+async fn send_hints(connect: PgConnectOptions, wanted: Arc<Notify>) {
+    let mut conn: Option<sqlx::PgConnection> = None;
+    loop {
+        wanted.notified().await;
+        if conn.is_none() {
+            match connect.connect().await {
+                Ok(c) => conn = Some(c),
+                Err(e) => tracing::debug!(error = %e, "connecting to send wake-up hints failed; readers poll"),
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *c).await {
+            tracing::debug!(error = %e, "sending a wake-up hint failed; readers poll");
+            conn = None;
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn append_streams(
+        &self,
+        appends: &[StreamAppend<'_>],
+        commands: &[Outgoing],
+    ) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
+        let result = self.write_streams(appends, commands).await;
+        if let Ok(Ok(_)) = &result {
+            self.wake_readers();
+        }
+        result
     }
 
     fn saw(&self, event: &RecordedEvent) {
@@ -904,6 +958,7 @@ impl EventStore for PgStore {
             validate_append(stream, std::slice::from_ref(*event))?;
         }
         if let Some(appended) = self.append_at_next(items).await? {
+            self.wake_readers();
             return Ok(appended.into_iter().map(Ok).collect());
         }
         Ok(crate::event_store::append_one_by_one(self, items).await)

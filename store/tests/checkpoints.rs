@@ -226,7 +226,7 @@ async fn postgres_a_rewritten_tail_is_caught_by_a_checkpoint_and_not_by_the_chai
     admin.execute("DELETE FROM events WHERE stream = 'deployment-1' AND version >= 3").await.unwrap();
     admin.execute("ALTER TABLE events ENABLE ALWAYS TRIGGER events_no_update_delete").await.unwrap();
     admin.execute("ALTER TABLE events ENABLE ALWAYS TRIGGER events_no_truncate").await.unwrap();
-    admin.execute("ALTER TABLE events ENABLE TRIGGER events_notify").await.unwrap();
+    admin.execute("ALTER TABLE events ENABLE ALWAYS TRIGGER events_tokens_need_an_issuer").await.unwrap();
     admin.close().await.unwrap();
     // ... and appends two others in their place, with a valid chain.
     let fresh =

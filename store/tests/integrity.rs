@@ -48,6 +48,7 @@ async fn postgres_subscribers_never_skip_late_commits() {
                     let delay = rand::thread_rng().gen_range(0..25);
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                     tx.commit().await.unwrap();
+                    store.wake_readers();
                 }
                 ids
             })
@@ -255,7 +256,7 @@ async fn postgres_tampering_by_a_superuser_is_detected() {
         }
         admin.execute("ALTER TABLE events ENABLE ALWAYS TRIGGER events_no_update_delete").await.unwrap();
         admin.execute("ALTER TABLE events ENABLE ALWAYS TRIGGER events_no_truncate").await.unwrap();
-        admin.execute("ALTER TABLE events ENABLE TRIGGER events_notify").await.unwrap();
+        admin.execute("ALTER TABLE events ENABLE ALWAYS TRIGGER events_tokens_need_an_issuer").await.unwrap();
     })
     .await;
     drop_schema(&schema).await;

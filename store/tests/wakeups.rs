@@ -1,8 +1,9 @@
 //! An append wakes PostgreSQL listeners once, whatever its transaction
-//! wrote: events alone, or events and commands (migration 0011 folds them
-//! into one notification), on the locked path and at remembered heads (which
-//! runs no outbox insert without commands). Before, each of these woke every
-//! listener twice, and the relay read an unchanged outbox.
+//! wrote: events alone, or events and commands, on the locked path and at
+//! remembered heads. The store sends the hint after the commit (migration
+//! 0012 dropped the triggers that sent it from inside the transaction, one
+//! per table written until 0011 folded them); appends that commit while a
+//! hint is on its way share the next one.
 //!
 //! Its own test binary, one test: notifications are per database, and no
 //! other test of this binary may append meanwhile. Anything else that
