@@ -855,7 +855,11 @@ const STREAM_ALL: &str = "SELECT tx::text AS tx, position, stream, version, body
 impl PgStore {
     /// `append_streams` without the wake-up hint: the fastest path that
     /// applies, falling back to the locked one.
-    async fn write_streams(&self, appends: &[StreamAppend<'_>], commands: &[Outgoing]) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
+    async fn write_streams(
+        &self,
+        appends: &[StreamAppend<'_>],
+        commands: &[Outgoing],
+    ) -> Result<Result<Vec<Appended>, Conflict>, StoreError> {
         if let ([one], []) = (appends, commands) {
             if let (ExpectedVersion::Any, [event]) = (one.expected, one.events) {
                 validate_append(one.stream, one.events)?;
