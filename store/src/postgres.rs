@@ -6,8 +6,9 @@
 //! statement without reading the head, and the unique (stream, version)
 //! index turns a stale head into a conflict (see `append_fast`). Readers order by
 //! `(tx, position)` and stop below the oldest running transaction, so no
-//! subscriber skips an event that commits late. LISTEN/NOTIFY wakes readers;
-//! polling stays the source of truth.
+//! subscriber skips an event that commits late. LISTEN/NOTIFY wakes readers
+//! (the store notifies after its appends commit: `send_hints`); polling
+//! stays the source of truth.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -658,9 +659,8 @@ impl PgStore {
 /// rows ($12..$15), or nothing. A stream past its head makes the unique
 /// (stream, version) index refuse the rows, and the statement with them.
 /// It returns one row per stream, its positions in an array and the
-/// transaction once (a row per event cost a tenth of a 100-event append).
-/// Without commands there is no outbox insert at all: an insert of no rows
-/// would still run the outbox's statement trigger.
+/// transaction once (a row per event cost a few percent of a 100-event
+/// append). Without commands there is no outbox insert at all.
 macro_rules! at_heads {
     ($outbox:literal) => {
         concat!(
