@@ -65,7 +65,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often tasks are looked at while waiting for them to run: two cheap
 /// list calls to the manager, and every look sooner is a replica routed
 /// sooner (at 250 ms, the wait for a look was a tenth of a deploy).
-const POLL_EVERY: Duration = Duration::from_millis(50);
+const POLL_EVERY: Duration = Duration::from_millis(25);
 /// How often the watch looks at the tasks.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -276,16 +276,12 @@ async fn image_reference(docker: &Docker, ctx: &DeploymentContext) -> Result<Str
     })
 }
 
+/// Creates the service unless it exists (a delivery of the same command
+/// created it, earlier or at the same time): one call to the manager.
 async fn ensure_service(docker: &Docker, spec: ServiceSpec) -> Result<(), Failure> {
     let name = spec.name.clone().unwrap_or_default();
-    match docker.inspect_service(&name, None).await {
-        Ok(_) => return Ok(()),
-        Err(e) if is_status(&e, 404) => {}
-        Err(e) => return Err(api(format!("inspect service {name}"), e)),
-    }
     match docker.create_service(spec, None).await {
         Ok(_) => Ok(()),
-        // A concurrent delivery created it.
         Err(e) if is_status(&e, 409) => Ok(()),
         Err(e) => Err(api(format!("create service {name}"), e)),
     }
