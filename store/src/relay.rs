@@ -62,6 +62,12 @@ impl Relay {
             Some(c) => c,
             None => *self.cursor.insert(self.store.operational().load_checkpoint(RELAY_CHECKPOINT).await?),
         };
+        if self.options.prune && self.pruned.is_none() && cursor > Position::START {
+            // A relay killed between its checkpoint and its prune left
+            // published rows behind; they go now, even if nothing new comes.
+            self.store.outbox().prune(Position::START, cursor).await?;
+            self.pruned = Some(cursor);
+        }
         let pending = self.store.outbox().read(cursor, self.options.batch).await?;
         let Some(last) = pending.last().map(|e| e.position) else {
             return Ok(0);

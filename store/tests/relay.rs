@@ -168,3 +168,32 @@ async fn postgres_rabbitmq_unconfirmed_batch_keeps_the_checkpoint() {
 async fn sqlite_memory_unconfirmed_batch_keeps_the_checkpoint() {
     an_unconfirmed_batch_does_not_move_the_checkpoint(Arc::new(sqlite_store().await), Arc::new(MemoryQueue::default())).await;
 }
+
+/// A relay killed after its checkpoint and before its prune leaves published
+/// rows behind; the next relay removes them even when nothing new arrives.
+async fn rows_left_by_a_relay_killed_before_its_prune_go(store: DynStore, queue: Arc<dyn Queue>) {
+    fill_outbox(&store, 2, 3).await;
+    outbox_at_least(&*store, Position::START, 6).await;
+    let unpruned = RelayOptions { prune: false, ..RelayOptions::default() };
+    let mut killed = Relay::new(store.clone(), queue.clone(), unpruned);
+    assert_eq!(killed.relay_once().await.unwrap(), 6);
+    let checkpoint = store.operational().load_checkpoint(RELAY_CHECKPOINT).await.unwrap();
+    assert!(store.outbox().read(checkpoint, 1).await.unwrap().is_empty(), "everything was published");
+    assert_eq!(store.outbox().read(Position::START, 100).await.unwrap().len(), 6, "and nothing pruned");
+    let mut next = Relay::new(store.clone(), queue.clone(), RelayOptions::default());
+    assert_eq!(next.relay_once().await.unwrap(), 0, "nothing is published twice");
+    assert!(store.outbox().read(Position::START, 100).await.unwrap().is_empty(), "the rows left behind are pruned");
+    queue.delete(QUEUE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rabbitmq_rows_left_before_a_prune_go() {
+    let (store, schema) = pg_store().await;
+    rows_left_by_a_relay_killed_before_its_prune_go(Arc::new(store), rabbit().await).await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_memory_rows_left_before_a_prune_go() {
+    rows_left_by_a_relay_killed_before_its_prune_go(Arc::new(sqlite_store().await), Arc::new(MemoryQueue::default())).await;
+}
