@@ -12,6 +12,7 @@ pub mod api;
 pub mod auto_deploy;
 pub mod certificates;
 pub mod clock;
+pub mod desired;
 pub mod domains;
 pub mod driver;
 pub mod history;

@@ -95,12 +95,17 @@ pub async fn environment_of_stream(store: &dyn EventStore, stream: &str) -> Resu
 pub async fn desired(store: &dyn EventStore) -> Result<Vec<crate::reconcile::Desired>, LoadError> {
     let mut out = Vec::new();
     for (project, environment) in environment_names(store).await? {
-        let recorded = store.read_stream(&environment_stream(&project, &environment), 1).await?;
-        let settled_at = recorded.iter().rev().find(|r| r.envelope.message_type == "DeploymentFinished").map(|r| r.recorded_at);
-        let state = fold_recorded(&recorded)?;
-        out.push(crate::reconcile::Desired { project, environment, state, settled_at });
+        out.push(desired_of(store, &project, &environment).await?);
     }
     Ok(out)
+}
+
+/// One environment as the reconciler needs it (`desired`'s part for one).
+pub async fn desired_of(store: &dyn EventStore, project: &str, environment: &str) -> Result<crate::reconcile::Desired, LoadError> {
+    let recorded = store.read_stream(&environment_stream(project, environment), 1).await?;
+    let settled_at = recorded.iter().rev().find(|r| r.envelope.message_type == "DeploymentFinished").map(|r| r.recorded_at);
+    let state = fold_recorded(&recorded)?;
+    Ok(crate::reconcile::Desired { project: project.into(), environment: environment.into(), state, settled_at })
 }
 
 /// Every environment's route, from the routes stream.

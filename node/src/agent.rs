@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
+use slipway_engine::desired::DesiredView;
 use slipway_engine::load;
-use slipway_engine::reconcile::{self, Correction, Desired, StartBackoff};
+use slipway_engine::reconcile::{self, Correction, StartBackoff};
 use slipway_engine::supervise::{Limits, Signal, Supervisor};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{environment_stream, ContainerAction, ContainerReconciled, ReleaseUpstreamsObserved};
@@ -53,7 +54,7 @@ pub async fn run(store: Arc<dyn EventStore>, host_name: String, options: AgentOp
         host: host_name,
         options,
         supervisor: Supervisor::new(Limits::default()),
-        desired: Vec::new(),
+        desired: DesiredView::new(),
         read_at: None,
         backoff: StartBackoff::default(),
     };
@@ -116,8 +117,9 @@ struct Agent {
     host: String,
     options: AgentOptions,
     supervisor: Supervisor,
-    /// The recorded state as last read, and when.
-    desired: Vec<Desired>,
+    /// The recorded state as last read (only what changed is read
+    /// again), and when.
+    desired: DesiredView,
     read_at: Option<std::time::Instant>,
     backoff: StartBackoff,
 }
@@ -142,7 +144,7 @@ impl Agent {
     async fn pass(&mut self, docker: &host::Docker) -> Result<bool, String> {
         self.read_desired().await.map_err(|e| e.to_string())?;
         let observed = host::containers(docker).await.map_err(|e| e.to_string())?;
-        let corrections = reconcile::reconcile(&self.desired, &observed, Utc::now(), self.grace(), &self.host);
+        let corrections = reconcile::reconcile(self.desired.environments(), &observed, Utc::now(), self.grace(), &self.host);
         let mut started = false;
         for correction in corrections {
             let (action, deployment, container, reason, done) = match &correction {
@@ -195,7 +197,7 @@ impl Agent {
             tracing::info!(?correction, "host agent: corrected");
             self.record_correction(&correction, event).await;
         }
-        let serving: Vec<Uuid> = self.desired.iter().filter_map(|d| d.state.active.as_ref().map(|a| a.deployment)).collect();
+        let serving: Vec<Uuid> = self.desired.environments().iter().filter_map(|d| d.state.active.as_ref().map(|a| a.deployment)).collect();
         self.supervisor.retain(|_, deployment| serving.contains(&deployment));
         Ok(started)
     }
@@ -258,7 +260,7 @@ impl Agent {
     }
 
     async fn read_desired(&mut self) -> Result<(), load::LoadError> {
-        self.desired = load::desired(&*self.store).await?;
+        self.desired.refresh(&*self.store).await?;
         self.read_at = Some(std::time::Instant::now());
         Ok(())
     }
@@ -277,7 +279,12 @@ impl Agent {
             Correction::Restore { project, environment, .. } => (project, environment, "restore".to_string()),
         };
         let stream = environment_stream(project, environment);
-        let version = self.desired.iter().find(|d| d.project == *project && d.environment == *environment).map_or(0, |d| d.state.version);
+        let version = self
+            .desired
+            .environments()
+            .iter()
+            .find(|d| d.project == *project && d.environment == *environment)
+            .map_or(0, |d| d.state.version);
         let id = match correction {
             Correction::Remove { .. } => Uuid::new_v5(&CORRECTIONS, format!("{stream}/{key}").as_bytes()),
             _ => Uuid::new_v5(&CORRECTIONS, format!("{stream}@{version}/{key}").as_bytes()),
@@ -312,7 +319,7 @@ impl Agent {
     }
 
     fn serves(&self, event: &HostEvent, deployment: Uuid) -> bool {
-        self.desired.iter().any(|d| {
+        self.desired.environments().iter().any(|d| {
             d.project == event.project
                 && d.environment == event.environment
                 && d.state.active.as_ref().is_some_and(|a| a.deployment == deployment)
@@ -322,7 +329,8 @@ impl Agent {
 
     async fn record_supervised(&self, records: Vec<slipway_proto::event::ContainerSupervised>) {
         for mut record in records {
-            let Some(d) = self.desired.iter().find(|d| d.state.active.as_ref().is_some_and(|a| a.deployment == record.deployment_id))
+            let Some(d) =
+                self.desired.environments().iter().find(|d| d.state.active.as_ref().is_some_and(|a| a.deployment == record.deployment_id))
             else {
                 continue;
             };

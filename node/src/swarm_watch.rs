@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use slipway_engine::load;
+use slipway_engine::desired::DesiredView;
 use slipway_engine::reconcile::Desired;
 use slipway_engine::replicas::{self, Limits, Watch};
 use slipway_proto::event::environment_stream;
@@ -43,7 +43,8 @@ const OBSERVATIONS: Uuid = Uuid::from_u128(0x5119_a7a6_e47c_4e0b_9f6e_7377_6172_
 
 /// Watches until `shutdown`, naming `host` (the worker's host) as its actor.
 pub async fn run(store: Arc<dyn EventStore>, host: String, shutdown: Shutdown) {
-    let mut watcher = Watcher { store, actor: format!("swarm-watch:{host}"), watch: Watch::new(Limits::default()) };
+    let mut watcher =
+        Watcher { store, actor: format!("swarm-watch:{host}"), watch: Watch::new(Limits::default()), desired: DesiredView::new() };
     let mut every = tokio::time::interval(LOOK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
@@ -67,12 +68,15 @@ struct Watcher {
     store: Arc<dyn EventStore>,
     actor: String,
     watch: Watch,
+    /// What the environments want, read again only where it changed.
+    desired: DesiredView,
 }
 
 impl Watcher {
     async fn pass(&mut self) -> Result<(), String> {
-        let desired = load::desired(&*self.store).await.map_err(|e| e.to_string())?;
-        let serving: BTreeMap<Uuid, &Desired> = desired.iter().filter_map(|d| Some((d.state.active.as_ref()?.deployment, d))).collect();
+        self.desired.refresh(&*self.store).await.map_err(|e| e.to_string())?;
+        let serving: BTreeMap<Uuid, &Desired> =
+            self.desired.environments().iter().filter_map(|d| Some((d.state.active.as_ref()?.deployment, d))).collect();
         self.watch.retain(|_, deployment| serving.contains_key(&deployment));
         let docker = docker::connect().await.map_err(|e| e.to_string())?;
         let ids: BTreeSet<Uuid> = serving.keys().copied().collect();

@@ -315,7 +315,9 @@ async fn main() -> anyhow::Result<()> {
         ("route off it, acknowledged", &off),
         ("3 replicas routed again", &full),
     ] {
-        println!("{what:<44} {:>5} ms {:>5} ms", percentile(v.clone(), 50.0).as_millis(), percentile(v.clone(), 99.0).as_millis());
+        // No sample (no trial ejected anything) prints as such, not as 0 ms.
+        let at = |p: f64| if v.is_empty() { "-".to_string() } else { format!("{} ms", percentile(v.clone(), p).as_millis()) };
+        println!("{what:<44} {:>8} {:>8}", at(50.0), at(99.0));
     }
     println!("failed requests: {failed_total} of {requests_total}");
     harness.shutdown().await;
