@@ -42,6 +42,8 @@ pub struct Ejections {
     out: Mutex<HashMap<SocketAddr, Ejected>>,
     /// Whether anything is ejected: the common case reads this alone.
     any: AtomicBool,
+    /// Told each time an upstream goes out (`until_out`).
+    went_out: tokio::sync::Notify,
 }
 
 impl Ejections {
@@ -64,10 +66,27 @@ impl Ejections {
         let (failures, was_out) = out.get(&addr).map_or((0, false), |e| (e.failures, e.until > now));
         let failures = failures + 1;
         out.insert(addr, Ejected { failures, until: now + ejected_for(failures) });
+        self.any.store(true, Ordering::Relaxed);
+        drop(out);
         if !was_out {
             slipway_telemetry::metrics::global().router_upstream_ejected();
+            self.went_out.notify_waiters();
         }
-        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves once `addr` is out: a request waiting on an answer from it
+    /// learns that another found it unreachable (its host lost, say).
+    pub async fn until_out(&self, addr: SocketAddr) {
+        loop {
+            let went_out = self.went_out.notified();
+            tokio::pin!(went_out);
+            // Registered before looking, so an ejection in between is not missed.
+            went_out.as_mut().enable();
+            if self.is_out(addr, Instant::now()) {
+                return;
+            }
+            went_out.await;
+        }
     }
 
     /// `addr` accepted a connection: back in.
@@ -108,5 +127,23 @@ mod tests {
         // ...and one connection lets it back.
         e.connected(a);
         assert!(!e.is_out(a, now + FIRST) && !e.any());
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_an_upstream_to_go_out_ends_when_it_does_and_not_for_another() {
+        let e = std::sync::Arc::new(Ejections::default());
+        let (a, b) = (SocketAddr::from(([10, 0, 0, 2], 80)), SocketAddr::from(([10, 0, 0, 3], 80)));
+        let waiting = tokio::spawn({
+            let e = e.clone();
+            async move { e.until_out(a).await }
+        });
+        tokio::task::yield_now().await;
+        e.failed(b, Instant::now());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "another upstream going out does not end the wait");
+        e.failed(a, Instant::now());
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        // Already out: at once.
+        tokio::time::timeout(Duration::from_secs(5), e.until_out(a)).await.unwrap();
     }
 }

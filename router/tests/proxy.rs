@@ -15,6 +15,7 @@ use hyper::header::HeaderMap;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use slipway_router::{serve_with, Route, RouteHandle, RouteTable, ServeOptions};
+use slipway_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
@@ -775,4 +776,74 @@ async fn a_request_refused_by_one_upstream_goes_once_to_another_of_the_route() {
         }
     }
     assert_eq!(failed, 1, "one of two POSTs picked the dropping upstream and was not sent again");
+}
+
+/// An upstream that accepts connections and answers nothing on them, as a
+/// host that lost power looks to connections already open; `lose` then
+/// closes its listener, so that new connections are refused (the router
+/// ejects it), while the open ones stay silent.
+async fn hanging_upstream() -> (SocketAddr, Arc<AtomicUsize>, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (lose, lost) = oneshot::channel::<()>();
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        let mut lost = std::pin::pin!(lost);
+        loop {
+            tokio::select! {
+                _ = &mut lost => break,
+                accepted = listener.accept() => {
+                    open.push(accepted.unwrap().0);
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        drop(listener);
+        std::future::pending::<()>().await;
+        drop(open);
+    });
+    (addr, accepted, lose)
+}
+
+#[tokio::test]
+async fn requests_waiting_on_an_upstream_that_gets_ejected_go_to_another_if_they_may() {
+    let good = upstream("alive").await;
+    let (hanging, accepted, lose) = hanging_upstream().await;
+    let p = proxy(table(&[("lost.test", route(&[hanging, good.addr], 1))])).await;
+    let request = |method: &'static str| {
+        let addr = p.addr;
+        tokio::spawn(async move {
+            let req = Request::builder().method(method).uri("/").header("host", "lost.test").body(Full::new(Bytes::new())).unwrap();
+            let res = connect(addr).await.send_request(req).await.unwrap();
+            (res.status(), res.into_body().collect().await.unwrap().to_bytes())
+        })
+    };
+    // Requests take turns: of these, half wait on the hanging upstream.
+    let gets: Vec<_> = (0..4).map(|_| request("GET")).collect();
+    let posts: Vec<_> = (0..4).map(|_| request("POST")).collect();
+    eventually("requests waiting on the hanging upstream", Duration::from_secs(5), || async {
+        (accepted.load(Ordering::SeqCst) >= 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting_posts = posts.iter().filter(|p| !p.is_finished()).count();
+    assert!(waiting_posts >= 1 && gets.iter().any(|g| !g.is_finished()), "no request waits on the hanging upstream");
+    // Its host is lost: the next request that picks it is refused a
+    // connection, which ejects it; those waiting on it may go elsewhere.
+    let _ = lose.send(());
+    let lost_at = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(get(p.addr, Some("lost.test"), "/").await, (StatusCode::OK, "alive".to_string()));
+    }
+    for get in gets {
+        let answered = tokio::time::timeout(Duration::from_secs(5), get).await.expect("a waiting GET was not sent elsewhere").unwrap();
+        assert_eq!(answered, (StatusCode::OK, Bytes::from("alive")));
+    }
+    assert!(lost_at.elapsed() < Duration::from_secs(2), "the waiting GETs took {:?}", lost_at.elapsed());
+    // A POST is never sent twice: those waiting on the lost upstream still wait.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(posts.iter().filter(|p| !p.is_finished()).count(), waiting_posts, "a waiting POST was sent elsewhere");
+    posts.iter().for_each(|p| p.abort());
 }

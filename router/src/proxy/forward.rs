@@ -1,7 +1,8 @@
 //! A request on its way to an upstream: sent on a held, pooled or new
 //! connection, sent again once to the route's fallback when that is safe
 //! (nothing reached the application, or the request is bodiless and
-//! idempotent), and, for an upgrade, tunnelled both ways once both sides
+//! idempotent — then also when its upstream is ejected while it waits for
+//! the answer), and, for an upgrade, tunnelled both ways once both sides
 //! have switched protocols.
 
 use std::net::SocketAddr;
@@ -69,7 +70,11 @@ impl Forward {
     /// - drops a bodiless GET, HEAD, OPTIONS, PUT or DELETE unanswered (as
     ///   nginx's `proxy_next_upstream error` does for idempotent requests):
     ///   a crashing release behind a port that still accepts (Docker's
-    ///   proxy) then fails no such request.
+    ///   proxy) then fails no such request;
+    /// - is ejected (another request found it unreachable) while such a
+    ///   bodiless idempotent request waits for its answer: a host that lost
+    ///   power answers nothing on connections already open, and the route
+    ///   moves off it only seconds later.
     ///
     /// Past `deadline`, the client gets a 504.
     pub(super) async fn send(
@@ -151,7 +156,34 @@ impl Forward {
                     stale += 1;
                     continue;
                 }
-                match upstream.send(req).await {
+                // A replayable request with somewhere else to go is sent
+                // there too if its upstream is ejected while it waits for
+                // an answer (a lost host answers nothing, and its route
+                // moves only seconds later).
+                let sent = match (&again, fallback.take()) {
+                    (Some(copy), Some(next)) if !held.shared.ejections.is_out(addr, Instant::now()) => {
+                        tokio::select! {
+                            biased;
+                            sent = upstream.send(req) => {
+                                fallback = Some(next);
+                                sent
+                            }
+                            () = held.shared.ejections.until_out(addr) => {
+                                tracing::debug!(upstream = %addr, fallback = %next.addr(), "router: upstream ejected while a request waited on it; sending it to the fallback");
+                                // Its connection, with the request in flight
+                                // on it, is dropped with this attempt.
+                                req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
+                                go_on(&mut addr, &mut on_primary, next);
+                                continue;
+                            }
+                        }
+                    }
+                    (_, next) => {
+                        fallback = next;
+                        upstream.send(req).await
+                    }
+                };
+                match sent {
                     Ok(response) => return Ok((response, upstream)),
                     Err(mut e) => match (e.take_message(), &again, fallback) {
                         // Not sent: a kept-alive connection the upstream had
