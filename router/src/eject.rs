@@ -10,9 +10,10 @@
 //! One failure is enough (nginx's `max_fails=1`): with several replicas a
 //! refused connection almost always means a replica gone (a lost host, a
 //! retired task), and every request sent there meanwhile costs a connect
-//! attempt. Each router thread keeps its own ejections, so no request
-//! takes a lock shared across threads; the lock it does take is only
-//! taken while something is ejected.
+//! attempt. A router's threads share its ejections (a thread that has
+//! requests waiting on a lost host must learn it was ejected, whichever
+//! thread found out); a request reads one shared flag, and takes the lock
+//! only while something is ejected.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

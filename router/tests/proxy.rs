@@ -113,6 +113,9 @@ async fn send(sender: &mut Sender, host: Option<&str>, path: &str) -> (StatusCod
     if let Some(host) = host {
         req = req.header("host", host);
     }
+    // Ready first: the connection's task may not have taken the last
+    // response's end yet (on a multi-thread runtime).
+    sender.ready().await.unwrap();
     let res = sender.send_request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     let status = res.status();
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -812,8 +815,29 @@ async fn requests_waiting_on_an_upstream_that_gets_ejected_go_to_another_if_they
     let good = upstream("alive").await;
     let (hanging, accepted, lose) = hanging_upstream().await;
     let p = proxy(table(&[("lost.test", route(&[hanging, good.addr], 1))])).await;
+    waiting_requests_go_elsewhere_once_ejected(p.addr, accepted, lose).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_ejected_by_one_router_thread_is_ejected_for_the_others() {
+    let good = upstream("alive").await;
+    let (hanging, accepted, lose) = hanging_upstream().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = RouteHandle::new(table(&[("lost.test", route(&[hanging, good.addr], 1))]));
+    let served = tokio::spawn(slipway_router::serve_threads(listener, routes, ServeOptions::default(), 2, std::future::pending()));
+    // Connections go to the two threads in turn, so each has requests
+    // waiting on the hanging upstream; one thread alone ejects it.
+    waiting_requests_go_elsewhere_once_ejected(addr, accepted, lose).await;
+    served.abort();
+}
+
+/// Sends GETs and POSTs, each on its own connection, until some wait on the
+/// hanging upstream; loses it, and on one connection sends two GETs (one
+/// of them to the lost upstream: refused, so ejected). Every waiting GET is
+/// then answered by the other upstream; every waiting POST still waits.
+async fn waiting_requests_go_elsewhere_once_ejected(addr: SocketAddr, accepted: Arc<AtomicUsize>, lose: oneshot::Sender<()>) {
     let request = |method: &'static str| {
-        let addr = p.addr;
         tokio::spawn(async move {
             let req = Request::builder().method(method).uri("/").header("host", "lost.test").body(Full::new(Bytes::new())).unwrap();
             let res = connect(addr).await.send_request(req).await.unwrap();
@@ -821,21 +845,23 @@ async fn requests_waiting_on_an_upstream_that_gets_ejected_go_to_another_if_they
         })
     };
     // Requests take turns: of these, half wait on the hanging upstream.
-    let gets: Vec<_> = (0..4).map(|_| request("GET")).collect();
-    let posts: Vec<_> = (0..4).map(|_| request("POST")).collect();
-    eventually("requests waiting on the hanging upstream", Duration::from_secs(5), || async {
-        (accepted.load(Ordering::SeqCst) >= 4).then_some(())
+    let gets: Vec<_> = (0..8).map(|_| request("GET")).collect();
+    let posts: Vec<_> = (0..8).map(|_| request("POST")).collect();
+    // Each either was answered or waits on a connection of its own there.
+    eventually("every request answered or waiting on the hanging upstream", Duration::from_secs(10), || async {
+        let answered = gets.iter().chain(&posts).filter(|r| r.is_finished()).count();
+        (answered + accepted.load(Ordering::SeqCst) == 16).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let waiting_posts = posts.iter().filter(|p| !p.is_finished()).count();
     assert!(waiting_posts >= 1 && gets.iter().any(|g| !g.is_finished()), "no request waits on the hanging upstream");
     // Its host is lost: the next request that picks it is refused a
     // connection, which ejects it; those waiting on it may go elsewhere.
     let _ = lose.send(());
     let lost_at = Instant::now();
-    for _ in 0..4 {
-        assert_eq!(get(p.addr, Some("lost.test"), "/").await, (StatusCode::OK, "alive".to_string()));
+    let mut sender = connect(addr).await;
+    for _ in 0..2 {
+        assert_eq!(send(&mut sender, Some("lost.test"), "/").await, (StatusCode::OK, "alive".to_string()));
     }
     for get in gets {
         let answered = tokio::time::timeout(Duration::from_secs(5), get).await.expect("a waiting GET was not sent elsewhere").unwrap();

@@ -213,16 +213,20 @@ pub async fn serve_threads(
     // One TLS configuration for all the threads, so that a session one
     // thread issued resumes on another.
     let tls = acceptor(&options)?;
+    // One set of ejections for all the threads: an upstream one thread
+    // found unreachable is passed over by the others too, and the requests
+    // they have waiting on it may go elsewhere at once.
+    let ejections = Arc::new(crate::eject::Ejections::default());
     let mut workers = Vec::new();
     for i in 0..threads.max(1) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (routes, options, tls) = (routes.clone(), options.clone(), tls.clone());
+        let (routes, options, tls, ejections) = (routes.clone(), options.clone(), tls.clone(), ejections.clone());
         let (handoff, handed) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicUsize::new(0));
         let (done, finished) = oneshot::channel();
         let source = Source::Handoff { handed, open: open.clone() };
         std::thread::Builder::new().name(format!("router-{i}")).spawn(move || {
-            let _ = done.send(runtime.block_on(run(source, routes, options, tls, std::future::pending())));
+            let _ = done.send(runtime.block_on(run(source, routes, options, tls, ejections, std::future::pending())));
         })?;
         workers.push(Worker { handoff, open, finished });
     }
@@ -338,7 +342,7 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let limits = ConnLimits::new(options.max_connections, options.max_connections_per_ip);
     let tls = acceptor(&options)?;
-    run(Source::Listener { listener, limits }, routes, options, tls, shutdown).await
+    run(Source::Listener { listener, limits }, routes, options, tls, Default::default(), shutdown).await
 }
 
 /// The TLS acceptor of a listener that terminates TLS, built once per
@@ -356,6 +360,7 @@ async fn run(
     routes: RouteHandle,
     options: ServeOptions,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    ejections: Arc<crate::eject::Ejections>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     // Each connection task holds a `live` receiver (never polled: the
@@ -364,7 +369,7 @@ async fn run(
     // included.
     let (live_tx, live_rx) = watch::channel(());
     let (force_tx, force_rx) = watch::channel(());
-    let shared = Arc::new(Shared::new(routes, &options, force_rx, tls));
+    let shared = Arc::new(Shared::new(routes, &options, force_rx, tls, ejections));
     let open = Arc::new(Mutex::new(Open::default()));
     let count = source.open_count();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -456,7 +461,7 @@ impl Drop for Drain {
 struct Shared {
     routes: RouteHandle,
     /// Upstreams that refused connections, passed over for a while (`eject.rs`).
-    ejections: crate::eject::Ejections,
+    ejections: Arc<crate::eject::Ejections>,
     http: hyper::server::conn::http1::Builder,
     client: hyper::client::conn::http1::Builder,
     connect_timeout: Duration,
@@ -479,7 +484,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(routes: RouteHandle, options: &ServeOptions, force: watch::Receiver<()>, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    fn new(
+        routes: RouteHandle,
+        options: &ServeOptions,
+        force: watch::Receiver<()>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        ejections: Arc<crate::eject::Ejections>,
+    ) -> Self {
         // Each connection sets its own timer (`ClientTimer`), which keeps
         // the header and idle timeouts; hyper arms it only if it has a
         // header read timeout.
@@ -501,7 +512,7 @@ impl Shared {
             tls,
             pool: Mutex::new(HashMap::new()),
             force,
-            ejections: Default::default(),
+            ejections,
         }
     }
 }
