@@ -19,15 +19,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use futures::StreamExt;
+
 use slipway_proto::event::environment_stream;
 use slipway_proto::StreamId;
 use slipway_store::{EventStore, Position};
 
 use crate::load::{self, LoadError};
 use crate::reconcile::Desired;
-
-/// Events read per round trip while catching up.
-const PAGE: usize = 1_000;
 
 /// Every environment's state, brought up to date by `refresh`.
 #[derive(Debug, Default)]
@@ -76,25 +75,22 @@ impl DesiredView {
             return Ok(self.environments.len());
         };
         let (mut projects, mut streams) = (BTreeSet::new(), BTreeSet::new());
-        loop {
-            let page = store.read_all(at, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            at = last.position;
-            for r in &page {
-                match StreamId::parse(&r.stream) {
-                    StreamId::Project(p) => {
-                        projects.insert(p.into_owned());
-                    }
-                    StreamId::Environment(_) => {
-                        streams.insert(r.stream.clone());
-                    }
-                    _ => {}
+        let mut appended = store.stream_all(at);
+        while let Some(r) = appended.next().await {
+            let r = r?;
+            at = r.position;
+            match StreamId::parse(&r.stream) {
+                StreamId::Project(p) => {
+                    projects.insert(p.into_owned());
                 }
-            }
-            if page.len() < PAGE {
-                break;
+                StreamId::Environment(_) => {
+                    streams.insert(r.stream);
+                }
+                _ => {}
             }
         }
+        // Its connection back to the pool before the reads below.
+        drop(appended);
         if projects.is_empty() && streams.is_empty() {
             self.at = Some(at);
             return Ok(0);

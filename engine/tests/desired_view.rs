@@ -12,7 +12,6 @@ use common::Setup;
 use slipway_engine::desired::DesiredView;
 use slipway_engine::load;
 use slipway_engine::reconcile::Desired;
-use slipway_engine::requests::{self, NewProject};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::*;
 use slipway_proto::{Envelope, Event};
@@ -38,33 +37,23 @@ fn same(view: &DesiredView, fresh: &[Desired]) {
     assert_eq!(summary(view.environments()), summary(fresh));
 }
 
-async fn project(store: &dyn EventStore, name: &str) {
-    let new = NewProject {
-        name: name.into(),
-        repository: "file:///srv/app".into(),
-        default_branch: "main".into(),
-        environments: vec!["test".into(), "live".into()],
-        mirror_of: None,
-    };
-    requests::create_project(store, "test", new).await.unwrap().unwrap();
-}
-
 #[tokio::test]
 async fn sqlite_a_refresh_reads_only_what_changed_and_equals_a_fresh_load() {
     let setup = Setup::sqlite().await;
-    a_refresh_reads_only_what_changed(&*setup.store).await;
+    a_refresh_reads_only_what_changed(&setup).await;
 }
 
 #[tokio::test]
 async fn postgres_a_refresh_reads_only_what_changed_and_equals_a_fresh_load() {
     let setup = Setup::postgres().await;
-    a_refresh_reads_only_what_changed(&*setup.store).await;
+    a_refresh_reads_only_what_changed(&setup).await;
     setup.cleanup().await;
 }
 
-async fn a_refresh_reads_only_what_changed(store: &dyn EventStore) {
+async fn a_refresh_reads_only_what_changed(setup: &Setup) {
+    let store = &*setup.store;
     for n in 0..25 {
-        project(store, &format!("p{n:02}")).await;
+        setup.project(&format!("p{n:02}")).await;
     }
     let mut view = DesiredView::new();
     assert_eq!(view.refresh(store).await.unwrap(), 50, "the first refresh loads every environment");
@@ -96,7 +85,7 @@ async fn a_refresh_reads_only_what_changed(store: &dyn EventStore) {
     append(store, &project_stream("p03"), Event::EnvironmentAdded(added)).await;
     let removed = EnvironmentRemoved { name: "test".into(), reason: "gone".into(), cancelled: vec![], retired: None, route_removed: false };
     append(store, &project_stream("p04"), Event::EnvironmentRemoved(removed)).await;
-    project(store, "zz").await;
+    setup.project("zz").await;
     assert_eq!(view.refresh(store).await.unwrap(), 3, "p03 pr-1, zz test and zz live");
     let fresh = load::desired(store).await.unwrap();
     same(&view, &fresh);

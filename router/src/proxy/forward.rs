@@ -105,6 +105,8 @@ impl Forward {
             *copy.headers_mut() = req.headers().clone();
             copy
         });
+        // The copy, sent again with an empty body.
+        let resend = |copy: &Request<()>| copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
         let body_timeout = held.shared.body_timeout;
         let mut req = req.map(|body| Either::Left(ClientBody::new(body, body_timeout, &clock)));
         let failed = |addr: SocketAddr, reason: String, connect: bool| {
@@ -172,7 +174,7 @@ impl Forward {
                                 tracing::debug!(upstream = %addr, fallback = %next.addr(), "router: upstream ejected while a request waited on it; sending it to the fallback");
                                 // Its connection, with the request in flight
                                 // on it, is dropped with this attempt.
-                                req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
+                                req = resend(copy);
                                 go_on(&mut addr, &mut on_primary, next);
                                 continue;
                             }
@@ -198,7 +200,7 @@ impl Forward {
                         }
                         (_, Some(copy), Some(next)) => {
                             tracing::debug!(upstream = %addr, fallback = %next.addr(), "router: upstream dropped an idempotent request; sending it to the fallback");
-                            req = copy.clone().map(|()| Either::Right(http_body_util::Empty::new()));
+                            req = resend(copy);
                             fallback = None;
                             go_on(&mut addr, &mut on_primary, next);
                         }
