@@ -22,13 +22,14 @@
 //! armed, so the same timer is the idle timeout before the first byte and
 //! the header timeout after it. Being armed is also hyper's sign that the
 //! previous answer has been sent, which ends the request's deadline.
-//! Everything here is per connection and costs a request no lock and no
-//! allocation beyond hyper's own timer.
+//! Everything here is per connection; a request costs hyper's boxed timer
+//! and an uncontended lock, never a tokio timer of its own (see
+//! [`ClientSleep`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,11 @@ pub(crate) struct ClientClock {
     deadline: AtomicU64,
     /// The request in progress still has body to come from the client.
     body_pending: AtomicBool,
+    /// The one timer behind every arming of [`ClientTimer`].
+    alarm: Alarm,
+    /// The one timer behind every request's deadline: its 504, and the
+    /// watchdog a second later.
+    pub(crate) deadline_alarm: Alarm,
 }
 
 impl ClientClock {
@@ -65,6 +71,8 @@ impl ClientClock {
             armed: AtomicBool::new(false),
             deadline: AtomicU64::new(NONE),
             body_pending: AtomicBool::new(false),
+            alarm: Alarm::default(),
+            deadline_alarm: Alarm::default(),
         })
     }
 
@@ -205,6 +213,49 @@ impl<B: Body + Unpin> Body for Counted<B> {
     }
 }
 
+/// A timer for deadlines that keep moving later, as a connection's do
+/// (each request's is later than the last's): a tokio timer that moves
+/// only when it must. Registering a tokio timer costs the timer wheel's
+/// lock and, when its thread's driver had no earlier timer, a write to the
+/// driver's eventfd to wake it (measured before: 0.15 such writes per
+/// request through the router, each a syscall and a wasted turn of the
+/// event loop). An `Alarm` keeps one, set when first needed: asked for a
+/// later deadline it stays as it is and may ring early (it is then set
+/// again); only an earlier deadline, or one after it rang, moves it. So a
+/// kept-alive connection's alarm moves about once per timeout, however
+/// many requests it serves. Polled from one task (a connection's).
+#[derive(Default)]
+pub(crate) struct Alarm(Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+impl std::fmt::Debug for Alarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Alarm")
+    }
+}
+
+impl Alarm {
+    /// Ready once `at` has passed.
+    pub(crate) fn poll_at(&self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+        let mut alarm = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let at_tokio = tokio::time::Instant::from_std(at);
+        loop {
+            if Instant::now() >= at {
+                return Poll::Ready(());
+            }
+            let alarm = alarm.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at_tokio)));
+            if alarm.deadline() > at_tokio || alarm.is_elapsed() {
+                alarm.as_mut().reset(at_tokio);
+            }
+            ready!(alarm.as_mut().poll(cx));
+        }
+    }
+
+    /// Completes once `at` has passed.
+    pub(crate) async fn until(&self, at: Instant) {
+        std::future::poll_fn(|cx| self.poll_at(cx, at)).await;
+    }
+}
+
 /// hyper's header read timer for one connection (see the module's text).
 #[derive(Debug, Clone)]
 pub(crate) struct ClientTimer(pub(crate) Arc<ClientClock>);
@@ -219,18 +270,29 @@ impl hyper::rt::Timer for ClientTimer {
     fn sleep_until(&self, _deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         let clock = self.0.clone();
         let (armed_at, first) = clock.arm();
-        let wait = if first { clock.header } else { clock.header.min(clock.idle) };
-        let sleep = Box::pin(tokio::time::sleep_until((armed_at + wait).into()));
-        Box::pin(ClientSleep { clock, armed_at, first, sleep })
+        Box::pin(ClientSleep { clock, armed_at, first })
     }
 }
 
+/// One arming of the connection's timer: hyper arms it for every request,
+/// so it shares the clock's one [`Alarm`] rather than taking a tokio timer
+/// of its own.
 struct ClientSleep {
     clock: Arc<ClientClock>,
     armed_at: Instant,
     /// Armed for the connection's first request: no idle time before it.
     first: bool,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ClientSleep {
+    /// When this arming runs out, and which timeout that is.
+    fn target(&self) -> (Instant, &'static str) {
+        match self.clock.first_read.load(Ordering::Relaxed) {
+            NONE if self.first => (self.armed_at + self.clock.header, "header"),
+            NONE => (self.armed_at + self.clock.idle, "idle"),
+            first_read => (self.clock.at(first_read) + self.clock.header, "header"),
+        }
+    }
 }
 
 impl hyper::rt::Sleep for ClientSleep {}
@@ -238,19 +300,20 @@ impl hyper::rt::Sleep for ClientSleep {}
 impl Future for ClientSleep {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            ready!(self.sleep.as_mut().poll(cx));
-            let (target, kind) = match self.clock.first_read.load(Ordering::Relaxed) {
-                NONE if self.first => (self.armed_at + self.clock.header, "header"),
-                NONE => (self.armed_at + self.clock.idle, "idle"),
-                first_read => (self.clock.at(first_read) + self.clock.header, "header"),
-            };
-            if Instant::now() >= target {
+            let (target, kind) = self.target();
+            let now = Instant::now();
+            if now >= target {
                 slipway_telemetry::metrics::global().router_timeout(kind);
                 return Poll::Ready(());
             }
-            self.sleep.as_mut().reset(target.into());
+            // Look again by the target, and before it by a header timeout
+            // from the arming: a first byte coming meanwhile brings the
+            // target forward, to a header timeout after it.
+            let first_look = self.armed_at + if self.first { self.clock.header } else { self.clock.header.min(self.clock.idle) };
+            let look = if now < first_look { target.min(first_look) } else { target };
+            ready!(self.clock.alarm.poll_at(cx, look));
         }
     }
 }
@@ -389,5 +452,39 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `alarm` once for `at` (as a connection's earlier request
+    /// would), leaving it set, then drops that poll.
+    fn set_for(alarm: &Alarm, at: Instant) {
+        let waker = std::task::Waker::noop();
+        assert!(alarm.poll_at(&mut Context::from_waker(waker), at).is_pending());
+    }
+
+    async fn took(alarm: &Alarm, after: Duration) -> Duration {
+        let started = Instant::now();
+        alarm.until(started + after).await;
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn an_alarm_rings_at_the_deadline_asked_whatever_it_was_set_for() {
+        let alarm = Alarm::default();
+        let first = took(&alarm, Duration::from_millis(50)).await;
+        assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(250), "{first:?}");
+        // Set for later than asked next: it is moved sooner.
+        set_for(&alarm, Instant::now() + Duration::from_secs(5));
+        let sooner = took(&alarm, Duration::from_millis(50)).await;
+        assert!(sooner >= Duration::from_millis(50) && sooner < Duration::from_millis(250), "{sooner:?}");
+        // Set for sooner than asked next: it rings early and is set again,
+        // and the wait still lasts until the deadline asked.
+        set_for(&alarm, Instant::now() + Duration::from_millis(20));
+        let later = took(&alarm, Duration::from_millis(150)).await;
+        assert!(later >= Duration::from_millis(150) && later < Duration::from_millis(400), "{later:?}");
     }
 }

@@ -217,7 +217,7 @@ impl Forward {
                 tokio::select! {
                     biased;
                     attempted = &mut attempts => attempted,
-                    () = tokio::time::sleep_until(deadline.into()) => {
+                    () = clock.deadline_alarm.until(deadline) => {
                         let after = held.shared.request_timeout.unwrap_or_default();
                         // Still waiting for the client's body: the client is
                         // late, not the upstream (a trickled upload must not

@@ -616,17 +616,10 @@ where
     let mut conn = std::pin::pin!(conn);
     // The request deadline's watchdog: closes the connection when an
     // answer is still going out past its deadline (a client that stopped
-    // reading). Re-armed only when the deadline changes; polled after the
-    // connection on every wake-up.
-    let mut watchdog = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-    let mut watched = None;
-    let overdue = std::future::poll_fn(|cx| {
-        let Some(deadline) = clock.deadline() else { return Poll::Pending };
-        if watched != Some(deadline) {
-            watched = Some(deadline);
-            watchdog.as_mut().reset((deadline + DEADLINE_GRACE).into());
-        }
-        watchdog.as_mut().poll(cx)
+    // reading). Polled after the connection on every wake-up.
+    let overdue = std::future::poll_fn(|cx| match clock.deadline() {
+        Some(deadline) => clock.deadline_alarm.poll_at(cx, deadline + DEADLINE_GRACE),
+        None => Poll::Pending,
     });
     // Polled on every wake-up of the connection: the oneshot's check is one
     // atomic load.
