@@ -494,12 +494,19 @@ impl Shared {
         // Each connection sets its own timer (`ClientTimer`), which keeps
         // the header and idle timeouts; hyper arms it only if it has a
         // header read timeout.
+        // Both sides write a message's head and body as one buffer
+        // (`writev(false)`: hyper copies the body in) rather than a writev
+        // of the two: measured with slipway-bench-router, about 5% less
+        // CPU per request and 5% more requests/s over HTTP, as good or
+        // better over HTTPS.
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
+        http.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true).writev(false);
+        let mut client = hyper::client::conn::http1::Builder::new();
+        client.writev(false);
         Shared {
             routes,
             http,
-            client: hyper::client::conn::http1::Builder::new(),
+            client,
             connect_timeout: options.connect_timeout,
             eject_after: options.eject_after.min(options.connect_timeout),
             idle_timeout: options.upstream_idle_timeout,
