@@ -225,6 +225,40 @@ async fn a_request_body_is_forwarded() {
     assert_eq!(body, "alpha got 100000");
 }
 
+/// An upstream that answers each request with its own body, streamed
+/// back as it comes.
+async fn mirror_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service =
+                hyper::service::service_fn(|req: Request<Incoming>| async move { Ok::<_, Infallible>(Response::new(req.into_body())) });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn large_bodies_go_through_whole_both_ways() {
+    let p = proxy(table(&[("mirror.test", route(&[mirror_upstream().await], 1))])).await;
+    let mut sender = connect(p.addr).await;
+    // 8 MiB that no slice of repeats, twice on one connection.
+    let sent: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect();
+    for _ in 0..2 {
+        sender.ready().await.unwrap();
+        let req =
+            Request::builder().method("PUT").uri("/").header("host", "mirror.test").body(Full::new(Bytes::from(sent.clone()))).unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), sent.len());
+        assert!(body == sent, "the body came back changed");
+    }
+}
+
 #[tokio::test]
 async fn connections_are_kept_alive_on_both_sides() {
     let a = upstream("alpha").await;
