@@ -225,20 +225,29 @@ async fn a_request_body_is_forwarded() {
     assert_eq!(body, "alpha got 100000");
 }
 
-/// An upstream that answers each request with its own body, streamed
-/// back as it comes.
-async fn mirror_upstream() -> SocketAddr {
+/// An upstream answering every request with `answer(request)`.
+async fn answering_upstream<B>(answer: fn(Request<Incoming>) -> Response<B>) -> SocketAddr
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let service =
-                hyper::service::service_fn(|req: Request<Incoming>| async move { Ok::<_, Infallible>(Response::new(req.into_body())) });
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move { Ok::<_, Infallible>(answer(req)) });
             tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
         }
     });
     addr
+}
+
+/// An upstream that answers each request with its own body, streamed
+/// back as it comes.
+async fn mirror_upstream() -> SocketAddr {
+    answering_upstream(|req| Response::new(req.into_body())).await
 }
 
 #[tokio::test]
@@ -528,20 +537,12 @@ async fn an_upstream_that_answers_nothing_is_passed_over_after_eject_after_not_t
 
 /// An upstream that answers every request with a 500.
 async fn failing_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                let mut response = Response::new(Full::new(Bytes::from("broken")));
-                *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                Ok::<_, Infallible>(response)
-            });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-        }
-    });
-    addr
+    answering_upstream(|_req| {
+        let mut response = Response::new(Full::new(Bytes::from("broken")));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    })
+    .await
 }
 
 #[tokio::test]
