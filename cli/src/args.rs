@@ -382,10 +382,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7878")]
     pub listen: std::net::SocketAddr,
     /// An ACME directory URL: the engine then obtains and renews a
-    /// certificate for every custom domain over HTTP-01, answered by the
+    /// certificate for every custom domain over HTTP-01 (or --acme-challenge), answered by the
     /// routers (Let's Encrypt: https://acme-v02.api.letsencrypt.org/directory).
     #[arg(long = "acme-directory", env = "SLIPWAY_ACME_DIRECTORY")]
     pub acme_directory: Option<String>,
+    /// How the routers prove a domain to the CA: http-01 (a request to their HTTP port, 80) or
+    /// tls-alpn-01 (a TLS handshake on their HTTPS port, 443, for installations where port 80 is shut)
+    #[arg(long = "acme-challenge", env = "SLIPWAY_ACME_CHALLENGE", value_enum, default_value_t = AcmeChallenge::Http01)]
+    pub acme_challenge: AcmeChallenge,
     /// The ACME account's contact e-mail.
     #[arg(long = "acme-email", env = "SLIPWAY_ACME_EMAIL")]
     pub acme_email: Option<String>,
@@ -410,9 +414,22 @@ pub struct ServeArgs {
     pub acme_dns_propagation: u64,
 }
 
+/// `--acme-challenge`: the ACME challenge exact names are proved with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcmeChallenge {
+    #[value(name = "http-01")]
+    Http01,
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
 impl ServeArgs {
     pub fn acme(&self) -> Option<slipway_engine::acme::AcmeOptions> {
         let mut options = slipway_engine::acme::AcmeOptions::new(self.acme_directory.clone()?);
+        options.method = match self.acme_challenge {
+            AcmeChallenge::Http01 => slipway_proto::event::ChallengeMethod::Http01,
+            AcmeChallenge::TlsAlpn01 => slipway_proto::event::ChallengeMethod::TlsAlpn01,
+        };
         options.email = self.acme_email.clone();
         options.ca_bundle = self.acme_ca_bundle.clone();
         options.check_every = Duration::from_secs(self.acme_check_every.max(1));

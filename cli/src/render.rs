@@ -143,8 +143,8 @@ pub fn describe(event: &Event) -> String {
             format!("certificate for {} stored ({:?}, valid until {}, {})", c.domain, c.source, c.not_after.to_rfc3339(), c.fingerprint)
         }
         Event::CertificateRenewalFailed(f) => format!("certificate for {} could not be obtained: {}", f.domain, f.reason),
-        Event::AcmeChallengeReady(c) => format!("ACME HTTP-01 challenge for {} answered by the routers", c.domain),
-        Event::AcmeChallengeFinished(c) => format!("ACME HTTP-01 challenge for {} finished", c.domain),
+        Event::AcmeChallengeReady(c) => format!("ACME {} challenge for {} answered by the routers", c.method, c.domain),
+        Event::AcmeChallengeFinished(c) => format!("ACME challenge for {} finished", c.domain),
         Event::CertificateRemoved(c) => format!("certificate for {} removed ({})", c.domain, c.fingerprint),
         Event::HttpsRedirectSet(r) => {
             format!("plain HTTP for {} {} redirected to HTTPS", r.domain, if r.redirect { "is" } else { "is not" })

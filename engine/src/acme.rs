@@ -3,9 +3,12 @@
 //! certificates stream, asks the pure `certificates::due` which domains
 //! need an order now (no certificate yet, or two thirds into an ACME
 //! certificate's lifetime, not sooner than `retry_after` after a failure),
-//! and orders each with the HTTP-01 challenge (instant-acme). The challenge
-//! is answered by the routers, which follow `AcmeChallengeReady` on the
-//! certificates stream (a key authorization is public by design). The
+//! and orders each with the HTTP-01 challenge, or TLS-ALPN-01 if the
+//! operator chose it (instant-acme). The challenge is answered by the
+//! routers, which follow `AcmeChallengeReady` on the certificates stream
+//! (a key authorization is public by design): over HTTP-01 on their HTTP
+//! port, over TLS-ALPN-01 on their HTTPS port with a certificate each
+//! router makes for itself, for installations where port 80 is shut. The
 //! certificate is stored like an uploaded one (`certificates::store_certificate`,
 //! source `acme`); a failed order is recorded as `CertificateRenewalFailed`
 //! and counted in `/metrics`, and the certificate the domain had keeps
@@ -31,7 +34,8 @@ use instant_acme::{
 };
 use sha2::{Digest, Sha256};
 use slipway_proto::event::{
-    AcmeAccountRegistered, AcmeChallengeFinished, AcmeChallengeReady, CertificateRenewalFailed, CertificateSource, ROUTES_STREAM,
+    AcmeAccountRegistered, AcmeChallengeFinished, AcmeChallengeReady, CertificateRenewalFailed, CertificateSource, ChallengeMethod,
+    ROUTES_STREAM,
 };
 use slipway_proto::Event;
 use slipway_store::subscription::wait_for_wakeup;
@@ -54,6 +58,8 @@ pub const ACCOUNT_PREFIX: &str = "acme-account-sha256:";
 pub struct AcmeOptions {
     /// The ACME directory URL (Let's Encrypt: `https://acme-v02.api.letsencrypt.org/directory`).
     pub directory: String,
+    /// How exact names are proved: HTTP-01 (the default) or TLS-ALPN-01.
+    pub method: ChallengeMethod,
     /// The account's contact, without `mailto:`.
     pub email: Option<String>,
     /// A PEM CA certificate to trust for the directory's own TLS (a test
@@ -77,6 +83,7 @@ impl AcmeOptions {
     pub fn new(directory: String) -> Self {
         AcmeOptions {
             directory,
+            method: ChallengeMethod::Http01,
             email: None,
             ca_bundle: None,
             check_every: Duration::from_secs(60),
@@ -264,7 +271,7 @@ async fn order(store: &dyn EventStore, account: &Account, domain: &str, options:
     result
 }
 
-/// The challenges an order answered, withdrawn after it: HTTP-01 tokens
+/// The challenges an order answered, withdrawn after it: HTTP-01 and TLS-ALPN-01 tokens
 /// (the routers') and DNS-01 records (the hook's), as (name, value).
 #[derive(Default)]
 struct Answers {
@@ -282,7 +289,7 @@ async fn order_inner(
 ) -> Result<(), String> {
     let acme = |what: &str, e: instant_acme::Error| format!("{what}: {}", crate::error_chain(&e));
     // A wildcard is proved over DNS-01 through the hook (it is due only
-    // with one); every other name over HTTP-01.
+    // with one); every other name over the method chosen.
     let dns_hook = options.dns_hook.as_deref().filter(|_| domain.starts_with("*."));
     let identifiers = [Identifier::Dns(domain.to_string())];
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await.map_err(|e| {
@@ -307,12 +314,17 @@ async fn order_inner(
             challenge.set_ready().await.map_err(|e| acme("asking the CA to validate", e))?;
             continue;
         }
-        let mut challenge =
-            authorization.challenge(ChallengeType::Http01).ok_or_else(|| format!("the CA offers no HTTP-01 challenge for {domain}"))?;
+        let kind = match options.method {
+            ChallengeMethod::Http01 => ChallengeType::Http01,
+            ChallengeMethod::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        };
+        let method = options.method;
+        let mut challenge = authorization.challenge(kind).ok_or_else(|| format!("the CA offers no {method} challenge for {domain}"))?;
         let ready = Event::AcmeChallengeReady(AcmeChallengeReady {
             domain: domain.to_string(),
             token: challenge.token.clone(),
             key_authorization: challenge.key_authorization().as_str().to_string(),
+            method,
         });
         certificates::record(store, ACTOR, &ready).await.map_err(|e| format!("recording the challenge: {e}"))?;
         answers.tokens.push(challenge.token.clone());
@@ -326,7 +338,14 @@ async fn order_inner(
         return Err(if dns_hook.is_some() {
             format!("the CA did not validate {domain} over DNS-01 (order {status:?}); did the DNS hook publish the TXT record?")
         } else {
-            format!("the CA did not validate {domain} over HTTP-01 (order {status:?}); is its DNS pointing at the routers, port 80?")
+            let port = match options.method {
+                ChallengeMethod::Http01 => 80,
+                ChallengeMethod::TlsAlpn01 => 443,
+            };
+            format!(
+                "the CA did not validate {domain} over {} (order {status:?}); is its DNS pointing at the routers, port {port}?",
+                options.method
+            )
         });
     }
     let key_pem = order.finalize().await.map_err(|e| acme("finalizing the order", e))?;
@@ -342,7 +361,8 @@ async fn order_inner(
 }
 
 async fn withdraw_stale(store: &dyn EventStore, certs: &Certificates) {
-    for (token, (domain, _)) in &certs.challenges {
+    for (token, ready) in &certs.challenges {
+        let domain = &ready.domain;
         let finished = Event::AcmeChallengeFinished(AcmeChallengeFinished { domain: domain.clone(), token: token.clone() });
         if let Err(e) = certificates::record(store, ACTOR, &finished).await {
             tracing::warn!(%domain, error = %e, "could not withdraw a stale ACME challenge");

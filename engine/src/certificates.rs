@@ -21,8 +21,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use slipway_proto::event::{
-    AcmeAccountRegistered, CertificateRemoved, CertificateRenewalFailed, CertificateSource, CertificateStored, HttpsRedirectSet,
-    CERTIFICATES_STREAM,
+    AcmeAccountRegistered, AcmeChallengeReady, CertificateRemoved, CertificateRenewalFailed, CertificateSource, CertificateStored,
+    HttpsRedirectSet, CERTIFICATES_STREAM,
 };
 use slipway_proto::Event;
 use slipway_store::{EventStore, ExpectedVersion, StoreError};
@@ -46,8 +46,8 @@ pub struct DomainCertificate {
 pub struct Certificates {
     pub version: u64,
     pub by_domain: BTreeMap<String, DomainCertificate>,
-    /// HTTP-01 tokens routers answer: token -> (domain, key authorization).
-    pub challenges: BTreeMap<String, (String, String)>,
+    /// The ACME challenges routers answer, by token.
+    pub challenges: BTreeMap<String, AcmeChallengeReady>,
     /// Domains whose redirect from plain HTTP to HTTPS was set (`false`:
     /// off); a domain not here is redirected once it has a certificate.
     pub redirects: BTreeMap<String, bool>,
@@ -70,7 +70,7 @@ impl Certificates {
                 self.by_domain.entry(f.domain.clone()).or_default().failure = Some(f.clone());
             }
             Event::AcmeChallengeReady(c) => {
-                self.challenges.insert(c.token.clone(), (c.domain.clone(), c.key_authorization.clone()));
+                self.challenges.insert(c.token.clone(), c.clone());
             }
             Event::AcmeChallengeFinished(c) => {
                 self.challenges.remove(&c.token);
@@ -347,7 +347,7 @@ pub async fn catch_up(store: &dyn EventStore, certificates: &mut Certificates) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipway_proto::event::{AcmeChallengeFinished, AcmeChallengeReady};
+    use slipway_proto::event::{AcmeChallengeFinished, ChallengeMethod};
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
@@ -407,9 +407,10 @@ mod tests {
             domain: "a.example".into(),
             token: "t".into(),
             key_authorization: "t.k".into(),
+            method: ChallengeMethod::TlsAlpn01,
         });
         let c = fold(std::slice::from_ref(&ready));
-        assert_eq!(c.challenges["t"], ("a.example".to_string(), "t.k".to_string()));
+        assert_eq!((c.challenges["t"].domain.as_str(), c.challenges["t"].method), ("a.example", ChallengeMethod::TlsAlpn01));
         let c = fold(&[ready, Event::AcmeChallengeFinished(AcmeChallengeFinished { domain: "a.example".into(), token: "t".into() })]);
         assert!(c.challenges.is_empty());
     }

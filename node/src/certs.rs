@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use slipway_engine::certificates::{self, Certificates};
 use slipway_engine::load::LoadError;
+use slipway_proto::event::ChallengeMethod;
 use slipway_router::{TlsHandle, TlsTable};
 use slipway_store::subscription::wait_for_wakeup;
 use slipway_store::EventStore;
@@ -29,14 +30,22 @@ pub struct CertFollower {
     loaded: HashMap<String, Key>,
     /// What each domain serves now.
     serving: HashMap<String, Key>,
+    /// The TLS-ALPN-01 answers made for the open challenges, by token.
+    alpn_answers: HashMap<String, Key>,
 }
 
 impl CertFollower {
     /// Reads the certificates stream and loads every certificate.
     pub async fn start(store: Arc<dyn EventStore>) -> Result<CertFollower, LoadError> {
         let certificates = certificates::load(&*store).await?;
-        let mut follower =
-            CertFollower { store, certificates, handle: TlsHandle::default(), loaded: HashMap::new(), serving: HashMap::new() };
+        let mut follower = CertFollower {
+            store,
+            certificates,
+            handle: TlsHandle::default(),
+            loaded: HashMap::new(),
+            serving: HashMap::new(),
+            alpn_answers: HashMap::new(),
+        };
         follower.rebuild().await;
         Ok(follower)
     }
@@ -87,9 +96,28 @@ impl CertFollower {
             };
             self.serving.insert(domain.clone(), key);
         }
-        let challenges = self.certificates.challenges.iter().map(|(token, (_, answer))| (token.clone(), answer.clone()));
+        let open = &self.certificates.challenges;
+        let http = open.iter().filter(|(_, c)| c.method == ChallengeMethod::Http01);
+        let challenges = http.map(|(token, c)| (token.clone(), c.key_authorization.clone()));
+        self.alpn_answers.retain(|token, _| open.contains_key(token));
+        let mut alpn = Vec::new();
+        for (token, c) in open.iter().filter(|(_, c)| c.method == ChallengeMethod::TlsAlpn01) {
+            let answer = match self.alpn_answers.get(token) {
+                Some(answer) => answer.clone(),
+                None => match slipway_router::tls::acme_alpn_certificate(&c.domain, &c.key_authorization) {
+                    Ok(answer) => self.alpn_answers.entry(token.clone()).or_insert(answer).clone(),
+                    Err(reason) => {
+                        tracing::error!(domain = %c.domain, %reason, "cannot answer a TLS-ALPN-01 challenge");
+                        continue;
+                    }
+                },
+            };
+            alpn.push((c.domain.clone(), answer));
+        }
         let redirects = self.certificates.redirects.iter().map(|(d, on)| (d.clone(), *on));
-        let table = TlsTable::new(self.serving.iter().map(|(d, k)| (d.clone(), k.clone())), challenges).with_redirects(redirects);
+        let table = TlsTable::new(self.serving.iter().map(|(d, k)| (d.clone(), k.clone())), challenges)
+            .with_redirects(redirects)
+            .with_alpn_challenges(alpn);
         self.handle.replace(table);
         tracing::debug!(certificates = self.serving.len(), version = self.certificates.version, "certificates applied");
     }

@@ -1018,7 +1018,7 @@ pub struct DomainRemoved {
 
 /// The stream of TLS certificates and ACME challenges: which certificate
 /// serves each domain (by fingerprint; the chain and key are in the value
-/// table, never here), renewals that failed, and the HTTP-01 answers
+/// table, never here), renewals that failed, and the ACME challenges
 /// routers give. Apart from the routes stream, so that certificate work
 /// never contends with cutovers for the route version.
 pub const CERTIFICATES_STREAM: &str = "certificates";
@@ -1058,17 +1058,45 @@ pub struct CertificateRenewalFailed {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Routers answer `GET /.well-known/acme-challenge/{token}` for `domain`
-/// with `key_authorization` (public by design: RFC 8555 §8.3), on the
-/// certificates stream, until the matching `AcmeChallengeFinished`.
+/// Routers answer an ACME challenge for `domain` from `key_authorization`
+/// (public by design: RFC 8555 §8.1), on the certificates stream, until
+/// the matching `AcmeChallengeFinished`: over HTTP-01, `GET
+/// /.well-known/acme-challenge/{token}` answers the key authorization;
+/// over TLS-ALPN-01, a handshake for `domain` offering only `acme-tls/1`
+/// gets a self-signed certificate carrying its SHA-256 (RFC 8737), which
+/// each router makes for itself (no private key is ever recorded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcmeChallengeReady {
     pub domain: String,
     pub token: String,
     pub key_authorization: String,
+    /// Events recorded before TLS-ALPN-01 was offered carry none: HTTP-01.
+    #[serde(default)]
+    pub method: ChallengeMethod,
 }
 
-/// An HTTP-01 challenge needs no answer any more (on the certificates stream).
+/// How the CA is shown that the routers serve a domain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChallengeMethod {
+    /// HTTP-01: a request to the routers' HTTP port (80).
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// TLS-ALPN-01: a TLS handshake with the routers' HTTPS port (443).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl std::fmt::Display for ChallengeMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChallengeMethod::Http01 => "http-01",
+            ChallengeMethod::TlsAlpn01 => "tls-alpn-01",
+        })
+    }
+}
+
+/// An ACME challenge needs no answer any more (on the certificates stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcmeChallengeFinished {
     pub domain: String,

@@ -327,6 +327,21 @@ fn version_one_deployment_requests_are_upgraded_on_read() {
 }
 
 #[test]
+fn acme_challenges_recorded_before_tls_alpn_01_read_as_http_01_and_the_method_is_written_by_name() {
+    let ready = AcmeChallengeReady {
+        domain: "a.example".into(),
+        token: "t".into(),
+        key_authorization: "t.k".into(),
+        method: ChallengeMethod::TlsAlpn01,
+    };
+    let mut env = wrap(&Event::AcmeChallengeReady(ready));
+    assert!(env.payload.get().contains(r#""method":"tls-alpn-01""#), "{}", env.payload.get());
+    env.set_payload_value(&json!({ "domain": "a.example", "token": "t", "key_authorization": "t.k" }));
+    let Event::AcmeChallengeReady(old) = env.decode::<Event>().unwrap() else { panic!("wrong type") };
+    assert_eq!(old.method, ChallengeMethod::Http01);
+}
+
+#[test]
 fn trace_context_is_validated_and_children_keep_the_trace() {
     let root = TraceContext::root(0x1234, 0x99);
     assert_eq!(TraceContext::parse(&root.traceparent).unwrap(), root);

@@ -7,7 +7,7 @@
 //! connections until they accept again. `limits` (connection caps), `timeouts` (header,
 //! idle, body and request clocks) and `forwarded` (`X-Forwarded-*` from the
 //! peer, trusted proxies) keep slow, greedy or lying clients in their place. `tls` terminates
-//! HTTPS: certificates by SNI, ACME HTTP-01 answers, redirects and HSTS.
+//! HTTPS: certificates by SNI, ACME HTTP-01 and TLS-ALPN-01 answers, redirects and HSTS.
 
 pub mod eject;
 pub mod forwarded;

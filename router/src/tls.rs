@@ -1,7 +1,9 @@
 //! TLS termination: the certificates a router serves, picked by the
 //! client's SNI name with the route table's rule (the exact name, then the
-//! one-level wildcard), the HTTP-01 answers it gives for ACME, and the
-//! rustls server configuration (ALPN: HTTP/2, then HTTP/1.1).
+//! one-level wildcard), the answers it gives to ACME challenges (HTTP-01
+//! key authorizations, and TLS-ALPN-01 certificates it makes itself), and
+//! the rustls server configuration (ALPN: HTTP/2, then HTTP/1.1; and
+//! `acme-tls/1`, which only a CA validating a challenge offers).
 //!
 //! Like the route table, the certificate table is immutable and swapped
 //! whole ([`TlsHandle::replace`]): a handshake reads it once, without a
@@ -18,7 +20,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
 
 use crate::table::{by_name, normalize_host};
 
@@ -61,6 +64,26 @@ pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKe
     }
 }
 
+/// The ALPN protocol of a TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The certificate that answers a TLS-ALPN-01 challenge for `domain`
+/// (RFC 8737 §3): self-signed, for `domain` alone, carrying the critical
+/// acmeIdentifier extension with the SHA-256 of `key_authorization`. Its
+/// key is made here and never leaves the router: the CA checks only the
+/// extension, so every router may answer with a key of its own.
+pub fn acme_alpn_certificate(domain: &str, key_authorization: &str) -> Result<Arc<CertifiedKey>, CertError> {
+    let made = |e: rcgen::Error| CertError::BadKey(format!("making the TLS-ALPN-01 certificate for {domain}: {e}"));
+    let key = rcgen::KeyPair::generate().map_err(made)?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(made)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&Sha256::digest(key_authorization.as_bytes()))];
+    let cert = params.self_signed(&key).map_err(made)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider.key_provider.load_private_key(der).map_err(|e| CertError::BadKey(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
+}
+
 /// The certificates and ACME answers a router serves.
 #[derive(Debug, Default, Clone)]
 pub struct TlsTable {
@@ -68,6 +91,8 @@ pub struct TlsTable {
     certificates: HashMap<String, Arc<CertifiedKey>>,
     /// HTTP-01 tokens to their key authorizations.
     challenges: HashMap<String, String>,
+    /// TLS-ALPN-01 answers by exact domain ([`acme_alpn_certificate`]).
+    alpn_challenges: HashMap<String, Arc<CertifiedKey>>,
     /// Domains (exact or one-level wildcard) whose redirect to HTTPS was
     /// set: `false` leaves plain HTTP unredirected though it has a
     /// certificate. A domain not here is redirected.
@@ -80,7 +105,19 @@ impl TlsTable {
         challenges: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
         let certificates = certificates.into_iter().map(|(domain, key)| (domain.trim_end_matches('.').to_ascii_lowercase(), key)).collect();
-        TlsTable { certificates, challenges: challenges.into_iter().collect(), redirect: HashMap::new() }
+        TlsTable { certificates, challenges: challenges.into_iter().collect(), alpn_challenges: HashMap::new(), redirect: HashMap::new() }
+    }
+
+    /// The same table, answering TLS-ALPN-01 challenges for these domains
+    /// (exact names) with these certificates.
+    pub fn with_alpn_challenges(mut self, answers: impl IntoIterator<Item = (String, Arc<CertifiedKey>)>) -> Self {
+        self.alpn_challenges = answers.into_iter().map(|(d, key)| (d.trim_end_matches('.').to_ascii_lowercase(), key)).collect();
+        self
+    }
+
+    /// The certificate answering a TLS-ALPN-01 challenge for `host`.
+    pub fn alpn_challenge(&self, host: &str) -> Option<&Arc<CertifiedKey>> {
+        self.alpn_challenges.get(normalize_host(host)?.as_ref())
     }
 
     /// The same table, with these domains' (exact names or one-level
@@ -108,7 +145,7 @@ impl TlsTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.certificates.is_empty() && self.challenges.is_empty()
+        self.certificates.is_empty() && self.challenges.is_empty() && self.alpn_challenges.is_empty()
     }
 }
 
@@ -164,19 +201,31 @@ impl Edge {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(BySni(self.certificates.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // rustls picks the first of these the client offers: `acme-tls/1`
+        // only when the client offers nothing else (a CA validating).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
         config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(Arc::new(config))
     }
 }
 
-/// Picks the certificate by the client's SNI name.
+/// Picks the certificate by the client's SNI name; a client offering
+/// `acme-tls/1` (a CA validating) gets the name's TLS-ALPN-01 answer, and
+/// nothing when no challenge for it is open.
 #[derive(Debug)]
 struct BySni(TlsHandle);
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?;
+        let acme = hello.alpn().is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            let answer = self.0.peek().alpn_challenge(name).cloned();
+            if answer.is_none() {
+                tracing::debug!(sni = name, "router: a TLS-ALPN-01 handshake for a name with no open challenge; refusing it");
+            }
+            return answer;
+        }
         let found = self.0.peek().certificate(name).cloned();
         if found.is_none() {
             tracing::debug!(sni = name, "router: no certificate for this name; refusing the handshake");

@@ -2,7 +2,7 @@
 //! HTTPS through the proxy over loopback: certificates picked by SNI,
 //! HTTP/2 and HTTP/1.1 by ALPN, `X-Forwarded-Proto: https`, HSTS, a
 //! certificate swapped in without a restart, redirects from plain HTTP,
-//! ACME HTTP-01 answers, HTTP/2's idle timeout, and sessions resumed
+//! ACME HTTP-01 and TLS-ALPN-01 answers, HTTP/2's idle timeout, and sessions resumed
 //! across the router's threads.
 
 #[path = "support/tls.rs"]
@@ -10,6 +10,7 @@ mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use slipway_router::tls::{acme_alpn_certificate, ACME_TLS_ALPN};
 use slipway_router::{certified_key, serve_threads, serve_with, Edge, Route, RouteHandle, RouteTable, ServeOptions, TlsHandle, TlsTable};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -260,4 +262,104 @@ async fn a_returning_client_resumes_its_session_on_another_of_the_routers_thread
     let stranger = connect_with(&connector(&ca.pem(), &["http/1.1"]).unwrap(), addr, "shop.example").await.unwrap();
     assert_eq!(stranger.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
     drop(first);
+}
+
+/// Accepts any certificate, as a CA validating TLS-ALPN-01 does (it checks
+/// the acmeIdentifier extension itself, not a chain). Its signatures are
+/// not checked either: webpki refuses to parse a certificate with a
+/// critical extension it does not know, which the acmeIdentifier is.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS-ALPN-01 validation's handshake with `addr` for `name`: ALPN
+/// `acme-tls/1` only. The connection and the certificate it was shown.
+async fn acme_handshake(addr: SocketAddr, name: &str) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>), String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    let tls = connect_with(&tokio_rustls::TlsConnector::from(Arc::new(config)), addr, name).await?;
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    Ok((tls, leaf))
+}
+
+#[tokio::test]
+async fn a_tls_alpn_01_validation_gets_the_challenge_certificate_and_no_other_handshake_does() {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::new();
+    let (pem, key) = ca.issue(&["a.example"]);
+    let served = || ("a.example".to_string(), certified_key(pem.as_bytes(), key.as_bytes()).unwrap());
+    let answer = acme_alpn_certificate("a.example", "tok-1.thumbprint").unwrap();
+    let certs = TlsHandle::new(TlsTable::new([served()], []).with_alpn_challenges([("a.example".to_string(), answer)]));
+    let app = upstream().await;
+    let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = https.local_addr().unwrap();
+    let options = ServeOptions { edge: Some(Edge::new(certs.clone())), terminate_tls: true, ..Default::default() };
+    tokio::spawn(serve_with(https, RouteHandle::new(table(&["a.example"], app)), options, std::future::pending()));
+
+    // A CA's handshake gets a certificate for the name carrying the
+    // acmeIdentifier extension (critical) with the key authorization's
+    // SHA-256, and the connection ends there.
+    let (mut tls, leaf) = acme_handshake(addr, "a.example").await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ACME_TLS_ALPN));
+    let digest = Sha256::digest(b"tok-1.thumbprint");
+    // id-pe-acmeIdentifier (1.3.6.1.5.5.7.1.31), critical, then the digest as an OCTET STRING.
+    let extension =
+        [&[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f, 0x01, 0x01, 0xff, 0x04, 0x22, 0x04, 0x20][..], &digest[..]].concat();
+    assert!(leaf.windows(extension.len()).any(|w| w == extension), "no acmeIdentifier extension with the digest");
+    assert!(leaf.windows(9).any(|w| w == b"a.example"), "the certificate names the domain");
+    assert_ne!(leaf, leaf_der(&pem));
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await.expect("the router closes the connection");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+    // A browser's handshake for the same name gets the domain's certificate and is served.
+    let got = https_get(addr, "a.example", "/", &ca.pem(), &["h2", "http/1.1"]).await.unwrap();
+    assert_eq!((got.leaf, got.body.as_str()), (leaf_der(&pem), "app via https"));
+    // `acme-tls/1` for a name without an open challenge is refused, and so
+    // is it for this one once the challenge is withdrawn.
+    assert!(acme_handshake(addr, "b.example").await.is_err());
+    certs.replace(TlsTable::new([served()], []));
+    assert!(acme_handshake(addr, "a.example").await.is_err());
+    assert_eq!(https_get(addr, "a.example", "/", &ca.pem(), &["http/1.1"]).await.unwrap().body, "app via https");
 }

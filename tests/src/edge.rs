@@ -85,14 +85,16 @@ impl Edge {
     }
 
     /// Starts a router (HTTP and HTTPS on free loopback ports) on the
-    /// store; `http` picks the HTTP listener's address (for pebble's
-    /// `httpPort`, bound before pebble starts).
-    pub async fn start_router(&mut self, http: Option<TcpListener>) -> RouterAddrs {
-        let listener = match http {
-            Some(listener) => listener,
-            None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+    /// store; `http` and `https` pick the listeners' addresses (for
+    /// pebble's `httpPort` and `tlsPort`, bound before pebble starts).
+    pub async fn start_router(&mut self, http: Option<TcpListener>, https: Option<TcpListener>) -> RouterAddrs {
+        let bind = |given: Option<TcpListener>| async move {
+            match given {
+                Some(listener) => listener,
+                None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            }
         };
-        let https = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (listener, https) = (bind(http).await, bind(https).await);
         let addrs = RouterAddrs { http: listener.local_addr().expect("address"), https: https.local_addr().expect("address") };
         let options = RouterOptions {
             router_id: format!("edge-router-{}", self.routers.len()),
@@ -164,6 +166,12 @@ impl Pebble {
     /// Pebble validating HTTP-01 on `http_port` (the router's), issuing
     /// certificates valid for `validity`.
     pub async fn start(http_port: u16, validity: Duration) -> Pebble {
+        Pebble::start_on(http_port, free_port(), validity).await
+    }
+
+    /// Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on
+    /// `tls_port`, issuing certificates valid for `validity`.
+    pub async fn start_on(http_port: u16, tls_port: u16, validity: Duration) -> Pebble {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = TestCa::new();
         let (cert, key) = ca.issue(&["127.0.0.1", "localhost"]);
@@ -181,7 +189,7 @@ impl Pebble {
             "certificate": cert,
             "privateKey": key,
             "httpPort": http_port,
-            "tlsPort": free_port(),
+            "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
             "certificateValidityPeriod": validity.as_secs(),

@@ -7,26 +7,38 @@
 //! the same ACME account (registered once, its key sealed in the value
 //! table, never in the log), and once pebble is gone a
 //! failed renewal is recorded, counted in the metrics, and the old
-//! certificate keeps serving.
+//! certificate keeps serving. Also the same over TLS-ALPN-01, with
+//! nothing listening on pebble's HTTP-01 port.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps reports the failure by panicking
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_engine::acme::AcmeOptions;
 use slipway_engine::certificates::{self, renew_at};
 use slipway_engine::domains;
-use slipway_proto::event::{CertificateSource, CERTIFICATES_STREAM};
+use slipway_proto::event::{CertificateSource, ChallengeMethod, CERTIFICATES_STREAM};
+use slipway_store::EventStore;
 use slipway_tests::edge::{Edge, Pebble};
 use slipway_tests::eventually;
 use slipway_tests::tls::https_get;
+
+/// The engine's ACME task on `store`, until told to stop.
+fn start_acme(store: &Arc<dyn EventStore>, options: AcmeOptions) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, shutdown) = slipway_node::manual();
+    let task = tokio::spawn(slipway_engine::acme::run(store.clone(), options, async move {
+        let _ = shutdown.await;
+    }));
+    (stop, task)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_gets_a_certificate_over_acme_renews_it_and_keeps_it_when_a_renewal_fails() {
     let mut edge = Edge::start().await;
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut pebble = Pebble::start(http.local_addr().unwrap().port(), Duration::from_secs(15)).await;
-    let router = edge.start_router(Some(http)).await;
+    let router = edge.start_router(Some(http), None).await;
     let store = edge.store.clone();
     let mut options = AcmeOptions::new(pebble.directory.clone());
     options.email = Some("ops@example.org".into());
@@ -34,14 +46,7 @@ async fn a_domain_gets_a_certificate_over_acme_renews_it_and_keeps_it_when_a_ren
     options.check_every = Duration::from_millis(500);
     options.retry_after = Duration::from_secs(2);
     options.propagation = Duration::from_millis(300);
-    let start_acme = |options: AcmeOptions| {
-        let (stop, shutdown) = slipway_node::manual();
-        let task = tokio::spawn(slipway_engine::acme::run(store.clone(), options, async move {
-            let _ = shutdown.await;
-        }));
-        (stop, task)
-    };
-    let (stop, acme) = start_acme(options.clone());
+    let (stop, acme) = start_acme(&store, options.clone());
 
     // Given a custom domain, the engine gets it a certificate from pebble,
     let domain = format!("shop.{}.test", edge.project);
@@ -84,7 +89,7 @@ async fn a_domain_gets_a_certificate_over_acme_renews_it_and_keeps_it_when_a_ren
     // An engine restarted before the renewal uses the same account.
     let _ = stop.send(());
     let _ = acme.await;
-    let (stop, acme) = start_acme(options);
+    let (stop, acme) = start_acme(&store, options);
 
     // Two thirds into its lifetime, it is renewed, and the new one serves.
     let second = eventually("the renewal", Duration::from_secs(20), || async {
@@ -114,6 +119,60 @@ async fn a_domain_gets_a_certificate_over_acme_renews_it_and_keeps_it_when_a_ren
     let metrics = slipway_telemetry::metrics::global().render();
     assert!(metrics.contains("slipway_certificates_failing 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("slipway_certificate_renewal_failures_total ") && !l.ends_with(" 0")), "{metrics}");
+
+    let _ = stop.send(());
+    let _ = acme.await;
+    edge.shutdown().await;
+}
+
+/// With `--acme-challenge tls-alpn-01` the routers prove the domain on
+/// their HTTPS port alone: pebble's HTTP-01 port has nothing listening, so
+/// only the TLS-ALPN-01 handshake can succeed. The challenge is recorded
+/// with its method and no key (each router makes its own), and withdrawn
+/// once the certificate is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_gets_a_certificate_over_tls_alpn_01_with_port_80_shut() {
+    let mut edge = Edge::start().await;
+    let https = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shut = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let shut_port = shut.local_addr().unwrap().port();
+    drop(shut);
+    let pebble = Pebble::start_on(shut_port, https.local_addr().unwrap().port(), Duration::from_secs(3600)).await;
+    let router = edge.start_router(None, Some(https)).await;
+    let store = edge.store.clone();
+    let mut options = AcmeOptions::new(pebble.directory.clone());
+    options.method = ChallengeMethod::TlsAlpn01;
+    options.ca_bundle = Some(pebble.api_ca.clone());
+    options.check_every = Duration::from_millis(500);
+    options.propagation = Duration::from_millis(300);
+    let (stop, acme) = start_acme(&store, options);
+
+    let domain = format!("tls.{}.test", edge.project);
+    domains::add(&*store, "test", &edge.project, "live", &domain).await.unwrap().unwrap();
+    let cert = eventually("a certificate over TLS-ALPN-01", Duration::from_secs(20), || async {
+        let certs = certificates::load(&*store).await.ok()?;
+        certs.by_domain.get(&domain)?.current.clone()
+    })
+    .await;
+    assert_eq!(cert.source, CertificateSource::Acme);
+    let root = pebble.root().await;
+    eventually("HTTPS with the certificate", Duration::from_secs(10), || {
+        let (domain, root, fingerprint) = (domain.clone(), root.clone(), cert.fingerprint.clone());
+        async move {
+            let got = https_get(router.https, &domain, "/", &root, &["h2", "http/1.1"]).await.ok()?;
+            (got.body == "app via https" && certificates::inspect(&got.leaf).ok()?.fingerprint == fingerprint).then_some(())
+        }
+    })
+    .await;
+    let recorded = store.read_stream(CERTIFICATES_STREAM, 1).await.unwrap();
+    let ready: Vec<_> = recorded.iter().filter(|e| e.envelope.message_type == "AcmeChallengeReady").collect();
+    assert_eq!(ready.len(), 1);
+    assert!(ready[0].envelope.payload.get().contains(r#""method":"tls-alpn-01""#), "{}", ready[0].envelope.payload.get());
+    assert!(recorded.iter().all(|e| !e.envelope.payload.get().contains("PRIVATE KEY")), "no key in the log");
+    eventually("the challenge withdrawn", Duration::from_secs(10), || async {
+        certificates::load(&*store).await.ok()?.challenges.is_empty().then_some(())
+    })
+    .await;
 
     let _ = stop.send(());
     let _ = acme.await;

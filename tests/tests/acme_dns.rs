@@ -43,7 +43,7 @@ async fn a_wildcard_domain_gets_a_certificate_over_dns_01_through_the_hook() {
     let mut edge = Edge::start().await;
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pebble = Pebble::start(http.local_addr().unwrap().port(), Duration::from_secs(3600)).await;
-    let router = edge.start_router(Some(http)).await;
+    let router = edge.start_router(Some(http), None).await;
     let store = edge.store.clone();
     let dir = tempfile::tempdir().unwrap();
     let (hook, calls) = (dir.path().join("dns-hook"), dir.path().join("calls"));

@@ -22,7 +22,7 @@ use slipway_tests::{eventually, get_via};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uploaded_certificate_serves_https_on_every_router_and_plain_http_is_redirected() {
     let mut edge = Edge::start().await;
-    let (one, two) = (edge.start_router(None).await, edge.start_router(None).await);
+    let (one, two) = (edge.start_router(None, None).await, edge.start_router(None, None).await);
     let store = &*edge.store;
     let domain = format!("www.{}.example", edge.project);
     domains::add(store, "test", &edge.project, "live", &domain).await.unwrap().unwrap();

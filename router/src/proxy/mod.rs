@@ -553,7 +553,14 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, se
             }
         },
     };
-    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let alpn = stream.get_ref().1.alpn_protocol();
+    if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+        // A CA's TLS-ALPN-01 validation: the handshake was the answer, and
+        // no request follows one (RFC 8737 §3).
+        tracing::debug!(%peer, "router: answered a TLS-ALPN-01 validation");
+        return;
+    }
+    if alpn == Some(b"h2") {
         serve_http2(shared, stream, peer, seed, drain, slot).await
     } else {
         serve_http1(shared, stream, peer, seed, drain, slot, true).await
