@@ -210,15 +210,15 @@ impl Edge {
 }
 
 /// Picks the certificate by the client's SNI name; a client offering
-/// `acme-tls/1` (a CA validating) gets the name's TLS-ALPN-01 answer, and
-/// nothing when no challenge for it is open.
+/// `acme-tls/1` alone (a CA validating: RFC 8737 §3) gets the name's
+/// TLS-ALPN-01 answer, and nothing when no challenge for it is open.
 #[derive(Debug)]
 struct BySni(TlsHandle);
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name()?;
-        let acme = hello.alpn().is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        let acme = hello.alpn().is_some_and(|mut offered| offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none());
         if acme {
             let answer = self.0.peek().alpn_challenge(name).cloned();
             if answer.is_none() {

@@ -353,8 +353,11 @@ async fn a_tls_alpn_01_validation_gets_the_challenge_certificate_and_no_other_ha
     let closed = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await.expect("the router closes the connection");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 
-    // A browser's handshake for the same name gets the domain's certificate and is served.
+    // A browser's handshake for the same name gets the domain's certificate
+    // and is served, and so does one offering `acme-tls/1` among others.
     let got = https_get(addr, "a.example", "/", &ca.pem(), &["h2", "http/1.1"]).await.unwrap();
+    assert_eq!((got.leaf, got.body.as_str()), (leaf_der(&pem), "app via https"));
+    let got = https_get(addr, "a.example", "/", &ca.pem(), &["acme-tls/1", "http/1.1"]).await.unwrap();
     assert_eq!((got.leaf, got.body.as_str()), (leaf_der(&pem), "app via https"));
     // `acme-tls/1` for a name without an open challenge is refused, and so
     // is it for this one once the challenge is withdrawn.
