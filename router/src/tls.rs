@@ -38,6 +38,8 @@ pub enum CertError {
     BadKey(String),
     #[error("the private key does not belong to the certificate (its public key differs)")]
     KeyMismatch,
+    #[error("the TLS-ALPN-01 answer for {domain} cannot be made: {reason}")]
+    AlpnAnswer { domain: String, reason: String },
 }
 
 /// A chain (leaf first) and its private key, checked to belong together,
@@ -73,14 +75,17 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// key is made here and never leaves the router: the CA checks only the
 /// extension, so every router may answer with a key of its own.
 pub fn acme_alpn_certificate(domain: &str, key_authorization: &str) -> Result<Arc<CertifiedKey>, CertError> {
-    let made = |e: rcgen::Error| CertError::BadKey(format!("making the TLS-ALPN-01 certificate for {domain}: {e}"));
+    let made = |e: rcgen::Error| CertError::AlpnAnswer { domain: domain.to_string(), reason: e.to_string() };
     let key = rcgen::KeyPair::generate().map_err(made)?;
     let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(made)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&Sha256::digest(key_authorization.as_bytes()))];
     let cert = params.self_signed(&key).map_err(made)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let provider = rustls::crypto::ring::default_provider();
-    let signing = provider.key_provider.load_private_key(der).map_err(|e| CertError::BadKey(e.to_string()))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| CertError::AlpnAnswer { domain: domain.to_string(), reason: e.to_string() })?;
     Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
 }
 
