@@ -7,6 +7,11 @@
 //! longer. Trying it with a live request costs nothing: a connect failure
 //! is retried on another upstream before anything was sent (`proxy/forward.rs`).
 //!
+//! Connections opened to an upstream before it was ejected are not used
+//! again after (`ejected_since`): a host that lost power leaves them open
+//! and silent, and a request sent on one would wait with nothing to eject
+//! the upstream again, where a new connection is refused or times out.
+//!
 //! One failure is enough (nginx's `max_fails=1`): with several replicas a
 //! refused connection almost always means a replica gone (a lost host, a
 //! retired task), and every request sent there meanwhile costs a connect
@@ -17,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -45,7 +50,16 @@ pub struct Ejections {
     any: AtomicBool,
     /// Told each time an upstream goes out (`until_out`).
     went_out: tokio::sync::Notify,
+    /// Counts the times an upstream went out, so that a connection can
+    /// tell whether its upstream went out since it was opened.
+    epoch: AtomicU64,
+    /// The `epoch` of each upstream's last time out (kept once it is back).
+    last_out: Mutex<HashMap<SocketAddr, u64>>,
 }
+
+/// How many upstreams' last ejections are remembered; past it, those no
+/// longer out are forgotten (their old connections may be used again).
+const REMEMBERED: usize = 4096;
 
 impl Ejections {
     /// Whether `addr` is ejected at `now`.
@@ -70,9 +84,31 @@ impl Ejections {
         self.any.store(true, Ordering::Relaxed);
         drop(out);
         if !was_out {
+            let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut last_out = self.last_out.lock().unwrap_or_else(PoisonError::into_inner);
+            if last_out.len() >= REMEMBERED {
+                last_out.clear();
+            }
+            last_out.insert(addr, epoch);
+            drop(last_out);
             slipway_telemetry::metrics::global().router_upstream_ejected();
             self.went_out.notify_waiters();
         }
+    }
+
+    /// The count of ejections so far: what a connection opened now is
+    /// stamped with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Whether `addr` went out after a connection stamped `opened` was
+    /// opened to it. Without an ejection since, one atomic read.
+    pub fn ejected_since(&self, addr: SocketAddr, opened: u64) -> bool {
+        if self.epoch.load(Ordering::Relaxed) == opened {
+            return false;
+        }
+        self.last_out.lock().unwrap_or_else(PoisonError::into_inner).get(&addr).is_some_and(|&out| out > opened)
     }
 
     /// Resolves once `addr` is out: a request waiting on an answer from it
@@ -128,6 +164,23 @@ mod tests {
         // ...and one connection lets it back.
         e.connected(a);
         assert!(!e.is_out(a, now + FIRST) && !e.any());
+    }
+
+    #[test]
+    fn connections_opened_before_an_ejection_are_known_by_their_stamp() {
+        let e = Ejections::default();
+        let (a, b, now) = (SocketAddr::from(([10, 0, 0, 2], 80)), SocketAddr::from(([10, 0, 0, 3], 80)), Instant::now());
+        let before = e.epoch();
+        assert!(!e.ejected_since(a, before));
+        e.failed(a, now);
+        assert!(e.ejected_since(a, before) && !e.ejected_since(b, before), "only the ejected upstream's connections");
+        // Still out, failing again: not a new ejection.
+        e.failed(a, now);
+        let after = e.epoch();
+        assert!(!e.ejected_since(a, after));
+        // Back in, its old connections stay suspect, its new ones do not.
+        e.connected(a);
+        assert!(e.ejected_since(a, before) && !e.ejected_since(a, after));
     }
 
     #[tokio::test]

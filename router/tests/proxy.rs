@@ -908,3 +908,70 @@ async fn waiting_requests_go_elsewhere_once_ejected(addr: SocketAddr, accepted: 
     assert_eq!(posts.iter().filter(|p| !p.is_finished()).count(), waiting_posts, "a waiting POST was sent elsewhere");
     posts.iter().for_each(|p| p.abort());
 }
+
+/// An upstream that answers `name` until `lose` is sent; then, as a host
+/// that lost power, it answers nothing on the connections already open and
+/// refuses new ones (its listener closed).
+async fn lost_later_upstream(name: &'static str) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (lose, lost) = oneshot::channel::<()>();
+    let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(async move {
+        let mut lost = std::pin::pin!(lost);
+        loop {
+            let stream = tokio::select! {
+                _ = &mut lost => break,
+                accepted = listener.accept() => accepted.unwrap().0,
+            };
+            let silent = silent.clone();
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let silent = silent.clone();
+                async move {
+                    if silent.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+        silent.store(true, Ordering::SeqCst);
+        drop(listener);
+    });
+    (addr, lose)
+}
+
+/// A client connection keeps its kept-alive connections to upstreams
+/// between requests. Once one of those upstreams is ejected (its host
+/// lost: new connections refused, open ones silent) and its ejection has
+/// run out, the connections opened before it must not carry requests
+/// again: a request sent on one would wait for an answer that never comes,
+/// with nothing left to eject the upstream again. It connects anew, is
+/// refused, and goes to the other upstream.
+#[tokio::test]
+async fn connections_opened_before_an_upstream_was_ejected_carry_no_request_after() {
+    let good = upstream("alive").await;
+    let (doomed, lose) = lost_later_upstream("doomed").await;
+    let p = proxy(table(&[("lost.test", route(&[doomed, good.addr], 1))])).await;
+    let mut sender = connect(p.addr).await;
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        answered.insert(send(&mut sender, Some("lost.test"), "/").await.1);
+    }
+    assert_eq!(answered, ["alive".to_string(), "doomed".to_string()].into(), "both upstreams answer this connection");
+    let _ = lose.send(());
+    // Another client connection, with no connection to it, is refused one: ejected.
+    let mut other = connect(p.addr).await;
+    for _ in 0..2 {
+        assert_eq!(send(&mut other, Some("lost.test"), "/").await, (StatusCode::OK, "alive".to_string()));
+    }
+    // Past the ejection it gets requests again: on new connections only.
+    tokio::time::sleep(slipway_router::eject::FIRST + Duration::from_millis(100)).await;
+    for i in 0..4 {
+        let answer = tokio::time::timeout(Duration::from_secs(3), send(&mut sender, Some("lost.test"), "/"))
+            .await
+            .unwrap_or_else(|_| panic!("request {i} was sent on a connection opened before the ejection, and waits"));
+        assert_eq!(answer, (StatusCode::OK, "alive".to_string()));
+    }
+}

@@ -36,6 +36,7 @@ impl Shared {
     /// on `addr` there and then, since nothing was sent yet; without, it
     /// waits on up to `connect_timeout`.
     pub(super) async fn connect(&self, addr: SocketAddr, fallback: bool) -> Result<UpstreamConn, String> {
+        let opened = self.ejections.epoch();
         let connecting = TcpStream::connect(addr);
         tokio::pin!(connecting);
         let (outcome, ejected) = match tokio::time::timeout(self.eject_after, &mut connecting).await {
@@ -61,7 +62,7 @@ impl Shared {
         };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = self.client.handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP/1.1 handshake failed: {e}"))?;
-        Ok(UpstreamConn { addr, sender, conn: Box::pin(conn.with_upgrades()), done: false })
+        Ok(UpstreamConn { addr, opened, sender, conn: Box::pin(conn.with_upgrades()), done: false })
     }
 
     /// An idle pooled connection to `addr`, newest first (the likeliest to
@@ -70,11 +71,17 @@ impl Shared {
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         let idle = pool.get_mut(&addr)?;
         while let Some(Idle { upstream, since }) = idle.pop() {
-            if since.elapsed() < self.idle_timeout && upstream.reusable() {
+            if since.elapsed() < self.idle_timeout && self.reusable(&upstream) {
                 return Some(upstream);
             }
         }
         None
+    }
+
+    /// Whether `upstream` may carry another request: open, and opened
+    /// after its upstream's last ejection.
+    fn reusable(&self, upstream: &UpstreamConn) -> bool {
+        upstream.reusable() && !self.ejections.ejected_since(upstream.addr, upstream.opened)
     }
 
     fn put_pooled(&self, upstreams: Vec<UpstreamConn>) {
@@ -114,7 +121,7 @@ impl Held {
         let mut held = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(i) = held.iter().position(|u| u.addr == addr) {
             let upstream = held.swap_remove(i);
-            if upstream.reusable() {
+            if self.shared.reusable(&upstream) {
                 return Some(upstream);
             }
         }
@@ -152,6 +159,8 @@ impl Drop for Held {
 /// or response body is using it.
 pub(super) struct UpstreamConn {
     pub(super) addr: SocketAddr,
+    /// The ejections' epoch when it was opened (`Ejections::ejected_since`).
+    opened: u64,
     sender: hyper::client::conn::http1::SendRequest<UpstreamRequestBody>,
     conn: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
     /// The connection future has completed: closed, failed or upgraded.
