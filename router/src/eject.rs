@@ -7,6 +7,12 @@
 //! longer. Trying it with a live request costs nothing: a connect failure
 //! is retried on another upstream before anything was sent (`proxy/forward.rs`).
 //!
+//! A request waiting on an upstream's answer past `eject_after` has the
+//! router try a new connection there (`may_probe`: one per `eject_after`
+//! per upstream): a lost host refuses it or leaves it unanswered, which
+//! ejects it even when every request to it went on connections already
+//! open (a client that keeps its connection), so none connected anew.
+//!
 //! Connections opened to an upstream before it was ejected are not used
 //! again after (`ejected_since`): a host that lost power leaves them open
 //! and silent, and a request sent on one would wait with nothing to eject
@@ -55,6 +61,8 @@ pub struct Ejections {
     epoch: AtomicU64,
     /// The `epoch` of each upstream's last time out (kept once it is back).
     last_out: Mutex<HashMap<SocketAddr, u64>>,
+    /// When each upstream was last probed (`may_probe`).
+    probed: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 /// How many upstreams' last ejections are remembered; past it, those no
@@ -94,6 +102,21 @@ impl Ejections {
             slipway_telemetry::metrics::global().router_upstream_ejected();
             self.went_out.notify_waiters();
         }
+    }
+
+    /// Whether a request waiting on `addr` may probe it now (try a new
+    /// connection there): one probe per `every` per upstream, whichever
+    /// request and thread asks, so slow answers cost few connections.
+    pub fn may_probe(&self, addr: SocketAddr, now: Instant, every: Duration) -> bool {
+        let mut probed = self.probed.lock().unwrap_or_else(PoisonError::into_inner);
+        if probed.get(&addr).is_some_and(|&at| now.saturating_duration_since(at) < every) {
+            return false;
+        }
+        if probed.len() >= REMEMBERED {
+            probed.retain(|_, at| now.saturating_duration_since(*at) < every);
+        }
+        probed.insert(addr, now);
+        true
     }
 
     /// The count of ejections so far: what a connection opened now is

@@ -942,6 +942,18 @@ async fn lost_later_upstream(name: &'static str) -> (SocketAddr, oneshot::Sender
     (addr, lose)
 }
 
+/// A client connection to `lost.test` at `addr`, answered by both its
+/// upstreams, so that it holds a kept-alive connection to each.
+async fn holding_both(addr: SocketAddr) -> Sender {
+    let mut sender = connect(addr).await;
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        answered.insert(send(&mut sender, Some("lost.test"), "/").await.1);
+    }
+    assert_eq!(answered, ["alive".to_string(), "doomed".to_string()].into(), "both upstreams answer this connection");
+    sender
+}
+
 /// A client connection keeps its kept-alive connections to upstreams
 /// between requests. Once one of those upstreams is ejected (its host
 /// lost: new connections refused, open ones silent) and its ejection has
@@ -949,17 +961,15 @@ async fn lost_later_upstream(name: &'static str) -> (SocketAddr, oneshot::Sender
 /// again: a request sent on one would wait for an answer that never comes,
 /// with nothing left to eject the upstream again. It connects anew, is
 /// refused, and goes to the other upstream.
+/// (`eject_after` is long here, so that a probe of the upstream by a
+/// waiting request, which would also free it, comes too late to.)
 #[tokio::test]
 async fn connections_opened_before_an_upstream_was_ejected_carry_no_request_after() {
     let good = upstream("alive").await;
     let (doomed, lose) = lost_later_upstream("doomed").await;
-    let p = proxy(table(&[("lost.test", route(&[doomed, good.addr], 1))])).await;
-    let mut sender = connect(p.addr).await;
-    let mut answered = std::collections::BTreeSet::new();
-    for _ in 0..4 {
-        answered.insert(send(&mut sender, Some("lost.test"), "/").await.1);
-    }
-    assert_eq!(answered, ["alive".to_string(), "doomed".to_string()].into(), "both upstreams answer this connection");
+    let options = ServeOptions { eject_after: Duration::from_secs(3), connect_timeout: Duration::from_secs(3), ..Default::default() };
+    let p = proxy_with(table(&[("lost.test", route(&[doomed, good.addr], 1))]), options).await;
+    let mut sender = holding_both(p.addr).await;
     let _ = lose.send(());
     // Another client connection, with no connection to it, is refused one: ejected.
     let mut other = connect(p.addr).await;
@@ -969,9 +979,33 @@ async fn connections_opened_before_an_upstream_was_ejected_carry_no_request_afte
     // Past the ejection it gets requests again: on new connections only.
     tokio::time::sleep(slipway_router::eject::FIRST + Duration::from_millis(100)).await;
     for i in 0..4 {
-        let answer = tokio::time::timeout(Duration::from_secs(3), send(&mut sender, Some("lost.test"), "/"))
+        let answer = tokio::time::timeout(Duration::from_secs(1), send(&mut sender, Some("lost.test"), "/"))
             .await
             .unwrap_or_else(|_| panic!("request {i} was sent on a connection opened before the ejection, and waits"));
         assert_eq!(answer, (StatusCode::OK, "alive".to_string()));
     }
+}
+
+/// A host lost while its only client connection holds a kept-alive
+/// connection to it: no request connects anew, so no refused connection
+/// ejects it. A GET waiting on it past `eject_after` has the router try a
+/// new connection there, which the lost host refuses (or leaves
+/// unanswered): ejected, and the GET goes to the other upstream, rather
+/// than waiting for the request timeout.
+#[tokio::test]
+async fn a_get_waiting_on_a_lost_upstream_is_rescued_though_nothing_else_connects_there() {
+    let good = upstream("alive").await;
+    let (doomed, lose) = lost_later_upstream("doomed").await;
+    let options = ServeOptions { eject_after: Duration::from_millis(200), ..Default::default() };
+    let p = proxy_with(table(&[("lost.test", route(&[doomed, good.addr], 1))]), options).await;
+    let mut sender = holding_both(p.addr).await;
+    let _ = lose.send(());
+    let lost_at = Instant::now();
+    for i in 0..4 {
+        let answer = tokio::time::timeout(Duration::from_secs(3), send(&mut sender, Some("lost.test"), "/"))
+            .await
+            .unwrap_or_else(|_| panic!("request {i} still waits on the lost upstream"));
+        assert_eq!(answer, (StatusCode::OK, "alive".to_string()));
+    }
+    assert!(lost_at.elapsed() < Duration::from_secs(2), "took {:?}", lost_at.elapsed());
 }

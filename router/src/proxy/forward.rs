@@ -170,7 +170,7 @@ impl Forward {
                                 fallback = Some(next);
                                 sent
                             }
-                            () = held.shared.ejections.until_out(addr) => {
+                            () = held.shared.until_out(addr, &clock.deadline_alarm) => {
                                 tracing::debug!(upstream = %addr, fallback = %next.addr(), "router: upstream ejected while a request waited on it; sending it to the fallback");
                                 // Its connection, with the request in flight
                                 // on it, is dropped with this attempt.

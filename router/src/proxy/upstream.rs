@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{Shared, UpstreamRequestBody};
+use crate::timeouts::Alarm;
 
 /// Idle upstream connections kept per upstream, like nginx's `keepalive`.
 const POOL_PER_UPSTREAM: usize = 256;
@@ -63,6 +64,30 @@ impl Shared {
         let _ = stream.set_nodelay(true);
         let (sender, conn) = self.client.handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP/1.1 handshake failed: {e}"))?;
         Ok(UpstreamConn { addr, opened, sender, conn: Box::pin(conn.with_upgrades()), done: false })
+    }
+
+    /// Resolves once `addr` is ejected. Meanwhile, each `eject_after`, a
+    /// new connection is tried there if no other request did so lately
+    /// (`Ejections::may_probe`): refused or unanswered, it ejects `addr`
+    /// (this is how a lost host is found when every request to it went on
+    /// a connection already open); accepted, the upstream is only slow,
+    /// and the connection joins the idle pool. The waits run on the client
+    /// connection's `alarm`, not a timer per request.
+    pub(super) async fn until_out(&self, addr: SocketAddr, alarm: &Alarm) {
+        let probing = async {
+            loop {
+                alarm.until(Instant::now() + self.eject_after).await;
+                if self.ejections.may_probe(addr, Instant::now(), self.eject_after) {
+                    if let Ok(upstream) = self.connect(addr, true).await {
+                        self.put_pooled(vec![upstream]);
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = self.ejections.until_out(addr) => {}
+            () = probing => {}
+        }
     }
 
     /// An idle pooled connection to `addr`, newest first (the likeliest to
