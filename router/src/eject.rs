@@ -65,8 +65,10 @@ pub struct Ejections {
     probed: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
-/// How many upstreams' last ejections are remembered; past it, those no
-/// longer out are forgotten (their old connections may be used again).
+/// How many upstreams' last ejections are remembered: past it the record
+/// starts afresh, and a connection opened before a forgotten ejection may
+/// be used again (as without the record). Probe times past it are pruned
+/// to the recent ones.
 const REMEMBERED: usize = 4096;
 
 impl Ejections {
