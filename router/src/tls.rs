@@ -75,18 +75,21 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 /// key is made here and never leaves the router: the CA checks only the
 /// extension, so every router may answer with a key of its own.
 pub fn acme_alpn_certificate(domain: &str, key_authorization: &str) -> Result<Arc<CertifiedKey>, CertError> {
-    let made = |e: rcgen::Error| CertError::AlpnAnswer { domain: domain.to_string(), reason: e.to_string() };
-    let key = rcgen::KeyPair::generate().map_err(made)?;
-    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(made)?;
+    let made = |e: &dyn std::fmt::Display| CertError::AlpnAnswer { domain: domain.to_string(), reason: e.to_string() };
+    let key = rcgen::KeyPair::generate().map_err(|e| made(&e))?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| made(&e))?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&Sha256::digest(key_authorization.as_bytes()))];
-    let cert = params.self_signed(&key).map_err(made)?;
+    let cert = params.self_signed(&key).map_err(|e| made(&e))?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let provider = rustls::crypto::ring::default_provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| CertError::AlpnAnswer { domain: domain.to_string(), reason: e.to_string() })?;
+    let signing = provider.key_provider.load_private_key(der).map_err(|e| made(&e))?;
     Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
+}
+
+/// Entries keyed by domain as the table looks names up: lower case, no
+/// trailing dot.
+fn by_domain<V>(entries: impl IntoIterator<Item = (String, V)>) -> HashMap<String, V> {
+    entries.into_iter().map(|(domain, v)| (domain.trim_end_matches('.').to_ascii_lowercase(), v)).collect()
 }
 
 /// The certificates and ACME answers a router serves.
@@ -109,14 +112,14 @@ impl TlsTable {
         certificates: impl IntoIterator<Item = (String, Arc<CertifiedKey>)>,
         challenges: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
-        let certificates = certificates.into_iter().map(|(domain, key)| (domain.trim_end_matches('.').to_ascii_lowercase(), key)).collect();
+        let certificates = by_domain(certificates);
         TlsTable { certificates, challenges: challenges.into_iter().collect(), alpn_challenges: HashMap::new(), redirect: HashMap::new() }
     }
 
     /// The same table, answering TLS-ALPN-01 challenges for these domains
     /// (exact names) with these certificates.
     pub fn with_alpn_challenges(mut self, answers: impl IntoIterator<Item = (String, Arc<CertifiedKey>)>) -> Self {
-        self.alpn_challenges = answers.into_iter().map(|(d, key)| (d.trim_end_matches('.').to_ascii_lowercase(), key)).collect();
+        self.alpn_challenges = by_domain(answers);
         self
     }
 
@@ -128,7 +131,7 @@ impl TlsTable {
     /// The same table, with these domains' (exact names or one-level
     /// wildcards) redirect settings: `false` leaves plain HTTP unredirected.
     pub fn with_redirects(mut self, settings: impl IntoIterator<Item = (String, bool)>) -> Self {
-        self.redirect = settings.into_iter().map(|(d, on)| (d.trim_end_matches('.').to_ascii_lowercase(), on)).collect();
+        self.redirect = by_domain(settings);
         self
     }
 
