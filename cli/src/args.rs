@@ -72,7 +72,7 @@ pub struct Cli {
     /// A Slipway server's HTTP API (https://HOST[:PORT], or http://HOST:PORT
     /// on loopback when a token is sent): deploy, status,
     /// deployments, releases, history, rollback, replay, cancel, approve,
-    /// reject, domain, project, env and preview then go through it
+    /// reject, domain, cert, project, env and preview then go through it
     /// instead of the database and queue.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     pub server: Option<String>,

@@ -170,7 +170,7 @@ pub struct Edge {
     pub https_port: Option<u16>,
     /// Plain-HTTP requests for a host with a certificate are redirected
     /// (308) to HTTPS, unless its domain's redirect is turned off
-    /// ([`TlsTable::without_redirect`]).
+    /// ([`TlsTable::with_redirects`]).
     pub redirect: bool,
     /// `Strict-Transport-Security: max-age=...` on HTTPS answers.
     pub hsts: Option<Duration>,

@@ -1,5 +1,5 @@
 //! Simulated hosts joined into one Docker Swarm, for the swarm runtime's
-//! tests (recipe in STACK.md): a "switch" network namespace holding a
+//! tests: a "switch" network namespace holding a
 //! bridge, one network namespace per host plugged into it, each with its
 //! own dockerd (`nsenter --net`), the first the swarm's manager, the others
 //! workers; the root namespace is plugged into the bridge too, so the
