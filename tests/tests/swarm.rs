@@ -49,7 +49,7 @@ fn web_started(events: &[Event]) -> slipway_proto::event::WebContainerStarted {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root: network namespaces and dockerds of its own; run by scripts/test's serial phase"]
-async fn replicas_spread_over_the_hosts_and_a_redeploy_fails_no_request() {
+async fn replicas_spread_over_the_hosts_and_a_redeploy_or_rollback_fails_no_request() {
     let mut swarm = SimulatedSwarm::start(3);
     // The workers' engine is the swarm's manager (never the main daemon).
     std::env::set_var("DOCKER_HOST", format!("unix://{}", swarm.manager().socket));
@@ -194,6 +194,25 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_fails_no_request() {
         })
         .collect();
     assert_eq!(drains, vec![("drain".into(), "cli:tester".into()), ("active".into(), "cli:tester".into())]);
+
+    // A rollback under load: v1's recorded image on three replicas again
+    // (over the two nodes left), the router balancing over all three, and
+    // no request failing.
+    let load = load::Load::start(harness.router_addr(), &harness.host("live"), 4, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (back, _) = harness.rollback("live", None).await;
+    assert_eq!(back.status, Status::Succeeded, "{back:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples: Vec<load::Sample> = load.stop().await.into_iter().flatten().collect();
+    let failed: Vec<&String> = samples.iter().filter_map(|s| s.outcome.as_ref().err()).collect();
+    eprintln!("a rollback: {} of {} requests failed", failed.len(), samples.len());
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), samples.len(), &failed[..failed.len().min(5)]);
+    let seen: BTreeSet<&str> = samples.iter().filter_map(|s| s.outcome.as_ref().ok()).map(String::as_str).collect();
+    assert_eq!(seen.iter().filter(|b| b.starts_with("v1 ")).count(), 3, "the router balanced over v1's replicas: {seen:?}");
+    assert_eq!(web_started(&harness.events(back.id).await).upstreams.len(), 3);
+    let (status, body) = harness.routed_page("live").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("v1 "), "{body}");
 
     harness.shutdown().await;
     drop(swarm);
