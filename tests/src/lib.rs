@@ -63,6 +63,8 @@ pub struct Harness {
     schema: Option<String>,
     router: Option<RouterTask>,
     router_addr: std::net::SocketAddr,
+    /// The router's HTTPS listener, once `serve_https` gave it one.
+    https_addr: Option<std::net::SocketAddr>,
 }
 
 pub(crate) type RouterTask = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), slipway_node::serve::NodeError>>);
@@ -172,23 +174,42 @@ impl Harness {
             schema,
             router: None,
             router_addr: "127.0.0.1:0".parse().expect("address"),
+            https_addr: None,
         };
         harness.start_router().await;
         harness
     }
 
     /// Starts the harness's router (id `test-router`) on its address (a
-    /// free port the first time, the same one on a restart).
+    /// free port the first time, the same one on a restart), and on its
+    /// HTTPS address too once `serve_https` gave it one.
     pub async fn start_router(&mut self) {
         let listener = tokio::net::TcpListener::bind(self.router_addr).await.expect("bind the router");
         self.router_addr = listener.local_addr().expect("router address");
+        let https = match self.https_addr {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.expect("bind the router's HTTPS listener")),
+            None => None,
+        };
         let options =
             RouterOptions { router_id: "test-router".into(), domain: "localhost".into(), listen: self.router_addr, lease: DEFAULT_LEASE };
-        let part = RouterPart { listener, https: None, options, proxy: ServeOptions::default() };
+        let part = RouterPart { listener, https, options, proxy: ServeOptions::default() };
         let (stop, shutdown) = slipway_node::manual();
         let parts = Parts { router: Some(part), ..Default::default() };
         let task = tokio::spawn(slipway_node::serve(self.store.clone(), self.queue.clone(), parts, shutdown));
         self.router = Some((stop, task));
+    }
+
+    /// Restarts the router with an HTTPS listener as well, on a free
+    /// loopback port, and returns that port's address. It serves the
+    /// certificates stored in the harness's store (`slipway cert add`).
+    pub async fn serve_https(&mut self) -> std::net::SocketAddr {
+        self.stop_router().await;
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = free.local_addr().expect("address");
+        drop(free);
+        self.https_addr = Some(addr);
+        self.start_router().await;
+        addr
     }
 
     /// Stops the router cleanly (it deregisters).

@@ -1,7 +1,8 @@
 //! A bounded load client for cutover tests: a few loops, each on its own
-//! keep-alive connection pool, sending GETs through the router at a steady
-//! rate and recording when each request started, what came back, and every
-//! error. Loopback only; it stops when told.
+//! keep-alive connection pool (or, over HTTPS, its own kept-alive TLS
+//! connection), sending GETs through the router at a steady rate and
+//! recording when each request started, what came back, and every error.
+//! Loopback only; it stops when told.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::Instant;
 
 /// One request's start and outcome: the body, or the error.
@@ -53,6 +54,37 @@ impl Load {
         Load { stop, loops }
     }
 
+    /// Like `start`, over HTTPS to `router` with SNI and `Host` `name`,
+    /// trusting only `root_pem`: even loops speak HTTP/2, odd ones
+    /// HTTP/1.1 (by ALPN), each on one kept-alive TLS connection, made
+    /// again after a failed request.
+    pub fn start_https(router: SocketAddr, name: &str, root_pem: &str, loops: usize, every: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops = (0..loops)
+            .map(|i| {
+                let (stop, name) = (stop.clone(), name.to_string());
+                let alpn = if i % 2 == 0 { "h2" } else { "http/1.1" };
+                let connector = crate::tls::connector(root_pem, &[alpn]).expect("a TLS client");
+                tokio::spawn(async move {
+                    let mut connection: Option<Sender> = None;
+                    let mut samples = Vec::new();
+                    let mut tick = tokio::time::interval(every);
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        let started = Instant::now();
+                        let outcome = get_https(&connector, &mut connection, router, &name).await;
+                        if outcome.is_err() {
+                            connection = None;
+                        }
+                        samples.push(Sample { started, took: started.elapsed(), outcome });
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load { stop, loops }
+    }
+
     /// Stops every loop and returns each loop's samples, in order.
     pub async fn stop(self) -> Vec<Vec<Sample>> {
         self.stop.store(true, Ordering::Relaxed);
@@ -71,16 +103,67 @@ async fn get(
 ) -> Result<String, String> {
     let request =
         hyper::Request::get(format!("http://{router}/")).header(hyper::header::HOST, host).body(Empty::new()).map_err(|e| e.to_string())?;
+    let exchange = async { answer(client.request(request).await.map_err(|e| format!("request: {e}"))?).await };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "no answer within 10 s".to_string())?
+}
+
+/// A 2xx answer's body, trimmed; anything else an error naming it.
+async fn answer(response: hyper::Response<hyper::body::Incoming>) -> Result<String, String> {
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    let body = String::from_utf8_lossy(&body).trim().to_string();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{status}: {body}"))
+    }
+}
+
+/// A kept-alive HTTPS connection, HTTP/2 or HTTP/1.1 as ALPN chose.
+enum Sender {
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+}
+
+/// One GET `/` over `connection`, connecting first when there is none.
+async fn get_https(
+    connector: &tokio_rustls::TlsConnector,
+    connection: &mut Option<Sender>,
+    router: SocketAddr,
+    name: &str,
+) -> Result<String, String> {
     let exchange = async {
-        let response = client.request(request).await.map_err(|e| format!("request: {e}"))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
-        let body = String::from_utf8_lossy(&body).trim().to_string();
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(format!("{status}: {body}"))
-        }
+        let sender = match connection {
+            Some(sender) => sender,
+            None => {
+                let tls = crate::tls::connect_with(connector, router, name).await?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = TokioIo::new(tls);
+                let sender = if h2 {
+                    let (sender, conn) =
+                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| format!("h2 handshake: {e}"))?;
+                    tokio::spawn(conn);
+                    Sender::H2(sender)
+                } else {
+                    let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+                    tokio::spawn(conn);
+                    Sender::H1(sender)
+                };
+                connection.insert(sender)
+            }
+        };
+        let response = match sender {
+            Sender::H2(sender) => {
+                let request = hyper::Request::get(format!("https://{name}/")).body(Empty::new()).map_err(|e| e.to_string())?;
+                sender.send_request(request).await
+            }
+            Sender::H1(sender) => {
+                sender.ready().await.map_err(|e| format!("request: {e}"))?;
+                let request = hyper::Request::get("/").header(hyper::header::HOST, name).body(Empty::new()).map_err(|e| e.to_string())?;
+                sender.send_request(request).await
+            }
+        };
+        answer(response.map_err(|e| format!("request: {e}"))?).await
     };
     tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "no answer within 10 s".to_string())?
 }

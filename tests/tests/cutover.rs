@@ -1,6 +1,7 @@
 //! Zero-downtime cutover through a real router on real Docker: a load
 //! client counts failed requests while deployments (good and failing) run
-//! back to back; a long (8 s) request survives the switch; rollback; a restarted
+//! back to back, over plain HTTP and over HTTPS (HTTP/2 and HTTP/1.1, an
+//! uploaded certificate on a custom domain); a long (8 s) request survives the switch; rollback; a restarted
 //! router serves the current release at once; a router that is down fails
 //! the switch and the old release keeps serving.
 
@@ -9,11 +10,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::Utc;
 use slipway_engine::driver::DriverOptions;
 use slipway_engine::Status;
-use slipway_proto::event::BuildMode;
+use slipway_proto::event::{BuildMode, CertificateSource};
 use slipway_proto::{Event, Step};
 use slipway_tests::load::{Load, Sample};
+use slipway_tests::tls::{https_get, TestCa};
 use slipway_tests::*;
 use tokio::time::Instant;
 
@@ -90,6 +93,32 @@ fn check_samples(loops: &[Vec<Sample>], marks: &[Mark]) -> usize {
     total
 }
 
+/// Deploys each commit of `plan` to `live` in turn, from `serving`: one
+/// that names a version must succeed and serve it, one that names none
+/// must fail and leave what served. Returns each deployment's `Mark`.
+async fn deploy_all(h: &Harness, plan: &[(&str, Option<&str>)], serving: &str) -> Vec<Mark> {
+    let mut serving = serving.to_string();
+    let mut marks = Vec::new();
+    for (commit, expect) in plan {
+        let requested = Instant::now();
+        let d = h.deploy_with("live", commit, BuildMode::Local, true).await;
+        let finished = Instant::now();
+        let after = match expect {
+            Some(version) => {
+                assert_eq!(d.status, Status::Succeeded, "{commit}: {:?}", h.events(d.id).await);
+                version.to_string()
+            }
+            None => {
+                assert!(matches!(d.status, Status::Failed { .. }), "{commit} should fail");
+                serving.clone()
+            }
+        };
+        marks.push(Mark { requested, finished, before: serving.clone(), after: after.clone() });
+        serving = after;
+    }
+    marks
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_deployments_under_load_lose_no_request() {
     let h = Harness::start_engine(Backends::PostgresRabbit, engine(2, Duration::from_secs(10))).await;
@@ -128,30 +157,48 @@ async fn twenty_deployments_under_load_lose_no_request() {
     ];
     assert_eq!(plan.len(), 20);
     let load = Load::start(h.router_addr(), &h.host("live"), 3, Duration::from_millis(10));
-    let mut serving = "v1".to_string();
-    let mut marks = Vec::new();
-    for (commit, expect) in &plan {
-        let requested = Instant::now();
-        let d = h.deploy_with("live", commit, BuildMode::Local, true).await;
-        let finished = Instant::now();
-        let after = match expect {
-            Some(version) => {
-                assert_eq!(d.status, Status::Succeeded, "{commit}: {:?}", h.events(d.id).await);
-                version.to_string()
-            }
-            None => {
-                assert!(matches!(d.status, Status::Failed { .. }), "{commit} should fail");
-                serving.clone()
-            }
-        };
-        marks.push(Mark { requested, finished, before: serving.clone(), after: after.clone() });
-        serving = after;
-    }
+    let marks = deploy_all(&h, &plan, "v1").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let loops = load.stop().await;
     let total = check_samples(&loops, &marks);
     assert!(total > 500, "the load client sent only {total} requests");
     println!("{total} requests through the router during 20 deployments, 0 failed");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deployments_under_https_load_lose_no_request() {
+    let mut h = Harness::start_engine(Backends::PostgresRabbit, engine(1, Duration::from_secs(10))).await;
+    let repo = AppRepo::new();
+    let v1 = repo.commit(&app("v1", OK, ""), "v1");
+    let v2 = repo.commit(&app("v2", OK, ""), "v2");
+    let bad_health = repo.commit(&app("v3", BAD_HEALTH, ""), "never healthy");
+    h.create_project(&repo.path()).await;
+    let first = h.deploy("live", &v1).await;
+    assert_eq!(first.status, Status::Succeeded, "{:?}", h.events(first.id).await);
+
+    // A custom domain with an uploaded certificate, served on the router's HTTPS listener.
+    let domain = format!("{}.example.test", h.project);
+    slipway_engine::domains::add(&*h.store, "test", &h.project, "live", &domain).await.unwrap().unwrap();
+    let ca = TestCa::new();
+    let (chain, key) = ca.issue(&[&domain]);
+    slipway_engine::certificates::store_certificate(&*h.store, "test", &domain, &chain, &key, CertificateSource::Uploaded, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    let https = h.serve_https().await;
+    eventually("the router to serve the domain over HTTPS", Duration::from_secs(20), || async {
+        let answer = https_get(https, &domain, "/", &ca.pem(), &["h2", "http/1.1"]).await.ok()?;
+        (answer.body == "v1\n").then_some(())
+    })
+    .await;
+
+    let load = Load::start_https(https, &domain, &ca.pem(), 4, Duration::from_millis(10));
+    let marks = deploy_all(&h, &[(&v2, Some("v2")), (&bad_health, None), (&v1, Some("v1"))], "v1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let total = check_samples(&load.stop().await, &marks);
+    assert!(total > 100, "the load client sent only {total} requests");
+    println!("{total} requests over HTTPS during 3 deployments, 0 failed");
     h.shutdown().await;
 }
 
