@@ -119,8 +119,7 @@ impl Logs {
                 // Written when each command ended: shown whole.
                 for result in &r.results {
                     let Some(log) = &result.log_ref else { continue };
-                    let path = Path::new(log);
-                    let path = if path.is_absolute() { path.to_path_buf() } else { self.data_dir.join(path) };
+                    let path = log_file(&self.data_dir, log);
                     let source = format!("release: {}", result.command);
                     match std::fs::read_to_string(&path) {
                         Ok(text) => text.lines().for_each(|l| reporter.log(&source, l)),
@@ -201,6 +200,23 @@ pub async fn follow(
 }
 
 /// The JSON `result` of a followed deployment.
+/// Where the log a step recorded as `log_ref` is: an absolute path as it
+/// is; a relative one under the data directory, or, when it is not there
+/// but is where the reader runs, there (logs recorded before steps wrote
+/// absolute paths name the data directory they were written under:
+/// `.slipway/logs/...`).
+pub fn log_file(data_dir: &Path, log_ref: &str) -> PathBuf {
+    let path = Path::new(log_ref);
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let under = data_dir.join(path);
+    if !under.exists() && path.exists() {
+        return path.to_path_buf();
+    }
+    under
+}
+
 pub fn result_json(id: Uuid, ending: &Ending, urls: &[String]) -> Value {
     json!({
         "deployment": id,
@@ -232,6 +248,20 @@ mod tests {
         let unknown = json!({ "version": 4, "type": "FromTheFuture", "recorded_at": "2026-01-02T03:04:05Z", "payload": {} });
         assert!(Observed::remote(&unknown).is_some_and(|o| o.event.is_none()));
         assert!(Observed::remote(&json!({ "type": "StepSkipped" })).is_none());
+    }
+
+    #[test]
+    fn a_recorded_log_is_found_under_the_data_directory_or_where_it_was_written() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = dir.path().join("logs/x/build.log");
+        std::fs::create_dir_all(log.parent().expect("a parent")).expect("the log directory");
+        std::fs::write(&log, "built\n").expect("the log");
+        assert_eq!(log_file(dir.path(), log.to_str().expect("utf-8")), log, "absolute, as recorded");
+        assert_eq!(log_file(dir.path(), "logs/x/build.log"), log, "under the data directory");
+        // A ref recorded relative to where an embedded CLI ran (this
+        // package's directory, for the test), not under the data directory.
+        assert_eq!(log_file(dir.path(), "Cargo.toml"), PathBuf::from("Cargo.toml"));
+        assert_eq!(log_file(dir.path(), "logs/y/gone.log"), dir.path().join("logs/y/gone.log"), "missing: named under the data directory");
     }
 
     #[test]

@@ -21,7 +21,17 @@ pub use slipway_node::{manual, on_signal};
 /// pushing builds to (and pulling missing images from) `registry`, pulling
 /// base images before each build when asked.
 pub fn pipeline(data_dir: &Path, registry: Option<String>, pull_base_images: bool) -> Arc<dyn Executor> {
-    Arc::new(Pipeline::new(Runtime { workspaces: data_dir.join("workspaces"), logs: data_dir.join("logs"), registry, pull_base_images }))
+    Arc::new(Pipeline::new(runtime(data_dir, registry, pull_base_images)))
+}
+
+/// The steps' runtime under `data_dir`, made absolute: the log paths the
+/// steps record are then found whatever directory a reader runs in. (A
+/// relative data directory gave relative paths, `.slipway/logs/...`,
+/// which a CLI reading them under its data directory looked for in
+/// `.slipway/.slipway/logs/...`.)
+fn runtime(data_dir: &Path, registry: Option<String>, pull_base_images: bool) -> Runtime {
+    let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    Runtime { workspaces: data_dir.join("workspaces"), logs: data_dir.join("logs"), registry, pull_base_images }
 }
 
 /// `pipeline`, its containers on `runtime` (`slipway worker --runtime`).
@@ -31,8 +41,7 @@ pub fn pipeline_on(
     pull_base_images: bool,
     runtime: slipway_workers::steps::runtime::RuntimeKind,
 ) -> Arc<dyn Executor> {
-    let rt = Runtime { workspaces: data_dir.join("workspaces"), logs: data_dir.join("logs"), registry, pull_base_images };
-    Arc::new(Pipeline::on(rt, runtime))
+    Arc::new(Pipeline::on(self::runtime(data_dir, registry, pull_base_images), runtime))
 }
 
 /// A router part bound to `listen`, with the caps and timeouts of the

@@ -197,8 +197,7 @@ pub async fn logs(store: &dyn EventStore, id: Uuid, data_dir: &std::path::Path, 
             _ => vec![],
         };
         for log in log_refs {
-            let path = std::path::Path::new(&log);
-            let path = if path.is_absolute() { path.to_path_buf() } else { data_dir.join(path) };
+            let path = crate::follow::log_file(data_dir, &log);
             let text = std::fs::read_to_string(&path);
             if json {
                 let (text, error) = match text {

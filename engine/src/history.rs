@@ -132,6 +132,10 @@ pub fn timeline(recorded: &[RecordedEvent]) -> Result<Option<Timeline>, LoadErro
             Event::StepFailed(f) => Some((f.step, Outcome::Failed { reason: f.reason.clone() })),
             Event::StepSkipped(s) => Some((s.step, Outcome::Skipped { reason: s.reason.clone() })),
             Event::TrafficSwitched(_) => Some((Step::Cutover, Outcome::Ok)),
+            // The watch's outcome (its failure is a `StepFailed`): not in
+            // `completes_step`, which the decider reads, since the watch
+            // ends a deployment rather than leading to a next step.
+            Event::ReleaseWatched(_) => Some((Step::Watch, Outcome::Ok)),
             other => other.completes_step().map(|s| (s, Outcome::Ok)),
         };
         if let Event::ImageBuilt(b) = &event {
@@ -319,8 +323,8 @@ mod tests {
     use slipway_proto::envelope::Metadata;
     use slipway_proto::event::{
         BuildMode, CheckedOut, DeploymentEnqueued, DeploymentFailed, DeploymentFinished, DeploymentSucceeded, HealthCheckPassed,
-        ImageBuilt, ImageReused, ReleaseCommandResult, ReleaseCommandsRan, ServicesChecked, StepDispatched, StepFailed, StepSkipped,
-        TrafficSwitchRequested, TrafficSwitched, WebContainerStarted,
+        ImageBuilt, ImageReused, ReleaseCommandResult, ReleaseCommandsRan, ReleaseWatchStarted, ReleaseWatched, ServicesChecked,
+        StepDispatched, StepFailed, StepSkipped, TrafficSwitchRequested, TrafficSwitched, WebContainerStarted,
     };
     use slipway_proto::Envelope;
     use slipway_store::Position;
@@ -500,6 +504,24 @@ mod tests {
         assert_eq!(t.summary.total_ms, Some(2790));
         assert_eq!(t.entries[0].step, None);
         assert_eq!(t.entries[0].actor, "cli:op");
+    }
+
+    #[test]
+    fn a_watched_release_shows_the_watch_as_a_step_with_its_outcome() {
+        let id = Uuid::now_v7();
+        let mut events = happy_path(id, "c", "i", &[], &[]);
+        let succeeded = events.pop().unwrap();
+        let until = t0() + Duration::seconds(10);
+        events.push((2781, "engine", Event::ReleaseWatchStarted(ReleaseWatchStarted { until, window_ms: 10_000 })));
+        events.push((2782, "engine", dispatch(Step::Watch, 1)));
+        let watched = ReleaseWatched { watched_ms: 10_000, probes: 10, failed_probes: 0, containers: vec!["web".into()] };
+        events.push((12_782, "worker:a", Event::ReleaseWatched(watched)));
+        events.push((12_790, succeeded.1, succeeded.2));
+        let t = timeline_of(id, events);
+        let watch = t.steps.iter().find(|s| s.step == Step::Watch).unwrap();
+        assert_eq!((watch.outcome.clone(), watch.duration_ms), (Some(Outcome::Ok), Some(10_000)));
+        let entry = t.entries.iter().find(|e| e.event == "ReleaseWatched").unwrap();
+        assert_eq!((entry.step, entry.outcome.clone()), (Some(Step::Watch), Some(Outcome::Ok)));
     }
 
     #[test]
