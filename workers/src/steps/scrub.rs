@@ -24,7 +24,11 @@
 //! A worker holds values only, not which of them are secret (the command
 //! carries key -> fingerprint), so every value of `SCRUB_MIN_LEN` characters
 //! or more is treated as one, and so is the password inside a URL value
-//! (an app that cannot log in tends to print just that, whatever its length).
+//! (an app that cannot log in tends to print just that) if it has
+//! `URL_PASSWORD_MIN_LEN` characters or more. A shorter one is hidden where
+//! it stands in a URL (`:pw@`), not everywhere: searched for alone, a
+//! one-letter password put `***` for every such letter of every log line
+//! and failure reason.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -36,6 +40,9 @@ use super::{check_services, Settings};
 /// Setting values shorter than this are left in evidence: "1" or "on"
 /// would turn every log line into asterisks, and is no secret anyway.
 pub const SCRUB_MIN_LEN: usize = 4;
+
+/// URL passwords shorter than this are hidden only inside a URL (`:pw@`).
+pub const URL_PASSWORD_MIN_LEN: usize = 3;
 
 /// What replaces a value.
 const MASK: &str = "***";
@@ -327,7 +334,13 @@ impl Sampler {
 fn forms(settings: &Settings) -> Vec<String> {
     use base64::Engine as _;
     let long: Vec<String> = settings.values().filter(|v| v.len() >= SCRUB_MIN_LEN).cloned().collect();
-    let passwords = settings.values().flat_map(|v| check_services::secrets_in(v));
+    let passwords = settings.values().flat_map(|v| check_services::secrets_in(v)).map(|p| {
+        if p.len() >= URL_PASSWORD_MIN_LEN {
+            p
+        } else {
+            format!(":{p}@")
+        }
+    });
     let encoded = long.iter().flat_map(|v| [percent_encode(v), base64::engine::general_purpose::STANDARD.encode(v)]);
     let mut values: Vec<String> = long.iter().cloned().chain(passwords).chain(encoded).filter(|v| !v.is_empty()).collect();
     values.sort();
@@ -445,11 +458,24 @@ mod tests {
 
     #[test]
     fn a_form_shorter_than_a_window_is_searched_for_everywhere() {
-        // The password of a URL value is hidden whatever its length.
-        let settings: Settings = [("DATABASE_URL".to_string(), "postgres://app:pw@db/app".to_string())].into_iter().collect();
+        let settings: Settings = [("DATABASE_URL".to_string(), "postgres://app:pw3@db/app".to_string())].into_iter().collect();
         let scrubber = Scrubber::new(&settings);
         assert!(scrubber.sampler.is_none());
-        let log = format!("{}login failed with pw\n", "x".repeat(SAMPLE_FROM));
-        assert!(!scrubber.scrub(&log).contains("with pw"));
+        let log = format!("{}login failed with pw3\n", "x".repeat(SAMPLE_FROM));
+        assert!(!scrubber.scrub(&log).contains("with pw3"));
+    }
+
+    #[test]
+    fn a_short_url_password_is_hidden_in_a_url_and_leaves_other_text_alone() {
+        let settings: Settings = [("DATABASE_URL".to_string(), "postgres://x:y@db/hello".to_string())].into_iter().collect();
+        let scrubber = Scrubber::new(&settings);
+        let log = "ref v1.2 not found in /tmp/tour/.slipway/example-hello; yes, really\n";
+        assert_eq!(scrubber.scrub(log), log, "every `y` masked");
+        let elsewhere = scrubber.scrub("connecting to postgres://x:y@db2/other failed\n");
+        assert!(!elsewhere.contains(":y@"), "{elsewhere}");
+        assert_eq!(scrubber.scrub("postgres://x:y@db/hello\n"), format!("{MASK}\n"), "the value itself");
+        // A longer one is still hidden wherever it is printed.
+        let settings: Settings = [("DATABASE_URL".to_string(), "postgres://app:hunter2@db/app".to_string())].into_iter().collect();
+        assert!(!Scrubber::new(&settings).scrub("password hunter2 refused\n").contains("hunter2"));
     }
 }
