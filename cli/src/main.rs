@@ -37,6 +37,7 @@ use args::{Cli, Command, DbCmd, ImagesCmd, ProjectionsCmd};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    quiet_when_the_reader_is_gone();
     let cli = Cli::parse();
     // Logs (SLIPWAY_LOG, SLIPWAY_LOG_FORMAT) and traces (OTEL_EXPORTER_OTLP_ENDPOINT);
     // the guard flushes finished spans when main returns.
@@ -190,4 +191,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             unreachable!("handled before the store is opened")
         }
     }
+}
+
+/// `slipway logs ID | head`: once the reader has gone, writing to standard
+/// output fails with a broken pipe, and `println!` (or a library writing
+/// there) panics with a backtrace. Exit quietly instead, with the status a
+/// command killed by SIGPIPE has (141). Rust ignores SIGPIPE, which the
+/// server modes need (a client gone must not kill them), so the signal is
+/// left alone and the panic is caught here.
+fn quiet_when_the_reader_is_gone() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.contains("Broken pipe") || m.contains("BrokenPipe")) {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -260,6 +260,28 @@ fn an_encrypted_deploy_key_without_its_passphrase_is_refused_before_anything_is_
     assert_eq!(shown["source"]["credentials"], serde_json::json!(["ssh_key", "ssh_key_passphrase"]), "{shown}");
 }
 
+/// `slipway ... | head`: the reader goes before the output is written, and
+/// the command ends quietly with SIGPIPE's status, not with a panic.
+#[test]
+fn output_into_a_pipe_closed_early_ends_quietly() {
+    let dir = Dir::new();
+    for args in [&["completions", "bash"][..], &["project", "list", "--json"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(args)
+            .current_dir(dir.tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn completions_cover_the_verbs() {
     let dir = Dir { tmp: tempfile::tempdir().unwrap() };
