@@ -482,7 +482,9 @@ pub struct RouterArgs {
 
 #[derive(Args)]
 pub struct FollowArgs {
-    /// Stop following after this many seconds (the deployment goes on; exit status 6).
+    /// Stop following after this many seconds (exit status 6). The
+    /// deployment goes on where a server runs it; embedded (no --queue),
+    /// its workers run in this command, so it is cancelled.
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
     /// Also show the build log as it is written and each release command's log.

@@ -234,14 +234,36 @@ async fn finish(
     }
     let logs = args.logs.then(|| follow::Logs::new(data_dir));
     let mut source = follow::StoreSource::new(store, id);
-    let ending = follow::follow(&mut source, &mut reporter, id, logs, Duration::from_secs(args.timeout)).await?;
+    let followed = follow::follow(&mut source, &mut reporter, id, logs, Duration::from_secs(args.timeout)).await;
+    let timed_out = matches!(&followed, Err(e) if exit::code_of(e) == exit::Exit::TimedOut);
     if let Some((stop, task)) = running {
+        if timed_out {
+            // The workers run in this process and stop with it: left
+            // running, the deployment would hold its environment's queue
+            // until its step deadline. Cancelled, it ends failed now and
+            // its containers are removed.
+            let reason = format!("`--timeout {}` passed, and the embedded workers stop with this command", args.timeout);
+            requests::request_cancel(store, &actor::actor(), id, &reason).await?.map_err(exit::rejected)?;
+            wait_until_finished(store, id, Duration::from_secs(30)).await;
+        }
         // The in-process queue dies with this process: let the clean-up
         // the deployment just asked for (retire or remove) finish first.
-        wait_for_cleanup(store, id, ending.succeeded, Duration::from_secs(args.drain + 60)).await;
+        let succeeded = followed.as_ref().is_ok_and(|ending| ending.succeeded);
+        wait_for_cleanup(store, id, succeeded, Duration::from_secs(args.drain + 60)).await;
         let _ = stop.send(());
         task.await.context("the engine panicked")??;
+        if timed_out {
+            return Err(exit::coded(
+                exit::Exit::TimedOut,
+                format!(
+                    "deployment {id} did not finish within {} s and was cancelled: without --queue and a server, the workers run \
+                     in this command and stop with it (the previous release keeps serving; see `slipway history {id}`)",
+                    args.timeout
+                ),
+            ));
+        }
     }
+    let ending = followed?;
     let routes = slipway_engine::queries::router_urls(store, &project, &env).await?;
     Ok(conclude(&mut reporter, id, &project, &env, &ending, &routes))
 }
@@ -274,6 +296,19 @@ pub fn conclude(
         ];
         reporter.result(false, &lines, value);
         exit::Exit::Failed.into()
+    }
+}
+
+/// Waits until deployment `id` has its verdict, or `limit` passed.
+async fn wait_until_finished(store: &dyn EventStore, id: Uuid, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut wake = store.wakeups();
+    while tokio::time::Instant::now() < deadline {
+        match slipway_engine::load::deployment(store, id).await {
+            Ok(Some(d)) if !d.is_finished() => {}
+            _ => return,
+        }
+        slipway_store::subscription::wait_for_wakeup(&mut wake, Duration::from_millis(200)).await;
     }
 }
 

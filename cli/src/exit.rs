@@ -33,7 +33,8 @@ pub enum Exit {
     /// The database, queue, Docker engine or server could not be reached:
     /// retrying later may work.
     Unavailable = 5,
-    /// Following a deployment gave up at `--timeout`; it goes on.
+    /// Following a deployment gave up at `--timeout`; it goes on (cancelled
+    /// when embedded: its workers stop with the command).
     TimedOut = 6,
     /// The server refused the token (missing, unknown, revoked, or its
     /// scope is too small).
@@ -55,7 +56,7 @@ Exit status:
   3  not found (project, environment, deployment, stream)
   4  conflict (name taken, deployment still running or already serving, nothing to roll back to)
   5  unavailable (database, queue, Docker or server unreachable): retry later
-  6  timed out following a deployment (it goes on)
+  6  timed out following a deployment (it goes on; embedded, it is cancelled)
   7  not authorized (the server refused the token)";
 
 /// An error that knows its exit status.

@@ -32,11 +32,17 @@ fn slipway(dir: &Path, args: &[&str]) -> String {
 
 /// Runs `slipway` on the store in `dir`: its outcome, standard output and error.
 fn run(dir: &Path, args: &[&str]) -> (std::process::Output, String, String) {
+    run_with(dir, &dir.join("data"), args)
+}
+
+/// `run` with the data directory `data` (relative: to `dir`, where the command runs).
+fn run_with(dir: &Path, data: &Path, args: &[&str]) -> (std::process::Output, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .current_dir(dir)
         .arg("--database")
         .arg(format!("sqlite://{}", dir.join("slipway.db").display()))
         .arg("--data-dir")
-        .arg(dir.join("data"))
+        .arg(data)
         .args(args)
         .env_remove("SLIPWAY_DATABASE")
         .env_remove("SLIPWAY_QUEUE")
@@ -79,6 +85,43 @@ fn three_embedded_deploys_leave_one_release_running() {
     // The release's web and worker containers, nothing of the other two.
     assert_eq!(all.len(), 2, "{all:?}");
     eprintln!("three embedded deploys took {elapsed:?}");
+}
+
+/// Embedded, the workers run in the `deploy` command: one that stops
+/// following at `--timeout` cancels its deployment (before, it was left
+/// running with no worker, and the next deploy waited for its step
+/// deadline). With a relative data directory (the default `.slipway`),
+/// `slipway logs` finds the build log the steps wrote.
+#[test]
+fn an_embedded_deploy_past_its_timeout_is_cancelled_and_logs_are_found_under_a_relative_data_dir() {
+    require_docker();
+    let project = format!("tmo{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new("state");
+    let repo = AppRepo::new();
+    repo.commit(&example_files(), "example app");
+    let ok = |args: &[&str]| {
+        let (out, stdout, stderr) = run_with(dir.path(), data, args);
+        assert!(out.status.success(), "slipway {args:?} exited {:?}\n{stdout}{stderr}", out.status);
+        stdout
+    };
+    ok(&["project", "create", &project, "--repo", repo.path().to_str().unwrap()]);
+    // The example's release is watched for 10 s: 2 s is never enough.
+    let (out, _, stderr) = run_with(dir.path(), data, &["deploy", &project, "test", "--timeout", "2", "-q"]);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("was cancelled"), "{stderr}");
+    let started = std::time::Instant::now();
+    ok(&["deploy", &project, "test", "-q"]);
+    let second = started.elapsed();
+    let listed: serde_json::Value = serde_json::from_str(&ok(&["deployments", &project, "--json"])).unwrap();
+    let rows = listed.as_array().unwrap();
+    let reason = |row: &serde_json::Value| row["failure"].to_string() + &row["status"].to_string();
+    assert!(reason(&rows[0]).contains("--timeout 2"), "{listed}");
+    let logs = ok(&["logs", rows[1]["deployment"].as_str().unwrap()]);
+    remove_containers_with_label(&format!("slipway.project={project}"));
+    assert!(second < std::time::Duration::from_secs(120), "the next deploy waited {second:?}");
+    assert!(logs.contains("Step 1/"), "the build log is shown:\n{logs}");
+    assert!(!logs.contains("unavailable"), "{logs}");
 }
 
 #[test]
