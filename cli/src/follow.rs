@@ -69,7 +69,16 @@ pub trait Source {
     fn log_lines(&mut self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether no live worker serves `step` (a source that can tell: the
+    /// store's worker table).
+    fn unserved(&mut self, _step: Step) -> impl std::future::Future<Output = bool> {
+        std::future::ready(false)
+    }
 }
+
+/// A step dispatched this long ago with no outcome has the follower ask
+/// whether any live worker serves it.
+const UNSERVED_AFTER: Duration = Duration::from_secs(10);
 
 /// The deployment's stream in the store, woken by its notifications.
 pub struct StoreSource<'a> {
@@ -91,6 +100,13 @@ impl Source for StoreSource<'_> {
 
     async fn wait(&mut self) {
         slipway_store::subscription::wait_for_wakeup(&mut self.wake, Duration::from_millis(100)).await;
+    }
+
+    async fn unserved(&mut self, step: Step) -> bool {
+        let Ok(workers) = self.store.operational().workers().await else { return false };
+        let missing_after = chrono::Duration::from_std(slipway_workers::worker::HEARTBEAT * 3).unwrap_or_default();
+        let now = Utc::now();
+        !workers.iter().any(|w| w.state(now, missing_after) == "alive" && w.steps.iter().any(|s| *s == step.to_string()))
     }
 }
 
@@ -161,6 +177,7 @@ pub async fn follow(
     timeout: Duration,
 ) -> anyhow::Result<Ending> {
     let mut tracker = Tracker::default();
+    let mut asked: Vec<Step> = Vec::new();
     let mut next = 1;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -185,6 +202,20 @@ pub async fn follow(
         }
         if let Some(ending) = tracker.ending() {
             return Ok(ending.clone());
+        }
+        let waited = chrono::Duration::from_std(UNSERVED_AFTER).unwrap_or_default();
+        for (step, since) in tracker.running_since() {
+            // The engine does the cutover itself.
+            if step == Step::Cutover || asked.contains(&step) || Utc::now() - since < waited {
+                continue;
+            }
+            asked.push(step);
+            if source.unserved(step).await {
+                reporter.note(&format!(
+                    "no live worker serves `{step}`, so this deployment waits: start one (`slipway worker`, which serves every \
+                     step, or `slipway worker --steps {step},...`); `slipway workers` lists those that reported"
+                ));
+            }
         }
         if tokio::time::Instant::now() > deadline {
             reporter.stop();

@@ -101,6 +101,12 @@ impl Tracker {
     }
 
     /// Steps dispatched without an outcome yet, oldest first.
+    /// The steps dispatched and not finished, with when each was first
+    /// dispatched.
+    pub fn running_since(&self) -> Vec<(Step, DateTime<Utc>)> {
+        self.dispatched.iter().filter(|(s, _)| !self.finished.contains(s)).map(|(s, t)| (*s, *t)).collect()
+    }
+
     pub fn running(&self) -> Vec<Step> {
         let mut running: Vec<(DateTime<Utc>, Step)> =
             self.dispatched.iter().filter(|(s, _)| !self.finished.contains(s)).map(|(s, t)| (*t, *s)).collect();

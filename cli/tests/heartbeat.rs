@@ -10,15 +10,13 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::Cluster;
 use slipway_engine::Status;
 use slipway_proto::event::{deployment_stream, BuildMode};
 use slipway_proto::{Event, Step};
-use slipway_store::postgres::PgOptions;
-use slipway_store::{EventStore, PgStore};
+use slipway_store::EventStore;
 use slipway_tests::*;
 use uuid::Uuid;
 
@@ -33,13 +31,7 @@ async fn events(store: &dyn EventStore, id: Uuid) -> Vec<Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_builder_is_replaced_after_the_heartbeat_timeout_under_the_same_command_id() {
-    let tag = Uuid::now_v7().simple().to_string();
-    let (schema, namespace, project) = (format!("beat_{tag}"), format!("beat{}", &tag[20..]), format!("beat-{}", &tag[24..]));
-    let store: Arc<dyn EventStore> = Arc::new(
-        PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), ..Default::default() })
-            .await
-            .expect("PostgreSQL (run scripts/services)"),
-    );
+    let (schema, namespace, project, store) = common::isolated("beat").await;
     let mut c = Cluster::empty(&schema, &namespace);
     let server = ["server", "--listen", "127.0.0.1:0", "--drain", "0", "--heartbeat-timeout", "12", "--build-timeout", "600"];
     c.server = Some(c.spawn("server", &server));

@@ -21,10 +21,8 @@ use common::Cluster;
 use slipway_engine::{Deployment, Status};
 use slipway_proto::event::{deployment_stream, BuildMode, ROUTERS_STREAM};
 use slipway_proto::Event;
-use slipway_store::postgres::PgOptions;
-use slipway_store::{EventStore, PgStore};
+use slipway_store::EventStore;
 use slipway_tests::*;
-use uuid::Uuid;
 
 const APP: &str = "[web]\nport = 80\nhealth_timeout = \"30s\"\nmin_ready = \"0s\"\nwatch = \"0s\"\n";
 const ROUTER: &str = "lease-router";
@@ -71,13 +69,7 @@ async fn serves(c: &Cluster, host: &str, body: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_router_stops_blocking_switches_after_its_lease_and_serves_the_current_release_when_back() {
     require_docker();
-    let tag = Uuid::now_v7().simple().to_string();
-    let (schema, namespace, project) = (format!("lease_{tag}"), format!("lease{}", &tag[20..]), format!("lease-{}", &tag[24..]));
-    let store: Arc<dyn EventStore> = Arc::new(
-        PgStore::connect(&pg_url(), PgOptions { schema: Some(schema.clone()), ..Default::default() })
-            .await
-            .expect("PostgreSQL (run scripts/services)"),
-    );
+    let (schema, namespace, project, store) = common::isolated("lease").await;
     let mut c = Cluster::empty(&schema, &namespace);
     c.start_server();
     c.start_workers();

@@ -8,6 +8,16 @@ use std::process::{Child, Command, Stdio};
 
 use slipway_tests::*;
 
+/// A test's own PostgreSQL schema, queue namespace and project name (from
+/// a fresh tag, each starting with `prefix`), and the store in that schema.
+pub async fn isolated(prefix: &str) -> (String, String, String, std::sync::Arc<dyn slipway_store::EventStore>) {
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let (schema, namespace, project) = (format!("{prefix}_{tag}"), format!("{prefix}{}", &tag[20..]), format!("{prefix}-{}", &tag[24..]));
+    let options = slipway_store::postgres::PgOptions { schema: Some(schema.clone()), ..Default::default() };
+    let store = slipway_store::PgStore::connect(&pg_url(), options).await.expect("PostgreSQL (run scripts/services)");
+    (schema, namespace, project, std::sync::Arc::new(store))
+}
+
 pub struct Cluster {
     pub env: Vec<(&'static str, String)>,
     pub data: tempfile::TempDir,
