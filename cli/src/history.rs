@@ -173,9 +173,11 @@ pub async fn status_at(store: &dyn EventStore, project: &str, env: &str, at: &st
     }
     let recorded = store.read_stream(&environment_stream(project, env), 1).await?;
     let state = history::environment_at(&recorded, at)?;
+    let routes = store.read_stream(slipway_proto::event::ROUTES_STREAM, 1).await?;
+    let serving = history::routed_at(&routes, project, env, at).unwrap_or_else(|| state.last_succeeded());
     let when = at.to_rfc3339();
     if json {
-        let active = match state.last_succeeded() {
+        let active = match serving {
             Some(id) => {
                 let d = load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))?;
                 let limits = release_limits(&d.context.config);
@@ -185,7 +187,7 @@ pub async fn status_at(store: &dyn EventStore, project: &str, env: &str, at: &st
         };
         return print_json(&json!({ "project": project, "environment": env, "at": at, "active": active, "queue": state.queue }));
     }
-    match state.last_succeeded() {
+    match serving {
         None => println!("{project} {env} at {when}: nothing was serving"),
         Some(id) => {
             let d = load::deployment(store, id).await?.ok_or_else(|| not_found(format!("no deployment {id}")))?;

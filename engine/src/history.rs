@@ -314,6 +314,19 @@ pub fn environment_at(recorded: &[RecordedEvent], at: DateTime<Utc>) -> Result<E
     Ok(environment::fold(decode_all(&recorded[..upto])?.iter()))
 }
 
+/// Which deployment the routers served `project` `env` from at `at`: the
+/// last `RouteChanged` for it on the routes stream at or before then
+/// (`Some(None)`: its route had been removed), or `None` when no route was
+/// recorded for it by then. A release being watched after its cutover
+/// serves though it has not succeeded yet, and a rolled-back one no longer
+/// does, so this, not the environment's last success, is what served.
+pub fn routed_at(routes: &[RecordedEvent], project: &str, env: &str, at: DateTime<Utc>) -> Option<Option<Uuid>> {
+    routes.iter().take_while(|r| r.recorded_at <= at).fold(None, |served, r| match r.envelope.decode::<Event>() {
+        Ok(Event::RouteChanged(c)) if c.project == project && c.environment == env => Some(c.deployment_id),
+        _ => served,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -504,6 +517,35 @@ mod tests {
         assert_eq!(t.summary.total_ms, Some(2790));
         assert_eq!(t.entries[0].step, None);
         assert_eq!(t.entries[0].actor, "cli:op");
+    }
+
+    #[test]
+    fn what_was_routed_at_a_time_is_the_last_route_change_of_that_environment_before_it() {
+        let (a, b, x) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let route = |project: &str, deployment: Option<Uuid>| {
+            Event::RouteChanged(slipway_proto::event::RouteChanged {
+                project: project.into(),
+                environment: "live".into(),
+                deployment_id: deployment,
+                upstreams: vec![],
+                reason: slipway_proto::event::RouteReason::Cutover,
+                standby: vec![],
+            })
+        };
+        let routes = recorded(
+            slipway_proto::event::ROUTES_STREAM,
+            vec![
+                (100, "engine", route("p", Some(a))),
+                (200, "engine", route("p-other", Some(x))),
+                (300, "engine", route("p", Some(b))),
+                (400, "engine", route("p", None)),
+            ],
+        );
+        let at = |ms| routed_at(&routes, "p", "live", t0() + Duration::milliseconds(ms));
+        assert_eq!(at(50), None, "no route yet");
+        assert_eq!(at(250), Some(Some(a)), "another environment's change is not this one's");
+        assert_eq!(at(300), Some(Some(b)));
+        assert_eq!(at(450), Some(None), "the route removed");
     }
 
     #[test]
