@@ -241,8 +241,9 @@ pub enum Command {
         reason: String,
     },
     /// Run the release commands (migrations) against the release serving
-    /// ENV now: it is deployed again from the release step with release
-    /// commands on, then health-checked and cut over with no downtime.
+    /// ENV now: a new deployment of its commit, image and settings (the
+    /// image re-used, nothing built) with release commands on, in new
+    /// containers, health-checked and cut over with no downtime.
     Migrate {
         project: String,
         env: String,

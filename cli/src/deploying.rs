@@ -69,7 +69,7 @@ pub async fn promote(
     let run_release = mode == BuildMode::Cloud || migrate;
     let (id, source) = match requests::request_promotion(&*here.store, &actor::actor(), &project, &from, &to, mode, run_release).await? {
         Ok(r) => r,
-        Err(rejection) => return Err(exit::rejected(rejection)),
+        Err(rejection) => return Err(refused(running, rejection).await),
     };
     let target = Target {
         id,
@@ -87,7 +87,7 @@ pub async fn replay(here: &Here, deployment: Uuid, from_step: Option<Step>, foll
     let running = here.start(follow.drain).await?;
     let replay = match requests::request_replay(&*here.store, &actor::actor(), deployment, from_step).await? {
         Ok(r) => r,
-        Err(rejection) => return Err(exit::rejected(rejection)),
+        Err(rejection) => return Err(refused(running, rejection).await),
     };
     let intro = format!("deployment {}: replays {deployment} from {}", replay.deployment_id, replay.from_step);
     let (project, env) = (original.context.project, original.context.environment);
@@ -121,7 +121,7 @@ pub async fn migrate(here: &Here, project: String, env: String, follow: FollowAr
     let running = here.start(follow.drain).await?;
     let migrate = match requests::request_migrate(&*here.store, &actor::actor(), &project, &env).await? {
         Ok(r) => r,
-        Err(rejection) => return Err(exit::rejected(rejection)),
+        Err(rejection) => return Err(refused(running, rejection).await),
     };
     let target = Target {
         id: migrate.deployment_id,
@@ -136,7 +136,7 @@ pub async fn rollback(here: &Here, project: String, env: String, to: Option<Uuid
     let running = here.start(follow.drain).await?;
     let rollback = match requests::request_rollback(&*here.store, &actor::actor(), &project, &env, to).await? {
         Ok(r) => r,
-        Err(rejection) => return Err(exit::rejected(rejection)),
+        Err(rejection) => return Err(refused(running, rejection).await),
     };
     for warning in &rollback.warnings {
         eprintln!("warning: {warning}");
@@ -164,7 +164,7 @@ pub async fn deploy(here: &Here, args: DeployArgs) -> anyhow::Result<ExitCode> {
     let running = here.start(args.follow.drain).await?;
     let id = match requests::request_deployment_overriding(&*here.store, &actor::actor(), request, args.override_freeze.as_deref()).await? {
         Ok(id) => id,
-        Err(rejection) => return Err(exit::rejected(rejection)),
+        Err(rejection) => return Err(refused(running, rejection).await),
     };
     let target = Target {
         id,
@@ -173,6 +173,19 @@ pub async fn deploy(here: &Here, args: DeployArgs) -> anyhow::Result<ExitCode> {
         intro: format!("deployment {id}: {} {} ({mode:?} mode)", args.project, args.env),
     };
     here.finish(running, target, &args.follow).await
+}
+
+/// A request refused: the in-process machinery started for it stops
+/// cleanly (its workers record that they stopped, rather than being listed
+/// as missing from then on), and the refusal is the command's error.
+async fn refused(running: Running, rejection: slipway_engine::rejection::Rejection) -> anyhow::Error {
+    if let Some((stop, task)) = running {
+        let _ = stop.send(());
+        if let Ok(Err(e)) = task.await {
+            tracing::debug!(error = %e, "stopping the in-process machinery");
+        }
+    }
+    exit::rejected(rejection)
 }
 
 type Running = Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>;
