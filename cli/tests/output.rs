@@ -207,6 +207,8 @@ fn deployments_and_projects_page_and_filter_from_the_read_models() {
     assert!(ids(&["--before", "2000-01-01T00:00:00Z"]).is_empty());
     assert_eq!(dir.exit(&["deployments", "app", "--status", "done"]), 2, "unknown status");
     assert_eq!(dir.exit(&["deployments", "app", "--before", "yesterday"]), 2, "bad --before");
+    let unknown = uuid::Uuid::now_v7().to_string();
+    assert_eq!(dir.exit(&["deployments", "app", "--before", &unknown]), 3, "a page before a deployment that does not exist");
     assert_eq!(dir.exit(&["deployments", "app", "--env", "qa"]), 3, "unknown environment");
     dir.ok(&["project", "create", "zoo", "--repo", "/tmp"]);
     let names = |args: &[&str]| -> Vec<String> {

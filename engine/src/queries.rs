@@ -383,6 +383,13 @@ pub async fn deployments(
         (None, Some(_)) => return Ok(Err(Rejection::invalid("`environment` needs `project` too"))),
         _ => {}
     }
+    // A page before a deployment that does not exist would read as the end
+    // of the list.
+    if let Some(slipway_store::read_model::Before::Deployment(id)) = query.before {
+        if store.read_stream(&slipway_proto::event::deployment_stream(id), 1).await?.is_empty() {
+            return Ok(Err(Rejection::not_found(format!("no deployment {id} to page before"))));
+        }
+    }
     let (rows, at) = projector::deployments(store, query).await?;
     Ok(Ok((rows.into_iter().map(DeploymentSummary::from).collect(), at)))
 }

@@ -267,7 +267,7 @@ async fn an_unknown_ref_fails_checkout() -> Result<()> {
     let source = source()?;
     let ws = runtime()?;
     let failed = step_failed(run_checkout(&source.location(), "nope", &ws.rt).await, Step::Checkout)?;
-    assert_eq!(failed.reason, format!("ref `nope` not found in {}", source.location()));
+    assert!(failed.reason.starts_with(&format!("ref `nope` not found in {}: deploy a branch", source.location())), "{}", failed.reason);
     assert_eq!(failed.attempt, 1);
     Ok(())
 }
@@ -388,7 +388,7 @@ async fn services_are_read_at_the_requested_ref() -> Result<()> {
 async fn check_services_fails_on_an_unknown_ref_like_checkout() -> Result<()> {
     let source = source()?;
     let failed = step_failed(run_check(&source, "nope", &Settings::new()).await?, Step::CheckServices)?;
-    assert_eq!(failed.reason, format!("ref `nope` not found in {}", source.location()));
+    assert!(failed.reason.starts_with(&format!("ref `nope` not found in {}: deploy a branch", source.location())), "{}", failed.reason);
     let failed = step_failed(run_check(&source, "-x", &Settings::new()).await?, Step::CheckServices)?;
     assert_eq!(failed.reason, "ref `-x` looks like an option");
     Ok(())
@@ -580,7 +580,7 @@ async fn an_empty_repository_has_no_head() -> Result<()> {
     let ws = runtime()?;
     let location = dir.path().display().to_string();
     let failed = step_failed(run_checkout(&location, "HEAD", &ws.rt).await, Step::Checkout)?;
-    assert_eq!(failed.reason, format!("ref `HEAD` not found in {location}"));
+    assert!(failed.reason.starts_with(&format!("ref `HEAD` not found in {location}: ")), "{}", failed.reason);
     Ok(())
 }
 

@@ -190,7 +190,14 @@ pub async fn env(backend: &impl Projects, cmd: EnvCmd, json: bool) -> anyhow::Re
             backend.change_settings(&project, &env, vec![], keys.clone()).await?;
             println!("{project} {env}: removed {}", keys.join(", "));
         }
-        EnvCmd::List { project, env } => print_settings(&backend.settings(&project, &env).await?, json)?,
+        EnvCmd::List { project, env } => {
+            let settings = backend.settings(&project, &env).await?;
+            if settings.is_empty() && !json {
+                // On standard error: the output stays KEY=VALUE lines only.
+                eprintln!("{project} {env} has no settings; add one with `slipway env set {project} {env} KEY=VALUE`");
+            }
+            print_settings(&settings, json)?
+        }
         EnvCmd::Protect { project, env, approvals } => {
             backend.protect(&project, &env, approvals).await?;
             match approvals {

@@ -45,7 +45,7 @@ pub enum SourceError {
     Timeout { repo: String, git_ref: String, ssh: bool },
     #[error("cannot open repository {repo}: {why}")]
     CannotOpen { repo: String, why: String },
-    #[error("ref `{git_ref}` not found in {repo}")]
+    #[error("ref `{git_ref}` not found in {repo}: deploy a branch, tag or commit it has (`--ref`; the project's branch by default)")]
     RefNotFound { git_ref: String, repo: String },
     #[error("ref `{git_ref}` is ambiguous in {repo}: several objects start with it; give more of the SHA")]
     AmbiguousRef { git_ref: String, repo: String },
