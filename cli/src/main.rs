@@ -64,7 +64,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("slipway: {e:#}");
+            eprintln!("slipway: {}", error_text(&e));
             exit::code_of(&e).into()
         }
     }
@@ -209,4 +209,22 @@ fn quiet_when_the_reader_is_gone() {
         }
         default(info);
     }));
+}
+
+/// An error and its causes, `a: b: c`, leaving out a cause whose words the
+/// text already has (many errors print their source in their own message,
+/// and `{:#}` then said it twice: `pool timed out ...: pool timed out ...`).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

@@ -237,6 +237,19 @@ fn errors_exit_with_the_documented_status() {
     assert_eq!(dir.exit(&["--queue", "amqp://guest:guest@127.0.0.1:9/%2f", "worker"]), 5, "broker unreachable");
     let help = dir.ok(&["--help"]);
     assert!(help.contains("Exit status:") && help.contains("5  unavailable"), "{help}");
+    // A PostgreSQL that refuses: said at once (not after the pool's 30 s
+    // wait), with its reason, once.
+    let started = Instant::now();
+    let refused = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["--database", "postgres://nobody:secret@127.0.0.1:1/none", "status", "app", "test"])
+        .env_remove("SLIPWAY_SERVER")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(5), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}: {said}", started.elapsed());
+    assert_eq!(said.matches("Connection refused").count(), 1, "{said}");
+    assert!(!said.contains("secret"), "{said}");
 }
 
 #[test]

@@ -246,14 +246,20 @@ impl PgStore {
                     reason: format!("schema name `{schema}` must be letters, digits and underscores"),
                 });
             }
-            if !options.runtime {
-                let mut conn = connect.connect().await.map_err(db(format!("connecting to {redacted}")))?;
-                sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(db(format!("creating schema {schema}")))?;
-                conn.close().await.ok();
-            }
+        }
+        // One connection first, alone: a server that refuses, or a login it
+        // turns down, fails here at once with its own error, where the
+        // pool would retry until its acquire timeout (30 s) and then say
+        // only that it timed out.
+        let mut first = connect.connect().await.map_err(db(format!("connecting to {redacted}")))?;
+        if let (Some(schema), false) = (&options.schema, options.runtime) {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                .execute(&mut first)
+                .await
+                .map_err(db(format!("creating schema {schema}")))?;
+        }
+        first.close().await.ok();
+        if let Some(schema) = &options.schema {
             connect = connect.options([("search_path", schema.as_str())]);
         }
         if let Some(name) = &options.application_name {
