@@ -250,13 +250,15 @@ async fn finish(
     let followed = follow::follow(&mut source, &mut reporter, id, logs, Duration::from_secs(args.timeout)).await;
     let timed_out = matches!(&followed, Err(e) if exit::code_of(e) == exit::Exit::TimedOut);
     if let Some((stop, task)) = running {
+        // Refused only when it finished meanwhile: nothing left to cancel.
+        let mut cancelled = false;
         if timed_out {
             // The workers run in this process and stop with it: left
             // running, the deployment would hold its environment's queue
             // until its step deadline. Cancelled, it ends failed now and
             // its containers are removed.
             let reason = format!("`--timeout {}` passed, and the embedded workers stop with this command", args.timeout);
-            requests::request_cancel(store, &actor::actor(), id, &reason).await?.map_err(exit::rejected)?;
+            cancelled = requests::request_cancel(store, &actor::actor(), id, &reason).await?.is_ok();
             wait_until_finished(store, id, Duration::from_secs(30)).await;
         }
         // The in-process queue dies with this process: let the clean-up
@@ -266,14 +268,15 @@ async fn finish(
         let _ = stop.send(());
         task.await.context("the engine panicked")??;
         if timed_out {
-            return Err(exit::coded(
-                exit::Exit::TimedOut,
-                format!(
-                    "deployment {id} did not finish within {} s and was cancelled: without --queue and a server, the workers run \
-                     in this command and stop with it (the previous release keeps serving; see `slipway history {id}`)",
-                    args.timeout
-                ),
-            ));
+            let what = if cancelled {
+                "was cancelled: without --queue and a server, the workers run in this command and stop with it \
+                 (the previous release keeps serving"
+            } else {
+                "finished as the timeout passed (its outcome"
+            };
+            let timeout = args.timeout;
+            let message = format!("deployment {id} did not finish within {timeout} s and {what}; see `slipway history {id}`)");
+            return Err(exit::coded(exit::Exit::TimedOut, message));
         }
     }
     let ending = followed?;
