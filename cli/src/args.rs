@@ -131,8 +131,14 @@ pub enum Command {
     #[command(subcommand)]
     Projections(ProjectionsCmd),
     /// Worker processes from their heartbeats: alive, missing or stopped,
-    /// and the commands each is running.
-    Workers,
+    /// and the commands each is running. Workers that stopped over a day
+    /// ago are left out (each embedded command runs workers of its own,
+    /// and they add up) unless --all.
+    Workers {
+        /// Also the workers that stopped over a day ago.
+        #[arg(long)]
+        all: bool,
+    },
     /// The Docker Swarm's nodes (ask a manager's engine: DOCKER_HOST):
     /// address, state, availability, role, labels and the tasks each runs;
     /// `drain` and `activate` take a node out of service and back.

@@ -230,7 +230,6 @@ pub async fn follow(
     }
 }
 
-/// The JSON `result` of a followed deployment.
 /// Where the log a step recorded as `log_ref` is: an absolute path as it
 /// is; a relative one under the data directory, or, when it is not there
 /// but is where the reader runs, there (logs recorded before steps wrote
@@ -248,6 +247,7 @@ pub fn log_file(data_dir: &Path, log_ref: &str) -> PathBuf {
     under
 }
 
+/// The JSON `result` of a followed deployment.
 pub fn result_json(id: Uuid, ending: &Ending, urls: &[String]) -> Value {
     json!({
         "deployment": id,

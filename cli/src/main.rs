@@ -155,7 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Routers => done(verbs::routers(&*store, json).await),
         Command::Projections(ProjectionsCmd::Rebuild) => processes::rebuild(&*store).await,
         Command::Images(ImagesCmd::Prune { keep, dry_run }) => done(verbs::images_prune(&*store, keep, dry_run, json).await),
-        Command::Workers => done(verbs::workers(&*store, json).await),
+        Command::Workers { all } => done(verbs::workers(&*store, all, json).await),
         Command::Hosts { cmd: Some(cmd) } => done(verbs::hosts_change(&store, cmd, json).await),
         Command::Project(cmd) => projects::run(&projects::Local(&*store), cmd, json).await,
         Command::Preview(cmd) => projects::previews(&projects::Local(&*store), cmd, json).await,

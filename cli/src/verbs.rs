@@ -327,13 +327,18 @@ pub async fn hosts_change(store: &std::sync::Arc<dyn EventStore>, cmd: crate::ar
 
 /// Worker processes from their heartbeats: alive, missing (silent for three
 /// heartbeat intervals: killed, or cut off) or stopped, and what each is doing.
-pub async fn workers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
-    let workers = store.operational().workers().await?;
+pub async fn workers(store: &dyn EventStore, show_all: bool, json: bool) -> anyhow::Result<()> {
+    let mut workers = store.operational().workers().await?;
     let mut all = Vec::new();
     if workers.is_empty() && !json {
         println!("no worker has reported yet");
     }
     let now = chrono::Utc::now();
+    let before = workers.len();
+    if !show_all {
+        workers.retain(|w| !(w.stopped && now - w.last_seen > chrono::Duration::days(1)));
+    }
+    let hidden = before - workers.len();
     let missing_after = chrono::Duration::from_std(slipway_workers::worker::HEARTBEAT * 3).unwrap_or_default();
     for w in workers {
         let silent = now - w.last_seen;
@@ -360,6 +365,9 @@ pub async fn workers(store: &dyn EventStore, json: bool) -> anyhow::Result<()> {
         }
         let doing = if w.busy.is_empty() { "idle".to_string() } else { w.busy.join("; ") };
         println!("{}  {}  {state}  steps {}  since {}  {doing}", w.id, w.host, w.steps.join(","), w.started_at.format("%Y-%m-%d %H:%M:%S"));
+    }
+    if hidden > 0 && !json {
+        println!("({hidden} worker(s) that stopped over a day ago not shown; --all shows them)");
     }
     if json {
         print_json(&Value::Array(all))?;

@@ -275,6 +275,34 @@ fn an_encrypted_deploy_key_without_its_passphrase_is_refused_before_anything_is_
     assert_eq!(shown["source"]["credentials"], serde_json::json!(["ssh_key", "ssh_key_passphrase"]), "{shown}");
 }
 
+/// `slipway workers` leaves out workers that stopped over a day ago (every
+/// embedded command runs its own, and they add up); `--all` shows them.
+#[test]
+fn workers_leaves_out_those_stopped_long_ago_unless_all() {
+    let dir = Dir::new();
+    let beat = |id: &str, ago: chrono::Duration| slipway_store::operational::WorkerBeat {
+        id: id.into(),
+        host: "h".into(),
+        steps: vec!["build".into()],
+        busy: vec![],
+        commands: vec![],
+        started_at: chrono::Utc::now() - ago,
+        last_seen: chrono::Utc::now() - ago,
+        stopped: true,
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = slipway_store::SqliteStore::open(&dir.path("slipway.db")).await.unwrap();
+        use slipway_store::EventStore;
+        store.operational().heartbeat(&beat("old-worker", chrono::Duration::days(3))).await.unwrap();
+        store.operational().heartbeat(&beat("recent-worker", chrono::Duration::hours(2))).await.unwrap();
+    });
+    let shown = dir.ok(&["workers"]);
+    assert!(shown.contains("recent-worker") && !shown.contains("old-worker"), "{shown}");
+    assert!(shown.contains("1 worker(s) that stopped over a day ago not shown"), "{shown}");
+    let all = dir.ok(&["workers", "--all"]);
+    assert!(all.contains("recent-worker") && all.contains("old-worker"), "{all}");
+}
+
 /// `slipway ... | head`: the reader goes before the output is written, and
 /// the command ends quietly with SIGPIPE's status, not with a panic.
 #[test]
