@@ -25,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as Http;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use slipway_proto::Step;
 use uuid::Uuid;
 
 use crate::exit::{coded, Exit};
@@ -218,6 +219,16 @@ impl Source for ApiSource<'_> {
     async fn wait(&mut self) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    /// From `GET /api/workers` (any scope reads it); a server that cannot
+    /// answer says nothing.
+    async fn unserved(&mut self, step: Step) -> bool {
+        let Ok(workers) = self.client.get("/api/workers").await else { return false };
+        let Some(workers) = workers.as_array() else { return false };
+        let step = step.to_string();
+        let serves = |w: &Value| w["steps"].as_array().is_some_and(|steps| steps.iter().any(|s| s.as_str() == Some(&step)));
+        !workers.iter().any(|w| w["state"] == "alive" && serves(w))
+    }
 }
 
 /// `ApiSource`, with the build and release log lines of the API's live
@@ -242,6 +253,10 @@ impl Source for LoggedSource<'_> {
 
     async fn wait(&mut self) {
         self.events.wait().await
+    }
+
+    async fn unserved(&mut self, step: Step) -> bool {
+        self.events.unserved(step).await
     }
 
     fn log_lines(&mut self) -> Vec<String> {

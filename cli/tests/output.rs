@@ -356,14 +356,17 @@ fn free_port() -> u16 {
 }
 
 fn start_server(dir: &Dir) -> Server {
+    start_as(dir, &["all-in-one", "--no-router"])
+}
+
+/// `mode` (`server`, `all-in-one` with its options) on the test's store,
+/// its API on a free port; returns once the API answers.
+fn start_as(dir: &Dir, mode: &[&str]) -> Server {
     let port = free_port();
     let log = std::fs::File::create(dir.path("server.log")).unwrap();
-    let child = dir
-        .command(&["all-in-one", "--no-router", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let args: Vec<&str> = mode.iter().copied().chain(["--listen", listen.as_str()]).collect();
+    let child = dir.command(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap();
     let server = Server { child, url: format!("http://127.0.0.1:{port}") };
     let deadline = Instant::now() + Duration::from_secs(30);
     while dir.exit(&["--server", &server.url, "status", "app", "test"]) == 5 {
@@ -371,6 +374,20 @@ fn start_server(dir: &Dir) -> Server {
         std::thread::sleep(Duration::from_millis(100));
     }
     server
+}
+
+/// Through `--server`, the follower also names a step no live worker
+/// serves: a `slipway server` (engine and API) with no worker anywhere.
+#[test]
+fn with_server_a_step_no_live_worker_serves_is_named() {
+    let dir = Dir::new();
+    let token = issue_token(&dir, "deployer", "deploy");
+    let server = start_as(&dir, &["server", "--queue", "memory"]);
+    let out = dir.run(&["--server", &server.url, "--token", &token, "deploy", "app", "test", "--timeout", "13", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{stdout}");
+    let notes: Vec<Value> = json_lines(&stdout).into_iter().filter(|l| l["kind"] == "note").collect();
+    assert!(notes.iter().any(|n| n["text"].as_str().is_some_and(|t| t.contains("no live worker serves `check_services`"))), "{stdout}");
 }
 
 /// A new API token's value, issued on the store as `slipway token create` does.
