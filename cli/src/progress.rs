@@ -100,18 +100,17 @@ impl Tracker {
         updates
     }
 
-    /// Steps dispatched without an outcome yet, oldest first.
     /// The steps dispatched and not finished, with when each was first
     /// dispatched.
     pub fn running_since(&self) -> Vec<(Step, DateTime<Utc>)> {
         self.dispatched.iter().filter(|(s, _)| !self.finished.contains(s)).map(|(s, t)| (*s, *t)).collect()
     }
 
+    /// Steps dispatched without an outcome yet, oldest first.
     pub fn running(&self) -> Vec<Step> {
-        let mut running: Vec<(DateTime<Utc>, Step)> =
-            self.dispatched.iter().filter(|(s, _)| !self.finished.contains(s)).map(|(s, t)| (*t, *s)).collect();
-        running.sort();
-        running.into_iter().map(|(_, s)| s).collect()
+        let mut running = self.running_since();
+        running.sort_by_key(|&(step, at)| (at, step));
+        running.into_iter().map(|(s, _)| s).collect()
     }
 
     pub fn ending(&self) -> Option<&Ending> {

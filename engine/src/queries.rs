@@ -386,7 +386,7 @@ pub async fn deployments(
     // A page before a deployment that does not exist would read as the end
     // of the list.
     if let Some(slipway_store::read_model::Before::Deployment(id)) = query.before {
-        if store.read_stream(&slipway_proto::event::deployment_stream(id), 1).await?.is_empty() {
+        if store.stream_version(&slipway_proto::event::deployment_stream(id)).await? == 0 {
             return Ok(Err(Rejection::not_found(format!("no deployment {id} to page before"))));
         }
     }

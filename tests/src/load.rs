@@ -37,18 +37,8 @@ impl Load {
         let loops = (0..loops)
             .map(|_| {
                 let (stop, host) = (stop.clone(), host.to_string());
-                tokio::spawn(async move {
-                    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-                    let mut samples = Vec::new();
-                    let mut tick = tokio::time::interval(every);
-                    while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
-                        let started = Instant::now();
-                        let outcome = get(&client, router, &host).await;
-                        samples.push(Sample { started, took: started.elapsed(), outcome });
-                    }
-                    samples
-                })
+                let client = Client::builder(TokioExecutor::new()).build_http();
+                tokio::spawn(sample_until(stop, every, Plain { client, router, host }))
             })
             .collect();
         Load { stop, loops }
@@ -65,21 +55,7 @@ impl Load {
                 let (stop, name) = (stop.clone(), name.to_string());
                 let alpn = if i % 2 == 0 { "h2" } else { "http/1.1" };
                 let connector = crate::tls::connector(root_pem, &[alpn]).expect("a TLS client");
-                tokio::spawn(async move {
-                    let mut connection: Option<Sender> = None;
-                    let mut samples = Vec::new();
-                    let mut tick = tokio::time::interval(every);
-                    while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
-                        let started = Instant::now();
-                        let outcome = get_https(&connector, &mut connection, router, &name).await;
-                        if outcome.is_err() {
-                            connection = None;
-                        }
-                        samples.push(Sample { started, took: started.elapsed(), outcome });
-                    }
-                    samples
-                })
+                tokio::spawn(sample_until(stop, every, Tls { connector, connection: None, router, name }))
             })
             .collect();
         Load { stop, loops }
@@ -94,6 +70,57 @@ impl Load {
         }
         all
     }
+}
+
+/// One load loop's way of sending its GET: the body of a 2xx answer, or
+/// what went wrong.
+trait Requester: Send {
+    fn request(&mut self) -> impl std::future::Future<Output = Result<String, String>> + Send;
+}
+
+/// Plain HTTP through a keep-alive pool, `Host: host`.
+struct Plain {
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    router: SocketAddr,
+    host: String,
+}
+
+impl Requester for Plain {
+    async fn request(&mut self) -> Result<String, String> {
+        get(&self.client, self.router, &self.host).await
+    }
+}
+
+/// HTTPS on one kept-alive TLS connection, made again after a failure.
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    connection: Option<Sender>,
+    router: SocketAddr,
+    name: String,
+}
+
+impl Requester for Tls {
+    async fn request(&mut self) -> Result<String, String> {
+        let outcome = get_https(&self.connector, &mut self.connection, self.router, &self.name).await;
+        if outcome.is_err() {
+            self.connection = None;
+        }
+        outcome
+    }
+}
+
+/// Sends `requester`'s GET every `every` until `stop`, recording when each
+/// started, how long it took and what came back.
+async fn sample_until(stop: Arc<AtomicBool>, every: Duration, mut requester: impl Requester) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let started = Instant::now();
+        let outcome = requester.request().await;
+        samples.push(Sample { started, took: started.elapsed(), outcome });
+    }
+    samples
 }
 
 async fn get(
