@@ -109,7 +109,10 @@ async fn a_mirror_deploys_its_originals_image_and_a_missing_image_is_built_again
     // The image is gone (pruned): the next deployment of that commit builds it.
     remove_containers_with_label(&format!("slipway.project={}", h.project));
     let image = original.context.image_id.clone().unwrap();
-    let out = std::process::Command::new("docker").args(["rmi", "-f", &image]).output().unwrap();
+    // --no-prune: the image only. Its untagged parents are the build
+    // cache other tests running at the same time build on (without it, one
+    // of them failed with "unable to find image" for a parent removed under it).
+    let out = std::process::Command::new("docker").args(["rmi", "-f", "--no-prune", &image]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let again = h.deploy_with("live", &v1, BuildMode::Cloud, true).await;
     assert_eq!(again.status, Status::Succeeded, "{:?}", h.events(again.id).await);
