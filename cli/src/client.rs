@@ -29,7 +29,7 @@ use slipway_proto::Step;
 use uuid::Uuid;
 
 use crate::exit::{coded, Exit};
-use crate::follow::{Observed, Source};
+use crate::follow::{Observed, Seen, Source};
 
 /// No answer within this is an unavailable server.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -208,12 +208,12 @@ impl<'a> ApiSource<'a> {
 }
 
 impl Source for ApiSource<'_> {
-    async fn read(&mut self, from: u64) -> anyhow::Result<Vec<Observed>> {
+    async fn read(&mut self, from: u64) -> anyhow::Result<Vec<Seen>> {
         let events = self.client.get(&self.path).await?;
         let Some(events) = events.as_array() else {
             return Err(coded(Exit::Failed, format!("GET {}: expected a list of events", self.path)));
         };
-        Ok(events.iter().filter_map(Observed::remote).filter(|o| o.version >= from).collect())
+        Ok(events.iter().filter_map(Observed::remote).filter(|o| o.version >= from).map(|o| Seen::Event(Box::new(o))).collect())
     }
 
     async fn wait(&mut self) {
@@ -231,47 +231,83 @@ impl Source for ApiSource<'_> {
     }
 }
 
-/// `ApiSource`, with the build and release log lines of the API's live
-/// stream (`GET /api/deployments/{id}/stream`, `event: log`), read by a task
-/// of its own. Events still come from `/events`: the stream only adds the
-/// lines, and a server without it (or one that ends it) costs only them.
+/// A deployment's events and its build and release log lines, in the order
+/// the API's live stream (`GET /api/deployments/{id}/stream`) sent them, so a
+/// log line shows under the step that wrote it. A task of its own reads the
+/// stream. Once the stream is gone (a server without it, one that ended it,
+/// a dropped connection) the events come from polling `/events` as
+/// `ApiSource` reads them, and only the log lines are lost.
 pub struct LoggedSource<'a> {
     events: ApiSource<'a>,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    live: tokio::sync::mpsc::UnboundedReceiver<Live>,
+    /// What `wait` received, for the next `read`.
+    held: Vec<Live>,
+    /// Whether the stream still sends.
+    open: bool,
+}
+
+/// One frame of the live stream that the follower uses.
+#[derive(Debug)]
+enum Live {
+    /// A `deployment-event`: the JSON of one element of `/events`.
+    Event(Value),
+    Log(String),
 }
 
 impl<'a> LoggedSource<'a> {
     pub fn new(client: &'a Client, id: Uuid) -> LoggedSource<'a> {
-        LoggedSource { events: ApiSource::new(client, id), lines: client.log_lines(id) }
+        LoggedSource { events: ApiSource::new(client, id), live: client.live(id), held: Vec::new(), open: true }
     }
 }
 
 impl Source for LoggedSource<'_> {
-    async fn read(&mut self, from: u64) -> anyhow::Result<Vec<Observed>> {
-        self.events.read(from).await
+    async fn read(&mut self, from: u64) -> anyhow::Result<Vec<Seen>> {
+        let mut frames = std::mem::take(&mut self.held);
+        loop {
+            match self.live.try_recv() {
+                Ok(frame) => frames.push(frame),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    self.open = false;
+                    break;
+                }
+            }
+        }
+        let mut seen: Vec<Seen> = frames
+            .into_iter()
+            .filter_map(|frame| match frame {
+                Live::Event(value) => Observed::remote(&value).filter(|o| o.version >= from).map(|o| Seen::Event(Box::new(o))),
+                Live::Log(line) => Some(Seen::Log(line)),
+            })
+            .collect();
+        if !self.open {
+            let last = seen.iter().filter_map(|s| if let Seen::Event(o) = s { Some(o.version) } else { None }).max();
+            seen.extend(self.events.read(last.map_or(from, |v| v + 1)).await?);
+        }
+        Ok(seen)
     }
 
     async fn wait(&mut self) {
-        self.events.wait().await
+        if !self.open {
+            return self.events.wait().await;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), self.live.recv()).await {
+            Ok(Some(frame)) => self.held.push(frame),
+            Ok(None) => self.open = false,
+            Err(_) => {}
+        }
     }
 
     async fn unserved(&mut self, step: Step) -> bool {
         self.events.unserved(step).await
     }
-
-    fn log_lines(&mut self) -> Vec<String> {
-        let mut lines = Vec::new();
-        while let Ok(line) = self.lines.try_recv() {
-            lines.push(line);
-        }
-        lines
-    }
 }
 
 impl Client {
-    /// Starts reading deployment `id`'s live stream; its log lines arrive on
-    /// the returned channel until the stream ends or fails.
-    fn log_lines(&self, id: Uuid) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    /// Starts reading deployment `id`'s live stream; its events and log
+    /// lines arrive on the returned channel, in the stream's order, until the
+    /// stream ends or fails (the channel then closes).
+    fn live(&self, id: Uuid) -> tokio::sync::mpsc::UnboundedReceiver<Live> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let url = format!("{}/api/deployments/{id}/stream", self.base);
         let (http, token) = (self.http.clone(), self.token.clone());
@@ -290,10 +326,18 @@ impl Client {
             while let Some(Ok(frame)) = body.frame().await {
                 let Ok(data) = frame.into_data() else { continue };
                 for (event, data) in frames.push(&data) {
-                    match event.as_str() {
-                        "log" if tx.send(data).is_err() => return,
+                    let live = match event.as_str() {
+                        "log" => Live::Log(data),
+                        // Unreadable: left to the `/events` poll once the stream is gone.
+                        "deployment-event" => match serde_json::from_str(&data) {
+                            Ok(value) => Live::Event(value),
+                            Err(_) => return,
+                        },
                         "end" => return,
-                        _ => {}
+                        _ => continue,
+                    };
+                    if tx.send(live).is_err() {
+                        return;
                     }
                 }
             }

@@ -58,17 +58,21 @@ impl Observed {
     }
 }
 
+/// One thing a source saw, in the order it saw it.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    Event(Box<Observed>),
+    /// A line of the build or release log (a source that carries them: the
+    /// API's live stream), between the events it was written between.
+    Log(String),
+}
+
 /// Where the events come from.
 pub trait Source {
-    /// Events from version `from` on, in order.
-    fn read(&mut self, from: u64) -> impl std::future::Future<Output = anyhow::Result<Vec<Observed>>>;
+    /// Events from version `from` on, in order, and any log lines among them.
+    fn read(&mut self, from: u64) -> impl std::future::Future<Output = anyhow::Result<Vec<Seen>>>;
     /// Returns when more may have been recorded.
     fn wait(&mut self) -> impl std::future::Future<Output = ()>;
-    /// Build and release log lines that arrived since the last call (a
-    /// source that carries them: the API's live stream).
-    fn log_lines(&mut self) -> Vec<String> {
-        Vec::new()
-    }
     /// Whether no live worker serves `step` (a source that can tell: the
     /// store's worker table).
     fn unserved(&mut self, _step: Step) -> impl std::future::Future<Output = bool> {
@@ -94,8 +98,8 @@ impl<'a> StoreSource<'a> {
 }
 
 impl Source for StoreSource<'_> {
-    async fn read(&mut self, from: u64) -> anyhow::Result<Vec<Observed>> {
-        Ok(self.store.read_stream(&self.stream, from).await?.iter().map(Observed::local).collect())
+    async fn read(&mut self, from: u64) -> anyhow::Result<Vec<Seen>> {
+        Ok(self.store.read_stream(&self.stream, from).await?.iter().map(|r| Seen::Event(Box::new(Observed::local(r)))).collect())
     }
 
     async fn wait(&mut self) {
@@ -181,7 +185,15 @@ pub async fn follow(
     let mut next = 1;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        for observed in source.read(next).await? {
+        for seen in source.read(next).await? {
+            let observed = match seen {
+                Seen::Event(observed) if observed.version >= next => *observed,
+                Seen::Event(_) => continue,
+                Seen::Log(line) => {
+                    reporter.log("log", &line);
+                    continue;
+                }
+            };
             next = observed.version + 1;
             let updates = match &observed.event {
                 Some(event) => {
@@ -196,9 +208,6 @@ pub async fn follow(
         }
         if let Some(logs) = logs.as_mut() {
             logs.tail(reporter);
-        }
-        for line in source.log_lines() {
-            reporter.log("log", &line);
         }
         if let Some(ending) = tracker.ending() {
             return Ok(ending.clone());

@@ -181,7 +181,21 @@ async fn the_dashboard_deploys_and_follows_a_deployment_live_and_shows_its_timel
     let out = slipway.verb(&["--server", &server, "--token", &token, "deploy", &project, "test", "--no-cache", "--logs"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{:?}\n{text}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    // Each log line shows under the step that wrote it (between its `→` and
+    // its `✓`): the stream carries the events and the lines in the order
+    // they happened.
     assert!(text.lines().any(|l| l.starts_with("     | ") && l.contains("FROM")), "no build log line in:\n{text}");
+    let mut open: Option<&str> = None;
+    for line in text.lines() {
+        if let Some(step) = line.strip_prefix("→ ") {
+            open = Some(step);
+        } else if line.starts_with('✓') || line.starts_with('✗') {
+            open = None;
+        } else if let Some(logged) = line.strip_prefix("     | ") {
+            let step = if logged.contains("migrating") { "release" } else { "build" };
+            assert_eq!(open, Some(step), "log line `{line}` outside its step:\n{text}");
+        }
+    }
     assert!(text.contains("is served at http://127.0.0.1:"), "{text}");
 }
 

@@ -5,6 +5,10 @@
 //! workers append to the deployment's build and release logs (`event: log`,
 //! one line of text each), and `event: end` once the deployment is final,
 //! then closes. A comment every 15 s keeps proxies from timing it out.
+//! A log line goes out before the event that ends the step that wrote it
+//! (the build's `ImageBuilt`, the release's `ReleaseCommandsRan`, or the
+//! step's failure), so a client printing the stream in order shows it under
+//! its step.
 //!
 //! Each `deployment-event` carries its version as the SSE `id`, so a client
 //! whose connection dropped resumes where it was: EventSource sends the last
@@ -38,7 +42,7 @@ use axum::Extension;
 use futures::stream::{self, Stream, StreamExt};
 use serde_json::json;
 use slipway_proto::event::deployment_stream;
-use slipway_proto::Event;
+use slipway_proto::{Event, Step};
 use slipway_store::EventStore;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
@@ -201,17 +205,21 @@ impl Follower {
             return None;
         }
         let mut batch = Vec::new();
+        // Which step each sent event ends (its outcome, or its failure), so
+        // that a log's lines go before the end of the step that wrote them.
+        let mut ends: Vec<Option<Step>> = Vec::new();
         match self.store.read_stream(&deployment_stream(self.id), self.next_version).await {
             Ok(recorded) => {
                 for r in recorded {
                     self.next_version = r.version + 1;
-                    let folded = r
-                        .envelope
-                        .decode::<Event>()
+                    let decoded = r.envelope.decode::<Event>();
+                    let ended = decoded.as_ref().ok().and_then(ends_step);
+                    let folded = decoded
                         .map_err(|e| format!("event {} of deployment {} cannot be decoded: {e}", r.version, self.id))
                         .and_then(|event| evolve(self.state.take(), &event).map_err(|e| e.to_string()));
                     if r.version > self.resume_after {
                         batch.push(deployment_event(EventView::from(r)));
+                        ends.push(ended);
                     }
                     match folded {
                         Ok(state) => self.state = Some(state),
@@ -224,9 +232,12 @@ impl Follower {
         }
         let finished = self.state.as_ref().filter(|d| d.is_finished());
         if let Some(logs) = &mut self.logs {
-            // Workers write a log before they record the outcome, so the
-            // last read after the final event has every line.
-            batch.extend(logs.read(finished.is_some()).await.into_iter().map(log_event));
+            // Workers write a log before they record the outcome, and the
+            // events were read first: every line a step wrote before the
+            // event that ends it is read now.
+            let ended: Vec<Step> = ends.iter().flatten().copied().collect();
+            let lines = logs.read(finished.is_some(), &ended).await;
+            batch = interleave(batch, &ends, lines);
         }
         if let Some(d) = finished {
             batch.push(end_event(d));
@@ -274,6 +285,55 @@ fn log_event(line: String) -> SseEvent {
     SseEvent::default().event("log").data(line)
 }
 
+/// The step an event ends, as far as logs go: its outcome, or its failure.
+fn ends_step(event: &Event) -> Option<Step> {
+    match event {
+        Event::StepFailed(f) => Some(f.step),
+        Event::DeploymentFailed(f) => Some(f.step),
+        other => other.completes_step(),
+    }
+}
+
+/// The step that writes a log file: `build.log` the build, `release-N.log`
+/// the release commands.
+fn step_of_log(name: &str) -> Option<Step> {
+    match name {
+        "build.log" => Some(Step::Build),
+        _ if name.starts_with("release-") => Some(Step::Release),
+        _ => None,
+    }
+}
+
+/// `events` with each log line (`(file, line)`) placed as `placement` says.
+fn interleave(events: Vec<SseEvent>, ends: &[Option<Step>], lines: Vec<(String, String)>) -> Vec<SseEvent> {
+    let at = placement(ends, lines.iter().map(|(file, _)| file.as_str()));
+    let mut before: Vec<Vec<SseEvent>> = (0..=events.len()).map(|_| Vec::new()).collect();
+    for ((_, line), i) in lines.into_iter().zip(at) {
+        before[i].push(log_event(line));
+    }
+    let mut slots = before.into_iter();
+    let mut out = Vec::new();
+    for event in events {
+        out.extend(slots.next().into_iter().flatten());
+        out.push(event);
+    }
+    out.extend(slots.flatten());
+    out
+}
+
+/// For each log line, by the file it came from, the index of the event it
+/// goes before: the first event that ends the step writing that file;
+/// `ends.len()` (after them all) for a step still running or a file no step
+/// claims. Pure.
+fn placement<'a>(ends: &[Option<Step>], files: impl Iterator<Item = &'a str>) -> Vec<usize> {
+    files
+        .map(|file| {
+            let step = step_of_log(file);
+            ends.iter().position(|e| step.is_some() && *e == step).unwrap_or(ends.len())
+        })
+        .collect()
+}
+
 fn end_event(d: &Deployment) -> SseEvent {
     let body = match &d.status {
         Status::Succeeded => json!({ "status": "succeeded" }),
@@ -295,11 +355,13 @@ impl LogTail {
         LogTail { dir, files: BTreeMap::new() }
     }
 
-    /// New complete lines of every `*.log` file, file by file in name order
-    /// (`build.log` before `release-0.log`). `flush` also sends what follows
-    /// the last newline: the deployment is over, nothing more comes.
-    /// A folder or file not there yet is simply not read yet.
-    async fn read(&mut self, flush: bool) -> Vec<String> {
+    /// New complete lines of every `*.log` file, with the file's name, file
+    /// by file in name order (`build.log` before `release-0.log`). A file
+    /// whose step is in `ended` is read to its end; another at most
+    /// `READ_CHUNK` at a time. `flush` also sends what follows the last
+    /// newline: the deployment is over, nothing more comes. A folder or file
+    /// not there yet is simply not read yet.
+    async fn read(&mut self, flush: bool, ended: &[Step]) -> Vec<(String, String)> {
         let mut names = Vec::new();
         if let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await {
             while let Ok(Some(entry)) = entries.next_entry().await {
@@ -312,21 +374,24 @@ impl LogTail {
         names.sort();
         let mut out = Vec::new();
         for name in names {
+            let whole = flush || step_of_log(&name).is_some_and(|step| ended.contains(&step));
             let lines = self.files.entry(name.clone()).or_default();
+            let mut read = Vec::new();
             loop {
                 let chunk = read_from(&self.dir.join(&name), lines.offset).await;
                 if chunk.is_empty() {
                     break;
                 }
                 lines.offset += chunk.len() as u64;
-                out.extend(lines.push(&chunk));
-                if !flush {
+                read.extend(lines.push(&chunk));
+                if !whole {
                     break;
                 }
             }
             if flush {
-                out.extend(lines.flush());
+                read.extend(lines.flush());
             }
+            out.extend(read.into_iter().map(|line| (name.clone(), line)));
         }
         out
     }
@@ -451,5 +516,18 @@ mod tests {
     fn invalid_utf8_is_replaced_not_refused() {
         let mut lines = Lines::default();
         assert_eq!(lines.push(b"caf\xe9\n"), vec!["caf\u{fffd}"]);
+    }
+
+    #[test]
+    fn a_log_line_goes_before_the_end_of_the_step_that_wrote_it() {
+        // dispatched build, built, dispatched deploy, started, dispatched release
+        let ends = [None, Some(Step::Build), None, Some(Step::Deploy), None, Some(Step::Release)];
+        let files = ["build.log", "build.log", "release-0.log", "release-1.log", "notes.log"];
+        assert_eq!(placement(&ends, files.into_iter()), vec![1, 1, 5, 5, 6]);
+        // The build still running: its lines after everything read so far.
+        assert_eq!(placement(&[None], ["build.log"].into_iter()), vec![1]);
+        // A failed build ends the build, too.
+        let failed = Event::DeploymentFailed(slipway_proto::event::DeploymentFailed { step: Step::Build, reason: "no".into() });
+        assert_eq!(ends_step(&failed), Some(Step::Build));
     }
 }
