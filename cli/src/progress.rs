@@ -14,6 +14,8 @@ use slipway_proto::{Event, Step};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepEnd {
     Ok,
+    /// Succeeded, with a word on how (a build that re-used an image).
+    Noted(String),
     Failed(String),
     Skipped(String),
 }
@@ -67,6 +69,7 @@ impl Tracker {
             Event::StepSkipped(s) => Some((s.step, StepEnd::Skipped(s.reason.clone()))),
             Event::TrafficSwitched(_) => Some((Step::Cutover, StepEnd::Ok)),
             Event::ReleaseWatched(_) => Some((Step::Watch, StepEnd::Ok)),
+            Event::ImageReused(r) => Some((Step::Build, StepEnd::Noted(format!("image re-used from deployment {}", r.source_deployment)))),
             other => other.completes_step().map(|s| (s, StepEnd::Ok)),
         };
         if let Some((step, end)) = end {
@@ -133,6 +136,7 @@ pub fn finished_line(step: Step, end: &StepEnd, duration_ms: Option<i64>) -> Str
     let took = duration_ms.map(duration).unwrap_or_default();
     match end {
         StepEnd::Ok => format!("✓ {:<14} {took}", step.to_string()).trim_end().to_string(),
+        StepEnd::Noted(note) => format!("✓ {:<14} {took}  {note}", step.to_string()),
         StepEnd::Failed(reason) => format!("✗ {:<14} {took}  {reason}", step.to_string()),
         StepEnd::Skipped(reason) => format!("- {:<14} skipped: {reason}", step.to_string()),
     }
@@ -249,5 +253,10 @@ mod tests {
         );
         assert_eq!(finished_line(Step::Release, &StepEnd::Skipped("local mode".into()), None), "- release        skipped: local mode");
         assert_eq!(duration(125_000), "2m05s");
+        let from = uuid::Uuid::nil();
+        let reused = Event::ImageReused(slipway_proto::event::ImageReused { image_id: "sha256:1".into(), source_deployment: from });
+        let updates = Tracker::default().observe(Utc::now(), &reused);
+        let Some(Update::Finished { end, .. }) = updates.first() else { panic!("{updates:?}") };
+        assert_eq!(finished_line(Step::Build, end, Some(3)), format!("✓ build          3 ms  image re-used from deployment {from}"));
     }
 }
