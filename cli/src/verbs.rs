@@ -342,27 +342,15 @@ pub async fn workers(store: &dyn EventStore, show_all: bool, json: bool) -> anyh
     let missing_after = chrono::Duration::from_std(slipway_workers::worker::HEARTBEAT * 3).unwrap_or_default();
     for w in workers {
         let silent = now - w.last_seen;
-        let state = if w.stopped {
-            "stopped".to_string()
-        } else if silent > missing_after {
-            format!("MISSING for {}s", silent.num_seconds())
-        } else {
-            "alive".to_string()
-        };
+        let state = w.state(now, missing_after);
         if json {
-            let state = if w.stopped {
-                "stopped"
-            } else if silent > missing_after {
-                "missing"
-            } else {
-                "alive"
-            };
             all.push(json!({
                 "id": w.id, "host": w.host, "state": state, "silent_seconds": silent.num_seconds(),
                 "steps": w.steps, "started_at": w.started_at, "last_seen": w.last_seen, "busy": w.busy,
             }));
             continue;
         }
+        let state = if state == "missing" { format!("MISSING for {}s", silent.num_seconds()) } else { state.to_string() };
         let doing = if w.busy.is_empty() { "idle".to_string() } else { w.busy.join("; ") };
         println!("{}  {}  {state}  steps {}  since {}  {doing}", w.id, w.host, w.steps.join(","), w.started_at.format("%Y-%m-%d %H:%M:%S"));
     }

@@ -295,9 +295,15 @@ fn workers_leaves_out_those_stopped_long_ago_unless_all() {
         use slipway_store::EventStore;
         store.operational().heartbeat(&beat("old-worker", chrono::Duration::days(3))).await.unwrap();
         store.operational().heartbeat(&beat("recent-worker", chrono::Duration::hours(2))).await.unwrap();
+        let silent = slipway_store::operational::WorkerBeat { stopped: false, ..beat("silent-worker", chrono::Duration::hours(1)) };
+        store.operational().heartbeat(&silent).await.unwrap();
     });
+    let listed = dir.json(&["workers", "--json"]);
+    let state = |id: &str| listed.as_array().unwrap().iter().find(|w| w["id"] == id).map(|w| w["state"].clone());
+    assert_eq!((state("silent-worker"), state("recent-worker")), (Some("missing".into()), Some("stopped".into())), "{listed}");
     let shown = dir.ok(&["workers"]);
     assert!(shown.contains("recent-worker") && !shown.contains("old-worker"), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("silent-worker") && l.contains("MISSING for 360")), "{shown}");
     assert!(shown.contains("1 worker(s) that stopped over a day ago not shown"), "{shown}");
     let all = dir.ok(&["workers", "--all"]);
     assert!(all.contains("recent-worker") && all.contains("old-worker"), "{all}");
