@@ -111,9 +111,7 @@ impl Db {
             return Ok(Db::Sqlite(store));
         }
         if crate::connect::is_postgres(url) {
-            let store = PgStore::connect(url, crate::connect::runtime_options(schema))
-                .await
-                .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
+            let store = PgStore::connect(url, crate::connect::runtime_options(schema)).await?;
             return Ok(Db::Postgres(store));
         }
         bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))

@@ -33,7 +33,7 @@ pub async fn store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow:
     }
     if is_postgres(url) {
         let options = runtime_options(schema);
-        let store = PgStore::connect(url, options).await.with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
+        let store = PgStore::connect(url, options).await?;
         return Ok(Arc::new(store.sealed(sealing)));
     }
     bail!("--database `{}`: expected sqlite://PATH or postgres://USER:PASSWORD@HOST/DB", redact_url(url))
@@ -121,7 +121,7 @@ pub async fn api_store(
 pub async fn owner_store(url: &str, schema: Option<&str>, sealing: Sealing) -> anyhow::Result<Arc<dyn EventStore>> {
     if is_postgres(url) {
         let options = PgOptions { schema: schema.map(str::to_string), migrate: false, role: None, ..Default::default() };
-        let store = PgStore::connect(url, options).await.with_context(|| format!("connecting to PostgreSQL at {}", redact_url(url)))?;
+        let store = PgStore::connect(url, options).await?;
         return Ok(Arc::new(store.sealed(sealing)));
     }
     store(url, schema, sealing).await
