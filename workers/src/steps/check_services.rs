@@ -145,24 +145,32 @@ pub fn redact_secrets(text: &str, address: &str) -> String {
 /// The passwords in a URL, raw and %-decoded, longest first so that a
 /// longer form is not left half-replaced by a shorter one.
 pub(crate) fn secrets_in(url: &str) -> Vec<String> {
-    let mut raw = Vec::new();
-    if let Some(scheme_end) = url.find("://").map(|i| i + 3) {
-        let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
-        let authority = &url[scheme_end..authority_end];
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
-            raw.extend(userinfo.split_once(':').map(|(_, password)| password.to_string()));
-        }
-        if let Some((_, query)) = url[authority_end..].split_once('?') {
-            let query = query.split('#').next().unwrap_or_default();
-            let values = query.split('&').filter_map(|pair| pair.split_once('='));
-            raw.extend(values.filter(|(key, _)| is_password_key(key)).map(|(_, value)| value.to_string()));
-        }
-    }
+    let raw: Vec<String> = passwords_in(url).into_iter().map(|(password, _)| password).collect();
     let decoded: Vec<String> = raw.iter().filter_map(|s| percent_decode(s)).collect();
     let mut secrets: Vec<String> = raw.into_iter().chain(decoded).filter(|s| !s.is_empty()).collect();
     secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     secrets.dedup();
     secrets
+}
+
+/// Each password in a URL as written (the user info's, and those of the
+/// query's password keys), with the text it stands in there: `:pw@`, or
+/// `key=pw` in the query.
+pub(crate) fn passwords_in(url: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return found };
+    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        found.extend(userinfo.split_once(':').map(|(_, password)| (password.to_string(), format!(":{password}@"))));
+    }
+    if let Some((_, query)) = url[authority_end..].split_once('?') {
+        let query = query.split('#').next().unwrap_or_default();
+        let pairs = query.split('&').filter(|pair| pair.split_once('=').is_some_and(|(key, _)| is_password_key(key)));
+        found.extend(pairs.filter_map(|pair| pair.split_once('=').map(|(_, value)| (value.to_string(), pair.to_string()))));
+    }
+    found.retain(|(password, _)| !password.is_empty());
+    found
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.

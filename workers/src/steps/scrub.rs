@@ -26,9 +26,9 @@
 //! or more is treated as one, and so is the password inside a URL value
 //! (an app that cannot log in tends to print just that) if it has
 //! `URL_PASSWORD_MIN_LEN` characters or more. A shorter one is hidden where
-//! it stands in a URL (`:pw@`), not everywhere: searched for alone, a
-//! one-letter password put `***` for every such letter of every log line
-//! and failure reason.
+//! it stands in a URL (`:pw@`, or `password=pw` in its query), not
+//! everywhere: searched for alone, a one-letter password put `***` for
+//! every such letter of every log line and failure reason.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -334,13 +334,14 @@ impl Sampler {
 fn forms(settings: &Settings) -> Vec<String> {
     use base64::Engine as _;
     let long: Vec<String> = settings.values().filter(|v| v.len() >= SCRUB_MIN_LEN).cloned().collect();
-    let passwords = settings.values().flat_map(|v| check_services::secrets_in(v)).map(|p| {
-        if p.len() >= URL_PASSWORD_MIN_LEN {
-            p
-        } else {
-            format!(":{p}@")
-        }
-    });
+    // A short password only where it stands in the URL: `:pw@`, `password=pw`.
+    let long_passwords = settings.values().flat_map(|v| check_services::secrets_in(v)).filter(|p| p.len() >= URL_PASSWORD_MIN_LEN);
+    let short_passwords = settings
+        .values()
+        .flat_map(|v| check_services::passwords_in(v))
+        .filter(|(p, _)| p.len() < URL_PASSWORD_MIN_LEN)
+        .map(|(_, standing)| standing);
+    let passwords = long_passwords.chain(short_passwords);
     let encoded = long.iter().flat_map(|v| [percent_encode(v), base64::engine::general_purpose::STANDARD.encode(v)]);
     let mut values: Vec<String> = long.iter().cloned().chain(passwords).chain(encoded).filter(|v| !v.is_empty()).collect();
     values.sort();
@@ -477,5 +478,10 @@ mod tests {
         // A longer one is still hidden wherever it is printed.
         let settings: Settings = [("DATABASE_URL".to_string(), "postgres://app:hunter2@db/app".to_string())].into_iter().collect();
         assert!(!Scrubber::new(&settings).scrub("password hunter2 refused\n").contains("hunter2"));
+        // A short one in the query, where it stands there.
+        let settings: Settings = [("DATABASE_URL".to_string(), "postgres://db/app?user=app&password=p".to_string())].into_iter().collect();
+        let scrubber = Scrubber::new(&settings);
+        let said = scrubber.scrub("dsn host=db2 user=app password=p sslmode=off; please retry\n");
+        assert!(!said.contains("password=p ") && said.contains("please retry"), "{said}");
     }
 }
