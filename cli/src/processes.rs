@@ -74,6 +74,7 @@ pub async fn all_in_one(
         workers: Some((workers, options.pipeline())),
         router,
         poller: Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") }),
+        notifier: Some(Default::default()),
         ..Default::default()
     };
     let api = machinery::Api { listen: serve.listen, data_dir, store: api_store };
@@ -91,7 +92,7 @@ pub async fn server(
     let queue = options.queue().await?;
     let data_dir = options.data_dir.clone();
     let poller = Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") });
-    let parts = Parts { engine: Some(args.driver()), poller, acme: args.acme(), ..Default::default() };
+    let parts = Parts { engine: Some(args.driver()), poller, acme: args.acme(), notifier: Some(Default::default()), ..Default::default() };
     let api = machinery::Api { listen: args.listen, data_dir, store: api_store };
     machinery::serve(store, queue, parts, Some(api), machinery::on_signal()).await?;
     Ok(ExitCode::SUCCESS)

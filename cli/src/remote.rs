@@ -35,15 +35,7 @@ pub async fn through_server(
     let follow = |f: &FollowArgs| Follow { timeout: Duration::from_secs(f.timeout), quiet: f.quiet, logs: f.logs, json };
     let code =
         match command {
-            Command::Deploy(args) => {
-                let mode = match (args.local, args.cloud) {
-                    (true, _) => Some("local"),
-                    (_, true) => Some("cloud"),
-                    _ => None,
-                };
-                let body = deploy_body(args.git_ref.as_deref(), mode, args.no_cache, args.migrate, args.dry_run);
-                deploy(&client()?, &args.project, &args.env, body, &follow(&args.follow)).await?
-            }
+            Command::Deploy(args) => deploy(&client()?, &args.project, &args.env, deploy_body(args), &follow(&args.follow)).await?,
             Command::Status { project, env, at: None } => status(&client()?, project, env, json).await?,
             Command::Deployments { project, page } => deployments(&client()?, project, page, json).await?,
             Command::History { deployment } => history(&client()?, *deployment, json).await?,
@@ -108,14 +100,19 @@ fn environment_path(project: &str, env: &str) -> String {
     format!("/api/projects/{}/environments/{}", segment(project), segment(env))
 }
 
-/// The request body of `POST .../deployments`.
-pub fn deploy_body(git_ref: Option<&str>, mode: Option<&str>, no_cache: bool, migrate: bool, dry_run: bool) -> Value {
-    let mut body = json!({ "no_cache": no_cache, "migrate": migrate, "dry_run": dry_run });
-    if let Some(r) = git_ref {
+/// The request body of `POST .../deployments`: what was given of `args`.
+pub fn deploy_body(args: &crate::args::DeployArgs) -> Value {
+    let mut body = json!({ "no_cache": args.no_cache, "migrate": args.migrate, "dry_run": args.dry_run });
+    if let Some(r) = &args.git_ref {
         body["ref"] = json!(r);
     }
-    if let Some(m) = mode {
-        body["mode"] = json!(m);
+    match (args.local, args.cloud) {
+        (true, _) => body["mode"] = json!("local"),
+        (_, true) => body["mode"] = json!("cloud"),
+        _ => {}
+    }
+    if let Some(reason) = &args.override_freeze {
+        body["override_freeze"] = json!(reason);
     }
     body
 }
@@ -298,8 +295,15 @@ mod tests {
 
     #[test]
     fn the_deploy_body_leaves_out_what_was_not_given() {
-        assert_eq!(deploy_body(None, None, false, false, true), json!({ "no_cache": false, "migrate": false, "dry_run": true }));
-        let body = deploy_body(Some("v1.2"), Some("local"), true, true, false);
-        assert_eq!((body["ref"].as_str(), body["mode"].as_str()), (Some("v1.2"), Some("local")));
+        use clap::Parser as _;
+        let body = |args: &[&str]| {
+            let cli = crate::args::Cli::try_parse_from([&["slipway", "deploy", "app", "live"][..], args].concat()).unwrap();
+            let crate::args::Command::Deploy(deploy) = cli.command else { panic!("not a deploy") };
+            deploy_body(&deploy)
+        };
+        assert_eq!(body(&["--dry-run"]), json!({ "no_cache": false, "migrate": false, "dry_run": true }));
+        let given = body(&["--ref", "v1.2", "--local", "--no-cache", "--migrate", "--override-freeze", "hotfix"]);
+        assert_eq!((given["ref"].as_str(), given["mode"].as_str()), (Some("v1.2"), Some("local")));
+        assert_eq!(given["override_freeze"], "hotfix", "an admin's override goes to the server too");
     }
 }

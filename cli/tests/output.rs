@@ -666,3 +666,65 @@ fn the_server_is_reached_over_https_with_a_private_ca() {
     assert!(said.contains("certificate") && said.contains("--server-ca"), "{said}");
     assert!(!said.contains(&token), "the token is not in the error: {said}");
 }
+
+/// The shipped `all-in-one` sends notifications (the notifier runs in it,
+/// not only in the test harness), and `deploy --override-freeze` through
+/// `--server` carries the admin's reason to the API.
+#[test]
+fn all_in_one_notifies_and_an_admin_overrides_a_freeze_through_the_server() {
+    use std::io::{Read, Write};
+    let dir = Dir::new();
+    // A webhook receiver on loopback: keeps each request's body, answers 204.
+    let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", receiver.local_addr().unwrap());
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let kept = received.clone();
+    std::thread::spawn(move || {
+        for mut conn in receiver.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut request = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+                let length =
+                    head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()));
+                if length.and_then(Result::ok).is_none_or(|n| body.len() >= n) {
+                    kept.lock().unwrap().push(body.to_string());
+                    let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    break;
+                }
+            }
+        }
+    });
+    dir.ok(&["notifications", "add", &hook, "--project", "app"]);
+    dir.ok(&["env", "freeze", "app", "live", "* * * * *", "--for", "1h"]);
+    let server = start_server(&dir);
+    let (deployer, admin) = (issue_token(&dir, "deployer", "deploy"), issue_token(&dir, "admin", "admin"));
+    let via = |token: &str, rest: &[&str]| {
+        let mut args = vec!["--server".to_string(), server.url.clone(), "--token".into(), token.into()];
+        args.extend(rest.iter().map(|a| a.to_string()));
+        args
+    };
+    let run = |token: &str, rest: &[&str]| {
+        let args = via(token, rest);
+        dir.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let frozen = run(&deployer, &["deploy", "app", "live", "--dry-run", "--quiet", "--override-freeze", "hotfix"]);
+    assert_eq!(frozen.status.code(), Some(7), "a deploy token may not override: {}", String::from_utf8_lossy(&frozen.stderr));
+    let out = run(&admin, &["deploy", "app", "live", "--dry-run", "--quiet", "--override-freeze", "hotfix"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = out.split_whitespace().nth(1).unwrap().trim_end_matches(':').to_string();
+    assert!(out.trim_end().ends_with("succeeded"), "{out}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !received.lock().unwrap().iter().any(|b| b.contains(&id) && b.contains("deployment.succeeded")) {
+        let sent = received.lock().unwrap().clone();
+        assert!(Instant::now() < deadline, "no deployment.succeeded notification for {id} within 30 s; received {sent:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(server);
+}
