@@ -24,10 +24,13 @@ use futures::stream::BoxStream;
 use futures::TryStreamExt;
 use rand::RngCore;
 use slipway_store::chain::ChainRow;
+
 use slipway_store::checkpoint::{Builder, Checkpoint, CheckpointReport, PublicKey, SecretKey};
 use slipway_store::export::{self, ExportReport, LogRow};
 use slipway_store::postgres::redact_url;
 use slipway_store::{EventStore, PgStore, SqliteStore, StoreError};
+
+use crate::exit::{coded, Exit};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -142,8 +145,13 @@ impl Db {
 
 pub async fn export(args: ExportArgs, database: &str, schema: Option<&str>) -> anyhow::Result<ExitCode> {
     let db = Db::open(database, schema).await?;
+    if let Some(project) = &args.project {
+        if db.store().stream_version(&slipway_proto::event::project_stream(project)).await? == 0 {
+            return Err(crate::exit::not_found(format!("no project `{project}`")));
+        }
+    }
     let out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        Some(path) => Box::new(File::create(path).map_err(given(|| format!("creating {}", path.display())))?),
         None => Box::new(std::io::stdout().lock()),
     };
     let out = BufWriter::with_capacity(1 << 20, out);
@@ -239,8 +247,8 @@ struct Loaded {
 fn load_checkpoints(dir: &Path, public_key: Option<&Path>) -> anyhow::Result<Loaded> {
     let expected = match public_key {
         Some(path) => {
-            let text = fs::read_to_string(path).with_context(|| format!("reading the public key {}", path.display()))?;
-            Some(PublicKey::parse(&text).with_context(|| format!("public key {}", path.display()))?)
+            let text = fs::read_to_string(path).map_err(given(|| format!("reading the public key {}", path.display())))?;
+            Some(PublicKey::parse(&text).map_err(given(|| format!("public key {}", path.display())))?)
         }
         None => None,
     };
@@ -256,7 +264,7 @@ fn load_checkpoints(dir: &Path, public_key: Option<&Path>) -> anyhow::Result<Loa
         }
     }
     if loaded.good.is_empty() && loaded.bad.is_empty() {
-        bail!("no checkpoint files (*.json) in {}", dir.display());
+        return Err(coded(Exit::Usage, format!("no checkpoint files (*.json) in {}", dir.display())));
     }
     loaded.good.sort_by_key(|(_, c)| c.events);
     Ok(loaded)
@@ -264,7 +272,7 @@ fn load_checkpoints(dir: &Path, public_key: Option<&Path>) -> anyhow::Result<Loa
 
 fn checkpoint_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut files = Vec::new();
-    for entry in fs::read_dir(dir).with_context(|| format!("reading the checkpoint directory {}", dir.display()))? {
+    for entry in fs::read_dir(dir).map_err(given(|| format!("reading the checkpoint directory {}", dir.display())))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "json") && path.is_file() {
             files.push((path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), path));
@@ -311,7 +319,7 @@ async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>, mut out: Findin
     let report: ExportReport =
         tokio::task::spawn_blocking(move || export::verify(|| File::open(&path).map(|f| BufReader::with_capacity(1 << 20, f)), good))
             .await?
-            .with_context(|| format!("reading the export {}", file.display()))?;
+            .map_err(given(|| format!("reading the export {}", file.display())))?;
     for problem in &report.lines {
         out.add("malformed", format!("MALFORMED {problem}"), problem.to_string());
     }
@@ -381,8 +389,8 @@ fn print_checkpoints(loaded: &Loaded, reports: &[CheckpointReport], out: &mut Fi
 }
 
 async fn checkpoint(db: &Db, key: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
-    let key_text = fs::read_to_string(key).with_context(|| format!("reading the key {}", key.display()))?;
-    let secret = SecretKey::parse(&key_text).with_context(|| format!("key {}", key.display()))?;
+    let key_text = fs::read_to_string(key).map_err(given(|| format!("reading the key {}", key.display())))?;
+    let secret = SecretKey::parse(&key_text).map_err(given(|| format!("key {}", key.display())))?;
     if fs::metadata(key).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
         eprintln!("warning: {} is readable by others; `chmod 600` it", key.display());
     }
@@ -439,20 +447,24 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
     let secret = SecretKey::from_seed(seed);
     let public_path = PathBuf::from(format!("{}.pub", out.display()));
     if public_path.exists() {
-        bail!("{} already exists; not overwriting", public_path.display());
+        return Err(coded(Exit::Conflict, format!("{} already exists; not overwriting", public_path.display())));
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(out)
-        .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(out).map_err(|e| {
+        let exit = if e.kind() == std::io::ErrorKind::AlreadyExists { Exit::Conflict } else { Exit::Usage };
+        coded(exit, format!("creating {} (it must not exist yet): {e}", out.display()))
+    })?;
     file.write_all(secret.to_text().as_bytes())?;
     file.sync_all()?;
     let public = secret.public().to_hex();
-    fs::write(&public_path, format!("{public}\n")).with_context(|| format!("writing {}", public_path.display()))?;
+    fs::write(&public_path, secret.public().to_text()).with_context(|| format!("writing {}", public_path.display()))?;
     println!("secret key {} (mode 0600), public key {}: {public}", out.display(), public_path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A file or key the command was given that cannot be used: bad input
+/// (exit status 2), not a finding about the log.
+fn given<E: std::fmt::Display>(what: impl FnOnce() -> String) -> impl FnOnce(E) -> anyhow::Error {
+    move |e| coded(Exit::Usage, format!("{}: {e}", what()))
 }
 
 fn now() -> String {

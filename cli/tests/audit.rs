@@ -206,8 +206,28 @@ async fn keygen_writes_a_private_key_and_refuses_to_overwrite_it() {
     let mode = std::fs::metadata(dir.path("audit.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     let public = std::fs::read_to_string(dir.path("audit.key.pub")).unwrap();
-    assert!(out.contains(public.trim()), "{out}");
-    fails(dir.slipway(&["audit", "keygen", "--out", "audit.key"]));
+    let public_hex = public.trim().strip_prefix("slipway-audit-public-key:").expect("a labelled public key file");
+    assert!(out.contains(public_hex), "{out}");
+    let again = dir.slipway(&["audit", "keygen", "--out", "audit.key"]);
+    assert_eq!(again.status.code(), Some(4), "the files exist already: a conflict");
+
+    // The two files cannot be given for each other, and the secret is never printed.
+    let secret = std::fs::read_to_string(dir.path("audit.key")).unwrap();
+    let secret_hex = secret.trim().strip_prefix("slipway-audit-secret-key:").expect("a labelled secret key file").to_string();
+    seed(&dir).await;
+    let swapped = dir.slipway(&["audit", "checkpoint", "--key", "audit.key.pub", "--out", "checkpoints"]);
+    assert_eq!(swapped.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&swapped.stderr).contains("this is a public key file"), "{swapped:?}");
+    ok(dir.slipway(&["audit", "checkpoint", "--key", "audit.key", "--out", "checkpoints"]));
+    let swapped = dir.slipway(&["audit", "verify", "--checkpoints", "checkpoints", "--public-key", "audit.key"]);
+    let said = format!("{}{}", stdout(&swapped), String::from_utf8_lossy(&swapped.stderr));
+    assert_eq!(swapped.status.code(), Some(2), "{said}");
+    assert!(said.contains("SECRET key file") && !said.contains(&secret_hex), "{said}");
+    // Files that are not there are bad input (2), not findings (1); a project that is not there is 3.
+    for args in [&["audit", "verify", "--file", "nope.jsonl"][..], &["audit", "verify", "--checkpoints", "no-such-dir"]] {
+        assert_eq!(dir.slipway(args).status.code(), Some(2), "{args:?}");
+    }
+    assert_eq!(dir.slipway(&["export", "--project", "nosuch", "--output", "x.jsonl"]).status.code(), Some(3));
 }
 
 #[tokio::test]
@@ -257,7 +277,7 @@ async fn a_rewritten_tail_is_caught_by_a_checkpoint_and_not_by_the_chains() {
     // And checkpoints are only as good as the key they are held to.
     let other = ["audit", "verify", "--file", "before.jsonl", "--checkpoints", "checkpoints", "--public-key", "other.key.pub"];
     let out = fails(dir.slipway(&other));
-    assert!(out.contains("not by the expected key"), "{out}");
+    assert!(out.contains("not by the key given"), "{out}");
 }
 
 #[tokio::test]

@@ -100,11 +100,37 @@ pub enum CheckpointError {
     BadKey(String),
     #[error("the signature does not match its contents (signed by {public_key})")]
     BadSignature { public_key: String },
-    #[error("signed by {found}, not by the expected key {expected}")]
-    WrongKey { expected: String, found: String },
+    /// The key given is not printed: a secret key given by mistake must
+    /// not end up on a terminal or in a CI log.
+    #[error("signed by {found}, not by the key given")]
+    WrongKey { found: String },
+    #[error(
+        "the key given as the public key is the secret key that signed this checkpoint: give its public key (the .pub \
+         file `audit keygen` wrote), and keep the secret one where only the signer reads it"
+    )]
+    SecretKeyGiven,
 }
 
-/// An Ed25519 signing key. Its file holds the 32-byte seed as hex.
+/// What a secret key file says before its hex: the two key files must not
+/// be mistaken for each other (a secret key given as the public one would be
+/// printed in an error; a public key given as the secret one would sign
+/// checkpoints anyone can forge).
+pub const SECRET_LABEL: &str = "slipway-audit-secret-key:";
+/// What a public key file says before its hex.
+pub const PUBLIC_LABEL: &str = "slipway-audit-public-key:";
+
+/// The hex of a key file: after `label`, or bare (files written before the
+/// labels); a file with the other label is refused, naming what it is.
+fn key_hex<'a>(text: &'a str, label: &str, other: &str, other_is: &str) -> Result<&'a str, CheckpointError> {
+    let text = text.trim();
+    if text.starts_with(other) {
+        return Err(CheckpointError::BadKey(other_is.to_string()));
+    }
+    Ok(text.strip_prefix(label).unwrap_or(text).trim())
+}
+
+/// An Ed25519 signing key. Its file holds `SECRET_LABEL` and the 32-byte
+/// seed as hex.
 pub struct SecretKey(SigningKey);
 
 impl std::fmt::Debug for SecretKey {
@@ -119,14 +145,16 @@ impl SecretKey {
         SecretKey(SigningKey::from_bytes(&seed))
     }
 
-    /// Reads a key file's text: 64 hex digits.
+    /// Reads a key file's text: `SECRET_LABEL` and 64 hex digits (or the
+    /// digits alone, as files were written before the labels).
     pub fn parse(text: &str) -> Result<Self, CheckpointError> {
-        Ok(SecretKey::from_seed(hex32(text.trim())?))
+        let public = "this is a public key file: signing needs the secret key (the file `audit keygen` wrote without .pub)";
+        Ok(SecretKey::from_seed(hex32(key_hex(text, SECRET_LABEL, PUBLIC_LABEL, public)?)?))
     }
 
     /// The key file's text.
     pub fn to_text(&self) -> String {
-        format!("{}\n", hex::encode(self.0.to_bytes()))
+        format!("{SECRET_LABEL}{}\n", hex::encode(self.0.to_bytes()))
     }
 
     pub fn public(&self) -> PublicKey {
@@ -134,17 +162,35 @@ impl SecretKey {
     }
 }
 
-/// An Ed25519 public key; its file holds 64 hex digits.
+/// An Ed25519 public key; its file holds `PUBLIC_LABEL` and 64 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(VerifyingKey);
 
 impl PublicKey {
+    /// Reads a key file's text: `PUBLIC_LABEL` and 64 hex digits (or the
+    /// digits alone, as files were written before the labels).
     pub fn parse(text: &str) -> Result<Self, CheckpointError> {
-        VerifyingKey::from_bytes(&hex32(text.trim())?).map(PublicKey).map_err(|e| CheckpointError::BadKey(e.to_string()))
+        let secret = "this is the SECRET key file: verifying needs the public key (the .pub file); keep the secret one where only the signer reads it";
+        let hex = key_hex(text, PUBLIC_LABEL, SECRET_LABEL, secret)?;
+        VerifyingKey::from_bytes(&hex32(hex)?).map(PublicKey).map_err(|e| {
+            CheckpointError::BadKey(format!("not an Ed25519 public key ({e}); the secret key file? verifying needs the .pub file"))
+        })
     }
 
     pub fn to_hex(&self) -> String {
         hex::encode(self.0.as_bytes())
+    }
+
+    /// The key file's text.
+    pub fn to_text(&self) -> String {
+        format!("{PUBLIC_LABEL}{}\n", self.to_hex())
+    }
+
+    /// Whether these 32 bytes, read as a secret key's seed, sign as
+    /// `signer`: a secret key file written before the labels, given where
+    /// the public key belongs.
+    pub fn is_seed_of(&self, signer: &PublicKey) -> bool {
+        SecretKey::from_seed(*self.0.as_bytes()).public() == *signer
     }
 }
 
@@ -186,8 +232,11 @@ impl Checkpoint {
     pub fn check_signature(&self, expected: Option<&PublicKey>) -> Result<(), CheckpointError> {
         let key = PublicKey::parse(&self.public_key)?;
         if let Some(expected) = expected {
+            if expected.is_seed_of(&key) {
+                return Err(CheckpointError::SecretKeyGiven);
+            }
             if *expected != key {
-                return Err(CheckpointError::WrongKey { expected: expected.to_hex(), found: key.to_hex() });
+                return Err(CheckpointError::WrongKey { found: key.to_hex() });
             }
         }
         let bad = || CheckpointError::BadSignature { public_key: self.public_key.clone() };
@@ -480,9 +529,13 @@ mod tests {
     }
 
     fn build(rows: &[(Position, String, u64, String)], previous: Option<&Checkpoint>) -> Result<Checkpoint, Refusal> {
+        build_with(rows, previous, &key(7))
+    }
+
+    fn build_with(rows: &[(Position, String, u64, String)], previous: Option<&Checkpoint>, key: &SecretKey) -> Result<Checkpoint, Refusal> {
         let mut b = Builder::new(previous);
         rows.iter().for_each(|(p, s, v, h)| b.push(*p, s, *v, h));
-        b.finish("2025-01-01T00:00:00Z".into(), &key(7))
+        b.finish("2025-01-01T00:00:00Z".into(), key)
     }
 
     fn check(rows: &[(Position, String, u64, String)], checkpoints: Vec<Checkpoint>) -> Vec<CheckpointReport> {
@@ -523,8 +576,30 @@ mod tests {
         let k = key(3);
         let again = SecretKey::parse(&k.to_text()).unwrap();
         assert_eq!(again.public(), k.public());
-        assert_eq!(PublicKey::parse(&k.public().to_hex()).unwrap(), k.public());
+        assert_eq!(PublicKey::parse(&k.public().to_text()).unwrap(), k.public());
+        assert_eq!(PublicKey::parse(&k.public().to_hex()).unwrap(), k.public(), "a file written before the labels");
         assert!(SecretKey::parse("abc").is_err());
+        // Each file refuses to stand for the other, and says which it is.
+        let secret_as_public = PublicKey::parse(&k.to_text()).unwrap_err().to_string();
+        assert!(secret_as_public.contains("SECRET key file"), "{secret_as_public}");
+        assert!(!secret_as_public.contains(&k.to_text().trim()[SECRET_LABEL.len()..]), "the secret is not printed");
+        let public_as_secret = SecretKey::parse(&k.public().to_text()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(public_as_secret.contains("public key file"), "{public_as_secret}");
+    }
+
+    #[test]
+    fn an_unlabelled_secret_key_given_as_the_public_key_is_named_not_printed() {
+        // A seed whose bytes also read as a curve point (about half do; the
+        // others are refused as no public key at all).
+        let n = (1..=255u8).find(|n| PublicKey::parse(&hex::encode([*n; 32])).is_ok()).unwrap();
+        let c = build_with(&log(&["a"], 2), None, &key(n)).unwrap();
+        let given = PublicKey::parse(&hex::encode([n; 32])).unwrap();
+        assert_eq!(c.check_signature(Some(&given)).unwrap_err(), CheckpointError::SecretKeyGiven);
+        let not_a_point = (1..=255u8).find(|n| PublicKey::parse(&hex::encode([*n; 32])).is_err()).unwrap();
+        let refused = PublicKey::parse(&hex::encode([not_a_point; 32])).unwrap_err().to_string();
+        assert!(refused.contains("the secret key file?"), "{refused}");
+        let wrong = c.check_signature(Some(&key(8).public())).unwrap_err().to_string();
+        assert!(!wrong.contains(&key(8).public().to_hex()), "{wrong}");
     }
 
     #[test]
