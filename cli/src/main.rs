@@ -83,6 +83,18 @@ fn process_kind(command: &Command) -> (&'static str, bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The log's own readers would read the local --database, not the server's.
+    let reads_the_log = match &cli.command {
+        Command::Export(_) | Command::Audit(audit::AuditCmd::Checkpoint { .. }) => true,
+        Command::Audit(audit::AuditCmd::Verify { file, .. }) => file.is_none(),
+        _ => false,
+    };
+    if reads_the_log && cli.server.is_some() {
+        return Err(exit::usage(
+            "this verb reads the event log from --database and does not go through --server (over the API: GET /api/export, \
+             then `slipway audit verify --file`); unset --server/SLIPWAY_SERVER to use --database",
+        ));
+    }
     // The audit verbs open the store themselves (`audit verify --file` none).
     match cli.command {
         // A new key needs none loaded (SLIPWAY_SECRETS_KEY_FILE may name

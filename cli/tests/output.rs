@@ -233,6 +233,10 @@ fn errors_exit_with_the_documented_status() {
     assert_eq!(dir.exit(&["env", "set", "app", "test", "NO_EQUALS"]), 2, "bad assignment");
     assert_eq!(dir.exit(&["no-such-verb"]), 2, "clap's usage error");
     assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "events", "tokens"]), 2, "verb without --server support");
+    for reads_the_log in [&["export"][..], &["audit", "verify"], &["audit", "checkpoint", "--key", "k", "--out", "c"]] {
+        let args = [&["--server", "http://127.0.0.1:9"][..], reads_the_log].concat();
+        assert_eq!(dir.exit(&args), 2, "{reads_the_log:?} reads --database, never quietly with --server set");
+    }
     assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "status", "app", "test"]), 5, "server unreachable");
     assert_eq!(dir.exit(&["--queue", "amqp://guest:guest@127.0.0.1:9/%2f", "worker"]), 5, "broker unreachable");
     let help = dir.ok(&["--help"]);
