@@ -44,6 +44,20 @@ pub fn may_approve(deployment: &Deployment, requester: &str, approver: &str) -> 
     Ok(())
 }
 
+/// Whether `deployment` may be rejected: while it awaits approval, by
+/// anyone who may approve, and also by whoever requested it (withdrawing
+/// it) or approved it already (changing their mind).
+pub fn may_reject(deployment: &Deployment, _requester: &str, _rejecter: &str) -> Result<(), Rejection> {
+    if !deployment.awaiting_approval() {
+        return Err(Rejection::Conflict(format!(
+            "deployment {} is not awaiting approval (it is {}); `slipway cancel` stops a deployment that started",
+            deployment.id,
+            deployment.status_word()
+        )));
+    }
+    Ok(())
+}
+
 /// A freeze window in force: its schedule and when it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Freeze {
@@ -179,6 +193,17 @@ mod tests {
         let d = approved(d, "token:eve");
         assert!(!d.awaiting_approval());
         assert!(matches!(may_approve(&d, "cli:ann", "token:zed"), Err(Rejection::Conflict(_))), "nothing left to approve");
+    }
+
+    #[test]
+    fn the_requester_and_an_approver_may_reject_while_it_waits() {
+        let d = waiting(2);
+        assert_eq!(may_reject(&d, "cli:ann", "cli:ann"), Ok(()), "the requester withdraws it");
+        let d = approved(d, "token:bob");
+        assert_eq!(may_reject(&d, "cli:ann", "token:bob"), Ok(()), "an approver changes their mind");
+        let d = approved(d, "token:eve");
+        let refused = may_reject(&d, "cli:ann", "token:zed").unwrap_err();
+        assert!(matches!(&refused, Rejection::Conflict(m) if m.contains("slipway cancel")), "{refused:?}");
     }
 
     #[test]

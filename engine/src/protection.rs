@@ -91,12 +91,13 @@ async fn requested(store: &dyn EventStore, id: Uuid) -> Outcome<(Deployment, Str
 
 /// Approves deployment `id` as `actor`; it starts once it has every approval it waits for.
 pub async fn approve(store: &dyn EventStore, actor: &str, id: Uuid, reason: &str) -> Outcome<()> {
-    decide(store, actor, id, |_| vec![Event::DeploymentApproved(DeploymentApproved { by: actor.into(), reason: reason.into() })]).await
+    let approved = |_: &Deployment| vec![Event::DeploymentApproved(DeploymentApproved { by: actor.into(), reason: reason.into() })];
+    decide(store, actor, id, may_approve, approved).await
 }
 
 /// Rejects deployment `id` as `actor`: it is cancelled, naming who and why.
 pub async fn reject(store: &dyn EventStore, actor: &str, id: Uuid, reason: &str) -> Outcome<()> {
-    decide(store, actor, id, |_| {
+    decide(store, actor, id, may_reject, |_| {
         let why = if reason.is_empty() { format!("rejected by {actor}") } else { format!("rejected by {actor}: {reason}") };
         vec![
             Event::DeploymentRejected(DeploymentRejected { by: actor.into(), reason: reason.into() }),
@@ -106,13 +107,20 @@ pub async fn reject(store: &dyn EventStore, actor: &str, id: Uuid, reason: &str)
     .await
 }
 
-async fn decide(store: &dyn EventStore, actor: &str, id: Uuid, events: impl Fn(&Deployment) -> Vec<Event>) -> Outcome<()> {
+/// Records `events` on deployment `id` as `actor`, if `rule` allows it.
+async fn decide(
+    store: &dyn EventStore,
+    actor: &str,
+    id: Uuid,
+    rule: fn(&Deployment, &str, &str) -> Result<(), Rejection>,
+    events: impl Fn(&Deployment) -> Vec<Event>,
+) -> Outcome<()> {
     loop {
         let (d, requester, version) = match requested(store, id).await? {
             Ok(found) => found,
             Err(refused) => return Ok(Err(refused)),
         };
-        if let Err(refused) = may_approve(&d, &requester, actor) {
+        if let Err(refused) = rule(&d, &requester, actor) {
             return Ok(Err(refused));
         }
         let stream = deployment_stream(id);
