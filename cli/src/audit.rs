@@ -25,7 +25,7 @@ use futures::TryStreamExt;
 use rand::RngCore;
 use slipway_store::chain::ChainRow;
 
-use slipway_store::checkpoint::{Builder, Checkpoint, CheckpointReport, PublicKey, SecretKey};
+use slipway_store::checkpoint::{Builder, Checkpoint, CheckpointReport, Problem, PublicKey, SecretKey};
 use slipway_store::export::{self, ExportReport, LogRow};
 use slipway_store::postgres::redact_url;
 use slipway_store::{EventStore, PgStore, SqliteStore, StoreError};
@@ -294,7 +294,7 @@ async fn verify_database(db: &Db, checkpoints: Option<Loaded>, mut out: Findings
             while let Some(row) = rows.try_next().await? {
                 check.push(row.position, &row.stream, row.version, &row.hash);
             }
-            Some(print_checkpoints(&loaded, &check.finish(), &mut out))
+            Some(print_checkpoints(&loaded, &check.finish(), false, &mut out))
         }
         None => None,
     };
@@ -335,7 +335,7 @@ async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>, mut out: Findin
         out.add("given", format!("GIVEN {what}"), what.clone());
     }
     let (checked, checkpoints_hold) = match (&loaded, &report.checkpoints) {
-        (Some(loaded), Some(reports)) => print_checkpoints(loaded, reports, &mut out),
+        (Some(loaded), Some(reports)) => print_checkpoints(loaded, reports, true, &mut out),
         _ => (String::new(), true),
     };
     let scope = match &report.header {
@@ -361,7 +361,9 @@ async fn verify_file(file: PathBuf, checkpoints: Option<Loaded>, mut out: Findin
 
 /// Prints one line per checkpoint (and per problem); returns the summary's
 /// tail and whether every checkpoint holds.
-fn print_checkpoints(loaded: &Loaded, reports: &[CheckpointReport], out: &mut Findings) -> (String, bool) {
+/// `of_file`: the log is an export, which may simply be older than a
+/// checkpoint (a shorter log then says so too).
+fn print_checkpoints(loaded: &Loaded, reports: &[CheckpointReport], of_file: bool, out: &mut Findings) -> (String, bool) {
     for bad in &loaded.bad {
         out.add("checkpoints_broken", format!("CHECKPOINT BROKEN {bad}"), bad.clone());
     }
@@ -373,7 +375,18 @@ fn print_checkpoints(loaded: &Loaded, reports: &[CheckpointReport], out: &mut Fi
             out.add("checkpoints_ok", format!("CHECKPOINT ok {what}"), what);
         } else {
             broken += 1;
-            let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+            let problems: Vec<String> = report
+                .problems
+                .iter()
+                .map(|p| match p {
+                    Problem::Shorter { .. } if of_file => format!(
+                        "{p}, or the export was made before this checkpoint was signed ({}): verify a newer export, or keep \
+                         only the checkpoints signed before it in the directory",
+                        c.created_at
+                    ),
+                    _ => p.to_string(),
+                })
+                .collect();
             let mut lines = format!("CHECKPOINT BROKEN {what}");
             problems.iter().for_each(|p| lines.push_str(&format!("\n  {p}")));
             out.add("checkpoints_broken", lines, format!("{what}: {}", problems.join("; ")));

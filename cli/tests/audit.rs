@@ -228,6 +228,13 @@ async fn keygen_writes_a_private_key_and_refuses_to_overwrite_it() {
         assert_eq!(dir.slipway(args).status.code(), Some(2), "{args:?}");
     }
     assert_eq!(dir.slipway(&["export", "--project", "nosuch", "--output", "x.jsonl"]).status.code(), Some(3));
+
+    // An export older than a checkpoint: said as a possibility, not only as removal.
+    ok(dir.slipway(&["export", "--output", "old.jsonl"]));
+    ok(dir.slipway(&["project", "create", "later", "--repo", "/tmp"]));
+    ok(dir.slipway(&["audit", "checkpoint", "--key", "audit.key", "--out", "checkpoints"]));
+    let out = fails(dir.slipway(&["audit", "verify", "--file", "old.jsonl", "--checkpoints", "checkpoints"]));
+    assert!(out.contains("events were removed, or the export was made before this checkpoint was signed"), "{out}");
 }
 
 #[tokio::test]
