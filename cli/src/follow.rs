@@ -205,6 +205,9 @@ pub async fn follow(
                 None => vec![],
             };
             reporter.event(&observed.line, observed.json, &updates);
+            if let Some(text) = observed.event.as_ref().and_then(|e| waiting_note(id, e)) {
+                reporter.note(&text);
+            }
         }
         if let Some(logs) = logs.as_mut() {
             logs.tail(reporter);
@@ -236,6 +239,20 @@ pub async fn follow(
             ));
         }
         source.wait().await;
+    }
+}
+
+/// What a person following a deployment that waits for approval needs to
+/// know: nothing else would show until someone acts.
+fn waiting_note(id: Uuid, event: &Event) -> Option<String> {
+    match event {
+        Event::ApprovalRequired(a) => Some(format!(
+            "awaiting approval: {} needed from someone with deploy scope other than the requester \
+             (`slipway approve {id}`, or `slipway reject {id}`)",
+            a.approvals
+        )),
+        Event::DeploymentApproved(a) => Some(format!("approved by {}", a.by)),
+        _ => None,
     }
 }
 

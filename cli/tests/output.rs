@@ -732,3 +732,17 @@ fn all_in_one_notifies_and_an_admin_overrides_a_freeze_through_the_server() {
     }
     drop(server);
 }
+
+/// A deployment that waits for approval says so while it waits, and how
+/// to approve it: nothing else would show until someone acts.
+#[test]
+fn a_deployment_awaiting_approval_says_so_and_how_to_approve_it() {
+    let dir = Dir::new();
+    dir.ok(&["env", "protect", "app", "live", "--approvals", "1"]);
+    let out = dir.run(&["deploy", "app", "live", "--dry-run", "--timeout", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{stdout}");
+    let id = stdout.split_whitespace().nth(1).unwrap().trim_end_matches(':');
+    let note = format!("awaiting approval: 1 needed from someone with deploy scope other than the requester (`slipway approve {id}`");
+    assert!(stdout.contains(&note), "{stdout}");
+}
