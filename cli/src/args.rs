@@ -532,8 +532,8 @@ pub enum ProjectCmd {
     },
     /// Projects by name, a page at a time (from the projects read model).
     List {
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many, 1 to 500 (as the API takes).
+        #[arg(long, default_value_t = 50, value_parser = page_limit)]
         limit: usize,
         /// Only projects whose name sorts after this one (the last of the page before).
         #[arg(long, value_name = "NAME")]
@@ -818,4 +818,15 @@ pub enum DbCmd {
         #[arg(long, value_name = "ROLE")]
         grant_worker: Vec<String>,
     },
+}
+
+/// The most a page holds, as the API's `limit` allows.
+pub const MAX_PAGE: usize = 500;
+
+/// A `--limit`: 1 to `MAX_PAGE`, the same locally as through the API.
+pub fn page_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1 to {MAX_PAGE}")),
+    }
 }

@@ -102,7 +102,7 @@ pub struct DeploymentPage {
     /// Only this environment's.
     #[arg(long = "env", value_name = "ENV")]
     pub env: Option<String>,
-    /// Only those with this status: running, watching, rolling back, succeeded or failed.
+    /// Only those with this status: awaiting approval, running, watching, rolling back, succeeded or failed.
     #[arg(long)]
     pub status: Option<String>,
     /// Only those this actor requested, exactly as recorded (`cli:ann`, `token:ci`, `webhook:github:ann`).
@@ -111,8 +111,8 @@ pub struct DeploymentPage {
     /// Only those requested at or after this RFC 3339 time (with --before: a time range).
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
-    /// At most this many (the newest).
-    #[arg(long, default_value_t = 50)]
+    /// At most this many (the newest), 1 to 500 (as the API takes).
+    #[arg(long, default_value_t = 50, value_parser = crate::args::page_limit)]
     pub limit: usize,
     /// Only those requested before this deployment (its id) or this RFC 3339
     /// time: pass the oldest of a page to see the one before it.

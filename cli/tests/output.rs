@@ -219,6 +219,11 @@ fn deployments_and_projects_page_and_filter_from_the_read_models() {
     assert_eq!(names(&[]), ["app", "zoo"]);
     assert_eq!(names(&["--limit", "1"]), ["app"]);
     assert_eq!(names(&["--after", "app"]), ["zoo"]);
+    // The page sizes the API takes, locally too.
+    for limit in ["0", "501", "many"] {
+        assert_eq!(dir.exit(&["project", "list", "--limit", limit]), 2, "--limit {limit}");
+        assert_eq!(dir.exit(&["deployments", "app", "--limit", limit]), 2, "--limit {limit}");
+    }
 }
 
 #[test]

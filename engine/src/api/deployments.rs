@@ -310,7 +310,7 @@ pub struct ListQuery {
     project: Option<String>,
     /// Only this environment's (needs `project`).
     environment: Option<String>,
-    /// Only those with this status: running, watching, rolling back, succeeded or failed.
+    /// Only those with this status: awaiting approval, running, watching, rolling back, succeeded or failed.
     status: Option<String>,
     /// Only those this actor requested, exactly as recorded (`cli:ann`, `token:ci`, `webhook:github:ann`).
     actor: Option<String>,
