@@ -191,7 +191,8 @@ pub fn api_error(method: &Method, url: &str, status: u16, body: &[u8]) -> anyhow
         }
     });
     let exit = exit_for(status, code);
-    let hint = if exit == Exit::Unauthorized { " (pass a token with --token or SLIPWAY_TOKEN)" } else { "" };
+    // A 403 names the scope it needs; only a missing or unknown token wants this.
+    let hint = if status == 401 { " (pass a token with --token or SLIPWAY_TOKEN)" } else { "" };
     coded(exit, format!("{method} {url}: {status} {message}{hint}"))
 }
 

@@ -281,11 +281,19 @@ async fn finish(
     }
     let ending = followed?;
     let routes = slipway_engine::queries::router_urls(store, &project, &env).await?;
-    Ok(conclude(&mut reporter, id, &project, &env, &ending, &routes))
+    Ok(conclude(&mut reporter, id, &project, &env, &ending, &routes, Details::Logs))
 }
 
 /// The result of a followed deployment: where it is served, or why it
 /// failed (exit status 1).
+/// Where a failed deployment's details are: its logs (`slipway logs`,
+/// which reads the workers' log files), or through a server, its history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Details {
+    Logs,
+    History,
+}
+
 pub fn conclude(
     reporter: &mut report::Reporter,
     id: Uuid,
@@ -293,6 +301,7 @@ pub fn conclude(
     env: &str,
     ending: &progress::Ending,
     routes: &[slipway_engine::queries::RouterUrl],
+    details: Details,
 ) -> ExitCode {
     let urls: Vec<String> = routes.iter().map(|r| r.url.clone()).collect();
     let value = follow::result_json(id, ending, &urls);
@@ -308,7 +317,10 @@ pub fn conclude(
         let step = ending.failed_step.map(|s| s.to_string()).unwrap_or_default();
         let lines = [
             format!("\ndeployment {id} failed at {step}: {}", ending.reason),
-            format!("the previous release (if any) keeps serving; details: slipway logs {id}"),
+            match details {
+                Details::Logs => format!("the previous release (if any) keeps serving; details: slipway logs {id}"),
+                Details::History => format!("the previous release (if any) keeps serving; details: slipway history {id}"),
+            },
         ];
         reporter.result(false, &lines, value);
         exit::Exit::Failed.into()

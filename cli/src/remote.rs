@@ -178,7 +178,7 @@ async fn watch(
         Ok(status) => status.url.into_iter().map(|url| RouterUrl { url, router: "server".into() }).collect(),
         Err(_) => vec![],
     };
-    Ok(crate::deploying::conclude(&mut reporter, id, project, env, &ending, &routes))
+    Ok(crate::deploying::conclude(&mut reporter, id, project, env, &ending, &routes, crate::deploying::Details::History))
 }
 
 /// The server's status answer, as the shared type (`queries::EnvironmentStatus`).

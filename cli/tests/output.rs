@@ -445,6 +445,8 @@ fn with_server_deploy_and_status_go_through_the_http_api() {
     assert_eq!(dir.exit(&via(&["deploy", "app", "test", "--ref", " "])), 2, "400 bad_request");
     let out = dir.run(&via(&["deploy", "app", "test", "--ref", "no-such-branch"]));
     assert_eq!(out.status.code(), Some(1), "a failed deployment through the API exits 1");
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("details: slipway history ") && !said.contains("slipway logs"), "a verb that goes through --server: {said}");
     drop(server);
     assert!(!read(&dir.path("server.log")).contains("panicked"));
 }
