@@ -709,6 +709,9 @@ fn all_in_one_notifies_and_an_admin_overrides_a_freeze_through_the_server() {
             }
         }
     });
+    let never = dir.run(&["notifications", "add", &hook, "--project", "app", "--kind", "certificate.renewal_failed"]);
+    assert_eq!(never.status.code(), Some(2), "a kind that could never fire for a project");
+    assert!(String::from_utf8_lossy(&never.stderr).contains("subscribe to it without a project"));
     dir.ok(&["notifications", "add", &hook, "--project", "app"]);
     dir.ok(&["env", "freeze", "app", "live", "* * * * *", "--for", "1h"]);
     let server = start_server(&dir);

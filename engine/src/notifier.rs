@@ -167,6 +167,13 @@ pub async fn subscribe(store: &dyn EventStore, actor: &str, new: NewSubscription
         if load_project(store, project).await?.is_none() {
             return Ok(Err(Rejection::Invalid(format!("no project `{project}`; create it with `slipway project create`"))));
         }
+        // Certificates belong to domains, not projects: it could never fire.
+        if new.kinds.contains(&NotificationKind::CertificateRenewalFailed) {
+            return Ok(Err(Rejection::Invalid(format!(
+                "kind `{}` is not about a project: subscribe to it without a project",
+                NotificationKind::CertificateRenewalFailed.as_str()
+            ))));
+        }
     }
     let id = Uuid::now_v7();
     let key = store.operational().installation_key().await?;
