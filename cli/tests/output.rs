@@ -443,6 +443,7 @@ fn with_server_deploy_and_status_go_through_the_http_api() {
 
     assert_eq!(dir.exit(&via(&["deploy", "nope", "test"])), 3, "404 not_found");
     assert_eq!(dir.exit(&via(&["deploy", "app", "test", "--ref", " "])), 2, "400 bad_request");
+    assert_eq!(dir.exit(&via(&["deploy", "app", "test", "--ref", "../../etc"])), 2, "no ref can be named so: 400 at once");
     let out = dir.run(&via(&["deploy", "app", "test", "--ref", "no-such-branch"]));
     assert_eq!(out.status.code(), Some(1), "a failed deployment through the API exits 1");
     let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);

@@ -15,6 +15,7 @@ pub mod decider;
 pub mod deployment;
 pub mod domains;
 pub mod environment;
+pub mod git_ref;
 pub mod lease;
 pub mod limits;
 pub mod notify;

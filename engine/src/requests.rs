@@ -134,8 +134,8 @@ pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new
     if mirror_of.is_some() && !source.is_empty() {
         return invalid("a mirror reaches its original's repository with the original's credentials; set them there");
     }
-    if new.default_branch.starts_with('-') || new.default_branch.trim().is_empty() {
-        return invalid(format!("default branch `{}` is not a branch name", new.default_branch));
+    if let Some(why) = slipway_core::git_ref::problem(&new.default_branch) {
+        return invalid(format!("default branch `{}` is not a branch name: {why}", new.default_branch));
     }
     for environment in &new.environments {
         if let Some(holder) = names::taken_by(store, &new.name, environment).await? {
@@ -316,8 +316,8 @@ pub async fn request_deployment_overriding(
         Err(rejection) => return Ok(Err(rejection)),
     };
     let git_ref = req.git_ref.unwrap_or_else(|| p.default_branch.clone());
-    if git_ref.starts_with('-') {
-        return invalid(format!("ref `{git_ref}` looks like an option, not a branch, tag or commit"));
+    if let Some(why) = slipway_core::git_ref::problem(&git_ref) {
+        return invalid(format!("ref `{git_ref}` cannot name a branch, tag or commit: {why}"));
     }
     let id = Uuid::now_v7();
     enqueue(
