@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use slipway_engine::history::{self, Timeline};
+use slipway_engine::history::{self, Entry, StepTiming, Summary, Timeline};
 use slipway_engine::limits::release_limits;
 use slipway_engine::load;
 use slipway_proto::event::{deployment_stream, environment_stream};
@@ -37,10 +37,15 @@ fn or_dash(value: Option<&str>) -> &str {
 pub async fn history(store: &dyn EventStore, id: Uuid, json: bool) -> anyhow::Result<()> {
     let t = timeline(store, id).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&t)?);
-        return Ok(());
+        // Through a `Value`, as the server's answer is printed: the same keys in the same order.
+        return print_json(&serde_json::to_value(&t)?);
     }
-    let s = &t.summary;
+    print_timeline(&t.summary, &t.steps, &t.entries);
+    Ok(())
+}
+
+/// A timeline as text, the same from the store and through a server.
+pub fn print_timeline(s: &Summary, steps: &[StepTiming], entries: &[Entry]) {
     println!("deployment {}  {} {}  {}", s.deployment, s.project, s.environment, s.status);
     println!(
         "commit {}  image {}  started {}  total {}\n",
@@ -50,7 +55,7 @@ pub async fn history(store: &dyn EventStore, id: Uuid, json: bool) -> anyhow::Re
         s.total_ms.map(duration).unwrap_or_else(|| "-".into())
     );
     println!("{:>3}  {:<12}  {:<14} {:<24} {:<12} {:<24} detail", "v", "time", "step", "event", "actor", "outcome");
-    for e in &t.entries {
+    for e in entries {
         let event = match e.attempt {
             Some(n) => format!("{} #{n}", e.event),
             None => e.event.clone(),
@@ -77,7 +82,7 @@ pub async fn history(store: &dyn EventStore, id: Uuid, json: bool) -> anyhow::Re
         }
     }
     println!("\nsteps:");
-    for step in &t.steps {
+    for step in steps {
         println!(
             "  {:<14} {:>10}  {}{}",
             step.step.to_string(),
@@ -86,7 +91,6 @@ pub async fn history(store: &dyn EventStore, id: Uuid, json: bool) -> anyhow::Re
             if step.attempts > 1 { format!(" ({} attempts)", step.attempts) } else { String::new() }
         );
     }
-    Ok(())
 }
 
 /// Commits from `a` to `b` when the repository is a directory here

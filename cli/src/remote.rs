@@ -11,13 +11,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use slipway_engine::history::TimelineJson;
 use slipway_engine::queries::{DeploymentSummary, EnvironmentStatus, RouterUrl};
 use uuid::Uuid;
 
 use crate::args::{Command, FollowArgs};
 use crate::client::{segment, ApiSource, Client, LoggedSource};
 use crate::exit::{self, coded, Exit};
-use crate::progress::duration;
 use crate::projects;
 use crate::report::{Reporter, Style};
 use crate::verbs::{print_deployments, print_json, status_text, Where};
@@ -231,27 +231,10 @@ pub async fn history(client: &Client, id: Uuid, json: bool) -> anyhow::Result<Ex
         print_json(&timeline)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    let s = &timeline["summary"];
-    println!("deployment {}  {} {}  {}", text(s, "deployment"), text(s, "project"), text(s, "environment"), text(s, "status"));
-    println!("commit {}  image {}\n", text(s, "commit"), text(s, "image"));
-    for e in timeline["entries"].as_array().into_iter().flatten() {
-        let outcome = e.get("outcome").and_then(|o| o.get("result")).and_then(Value::as_str).unwrap_or_default();
-        println!(
-            "{:>3}  {}  {:<14} {:<24} {:<12} {outcome}",
-            e["version"],
-            text(e, "at"),
-            text(e, "step"),
-            text(e, "event"),
-            text(e, "actor")
-        );
-    }
-    println!("\nsteps:");
-    for step in timeline["steps"].as_array().into_iter().flatten() {
-        let took = step.get("duration_ms").and_then(Value::as_i64).map(duration).unwrap_or_else(|| "-".into());
-        let outcome = step.get("outcome").and_then(|o| o.get("result")).and_then(Value::as_str).unwrap_or("no outcome yet");
-        println!("  {:<14} {took:>10}  {outcome}", text(step, "step"));
-    }
+    let t: TimelineJson = serde_json::from_value(timeline).map_err(|e| {
+        coded(Exit::Failed, format!("the server's history of deployment {id} is not one this version reads ({e}); --json shows it as sent"))
+    })?;
+    crate::history::print_timeline(&t.summary, &t.steps, &t.entries);
     Ok(ExitCode::SUCCESS)
 }
 

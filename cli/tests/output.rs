@@ -483,6 +483,15 @@ fn status_deployments_and_releases_read_the_same_locally_and_through_the_server(
         let (here, there) = (dir.ok(read), remote(read));
         assert_eq!(here, there, "slipway {read:?} differs between the store and the server");
     }
+    // One deployment's history too, its details (a failure's reason) and JSON payloads included.
+    let listed = dir.json(&["deployments", "app", "--json"]);
+    for d in listed.as_array().unwrap() {
+        let id = d["deployment"].as_str().unwrap();
+        for read in [&["history", id][..], &["history", id, "--json"]] {
+            let (here, there) = (dir.ok(read), remote(read));
+            assert_eq!(here, there, "slipway {read:?} differs between the store and the server");
+        }
+    }
     let status: Value = serde_json::from_str(&dir.ok(&["status", "app", "test", "--json"])).unwrap();
     assert_eq!(status["domains"][0]["domain"], "app.example", "{status}");
     assert_eq!(status["domains"][0]["renewal"], "none yet", "{status}");

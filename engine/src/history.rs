@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use slipway_proto::envelope::Message;
 use slipway_proto::event::PinningWarning;
 use slipway_proto::{Event, Step};
@@ -20,7 +20,7 @@ use crate::environment::{self, Environment};
 use crate::load::{decode_all, LoadError};
 
 /// How a step ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Outcome {
     Ok,
@@ -38,8 +38,12 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// One event of a deployment's stream, as the timeline shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One event of a deployment's stream, as the timeline shows it. In JSON
+/// its event's payload goes with it (`payload`), so that a client renders
+/// the same description (`slipway history --server`), and an auditor reads
+/// an approval's or override's reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "EntryJson", try_from = "EntryJson")]
 pub struct Entry {
     pub version: u64,
     pub at: DateTime<Utc>,
@@ -59,12 +63,68 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<PinningWarning>,
     /// The decoded event, for a renderer's description.
-    #[serde(skip)]
     pub payload: Event,
 }
 
+/// `Entry` as JSON: the event's payload as recorded.
+#[derive(Serialize, Deserialize)]
+struct EntryJson {
+    version: u64,
+    at: DateTime<Utc>,
+    step: Option<Step>,
+    event: String,
+    actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<PinningWarning>,
+    payload: serde_json::Value,
+}
+
+impl From<Entry> for EntryJson {
+    fn from(e: Entry) -> EntryJson {
+        // An event's payload always serialises (it was decoded from JSON).
+        let payload = e.payload.payload().unwrap_or(serde_json::Value::Null);
+        EntryJson {
+            version: e.version,
+            at: e.at,
+            step: e.step,
+            event: e.event,
+            actor: e.actor,
+            attempt: e.attempt,
+            duration_ms: e.duration_ms,
+            outcome: e.outcome,
+            warnings: e.warnings,
+            payload,
+        }
+    }
+}
+
+impl TryFrom<EntryJson> for Entry {
+    type Error = serde_json::Error;
+
+    fn try_from(j: EntryJson) -> Result<Entry, serde_json::Error> {
+        Ok(Entry {
+            payload: Event::from_payload(&j.event, j.payload)?,
+            version: j.version,
+            at: j.at,
+            step: j.step,
+            event: j.event,
+            actor: j.actor,
+            attempt: j.attempt,
+            duration_ms: j.duration_ms,
+            outcome: j.outcome,
+            warnings: j.warnings,
+        })
+    }
+}
+
 /// One step from its first dispatch to its (first) outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepTiming {
     pub step: Step,
     pub attempts: u32,
@@ -75,7 +135,7 @@ pub struct StepTiming {
     pub outcome: Option<Outcome>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub deployment: Uuid,
     pub project: String,
@@ -88,6 +148,15 @@ pub struct Summary {
     /// When the verdict (`DeploymentSucceeded`/`DeploymentFailed`) was recorded.
     pub finished_at: Option<DateTime<Utc>>,
     pub total_ms: Option<i64>,
+}
+
+/// A timeline as its JSON carries it (`GET /api/deployments/{id}/history`):
+/// all but the folded state, which a client has no need of.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TimelineJson {
+    pub summary: Summary,
+    pub steps: Vec<StepTiming>,
+    pub entries: Vec<Entry>,
 }
 
 /// A deployment's history: its state, every event, and each step's timing.
