@@ -648,7 +648,8 @@ mod tests {
         let json = serde_json::to_value(&t).unwrap();
         assert_eq!(json["entries"][7]["outcome"], serde_json::json!({"result": "failed", "reason": "no Dockerfile"}));
         assert_eq!(json["summary"]["status"], "failed at build: no Dockerfile");
-        assert!(json["entries"][0].get("payload").is_none());
+        // Each entry carries its event's payload, so scripts read reasons.
+        assert_eq!(json["entries"][7]["payload"]["reason"], "no Dockerfile", "{}", json["entries"][7]);
     }
 
     #[test]
