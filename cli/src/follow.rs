@@ -147,6 +147,16 @@ impl Logs {
                     }
                 }
             }
+            // A failure's output (every release command's, a container's
+            // last lines) is its evidence; a build's is the log tailed above.
+            Event::StepFailed(f) if f.step != Step::Build => {
+                let Some(evidence) = &f.evidence else { return };
+                let path = log_file(&self.data_dir, &evidence.path);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => text.lines().for_each(|l| reporter.log(f.step.as_str(), l)),
+                    Err(e) => reporter.note(&format!("     ({} output {} unavailable: {e})", f.step, path.display())),
+                }
+            }
             _ => {}
         }
     }

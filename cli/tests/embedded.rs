@@ -138,12 +138,16 @@ fn logs_of_a_failed_release_show_every_command_that_ran() {
     let repo = AppRepo::new();
     repo.commit(&files, "two release commands, the second failing");
     slipway(dir.path(), &["project", "create", &project, "--repo", repo.path().to_str().unwrap()]);
-    let (out, stdout, stderr) = run(dir.path(), &["deploy", &project, "test", "--migrate", "-q"]);
+    let (out, stdout, stderr) = run(dir.path(), &["deploy", &project, "test", "--migrate", "--logs"]);
     let listed: serde_json::Value = serde_json::from_str(&slipway(dir.path(), &["deployments", &project, "--json"])).unwrap();
     let id = listed[0]["deployment"].as_str().unwrap().to_string();
     let logs = slipway(dir.path(), &["logs", &id]);
     remove_containers_with_label(&format!("slipway.project={project}"));
     assert_eq!(out.status.code(), Some(1), "the deployment fails at the release\n{stdout}{stderr}");
+    // Following with --logs shows what every command printed, once.
+    for printed in ["     | first command ran", "     | second command broke"] {
+        assert_eq!(stdout.lines().filter(|l| *l == printed).count(), 1, "{printed}\n{stdout}");
+    }
     // The evidence printed under the release's StepFailed line.
     let failed = logs.lines().skip_while(|l| !(l.contains("StepFailed") && l.contains("release")));
     let shown: Vec<&str> = failed.skip(1).map_while(|l| l.trim_start().strip_prefix("| ")).collect();

@@ -241,6 +241,7 @@ async fn a_finished_deployment_streams_everything_then_closes(s: Setup) {
     s.record(id, "engine", &[dispatched(Step::Build)]).await;
     s.write_log(id, "build.log", "Step 1/2 : FROM scratch\r\n\nStep 2/2 : RUN false\nexit 1");
     s.write_log(id, "release-0.log", "never ran\n");
+    s.write_log(id, "build-failed-1.log", "exit 1\n");
     s.record(id, "worker:w1", &build_failed()).await;
 
     let mut frames = s.open_stream(&format!("/api/deployments/{id}/stream")).await;
@@ -250,11 +251,13 @@ async fn a_finished_deployment_streams_everything_then_closes(s: Setup) {
         [
             "DeploymentRequested",
             "StepDispatched",
-            "StepFailed",
-            "DeploymentFailed",
+            // The build's lines before the build's end; the evidence that
+            // repeats them is not sent; a log no ended step wrote, last.
             "log: Step 1/2 : FROM scratch",
             "log: Step 2/2 : RUN false",
             "log: exit 1",
+            "StepFailed",
+            "DeploymentFailed",
             "log: never ran",
             "end",
         ]

@@ -295,13 +295,30 @@ fn ends_step(event: &Event) -> Option<Step> {
 }
 
 /// The step that writes a log file: `build.log` the build, `release-N.log`
-/// the release commands.
+/// the release commands, `STEP-failed-N.log` the failed step it is the
+/// evidence of.
 fn step_of_log(name: &str) -> Option<Step> {
     match name {
+        _ if evidence_of(name).is_some() => evidence_of(name),
         "build.log" => Some(Step::Build),
         _ if name.starts_with("release-") => Some(Step::Release),
         _ => None,
     }
+}
+
+/// The step a failure's evidence (`STEP-failed-ATTEMPT.log`) is of.
+fn evidence_of(name: &str) -> Option<Step> {
+    let (step, attempt) = name.strip_suffix(".log")?.rsplit_once("-failed-")?;
+    attempt.parse::<u32>().ok()?;
+    step.parse().ok()
+}
+
+/// The stream leaves out a failed build's or release's evidence: it is the
+/// last lines of the build or release logs the stream already carried. A
+/// container's output (a health check's, a start's) is only there, so it
+/// goes out, before the failure.
+fn streamed(name: &str) -> bool {
+    !matches!(evidence_of(name), Some(Step::Build | Step::Release))
 }
 
 /// `events` with each log line (`(file, line)`) placed as `placement` says.
@@ -366,7 +383,7 @@ impl LogTail {
         if let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await {
             while let Ok(Some(entry)) = entries.next_entry().await {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".log") {
+                if name.ends_with(".log") && streamed(&name) {
                     names.push(name);
                 }
             }
@@ -529,5 +546,20 @@ mod tests {
         // A failed build ends the build, too.
         let failed = Event::DeploymentFailed(slipway_proto::event::DeploymentFailed { step: Step::Build, reason: "no".into() });
         assert_eq!(ends_step(&failed), Some(Step::Build));
+    }
+
+    #[test]
+    fn a_failure_s_evidence_goes_out_only_when_no_log_carried_it() {
+        // The release's evidence repeats release-N.log: left out, not read as a release log.
+        assert_eq!(evidence_of("release-failed-1.log"), Some(Step::Release));
+        assert!(!streamed("release-failed-1.log") && !streamed("build-failed-2.log"));
+        // A health check's is the container's output: sent before the check's failure.
+        assert!(streamed("health_check-failed-1.log"));
+        let ends = [None, Some(Step::Release), None, Some(Step::HealthCheck)];
+        assert_eq!(placement(&ends, ["health_check-failed-1.log"].into_iter()), vec![3]);
+        // Logs that only look alike are what they were.
+        assert_eq!(evidence_of("release-0.log"), None);
+        assert_eq!(evidence_of("nosuch-failed-1.log"), None);
+        assert!(streamed("release-0.log") && streamed("build.log"));
     }
 }
