@@ -746,7 +746,7 @@ pub enum EnvCmd {
     },
     /// Require approvals: a deployment to ENV waits (`awaiting approval`)
     /// until this many people with deploy scope, other than its requester,
-    /// approve it (`slipway approve`); `--approvals 0` lifts it.
+    /// approve it (`slipway approve`); at most 10; `--approvals 0` lifts it.
     Protect {
         project: String,
         env: String,

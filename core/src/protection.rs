@@ -65,6 +65,18 @@ pub struct Freeze {
     pub until: DateTime<Utc>,
 }
 
+/// The most approvals an environment may require: more people than any
+/// team has would leave every deployment waiting for ever.
+pub const MAX_APPROVALS: u32 = 10;
+
+/// A number of approvals to require, checked (0 lifts the requirement).
+pub fn check_approvals(approvals: u32) -> Result<u32, String> {
+    if approvals > MAX_APPROVALS {
+        return Err(format!("approvals: expected 0 to {MAX_APPROVALS} (0 lifts the requirement), found {approvals}"));
+    }
+    Ok(approvals)
+}
+
 /// A cron schedule (5 fields, or 6 with seconds first), checked.
 pub fn check_schedule(schedule: &str) -> Result<croner::Cron, String> {
     croner::Cron::from_str(schedule).map_err(|e| {
@@ -253,6 +265,14 @@ mod tests {
             let f = frozen(windows.iter().map(|(s, d)| (s, d)), at(now));
             assert!(f.as_ref().is_some_and(|f| f.until > at(now)), "{now}: {f:?}");
         }
+    }
+
+    #[test]
+    fn approvals_are_bounded() {
+        assert_eq!(check_approvals(0), Ok(0));
+        assert_eq!(check_approvals(MAX_APPROVALS), Ok(MAX_APPROVALS));
+        let refused = check_approvals(1_000_000).unwrap_err();
+        assert!(refused.contains("expected 0 to 10") && refused.contains("1000000"), "{refused}");
     }
 
     #[test]

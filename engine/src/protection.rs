@@ -44,6 +44,10 @@ async fn append_to_project(store: &dyn EventStore, actor: &str, project: &str, e
 
 /// A deployment to `environment` waits for `approvals` approvals from now on (0: none).
 pub async fn protect(store: &dyn EventStore, actor: &str, project: &str, environment: &str, approvals: u32) -> Outcome<()> {
+    let approvals = match check_approvals(approvals) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(Rejection::Invalid(e))),
+    };
     let event = Event::EnvironmentProtected(EnvironmentProtected { environment: environment.into(), approvals });
     append_to_project(store, actor, project, environment, event).await
 }

@@ -50,6 +50,8 @@ async fn approvals_and_freezes(setup: &Setup) {
     };
     let (ann, bob) = (token("ann").await, token("bob").await);
     setup.project("shop").await;
+    let too_many = protection::protect(store, "test", "shop", "live", 1_000_000).await.unwrap();
+    assert!(matches!(&too_many, Err(slipway_engine::rejection::Rejection::Invalid(e)) if e.contains("expected 0 to 10")), "{too_many:?}");
     protection::protect(store, "test", "shop", "live", 1).await.unwrap().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let driver = tokio::spawn(Driver::new(setup.store.clone(), DriverOptions::default()).run(async move {
