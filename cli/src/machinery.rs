@@ -128,7 +128,7 @@ pub async fn serve(
 /// a warning (make one next), anywhere else the API does not start, so a
 /// panel is never reachable from the network before anyone can use it.
 async fn check_tokens(store: &dyn EventStore, listen: SocketAddr) -> anyhow::Result<()> {
-    let active = slipway_engine::requests::load_tokens(store).await.context("reading the API tokens")?.active();
+    let active = slipway_engine::requests::load_tokens(store).await.context("reading the API tokens")?.active(chrono::Utc::now());
     if active > 0 {
         return Ok(());
     }

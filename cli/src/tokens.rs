@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use slipway_engine::requests;
 use slipway_proto::event::TokenScope;
@@ -24,8 +25,12 @@ pub enum TokenCmd {
         /// < admin (+ projects, settings, tokens).
         #[arg(long)]
         scope: TokenScope,
+        /// It stops working this long from now: 90d, 12h, 30m, 3600s (default: never).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
     },
-    /// Every token: name, scope, who issued it and when, revoked or not (never the value).
+    /// Every token: name, scope, who issued it and when, when it expires,
+    /// revoked or not (never the value).
     List,
     /// Revoke a token: the API refuses it from the next request on.
     Revoke { name: String },
@@ -33,12 +38,17 @@ pub enum TokenCmd {
 
 pub async fn run(store: &dyn EventStore, cmd: TokenCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        TokenCmd::Create { name, scope } => {
-            let token = match requests::issue_token(store, &actor::actor(), &name, scope).await? {
+        TokenCmd::Create { name, scope, expires_in } => {
+            let expires_at = match expires_in {
+                Some(text) => Some(expiry(&text, Utc::now())?),
+                None => None,
+            };
+            let token = match requests::issue_expiring_token(store, &actor::actor(), &name, scope, expires_at).await? {
                 Ok(token) => token,
                 Err(rejection) => return Err(exit::rejected(rejection)),
             };
-            eprintln!("token `{name}` ({scope}) issued; this is the only time its value is shown:");
+            let until = expires_at.map(|at| format!(", expires {}", at.format(WHEN))).unwrap_or_default();
+            eprintln!("token `{name}` ({scope}{until}) issued; this is the only time its value is shown:");
             println!("{token}");
         }
         TokenCmd::List => {
@@ -46,14 +56,20 @@ pub async fn run(store: &dyn EventStore, cmd: TokenCmd) -> anyhow::Result<ExitCo
             if tokens.by_name.is_empty() {
                 println!("no token issued yet; create one with `slipway token create NAME --scope admin`");
             }
+            let now = Utc::now();
             for t in tokens.by_name.values() {
+                let state = match t.expires_at {
+                    _ if t.revoked => "  REVOKED".to_string(),
+                    Some(at) if t.expired(now) => format!("  EXPIRED at {}", at.format(WHEN)),
+                    Some(at) => format!("  expires {}", at.format(WHEN)),
+                    None => String::new(),
+                };
                 println!(
-                    "{:<24} {:<7} issued by {} at {}{}",
+                    "{:<24} {:<7} issued by {} at {}{state}",
                     t.name,
                     t.scope.to_string(),
                     t.issued_by,
                     t.issued_at.format("%Y-%m-%d %H:%M:%S"),
-                    if t.revoked { "  REVOKED" } else { "" }
                 );
             }
         }
@@ -63,4 +79,17 @@ pub async fn run(store: &dyn EventStore, cmd: TokenCmd) -> anyhow::Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How token times are shown.
+const WHEN: &str = "%Y-%m-%d %H:%M:%S UTC";
+
+/// When a token given `--expires-in text` at `now` expires.
+fn expiry(text: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    let seconds = slipway_engine::protection::parse_duration(text).map_err(|e| exit::usage(format!("--expires-in: {e}")))?;
+    i64::try_from(seconds)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| now.checked_add_signed(d))
+        .ok_or_else(|| exit::usage(format!("--expires-in: `{text}` is too far away")))
 }

@@ -132,6 +132,7 @@ async fn a_worker_hosts_login_cannot_mint_itself_a_token() {
         scope: TokenScope::Admin,
         sha256: "0".repeat(64),
         issued_by: "agent:evil".into(),
+        expires_at: None,
     };
     let meta = slipway_proto::envelope::Metadata {
         correlation_id: uuid::Uuid::now_v7(),

@@ -96,6 +96,27 @@ async fn tokens_made_by_the_cli_open_the_api_until_revoked() {
     let (status, body) = http(&listen, "POST", "/api/tokens", Some(&token), Some(r#"{"name": "ci", "scope": "deploy"}"#)).await;
     assert_eq!(status, 201, "{body}");
 
+    // A token issued to expire works until then, and is refused after, saying so.
+    for bad in ["0s", "5x", "999999999999d"] {
+        let refused = dir.run(&["token", "create", "never", "--scope", "read", "--expires-in", bad]);
+        assert_eq!(refused.status.code(), Some(2), "--expires-in {bad}");
+        assert!(text(&refused.stderr).contains("--expires-in"), "{}", text(&refused.stderr));
+    }
+    let issued_at = Instant::now();
+    let out = dir.run(&["token", "create", "brief", "--scope", "read", "--expires-in", "3s"]);
+    assert!(out.status.success() && text(&out.stderr).contains("(read, expires "), "{}", text(&out.stderr));
+    let brief = text(&out.stdout).trim().to_string();
+    let (status, body) = http(&listen, "GET", "/api/projects", Some(&brief), None).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = text(&dir.run(&["token", "list"]).stdout);
+    assert!(listed.lines().any(|l| l.starts_with("brief") && l.contains("  expires ")), "{listed}");
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(issued_at.elapsed()) + Duration::from_millis(1100)).await;
+    let (status, body) = http(&listen, "GET", "/api/projects", Some(&brief), None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("token `brief` expired at"), "{body}");
+    let listed = text(&dir.run(&["token", "list"]).stdout);
+    assert!(listed.lines().any(|l| l.starts_with("brief") && l.contains("EXPIRED at")), "{listed}");
+
     let out = dir.run(&["token", "revoke", "root"]);
     assert!(out.status.success());
     let (status, body) = http(&listen, "GET", "/api/tokens", Some(&token), None).await;

@@ -823,14 +823,29 @@ pub async fn load_tokens(store: &dyn EventStore) -> Result<crate::tokens::Tokens
     Ok(crate::tokens::Tokens::fold(events.iter().map(|(e, at)| (e, *at))))
 }
 
-/// Issues a token: records its name, scope and SHA-256 (never the value)
-/// and returns the value, which is shown this once. A name is never issued
-/// twice, revoked or not, so `token:<name>` in the log names one token.
+/// Issues a token that never expires (`issue_expiring_token`).
 pub async fn issue_token(store: &dyn EventStore, actor: &str, name: &str, scope: TokenScope) -> Outcome<String> {
+    issue_expiring_token(store, actor, name, scope, None).await
+}
+
+/// Issues a token: records its name, scope, SHA-256 (never the value) and
+/// when it expires, if it does, and returns the value, which is shown this
+/// once. A name is never issued twice, revoked or not, so `token:<name>`
+/// in the log names one token.
+pub async fn issue_expiring_token(
+    store: &dyn EventStore,
+    actor: &str,
+    name: &str,
+    scope: TokenScope,
+    expires_at: Option<chrono::DateTime<Utc>>,
+) -> Outcome<String> {
     if !crate::tokens::is_valid_name(name) {
         return invalid(format!(
             "token name `{name}` must be 1-64 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
         ));
+    }
+    if let Some(at) = expires_at.filter(|at| *at <= Utc::now()) {
+        return invalid(format!("expires_at: {} is already past; expected a time to come", at.to_rfc3339()));
     }
     let tokens = load_tokens(store).await?;
     if let Some(t) = tokens.by_name.get(name) {
@@ -838,7 +853,13 @@ pub async fn issue_token(store: &dyn EventStore, actor: &str, name: &str, scope:
         return conflict(format!("token `{name}` {state}; pick another name"));
     }
     let value = crate::tokens::generate();
-    let event = Event::TokenIssued(TokenIssued { name: name.into(), scope, sha256: crate::tokens::hash(&value), issued_by: actor.into() });
+    let event = Event::TokenIssued(TokenIssued {
+        name: name.into(),
+        scope,
+        sha256: crate::tokens::hash(&value),
+        issued_by: actor.into(),
+        expires_at,
+    });
     let e = envelope(TOKENS_STREAM, &event, Uuid::now_v7(), actor, None);
     match store.append(TOKENS_STREAM, ExpectedVersion::Exactly(tokens.version), &[e], &[]).await? {
         Ok(_) => Ok(Ok(value)),

@@ -23,7 +23,16 @@ pub struct Token {
     pub sha256: String,
     pub issued_by: String,
     pub issued_at: DateTime<Utc>,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
+}
+
+impl Token {
+    /// Whether it has expired at `now`.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 /// Every token ever issued, by name.
@@ -45,6 +54,8 @@ pub enum Refused {
     Unknown,
     #[error("token `{0}` was revoked; ask an admin for a new one")]
     Revoked(String),
+    #[error("token `{0}` expired at {1}; ask an admin for a new one")]
+    Expired(String, String),
 }
 
 impl Tokens {
@@ -64,6 +75,7 @@ impl Tokens {
                         sha256: t.sha256.clone(),
                         issued_by: t.issued_by.clone(),
                         issued_at: at,
+                        expires_at: t.expires_at,
                         revoked: false,
                     });
                 }
@@ -78,13 +90,14 @@ impl Tokens {
         tokens
     }
 
-    /// Tokens that still work.
-    pub fn active(&self) -> usize {
-        self.by_name.values().filter(|t| !t.revoked).count()
+    /// Tokens that still work at `now`.
+    pub fn active(&self, now: DateTime<Utc>) -> usize {
+        self.by_name.values().filter(|t| !t.revoked && !t.expired(now)).count()
     }
 
-    /// The token whose value is `presented`, if it is known and not revoked.
-    pub fn authenticate(&self, presented: &str) -> Result<&Token, Refused> {
+    /// The token whose value is `presented`, if it is known, not revoked
+    /// and not expired at `now`.
+    pub fn authenticate(&self, presented: &str, now: DateTime<Utc>) -> Result<&Token, Refused> {
         if !is_well_formed(presented) {
             return Err(Refused::Malformed);
         }
@@ -100,6 +113,9 @@ impl Tokens {
         match found {
             None => Err(Refused::Unknown),
             Some(t) if t.revoked => Err(Refused::Revoked(t.name.clone())),
+            Some(t) if t.expired(now) => {
+                Err(Refused::Expired(t.name.clone(), t.expires_at.unwrap_or(now).format("%Y-%m-%d %H:%M:%S UTC").to_string()))
+            }
             Some(t) => Ok(t),
         }
     }
@@ -157,7 +173,11 @@ mod tests {
     use slipway_proto::event::{TokenIssued, TokenRevoked};
 
     fn issued(name: &str, scope: TokenScope, value: &str) -> Event {
-        Event::TokenIssued(TokenIssued { name: name.into(), scope, sha256: hash(value), issued_by: "cli:root".into() })
+        Event::TokenIssued(TokenIssued { name: name.into(), scope, sha256: hash(value), issued_by: "cli:root".into(), expires_at: None })
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
     }
 
     fn revoked(name: &str) -> Event {
@@ -174,13 +194,32 @@ mod tests {
         let (ci, audit) = (generate(), generate());
         let tokens = fold(&[issued("ci", TokenScope::Deploy, &ci), issued("audit", TokenScope::Read, &audit), revoked("audit")]);
         assert_eq!(tokens.version, 3);
-        assert_eq!(tokens.active(), 1);
-        let t = tokens.authenticate(&ci).unwrap();
+        assert_eq!(tokens.active(at(0)), 1);
+        let t = tokens.authenticate(&ci, at(0)).unwrap();
         assert_eq!((t.name.as_str(), t.scope, t.issued_by.as_str()), ("ci", TokenScope::Deploy, "cli:root"));
-        assert_eq!(tokens.authenticate(&audit), Err(Refused::Revoked("audit".into())));
-        assert_eq!(tokens.authenticate(&generate()), Err(Refused::Unknown));
-        assert_eq!(tokens.authenticate("slw_short"), Err(Refused::Malformed));
-        assert_eq!(tokens.authenticate(&ci.to_uppercase()), Err(Refused::Malformed));
+        assert_eq!(tokens.authenticate(&audit, at(0)), Err(Refused::Revoked("audit".into())));
+        assert_eq!(tokens.authenticate(&generate(), at(0)), Err(Refused::Unknown));
+        assert_eq!(tokens.authenticate("slw_short", at(0)), Err(Refused::Malformed));
+        assert_eq!(tokens.authenticate(&ci.to_uppercase(), at(0)), Err(Refused::Malformed));
+    }
+
+    #[test]
+    fn a_token_issued_to_expire_works_until_then() {
+        let value = generate();
+        let expiring = Event::TokenIssued(TokenIssued {
+            name: "contractor".into(),
+            scope: TokenScope::Deploy,
+            sha256: hash(&value),
+            issued_by: "cli:root".into(),
+            expires_at: Some(at(3600)),
+        });
+        let tokens = fold(&[expiring]);
+        assert_eq!(tokens.authenticate(&value, at(3599)).map(|t| t.name.as_str()), Ok("contractor"));
+        assert_eq!(tokens.active(at(3599)), 1);
+        let refused = tokens.authenticate(&value, at(3600)).unwrap_err();
+        assert_eq!(refused, Refused::Expired("contractor".into(), "2027-01-15 09:00:00 UTC".into()));
+        assert!(refused.to_string().contains("expired at 2027-01-15 09:00:00 UTC"), "{refused}");
+        assert_eq!(tokens.active(at(3600)), 0);
     }
 
     #[test]
@@ -189,7 +228,7 @@ mod tests {
         let tokens = fold(&[issued("ci", TokenScope::Read, &first), revoked("ci"), issued("ci", TokenScope::Admin, &second)]);
         assert_eq!(tokens.by_name["ci"].scope, TokenScope::Read);
         assert!(tokens.by_name["ci"].revoked);
-        assert_eq!(tokens.authenticate(&second), Err(Refused::Unknown));
+        assert_eq!(tokens.authenticate(&second, at(0)), Err(Refused::Unknown));
         // Revoking an unknown name changes nothing.
         assert_eq!(fold(&[revoked("ghost")]).by_name.len(), 0);
     }

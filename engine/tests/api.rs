@@ -248,10 +248,25 @@ fn concrete(path: &str) -> String {
 }
 
 #[tokio::test]
-async fn every_route_refuses_a_missing_unknown_malformed_or_revoked_token_and_an_under_scoped_one() {
+async fn every_route_refuses_a_missing_unknown_malformed_revoked_or_expired_token_and_an_under_scoped_one() {
     let api = Api::new().await;
     let revoked = requests::issue_token(&*api.store, "test", "gone", TokenScope::Admin).await.unwrap().unwrap();
     requests::revoke_token(&*api.store, "test", "gone").await.unwrap().unwrap();
+    // A token issued to expire a moment from now, over the API; one already past is refused.
+    let admin = Some(api.token(TokenScope::Admin));
+    let past = json!({"name": "late", "scope": "admin", "expires_at": "2020-01-01T00:00:00Z"});
+    let refused = api.request(Method::POST, "/api/tokens", admin, Some(&past.to_string())).await.expect(StatusCode::BAD_REQUEST);
+    assert!(refused.error().contains("already past"), "{}", refused.text);
+    let until = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let brief = json!({"name": "brief", "scope": "admin", "expires_at": until.to_rfc3339()});
+    let issued = api.request(Method::POST, "/api/tokens", admin, Some(&brief.to_string())).await.expect(StatusCode::CREATED).json();
+    let expiring = issued["token"].as_str().unwrap().to_string();
+    assert!(issued["expires_at"].is_string(), "{issued}");
+    api.request(Method::GET, "/api/projects", Some(&expiring), None).await.expect(StatusCode::OK);
+    let listed = api.request(Method::GET, "/api/tokens", admin, None).await.expect(StatusCode::OK).json();
+    let shown = listed.as_array().unwrap().iter().find(|t| t["name"] == "brief").unwrap();
+    assert_eq!(shown["expires_at"], issued["expires_at"], "{listed}");
+    tokio::time::sleep((until - chrono::Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_millis(50)).await;
     let unknown = slipway_engine::tokens::generate();
     let routes = api::routes();
     assert!(routes.len() >= 27, "{routes:?}");
@@ -278,7 +293,13 @@ async fn every_route_refuses_a_missing_unknown_malformed_or_revoked_token_and_an
         assert_eq!(missing.status, StatusCode::UNAUTHORIZED, "{what}: {}", missing.text);
         assert_eq!(missing.headers[header::WWW_AUTHENTICATE], "Bearer", "{what}");
         assert!(missing.error().contains("Authorization: Bearer"), "{what}: {}", missing.text);
-        for (token, says) in [(unknown.as_str(), "not known"), (revoked.as_str(), "`gone` was revoked"), ("slw_nope", "must be")] {
+        let refused = [
+            (unknown.as_str(), "not known"),
+            (revoked.as_str(), "`gone` was revoked"),
+            (expiring.as_str(), "`brief` expired at"),
+            ("slw_nope", "must be"),
+        ];
+        for (token, says) in refused {
             let reply = api.request(route.method.clone(), &uri, Some(token), None).await;
             assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what} with {token}: {}", reply.text);
             assert!(reply.error().contains(says), "{what}: {}", reply.text);

@@ -1344,6 +1344,9 @@ pub struct TokenIssued {
     pub sha256: String,
     /// The actor who issued it.
     pub issued_by: String,
+    /// When it stops working, if it was issued to expire (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An API token was revoked: it is refused from now on, and its name is

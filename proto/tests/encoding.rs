@@ -77,6 +77,7 @@ fn sample_events() -> Vec<Event> {
             scope: TokenScope::Deploy,
             sha256: "ab".repeat(32),
             issued_by: "cli:alice".into(),
+            expires_at: Some(chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap()),
         }),
         Event::TokenRevoked(TokenRevoked { name: "ci".into() }),
         Event::WebhookSecretRotated(WebhookSecretRotated { fingerprint: "hmac-sha256:00ff".into() }),
@@ -360,7 +361,9 @@ fn token_events_keep_their_wire_form_and_scopes_parse_and_order() {
         scope: TokenScope::Admin,
         sha256: "00".repeat(32),
         issued_by: "cli:root".into(),
+        expires_at: None,
     });
+    // A token that never expires is recorded as tokens were before expiry existed.
     assert_eq!(issued.payload().unwrap(), json!({"name": "ci", "scope": "admin", "sha256": "00".repeat(32), "issued_by": "cli:root"}));
     assert_eq!(issued.message_type(), "TokenIssued");
     assert_eq!(Event::TokenRevoked(TokenRevoked { name: "ci".into() }).payload().unwrap(), json!({"name": "ci"}));

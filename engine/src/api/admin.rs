@@ -64,6 +64,9 @@ pub struct TokenView {
     scope: TokenScope,
     issued_by: String,
     issued_at: DateTime<Utc>,
+    /// When it stops working; absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<DateTime<Utc>>,
     revoked: bool,
 }
 
@@ -75,7 +78,14 @@ pub async fn tokens(State(store): Store) -> ApiResult<Json<Vec<TokenView>>> {
         tokens
             .by_name
             .into_values()
-            .map(|t| TokenView { name: t.name, scope: t.scope, issued_by: t.issued_by, issued_at: t.issued_at, revoked: t.revoked })
+            .map(|t| TokenView {
+                name: t.name,
+                scope: t.scope,
+                issued_by: t.issued_by,
+                issued_at: t.issued_at,
+                expires_at: t.expires_at,
+                revoked: t.revoked,
+            })
             .collect(),
     ))
 }
@@ -88,6 +98,9 @@ pub struct NewToken {
     /// "read", "deploy" or "admin".
     #[schema(value_type = String)]
     scope: TokenScope,
+    /// When it stops working (RFC 3339, in the future); absent: never.
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -95,6 +108,8 @@ pub struct IssuedToken {
     name: String,
     #[schema(value_type = String)]
     scope: TokenScope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<DateTime<Utc>>,
     /// The value: shown this once, only its SHA-256 is kept.
     token: String,
 }
@@ -109,9 +124,10 @@ pub async fn issue_token(
     caller: Caller,
     JsonBody(body): JsonBody<NewToken>,
 ) -> ApiResult<(StatusCode, [(HeaderName, String); 1], Json<IssuedToken>)> {
-    let token = requests::issue_token(&*store, &caller.actor(), &body.name, body.scope).await??;
+    let token = requests::issue_expiring_token(&*store, &caller.actor(), &body.name, body.scope, body.expires_at).await??;
     let location = format!("/api/tokens/{}", body.name);
-    Ok((StatusCode::CREATED, [(LOCATION, location)], Json(IssuedToken { name: body.name, scope: body.scope, token })))
+    let issued = IssuedToken { name: body.name, scope: body.scope, expires_at: body.expires_at, token };
+    Ok((StatusCode::CREATED, [(LOCATION, location)], Json(issued)))
 }
 
 #[utoipa::path(delete, path = "/api/tokens/{name}", tag = "installation", summary = "Revoke a token",

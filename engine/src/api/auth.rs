@@ -163,7 +163,7 @@ pub async fn authorize(gate: &Gate, header: Option<&str>, required: TokenScope) 
         return Err(unauthorized(Refused::Malformed));
     }
     let tokens = gate.tokens().await?;
-    let token = tokens.authenticate(presented).map_err(unauthorized)?;
+    let token = tokens.authenticate(presented, chrono::Utc::now()).map_err(unauthorized)?;
     if token.scope < required {
         return Err(ApiError::Forbidden(format!("this needs scope {required}; token `{}` has {}", token.name, token.scope)));
     }
