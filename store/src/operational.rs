@@ -72,6 +72,12 @@ pub trait Operational: Send + Sync {
     /// Every worker's last heartbeat, most recent first.
     async fn workers(&self) -> Result<Vec<WorkerBeat>, StoreError>;
 
+    /// Forgets the workers last heard from before `silent_since` (stopped,
+    /// or gone with their host), so a farm whose workers come and go does
+    /// not list, and the engine read, every one it ever had; returns how
+    /// many.
+    async fn forget_workers(&self, silent_since: DateTime<Utc>) -> Result<u64, StoreError>;
+
     /// Stores a setting's value under its fingerprint (sealed, if this store
     /// seals). Values live outside the event log (events carry only
     /// fingerprints); the table is content-addressed and insert-only, so
@@ -144,6 +150,15 @@ where
                 .await
                 .map_err(db::<DB>("reading workers"))?;
         Ok(rows.into_iter().map(worker_beat).collect())
+    }
+
+    async fn forget_workers(&self, silent_since: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM workers WHERE last_seen < $1")
+            .bind(silent_since)
+            .execute(&self.pool)
+            .await
+            .map_err(db::<DB>("forgetting silent workers"))?;
+        Ok(DB::rows_affected(&done))
     }
 
     async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {

@@ -263,6 +263,10 @@ async fn worker_heartbeats_replace_each_other(store: DynStore) {
     store.operational().heartbeat(&beat("w2", 12, &["build of deployment y"], false)).await.unwrap();
     let workers = store.operational().workers().await.unwrap();
     assert_eq!(workers[0].commands, beat("w2", 12, &["build of deployment y"], false).commands, "command ids kept");
+    // Those silent since before a time are forgotten; the rest stay.
+    assert_eq!(store.operational().forget_workers(t(11)).await.unwrap(), 1);
+    assert_eq!(store.operational().workers().await.unwrap().iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["w2"]);
+    assert_eq!(store.operational().forget_workers(t(11)).await.unwrap(), 0);
 }
 
 async fn a_stream_is_asked_what_it_holds(store: DynStore) {

@@ -72,6 +72,11 @@ pub const WATCHES: usize = 256;
 /// silent for three intervals missing.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A worker silent this long (stopped, or gone with its host) is forgotten
+/// by the next worker that starts: a farm whose workers come and go lists
+/// those of the last week, not every one it ever had.
+pub const FORGOTTEN_AFTER: chrono::Duration = chrono::Duration::days(7);
+
 /// Commands in progress in this process, for the heartbeat.
 type Busy = Arc<std::sync::Mutex<std::collections::BTreeMap<Uuid, String>>>;
 
@@ -149,6 +154,11 @@ pub async fn run(
             stopped,
         }
     };
+    match store.operational().forget_workers(started_at - FORGOTTEN_AFTER).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(forgotten = n, "forgot the workers silent for a week"),
+        Err(e) => tracing::warn!(error = %e, "could not forget the workers silent for a week"),
+    }
     tokio::pin!(shutdown);
     loop {
         if let Err(e) = store.operational().heartbeat(&beat(false)).await {
