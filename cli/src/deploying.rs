@@ -314,9 +314,8 @@ pub fn conclude(
         reporter.result(true, &lines, value);
         ExitCode::SUCCESS
     } else {
-        let step = ending.failed_step.map(|s| s.to_string()).unwrap_or_default();
         let lines = [
-            format!("\ndeployment {id} failed at {step}: {}", ending.reason),
+            format!("\ndeployment {id} {}", slipway_engine::deployment::failure_text(ending.failed_step, &ending.reason)),
             match details {
                 Details::Logs => format!("the previous release (if any) keeps serving; details: slipway logs {id}"),
                 Details::History => format!("the previous release (if any) keeps serving; details: slipway history {id}"),

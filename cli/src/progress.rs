@@ -94,7 +94,10 @@ impl Tracker {
                     let duration_ms = self.dispatched.get(&f.step).map(|t| (at - *t).num_milliseconds().max(0));
                     updates.push(Update::Finished { step: f.step, end: StepEnd::Failed(f.reason.clone()), duration_ms });
                 }
-                let ending = Ending { succeeded: false, failed_step: Some(f.step), reason: f.reason.clone(), web_port: self.web_port };
+                // None for one that ended before its first step (rejected, cancelled while it waited).
+                let started = !self.dispatched.is_empty() || !self.finished.is_empty();
+                let failed_step = started.then_some(f.step);
+                let ending = Ending { succeeded: false, failed_step, reason: f.reason.clone(), web_port: self.web_port };
                 self.ending = Some(ending.clone());
                 updates.push(Update::Ended(ending));
             }
@@ -201,6 +204,14 @@ mod tests {
         let ending = Ending { succeeded: false, failed_step: Some(Step::HealthCheck), reason: "GET / -> 500".into(), web_port: Some(4100) };
         assert_eq!(t.observe(at(530), &verdict), vec![Update::Ended(ending.clone())]);
         assert_eq!(t.ending(), Some(&ending));
+    }
+
+    #[test]
+    fn a_deployment_rejected_before_its_first_step_failed_at_none() {
+        let mut t = Tracker::default();
+        let verdict = Event::DeploymentFailed(DeploymentFailed { step: Step::CheckServices, reason: "rejected by token:bob".into() });
+        let ending = Ending { succeeded: false, failed_step: None, reason: "rejected by token:bob".into(), web_port: None };
+        assert_eq!(t.observe(at(0), &verdict), vec![Update::Ended(ending)]);
     }
 
     #[test]

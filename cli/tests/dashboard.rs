@@ -360,7 +360,8 @@ async fn views_and_actions(browser: &Browser, slipway: &Slipway, admin: &str) ->
             "const s = document.getElementById('summary'); return s && s.dataset.status === 'failed' && s.textContent",
         )
         .await?;
-    assert!(rejected.as_str().is_some_and(|t| t.contains("rejected by token:dashboard-admin")), "{rejected}");
+    // It never started a step, and the page does not name one.
+    assert!(rejected.as_str().is_some_and(|t| t.contains("before it started: rejected by token:dashboard-admin")), "{rejected}");
     // Approved: it starts its first step; then cancelled rather than built.
     browser.run(&format!("location.hash = '#/deployment/{third}'"), json!([])).await?;
     browser

@@ -125,6 +125,20 @@ impl Deployment {
         self.status == Status::Running && self.context.watch_until.is_some() && !self.watched
     }
 
+    /// A step was dispatched or done: it did not end (rejected, cancelled
+    /// while queued or awaiting approval) before its first step.
+    pub fn started(&self) -> bool {
+        self.dispatched.is_some() || !self.completed.is_empty()
+    }
+
+    /// Its verdict as `failure_text` words it, if it failed.
+    pub fn failure_text(&self) -> Option<String> {
+        match &self.status {
+            Status::Failed { step, reason } => Some(failure_text(self.started().then_some(step), reason)),
+            _ => None,
+        }
+    }
+
     /// Approvals are still missing, and nothing was dispatched yet.
     pub fn awaiting_approval(&self) -> bool {
         self.status == Status::Running && self.dispatched.is_none() && (self.approvals.len() as u64) < u64::from(self.approvals_required)
@@ -151,6 +165,17 @@ impl Deployment {
             Some((step, _, _)) if !self.completed.contains(&step) => step,
             _ => self.next_step().unwrap_or(Step::Cutover),
         }
+    }
+}
+
+/// How a failed deployment's verdict reads: `failed at STEP: REASON`, or,
+/// for one that ended before its first step (rejected, cancelled while it
+/// waited), `failed before it started: REASON`: naming the first step
+/// would say it ran.
+pub fn failure_text(step: Option<impl std::fmt::Display>, reason: &str) -> String {
+    match step {
+        Some(step) => format!("failed at {step}: {reason}"),
+        None => format!("failed before it started: {reason}"),
     }
 }
 

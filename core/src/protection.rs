@@ -240,6 +240,21 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(d.status_word(), "running");
+        assert!(d.started());
+        // Cancelled once its first step ran: it failed at that step.
+        let cancel = Event::CancelRequested(slipway_proto::event::CancelRequested { reason: "cancelled by ann".into() });
+        let d = crate::deployment::evolve(Some(d), &cancel).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.failure_text().as_deref(), Some("failed at check_services: cancelled by ann"));
+    }
+
+    #[test]
+    fn a_deployment_rejected_while_it_waits_failed_before_it_started() {
+        let d = waiting(1);
+        assert!(!d.started() && d.failure_text().is_none());
+        let cancel = Event::CancelRequested(slipway_proto::event::CancelRequested { reason: "rejected by token:bob: not today".into() });
+        let d = crate::deployment::evolve(Some(d), &cancel).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.status_word(), "failed");
+        assert_eq!(d.failure_text().as_deref(), Some("failed before it started: rejected by token:bob: not today"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use slipway_proto::{Event, Step};
 use slipway_store::RecordedEvent;
 use uuid::Uuid;
 
-use crate::deployment::{self, Deployment, Status};
+use crate::deployment::{self, Deployment};
 use crate::environment::{self, Environment};
 use crate::load::{decode_all, LoadError};
 
@@ -140,7 +140,8 @@ pub struct Summary {
     pub deployment: Uuid,
     pub project: String,
     pub environment: String,
-    /// `running`, `succeeded`, or `failed at STEP: REASON`.
+    /// `running`, `succeeded`, `failed at STEP: REASON` or `failed before
+    /// it started: REASON` (`deployment::failure_text`).
     pub status: String,
     pub commit: Option<String>,
     pub image: Option<String>,
@@ -250,8 +251,8 @@ pub fn timeline(recorded: &[RecordedEvent]) -> Result<Option<Timeline>, LoadErro
         deployment: deployment.id,
         project: deployment.context.project.clone(),
         environment: deployment.context.environment.clone(),
-        status: match &deployment.status {
-            Status::Failed { step, reason } if deployment.failure_recorded => format!("failed at {step}: {reason}"),
+        status: match deployment.failure_text() {
+            Some(text) if deployment.failure_recorded => text,
             _ => deployment.status_word().into(),
         },
         commit: deployment.context.commit.clone(),

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::certificates::{Certificates, DomainCertificate};
+use crate::deployment::failure_text;
 use crate::history::Release;
 use crate::limits::{release_limits, ReleaseLimits};
 use crate::load::{self, LoadError};
@@ -313,7 +314,8 @@ pub struct DeploymentSummary {
     /// The ref it was asked to deploy.
     #[serde(rename = "ref", default)]
     pub git_ref: String,
-    /// `running`, `watching`, `rolling back`, `succeeded`, or `failed at STEP: REASON`.
+    /// `running`, `watching`, `rolling back`, `succeeded`, `failed at STEP:
+    /// REASON` or `failed before it started: REASON`.
     pub status: String,
     /// Where and why it failed (also while rolling back).
     #[serde(default)]
@@ -332,20 +334,20 @@ pub struct DeploymentSummary {
 /// Where and why a deployment failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Failure {
-    pub step: String,
+    /// Absent for one that failed before its first step (rejected,
+    /// cancelled while it waited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     pub reason: String,
 }
 
 impl From<DeploymentRow> for DeploymentSummary {
     fn from(d: DeploymentRow) -> Self {
-        let status = match (&d.failed_step, &d.failed_reason, d.finished_at) {
-            (Some(step), Some(reason), Some(_)) if d.status == "failed" => format!("failed at {step}: {reason}"),
+        let status = match (&d.failed_reason, d.finished_at) {
+            (Some(reason), Some(_)) if d.status == "failed" => failure_text(d.failed_step.as_deref(), reason),
             _ => d.status,
         };
-        let failure = match (d.failed_step, d.failed_reason) {
-            (Some(step), Some(reason)) => Some(Failure { step, reason }),
-            _ => None,
-        };
+        let failure = d.failed_reason.map(|reason| Failure { step: d.failed_step, reason });
         DeploymentSummary {
             deployment: d.id,
             project: d.project,
@@ -466,7 +468,7 @@ mod tests {
             environment: "live".into(),
             git_ref: "main".into(),
             status: "failed at build: no Dockerfile".into(),
-            failure: Some(Failure { step: "build".into(), reason: "no Dockerfile".into() }),
+            failure: Some(Failure { step: Some("build".into()), reason: "no Dockerfile".into() }),
             commit: None,
             image: None,
             requested_at: Some(Utc::now()),

@@ -179,8 +179,10 @@ fn step(before: Option<Tracked>, r: &RecordedEvent) -> Result<Tracked, String> {
 /// A tracked deployment as its row.
 pub fn row(t: &Tracked) -> DeploymentRow {
     let d = &t.deployment;
+    // No step for one that failed before its first (rejected, cancelled
+    // while it waited): naming the step it would have started says it ran.
     let (failed_step, failed_reason) = match &d.status {
-        Status::Failed { step, reason } => (Some(step.to_string()), Some(reason.clone())),
+        Status::Failed { step, reason } => (d.started().then(|| step.to_string()), Some(reason.clone())),
         _ => (None, None),
     };
     DeploymentRow {

@@ -115,6 +115,20 @@ async fn approvals_and_freezes(setup: &Setup) {
     assert!(entries.iter().any(|e| e["event"] == "DeploymentApproved" && e["actor"] == "token:bob"), "{}", history.json);
     let history = setup.call(Method::GET, &format!("/api/deployments/{second}/history"), None).await;
     assert!(history.json["entries"].as_array().unwrap().iter().any(|e| e["event"] == "DeploymentRejected" && e["actor"] == "token:bob"));
+    // The rejected one never started a step, and says so (not "failed at check_services"),
+    let never = "failed before it started: rejected by token:bob: not today";
+    eventually("the rejection's verdict", PATIENCE, || async {
+        let history = setup.call(Method::GET, &format!("/api/deployments/{second}/history"), None).await;
+        (history.json["summary"]["status"] == never).then_some(())
+    })
+    .await;
+    // in the deployments list too, whose failure names no step.
+    let listed = eventually("the rejection in the read model", PATIENCE, || async {
+        let listed = setup.call(Method::GET, "/api/deployments?project=shop&environment=live", None).await;
+        listed.json.as_array()?.iter().find(|d| d["deployment"] == second.to_string() && d["status"] == never).cloned()
+    })
+    .await;
+    assert_eq!(listed["failure"], json!({"reason": "rejected by token:bob: not today"}), "{listed}");
     let history = setup.call(Method::GET, &format!("/api/deployments/{overridden}/history"), None).await;
     assert!(history.json["entries"].as_array().unwrap().iter().any(|e| e["event"] == "FreezeOverridden" && e["actor"] == "token:root"));
     stop.send(()).unwrap();

@@ -282,7 +282,8 @@ function applyEvent(run, ev) {
     case 'ReleaseRolledBack': run.phase = 'rolling back'; break;
     case 'DeploymentSucceeded': run.status = 'succeeded'; run.commit = p.commit || run.commit; run.finished = at; break;
     case 'DeploymentFailed':
-      run.status = 'failed'; run.failure = `${p.step}: ${p.reason}`; run.finished = at;
+      // One that ended before its first step (rejected, cancelled while it waited) names no step.
+      run.status = 'failed'; run.failure = run.steps.size ? `${p.step}: ${p.reason}` : `before it started: ${p.reason}`; run.finished = at;
       if (stepOf(run, 'cutover').state === 'running') finishStep(run, 'cutover', 'failed', at);
       break;
     default:
