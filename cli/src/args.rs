@@ -744,6 +744,24 @@ pub enum EnvCmd {
         project: String,
         env: String,
     },
+    /// Add an environment to a project (admin): it starts with no settings
+    /// and nothing deployed; `<project>-<env>` becomes its host name.
+    Add {
+        project: String,
+        env: String,
+    },
+    /// Remove an environment for good (admin): its queued and running
+    /// deployments are cancelled, its containers retired and its route
+    /// removed. Refused while an auto-deploy rule deploys to it, a preview
+    /// rule or preview inherits its settings, or a domain routes to it.
+    /// Its protection and freeze windows stay, should it be added again.
+    Remove {
+        project: String,
+        env: String,
+        /// Yes, take it down (without it nothing is done).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Require approvals: a deployment to ENV waits (`awaiting approval`)
     /// until this many people with deploy scope, other than its requester,
     /// approve it (`slipway approve`); at most 10; `--approvals 0` lifts it.

@@ -227,6 +227,29 @@ fn deployments_and_projects_page_and_filter_from_the_read_models() {
 }
 
 #[test]
+fn env_add_and_env_remove_take_a_named_environment_in_and_out() {
+    let dir = Dir::new();
+    let added = dir.ok(&["env", "add", "app", "staging"]);
+    assert!(added.starts_with("app staging: added"), "{added}");
+    assert_eq!(dir.exit(&["env", "add", "app", "staging"]), 4, "it exists");
+    assert_eq!(dir.exit(&["env", "add", "app", "Bad!"]), 2, "not a DNS label");
+    assert_eq!(dir.exit(&["env", "add", "nosuch", "staging"]), 3, "no project");
+    let shown = |env: &str| dir.json(&["project", "show", "app", "--json"])["environments"].get(env).is_some();
+    assert!(shown("staging"));
+    dir.ok(&["env", "set", "app", "staging", "GREETING=hi"]);
+    assert_eq!(dir.exit(&["env", "remove", "app", "staging"]), 2, "not without --yes");
+    assert_eq!(dir.exit(&["preview", "remove", "app", "staging"]), 2, "a named environment is not a preview");
+    assert!(shown("staging"), "nothing was removed");
+    let removed = dir.ok(&["env", "remove", "app", "staging", "--yes"]);
+    assert_eq!(removed.trim(), "app staging removed: 0 deployment(s) cancelled");
+    assert!(!shown("staging"));
+    assert_eq!(dir.exit(&["env", "remove", "app", "staging", "--yes"]), 3, "gone");
+    // Added again, it starts afresh: its old settings went with it.
+    dir.ok(&["env", "add", "app", "staging"]);
+    assert_eq!(dir.json(&["project", "show", "app", "--json"])["environments"]["staging"]["settings"], 0);
+}
+
+#[test]
 fn errors_exit_with_the_documented_status() {
     let dir = Dir::new();
     assert_eq!(dir.exit(&["status", "nope", "test"]), 3, "unknown project");
@@ -448,6 +471,18 @@ fn with_server_deploy_and_status_go_through_the_http_api() {
     assert_eq!(out.status.code(), Some(1), "a failed deployment through the API exits 1");
     let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("details: slipway history ") && !said.contains("slipway logs"), "a verb that goes through --server: {said}");
+
+    // Environments come and go through the API, an admin's token only.
+    assert_eq!(dir.exit(&via(&["env", "add", "app", "staging"])), 7, "403: a deploy token");
+    let admin = issue_token(&dir, "cli-admin", "admin");
+    let as_admin =
+        |rest: &[&'static str]| ["--server", url, "--token", admin.as_str()].into_iter().chain(rest.iter().copied()).collect::<Vec<&str>>();
+    assert!(dir.ok(&as_admin(&["env", "add", "app", "staging"])).starts_with("app staging: added"));
+    assert_eq!(dir.exit(&as_admin(&["preview", "remove", "app", "staging"])), 2, "not a preview, whatever the scope");
+    assert_eq!(dir.exit(&via(&["env", "remove", "app", "staging", "--yes"])), 7, "403: a deploy token");
+    let removed = dir.ok(&as_admin(&["env", "remove", "app", "staging", "--yes"]));
+    assert_eq!(removed.trim(), "app staging removed: 0 deployment(s) cancelled");
+    assert!(dir.json(&["project", "show", "app", "--json"])["environments"].get("staging").is_none());
     drop(server);
     assert!(!read(&dir.path("server.log")).contains("panicked"));
 }

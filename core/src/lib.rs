@@ -18,6 +18,7 @@ pub mod environment;
 pub mod git_ref;
 pub mod lease;
 pub mod limits;
+pub mod named_environments;
 pub mod notify;
 pub mod poll;
 pub mod preview;

@@ -169,6 +169,11 @@ impl Project {
             Event::PushSkipped(r) => {
                 p.deliveries.insert(delivery_key(r.provider, &r.delivery));
             }
+            // A named environment added after the project was created
+            // (`slipway env add`) has no preview origin.
+            Event::EnvironmentAdded(a) if a.preview.is_none() && a.inherits.is_none() => {
+                p.environments.insert(a.name.clone(), BTreeMap::new());
+            }
             Event::EnvironmentAdded(a) => {
                 p.environments.insert(a.name.clone(), BTreeMap::new());
                 p.previews.insert(

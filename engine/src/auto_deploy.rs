@@ -250,7 +250,7 @@ async fn record_skip(
     let mut w = Writes::default();
     let mut reason = reason;
     if let Some((environment, why)) = remove {
-        lifecycle::remove_preview(store, &mut w, p, &environment, &why, actor).await?;
+        lifecycle::write_removal(store, &mut w, p, &environment, &why, actor).await?;
         reason = format!("{reason}; preview {environment} removed");
     }
     let event = Event::PushSkipped(PushSkipped {

@@ -29,6 +29,7 @@ use crate::preview::{self, NewPreview};
 use crate::project::Project;
 use crate::push;
 use crate::requests::{envelope, load_project, Outcome, Rejection};
+use slipway_core::named_environments;
 
 /// The actor of what the engine records on its own (the TTL sweep).
 pub const ENGINE: &str = "engine";
@@ -160,35 +161,72 @@ pub(crate) async fn add_preview(
     actor: &str,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let added = Event::EnvironmentAdded(EnvironmentAdded {
+    let added = EnvironmentAdded {
         name: new.name.clone(),
         inherits: Some(new.inherits.clone()),
         preview: Some(new.origin.clone()),
         ttl_seconds: Some(new.ttl_seconds),
         at: now,
-    });
-    let estream = environment_stream(&p.name, &new.name);
+    };
+    write_added(store, w, p, added, actor).await
+}
+
+/// Writes `added` on the project's and the environment's streams (where
+/// it starts a new life of that name) and applies it to `p`. The pair
+/// claims its combined name the first time it is added (one added again
+/// holds it already); if another pair holds it, the claim conflicts and
+/// nothing is written.
+async fn write_added(
+    store: &dyn EventStore,
+    w: &mut Writes,
+    p: &mut Project,
+    added: EnvironmentAdded,
+    actor: &str,
+) -> Result<(), StoreError> {
+    let name = added.name.clone();
+    let added = Event::EnvironmentAdded(added);
+    let estream = environment_stream(&p.name, &name);
     let version = store.stream_version(&estream).await?;
     w.add(&project_stream(&p.name), ExpectedVersion::Exactly(p.version), &added, Uuid::now_v7(), actor);
     w.add(&estream, ExpectedVersion::Exactly(version), &added, Uuid::now_v7(), actor);
-    // The preview claims its combined name the first time it is added (a
-    // reopened one holds it already); if another pair holds it, the claim
-    // conflicts and nothing is written.
-    let claim_stream = slipway_proto::event::name_stream(&p.name, &new.name);
+    let claim_stream = slipway_proto::event::name_stream(&p.name, &name);
     if store.stream_version(&claim_stream).await? == 0 {
-        w.add(&claim_stream, ExpectedVersion::NoStream, &crate::names::claim(&p.name, &new.name), Uuid::now_v7(), actor);
-    } else if let Some(holder) = crate::names::taken_by(store, &p.name, &new.name).await? {
-        return Err(StoreError::InvalidAppend { stream: claim_stream, reason: crate::names::collision(&p.name, &new.name, &holder) });
+        w.add(&claim_stream, ExpectedVersion::NoStream, &crate::names::claim(&p.name, &name), Uuid::now_v7(), actor);
+    } else if let Some(holder) = crate::names::taken_by(store, &p.name, &name).await? {
+        return Err(StoreError::InvalidAppend { stream: claim_stream, reason: crate::names::collision(&p.name, &name, &holder) });
     }
     p.apply(&added);
     Ok(())
 }
 
-/// Writes the removal of preview `name` from `p`: `EnvironmentRemoved` on
-/// the project's and the environment's streams, a cancellation for each
+/// Adds environment `name` to `project` after its creation (`slipway env
+/// add`): it starts empty (no settings, nothing deployed), like the
+/// environments the project was created with.
+pub async fn add_environment(store: &dyn EventStore, actor: &str, project: &str, name: &str) -> Result<Result<(), Rejection>, LoadError> {
+    for _ in 0..ATTEMPTS {
+        let Some(mut p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
+        if let Err(refused) = named_environments::may_add(&p, name) {
+            return Ok(Err(refused));
+        }
+        if let Some(holder) = crate::names::taken_by(store, project, name).await? {
+            return Ok(Err(Rejection::conflict(crate::names::collision(project, name, &holder))));
+        }
+        let mut w = Writes::default();
+        let added = EnvironmentAdded { name: name.into(), inherits: None, preview: None, ttl_seconds: None, at: Utc::now() };
+        write_added(store, &mut w, &mut p, added, actor).await?;
+        if w.commit(store).await? {
+            return Ok(Ok(()));
+        }
+    }
+    Ok(Err(Rejection::unavailable(format!("project `{project}` kept changing while `{name}` was added; try again"))))
+}
+
+/// Writes the removal of environment `name` (a preview, or a named one
+/// `named_environments::may_remove` allows) from `p`: `EnvironmentRemoved`
+/// on the project's and the environment's streams, a cancellation for each
 /// deployment queued or running there, the serving release's retirement
 /// (a command to the workers), and `RouteRemoved` if it has a route.
-pub(crate) async fn remove_preview(
+pub(crate) async fn write_removal(
     store: &dyn EventStore,
     w: &mut Writes,
     p: &Project,
@@ -196,8 +234,8 @@ pub(crate) async fn remove_preview(
     reason: &str,
     actor: &str,
 ) -> Result<EnvironmentRemoved, LoadError> {
-    let env = load::environment(store, &p.name, name).await?;
     let routes = load::routes(store).await?;
+    let env = load::environment(store, &p.name, name).await?;
     let routed = routes.by_environment.contains_key(&(p.name.clone(), name.to_owned()));
     let plan = preview::removal(&env, routed, preview::REMOVAL_DRAIN_SECONDS);
     let why = preview::cancel_reason(name, reason);
@@ -230,27 +268,52 @@ fn no_project(project: &str) -> Rejection {
     Rejection::not_found(format!("no project `{project}`; create it with `slipway project create`"))
 }
 
-/// Removes preview `name` of `project` (a named environment cannot be).
+/// Which environments a removal may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removable {
+    /// Previews only (`slipway preview remove`, deploy scope).
+    Previews,
+    /// Named environments too, when nothing counts on them any more
+    /// (`slipway env remove`, admin scope).
+    Any,
+}
+
+/// Removes environment `name` of `project`: a preview, or with
+/// `Removable::Any` a named environment that `named_environments::may_remove`
+/// allows (no rule, preview or domain counts on it).
 pub async fn remove_environment(
     store: &dyn EventStore,
     actor: &str,
     project: &str,
     name: &str,
     reason: &str,
+    removable: Removable,
 ) -> Result<Result<EnvironmentRemoved, Rejection>, LoadError> {
     for _ in 0..ATTEMPTS {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
-        if !p.previews.contains_key(name) {
-            return Ok(Err(if p.environments.contains_key(name) {
-                Rejection::invalid(format!(
-                    "environment `{name}` of `{project}` is a named environment, not a preview; only previews are removed"
-                ))
-            } else {
-                Rejection::not_found(format!("environment `{name}` of `{project}` does not exist; only previews are removed"))
-            }));
+        let routes = load::routes(store).await?;
+        let preview = p.previews.contains_key(name);
+        match removable {
+            Removable::Previews if !preview && p.environments.contains_key(name) => {
+                return Ok(Err(Rejection::invalid(format!(
+                    "environment `{name}` of `{project}` is a named environment, not a preview; \
+                     an admin removes it with `slipway env remove {project} {name} --yes`"
+                ))))
+            }
+            Removable::Previews if !preview => {
+                return Ok(Err(Rejection::not_found(format!("environment `{name}` of `{project}` does not exist"))))
+            }
+            Removable::Previews => {}
+            Removable::Any => {
+                let domains: Vec<String> =
+                    routes.domains.iter().filter(|(_, (p, e))| p == project && e == name).map(|(domain, _)| domain.clone()).collect();
+                if let Err(refused) = named_environments::may_remove(&p, name, &domains) {
+                    return Ok(Err(refused));
+                }
+            }
         }
         let mut w = Writes::default();
-        let removed = remove_preview(store, &mut w, &p, name, reason, actor).await?;
+        let removed = write_removal(store, &mut w, &p, name, reason, actor).await?;
         if w.commit(store).await? {
             return Ok(Ok(removed));
         }
@@ -359,7 +422,7 @@ async fn remove_if_expired(
             return Ok(Ok(None));
         }
         let mut w = Writes::default();
-        let removed = remove_preview(store, &mut w, &p, name, reason, ENGINE).await?;
+        let removed = write_removal(store, &mut w, &p, name, reason, ENGINE).await?;
         if w.commit(store).await? {
             return Ok(Ok(Some(removed)));
         }

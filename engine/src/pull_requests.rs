@@ -99,7 +99,7 @@ pub async fn record_pull_request(
                 (environment, PrRecorded::AwaitingApproval { commit, added: add.is_some() })
             }
             Plan::Remove { environment, reason } => {
-                lifecycle::remove_preview(store, &mut w, &p, &environment, &reason, &actor).await?;
+                lifecycle::write_removal(store, &mut w, &p, &environment, &reason, &actor).await?;
                 (environment, PrRecorded::Removed)
             }
         };

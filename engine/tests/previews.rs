@@ -342,8 +342,70 @@ async fn a_branch_preview_follows_its_pushes_and_goes_with_the_branch(s: &Setup)
     assert_eq!(both.status, StatusCode::BAD_REQUEST);
     let removed = s.call(Method::DELETE, "/api/projects/app/previews?branches=feature%2F*", None).await;
     assert_eq!((removed.status, removed.json.clone()), (StatusCode::OK, json!([])), "{}", removed.json);
-    // A named environment is not removed by hand.
+    // A named environment an auto-deploy rule deploys to is not removed.
     let named = s.call(Method::DELETE, "/api/projects/app/environments/test", None).await;
-    assert_eq!(named.status, StatusCode::BAD_REQUEST);
-    assert!(named.json["error"]["message"].as_str().unwrap().contains("named environment"), "{}", named.json);
+    assert_eq!(named.status, StatusCode::CONFLICT);
+    assert!(named.json["error"]["message"].as_str().unwrap().contains("auto-deploy rule for `main`"), "{}", named.json);
+}
+
+on_both_stores!(an_admin_adds_a_named_environment_and_removes_it_once_nothing_counts_on_it);
+async fn an_admin_adds_a_named_environment_and_removes_it_once_nothing_counts_on_it(s: &Setup) {
+    s.project("shop").await;
+    let deployer = slipway_engine::requests::issue_token(&*s.store, "test", "dev", TokenScope::Deploy).await.unwrap().unwrap();
+    let environments = "/api/projects/shop/environments";
+    // Added by an admin, once, under a DNS label; a deploy token may not.
+    let added = s.call(Method::POST, environments, Some(json!({"name": "staging"}))).await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.json);
+    assert_eq!(s.call(Method::POST, environments, Some(json!({"name": "staging"}))).await.status, StatusCode::CONFLICT);
+    assert_eq!(s.call(Method::POST, environments, Some(json!({"name": "Staging!"}))).await.status, StatusCode::BAD_REQUEST);
+    let refused = s.call_as(&deployer, Method::POST, environments, Some(json!({"name": "qa"}))).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.json);
+    assert!(s.has_environment("shop", "staging").await);
+    let shown = s.call(Method::GET, "/api/projects/shop", None).await;
+    assert!(shown.json["previews"].as_array().unwrap().is_empty(), "a named environment, not a preview: {}", shown.json);
+    // A release serves it, behind a domain.
+    let requested = s.call_as(&deployer, Method::POST, "/api/projects/shop/environments/staging/deployments", Some(json!({}))).await;
+    assert_eq!(requested.status, StatusCode::ACCEPTED, "{}", requested.json);
+    let serving = uuid(&requested.json["deployment"]);
+    s.serve("shop", "staging", serving).await;
+    let domain = "/api/projects/shop/environments/staging/domains/staging.example";
+    assert_eq!(s.call(Method::PUT, domain, None).await.status, StatusCode::OK);
+
+    // Removing it: a deploy token may not; while a domain routes to it, nobody may.
+    let staging = "/api/projects/shop/environments/staging";
+    let refused = s.call_as(&deployer, Method::DELETE, staging, None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.json);
+    assert!(refused.text.contains("needs scope admin"), "{}", refused.text);
+    let refused = s.call(Method::DELETE, staging, None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.json);
+    assert!(refused.text.contains("slipway domain remove shop staging staging.example"), "{}", refused.text);
+    // Nor one an auto-deploy rule deploys to.
+    let refused = s.call(Method::DELETE, "/api/projects/shop/environments/test", None).await;
+    assert!(refused.status == StatusCode::CONFLICT && refused.text.contains("auto-deploy rule for `main`"), "{}", refused.text);
+    assert_eq!(s.call(Method::DELETE, domain, None).await.status, StatusCode::OK);
+    let removed = s.call(Method::DELETE, staging, None).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.json);
+    assert_eq!((uuid(&removed.json["retired"]), removed.json["route_removed"].as_bool()), (serving, Some(true)), "{}", removed.json);
+    assert!(!s.has_environment("shop", "staging").await);
+    let routes = slipway_engine::load::routes(&*s.store).await.unwrap();
+    assert!(!routes.by_environment.contains_key(&("shop".to_string(), "staging".to_string())), "the route is removed");
+    let retire = slipway_support::eventually("the retire command in the outbox", Duration::from_secs(5), || async {
+        s.outbox().await.into_iter().find_map(|c| match c {
+            Command::RetireRelease(r) if r.deployment_id == serving => Some(r),
+            _ => None,
+        })
+    })
+    .await;
+    assert_eq!(retire.containers, vec!["slipway-shop-staging-web".to_string()]);
+    // The lists forget it; added again, it starts with nothing serving.
+    slipway_support::eventually("the read model to drop it", Duration::from_secs(5), || async {
+        let listed = s.call(Method::GET, "/api/environments", None).await;
+        let gone = !listed.json.as_array()?.iter().any(|e| e["project"] == "shop" && e["environment"] == "staging");
+        gone.then_some(())
+    })
+    .await;
+    assert_eq!(s.call(Method::POST, environments, Some(json!({"name": "staging"}))).await.status, StatusCode::CREATED);
+    let status = s.call(Method::GET, staging, None).await;
+    assert_eq!(status.status, StatusCode::OK, "{}", status.json);
+    assert!(status.json["active"].is_null(), "{}", status.json);
 }

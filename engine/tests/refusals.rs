@@ -87,8 +87,17 @@ async fn each_refusal_has_the_kind_its_situation_calls_for(s: &Setup) {
     assert_eq!(kind(auto_deploy::set_rule(store, actor, "shop", "main", "qa", None).await), "not_found");
     assert_eq!(kind(auto_deploy::set_rule(store, actor, "shop", "a b", "test", None).await), "invalid");
     assert_eq!(kind(auto_deploy::remove_rule(store, actor, "shop", "main").await), "not_found");
-    assert_eq!(kind(lifecycle::remove_environment(store, actor, "shop", "test", "by hand").await), "invalid", "a named environment");
-    assert_eq!(kind(lifecycle::remove_environment(store, actor, "shop", "pr-1", "by hand").await), "not_found");
+    let (previews, any) = (lifecycle::Removable::Previews, lifecycle::Removable::Any);
+    assert_eq!(
+        kind(lifecycle::remove_environment(store, actor, "shop", "test", "by hand", previews).await),
+        "invalid",
+        "a named environment"
+    );
+    assert_eq!(kind(lifecycle::remove_environment(store, actor, "shop", "pr-1", "by hand", previews).await), "not_found");
+    assert_eq!(kind(lifecycle::remove_environment(store, actor, "shop", "pr-1", "by hand", any).await), "not_found");
+    assert_eq!(kind(lifecycle::add_environment(store, actor, "shop", "test").await), "conflict");
+    assert_eq!(kind(lifecycle::add_environment(store, actor, "shop", "No Name").await), "invalid");
+    assert_eq!(kind(lifecycle::add_environment(store, actor, "nosuch", "qa").await), "not_found");
     assert_eq!(kind(lifecycle::approve(store, actor, "shop", "pr-1").await), "not_found");
 }
 

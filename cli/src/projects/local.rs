@@ -10,7 +10,9 @@ use slipway_engine::{auto_deploy, lifecycle, project::Project, protection};
 use slipway_store::EventStore;
 use uuid::Uuid;
 
-use super::{EnvironmentShown, PreviewChange, PreviewRemoved, PreviewShown, ProjectShown, Projects, RuleChange, SettingShown, SourceShown};
+use super::{
+    EnvironmentShown, PreviewChange, PreviewRemoved, PreviewShown, ProjectShown, Projects, Removable, RuleChange, SettingShown, SourceShown,
+};
 use crate::actor::actor;
 use crate::exit::{self, not_found};
 
@@ -101,9 +103,13 @@ impl Projects for Local<'_> {
         Ok((deployment, who))
     }
 
-    async fn remove_preview(&self, project: &str, env: &str) -> anyhow::Result<PreviewRemoved> {
+    async fn add_environment(&self, project: &str, env: &str) -> anyhow::Result<()> {
+        load_rejected(lifecycle::add_environment(self.0, &actor(), project, env).await)
+    }
+
+    async fn remove_environment(&self, project: &str, env: &str, removable: Removable) -> anyhow::Result<PreviewRemoved> {
         let who = actor();
-        let r = load_rejected(lifecycle::remove_environment(self.0, &who, project, env, &format!("removed by {who}")).await)?;
+        let r = load_rejected(lifecycle::remove_environment(self.0, &who, project, env, &format!("removed by {who}"), removable).await)?;
         Ok(PreviewRemoved {
             environment: r.name,
             reason: r.reason,

@@ -31,6 +31,7 @@ use crate::verbs::print_json;
 
 pub use local::Local;
 pub use remote::Remote;
+pub use slipway_engine::lifecycle::Removable;
 
 /// Where the project verbs take effect.
 pub trait Projects {
@@ -44,7 +45,9 @@ pub trait Projects {
     async fn change_preview_rule(&self, project: &str, change: &PreviewChange) -> anyhow::Result<()>;
     /// The deployment requested, and who approved it.
     async fn approve_preview(&self, project: &str, env: &str) -> anyhow::Result<(Uuid, String)>;
-    async fn remove_preview(&self, project: &str, env: &str) -> anyhow::Result<PreviewRemoved>;
+    /// Removes a preview, or with `Removable::Any` a named environment too.
+    async fn remove_environment(&self, project: &str, env: &str, removable: Removable) -> anyhow::Result<PreviewRemoved>;
+    async fn add_environment(&self, project: &str, env: &str) -> anyhow::Result<()>;
     async fn change_settings(&self, project: &str, env: &str, set: Vec<SettingValue>, unset: Vec<String>) -> anyhow::Result<()>;
     async fn settings(&self, project: &str, env: &str) -> anyhow::Result<Vec<SettingShown>>;
     async fn protect(&self, project: &str, env: &str, approvals: u32) -> anyhow::Result<()>;
@@ -97,7 +100,7 @@ pub struct SettingShown {
     pub fingerprint: String,
 }
 
-/// What removing a preview did.
+/// What removing an environment did.
 #[derive(Debug, Deserialize)]
 pub struct PreviewRemoved {
     pub environment: String,
@@ -209,6 +212,20 @@ pub async fn env(backend: &impl Projects, cmd: EnvCmd, json: bool) -> anyhow::Re
             backend.remove_freeze(&project, &env, &schedule).await?;
             println!("{project} {env}: the freeze window \"{schedule}\" is removed");
         }
+        EnvCmd::Add { project, env } => {
+            backend.add_environment(&project, &env).await?;
+            println!("{project} {env}: added; set its settings with `slipway env set {project} {env} KEY=VALUE`, then deploy");
+        }
+        EnvCmd::Remove { project, env, yes: false } => {
+            return Err(exit::usage(format!(
+                "removing {project} {env} cancels its deployments, retires its containers and removes its route; \
+                 pass --yes to remove it"
+            )));
+        }
+        EnvCmd::Remove { project, env, yes: true } => {
+            let r = backend.remove_environment(&project, &env, Removable::Any).await?;
+            print_removed(&project, &r, json)?;
+        }
         EnvCmd::Freeze { project, env, schedule, duration, remove: false } => {
             let seconds = slipway_engine::protection::parse_duration(duration.as_deref().unwrap_or_default()).map_err(exit::usage)?;
             backend.set_freeze(&project, &env, &schedule, seconds).await?;
@@ -229,21 +246,27 @@ pub async fn previews(backend: &impl Projects, cmd: PreviewsCmd, json: bool) -> 
             }
         }
         PreviewsCmd::Remove { project, env } => {
-            let r = backend.remove_preview(&project, &env).await?;
-            if json {
-                print_json(&json!({"environment": r.environment, "reason": r.reason, "cancelled": r.cancelled, "retired": r.retired,
-                    "route_removed": r.route_removed}))?;
-            } else {
-                println!(
-                    "{project} {env} removed: {} deployment(s) cancelled{}{}",
-                    r.cancelled.len(),
-                    r.retired.map(|d| format!(", release {d} retired")).unwrap_or_default(),
-                    if r.route_removed { ", route removed" } else { "" }
-                );
-            }
+            let r = backend.remove_environment(&project, &env, Removable::Previews).await?;
+            print_removed(&project, &r, json)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What removing an environment did.
+fn print_removed(project: &str, r: &PreviewRemoved, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&json!({"environment": r.environment, "reason": r.reason, "cancelled": r.cancelled, "retired": r.retired,
+            "route_removed": r.route_removed}));
+    }
+    println!(
+        "{project} {} removed: {} deployment(s) cancelled{}{}",
+        r.environment,
+        r.cancelled.len(),
+        r.retired.map(|d| format!(", release {d} retired")).unwrap_or_default(),
+        if r.route_removed { ", route removed" } else { "" }
+    );
+    Ok(())
 }
 
 /// A relative repository path is made absolute: workers may run elsewhere.

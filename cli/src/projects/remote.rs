@@ -11,9 +11,11 @@ use slipway_engine::source::SourceChange;
 use slipway_proto::event::PreviewTrigger;
 use uuid::Uuid;
 
-use super::{EnvironmentShown, PreviewChange, PreviewRemoved, PreviewShown, ProjectShown, Projects, RuleChange, SettingShown, SourceShown};
+use super::{
+    EnvironmentShown, PreviewChange, PreviewRemoved, PreviewShown, ProjectShown, Projects, Removable, RuleChange, SettingShown, SourceShown,
+};
 use crate::client::{segment, Client};
-use crate::exit::not_found;
+use crate::exit::{self, not_found};
 
 /// A server's API, reached with `--server` and `--token`.
 pub struct Remote<'a>(pub &'a Client);
@@ -155,8 +157,26 @@ impl Projects for Remote<'_> {
         Ok((answer.deployment, answer.approved_by))
     }
 
-    async fn remove_preview(&self, project: &str, env: &str) -> anyhow::Result<PreviewRemoved> {
-        parsed(self.0.delete(&environment_path(project, env)).await?, "a preview's removal")
+    async fn add_environment(&self, project: &str, env: &str) -> anyhow::Result<()> {
+        self.0.post(&format!("{}/environments", project_path(project)), json!({ "name": env })).await.map(drop)
+    }
+
+    async fn remove_environment(&self, project: &str, env: &str, removable: Removable) -> anyhow::Result<PreviewRemoved> {
+        // The server removes whatever environment the token's scope allows:
+        // `preview remove` asks first that it is a preview.
+        if removable == Removable::Previews {
+            let d = self.detail(project).await?;
+            if !d.previews.iter().any(|p| p.name == env) {
+                let named = d.environments.contains_key(env);
+                let message = format!("environment `{env}` of `{project}` is not a preview");
+                return Err(if named {
+                    exit::usage(format!("{message}; `slipway env remove {project} {env} --yes` removes it"))
+                } else {
+                    not_found(message)
+                });
+            }
+        }
+        parsed(self.0.delete(&environment_path(project, env)).await?, "an environment's removal")
     }
 
     async fn change_settings(&self, project: &str, env: &str, set: Vec<SettingValue>, unset: Vec<String>) -> anyhow::Result<()> {

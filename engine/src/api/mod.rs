@@ -112,6 +112,7 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::PUT, "/api/projects/{name}/source", Scope(Admin), put(projects::change_source)),
         route(Method::POST, "/api/projects/{name}/promote", Scope(Deploy), post(environments::promote)),
         route(Method::GET, "/api/environments", Scope(Read), get(overview::list)),
+        route(Method::POST, "/api/projects/{name}/environments", Scope(Admin), post(previews::add)),
         route(Method::GET, "/api/projects/{name}/environments/{env}", Scope(Read), get(environments::status)),
         route(Method::GET, "/api/projects/{name}/environments/{env}/settings", Scope(Read), get(environments::settings)),
         route(Method::PUT, "/api/projects/{name}/environments/{env}/settings", Scope(Admin), put(environments::change_settings)),

@@ -72,6 +72,7 @@ const SCHEME: &str = "bearer";
         previews::remove_rule,
         previews::approve,
         previews::remove,
+        previews::add,
         protection::protect,
         protection::set_freeze,
         protection::remove_freeze,

@@ -1,20 +1,22 @@
-//! Preview environments over HTTP: a project's preview rules (which pull
-//! requests or branches get an environment, whose settings it inherits, how
-//! long it lives without a push), the approval of a fork's head commit, and
-//! the removal of a preview by hand. The recording is `lifecycle`'s.
+//! Environments coming and going over HTTP: a project's preview rules
+//! (which pull requests or branches get an environment, whose settings it
+//! inherits, how long it lives without a push), the approval of a fork's
+//! head commit, a named environment added after the project's creation,
+//! and the removal of an environment by hand (a preview, or a named one).
+//! The recording is `lifecycle`'s.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use slipway_proto::event::PreviewTrigger;
+use slipway_proto::event::{PreviewTrigger, TokenScope};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, Params, QueryParams};
 use super::{load_error, require_project, ApiResult, Caller, Store};
-use crate::lifecycle;
+use crate::lifecycle::{self, Removable};
 use crate::preview;
 use crate::project::PreviewRule;
 
@@ -133,14 +135,50 @@ pub struct Removed {
     route_removed: bool,
 }
 
+/// A named environment to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnvironment {
+    /// 1-63 lowercase letters, digits or '-'.
+    name: String,
+}
+
+#[utoipa::path(post, path = "/api/projects/{name}/environments", tag = "environments",
+    summary = "Add a named environment to a project",
+    description = "It starts empty: no settings, nothing deployed.",
+    params(("name" = String, Path, description = "The project")),
+    request_body = NewEnvironment,
+    responses((status = 201, description = "Added"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "The project has it already, or another pair holds its host name")))]
+pub async fn add(
+    State(store): Store,
+    caller: Caller,
+    Params(name): Params<String>,
+    JsonBody(body): JsonBody<NewEnvironment>,
+) -> ApiResult<(StatusCode, [(axum::http::HeaderName, String); 1])> {
+    lifecycle::add_environment(&*store, &caller.actor(), &name, &body.name).await.map_err(load_error)??;
+    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, format!("/api/projects/{name}/environments/{}", body.name))]))
+}
+
 #[utoipa::path(delete, path = "/api/projects/{name}/environments/{env}", tag = "previews",
-    summary = "Remove a preview environment: cancel its deployments, retire its containers, remove its route",
-    params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The preview")),
-    responses((status = 200, body = Removed), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    summary = "Remove an environment: cancel its deployments, retire its containers, remove its route",
+    description = "A preview needs deploy scope; a named environment needs admin scope, and is refused (409) \
+        while an auto-deploy rule, a preview rule or a preview counts on it or a domain routes to it.",
+    params(("name" = String, Path, description = "The project"), ("env" = String, Path, description = "The environment")),
+    responses((status = 200, body = Removed), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove(State(store): Store, caller: Caller, Params((name, env)): Params<(String, String)>) -> ApiResult<Json<Removed>> {
-    require_project(&*store, &name).await?;
+    let project = require_project(&*store, &name).await?;
+    let named = project.environments.contains_key(&env) && !project.previews.contains_key(&env);
+    if named && caller.scope < TokenScope::Admin {
+        return Err(ApiError::Forbidden(format!(
+            "removing the named environment {name} {env} needs scope admin; token `{}` has {}",
+            caller.name, caller.scope
+        )));
+    }
+    let removable = if caller.scope >= TokenScope::Admin { Removable::Any } else { Removable::Previews };
     let actor = caller.actor();
     let reason = format!("removed by {actor}");
-    let r = lifecycle::remove_environment(&*store, &actor, &name, &env, &reason).await.map_err(load_error)??;
+    let r = lifecycle::remove_environment(&*store, &actor, &name, &env, &reason, removable).await.map_err(load_error)??;
     Ok(Json(Removed { environment: r.name, reason: r.reason, cancelled: r.cancelled, retired: r.retired, route_removed: r.route_removed }))
 }

@@ -1,0 +1,131 @@
+//! Environments added to and removed from a project after it was created
+//! (`slipway env add|remove`), pure: whether a name may be added
+//! (`may_add`), and whether an environment may be removed (`may_remove`).
+//!
+//! A removal takes the environment down for good: its queued and running
+//! deployments are cancelled, its serving release retired and its route
+//! removed (the engine's `lifecycle`, as for a preview). So it is refused
+//! while something else still counts on the environment: an auto-deploy
+//! rule that deploys to it, a preview rule or a preview that inherits its
+//! settings, a domain that routes to it. Each refusal names the command
+//! that lifts it. Its protection and freeze windows are kept: adding the
+//! name again does not make it unprotected.
+
+use slipway_proto::config::is_dns_label;
+use slipway_proto::event::PreviewTrigger;
+
+use crate::project::Project;
+use crate::rejection::Rejection;
+
+/// Whether `name` may be added to `p` as a new environment.
+pub fn may_add(p: &Project, name: &str) -> Result<(), Rejection> {
+    if !is_dns_label(name) {
+        return Err(Rejection::invalid(format!("environment name `{name}` must be 1-63 lowercase letters, digits or '-'")));
+    }
+    if p.environments.contains_key(name) {
+        return Err(Rejection::conflict(format!("project `{}` has an environment `{name}` already", p.name)));
+    }
+    Ok(())
+}
+
+/// Whether environment `name` of `p` may be removed; `domains` are the
+/// domains routed to it.
+pub fn may_remove(p: &Project, name: &str, domains: &[String]) -> Result<(), Rejection> {
+    let project = &p.name;
+    if !p.environments.contains_key(name) {
+        return Err(Rejection::not_found(format!("project `{project}` has no environment `{name}`")));
+    }
+    if let Some(rule) = p.auto_deploy.iter().find(|r| r.environment == name) {
+        return Err(Rejection::conflict(format!(
+            "the auto-deploy rule for `{}` deploys to {project} {name}; remove it first (slipway project auto-deploy {project} remove '{}')",
+            rule.branch, rule.branch
+        )));
+    }
+    if let Some(rule) = p.preview_rules.iter().find(|r| r.inherit == name) {
+        let flag = match &rule.trigger {
+            PreviewTrigger::PullRequests => "--pull-requests".to_string(),
+            PreviewTrigger::Branches(glob) => format!("--branches '{glob}'"),
+        };
+        return Err(Rejection::conflict(format!(
+            "the preview rule for {} inherits {project} {name}'s settings; remove it first (slipway project preview {project} remove {flag})",
+            rule.trigger
+        )));
+    }
+    if let Some((preview, _)) = p.previews.iter().find(|(_, v)| v.inherits.as_deref() == Some(name)) {
+        return Err(Rejection::conflict(format!(
+            "preview {preview} inherits {project} {name}'s settings; remove it first (slipway preview remove {project} {preview})"
+        )));
+    }
+    if let Some(domain) = domains.first() {
+        return Err(Rejection::conflict(format!(
+            "domain `{domain}` routes to {project} {name}; remove it first (slipway domain remove {project} {name} {domain})"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use slipway_proto::event::{AutoDeploySet, EnvironmentAdded, EnvironmentRemoved, PreviewRuleSet, ProjectCreated};
+    use slipway_proto::Event;
+
+    fn shop() -> Project {
+        let created = Event::ProjectCreated(ProjectCreated {
+            name: "shop".into(),
+            repository: "/r".into(),
+            mirror_of: None,
+            environments: vec!["test".into(), "live".into()],
+            default_branch: "main".into(),
+        });
+        crate::project::fold([&created]).unwrap_or_else(|| panic!("no project"))
+    }
+
+    fn refused(r: Result<(), Rejection>) -> String {
+        match r {
+            Ok(()) => panic!("not refused"),
+            Err(r) => r.message().to_string(),
+        }
+    }
+
+    #[test]
+    fn a_new_name_is_added_once_and_only_a_dns_label() {
+        let mut p = shop();
+        assert_eq!(may_add(&p, "staging"), Ok(()));
+        assert!(refused(may_add(&p, "Staging!")).contains("1-63 lowercase letters"));
+        assert!(refused(may_add(&p, "live")).contains("has an environment `live` already"));
+        let added = EnvironmentAdded { name: "staging".into(), inherits: None, preview: None, ttl_seconds: None, at: Utc::now() };
+        p.apply(&Event::EnvironmentAdded(added));
+        // A named environment, not a preview.
+        assert!(p.environments.contains_key("staging") && !p.previews.contains_key("staging"));
+        assert!(may_add(&p, "staging").is_err());
+    }
+
+    #[test]
+    fn an_environment_something_counts_on_is_not_removed() {
+        let mut p = shop();
+        assert!(refused(may_remove(&p, "nosuch", &[])).contains("no environment `nosuch`"));
+        assert_eq!(may_remove(&p, "test", &[]), Ok(()));
+        let domains = ["shop.example".to_string()];
+        assert!(refused(may_remove(&p, "test", &domains)).contains("slipway domain remove shop test shop.example"));
+        p.apply(&Event::AutoDeploySet(AutoDeploySet { branch: "main".into(), environment: "test".into(), poll_seconds: None }));
+        assert!(refused(may_remove(&p, "test", &[])).contains("slipway project auto-deploy shop remove 'main'"));
+        p.apply(&Event::PreviewRuleSet(PreviewRuleSet {
+            trigger: PreviewTrigger::PullRequests,
+            inherit: "live".into(),
+            ttl_seconds: 3600,
+        }));
+        let inherited = refused(may_remove(&p, "live", &[]));
+        assert!(
+            inherited.contains("inherits shop live's settings") && inherited.contains("preview shop remove --pull-requests"),
+            "{inherited}"
+        );
+        // Once removed, the name is free again.
+        let removed =
+            EnvironmentRemoved { name: "test".into(), reason: "r".into(), cancelled: vec![], retired: None, route_removed: false };
+        p.apply(&Event::EnvironmentRemoved(removed));
+        assert!(refused(may_remove(&p, "test", &[])).contains("no environment"));
+        assert_eq!(may_add(&p, "test"), Ok(()));
+    }
+}
