@@ -278,7 +278,8 @@ pub enum PreviewKind {
 /// An environment joined the project (on the project's stream, and on the
 /// environment's own stream, where it starts a new life of that name): a
 /// preview, named from its pull request or branch, whose settings are its
-/// parent's (`inherits`) overlaid with its own.
+/// parent's (`inherits`) overlaid with its own; or, without `preview` and
+/// `inherits`, a named environment added by hand (`slipway env add`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentAdded {
     pub name: String,
