@@ -543,6 +543,16 @@ pub enum ProjectCmd {
     /// names, never values; trusted host keys), its environments with their
     /// settings count, and its auto-deploy and preview rules.
     Show { name: String },
+    /// Remove a project for good (admin): every environment's deployments
+    /// are cancelled, containers retired and route removed. Its history
+    /// stays in the log and its name is never created again. Refused while
+    /// a mirror builds from it or a domain routes to it.
+    Remove {
+        name: String,
+        /// Yes, take it down (without it nothing is done).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Change how workers reach a project's repository: credentials (kept as
     /// secrets, recorded by fingerprint), trusted SSH host keys, submodules.
     /// Deployments requested from now on use the new access.

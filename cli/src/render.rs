@@ -117,6 +117,7 @@ pub fn describe(event: &Event) -> String {
             if r.route_removed { ", route removed" } else { "" }
         ),
         Event::RouteRemoved(r) => format!("route of {} {} removed", r.project, r.environment),
+        Event::ProjectRemoved(r) => format!("project {} removed: {}", r.name, r.reason),
         Event::ReleaseRerouted(r) => format!(
             "route of the serving release moved to {} at route version {}; waiting for {} until {}",
             r.upstreams.join(", "),

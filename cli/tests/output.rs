@@ -247,6 +247,16 @@ fn env_add_and_env_remove_take_a_named_environment_in_and_out() {
     // Added again, it starts afresh: its old settings went with it.
     dir.ok(&["env", "add", "app", "staging"]);
     assert_eq!(dir.json(&["project", "show", "app", "--json"])["environments"]["staging"]["settings"], 0);
+
+    // The whole project goes the same way, and its name stays taken.
+    assert_eq!(dir.exit(&["project", "remove", "app"]), 2, "not without --yes");
+    let removed = dir.ok(&["project", "remove", "app", "--yes"]);
+    assert!(removed.contains("app staging removed: 0 deployment(s) cancelled") && removed.ends_with("project app removed\n"), "{removed}");
+    assert_eq!(dir.exit(&["status", "app", "test"]), 3, "gone");
+    assert!(dir.json(&["project", "list", "--json"]).as_array().unwrap().is_empty());
+    let out = dir.run(&["project", "create", "app", "--repo", "/tmp"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was removed"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

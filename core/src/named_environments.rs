@@ -1,6 +1,7 @@
 //! Environments added to and removed from a project after it was created
 //! (`slipway env add|remove`), pure: whether a name may be added
-//! (`may_add`), and whether an environment may be removed (`may_remove`).
+//! (`may_add`), and whether an environment may be removed (`may_remove`);
+//! and whether a whole project may be removed (`may_remove_project`).
 //!
 //! A removal takes the environment down for good: its queued and running
 //! deployments are cancelled, its serving release retired and its route
@@ -59,6 +60,25 @@ pub fn may_remove(p: &Project, name: &str, domains: &[String]) -> Result<(), Rej
     if let Some(domain) = domains.first() {
         return Err(Rejection::conflict(format!(
             "domain `{domain}` routes to {project} {name}; remove it first (slipway domain remove {project} {name} {domain})"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether project `p` may be removed: not while `mirrors` (its mirrors
+/// that still exist) build from its repository with its credentials, nor
+/// while a domain routes to one of its environments (`domains`: domain and
+/// environment).
+pub fn may_remove_project(p: &Project, mirrors: &[String], domains: &[(String, String)]) -> Result<(), Rejection> {
+    let project = &p.name;
+    if let Some(mirror) = mirrors.first() {
+        return Err(Rejection::conflict(format!(
+            "project `{mirror}` mirrors `{project}` (it builds from its repository); remove it first (slipway project remove {mirror} --yes)"
+        )));
+    }
+    if let Some((domain, env)) = domains.first() {
+        return Err(Rejection::conflict(format!(
+            "domain `{domain}` routes to {project} {env}; remove it first (slipway domain remove {project} {env} {domain})"
         )));
     }
     Ok(())
@@ -127,5 +147,15 @@ mod tests {
         p.apply(&Event::EnvironmentRemoved(removed));
         assert!(refused(may_remove(&p, "test", &[])).contains("no environment"));
         assert_eq!(may_add(&p, "test"), Ok(()));
+    }
+
+    #[test]
+    fn a_project_a_mirror_or_a_domain_counts_on_is_not_removed() {
+        let p = shop();
+        assert_eq!(may_remove_project(&p, &[], &[]), Ok(()));
+        let mirrored = refused(may_remove_project(&p, &["shop-eu".to_string()], &[]));
+        assert!(mirrored.contains("`shop-eu` mirrors `shop`") && mirrored.contains("slipway project remove shop-eu --yes"), "{mirrored}");
+        let routed = refused(may_remove_project(&p, &[], &[("shop.example".into(), "live".into())]));
+        assert!(routed.contains("slipway domain remove shop live shop.example"), "{routed}");
     }
 }

@@ -50,6 +50,9 @@ pub struct Project {
     pub protections: BTreeMap<String, u32>,
     /// Environment -> its freeze windows: cron schedule -> duration in seconds.
     pub freezes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// `ProjectRemoved`: gone from every list and request; its name is
+    /// not created again.
+    pub removed: bool,
     pub version: u64,
 }
 
@@ -116,6 +119,7 @@ impl Project {
         let p = self;
         match event {
             Event::MirrorAdded(m) => p.mirrors.push(m.mirror.clone()),
+            Event::ProjectRemoved(_) => p.removed = true,
             Event::SettingsChanged(s) => {
                 let env = p.environments.entry(s.environment.clone()).or_default();
                 for key in &s.removed {
@@ -244,6 +248,7 @@ pub fn evolve(project: Option<Project>, event: &Event) -> Option<Project> {
             previews: BTreeMap::new(),
             protections: BTreeMap::new(),
             freezes: BTreeMap::new(),
+            removed: false,
             version: 0,
         }),
         (event, Some(mut p)) => {

@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
     deployment_stream, environment_stream, project_stream, BuildMode, CancelRequested, DeploymentEnqueued, DeploymentRequested,
-    EnvironmentAdded, EnvironmentRemoved, PreviewApproved, PreviewRuleRemoved, PreviewRuleSet, PreviewTrigger, RouteRemoved, SourceAccess,
-    ROUTES_STREAM,
+    EnvironmentAdded, EnvironmentRemoved, PreviewApproved, PreviewRuleRemoved, PreviewRuleSet, PreviewTrigger, ProjectRemoved,
+    RouteRemoved, SourceAccess, ROUTES_STREAM,
 };
 use slipway_proto::{Command, Envelope, Event};
 use slipway_store::event_store::{Outgoing, StreamAppend};
@@ -319,6 +319,58 @@ pub async fn remove_environment(
         }
     }
     Ok(Err(Rejection::unavailable(format!("project `{project}` kept changing while `{name}` was removed; try again"))))
+}
+
+/// What removing a project did: each environment's removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRemoval {
+    pub environments: Vec<EnvironmentRemoved>,
+}
+
+/// Removes `project` for good: every environment as `env remove` would
+/// (deployments cancelled, containers retired, routes removed), then
+/// `ProjectRemoved`, in one transaction. Refused while a mirror builds
+/// from it or a domain routes to one of its environments
+/// (`named_environments::may_remove_project`).
+pub async fn remove_project(
+    store: &dyn EventStore,
+    actor: &str,
+    project: &str,
+    reason: &str,
+) -> Result<Result<ProjectRemoval, Rejection>, LoadError> {
+    for _ in 0..ATTEMPTS {
+        let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
+        let routes = load::routes(store).await?;
+        let domains: Vec<(String, String)> =
+            routes.domains.iter().filter(|(_, (holder, _))| holder == project).map(|(d, (_, e))| (d.clone(), e.clone())).collect();
+        let mirrors: Vec<String> = stored_mirrors(store, &p).await?;
+        if let Err(refused) = named_environments::may_remove_project(&p, &mirrors, &domains) {
+            return Ok(Err(refused));
+        }
+        let mut w = Writes::default();
+        let mut environments = Vec::new();
+        for name in p.environments.keys() {
+            environments.push(write_removal(store, &mut w, &p, name, reason, actor).await?);
+        }
+        let removed = Event::ProjectRemoved(ProjectRemoved { name: project.into(), reason: reason.into() });
+        w.add(&project_stream(project), ExpectedVersion::Exactly(p.version), &removed, Uuid::now_v7(), actor);
+        if w.commit(store).await? {
+            return Ok(Ok(ProjectRemoval { environments }));
+        }
+    }
+    Ok(Err(Rejection::unavailable(format!("project `{project}` kept changing while it was removed; try again"))))
+}
+
+/// The mirrors of `p` that still exist (a removed mirror stays on its
+/// original's list).
+async fn stored_mirrors(store: &dyn EventStore, p: &Project) -> Result<Vec<String>, StoreError> {
+    let mut mirrors = Vec::new();
+    for mirror in &p.mirrors {
+        if load_project(store, mirror).await?.is_some() {
+            mirrors.push(mirror.clone());
+        }
+    }
+    Ok(mirrors)
 }
 
 /// Approves the head commit of a fork's pull request preview and requests

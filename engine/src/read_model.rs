@@ -60,7 +60,7 @@ impl Folder {
         }
         let wanted = matches!(
             (kind, &stream),
-            ("ProjectCreated" | "EnvironmentAdded" | "EnvironmentRemoved", StreamId::Project(_))
+            ("ProjectCreated" | "EnvironmentAdded" | "EnvironmentRemoved" | "ProjectRemoved", StreamId::Project(_))
                 | ("DeploymentFinished", StreamId::Environment(_))
         );
         // The project of a `project-<name>` stream (the only kind the
@@ -97,6 +97,7 @@ impl Folder {
             Event::EnvironmentRemoved(e) => {
                 vec![Change::Environment { project: project(), environment: e.name, added: false }]
             }
+            Event::ProjectRemoved(r) => vec![Change::ProjectRemoved { name: r.name }],
             _ => Vec::new(),
         })
     }

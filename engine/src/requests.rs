@@ -61,9 +61,10 @@ pub(crate) fn envelope(stream: &str, event: &Event, correlation_id: Uuid, actor:
     Envelope::new(Uuid::now_v7(), Utc::now(), stream, event, meta).unwrap_or_else(|e| panic!("encoding {stream}: {e}"))
 }
 
+/// Project `name`; `None` if it was never created or was removed.
 pub async fn load_project(store: &dyn EventStore, name: &str) -> Result<Option<Project>, StoreError> {
     let (_, events) = project_events(store, name).await?;
-    Ok(project::fold(events.iter()))
+    Ok(project::fold(events.iter()).filter(|p| !p.removed))
 }
 
 /// A project stream's events and the stream's version. An unreadable event
@@ -186,6 +187,13 @@ pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new
                 if let Some(holder) = names::taken_by(store, &new.name, environment).await? {
                     return conflict(names::collision(&new.name, environment, &holder));
                 }
+            }
+            let (_, events) = project_events(store, &new.name).await?;
+            if project::fold(events.iter()).is_some_and(|p| p.removed) {
+                return conflict(format!(
+                    "project `{}` was removed, and a removed project's name is not used again (its history keeps it); pick another name",
+                    new.name
+                ));
             }
             conflict(format!("project `{}` already exists; pick another name", new.name))
         }

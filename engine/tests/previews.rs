@@ -409,3 +409,56 @@ async fn an_admin_adds_a_named_environment_and_removes_it_once_nothing_counts_on
     assert_eq!(status.status, StatusCode::OK, "{}", status.json);
     assert!(status.json["active"].is_null(), "{}", status.json);
 }
+
+on_both_stores!(an_admin_removes_a_project_with_everything_it_runs_and_its_name_stays_taken);
+async fn an_admin_removes_a_project_with_everything_it_runs_and_its_name_stays_taken(s: &Setup) {
+    s.project("shop").await;
+    let deployer = slipway_engine::requests::issue_token(&*s.store, "test", "dev", TokenScope::Deploy).await.unwrap().unwrap();
+    let requested = s.call_as(&deployer, Method::POST, "/api/projects/shop/environments/live/deployments", Some(json!({}))).await;
+    let serving = uuid(&requested.json["deployment"]);
+    s.serve("shop", "live", serving).await;
+    let queued = s.call_as(&deployer, Method::POST, "/api/projects/shop/environments/test/deployments", Some(json!({}))).await;
+    let queued = uuid(&queued.json["deployment"]);
+    // A mirror builds from it, and a domain routes to it: refused until both are gone.
+    let mirror = json!({"name": "shop-eu", "environments": ["live"], "mirror_of": "shop"});
+    assert_eq!(s.call(Method::POST, "/api/projects", Some(mirror)).await.status, StatusCode::CREATED);
+    let domain = "/api/projects/shop/environments/live/domains/shop.example";
+    assert_eq!(s.call(Method::PUT, domain, None).await.status, StatusCode::OK);
+    let refused = s.call_as(&deployer, Method::DELETE, "/api/projects/shop", None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "admin only: {}", refused.json);
+    let refused = s.call(Method::DELETE, "/api/projects/shop", None).await;
+    assert!(refused.status == StatusCode::CONFLICT && refused.text.contains("project remove shop-eu --yes"), "{}", refused.text);
+    assert_eq!(s.call(Method::DELETE, "/api/projects/shop-eu", None).await.status, StatusCode::OK);
+    let refused = s.call(Method::DELETE, "/api/projects/shop", None).await;
+    assert!(refused.status == StatusCode::CONFLICT && refused.text.contains("domain remove shop live shop.example"), "{}", refused.text);
+    assert_eq!(s.call(Method::DELETE, domain, None).await.status, StatusCode::OK);
+
+    let removed = s.call(Method::DELETE, "/api/projects/shop", None).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.json);
+    let by_env = |env: &str| removed.json["environments"].as_array().unwrap().iter().find(|e| e["environment"] == env).cloned().unwrap();
+    assert_eq!(uuid(&by_env("live")["retired"]), serving, "{}", removed.json);
+    assert_eq!(by_env("test")["cancelled"], json!([queued.to_string()]), "{}", removed.json);
+    let d = slipway_engine::load::deployment(&*s.store, queued).await.unwrap().unwrap();
+    assert!(d.cancelled.as_deref().unwrap().contains("environment test removed"), "{:?}", d.cancelled);
+    let routes = slipway_engine::load::routes(&*s.store).await.unwrap();
+    assert!(!routes.by_environment.keys().any(|(p, _)| p == "shop"), "its routes are removed");
+    // Gone from requests and lists; its history stays.
+    assert_eq!(s.call(Method::GET, "/api/projects/shop", None).await.status, StatusCode::NOT_FOUND);
+    let again = s.call_as(&deployer, Method::POST, "/api/projects/shop/environments/live/deployments", Some(json!({}))).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.json);
+    slipway_support::eventually("the read models to forget it", Duration::from_secs(5), || async {
+        let projects = s.call(Method::GET, "/api/projects", None).await;
+        let environments = s.call(Method::GET, "/api/environments", None).await;
+        let gone = !projects.json.as_array()?.iter().any(|p| p["name"] == "shop")
+            && !environments.json.as_array()?.iter().any(|e| e["project"] == "shop");
+        gone.then_some(())
+    })
+    .await;
+    assert_eq!(s.call(Method::GET, &format!("/api/deployments/{serving}/history"), None).await.status, StatusCode::OK);
+    assert!(s.project_events("shop").await.iter().any(|e| matches!(e, Event::ProjectRemoved(r) if r.reason == "removed by token:root")));
+    // Its name is not created again.
+    let reuse =
+        s.call(Method::POST, "/api/projects", Some(json!({"name": "shop", "repo": "file:///srv/app.git", "environments": ["test"]}))).await;
+    assert!(reuse.status == StatusCode::CONFLICT && reuse.text.contains("was removed"), "{}", reuse.text);
+    assert_eq!(s.call(Method::DELETE, "/api/projects/shop", None).await.status, StatusCode::NOT_FOUND);
+}

@@ -103,6 +103,11 @@ impl PollRules {
     fn apply(&mut self, r: &RecordedEvent) {
         let id = StreamId::parse(&r.stream);
         let Some(project) = id.project_name() else { return };
+        // A removed project polls no more.
+        if r.envelope.message_type == "ProjectRemoved" && matches!(id, StreamId::Project(_)) {
+            self.rules.remove(project);
+            return;
+        }
         if !matches!(r.envelope.message_type.as_str(), "AutoDeploySet" | "AutoDeployRemoved") {
             return;
         }
@@ -215,5 +220,9 @@ mod tests {
         rules.apply(&recorded(7, "project-a", set("release/*", None)));
         rules.apply(&recorded(8, "project-a", set("main", None)));
         assert!(rules.due(&HashMap::new()).is_empty(), "a rule set again without --poll stops the polling");
+        rules.apply(&recorded(9, "project-d", set("main", Some(60))));
+        let removed = slipway_proto::event::ProjectRemoved { name: "d".into(), reason: "removed by cli:ann".into() };
+        rules.apply(&recorded(10, "project-d", Event::ProjectRemoved(removed)));
+        assert!(rules.due(&HashMap::new()).is_empty(), "a removed project polls no more");
     }
 }

@@ -313,6 +313,17 @@ pub struct EnvironmentRemoved {
     pub route_removed: bool,
 }
 
+/// A project was removed (on its stream, after the `EnvironmentRemoved` of
+/// each of its environments, in the same transaction): it is gone from
+/// every list and request, and its name is never created again, so the
+/// log's `project-<name>` stays one project's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRemoved {
+    pub name: String,
+    /// Why, in words: "removed by cli:ann@laptop".
+    pub reason: String,
+}
+
 /// Which changes make previews: every pull request, or pushes to branches
 /// matching a glob.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -1720,6 +1731,7 @@ crate::message_family! {
         NameClaimed(NameClaimed) = 1,
         EnvironmentAdded(EnvironmentAdded) = 1,
         EnvironmentRemoved(EnvironmentRemoved) = 1,
+        ProjectRemoved(ProjectRemoved) = 1,
         RouteRemoved(RouteRemoved) = 1,
         PreviewRuleSet(PreviewRuleSet) = 1,
         PreviewRuleRemoved(PreviewRuleRemoved) = 1,

@@ -114,6 +114,7 @@ fn sample_events() -> Vec<Event> {
             ttl_seconds: Some(7 * 86_400),
             at: Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap(),
         }),
+        Event::ProjectRemoved(ProjectRemoved { name: "shop".into(), reason: "removed by cli:ann@laptop".into() }),
         Event::EnvironmentRemoved(EnvironmentRemoved {
             name: "pr-42".into(),
             reason: "pull request #42 closed".into(),

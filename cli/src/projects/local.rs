@@ -103,6 +103,12 @@ impl Projects for Local<'_> {
         Ok((deployment, who))
     }
 
+    async fn remove(&self, name: &str) -> anyhow::Result<Vec<PreviewRemoved>> {
+        let who = actor();
+        let r = load_rejected(lifecycle::remove_project(self.0, &who, name, &format!("removed by {who}")).await)?;
+        Ok(r.environments.into_iter().map(removed).collect())
+    }
+
     async fn add_environment(&self, project: &str, env: &str) -> anyhow::Result<()> {
         load_rejected(lifecycle::add_environment(self.0, &actor(), project, env).await)
     }
@@ -110,13 +116,7 @@ impl Projects for Local<'_> {
     async fn remove_environment(&self, project: &str, env: &str, removable: Removable) -> anyhow::Result<PreviewRemoved> {
         let who = actor();
         let r = load_rejected(lifecycle::remove_environment(self.0, &who, project, env, &format!("removed by {who}"), removable).await)?;
-        Ok(PreviewRemoved {
-            environment: r.name,
-            reason: r.reason,
-            cancelled: r.cancelled,
-            retired: r.retired,
-            route_removed: r.route_removed,
-        })
+        Ok(removed(r))
     }
 
     async fn change_settings(&self, project: &str, env: &str, set: Vec<SettingValue>, unset: Vec<String>) -> anyhow::Result<()> {
@@ -153,4 +153,8 @@ impl Projects for Local<'_> {
     async fn remove_freeze(&self, project: &str, env: &str, schedule: &str) -> anyhow::Result<()> {
         granted(protection::remove_freeze(self.0, &actor(), project, env, schedule).await)
     }
+}
+
+fn removed(r: slipway_proto::event::EnvironmentRemoved) -> PreviewRemoved {
+    PreviewRemoved { environment: r.name, reason: r.reason, cancelled: r.cancelled, retired: r.retired, route_removed: r.route_removed }
 }

@@ -48,6 +48,8 @@ pub trait Projects {
     /// Removes a preview, or with `Removable::Any` a named environment too.
     async fn remove_environment(&self, project: &str, env: &str, removable: Removable) -> anyhow::Result<PreviewRemoved>;
     async fn add_environment(&self, project: &str, env: &str) -> anyhow::Result<()>;
+    /// Removes a project for good: each environment's removal.
+    async fn remove(&self, name: &str) -> anyhow::Result<Vec<PreviewRemoved>>;
     async fn change_settings(&self, project: &str, env: &str, set: Vec<SettingValue>, unset: Vec<String>) -> anyhow::Result<()>;
     async fn settings(&self, project: &str, env: &str) -> anyhow::Result<Vec<SettingShown>>;
     async fn protect(&self, project: &str, env: &str, approvals: u32) -> anyhow::Result<()>;
@@ -145,6 +147,24 @@ pub async fn run(backend: &impl Projects, cmd: ProjectCmd, json: bool) -> anyhow
         }
         ProjectCmd::List { limit, after } => print_list(&backend.list(after.as_deref(), limit).await?, json)?,
         ProjectCmd::Show { name } => print_project(&backend.show(&name).await?, json)?,
+        ProjectCmd::Remove { name, yes: false } => {
+            return Err(exit::usage(format!(
+                "removing project {name} takes every environment of it down (deployments cancelled, containers retired, routes \
+                 removed) and its name is never used again; pass --yes to remove it"
+            )));
+        }
+        ProjectCmd::Remove { name, yes: true } => {
+            let removed = backend.remove(&name).await?;
+            if json {
+                let environments: Vec<Value> = removed.iter().map(removed_json).collect();
+                print_json(&json!({"project": name, "environments": environments}))?;
+            } else {
+                for r in &removed {
+                    print_removed(&name, r, false)?;
+                }
+                println!("project {name} removed");
+            }
+        }
         ProjectCmd::Webhook { project, action: WebhookCmd::Rotate } => {
             let secret = backend.rotate_webhook_secret(&project).await?;
             print_webhook_secret(&project, &secret, json)?
@@ -253,11 +273,14 @@ pub async fn previews(backend: &impl Projects, cmd: PreviewsCmd, json: bool) -> 
     Ok(ExitCode::SUCCESS)
 }
 
+fn removed_json(r: &PreviewRemoved) -> Value {
+    json!({"environment": r.environment, "reason": r.reason, "cancelled": r.cancelled, "retired": r.retired, "route_removed": r.route_removed})
+}
+
 /// What removing an environment did.
 fn print_removed(project: &str, r: &PreviewRemoved, json: bool) -> anyhow::Result<()> {
     if json {
-        return print_json(&json!({"environment": r.environment, "reason": r.reason, "cancelled": r.cancelled, "retired": r.retired,
-            "route_removed": r.route_removed}));
+        return print_json(&removed_json(r));
     }
     println!(
         "{project} {} removed: {} deployment(s) cancelled{}{}",

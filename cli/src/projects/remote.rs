@@ -157,6 +157,15 @@ impl Projects for Remote<'_> {
         Ok((answer.deployment, answer.approved_by))
     }
 
+    async fn remove(&self, name: &str) -> anyhow::Result<Vec<PreviewRemoved>> {
+        #[derive(Deserialize)]
+        struct Removed {
+            environments: Vec<PreviewRemoved>,
+        }
+        let r: Removed = parsed(self.0.delete(&project_path(name)).await?, "a project's removal")?;
+        Ok(r.environments)
+    }
+
     async fn add_environment(&self, project: &str, env: &str) -> anyhow::Result<()> {
         self.0.post(&format!("{}/environments", project_path(project)), json!({ "name": env })).await.map(drop)
     }

@@ -109,6 +109,7 @@ fn table() -> Vec<(Route, MethodRouter<Arc<dyn EventStore>>)> {
         route(Method::GET, "/api/projects", Scope(Read), get(projects::list)),
         route(Method::POST, "/api/projects", Scope(Admin), post(projects::create)),
         route(Method::GET, "/api/projects/{name}", Scope(Read), get(projects::show)),
+        route(Method::DELETE, "/api/projects/{name}", Scope(Admin), delete(previews::remove_project)),
         route(Method::PUT, "/api/projects/{name}/source", Scope(Admin), put(projects::change_source)),
         route(Method::POST, "/api/projects/{name}/promote", Scope(Deploy), post(environments::promote)),
         route(Method::GET, "/api/environments", Scope(Read), get(overview::list)),

@@ -73,6 +73,7 @@ const SCHEME: &str = "bearer";
         previews::approve,
         previews::remove,
         previews::add,
+        previews::remove_project,
         protection::protect,
         protection::set_freeze,
         protection::remove_freeze,

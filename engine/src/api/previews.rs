@@ -180,5 +180,32 @@ pub async fn remove(State(store): Store, caller: Caller, Params((name, env)): Pa
     let actor = caller.actor();
     let reason = format!("removed by {actor}");
     let r = lifecycle::remove_environment(&*store, &actor, &name, &env, &reason, removable).await.map_err(load_error)??;
-    Ok(Json(Removed { environment: r.name, reason: r.reason, cancelled: r.cancelled, retired: r.retired, route_removed: r.route_removed }))
+    Ok(Json(Removed::from(r)))
+}
+
+impl From<slipway_proto::event::EnvironmentRemoved> for Removed {
+    fn from(r: slipway_proto::event::EnvironmentRemoved) -> Removed {
+        Removed { environment: r.name, reason: r.reason, cancelled: r.cancelled, retired: r.retired, route_removed: r.route_removed }
+    }
+}
+
+/// What removing a project did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectRemoved {
+    project: String,
+    /// Each environment's removal.
+    environments: Vec<Removed>,
+}
+
+#[utoipa::path(delete, path = "/api/projects/{name}", tag = "projects",
+    summary = "Remove a project for good: every environment's deployments cancelled, containers retired, route removed",
+    description = "Refused (409) while a mirror builds from it or a domain routes to one of its environments. \
+        Its history stays in the log, and its name is not created again.",
+    params(("name" = String, Path, description = "The project")),
+    responses((status = 200, body = ProjectRemoved), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_project(State(store): Store, caller: Caller, Params(name): Params<String>) -> ApiResult<Json<ProjectRemoved>> {
+    let actor = caller.actor();
+    let reason = format!("removed by {actor}");
+    let r = lifecycle::remove_project(&*store, &actor, &name, &reason).await.map_err(load_error)??;
+    Ok(Json(ProjectRemoved { project: name, environments: r.environments.into_iter().map(Removed::from).collect() }))
 }

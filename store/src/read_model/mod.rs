@@ -75,6 +75,8 @@ pub enum Change {
     Serving { deployment: Uuid, since: DateTime<Utc> },
     /// An environment joined (a preview) or left its project.
     Environment { project: String, environment: String, added: bool },
+    /// A project was removed (its environments left it first).
+    ProjectRemoved { name: String },
 }
 
 /// Where a page of deployments starts: strictly older than this.
@@ -172,6 +174,8 @@ pub(crate) struct Collapsed<'a> {
     pub serving: Vec<(Uuid, DateTime<Utc>)>,
     /// Environments added (`true`) or removed, in order, after the projects.
     pub environments: Vec<(&'a str, &'a str, bool)>,
+    /// Projects removed, after the environments.
+    pub removed: Vec<&'a str>,
 }
 
 /// A project row's environment list (JSON, sorted) with `environment`
@@ -191,6 +195,7 @@ pub(crate) fn collapse(changes: &[Change]) -> Collapsed<'_> {
     let (mut projects, mut deployments) = (HashMap::new(), HashMap::new());
     let mut serving = Vec::new();
     let mut environments = Vec::new();
+    let mut removed = Vec::new();
     for (n, change) in changes.iter().enumerate() {
         match change {
             Change::Project(p) => {
@@ -201,6 +206,7 @@ pub(crate) fn collapse(changes: &[Change]) -> Collapsed<'_> {
             }
             Change::Serving { deployment, since } => serving.push((*deployment, *since)),
             Change::Environment { project, environment, added } => environments.push((project.as_str(), environment.as_str(), *added)),
+            Change::ProjectRemoved { name } => removed.push(name.as_str()),
         }
     }
     let mut projects: Vec<_> = projects.into_values().collect();
@@ -212,6 +218,7 @@ pub(crate) fn collapse(changes: &[Change]) -> Collapsed<'_> {
         deployments: deployments.into_iter().map(|(_, d)| d).collect(),
         serving,
         environments,
+        removed,
     }
 }
 

@@ -100,6 +100,14 @@ impl ReadModelStore for PgStore {
             };
             sqlx::query(row).bind(project).bind(environment).execute(&mut *tx).await.map_err(db("writing environments"))?;
         }
+        for project in c.removed {
+            sqlx::query("DELETE FROM environments WHERE project = $1")
+                .bind(project)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("writing environments"))?;
+            sqlx::query("DELETE FROM projects WHERE name = $1").bind(project).execute(&mut *tx).await.map_err(db("removing a project"))?;
+        }
         if !c.deployments.is_empty() {
             let d = &c.deployments;
             sqlx::query(UPSERT_DEPLOYMENTS)

@@ -93,6 +93,14 @@ impl ReadModelStore for SqliteStore {
             };
             sqlx::query(row).bind(project).bind(environment).execute(&mut *tx).await.map_err(db("writing environments"))?;
         }
+        for project in c.removed {
+            sqlx::query("DELETE FROM environments WHERE project = ?1")
+                .bind(project)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("writing environments"))?;
+            sqlx::query("DELETE FROM projects WHERE name = ?1").bind(project).execute(&mut *tx).await.map_err(db("removing a project"))?;
+        }
         for d in c.deployments {
             sqlx::query(UPSERT_DEPLOYMENT)
                 .bind(d.id.to_string())
