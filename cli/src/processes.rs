@@ -89,6 +89,13 @@ pub async fn server(
     options: &Options,
     args: ServeArgs,
 ) -> anyhow::Result<ExitCode> {
+    if options.queue == MEMORY {
+        eprintln!(
+            "slipway: warning: with --queue memory the server's commands stay in this process, and no worker in another \
+             process receives them: deployments wait. Give the server and every worker the same --queue amqp://... \
+             (SLIPWAY_QUEUE), or run everything in one process with `slipway all-in-one`"
+        );
+    }
     let queue = options.queue().await?;
     let data_dir = options.data_dir.clone();
     let poller = Some(slipway_node::poll::PollerOptions { workspaces: data_dir.join("workspaces") });
@@ -120,6 +127,13 @@ pub struct WorkerArgs {
 
 pub async fn worker(store: Arc<dyn EventStore>, options: &Options, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let WorkerArgs { steps, prefetch, concurrency, stand_in_ms, agent, runtime } = args;
+    if options.queue == MEMORY {
+        return Err(exit::usage(
+            "a worker on the in-process queue (--queue memory, the default) receives nothing from a server in another \
+             process: give the server and every worker the same --queue amqp://... (SLIPWAY_QUEUE), or run everything \
+             in one process with `slipway all-in-one`",
+        ));
+    }
     let swarm = runtime == slipway_workers::steps::runtime::RuntimeKind::Swarm;
     let queue = options.queue().await?;
     let worker_options = WorkerOptions {
@@ -154,6 +168,9 @@ pub async fn rebuild(store: &dyn EventStore) -> anyhow::Result<ExitCode> {
     println!("read models refilled from the log up to position {}", store.read_models().position().await?);
     Ok(if state.broken.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
+
+/// The in-process queue's `--queue` value.
+const MEMORY: &str = "memory";
 
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "local".into())

@@ -270,6 +270,9 @@ fn errors_exit_with_the_documented_status() {
     assert_eq!(dir.exit(&["status", "app", "test", "--at", "yesterday"]), 2, "bad time");
     assert_eq!(dir.exit(&["env", "set", "app", "test", "NO_EQUALS"]), 2, "bad assignment");
     assert_eq!(dir.exit(&["no-such-verb"]), 2, "clap's usage error");
+    let lonely = dir.run(&["worker"]);
+    assert_eq!(lonely.status.code(), Some(2), "a worker on the in-process queue would never receive a command");
+    assert!(String::from_utf8_lossy(&lonely.stderr).contains("--queue amqp://"), "{}", String::from_utf8_lossy(&lonely.stderr));
     assert_eq!(dir.exit(&["--server", "http://127.0.0.1:9", "events", "tokens"]), 2, "verb without --server support");
     for reads_the_log in [&["export"][..], &["audit", "verify"], &["audit", "checkpoint", "--key", "k", "--out", "c"]] {
         let args = [&["--server", "http://127.0.0.1:9"][..], reads_the_log].concat();

@@ -69,6 +69,7 @@ async fn tokens_made_by_the_cli_open_the_api_until_revoked() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success() && stderr.contains("refusing to serve the HTTP API on 0.0.0.0:0 with no token issued"), "{stderr}");
+    assert!(stderr.contains("with --queue memory the server's commands stay in this process"), "{stderr}");
 
     let out = dir.run(&["token", "create", "root", "--scope", "admin"]);
     assert!(out.status.success());
