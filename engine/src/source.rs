@@ -56,6 +56,15 @@ pub fn check_repository(repository: &str) -> Result<(), String> {
         if scheme == "ssh" && authority.split('@').next().is_some_and(|user| user.contains(':')) && authority.contains('@') {
             return Err("the ssh:// URL carries a password; use a deploy key (--ssh-key) instead".into());
         }
+        // A query string or fragment is no part of a git address, and where
+        // one is given it is usually a credential (`?private_token=...`),
+        // which would be recorded and shown with the address.
+        if scheme != "file" && rest.contains(['?', '#']) {
+            return Err(format!(
+                "the repository URL has a query string or fragment (`?` or `#`), which a git address does not; give {scheme}:// \
+                 URLs without one, and a token with --token-file (addresses are recorded and shown, credentials are kept as secrets)"
+            ));
+        }
     }
     Ok(())
 }
@@ -130,6 +139,10 @@ mod tests {
         assert!(check_repository("ftp://host/app.git").unwrap_err().contains("ftp://"));
         assert!(check_repository("").is_err());
         assert!(check_repository("/srv/app\nx").is_err());
+        // A token in the query string would be recorded and shown with the address.
+        let query = check_repository("https://git.example.com/app.git?private_token=hunter2pw").unwrap_err();
+        assert!(query.contains("query string") && query.contains("--token-file") && !query.contains("hunter2pw"), "{query}");
+        assert!(check_repository("ssh://git@host/app.git#x").is_err());
     }
 
     #[test]
