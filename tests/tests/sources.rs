@@ -386,20 +386,24 @@ fn a_server_that_never_answers_times_out_and_a_busy_mirror_is_worked_around() {
     // Accepts a connection and never says a word: TLS never starts.
     let (url, held) = silent_server("https://127.0.0.1:{}/app.git", 5);
     let mirrors = tempfile::tempdir().unwrap();
-    let access = access_of(&url, &[], &[], mirrors.path()).with_deadline(std::time::Duration::from_secs(2));
+    // Given up once it said nothing for its first word's time, well before the deadline.
+    let access = access_of(&url, &[], &[], mirrors.path())
+        .with_deadline(std::time::Duration::from_secs(30))
+        .with_first_word(std::time::Duration::from_secs(1));
     let started = std::time::Instant::now();
     let timed_out = git_remote::fetch(&url, &url, "main", &access).err().unwrap();
-    assert!(matches!(timed_out, SourceError::Timeout { .. }), "{timed_out:?}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
-    assert!(timed_out.to_string().contains("timed out") && timed_out.to_string().contains("`main`"), "{timed_out}");
-    assert!(timed_out.to_string().contains("Expect: 100-continue"), "over HTTPS, the hint about proxies: {timed_out}");
+    assert!(matches!(timed_out, SourceError::Timeout { silent: Some(1), .. }), "{timed_out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+    let said = timed_out.to_string();
+    assert!(said.contains("timed out") && said.contains("`main`") && said.contains("said nothing for 1 s"), "{said}");
+    assert!(!said.contains("Expect: 100-continue"), "TLS never started, so no proxy hint: {said}");
     let _ = held.join();
 
     // The same over SSH: no SSH banner ever comes. The HTTPS hint is not given.
     let (url, held) = silent_server("ssh://git@127.0.0.1:{}/app.git", 3);
     let access = access_of(&url, &[], &[], mirrors.path()).with_deadline(std::time::Duration::from_secs(2));
     let timed_out = git_remote::fetch(&url, &url, "main", &access).err().unwrap();
-    assert!(matches!(timed_out, SourceError::Timeout { ssh: true, .. }), "{timed_out:?}");
+    assert!(matches!(timed_out, SourceError::Timeout { ssh: true, silent: Some(2), .. }), "{timed_out:?}");
     assert!(!timed_out.to_string().contains("100-continue"), "no HTTPS hint for an SSH server: {timed_out}");
     let _ = held.join();
 

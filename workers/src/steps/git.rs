@@ -41,8 +41,11 @@ pub enum SourceError {
     UnknownHost { repo: String, git_ref: String, host: String },
     #[error("cannot fetch ref `{git_ref}` from {repo}: {why}; check that the git server is up and reachable from the worker")]
     Unreachable { repo: String, git_ref: String, why: String },
-    #[error("fetching ref `{git_ref}` from {repo} timed out; check the network between the worker and the git server{}, then deploy again", if *ssh { "" } else { " (over HTTPS, a server or proxy that never answers `Expect: 100-continue` also does this: set SLIPWAY_GIT_EXPECT_CONTINUE=off on the workers)" })]
-    Timeout { repo: String, git_ref: String, ssh: bool },
+    #[error("fetching ref `{git_ref}` from {repo} timed out{}", match silent {
+        Some(seconds) => format!(": the server accepted the connection and said nothing for {seconds} s; check that the address is a git server's (SSH or HTTPS) and that it is up, then deploy again"),
+        None => format!("; check the network between the worker and the git server{}, then deploy again", if *ssh { "" } else { " (over HTTPS, a server or proxy that never answers `Expect: 100-continue` also does this: set SLIPWAY_GIT_EXPECT_CONTINUE=off on the workers)" }),
+    })]
+    Timeout { repo: String, git_ref: String, ssh: bool, silent: Option<u64> },
     #[error("cannot open repository {repo}: {why}")]
     CannotOpen { repo: String, why: String },
     #[error("ref `{git_ref}` not found in {repo}: deploy a branch, tag or commit it has (`--ref`; the project's branch by default)")]
@@ -388,4 +391,20 @@ fn read_file_at(repo: &Repository, commit: Oid, file: &str) -> Result<Option<Str
         return Err(bad(format!("is {} bytes; the limit is {MAX_FILE_BYTES}", blob.size())));
     }
     String::from_utf8(blob.content().to_vec()).map(Some).map_err(|_| bad("is not UTF-8 text".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SourceError;
+
+    #[test]
+    fn a_timeout_says_whether_the_server_was_silent_and_gives_the_proxy_hint_only_over_https() {
+        let timeout =
+            |ssh, silent| SourceError::Timeout { repo: "https://git.example/app.git".into(), git_ref: "main".into(), ssh, silent };
+        let slow = timeout(false, None).to_string();
+        assert!(slow.contains("timed out; check the network") && slow.contains("SLIPWAY_GIT_EXPECT_CONTINUE=off"), "{slow}");
+        assert!(!timeout(true, None).to_string().contains("EXPECT_CONTINUE"));
+        let silent = timeout(false, Some(60)).to_string();
+        assert!(silent.contains("said nothing for 60 s") && !silent.contains("EXPECT_CONTINUE"), "{silent}");
+    }
 }

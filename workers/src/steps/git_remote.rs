@@ -27,6 +27,8 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -46,6 +48,11 @@ const SOURCE_KEY_PREFIX: &str = "slipway.source.";
 
 /// How long a fetch may take in all before it is abandoned.
 const FETCH_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a server that accepted the connection may stay silent (no TLS
+/// certificate, no SSH host key, no credential request, no progress)
+/// before the fetch is abandoned: a listener that is not a git server, or
+/// a hung one, fails the step in a minute instead of at the deadline.
+const FIRST_WORD: Duration = Duration::from_secs(60);
 /// Packs in a mirror from which the next fetch first folds them into one
 /// (see [`repack`]).
 pub const REPACK_AT: usize = 32;
@@ -87,6 +94,10 @@ pub struct Access {
     mirrors: PathBuf,
     /// How long a fetch may take in all ([`FETCH_DEADLINE`] unless a test says otherwise).
     deadline: Option<Duration>,
+    /// How long the server may say nothing ([`FIRST_WORD`] unless a test says otherwise).
+    first_word: Option<Duration>,
+    /// Set by every callback: the server has said something. One per fetch.
+    heard: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Access {
@@ -132,6 +143,8 @@ impl Access {
             submodules: source.submodules,
             mirrors: workspaces.join(".mirrors"),
             deadline: None,
+            first_word: None,
+            heard: Arc::default(),
         }
     }
 
@@ -147,8 +160,45 @@ impl Access {
         self
     }
 
+    /// The same access with another limit on the server's silence (tests).
+    pub fn with_first_word(mut self, first_word: Duration) -> Access {
+        self.first_word = Some(first_word);
+        self
+    }
+
     fn deadline(&self) -> Duration {
         self.deadline.unwrap_or(FETCH_DEADLINE)
+    }
+
+    /// A copy for one fetch or listing, which has heard nothing yet.
+    fn for_one_call(&self) -> Access {
+        Access { heard: Arc::default(), ..self.clone() }
+    }
+
+    /// Waits for a fetch's or listing's `outcome`: abandoned past the
+    /// deadline, or sooner when the server has said nothing for
+    /// `FIRST_WORD` (`timed_out(Some(seconds))`).
+    fn wait<T>(
+        &self,
+        outcome: &std::sync::mpsc::Receiver<Result<T, SourceError>>,
+        timed_out: impl Fn(Option<u64>) -> SourceError,
+    ) -> Result<T, SourceError> {
+        let started = Instant::now();
+        let first_word = self.first_word.unwrap_or(FIRST_WORD).min(self.deadline());
+        loop {
+            match outcome.recv_timeout(Duration::from_millis(100)) {
+                Ok(result) => return result,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(timed_out(None)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let waited = started.elapsed();
+            if waited >= first_word && !self.heard.load(Ordering::Relaxed) {
+                return Err(timed_out(Some(first_word.as_secs().max(1))));
+            }
+            if waited >= self.deadline() {
+                return Err(timed_out(None));
+            }
+        }
     }
 
     /// Whether credentials were configured that a fetch can offer.
@@ -262,17 +312,18 @@ pub fn fetch(repository: &str, shown: &str, git_ref: &str, access: &Access) -> R
     probe(&address, shown, git_ref)?;
     let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
     let (done, outcome) = std::sync::mpsc::channel();
+    let access = access.for_one_call();
     let owned = (repository.to_string(), shown.to_string(), git_ref.to_string(), access.clone());
     let ssh = address.ssh;
     let thread = std::thread::Builder::new().name("slipway-fetch".into()).spawn(move || {
         let (repository, shown, git_ref, access) = owned;
         let _ = done.send(fetch_into(mirror, &address, &repository, &shown, &git_ref, &access));
     });
-    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: git_ref.into(), ssh };
+    let timed_out = |silent| SourceError::Timeout { repo: shown.into(), git_ref: git_ref.into(), ssh, silent };
     if let Err(e) = thread {
         return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start the fetch: {e}") });
     }
-    outcome.recv_timeout(access.deadline()).unwrap_or_else(|_| Err(timed_out()))
+    access.wait(&outcome, timed_out)
 }
 
 fn fetch_into(
@@ -358,6 +409,7 @@ pub fn list_branches(repository: &str, shown: &str, access: &Access) -> Result<V
     }
     let address = address.unwrap_or(RemoteAddress { ssh: false, host: String::new(), port: None });
     let (done, outcome) = std::sync::mpsc::channel();
+    let access = access.for_one_call();
     let owned = (repository.to_string(), shown.to_string(), access.clone());
     let ssh = address.ssh;
     let thread = std::thread::Builder::new().name("slipway-ls-remote".into()).spawn(move || {
@@ -380,8 +432,8 @@ pub fn list_branches(repository: &str, shown: &str, access: &Access) -> Result<V
     if let Err(e) = thread {
         return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start listing branches: {e}") });
     }
-    let timed_out = || SourceError::Timeout { repo: shown.into(), git_ref: "(branches)".into(), ssh };
-    outcome.recv_timeout(access.deadline()).unwrap_or_else(|_| Err(timed_out()))
+    let timed_out = |silent| SourceError::Timeout { repo: shown.into(), git_ref: "(branches)".into(), ssh, silent };
+    access.wait(&outcome, timed_out)
 }
 
 /// The message of `commit`, if the fetched mirror has it.
@@ -443,7 +495,7 @@ fn probe(address: &RemoteAddress, repo: &str, git_ref: &str) -> Result<(), Sourc
     }
     Err(match last {
         Some(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            SourceError::Timeout { repo: repo.into(), git_ref: git_ref.into(), ssh: address.ssh }
+            SourceError::Timeout { repo: repo.into(), git_ref: git_ref.into(), ssh: address.ssh, silent: None }
         }
         Some(e) => SourceError::Unreachable { repo: repo.into(), git_ref: git_ref.into(), why: format!("{}:{port}: {e}", address.host) },
         None => unknown(),
@@ -581,7 +633,13 @@ fn callbacks<'a>(address: &'a RemoteAddress, access: &'a Access, observed: &'a R
     }
     let mut callbacks = RemoteCallbacks::new();
     let mut offered = 0u32;
+    let heard = || access.heard.store(true, Ordering::Relaxed);
+    callbacks.sideband_progress(move |_| {
+        heard();
+        true
+    });
     callbacks.credentials(move |_url, user_in_url, allowed| {
+        heard();
         let refuse = |message: &str| Err(git2::Error::from_str(message));
         if offered > 0 {
             // libgit2 asks again when the server refused what it was given.
@@ -612,6 +670,7 @@ fn callbacks<'a>(address: &'a RemoteAddress, access: &'a Access, observed: &'a R
         refuse("the server wants credentials this project does not have")
     });
     callbacks.certificate_check(move |cert, host| {
+        heard();
         if let Some(hostkey) = cert.as_hostkey() {
             return check_host_key(hostkey, address, access, observed);
         }
@@ -631,6 +690,7 @@ fn callbacks<'a>(address: &'a RemoteAddress, access: &'a Access, observed: &'a R
     let started = Instant::now();
     let deadline = access.deadline();
     callbacks.transfer_progress(move |_| {
+        heard();
         let late = started.elapsed() > deadline;
         if late {
             observed.borrow_mut().timed_out = true;
@@ -751,7 +811,7 @@ fn classify(e: &git2::Error, observed: &Observed, address: &RemoteAddress, shown
         return SourceError::UntrustedCertificate { repo, git_ref, why: format!("{}{ca}", e.message()) };
     }
     if observed.timed_out || message.contains("timed out") || message.contains("timeout") {
-        return SourceError::Timeout { repo, git_ref, ssh: address.ssh };
+        return SourceError::Timeout { repo, git_ref, ssh: address.ssh, silent: None };
     }
     if message.contains("resolve") {
         return SourceError::UnknownHost { repo, git_ref, host: address.host.clone() };
