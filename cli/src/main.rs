@@ -82,6 +82,23 @@ fn process_kind(command: &Command) -> (&'static str, bool) {
     }
 }
 
+/// Whether `command` may make the embedded store where there is none: the
+/// processes, and the verbs that record something needing nothing before.
+fn creates_the_store(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Demo { .. }
+            | Command::AllInOne { .. }
+            | Command::Server(_)
+            | Command::Worker { .. }
+            | Command::Router(_)
+            | Command::Project(args::ProjectCmd::Create { .. })
+            | Command::Token(tokens::TokenCmd::Create { .. })
+            | Command::Notifications(_)
+            | Command::Cert(_)
+    )
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The log's own readers would read the local --database, not the server's.
     let reads_the_log = match &cli.command {
@@ -127,6 +144,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(server) = &cli.server {
         if let Some(code) = remote::through_server(server, cli.token.clone(), cli.server_ca.as_deref(), &cli.command, json).await? {
             return Ok(code);
+        }
+    }
+    // A verb that only reads or changes what is there, run where no
+    // embedded store is (another directory), says so instead of leaving an
+    // empty store and key behind.
+    if let Some(path) = cli.database.strip_prefix("sqlite://") {
+        if !std::path::Path::new(path).exists() && !creates_the_store(&cli.command) {
+            return Err(exit::not_found(format!(
+                "no Slipway store at {path}: run where your projects were created (the embedded store is \
+                 .slipway/slipway.db under the working directory), or pass --database (SLIPWAY_DATABASE); \
+                 `slipway project create` makes one"
+            )));
         }
     }
     let sealing = connect::sealing(&cli.database, cli.secrets_key.as_deref(), &cli.old_secrets_key, &cli.data_dir)?;

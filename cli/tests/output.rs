@@ -270,6 +270,19 @@ fn errors_exit_with_the_documented_status() {
     assert_eq!(dir.exit(&["status", "app", "test", "--at", "yesterday"]), 2, "bad time");
     assert_eq!(dir.exit(&["env", "set", "app", "test", "NO_EQUALS"]), 2, "bad assignment");
     assert_eq!(dir.exit(&["no-such-verb"]), 2, "clap's usage error");
+    // Where no embedded store is, a verb that reads says so and leaves nothing behind.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["status", "app", "test"])
+        .current_dir(elsewhere.path())
+        .env_remove("SLIPWAY_DATABASE")
+        .env_remove("SLIPWAY_SERVER")
+        .env_remove("SLIPWAY_DATA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Slipway store at .slipway/slipway.db"));
+    assert!(!elsewhere.path().join(".slipway").exists(), "no stray store or key");
     let lonely = dir.run(&["worker"]);
     assert_eq!(lonely.status.code(), Some(2), "a worker on the in-process queue would never receive a command");
     assert!(String::from_utf8_lossy(&lonely.stderr).contains("--queue amqp://"), "{}", String::from_utf8_lossy(&lonely.stderr));
@@ -360,13 +373,7 @@ fn workers_leaves_out_those_stopped_long_ago_unless_all() {
 fn output_into_a_pipe_closed_early_ends_quietly() {
     let dir = Dir::new();
     for args in [&["completions", "bash"][..], &["project", "list", "--json"][..]] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(args)
-            .current_dir(dir.tmp.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = dir.command(args).current_dir(dir.tmp.path()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         // Closed before the command writes anything.
         drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
