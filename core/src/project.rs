@@ -37,7 +37,8 @@ pub struct Project {
     pub webhook_secret: Option<String>,
     /// Auto-deploy rules, in the order their globs were first set.
     pub auto_deploy: Vec<AutoDeployRule>,
-    /// Every push delivery accepted, as `provider:delivery-id`.
+    /// Every push delivery accepted, as `provider:delivery-id` and, for a
+    /// signed body, `provider:sha256:digest` (`delivered`).
     pub deliveries: BTreeSet<String>,
     /// The deployments pushes requested that no later push superseded
     /// (what a newer push may supersede).
@@ -99,6 +100,11 @@ pub fn delivery_key(provider: slipway_proto::event::WebhookProvider, delivery: &
     format!("{provider}:{delivery}")
 }
 
+/// The key a delivery's signed body is remembered by.
+pub fn body_key(provider: slipway_proto::event::WebhookProvider, body_sha256: &str) -> String {
+    format!("{provider}:sha256:{body_sha256}")
+}
+
 impl Project {
     /// The settings of `environment` as key -> fingerprint.
     pub fn fingerprints(&self, environment: &str) -> BTreeMap<String, String> {
@@ -112,6 +118,20 @@ impl Project {
         let mut settings = parent.and_then(|p| self.environments.get(p)).cloned().unwrap_or_default();
         settings.extend(self.environments.get(environment).cloned().unwrap_or_default());
         settings
+    }
+
+    /// Whether a delivery with this id, or with this signed body under any
+    /// id, was accepted already.
+    pub fn delivered(&self, provider: slipway_proto::event::WebhookProvider, delivery: &str, body_sha256: Option<&str>) -> bool {
+        self.deliveries.contains(&delivery_key(provider, delivery))
+            || body_sha256.is_some_and(|b| self.deliveries.contains(&body_key(provider, b)))
+    }
+
+    fn remember(&mut self, provider: slipway_proto::event::WebhookProvider, delivery: &str, body_sha256: Option<&str>) {
+        self.deliveries.insert(delivery_key(provider, delivery));
+        if let Some(body) = body_sha256 {
+            self.deliveries.insert(body_key(provider, body));
+        }
     }
 
     /// Applies the stream's next event after `ProjectCreated`.
@@ -158,7 +178,7 @@ impl Project {
                 }
             }
             Event::PushReceived(r) => {
-                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
+                p.remember(r.provider, &r.delivery, r.body_sha256.as_deref());
                 p.push_deployments.extend(r.deployments.iter().map(|d| d.deployment_id));
                 for old in &r.superseded {
                     p.push_deployments.remove(old);
@@ -171,7 +191,7 @@ impl Project {
                 }
             }
             Event::PushSkipped(r) => {
-                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
+                p.remember(r.provider, &r.delivery, r.body_sha256.as_deref());
             }
             // A named environment added after the project was created
             // (`slipway env add`) has no preview origin.
@@ -206,7 +226,7 @@ impl Project {
             }
             Event::PreviewRuleRemoved(r) => p.preview_rules.retain(|x| x.trigger != r.trigger),
             Event::PullRequestReceived(r) => {
-                p.deliveries.insert(delivery_key(r.provider, &r.delivery));
+                p.remember(r.provider, &r.delivery, r.body_sha256.as_deref());
                 p.push_deployments.extend(r.deployment);
                 for old in &r.superseded {
                     p.push_deployments.remove(old);

@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::lifecycle::{self, Writes};
 use crate::load::LoadError;
 use crate::preview;
-use crate::project::{delivery_key, Project};
+use crate::project::Project;
 use crate::push::{self, Plan, Push};
 use crate::requests::{envelope, load_project, Outcome, Rejection};
 
@@ -192,6 +192,7 @@ pub async fn record_push(
     store: &dyn EventStore,
     provider: WebhookProvider,
     delivery: &str,
+    body_sha256: Option<&str>,
     push: &Push,
     project: Project,
 ) -> Result<PushOutcome, PushError> {
@@ -200,7 +201,7 @@ pub async fn record_push(
     // Another push may have landed while this one waited its turn: then
     // read the project again (cheaper than an append that would conflict).
     let fresh = store.stream_version(&project_stream(&name)).await? == project.version;
-    let inbound = Inbound { provider, delivery, push, actor: push::actor(provider, &push.pusher) };
+    let inbound = Inbound { provider, delivery, body_sha256, push, actor: push::actor(provider, &push.pusher) };
     let mut current = fresh.then_some(project);
     for _ in 0..ATTEMPTS {
         let p = match current.take() {
@@ -211,7 +212,7 @@ pub async fn record_push(
                 None => return Err(PushError::Contended(name)),
             },
         };
-        if p.deliveries.contains(&delivery_key(provider, delivery)) {
+        if p.delivered(provider, delivery, body_sha256) {
             return Ok(PushOutcome::Duplicate);
         }
         let attempt = match (push::plan(&p.auto_deploy, push), preview::plan_branch_push(&p, push)) {
@@ -233,6 +234,7 @@ pub async fn record_push(
 struct Inbound<'a> {
     provider: WebhookProvider,
     delivery: &'a str,
+    body_sha256: Option<&'a str>,
     push: &'a Push,
     actor: String,
 }
@@ -246,7 +248,7 @@ async fn record_skip(
     reason: String,
     remove: Option<(String, String)>,
 ) -> Result<Option<PushOutcome>, PushError> {
-    let Inbound { provider, delivery, push, ref actor } = *inbound;
+    let Inbound { provider, delivery, body_sha256, push, ref actor } = *inbound;
     let mut w = Writes::default();
     let mut reason = reason;
     if let Some((environment, why)) = remove {
@@ -256,6 +258,7 @@ async fn record_skip(
     let event = Event::PushSkipped(PushSkipped {
         provider,
         delivery: delivery.into(),
+        body_sha256: body_sha256.map(Into::into),
         git_ref: push.git_ref.clone(),
         commit: push.commit.clone(),
         pusher: push.pusher.clone(),
@@ -275,7 +278,7 @@ async fn record_deployments(
     targets: Vec<push::Target>,
     branch_preview: Option<preview::Plan>,
 ) -> Result<Option<PushOutcome>, PushError> {
-    let Inbound { provider, delivery, push, ref actor } = *inbound;
+    let Inbound { provider, delivery, body_sha256, push, ref actor } = *inbound;
     let mut deployments = Vec::new();
     let mut superseded = Vec::new();
     let mut w = Writes::default();
@@ -302,6 +305,7 @@ async fn record_deployments(
     let received = Event::PushReceived(PushReceived {
         provider,
         delivery: delivery.into(),
+        body_sha256: body_sha256.map(Into::into),
         git_ref: push.git_ref.clone(),
         commit: push.commit.clone(),
         pusher: push.pusher.clone(),

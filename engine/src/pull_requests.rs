@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::auto_deploy::{turn, PushError};
 use crate::lifecycle::{self, Writes};
 use crate::preview::{self, Plan, PullRequest};
-use crate::project::{delivery_key, Project};
+use crate::project::Project;
 use crate::push;
 use crate::requests::load_project;
 
@@ -60,6 +60,7 @@ pub async fn record_pull_request(
     store: &dyn EventStore,
     provider: WebhookProvider,
     delivery: &str,
+    body_sha256: Option<&str>,
     pr: &PullRequest,
     project: Project,
 ) -> Result<PrOutcome, PushError> {
@@ -74,7 +75,7 @@ pub async fn record_pull_request(
             Some(p) => p,
             None => load_project(store, &name).await?.ok_or_else(|| PushError::Contended(name.clone()))?,
         };
-        if p.deliveries.contains(&delivery_key(provider, delivery)) {
+        if p.delivered(provider, delivery, body_sha256) {
             return Ok(PrOutcome::Duplicate);
         }
         let now = Utc::now();
@@ -110,6 +111,7 @@ pub async fn record_pull_request(
         let received = Event::PullRequestReceived(PullRequestReceived {
             provider,
             delivery: delivery.into(),
+            body_sha256: body_sha256.map(Into::into),
             action: pr.raw_action.clone(),
             number: pr.number,
             head_commit: pr.head_commit.clone(),

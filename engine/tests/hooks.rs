@@ -208,6 +208,9 @@ async fn a_redelivered_id_deploys_once_even_when_deliveries_race(s: &Setup) {
     assert_eq!((first.status, first.json["status"].as_str()), (StatusCode::ACCEPTED, Some("deployed")));
     let again = s.deliver("github", "app", "dup-1", "push", &body, &secret).await;
     assert_eq!((again.status, again.json["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{}", again.json);
+    // The same signed body replayed under a new delivery id is the same delivery.
+    let replayed = s.deliver("github", "app", "replay-1", "push", &body, &secret).await;
+    assert_eq!((replayed.status, replayed.json["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{}", replayed.json);
     assert_eq!(s.requested("app").await.len(), 1);
     // The same id delivered eight times at once: one lands, the others see it.
     let body = github_push("refs/heads/main", &sha(2), "next");
@@ -217,8 +220,12 @@ async fn a_redelivered_id_deploys_once_even_when_deliveries_race(s: &Setup) {
     assert_eq!((deployed, duplicate), (1, 7), "{:?}", replies.iter().map(|r| (r.status, r.json.clone())).collect::<Vec<_>>());
     assert_eq!(s.requested("app").await.len(), 2);
     // The same id from another provider is another delivery.
-    let other = s.deliver("generic", "app", "dup-1", "push", &generic_push("main", &sha(3), "m"), &secret).await;
+    let generic = generic_push("main", &sha(3), "m");
+    let other = s.deliver("generic", "app", "dup-1", "push", &generic, &secret).await;
     assert_eq!(other.json["status"], "deployed", "{}", other.json);
+    let replayed = s.deliver("generic", "app", "dup-2", "push", &generic, &secret).await;
+    assert_eq!(replayed.json["status"], "duplicate", "a captured generic push deploys nothing again: {}", replayed.json);
+    assert_eq!(s.requested("app").await.len(), 3);
 }
 
 on_both_stores!(a_skip_phrase_or_a_deleted_branch_deploys_nothing_and_is_recorded);

@@ -166,7 +166,11 @@ async fn an_opened_pull_request_gets_a_deployed_preview_and_closing_it_removes_e
     assert_ne!(requested.settings["COLOR"], test.fingerprints("test")["COLOR"], "the override wins");
     let third = s.deliver("github", "app", "pr-3", "pull_request", &github_pr("synchronize", 42, &sha(3), false), &secret).await;
     let third = uuid(&third.json["deployments"][0]["deployment"]);
-    let same = s.deliver("github", "app", "pr-4", "pull_request", &github_pr("synchronize", 42, &sha(3), false), &secret).await;
+    // The same body under another delivery id is the same delivery (a replay);
+    let replayed = s.deliver("github", "app", "pr-4", "pull_request", &github_pr("synchronize", 42, &sha(3), false), &secret).await;
+    assert_eq!(replayed.json["status"], "duplicate", "{}", replayed.json);
+    // another event for the head the preview has already changes nothing.
+    let same = s.deliver("github", "app", "pr-4b", "pull_request", &github_pr("synchronized", 42, &sha(3), false), &secret).await;
     assert_eq!(same.json["status"], "unchanged", "{}", same.json);
     let again = s.deliver("github", "app", "pr-3", "pull_request", &github_pr("synchronize", 42, &sha(3), false), &secret).await;
     assert_eq!((again.status, again.json["status"].as_str()), (StatusCode::OK, Some("duplicate")));

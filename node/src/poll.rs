@@ -159,7 +159,7 @@ pub async fn poll_once(store: &dyn EventStore, workspaces: &std::path::Path, pro
         // The project as it is now: an earlier head of this poll may have moved it.
         let Some(current) = requests::load_project(store, &project.name).await? else { return Ok(()) };
         let delivery = poll::delivery(&branch, &commit);
-        let outcome = auto_deploy::record_push(store, WebhookProvider::Poll, &delivery, &push, current).await?;
+        let outcome = auto_deploy::record_push(store, WebhookProvider::Poll, &delivery, None, &push, current).await?;
         tracing::info!(project = %project.name, %branch, commit = %commit, ?outcome, "poller: new head recorded");
     }
     Ok(())

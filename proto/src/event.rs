@@ -379,6 +379,11 @@ pub struct PullRequestReceived {
     #[serde(default)]
     pub superseded: Vec<Uuid>,
     pub at: chrono::DateTime<chrono::Utc>,
+    /// SHA-256 of the signed body (hex): the same body again is the same
+    /// delivery, whatever delivery id comes with it (a captured webhook
+    /// replayed under a new id deploys nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
 }
 
 /// Someone with deploy scope approved a fork's head commit for a preview
@@ -427,6 +432,11 @@ pub struct PushReceived {
     /// freeze window), each with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+    /// SHA-256 of the signed body (hex): the same body again is the same
+    /// delivery, whatever delivery id comes with it (a captured webhook
+    /// replayed under a new id deploys nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
 }
 
 /// A signed push that deploys nothing on purpose (on the project's stream):
@@ -439,6 +449,11 @@ pub struct PushSkipped {
     pub commit: String,
     pub pusher: String,
     pub reason: String,
+    /// SHA-256 of the signed body (hex): the same body again is the same
+    /// delivery, whatever delivery id comes with it (a captured webhook
+    /// replayed under a new id deploys nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
 }
 
 /// Settings changed for one environment. Values stay outside the log: the

@@ -86,6 +86,7 @@ fn sample_events() -> Vec<Event> {
         Event::PushReceived(PushReceived {
             provider: WebhookProvider::Github,
             delivery: "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
+            body_sha256: Some("cd".repeat(32)),
             git_ref: "refs/heads/main".into(),
             commit: "ab".repeat(20),
             pusher: "octocat".into(),
@@ -97,6 +98,7 @@ fn sample_events() -> Vec<Event> {
         Event::PushSkipped(PushSkipped {
             provider: WebhookProvider::Gitlab,
             delivery: "k1".into(),
+            body_sha256: None,
             git_ref: "refs/heads/main".into(),
             commit: "cd".repeat(20),
             pusher: "jo".into(),
@@ -173,6 +175,7 @@ fn sample_events() -> Vec<Event> {
         Event::PullRequestReceived(PullRequestReceived {
             provider: WebhookProvider::Github,
             delivery: "d-1".into(),
+            body_sha256: None,
             action: "opened".into(),
             number: 42,
             head_commit: "ab".repeat(20),

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use slipway_proto::event::WebhookProvider;
 use slipway_store::EventStore;
 use utoipa::{IntoParams, ToSchema};
@@ -146,7 +147,8 @@ async fn handle(
     }
     let delivery = webhook::delivery(provider, headers).map_err(ApiError::BadRequest)?;
     let push = webhook::parse_push(provider, &body).map_err(ApiError::BadRequest)?;
-    let outcome = auto_deploy::record_push(store, provider, &delivery, &push, p).await.map_err(push_error)?;
+    let digest = hex::encode(Sha256::digest(&body));
+    let outcome = auto_deploy::record_push(store, provider, &delivery, Some(&digest), &push, p).await.map_err(push_error)?;
     Ok(match outcome {
         PushOutcome::Duplicate => {
             let message = format!("delivery `{delivery}` was received before; it is not deployed again");
@@ -195,7 +197,8 @@ async fn pull_request(
     let name = p.name.clone();
     let delivery = webhook::delivery(provider, headers).map_err(ApiError::BadRequest)?;
     let pr = webhook::parse_pull_request(provider, body).map_err(ApiError::BadRequest)?;
-    let outcome = pull_requests::record_pull_request(store, provider, &delivery, &pr, p).await.map_err(push_error)?;
+    let digest = hex::encode(Sha256::digest(body));
+    let outcome = pull_requests::record_pull_request(store, provider, &delivery, Some(&digest), &pr, p).await.map_err(push_error)?;
     let (environment, recorded) = match outcome {
         PrOutcome::Duplicate => {
             let message = format!("delivery `{delivery}` was received before; it is not acted on again");
