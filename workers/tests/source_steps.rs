@@ -328,7 +328,8 @@ async fn network_failures_name_the_repository_without_its_credentials() -> Resul
     for (repository, shown) in [
         ("https://no-such-host.invalid/example/app.git", "https://no-such-host.invalid/example/app.git"),
         ("https://x-token:S3cret-token@no-such-host.invalid/example/app.git", "https://***@no-such-host.invalid/example/app.git"),
-        ("ssh://git@no-such-host.invalid/example/app.git", "ssh://***@no-such-host.invalid/example/app.git"),
+        ("ssh://git@no-such-host.invalid/example/app.git", "ssh://git@no-such-host.invalid/example/app.git"),
+        ("ssh://git:pw@no-such-host.invalid/example/app.git", "ssh://***@no-such-host.invalid/example/app.git"),
         ("git@no-such-host.invalid:example/app.git", "git@no-such-host.invalid:example/app.git"),
     ] {
         let failed = step_failed(run_checkout(repository, "main", &ws.rt).await, Step::Checkout)?;
