@@ -286,7 +286,11 @@ async fn a_fork_s_pull_request_waits_until_someone_with_deploy_scope_approves_it
     let pushed = s.deliver("github", "app", "f2", "pull_request", &github_pr("synchronize", 9, &sha(2), true), &secret).await;
     assert_eq!(pushed.json["status"], "awaiting_approval", "{}", pushed.json);
     assert_eq!(s.requested("app").await.len(), 1);
+    // The project shows that head as waiting, not as what the preview runs.
+    let waiting = || async { s.call(Method::GET, "/api/projects/app", None).await.json["previews"][0].clone() };
+    assert_eq!(waiting().await, json!({"name": "pr-9", "head": sha(2), "awaiting_approval": true}));
     assert_eq!(approve(deploy).await.status, StatusCode::ACCEPTED);
+    assert_eq!(waiting().await["awaiting_approval"], false);
     let (requested, _) = s.requested("app").await.pop().unwrap();
     assert_eq!(requested.git_ref, sha(2));
     // A pull request from the same repository needs no approval.

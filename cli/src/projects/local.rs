@@ -55,6 +55,15 @@ impl Projects for Local<'_> {
 
     async fn show(&self, name: &str) -> anyhow::Result<ProjectShown> {
         let p = self.project(name).await?;
+        let previews = p
+            .previews
+            .iter()
+            .map(|(name, preview)| PreviewShown {
+                name: name.clone(),
+                head: preview.head.clone(),
+                awaiting_approval: slipway_engine::preview::approvable(&p, name).is_ok(),
+            })
+            .collect();
         Ok(ProjectShown {
             environments: p.environments.iter().map(|(env, s)| (env.clone(), EnvironmentShown { settings: s.len() })).collect(),
             source: SourceShown {
@@ -63,7 +72,7 @@ impl Projects for Local<'_> {
                 submodules: p.source.submodules,
             },
             webhook_secret: p.webhook_secret.is_some(),
-            previews: p.previews.into_iter().map(|(name, preview)| PreviewShown { name, head: preview.head }).collect(),
+            previews,
             name: p.name,
             repo: p.repository,
             branch: p.default_branch,

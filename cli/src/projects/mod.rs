@@ -90,7 +90,11 @@ pub struct SourceShown {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PreviewShown {
     pub name: String,
+    /// The head commit last pushed.
     pub head: Option<String>,
+    /// That head is a fork's, not approved yet: it is not what the preview serves.
+    #[serde(default)]
+    pub awaiting_approval: bool,
 }
 
 /// One setting as `env list` prints it: a secret's value is never read.
@@ -392,7 +396,13 @@ fn print_preview_rules(p: &ProjectShown, json: bool) -> anyhow::Result<()> {
         );
     }
     for shown in &p.previews {
-        let head = shown.head.as_deref().map(|h| format!(" at {}", push::short(h))).unwrap_or_default();
+        let head = match shown.head.as_deref() {
+            Some(h) if shown.awaiting_approval => {
+                format!(": head {} awaiting approval (slipway preview approve {} {})", push::short(h), p.name, shown.name)
+            }
+            Some(h) => format!(" at {}", push::short(h)),
+            None => String::new(),
+        };
         println!("preview {}{head}", shown.name);
     }
     Ok(())

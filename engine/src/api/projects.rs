@@ -120,7 +120,10 @@ pub struct ProjectDetail {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PreviewView {
     name: String,
+    /// The head commit last pushed.
     head: Option<String>,
+    /// That head is a fork's, not approved yet: not what the preview serves.
+    awaiting_approval: bool,
 }
 
 /// How workers reach the repository: credential names (never values),
@@ -207,6 +210,15 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
             (env.clone(), EnvironmentSettings { settings })
         })
         .collect();
+    let previews = p
+        .previews
+        .iter()
+        .map(|(name, preview)| PreviewView {
+            name: name.clone(),
+            head: preview.head.clone(),
+            awaiting_approval: crate::preview::approvable(&p, name).is_ok(),
+        })
+        .collect();
     Ok(Json(ProjectDetail {
         name: p.name,
         repo: p.repository,
@@ -221,6 +233,6 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
         webhook_secret: p.webhook_secret.is_some(),
         auto_deploy: p.auto_deploy,
         preview_rules: p.preview_rules,
-        previews: p.previews.into_iter().map(|(name, preview)| PreviewView { name, head: preview.head }).collect(),
+        previews,
     }))
 }
