@@ -91,6 +91,7 @@ pub fn change(args: &SourceArgs, forget: Option<&SourceForgetArgs>, project: &st
         let (private, public_half) =
             slipway_workers::steps::git_remote::generate_deploy_key(&format!("slipway:{project}")).map_err(anyhow::Error::msg)?;
         change.set.insert("ssh_key".into(), private);
+        change.deploy_key = Some(public_half.clone());
         public = Some(public_half);
     }
     if !args.known_hosts.is_empty() {

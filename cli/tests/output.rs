@@ -227,6 +227,24 @@ fn deployments_and_projects_page_and_filter_from_the_read_models() {
 }
 
 #[test]
+fn a_deploy_key_slipway_made_is_shown_again_by_project_show() {
+    let dir = Dir::new();
+    let created = dir.ok(&["project", "create", "keyed", "--repo", "ssh://git@127.0.0.1:2222/app.git", "--generate-ssh-key"]);
+    let public = created.lines().find(|l| l.starts_with("ssh-ed25519 ")).expect("the public half, printed once").to_string();
+    assert!(dir.ok(&["project", "show", "keyed"]).lines().any(|l| l == format!("deploy key  {public}")));
+    assert_eq!(dir.json(&["project", "show", "keyed", "--json"])["source"]["deploy_key"], public.as_str());
+    // A key given by hand replaces it: no public half is known then.
+    let key = dir.path("id_ed25519");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    dir.ok(&["project", "source", "keyed", "--ssh-key", key.to_str().unwrap()]);
+    assert!(dir.json(&["project", "show", "keyed", "--json"])["source"].get("deploy_key").is_none());
+}
+
+#[test]
 fn env_add_and_env_remove_take_a_named_environment_in_and_out() {
     let dir = Dir::new();
     let added = dir.ok(&["env", "add", "app", "staging"]);

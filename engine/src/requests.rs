@@ -212,7 +212,13 @@ async fn source_changed(store: &dyn EventStore, project: &str, change: &SourceCh
         store.operational().put_value(&f, value).await?;
         set.insert(name.clone(), f);
     }
-    Ok(SourceAccessChanged { set, removed: change.removed.clone(), known_hosts: change.known_hosts.clone(), submodules: change.submodules })
+    Ok(SourceAccessChanged {
+        set,
+        removed: change.removed.clone(),
+        known_hosts: change.known_hosts.clone(),
+        submodules: change.submodules,
+        deploy_key: change.deploy_key.clone(),
+    })
 }
 
 /// Changes how workers reach a project's repository: credentials (kept in

@@ -21,6 +21,9 @@ pub struct SourceChange {
     /// Replaces every trusted host key (OpenSSH `known_hosts` lines).
     pub known_hosts: Option<Vec<String>>,
     pub submodules: Option<bool>,
+    /// The public half of the `ssh_key` set, when Slipway made the key
+    /// (an OpenSSH line), kept to be shown again.
+    pub deploy_key: Option<String>,
 }
 
 impl SourceChange {
@@ -71,6 +74,14 @@ pub fn check_repository(repository: &str) -> Result<(), String> {
 
 /// Checks credential names and values, and host key lines.
 pub fn check_change(change: &SourceChange) -> Result<(), String> {
+    if let Some(public) = &change.deploy_key {
+        if !change.set.contains_key("ssh_key") {
+            return Err("deploy_key: the public half of a key goes with the key (`ssh_key` in `set`)".into());
+        }
+        if !public.starts_with("ssh-") || public.contains(['\n', '\r']) || public.split_whitespace().count() < 2 {
+            return Err("deploy_key: expected the key's public half as one OpenSSH line (`ssh-ed25519 AAAA... comment`)".into());
+        }
+    }
     for name in change.set.keys().chain(&change.removed) {
         if !SOURCE_CREDENTIALS.contains(&name.as_str()) {
             return Err(format!("source credential `{name}` is not one of {}", SOURCE_CREDENTIALS.join(", ")));
@@ -148,6 +159,12 @@ mod tests {
     #[test]
     fn credentials_and_host_keys() {
         let change = |name: &str, value: &str| SourceChange { set: BTreeMap::from([(name.into(), value.into())]), ..Default::default() };
+        let key = "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n";
+        let with_public = |public: &str| SourceChange { deploy_key: Some(public.into()), ..change("ssh_key", key) };
+        assert_eq!(check_change(&with_public("ssh-ed25519 AAAA slipway:shop")), Ok(()));
+        assert!(check_change(&with_public("not a key")).unwrap_err().contains("one OpenSSH line"));
+        let alone = SourceChange { deploy_key: Some("ssh-ed25519 AAAA".into()), ..Default::default() };
+        assert!(check_change(&alone).unwrap_err().contains("goes with the key"));
         assert_eq!(check_change(&change("token", "ghp_abc")), Ok(()));
         assert!(check_change(&change("tokn", "x")).unwrap_err().contains("not one of token"));
         assert!(check_change(&change("token", "a\nb")).is_err());

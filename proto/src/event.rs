@@ -66,6 +66,10 @@ pub struct SourceAccess {
     pub known_hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub submodules: bool,
+    /// The public half of the deploy key Slipway made (`--generate-ssh-key`),
+    /// an OpenSSH line: public, so kept in the log, to be shown again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_key: Option<String>,
 }
 
 impl SourceAccess {
@@ -83,6 +87,10 @@ impl SourceAccess {
             Event::SourceAccessChanged(c) => {
                 for name in &c.removed {
                     self.credentials.remove(name);
+                }
+                // The public half goes with the key it belongs to.
+                if c.removed.iter().any(|n| n == "ssh_key") || c.set.contains_key("ssh_key") {
+                    self.deploy_key = c.deploy_key.clone().filter(|_| c.set.contains_key("ssh_key"));
                 }
                 self.credentials.extend(c.set.clone());
                 if let Some(known) = &c.known_hosts {
@@ -140,6 +148,9 @@ pub struct SourceAccessChanged {
     pub known_hosts: Option<Vec<String>>,
     #[serde(default)]
     pub submodules: Option<bool>,
+    /// The public half of the `ssh_key` set here, when Slipway made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_key: Option<String>,
 }
 
 /// The SSH host key a worker met on its first fetch of a project's
@@ -1822,5 +1833,26 @@ mod source_access_tests {
         assert!(trusted.iter().any(|line| same_host_key(line, &format!("{} {}", "[h]:2222", &ED[9..]))));
         assert_eq!(trusted_for(&access.known_hosts, "h").count(), 0, "another port is another host");
         assert!(!same_host_key(ED, RSA));
+    }
+
+    #[test]
+    fn a_made_deploy_key_s_public_half_is_kept_with_its_key_and_goes_with_it() {
+        let mut access = SourceAccess::default();
+        let key = |public: Option<&str>| SourceAccessChanged {
+            set: BTreeMap::from([("ssh_key".to_string(), "hmac-sha256:01".to_string())]),
+            deploy_key: public.map(Into::into),
+            ..Default::default()
+        };
+        access.apply(&Event::SourceAccessChanged(key(Some("ssh-ed25519 AAAA slipway:shop"))));
+        assert_eq!(access.deploy_key.as_deref(), Some("ssh-ed25519 AAAA slipway:shop"));
+        // Another change leaves it; a key given by hand has no public half here; removing the key drops it.
+        access.apply(&Event::SourceAccessChanged(SourceAccessChanged { submodules: Some(true), ..Default::default() }));
+        assert!(access.deploy_key.is_some());
+        access.apply(&Event::SourceAccessChanged(key(None)));
+        assert_eq!(access.deploy_key, None);
+        access.apply(&Event::SourceAccessChanged(key(Some("ssh-ed25519 BBBB slipway:shop"))));
+        let removed = SourceAccessChanged { removed: vec!["ssh_key".into()], ..Default::default() };
+        access.apply(&Event::SourceAccessChanged(removed));
+        assert_eq!(access.deploy_key, None);
     }
 }

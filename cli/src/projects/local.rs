@@ -70,6 +70,7 @@ impl Projects for Local<'_> {
                 credentials: p.source.credentials.keys().cloned().collect(),
                 known_hosts: p.source.known_hosts,
                 submodules: p.source.submodules,
+                deploy_key: p.source.deploy_key,
             },
             webhook_secret: p.webhook_secret.is_some(),
             previews,

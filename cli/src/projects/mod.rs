@@ -85,6 +85,9 @@ pub struct SourceShown {
     pub credentials: Vec<String>,
     pub known_hosts: Vec<String>,
     pub submodules: bool,
+    /// The public half of a deploy key Slipway made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_key: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -329,6 +332,9 @@ fn print_project(p: &ProjectShown, json: bool) -> anyhow::Result<()> {
     println!("project     {}\nrepository  {}\nbranch      {}", p.name, p.repo, p.branch);
     if !p.source.credentials.is_empty() {
         println!("credentials {} (secret)", p.source.credentials.join(", "));
+    }
+    if let Some(public) = &p.source.deploy_key {
+        println!("deploy key  {public}");
     }
     for known in &p.source.known_hosts {
         println!("host key    {known}");

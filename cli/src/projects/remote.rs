@@ -56,7 +56,8 @@ fn environment_path(project: &str, env: &str) -> String {
 }
 
 fn source_body(change: SourceChange) -> Value {
-    json!({ "set": change.set, "remove": change.removed, "known_hosts": change.known_hosts, "submodules": change.submodules })
+    json!({ "set": change.set, "remove": change.removed, "known_hosts": change.known_hosts, "submodules": change.submodules,
+        "deploy_key": change.deploy_key })
 }
 
 /// `?pull_requests=true` or `?branches=GLOB`, as the previews routes take a trigger.

@@ -133,6 +133,9 @@ pub struct SourceView {
     credentials: Vec<String>,
     known_hosts: Vec<String>,
     submodules: bool,
+    /// The public half of a deploy key Slipway made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deploy_key: Option<String>,
 }
 
 /// A change to a project's source access. Credential values are kept as
@@ -147,11 +150,19 @@ pub struct SourceChangeBody {
     /// Replaces every trusted SSH host key (OpenSSH known_hosts lines); `[]` forgets them.
     known_hosts: Option<Vec<String>>,
     submodules: Option<bool>,
+    /// The public half of the `ssh_key` in `set`, when the client made the key (an OpenSSH line, shown again by GET).
+    deploy_key: Option<String>,
 }
 
 impl SourceChangeBody {
     fn change(self) -> SourceChange {
-        SourceChange { set: self.set, removed: self.remove, known_hosts: self.known_hosts, submodules: self.submodules }
+        SourceChange {
+            set: self.set,
+            removed: self.remove,
+            known_hosts: self.known_hosts,
+            submodules: self.submodules,
+            deploy_key: self.deploy_key,
+        }
     }
 }
 
@@ -229,6 +240,7 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
             credentials: p.source.credentials.keys().cloned().collect(),
             known_hosts: p.source.known_hosts,
             submodules: p.source.submodules,
+            deploy_key: p.source.deploy_key,
         },
         webhook_secret: p.webhook_secret.is_some(),
         auto_deploy: p.auto_deploy,

@@ -27,7 +27,7 @@ pub enum SourceError {
     UnsafeRef { git_ref: String, what: &'static str },
     #[error("repository `{0}`: file:// URLs name a local path; use https:// or ssh:// for another host")]
     UnsupportedTransport(String),
-    #[error("{repo} refused the credentials for ref `{git_ref}`: {}", if *ssh { "add this project's deploy key (its public half) to the repository, or set another with `slipway project source --ssh-key FILE`" } else { "check the token or password, and that it may read the repository; set another with `slipway project source --token-file FILE` (or `--username NAME --password-file FILE`)" })]
+    #[error("{repo} refused the credentials for ref `{git_ref}`: {}", if *ssh { "add this project's deploy key (its public half; `slipway project show` prints it when Slipway made the key) to the repository, or set another with `slipway project source --ssh-key FILE`" } else { "check the token or password, and that it may read the repository; set another with `slipway project source --token-file FILE` (or `--username NAME --password-file FILE`)" })]
     BadCredentials { repo: String, git_ref: String, ssh: bool },
     #[error("the project's SSH deploy key for {repo} (fetching ref `{git_ref}`) {}", if *passphrase_given { "did not open with its passphrase: set the right one with `slipway project source --ssh-key-passphrase-file FILE`, or a key in a form libssh2 reads (OpenSSH or PEM)" } else { "is protected by a passphrase, and the project has none: give it with `slipway project source --ssh-key-passphrase-file FILE`" })]
     LockedSshKey { repo: String, git_ref: String, passphrase_given: bool },
