@@ -242,6 +242,15 @@ fn a_deploy_key_slipway_made_is_shown_again_by_project_show() {
     .unwrap();
     dir.ok(&["project", "source", "keyed", "--ssh-key", key.to_str().unwrap()]);
     assert!(dir.json(&["project", "show", "keyed", "--json"])["source"].get("deploy_key").is_none());
+    // A host key pinned for another host or port would never be checked: refused.
+    let ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let elsewhere = format!("[127.0.0.1]:2200 {ed}");
+    let create = ["project", "create", "pinned", "--repo", "ssh://git@127.0.0.1:2222/app.git", "--known-host", &elsewhere];
+    let out = dir.run(&create);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no line is for `[127.0.0.1]:2222`"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(dir.exit(&["project", "source", "keyed", "--known-host", &format!("127.0.0.1 {ed}")]), 2, "port 22 is not 2222");
+    dir.ok(&["project", "source", "keyed", "--known-host", &format!("[127.0.0.1]:2222 {ed}")]);
 }
 
 #[test]

@@ -140,6 +140,7 @@ pub async fn run(backend: &impl Projects, cmd: ProjectCmd, json: bool) -> anyhow
         ProjectCmd::Create { name, repo, mirror_of, branch, environments, source } => {
             let (change, public_key) = source_args::change(&source, None, &name)?;
             let repository = repo.as_deref().map(absolute_repo).unwrap_or_default();
+            source_args::check_known_hosts(&repository, change.known_hosts.as_deref().unwrap_or_default())?;
             let envs = environments.join(", ");
             let new = NewProject { name: name.clone(), repository, default_branch: branch, environments, mirror_of };
             backend.create(new, change).await?;
@@ -148,6 +149,9 @@ pub async fn run(backend: &impl Projects, cmd: ProjectCmd, json: bool) -> anyhow
         }
         ProjectCmd::Source { name, source, forget } => {
             let (change, public_key) = source_args::change(&source, Some(&forget), &name)?;
+            if let Some(lines) = change.known_hosts.as_deref().filter(|l| !l.is_empty()) {
+                source_args::check_known_hosts(&backend.show(&name).await?.repo, lines)?;
+            }
             backend.change_source(&name, change).await?;
             println!("source access of {name} changed; deployments requested from now on use it");
             print_deploy_key(public_key.as_deref());

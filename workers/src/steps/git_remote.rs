@@ -218,7 +218,9 @@ pub struct RemoteAddress {
 impl RemoteAddress {
     /// The host as a `known_hosts` line names it: `host`, or `[host]:port`
     /// for a port other than 22.
-    fn known_host_field(&self) -> String {
+    /// How `known_hosts` lines name this host: `host`, or `[host]:port`
+    /// off port 22.
+    pub fn known_host_field(&self) -> String {
         match self.port {
             Some(port) if port != 22 => format!("[{}]:{port}", self.host),
             _ => self.host.clone(),
