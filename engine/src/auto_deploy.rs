@@ -252,7 +252,8 @@ async fn record_skip(
     let mut w = Writes::default();
     let mut reason = reason;
     if let Some((environment, why)) = remove {
-        lifecycle::write_removal(store, &mut w, p, &environment, &why, actor).await?;
+        let routes = crate::load::routes(store).await?;
+        lifecycle::write_removal(store, &mut w, p, &environment, &why, actor, &routes).await?;
         reason = format!("{reason}; preview {environment} removed");
     }
     let event = Event::PushSkipped(PushSkipped {

@@ -225,7 +225,8 @@ pub async fn add_environment(store: &dyn EventStore, actor: &str, project: &str,
 /// `named_environments::may_remove` allows) from `p`: `EnvironmentRemoved`
 /// on the project's and the environment's streams, a cancellation for each
 /// deployment queued or running there, the serving release's retirement
-/// (a command to the workers), and `RouteRemoved` if it has a route.
+/// (a command to the workers), and `RouteRemoved` if it has a route in
+/// `routes` (read once by the caller, however many environments go).
 pub(crate) async fn write_removal(
     store: &dyn EventStore,
     w: &mut Writes,
@@ -233,8 +234,8 @@ pub(crate) async fn write_removal(
     name: &str,
     reason: &str,
     actor: &str,
+    routes: &slipway_core::routes::Routes,
 ) -> Result<EnvironmentRemoved, LoadError> {
-    let routes = load::routes(store).await?;
     let env = load::environment(store, &p.name, name).await?;
     let routed = routes.by_environment.contains_key(&(p.name.clone(), name.to_owned()));
     let plan = preview::removal(&env, routed, preview::REMOVAL_DRAIN_SECONDS);
@@ -313,7 +314,7 @@ pub async fn remove_environment(
             }
         }
         let mut w = Writes::default();
-        let removed = write_removal(store, &mut w, &p, name, reason, actor).await?;
+        let removed = write_removal(store, &mut w, &p, name, reason, actor, &routes).await?;
         if w.commit(store).await? {
             return Ok(Ok(removed));
         }
@@ -350,7 +351,7 @@ pub async fn remove_project(
         let mut w = Writes::default();
         let mut environments = Vec::new();
         for name in p.environments.keys() {
-            environments.push(write_removal(store, &mut w, &p, name, reason, actor).await?);
+            environments.push(write_removal(store, &mut w, &p, name, reason, actor, &routes).await?);
         }
         let removed = Event::ProjectRemoved(ProjectRemoved { name: project.into(), reason: reason.into() });
         w.add(&project_stream(project), ExpectedVersion::Exactly(p.version), &removed, Uuid::now_v7(), actor);
@@ -474,7 +475,7 @@ async fn remove_if_expired(
             return Ok(Ok(None));
         }
         let mut w = Writes::default();
-        let removed = write_removal(store, &mut w, &p, name, reason, ENGINE).await?;
+        let removed = write_removal(store, &mut w, &p, name, reason, ENGINE, &load::routes(store).await?).await?;
         if w.commit(store).await? {
             return Ok(Ok(Some(removed)));
         }

@@ -100,7 +100,8 @@ pub async fn record_pull_request(
                 (environment, PrRecorded::AwaitingApproval { commit, added: add.is_some() })
             }
             Plan::Remove { environment, reason } => {
-                lifecycle::write_removal(store, &mut w, &p, &environment, &reason, &actor).await?;
+                let routes = crate::load::routes(store).await?;
+                lifecycle::write_removal(store, &mut w, &p, &environment, &reason, &actor, &routes).await?;
                 (environment, PrRecorded::Removed)
             }
         };
