@@ -141,10 +141,6 @@ impl Route {
         (!self.standby.is_empty()).then(|| self.standby[pick % self.standby.len()])
     }
 
-    /// Where a request picked with `pick` goes if its upstream fails it
-    /// before anything was done: the standby if the route has one (a
-    /// watched release's failure goes to the release that served before),
-    /// else the next of its own upstreams, if it has another.
     /// Where a request picked with `pick` goes when the upstreams `out`
     /// says are ejected should be passed over: the first of the turn that is
     /// not out (all out: the one picked, as if none were), and its fallback
@@ -167,6 +163,10 @@ impl Route {
         Some((first, fallback))
     }
 
+    /// Where a request picked with `pick` goes if its upstream fails it
+    /// before anything was done: the standby if the route has one (a
+    /// watched release's failure goes to the release that served before),
+    /// else the next of its own upstreams, if it has another.
     pub fn fallback(&self, pick: usize) -> Option<Fallback> {
         if let Some(standby) = self.standby(pick) {
             return Some(Fallback::Standby(standby));

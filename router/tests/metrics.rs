@@ -43,7 +43,10 @@ fn series(text: &str, name: &str) -> u64 {
 #[tokio::test]
 async fn requests_are_counted_by_status_class_and_upstream_errors_by_kind() {
     let up = upstream().await;
-    let down = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    // Not a port freed at once: the router's own listener could be given
+    // it, and would then proxy to itself.
+    let refusing = slipway_support::refusing_port();
+    let down = refusing.addr;
     let route = |addr: SocketAddr| Route {
         upstreams: vec![addr],
         standby: vec![],

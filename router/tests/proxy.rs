@@ -174,10 +174,8 @@ async fn a_host_without_upstreams_is_503() {
 
 #[tokio::test]
 async fn an_upstream_that_is_down_is_502_at_once() {
-    let down = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refusing = slipway_support::refusing_port();
+    let down = refusing.addr;
     let p = proxy(table(&[("down.test", route(&[down], 1))])).await;
     let started = Instant::now();
     let (status, body) = get(p.addr, Some("down.test"), "/").await;
@@ -466,10 +464,8 @@ async fn dropping_upstream() -> SocketAddr {
 #[tokio::test]
 async fn a_refused_or_dropped_request_goes_to_the_standby_while_one_stands_by() {
     let old = upstream("old").await;
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refusing = slipway_support::refusing_port();
+    let refused = refusing.addr;
     let dropping = dropping_upstream().await;
     let watched = |new: SocketAddr| Route { standby: vec![old.addr], ..route(&[new], 2) };
     let p =
@@ -549,10 +545,8 @@ async fn failing_upstream() -> SocketAddr {
 async fn each_route_counts_its_own_upstreams_5xx_answers_and_the_502s_clients_get_not_what_the_standby_rescued() {
     let old = upstream("old").await;
     let failing = failing_upstream().await;
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refusing = slipway_support::refusing_port();
+    let refused = refusing.addr;
     let dropping = dropping_upstream().await;
     let watched = |new: SocketAddr| Route { standby: vec![old.addr], ..route(&[new], 2) };
     let (five, saved, plain, healthy) = (watched(failing), watched(refused), route(&[dropping], 1), route(&[old.addr], 1));
@@ -755,10 +749,8 @@ async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
 #[tokio::test]
 async fn error_pages_name_no_address_port_or_deployment() {
     let a = upstream("alpha").await;
-    let down = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refusing = slipway_support::refusing_port();
+    let down = refusing.addr;
     let deployment = "0190c3e2-7a4b-7c1d-9e2f-3a4b5c6d7e8f";
     let labelled = |upstreams: &[SocketAddr]| Route { label: format!("hello/live deployment {deployment}"), ..route(upstreams, 1) };
     let options = ServeOptions { request_timeout: Some(Duration::from_millis(300)), ..short() };
@@ -783,10 +775,8 @@ async fn error_pages_name_no_address_port_or_deployment() {
 #[tokio::test]
 async fn a_request_refused_by_one_upstream_goes_once_to_another_of_the_route() {
     let a = upstream("alpha").await;
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refusing = slipway_support::refusing_port();
+    let refused = refusing.addr;
     let dropping = dropping_upstream().await;
     let p = proxy(table(&[("refused.test", route(&[refused, a.addr], 1)), ("dropping.test", route(&[dropping, a.addr], 1))])).await;
     let mut sender = connect(p.addr).await;

@@ -90,6 +90,23 @@ pub fn amqp_url() -> String {
     var_or("SLIPWAY_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
 }
 
+/// A loopback port that refuses connections for as long as this value
+/// lives: bound, never listening. A port bound and freed at once would do
+/// the same until some other socket of the test (a listener of its own,
+/// the router's) is given it, and then answers.
+pub struct RefusingPort {
+    pub addr: std::net::SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+/// A [`RefusingPort`] on 127.0.0.1.
+pub fn refusing_port() -> RefusingPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).expect("binding a loopback port");
+    let addr = socket.local_addr().expect("a bound socket has an address");
+    RefusingPort { addr, _socket: socket }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
