@@ -19,6 +19,8 @@ use slipway_proto::event::{
 use slipway_proto::Event;
 use uuid::Uuid;
 
+use crate::deployment::failure_text;
+
 /// The header holding the unix time (seconds) a webhook was signed at.
 pub const TIMESTAMP_HEADER: &str = "x-slipway-timestamp";
 /// The header holding `v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
@@ -40,6 +42,17 @@ pub struct DeploymentContext {
     pub project: String,
     pub environment: String,
     pub git_ref: String,
+}
+
+/// The deployment an event is about, as the notifier found it.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub id: Uuid,
+    pub context: &'a DeploymentContext,
+    /// A step of it had been dispatched when the event was recorded. A
+    /// failure names its step only then (`deployment::failure_text`): one
+    /// rejected or cancelled before its first step did not fail at it.
+    pub started: bool,
 }
 
 /// One notification, before it takes a target's shape.
@@ -68,10 +81,10 @@ pub fn deployment_of(stream: &str, event: &Event) -> Option<Uuid> {
 }
 
 /// The notification an event makes, if it makes one. `deployment` is the
-/// event's deployment (`deployment_of`) and its request, when it has one.
-pub fn notice(event: &Event, event_id: Uuid, at: DateTime<Utc>, deployment: Option<(Uuid, &DeploymentContext)>) -> Option<Notice> {
+/// event's deployment (`deployment_of`) with its request, when it has one.
+pub fn notice(event: &Event, event_id: Uuid, at: DateTime<Utc>, deployment: Option<Subject<'_>>) -> Option<Notice> {
     let of_deployment = |kind: NotificationKind, summary: String, details: serde_json::Value| {
-        let (id, context) = deployment?;
+        let Subject { id, context, .. } = deployment?;
         Some(Notice {
             kind,
             event_id,
@@ -99,11 +112,10 @@ pub fn notice(event: &Event, event_id: Uuid, at: DateTime<Utc>, deployment: Opti
             format!("succeeded (commit {})", short(&s.commit)),
             json!({ "commit": s.commit, "image_id": s.image_id }),
         ),
-        Event::DeploymentFailed(f) => of_deployment(
-            NotificationKind::DeploymentFailed,
-            format!("failed at {}: {}", f.step, f.reason),
-            json!({ "step": f.step, "reason": f.reason }),
-        ),
+        Event::DeploymentFailed(f) => {
+            let step = deployment.is_some_and(|d| d.started).then_some(f.step);
+            of_deployment(NotificationKind::DeploymentFailed, failure_text(step, &f.reason), json!({ "step": step, "reason": f.reason }))
+        }
         Event::ReleaseRolledBack(r) => of_deployment(
             NotificationKind::DeploymentRolledBack,
             format!("rolled back: {}", r.reason),
@@ -422,6 +434,10 @@ mod tests {
         DeploymentContext { project: "shop".into(), environment: "live".into(), git_ref: "main".into() }
     }
 
+    fn about(id: Uuid, context: &DeploymentContext) -> Subject<'_> {
+        Subject { id, context, started: true }
+    }
+
     fn subscription(project: Option<&str>, kinds: &[NotificationKind]) -> Subscription {
         Subscription {
             subscribed: NotificationSubscribed {
@@ -441,21 +457,26 @@ mod tests {
     fn deployment_outcomes_notify_with_their_project_and_other_events_do_not() {
         let d = Uuid::now_v7();
         let failed = Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "no Dockerfile".into() });
-        let n = notice(&failed, Uuid::nil(), at(0), Some((d, &context()))).unwrap();
+        let n = notice(&failed, Uuid::nil(), at(0), Some(about(d, &context()))).unwrap();
         assert_eq!(n.kind, NotificationKind::DeploymentFailed);
         assert_eq!((n.project.as_deref(), n.environment.as_deref(), n.deployment), (Some("shop"), Some("live"), Some(d)));
         assert!(n.summary.starts_with("shop live: deployment") && n.summary.ends_with("failed at build: no Dockerfile"), "{}", n.summary);
         let ok = Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "0123456789abcdef".into() });
-        let n = notice(&ok, Uuid::nil(), at(0), Some((d, &context()))).unwrap();
+        let n = notice(&ok, Uuid::nil(), at(0), Some(about(d, &context()))).unwrap();
         assert!(n.summary.contains("commit 0123456789ab)"), "{}", n.summary);
         // Without the deployment's request there is nothing to say whose it was.
         assert_eq!(notice(&ok, Uuid::nil(), at(0), None), None);
         let approved =
             Event::DeploymentApproved(slipway_proto::event::DeploymentApproved { by: "token:bob".into(), reason: String::new() });
-        let n = notice(&approved, Uuid::nil(), at(0), Some((d, &context()))).unwrap();
+        let n = notice(&approved, Uuid::nil(), at(0), Some(about(d, &context()))).unwrap();
         assert_eq!((n.kind, n.summary.ends_with("approved by token:bob")), (NotificationKind::DeploymentApproved, true));
+        // Rejected before its first step: it did not fail at one.
+        let rejected = Event::DeploymentFailed(DeploymentFailed { step: Step::CheckServices, reason: "rejected by ann".into() });
+        let n = notice(&rejected, Uuid::nil(), at(0), Some(Subject { started: false, ..about(d, &context()) })).unwrap();
+        assert!(n.summary.ends_with("failed before it started: rejected by ann"), "{}", n.summary);
+        assert_eq!(n.details["step"], serde_json::Value::Null);
         let cancel = Event::CancelRequested(slipway_proto::event::CancelRequested { reason: String::new() });
-        assert_eq!(notice(&cancel, Uuid::nil(), at(0), Some((d, &context()))), None);
+        assert_eq!(notice(&cancel, Uuid::nil(), at(0), Some(about(d, &context()))), None);
     }
 
     #[test]
@@ -472,10 +493,10 @@ mod tests {
                 host: "h".into(),
             })
         };
-        let n = notice(&record(LiveState::CrashLooping), Uuid::nil(), at(0), Some((Uuid::nil(), &context()))).unwrap();
+        let n = notice(&record(LiveState::CrashLooping), Uuid::nil(), at(0), Some(about(Uuid::nil(), &context()))).unwrap();
         assert_eq!(n.kind, NotificationKind::ReleaseCrashLooping);
         assert!(n.summary.contains("7 restarts, last exit code 3"), "{}", n.summary);
-        assert_eq!(notice(&record(LiveState::Running), Uuid::nil(), at(0), Some((Uuid::nil(), &context()))), None);
+        assert_eq!(notice(&record(LiveState::Running), Uuid::nil(), at(0), Some(about(Uuid::nil(), &context()))), None);
         assert_eq!(deployment_of("environment-shop-live", &record(LiveState::Running)), Some(Uuid::nil()));
     }
 
@@ -483,7 +504,7 @@ mod tests {
     fn subscriptions_filter_by_project_and_kind() {
         let d = Uuid::now_v7();
         let failed = Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "x".into() });
-        let failed = notice(&failed, Uuid::nil(), at(0), Some((d, &context()))).unwrap();
+        let failed = notice(&failed, Uuid::nil(), at(0), Some(about(d, &context()))).unwrap();
         let cert = Event::CertificateRenewalFailed(CertificateRenewalFailed { domain: "a.com".into(), reason: "x".into(), at: at(0) });
         let cert = notice(&cert, Uuid::nil(), at(0), None).unwrap();
         assert!(subscription(None, &[]).wants(&failed));

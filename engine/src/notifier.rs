@@ -607,7 +607,13 @@ impl Notifier {
             Some(id) => self.context(store, id).await?.map(|c| (id, c)),
             None => None,
         };
-        Ok(notify::notice(event, recorded.envelope.id, recorded.envelope.timestamp, deployment.as_ref().map(|(id, c)| (*id, c))))
+        // Only a failure's words depend on whether a step ran.
+        let started = match (event, &deployment) {
+            (Event::DeploymentFailed(_), Some((id, _))) => step_dispatched(store, *id, recorded.version).await?,
+            _ => true,
+        };
+        let subject = deployment.as_ref().map(|(id, context)| notify::Subject { id: *id, context, started });
+        Ok(notify::notice(event, recorded.envelope.id, recorded.envelope.timestamp, subject))
     }
 
     /// The notification `event` names, read again from its stream.
@@ -639,6 +645,13 @@ impl Notifier {
         }
         self.contexts.insert(deployment, context);
     }
+}
+
+/// Whether a step of `deployment` was dispatched before its version
+/// `before`: read from its stream, which is short.
+async fn step_dispatched(store: &dyn EventStore, deployment: Uuid, before: u64) -> Result<bool, StoreError> {
+    let events = store.read_stream(&deployment_stream(deployment), 1).await?;
+    Ok(events.iter().take_while(|r| r.version < before).any(|r| matches!(r.envelope.decode::<Event>(), Ok(Event::StepDispatched(_)))))
 }
 
 #[derive(Debug, PartialEq, Eq)]

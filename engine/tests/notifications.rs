@@ -25,6 +25,7 @@ use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
     deployment_stream, BuildMode, DeliveryOutcome, DeploymentFailed, DeploymentSucceeded, NotificationKind, NotificationTarget,
+    StepDispatched,
 };
 use slipway_proto::{Envelope, Event, Step};
 use slipway_store::postgres::PgOptions;
@@ -190,13 +191,25 @@ impl Setup {
         requests::request_deployment(&*self.store, "cli:ann", request).await.unwrap().unwrap()
     }
 
-    /// A deployment's verdict, as the engine records it. Returns its event id.
+    /// A deployment's verdict, as the engine records it: a failure at the
+    /// build, once it was dispatched. Returns the verdict's event id.
     async fn finish(&self, deployment: Uuid, succeeded: bool) -> Uuid {
-        let event = if succeeded {
-            Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "0123456789abcdef".into() })
+        if succeeded {
+            self.record(
+                deployment,
+                Event::DeploymentSucceeded(DeploymentSucceeded { image_id: "sha256:1".into(), commit: "0123456789abcdef".into() }),
+            )
+            .await
         } else {
-            Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "no Dockerfile".into() })
-        };
+            let dispatched =
+                StepDispatched { step: Step::Build, command_id: Uuid::now_v7(), attempt: 1, deadline: None, dispatched_at: None };
+            self.record(deployment, Event::StepDispatched(dispatched)).await;
+            self.record(deployment, Event::DeploymentFailed(DeploymentFailed { step: Step::Build, reason: "no Dockerfile".into() })).await
+        }
+    }
+
+    /// Appends `event` to `deployment`'s stream; returns its id.
+    async fn record(&self, deployment: Uuid, event: Event) -> Uuid {
         let stream = deployment_stream(deployment);
         let meta = Metadata { correlation_id: deployment, causation_id: None, actor: "engine".into(), trace: None };
         let envelope = Envelope::new(Uuid::now_v7(), chrono::Utc::now(), &stream, &event, meta).unwrap();
@@ -384,6 +397,37 @@ async fn a_receiver_with_the_wrong_secret_refuses_and_the_refusals_are_recorded_
         attempts.iter().any(|a| a.attempt.event.event_id == later).then_some(())
     })
     .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    s.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_that_ended_before_its_first_step_is_not_said_to_have_failed_at_one() {
+    let s = Setup::start().await;
+    let receiver = Receiver::start().await;
+    let hook = NewSubscription {
+        project: Some(s.project.clone()),
+        kinds: vec![NotificationKind::DeploymentFailed],
+        target: NotificationTarget::Slack,
+        url: receiver.url("/slack"),
+    };
+    notifier::subscribe(&*s.store, "test", hook).await.unwrap().unwrap();
+    let (stop, task) = s.notifier(Duration::from_secs(60));
+    // Rejected while it waited for approval: the engine fails it at the
+    // step it would have run first, though none ran.
+    let rejected = s.request().await;
+    let failed = DeploymentFailed { step: Step::CheckServices, reason: "rejected by token:bob".into() };
+    s.record(rejected, Event::DeploymentFailed(failed)).await;
+    let ran = s.request().await;
+    s.finish(ran, false).await;
+    let texts = eventually("both failures", || async {
+        let got = receiver.on("/slack");
+        (got.len() == 2).then(|| got.iter().map(|r| r.body["text"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>())
+    })
+    .await;
+    assert!(texts[0].ends_with(&format!("deployment {rejected} failed before it started: rejected by token:bob")), "{texts:?}");
+    assert!(texts[1].ends_with(&format!("deployment {ran} failed at build: no Dockerfile")), "{texts:?}");
     stop.send(()).unwrap();
     task.await.unwrap();
     s.cleanup().await;
