@@ -252,8 +252,9 @@ async fn record_skip(
     let mut w = Writes::default();
     let mut reason = reason;
     if let Some((environment, why)) = remove {
+        let env = crate::load::environment(store, &p.name, &environment).await?;
         let routes = crate::load::routes(store).await?;
-        lifecycle::write_removal(store, &mut w, p, &environment, &why, actor, &routes).await?;
+        lifecycle::write_removal(&mut w, p, (&environment, &env), &why, actor, &routes);
         reason = format!("{reason}; preview {environment} removed");
     }
     let event = Event::PushSkipped(PushSkipped {

@@ -2,15 +2,17 @@
 //! `DomainRemoved` to the routes stream at the routes version they were
 //! decided on, and decide again on a conflict, so one stream decides who
 //! holds a name (a second environment asking for one is refused with the
-//! holder named). `set_redirect` turns a domain's redirect to HTTPS on
+//! holder named). An addition is recorded on the environment's stream as
+//! well, so that it and the environment's removal exclude each other. `set_redirect` turns a domain's redirect to HTTPS on
 //! or off. The name's form and the fold are pure and live in
 //! `slipway_core::domains`, re-exported here.
 
 pub use slipway_core::domains::*;
 
-use slipway_proto::event::{DomainAdded, DomainRemoved, ROUTES_STREAM};
+use slipway_proto::event::{environment_stream, DomainAdded, DomainRemoved, ROUTES_STREAM};
 use slipway_proto::Event;
-use slipway_store::{EventStore, ExpectedVersion};
+use slipway_store::{EventStore, ExpectedVersion, StreamAppend};
+use uuid::Uuid;
 
 use crate::load;
 use crate::requests::{self, Outcome, Rejection};
@@ -24,10 +26,8 @@ pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment
         Ok(d) => d,
         Err(e) => return Ok(Err(Rejection::invalid(e))),
     };
-    if let Err(rejection) = requests::project_environment(store, project, environment).await? {
-        return Ok(Err(rejection));
-    }
     let event = Event::DomainAdded(DomainAdded { project: project.into(), environment: environment.into(), domain: domain.clone() });
+    let environment_stream = environment_stream(project, environment);
     for _ in 0..5 {
         let routes = load::routes(store).await.map_err(load_error)?;
         match routes.domains.get(&domain) {
@@ -39,7 +39,31 @@ pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment
             }
             None => {}
         }
-        if append_at(store, actor, routes.version, &event).await? {
+        // Read after the routes: an environment removed since is seen here
+        // or, removed in between, moves its stream past `version` below.
+        let version = store.stream_version(&environment_stream).await?;
+        if let Err(rejection) = requests::project_environment(store, project, environment).await? {
+            return Ok(Err(rejection));
+        }
+        // Recorded on the environment's stream too, at the version it was
+        // decided on: an environment removal (which writes that stream at
+        // the version it read, with the routes it read) and this addition
+        // cannot both land, so no domain is left routing to a removed
+        // environment.
+        let routes_at = ExpectedVersion::Exactly(routes.version);
+        let appends = [
+            (ROUTES_STREAM, routes_at, requests::envelope(ROUTES_STREAM, &event, Uuid::now_v7(), actor, None)),
+            (
+                environment_stream.as_str(),
+                ExpectedVersion::Exactly(version),
+                requests::envelope(&environment_stream, &event, Uuid::now_v7(), actor, None),
+            ),
+        ];
+        let appends: Vec<StreamAppend<'_>> = appends
+            .iter()
+            .map(|(stream, expected, e)| StreamAppend { stream, expected: *expected, events: std::slice::from_ref(e) })
+            .collect();
+        if store.append_streams(&appends, &[]).await?.is_ok() {
             return Ok(Ok(domain));
         }
     }

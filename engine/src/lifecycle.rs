@@ -227,18 +227,21 @@ pub async fn add_environment(store: &dyn EventStore, actor: &str, project: &str,
 /// deployment queued or running there, the serving release's retirement
 /// (a command to the workers), and `RouteRemoved` if it has a route in
 /// `routes` (read once by the caller, however many environments go).
-pub(crate) async fn write_removal(
-    store: &dyn EventStore,
+///
+/// The caller reads `env` before `routes`: a domain added in between
+/// writes the environment's stream too (`domains::add`), so this removal,
+/// written at the version `env` was read at, does not land, and the
+/// caller decides again with the domain in sight.
+pub(crate) fn write_removal(
     w: &mut Writes,
     p: &Project,
-    name: &str,
+    (name, env): (&str, &crate::environment::Environment),
     reason: &str,
     actor: &str,
     routes: &slipway_core::routes::Routes,
-) -> Result<EnvironmentRemoved, LoadError> {
-    let env = load::environment(store, &p.name, name).await?;
+) -> EnvironmentRemoved {
     let routed = routes.by_environment.contains_key(&(p.name.clone(), name.to_owned()));
-    let plan = preview::removal(&env, routed, preview::REMOVAL_DRAIN_SECONDS);
+    let plan = preview::removal(env, routed, preview::REMOVAL_DRAIN_SECONDS);
     let why = preview::cancel_reason(name, reason);
     for d in &plan.cancel {
         let cancel = Event::CancelRequested(CancelRequested { reason: why.clone() });
@@ -262,7 +265,7 @@ pub(crate) async fn write_removal(
     let event = Event::EnvironmentRemoved(removed.clone());
     w.add(&project_stream(&p.name), ExpectedVersion::Exactly(p.version), &event, Uuid::now_v7(), actor);
     w.add(&environment_stream(&p.name, name), ExpectedVersion::Exactly(env.version), &event, Uuid::now_v7(), actor);
-    Ok(removed)
+    removed
 }
 
 fn no_project(project: &str) -> Rejection {
@@ -292,6 +295,8 @@ pub async fn remove_environment(
 ) -> Result<Result<EnvironmentRemoved, Rejection>, LoadError> {
     for _ in 0..ATTEMPTS {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
+        // The environment before the routes (see `write_removal`).
+        let env = load::environment(store, project, name).await?;
         let routes = load::routes(store).await?;
         let preview = p.previews.contains_key(name);
         match removable {
@@ -314,7 +319,7 @@ pub async fn remove_environment(
             }
         }
         let mut w = Writes::default();
-        let removed = write_removal(store, &mut w, &p, name, reason, actor, &routes).await?;
+        let removed = write_removal(&mut w, &p, (name, &env), reason, actor, &routes);
         if w.commit(store).await? {
             return Ok(Ok(removed));
         }
@@ -341,6 +346,11 @@ pub async fn remove_project(
 ) -> Result<Result<ProjectRemoval, Rejection>, LoadError> {
     for _ in 0..ATTEMPTS {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
+        // The environments before the routes (see `write_removal`).
+        let mut envs = Vec::new();
+        for name in p.environments.keys() {
+            envs.push((name, load::environment(store, project, name).await?));
+        }
         let routes = load::routes(store).await?;
         let domains: Vec<(String, String)> =
             routes.domains.iter().filter(|(_, (holder, _))| holder == project).map(|(d, (_, e))| (d.clone(), e.clone())).collect();
@@ -350,8 +360,8 @@ pub async fn remove_project(
         }
         let mut w = Writes::default();
         let mut environments = Vec::new();
-        for name in p.environments.keys() {
-            environments.push(write_removal(store, &mut w, &p, name, reason, actor, &routes).await?);
+        for (name, env) in &envs {
+            environments.push(write_removal(&mut w, &p, (name, env), reason, actor, &routes));
         }
         let removed = Event::ProjectRemoved(ProjectRemoved { name: project.into(), reason: reason.into() });
         w.add(&project_stream(project), ExpectedVersion::Exactly(p.version), &removed, Uuid::now_v7(), actor);
@@ -474,8 +484,10 @@ async fn remove_if_expired(
         if !preview::expired(&p, now).iter().any(|(n, _)| n == name) {
             return Ok(Ok(None));
         }
+        let env = load::environment(store, project, name).await?;
+        let routes = load::routes(store).await?;
         let mut w = Writes::default();
-        let removed = write_removal(store, &mut w, &p, name, reason, ENGINE, &load::routes(store).await?).await?;
+        let removed = write_removal(&mut w, &p, (name, &env), reason, ENGINE, &routes);
         if w.commit(store).await? {
             return Ok(Ok(Some(removed)));
         }

@@ -100,8 +100,9 @@ pub async fn record_pull_request(
                 (environment, PrRecorded::AwaitingApproval { commit, added: add.is_some() })
             }
             Plan::Remove { environment, reason } => {
+                let env = crate::load::environment(store, &p.name, &environment).await?;
                 let routes = crate::load::routes(store).await?;
-                lifecycle::write_removal(store, &mut w, &p, &environment, &reason, &actor, &routes).await?;
+                lifecycle::write_removal(&mut w, &p, (&environment, &env), &reason, &actor, &routes);
                 (environment, PrRecorded::Removed)
             }
         };

@@ -140,3 +140,38 @@ async fn the_api_answers_each_kind_with_its_status_and_code(s: &Setup) {
         assert_eq!((reply.status, reply.json["error"]["code"].as_str()), (status, Some(code)), "{method} {path}: {}", reply.text);
     }
 }
+
+on_both_stores!(a_domain_added_while_its_environment_is_removed_never_outlives_it);
+/// Adding a domain and removing its environment at the same moment: one of
+/// the two is refused, or the removal comes first and the addition finds
+/// no environment. Never both, which would leave a domain routing to an
+/// environment that is gone (and block nothing, so nobody would notice).
+async fn a_domain_added_while_its_environment_is_removed_never_outlives_it(s: &Setup) {
+    let store = &*s.store;
+    let actor = "test";
+    requests::create_project(store, actor, project("shop")).await.unwrap().unwrap();
+    let any = lifecycle::Removable::Any;
+    let (mut added, mut removed) = (0, 0);
+    for round in 0..30 {
+        let env = format!("qa{round}");
+        lifecycle::add_environment(store, actor, "shop", &env).await.unwrap().unwrap();
+        let domain = format!("qa{round}.shop.example");
+        let (add, remove) = tokio::join!(
+            domains::add(store, actor, "shop", &env, &domain),
+            lifecycle::remove_environment(store, actor, "shop", &env, "", any)
+        );
+        let (add, remove) = (add.unwrap(), remove.unwrap());
+        assert!(add.is_err() || remove.is_err(), "round {round}: the domain was added and its environment removed");
+        added += usize::from(add.is_ok());
+        removed += usize::from(remove.is_ok());
+        let routes = slipway_engine::load::routes(store).await.unwrap();
+        assert_eq!(routes.domains.contains_key(&domain), add.is_ok(), "round {round}");
+    }
+    assert_eq!(added + removed, 30, "one of the two lands each round");
+    // The addition is on the environment's own stream too: its history shows it.
+    lifecycle::add_environment(store, actor, "shop", "last").await.unwrap().unwrap();
+    domains::add(store, actor, "shop", "last", "last.shop.example").await.unwrap().unwrap();
+    let stream = slipway_proto::event::environment_stream("shop", "last");
+    let events: Vec<_> = store.read_stream(&stream, 1).await.unwrap().into_iter().map(|r| r.envelope.message_type).collect();
+    assert!(events.iter().any(|t| t == "DomainAdded"), "{events:?}");
+}
