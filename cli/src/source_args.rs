@@ -125,18 +125,3 @@ fn read_secret(file: &Path, name: &str) -> anyhow::Result<String> {
     };
     Ok(if text.contains("-----BEGIN ") { text } else { text.trim_end_matches(['\n', '\r']).to_string() })
 }
-
-/// Refuses `--known-host` lines none of which is for `repository`'s SSH
-/// host: the fetch would trust the first key it met instead, and the pin
-/// the user meant would never be checked.
-pub fn check_known_hosts(repository: &str, lines: &[String]) -> anyhow::Result<()> {
-    let Some(address) = slipway_workers::steps::git_remote::remote_address(repository).filter(|a| a.ssh) else { return Ok(()) };
-    let field = address.known_host_field();
-    if lines.is_empty() || lines.iter().any(|l| slipway_proto::event::known_host_field(l) == field) {
-        return Ok(());
-    }
-    Err(exit::usage(format!(
-        "--known-host: no line is for `{field}`, the repository's SSH host (a line starts with the host as SSH names it: \
-         `{field} ssh-ed25519 AAAA...`, as `ssh-keyscan` prints it for that host and port)"
-    )))
-}

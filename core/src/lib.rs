@@ -28,6 +28,7 @@ pub mod protection;
 pub mod push;
 pub mod reconcile;
 pub mod rejection;
+pub mod remote;
 pub mod replicas;
 pub mod retention;
 pub mod router_errors;

@@ -414,6 +414,52 @@ pub async fn certificates(store: &dyn EventStore) -> Result<Vec<CertificateView>
     Ok(domains.into_iter().map(|d| CertificateView::of(d, &certs.by_domain.get(d).cloned().unwrap_or_default(), &certs)).collect())
 }
 
+/// How workers reach a project's repository, as `project show` and
+/// `GET /api/projects/{name}` show it: credential names (never values),
+/// trusted SSH host keys, submodules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SourceView {
+    pub credentials: Vec<String>,
+    pub known_hosts: Vec<String>,
+    pub submodules: bool,
+    /// The public half of a deploy key Slipway made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_key: Option<String>,
+}
+
+/// A preview environment there is now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PreviewView {
+    pub name: String,
+    /// The head commit last pushed.
+    pub head: Option<String>,
+    /// That head is a fork's, not approved yet: not what the preview serves.
+    #[serde(default)]
+    pub awaiting_approval: bool,
+}
+
+/// A project's source access, shown (pure).
+pub fn source_view(p: &Project) -> SourceView {
+    SourceView {
+        credentials: p.source.credentials.keys().cloned().collect(),
+        known_hosts: p.source.known_hosts.clone(),
+        submodules: p.source.submodules,
+        deploy_key: p.source.deploy_key.clone(),
+    }
+}
+
+/// A project's previews, shown (pure).
+pub fn previews(p: &Project) -> Vec<PreviewView> {
+    p.previews
+        .iter()
+        .map(|(name, preview)| PreviewView {
+            name: name.clone(),
+            head: preview.head.clone(),
+            awaiting_approval: crate::preview::approvable(p, name).is_ok(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

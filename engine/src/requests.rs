@@ -135,6 +135,9 @@ pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new
     if mirror_of.is_some() && !source.is_empty() {
         return invalid("a mirror reaches its original's repository with the original's credentials; set them there");
     }
+    if let Some(why) = slipway_core::remote::pin_problem(&repository, source.known_hosts.as_deref().unwrap_or_default()) {
+        return invalid(why);
+    }
     if let Some(why) = slipway_core::git_ref::problem(&new.default_branch) {
         return invalid(format!("default branch `{}` is not a branch name: {why}", new.default_branch));
     }
@@ -229,6 +232,14 @@ pub async fn change_source(store: &dyn EventStore, actor: &str, project: &str, c
     }
     if change.is_empty() {
         return invalid("nothing to change: give a credential, --known-host, --forget or --submodules");
+    }
+    // The repository never changes, so its host is checked once, before
+    // any credential is kept.
+    let Some(p) = load_project(store, project).await? else {
+        return not_found(format!("no project `{project}`; create it with `slipway project create`"));
+    };
+    if let Some(why) = slipway_core::remote::pin_problem(&p.repository, change.known_hosts.as_deref().unwrap_or_default()) {
+        return invalid(why);
     }
     let changed = source_changed(store, project, &change).await?;
     let stream = project_stream(project);

@@ -515,6 +515,14 @@ async fn source_credentials_are_set_kept_secret_and_reach_deployment_requests_by
     assert!(bad.expect(StatusCode::BAD_REQUEST).text.contains("not one of token"));
     let bad = api.call(Method::PUT, "/api/projects/hello/source", json!({"known_hosts": ["host ssh-ed25519"]})).await;
     assert!(bad.expect(StatusCode::BAD_REQUEST).text.contains("HOST KEY-TYPE KEY"));
+    // A pin for another host would never be checked: the fetch would trust
+    // whatever key it met first.
+    let elsewhere = known.replacen("git.example.com", "[git.example.com]:2222", 1);
+    let bad = api.call(Method::PUT, "/api/projects/hello/source", json!({"known_hosts": [elsewhere]})).await;
+    assert!(bad.expect(StatusCode::BAD_REQUEST).text.contains("no line is for `git.example.com`"));
+    let pinned = json!({"name": "pinned", "repo": "ssh://git@git.example.com:2222/org/hello.git", "source": {"known_hosts": [known]}});
+    let bad = api.call(Method::POST, "/api/projects", pinned).await;
+    assert!(bad.expect(StatusCode::BAD_REQUEST).text.contains("no line is for `[git.example.com]:2222`"));
     api.call(Method::PUT, "/api/projects/nope/source", json!({"submodules": true})).await.expect(StatusCode::NOT_FOUND);
     let in_url = json!({"name": "leaky", "repo": "https://bot:t0ken@git.example.com/org/leaky.git"});
     let refused = api.call(Method::POST, "/api/projects", in_url).await.expect(StatusCode::BAD_REQUEST);

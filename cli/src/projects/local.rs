@@ -10,9 +10,7 @@ use slipway_engine::{auto_deploy, lifecycle, project::Project, protection};
 use slipway_store::EventStore;
 use uuid::Uuid;
 
-use super::{
-    EnvironmentShown, PreviewChange, PreviewRemoved, PreviewShown, ProjectShown, Projects, Removable, RuleChange, SettingShown, SourceShown,
-};
+use super::{EnvironmentShown, PreviewChange, PreviewRemoved, ProjectShown, Projects, Removable, RuleChange, SettingShown};
 use crate::actor::actor;
 use crate::exit::{self, not_found};
 
@@ -55,23 +53,10 @@ impl Projects for Local<'_> {
 
     async fn show(&self, name: &str) -> anyhow::Result<ProjectShown> {
         let p = self.project(name).await?;
-        let previews = p
-            .previews
-            .iter()
-            .map(|(name, preview)| PreviewShown {
-                name: name.clone(),
-                head: preview.head.clone(),
-                awaiting_approval: slipway_engine::preview::approvable(&p, name).is_ok(),
-            })
-            .collect();
+        let (source, previews) = (queries::source_view(&p), queries::previews(&p));
         Ok(ProjectShown {
             environments: p.environments.iter().map(|(env, s)| (env.clone(), EnvironmentShown { settings: s.len() })).collect(),
-            source: SourceShown {
-                credentials: p.source.credentials.keys().cloned().collect(),
-                known_hosts: p.source.known_hosts,
-                submodules: p.source.submodules,
-                deploy_key: p.source.deploy_key,
-            },
+            source,
             webhook_secret: p.webhook_secret.is_some(),
             previews,
             name: p.name,

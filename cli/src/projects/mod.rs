@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use slipway_engine::project::{AutoDeployRule, PreviewRule};
-use slipway_engine::queries::ProjectSummary;
+use slipway_engine::queries::{PreviewView, ProjectSummary, SourceView};
 use slipway_engine::requests::{NewProject, SettingValue};
 use slipway_engine::source::SourceChange;
 use slipway_engine::{preview, push};
@@ -66,38 +66,18 @@ pub struct ProjectShown {
     pub mirror_of: Option<String>,
     /// Environment -> how many settings it has.
     pub environments: BTreeMap<String, EnvironmentShown>,
-    pub source: SourceShown,
+    pub source: SourceView,
     /// Whether a webhook secret is set (never its value).
     pub webhook_secret: bool,
     pub auto_deploy: Vec<AutoDeployRule>,
     pub preview_rules: Vec<PreviewRule>,
     /// The previews there are now, with the head commit last pushed.
-    pub previews: Vec<PreviewShown>,
+    pub previews: Vec<PreviewView>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct EnvironmentShown {
     pub settings: usize,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SourceShown {
-    pub credentials: Vec<String>,
-    pub known_hosts: Vec<String>,
-    pub submodules: bool,
-    /// The public half of a deploy key Slipway made.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deploy_key: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PreviewShown {
-    pub name: String,
-    /// The head commit last pushed.
-    pub head: Option<String>,
-    /// That head is a fork's, not approved yet: it is not what the preview serves.
-    #[serde(default)]
-    pub awaiting_approval: bool,
 }
 
 /// One setting as `env list` prints it: a secret's value is never read.
@@ -140,7 +120,6 @@ pub async fn run(backend: &impl Projects, cmd: ProjectCmd, json: bool) -> anyhow
         ProjectCmd::Create { name, repo, mirror_of, branch, environments, source } => {
             let (change, public_key) = source_args::change(&source, None, &name)?;
             let repository = repo.as_deref().map(absolute_repo).unwrap_or_default();
-            source_args::check_known_hosts(&repository, change.known_hosts.as_deref().unwrap_or_default())?;
             let envs = environments.join(", ");
             let new = NewProject { name: name.clone(), repository, default_branch: branch, environments, mirror_of };
             backend.create(new, change).await?;
@@ -149,9 +128,6 @@ pub async fn run(backend: &impl Projects, cmd: ProjectCmd, json: bool) -> anyhow
         }
         ProjectCmd::Source { name, source, forget } => {
             let (change, public_key) = source_args::change(&source, Some(&forget), &name)?;
-            if let Some(lines) = change.known_hosts.as_deref().filter(|l| !l.is_empty()) {
-                source_args::check_known_hosts(&backend.show(&name).await?.repo, lines)?;
-            }
             backend.change_source(&name, change).await?;
             println!("source access of {name} changed; deployments requested from now on use it");
             print_deploy_key(public_key.as_deref());

@@ -5,15 +5,13 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use slipway_engine::project::{AutoDeployRule, PreviewRule};
-use slipway_engine::queries::ProjectSummary;
+use slipway_engine::queries::{PreviewView, ProjectSummary, SourceView};
 use slipway_engine::requests::{NewProject, SettingValue};
 use slipway_engine::source::SourceChange;
 use slipway_proto::event::PreviewTrigger;
 use uuid::Uuid;
 
-use super::{
-    EnvironmentShown, PreviewChange, PreviewRemoved, PreviewShown, ProjectShown, Projects, Removable, RuleChange, SettingShown, SourceShown,
-};
+use super::{EnvironmentShown, PreviewChange, PreviewRemoved, ProjectShown, Projects, Removable, RuleChange, SettingShown};
 use crate::client::{segment, Client};
 use crate::exit::{self, not_found};
 
@@ -28,11 +26,11 @@ struct Detail {
     default_branch: String,
     mirror_of: Option<String>,
     environments: std::collections::BTreeMap<String, DetailEnvironment>,
-    source: SourceShown,
+    source: SourceView,
     webhook_secret: bool,
     auto_deploy: Vec<AutoDeployRule>,
     preview_rules: Vec<PreviewRule>,
-    previews: Vec<PreviewShown>,
+    previews: Vec<PreviewView>,
 }
 
 #[derive(Deserialize)]

@@ -108,34 +108,13 @@ pub struct ProjectDetail {
     default_branch: String,
     mirror_of: Option<String>,
     environments: BTreeMap<String, EnvironmentSettings>,
-    source: SourceView,
+    source: queries::SourceView,
     /// Whether a push webhook secret is set (its value is never shown again).
     webhook_secret: bool,
     auto_deploy: Vec<AutoDeployRule>,
     preview_rules: Vec<PreviewRule>,
     /// The preview environments there are now, with the head commit each was last pushed.
-    previews: Vec<PreviewView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PreviewView {
-    name: String,
-    /// The head commit last pushed.
-    head: Option<String>,
-    /// That head is a fork's, not approved yet: not what the preview serves.
-    awaiting_approval: bool,
-}
-
-/// How workers reach the repository: credential names (never values),
-/// trusted SSH host keys, submodules.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SourceView {
-    credentials: Vec<String>,
-    known_hosts: Vec<String>,
-    submodules: bool,
-    /// The public half of a deploy key Slipway made.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deploy_key: Option<String>,
+    previews: Vec<queries::PreviewView>,
 }
 
 /// A change to a project's source access. Credential values are kept as
@@ -221,30 +200,17 @@ pub async fn show(State(store): Store, Params(name): Params<String>) -> ApiResul
             (env.clone(), EnvironmentSettings { settings })
         })
         .collect();
-    let previews = p
-        .previews
-        .iter()
-        .map(|(name, preview)| PreviewView {
-            name: name.clone(),
-            head: preview.head.clone(),
-            awaiting_approval: crate::preview::approvable(&p, name).is_ok(),
-        })
-        .collect();
+    let (source, previews) = (queries::source_view(&p), queries::previews(&p));
     Ok(Json(ProjectDetail {
         name: p.name,
         repo: p.repository,
         default_branch: p.default_branch,
         mirror_of: p.mirror_of,
         environments,
-        source: SourceView {
-            credentials: p.source.credentials.keys().cloned().collect(),
-            known_hosts: p.source.known_hosts,
-            submodules: p.source.submodules,
-            deploy_key: p.source.deploy_key,
-        },
+        source,
+        previews,
         webhook_secret: p.webhook_secret.is_some(),
         auto_deploy: p.auto_deploy,
         preview_rules: p.preview_rules,
-        previews,
     }))
 }

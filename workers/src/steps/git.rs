@@ -106,7 +106,7 @@ pub enum Location {
 
 /// Where `repository` is: a local path, or a network address.
 pub fn locate(repository: &str) -> Result<Location, SourceError> {
-    match git_remote::remote_address(repository) {
+    match slipway_core::remote::remote_address(repository) {
         Some(_) => Ok(Location::Remote),
         None => source_path(repository).map(Location::Local),
     }

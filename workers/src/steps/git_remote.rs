@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use git2::{AutotagOption, CertificateCheckStatus, Cred, CredentialType, FetchOptions, RemoteCallbacks, Repository};
 use sha2::{Digest, Sha256};
+use slipway_core::remote::{remote_address, RemoteAddress};
 use slipway_proto::command::DeploymentContext;
 use slipway_proto::event::{same_host_key, trusted_for};
 
@@ -96,8 +97,6 @@ pub struct Access {
     deadline: Option<Duration>,
     /// How long the server may say nothing ([`FIRST_WORD`] unless a test says otherwise).
     first_word: Option<Duration>,
-    /// Set by every callback: the server has said something. One per fetch.
-    heard: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Access {
@@ -144,7 +143,6 @@ impl Access {
             mirrors: workspaces.join(".mirrors"),
             deadline: None,
             first_word: None,
-            heard: Arc::default(),
         }
     }
 
@@ -170,17 +168,14 @@ impl Access {
         self.deadline.unwrap_or(FETCH_DEADLINE)
     }
 
-    /// A copy for one fetch or listing, which has heard nothing yet.
-    fn for_one_call(&self) -> Access {
-        Access { heard: Arc::default(), ..self.clone() }
-    }
-
     /// Waits for a fetch's or listing's `outcome`: abandoned past the
     /// deadline, or sooner when the server has said nothing for
-    /// `FIRST_WORD` (`timed_out(Some(seconds))`).
+    /// `FIRST_WORD` (`timed_out(Some(seconds))`). `heard` is that call's
+    /// own flag, which its callbacks set when the server speaks.
     fn wait<T>(
         &self,
         outcome: &std::sync::mpsc::Receiver<Result<T, SourceError>>,
+        heard: &AtomicBool,
         timed_out: impl Fn(Option<u64>) -> SourceError,
     ) -> Result<T, SourceError> {
         let started = Instant::now();
@@ -192,7 +187,7 @@ impl Access {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
             let waited = started.elapsed();
-            if waited >= first_word && !self.heard.load(Ordering::Relaxed) {
+            if waited >= first_word && !heard.load(Ordering::Relaxed) {
                 return Err(timed_out(Some(first_word.as_secs().max(1))));
             }
             if waited >= self.deadline() {
@@ -204,57 +199,6 @@ impl Access {
     /// Whether credentials were configured that a fetch can offer.
     fn has_credentials(&self) -> bool {
         self.token.is_some() || self.password.is_some() || self.ssh_key.is_some()
-    }
-}
-
-/// A network repository address, split far enough to match host keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteAddress {
-    pub ssh: bool,
-    pub host: String,
-    pub port: Option<u16>,
-}
-
-impl RemoteAddress {
-    /// The host as a `known_hosts` line names it: `host`, or `[host]:port`
-    /// for a port other than 22.
-    /// How `known_hosts` lines name this host: `host`, or `[host]:port`
-    /// off port 22.
-    pub fn known_host_field(&self) -> String {
-        match self.port {
-            Some(port) if port != 22 => format!("[{}]:{port}", self.host),
-            _ => self.host.clone(),
-        }
-    }
-}
-
-/// The network address `repository` names, or `None` for a local one.
-pub fn remote_address(repository: &str) -> Option<RemoteAddress> {
-    if let Some((scheme, rest)) = repository.split_once("://") {
-        if scheme == "file" {
-            return None;
-        }
-        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let (host, port) = split_port(hostport);
-        return Some(RemoteAddress { ssh: scheme == "ssh", host, port });
-    }
-    // git's scp-like form: a colon before the first slash.
-    let first = repository.split('/').next().unwrap_or_default();
-    let (userhost, _) = first.split_once(':')?;
-    let host = userhost.rsplit_once('@').map_or(userhost, |(_, h)| h);
-    Some(RemoteAddress { ssh: true, host: host.trim_matches(['[', ']']).to_string(), port: None })
-}
-
-fn split_port(hostport: &str) -> (String, Option<u16>) {
-    if let Some(rest) = hostport.strip_prefix('[') {
-        // [v6]:port
-        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
-        return (host.to_string(), after.strip_prefix(':').and_then(|p| p.parse().ok()));
-    }
-    match hostport.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() => (host.to_string(), port.parse().ok()),
-        _ => (hostport.to_string(), None),
     }
 }
 
@@ -314,18 +258,18 @@ pub fn fetch(repository: &str, shown: &str, git_ref: &str, access: &Access) -> R
     probe(&address, shown, git_ref)?;
     let mirror = open_mirror(repository, shown, &access.mirrors, MIRROR_WAIT.min(access.deadline() / 4))?;
     let (done, outcome) = std::sync::mpsc::channel();
-    let access = access.for_one_call();
-    let owned = (repository.to_string(), shown.to_string(), git_ref.to_string(), access.clone());
+    let heard = Arc::new(AtomicBool::new(false));
+    let owned = (repository.to_string(), shown.to_string(), git_ref.to_string(), access.clone(), heard.clone());
     let ssh = address.ssh;
     let thread = std::thread::Builder::new().name("slipway-fetch".into()).spawn(move || {
-        let (repository, shown, git_ref, access) = owned;
-        let _ = done.send(fetch_into(mirror, &address, &repository, &shown, &git_ref, &access));
+        let (repository, shown, git_ref, access, heard) = owned;
+        let _ = done.send(fetch_into(mirror, &address, &repository, &shown, &git_ref, &access, &heard));
     });
     let timed_out = |silent| SourceError::Timeout { repo: shown.into(), git_ref: git_ref.into(), ssh, silent };
     if let Err(e) = thread {
         return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start the fetch: {e}") });
     }
-    access.wait(&outcome, timed_out)
+    access.wait(&outcome, &heard, timed_out)
 }
 
 fn fetch_into(
@@ -335,6 +279,7 @@ fn fetch_into(
     shown: &str,
     git_ref: &str,
     access: &Access,
+    heard: &AtomicBool,
 ) -> Result<Fetched, SourceError> {
     let mut met_host_key = None;
     let mut received_objects = 0;
@@ -346,7 +291,7 @@ fn fetch_into(
             let mut remote =
                 mirror.repo.remote_anonymous(repository).map_err(|e| SourceError::Fetch { repo: shown.into(), why: e.message().into() })?;
             let mut options = FetchOptions::new();
-            options.remote_callbacks(callbacks(address, access, &observed)).download_tags(AutotagOption::None);
+            options.remote_callbacks(callbacks(address, access, &observed, heard)).download_tags(AutotagOption::None);
             if let Some(depth) = depth {
                 options.depth(depth);
             }
@@ -411,15 +356,15 @@ pub fn list_branches(repository: &str, shown: &str, access: &Access) -> Result<V
     }
     let address = address.unwrap_or(RemoteAddress { ssh: false, host: String::new(), port: None });
     let (done, outcome) = std::sync::mpsc::channel();
-    let access = access.for_one_call();
-    let owned = (repository.to_string(), shown.to_string(), access.clone());
+    let heard = Arc::new(AtomicBool::new(false));
+    let owned = (repository.to_string(), shown.to_string(), access.clone(), heard.clone());
     let ssh = address.ssh;
     let thread = std::thread::Builder::new().name("slipway-ls-remote".into()).spawn(move || {
-        let (repository, shown, access) = owned;
+        let (repository, shown, access, heard) = owned;
         let observed = RefCell::new(Observed::default());
         let listed = (|| {
             let mut remote = git2::Remote::create_detached(repository.as_str())?;
-            let connection = remote.connect_auth(git2::Direction::Fetch, Some(callbacks(&address, &access, &observed)), None)?;
+            let connection = remote.connect_auth(git2::Direction::Fetch, Some(callbacks(&address, &access, &observed, &heard)), None)?;
             let heads = connection.list()?;
             Ok::<_, git2::Error>(
                 heads
@@ -435,7 +380,7 @@ pub fn list_branches(repository: &str, shown: &str, access: &Access) -> Result<V
         return Err(SourceError::Fetch { repo: shown.into(), why: format!("cannot start listing branches: {e}") });
     }
     let timed_out = |silent| SourceError::Timeout { repo: shown.into(), git_ref: "(branches)".into(), ssh, silent };
-    access.wait(&outcome, timed_out)
+    access.wait(&outcome, &heard, timed_out)
 }
 
 /// The message of `commit`, if the fetched mirror has it.
@@ -628,14 +573,20 @@ fn sweep(mirrors: &Path, keep: &str, now: std::time::SystemTime) -> Vec<PathBuf>
 }
 
 /// The callbacks of every network operation (fetch, branch listing,
-/// submodules); over HTTP(S), libgit2's HTTP client is tuned first.
-fn callbacks<'a>(address: &'a RemoteAddress, access: &'a Access, observed: &'a RefCell<Observed>) -> RemoteCallbacks<'a> {
+/// submodules); over HTTP(S), libgit2's HTTP client is tuned first. Each
+/// callback sets `heard`: the server has said something.
+fn callbacks<'a>(
+    address: &'a RemoteAddress,
+    access: &'a Access,
+    observed: &'a RefCell<Observed>,
+    heard: &'a AtomicBool,
+) -> RemoteCallbacks<'a> {
     if !address.ssh {
         super::git_http::tune();
     }
     let mut callbacks = RemoteCallbacks::new();
     let mut offered = 0u32;
-    let heard = || access.heard.store(true, Ordering::Relaxed);
+    let heard = || heard.store(true, Ordering::Relaxed);
     callbacks.sideband_progress(move |_| {
         heard();
         true
@@ -766,10 +717,13 @@ pub fn update_submodules(repo: &Repository, repository: &str, git_ref: &str, acc
         let resolved = if url.starts_with("../") || url.starts_with("./") { repository.to_string() } else { url.clone() };
         let observed = RefCell::new(Observed::default());
         let address = remote_address(&resolved).unwrap_or(RemoteAddress { ssh: false, host: String::new(), port: None });
+        // Nothing watches a submodule's silence; its callbacks stop a
+        // transfer past the access's deadline.
+        let heard = AtomicBool::new(false);
         let mut fetch = FetchOptions::new();
         if remote_address(&resolved).is_some() {
             probe(&address, &super::git::shown_repository(&resolved), git_ref)?;
-            fetch.remote_callbacks(callbacks(&address, access, &observed));
+            fetch.remote_callbacks(callbacks(&address, access, &observed, &heard));
         }
         let mut options = git2::SubmoduleUpdateOptions::new();
         options.fetch(fetch);
@@ -987,20 +941,6 @@ mod tests {
         mirror("reused", long_ago);
         File::create(dir.path().join("reused.lock")).unwrap();
         assert!(sweep(dir.path(), "ours", std::time::SystemTime::now()).is_empty());
-    }
-
-    #[test]
-    fn addresses() {
-        let https = remote_address("https://git.example.com:8443/org/app.git").unwrap();
-        assert_eq!(https, RemoteAddress { ssh: false, host: "git.example.com".into(), port: Some(8443) });
-        let ssh = remote_address("ssh://git@127.0.0.1:2222/srv/app.git").unwrap();
-        assert_eq!(ssh.known_host_field(), "[127.0.0.1]:2222");
-        let scp = remote_address("git@github.com:org/app.git").unwrap();
-        assert_eq!((scp.ssh, scp.known_host_field()), (true, "github.com".to_string()));
-        assert_eq!(remote_address("ssh://[::1]:22/app.git").unwrap().known_host_field(), "::1");
-        assert_eq!(remote_address("/srv/app"), None);
-        assert_eq!(remote_address("file:///srv/app"), None);
-        assert_eq!(remote_address("./a:b/c"), None, "a colon after a slash is a path");
     }
 
     #[test]
