@@ -166,7 +166,8 @@ pub enum Command {
         prefetch: u16,
         /// Commands run at once per step queue. 1 runs one build, one
         /// deploy, ... at a time; add capacity with more worker processes,
-        /// or raise this for steps that mostly wait.
+        /// or raise this for steps that mostly wait (watches and
+        /// retirements always run up to 256 at once).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
         concurrency: u16,
         /// Benchmarks only: answer every step after this many milliseconds

@@ -64,9 +64,20 @@ impl Default for WorkerOptions {
     }
 }
 
-/// Releases one worker watches at once (`Step::Watch` holds its delivery
-/// for the whole window).
+/// Releases one worker watches, or retires, at once: a watch holds its
+/// delivery for the whole window, a retirement for the drain (30 s by
+/// default) and the stop grace, both mostly waiting. At `--concurrency`
+/// (1 by default) the old releases of ten environments deployed together
+/// would be retired one after the other, the last some six minutes later.
 pub const WATCHES: usize = 256;
+
+/// Commands run at once, and deliveries unacknowledged, on `step`'s queue (pure).
+fn capacity(step: Step, concurrency: usize, prefetch: u16) -> (usize, u16) {
+    match step {
+        Step::Watch | Step::Retire => (concurrency.max(WATCHES), prefetch.max(WATCHES as u16)),
+        _ => (concurrency, prefetch),
+    }
+}
 
 /// How often a worker records its heartbeat; `slipway workers` calls one
 /// silent for three intervals missing.
@@ -108,12 +119,9 @@ pub async fn run(
     let prefetch = options.prefetch.max(u16::try_from(concurrency).unwrap_or(u16::MAX));
     for step in &options.steps {
         let name = step.queue();
-        // A watch mostly waits for its window to pass: every release that
-        // is watched at once must be, whatever `--concurrency` says.
-        let (concurrency, prefetch) = match step {
-            Step::Watch => (concurrency.max(WATCHES), prefetch.max(WATCHES as u16)),
-            _ => (concurrency, prefetch),
-        };
+        // Watches and retirements mostly wait: every release watched or
+        // retired at once must be, whatever `--concurrency` says.
+        let (concurrency, prefetch) = capacity(*step, concurrency, prefetch);
         queue.declare(&name).await?;
         let mut consumer = queue.consume(&name, prefetch).await?;
         let (store, group, executor, actor, busy, host) =
@@ -432,5 +440,18 @@ fn delivered_trace(delivery: &Delivery, envelope: &Envelope) -> Option<TraceCont
         (Some(h), Some(e)) if h.traceparent == e.traceparent => Some(e.clone()),
         (Some(h), _) => Some(h),
         (None, e) => e.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_that_mostly_wait_run_many_at_once_whatever_the_concurrency() {
+        assert_eq!(capacity(Step::Watch, 1, 4), (WATCHES, WATCHES as u16));
+        assert_eq!(capacity(Step::Retire, 1, 4), (WATCHES, WATCHES as u16), "one retirement's drain must not hold up the next");
+        assert_eq!(capacity(Step::Build, 1, 4), (1, 4));
+        assert_eq!(capacity(Step::Deploy, 3, 1), (3, 1));
     }
 }
