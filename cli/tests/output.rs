@@ -338,7 +338,7 @@ fn errors_exit_with_the_documented_status() {
 }
 
 #[test]
-fn an_encrypted_deploy_key_without_its_passphrase_is_refused_before_anything_is_recorded() {
+fn an_encrypted_deploy_key_without_its_passphrase_or_with_a_wrong_one_is_refused_before_anything_is_recorded() {
     let dir = Dir::new();
     let key = dir.path("deploy_key");
     let made = Command::new("ssh-keygen")
@@ -350,6 +350,17 @@ fn an_encrypted_deploy_key_without_its_passphrase_is_refused_before_anything_is_
     assert_eq!(out.status.code(), Some(2));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("protected by a passphrase") && said.contains("--ssh-key-passphrase-file"), "{said}");
+    let shown = dir.json(&["project", "show", "app", "--json"]);
+    assert_eq!(shown["source"]["credentials"], serde_json::json!([]), "nothing was recorded: {shown}");
+
+    // A wrong passphrase is refused when given, not found by a deployment.
+    std::fs::write(dir.path("wrong"), "battery staple\n").unwrap();
+    let wrong = dir.path("wrong");
+    let out =
+        dir.run(&["project", "source", "app", "--ssh-key", key.to_str().unwrap(), "--ssh-key-passphrase-file", wrong.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("passphrase is wrong") && !said.contains("battery"), "{said}");
     let shown = dir.json(&["project", "show", "app", "--json"]);
     assert_eq!(shown["source"]["credentials"], serde_json::json!([]), "nothing was recorded: {shown}");
 

@@ -138,6 +138,9 @@ pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new
     if let Some(why) = slipway_core::remote::pin_problem(&repository, source.known_hosts.as_deref().unwrap_or_default()) {
         return invalid(why);
     }
+    if let Err(why) = check_passphrase(&source).await {
+        return invalid(why);
+    }
     if let Some(why) = slipway_core::git_ref::problem(&new.default_branch) {
         return invalid(format!("default branch `{}` is not a branch name: {why}", new.default_branch));
     }
@@ -224,6 +227,16 @@ async fn source_changed(store: &dyn EventStore, project: &str, change: &SourceCh
     })
 }
 
+/// `source::check_passphrase` for a key and passphrase set together, on a
+/// blocking thread (the key derivation is slow on purpose).
+async fn check_passphrase(change: &SourceChange) -> Result<(), String> {
+    let (Some(key), Some(passphrase)) = (change.set.get("ssh_key"), change.set.get("ssh_key_passphrase")) else { return Ok(()) };
+    let (key, passphrase) = (key.clone(), passphrase.clone());
+    tokio::task::spawn_blocking(move || source::check_passphrase(&key, &passphrase))
+        .await
+        .unwrap_or_else(|e| Err(format!("checking the SSH key's passphrase failed: {e}")))
+}
+
 /// Changes how workers reach a project's repository: credentials (kept in
 /// the value table, recorded by fingerprint), trusted host keys, submodules.
 pub async fn change_source(store: &dyn EventStore, actor: &str, project: &str, change: SourceChange) -> Outcome<()> {
@@ -239,6 +252,9 @@ pub async fn change_source(store: &dyn EventStore, actor: &str, project: &str, c
         return not_found(format!("no project `{project}`; create it with `slipway project create`"));
     };
     if let Some(why) = slipway_core::remote::pin_problem(&p.repository, change.known_hosts.as_deref().unwrap_or_default()) {
+        return invalid(why);
+    }
+    if let Err(why) = check_passphrase(&change).await {
         return invalid(why);
     }
     let changed = source_changed(store, project, &change).await?;
