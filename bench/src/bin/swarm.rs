@@ -294,6 +294,15 @@ async fn main() -> anyhow::Result<()> {
             .max()
             .unwrap_or_default();
         let failed = samples.iter().filter(|s| s.outcome.is_err()).count();
+        // What each failure was, and when it started against the kill.
+        for s in samples.iter().filter(|s| s.outcome.is_err()) {
+            let at = s.started.checked_duration_since(killed).map_or_else(
+                || format!("{} ms before", killed.saturating_duration_since(s.started).as_millis()),
+                |d| format!("{} ms after", d.as_millis()),
+            );
+            let why = s.outcome.as_ref().err().map_or("", String::as_str);
+            println!("  failed: started {at} the kill, took {} ms: {why}", s.took.as_millis());
+        }
         // Not ejected: no request went to the lost replica before the route left it.
         ejection.abort();
         let ejected_at = ejection.await.ok().flatten();
