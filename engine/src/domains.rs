@@ -3,9 +3,10 @@
 //! decided on, and decide again on a conflict, so one stream decides who
 //! holds a name (a second environment asking for one is refused with the
 //! holder named). An addition is recorded on the environment's stream as
-//! well, so that it and the environment's removal exclude each other. `set_redirect` turns a domain's redirect to HTTPS on
-//! or off. The name's form and the fold are pure and live in
-//! `slipway_core::domains`, re-exported here.
+//! well, so that it and the environment's removal exclude each other.
+//! `set_redirect` turns a domain's redirect to HTTPS on or off. The name's
+//! form and the fold are pure and live in `slipway_core::domains`,
+//! re-exported here.
 
 pub use slipway_core::domains::*;
 

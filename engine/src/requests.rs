@@ -246,11 +246,14 @@ pub async fn change_source(store: &dyn EventStore, actor: &str, project: &str, c
     if change.is_empty() {
         return invalid("nothing to change: give a credential, --known-host, --forget or --submodules");
     }
-    // The repository never changes, so its host is checked once, before
-    // any credential is kept.
+    // A project's repository, and whether it is a mirror, never change:
+    // both are checked once, before any credential is kept.
     let Some(p) = load_project(store, project).await? else {
         return not_found(format!("no project `{project}`; create it with `slipway project create`"));
     };
+    if let Some(original) = &p.mirror_of {
+        return invalid(format!("`{project}` is a mirror: it reaches {original}'s repository with {original}'s credentials; change those"));
+    }
     if let Some(why) = slipway_core::remote::pin_problem(&p.repository, change.known_hosts.as_deref().unwrap_or_default()) {
         return invalid(why);
     }
@@ -263,11 +266,6 @@ pub async fn change_source(store: &dyn EventStore, actor: &str, project: &str, c
         let Some(p) = load_project(store, project).await? else {
             return not_found(format!("no project `{project}`; create it with `slipway project create`"));
         };
-        if let Some(original) = &p.mirror_of {
-            return invalid(format!(
-                "`{project}` is a mirror: it reaches {original}'s repository with {original}'s credentials; change those"
-            ));
-        }
         let e = envelope(&stream, &Event::SourceAccessChanged(changed.clone()), Uuid::now_v7(), actor, None);
         if store.append(&stream, ExpectedVersion::Exactly(p.version), &[e], &[]).await?.is_ok() {
             return Ok(Ok(()));

@@ -14,6 +14,7 @@ use common::*;
 use serde_json::json;
 use slipway_engine::rejection::Rejection;
 use slipway_engine::requests::{self, DeployRequest, NewProject};
+use slipway_engine::source::SourceChange;
 use slipway_engine::{auto_deploy, domains, lifecycle};
 use slipway_proto::event::{BuildMode, TokenScope};
 use slipway_store::StoreError;
@@ -57,6 +58,13 @@ async fn each_refusal_has_the_kind_its_situation_calls_for(s: &Setup) {
     assert_eq!(kind(requests::create_project(store, actor, project("Shop!")).await), "invalid");
     let mirror = NewProject { mirror_of: Some("ghost".into()), repository: String::new(), ..project("copy") };
     assert_eq!(kind(requests::create_project(store, actor, mirror).await), "not_found", "the original of a mirror");
+    let mirror = NewProject { mirror_of: Some("shop".into()), repository: String::new(), ..project("copy") };
+    requests::create_project(store, actor, mirror).await.unwrap().unwrap();
+    // A mirror reaches its original's repository with the original's access,
+    // whatever the change says (a pin for another host too).
+    let pinned = SourceChange { known_hosts: Some(vec!["elsewhere ssh-ed25519 AAAA".into()]), ..SourceChange::default() };
+    let refused = requests::change_source(store, actor, "copy", pinned).await.unwrap().unwrap_err();
+    assert!(refused.kind() == "invalid" && refused.message().contains("is a mirror"), "{refused:?}");
 
     assert_eq!(kind(requests::request_deployment(store, actor, deploy("ghost", "test", None)).await), "not_found");
     assert_eq!(kind(requests::request_deployment(store, actor, deploy("shop", "qa", None)).await), "not_found");
