@@ -27,6 +27,11 @@ pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment
         Ok(d) => d,
         Err(e) => return Ok(Err(Rejection::invalid(e))),
     };
+    // An unknown environment is named as such, whoever holds the domain
+    // (and checked again below, against a removal meanwhile).
+    if let Err(rejection) = requests::project_environment(store, project, environment).await? {
+        return Ok(Err(rejection));
+    }
     let event = Event::DomainAdded(DomainAdded { project: project.into(), environment: environment.into(), domain: domain.clone() });
     let environment_stream = environment_stream(project, environment);
     for _ in 0..5 {

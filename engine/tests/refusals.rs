@@ -90,6 +90,7 @@ async fn each_refusal_has_the_kind_its_situation_calls_for(s: &Setup) {
     assert_eq!(kind(domains::add(store, actor, "shop", "qa", "shop.example").await), "not_found");
     domains::add(store, actor, "shop", "live", "shop.example").await.unwrap().unwrap();
     assert_eq!(kind(domains::add(store, actor, "shop", "test", "shop.example").await), "conflict", "another environment holds it");
+    assert_eq!(kind(domains::add(store, actor, "shop", "qa", "shop.example").await), "not_found", "no such environment, whoever holds it");
     assert_eq!(kind(domains::remove(store, actor, "shop", "test", "shop.example").await), "not_found");
 
     assert_eq!(kind(auto_deploy::set_rule(store, actor, "shop", "main", "qa", None).await), "not_found");
