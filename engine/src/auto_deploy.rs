@@ -252,8 +252,7 @@ async fn record_skip(
     let mut w = Writes::default();
     let mut reason = reason;
     if let Some((environment, why)) = remove {
-        let env = crate::load::environment(store, &p.name, &environment).await?;
-        let routes = crate::load::routes(store).await?;
+        let (env, routes) = lifecycle::read_for_removal(store, &p.name, &environment).await?;
         lifecycle::write_removal(&mut w, p, (&environment, &env), &why, actor, &routes);
         reason = format!("{reason}; preview {environment} removed");
     }

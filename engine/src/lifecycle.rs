@@ -228,7 +228,8 @@ pub async fn add_environment(store: &dyn EventStore, actor: &str, project: &str,
 /// (a command to the workers), and `RouteRemoved` if it has a route in
 /// `routes` (read once by the caller, however many environments go).
 ///
-/// The caller reads `env` before `routes`: a domain added in between
+/// The caller reads `env` before `routes` (`read_for_removal`, or each
+/// environment before the routes when several go): a domain added in between
 /// writes the environment's stream too (`domains::add`), so this removal,
 /// written at the version `env` was read at, does not land, and the
 /// caller decides again with the domain in sight.
@@ -268,6 +269,18 @@ pub(crate) fn write_removal(
     removed
 }
 
+/// What `write_removal` needs of environment `name` of `project`, read in
+/// the order it requires: the environment, then the routes.
+pub(crate) async fn read_for_removal(
+    store: &dyn EventStore,
+    project: &str,
+    name: &str,
+) -> Result<(crate::environment::Environment, slipway_core::routes::Routes), LoadError> {
+    let env = load::environment(store, project, name).await?;
+    let routes = load::routes(store).await?;
+    Ok((env, routes))
+}
+
 fn no_project(project: &str) -> Rejection {
     Rejection::not_found(format!("no project `{project}`; create it with `slipway project create`"))
 }
@@ -295,9 +308,7 @@ pub async fn remove_environment(
 ) -> Result<Result<EnvironmentRemoved, Rejection>, LoadError> {
     for _ in 0..ATTEMPTS {
         let Some(p) = load_project(store, project).await? else { return Ok(Err(no_project(project))) };
-        // The environment before the routes (see `write_removal`).
-        let env = load::environment(store, project, name).await?;
-        let routes = load::routes(store).await?;
+        let (env, routes) = read_for_removal(store, project, name).await?;
         let preview = p.previews.contains_key(name);
         match removable {
             Removable::Previews if !preview && p.environments.contains_key(name) => {
@@ -484,8 +495,7 @@ async fn remove_if_expired(
         if !preview::expired(&p, now).iter().any(|(n, _)| n == name) {
             return Ok(Ok(None));
         }
-        let env = load::environment(store, project, name).await?;
-        let routes = load::routes(store).await?;
+        let (env, routes) = read_for_removal(store, project, name).await?;
         let mut w = Writes::default();
         let removed = write_removal(&mut w, &p, (name, &env), reason, ENGINE, &routes);
         if w.commit(store).await? {

@@ -100,8 +100,7 @@ pub async fn record_pull_request(
                 (environment, PrRecorded::AwaitingApproval { commit, added: add.is_some() })
             }
             Plan::Remove { environment, reason } => {
-                let env = crate::load::environment(store, &p.name, &environment).await?;
-                let routes = crate::load::routes(store).await?;
+                let (env, routes) = lifecycle::read_for_removal(store, &p.name, &environment).await?;
                 lifecycle::write_removal(&mut w, &p, (&environment, &env), &reason, &actor, &routes);
                 (environment, PrRecorded::Removed)
             }
