@@ -609,7 +609,7 @@ impl Notifier {
         };
         // Only a failure's words depend on whether a step ran.
         let started = match (event, &deployment) {
-            (Event::DeploymentFailed(_), Some((id, _))) => step_dispatched(store, *id, recorded.version).await?,
+            (Event::DeploymentFailed(_), Some((id, _))) => started_before(store, *id, recorded.version).await?,
             _ => true,
         };
         let subject = deployment.as_ref().map(|(id, context)| notify::Subject { id: *id, context, started });
@@ -647,11 +647,18 @@ impl Notifier {
     }
 }
 
-/// Whether a step of `deployment` was dispatched before its version
-/// `before`: read from its stream, which is short.
-async fn step_dispatched(store: &dyn EventStore, deployment: Uuid, before: u64) -> Result<bool, StoreError> {
-    let events = store.read_stream(&deployment_stream(deployment), 1).await?;
-    Ok(events.iter().take_while(|r| r.version < before).any(|r| matches!(r.envelope.decode::<Event>(), Ok(Event::StepDispatched(_)))))
+/// Whether `deployment` had started (`Deployment::started`, the rule the
+/// read model and the CLI word a failure by) before its version `before`:
+/// its stream, which is short, folded up to there.
+async fn started_before(store: &dyn EventStore, deployment: Uuid, before: u64) -> Result<bool, StoreError> {
+    let events: Vec<Event> = store
+        .read_stream(&deployment_stream(deployment), 1)
+        .await?
+        .iter()
+        .take_while(|r| r.version < before)
+        .filter_map(|r| r.envelope.decode::<Event>().ok())
+        .collect();
+    Ok(slipway_core::deployment::fold(&events).ok().flatten().is_some_and(|d| d.started()))
 }
 
 #[derive(Debug, PartialEq, Eq)]
