@@ -102,7 +102,7 @@ pub struct DeploymentPage {
     /// Only this environment's.
     #[arg(long = "env", value_name = "ENV")]
     pub env: Option<String>,
-    /// Only those with this status: awaiting approval, running, watching, rolling back, succeeded or failed.
+    /// Only those with this status: awaiting approval, queued, running, watching, rolling back, succeeded or failed.
     #[arg(long)]
     pub status: Option<String>,
     /// Only those this actor requested, exactly as recorded (`cli:ann`, `token:ci`, `webhook:github:ann`).

@@ -144,13 +144,16 @@ impl Deployment {
         self.status == Status::Running && self.dispatched.is_none() && (self.approvals.len() as u64) < u64::from(self.approvals_required)
     }
 
-    /// One word for where it stands: `awaiting approval`, `running`, `watching` (traffic moved,
-    /// the watch window not yet passed), `rolling back` (the route is going
-    /// back to the previous release), `succeeded` or `failed`.
+    /// One word for where it stands: `awaiting approval`, `queued` (waiting
+    /// for the deployments ahead of it in its environment: no step
+    /// dispatched yet), `running`, `watching` (traffic moved, the watch
+    /// window not yet passed), `rolling back` (the route is going back to
+    /// the previous release), `succeeded` or `failed`.
     pub fn status_word(&self) -> &'static str {
         match &self.status {
             Status::Running if self.is_watching() => "watching",
             Status::Running if self.awaiting_approval() => "awaiting approval",
+            Status::Running if !self.started() => "queued",
             Status::Running => "running",
             Status::Succeeded => "succeeded",
             Status::Failed { .. } if self.rollback.is_some() && !self.failure_recorded => "rolling back",

@@ -228,6 +228,11 @@ mod tests {
         // An unprotected deployment never waits.
         let mut d = waiting(0);
         assert!(!d.awaiting_approval());
+        // Until its first step is dispatched it waits behind the
+        // deployments ahead of it in its environment.
+        assert_eq!(d.status_word(), "queued");
+        // Approved, it is queued too until its step goes out.
+        assert_eq!(approved(waiting(1), "token:bob").status_word(), "queued");
         d = crate::deployment::evolve(
             Some(d),
             &Event::StepDispatched(StepDispatched {

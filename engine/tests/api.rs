@@ -561,9 +561,10 @@ async fn deployments_queue_up_and_show_their_state_and_events() {
     let second = id(&second_reply.json()["deployment"]);
     assert_eq!(second_reply.headers[header::LOCATION], format!("/api/deployments/{second}"));
 
-    // No engine runs here: the deployment stays requested.
+    // No engine runs here: the deployment stays requested, queued until
+    // its first step is dispatched.
     let d = api.get(&format!("/api/deployments/{first}")).await.expect(StatusCode::OK).json();
-    assert_eq!(d["status"], "running");
+    assert_eq!(d["status"], "queued");
     assert_eq!((d["failure"].clone(), d["url"].clone()), (Value::Null, Value::Null));
     assert_eq!((d["completed"].clone(), d["steps"].clone()), (json!([]), json!([])));
     assert_eq!((d["project"].as_str(), d["environment"].as_str(), d["ref"].as_str()), (Some("hello"), Some("test"), Some("v1")));
@@ -595,7 +596,7 @@ async fn deployments_queue_up_and_show_their_state_and_events() {
     let listed = api.get("/api/projects/hello/environments/test/deployments?limit=2").await.expect(StatusCode::OK).json();
     let ids: Vec<Uuid> = listed.as_array().unwrap().iter().map(|d| id(&d["deployment"])).collect();
     assert_eq!(ids, vec![migrating, second]);
-    assert_eq!(listed[0]["status"], "running");
+    assert_eq!(listed[0]["status"], "queued");
     let live = api.deploy("live", json!({})).await;
     let all: Vec<Uuid> = api.get("/api/deployments").await.json().as_array().unwrap().iter().map(|d| id(&d["deployment"])).collect();
     assert_eq!(all, vec![live, migrating, second, first]);

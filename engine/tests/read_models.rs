@@ -178,7 +178,8 @@ fn a_deployment_row_follows_status_word_through_the_watch_to_success() {
     assert_eq!(rows.len(), events.len(), "one row state per event");
     let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     let n = statuses.len();
-    assert_eq!(statuses[0], "running");
+    // Requested, it waits for its first step; dispatched, it runs.
+    assert_eq!(&statuses[..2], ["queued", "running"]);
     assert_eq!(&statuses[n - 3..], ["watching", "running", "succeeded"]);
     let last = rows.last().unwrap();
     assert_eq!((last.commit.as_deref(), last.image.as_deref()), (Some("c0ffee"), Some("sha256:1")));
@@ -364,7 +365,7 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
     let status = |id: Uuid| before.2.iter().find(|d| d.id == id).map(|d| d.status.clone()).unwrap();
     assert_eq!(
         [good, bad, rolled, watched, queued].map(status),
-        ["succeeded", "failed", "rolling back", "watching", "running"].map(String::from)
+        ["succeeded", "failed", "rolling back", "watching", "queued"].map(String::from)
     );
     assert_eq!(before.0.len(), 2);
     assert!(before.0.iter().any(|p| p.contains("\"beta\"") && p.contains("pr-1") && !p.contains("pr-2")), "{:?}", before.0);
@@ -389,6 +390,8 @@ async fn live_rows_equal_rebuilt_rows(store_arc: Arc<dyn EventStore>) {
     assert_eq!(page(test_env).await, vec![queued, watched]);
     let failed = DeploymentQuery { status: Some("failed".into()), limit: 5, ..Default::default() };
     assert_eq!(page(failed).await, vec![bad]);
+    let waiting = DeploymentQuery { status: Some("queued".into()), limit: 5, ..Default::default() };
+    assert_eq!(page(waiting).await, vec![queued]);
     // By actor, exactly as recorded, and from a time on.
     let by = |actor: &str| DeploymentQuery { actor: Some(actor.into()), ..beta(5, None) };
     assert_eq!(page(by("cli:ann")).await, vec![queued, watched, rolled]);

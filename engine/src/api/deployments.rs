@@ -106,8 +106,10 @@ pub struct DeploymentView {
     no_cache: bool,
     run_release: bool,
     dry_run: bool,
-    /// "running", "watching" (traffic moved, the watch window not yet
-    /// passed), "succeeded", "rolling back" or "failed".
+    /// "awaiting approval", "queued" (behind another deployment of its
+    /// environment; no step dispatched yet), "running", "watching"
+    /// (traffic moved, the watch window not yet passed), "succeeded",
+    /// "rolling back" or "failed".
     status: String,
     /// Where and why it failed; null unless failed.
     failure: Option<Failure>,
@@ -310,7 +312,7 @@ pub struct ListQuery {
     project: Option<String>,
     /// Only this environment's (needs `project`).
     environment: Option<String>,
-    /// Only those with this status: awaiting approval, running, watching, rolling back, succeeded or failed.
+    /// Only those with this status: awaiting approval, queued, running, watching, rolling back, succeeded or failed.
     status: Option<String>,
     /// Only those this actor requested, exactly as recorded (`cli:ann`, `token:ci`, `webhook:github:ann`).
     actor: Option<String>,

@@ -101,7 +101,7 @@ impl std::str::FromStr for Before {
 }
 
 /// The statuses a deployment row can have.
-pub const STATUSES: [&str; 6] = ["awaiting approval", "running", "watching", "rolling back", "succeeded", "failed"];
+pub const STATUSES: [&str; 7] = ["awaiting approval", "queued", "running", "watching", "rolling back", "succeeded", "failed"];
 
 /// A page of deployments, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
