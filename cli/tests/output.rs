@@ -746,6 +746,7 @@ fn project_env_and_preview_verbs_change_and_read_the_same_through_the_server() {
     assert_eq!(code(&["project", "show", "nope"]), 3, "404 not_found");
     assert_eq!(code(&["env", "list", "web", "nope"]), 3, "no such environment");
     assert_eq!(code(&["env", "freeze", "web", "live", "not cron", "--for", "1h"]), 2, "400 bad_request");
+    assert_eq!(code(&["env", "freeze", "web", "live", "0 18 * * FRI", "--remove"]), 3, "removed already: 404 not_found");
     assert_eq!(code(&["project", "create", "web", "--repo", repo.to_str().unwrap()]), 4, "409 conflict: the project exists");
     drop(server);
     assert!(!read(&dir.path("server.log")).contains("panicked"));

@@ -107,6 +107,34 @@ pub fn frozen<'a>(windows: impl IntoIterator<Item = (&'a String, &'a u64)>, now:
     found
 }
 
+/// Whether `environment` of `p` has the freeze window `schedule` to
+/// remove; if not, the refusal names the windows it has.
+pub fn freeze_to_remove(p: &Project, environment: &str, schedule: &str) -> Result<(), Rejection> {
+    let windows = p.freezes.get(environment).filter(|w| !w.is_empty());
+    if windows.is_some_and(|w| w.contains_key(schedule)) {
+        return Ok(());
+    }
+    let has = match windows {
+        None => "it has none".to_string(),
+        Some(w) => {
+            let listed: Vec<String> = w.iter().map(|(s, seconds)| format!("\"{s}\" for {}", duration_text(*seconds))).collect();
+            format!("its windows: {}", listed.join(", "))
+        }
+    };
+    Err(Rejection::NotFound(format!("{} {environment} has no freeze window \"{schedule}\" to remove; {has}", p.name)))
+}
+
+/// A number of seconds as `parse_duration` reads it, in the largest unit
+/// that divides it exactly: 230400 is `64h`.
+pub fn duration_text(seconds: u64) -> String {
+    match seconds {
+        s if s > 0 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s > 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s > 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// Parses `64h`, `90m`, `2d`, `3600s` or a number of seconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let bad = || format!("`{text}` is not a duration: expected e.g. 64h, 90m, 2d or 3600s");
@@ -120,7 +148,8 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         _ => return Err(bad()),
     };
     match n.checked_mul(factor) {
-        Some(0) | None => Err(bad()),
+        Some(0) => Err(format!("`{text}` is no time at all: expected at least 1s")),
+        None => Err(format!("`{text}` is too long a duration")),
         Some(s) => Ok(s),
     }
 }
@@ -324,9 +353,21 @@ mod tests {
         );
         assert_eq!(gate(&p, "live", at("2026-12-04T19:00:00Z"), None).map(|e| e.len()), Ok(1));
         assert_eq!(gate(&p, "test", inside, None), Ok(vec![]), "other environments are untouched");
+        // Removing names the windows there are when the schedule is not one.
+        assert_eq!(freeze_to_remove(&p, "live", "0 18 * * FRI"), Ok(()));
+        let unknown = freeze_to_remove(&p, "live", "0 5 * * *").unwrap_err();
+        assert_eq!(
+            unknown,
+            Rejection::NotFound(format!(
+                "{} live has no freeze window \"0 5 * * *\" to remove; its windows: \"0 18 * * FRI\" for 1h",
+                p.name
+            ))
+        );
+        assert!(freeze_to_remove(&p, "test", "0 18 * * FRI").unwrap_err().message().ends_with("it has none"));
         p.apply(&Event::EnvironmentProtected(EnvironmentProtected { environment: "live".into(), approvals: 0 }));
         p.apply(&Event::FreezeWindowRemoved(FreezeWindowRemoved { environment: "live".into(), schedule: "0 18 * * FRI".into() }));
         assert_eq!(gate(&p, "live", inside, None), Ok(vec![]));
+        assert!(freeze_to_remove(&p, "live", "0 18 * * FRI").unwrap_err().message().ends_with("it has none"), "a window removed is gone");
     }
 
     #[test]
@@ -335,7 +376,13 @@ mod tests {
         assert_eq!(parse_duration("90m"), Ok(5400));
         assert_eq!(parse_duration("2d"), Ok(172_800));
         assert_eq!(parse_duration("30"), Ok(30));
-        assert!(parse_duration("0h").is_err() && parse_duration("h").is_err() && parse_duration("3w").is_err());
+        assert!(parse_duration("h").is_err() && parse_duration("3w").is_err());
+        assert_eq!(parse_duration("0s"), Err("`0s` is no time at all: expected at least 1s".into()));
+        assert!(parse_duration("0h").is_err() && parse_duration("99999999999999999d").unwrap_err().contains("too long"));
+        for seconds in [1, 59, 60, 5400, 3600 * 64, 172_800] {
+            assert_eq!(parse_duration(&duration_text(seconds)), Ok(seconds), "{}", duration_text(seconds));
+        }
+        assert_eq!((duration_text(230_400), duration_text(90), duration_text(172_800)), ("64h".into(), "90s".into(), "2d".into()));
         assert!(check_schedule("0 18 * * FRI").is_ok());
         assert!(check_schedule("every friday").unwrap_err().contains("is not a cron schedule"));
     }

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::deployment::Deployment;
 use crate::rejection::Rejection;
 use crate::requests::{envelope, project_environment};
+use slipway_core::project::Project;
 
 /// A refused protection request is a `Rejection`: `Forbidden` when the
 /// actor may not do it (self-approval, a second approval by the same
@@ -27,12 +28,22 @@ use crate::requests::{envelope, project_environment};
 /// (naming it), `NotFound` and `Invalid` as elsewhere.
 pub type Outcome<T> = Result<Result<T, Rejection>, StoreError>;
 
-async fn append_to_project(store: &dyn EventStore, actor: &str, project: &str, environment: &str, event: Event) -> Outcome<()> {
+/// Appends `event` to the project's stream once `check` passes on the
+/// project (whose `environment` must exist).
+async fn append_to_project(
+    store: &dyn EventStore,
+    actor: &str,
+    (project, environment): (&str, &str),
+    event: Event,
+    check: impl FnOnce(&Project) -> Result<(), Rejection>,
+) -> Outcome<()> {
     let p = match project_environment(store, project, environment).await? {
         Ok(p) => p,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let _ = p;
+    if let Err(rejection) = check(&p) {
+        return Ok(Err(rejection));
+    }
     let stream = project_stream(project);
     let e = envelope(&stream, &event, Uuid::now_v7(), actor, None);
     store
@@ -49,7 +60,7 @@ pub async fn protect(store: &dyn EventStore, actor: &str, project: &str, environ
         Err(e) => return Ok(Err(Rejection::Invalid(e))),
     };
     let event = Event::EnvironmentProtected(EnvironmentProtected { environment: environment.into(), approvals });
-    append_to_project(store, actor, project, environment, event).await
+    append_to_project(store, actor, (project, environment), event, |_| Ok(())).await
 }
 
 pub async fn set_freeze(
@@ -65,12 +76,12 @@ pub async fn set_freeze(
     }
     let event =
         Event::FreezeWindowSet(FreezeWindowSet { environment: environment.into(), schedule: schedule.into(), duration_seconds: duration });
-    append_to_project(store, actor, project, environment, event).await
+    append_to_project(store, actor, (project, environment), event, |_| Ok(())).await
 }
 
 pub async fn remove_freeze(store: &dyn EventStore, actor: &str, project: &str, environment: &str, schedule: &str) -> Outcome<()> {
     let event = Event::FreezeWindowRemoved(FreezeWindowRemoved { environment: environment.into(), schedule: schedule.into() });
-    append_to_project(store, actor, project, environment, event).await
+    append_to_project(store, actor, (project, environment), event, |p| freeze_to_remove(p, environment, schedule)).await
 }
 
 /// The deployment and who requested it (the actor of its request).
