@@ -289,7 +289,8 @@ pub enum Command {
         #[command(flatten)]
         page: verbs::DeploymentPage,
     },
-    /// A deployment's events with its build and release logs.
+    /// A deployment's events with its build and release logs. Through
+    /// --server: the build, release and failure output the server holds.
     Logs { deployment: Uuid },
     /// A deployment's timeline: each event's time, step, actor and outcome,
     /// each step's duration, and Dockerfile pinning warnings.

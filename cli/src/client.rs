@@ -104,9 +104,27 @@ impl Client {
         self.send(Method::DELETE, path, None).await
     }
 
+    /// A plain-text answer (`GET /api/deployments/{id}/logs`).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let bytes = self.exchange(Method::GET, path, None, "text/plain").await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let bytes = self.exchange(method.clone(), path, body, "application/json").await?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
         let url = format!("{}{path}", self.base);
-        let mut request = Request::builder().method(method.clone()).uri(&url).header(ACCEPT, "application/json");
+        serde_json::from_slice(&bytes)
+            .map_err(|e| coded(Exit::Failed, format!("{method} {url}: the answer is not JSON ({e}); is --server a Slipway server?")))
+    }
+
+    /// The answer's body, once its status is a success (else the API's
+    /// error, with its exit status).
+    async fn exchange(&self, method: Method, path: &str, body: Option<Value>, accept: &str) -> anyhow::Result<Bytes> {
+        let url = format!("{}{path}", self.base);
+        let mut request = Request::builder().method(method.clone()).uri(&url).header(ACCEPT, accept);
         if let Some(t) = &self.token {
             request = request.header(AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -143,11 +161,7 @@ impl Client {
         if !(200..300).contains(&status) {
             return Err(api_error(&method, &url, status, &bytes));
         }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| coded(Exit::Failed, format!("{method} {url}: the answer is not JSON ({e}); is --server a Slipway server?")))
+        Ok(bytes)
     }
 }
 

@@ -281,19 +281,12 @@ async fn finish(
     }
     let ending = followed?;
     let routes = slipway_engine::queries::router_urls(store, &project, &env).await?;
-    Ok(conclude(&mut reporter, id, &project, &env, &ending, &routes, Details::Logs))
+    Ok(conclude(&mut reporter, id, &project, &env, &ending, &routes))
 }
 
 /// The result of a followed deployment: where it is served, or why it
-/// failed (exit status 1).
-/// Where a failed deployment's details are: its logs (`slipway logs`,
-/// which reads the workers' log files), or through a server, its history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Details {
-    Logs,
-    History,
-}
-
+/// failed (exit status 1) and that `slipway logs` has the details (from
+/// the workers' log files, or through a server from its API).
 pub fn conclude(
     reporter: &mut report::Reporter,
     id: Uuid,
@@ -301,7 +294,6 @@ pub fn conclude(
     env: &str,
     ending: &progress::Ending,
     routes: &[slipway_engine::queries::RouterUrl],
-    details: Details,
 ) -> ExitCode {
     let urls: Vec<String> = routes.iter().map(|r| r.url.clone()).collect();
     let value = follow::result_json(id, ending, &urls);
@@ -316,10 +308,7 @@ pub fn conclude(
     } else {
         let lines = [
             format!("\ndeployment {id} {}", slipway_engine::deployment::failure_text(ending.failed_step, &ending.reason)),
-            match details {
-                Details::Logs => format!("the previous release (if any) keeps serving; details: slipway logs {id}"),
-                Details::History => format!("the previous release (if any) keeps serving; details: slipway history {id}"),
-            },
+            format!("the previous release (if any) keeps serving; details: slipway logs {id}"),
         ];
         reporter.result(false, &lines, value);
         exit::Exit::Failed.into()

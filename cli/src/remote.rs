@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use slipway_engine::history::TimelineJson;
-use slipway_engine::queries::{DeploymentSummary, EnvironmentStatus, RouterUrl};
+use slipway_engine::queries::{DeploymentSummary, EnvironmentStatus};
 use uuid::Uuid;
 
 use crate::args::{Command, FollowArgs};
@@ -33,50 +33,56 @@ pub async fn through_server(
 ) -> anyhow::Result<Option<ExitCode>> {
     let client = || Client::new(server, token.clone(), ca);
     let follow = |f: &FollowArgs| Follow { timeout: Duration::from_secs(f.timeout), quiet: f.quiet, logs: f.logs, json };
-    let code =
-        match command {
-            Command::Deploy(args) => deploy(&client()?, &args.project, &args.env, deploy_body(args), &follow(&args.follow)).await?,
-            Command::Status { project, env, at: None } => status(&client()?, project, env, json).await?,
-            Command::Deployments { project, page } => deployments(&client()?, project, page, json).await?,
-            Command::History { deployment } => history(&client()?, *deployment, json).await?,
-            Command::Rollback { project, env, to, follow: f } => rollback(&client()?, project, env, *to, &follow(f)).await?,
-            Command::Replay { deployment, from_step, follow: f } => {
-                replay(&client()?, *deployment, from_step.map(|s| s.to_string()), &follow(f)).await?
-            }
-            Command::Releases { project, env } => releases(&client()?, project, env, json).await?,
-            Command::Approve { deployment, reason } => {
-                client()?.post(&format!("/api/deployments/{deployment}/approve"), serde_json::json!({ "reason": reason })).await?;
-                println!("deployment {deployment}: approved");
-                ExitCode::SUCCESS
-            }
-            Command::Reject { deployment, reason } => {
-                client()?.post(&format!("/api/deployments/{deployment}/reject"), serde_json::json!({ "reason": reason })).await?;
-                println!("deployment {deployment}: rejected; the engine cancels it");
-                ExitCode::SUCCESS
-            }
-            Command::Cancel { deployment, reason } => {
-                client()?.post(&format!("/api/deployments/{deployment}/cancel"), serde_json::json!({ "reason": reason })).await?;
-                println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers");
-                ExitCode::SUCCESS
-            }
-            // Processes, and tokens (issued on the server's database).
-            Command::Demo { .. }
-            | Command::AllInOne { .. }
-            | Command::Server(_)
-            | Command::Router(_)
-            | Command::Worker { .. }
-            | Command::Token(_) => return Ok(None),
-            Command::Domain(cmd) => crate::domains::remote(&client()?, cmd).await?,
-            Command::Project(cmd) => projects::run(&projects::Remote(&client()?), cmd.clone(), json).await?,
-            Command::Env(cmd) => projects::env(&projects::Remote(&client()?), cmd.clone(), json).await?,
-            Command::Preview(cmd) => projects::previews(&projects::Remote(&client()?), cmd.clone(), json).await?,
-            Command::Cert(cmd) => crate::certs::remote(&client()?, cmd, json).await?,
-            _ => return Err(exit::usage(
-                "this verb does not go through --server (only deploy, status, deployments, releases, history, rollback, replay, cancel, \
+    let code = match command {
+        Command::Deploy(args) => deploy(&client()?, &args.project, &args.env, deploy_body(args), &follow(&args.follow)).await?,
+        Command::Status { project, env, at: None } => status(&client()?, project, env, json).await?,
+        Command::Deployments { project, page } => deployments(&client()?, project, page, json).await?,
+        Command::History { deployment } => history(&client()?, *deployment, json).await?,
+        Command::Logs { deployment } => logs(&client()?, *deployment, json).await?,
+        Command::Status { at: Some(_), .. } => {
+            return Err(exit::usage(
+                "status --at reads the event log from --database and does not go through --server \
+                     (through the server, status shows the present); unset --server/SLIPWAY_SERVER to use --database",
+            ))
+        }
+        Command::Rollback { project, env, to, follow: f } => rollback(&client()?, project, env, *to, &follow(f)).await?,
+        Command::Replay { deployment, from_step, follow: f } => {
+            replay(&client()?, *deployment, from_step.map(|s| s.to_string()), &follow(f)).await?
+        }
+        Command::Releases { project, env } => releases(&client()?, project, env, json).await?,
+        Command::Approve { deployment, reason } => {
+            client()?.post(&format!("/api/deployments/{deployment}/approve"), serde_json::json!({ "reason": reason })).await?;
+            println!("deployment {deployment}: approved");
+            ExitCode::SUCCESS
+        }
+        Command::Reject { deployment, reason } => {
+            client()?.post(&format!("/api/deployments/{deployment}/reject"), serde_json::json!({ "reason": reason })).await?;
+            println!("deployment {deployment}: rejected; the engine cancels it");
+            ExitCode::SUCCESS
+        }
+        Command::Cancel { deployment, reason } => {
+            client()?.post(&format!("/api/deployments/{deployment}/cancel"), serde_json::json!({ "reason": reason })).await?;
+            println!("deployment {deployment}: cancel requested; the engine stops it and removes its containers");
+            ExitCode::SUCCESS
+        }
+        // Processes, and tokens (issued on the server's database).
+        Command::Demo { .. }
+        | Command::AllInOne { .. }
+        | Command::Server(_)
+        | Command::Router(_)
+        | Command::Worker { .. }
+        | Command::Token(_) => return Ok(None),
+        Command::Domain(cmd) => crate::domains::remote(&client()?, cmd).await?,
+        Command::Project(cmd) => projects::run(&projects::Remote(&client()?), cmd.clone(), json).await?,
+        Command::Env(cmd) => projects::env(&projects::Remote(&client()?), cmd.clone(), json).await?,
+        Command::Preview(cmd) => projects::previews(&projects::Remote(&client()?), cmd.clone(), json).await?,
+        Command::Cert(cmd) => crate::certs::remote(&client()?, cmd, json).await?,
+        _ => return Err(exit::usage(
+            "this verb does not go through --server (only deploy, status, deployments, releases, history, logs, rollback, replay, cancel, \
                  approve, reject, domain, cert, project, env and preview do); \
                  unset --server/SLIPWAY_SERVER to use --database",
-            )),
-        };
+        )),
+    };
     Ok(Some(code))
 }
 
@@ -174,11 +180,25 @@ async fn watch(
     } else {
         crate::follow::follow(&mut ApiSource::new(client, id), &mut reporter, id, None, follow.timeout).await?
     };
-    let routes = match read_status(client, project, env).await {
-        Ok(status) => status.url.into_iter().map(|url| RouterUrl { url, router: "server".into() }).collect(),
-        Err(_) => vec![],
-    };
-    Ok(crate::deploying::conclude(&mut reporter, id, project, env, &ending, &routes, crate::deploying::Details::History))
+    // Every registered router's address, as locally (`router_urls`).
+    let routes = read_status(client, project, env).await.map(|status| status.routes).unwrap_or_default();
+    Ok(crate::deploying::conclude(&mut reporter, id, project, env, &ending, &routes))
+}
+
+/// `logs` through the API: the build, release and failure output the
+/// server's data directory holds (`GET /api/deployments/{id}/logs`), as
+/// it sends it; with `--json`, `{"deployment", "text"}`. The events
+/// themselves are `history`'s.
+async fn logs(client: &Client, id: Uuid, json: bool) -> anyhow::Result<ExitCode> {
+    let text = client.get_text(&format!("/api/deployments/{id}/logs")).await?;
+    if json {
+        print_json(&serde_json::json!({ "deployment": id, "text": text }))?;
+    } else if text.is_empty() {
+        eprintln!("deployment {id} has no build, release or failure output; its events: slipway history {id}");
+    } else {
+        print!("{text}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The server's status answer, as the shared type (`queries::EnvironmentStatus`).

@@ -528,7 +528,20 @@ fn with_server_deploy_and_status_go_through_the_http_api() {
     let out = dir.run(&via(&["deploy", "app", "test", "--ref", "no-such-branch"]));
     assert_eq!(out.status.code(), Some(1), "a failed deployment through the API exits 1");
     let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("details: slipway history ") && !said.contains("slipway logs"), "a verb that goes through --server: {said}");
+    let failed = said.split("details: slipway logs ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_default();
+    // `via` takes the arguments of a whole test run.
+    let failed: &'static str = Box::leak(failed.to_string().into_boxed_str());
+    assert!(failed.parse::<uuid::Uuid>().is_ok(), "the failure names `slipway logs ID`, which goes through --server too: {said}");
+    let logs = dir.ok(&via(&["logs", failed]));
+    assert!(
+        logs.contains("check_services failed") && logs.contains("ref `no-such-branch` not found"),
+        "the failure's output, from the API: {logs}"
+    );
+    assert_eq!(dir.json(&via(&["logs", failed, "--json"]))["text"].as_str(), Some(logs.as_str()));
+    assert_eq!(dir.exit(&via(&["logs", "00000000-0000-0000-0000-000000000000"])), 3, "404 not_found");
+    let at = dir.run(&via(&["status", "app", "test", "--at", "2026-01-01T00:00:00Z"]));
+    let refused = String::from_utf8_lossy(&at.stderr);
+    assert!(at.status.code() == Some(2) && refused.contains("status --at reads the event log"), "{refused}");
 
     // Environments come and go through the API, an admin's token only.
     assert_eq!(dir.exit(&via(&["env", "add", "app", "staging"])), 7, "403: a deploy token");
