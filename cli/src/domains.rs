@@ -8,8 +8,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use slipway_engine::domains;
-use slipway_engine::load;
+use slipway_engine::{domains, load, requests};
 use slipway_store::EventStore;
 
 use crate::actor;
@@ -37,7 +36,7 @@ pub enum DomainCmd {
     },
 }
 
-pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitCode> {
+pub async fn run(store: &dyn EventStore, cmd: DomainCmd, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         DomainCmd::Add { project, env, name } => {
             let domain = domains::add(store, &actor::actor(), &project, &env, &name).await?.map_err(exit::rejected)?;
@@ -52,50 +51,86 @@ pub async fn run(store: &dyn EventStore, cmd: DomainCmd) -> anyhow::Result<ExitC
             print_redirect(&set.domain, set.redirect);
         }
         DomainCmd::List { project, env } => {
-            let routes = load::routes(store).await?;
-            let mut any = false;
-            for (domain, (p, e)) in &routes.domains {
-                if *p == project && env.as_ref().is_none_or(|env| env == e) {
-                    println!("{domain:<40} {e}");
-                    any = true;
+            // An unknown project or environment is named, as the API does.
+            match &env {
+                Some(env) => drop(requests::project_environment(store, &project, env).await?.map_err(exit::rejected)?),
+                None if requests::load_project(store, &project).await?.is_none() => {
+                    return Err(exit::not_found(format!("no project `{project}`; `slipway project list` lists them")))
                 }
+                None => {}
             }
-            if !any {
-                eprintln!("no custom domain; add one with `slipway domain add {project} ENV NAME`");
-            }
+            let routes = load::routes(store).await?;
+            let listed: Vec<(String, String)> = routes
+                .domains
+                .iter()
+                .filter(|(_, (p, e))| *p == project && env.as_ref().is_none_or(|env| env == e))
+                .map(|(domain, (_, e))| (domain.clone(), e.clone()))
+                .collect();
+            print_list(&project, &listed, json)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The same verbs through a server's API (`--server`).
-pub async fn remote(client: &Client, cmd: &DomainCmd) -> anyhow::Result<ExitCode> {
+/// The same verbs through a server's API (`--server`). Names are checked
+/// here first, so a bad one is a usage error (exit 2), not a request for
+/// a path the API does not have.
+pub async fn remote(client: &Client, cmd: &DomainCmd, json: bool) -> anyhow::Result<ExitCode> {
     let path = |project: &str, env: &str| format!("/api/projects/{}/environments/{}/domains", segment(project), segment(env));
+    let parsed = |name: &str| domains::parse(name).map_err(exit::usage);
     match cmd {
         DomainCmd::Add { project, env, name } => {
-            client.put(&format!("{}/{}", path(project, env), segment(name))).await?;
-            println!("{project} {env} is served under {name} (once its DNS points at the routers)");
+            let domain = parsed(name)?;
+            client.put(&format!("{}/{}", path(project, env), segment(&domain))).await?;
+            println!("{project} {env} is served under {domain} (once its DNS points at the routers)");
         }
         DomainCmd::Remove { project, env, name } => {
-            client.delete(&format!("{}/{}", path(project, env), segment(name))).await?;
-            println!("{project} {env} is served under {name} no more");
+            let domain = parsed(name)?;
+            client.delete(&format!("{}/{}", path(project, env), segment(&domain))).await?;
+            println!("{project} {env} is served under {domain} no more");
         }
-        DomainCmd::List { project, env: Some(env) } => {
-            let listed = client.get(&path(project, env)).await?;
-            for domain in listed["domains"].as_array().into_iter().flatten().filter_map(|d| d.as_str()) {
-                println!("{domain:<40} {env}");
+        DomainCmd::List { project, env } => {
+            let envs = match env {
+                Some(env) => vec![env.clone()],
+                None => {
+                    let shown = client.get(&format!("/api/projects/{}", segment(project))).await?;
+                    shown["environments"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+                }
+            };
+            let mut listed = Vec::new();
+            for env in envs {
+                let answer = client.get(&path(project, &env)).await?;
+                let names = answer["domains"].as_array().into_iter().flatten().filter_map(|d| d.as_str());
+                listed.extend(names.map(|d| (d.to_string(), env.clone())));
             }
+            listed.sort();
+            print_list(project, &listed, json)?;
         }
         DomainCmd::Redirect { project, env, name, state } => {
+            let domain = parsed(name)?;
             let body = serde_json::json!({ "redirect": state == "on" });
-            let set = client.put_json(&format!("{}/{}/redirect", path(project, env), segment(name)), body).await?;
-            print_redirect(name, set["redirect"].as_bool().unwrap_or(state == "on"));
-        }
-        DomainCmd::List { env: None, .. } => {
-            return Err(exit::usage("through --server, `slipway domain list` needs the environment: slipway domain list PROJECT ENV"))
+            let set = client.put_json(&format!("{}/{}/redirect", path(project, env), segment(&domain)), body).await?;
+            print_redirect(&domain, set["redirect"].as_bool().unwrap_or(state == "on"));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `domain list`: a line per domain and its environment, or with `--json`
+/// a list of `{"domain", "environment"}`.
+fn print_list(project: &str, listed: &[(String, String)], json: bool) -> anyhow::Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> =
+            listed.iter().map(|(domain, env)| serde_json::json!({ "domain": domain, "environment": env })).collect();
+        return crate::verbs::print_json(&serde_json::Value::Array(rows));
+    }
+    for (domain, env) in listed {
+        println!("{domain:<40} {env}");
+    }
+    if listed.is_empty() {
+        eprintln!("no custom domain; add one with `slipway domain add {project} ENV NAME`");
+    }
+    Ok(())
 }
 
 fn print_redirect(domain: &str, redirect: bool) {

@@ -95,7 +95,7 @@ fn creates_the_store(command: &Command) -> bool {
             | Command::Project(args::ProjectCmd::Create { .. })
             | Command::Token(tokens::TokenCmd::Create { .. })
             | Command::Notifications(_)
-            | Command::Cert(_)
+            | Command::Cert(certs::CertCmd::Add { .. })
     )
 }
 
@@ -220,7 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { deployment } => done(verbs::logs(&*store, deployment, &options.data_dir, json).await),
         Command::Events { stream } => done(verbs::events(&*store, &stream, json).await),
         Command::Token(cmd) => tokens::run(&*store, cmd).await,
-        Command::Domain(cmd) => domains::run(&*store, cmd).await,
+        Command::Domain(cmd) => domains::run(&*store, cmd, json).await,
         Command::Cert(cmd) => certs::run(&*store, cmd, json).await,
         Command::Notifications(cmd) => notifications::run(&*store, cmd, json).await,
         Command::Audit(_)

@@ -72,7 +72,7 @@ pub async fn through_server(
         | Command::Router(_)
         | Command::Worker { .. }
         | Command::Token(_) => return Ok(None),
-        Command::Domain(cmd) => crate::domains::remote(&client()?, cmd).await?,
+        Command::Domain(cmd) => crate::domains::remote(&client()?, cmd, json).await?,
         Command::Project(cmd) => projects::run(&projects::Remote(&client()?), cmd.clone(), json).await?,
         Command::Env(cmd) => projects::env(&projects::Remote(&client()?), cmd.clone(), json).await?,
         Command::Preview(cmd) => projects::previews(&projects::Remote(&client()?), cmd.clone(), json).await?,

@@ -682,6 +682,28 @@ fn cert_add_checks_the_files_and_cert_list_and_status_show_certificates_without_
     let events = dir.ok(&["events", "certificates", "--json"]);
     assert_eq!(events.matches("\"CertificateRemoved\"").count(), 2, "{events}");
     assert!(events.contains("HttpsRedirectSet") && !events.contains("PRIVATE"), "{events}");
+
+    // domain list: the same JSON from the store and through the server, by
+    // project or by environment; unknown names are not found (exit 3).
+    assert!(run(&remote(&["domain", "add", "app", "test", "WWW.Shop.Example."])).contains("served under www.shop.example "));
+    let listed = dir.json(&["domain", "list", "app", "--json"]);
+    let expected = serde_json::json!([
+        { "domain": "shop.example", "environment": "live" },
+        { "domain": "www.shop.example", "environment": "test" },
+    ]);
+    assert_eq!(listed, expected);
+    assert_eq!(run(&remote(&["domain", "list", "app", "--json"])), dir.ok(&["domain", "list", "app", "--json"]));
+    assert_eq!(run(&remote(&["domain", "list", "app", "test"])), dir.ok(&["domain", "list", "app", "test"]));
+    for args in [vec!["domain", "list", "nope"], vec!["domain", "list", "app", "nope"]] {
+        assert_eq!(dir.run(&args).status.code(), Some(3), "{args:?}");
+        let through = remote(&args);
+        assert_eq!(dir.run(&through.iter().map(String::as_str).collect::<Vec<_>>()).status.code(), Some(3), "{through:?}");
+    }
+    // A bad name is a usage error before any request (exit 2).
+    for bad in ["", "*.*.shop.example"] {
+        let out = dir.run(&remote(&["domain", "add", "app", "test", bad]).iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 /// The project, env and preview verbs go through `--server` too: changes

@@ -27,8 +27,16 @@ pub fn parse(input: &str) -> Result<String, String> {
     let name = input.trim().trim_end_matches('.').to_ascii_lowercase();
     let expected = "expected a domain name such as `www.example.com` or `*.example.com` \
                     (letters, digits and '-' in dot-separated labels, at least two labels)";
-    if name.is_empty() || name.len() > MAX_LEN {
-        return Err(format!("`{input}` is not a domain name: {expected}"));
+    if name.is_empty() {
+        return Err(format!("the domain name is empty: {expected}"));
+    }
+    if name.len() > MAX_LEN {
+        return Err(format!("`{input}` is not a domain name: it is longer than {MAX_LEN} characters"));
+    }
+    if !name.is_ascii() {
+        return Err(format!(
+            "`{input}` is not a domain name in ASCII: give an internationalized name in its punycode form (`xn--...`, e.g. `idn2 {input}`)"
+        ));
     }
     let bare = name.strip_prefix("*.").unwrap_or(&name);
     let labels: Vec<&str> = bare.split('.').collect();
@@ -36,8 +44,15 @@ pub fn parse(input: &str) -> Result<String, String> {
         return Err(format!("`{input}` is not a domain name: {expected}"));
     }
     for label in &labels {
+        if label.contains('*') {
+            return Err(format!(
+                "`{input}` is not a domain name: a wildcard is `*.` in front of a domain, and only the first label may be `*`"
+            ));
+        }
+        if label.len() > 63 {
+            return Err(format!("`{input}` is not a domain name: label `{label}` is longer than 63 characters"));
+        }
         let valid = !label.is_empty()
-            && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
             && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
@@ -49,6 +64,16 @@ pub fn parse(input: &str) -> Result<String, String> {
         return Err(format!("`{input}` is an IP address, not a domain name: {expected}"));
     }
     Ok(name)
+}
+
+/// Whether `domain` (parsed) would name hosts where routers serve
+/// environments as `<project>-<env>.<router domain>`: one label under a
+/// router's domain, or the wildcard over it. Such a name could take
+/// another environment's host name; the router domain it falls under is
+/// returned. (Routers let their own names win regardless.)
+pub fn under_router_domain<'a>(domain: &str, router_domains: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let (_, parent) = domain.split_once('.')?;
+    router_domains.into_iter().find(|r| r.trim_end_matches('.').eq_ignore_ascii_case(parent))
 }
 
 /// Applies one routes-stream event to the domains (the routes projection's part).
@@ -80,11 +105,28 @@ mod tests {
     fn names_are_normalized_and_bad_ones_say_what_is_expected() {
         assert_eq!(parse("WWW.Example.COM.").unwrap(), "www.example.com");
         assert_eq!(parse("*.example.com").unwrap(), "*.example.com");
-        for bad in ["", "localhost", "a..b", "-a.com", "a-.com", "a_b.com", "*.com.*", "a.*.com", "10.0.0.1", "x.com:80"] {
+        for bad in ["", "localhost", "a..b", "-a.com", "a-.com", "a_b.com", "10.0.0.1", "x.com:80"] {
             let err = parse(bad).unwrap_err();
             assert!(err.contains("expected a domain name"), "{bad}: {err}");
         }
-        assert!(parse(&format!("{}.com", "a".repeat(64))).is_err());
+        assert!(parse(" ").unwrap_err().starts_with("the domain name is empty"));
+        for wild in ["*.com.*", "a.*.com", "*.*.example.com"] {
+            assert!(parse(wild).unwrap_err().contains("only the first label may be `*`"), "{wild}");
+        }
+        let long = format!("{}.com", "a".repeat(64));
+        assert!(parse(&long).unwrap_err().contains("longer than 63 characters"));
+        assert!(parse("bücher.example").unwrap_err().contains("punycode"));
+        assert_eq!(parse("xn--bcher-kva.example").as_deref(), Ok("xn--bcher-kva.example"));
+    }
+
+    #[test]
+    fn a_name_one_label_under_a_routers_domain_could_take_an_environments_host_name() {
+        let routers = ["localhost", "apps.example.com"];
+        assert_eq!(under_router_domain("shop-live.localhost", routers), Some("localhost"));
+        assert_eq!(under_router_domain("*.apps.example.com", routers), Some("apps.example.com"));
+        assert_eq!(under_router_domain("a.b.localhost", routers), None, "deeper names are no environment's");
+        assert_eq!(under_router_domain("apps.example.com", routers), None, "nor is the domain itself");
+        assert_eq!(under_router_domain("www.example.com", routers), None);
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub async fn add(store: &dyn EventStore, actor: &str, project: &str, environment
     if let Err(rejection) = requests::project_environment(store, project, environment).await? {
         return Ok(Err(rejection));
     }
+    let routers = load::routers(store).await.map_err(load_error)?;
+    if let Some(under) = under_router_domain(&domain, routers.values().map(|r| r.domain.as_str())) {
+        return Ok(Err(Rejection::invalid(format!(
+            "`{domain}` is one label under `{under}`, where routers serve every environment as `<project>-<env>.{under}`: \
+             it could take another environment's host name; choose a name outside `{under}` (or deeper in it)"
+        ))));
+    }
     let event = Event::DomainAdded(DomainAdded { project: project.into(), environment: environment.into(), domain: domain.clone() });
     let environment_stream = environment_stream(project, environment);
     for _ in 0..5 {

@@ -739,7 +739,7 @@ async fn environment_state(store: &dyn EventStore, project: &str, environment: &
 
 /// The project, if it exists and has the environment; otherwise a rejection
 /// that says what does exist.
-pub(crate) async fn project_environment(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<Project> {
+pub async fn project_environment(store: &dyn EventStore, project: &str, environment: &str) -> Outcome<Project> {
     let Some(p) = load_project(store, project).await? else {
         return not_found(format!("no project `{project}`; create it with `slipway project create`"));
     };

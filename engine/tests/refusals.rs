@@ -92,6 +92,24 @@ async fn each_refusal_has_the_kind_its_situation_calls_for(s: &Setup) {
     assert_eq!(kind(domains::add(store, actor, "shop", "test", "shop.example").await), "conflict", "another environment holds it");
     assert_eq!(kind(domains::add(store, actor, "shop", "qa", "shop.example").await), "not_found", "no such environment, whoever holds it");
     assert_eq!(kind(domains::remove(store, actor, "shop", "test", "shop.example").await), "not_found");
+    // Where a router serves environments, a name one label under its
+    // domain could be another environment's host name.
+    let router = slipway_proto::Event::RouterStarted(slipway_proto::event::RouterStarted {
+        router_id: "edge-1".into(),
+        listen: "127.0.0.1:80".into(),
+        domain: "apps.example".into(),
+        lease_ms: None,
+    });
+    let meta =
+        slipway_proto::envelope::Metadata { correlation_id: Uuid::now_v7(), causation_id: None, actor: "router".into(), trace: None };
+    let stream = slipway_proto::event::ROUTERS_STREAM;
+    let started = slipway_proto::Envelope::new(Uuid::now_v7(), chrono::Utc::now(), stream, &router, meta).unwrap();
+    store.append(stream, slipway_store::ExpectedVersion::Any, &[started], &[]).await.unwrap().unwrap();
+    for taken in ["shop-test.apps.example", "*.apps.example"] {
+        let refused = domains::add(store, actor, "shop", "live", taken).await.unwrap().unwrap_err();
+        assert!(matches!(&refused, Rejection::Invalid(m) if m.contains("one label under `apps.example`")), "{taken}: {refused:?}");
+    }
+    domains::add(store, actor, "shop", "live", "www.shop.apps.example").await.unwrap().unwrap();
 
     assert_eq!(kind(auto_deploy::set_rule(store, actor, "shop", "main", "qa", None).await), "not_found");
     assert_eq!(kind(auto_deploy::set_rule(store, actor, "shop", "a b", "test", None).await), "invalid");

@@ -70,7 +70,10 @@ pub fn host_name(project: &str, environment: &str, domain: &str) -> String {
 /// engine, which writes `127.0.0.1:PORT`. A route whose version is the
 /// same as in `previous` keeps counting into the same counters; a changed
 /// one starts at zero. An environment's custom domains serve its route
-/// too (the same counters).
+/// too (the same counters); those of an environment with no route yet
+/// answer that nothing is served there (503), rather than falling through
+/// to a wildcard that covers them. A custom domain never takes an
+/// environment's own `<project>-<env>.<domain>` name.
 pub fn table(routes: &Routes, domain: &str, previous: &RouteTable) -> RouteTable {
     let by_environment: BTreeMap<(&str, &str), (String, Route)> = routes
         .by_environment
@@ -103,12 +106,16 @@ pub fn table(routes: &Routes, domain: &str, previous: &RouteTable) -> RouteTable
     let custom: Vec<(String, Route)> = routes
         .domains
         .iter()
-        .filter_map(|(name, (project, environment))| {
-            let (_, route) = by_environment.get(&(project.as_str(), environment.as_str()))?;
-            Some((name.clone(), route.clone()))
+        .map(|(name, (project, environment))| match by_environment.get(&(project.as_str(), environment.as_str())) {
+            Some((_, route)) => (name.clone(), route.clone()),
+            None => {
+                let label = format!("{project}/{environment} (no release)");
+                (name.clone(), Route { upstreams: vec![], standby: vec![], route_version: 0, label, stats: Stats::default() })
+            }
         })
         .collect();
-    RouteTable::new(by_environment.into_values().chain(custom))
+    // Later entries win: the environments' own names come last.
+    RouteTable::new(custom.into_iter().chain(by_environment.into_values()))
 }
 
 /// A router's view of the routes, loaded and registered: call `follow` to
@@ -393,12 +400,19 @@ mod tests {
     fn a_custom_domain_serves_its_environments_route_with_the_same_counters() {
         let mut recorded = routes(&[("a", 1)]);
         recorded.domains.insert("*.shop.example".into(), ("p".into(), "a".into()));
-        // A domain of an environment without a route (yet) serves nothing.
+        // A domain of an environment without a route (yet) serves nothing:
+        // no upstream (503), even under a wildcard another environment has.
         recorded.domains.insert("other.example".into(), ("p".into(), "b".into()));
+        recorded.domains.insert("b.shop.example".into(), ("p".into(), "b".into()));
+        // A custom domain never takes an environment's own name.
+        recorded.domains.insert("p-a.d".into(), ("p".into(), "c".into()));
         let t = table(&recorded, "d", &RouteTable::default());
         let (own, custom) = (t.get("p-a.d").unwrap(), t.get("www.shop.example").unwrap());
         assert_eq!((custom.upstreams.clone(), custom.stats.clone()), (own.upstreams.clone(), own.stats.clone()));
-        assert!(t.get("other.example").is_none());
+        assert_eq!(own.label, "p/a (no release)", "p-a.d is environment a's");
+        for unserved in ["other.example", "b.shop.example"] {
+            assert_eq!(t.resolve(Some(unserved), 0), slipway_router::Resolution::NoUpstream(unserved.into()), "{unserved}");
+        }
     }
 
     #[test]
