@@ -18,10 +18,29 @@ use slipway_proto::event::PreviewTrigger;
 use crate::project::Project;
 use crate::rejection::Rejection;
 
+/// The longest DNS label: the environment's host name label
+/// `<project>-<env>` must fit in one.
+pub const HOST_LABEL_MAX: usize = 63;
+
+/// Why `project`'s environment `environment` could not be reached under
+/// its host name `<project>-<env>.<router domain>`: the label is too long.
+pub fn host_label_problem(project: &str, environment: &str) -> Option<String> {
+    let n = project.len() + 1 + environment.len();
+    (n > HOST_LABEL_MAX).then(|| {
+        format!(
+            "`{project}-{environment}` is {n} characters, and an environment's host name label `<project>-<env>` \
+             can have at most {HOST_LABEL_MAX}: shorten the project or the environment name"
+        )
+    })
+}
+
 /// Whether `name` may be added to `p` as a new environment.
 pub fn may_add(p: &Project, name: &str) -> Result<(), Rejection> {
     if !is_dns_label(name) {
         return Err(Rejection::invalid(format!("environment name `{name}` must be 1-63 lowercase letters, digits or '-'")));
+    }
+    if let Some(why) = host_label_problem(&p.name, name) {
+        return Err(Rejection::invalid(why));
     }
     if p.environments.contains_key(name) {
         return Err(Rejection::conflict(format!("project `{}` has an environment `{name}` already", p.name)));
@@ -115,6 +134,10 @@ mod tests {
         assert_eq!(may_add(&p, "staging"), Ok(()));
         assert!(refused(may_add(&p, "Staging!")).contains("1-63 lowercase letters"));
         assert!(refused(may_add(&p, "live")).contains("has an environment `live` already"));
+        // `<project>-<env>` is one host name label.
+        let longest = "e".repeat(HOST_LABEL_MAX - p.name.len() - 1);
+        assert_eq!(may_add(&p, &longest), Ok(()));
+        assert!(refused(may_add(&p, &format!("{longest}e"))).contains("at most 63"));
         let added = EnvironmentAdded { name: "staging".into(), inherits: None, preview: None, ttl_seconds: None, at: Utc::now() };
         p.apply(&Event::EnvironmentAdded(added));
         // A named environment, not a preview.

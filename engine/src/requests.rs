@@ -114,6 +114,12 @@ pub async fn create_project_with_source(store: &dyn EventStore, actor: &str, new
     if new.environments.is_empty() {
         return invalid("a project needs at least one environment");
     }
+    if let Some(twice) = new.environments.iter().enumerate().find_map(|(i, e)| new.environments[..i].contains(e).then_some(e)) {
+        return invalid(format!("environment `{twice}` is listed twice; name each environment once"));
+    }
+    if let Some(why) = new.environments.iter().find_map(|e| slipway_core::named_environments::host_label_problem(&new.name, e)) {
+        return invalid(why);
+    }
     let mirror_of = new.mirror_of.clone();
     let repository = match &new.mirror_of {
         Some(original) => match load_project(store, original).await? {

@@ -421,7 +421,22 @@ async fn unknown_fields_and_malformed_json_are_400s() {
 
     let missing = api.call(Method::POST, "/api/projects", json!({"name": "hello"})).await;
     let message = missing.expect(StatusCode::BAD_REQUEST).error();
-    assert!(message.contains("must be an absolute path or a URL"), "{message}");
+    assert!(message.starts_with("`repo` is required"), "{message}");
+
+    // A body is an object: serde alone would read a struct from an array,
+    // field by position, and issue an admin token for `["t", "admin"]`.
+    for (path, body) in [("/api/projects", json!(["arr", "file:///r"])), ("/api/tokens", json!(["arrtok", "admin"]))] {
+        let message = api.call(Method::POST, path, body).await.expect(StatusCode::BAD_REQUEST).error();
+        assert_eq!(message, "invalid JSON body: expected an object, `{...}`", "{path}");
+    }
+    let twice = json!({"name": "dup", "repo": "file:///r", "environments": ["x", "x"]});
+    let message = api.call(Method::POST, "/api/projects", twice).await.expect(StatusCode::BAD_REQUEST).error();
+    assert_eq!(message, "environment `x` is listed twice; name each environment once");
+    // Each `<project>-<env>` is one label of a host name: at most 63 characters.
+    let long = json!({"name": "p".repeat(60), "repo": "file:///r", "environments": ["live"]});
+    let message = api.call(Method::POST, "/api/projects", long).await.expect(StatusCode::BAD_REQUEST).error();
+    assert!(message.contains("is 65 characters") && message.contains("at most 63"), "{message}");
+    assert_eq!(api.get(&format!("/api/projects/{}", "p".repeat(60))).await.status, StatusCode::NOT_FOUND, "nothing was created");
     let mirror = api.call(Method::POST, "/api/projects", json!({"name": "m", "mirror_of": "nothing"})).await;
     let message = mirror.expect(StatusCode::BAD_REQUEST).error();
     assert!(message.contains("no project `nothing` to mirror"), "{message}");

@@ -47,8 +47,14 @@ fn declares_json(headers: &HeaderMap) -> bool {
 }
 
 /// Parses a body, naming where it went wrong: `set.KEY: invalid type: ...`
-/// or `unknown field `bogus`, expected one of ...`.
+/// or `unknown field `bogus`, expected one of ...`. Every body is an
+/// object: serde would also read a struct from an array, field by
+/// position (`["name", "admin"]`), which no client means.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(_) => return Err(ApiError::BadRequest("invalid JSON body: expected an object, `{...}`".into())),
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

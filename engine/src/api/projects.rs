@@ -79,6 +79,12 @@ pub async fn create(
     let relative_path = !body.repo.contains("://")
         && !std::path::Path::new(&body.repo).is_absolute()
         && !body.repo.split('/').next().unwrap_or_default().contains(':');
+    if body.mirror_of.is_none() && body.repo.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "`repo` is required: an absolute path or a URL such as https://git.example.com/org/app.git (or `mirror_of`, for a mirror)"
+                .into(),
+        ));
+    }
     if !mirror_without_repository && relative_path {
         return Err(ApiError::BadRequest(format!(
             "repo `{}` must be an absolute path or a URL such as https://git.example.com/org/app.git, \
