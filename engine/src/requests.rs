@@ -300,6 +300,12 @@ pub async fn change_settings(
     if let Some(bad) = set.iter().map(|s| &s.key).chain(&removed).find(|k| !is_env_name(k)) {
         return invalid(format!("setting name `{bad}` must be letters, digits and '_', not starting with a digit"));
     }
+    // No process environment can carry a NUL byte: Docker would refuse the
+    // value at deploy time, quoting it (escaped) in an error that is
+    // recorded. Refused here, with the key only.
+    if let Some(bad) = set.iter().find(|s| s.value.contains('\0')) {
+        return invalid(format!("the value of `{}` contains a NUL byte, which no environment variable can hold", bad.key));
+    }
     let key = store.operational().installation_key().await?;
     loop {
         let Some(p) = load_project(store, project).await? else {

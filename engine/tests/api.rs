@@ -445,6 +445,12 @@ async fn unknown_fields_and_malformed_json_are_400s() {
     let reply = api.call(Method::PUT, "/api/projects/hello/environments/test/settings", wrong_type).await;
     let message = reply.expect(StatusCode::BAD_REQUEST).error();
     assert!(message.contains("`set.PORT`"), "{message}");
+    // No environment variable holds a NUL: refused at once, naming the key only.
+    api.create_hello().await;
+    let nul = json!({"set": {"API_KEY": {"value": "hunter2-SECRET-\u{0}-tail", "secret": true}}});
+    let reply = api.call(Method::PUT, "/api/projects/hello/environments/test/settings", nul).await;
+    let message = reply.expect(StatusCode::BAD_REQUEST).error();
+    assert!(message.contains("`API_KEY` contains a NUL byte") && !message.contains("hunter2"), "{message}");
 
     let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(3 << 20));
     let reply = api.raw(Method::POST, "/api/projects", &huge).await.expect(StatusCode::PAYLOAD_TOO_LARGE);

@@ -1,5 +1,6 @@
 //! Scrubbing: every value a worker resolved (setting values and source
-//! credentials), as it is, URL-encoded and base64-encoded, replaced by
+//! credentials), as it is, URL-encoded, base64-encoded and escaped as a
+//! quoted string shows it (Docker's errors, JSON), replaced by
 //! `***` in whatever the worker records — a failure's reason and details,
 //! and the release logs it stores. One pass over the text for all values
 //! (Aho-Corasick, leftmost-longest, so a value that contains another is
@@ -343,10 +344,36 @@ fn forms(settings: &Settings) -> Vec<String> {
         .map(|(_, standing)| standing);
     let passwords = long_passwords.chain(short_passwords);
     let encoded = long.iter().flat_map(|v| [percent_encode(v), base64::engine::general_purpose::STANDARD.encode(v)]);
-    let mut values: Vec<String> = long.iter().cloned().chain(passwords).chain(encoded).filter(|v| !v.is_empty()).collect();
+    let quoted = long.iter().flat_map(|v| quoted_forms(v));
+    let mut values: Vec<String> = long.iter().cloned().chain(passwords).chain(encoded).chain(quoted).filter(|v| !v.is_empty()).collect();
     values.sort();
     values.dedup();
     values
+}
+
+/// `value` as a quoted string shows it in an error message, when that
+/// differs from the value: escaped as Go's `%q` does (Docker's errors:
+/// `\x00`) and as JSON does (`\u0000`), quotes, backslashes and line
+/// breaks alike in both.
+fn quoted_forms(value: &str) -> Vec<String> {
+    let escaped = |control: fn(char) -> String| {
+        let mut out = String::with_capacity(value.len() + 8);
+        for c in value.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => out.push_str(&control(c)),
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let go = escaped(|c| format!("\\x{:02x}", u32::from(c)));
+    let json = escaped(|c| format!("\\u{:04x}", u32::from(c)));
+    [go, json].into_iter().filter(|q| q != value).collect()
 }
 
 fn percent_encode(value: &str) -> String {
@@ -455,6 +482,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_value_quoted_in_an_error_is_hidden_as_it_is_escaped_there() {
+        let settings = Settings::from([("API_KEY".to_string(), "hunter2-SECRET-\0-tail".to_string()), ("Q".into(), "pa\"ss\\wd".into())]);
+        let scrubber = Scrubber::new(&settings);
+        // Docker's error for a NUL in an environment value, and JSON.
+        let docker = r#"invalid env: value can't contain null(\x00): "API_KEY=hunter2-SECRET-\x00-tail": unknown"#;
+        assert_eq!(scrubber.scrub(docker), r#"invalid env: value can't contain null(\x00): "API_KEY=***": unknown"#);
+        assert_eq!(scrubber.scrub(r#"{"v":"hunter2-SECRET-\u0000-tail"}"#), r#"{"v":"***"}"#);
+        assert_eq!(scrubber.scrub(r#"Q="pa\"ss\\wd" and pa"ss\wd"#), r#"Q="***" and ***"#);
+        assert!(quoted_forms("plain-value").is_empty(), "nothing to escape: the value itself is the form");
     }
 
     #[test]
