@@ -115,9 +115,12 @@ pub async fn run(store: Arc<dyn EventStore>, options: AcmeOptions, shutdown: imp
                     withdraw_stale(&*store, &certs).await;
                     started = true;
                 }
-                let wildcards = options.dns_hook.is_some();
-                let due = certificates::due(routes.domains.keys(), &certs, Utc::now(), options.retry_after, wildcards);
+                let due = certificates::due(routes.domains.keys(), &certs, Utc::now(), options.retry_after);
                 for (domain, need) in due {
+                    if domain.starts_with("*.") && options.dns_hook.is_none() {
+                        failed(&*store, &domain, WILDCARD_NEEDS_DNS.into()).await;
+                        continue;
+                    }
                     tracing::info!(%domain, ?need, "ordering a certificate over ACME");
                     let mut forget = false;
                     let outcome = match account_for(&*store, &certs, &mut account, unknown.as_deref(), &options).await {
@@ -371,6 +374,10 @@ async fn withdraw_stale(store: &dyn EventStore, certs: &Certificates) {
 }
 
 /// Records a failed order (the old certificate keeps serving).
+/// Why a wildcard gets no certificate from a server without a DNS hook.
+const WILDCARD_NEEDS_DNS: &str = "a wildcard certificate is proved over DNS-01 only: start the server with --acme-dns-hook, \
+                                  or upload one (slipway cert add)";
+
 async fn failed(store: &dyn EventStore, domain: &str, mut reason: String) {
     if reason.len() > MAX_REASON {
         let mut cut = MAX_REASON;

@@ -137,21 +137,20 @@ pub enum Need {
 /// The domains that need an ACME order at `now`, from the custom domains
 /// and the certificates: a domain without a certificate, or whose ACME
 /// certificate reached two thirds of its lifetime; after a failed order,
-/// not before `retry_after` has passed. Wildcards are included only with
-/// `wildcards` (a DNS hook answers DNS-01; HTTP-01 cannot prove them), and
-/// domains with an uploaded certificate never are (renewing those is
-/// their uploader's).
+/// not before `retry_after` has passed. Domains with an uploaded
+/// certificate never are (renewing those is their uploader's). Wildcards
+/// are due as any domain: without a DNS hook, which alone can prove them
+/// (DNS-01), the caller records why it cannot order one, so a wildcard
+/// never runs out unsaid.
 pub fn due<'a>(
     domains: impl IntoIterator<Item = &'a String>,
     certificates: &Certificates,
     now: DateTime<Utc>,
     retry_after: Duration,
-    wildcards: bool,
 ) -> Vec<(String, Need)> {
     let retry_after = chrono::Duration::from_std(retry_after).unwrap_or(chrono::Duration::MAX);
     domains
         .into_iter()
-        .filter(|d| wildcards || !d.starts_with("*."))
         .filter_map(|domain| {
             let state = certificates.by_domain.get(domain).cloned().unwrap_or_default();
             if let Some(failed) = &state.failure {
@@ -380,25 +379,26 @@ mod tests {
         let retry = Duration::from_secs(60);
         let history = vec![stored("b.example", 0, 900, CertificateSource::Acme), stored("up.example", 0, 900, CertificateSource::Uploaded)];
         let c = fold(&history);
-        // a has none; b is a third in; uploaded ones are never ordered, and
-        // wildcards only with a DNS hook.
-        assert_eq!(due(&domains, &c, at(300), retry, false), vec![("a.example".to_string(), Need::First)]);
+        // a has none; b is a third in; uploaded ones are never ordered; a
+        // wildcard is due as any domain (the caller says why it cannot order
+        // one without a DNS hook).
+        let w = ("*.w.example".to_string(), Need::First);
+        assert_eq!(due(&domains, &c, at(300), retry), vec![("a.example".to_string(), Need::First), w.clone()]);
+        assert_eq!(due(&domains, &c, at(599), retry).len(), 2);
         assert_eq!(
-            due(&domains, &c, at(300), retry, true),
-            vec![("a.example".to_string(), Need::First), ("*.w.example".to_string(), Need::First)]
+            due(&domains, &c, at(600), retry),
+            vec![("a.example".into(), Need::First), ("b.example".into(), Need::Renewal), w.clone()]
         );
-        assert_eq!(due(&domains, &c, at(599), retry, false).len(), 1);
-        assert_eq!(due(&domains, &c, at(600), retry, false), vec![("a.example".into(), Need::First), ("b.example".into(), Need::Renewal)]);
         // A failed renewal waits for the pause, the old certificate stays.
         let c = fold(&[history.clone(), vec![failed("b.example", 600), failed("a.example", 600)]].concat());
-        assert!(due(&domains, &c, at(630), retry, false).is_empty());
-        assert_eq!(due(&domains, &c, at(660), retry, false).len(), 2);
+        assert_eq!(due(&domains, &c, at(630), retry), vec![w]);
+        assert_eq!(due(&domains, &c, at(660), retry).len(), 3);
         assert_eq!(c.by_domain["b.example"].current.as_ref().map(|c| c.not_after), Some(at(900)));
         assert_eq!(c.failing(), 2);
         // A new certificate clears the failure.
         let c = fold(&[history, vec![failed("b.example", 600), stored("b.example", 650, 1550, CertificateSource::Acme)]].concat());
         assert_eq!((c.failing(), renew_at(c.by_domain["b.example"].current.as_ref().unwrap())), (0, at(1250)));
-        assert!(due(&domains[1..2], &c, at(1249), retry, false).is_empty());
+        assert!(due(&domains[1..2], &c, at(1249), retry).is_empty());
     }
 
     #[test]
@@ -427,7 +427,7 @@ mod tests {
         let c = fold(&[first, failed("a.example", 600), removed(&format!("{FINGERPRINT_PREFIX}a.example0"))]);
         assert_eq!(c.by_domain["a.example"], DomainCertificate::default());
         // Without a certificate, an added domain is ordered again.
-        assert_eq!(due(&["a.example".to_string()], &c, at(700), Duration::from_secs(60), false), vec![("a.example".into(), Need::First)]);
+        assert_eq!(due(&["a.example".to_string()], &c, at(700), Duration::from_secs(60)), vec![("a.example".into(), Need::First)]);
         let redirect = |on| Event::HttpsRedirectSet(HttpsRedirectSet { domain: "a.example".into(), redirect: on });
         let account = |url: &str| {
             Event::AcmeAccountRegistered(AcmeAccountRegistered {

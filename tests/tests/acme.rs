@@ -178,3 +178,25 @@ async fn a_domain_gets_a_certificate_over_tls_alpn_01_with_port_80_shut() {
     let _ = acme.await;
     edge.shutdown().await;
 }
+
+/// A wildcard can only be proved over DNS-01: without a DNS hook the
+/// engine records why it orders nothing (shown by `cert list`, `status`
+/// and counted in the metrics), instead of leaving it to run out unsaid.
+/// No CA is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_without_a_dns_hook_is_recorded_as_failing_not_left_to_expire() {
+    let edge = Edge::start().await;
+    let store = edge.store.clone();
+    let mut options = AcmeOptions::new("https://127.0.0.1:9/never-reached".into());
+    options.check_every = Duration::from_millis(200);
+    let (stop, acme) = start_acme(&store, options);
+    let wildcard = format!("*.{}.test", edge.project);
+    domains::add(&*store, "test", &edge.project, "live", &wildcard).await.unwrap().unwrap();
+    let failure = eventually("the wildcard's failure recorded", Duration::from_secs(10), || async {
+        certificates::load(&*store).await.ok()?.by_domain.get(&wildcard)?.failure.clone()
+    })
+    .await;
+    assert!(failure.reason.contains("--acme-dns-hook"), "{}", failure.reason);
+    let _ = stop.send(());
+    acme.await.unwrap();
+}
