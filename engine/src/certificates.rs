@@ -39,6 +39,8 @@ pub struct DomainCertificate {
     pub current: Option<CertificateStored>,
     /// The latest failed ACME order since `current` was stored.
     pub failure: Option<CertificateRenewalFailed>,
+    /// When the first of those failures was (the latest is `failure`).
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 /// The certificates stream, folded.
@@ -65,9 +67,12 @@ impl Certificates {
                 let domain = self.by_domain.entry(c.domain.clone()).or_default();
                 domain.current = Some(c.clone());
                 domain.failure = None;
+                domain.failing_since = None;
             }
             Event::CertificateRenewalFailed(f) => {
-                self.by_domain.entry(f.domain.clone()).or_default().failure = Some(f.clone());
+                let domain = self.by_domain.entry(f.domain.clone()).or_default();
+                domain.failing_since.get_or_insert(f.at);
+                domain.failure = Some(f.clone());
             }
             Event::AcmeChallengeReady(c) => {
                 self.challenges.insert(c.token.clone(), c.clone());
@@ -80,6 +85,7 @@ impl Certificates {
                     if domain.current.as_ref().is_some_and(|c| c.fingerprint == r.fingerprint) {
                         domain.current = None;
                         domain.failure = None;
+                        domain.failing_since = None;
                     }
                 }
             }
@@ -100,14 +106,27 @@ impl Certificates {
 }
 
 impl DomainCertificate {
-    /// Its renewal state in words, for `cert list` and `status`.
-    pub fn renewal(&self, domain: &str) -> String {
-        match (&self.current, &self.failure) {
-            (_, Some(f)) => format!("failing since {}: {}", f.at.to_rfc3339(), f.reason),
-            (Some(c), None) if c.source == CertificateSource::Acme => format!("renews from {}", renew_at(c).to_rfc3339()),
+    /// Its renewal state in words at `now`, for `cert list` and `status`;
+    /// `routed`: an environment has the domain (only those are ordered).
+    pub fn renewal(&self, domain: &str, now: DateTime<Utc>, routed: bool) -> String {
+        let state = match (&self.current, &self.failure) {
+            (_, Some(f)) => {
+                let since = self.failing_since.unwrap_or(f.at);
+                format!("failing since {}: {}", seconds(since), f.reason)
+            }
+            (Some(c), None) if c.source == CertificateSource::Acme && !routed => {
+                format!("not renewed: no environment has {domain} (slipway cert remove '{domain}')")
+            }
+            (Some(c), None) if c.source == CertificateSource::Acme => format!("renews from {}", seconds(renew_at(c))),
             (Some(_), None) => "renewed by hand".to_string(),
-            (None, None) if domain.starts_with("*.") => "none (a wildcard needs an uploaded certificate)".to_string(),
+            (None, None) if domain.starts_with("*.") => {
+                "none yet (a wildcard needs an uploaded certificate or --acme-dns-hook)".to_string()
+            }
             (None, None) => "none yet".to_string(),
+        };
+        match &self.current {
+            Some(c) if now >= c.not_after => format!("EXPIRED at {} (clients refuse it); {state}", seconds(c.not_after)),
+            _ => state,
         }
     }
 
@@ -118,6 +137,15 @@ impl DomainCertificate {
             CertificateSource::Uploaded => "uploaded",
         })
     }
+}
+
+/// How far in the future a certificate's validity may start when it is
+/// added (clock skew between its issuer and this host).
+const NOT_YET_VALID_SKEW_MINUTES: i64 = 10;
+
+/// A time as `cert list` shows it: RFC 3339 to the second, in UTC.
+pub fn seconds(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// When a certificate is renewed: two thirds into its lifetime.
@@ -188,7 +216,13 @@ pub fn check(domain: &str, chain_pem: &str, key_pem: &str, now: DateTime<Utc>) -
         return Err(format!("the certificate does not cover `{domain}`: it names {names}"));
     }
     if inspected.not_after <= now {
-        return Err(format!("the certificate expired at {}", inspected.not_after.to_rfc3339()));
+        return Err(format!("the certificate expired at {}", seconds(inspected.not_after)));
+    }
+    // A few minutes of clock skew between its issuer and this host are
+    // usual; beyond that it would replace a working certificate with one
+    // every client refuses.
+    if inspected.not_before > now + chrono::Duration::minutes(NOT_YET_VALID_SKEW_MINUTES) {
+        return Err(format!("the certificate is not valid before {}: add it then", seconds(inspected.not_before)));
     }
     Ok(inspected)
 }
@@ -402,6 +436,22 @@ mod tests {
     }
 
     #[test]
+    fn the_renewal_state_says_since_when_it_fails_whether_it_expired_and_whether_anything_renews_it() {
+        let c = fold(&[stored("a.example", 0, 900, CertificateSource::Acme), failed("a.example", 600), failed("a.example", 700)]);
+        let a = &c.by_domain["a.example"];
+        assert_eq!(a.renewal("a.example", at(800), true), "failing since 2027-01-15T08:10:00Z: pebble down", "the first failure");
+        assert_eq!(
+            a.renewal("a.example", at(900), true),
+            "EXPIRED at 2027-01-15T08:15:00Z (clients refuse it); failing since 2027-01-15T08:10:00Z: pebble down"
+        );
+        let c = fold(&[stored("a.example", 0, 900, CertificateSource::Acme)]);
+        let a = &c.by_domain["a.example"];
+        assert_eq!(a.renewal("a.example", at(0), true), "renews from 2027-01-15T08:10:00Z");
+        assert!(a.renewal("a.example", at(0), false).starts_with("not renewed: no environment has a.example"));
+        assert!(DomainCertificate::default().renewal("*.w.example", at(0), true).contains("--acme-dns-hook"));
+    }
+
+    #[test]
     fn challenges_are_answered_until_finished() {
         let ready = Event::AcmeChallengeReady(AcmeChallengeReady {
             domain: "a.example".into(),
@@ -462,6 +512,10 @@ mod tests {
         assert!(check("shop.example", &cert, &other, now).unwrap_err().contains("does not belong"));
         assert!(check("www.example", &cert, &key, now).unwrap_err().contains("does not cover `www.example`: it names shop.example"));
         assert!(check("shop.example", &cert, &key, DateTime::from_timestamp(70_000_000_000, 0).unwrap()).unwrap_err().contains("expired"));
+        // Valid only later: refused, beyond a few minutes of clock skew.
+        let early = check("shop.example", &cert, &key, ok.not_before - chrono::Duration::days(1)).unwrap_err();
+        assert!(early.starts_with("the certificate is not valid before "), "{early}");
+        assert!(check("shop.example", &cert, &key, ok.not_before - chrono::Duration::minutes(5)).is_ok(), "skew is tolerated");
         let e = check("shop.example", "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", &key, now).unwrap_err();
         assert!(!e.contains("PRIVATE"), "{e}");
         assert!(inspect(b"\x30\x03garbage").is_err());

@@ -140,13 +140,15 @@ fn redirected() -> bool {
 }
 
 impl CertificateView {
-    pub fn of(domain: &str, state: &DomainCertificate, certificates: &Certificates) -> CertificateView {
+    /// `routed`: an environment has the domain; `now` tells an expired
+    /// certificate.
+    pub fn of(domain: &str, state: &DomainCertificate, certificates: &Certificates, routed: bool) -> CertificateView {
         CertificateView {
             domain: domain.to_string(),
-            not_after: state.current.as_ref().map(|c| c.not_after.to_rfc3339()),
+            not_after: state.current.as_ref().map(|c| crate::certificates::seconds(c.not_after)),
             source: state.source().map(str::to_string),
             fingerprint: state.current.as_ref().map(|c| c.fingerprint.clone()),
-            renewal: state.renewal(domain),
+            renewal: state.renewal(domain, chrono::Utc::now(), routed),
             failing: state.failure.is_some(),
             redirect: certificates.redirects.get(domain).copied().unwrap_or(true),
         }
@@ -238,7 +240,7 @@ pub async fn status_in(store: &dyn EventStore, project: &str, env: &str, around:
     let certs = &around.certs;
     let domains = crate::domains::of_environment(&recorded.domains, project, env)
         .into_iter()
-        .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default(), certs))
+        .map(|d| CertificateView::of(&d, &certs.by_domain.get(&d).cloned().unwrap_or_default(), certs, true))
         .collect();
     Ok(EnvironmentStatus {
         project: project.into(),
@@ -406,12 +408,20 @@ pub async fn releases(store: &dyn EventStore, project: &str, env: &str) -> Resul
 
 /// Every domain with a certificate or added to an environment, with its
 /// certificate (never a key), as `cert list` and `GET /api/certificates`
-/// show them; sorted by domain.
+/// show them; sorted by domain. A domain with neither (its certificate
+/// removed, no environment has it) is not listed.
 pub async fn certificates(store: &dyn EventStore) -> Result<Vec<CertificateView>, LoadError> {
     let certs = crate::certificates::load(store).await?;
     let routes = load::routes(store).await?;
-    let domains: std::collections::BTreeSet<&String> = certs.by_domain.keys().chain(routes.domains.keys()).collect();
-    Ok(domains.into_iter().map(|d| CertificateView::of(d, &certs.by_domain.get(d).cloned().unwrap_or_default(), &certs)).collect())
+    let with_certificate = certs.by_domain.iter().filter(|(_, c)| c.current.is_some() || c.failure.is_some()).map(|(d, _)| d);
+    let domains: std::collections::BTreeSet<&String> = with_certificate.chain(routes.domains.keys()).collect();
+    Ok(domains
+        .into_iter()
+        .map(|d| {
+            let routed = routes.domains.contains_key(d);
+            CertificateView::of(d, &certs.by_domain.get(d).cloned().unwrap_or_default(), &certs, routed)
+        })
+        .collect())
 }
 
 /// How workers reach a project's repository, as `project show` and
