@@ -388,6 +388,32 @@ async fn views_and_actions(browser: &Browser, slipway: &Slipway, admin: &str) ->
             "return document.getElementById('summary')?.dataset.status === 'failed'",
         )
         .await?;
+    // A step it never reached is skipped, the cutover too (not pending for ever).
+    let cutover = browser
+        .wait_for(
+            "the cancelled deployment's cutover",
+            Duration::from_secs(10),
+            "const r = document.querySelector('#steps tr[data-step=\"cutover\"]'); return r && r.dataset.state",
+        )
+        .await?;
+    if cutover != json!("skipped") {
+        return Err(format!("a failed deployment's cutover shows {cutover}, not skipped"));
+    }
+    // A deployment that does not exist, or an id that is none: the page
+    // says so, and shows no deployment to cancel.
+    for (id, says) in [("01a244ee-5953-72fa-a2d8-000000000000", "no deployment"), ("bogus", "is not a deployment id")] {
+        browser.run(&format!("location.hash = '#/deployment/{id}'"), json!([])).await?;
+        let shown = browser
+            .wait_for(
+                "the missing deployment's page",
+                Duration::from_secs(10),
+                "const s = document.getElementById('summary'); return s && !s.dataset.status && !document.querySelector('.act-cancel') && s.textContent",
+            )
+            .await?;
+        if !shown.as_str().is_some_and(|t| t.contains(says)) {
+            return Err(format!("#/deployment/{id} shows {shown}, not `{says}`"));
+        }
+    }
 
     // A secret set from the page is never shown back.
     browser.run(&format!("location.hash = '{env_hash}'"), json!([])).await?;
@@ -537,7 +563,9 @@ async fn drive(browser: &Browser, slipway: &Slipway, token: Option<&str>) -> Res
         assert_eq!(steps.get(step).map(String::as_str), Some("done"), "step {step} in {steps:?}");
     }
     let id = row["id"].as_str().ok_or("the row names no deployment")?.to_string();
-    let active = format!("return document.querySelector('#active a')?.textContent === '{}'", &id[..8]);
+    // Shown as its first 8 characters (a UUIDv7's time) and its last 4.
+    let short = format!("{}…{}", &id[..8], &id[id.len() - 4..]);
+    let active = format!("return document.querySelector('#active a')?.textContent === '{short}'");
     browser.wait_for("the new release to show as active", Duration::from_secs(10), &active).await?;
     save_screenshot(browser, "dashboard-environment.png").await;
 

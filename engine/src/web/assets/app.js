@@ -50,6 +50,9 @@ function h(tag, attrs, ...children) {
 
 const $ = (id) => document.getElementById(id);
 const short = (s, n = 8) => (s ? String(s).slice(0, n) : '');
+// A deployment id, shortened: UUIDv7s made within a minute share their
+// first 8 characters (a timestamp), so the random tail is kept too.
+const shortId = (id) => (id ? `${String(id).slice(0, 8)}…${String(id).slice(-4)}` : '');
 const enc = encodeURIComponent;
 
 function notice(message, kind) {
@@ -77,10 +80,11 @@ function duration(ms) {
   return m + ' min ' + Math.round(s - m * 60) + ' s';
 }
 
+// A recorded time in the browser's zone, named (the CLI prints UTC).
 function when(iso) {
   if (!iso) return '';
   const d = new Date(iso);
-  return isNaN(d) ? iso : d.toLocaleString();
+  return isNaN(d) ? iso : d.toLocaleString(undefined, { timeZoneName: 'short' });
 }
 
 function badge(state, text) {
@@ -284,7 +288,8 @@ function applyEvent(run, ev) {
     case 'DeploymentFailed':
       // One that ended before its first step (rejected, cancelled while it waited) names no step.
       run.status = 'failed'; run.failure = run.steps.size ? `${p.step}: ${p.reason}` : `before it started: ${p.reason}`; run.finished = at;
-      if (stepOf(run, 'cutover').state === 'running') finishStep(run, 'cutover', 'failed', at);
+      // Only a cutover that started failed; one never reached is skipped (stepList).
+      if (run.steps.get('cutover')?.state === 'running') finishStep(run, 'cutover', 'failed', at);
       break;
     default:
       if (COMPLETES[ev.type]) finishStep(run, COMPLETES[ev.type], 'done', at);
@@ -294,7 +299,10 @@ function applyEvent(run, ev) {
 // What a deployment's badge says: a running one may be watching its new
 // release after the switch, or rolling back to the old one.
 function shownStatus(run) {
-  return run.status === 'running' && run.phase ? run.phase : run.status;
+  if (run.status === 'running' && run.phase) return run.phase;
+  // No step dispatched yet: it waits behind another deployment of its environment.
+  if (run.status === 'running' && run.events.length && !run.steps.size && !run.awaiting) return 'queued';
+  return run.status;
 }
 
 function stepList(run) {
@@ -335,7 +343,14 @@ async function watchRun(id, onChange, onLog) {
         if (await readStream(`/api/deployments/${enc(id)}/stream${onLog ? '' : '?logs=false'}`, listeners, ctl.signal, lastId)) break;
       } catch (e) {
         if (ctl.signal.aborted) break;
-        if (e.status === 404 || e.status === 401 || e.status === 403) { notice(e.message); break; }
+        // A request the server refuses (no such deployment, a malformed id,
+        // no access) is not asked again: the page says so instead.
+        if (e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429) {
+          notice(e.message);
+          run.missing = e.message;
+          onChange(run);
+          break;
+        }
       }
       // Cut off without `end` (a restart, a proxy): catch up again shortly.
       await new Promise((r) => setTimeout(r, Math.min(1000 * (attempt + 1), 5000)));
@@ -376,7 +391,7 @@ async function projectsView(view) {
         const active = env.active || env.last_succeeded || null;
         row.replaceChildren(
           h('td', {}, h('a', { href: `#/env/${enc(p.name)}/${enc(e)}` }, e)),
-          h('td', {}, active ? [h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)), liveBadge(active.live)] : h('span', { class: 'muted' }, 'none')),
+          h('td', {}, active ? [h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, shortId(active.deployment)), liveBadge(active.live)] : h('span', { class: 'muted' }, 'none')),
           h('td', { class: 'mono' }, active ? short(active.commit, 10) : ''),
           h('td', {}, urlOf(env, active)),
           h('td', {}, (env.queue || []).length ? badge('running', `${env.queue.length} queued`) : h('span', { class: 'muted' }, 'idle')));
@@ -437,7 +452,7 @@ function deploymentRow(id) {
   const draw = (run) => {
     tr.dataset.status = run.status;
     tr.replaceChildren(
-      h('td', {}, h('a', { href: `#/deployment/${enc(id)}`, class: 'mono' }, short(id)), run.kind && run.kind !== 'deploy' ? h('div', { class: 'muted small' }, run.kind) : ''),
+      h('td', {}, h('a', { href: `#/deployment/${enc(id)}`, class: 'mono' }, shortId(id)), run.kind && run.kind !== 'deploy' ? h('div', { class: 'muted small' }, run.kind) : ''),
       h('td', {}, run.ref || '', h('div', { class: 'muted small mono' }, short(run.commit, 10))),
       h('td', { class: 'small' }, when(run.requested), h('div', { class: 'muted small' }, run.actor || '')),
       h('td', {}, badge(run.status, shownStatus(run)), run.failure ? h('div', { class: 'small muted' }, run.failure) : '', h('div', {}, deploymentActions(run))),
@@ -479,7 +494,7 @@ async function environmentView(view, project, env) {
   const history = historyCard(project, env);
   const activeLine = h('div', { class: 'muted', id: 'active' });
   const drawActive = () => activeLine.replaceChildren('Active release: ',
-    active ? h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)) : 'none',
+    active ? h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, shortId(active.deployment)) : 'none',
     active && active.commit ? h('span', { class: 'mono' }, ' @ ' + short(active.commit, 10)) : '', ' ', urlOf(envState, active));
   drawActive();
   // A deployment that succeeds here is the new active release.
@@ -576,14 +591,22 @@ async function deploymentView(view, id, tab) {
 
   let drawn = 0;
   const draw = (run) => {
-    crumbs(['Environments', '#/'], [run.project || '…', '#/projects'], [run.environment || '…', run.project ? `#/env/${enc(run.project)}/${enc(run.environment)}` : null], [short(id), null]);
+    if (!run.events.length) {
+      // Nothing folded yet: loading, or the server refused the id.
+      crumbs(['Environments', '#/'], [shortId(id), null]);
+      delete summary.dataset.status;
+      summary.replaceChildren(h('h1', {}, 'Deployment'), h('p', { class: 'muted' }, run.missing || 'Loading…'));
+      if (run.missing) view.replaceChildren(summary);
+      return;
+    }
+    crumbs(['Environments', '#/'], [run.project || '…', '#/projects'], [run.environment || '…', run.project ? `#/env/${enc(run.project)}/${enc(run.environment)}` : null], [shortId(id), null]);
     const final = run.status !== 'running';
     replayBtn.disabled = !final || !scopeAllows('deploy');
     replayBtn.title = why('deploy') || (final ? '' : 'replay a finished deployment');
     summary.dataset.status = run.status;
     summary.replaceChildren(
       h('div', { class: 'spread' },
-        h('div', {}, h('h1', {}, 'Deployment ', h('span', { class: 'mono' }, short(id))), badge(run.status, shownStatus(run)),
+        h('div', {}, h('h1', {}, 'Deployment ', h('span', { class: 'mono' }, shortId(id))), badge(run.status, shownStatus(run)),
           run.failure ? h('div', { class: 'muted' }, run.failure) : ''),
         h('div', { class: 'row' }, deploymentActions(run), replayBtn)),
       h('dl', { class: 'grid' },
@@ -729,7 +752,7 @@ async function environmentsView(view) {
     body.append(h('tr', { 'data-project': g.project, 'data-env': g.environment, 'data-live': state },
       h('td', {}, h('a', { href: `#/env/${enc(g.project)}/${enc(g.environment)}` }, h('b', {}, g.project), ' / ', g.environment),
         (g.queue || []).length ? h('div', {}, badge('running', g.running_status || `${g.queue.length} queued`)) : ''),
-      h('td', {}, active ? [h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, short(active.deployment)),
+      h('td', {}, active ? [h('a', { href: `#/deployment/${enc(active.deployment)}`, class: 'mono' }, shortId(active.deployment)),
         ' ', badge(state === 'running' ? 'succeeded' : state === 'unhealthy' || state === 'restarting' ? 'pending' : 'failed', state),
         h('div', { class: 'muted small mono' }, short(active.commit, 10))] : h('span', { class: 'muted' }, 'nothing served')),
       h('td', {}, domainCell(g)),
