@@ -21,7 +21,13 @@ pub fn describe(event: &Event) -> String {
         Event::ProjectCreated(p) => format!("project {} from {}", p.name, p.repository),
         Event::SettingsChanged(s) => format!("{}: {} set, {} removed", s.environment, s.set.len(), s.removed.len()),
         Event::DeploymentRequested(r) => {
-            format!("{} {} at `{}` ({:?}{})", r.project, r.environment, r.git_ref, r.mode, if r.dry_run { ", dry run" } else { "" })
+            let kind = match (&r.rollback_of, &r.replay_of, &r.promoted_from) {
+                (Some(of), _, _) => format!("; a rollback to {}", of.deployment_id),
+                (_, Some(replay), _) => format!("; a replay of {} from {}", replay.deployment_id, replay.from_step),
+                (_, _, Some(from)) => format!("; a promotion of {}", from.deployment_id),
+                _ => String::new(),
+            };
+            format!("{} {} at `{}` ({:?}{}{kind})", r.project, r.environment, r.git_ref, r.mode, if r.dry_run { ", dry run" } else { "" })
         }
         Event::StepDispatched(d) => format!("{} (attempt {})", d.step, d.attempt),
         Event::ServicesChecked(s) => format!("{} service(s) reachable", s.services.len()),

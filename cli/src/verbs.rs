@@ -128,6 +128,15 @@ impl DeploymentPage {
         }
         let before = self.before.as_deref().map(str::parse::<Before>).transpose().map_err(|why| exit::usage(format!("--before {why}")))?;
         let since = self.since.as_deref().map(parse_since).transpose().map_err(|why| exit::usage(format!("--since {why}")))?;
+        if let (Some(from), Some(Before::Time(until))) = (since, &before) {
+            if from >= *until {
+                return Err(exit::usage(format!(
+                    "--since {} is not before --before {}: no deployment can be in between",
+                    self.since.as_deref().unwrap_or_default(),
+                    self.before.as_deref().unwrap_or_default()
+                )));
+            }
+        }
         Ok(DeploymentQuery {
             project: Some(project.to_string()),
             environment: self.env.clone(),
@@ -152,9 +161,23 @@ pub fn print_deployments(mut summaries: Vec<DeploymentSummary>, json: bool) -> a
     if json {
         return print_json(&serde_json::to_value(&summaries)?);
     }
+    if summaries.is_empty() {
+        // On standard error: the output stays one line per deployment.
+        eprintln!("no deployment matches");
+    }
     for d in &summaries {
         let commit = d.commit.as_deref().map(|c| &c[..c.len().min(10)]).unwrap_or("-");
-        println!("{}  {:<6} {:<12} {:<10} {}", d.deployment, d.environment, d.git_ref, commit, d.status);
+        // A rollback or replay names its commit as the ref: shortened as commits are.
+        let full_sha = d.git_ref.len() == 40 && d.git_ref.bytes().all(|b| b.is_ascii_hexdigit());
+        let git_ref = if full_sha { &d.git_ref[..10] } else { d.git_ref.as_str() };
+        let kind = match (d.rollback_of, d.replay_of, d.promoted_from) {
+            (Some(of), _, _) => format!(" (rollback to {of})"),
+            (_, Some(of), _) => format!(" (replay of {of})"),
+            (_, _, Some(from)) => format!(" (promotion of {from})"),
+            _ => String::new(),
+        };
+        let dry = if d.dry_run { " (dry run)" } else { "" };
+        println!("{}  {:<6} {:<12} {:<10} {}{dry}{kind}", d.deployment, d.environment, git_ref, commit, d.status);
     }
     Ok(())
 }

@@ -316,8 +316,9 @@ pub struct DeploymentSummary {
     /// The ref it was asked to deploy.
     #[serde(rename = "ref", default)]
     pub git_ref: String,
-    /// `running`, `watching`, `rolling back`, `succeeded`, `failed at STEP:
-    /// REASON` or `failed before it started: REASON`.
+    /// `awaiting approval`, `queued`, `running`, `watching`, `rolling
+    /// back`, `succeeded`, `failed at STEP: REASON` or `failed before it
+    /// started: REASON`.
     pub status: String,
     /// Where and why it failed (also while rolling back).
     #[serde(default)]
@@ -331,6 +332,12 @@ pub struct DeploymentSummary {
     pub rollback_of: Option<Uuid>,
     #[serde(default)]
     pub promoted_from: Option<Uuid>,
+    /// The deployment it replays (`slipway replay`).
+    #[serde(default)]
+    pub replay_of: Option<Uuid>,
+    /// A dry run: nothing was started or routed.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Where and why a deployment failed.
@@ -364,6 +371,8 @@ impl From<DeploymentRow> for DeploymentSummary {
             total_ms: d.finished_at.map(|f| (f - d.requested_at).num_milliseconds()),
             rollback_of: d.rollback_of,
             promoted_from: d.promoted_from,
+            replay_of: d.replay_of,
+            dry_run: d.dry_run,
         }
     }
 }
@@ -532,6 +541,8 @@ mod tests {
             total_ms: Some(12),
             rollback_of: None,
             promoted_from: Some(Uuid::now_v7()),
+            replay_of: None,
+            dry_run: true,
         };
         let json = serde_json::to_value(&deployment).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(json["ref"], "main");

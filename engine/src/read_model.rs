@@ -201,5 +201,7 @@ pub fn row(t: &Tracked) -> DeploymentRow {
         failed_reason,
         rollback_of: d.rollback_of,
         promoted_from: d.promoted_from,
+        dry_run: d.context.dry_run,
+        replay_of: d.replay_of.as_ref().map(|r| r.deployment_id),
     }
 }

@@ -454,7 +454,7 @@ async fn unknown_fields_and_malformed_json_are_400s() {
 
     let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(3 << 20));
     let reply = api.raw(Method::POST, "/api/projects", &huge).await.expect(StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(reply.error().contains("too large"));
+    assert_eq!(reply.error(), "the request body is over the API's 2 MiB limit");
     let replay = format!("/api/deployments/{}/replay", Uuid::now_v7());
     api.raw(Method::POST, &replay, &huge).await.expect(StatusCode::PAYLOAD_TOO_LARGE);
 
@@ -618,6 +618,10 @@ async fn deployments_queue_up_and_show_their_state_and_events() {
     let ids: Vec<Uuid> = listed.as_array().unwrap().iter().map(|d| id(&d["deployment"])).collect();
     assert_eq!(ids, vec![migrating, second]);
     assert_eq!(listed[0]["status"], "queued");
+    // A dry run says so in the list.
+    let all = api.get("/api/projects/hello/environments/test/deployments").await.json();
+    let dry: Vec<(Uuid, bool)> = all.as_array().unwrap().iter().map(|d| (id(&d["deployment"]), d["dry_run"] == true)).collect();
+    assert_eq!(dry, vec![(migrating, false), (second, false), (first, true)]);
     let live = api.deploy("live", json!({})).await;
     let all: Vec<Uuid> = api.get("/api/deployments").await.json().as_array().unwrap().iter().map(|d| id(&d["deployment"])).collect();
     assert_eq!(all, vec![live, migrating, second, first]);

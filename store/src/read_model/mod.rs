@@ -47,7 +47,7 @@ pub struct DeploymentRow {
     pub id: Uuid,
     pub project: String,
     pub environment: String,
-    /// running, watching, rolling back, succeeded or failed.
+    /// A `STATUSES` word.
     pub status: String,
     pub git_ref: String,
     pub commit: Option<String>,
@@ -62,6 +62,10 @@ pub struct DeploymentRow {
     pub failed_reason: Option<String>,
     pub rollback_of: Option<Uuid>,
     pub promoted_from: Option<Uuid>,
+    /// A dry run: nothing was started or routed.
+    pub dry_run: bool,
+    /// The deployment it replays (`slipway replay`).
+    pub replay_of: Option<Uuid>,
 }
 
 /// One row change a fold produces.
@@ -242,6 +246,8 @@ mod tests {
             failed_reason: None,
             rollback_of: None,
             promoted_from: None,
+            dry_run: false,
+            replay_of: None,
         }
     }
 

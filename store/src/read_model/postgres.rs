@@ -27,19 +27,20 @@ const INSERT_ENVIRONMENTS: &str = "INSERT INTO environments (project, environmen
      SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING";
 
 const UPSERT_DEPLOYMENTS: &str = "INSERT INTO deployments (id, project, environment, status, git_ref, commit_id, image, actor,
-         requested_at, finished_at, failed_step, failed_reason, rollback_of, promoted_from)
+         requested_at, finished_at, failed_step, failed_reason, rollback_of, promoted_from, dry_run, replay_of)
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-         $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::uuid[], $14::uuid[])
+         $9::timestamptz[], $10::timestamptz[], $11::text[], $12::text[], $13::uuid[], $14::uuid[], $15::boolean[], $16::uuid[])
      ON CONFLICT (id) DO UPDATE SET project = EXCLUDED.project, environment = EXCLUDED.environment, status = EXCLUDED.status,
          git_ref = EXCLUDED.git_ref, commit_id = EXCLUDED.commit_id, image = EXCLUDED.image, actor = EXCLUDED.actor,
          requested_at = EXCLUDED.requested_at, finished_at = EXCLUDED.finished_at, failed_step = EXCLUDED.failed_step,
-         failed_reason = EXCLUDED.failed_reason, rollback_of = EXCLUDED.rollback_of, promoted_from = EXCLUDED.promoted_from";
+         failed_reason = EXCLUDED.failed_reason, rollback_of = EXCLUDED.rollback_of, promoted_from = EXCLUDED.promoted_from,
+         dry_run = EXCLUDED.dry_run, replay_of = EXCLUDED.replay_of";
 
 const SERVING: &str = "UPDATE environments e SET serving = $1, serving_since = $2
      FROM deployments d WHERE d.id = $1 AND e.project = d.project AND e.environment = d.environment";
 
 const DEPLOYMENT_COLUMNS: &str = "id, project, environment, status, git_ref, commit_id, image, actor, requested_at, finished_at,
-     failed_step, failed_reason, rollback_of, promoted_from";
+     failed_step, failed_reason, rollback_of, promoted_from, dry_run, replay_of";
 
 #[async_trait]
 impl ReadModelStore for PgStore {
@@ -125,6 +126,8 @@ impl ReadModelStore for PgStore {
                 .bind(d.iter().map(|d| d.failed_reason.as_deref()).collect::<Vec<_>>())
                 .bind(d.iter().map(|d| d.rollback_of).collect::<Vec<_>>())
                 .bind(d.iter().map(|d| d.promoted_from).collect::<Vec<_>>())
+                .bind(d.iter().map(|d| d.dry_run).collect::<Vec<_>>())
+                .bind(d.iter().map(|d| d.replay_of).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
                 .map_err(db("writing deployments"))?;
@@ -234,6 +237,8 @@ impl ReadModelStore for PgStore {
                     failed_reason: r.try_get("failed_reason")?,
                     rollback_of: r.try_get("rollback_of")?,
                     promoted_from: r.try_get("promoted_from")?,
+                    dry_run: r.try_get("dry_run")?,
+                    replay_of: r.try_get("replay_of")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -33,8 +33,8 @@ fn parse_id(text: &str) -> Result<Uuid, sqlx::Error> {
 }
 
 const UPSERT_DEPLOYMENT: &str = "INSERT OR REPLACE INTO deployments (id, project, environment, status, git_ref, commit_id, image,
-     actor, requested_at, finished_at, failed_step, failed_reason, rollback_of, promoted_from)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+     actor, requested_at, finished_at, failed_step, failed_reason, rollback_of, promoted_from, dry_run, replay_of)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
 #[async_trait]
 impl ReadModelStore for SqliteStore {
@@ -117,6 +117,8 @@ impl ReadModelStore for SqliteStore {
                 .bind(&d.failed_reason)
                 .bind(d.rollback_of.map(|id| id.to_string()))
                 .bind(d.promoted_from.map(|id| id.to_string()))
+                .bind(d.dry_run)
+                .bind(d.replay_of.map(|id| id.to_string()))
                 .execute(&mut *tx)
                 .await
                 .map_err(db("writing deployments"))?;
@@ -212,7 +214,7 @@ impl ReadModelStore for SqliteStore {
     async fn deployments(&self, q: &DeploymentQuery) -> Result<Vec<DeploymentRow>, StoreError> {
         let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT id, project, environment, status, git_ref, commit_id, image, actor, requested_at, finished_at,
-             failed_step, failed_reason, rollback_of, promoted_from FROM deployments WHERE 1",
+             failed_step, failed_reason, rollback_of, promoted_from, dry_run, replay_of FROM deployments WHERE 1",
         );
         push_filters(&mut sql, q);
         if let Some(since) = q.since {
@@ -252,5 +254,7 @@ fn deployment_row(r: &SqliteRow) -> Result<DeploymentRow, sqlx::Error> {
         failed_reason: r.try_get("failed_reason")?,
         rollback_of: id("rollback_of")?,
         promoted_from: id("promoted_from")?,
+        dry_run: r.try_get("dry_run")?,
+        replay_of: id("replay_of")?,
     })
 }
