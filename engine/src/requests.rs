@@ -410,6 +410,43 @@ pub struct RollbackRequested {
 /// image, commit, `slipway.toml` and settings snapshot. It passes the same
 /// service check, containers, health check and cutover; release commands do
 /// not run again, so a warning names every release that ran some since.
+/// The release a rollback without `--to` goes back to: the newest earlier
+/// one whose image is not the serving release's (going back to the same
+/// image would change nothing).
+async fn earlier_release(
+    store: &dyn EventStore,
+    (project, environment): (&str, &str),
+    releases: &[Uuid],
+    serving: Option<Uuid>,
+) -> Outcome<Uuid> {
+    let image = |d: crate::Deployment| d.context.image_id;
+    let serving_image = match serving {
+        Some(id) => match deployment_state(store, id).await? {
+            Ok(d) => image(d),
+            Err(rejection) => return Ok(Err(rejection)),
+        },
+        None => None,
+    };
+    let mut same = 0;
+    for r in releases.iter().rev().filter(|r| Some(**r) != serving) {
+        let d = match deployment_state(store, *r).await? {
+            Ok(d) => d,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        if serving_image.is_none() || image(d) != serving_image {
+            return Ok(Ok(*r));
+        }
+        same += 1;
+    }
+    match same {
+        0 => conflict(format!("{project} {environment} has no earlier release to roll back to")),
+        n => conflict(format!(
+            "{project} {environment} has no earlier release with another image than the one serving \
+             ({n} earlier release(s) run that same image); name one with --to to redeploy it anyway"
+        )),
+    }
+}
+
 pub async fn request_rollback(
     store: &dyn EventStore,
     actor: &str,
@@ -431,9 +468,9 @@ pub async fn request_rollback(
             return not_found(format!("deployment {t} never served {project} {environment}; its releases: slipway deployments {project}"))
         }
         Some(t) => t,
-        None => match env.releases.iter().rev().find(|r| Some(**r) != serving) {
-            Some(t) => *t,
-            None => return conflict(format!("{project} {environment} has no earlier release to roll back to")),
+        None => match earlier_release(store, (project, environment), &env.releases, serving).await? {
+            Ok(t) => t,
+            Err(rejection) => return Ok(Err(rejection)),
         },
     };
     if Some(target) == serving {

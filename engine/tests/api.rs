@@ -678,6 +678,32 @@ async fn a_finished_deployment_shows_steps_history_logs_and_a_diff() {
     assert_eq!(status["active"]["limits"], limits, "the limits its recorded slipway.toml set");
 }
 
+/// A rollback without `to` goes back past earlier releases of the image
+/// that serves: the same image again would change nothing.
+#[tokio::test]
+async fn a_rollback_goes_back_to_the_last_release_of_another_image() {
+    let api = Api::new().await;
+    api.create_hello().await;
+    let mut ids = Vec::new();
+    for commit in ["aaa111", "bbb222", "bbb222"] {
+        let d = api.deploy("test", json!({})).await;
+        api.finish(d, commit, true).await;
+        ids.push(d);
+    }
+    let rollback = |env: &'static str| {
+        let api = &api;
+        async move { api.request(Method::POST, &format!("/api/projects/hello/environments/{env}/rollback"), Some(&api.deploy), None).await }
+    };
+    let back = rollback("test").await.expect(StatusCode::ACCEPTED).json();
+    assert_eq!(id(&back["target"]), ids[0], "past the release of the same image");
+    for _ in 0..2 {
+        let d = api.deploy("live", json!({})).await;
+        api.finish(d, "ccc333", true).await;
+    }
+    let refused = rollback("live").await.expect(StatusCode::CONFLICT);
+    assert!(refused.error().contains("no earlier release with another image than the one serving"), "{}", refused.text);
+}
+
 #[tokio::test]
 async fn rollback_promote_migrate_and_replay_are_202s_or_409s_when_there_is_nothing_to_act_on() {
     let api = Api::new().await;
