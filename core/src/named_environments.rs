@@ -76,12 +76,21 @@ pub fn may_remove(p: &Project, name: &str, domains: &[String]) -> Result<(), Rej
             "preview {preview} inherits {project} {name}'s settings; remove it first (slipway preview remove {project} {preview})"
         )));
     }
-    if let Some(domain) = domains.first() {
-        return Err(Rejection::conflict(format!(
-            "domain `{domain}` routes to {project} {name}; remove it first (slipway domain remove {project} {name} {domain})"
-        )));
+    if !domains.is_empty() {
+        let routed: Vec<(String, String)> = domains.iter().map(|d| (d.clone(), name.to_string())).collect();
+        return Err(domains_first(project, &routed));
     }
     Ok(())
+}
+
+/// The refusal while `domains` (domain, environment) still route to
+/// `project`: every one named, with the commands that remove them (quoted:
+/// a wildcard is a shell pattern).
+fn domains_first(project: &str, domains: &[(String, String)]) -> Rejection {
+    let named: Vec<String> = domains.iter().map(|(d, e)| format!("`{d}` ({e})")).collect();
+    let commands: Vec<String> = domains.iter().map(|(d, e)| format!("slipway domain remove {project} {e} '{d}'")).collect();
+    let (it, them) = if domains.len() == 1 { ("domain", "it") } else { ("domains", "them") };
+    Rejection::conflict(format!("{it} {} route to {project}; remove {them} first: {}", named.join(", "), commands.join("; ")))
 }
 
 /// Whether project `p` may be removed: not while `mirrors` (its mirrors
@@ -95,10 +104,8 @@ pub fn may_remove_project(p: &Project, mirrors: &[String], domains: &[(String, S
             "project `{mirror}` mirrors `{project}` (it builds from its repository); remove it first (slipway project remove {mirror} --yes)"
         )));
     }
-    if let Some((domain, env)) = domains.first() {
-        return Err(Rejection::conflict(format!(
-            "domain `{domain}` routes to {project} {env}; remove it first (slipway domain remove {project} {env} {domain})"
-        )));
+    if !domains.is_empty() {
+        return Err(domains_first(project, domains));
     }
     Ok(())
 }
@@ -151,7 +158,7 @@ mod tests {
         assert!(refused(may_remove(&p, "nosuch", &[])).contains("no environment `nosuch`"));
         assert_eq!(may_remove(&p, "test", &[]), Ok(()));
         let domains = ["shop.example".to_string()];
-        assert!(refused(may_remove(&p, "test", &domains)).contains("slipway domain remove shop test shop.example"));
+        assert!(refused(may_remove(&p, "test", &domains)).contains("slipway domain remove shop test 'shop.example'"));
         p.apply(&Event::AutoDeploySet(AutoDeploySet { branch: "main".into(), environment: "test".into(), poll_seconds: None }));
         assert!(refused(may_remove(&p, "test", &[])).contains("slipway project auto-deploy shop remove 'main'"));
         p.apply(&Event::PreviewRuleSet(PreviewRuleSet {
@@ -179,6 +186,13 @@ mod tests {
         let mirrored = refused(may_remove_project(&p, &["shop-eu".to_string()], &[]));
         assert!(mirrored.contains("`shop-eu` mirrors `shop`") && mirrored.contains("slipway project remove shop-eu --yes"), "{mirrored}");
         let routed = refused(may_remove_project(&p, &[], &[("shop.example".into(), "live".into())]));
-        assert!(routed.contains("slipway domain remove shop live shop.example"), "{routed}");
+        assert!(routed.contains("slipway domain remove shop live 'shop.example'"), "{routed}");
+        // Every domain is named at once, a wildcard quoted against the shell.
+        let two = [("*.shop.example".to_string(), "live".to_string()), ("shop.test".to_string(), "test".to_string())];
+        assert_eq!(
+            refused(may_remove_project(&p, &[], &two)),
+            "domains `*.shop.example` (live), `shop.test` (test) route to shop; remove them first: \
+             slipway domain remove shop live '*.shop.example'; slipway domain remove shop test 'shop.test'"
+        );
     }
 }

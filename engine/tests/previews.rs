@@ -386,7 +386,7 @@ async fn an_admin_adds_a_named_environment_and_removes_it_once_nothing_counts_on
     assert!(refused.text.contains("needs scope admin"), "{}", refused.text);
     let refused = s.call(Method::DELETE, staging, None).await;
     assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.json);
-    assert!(refused.text.contains("slipway domain remove shop staging staging.example"), "{}", refused.text);
+    assert!(refused.text.contains("slipway domain remove shop staging 'staging.example'"), "{}", refused.text);
     // Nor one an auto-deploy rule deploys to.
     let refused = s.call(Method::DELETE, "/api/projects/shop/environments/test", None).await;
     assert!(refused.status == StatusCode::CONFLICT && refused.text.contains("auto-deploy rule for `main`"), "{}", refused.text);
@@ -438,7 +438,7 @@ async fn an_admin_removes_a_project_with_everything_it_runs_and_its_name_stays_t
     assert!(refused.status == StatusCode::CONFLICT && refused.text.contains("project remove shop-eu --yes"), "{}", refused.text);
     assert_eq!(s.call(Method::DELETE, "/api/projects/shop-eu", None).await.status, StatusCode::OK);
     let refused = s.call(Method::DELETE, "/api/projects/shop", None).await;
-    assert!(refused.status == StatusCode::CONFLICT && refused.text.contains("domain remove shop live shop.example"), "{}", refused.text);
+    assert!(refused.status == StatusCode::CONFLICT && refused.text.contains("domain remove shop live 'shop.example'"), "{}", refused.text);
     assert_eq!(s.call(Method::DELETE, domain, None).await.status, StatusCode::OK);
 
     let removed = s.call(Method::DELETE, "/api/projects/shop", None).await;

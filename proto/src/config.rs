@@ -511,6 +511,9 @@ impl AppConfig {
         if config.web.pids == Some(0) {
             return Err(err("web.pids", "expected a number of processes above zero".into()));
         }
+        if config.web.replicas == 0 {
+            return Err(err("web.replicas", "expected at least 1 (a release always serves its web)".into()));
+        }
         for (name, service) in &config.services {
             if !is_env_name(&service.env) {
                 return Err(err(
@@ -640,6 +643,7 @@ replicas = 1
         rejects("[processes.web]\ncommand = [\"a\"]\n", "processes.web", "not `web`");
         rejects("[processes.w]\ncommand = []\n", "processes.w.command", "non-empty");
         rejects("[processes.w]\ncommand = [\"a\"]\nreplicas = 0\n", "processes.w.replicas", "1 to 20");
+        rejects("[web]\nreplicas = 0\n", "web.replicas", "at least 1");
     }
 
     #[test]

@@ -367,6 +367,10 @@ impl std::fmt::Display for Problem {
                     None => write!(f, "{stream}@{version} is gone (the stream ends at version {ends_at})")?,
                 }
                 match first_differing {
+                    // The tail was cut, and nothing appended in its place.
+                    Some(v) if now.is_none() && *v == ends_at + 1 => {
+                        write!(f, "; versions from {v} on were removed since the checkpoint signed them")
+                    }
                     Some(v) => write!(f, "; first differing: {stream}@{v}, appended after the checkpoint"),
                     None => write!(f, "; the first difference is at or before version {version}"),
                 }
@@ -629,13 +633,12 @@ mod tests {
         let c = build(&rows, None).unwrap();
         let report = &check(&rows[..rows.len() - 1], vec![c])[0];
         assert_eq!(report.problems[0], Problem::Shorter { events: 5 });
-        assert!(report.problems.contains(&Problem::Head {
-            stream: "b".into(),
-            version: 3,
-            now: None,
-            ends_at: 2,
-            first_differing: Some(3)
-        }));
+        let cut = Problem::Head { stream: "b".into(), version: 3, now: None, ends_at: 2, first_differing: Some(3) };
+        assert!(report.problems.contains(&cut));
+        assert_eq!(
+            cut.to_string(),
+            "b@3 is gone (the stream ends at version 2); versions from 3 on were removed since the checkpoint signed them"
+        );
     }
 
     #[test]

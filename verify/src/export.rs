@@ -377,7 +377,10 @@ impl Verifier {
         self.events += 1;
         let position = Position::from(line.position);
         if let Some(last) = self.last_position.filter(|last| position <= *last) {
-            self.problem(format!("position {position} is not after the previous event's {last}: lines out of order"));
+            self.problem(format!(
+                "{}@{} (position {position}) is not after the previous event's {last}: lines out of order",
+                line.stream, line.version
+            ));
         }
         self.last_position = Some(position);
         if let Some(check) = &mut self.check {
@@ -701,6 +704,17 @@ mod tests {
         all[1].position = Position { tx: 0, seq: 2 };
         all[2].position = Position { tx: 0, seq: 3 };
         assert!(check(&export(&all, &header(None))).is_intact());
+    }
+
+    #[test]
+    fn lines_swapped_in_the_file_are_named_by_stream_and_version() {
+        let bytes = export(&rows(&["a", "b"], 2), &header(None));
+        let text = String::from_utf8(bytes).expect("utf-8");
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.swap(2, 3);
+        let report = check(format!("{}\n", lines.join("\n")).as_bytes());
+        let said: Vec<String> = report.lines.iter().map(|l| l.problem.clone()).collect();
+        assert!(said.iter().any(|p| p.starts_with("b@1 (position ") && p.ends_with("lines out of order")), "{said:?}");
     }
 
     #[test]

@@ -131,11 +131,11 @@ async fn check(State(guard): State<Guard>, mut request: Request, next: Next) -> 
     let now = Instant::now();
     let blocked = client.and_then(|ip| guard.gate.attempts.lock().ok().and_then(|a| a.blocked(ip, now)));
     if let Some(until) = blocked {
-        return ApiError::TooManyRequests(format!(
-            "too many refused tokens from this address; try again in {} s",
-            until.saturating_duration_since(now).as_secs().max(1)
-        ))
-        .into_response();
+        let seconds = until.saturating_duration_since(now).as_secs().max(1);
+        let mut refused =
+            ApiError::TooManyRequests(format!("too many refused tokens from this address; try again in {seconds} s")).into_response();
+        refused.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        return refused;
     }
     let header = request.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     match authorize(&guard.gate, header, guard.scope).await {

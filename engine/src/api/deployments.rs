@@ -124,7 +124,8 @@ pub struct DeploymentView {
     commit: Option<String>,
     image: Option<String>,
     web_port: Option<u16>,
-    /// Where the release answered (its loopback port), once started.
+    /// Where the release answers (its loopback port), once started; null
+    /// once it failed (its containers are removed).
     url: Option<String>,
     rollback_of: Option<Uuid>,
     promoted_from: Option<Uuid>,
@@ -196,7 +197,8 @@ pub async fn show(State(store): Store, Params(id): Params<String>) -> ApiResult<
         _ => (word, None),
     };
     let c = d.context;
-    let url = c.web_port.map(|p| format!("http://127.0.0.1:{p}/"));
+    // A failed deployment's containers are removed: nothing answers there.
+    let url = c.web_port.filter(|_| failure.is_none()).map(|p| format!("http://127.0.0.1:{p}/"));
     Ok(Json(DeploymentView {
         id: d.id,
         project: c.project,
@@ -273,6 +275,7 @@ impl From<RecordedEvent> for EventView {
 #[into_params(parameter_in = Query)]
 pub struct Limit {
     /// At most this many, newest first (default 20, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub(super) limit: Option<usize>,
 }
 
@@ -321,6 +324,7 @@ pub struct ListQuery {
     /// Only those requested before this deployment (its id) or this RFC 3339 time: the next page.
     before: Option<String>,
     /// At most this many, newest first (default 20, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 

@@ -32,7 +32,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge("the request body is too large; settings and requests fit in a few kilobytes".into())
+            ApiError::PayloadTooLarge("the request body is over the API's 2 MiB limit".into())
         } else {
             ApiError::BadRequest(format!("could not read the request body: {}", e.body_text()))
         }

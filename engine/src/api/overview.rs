@@ -33,6 +33,7 @@ const AT_ONCE: usize = 8;
 #[into_params(parameter_in = Query)]
 pub struct OverviewPage {
     /// At most this many projects' environments (default and most 500).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
     /// Only projects whose name sorts after this one.
     after: Option<String>,

@@ -29,6 +29,7 @@ use crate::source::SourceChange;
 #[into_params(parameter_in = Query)]
 pub struct ProjectPage {
     /// At most this many, by name (default and most 500).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
     /// Only projects whose name sorts after this one (the last of the page before).
     after: Option<String>,
