@@ -46,7 +46,8 @@ pub struct EnvironmentStatus {
     /// Deployments not finished, oldest first; the first one runs.
     #[serde(default)]
     pub queue: Vec<Uuid>,
-    /// Where the first of the queue stands: `running`, `watching` (traffic
+    /// Where the first of the queue stands: `awaiting approval`, `queued`
+    /// (its first step not dispatched yet), `running`, `watching` (traffic
     /// moved, the watch window not yet passed) or `rolling back`.
     #[serde(default)]
     pub running_status: Option<String>,
