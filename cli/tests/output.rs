@@ -210,7 +210,18 @@ fn deployments_and_projects_page_and_filter_from_the_read_models() {
     let unknown = uuid::Uuid::now_v7().to_string();
     assert_eq!(dir.exit(&["deployments", "app", "--before", &unknown]), 3, "a page before a deployment that does not exist");
     assert_eq!(dir.exit(&["deployments", "app", "--env", "qa"]), 3, "unknown environment");
+    // An empty page says so on standard error; a backwards range is refused.
+    let none = dir.run(&["deployments", "app", "--status", "failed"]);
+    assert!(none.status.success() && none.stdout.is_empty() && String::from_utf8_lossy(&none.stderr).contains("no deployment matches"));
+    let backwards = ["deployments", "app", "--since", "2026-12-05T07:00:00Z", "--before", "2026-12-05T06:00:00Z"];
+    assert_eq!(dir.exit(&backwards), 2, "--since after --before");
     dir.ok(&["project", "create", "zoo", "--repo", "/tmp"]);
+    // A path that is not here is most likely a typo: said, not refused
+    // (workers resolve it on their own hosts).
+    let typo = dir.run(&["project", "create", "typo", "--repo", "/nonexistent/slipway-repo"]);
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert!(typo.status.success() && said.contains("/nonexistent/slipway-repo does not exist on this host"), "{said}");
+    dir.ok(&["project", "remove", "typo", "--yes"]);
     let names = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["project", "list", "--json"];
         all.extend_from_slice(args);

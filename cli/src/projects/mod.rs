@@ -122,8 +122,14 @@ pub async fn run(backend: &impl Projects, cmd: ProjectCmd, json: bool) -> anyhow
             let repository = repo.as_deref().map(absolute_repo).unwrap_or_default();
             let envs = environments.join(", ");
             let new = NewProject { name: name.clone(), repository, default_branch: branch, environments, mirror_of };
+            let local = new.repository.strip_prefix("file://").unwrap_or(&new.repository).to_string();
             backend.create(new, change).await?;
             println!("project {name} created with environments {envs}");
+            // Workers resolve the path on their own hosts, so it may exist
+            // only there; here, it is most likely a typo.
+            if local.starts_with('/') && !std::path::Path::new(&local).exists() {
+                eprintln!("note: {local} does not exist on this host; the first deployment fails unless it does where the workers run");
+            }
             print_deploy_key(public_key.as_deref());
         }
         ProjectCmd::Source { name, source, forget } => {
