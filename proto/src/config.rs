@@ -464,7 +464,9 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Res
         let at = inner
             .span()
             .map(|span| {
-                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                // Newlines before the span, plus one: `lines()` would count a
+                // key at the start of line N as on line N - 1.
+                let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1;
                 format!(" (line {line})")
             })
             .unwrap_or_default();
@@ -618,6 +620,9 @@ replicas = 1
     #[test]
     fn unknown_keys_are_named() {
         rejects("[web]\nprot = 80\n", "web.prot", "unknown field `prot`, expected one of `port`");
+        // The line the key is on, at the start of a line as in the middle.
+        rejects("[web]\nport = 80\n\nprot = 80\n", "web.prot", "(line 4)");
+        rejects("[web]\nport = \"x\"\n", "web.port", "(line 2)");
         rejects("[deploy]\nx = 1\n", "deploy", "unknown field `deploy`");
         rejects("[processes.worker]\ncommand = [\"a\"]\nreplica = 2\n", "processes.worker.replica", "unknown field `replica`");
     }
