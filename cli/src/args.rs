@@ -31,15 +31,15 @@ the embedded default: SQLite at .slipway/slipway.db and an in-process queue.",
 )]
 pub struct Cli {
     /// The event store: sqlite://PATH (embedded default) or postgres://USER:PASSWORD@HOST/DB.
-    #[arg(long, global = true, env = "SLIPWAY_DATABASE", default_value = "sqlite://.slipway/slipway.db")]
+    #[arg(long, global = true, env = "SLIPWAY_DATABASE", hide_env_values = true, default_value = "sqlite://.slipway/slipway.db")]
     pub database: String,
     /// The command queue: `memory` (in-process, embedded default) or amqp://USER:PASSWORD@HOST:PORT/VHOST.
-    #[arg(long, global = true, env = "SLIPWAY_QUEUE", default_value = "memory")]
+    #[arg(long, global = true, env = "SLIPWAY_QUEUE", hide_env_values = true, default_value = "memory")]
     pub queue: String,
     /// The build farm's image registry (HOST:PORT): workers push each build
     /// there and pull a missing image by digest, so builds and containers
     /// may run on different hosts. Without it everything stays on one Docker engine.
-    #[arg(long, global = true, env = "SLIPWAY_REGISTRY")]
+    #[arg(long, global = true, env = "SLIPWAY_REGISTRY", hide_env_values = true)]
     pub registry: Option<String>,
     /// Workers pull each build's base images first (off by default: with no
     /// reachable registry the build then fails with the registry's error).
@@ -74,7 +74,7 @@ pub struct Cli {
     /// deployments, releases, history, rollback, replay, cancel, approve,
     /// reject, domain, cert, project, env and preview then go through it
     /// instead of the database and queue.
-    #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
+    #[arg(long, global = true, env = "SLIPWAY_SERVER", hide_env_values = true, value_name = "URL")]
     pub server: Option<String>,
     /// A PEM file with the CA certificate that signed an https:// --server's
     /// certificate (a private CA), trusted besides the system's roots.

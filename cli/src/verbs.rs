@@ -314,9 +314,19 @@ pub async fn hosts(json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    println!("{:<16} {:<12} {:<16} {:<6} {:<7} {:<17} LABELS", "ADDRESS", "ID", "HOSTNAME", "STATE", "AVAIL", "ROLE");
     for h in rows {
         let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("{:<16} {:<12} {:<6} {:<7} {:<17} {}", h.address, h.id, h.state, h.availability, h.role, labels.join(","));
+        println!(
+            "{:<16} {:<12} {:<16} {:<6} {:<7} {:<17} {}",
+            h.address,
+            h.id,
+            h.hostname,
+            h.state,
+            h.availability,
+            h.role,
+            labels.join(",")
+        );
         for task in &h.tasks {
             println!("    {task}");
         }
@@ -340,10 +350,10 @@ pub async fn hosts_change(store: &std::sync::Arc<dyn EventStore>, cmd: crate::ar
             "{}",
             serde_json::json!({ "node": changed.node, "node_id": changed.node_id, "availability": changed.availability, "previous": changed.previous, "moved": changed.moved })
         );
-    } else if changed.moved.is_empty() {
-        println!("{} is {} (was {})", changed.node, changed.availability, changed.previous);
     } else {
-        println!("{} is {} (was {}); moved elsewhere: {}", changed.node, changed.availability, changed.previous, changed.moved.join(", "));
+        let node = format!("{} ({})", changed.node, changed.node_id.chars().take(12).collect::<String>());
+        let moved = if changed.moved.is_empty() { String::new() } else { format!("; moved elsewhere: {}", changed.moved.join(", ")) };
+        println!("node {node}: availability {} (was {}){moved}", changed.availability, changed.previous);
     }
     Ok(())
 }

@@ -432,6 +432,25 @@ fn output_into_a_pipe_closed_early_ends_quietly() {
     }
 }
 
+/// `--help` shows where an option's value comes from, never the value of
+/// one that can hold credentials (a database or queue URL, the server).
+#[test]
+fn help_never_shows_a_credential_from_the_environment() {
+    let secrets = [
+        ("SLIPWAY_DATABASE", "postgres://app:db-pw-7f3a@127.0.0.1/slipway"),
+        ("SLIPWAY_QUEUE", "amqp://guest:mq-pw-7f3a@127.0.0.1:5672/%2f"),
+        ("SLIPWAY_SERVER", "https://user:srv-pw-7f3a@panel.example"),
+        ("SLIPWAY_REGISTRY", "registry-user:reg-pw-7f3a@registry.example"),
+        ("SLIPWAY_TOKEN", "slw_tok-pw-7f3a"),
+    ];
+    for verb in [&["--help"][..], &["domain", "--help"][..], &["deploy", "--help"][..], &["server", "--help"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_slipway")).args(verb).envs(secrets).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && help.contains("SLIPWAY_DATABASE"), "{verb:?}: {help}");
+        assert!(!help.contains("pw-7f3a"), "{verb:?} shows a credential: {help}");
+    }
+}
+
 #[test]
 fn completions_cover_the_verbs() {
     let dir = Dir { tmp: tempfile::tempdir().unwrap() };

@@ -8,7 +8,10 @@
 //! engine reroutes). The routers retry a request refused by a replica that
 //! is stopping on another one, so a drain fails no idempotent request.
 //! Both are recorded as `HostAvailabilityChanged` on the installation
-//! stream, naming who asked.
+//! stream, naming who asked, as soon as Swarm was told (a drain whose wait
+//! then times out is recorded too). A drain that would leave a release's
+//! replicas with no node satisfying its placement is refused before
+//! anything changes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,7 +31,20 @@ const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// Drains node `name` and waits up to `timeout` until its replicas run
 /// elsewhere and the routes followed; records the drain as `actor`.
 pub async fn drain(store: &Arc<dyn EventStore>, name: &str, actor: &str, timeout: Duration) -> Result<HostAvailabilityChanged, String> {
+    // Refused before anything moves when a release would be left with no
+    // node to run on: Swarm would stop its replicas there and place them
+    // nowhere.
+    let stranded = swarm::stranded_by_drain(name).await.map_err(|f| f.reason)?;
+    if !stranded.is_empty() {
+        return Err(format!(
+            "draining {name} would leave {} with nowhere to run: no other ready, active node satisfies the placement; \
+             add or label a node that does (or change [web] hosts and deploy) first",
+            stranded.join(", ")
+        ));
+    }
     let change = swarm::set_availability(name, Availability::DRAIN).await.map_err(|f| f.reason)?;
+    // Recorded once Swarm was told, whether or not the wait below ends well.
+    let recorded = record(store, &change, "drain", change.tasks.clone(), actor).await?;
     let deadline = Instant::now() + timeout;
     loop {
         let left = match moved_off(store, &change).await {
@@ -45,7 +61,7 @@ pub async fn drain(store: &Arc<dyn EventStore>, name: &str, actor: &str, timeout
         }
         tokio::time::sleep(LOOK_EVERY).await;
     }
-    record(store, &change, "drain", change.tasks.clone(), actor).await
+    Ok(recorded)
 }
 
 /// Lets Swarm place replicas on node `name` again (nothing moves back by

@@ -516,6 +516,11 @@ impl AppConfig {
         if config.web.replicas == 0 {
             return Err(err("web.replicas", "expected at least 1 (a release always serves its web)".into()));
         }
+        for (i, constraint) in config.web.hosts.iter().enumerate() {
+            if let Some(why) = crate::placement::form_problem(constraint) {
+                return Err(err(&format!("web.hosts[{i}]"), why));
+            }
+        }
         for (name, service) in &config.services {
             if !is_env_name(&service.env) {
                 return Err(err(
@@ -649,6 +654,7 @@ replicas = 1
         rejects("[processes.w]\ncommand = []\n", "processes.w.command", "non-empty");
         rejects("[processes.w]\ncommand = [\"a\"]\nreplicas = 0\n", "processes.w.replicas", "1 to 20");
         rejects("[web]\nreplicas = 0\n", "web.replicas", "at least 1");
+        rejects("[web]\nhosts = [\"node.labels.region==eu\", \"region=eu\"]\n", "web.hosts[1]", "expected ATTRIBUTE==VALUE");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod envelope;
 pub mod event;
 pub mod host;
+pub mod placement;
 pub mod step;
 pub mod stream;
 mod upcast;

@@ -168,6 +168,9 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_or_rollback_fails_no_requ
     // `hosts drain` moves the replicas off a node with no failed request,
     // recorded with who asked; `activate` lets Swarm use it again.
     let drained = swarm.nodes[1].address.clone();
+    // The other two nodes can take its replicas (no placement): not refused.
+    let stranded = slipway_workers::steps::swarm::stranded_by_drain(&drained).await.unwrap();
+    assert!(stranded.is_empty(), "{stranded:?}");
     let load = load::Load::start(harness.router_addr(), &harness.host("live"), 4, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let change = slipway_node::drain::drain(&harness.store, &drained, "cli:tester", Duration::from_secs(120)).await.unwrap();

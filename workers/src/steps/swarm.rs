@@ -45,6 +45,7 @@ use slipway_core::replicas::Replica;
 use slipway_proto::command::{DeploymentContext, RemoveContainers, RetireRelease, RunStep};
 use slipway_proto::config::{AppConfig, Limits};
 use slipway_proto::event::{ContainersRemoved, HealthCheckPassed, ProcessContainer, ProcessesStarted, ReleaseWatched, WebContainerStarted};
+use slipway_proto::placement::{satisfies, NodeFacts};
 use slipway_proto::{Event, Step};
 use uuid::Uuid;
 
@@ -638,6 +639,9 @@ pub async fn hosts() -> Result<Vec<HostRow>, Failure> {
 
 /// A node named by its host name, id (or a prefix of it) or address.
 fn find_node<'a>(nodes: &'a HashMap<String, Node>, name: &str) -> Result<&'a Node, Failure> {
+    if name.trim().is_empty() {
+        return Err(Failure::new("the node name is empty: give a host name, id or address (slipway hosts lists them)"));
+    }
     let mut found = nodes.values().filter(|n| {
         let hostname = n.description.as_ref().and_then(|d| d.hostname.as_deref());
         hostname == Some(name) || n.id.as_deref().is_some_and(|id| id.starts_with(name)) || node_address(n).as_deref() == Some(name)
@@ -683,6 +687,56 @@ pub async fn set_availability(name: &str, availability: Availability) -> Result<
     let options = UpdateNodeOptionsBuilder::new().version(version).build();
     docker.update_node(&id, spec, options).await.map_err(|e| api(format!("set node {name} to {availability}"), e))?;
     Ok(change)
+}
+
+/// What Swarm's placement constraints can name about `node`.
+fn facts(node: &Node) -> NodeFacts {
+    let description = node.description.as_ref();
+    let spec = node.spec.as_ref();
+    NodeFacts {
+        id: node.id.clone().unwrap_or_default(),
+        hostname: description.and_then(|d| d.hostname.clone()).unwrap_or_default(),
+        role: spec.and_then(|s| s.role).map(|r| r.to_string()).unwrap_or_default(),
+        os: description.and_then(|d| d.platform.as_ref()?.os.clone()).unwrap_or_default(),
+        arch: description.and_then(|d| d.platform.as_ref()?.architecture.clone()).unwrap_or_default(),
+        labels: spec.and_then(|s| s.labels.clone()).unwrap_or_default().into_iter().collect(),
+        engine_labels: description.and_then(|d| d.engine.as_ref()?.labels.clone()).unwrap_or_default().into_iter().collect(),
+    }
+}
+
+/// Slipway's services with replicas on node `name` that no other node
+/// could take if it were drained (ready, active, satisfying the service's
+/// placement): each as `<service> (placement [..])`. Draining would leave
+/// them nowhere to run, so `hosts drain` refuses.
+pub async fn stranded_by_drain(name: &str) -> Result<Vec<String>, Failure> {
+    let docker = docker::connect().await?;
+    let nodes = nodes(&docker).await?;
+    let target = find_node(&nodes, name)?.id.clone().unwrap_or_default();
+    let others: Vec<NodeFacts> = nodes
+        .values()
+        .filter(|n| n.id.as_deref() != Some(target.as_str()))
+        .filter(|n| n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY))
+        .filter(|n| n.spec.as_ref().and_then(|s| s.availability) == Some(Availability::ACTIVE))
+        .map(facts)
+        .collect();
+    let tasks = docker.list_tasks(None).await.map_err(|e| api("list the tasks".into(), e))?;
+    let there: BTreeSet<String> =
+        tasks.iter().filter(|t| t.node_id.as_deref() == Some(target.as_str()) && wanted(t)).filter_map(|t| t.service_id.clone()).collect();
+    let services = docker.list_services(None).await.map_err(|e| api("list the services".into(), e))?;
+    let mut stranded = Vec::new();
+    for service in services {
+        let (Some(id), Some(spec)) = (service.id, service.spec) else { continue };
+        let name = spec.name.clone().unwrap_or_default();
+        if !there.contains(&id) || !name.starts_with("slipway-") {
+            continue;
+        }
+        let constraints = spec.task_template.and_then(|t| t.placement?.constraints).unwrap_or_default();
+        // An attribute this cannot judge counts as met: Swarm decides then.
+        if !others.iter().any(|n| satisfies(n, &constraints) != Some(false)) {
+            stranded.push(format!("{name} (placement {constraints:?})"));
+        }
+    }
+    Ok(stranded)
 }
 
 /// The tasks of Slipway's services Swarm still means to run on node `id`,
