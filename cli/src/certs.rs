@@ -110,7 +110,12 @@ fn print_list(rows: &[CertificateView], json: bool) -> anyhow::Result<()> {
     } else {
         println!("{:<32} {:<26} {:<9} {:<9} RENEWAL", "DOMAIN", "NOT AFTER", "SOURCE", "REDIRECT");
         for row in rows {
-            let redirect = if row.redirect { "https" } else { "off" };
+            // Plain HTTP goes to HTTPS only once a certificate serves the domain.
+            let redirect = match (row.redirect, row.fingerprint.is_some()) {
+                (false, _) => "off",
+                (true, true) => "https",
+                (true, false) => "(https)",
+            };
             let (not_after, source) = (row.not_after.as_deref().unwrap_or("-"), row.source.as_deref().unwrap_or("-"));
             println!("{:<32} {not_after:<26} {source:<9} {redirect:<9} {}", row.domain, row.renewal);
         }

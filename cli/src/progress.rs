@@ -70,6 +70,10 @@ impl Tracker {
             Event::TrafficSwitched(_) => Some((Step::Cutover, StepEnd::Ok)),
             Event::ReleaseWatched(_) => Some((Step::Watch, StepEnd::Ok)),
             Event::ImageReused(r) => Some((Step::Build, StepEnd::Noted(format!("image re-used from deployment {}", r.source_deployment)))),
+            // Local mode without `--migrate`: the step ran, its commands did not.
+            Event::ReleaseCommandsRan(r) if r.skipped => {
+                Some((Step::Release, StepEnd::Skipped("release commands not run (local mode runs them with --migrate)".into())))
+            }
             other => other.completes_step().map(|s| (s, StepEnd::Ok)),
         };
         if let Some((step, end)) = end {
@@ -263,6 +267,11 @@ mod tests {
             "✗ health_check   80 ms  GET / -> 500"
         );
         assert_eq!(finished_line(Step::Release, &StepEnd::Skipped("local mode".into()), None), "- release        skipped: local mode");
+        // Release commands not run are shown as skipped, not as done.
+        let mut p = Tracker::default();
+        let not_run = Event::ReleaseCommandsRan(slipway_proto::event::ReleaseCommandsRan { results: vec![], skipped: true });
+        let ends: Vec<Update> = p.observe(Utc::now(), &not_run);
+        assert!(matches!(ends.as_slice(), [Update::Finished { step: Step::Release, end: StepEnd::Skipped(_), .. }]), "{ends:?}");
         assert_eq!(duration(125_000), "2m05s");
         let from = uuid::Uuid::nil();
         let reused = Event::ImageReused(slipway_proto::event::ImageReused { image_id: "sha256:1".into(), source_deployment: from });

@@ -184,7 +184,14 @@ pub fn describe(event: &Event) -> String {
         Event::ApprovalRequired(a) => format!("awaiting approval ({} needed)", a.approvals),
         Event::DeploymentApproved(a) => format!("approved by {}{}", a.by, reason(&a.reason)),
         Event::DeploymentRejected(r) => format!("rejected by {}{}", r.by, reason(&r.reason)),
-        Event::FreezeWindowSet(f) => format!("{}: frozen from each \"{}\" for {}s", f.environment, f.schedule, f.duration_seconds),
+        Event::FreezeWindowSet(f) => {
+            format!(
+                "{}: frozen from each \"{}\" for {}",
+                f.environment,
+                f.schedule,
+                slipway_engine::protection::duration_text(f.duration_seconds)
+            )
+        }
         Event::FreezeWindowRemoved(f) => format!("{}: freeze window \"{}\" removed", f.environment, f.schedule),
         Event::FreezeOverridden(o) => format!("freeze \"{}\" (until {}) overridden by {}: {}", o.schedule, o.until, o.by, o.reason),
         Event::NotificationReplayRequested(r) => format!("notifications replay from {} asked", r.from),

@@ -89,8 +89,8 @@ pub fn may_remove(p: &Project, name: &str, domains: &[String]) -> Result<(), Rej
 fn domains_first(project: &str, domains: &[(String, String)]) -> Rejection {
     let named: Vec<String> = domains.iter().map(|(d, e)| format!("`{d}` ({e})")).collect();
     let commands: Vec<String> = domains.iter().map(|(d, e)| format!("slipway domain remove {project} {e} '{d}'")).collect();
-    let (it, them) = if domains.len() == 1 { ("domain", "it") } else { ("domains", "them") };
-    Rejection::conflict(format!("{it} {} route to {project}; remove {them} first: {}", named.join(", "), commands.join("; ")))
+    let (noun, verb, them) = if domains.len() == 1 { ("domain", "routes", "it") } else { ("domains", "route", "them") };
+    Rejection::conflict(format!("{noun} {} {verb} to {project}; remove {them} first: {}", named.join(", "), commands.join("; ")))
 }
 
 /// Whether project `p` may be removed: not while `mirrors` (its mirrors

@@ -242,7 +242,7 @@ pub async fn env(backend: &impl Projects, cmd: EnvCmd, json: bool) -> anyhow::Re
         EnvCmd::Freeze { project, env, schedule, duration, remove: false } => {
             let seconds = slipway_engine::protection::parse_duration(duration.as_deref().unwrap_or_default()).map_err(exit::usage)?;
             backend.set_freeze(&project, &env, &schedule, seconds).await?;
-            println!("{project} {env}: frozen from each \"{schedule}\" (UTC) for {seconds}s");
+            println!("{project} {env}: frozen from each \"{schedule}\" (UTC) for {}", slipway_engine::protection::duration_text(seconds));
         }
     }
     Ok(ExitCode::SUCCESS)

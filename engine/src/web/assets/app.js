@@ -280,6 +280,8 @@ function applyEvent(run, ev) {
     case 'StepFailed': finishStep(run, p.step, 'failed', at); stepOf(run, p.step).reason = p.reason; break;
     case 'StepSkipped': finishStep(run, p.step, 'skipped', at); break;
     case 'CheckedOut': run.commit = p.commit; finishStep(run, 'checkout', 'done', at); break;
+    // Local mode without --migrate: the step ran, its commands did not.
+    case 'ReleaseCommandsRan': finishStep(run, 'release', p.skipped ? 'skipped' : 'done', at); break;
     case 'TrafficSwitchRequested': { const s = stepOf(run, 'cutover'); s.state = 'running'; s.started = at; break; }
     // Traffic moved; not a success until the watch passes (or a rollback).
     case 'ReleaseWatchStarted': run.phase = 'watching'; break;
