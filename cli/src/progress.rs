@@ -85,7 +85,8 @@ impl Tracker {
             }
         }
         match event {
-            Event::WebContainerStarted(w) => self.web_port = Some(w.host_port),
+            // Replicas on other nodes (swarm) answer there, not on loopback.
+            Event::WebContainerStarted(w) => self.web_port = (!crate::verbs::on_other_hosts(&w.upstreams)).then_some(w.host_port),
             Event::DeploymentSucceeded(_) => {
                 let ending = Ending { succeeded: true, failed_step: None, reason: String::new(), web_port: self.web_port };
                 self.ending = Some(ending.clone());
@@ -208,6 +209,17 @@ mod tests {
         let ending = Ending { succeeded: false, failed_step: Some(Step::HealthCheck), reason: "GET / -> 500".into(), web_port: Some(4100) };
         assert_eq!(t.observe(at(530), &verdict), vec![Update::Ended(ending.clone())]);
         assert_eq!(t.ending(), Some(&ending));
+        // Replicas on swarm nodes answer there: no loopback port to show.
+        let mut t = Tracker::default();
+        let on_nodes = Event::WebContainerStarted(WebContainerStarted {
+            container: "s".into(),
+            host_port: 32768,
+            host: "swarm".into(),
+            upstreams: vec!["10.0.0.2:32768".into()],
+        });
+        t.observe(at(0), &on_nodes);
+        let Some(Update::Ended(ended)) = t.observe(at(10), &verdict).pop() else { panic!("no ending") };
+        assert_eq!(ended.web_port, None);
     }
 
     #[test]

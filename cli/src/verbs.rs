@@ -52,6 +52,12 @@ pub enum Where {
     Server,
 }
 
+/// Whether a release's `upstreams` answer on other hosts than loopback
+/// (the swarm runtime's replicas, on their nodes).
+pub fn on_other_hosts(upstreams: &[String]) -> bool {
+    upstreams.iter().any(|u| !u.starts_with("127.0.0.1:") && !u.starts_with("[::1]:"))
+}
+
 /// `status`'s text, the same from the store and from a server.
 pub fn status_text(status: &EnvironmentStatus, at: Where) -> String {
     let (project, env) = (&status.project, &status.environment);
@@ -61,7 +67,14 @@ pub fn status_text(status: &EnvironmentStatus, at: Where) -> String {
         Some(a) => {
             let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
             let host = if at == Where::Server { " (on the server's Docker host)" } else { "" };
-            let web = a.web_port.map(|p| format!("http://127.0.0.1:{p}/{host}")).unwrap_or_else(|| "-".into());
+            // Replicas on other nodes (the swarm runtime) answer on their
+            // nodes' addresses, listed below, not on this loopback.
+            let elsewhere = on_other_hosts(&a.upstreams);
+            let web = match a.web_port {
+                Some(_) if elsewhere => "on the replicas' nodes (below); reach it through the routes".to_string(),
+                Some(p) => format!("http://127.0.0.1:{p}/{host}"),
+                None => "-".into(),
+            };
             out.push_str(&format!(
                 "{project} {env}: serving deployment {}\n  commit {}\n  image  {}\n  web    {web}\n",
                 a.deployment,
@@ -73,7 +86,7 @@ pub fn status_text(status: &EnvironmentStatus, at: Where) -> String {
                 out.push_str(&format!("  limits {limits}\n"));
             }
             // One replica answers where `web` says; several are listed.
-            if a.upstreams.len() > 1 {
+            if a.upstreams.len() > 1 || elsewhere {
                 out.push_str(&format!("  replicas {} at {}\n", a.upstreams.len(), a.upstreams.join(", ")));
             }
             if let Some(live) = &a.live {
@@ -186,7 +199,12 @@ pub fn print_deployments(mut summaries: Vec<DeploymentSummary>, json: bool) -> a
 pub async fn events(store: &dyn EventStore, stream: &str, json: bool) -> anyhow::Result<()> {
     let events = store.read_stream(stream, 1).await?;
     if events.is_empty() {
-        return Err(not_found(format!("stream `{stream}` has no events")));
+        // A deployment's stream is `deployment-<id>`; its id alone is no stream.
+        let hint = match Uuid::parse_str(stream) {
+            Ok(id) => format!(" (a deployment's stream is deployment-{id}; or: slipway history {id})"),
+            Err(_) => String::new(),
+        };
+        return Err(not_found(format!("stream `{stream}` has no events{hint}")));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&events.iter().map(render::event_json).collect::<Vec<_>>())?);

@@ -209,6 +209,9 @@ fn deployments_and_projects_page_and_filter_from_the_read_models() {
     assert_eq!(dir.exit(&["deployments", "app", "--before", "yesterday"]), 2, "bad --before");
     let unknown = uuid::Uuid::now_v7().to_string();
     assert_eq!(dir.exit(&["deployments", "app", "--before", &unknown]), 3, "a page before a deployment that does not exist");
+    let bare = dir.run(&["events", &unknown]);
+    assert_eq!(bare.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&bare.stderr).contains(&format!("deployment-{unknown}")), "a bare id points to its stream");
     assert_eq!(dir.exit(&["deployments", "app", "--env", "qa"]), 3, "unknown environment");
     // An empty page says so on standard error; a backwards range is refused.
     let none = dir.run(&["deployments", "app", "--status", "failed"]);
