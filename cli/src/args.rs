@@ -495,7 +495,7 @@ pub struct FollowArgs {
     /// unit (`90s`, `30m`, `2h`). The deployment goes on where a server
     /// runs it; embedded (no --queue), its workers run in this command, so
     /// it is cancelled.
-    #[arg(long, default_value = "1800", value_parser = seconds)]
+    #[arg(long, default_value = "1800", value_parser = slipway_engine::protection::parse_duration)]
     pub timeout: u64,
     /// Also show the build log as it is written and each release command's log.
     #[arg(long)]
@@ -855,12 +855,6 @@ pub enum DbCmd {
 pub const MAX_PAGE: usize = 500;
 
 /// A `--limit`: 1 to `MAX_PAGE`, the same locally as through the API.
-/// A duration in seconds as `--for` and `--expires-in` take it: `3600`,
-/// `90s`, `30m`, `2h`, `1d`.
-pub fn seconds(text: &str) -> Result<u64, String> {
-    slipway_engine::protection::parse_duration(text)
-}
-
 pub fn page_limit(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),

@@ -52,13 +52,7 @@ pub async fn run(store: &dyn EventStore, cmd: DomainCmd, json: bool) -> anyhow::
         }
         DomainCmd::List { project, env } => {
             // An unknown project or environment is named, as the API does.
-            match &env {
-                Some(env) => drop(requests::project_environment(store, &project, env).await?.map_err(exit::rejected)?),
-                None if requests::load_project(store, &project).await?.is_none() => {
-                    return Err(exit::not_found(format!("no project `{project}`; `slipway project list` lists them")))
-                }
-                None => {}
-            }
+            requests::scope_exists(store, &project, env.as_deref()).await?.map_err(exit::rejected)?;
             let routes = load::routes(store).await?;
             let listed: Vec<(String, String)> = routes
                 .domains

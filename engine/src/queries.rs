@@ -386,16 +386,13 @@ pub async fn deployments(
     query: &DeploymentQuery,
 ) -> Result<Result<(Vec<DeploymentSummary>, Position), Rejection>, StoreError> {
     match (&query.project, &query.environment) {
-        (Some(p), Some(e)) => {
-            if let Err(rejection) = environment_of(store, p, e).await? {
+        (Some(p), e) => {
+            if let Err(rejection) = requests::scope_exists(store, p, e.as_deref()).await? {
                 return Ok(Err(rejection));
             }
         }
-        (Some(p), None) if requests::load_project(store, p).await?.is_none() => {
-            return Ok(Err(Rejection::not_found(format!("no project `{p}`; create it with `slipway project create`"))));
-        }
         (None, Some(_)) => return Ok(Err(Rejection::invalid("`environment` needs `project` too"))),
-        _ => {}
+        (None, None) => {}
     }
     // A page before a deployment that does not exist would read as the end
     // of the list.

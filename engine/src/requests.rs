@@ -405,11 +405,6 @@ pub struct RollbackRequested {
     pub warnings: Vec<String>,
 }
 
-/// Re-activates an earlier release of an environment — by default the one
-/// before the release serving now — as a new deployment with that release's
-/// image, commit, `slipway.toml` and settings snapshot. It passes the same
-/// service check, containers, health check and cutover; release commands do
-/// not run again, so a warning names every release that ran some since.
 /// The release a rollback without `--to` goes back to: the newest earlier
 /// one whose image is not the serving release's (going back to the same
 /// image would change nothing).
@@ -418,11 +413,10 @@ async fn earlier_release(
     (project, environment): (&str, &str),
     releases: &[Uuid],
     serving: Option<Uuid>,
-) -> Outcome<Uuid> {
-    let image = |d: crate::Deployment| d.context.image_id;
+) -> Outcome<(Uuid, crate::Deployment)> {
     let serving_image = match serving {
         Some(id) => match deployment_state(store, id).await? {
-            Ok(d) => image(d),
+            Ok(d) => d.context.image_id,
             Err(rejection) => return Ok(Err(rejection)),
         },
         None => None,
@@ -433,8 +427,8 @@ async fn earlier_release(
             Ok(d) => d,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        if serving_image.is_none() || image(d) != serving_image {
-            return Ok(Ok(*r));
+        if serving_image.is_none() || d.context.image_id != serving_image {
+            return Ok(Ok((*r, d)));
         }
         same += 1;
     }
@@ -447,6 +441,12 @@ async fn earlier_release(
     }
 }
 
+/// Re-activates an earlier release of an environment — by default the
+/// newest earlier one whose image is not the serving release's
+/// (`earlier_release`) — as a new deployment with that release's image,
+/// commit, `slipway.toml` and settings snapshot. It passes the same service
+/// check, containers, health check and cutover; release commands do not run
+/// again, so a warning names every release that ran some since.
 pub async fn request_rollback(
     store: &dyn EventStore,
     actor: &str,
@@ -463,22 +463,21 @@ pub async fn request_rollback(
         Err(rejection) => return Ok(Err(rejection)),
     };
     let serving = env.last_succeeded();
-    let target = match to {
+    // The release to serve again, loaded once (`earlier_release` loads the
+    // ones it looks at).
+    let (target, old) = match to {
         Some(t) if !env.releases.contains(&t) => {
             return not_found(format!("deployment {t} never served {project} {environment}; its releases: slipway deployments {project}"))
         }
-        Some(t) => t,
-        None => match earlier_release(store, (project, environment), &env.releases, serving).await? {
-            Ok(t) => t,
+        Some(t) if Some(t) == serving => return conflict(format!("deployment {t} already serves {project} {environment}")),
+        Some(t) => match deployment_state(store, t).await? {
+            Ok(d) => (t, d),
             Err(rejection) => return Ok(Err(rejection)),
         },
-    };
-    if Some(target) == serving {
-        return conflict(format!("deployment {target} already serves {project} {environment}"));
-    }
-    let old = match deployment_state(store, target).await? {
-        Ok(d) => d,
-        Err(rejection) => return Ok(Err(rejection)),
+        None => match earlier_release(store, (project, environment), &env.releases, serving).await? {
+            Ok(found) => found,
+            Err(rejection) => return Ok(Err(rejection)),
+        },
     };
     let (Some(image_id), Some(commit)) = (old.context.image_id.clone(), old.context.commit.clone()) else {
         return conflict(format!("deployment {target} recorded no image to roll back to"));
@@ -783,6 +782,18 @@ async fn environment_state(store: &dyn EventStore, project: &str, environment: &
     match load::environment(store, project, environment).await {
         Ok(env) => Ok(Ok(env)),
         Err(e) => Err(unreadable(environment_stream(project, environment), e)),
+    }
+}
+
+/// Whether a read scoped to `project` (and `environment`, if given) names
+/// what exists: the project, and the environment in it.
+pub async fn scope_exists(store: &dyn EventStore, project: &str, environment: Option<&str>) -> Outcome<()> {
+    match environment {
+        Some(environment) => Ok(project_environment(store, project, environment).await?.map(drop)),
+        None if load_project(store, project).await?.is_none() => {
+            not_found(format!("no project `{project}`; create it with `slipway project create`"))
+        }
+        None => Ok(Ok(())),
     }
 }
 

@@ -34,10 +34,7 @@ pub fn form_problem(constraint: &str) -> Option<String> {
     if attribute.is_empty() || value.is_empty() {
         return Some(format!("`{constraint}` names no attribute or no value: expected ATTRIBUTE==VALUE, such as node.labels.region==eu"));
     }
-    let known = ["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"].contains(&attribute.as_str())
-        || attribute.strip_prefix("node.labels.").is_some_and(|k| !k.is_empty())
-        || attribute.strip_prefix("engine.labels.").is_some_and(|k| !k.is_empty());
-    (!known).then(|| {
+    value_of(&NodeFacts::default(), &attribute).is_none().then(|| {
         format!(
             "`{constraint}`: Swarm knows no attribute `{attribute}`; use node.id, node.hostname, node.role, \
              node.platform.os, node.platform.arch, node.labels.NAME or engine.labels.NAME"
@@ -51,23 +48,30 @@ pub fn satisfies(node: &NodeFacts, constraints: &[String]) -> Option<bool> {
     let mut all = true;
     for c in constraints {
         let (attribute, equal, value) = split(c)?;
-        let actual = match attribute.as_str() {
-            "node.id" => Some(node.id.as_str()),
-            "node.hostname" => Some(node.hostname.as_str()),
-            "node.role" => Some(node.role.as_str()),
-            "node.platform.os" => Some(node.os.as_str()),
-            "node.platform.arch" => Some(node.arch.as_str()),
-            a => match (a.strip_prefix("node.labels."), a.strip_prefix("engine.labels.")) {
-                (Some(key), _) => node.labels.get(key).map(String::as_str),
-                (_, Some(key)) => node.engine_labels.get(key).map(String::as_str),
-                _ => return None,
-            },
-        };
+        let actual = value_of(node, &attribute)?;
         // A label the node lacks equals nothing (and differs from anything).
         let same = actual.is_some_and(|a| a.eq_ignore_ascii_case(&value));
         all &= same == equal;
     }
     Some(all)
+}
+
+/// What `attribute` (lowercase) is on `node`: `None` for an attribute
+/// Swarm does not have, `Some(None)` for a label the node lacks.
+fn value_of<'a>(node: &'a NodeFacts, attribute: &str) -> Option<Option<&'a str>> {
+    let label = |labels: &'a BTreeMap<String, String>, key: &str| labels.get(key).map(String::as_str);
+    Some(match attribute {
+        "node.id" => Some(node.id.as_str()),
+        "node.hostname" => Some(node.hostname.as_str()),
+        "node.role" => Some(node.role.as_str()),
+        "node.platform.os" => Some(node.os.as_str()),
+        "node.platform.arch" => Some(node.arch.as_str()),
+        a => match (a.strip_prefix("node.labels."), a.strip_prefix("engine.labels.")) {
+            (Some(key), _) if !key.is_empty() => label(&node.labels, key),
+            (_, Some(key)) if !key.is_empty() => label(&node.engine_labels, key),
+            _ => return None,
+        },
+    })
 }
 
 /// `(attribute, is ==, value)`, trimmed; attributes compared lowercase.
