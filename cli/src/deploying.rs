@@ -105,8 +105,8 @@ pub async fn cancel(store: &dyn EventStore, deployment: Uuid, reason: &str) -> a
 
 /// Approves a deployment waiting for approval (never the requester's own).
 pub async fn approve(store: &dyn EventStore, deployment: Uuid, reason: &str) -> anyhow::Result<ExitCode> {
-    slipway_engine::protection::approve(store, &actor::actor(), deployment, reason).await?.map_err(exit::rejected)?;
-    println!("deployment {deployment}: approved by {}", actor::actor());
+    let approvals = slipway_engine::protection::approve(store, &actor::actor(), deployment, reason).await?.map_err(exit::rejected)?;
+    println!("deployment {deployment}: approved by {}; {}", actor::actor(), approvals.summary());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::{json, Value};
 use slipway_engine::history::TimelineJson;
 use slipway_engine::queries::{DeploymentSummary, EnvironmentStatus};
@@ -51,8 +52,10 @@ pub async fn through_server(
         }
         Command::Releases { project, env } => releases(&client()?, project, env, json).await?,
         Command::Approve { deployment, reason } => {
-            client()?.post(&format!("/api/deployments/{deployment}/approve"), serde_json::json!({ "reason": reason })).await?;
-            println!("deployment {deployment}: approved");
+            let answer = client()?.post(&format!("/api/deployments/{deployment}/approve"), serde_json::json!({ "reason": reason })).await?;
+            let approvals: slipway_engine::protection::Approvals =
+                serde_json::from_value(answer["approvals"].clone()).context("the server's answer to an approval has no approval count")?;
+            println!("deployment {deployment}: approved; {}", approvals.summary());
             ExitCode::SUCCESS
         }
         Command::Reject { deployment, reason } => {

@@ -104,32 +104,61 @@ async fn requested(store: &dyn EventStore, id: Uuid) -> Outcome<(Deployment, Str
     }
 }
 
+/// Where a deployment's approvals stand after one was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Approvals {
+    /// Approvals recorded, this one included.
+    pub given: u32,
+    /// Approvals the deployment waits for before it starts.
+    pub required: u32,
+}
+
+impl Approvals {
+    /// What approving `deployment` once more makes of its approvals.
+    fn after_one_more(deployment: &Deployment) -> Approvals {
+        let given = u32::try_from(deployment.approvals.len()).unwrap_or(u32::MAX).saturating_add(1);
+        Approvals { given, required: deployment.approvals_required }
+    }
+
+    /// "1 of 2 approvals: it waits for 1 more" or "2 of 2 approvals: it starts".
+    pub fn summary(&self) -> String {
+        let Approvals { given, required } = *self;
+        if given >= required {
+            format!("{given} of {required} approval(s): it starts")
+        } else {
+            format!("{given} of {required} approval(s): it waits for {} more", required - given)
+        }
+    }
+}
+
 /// Approves deployment `id` as `actor`; it starts once it has every approval it waits for.
-pub async fn approve(store: &dyn EventStore, actor: &str, id: Uuid, reason: &str) -> Outcome<()> {
+pub async fn approve(store: &dyn EventStore, actor: &str, id: Uuid, reason: &str) -> Outcome<Approvals> {
     let approved = |_: &Deployment| vec![Event::DeploymentApproved(DeploymentApproved { by: actor.into(), reason: reason.into() })];
-    decide(store, actor, id, may_approve, approved).await
+    Ok(decide(store, actor, id, may_approve, approved).await?.map(|d| Approvals::after_one_more(&d)))
 }
 
 /// Rejects deployment `id` as `actor`: it is cancelled, naming who and why.
 pub async fn reject(store: &dyn EventStore, actor: &str, id: Uuid, reason: &str) -> Outcome<()> {
-    decide(store, actor, id, may_reject, |_| {
+    let rejected = decide(store, actor, id, may_reject, |_| {
         let why = if reason.is_empty() { format!("rejected by {actor}") } else { format!("rejected by {actor}: {reason}") };
         vec![
             Event::DeploymentRejected(DeploymentRejected { by: actor.into(), reason: reason.into() }),
             Event::CancelRequested(CancelRequested { reason: why }),
         ]
     })
-    .await
+    .await?;
+    Ok(rejected.map(|_| ()))
 }
 
-/// Records `events` on deployment `id` as `actor`, if `rule` allows it.
+/// Records `events` on deployment `id` as `actor`, if `rule` allows it;
+/// returns the deployment as it was decided on (before the events).
 async fn decide(
     store: &dyn EventStore,
     actor: &str,
     id: Uuid,
     rule: fn(&Deployment, &str, &str) -> Result<(), Rejection>,
     events: impl Fn(&Deployment) -> Vec<Event>,
-) -> Outcome<()> {
+) -> Outcome<Deployment> {
     loop {
         let (d, requester, version) = match requested(store, id).await? {
             Ok(found) => found,
@@ -142,7 +171,19 @@ async fn decide(
         let envelopes: Vec<_> = events(&d).iter().map(|e| envelope(&stream, e, id, actor, None)).collect();
         // At the version decided on: a second approver racing this one reads again.
         if store.append(&stream, ExpectedVersion::Exactly(version), &envelopes, &[]).await?.is_ok() {
-            return Ok(Ok(()));
+            return Ok(Ok(d));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Approvals;
+
+    #[test]
+    fn an_approval_says_how_many_of_how_many_and_what_follows() {
+        assert_eq!(Approvals { given: 1, required: 2 }.summary(), "1 of 2 approval(s): it waits for 1 more");
+        assert_eq!(Approvals { given: 2, required: 2 }.summary(), "2 of 2 approval(s): it starts");
+        assert_eq!(Approvals { given: 1, required: 3 }.summary(), "1 of 3 approval(s): it waits for 2 more");
     }
 }

@@ -77,6 +77,7 @@ async fn approvals_and_freezes(setup: &Setup) {
     let approved =
         setup.call_as(&bob, Method::POST, &format!("/api/deployments/{live}/approve"), Some(json!({"reason": "looks good"}))).await;
     assert_eq!(approved.status, StatusCode::ACCEPTED, "{}", approved.json);
+    assert_eq!(approved.json["approvals"], json!({"given": 1, "required": 1}), "{}", approved.json);
     eventually("the approved deployment to start", PATIENCE, || async { dispatched(setup, live).await.then_some(()) }).await;
     let again = setup.call_as(&bob, Method::POST, &format!("/api/deployments/{live}/approve"), None).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.json);
@@ -131,6 +132,22 @@ async fn approvals_and_freezes(setup: &Setup) {
     assert_eq!(listed["failure"], json!({"reason": "rejected by token:bob: not today"}), "{listed}");
     let history = setup.call(Method::GET, &format!("/api/deployments/{overridden}/history"), None).await;
     assert!(history.json["entries"].as_array().unwrap().iter().any(|e| e["event"] == "FreezeOverridden" && e["actor"] == "token:root"));
+
+    // With two approvals required, the first approver is told it waits for
+    // one more, and the second that it starts.
+    protection::protect(store, "test", "shop", "test", 2).await.unwrap().unwrap();
+    let carol = token("carol").await;
+    let twice = id_of(&deploy(setup, &ann, "test", json!({})).await);
+    let approve =
+        |token: String| async move { setup.call_as(&token, Method::POST, &format!("/api/deployments/{twice}/approve"), None).await };
+    let first = approve(bob.clone()).await;
+    assert_eq!(first.json["approvals"], json!({"given": 1, "required": 2}), "{}", first.json);
+    let state = slipway_engine::load::deployment(store, twice).await.unwrap().unwrap();
+    assert_eq!(state.status_word(), "awaiting approval");
+    let second = approve(carol).await;
+    assert_eq!(second.json["approvals"], json!({"given": 2, "required": 2}), "{}", second.json);
+    let state = slipway_engine::load::deployment(store, twice).await.unwrap().unwrap();
+    assert!(!state.awaiting_approval(), "{state:?}");
     stop.send(()).unwrap();
     driver.await.unwrap().unwrap();
 }

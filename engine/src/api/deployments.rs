@@ -585,17 +585,24 @@ mod tests {
     description = "Whoever requested it cannot approve it (403), nor can one actor approve it twice.",
     params(("id" = Uuid, Path, description = "The deployment")),
     request_body(content = CancelBody, description = "Optional: the reason"),
-    responses((status = 202, body = CancelAccepted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 202, body = ApprovalAccepted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "It is not waiting for approval")))]
 pub async fn approve(
     State(store): Store,
     Params(id): Params<String>,
     caller: Caller,
     OptionalJson(body): OptionalJson<CancelBody>,
-) -> ApiResult<Accepted<CancelAccepted>> {
+) -> ApiResult<Accepted<ApprovalAccepted>> {
     let id = parse_id(&id)?;
-    crate::protection::approve(&*store, &caller.actor(), id, &body.reason.unwrap_or_default()).await??;
-    Ok(super::environments::accepted(id, CancelAccepted { deployment: id }))
+    let approvals = crate::protection::approve(&*store, &caller.actor(), id, &body.reason.unwrap_or_default()).await??;
+    Ok(super::environments::accepted(id, ApprovalAccepted { deployment: id, approvals }))
+}
+
+/// An approval recorded, and how many the deployment has of those it waits for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApprovalAccepted {
+    deployment: Uuid,
+    approvals: crate::protection::Approvals,
 }
 
 #[utoipa::path(post, path = "/api/deployments/{id}/reject", tag = "deployments",
