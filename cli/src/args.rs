@@ -464,7 +464,7 @@ impl ServeArgs {
 #[derive(Args)]
 pub struct RouterArgs {
     /// Where the router listens for HTTP.
-    #[arg(long = "router", env = "SLIPWAY_ROUTER_LISTEN", default_value = "127.0.0.1:7880")]
+    #[arg(long = "router", visible_alias = "http-listen", env = "SLIPWAY_ROUTER_LISTEN", default_value = "127.0.0.1:7880")]
     pub router_listen: std::net::SocketAddr,
     /// Where the router listens for HTTPS (off by default; also the
     /// [router] https_listen key). Certificates come from `slipway cert`
@@ -859,5 +859,27 @@ pub fn page_limit(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
         _ => Err(format!("expected a whole number from 1 to {MAX_PAGE}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// The router's HTTP address, as `slipway router ARGS` parses it.
+    fn router_listen(args: &[&str]) -> std::net::SocketAddr {
+        match Cli::try_parse_from([&["slipway", "router"][..], args].concat()).unwrap().command {
+            Command::Router(router) => router.router_listen,
+            _ => unreachable!("parsed as the router verb"),
+        }
+    }
+
+    #[test]
+    fn the_routers_http_address_is_named_like_its_https_one_too() {
+        assert_eq!(router_listen(&["--http-listen", "0.0.0.0:80"]), "0.0.0.0:80".parse().unwrap());
+        assert_eq!(router_listen(&["--router", "127.0.0.1:81"]), "127.0.0.1:81".parse().unwrap());
     }
 }
