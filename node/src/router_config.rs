@@ -69,7 +69,7 @@ pub fn parse(text: &str, file: &str) -> Result<ServeOptions, ConfigError> {
 
 /// Everything `text`, read from `file`, sets.
 pub fn parse_file(text: &str, file: &str) -> Result<RouterFile, ConfigError> {
-    let err = |key: &str, expected: String| ConfigError { file: file.into(), key: format!("router.{key}"), expected };
+    let err = |key: &str, expected: String| ConfigError::in_document(text, file, format!("router.{key}"), expected);
     let section = parse_toml::<File>(text, file)?.router;
     let mut options = ServeOptions::default();
     let positive = |key: &str, value: Option<Interval>, into: &mut Duration| match value {
@@ -186,7 +186,10 @@ eject_after = "250ms"
             let e = parse(text, "/etc/slipway/router.toml").unwrap_err();
             assert_eq!((e.file.as_str(), e.key.as_str()), ("/etc/slipway/router.toml", key), "{text}: {e}");
             assert!(e.to_string().starts_with(&format!("/etc/slipway/router.toml: {key}: ")), "{e}");
+            assert!(e.expected.contains("(line "), "every one of these is written on a line: {e}");
         }
+        let late = parse("# caps\n[router]\nmax_connections = 10\n\nmax_connections_per_ip = 20\n", "router.toml").unwrap_err();
+        assert!(late.expected.ends_with("(line 5)"), "{late}");
         let missing = load(Path::new("/nonexistent/router.toml")).unwrap_err();
         assert_eq!((missing.file.as_str(), missing.key.as_str()), ("/nonexistent/router.toml", "(file)"));
     }

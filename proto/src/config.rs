@@ -452,6 +452,15 @@ pub struct ConfigError {
     pub expected: String,
 }
 
+impl ConfigError {
+    /// A bad value found in `text` (read from `file`) once it had parsed:
+    /// `expected` gets the line `key` is on, when the file writes it.
+    pub fn in_document(text: &str, file: &str, key: String, expected: String) -> ConfigError {
+        let at = line_of(text, &key).map(|line| format!(" (line {line})")).unwrap_or_default();
+        ConfigError { file: file.into(), key, expected: format!("{expected}{at}") }
+    }
+}
+
 /// Deserializes a TOML document read from `file`; an error names the file,
 /// the dotted key (or "(document)") and the line. Shared by `slipway.toml`
 /// and the router's configuration file.
@@ -474,6 +483,30 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Res
     })
 }
 
+/// The line of `text` that `key` is on: a dotted path as `ConfigError`
+/// names it (`web.port`, `web.hosts[1]`, `processes.worker.command`).
+/// For a check made after the document parsed, which has no span of its
+/// own; `None` where the key is not written (a default) or is not found.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = document.as_item();
+    let mut span = None;
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (segment, None),
+        };
+        let (k, next) = item.as_table_like()?.get_key_value(name)?;
+        span = k.span().or_else(|| next.span());
+        item = next;
+        if let Some(i) = index {
+            span = item.as_array()?.get(i)?.span();
+        }
+    }
+    let start = span?.start.min(text.len());
+    Some(text.as_bytes()[..start].iter().filter(|b| **b == b'\n').count() + 1)
+}
+
 /// True for a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'.
 /// Project, environment and process names become container and host names.
 pub fn is_dns_label(name: &str) -> bool {
@@ -493,7 +526,7 @@ pub fn is_env_name(name: &str) -> bool {
 impl AppConfig {
     /// Parses and validates `text`, read from `file` (named in errors).
     pub fn parse(text: &str, file: &str) -> Result<AppConfig, ConfigError> {
-        let err = |key: &str, expected: String| ConfigError { file: file.into(), key: key.into(), expected };
+        let err = |key: &str, expected: String| ConfigError::in_document(text, file, key.into(), expected);
         let config: AppConfig = parse_toml(text, file)?;
         if config.web.port == 0 {
             return Err(err("web.port", "expected a port between 1 and 65535, found 0".into()));
@@ -655,6 +688,23 @@ replicas = 1
         rejects("[processes.w]\ncommand = [\"a\"]\nreplicas = 0\n", "processes.w.replicas", "1 to 20");
         rejects("[web]\nreplicas = 0\n", "web.replicas", "at least 1");
         rejects("[web]\nhosts = [\"node.labels.region==eu\", \"region=eu\"]\n", "web.hosts[1]", "expected ATTRIBUTE==VALUE");
+    }
+
+    #[test]
+    fn bad_values_found_after_parsing_name_their_line_too() {
+        let toml = "# the app\n[web]\nport = 8080\nreplicas = 0\n\n[processes.w]\ncommand = [\"a\"]\nreplicas = 21\n";
+        rejects(toml, "web.replicas", "at least 1 (a release always serves its web) (line 4)");
+        rejects("[web]\nhosts = [\n  \"node.labels.region==eu\",\n  \"region=eu\",\n]\n", "web.hosts[1]", "(line 4)");
+        rejects("[release]\ncommands = [\"make migrate\", \"  \"]\n", "release.commands[1]", "(line 2)");
+        rejects("[services]\ndb = { type = \"tcp\", env = \"1DB\" }\n", "services.db.env", "(line 2)");
+        rejects("\n[processes.Worker]\ncommand = [\"a\"]\n", "processes.Worker", "(line 2)");
+        rejects("[processes.w]\n\ncommand = [\"a\"]\nreplicas = 21\n", "processes.w.replicas", "(line 4)");
+        // A value from a default, written nowhere, has no line to name.
+        let defaulted = parse("[web]\nhealth_timeout = \"1s\"\n").unwrap_err();
+        assert_eq!(defaulted.key, "web.min_ready");
+        assert!(!defaulted.expected.contains("(line"), "{defaulted}");
+        assert_eq!(super::line_of("[web]\nport = 1\n", "web.nothing"), None);
+        assert_eq!(super::line_of("[web]\nhosts = [\"a==b\"]\n", "web.hosts[3]"), None);
     }
 
     #[test]
