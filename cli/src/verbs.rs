@@ -401,8 +401,8 @@ pub async fn workers(store: &dyn EventStore, show_all: bool, json: bool) -> anyh
             }));
             continue;
         }
+        let doing = activity(state, &w.busy, w.last_seen);
         let state = if state == "missing" { format!("MISSING for {}s", silent.num_seconds()) } else { state.to_string() };
-        let doing = if w.busy.is_empty() { "idle".to_string() } else { w.busy.join("; ") };
         println!("{}  {}  {state}  steps {}  since {}  {doing}", w.id, w.host, w.steps.join(","), w.started_at.format("%Y-%m-%d %H:%M:%S"));
     }
     if hidden > 0 && !json {
@@ -412,6 +412,19 @@ pub async fn workers(store: &dyn EventStore, show_all: bool, json: bool) -> anyh
         print_json(&Value::Array(all))?;
     }
     Ok(())
+}
+
+/// What `workers` says a worker in `state` is doing: a stopped worker
+/// finished what it had, so its last report's commands are not shown as
+/// current; a missing one was last seen busy with them, and may still be.
+fn activity(state: &str, busy: &[String], last_seen: chrono::DateTime<chrono::Utc>) -> String {
+    match (state, busy.is_empty()) {
+        ("stopped", _) => format!("stopped at {}", last_seen.format("%Y-%m-%d %H:%M:%S")),
+        ("missing", true) => "idle when last seen".into(),
+        ("missing", false) => format!("last seen busy with {}", busy.join("; ")),
+        (_, true) => "idle".into(),
+        (_, false) => busy.join("; "),
+    }
 }
 
 /// Removes the images Slipway built that no environment's last `keep`

@@ -405,7 +405,17 @@ fn workers_leaves_out_those_stopped_long_ago_unless_all() {
         use slipway_store::EventStore;
         store.operational().heartbeat(&beat("old-worker", chrono::Duration::days(3))).await.unwrap();
         store.operational().heartbeat(&beat("recent-worker", chrono::Duration::hours(2))).await.unwrap();
-        let silent = slipway_store::operational::WorkerBeat { stopped: false, ..beat("silent-worker", chrono::Duration::hours(1)) };
+        let silent = slipway_store::operational::WorkerBeat {
+            stopped: false,
+            busy: vec!["build of 0192".into()],
+            ..beat("silent-worker", chrono::Duration::hours(1))
+        };
+        // Stopped with a command in its last report: it is not doing it now.
+        let done = slipway_store::operational::WorkerBeat {
+            busy: vec!["watch of 0193".into()],
+            ..beat("done-worker", chrono::Duration::hours(3))
+        };
+        store.operational().heartbeat(&done).await.unwrap();
         store.operational().heartbeat(&silent).await.unwrap();
     });
     let listed = dir.json(&["workers", "--json"]);
@@ -414,6 +424,9 @@ fn workers_leaves_out_those_stopped_long_ago_unless_all() {
     let shown = dir.ok(&["workers"]);
     assert!(shown.contains("recent-worker") && !shown.contains("old-worker"), "{shown}");
     assert!(shown.lines().any(|l| l.starts_with("silent-worker") && l.contains("MISSING for 360")), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("silent-worker") && l.ends_with("last seen busy with build of 0192")), "{shown}");
+    let done = shown.lines().find(|l| l.starts_with("done-worker")).unwrap_or_default();
+    assert!(done.contains(" stopped at ") && !done.contains("watch of"), "{shown}");
     assert!(shown.contains("1 worker(s) that stopped over a day ago not shown"), "{shown}");
     let all = dir.ok(&["workers", "--all"]);
     assert!(all.contains("recent-worker") && all.contains("old-worker"), "{all}");
