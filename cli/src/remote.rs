@@ -300,6 +300,26 @@ mod tests {
     }
 
     #[test]
+    fn status_says_which_replicas_no_node_can_take_and_why() {
+        let reason = "no suitable node (scheduling constraints not satisfied on 3 nodes)";
+        let replicas =
+            json!([{ "service": "slipway-shop-live-0123-web", "role": "web", "running": 0, "wanted": 3, "unplaced": 3, "reason": reason }]);
+        let live = json!({ "state": "down", "restarts": 0, "last_exit": null });
+        let active = json!({ "deployment": Uuid::now_v7(), "commit": null, "image": null, "web_port": 30001,
+            "upstreams": ["10.0.0.2:30001", "10.0.0.3:30001", "10.0.0.4:30001"], "live": live, "replicas": replicas });
+        let status = json!({ "project": "shop", "environment": "live", "url": null, "active": active, "queue": [] });
+        let text = status_text(&read(status), Where::Server);
+        assert!(text.contains("\n  live   down, 0 restarts\n"), "{text}");
+        assert!(text.contains(&format!("\n  pending 3 of 3 web replicas cannot be placed: {reason}\n")), "{text}");
+        // Placed again: no such line.
+        let placed =
+            json!([{ "service": "slipway-shop-live-0123-web", "role": "web", "running": 3, "wanted": 3, "unplaced": 0, "reason": "" }]);
+        let active = json!({ "deployment": Uuid::now_v7(), "commit": null, "image": null, "web_port": null, "replicas": placed });
+        let status = json!({ "project": "shop", "environment": "live", "url": null, "active": active, "queue": [] });
+        assert!(!status_text(&read(status), Where::Server).contains("pending"));
+    }
+
+    #[test]
     fn the_deploy_body_leaves_out_what_was_not_given() {
         use clap::Parser as _;
         let body = |args: &[&str]| {

@@ -279,24 +279,7 @@ pub fn describe(event: &Event) -> String {
             if c.oom { ", OOM-killed" } else { "" },
             on_host(&c.host)
         ),
-        Event::ReplicasObserved(r) => {
-            let changes: Vec<String> = r
-                .changes
-                .iter()
-                .map(|c| {
-                    let mut text = format!("replica {} {} on {}", c.slot, c.change.as_str(), c.node);
-                    if !c.from.is_empty() {
-                        text.push_str(&format!(" (from {})", c.from));
-                    }
-                    if !c.error.is_empty() {
-                        text.push_str(&format!(": {}", c.error));
-                    }
-                    text
-                })
-                .collect();
-            let more = if r.more > 0 { format!(" and {} more", r.more) } else { String::new() };
-            format!("{}: {}{more}; {} of {} replica(s) running", r.service, changes.join("; "), r.running, r.wanted)
-        }
+        Event::ReplicasObserved(r) => replicas_observed(r),
         Event::HostAvailabilityChanged(h) => {
             let moved = if h.moved.is_empty() { String::new() } else { format!("; moved {}", h.moved.join(", ")) };
             format!("swarm node {} ({}) set to {} (was {}){moved}", h.node, h.node_id, h.availability, h.previous)
@@ -309,6 +292,32 @@ pub fn describe(event: &Event) -> String {
             on_host(&r.host)
         ),
     }
+}
+
+/// `SERVICE: <changes>; R of W replica(s) running`, the replicas no node
+/// can take said first, in one phrase, while there are any.
+fn replicas_observed(r: &slipway_proto::event::ReplicasObserved) -> String {
+    use slipway_proto::event::ReplicaChange;
+    let mut parts = Vec::new();
+    if r.unplaced > 0 {
+        let role = if r.role.is_empty() { "" } else { " " };
+        parts.push(format!("{} of {} {}{role}replicas cannot be placed: {}", r.unplaced, r.wanted, r.role, r.reason));
+    }
+    for c in r.changes.iter().filter(|c| r.unplaced == 0 || c.change != ReplicaChange::Unplaceable) {
+        let mut text = format!("replica {} {}", c.slot, c.change.as_str());
+        if !c.node.is_empty() {
+            text.push_str(&format!(" on {}", c.node));
+        }
+        if !c.from.is_empty() {
+            text.push_str(&format!(" (from {})", c.from));
+        }
+        if !c.error.is_empty() {
+            text.push_str(&format!(": {}", c.error));
+        }
+        parts.push(text);
+    }
+    let more = if r.more > 0 { format!(" and {} more", r.more) } else { String::new() };
+    format!("{}: {}{more}; {} of {} replica(s) running", r.service, parts.join("; "), r.running, r.wanted)
 }
 
 fn on_host(host: &str) -> String {
@@ -355,4 +364,57 @@ pub fn event_json(r: &RecordedEvent) -> Value {
         "hash": r.hash,
         "payload": r.envelope.payload_value(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_proto::event::{ReplicaChange, ReplicaChanged, ReplicasObserved};
+
+    fn change(slot: u64, change: ReplicaChange, node: &str, error: &str) -> ReplicaChanged {
+        ReplicaChanged { slot, change, node: node.into(), from: String::new(), error: error.into() }
+    }
+
+    #[test]
+    fn replicas_no_node_can_take_and_placed_again_read_in_plain_words() {
+        let reason = "no suitable node (scheduling constraints not satisfied on 3 nodes)";
+        let stranded = ReplicasObserved {
+            deployment_id: uuid::Uuid::from_u128(1),
+            service: "slipway-shop-live-web".into(),
+            changes: vec![change(2, ReplicaChange::Unplaceable, "", reason), change(3, ReplicaChange::Unplaceable, "", reason)],
+            more: 0,
+            running: 1,
+            wanted: 3,
+            unplaced: 2,
+            reason: reason.into(),
+            role: "web".into(),
+        };
+        assert_eq!(
+            describe(&Event::ReplicasObserved(stranded.clone())),
+            format!("slipway-shop-live-web: 2 of 3 web replicas cannot be placed: {reason}; 1 of 3 replica(s) running")
+        );
+        let placed = ReplicasObserved {
+            changes: vec![change(2, ReplicaChange::Placed, "10.0.0.2", ""), change(3, ReplicaChange::Placed, "10.0.0.2", "")],
+            running: 3,
+            unplaced: 0,
+            reason: String::new(),
+            ..stranded.clone()
+        };
+        assert_eq!(
+            describe(&Event::ReplicasObserved(placed)),
+            "slipway-shop-live-web: replica 2 placed again on 10.0.0.2; replica 3 placed again on 10.0.0.2; 3 of 3 replica(s) running"
+        );
+        // Stranded and placed within one summary: each said.
+        let both = ReplicasObserved {
+            changes: vec![change(2, ReplicaChange::Unplaceable, "", reason), change(2, ReplicaChange::Placed, "10.0.0.3", "")],
+            running: 3,
+            unplaced: 0,
+            reason: String::new(),
+            ..stranded
+        };
+        assert_eq!(
+            describe(&Event::ReplicasObserved(both)),
+            format!("slipway-shop-live-web: replica 2 cannot be placed: {reason}; replica 2 placed again on 10.0.0.3; 3 of 3 replica(s) running")
+        );
+    }
 }

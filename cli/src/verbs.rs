@@ -92,6 +92,11 @@ pub fn status_text(status: &EnvironmentStatus, at: Where) -> String {
             if let Some(live) = &a.live {
                 out.push_str(&format!("  live   {}\n", live.describe()));
             }
+            // Swarm replicas no node can take: the route still lists the
+            // last ones, so say it plainly.
+            for text in a.replicas.iter().filter_map(|r| r.unplaced_text()) {
+                out.push_str(&format!("  pending {text}\n"));
+            }
             for r in &status.routes {
                 out.push_str(&format!("  route  {} (router {})\n", r.url, r.router));
             }

@@ -3,7 +3,10 @@
 //! folded from its `environment-<project>-<env>` stream. What the host
 //! agent observed of the serving release (new upstreams after a Docker
 //! restart) moves the active release too, so a later revert goes where the
-//! release really answers.
+//! release really answers. On the swarm runtime, the swarm watcher's last
+//! record of each of the serving release's services says how many of its
+//! replicas run and how many no node can take, so status does not show a
+//! stranded release as running.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,6 +29,9 @@ pub struct Environment {
     /// What the serving release's containers do, by container, as the host
     /// agent last recorded it (empty until it records anything).
     pub live: BTreeMap<String, ContainerLive>,
+    /// The serving release's Swarm services, by name, as the swarm watcher
+    /// last recorded them (empty until it records anything).
+    pub replicas: BTreeMap<String, ServiceReplicas>,
     /// A reroute of the serving release waiting for the routers'
     /// acknowledgements (`ReleaseRerouted` until `RerouteSettled`).
     pub rerouting: Option<slipway_proto::event::ReleaseRerouted>,
@@ -41,6 +47,18 @@ pub struct ContainerLive {
     /// Exits recorded since it began serving.
     pub exits: u32,
     pub oom_kills: u32,
+}
+
+/// One Swarm service of the serving release, from its last `ReplicasObserved`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceReplicas {
+    /// `web` or the process type (empty in records from before roles).
+    pub role: String,
+    pub running: u32,
+    pub wanted: u32,
+    /// Replicas no node can take, and Swarm's reason.
+    pub unplaced: u32,
+    pub reason: String,
 }
 
 /// The serving release's live state: its worst container's, with the
@@ -145,6 +163,16 @@ impl Environment {
                 live.exits += c.exits;
                 live.oom_kills += u32::from(c.oom);
             }
+            Event::ReplicasObserved(r) if self.last_succeeded() == Some(r.deployment_id) => {
+                let replicas = ServiceReplicas {
+                    role: r.role.clone(),
+                    running: r.running,
+                    wanted: r.wanted,
+                    unplaced: r.unplaced,
+                    reason: r.reason.clone(),
+                };
+                self.replicas.insert(r.service.clone(), replicas);
+            }
             Event::ReleaseRerouted(r) => self.rerouting = Some(r.clone()),
             Event::RerouteSettled(r) if self.rerouting.as_ref().is_some_and(|p| p.route_version <= r.route_version) => {
                 self.rerouting = None;
@@ -159,11 +187,13 @@ impl Environment {
             Event::EnvironmentRemoved(_) => {
                 self.active = None;
                 self.live.clear();
+                self.replicas.clear();
             }
             Event::DeploymentFinished(f) => {
                 self.queue.retain(|d| *d != f.deployment_id);
                 if f.succeeded && !f.dry_run {
                     self.live.clear();
+                    self.replicas.clear();
                     self.releases.push(f.deployment_id);
                     self.active = Some(ActiveRelease {
                         deployment: f.deployment_id,

@@ -11,6 +11,16 @@
 //!   once, later ones at most every `min_interval`, summarised; `flush`
 //!   records what was held back. The first look at a service is the
 //!   baseline: the deployment's own events tell how it started.
+//! - `stranded` says which replicas Swarm wants but cannot place (no node
+//!   satisfies their placement, every eligible node drained or lost): they
+//!   stay pending and nothing else would tell it — the route keeps the
+//!   last replicas, the service still asks for them. One pending longer
+//!   than `Limits::grace` (Swarm places a replica within moments when it
+//!   can) is recorded as `Unplaceable` with Swarm's reason, and `Placed`
+//!   once it runs again; each record carries how many cannot be placed, so
+//!   the environment's status shows it. Unlike the other changes this
+//!   holds from the first look: a watcher started while replicas are
+//!   stranded records it.
 //! - `reroute` says when the serving release answers elsewhere than its
 //!   route says: the replicas that run on a node that is up, a new one only
 //!   once it accepted a connection. The engine moves the route through
@@ -47,6 +57,9 @@ pub struct Replica {
     pub failed: Option<String>,
     /// `<node address>:<published port>` when it publishes one.
     pub upstream: Option<String>,
+    /// Swarm wants it running but has put it on no node (pending), with
+    /// Swarm's words ("no suitable node (...)"), or empty when it gave none.
+    pub unplaced: Option<String>,
 }
 
 impl Replica {
@@ -59,12 +72,35 @@ impl Replica {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub min_interval: Duration,
+    /// How long a replica may stay unplaced before it is recorded: Swarm
+    /// places one it can within moments (a new task is pending briefly).
+    pub grace: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { min_interval: Duration::seconds(5) }
+        Limits { min_interval: Duration::seconds(5), grace: Duration::seconds(3) }
     }
+}
+
+/// What Swarm says when it gives no reason for a pending replica.
+const NO_REASON: &str = "Swarm has not placed it on any node";
+
+/// The replicas Swarm wants but has put on no node, by slot, with Swarm's
+/// reason: none while `wanted` replicas serve (a spare task pending during
+/// an update strands nothing), else at most the ones missing, and never a
+/// slot that has a serving replica. Pure.
+pub fn stranded(replicas: &[Replica], wanted: u32) -> BTreeMap<u64, String> {
+    let serving: BTreeSet<u64> = replicas.iter().filter(|r| r.serving()).map(|r| r.slot).collect();
+    let missing = usize::try_from(wanted).unwrap_or(usize::MAX).saturating_sub(serving.len());
+    let mut found = BTreeMap::new();
+    for r in replicas.iter().filter(|r| r.wanted && !serving.contains(&r.slot)) {
+        if let Some(reason) = &r.unplaced {
+            let reason = if reason.trim().is_empty() { NO_REASON.to_string() } else { reason.trim().to_string() };
+            found.entry(r.slot).or_insert(reason);
+        }
+    }
+    found.into_iter().take(missing).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +120,40 @@ struct Track {
     running: u32,
     wanted: u32,
     recorded_at: Option<DateTime<Utc>>,
+    role: String,
+    /// Since when each slot has been stranded (`stranded`).
+    stranded_since: BTreeMap<u64, DateTime<Utc>>,
+    /// Slots recorded as unplaceable and not placed since.
+    unplaceable: BTreeSet<u64>,
+    /// Of those, the ones still stranded, and Swarm's reason for the first.
+    unplaced: u32,
+    reason: String,
+}
+
+impl Track {
+    /// Records the slots stranded past the grace, forgets those no longer
+    /// asked for (the service scaled down), and keeps the count a record
+    /// carries.
+    fn strand(&mut self, replicas: &[Replica], wanted: u32, grace: Duration, at: DateTime<Utc>) {
+        let now = stranded(replicas, wanted);
+        self.stranded_since.retain(|slot, _| now.contains_key(slot));
+        for (slot, reason) in &now {
+            let since = *self.stranded_since.entry(*slot).or_insert(at);
+            if at - since >= grace && self.unplaceable.insert(*slot) {
+                self.pending.push(ReplicaChanged {
+                    slot: *slot,
+                    change: ReplicaChange::Unplaceable,
+                    node: String::new(),
+                    from: String::new(),
+                    error: reason.clone(),
+                });
+            }
+        }
+        self.unplaceable.retain(|slot| now.contains_key(slot) || replicas.iter().any(|r| r.slot == *slot && r.wanted));
+        let still: Vec<&String> = now.iter().filter(|(slot, _)| self.unplaceable.contains(slot)).map(|(_, reason)| reason).collect();
+        self.unplaced = u32::try_from(still.len()).unwrap_or(u32::MAX);
+        self.reason = still.first().map(|r| r.to_string()).unwrap_or_default();
+    }
 }
 
 /// Every watched service's track, and the limits.
@@ -98,17 +168,19 @@ impl Watch {
         Watch { limits, services: BTreeMap::new() }
     }
 
-    /// One look at `service` (of `deployment`, which serves; `wanted`
-    /// replicas asked for) at `at`: the record due now, if any.
+    /// One look at `service` (of `deployment`, which serves, in `role`;
+    /// `wanted` replicas asked for) at `at`: the record due now, if any.
     pub fn observe(
         &mut self,
         service: &str,
+        role: &str,
         deployment: Uuid,
         replicas: &[Replica],
         wanted: u32,
         at: DateTime<Utc>,
     ) -> Option<ReplicasObserved> {
         let running = u32::try_from(replicas.iter().filter(|r| r.serving()).count()).unwrap_or(u32::MAX);
+        let grace = self.limits.grace;
         let Some(track) = self.services.get_mut(service) else {
             let mut track = Track {
                 deployment,
@@ -118,6 +190,11 @@ impl Watch {
                 running,
                 wanted,
                 recorded_at: None,
+                role: role.to_string(),
+                stranded_since: BTreeMap::new(),
+                unplaceable: BTreeSet::new(),
+                unplaced: 0,
+                reason: String::new(),
             };
             for r in replicas {
                 track.tasks.insert(r.task.clone(), seen(r));
@@ -125,10 +202,12 @@ impl Watch {
                     track.slots.insert(r.slot, r.node.clone());
                 }
             }
+            track.strand(replicas, wanted, grace, at);
             self.services.insert(service.to_string(), track);
             return None;
         };
         track.deployment = deployment;
+        track.role = role.to_string();
         for r in replicas {
             let before = track.tasks.get(&r.task).copied();
             let now = seen(r);
@@ -145,6 +224,9 @@ impl Watch {
             if r.running && r.node_up && !before.is_some_and(|b| b.running) {
                 let moved = track.slots.get(&r.slot).filter(|n| **n != r.node).cloned();
                 match moved {
+                    _ if track.unplaceable.remove(&r.slot) => {
+                        track.pending.push(change(ReplicaChange::Placed, String::new(), String::new()))
+                    }
                     Some(from) => track.pending.push(change(ReplicaChange::Rescheduled, from, String::new())),
                     None => track.pending.push(change(ReplicaChange::Started, String::new(), String::new())),
                 }
@@ -159,6 +241,7 @@ impl Watch {
         track.tasks.retain(|task, _| replicas.iter().any(|r| &r.task == task));
         track.running = running;
         track.wanted = wanted;
+        track.strand(replicas, wanted, grace, at);
         due(service, track, &self.limits, at)
     }
 
@@ -193,6 +276,9 @@ fn due(service: &str, track: &mut Track, limits: &Limits, now: DateTime<Utc>) ->
         more,
         running: track.running,
         wanted: track.wanted,
+        unplaced: track.unplaced,
+        reason: track.reason.clone(),
+        role: track.role.clone(),
     })
 }
 
@@ -246,8 +332,16 @@ mod tests {
             running,
             failed: None,
             upstream: running.then(|| format!("{node}:3000{slot}")),
+            unplaced: None,
         }
     }
+
+    /// A task Swarm put on no node, with its reason.
+    fn pending(task: &str, slot: u64, reason: &str) -> Replica {
+        Replica { node: String::new(), unplaced: Some(reason.into()), ..replica(task, slot, "", false) }
+    }
+
+    const NO_NODE: &str = "no suitable node (scheduling constraints not satisfied on 3 nodes)";
 
     fn three() -> Vec<Replica> {
         vec![replica("t1", 1, "n1", true), replica("t2", 2, "n2", true), replica("t3", 3, "n3", true)]
@@ -269,8 +363,8 @@ mod tests {
     #[test]
     fn the_first_look_is_the_baseline() {
         let mut w = Watch::default();
-        assert_eq!(w.observe("svc", Uuid::from_u128(7), &three(), 3, at(0)), None);
-        assert_eq!(w.observe("svc", Uuid::from_u128(7), &three(), 3, at(1)), None, "nothing changed");
+        assert_eq!(w.observe("svc", "web", Uuid::from_u128(7), &three(), 3, at(0)), None);
+        assert_eq!(w.observe("svc", "web", Uuid::from_u128(7), &three(), 3, at(1)), None, "nothing changed");
         assert!(w.flush(at(60)).is_empty());
     }
 
@@ -278,18 +372,18 @@ mod tests {
     fn a_lost_node_is_recorded_at_once_and_the_reschedule_after_the_interval() {
         let mut w = Watch::default();
         let d = Uuid::from_u128(7);
-        w.observe("svc", d, &three(), 3, at(0));
+        w.observe("svc", "web", d, &three(), 3, at(0));
         // n3 goes down: Swarm shuts its task down and places slot 3 anew.
         let mut down = three();
         down[2].node_up = false;
         down[2].wanted = false;
         down.push(Replica { upstream: None, running: false, ..replica("t4", 3, "n1", false) });
-        let first = w.observe("svc", d, &down, 3, at(10)).expect("recorded at once");
+        let first = w.observe("svc", "web", d, &down, 3, at(10)).expect("recorded at once");
         assert_eq!(kinds(&first), vec![(3, ReplicaChange::NodeDown, "n3", "")]);
         assert_eq!((first.running, first.wanted), (2, 3));
         // The new task runs on n1 a second later: held back for the interval.
         down[3] = replica("t4", 3, "n1", true);
-        assert_eq!(w.observe("svc", d, &down, 3, at(11)), None);
+        assert_eq!(w.observe("svc", "web", d, &down, 3, at(11)), None);
         assert!(w.flush(at(14)).is_empty());
         let later = w.flush(at(15));
         assert_eq!(later.len(), 1);
@@ -302,19 +396,19 @@ mod tests {
     fn failures_and_restarts_on_the_same_node_are_summarised() {
         let mut w = Watch::default();
         let d = Uuid::from_u128(7);
-        w.observe("svc", d, &three(), 3, at(0));
+        w.observe("svc", "web", d, &three(), 3, at(0));
         let mut tasks = three();
         tasks[0] = Replica { failed: Some("task: non-zero exit (1)".into()), wanted: false, ..replica("t1", 1, "n1", false) };
-        let failed = w.observe("svc", d, &tasks, 3, at(1)).expect("at once");
+        let failed = w.observe("svc", "web", d, &tasks, 3, at(1)).expect("at once");
         assert_eq!(failed.changes[0].change, ReplicaChange::Failed);
         assert_eq!(failed.changes[0].error, "task: non-zero exit (1)");
         // Restarted on the same node, failing again and again: one summary.
         for i in 0..100u64 {
             tasks.push(Replica { failed: Some("exit".into()), wanted: false, ..replica(&format!("r{i}"), 1, "n1", false) });
-            assert_eq!(w.observe("svc", d, &tasks, 3, at(2)), None);
+            assert_eq!(w.observe("svc", "web", d, &tasks, 3, at(2)), None);
         }
         tasks.push(replica("ok", 1, "n1", true));
-        assert_eq!(w.observe("svc", d, &tasks, 3, at(3)), None);
+        assert_eq!(w.observe("svc", "web", d, &tasks, 3, at(3)), None);
         let summary = w.flush(at(6)).pop().expect("a summary");
         assert_eq!(summary.changes.len(), LISTED);
         assert_eq!(summary.more, 101 - LISTED as u32);
@@ -324,14 +418,139 @@ mod tests {
     #[test]
     fn services_no_longer_serving_are_forgotten() {
         let mut w = Watch::default();
-        w.observe("old", Uuid::from_u128(1), &three(), 3, at(0));
-        w.observe("new", Uuid::from_u128(2), &three(), 3, at(0));
+        w.observe("old", "web", Uuid::from_u128(1), &three(), 3, at(0));
+        w.observe("new", "web", Uuid::from_u128(2), &three(), 3, at(0));
         w.retain(|_, d| d == Uuid::from_u128(2));
         // "old" looked at again is a baseline again: nothing recorded.
         let mut gone = three();
         gone[0].node_up = false;
-        assert_eq!(w.observe("old", Uuid::from_u128(1), &gone, 3, at(1)), None);
-        assert!(w.observe("new", Uuid::from_u128(2), &gone, 3, at(1)).is_some());
+        assert_eq!(w.observe("old", "web", Uuid::from_u128(1), &gone, 3, at(1)), None);
+        assert!(w.observe("new", "web", Uuid::from_u128(2), &gone, 3, at(1)).is_some());
+    }
+
+    #[test]
+    fn stranded_replicas_are_the_unplaced_ones_the_service_is_short_of() {
+        let mut tasks = three();
+        assert!(stranded(&tasks, 3).is_empty());
+        // Slot 3's task shut down, its replacement placed nowhere.
+        tasks[2].wanted = false;
+        tasks.push(pending("t4", 3, NO_NODE));
+        assert_eq!(stranded(&tasks, 3), BTreeMap::from([(3, NO_NODE.to_string())]));
+        // A spare pending task while every wanted replica serves strands nothing.
+        assert!(stranded(&tasks, 2).is_empty());
+        // No reason from Swarm: said plainly; a task not wanted any more is no replica.
+        let quiet = vec![pending("a", 1, " "), Replica { wanted: false, ..pending("b", 2, NO_NODE) }];
+        assert_eq!(stranded(&quiet, 2), BTreeMap::from([(1, NO_REASON.to_string())]));
+        // A slot that has a serving replica is not stranded.
+        let both = vec![replica("old", 1, "n1", true), pending("new", 1, NO_NODE), pending("t2", 2, NO_NODE)];
+        assert_eq!(stranded(&both, 2), BTreeMap::from([(2, NO_NODE.to_string())]));
+    }
+
+    #[test]
+    fn replicas_no_node_can_take_are_recorded_after_the_grace_and_again_once_placed() {
+        let mut w = Watch::default();
+        let d = Uuid::from_u128(7);
+        w.observe("svc", "web", d, &three(), 3, at(0));
+        // Placement changed by hand: two slots' tasks replaced by pending ones.
+        let mut tasks = three();
+        for t in &mut tasks[1..] {
+            t.wanted = false;
+            t.running = false;
+        }
+        tasks.push(pending("t4", 2, NO_NODE));
+        tasks.push(pending("t5", 3, NO_NODE));
+        assert_eq!(w.observe("svc", "web", d, &tasks, 3, at(10)), None, "within the grace");
+        assert_eq!(w.observe("svc", "web", d, &tasks, 3, at(12)), None, "within the grace");
+        let record = w.observe("svc", "web", d, &tasks, 3, at(13)).expect("recorded once the grace passed");
+        assert_eq!(kinds(&record), vec![(2, ReplicaChange::Unplaceable, "", ""), (3, ReplicaChange::Unplaceable, "", "")]);
+        assert!(record.changes.iter().all(|c| c.error == NO_NODE), "{record:?}");
+        assert_eq!((record.running, record.wanted, record.unplaced), (1, 3, 2));
+        assert_eq!((record.reason.as_str(), record.role.as_str()), (NO_NODE, "web"));
+        // Still stranded: recorded once, not again on every look.
+        assert_eq!(w.observe("svc", "web", d, &tasks, 3, at(30)), None);
+        assert!(w.flush(at(60)).is_empty());
+        // A node satisfies the placement again: both run on n1.
+        tasks[3] = replica("t4", 2, "n1", true);
+        tasks[4] = replica("t5", 3, "n1", true);
+        let placed = w.observe("svc", "web", d, &tasks, 3, at(61)).expect("recorded");
+        assert_eq!(kinds(&placed), vec![(2, ReplicaChange::Placed, "n1", ""), (3, ReplicaChange::Placed, "n1", "")]);
+        assert_eq!((placed.running, placed.unplaced, placed.reason.as_str()), (3, 0, ""));
+    }
+
+    #[test]
+    fn a_replica_placed_within_the_grace_is_no_news_and_a_stranded_one_is_recorded_from_the_first_look() {
+        let mut w = Watch::default();
+        let d = Uuid::from_u128(7);
+        w.observe("svc", "web", d, &three(), 3, at(0));
+        let mut tasks = three();
+        tasks[0].wanted = false;
+        tasks[0].running = false;
+        tasks.push(pending("t4", 1, "pending task scheduling"));
+        assert_eq!(w.observe("svc", "web", d, &tasks, 3, at(1)), None);
+        tasks[3] = replica("t4", 1, "n1", true);
+        let started = w.observe("svc", "web", d, &tasks, 3, at(2)).expect("a start");
+        assert_eq!(kinds(&started), vec![(1, ReplicaChange::Started, "n1", "")]);
+        assert_eq!(started.unplaced, 0);
+        // A watcher that starts while a replica is stranded records it.
+        let mut fresh = Watch::default();
+        let stuck = vec![pending("p1", 1, NO_NODE)];
+        assert_eq!(fresh.observe("svc", "web", d, &stuck, 1, at(0)), None, "the first look");
+        let record = fresh.observe("svc", "web", d, &stuck, 1, at(3)).expect("after the grace");
+        assert_eq!((record.running, record.wanted, record.unplaced), (0, 1, 1));
+    }
+
+    #[test]
+    fn a_stranded_slot_the_service_no_longer_asks_for_is_forgotten() {
+        let mut w = Watch::default();
+        let d = Uuid::from_u128(7);
+        let mut tasks = vec![replica("t1", 1, "n1", true), pending("t2", 2, NO_NODE)];
+        w.observe("svc", "web", d, &tasks, 2, at(0));
+        assert_eq!(w.observe("svc", "web", d, &tasks, 2, at(5)).map(|r| r.unplaced), Some(1));
+        // Scaled down to one by hand: slot 2's task is no longer wanted.
+        tasks[1].wanted = false;
+        assert_eq!(w.observe("svc", "web", d, &tasks, 1, at(20)), None);
+        // Should slot 2 come back and run, it is a start, not a placement.
+        tasks.push(replica("t3", 2, "n2", true));
+        let record = w.observe("svc", "web", d, &tasks, 2, at(30)).expect("a start");
+        assert_eq!(kinds(&record), vec![(2, ReplicaChange::Started, "n2", "")]);
+    }
+
+    #[test]
+    fn the_environment_keeps_the_serving_release_s_last_record_of_each_service() {
+        use slipway_proto::event::{DeploymentEnqueued, DeploymentFinished};
+        use slipway_proto::Event;
+        let d = Uuid::from_u128(7);
+        let finished = |deployment_id| {
+            Event::DeploymentFinished(DeploymentFinished {
+                deployment_id,
+                succeeded: true,
+                containers: vec!["svc".into()],
+                upstreams: vec![],
+                dry_run: false,
+                host: "swarm".into(),
+            })
+        };
+        let mut w = Watch::default();
+        w.observe("svc", "web", d, &three(), 3, at(0));
+        let mut tasks = three();
+        tasks[0].wanted = false;
+        tasks.push(pending("t4", 1, NO_NODE));
+        w.observe("svc", "web", d, &tasks, 3, at(1));
+        let stranded = w.observe("svc", "web", d, &tasks, 3, at(4)).expect("a record");
+        let mut history = vec![
+            Event::DeploymentEnqueued(DeploymentEnqueued { deployment_id: d }),
+            finished(d),
+            Event::ReplicasObserved(stranded.clone()),
+        ];
+        let env = crate::environment::fold(&history);
+        let svc = env.replicas.get("svc").expect("the service");
+        assert_eq!((svc.role.as_str(), svc.running, svc.wanted, svc.unplaced, svc.reason.as_str()), ("web", 2, 3, 1, NO_NODE));
+        // Another release's record is not this one's; a new release starts clean.
+        let other = ReplicasObserved { deployment_id: Uuid::from_u128(9), unplaced: 0, ..stranded.clone() };
+        history.push(Event::ReplicasObserved(other));
+        assert_eq!(crate::environment::fold(&history).replicas.get("svc").map(|s| s.unplaced), Some(1));
+        history.push(finished(Uuid::from_u128(9)));
+        assert!(crate::environment::fold(&history).replicas.is_empty());
     }
 
     #[test]

@@ -79,13 +79,53 @@ pub struct ActiveRelease {
     /// runs on). Empty from servers that predate it.
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// On the swarm runtime, each of its services as the swarm watcher last
+    /// recorded it: replicas running, asked for, and those no node can take
+    /// with Swarm's reason. Empty on one engine, until the watcher records
+    /// anything, and from servers that predate it.
+    #[serde(default)]
+    pub replicas: Vec<ServiceReplicas>,
+}
+
+/// One Swarm service of the serving release (`ReplicasObserved`, last recorded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceReplicas {
+    pub service: String,
+    /// `web` or the process type (empty when recorded before roles were).
+    #[serde(default)]
+    pub role: String,
+    pub running: u32,
+    pub wanted: u32,
+    /// Replicas Swarm wants but no node can take (pending), and its reason.
+    #[serde(default)]
+    pub unplaced: u32,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl ServiceReplicas {
+    /// `2 of 3 web replicas cannot be placed: <Swarm's reason>`, when any cannot.
+    pub fn unplaced_text(&self) -> Option<String> {
+        let role = if self.role.is_empty() { self.service.as_str() } else { self.role.as_str() };
+        (self.unplaced > 0).then(|| format!("{} of {} {role} replicas cannot be placed: {}", self.unplaced, self.wanted, self.reason))
+    }
+}
+
+/// The live state shown while Swarm cannot place replicas of the release:
+/// `down` when a service has none running, else `pending`; `None` when
+/// every replica is placed (the host agent's state stands).
+pub fn unplaced_state(replicas: &[ServiceReplicas]) -> Option<&'static str> {
+    let stranded = replicas.iter().filter(|r| r.unplaced > 0);
+    stranded.map(|r| if r.running == 0 { "down" } else { "pending" }).min_by_key(|s| *s != "down")
 }
 
 /// The serving release's live state (folded from `ContainerSupervised`):
 /// its worst container's state, the restarts and the last exit code seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LiveStatus {
-    /// `running`, `unhealthy`, `restarting`, `crash_looping` or `down`.
+    /// `running`, `unhealthy`, `restarting`, `crash_looping` or `down`; on
+    /// the swarm runtime also `pending` (some replicas no node can take;
+    /// `down` when a service has none running: `active.replicas` says why).
     pub state: String,
     pub restarts: u32,
     pub last_exit: Option<i64>,
@@ -210,8 +250,22 @@ pub async fn status_in(store: &dyn EventStore, project: &str, env: &str, around:
     let active = match state.last_succeeded() {
         Some(id) => {
             let d = load::deployment(store, id).await?.ok_or_else(|| missing(id))?;
+            let replicas: Vec<ServiceReplicas> = state
+                .replicas
+                .iter()
+                .map(|(service, r)| ServiceReplicas {
+                    service: service.clone(),
+                    role: r.role.clone(),
+                    running: r.running,
+                    wanted: r.wanted,
+                    unplaced: r.unplaced,
+                    reason: r.reason.clone(),
+                })
+                .collect();
             let live = state.shown_live().map(|l| LiveStatus {
-                state: serde_json::to_value(l.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                state: unplaced_state(&replicas)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| serde_json::to_value(l.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
                 restarts: l.restarts,
                 last_exit: l.last_exit,
                 oom_kills: l.oom_kills,
@@ -225,7 +279,16 @@ pub async fn status_in(store: &dyn EventStore, project: &str, env: &str, around:
                 .filter(|route| route.deployment == Some(id))
                 .map(|route| route.upstreams.clone())
                 .unwrap_or_default();
-            Some(ActiveRelease { deployment: id, commit: d.context.commit, image: d.context.image_id, web_port, limits, live, upstreams })
+            Some(ActiveRelease {
+                deployment: id,
+                commit: d.context.commit,
+                image: d.context.image_id,
+                web_port,
+                limits,
+                live,
+                upstreams,
+                replicas,
+            })
         }
         None => None,
     };
@@ -489,6 +552,29 @@ mod tests {
         assert_eq!(calm.describe(), "running, 1 restart");
     }
 
+    #[test]
+    fn replicas_no_node_can_take_show_as_pending_or_down_with_swarm_s_reason() {
+        let web = ServiceReplicas {
+            service: "slipway-shop-live-0123-web".into(),
+            role: "web".into(),
+            running: 1,
+            wanted: 3,
+            unplaced: 2,
+            reason: "no suitable node (scheduling constraints not satisfied on 3 nodes)".into(),
+        };
+        assert_eq!(
+            web.unplaced_text().as_deref(),
+            Some("2 of 3 web replicas cannot be placed: no suitable node (scheduling constraints not satisfied on 3 nodes)")
+        );
+        let placed = ServiceReplicas { running: 3, unplaced: 0, reason: String::new(), ..web.clone() };
+        assert_eq!(placed.unplaced_text(), None);
+        assert_eq!(unplaced_state(std::slice::from_ref(&placed)), None, "every replica placed: the host agent's state stands");
+        assert_eq!(unplaced_state(&[placed.clone(), web.clone()]), Some("pending"));
+        let worker = ServiceReplicas { service: "w".into(), role: String::new(), running: 0, wanted: 1, unplaced: 1, ..web.clone() };
+        assert_eq!(unplaced_state(&[web, worker.clone(), placed]), Some("down"), "a service with nothing running");
+        assert!(worker.unplaced_text().is_some_and(|t| t.starts_with("1 of 1 w replicas")), "{:?}", worker.unplaced_text());
+    }
+
     /// The `--server` CLI prints what it deserialized: every field must
     /// come back as it was sent, or local and remote JSON would differ.
     #[test]
@@ -508,6 +594,14 @@ mod tests {
                 limits: Some(limits),
                 live: Some(LiveStatus { state: "crash_looping".into(), restarts: 2, last_exit: Some(1), oom_kills: 1 }),
                 upstreams: vec!["10.231.0.2:30001".into(), "10.231.0.3:30001".into()],
+                replicas: vec![ServiceReplicas {
+                    service: "slipway-shop-live-web".into(),
+                    role: "web".into(),
+                    running: 1,
+                    wanted: 3,
+                    unplaced: 2,
+                    reason: "no suitable node (scheduling constraints not satisfied on 3 nodes)".into(),
+                }],
             }),
             routes: vec![RouterUrl { url: "http://shop-live.localhost:7880/".into(), router: "r1".into() }],
             queue: vec![Uuid::now_v7(), Uuid::now_v7()],

@@ -6,8 +6,10 @@
 //! worker's engine, a Swarm manager), and
 //!
 //! - records what changed — a replica started, failed, rescheduled to
-//!   another node, its node down — as `ReplicasObserved` on the
-//!   environment's stream, rate-limited (`slipway_engine::replicas::Watch`);
+//!   another node, its node down, pending with no node able to take it
+//!   (past a short grace; Swarm's reason said) and placed again — as
+//!   `ReplicasObserved` on the environment's stream, rate-limited
+//!   (`slipway_engine::replicas::Watch`);
 //! - when the web replicas answer elsewhere than recorded (a node lost, a
 //!   replica placed again on a new port), records `ReleaseUpstreamsObserved`
 //!   once the new ones accept a connection; the engine then moves the route
@@ -85,7 +87,7 @@ impl Watcher {
         for look in &looks {
             let Some(d) = serving.get(&look.deployment) else { continue };
             let stream = environment_stream(&d.project, &d.environment);
-            if let Some(record) = self.watch.observe(&look.name, look.deployment, &look.replicas, look.wanted, now) {
+            if let Some(record) = self.watch.observe(&look.name, &look.role, look.deployment, &look.replicas, look.wanted, now) {
                 tracing::info!(service = %look.name, changes = record.changes.len(), "swarm watcher: replicas changed");
                 self.append(&stream, Uuid::now_v7(), &Event::ReplicasObserved(record)).await;
             }

@@ -920,6 +920,12 @@ pub enum ReplicaChange {
     Rescheduled,
     /// The node a replica ran on is down (Swarm places it elsewhere).
     NodeDown,
+    /// Swarm wants the replica running but no node can take it (its
+    /// placement, a drained or lost node): it stays pending, with Swarm's
+    /// reason in `error`.
+    Unplaceable,
+    /// A replica recorded as unplaceable runs again, on `node`.
+    Placed,
 }
 
 impl ReplicaChange {
@@ -929,6 +935,8 @@ impl ReplicaChange {
             ReplicaChange::Failed => "failed",
             ReplicaChange::Rescheduled => "rescheduled",
             ReplicaChange::NodeDown => "node down",
+            ReplicaChange::Unplaceable => "cannot be placed",
+            ReplicaChange::Placed => "placed again",
         }
     }
 }
@@ -962,6 +970,16 @@ pub struct ReplicasObserved {
     /// Replicas running when recorded, and how many the service asks for.
     pub running: u32,
     pub wanted: u32,
+    /// Replicas Swarm wants but no node can take when recorded (pending
+    /// past the watcher's grace), and Swarm's reason; 0 and empty when
+    /// every replica is placed (and in records written before this was).
+    #[serde(default)]
+    pub unplaced: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// `web`, or the process type's name (empty in records written before).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
 }
 
 /// An operator changed a swarm node's availability (on the installation

@@ -156,6 +156,26 @@ fn sample_events() -> Vec<Event> {
             more: 0,
             running: 3,
             wanted: 3,
+            unplaced: 0,
+            reason: String::new(),
+            role: "web".into(),
+        }),
+        Event::ReplicasObserved(ReplicasObserved {
+            deployment_id: d,
+            service: "slipway-hello-live-web".into(),
+            changes: vec![ReplicaChanged {
+                slot: 2,
+                change: ReplicaChange::Unplaceable,
+                node: String::new(),
+                from: String::new(),
+                error: "no suitable node (scheduling constraints not satisfied on 3 nodes)".into(),
+            }],
+            more: 0,
+            running: 2,
+            wanted: 3,
+            unplaced: 1,
+            reason: "no suitable node (scheduling constraints not satisfied on 3 nodes)".into(),
+            role: "web".into(),
         }),
         Event::HostAvailabilityChanged(HostAvailabilityChanged {
             node: "node-2".into(),
@@ -344,6 +364,22 @@ fn acme_challenges_recorded_before_tls_alpn_01_read_as_http_01_and_the_method_is
     env.set_payload_value(&json!({ "domain": "a.example", "token": "t", "key_authorization": "t.k" }));
     let Event::AcmeChallengeReady(old) = env.decode::<Event>().unwrap() else { panic!("wrong type") };
     assert_eq!(old.method, ChallengeMethod::Http01);
+}
+
+#[test]
+fn replica_records_written_before_unplaced_replicas_were_read_as_all_placed() {
+    let written = json!({
+        "deployment_id": Uuid::from_u128(42),
+        "service": "slipway-hello-live-web",
+        "changes": [{ "slot": 3, "change": "node_down", "node": "10.0.0.4" }],
+        "running": 2,
+        "wanted": 3,
+    });
+    let mut env = wrap(&sample_events().into_iter().find(|e| matches!(e, Event::ReplicasObserved(_))).unwrap());
+    env.set_payload_value(&written);
+    let Event::ReplicasObserved(old) = env.decode::<Event>().unwrap() else { panic!("wrong type") };
+    assert_eq!((old.unplaced, old.reason.as_str(), old.role.as_str(), old.more), (0, "", "", 0));
+    assert_eq!(old.changes[0].change, ReplicaChange::NodeDown);
 }
 
 #[test]

@@ -8,6 +8,11 @@
 //! history tells it; `hosts drain` moves a node's replicas off it with no
 //! failed request. One host runs under the README's firewall rule
 //! (published ports answer the routers only) from the first deploy on.
+//! Last, an operator pins the serving release by hand to a node label no
+//! node has: the watcher records that its replicas cannot be placed, with
+//! Swarm's reason, and `slipway status` says so; once a node has the label
+//! they are placed again, recorded, and the route follows; a drain of that
+//! only node is then refused by `slipway hosts drain`.
 //!
 //! `#[ignore]`d and run by the serial phase of `scripts/test`: it needs
 //! root (namespaces, dockerds of its own) and fails, never skips, without
@@ -20,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use slipway_engine::Status;
-use slipway_proto::event::ReplicaChange;
+use slipway_proto::event::{ReplicaChange, ReplicasObserved};
 use slipway_proto::Event;
 use slipway_tests::swarm::SimulatedSwarm;
 use slipway_tests::*;
@@ -217,6 +222,78 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_or_rollback_fails_no_requ
     assert_eq!(status, 200);
     assert!(body.starts_with("v1 "), "{body}");
 
+    // Replicas no node can take: the serving release's service pinned by
+    // hand to a label no node has. Swarm stops its replicas and leaves
+    // their replacements pending; the watcher records it with Swarm's
+    // reason, and status says the release is down, not running.
+    let service = web_started(&harness.events(back.id).await).container;
+    let pinned_at = std::time::Instant::now();
+    let pin = ["--update-parallelism", "0", "--constraint-add", "node.labels.pinned==yes"];
+    swarm.manager().docker(&[&["service", "update", "--detach"][..], &pin, &[service.as_str()]].concat());
+    let (stranded, _) = eventually("the replicas no node can take recorded", Duration::from_secs(60), || async {
+        let records = replica_records(&harness, &service).await;
+        let slots = slots_with(&records, ReplicaChange::Unplaceable);
+        let last = records.last()?.clone();
+        (slots.len() == 3 && last.unplaced == 3).then_some((last, records))
+    })
+    .await;
+    assert_eq!((stranded.running, stranded.wanted, stranded.role.as_str()), (0, 3, "web"), "{stranded:?}");
+    assert!(stranded.reason.starts_with("no suitable node ("), "Swarm's reason: {stranded:?}");
+    let reason = stranded.reason.clone();
+    eprintln!("pinned to no node: recorded after {:?}: {reason}", pinned_at.elapsed());
+    let status = slipway_engine::queries::status(&*harness.store, &harness.project, "live").await.unwrap().unwrap();
+    let active = status.active.expect("a serving release");
+    assert_eq!(active.live.as_ref().map(|l| l.state.as_str()), Some("down"), "{active:?}");
+    let web = active.replicas.iter().find(|r| r.service == service).expect("the web service's replicas");
+    assert_eq!((web.running, web.wanted, web.unplaced, web.reason.as_str()), (0, 3, 3, reason.as_str()), "{web:?}");
+    // The CLI says it in words: status, --json, and the environment's history.
+    let said = format!("3 of 3 web replicas cannot be placed: {reason}");
+    let out = slipway(&harness, &["status", &harness.project, "live"]).success();
+    assert!(out.contains("\n  live   down, ") && out.contains(&format!("\n  pending {said}\n")), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&slipway(&harness, &["--json", "status", &harness.project, "live"]).success()).unwrap();
+    assert_eq!(json["active"]["replicas"][0]["unplaced"], 3, "{json}");
+    assert_eq!(json["active"]["live"]["state"], "down", "{json}");
+    let stream = slipway_proto::event::environment_stream(&harness.project, "live");
+    let history = slipway(&harness, &["events", &stream]).success();
+    assert!(history.lines().any(|l| l.contains("ReplicasObserved") && l.contains(&format!("{service}: {said}"))), "{history}");
+
+    // A node gets the label: Swarm places the replicas there, the watcher
+    // records it, the route follows and the release answers again.
+    swarm.label(0, "pinned=yes");
+    let placed = eventually("the replicas placed again recorded", Duration::from_secs(60), || async {
+        let records = replica_records(&harness, &service).await;
+        let last = records.last()?.clone();
+        (slots_with(&records, ReplicaChange::Placed).len() == 3 && last.unplaced == 0 && last.running == 3).then_some(last)
+    })
+    .await;
+    assert!(placed.changes.iter().all(|c| c.change != ReplicaChange::Placed || c.node == swarm.manager().address), "{placed:?}");
+    let upstreams = followed(&harness, 3, &swarm.nodes[1].address).await;
+    assert!(upstreams.iter().all(|u| u.starts_with(&on(&swarm.manager().address))), "{upstreams:?}");
+    let (status, body) = harness.routed_page("live").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("v1 "), "{body}");
+    let out = slipway(&harness, &["status", &harness.project, "live"]).success();
+    assert!(out.contains("\n  live   running, ") && !out.contains("pending"), "{out}");
+
+    // Only the manager satisfies the placement now: draining it is refused,
+    // naming the service, and nothing changes.
+    let manager = swarm.manager().address.clone();
+    let refused = slipway(&harness, &["hosts", "drain", &manager]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .err
+            .contains(&format!("draining {manager} would leave {service} (placement [\"node.labels.pinned==yes\"]) with nowhere to run")),
+        "{refused:?}"
+    );
+    let hosts = slipway_workers::steps::swarm::hosts().await.unwrap();
+    assert_eq!(hosts.iter().find(|h| h.address == manager).map(|h| h.availability.as_str()), Some("active"), "{hosts:?}");
+    let recorded = harness.store.read_stream(slipway_proto::event::INSTALLATION_STREAM, 1).await.unwrap();
+    let changes = recorded.iter().filter(|r| matches!(r.envelope.decode(), Ok(Event::HostAvailabilityChanged(_)))).count();
+    assert_eq!(changes, 2, "the refused drain recorded nothing");
+    eprintln!("stranded, placed again and a drain refused in {:?}: {}", pinned_at.elapsed(), refused.err.trim());
+
     harness.shutdown().await;
     drop(swarm);
 }
@@ -226,6 +303,63 @@ async fn environment_events(harness: &Harness) -> Vec<Event> {
     let stream = slipway_proto::event::environment_stream(&harness.project, "live");
     let recorded = harness.store.read_stream(&stream, 1).await.unwrap();
     recorded.iter().map(|r| r.envelope.decode().unwrap()).collect()
+}
+
+/// The swarm watcher's records of `service`, oldest first.
+async fn replica_records(harness: &Harness, service: &str) -> Vec<ReplicasObserved> {
+    let events = environment_events(harness).await;
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ReplicasObserved(r) if r.service == service => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The slots `records` say had `change`.
+fn slots_with(records: &[ReplicasObserved], change: ReplicaChange) -> BTreeSet<u64> {
+    records.iter().flat_map(|r| &r.changes).filter(|c| c.change == change).map(|c| c.slot).collect()
+}
+
+/// What a `slipway` command did.
+#[derive(Debug)]
+struct Ran {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+impl Ran {
+    #[track_caller]
+    fn success(self) -> String {
+        assert_eq!(self.code, 0, "{self:?}");
+        self.out
+    }
+}
+
+/// Runs the `slipway` CLI built beside this test (`cargo build -p
+/// slipway`; `scripts/test` builds it with the workspace) on the harness's
+/// store, its engine the swarm's manager (DOCKER_HOST, inherited).
+fn slipway(harness: &Harness, args: &[&str]) -> Ran {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("slipway")).unwrap();
+    assert!(bin.exists(), "{} is missing: build it first (cargo build -p slipway)", bin.display());
+    let data = harness.data.path();
+    let cli = data.join("cli");
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .env("SLIPWAY_DATABASE", format!("sqlite://{}", data.join("slipway.db").display()))
+        .env("SLIPWAY_DATA_DIR", &cli)
+        .env_remove("SLIPWAY_SERVER")
+        .env_remove("SLIPWAY_TOKEN")
+        .output()
+        .unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        out: String::from_utf8_lossy(&out.stdout).into_owned(),
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Waits until the serving release runs `replicas` replicas none of which

@@ -527,6 +527,12 @@ pub fn replica(task: &Task, nodes: &HashMap<String, Node>) -> Replica {
         .then(|| status.and_then(|s| s.err.clone()).filter(|e| !e.is_empty()).unwrap_or_else(|| "failed".into()));
     let ports = status.and_then(|s| s.port_status.as_ref()).and_then(|p| p.ports.as_ref());
     let published = ports.into_iter().flatten().find_map(|p| p.published_port);
+    // Not yet on a node Swarm knows (new, pending, or assigned to a node
+    // no longer listed), or pending with Swarm's reason why not.
+    let waiting = matches!(state_of(task), Some(TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING | TaskState::ASSIGNED));
+    let err = status.and_then(|s| s.err.clone()).filter(|e| !e.is_empty());
+    let unplaced = (wanted(task) && waiting && (node.is_none() || (state_of(task) == Some(TaskState::PENDING) && err.is_some())))
+        .then(|| err.or_else(|| status.and_then(|s| s.message.clone())).unwrap_or_default());
     Replica {
         task: task.id.clone().unwrap_or_default(),
         slot: task.slot.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
@@ -536,6 +542,7 @@ pub fn replica(task: &Task, nodes: &HashMap<String, Node>) -> Replica {
         wanted: wanted(task),
         running: state_of(task) == Some(TaskState::RUNNING),
         failed,
+        unplaced,
     }
 }
 
@@ -861,6 +868,22 @@ mod tests {
         assert!(!replica(&t, &nodes).serving());
         let failed = replica(&task(1, "a", "failed", None, Some("task: non-zero exit (3)")), &nodes);
         assert_eq!((failed.failed.as_deref(), failed.upstream), (Some("task: non-zero exit (3)"), None));
+        assert_eq!((r.unplaced, failed.unplaced), (None, None));
+    }
+
+    #[test]
+    fn a_task_on_no_node_is_unplaced_with_swarm_s_reason() {
+        let reason = "no suitable node (scheduling constraints not satisfied on 3 nodes)";
+        let stuck = replica(&task(1, "", "pending", None, Some(reason)), &nodes());
+        assert_eq!((stuck.unplaced.as_deref(), stuck.node.as_str(), stuck.serving()), (Some(reason), "", false));
+        // Assigned to a node no longer listed: no node runs it either.
+        assert_eq!(replica(&task(2, "gone", "assigned", None, None), &nodes()).unplaced.as_deref(), Some(""));
+        // On its way on a node (assigned, starting), or not wanted: placed, or no replica.
+        assert_eq!(replica(&task(3, "a", "assigned", None, None), &nodes()).unplaced, None);
+        assert_eq!(replica(&task(3, "a", "starting", None, None), &nodes()).unplaced, None);
+        let mut shut = task(1, "", "pending", None, Some(reason));
+        shut.desired_state = Some(TaskState::SHUTDOWN);
+        assert_eq!(replica(&shut, &nodes()).unplaced, None);
     }
 
     #[test]
