@@ -20,7 +20,9 @@
 //!   once it runs again; each record carries how many cannot be placed, so
 //!   the environment's status shows it. Unlike the other changes this
 //!   holds from the first look: a watcher started while replicas are
-//!   stranded records it.
+//!   stranded records it. `correct` records the count put right when the
+//!   environment still says some cannot be placed and none is stranded
+//!   (placed while no watcher looked, or scaled down by hand).
 //! - `reroute` says when the serving release answers elsewhere than its
 //!   route says: the replicas that run on a node that is up, a new one only
 //!   once it accepted a connection. The engine moves the route through
@@ -245,6 +247,39 @@ impl Watch {
         due(service, track, &self.limits, at)
     }
 
+    /// A record that puts the environment's status right when it still
+    /// says `recorded_unplaced` replicas of `service` cannot be placed but
+    /// none is stranded now: they were placed, or no longer asked for,
+    /// while no watcher looked (it restarted), or a slot went away
+    /// unplaced (scaled down by hand). Nothing while a record is held
+    /// back (it carries the count) or before the first look.
+    pub fn correct(
+        &mut self,
+        service: &str,
+        recorded_unplaced: u32,
+        replicas: &[Replica],
+        wanted: u32,
+        at: DateTime<Utc>,
+    ) -> Option<ReplicasObserved> {
+        let track = self.services.get_mut(service)?;
+        let recent = track.recorded_at.is_some_and(|last| at - last < self.limits.min_interval);
+        if recorded_unplaced == 0 || recent || !track.pending.is_empty() || !stranded(replicas, wanted).is_empty() {
+            return None;
+        }
+        track.recorded_at = Some(at);
+        Some(ReplicasObserved {
+            deployment_id: track.deployment,
+            service: service.to_string(),
+            changes: Vec::new(),
+            more: 0,
+            running: track.running,
+            wanted: track.wanted,
+            unplaced: 0,
+            reason: String::new(),
+            role: track.role.clone(),
+        })
+    }
+
     /// The records held back that are due at `now`.
     pub fn flush(&mut self, now: DateTime<Utc>) -> Vec<ReplicasObserved> {
         let limits = self.limits;
@@ -342,6 +377,26 @@ mod tests {
     }
 
     const NO_NODE: &str = "no suitable node (scheduling constraints not satisfied on 3 nodes)";
+
+    #[test]
+    fn a_status_left_saying_unplaceable_is_put_right_once_nothing_is_stranded() {
+        let mut w = Watch::default();
+        let d = Uuid::from_u128(7);
+        // A watcher that starts after the replicas were placed again (the
+        // environment's last record still says 2 cannot be placed).
+        assert_eq!(w.correct("svc", 2, &three(), 3, at(0)), None, "nothing before the first look");
+        w.observe("svc", "web", d, &three(), 3, at(0));
+        let fixed = w.correct("svc", 2, &three(), 3, at(1)).expect("a record putting the count right");
+        assert_eq!((fixed.unplaced, fixed.running, fixed.wanted, fixed.changes.len()), (0, 3, 3, 0));
+        assert_eq!(fixed.role, "web");
+        // Nothing when the status already says none, or while one is still stranded.
+        assert_eq!(w.correct("svc", 2, &three(), 3, at(2)), None, "not again within the interval (the status may lag)");
+        assert_eq!(w.correct("svc", 0, &three(), 3, at(20)), None);
+        let mut stuck = three();
+        stuck[2] = pending("t9", 3, NO_NODE);
+        assert_eq!(w.correct("svc", 1, &stuck, 3, at(30)), None);
+        assert!(w.correct("svc", 1, &three(), 3, at(30)).is_some(), "past the interval, with none stranded");
+    }
 
     fn three() -> Vec<Replica> {
         vec![replica("t1", 1, "n1", true), replica("t2", 2, "n2", true), replica("t3", 3, "n3", true)]

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slipway_engine::load;
+use slipway_engine::rejection::Rejection;
 use slipway_proto::event::{HostAvailabilityChanged, INSTALLATION_STREAM};
 use slipway_proto::Event;
 use slipway_store::EventStore;
@@ -28,23 +29,36 @@ use uuid::Uuid;
 /// How often the drain looks whether it is done.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 
+/// Why a drain did not end well.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// Refused before anything changed: a release would be left with no
+    /// node to run on (a conflict: exit 4).
+    #[error(transparent)]
+    Refused(#[from] Rejection),
+    /// Swarm or the store failed, or the wait ran out.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Drains node `name` and waits up to `timeout` until its replicas run
 /// elsewhere and the routes followed; records the drain as `actor`.
-pub async fn drain(store: &Arc<dyn EventStore>, name: &str, actor: &str, timeout: Duration) -> Result<HostAvailabilityChanged, String> {
+pub async fn drain(store: &Arc<dyn EventStore>, name: &str, actor: &str, timeout: Duration) -> Result<HostAvailabilityChanged, DrainError> {
     // Refused before anything moves when a release would be left with no
     // node to run on: Swarm would stop its replicas there and place them
     // nowhere.
-    let stranded = swarm::stranded_by_drain(name).await.map_err(|f| f.reason)?;
+    let stranded = swarm::stranded_by_drain(name).await.map_err(|f| DrainError::Failed(f.reason))?;
     if !stranded.is_empty() {
-        return Err(format!(
+        return Err(Rejection::Conflict(format!(
             "draining {name} would leave {} with nowhere to run: no other ready, active node satisfies the placement; \
              add or label a node that does (or change [web] hosts and deploy) first",
             stranded.join(", ")
-        ));
+        ))
+        .into());
     }
-    let change = swarm::set_availability(name, Availability::DRAIN).await.map_err(|f| f.reason)?;
+    let change = swarm::set_availability(name, Availability::DRAIN).await.map_err(|f| DrainError::Failed(f.reason))?;
     // Recorded once Swarm was told, whether or not the wait below ends well.
-    let recorded = record(store, &change, "drain", change.tasks.clone(), actor).await?;
+    let recorded = record(store, &change, "drain", change.tasks.clone(), actor).await.map_err(DrainError::Failed)?;
     let deadline = Instant::now() + timeout;
     loop {
         let left = match moved_off(store, &change).await {
@@ -53,11 +67,11 @@ pub async fn drain(store: &Arc<dyn EventStore>, name: &str, actor: &str, timeout
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(format!(
+            return Err(DrainError::Failed(format!(
                 "node {} is draining, but after {}s {left}; `slipway hosts` shows where its replicas are",
                 change.hostname,
                 timeout.as_secs()
-            ));
+            )));
         }
         tokio::time::sleep(LOOK_EVERY).await;
     }

@@ -87,7 +87,10 @@ impl Watcher {
         for look in &looks {
             let Some(d) = serving.get(&look.deployment) else { continue };
             let stream = environment_stream(&d.project, &d.environment);
-            if let Some(record) = self.watch.observe(&look.name, &look.role, look.deployment, &look.replicas, look.wanted, now) {
+            let recorded_unplaced = d.state.replicas.get(&look.name).map_or(0, |r| r.unplaced);
+            let record = self.watch.observe(&look.name, &look.role, look.deployment, &look.replicas, look.wanted, now);
+            let record = record.or_else(|| self.watch.correct(&look.name, recorded_unplaced, &look.replicas, look.wanted, now));
+            if let Some(record) = record {
                 tracing::info!(service = %look.name, changes = record.changes.len(), "swarm watcher: replicas changed");
                 self.append(&stream, Uuid::now_v7(), &Event::ReplicasObserved(record)).await;
             }

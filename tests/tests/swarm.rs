@@ -276,11 +276,11 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_or_rollback_fails_no_requ
     let out = slipway(&harness, &["status", &harness.project, "live"]).success();
     assert!(out.contains("\n  live   running, ") && !out.contains("pending"), "{out}");
 
-    // Only the manager satisfies the placement now: draining it is refused,
+    // Only the manager satisfies the placement now: draining it is refused (a conflict, exit 4),
     // naming the service, and nothing changes.
     let manager = swarm.manager().address.clone();
     let refused = slipway(&harness, &["hosts", "drain", &manager]);
-    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.code, 4, "{refused:?}");
     assert!(
         refused
             .err
