@@ -123,6 +123,9 @@ pub struct PgStore {
     /// The connections writes run on (`GENERIC_PLANS`).
     writes: PgPool,
     wake: watch::Receiver<u64>,
+    /// Wakes this process's readers (`wake`) at once, and the LISTEN loop
+    /// wakes them on hints from any process.
+    woken: Arc<watch::Sender<u64>>,
     /// Asks `send_hints` for a wake-up hint (one for all asked meanwhile).
     hint: Arc<Notify>,
     /// The LISTEN loop and `send_hints`, stopped with the last clone.
@@ -228,6 +231,7 @@ impl Clone for PgStore {
             tables: self.tables.clone(),
             writes: self.writes.clone(),
             wake: self.wake.clone(),
+            woken: self.woken.clone(),
             hint: self.hint.clone(),
             tasks: self.tasks.clone(),
             heads: self.heads.clone(),
@@ -273,11 +277,7 @@ impl PgStore {
             connect = connect.options([("statement_timeout", ms.to_string())]);
         }
         let size = options.max_connections.max(2);
-        let pool = PgPoolOptions::new()
-            .max_connections(size)
-            .connect_with(connect.clone())
-            .await
-            .map_err(db(format!("connecting to {redacted}")))?;
+        let pool = pool_options(size).connect_with(connect.clone()).await.map_err(db(format!("connecting to {redacted}")))?;
         if options.migrate && !options.runtime {
             crate::pg_login::MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { backend: BACKEND, source })?;
         }
@@ -295,17 +295,19 @@ impl PgStore {
             None => connect,
             Some(role) => connect.options([("role", role.as_str())]),
         };
-        let writes = PgPoolOptions::new().max_connections(size).connect_lazy_with(serving.clone().options([GENERIC_PLANS]));
+        let writes = pool_options(size).connect_lazy_with(serving.clone().options([GENERIC_PLANS]));
         let pool = match &options.role {
             None => pool,
             Some(role) => {
                 pool.close().await;
-                PgPoolOptions::new().max_connections(size).connect_with(serving).await.map_err(db(format!(
+                pool_options(size).connect_with(serving).await.map_err(db(format!(
                     "connecting to {redacted} as role {role} (the login role must be a member: GRANT {role} TO <login role>)"
                 )))?
             }
         };
-        let (tx, wake) = watch::channel(0u64);
+        let (woken, wake) = watch::channel(0u64);
+        let woken = Arc::new(woken);
+        let tx = woken.clone();
         let mut listener = PgListener::connect_with(&pool).await.map_err(db("opening the LISTEN connection"))?;
         listener.listen(NOTIFY_CHANNEL).await.map_err(db("LISTEN"))?;
         let listener = tokio::spawn(async move {
@@ -322,14 +324,16 @@ impl PgStore {
         let hint = Arc::new(Notify::new());
         let hinter = tokio::spawn(send_hints(hints, hint.clone()));
         let tasks = Arc::new(Background(vec![listener, hinter]));
-        Ok(PgStore { tables: Tables::new(pool), writes, wake, hint, tasks, heads: Arc::default() })
+        Ok(PgStore { tables: Tables::new(pool), writes, wake, woken, hint, tasks, heads: Arc::default() })
     }
 
-    /// Wakes the readers of this database (subscriptions, relays, in any
-    /// process) soon: after a write this store did not make itself, such
+    /// Wakes the readers of this database (subscriptions, relays): this
+    /// process's at once, other processes' through a hint within
+    /// `HINT_SPACING`. After a write this store did not make itself, such
     /// as `append_in`'s, once its transaction has committed. Every append
     /// of the store's own does this.
     pub fn wake_readers(&self) {
+        self.woken.send_modify(|n| *n = n.wrapping_add(1));
         self.hint.notify_one();
     }
 
@@ -892,12 +896,38 @@ impl PgStore {
     }
 }
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The store's pools: a connection that sat idle past `PING_IDLE_AFTER`
+/// (when a restarted server or a firewall may have dropped it) is checked
+/// with a round trip before use; one in steady use is not. sqlx's default
+/// pings on every acquire: a round trip more for every write and read,
+/// about a tenth of a 100-event append's time.
+fn pool_options(size: u32) -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(size).test_before_acquire(false).before_acquire(|conn, meta| {
+        Box::pin(async move {
+            if meta.idle_for >= PING_IDLE_AFTER {
+                conn.ping().await?;
+            }
+            Ok(true)
+        })
+    })
+}
+
+/// After a hint, the next waits this long, so a burst of appends sends
+/// one hint per interval (the first at once): each `NOTIFY` is a
+/// transaction on the server and a wake-up in every listening process,
+/// which cost serial 100-event appends most of a tenth of their rate.
+const HINT_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Sends the wake-up hint (`NOTIFY`) when asked, from a connection of its
 /// own, after the appends that ask have committed: hints asked for while
 /// one is on its way go as one. Sending it from inside the appends'
 /// transactions (the triggers migration 0012 dropped) held the notification
 /// queue's lock through each commit, so concurrent appends committed one
-/// at a time. A hint that cannot be sent is dropped: readers poll as well.
+/// at a time. Hints asked for within `HINT_SPACING` of the last go as one,
+/// at its end. A hint that cannot be sent is dropped: readers poll as well.
 async fn send_hints(connect: PgConnectOptions, wanted: Arc<Notify>) {
     let mut conn: Option<sqlx::PgConnection> = None;
     loop {
@@ -913,6 +943,8 @@ async fn send_hints(connect: PgConnectOptions, wanted: Arc<Notify>) {
             tracing::debug!(error = %e, "sending a wake-up hint failed; readers poll");
             conn = None;
         }
+        // Asked meanwhile: `notified` returns at once after the wait.
+        tokio::time::sleep(HINT_SPACING).await;
     }
 }
 

@@ -9,7 +9,9 @@
 //! other test of this binary may append meanwhile. Anything else that
 //! notifies on the database (a process another test left running) can only
 //! add wake-ups, so each kind of append is tried up to three times and must
-//! wake listeners exactly once in one of them: twice every time fails.
+//! wake listeners exactly once in one of them: twice every time fails. A
+//! burst of appends shares hints (one at once, then one per 5 ms at most),
+//! and the store's own readers are woken without waiting for one.
 
 mod common;
 
@@ -81,6 +83,36 @@ async fn an_append_wakes_listeners_once() {
     })
     .await;
     assert_eq!(seen.last(), Some(&1), "events and a command at a remembered head: one wake-up ({seen:?})");
+
+    // This process's readers are woken as the append returns, not by the
+    // hint coming back through the database.
+    let mut own = store.wakeups();
+    own.borrow_and_update();
+    store.append("own", ExpectedVersion::NoStream, &common::events("own", 1..2), &[]).await.unwrap().unwrap();
+    assert!(own.has_changed().unwrap(), "the store's own readers woken at once");
+
+    // A burst of appends sends a hint at once and then at most one per
+    // spacing (5 ms), not one per append.
+    // (Tried up to three times, as above: others may only add wake-ups.)
+    let mut bursts = Vec::new();
+    for attempt in 0..3 {
+        notifications(&mut listener).await;
+        let burst = std::time::Instant::now();
+        for n in 0..40 {
+            let stream = format!("burst-{attempt}-{n}");
+            store.append(&stream, ExpectedVersion::NoStream, &common::events(&stream, 1..2), &[]).await.unwrap().unwrap();
+        }
+        let (took, hints) = (burst.elapsed(), notifications(&mut listener).await);
+        bursts.push((hints, took));
+        if (1..40).contains(&hints) && hints as u128 <= took.as_millis() / 5 + 2 {
+            break;
+        }
+    }
+    let (hints, took) = *bursts.last().unwrap();
+    assert!(
+        (1..40).contains(&hints) && hints as u128 <= took.as_millis() / 5 + 2,
+        "hints for 40 appends, and how long they took: {bursts:?}"
+    );
 
     let outbox = store.outbox().read(slipway_store::Position::START, 100).await.unwrap();
     assert!(outbox.len() >= 2, "the commands are in the outbox: {}", outbox.len());
