@@ -267,17 +267,8 @@ impl Watch {
             return None;
         }
         track.recorded_at = Some(at);
-        Some(ReplicasObserved {
-            deployment_id: track.deployment,
-            service: service.to_string(),
-            changes: Vec::new(),
-            more: 0,
-            running: track.running,
-            wanted: track.wanted,
-            unplaced: 0,
-            reason: String::new(),
-            role: track.role.clone(),
-        })
+        // Nothing is stranded now, whatever the track last counted.
+        Some(ReplicasObserved { unplaced: 0, reason: String::new(), ..record(service, track, Vec::new(), 0) })
     }
 
     /// The records held back that are due at `now`.
@@ -304,7 +295,12 @@ fn due(service: &str, track: &mut Track, limits: &Limits, now: DateTime<Utc>) ->
     let more = u32::try_from(changes.len().saturating_sub(LISTED)).unwrap_or(u32::MAX);
     changes.truncate(LISTED);
     track.recorded_at = Some(now);
-    Some(ReplicasObserved {
+    Some(record(service, track, changes, more))
+}
+
+/// The record of `service` as `track` stands, with `changes`.
+fn record(service: &str, track: &Track, changes: Vec<ReplicaChanged>, more: u32) -> ReplicasObserved {
+    ReplicasObserved {
         deployment_id: track.deployment,
         service: service.to_string(),
         changes,
@@ -314,7 +310,7 @@ fn due(service: &str, track: &mut Track, limits: &Limits, now: DateTime<Utc>) ->
         unplaced: track.unplaced,
         reason: track.reason.clone(),
         role: track.role.clone(),
-    })
+    }
 }
 
 /// The upstreams of `replicas` not in the route yet: the ones the watcher
