@@ -6,11 +6,11 @@
 //! `acme-tls/1`, which only a CA validating a challenge offers).
 //!
 //! Like the route table, the certificate table is immutable and swapped
-//! whole ([`TlsHandle::replace`]): a handshake reads it once, without a
-//! lock, so a new certificate serves from the next handshake on. Nothing a
-//! client sends in its hello can make it panic; a name without a
-//! certificate fails the handshake (no default certificate is shown to a
-//! client that named another host).
+//! whole ([`TlsHandle::replace`]): a handshake reads it without a lock, so a
+//! new certificate serves from the next handshake on. Nothing a client
+//! sends in its hello can make it panic; a name without a certificate
+//! fails the handshake with an `unrecognized_name` alert ([`Terminator`]:
+//! no default certificate is shown to a client that named another host).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -225,20 +225,59 @@ struct BySni(TlsHandle);
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?;
-        let acme = hello.alpn().is_some_and(|mut offered| offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none());
-        if acme {
-            let answer = self.0.peek().alpn_challenge(name).cloned();
-            if answer.is_none() {
-                tracing::debug!(sni = name, "router: a TLS-ALPN-01 handshake for a name with no open challenge; refusing it");
-            }
-            return answer;
+        choose(&self.0.peek(), &hello)
+    }
+}
+
+/// The certificate `table` answers `hello` with: the TLS-ALPN-01 answer for
+/// a hello offering `acme-tls/1` alone, else the name's own certificate.
+fn choose(table: &TlsTable, hello: &ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    let name = hello.server_name()?;
+    let acme = hello.alpn().is_some_and(|mut offered| offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none());
+    if acme {
+        table.alpn_challenge(name).cloned()
+    } else {
+        table.certificate(name).cloned()
+    }
+}
+
+/// A fatal `unrecognized_name` alert (RFC 6066 §3), as the plaintext record
+/// a server sends before any key exists: content type 21 (alert), record
+/// version TLS 1.2, length 2, level 2 (fatal), description 112.
+const UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
+
+/// The TLS side of an HTTPS listener. It reads the client's hello first and
+/// refuses a name it has no certificate for with `unrecognized_name`, which
+/// clients show as such ("unrecognized name"); rustls' own refusal, when
+/// its certificate resolver finds nothing, is `access_denied`, which reads
+/// as a permissions problem.
+#[derive(Clone, Debug)]
+pub struct Terminator {
+    config: Arc<ServerConfig>,
+    certificates: TlsHandle,
+}
+
+impl Terminator {
+    pub fn new(edge: &Edge) -> Result<Self, rustls::Error> {
+        Ok(Terminator { config: edge.server_config()?, certificates: edge.certificates.clone() })
+    }
+
+    /// The handshake with the client on `io`.
+    pub async fn accept<IO>(&self, io: IO) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        if choose(&self.certificates.peek(), &start.client_hello()).is_none() {
+            let sni = start.client_hello().server_name().map(str::to_string);
+            tracing::debug!(?sni, "router: no certificate (or open TLS-ALPN-01 challenge) for this name; refusing the handshake");
+            let mut io = start.io;
+            // Best effort: the client may be gone already.
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut io, &UNRECOGNIZED_NAME).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no certificate for the name the client asked for"));
         }
-        let found = self.0.peek().certificate(name).cloned();
-        if found.is_none() {
-            tracing::debug!(sni = name, "router: no certificate for this name; refusing the handshake");
-        }
-        found
+        start.into_stream(self.config.clone()).await
     }
 }
 

@@ -85,9 +85,10 @@ async fn https_serves_each_name_its_certificate_over_h2_and_http1_and_plain_http
     }
     let wild = https_get(https_addr, "v1.api.example", "/", &root, &["h2"]).await.unwrap();
     assert_eq!((wild.body.as_str(), wild.leaf), ("app via https", leaf_der(&wild_pem)));
-    // No certificate for the name: no handshake (no other name's certificate shown).
+    // No certificate for the name: no handshake (no other name's certificate
+    // shown), and the client is told the name is not served.
     let refused = https_get(https_addr, "plain.example", "/", &root, &["h2"]).await.err().unwrap();
-    assert!(refused.contains("TLS handshake"), "{refused}");
+    assert!(refused.contains("TLS handshake") && refused.contains("UnrecognisedName"), "{refused}");
 
     // Plain HTTP: a host with a certificate is redirected; one without is served.
     let moved = plain_get(http_addr, "shop.example", "/cart?id=1").await;

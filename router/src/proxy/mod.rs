@@ -57,7 +57,7 @@ use crate::forwarded::{set_forwarded, unmapped, Cidr};
 use crate::limits::{ConnLimits, Slot};
 use crate::table::{Resolution, RouteTable};
 use crate::timeouts::{ClientBody, ClientClock, ClientTimer, Counted, StreamsOpen, WatchedIo};
-use crate::tls::{challenge_token, Edge};
+use crate::tls::{challenge_token, Edge, Terminator};
 
 mod error;
 mod forward;
@@ -348,11 +348,11 @@ pub async fn serve_with(
     run(Source::Listener { listener, limits }, routes, options, tls, Default::default(), shutdown).await
 }
 
-/// The TLS acceptor of a listener that terminates TLS, built once per
+/// The TLS side of a listener that terminates TLS, built once per
 /// listener: its session tickets are what let a returning client resume.
-fn acceptor(options: &ServeOptions) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+fn acceptor(options: &ServeOptions) -> std::io::Result<Option<Terminator>> {
     match (&options.edge, options.terminate_tls) {
-        (Some(edge), true) => Ok(Some(tokio_rustls::TlsAcceptor::from(edge.server_config().map_err(std::io::Error::other)?))),
+        (Some(edge), true) => Ok(Some(Terminator::new(edge).map_err(std::io::Error::other)?)),
         (None, true) => Err(std::io::Error::other("a TLS listener needs certificates (ServeOptions::edge)")),
         (_, false) => Ok(None),
     }
@@ -362,7 +362,7 @@ async fn run(
     mut source: Source,
     routes: RouteHandle,
     options: ServeOptions,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Terminator>,
     ejections: Arc<crate::eject::Ejections>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -478,7 +478,7 @@ struct Shared {
     trusted_proxies: Vec<Cidr>,
     edge: Option<Edge>,
     /// Set on the HTTPS listener.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Terminator>,
     /// Idle upstream connections that no client connection holds, by
     /// upstream. Locked when a client connection ends or needs an upstream
     /// connection it does not hold, never for a request on a warm one.
@@ -491,7 +491,7 @@ impl Shared {
         routes: RouteHandle,
         options: &ServeOptions,
         force: watch::Receiver<()>,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<Terminator>,
         ejections: Arc<crate::eject::Ejections>,
     ) -> Self {
         // Each connection sets its own timer (`ClientTimer`), which keeps
