@@ -363,16 +363,14 @@ pub async fn hosts(json: bool) -> anyhow::Result<()> {
 pub async fn hosts_change(store: &std::sync::Arc<dyn EventStore>, cmd: crate::args::HostsCmd, json: bool) -> anyhow::Result<()> {
     let changed = match cmd {
         crate::args::HostsCmd::Drain { name, timeout } => {
-            let drained = slipway_node::drain::drain(store, &name, &crate::actor::actor(), std::time::Duration::from_secs(timeout)).await;
-            drained.map_err(|e| match e {
-                slipway_node::drain::DrainError::Refused(rejection) => exit::rejected(rejection),
-                slipway_node::drain::DrainError::Failed(why) => anyhow::anyhow!("{why}"),
-            })?
+            slipway_node::drain::drain(store, &name, &crate::actor::actor(), std::time::Duration::from_secs(timeout)).await
         }
-        crate::args::HostsCmd::Activate { name } => {
-            slipway_node::drain::activate(store, &name, &crate::actor::actor()).await.map_err(|e| anyhow::anyhow!("{e}"))?
-        }
+        crate::args::HostsCmd::Activate { name } => slipway_node::drain::activate(store, &name, &crate::actor::actor()).await,
     };
+    let changed = changed.map_err(|e| match e {
+        slipway_node::drain::DrainError::Refused(rejection) => exit::rejected(rejection),
+        slipway_node::drain::DrainError::Failed(why) => anyhow::anyhow!("{why}"),
+    })?;
     if json {
         println!(
             "{}",

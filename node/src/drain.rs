@@ -23,17 +23,19 @@ use slipway_proto::event::{HostAvailabilityChanged, INSTALLATION_STREAM};
 use slipway_proto::Event;
 use slipway_store::EventStore;
 use slipway_workers::steps::docker;
-use slipway_workers::steps::swarm::{self, Availability, AvailabilityChange};
+use slipway_workers::steps::swarm::{self, Availability, AvailabilityChange, NodeError};
 use uuid::Uuid;
 
 /// How often the drain looks whether it is done.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 
-/// Why a drain did not end well.
+/// Why a drain or an activation did not end well.
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
-    /// Refused before anything changed: a release would be left with no
-    /// node to run on (a conflict: exit 4).
+    /// Refused before anything changed: the name picks no node or several
+    /// (not found: exit 3; invalid: exit 2), a release would be left with
+    /// no node to run on (a conflict: exit 4), or Docker could not be
+    /// reached (unavailable: exit 5).
     #[error(transparent)]
     Refused(#[from] Rejection),
     /// Swarm or the store failed, or the wait ran out.
@@ -47,7 +49,7 @@ pub async fn drain(store: &Arc<dyn EventStore>, name: &str, actor: &str, timeout
     // Refused before anything moves when a release would be left with no
     // node to run on: Swarm would stop its replicas there and place them
     // nowhere.
-    let stranded = swarm::stranded_by_drain(name).await.map_err(|f| DrainError::Failed(f.reason))?;
+    let stranded = swarm::stranded_by_drain(name).await.map_err(refused)?;
     if !stranded.is_empty() {
         return Err(Rejection::Conflict(format!(
             "draining {name} would leave {} with nowhere to run: no other ready, active node satisfies the placement; \
@@ -56,7 +58,7 @@ pub async fn drain(store: &Arc<dyn EventStore>, name: &str, actor: &str, timeout
         ))
         .into());
     }
-    let change = swarm::set_availability(name, Availability::DRAIN).await.map_err(|f| DrainError::Failed(f.reason))?;
+    let change = swarm::set_availability(name, Availability::DRAIN).await.map_err(refused)?;
     // Recorded once Swarm was told, whether or not the wait below ends well.
     let recorded = record(store, &change, "drain", change.tasks.clone(), actor).await.map_err(DrainError::Failed)?;
     let deadline = Instant::now() + timeout;
@@ -80,9 +82,20 @@ pub async fn drain(store: &Arc<dyn EventStore>, name: &str, actor: &str, timeout
 
 /// Lets Swarm place replicas on node `name` again (nothing moves back by
 /// itself: new tasks go there); records it as `actor`.
-pub async fn activate(store: &Arc<dyn EventStore>, name: &str, actor: &str) -> Result<HostAvailabilityChanged, String> {
-    let change = swarm::set_availability(name, Availability::ACTIVE).await.map_err(|f| f.reason)?;
-    record(store, &change, "active", Vec::new(), actor).await
+pub async fn activate(store: &Arc<dyn EventStore>, name: &str, actor: &str) -> Result<HostAvailabilityChanged, DrainError> {
+    let change = swarm::set_availability(name, Availability::ACTIVE).await.map_err(refused)?;
+    record(store, &change, "active", Vec::new(), actor).await.map_err(DrainError::Failed)
+}
+
+/// A node the operator named that is not one (or is several) is refused
+/// as such; Docker's failures stay failures.
+fn refused(e: NodeError) -> DrainError {
+    match e {
+        NodeError::NotFound(why) => Rejection::NotFound(why).into(),
+        NodeError::Ambiguous(why) => Rejection::Invalid(why).into(),
+        NodeError::Unavailable(why) => Rejection::Unavailable(why).into(),
+        NodeError::Failed(failure) => DrainError::Failed(failure.reason),
+    }
 }
 
 async fn record(

@@ -287,11 +287,17 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_or_rollback_fails_no_requ
             .contains(&format!("draining {manager} would leave {service} (placement [\"node.labels.pinned==yes\"]) with nowhere to run")),
         "{refused:?}"
     );
+    // A name that is no node is not found (exit 3), for a drain and an activation alike.
+    for verb in ["drain", "activate"] {
+        let unknown = slipway(&harness, &["hosts", verb, "no-such-node"]);
+        assert_eq!(unknown.code, 3, "{unknown:?}");
+        assert!(unknown.err.contains("no swarm node is named \"no-such-node\""), "{unknown:?}");
+    }
     let hosts = slipway_workers::steps::swarm::hosts().await.unwrap();
     assert_eq!(hosts.iter().find(|h| h.address == manager).map(|h| h.availability.as_str()), Some("active"), "{hosts:?}");
     let recorded = harness.store.read_stream(slipway_proto::event::INSTALLATION_STREAM, 1).await.unwrap();
     let changes = recorded.iter().filter(|r| matches!(r.envelope.decode(), Ok(Event::HostAvailabilityChanged(_)))).count();
-    assert_eq!(changes, 2, "the refused drain recorded nothing");
+    assert_eq!(changes, 2, "the refused drain and the unknown names recorded nothing");
     eprintln!("stranded, placed again and a drain refused in {:?}: {}", pinned_at.elapsed(), refused.err.trim());
 
     harness.shutdown().await;

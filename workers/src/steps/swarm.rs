@@ -644,10 +644,47 @@ pub async fn hosts() -> Result<Vec<HostRow>, Failure> {
     Ok(rows)
 }
 
+/// Why an operation on a node named by the operator did not happen.
+#[derive(Debug)]
+pub enum NodeError {
+    /// The name picks no node (or is empty).
+    NotFound(String),
+    /// The name picks more than one node.
+    Ambiguous(String),
+    /// The Docker engine could not be reached: trying later may work.
+    Unavailable(String),
+    /// Docker failed.
+    Failed(Failure),
+}
+
+impl From<Failure> for NodeError {
+    fn from(failure: Failure) -> Self {
+        NodeError::Failed(failure)
+    }
+}
+
+impl From<docker::DockerError> for NodeError {
+    fn from(e: docker::DockerError) -> Self {
+        match e {
+            docker::DockerError::Unreachable { .. } => NodeError::Unavailable(e.to_string()),
+            docker::DockerError::Api { .. } => NodeError::Failed(e.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::NotFound(why) | NodeError::Ambiguous(why) | NodeError::Unavailable(why) => f.write_str(why),
+            NodeError::Failed(failure) => f.write_str(&failure.reason),
+        }
+    }
+}
+
 /// A node named by its host name, id (or a prefix of it) or address.
-fn find_node<'a>(nodes: &'a HashMap<String, Node>, name: &str) -> Result<&'a Node, Failure> {
+fn find_node<'a>(nodes: &'a HashMap<String, Node>, name: &str) -> Result<&'a Node, NodeError> {
     if name.trim().is_empty() {
-        return Err(Failure::new("the node name is empty: give a host name, id or address (slipway hosts lists them)"));
+        return Err(NodeError::NotFound("the node name is empty: give a host name, id or address (slipway hosts lists them)".into()));
     }
     let mut found = nodes.values().filter(|n| {
         let hostname = n.description.as_ref().and_then(|d| d.hostname.as_deref());
@@ -655,8 +692,8 @@ fn find_node<'a>(nodes: &'a HashMap<String, Node>, name: &str) -> Result<&'a Nod
     });
     match (found.next(), found.next()) {
         (Some(node), None) => Ok(node),
-        (Some(_), Some(_)) => Err(Failure::new(format!("more than one swarm node is named {name:?}: give its id (slipway hosts)"))),
-        (None, _) => Err(Failure::new(format!("no swarm node is named {name:?} (slipway hosts lists them)"))),
+        (Some(_), Some(_)) => Err(NodeError::Ambiguous(format!("more than one swarm node is named {name:?}: give its id (slipway hosts)"))),
+        (None, _) => Err(NodeError::NotFound(format!("no swarm node is named {name:?} (slipway hosts lists them)"))),
     }
 }
 
@@ -673,7 +710,7 @@ pub struct AvailabilityChange {
 
 /// Sets the availability (`drain`, `active`, `pause`) of node `name` (its
 /// host name, id or address). Idempotent: a node already so is left alone.
-pub async fn set_availability(name: &str, availability: Availability) -> Result<AvailabilityChange, Failure> {
+pub async fn set_availability(name: &str, availability: Availability) -> Result<AvailabilityChange, NodeError> {
     let docker = docker::connect().await?;
     let nodes = nodes(&docker).await?;
     let node = find_node(&nodes, name)?;
@@ -715,7 +752,7 @@ fn facts(node: &Node) -> NodeFacts {
 /// could take if it were drained (ready, active, satisfying the service's
 /// placement): each as `<service> (placement [..])`. Draining would leave
 /// them nowhere to run, so `hosts drain` refuses.
-pub async fn stranded_by_drain(name: &str) -> Result<Vec<String>, Failure> {
+pub async fn stranded_by_drain(name: &str) -> Result<Vec<String>, NodeError> {
     let docker = docker::connect().await?;
     let nodes = nodes(&docker).await?;
     let target = find_node(&nodes, name)?.id.clone().unwrap_or_default();
