@@ -317,7 +317,8 @@ fn replicas_observed(r: &slipway_proto::event::ReplicasObserved) -> String {
         parts.push(text);
     }
     let more = if r.more > 0 { format!(" and {} more", r.more) } else { String::new() };
-    format!("{}: {}{more}; {} of {} replica(s) running", r.service, parts.join("; "), r.running, r.wanted)
+    let looping = if r.crash_loop > 0 { format!("; crash-looping: {} failures within a minute", r.crash_loop) } else { String::new() };
+    format!("{}: {}{more}; {} of {} replica(s) running{looping}", r.service, parts.join("; "), r.running, r.wanted)
 }
 
 fn on_host(host: &str) -> String {
@@ -388,6 +389,7 @@ mod tests {
             unplaced: 2,
             reason: reason.into(),
             role: "web".into(),
+            crash_loop: 0,
         };
         assert_eq!(
             describe(&Event::ReplicasObserved(stranded.clone())),
@@ -415,6 +417,27 @@ mod tests {
         assert_eq!(
             describe(&Event::ReplicasObserved(both)),
             format!("slipway-shop-live-web: replica 2 cannot be placed: {reason}; replica 2 placed again on 10.0.0.3; 3 of 3 replica(s) running")
+        );
+    }
+
+    #[test]
+    fn a_crash_loop_of_replicas_is_said() {
+        let looping = ReplicasObserved {
+            deployment_id: uuid::Uuid::from_u128(1),
+            service: "slipway-shop-live-web".into(),
+            changes: vec![change(1, ReplicaChange::Failed, "10.0.0.2", "task: non-zero exit (3)")],
+            more: 2,
+            running: 2,
+            wanted: 3,
+            unplaced: 0,
+            reason: String::new(),
+            role: "web".into(),
+            crash_loop: 3,
+        };
+        assert_eq!(
+            describe(&Event::ReplicasObserved(looping)),
+            "slipway-shop-live-web: replica 1 failed on 10.0.0.2: task: non-zero exit (3) and 2 more; 2 of 3 replica(s) running; \
+             crash-looping: 3 failures within a minute"
         );
     }
 }

@@ -76,6 +76,7 @@ pub struct Notice {
 pub fn deployment_of(stream: &str, event: &Event) -> Option<Uuid> {
     match event {
         Event::ContainerSupervised(s) => Some(s.deployment_id),
+        Event::ReplicasObserved(r) => Some(r.deployment_id),
         _ => slipway_proto::StreamId::parse(stream).deployment_id(),
     }
 }
@@ -146,6 +147,23 @@ pub fn notice(event: &Event, event_id: Uuid, at: DateTime<Utc>, deployment: Opti
             ),
             json!({ "container": s.container, "restarts": s.restarts, "last_exit": s.last_exit, "oom": s.oom }),
         ),
+        // The swarm runtime's word for it: Swarm restarts a failed replica
+        // as a new task, so the loop is counted per service.
+        Event::ReplicasObserved(r) if r.crash_loop > 0 => {
+            let last_error = r.changes.iter().rev().find(|c| !c.error.is_empty()).map(|c| c.error.clone());
+            of_deployment(
+                NotificationKind::ReleaseCrashLooping,
+                format!(
+                    "is crash-looping: {} replica failures of {} within a minute, {} of {} replicas running{}",
+                    r.crash_loop,
+                    r.service,
+                    r.running,
+                    r.wanted,
+                    last_error.as_ref().map_or(String::new(), |e| format!(", last: {e}"))
+                ),
+                json!({ "service": r.service, "failures": r.crash_loop, "running": r.running, "wanted": r.wanted, "last_error": last_error }),
+            )
+        }
         Event::CertificateRenewalFailed(c) => Some(Notice {
             kind: NotificationKind::CertificateRenewalFailed,
             event_id,
@@ -175,6 +193,7 @@ pub fn may_notify(event: &Event) -> bool {
             | Event::DeploymentRejected(_)
             | Event::FreezeOverridden(_)
     ) || matches!(event, Event::ContainerSupervised(s) if s.state == LiveState::CrashLooping)
+        || matches!(event, Event::ReplicasObserved(r) if r.crash_loop > 0)
 }
 
 fn short(commit: &str) -> &str {
@@ -498,6 +517,43 @@ mod tests {
         assert!(n.summary.contains("7 restarts, last exit code 3"), "{}", n.summary);
         assert_eq!(notice(&record(LiveState::Running), Uuid::nil(), at(0), Some(about(Uuid::nil(), &context()))), None);
         assert_eq!(deployment_of("environment-shop-live", &record(LiveState::Running)), Some(Uuid::nil()));
+    }
+
+    #[test]
+    fn a_swarm_crash_loop_notifies_and_other_replica_records_do_not() {
+        use slipway_proto::event::{ReplicaChange, ReplicaChanged, ReplicasObserved};
+        let d = Uuid::from_u128(9);
+        let record = |crash_loop| {
+            Event::ReplicasObserved(ReplicasObserved {
+                deployment_id: d,
+                service: "slipway-shop-live-web".into(),
+                changes: vec![ReplicaChanged {
+                    slot: 1,
+                    change: ReplicaChange::Failed,
+                    node: "10.0.0.2".into(),
+                    from: String::new(),
+                    error: "task: non-zero exit (3)".into(),
+                }],
+                more: 0,
+                running: 2,
+                wanted: 3,
+                unplaced: 0,
+                reason: String::new(),
+                role: "web".into(),
+                crash_loop,
+            })
+        };
+        assert_eq!(deployment_of("environment-shop-live", &record(0)), Some(d));
+        assert!(may_notify(&record(4)) && !may_notify(&record(0)));
+        let n = notice(&record(4), Uuid::nil(), at(0), Some(about(d, &context()))).unwrap();
+        assert_eq!(n.kind, NotificationKind::ReleaseCrashLooping);
+        assert!(
+            n.summary.ends_with("is crash-looping: 4 replica failures of slipway-shop-live-web within a minute, 2 of 3 replicas running, last: task: non-zero exit (3)"),
+            "{}",
+            n.summary
+        );
+        assert_eq!((n.details["failures"].as_u64(), n.deployment), (Some(4), Some(d)));
+        assert_eq!(notice(&record(0), Uuid::nil(), at(0), Some(about(d, &context()))), None);
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //!   once, later ones at most every `min_interval`, summarised; `flush`
 //!   records what was held back. The first look at a service is the
 //!   baseline: the deployment's own events tell how it started.
+//!   A service whose replicas fail `loop_failures` times within
+//!   `loop_window` is crash-looping: the record that finds it says so
+//!   (`crash_loop`, the failures counted), and so does one at most every
+//!   `repeat_interval` while it goes on. That is what the single engine's
+//!   `ContainerSupervised` says of one container, and what the crash-loop
+//!   notification is sent for.
 //! - `stranded` says which replicas Swarm wants but cannot place (no node
 //!   satisfies their placement, every eligible node drained or lost): they
 //!   stay pending and nothing else would tell it — the route keeps the
@@ -30,7 +36,7 @@
 //!   `RouteChanged { reason: Reconcile }` → `ReleaseRerouted` →
 //!   `RerouteSettled`); never to no upstream at all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 use slipway_proto::event::{ReleaseUpstreamsObserved, ReplicaChange, ReplicaChanged, ReplicasObserved};
@@ -77,11 +83,25 @@ pub struct Limits {
     /// How long a replica may stay unplaced before it is recorded: Swarm
     /// places one it can within moments (a new task is pending briefly).
     pub grace: Duration,
+    /// This many replica failures of one service within `loop_window` is
+    /// a crash loop (the single engine's `supervise::Limits` for one
+    /// container's exits).
+    pub loop_failures: usize,
+    pub loop_window: Duration,
+    /// How often a record says again that a crash loop goes on.
+    pub repeat_interval: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { min_interval: Duration::seconds(5), grace: Duration::seconds(3) }
+        let single = crate::supervise::Limits::default();
+        Limits {
+            min_interval: Duration::seconds(5),
+            grace: Duration::seconds(3),
+            loop_failures: single.loop_exits,
+            loop_window: single.loop_window,
+            repeat_interval: single.repeat_interval,
+        }
     }
 }
 
@@ -130,6 +150,11 @@ struct Track {
     /// Of those, the ones still stranded, and Swarm's reason for the first.
     unplaced: u32,
     reason: String,
+    /// When the service's replicas failed, within the loop window.
+    failures: VecDeque<DateTime<Utc>>,
+    /// When a record last said the crash loop going on now; `None` while
+    /// there is none.
+    loop_said_at: Option<DateTime<Utc>>,
 }
 
 impl Track {
@@ -197,6 +222,8 @@ impl Watch {
                 unplaceable: BTreeSet::new(),
                 unplaced: 0,
                 reason: String::new(),
+                failures: VecDeque::new(),
+                loop_said_at: None,
             };
             for r in replicas {
                 track.tasks.insert(r.task.clone(), seen(r));
@@ -236,6 +263,7 @@ impl Watch {
             }
             if let (Some(error), false) = (&r.failed, before.is_some_and(|b| b.failed)) {
                 track.pending.push(change(ReplicaChange::Failed, String::new(), error.clone()));
+                track.failures.push_back(at);
             }
             track.tasks.insert(r.task.clone(), now);
         }
@@ -295,7 +323,27 @@ fn due(service: &str, track: &mut Track, limits: &Limits, now: DateTime<Utc>) ->
     let more = u32::try_from(changes.len().saturating_sub(LISTED)).unwrap_or(u32::MAX);
     changes.truncate(LISTED);
     track.recorded_at = Some(now);
-    Some(record(service, track, changes, more))
+    let crash_loop = crash_loop(track, limits, now);
+    Some(ReplicasObserved { crash_loop, ..record(service, track, changes, more) })
+}
+
+/// The failures that make a crash loop going on at `now`, when this record
+/// is to say so: the first record of the loop, then at most every
+/// `repeat_interval` (records come every `min_interval` while replicas
+/// fail, and each would otherwise be a crash-loop notification); else 0.
+fn crash_loop(track: &mut Track, limits: &Limits, now: DateTime<Utc>) -> u32 {
+    while track.failures.front().is_some_and(|at| now - *at > limits.loop_window) {
+        track.failures.pop_front();
+    }
+    if track.failures.len() < limits.loop_failures.max(1) {
+        track.loop_said_at = None;
+        return 0;
+    }
+    if track.loop_said_at.is_some_and(|said| now - said < limits.repeat_interval) {
+        return 0;
+    }
+    track.loop_said_at = Some(now);
+    u32::try_from(track.failures.len()).unwrap_or(u32::MAX)
 }
 
 /// The record of `service` as `track` stands, with `changes`.
@@ -310,6 +358,7 @@ fn record(service: &str, track: &Track, changes: Vec<ReplicaChanged>, more: u32)
         unplaced: track.unplaced,
         reason: track.reason.clone(),
         role: track.role.clone(),
+        crash_loop: 0,
     }
 }
 
@@ -464,6 +513,32 @@ mod tests {
         assert_eq!(summary.changes.len(), LISTED);
         assert_eq!(summary.more, 101 - LISTED as u32);
         assert!(summary.changes.iter().all(|c| c.change == ReplicaChange::Failed));
+        assert_eq!((failed.crash_loop, summary.crash_loop), (0, 101), "one failure is no loop; 101 within a minute are");
+    }
+
+    #[test]
+    fn a_crash_loop_is_said_when_found_then_once_a_minute_and_again_after_it_stopped() {
+        let mut w = Watch::default();
+        let d = Uuid::from_u128(7);
+        w.observe("svc", "web", d, &three(), 3, at(0));
+        let mut tasks = three();
+        // Slot 1 fails every 10 s, each time a new task.
+        let mut fail = |n: i64, tasks: &mut Vec<Replica>| {
+            tasks.push(Replica { failed: Some(format!("exit {n}")), wanted: false, ..replica(&format!("f{n}"), 1, "n1", false) });
+            w.observe("svc", "web", d, tasks, 3, at(n * 10)).map(|r| r.crash_loop)
+        };
+        assert_eq!(fail(1, &mut tasks), Some(0));
+        assert_eq!(fail(2, &mut tasks), Some(0));
+        assert_eq!(fail(3, &mut tasks), Some(3), "the third failure within a minute is a loop");
+        assert_eq!(fail(4, &mut tasks), Some(0), "recorded, but the loop is not said again within a minute");
+        for n in 5..9 {
+            assert_eq!(fail(n, &mut tasks), Some(0), "at {}s", n * 10);
+        }
+        assert_eq!(fail(9, &mut tasks), Some(7), "a minute after it was said, with the 7 failures of the last minute");
+        // It stops: a failure long after is no loop, and a new loop is said at once.
+        assert_eq!(fail(30, &mut tasks), Some(0));
+        assert_eq!(fail(31, &mut tasks), Some(0));
+        assert_eq!(fail(32, &mut tasks), Some(3));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use slipway_engine::notify::{self, Backoff};
 use slipway_engine::requests::{self, DeployRequest, NewProject};
 use slipway_proto::envelope::Metadata;
 use slipway_proto::event::{
-    deployment_stream, BuildMode, DeliveryOutcome, DeploymentFailed, DeploymentSucceeded, NotificationKind, NotificationTarget,
-    StepDispatched,
+    deployment_stream, environment_stream, BuildMode, DeliveryOutcome, DeploymentFailed, DeploymentSucceeded, NotificationKind,
+    NotificationTarget, ReplicaChange, ReplicaChanged, ReplicasObserved, StepDispatched,
 };
 use slipway_proto::{Envelope, Event, Step};
 use slipway_store::postgres::PgOptions;
@@ -428,6 +428,65 @@ async fn a_deployment_that_ended_before_its_first_step_is_not_said_to_have_faile
     .await;
     assert!(texts[0].ends_with(&format!("deployment {rejected} failed before it started: rejected by token:bob")), "{texts:?}");
     assert!(texts[1].ends_with(&format!("deployment {ran} failed at build: no Dockerfile")), "{texts:?}");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    s.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_says_the_loop() {
+    let s = Setup::start().await;
+    let receiver = Receiver::start().await;
+    let hook = NewSubscription {
+        project: Some(s.project.clone()),
+        kinds: vec![NotificationKind::ReleaseCrashLooping],
+        target: NotificationTarget::Slack,
+        url: receiver.url("/slack"),
+    };
+    notifier::subscribe(&*s.store, "test", hook).await.unwrap().unwrap();
+    let (stop, task) = s.notifier(Duration::from_secs(60));
+    let serving = s.request().await;
+    s.finish(serving, true).await;
+    // The swarm watcher's records on the environment's stream: failures,
+    // then the one that finds the crash loop.
+    let stream = environment_stream(&s.project, "live");
+    for crash_loop in [0, 0, 3] {
+        let observed = ReplicasObserved {
+            deployment_id: serving,
+            service: "slipway-shop-live-web".into(),
+            changes: vec![ReplicaChanged {
+                slot: 1,
+                change: ReplicaChange::Failed,
+                node: "10.0.0.2".into(),
+                from: String::new(),
+                error: "task: non-zero exit (3)".into(),
+            }],
+            more: 0,
+            running: 2,
+            wanted: 3,
+            unplaced: 0,
+            reason: String::new(),
+            role: "web".into(),
+            crash_loop,
+        };
+        let meta = Metadata { correlation_id: serving, causation_id: None, actor: "swarm-watch".into(), trace: None };
+        let envelope = Envelope::new(Uuid::now_v7(), chrono::Utc::now(), &stream, &Event::ReplicasObserved(observed), meta).unwrap();
+        s.store.append(&stream, ExpectedVersion::Any, &[envelope], &[]).await.unwrap().unwrap();
+    }
+    let texts = eventually("the crash-loop notification", || async {
+        let got = receiver.on("/slack");
+        (!got.is_empty()).then(|| got.iter().map(|r| r.body["text"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>())
+    })
+    .await;
+    assert!(
+        texts[0].ends_with(&format!(
+            "deployment {serving} is crash-looping: 3 replica failures of slipway-shop-live-web within a minute, 2 of 3 replicas running, \
+             last: task: non-zero exit (3)"
+        )),
+        "{texts:?}"
+    );
+    // Notifications go out in the log's order, so the first one being the
+    // loop's shows the two records before it sent nothing.
     stop.send(()).unwrap();
     task.await.unwrap();
     s.cleanup().await;

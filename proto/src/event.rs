@@ -980,6 +980,13 @@ pub struct ReplicasObserved {
     /// `web`, or the process type's name (empty in records written before).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    /// The service's replica failures within the watcher's loop window
+    /// when they make a crash loop (as many as `ContainerSupervised` calls
+    /// one on the single engine), said on the record that finds the loop
+    /// and then at most once a minute while it goes on; 0 otherwise (and
+    /// in records written before this was).
+    #[serde(default)]
+    pub crash_loop: u32,
 }
 
 /// An operator changed a swarm node's availability (on the installation

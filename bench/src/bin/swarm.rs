@@ -4,7 +4,8 @@
 //!
 //! 1. Deploy time (request → finished; the same busybox app, `watch = 0`)
 //!    with the single-engine runtime and 1 replica (the baseline, on the
-//!    machine's Docker), then the swarm runtime with 1, 3 and 6 replicas
+//!    machine's Docker, while the simulated hosts already run beside it),
+//!    then the swarm runtime with 1, 3 and 6 replicas
 //!    (built on the manager, pushed to a registry, pulled by each node),
 //!    `--rounds` of each, medians and the ratio to the baseline. Goal: at
 //!    most 1.5x for 3 replicas.
@@ -179,6 +180,10 @@ async fn main() -> anyhow::Result<()> {
         bail!("--rounds and --trials must be at least 1");
     }
 
+    // The simulated hosts start first, so that the baseline runs beside
+    // them as the swarm's deploys do: three more dockerds, the swarm's Raft
+    // and dispatcher heartbeats, on the same two cores.
+    let mut swarm = SimulatedSwarm::start(3);
     // The baseline: the single engine, on the machine's Docker.
     let single = Harness::start_with_agent(Backends::Embedded, |q| q, DriverOptions::default(), None).await;
     let repo = AppRepo::new();
@@ -197,7 +202,6 @@ async fn main() -> anyhow::Result<()> {
     }
     single.shutdown().await;
 
-    let mut swarm = SimulatedSwarm::start(3);
     std::env::set_var("DOCKER_HOST", format!("unix://{}", swarm.manager().socket));
     let harness = Harness::start_swarm(&swarm.registry).await;
     let repo = AppRepo::new();
