@@ -320,6 +320,18 @@ mod tests {
     }
 
     #[test]
+    fn status_says_which_replicas_crash_loop() {
+        let replicas = json!([{ "service": "slipway-shop-live-0123-web", "role": "web", "running": 2, "wanted": 3, "crash_loop": 4 }]);
+        let live = json!({ "state": "crash_looping", "restarts": 0, "last_exit": null });
+        let active =
+            json!({ "deployment": Uuid::now_v7(), "commit": null, "image": null, "web_port": 30001, "live": live, "replicas": replicas });
+        let status = json!({ "project": "shop", "environment": "live", "url": null, "active": active, "queue": [] });
+        let text = status_text(&read(status), Where::Server);
+        assert!(text.contains("\n  live   crash-looping, 0 restarts\n"), "{text}");
+        assert!(text.contains("\n  loop   web replicas crash-looping: 4 failures within a minute, 2 of 3 running\n"), "{text}");
+    }
+
+    #[test]
     fn the_deploy_body_leaves_out_what_was_not_given() {
         use clap::Parser as _;
         let body = |args: &[&str]| {

@@ -97,6 +97,9 @@ pub fn status_text(status: &EnvironmentStatus, at: Where) -> String {
             for text in a.replicas.iter().filter_map(|r| r.unplaced_text()) {
                 out.push_str(&format!("  pending {text}\n"));
             }
+            for text in a.replicas.iter().filter_map(|r| r.crash_loop_text()) {
+                out.push_str(&format!("  loop   {text}\n"));
+            }
             for r in &status.routes {
                 out.push_str(&format!("  route  {} (router {})\n", r.url, r.router));
             }

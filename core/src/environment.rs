@@ -59,6 +59,10 @@ pub struct ServiceReplicas {
     /// Replicas no node can take, and Swarm's reason.
     pub unplaced: u32,
     pub reason: String,
+    /// The replica failures within a minute that the last record saying a
+    /// crash loop counted, until a record shows the loop over (every
+    /// replica running, none failed since); 0 when there is no loop.
+    pub crash_loop: u32,
 }
 
 /// The serving release's live state: its worst container's, with the
@@ -164,12 +168,23 @@ impl Environment {
                 live.oom_kills += u32::from(c.oom);
             }
             Event::ReplicasObserved(r) if self.last_succeeded() == Some(r.deployment_id) => {
+                // The watcher says a loop when it finds it and then once a
+                // minute; the records between keep it, one with every
+                // replica running and no failure ends it.
+                let failed = r.changes.iter().any(|c| c.change == slipway_proto::event::ReplicaChange::Failed);
+                let crash_loop = match self.replicas.get(&r.service) {
+                    _ if r.crash_loop > 0 => r.crash_loop,
+                    _ if !failed && r.running >= r.wanted => 0,
+                    Some(before) => before.crash_loop,
+                    None => 0,
+                };
                 let replicas = ServiceReplicas {
                     role: r.role.clone(),
                     running: r.running,
                     wanted: r.wanted,
                     unplaced: r.unplaced,
                     reason: r.reason.clone(),
+                    crash_loop,
                 };
                 self.replicas.insert(r.service.clone(), replicas);
             }
@@ -212,4 +227,48 @@ impl Environment {
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Environment {
     let Ok(env) = crate::projection::fold(events);
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_proto::event::{ReplicaChange, ReplicaChanged, ReplicasObserved};
+
+    fn observed(deployment: Uuid, failed: bool, running: u32, crash_loop: u32) -> Event {
+        let change = if failed { ReplicaChange::Failed } else { ReplicaChange::Started };
+        Event::ReplicasObserved(ReplicasObserved {
+            deployment_id: deployment,
+            service: "web-svc".into(),
+            changes: vec![ReplicaChanged { slot: 1, change, node: "n1".into(), from: String::new(), error: String::new() }],
+            more: 0,
+            running,
+            wanted: 3,
+            unplaced: 0,
+            reason: String::new(),
+            role: "web".into(),
+            crash_loop,
+        })
+    }
+
+    #[test]
+    fn a_swarm_crash_loop_lasts_from_the_record_that_says_it_until_every_replica_runs_with_no_failure() {
+        let d = Uuid::from_u128(7);
+        let mut env = Environment {
+            active: Some(ActiveRelease { deployment: d, containers: vec![], upstreams: vec![], host: "swarm".into() }),
+            ..Default::default()
+        };
+        let looping = |env: &Environment| env.replicas["web-svc"].crash_loop;
+        env.apply(&observed(d, true, 2, 0));
+        assert_eq!(looping(&env), 0, "a failure is no loop");
+        env.apply(&observed(d, true, 2, 3));
+        assert_eq!(looping(&env), 3, "said");
+        env.apply(&observed(d, true, 2, 0));
+        env.apply(&observed(d, false, 2, 0));
+        assert_eq!(looping(&env), 3, "failures, or fewer running than wanted, keep it");
+        env.apply(&observed(d, false, 3, 0));
+        assert_eq!(looping(&env), 0, "every replica running with no failure ends it");
+        // Another deployment's records change nothing.
+        env.apply(&observed(Uuid::from_u128(8), true, 0, 9));
+        assert_eq!(looping(&env), 0);
+    }
 }

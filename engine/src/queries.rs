@@ -101,6 +101,9 @@ pub struct ServiceReplicas {
     pub unplaced: u32,
     #[serde(default)]
     pub reason: String,
+    /// Replica failures within a minute while they crash-loop; 0 otherwise.
+    #[serde(default)]
+    pub crash_loop: u32,
 }
 
 impl ServiceReplicas {
@@ -109,14 +112,31 @@ impl ServiceReplicas {
         let role = if self.role.is_empty() { self.service.as_str() } else { self.role.as_str() };
         (self.unplaced > 0).then(|| format!("{} of {} {role} replicas cannot be placed: {}", self.unplaced, self.wanted, self.reason))
     }
+
+    /// `web replicas crash-looping: 4 failures within a minute, 2 of 3 running`, while they do.
+    pub fn crash_loop_text(&self) -> Option<String> {
+        let role = if self.role.is_empty() { self.service.as_str() } else { self.role.as_str() };
+        (self.crash_loop > 0).then(|| {
+            format!(
+                "{role} replicas crash-looping: {} failures within a minute, {} of {} running",
+                self.crash_loop, self.running, self.wanted
+            )
+        })
+    }
 }
 
-/// The live state shown while Swarm cannot place replicas of the release:
-/// `down` when a service has none running, else `pending`; `None` when
-/// every replica is placed (the host agent's state stands).
+/// The live state the swarm's replicas give the release, when they give
+/// one: `down` when Swarm can place none of a service's replicas,
+/// `crash_looping` while a service's replicas crash-loop, `pending` when
+/// it cannot place some; `None` otherwise (the host agent's state stands).
 pub fn unplaced_state(replicas: &[ServiceReplicas]) -> Option<&'static str> {
     let stranded = replicas.iter().filter(|r| r.unplaced > 0);
-    stranded.map(|r| if r.running == 0 { "down" } else { "pending" }).min_by_key(|s| *s != "down")
+    let unplaced = stranded.map(|r| if r.running == 0 { "down" } else { "pending" }).min_by_key(|s| *s != "down");
+    match unplaced {
+        Some("down") => Some("down"),
+        _ if replicas.iter().any(|r| r.crash_loop > 0) => Some("crash_looping"),
+        other => other,
+    }
 }
 
 /// The serving release's live state (folded from `ContainerSupervised`):
@@ -260,6 +280,7 @@ pub async fn status_in(store: &dyn EventStore, project: &str, env: &str, around:
                     wanted: r.wanted,
                     unplaced: r.unplaced,
                     reason: r.reason.clone(),
+                    crash_loop: r.crash_loop,
                 })
                 .collect();
             let live = state.shown_live().map(|l| LiveStatus {
@@ -561,6 +582,7 @@ mod tests {
             wanted: 3,
             unplaced: 2,
             reason: "no suitable node (scheduling constraints not satisfied on 3 nodes)".into(),
+            crash_loop: 0,
         };
         assert_eq!(
             web.unplaced_text().as_deref(),
@@ -571,8 +593,15 @@ mod tests {
         assert_eq!(unplaced_state(std::slice::from_ref(&placed)), None, "every replica placed: the host agent's state stands");
         assert_eq!(unplaced_state(&[placed.clone(), web.clone()]), Some("pending"));
         let worker = ServiceReplicas { service: "w".into(), role: String::new(), running: 0, wanted: 1, unplaced: 1, ..web.clone() };
-        assert_eq!(unplaced_state(&[web, worker.clone(), placed]), Some("down"), "a service with nothing running");
+        assert_eq!(unplaced_state(&[web, worker.clone(), placed.clone()]), Some("down"), "a service with nothing running");
         assert!(worker.unplaced_text().is_some_and(|t| t.starts_with("1 of 1 w replicas")), "{:?}", worker.unplaced_text());
+        // Crash-looping replicas: below a service with none placed, above some pending.
+        let looping = ServiceReplicas { running: 2, unplaced: 0, reason: String::new(), crash_loop: 4, ..placed.clone() };
+        assert_eq!(looping.crash_loop_text().as_deref(), Some("web replicas crash-looping: 4 failures within a minute, 2 of 3 running"));
+        assert_eq!(placed.crash_loop_text(), None);
+        assert_eq!(unplaced_state(&[placed.clone(), looping.clone()]), Some("crash_looping"));
+        assert_eq!(unplaced_state(&[looping.clone(), ServiceReplicas { running: 1, ..worker.clone() }]), Some("crash_looping"));
+        assert_eq!(unplaced_state(&[looping, worker]), Some("down"));
     }
 
     /// The `--server` CLI prints what it deserialized: every field must
@@ -601,6 +630,7 @@ mod tests {
                     wanted: 3,
                     unplaced: 2,
                     reason: "no suitable node (scheduling constraints not satisfied on 3 nodes)".into(),
+                    crash_loop: 5,
                 }],
             }),
             routes: vec![RouterUrl { url: "http://shop-live.localhost:7880/".into(), router: "r1".into() }],
