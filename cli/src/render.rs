@@ -318,7 +318,9 @@ fn replicas_observed(r: &slipway_proto::event::ReplicasObserved) -> String {
     }
     let more = if r.more > 0 { format!(" and {} more", r.more) } else { String::new() };
     let looping = if r.crash_loop > 0 { format!("; crash-looping: {} failures within a minute", r.crash_loop) } else { String::new() };
-    format!("{}: {}{more}; {} of {} replica(s) running{looping}", r.service, parts.join("; "), r.running, r.wanted)
+    // A record with no change: a crash loop ended, or a status put right.
+    let changed = if parts.is_empty() { String::new() } else { format!("{}{more}; ", parts.join("; ")) };
+    format!("{}: {changed}{} of {} replica(s) running{looping}", r.service, r.running, r.wanted)
 }
 
 fn on_host(host: &str) -> String {
@@ -390,6 +392,7 @@ mod tests {
             reason: reason.into(),
             role: "web".into(),
             crash_loop: 0,
+            crash_loop_said: false,
         };
         assert_eq!(
             describe(&Event::ReplicasObserved(stranded.clone())),
@@ -433,11 +436,14 @@ mod tests {
             reason: String::new(),
             role: "web".into(),
             crash_loop: 3,
+            crash_loop_said: true,
         };
         assert_eq!(
-            describe(&Event::ReplicasObserved(looping)),
+            describe(&Event::ReplicasObserved(looping.clone())),
             "slipway-shop-live-web: replica 1 failed on 10.0.0.2: task: non-zero exit (3) and 2 more; 2 of 3 replica(s) running; \
              crash-looping: 3 failures within a minute"
         );
+        let ended = ReplicasObserved { changes: vec![], more: 0, running: 3, crash_loop: 0, crash_loop_said: false, ..looping };
+        assert_eq!(describe(&Event::ReplicasObserved(ended)), "slipway-shop-live-web: 3 of 3 replica(s) running");
     }
 }

@@ -59,9 +59,8 @@ pub struct ServiceReplicas {
     /// Replicas no node can take, and Swarm's reason.
     pub unplaced: u32,
     pub reason: String,
-    /// The replica failures within a minute that the last record saying a
-    /// crash loop counted, until a record shows the loop over (every
-    /// replica running, none failed since); 0 when there is no loop.
+    /// Replica failures within a minute while they crash-loop (the last
+    /// record's count); 0 when there is no loop.
     pub crash_loop: u32,
 }
 
@@ -168,23 +167,13 @@ impl Environment {
                 live.oom_kills += u32::from(c.oom);
             }
             Event::ReplicasObserved(r) if self.last_succeeded() == Some(r.deployment_id) => {
-                // The watcher says a loop when it finds it and then once a
-                // minute; the records between keep it, one with every
-                // replica running and no failure ends it.
-                let failed = r.changes.iter().any(|c| c.change == slipway_proto::event::ReplicaChange::Failed);
-                let crash_loop = match self.replicas.get(&r.service) {
-                    _ if r.crash_loop > 0 => r.crash_loop,
-                    _ if !failed && r.running >= r.wanted => 0,
-                    Some(before) => before.crash_loop,
-                    None => 0,
-                };
                 let replicas = ServiceReplicas {
                     role: r.role.clone(),
                     running: r.running,
                     wanted: r.wanted,
                     unplaced: r.unplaced,
                     reason: r.reason.clone(),
-                    crash_loop,
+                    crash_loop: r.crash_loop,
                 };
                 self.replicas.insert(r.service.clone(), replicas);
             }
@@ -232,14 +221,13 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Environment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipway_proto::event::{ReplicaChange, ReplicaChanged, ReplicasObserved};
+    use slipway_proto::event::ReplicasObserved;
 
-    fn observed(deployment: Uuid, failed: bool, running: u32, crash_loop: u32) -> Event {
-        let change = if failed { ReplicaChange::Failed } else { ReplicaChange::Started };
+    fn observed(deployment: Uuid, running: u32, crash_loop: u32) -> Event {
         Event::ReplicasObserved(ReplicasObserved {
             deployment_id: deployment,
             service: "web-svc".into(),
-            changes: vec![ReplicaChanged { slot: 1, change, node: "n1".into(), from: String::new(), error: String::new() }],
+            changes: vec![],
             more: 0,
             running,
             wanted: 3,
@@ -247,28 +235,24 @@ mod tests {
             reason: String::new(),
             role: "web".into(),
             crash_loop,
+            crash_loop_said: false,
         })
     }
 
     #[test]
-    fn a_swarm_crash_loop_lasts_from_the_record_that_says_it_until_every_replica_runs_with_no_failure() {
+    fn the_serving_release_s_replicas_are_its_services_last_records() {
         let d = Uuid::from_u128(7);
         let mut env = Environment {
             active: Some(ActiveRelease { deployment: d, containers: vec![], upstreams: vec![], host: "swarm".into() }),
             ..Default::default()
         };
-        let looping = |env: &Environment| env.replicas["web-svc"].crash_loop;
-        env.apply(&observed(d, true, 2, 0));
-        assert_eq!(looping(&env), 0, "a failure is no loop");
-        env.apply(&observed(d, true, 2, 3));
-        assert_eq!(looping(&env), 3, "said");
-        env.apply(&observed(d, true, 2, 0));
-        env.apply(&observed(d, false, 2, 0));
-        assert_eq!(looping(&env), 3, "failures, or fewer running than wanted, keep it");
-        env.apply(&observed(d, false, 3, 0));
-        assert_eq!(looping(&env), 0, "every replica running with no failure ends it");
+        let shown = |env: &Environment| (env.replicas["web-svc"].running, env.replicas["web-svc"].crash_loop);
+        env.apply(&observed(d, 2, 3));
+        assert_eq!(shown(&env), (2, 3), "crash-looping");
+        env.apply(&observed(d, 3, 0));
+        assert_eq!(shown(&env), (3, 0), "the loop's end");
         // Another deployment's records change nothing.
-        env.apply(&observed(Uuid::from_u128(8), true, 0, 9));
-        assert_eq!(looping(&env), 0);
+        env.apply(&observed(Uuid::from_u128(8), 0, 9));
+        assert_eq!(shown(&env), (3, 0));
     }
 }

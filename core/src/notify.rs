@@ -149,7 +149,7 @@ pub fn notice(event: &Event, event_id: Uuid, at: DateTime<Utc>, deployment: Opti
         ),
         // The swarm runtime's word for it: Swarm restarts a failed replica
         // as a new task, so the loop is counted per service.
-        Event::ReplicasObserved(r) if r.crash_loop > 0 => {
+        Event::ReplicasObserved(r) if r.crash_loop_said && r.crash_loop > 0 => {
             let last_error = r.changes.iter().rev().find(|c| !c.error.is_empty()).map(|c| c.error.clone());
             of_deployment(
                 NotificationKind::ReleaseCrashLooping,
@@ -193,7 +193,7 @@ pub fn may_notify(event: &Event) -> bool {
             | Event::DeploymentRejected(_)
             | Event::FreezeOverridden(_)
     ) || matches!(event, Event::ContainerSupervised(s) if s.state == LiveState::CrashLooping)
-        || matches!(event, Event::ReplicasObserved(r) if r.crash_loop > 0)
+        || matches!(event, Event::ReplicasObserved(r) if r.crash_loop_said && r.crash_loop > 0)
 }
 
 fn short(commit: &str) -> &str {
@@ -523,7 +523,7 @@ mod tests {
     fn a_swarm_crash_loop_notifies_and_other_replica_records_do_not() {
         use slipway_proto::event::{ReplicaChange, ReplicaChanged, ReplicasObserved};
         let d = Uuid::from_u128(9);
-        let record = |crash_loop| {
+        let record = |crash_loop, crash_loop_said| {
             Event::ReplicasObserved(ReplicasObserved {
                 deployment_id: d,
                 service: "slipway-shop-live-web".into(),
@@ -541,11 +541,12 @@ mod tests {
                 reason: String::new(),
                 role: "web".into(),
                 crash_loop,
+                crash_loop_said,
             })
         };
-        assert_eq!(deployment_of("environment-shop-live", &record(0)), Some(d));
-        assert!(may_notify(&record(4)) && !may_notify(&record(0)));
-        let n = notice(&record(4), Uuid::nil(), at(0), Some(about(d, &context()))).unwrap();
+        assert_eq!(deployment_of("environment-shop-live", &record(0, false)), Some(d));
+        assert!(may_notify(&record(4, true)) && !may_notify(&record(0, false)) && !may_notify(&record(5, false)));
+        let n = notice(&record(4, true), Uuid::nil(), at(0), Some(about(d, &context()))).unwrap();
         assert_eq!(n.kind, NotificationKind::ReleaseCrashLooping);
         assert!(
             n.summary.ends_with("is crash-looping: 4 replica failures of slipway-shop-live-web within a minute, 2 of 3 replicas running, last: task: non-zero exit (3)"),
@@ -553,7 +554,8 @@ mod tests {
             n.summary
         );
         assert_eq!((n.details["failures"].as_u64(), n.deployment), (Some(4), Some(d)));
-        assert_eq!(notice(&record(0), Uuid::nil(), at(0), Some(about(d, &context()))), None);
+        assert_eq!(notice(&record(0, false), Uuid::nil(), at(0), Some(about(d, &context()))), None);
+        assert_eq!(notice(&record(5, false), Uuid::nil(), at(0), Some(about(d, &context()))), None, "carried, not told");
     }
 
     #[test]

@@ -12,11 +12,13 @@
 //!   records what was held back. The first look at a service is the
 //!   baseline: the deployment's own events tell how it started.
 //!   A service whose replicas fail `loop_failures` times within
-//!   `loop_window` is crash-looping: the record that finds it says so
-//!   (`crash_loop`, the failures counted), and so does one at most every
-//!   `repeat_interval` while it goes on. That is what the single engine's
-//!   `ContainerSupervised` says of one container, and what the crash-loop
-//!   notification is sent for.
+//!   `loop_window` is crash-looping: every record while it is carries the
+//!   failures counted (`crash_loop`), and one record, once no failure is
+//!   left within the window, says it ended (`crash_loop` 0, even with no
+//!   other change). The first record of the loop, and one at most every
+//!   `repeat_interval` after, tells people (`crash_loop_said`: the
+//!   crash-loop notification). That is what the single engine's
+//!   `ContainerSupervised` says of one container.
 //! - `stranded` says which replicas Swarm wants but cannot place (no node
 //!   satisfies their placement, every eligible node drained or lost): they
 //!   stay pending and nothing else would tell it — the route keeps the
@@ -152,8 +154,10 @@ struct Track {
     reason: String,
     /// When the service's replicas failed, within the loop window.
     failures: VecDeque<DateTime<Utc>>,
-    /// When a record last said the crash loop going on now; `None` while
-    /// there is none.
+    /// The crash loop as last recorded: its failures, 0 for none.
+    loop_count: u32,
+    /// When a record last told of the crash loop going on now; `None`
+    /// while there is none.
     loop_said_at: Option<DateTime<Utc>>,
 }
 
@@ -223,6 +227,7 @@ impl Watch {
                 unplaced: 0,
                 reason: String::new(),
                 failures: VecDeque::new(),
+                loop_count: 0,
                 loop_said_at: None,
             };
             for r in replicas {
@@ -315,35 +320,43 @@ fn seen(r: &Replica) -> Seen {
     Seen { running: r.running && r.node_up, failed: r.failed.is_some(), node_up: r.node_up }
 }
 
+/// The record due at `now`: the changes held back, once `min_interval`
+/// passed since the last; or, with none held back, the end of a crash loop
+/// recorded before (no failure left that would make one), so that nothing
+/// keeps saying a loop that stopped.
 fn due(service: &str, track: &mut Track, limits: &Limits, now: DateTime<Utc>) -> Option<ReplicasObserved> {
-    if track.pending.is_empty() || track.recorded_at.is_some_and(|at| now - at < limits.min_interval) {
+    if track.recorded_at.is_some_and(|at| now - at < limits.min_interval) {
+        return None;
+    }
+    if track.pending.is_empty() && (track.loop_count == 0 || loop_failures(track, limits, now) > 0) {
         return None;
     }
     let mut changes = std::mem::take(&mut track.pending);
     let more = u32::try_from(changes.len().saturating_sub(LISTED)).unwrap_or(u32::MAX);
     changes.truncate(LISTED);
     track.recorded_at = Some(now);
-    let crash_loop = crash_loop(track, limits, now);
-    Some(ReplicasObserved { crash_loop, ..record(service, track, changes, more) })
+    track.loop_count = loop_failures(track, limits, now);
+    // Told at the loop's first record, then at most every `repeat_interval`.
+    let said = track.loop_count > 0 && track.loop_said_at.is_none_or(|said| now - said >= limits.repeat_interval);
+    if said {
+        track.loop_said_at = Some(now);
+    } else if track.loop_count == 0 {
+        track.loop_said_at = None;
+    }
+    Some(ReplicasObserved { crash_loop_said: said, ..record(service, track, changes, more) })
 }
 
-/// The failures that make a crash loop going on at `now`, when this record
-/// is to say so: the first record of the loop, then at most every
-/// `repeat_interval` (records come every `min_interval` while replicas
-/// fail, and each would otherwise be a crash-loop notification); else 0.
-fn crash_loop(track: &mut Track, limits: &Limits, now: DateTime<Utc>) -> u32 {
+/// The failures within `loop_window` before `now` when they make a crash
+/// loop, else 0; older ones are forgotten.
+fn loop_failures(track: &mut Track, limits: &Limits, now: DateTime<Utc>) -> u32 {
     while track.failures.front().is_some_and(|at| now - *at > limits.loop_window) {
         track.failures.pop_front();
     }
     if track.failures.len() < limits.loop_failures.max(1) {
-        track.loop_said_at = None;
-        return 0;
+        0
+    } else {
+        u32::try_from(track.failures.len()).unwrap_or(u32::MAX)
     }
-    if track.loop_said_at.is_some_and(|said| now - said < limits.repeat_interval) {
-        return 0;
-    }
-    track.loop_said_at = Some(now);
-    u32::try_from(track.failures.len()).unwrap_or(u32::MAX)
 }
 
 /// The record of `service` as `track` stands, with `changes`.
@@ -358,7 +371,8 @@ fn record(service: &str, track: &Track, changes: Vec<ReplicaChanged>, more: u32)
         unplaced: track.unplaced,
         reason: track.reason.clone(),
         role: track.role.clone(),
-        crash_loop: 0,
+        crash_loop: track.loop_count,
+        crash_loop_said: false,
     }
 }
 
@@ -514,31 +528,43 @@ mod tests {
         assert_eq!(summary.more, 101 - LISTED as u32);
         assert!(summary.changes.iter().all(|c| c.change == ReplicaChange::Failed));
         assert_eq!((failed.crash_loop, summary.crash_loop), (0, 101), "one failure is no loop; 101 within a minute are");
+        assert!(summary.crash_loop_said);
     }
 
     #[test]
-    fn a_crash_loop_is_said_when_found_then_once_a_minute_and_again_after_it_stopped() {
+    fn a_crash_loop_is_carried_while_it_lasts_told_once_a_minute_and_ended_by_a_record() {
         let mut w = Watch::default();
         let d = Uuid::from_u128(7);
         w.observe("svc", "web", d, &three(), 3, at(0));
         let mut tasks = three();
-        // Slot 1 fails every 10 s, each time a new task.
+        // Slot 1 fails every 10 s, each time a new task: (failures counted, told).
         let mut fail = |n: i64, tasks: &mut Vec<Replica>| {
             tasks.push(Replica { failed: Some(format!("exit {n}")), wanted: false, ..replica(&format!("f{n}"), 1, "n1", false) });
-            w.observe("svc", "web", d, tasks, 3, at(n * 10)).map(|r| r.crash_loop)
+            w.observe("svc", "web", d, tasks, 3, at(n * 10)).map(|r| (r.crash_loop, r.crash_loop_said))
         };
-        assert_eq!(fail(1, &mut tasks), Some(0));
-        assert_eq!(fail(2, &mut tasks), Some(0));
-        assert_eq!(fail(3, &mut tasks), Some(3), "the third failure within a minute is a loop");
-        assert_eq!(fail(4, &mut tasks), Some(0), "recorded, but the loop is not said again within a minute");
+        assert_eq!(fail(1, &mut tasks), Some((0, false)));
+        assert_eq!(fail(2, &mut tasks), Some((0, false)));
+        assert_eq!(fail(3, &mut tasks), Some((3, true)), "the third failure within a minute is a loop, told at once");
+        assert_eq!(fail(4, &mut tasks), Some((4, false)), "carried, not told again within a minute");
         for n in 5..9 {
-            assert_eq!(fail(n, &mut tasks), Some(0), "at {}s", n * 10);
+            assert_eq!(fail(n, &mut tasks).map(|(_, told)| told), Some(false), "at {}s", n * 10);
         }
-        assert_eq!(fail(9, &mut tasks), Some(7), "a minute after it was said, with the 7 failures of the last minute");
-        // It stops: a failure long after is no loop, and a new loop is said at once.
-        assert_eq!(fail(30, &mut tasks), Some(0));
-        assert_eq!(fail(31, &mut tasks), Some(0));
-        assert_eq!(fail(32, &mut tasks), Some(3));
+        assert_eq!(fail(9, &mut tasks), Some((7, true)), "told again a minute later, with the 7 failures of the last minute");
+        // It stops at 90 s: nothing is due while failures within a minute
+        // still make a loop; then one record with no change ends it.
+        assert!(w.flush(at(120)).is_empty(), "4 failures left within the minute");
+        let ended = w.flush(at(145)).pop().expect("the loop's end recorded");
+        assert_eq!((ended.crash_loop, ended.crash_loop_said, ended.changes.len()), (0, false, 0));
+        assert!(w.flush(at(200)).is_empty(), "ended once");
+        // A new loop is told at once.
+        w.observe("svc", "web", d, &tasks, 3, at(300));
+        let mut fail = |n: i64, tasks: &mut Vec<Replica>| {
+            tasks.push(Replica { failed: Some(format!("exit {n}")), wanted: false, ..replica(&format!("g{n}"), 1, "n1", false) });
+            w.observe("svc", "web", d, tasks, 3, at(n * 10)).map(|r| (r.crash_loop, r.crash_loop_said))
+        };
+        assert_eq!(fail(31, &mut tasks), Some((0, false)));
+        assert_eq!(fail(32, &mut tasks), Some((0, false)));
+        assert_eq!(fail(33, &mut tasks), Some((3, true)));
     }
 
     #[test]

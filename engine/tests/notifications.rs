@@ -447,10 +447,11 @@ async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_say
     let (stop, task) = s.notifier(Duration::from_secs(60));
     let serving = s.request().await;
     s.finish(serving, true).await;
-    // The swarm watcher's records on the environment's stream: failures,
-    // then the one that finds the crash loop.
+    // The swarm watcher's records on the environment's stream: a failure, a
+    // loop carried but not told (a later record of a loop), and the record
+    // that tells of one.
     let stream = environment_stream(&s.project, "live");
-    for crash_loop in [0, 0, 3] {
+    for (crash_loop, crash_loop_said) in [(0, false), (4, false), (3, true)] {
         let observed = ReplicasObserved {
             deployment_id: serving,
             service: "slipway-shop-live-web".into(),
@@ -468,6 +469,7 @@ async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_say
             reason: String::new(),
             role: "web".into(),
             crash_loop,
+            crash_loop_said,
         };
         let meta = Metadata { correlation_id: serving, causation_id: None, actor: "swarm-watch".into(), trace: None };
         let envelope = Envelope::new(Uuid::now_v7(), chrono::Utc::now(), &stream, &Event::ReplicasObserved(observed), meta).unwrap();
@@ -486,7 +488,7 @@ async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_say
         "{texts:?}"
     );
     // Notifications go out in the log's order, so the first one being the
-    // loop's shows the two records before it sent nothing.
+    // told loop's shows the two records before it sent nothing.
     stop.send(()).unwrap();
     task.await.unwrap();
     s.cleanup().await;

@@ -981,12 +981,18 @@ pub struct ReplicasObserved {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
     /// The service's replica failures within the watcher's loop window
-    /// when they make a crash loop (as many as `ContainerSupervised` calls
-    /// one on the single engine), said on the record that finds the loop
-    /// and then at most once a minute while it goes on; 0 otherwise (and
-    /// in records written before this was).
+    /// while they make a crash loop (as many as `ContainerSupervised` calls
+    /// one on the single engine), on every record of the loop; 0 otherwise,
+    /// so the record that ends a loop says 0 (and so do records written
+    /// before this was).
     #[serde(default)]
     pub crash_loop: u32,
+    /// This record tells people of the crash loop: the first record of the
+    /// loop, then at most one a minute while it goes on (records come every
+    /// few seconds while replicas fail). The `release.crash_looping`
+    /// notification is sent for these.
+    #[serde(default)]
+    pub crash_loop_said: bool,
 }
 
 /// An operator changed a swarm node's availability (on the installation

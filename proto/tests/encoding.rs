@@ -160,6 +160,7 @@ fn sample_events() -> Vec<Event> {
             reason: String::new(),
             role: "web".into(),
             crash_loop: 3,
+            crash_loop_said: true,
         }),
         Event::ReplicasObserved(ReplicasObserved {
             deployment_id: d,
@@ -178,6 +179,7 @@ fn sample_events() -> Vec<Event> {
             reason: "no suitable node (scheduling constraints not satisfied on 3 nodes)".into(),
             role: "web".into(),
             crash_loop: 0,
+            crash_loop_said: false,
         }),
         Event::HostAvailabilityChanged(HostAvailabilityChanged {
             node: "node-2".into(),
@@ -380,7 +382,10 @@ fn replica_records_written_before_unplaced_replicas_were_read_as_all_placed() {
     let mut env = wrap(&sample_events().into_iter().find(|e| matches!(e, Event::ReplicasObserved(_))).unwrap());
     env.set_payload_value(&written);
     let Event::ReplicasObserved(old) = env.decode::<Event>().unwrap() else { panic!("wrong type") };
-    assert_eq!((old.unplaced, old.reason.as_str(), old.role.as_str(), old.more, old.crash_loop), (0, "", "", 0, 0));
+    assert_eq!(
+        (old.unplaced, old.reason.as_str(), old.role.as_str(), old.more, old.crash_loop, old.crash_loop_said),
+        (0, "", "", 0, 0, false)
+    );
     assert_eq!(old.changes[0].change, ReplicaChange::NodeDown);
 }
 
