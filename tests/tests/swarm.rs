@@ -12,7 +12,9 @@
 //! node has: the watcher records that its replicas cannot be placed, with
 //! Swarm's reason, and `slipway status` says so; once a node has the label
 //! they are placed again, recorded, and the route follows; a drain of that
-//! only node is then refused by `slipway hosts drain`.
+//! only node is then refused by `slipway hosts drain`. Then its command
+//! is replaced by hand with one that exits at once: the crash loop is
+//! recorded, told once, and shown by `status`.
 //!
 //! `#[ignore]`d and run by the serial phase of `scripts/test`: it needs
 //! root (namespaces, dockerds of its own) and fails, never skips, without
@@ -299,6 +301,30 @@ async fn replicas_spread_over_the_hosts_and_a_redeploy_or_rollback_fails_no_requ
     let changes = recorded.iter().filter(|r| matches!(r.envelope.decode(), Ok(Event::HostAvailabilityChanged(_)))).count();
     assert_eq!(changes, 2, "the refused drain and the unknown names recorded nothing");
     eprintln!("stranded, placed again and a drain refused in {:?}: {}", pinned_at.elapsed(), refused.err.trim());
+
+    // A crash loop: the serving service's command replaced by hand with one
+    // that exits at once. Swarm starts each replica again a second later,
+    // as a new task; the watcher records the loop (told once), and status
+    // says it. (Its end is recorded once a minute passes with fewer than 3
+    // failures: the unit tests cover that.)
+    let broken_at = std::time::Instant::now();
+    swarm.manager().docker(&["service", "update", "--detach", "--update-parallelism", "0", "--args", "false", &service]);
+    let looping = eventually("the crash loop recorded", Duration::from_secs(90), || async {
+        replica_records(&harness, &service).await.into_iter().find(|r| r.crash_loop_said)
+    })
+    .await;
+    assert!(looping.crash_loop >= 3, "{looping:?}");
+    assert!(looping.changes.iter().any(|c| c.change == ReplicaChange::Failed), "{looping:?}");
+    eprintln!("a crash loop recorded after {:?}: {} failures", broken_at.elapsed(), looping.crash_loop);
+    let out = eventually("status says the loop", Duration::from_secs(30), || async {
+        let out = slipway(&harness, &["status", &harness.project, "live"]).success();
+        (out.contains("\n  live   crash-looping, ") && out.contains("\n  loop   web replicas crash-looping: ")).then_some(out)
+    })
+    .await;
+    assert!(out.contains(" failures within a minute, "), "{out}");
+    let history = slipway(&harness, &["events", &stream]).success();
+    assert!(history.lines().any(|l| l.contains("ReplicasObserved") && l.contains("crash-looping: ")), "{history}");
+    swarm.manager().docker(&["service", "rollback", "--detach", &service]);
 
     harness.shutdown().await;
     drop(swarm);
