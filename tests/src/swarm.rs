@@ -66,6 +66,26 @@ impl Node {
         self.dockerd = Some(dockerd);
     }
 
+    /// Waits up to 30 s until its dockerd answers. When it exits first, or
+    /// does not answer in time, the panic quotes the end of its log (the
+    /// log is in a temporary directory, gone once the test ends).
+    fn wait_dockerd(&mut self, logs: &std::path::Path) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let log = logs.join(format!("{}.log", self.name));
+        let tail = || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        };
+        while docker_at(&self.socket, &["version"]).is_err() {
+            if let Some(status) = self.dockerd.as_mut().and_then(|d| d.try_wait().ok().flatten()) {
+                panic!("dockerd of {} exited ({status}) before it answered; its log ends:\n{}", self.name, tail());
+            }
+            assert!(Instant::now() < deadline, "dockerd of {} not ready within 30s; its log ends:\n{}", self.name, tail());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Loses the host's Docker: its dockerd and everything running in its
     /// network namespace (containerd, the shims) killed at once (SIGKILL),
     /// so Swarm sees the node down and reschedules. The replicas' own
@@ -205,8 +225,9 @@ impl SimulatedSwarm {
             swarm.nodes.push(node);
         }
         swarm.start_registry(&net);
-        for node in &swarm.nodes {
-            wait_for(&format!("dockerd of {}", node.name), Duration::from_secs(30), || docker_at(&node.socket, &["version"]).is_ok());
+        let logs = swarm.registry_dir.path().to_path_buf();
+        for node in &mut swarm.nodes {
+            node.wait_dockerd(&logs);
         }
         let manager = &swarm.nodes[0];
         // Nodes report every second (5 s by default), so a lost one is
@@ -255,8 +276,8 @@ impl SimulatedSwarm {
         let logs = self.registry_dir.path().to_path_buf();
         self.nodes[i].reconnect();
         self.nodes[i].start_dockerd(&logs, &net);
+        self.nodes[i].wait_dockerd(&logs);
         let node = &self.nodes[i];
-        wait_for(&format!("dockerd of {}", node.name), Duration::from_secs(30), || docker_at(&node.socket, &["version"]).is_ok());
         let id = node.docker(&["info", "--format", "{{.Swarm.NodeID}}"]);
         wait_for(&format!("{} Ready again", node.name), Duration::from_secs(60), || {
             docker_at(&self.nodes[0].socket, &["node", "inspect", "--format", "{{.Status.State}}", &id]).is_ok_and(|s| s == "ready")
