@@ -328,14 +328,16 @@ fn due(service: &str, track: &mut Track, limits: &Limits, now: DateTime<Utc>) ->
     if track.recorded_at.is_some_and(|at| now - at < limits.min_interval) {
         return None;
     }
-    if track.pending.is_empty() && (track.loop_count == 0 || loop_failures(track, limits, now) > 0) {
+    let loop_count = loop_failures(track, limits, now);
+    let loop_ended = track.loop_count > 0 && loop_count == 0;
+    if track.pending.is_empty() && !loop_ended {
         return None;
     }
     let mut changes = std::mem::take(&mut track.pending);
     let more = u32::try_from(changes.len().saturating_sub(LISTED)).unwrap_or(u32::MAX);
     changes.truncate(LISTED);
     track.recorded_at = Some(now);
-    track.loop_count = loop_failures(track, limits, now);
+    track.loop_count = loop_count;
     // Told at the loop's first record, then at most every `repeat_interval`.
     let said = track.loop_count > 0 && track.loop_said_at.is_none_or(|said| now - said >= limits.repeat_interval);
     if said {
@@ -538,18 +540,18 @@ mod tests {
         w.observe("svc", "web", d, &three(), 3, at(0));
         let mut tasks = three();
         // Slot 1 fails every 10 s, each time a new task: (failures counted, told).
-        let mut fail = |n: i64, tasks: &mut Vec<Replica>| {
+        let fail = |w: &mut Watch, n: i64, tasks: &mut Vec<Replica>| {
             tasks.push(Replica { failed: Some(format!("exit {n}")), wanted: false, ..replica(&format!("f{n}"), 1, "n1", false) });
             w.observe("svc", "web", d, tasks, 3, at(n * 10)).map(|r| (r.crash_loop, r.crash_loop_said))
         };
-        assert_eq!(fail(1, &mut tasks), Some((0, false)));
-        assert_eq!(fail(2, &mut tasks), Some((0, false)));
-        assert_eq!(fail(3, &mut tasks), Some((3, true)), "the third failure within a minute is a loop, told at once");
-        assert_eq!(fail(4, &mut tasks), Some((4, false)), "carried, not told again within a minute");
+        assert_eq!(fail(&mut w, 1, &mut tasks), Some((0, false)));
+        assert_eq!(fail(&mut w, 2, &mut tasks), Some((0, false)));
+        assert_eq!(fail(&mut w, 3, &mut tasks), Some((3, true)), "the third failure within a minute is a loop, told at once");
+        assert_eq!(fail(&mut w, 4, &mut tasks), Some((4, false)), "carried, not told again within a minute");
         for n in 5..9 {
-            assert_eq!(fail(n, &mut tasks).map(|(_, told)| told), Some(false), "at {}s", n * 10);
+            assert_eq!(fail(&mut w, n, &mut tasks).map(|(_, told)| told), Some(false), "at {}s", n * 10);
         }
-        assert_eq!(fail(9, &mut tasks), Some((7, true)), "told again a minute later, with the 7 failures of the last minute");
+        assert_eq!(fail(&mut w, 9, &mut tasks), Some((7, true)), "told again a minute later, with the 7 failures of the last minute");
         // It stops at 90 s: nothing is due while failures within a minute
         // still make a loop; then one record with no change ends it.
         assert!(w.flush(at(120)).is_empty(), "4 failures left within the minute");
@@ -558,13 +560,9 @@ mod tests {
         assert!(w.flush(at(200)).is_empty(), "ended once");
         // A new loop is told at once.
         w.observe("svc", "web", d, &tasks, 3, at(300));
-        let mut fail = |n: i64, tasks: &mut Vec<Replica>| {
-            tasks.push(Replica { failed: Some(format!("exit {n}")), wanted: false, ..replica(&format!("g{n}"), 1, "n1", false) });
-            w.observe("svc", "web", d, tasks, 3, at(n * 10)).map(|r| (r.crash_loop, r.crash_loop_said))
-        };
-        assert_eq!(fail(31, &mut tasks), Some((0, false)));
-        assert_eq!(fail(32, &mut tasks), Some((0, false)));
-        assert_eq!(fail(33, &mut tasks), Some((3, true)));
+        assert_eq!(fail(&mut w, 31, &mut tasks), Some((0, false)));
+        assert_eq!(fail(&mut w, 32, &mut tasks), Some((0, false)));
+        assert_eq!(fail(&mut w, 33, &mut tasks), Some((3, true)));
     }
 
     #[test]

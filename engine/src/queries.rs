@@ -107,15 +107,24 @@ pub struct ServiceReplicas {
 }
 
 impl ServiceReplicas {
+    /// Its role, or the service's name when recorded before roles were.
+    fn label(&self) -> &str {
+        if self.role.is_empty() {
+            &self.service
+        } else {
+            &self.role
+        }
+    }
+
     /// `2 of 3 web replicas cannot be placed: <Swarm's reason>`, when any cannot.
     pub fn unplaced_text(&self) -> Option<String> {
-        let role = if self.role.is_empty() { self.service.as_str() } else { self.role.as_str() };
+        let role = self.label();
         (self.unplaced > 0).then(|| format!("{} of {} {role} replicas cannot be placed: {}", self.unplaced, self.wanted, self.reason))
     }
 
     /// `web replicas crash-looping: 4 failures within a minute, 2 of 3 running`, while they do.
     pub fn crash_loop_text(&self) -> Option<String> {
-        let role = if self.role.is_empty() { self.service.as_str() } else { self.role.as_str() };
+        let role = self.label();
         (self.crash_loop > 0).then(|| {
             format!(
                 "{role} replicas crash-looping: {} failures within a minute, {} of {} running",
@@ -129,7 +138,7 @@ impl ServiceReplicas {
 /// one: `down` when Swarm can place none of a service's replicas,
 /// `crash_looping` while a service's replicas crash-loop, `pending` when
 /// it cannot place some; `None` otherwise (the host agent's state stands).
-pub fn unplaced_state(replicas: &[ServiceReplicas]) -> Option<&'static str> {
+pub fn replicas_state(replicas: &[ServiceReplicas]) -> Option<&'static str> {
     let stranded = replicas.iter().filter(|r| r.unplaced > 0);
     let unplaced = stranded.map(|r| if r.running == 0 { "down" } else { "pending" }).min_by_key(|s| *s != "down");
     match unplaced {
@@ -284,7 +293,7 @@ pub async fn status_in(store: &dyn EventStore, project: &str, env: &str, around:
                 })
                 .collect();
             let live = state.shown_live().map(|l| LiveStatus {
-                state: unplaced_state(&replicas)
+                state: replicas_state(&replicas)
                     .map(str::to_string)
                     .unwrap_or_else(|| serde_json::to_value(l.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
                 restarts: l.restarts,
@@ -590,18 +599,18 @@ mod tests {
         );
         let placed = ServiceReplicas { running: 3, unplaced: 0, reason: String::new(), ..web.clone() };
         assert_eq!(placed.unplaced_text(), None);
-        assert_eq!(unplaced_state(std::slice::from_ref(&placed)), None, "every replica placed: the host agent's state stands");
-        assert_eq!(unplaced_state(&[placed.clone(), web.clone()]), Some("pending"));
+        assert_eq!(replicas_state(std::slice::from_ref(&placed)), None, "every replica placed: the host agent's state stands");
+        assert_eq!(replicas_state(&[placed.clone(), web.clone()]), Some("pending"));
         let worker = ServiceReplicas { service: "w".into(), role: String::new(), running: 0, wanted: 1, unplaced: 1, ..web.clone() };
-        assert_eq!(unplaced_state(&[web, worker.clone(), placed.clone()]), Some("down"), "a service with nothing running");
+        assert_eq!(replicas_state(&[web, worker.clone(), placed.clone()]), Some("down"), "a service with nothing running");
         assert!(worker.unplaced_text().is_some_and(|t| t.starts_with("1 of 1 w replicas")), "{:?}", worker.unplaced_text());
         // Crash-looping replicas: below a service with none placed, above some pending.
         let looping = ServiceReplicas { running: 2, unplaced: 0, reason: String::new(), crash_loop: 4, ..placed.clone() };
         assert_eq!(looping.crash_loop_text().as_deref(), Some("web replicas crash-looping: 4 failures within a minute, 2 of 3 running"));
         assert_eq!(placed.crash_loop_text(), None);
-        assert_eq!(unplaced_state(&[placed.clone(), looping.clone()]), Some("crash_looping"));
-        assert_eq!(unplaced_state(&[looping.clone(), ServiceReplicas { running: 1, ..worker.clone() }]), Some("crash_looping"));
-        assert_eq!(unplaced_state(&[looping, worker]), Some("down"));
+        assert_eq!(replicas_state(&[placed.clone(), looping.clone()]), Some("crash_looping"));
+        assert_eq!(replicas_state(&[looping.clone(), ServiceReplicas { running: 1, ..worker.clone() }]), Some("crash_looping"));
+        assert_eq!(replicas_state(&[looping, worker]), Some("down"));
     }
 
     /// The `--server` CLI prints what it deserialized: every field must

@@ -672,15 +672,6 @@ impl From<docker::DockerError> for NodeError {
     }
 }
 
-impl std::fmt::Display for NodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NodeError::NotFound(why) | NodeError::Ambiguous(why) | NodeError::Unavailable(why) => f.write_str(why),
-            NodeError::Failed(failure) => f.write_str(&failure.reason),
-        }
-    }
-}
-
 /// A node named by its host name, id (or a prefix of it) or address.
 fn find_node<'a>(nodes: &'a HashMap<String, Node>, name: &str) -> Result<&'a Node, NodeError> {
     if name.trim().is_empty() {
