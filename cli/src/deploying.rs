@@ -210,7 +210,7 @@ async fn start_embedded(
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: drain, ..Default::default() }),
         workers: Some((
-            processes::all_workers(format!("worker:{}", processes::hostname())),
+            processes::embedded_workers(format!("worker:{}", processes::hostname())),
             machinery::pipeline(data_dir, registry, false),
         )),
         ..Default::default()

@@ -180,6 +180,12 @@ pub(crate) fn all_workers(actor: String) -> WorkerOptions {
     WorkerOptions { steps: Step::ALL.to_vec(), prefetch: 4, actor, ..Default::default() }
 }
 
+/// The workers a CLI command runs in-process for its own deployment: gone
+/// from `slipway workers` once the command ends cleanly.
+pub(crate) fn embedded_workers(actor: String) -> WorkerOptions {
+    WorkerOptions { forget_when_stopped: true, ..all_workers(actor) }
+}
+
 pub async fn demo(
     store: Arc<dyn EventStore>,
     queue: Arc<dyn slipway_store::queue::Queue>,
@@ -202,7 +208,7 @@ pub async fn demo(
     let (stop, shutdown) = machinery::manual();
     let parts = Parts {
         engine: Some(DriverOptions { drain_seconds: 0, ..Default::default() }),
-        workers: Some((all_workers("worker".into()), machinery::pipeline(data_dir, None, false))),
+        workers: Some((embedded_workers("worker".into()), machinery::pipeline(data_dir, None, false))),
         ..Default::default()
     };
     let machinery = tokio::spawn(machinery::serve(store.clone(), queue, parts, None, shutdown));

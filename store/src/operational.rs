@@ -78,6 +78,10 @@ pub trait Operational: Send + Sync {
     /// many.
     async fn forget_workers(&self, silent_since: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// Forgets one worker: one that lived inside a single CLI command and
+    /// stopped cleanly with it has nothing left worth listing.
+    async fn forget_worker(&self, id: &str) -> Result<(), StoreError>;
+
     /// Stores a setting's value under its fingerprint (sealed, if this store
     /// seals). Values live outside the event log (events carry only
     /// fingerprints); the table is content-addressed and insert-only, so
@@ -159,6 +163,11 @@ where
             .await
             .map_err(db::<DB>("forgetting silent workers"))?;
         Ok(DB::rows_affected(&done))
+    }
+
+    async fn forget_worker(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workers WHERE id = $1").bind(id).execute(&self.pool).await.map_err(db::<DB>("forgetting a worker"))?;
+        Ok(())
     }
 
     async fn put_value(&self, fingerprint: &str, value: &str) -> Result<(), StoreError> {

@@ -267,6 +267,10 @@ async fn worker_heartbeats_replace_each_other(store: DynStore) {
     assert_eq!(store.operational().forget_workers(t(11)).await.unwrap(), 1);
     assert_eq!(store.operational().workers().await.unwrap().iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["w2"]);
     assert_eq!(store.operational().forget_workers(t(11)).await.unwrap(), 0);
+    // One worker by its id (an embedded one that stopped); an unknown id is no error.
+    store.operational().forget_worker("w2").await.unwrap();
+    store.operational().forget_worker("w2").await.unwrap();
+    assert!(store.operational().workers().await.unwrap().is_empty());
 }
 
 async fn a_stream_is_asked_what_it_holds(store: DynStore) {

@@ -46,6 +46,11 @@ pub struct WorkerOptions {
     /// and moves routes to where their replicas run), run where the deploy
     /// step is served on the swarm runtime.
     pub swarm_watch: bool,
+    /// Removes this worker's row when it stops cleanly, rather than keep it
+    /// listed as stopped: for the workers a CLI command runs in-process for
+    /// its own deployment (embedded mode), which `slipway workers` would
+    /// otherwise list, one per command run, for a day.
+    pub forget_when_stopped: bool,
 }
 
 impl Default for WorkerOptions {
@@ -60,6 +65,7 @@ impl Default for WorkerOptions {
             host,
             agent: Some(crate::host::AgentOptions::default()),
             swarm_watch: false,
+            forget_when_stopped: false,
         }
     }
 }
@@ -178,7 +184,11 @@ pub async fn run(
         }
     }
     tasks.shutdown().await;
-    if let Err(e) = store.operational().heartbeat(&beat(true)).await {
+    let stopped = match options.forget_when_stopped {
+        true => store.operational().forget_worker(&options.id).await,
+        false => store.operational().heartbeat(&beat(true)).await,
+    };
+    if let Err(e) = stopped {
         tracing::warn!(error = %e, "could not record the worker's stop");
     }
     Ok(())
