@@ -132,8 +132,8 @@ pub enum Command {
     Projections(ProjectionsCmd),
     /// Worker processes from their heartbeats: alive, missing or stopped,
     /// and the commands each is running. Workers that stopped over a day
-    /// ago are left out (each embedded command runs workers of its own,
-    /// and they add up) unless --all.
+    /// ago are left out unless --all; those an embedded command ran for
+    /// its own deployment are gone once it ends.
     Workers {
         /// Also the workers that stopped over a day ago.
         #[arg(long)]

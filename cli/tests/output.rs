@@ -387,8 +387,8 @@ fn an_encrypted_deploy_key_without_its_passphrase_or_with_a_wrong_one_is_refused
     assert_eq!(shown["source"]["credentials"], serde_json::json!(["ssh_key", "ssh_key_passphrase"]), "{shown}");
 }
 
-/// `slipway workers` leaves out workers that stopped over a day ago (every
-/// embedded command runs its own, and they add up); `--all` shows them.
+/// `slipway workers` leaves out workers that stopped over a day ago (a
+/// farm's workers come and go); `--all` shows them.
 #[test]
 fn workers_leaves_out_those_stopped_long_ago_unless_all() {
     let dir = Dir::new();
