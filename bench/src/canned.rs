@@ -136,6 +136,7 @@ fn deployment_events(id: Uuid, project: &str, env: &str, fails: bool) -> Vec<Eve
                 host_port: 32768,
                 host: String::new(),
                 upstreams: vec![],
+                warnings: vec![],
             }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
             Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),

@@ -80,6 +80,11 @@ pub fn print_timeline(s: &Summary, steps: &[StepTiming], entries: &[Entry]) {
         for w in &e.warnings {
             println!("       warning: {}:{}: {} [{}]", w.file, w.line, w.message, w.rule);
         }
+        if let slipway_proto::Event::WebContainerStarted(w) = &e.payload {
+            for warning in &w.warnings {
+                println!("       warning: {warning}");
+            }
+        }
     }
     println!("\nsteps:");
     for step in steps {

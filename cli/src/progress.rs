@@ -70,6 +70,9 @@ impl Tracker {
             Event::TrafficSwitched(_) => Some((Step::Cutover, StepEnd::Ok)),
             Event::ReleaseWatched(_) => Some((Step::Watch, StepEnd::Ok)),
             Event::ImageReused(r) => Some((Step::Build, StepEnd::Noted(format!("image re-used from deployment {}", r.source_deployment)))),
+            Event::WebContainerStarted(w) if !w.warnings.is_empty() => {
+                Some((Step::Deploy, StepEnd::Noted(format!("warning: {}", w.warnings.join("; ")))))
+            }
             // Local mode without `--migrate`: the step ran, its commands did not.
             Event::ReleaseCommandsRan(r) if r.skipped => {
                 Some((Step::Release, StepEnd::Skipped("release commands not run (local mode runs them with --migrate)".into())))
@@ -180,10 +183,23 @@ mod tests {
             host_port: 4100,
             host: String::new(),
             upstreams: vec![],
+            warnings: vec![],
         });
         assert_eq!(t.observe(at(1250), &started), vec![Update::Finished { step: Step::Deploy, end: StepEnd::Ok, duration_ms: Some(1250) }]);
         assert!(t.running().is_empty());
         assert!(t.observe(at(1300), &started).is_empty(), "a duplicate outcome shows once");
+        // What the runtime did not do as asked shows with the step.
+        let mut t = Tracker::default();
+        t.observe(at(0), &dispatched(Step::Deploy, 1));
+        let warned = Event::WebContainerStarted(WebContainerStarted {
+            container: "c".into(),
+            host_port: 4100,
+            host: String::new(),
+            upstreams: vec![],
+            warnings: vec!["runs one web container".into()],
+        });
+        let end = StepEnd::Noted("warning: runs one web container".into());
+        assert_eq!(t.observe(at(40), &warned), vec![Update::Finished { step: Step::Deploy, end, duration_ms: Some(40) }]);
     }
 
     #[test]
@@ -197,6 +213,7 @@ mod tests {
                 host_port: 4100,
                 host: String::new(),
                 upstreams: vec![],
+                warnings: vec![],
             }),
         );
         t.observe(at(20), &dispatched(Step::HealthCheck, 1));
@@ -216,6 +233,7 @@ mod tests {
             host_port: 32768,
             host: "swarm".into(),
             upstreams: vec!["10.0.0.2:32768".into()],
+            warnings: vec![],
         });
         t.observe(at(0), &on_nodes);
         let Some(Update::Ended(ended)) = t.observe(at(10), &verdict).pop() else { panic!("no ending") };

@@ -49,7 +49,13 @@ pub fn describe(event: &Event) -> String {
             text
         }
         Event::ImageReused(r) => format!("image {} from deployment {}", r.image_id, r.source_deployment),
-        Event::WebContainerStarted(w) => format!("{} on 127.0.0.1:{}", w.container, w.host_port),
+        Event::WebContainerStarted(w) => {
+            let mut text = format!("{} on 127.0.0.1:{}", w.container, w.host_port);
+            for warning in &w.warnings {
+                text.push_str(&format!("\n      warning: {warning}"));
+            }
+            text
+        }
         Event::ReleaseCommandsRan(r) if r.skipped => "release commands not run".into(),
         Event::ReleaseCommandsRan(r) => format!("{} release command(s) ran", r.results.len()),
         Event::ProcessesStarted(p) => format!("{} process container(s)", p.containers.len()),

@@ -502,6 +502,7 @@ mod tests {
                     host_port: 4000,
                     host: String::new(),
                     upstreams: vec![],
+                    warnings: vec![],
                 }),
             ),
             (2350, "engine", dispatch(Step::Release, 1)),

@@ -63,6 +63,7 @@ fn outcome(step: Step) -> Event {
             host_port: 32768,
             host: String::new(),
             upstreams: vec![],
+            warnings: vec![],
         }),
         Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: false }),
         Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),

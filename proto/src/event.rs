@@ -681,6 +681,11 @@ pub struct WebContainerStarted {
     /// port its task publishes there). Empty: `127.0.0.1:<host_port>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<String>,
+    /// What slipway.toml asked that this runtime does not do (the single
+    /// engine runs one web container whatever `[web] replicas` says), in
+    /// words: shown with the step's outcome, in `events` and in history.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

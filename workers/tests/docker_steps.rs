@@ -434,8 +434,20 @@ async fn deploy_publishes_on_loopback_and_a_redelivery_reuses_the_container() {
     assert_eq!(status, 200);
 
     let again = f.run(Step::Deploy, &Settings::new()).await;
+    assert!(started.warnings.is_empty(), "{:?}", started.warnings);
     assert_eq!(again, Event::WebContainerStarted(started));
     assert_eq!(f.containers().await, vec![f.name(&Role::Web)], "one container, not two");
+}
+
+/// The single engine runs one web container; a release that asks for
+/// replicas is told so with the outcome, not served by fewer than it thinks.
+#[tokio::test]
+async fn web_replicas_on_the_single_engine_run_one_container_and_say_so() {
+    let mut f = Fixture::new("[web]\nport = 80\nreplicas = 3\n").await;
+    let started = f.deploy(&Settings::new()).await;
+    assert_eq!(f.containers().await, vec![f.name(&Role::Web)]);
+    let [warning] = started.warnings.as_slice() else { panic!("one warning: {:?}", started.warnings) };
+    assert!(warning.contains("3 web replicas (web.replicas)") && warning.contains("--runtime swarm"), "{warning}");
 }
 
 // ----------------------------------------------------------- health check --

@@ -39,7 +39,19 @@ async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted
         lifetime: Lifetime::Serving,
     };
     let host_port = ensure_running(&docker, &spec, port).await?;
-    Ok(WebContainerStarted { container: spec.name, host_port, host: String::new(), upstreams: vec![] })
+    let warnings = replicas_warning(web.replicas).into_iter().collect();
+    Ok(WebContainerStarted { container: spec.name, host_port, host: String::new(), upstreams: vec![], warnings })
+}
+
+/// The single engine runs one web container: a release that asks for more
+/// is told so rather than served by fewer than it thinks.
+fn replicas_warning(replicas: u32) -> Option<String> {
+    (replicas > 1).then(|| {
+        format!(
+            "slipway.toml asks for {replicas} web replicas (web.replicas), but the single-engine runtime runs one web container; \
+             replicas need the swarm runtime (slipway worker --runtime swarm)"
+        )
+    })
 }
 
 /// Creates (unless it exists) and starts the container; returns its host port.

@@ -50,6 +50,7 @@ impl Executor for StandIn {
                 host_port: 9,
                 host: String::new(),
                 upstreams: vec![],
+                warnings: vec![],
             }),
             Step::Release => Event::ReleaseCommandsRan(ReleaseCommandsRan { results: vec![], skipped: true }),
             Step::Processes => Event::ProcessesStarted(ProcessesStarted { containers: vec![] }),

@@ -373,7 +373,7 @@ async fn deploy_web(ctx: &DeploymentContext, env: &Settings) -> Result<WebContai
     ensure_service(&docker, service_spec(&plan)).await?;
     let upstreams = wait_running(&docker, &plan).await?;
     let host_port = upstreams.first().and_then(|u| u.rsplit_once(':')?.1.parse().ok()).unwrap_or_default();
-    Ok(WebContainerStarted { container: plan.name, host_port, host: "swarm".into(), upstreams })
+    Ok(WebContainerStarted { container: plan.name, host_port, host: "swarm".into(), upstreams, warnings: Vec::new() })
 }
 
 async fn start_processes(ctx: &DeploymentContext, env: &Settings) -> Result<Vec<ProcessContainer>, Failure> {
