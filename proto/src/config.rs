@@ -61,7 +61,8 @@ pub struct WebConfig {
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub replicas: u32,
     /// Where the swarm runtime may place the web replicas: Swarm placement
-    /// constraints, `["node.labels.region==eu"]`. Ignored by the single engine.
+    /// constraints, `["node.labels.region==eu"]`. The single engine runs
+    /// the web on its own host, and says so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
 }

@@ -443,11 +443,12 @@ async fn deploy_publishes_on_loopback_and_a_redelivery_reuses_the_container() {
 /// replicas is told so with the outcome, not served by fewer than it thinks.
 #[tokio::test]
 async fn web_replicas_on_the_single_engine_run_one_container_and_say_so() {
-    let mut f = Fixture::new("[web]\nport = 80\nreplicas = 3\n").await;
+    let mut f = Fixture::new("[web]\nport = 80\nreplicas = 3\nhosts = [\"node.labels.region==eu\"]\n").await;
     let started = f.deploy(&Settings::new()).await;
     assert_eq!(f.containers().await, vec![f.name(&Role::Web)]);
-    let [warning] = started.warnings.as_slice() else { panic!("one warning: {:?}", started.warnings) };
-    assert!(warning.contains("3 web replicas (web.replicas)") && warning.contains("--runtime swarm"), "{warning}");
+    let [replicas, hosts] = started.warnings.as_slice() else { panic!("two warnings: {:?}", started.warnings) };
+    assert!(replicas.contains("3 web replicas (web.replicas)") && replicas.contains("--runtime swarm"), "{replicas}");
+    assert!(hosts.contains("(web.hosts)") && hosts.contains("only the swarm runtime"), "{hosts}");
 }
 
 // ----------------------------------------------------------- health check --

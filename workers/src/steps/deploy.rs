@@ -39,19 +39,30 @@ async fn deploy(command: &RunStep, env: &Settings) -> Result<WebContainerStarted
         lifetime: Lifetime::Serving,
     };
     let host_port = ensure_running(&docker, &spec, port).await?;
-    let warnings = replicas_warning(web.replicas).into_iter().collect();
+    let warnings = single_engine_warnings(&web);
     Ok(WebContainerStarted { container: spec.name, host_port, host: String::new(), upstreams: vec![], warnings })
 }
 
-/// The single engine runs one web container: a release that asks for more
+/// What `[web]` asks that only the swarm runtime does: the single engine
+/// runs one web container, on its own host. A release that asks for more
 /// is told so rather than served by fewer than it thinks.
-fn replicas_warning(replicas: u32) -> Option<String> {
-    (replicas > 1).then(|| {
-        format!(
-            "slipway.toml asks for {replicas} web replicas (web.replicas), but the single-engine runtime runs one web container; \
-             replicas need the swarm runtime (slipway worker --runtime swarm)"
-        )
-    })
+fn single_engine_warnings(web: &slipway_proto::config::WebConfig) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if web.replicas > 1 {
+        warnings.push(format!(
+            "slipway.toml asks for {} web replicas (web.replicas), but the single-engine runtime runs one web container; \
+             replicas need the swarm runtime (slipway worker --runtime swarm)",
+            web.replicas
+        ));
+    }
+    if !web.hosts.is_empty() {
+        warnings.push(
+            "slipway.toml places the web on chosen hosts (web.hosts), which only the swarm runtime does; the single engine runs it \
+             on its own Docker host"
+                .into(),
+        );
+    }
+    warnings
 }
 
 /// Creates (unless it exists) and starts the container; returns its host port.
