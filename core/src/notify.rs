@@ -178,6 +178,42 @@ pub fn notice(event: &Event, event_id: Uuid, at: DateTime<Utc>, deployment: Opti
     }
 }
 
+/// The crash loop a record tells of, if it tells of one: the release, and
+/// its container (single engine) or service (swarm).
+fn crash_loop_told(event: &Event) -> Option<(Uuid, &str)> {
+    match event {
+        Event::ContainerSupervised(s) if s.state == LiveState::CrashLooping => Some((s.deployment_id, s.container.as_str())),
+        Event::ReplicasObserved(r) if r.crash_loop_said && r.crash_loop > 0 => Some((r.deployment_id, r.service.as_str())),
+        _ => None,
+    }
+}
+
+/// True for a record that tells of a crash loop (see `told_by_another`).
+pub fn tells_a_crash_loop(event: &Event) -> bool {
+    crash_loop_told(event).is_some()
+}
+
+/// An earlier event of a record's stream, as the notifier read it back.
+#[derive(Debug, Clone, Copy)]
+pub struct Earlier<'a> {
+    pub actor: &'a str,
+    pub at: DateTime<Utc>,
+    pub event: &'a Event,
+}
+
+/// Whether another watcher told of the same crash loop within `within`
+/// before `at`. Several watchers may look at one release — a swarm worker
+/// each, or two host agents on one host — and each records what it sees:
+/// one notification of the loop is enough, not one per watcher. A
+/// watcher's own earlier records do not count: it tells again at most
+/// every repeat interval by itself, and a new loop at once. Decided from
+/// the log alone, so every notifier, and the same one sending again after
+/// a restart, decides the same.
+pub fn told_by_another(event: &Event, actor: &str, at: DateTime<Utc>, earlier: &[Earlier<'_>], within: chrono::Duration) -> bool {
+    let Some(this) = crash_loop_told(event) else { return false };
+    earlier.iter().any(|e| e.actor != actor && at - e.at <= within && e.at <= at && crash_loop_told(e.event) == Some(this))
+}
+
 /// Whether an event can make a notification at all, before its context is
 /// looked for (most events cannot: no read for them).
 pub fn may_notify(event: &Event) -> bool {
@@ -556,6 +592,24 @@ mod tests {
         assert_eq!((n.details["failures"].as_u64(), n.deployment), (Some(4), Some(d)));
         assert_eq!(notice(&record(0, false), Uuid::nil(), at(0), Some(about(d, &context()))), None);
         assert_eq!(notice(&record(5, false), Uuid::nil(), at(0), Some(about(d, &context()))), None, "carried, not told");
+
+        // Two watchers tell of the same loop: the second is not news.
+        let minute = chrono::Duration::seconds(60);
+        let told = record(3, true);
+        let by = |actor, s| Earlier { actor, at: at(s), event: &told };
+        assert!(tells_a_crash_loop(&told) && !tells_a_crash_loop(&record(5, false)));
+        assert!(told_by_another(&told, "swarm-watch:b", at(2), &[by("swarm-watch:a", 0)], minute));
+        // Its own earlier word, a word older than the window, a record
+        // that told nothing, or another service's loop: it is news.
+        assert!(!told_by_another(&told, "swarm-watch:a", at(30), &[by("swarm-watch:a", 0)], minute));
+        assert!(!told_by_another(&told, "swarm-watch:b", at(61), &[by("swarm-watch:a", 0)], minute));
+        let carried = record(5, false);
+        assert!(!told_by_another(&told, "swarm-watch:b", at(2), &[Earlier { actor: "swarm-watch:a", at: at(0), event: &carried }], minute));
+        let Event::ReplicasObserved(other) = record(3, true) else { unreachable!() };
+        let other = Event::ReplicasObserved(ReplicasObserved { service: "slipway-shop-live-worker".into(), ..other });
+        assert!(!told_by_another(&told, "swarm-watch:b", at(2), &[Earlier { actor: "swarm-watch:a", at: at(0), event: &other }], minute));
+        // Nor does it hold back a record that tells nothing.
+        assert!(!told_by_another(&carried, "swarm-watch:b", at(2), &[by("swarm-watch:a", 0)], minute));
     }
 
     #[test]

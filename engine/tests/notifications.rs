@@ -449,12 +449,21 @@ async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_say
     s.finish(serving, true).await;
     // The swarm watcher's records on the environment's stream: a failure, a
     // loop carried but not told (a later record of a loop), and the record
-    // that tells of one.
+    // that tells of one; then a second watcher's word of the same loop
+    // (not news), and its word of another service's loop (news).
     let stream = environment_stream(&s.project, "live");
-    for (crash_loop, crash_loop_said) in [(0, false), (4, false), (3, true)] {
+    let (web, worker) = ("slipway-shop-live-web", "slipway-shop-live-worker");
+    let records = [
+        ("swarm-watch:a", web, 0, false),
+        ("swarm-watch:a", web, 4, false),
+        ("swarm-watch:a", web, 3, true),
+        ("swarm-watch:b", web, 3, true),
+        ("swarm-watch:b", worker, 3, true),
+    ];
+    for (actor, service, crash_loop, crash_loop_said) in records {
         let observed = ReplicasObserved {
             deployment_id: serving,
-            service: "slipway-shop-live-web".into(),
+            service: service.into(),
             changes: vec![ReplicaChanged {
                 slot: 1,
                 change: ReplicaChange::Failed,
@@ -471,13 +480,14 @@ async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_say
             crash_loop,
             crash_loop_said,
         };
-        let meta = Metadata { correlation_id: serving, causation_id: None, actor: "swarm-watch".into(), trace: None };
+        let meta = Metadata { correlation_id: serving, causation_id: None, actor: actor.into(), trace: None };
         let envelope = Envelope::new(Uuid::now_v7(), chrono::Utc::now(), &stream, &Event::ReplicasObserved(observed), meta).unwrap();
         s.store.append(&stream, ExpectedVersion::Any, &[envelope], &[]).await.unwrap().unwrap();
     }
-    let texts = eventually("the crash-loop notification", || async {
+    let texts = eventually("the crash-loop notifications", || async {
         let got = receiver.on("/slack");
-        (!got.is_empty()).then(|| got.iter().map(|r| r.body["text"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>())
+        let texts: Vec<String> = got.iter().map(|r| r.body["text"].as_str().unwrap_or_default().to_string()).collect();
+        texts.iter().any(|t| t.contains(worker)).then_some(texts)
     })
     .await;
     assert!(
@@ -488,7 +498,11 @@ async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_say
         "{texts:?}"
     );
     // Notifications go out in the log's order, so the first one being the
-    // told loop's shows the two records before it sent nothing.
+    // told loop's shows the two records before it sent nothing, and the
+    // worker's being the second shows the second watcher's word of the
+    // web's loop sent nothing either.
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts[1].contains("3 replica failures of slipway-shop-live-worker"), "{texts:?}");
     stop.send(()).unwrap();
     task.await.unwrap();
     s.cleanup().await;
