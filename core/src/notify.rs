@@ -188,30 +188,29 @@ fn crash_loop_told(event: &Event) -> Option<(Uuid, &str)> {
     }
 }
 
-/// True for a record that tells of a crash loop (see `told_by_another`).
+/// True for a record that tells of a crash loop (see `told_recently`).
 pub fn tells_a_crash_loop(event: &Event) -> bool {
     crash_loop_told(event).is_some()
 }
 
-/// An earlier event of a record's stream, as the notifier read it back.
-#[derive(Debug, Clone, Copy)]
-pub struct Earlier<'a> {
-    pub actor: &'a str,
-    pub at: DateTime<Utc>,
-    pub event: &'a Event,
+/// How long after a record told of a crash loop another word of the same
+/// loop is no news: half the watchers' repeat interval, so that one
+/// watcher's own reminders (a minute apart) still go out.
+pub fn crash_loop_told_within() -> chrono::Duration {
+    crate::supervise::Limits::default().repeat_interval / 2
 }
 
-/// Whether another watcher told of the same crash loop within `within`
-/// before `at`. Several watchers may look at one release — a swarm worker
-/// each, or two host agents on one host — and each records what it sees:
-/// one notification of the loop is enough, not one per watcher. A
-/// watcher's own earlier records do not count: it tells again at most
-/// every repeat interval by itself, and a new loop at once. Decided from
-/// the log alone, so every notifier, and the same one sending again after
-/// a restart, decides the same.
-pub fn told_by_another(event: &Event, actor: &str, at: DateTime<Utc>, earlier: &[Earlier<'_>], within: chrono::Duration) -> bool {
+/// Whether an earlier record (`earlier`: when it was recorded, and what)
+/// told of the crash loop `event` tells of, within `within` before `at`.
+/// Several watchers may look at one release — a swarm worker each, or the
+/// host agents of several workers on one host — and each records what it
+/// sees, at about the same moment: one notification of the loop is
+/// enough, not one per watcher. Decided from the log alone, so every
+/// notifier, and the same one sending again after a restart, decides the
+/// same.
+pub fn told_recently(event: &Event, at: DateTime<Utc>, earlier: &[(DateTime<Utc>, &Event)], within: chrono::Duration) -> bool {
     let Some(this) = crash_loop_told(event) else { return false };
-    earlier.iter().any(|e| e.actor != actor && at - e.at <= within && e.at <= at && crash_loop_told(e.event) == Some(this))
+    earlier.iter().any(|(then, e)| *then <= at && at - *then < within && crash_loop_told(e) == Some(this))
 }
 
 /// Whether an event can make a notification at all, before its context is
@@ -593,23 +592,22 @@ mod tests {
         assert_eq!(notice(&record(0, false), Uuid::nil(), at(0), Some(about(d, &context()))), None);
         assert_eq!(notice(&record(5, false), Uuid::nil(), at(0), Some(about(d, &context()))), None, "carried, not told");
 
-        // Two watchers tell of the same loop: the second is not news.
-        let minute = chrono::Duration::seconds(60);
+        // Two watchers tell of the same loop: the second word is not news.
+        let within = crash_loop_told_within();
+        assert_eq!(within, chrono::Duration::seconds(30));
         let told = record(3, true);
-        let by = |actor, s| Earlier { actor, at: at(s), event: &told };
         assert!(tells_a_crash_loop(&told) && !tells_a_crash_loop(&record(5, false)));
-        assert!(told_by_another(&told, "swarm-watch:b", at(2), &[by("swarm-watch:a", 0)], minute));
-        // Its own earlier word, a word older than the window, a record
-        // that told nothing, or another service's loop: it is news.
-        assert!(!told_by_another(&told, "swarm-watch:a", at(30), &[by("swarm-watch:a", 0)], minute));
-        assert!(!told_by_another(&told, "swarm-watch:b", at(61), &[by("swarm-watch:a", 0)], minute));
+        assert!(told_recently(&told, at(2), &[(at(0), &told)], within));
+        // A watcher's reminder a minute later, a record that told nothing,
+        // or another service's loop: it is news.
+        assert!(!told_recently(&told, at(60), &[(at(0), &told)], within));
         let carried = record(5, false);
-        assert!(!told_by_another(&told, "swarm-watch:b", at(2), &[Earlier { actor: "swarm-watch:a", at: at(0), event: &carried }], minute));
+        assert!(!told_recently(&told, at(2), &[(at(0), &carried)], within));
         let Event::ReplicasObserved(other) = record(3, true) else { unreachable!() };
         let other = Event::ReplicasObserved(ReplicasObserved { service: "slipway-shop-live-worker".into(), ..other });
-        assert!(!told_by_another(&told, "swarm-watch:b", at(2), &[Earlier { actor: "swarm-watch:a", at: at(0), event: &other }], minute));
+        assert!(!told_recently(&told, at(2), &[(at(0), &other)], within));
         // Nor does it hold back a record that tells nothing.
-        assert!(!told_by_another(&carried, "swarm-watch:b", at(2), &[by("swarm-watch:a", 0)], minute));
+        assert!(!told_recently(&carried, at(2), &[(at(0), &told)], within));
     }
 
     #[test]

@@ -603,7 +603,7 @@ impl Notifier {
     }
 
     async fn notice(&mut self, store: &dyn EventStore, recorded: &RecordedEvent, event: &Event) -> Result<Option<Notice>, StoreError> {
-        if notify::tells_a_crash_loop(event) && told_by_another(store, recorded, event).await? {
+        if notify::tells_a_crash_loop(event) && crash_loop_told_recently(store, recorded, event).await? {
             return Ok(None);
         }
         let deployment = match notify::deployment_of(&recorded.stream, event) {
@@ -674,26 +674,25 @@ fn context_of(request: &slipway_proto::event::DeploymentRequested) -> Deployment
     DeploymentContext { project: request.project.clone(), environment: request.environment.clone(), git_ref: request.git_ref.clone() }
 }
 
-/// How far back a crash-loop record's stream is read for another
-/// watcher's word of the same loop: several watchers record about every
-/// 5 s while a loop lasts, and a minute is looked at.
+/// How far back a crash-loop record's stream is read for an earlier word
+/// of the same loop: several watchers record about every 5 s while a loop
+/// lasts, and half a minute is looked at.
 const CRASH_LOOP_LOOK_BACK: u64 = 200;
 
-/// Whether another watcher's record told of the crash loop `event` tells
-/// of, within the repeat interval before it (`notify::told_by_another`):
-/// read back from the record's own stream, so the answer is the log's.
-async fn told_by_another(store: &dyn EventStore, recorded: &RecordedEvent, event: &Event) -> Result<bool, StoreError> {
+/// Whether a record before `recorded` on its stream told of the crash loop
+/// `event` tells of, moments before (`notify::told_recently`): the answer
+/// is the log's, the same for every notifier.
+async fn crash_loop_told_recently(store: &dyn EventStore, recorded: &RecordedEvent, event: &Event) -> Result<bool, StoreError> {
     let from = recorded.version.saturating_sub(CRASH_LOOP_LOOK_BACK).max(1);
     let read = store.read_stream(&recorded.stream, from).await?;
-    let decoded: Vec<(&str, DateTime<Utc>, Event)> = read
+    let decoded: Vec<(DateTime<Utc>, Event)> = read
         .iter()
         .take_while(|r| r.version < recorded.version)
         .filter(|r| matches!(r.envelope.message_type.as_str(), "ReplicasObserved" | "ContainerSupervised"))
-        .filter_map(|r| Some((r.envelope.actor.as_str(), r.envelope.timestamp, r.envelope.decode::<Event>().ok()?)))
+        .filter_map(|r| Some((r.envelope.timestamp, r.envelope.decode::<Event>().ok()?)))
         .collect();
-    let earlier: Vec<notify::Earlier<'_>> = decoded.iter().map(|(actor, at, event)| notify::Earlier { actor, at: *at, event }).collect();
-    let within = crate::replicas::Limits::default().repeat_interval;
-    Ok(notify::told_by_another(event, &recorded.envelope.actor, recorded.envelope.timestamp, &earlier, within))
+    let earlier: Vec<(DateTime<Utc>, &Event)> = decoded.iter().map(|(at, event)| (*at, event)).collect();
+    Ok(notify::told_recently(event, recorded.envelope.timestamp, &earlier, notify::crash_loop_told_within()))
 }
 
 impl Sub {

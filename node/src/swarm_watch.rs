@@ -19,7 +19,7 @@
 //! route observation's id derives from the environment's version and the
 //! upstreams, so they record it once; replica records may be written by
 //! each (a known limit, as for two host agents on one host), but a crash
-//! loop two of them tell of is notified once (`notify::told_by_another`).
+//! loop two of them tell of is notified once (`notify::told_recently`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
