@@ -46,10 +46,11 @@ pub struct WorkerOptions {
     /// and moves routes to where their replicas run), run where the deploy
     /// step is served on the swarm runtime.
     pub swarm_watch: bool,
-    /// Removes this worker's row when it stops cleanly, rather than keep it
-    /// listed as stopped: for the workers a CLI command runs in-process for
-    /// its own deployment (embedded mode), which `slipway workers` would
-    /// otherwise list, one per command run, for a day.
+    /// Removes this worker's row when it stops cleanly with nothing in
+    /// progress, rather than keep it listed as stopped: for the workers a
+    /// CLI command runs in-process for its own deployment (embedded mode),
+    /// which `slipway workers` would otherwise list, one per command run,
+    /// for a day. One stopped in the middle of a command keeps its row.
     pub forget_when_stopped: bool,
 }
 
@@ -184,7 +185,11 @@ pub async fn run(
         }
     }
     tasks.shutdown().await;
-    let stopped = match options.forget_when_stopped {
+    // A command cut short by the stop stays listed in the last beat: the
+    // engine's heartbeat timeout then dispatches it again soon, rather than
+    // at the step's deadline. Only a worker that stopped idle is forgotten.
+    let idle = busy.lock().map(|b| b.is_empty()).unwrap_or(false);
+    let stopped = match options.forget_when_stopped && idle {
         true => store.operational().forget_worker(&options.id).await,
         false => store.operational().heartbeat(&beat(true)).await,
     };
