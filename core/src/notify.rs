@@ -200,8 +200,10 @@ pub fn crash_loop_told_within() -> chrono::Duration {
     crate::supervise::Limits::default().repeat_interval / 2
 }
 
-/// Whether an earlier record (`earlier`: when it was recorded, and what)
-/// told of the crash loop `event` tells of, within `within` before `at`.
+/// Whether an earlier record of the log (`earlier`: when it was recorded,
+/// and what) told of the crash loop `event` tells of, less than `within`
+/// from `at` either way: the log orders them, and the watchers' clocks
+/// (on different hosts) may disagree by a moment.
 /// Several watchers may look at one release — a swarm worker each, or the
 /// host agents of several workers on one host — and each records what it
 /// sees, at about the same moment: one notification of the loop is
@@ -210,7 +212,7 @@ pub fn crash_loop_told_within() -> chrono::Duration {
 /// same.
 pub fn told_recently(event: &Event, at: DateTime<Utc>, earlier: &[(DateTime<Utc>, &Event)], within: chrono::Duration) -> bool {
     let Some(this) = crash_loop_told(event) else { return false };
-    earlier.iter().any(|(then, e)| *then <= at && at - *then < within && crash_loop_told(e) == Some(this))
+    earlier.iter().any(|(then, e)| (at - *then).abs() < within && crash_loop_told(e) == Some(this))
 }
 
 /// Whether an event can make a notification at all, before its context is
@@ -598,6 +600,8 @@ mod tests {
         let told = record(3, true);
         assert!(tells_a_crash_loop(&told) && !tells_a_crash_loop(&record(5, false)));
         assert!(told_recently(&told, at(2), &[(at(0), &told)], within));
+        // The other watcher's clock a second ahead: still the same moment.
+        assert!(told_recently(&told, at(2), &[(at(3), &told)], within));
         // A watcher's reminder a minute later, a record that told nothing,
         // or another service's loop: it is news.
         assert!(!told_recently(&told, at(60), &[(at(0), &told)], within));
