@@ -391,14 +391,12 @@ mod tests {
             deployment_id: uuid::Uuid::from_u128(1),
             service: "slipway-shop-live-web".into(),
             changes: vec![change(2, ReplicaChange::Unplaceable, "", reason), change(3, ReplicaChange::Unplaceable, "", reason)],
-            more: 0,
             running: 1,
             wanted: 3,
             unplaced: 2,
             reason: reason.into(),
             role: "web".into(),
-            crash_loop: 0,
-            crash_loop_said: false,
+            ..Default::default()
         };
         assert_eq!(
             describe(&Event::ReplicasObserved(stranded.clone())),
@@ -438,11 +436,10 @@ mod tests {
             more: 2,
             running: 2,
             wanted: 3,
-            unplaced: 0,
-            reason: String::new(),
             role: "web".into(),
             crash_loop: 3,
             crash_loop_said: true,
+            ..Default::default()
         };
         assert_eq!(
             describe(&Event::ReplicasObserved(looping.clone())),

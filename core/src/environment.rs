@@ -227,15 +227,11 @@ mod tests {
         Event::ReplicasObserved(ReplicasObserved {
             deployment_id: deployment,
             service: "web-svc".into(),
-            changes: vec![],
-            more: 0,
             running,
             wanted: 3,
-            unplaced: 0,
-            reason: String::new(),
             role: "web".into(),
             crash_loop,
-            crash_loop_said: false,
+            ..Default::default()
         })
     }
 

@@ -571,14 +571,12 @@ mod tests {
                     from: String::new(),
                     error: "task: non-zero exit (3)".into(),
                 }],
-                more: 0,
                 running: 2,
                 wanted: 3,
-                unplaced: 0,
-                reason: String::new(),
                 role: "web".into(),
                 crash_loop,
                 crash_loop_said,
+                ..Default::default()
             })
         };
         assert_eq!(deployment_of("environment-shop-live", &record(0, false)), Some(d));

@@ -134,6 +134,11 @@ impl Receiver {
     fn on(&self, path: &str) -> Vec<Received> {
         self.got.lock().unwrap().iter().filter(|r| r.path == path && (r.signed || path != "/hook")).cloned().collect()
     }
+
+    /// The `text` of each Slack-shaped message received on `path`.
+    fn texts(&self, path: &str) -> Vec<String> {
+        self.on(path).iter().map(|r| r.body["text"].as_str().unwrap_or_default().to_string()).collect()
+    }
 }
 
 /// How long anything here may take.
@@ -175,6 +180,20 @@ impl Setup {
         };
         requests::create_project(&*store, "test", new).await.unwrap().unwrap();
         Setup { store, schema, project }
+    }
+
+    /// A new receiver, with a Slack-shaped subscription to this project's
+    /// `kind` notifications posting to its `/slack`.
+    async fn slack_on(&self, kind: NotificationKind) -> Receiver {
+        let receiver = Receiver::start().await;
+        let hook = NewSubscription {
+            project: Some(self.project.clone()),
+            kinds: vec![kind],
+            target: NotificationTarget::Slack,
+            url: receiver.url("/slack"),
+        };
+        notifier::subscribe(&*self.store, "test", hook).await.unwrap().unwrap();
+        receiver
     }
 
     /// A deployment requested (recorded as `slipway deploy` records it).
@@ -405,14 +424,7 @@ async fn a_receiver_with_the_wrong_secret_refuses_and_the_refusals_are_recorded_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_that_ended_before_its_first_step_is_not_said_to_have_failed_at_one() {
     let s = Setup::start().await;
-    let receiver = Receiver::start().await;
-    let hook = NewSubscription {
-        project: Some(s.project.clone()),
-        kinds: vec![NotificationKind::DeploymentFailed],
-        target: NotificationTarget::Slack,
-        url: receiver.url("/slack"),
-    };
-    notifier::subscribe(&*s.store, "test", hook).await.unwrap().unwrap();
+    let receiver = s.slack_on(NotificationKind::DeploymentFailed).await;
     let (stop, task) = s.notifier(Duration::from_secs(60));
     // Rejected while it waited for approval: the engine fails it at the
     // step it would have run first, though none ran.
@@ -422,8 +434,8 @@ async fn a_deployment_that_ended_before_its_first_step_is_not_said_to_have_faile
     let ran = s.request().await;
     s.finish(ran, false).await;
     let texts = eventually("both failures", || async {
-        let got = receiver.on("/slack");
-        (got.len() == 2).then(|| got.iter().map(|r| r.body["text"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>())
+        let texts = receiver.texts("/slack");
+        (texts.len() == 2).then_some(texts)
     })
     .await;
     assert!(texts[0].ends_with(&format!("deployment {rejected} failed before it started: rejected by token:bob")), "{texts:?}");
@@ -436,14 +448,7 @@ async fn a_deployment_that_ended_before_its_first_step_is_not_said_to_have_faile
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_says_the_loop() {
     let s = Setup::start().await;
-    let receiver = Receiver::start().await;
-    let hook = NewSubscription {
-        project: Some(s.project.clone()),
-        kinds: vec![NotificationKind::ReleaseCrashLooping],
-        target: NotificationTarget::Slack,
-        url: receiver.url("/slack"),
-    };
-    notifier::subscribe(&*s.store, "test", hook).await.unwrap().unwrap();
+    let receiver = s.slack_on(NotificationKind::ReleaseCrashLooping).await;
     let (stop, task) = s.notifier(Duration::from_secs(60));
     let serving = s.request().await;
     s.finish(serving, true).await;
@@ -471,22 +476,19 @@ async fn a_swarm_release_whose_replicas_crash_loop_is_notified_when_a_record_say
                 from: String::new(),
                 error: "task: non-zero exit (3)".into(),
             }],
-            more: 0,
             running: 2,
             wanted: 3,
-            unplaced: 0,
-            reason: String::new(),
             role: "web".into(),
             crash_loop,
             crash_loop_said,
+            ..Default::default()
         };
         let meta = Metadata { correlation_id: serving, causation_id: None, actor: actor.into(), trace: None };
         let envelope = Envelope::new(Uuid::now_v7(), chrono::Utc::now(), &stream, &Event::ReplicasObserved(observed), meta).unwrap();
         s.store.append(&stream, ExpectedVersion::Any, &[envelope], &[]).await.unwrap().unwrap();
     }
     let texts = eventually("the crash-loop notifications", || async {
-        let got = receiver.on("/slack");
-        let texts: Vec<String> = got.iter().map(|r| r.body["text"].as_str().unwrap_or_default().to_string()).collect();
+        let texts = receiver.texts("/slack");
         texts.iter().any(|t| t.contains(worker)).then_some(texts)
     })
     .await;

@@ -962,8 +962,9 @@ pub struct ReplicaChanged {
 
 /// What the serving release's Swarm tasks did, as the swarm watcher saw it
 /// (on the environment's stream). Rate-limited like `ContainerSupervised`:
-/// one record summarises every change since the one before.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// one record summarises every change since the one before. `Default`
+/// (a nil deployment, nothing observed) is for tests that set a few fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicasObserved {
     pub deployment_id: Uuid,
     /// The Swarm service (the release's web or process type).
